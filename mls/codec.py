@@ -1,0 +1,396 @@
+"""TLS presentation language with MLS variable-length vectors (RFC 9420 §2.1).
+
+Two layers:
+
+* :class:`Reader` / :class:`Writer` — byte-level primitives: fixed-width integers, the MLS
+  variable-length integer of §2.1.2 (minimal encodings only), length-prefixed vectors and optionals.
+  Every length is checked against the remaining input *before* anything is allocated.
+* Declarative structs — a frozen dataclass deriving from :class:`Struct` whose fields are annotated with
+  codecs, e.g. ``not_before: Annotated[int, U64]``. ``encode``/``decode``/``to_bytes``/``from_bytes``
+  are derived from the annotations in field order, which is the order of the RFC's struct definition.
+
+Decoding is strict: :meth:`Struct.from_bytes` rejects trailing bytes, non-minimal varints and vectors
+whose content does not fill their length exactly. Failures raise :class:`~mls.errors.DecodeError`
+naming the structure path and the byte offset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+import typing
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
+
+from .errors import DecodeError
+
+T = TypeVar("T")
+S = TypeVar("S", bound="Struct")
+
+#: Largest value of an MLS variable-length integer (§2.1.2: 30 bits usable).
+VARINT_MAX = (1 << 30) - 1
+
+_U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
+_U64 = struct.Struct(">Q")
+
+
+class Reader:
+    """A cursor over immutable input bytes, reporting errors by structure path and offset."""
+
+    __slots__ = ("_data", "_path", "end", "pos")
+
+    def __init__(self, data: bytes, structure: str = "input") -> None:
+        self._data = bytes(data)
+        self.pos = 0
+        self.end = len(self._data)
+        self._path: list[str] = [structure]
+
+    # -- error reporting -------------------------------------------------------------------------
+    @property
+    def structure(self) -> str:
+        return ".".join(self._path)
+
+    def error(self, reason: str, offset: int | None = None) -> DecodeError:
+        return DecodeError(self.structure, self.pos if offset is None else offset, reason)
+
+    def enter(self, name: str) -> int:
+        """Push a structure or field name; returns the depth to :meth:`restore` to."""
+        self._path.append(name)
+        return len(self._path) - 1
+
+    def leave(self) -> None:
+        self._path.pop()
+
+    def restore(self, depth: int) -> None:
+        del self._path[depth:]
+
+    # -- primitives ------------------------------------------------------------------------------
+    def remaining(self) -> int:
+        return self.end - self.pos
+
+    def read(self, n: int) -> bytes:
+        if n < 0 or n > self.end - self.pos:
+            raise self.error(f"needs {n} bytes, {self.end - self.pos} remain")
+        start = self.pos
+        self.pos += n
+        return self._data[start : self.pos]
+
+    def u8(self) -> int:
+        if self.pos >= self.end:
+            raise self.error("needs 1 byte, 0 remain")
+        v = self._data[self.pos]
+        self.pos += 1
+        return v
+
+    def u16(self) -> int:
+        return int(_U16.unpack(self.read(2))[0])
+
+    def u32(self) -> int:
+        return int(_U32.unpack(self.read(4))[0])
+
+    def u64(self) -> int:
+        return int(_U64.unpack(self.read(8))[0])
+
+    def varint(self) -> int:
+        """Variable-length integer (§2.1.2); rejects the reserved prefix and non-minimal encodings."""
+        start = self.pos
+        first = self.u8()
+        prefix = first >> 6
+        if prefix == 3:
+            raise self.error("invalid variable-length integer prefix 0b11", start)
+        value = first & 0x3F
+        for _ in range((1 << prefix) - 1):
+            value = (value << 8) | self.u8()
+        if prefix > 0 and value < (1 << (8 * (1 << (prefix - 1)) - 2)):
+            raise self.error("variable-length integer is not minimally encoded", start)
+        return value
+
+    def opaque(self) -> bytes:
+        """``opaque data<V>``: a varint length then that many bytes."""
+        n = self.varint()
+        return self.read(n)
+
+    def vector(self, item: Callable[[Reader], T]) -> list[T]:
+        """``T items<V>``: a varint byte length, then items that must fill it exactly."""
+        n = self.varint()
+        if n > self.end - self.pos:
+            raise self.error(f"vector length {n} exceeds the {self.end - self.pos} bytes remaining")
+        outer_end = self.end
+        self.end = self.pos + n
+        items: list[T] = []
+        try:
+            while self.pos < self.end:
+                items.append(item(self))
+        finally:
+            self.end = outer_end
+        return items
+
+    def optional(self, item: Callable[[Reader], T]) -> T | None:
+        """``optional<T>``: a presence octet (0 or 1) then the value."""
+        at = self.pos
+        flag = self.u8()
+        if flag == 0:
+            return None
+        if flag != 1:
+            raise self.error(f"optional presence octet is {flag}, not 0 or 1", at)
+        return item(self)
+
+    def done(self) -> None:
+        if self.pos != self.end:
+            raise self.error(f"{self.end - self.pos} trailing bytes")
+
+
+class Writer:
+    """Appends encodings to a growing buffer."""
+
+    __slots__ = ("buf",)
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+
+    def getvalue(self) -> bytes:
+        return bytes(self.buf)
+
+    def write(self, data: bytes) -> None:
+        self.buf += data
+
+    def u8(self, v: int) -> None:
+        if not 0 <= v <= 0xFF:
+            raise ValueError("uint8 out of range")
+        self.buf.append(v)
+
+    def u16(self, v: int) -> None:
+        self.buf += _U16.pack(v)
+
+    def u32(self, v: int) -> None:
+        self.buf += _U32.pack(v)
+
+    def u64(self, v: int) -> None:
+        self.buf += _U64.pack(v)
+
+    def varint(self, v: int) -> None:
+        self.buf += encode_varint(v)
+
+    def opaque(self, data: bytes) -> None:
+        self.varint(len(data))
+        self.buf += data
+
+    def vector(self, items: Sequence[T], item: Callable[[Writer, T], None]) -> None:
+        inner = Writer()
+        for x in items:
+            item(inner, x)
+        self.opaque(inner.buf)
+
+    def optional(self, value: T | None, item: Callable[[Writer, T], None]) -> None:
+        if value is None:
+            self.buf.append(0)
+        else:
+            self.buf.append(1)
+            item(self, value)
+
+
+def encode_varint(v: int) -> bytes:
+    """Minimal MLS variable-length integer encoding (§2.1.2)."""
+    if v < 0 or v > VARINT_MAX:
+        raise ValueError("value does not fit a variable-length integer")
+    if v < 0x40:
+        return bytes((v,))
+    if v < 0x4000:
+        return (v | 0x4000).to_bytes(2, "big")
+    return (v | 0x80000000).to_bytes(4, "big")
+
+
+def opaque_bytes(data: bytes) -> bytes:
+    """The encoding of ``opaque data<V>``."""
+    return encode_varint(len(data)) + data
+
+
+# ------------------------------------------------------------------------------------------------
+# Field codecs
+# ------------------------------------------------------------------------------------------------
+
+
+class Codec(Protocol[T]):
+    """How one field is written and read."""
+
+    def write(self, w: Writer, v: T) -> None: ...
+
+    def read(self, r: Reader) -> T: ...
+
+
+class _Int(Generic[T]):
+    def __init__(self, bits: int) -> None:
+        self.bits = bits
+        self._w = {8: Writer.u8, 16: Writer.u16, 32: Writer.u32, 64: Writer.u64}[bits]
+        self._r = {8: Reader.u8, 16: Reader.u16, 32: Reader.u32, 64: Reader.u64}[bits]
+
+    def write(self, w: Writer, v: int) -> None:
+        if not 0 <= v < (1 << self.bits):
+            raise ValueError(f"uint{self.bits} out of range")
+        self._w(w, v)
+
+    def read(self, r: Reader) -> int:
+        return self._r(r)
+
+
+class _Opaque:
+    def write(self, w: Writer, v: bytes) -> None:
+        w.opaque(v)
+
+    def read(self, r: Reader) -> bytes:
+        return r.opaque()
+
+
+class _Bool:
+    def write(self, w: Writer, v: bool) -> None:
+        w.u8(1 if v else 0)
+
+    def read(self, r: Reader) -> bool:
+        at = r.pos
+        b = r.u8()
+        if b > 1:
+            raise r.error(f"boolean octet is {b}", at)
+        return b == 1
+
+
+class Fixed:
+    """``opaque data[n]``: exactly ``n`` bytes with no length prefix."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def write(self, w: Writer, v: bytes) -> None:
+        if len(v) != self.n:
+            raise ValueError(f"expected {self.n} bytes")
+        w.write(v)
+
+    def read(self, r: Reader) -> bytes:
+        return r.read(self.n)
+
+
+class Vec(Generic[T]):
+    """``T items<V>`` of any item codec (a primitive codec or a :class:`Struct` subclass)."""
+
+    def __init__(self, item: Any) -> None:
+        self.item = as_codec(item)
+
+    def write(self, w: Writer, v: Sequence[T]) -> None:
+        w.vector(v, self.item.write)
+
+    def read(self, r: Reader) -> tuple[T, ...]:
+        return tuple(r.vector(self.item.read))
+
+
+class Opt(Generic[T]):
+    """``optional<T>``."""
+
+    def __init__(self, item: Any) -> None:
+        self.item = as_codec(item)
+
+    def write(self, w: Writer, v: T | None) -> None:
+        w.optional(v, self.item.write)
+
+    def read(self, r: Reader) -> T | None:
+        return r.optional(self.item.read)
+
+
+U8: Codec[int] = _Int(8)
+U16: Codec[int] = _Int(16)
+U32: Codec[int] = _Int(32)
+U64: Codec[int] = _Int(64)
+Opaque: Codec[bytes] = _Opaque()
+Bool: Codec[bool] = _Bool()
+
+
+class _StructCodec:
+    def __init__(self, cls: type[Struct]) -> None:
+        self.cls = cls
+
+    def write(self, w: Writer, v: Struct) -> None:
+        v.encode(w)
+
+    def read(self, r: Reader) -> Struct:
+        return self.cls.decode(r)
+
+
+def as_codec(x: Any) -> Codec[Any]:
+    """A codec object, or a :class:`Struct` subclass (or anything with ``encode``/``decode``)."""
+    if isinstance(x, type) and hasattr(x, "decode") and hasattr(x, "encode"):
+        return _StructCodec(x)
+    if hasattr(x, "read") and hasattr(x, "write"):
+        return typing.cast(Codec[Any], x)
+    raise TypeError(f"not a codec: {x!r}")
+
+
+# ------------------------------------------------------------------------------------------------
+# Declarative structs
+# ------------------------------------------------------------------------------------------------
+
+
+class Struct:
+    """Base of TLS-encoded structs declared as frozen dataclasses with ``Annotated[type, codec]`` fields.
+
+    Subclasses with a hand-written wire form (tagged unions, ``select`` blocks) override
+    :meth:`encode` and :meth:`decode` and keep the rest.
+    """
+
+    __codecs__: ClassVar[tuple[tuple[str, Codec[Any]], ...] | None] = None
+
+    @classmethod
+    def _field_codecs(cls) -> tuple[tuple[str, Codec[Any]], ...]:
+        codecs = cls.__dict__.get("__codecs__")
+        if codecs is None:
+            hints = typing.get_type_hints(cls, include_extras=True)
+            out = []
+            for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+                meta = getattr(hints[f.name], "__metadata__", None)
+                if not meta:
+                    raise TypeError(f"{cls.__name__}.{f.name} has no codec annotation")
+                out.append((f.name, as_codec(meta[0])))
+            codecs = tuple(out)
+            cls.__codecs__ = codecs
+        return codecs
+
+    def encode(self, w: Writer) -> None:
+        for name, codec in self._field_codecs():
+            codec.write(w, getattr(self, name))
+
+    @classmethod
+    def decode(cls: type[S], r: Reader) -> S:
+        depth = r.enter(cls.__name__)
+        try:
+            values = {}
+            for name, codec in cls._field_codecs():
+                r.enter(name)
+                values[name] = codec.read(r)
+                r.leave()
+            obj = cls(**values)
+            obj.check_decoded(r)
+        finally:
+            r.restore(depth)
+        return obj
+
+    def check_decoded(self, r: Reader) -> None:
+        """Hook for structural checks after decoding (raise ``r.error(...)``)."""
+
+    def to_bytes(self) -> bytes:
+        w = Writer()
+        self.encode(w)
+        return w.getvalue()
+
+    @classmethod
+    def from_bytes(cls: type[S], data: bytes) -> S:
+        """Decode exactly one value from ``data``: trailing bytes are an error."""
+        r = Reader(data, cls.__name__)
+        obj = cls.decode(r)
+        r.done()
+        return obj
+
+
+def decode_exact(data: bytes, read: Callable[[Reader], T], structure: str) -> T:
+    """Run ``read`` over ``data`` and require that it consumes every byte."""
+    r = Reader(data, structure)
+    value = read(r)
+    r.done()
+    return value

@@ -1,0 +1,53 @@
+"""The error types of the MLS library.
+
+Every failure that a caller can provoke with input — malformed bytes, a message that breaks a rule of
+RFC 9420, a failed signature or AEAD check — is raised as a subclass of :class:`MLSError`. No other
+exception type escapes a decoder or the group engine for bad input.
+
+Error text never carries key material or secrets: it names a structure, an offset or an RFC rule.
+"""
+
+from __future__ import annotations
+
+
+class MLSError(Exception):
+    """Base class of every error raised by the ``mls`` package for bad input or state."""
+
+
+class DecodeError(MLSError):
+    """Bytes are not a valid TLS presentation-language / MLS encoding (RFC 9420 §2.1).
+
+    ``structure`` names the structure being decoded (innermost last, e.g. ``"KeyPackage.leaf_node"``)
+    and ``offset`` is the byte offset in the input where decoding failed.
+    """
+
+    def __init__(self, structure: str, offset: int, reason: str) -> None:
+        self.structure = structure
+        self.offset = offset
+        self.reason = reason
+        super().__init__(f"{structure}: {reason} at byte offset {offset}")
+
+
+class ValidationError(MLSError):
+    """Well-formed input rejected by a rule of RFC 9420; ``rule`` is the section, e.g. ``"12.2"``."""
+
+    def __init__(self, rule: str, message: str) -> None:
+        self.rule = rule
+        self.message = message
+        super().__init__(f"RFC 9420 §{rule}: {message}")
+
+
+class CryptoError(ValidationError):
+    """A cryptographic check failed (signature, AEAD tag, HPKE decryption, MAC)."""
+
+
+class UnsupportedError(MLSError):
+    """A cipher suite, algorithm or feature that this implementation or key holder does not support."""
+
+
+class StateError(MLSError):
+    """An operation is not allowed in the current state (e.g. a pending commit is in the way)."""
+
+
+class KeyStoreError(MLSError):
+    """A key holder could not perform an operation (missing key reference, refused operation)."""
