@@ -1,0 +1,168 @@
+"""The crypto backend: hash, HMAC, HKDF and AEAD primitives behind one interface.
+
+RFC 9420 needs a handful of symmetric primitives (§5.1: Hash, KDF, MAC, AEAD of the cipher suite). They
+are reached through a :class:`CryptoBackend` so that an accelerated implementation (``native/``, C over
+OpenSSL's libcrypto) can replace the pure-Python one (``cryptography`` and ``hashlib``, both OpenSSL)
+without touching protocol code. Both must give identical bytes.
+
+Selection happens once, at import: the native backend when it is built and importable, otherwise the
+Python one. ``MLS_CRYPTO_BACKEND=python`` or ``=native`` forces either (``native`` fails loudly when it
+is unavailable). :func:`get_backend` returns the backend in use; its ``name`` is reported in metrics.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac as _hmac
+import importlib
+import os
+from collections.abc import Sequence
+from typing import Protocol
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
+from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
+
+from ..errors import CryptoError, UnsupportedError
+
+#: HPKE AEAD identifiers (RFC 9180 §7.3), which MLS cipher suites use.
+AEAD_AES128GCM = 0x0001
+AEAD_AES256GCM = 0x0002
+AEAD_CHACHA20POLY1305 = 0x0003
+
+#: (key length Nk, nonce length Nn) per AEAD id.
+AEAD_SIZES = {AEAD_AES128GCM: (16, 12), AEAD_AES256GCM: (32, 12), AEAD_CHACHA20POLY1305: (32, 12)}
+AEAD_TAG_LEN = 16
+
+HASH_SIZES = {"sha256": 32, "sha384": 48, "sha512": 64}
+
+AeadItem = tuple[bytes, bytes, bytes, bytes]
+"""One AEAD operation: (key, nonce, aad, plaintext-or-ciphertext)."""
+
+
+class CryptoBackend(Protocol):
+    """Symmetric primitives used by MLS. Hash names are ``"sha256"``, ``"sha384"``, ``"sha512"``."""
+
+    name: str
+
+    def hash(self, alg: str, data: bytes) -> bytes: ...
+
+    def hmac(self, alg: str, key: bytes, data: bytes) -> bytes: ...
+
+    def hkdf_extract(self, alg: str, salt: bytes, ikm: bytes) -> bytes: ...
+
+    def hkdf_expand(self, alg: str, prk: bytes, info: bytes, length: int) -> bytes: ...
+
+    def aead_seal(self, aead: int, key: bytes, nonce: bytes, aad: bytes, plaintext: bytes) -> bytes: ...
+
+    def aead_open(self, aead: int, key: bytes, nonce: bytes, aad: bytes, ciphertext: bytes) -> bytes:
+        """Decrypt and authenticate; raises :class:`~mls.errors.CryptoError` on a bad tag."""
+        ...
+
+    def aead_seal_many(self, aead: int, items: Sequence[AeadItem]) -> list[bytes]: ...
+
+    def aead_open_many(self, aead: int, items: Sequence[AeadItem]) -> list[bytes | None]:
+        """Open many; an item that fails authentication gives ``None`` in its place."""
+        ...
+
+
+_HASHES: dict[str, type[hashes.HashAlgorithm]] = {
+    "sha256": hashes.SHA256,
+    "sha384": hashes.SHA384,
+    "sha512": hashes.SHA512,
+}
+
+
+def _check_aead_args(aead: int, key: bytes, nonce: bytes) -> None:
+    sizes = AEAD_SIZES.get(aead)
+    if sizes is None:
+        raise UnsupportedError(f"AEAD 0x{aead:04x} is not supported")
+    if len(key) != sizes[0] or len(nonce) != sizes[1]:
+        raise CryptoError("5.1", "AEAD key or nonce has the wrong length")
+
+
+class PythonBackend:
+    """The pure-Python path: ``hashlib``/``hmac`` and ``cryptography`` (all OpenSSL underneath)."""
+
+    name = "python"
+
+    def hash(self, alg: str, data: bytes) -> bytes:
+        return hashlib.new(alg, data).digest()
+
+    def hmac(self, alg: str, key: bytes, data: bytes) -> bytes:
+        return _hmac.digest(key, data, alg)
+
+    def hkdf_extract(self, alg: str, salt: bytes, ikm: bytes) -> bytes:
+        # RFC 5869 §2.2: PRK = HMAC-Hash(salt, IKM), an all-zero salt of HashLen when none is given.
+        return _hmac.digest(salt or bytes(HASH_SIZES[alg]), ikm, alg)
+
+    def hkdf_expand(self, alg: str, prk: bytes, info: bytes, length: int) -> bytes:
+        return HKDFExpand(_HASHES[alg](), length, info).derive(prk)
+
+    def _cipher(self, aead: int, key: bytes) -> AESGCM | ChaCha20Poly1305:
+        return ChaCha20Poly1305(key) if aead == AEAD_CHACHA20POLY1305 else AESGCM(key)
+
+    def aead_seal(self, aead: int, key: bytes, nonce: bytes, aad: bytes, plaintext: bytes) -> bytes:
+        _check_aead_args(aead, key, nonce)
+        return self._cipher(aead, key).encrypt(nonce, plaintext, aad)
+
+    def aead_open(self, aead: int, key: bytes, nonce: bytes, aad: bytes, ciphertext: bytes) -> bytes:
+        _check_aead_args(aead, key, nonce)
+        try:
+            return self._cipher(aead, key).decrypt(nonce, ciphertext, aad)
+        except InvalidTag:
+            raise CryptoError("5.1", "AEAD decryption failed") from None
+
+    def aead_seal_many(self, aead: int, items: Sequence[AeadItem]) -> list[bytes]:
+        return [self.aead_seal(aead, *item) for item in items]
+
+    def aead_open_many(self, aead: int, items: Sequence[AeadItem]) -> list[bytes | None]:
+        out: list[bytes | None] = []
+        for item in items:
+            try:
+                out.append(self.aead_open(aead, *item))
+            except CryptoError:
+                out.append(None)
+        return out
+
+
+def _load_native() -> CryptoBackend | None:
+    try:
+        mod = importlib.import_module("native.backend")
+    except ImportError:
+        return None
+    factory = getattr(mod, "NativeBackend", None)
+    if factory is None:
+        return None
+    backend: CryptoBackend = factory()
+    return backend
+
+
+def select_backend(choice: str | None = None) -> CryptoBackend:
+    """The backend named by ``choice`` (or ``$MLS_CRYPTO_BACKEND``): ``auto``, ``python`` or ``native``."""
+    choice = (choice or os.environ.get("MLS_CRYPTO_BACKEND") or "auto").lower()
+    if choice == "python":
+        return PythonBackend()
+    if choice not in ("auto", "native"):
+        raise UnsupportedError(f"unknown crypto backend {choice!r} (auto, python or native)")
+    native = _load_native()
+    if native is not None:
+        return native
+    if choice == "native":
+        raise UnsupportedError("the native crypto backend is not built or not importable")
+    return PythonBackend()
+
+
+_backend: CryptoBackend = select_backend()
+
+
+def get_backend() -> CryptoBackend:
+    """The backend in use by every cipher suite."""
+    return _backend
+
+
+def set_backend(backend: CryptoBackend) -> None:
+    """Replace the backend in use (tests and benchmarks compare backends this way)."""
+    global _backend
+    _backend = backend
