@@ -8,6 +8,8 @@ Two layers:
 * Declarative structs — a frozen dataclass deriving from :class:`Struct` whose fields are annotated with
   codecs, e.g. ``not_before: Annotated[int, U64]``. ``encode``/``decode``/``to_bytes``/``from_bytes``
   are derived from the annotations in field order, which is the order of the RFC's struct definition.
+  A ``select`` on an earlier field is declared with ``__select__ = Select(tag, {value: (field, …)})``:
+  the arm fields are optional (``None`` unless selected) and are written/read only when selected.
 
 Decoding is strict: :meth:`Struct.from_bytes` rejects trailing bytes, non-minimal varints and vectors
 whose content does not fill their length exactly. Failures raise :class:`~mls.errors.DecodeError`
@@ -16,10 +18,11 @@ naming the structure path and the byte offset.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import struct
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from .errors import DecodeError
@@ -49,7 +52,7 @@ class Reader:
     # -- error reporting -------------------------------------------------------------------------
     @property
     def structure(self) -> str:
-        return ".".join(self._path)
+        return ".".join(p for p in self._path if p) or "input"
 
     def error(self, reason: str, offset: int | None = None) -> DecodeError:
         return DecodeError(self.structure, self.pos if offset is None else offset, reason)
@@ -64,6 +67,15 @@ class Reader:
 
     def restore(self, depth: int) -> None:
         del self._path[depth:]
+
+    @contextlib.contextmanager
+    def scope(self, name: str) -> Iterator[None]:
+        """Name a hand-decoded structure in error paths for the duration of a ``with`` block."""
+        depth = self.enter(name)
+        try:
+            yield
+        finally:
+            self.restore(depth)
 
     # -- primitives ------------------------------------------------------------------------------
     def remaining(self) -> int:
@@ -172,7 +184,7 @@ class Writer:
     def varint(self, v: int) -> None:
         self.buf += encode_varint(v)
 
-    def opaque(self, data: bytes) -> None:
+    def opaque(self, data: bytes | bytearray) -> None:
         self.varint(len(data))
         self.buf += data
 
@@ -295,6 +307,26 @@ class Opt(Generic[T]):
         return r.optional(self.item.read)
 
 
+class OneOf:
+    """An integer codec accepting only ``values``: an enum whose unknown values the RFC gives no room for."""
+
+    def __init__(self, base: Codec[int], values: Iterable[int]) -> None:
+        self.base = base
+        self.values = frozenset(int(v) for v in values)
+
+    def write(self, w: Writer, v: int) -> None:
+        if v not in self.values:
+            raise ValueError(f"value {v} is not one of {sorted(self.values)}")
+        self.base.write(w, v)
+
+    def read(self, r: Reader) -> int:
+        at = r.pos
+        v = self.base.read(r)
+        if v not in self.values:
+            raise r.error(f"value {v} is not one of {sorted(self.values)}", at)
+        return v
+
+
 U8: Codec[int] = _Int(8)
 U16: Codec[int] = _Int(16)
 U32: Codec[int] = _Int(32)
@@ -328,6 +360,36 @@ def as_codec(x: Any) -> Codec[Any]:
 # ------------------------------------------------------------------------------------------------
 
 
+class Select:
+    """A ``select (T.tag) { case v: fields… }`` block, declared on a struct as ``__select__``.
+
+    ``arms`` maps each tag value to the names of the fields that value carries. A field named in any arm
+    is ``None`` unless the struct's tag selects it; the tag field must come before every arm field.
+    Decoding an unknown tag value is an error: without a length prefix the rest cannot be parsed.
+    """
+
+    def __init__(self, tag: str, arms: Mapping[int, Sequence[str]]) -> None:
+        self.tag = tag
+        self.arms = {int(k): frozenset(v) for k, v in arms.items()}
+        self.fields = frozenset().union(*self.arms.values())
+
+    def absent(self, tag_value: int) -> frozenset[str] | None:
+        """The arm fields that ``tag_value`` leaves out, or ``None`` for an unknown tag value."""
+        present = self.arms.get(tag_value)
+        return None if present is None else self.fields - present
+
+    def check(self, obj: object) -> None:
+        """Raise ``ValueError`` unless exactly the fields selected by ``obj``'s tag are set."""
+        tag = getattr(obj, self.tag)
+        absent = self.absent(tag)
+        if absent is None:
+            raise ValueError(f"{type(obj).__name__}.{self.tag} = {tag} selects no known case")
+        for name in self.fields:
+            if (getattr(obj, name) is None) != (name in absent):
+                state = "unset" if name in absent else "set"
+                raise ValueError(f"{type(obj).__name__}.{name} must be {state} when {self.tag} = {tag}")
+
+
 class Struct:
     """Base of TLS-encoded structs declared as frozen dataclasses with ``Annotated[type, codec]`` fields.
 
@@ -336,6 +398,11 @@ class Struct:
     """
 
     __codecs__: ClassVar[tuple[tuple[str, Codec[Any]], ...] | None] = None
+    __select__: ClassVar[Select | None] = None
+
+    def __post_init__(self) -> None:
+        if self.__select__ is not None:
+            self.__select__.check(self)
 
     @classmethod
     def _field_codecs(cls) -> tuple[tuple[str, Codec[Any]], ...]:
@@ -349,21 +416,56 @@ class Struct:
                     raise TypeError(f"{cls.__name__}.{f.name} has no codec annotation")
                 out.append((f.name, as_codec(meta[0])))
             codecs = tuple(out)
+            select = cls.__select__
+            if select is not None:
+                names = [name for name, _ in codecs]
+                if not select.fields <= set(names[names.index(select.tag) + 1 :]):
+                    raise TypeError(f"{cls.__name__}: select arms must be fields after {select.tag}")
             cls.__codecs__ = codecs
         return codecs
 
-    def encode(self, w: Writer) -> None:
+    def _unselected(self) -> frozenset[str]:
+        select = self.__select__
+        if select is None:
+            return frozenset()
+        absent = select.absent(getattr(self, select.tag))
+        if absent is None:
+            raise ValueError(f"{type(self).__name__}.{select.tag} selects no known case")
+        return absent
+
+    def _write_fields(self, w: Writer, omit: frozenset[str]) -> None:
         for name, codec in self._field_codecs():
-            codec.write(w, getattr(self, name))
+            if name not in omit:
+                codec.write(w, getattr(self, name))
+
+    def encode(self, w: Writer) -> None:
+        self._write_fields(w, self._unselected())
+
+    def to_bytes_without(self, *names: str) -> bytes:
+        """The encoding with the named fields left out (e.g. a ``…TBS`` struct: all but ``signature``)."""
+        w = Writer()
+        self._write_fields(w, self._unselected() | frozenset(names))
+        return w.getvalue()
 
     @classmethod
     def decode(cls: type[S], r: Reader) -> S:
         depth = r.enter(cls.__name__)
+        select = cls.__select__
+        skip: frozenset[str] = frozenset()
         try:
-            values = {}
+            values: dict[str, Any] = {}
             for name, codec in cls._field_codecs():
+                if name in skip:
+                    values[name] = None
+                    continue
                 r.enter(name)
+                at = r.pos
                 values[name] = codec.read(r)
+                if select is not None and name == select.tag:
+                    absent = select.absent(values[name])
+                    if absent is None:
+                        raise r.error(f"unknown {name} {values[name]}", at)
+                    skip = absent
                 r.leave()
             obj = cls(**values)
             obj.check_decoded(r)
@@ -382,7 +484,7 @@ class Struct:
     @classmethod
     def from_bytes(cls: type[S], data: bytes) -> S:
         """Decode exactly one value from ``data``: trailing bytes are an error."""
-        r = Reader(data, cls.__name__)
+        r = Reader(data, "")  # decode() names the structure itself
         obj = cls.decode(r)
         r.done()
         return obj

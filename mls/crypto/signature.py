@@ -95,8 +95,11 @@ class SignatureScheme:
         return True
 
 
+_HASHES: dict[str, type[hashes.HashAlgorithm]] = {"sha256": hashes.SHA256, "sha384": hashes.SHA384, "sha512": hashes.SHA512}
+
+
 def _hash_algorithm(name: str) -> hashes.HashAlgorithm:
-    return {"sha256": hashes.SHA256, "sha384": hashes.SHA384, "sha512": hashes.SHA512}[name]()
+    return _HASHES[name]()
 
 
 def public_key_bytes(scheme: SignatureScheme, key: PrivateKey) -> bytes:

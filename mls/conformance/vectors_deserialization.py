@@ -1,0 +1,19 @@
+"""``deserialization`` vectors: the variable-length integer header of ``opaque data<V>`` (RFC 9420
+§2.1.2) decodes to the vector's length, and encoding that length reproduces the header exactly."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..codec import Reader, encode_varint
+from . import vector_kind
+from .checks import expect_equal, h
+
+
+@vector_kind("deserialization", keys=["vlbytes_header", "length"])
+def run(case: dict[str, Any]) -> None:
+    header = h(case["vlbytes_header"])
+    r = Reader(header, "vlbytes_header")
+    expect_equal("length", r.varint(), case["length"])
+    r.done()
+    expect_equal("encode_varint(length)", encode_varint(case["length"]), header)

@@ -1,0 +1,86 @@
+"""The MLS working group's test vectors, run through ``python -m mls.conformance``'s machinery.
+
+Every file listed in ``REQUIRED`` must pass every case with nothing skipped; no file anywhere may fail.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mls.conformance import run_file
+
+from .conftest import SHARED
+
+VECTORS = SHARED / "mls-test-vectors"
+
+#: Files whose every case must pass (grows as the implementation does).
+REQUIRED = [
+    # RFC 9420 protocol core
+    "tree-math.json",
+    "deserialization.json",
+    "crypto-basics.json",
+    "secret-tree.json",
+    "key-schedule.json",
+    "psk_secret.json",
+    "transcript-hashes.json",
+    "message-protection.json",
+    "welcome.json",
+    "messages.json",
+    # ratchet tree and TreeKEM
+    "tree-validation.json",
+    "tree-operations.json",
+    "treekem.json",
+]
+
+
+def test_no_vector_file_fails_anywhere() -> None:
+    for path in sorted(VECTORS.rglob("*.json")):
+        result = run_file(path, VECTORS)
+        assert result.failed == 0, f"{result.name}: " + "\n".join(result.failures[:5])
+
+
+@pytest.mark.parametrize("name", REQUIRED)
+def test_vector_file_passes_completely(name: str) -> None:
+    result = run_file(VECTORS / name)
+    assert result.kind is not None, f"{name} not recognised"
+    assert result.failed == 0, "\n".join(result.failures[:10])
+    assert result.skipped == 0, "\n".join(result.skips[:10])
+    assert result.passed == len(json.loads((VECTORS / name).read_text()))
+
+
+def test_command_line_summary_and_exit_status() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "mls.conformance", str(VECTORS / "crypto-basics.json")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0] == "crypto-basics.json: 7 passed, 0 failed, 0 skipped"
+    assert lines[-1] == "7 passed, 0 failed"
+
+
+def test_command_line_json_and_unknown_file_is_skipped(tmp_path: Path) -> None:
+    unknown = tmp_path / "something-else.json"
+    unknown.write_text(json.dumps([{"foo": 1}]))
+    proc = subprocess.run(
+        [sys.executable, "-m", "mls.conformance", str(unknown), "--json"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 0
+    report = json.loads(proc.stdout)
+    assert report["files"][0]["skipped"] == 1 and report["files"][0]["kind"] is None
+
+
+def test_a_disagreement_fails_with_nonzero_exit(tmp_path: Path) -> None:
+    case = json.loads((VECTORS / "crypto-basics.json").read_text())[0]
+    case["derive_secret"]["out"] = "00" * 32
+    bad = tmp_path / "crypto-basics.json"
+    bad.write_text(json.dumps([case]))
+    proc = subprocess.run([sys.executable, "-m", "mls.conformance", str(bad)], capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert proc.stdout.strip().splitlines()[-1] == "0 passed, 1 failed"
