@@ -6,12 +6,26 @@ and the group (§10.1) is validation, not decoding.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Annotated
 
 from .codec import U16, Opaque, Struct, Vec
-from .extensions import Extension
-from .leaf_node import LeafNode
+from .credentials import Credential
+from .crypto.cipher_suite import CipherSuite
+from .crypto.keys import Signer
+from .errors import ValidationError
+from .extensions import Extension, RequiredCapabilities
+from .leaf_node import (
+    Capabilities,
+    LeafNode,
+    LeafNodeSource,
+    Lifetime,
+    ProtocolVersion,
+    default_capabilities,
+    sign_leaf_node,
+)
+from .leaf_validation import LeafPolicy, validate_leaf_node
 
 
 @dataclass(frozen=True)
@@ -28,3 +42,50 @@ class KeyPackage(Struct):
     def tbs(self) -> bytes:
         """The ``KeyPackageTBS`` encoding: every field but ``signature``."""
         return self.to_bytes_without("signature")
+
+
+def create_key_package(
+    cs: CipherSuite,
+    signer: Signer,
+    *,
+    init_key: bytes,
+    encryption_key: bytes,
+    credential: Credential,
+    lifetime: Lifetime,
+    capabilities: Capabilities | None = None,
+    leaf_extensions: tuple[Extension, ...] = (),
+    extensions: tuple[Extension, ...] = (),
+) -> KeyPackage:
+    """A signed KeyPackage (§10) whose leaf node is signed too (source ``key_package``, §7.2)."""
+    if init_key == encryption_key:
+        raise ValidationError("10.1", "init_key and the leaf's encryption_key must differ")
+    leaf = LeafNode(
+        encryption_key=encryption_key,
+        signature_key=signer.public_key,
+        credential=credential,
+        capabilities=capabilities or default_capabilities(),
+        leaf_node_source=LeafNodeSource.key_package,
+        lifetime=lifetime,
+        extensions=leaf_extensions,
+        signature=b"",
+    )
+    leaf = sign_leaf_node(cs, signer, leaf)
+    unsigned = KeyPackage(ProtocolVersion.mls10, cs.suite_id, init_key, leaf, extensions, b"")
+    return dataclasses.replace(unsigned, signature=cs.sign_with_label(signer, "KeyPackageTBS", unsigned.tbs()))
+
+
+def validate_key_package(
+    cs: CipherSuite, kp: KeyPackage, policy: LeafPolicy, required: RequiredCapabilities | None = None
+) -> None:
+    """KeyPackage validation (§10.1); raises :class:`ValidationError` naming the rule."""
+    if kp.version != ProtocolVersion.mls10 or kp.cipher_suite != cs.suite_id:
+        raise ValidationError("10.1", "the KeyPackage's version or cipher suite is not the group's")
+    validate_leaf_node(
+        cs, kp.leaf_node, source=LeafNodeSource.key_package, group_id=None, leaf_index=None,
+        policy=policy, required=required,
+    )
+    if not cs.verify_with_label(kp.leaf_node.signature_key, "KeyPackageTBS", kp.tbs(), kp.signature):
+        raise ValidationError("10.1", "the KeyPackage signature does not verify")
+    if kp.leaf_node.encryption_key == kp.init_key:
+        raise ValidationError("10.1", "init_key and the leaf's encryption_key must differ")
+    cs.kem.check_public_key(kp.init_key)

@@ -6,12 +6,15 @@ verification belong to the cipher-suite layer; :meth:`LeafNode.tbs` only produce
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Annotated
 
 from .codec import U8, U16, U64, Codec, OneOf, Opaque, Select, Struct, Vec, Writer
 from .credentials import Credential
+from .crypto.cipher_suite import CipherSuite
+from .crypto.keys import Signer
 from .extensions import Extension
 
 
@@ -92,3 +95,23 @@ class LeafNode(Struct):
             w.opaque(group_id)
             w.u32(leaf_index)
         return w.getvalue()
+
+
+def default_capabilities(credential_types: tuple[int, ...] = (1, 2)) -> Capabilities:
+    """Capabilities of a leaf made by this implementation: mls10, all seven suites, basic and x509
+    credentials; no non-default extension or proposal types (the defaults are never listed, §7.2)."""
+    return Capabilities(
+        versions=(ProtocolVersion.mls10,),
+        cipher_suites=(1, 2, 3, 4, 5, 6, 7),
+        extensions=(),
+        proposals=(),
+        credentials=credential_types,
+    )
+
+
+def sign_leaf_node(
+    cs: CipherSuite, signer: Signer, leaf: LeafNode, group_id: bytes | None = None, leaf_index: int | None = None
+) -> LeafNode:
+    """``leaf`` with ``signature = SignWithLabel(., "LeafNodeTBS", LeafNodeTBS)`` (§7.2)."""
+    signature = cs.sign_with_label(signer, "LeafNodeTBS", leaf.tbs(group_id, leaf_index))
+    return dataclasses.replace(leaf, signature=signature)

@@ -128,8 +128,6 @@ def validate_leaf_node(
         raise ValidationError("7.3", f"leaf_node_source must be {source.name}")
     if leaf.leaf_node_source == LeafNodeSource.key_package and leaf.lifetime is None:
         raise ValidationError("7.2", "a key_package leaf must carry a lifetime")
-    if cs.suite_id not in leaf.capabilities.cipher_suites:
-        raise ValidationError("7.3", "the leaf does not support the group's cipher suite")
     if 1 not in leaf.capabilities.versions:
         raise ValidationError("7.3", "the leaf does not support protocol version mls10")
     policy.credential_validator.validate(leaf.credential, leaf.signature_key)

@@ -158,6 +158,11 @@ class RatchetTree:
             if self._nodes[x] is not None:
                 self._set(x, None)
 
+    def extend_to(self, n_leaves: int) -> None:
+        """Extend with blank subtrees until the tree has at least ``n_leaves`` leaves (§7.7)."""
+        while self.n_leaves < n_leaves:
+            self._extend()
+
     def _extend(self) -> None:
         """Double the leaf count: the old tree becomes the left subtree of a new blank root (§7.7)."""
         width = len(self._nodes)

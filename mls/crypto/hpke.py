@@ -107,7 +107,8 @@ class Kem:
                 key = x448.X448PrivateKey.from_private_bytes(data)
             else:
                 assert self.curve is not None
-                if len(data) != self.n_sk:
+                # Some implementations drop leading zero octets of P-521 scalars: accept up to Nsk.
+                if not 0 < len(data) <= self.n_sk:
                     raise ValueError("wrong length")
                 key = ec.derive_private_key(int.from_bytes(data, "big"), self.curve)
         except ValueError:
