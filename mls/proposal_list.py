@@ -266,9 +266,12 @@ def apply_proposals(vc: ValidationContext, proposals: Sequence[CommittedProposal
         if isinstance(body, Remove):
             out.tree.remove_leaf(body.removed)
             out.removed.append(body.removed)
+    next_free = 0
     for _, body in bodies:
         if isinstance(body, Add):
-            out.added.append((out.tree.add_leaf(body.key_package.leaf_node), body.key_package))
+            index = out.tree.add_leaf(body.key_package.leaf_node, next_free)
+            out.added.append((index, body.key_package))
+            next_free = index + 1
     for _, body in bodies:
         if isinstance(body, PreSharedKey):
             out.psks.append(body.psk)

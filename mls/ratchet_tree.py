@@ -180,9 +180,13 @@ class RatchetTree:
             width = 2 * half - 1
             del self._nodes[width:], self._hashes[width:], self._enc[width:]
 
-    def add_leaf(self, leaf: LeafNode) -> int:
-        """Add ``leaf`` at the leftmost blank leaf, extending the tree if none (§12.1.1); its index."""
-        index = next((i for i in range(self.n_leaves) if self._nodes[2 * i] is None), None)
+    def add_leaf(self, leaf: LeafNode, start: int = 0) -> int:
+        """Add ``leaf`` at the leftmost blank leaf, extending the tree if none (§12.1.1); its index.
+
+        ``start`` is a leaf index below which the caller knows there is no blank leaf (several Adds of
+        one commit fill blanks left to right, so each may start after the previous one).
+        """
+        index = next((i for i in range(start, self.n_leaves) if self._nodes[2 * i] is None), None)
         if index is None:
             index = self.n_leaves
             self._extend()

@@ -1,0 +1,101 @@
+"""An MLS client: one identity (signature key and credential in one cipher suite) and its KeyPackages.
+
+:class:`Client` is the convenient front door to the group engine: it makes KeyPackages whose private
+keys live in its KeyStore (§10), creates groups (§11), and joins from a Welcome by finding which of its
+KeyPackages the Welcome is for (§12.4.3.1). A consumed KeyPackage's private keys are destroyed at once,
+except the init key of a last-resort KeyPackage, which stays until the caller retires it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from .credentials import Credential
+from .crypto.cipher_suite import CipherSuite, cipher_suite
+from .crypto.keys import HpkePrivateKey, KeyStore, Signer
+from .errors import MLSError, ValidationError
+from .extensions import Extension
+from .framing import MLSMessage
+from .group import Group, GroupConfig, PskStore, default_lifetime
+from .key_package import KeyPackage, create_key_package
+from .leaf_node import Lifetime
+from .messages import Welcome
+from .welcome import key_package_ref
+
+
+@dataclass
+class KeyPackageBundle:
+    """A KeyPackage and the private keys behind it (held by reference in the client's KeyStore)."""
+
+    key_package: KeyPackage
+    ref: bytes
+    init_key: HpkePrivateKey = field(repr=False)
+    leaf_key: HpkePrivateKey = field(repr=False)
+    last_resort: bool = False
+
+    def message(self) -> bytes:
+        """The KeyPackage as an MLSMessage."""
+        return MLSMessage.of(self.key_package).to_bytes()
+
+
+class Client:
+    """One member identity; its private keys are in ``key_store``."""
+
+    def __init__(self, key_store: KeyStore, cipher_suite_id: int, credential: Credential,
+                 signer: Signer | None = None, psks: PskStore | None = None) -> None:
+        self.key_store = key_store
+        self.cs: CipherSuite = cipher_suite(cipher_suite_id)
+        self.credential = credential
+        self.signer = signer or key_store.new_signature_key(cipher_suite_id)
+        self.psks = psks
+        self.key_packages: dict[bytes, KeyPackageBundle] = {}
+
+    def __repr__(self) -> str:
+        return f"Client(suite={self.cs.suite_id}, key_packages={len(self.key_packages)})"
+
+    def key_package(self, lifetime: Lifetime | None = None, last_resort: bool = False,
+                    extensions: Sequence[Extension] = ()) -> KeyPackageBundle:
+        """A fresh KeyPackage with init and leaf keys made by the key store."""
+        suite = self.cs.suite_id
+        init_key = self.key_store.new_hpke_key(suite)
+        leaf_key = self.key_store.new_hpke_key(suite)
+        try:
+            kp = create_key_package(
+                self.cs, self.signer, init_key=init_key.public_key, encryption_key=leaf_key.public_key,
+                credential=self.credential, lifetime=lifetime or default_lifetime(), extensions=tuple(extensions),
+            )
+        except MLSError:
+            self.key_store.destroy(init_key.key_ref)
+            self.key_store.destroy(leaf_key.key_ref)
+            raise
+        bundle = KeyPackageBundle(kp, key_package_ref(self.cs, kp), init_key, leaf_key, last_resort)
+        self.key_packages[bundle.ref] = bundle
+        return bundle
+
+    def create_group(self, group_id: bytes | None = None, extensions: Sequence[Extension] = (),
+                     config: GroupConfig | None = None) -> Group:
+        return Group.create(self.key_store, self.cs.suite_id, signer=self.signer, credential=self.credential,
+                            group_id=group_id, extensions=extensions, config=config, psks=self.psks)
+
+    def bundle_for(self, welcome: bytes) -> KeyPackageBundle:
+        w = MLSMessage.from_bytes(welcome).body
+        if not isinstance(w, Welcome):
+            raise ValidationError("12.4.3.1", "the message is not a Welcome")
+        for secrets in w.secrets:
+            bundle = self.key_packages.get(secrets.new_member)
+            if bundle is not None:
+                return bundle
+        raise ValidationError("12.4.3.1", "the Welcome is for none of this client's KeyPackages")
+
+    def join(self, welcome: bytes, ratchet_tree: bytes | None = None, config: GroupConfig | None = None) -> Group:
+        """Join from a Welcome; the KeyPackage is consumed (its keys destroyed unless last-resort)."""
+        bundle = self.bundle_for(welcome)
+        group = Group.join(
+            self.key_store, welcome, key_package=bundle.key_package, init_key=bundle.init_key,
+            leaf_key=bundle.leaf_key, signer_ref=self.signer.key_ref, ratchet_tree=ratchet_tree, psks=self.psks,
+            config=config, destroy_init_key=not bundle.last_resort,
+        )
+        if not bundle.last_resort:
+            del self.key_packages[bundle.ref]
+        return group
