@@ -878,6 +878,18 @@ class Group:
             key_store.destroy(init_key.key_ref)
         return group
 
+    @classmethod
+    def external_join(cls, key_store: KeyStore, group_info: bytes, *, signer: Signer, credential: Credential,
+                      ratchet_tree: bytes | None = None, psks: PskStore | None = None,
+                      psk_ids: Sequence[PreSharedKeyID] = (), config: GroupConfig | None = None,
+                      remove_prior: int | None = None) -> tuple[Group, bytes]:
+        """Join by external commit (§12.4.3.2); returns the group and the commit to send."""
+        from .external_join import external_join
+
+        return external_join(key_store, group_info, signer=signer, credential=credential,
+                             ratchet_tree=ratchet_tree, psks=psks, psk_ids=psk_ids, config=config,
+                             remove_prior=remove_prior)
+
 
 def _last_nonblank(tree: RatchetTree) -> int:
     return max(x for x in range(tree.width) if tree.node(x) is not None)
@@ -900,7 +912,8 @@ def _check_joiner_psks(psks: Sequence[PreSharedKeyID]) -> None:
         raise ValidationError("12.4.3.1", "at most one resumption PSK of usage reinit or branch")
 
 
-def _tree_for_join(cs: CipherSuite, gi: GroupInfo, ratchet_tree: bytes | None) -> RatchetTree:
+def tree_from_group_info(cs: CipherSuite, gi: GroupInfo, ratchet_tree: bytes | None) -> RatchetTree:
+    """The ratchet tree from the GroupInfo's ``ratchet_tree`` extension, or else the one given (§12.4.3.3)."""
     ext = find_payload(gi.extensions, RatchetTreeExtension)
     if ext is not None:
         return RatchetTree.from_wire(cs, ext.nodes)
@@ -917,7 +930,7 @@ def _state_from_group_info(
     if ctx.cipher_suite != key_package.cipher_suite:
         raise ValidationError("12.4.3.1", "the GroupInfo's cipher suite is not the KeyPackage's")
     check_unique_extension_types(ctx.extensions)
-    tree = _tree_for_join(cs, gi, ratchet_tree)
+    tree = tree_from_group_info(cs, gi, ratchet_tree)
     signer_leaf = tree.leaf(gi.signer)
     if signer_leaf is None:
         raise ValidationError("12.4.3.1", "the GroupInfo signer's leaf is blank")
@@ -974,4 +987,5 @@ __all__ = [
     "ProposalMessage",
     "PskStore",
     "StagedCommit",
+    "tree_from_group_info",
 ]
