@@ -21,6 +21,7 @@ from .group import Group, GroupConfig, PskStore, default_lifetime
 from .key_package import KeyPackage, create_key_package
 from .leaf_node import Lifetime
 from .messages import Welcome
+from .proposals import ReInit
 from .welcome import key_package_ref
 
 
@@ -88,13 +89,15 @@ class Client:
                 return bundle
         raise ValidationError("12.4.3.1", "the Welcome is for none of this client's KeyPackages")
 
-    def join(self, welcome: bytes, ratchet_tree: bytes | None = None, config: GroupConfig | None = None) -> Group:
+    def join(self, welcome: bytes, ratchet_tree: bytes | None = None, config: GroupConfig | None = None,
+             psks: PskStore | None = None, expected_reinit: ReInit | None = None) -> Group:
         """Join from a Welcome; the KeyPackage is consumed (its keys destroyed unless last-resort)."""
         bundle = self.bundle_for(welcome)
         group = Group.join(
             self.key_store, welcome, key_package=bundle.key_package, init_key=bundle.init_key,
-            leaf_key=bundle.leaf_key, signer_ref=self.signer.key_ref, ratchet_tree=ratchet_tree, psks=self.psks,
-            config=config, destroy_init_key=not bundle.last_resort,
+            leaf_key=bundle.leaf_key, signer_ref=self.signer.key_ref, ratchet_tree=ratchet_tree,
+            psks=psks or self.psks, config=config, destroy_init_key=not bundle.last_resort,
+            expected_reinit=expected_reinit,
         )
         if not bundle.last_resort:
             del self.key_packages[bundle.ref]

@@ -78,6 +78,7 @@ from .proposals import (
     ProposalOrRef,
     ProposalOrRefType,
     PSKType,
+    ReInit,
     Remove,
     ResumptionPSKUsage,
     Update,
@@ -191,9 +192,13 @@ class CommitOptions:
     include_pending: bool = True
     force_path: bool = False
     handshake: Handshake = Handshake.public
+    #: A ReInit proposal to commit (it must be the only proposal, §12.2).
+    reinit: ReInit | None = None
     #: Put the ratchet tree into the Welcome's GroupInfo (ratchet_tree extension, §12.4.3.3).
     ratchet_tree_in_welcome: bool = True
     authenticated_data: bytes = b""
+    #: Resumption PSK usages allowed in this commit (reinit and branch only in a new group's first commit, §11).
+    resumption_usages: frozenset[int] = frozenset({ResumptionPSKUsage.application})
 
 
 def _now() -> int:
@@ -333,6 +338,8 @@ class Group:
     def _require_active(self) -> None:
         if not self.state.active:
             raise StateError("RFC 9420 §12.4.2: this member was removed from the group")
+        if self.state.reinit is not None:
+            raise StateError("RFC 9420 §11.2: the group was reinitialized and must not be used any more")
         if self.pending_commit is not None:
             raise StateError("a pending commit must be merged or discarded first")
 
@@ -407,12 +414,10 @@ class Group:
         return PreSharedKeyID.resumption(usage, group_id or self.group_id, resumption_epoch, nonce)
 
     # ---- shared commit machinery -------------------------------------------------------------------
-    def _validation_context(self, tree: RatchetTree | None = None,
-                            extensions: Sequence[Extension] | None = None) -> ValidationContext:
+    def _validation_context(self, usages: frozenset[int] = frozenset({ResumptionPSKUsage.application})) -> ValidationContext:
         s = self.state
         return ValidationContext(
-            self.cs, s.group_id, s.context.version, tree or s.tree,
-            tuple(s.context.extensions if extensions is None else extensions), s.config.leaf_policy,
+            self.cs, s.group_id, s.context.version, s.tree, tuple(s.context.extensions), s.config.leaf_policy, usages,
         )
 
     def _psk_value(self, psk_id: PreSharedKeyID) -> bytes:
@@ -437,7 +442,7 @@ class Group:
 
     def _next_state(
         self, *, tree: RatchetTree, keys: PathKeys, context: GroupContext, ks: KeySchedule,
-        interim: bytes, tag: bytes,
+        interim: bytes, tag: bytes, reinit: ReInit | None = None,
     ) -> GroupState:
         """The state of the next epoch; the current one becomes a past epoch (within the retention)."""
         s = self.state
@@ -448,7 +453,7 @@ class Group:
         return GroupState(
             context=context, tree=tree, keys=keys, signer_ref=s.signer_ref, secrets=secrets,
             secret_tree=secret_tree, interim_transcript_hash=interim, confirmation_tag=tag, config=s.config,
-            past_epochs=past, resumption_psks={e: psks[e] for e in keep},
+            past_epochs=past, resumption_psks={e: psks[e] for e in keep}, reinit=reinit,
         )
 
     def _past_epoch(self) -> PastEpoch:
@@ -466,7 +471,7 @@ class Group:
         opts = options or CommitOptions()
         proposals = self._commit_proposals(opts)
         sender = Sender.member(self.own_leaf)
-        vc = self._validation_context()
+        vc = self._validation_context(usages=opts.resumption_usages)
         validate_proposal_list(vc, proposals, sender)
         applied = apply_proposals(vc, proposals)
         with_path = opts.force_path or path_required(proposals)
@@ -484,6 +489,8 @@ class Group:
         if opts.group_context_extensions is not None:
             bodies.append(GroupContextExtensions(tuple(opts.group_context_extensions)))
         bodies += [Remove(i) for i in opts.remove] + [Add(kp) for kp in opts.add] + [PreSharedKey(p) for p in opts.psks]
+        if opts.reinit is not None:
+            bodies.append(opts.reinit)
         out.extend(CommittedProposal(Proposal.of(b), sender) for b in bodies)
         return out
 
@@ -542,7 +549,8 @@ class Group:
         auth = AuthenticatedContent(wire, content, FramedContentAuthData(signature, tag))
         message = self._protect(auth, self._sender_secret_tree_copy())
         new_state = self._next_state(tree=tree, keys=keys, context=new_ctx, ks=ks,
-                                     interim=interim_transcript_hash(cs, confirmed, tag), tag=tag)
+                                     interim=interim_transcript_hash(cs, confirmed, tag), tag=tag,
+                                     reinit=applied.reinit)
         group_info = self._group_info(new_state, opts.ratchet_tree_in_welcome and bool(applied.added))
         welcome = self._welcome(new_state, ks, group_info, applied, path_secrets) if applied.added else None
         dead += self._dead_update_keys(applied)
@@ -816,7 +824,7 @@ class Group:
         ks = KeySchedule.from_init_secret(cs, init_secret, commit_secret, self._psk_secret(applied.psks), new_ctx.to_bytes())
         ks.secrets.verify_confirmation_tag(confirmed, tag)
         state = self._next_state(tree=tree, keys=keys, context=new_ctx, ks=ks,
-                                 interim=interim_transcript_hash(cs, confirmed, tag), tag=tag)
+                                 interim=interim_transcript_hash(cs, confirmed, tag), tag=tag, reinit=applied.reinit)
         dead = self._dead_update_keys(applied)
         if keys.leaf_key.key_ref != s.keys.leaf_key.key_ref:
             dead.append(s.keys.leaf_key.key_ref)
@@ -857,9 +865,11 @@ class Group:
         psks: PskStore | None = None,
         config: GroupConfig | None = None,
         destroy_init_key: bool = True,
+        expected_reinit: ReInit | None = None,
     ) -> Group:
         """Join from a Welcome with the KeyPackage it was made for. The init key is destroyed (unless the
-        KeyPackage is a last-resort one: ``destroy_init_key=False``)."""
+        KeyPackage is a last-resort one: ``destroy_init_key=False``). ``expected_reinit`` is the ReInit
+        proposal of the old group when this Welcome is its reinitialization (§11.2)."""
         cs = cipher_suite(key_package.cipher_suite)
         config = config or GroupConfig()
         psk_store: PskStore = psks or MemoryPskStore()
@@ -872,6 +882,7 @@ class Group:
         psk = psk_secret(cs, psk_values)
         welcome_secret = KeySchedule.from_joiner_secret(cs, secrets.joiner_secret, psk, b"").welcome_secret
         gi = decrypt_group_info(cs, welcome_secret, w.encrypted_group_info)
+        _check_resumption_join(gi, secrets.psks, expected_reinit)
         state = _state_from_group_info(cs, gi, secrets, psk, key_package, leaf_key, signer_ref, ratchet_tree, config)
         group = cls(state, key_store, psk_store)
         if destroy_init_key:
@@ -904,6 +915,20 @@ def _joiner_psk(store: PskStore, psk_id: PreSharedKeyID) -> bytes:
     if value is None:
         raise ValidationError("12.4.3.1", "the Welcome needs a PSK this client does not have")
     return value
+
+
+def _check_resumption_join(gi: GroupInfo, psks: Sequence[PreSharedKeyID], expected_reinit: ReInit | None) -> None:
+    """A Welcome with a reinit or branch PSK starts a new group at epoch 1 (§12.4.3.1, §11.2, §11.3)."""
+    usages = {p.usage for p in psks if p.psktype == PSKType.resumption}
+    special = usages & {ResumptionPSKUsage.reinit, ResumptionPSKUsage.branch}
+    if special and gi.group_context.epoch != 1:
+        raise ValidationError("12.4.3.1", "a reinit or branch Welcome must be for epoch 1")
+    if ResumptionPSKUsage.reinit in usages and expected_reinit is not None:
+        ctx = gi.group_context
+        got = (ctx.group_id, ctx.version, ctx.cipher_suite, ctx.extensions)
+        want = (expected_reinit.group_id, expected_reinit.version, expected_reinit.cipher_suite, expected_reinit.extensions)
+        if got != want:
+            raise ValidationError("11.2", "the new group does not match the ReInit proposal")
 
 
 def _check_joiner_psks(psks: Sequence[PreSharedKeyID]) -> None:

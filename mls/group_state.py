@@ -24,7 +24,7 @@ from .key_schedule import EpochSecrets
 from .leaf_validation import LeafPolicy
 from .messages import GroupContext
 from .nodes import decode_ratchet_tree
-from .proposals import Proposal
+from .proposals import Proposal, ReInit
 from .ratchet_tree import RatchetTree
 from .secret_tree import RatchetConfig, SecretTree
 from .treekem import PathKeys
@@ -123,6 +123,8 @@ class GroupState:
     resumption_psks: dict[int, bytes] = field(default_factory=dict, repr=False)
     #: Leaf keys of this member's own Update proposals in this epoch: public key -> key reference.
     update_keys: dict[bytes, bytes] = field(default_factory=dict, repr=False)
+    #: Set once a commit with a ReInit proposal was merged: the group must not be used any more (§11.2).
+    reinit: ReInit | None = None
     #: False once a commit removed this member (§12.4.2: it must not send any more).
     active: bool = True
 
@@ -161,6 +163,7 @@ class GroupState:
             "past_epochs": [p.to_state() for p in self.past_epochs],
             "resumption_psks": {str(e): v.hex() for e, v in self.resumption_psks.items()},
             "update_keys": {k.hex(): v.hex() for k, v in self.update_keys.items()},
+            "reinit": None if self.reinit is None else self.reinit.to_bytes().hex(),
             "active": self.active,
         }
 
@@ -202,6 +205,7 @@ class GroupState:
             past_epochs=[PastEpoch.from_state(p) for p in s["past_epochs"]],
             resumption_psks={int(e): bytes.fromhex(v) for e, v in s["resumption_psks"].items()},
             update_keys={bytes.fromhex(k): bytes.fromhex(v) for k, v in s["update_keys"].items()},
+            reinit=None if s["reinit"] is None else ReInit.from_bytes(bytes.fromhex(s["reinit"])),
             active=bool(s["active"]),
         )
 

@@ -42,15 +42,17 @@ KeyLookup = Callable[[int, RatchetType, int], RatchetKey]
 """``(leaf_index, ratchet type, generation) -> RatchetKey`` from the epoch's secret tree."""
 
 
-def _context_for(content: FramedContent, context: GroupContext) -> GroupContext | None:
+def _context_for(content: FramedContent, context: GroupContext | None) -> GroupContext | None:
     """The GroupContext is signed only for member and new_member_commit senders (§6.1)."""
     if content.sender.sender_type in (SenderType.member, SenderType.new_member_commit):
+        if context is None:
+            raise ValueError("member and new_member_commit content is signed with the GroupContext")
         return context
     return None
 
 
 def sign_framed_content(
-    cs: CipherSuite, signer: Signer, wire_format: int, content: FramedContent, context: GroupContext
+    cs: CipherSuite, signer: Signer, wire_format: int, content: FramedContent, context: GroupContext | None
 ) -> bytes:
     """``SignWithLabel(., "FramedContentTBS", FramedContentTBS)`` (§6.1)."""
     tbs = AuthenticatedContent(wire_format, content, FramedContentAuthData(b"")).tbs(_context_for(content, context))
