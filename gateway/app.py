@@ -1,0 +1,138 @@
+"""The aiohttp application: middlewares (request id, auth, problem documents, metrics), routes, lifecycle.
+
+:func:`create_app` builds an app around a :class:`~gateway.context.Runtime`; :func:`open_runtime` opens
+the store, the token and the wrap key from a configuration. Shut-down closes the worker pool, the token
+sessions and the database in that order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from aiohttp import web
+
+from hsm.envelope import Envelope, create_wrap_key
+from hsm.keystore import Pkcs11KeyStore
+from hsm.token import Token
+
+from .api import ROUTES, Route, make_request_id
+from .auth import bearer_token
+from .config import GatewayConfig
+from .context import APP, Runtime
+from .errors import PROBLEM_CONTENT_TYPE, Problem, problem_from_exception
+from .keys import SealedKeyPersistence
+from .metrics import Metrics
+from .service import GatewayService
+from .sqlite_store import SqliteStore
+from .store import StoreUnavailable
+
+log = logging.getLogger("mls_gateway")
+
+_ROUTE_BY_KEY = {(r.method, r.path): r for r in ROUTES}
+
+
+def problem_response(problem: Problem, request_id: str) -> web.Response:
+    headers = {"X-Request-Id": request_id}
+    if problem.retry_after is not None:
+        headers["Retry-After"] = str(problem.retry_after)
+    return web.Response(status=problem.status, body=json.dumps(problem.document(request_id)),
+                        content_type=PROBLEM_CONTENT_TYPE, headers=headers)
+
+
+def _route_of(request: web.Request) -> Route | None:
+    resource = request.match_info.route.resource
+    if resource is None:
+        return None
+    return _ROUTE_BY_KEY.get((request.method, resource.canonical))
+
+
+def _as_problem(exc: BaseException) -> Problem:
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return Problem("payload_too_large", "the request body is over the configured limit")
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        return Problem("method_not_allowed", "this method is not allowed on this path")
+    if isinstance(exc, web.HTTPNotFound):
+        return Problem("not_found", "no such path")
+    if isinstance(exc, StoreUnavailable):
+        return Problem("store_unavailable", "the store is unavailable; retry later", retry_after=5)
+    if isinstance(exc, web.HTTPException):
+        return Problem("invalid_request", exc.reason)
+    return problem_from_exception(exc)
+
+
+async def _authenticate(request: web.Request, route: Route) -> None:
+    if route.auth == "none":
+        return
+    token = bearer_token(request.headers.get("Authorization"))
+    if token is None:
+        raise Problem("unauthorized", "missing bearer token")
+    rt = request.app[APP]
+    principal = await asyncio.get_running_loop().run_in_executor(rt.executor, rt.service.authenticate, token)
+    if principal is None:
+        raise Problem("unauthorized", "unknown or revoked token")
+    if (route.auth == "admin") != principal.is_admin:
+        # A tenant token on an admin route (or the reverse) learns nothing: the resource "does not exist".
+        raise Problem("not_found", "no such resource")
+    request["principal"] = principal
+
+
+@web.middleware
+async def gateway_middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    request_id = make_request_id()
+    request["request_id"] = request_id
+    route = _route_of(request)
+    label = route.path if route else "unmatched"
+    started = time.perf_counter()
+    try:
+        if route is not None:
+            await _authenticate(request, route)
+        response = await handler(request)
+        response.headers["X-Request-Id"] = request_id
+    except Exception as exc:  # every failure becomes a problem document
+        problem = _as_problem(exc)
+        if problem.code == "internal_error":
+            log.exception("request %s failed", request_id)
+        elif problem.code == "hsm_unavailable":
+            request.app[APP].metrics.hsm_errors.labels("unavailable").inc()
+        response = problem_response(problem, request_id)
+    metrics = request.app[APP].metrics
+    metrics.http_requests.labels(label, request.method, str(response.status)).inc()
+    metrics.http_latency.labels(label, request.method).observe(time.perf_counter() - started)
+    return response
+
+
+def create_app(runtime: Runtime) -> web.Application:
+    app = web.Application(middlewares=[gateway_middleware], client_max_size=runtime.config.max_body_bytes)
+    app[APP] = runtime
+    for route in ROUTES:
+        app.router.add_route(route.method, route.path, route.handler)
+    app.on_cleanup.append(_close_runtime)
+    return app
+
+
+async def _close_runtime(app: web.Application) -> None:
+    close_runtime(app[APP])
+
+
+def open_runtime(config: GatewayConfig, module_path: str) -> Runtime:
+    """Open the store, the token (login, session pool), the wrap key and the key store."""
+    store = SqliteStore(config.database_path)
+    token = Token.open(config.token_config(module_path))
+    create_wrap_key(token)
+    envelope = Envelope(token)
+    keys = Pkcs11KeyStore(token, persistence=SealedKeyPersistence(store, envelope))
+    metrics = Metrics()
+    service = GatewayService(store, keys, envelope, on_key_use=metrics.key_use)
+    executor = ThreadPoolExecutor(max_workers=config.worker_threads, thread_name_prefix="mlsgw")
+    return Runtime(config, store, token, keys, envelope, service, metrics, executor)
+
+
+def close_runtime(rt: Runtime) -> None:
+    rt.executor.shutdown(wait=True, cancel_futures=True)
+    rt.token.close()
+    rt.store.close()

@@ -1,0 +1,134 @@
+"""``mls-gateway``: initialise a data folder, serve the API, or run the conformance vectors.
+
+* ``mls-gateway init [--data-dir DIR] [--json]`` — create the data folder, the SoftHSM2 token (embedded
+  default, when no PKCS#11 module is configured and no token exists), the wrap key, the database and the
+  first admin token, which is printed once (``--json``: one JSON object with ``admin_token``).
+* ``mls-gateway serve [--data-dir DIR] [--listen HOST:PORT] [--config FILE]`` — serve until SIGTERM or
+  SIGINT, then shut down gracefully. A data folder that was never initialised is initialised first.
+* ``mls-gateway conformance PATH...`` — ``python -m mls.conformance``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import secrets
+import sys
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from hsm.bootstrap import find_softhsm_module, init_softhsm_token, write_conf
+
+from .app import close_runtime, create_app, open_runtime
+from .config import ConfigError, GatewayConfig, load_config
+
+log = logging.getLogger("mls_gateway")
+
+
+def _write_secret(path: Path, value: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(value + "\n")
+
+
+def _prepare_softhsm(cfg: GatewayConfig) -> tuple[str, bool]:
+    """The PKCS#11 module path; for the embedded SoftHSM, point SOFTHSM2_CONF at the data folder's token
+    and create the token on first use. Returns (module path, whether a token was created)."""
+    if not cfg.embedded_softhsm:
+        assert cfg.hsm.module_path is not None
+        return cfg.hsm.module_path, False
+    directory = cfg.softhsm_dir
+    conf = directory / "softhsm2.conf"
+    created = False
+    if not conf.exists() or not cfg.pin_file.exists():
+        pin, so_pin = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+        token = init_softhsm_token(directory, label=cfg.hsm.token_label, pin=pin, so_pin=so_pin)
+        _write_secret(cfg.pin_file, pin)
+        _write_secret(cfg.data_dir / "hsm.so-pin", so_pin)
+        conf = token.conf_path
+        created = True
+    else:
+        write_conf(directory)
+    os.environ["SOFTHSM2_CONF"] = str(conf)
+    return find_softhsm_module(), created
+
+
+def initialise(cfg: GatewayConfig) -> dict[str, Any]:
+    """Everything ``init`` does; returns what to report (the admin token only when newly created)."""
+    cfg.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    module, created = _prepare_softhsm(cfg)
+    rt = open_runtime(cfg, module)
+    try:
+        admin = rt.service.bootstrap_admin()
+    finally:
+        close_runtime(rt)
+    return {
+        "data_dir": str(cfg.data_dir.resolve()), "database": str(cfg.database_path.resolve()),
+        "token_label": cfg.hsm.token_label, "token_created": created, "admin_token": admin,
+    }
+
+
+def _report_init(report: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(report), flush=True)
+        return
+    print(f"data folder: {report['data_dir']}")
+    print(f"HSM token:   {report['token_label']}{' (created)' if report['token_created'] else ''}")
+    if report["admin_token"]:
+        print(f"admin token (shown once, keep it safe): {report['admin_token']}", flush=True)
+    else:
+        print("an admin token already exists (it is not shown again)", flush=True)
+
+
+def serve(cfg: GatewayConfig) -> None:
+    if not cfg.database_path.exists() or not ((cfg.embedded_softhsm and cfg.pin_file.exists()) or not cfg.embedded_softhsm):
+        report = initialise(cfg)
+        if report["admin_token"]:
+            print(f"first start: admin token (shown once): {report['admin_token']}", file=sys.stderr, flush=True)
+    module, _ = _prepare_softhsm(cfg)
+    rt = open_runtime(cfg, module)
+    app = create_app(rt)
+    print(f"mls-gateway listening on http://{cfg.listen_host}:{cfg.listen_port}", flush=True)
+    web.run_app(app, host=cfg.listen_host, port=cfg.listen_port, print=None, shutdown_timeout=10,
+                access_log=None, handle_signals=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="mls-gateway", description="Enterprise MLS gateway with HSM key custody")
+    sub = ap.add_subparsers(dest="command", required=True)
+    for name in ("init", "serve"):
+        p = sub.add_parser(name)
+        p.add_argument("--data-dir", type=Path, help="data folder (default ./data, or $MLSGW_DATA_DIR)")
+        p.add_argument("--config", type=Path, help="TOML configuration file (or $MLSGW_CONFIG)")
+        if name == "serve":
+            p.add_argument("--listen", help="HOST:PORT (default 127.0.0.1:8080, or $MLSGW_LISTEN)")
+        else:
+            p.add_argument("--json", action="store_true", help="print one JSON object")
+    conf = sub.add_parser("conformance", help="run the MLS test vectors")
+    conf.add_argument("rest", nargs=argparse.REMAINDER)
+    args = ap.parse_args(argv)
+    if args.command == "conformance":
+        from mls.conformance.__main__ import main as conformance
+
+        return conformance(args.rest)
+    logging.basicConfig(level=os.environ.get("MLSGW_LOG_LEVEL", "INFO"), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        cfg = load_config(args.config, data_dir=args.data_dir, listen=getattr(args, "listen", None))
+    except ConfigError as e:
+        print(f"mls-gateway: configuration error: {e}", file=sys.stderr)
+        return 2
+    logging.getLogger().setLevel(cfg.log_level)
+    if args.command == "init":
+        _report_init(initialise(cfg), args.json)
+        return 0
+    serve(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

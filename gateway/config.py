@@ -1,0 +1,163 @@
+"""Gateway configuration: a TOML file and ``MLSGW_*`` environment variables over documented defaults.
+
+Precedence: command-line flags > environment > TOML file > defaults. With nothing configured the gateway
+runs on its **embedded defaults**: everything under the data folder (``./data`` unless ``--data-dir`` or
+``MLSGW_DATA_DIR`` says otherwise) — a SQLite database ``gateway.sqlite3`` and a SoftHSM2 token in
+``softhsm/`` whose user PIN is in ``hsm.pin`` (mode 0600), created by ``mls-gateway init``.
+
+TOML layout (every key optional)::
+
+    [gateway]
+    listen = "127.0.0.1:8080"       # MLSGW_LISTEN
+    data_dir = "/var/lib/mls-gateway"   # MLSGW_DATA_DIR
+    database = "/var/lib/mls-gateway/gateway.sqlite3"   # MLSGW_DATABASE
+    max_body_bytes = 1048576        # MLSGW_MAX_BODY_BYTES
+    worker_threads = 8              # MLSGW_WORKER_THREADS
+    log_level = "INFO"              # MLSGW_LOG_LEVEL
+
+    [hsm]
+    module_path = "/usr/lib/softhsm/libsofthsm2.so"   # MLSGW_HSM_MODULE
+    token_label = "mls-gateway"     # MLSGW_HSM_TOKEN_LABEL
+    pin_env = "MLSGW_HSM_PIN"       # or pin_file = "..."  (MLSGW_HSM_PIN_FILE); never the PIN itself
+    pool_size = 4                   # MLSGW_HSM_POOL_SIZE
+    softhsm_dir = "..."             # embedded SoftHSM token folder (default <data_dir>/softhsm)
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from hsm.config import TokenConfig
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; the message says which setting."""
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"listen must be HOST:PORT, got {value!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+@dataclass(frozen=True)
+class HsmSettings:
+    module_path: str | None = None
+    token_label: str = "mls-gateway"
+    pin_env: str | None = None
+    pin_file: str | None = None
+    pool_size: int = 4
+    softhsm_dir: str | None = None
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    data_dir: Path = Path("data")
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 8080
+    database: Path | None = None
+    max_body_bytes: int = 1 << 20
+    worker_threads: int = 8
+    log_level: str = "INFO"
+    hsm: HsmSettings = field(default_factory=HsmSettings)
+
+    @property
+    def database_path(self) -> Path:
+        return self.database or self.data_dir / "gateway.sqlite3"
+
+    @property
+    def softhsm_dir(self) -> Path:
+        return Path(self.hsm.softhsm_dir) if self.hsm.softhsm_dir else self.data_dir / "softhsm"
+
+    @property
+    def embedded_softhsm(self) -> bool:
+        """True when no PKCS#11 module is configured: the gateway runs its own SoftHSM token."""
+        return self.hsm.module_path is None
+
+    @property
+    def pin_file(self) -> Path:
+        return Path(self.hsm.pin_file) if self.hsm.pin_file else self.data_dir / "hsm.pin"
+
+    def token_config(self, module_path: str) -> TokenConfig:
+        if self.hsm.pin_env:
+            return TokenConfig(module_path=module_path, token_label=self.hsm.token_label, pin_env=self.hsm.pin_env,
+                               pool_size=self.hsm.pool_size)
+        return TokenConfig(module_path=module_path, token_label=self.hsm.token_label, pin_file=str(self.pin_file),
+                           pool_size=self.hsm.pool_size)
+
+
+_ENV = {
+    "MLSGW_DATA_DIR": ("gateway", "data_dir"),
+    "MLSGW_LISTEN": ("gateway", "listen"),
+    "MLSGW_DATABASE": ("gateway", "database"),
+    "MLSGW_MAX_BODY_BYTES": ("gateway", "max_body_bytes"),
+    "MLSGW_WORKER_THREADS": ("gateway", "worker_threads"),
+    "MLSGW_LOG_LEVEL": ("gateway", "log_level"),
+    "MLSGW_HSM_MODULE": ("hsm", "module_path"),
+    "MLSGW_HSM_TOKEN_LABEL": ("hsm", "token_label"),
+    "MLSGW_HSM_PIN_FILE": ("hsm", "pin_file"),
+    "MLSGW_HSM_POOL_SIZE": ("hsm", "pool_size"),
+}
+_INTS = {"max_body_bytes", "worker_threads", "pool_size"}
+
+
+def _merged(toml_path: Path | None, env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    data: dict[str, dict[str, Any]] = {"gateway": {}, "hsm": {}}
+    if toml_path is not None:
+        try:
+            raw = tomllib.loads(toml_path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise ConfigError(f"cannot read {toml_path}: {e}") from None
+        unknown = set(raw) - set(data)
+        if unknown:
+            raise ConfigError(f"unknown sections {sorted(unknown)}")
+        for section in data:
+            data[section].update(raw.get(section, {}))
+    for var, (section, key) in _ENV.items():
+        if var in env:
+            data[section][key] = int(env[var]) if key in _INTS and env[var].isdigit() else env[var]
+    if "pin" in data["hsm"]:
+        raise ConfigError("the HSM PIN must come from pin_env or pin_file, never the configuration text")
+    return data
+
+
+def load_config(toml_path: Path | None = None, env: Mapping[str, str] | None = None, **overrides: Any) -> GatewayConfig:
+    """The configuration from ``toml_path`` (or ``$MLSGW_CONFIG``), the environment and ``overrides``."""
+    env = os.environ if env is None else env
+    if toml_path is None and env.get("MLSGW_CONFIG"):
+        toml_path = Path(env["MLSGW_CONFIG"])
+    data = _merged(toml_path, env)
+    g, h = data["gateway"], data["hsm"]
+    try:
+        hsm = HsmSettings(**h)
+        cfg = GatewayConfig(
+            data_dir=Path(g.pop("data_dir", "data")), database=Path(g["database"]) if "database" in g else None,
+            max_body_bytes=int(g.get("max_body_bytes", 1 << 20)), worker_threads=int(g.get("worker_threads", 8)),
+            log_level=str(g.get("log_level", "INFO")), hsm=hsm,
+        )
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"invalid setting: {e}") from None
+    if "listen" in g:
+        host, port = parse_listen(str(g["listen"]))
+        cfg = replace(cfg, listen_host=host, listen_port=port)
+    for key, value in overrides.items():
+        if value is not None:
+            cfg = _override(cfg, key, value)
+    if cfg.max_body_bytes < 1024 or cfg.worker_threads < 1:
+        raise ConfigError("max_body_bytes must be >= 1024 and worker_threads >= 1")
+    return cfg
+
+
+def _override(cfg: GatewayConfig, key: str, value: Any) -> GatewayConfig:
+    if key == "listen":
+        host, port = parse_listen(value)
+        return replace(cfg, listen_host=host, listen_port=port)
+    if key == "data_dir":
+        return replace(cfg, data_dir=Path(value))
+    raise ConfigError(f"unknown override {key}")

@@ -1,0 +1,81 @@
+"""What one running gateway holds: store, HSM token and key store, service, metrics, worker pool, locks."""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections.abc import AsyncIterator, Hashable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from hsm.envelope import Envelope
+from hsm.keystore import Pkcs11KeyStore
+from hsm.token import Token
+from mls.crypto.backend import get_backend
+
+from .config import GatewayConfig
+from .metrics import Metrics
+from .service import GatewayService
+from .store import Store, StoreUnavailable
+
+
+class GroupLocks:
+    """One asyncio lock per group (or identity): requests on it are serialised, others run in parallel."""
+
+    def __init__(self) -> None:
+        self._locks: weakref.WeakValueDictionary[Hashable, asyncio.Lock] = weakref.WeakValueDictionary()
+
+    @asynccontextmanager
+    async def hold(self, key: Hashable) -> AsyncIterator[None]:
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = asyncio.Lock()
+            self._locks[key] = lock
+        async with lock:
+            yield
+
+
+@dataclass
+class Runtime:
+    config: GatewayConfig
+    store: Store
+    token: Token
+    keys: Pkcs11KeyStore
+    envelope: Envelope
+    service: GatewayService
+    metrics: Metrics
+    executor: ThreadPoolExecutor
+    locks: GroupLocks = field(default_factory=GroupLocks)
+
+    def readiness(self) -> list[str]:
+        """What is not ready (empty when the HSM session pool and the store answer)."""
+        problems = []
+        try:
+            self.token.check()
+        except Exception as e:  # any failure means "not ready"; the reason is reported by class only
+            problems.append(f"hsm: {type(e).__name__}")
+        try:
+            self.store.ping()
+        except StoreUnavailable as e:
+            problems.append(f"store: {e}")
+        return problems
+
+    def render_metrics(self) -> bytes:
+        def refresh() -> None:
+            m = self.metrics
+            status = self.token.status()
+            m.hsm_sessions.set(float(status.get("sessions_in_use", 0)))
+            with self.store.transaction() as tx:
+                counts = tx.counts()
+            m.identities.set(counts["identities"])
+            m.groups.set(counts["groups"])
+            m.backend.clear()
+            m.backend.labels(get_backend().name).set(1)
+
+        return self.metrics.render(refresh)
+
+
+APP: web.AppKey[Runtime] = web.AppKey("runtime", Runtime)

@@ -1,0 +1,94 @@
+"""Problem documents (RFC 9457) with the stable codes of the API contract (``api-v1.md``).
+
+Every failure an HTTP client can see is a :class:`Problem`: a status, a stable machine ``code``, a
+human ``detail`` and, for validation failures, the RFC 9420 ``rule``. :func:`problem_from_exception`
+maps the library's and the HSM layer's errors onto them; anything unexpected becomes a 500 whose detail
+says nothing about the cause (it is logged with the request id instead).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hsm.errors import HsmUnavailable
+from mls.errors import DecodeError, KeyStoreError, MLSError, StateError, UnsupportedError, ValidationError
+
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+
+#: code -> (status, title)
+CODES: dict[str, tuple[int, str]] = {
+    "invalid_request": (400, "Invalid request"),
+    "decode_error": (400, "Malformed MLS encoding"),
+    "validation_failed": (422, "Rejected by an RFC 9420 rule"),
+    "unauthorized": (401, "Unauthorized"),
+    "not_found": (404, "Not found"),
+    "method_not_allowed": (405, "Method not allowed"),
+    "conflict": (409, "Conflict"),
+    "payload_too_large": (413, "Payload too large"),
+    "unsupported": (422, "Unsupported"),
+    "hsm_unavailable": (503, "HSM unavailable"),
+    "store_unavailable": (503, "Store unavailable"),
+    "internal_error": (500, "Internal error"),
+}
+
+
+class Problem(Exception):
+    """An error answered to the client as a problem document."""
+
+    def __init__(self, code: str, detail: str, *, rule: str | None = None, retry_after: int | None = None) -> None:
+        if code not in CODES:
+            raise ValueError(f"unknown problem code {code}")
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+        self.rule = rule
+        self.retry_after = retry_after
+
+    @property
+    def status(self) -> int:
+        return CODES[self.code][0]
+
+    def document(self, instance: str | None = None) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "type": f"urn:mls-gateway:problem:{self.code}",
+            "title": CODES[self.code][1],
+            "status": self.status,
+            "code": self.code,
+            "detail": self.detail,
+        }
+        if self.rule is not None:
+            doc["rule"] = self.rule
+        if instance is not None:
+            doc["instance"] = instance
+        return doc
+
+
+def invalid(detail: str) -> Problem:
+    return Problem("invalid_request", detail)
+
+
+def not_found(what: str = "resource") -> Problem:
+    return Problem("not_found", f"no such {what}")
+
+
+def conflict(detail: str) -> Problem:
+    return Problem("conflict", detail)
+
+
+def problem_from_exception(exc: BaseException) -> Problem:
+    """The problem a library error stands for (never leaking secrets: library errors carry none)."""
+    if isinstance(exc, Problem):
+        return exc
+    if isinstance(exc, HsmUnavailable):
+        return Problem("hsm_unavailable", "the HSM is unavailable; retry later", retry_after=5)
+    if isinstance(exc, DecodeError):
+        return Problem("decode_error", str(exc))
+    if isinstance(exc, ValidationError):
+        return Problem("validation_failed", exc.message, rule=exc.rule)
+    if isinstance(exc, StateError):
+        return Problem("conflict", str(exc))
+    if isinstance(exc, UnsupportedError):
+        return Problem("unsupported", str(exc))
+    if isinstance(exc, KeyStoreError | MLSError):
+        return Problem("validation_failed", str(exc))
+    return Problem("internal_error", "internal error (see the server log for this request id)")

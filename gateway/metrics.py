@@ -1,0 +1,43 @@
+"""Prometheus metrics of one gateway process (``GET /metrics``).
+
+Labels are route templates, methods, status codes, operation names and outcomes: never ids, keys or
+secrets. Every app has its own registry, so tests can run several apps in one process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from hsm.audit import AuditEvent
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.http_requests = Counter("mlsgw_http_requests", "HTTP requests", ["route", "method", "status"], registry=r)
+        self.http_latency = Histogram("mlsgw_http_request_duration_seconds", "HTTP request latency",
+                                      ["route", "method"], buckets=LATENCY_BUCKETS, registry=r)
+        self.mls_ops = Counter("mlsgw_mls_operations", "MLS operations", ["operation", "outcome"], registry=r)
+        self.mls_latency = Histogram("mlsgw_mls_operation_duration_seconds", "MLS operation latency", ["operation"],
+                                     buckets=LATENCY_BUCKETS, registry=r)
+        self.hsm_ops = Counter("mlsgw_hsm_operations", "Private-key operations", ["operation", "custody", "outcome"],
+                               registry=r)
+        self.hsm_errors = Counter("mlsgw_hsm_errors", "HSM errors (unavailable or refused)", ["kind"], registry=r)
+        self.hsm_sessions = Gauge("mlsgw_hsm_sessions_in_use", "HSM worker sessions in use", registry=r)
+        self.identities = Gauge("mlsgw_identities", "Hosted identities", registry=r)
+        self.groups = Gauge("mlsgw_groups", "Group memberships of hosted identities", registry=r)
+        self.backend = Gauge("mlsgw_crypto_backend_info", "Crypto backend in use (1 for the active one)", ["backend"],
+                             registry=r)
+
+    def key_use(self, event: AuditEvent) -> None:
+        self.hsm_ops.labels(event.operation, event.custody, "ok" if event.ok else "error").inc()
+
+    def render(self, refresh: Callable[[], None] | None = None) -> bytes:
+        if refresh is not None:
+            refresh()
+        return generate_latest(self.registry)

@@ -1,0 +1,151 @@
+"""The gateway's durable state: records and the store interface.
+
+A :class:`Store` hands out transactions (:meth:`Store.transaction`); everything one request changes —
+a group's new epoch state, the messages it produced, audit records, the idempotency record of the
+request — is written in one transaction, so a crash leaves either all of it or none. Group states are
+written with compare-and-swap on the epoch (:meth:`Transaction.put_group`): two writers on one group
+cannot both win.
+
+Group states and software-custody keys arrive here already sealed (envelope encryption under the HSM's
+wrap key); the store never sees them in the clear.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class StoreUnavailable(Exception):
+    """The database cannot be reached or written (disk full, locked too long, I/O error)."""
+
+
+class EpochConflict(Exception):
+    """A compare-and-swap on a group's epoch failed: someone else advanced the group first."""
+
+
+@dataclass(frozen=True)
+class Tenant:
+    tenant_id: str
+    name: str
+
+
+@dataclass(frozen=True)
+class TokenRecord:
+    token_id: str
+    #: ``None`` for admin tokens.
+    tenant_id: str | None
+    revoked: bool
+
+
+@dataclass(frozen=True)
+class Identity:
+    identity_id: str
+    tenant_id: str
+    name: str
+    cipher_suite: int
+    credential: bytes
+    signature_key_ref: bytes
+    signature_public_key: bytes
+    custody_signature: str
+    custody_hpke: str
+
+
+@dataclass(frozen=True)
+class KeyPackageRecord:
+    ref: bytes
+    identity_id: str
+    key_package: bytes
+    init_key_ref: bytes
+    leaf_key_ref: bytes
+    last_resort: bool
+    consumed: bool
+
+
+@dataclass(frozen=True)
+class GroupRecord:
+    identity_id: str
+    group_id: bytes
+    epoch: int
+    #: The sealed GroupState.
+    state: bytes
+    #: The sealed pending commit, if one is staged.
+    pending: bytes | None
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    request_id: str
+    tenant_id: str | None
+    identity_id: str | None
+    group_id: bytes | None
+    epoch: int | None
+    key_ref: bytes
+    operation: str
+    custody: str
+    ok: bool
+
+
+@dataclass(frozen=True)
+class IdempotentResponse:
+    request_hash: bytes
+    status: int
+    body: bytes
+
+
+class Transaction(Protocol):
+    """One atomic unit of reads and writes."""
+
+    # tenants and tokens
+    def add_tenant(self, tenant: Tenant) -> None: ...
+    def list_tenants(self) -> list[Tenant]: ...
+    def get_tenant(self, tenant_id: str) -> Tenant | None: ...
+    def add_token(self, token_id: str, tenant_id: str | None, token_hash: bytes) -> None: ...
+    def token_by_hash(self, token_hash: bytes) -> TokenRecord | None: ...
+    def revoke_token(self, tenant_id: str, token_id: str) -> bool: ...
+    def count_admin_tokens(self) -> int: ...
+
+    # identities and key packages
+    def add_identity(self, identity: Identity) -> None: ...
+    def get_identity(self, tenant_id: str, identity_id: str) -> Identity | None: ...
+    def list_identities(self, tenant_id: str) -> list[Identity]: ...
+    def delete_identity(self, identity_id: str) -> None: ...
+    def add_key_package(self, record: KeyPackageRecord) -> None: ...
+    def get_key_package(self, identity_id: str, ref: bytes) -> KeyPackageRecord | None: ...
+    def list_key_packages(self, identity_id: str) -> list[KeyPackageRecord]: ...
+    def mark_key_package_consumed(self, identity_id: str, ref: bytes) -> bool: ...
+
+    # groups
+    def get_group(self, identity_id: str, group_id: bytes) -> GroupRecord | None: ...
+    def list_groups(self, identity_id: str) -> list[GroupRecord]: ...
+    def put_group(self, record: GroupRecord, expected_epoch: int | None) -> None:
+        """Insert (``expected_epoch is None``) or update only if the stored epoch is still
+        ``expected_epoch``; raises :class:`EpochConflict` otherwise."""
+        ...
+    def delete_group(self, identity_id: str, group_id: bytes) -> bool: ...
+
+    # keys at rest (software custody), messages out, audit, idempotency
+    def put_software_key(self, key_ref: bytes, sealed: bytes) -> None: ...
+    def get_software_key(self, key_ref: bytes) -> bytes | None: ...
+    def delete_software_key(self, key_ref: bytes) -> None: ...
+    def add_outgoing(self, identity_id: str, group_id: bytes, epoch: int, kind: str, message: bytes) -> None: ...
+    def add_audit(self, records: list[AuditRecord]) -> None: ...
+    def counts(self) -> dict[str, int]:
+        """Numbers for the metrics: ``identities`` and ``groups``."""
+        ...
+    def get_idempotent(self, scope: str, key: str) -> IdempotentResponse | None: ...
+    def put_idempotent(self, scope: str, key: str, response: IdempotentResponse) -> None: ...
+
+
+class Store(Protocol):
+    def transaction(self) -> AbstractContextManager[Transaction]: ...
+
+    def ping(self) -> None:
+        """Raise :class:`StoreUnavailable` unless the store answers."""
+        ...
+
+    def close(self) -> None: ...
+
+    def audit_log(self, limit: int = 100) -> Iterator[AuditRecord]: ...
