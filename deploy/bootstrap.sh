@@ -56,4 +56,7 @@ if [ ! -f "$stamp" ]; then
   rm -f .venv/.installed-*
   touch "$stamp"
 fi
+# ---- 3. Node packages of the interop peer (ts-mls) ----------------------------------------------------
+bash tests/interop/install.sh
+
 log "ready: $(.venv/bin/python --version), crypto backend: $(.venv/bin/python -c 'from mls.crypto.backend import get_backend; print(get_backend().name)')"
