@@ -600,8 +600,12 @@ class Group:
         return MLSMessage.of(self._group_info(self.state, with_ratchet_tree)).to_bytes()
 
     # ---- merging (§12.4.2 end) --------------------------------------------------------------------------
-    def merge(self, staged: StagedCommit) -> None:
-        """Adopt a staged commit and destroy the private keys it made dead."""
+    def merge(self, staged: StagedCommit, *, destroy_dead_keys: bool = True) -> None:
+        """Adopt a staged commit and destroy the private keys it made dead.
+
+        A caller that persists the new state first (and destroys the keys once that is durable) passes
+        ``destroy_dead_keys=False`` and destroys ``staged.dead_key_refs`` itself.
+        """
         if staged.state is None:
             self.state.active = False
         else:
@@ -609,13 +613,14 @@ class Group:
                 raise StateError(f"staged commit is for epoch {staged.state.epoch}, the group is at {self.epoch}")
             self.state = staged.state
         self.pending_commit = None
-        for ref in staged.dead_key_refs:
-            self.key_store.destroy(ref)
+        if destroy_dead_keys:
+            for ref in staged.dead_key_refs:
+                self.key_store.destroy(ref)
 
-    def merge_pending_commit(self) -> None:
+    def merge_pending_commit(self, *, destroy_dead_keys: bool = True) -> None:
         if self.pending_commit is None:
             raise StateError("there is no pending commit")
-        self.merge(self.pending_commit)
+        self.merge(self.pending_commit, destroy_dead_keys=destroy_dead_keys)
 
     def discard_pending_commit(self) -> None:
         """Drop the pending commit; keys it created are destroyed, the epoch is unchanged."""
