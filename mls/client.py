@@ -19,8 +19,8 @@ from .extensions import Extension
 from .framing import MLSMessage
 from .group import Group, GroupConfig, PskStore, default_lifetime
 from .key_package import KeyPackage, create_key_package
-from .leaf_node import Lifetime
-from .messages import Welcome
+from .leaf_node import Capabilities, Lifetime
+from .messages import GroupContext, Welcome
 from .proposals import ReInit
 from .welcome import key_package_ref
 
@@ -56,7 +56,7 @@ class Client:
         return f"Client(suite={self.cs.suite_id}, key_packages={len(self.key_packages)})"
 
     def key_package(self, lifetime: Lifetime | None = None, last_resort: bool = False,
-                    extensions: Sequence[Extension] = ()) -> KeyPackageBundle:
+                    extensions: Sequence[Extension] = (), capabilities: Capabilities | None = None) -> KeyPackageBundle:
         """A fresh KeyPackage with init and leaf keys made by the key store."""
         suite = self.cs.suite_id
         init_key = self.key_store.new_hpke_key(suite)
@@ -65,6 +65,7 @@ class Client:
             kp = create_key_package(
                 self.cs, self.signer, init_key=init_key.public_key, encryption_key=leaf_key.public_key,
                 credential=self.credential, lifetime=lifetime or default_lifetime(), extensions=tuple(extensions),
+                capabilities=capabilities,
             )
         except MLSError:
             self.key_store.destroy(init_key.key_ref)
@@ -75,9 +76,10 @@ class Client:
         return bundle
 
     def create_group(self, group_id: bytes | None = None, extensions: Sequence[Extension] = (),
-                     config: GroupConfig | None = None) -> Group:
+                     config: GroupConfig | None = None, capabilities: Capabilities | None = None) -> Group:
         return Group.create(self.key_store, self.cs.suite_id, signer=self.signer, credential=self.credential,
-                            group_id=group_id, extensions=extensions, config=config, psks=self.psks)
+                            group_id=group_id, extensions=extensions, config=config, psks=self.psks,
+                            capabilities=capabilities)
 
     def bundle_for(self, welcome: bytes) -> KeyPackageBundle:
         w = MLSMessage.from_bytes(welcome).body
@@ -90,14 +92,15 @@ class Client:
         raise ValidationError("12.4.3.1", "the Welcome is for none of this client's KeyPackages")
 
     def join(self, welcome: bytes, ratchet_tree: bytes | None = None, config: GroupConfig | None = None,
-             psks: PskStore | None = None, expected_reinit: ReInit | None = None) -> Group:
+             psks: PskStore | None = None, expected_reinit: ReInit | None = None,
+             resumed_from: GroupContext | None = None) -> Group:
         """Join from a Welcome; the KeyPackage is consumed (its keys destroyed unless last-resort)."""
         bundle = self.bundle_for(welcome)
         group = Group.join(
             self.key_store, welcome, key_package=bundle.key_package, init_key=bundle.init_key,
             leaf_key=bundle.leaf_key, signer_ref=self.signer.key_ref, ratchet_tree=ratchet_tree,
             psks=psks or self.psks, config=config, destroy_init_key=not bundle.last_resort,
-            expected_reinit=expected_reinit,
+            expected_reinit=expected_reinit, resumed_from=resumed_from,
         )
         if not bundle.last_resort:
             del self.key_packages[bundle.ref]

@@ -16,7 +16,7 @@ from typing import Annotated, ClassVar, TypeVar
 
 from .codec import U16, Opaque, Struct, Vec
 from .credentials import Credential
-from .errors import ValidationError
+from .errors import DecodeError, ValidationError
 
 
 class ExtensionType(IntEnum):
@@ -112,3 +112,23 @@ def check_unique_extension_types(extensions: Iterable[Extension]) -> None:
         if ext.extension_type in seen:
             raise ValidationError("13.4", f"extension type {ext.extension_type} appears more than once")
         seen.add(ext.extension_type)
+
+
+def check_group_context_extensions(extensions: Iterable[Extension]) -> None:
+    """GroupContext extensions are unique by type and the ones this implementation interprets decode
+    (§13.4, §11.1, §12.1.8.1): a group must not adopt extensions it would fail on later."""
+    check_unique_extension_types(extensions)
+    for ext in extensions:
+        payload = _GROUP_CONTEXT_PAYLOADS.get(ext.extension_type)
+        if payload is None:
+            continue
+        try:
+            payload.from_bytes(ext.extension_data)
+        except DecodeError as e:
+            raise ValidationError("13", f"malformed {payload.__name__} extension: {e.reason}") from None
+
+
+_GROUP_CONTEXT_PAYLOADS: dict[int, type[ExtensionPayload]] = {
+    ExtensionType.required_capabilities: RequiredCapabilities,
+    ExtensionType.external_senders: ExternalSenders,
+}

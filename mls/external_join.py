@@ -31,6 +31,7 @@ from .group import Group, GroupConfig, MemoryPskStore, PskStore, tree_from_group
 from .group_state import GroupState
 from .key_schedule import KeySchedule, external_init_send
 from .leaf_node import LeafNode, LeafNodeSource, default_capabilities, sign_leaf_node
+from .leaf_validation import check_required_capabilities
 from .message_protection import protect_public, sign_framed_content
 from .messages import Commit, GroupContext, GroupInfo
 from .proposal_list import (
@@ -106,6 +107,7 @@ def external_join(
     vc = ValidationContext(cs, ctx.group_id, ctx.version, tree, ctx.extensions, config.leaf_policy)
     validate_proposal_list(vc, proposals, sender)
     applied = apply_proposals(vc, proposals)
+    check_required_capabilities(_template_leaf(signer, credential, b""), find_payload(applied.extensions, RequiredCapabilities))
     leaf_key = key_store.new_hpke_key(cs.suite_id)
     try:
         return _commit(cs, key_store, gi, applied, proposals, signer, credential, leaf_key, init_secret,
@@ -115,6 +117,14 @@ def external_join(
         raise
 
 
+def _template_leaf(signer: Signer, credential: Credential, encryption_key: bytes) -> LeafNode:
+    return LeafNode(
+        encryption_key=encryption_key, signature_key=signer.public_key, credential=credential,
+        capabilities=default_capabilities(), leaf_node_source=LeafNodeSource.commit, parent_hash=b"",
+        extensions=(), signature=b"",
+    )
+
+
 def _joiner_path(cs: CipherSuite, gi: GroupInfo, applied: AppliedProposals, signer: Signer,
                  credential: Credential, leaf_key: HpkePrivateKey) -> CreatedPath:
     """The joiner's leaf at the leftmost blank leaf, and its UpdatePath (§12.4.3.2)."""
@@ -122,11 +132,7 @@ def _joiner_path(cs: CipherSuite, gi: GroupInfo, applied: AppliedProposals, sign
     tree = applied.tree.copy()
     joiner = next((i for i in range(tree.n_leaves) if tree.leaf(i) is None), tree.n_leaves)
     tree.extend_to(joiner + 1)
-    template = LeafNode(
-        encryption_key=leaf_key.public_key, signature_key=signer.public_key, credential=credential,
-        capabilities=default_capabilities(), leaf_node_source=LeafNodeSource.commit, parent_hash=b"",
-        extensions=(), signature=b"",
-    )
+    template = _template_leaf(signer, credential, leaf_key.public_key)
 
     def provisional(t: RatchetTree) -> bytes:
         return GroupContext(ctx.version, ctx.cipher_suite, ctx.group_id, ctx.epoch + 1, t.tree_hash(),

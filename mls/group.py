@@ -28,6 +28,7 @@ from .extensions import (
     Extension,
     ExternalPub,
     RequiredCapabilities,
+    check_group_context_extensions,
     check_unique_extension_types,
     find_payload,
 )
@@ -46,7 +47,7 @@ from .framing import (
 from .group_state import CachedProposal, GroupConfig, GroupState, PastEpoch
 from .key_package import KeyPackage
 from .key_schedule import EpochSecrets, KeySchedule, external_init_receive
-from .leaf_node import LeafNode, LeafNodeSource, Lifetime, default_capabilities, sign_leaf_node
+from .leaf_node import Capabilities, LeafNode, LeafNodeSource, Lifetime, default_capabilities, sign_leaf_node
 from .message_protection import (
     decrypt_private,
     encrypt_private,
@@ -273,15 +274,16 @@ class Group:
         config: GroupConfig | None = None,
         psks: PskStore | None = None,
         lifetime: Lifetime | None = None,
+        capabilities: Capabilities | None = None,
     ) -> Group:
         """A one-member group with a fresh random epoch secret (§11)."""
         cs = cipher_suite(cipher_suite_id)
         config = config or GroupConfig()
-        check_unique_extension_types(extensions)
+        check_group_context_extensions(extensions)
         leaf_key = key_store.new_hpke_key(cipher_suite_id)
         leaf = LeafNode(
             encryption_key=leaf_key.public_key, signature_key=signer.public_key, credential=credential,
-            capabilities=default_capabilities(), leaf_node_source=LeafNodeSource.key_package,
+            capabilities=capabilities or default_capabilities(), leaf_node_source=LeafNodeSource.key_package,
             lifetime=lifetime or default_lifetime(), extensions=(), signature=b"",
         )
         tree = RatchetTree.one_member(cs, sign_leaf_node(cs, signer, leaf))
@@ -590,9 +592,9 @@ class Group:
         return build_welcome(self.cs, ks.welcome_secret, group_info, members)
 
     def _dead_update_keys(self, applied: AppliedProposals) -> list[bytes]:
-        """Keys of our own Update proposals: dead after the commit whether or not it used them."""
+        """Keys of our own Update proposals that the commit did not make our leaf key: dead after it."""
         s = self.state
-        used = s.tree.leaf(s.own_leaf)
+        used = applied.tree.leaf(s.own_leaf)
         return [ref for pub, ref in s.update_keys.items() if used is None or pub != used.encryption_key]
 
     def group_info(self, with_ratchet_tree: bool = False) -> bytes:
@@ -606,15 +608,23 @@ class Group:
         A caller that persists the new state first (and destroys the keys once that is durable) passes
         ``destroy_dead_keys=False`` and destroys ``staged.dead_key_refs`` itself.
         """
+        if staged.state is not None and staged.state.epoch != self.epoch + 1:
+            raise StateError(f"staged commit is for epoch {staged.state.epoch}, the group is at {self.epoch}")
+        dead = list(staged.dead_key_refs)
+        losing = self.pending_commit
+        if losing is not None and losing is not staged and losing.state is not None:
+            # Our own pending commit lost the race: the leaf key it made is dead too.
+            ref = losing.state.keys.leaf_key.key_ref
+            if ref != self.state.keys.leaf_key.key_ref:
+                dead.append(ref)
+        staged.dead_key_refs = dead
         if staged.state is None:
             self.state.active = False
         else:
-            if staged.state.epoch != self.epoch + 1:
-                raise StateError(f"staged commit is for epoch {staged.state.epoch}, the group is at {self.epoch}")
             self.state = staged.state
         self.pending_commit = None
         if destroy_dead_keys:
-            for ref in staged.dead_key_refs:
+            for ref in dead:
                 self.key_store.destroy(ref)
 
     def merge_pending_commit(self, *, destroy_dead_keys: bool = True) -> None:
@@ -777,7 +787,7 @@ class Group:
             keys.drop_nodes_not_in(applied.tree)
             return applied.tree, keys, bytes(cs.n_h)
         self._check_path_leaf(applied, committer, commit.path.leaf_node)
-        self._check_path_keys_fresh(applied.tree, commit)
+        self._check_path_keys_fresh(applied.tree, committer, commit)
         merged = apply_update_path(applied.tree, committer, commit.path, s.group_id)
         provisional = self._provisional_context(merged, applied.extensions)
         new_keys, commit_secret, _ = decrypt_update_path(
@@ -810,12 +820,17 @@ class Group:
             raise ValidationError("12.4.2", "the committer's new leaf must have a new encryption_key")
 
     @staticmethod
-    def _check_path_keys_fresh(tree: RatchetTree, commit: Commit) -> None:
+    def _check_path_keys_fresh(tree: RatchetTree, committer: int, commit: Commit) -> None:
+        """No key of the UpdatePath is in the tree already; the leaf's signature key is no other member's
+        (§7.3 uniqueness, §12.4.2)."""
         assert commit.path is not None
         in_tree = {n.encryption_key for x in range(tree.width) if (n := tree.node(x)) is not None}
         new = [commit.path.leaf_node.encryption_key, *(n.encryption_key for n in commit.path.nodes)]
         if any(k in in_tree for k in new) or len(set(new)) != len(new):
             raise ValidationError("12.4.2", "a public key of the UpdatePath already appears in the tree")
+        signature_key = commit.path.leaf_node.signature_key
+        if any(leaf.signature_key == signature_key for i, leaf in tree.leaves() if i != committer):
+            raise ValidationError("7.3", "the committer's signature key is used by another member")
 
     def _complete_staging(self, auth: AuthenticatedContent, proposals: list[CommittedProposal],
                           applied: AppliedProposals, tree: RatchetTree, keys: PathKeys, commit_secret: bytes,
@@ -846,6 +861,7 @@ class Group:
         commit = auth.content.commit
         external_init = applied.external_init
         assert commit is not None and commit.path is not None and external_init is not None
+        self._check_resync(proposals, commit.path.leaf_node)
         joiner = _leftmost_blank(applied.tree)
         if s.own_leaf in applied.removed:
             return StagedCommit(None, auth.content.sender, proposals, auth.to_bytes(), dead_key_refs=self._all_own_keys())
@@ -854,6 +870,16 @@ class Group:
         tree_after, keys, commit_secret = self._apply_path(applied, joiner, commit)
         init_secret = external_init_receive(cs, s.secrets.external_key_pair(), external_init.kem_output)
         return self._complete_staging(auth, proposals, applied, tree_after, keys, commit_secret, init_secret)
+
+    def _check_resync(self, proposals: list[CommittedProposal], leaf: LeafNode) -> None:
+        """A resync removes the joiner's own prior leaf only: the new leaf must be acceptable as an Update of
+        the removed one — here, the same credential (§12.2, §12.4.3.2)."""
+        for p in proposals:
+            body = p.proposal.body
+            if isinstance(body, Remove):
+                removed = self.state.tree.leaf(body.removed)
+                if removed is None or removed.credential != leaf.credential:
+                    raise ValidationError("12.4.3.2", "an external commit may only remove the joiner's prior leaf")
 
     # ---- joining from a Welcome (§12.4.3.1) ----------------------------------------------------------------
     @classmethod
@@ -871,10 +897,12 @@ class Group:
         config: GroupConfig | None = None,
         destroy_init_key: bool = True,
         expected_reinit: ReInit | None = None,
+        resumed_from: GroupContext | None = None,
     ) -> Group:
         """Join from a Welcome with the KeyPackage it was made for. The init key is destroyed (unless the
         KeyPackage is a last-resort one: ``destroy_init_key=False``). ``expected_reinit`` is the ReInit
-        proposal of the old group when this Welcome is its reinitialization (§11.2)."""
+        proposal of the old group when this Welcome is its reinitialization (§11.2); ``resumed_from`` the
+        old group's GroupContext of the epoch a reinit or branch PSK must come from (§11.2, §11.3)."""
         cs = cipher_suite(key_package.cipher_suite)
         config = config or GroupConfig()
         psk_store: PskStore = psks or MemoryPskStore()
@@ -887,7 +915,7 @@ class Group:
         psk = psk_secret(cs, psk_values)
         welcome_secret = KeySchedule.from_joiner_secret(cs, secrets.joiner_secret, psk, b"").welcome_secret
         gi = decrypt_group_info(cs, welcome_secret, w.encrypted_group_info)
-        _check_resumption_join(gi, secrets.psks, expected_reinit)
+        _check_resumption_join(gi, secrets.psks, expected_reinit, resumed_from)
         state = _state_from_group_info(cs, gi, secrets, psk, key_package, leaf_key, signer_ref, ratchet_tree, config)
         group = cls(state, key_store, psk_store)
         if destroy_init_key:
@@ -922,18 +950,30 @@ def _joiner_psk(store: PskStore, psk_id: PreSharedKeyID) -> bytes:
     return value
 
 
-def _check_resumption_join(gi: GroupInfo, psks: Sequence[PreSharedKeyID], expected_reinit: ReInit | None) -> None:
-    """A Welcome with a reinit or branch PSK starts a new group at epoch 1 (§12.4.3.1, §11.2, §11.3)."""
-    usages = {p.usage for p in psks if p.psktype == PSKType.resumption}
-    special = usages & {ResumptionPSKUsage.reinit, ResumptionPSKUsage.branch}
-    if special and gi.group_context.epoch != 1:
+def _check_resumption_join(gi: GroupInfo, psks: Sequence[PreSharedKeyID], expected_reinit: ReInit | None,
+                           resumed_from: GroupContext | None) -> None:
+    """A Welcome with a reinit or branch PSK starts a new group at epoch 1 that matches the old group
+    (§12.4.3.1, §11.2, §11.3); a joiner expecting a reinitialization requires its PSK."""
+    ctx = gi.group_context
+    special = [p for p in psks if p.psktype == PSKType.resumption
+               and p.usage in (ResumptionPSKUsage.reinit, ResumptionPSKUsage.branch)]
+    if special and ctx.epoch != 1:
         raise ValidationError("12.4.3.1", "a reinit or branch Welcome must be for epoch 1")
-    if ResumptionPSKUsage.reinit in usages and expected_reinit is not None:
-        ctx = gi.group_context
+    if expected_reinit is not None:
+        if not any(p.usage == ResumptionPSKUsage.reinit for p in special):
+            raise ValidationError("11.2", "a reinitialized group's Welcome must carry a reinit PSK")
         got = (ctx.group_id, ctx.version, ctx.cipher_suite, ctx.extensions)
         want = (expected_reinit.group_id, expected_reinit.version, expected_reinit.cipher_suite, expected_reinit.extensions)
         if got != want:
             raise ValidationError("11.2", "the new group does not match the ReInit proposal")
+    if resumed_from is None:
+        return
+    for p in special:
+        if (p.psk_group_id, p.psk_epoch) != (resumed_from.group_id, resumed_from.epoch):
+            raise ValidationError("12.4.3.1", "the resumption PSK is not from the expected group and epoch")
+        if p.usage == ResumptionPSKUsage.branch and (ctx.version, ctx.cipher_suite) != (
+                resumed_from.version, resumed_from.cipher_suite):
+            raise ValidationError("11.3", "a branch keeps the old group's version and cipher suite")
 
 
 def _check_joiner_psks(psks: Sequence[PreSharedKeyID]) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 
 from .crypto.cipher_suite import CipherSuite, cipher_suite
 from .crypto.keys import HpkePrivateKey, KeyStore
-from .errors import MLSError, StateError
+from .errors import KeyStoreError, MLSError, StateError
 from .framing import AuthenticatedContent, Sender
 from .key_schedule import EpochSecrets
 from .leaf_validation import LeafPolicy
@@ -177,11 +177,21 @@ class GroupState:
             s = json.loads(data)
             if s.get("version") != STATE_VERSION:
                 raise StateError(f"unsupported group state version {s.get('version')!r}")
-            return cls._from_state(s, key_store, leaf_policy)
-        except MLSError:
+            state = cls._from_state(s, key_store, leaf_policy)
+        except (StateError, KeyStoreError):
             raise
+        except MLSError as e:
+            raise StateError(f"malformed group state ({type(e).__name__}: {e})") from None
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise StateError(f"malformed group state ({type(e).__name__})") from None
+        state.check_consistent()
+        return state
+
+    def check_consistent(self) -> None:
+        """The own leaf exists and holds the own leaf key (a state that fails this was tampered with)."""
+        leaf = self.tree.leaf(self.keys.own_leaf)
+        if self.active and (leaf is None or leaf.encryption_key != self.keys.leaf_key.public_key):
+            raise StateError("malformed group state: the own leaf does not hold the own leaf key")
 
     @classmethod
     def _from_state(cls, s: dict[str, Any], key_store: KeyStore, leaf_policy: LeafPolicy | None) -> GroupState:

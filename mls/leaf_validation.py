@@ -130,8 +130,8 @@ def validate_leaf_node(
         raise ValidationError("7.2", "a key_package leaf must carry a lifetime")
     if 1 not in leaf.capabilities.versions:
         raise ValidationError("7.3", "the leaf does not support protocol version mls10")
-    policy.credential_validator.validate(leaf.credential, leaf.signature_key)
     verify_leaf_signature(cs, leaf, group_id, leaf_index)
+    policy.credential_validator.validate(leaf.credential, leaf.signature_key)
     check_required_capabilities(leaf, required)
     check_leaf_extensions_supported(leaf)
     check_lifetime(leaf, policy)

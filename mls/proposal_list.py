@@ -16,7 +16,7 @@ from .extensions import (
     Extension,
     ExternalSenders,
     RequiredCapabilities,
-    check_unique_extension_types,
+    check_group_context_extensions,
     find_payload,
 )
 from .framing import Sender, SenderType
@@ -115,7 +115,10 @@ def validate_proposal(vc: ValidationContext, cp: CommittedProposal, required: Re
         if body.version < vc.version:
             raise ValidationError("12.1.5", "ReInit to an older protocol version")
     elif isinstance(body, GroupContextExtensions):
-        check_unique_extension_types(body.extensions)
+        check_group_context_extensions(body.extensions)
+        senders = find_payload(body.extensions, ExternalSenders)
+        for external in senders.external_senders if senders else ():
+            vc.policy.credential_validator.validate(external.credential, external.signature_key)
 
 
 def _validate_update(vc: ValidationContext, sender: Sender, leaf: LeafNode, required: RequiredCapabilities | None) -> None:

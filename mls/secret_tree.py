@@ -267,8 +267,18 @@ class SecretTree:
         return self.ratchet(leaf, ratchet_type).get(generation)
 
     def peek_key_nonce(self, leaf: int, ratchet_type: RatchetType, generation: int) -> RatchetKey:
-        """Receiving side, not consumed (see :meth:`SenderRatchet.peek`); :meth:`key_nonce` consumes it."""
-        return self.ratchet(leaf, ratchet_type).peek(generation)
+        """Receiving side, not consumed (see :meth:`SenderRatchet.peek`); :meth:`key_nonce` consumes it.
+
+        Nothing is changed, not even for a sender not heard from yet: its ratchet is derived on the side
+        and only started (node secrets consumed) when the key is taken with :meth:`key_nonce`.
+        """
+        if not 0 <= leaf < self.n_leaves:
+            raise ValidationError("9", f"leaf {leaf} is outside the secret tree of {self.n_leaves} leaves")
+        r = self._ratchets.get((leaf, ratchet_type))
+        if r is None:
+            root = ratchet_root(self.cs, self._node_secret(tm.leaf_to_node(leaf)), ratchet_type)
+            r = SenderRatchet(self.cs, root, 0, self.config)
+        return r.peek(generation)
 
     def next_key_nonce(self, leaf: int, ratchet_type: RatchetType) -> RatchetKey:
         """Sending side: the key and nonce of the next generation of a leaf's ratchet (consumed)."""
@@ -278,6 +288,17 @@ class SecretTree:
         leaf_secret = self._take_node_secret(tm.leaf_to_node(leaf))
         for rt in RatchetType:
             self._ratchets[(leaf, rt)] = SenderRatchet(self.cs, ratchet_root(self.cs, leaf_secret, rt), 0, self.config)
+
+    def _node_secret(self, x: int) -> bytes:
+        """The secret of node ``x``, derived from its lowest held ancestor without consuming anything."""
+        start = next((p for p in [x, *tm.direct_path(x, self.n_leaves)] if p in self._nodes), None)
+        if start is None:
+            raise StateError(f"RFC 9420 §9.2: the secret of tree node {x} has already been consumed")
+        node, secret = start, self._nodes[start]
+        while node != x:
+            left_secret, right_secret = child_secrets(self.cs, secret)
+            node, secret = (tm.left(node), left_secret) if x < node else (tm.right(node), right_secret)
+        return secret
 
     def _take_node_secret(self, x: int) -> bytes:
         """Remove and return the secret of node ``x``, deriving it from its lowest held ancestor."""

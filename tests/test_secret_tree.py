@@ -216,10 +216,11 @@ def test_peek_does_not_consume() -> None:
     tree = SecretTree(CS, SECRET, 2, RatchetConfig(out_of_order_tolerance=3, max_forward_distance=6))
     before = state_text(tree)
     assert tree.peek_key_nonce(0, APP, 5) == sent[5]
-    after_peek = state_text(tree)  # peeking started the leaf's ratchets, but moved neither
+    assert state_text(tree) == before  # peeking changes nothing, not even for a sender not heard from yet
     assert tree.ratchet(0, APP).generation == 0 and tree.ratchet(0, APP).retained_generations == []
+    after_start = state_text(tree)
     assert tree.peek_key_nonce(0, APP, 5) == sent[5]
-    assert state_text(tree) == after_peek != before
+    assert state_text(tree) == after_start != before
     with pytest.raises(ValidationError):
         tree.peek_key_nonce(0, APP, 7)  # beyond the forward distance
     assert tree.key_nonce(0, APP, 5) == sent[5]

@@ -1,0 +1,320 @@
+"""Welcome messages (RFC 9420 §12.4.3, §12.4.3.1) on the working group's ``welcome`` vectors: the joiner
+rejects a wrong init key, a missing KeyPackage entry, a tampered encrypted GroupInfo and a GroupInfo whose
+signature or confirmation tag does not verify; Welcomes we build open for every member.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mls.crypto import CipherSuite, cipher_suite
+from mls.crypto.hpke import SoftwareHpkeKey
+from mls.errors import CryptoError, DecodeError, ValidationError
+from mls.framing import MLSMessage
+from mls.key_package import KeyPackage
+from mls.key_schedule import KeySchedule
+from mls.messages import EncryptedGroupSecrets, GroupInfo, GroupSecrets, PathSecret, Welcome
+from mls.nodes import HPKECiphertext
+from mls.welcome import (
+    build_welcome,
+    decrypt_group_info,
+    key_package_ref,
+    open_group_secrets,
+    sign_group_info,
+    verify_group_info_signature,
+)
+
+from .vectors import load
+
+SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+CASES = load("welcome")
+
+
+@dataclass
+class Case:
+    cs: CipherSuite
+    key_package: KeyPackage
+    welcome: Welcome
+    init_key: SoftwareHpkeKey
+    signer_pub: bytes
+
+    @property
+    def ref(self) -> bytes:
+        return key_package_ref(self.cs, self.key_package)
+
+    def secrets(self, welcome: Welcome | None = None) -> GroupSecrets:
+        return open_group_secrets(self.cs, welcome or self.welcome, self.ref, self.init_key)
+
+    def welcome_secret(self) -> bytes:
+        return KeySchedule.from_joiner_secret(self.cs, self.secrets().joiner_secret, None, b"").welcome_secret
+
+    def group_info(self) -> GroupInfo:
+        return decrypt_group_info(self.cs, self.welcome_secret(), self.welcome.encrypted_group_info)
+
+
+def case(index: int) -> Case:
+    raw = CASES[index]
+    cs = cipher_suite(raw["cipher_suite"])
+    kp = MLSMessage.from_bytes(bytes.fromhex(raw["key_package"])).body
+    welcome = MLSMessage.from_bytes(bytes.fromhex(raw["welcome"])).body
+    assert isinstance(kp, KeyPackage) and isinstance(welcome, Welcome)
+    init_key = cs.hpke_key_from_private_bytes(bytes.fromhex(raw["init_priv"]))
+    return Case(cs, kp, welcome, init_key, bytes.fromhex(raw["signer_pub"]))
+
+
+def flip(data: bytes, at: int = 0, bit: int = 0) -> bytes:
+    at %= len(data)
+    return data[:at] + bytes([data[at] ^ (1 << bit)]) + data[at + 1 :]
+
+
+def with_egi(welcome: Welcome, encrypted_group_info: bytes) -> Welcome:
+    return Welcome(welcome.cipher_suite, welcome.secrets, encrypted_group_info)
+
+
+def with_entry(welcome: Welcome, entry: EncryptedGroupSecrets) -> Welcome:
+    return Welcome(welcome.cipher_suite, (entry,), welcome.encrypted_group_info)
+
+
+def replace_gi(gi: GroupInfo, **changes: Any) -> GroupInfo:
+    return dataclasses.replace(gi, **changes)
+
+
+INDICES = range(len(CASES))
+
+
+@pytest.mark.parametrize("index", INDICES)
+def test_the_vector_welcome_opens(index: int) -> None:
+    c = case(index)
+    assert c.init_key.public_key == c.key_package.init_key
+    gi = c.group_info()
+    verify_group_info_signature(c.cs, gi, c.signer_pub)
+    ks = KeySchedule.from_joiner_secret(c.cs, c.secrets().joiner_secret, None, gi.group_context.to_bytes())
+    ks.secrets.verify_confirmation_tag(gi.group_context.confirmed_transcript_hash, gi.confirmation_tag)
+
+
+# ---- GroupSecrets (§12.4.3.1) ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("index", INDICES)
+def test_a_wrong_init_key_is_a_crypto_error(index: int) -> None:
+    c = case(index)
+    for wrong in (c.cs.kem.generate(), c.cs.derive_key_pair(b"not the init key")):
+        with pytest.raises(CryptoError):
+            open_group_secrets(c.cs, c.welcome, c.ref, wrong)
+    other = case((index + 1) % len(CASES))
+    if other.cs.kem == c.cs.kem:
+        with pytest.raises(CryptoError):
+            open_group_secrets(c.cs, c.welcome, c.ref, other.init_key)
+
+
+@pytest.mark.parametrize("index", INDICES)
+def test_a_wrong_key_package_ref_is_a_validation_error(index: int) -> None:
+    c = case(index)
+    kp = c.key_package
+    refs = [
+        flip(c.ref, index),
+        c.ref[:-1],
+        b"",
+        key_package_ref(c.cs, dataclasses.replace(kp, signature=flip(kp.signature, 1))),  # another KeyPackage
+        c.cs.ref_hash(b"MLS 1.0 KeyPackage Reference", MLSMessage.of(kp).to_bytes()),  # over the wrong bytes
+    ]
+    for ref in refs:
+        with pytest.raises(ValidationError) as e:
+            open_group_secrets(c.cs, c.welcome, ref, c.init_key)
+        assert e.value.rule == "12.4.3.1" and not isinstance(e.value, CryptoError)
+    empty = Welcome(c.welcome.cipher_suite, (), c.welcome.encrypted_group_info)
+    with pytest.raises(ValidationError) as e:
+        open_group_secrets(c.cs, empty, c.ref, c.init_key)
+    assert e.value.rule == "12.4.3.1"
+
+
+@pytest.mark.parametrize("index", INDICES)
+def test_a_welcome_for_another_cipher_suite_is_rejected(index: int) -> None:
+    c = case(index)
+    other = Welcome(c.cs.suite_id % 7 + 1, c.welcome.secrets, c.welcome.encrypted_group_info)
+    with pytest.raises(ValidationError) as e:
+        open_group_secrets(c.cs, other, c.ref, c.init_key)
+    assert e.value.rule == "12.4.3.1"
+
+
+@SETTINGS
+@given(
+    index=st.sampled_from(INDICES),
+    field=st.sampled_from(["kem_output", "ciphertext"]),
+    at=st.integers(0, 10**4),
+    bit=st.integers(0, 7),
+)
+def test_tampered_encrypted_group_secrets_are_a_crypto_error(
+    index: int, field: str, at: int, bit: int
+) -> None:
+    c = case(index)
+    entry = next(s for s in c.welcome.secrets if s.new_member == c.ref)
+    ct = entry.encrypted_group_secrets
+    parts = {"kem_output": ct.kem_output, "ciphertext": ct.ciphertext}
+    parts[field] = flip(parts[field], at, bit)
+    bad = with_entry(c.welcome, EncryptedGroupSecrets(entry.new_member, HPKECiphertext(**parts)))
+    with pytest.raises(CryptoError):
+        c.secrets(bad)
+
+
+# ---- the encrypted GroupInfo (§12.4.3.1) ------------------------------------------------------------------
+
+
+@SETTINGS
+@given(
+    index=st.sampled_from(INDICES), at=st.integers(0, 10**5), bit=st.integers(0, 7), truncate=st.booleans()
+)
+def test_a_tampered_encrypted_group_info_is_a_crypto_error(
+    index: int, at: int, bit: int, truncate: bool
+) -> None:
+    c = case(index)
+    egi = c.welcome.encrypted_group_info
+    bad = egi[: at % len(egi)] if truncate else flip(egi, at, bit)
+    # It is the HPKE context of the GroupSecrets: they no longer open either.
+    with pytest.raises(CryptoError):
+        c.secrets(with_egi(c.welcome, bad))
+    with pytest.raises(CryptoError) as e:
+        decrypt_group_info(c.cs, c.welcome_secret(), bad)
+    assert e.value.rule == "12.4.3.1"
+
+
+@pytest.mark.parametrize("index", INDICES)
+def test_a_wrong_welcome_secret_is_a_crypto_error(index: int) -> None:
+    c = case(index)
+    with pytest.raises(CryptoError) as e:
+        decrypt_group_info(c.cs, flip(c.welcome_secret(), 4), c.welcome.encrypted_group_info)
+    assert e.value.rule == "12.4.3.1"
+    joiner = c.secrets().joiner_secret
+    psk = KeySchedule.from_joiner_secret(c.cs, joiner, bytes([1]) * c.cs.n_h, b"").welcome_secret
+    with pytest.raises(CryptoError):  # the psk_secret feeds the welcome secret
+        decrypt_group_info(c.cs, psk, c.welcome.encrypted_group_info)
+
+
+# ---- the GroupInfo signature (§12.4.3) and confirmation tag (§12.4.3.1) ------------------------------------
+
+
+@SETTINGS
+@given(index=st.sampled_from(INDICES), at=st.integers(0, 200), bit=st.integers(0, 7))
+def test_a_tampered_group_info_signature_is_rule_12_4_3(index: int, at: int, bit: int) -> None:
+    c = case(index)
+    gi = c.group_info()
+    for bad in (
+        replace_gi(gi, signature=flip(gi.signature, at, bit)),
+        replace_gi(gi, signature=gi.signature[:-1]),
+        replace_gi(gi, signature=b""),
+    ):
+        with pytest.raises(CryptoError) as e:
+            verify_group_info_signature(c.cs, bad, c.signer_pub)
+        assert e.value.rule == "12.4.3"
+
+
+@pytest.mark.parametrize("index", INDICES)
+def test_group_info_fields_are_covered_by_the_signature(index: int) -> None:
+    c = case(index)
+    gi = c.group_info()
+    gc = gi.group_context
+    changed = [
+        replace_gi(gi, signer=gi.signer + 1),
+        replace_gi(gi, confirmation_tag=flip(gi.confirmation_tag, 0)),
+        replace_gi(gi, extensions=()) if gi.extensions else replace_gi(gi, signer=gi.signer ^ 0x80),
+        replace_gi(gi, group_context=dataclasses.replace(gc, epoch=gc.epoch + 1)),
+        replace_gi(gi, group_context=dataclasses.replace(gc, tree_hash=flip(gc.tree_hash, 3))),
+        replace_gi(gi, group_context=dataclasses.replace(gc, group_id=gc.group_id + b"\x00")),
+    ]
+    for bad in changed:
+        with pytest.raises(CryptoError) as e:
+            verify_group_info_signature(c.cs, bad, c.signer_pub)
+        assert e.value.rule == "12.4.3"
+    for key in (c.cs.generate_signer().public_key, flip(c.signer_pub, 2), b""):
+        with pytest.raises(CryptoError) as e:
+            verify_group_info_signature(c.cs, gi, key)
+        assert e.value.rule == "12.4.3"
+
+
+@pytest.mark.parametrize("index", INDICES)
+def test_a_wrong_confirmation_tag_is_a_crypto_error(index: int) -> None:
+    c = case(index)
+    gi = c.group_info()
+    ks = KeySchedule.from_joiner_secret(c.cs, c.secrets().joiner_secret, None, gi.group_context.to_bytes())
+    cth = gi.group_context.confirmed_transcript_hash
+    for tag, hash_ in (
+        (flip(gi.confirmation_tag, 1), cth),
+        (gi.confirmation_tag[:-1], cth),
+        (gi.confirmation_tag, flip(cth, 0)),
+    ):
+        with pytest.raises(CryptoError) as e:
+            ks.secrets.verify_confirmation_tag(hash_, tag)
+        assert e.value.rule == "6.1"
+    # A GroupContext other than the signed one gives other epoch secrets: the tag does not match either.
+    other = KeySchedule.from_joiner_secret(
+        c.cs,
+        c.secrets().joiner_secret,
+        None,
+        dataclasses.replace(gi.group_context, epoch=gi.group_context.epoch + 1).to_bytes(),
+    )
+    with pytest.raises(CryptoError):
+        other.secrets.verify_confirmation_tag(cth, gi.confirmation_tag)
+
+
+# ---- Welcomes we build (§12.4.3.1) --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("index", INDICES)
+def test_a_welcome_we_build_opens_for_each_member_and_only_for_them(index: int) -> None:
+    c = case(index)
+    gi = c.group_info()
+    signer = c.cs.generate_signer()
+    signed = sign_group_info(c.cs, signer, replace_gi(gi, signature=b""))
+    verify_group_info_signature(c.cs, signed, signer.public_key)
+    with pytest.raises(CryptoError):
+        verify_group_info_signature(c.cs, signed, c.signer_pub)
+
+    other_key = c.cs.kem.generate()
+    other_kp = dataclasses.replace(c.key_package, init_key=other_key.public_key)
+    joiner = bytes(range(c.cs.n_h))
+    secrets = [
+        (c.key_package, GroupSecrets(joiner, None, ())),
+        (other_kp, GroupSecrets(joiner, PathSecret(bytes([7]) * c.cs.n_h), ())),
+    ]
+    welcome_secret = KeySchedule.from_joiner_secret(c.cs, joiner, None, b"").welcome_secret
+    built = build_welcome(c.cs, welcome_secret, signed, secrets)
+    welcome = MLSMessage.from_bytes(MLSMessage.of(built).to_bytes()).body
+    assert isinstance(welcome, Welcome) and welcome == built
+    ref, other_ref = key_package_ref(c.cs, c.key_package), key_package_ref(c.cs, other_kp)
+    assert ref != other_ref and [s.new_member for s in welcome.secrets] == [ref, other_ref]
+    assert open_group_secrets(c.cs, welcome, ref, c.init_key) == secrets[0][1]
+    assert open_group_secrets(c.cs, welcome, other_ref, other_key) == secrets[1][1]
+    assert decrypt_group_info(c.cs, welcome_secret, welcome.encrypted_group_info) == signed
+    # Each entry is for its own init key only.
+    with pytest.raises(CryptoError):
+        open_group_secrets(c.cs, welcome, other_ref, c.init_key)
+    with pytest.raises(CryptoError):
+        open_group_secrets(c.cs, welcome, ref, other_key)
+
+
+@pytest.mark.parametrize("index", INDICES)
+def test_group_secrets_that_decrypt_but_do_not_decode_are_a_decode_error(index: int) -> None:
+    """A member's entry that opens to bytes that are not GroupSecrets is rejected as a DecodeError."""
+    c = case(index)
+    kem_output, ct = c.cs.encrypt_with_label(
+        c.key_package.init_key, "Welcome", c.welcome.encrypted_group_info, b"\x05not group secrets"
+    )
+    bad = with_entry(c.welcome, EncryptedGroupSecrets(c.ref, HPKECiphertext(kem_output, ct)))
+    with pytest.raises(DecodeError):
+        c.secrets(bad)
+
+
+@pytest.mark.parametrize("index", INDICES)
+def test_group_secrets_reprs_hold_no_secrets(index: int) -> None:
+    c = case(index)
+    secrets = dataclasses.replace(c.secrets(), path_secret=PathSecret(bytes([0xA5]) * c.cs.n_h))
+    assert secrets.path_secret is not None
+    text = repr(secrets) + str(secrets) + repr(secrets.path_secret)
+    for secret in (secrets.joiner_secret, secrets.path_secret.path_secret):
+        assert secret.hex() not in text and repr(secret) not in text and secret.hex()[:16] not in text
