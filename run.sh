@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Installs everything, then runs the project's main job.
-# Until the gateway service lands, the main job is the RFC 9420 conformance run over the shared test vectors.
+# Installs everything, then runs the gateway on its embedded defaults: a SQLite database and a SoftHSM2
+# token in ./data (override with MLSGW_DATA_DIR), listening on 127.0.0.1:8080 (MLSGW_LISTEN).
+# On the first start it prints the admin token once. Stop it with Ctrl-C (or SIGTERM).
 set -euo pipefail
 cd "$(dirname "$0")"
 ./deploy/bootstrap.sh
-VECTORS=${MLS_TEST_VECTORS:-../shared/mls-test-vectors}
-exec .venv/bin/python -m mls.conformance "$VECTORS" "$@"
+exec .venv/bin/mls-gateway serve --data-dir "${MLSGW_DATA_DIR:-data}" --listen "${MLSGW_LISTEN:-127.0.0.1:8080}" "$@"
