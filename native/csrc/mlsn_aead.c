@@ -1,0 +1,234 @@
+/*
+ * mlsn_aead.c - AEAD seal and open through EVP_CIPHER, one at a time or in batches.
+ *
+ * Every call, one-shot or batch, uses this thread's cached EVP_CIPHER_CTX for the AEAD and direction
+ * (mlsn_borrow_cipher): the cipher is set once per thread, and each item only re-keys it
+ * (EVP_CipherInit_ex2 with key and nonce); releasing it re-keys it with a public key.
+ * EVP_CipherUpdate takes an int length, so data is fed in chunks of at most 1 GiB; the AEAD's own
+ * limits are left to libcrypto.
+ */
+#include <string.h>
+
+#include <openssl/core_names.h>
+#include <openssl/crypto.h>
+#include <openssl/params.h>
+
+#include "mlsn_aead.h"
+#include "mlsn_internal.h"
+
+#define CHUNK ((size_t)1 << 30)
+
+static int update_chunked(EVP_CIPHER_CTX *ctx, uint8_t *out, const uint8_t *in, size_t len)
+{
+    while (len > 0) {
+        int piece = (int)(len < CHUNK ? len : CHUNK), got = 0;
+        if (EVP_CipherUpdate(ctx, out, &got, in, piece) != 1)
+            return 0;
+        /* AAD (out == NULL) reports its length too; a stream AEAD outputs exactly what it takes. */
+        if (got != piece)
+            return 0;
+        in += piece;
+        if (out != NULL)
+            out += piece;
+        len -= (size_t)piece;
+    }
+    return 1;
+}
+
+/* Seal one item with ctx already holding the cipher; out has pt_len + 16 bytes. */
+static int seal_one(EVP_CIPHER_CTX *ctx, const uint8_t *key, const uint8_t *nonce, const uint8_t *aad,
+                    size_t aad_len, const uint8_t *pt, size_t pt_len, uint8_t *out)
+{
+    int got = 0;
+    OSSL_PARAM params[2];
+
+    if (EVP_CipherInit_ex2(ctx, NULL, key, nonce, 1, NULL) != 1 || !update_chunked(ctx, NULL, aad, aad_len)
+        || !update_chunked(ctx, out, pt, pt_len) || EVP_CipherFinal_ex(ctx, out + pt_len, &got) != 1
+        || got != 0)
+        return mlsn_ossl_error();
+    params[0] = OSSL_PARAM_construct_octet_string(OSSL_CIPHER_PARAM_AEAD_TAG, out + pt_len, MLSN_TAG_LEN);
+    params[1] = OSSL_PARAM_construct_end();
+    if (EVP_CIPHER_CTX_get_params(ctx, params) != 1)
+        return mlsn_ossl_error();
+    return MLSN_OK;
+}
+
+/* Open one item (ct_len >= 16); out has ct_len - 16 bytes and is zeroed when the tag fails. */
+static int open_one(EVP_CIPHER_CTX *ctx, const uint8_t *key, const uint8_t *nonce, const uint8_t *aad,
+                    size_t aad_len, const uint8_t *ct, size_t ct_len, uint8_t *out)
+{
+    uint8_t tag[MLSN_TAG_LEN];
+    size_t body_len = ct_len - MLSN_TAG_LEN;
+    uint8_t final_block[32];
+    int got = 0;
+    OSSL_PARAM params[2];
+
+    memcpy(tag, ct + body_len, MLSN_TAG_LEN);
+    params[0] = OSSL_PARAM_construct_octet_string(OSSL_CIPHER_PARAM_AEAD_TAG, tag, MLSN_TAG_LEN);
+    params[1] = OSSL_PARAM_construct_end();
+    if (EVP_CipherInit_ex2(ctx, NULL, key, nonce, 0, NULL) != 1 || !update_chunked(ctx, NULL, aad, aad_len)
+        || !update_chunked(ctx, out, ct, body_len) || EVP_CIPHER_CTX_set_params(ctx, params) != 1) {
+        if (body_len > 0)
+            OPENSSL_cleanse(out, body_len);
+        return mlsn_ossl_error();
+    }
+    if (EVP_CipherFinal_ex(ctx, final_block, &got) != 1 || got != 0) {
+        /* Unauthenticated plaintext never reaches the caller. */
+        if (body_len > 0)
+            OPENSSL_cleanse(out, body_len);
+        ERR_clear_error();
+        return MLSN_ERR_AUTH;
+    }
+    return MLSN_OK;
+}
+
+static int check_key_nonce(int aead, size_t key_len, size_t nonce_len)
+{
+    size_t nk = 0, nn = 0;
+    if (mlsn_aead_sizes(aead, &nk, &nn) != MLSN_OK)
+        return MLSN_ERR_UNSUPPORTED;
+    return (key_len == nk && nonce_len == nn) ? MLSN_OK : MLSN_ERR_LENGTH;
+}
+
+int mlsn_aead_seal(int aead, const uint8_t *key, size_t key_len, const uint8_t *nonce, size_t nonce_len,
+                   const uint8_t *aad, size_t aad_len, const uint8_t *pt, size_t pt_len, uint8_t *out,
+                   size_t out_len)
+{
+    int rc = check_key_nonce(aead, key_len, nonce_len);
+    size_t need;
+
+    if (rc != MLSN_OK)
+        return rc;
+    if (key == NULL || nonce == NULL || !mlsn_buf_ok(aad, aad_len) || !mlsn_buf_ok(pt, pt_len) || out == NULL
+        || !mlsn_add_size(pt_len, MLSN_TAG_LEN, &need) || out_len != need)
+        return MLSN_ERR_LENGTH;
+    EVP_CIPHER_CTX *ctx = mlsn_borrow_cipher(aead, 1, &rc);
+    if (ctx == NULL)
+        return rc;
+    rc = seal_one(ctx, key, nonce, aad, aad_len, pt, pt_len, out);
+    mlsn_release_cipher(ctx, aead, 1);
+    return rc;
+}
+
+int mlsn_aead_open(int aead, const uint8_t *key, size_t key_len, const uint8_t *nonce, size_t nonce_len,
+                   const uint8_t *aad, size_t aad_len, const uint8_t *ct, size_t ct_len, uint8_t *out,
+                   size_t out_len)
+{
+    int rc = check_key_nonce(aead, key_len, nonce_len);
+
+    if (rc != MLSN_OK)
+        return rc;
+    if (key == NULL || nonce == NULL || !mlsn_buf_ok(aad, aad_len) || ct == NULL)
+        return MLSN_ERR_LENGTH;
+    if (ct_len < MLSN_TAG_LEN)
+        return MLSN_ERR_AUTH; /* too short to carry a tag: it cannot authenticate */
+    if (out_len != ct_len - MLSN_TAG_LEN || (out == NULL && out_len > 0))
+        return MLSN_ERR_LENGTH;
+    EVP_CIPHER_CTX *ctx = mlsn_borrow_cipher(aead, 0, &rc);
+    if (ctx == NULL)
+        return rc;
+    rc = open_one(ctx, key, nonce, aad, aad_len, ct, ct_len, out);
+    mlsn_release_cipher(ctx, aead, 0);
+    return rc;
+}
+
+/*
+ * Validate a batch's shape: keys/nonces sizes, that aad_lens sums to aads_len and data_lens to
+ * data_len, and (through out_len_for) the exact output size. Everything with overflow checks.
+ */
+static int check_batch(int aead, size_t n, const uint8_t *keys, size_t keys_len, const uint8_t *nonces,
+                       size_t nonces_len, const uint8_t *aads, size_t aads_len, const size_t *aad_lens,
+                       const uint8_t *data, size_t data_len, const size_t *data_lens, int sealing,
+                       const uint8_t *out, size_t out_len)
+{
+    size_t nk = 0, nn = 0, need, total_aad = 0, total_data = 0, total_out = 0;
+
+    if (mlsn_aead_sizes(aead, &nk, &nn) != MLSN_OK)
+        return MLSN_ERR_UNSUPPORTED;
+    if (!mlsn_mul_size(n, nk, &need) || keys_len != need || !mlsn_buf_ok(keys, keys_len))
+        return MLSN_ERR_LENGTH;
+    if (!mlsn_mul_size(n, nn, &need) || nonces_len != need || !mlsn_buf_ok(nonces, nonces_len))
+        return MLSN_ERR_LENGTH;
+    if (!mlsn_buf_ok(aads, aads_len) || !mlsn_buf_ok(data, data_len) || !mlsn_buf_ok(out, out_len))
+        return MLSN_ERR_LENGTH;
+    if (n > 0 && (aad_lens == NULL || data_lens == NULL))
+        return MLSN_ERR_LENGTH;
+    for (size_t i = 0; i < n; i++) {
+        size_t item_out;
+        if (!mlsn_add_size(total_aad, aad_lens[i], &total_aad)
+            || !mlsn_add_size(total_data, data_lens[i], &total_data))
+            return MLSN_ERR_LENGTH;
+        if (sealing) {
+            if (!mlsn_add_size(data_lens[i], MLSN_TAG_LEN, &item_out))
+                return MLSN_ERR_LENGTH;
+        } else {
+            item_out = data_lens[i] >= MLSN_TAG_LEN ? data_lens[i] - MLSN_TAG_LEN : 0;
+        }
+        if (!mlsn_add_size(total_out, item_out, &total_out))
+            return MLSN_ERR_LENGTH;
+    }
+    if (total_aad != aads_len || total_data != data_len || total_out != out_len)
+        return MLSN_ERR_LENGTH;
+    return MLSN_OK;
+}
+
+int mlsn_aead_seal_many(int aead, size_t n, const uint8_t *keys, size_t keys_len, const uint8_t *nonces,
+                        size_t nonces_len, const uint8_t *aads, size_t aads_len, const size_t *aad_lens,
+                        const uint8_t *pts, size_t pts_len, const size_t *pt_lens, uint8_t *out,
+                        size_t out_len)
+{
+    size_t nk = 0, nn = 0;
+    int rc = check_batch(aead, n, keys, keys_len, nonces, nonces_len, aads, aads_len, aad_lens, pts, pts_len,
+                         pt_lens, 1, out, out_len);
+
+    if (rc != MLSN_OK || n == 0)
+        return rc;
+    mlsn_aead_sizes(aead, &nk, &nn);
+    EVP_CIPHER_CTX *ctx = mlsn_borrow_cipher(aead, 1, &rc);
+    if (ctx == NULL)
+        return rc;
+    for (size_t i = 0; i < n && rc == MLSN_OK; i++) {
+        rc = seal_one(ctx, keys + i * nk, nonces + i * nn, aads, aad_lens[i], pts, pt_lens[i], out);
+        aads += aad_lens[i];
+        pts += pt_lens[i];
+        out += pt_lens[i] + MLSN_TAG_LEN;
+    }
+    mlsn_release_cipher(ctx, aead, 1);
+    return rc;
+}
+
+int mlsn_aead_open_many(int aead, size_t n, const uint8_t *keys, size_t keys_len, const uint8_t *nonces,
+                        size_t nonces_len, const uint8_t *aads, size_t aads_len, const size_t *aad_lens,
+                        const uint8_t *cts, size_t cts_len, const size_t *ct_lens, uint8_t *out,
+                        size_t out_len, int8_t *status)
+{
+    size_t nk = 0, nn = 0;
+    int rc = check_batch(aead, n, keys, keys_len, nonces, nonces_len, aads, aads_len, aad_lens, cts, cts_len,
+                         ct_lens, 0, out, out_len);
+
+    if (rc != MLSN_OK || n == 0)
+        return rc;
+    if (status == NULL)
+        return MLSN_ERR_LENGTH;
+    mlsn_aead_sizes(aead, &nk, &nn);
+    EVP_CIPHER_CTX *ctx = mlsn_borrow_cipher(aead, 0, &rc);
+    if (ctx == NULL)
+        return rc;
+    for (size_t i = 0; i < n; i++) {
+        if (ct_lens[i] < MLSN_TAG_LEN) {
+            status[i] = (int8_t)MLSN_ERR_LENGTH;
+        } else {
+            int item = open_one(ctx, keys + i * nk, nonces + i * nn, aads, aad_lens[i], cts, ct_lens[i], out);
+            if (item == MLSN_ERR_OPENSSL) {
+                rc = item;
+                break;
+            }
+            status[i] = (int8_t)item;
+            out += ct_lens[i] - MLSN_TAG_LEN;
+        }
+        aads += aad_lens[i];
+        cts += ct_lens[i];
+    }
+    mlsn_release_cipher(ctx, aead, 0);
+    return rc;
+}

@@ -1,0 +1,186 @@
+/*
+ * mlsn_tree_hash.c - tree hashes (RFC 9420 §7.8) for a whole tree or along one direct path.
+ *
+ * Tree math is that of Appendix C for a perfect tree of 2^d leaves: the level-k parents are the nodes
+ * x = j * 2^(k+1) + 2^k - 1, with children x -/+ 2^(k-1). A whole tree is hashed level by level
+ * (leaves, then each parent level), this thread's EVP_MD_CTX re-used for every node.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "mlsn_internal.h"
+#include "mlsn_tree_hash.h"
+
+enum { NODE_LEAF = 1, NODE_PARENT = 2 };
+#define MAX_DEPTH 32 /* leaf indices are uint32 */
+
+size_t mlsn_tree_full_width(size_t n_nodes)
+{
+    if (n_nodes == 0 || n_nodes % 2 == 0)
+        return 0;
+    size_t n_leaves = n_nodes / 2 + 1, full = 1;
+    for (unsigned d = 0; full < n_leaves; d++) {
+        if (d >= MAX_DEPTH)
+            return 0;
+        full <<= 1;
+    }
+    if (full > SIZE_MAX / 2)
+        return 0;
+    return 2 * full - 1;
+}
+
+/* Hash of a leaf: node_type 1, uint32 leaf_index, optional<LeafNode>. data == NULL means blank. */
+static int hash_leaf(EVP_MD_CTX *ctx, const EVP_MD *md, size_t nh, uint32_t leaf_index, const uint8_t *data,
+                     size_t len, uint8_t *out)
+{
+    uint8_t head[6];
+    unsigned int got = 0;
+
+    head[0] = NODE_LEAF;
+    mlsn_put_u32(head + 1, leaf_index);
+    head[5] = data != NULL ? 1 : 0;
+    if (EVP_DigestInit_ex2(ctx, md, NULL) != 1 || EVP_DigestUpdate(ctx, head, sizeof(head)) != 1
+        || (data != NULL && len > 0 && EVP_DigestUpdate(ctx, data, len) != 1)
+        || EVP_DigestFinal_ex(ctx, out, &got) != 1 || got != nh)
+        return mlsn_ossl_error();
+    return MLSN_OK;
+}
+
+/* Hash of a parent: node_type 2, optional<ParentNode>, left_hash<V>, right_hash<V>. */
+static int hash_parent(EVP_MD_CTX *ctx, const EVP_MD *md, size_t nh, const uint8_t *data, size_t len,
+                       const uint8_t *left, const uint8_t *right, uint8_t *out)
+{
+    uint8_t head[2], tail[2 * (4 + MLSN_MAX_HASH_LEN)];
+    size_t pos = 0;
+    unsigned int got = 0;
+
+    head[0] = NODE_PARENT;
+    head[1] = data != NULL ? 1 : 0;
+    pos += mlsn_put_varint(tail + pos, nh);
+    memcpy(tail + pos, left, nh);
+    pos += nh;
+    pos += mlsn_put_varint(tail + pos, nh);
+    memcpy(tail + pos, right, nh);
+    pos += nh;
+    if (EVP_DigestInit_ex2(ctx, md, NULL) != 1 || EVP_DigestUpdate(ctx, head, sizeof(head)) != 1
+        || (data != NULL && len > 0 && EVP_DigestUpdate(ctx, data, len) != 1)
+        || EVP_DigestUpdate(ctx, tail, pos) != 1 || EVP_DigestFinal_ex(ctx, out, &got) != 1 || got != nh)
+        return mlsn_ossl_error();
+    return MLSN_OK;
+}
+
+/* Where a node's value lies in data; off == SIZE_MAX for a blank node. */
+struct span {
+    size_t off;
+    size_t len;
+};
+
+/* Check present/lens/data against each other and locate every node's value. */
+static int index_nodes(size_t n_nodes, const uint8_t *present, const size_t *lens, size_t n_present,
+                       size_t data_len, struct span *spans)
+{
+    size_t used = 0, pos = 0;
+
+    for (size_t x = 0; x < n_nodes; x++) {
+        if (present[x] > 1)
+            return MLSN_ERR_LENGTH;
+        if (!present[x]) {
+            spans[x].off = SIZE_MAX;
+            spans[x].len = 0;
+            continue;
+        }
+        if (used >= n_present || lens[used] > data_len - pos)
+            return MLSN_ERR_LENGTH;
+        spans[x].off = pos;
+        spans[x].len = lens[used];
+        pos += lens[used++];
+    }
+    return (used == n_present && pos == data_len) ? MLSN_OK : MLSN_ERR_LENGTH;
+}
+
+/* The value of node x (NULL when blank or beyond the given slots). */
+static const uint8_t *node_value(const struct span *spans, size_t n_nodes, const uint8_t *data, size_t x,
+                                 size_t *len)
+{
+    static const uint8_t empty[1] = {0};
+    *len = 0;
+    if (x >= n_nodes || spans[x].off == SIZE_MAX)
+        return NULL;
+    *len = spans[x].len;
+    return spans[x].len > 0 ? data + spans[x].off : empty;
+}
+
+int mlsn_tree_hashes(int hash_alg, size_t n_nodes, const uint8_t *present, const uint8_t *data,
+                     size_t data_len, const size_t *lens, size_t n_present, uint8_t *out, size_t out_len)
+{
+    size_t nh = mlsn_hash_len(hash_alg), width = mlsn_tree_full_width(n_nodes), need, len;
+    const EVP_MD *md = NULL;
+    struct span *spans;
+    int rc;
+
+    if (nh == 0)
+        return MLSN_ERR_UNSUPPORTED;
+    if (width == 0 || present == NULL || !mlsn_buf_ok(data, data_len) || !mlsn_buf_ok(lens, n_present)
+        || out == NULL || !mlsn_mul_size(width, nh, &need) || out_len != need || n_present > n_nodes)
+        return MLSN_ERR_LENGTH;
+    if (n_nodes > SIZE_MAX / sizeof(struct span) || (spans = malloc(n_nodes * sizeof(struct span))) == NULL)
+        return MLSN_ERR_NOMEM;
+    rc = index_nodes(n_nodes, present, lens, n_present, data_len, spans);
+    EVP_MD_CTX *ctx = rc == MLSN_OK ? mlsn_borrow_md(hash_alg, &md, &rc) : NULL;
+
+    size_t n_leaves = (width + 1) / 2;
+    for (size_t i = 0; i < n_leaves && rc == MLSN_OK; i++) {
+        const uint8_t *value = node_value(spans, n_nodes, data, 2 * i, &len);
+        rc = hash_leaf(ctx, md, nh, (uint32_t)i, value, len, out + 2 * i * nh);
+    }
+    /* Level k >= 1: x = j * 2^(k+1) + 2^k - 1 for j < n_leaves / 2^k; children x -/+ 2^(k-1). */
+    for (size_t half = 1; 2 * half <= n_leaves && rc == MLSN_OK; half *= 2) {
+        size_t step = 4 * half;
+        for (size_t x = 2 * half - 1; x < width && rc == MLSN_OK; x += step) {
+            const uint8_t *value = node_value(spans, n_nodes, data, x, &len);
+            rc = hash_parent(ctx, md, nh, value, len, out + (x - half) * nh, out + (x + half) * nh,
+                             out + x * nh);
+        }
+    }
+    free(spans);
+    mlsn_release_md(ctx);
+    return rc;
+}
+
+int mlsn_tree_hash_path(int hash_alg, uint32_t leaf_index, size_t depth, const uint8_t *present,
+                        const uint8_t *data, size_t data_len, const size_t *lens, size_t n_present,
+                        const uint8_t *copath, size_t copath_len, uint8_t *out, size_t out_len)
+{
+    size_t nh = mlsn_hash_len(hash_alg), len;
+    struct span spans[MAX_DEPTH + 1];
+    const EVP_MD *md = NULL;
+    int rc;
+
+    if (nh == 0)
+        return MLSN_ERR_UNSUPPORTED;
+    if (depth > MAX_DEPTH || (depth < MAX_DEPTH && leaf_index >= ((uint64_t)1 << depth)))
+        return MLSN_ERR_RANGE;
+    if (present == NULL || !mlsn_buf_ok(data, data_len) || !mlsn_buf_ok(lens, n_present)
+        || n_present > depth + 1 || copath == NULL || copath_len != depth * nh || out == NULL
+        || out_len != (depth + 1) * nh)
+        return MLSN_ERR_LENGTH;
+    rc = index_nodes(depth + 1, present, lens, n_present, data_len, spans);
+    if (rc != MLSN_OK)
+        return rc;
+    EVP_MD_CTX *ctx = mlsn_borrow_md(hash_alg, &md, &rc);
+    if (ctx == NULL)
+        return rc;
+
+    const uint8_t *value = node_value(spans, depth + 1, data, 0, &len);
+    rc = hash_leaf(ctx, md, nh, leaf_index, value, len, out);
+    for (size_t k = 1; k <= depth && rc == MLSN_OK; k++) {
+        /* The path's level-(k-1) node is the left child when bit k-1 of the leaf index is 0. */
+        const uint8_t *below = out + (k - 1) * nh, *sibling = copath + (k - 1) * nh;
+        int path_is_left = ((leaf_index >> (k - 1)) & 1u) == 0;
+        const uint8_t *left = path_is_left ? below : sibling, *right = path_is_left ? sibling : below;
+        value = node_value(spans, depth + 1, data, k, &len);
+        rc = hash_parent(ctx, md, nh, value, len, left, right, out + k * nh);
+    }
+    mlsn_release_md(ctx);
+    return rc;
+}
