@@ -78,6 +78,10 @@ class Reader:
             self.restore(depth)
 
     # -- primitives ------------------------------------------------------------------------------
+    def span(self, start: int) -> bytes:
+        """The input bytes from ``start`` to the current position."""
+        return self._data[start : self.pos]
+
     def remaining(self) -> int:
         return self.end - self.pos
 
@@ -439,6 +443,10 @@ class Struct:
                 codec.write(w, getattr(self, name))
 
     def encode(self, w: Writer) -> None:
+        wire = self.__dict__.get("_wire")
+        if wire is not None:
+            w.write(wire)
+            return
         self._write_fields(w, self._unselected())
 
     def to_bytes_without(self, *names: str) -> bytes:
@@ -452,6 +460,7 @@ class Struct:
         depth = r.enter(cls.__name__)
         select = cls.__select__
         skip: frozenset[str] = frozenset()
+        start = r.pos
         try:
             values: dict[str, Any] = {}
             for name, codec in cls._field_codecs():
@@ -471,15 +480,24 @@ class Struct:
             obj.check_decoded(r)
         finally:
             r.restore(depth)
+        obj._remember_wire(r.span(start))
         return obj
+
+    def _remember_wire(self, wire: bytes) -> None:
+        """Keep the encoding of this (immutable) value: encoding it again costs nothing."""
+        object.__setattr__(self, "_wire", wire)
 
     def check_decoded(self, r: Reader) -> None:
         """Hook for structural checks after decoding (raise ``r.error(...)``)."""
 
     def to_bytes(self) -> bytes:
-        w = Writer()
-        self.encode(w)
-        return w.getvalue()
+        wire = self.__dict__.get("_wire")
+        if wire is None:
+            w = Writer()
+            self.encode(w)
+            wire = w.getvalue()
+            self._remember_wire(wire)
+        return wire
 
     @classmethod
     def from_bytes(cls: type[S], data: bytes) -> S:

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 from . import tree_math as tm
 from .codec import Writer, opaque_bytes
+from .crypto.backend import batch_ops
 from .crypto.cipher_suite import CipherSuite
 from .errors import ValidationError
 from .leaf_node import LeafNode
@@ -288,7 +289,21 @@ class RatchetTree:
 
     def tree_hash(self) -> bytes:
         """The tree hash of the whole tree: the root's (§7.8)."""
-        return self.node_hash(self.root)
+        root = self.root
+        if self._hashes[root] is None:
+            self._fill_hashes_in_one_call()
+        return self.node_hash(root)
+
+    #: Below this many missing hashes, the path-by-path Python computation is cheaper than one batch call.
+    BATCH_HASH_THRESHOLD = 64
+
+    def _fill_hashes_in_one_call(self) -> None:
+        """When most hashes are missing (a tree just received or loaded) and the crypto backend hashes whole
+        trees, compute every node's hash in one call."""
+        ops = batch_ops()
+        if ops is None or self._hashes.count(None) < self.BATCH_HASH_THRESHOLD:
+            return
+        self._hashes = list(ops.tree_hashes(self.cs.hash_name, [self._encoding(x) for x in range(self.width)]))
 
     def all_node_hashes(self) -> list[bytes]:
         return [self.node_hash(x) for x in range(self.width)]

@@ -28,6 +28,7 @@ from enum import StrEnum
 from typing import Any, TypeVar
 
 from . import tree_math as tm
+from .crypto.backend import batch_ops
 from .crypto.cipher_suite import CipherSuite, cipher_suite
 from .errors import MLSError, StateError, ValidationError
 
@@ -91,6 +92,10 @@ class RatchetKey(KeyNonce):
 
 def ratchet_step(cs: CipherSuite, secret: bytes, generation: int) -> tuple[RatchetKey, bytes]:
     """One ratchet step (§9.1): the key and nonce of ``generation`` and the ratchet secret of the next."""
+    ops = batch_ops()
+    if ops is not None:
+        ((key, nonce),), next_secret = ops.ratchet_steps(cs.hash_name, secret, generation, 1, cs.n_k, cs.n_n)
+        return RatchetKey(key, nonce, generation), next_secret
     key = cs.derive_tree_secret(secret, "key", generation, cs.n_k)
     nonce = cs.derive_tree_secret(secret, "nonce", generation, cs.n_n)
     next_secret = cs.derive_tree_secret(secret, "secret", generation, cs.n_h)
@@ -112,6 +117,9 @@ def ratchet_root(cs: CipherSuite, leaf_secret: bytes, ratchet_type: RatchetType)
 
 def sender_data_key_nonce(cs: CipherSuite, sender_data_secret: bytes, ciphertext: bytes) -> KeyNonce:
     """The SenderData AEAD key and nonce (§6.3.2), from the first ``KDF.Nh`` bytes of the ciphertext."""
+    ops = batch_ops()
+    if ops is not None:
+        return KeyNonce(*ops.sender_data_key_nonce(cs.hash_name, sender_data_secret, ciphertext, cs.n_k, cs.n_n))
     sample = ciphertext[: cs.n_h]
     return KeyNonce(
         cs.expand_with_label(sender_data_secret, "key", sample, cs.n_k),

@@ -6,6 +6,7 @@ Every file listed in ``REQUIRED`` must pass every case with nothing skipped; no 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -68,3 +69,17 @@ def test_a_disagreement_fails_with_nonzero_exit(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "mls.conformance", str(bad)], capture_output=True, text=True)
     assert proc.returncode == 1
     assert proc.stdout.strip().splitlines()[-1] == "0 passed, 1 failed"
+
+
+@pytest.mark.parametrize("backend", ["python", "native"])
+def test_whole_folder_passes_with_each_backend_forced(backend: str) -> None:
+    """Both crypto backends agree with every vector (the native one must be built: forcing it fails loudly)."""
+    env = {**os.environ, "MLS_CRYPTO_BACKEND": backend}
+    proc = subprocess.run(
+        [sys.executable, "-m", "mls.conformance", str(VECTORS), "--json"],
+        capture_output=True, text=True, timeout=600, env=env,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    report = json.loads(proc.stdout)
+    assert report["failed"] == 0 and report["skipped"] == 0
+    assert report["passed"] == sum(len(json.loads(p.read_text())) for p in VECTORS.rglob("*.json"))

@@ -17,7 +17,7 @@ import hmac as _hmac
 import importlib
 import os
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -65,6 +65,35 @@ class CryptoBackend(Protocol):
     def aead_open_many(self, aead: int, items: Sequence[AeadItem]) -> list[bytes | None]:
         """Open many; an item that fails authentication gives ``None`` in its place."""
         ...
+
+
+@runtime_checkable
+class BatchOps(Protocol):
+    """Whole-step operations an accelerated backend offers on top of :class:`CryptoBackend`.
+
+    The protocol code has its own (pure-Python) definitions of these; when the backend in use has them,
+    it calls them instead, and both must give identical bytes (``tests/native`` checks it).
+    """
+
+    def ratchet_steps(
+        self, alg: str, secret: bytes, start_generation: int, count: int, nk: int, nn: int
+    ) -> tuple[list[tuple[bytes, bytes]], bytes]:
+        """(key, nonce) of generations start..start+count-1 of a sender ratchet (§9.1), and the next secret."""
+        ...
+
+    def sender_data_key_nonce(
+        self, alg: str, sender_data_secret: bytes, ciphertext: bytes, nk: int, nn: int
+    ) -> tuple[bytes, bytes]: ...
+
+    def tree_hashes(self, alg: str, nodes: Sequence[bytes | None]) -> list[bytes]:
+        """The tree hash (§7.8) of every node of a full tree given as per-node encodings (None = blank)."""
+        ...
+
+
+def batch_ops() -> BatchOps | None:
+    """The backend in use, if it offers :class:`BatchOps`."""
+    backend = _backend
+    return backend if isinstance(backend, BatchOps) else None
 
 
 _HASHES: dict[str, type[hashes.HashAlgorithm]] = {
