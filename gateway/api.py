@@ -262,11 +262,11 @@ async def join(request: web.Request) -> web.Response:
 async def external_join(request: web.Request) -> web.Response:
     body = await read_body(request)
     gi, tree, psks = body.b64("group_info"), body.optional_b64("ratchet_tree"), _psk_secrets(body)
+    remove_prior = body.boolean("remove_prior", False)
     prior = body.integer("remove_prior_leaf", None, 0, 2**32 - 1) if body.has("remove_prior_leaf") else None
-    if body.boolean("remove_prior", False) and prior is None:
-        raise invalid("remove_prior needs remove_prior_leaf: the leaf index of the identity's prior appearance")
     p, svc, iid = principal(request), runtime(request).service, request.match_info["identity_id"]
-    return json_response(await call(request, lambda r, i: svc.external_join(p, iid, gi, tree, prior, psks, i, r),
+    return json_response(await call(request, lambda r, i: svc.external_join(p, iid, gi, tree, remove_prior, prior,
+                                                                            psks, i, r),
                                     idem=True, operation="external_join", lock=("identity", iid)))
 
 

@@ -40,18 +40,22 @@ from mls.group import (
     ProposalMessage,
     StagedCommit,
     default_lifetime,
+    tree_from_group_info,
 )
 from mls.group_state import GroupState
 from mls.key_package import KeyPackage, create_key_package
-from mls.messages import Welcome
+from mls.messages import GroupInfo, Welcome
 from mls.proposals import Add as AddProposal
 from mls.proposals import (
+    ExternalInit,
     GroupContextExtensions,
     PreSharedKey,
     PreSharedKeyID,
     Proposal,
+    ReInit,
     Remove,
     ResumptionPSKUsage,
+    Update,
 )
 from mls.welcome import key_package_ref
 
@@ -407,7 +411,7 @@ class GatewayService:
             "tree_hash": b64(s.tree.tree_hash()), "active": s.active,
             "members": [{"leaf_index": i, "credential": credential_json(leaf.credential),
                          "signature_key": b64(leaf.signature_key)} for i, leaf in s.tree.leaves()],
-            "pending_proposals": [{"ref": b64(p.ref), "type": p.proposal.body.__class__.__name__.lower(),
+            "pending_proposals": [{"ref": b64(p.ref), "type": _proposal_name(p.proposal.body),
                                    "sender": sender_json(p.sender)} for p in s.proposals.values()],
             "pending_commit": group.pending_commit is not None,
         }
@@ -451,16 +455,19 @@ class GatewayService:
         raise Problem("validation_failed", "the Welcome is for none of this identity's key packages", rule="12.4.3.1")
 
     def external_join(self, principal: Principal, identity_id: str, group_info: bytes, ratchet_tree: bytes | None,
-                      remove_prior: int | None, psks: list[tuple[bytes, bytes]], idem: Idempotency | None,
-                      records: list[AuditRecord]) -> Outcome:
+                      remove_prior: bool, prior_leaf: int | None, psks: list[tuple[bytes, bytes]],
+                      idem: Idempotency | None, records: list[AuditRecord]) -> Outcome:
         identity = self.identity(principal, identity_id)
+        if remove_prior and prior_leaf is None:
+            prior_leaf = _prior_leaf(identity, group_info, ratchet_tree)
+        remove_prior_leaf = prior_leaf if remove_prior or prior_leaf is not None else None
         store = MemoryPskStore(external=dict(psks))
         psk_ids = [PreSharedKeyID.external(pid, _nonce(identity.cipher_suite)) for pid, _ in psks]
         with self.group_context(identity, b"", None):
             group, commit = Group.external_join(
                 self.keys, group_info, signer=self.keys.signer(identity.signature_key_ref),
                 credential=Credential.from_bytes(identity.credential), ratchet_tree=ratchet_tree, psks=store,
-                psk_ids=psk_ids, remove_prior=remove_prior)
+                psk_ids=psk_ids, remove_prior=remove_prior_leaf)
         work = Work(new_keys=[group.state.keys.leaf_key.key_ref])
         self._save(work, identity, group, None)
         work.writes.append(lambda tx: tx.add_outgoing(identity.identity_id, group.group_id, group.epoch, "commit", commit))
@@ -582,6 +589,11 @@ class GatewayService:
         return self.commit_work(work, Outcome(200, body), idem, records)
 
     def _process_one(self, group: Group, message: bytes, work: Work, batch: bool) -> Json:
+        if group.pending_commit is not None:
+            problem = conflict("a pending commit must be merged or discarded first")
+            if not batch:
+                raise problem
+            return problem.document()
         try:
             result = group.process(message)
             if isinstance(result, StagedCommit):
@@ -671,8 +683,22 @@ def _result_json(result: Any, group: Group) -> Json:
 
 
 def _proposal_name(body: Any) -> str:
-    names = {AddProposal: "add", Remove: "remove", PreSharedKey: "psk", GroupContextExtensions: "group_context_extensions"}
+    """The API's name of a proposal type (api-v1: add, update, remove, psk, reinit, ...)."""
+    names = {AddProposal: "add", Update: "update", Remove: "remove", PreSharedKey: "psk", ReInit: "reinit",
+             ExternalInit: "external_init", GroupContextExtensions: "group_context_extensions"}
     return names.get(type(body), type(body).__name__.lower())
+
+
+def _prior_leaf(identity: Identity, group_info: bytes, ratchet_tree: bytes | None) -> int:
+    """The identity's own leaf in the group a resync rejoins: the leaf with its signature key."""
+    gi = MLSMessage.from_bytes(group_info).body
+    if not isinstance(gi, GroupInfo):
+        raise invalid("group_info is not an MLSMessage carrying a GroupInfo")
+    tree = tree_from_group_info(cipher_suite(gi.group_context.cipher_suite), gi, ratchet_tree)
+    for index, leaf in tree.leaves():
+        if leaf.signature_key == identity.signature_public_key:
+            return index
+    raise Problem("validation_failed", "remove_prior: this identity has no leaf in that group", rule="12.4.3.2")
 
 
 def _staged_to_bytes(staged: StagedCommit) -> bytes:

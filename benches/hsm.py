@@ -1,0 +1,406 @@
+"""HSM benchmark: hsm/'s Signer against raw python-pkcs11 on the same SoftHSM2 token and mechanism.
+
+    python -m benches.hsm [--quick]
+
+Writes ``benches/results/hsm.json`` and ``benches/results/hsm.png``. Measured in one run, on a throwaway
+SoftHSM2 token made in a temporary directory (its filesystem is recorded: token-object creation is
+dominated by the file store's writes):
+
+* **Sign** — per signature scheme, raw python-pkcs11 (``key.sign`` with ``CKM_EDDSA``, or ``CKM_ECDSA``
+  over a SHA-2 digest computed per call; one session per thread) against ``Pkcs11Signer.sign`` (the same
+  mechanism, plus the session pool, handle cache, DER re-encoding for ECDSA and the audit hook — attached,
+  as in the gateway), on 1 and 2 threads. Short rounds alternate raw and Signer back to back, and the
+  reported ratio is the median of the per-round ratios, so load on a shared machine hits both alike. The
+  goal is Signer ≥ 0.8 × raw.
+* **DH** — ``Pkcs11HpkeKey.dh`` against raw python-pkcs11 ``CKM_ECDH1_DERIVE`` (derive, read, destroy).
+* **KeyPackage key generation** — a signature key pair plus an HPKE key pair as token objects, per second.
+
+The top level of the JSON carries ``raw_sign_ops_per_s``, ``signer_ops_per_s`` and ``signer_to_raw_ratio``
+for suite 1's Ed25519 key on one thread. Application-message rates with HSM keys need the group engine
+and are reported as null until it exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import hashlib
+import json
+import os
+import platform
+import secrets
+import statistics
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+GOAL_RATIO = 0.8
+MESSAGE = b"FramedContentTBS-sized message " * 8  # ~250 bytes, the size of a typical signed MLS content
+PIN_ENV = "MLSGW_BENCH_HSM_PIN"
+
+
+# ---- measurement helpers --------------------------------------------------------------------------------
+
+
+def _rate(workers: list[Callable[[], None]], seconds: float) -> tuple[float, float]:
+    """(calls per wall second, calls per CPU second of the calling threads) of ``workers`` run together.
+
+    The second figure counts only the CPU time the worker threads themselves used (SoftHSM runs in
+    them), so it measures the cost of a call even when other processes steal the machine.
+    """
+    counts = [0] * len(workers)
+    cpu = [0.0] * len(workers)
+    stop = threading.Event()
+    barrier = threading.Barrier(len(workers) + 1)
+
+    def loop(i: int, call: Callable[[], None]) -> None:
+        barrier.wait()
+        n, t0 = 0, time.thread_time()
+        while not stop.is_set():
+            call()
+            n += 1
+        counts[i], cpu[i] = n, time.thread_time() - t0
+
+    threads = [threading.Thread(target=loop, args=(i, w)) for i, w in enumerate(workers)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    start = time.perf_counter()
+    time.sleep(seconds)
+    stop.set()
+    for t in threads:
+        t.join()
+    total = sum(counts)
+    return total / (time.perf_counter() - start), total / max(sum(cpu), 1e-9)
+
+
+def _compare(raw: Callable[[int], list[Callable[[], None]]], ours: Callable[[int], list[Callable[[], None]]],
+             threads: int, rounds: int, seconds: float) -> dict[str, Any]:
+    """Alternating rounds of raw and ours on ``threads`` threads.
+
+    Each round runs raw then ours (the order flips every round), back to back, so both see the same
+    machine load; the ratio is the median of the per-round ratios, the rates are the medians of the rounds.
+    """
+    raw_rates: list[float] = []
+    our_rates: list[float] = []
+    raw_cpu: list[float] = []
+    our_cpu: list[float] = []
+    raw_workers, our_workers = raw(threads), ours(threads)
+    for w in raw_workers + our_workers:
+        w()  # warm-up (and the handle cache)
+    for i in range(rounds):
+        for which in ((raw_workers, raw_rates, raw_cpu), (our_workers, our_rates, our_cpu))[:: -1 if i % 2 else 1]:
+            wall, per_cpu = _rate(which[0], seconds)
+            which[1].append(wall)
+            which[2].append(per_cpu)
+    ratios = [o / r for o, r in zip(our_rates, raw_rates)]
+    cpu_ratio = statistics.median(our_cpu) / statistics.median(raw_cpu)
+    return {
+        "threads": threads,
+        "raw_ops_per_s": round(statistics.median(raw_rates), 1),
+        "hsm_ops_per_s": round(statistics.median(our_rates), 1),
+        "ratio": round(statistics.median(ratios), 3),
+        "raw_ops_per_cpu_s": round(statistics.median(raw_cpu), 1),
+        "hsm_ops_per_cpu_s": round(statistics.median(our_cpu), 1),
+        "cpu_ratio": round(cpu_ratio, 3),
+        "ratio_per_round": [round(x, 3) for x in ratios],
+        "raw_rounds": [round(r, 1) for r in raw_rates],
+        "hsm_rounds": [round(r, 1) for r in our_rates],
+    }
+
+
+# ---- raw python-pkcs11 ------------------------------------------------------------------------------------
+
+
+class _Raw:
+    """Raw python-pkcs11 on the token the Token uses (same library handle, so OS locking is on)."""
+
+    def __init__(self, token: Any) -> None:
+        from pkcs11 import ObjectClass
+
+        self._object_class = ObjectClass
+        self._p11 = token._library.lib.get_token(token_label=token.config.token_label)
+        self._sessions: list[Any] = []
+
+    def private_key(self, key_ref: bytes) -> Any:
+        """The private key object in a fresh session of its own (one per thread)."""
+        session = self._p11.open(rw=True)
+        self._sessions.append(session)
+        return session.get_key(object_class=self._object_class.PRIVATE_KEY, id=key_ref)
+
+    def close(self) -> None:
+        for session in self._sessions:
+            session.close()  # opened without a PIN: no logout
+
+
+def _raw_signers(raw: _Raw, key_ref: bytes, hash_name: str | None) -> Callable[[int], list[Callable[[], None]]]:
+    from pkcs11 import Mechanism
+
+    digest: Any = getattr(hashlib, hash_name or "sha256")
+
+    def eddsa(key: Any) -> None:
+        key.sign(MESSAGE, mechanism=Mechanism.EDDSA)
+
+    def ecdsa(key: Any) -> None:
+        key.sign(digest(MESSAGE).digest(), mechanism=Mechanism.ECDSA)
+
+    def make(threads: int) -> list[Callable[[], None]]:
+        keys = [raw.private_key(key_ref) for _ in range(threads)]
+        return [functools.partial(eddsa if hash_name is None else ecdsa, key) for key in keys]
+
+    return make
+
+
+def _raw_dh(raw: _Raw, key_ref: bytes, peer: bytes, length: int) -> Callable[[int], list[Callable[[], None]]]:
+    from pkcs11 import KDF, Attribute, KeyType, Mechanism
+
+    template = {Attribute.TOKEN: False, Attribute.SENSITIVE: False, Attribute.EXTRACTABLE: True}
+
+    def once(key: Any) -> None:
+        secret = key.derive_key(KeyType.GENERIC_SECRET, length * 8, mechanism=Mechanism.ECDH1_DERIVE,
+                                mechanism_param=(KDF.NULL, None, peer), template=template)
+        secret[Attribute.VALUE]
+        secret.destroy()
+
+    def make(threads: int) -> list[Callable[[], None]]:
+        return [functools.partial(once, raw.private_key(key_ref)) for _ in range(threads)]
+
+    return make
+
+
+# ---- the benchmark ------------------------------------------------------------------------------------------
+
+
+def _filesystem(path: Path) -> str:
+    try:
+        out = subprocess.run(["df", "--output=fstype", str(path)], capture_output=True, text=True, check=True)
+        return out.stdout.split()[-1]
+    except (OSError, subprocess.CalledProcessError, IndexError):
+        return "unknown"
+
+
+def _softhsm_version() -> str:
+    try:
+        return subprocess.run(["softhsm2-util", "--version"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _sign_section(store: Any, raw: _Raw, suites: list[int], rounds: int, seconds: float) -> dict[str, Any]:
+    from hsm.kinds import signature_kind
+    from mls.crypto.cipher_suite import cipher_suite
+
+    out: dict[str, Any] = {}
+    for suite in suites:
+        cs = cipher_suite(suite)
+        signer = store.new_signature_key(suite)
+        kind = signature_kind(cs.signature)
+        raw_make = _raw_signers(raw, signer.key_ref, kind.hash_name)
+
+        def ours(threads: int, signer: Any = signer) -> list[Callable[[], None]]:
+            return [lambda: signer.sign(MESSAGE) and None for _ in range(threads)]
+
+        out[str(suite)] = {
+            "scheme": cs.signature.name,
+            "mechanism": "CKM_EDDSA" if kind.hash_name is None else f"CKM_ECDSA over {kind.hash_name}",
+            "1_thread": _compare(raw_make, ours, 1, rounds, seconds),
+            "2_threads": _compare(raw_make, ours, 2, rounds, seconds),
+        }
+        one, two = out[str(suite)]["1_thread"], out[str(suite)]["2_threads"]
+        print(f"  sign suite {suite} ({cs.signature.name}): wall ratio {one['ratio']} / {two['ratio']}, "
+              f"CPU-cost ratio {one['cpu_ratio']} / {two['cpu_ratio']} (1 / 2 threads)", flush=True)
+    return out
+
+
+def _dh_section(store: Any, raw: _Raw, suites: list[int], rounds: int, seconds: float) -> dict[str, Any]:
+    from hsm.kinds import kem_kind
+    from mls.crypto.cipher_suite import cipher_suite
+
+    out: dict[str, Any] = {}
+    for suite in suites:
+        cs = cipher_suite(suite)
+        key = store.new_hpke_key(suite)
+        peer = cs.kem.generate().public_key
+        raw_make = _raw_dh(raw, key.key_ref, peer, kem_kind(cs.kem).key_len)
+
+        def ours(threads: int, key: Any = key, peer: bytes = peer) -> list[Callable[[], None]]:
+            return [lambda: key.dh(peer) and None for _ in range(threads)]
+
+        out[str(suite)] = {"kem": cs.kem.name, "1_thread": _compare(raw_make, ours, 1, rounds, seconds)}
+        one = out[str(suite)]["1_thread"]
+        print(f"  dh suite {suite} ({cs.kem.name}): wall ratio {one['ratio']}, CPU-cost ratio {one['cpu_ratio']}",
+              flush=True)
+    return out
+
+
+def _keygen_section(store: Any, suites: list[int], pairs: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for suite in suites:
+        made: list[bytes] = []
+        start = time.perf_counter()
+        for _ in range(pairs):
+            made.append(store.new_signature_key(suite).key_ref)
+            made.append(store.new_hpke_key(suite).key_ref)
+        elapsed = time.perf_counter() - start
+        for ref in made:
+            store.destroy(ref)
+        out[str(suite)] = {"keypackages": pairs, "seconds": round(elapsed, 3), "keypackages_per_s": round(pairs / elapsed, 1)}
+        print(f"  keygen suite {suite}: {out[str(suite)]['keypackages_per_s']} KeyPackage key sets/s", flush=True)
+    return out
+
+
+def run(quick: bool) -> dict[str, Any]:
+    from hsm.bootstrap import init_softhsm_token
+
+    sign_suites = [1, 2] if quick else [1, 2, 4, 5, 7]
+    dh_suites = [1, 2] if quick else [1, 2, 4, 5, 7]
+    rounds, seconds = (9, 0.12) if quick else (21, 0.3)
+    pairs = 5 if quick else 30
+    with tempfile.TemporaryDirectory(prefix="mlsgw-bench-hsm-") as tmp:
+        pin = secrets.token_hex(6)
+        made = init_softhsm_token(tmp, label="mlsgw-bench", pin=pin, so_pin=secrets.token_hex(6))
+        made.activate()
+        os.environ[PIN_ENV] = pin
+        from hsm import Pkcs11KeyStore, Token
+
+        token = Token.open(made.token_config(pin_env=PIN_ENV))
+        events: list[int] = []
+        store = Pkcs11KeyStore(token, audit_hook=lambda e: events.append(1) if len(events) < 1 else None)
+        raw = _Raw(token)
+        try:
+            print("hsm benchmark" + (" (quick)" if quick else ""), flush=True)
+            sign = _sign_section(store, raw, sign_suites, rounds, seconds)
+            dh = _dh_section(store, raw, dh_suites, rounds, seconds)
+            keygen = _keygen_section(store, [1, 2], pairs)
+        finally:
+            raw.close()
+            token.close()
+        return _report(quick, sign, dh, keygen, _filesystem(Path(tmp)))
+
+
+def _report(quick: bool, sign: dict[str, Any], dh: dict[str, Any], keygen: dict[str, Any], fs: str) -> dict[str, Any]:
+    from importlib.metadata import version
+
+    one, two = sign["1"]["1_thread"], sign["1"]["2_threads"]
+    return {
+        "benchmark": "hsm",
+        "quick": quick,
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "python_pkcs11": version("python-pkcs11"),
+            "softhsm": _softhsm_version(),
+            "token_filesystem": fs,
+        },
+        "message_bytes": len(MESSAGE),
+        "raw_sign_ops_per_s": one["raw_ops_per_s"],
+        "signer_ops_per_s": one["hsm_ops_per_s"],
+        "signer_to_raw_ratio": one["ratio"],
+        "signer_to_raw_cpu_ratio": one["cpu_ratio"],
+        "raw_sign_ops_per_s_2_threads": two["raw_ops_per_s"],
+        "signer_ops_per_s_2_threads": two["hsm_ops_per_s"],
+        "signer_to_raw_ratio_2_threads": two["ratio"],
+        "signer_to_raw_cpu_ratio_2_threads": two["cpu_ratio"],
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+        "goal_ratio": GOAL_RATIO,
+        "meets_goal": min(one["ratio"], two["ratio"]) >= GOAL_RATIO,
+        "keypackage_keygen_per_s": {k: v["keypackages_per_s"] for k, v in keygen.items()},
+        "application_messages_per_s": None,
+        "todo": "application-message protect/unprotect rates with HSM-held keys need the group engine",
+        "sign": sign,
+        "dh": dh,
+        "keygen": keygen,
+    }
+
+
+# ---- chart --------------------------------------------------------------------------------------------------
+
+
+def chart(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_sign, ax_other) = plt.subplots(1, 2, figsize=(13, 5.2), gridspec_kw={"width_ratios": [3, 2]})
+    _sign_bars(ax_sign, report["sign"])
+    _other_bars(ax_other, report["dh"], report["keygen"])
+    fig.suptitle(
+        f"hsm/ over SoftHSM2 ({report['machine']['softhsm']}, token on {report['machine']['token_filesystem']}, "
+        f"{report['machine']['cpus']} CPUs, load average {report['load_average_at_end'][0]})"
+        f"{' — quick' if report['quick'] else ''}"
+    )
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _sign_bars(ax: Any, sign: dict[str, Any]) -> None:
+    series = [("raw python-pkcs11, 1 thread", "1_thread", "raw_ops_per_s", "#9e9e9e"),
+              ("hsm Signer, 1 thread", "1_thread", "hsm_ops_per_s", "#1f77b4"),
+              ("raw python-pkcs11, 2 threads", "2_threads", "raw_ops_per_s", "#616161"),
+              ("hsm Signer, 2 threads", "2_threads", "hsm_ops_per_s", "#0b4f8a")]
+    suites = list(sign)
+    width = 0.2
+    for i, (label, threads, field, colour) in enumerate(series):
+        xs = [s + (i - 1.5) * width for s in range(len(suites))]
+        values = [sign[s][threads][field] for s in suites]
+        bars = ax.bar(xs, values, width, label=label, color=colour)
+        if field == "hsm_ops_per_s":
+            for bar, s in zip(bars, suites):
+                row = sign[s][threads]
+                ax.annotate(f"×{row['ratio']:.2f}\n(CPU ×{row['cpu_ratio']:.2f})",
+                            (bar.get_x() + width / 2, bar.get_height()), ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(range(len(suites)), [f"suite {s}\n{sign[s]['scheme']}" for s in suites], fontsize=8)
+    ax.set_ylabel("signatures / s")
+    ax.set_title(f"Sign: hsm Signer vs raw python-pkcs11 (×wall-clock ratio, CPU-cost ratio; goal ≥ {GOAL_RATIO})",
+                 fontsize=10)
+    ax.legend(fontsize=8)
+
+
+def _other_bars(ax: Any, dh: dict[str, Any], keygen: dict[str, Any]) -> None:
+    labels, raw_vals, ours = [], [], []
+    for s, row in dh.items():
+        labels.append(f"DH s{s}\n{row['kem']}")
+        raw_vals.append(row["1_thread"]["raw_ops_per_s"])
+        ours.append(row["1_thread"]["hsm_ops_per_s"])
+    xs = range(len(labels))
+    ax.bar([x - 0.2 for x in xs], raw_vals, 0.4, label="raw python-pkcs11", color="#9e9e9e")
+    ax.bar([x + 0.2 for x in xs], ours, 0.4, label="hsm HpkeKey.dh", color="#2ca02c")
+    k_x = len(labels)
+    for j, (s, row) in enumerate(keygen.items()):
+        bar = ax.bar(k_x + j, row["keypackages_per_s"], 0.4, color="#ff7f0e", label="KeyPackage key sets" if j == 0 else None)
+        ax.annotate(f"{row['keypackages_per_s']:.0f}/s", (k_x + j, bar[0].get_height()), ha="center", va="bottom", fontsize=8)
+        labels.append(f"keygen s{s}\nsig+HPKE")
+    ax.set_xticks(range(len(labels)), labels, fontsize=8)
+    ax.set_yscale("log")
+    ax.set_ylabel("operations / s (log)")
+    ax.set_title("DH (1 thread) and KeyPackage key generation")
+    ax.legend(fontsize=8)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m benches.hsm", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer suites and shorter rounds (< 30 s)")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    report = run(args.quick)
+    report["wall_seconds"] = round(time.perf_counter() - started, 1)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "hsm.json").write_text(json.dumps(report, indent=2) + "\n")
+    chart(report, RESULTS / "hsm.png")
+    print(f"signer/raw (suite 1, Ed25519): {report['signer_to_raw_ratio']} on 1 thread, "
+          f"{report['signer_to_raw_ratio_2_threads']} on 2 threads (CPU-cost ratio {report['signer_to_raw_cpu_ratio']}"
+          f" / {report['signer_to_raw_cpu_ratio_2_threads']}); wrote {RESULTS / 'hsm.json'} and hsm.png "
+          f"in {report['wall_seconds']} s")
+
+
+if __name__ == "__main__":
+    main()

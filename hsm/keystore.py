@@ -1,0 +1,347 @@
+"""``Pkcs11KeyStore``: the ``mls.crypto.keys.KeyStore`` whose keys live in a PKCS#11 token.
+
+* Fresh signature keys and HPKE key pairs are generated as token objects (``SENSITIVE``, not
+  ``EXTRACTABLE``), with ``CKA_ID`` = the key reference (:mod:`hsm.kinds`) and a label naming kind and
+  reference. Existing private keys (test vectors) can be imported the same way.
+* Handles are cached by reference (in a cache shared by all stores on the token): an operation costs no
+  token search. A handle from an older connection, or one the token calls stale, is looked up again once
+  (by ``CKA_ID``).
+* For a suite whose KEM the token cannot do, HPKE keys are :class:`hsm.keys.SoftwareCustodyHpkeKey`\\ s in
+  memory, handed to an optional :class:`SoftwareKeyPersistence` (the gateway stores them wrapped, e.g. with
+  :class:`hsm.envelope.Envelope`) and reported as custody ``software``.
+* Every private-key use (generate, import, sign, dh, destroy) is reported to the audit hook.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+from pkcs11 import ObjectClass
+from pkcs11.types import Session
+
+from mls.crypto.cipher_suite import CipherSuite, cipher_suite
+from mls.crypto.keys import HpkePrivateKey
+from mls.errors import CryptoError, KeyStoreError, UnsupportedError
+
+from . import mechanisms as M
+from .audit import AuditHook, Auditor
+from .capabilities import Capabilities
+from .errors import HsmError, HsmUnavailable
+from .keys import Pkcs11HpkeKey, Pkcs11Signer, SoftwareCustodyHpkeKey
+from .kinds import Custody, KeyKind, kem_kind, kem_of, new_ref, parse_ref, signature_kind
+from .mechanisms import KeyPair, Pkcs11Form
+from .token import StaleHandle, Token
+
+T = TypeVar("T")
+
+
+class SoftwareKeyPersistence(Protocol):
+    """Where software-custody HPKE private keys are kept at rest (wrapped by the implementation)."""
+
+    def save(self, key_ref: bytes, private_key: bytes) -> None: ...
+
+    def load(self, key_ref: bytes) -> bytes | None: ...
+
+    def delete(self, key_ref: bytes) -> None: ...
+
+
+@dataclass(frozen=True)
+class _Entry:
+    kind: KeyKind
+    form: Pkcs11Form
+    pair: KeyPair
+    generation: int
+
+
+class Pkcs11KeyStore:
+    """Key store over one :class:`hsm.token.Token` (thread-safe)."""
+
+    def __init__(
+        self,
+        token: Token,
+        *,
+        label_prefix: str = "mlsgw",
+        software_hpke_fallback: bool = True,
+        persistence: SoftwareKeyPersistence | None = None,
+        audit_hook: AuditHook | None = None,
+        capabilities: Capabilities | None = None,
+    ) -> None:
+        self._token = token
+        self._prefix = label_prefix
+        self._fallback = software_hpke_fallback
+        self._persistence = persistence
+        self._auditor = Auditor(audit_hook)
+        self._capabilities = capabilities
+        self._cache: dict[bytes, _Entry] = token.handle_cache
+        self._software: dict[bytes, SoftwareCustodyHpkeKey] = {}
+
+    def set_audit_hook(self, hook: AuditHook | None) -> None:
+        self._auditor.hook = hook
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """The token's capabilities (or the override given at construction, e.g. to restrict them)."""
+        return self._capabilities or self._token.capabilities
+
+    # ---- custody ---------------------------------------------------------------------------------
+    def custody(self, cipher_suite_id: int) -> tuple[Custody, Custody]:
+        """(signature custody, HPKE custody) of new keys for this suite."""
+        return self.capabilities.custody(cipher_suite_id, software_hpke_fallback=self._fallback)
+
+    @staticmethod
+    def custody_of(key_ref: bytes) -> Custody:
+        """Custody of an existing key, from its reference."""
+        parsed = parse_ref(key_ref)
+        if parsed is None:
+            raise KeyStoreError("not a key reference of this store")
+        return parsed[1]
+
+    def _form(self, kind: KeyKind) -> Pkcs11Form | None:
+        caps = self.capabilities
+        return caps.form(kind) if caps.supports(kind) else None
+
+    # ---- making keys -----------------------------------------------------------------------------
+    def new_signature_key(self, cipher_suite: int) -> Pkcs11Signer:
+        kind = signature_kind(_suite(cipher_suite).signature)
+        ref, pair = self._generate(kind, self._require_form(kind))
+        return Pkcs11Signer(self, kind, ref, pair.public_key)
+
+    def new_hpke_key(self, cipher_suite: int) -> HpkePrivateKey:
+        kind = kem_kind(_suite(cipher_suite).kem)
+        form = self._form(kind)
+        if form is None:
+            return self._software_key(kind, kem_of(kind).generate().private_bytes(), "generate")
+        ref, pair = self._generate(kind, form)
+        return Pkcs11HpkeKey(self, kind, ref, pair.public_key)
+
+    def import_signature_key(self, cipher_suite: int, private_key: bytes) -> Pkcs11Signer:
+        """Put an existing signature private key (RFC 8032 seed or ECDSA scalar) into the token."""
+        cs = _suite(cipher_suite)
+        kind = signature_kind(cs.signature)
+        form = self._require_form(kind)
+        public_key = cs.signature.signer_from_private_bytes(private_key).public_key
+        ref = self._import(kind, form, private_key, public_key)
+        return Pkcs11Signer(self, kind, ref, public_key)
+
+    def import_hpke_key(self, cipher_suite: int, private_key: bytes) -> HpkePrivateKey:
+        """Put an existing KEM private key (RFC 9180 SerializePrivateKey form) into the token (or software)."""
+        kind = kem_kind(_suite(cipher_suite).kem)
+        form = self._form(kind)
+        public_key = kem_of(kind).key_from_private_bytes(private_key).public_key
+        if form is None:
+            return self._software_key(kind, private_key, "import")
+        ref = self._import(kind, form, private_key, public_key)
+        return Pkcs11HpkeKey(self, kind, ref, public_key)
+
+    def _require_form(self, kind: KeyKind) -> Pkcs11Form:
+        form = self._form(kind)
+        if form is None:
+            raise UnsupportedError(f"the token cannot hold {kind.name} keys")
+        return form
+
+    def _generate(self, kind: KeyKind, form: Pkcs11Form) -> tuple[bytes, KeyPair]:
+        def make(session: Session) -> tuple[bytes, KeyPair]:
+            ref = new_ref(kind, "pkcs11")  # fresh per try: a retried call never reuses an ID
+            return ref, M.generate_pair(session, kind, form, ref, self._prefix)
+
+        try:
+            (ref, pair), generation = self._token.run_pinned(make, op="generate key")
+        except HsmError:
+            self._auditor.emit(b"", "generate", "pkcs11", False)
+            raise
+        self._cache[ref] = _Entry(kind, form, pair, generation)
+        self._auditor.emit(ref, "generate", "pkcs11", True)
+        return ref, pair
+
+    def _import(self, kind: KeyKind, form: Pkcs11Form, private_key: bytes, public_key: bytes) -> bytes:
+        def create(session: Session) -> tuple[bytes, KeyPair]:
+            ref = new_ref(kind, "pkcs11")
+            return ref, M.import_pair(session, kind, form, ref, self._prefix, private_key, public_key)
+
+        try:
+            (ref, pair), generation = self._token.run_pinned(create, op="import key")
+        except HsmError:
+            self._auditor.emit(b"", "import", "pkcs11", False)
+            raise
+        self._cache[ref] = _Entry(kind, form, pair, generation)
+        self._auditor.emit(ref, "import", "pkcs11", True)
+        return ref
+
+    def _software_key(self, kind: KeyKind, private_key: bytes, op: str) -> SoftwareCustodyHpkeKey:
+        if not self._fallback:
+            raise UnsupportedError(f"the token cannot hold {kind.name} keys and software fallback is off")
+        ref = new_ref(kind, "software")
+        key = SoftwareCustodyHpkeKey(kind, ref, kem_of(kind).key_from_private_bytes(private_key), self._auditor)
+        if self._persistence is not None:
+            self._persistence.save(ref, private_key)
+        self._software[ref] = key
+        self._auditor.emit(ref, op, "software", True)
+        return key
+
+    # ---- finding keys ----------------------------------------------------------------------------
+    def signer(self, key_ref: bytes) -> Pkcs11Signer:
+        kind, custody = _parse(key_ref)
+        if kind.role != "signature" or custody != "pkcs11":
+            raise KeyStoreError("key reference does not name a signature key")
+        return Pkcs11Signer(self, kind, key_ref, self._entry(key_ref, kind).pair.public_key)
+
+    def hpke_key(self, key_ref: bytes) -> HpkePrivateKey:
+        kind, custody = _parse(key_ref)
+        if kind.role != "kem":
+            raise KeyStoreError("key reference does not name an HPKE key")
+        if custody == "software":
+            return self._software_lookup(key_ref, kind)
+        return Pkcs11HpkeKey(self, kind, key_ref, self._entry(key_ref, kind).pair.public_key)
+
+    def _software_lookup(self, key_ref: bytes, kind: KeyKind) -> SoftwareCustodyHpkeKey:
+        key = self._software.get(key_ref)
+        if key is None and self._persistence is not None:
+            private = self._persistence.load(key_ref)
+            if private is not None:
+                inner = kem_of(kind).key_from_private_bytes(private)
+                key = self._software.setdefault(key_ref, SoftwareCustodyHpkeKey(kind, key_ref, inner, self._auditor))
+        if key is None:
+            raise KeyStoreError("no key for this reference")
+        return key
+
+    def _entry(self, key_ref: bytes, kind: KeyKind) -> _Entry:
+        entry = self._cache.get(key_ref)
+        if entry is not None and entry.generation == self._token.generation:
+            return entry
+        return self._load(key_ref, kind)
+
+    def _load(self, key_ref: bytes, kind: KeyKind) -> _Entry:
+        """Find the key by CKA_ID (a token search) and cache its handles."""
+        form = self._require_form(kind)
+
+        def find(session: Session) -> KeyPair:
+            pair = M.find_pair(session, kind, key_ref)
+            if pair is None:
+                raise _NotFound
+            return pair
+
+        for _ in range(3):
+            generation = self._token.generation
+            try:
+                pair, generation = self._token.run_pinned(find, op="find key")
+            except _NotFound:
+                self._token.check()  # an absent token also finds nothing: tell the two apart
+                if self._token.generation == generation:
+                    raise KeyStoreError("no key for this reference") from None
+                continue  # the check reconnected: look again on the new connection
+            entry = _Entry(kind, form, pair, generation)
+            self._cache[key_ref] = entry
+            return entry
+        raise HsmUnavailable("find key: the token connection keeps changing")
+
+    # ---- using keys ------------------------------------------------------------------------------
+    def sign_with(self, key_ref: bytes, data: bytes) -> bytes:
+        """Sign with the token key ``key_ref`` (used by :class:`Pkcs11Signer`; the hot path)."""
+        try:
+            signature = self._use(key_ref, "sign", lambda s, e: M.sign(s, e.pair.private, e.kind, e.form, data))
+        except BaseException:
+            self._auditor.emit(key_ref, "sign", "pkcs11", False)
+            raise
+        self._auditor.emit(key_ref, "sign", "pkcs11", True)
+        return signature
+
+    def dh_with(self, key_ref: bytes, peer_public_key: bytes) -> bytes:
+        """DH in the token with key ``key_ref`` (used by :class:`Pkcs11HpkeKey`); CryptoError for bad input."""
+        return self._audited(key_ref, "dh", lambda: self._dh(key_ref, peer_public_key))
+
+    def _dh(self, key_ref: bytes, peer_public_key: bytes) -> bytes:
+        kind, _ = _parse(key_ref)
+        kem = kem_of(kind)
+        kem.check_public_key(peer_public_key)
+        try:
+            out = self._use(key_ref, "dh", lambda s, e: M.ecdh(s, e.pair.private, e.kind, e.form, peer_public_key))
+        except HsmUnavailable:
+            raise
+        except HsmError:
+            raise CryptoError("5.1.1", f"{kem.name} DH failed") from None
+        if not any(out):
+            raise CryptoError("5.1.1", f"{kem.name} DH output is all zero")
+        return out
+
+    def _use(self, key_ref: bytes, op: str, fn: Callable[[Session, _Entry], T]) -> T:
+        entry = self._cache.get(key_ref)
+        if entry is None or entry.generation != self._token.generation:
+            entry = self._load(key_ref, _parse(key_ref)[0])
+        try:
+            return self._token.run(lambda s: fn(s, entry), op=op, generation=entry.generation)
+        except StaleHandle:
+            self._cache.pop(key_ref, None)
+        fresh = self._load(key_ref, entry.kind)
+        return self._token.run(lambda s: fn(s, fresh), op=op, generation=fresh.generation)
+
+    def _audited(self, key_ref: bytes, op: str, call: Callable[[], T]) -> T:
+        custody = "pkcs11"
+        try:
+            result = call()
+        except Exception:
+            self._auditor.emit(key_ref, op, custody, False)
+            raise
+        self._auditor.emit(key_ref, op, custody, True)
+        return result
+
+    # ---- destroying and listing ------------------------------------------------------------------
+    def destroy(self, key_ref: bytes) -> None:
+        """Destroy the key (private and public objects); an unknown reference is a no-op."""
+        parsed = parse_ref(key_ref)
+        if parsed is None:
+            return
+        if parsed[1] == "software":
+            self._destroy_software(key_ref)
+            return
+        self._audited(key_ref, "destroy", lambda: self._destroy_token_key(key_ref))
+
+    def _destroy_software(self, key_ref: bytes) -> None:
+        self._software.pop(key_ref, None)
+        if self._persistence is not None:
+            self._persistence.delete(key_ref)
+        self._auditor.emit(key_ref, "destroy", "software", True)
+
+    def _destroy_token_key(self, key_ref: bytes) -> None:
+        entry = self._cache.pop(key_ref, None)
+        if entry is not None and entry.generation == self._token.generation:
+            handles = (entry.pair.private, entry.pair.public)
+            try:
+                self._token.run(lambda s: self._destroy_handles(s, handles), op="destroy key", generation=entry.generation)
+                return
+            except StaleHandle:
+                pass
+        self._token.run(lambda s: M.destroy_by_id(s, key_ref), op="destroy key")
+
+    def _destroy_handles(self, session: Session, handles: tuple[int, ...]) -> None:
+        for handle in handles:
+            self._token.destroy_handle(session, handle)
+
+    def key_refs(self) -> list[bytes]:
+        """References of every key of this store: token objects (a token search) and software keys."""
+
+        def ids(session: Session) -> set[bytes]:
+            found = set(M.object_ids(session, ObjectClass.PRIVATE_KEY))
+            return found | set(M.object_ids(session, ObjectClass.PUBLIC_KEY))
+
+        refs = {r for r in self._token.run(ids, op="list keys") if parse_ref(r) is not None}
+        return sorted(refs | set(self._software))
+
+
+class _NotFound(Exception):
+    """No object has the key reference as CKA_ID."""
+
+
+def _suite(cipher_suite_id: int) -> CipherSuite:
+    return cipher_suite(cipher_suite_id)
+
+
+def _parse(key_ref: bytes) -> tuple[KeyKind, Custody]:
+    parsed = parse_ref(key_ref)
+    if parsed is None:
+        raise KeyStoreError("not a key reference of this store")
+    return parsed
+
+
+__all__ = ["Pkcs11KeyStore", "SoftwareKeyPersistence"]
