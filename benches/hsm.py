@@ -14,10 +14,18 @@ dominated by the file store's writes):
   goal is Signer ≥ 0.8 × raw.
 * **DH** — ``Pkcs11HpkeKey.dh`` against raw python-pkcs11 ``CKM_ECDH1_DERIVE`` (derive, read, destroy).
 * **KeyPackage key generation** — a signature key pair plus an HPKE key pair as token objects, per second.
+* **Application messages** — ``Group.protect`` (a 248-byte PrivateMessage: sign, then encrypt with the
+  secret tree) per second by one member of a 2-member suite-1 group, with both members' keys in the token
+  (``Pkcs11KeyStore``) against both in software (``SoftwareKeyStore``); alternating rounds as for Sign, on
+  one thread. The receiver's ``Group.process`` rate (software verification and decryption in both cases)
+  is measured over a batch, for scale.
+* **KeyPackages** — complete ``Client.key_package()`` calls with the HSM key store (two HPKE key pairs
+  made as token objects and the KeyPackage signed in the token), per second; the keys are destroyed after.
 
 The top level of the JSON carries ``raw_sign_ops_per_s``, ``signer_ops_per_s`` and ``signer_to_raw_ratio``
-for suite 1's Ed25519 key on one thread. Application-message rates with HSM keys need the group engine
-and are reported as null until it exists.
+for suite 1's Ed25519 key on one thread, ``app_messages_per_s`` (``{"hsm": …, "software": …}``, protect
+rate, suite 1; ``application_messages_per_s`` is the same figure, kept for readers of older results) and
+``key_packages_per_s`` (suite 1, HSM).
 """
 
 from __future__ import annotations
@@ -254,6 +262,89 @@ def _keygen_section(store: Any, suites: list[int], pairs: int) -> dict[str, Any]
     return out
 
 
+def _two_member_group(key_store: Callable[[], Any], tag: bytes) -> tuple[Any, Any]:
+    """A suite-1 group of alice and bob, each with a key store from ``key_store()``; checked both ways."""
+    from mls.client import Client
+    from mls.credentials import Credential
+    from mls.group import ApplicationMessage, CommitOptions
+
+    alice = Client(key_store(), 1, Credential.basic(b"alice-" + tag))
+    bob = Client(key_store(), 1, Credential.basic(b"bob-" + tag))
+    ga = alice.create_group(b"bench-app-" + tag)
+    staged = ga.commit(CommitOptions(add=[bob.key_package().key_package]))
+    ga.merge_pending_commit()
+    assert staged.welcome is not None
+    gb = bob.join(staged.welcome)
+    for sender, receiver in ((ga, gb), (gb, ga)):
+        out = receiver.process(sender.protect(MESSAGE))
+        assert isinstance(out, ApplicationMessage) and out.data == MESSAGE
+    return ga, gb
+
+
+def _process_rate(sender: Any, receiver: Any, count: int) -> float:
+    """Messages per second ``receiver`` processes (a batch of ``count`` made by ``sender`` first)."""
+    messages = [sender.protect(MESSAGE) for _ in range(count)]
+    start = time.perf_counter()
+    for m in messages:
+        receiver.process(m)
+    return count / (time.perf_counter() - start)
+
+
+def _app_messages_section(store: Any, rounds: int, seconds: float, batch: int) -> dict[str, Any]:
+    """Group.protect per second, HSM-held keys against software keys (suite 1, one thread)."""
+    from mls.crypto.key_store import SoftwareKeyStore
+
+    hsm_a, hsm_b = _two_member_group(lambda: store, b"hsm")
+    sw_a, sw_b = _two_member_group(SoftwareKeyStore, b"software")
+
+    def software(threads: int) -> list[Callable[[], None]]:
+        return [lambda: sw_a.protect(MESSAGE) and None]
+
+    def hsm(threads: int) -> list[Callable[[], None]]:
+        return [lambda: hsm_a.protect(MESSAGE) and None]
+
+    compared = _compare(software, hsm, 1, rounds, seconds)
+    out = {
+        "suite": 1,
+        "message_bytes": len(MESSAGE),
+        "protect_per_s": {"hsm": compared["hsm_ops_per_s"], "software": compared["raw_ops_per_s"]},
+        "hsm_to_software_ratio": compared["ratio"],
+        "protect_per_cpu_s": {"hsm": compared["hsm_ops_per_cpu_s"], "software": compared["raw_ops_per_cpu_s"]},
+        "protect_rounds": {"hsm": compared["hsm_rounds"], "software": compared["raw_rounds"]},
+        "process_per_s": {"hsm": round(_process_rate(hsm_b, hsm_a, batch), 1),
+                          "software": round(_process_rate(sw_b, sw_a, batch), 1)},
+    }
+    for g in (hsm_a, hsm_b):  # the group's token keys (leaf and signature) go with the benchmark token anyway
+        store.destroy(g.state.keys.leaf_key.key_ref)
+    print(f"  application messages (suite 1): protect {out['protect_per_s']['hsm']}/s with HSM keys, "
+          f"{out['protect_per_s']['software']}/s in software (x{out['hsm_to_software_ratio']}); "
+          f"process {out['process_per_s']['hsm']} / {out['process_per_s']['software']}/s", flush=True)
+    return out
+
+
+def _key_packages_section(store: Any, suites: list[int], count: int) -> dict[str, Any]:
+    """Complete ``Client.key_package()`` calls per second with the HSM key store."""
+    from mls.client import Client
+    from mls.credentials import Credential
+
+    out: dict[str, Any] = {}
+    for suite in suites:
+        client = Client(store, suite, Credential.basic(b"kp-bench"))
+        client.key_package()  # warm-up
+        start = time.perf_counter()
+        for _ in range(count):
+            client.key_package()
+        elapsed = time.perf_counter() - start
+        for bundle in client.key_packages.values():
+            store.destroy(bundle.init_key.key_ref)
+            store.destroy(bundle.leaf_key.key_ref)
+        store.destroy(client.signer.key_ref)
+        out[str(suite)] = {"key_packages": count, "seconds": round(elapsed, 3),
+                           "key_packages_per_s": round(count / elapsed, 1)}
+        print(f"  KeyPackages suite {suite}: {out[str(suite)]['key_packages_per_s']}/s (HSM)", flush=True)
+    return out
+
+
 def run(quick: bool) -> dict[str, Any]:
     from hsm.bootstrap import init_softhsm_token
 
@@ -261,6 +352,7 @@ def run(quick: bool) -> dict[str, Any]:
     dh_suites = [1, 2] if quick else [1, 2, 4, 5, 7]
     rounds, seconds = (9, 0.12) if quick else (21, 0.3)
     pairs = 5 if quick else 30
+    kp_count, batch = (10, 100) if quick else (40, 400)
     with tempfile.TemporaryDirectory(prefix="mlsgw-bench-hsm-") as tmp:
         pin = secrets.token_hex(6)
         made = init_softhsm_token(tmp, label="mlsgw-bench", pin=pin, so_pin=secrets.token_hex(6))
@@ -277,13 +369,16 @@ def run(quick: bool) -> dict[str, Any]:
             sign = _sign_section(store, raw, sign_suites, rounds, seconds)
             dh = _dh_section(store, raw, dh_suites, rounds, seconds)
             keygen = _keygen_section(store, [1, 2], pairs)
+            app = _app_messages_section(store, rounds, seconds, batch)
+            key_packages = _key_packages_section(store, [1, 2], kp_count)
         finally:
             raw.close()
             token.close()
-        return _report(quick, sign, dh, keygen, _filesystem(Path(tmp)))
+        return _report(quick, sign, dh, keygen, _filesystem(Path(tmp)), app, key_packages)
 
 
-def _report(quick: bool, sign: dict[str, Any], dh: dict[str, Any], keygen: dict[str, Any], fs: str) -> dict[str, Any]:
+def _report(quick: bool, sign: dict[str, Any], dh: dict[str, Any], keygen: dict[str, Any], fs: str,
+            app: dict[str, Any], key_packages: dict[str, Any]) -> dict[str, Any]:
     from importlib.metadata import version
 
     one, two = sign["1"]["1_thread"], sign["1"]["2_threads"]
@@ -311,11 +406,15 @@ def _report(quick: bool, sign: dict[str, Any], dh: dict[str, Any], keygen: dict[
         "goal_ratio": GOAL_RATIO,
         "meets_goal": min(one["ratio"], two["ratio"]) >= GOAL_RATIO,
         "keypackage_keygen_per_s": {k: v["keypackages_per_s"] for k, v in keygen.items()},
-        "application_messages_per_s": None,
-        "todo": "application-message protect/unprotect rates with HSM-held keys need the group engine",
+        "application_messages_per_s": dict(app["protect_per_s"]),
+        "todo": None,
+        "app_messages_per_s": dict(app["protect_per_s"]),
+        "key_packages_per_s": key_packages["1"]["key_packages_per_s"],
         "sign": sign,
         "dh": dh,
         "keygen": keygen,
+        "app_messages": app,
+        "key_packages": key_packages,
     }
 
 
@@ -328,7 +427,13 @@ def chart(report: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_sign, ax_other) = plt.subplots(1, 2, figsize=(17, 5.8), gridspec_kw={"width_ratios": [3, 2]})
+    with_group = "app_messages" in report  # results written before the group-level figures existed lack them
+    if with_group:
+        fig, (ax_sign, ax_other, ax_group) = plt.subplots(
+            1, 3, figsize=(22, 5.8), gridspec_kw={"width_ratios": [3, 2, 1.6]})
+        _group_bars(ax_group, report["app_messages"], report["key_packages"])
+    else:
+        fig, (ax_sign, ax_other) = plt.subplots(1, 2, figsize=(17, 5.8), gridspec_kw={"width_ratios": [3, 2]})
     _sign_bars(ax_sign, report["sign"])
     _other_bars(ax_other, report["dh"], report["keygen"])
     fig.suptitle(
@@ -395,6 +500,25 @@ def _other_bars(ax: Any, dh: dict[str, Any], keygen: dict[str, Any]) -> None:
     ax.set_ylabel("operations / s (log)")
     ax.set_title("DH (1 thread) and KeyPackage key generation")
     ax.legend(fontsize=8)
+
+
+def _group_bars(ax: Any, app: dict[str, Any], key_packages: dict[str, Any]) -> None:
+    """Application messages protected per second (HSM vs software keys) and KeyPackages per second (HSM)."""
+    bars = [
+        ("protect\nHSM keys", app["protect_per_s"]["hsm"], "#1f77b4"),
+        ("protect\nsoftware", app["protect_per_s"]["software"], "#9e9e9e"),
+        ("process\nHSM group", app["process_per_s"]["hsm"], "#6baed6"),
+        ("process\nsoftware", app["process_per_s"]["software"], "#cfcfcf"),
+    ]
+    bars += [(f"KeyPackage\ns{s} (HSM)", row["key_packages_per_s"], "#ff7f0e") for s, row in key_packages.items()]
+    for x, (_, value, colour) in enumerate(bars):
+        ax.bar(x, value, 0.6, color=colour)
+        ax.annotate(f"{value:.0f}/s", (x, value), ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(range(len(bars)), [b[0] for b in bars], fontsize=8)
+    ax.set_yscale("log")
+    ax.set_ylabel("operations / s (log)")
+    ax.set_title(f"2-member suite-{app['suite']} group: application messages\n"
+                 f"(protect, HSM/software ×{app['hsm_to_software_ratio']:.2f}) and KeyPackages", fontsize=10)
 
 
 def main() -> None:

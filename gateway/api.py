@@ -23,7 +23,7 @@ from mls.group import CommitOptions, Handshake
 
 from . import requests as rq
 from .auth import Principal
-from .context import APP, Runtime
+from .context import APP, PRINCIPAL, RAW_BODY, REQUEST_ID, Runtime
 from .errors import invalid
 from .service import Idempotency, Outcome
 
@@ -47,8 +47,7 @@ def runtime(request: web.Request) -> Runtime:
 
 
 def principal(request: web.Request) -> Principal:
-    p: Principal = request["principal"]
-    return p
+    return request[PRINCIPAL]
 
 
 def json_response(outcome: Outcome) -> web.Response:
@@ -59,7 +58,7 @@ def json_response(outcome: Outcome) -> web.Response:
 
 async def read_body(request: web.Request) -> rq.Body:
     raw = await request.read()
-    request["raw_body"] = raw
+    request[RAW_BODY] = raw
     return rq.Body(rq.parse_json(raw))
 
 
@@ -71,7 +70,7 @@ def idempotency(request: web.Request) -> Idempotency | None:
         raise invalid("Idempotency-Key must be 1 to 255 characters")
     p = principal(request)
     scope = f"{p.tenant_id or 'admin'}:{request.method}:{request.path}"
-    return Idempotency(scope, key, hashlib.sha256(request.get("raw_body", b"")).digest())
+    return Idempotency(scope, key, hashlib.sha256(request.get(RAW_BODY, b"")).digest())
 
 
 async def call(request: web.Request, fn: Callable[..., Any], *, lock: Any = None, idem: bool = False,
@@ -79,10 +78,10 @@ async def call(request: web.Request, fn: Callable[..., Any], *, lock: Any = None
     """Run ``fn(records[, idem])`` in the worker pool with the request's audit context and group lock."""
     rt = runtime(request)
     key = idempotency(request) if idem else None
-    request_id: str = request["request_id"]
+    request_id = request[REQUEST_ID]
 
     def work() -> Any:
-        with rt.service.request(principal(request) if "principal" in request else None, request_id) as records:
+        with rt.service.request(request.get(PRINCIPAL), request_id) as records:
             if idem:
                 replay = rt.service.replay(key)
                 if replay is not None:

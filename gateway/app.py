@@ -23,7 +23,7 @@ from hsm.token import Token
 from .api import ROUTES, Route, make_request_id
 from .auth import bearer_token
 from .config import GatewayConfig
-from .context import APP, Runtime
+from .context import APP, PRINCIPAL, REQUEST_ID, Runtime
 from .errors import PROBLEM_CONTENT_TYPE, Problem, problem_from_exception
 from .keys import SealedKeyPersistence
 from .metrics import Metrics
@@ -78,13 +78,13 @@ async def _authenticate(request: web.Request, route: Route) -> None:
     if (route.auth == "admin") != principal.is_admin:
         # A tenant token on an admin route (or the reverse) learns nothing: the resource "does not exist".
         raise Problem("not_found", "no such resource")
-    request["principal"] = principal
+    request[PRINCIPAL] = principal
 
 
 @web.middleware
 async def gateway_middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
     request_id = make_request_id()
-    request["request_id"] = request_id
+    request[REQUEST_ID] = request_id
     route = _route_of(request)
     label = route.path if route else "unmatched"
     started = time.perf_counter()

@@ -16,6 +16,7 @@ from hsm.keystore import Pkcs11KeyStore
 from hsm.token import Token
 from mls.crypto.backend import get_backend
 
+from .auth import Principal
 from .config import GatewayConfig
 from .metrics import Metrics
 from .service import GatewayService
@@ -79,3 +80,6 @@ class Runtime:
 
 
 APP: web.AppKey[Runtime] = web.AppKey("runtime", Runtime)
+PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal", Principal)
+REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)
+RAW_BODY: web.RequestKey[bytes] = web.RequestKey("raw_body", bytes)

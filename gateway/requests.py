@@ -24,8 +24,8 @@ def parse_json(raw: bytes) -> dict[str, Any]:
         return {}
     try:
         data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise invalid("the body is not valid JSON") from None
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise invalid("the body is not valid JSON (or nests too deeply)") from None
     if not isinstance(data, dict):
         raise invalid("the body must be a JSON object")
     return data
@@ -66,6 +66,10 @@ class Body:
         v = self.data.get(name)
         if not isinstance(v, str) or not v or len(v) > max_len:
             raise invalid(f"{name} must be a non-empty string of at most {max_len} characters")
+        try:
+            v.encode("utf-8")
+        except UnicodeEncodeError:
+            raise invalid(f"{name} must be valid Unicode (no lone surrogates)") from None
         return v
 
     def integer(self, name: str, default: int | None, lo: int, hi: int) -> int:

@@ -302,8 +302,7 @@ class GatewayService:
         dead = [identity.signature_key_ref]
         dead += [r for kp in kps if not kp.consumed or kp.last_resort for r in (kp.init_key_ref, kp.leaf_key_ref)]
         for g in groups:
-            state = self._load(identity, g.group_id)[1].state
-            dead += [state.keys.leaf_key.key_ref, *state.update_keys.values()]
+            dead += _group_keys(self._load(identity, g.group_id)[1])
         work = Work([lambda tx: tx.delete_identity(identity_id)], dead_keys=dead)
         return self.commit_work(work, Outcome(204, None), None, records)
 
@@ -351,11 +350,24 @@ class GatewayService:
     def _open(self, identity: Identity, record: GroupRecord) -> tuple[GroupRecord, Group]:
         group_id = record.group_id
         raw = self.envelope.open(record.state, _state_aad(identity.identity_id, group_id))
-        group = Group(GroupState.from_bytes(raw, self.keys), self.keys, MemoryPskStore())
+        group = Group(GroupState.from_bytes(raw, self.keys), self.keys, self._psk_store(identity))
         if record.pending is not None:
             group.pending_commit = _staged_from_bytes(
                 self.envelope.open(record.pending, _pending_aad(identity.identity_id, group_id)), self.keys)
         return record, group
+
+    # ---- external PSKs of an identity, sealed at rest -----------------------------------------------
+    def _psk_store(self, identity: Identity, extra: Sequence[tuple[bytes, bytes]] = ()) -> MemoryPskStore:
+        with self.store.transaction() as tx:
+            sealed = tx.list_psks(identity.identity_id)
+        known = {pid: self.envelope.open(blob, _psk_aad(identity.identity_id, pid)) for pid, blob in sealed}
+        return MemoryPskStore(external={**known, **dict(extra)})
+
+    def _remember_psks(self, work: Work, identity: Identity, psks: list[tuple[bytes, bytes]]) -> None:
+        for psk_id, secret in psks:
+            sealed = self.envelope.seal(secret, _psk_aad(identity.identity_id, psk_id))
+            work.writes.append(functools.partial(_put_psk, identity_id=identity.identity_id, psk_id=psk_id,
+                                                 sealed=sealed))
 
     def _record(self, identity: Identity, group: Group) -> GroupRecord:
         aad = _state_aad(identity.identity_id, group.group_id)
@@ -419,7 +431,7 @@ class GatewayService:
     def delete_group(self, principal: Principal, identity_id: str, group_id: bytes, records: list[AuditRecord]) -> Outcome:
         identity = self.identity(principal, identity_id)
         group = self._load(identity, group_id)[1]
-        dead = [group.state.keys.leaf_key.key_ref, *group.state.update_keys.values()]
+        dead = [r for r in _group_keys(group) if r not in group.state.retained_keys]
         work = Work([lambda tx: _delete_group(tx, identity.identity_id, group_id)], dead_keys=dead)
         return self.commit_work(work, Outcome(204, None), None, records)
 
@@ -432,14 +444,15 @@ class GatewayService:
         kp_record = self._key_package_for(identity, w)
         kp = MLSMessage.from_bytes(kp_record.key_package).body
         assert isinstance(kp, KeyPackage)
-        store = MemoryPskStore(external=dict(psks))
+        store = self._psk_store(identity, psks)
         with self.group_context(identity, b"", None):
             group = Group.join(self.keys, welcome, key_package=kp, init_key=self.keys.hpke_key(kp_record.init_key_ref),
                                leaf_key=self.keys.hpke_key(kp_record.leaf_key_ref),
                                signer_ref=identity.signature_key_ref, ratchet_tree=ratchet_tree, psks=store,
-                               destroy_init_key=False)
+                               destroy_init_key=False, retain_leaf_key=kp_record.last_resort)
         work = Work([lambda tx: _consume(tx, identity.identity_id, kp_record.ref)],
                     dead_keys=[] if kp_record.last_resort else [kp_record.init_key_ref])
+        self._remember_psks(work, identity, psks)
         self._save(work, identity, group, None)
         body = {"group_id": b64(group.group_id), "epoch": group.epoch, "epoch_authenticator": b64(group.epoch_authenticator)}
         return self.commit_work(work, Outcome(201, body), idem, records)
@@ -461,7 +474,7 @@ class GatewayService:
         if remove_prior and prior_leaf is None:
             prior_leaf = _prior_leaf(identity, group_info, ratchet_tree)
         remove_prior_leaf = prior_leaf if remove_prior or prior_leaf is not None else None
-        store = MemoryPskStore(external=dict(psks))
+        store = self._psk_store(identity, psks)
         psk_ids = [PreSharedKeyID.external(pid, _nonce(identity.cipher_suite)) for pid, _ in psks]
         with self.group_context(identity, b"", None):
             group, commit = Group.external_join(
@@ -469,6 +482,7 @@ class GatewayService:
                 credential=Credential.from_bytes(identity.credential), ratchet_tree=ratchet_tree, psks=store,
                 psk_ids=psk_ids, remove_prior=remove_prior_leaf)
         work = Work(new_keys=[group.state.keys.leaf_key.key_ref])
+        self._remember_psks(work, identity, psks)
         self._save(work, identity, group, None)
         work.writes.append(lambda tx: tx.add_outgoing(identity.identity_id, group.group_id, group.epoch, "commit", commit))
         body = {"group_id": b64(group.group_id), "epoch": group.epoch, "commit": b64(commit)}
@@ -484,6 +498,7 @@ class GatewayService:
         with self.group_context(identity, group_id, group.epoch):
             staged = group.commit(opts)
         work = Work(new_keys=_new_leaf(group, staged))
+        self._remember_psks(work, identity, [(pid, sec) for pid, sec in external_psks if sec is not None])
         body: Json = {
             "commit": b64(staged.commit or b""), "welcome": None if staged.welcome is None else b64(staged.welcome),
             "group_info": b64(staged.group_info or b""), "epoch": group.epoch if pending else staged.epoch,
@@ -548,6 +563,8 @@ class GatewayService:
                 work.new_keys = list(group.state.update_keys.values())[-1:]
             else:
                 message, ref = group.propose(self._proposal(identity, group, spec), handshake)
+        if spec["kind"] == "psk" and spec["secret"] is not None:
+            self._remember_psks(work, identity, [(spec["psk_id"], spec["secret"])])
         self._save(work, identity, group, record.epoch)
         work.writes.append(lambda tx: tx.add_outgoing(identity.identity_id, group_id, group.epoch, "proposal", message))
         return self.commit_work(work, Outcome(201, {"proposal": b64(message), "ref": b64(ref)}), idem, records)
@@ -628,11 +645,28 @@ def _nonce(suite: int) -> bytes:
     return os.urandom(cipher_suite(suite).n_h)
 
 
+def _group_keys(group: Group) -> list[bytes]:
+    """Every private key this membership holds: leaf key, own Update keys, a pending commit's new leaf key."""
+    s = group.state
+    refs = [s.keys.leaf_key.key_ref, *s.update_keys.values()]
+    if group.pending_commit is not None:
+        refs += _new_leaf(group, group.pending_commit)
+    return refs
+
+
 def _new_leaf(group: Group, staged: StagedCommit) -> list[bytes]:
     if staged.state is None:
         return []
     ref = staged.state.keys.leaf_key.key_ref
     return [] if ref == group.state.keys.leaf_key.key_ref else [ref]
+
+
+def _put_psk(tx: Transaction, identity_id: str, psk_id: bytes, sealed: bytes) -> None:
+    tx.put_psk(identity_id, psk_id, sealed)
+
+
+def _psk_aad(identity_id: str, psk_id: bytes) -> bytes:
+    return b"mls-gateway psk|" + identity_id.encode() + b"|" + psk_id
 
 
 def _key_package(data: bytes, field: str) -> KeyPackage:

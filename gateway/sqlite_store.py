@@ -27,7 +27,7 @@ from .store import (
     TokenRecord,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tenants (
@@ -62,6 +62,9 @@ CREATE TRIGGER IF NOT EXISTS audit_append_only_update BEFORE UPDATE ON audit
     BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
 CREATE TRIGGER IF NOT EXISTS audit_append_only_delete BEFORE DELETE ON audit
     BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
+CREATE TABLE IF NOT EXISTS psks (
+    identity_id TEXT NOT NULL REFERENCES identities(identity_id) ON DELETE CASCADE, psk_id BLOB NOT NULL,
+    sealed BLOB NOT NULL, PRIMARY KEY (identity_id, psk_id));
 CREATE TABLE IF NOT EXISTS idempotency (
     scope TEXT NOT NULL, key TEXT NOT NULL, request_hash BLOB NOT NULL, status INTEGER NOT NULL,
     body BLOB NOT NULL, created_at REAL NOT NULL, PRIMARY KEY (scope, key));
@@ -208,6 +211,13 @@ class SqliteTransaction:
 
     def delete_software_key(self, key_ref: bytes) -> None:
         self._c.execute("DELETE FROM software_keys WHERE key_ref = ?", (key_ref,))
+
+    def put_psk(self, identity_id: str, psk_id: bytes, sealed: bytes) -> None:
+        self._c.execute("INSERT OR REPLACE INTO psks VALUES (?, ?, ?)", (identity_id, psk_id, sealed))
+
+    def list_psks(self, identity_id: str) -> list[tuple[bytes, bytes]]:
+        return [(bytes(r["psk_id"]), bytes(r["sealed"])) for r in self._all(
+            "SELECT psk_id, sealed FROM psks WHERE identity_id = ?", identity_id)]
 
     def add_outgoing(self, identity_id: str, group_id: bytes, epoch: int, kind: str, message: bytes) -> None:
         self._c.execute(

@@ -100,6 +100,7 @@ class Client:
             self.key_store, welcome, key_package=bundle.key_package, init_key=bundle.init_key,
             leaf_key=bundle.leaf_key, signer_ref=self.signer.key_ref, ratchet_tree=ratchet_tree,
             psks=psks or self.psks, config=config, destroy_init_key=not bundle.last_resort,
+            retain_leaf_key=bundle.last_resort,
             expected_reinit=expected_reinit, resumed_from=resumed_from,
         )
         if not bundle.last_resort:

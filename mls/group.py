@@ -65,6 +65,7 @@ from .proposal_list import (
     CommittedProposal,
     ValidationContext,
     apply_proposals,
+    check_adds,
     external_sender_key,
     path_required,
     validate_proposal,
@@ -364,8 +365,10 @@ class Group:
         self._require_active()
         s = self.state
         sender = Sender.member(s.own_leaf)
-        validate_proposal(self._validation_context(), CommittedProposal(proposal, sender),
-                          find_payload(s.context.extensions, RequiredCapabilities))
+        cp = CommittedProposal(proposal, sender)
+        vc = self._validation_context()
+        validate_proposal(vc, cp, find_payload(s.context.extensions, RequiredCapabilities))
+        check_adds(vc, [cp], removed=set())
         wire = WireFormat.mls_public_message if handshake == Handshake.public else WireFormat.mls_private_message
         auth = self._sign(self._framed(ContentType.proposal, authenticated_data, proposal=proposal), wire)
         ref = self.cs.make_proposal_ref(auth.to_bytes())
@@ -456,6 +459,7 @@ class Group:
             context=context, tree=tree, keys=keys, signer_ref=s.signer_ref, secrets=secrets,
             secret_tree=secret_tree, interim_transcript_hash=interim, confirmation_tag=tag, config=s.config,
             past_epochs=past, resumption_psks={e: psks[e] for e in keep}, reinit=reinit,
+            retained_keys=s.retained_keys,
         )
 
     def _past_epoch(self) -> PastEpoch:
@@ -486,7 +490,7 @@ class Group:
         sender = Sender.member(s.own_leaf)
         out: list[CommittedProposal] = []
         if opts.include_pending:
-            out.extend(CommittedProposal(p.proposal, p.sender, p.ref) for p in s.proposals.values())
+            out = self._valid_pending(sender, opts.resumption_usages)
         bodies: list[Any] = []
         if opts.group_context_extensions is not None:
             bodies.append(GroupContextExtensions(tuple(opts.group_context_extensions)))
@@ -567,6 +571,21 @@ class Group:
         epoch is untouched until the commit is merged."""
         return SecretTree.from_state(self.state.secret_tree.to_state())
 
+    def _valid_pending(self, committer: Sender, usages: frozenset[int]) -> list[CommittedProposal]:
+        """The cached proposals that keep the list valid, in order (§12.4: the committer SHOULD include
+        every valid proposal it received, as long as the list stays valid; the others are left out)."""
+        vc = self._validation_context(usages)
+        cached = list(self.state.proposals.values())
+        chosen: list[int] = []
+        for i in sorted(range(len(cached)), key=lambda i: _selection_priority(cached, i)):
+            candidate = [*chosen, i]
+            try:
+                validate_proposal_list(vc, [_committed(cached[j]) for j in sorted(candidate)], committer)
+            except MLSError:
+                continue
+            chosen = candidate
+        return [_committed(cached[j]) for j in sorted(chosen)]
+
     @staticmethod
     def _proposal_or_ref(p: CommittedProposal) -> ProposalOrRef:
         return ProposalOrRef.of(p.ref if p.ref is not None else p.proposal)
@@ -617,6 +636,7 @@ class Group:
             ref = losing.state.keys.leaf_key.key_ref
             if ref != self.state.keys.leaf_key.key_ref:
                 dead.append(ref)
+        dead = [ref for ref in dead if ref not in self.state.retained_keys]
         staged.dead_key_refs = dead
         if staged.state is None:
             self.state.active = False
@@ -852,7 +872,7 @@ class Group:
 
     def _all_own_keys(self) -> list[bytes]:
         s = self.state
-        return [s.keys.leaf_key.key_ref, *s.update_keys.values()]
+        return [ref for ref in (s.keys.leaf_key.key_ref, *s.update_keys.values()) if ref not in s.retained_keys]
 
     # ---- external commits (§12.4.3.2) -------------------------------------------------------------------
     def _stage_external_commit(self, auth: AuthenticatedContent, proposals: list[CommittedProposal],
@@ -896,11 +916,13 @@ class Group:
         psks: PskStore | None = None,
         config: GroupConfig | None = None,
         destroy_init_key: bool = True,
+        retain_leaf_key: bool = False,
         expected_reinit: ReInit | None = None,
         resumed_from: GroupContext | None = None,
     ) -> Group:
         """Join from a Welcome with the KeyPackage it was made for. The init key is destroyed (unless the
-        KeyPackage is a last-resort one: ``destroy_init_key=False``). ``expected_reinit`` is the ReInit
+        KeyPackage is a last-resort one: ``destroy_init_key=False``, and ``retain_leaf_key=True`` so that no
+        commit of this group destroys the leaf key other groups may share). ``expected_reinit`` is the ReInit
         proposal of the old group when this Welcome is its reinitialization (§11.2); ``resumed_from`` the
         old group's GroupContext of the epoch a reinit or branch PSK must come from (§11.2, §11.3)."""
         cs = cipher_suite(key_package.cipher_suite)
@@ -917,6 +939,8 @@ class Group:
         gi = decrypt_group_info(cs, welcome_secret, w.encrypted_group_info)
         _check_resumption_join(gi, secrets.psks, expected_reinit, resumed_from)
         state = _state_from_group_info(cs, gi, secrets, psk, key_package, leaf_key, signer_ref, ratchet_tree, config)
+        if retain_leaf_key:
+            state.retained_keys = frozenset({leaf_key.key_ref})
         group = cls(state, key_store, psk_store)
         if destroy_init_key:
             key_store.destroy(init_key.key_ref)
@@ -933,6 +957,23 @@ class Group:
         return external_join(key_store, group_info, signer=signer, credential=credential,
                              ratchet_tree=ratchet_tree, psks=psks, psk_ids=psk_ids, config=config,
                              remove_prior=remove_prior)
+
+
+def _committed(p: CachedProposal) -> CommittedProposal:
+    return CommittedProposal(p.proposal, p.sender, p.ref)
+
+
+def _selection_priority(cached: list[CachedProposal], i: int) -> tuple[int, int]:
+    """Which cached proposals a committer considers first (§12.2): Removes before Updates of the same
+    leaf, the most recent Update first, and a ReInit only after everything else."""
+    body = cached[i].proposal.body
+    if isinstance(body, ReInit):
+        return (3, i)
+    if isinstance(body, Remove):
+        return (0, i)
+    if isinstance(body, Update):
+        return (1, -i)
+    return (2, i)
 
 
 def _last_nonblank(tree: RatchetTree) -> int:

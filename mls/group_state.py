@@ -121,6 +121,9 @@ class GroupState:
     proposals: dict[bytes, CachedProposal] = field(default_factory=dict)
     past_epochs: list[PastEpoch] = field(default_factory=list)
     resumption_psks: dict[int, bytes] = field(default_factory=dict, repr=False)
+    #: Keys this group must never destroy (a last-resort KeyPackage's leaf key, shared by every group
+    #: joined with it; its owner retires it).
+    retained_keys: frozenset[bytes] = frozenset()
     #: Leaf keys of this member's own Update proposals in this epoch: public key -> key reference.
     update_keys: dict[bytes, bytes] = field(default_factory=dict, repr=False)
     #: Set once a commit with a ReInit proposal was merged: the group must not be used any more (§11.2).
@@ -163,6 +166,7 @@ class GroupState:
             "past_epochs": [p.to_state() for p in self.past_epochs],
             "resumption_psks": {str(e): v.hex() for e, v in self.resumption_psks.items()},
             "update_keys": {k.hex(): v.hex() for k, v in self.update_keys.items()},
+            "retained_keys": sorted(r.hex() for r in self.retained_keys),
             "reinit": None if self.reinit is None else self.reinit.to_bytes().hex(),
             "active": self.active,
         }
@@ -215,6 +219,7 @@ class GroupState:
             past_epochs=[PastEpoch.from_state(p) for p in s["past_epochs"]],
             resumption_psks={int(e): bytes.fromhex(v) for e, v in s["resumption_psks"].items()},
             update_keys={bytes.fromhex(k): bytes.fromhex(v) for k, v in s["update_keys"].items()},
+            retained_keys=frozenset(bytes.fromhex(r) for r in s["retained_keys"]),
             reinit=None if s["reinit"] is None else ReInit.from_bytes(bytes.fromhex(s["reinit"])),
             active=bool(s["active"]),
         )

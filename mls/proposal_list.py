@@ -198,10 +198,11 @@ def _validate_member_commit_list(vc: ValidationContext, proposals: Sequence[Comm
         if leaf in touched:
             raise ValidationError("12.2", f"more than one Update or Remove for leaf {leaf}")
         touched.add(leaf)
-    _check_adds(vc, proposals, removed=touched)
+    check_adds(vc, proposals, removed=touched)
 
 
-def _check_adds(vc: ValidationContext, proposals: Sequence[CommittedProposal], removed: set[int]) -> None:
+def check_adds(vc: ValidationContext, proposals: Sequence[CommittedProposal], removed: set[int]) -> None:
+    """Adds name distinct clients, none already in the group unless removed, with fresh keys (§12.2)."""
     in_group = {leaf.signature_key: i for i, leaf in vc.tree.leaves()}
     enc_keys = {leaf.encryption_key for _, leaf in vc.tree.leaves()}
     seen: set[bytes] = set()

@@ -1,0 +1,612 @@
+"""Load benchmark: application messages through the real gateway server, against the raw HSM sign rate.
+
+    python -m benches.load [--quick] [--groups N] [--clients C] [--duration S] [--max-messages M]
+                           [--raw-seconds S] [--out DIR]
+
+Runs the real server, on loopback only, and stops by itself:
+
+1. ``mls-gateway init`` makes a data folder in a temporary directory: the embedded SoftHSM2 token, the
+   SQLite database and an admin token.
+2. **Raw HSM sign rate** — this process opens that token with python-pkcs11 directly, makes an Ed25519
+   session key (CKM_EC_EDWARDS_KEY_PAIR_GEN) and signs a 248-byte message with CKM_EDDSA on one thread:
+   the mechanism of suite 1's signatures. Measured before the server starts and again after it stopped,
+   so that the two processes never share the token at once; ``raw_sign_ops_per_s`` is the median round.
+3. ``mls-gateway serve`` on a random loopback port. Over HTTP: a tenant, then N groups of two hosted
+   members each (2N identities, cipher suite 1): member A creates the group and commits an Add of B's
+   KeyPackage; B joins from the Welcome.
+4. **Load** — C concurrent clients (asyncio + aiohttp; client i works on group i mod N) repeat: ``POST
+   /messages`` on member A (16-256 random bytes) then ``POST /process`` of that message on member B,
+   checking the plaintext, until the duration or the message budget is used up. One *message* is one
+   such send + process; its latency is the time of both requests. By default there is one client per
+   group, so B gets A's messages in order. With more clients than groups (``--clients``), clients share
+   a group and B may get its messages out of order: MLS allows that within the receiver's window (the
+   library's default keeps 5 skipped generations), and messages overtaken by more are refused (422,
+   counted under ``errors``).
+5. The gateway's own count of signatures (``mlsgw_hsm_operations_total{operation="sign"}`` from
+   ``/metrics``, before and after the load) over the load's duration, divided by the raw sign rate, is
+   ``fraction_of_hsm``: each protected application message costs the gateway one signature.
+
+Writes ``load.json`` (top level: ``messages_per_s``, ``p50_ms``, ``p99_ms``, ``raw_sign_ops_per_s``,
+``fraction_of_hsm``; details below them) and ``load.png`` to ``benches/results`` (or ``--out``), prints a
+summary table, and shows a progress bar while the load runs. ``--quick`` finishes in well under a minute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import platform
+import random
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+MESSAGE = b"FramedContentTBS-sized message " * 8  # 248 bytes, as in benches/hsm.py
+ED25519_OID = bytes.fromhex("06032b6570")  # CKA_EC_PARAMS of Ed25519
+TOKEN_LABEL = "mls-gateway"  # the embedded token's default label
+START_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 15.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    quick: bool
+    groups: int
+    clients: int
+    duration_s: float
+    max_messages: int
+    raw_seconds: float
+    raw_rounds: int
+    out: Path
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    quick = args.quick
+    groups = args.groups or (8 if quick else 24)
+    return Settings(
+        quick=quick, groups=groups, clients=args.clients or groups,
+        duration_s=args.duration or (12.0 if quick else 40.0),
+        max_messages=args.max_messages or (20_000 if quick else 500_000),
+        raw_seconds=args.raw_seconds or (0.5 if quick else 1.0), raw_rounds=3 if quick else 5, out=args.out,
+    )
+
+
+# ---- the server ----------------------------------------------------------------------------------------------
+
+
+def gateway_command() -> list[str]:
+    """The ``mls-gateway`` console script next to this Python, or the CLI module."""
+    script = Path(sys.executable).with_name("mls-gateway")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "gateway.cli"]
+
+
+def server_env() -> dict[str, str]:
+    """This environment without MLSGW_* settings (the benchmark's flags decide) and with quiet logs."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLSGW_") and k != "SOFTHSM2_CONF"}
+    env["MLSGW_LOG_LEVEL"] = "WARNING"  # key use is logged at INFO: one line per signature otherwise
+    return env
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def init_gateway(data_dir: Path) -> str:
+    """``mls-gateway init --json``; returns the admin token."""
+    done = subprocess.run([*gateway_command(), "init", "--data-dir", str(data_dir), "--json"], env=server_env(),
+                          capture_output=True, text=True, timeout=120, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"mls-gateway init failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
+    report = json.loads([line for line in done.stdout.splitlines() if line.startswith("{")][-1])
+    return str(report["admin_token"])
+
+
+class Server:
+    """``mls-gateway serve`` on a loopback port, its output in a log file; stopped with SIGTERM."""
+
+    def __init__(self, data_dir: Path, log_path: Path) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [*gateway_command(), "serve", "--data-dir", str(data_dir), "--listen", f"127.0.0.1:{self.port}"],
+            env=server_env(), stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT)
+
+    def log_tail(self, chars: int = 3000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    async def wait_ready(self, session: Any) -> float:
+        started = time.perf_counter()
+        while time.perf_counter() - started < START_TIMEOUT_S:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mls-gateway serve exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                async with session.get(self.base + "/readyz") as resp:
+                    if resp.status == 200:
+                        return time.perf_counter() - started
+            except OSError:
+                pass
+            await asyncio.sleep(0.1)
+        raise RuntimeError(f"mls-gateway serve not ready after {START_TIMEOUT_S:g} s:\n{self.log_tail()}")
+
+    def stop(self) -> int | None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._log.close()
+        return self.proc.returncode
+
+
+# ---- raw python-pkcs11 sign rate --------------------------------------------------------------------------------
+
+
+class RawSigner:
+    """python-pkcs11 straight on the gateway's token: an Ed25519 session key signing with CKM_EDDSA."""
+
+    def __init__(self, data_dir: Path) -> None:
+        import pkcs11
+
+        from hsm.bootstrap import find_softhsm_module
+
+        os.environ["SOFTHSM2_CONF"] = str(data_dir / "softhsm" / "softhsm2.conf")
+        self._lib = pkcs11.lib(find_softhsm_module())
+        self._pin = (data_dir / "hsm.pin").read_text().strip()
+
+    def measure(self, seconds: float, rounds: int) -> list[float]:
+        """Signatures per second on one thread, ``rounds`` times (a session key: the token is not written)."""
+        from pkcs11 import Attribute, KeyType, Mechanism, MechanismFlag
+
+        token = self._lib.get_token(token_label=TOKEN_LABEL)
+        with token.open(user_pin=self._pin, rw=True) as session:
+            _, key = session.generate_keypair(
+                KeyType.EC_EDWARDS, mechanism=Mechanism.EC_EDWARDS_KEY_PAIR_GEN, store=False,
+                capabilities=MechanismFlag(0),
+                public_template={Attribute.TOKEN: False, Attribute.EC_PARAMS: ED25519_OID, Attribute.VERIFY: True},
+                private_template={Attribute.TOKEN: False, Attribute.PRIVATE: True, Attribute.SENSITIVE: True,
+                                  Attribute.EXTRACTABLE: False, Attribute.SIGN: True})
+            key.sign(MESSAGE, mechanism=Mechanism.EDDSA)  # warm-up
+            rates = []
+            for _ in range(rounds):
+                n, start = 0, time.perf_counter()
+                end = start + seconds
+                while True:
+                    key.sign(MESSAGE, mechanism=Mechanism.EDDSA)
+                    n += 1
+                    if n % 16 == 0 and time.perf_counter() >= end:
+                        break
+                rates.append(n / (time.perf_counter() - start))
+        return rates
+
+
+# ---- HTTP ----------------------------------------------------------------------------------------------------------
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, body: str) -> None:
+        super().__init__(f"{status}: {body[:300]}")
+        self.status = status
+        self.detail = body[:300]
+        try:
+            doc = json.loads(body)
+            self.code = str(doc.get("code", status))
+            self.detail = str(doc.get("detail", self.detail))
+        except (ValueError, AttributeError):
+            self.code = str(status)
+
+
+async def call(session: Any, method: str, url: str, token: str, body: Any = None) -> Any:
+    async with session.request(method, url, json=body, headers={"Authorization": f"Bearer {token}"}) as resp:
+        text = await resp.text()
+        if resp.status >= 300:
+            raise HttpError(resp.status, text)
+        return json.loads(text) if text else None
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One group: member A sends, member B processes."""
+
+    sender: str  # .../identities/A/groups/<gid>
+    receiver: str
+
+
+async def make_pair(session: Any, base: str, token: str, i: int) -> Pair:
+    a = (await call(session, "POST", f"{base}/v1/identities", token, {"name": f"load-a{i}"}))["identity_id"]
+    b = (await call(session, "POST", f"{base}/v1/identities", token, {"name": f"load-b{i}"}))["identity_id"]
+    kp = (await call(session, "POST", f"{base}/v1/identities/{b}/key-packages", token, {}))["key_packages"][0]
+    gid = base64.b64decode((await call(session, "POST", f"{base}/v1/identities/{a}/groups", token, {}))["group_id"])
+    sender = f"{base}/v1/identities/{a}/groups/{b64url(gid)}"
+    commit = await call(session, "POST", sender + "/commits", token, {"add": [kp["key_package"]]})
+    await call(session, "POST", f"{base}/v1/identities/{b}/groups/join", token, {"welcome": commit["welcome"]})
+    return Pair(sender, f"{base}/v1/identities/{b}/groups/{b64url(gid)}")
+
+
+async def sign_count(session: Any, base: str) -> float:
+    """The gateway's successful signatures so far (Prometheus counter)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async with session.get(base + "/metrics") as resp:
+        text = await resp.text()
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if (sample.name == "mlsgw_hsm_operations_total" and sample.labels.get("operation") == "sign"
+                    and sample.labels.get("outcome") == "ok"):
+                total += sample.value
+    return total
+
+
+async def hsm_operations(session: Any, base: str) -> dict[str, float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async with session.get(base + "/metrics") as resp:
+        text = await resp.text()
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "mlsgw_hsm_operations_total":
+                key = f"{sample.labels.get('operation')}/{sample.labels.get('custody')}/{sample.labels.get('outcome')}"
+                out[key] = out.get(key, 0.0) + sample.value
+    return out
+
+
+# ---- the load ------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LoadStats:
+    budget: int
+    started: float = 0.0
+    pair_ms: list[float] = field(default_factory=list)
+    send_ms: list[float] = field(default_factory=list)
+    process_ms: list[float] = field(default_factory=list)
+    done_at: list[float] = field(default_factory=list)  # seconds since the start, per message
+    errors: dict[str, int] = field(default_factory=dict)
+    error_samples: list[str] = field(default_factory=list)  # the first few, as "request: code: detail"
+
+    def claim(self) -> bool:
+        if self.budget <= 0:
+            return False
+        self.budget -= 1
+        return True
+
+    @property
+    def error_count(self) -> int:
+        return sum(self.errors.values())
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0-100), linear between closest ranks; nan when empty."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * q / 100
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+async def client_loop(session: Any, token: str, pair: Pair, stats: LoadStats, deadline: float, rng: random.Random) -> None:
+    loop = asyncio.get_running_loop()
+    while loop.time() < deadline and stats.claim():
+        data = rng.randbytes(rng.randint(16, 256))
+        t0 = time.perf_counter()
+        step = "send"
+        try:
+            sent = await call(session, "POST", pair.sender + "/messages", token, {"data": b64(data)})
+            t1 = time.perf_counter()
+            step = "process"
+            got = await call(session, "POST", pair.receiver + "/process", token, {"message": sent["message"]})
+            t2 = time.perf_counter()
+            if got.get("kind") != "application" or base64.b64decode(got["data"]) != data:
+                raise HttpError(200, f"wrong plaintext back: {json.dumps(got)[:200]}")
+        except HttpError as e:
+            key = f"{step}: {e.code}"
+            stats.errors[key] = stats.errors.get(key, 0) + 1
+            if len(stats.error_samples) < 5:
+                stats.error_samples.append(f"{key}: {e.detail}")
+            if stats.error_count > 50 and stats.error_count > len(stats.pair_ms):
+                raise RuntimeError(f"too many errors during the load: {stats.errors}") from e
+            continue
+        stats.send_ms.append((t1 - t0) * 1000)
+        stats.process_ms.append((t2 - t1) * 1000)
+        stats.pair_ms.append((t2 - t0) * 1000)
+        stats.done_at.append(t2 - stats.started)
+
+
+async def progress(stats: LoadStats, duration: float, stop: asyncio.Event) -> None:
+    """A progress bar on stderr (a line every 2 s when stderr is not a terminal)."""
+    tty = sys.stderr.isatty()
+    last_line = 0.0
+    while not stop.is_set():
+        elapsed = time.perf_counter() - stats.started
+        if tty or elapsed - last_line >= 2.0:
+            last_line = elapsed
+            frac = min(1.0, elapsed / duration)
+            bar = "#" * int(frac * 30) + "-" * (30 - int(frac * 30))
+            recent = stats.pair_ms[-500:]
+            line = (f"load [{bar}] {elapsed:5.1f}/{duration:.0f} s  {len(stats.pair_ms):7d} msgs  "
+                    f"{len(stats.pair_ms) / max(elapsed, 1e-9):7.1f} msg/s  p50 {percentile(recent, 50):6.1f} ms  "
+                    f"errors {stats.error_count}")
+            print(("\r" + line) if tty else line, end="" if tty else "\n", file=sys.stderr, flush=True)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 0.25)
+    if tty:
+        print(file=sys.stderr, flush=True)
+
+
+async def run_server_phase(cfg: Settings, server: Server, admin: str) -> dict[str, Any]:
+    import aiohttp
+
+    timeout = aiohttp.ClientTimeout(total=60)
+    connector = aiohttp.TCPConnector(limit=max(cfg.clients * 2, 16))
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+        ready_s = await server.wait_ready(session)
+        base = server.base
+        t0 = time.perf_counter()
+        token = (await call(session, "POST", f"{base}/v1/tenants", admin, {"name": "load"}))["token"]
+        gate = asyncio.Semaphore(4)
+
+        async def setup(i: int) -> Pair:
+            async with gate:
+                return await make_pair(session, base, token, i)
+
+        pairs = await asyncio.gather(*(setup(i) for i in range(cfg.groups)))
+        setup_s = time.perf_counter() - t0
+        print(f"setup: {cfg.groups} groups of 2 hosted members in {setup_s:.1f} s (server ready in {ready_s:.1f} s)",
+              file=sys.stderr, flush=True)
+
+        ops_before = await hsm_operations(session, base)
+        signs_before = await sign_count(session, base)
+        stats = LoadStats(budget=cfg.max_messages)
+        loop = asyncio.get_running_loop()
+        stats.started = time.perf_counter()
+        deadline = loop.time() + cfg.duration_s
+        stop = asyncio.Event()
+        bar = asyncio.create_task(progress(stats, cfg.duration_s, stop))
+        rng = random.Random(9420)
+        try:
+            await asyncio.gather(*(client_loop(session, token, pairs[i % len(pairs)], stats, deadline,
+                                               random.Random(rng.random())) for i in range(cfg.clients)))
+        finally:
+            elapsed = time.perf_counter() - stats.started
+            stop.set()
+            await bar
+        signs_after = await sign_count(session, base)
+        ops_after = await hsm_operations(session, base)
+    ops = {k: ops_after.get(k, 0.0) - ops_before.get(k, 0.0) for k in sorted(set(ops_after) | set(ops_before))}
+    return {"stats": stats, "elapsed_s": elapsed, "signatures": signs_after - signs_before, "setup_s": setup_s,
+            "ready_s": ready_s, "hsm_operations": {k: int(v) for k, v in ops.items() if v}}
+
+
+# ---- report ---------------------------------------------------------------------------------------------------------
+
+
+def latency_summary(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"p50": None, "p90": None, "p99": None, "max": None, "mean": None}
+    return {"p50": round(percentile(values, 50), 3), "p90": round(percentile(values, 90), 3),
+            "p99": round(percentile(values, 99), 3), "max": round(max(values), 3),
+            "mean": round(statistics.fmean(values), 3)}
+
+
+def build_report(cfg: Settings, phase: dict[str, Any], raw_before: list[float], raw_after: list[float]) -> dict[str, Any]:
+    stats: LoadStats = phase["stats"]
+    elapsed = phase["elapsed_s"]
+    messages = len(stats.pair_ms)
+    raw_rounds = raw_before + raw_after
+    raw = statistics.median(raw_rounds)
+    signatures = phase["signatures"]
+    signatures_per_s = signatures / elapsed if elapsed > 0 else 0.0
+    seconds = max(1, int(elapsed))  # whole seconds only: a last partial second would look like a drop
+    timeline = [0] * seconds
+    for t in stats.done_at:
+        if int(t) < seconds:
+            timeline[int(t)] += 1
+    pair = latency_summary(stats.pair_ms)
+    return {
+        "messages_per_s": round(messages / elapsed, 2) if elapsed > 0 else 0.0,
+        "p50_ms": pair["p50"],
+        "p99_ms": pair["p99"],
+        "raw_sign_ops_per_s": round(raw, 1),
+        "fraction_of_hsm": round(signatures_per_s / raw, 4) if raw > 0 else None,
+        "benchmark": "load",
+        "quick": cfg.quick,
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "what": "one message = POST /messages on member A + POST /process of it on member B (latency: both)",
+        "config": {"groups": cfg.groups, "members_per_group": 2, "identities": 2 * cfg.groups, "clients": cfg.clients,
+                   "duration_s": cfg.duration_s, "max_messages": cfg.max_messages, "cipher_suite": 1,
+                   "message_bytes": [16, 256], "transport": "HTTP/1.1 over loopback (127.0.0.1)"},
+        "messages": messages,
+        "elapsed_s": round(elapsed, 3),
+        "errors": dict(stats.errors),
+        "error_samples": list(stats.error_samples),
+        "latency_ms": {"send_and_process": pair, "send": latency_summary(stats.send_ms),
+                       "process": latency_summary(stats.process_ms)},
+        "gateway_signatures": {"count": int(signatures), "per_s": round(signatures_per_s, 2),
+                               "per_message": round(signatures / messages, 3) if messages else None,
+                               "source": "GET /metrics mlsgw_hsm_operations_total{operation=sign,outcome=ok}"},
+        "hsm_operations_during_load": phase["hsm_operations"],
+        "raw_sign": {"mechanism": "CKM_EDDSA (Ed25519 session key, python-pkcs11, 1 thread)",
+                     "message_bytes": len(MESSAGE), "rounds_before_ops_per_s": [round(r, 1) for r in raw_before],
+                     "rounds_after_ops_per_s": [round(r, 1) for r in raw_after], "median_ops_per_s": round(raw, 1)},
+        "timeline_messages_per_s": timeline,
+        "setup_s": round(phase["setup_s"], 2),
+        "server_ready_s": round(phase["ready_s"], 2),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                    "load_average": [round(x, 2) for x in os.getloadavg()]},
+    }
+
+
+def print_summary(report: dict[str, Any]) -> None:
+    c = report["config"]
+    lat = report["latency_ms"]
+    rows = [
+        ("groups × members / clients", f"{c['groups']} × 2 / {c['clients']}"),
+        ("load duration", f"{report['elapsed_s']:.1f} s"),
+        ("messages sent + processed", f"{report['messages']}  ({report['messages_per_s']:.1f} /s)"),
+        ("latency send+process p50 / p99", f"{_ms(lat['send_and_process']['p50'])} / {_ms(lat['send_and_process']['p99'])}"),
+        ("latency send p50 / p99", f"{_ms(lat['send']['p50'])} / {_ms(lat['send']['p99'])}"),
+        ("latency process p50 / p99", f"{_ms(lat['process']['p50'])} / {_ms(lat['process']['p99'])}"),
+        ("errors", str(sum(report["errors"].values())) + (f"  {report['errors']}" if report["errors"] else "")),
+        ("gateway signatures", f"{report['gateway_signatures']['count']}  ({report['gateway_signatures']['per_s']:.1f} /s)"),
+        ("raw Ed25519 sign (python-pkcs11)", f"{report['raw_sign_ops_per_s']:.1f} /s"),
+        ("fraction of HSM sign rate", f"{report['fraction_of_hsm']}"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    print(f"\nload benchmark{' (quick)' if report['quick'] else ''}")
+    print("-" * (width + 40))
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+    print("-" * (width + 40))
+
+
+def _ms(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f} ms"
+
+
+def chart(report: dict[str, Any], stats: LoadStats, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    fig, (ax_t, ax_l, ax_h) = plt.subplots(1, 3, figsize=(15, 4.8), gridspec_kw={"width_ratios": [3, 3, 2]})
+    timeline = report["timeline_messages_per_s"]
+    ax_t.plot(range(len(timeline) + 1), [*timeline, timeline[-1]], drawstyle="steps-post", color="#1f77b4",
+              label="per second")
+    ax_t.axhline(report["messages_per_s"], color="#d62728", linestyle="--",
+                 label=f"mean {report['messages_per_s']:.1f}/s")
+    ax_t.set_xlabel("time since load start (s)")
+    ax_t.set_ylabel("messages sent + processed / s")
+    ax_t.set_title("Throughput")
+    ax_t.set_ylim(bottom=0)
+    ax_t.legend(fontsize=8)
+
+    for values, label, colour in ((stats.pair_ms, "send + process", "#1f77b4"), (stats.send_ms, "send", "#2ca02c"),
+                                  (stats.process_ms, "process", "#ff7f0e")):
+        if values:
+            ordered = sorted(values)
+            ax_l.plot(ordered, [(i + 1) / len(ordered) for i in range(len(ordered))], label=label, color=colour)
+    for q, style in (("p50_ms", ":"), ("p99_ms", "--")):
+        if report[q] is not None:
+            ax_l.axvline(report[q], color="#444444", linestyle=style, label=f"{q[:3]} {report[q]:.1f} ms")
+    ax_l.set_xscale("log")
+    ax_l.set_xlabel("latency (ms, log)")
+    ax_l.set_ylabel("fraction of messages")
+    ax_l.set_title("Latency (CDF)")
+    ax_l.legend(fontsize=8)
+
+    raw, used = report["raw_sign_ops_per_s"], report["gateway_signatures"]["per_s"]
+    bars = ax_h.bar(["raw python-pkcs11\nEd25519 sign", "gateway signatures\nduring the load"], [raw, used],
+                    color=["#9e9e9e", "#1f77b4"])
+    ax_h.annotate(f"{used:.0f}/s = {report['fraction_of_hsm']:.1%} of raw" if report["fraction_of_hsm"] is not None
+                  else "", (bars[1].get_x() + bars[1].get_width() / 2, bars[1].get_height()), ha="center",
+                  va="bottom", fontsize=9)
+    ax_h.annotate(f"{raw:.0f}/s", (bars[0].get_x() + bars[0].get_width() / 2, bars[0].get_height()), ha="center",
+                  va="bottom", fontsize=9)
+    ax_h.set_yscale("log")
+    ax_h.set_ylim(bottom=max(1.0, min(raw, used or raw) / 10), top=max(raw, used) * 2.5)
+    ax_h.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax_h.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax_h.set_ylabel("signatures / s (log)")
+    ax_h.set_title("HSM sign capacity used")
+
+    c = report["config"]
+    fig.suptitle(f"mls-gateway load: {c['groups']} groups × 2 hosted members, {c['clients']} clients, "
+                 f"{report['elapsed_s']:.0f} s, suite 1, SoftHSM2 ({report['machine']['cpus']} CPUs)"
+                 f"{' — quick' if report['quick'] else ''}")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ---- main ------------------------------------------------------------------------------------------------------------
+
+
+def run(cfg: Settings) -> dict[str, Any]:
+    tmp = Path(tempfile.mkdtemp(prefix="mlsgw-bench-load-"))
+    try:
+        data_dir = tmp / "data"
+        t0 = time.perf_counter()
+        admin = init_gateway(data_dir)
+        print(f"init: data folder and SoftHSM2 token in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+        raw = RawSigner(data_dir)
+        raw_before = raw.measure(cfg.raw_seconds, cfg.raw_rounds)
+        print(f"raw Ed25519 sign: {', '.join(f'{r:.0f}' for r in raw_before)} /s", file=sys.stderr, flush=True)
+        server = Server(data_dir, tmp / "server.log")
+        try:
+            phase = asyncio.run(run_server_phase(cfg, server, admin))
+        finally:
+            code = server.stop()
+        if code not in (0, -signal.SIGTERM):
+            print(f"warning: the server exited with {code}:\n{server.log_tail()}", file=sys.stderr)
+        raw_after = raw.measure(cfg.raw_seconds, cfg.raw_rounds)
+        print(f"raw Ed25519 sign after: {', '.join(f'{r:.0f}' for r in raw_after)} /s", file=sys.stderr, flush=True)
+        report = build_report(cfg, phase, raw_before, raw_after)
+        cfg.out.mkdir(parents=True, exist_ok=True)
+        (cfg.out / "load.json").write_text(json.dumps(report, indent=2) + "\n")
+        chart(report, phase["stats"], cfg.out / "load.png")
+        return report
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(prog="python -m benches.load", description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="8 groups, 8 clients, 12 s of load (< 60 s in all)")
+    parser.add_argument("--groups", type=int, help="groups of 2 hosted members (default 8 quick, 24 full)")
+    parser.add_argument("--clients", type=int, help="concurrent clients (default one per group)")
+    parser.add_argument("--duration", type=float, help="seconds of load (default 12 quick, 40 full)")
+    parser.add_argument("--max-messages", type=int, help="stop after this many messages (default 20k / 500k)")
+    parser.add_argument("--raw-seconds", type=float, help="seconds per raw-sign round (default 0.5 / 1.0)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="directory for load.json and load.png")
+    args = parser.parse_args(argv)
+    for name in ("groups", "clients", "max_messages"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    for name in ("duration", "raw_seconds"):
+        if getattr(args, name) is not None and not 0 < getattr(args, name) <= 3600:
+            parser.error(f"--{name.replace('_', '-')} must be in (0, 3600] seconds")
+    cfg = settings_from(args)
+    started = time.perf_counter()
+    report = run(cfg)
+    print_summary(report)
+    print(f"wrote {cfg.out / 'load.json'} and {cfg.out / 'load.png'} in {time.perf_counter() - started:.1f} s")
+    return report
+
+
+if __name__ == "__main__":
+    main()

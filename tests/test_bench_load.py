@@ -1,0 +1,87 @@
+"""The load benchmark runs end to end at a tiny size (real server, real token) and writes its JSON and PNG."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("matplotlib")
+
+from benches import load
+
+ROOT = Path(__file__).resolve().parents[1]
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+TOP_LEVEL = ("messages_per_s", "p50_ms", "p99_ms", "raw_sign_ops_per_s", "fraction_of_hsm")
+
+
+@pytest.mark.timeout(120)  # a hard bound even on a loaded machine; the run itself takes ~10 s
+def test_load_tiny_run(tmp_path: Path) -> None:
+    argv = [sys.executable, "-m", "benches.load", "--groups", "2", "--duration", "3", "--raw-seconds", "0.2",
+            "--out", str(tmp_path)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLSGW_")}
+    started = time.perf_counter()
+    # A session of its own, so that a timeout can stop the benchmark *and* the server it started.
+    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"the tiny load run took over 60 s:\n{out[-2000:]}\n{err[-2000:]}")
+    wall = time.perf_counter() - started
+    assert proc.returncode == 0, f"{out[-2000:]}\n{err[-3000:]}"
+    assert wall < 60
+
+    data = json.loads((tmp_path / "load.json").read_text())
+    assert list(data)[: len(TOP_LEVEL)] == list(TOP_LEVEL)
+    for key in TOP_LEVEL:
+        assert isinstance(data[key], int | float) and math.isfinite(data[key]) and data[key] > 0, (key, data[key])
+    assert data["messages"] > 0 and data["errors"] == {}, data["errors"]
+    assert data["messages_per_s"] == pytest.approx(data["messages"] / data["elapsed_s"], rel=0.01)
+    assert data["p50_ms"] <= data["p99_ms"]
+    lat = data["latency_ms"]
+    assert lat["send"]["p50"] < lat["send_and_process"]["p50"] and lat["process"]["p50"] < lat["send_and_process"]["p50"]
+    # One signature per protected application message, counted by the gateway itself.
+    signatures = data["gateway_signatures"]
+    assert signatures["count"] == data["messages"], signatures
+    assert data["fraction_of_hsm"] == pytest.approx(signatures["per_s"] / data["raw_sign_ops_per_s"], rel=0.01)
+    assert 0 < data["fraction_of_hsm"] < 1
+    raw = data["raw_sign"]
+    assert len(raw["rounds_before_ops_per_s"]) == len(raw["rounds_after_ops_per_s"]) >= 1
+    assert min(raw["rounds_before_ops_per_s"] + raw["rounds_after_ops_per_s"]) > 0
+    assert data["config"]["groups"] == 2 and data["config"]["clients"] == 2
+    assert data["config"]["identities"] == 4
+
+    png = (tmp_path / "load.png").read_bytes()
+    assert png.startswith(PNG_SIGNATURE) and png.endswith(b"IEND\xaeB`\x82")
+    length, kind = struct.unpack(">I4s", png[8:16])
+    assert kind == b"IHDR" and length == 13
+    width, height = struct.unpack(">II", png[16:24])
+    assert width >= 1000 and height >= 400
+
+    assert "messages sent + processed" in out and "fraction of HSM" in out
+    assert "load [" in err  # the progress bar
+
+
+def test_percentile() -> None:
+    assert math.isnan(load.percentile([], 50))
+    assert load.percentile([5.0], 99) == 5.0
+    assert load.percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5
+    assert load.percentile(list(map(float, range(101))), 99) == 99.0
+
+
+def test_arguments_are_checked() -> None:
+    with pytest.raises(SystemExit):
+        load.main(["--groups", "0"])
+    with pytest.raises(SystemExit):
+        load.main(["--duration", "-1"])
