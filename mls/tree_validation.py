@@ -12,7 +12,7 @@ from . import tree_math as tm
 from .errors import ValidationError
 from .extensions import RequiredCapabilities
 from .leaf_node import LeafNode, LeafNodeSource
-from .leaf_validation import LeafPolicy, check_credential_compatibility, validate_leaf_node
+from .leaf_validation import LeafPolicy, validate_leaf_node
 from .nodes import ParentNode
 from .ratchet_tree import RatchetTree
 
@@ -94,9 +94,20 @@ def verify_leaves(
         validate_leaf_node(
             tree.cs, leaf, source=None, group_id=group_id, leaf_index=index, policy=policy, required=required
         )
-    all_leaves = [leaf for _, leaf in leaves]
-    for leaf in all_leaves:
-        check_credential_compatibility(leaf, all_leaves)
+    check_credential_types_supported([leaf for _, leaf in leaves])
+
+
+def check_credential_types_supported(leaves: list[LeafNode]) -> None:
+    """Every credential type in use is supported by every member (§7.3), in one pass: the types in use
+    must all be in the intersection of the members' supported types."""
+    if not leaves:
+        return
+    in_use = {leaf.credential.credential_type for leaf in leaves}
+    supported = set(leaves[0].capabilities.credentials)
+    for leaf in leaves[1:]:
+        supported &= set(leaf.capabilities.credentials)
+    if not in_use <= supported:
+        raise ValidationError("7.3", "a credential type in use is not supported by every member")
 
 
 def validate_tree(
