@@ -63,6 +63,7 @@ class _Pool:
     """Worker sessions lent to one operation at a time."""
 
     def __init__(self, sessions: list[Session]) -> None:
+        self.size = len(sessions)
         self._free = list(sessions)
         self._cond = threading.Condition(threading.Lock())
         self._closed = False
@@ -81,6 +82,12 @@ class _Pool:
             if self._closed:
                 raise _Lost
             return self._free.pop()
+
+    @property
+    def in_use(self) -> int:
+        """Sessions lent out right now."""
+        with self._cond:
+            return 0 if self._closed else self.size - len(self._free)
 
     def give(self, session: Session) -> None:
         with self._cond:
@@ -159,8 +166,11 @@ class Token:
     def status(self) -> dict[str, Any]:
         """A JSON-ready health summary (no secrets)."""
         retry_in = max(0.0, self._retry_at - time.monotonic()) if self._state == "down" else 0.0
+        conn = self._conn
         return {
             "token": self.config.token_label,
+            "sessions_in_use": conn.pool.in_use if conn is not None else 0,
+            "pool_size": conn.pool.size if conn is not None else 0,
             "state": self._state,
             "connections": self._connections,
             "retry_in_s": round(retry_in, 3),

@@ -116,3 +116,26 @@ def test_library_reinitialised_under_load_loses_no_operation(token: Token) -> No
         thread.join(timeout=60)
     assert tally.errors == []
     assert token.status()["connections"] > connections  # one reconnect may cover two re-initialisations
+
+
+def test_status_reports_sessions_in_use(token) -> None:  # type: ignore[no-untyped-def]
+    """The gateway's hsm_sessions_in_use gauge reads this: a lent session counts until it is given back."""
+    import threading
+
+    status = token.status()
+    assert status["sessions_in_use"] == 0 and status["pool_size"] >= 1
+    inside, release = threading.Event(), threading.Event()
+
+    def hold(session: object) -> None:
+        inside.set()
+        release.wait(10)
+
+    worker = threading.Thread(target=lambda: token.run(hold, op="test hold"))
+    worker.start()
+    assert inside.wait(10)
+    try:
+        assert token.status()["sessions_in_use"] == 1
+    finally:
+        release.set()
+        worker.join(10)
+    assert token.status()["sessions_in_use"] == 0
