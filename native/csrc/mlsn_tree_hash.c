@@ -3,13 +3,60 @@
  *
  * Tree math is that of Appendix C for a perfect tree of 2^d leaves: the level-k parents are the nodes
  * x = j * 2^(k+1) + 2^k - 1, with children x -/+ 2^(k-1). A whole tree is hashed level by level
- * (leaves, then each parent level), this thread's EVP_MD_CTX re-used for every node.
+ * (leaves, then each parent level).
+ *
+ * Node inputs are tiny (tens to hundreds of bytes) and a tree has tens of thousands of them, so the
+ * per-digest set-up cost decides the speed. OpenSSL 3.0's EVP_DigestInit frees and re-creates the
+ * provider context on every init; its SHA-2 functions (SHA256_Init & co., deprecated in favour of EVP
+ * but still libcrypto's own implementation) start a digest in a plain struct. This file uses them.
  */
+#define OPENSSL_SUPPRESS_DEPRECATED
 #include <stdlib.h>
 #include <string.h>
 
+#include <openssl/sha.h>
+
 #include "mlsn_internal.h"
 #include "mlsn_tree_hash.h"
+
+/* One SHA-2 digest in progress (SHA-384 runs on the SHA-512 state). */
+struct sha2 {
+    int alg;
+    union {
+        SHA256_CTX s256;
+        SHA512_CTX s512;
+    } u;
+};
+
+static int sha2_init(struct sha2 *d)
+{
+    switch (d->alg) {
+    case MLSN_HASH_SHA256:
+        return SHA256_Init(&d->u.s256);
+    case MLSN_HASH_SHA384:
+        return SHA384_Init(&d->u.s512);
+    case MLSN_HASH_SHA512:
+        return SHA512_Init(&d->u.s512);
+    default:
+        return 0;
+    }
+}
+
+static int sha2_update(struct sha2 *d, const void *data, size_t len)
+{
+    if (len == 0)
+        return 1;
+    if (d->alg == MLSN_HASH_SHA256)
+        return SHA256_Update(&d->u.s256, data, len);
+    return d->alg == MLSN_HASH_SHA384 ? SHA384_Update(&d->u.s512, data, len) : SHA512_Update(&d->u.s512, data, len);
+}
+
+static int sha2_final(struct sha2 *d, uint8_t *out)
+{
+    if (d->alg == MLSN_HASH_SHA256)
+        return SHA256_Final(out, &d->u.s256);
+    return d->alg == MLSN_HASH_SHA384 ? SHA384_Final(out, &d->u.s512) : SHA512_Final(out, &d->u.s512);
+}
 
 enum { NODE_LEAF = 1, NODE_PARENT = 2 };
 #define MAX_DEPTH 32 /* leaf indices are uint32 */
@@ -30,29 +77,25 @@ size_t mlsn_tree_full_width(size_t n_nodes)
 }
 
 /* Hash of a leaf: node_type 1, uint32 leaf_index, optional<LeafNode>. data == NULL means blank. */
-static int hash_leaf(EVP_MD_CTX *ctx, const EVP_MD *md, size_t nh, uint32_t leaf_index, const uint8_t *data,
-                     size_t len, uint8_t *out)
+static int hash_leaf(struct sha2 *d, uint32_t leaf_index, const uint8_t *data, size_t len, uint8_t *out)
 {
     uint8_t head[6];
-    unsigned int got = 0;
 
     head[0] = NODE_LEAF;
     mlsn_put_u32(head + 1, leaf_index);
     head[5] = data != NULL ? 1 : 0;
-    if (EVP_DigestInit_ex2(ctx, md, NULL) != 1 || EVP_DigestUpdate(ctx, head, sizeof(head)) != 1
-        || (data != NULL && len > 0 && EVP_DigestUpdate(ctx, data, len) != 1)
-        || EVP_DigestFinal_ex(ctx, out, &got) != 1 || got != nh)
+    if (sha2_init(d) != 1 || sha2_update(d, head, sizeof(head)) != 1
+        || (data != NULL && sha2_update(d, data, len) != 1) || sha2_final(d, out) != 1)
         return mlsn_ossl_error();
     return MLSN_OK;
 }
 
 /* Hash of a parent: node_type 2, optional<ParentNode>, left_hash<V>, right_hash<V>. */
-static int hash_parent(EVP_MD_CTX *ctx, const EVP_MD *md, size_t nh, const uint8_t *data, size_t len,
-                       const uint8_t *left, const uint8_t *right, uint8_t *out)
+static int hash_parent(struct sha2 *d, size_t nh, const uint8_t *data, size_t len, const uint8_t *left,
+                       const uint8_t *right, uint8_t *out)
 {
     uint8_t head[2], tail[2 * (4 + MLSN_MAX_HASH_LEN)];
     size_t pos = 0;
-    unsigned int got = 0;
 
     head[0] = NODE_PARENT;
     head[1] = data != NULL ? 1 : 0;
@@ -62,9 +105,9 @@ static int hash_parent(EVP_MD_CTX *ctx, const EVP_MD *md, size_t nh, const uint8
     pos += mlsn_put_varint(tail + pos, nh);
     memcpy(tail + pos, right, nh);
     pos += nh;
-    if (EVP_DigestInit_ex2(ctx, md, NULL) != 1 || EVP_DigestUpdate(ctx, head, sizeof(head)) != 1
-        || (data != NULL && len > 0 && EVP_DigestUpdate(ctx, data, len) != 1)
-        || EVP_DigestUpdate(ctx, tail, pos) != 1 || EVP_DigestFinal_ex(ctx, out, &got) != 1 || got != nh)
+    if (sha2_init(d) != 1 || sha2_update(d, head, sizeof(head)) != 1
+        || (data != NULL && sha2_update(d, data, len) != 1) || sha2_update(d, tail, pos) != 1
+        || sha2_final(d, out) != 1)
         return mlsn_ossl_error();
     return MLSN_OK;
 }
@@ -114,7 +157,7 @@ int mlsn_tree_hashes(int hash_alg, size_t n_nodes, const uint8_t *present, const
                      size_t data_len, const size_t *lens, size_t n_present, uint8_t *out, size_t out_len)
 {
     size_t nh = mlsn_hash_len(hash_alg), width = mlsn_tree_full_width(n_nodes), need, len;
-    const EVP_MD *md = NULL;
+    struct sha2 d = {.alg = hash_alg};
     struct span *spans;
     int rc;
 
@@ -126,24 +169,21 @@ int mlsn_tree_hashes(int hash_alg, size_t n_nodes, const uint8_t *present, const
     if (n_nodes > SIZE_MAX / sizeof(struct span) || (spans = malloc(n_nodes * sizeof(struct span))) == NULL)
         return MLSN_ERR_NOMEM;
     rc = index_nodes(n_nodes, present, lens, n_present, data_len, spans);
-    EVP_MD_CTX *ctx = rc == MLSN_OK ? mlsn_borrow_md(hash_alg, &md, &rc) : NULL;
 
     size_t n_leaves = (width + 1) / 2;
     for (size_t i = 0; i < n_leaves && rc == MLSN_OK; i++) {
         const uint8_t *value = node_value(spans, n_nodes, data, 2 * i, &len);
-        rc = hash_leaf(ctx, md, nh, (uint32_t)i, value, len, out + 2 * i * nh);
+        rc = hash_leaf(&d, (uint32_t)i, value, len, out + 2 * i * nh);
     }
     /* Level k >= 1: x = j * 2^(k+1) + 2^k - 1 for j < n_leaves / 2^k; children x -/+ 2^(k-1). */
     for (size_t half = 1; 2 * half <= n_leaves && rc == MLSN_OK; half *= 2) {
         size_t step = 4 * half;
         for (size_t x = 2 * half - 1; x < width && rc == MLSN_OK; x += step) {
             const uint8_t *value = node_value(spans, n_nodes, data, x, &len);
-            rc = hash_parent(ctx, md, nh, value, len, out + (x - half) * nh, out + (x + half) * nh,
-                             out + x * nh);
+            rc = hash_parent(&d, nh, value, len, out + (x - half) * nh, out + (x + half) * nh, out + x * nh);
         }
     }
     free(spans);
-    mlsn_release_md(ctx);
     return rc;
 }
 
@@ -153,7 +193,7 @@ int mlsn_tree_hash_path(int hash_alg, uint32_t leaf_index, size_t depth, const u
 {
     size_t nh = mlsn_hash_len(hash_alg), len;
     struct span spans[MAX_DEPTH + 1];
-    const EVP_MD *md = NULL;
+    struct sha2 d = {.alg = hash_alg};
     int rc;
 
     if (nh == 0)
@@ -167,20 +207,16 @@ int mlsn_tree_hash_path(int hash_alg, uint32_t leaf_index, size_t depth, const u
     rc = index_nodes(depth + 1, present, lens, n_present, data_len, spans);
     if (rc != MLSN_OK)
         return rc;
-    EVP_MD_CTX *ctx = mlsn_borrow_md(hash_alg, &md, &rc);
-    if (ctx == NULL)
-        return rc;
 
     const uint8_t *value = node_value(spans, depth + 1, data, 0, &len);
-    rc = hash_leaf(ctx, md, nh, leaf_index, value, len, out);
+    rc = hash_leaf(&d, leaf_index, value, len, out);
     for (size_t k = 1; k <= depth && rc == MLSN_OK; k++) {
         /* The path's level-(k-1) node is the left child when bit k-1 of the leaf index is 0. */
         const uint8_t *below = out + (k - 1) * nh, *sibling = copath + (k - 1) * nh;
         int path_is_left = ((leaf_index >> (k - 1)) & 1u) == 0;
         const uint8_t *left = path_is_left ? below : sibling, *right = path_is_left ? sibling : below;
         value = node_value(spans, depth + 1, data, k, &len);
-        rc = hash_parent(ctx, md, nh, value, len, left, right, out + k * nh);
+        rc = hash_parent(&d, nh, value, len, left, right, out + k * nh);
     }
-    mlsn_release_md(ctx);
     return rc;
 }
