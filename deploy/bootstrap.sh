@@ -18,7 +18,7 @@ as_root() {
 # ---- 1. Debian packages -------------------------------------------------------------------------------
 need=()
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
-for pkg in softhsm2 opensc libssl-dev gcc libc6-dev pkg-config ca-certificates; do
+for pkg in softhsm2 opensc libssl-dev gcc libc6-dev pkg-config ca-certificates curl jq; do
   have_pkg "$pkg" || need+=("$pkg")
 done
 PYTHON=${PYTHON:-python3}
