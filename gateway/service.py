@@ -40,9 +40,9 @@ from mls.group import (
     ProposalMessage,
     StagedCommit,
     default_lifetime,
-    tree_from_group_info,
 )
 from mls.group_state import GroupState
+from mls.join import tree_from_group_info
 from mls.key_package import KeyPackage, create_key_package
 from mls.messages import GroupInfo, Welcome
 from mls.proposals import Add as AddProposal

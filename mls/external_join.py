@@ -27,8 +27,9 @@ from .framing import (
     SenderType,
     WireFormat,
 )
-from .group import Group, GroupConfig, MemoryPskStore, PskStore, tree_from_group_info
+from .group import Group, GroupConfig
 from .group_state import GroupState
+from .join import tree_from_group_info
 from .key_schedule import KeySchedule, external_init_send
 from .leaf_node import LeafNode, LeafNodeSource, default_capabilities, sign_leaf_node
 from .leaf_validation import check_required_capabilities
@@ -42,7 +43,7 @@ from .proposal_list import (
     validate_proposal_list,
 )
 from .proposals import ExternalInit, PreSharedKey, PreSharedKeyID, Proposal, ProposalOrRef, Remove
-from .psk import psk_secret
+from .psk import MemoryPskStore, PskStore, psk_secret
 from .ratchet_tree import RatchetTree
 from .transcript import TranscriptHashes, interim_transcript_hash
 from .tree_validation import validate_tree

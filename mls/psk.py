@@ -17,9 +17,11 @@ Identifiers may be given as encoded bytes or as any struct with ``to_bytes()`` (
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from .crypto.cipher_suite import CipherSuite
+from .proposals import PreSharedKeyID, PSKType
 
 
 class Encodable(Protocol):
@@ -55,4 +57,25 @@ def psk_secret(cs: CipherSuite, psks: Sequence[tuple[PskId, bytes]]) -> bytes:
     return secret
 
 
-__all__ = ["Encodable", "PskId", "psk_input", "psk_label", "psk_secret"]
+class PskStore(Protocol):
+    """Where PSK values are found (§8.4): external PSKs by id, resumption PSKs of other groups."""
+
+    def get(self, psk_id: PreSharedKeyID) -> bytes | None: ...
+
+
+@dataclass
+class MemoryPskStore:
+    """PSKs in memory: external ones by ``psk_id``, resumption ones by ``(group_id, epoch)``."""
+
+    external: dict[bytes, bytes] = field(default_factory=dict, repr=False)
+    resumption: dict[tuple[bytes, int], bytes] = field(default_factory=dict, repr=False)
+
+    def get(self, psk_id: PreSharedKeyID) -> bytes | None:
+        if psk_id.psktype == PSKType.external:
+            assert psk_id.psk_id is not None
+            return self.external.get(psk_id.psk_id)
+        assert psk_id.psk_group_id is not None and psk_id.psk_epoch is not None
+        return self.resumption.get((psk_id.psk_group_id, psk_id.psk_epoch))
+
+
+__all__ = ["Encodable", "MemoryPskStore", "PskId", "PskStore", "psk_input", "psk_label", "psk_secret"]

@@ -44,8 +44,8 @@ from mls.group import (
     Group,
     MemoryPskStore,
     StagedCommit,
-    tree_from_group_info,
 )
+from mls.join import tree_from_group_info
 from mls.key_schedule import KeySchedule, external_init_send
 from mls.leaf_node import LeafNode, LeafNodeSource, sign_leaf_node
 from mls.leaf_validation import LeafPolicy
