@@ -26,6 +26,7 @@ from .crypto.keys import HpkePrivateKey, KeyStore, Signer
 from .errors import MLSError, StateError, ValidationError
 from .extensions import (
     Extension,
+    ExtensionType,
     ExternalPub,
     RequiredCapabilities,
     check_group_context_extensions,
@@ -59,7 +60,6 @@ from .message_protection import (
     verify_membership_tag,
 )
 from .messages import Commit, GroupContext, GroupInfo, GroupSecrets, PathSecret, Welcome
-from .nodes import RatchetTreeExtension
 from .proposal_list import (
     AppliedProposals,
     CommittedProposal,
@@ -566,7 +566,7 @@ class Group:
         """A signed GroupInfo for ``state`` with ``external_pub`` (§12.4.3)."""
         extensions: list[Extension] = [ExternalPub(state.secrets.external_pub).to_extension()]
         if with_tree:
-            extensions.append(RatchetTreeExtension(tuple(state.tree.to_wire()[: _last_nonblank(state.tree) + 1])).to_extension())
+            extensions.append(Extension(ExtensionType.ratchet_tree, state.tree.encode()))
         unsigned = GroupInfo(state.context, tuple(extensions), state.confirmation_tag, state.own_leaf, b"")
         return sign_group_info(self.cs, self.signer(), unsigned)
 
@@ -938,10 +938,6 @@ def _selection_priority(cached: list[CachedProposal], i: int) -> tuple[int, int]
     if isinstance(body, Update):
         return (1, -i)
     return (2, i)
-
-
-def _last_nonblank(tree: RatchetTree) -> int:
-    return max(x for x in range(tree.width) if tree.node(x) is not None)
 
 
 def _leftmost_blank(tree: RatchetTree) -> int:

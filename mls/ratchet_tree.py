@@ -20,7 +20,7 @@ from .crypto.backend import batch_ops
 from .crypto.cipher_suite import CipherSuite
 from .errors import ValidationError
 from .leaf_node import LeafNode
-from .nodes import Node, NodeType, ParentNode, encode_ratchet_tree
+from .nodes import Node, NodeType, ParentNode
 
 TreeNode = LeafNode | ParentNode | None
 
@@ -84,8 +84,16 @@ class RatchetTree:
         return out
 
     def encode(self) -> bytes:
-        """``optional<Node> ratchet_tree<V>`` (§12.4.3.3)."""
-        return encode_ratchet_tree(self.to_wire())
+        """``optional<Node> ratchet_tree<V>`` (§12.4.3.3), trailing blank nodes dropped, built from the
+        per-node encoding cache (the same bytes as encoding :meth:`to_wire`)."""
+        last = max((x for x in range(self.width) if self._nodes[x] is not None), default=-1)
+        if last < 0:
+            raise ValueError("an empty tree has no ratchet_tree encoding")
+        parts = []
+        for x in range(last + 1):
+            enc = self._encoding(x)
+            parts.append(b"\x00" if enc is None else (b"\x01\x01" if x % 2 == 0 else b"\x01\x02") + enc)
+        return opaque_bytes(b"".join(parts))
 
     def copy(self) -> RatchetTree:
         other = RatchetTree.__new__(RatchetTree)
