@@ -149,27 +149,23 @@ class NativeBackend:
         return ffi.buffer(out)[:]  # type: ignore[no-any-return]
 
     def hmac(self, alg: str, key: bytes, data: bytes) -> bytes:
-        hid, nh = _hash_id(alg)
-        out = _alloc("uint8_t[]", nh)
-        try:
-            rc = _c_hmac(hid, key, len(key), data, len(data), out, nh)
-        except TypeError:
-            key, data = _bytes(key), _bytes(data)
-            rc = _c_hmac(hid, key, len(key), data, len(data), out, nh)
-        if rc:
-            _raise_for(rc, "5.1", "HMAC")
-        return _take_secret(out, nh)
+        return self._two_input(_c_hmac, alg, key, data, "HMAC")
 
     def hkdf_extract(self, alg: str, salt: bytes, ikm: bytes) -> bytes:
+        return self._two_input(_c_extract, alg, salt, ikm, "HKDF-Extract")
+
+    @staticmethod
+    def _two_input(fn: Any, alg: str, a: bytes, b: bytes, what: str) -> bytes:
+        """HMAC(key, data) and HKDF-Extract(salt, ikm): two inputs, one Nh-byte secret out."""
         hid, nh = _hash_id(alg)
         out = _alloc("uint8_t[]", nh)
         try:
-            rc = _c_extract(hid, salt, len(salt), ikm, len(ikm), out, nh)
+            rc = fn(hid, a, len(a), b, len(b), out, nh)
         except TypeError:
-            salt, ikm = _bytes(salt), _bytes(ikm)
-            rc = _c_extract(hid, salt, len(salt), ikm, len(ikm), out, nh)
+            a, b = _bytes(a), _bytes(b)
+            rc = fn(hid, a, len(a), b, len(b), out, nh)
         if rc:
-            _raise_for(rc, "5.1", "HKDF-Extract")
+            _raise_for(rc, "5.1", what)
         return _take_secret(out, nh)
 
     def hkdf_expand(self, alg: str, prk: bytes, info: bytes, length: int) -> bytes:
