@@ -45,7 +45,7 @@ if [ ! -x .venv/bin/python ]; then
   log "creating .venv"
   "$PYTHON" -m venv .venv
 fi
-stamp_inputs=$(shopt -s nullglob; for f in pyproject.toml setup.py native/*.c native/*.h native/build.py; do
+stamp_inputs=$(shopt -s nullglob; for f in pyproject.toml setup.py native/csrc/*.c native/csrc/*.h native/build.py; do
   if [ -f "$f" ]; then sha256sum "$f"; fi; done | sha256sum | cut -c1-16)
 stamp=".venv/.installed-$stamp_inputs"
 if [ ! -f "$stamp" ]; then
