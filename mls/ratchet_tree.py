@@ -5,6 +5,9 @@ holding :class:`~mls.leaf_node.LeafNode` at even indices, :class:`~mls.nodes.Par
 ``None`` for blank nodes. It is cheap to :meth:`~RatchetTree.copy` (staged commits work on a copy and
 the caller keeps or drops it) and caches every subtree hash (§7.8): a change invalidates only the hashes
 on the changed node's direct path, so creating or processing a commit re-hashes only the changed paths.
+When a crypto backend hashes whole trees (:class:`~mls.crypto.backend.BatchOps`), a tree with most
+hashes missing is hashed in one call from the cached per-node encodings, and the hashes stay in the
+one buffer it returns until :meth:`RatchetTree.node_hash` asks for them.
 
 Validation of a tree received from outside (§7.9.2, §12.4.3.1) lives in :mod:`mls.tree_validation`;
 private keys (TreeKEM, §7.4–§7.6) in :mod:`mls.treekem`.
@@ -13,16 +16,28 @@ private keys (TreeKEM, §7.4–§7.6) in :mod:`mls.treekem`.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
+from enum import Enum
+from typing import Final, cast
 
 from . import tree_math as tm
 from .codec import Writer, opaque_bytes
-from .crypto.backend import batch_ops
+from .crypto.backend import HashBuffer, batch_ops
 from .crypto.cipher_suite import CipherSuite
 from .errors import ValidationError
 from .leaf_node import LeafNode
 from .nodes import Node, NodeType, ParentNode
 
 TreeNode = LeafNode | ParentNode | None
+
+
+class _Cached(Enum):
+    """Hash-cache markers (a one-member enum, so that type checkers can narrow on it)."""
+
+    IN_BULK = 0
+
+
+#: A node's hash-cache entry when its hash lies in the tree's bulk buffer (not cut out yet).
+_IN_BULK: Final = _Cached.IN_BULK
 
 
 def _full_leaf_count(n_nodes: int) -> int:
@@ -33,18 +48,45 @@ def _full_leaf_count(n_nodes: int) -> int:
     return leaves
 
 
-class RatchetTree:
-    """A full left-balanced binary tree of optional nodes, with cached subtree hashes (§7.8)."""
+def _blank_suffix(encs: list[bytes], limit: int) -> int:
+    """How many entries at the end of ``encs`` are ``b""`` (blank nodes), counting up to ``limit``.
 
-    __slots__ = ("_enc", "_hashes", "_nodes", "cs")
+    A galloping search: the cost follows the blank run, not the whole list.
+    """
+    end = len(encs)
+    lo, hi = 0, 1  # the last lo entries are blank
+    while hi <= limit and encs[end - hi : end - lo].count(b"") == hi - lo:
+        lo, hi = hi, 2 * hi
+    hi = min(hi, limit + 1)  # the last hi entries are not all blank, or hi is past the limit
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if encs[end - mid : end - lo].count(b"") == mid - lo:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+class RatchetTree:
+    """A full left-balanced binary tree of optional nodes, with cached subtree hashes (§7.8).
+
+    Per node x: ``_enc[x]`` is the encoded node (``b""`` when blank, None until encoded); ``_hashes[x]``
+    its subtree hash, None until computed, or ``_IN_BULK`` when it is at ``x * Nh`` in ``_bulk``.
+    ``_enc_complete`` is ``_enc`` itself while no entry of it is None (set by :meth:`_encodings`), else
+    None: a replaced list is never taken for complete.
+    """
+
+    __slots__ = ("_bulk", "_enc", "_enc_complete", "_hashes", "_nodes", "cs")
 
     def __init__(self, cs: CipherSuite, nodes: Sequence[TreeNode]) -> None:
         n_leaves = _full_leaf_count(len(nodes))
         width = 2 * n_leaves - 1
         self.cs = cs
         self._nodes: list[TreeNode] = list(nodes) + [None] * (width - len(nodes))
-        self._hashes: list[bytes | None] = [None] * width
+        self._hashes: list[bytes | _Cached | None] = [None] * width
         self._enc: list[bytes | None] = [None] * width
+        self._enc_complete: list[bytes | None] | None = None
+        self._bulk: HashBuffer = b""
         for x, node in enumerate(self._nodes):
             want = LeafNode if x % 2 == 0 else ParentNode
             if node is not None and not isinstance(node, want):
@@ -92,7 +134,7 @@ class RatchetTree:
         parts = []
         for x in range(last + 1):
             enc = self._encoding(x)
-            parts.append(b"\x00" if enc is None else (b"\x01\x01" if x % 2 == 0 else b"\x01\x02") + enc)
+            parts.append(b"\x00" if not enc else (b"\x01\x01" if x % 2 == 0 else b"\x01\x02") + enc)
         return opaque_bytes(b"".join(parts))
 
     def copy(self) -> RatchetTree:
@@ -101,6 +143,8 @@ class RatchetTree:
         other._nodes = list(self._nodes)
         other._hashes = list(self._hashes)
         other._enc = list(self._enc)
+        other._enc_complete = other._enc if self._enc_complete is self._enc else None
+        other._bulk = self._bulk
         return other
 
     # ---- access --------------------------------------------------------------------------------
@@ -145,7 +189,11 @@ class RatchetTree:
     # ---- mutation (§7.7, §12.1) -----------------------------------------------------------------
     def _set(self, x: int, node: TreeNode) -> None:
         self._nodes[x] = node
-        self._enc[x] = None
+        if node is None:
+            self._enc[x] = b""
+        else:
+            self._enc[x] = None
+            self._enc_complete = None
         self._invalidate(x)
 
     def _invalidate(self, x: int) -> None:
@@ -177,8 +225,9 @@ class RatchetTree:
         width = len(self._nodes)
         self._nodes.extend([None] * (width + 1))
         self._hashes.extend([None] * (width + 1))
-        self._enc.extend([None] * (width + 1))
-        # The new root's hash is unknown; the old subtrees' hashes are unchanged (indices are stable).
+        self._enc.extend([b""] * (width + 1))
+        # The new root's hash is unknown; the old subtrees' hashes are unchanged (indices are stable),
+        # and so is their place in _bulk.
 
     def truncate(self) -> None:
         """Halve the tree while its right subtree is entirely blank (§7.7)."""
@@ -259,15 +308,23 @@ class RatchetTree:
         ]
 
     # ---- tree hash (§7.8) -----------------------------------------------------------------------
-    def _encoding(self, x: int) -> bytes | None:
+    def _encoding(self, x: int) -> bytes:
+        """The encoded LeafNode or ParentNode at ``x`` (the value of its ``optional<>``, §7.8, §12.4.3.3),
+        ``b""`` when the node is blank (a real node never encodes to nothing); cached."""
         enc = self._enc[x]
         if enc is None:
             node = self._nodes[x]
-            if node is None:
-                return None
-            enc = node.to_bytes()
+            enc = b"" if node is None else node.to_bytes()
             self._enc[x] = enc
         return enc
+
+    def _encodings(self) -> list[bytes]:
+        """Every node's :meth:`_encoding`, in node order (the cache itself once it is complete)."""
+        if self._enc_complete is not self._enc:
+            for x in [x for x, enc in enumerate(self._enc) if enc is None]:
+                self._encoding(x)
+            self._enc_complete = self._enc
+        return cast("list[bytes]", self._enc)
 
     def node_hash(self, x: int) -> bytes:
         """The tree hash of the subtree rooted at node ``x`` (cached)."""
@@ -275,6 +332,9 @@ class RatchetTree:
         if h is None:
             h = self._compute_hash(x)
             self._hashes[x] = h
+        elif h is _IN_BULK:
+            n = self.cs.n_h
+            h = self._hashes[x] = self._bulk[x * n : (x + 1) * n]
         return h
 
     def _compute_hash(self, x: int) -> bytes:
@@ -285,7 +345,7 @@ class RatchetTree:
             w.u32(x // 2)
         else:
             w.u8(NodeType.parent)
-        if enc is None:
+        if not enc:
             w.u8(0)
         else:
             w.u8(1)
@@ -307,11 +367,25 @@ class RatchetTree:
 
     def _fill_hashes_in_one_call(self) -> None:
         """When most hashes are missing (a tree just received or loaded) and the crypto backend hashes whole
-        trees, compute every node's hash in one call."""
+        trees, compute every node's hash (§7.8) in one call; they stay in its output buffer, ``_bulk``."""
         ops = batch_ops()
         if ops is None or self._hashes.count(None) < self.BATCH_HASH_THRESHOLD:
             return
-        self._hashes = list(ops.tree_hashes(self.cs.hash_name, [self._encoding(x) for x in range(self.width)]))
+        # The previous buffer goes before the call, so that the allocator can reuse its memory.
+        self._hashes = [_IN_BULK] * self.width
+        self._bulk = b""
+        try:
+            self._bulk = ops.tree_hashes_packed(self.cs.hash_name, self._hash_input())
+        except BaseException:
+            self._hashes = [None] * self.width
+            raise
+
+    def _hash_input(self) -> list[bytes]:
+        """:meth:`_encodings` but for trailing blank nodes, which a whole-tree backend adds back when it
+        extends a tree to its full width (§7.7); more than half the leaves stay, so the width is kept."""
+        encs = self._encodings()
+        blank = _blank_suffix(encs, max(self.n_leaves - 2, 0)) // 2 * 2  # an odd node count stays
+        return encs[: len(encs) - blank] if blank else encs
 
     def all_node_hashes(self) -> list[bytes]:
         return [self.node_hash(x) for x in range(self.width)]

@@ -94,7 +94,7 @@ def ratchet_step(cs: CipherSuite, secret: bytes, generation: int) -> tuple[Ratch
     """One ratchet step (§9.1): the key and nonce of ``generation`` and the ratchet secret of the next."""
     ops = batch_ops()
     if ops is not None:
-        ((key, nonce),), next_secret = ops.ratchet_steps(cs.hash_name, secret, generation, 1, cs.n_k, cs.n_n)
+        key, nonce, next_secret = ops.ratchet_steps(cs.hash_name, secret, generation, 1, cs.n_k, cs.n_n)
         return RatchetKey(key, nonce, generation), next_secret
     key = cs.derive_tree_secret(secret, "key", generation, cs.n_k)
     nonce = cs.derive_tree_secret(secret, "nonce", generation, cs.n_n)

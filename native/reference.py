@@ -5,8 +5,8 @@ from RFC 9420 as possible:
 
 * :func:`ratchet_steps` - the sender ratchet of §9.1, one DeriveTreeSecret after another;
 * :func:`sender_data_key_nonce` - the sender-data key and nonce of §6.3.2;
-* :func:`tree_hashes` / :func:`tree_hash_path` - tree hashes of §7.8, recursively over the tree math
-  of Appendix C.
+* :func:`tree_hashes` (and :func:`tree_hashes_packed`, the form a ratchet tree asks for) /
+  :func:`tree_hash_path` - tree hashes of §7.8, recursively over the tree math of Appendix C.
 
 Every function uses :class:`mls.crypto.backend.PythonBackend` whatever backend is selected, so it stays a
 reference while the native backend is in use. Argument checks are shared with the native backend
@@ -42,20 +42,20 @@ def derive_tree_secret(alg: str, secret: bytes, label: bytes, generation: int, l
 
 def ratchet_steps(
     alg: str, secret: bytes, start_generation: int, count: int, nk: int, nn: int
-) -> tuple[list[tuple[bytes, bytes]], bytes]:
+) -> tuple[bytes, bytes, bytes]:
     """Run a sender ratchet ``count`` generations from ``secret`` (the secret of ``start_generation``).
 
-    Returns the (key, nonce) of each generation start..start+count-1 and the ratchet secret of
-    generation start+count.
+    Returns the keys of generations start..start+count-1 back to back (Nk bytes each), their nonces
+    likewise (Nn bytes each), and the ratchet secret of generation start+count.
     """
     nh = _args.check_ratchet(alg, secret, start_generation, count, nk, nn)
-    out: list[tuple[bytes, bytes]] = []
+    keys: list[bytes] = []
+    nonces: list[bytes] = []
     for generation in range(start_generation, start_generation + count):
-        key = derive_tree_secret(alg, secret, b"key", generation, nk)
-        nonce = derive_tree_secret(alg, secret, b"nonce", generation, nn)
-        out.append((key, nonce))
+        keys.append(derive_tree_secret(alg, secret, b"key", generation, nk))
+        nonces.append(derive_tree_secret(alg, secret, b"nonce", generation, nn))
         secret = derive_tree_secret(alg, secret, b"secret", generation, nh)
-    return out, secret
+    return b"".join(keys), b"".join(nonces), secret
 
 
 def sender_data_key_nonce(
@@ -134,6 +134,13 @@ def tree_hashes(alg: str, nodes: Sequence[bytes | None]) -> list[bytes]:
 
     tree_hash((1 << depth) - 1)
     return out
+
+
+def tree_hashes_packed(alg: str, nodes: Sequence[bytes]) -> bytes:
+    """:func:`tree_hashes` for a tree whose blank nodes are ``b""`` (an encoded LeafNode or ParentNode is
+    never empty), as one buffer: every node's hash back to back, in node order."""
+    values = [memoryview(node).tobytes() for node in nodes]  # bytes-like items only, like b"".join
+    return b"".join(tree_hashes(alg, [value or None for value in values]))
 
 
 def tree_hash_path(

@@ -20,7 +20,7 @@ from mls import tree_math as tm
 from mls.crypto import CipherSuite, cipher_suite
 from mls.leaf_node import LeafNode
 from mls.nodes import ParentNode, decode_ratchet_tree
-from mls.ratchet_tree import RatchetTree, TreeNode
+from mls.ratchet_tree import RatchetTree, TreeNode, _blank_suffix
 
 from .vectors import load
 
@@ -368,32 +368,42 @@ OPS = st.lists(
 )
 
 
+@pytest.mark.parametrize("whole_tree", [False, True], ids=["per-node", "whole-tree"])
 @SETTINGS
 @given(case=st.sampled_from(SMALL), ops=OPS)
 def test_cached_hashes_equal_a_fresh_recomputation_after_every_mutation(
-    case: dict[str, Any], ops: list[tuple[str, int]]
+    whole_tree: bool, case: dict[str, Any], ops: list[tuple[str, int]]
 ) -> None:
-    model = Model(wire_tree(case))
-    for op, n in ops:
-        t = model.tree
-        t.all_node_hashes()  # prime the cache: any stale entry would be observed below
-        members = [i for i, _ in t.leaves()]
-        target = members[n % len(members)]
-        if op == "add":
-            model.add(leaf(n))
-        elif op == "update":
-            model.update(target, leaf(n + 1))
-        elif op == "remove" and len(members) > 1:
-            model.remove(target)
-        elif op == "path":
-            model.commit_path(target, n)
-        elif op == "copy":
-            snapshot, hashes = t.encode(), t.all_node_hashes()
-            model.tree = t.copy()
-            model.add(leaf(n))
-            assert t.encode() == snapshot and t.all_node_hashes() == hashes
-        assert_hashes_fresh(model.tree)
-        assert_round_trip(model.tree)
+    """The cache is primed node by node, or (whole_tree) by tree_hash() computing every hash in one
+    backend call whenever the root's is missing - what a big tree gets from the native backend, here with
+    the size threshold lowered to any tree."""
+    with pytest.MonkeyPatch.context() as mp:
+        if whole_tree:
+            mp.setattr(RatchetTree, "BATCH_HASH_THRESHOLD", 1)
+        model = Model(wire_tree(case))
+        for op, n in ops:
+            t = model.tree
+            if whole_tree:
+                t.tree_hash()
+            t.all_node_hashes()  # prime the cache: any stale entry would be observed below
+            members = [i for i, _ in t.leaves()]
+            target = members[n % len(members)]
+            if op == "add":
+                model.add(leaf(n))
+            elif op == "update":
+                model.update(target, leaf(n + 1))
+            elif op == "remove" and len(members) > 1:
+                model.remove(target)
+            elif op == "path":
+                model.commit_path(target, n)
+            elif op == "copy":
+                snapshot, hashes = t.encode(), t.all_node_hashes()
+                model.tree = t.copy()
+                model.add(leaf(n))
+                model.tree.tree_hash()
+                assert t.encode() == snapshot and t.all_node_hashes() == hashes
+            assert_hashes_fresh(model.tree)
+            assert_round_trip(model.tree)
 
 
 @SETTINGS
@@ -478,3 +488,31 @@ def test_trailing_blanks_are_dropped_on_encoding_and_restored_on_decoding() -> N
     back = RatchetTree.from_wire(CS, nodes)
     assert back.n_leaves == 4 and back.node(6) is None
     assert back.tree_hash() == tree.tree_hash()
+
+
+# ---- whole-tree hashing (a BatchOps backend, §7.8) ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("members", "n_leaves"),
+    [([0], 1), ([0], 2), ([0, 1], 2), ([0, 2], 4), ([1], 8), ([0, 5], 8), ([0, 1, 2], 16), ([3, 9], 16)],
+)
+def test_whole_tree_hashes_with_trailing_blanks_equal_per_node_ones(
+    members: list[int], n_leaves: int
+) -> None:
+    """Trailing blank nodes are left for the backend to add back; the width must not shrink with them,
+    even when the right half is all blank (a tree not truncated yet)."""
+    tree = _members(members, n_leaves)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(RatchetTree, "BATCH_HASH_THRESHOLD", 1)
+        root = tree.tree_hash()
+    assert tree.n_leaves == n_leaves
+    assert root == ref_tree_hash(CS, nodes_of(tree), tree.root, n_leaves)
+    assert_hashes_fresh(tree)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from([b"", b"x"]), max_size=40), st.integers(0, 45))
+def test_blank_suffix_counts_the_trailing_blanks_up_to_the_limit(encs: list[bytes], limit: int) -> None:
+    run = len(encs) - len(bytes(map(len, encs)).rstrip(b"\x00"))
+    assert _blank_suffix(encs, min(limit, len(encs))) == min(run, limit, len(encs))

@@ -12,11 +12,14 @@ is unavailable). :func:`get_backend` returns the backend in use; its ``name`` is
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac as _hmac
 import importlib
 import os
-from collections.abc import Sequence
+import struct
+from collections.abc import Iterable, Sequence
+from itertools import repeat
 from typing import Protocol, runtime_checkable
 
 from cryptography.exceptions import InvalidTag
@@ -66,6 +69,20 @@ class CryptoBackend(Protocol):
         """Open many; an item that fails authentication gives ``None`` in its place."""
         ...
 
+    def aead_seal_batch(
+        self, aead: int, keys: bytes, nonces: bytes, aad: bytes | Sequence[bytes], plaintexts: Sequence[bytes]
+    ) -> list[bytes]:
+        """Seal ``plaintexts[i]`` under the i-th Nk-byte key in ``keys`` and the i-th Nn-byte nonce in
+        ``nonces`` (the layout :meth:`BatchOps.ratchet_steps` hands them out in). ``aad`` is one AAD for
+        every item (a sender's PrivateContentAAD within an epoch, §6.3.1) or one per item."""
+        ...
+
+    def aead_open_batch(
+        self, aead: int, keys: bytes, nonces: bytes, aad: bytes | Sequence[bytes], ciphertexts: Sequence[bytes]
+    ) -> list[bytes | None]:
+        """Open as :meth:`aead_seal_batch` seals; ``None`` for an item that fails authentication."""
+        ...
+
 
 @runtime_checkable
 class BatchOps(Protocol):
@@ -77,17 +94,29 @@ class BatchOps(Protocol):
 
     def ratchet_steps(
         self, alg: str, secret: bytes, start_generation: int, count: int, nk: int, nn: int
-    ) -> tuple[list[tuple[bytes, bytes]], bytes]:
-        """(key, nonce) of generations start..start+count-1 of a sender ratchet (§9.1), and the next secret."""
+    ) -> tuple[bytes, bytes, bytes]:
+        """Keys and nonces of generations start..start+count-1 of a sender ratchet (§9.1), each run back to
+        back (Nk and Nn bytes per generation, as :meth:`CryptoBackend.aead_seal_batch` takes them), and the
+        ratchet secret of the next generation."""
         ...
 
     def sender_data_key_nonce(
         self, alg: str, sender_data_secret: bytes, ciphertext: bytes, nk: int, nn: int
     ) -> tuple[bytes, bytes]: ...
 
-    def tree_hashes(self, alg: str, nodes: Sequence[bytes | None]) -> list[bytes]:
-        """The tree hash (§7.8) of every node of a full tree given as per-node encodings (None = blank)."""
+    def tree_hashes_packed(self, alg: str, nodes: Sequence[bytes]) -> HashBuffer:
+        """The tree hash (§7.8) of every node of a full tree given as per-node encodings (``b""`` = blank),
+        back to back in node order (Nh bytes each)."""
         ...
+
+
+class HashBuffer(Protocol):
+    """Fixed-size hashes back to back: ``bytes``, or a buffer that the caller must not modify and whose
+    slices are ``bytes`` (the native backend hands out the C output buffer itself)."""
+
+    def __getitem__(self, index: slice, /) -> bytes: ...
+
+    def __len__(self) -> int: ...
 
 
 def batch_ops() -> BatchOps | None:
@@ -154,6 +183,53 @@ class PythonBackend:
             except CryptoError:
                 out.append(None)
         return out
+
+    def _batch_keys(
+        self, aead: int, keys: bytes, nonces: bytes, aad: bytes | Sequence[bytes], n: int
+    ) -> tuple[list[AESGCM | ChaCha20Poly1305], list[bytes], Iterable[bytes]]:
+        """Per-item ciphers, nonces and AADs of a batch (every length checked first)."""
+        sizes = AEAD_SIZES.get(aead)
+        if sizes is None:
+            raise UnsupportedError(f"AEAD 0x{aead:04x} is not supported")
+        nk, nn = sizes
+        if len(keys) != n * nk or len(nonces) != n * nn:
+            raise CryptoError("5.1", "AEAD keys or nonces do not match the batch size")
+        if isinstance(aad, (bytes, bytearray, memoryview)):
+            aads: Iterable[bytes] = repeat(bytes(aad), n)
+        elif len(aad) != n:
+            raise CryptoError("5.1", "a batch needs one AAD, or one per item")
+        else:
+            aads = aad
+        cipher = ChaCha20Poly1305 if aead == AEAD_CHACHA20POLY1305 else AESGCM
+        return list(map(cipher, _cut(keys, nk, n))), _cut(nonces, nn, n), aads
+
+    def aead_seal_batch(
+        self, aead: int, keys: bytes, nonces: bytes, aad: bytes | Sequence[bytes], plaintexts: Sequence[bytes]
+    ) -> list[bytes]:
+        ciphers, nonce_list, aads = self._batch_keys(aead, keys, nonces, aad, len(plaintexts))
+        return [c.encrypt(n, p, a) for c, n, a, p in zip(ciphers, nonce_list, aads, plaintexts)]
+
+    def aead_open_batch(
+        self, aead: int, keys: bytes, nonces: bytes, aad: bytes | Sequence[bytes], ciphertexts: Sequence[bytes]
+    ) -> list[bytes | None]:
+        ciphers, nonce_list, aads = self._batch_keys(aead, keys, nonces, aad, len(ciphertexts))
+        out: list[bytes | None] = []
+        for c, n, a, ct in zip(ciphers, nonce_list, aads, ciphertexts):
+            try:
+                out.append(c.decrypt(n, ct, a))
+            except InvalidTag:
+                out.append(None)
+        return out
+
+
+@functools.lru_cache(maxsize=8)
+def _pieces(size: int, count: int) -> struct.Struct:
+    return struct.Struct(f"{size}s" * count)
+
+
+def _cut(data: bytes, size: int, count: int) -> list[bytes]:
+    """``data`` (``count * size`` bytes) as ``count`` pieces of ``size`` bytes, in one struct call."""
+    return list(_pieces(size, count).unpack(data)) if count else []
 
 
 def _load_native() -> CryptoBackend | None:

@@ -1,11 +1,10 @@
 /*
- * mlsn_aead.c - AEAD seal and open through EVP_CIPHER, one at a time or in batches.
+ * mlsn_aead.c - AEAD seal and open, one at a time or in batches.
  *
- * Every call, one-shot or batch, uses this thread's cached EVP_CIPHER_CTX for the AEAD and direction
- * (mlsn_borrow_cipher): the cipher is set once per thread, and each item only re-keys it
- * (EVP_CipherInit_ex2 with key and nonce); releasing it re-keys it with a public key.
- * EVP_CipherUpdate takes an int length, so data is fed in chunks of at most 1 GiB; the AEAD's own
- * limits are left to libcrypto.
+ * Every call, one-shot or batch, uses this thread's cached provider context for the AEAD
+ * (mlsn_borrow_aead, see mlsn_common.c): each item only re-keys it (einit/dinit with key and nonce),
+ * and releasing it re-keys it with a public key. The provider functions take size_t lengths, so no
+ * input is split; the AEAD's own limits are left to libcrypto.
  */
 #include <string.h>
 
@@ -16,63 +15,56 @@
 #include "mlsn_aead.h"
 #include "mlsn_internal.h"
 
-#define CHUNK ((size_t)1 << 30)
-
-static int update_chunked(EVP_CIPHER_CTX *ctx, uint8_t *out, const uint8_t *in, size_t len)
+/* Feed AAD (out == NULL) or data through the provider's update; both report len (a stream AEAD). */
+static int feed(const struct mlsn_aead_impl *a, void *ctx, uint8_t *out, const uint8_t *in, size_t len)
 {
-    while (len > 0) {
-        int piece = (int)(len < CHUNK ? len : CHUNK), got = 0;
-        if (EVP_CipherUpdate(ctx, out, &got, in, piece) != 1)
-            return 0;
-        /* AAD (out == NULL) reports its length too; a stream AEAD outputs exactly what it takes. */
-        if (got != piece)
-            return 0;
-        in += piece;
-        if (out != NULL)
-            out += piece;
-        len -= (size_t)piece;
-    }
-    return 1;
+    size_t got = 0;
+    if (len == 0)
+        return 1;
+    return a->update(ctx, out, &got, len, in, len) == 1 && got == len;
 }
 
-/* Seal one item with ctx already holding the cipher; out has pt_len + 16 bytes. */
-static int seal_one(EVP_CIPHER_CTX *ctx, const uint8_t *key, const uint8_t *nonce, const uint8_t *aad,
-                    size_t aad_len, const uint8_t *pt, size_t pt_len, uint8_t *out)
+/* The 16-byte tag as a provider parameter (read after sealing, set before opening). */
+static void tag_param(OSSL_PARAM params[2], uint8_t *tag)
 {
-    int got = 0;
+    params[0] = OSSL_PARAM_construct_octet_string(OSSL_CIPHER_PARAM_AEAD_TAG, tag, MLSN_TAG_LEN);
+    params[1] = OSSL_PARAM_construct_end();
+}
+
+/* Seal one item; out has pt_len + 16 bytes. */
+static int seal_one(const struct mlsn_aead_impl *a, void *ctx, size_t nk, const uint8_t *key,
+                    const uint8_t *nonce, const uint8_t *aad, size_t aad_len, const uint8_t *pt, size_t pt_len,
+                    uint8_t *out)
+{
+    size_t got = 0;
     OSSL_PARAM params[2];
 
-    if (EVP_CipherInit_ex2(ctx, NULL, key, nonce, 1, NULL) != 1 || !update_chunked(ctx, NULL, aad, aad_len)
-        || !update_chunked(ctx, out, pt, pt_len) || EVP_CipherFinal_ex(ctx, out + pt_len, &got) != 1
-        || got != 0)
-        return mlsn_ossl_error();
-    params[0] = OSSL_PARAM_construct_octet_string(OSSL_CIPHER_PARAM_AEAD_TAG, out + pt_len, MLSN_TAG_LEN);
-    params[1] = OSSL_PARAM_construct_end();
-    if (EVP_CIPHER_CTX_get_params(ctx, params) != 1)
+    tag_param(params, out + pt_len);
+    if (a->einit(ctx, key, nk, nonce, MLSN_NONCE_LEN, NULL) != 1 || !feed(a, ctx, NULL, aad, aad_len)
+        || !feed(a, ctx, out, pt, pt_len) || a->final(ctx, out + pt_len, &got, 0) != 1 || got != 0
+        || a->get_ctx_params(ctx, params) != 1)
         return mlsn_ossl_error();
     return MLSN_OK;
 }
 
-/* Open one item (ct_len >= 16); out has ct_len - 16 bytes and is zeroed when the tag fails. */
-static int open_one(EVP_CIPHER_CTX *ctx, const uint8_t *key, const uint8_t *nonce, const uint8_t *aad,
-                    size_t aad_len, const uint8_t *ct, size_t ct_len, uint8_t *out)
+/* Open one item (ct_len >= 16); out has ct_len - 16 bytes and is zeroed unless the tag verifies. */
+static int open_one(const struct mlsn_aead_impl *a, void *ctx, size_t nk, const uint8_t *key,
+                    const uint8_t *nonce, const uint8_t *aad, size_t aad_len, const uint8_t *ct, size_t ct_len,
+                    uint8_t *out)
 {
-    uint8_t tag[MLSN_TAG_LEN];
-    size_t body_len = ct_len - MLSN_TAG_LEN;
-    uint8_t final_block[32];
-    int got = 0;
+    uint8_t tag[MLSN_TAG_LEN], final_block[32];
+    size_t body_len = ct_len - MLSN_TAG_LEN, got = 0;
     OSSL_PARAM params[2];
 
     memcpy(tag, ct + body_len, MLSN_TAG_LEN);
-    params[0] = OSSL_PARAM_construct_octet_string(OSSL_CIPHER_PARAM_AEAD_TAG, tag, MLSN_TAG_LEN);
-    params[1] = OSSL_PARAM_construct_end();
-    if (EVP_CipherInit_ex2(ctx, NULL, key, nonce, 0, NULL) != 1 || !update_chunked(ctx, NULL, aad, aad_len)
-        || !update_chunked(ctx, out, ct, body_len) || EVP_CIPHER_CTX_set_params(ctx, params) != 1) {
+    tag_param(params, tag);
+    if (a->dinit(ctx, key, nk, nonce, MLSN_NONCE_LEN, NULL) != 1 || !feed(a, ctx, NULL, aad, aad_len)
+        || !feed(a, ctx, out, ct, body_len) || a->set_ctx_params(ctx, params) != 1) {
         if (body_len > 0)
             OPENSSL_cleanse(out, body_len);
         return mlsn_ossl_error();
     }
-    if (EVP_CipherFinal_ex(ctx, final_block, &got) != 1 || got != 0) {
+    if (a->final(ctx, final_block, &got, sizeof(final_block)) != 1 || got != 0) {
         /* Unauthenticated plaintext never reaches the caller. */
         if (body_len > 0)
             OPENSSL_cleanse(out, body_len);
@@ -102,11 +94,12 @@ int mlsn_aead_seal(int aead, const uint8_t *key, size_t key_len, const uint8_t *
     if (key == NULL || nonce == NULL || !mlsn_buf_ok(aad, aad_len) || !mlsn_buf_ok(pt, pt_len) || out == NULL
         || !mlsn_add_size(pt_len, MLSN_TAG_LEN, &need) || out_len != need)
         return MLSN_ERR_LENGTH;
-    EVP_CIPHER_CTX *ctx = mlsn_borrow_cipher(aead, 1, &rc);
+    const struct mlsn_aead_impl *a;
+    void *ctx = mlsn_borrow_aead(aead, &a, &rc);
     if (ctx == NULL)
         return rc;
-    rc = seal_one(ctx, key, nonce, aad, aad_len, pt, pt_len, out);
-    mlsn_release_cipher(ctx, aead, 1);
+    rc = seal_one(a, ctx, key_len, key, nonce, aad, aad_len, pt, pt_len, out);
+    mlsn_release_aead(ctx, aead);
     return rc;
 }
 
@@ -124,17 +117,18 @@ int mlsn_aead_open(int aead, const uint8_t *key, size_t key_len, const uint8_t *
         return MLSN_ERR_AUTH; /* too short to carry a tag: it cannot authenticate */
     if (out_len != ct_len - MLSN_TAG_LEN || (out == NULL && out_len > 0))
         return MLSN_ERR_LENGTH;
-    EVP_CIPHER_CTX *ctx = mlsn_borrow_cipher(aead, 0, &rc);
+    const struct mlsn_aead_impl *a;
+    void *ctx = mlsn_borrow_aead(aead, &a, &rc);
     if (ctx == NULL)
         return rc;
-    rc = open_one(ctx, key, nonce, aad, aad_len, ct, ct_len, out);
-    mlsn_release_cipher(ctx, aead, 0);
+    rc = open_one(a, ctx, key_len, key, nonce, aad, aad_len, ct, ct_len, out);
+    mlsn_release_aead(ctx, aead);
     return rc;
 }
 
 /*
- * Validate a batch's shape: keys/nonces sizes, that aad_lens sums to aads_len and data_lens to
- * data_len, and (through out_len_for) the exact output size. Everything with overflow checks.
+ * Validate a batch's shape: keys/nonces sizes, that aad_lens sums to aads_len (or is NULL: every item
+ * uses all of aads) and data_lens to data_len, and the exact output size. Everything overflow-checked.
  */
 static int check_batch(int aead, size_t n, const uint8_t *keys, size_t keys_len, const uint8_t *nonces,
                        size_t nonces_len, const uint8_t *aads, size_t aads_len, const size_t *aad_lens,
@@ -151,11 +145,11 @@ static int check_batch(int aead, size_t n, const uint8_t *keys, size_t keys_len,
         return MLSN_ERR_LENGTH;
     if (!mlsn_buf_ok(aads, aads_len) || !mlsn_buf_ok(data, data_len) || !mlsn_buf_ok(out, out_len))
         return MLSN_ERR_LENGTH;
-    if (n > 0 && (aad_lens == NULL || data_lens == NULL))
+    if (n > 0 && data_lens == NULL)
         return MLSN_ERR_LENGTH;
     for (size_t i = 0; i < n; i++) {
         size_t item_out;
-        if (!mlsn_add_size(total_aad, aad_lens[i], &total_aad)
+        if ((aad_lens != NULL && !mlsn_add_size(total_aad, aad_lens[i], &total_aad))
             || !mlsn_add_size(total_data, data_lens[i], &total_data))
             return MLSN_ERR_LENGTH;
         if (sealing) {
@@ -167,9 +161,21 @@ static int check_batch(int aead, size_t n, const uint8_t *keys, size_t keys_len,
         if (!mlsn_add_size(total_out, item_out, &total_out))
             return MLSN_ERR_LENGTH;
     }
-    if (total_aad != aads_len || total_data != data_len || total_out != out_len)
+    if ((aad_lens != NULL && total_aad != aads_len) || total_data != data_len || total_out != out_len)
         return MLSN_ERR_LENGTH;
     return MLSN_OK;
+}
+
+/* Item i's AAD: the next aad_lens[i] bytes of *aads, or all of aads when aad_lens is NULL. */
+static size_t next_aad(const size_t *aad_lens, size_t aads_len, size_t i)
+{
+    return aad_lens != NULL ? aad_lens[i] : aads_len;
+}
+
+/* After item i: past its AAD (when each item has its own). */
+static const uint8_t *skip_aad(const uint8_t *aads, const size_t *aad_lens, size_t i)
+{
+    return aad_lens != NULL ? aads + aad_lens[i] : aads;
 }
 
 int mlsn_aead_seal_many(int aead, size_t n, const uint8_t *keys, size_t keys_len, const uint8_t *nonces,
@@ -184,16 +190,18 @@ int mlsn_aead_seal_many(int aead, size_t n, const uint8_t *keys, size_t keys_len
     if (rc != MLSN_OK || n == 0)
         return rc;
     mlsn_aead_sizes(aead, &nk, &nn);
-    EVP_CIPHER_CTX *ctx = mlsn_borrow_cipher(aead, 1, &rc);
+    const struct mlsn_aead_impl *a;
+    void *ctx = mlsn_borrow_aead(aead, &a, &rc);
     if (ctx == NULL)
         return rc;
     for (size_t i = 0; i < n && rc == MLSN_OK; i++) {
-        rc = seal_one(ctx, keys + i * nk, nonces + i * nn, aads, aad_lens[i], pts, pt_lens[i], out);
-        aads += aad_lens[i];
+        rc = seal_one(a, ctx, nk, keys + i * nk, nonces + i * nn, aads, next_aad(aad_lens, aads_len, i), pts,
+                      pt_lens[i], out);
+        aads = skip_aad(aads, aad_lens, i);
         pts += pt_lens[i];
         out += pt_lens[i] + MLSN_TAG_LEN;
     }
-    mlsn_release_cipher(ctx, aead, 1);
+    mlsn_release_aead(ctx, aead);
     return rc;
 }
 
@@ -211,14 +219,16 @@ int mlsn_aead_open_many(int aead, size_t n, const uint8_t *keys, size_t keys_len
     if (status == NULL)
         return MLSN_ERR_LENGTH;
     mlsn_aead_sizes(aead, &nk, &nn);
-    EVP_CIPHER_CTX *ctx = mlsn_borrow_cipher(aead, 0, &rc);
+    const struct mlsn_aead_impl *a;
+    void *ctx = mlsn_borrow_aead(aead, &a, &rc);
     if (ctx == NULL)
         return rc;
     for (size_t i = 0; i < n; i++) {
         if (ct_lens[i] < MLSN_TAG_LEN) {
             status[i] = (int8_t)MLSN_ERR_LENGTH;
         } else {
-            int item = open_one(ctx, keys + i * nk, nonces + i * nn, aads, aad_lens[i], cts, ct_lens[i], out);
+            int item = open_one(a, ctx, nk, keys + i * nk, nonces + i * nn, aads, next_aad(aad_lens, aads_len, i),
+                                cts, ct_lens[i], out);
             if (item == MLSN_ERR_OPENSSL) {
                 rc = item;
                 break;
@@ -226,9 +236,9 @@ int mlsn_aead_open_many(int aead, size_t n, const uint8_t *keys, size_t keys_len
             status[i] = (int8_t)item;
             out += ct_lens[i] - MLSN_TAG_LEN;
         }
-        aads += aad_lens[i];
+        aads = skip_aad(aads, aad_lens, i);
         cts += ct_lens[i];
     }
-    mlsn_release_cipher(ctx, aead, 0);
+    mlsn_release_aead(ctx, aead);
     return rc;
 }

@@ -6,8 +6,9 @@
  *
  * The *_many functions take n items packed into flat buffers: keys is n*Nk bytes, nonces n*Nn bytes;
  * aads and pts (or cts) are the concatenation of the items, with one length per item in aad_lens and
- * pt_lens (ct_lens). Every length is checked against the buffer sizes before any work starts. One
- * cipher context serves the whole batch.
+ * pt_lens (ct_lens). aad_lens == NULL means one AAD for every item: all aads_len bytes of aads (as for a
+ * sender's messages in one epoch, whose PrivateContentAAD is the same, RFC 9420 §6.3.1). Every length
+ * is checked against the buffer sizes before any work starts. One cipher context serves the whole batch.
  */
 #ifndef MLSN_AEAD_H
 #define MLSN_AEAD_H

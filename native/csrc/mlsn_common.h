@@ -32,6 +32,7 @@ enum { MLSN_AEAD_AES128GCM = 1, MLSN_AEAD_AES256GCM = 2, MLSN_AEAD_CHACHA20POLY1
 
 enum {
     MLSN_TAG_LEN = 16,                   /* every supported AEAD appends a 16-byte tag */
+    MLSN_NONCE_LEN = 12,                 /* and takes a 12-byte nonce */
     MLSN_MAX_HASH_LEN = 64,              /* SHA-512 */
     MLSN_MAX_RATCHET_STEPS = 1048576     /* generations one ratchet_steps call may derive */
 };

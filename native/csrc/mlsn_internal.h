@@ -8,6 +8,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <openssl/core_dispatch.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
 
@@ -48,18 +49,36 @@ static inline int mlsn_ossl_error(void)
 
 /* Fetched algorithms (NULL for an unknown identifier or before mlsn_init succeeded). */
 const EVP_MD *mlsn_md(int hash_alg);
-const EVP_CIPHER *mlsn_cipher(int aead);
 
 /*
- * Per-thread contexts. Each OS thread keeps one cipher context per (AEAD, direction), one HMAC context
+ * An AEAD's implementation in its provider (the functions behind EVP_CIPHER, see provider-cipher(7)):
+ * called directly, they skip EVP's per-call parameter look-ups. A context from newctx belongs to one
+ * thread at a time; einit/dinit take the key and nonce, update with out == NULL takes AAD.
+ */
+struct mlsn_aead_impl {
+    void *provctx;
+    OSSL_FUNC_cipher_newctx_fn *newctx;
+    OSSL_FUNC_cipher_freectx_fn *freectx;
+    OSSL_FUNC_cipher_encrypt_init_fn *einit;
+    OSSL_FUNC_cipher_decrypt_init_fn *dinit;
+    OSSL_FUNC_cipher_update_fn *update;
+    OSSL_FUNC_cipher_final_fn *final;
+    OSSL_FUNC_cipher_get_ctx_params_fn *get_ctx_params;
+    OSSL_FUNC_cipher_set_ctx_params_fn *set_ctx_params;
+};
+
+const struct mlsn_aead_impl *mlsn_aead_impl(int aead);
+
+/*
+ * Per-thread contexts. Each OS thread keeps one provider AEAD context per AEAD, one HMAC context
  * per hash and one digest context, made on first use and freed when the thread exits, so a call pays
  * for re-keying only. An entry point borrows a context and releases it before it returns (calls on one
  * thread never overlap; a nested borrow gets a fresh context). Releasing re-keys cipher and HMAC
  * contexts with a fixed public key: no message key or PRK outlives the call inside them (RFC 9420 §9.2,
  * deletion schedule). On failure the borrow functions return NULL and set *rc.
  */
-EVP_CIPHER_CTX *mlsn_borrow_cipher(int aead, int enc, int *rc);
-void mlsn_release_cipher(EVP_CIPHER_CTX *ctx, int aead, int enc);
+void *mlsn_borrow_aead(int aead, const struct mlsn_aead_impl **impl, int *rc);
+void mlsn_release_aead(void *ctx, int aead);
 EVP_MAC_CTX *mlsn_borrow_hmac(int hash_alg, int *rc);
 void mlsn_release_hmac(EVP_MAC_CTX *ctx, int hash_alg);
 EVP_MD_CTX *mlsn_borrow_md(int hash_alg, const EVP_MD **md, int *rc);

@@ -19,6 +19,9 @@
 #include "mlsn_internal.h"
 #include "mlsn_tree_hash.h"
 
+/* Longest data buffer accepted: every message's bit length then fits SHA-2's 64-bit length field. */
+#define MAX_DATA_LEN (SIZE_MAX >> 4)
+
 /* One SHA-2 digest in progress (SHA-384 runs on the SHA-512 state). */
 struct sha2 {
     int alg;
@@ -76,6 +79,37 @@ size_t mlsn_tree_full_width(size_t n_nodes)
     return 2 * full - 1;
 }
 
+/* Inputs up to this size are assembled in one buffer and fed to the digest in one update. */
+#define ONE_UPDATE_MAX 512
+
+/*
+ * Digest head | value | tail, as one buffer in one update when it is small (every LeafNode and ParentNode
+ * of an ordinary tree: fewer calls and partial-block copies), else piece by piece. value == NULL (blank)
+ * contributes nothing.
+ */
+static int digest3(struct sha2 *d, const uint8_t *head, size_t head_len, const uint8_t *value, size_t len,
+                   const uint8_t *tail, size_t tail_len, uint8_t *out)
+{
+    uint8_t buf[ONE_UPDATE_MAX];
+    int ok;
+
+    if (value == NULL)
+        len = 0;
+    if (sha2_init(d) != 1)
+        return mlsn_ossl_error();
+    if (len <= ONE_UPDATE_MAX - head_len - tail_len) {
+        memcpy(buf, head, head_len);
+        if (len > 0)
+            memcpy(buf + head_len, value, len);
+        if (tail_len > 0)
+            memcpy(buf + head_len + len, tail, tail_len);
+        ok = sha2_update(d, buf, head_len + len + tail_len);
+    } else {
+        ok = sha2_update(d, head, head_len) && sha2_update(d, value, len) && sha2_update(d, tail, tail_len);
+    }
+    return ok == 1 && sha2_final(d, out) == 1 ? MLSN_OK : mlsn_ossl_error();
+}
+
 /* Hash of a leaf: node_type 1, uint32 leaf_index, optional<LeafNode>. data == NULL means blank. */
 static int hash_leaf(struct sha2 *d, uint32_t leaf_index, const uint8_t *data, size_t len, uint8_t *out)
 {
@@ -84,10 +118,7 @@ static int hash_leaf(struct sha2 *d, uint32_t leaf_index, const uint8_t *data, s
     head[0] = NODE_LEAF;
     mlsn_put_u32(head + 1, leaf_index);
     head[5] = data != NULL ? 1 : 0;
-    if (sha2_init(d) != 1 || sha2_update(d, head, sizeof(head)) != 1
-        || (data != NULL && sha2_update(d, data, len) != 1) || sha2_final(d, out) != 1)
-        return mlsn_ossl_error();
-    return MLSN_OK;
+    return digest3(d, head, sizeof(head), data, len, NULL, 0, out);
 }
 
 /* Hash of a parent: node_type 2, optional<ParentNode>, left_hash<V>, right_hash<V>. */
@@ -105,11 +136,7 @@ static int hash_parent(struct sha2 *d, size_t nh, const uint8_t *data, size_t le
     pos += mlsn_put_varint(tail + pos, nh);
     memcpy(tail + pos, right, nh);
     pos += nh;
-    if (sha2_init(d) != 1 || sha2_update(d, head, sizeof(head)) != 1
-        || (data != NULL && sha2_update(d, data, len) != 1) || sha2_update(d, tail, pos) != 1
-        || sha2_final(d, out) != 1)
-        return mlsn_ossl_error();
-    return MLSN_OK;
+    return digest3(d, head, sizeof(head), data, len, tail, pos, out);
 }
 
 /* Where a node's value lies in data; off == SIZE_MAX for a blank node. */
@@ -141,6 +168,21 @@ static int index_nodes(size_t n_nodes, const uint8_t *present, const size_t *len
     return (used == n_present && pos == data_len) ? MLSN_OK : MLSN_ERR_LENGTH;
 }
 
+/* Check lens against data (one length per node slot, 0 for a blank node) and locate every node's value. */
+static int index_packed(size_t n_nodes, const size_t *lens, size_t data_len, struct span *spans)
+{
+    size_t pos = 0;
+
+    for (size_t x = 0; x < n_nodes; x++) {
+        if (lens[x] > data_len - pos)
+            return MLSN_ERR_LENGTH;
+        spans[x].off = lens[x] > 0 ? pos : SIZE_MAX;
+        spans[x].len = lens[x];
+        pos += lens[x];
+    }
+    return pos == data_len ? MLSN_OK : MLSN_ERR_LENGTH;
+}
+
 /* The value of node x (NULL when blank or beyond the given slots). */
 static const uint8_t *node_value(const struct span *spans, size_t n_nodes, const uint8_t *data, size_t x,
                                  size_t *len)
@@ -153,36 +195,97 @@ static const uint8_t *node_value(const struct span *spans, size_t n_nodes, const
     return spans[x].len > 0 ? data + spans[x].off : empty;
 }
 
-int mlsn_tree_hashes(int hash_alg, size_t n_nodes, const uint8_t *present, const uint8_t *data,
-                     size_t data_len, const size_t *lens, size_t n_present, uint8_t *out, size_t out_len)
+/* A full tree being hashed: where its node values lie, and the output (Nh bytes per node slot). */
+struct tree {
+    const struct span *spans;
+    size_t n_nodes, width, nh;
+    const uint8_t *data;
+    uint8_t *out;
+};
+
+/* Every node's hash, one libcrypto digest at a time: the leaves, then each parent level. */
+static int hash_tree(int hash_alg, const struct tree *t)
 {
-    size_t nh = mlsn_hash_len(hash_alg), width = mlsn_tree_full_width(n_nodes), need, len;
     struct sha2 d = {.alg = hash_alg};
-    struct span *spans;
-    int rc;
+    size_t nh = t->nh, n_leaves = (t->width + 1) / 2, len;
+    uint8_t *out = t->out;
+    int rc = MLSN_OK;
 
-    if (nh == 0)
-        return MLSN_ERR_UNSUPPORTED;
-    if (width == 0 || present == NULL || !mlsn_buf_ok(data, data_len) || !mlsn_buf_ok(lens, n_present)
-        || out == NULL || !mlsn_mul_size(width, nh, &need) || out_len != need || n_present > n_nodes)
-        return MLSN_ERR_LENGTH;
-    if (n_nodes > SIZE_MAX / sizeof(struct span) || (spans = malloc(n_nodes * sizeof(struct span))) == NULL)
-        return MLSN_ERR_NOMEM;
-    rc = index_nodes(n_nodes, present, lens, n_present, data_len, spans);
-
-    size_t n_leaves = (width + 1) / 2;
     for (size_t i = 0; i < n_leaves && rc == MLSN_OK; i++) {
-        const uint8_t *value = node_value(spans, n_nodes, data, 2 * i, &len);
+        const uint8_t *value = node_value(t->spans, t->n_nodes, t->data, 2 * i, &len);
         rc = hash_leaf(&d, (uint32_t)i, value, len, out + 2 * i * nh);
     }
     /* Level k >= 1: x = j * 2^(k+1) + 2^k - 1 for j < n_leaves / 2^k; children x -/+ 2^(k-1). */
     for (size_t half = 1; 2 * half <= n_leaves && rc == MLSN_OK; half *= 2) {
-        size_t step = 4 * half;
-        for (size_t x = 2 * half - 1; x < width && rc == MLSN_OK; x += step) {
-            const uint8_t *value = node_value(spans, n_nodes, data, x, &len);
+        for (size_t x = 2 * half - 1; x < t->width && rc == MLSN_OK; x += 4 * half) {
+            const uint8_t *value = node_value(t->spans, t->n_nodes, t->data, x, &len);
             rc = hash_parent(&d, nh, value, len, out + (x - half) * nh, out + (x + half) * nh, out + x * nh);
         }
     }
+    return rc;
+}
+
+/* ---- whole trees ------------------------------------------------------------------------------- */
+
+/* Checks common to both whole-tree entry points; sets up t but for its spans. */
+static int tree_args(int hash_alg, size_t n_nodes, const uint8_t *data, size_t data_len, uint8_t *out,
+                     size_t out_len, struct tree *t)
+{
+    size_t need;
+
+    *t = (struct tree){.n_nodes = n_nodes, .width = mlsn_tree_full_width(n_nodes),
+                       .nh = mlsn_hash_len(hash_alg), .data = data, .out = out};
+    if (t->nh == 0)
+        return MLSN_ERR_UNSUPPORTED;
+    if (t->width == 0 || !mlsn_buf_ok(data, data_len) || data_len > MAX_DATA_LEN || out == NULL
+        || !mlsn_mul_size(t->width, t->nh, &need) || out_len != need)
+        return MLSN_ERR_LENGTH;
+    return MLSN_OK;
+}
+
+static struct span *new_spans(size_t n_nodes)
+{
+    return n_nodes > SIZE_MAX / sizeof(struct span) ? NULL : malloc(n_nodes * sizeof(struct span));
+}
+
+int mlsn_tree_hashes(int hash_alg, size_t n_nodes, const uint8_t *present, const uint8_t *data,
+                     size_t data_len, const size_t *lens, size_t n_present, uint8_t *out, size_t out_len)
+{
+    struct tree t;
+    struct span *spans;
+    int rc = tree_args(hash_alg, n_nodes, data, data_len, out, out_len, &t);
+
+    if (rc != MLSN_OK)
+        return rc;
+    if (present == NULL || !mlsn_buf_ok(lens, n_present) || n_present > n_nodes)
+        return MLSN_ERR_LENGTH;
+    if ((spans = new_spans(n_nodes)) == NULL)
+        return MLSN_ERR_NOMEM;
+    rc = index_nodes(n_nodes, present, lens, n_present, data_len, spans);
+    t.spans = spans;
+    if (rc == MLSN_OK)
+        rc = hash_tree(hash_alg, &t);
+    free(spans);
+    return rc;
+}
+
+int mlsn_tree_hashes_packed(int hash_alg, size_t n_nodes, const uint8_t *data, size_t data_len,
+                            const size_t *lens, uint8_t *out, size_t out_len)
+{
+    struct tree t;
+    struct span *spans;
+    int rc = tree_args(hash_alg, n_nodes, data, data_len, out, out_len, &t);
+
+    if (rc != MLSN_OK)
+        return rc;
+    if (lens == NULL)
+        return MLSN_ERR_LENGTH;
+    if ((spans = new_spans(n_nodes)) == NULL)
+        return MLSN_ERR_NOMEM;
+    rc = index_packed(n_nodes, lens, data_len, spans);
+    t.spans = spans;
+    if (rc == MLSN_OK)
+        rc = hash_tree(hash_alg, &t);
     free(spans);
     return rc;
 }

@@ -28,6 +28,14 @@ int mlsn_tree_hashes(int hash_alg, size_t n_nodes, const uint8_t *present, const
                      size_t data_len, const size_t *lens, size_t n_present, uint8_t *out, size_t out_len);
 
 /*
+ * mlsn_tree_hashes with the tree packed the way a ratchet tree keeps it: lens has one entry per node
+ * slot (n_nodes of them), 0 for a blank node - an encoded LeafNode or ParentNode is never empty - and
+ * data holds the present nodes' values back to back (sum of lens == data_len). Same output.
+ */
+int mlsn_tree_hashes_packed(int hash_alg, size_t n_nodes, const uint8_t *data, size_t data_len,
+                            const size_t *lens, uint8_t *out, size_t out_len);
+
+/*
  * Recompute the tree hashes on one leaf's direct path in a full tree of 2^depth leaves, the rest of
  * the tree unchanged. The path has depth + 1 nodes, leaf first, root last: present/data/lens describe
  * them as above. copath holds the depth sibling hashes from the leaf's sibling up to the root's child

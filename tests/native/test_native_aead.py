@@ -112,9 +112,72 @@ def test_batched_equals_one_shot(nb: Any, pb: Any, case: tuple[int, list[Any]], 
     assert opened == [None if i in bad else item[3] for i, item in enumerate(items)]
 
 
-def test_empty_batches(nb: Any) -> None:
+def test_empty_batches(nb: Any, pb: Any) -> None:
     assert nb.aead_seal_many(1, []) == []
     assert nb.aead_open_many(1, []) == []
+    for backend in (nb, pb):
+        assert backend.aead_seal_batch(1, b"", b"", b"aad", []) == []
+        assert backend.aead_open_batch(1, b"", b"", [], []) == []
+
+
+@st.composite
+def key_batch(draw: st.DrawFn) -> tuple[int, bytes, bytes, bytes | list[bytes], list[bytes]]:
+    """A batch in the secret tree's layout: keys and nonces back to back; one shared AAD or one each."""
+    aead = draw(aeads)
+    nk, nn = AEADS[aead]
+    pts = draw(st.lists(st.one_of(st.binary(max_size=200), payloads(4096)), max_size=40))
+    n = len(pts)
+    keys = draw(st.binary(min_size=n * nk, max_size=n * nk))
+    nonces = draw(st.binary(min_size=n * nn, max_size=n * nn))
+    aad: bytes | list[bytes] = draw(
+        st.one_of(st.binary(max_size=60), st.lists(st.binary(max_size=60), min_size=n, max_size=n))
+    )
+    return aead, keys, nonces, aad, pts
+
+
+@settings(max_examples=150, deadline=None)
+@given(case=key_batch(), data=st.data())
+def test_key_batches_identical(nb: Any, pb: Any, case: tuple[Any, ...], data: st.DataObject) -> None:
+    """aead_seal_batch/aead_open_batch: both backends give the same bytes as one-shot calls, and a
+    corrupted item (bit flip, truncation below a tag) opens to None in both while the rest open."""
+    aead, keys, nonces, aad, pts = case
+    nk, nn = AEADS[aead]
+    aads = [aad] * len(pts) if isinstance(aad, bytes) else aad
+    one_shot = [
+        pb.aead_seal(aead, keys[i * nk : (i + 1) * nk], nonces[i * nn : (i + 1) * nn], aads[i], pt)
+        for i, pt in enumerate(pts)
+    ]
+    assert nb.aead_seal_batch(aead, keys, nonces, aad, pts) == one_shot
+    assert pb.aead_seal_batch(aead, keys, nonces, aad, pts) == one_shot
+    cts = list(one_shot)
+    bad = data.draw(st.sets(st.integers(0, len(pts) - 1), max_size=4), label="bad") if pts else set()
+    for i in bad:
+        if data.draw(st.booleans(), label="flip"):
+            cts[i] = bytes([cts[i][0] ^ 1]) + cts[i][1:]
+        else:
+            cts[i] = cts[i][: data.draw(st.integers(0, 15), label="cut")]
+    opened = nb.aead_open_batch(aead, keys, nonces, aad, cts)
+    assert opened == pb.aead_open_batch(aead, keys, nonces, aad, cts)
+    assert opened == [None if i in bad else pt for i, pt in enumerate(pts)]
+
+
+def test_key_batch_shape_errors(nb: Any, pb: Any) -> None:
+    """Key or nonce buffers that do not match the batch, or a wrong number of AADs: CryptoError, both."""
+    pts = [b"a", b"bc"]
+    for backend in (nb, pb):
+        for keys, nonces, aad in (
+            (bytes(31), bytes(24), b""),
+            (bytes(33), bytes(24), b""),
+            (bytes(32), bytes(23), b""),
+            (bytes(32), bytes(24), [b"only one"]),
+            (bytes(32), bytes(24), [b"", b"", b""]),
+        ):
+            with pytest.raises(CryptoError):
+                backend.aead_seal_batch(1, keys, nonces, aad, pts)
+            with pytest.raises(CryptoError):
+                backend.aead_open_batch(1, keys, nonces, aad, [bytes(17), bytes(18)])
+        with pytest.raises(UnsupportedError):
+            backend.aead_seal_batch(9, bytes(32), bytes(24), b"", pts)
 
 
 def test_wrong_key_or_nonce_lengths(nb: Any, pb: Any) -> None:

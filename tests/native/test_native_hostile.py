@@ -87,7 +87,13 @@ def test_batch_aead_lengths(c: tuple[Any, Any]) -> None:
     assert seal(2, 32, 24, b"ab", _sizes(ffi, [1, 1]), 2, b"xyz", _sizes(ffi, [SIZE_MAX, 4]), 3, 35) == L
     # n * Nk overflowing size_t.
     assert seal(2**63, 0, 0, b"", ffi.NULL, 0, b"", ffi.NULL, 0, 0) == L
-    assert seal(2, 32, 24, b"ab", ffi.NULL, 2, b"xyz", _sizes(ffi, [1, 2]), 3, 35) == L
+    # NULL pt lens with items; NULL aad lens is the shared-AAD form: each item takes all of aads.
+    assert seal(2, 32, 24, b"ab", _sizes(ffi, [1, 1]), 2, b"xyz", ffi.NULL, 3, 35) == L
+    assert seal(2, 32, 24, b"ab", ffi.NULL, 2, b"xyz", _sizes(ffi, [1, 2]), 3, 35) == lib.MLSN_OK
+    shared = ffi.buffer(out, 35)[:]
+    assert seal(2, 32, 24, b"abab", _sizes(ffi, [2, 2]), 4, b"xyz", _sizes(ffi, [1, 2]), 3, 35) == lib.MLSN_OK
+    assert ffi.buffer(out, 35)[:] == shared
+    assert seal(2, 32, 24, ffi.NULL, ffi.NULL, 2, b"xyz", _sizes(ffi, [1, 2]), 3, 35) == L
     assert seal(0, 0, 0, b"", ffi.NULL, 0, b"", ffi.NULL, 0, 0) == lib.MLSN_OK
 
     def open_(cl: Any, clen: int, ol: int, st: Any = status) -> int:
@@ -184,6 +190,33 @@ def test_tree_hash_lengths(c: tuple[Any, Any]) -> None:
     assert path(3, 2, b"\x01\x00\x01", [1, 1], 2, 63, 96) == L
     assert path(3, 2, b"\x01\x00\x01", [1, 1], 2, 64, 95) == L
     assert path(3, 2, b"\x01\x00\x01", [1, 1], 4, 64, 96) == L  # more values than path nodes
+
+
+def test_packed_tree_hash_lengths(c: tuple[Any, Any]) -> None:
+    ffi, lib = c
+    out = ffi.new("uint8_t[]", 7 * 32)
+    L = lib.MLSN_ERR_LENGTH
+
+    def th(n: int, data: bytes, dlen: int, lens: list[int], olen: int) -> int:
+        return int(lib.mlsn_tree_hashes_packed(1, n, data, dlen, _sizes(ffi, lens or [0]), out, olen))
+
+    assert th(3, b"abc", 3, [1, 0, 2], 3 * 32) == lib.MLSN_OK
+    assert th(5, b"abc", 3, [1, 0, 1, 0, 1], 7 * 32) == lib.MLSN_OK  # extended to 4 leaves
+    assert th(5, b"abc", 3, [1, 0, 1, 0, 1], 5 * 32) == L  # out must cover the full tree
+    assert th(3, b"abc", 3, [1, 0, 2], 3 * 32 - 1) == L
+    assert th(2, b"a", 1, [1, 0], 3 * 32) == L  # even width
+    assert th(0, b"", 0, [], 0) == L
+    assert th(3, b"abc", 3, [1, 0, 3], 3 * 32) == L  # lens beyond data
+    assert th(3, b"abc", 3, [1, 0, 1], 3 * 32) == L  # lens short of data
+    assert th(3, b"abc", 3, [1, SIZE_MAX, 3], 3 * 32) == L  # a sum that would wrap around
+    assert th(3, b"abc", 2**62, [1, 0, 2], 3 * 32) == L  # more data than a SHA-2 length field counts
+    assert th(2**63 + 1, b"abc", 3, [3], 32) == L  # absurd width
+    assert lib.mlsn_tree_hashes_packed(1, 3, b"abc", 3, ffi.NULL, out, 3 * 32) == L
+    assert lib.mlsn_tree_hashes_packed(1, 3, ffi.NULL, 3, _sizes(ffi, [1, 0, 2]), out, 3 * 32) == L
+    assert lib.mlsn_tree_hashes_packed(1, 3, b"abc", 3, _sizes(ffi, [1, 0, 2]), ffi.NULL, 3 * 32) == L
+    assert lib.mlsn_tree_hashes_packed(9, 3, b"abc", 3, _sizes(ffi, [1, 0, 2]), out, 3 * 32) == (
+        lib.MLSN_ERR_UNSUPPORTED
+    )
 
 
 def test_python_layer_huge_lengths(nb: Any) -> None:

@@ -19,7 +19,6 @@ from native import reference
 
 hashes = st.sampled_from(HASHES)
 
-
 # ---- a minimal ratchet_tree reader for the vectors: node boundaries only --------------------------
 
 
@@ -86,6 +85,16 @@ def test_tree_validation_vectors(nb: Any, shared_dir: Path, impl: str) -> None:
     assert len(cases) >= 90
 
 
+def test_packed_tree_validation_vectors(nb: Any, shared_dir: Path) -> None:
+    """The packed form - b"" for a blank node, all hashes in one buffer - of every vector tree."""
+    for case in _vector_cases(shared_dir):
+        alg = cipher_suite(int(case["cipher_suite"])).hash_name
+        nodes = [node or b"" for node in parse_ratchet_tree(bytes.fromhex(case["tree"]))]
+        got = bytes(nb.tree_hashes_packed(alg, nodes))
+        assert got.hex() == "".join(case["tree_hashes"])
+        assert reference.tree_hashes_packed(alg, nodes) == got
+
+
 # ---- random trees ------------------------------------------------------------------------------------
 
 
@@ -105,12 +114,38 @@ def trees(draw: st.DrawFn, max_leaves: int = 70) -> tuple[str, list[bytes | None
 
 @settings(max_examples=150, deadline=None)
 @given(case=trees())
-def test_random_trees_match_reference(nb: Any, case: tuple[str, list[bytes | None]]) -> None:
+def test_random_trees_match_reference(
+    nb: Any, case: tuple[str, list[bytes | None]]
+) -> None:
     alg, nodes = case
     got = nb.tree_hashes(alg, nodes)
     assert got == reference.tree_hashes(alg, nodes)
     depth = (((len(nodes) + 1) // 2) - 1).bit_length()
     assert len(got) == (2 << depth) - 1 and all(len(h) == NH[alg] for h in got)
+
+
+@settings(max_examples=150, deadline=None)
+@given(case=trees())
+def test_random_packed_trees_match_reference(
+    nb: Any, case: tuple[str, list[bytes | None]]
+) -> None:
+    """Packed: b"" is a blank node (so the drawn empty values are blank here)."""
+    alg, drawn = case
+    nodes = [node or b"" for node in drawn]
+    got = bytes(nb.tree_hashes_packed(alg, nodes))
+    assert got == reference.tree_hashes_packed(alg, nodes)
+    assert got == b"".join(nb.tree_hashes(alg, [node or None for node in nodes]))
+
+
+def test_packed_value_lengths_across_block_boundaries(nb: Any) -> None:
+    """Every leaf and parent value length from 1 to 300 bytes: the SHA-256 inputs then end at every
+    offset of a 64-byte block, with the padding in the same block or the next (FIPS 180-4 §5.1.1)."""
+    rng = random.Random(5)
+    for n in range(1, 301):
+        full, parent_only = [rng.randbytes(n) for _ in range(3)], [b"", rng.randbytes(n), b""]
+        for nodes in (full, parent_only):
+            got = bytes(nb.tree_hashes_packed("sha256", nodes))
+            assert got == reference.tree_hashes_packed("sha256", nodes)
 
 
 @settings(max_examples=150, deadline=None)
@@ -178,3 +213,16 @@ def test_tree_argument_errors(nb: Any, impl: str) -> None:
         path("sha256", nodes, [good[0], good[1], good[2][:31]], 0)  # a sibling hash of the wrong size
     with pytest.raises(TypeError):
         th("sha256", [b"a", 5, b"b"])
+
+
+@pytest.mark.parametrize("impl", ["native", "reference"])
+def test_packed_argument_errors(nb: Any, impl: str) -> None:
+    th = nb.tree_hashes_packed if impl == "native" else reference.tree_hashes_packed
+    for bad in ([], [b"a", b"b"], [b""] * 4):
+        with pytest.raises(ValidationError):
+            th("sha256", bad)
+    with pytest.raises(UnsupportedError):
+        th("sha1", [b"a"])
+    for item in (None, 5):  # a blank node is b"", not None
+        with pytest.raises(TypeError):
+            th("sha256", [b"a", item, b"b"])
