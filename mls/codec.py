@@ -78,6 +78,10 @@ class Reader:
             self.restore(depth)
 
     # -- primitives ------------------------------------------------------------------------------
+    def source(self) -> bytes:
+        """All the input bytes this reader walks (positions are offsets into them)."""
+        return self._data
+
     def span(self, start: int) -> bytes:
         """The input bytes from ``start`` to the current position."""
         return self._data[start : self.pos]

@@ -23,7 +23,6 @@ from .framing import AuthenticatedContent, Sender
 from .key_schedule import EpochSecrets
 from .leaf_validation import LeafPolicy
 from .messages import GroupContext
-from .nodes import decode_ratchet_tree
 from .proposals import Proposal, ReInit
 from .ratchet_tree import RatchetTree
 from .secret_tree import RatchetConfig, SecretTree
@@ -201,7 +200,7 @@ class GroupState:
     def _from_state(cls, s: dict[str, Any], key_store: KeyStore, leaf_policy: LeafPolicy | None) -> GroupState:
         context = GroupContext.from_bytes(bytes.fromhex(s["context"]))
         cs = cipher_suite(context.cipher_suite)
-        tree = RatchetTree.from_wire(cs, decode_ratchet_tree(bytes.fromhex(s["tree"])))
+        tree = RatchetTree.decode(cs, bytes.fromhex(s["tree"]))
         node_keys: dict[int, HpkePrivateKey] = {
             int(x): cs.hpke_key_from_private_bytes(bytes.fromhex(v)) for x, v in s["node_keys"].items()
         }

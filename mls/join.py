@@ -22,7 +22,7 @@ from .key_package import KeyPackage
 from .key_schedule import KeySchedule
 from .leaf_node import LeafNode
 from .messages import GroupContext, GroupInfo, GroupSecrets, PathSecret, Welcome
-from .nodes import RatchetTreeExtension, decode_ratchet_tree
+from .nodes import RatchetTreeExtension
 from .proposals import PreSharedKeyID, PSKType, ReInit, ResumptionPSKUsage
 from .psk import PskStore, psk_secret
 from .ratchet_tree import RatchetTree
@@ -103,10 +103,10 @@ def tree_from_group_info(cs: CipherSuite, gi: GroupInfo, ratchet_tree: bytes | N
     """The ratchet tree from the GroupInfo's ``ratchet_tree`` extension, or else the one given (§12.4.3.3)."""
     ext = find_payload(gi.extensions, RatchetTreeExtension)
     if ext is not None:
-        return RatchetTree.from_wire(cs, ext.nodes)
+        return RatchetTree.from_extension(cs, ext)
     if ratchet_tree is None:
         raise ValidationError("12.4.3.3", "no ratchet tree: neither in the GroupInfo nor given out of band")
-    return RatchetTree.from_wire(cs, decode_ratchet_tree(ratchet_tree))
+    return RatchetTree.decode(cs, ratchet_tree)
 
 
 def _state_from_group_info(

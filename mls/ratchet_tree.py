@@ -25,7 +25,14 @@ from .crypto.backend import HashBuffer, batch_ops
 from .crypto.cipher_suite import CipherSuite
 from .errors import ValidationError
 from .leaf_node import LeafNode
-from .nodes import Node, NodeType, ParentNode
+from .nodes import (
+    DecodedNodes,
+    Node,
+    NodeType,
+    ParentNode,
+    RatchetTreeExtension,
+    decode_ratchet_tree_extension,
+)
 
 TreeNode = LeafNode | ParentNode | None
 
@@ -76,7 +83,7 @@ class RatchetTree:
     None: a replaced list is never taken for complete.
     """
 
-    __slots__ = ("_bulk", "_enc", "_enc_complete", "_hashes", "_nodes", "cs")
+    __slots__ = ("_bulk", "_decoded", "_enc", "_enc_complete", "_hashes", "_nodes", "cs")
 
     def __init__(self, cs: CipherSuite, nodes: Sequence[TreeNode]) -> None:
         n_leaves = _full_leaf_count(len(nodes))
@@ -87,6 +94,8 @@ class RatchetTree:
         self._enc: list[bytes | None] = [None] * width
         self._enc_complete: list[bytes | None] | None = None
         self._bulk: HashBuffer = b""
+        # Where the nodes lie in the message they were decoded from, until the tree first changes.
+        self._decoded: DecodedNodes | None = None
         for x, node in enumerate(self._nodes):
             want = LeafNode if x % 2 == 0 else ParentNode
             if node is not None and not isinstance(node, want):
@@ -112,6 +121,23 @@ class RatchetTree:
         if len(out) % 2 == 0:
             raise ValidationError("12.4.3.3", "a ratchet tree must end with a leaf")
         return cls(cs, out)
+
+    @classmethod
+    def from_extension(cls, cs: CipherSuite, ext: RatchetTreeExtension) -> RatchetTree:
+        """A tree from a decoded ``ratchet_tree`` payload (§12.4.3.3), starting with the node encodings the
+        decoder noted (so the first tree hash, §7.8, does not revisit every node object)."""
+        tree = cls.from_wire(cs, ext.nodes)
+        decoded = ext.decoded
+        if decoded is not None and len(decoded.encodings) == len(ext.nodes):
+            tree._enc = [*decoded.encodings, *([b""] * (tree.width - len(decoded.encodings)))]
+            tree._enc_complete = tree._enc
+            tree._decoded = decoded
+        return tree
+
+    @classmethod
+    def decode(cls, cs: CipherSuite, data: bytes) -> RatchetTree:
+        """A tree from ``optional<Node> ratchet_tree<V>`` bytes (§12.4.3.3), extended with blanks."""
+        return cls.from_extension(cs, decode_ratchet_tree_extension(data))
 
     def to_wire(self) -> list[Node | None]:
         """The node list for the ``ratchet_tree`` extension (trailing blanks are dropped on encoding)."""
@@ -145,6 +171,7 @@ class RatchetTree:
         other._enc = list(self._enc)
         other._enc_complete = other._enc if self._enc_complete is self._enc else None
         other._bulk = self._bulk
+        other._decoded = self._decoded
         return other
 
     # ---- access --------------------------------------------------------------------------------
@@ -189,6 +216,7 @@ class RatchetTree:
     # ---- mutation (§7.7, §12.1) -----------------------------------------------------------------
     def _set(self, x: int, node: TreeNode) -> None:
         self._nodes[x] = node
+        self._decoded = None
         if node is None:
             self._enc[x] = b""
         else:
@@ -223,6 +251,7 @@ class RatchetTree:
     def _extend(self) -> None:
         """Double the leaf count: the old tree becomes the left subtree of a new blank root (§7.7)."""
         width = len(self._nodes)
+        self._decoded = None
         self._nodes.extend([None] * (width + 1))
         self._hashes.extend([None] * (width + 1))
         self._enc.extend([b""] * (width + 1))
@@ -237,6 +266,7 @@ class RatchetTree:
                 return
             width = 2 * half - 1
             del self._nodes[width:], self._hashes[width:], self._enc[width:]
+            self._decoded = None
 
     def add_leaf(self, leaf: LeafNode, start: int = 0) -> int:
         """Add ``leaf`` at the leftmost blank leaf, extending the tree if none (§12.1.1); its index.
@@ -375,7 +405,11 @@ class RatchetTree:
         self._hashes = [_IN_BULK] * self.width
         self._bulk = b""
         try:
-            self._bulk = ops.tree_hashes_packed(self.cs.hash_name, self._hash_input())
+            decoded = self._decoded
+            if decoded is not None:  # straight from the message the tree came in: nothing to gather
+                self._bulk = ops.tree_hashes_spans(self.cs.hash_name, decoded.source, decoded.starts, decoded.lens)
+            else:
+                self._bulk = ops.tree_hashes_packed(self.cs.hash_name, self._hash_input())
         except BaseException:
             self._hashes = [None] * self.width
             raise

@@ -44,6 +44,12 @@ _HASHES: dict[str, tuple[int, int]] = {
 _TAG = AEAD_TAG_LEN
 # array typecode matching size_t, so length arrays go to C without conversion.
 _SIZE_T = next(code for code in ("Q", "L", "I") if array(code).itemsize == ffi.sizeof("size_t"))
+_ITEM = array(_SIZE_T).itemsize
+
+
+def _size_t_array(values: array[int]) -> array[int]:
+    """``values`` as a size_t array (itself when it is one already)."""
+    return values if values.typecode == _SIZE_T else array(_SIZE_T, values)
 # Output buffers are fully written by C before they are read: skip cffi's zero-fill.
 _alloc = ffi.new_allocator(should_clear_after_alloc=False)
 
@@ -408,7 +414,22 @@ class NativeBackend:
         data = b"".join(nodes)
         lens = array(_SIZE_T, map(len, nodes))
         out = _alloc("uint8_t[]", size)
-        rc = lib.mlsn_tree_hashes_packed(hid, len(nodes), data, len(data), _sizes(lens), out, size)
+        rc = lib.mlsn_tree_hashes_spans(hid, len(nodes), data, len(data), ffi.NULL, _sizes(lens), out, size)
+        if rc:
+            _raise_for(rc, "7.8", "tree hash")
+        return ffi.buffer(out)
+
+    def tree_hashes_spans(self, alg: str, source: bytes, starts: array[int], lens: array[int]) -> Any:
+        """:meth:`tree_hashes_packed` with node x's encoding at ``source[starts[x] : starts[x] + lens[x]]``
+        (``lens[x] == 0`` for a blank node): a tree hashed straight from the message it was decoded from."""
+        hid, nh = _hash_id(alg)
+        n = len(lens)
+        if len(starts) != n:
+            raise ValidationError("7.8", "tree hash: one start and one length per node")
+        starts, lens = _size_t_array(starts), _size_t_array(lens)
+        size = ((2 << _args.tree_depth(n)) - 1) * nh
+        out = _alloc("uint8_t[]", size)
+        rc = lib.mlsn_tree_hashes_spans(hid, n, _bytes(source), len(source), _sizes(starts), _sizes(lens), out, size)
         if rc:
             _raise_for(rc, "7.8", "tree hash")
         return ffi.buffer(out)

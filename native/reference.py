@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 from mls.codec import opaque_bytes
 from mls.crypto.backend import PythonBackend
+from mls.errors import CryptoError, ValidationError
 
 from . import _args
 
@@ -141,6 +142,16 @@ def tree_hashes_packed(alg: str, nodes: Sequence[bytes]) -> bytes:
     never empty), as one buffer: every node's hash back to back, in node order."""
     values = [memoryview(node).tobytes() for node in nodes]  # bytes-like items only, like b"".join
     return b"".join(tree_hashes(alg, [value or None for value in values]))
+
+
+def tree_hashes_spans(alg: str, source: bytes, starts: Sequence[int], lens: Sequence[int]) -> bytes:
+    """:func:`tree_hashes_packed` with node x's encoding at ``source[starts[x] : starts[x] + lens[x]]``
+    (``lens[x] == 0``: blank); every span must lie inside ``source``."""
+    if len(starts) != len(lens):
+        raise ValidationError("7.8", "tree hash: one start and one length per node")
+    if any(start < 0 or length < 0 or start + length > len(source) for start, length in zip(starts, lens)):
+        raise CryptoError("7.8", "tree hash: a node's span lies outside the source")
+    return tree_hashes_packed(alg, [source[start : start + length] for start, length in zip(starts, lens)])
 
 
 def tree_hash_path(

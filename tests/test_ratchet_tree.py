@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from mls import tree_math as tm
 from mls.crypto import CipherSuite, cipher_suite
 from mls.leaf_node import LeafNode
-from mls.nodes import ParentNode, decode_ratchet_tree
+from mls.nodes import ParentNode, decode_ratchet_tree, decode_ratchet_tree_extension
 from mls.ratchet_tree import RatchetTree, TreeNode, _blank_suffix
 
 from .vectors import load
@@ -32,9 +32,8 @@ SUITE1 = [c for c in TREE_CASES if c["cipher_suite"] == 1]
 
 
 def wire_tree(case: dict[str, Any]) -> RatchetTree:
-    return RatchetTree.from_wire(
-        cipher_suite(case["cipher_suite"]), decode_ratchet_tree(bytes.fromhex(case["tree"]))
-    )
+    """The vector's tree as a joiner decodes it (the node encodings noted, the message kept)."""
+    return RatchetTree.decode(cipher_suite(case["cipher_suite"]), bytes.fromhex(case["tree"]))
 
 
 def _leaf_pool() -> list[LeafNode]:
@@ -516,3 +515,61 @@ def test_whole_tree_hashes_with_trailing_blanks_equal_per_node_ones(
 def test_blank_suffix_counts_the_trailing_blanks_up_to_the_limit(encs: list[bytes], limit: int) -> None:
     run = len(encs) - len(bytes(map(len, encs)).rstrip(b"\x00"))
     assert _blank_suffix(encs, min(limit, len(encs))) == min(run, limit, len(encs))
+
+
+# ---- a tree decoded from a message (§12.4.3.3) ------------------------------------------------------
+
+
+@pytest.mark.parametrize("index", range(len(TREE_CASES)))
+def test_decoding_notes_where_every_node_encoding_lies(index: int) -> None:
+    data = bytes.fromhex(TREE_CASES[index]["tree"])
+    ext = decode_ratchet_tree_extension(data)
+    decoded = ext.decoded
+    assert decoded is not None and decoded.source == data
+    assert len(decoded.encodings) == len(decoded.starts) == len(decoded.lens) == len(ext.nodes)
+    for node, enc, start, length in zip(ext.nodes, decoded.encodings, decoded.starts, decoded.lens):
+        value = None if node is None else node.leaf_node or node.parent_node
+        assert enc == (b"" if value is None else value.to_bytes()) == data[start : start + length]
+
+
+class _Spy:
+    """A BatchOps stand-in recording which whole-tree call a RatchetTree makes (pure-Python reference)."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def tree_hashes_packed(self, alg: str, nodes: list[bytes]) -> bytes:
+        from native import reference
+
+        self.calls.append("packed")
+        return reference.tree_hashes_packed(alg, nodes)
+
+    def tree_hashes_spans(self, alg: str, source: bytes, starts: Any, lens: Any) -> bytes:
+        from native import reference
+
+        self.calls.append("spans")
+        return reference.tree_hashes_spans(alg, source, list(starts), list(lens))
+
+
+@pytest.mark.parametrize("index", [i for i, c in enumerate(TREE_CASES) if len(c["tree"]) > 400][:6])
+def test_a_decoded_tree_is_hashed_from_its_message_until_it_changes(index: int) -> None:
+    """The first whole-tree hash reads the nodes where the message holds them; after any change (and on
+    a copy that changed) the tree gathers its own encodings. Hashes equal the per-node computation."""
+    case = TREE_CASES[index]
+    spy = _Spy()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(RatchetTree, "BATCH_HASH_THRESHOLD", 1)
+        mp.setattr("mls.ratchet_tree.batch_ops", lambda: spy)
+        tree = wire_tree(case)
+        assert tree.tree_hash().hex() == case["tree_hashes"][tree.root]
+        assert spy.calls == ["spans"]
+        changed = tree.copy()
+        member = next(i for i, _ in changed.leaves())
+        changed.update_leaf(member, LEAVES[0])
+        changed._hashes = [None] * changed.width  # forget every hash: the next call is a whole-tree one
+        changed.tree_hash()
+        assert spy.calls == ["spans", "packed"]
+        assert_hashes_fresh(changed)
+        tree._hashes = [None] * tree.width
+        assert tree.tree_hash().hex() == case["tree_hashes"][tree.root]  # the original still has its message
+        assert spy.calls == ["spans", "packed", "spans"]

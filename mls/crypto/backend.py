@@ -18,6 +18,7 @@ import hmac as _hmac
 import importlib
 import os
 import struct
+from array import array
 from collections.abc import Iterable, Sequence
 from itertools import repeat
 from typing import Protocol, runtime_checkable
@@ -107,6 +108,11 @@ class BatchOps(Protocol):
     def tree_hashes_packed(self, alg: str, nodes: Sequence[bytes]) -> HashBuffer:
         """The tree hash (§7.8) of every node of a full tree given as per-node encodings (``b""`` = blank),
         back to back in node order (Nh bytes each)."""
+        ...
+
+    def tree_hashes_spans(self, alg: str, source: bytes, starts: array[int], lens: array[int]) -> HashBuffer:
+        """:meth:`tree_hashes_packed` with node x's encoding at ``source[starts[x] : starts[x] + lens[x]]``
+        (``lens[x] == 0``: blank), e.g. in the message the tree was decoded from."""
         ...
 
 

@@ -183,6 +183,19 @@ static int index_packed(size_t n_nodes, const size_t *lens, size_t data_len, str
     return pos == data_len ? MLSN_OK : MLSN_ERR_LENGTH;
 }
 
+/* Check explicit spans: node x's value is lens[x] bytes at data + starts[x] (0 for a blank node). */
+static int index_spans(size_t n_nodes, const size_t *starts, const size_t *lens, size_t data_len,
+                       struct span *spans)
+{
+    for (size_t x = 0; x < n_nodes; x++) {
+        if (starts[x] > data_len || lens[x] > data_len - starts[x])
+            return MLSN_ERR_LENGTH;
+        spans[x].off = lens[x] > 0 ? starts[x] : SIZE_MAX;
+        spans[x].len = lens[x];
+    }
+    return MLSN_OK;
+}
+
 /* The value of node x (NULL when blank or beyond the given slots). */
 static const uint8_t *node_value(const struct span *spans, size_t n_nodes, const uint8_t *data, size_t x,
                                  size_t *len)
@@ -269,8 +282,8 @@ int mlsn_tree_hashes(int hash_alg, size_t n_nodes, const uint8_t *present, const
     return rc;
 }
 
-int mlsn_tree_hashes_packed(int hash_alg, size_t n_nodes, const uint8_t *data, size_t data_len,
-                            const size_t *lens, uint8_t *out, size_t out_len)
+int mlsn_tree_hashes_spans(int hash_alg, size_t n_nodes, const uint8_t *data, size_t data_len,
+                           const size_t *starts, const size_t *lens, uint8_t *out, size_t out_len)
 {
     struct tree t;
     struct span *spans;
@@ -282,7 +295,8 @@ int mlsn_tree_hashes_packed(int hash_alg, size_t n_nodes, const uint8_t *data, s
         return MLSN_ERR_LENGTH;
     if ((spans = new_spans(n_nodes)) == NULL)
         return MLSN_ERR_NOMEM;
-    rc = index_packed(n_nodes, lens, data_len, spans);
+    rc = starts == NULL ? index_packed(n_nodes, lens, data_len, spans)
+                        : index_spans(n_nodes, starts, lens, data_len, spans);
     t.spans = spans;
     if (rc == MLSN_OK)
         rc = hash_tree(hash_alg, &t);

@@ -28,12 +28,14 @@ int mlsn_tree_hashes(int hash_alg, size_t n_nodes, const uint8_t *present, const
                      size_t data_len, const size_t *lens, size_t n_present, uint8_t *out, size_t out_len);
 
 /*
- * mlsn_tree_hashes with the tree packed the way a ratchet tree keeps it: lens has one entry per node
- * slot (n_nodes of them), 0 for a blank node - an encoded LeafNode or ParentNode is never empty - and
- * data holds the present nodes' values back to back (sum of lens == data_len). Same output.
+ * mlsn_tree_hashes with the tree given the way a ratchet tree holds it: lens has one entry per node slot
+ * (n_nodes of them), 0 for a blank node - an encoded LeafNode or ParentNode is never empty. With
+ * starts == NULL, data holds the present nodes' values back to back (sum of lens == data_len); else node
+ * x's value is the lens[x] bytes at data + starts[x] (each span inside data), e.g. in the message a tree
+ * was decoded from. Same output.
  */
-int mlsn_tree_hashes_packed(int hash_alg, size_t n_nodes, const uint8_t *data, size_t data_len,
-                            const size_t *lens, uint8_t *out, size_t out_len);
+int mlsn_tree_hashes_spans(int hash_alg, size_t n_nodes, const uint8_t *data, size_t data_len,
+                           const size_t *starts, const size_t *lens, uint8_t *out, size_t out_len);
 
 /*
  * Recompute the tree hashes on one leaf's direct path in a full tree of 2^depth leaves, the rest of

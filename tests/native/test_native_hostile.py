@@ -198,7 +198,7 @@ def test_packed_tree_hash_lengths(c: tuple[Any, Any]) -> None:
     L = lib.MLSN_ERR_LENGTH
 
     def th(n: int, data: bytes, dlen: int, lens: list[int], olen: int) -> int:
-        return int(lib.mlsn_tree_hashes_packed(1, n, data, dlen, _sizes(ffi, lens or [0]), out, olen))
+        return int(lib.mlsn_tree_hashes_spans(1, n, data, dlen, ffi.NULL, _sizes(ffi, lens or [0]), out, olen))
 
     assert th(3, b"abc", 3, [1, 0, 2], 3 * 32) == lib.MLSN_OK
     assert th(5, b"abc", 3, [1, 0, 1, 0, 1], 7 * 32) == lib.MLSN_OK  # extended to 4 leaves
@@ -211,12 +211,31 @@ def test_packed_tree_hash_lengths(c: tuple[Any, Any]) -> None:
     assert th(3, b"abc", 3, [1, SIZE_MAX, 3], 3 * 32) == L  # a sum that would wrap around
     assert th(3, b"abc", 2**62, [1, 0, 2], 3 * 32) == L  # more data than a SHA-2 length field counts
     assert th(2**63 + 1, b"abc", 3, [3], 32) == L  # absurd width
-    assert lib.mlsn_tree_hashes_packed(1, 3, b"abc", 3, ffi.NULL, out, 3 * 32) == L
-    assert lib.mlsn_tree_hashes_packed(1, 3, ffi.NULL, 3, _sizes(ffi, [1, 0, 2]), out, 3 * 32) == L
-    assert lib.mlsn_tree_hashes_packed(1, 3, b"abc", 3, _sizes(ffi, [1, 0, 2]), ffi.NULL, 3 * 32) == L
-    assert lib.mlsn_tree_hashes_packed(9, 3, b"abc", 3, _sizes(ffi, [1, 0, 2]), out, 3 * 32) == (
-        lib.MLSN_ERR_UNSUPPORTED
-    )
+    lens = _sizes(ffi, [1, 0, 2])
+    assert lib.mlsn_tree_hashes_spans(1, 3, b"abc", 3, ffi.NULL, ffi.NULL, out, 3 * 32) == L
+    assert lib.mlsn_tree_hashes_spans(1, 3, ffi.NULL, 3, ffi.NULL, lens, out, 3 * 32) == L
+    assert lib.mlsn_tree_hashes_spans(1, 3, b"abc", 3, ffi.NULL, lens, ffi.NULL, 3 * 32) == L
+    assert lib.mlsn_tree_hashes_spans(9, 3, b"abc", 3, ffi.NULL, lens, out, 3 * 32) == lib.MLSN_ERR_UNSUPPORTED
+
+
+def test_spans_tree_hash_lengths(c: tuple[Any, Any]) -> None:
+    """Explicit spans: each inside data (overlaps and gaps allowed), a blank's start ignored but checked."""
+    ffi, lib = c
+    out = ffi.new("uint8_t[]", 3 * 32)
+    L = lib.MLSN_ERR_LENGTH
+
+    def th(data: bytes, dlen: int, starts: list[int], lens: list[int]) -> int:
+        return int(lib.mlsn_tree_hashes_spans(1, 3, data, dlen, _sizes(ffi, starts), _sizes(ffi, lens), out, 96))
+
+    assert th(b"xaybc", 5, [1, 0, 3], [1, 0, 2]) == lib.MLSN_OK
+    packed = ffi.buffer(out)[:]
+    assert lib.mlsn_tree_hashes_spans(1, 3, b"abc", 3, ffi.NULL, _sizes(ffi, [1, 0, 2]), out, 96) == lib.MLSN_OK
+    assert ffi.buffer(out)[:] == packed  # the same values, found by span or back to back
+    assert th(b"abc", 3, [0, 0, 0], [3, 0, 3]) == lib.MLSN_OK  # overlapping spans read the same bytes
+    assert th(b"abc", 3, [0, 0, 2], [1, 0, 2]) == L  # past the end
+    assert th(b"abc", 3, [4, 0, 0], [0, 0, 1]) == L  # a start beyond data, even for a blank
+    assert th(b"abc", 3, [SIZE_MAX, 0, 0], [2, 0, 1]) == L  # start + len wrapping around
+    assert th(b"abc", 3, [1, 0, 0], [SIZE_MAX, 0, 1]) == L
 
 
 def test_python_layer_huge_lengths(nb: Any) -> None:
