@@ -126,8 +126,12 @@ class HashBuffer(Protocol):
 
 
 def batch_ops() -> BatchOps | None:
-    """The backend in use, if it offers :class:`BatchOps`."""
-    backend = _backend
+    """The backend in use, if it offers :class:`BatchOps` (decided when the backend is set: an
+    ``isinstance`` check against a runtime protocol costs microseconds, and this runs per message)."""
+    return _batch_ops
+
+
+def _as_batch_ops(backend: CryptoBackend) -> BatchOps | None:
     return backend if isinstance(backend, BatchOps) else None
 
 
@@ -266,6 +270,7 @@ def select_backend(choice: str | None = None) -> CryptoBackend:
 
 
 _backend: CryptoBackend = select_backend()
+_batch_ops: BatchOps | None = _as_batch_ops(_backend)
 
 
 def get_backend() -> CryptoBackend:
@@ -275,5 +280,6 @@ def get_backend() -> CryptoBackend:
 
 def set_backend(backend: CryptoBackend) -> None:
     """Replace the backend in use (tests and benchmarks compare backends this way)."""
-    global _backend
+    global _backend, _batch_ops
     _backend = backend
+    _batch_ops = _as_batch_ops(backend)
