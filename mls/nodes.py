@@ -55,6 +55,7 @@ class Node(Struct):
 
 
 _TREE_NODES: Vec[Node | None] = Vec(Opt(Node))
+_NODE: Opt[Node] = Opt(Node)
 
 
 @dataclass(frozen=True)
@@ -70,20 +71,18 @@ class RatchetTreeExtension(ExtensionPayload):
 
     @classmethod
     def decode(cls, r: Reader) -> RatchetTreeExtension:
-        """Decode the nodes, noting each one's value encoding (its LeafNode or ParentNode, ``b""`` when
-        blank) as it is read: the tree hash (§7.8) needs exactly these, and taking them while the freshly
-        decoded objects are still in the CPU cache saves revisiting ten thousands of objects later."""
-        encodings: list[bytes] = []
+        """Decode the nodes, noting where each one's value (its LeafNode or ParentNode encoding) lies in
+        the message: the tree hash (§7.8) needs exactly those bytes, and reading them there later is
+        cheaper than revisiting ten thousands of decoded objects."""
         starts, lens = array("Q"), array("Q")
 
         def read_node(r: Reader) -> Node | None:
             at = r.pos
-            node = r.optional(Node.decode)
-            value = None if node is None else node.leaf_node or node.parent_node
-            encodings.append(b"" if value is None else value.to_bytes())
-            # optional<Node>: a presence octet, then node_type, then the value.
-            starts.append(at + 2 if value is not None else at)
-            lens.append(len(encodings[-1]))
+            node = _NODE.read(r)
+            # optional<Node>: a presence octet, then node_type, then the value; a blank is one octet.
+            present = node is not None
+            starts.append(at + 2 if present else at)
+            lens.append(r.pos - at - 2 if present else 0)
             return node
 
         with r.scope(cls.__name__):
@@ -92,25 +91,29 @@ class RatchetTreeExtension(ExtensionPayload):
             if not nodes or nodes[-1] is None:
                 raise r.error("the last node of a ratchet_tree must be non-blank (§12.4.3.3)", at)
         ext = cls(nodes)
-        object.__setattr__(ext, "_decoded", DecodedNodes(tuple(encodings), r.source(), starts, lens))
+        object.__setattr__(ext, "_decoded", DecodedNodes(r.source(), starts, lens))
         return ext
 
     @property
     def decoded(self) -> DecodedNodes | None:
-        """Where each node's encoding lay when this payload was decoded (None for one built in memory)."""
+        """Where each node's value lay when this payload was decoded (None for one built in memory)."""
         decoded: DecodedNodes | None = self.__dict__.get("_decoded")
         return decoded
 
 
 @dataclass(frozen=True, repr=False)
 class DecodedNodes:
-    """Each node's value encoding (its LeafNode or ParentNode; ``b""`` when blank) as a decoder read it,
-    and where it lies in the decoded message: ``source[starts[x] : starts[x] + lens[x]]``."""
+    """Where each node's value encoding (its LeafNode or ParentNode) lies in the message a ratchet tree was
+    decoded from: ``source[starts[x] : starts[x] + lens[x]]``, ``lens[x] == 0`` for a blank node."""
 
-    encodings: tuple[bytes, ...]
     source: bytes
     starts: array[int]
     lens: array[int]
+
+    def encoding(self, x: int) -> bytes:
+        """Node x's value encoding (``b""`` when blank)."""
+        start = self.starts[x]
+        return self.source[start : start + self.lens[x]]
 
 
 def encode_ratchet_tree(nodes: Sequence[Node | None]) -> bytes:
@@ -127,7 +130,7 @@ def decode_ratchet_tree(data: bytes) -> tuple[Node | None, ...]:
 
 
 def decode_ratchet_tree_extension(data: bytes) -> RatchetTreeExtension:
-    """Decode ``optional<Node> ratchet_tree<V>`` keeping the nodes' encodings (see ``node_encodings``)."""
+    """Decode ``optional<Node> ratchet_tree<V>``, noting where the nodes lie (see ``decoded``)."""
     return RatchetTreeExtension.from_bytes(data)
 
 

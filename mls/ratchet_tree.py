@@ -83,12 +83,13 @@ class RatchetTree:
     None: a replaced list is never taken for complete.
     """
 
-    __slots__ = ("_bulk", "_decoded", "_enc", "_enc_complete", "_hashes", "_nodes", "cs")
+    __slots__ = ("_bulk", "_decoded", "_enc", "_enc_complete", "_hashes", "_nh", "_nodes", "cs")
 
     def __init__(self, cs: CipherSuite, nodes: Sequence[TreeNode]) -> None:
         n_leaves = _full_leaf_count(len(nodes))
         width = 2 * n_leaves - 1
         self.cs = cs
+        self._nh = cs.n_h
         self._nodes: list[TreeNode] = list(nodes) + [None] * (width - len(nodes))
         self._hashes: list[bytes | _Cached | None] = [None] * width
         self._enc: list[bytes | None] = [None] * width
@@ -124,13 +125,12 @@ class RatchetTree:
 
     @classmethod
     def from_extension(cls, cs: CipherSuite, ext: RatchetTreeExtension) -> RatchetTree:
-        """A tree from a decoded ``ratchet_tree`` payload (§12.4.3.3), starting with the node encodings the
-        decoder noted (so the first tree hash, §7.8, does not revisit every node object)."""
+        """A tree from a decoded ``ratchet_tree`` payload (§12.4.3.3) that remembers where the decoder found
+        each node: until the tree changes, tree hashing (§7.8) reads node encodings from the message
+        rather than from ten thousands of decoded objects (and the native backend hashes it in place)."""
         tree = cls.from_wire(cs, ext.nodes)
         decoded = ext.decoded
-        if decoded is not None and len(decoded.encodings) == len(ext.nodes):
-            tree._enc = [*decoded.encodings, *([b""] * (tree.width - len(decoded.encodings)))]
-            tree._enc_complete = tree._enc
+        if decoded is not None and len(decoded.lens) == len(ext.nodes):
             tree._decoded = decoded
         return tree
 
@@ -165,7 +165,7 @@ class RatchetTree:
 
     def copy(self) -> RatchetTree:
         other = RatchetTree.__new__(RatchetTree)
-        other.cs = self.cs
+        other.cs, other._nh = self.cs, self._nh
         other._nodes = list(self._nodes)
         other._hashes = list(self._hashes)
         other._enc = list(self._enc)
@@ -343,16 +343,28 @@ class RatchetTree:
         ``b""`` when the node is blank (a real node never encodes to nothing); cached."""
         enc = self._enc[x]
         if enc is None:
-            node = self._nodes[x]
-            enc = b"" if node is None else node.to_bytes()
+            node, decoded = self._nodes[x], self._decoded
+            if node is None:
+                enc = b""
+            elif decoded is not None and x < len(decoded.lens):  # unchanged since decoding
+                start = decoded.starts[x]
+                enc = decoded.source[start : start + decoded.lens[x]]
+            else:
+                enc = node.to_bytes()
             self._enc[x] = enc
         return enc
 
     def _encodings(self) -> list[bytes]:
         """Every node's :meth:`_encoding`, in node order (the cache itself once it is complete)."""
         if self._enc_complete is not self._enc:
-            for x in [x for x, enc in enumerate(self._enc) if enc is None]:
-                self._encoding(x)
+            decoded = self._decoded
+            if decoded is not None:  # unchanged since decoding: every encoding is in the message, in order
+                source, width = decoded.source, self.width
+                self._enc = [source[s : s + n] for s, n in zip(decoded.starts, decoded.lens)]
+                self._enc += [b""] * (width - len(self._enc))
+            else:
+                for x in [x for x, enc in enumerate(self._enc) if enc is None]:
+                    self._encoding(x)
             self._enc_complete = self._enc
         return cast("list[bytes]", self._enc)
 
@@ -363,7 +375,7 @@ class RatchetTree:
             h = self._compute_hash(x)
             self._hashes[x] = h
         elif h is _IN_BULK:
-            n = self.cs.n_h
+            n = self._nh
             h = self._hashes[x] = self._bulk[x * n : (x + 1) * n]
         return h
 
@@ -397,9 +409,13 @@ class RatchetTree:
 
     def _fill_hashes_in_one_call(self) -> None:
         """When most hashes are missing (a tree just received or loaded) and the crypto backend hashes whole
-        trees, compute every node's hash (§7.8) in one call; they stay in its output buffer, ``_bulk``."""
+        trees, compute every node's hash (§7.8) in one call; they stay in its output buffer, ``_bulk``.
+        Without such a backend, gather every node's encoding at once for the node-by-node computation."""
+        if self._hashes.count(None) < self.BATCH_HASH_THRESHOLD:
+            return
         ops = batch_ops()
-        if ops is None or self._hashes.count(None) < self.BATCH_HASH_THRESHOLD:
+        if ops is None:
+            self._encodings()
             return
         # The previous buffer goes before the call, so that the allocator can reuse its memory.
         self._hashes = [_IN_BULK] * self.width
@@ -407,9 +423,12 @@ class RatchetTree:
         try:
             decoded = self._decoded
             if decoded is not None:  # straight from the message the tree came in: nothing to gather
-                self._bulk = ops.tree_hashes_spans(self.cs.hash_name, decoded.source, decoded.starts, decoded.lens)
+                bulk = ops.tree_hashes_spans(self.cs.hash_name, decoded.source, decoded.starts, decoded.lens)
             else:
-                self._bulk = ops.tree_hashes_packed(self.cs.hash_name, self._hash_input())
+                bulk = ops.tree_hashes_packed(self.cs.hash_name, self._hash_input())
+            if len(bulk) != self.width * self._nh:
+                raise ValidationError("7.8", "the crypto backend hashed a tree of another width")
+            self._bulk = bulk
         except BaseException:
             self._hashes = [None] * self.width
             raise

@@ -44,12 +44,17 @@ _HASHES: dict[str, tuple[int, int]] = {
 _TAG = AEAD_TAG_LEN
 # array typecode matching size_t, so length arrays go to C without conversion.
 _SIZE_T = next(code for code in ("Q", "L", "I") if array(code).itemsize == ffi.sizeof("size_t"))
-_ITEM = array(_SIZE_T).itemsize
 
 
-def _size_t_array(values: array[int]) -> array[int]:
-    """``values`` as a size_t array (itself when it is one already)."""
-    return values if values.typecode == _SIZE_T else array(_SIZE_T, values)
+def _size_t_array(values: Sequence[int]) -> array[int]:
+    """``values`` as a size_t array (itself when it is one already); CryptoError for a negative or huge
+    value or a non-integer."""
+    if isinstance(values, array) and values.typecode == _SIZE_T:
+        return values
+    try:
+        return array(_SIZE_T, values)
+    except (OverflowError, TypeError) as exc:
+        raise CryptoError("7.8", "tree hash: starts and lengths must be sizes") from exc
 # Output buffers are fully written by C before they are read: skip cffi's zero-fill.
 _alloc = ffi.new_allocator(should_clear_after_alloc=False)
 
@@ -125,14 +130,27 @@ def _fixed(buf: Any, size: int, count: int) -> list[bytes]:
     return list(_unpacker(size, count).unpack(buf))
 
 
-def _split_by_lengths(buf: Any, lengths: array[int], extra: int) -> list[bytes]:
-    """Cut ``buf`` into pieces of ``lengths[i] + extra`` bytes (one struct call when all are equal)."""
+def _split_by_lengths(buf: Any, lengths: array[int], extra: int, secret: bool = False) -> list[bytes]:
+    """Cut ``buf`` into pieces of ``lengths[i] + extra`` bytes (one struct call when all are equal).
+
+    Unequal pieces are sliced from one copy of the buffer, unless they are ``secret`` (plaintexts): then
+    from the C buffer itself, so that no extra copy of all of them outlives the call.
+    """
     size = lengths[0] + extra
     if lengths.count(lengths[0]) == len(lengths):
         return _fixed(buf, size, len(lengths))
-    data = buf[:]
+    data = buf if secret else buf[:]
     ends = list(accumulate(map(add, lengths, repeat(extra))))
     return [data[start:end] for start, end in zip([0, *ends[:-1]], ends)]
+
+
+def _batch_shape(aead: int, keys: bytes, nonces: bytes, aad: bytes | Sequence[bytes], n: int) -> tuple[bytes, Any]:
+    """Check a batch of n against its keys and nonces (as the Python backend does, even when empty) and
+    return its AAD column (see :func:`_aad_column`)."""
+    nk, nn = _aead_sizes(aead)
+    if len(keys) != n * nk or len(nonces) != n * nn:
+        raise CryptoError("5.1", "AEAD keys or nonces do not match the batch size")
+    return _aad_column(aad, n)
 
 
 def _aad_column(aad: bytes | Sequence[bytes], n: int) -> tuple[bytes, Any]:
@@ -283,11 +301,10 @@ class NativeBackend:
         ``aad`` is one AAD for every item, or one per item. The C layer checks every length.
         """
         n = len(plaintexts)
-        _aead_sizes(aead)
+        aad_buf, aad_lens = _batch_shape(aead, keys, nonces, aad, n)
         if n == 0:
             return []
         pt_lens, pt_buf = array(_SIZE_T, map(len, plaintexts)), b"".join(plaintexts)
-        aad_buf, aad_lens = _aad_column(aad, n)
         total = len(pt_buf) + _TAG * n
         out = _alloc("uint8_t[]", total)
         rc = lib.mlsn_aead_seal_many(
@@ -303,11 +320,10 @@ class NativeBackend:
     ) -> list[bytes | None]:
         """Open ``ciphertexts[i]`` with the i-th key and nonce; None where authentication fails."""
         n = len(ciphertexts)
-        _aead_sizes(aead)
+        aad_buf, aad_lens = _batch_shape(aead, keys, nonces, aad, n)
         if n == 0:
             return []
         ct_lens, ct_buf = array(_SIZE_T, map(len, ciphertexts)), b"".join(ciphertexts)
-        aad_buf, aad_lens = _aad_column(aad, n)
         if min(ct_lens) >= _TAG:
             pt_lens, extra, total = ct_lens, -_TAG, len(ct_buf) - _TAG * n
         else:  # a ciphertext shorter than a tag gives no plaintext bytes (and fails)
@@ -322,7 +338,7 @@ class NativeBackend:
         if rc:
             _c_cleanse(out, total)
             _raise_for(rc, "5.1", "AEAD open")
-        plaintexts: list[bytes | None] = list(_split_by_lengths(ffi.buffer(out), pt_lens, extra))
+        plaintexts: list[bytes | None] = list(_split_by_lengths(ffi.buffer(out), pt_lens, extra, secret=True))
         _c_cleanse(out, total)
         flags = ffi.buffer(status)[:]
         if any(flags):
@@ -419,7 +435,7 @@ class NativeBackend:
             _raise_for(rc, "7.8", "tree hash")
         return ffi.buffer(out)
 
-    def tree_hashes_spans(self, alg: str, source: bytes, starts: array[int], lens: array[int]) -> Any:
+    def tree_hashes_spans(self, alg: str, source: bytes, starts: Sequence[int], lens: Sequence[int]) -> Any:
         """:meth:`tree_hashes_packed` with node x's encoding at ``source[starts[x] : starts[x] + lens[x]]``
         (``lens[x] == 0`` for a blank node): a tree hashed straight from the message it was decoded from."""
         hid, nh = _hash_id(alg)

@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mls import tree_math as tm
+from mls.codec import Writer
 from mls.crypto import CipherSuite, cipher_suite
 from mls.leaf_node import LeafNode
 from mls.nodes import ParentNode, decode_ratchet_tree, decode_ratchet_tree_extension
@@ -526,10 +527,16 @@ def test_decoding_notes_where_every_node_encoding_lies(index: int) -> None:
     ext = decode_ratchet_tree_extension(data)
     decoded = ext.decoded
     assert decoded is not None and decoded.source == data
-    assert len(decoded.encodings) == len(decoded.starts) == len(decoded.lens) == len(ext.nodes)
-    for node, enc, start, length in zip(ext.nodes, decoded.encodings, decoded.starts, decoded.lens):
+    assert len(decoded.starts) == len(decoded.lens) == len(ext.nodes)
+    for x, node in enumerate(ext.nodes):
         value = None if node is None else node.leaf_node or node.parent_node
-        assert enc == (b"" if value is None else value.to_bytes()) == data[start : start + length]
+        fresh = b""
+        if value is not None:  # encoded anew, not the bytes the decoder remembered
+            w = Writer()
+            value.encode(w)
+            fresh = w.getvalue()
+        assert decoded.encoding(x) == fresh
+        assert data[decoded.starts[x] : decoded.starts[x] + decoded.lens[x]] == fresh
 
 
 class _Spy:
@@ -573,3 +580,25 @@ def test_a_decoded_tree_is_hashed_from_its_message_until_it_changes(index: int) 
         tree._hashes = [None] * tree.width
         assert tree.tree_hash().hex() == case["tree_hashes"][tree.root]  # the original still has its message
         assert spy.calls == ["spans", "packed", "spans"]
+
+
+@pytest.mark.parametrize("index", [i for i, c in enumerate(SUITE1) if len(c["tree"]) > 400][:4])
+def test_a_decoded_tree_extended_or_copied_is_hashed_from_its_own_encodings(index: int) -> None:
+    """extend_to changes the width: hashing from the old message afterwards would give another width's
+    hashes. A copy of a tree whose encodings are not all known must not take them as known."""
+    case = SUITE1[index]
+    spy = _Spy()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(RatchetTree, "BATCH_HASH_THRESHOLD", 1)
+        mp.setattr("mls.ratchet_tree.batch_ops", lambda: spy)
+        tree = wire_tree(case)
+        tree.extend_to(2 * tree.n_leaves)
+        root = tree.tree_hash()
+        assert spy.calls == ["packed"]
+        assert root == ref_tree_hash(CS, nodes_of(tree), tree.root, tree.n_leaves)
+        assert_hashes_fresh(tree)
+        built = RatchetTree(CS, nodes_of(wire_tree(case)))  # no encoding known yet
+        built.set_leaf(0, LEAVES[1])
+        twin = built.copy()
+        assert twin.tree_hash() == ref_tree_hash(CS, nodes_of(twin), twin.root, twin.n_leaves)
+        assert_hashes_fresh(twin)

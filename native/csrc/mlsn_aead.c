@@ -31,10 +31,9 @@ static void tag_param(OSSL_PARAM params[2], uint8_t *tag)
     params[1] = OSSL_PARAM_construct_end();
 }
 
-/* Seal one item; out has pt_len + 16 bytes. */
-static int seal_one(const struct mlsn_aead_impl *a, void *ctx, size_t nk, const uint8_t *key,
-                    const uint8_t *nonce, const uint8_t *aad, size_t aad_len, const uint8_t *pt, size_t pt_len,
-                    uint8_t *out)
+int mlsn_provider_seal(const struct mlsn_aead_impl *a, void *ctx, size_t nk, const uint8_t *key,
+                       const uint8_t *nonce, const uint8_t *aad, size_t aad_len, const uint8_t *pt, size_t pt_len,
+                       uint8_t *out)
 {
     size_t got = 0;
     OSSL_PARAM params[2];
@@ -98,7 +97,7 @@ int mlsn_aead_seal(int aead, const uint8_t *key, size_t key_len, const uint8_t *
     void *ctx = mlsn_borrow_aead(aead, &a, &rc);
     if (ctx == NULL)
         return rc;
-    rc = seal_one(a, ctx, key_len, key, nonce, aad, aad_len, pt, pt_len, out);
+    rc = mlsn_provider_seal(a, ctx, key_len, key, nonce, aad, aad_len, pt, pt_len, out);
     mlsn_release_aead(ctx, aead);
     return rc;
 }
@@ -195,7 +194,7 @@ int mlsn_aead_seal_many(int aead, size_t n, const uint8_t *keys, size_t keys_len
     if (ctx == NULL)
         return rc;
     for (size_t i = 0; i < n && rc == MLSN_OK; i++) {
-        rc = seal_one(a, ctx, nk, keys + i * nk, nonces + i * nn, aads, next_aad(aad_lens, aads_len, i), pts,
+        rc = mlsn_provider_seal(a, ctx, nk, keys + i * nk, nonces + i * nn, aads, next_aad(aad_lens, aads_len, i), pts,
                       pt_lens[i], out);
         aads = skip_aad(aads, aad_lens, i);
         pts += pt_lens[i];

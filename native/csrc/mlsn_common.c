@@ -120,6 +120,33 @@ static int load_aead_impl(const EVP_CIPHER *cipher, const char *name, struct mls
            && impl->set_ctx_params != NULL;
 }
 
+/*
+ * Check that `impl` is the implementation EVP uses for `cipher`: one message sealed both ways must give the
+ * same bytes. Guards the name matching in load_aead_impl against a provider listing several algorithms
+ * under one name; a mismatch leaves the native backend unavailable (the Python one takes over).
+ */
+static int impl_matches_evp(const EVP_CIPHER *cipher, const struct mlsn_aead_impl *impl, size_t key_len)
+{
+    static const uint8_t key[32] = {0x4d, 0x4c, 0x53}, nonce[MLSN_NONCE_LEN] = {1}, aad[13] = {2}, pt[37] = {3};
+    uint8_t by_evp[sizeof(pt) + MLSN_TAG_LEN], by_impl[sizeof(pt) + MLSN_TAG_LEN];
+    EVP_CIPHER_CTX *evp = EVP_CIPHER_CTX_new();
+    void *ctx = impl->newctx(impl->provctx);
+    int got = 0, ok = evp != NULL && ctx != NULL
+        && EVP_CipherInit_ex2(evp, cipher, key, nonce, 1, NULL) == 1
+        && EVP_CipherUpdate(evp, NULL, &got, aad, sizeof(aad)) == 1
+        && EVP_CipherUpdate(evp, by_evp, &got, pt, sizeof(pt)) == 1 && got == (int)sizeof(pt)
+        && EVP_CipherFinal_ex(evp, by_evp + sizeof(pt), &got) == 1
+        && EVP_CIPHER_CTX_ctrl(evp, EVP_CTRL_AEAD_GET_TAG, MLSN_TAG_LEN, by_evp + sizeof(pt)) == 1
+        && mlsn_provider_seal(impl, ctx, key_len, key, nonce, aad, sizeof(aad), pt, sizeof(pt), by_impl) == MLSN_OK
+        && memcmp(by_evp, by_impl, sizeof(by_evp)) == 0;
+
+    EVP_CIPHER_CTX_free(evp);
+    if (ctx != NULL)
+        impl->freectx(ctx);
+    ERR_clear_error();
+    return ok;
+}
+
 static void do_init(void)
 {
     if (pthread_key_create(&tls_key, free_tls) != 0)
@@ -137,7 +164,8 @@ static void do_init(void)
         if ((size_t)EVP_CIPHER_get_key_length(ciphers[i]) != cipher_key_lens[i]
             || EVP_CIPHER_get_iv_length(ciphers[i]) != MLSN_NONCE_LEN)
             return;
-        if (!load_aead_impl(ciphers[i], cipher_names[i], &aead_impls[i]))
+        if (!load_aead_impl(ciphers[i], cipher_names[i], &aead_impls[i])
+            || !impl_matches_evp(ciphers[i], &aead_impls[i], cipher_key_lens[i]))
             return;
         hmac_templates[i] = EVP_MAC_CTX_new(hmac_alg);
         if (hmac_templates[i] == NULL)
@@ -247,7 +275,14 @@ void mlsn_release_aead(void *ctx, int aead)
         return;
     }
     t->aead_busy[aead] = 0;
-    if (impl->einit(ctx, public_key, cipher_key_lens[aead], public_nonce, sizeof(public_nonce), NULL) != 1) {
+    /*
+     * Re-key with the public key and finish an empty message under it: nothing of the last message (key,
+     * ChaCha20 keystream, Poly1305 one-time key or GHASH state) stays in the context.
+     */
+    uint8_t scratch[MLSN_TAG_LEN];
+    size_t got = 0;
+    if (impl->einit(ctx, public_key, cipher_key_lens[aead], public_nonce, sizeof(public_nonce), NULL) != 1
+        || impl->final(ctx, scratch, &got, 0) != 1) {
         ERR_clear_error();
         impl->freectx(ctx);
         t->aead[aead] = NULL;

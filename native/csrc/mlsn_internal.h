@@ -69,6 +69,11 @@ struct mlsn_aead_impl {
 
 const struct mlsn_aead_impl *mlsn_aead_impl(int aead);
 
+/* Seal one message with a provider context of `a` (key nk bytes, 12-byte nonce); out has pt_len + 16 bytes. */
+int mlsn_provider_seal(const struct mlsn_aead_impl *a, void *ctx, size_t nk, const uint8_t *key,
+                       const uint8_t *nonce, const uint8_t *aad, size_t aad_len, const uint8_t *pt, size_t pt_len,
+                       uint8_t *out);
+
 /*
  * Per-thread contexts. Each OS thread keeps one provider AEAD context per AEAD, one HMAC context
  * per hash and one digest context, made on first use and freed when the thread exits, so a call pays

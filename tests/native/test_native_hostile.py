@@ -245,3 +245,36 @@ def test_python_layer_huge_lengths(nb: Any) -> None:
         nb.hkdf_expand("sha256", b"k", b"", 2**40)
     with pytest.raises(CryptoError):
         nb.ratchet_steps("sha256", bytes(32), 0, 1, 2**40, 12)
+
+
+def test_failed_open_leaves_no_plaintext_in_the_output(c: tuple[Any, Any]) -> None:
+    """A bad tag: whatever the output buffer held, and whatever was decrypted into it, ends as zeros
+    (one-shot and batched), so unauthenticated plaintext never reaches a caller."""
+    ffi, lib = c
+    key, nonce, pt = bytes(range(16)), bytes(12), b"SECRETSECRET-plaintext"
+    ct = bytearray(len(pt) + 16)
+    assert lib.mlsn_aead_seal(1, key, 16, nonce, 12, b"", 0, pt, len(pt), ffi.from_buffer(ct), len(ct)) == 0
+    ct[-1] ^= 1
+    out = ffi.new("uint8_t[]", b"X" * len(pt))
+    assert lib.mlsn_aead_open(1, key, 16, nonce, 12, b"", 0, bytes(ct), len(ct), out, len(pt)) == lib.MLSN_ERR_AUTH
+    assert ffi.buffer(out, len(pt))[:] == bytes(len(pt))
+    many_out, status = ffi.new("uint8_t[]", b"X" * 2 * len(pt)), ffi.new("int8_t[]", 2)
+    good = bytearray(ct)
+    good[-1] ^= 1
+    cts = bytes(good) + bytes(ct)
+    lens = _sizes(ffi, [len(ct), len(ct)])
+    assert lib.mlsn_aead_open_many(
+        1, 2, key * 2, 32, nonce * 2, 24, b"", 0, ffi.NULL, cts, len(cts), lens, many_out, 2 * len(pt), status
+    ) == lib.MLSN_OK
+    assert list(status) == [lib.MLSN_OK, lib.MLSN_ERR_AUTH]
+    assert ffi.buffer(many_out, 2 * len(pt))[:] == pt + bytes(len(pt))
+
+
+def test_span_inputs_of_the_wrong_kind_are_project_errors(nb: Any) -> None:
+    """Lists are accepted like arrays; negative or non-integer starts/lengths give CryptoError."""
+    assert bytes(nb.tree_hashes_spans("sha256", b"xab", [1, 0, 2], [1, 0, 1])) == bytes(
+        nb.tree_hashes_packed("sha256", [b"a", b"", b"b"])
+    )
+    for starts, lens in (([1, 0, -2], [1, 0, 1]), ([1, 0, 2], [1, 0, 2**64]), ([1, 0, 2], [1, 0, "1"])):
+        with pytest.raises(CryptoError):
+            nb.tree_hashes_spans("sha256", b"xab", starts, lens)
