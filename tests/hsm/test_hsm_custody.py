@@ -46,9 +46,10 @@ def test_no_private_key_value_can_be_read(token: Token, keystore: Pkcs11KeyStore
     report = _private_key_report_via(token)
     seen = {row[0] for row in report}
     assert refs <= seen
-    for key_id, readable, sensitive, extractable, on_token in report:
-        assert not readable, key_id.hex()
-        assert sensitive and not extractable and on_token, key_id.hex()
+    for row in report:
+        _key_id, readable, sensitive, extractable, on_token = row
+        assert not readable, row
+        assert sensitive and not extractable and on_token, row  # (id, readable, SENSITIVE, EXTRACTABLE, TOKEN)
 
 
 def _private_key_report_via(token: Token) -> list[tuple[bytes, bool, bool, bool, bool]]:
