@@ -45,16 +45,6 @@ _TAG = AEAD_TAG_LEN
 # array typecode matching size_t, so length arrays go to C without conversion.
 _SIZE_T = next(code for code in ("Q", "L", "I") if array(code).itemsize == ffi.sizeof("size_t"))
 
-
-def _size_t_array(values: Sequence[int]) -> array[int]:
-    """``values`` as a size_t array (itself when it is one already); CryptoError for a negative or huge
-    value or a non-integer."""
-    if isinstance(values, array) and values.typecode == _SIZE_T:
-        return values
-    try:
-        return array(_SIZE_T, values)
-    except (OverflowError, TypeError) as exc:
-        raise CryptoError("7.8", "tree hash: starts and lengths must be sizes") from exc
 # Output buffers are fully written by C before they are read: skip cffi's zero-fill.
 _alloc = ffi.new_allocator(should_clear_after_alloc=False)
 
@@ -117,6 +107,17 @@ def _sizes(lengths: Any) -> Any:
     return ffi.from_buffer("size_t[]", lengths)
 
 
+def _size_t_array(values: Sequence[int]) -> array[int]:
+    """``values`` as a size_t array (itself when it is one already); CryptoError for a negative or huge
+    value or a non-integer."""
+    if isinstance(values, array) and values.typecode == _SIZE_T:
+        return values
+    try:
+        return array(_SIZE_T, values)
+    except (OverflowError, TypeError) as exc:
+        raise CryptoError("7.8", "tree hash: starts and lengths must be sizes") from exc
+
+
 @functools.lru_cache(maxsize=8)
 def _unpacker(size: int, count: int) -> struct.Struct:
     """Splits ``count`` values of ``size`` bytes in one call (faster than iter_unpack for big trees)."""
@@ -144,7 +145,9 @@ def _split_by_lengths(buf: Any, lengths: array[int], extra: int, secret: bool = 
     return [data[start:end] for start, end in zip([0, *ends[:-1]], ends)]
 
 
-def _batch_shape(aead: int, keys: bytes, nonces: bytes, aad: bytes | Sequence[bytes], n: int) -> tuple[bytes, Any]:
+def _batch_shape(
+    aead: int, keys: bytes, nonces: bytes, aad: bytes | Sequence[bytes], n: int
+) -> tuple[bytes, Any]:
     """Check a batch of n against its keys and nonces (as the Python backend does, even when empty) and
     return its AAD column (see :func:`_aad_column`)."""
     nk, nn = _aead_sizes(aead)
@@ -316,7 +319,12 @@ class NativeBackend:
         return _split_by_lengths(ffi.buffer(out), pt_lens, _TAG)
 
     def aead_open_batch(
-        self, aead: int, keys: bytes, nonces: bytes, aad: bytes | Sequence[bytes], ciphertexts: Sequence[bytes]
+        self,
+        aead: int,
+        keys: bytes,
+        nonces: bytes,
+        aad: bytes | Sequence[bytes],
+        ciphertexts: Sequence[bytes],
     ) -> list[bytes | None]:
         """Open ``ciphertexts[i]`` with the i-th key and nonce; None where authentication fails."""
         n = len(ciphertexts)
@@ -445,7 +453,9 @@ class NativeBackend:
         starts, lens = _size_t_array(starts), _size_t_array(lens)
         size = ((2 << _args.tree_depth(n)) - 1) * nh
         out = _alloc("uint8_t[]", size)
-        rc = lib.mlsn_tree_hashes_spans(hid, n, _bytes(source), len(source), _sizes(starts), _sizes(lens), out, size)
+        rc = lib.mlsn_tree_hashes_spans(
+            hid, n, _bytes(source), len(source), _sizes(starts), _sizes(lens), out, size
+        )
         if rc:
             _raise_for(rc, "7.8", "tree hash")
         return ffi.buffer(out)
