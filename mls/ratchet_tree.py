@@ -347,8 +347,7 @@ class RatchetTree:
             if node is None:
                 enc = b""
             elif decoded is not None and x < len(decoded.lens):  # unchanged since decoding
-                start = decoded.starts[x]
-                enc = decoded.source[start : start + decoded.lens[x]]
+                enc = decoded.encoding(x)
             else:
                 enc = node.to_bytes()
             self._enc[x] = enc
