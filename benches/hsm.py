@@ -265,8 +265,8 @@ def _keygen_section(store: Any, suites: list[int], pairs: int) -> dict[str, Any]
 def _two_member_group(key_store: Callable[[], Any], tag: bytes) -> tuple[Any, Any]:
     """A suite-1 group of alice and bob, each with a key store from ``key_store()``; checked both ways."""
     from mls.client import Client
-    from mls.credentials import Credential
-    from mls.group import ApplicationMessage, CommitOptions
+    from mls.credentials.credential import Credential
+    from mls.group.group import ApplicationMessage, CommitOptions
 
     alice = Client(key_store(), 1, Credential.basic(b"alice-" + tag))
     bob = Client(key_store(), 1, Credential.basic(b"bob-" + tag))
@@ -325,7 +325,7 @@ def _app_messages_section(store: Any, rounds: int, seconds: float, batch: int) -
 def _key_packages_section(store: Any, suites: list[int], count: int) -> dict[str, Any]:
     """Complete ``Client.key_package()`` calls per second with the HSM key store."""
     from mls.client import Client
-    from mls.credentials import Credential
+    from mls.credentials.credential import Credential
 
     out: dict[str, Any] = {}
     for suite in suites:

@@ -68,11 +68,11 @@ from pathlib import Path
 from typing import Any
 
 from mls.client import Client
-from mls.credentials import Credential
+from mls.credentials.credential import Credential
 from mls.crypto.backend import get_backend, select_backend, set_backend
 from mls.crypto.key_store import SoftwareKeyStore
-from mls.framing import MLSMessage, PublicMessage
-from mls.group import CommitOptions, Group, StagedCommit
+from mls.group.group import CommitOptions, Group, StagedCommit
+from mls.wire.framing import MLSMessage, PublicMessage
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SUITE = 1  # MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519: the fastest suite to make keys in

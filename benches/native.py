@@ -243,11 +243,11 @@ def _ratchet_tree_wire(rng: random.Random, n_leaves: int) -> bytes:
     """The ``ratchet_tree`` encoding (§12.4.3.3) of a suite-1 tree of ``n_leaves`` members, as a joiner
     receives it: LeafNodes from a commit (basic credential, capabilities, parent hash, 64-byte signature),
     three in four parents present. Signatures are random: tree hashing does not verify them."""
-    from mls.credentials import Credential
+    from mls.credentials.credential import Credential
     from mls.crypto.cipher_suite import cipher_suite
-    from mls.leaf_node import Capabilities, LeafNode, LeafNodeSource
-    from mls.nodes import ParentNode, encode_ratchet_tree
-    from mls.ratchet_tree import RatchetTree
+    from mls.tree.leaf_node import Capabilities, LeafNode, LeafNodeSource
+    from mls.tree.nodes import ParentNode, encode_ratchet_tree
+    from mls.tree.ratchet_tree import RatchetTree
 
     caps = Capabilities(versions=(1,), cipher_suites=(1, 2, 3), extensions=(), proposals=(), credentials=(1,))
     nodes: list[LeafNode | ParentNode | None] = []
@@ -293,11 +293,12 @@ def bench_tree_hash(nb: Any, reference: Any, quick: bool) -> dict[str, Any]:
     backend keeps them in one buffer and cuts each out when first asked for); the decode itself with and
     without noting where the nodes lie (what tree hashing from the message costs the decoder); the C call
     alone, the pure-Python reference of the C function, and one direct-path update."""
-    from mls.codec import Opt, Reader, Vec
     from mls.crypto import backend as be
     from mls.crypto.cipher_suite import cipher_suite
-    from mls.nodes import Node, decode_ratchet_tree_extension
-    from mls.ratchet_tree import RatchetTree
+    from mls.tree.nodes import Node, decode_ratchet_tree_extension
+    from mls.tree.ratchet_tree import RatchetTree
+    from mls.wire.codec import Reader
+    from mls.wire.struct import Opt, Vec
 
     rng = random.Random(2)
     cs = cipher_suite(1)
@@ -391,10 +392,10 @@ def bench_tree_hash(nb: Any, reference: Any, quick: bool) -> dict[str, Any]:
 def bench_messages(quick: bool) -> dict[str, Any]:
     """Application messages protected and processed per second in a 2-member group, per backend."""
     from mls.client import Client
-    from mls.credentials import Credential
+    from mls.credentials.credential import Credential
     from mls.crypto import backend as be
     from mls.crypto.key_store import SoftwareKeyStore
-    from mls.group import CommitOptions
+    from mls.group.group import CommitOptions
 
     alice = Client(SoftwareKeyStore(), 1, Credential.basic(b"alice"))
     bob = Client(SoftwareKeyStore(), 1, Credential.basic(b"bob"))

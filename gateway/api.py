@@ -19,9 +19,9 @@ from typing import Any
 
 from aiohttp import web
 
-from mls.group import CommitOptions, Handshake
+from mls.group.group import CommitOptions, Handshake
 
-from . import requests as rq
+from . import parsing as rq
 from .auth import Principal
 from .context import APP, PRINCIPAL, RAW_BODY, REQUEST_ID, Runtime
 from .errors import invalid

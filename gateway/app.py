@@ -25,8 +25,8 @@ from .auth import bearer_token
 from .config import GatewayConfig
 from .context import APP, PRINCIPAL, REQUEST_ID, Runtime
 from .errors import PROBLEM_CONTENT_TYPE, Problem, problem_from_exception
-from .keys import SealedKeyPersistence
 from .metrics import Metrics
+from .sealed_keys import SealedKeyPersistence
 from .service import GatewayService
 from .sqlite_store import SqliteStore
 from .store import StoreUnavailable

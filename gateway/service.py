@@ -26,12 +26,10 @@ from typing import Any
 from hsm.audit import AuditEvent, caller
 from hsm.envelope import Envelope
 from hsm.keystore import Pkcs11KeyStore
-from mls.credentials import Credential, CredentialType
+from mls.credentials.credential import Credential, CredentialType
 from mls.crypto.cipher_suite import cipher_suite
 from mls.errors import MLSError
-from mls.extensions import Extension, ExternalSender, ExternalSenders
-from mls.framing import MLSMessage, Sender
-from mls.group import (
+from mls.group.group import (
     ApplicationMessage,
     CommitOptions,
     Group,
@@ -41,12 +39,14 @@ from mls.group import (
     StagedCommit,
     default_lifetime,
 )
-from mls.group_state import GroupState
-from mls.join import tree_from_group_info
-from mls.key_package import KeyPackage, create_key_package
-from mls.messages import GroupInfo, Welcome
-from mls.proposals import Add as AddProposal
-from mls.proposals import (
+from mls.group.join import tree_from_group_info
+from mls.group.state import GroupState
+from mls.wire.extensions import Extension, ExternalSender, ExternalSenders
+from mls.wire.framing import MLSMessage, Sender
+from mls.wire.group_info import GroupInfo
+from mls.wire.key_package import KeyPackage, create_key_package, key_package_ref
+from mls.wire.proposals import Add as AddProposal
+from mls.wire.proposals import (
     ExternalInit,
     GroupContextExtensions,
     PreSharedKey,
@@ -57,7 +57,7 @@ from mls.proposals import (
     ResumptionPSKUsage,
     Update,
 )
-from mls.welcome import key_package_ref
+from mls.wire.welcome import Welcome
 
 from . import audit
 from .auth import Principal, new_id, new_token, token_hash

@@ -1,6 +1,6 @@
 """PKCS#11 key custody for the gateway, over python-pkcs11 (architecture.md: the ``hsm/`` layer).
 
-Knows nothing of groups or HTTP; implements the key protocols of :mod:`mls.crypto.keys`.
+Knows nothing of groups or HTTP; implements the key protocols of :mod:`mls.crypto.key_protocols`.
 
 * :class:`Token` (:mod:`hsm.token`) — thread-safe access to one token: Cryptoki initialised with OS
   locking, one login session, a bounded pool of worker sessions, error mapping, reconnect with backoff.
@@ -20,7 +20,7 @@ from .capabilities import Capabilities
 from .config import TokenConfig
 from .envelope import Envelope, WrapKeyMissing, create_wrap_key
 from .errors import EnvelopeError, HsmError, HsmUnavailable
-from .keys import Pkcs11HpkeKey, Pkcs11Signer, SoftwareCustodyHpkeKey
+from .key_handles import Pkcs11HpkeKey, Pkcs11Signer, SoftwareCustodyHpkeKey
 from .keystore import Pkcs11KeyStore, SoftwareKeyPersistence
 from .kinds import Custody
 from .token import Token

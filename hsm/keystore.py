@@ -1,4 +1,4 @@
-"""``Pkcs11KeyStore``: the ``mls.crypto.keys.KeyStore`` whose keys live in a PKCS#11 token.
+"""``Pkcs11KeyStore``: the ``mls.crypto.key_protocols.KeyStore`` whose keys live in a PKCS#11 token.
 
 * Fresh signature keys and HPKE key pairs are generated as token objects (``SENSITIVE``, not
   ``EXTRACTABLE``), with ``CKA_ID`` = the key reference (:mod:`hsm.kinds`) and a label naming kind and
@@ -6,7 +6,7 @@
 * Handles are cached by reference (in a cache shared by all stores on the token): an operation costs no
   token search. A handle from an older connection, or one the token calls stale, is looked up again once
   (by ``CKA_ID``).
-* For a suite whose KEM the token cannot do, HPKE keys are :class:`hsm.keys.SoftwareCustodyHpkeKey`\\ s in
+* For a suite whose KEM the token cannot do, HPKE keys are :class:`hsm.key_handles.SoftwareCustodyHpkeKey`\\ s in
   memory, handed to an optional :class:`SoftwareKeyPersistence` (the gateway stores them wrapped, e.g. with
   :class:`hsm.envelope.Envelope`) and reported as custody ``software``.
 * Every private-key use (generate, import, sign, dh, destroy) is reported to the audit hook.
@@ -22,14 +22,14 @@ from pkcs11 import ObjectClass
 from pkcs11.types import Session
 
 from mls.crypto.cipher_suite import CipherSuite, cipher_suite
-from mls.crypto.keys import HpkePrivateKey
+from mls.crypto.key_protocols import HpkePrivateKey
 from mls.errors import CryptoError, KeyStoreError, UnsupportedError
 
 from . import mechanisms as M
 from .audit import AuditHook, Auditor
 from .capabilities import Capabilities
 from .errors import HsmError, HsmUnavailable
-from .keys import Pkcs11HpkeKey, Pkcs11Signer, SoftwareCustodyHpkeKey
+from .key_handles import Pkcs11HpkeKey, Pkcs11Signer, SoftwareCustodyHpkeKey
 from .kinds import Custody, KeyKind, kem_kind, kem_of, new_ref, parse_ref, signature_kind
 from .mechanisms import KeyPair, Pkcs11Form
 from .token import StaleHandle, Token

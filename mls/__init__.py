@@ -1,0 +1,134 @@
+"""RFC 9420 (Messaging Layer Security) as a library: the public API.
+
+Applications (the gateway, tools, tests of the service) import from here; the subpackages are the
+library's own layout, mapped to the RFC:
+
+* :mod:`mls.wire` — the codec and every message on the wire (§2.1, §6, §10, §12);
+* :mod:`mls.crypto` — cipher suites, HPKE, signatures, key-handle protocols, the crypto backend (§5);
+* :mod:`mls.credentials` — credentials and X.509 validation (§5.3);
+* :mod:`mls.tree` — tree math, the ratchet tree, TreeKEM, leaf and tree validation (§4.1, §7);
+* :mod:`mls.schedule` — key schedule, PSKs, transcript hashes, secret tree (§8, §9);
+* :mod:`mls.group` — the group engine: state, proposals, commits, joins, reinit (§11, §12);
+* :mod:`mls.conformance` — the runner of the MLS working group's test vectors.
+
+The crypto backend is chosen by the application: :func:`use_crypto_backend` installs one (the
+pure-Python backend is the default until then).
+"""
+
+from mls.client import Client, KeyPackageBundle
+from mls.credentials.credential import Certificate, Credential, CredentialType
+from mls.crypto.backend import CryptoBackend, PythonBackend, get_backend, set_backend
+from mls.crypto.cipher_suite import CIPHER_SUITES, CipherSuite, cipher_suite
+from mls.crypto.key_protocols import HpkePrivateKey, KeyStore, Signer
+from mls.errors import (
+    CryptoError,
+    DecodeError,
+    KeyStoreError,
+    MLSError,
+    StateError,
+    UnsupportedError,
+    ValidationError,
+)
+from mls.group.group import (
+    ApplicationMessage,
+    CommitOptions,
+    Group,
+    GroupConfig,
+    Handshake,
+    MemoryPskStore,
+    ProcessedMessage,
+    ProposalMessage,
+    PskStore,
+    StagedCommit,
+    default_lifetime,
+)
+from mls.group.join import tree_from_group_info
+from mls.group.state import GroupState
+from mls.tree.leaf_validation import CredentialValidator, LeafPolicy
+from mls.wire.extensions import Extension, ExtensionType, ExternalSender, ExternalSenders
+from mls.wire.framing import MLSMessage, Sender, SenderType, WireFormat
+from mls.wire.group_info import GroupInfo
+from mls.wire.key_package import KeyPackage, create_key_package, key_package_ref
+from mls.wire.proposals import (
+    Add,
+    ExternalInit,
+    GroupContextExtensions,
+    PreSharedKey,
+    PreSharedKeyID,
+    Proposal,
+    ProposalType,
+    PSKType,
+    ReInit,
+    Remove,
+    ResumptionPSKUsage,
+    Update,
+)
+from mls.wire.welcome import Welcome
+
+use_crypto_backend = set_backend
+"""Install the crypto backend every cipher suite uses (an application's entry point calls this once)."""
+
+__all__ = [
+    "CIPHER_SUITES",
+    "Add",
+    "ApplicationMessage",
+    "Certificate",
+    "CipherSuite",
+    "Client",
+    "CommitOptions",
+    "Credential",
+    "CredentialType",
+    "CredentialValidator",
+    "CryptoBackend",
+    "CryptoError",
+    "DecodeError",
+    "Extension",
+    "ExtensionType",
+    "ExternalInit",
+    "ExternalSender",
+    "ExternalSenders",
+    "Group",
+    "GroupConfig",
+    "GroupContextExtensions",
+    "GroupInfo",
+    "GroupState",
+    "Handshake",
+    "HpkePrivateKey",
+    "KeyPackage",
+    "KeyPackageBundle",
+    "KeyStore",
+    "KeyStoreError",
+    "LeafPolicy",
+    "MLSError",
+    "MLSMessage",
+    "MemoryPskStore",
+    "PSKType",
+    "PreSharedKey",
+    "PreSharedKeyID",
+    "ProcessedMessage",
+    "Proposal",
+    "ProposalMessage",
+    "ProposalType",
+    "PskStore",
+    "PythonBackend",
+    "ReInit",
+    "Remove",
+    "ResumptionPSKUsage",
+    "Sender",
+    "SenderType",
+    "Signer",
+    "StagedCommit",
+    "StateError",
+    "UnsupportedError",
+    "Update",
+    "ValidationError",
+    "Welcome",
+    "WireFormat",
+    "cipher_suite",
+    "create_key_package",
+    "default_lifetime",
+    "get_backend",
+    "key_package_ref",
+    "tree_from_group_info",
+    "use_crypto_backend",
+]

@@ -11,18 +11,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from .credentials import Credential
-from .crypto.cipher_suite import CipherSuite, cipher_suite
-from .crypto.keys import HpkePrivateKey, KeyStore, Signer
-from .errors import MLSError, ValidationError
-from .extensions import Extension
-from .framing import MLSMessage
-from .group import Group, GroupConfig, PskStore, default_lifetime
-from .key_package import KeyPackage, create_key_package
-from .leaf_node import Capabilities, Lifetime
-from .messages import GroupContext, Welcome
-from .proposals import ReInit
-from .welcome import key_package_ref
+from mls.credentials.credential import Credential
+from mls.crypto.cipher_suite import CipherSuite, cipher_suite
+from mls.crypto.key_protocols import HpkePrivateKey, KeyStore, Signer
+from mls.errors import MLSError, ValidationError
+from mls.group.group import Group, GroupConfig, PskStore, default_lifetime
+from mls.tree.leaf_node import Capabilities, Lifetime
+from mls.wire.extensions import Extension
+from mls.wire.framing import MLSMessage
+from mls.wire.group_context import GroupContext
+from mls.wire.key_package import KeyPackage, create_key_package, key_package_ref
+from mls.wire.proposals import ReInit
+from mls.wire.welcome import Welcome
 
 
 @dataclass

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from mls.codec import opaque_bytes
 from mls.crypto.backend import PythonBackend
 from mls.errors import CryptoError, ValidationError
+from mls.wire.codec import opaque_bytes
 
 from . import _args
 

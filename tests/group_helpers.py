@@ -13,10 +13,23 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from mls.client import Client, KeyPackageBundle
-from mls.credentials import Credential
+from mls.credentials.credential import Credential
 from mls.crypto.key_store import SoftwareKeyStore
 from mls.errors import MLSError, StateError
-from mls.framing import (
+from mls.group.group import (
+    ApplicationMessage,
+    CommitOptions,
+    Group,
+    GroupConfig,
+    Handshake,
+    MemoryPskStore,
+    StagedCommit,
+)
+from mls.schedule.secret_tree import RatchetType, SecretTree
+from mls.tree.leaf_node import LeafNode, LeafNodeSource, sign_leaf_node
+from mls.tree.nodes import UpdatePath
+from mls.wire.commit import Commit
+from mls.wire.framing import (
     AuthenticatedContent,
     ContentType,
     FramedContent,
@@ -27,21 +40,8 @@ from mls.framing import (
     Sender,
     WireFormat,
 )
-from mls.group import (
-    ApplicationMessage,
-    CommitOptions,
-    Group,
-    GroupConfig,
-    Handshake,
-    MemoryPskStore,
-    StagedCommit,
-)
-from mls.leaf_node import LeafNode, LeafNodeSource, sign_leaf_node
-from mls.message_protection import encrypt_private, protect_public, sign_framed_content
-from mls.messages import Commit
-from mls.nodes import UpdatePath
-from mls.proposals import Proposal, ProposalOrRef, Update
-from mls.secret_tree import RatchetType, SecretTree
+from mls.wire.message_protection import encrypt_private, protect_public, sign_framed_content
+from mls.wire.proposals import Proposal, ProposalOrRef, Update
 
 #: Suites the scenarios run in full; the others get a quicker smoke test.
 MAIN_SUITES = (1, 2, 3)

@@ -9,27 +9,9 @@ from typing import Annotated
 
 import pytest
 
-from mls.codec import (
-    U8,
-    U16,
-    U32,
-    U64,
-    VARINT_MAX,
-    Bool,
-    Codec,
-    Fixed,
-    OneOf,
-    Opaque,
-    Opt,
-    Reader,
-    Select,
-    Struct,
-    Vec,
-    Writer,
-    encode_varint,
-    opaque_bytes,
-)
 from mls.errors import DecodeError
+from mls.wire.codec import VARINT_MAX, Reader, Writer, encode_varint, opaque_bytes
+from mls.wire.struct import U8, U16, U32, U64, Bool, Codec, Fixed, OneOf, Opaque, Opt, Select, Struct, Vec
 
 
 def read_varint(data: bytes) -> int:

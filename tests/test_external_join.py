@@ -7,8 +7,8 @@ on the epoch, the epoch_authenticator, the GroupContext and exporter output.
 
 Invalid external commits are rejected by every member with an :class:`~mls.errors.MLSError` naming the
 rule, and leave every member's serialised state byte-identical. Commits that
-:func:`mls.group.Group.external_join` refuses to build are made by hand (:func:`forge_external_commit`,
-which follows ``mls.external_join._commit`` with a proposal list of the test's choosing).
+:func:`mls.group.group.Group.external_join` refuses to build are made by hand (:func:`forge_external_commit`,
+which follows ``mls.group.external_join._commit`` with a proposal list of the test's choosing).
 """
 
 from __future__ import annotations
@@ -20,14 +20,30 @@ from collections.abc import Callable, Sequence
 import pytest
 
 from mls.client import Client
-from mls.credentials import Credential
+from mls.credentials.credential import Credential
 from mls.crypto.cipher_suite import cipher_suite
+from mls.crypto.key_protocols import KeyStore, Signer
 from mls.crypto.key_store import SoftwareKeyStore
-from mls.crypto.keys import KeyStore, Signer
 from mls.errors import CryptoError, MLSError, StateError, ValidationError
-from mls.extensions import ExternalPub, RequiredCapabilities, find_payload
-from mls.external_join import _joiner_path
-from mls.framing import (
+from mls.group.external_join import _joiner_path
+from mls.group.group import (
+    ApplicationMessage,
+    CommitOptions,
+    Group,
+    MemoryPskStore,
+    StagedCommit,
+)
+from mls.group.join import tree_from_group_info
+from mls.group.proposal_list import CommittedProposal, ValidationContext, apply_proposals
+from mls.schedule.key_schedule import KeySchedule, external_init_send
+from mls.schedule.psk import psk_secret
+from mls.schedule.transcript import TranscriptHashes, interim_transcript_hash
+from mls.tree.leaf_node import LeafNode, LeafNodeSource, sign_leaf_node
+from mls.tree.leaf_validation import LeafPolicy
+from mls.tree.nodes import RatchetTreeExtension
+from mls.wire.commit import Commit
+from mls.wire.extensions import ExternalPub, RequiredCapabilities, find_payload
+from mls.wire.framing import (
     AuthenticatedContent,
     ContentType,
     FramedContent,
@@ -38,22 +54,10 @@ from mls.framing import (
     SenderType,
     WireFormat,
 )
-from mls.group import (
-    ApplicationMessage,
-    CommitOptions,
-    Group,
-    MemoryPskStore,
-    StagedCommit,
-)
-from mls.join import tree_from_group_info
-from mls.key_schedule import KeySchedule, external_init_send
-from mls.leaf_node import LeafNode, LeafNodeSource, sign_leaf_node
-from mls.leaf_validation import LeafPolicy
-from mls.message_protection import protect_public, sign_framed_content
-from mls.messages import Commit, GroupContext, GroupInfo
-from mls.nodes import RatchetTreeExtension
-from mls.proposal_list import CommittedProposal, ValidationContext, apply_proposals
-from mls.proposals import (
+from mls.wire.group_context import GroupContext
+from mls.wire.group_info import GroupInfo, sign_group_info
+from mls.wire.message_protection import protect_public, sign_framed_content
+from mls.wire.proposals import (
     Add,
     ExternalInit,
     GroupContextExtensions,
@@ -65,9 +69,6 @@ from mls.proposals import (
     Remove,
     Update,
 )
-from mls.psk import psk_secret
-from mls.transcript import TranscriptHashes, interim_transcript_hash
-from mls.welcome import sign_group_info
 
 MAIN_SUITES = (1, 2, 3)
 OTHER_SUITES = (4, 5, 6, 7)
@@ -179,7 +180,7 @@ def forge_external_commit(
     psks: MemoryPskStore | None = None, with_path: bool = True,
 ) -> bytes:
     """An external commit whose proposal list is ``make_list(ExternalInit(...))`` (proposals by value, or
-    ProposalRefs as bytes), built exactly like ``mls.external_join._commit``: a path from the leftmost
+    ProposalRefs as bytes), built exactly like ``mls.group.external_join._commit``: a path from the leftmost
     blank leaf after the by-value proposals (Updates and Removes of blank leaves are not applied), a valid signature and a confirmation
     tag computed from the external init secret."""
     gi = MLSMessage.from_bytes(group_info).body

@@ -16,13 +16,24 @@ from collections.abc import Sequence
 import pytest
 
 from mls.client import Client
-from mls.credentials import Credential
+from mls.credentials.credential import Credential
 from mls.crypto.cipher_suite import cipher_suite
 from mls.crypto.key_store import SoftwareKeyStore
 from mls.errors import CryptoError, MLSError, StateError, ValidationError
-from mls.extensions import ExternalSender, ExternalSenders, RequiredCapabilities, find_payload
-from mls.external_sender import _external_message, external_proposal, new_member_add_proposal
-from mls.framing import (
+from mls.group.external_sender import _external_message, external_proposal, new_member_add_proposal
+from mls.group.group import (
+    ApplicationMessage,
+    CommitOptions,
+    Group,
+    MemoryPskStore,
+    ProposalMessage,
+    StagedCommit,
+)
+from mls.group.reinit import reinit_successor, resumption_psks
+from mls.tree.leaf_node import LeafNodeSource, sign_leaf_node
+from mls.wire.commit import Commit
+from mls.wire.extensions import ExternalSender, ExternalSenders, RequiredCapabilities, find_payload
+from mls.wire.framing import (
     AuthenticatedContent,
     ContentType,
     FramedContent,
@@ -33,11 +44,8 @@ from mls.framing import (
     SenderType,
     WireFormat,
 )
-from mls.group import ApplicationMessage, CommitOptions, Group, MemoryPskStore, ProposalMessage, StagedCommit
-from mls.leaf_node import LeafNodeSource, sign_leaf_node
-from mls.message_protection import sign_framed_content
-from mls.messages import Commit
-from mls.proposals import (
+from mls.wire.message_protection import sign_framed_content
+from mls.wire.proposals import (
     Add,
     ExternalInit,
     GroupContextExtensions,
@@ -50,7 +58,6 @@ from mls.proposals import (
     Remove,
     Update,
 )
-from mls.reinit import reinit_successor, resumption_psks
 
 MAIN_SUITES = (1, 2, 3)
 PSK_ID = b"server-distributed psk"

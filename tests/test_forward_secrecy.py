@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from mls.errors import ValidationError
-from mls.group import CommitOptions, Group, Handshake, StagedCommit
+from mls.group.group import CommitOptions, Group, Handshake, StagedCommit
 
 from .group_helpers import MAIN_SUITES, Harness, Member, build_group
 

@@ -18,11 +18,14 @@ from collections.abc import Sequence
 import pytest
 
 from mls.client import Client, KeyPackageBundle
-from mls.credentials import Credential
+from mls.credentials.credential import Credential
 from mls.crypto.key_store import SoftwareKeyStore
 from mls.errors import DecodeError, MLSError, ValidationError
-from mls.extensions import ApplicationId, Extension, ExternalSenders, RequiredCapabilities, find_payload
-from mls.framing import (
+from mls.group.group import CommitOptions, Group, StagedCommit, default_lifetime
+from mls.tree.leaf_node import Capabilities, default_capabilities
+from mls.wire.commit import Commit
+from mls.wire.extensions import ApplicationId, Extension, ExternalSenders, RequiredCapabilities, find_payload
+from mls.wire.framing import (
     AuthenticatedContent,
     ContentType,
     FramedContent,
@@ -32,13 +35,10 @@ from mls.framing import (
     Sender,
     WireFormat,
 )
-from mls.group import CommitOptions, Group, StagedCommit, default_lifetime
-from mls.key_package import create_key_package
-from mls.leaf_node import Capabilities, default_capabilities
-from mls.message_protection import protect_public, sign_framed_content
-from mls.messages import Commit, GroupInfo
-from mls.proposals import Add, GroupContextExtensions, Proposal, ProposalOrRef, Remove
-from mls.welcome import key_package_ref
+from mls.wire.group_info import GroupInfo
+from mls.wire.key_package import create_key_package, key_package_ref
+from mls.wire.message_protection import protect_public, sign_framed_content
+from mls.wire.proposals import Add, GroupContextExtensions, Proposal, ProposalOrRef, Remove
 
 MAIN_SUITES = (1, 2, 3)
 CUSTOM_EXT = 0xFF0A  # a non-default (private use) extension type

@@ -22,15 +22,15 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from mls.client import Client
-from mls.credentials import Credential
+from mls.credentials.credential import Credential
 from mls.crypto.key_store import SoftwareKeyStore
 from mls.errors import CryptoError, MLSError, ValidationError
-from mls.extensions import Extension
-from mls.framing import AuthenticatedContent, MLSMessage, PrivateMessage, PublicMessage, WireFormat
-from mls.group import ApplicationMessage, CommitOptions, Group, Handshake, ProposalMessage, StagedCommit
-from mls.key_package import KeyPackage
-from mls.nodes import UpdatePath
-from mls.proposals import (
+from mls.group.group import ApplicationMessage, CommitOptions, Group, Handshake, ProposalMessage, StagedCommit
+from mls.tree.nodes import UpdatePath
+from mls.wire.extensions import Extension
+from mls.wire.framing import AuthenticatedContent, MLSMessage, PrivateMessage, PublicMessage, WireFormat
+from mls.wire.key_package import KeyPackage
+from mls.wire.proposals import (
     Add,
     ExternalInit,
     GroupContextExtensions,
@@ -533,8 +533,8 @@ def test_commit_with_mangled_path(w: World) -> None:
 
 @pytest.mark.parametrize("kind", ["corrupted ciphertext", "beyond max_forward_distance"])
 def test_rejected_private_message_of_unstarted_sender_leaves_state_unchanged(kind: str) -> None:
-    from mls.group import GroupConfig
-    from mls.secret_tree import RatchetConfig
+    from mls.group.group import GroupConfig
+    from mls.schedule.secret_tree import RatchetConfig
 
     _h, (_alice, bob, carol) = build_group(1, ["alice", "bob", "carol"],
                                           GroupConfig(ratchet=RatchetConfig(max_forward_distance=2)))

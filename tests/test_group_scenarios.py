@@ -12,11 +12,18 @@ import random
 import pytest
 
 from mls.errors import MLSError, StateError, ValidationError
-from mls.framing import MLSMessage, PublicMessage, WireFormat
-from mls.group import ApplicationMessage, CommitOptions, GroupConfig, Handshake, ProposalMessage, StagedCommit
-from mls.messages import Welcome
-from mls.proposals import ProposalOrRefType, PSKType
-from mls.secret_tree import RatchetConfig
+from mls.group.group import (
+    ApplicationMessage,
+    CommitOptions,
+    GroupConfig,
+    Handshake,
+    ProposalMessage,
+    StagedCommit,
+)
+from mls.schedule.secret_tree import RatchetConfig
+from mls.wire.framing import MLSMessage, PublicMessage, WireFormat
+from mls.wire.proposals import ProposalOrRefType, PSKType
+from mls.wire.welcome import Welcome
 
 from .group_helpers import (
     MAIN_SUITES,

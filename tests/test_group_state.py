@@ -1,4 +1,4 @@
-"""Group state is an explicit, versioned, serialisable value (mls.group_state).
+"""Group state is an explicit, versioned, serialisable value (mls.group.state).
 
 ``GroupState.to_bytes`` / ``GroupState.from_bytes(key_store)`` round-trip exactly after several epochs,
 with cached proposals, past epochs, retained out-of-order keys, pending Update keys and resumption PSKs;
@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 
 from mls.errors import StateError
-from mls.group import ApplicationMessage, CommitOptions, Group, GroupConfig, Handshake
-from mls.group_state import STATE_VERSION, GroupState
-from mls.secret_tree import RatchetConfig
+from mls.group.group import ApplicationMessage, CommitOptions, Group, GroupConfig, Handshake
+from mls.group.state import STATE_VERSION, GroupState
+from mls.schedule.secret_tree import RatchetConfig
 
 from .group_helpers import MAIN_SUITES, Harness, Member, build_group
 

@@ -9,15 +9,7 @@ import pytest
 
 from mls.crypto import cipher_suite
 from mls.errors import CryptoError, StateError, ValidationError
-from mls.framing import (
-    AuthenticatedContent,
-    ContentType,
-    FramedContent,
-    FramedContentAuthData,
-    Sender,
-    WireFormat,
-)
-from mls.key_schedule import (
+from mls.schedule.key_schedule import (
     EPOCH_SECRET_LABELS,
     EpochSecrets,
     KeySchedule,
@@ -26,11 +18,19 @@ from mls.key_schedule import (
     external_init_send,
     welcome_key_nonce,
 )
-from mls.messages import Commit
-from mls.proposals import PreSharedKeyID
-from mls.psk import psk_secret
-from mls.secret_tree import RatchetType, SecretTree
-from mls.transcript import TranscriptHashes, interim_transcript_hash
+from mls.schedule.psk import psk_secret
+from mls.schedule.secret_tree import RatchetType, SecretTree
+from mls.schedule.transcript import TranscriptHashes, interim_transcript_hash
+from mls.wire.commit import Commit
+from mls.wire.framing import (
+    AuthenticatedContent,
+    ContentType,
+    FramedContent,
+    FramedContentAuthData,
+    Sender,
+    WireFormat,
+)
+from mls.wire.proposals import PreSharedKeyID
 
 CS = cipher_suite(1)
 INIT = bytes([1]) * 32

@@ -18,7 +18,9 @@ from hypothesis import strategies as st
 from mls.crypto import CipherSuite, cipher_suite
 from mls.crypto import backend as crypto_backend
 from mls.errors import CryptoError, DecodeError, ValidationError
-from mls.framing import (
+from mls.schedule.secret_tree import RatchetConfig, RatchetKey, RatchetType, SecretTree, sender_data_key_nonce
+from mls.wire.commit import Commit
+from mls.wire.framing import (
     AuthenticatedContent,
     ContentType,
     FramedContent,
@@ -33,7 +35,8 @@ from mls.framing import (
     SenderDataAAD,
     WireFormat,
 )
-from mls.message_protection import (
+from mls.wire.group_context import GroupContext
+from mls.wire.message_protection import (
     decrypt_private,
     encrypt_private,
     protect_public,
@@ -43,9 +46,7 @@ from mls.message_protection import (
     verify_framed_content,
     verify_membership_tag,
 )
-from mls.messages import Commit, GroupContext
-from mls.proposals import Proposal
-from mls.secret_tree import RatchetConfig, RatchetKey, RatchetType, SecretTree, sender_data_key_nonce
+from mls.wire.proposals import Proposal
 
 from .vectors import load
 

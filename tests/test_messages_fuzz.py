@@ -19,11 +19,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mls.codec import Reader, Struct
-from mls.credentials import Credential
+from mls.credentials.credential import Credential
 from mls.crypto.cipher_suite import cipher_suite
 from mls.errors import DecodeError, MLSError, ValidationError
-from mls.extensions import (
+from mls.tree.leaf_node import LeafNode
+from mls.tree.nodes import RatchetTreeExtension, decode_ratchet_tree, encode_ratchet_tree
+from mls.wire.codec import Reader
+from mls.wire.commit import Commit
+from mls.wire.extensions import (
     Extension,
     ExtensionType,
     ExternalPub,
@@ -31,7 +34,7 @@ from mls.extensions import (
     find_extension,
     find_payload,
 )
-from mls.framing import (
+from mls.wire.framing import (
     AuthenticatedContent,
     ContentType,
     MLSMessage,
@@ -40,11 +43,10 @@ from mls.framing import (
     WireFormat,
     framed_content_tbs,
 )
-from mls.key_package import KeyPackage
-from mls.leaf_node import LeafNode
-from mls.messages import Commit, GroupContext, GroupInfo, GroupSecrets, PathSecret, Welcome
-from mls.nodes import RatchetTreeExtension, decode_ratchet_tree, encode_ratchet_tree
-from mls.proposals import (
+from mls.wire.group_context import GroupContext
+from mls.wire.group_info import GroupInfo
+from mls.wire.key_package import KeyPackage
+from mls.wire.proposals import (
     Add,
     ExternalInit,
     GroupContextExtensions,
@@ -55,6 +57,8 @@ from mls.proposals import (
     Remove,
     Update,
 )
+from mls.wire.struct import Struct
+from mls.wire.welcome import GroupSecrets, PathSecret, Welcome
 
 from .vectors import load
 

@@ -17,16 +17,16 @@ from collections.abc import Sequence
 import pytest
 
 from mls.client import Client
-from mls.credentials import Credential
+from mls.credentials.credential import Credential
 from mls.crypto.key_store import SoftwareKeyStore
 from mls.errors import MLSError, StateError, ValidationError
-from mls.extensions import RequiredCapabilities
-from mls.framing import MLSMessage
-from mls.group import CommitOptions, Group, GroupConfig, StagedCommit
-from mls.messages import GroupSecrets, Welcome
-from mls.proposals import PreSharedKeyID, Proposal, PSKType, ReInit, ResumptionPSKUsage
-from mls.reinit import branch, reinit_successor, resumption_psks
-from mls.welcome import open_group_secrets
+from mls.group.group import CommitOptions, Group, GroupConfig, StagedCommit
+from mls.group.reinit import branch, reinit_successor, resumption_psks
+from mls.group.welcome import open_group_secrets
+from mls.wire.extensions import RequiredCapabilities
+from mls.wire.framing import MLSMessage
+from mls.wire.proposals import PreSharedKeyID, Proposal, PSKType, ReInit, ResumptionPSKUsage
+from mls.wire.welcome import GroupSecrets, Welcome
 
 MAIN_SUITES = (1, 2, 3)
 
@@ -343,7 +343,7 @@ def test_reinit_successor_without_reinit_psk_is_refused() -> None:
 
 
 def test_branch_into_another_cipher_suite_is_refused() -> None:
-    from mls.reinit import _successor
+    from mls.group.reinit import _successor
 
     _, (ga, gb) = group(1, ["alice", "bob"])
     alice2, bob2 = client(2, "alice"), client(2, "bob")

@@ -9,7 +9,7 @@ import pytest
 
 from mls.crypto import cipher_suite
 from mls.errors import StateError, ValidationError
-from mls.secret_tree import (
+from mls.schedule.secret_tree import (
     RatchetConfig,
     RatchetKey,
     RatchetType,

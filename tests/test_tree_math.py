@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from mls import tree_math as tm
+from mls.tree import tree_math as tm
 
 SIZES = [1 << k for k in range(11)]
 

@@ -12,14 +12,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mls import tree_math as tm
 from mls.crypto import cipher_suite
 from mls.errors import ValidationError
-from mls.leaf_node import LeafNode, LeafNodeSource
-from mls.leaf_validation import LeafPolicy
-from mls.nodes import Node, ParentNode, decode_ratchet_tree
-from mls.ratchet_tree import RatchetTree
-from mls.tree_validation import (
+from mls.tree import tree_math as tm
+from mls.tree.leaf_node import LeafNode, LeafNodeSource
+from mls.tree.leaf_validation import LeafPolicy
+from mls.tree.nodes import Node, ParentNode, decode_ratchet_tree
+from mls.tree.ratchet_tree import RatchetTree
+from mls.tree.tree_validation import (
     validate_tree,
     verify_leaves,
     verify_parent_hashes,

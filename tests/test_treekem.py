@@ -15,15 +15,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mls import tree_math as tm
 from mls.crypto import CipherSuite, cipher_suite
 from mls.errors import CryptoError, ValidationError
-from mls.key_schedule import KeySchedule
-from mls.leaf_node import LeafNode, LeafNodeSource, Lifetime
-from mls.messages import GroupContext
-from mls.nodes import HPKECiphertext, ParentNode, UpdatePath, UpdatePathNode, decode_ratchet_tree
-from mls.ratchet_tree import RatchetTree
-from mls.treekem import PathKeys, apply_update_path, create_update_path, decrypt_update_path, node_key
+from mls.schedule.key_schedule import KeySchedule
+from mls.tree import tree_math as tm
+from mls.tree.leaf_node import LeafNode, LeafNodeSource, Lifetime
+from mls.tree.nodes import HPKECiphertext, ParentNode, UpdatePath, UpdatePathNode, decode_ratchet_tree
+from mls.tree.ratchet_tree import RatchetTree
+from mls.tree.treekem import PathKeys, apply_update_path, create_update_path, decrypt_update_path, node_key
+from mls.wire.group_context import GroupContext
 
 from .vectors import load
 

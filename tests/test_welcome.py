@@ -16,19 +16,13 @@ from hypothesis import strategies as st
 from mls.crypto import CipherSuite, cipher_suite
 from mls.crypto.hpke import SoftwareHpkeKey
 from mls.errors import CryptoError, DecodeError, ValidationError
-from mls.framing import MLSMessage
-from mls.key_package import KeyPackage
-from mls.key_schedule import KeySchedule
-from mls.messages import EncryptedGroupSecrets, GroupInfo, GroupSecrets, PathSecret, Welcome
-from mls.nodes import HPKECiphertext
-from mls.welcome import (
-    build_welcome,
-    decrypt_group_info,
-    key_package_ref,
-    open_group_secrets,
-    sign_group_info,
-    verify_group_info_signature,
-)
+from mls.group.welcome import build_welcome, decrypt_group_info, open_group_secrets
+from mls.schedule.key_schedule import KeySchedule
+from mls.tree.nodes import HPKECiphertext
+from mls.wire.framing import MLSMessage
+from mls.wire.group_info import GroupInfo, sign_group_info, verify_group_info_signature
+from mls.wire.key_package import KeyPackage, key_package_ref
+from mls.wire.welcome import EncryptedGroupSecrets, GroupSecrets, PathSecret, Welcome
 
 from .vectors import load
 

@@ -1,4 +1,4 @@
-"""X.509 credential validation (RFC 9420 §5.3, §5.3.1): ``mls.x509.X509CredentialValidator``.
+"""X.509 credential validation (RFC 9420 §5.3, §5.3.1): ``mls.credentials.x509.X509CredentialValidator``.
 
 Certificates are made on the fly with ``cryptography.x509.CertificateBuilder``: a P-256 root, an Ed25519
 intermediate (an Ed25519 CA is exactly what the Web-PKI verifier of ``cryptography`` refuses), and
@@ -21,14 +21,14 @@ from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, r
 from cryptography.x509.oid import NameOID
 
 from mls.client import Client
-from mls.credentials import Certificate, Credential
+from mls.credentials.credential import Certificate, Credential
+from mls.credentials.x509 import X509CredentialValidator, identity_of
 from mls.crypto import cipher_suite
 from mls.crypto.key_store import SoftwareKeyStore
 from mls.crypto.signature import SoftwareSigner
 from mls.errors import ValidationError
-from mls.group import CommitOptions, GroupConfig, StagedCommit
-from mls.leaf_validation import AcceptAnyCredential, CredentialValidator, LeafPolicy
-from mls.x509 import X509CredentialValidator, identity_of
+from mls.group.group import CommitOptions, GroupConfig, StagedCommit
+from mls.tree.leaf_validation import AcceptAnyCredential, CredentialValidator, LeafPolicy
 
 NOW = datetime(2030, 6, 1, 12, 0, tzinfo=UTC)
 DAY = timedelta(days=1)

@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from . import FileResult, run_file, vector_files
+from mls.conformance import FileResult, run_file, vector_files
 
 
 def main(argv: list[str] | None = None) -> int:

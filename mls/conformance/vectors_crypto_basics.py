@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..crypto import cipher_suite
-from . import vector_kind
-from .checks import expect_equal, h
+from mls.conformance import vector_kind
+from mls.conformance.checks import expect_equal, h
+from mls.crypto import cipher_suite
 
 
 @vector_kind(

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..codec import Reader, encode_varint
-from . import vector_kind
-from .checks import expect_equal, h
+from mls.conformance import vector_kind
+from mls.conformance.checks import expect_equal, h
+from mls.wire.codec import Reader, encode_varint
 
 
 @vector_kind("deserialization", keys=["vlbytes_header", "length"])

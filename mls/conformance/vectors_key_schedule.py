@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..crypto import cipher_suite
-from ..key_schedule import EPOCH_SECRET_LABELS, KeySchedule
-from ..leaf_node import ProtocolVersion
-from ..messages import GroupContext
-from . import vector_kind
-from .checks import expect_equal, h
+from mls.conformance import vector_kind
+from mls.conformance.checks import expect_equal, h
+from mls.crypto import cipher_suite
+from mls.schedule.key_schedule import EPOCH_SECRET_LABELS, KeySchedule
+from mls.tree.leaf_node import ProtocolVersion
+from mls.wire.group_context import GroupContext
 
 
 @vector_kind("key-schedule", keys=["cipher_suite", "group_id", "initial_init_secret", "epochs"])

@@ -6,8 +6,12 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ..crypto import CipherSuite, cipher_suite
-from ..framing import (
+from mls.conformance import vector_kind
+from mls.conformance.checks import expect_equal, h
+from mls.crypto import CipherSuite, cipher_suite
+from mls.schedule.secret_tree import SecretTree
+from mls.wire.commit import Commit
+from mls.wire.framing import (
     AuthenticatedContent,
     ContentType,
     FramedContent,
@@ -18,7 +22,8 @@ from ..framing import (
     Sender,
     WireFormat,
 )
-from ..message_protection import (
+from mls.wire.group_context import GroupContext
+from mls.wire.message_protection import (
     decrypt_private,
     encrypt_private,
     protect_public,
@@ -28,11 +33,7 @@ from ..message_protection import (
     verify_framed_content,
     verify_membership_tag,
 )
-from ..messages import Commit, GroupContext
-from ..proposals import Proposal
-from ..secret_tree import SecretTree
-from . import vector_kind
-from .checks import expect_equal, h
+from mls.wire.proposals import Proposal
 
 _N_LEAVES = 2  # the vectors' sender is leaf 1 of a two-member group
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..codec import Struct
-from ..framing import ContentType, MLSMessage, WireFormat
-from ..messages import Commit, GroupSecrets
-from ..nodes import RatchetTreeExtension
-from ..proposals import Add, ExternalInit, GroupContextExtensions, PreSharedKey, ReInit, Remove, Update
-from . import vector_kind
-from .checks import expect_equal, h
+from mls.conformance import vector_kind
+from mls.conformance.checks import expect_equal, h
+from mls.tree.nodes import RatchetTreeExtension
+from mls.wire.commit import Commit
+from mls.wire.framing import ContentType, MLSMessage, WireFormat
+from mls.wire.proposals import Add, ExternalInit, GroupContextExtensions, PreSharedKey, ReInit, Remove, Update
+from mls.wire.struct import Struct
+from mls.wire.welcome import GroupSecrets
 
 #: The struct each field of a case decodes as.
 _STRUCTS: dict[str, type[Struct]] = {

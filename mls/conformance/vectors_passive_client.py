@@ -6,13 +6,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..crypto import cipher_suite
-from ..crypto.key_store import SoftwareKeyStore
-from ..framing import MLSMessage
-from ..group import Group, MemoryPskStore, ProposalMessage, StagedCommit
-from ..key_package import KeyPackage
-from . import vector_kind
-from .checks import expect_equal, h
+from mls.conformance import vector_kind
+from mls.conformance.checks import expect_equal, h
+from mls.crypto import cipher_suite
+from mls.crypto.key_store import SoftwareKeyStore
+from mls.group.group import Group, MemoryPskStore, ProposalMessage, StagedCommit
+from mls.wire.framing import MLSMessage
+from mls.wire.key_package import KeyPackage
 
 PASSIVE_KEYS = [
     "cipher_suite", "key_package", "signature_priv", "encryption_priv", "init_priv", "welcome", "ratchet_tree",

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..crypto import cipher_suite
-from ..proposals import PreSharedKeyID
-from ..psk import psk_secret
-from . import vector_kind
-from .checks import expect_equal, h
+from mls.conformance import vector_kind
+from mls.conformance.checks import expect_equal, h
+from mls.crypto import cipher_suite
+from mls.schedule.psk import psk_secret
+from mls.wire.proposals import PreSharedKeyID
 
 
 @vector_kind("psk_secret", keys=["cipher_suite", "psks", "psk_secret"], file_names=["psk-secret"])

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..crypto import cipher_suite
-from ..secret_tree import RatchetKey, RatchetType, SecretTree, sender_data_key_nonce
-from . import vector_kind
-from .checks import expect_equal, h
+from mls.conformance import vector_kind
+from mls.conformance.checks import expect_equal, h
+from mls.crypto import cipher_suite
+from mls.schedule.secret_tree import RatchetKey, RatchetType, SecretTree, sender_data_key_nonce
 
 
 def _check(what: str, got: RatchetKey, want: dict[str, Any], rt: RatchetType) -> None:

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..crypto import cipher_suite
-from ..framing import AuthenticatedContent
-from ..key_schedule import verify_confirmation_tag
-from ..transcript import TranscriptHashes
-from . import vector_kind
-from .checks import expect_equal, h
+from mls.conformance import vector_kind
+from mls.conformance.checks import expect_equal, h
+from mls.crypto import cipher_suite
+from mls.schedule.key_schedule import verify_confirmation_tag
+from mls.schedule.transcript import TranscriptHashes
+from mls.wire.framing import AuthenticatedContent
 
 
 @vector_kind(

@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .. import tree_math as tm
-from . import vector_kind
-from .checks import expect_equal
+from mls.conformance import vector_kind
+from mls.conformance.checks import expect_equal
+from mls.tree import tree_math as tm
 
 
 def _or_none(fn: Callable[[int], int], x: int) -> int | None:

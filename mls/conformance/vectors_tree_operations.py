@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..crypto import cipher_suite
-from ..nodes import decode_ratchet_tree
-from ..proposals import Add, Proposal, Remove, Update
-from ..ratchet_tree import RatchetTree
-from . import Skip, vector_kind
-from .checks import expect_equal, h
+from mls.conformance import Skip, vector_kind
+from mls.conformance.checks import expect_equal, h
+from mls.crypto import cipher_suite
+from mls.tree.nodes import decode_ratchet_tree
+from mls.tree.ratchet_tree import RatchetTree
+from mls.wire.proposals import Add, Proposal, Remove, Update
 
 
 @vector_kind(

@@ -5,13 +5,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..crypto import cipher_suite
-from ..leaf_validation import LeafPolicy
-from ..nodes import decode_ratchet_tree
-from ..ratchet_tree import RatchetTree
-from ..tree_validation import verify_leaves, verify_parent_hashes, verify_unique_keys, verify_unmerged_leaves
-from . import vector_kind
-from .checks import expect_equal, h
+from mls.conformance import vector_kind
+from mls.conformance.checks import expect_equal, h
+from mls.crypto import cipher_suite
+from mls.tree.leaf_validation import LeafPolicy
+from mls.tree.nodes import decode_ratchet_tree
+from mls.tree.ratchet_tree import RatchetTree
+from mls.tree.tree_validation import (
+    verify_leaves,
+    verify_parent_hashes,
+    verify_unique_keys,
+    verify_unmerged_leaves,
+)
 
 
 @vector_kind("tree-validation", keys=["cipher_suite", "tree", "group_id", "tree_hashes", "resolutions"])

@@ -6,14 +6,14 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ..crypto import CipherSuite, cipher_suite
-from ..leaf_node import LeafNode
-from ..messages import GroupContext
-from ..nodes import UpdatePath, decode_ratchet_tree
-from ..ratchet_tree import RatchetTree
-from ..treekem import PathKeys, apply_update_path, create_update_path, decrypt_update_path, node_key
-from . import vector_kind
-from .checks import expect_equal, h
+from mls.conformance import vector_kind
+from mls.conformance.checks import expect_equal, h
+from mls.crypto import CipherSuite, cipher_suite
+from mls.tree.leaf_node import LeafNode
+from mls.tree.nodes import UpdatePath, decode_ratchet_tree
+from mls.tree.ratchet_tree import RatchetTree
+from mls.tree.treekem import PathKeys, apply_update_path, create_update_path, decrypt_update_path, node_key
+from mls.wire.group_context import GroupContext
 
 
 def _context(case: dict[str, Any], cs: CipherSuite, tree: RatchetTree) -> bytes:

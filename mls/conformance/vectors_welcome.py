@@ -5,14 +5,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..crypto import cipher_suite
-from ..framing import MLSMessage
-from ..key_package import KeyPackage
-from ..key_schedule import KeySchedule
-from ..messages import Welcome
-from ..welcome import decrypt_group_info, key_package_ref, open_group_secrets, verify_group_info_signature
-from . import vector_kind
-from .checks import h
+from mls.conformance import vector_kind
+from mls.conformance.checks import h
+from mls.crypto import cipher_suite
+from mls.group.welcome import decrypt_group_info, open_group_secrets
+from mls.schedule.key_schedule import KeySchedule
+from mls.wire.framing import MLSMessage
+from mls.wire.group_info import verify_group_info_signature
+from mls.wire.key_package import KeyPackage, key_package_ref
+from mls.wire.welcome import Welcome
 
 
 @vector_kind("welcome", keys=["cipher_suite", "init_priv", "key_package", "signer_pub", "welcome"])

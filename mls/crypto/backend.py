@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
-from ..errors import CryptoError, UnsupportedError
+from mls.errors import CryptoError, UnsupportedError
 
 #: HPKE AEAD identifiers (RFC 9180 §7.3), which MLS cipher suites use.
 AEAD_AES128GCM = 0x0001

@@ -14,12 +14,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..codec import opaque_bytes
-from ..errors import CryptoError, UnsupportedError
-from . import backend as _backend
-from .hpke import HpkeSuite, Kem, SoftwareHpkeKey, hpke_suite, kdf_id_for_hash
-from .keys import HpkePrivateKey, Signer
-from .signature import (
+from mls.crypto import backend as _backend
+from mls.crypto.hpke import HpkeSuite, Kem, SoftwareHpkeKey, hpke_suite, kdf_id_for_hash
+from mls.crypto.key_protocols import HpkePrivateKey, Signer
+from mls.crypto.signature import (
     ECDSA_P256_SHA256,
     ECDSA_P384_SHA384,
     ECDSA_P521_SHA512,
@@ -28,6 +26,8 @@ from .signature import (
     SignatureScheme,
     SoftwareSigner,
 )
+from mls.errors import CryptoError, UnsupportedError
+from mls.wire.codec import opaque_bytes
 
 _LABEL_PREFIX = b"MLS 1.0 "
 

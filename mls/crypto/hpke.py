@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, x448, x25519
 
-from ..errors import CryptoError, UnsupportedError
-from . import backend as _backend
-from .keys import HpkePrivateKey
+from mls.crypto import backend as _backend
+from mls.crypto.key_protocols import HpkePrivateKey
+from mls.errors import CryptoError, UnsupportedError
 
 _RAW = serialization.Encoding.Raw
 _RAW_PUB = serialization.PublicFormat.Raw

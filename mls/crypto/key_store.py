@@ -1,16 +1,16 @@
 """A key store that holds private keys in process memory (software custody).
 
-It implements the :class:`~mls.crypto.keys.KeyStore` protocol for tests, for tools, and for key kinds an
+It implements the :class:`~mls.crypto.key_protocols.KeyStore` protocol for tests, for tools, and for key kinds an
 HSM cannot hold (a KEM the token does not support). Destroying a key drops every reference this store
 holds to it; Python cannot overwrite the bytes in place, so memory is reclaimed by the allocator.
 """
 
 from __future__ import annotations
 
-from ..errors import KeyStoreError
-from .cipher_suite import cipher_suite
-from .hpke import SoftwareHpkeKey
-from .signature import SoftwareSigner
+from mls.crypto.cipher_suite import cipher_suite
+from mls.crypto.hpke import SoftwareHpkeKey
+from mls.crypto.signature import SoftwareSigner
+from mls.errors import KeyStoreError
 
 
 class SoftwareKeyStore:

@@ -301,7 +301,7 @@ def seed(gw: Gateway) -> None:
 def outside_key_package() -> bytes:
     """A KeyPackage of a client that is not hosted on the gateway (keys in a software key store)."""
     from mls.client import Client
-    from mls.credentials import Credential
+    from mls.credentials.credential import Credential
     from mls.crypto.key_store import SoftwareKeyStore
 
     return Client(SoftwareKeyStore(), 1, Credential.basic(b"dave (outside)")).key_package().message()

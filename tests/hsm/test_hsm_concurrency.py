@@ -22,7 +22,7 @@ from typing import Any
 from hsm import Pkcs11KeyStore, Token
 from hsm.bootstrap import SoftHsmToken
 from mls.crypto.cipher_suite import cipher_suite
-from mls.crypto.keys import HpkePrivateKey, Signer
+from mls.crypto.key_protocols import HpkePrivateKey, Signer
 
 THREADS = 4
 SECONDS = float(os.environ.get("MLSGW_HSM_STRESS_SECONDS", "3"))

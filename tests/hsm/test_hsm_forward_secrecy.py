@@ -32,8 +32,8 @@ from hsm import Pkcs11KeyStore, Token
 from hsm.audit import AuditEvent
 from hsm.envelope import Envelope, create_wrap_key
 from mls.client import Client
-from mls.credentials import Credential
-from mls.group import CommitOptions, Group, StagedCommit
+from mls.credentials.credential import Credential
+from mls.group.group import CommitOptions, Group, StagedCommit
 from tests.group_helpers import check_agreement
 
 SUITES = (1, 2)
@@ -338,8 +338,8 @@ async def in_process_gateway(token: Token, folder: Path) -> AsyncIterator[tuple[
     from gateway.app import create_app
     from gateway.config import GatewayConfig
     from gateway.context import Runtime
-    from gateway.keys import SealedKeyPersistence
     from gateway.metrics import Metrics
+    from gateway.sealed_keys import SealedKeyPersistence
     from gateway.service import GatewayService
     from gateway.sqlite_store import SqliteStore
 

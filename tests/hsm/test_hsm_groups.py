@@ -24,9 +24,9 @@ from pkcs11 import Attribute
 from hsm import Pkcs11HpkeKey, Pkcs11KeyStore, Pkcs11Signer, Token
 from hsm.audit import AuditEvent
 from mls.client import Client
-from mls.credentials import Credential
-from mls.framing import MLSMessage, PrivateMessage, WireFormat
-from mls.group import CommitOptions, Group, GroupConfig, Handshake, MemoryPskStore, StagedCommit
+from mls.credentials.credential import Credential
+from mls.group.group import CommitOptions, Group, GroupConfig, Handshake, MemoryPskStore, StagedCommit
+from mls.wire.framing import MLSMessage, PrivateMessage, WireFormat
 from tests.group_helpers import Harness, Member
 
 #: Suites SoftHSM must hold in full (the issue's list); the others run when the token holds them too.

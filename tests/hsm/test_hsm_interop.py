@@ -26,9 +26,9 @@ from pkcs11 import Attribute
 
 from hsm import Pkcs11HpkeKey, Pkcs11KeyStore, Pkcs11Signer, Token
 from mls.client import Client
-from mls.credentials import Credential
+from mls.credentials.credential import Credential
 from mls.crypto.signature import SoftwareSigner
-from mls.group import CommitOptions, Group, GroupConfig, Handshake, MemoryPskStore, StagedCommit
+from mls.group.group import CommitOptions, Group, GroupConfig, Handshake, MemoryPskStore, StagedCommit
 from tests.group_helpers import Harness, Member
 from tests.interop.interop_helpers import MixedGroup, PyMember, TsMember, unique
 from tests.interop.ts_mls_peer import INTEROP_DIR, TsMlsPeer

@@ -8,7 +8,7 @@ from hsm import Pkcs11HpkeKey, Pkcs11KeyStore, Pkcs11Signer, SoftwareCustodyHpke
 from hsm.capabilities import Capabilities, detect
 from hsm.kinds import X448, X25519
 from mls.crypto.cipher_suite import CIPHER_SUITES, cipher_suite
-from mls.crypto.keys import HpkePrivateKey, KeyStore, Signer
+from mls.crypto.key_protocols import HpkePrivateKey, KeyStore, Signer
 from mls.errors import CryptoError, KeyStoreError
 
 ALL_SUITES = sorted(CIPHER_SUITES)

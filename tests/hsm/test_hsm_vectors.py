@@ -33,12 +33,13 @@ from hsm import Pkcs11HpkeKey, Pkcs11KeyStore, Pkcs11Signer, Token
 from hsm.audit import AuditEvent
 from mls.conformance.checks import h
 from mls.crypto.cipher_suite import cipher_suite
-from mls.framing import MLSMessage
-from mls.group import Group, MemoryPskStore, ProposalMessage, StagedCommit
-from mls.key_package import KeyPackage
-from mls.key_schedule import KeySchedule
-from mls.messages import Welcome
-from mls.welcome import decrypt_group_info, key_package_ref, open_group_secrets, verify_group_info_signature
+from mls.group.group import Group, MemoryPskStore, ProposalMessage, StagedCommit
+from mls.group.welcome import decrypt_group_info, open_group_secrets
+from mls.schedule.key_schedule import KeySchedule
+from mls.wire.framing import MLSMessage
+from mls.wire.group_info import verify_group_info_signature
+from mls.wire.key_package import KeyPackage, key_package_ref
+from mls.wire.welcome import Welcome
 
 VECTORS = Path(__file__).resolve().parents[3] / "shared" / "mls-test-vectors"
 PASSIVE_FILES = ("passive-client-welcome.json", "passive-client-handling-commit.json")

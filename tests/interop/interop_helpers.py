@@ -1,7 +1,7 @@
 """Mixed MLS groups of this project's members and ts-mls members, checked for agreement after every step.
 
 A :class:`MixedGroup` holds members of both kinds: :class:`PyMember` (a :class:`mls.client.Client` and its
-:class:`mls.group.Group`) and :class:`TsMember` (a named client of a :class:`TsMlsPeer`). Every operation
+:class:`mls.group.group.Group`) and :class:`TsMember` (a named client of a :class:`TsMlsPeer`). Every operation
 (commit, proposal, application message, external join) is made by one member, delivered as bytes to all
 the others, and followed by :meth:`MixedGroup.check`: every member must report the same epoch (the one the
 group is expected to be at), the same ``epoch_authenticator``, the same ``MLS-Exporter`` output, and the
@@ -21,15 +21,14 @@ from dataclasses import dataclass, fields
 from typing import Literal
 
 from mls.client import Client
-from mls.credentials import Credential
+from mls.credentials.credential import Credential
 from mls.crypto.key_store import SoftwareKeyStore
-from mls.extensions import Extension, ExtensionType, ExternalPub
-from mls.framing import MLSMessage, WireFormat
-from mls.group import ApplicationMessage, CommitOptions, Group, Handshake, ProposalMessage, StagedCommit
-from mls.key_package import KeyPackage
-from mls.messages import GroupInfo
-from mls.nodes import decode_ratchet_tree, encode_ratchet_tree
-from mls.welcome import sign_group_info
+from mls.group.group import ApplicationMessage, CommitOptions, Group, Handshake, ProposalMessage, StagedCommit
+from mls.tree.nodes import decode_ratchet_tree, encode_ratchet_tree
+from mls.wire.extensions import Extension, ExtensionType, ExternalPub
+from mls.wire.framing import MLSMessage, WireFormat
+from mls.wire.group_info import GroupInfo, sign_group_info
+from mls.wire.key_package import KeyPackage
 
 from .ts_mls_peer import TsMlsPeer
 

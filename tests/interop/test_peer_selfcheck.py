@@ -3,7 +3,7 @@
 Two peer processes (so state really travels only as bytes) host ts-mls clients that create a group,
 add members with and without the ratchet_tree extension, exchange messages, update, remove and join by
 external commit, for suites 1 and 2 (and a shorter run for suites 3-7). Every MLSMessage and ratchet tree
-the peer emits is decoded with ``mls.framing.MLSMessage`` / ``mls.nodes`` and must re-encode to the
+the peer emits is decoded with ``mls.wire.framing.MLSMessage`` / ``mls.tree.nodes`` and must re-encode to the
 same bytes.
 """
 
@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from mls.framing import MLSMessage, WireFormat
-from mls.nodes import decode_ratchet_tree, encode_ratchet_tree
+from mls.tree.nodes import decode_ratchet_tree, encode_ratchet_tree
+from mls.wire.framing import MLSMessage, WireFormat
 
 from .ts_mls_peer import CommitResult, PeerError, TsMlsPeer
 

@@ -13,9 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from native_testlib import HASHES, NH
 
-from mls.codec import Reader
 from mls.crypto.cipher_suite import cipher_suite
 from mls.errors import CryptoError, UnsupportedError, ValidationError
+from mls.wire.codec import Reader
 from native import reference
 
 hashes = st.sampled_from(HASHES)

@@ -1,0 +1,140 @@
+"""Reading request bodies and path parameters strictly: every field checked for type and range.
+
+Anything wrong answers 400 ``invalid_request`` naming the field; MLS bytes that fail to decode answer 400
+``decode_error`` later, from the library.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any
+
+from mls.credentials.credential import Credential
+from mls.wire.extensions import Extension, ExternalSender
+
+from .errors import invalid
+
+MAX_LIST = 1000
+
+
+def parse_json(raw: bytes) -> dict[str, Any]:
+    if not raw:
+        return {}
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise invalid("the body is not valid JSON (or nests too deeply)") from None
+    if not isinstance(data, dict):
+        raise invalid("the body must be a JSON object")
+    return data
+
+
+def b64decode(value: Any, field: str) -> bytes:
+    """Standard base64 with padding (RFC 4648 §4)."""
+    if not isinstance(value, str):
+        raise invalid(f"{field} must be a base64 string")
+    try:
+        return base64.b64decode(value.encode("ascii"), validate=True)
+    except (binascii.Error, ValueError, UnicodeEncodeError):
+        raise invalid(f"{field} is not valid base64") from None
+
+
+def group_id_from_path(value: str) -> bytes:
+    """A group id in a URL path: base64url without padding (RFC 4648 §5)."""
+    try:
+        padded = value + "=" * (-len(value) % 4)
+        raw = base64.urlsafe_b64decode(padded.encode("ascii"))
+    except (binascii.Error, ValueError, UnicodeEncodeError):
+        raise invalid("the group id in the path is not base64url") from None
+    if base64.urlsafe_b64encode(raw).decode().rstrip("=") != value or not raw:
+        raise invalid("the group id in the path is not canonical base64url without padding")
+    return raw
+
+
+class Body:
+    """Typed access to the fields of a JSON object body."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.data = data
+
+    def has(self, name: str) -> bool:
+        return self.data.get(name) is not None
+
+    def text(self, name: str, *, max_len: int = 256) -> str:
+        v = self.data.get(name)
+        if not isinstance(v, str) or not v or len(v) > max_len:
+            raise invalid(f"{name} must be a non-empty string of at most {max_len} characters")
+        try:
+            v.encode("utf-8")
+        except UnicodeEncodeError:
+            raise invalid(f"{name} must be valid Unicode (no lone surrogates)") from None
+        return v
+
+    def integer(self, name: str, default: int | None, lo: int, hi: int) -> int:
+        v = self.data.get(name, default)
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            raise invalid(f"{name} must be an integer from {lo} to {hi}")
+        return v
+
+    def boolean(self, name: str, default: bool) -> bool:
+        v = self.data.get(name, default)
+        if not isinstance(v, bool):
+            raise invalid(f"{name} must be true or false")
+        return v
+
+    def b64(self, name: str) -> bytes:
+        if name not in self.data:
+            raise invalid(f"{name} is required")
+        return b64decode(self.data[name], name)
+
+    def optional_b64(self, name: str) -> bytes | None:
+        return None if self.data.get(name) is None else b64decode(self.data[name], name)
+
+    def items(self, name: str) -> list[Any]:
+        v = self.data.get(name, [])
+        if not isinstance(v, list) or len(v) > MAX_LIST:
+            raise invalid(f"{name} must be a list of at most {MAX_LIST} items")
+        return v
+
+    def choice(self, name: str, default: str, options: tuple[str, ...]) -> str:
+        v = self.data.get(name, default)
+        if v not in options:
+            raise invalid(f"{name} must be one of {', '.join(options)}")
+        return str(v)
+
+    def object(self, name: str) -> Body:
+        v = self.data.get(name)
+        if not isinstance(v, dict):
+            raise invalid(f"{name} must be an object")
+        return Body(v)
+
+
+def credential(value: Any, field: str = "credential") -> Credential:
+    if not isinstance(value, dict) or value.get("type") != "basic":
+        raise invalid(f'{field} must be {{"type": "basic", "identity": base64}}')
+    identity = b64decode(value.get("identity"), f"{field}.identity")
+    if not identity:
+        raise invalid(f"{field}.identity must not be empty")
+    return Credential.basic(identity)
+
+
+def extensions(items: list[Any], field: str = "extensions") -> list[Extension]:
+    out = []
+    for i, item in enumerate(items):
+        b = Body(item) if isinstance(item, dict) else None
+        if b is None:
+            raise invalid(f"{field}[{i}] must be an object")
+        out.append(Extension(b.integer("type", None, 0, 0xFFFF), b64decode(item.get("data"), f"{field}[{i}].data")))
+    return out
+
+
+def external_senders(items: list[Any]) -> list[ExternalSender]:
+    out = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise invalid(f"external_senders[{i}] must be an object")
+        key = b64decode(item.get("signature_key"), f"external_senders[{i}].signature_key")
+        out.append(ExternalSender(key, credential(item.get("credential"), f"external_senders[{i}].credential")))
+    return out

@@ -1,0 +1,183 @@
+"""Joining a group by external commit (RFC 9420 §12.4.3.2, §8.3).
+
+From a GroupInfo that carries ``external_pub`` (and the ratchet tree, in the ``ratchet_tree`` extension or
+out of band), a new member validates the tree, derives the epoch's ``init_secret`` by HPKE export to the
+group's external key (ExternalInit), places itself at the leftmost blank leaf, and commits with a path,
+signed as a ``new_member_commit`` sender. With ``remove_prior`` the commit also removes the joiner's
+previous appearance ("resync").
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from mls.credentials.credential import Credential
+from mls.crypto.cipher_suite import CipherSuite, cipher_suite
+from mls.crypto.key_protocols import HpkePrivateKey, KeyStore, Signer
+from mls.errors import MLSError, ValidationError
+from mls.group.group import Group, GroupConfig
+from mls.group.join import tree_from_group_info
+from mls.group.proposal_list import (
+    AppliedProposals,
+    CommittedProposal,
+    ValidationContext,
+    apply_proposals,
+    validate_proposal_list,
+)
+from mls.group.state import GroupState
+from mls.schedule.key_schedule import KeySchedule, external_init_send
+from mls.schedule.psk import MemoryPskStore, PskStore, psk_secret
+from mls.schedule.transcript import TranscriptHashes, interim_transcript_hash
+from mls.tree.leaf_node import LeafNode, LeafNodeSource, default_capabilities, sign_leaf_node
+from mls.tree.leaf_validation import check_required_capabilities
+from mls.tree.ratchet_tree import RatchetTree
+from mls.tree.tree_validation import validate_tree
+from mls.tree.treekem import CreatedPath, create_update_path
+from mls.wire.commit import Commit
+from mls.wire.extensions import ExternalPub, RequiredCapabilities, find_payload
+from mls.wire.framing import (
+    AuthenticatedContent,
+    ContentType,
+    FramedContent,
+    FramedContentAuthData,
+    MLSMessage,
+    Sender,
+    SenderType,
+    WireFormat,
+)
+from mls.wire.group_context import GroupContext
+from mls.wire.group_info import GroupInfo, verify_group_info_signature
+from mls.wire.message_protection import protect_public, sign_framed_content
+from mls.wire.proposals import ExternalInit, PreSharedKey, PreSharedKeyID, Proposal, ProposalOrRef, Remove
+
+
+def _checked_group_info(cs: CipherSuite, gi: GroupInfo, ratchet_tree: bytes | None, config: GroupConfig) -> RatchetTree:
+    tree = tree_from_group_info(cs, gi, ratchet_tree)
+    signer = tree.leaf(gi.signer)
+    if signer is None:
+        raise ValidationError("12.4.3.2", "the GroupInfo signer's leaf is blank")
+    verify_group_info_signature(cs, gi, signer.signature_key)
+    ctx = gi.group_context
+    validate_tree(tree, group_id=ctx.group_id, tree_hash=ctx.tree_hash, policy=config.leaf_policy,
+                  required=find_payload(ctx.extensions, RequiredCapabilities))
+    return tree
+
+
+def _check_resync(tree: RatchetTree, remove_prior: int, credential: Credential) -> None:
+    """A resync may only remove a leaf with the same credential (§12.2: as an Update of that leaf)."""
+    prior = tree.leaf(remove_prior)
+    if prior is None:
+        raise ValidationError("12.4.3.2", f"resync removes leaf {remove_prior}, which is blank")
+    if prior.credential != credential:
+        raise ValidationError("12.4.3.2", "resync must remove a leaf with the joiner's own credential")
+
+
+def external_join(
+    key_store: KeyStore,
+    group_info: bytes,
+    *,
+    signer: Signer,
+    credential: Credential,
+    ratchet_tree: bytes | None = None,
+    psks: PskStore | None = None,
+    psk_ids: Sequence[PreSharedKeyID] = (),
+    config: GroupConfig | None = None,
+    remove_prior: int | None = None,
+    authenticated_data: bytes = b"",
+) -> tuple[Group, bytes]:
+    """Join by external commit: returns the new member's group (in the new epoch) and the commit to send."""
+    config = config or GroupConfig()
+    psk_store: PskStore = psks or MemoryPskStore()
+    gi = MLSMessage.from_bytes(group_info).body
+    if not isinstance(gi, GroupInfo):
+        raise ValidationError("12.4.3.2", "the message is not a GroupInfo")
+    ctx = gi.group_context
+    cs = cipher_suite(ctx.cipher_suite)
+    tree = _checked_group_info(cs, gi, ratchet_tree, config)
+    external = find_payload(gi.extensions, ExternalPub)
+    if external is None:
+        raise ValidationError("12.4.3.2", "the GroupInfo has no external_pub extension")
+    kem_output, init_secret = external_init_send(cs, external.external_pub)
+    sender = Sender(sender_type=SenderType.new_member_commit)
+    bodies: list[ExternalInit | Remove | PreSharedKey] = [ExternalInit(kem_output)]
+    if remove_prior is not None:
+        _check_resync(tree, remove_prior, credential)
+        bodies.append(Remove(remove_prior))
+    bodies += [PreSharedKey(p) for p in psk_ids]
+    proposals = [CommittedProposal(Proposal.of(b), sender) for b in bodies]
+    vc = ValidationContext(cs, ctx.group_id, ctx.version, tree, ctx.extensions, config.leaf_policy)
+    validate_proposal_list(vc, proposals, sender)
+    applied = apply_proposals(vc, proposals)
+    check_required_capabilities(_template_leaf(signer, credential, b""), find_payload(applied.extensions, RequiredCapabilities))
+    leaf_key = key_store.new_hpke_key(cs.suite_id)
+    try:
+        return _commit(cs, key_store, gi, applied, proposals, signer, credential, leaf_key, init_secret,
+                       psk_store, config, authenticated_data)
+    except MLSError:
+        key_store.destroy(leaf_key.key_ref)
+        raise
+
+
+def _template_leaf(signer: Signer, credential: Credential, encryption_key: bytes) -> LeafNode:
+    return LeafNode(
+        encryption_key=encryption_key, signature_key=signer.public_key, credential=credential,
+        capabilities=default_capabilities(), leaf_node_source=LeafNodeSource.commit, parent_hash=b"",
+        extensions=(), signature=b"",
+    )
+
+
+def _joiner_path(cs: CipherSuite, gi: GroupInfo, applied: AppliedProposals, signer: Signer,
+                 credential: Credential, leaf_key: HpkePrivateKey) -> CreatedPath:
+    """The joiner's leaf at the leftmost blank leaf, and its UpdatePath (§12.4.3.2)."""
+    ctx = gi.group_context
+    tree = applied.tree.copy()
+    joiner = next((i for i in range(tree.n_leaves) if tree.leaf(i) is None), tree.n_leaves)
+    tree.extend_to(joiner + 1)
+    template = _template_leaf(signer, credential, leaf_key.public_key)
+
+    def provisional(t: RatchetTree) -> bytes:
+        return GroupContext(ctx.version, ctx.cipher_suite, ctx.group_id, ctx.epoch + 1, t.tree_hash(),
+                            ctx.confirmed_transcript_hash, applied.extensions).to_bytes()
+
+    return create_update_path(
+        tree, joiner, new_leaf_key=leaf_key,
+        sign_leaf=lambda leaf: sign_leaf_node(cs, signer, leaf, ctx.group_id, joiner),
+        leaf_template=template, group_context_for=provisional, first_path_secret=os.urandom(cs.n_h),
+    )
+
+
+def _commit(cs: CipherSuite, key_store: KeyStore, gi: GroupInfo, applied: AppliedProposals,
+            proposals: list[CommittedProposal], signer: Signer, credential: Credential, leaf_key: HpkePrivateKey,
+            init_secret: bytes, psk_store: PskStore, config: GroupConfig,
+            authenticated_data: bytes) -> tuple[Group, bytes]:
+    ctx = gi.group_context
+    created = _joiner_path(cs, gi, applied, signer, credential, leaf_key)
+    commit = Commit(tuple(ProposalOrRef.of(p.proposal) for p in proposals), created.update_path)
+    content = FramedContent(group_id=ctx.group_id, epoch=ctx.epoch, sender=Sender(sender_type=SenderType.new_member_commit),
+                            authenticated_data=authenticated_data, content_type=ContentType.commit, commit=commit)
+    signature = sign_framed_content(cs, signer, WireFormat.mls_public_message, content, ctx)
+    auth = AuthenticatedContent(WireFormat.mls_public_message, content, FramedContentAuthData(signature, None))
+    interim = interim_transcript_hash(cs, ctx.confirmed_transcript_hash, gi.confirmation_tag)
+    confirmed = TranscriptHashes(ctx.confirmed_transcript_hash, interim).next_confirmed(cs, auth)
+    new_ctx = GroupContext(ctx.version, ctx.cipher_suite, ctx.group_id, ctx.epoch + 1, created.tree.tree_hash(),
+                           confirmed, applied.extensions)
+    psk = psk_secret(cs, [(p, _psk(psk_store, p)) for p in applied.psks])
+    ks = KeySchedule.from_init_secret(cs, init_secret, created.commit_secret, psk, new_ctx.to_bytes())
+    tag = ks.secrets.confirmation_tag(confirmed)
+    auth = AuthenticatedContent(WireFormat.mls_public_message, content, FramedContentAuthData(signature, tag))
+    message = MLSMessage.of(protect_public(cs, auth, None, ctx)).to_bytes()
+    secret_tree, secrets = ks.secrets.start_secret_tree(created.tree.n_leaves, config.ratchet)
+    state = GroupState(
+        context=new_ctx, tree=created.tree, keys=created.path_keys, signer_ref=signer.key_ref, secrets=secrets,
+        secret_tree=secret_tree, interim_transcript_hash=interim_transcript_hash(cs, confirmed, tag),
+        confirmation_tag=tag, config=config, resumption_psks={new_ctx.epoch: secrets.resumption_psk},
+    )
+    return Group(state, key_store, psk_store), message
+
+
+def _psk(store: PskStore, psk_id: PreSharedKeyID) -> bytes:
+    value = store.get(psk_id)
+    if value is None:
+        raise ValidationError("12.4.3.2", "a PSK of the external commit is not available")
+    return value

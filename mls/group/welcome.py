@@ -1,0 +1,61 @@
+"""Building and opening Welcome messages (RFC 9420 §12.4.3.1): GroupSecrets encrypted to each new
+member's init key, and the GroupInfo encrypted under the welcome key.
+
+The structs are in :mod:`mls.wire.welcome`; building group state from a Welcome (tree validation,
+private keys) is :mod:`mls.group.join`'s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from mls.crypto.cipher_suite import CipherSuite
+from mls.crypto.key_protocols import HpkePrivateKey
+from mls.errors import CryptoError, ValidationError
+from mls.schedule.key_schedule import welcome_key_nonce
+from mls.tree.nodes import HPKECiphertext
+from mls.wire.group_info import GroupInfo
+from mls.wire.key_package import KeyPackage, key_package_ref
+from mls.wire.welcome import EncryptedGroupSecrets, GroupSecrets, Welcome
+
+
+def encrypt_group_info(cs: CipherSuite, welcome_secret: bytes, group_info: GroupInfo) -> bytes:
+    kn = welcome_key_nonce(cs, welcome_secret)
+    return cs.aead_seal(kn.key, kn.nonce, b"", group_info.to_bytes())
+
+
+def decrypt_group_info(cs: CipherSuite, welcome_secret: bytes, encrypted_group_info: bytes) -> GroupInfo:
+    kn = welcome_key_nonce(cs, welcome_secret)
+    try:
+        plain = cs.aead_open(kn.key, kn.nonce, b"", encrypted_group_info)
+    except CryptoError:
+        raise CryptoError("12.4.3.1", "encrypted_group_info does not decrypt with the welcome key") from None
+    return GroupInfo.from_bytes(plain)
+
+
+def encrypt_group_secrets(
+    cs: CipherSuite, key_package: KeyPackage, encrypted_group_info: bytes, secrets: GroupSecrets
+) -> EncryptedGroupSecrets:
+    """``EncryptWithLabel(init_key, "Welcome", encrypted_group_info, group_secrets)`` (§12.4.3.1)."""
+    kem_output, ct = cs.encrypt_with_label(key_package.init_key, "Welcome", encrypted_group_info, secrets.to_bytes())
+    return EncryptedGroupSecrets(key_package_ref(cs, key_package), HPKECiphertext(kem_output, ct))
+
+
+def build_welcome(
+    cs: CipherSuite, welcome_secret: bytes, group_info: GroupInfo, members: Sequence[tuple[KeyPackage, GroupSecrets]]
+) -> Welcome:
+    encrypted_group_info = encrypt_group_info(cs, welcome_secret, group_info)
+    secrets = tuple(encrypt_group_secrets(cs, kp, encrypted_group_info, gs) for kp, gs in members)
+    return Welcome(cs.suite_id, secrets, encrypted_group_info)
+
+
+def open_group_secrets(cs: CipherSuite, welcome: Welcome, ref: bytes, init_key: HpkePrivateKey) -> GroupSecrets:
+    """Find this KeyPackage's entry and decrypt its GroupSecrets (§12.4.3.1)."""
+    if welcome.cipher_suite != cs.suite_id:
+        raise ValidationError("12.4.3.1", "the Welcome's cipher suite is not the KeyPackage's")
+    entry = next((s for s in welcome.secrets if s.new_member == ref), None)
+    if entry is None:
+        raise ValidationError("12.4.3.1", "the Welcome has no entry for this KeyPackage")
+    ct = entry.encrypted_group_secrets
+    plain = cs.decrypt_with_label(init_key, "Welcome", welcome.encrypted_group_info, ct.kem_output, ct.ciphertext)
+    return GroupSecrets.from_bytes(plain)
