@@ -34,6 +34,8 @@ class Edge:
     target: str
     lineno: int
     kind: str  # "import", "from", "dynamic"
+    deferred: bool = False  # inside a function: runs when called, not when the module loads
+    type_checking: bool = False  # under ``if TYPE_CHECKING:``: never runs
 
     def __str__(self) -> str:
         return f"{self.source} -> {self.target}"
@@ -166,6 +168,71 @@ def _is_project(name: str, packages: Iterable[str]) -> bool:
     return any(in_package(name, p) for p in packages)
 
 
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+class _Collector(ast.NodeVisitor):
+    """Collects the imports of one module, knowing whether each runs at load time."""
+
+    def __init__(self, graph: Graph, module: Module, packages: tuple[str, ...]) -> None:
+        self.graph, self.module, self.packages = graph, module, packages
+        self.in_function = 0
+        self.in_type_checking = 0
+
+    def _add(self, node: ast.AST, targets: list[str], kind: str) -> None:
+        seen: set[str] = set()
+        for target in targets:
+            if target in seen or target == self.module.name or not _is_project(target, self.packages):
+                continue
+            seen.add(target)
+            self.graph.edges.append(Edge(self.module.name, target, getattr(node, "lineno", 0), kind,
+                                         deferred=self.in_function > 0,
+                                         type_checking=self.in_type_checking > 0))
+
+    def visit_FunctionDef(self, node: ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda) -> None:
+        self.in_function += 1
+        self.generic_visit(node)
+        self.in_function -= 1
+
+    visit_AsyncFunctionDef = visit_FunctionDef
+    visit_Lambda = visit_FunctionDef
+
+    def visit_If(self, node: ast.If) -> None:
+        if _is_type_checking(node.test):
+            self.in_type_checking += 1
+            for stmt in node.body:
+                self.visit(stmt)
+            self.in_type_checking -= 1
+            for stmt in node.orelse:
+                self.visit(stmt)
+        else:
+            self.generic_visit(node)
+
+    def visit_Import(self, node: ast.Import) -> None:
+        self._add(node, [alias.name for alias in node.names], "import")
+
+    def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
+        module = self.module
+        base = resolve_relative(module, node.level, node.module) if node.level else node.module or ""
+        targets = []
+        for alias in node.names:
+            sub = f"{base}.{alias.name}"
+            targets.append(sub if sub in self.graph.modules else base)
+        self._add(node, targets, "from")
+
+    def visit_Call(self, node: ast.Call) -> None:
+        call = _call_name(node.func)
+        if call:
+            target = _dynamic_target(self.module, node)
+            self.graph.dynamic.append(DynamicImport(self.module.name, node.lineno, call, target))
+            if target:
+                self._add(node, [target], "dynamic")
+        self.generic_visit(node)
+
+
 def build_graph(root: Path = ROOT, packages: Iterable[str] = PACKAGES) -> Graph:
     """Parse the packages under ``root`` and collect every import between project modules.
 
@@ -174,26 +241,7 @@ def build_graph(root: Path = ROOT, packages: Iterable[str] = PACKAGES) -> Graph:
     packages = tuple(packages)
     graph = Graph(discover(root, packages))
     for module in graph.modules.values():
-        for node in ast.walk(module.tree):
-            targets: list[tuple[str, str]] = []
-            if isinstance(node, ast.Import):
-                targets = [(alias.name, "import") for alias in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                base = resolve_relative(module, node.level, node.module) if node.level else node.module or ""
-                for alias in node.names:
-                    sub = f"{base}.{alias.name}"
-                    targets.append((sub if sub in graph.modules else base, "from"))
-            elif isinstance(node, ast.Call) and (call := _call_name(node.func)):
-                target = _dynamic_target(module, node)
-                graph.dynamic.append(DynamicImport(module.name, node.lineno, call, target))
-                if target:
-                    targets = [(target, "dynamic")]
-            seen: set[str] = set()
-            for target, kind in targets:
-                if target in seen or target == module.name or not _is_project(target, packages):
-                    continue
-                seen.add(target)
-                graph.edges.append(Edge(module.name, target, getattr(node, "lineno", 0), kind))
+        _Collector(graph, module, packages).visit(module.tree)
     graph.edges.sort(key=lambda e: (e.source, e.target, e.lineno))
     return graph
 
@@ -210,13 +258,133 @@ def group_of(module: str, depth: Mapping[str, int] | None = None) -> str:
 
 
 def package_edges(graph: Graph, depth: Mapping[str, int] | None = None) -> Counter[tuple[str, str]]:
-    """(group, imported group) → number of module-level edges, without edges inside one group."""
+    """(group, imported group) → number of (module, imported module) pairs, without pairs inside a group."""
     counts: Counter[tuple[str, str]] = Counter()
-    for e in graph.edges:
-        a, b = group_of(e.source, depth), group_of(e.target, depth)
+    for source, target in sorted({(e.source, e.target) for e in graph.edges}):
+        a, b = group_of(source, depth), group_of(target, depth)
         if a != b:
             counts[(a, b)] += 1
     return counts
+
+
+def _first_edges(edges: Iterable[Edge]) -> list[Edge]:
+    """One edge per (source, target), the first by line."""
+    out: dict[tuple[str, str], Edge] = {}
+    for e in sorted(edges, key=lambda e: (e.source, e.target, e.lineno)):
+        out.setdefault((e.source, e.target), e)
+    return list(out.values())
+
+
+def layering_violations(
+    graph: Graph,
+    layers: Iterable[str] = PACKAGES,
+    narrow: Mapping[tuple[str, str], Iterable[str]] | None = None,
+) -> list[Edge]:
+    """Edges that go up (or sideways) between the top-level packages ``layers`` (top layer first).
+
+    ``narrow`` limits a downward dependency further: ``{("native", "mls"): ("mls.errors",)}`` lets
+    ``native`` import of ``mls`` only ``mls.errors`` (and its submodules).
+    """
+    rank = {pkg: i for i, pkg in enumerate(layers)}
+    narrow = narrow or {}
+    bad = []
+    for e in graph.edges:
+        a, b = e.source.split(".")[0], e.target.split(".")[0]
+        if a == b or a not in rank or b not in rank:
+            continue
+        goes_up = rank[b] <= rank[a]
+        too_wide = (a, b) in narrow and not any(in_package(e.target, p) for p in narrow[(a, b)])
+        if goes_up or too_wide:
+            bad.append(e)
+    return _first_edges(bad)
+
+
+def imports_outside(graph: Graph, sources: str, scope: str, allowed: Iterable[str]) -> list[Edge]:
+    """Edges from inside ``sources`` into ``scope`` whose target is neither in ``allowed`` nor in ``sources``.
+
+    ``allowed`` holds module names; each allows that module and its submodules.
+    """
+    allowed = tuple(allowed)
+    return _first_edges(
+        e for e in graph.edges_from(sources)
+        if in_package(e.target, scope) and not in_package(e.target, sources)
+        and not any(in_package(e.target, a) for a in allowed)
+    )
+
+
+def importers_outside(
+    graph: Graph,
+    target: str,
+    among: Iterable[str],
+    allowed: Iterable[str] = (),
+    allowed_exact: Iterable[str] = (),
+) -> list[Edge]:
+    """Edges into ``target`` (or its submodules) from modules inside ``among`` that may not import it.
+
+    A module may when it is inside ``target`` itself, inside one of ``allowed``, or named in
+    ``allowed_exact`` (to allow a package's ``__init__`` without its submodules).
+    """
+    among, allowed, allowed_exact = tuple(among), tuple(allowed), frozenset(allowed_exact)
+    return _first_edges(
+        e for e in graph.edges
+        if in_package(e.target, target) and not in_package(e.source, target)
+        and any(in_package(e.source, a) for a in among)
+        and e.source not in allowed_exact and not any(in_package(e.source, a) for a in allowed)
+    )
+
+
+def deep_imports(graph: Graph, sources: str, package: str) -> list[Edge]:
+    """Edges from inside ``sources`` into a submodule of ``package`` (anything but the package itself)."""
+    return _first_edges(e for e in graph.edges_from(sources) if e.target.startswith(package + "."))
+
+
+def load_time_cycles(graph: Graph) -> list[list[str]]:
+    """Import cycles among the imports that run when a module loads (not deferred, not TYPE_CHECKING).
+
+    Each cycle is a strongly connected component of two or more modules, sorted.
+    """
+    succ: dict[str, set[str]] = {name: set() for name in graph.modules}
+    for e in graph.edges:
+        if not e.deferred and not e.type_checking and e.target in succ:
+            succ[e.source].add(e.target)
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    out: list[list[str]] = []
+
+    def connect(v: str) -> None:  # Tarjan; the module graph is a few hundred nodes deep at most
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(succ[v]):
+            if w not in index:
+                connect(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                out.append(sorted(component))
+
+    for v in sorted(succ):
+        if v not in index:
+            connect(v)
+    return sorted(out)
+
+
+def oversize(graph: Graph, max_module_lines: int, max_class_lines: int) -> dict[str, int]:
+    """Modules over ``max_module_lines`` and classes (``module.Class``) over ``max_class_lines``."""
+    out = {name: n for name, n in module_sizes(graph) if n > max_module_lines}
+    out.update({f"{c.module}.{c.qualname}": c.lines for c in class_sizes(graph) if c.lines > max_class_lines})
+    return out
 
 
 def class_sizes(graph: Graph) -> list[ClassSize]:
@@ -257,11 +425,10 @@ def to_dot(graph: Graph) -> str:
         lines.append(f'    label="{pkg}";')
         lines.extend(f'    "{n}";' for n in names)
         lines.append("  }")
+    dynamic = {(e.source, e.target) for e in graph.edges if e.kind == "dynamic"}
     for source, targets in sorted(graph.imports().items()):
         for target in sorted(targets):
-            style = ' [style=dashed]' if any(
-                e.kind == "dynamic" for e in graph.edges if e.source == source and e.target == target
-            ) else ""
+            style = " [style=dashed]" if (source, target) in dynamic else ""  # importlib: dashed
             lines.append(f'  "{source}" -> "{target}"{style};')
     lines.append("}")
     return "\n".join(lines) + "\n"
@@ -269,7 +436,8 @@ def to_dot(graph: Graph) -> str:
 
 def _print_counts(title: str, counts: Counter[tuple[str, str]], keep: str | None = None) -> None:
     print(title)
-    rows = [(a, b, n) for (a, b), n in counts.items() if keep is None or (a.startswith(keep) and b.startswith(keep))]
+    rows = [(a, b, n) for (a, b), n in counts.items()
+            if keep is None or (in_package(a, keep) and in_package(b, keep))]
     for a, b, n in sorted(rows):
         print(f"  {a:<22} -> {b:<22} {n:>4}")
 
