@@ -119,8 +119,9 @@ def discover(root: Path = ROOT, packages: Iterable[str] = PACKAGES) -> dict[str,
                 continue
             text = path.read_text(encoding="utf-8")
             name, is_package = module_name(root, path)
-            modules[name] = Module(name, path, is_package, len(text.splitlines()),
-                                   ast.parse(text, filename=str(path)))
+            modules[name] = Module(
+                name, path, is_package, len(text.splitlines()), ast.parse(text, filename=str(path))
+            )
     return modules
 
 
@@ -188,9 +189,16 @@ class _Collector(ast.NodeVisitor):
             if target in seen or target == self.module.name or not _is_project(target, self.packages):
                 continue
             seen.add(target)
-            self.graph.edges.append(Edge(self.module.name, target, getattr(node, "lineno", 0), kind,
-                                         deferred=self.in_function > 0,
-                                         type_checking=self.in_type_checking > 0))
+            self.graph.edges.append(
+                Edge(
+                    self.module.name,
+                    target,
+                    getattr(node, "lineno", 0),
+                    kind,
+                    deferred=self.in_function > 0,
+                    type_checking=self.in_type_checking > 0,
+                )
+            )
 
     def visit_FunctionDef(self, node: ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda) -> None:
         self.in_function += 1
@@ -306,8 +314,10 @@ def imports_outside(graph: Graph, sources: str, scope: str, allowed: Iterable[st
     """
     allowed = tuple(allowed)
     return _first_edges(
-        e for e in graph.edges_from(sources)
-        if in_package(e.target, scope) and not in_package(e.target, sources)
+        e
+        for e in graph.edges_from(sources)
+        if in_package(e.target, scope)
+        and not in_package(e.target, sources)
         and not any(in_package(e.target, a) for a in allowed)
     )
 
@@ -326,10 +336,13 @@ def importers_outside(
     """
     among, allowed, allowed_exact = tuple(among), tuple(allowed), frozenset(allowed_exact)
     return _first_edges(
-        e for e in graph.edges
-        if in_package(e.target, target) and not in_package(e.source, target)
+        e
+        for e in graph.edges
+        if in_package(e.target, target)
+        and not in_package(e.source, target)
         and any(in_package(e.source, a) for a in among)
-        and e.source not in allowed_exact and not any(in_package(e.source, a) for a in allowed)
+        and e.source not in allowed_exact
+        and not any(in_package(e.source, a) for a in allowed)
     )
 
 
@@ -401,8 +414,11 @@ def class_sizes(graph: Graph) -> list[ClassSize]:
             elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
                 visit(module, node.body, f"{prefix}{node.name}.<locals>.")
             elif isinstance(node, ast.If | ast.Try | ast.With):
-                visit(module, [*node.body, *getattr(node, "orelse", []), *getattr(node, "finalbody", [])],
-                      prefix)
+                visit(
+                    module,
+                    [*node.body, *getattr(node, "orelse", []), *getattr(node, "finalbody", [])],
+                    prefix,
+                )
 
     for m in graph.modules.values():
         visit(m.name, m.tree.body, "")
@@ -436,8 +452,11 @@ def to_dot(graph: Graph) -> str:
 
 def _print_counts(title: str, counts: Counter[tuple[str, str]], keep: str | None = None) -> None:
     print(title)
-    rows = [(a, b, n) for (a, b), n in counts.items()
-            if keep is None or (in_package(a, keep) and in_package(b, keep))]
+    rows = [
+        (a, b, n)
+        for (a, b), n in counts.items()
+        if keep is None or (in_package(a, keep) and in_package(b, keep))
+    ]
     for a, b, n in sorted(rows):
         print(f"  {a:<22} -> {b:<22} {n:>4}")
 
@@ -462,10 +481,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {c.lines:>5}  {c.module}.{c.qualname}  (line {c.lineno})")
         return 0
     print(f"{len(graph.modules)} modules, {len(graph.edges)} import edges\n")
-    _print_counts("top-level packages (importer -> imported, module edges):",
-                  package_edges(graph, depth={}))
+    _print_counts("top-level packages (importer -> imported, module pairs):", package_edges(graph, depth={}))
     print()
-    _print_counts("mls subpackages (importer -> imported, module edges):", package_edges(graph), keep="mls")
+    _print_counts("mls subpackages (importer -> imported, module pairs):", package_edges(graph), keep="mls")
     if graph.dynamic:
         print("\ndynamic imports:")
         for d in graph.dynamic:
@@ -474,4 +492,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except BrokenPipeError:  # piped into head or similar
+        sys.stderr.close()
+        raise SystemExit(0) from None

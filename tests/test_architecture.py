@@ -40,49 +40,57 @@ NARROW = {("native", "mls"): ("mls.errors",)}
 # Upward imports between the top-level packages that today's tree still has. MUST BECOME EMPTY: the crypto
 # backend is being made "passed in" (mls/ stops loading native/), and native/ is being cut loose from
 # mls/ except mls.errors. Do not add entries.
-LAYERING_EXCEPTIONS_BEING_REMOVED: frozenset[str] = frozenset({
-    "mls.crypto.backend -> native.backend",  # importlib.import_module("native.backend") in _load_native
-    "native.reference -> mls.crypto.backend",  # the pure-Python reference subclasses PythonBackend
-    "native.reference -> mls.wire.codec",  # opaque_bytes for the tree-hash reference
-})
+LAYERING_EXCEPTIONS_BEING_REMOVED: frozenset[str] = frozenset(
+    {
+        "mls.crypto.backend -> native.backend",  # importlib.import_module("native.backend") in _load_native
+        "native.reference -> mls.crypto.backend",  # the pure-Python reference subclasses PythonBackend
+        "native.reference -> mls.wire.codec",  # opaque_bytes for the tree-hash reference
+    }
+)
 
 # mls submodules that gateway/ still imports directly instead of through ``from mls import ...``.
 # MUST SHRINK TO EMPTY: gateway/ is being moved onto mls's public API (mls/__init__.py), which then exports
 # whatever the gateway needs. Keyed by the imported module (not the importer) so that the split of
 # gateway/service.py does not have to touch this list. Do not add entries.
-GATEWAY_MLS_DEEP_IMPORTS_ALLOWED: frozenset[str] = frozenset({
-    "mls.conformance.__main__",  # gateway.cli's `conformance` verb; make it reachable from mls's API
-    "mls.credentials.credential",
-    "mls.crypto.backend",
-    "mls.crypto.cipher_suite",
-    "mls.errors",
-    "mls.group.group",
-    "mls.group.join",
-    "mls.group.state",
-    "mls.wire.extensions",
-    "mls.wire.framing",
-    "mls.wire.group_info",
-    "mls.wire.key_package",
-    "mls.wire.proposals",
-    "mls.wire.welcome",
-})
+GATEWAY_MLS_DEEP_IMPORTS_ALLOWED: frozenset[str] = frozenset(
+    {
+        "mls.conformance.__main__",  # gateway.cli's `conformance` verb; make it reachable from mls's API
+        "mls.credentials.credential",
+        "mls.crypto.backend",
+        "mls.crypto.cipher_suite",
+        "mls.errors",
+        "mls.group.group",
+        "mls.group.join",
+        "mls.group.state",
+        "mls.wire.extensions",
+        "mls.wire.framing",
+        "mls.wire.group_info",
+        "mls.wire.key_package",
+        "mls.wire.proposals",
+        "mls.wire.welcome",
+    }
+)
 
 # Modules of mls/ that call importlib.import_module / __import__. MUST BECOME EMPTY. Do not add entries.
-MLS_DYNAMIC_IMPORTS_BEING_REMOVED: frozenset[str] = frozenset({
-    "mls.crypto.backend",  # loads native.backend; goes with the "passed in" crypto backend
-    "mls.conformance",  # load_kinds() imports its vectors_* modules by name; import them explicitly instead
-})
+MLS_DYNAMIC_IMPORTS_BEING_REMOVED: frozenset[str] = frozenset(
+    {
+        "mls.crypto.backend",  # loads native.backend; goes with the "passed in" crypto backend
+        "mls.conformance",  # load_kinds() imports its vectors_* modules by name: import them explicitly
+    }
+)
 
 # Modules over MAX_MODULE_LINES and classes over MAX_CLASS_LINES today. EACH MUST GO (by splitting, which is
 # under way); an entry covers only the module or class it names. Do not add entries.
-KNOWN_OVERSIZE: frozenset[str] = frozenset({
-    "mls.group.group",  # 960 lines: being split into modules
-    "mls.group.group.Group",  # 737 lines: goes with the split of mls/group/group.py
-    "gateway.service",  # 758 lines: being split into resource modules around a per-group unit of work
-    "gateway.service.GatewayService",  # 503 lines: goes with the split of gateway/service.py
-    "mls.tree.ratchet_tree.RatchetTree",  # 424 lines
-    "native.backend.NativeBackend",  # 319 lines
-})
+KNOWN_OVERSIZE: frozenset[str] = frozenset(
+    {
+        "mls.group.group",  # 960 lines: being split into modules
+        "mls.group.group.Group",  # 737 lines: goes with the split of mls/group/group.py
+        "gateway.service",  # 758 lines: being split into resource modules around a per-group unit of work
+        "gateway.service.GatewayService",  # 503 lines: goes with the split of gateway/service.py
+        "mls.tree.ratchet_tree.RatchetTree",  # 424 lines
+        "native.backend.NativeBackend",  # 319 lines
+    }
+)
 
 # Inside mls/: what each low module or subpackage may import of mls (besides itself). Rules that hold today.
 MLS_LOWER_IMPORTS: dict[str, tuple[str, ...]] = {
@@ -132,16 +140,18 @@ def test_layering_imports_go_down_only(graph: Graph) -> None:
         "a lower layer imports a higher one (gateway -> hsm -> native -> mls; native uses only mls.errors):\n"
         + _report(bad)
     )
-    _warn_stale("LAYERING_EXCEPTIONS_BEING_REMOVED",
-                LAYERING_EXCEPTIONS_BEING_REMOVED - {str(e) for e in found})
+    _warn_stale(
+        "LAYERING_EXCEPTIONS_BEING_REMOVED", LAYERING_EXCEPTIONS_BEING_REMOVED - {str(e) for e in found}
+    )
 
 
 def test_gateway_uses_mls_public_api_only(graph: Graph) -> None:
     found = deep_imports(graph, "gateway", "mls")
     bad = [e for e in found if e.target not in GATEWAY_MLS_DEEP_IMPORTS_ALLOWED]
     assert not bad, "gateway/ imports an mls submodule; use `from mls import ...`:\n" + _report(bad)
-    _warn_stale("GATEWAY_MLS_DEEP_IMPORTS_ALLOWED",
-                GATEWAY_MLS_DEEP_IMPORTS_ALLOWED - {e.target for e in found})
+    _warn_stale(
+        "GATEWAY_MLS_DEEP_IMPORTS_ALLOWED", GATEWAY_MLS_DEEP_IMPORTS_ALLOWED - {e.target for e in found}
+    )
 
 
 def test_no_dynamic_imports_in_mls(graph: Graph) -> None:
@@ -150,8 +160,9 @@ def test_no_dynamic_imports_in_mls(graph: Graph) -> None:
     assert not bad, "mls/ imports by name at run time:\n" + "\n".join(
         f"  {d.source}:{d.lineno} {d.call}({d.target or '...'})" for d in bad
     )
-    _warn_stale("MLS_DYNAMIC_IMPORTS_BEING_REMOVED",
-                MLS_DYNAMIC_IMPORTS_BEING_REMOVED - {d.source for d in found})
+    _warn_stale(
+        "MLS_DYNAMIC_IMPORTS_BEING_REMOVED", MLS_DYNAMIC_IMPORTS_BEING_REMOVED - {d.source for d in found}
+    )
 
 
 def test_size_limits(graph: Graph) -> None:
@@ -190,6 +201,7 @@ def test_no_import_cycles_at_load_time(graph: Graph) -> None:
 
 # --- the checker itself: each rule catches a violation on a small tree (so no test passes vacuously) ---
 
+
 def _tree(root: Path, files: dict[str, str]) -> Graph:
     for rel, text in files.items():
         path = root / rel
@@ -202,26 +214,27 @@ def _tree(root: Path, files: dict[str, str]) -> Graph:
 
 
 def test_checker_catches_violations(tmp_path: Path) -> None:
-    g = _tree(tmp_path, {
-        "mls/errors.py": "",
-        "mls/wire/__init__.py": "",
-        "mls/wire/codec.py": "from ..errors import X\nfrom . import struct\n",
-        "mls/wire/struct.py": "from .codec import Reader\n",
-        "mls/crypto/__init__.py": "",
-        "mls/crypto/backend.py": (
-            "import importlib\n"
-            "def load():\n"
-            "    return importlib.import_module('native.backend')\n"
-        ),
-        "mls/tree/__init__.py": "",
-        "mls/tree/nodes.py": "def f():\n    from mls.group import state\n",
-        "mls/group/__init__.py": "",
-        "mls/group/state.py": "from mls.tree.nodes import f\n",
-        "native/backend.py": "from mls.errors import X\nfrom mls.wire import codec\n",
-        "hsm/token.py": "if True:\n    import gateway.app\n",
-        "gateway/app.py": "from mls import Group\nfrom mls.group.state import S\n",
-        "gateway/big.py": "class Big:\n" + "    x = 1\n" * 10 + "\n" * 5,
-    })
+    g = _tree(
+        tmp_path,
+        {
+            "mls/errors.py": "",
+            "mls/wire/__init__.py": "",
+            "mls/wire/codec.py": "from ..errors import X\nfrom . import struct\n",
+            "mls/wire/struct.py": "from .codec import Reader\n",
+            "mls/crypto/__init__.py": "",
+            "mls/crypto/backend.py": (
+                "import importlib\ndef load():\n    return importlib.import_module('native.backend')\n"
+            ),
+            "mls/tree/__init__.py": "",
+            "mls/tree/nodes.py": "def f():\n    from mls.group import state\n",
+            "mls/group/__init__.py": "",
+            "mls/group/state.py": "from mls.tree.nodes import f\n",
+            "native/backend.py": "from mls.errors import X\nfrom mls.wire import codec\n",
+            "hsm/token.py": "if True:\n    import gateway.app\n",
+            "gateway/app.py": "from mls import Group\nfrom mls.group.state import S\n",
+            "gateway/big.py": "class Big:\n" + "    x = 1\n" * 10 + "\n" * 5,
+        },
+    )
     assert {str(e) for e in layering_violations(g, LAYERS, NARROW)} == {
         "mls.crypto.backend -> native.backend",
         "native.backend -> mls.wire.codec",
@@ -241,12 +254,15 @@ def test_checker_catches_violations(tmp_path: Path) -> None:
 
 
 def test_checker_resolves_relative_and_from_package_imports(tmp_path: Path) -> None:
-    g = _tree(tmp_path, {
-        "mls/a/__init__.py": "from . import b\nfrom .b import name\n",
-        "mls/a/b.py": "from .. import errors\nfrom ..a import c\n",
-        "mls/a/c.py": "import mls.errors as e\n__import__('mls.a')\n",
-        "mls/errors.py": "",
-    })
+    g = _tree(
+        tmp_path,
+        {
+            "mls/a/__init__.py": "from . import b\nfrom .b import name\n",
+            "mls/a/b.py": "from .. import errors\nfrom ..a import c\n",
+            "mls/a/c.py": "import mls.errors as e\n__import__('mls.a')\n",
+            "mls/errors.py": "",
+        },
+    )
     assert g.imports()["mls.a"] == {"mls.a.b"}
     assert g.imports()["mls.a.b"] == {"mls.errors", "mls.a.c"}
     assert g.imports()["mls.a.c"] == {"mls.errors", "mls.a"}
