@@ -26,7 +26,6 @@ import functools
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 
-from hsm.keystore import Pkcs11KeyStore
 from mls import Group, MemoryPskStore, StagedCommit
 
 from .errors import not_found
@@ -147,9 +146,8 @@ def _delete_group(tx: Transaction, identity_id: str, group_id: bytes) -> None:
 class GroupSessions:
     """Opens :class:`GroupSession` s: the load step of every group operation."""
 
-    def __init__(self, store: Store, keys: Pkcs11KeyStore, sealer: StateSealer, persistence: Persistence) -> None:
+    def __init__(self, store: Store, sealer: StateSealer, persistence: Persistence) -> None:
         self.store = store
-        self.keys = keys
         self.sealer = sealer
         self.persistence = persistence
 

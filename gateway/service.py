@@ -35,10 +35,6 @@ class GatewayService:
 
     def __init__(self, store: Store, keys: Pkcs11KeyStore, envelope: Envelope, *,
                  on_key_use: Callable[[AuditEvent], None] | None = None) -> None:
-        self.store = store
-        self.keys = keys
-        self.envelope = envelope
-
         def hook(event: AuditEvent) -> None:
             if on_key_use is not None:
                 on_key_use(event)
@@ -47,7 +43,7 @@ class GatewayService:
         keys.set_audit_hook(hook)
         envelope.set_audit_hook(hook)
         self.persistence = Persistence(store, keys)
-        sessions = GroupSessions(store, keys, StateSealer(envelope, keys), self.persistence)
+        sessions = GroupSessions(store, StateSealer(envelope, keys), self.persistence)
         self.tenants = Tenants(store, self.persistence)
         self.identities = Identities(store, keys, sessions)
         self.key_packages = KeyPackages(store, keys, self.identities, self.persistence)

@@ -7,7 +7,6 @@ Binary values are standard base64 with padding (RFC 4648 §4).
 from __future__ import annotations
 
 import base64
-from typing import Any
 
 from mls import (
     Add,
@@ -27,9 +26,8 @@ from mls import (
     Update,
 )
 
+from .persistence import Json
 from .store import GroupRecord, Identity, KeyPackageRecord
-
-Json = dict[str, Any]
 
 _SENDER_TYPES = {1: "member", 2: "external", 3: "new_member_proposal", 4: "new_member_commit"}
 _PROPOSAL_NAMES: dict[type, str] = {
