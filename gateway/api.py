@@ -2,8 +2,10 @@
 
 Every route is declared once in :data:`ROUTES` (method, path, handler, who may call it, summary); the
 aiohttp router and the OpenAPI document (:mod:`gateway.openapi`) are both built from it. A handler
-parses and checks its input on the event loop, then runs the operation in the bounded worker pool under
-the group's lock (requests on one group are serialised; different groups run in parallel).
+parses and checks its input on the event loop into the operation's request
+(:mod:`gateway.operation_requests`), then runs the operation in the bounded worker pool under the
+group's lock (requests on one group are serialised; different groups run in parallel). Nothing here
+knows ``mls``: the operations translate their requests.
 """
 
 from __future__ import annotations
@@ -13,19 +15,32 @@ import contextvars
 import hashlib
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
-from mls.group.group import CommitOptions, Handshake
-
 from . import parsing as rq
 from .auth import Principal
 from .context import APP, PRINCIPAL, RAW_BODY, REQUEST_ID, Runtime
 from .errors import invalid
-from .service import Idempotency, Outcome
+from .operation_requests import (
+    CommitRequest,
+    CreateGroupRequest,
+    CreateIdentityRequest,
+    CreateKeyPackagesRequest,
+    ExportRequest,
+    ExternalJoinRequest,
+    ExternalPsk,
+    GroupAddress,
+    JoinRequest,
+    ProcessRequest,
+    ProposalRequest,
+    SendRequest,
+)
+from .persistence import Idempotency, RequestScope, Response
+from .service import GatewayService
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -46,14 +61,21 @@ def runtime(request: web.Request) -> Runtime:
     return request.app[APP]
 
 
+def service(request: web.Request) -> GatewayService:
+    return request.app[APP].service
+
+
 def principal(request: web.Request) -> Principal:
     return request[PRINCIPAL]
 
 
-def json_response(outcome: Outcome) -> web.Response:
-    if outcome.body is None:
-        return web.Response(status=outcome.status)
-    return web.json_response(outcome.body, status=outcome.status)
+def json_response(result: Response | dict[str, Any]) -> web.Response:
+    """An operation's answer: a :class:`Response`, or the JSON body of a 200."""
+    if not isinstance(result, Response):
+        return web.json_response(result)
+    if result.body is None:
+        return web.Response(status=result.status)
+    return web.json_response(result.body, status=result.status)
 
 
 async def read_body(request: web.Request) -> rq.Body:
@@ -73,21 +95,19 @@ def idempotency(request: web.Request) -> Idempotency | None:
     return Idempotency(scope, key, hashlib.sha256(request.get(RAW_BODY, b"")).digest())
 
 
-async def call(request: web.Request, fn: Callable[..., Any], *, lock: Any = None, idem: bool = False,
-               operation: str | None = None) -> Any:
-    """Run ``fn(records[, idem])`` in the worker pool with the request's audit context and group lock."""
+async def respond(request: web.Request, operation: Callable[[RequestScope], Any], *, lock: Hashable | None = None,
+                  idempotent: bool = False, metric: str | None = None) -> web.Response:
+    """Run ``operation(scope)`` in the worker pool with the request's audit context and group lock; with
+    ``idempotent``, a repeat of an earlier request (same Idempotency-Key) answers the stored response."""
     rt = runtime(request)
-    key = idempotency(request) if idem else None
+    key = idempotency(request) if idempotent else None
     request_id = request[REQUEST_ID]
 
     def work() -> Any:
-        with rt.service.request(request.get(PRINCIPAL), request_id) as records:
-            if idem:
-                replay = rt.service.replay(key)
-                if replay is not None:
-                    return replay
-                return fn(records, key)
-            return fn(records)
+        with rt.service.persistence.request(request.get(PRINCIPAL), request_id) as scope:
+            scope.idempotency = key
+            replayed = rt.service.persistence.replay(key)
+            return replayed if replayed is not None else operation(scope)
 
     ctx = contextvars.copy_context()
     loop = asyncio.get_running_loop()
@@ -100,15 +120,25 @@ async def call(request: web.Request, fn: Callable[..., Any], *, lock: Any = None
             async with rt.locks.hold(lock):
                 result = await loop.run_in_executor(rt.executor, ctx.run, work)
         outcome = "ok"
-        return result
+        return json_response(result)
     finally:
-        if operation is not None:
-            rt.metrics.mls_ops.labels(operation, outcome).inc()
-            rt.metrics.mls_latency.labels(operation).observe(time.perf_counter() - started)
+        if metric is not None:
+            rt.metrics.mls_ops.labels(metric, outcome).inc()
+            rt.metrics.mls_latency.labels(metric).observe(time.perf_counter() - started)
 
 
-def group_path(request: web.Request) -> tuple[str, bytes]:
-    return request.match_info["identity_id"], rq.group_id_from_path(request.match_info["gid"])
+def group_address(request: web.Request) -> GroupAddress:
+    return GroupAddress(request.match_info["identity_id"], rq.group_id_from_path(request.match_info["gid"]))
+
+
+def group_lock(address: GroupAddress) -> tuple[str, bytes]:
+    """Requests on one membership are serialised."""
+    return address.identity_id, address.group_id
+
+
+def identity_lock(identity_id: str) -> tuple[str, str]:
+    """Requests that create or delete memberships of one identity are serialised."""
+    return "identity", identity_id
 
 
 # ---- service -----------------------------------------------------------------------------------------
@@ -142,71 +172,66 @@ async def openapi(request: web.Request) -> web.Response:
 # ---- tenants -------------------------------------------------------------------------------------------
 
 async def create_tenant(request: web.Request) -> web.Response:
-    body = await read_body(request)
-    name = body.text("name")
-    svc = runtime(request).service
-    return json_response(await call(request, lambda r, i: svc.create_tenant(name, i, r), idem=True))
+    name = (await read_body(request)).text("name")
+    tenants = service(request).tenants
+    return await respond(request, lambda scope: tenants.create(name, scope), idempotent=True)
 
 
 async def list_tenants(request: web.Request) -> web.Response:
-    svc = runtime(request).service
-    return web.json_response(await call(request, lambda r: svc.list_tenants()))
+    tenants = service(request).tenants
+    return await respond(request, lambda scope: tenants.list())
 
 
 async def create_token(request: web.Request) -> web.Response:
     await read_body(request)
-    tenant_id = request.match_info["tenant_id"]
-    svc = runtime(request).service
-    return json_response(await call(request, lambda r, i: svc.create_token(tenant_id, i, r), idem=True))
+    tenant_id, tenants = request.match_info["tenant_id"], service(request).tenants
+    return await respond(request, lambda scope: tenants.create_token(tenant_id, scope), idempotent=True)
 
 
 async def revoke_token(request: web.Request) -> web.Response:
     tenant_id, token_id = request.match_info["tenant_id"], request.match_info["token_id"]
-    svc = runtime(request).service
-    return json_response(await call(request, lambda r: svc.revoke_token(tenant_id, token_id)))
+    tenants = service(request).tenants
+    return await respond(request, lambda scope: tenants.revoke_token(tenant_id, token_id))
 
 
 # ---- identities and key packages ------------------------------------------------------------------------
 
 async def create_identity(request: web.Request) -> web.Response:
     body = await read_body(request)
-    name = body.text("name")
-    suite = body.integer("cipher_suite", 1, 1, 7)
-    cred = rq.credential(body.data["credential"]) if body.has("credential") else None
-    p, svc = principal(request), runtime(request).service
-    return json_response(await call(request, lambda r, i: svc.create_identity(p, name, suite, cred, i, r),
-                                    idem=True, operation="create_identity"))
+    req = CreateIdentityRequest(body.text("name"), body.integer("cipher_suite", 1, 1, 7),
+                                rq.credential(body.data["credential"]) if body.has("credential") else None)
+    p, identities = principal(request), service(request).identities
+    return await respond(request, lambda scope: identities.create(p, req, scope), idempotent=True,
+                         metric="create_identity")
 
 
 async def list_identities(request: web.Request) -> web.Response:
-    p, svc = principal(request), runtime(request).service
-    return web.json_response(await call(request, lambda r: svc.list_identities(p)))
+    p, identities = principal(request), service(request).identities
+    return await respond(request, lambda scope: identities.list(p))
 
 
 async def get_identity(request: web.Request) -> web.Response:
-    p, svc, iid = principal(request), runtime(request).service, request.match_info["identity_id"]
-    return web.json_response(await call(request, lambda r: svc.identity_json(svc.identity(p, iid))))
+    p, identities, iid = principal(request), service(request).identities, request.match_info["identity_id"]
+    return await respond(request, lambda scope: identities.show(p, iid))
 
 
 async def delete_identity(request: web.Request) -> web.Response:
-    p, svc, iid = principal(request), runtime(request).service, request.match_info["identity_id"]
-    return json_response(await call(request, lambda r: svc.delete_identity(p, iid, r), lock=("identity", iid)))
+    p, identities, iid = principal(request), service(request).identities, request.match_info["identity_id"]
+    return await respond(request, lambda scope: identities.delete(p, iid, scope), lock=identity_lock(iid))
 
 
 async def create_key_packages(request: web.Request) -> web.Response:
     body = await read_body(request)
-    count = body.integer("count", 1, 1, 100)
-    last_resort = body.boolean("last_resort", False)
-    days = body.integer("lifetime_days", 90, 1, 90)
-    p, svc, iid = principal(request), runtime(request).service, request.match_info["identity_id"]
-    return json_response(await call(
-        request, lambda r, i: svc.create_key_packages(p, iid, count, last_resort, days, i, r),
-        idem=True, operation="key_package"))
+    req = CreateKeyPackagesRequest(request.match_info["identity_id"], body.integer("count", 1, 1, 100),
+                                   body.boolean("last_resort", False), body.integer("lifetime_days", 90, 1, 90))
+    p, key_packages = principal(request), service(request).key_packages
+    return await respond(request, lambda scope: key_packages.create(p, req, scope), idempotent=True,
+                         metric="key_package")
 
 
 async def list_key_packages(request: web.Request) -> web.Response:
-    p, svc, iid = principal(request), runtime(request).service, request.match_info["identity_id"]
-    return web.json_response(await call(request, lambda r: svc.list_key_packages(p, iid)))
+    p, key_packages, iid = principal(request), service(request).key_packages, request.match_info["identity_id"]
+    return await respond(request, lambda scope: key_packages.list(p, iid))
 
 
 # ---- groups ---------------------------------------------------------------------------------------------
@@ -216,171 +241,125 @@ async def create_group(request: web.Request) -> web.Response:
     gid = body.optional_b64("group_id")
     if gid is not None and not 0 < len(gid) <= 255:
         raise invalid("group_id must be 1 to 255 bytes")
-    exts = rq.extensions(body.items("extensions"))
-    senders = rq.external_senders(body.items("external_senders"))
-    p, svc, iid = principal(request), runtime(request).service, request.match_info["identity_id"]
-    return json_response(await call(request, lambda r, i: svc.create_group(p, iid, gid, exts, senders, i, r),
-                                    idem=True, operation="create_group"))
+    req = CreateGroupRequest(request.match_info["identity_id"], gid, rq.extensions(body.items("extensions")),
+                             rq.external_senders(body.items("external_senders")))
+    p, groups = principal(request), service(request).groups
+    return await respond(request, lambda scope: groups.create(p, req, scope), idempotent=True,
+                         metric="create_group")
 
 
 async def list_groups(request: web.Request) -> web.Response:
-    p, svc, iid = principal(request), runtime(request).service, request.match_info["identity_id"]
-    return web.json_response(await call(request, lambda r: svc.list_groups(p, iid)))
+    p, groups, iid = principal(request), service(request).groups, request.match_info["identity_id"]
+    return await respond(request, lambda scope: groups.list(p, iid))
 
 
 async def get_group(request: web.Request) -> web.Response:
-    iid, gid = group_path(request)
-    p, svc = principal(request), runtime(request).service
-    return web.json_response(await call(request, lambda r: svc.get_group(p, iid, gid), lock=(iid, gid)))
+    address, p, groups = group_address(request), principal(request), service(request).groups
+    return await respond(request, lambda scope: groups.show(p, address), lock=group_lock(address))
 
 
 async def delete_group(request: web.Request) -> web.Response:
-    iid, gid = group_path(request)
-    p, svc = principal(request), runtime(request).service
-    return json_response(await call(request, lambda r: svc.delete_group(p, iid, gid, r), lock=(iid, gid)))
-
-
-def _psk_secrets(body: rq.Body) -> list[tuple[bytes, bytes]]:
-    out = []
-    for i, item in enumerate(body.items("psks")):
-        if not isinstance(item, dict):
-            raise invalid(f"psks[{i}] must be an object")
-        out.append((rq.b64decode(item.get("psk_id"), f"psks[{i}].psk_id"),
-                    rq.b64decode(item.get("secret"), f"psks[{i}].secret")))
-    return out
+    address, p, groups = group_address(request), principal(request), service(request).groups
+    return await respond(request, lambda scope: groups.delete(p, address, scope), lock=group_lock(address))
 
 
 async def join(request: web.Request) -> web.Response:
     body = await read_body(request)
-    welcome, tree, psks = body.b64("welcome"), body.optional_b64("ratchet_tree"), _psk_secrets(body)
-    p, svc, iid = principal(request), runtime(request).service, request.match_info["identity_id"]
-    return json_response(await call(request, lambda r, i: svc.join(p, iid, welcome, tree, psks, i, r),
-                                    idem=True, operation="join", lock=("identity", iid)))
+    iid = request.match_info["identity_id"]
+    req = JoinRequest(iid, body.b64("welcome"), body.optional_b64("ratchet_tree"), rq.psk_secrets(body))
+    p, groups = principal(request), service(request).groups
+    return await respond(request, lambda scope: groups.join(p, req, scope), idempotent=True, metric="join",
+                         lock=identity_lock(iid))
 
 
 async def external_join(request: web.Request) -> web.Response:
     body = await read_body(request)
-    gi, tree, psks = body.b64("group_info"), body.optional_b64("ratchet_tree"), _psk_secrets(body)
+    iid = request.match_info["identity_id"]
+    gi, tree, psks = body.b64("group_info"), body.optional_b64("ratchet_tree"), rq.psk_secrets(body)
     remove_prior = body.boolean("remove_prior", False)
-    prior = body.integer("remove_prior_leaf", None, 0, 2**32 - 1) if body.has("remove_prior_leaf") else None
-    p, svc, iid = principal(request), runtime(request).service, request.match_info["identity_id"]
-    return json_response(await call(request, lambda r, i: svc.external_join(p, iid, gi, tree, remove_prior, prior,
-                                                                            psks, i, r),
-                                    idem=True, operation="external_join", lock=("identity", iid)))
-
-
-def _commit_psks(body: rq.Body) -> tuple[list[tuple[bytes, bytes | None]], list[tuple[bytes, int]]]:
-    """External PSKs as (psk_id, secret or None) and resumption PSKs as (group_id, epoch)."""
-    external: list[tuple[bytes, bytes | None]] = []
-    resumption: list[tuple[bytes, int]] = []
-    for i, item in enumerate(body.items("psks")):
-        if not isinstance(item, dict):
-            raise invalid(f"psks[{i}] must be an object")
-        b = rq.Body(item)
-        if "resumption" in item:
-            res = b.object("resumption")
-            resumption.append((res.b64("group_id"), res.integer("epoch", None, 0, 2**63 - 1)))
-        else:
-            external.append((b.b64("psk_id"), b.optional_b64("secret")))
-    return external, resumption
+    prior = rq.leaf_index(body, "remove_prior_leaf") if body.has("remove_prior_leaf") else None
+    req = ExternalJoinRequest(iid, gi, tree, remove_prior, prior, psks)
+    p, groups = principal(request), service(request).groups
+    return await respond(request, lambda scope: groups.external_join(p, req, scope), idempotent=True,
+                         metric="external_join", lock=identity_lock(iid))
 
 
 async def commit(request: web.Request) -> web.Response:
     body = await read_body(request)
     adds = [rq.b64decode(v, f"add[{n}]") for n, v in enumerate(body.items("add"))]
-    removes = [rq.Body({"i": v}).integer("i", None, 0, 2**32 - 1) for v in body.items("remove")]
+    removes = [rq.leaf_index(rq.Body({"i": v}), "i") for v in body.items("remove")]
     gce = rq.extensions(body.items("group_context_extensions")) if body.has("group_context_extensions") else None
-    external, resumption = _commit_psks(body)
-    opts = CommitOptions(
-        remove=removes, group_context_extensions=gce, include_pending=body.boolean("include_pending", True),
-        force_path=body.boolean("force_path", False) or body.boolean("update", False),
-        handshake=Handshake(body.choice("handshake", "public", ("public", "private"))),
-    )
+    external, resumption = rq.commit_psks(body)
+    include_pending = body.boolean("include_pending", True)
+    force_path = body.boolean("force_path", False) or body.boolean("update", False)
+    handshake = rq.handshake_name(body)
     pending = body.boolean("pending", False)
-    iid, gid = group_path(request)
-    p, svc = principal(request), runtime(request).service
-    return json_response(await call(
-        request, lambda r, i: svc.commit(p, iid, gid, opts, pending, adds, external, resumption, i, r),
-        idem=True, operation="commit", lock=(iid, gid)))
+    address = group_address(request)
+    req = CommitRequest(address.identity_id, address.group_id, adds, removes, external, resumption, gce,
+                        include_pending, force_path, handshake, pending)
+    p, operations = principal(request), service(request).group_operations
+    return await respond(request, lambda scope: operations.commit(p, req, scope), idempotent=True,
+                         metric="commit", lock=group_lock(address))
 
 
 async def merge_pending(request: web.Request) -> web.Response:
     await read_body(request)
-    iid, gid = group_path(request)
-    p, svc = principal(request), runtime(request).service
-    return json_response(await call(request, lambda r, i: svc.merge_pending(p, iid, gid, i, r), idem=True,
-                                    operation="commit", lock=(iid, gid)))
+    address, p, operations = group_address(request), principal(request), service(request).group_operations
+    return await respond(request, lambda scope: operations.merge_pending(p, address, scope), idempotent=True,
+                         metric="commit", lock=group_lock(address))
 
 
 async def discard_pending(request: web.Request) -> web.Response:
-    iid, gid = group_path(request)
-    p, svc = principal(request), runtime(request).service
-    return json_response(await call(request, lambda r: svc.discard_pending(p, iid, gid, r), lock=(iid, gid)))
+    address, p, operations = group_address(request), principal(request), service(request).group_operations
+    return await respond(request, lambda scope: operations.discard_pending(p, address, scope),
+                         lock=group_lock(address))
 
 
-def _proposal_spec(body: rq.Body) -> dict[str, Any]:
-    kind = body.choice("type", "", ("add", "remove", "update", "psk", "group_context_extensions"))
-    spec: dict[str, Any] = {"kind": kind}
-    if kind == "add":
-        spec["key_package"] = body.b64("key_package")
-    elif kind == "remove":
-        spec["leaf_index"] = body.integer("leaf_index", None, 0, 2**32 - 1)
-    elif kind == "psk":
-        psk = body.object("psk")
-        spec["psk_id"] = psk.b64("psk_id")
-        spec["secret"] = psk.optional_b64("secret")
-    elif kind == "group_context_extensions":
-        spec["extensions"] = rq.extensions(body.items("extensions"))
-    return spec
+def _proposal_request(body: rq.Body, address: GroupAddress) -> ProposalRequest:
+    kind = rq.proposal_kind(body)
+    key_package = body.b64("key_package") if kind == "add" else None
+    leaf_index = rq.leaf_index(body, "leaf_index") if kind == "remove" else None
+    psk = None
+    if kind == "psk":
+        psk_body = body.object("psk")
+        psk = ExternalPsk(psk_body.b64("psk_id"), psk_body.optional_b64("secret"))
+    extensions = rq.extensions(body.items("extensions")) if kind == "group_context_extensions" else []
+    return ProposalRequest(address.identity_id, address.group_id, kind, rq.handshake_name(body), key_package,
+                           leaf_index, psk, extensions)
 
 
 async def propose(request: web.Request) -> web.Response:
     body = await read_body(request)
-    spec = _proposal_spec(body)
-    handshake = Handshake(body.choice("handshake", "public", ("public", "private")))
-    iid, gid = group_path(request)
-    p, svc = principal(request), runtime(request).service
-    return json_response(await call(request, lambda r, i: svc.propose(p, iid, gid, spec, handshake, i, r),
-                                    idem=True, operation="propose", lock=(iid, gid)))
+    address = group_address(request)
+    req = _proposal_request(body, address)
+    p, operations = principal(request), service(request).group_operations
+    return await respond(request, lambda scope: operations.propose(p, req, scope), idempotent=True,
+                         metric="propose", lock=group_lock(address))
 
 
 async def send_messages(request: web.Request) -> web.Response:
     body = await read_body(request)
-    batch = "messages" in body.data
-    raw_items = body.items("messages") if batch else [body.data]
-    if not raw_items:
-        raise invalid("messages must not be empty")
-    items = []
-    for n, item in enumerate(raw_items):
-        if not isinstance(item, dict):
-            raise invalid(f"messages[{n}] must be an object")
-        b = rq.Body(item)
-        items.append((b.b64("data"), b.optional_b64("authenticated_data") or b""))
-    iid, gid = group_path(request)
-    p, svc = principal(request), runtime(request).service
-    return json_response(await call(request, lambda r, i: svc.send(p, iid, gid, items, batch, i, r),
-                                    idem=True, operation="protect", lock=(iid, gid)))
+    items, batch = rq.application_messages(body)
+    address = group_address(request)
+    req = SendRequest(address.identity_id, address.group_id, items, batch)
+    p, operations = principal(request), service(request).group_operations
+    return await respond(request, lambda scope: operations.send(p, req, scope), idempotent=True,
+                         metric="protect", lock=group_lock(address))
 
 
 async def process(request: web.Request) -> web.Response:
     body = await read_body(request)
-    batch = "messages" in body.data
-    if batch:
-        messages = [rq.b64decode(v, f"messages[{n}]") for n, v in enumerate(body.items("messages"))]
-        if not messages:
-            raise invalid("messages must not be empty")
-    else:
-        messages = [body.b64("message")]
-    iid, gid = group_path(request)
-    p, svc = principal(request), runtime(request).service
-    return json_response(await call(request, lambda r, i: svc.process(p, iid, gid, messages, batch, i, r),
-                                    idem=True, operation="unprotect", lock=(iid, gid)))
+    messages, batch = rq.incoming_messages(body)
+    address = group_address(request)
+    req = ProcessRequest(address.identity_id, address.group_id, messages, batch)
+    p, operations = principal(request), service(request).group_operations
+    return await respond(request, lambda scope: operations.process(p, req, scope), idempotent=True,
+                         metric="unprotect", lock=group_lock(address))
 
 
 async def group_info(request: web.Request) -> web.Response:
-    iid, gid = group_path(request)
-    p, svc = principal(request), runtime(request).service
-    return web.json_response(await call(request, lambda r: svc.group_info(p, iid, gid, r), lock=(iid, gid)))
+    address, p, operations = group_address(request), principal(request), service(request).group_operations
+    return await respond(request, lambda scope: operations.group_info(p, address, scope), lock=group_lock(address))
 
 
 async def export(request: web.Request) -> web.Response:
@@ -388,13 +367,15 @@ async def export(request: web.Request) -> web.Response:
     label = body.text("label", max_len=255)
     context = body.optional_b64("context") or b""
     length = body.integer("length", None, 1, 255)
-    iid, gid = group_path(request)
-    p, svc = principal(request), runtime(request).service
-    return web.json_response(await call(request, lambda r: svc.export(p, iid, gid, label, context, length),
-                                        lock=(iid, gid), operation="export"))
+    address = group_address(request)
+    req = ExportRequest(address.identity_id, address.group_id, label, length, context)
+    p, operations = principal(request), service(request).group_operations
+    return await respond(request, lambda scope: operations.export(p, req), lock=group_lock(address),
+                         metric="export")
 
 
-_G = "/v1/identities/{identity_id}/groups"
+#: The path of an identity's groups; every group route is under it.
+GROUPS = "/v1/identities/{identity_id}/groups"
 ROUTES: list[Route] = [
     Route("GET", "/healthz", healthz, "none", "Liveness: the process serves"),
     Route("GET", "/readyz", readyz, "none", "Readiness: the HSM session pool and the store answer"),
@@ -410,20 +391,20 @@ ROUTES: list[Route] = [
     Route("DELETE", "/v1/identities/{identity_id}", delete_identity, "tenant", "Delete an identity and its keys", True),
     Route("POST", "/v1/identities/{identity_id}/key-packages", create_key_packages, "tenant", "Create KeyPackages", True),
     Route("GET", "/v1/identities/{identity_id}/key-packages", list_key_packages, "tenant", "List KeyPackages"),
-    Route("POST", _G, create_group, "tenant", "Create a group", True),
-    Route("GET", _G, list_groups, "tenant", "List the identity's groups"),
-    Route("POST", _G + "/join", join, "tenant", "Join from a Welcome", True),
-    Route("POST", _G + "/external-join", external_join, "tenant", "Join by external commit", True),
-    Route("GET", _G + "/{gid}", get_group, "tenant", "Group state summary"),
-    Route("DELETE", _G + "/{gid}", delete_group, "tenant", "Leave locally: delete this identity's group state", True),
-    Route("POST", _G + "/{gid}/commits", commit, "tenant", "Create a commit (merged unless pending)", True),
-    Route("POST", _G + "/{gid}/pending-commit/merge", merge_pending, "tenant", "Merge the pending commit", True),
-    Route("DELETE", _G + "/{gid}/pending-commit", discard_pending, "tenant", "Discard the pending commit", True),
-    Route("POST", _G + "/{gid}/proposals", propose, "tenant", "Send a proposal", True),
-    Route("POST", _G + "/{gid}/messages", send_messages, "tenant", "Protect application messages", True),
-    Route("POST", _G + "/{gid}/process", process, "tenant", "Process incoming MLS messages", True),
-    Route("GET", _G + "/{gid}/group-info", group_info, "tenant", "Signed GroupInfo with external_pub"),
-    Route("POST", _G + "/{gid}/export", export, "tenant", "MLS-Exporter secret", False),
+    Route("POST", GROUPS, create_group, "tenant", "Create a group", True),
+    Route("GET", GROUPS, list_groups, "tenant", "List the identity's groups"),
+    Route("POST", GROUPS + "/join", join, "tenant", "Join from a Welcome", True),
+    Route("POST", GROUPS + "/external-join", external_join, "tenant", "Join by external commit", True),
+    Route("GET", GROUPS + "/{gid}", get_group, "tenant", "Group state summary"),
+    Route("DELETE", GROUPS + "/{gid}", delete_group, "tenant", "Leave locally: delete this identity's group state", True),
+    Route("POST", GROUPS + "/{gid}/commits", commit, "tenant", "Create a commit (merged unless pending)", True),
+    Route("POST", GROUPS + "/{gid}/pending-commit/merge", merge_pending, "tenant", "Merge the pending commit", True),
+    Route("DELETE", GROUPS + "/{gid}/pending-commit", discard_pending, "tenant", "Discard the pending commit", True),
+    Route("POST", GROUPS + "/{gid}/proposals", propose, "tenant", "Send a proposal", True),
+    Route("POST", GROUPS + "/{gid}/messages", send_messages, "tenant", "Protect application messages", True),
+    Route("POST", GROUPS + "/{gid}/process", process, "tenant", "Process incoming MLS messages", True),
+    Route("GET", GROUPS + "/{gid}/group-info", group_info, "tenant", "Signed GroupInfo with external_pub"),
+    Route("POST", GROUPS + "/{gid}/export", export, "tenant", "MLS-Exporter secret", False),
 ]
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from hsm.errors import HsmUnavailable
-from mls.errors import DecodeError, KeyStoreError, MLSError, StateError, UnsupportedError, ValidationError
+from mls import DecodeError, KeyStoreError, MLSError, StateError, UnsupportedError, ValidationError
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 

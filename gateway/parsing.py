@@ -1,5 +1,7 @@
 """Reading request bodies and path parameters strictly: every field checked for type and range.
 
+The values :mod:`gateway.api` builds the operations' requests (:mod:`gateway.operation_requests`) from.
+
 Anything wrong answers 400 ``invalid_request`` naming the field; MLS bytes that fail to decode answer 400
 ``decode_error`` later, from the library.
 """
@@ -9,12 +11,12 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from typing import Any
+from typing import Any, cast
 
-from mls.credentials.credential import Credential
-from mls.wire.extensions import Extension, ExternalSender
+from mls import Credential, Extension, ExternalSender
 
 from .errors import invalid
+from .operation_requests import ExternalPsk, HandshakeName, ProposalKind, ResumptionPsk
 
 MAX_LIST = 1000
 
@@ -138,3 +140,66 @@ def external_senders(items: list[Any]) -> list[ExternalSender]:
         key = b64decode(item.get("signature_key"), f"external_senders[{i}].signature_key")
         out.append(ExternalSender(key, credential(item.get("credential"), f"external_senders[{i}].credential")))
     return out
+
+
+def _objects(body: Body, name: str) -> list[Body]:
+    """A list field whose items must be JSON objects."""
+    out = []
+    for i, item in enumerate(body.items(name)):
+        if not isinstance(item, dict):
+            raise invalid(f"{name}[{i}] must be an object")
+        out.append(Body(item))
+    return out
+
+
+def psk_secrets(body: Body) -> list[tuple[bytes, bytes]]:
+    """``psks: [{psk_id, secret}]`` of a join: external PSKs with their secrets."""
+    return [(b64decode(item.data.get("psk_id"), f"psks[{i}].psk_id"),
+             b64decode(item.data.get("secret"), f"psks[{i}].secret")) for i, item in enumerate(_objects(body, "psks"))]
+
+
+def commit_psks(body: Body) -> tuple[list[ExternalPsk], list[ResumptionPsk]]:
+    """``psks`` of a commit: external ``{psk_id, secret?}`` and ``{resumption: {group_id, epoch}}``."""
+    external: list[ExternalPsk] = []
+    resumption: list[ResumptionPsk] = []
+    for item in _objects(body, "psks"):
+        if "resumption" in item.data:
+            res = item.object("resumption")
+            resumption.append(ResumptionPsk(res.b64("group_id"), res.integer("epoch", None, 0, 2**63 - 1)))
+        else:
+            external.append(ExternalPsk(item.b64("psk_id"), item.optional_b64("secret")))
+    return external, resumption
+
+
+def proposal_kind(body: Body) -> ProposalKind:
+    """``type`` of a proposal request."""
+    return cast(ProposalKind, body.choice("type", "", ("add", "remove", "update", "psk", "group_context_extensions")))
+
+
+def handshake_name(body: Body) -> HandshakeName:
+    """``handshake``: ``"public"`` (default) or ``"private"``."""
+    return cast(HandshakeName, body.choice("handshake", "public", ("public", "private")))
+
+
+def leaf_index(body: Body, name: str) -> int:
+    """A leaf index (uint32, RFC 9420 §7.8)."""
+    return body.integer(name, None, 0, 2**32 - 1)
+
+
+def application_messages(body: Body) -> tuple[list[tuple[bytes, bytes]], bool]:
+    """``{data, authenticated_data?}`` or ``{messages: [...]}``: (data, aad) items, and whether batched."""
+    batch = "messages" in body.data
+    items = _objects(body, "messages") if batch else [body]
+    if not items:
+        raise invalid("messages must not be empty")
+    return [(b.b64("data"), b.optional_b64("authenticated_data") or b"") for b in items], batch
+
+
+def incoming_messages(body: Body) -> tuple[list[bytes], bool]:
+    """``{message}`` or ``{messages: [...]}``: the MLS messages to process, and whether batched."""
+    if "messages" not in body.data:
+        return [body.b64("message")], False
+    messages = [b64decode(v, f"messages[{n}]") for n, v in enumerate(body.items("messages"))]
+    if not messages:
+        raise invalid("messages must not be empty")
+    return messages, True

@@ -253,10 +253,9 @@ class SqliteTransaction:
 class SqliteStore:
     """A store in one SQLite database file."""
 
-    def __init__(self, path: str | Path, *, busy_timeout_s: float = 10.0, idempotency_ttl_s: float = 48 * 3600) -> None:
+    def __init__(self, path: str | Path, *, busy_timeout_s: float = 10.0) -> None:
         self.path = Path(path)
         self._busy_ms = int(busy_timeout_s * 1000)
-        self._ttl = idempotency_ttl_s
         self._local = threading.local()
         self._all_conns: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
@@ -310,17 +309,6 @@ class SqliteStore:
             self._connect().execute("SELECT 1").fetchone()
         except sqlite3.Error as e:
             raise StoreUnavailable(str(e)) from None
-
-    def purge_idempotency(self) -> int:
-        with self.transaction() as tx:
-            cur = tx._c.execute("DELETE FROM idempotency WHERE created_at < ?", (time.time() - self._ttl,))
-            return int(cur.rowcount)
-
-    def audit_log(self, limit: int = 100) -> Iterator[AuditRecord]:
-        rows = self._connect().execute("SELECT * FROM audit ORDER BY seq DESC LIMIT ?", (limit,)).fetchall()
-        for r in rows:
-            yield AuditRecord(r["request_id"], r["tenant_id"], r["identity_id"], r["group_id"], r["epoch"],
-                              r["key_ref"], r["operation"], r["custody"], bool(r["ok"]))
 
     def close(self) -> None:
         with self._lock:

@@ -8,11 +8,19 @@ cannot both win.
 
 Group states and software-custody keys arrive here already sealed (envelope encryption under the HSM's
 wrap key); the store never sees them in the clear.
+
+:class:`Store` and :class:`Transaction` are the whole interface the operations use
+(:mod:`gateway.sqlite_store` implements them over SQLite). A PostgreSQL store for several gateway
+processes goes beside it behind the same two protocols: a transaction is one ``BEGIN ... COMMIT`` on a
+pooled connection, ``put_group``'s compare-and-swap is an ``UPDATE ... WHERE epoch = expected`` whose row
+count decides (no process-local lock is relied upon), and ``StoreUnavailable`` / ``EpochConflict`` keep
+their meaning. The group service's log (one accepted commit per epoch, api-delivery.md) adds its append
+and read methods to :class:`Transaction`, so an append joins the transaction of the state it belongs to
+(see :mod:`gateway.group_session`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
@@ -96,7 +104,7 @@ class IdempotentResponse:
 
 
 class Transaction(Protocol):
-    """One atomic unit of reads and writes."""
+    """One atomic unit of reads and writes: all of it commits, or none of it."""
 
     # tenants and tokens
     def add_tenant(self, tenant: Tenant) -> None: ...
@@ -144,6 +152,8 @@ class Transaction(Protocol):
 
 
 class Store(Protocol):
+    """Where the gateway's state lives; hands out :class:`Transaction` s (one per context)."""
+
     def transaction(self) -> AbstractContextManager[Transaction]: ...
 
     def ping(self) -> None:
@@ -151,5 +161,3 @@ class Store(Protocol):
         ...
 
     def close(self) -> None: ...
-
-    def audit_log(self, limit: int = 100) -> Iterator[AuditRecord]: ...

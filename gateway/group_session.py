@@ -1,0 +1,177 @@
+"""One unit of work per group operation: load a membership once, run the operation, seal once, write once.
+
+A :class:`GroupSession` is one identity's membership of one group for the length of one request:
+
+1. **load** (:meth:`GroupSessions.open`) — the group record, the identity's sealed PSKs, the unsealed
+   :class:`mls.GroupState` and the pending commit, read in one transaction. *A state cache goes here*:
+   keyed by ``(identity_id, group_id)``, holding the decoded :class:`mls.Group` and the record's version
+   (its epoch today); the transaction still reads the stored version and the cached group is used only
+   when it matches, unsealed only on a miss. The cache is updated after :meth:`GroupSession.commit`
+   succeeded and dropped for the key on any failure (the operation may have advanced the in-memory group).
+2. **operate** — the operation calls the :class:`mls.Group` (``session.group``) and records what it
+   produced: merges through :meth:`GroupSession.merge` (the one place that collects the keys a merge made
+   dead), messages through :meth:`GroupSession.add_outgoing`, extra writes in ``session.pending``.
+3. **commit** (:meth:`GroupSession.commit`) — seal the state once, then one transaction: the operation's
+   other writes (KeyPackage consumption, PSKs, outgoing messages), the group record with compare-and-swap
+   on the epoch loaded in step 1 (:meth:`gateway.store.Transaction.put_group`), the audit records and the
+   idempotency record (:class:`gateway.persistence.Persistence`). *The group log append goes here*: the
+   group service's ``append_log(group_id, epoch, message)`` (one accepted commit per epoch) joins the same
+   transaction as one more write, so the state and the log cannot disagree. Keys the operation made dead
+   are destroyed only after the transaction committed; keys it created are destroyed if it failed.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+
+from mls import Group, MemoryPskStore, StagedCommit
+
+from .errors import not_found
+from .persistence import PendingWrites, Persistence, RequestScope, Response, group_audit_context
+from .sealed_state import StateSealer
+from .store import Identity, Store, Transaction
+
+
+def new_leaf_key(group: Group, staged: StagedCommit) -> list[bytes]:
+    """The leaf key a staged commit made for us, if it replaces the current one (RFC 9420 §12.4.1)."""
+    if staged.state is None:
+        return []
+    ref = staged.state.keys.leaf_key.key_ref
+    return [] if ref == group.state.keys.leaf_key.key_ref else [ref]
+
+
+def membership_keys(group: Group) -> list[bytes]:
+    """Every private key this membership holds: leaf key, own Update keys, a pending commit's new leaf key."""
+    s = group.state
+    refs = [s.keys.leaf_key.key_ref, *s.update_keys.values()]
+    if group.pending_commit is not None:
+        refs += new_leaf_key(group, group.pending_commit)
+    return refs
+
+
+def merge_and_collect_dead_keys(group: Group, staged: StagedCommit) -> list[bytes]:
+    """Merge a staged commit without destroying keys; returns the keys to destroy once it is durable.
+
+    The one place that decides them. Today they are ``staged.dead_key_refs`` as staged, before ``merge``
+    filters out retained (last-resort) keys — tests/gateway/test_last_resort.py shows the consequence.
+    When ``Group.merge`` returns the keys it made dead, this becomes
+    ``return group.merge(staged, destroy_dead_keys=False)``.
+    """
+    dead = list(staged.dead_key_refs)
+    group.merge(staged, destroy_dead_keys=False)
+    return dead
+
+
+class GroupSession:
+    """One identity's membership of one group during one request (see the module docstring)."""
+
+    def __init__(self, sessions: GroupSessions, identity: Identity, group: Group, loaded_epoch: int | None,
+                 pending: PendingWrites | None = None) -> None:
+        self._sessions = sessions
+        self.identity = identity
+        self.group = group
+        #: The epoch the stored record had when loaded (compare-and-swap); ``None`` for a new membership.
+        self.loaded_epoch = loaded_epoch
+        self.pending = pending or PendingWrites()
+        self._leaving = False
+
+    @property
+    def identity_id(self) -> str:
+        return self.identity.identity_id
+
+    def audit_context(self) -> AbstractContextManager[None]:
+        """Key uses inside the block are audited in this group at its current epoch."""
+        return group_audit_context(self.identity_id, self.group.group_id, self.group.epoch)
+
+    def other_group(self, group_id: bytes) -> Group:
+        """Another membership of the same identity, read only (a resumption PSK's source, RFC 9420 §8.6)."""
+        return self._sessions.open(self.identity, group_id).group
+
+    def merge(self, staged: StagedCommit) -> None:
+        """Adopt a staged commit; the keys it made dead are destroyed after :meth:`commit`."""
+        self.pending.dead_keys += merge_and_collect_dead_keys(self.group, staged)
+
+    def remember_psks(self, psks: Sequence[tuple[bytes, bytes]]) -> None:
+        """Keep external PSKs given with this request (sealed) for the identity's later operations."""
+        identity_id = self.identity_id
+        for psk_id, secret in psks:
+            sealed = self._sessions.sealer.seal_psk(identity_id, psk_id, secret)
+            self.pending.writes.append(functools.partial(_put_psk, identity_id=identity_id, psk_id=psk_id,
+                                                         sealed=sealed))
+
+    def add_outgoing(self, kind: str, epoch: int, messages: Sequence[bytes]) -> None:
+        """Messages this operation produced (``commit``, ``proposal``, ``application``), in order."""
+        identity_id, group_id = self.identity_id, self.group.group_id
+
+        def write(tx: Transaction) -> None:
+            for message in messages:
+                tx.add_outgoing(identity_id, group_id, epoch, kind, message)
+
+        self.pending.writes.append(write)
+
+    def leave(self) -> None:
+        """Delete this membership's state when committing, and destroy its keys afterwards."""
+        self._leaving = True
+        retained = self.group.state.retained_keys
+        self.pending.dead_keys += [r for r in membership_keys(self.group) if r not in retained]
+
+    def commit(self, response: Response, scope: RequestScope) -> Response:
+        """Seal once and write everything in one transaction (state with CAS on the loaded epoch)."""
+        persistence = self._sessions.persistence
+        if self._leaving:
+            identity_id, group_id = self.identity_id, self.group.group_id
+            self.pending.writes.append(lambda tx: _delete_group(tx, identity_id, group_id))
+        else:
+            try:
+                record = self._sessions.sealer.seal_group(self.identity_id, self.group)
+            except BaseException:
+                persistence.destroy_keys(self.pending.new_keys)
+                raise
+            expected = self.loaded_epoch
+            self.pending.writes.append(lambda tx: tx.put_group(record, expected))
+        return persistence.commit(self.pending, response, scope)
+
+
+def _put_psk(tx: Transaction, identity_id: str, psk_id: bytes, sealed: bytes) -> None:
+    tx.put_psk(identity_id, psk_id, sealed)
+
+
+def _delete_group(tx: Transaction, identity_id: str, group_id: bytes) -> None:
+    if not tx.delete_group(identity_id, group_id):
+        raise not_found("group")
+
+
+class GroupSessions:
+    """Opens :class:`GroupSession` s: the load step of every group operation."""
+
+    def __init__(self, store: Store, sealer: StateSealer, persistence: Persistence) -> None:
+        self.store = store
+        self.sealer = sealer
+        self.persistence = persistence
+
+    def open(self, identity: Identity, group_id: bytes) -> GroupSession:
+        """The stored membership (404 when there is none), its state unsealed once."""
+        with self.store.transaction() as tx:
+            record = tx.get_group(identity.identity_id, group_id)
+            sealed_psks = tx.list_psks(identity.identity_id)
+        if record is None:
+            raise not_found("group")
+        with group_audit_context(identity.identity_id, group_id, record.epoch):
+            psks = self.sealer.open_psks(identity.identity_id, sealed_psks)
+            group = self.sealer.open_group(record, psks)
+        return GroupSession(self, identity, group, record.epoch)
+
+    def start(self, identity: Identity, group: Group, pending: PendingWrites) -> GroupSession:
+        """A membership the operation just made (create, join, external join): inserted on commit."""
+        return GroupSession(self, identity, group, None, pending)
+
+    def psk_store(self, identity: Identity, extra: Sequence[tuple[bytes, bytes]] = ()) -> MemoryPskStore:
+        """The identity's remembered external PSKs and ``extra`` ones, for a join before any state exists."""
+        with self.store.transaction() as tx:
+            sealed = tx.list_psks(identity.identity_id)
+        return self.sealer.open_psks(identity.identity_id, sealed, dict(extra))
+
+
+__all__ = ["GroupSession", "GroupSessions", "membership_keys", "merge_and_collect_dead_keys", "new_leaf_key"]

@@ -1,0 +1,120 @@
+"""An identity's memberships (api-v1.md "Groups"): create, list, show, delete, join, external join.
+
+Each operation that changes a membership runs as one :class:`~gateway.group_session.GroupSession`; the
+operations inside an existing group (commit, propose, send, process, ...) are in
+:mod:`gateway.group_operations`.
+"""
+
+from __future__ import annotations
+
+from hsm.keystore import Pkcs11KeyStore
+from mls import Credential, ExternalSenders, Group, KeyPackage, MLSMessage, Welcome
+
+from .auth import Principal
+from .errors import Problem, conflict
+from .group_session import GroupSessions
+from .identities import Identities
+from .mls_inputs import decode_welcome, external_psk_id, prior_leaf
+from .operation_requests import CreateGroupRequest, ExternalJoinRequest, GroupAddress, JoinRequest
+from .persistence import Json, PendingWrites, RequestScope, Response, group_audit_context
+from .store import Identity, KeyPackageRecord, Store, Transaction
+from .views import b64, group_json, groups_json
+
+
+class Groups:
+    """Membership operations over the store, the HSM key store and the group sessions."""
+
+    def __init__(self, store: Store, keys: Pkcs11KeyStore, identities: Identities, sessions: GroupSessions) -> None:
+        self.store = store
+        self.keys = keys
+        self.identities = identities
+        self.sessions = sessions
+
+    def create(self, principal: Principal, request: CreateGroupRequest, scope: RequestScope) -> Response:
+        """``POST .../groups``: a one-member group at epoch 0 (RFC 9420 §11)."""
+        identity = self.identities.get(principal, request.identity_id)
+        extensions = list(request.extensions)
+        if request.external_senders:
+            extensions.append(ExternalSenders(tuple(request.external_senders)).to_extension())
+        signer = self.keys.signer(identity.signature_key_ref)
+        with group_audit_context(identity.identity_id, request.group_id or b"", 0):
+            group = Group.create(self.keys, identity.cipher_suite, signer=signer,
+                                 credential=Credential.from_bytes(identity.credential), group_id=request.group_id,
+                                 extensions=extensions)
+        session = self.sessions.start(identity, group, PendingWrites(new_keys=[group.state.keys.leaf_key.key_ref]))
+        return session.commit(Response(201, {"group_id": b64(group.group_id), "epoch": 0}), scope)
+
+    def list(self, principal: Principal, identity_id: str) -> Json:
+        """``GET .../groups``."""
+        self.identities.get(principal, identity_id)
+        with self.store.transaction() as tx:
+            return groups_json(tx.list_groups(identity_id))
+
+    def show(self, principal: Principal, address: GroupAddress) -> Json:
+        """``GET .../groups/{gid}``."""
+        return group_json(self.identities.open_group(principal, address.identity_id, address.group_id).group)
+
+    def delete(self, principal: Principal, address: GroupAddress, scope: RequestScope) -> Response:
+        """``DELETE .../groups/{gid}``: this identity's state of the group, and the keys only it used."""
+        session = self.identities.open_group(principal, address.identity_id, address.group_id)
+        session.leave()
+        return session.commit(Response(204, None), scope)
+
+    def join(self, principal: Principal, request: JoinRequest, scope: RequestScope) -> Response:
+        """``POST .../groups/join``: from a Welcome to one of the identity's KeyPackages (RFC 9420 §12.4.3.1),
+        which is consumed (its init key destroyed, unless it is a last-resort one)."""
+        identity = self.identities.get(principal, request.identity_id)
+        kp_record = self._key_package_for(identity, decode_welcome(request.welcome))
+        kp = MLSMessage.from_bytes(kp_record.key_package).body
+        assert isinstance(kp, KeyPackage)
+        psks = self.sessions.psk_store(identity, request.psks)
+        with group_audit_context(identity.identity_id, b"", None):
+            group = Group.join(self.keys, request.welcome, key_package=kp,
+                               init_key=self.keys.hpke_key(kp_record.init_key_ref),
+                               leaf_key=self.keys.hpke_key(kp_record.leaf_key_ref),
+                               signer_ref=identity.signature_key_ref, ratchet_tree=request.ratchet_tree, psks=psks,
+                               destroy_init_key=False, retain_leaf_key=kp_record.last_resort)
+        identity_id, ref = identity.identity_id, kp_record.ref
+        pending = PendingWrites([lambda tx: _consume_key_package(tx, identity_id, ref)],
+                                dead_keys=[] if kp_record.last_resort else [kp_record.init_key_ref])
+        session = self.sessions.start(identity, group, pending)
+        session.remember_psks(request.psks)
+        body = {"group_id": b64(group.group_id), "epoch": group.epoch,
+                "epoch_authenticator": b64(group.epoch_authenticator)}
+        return session.commit(Response(201, body), scope)
+
+    def _key_package_for(self, identity: Identity, welcome: Welcome) -> KeyPackageRecord:
+        """The identity's KeyPackage a Welcome is encrypted to (RFC 9420 §12.4.3.1)."""
+        with self.store.transaction() as tx:
+            for entry in welcome.secrets:
+                record = tx.get_key_package(identity.identity_id, entry.new_member)
+                if record is not None:
+                    if record.consumed and not record.last_resort:
+                        raise conflict("the key package of this Welcome was already consumed")
+                    return record
+        raise Problem("validation_failed", "the Welcome is for none of this identity's key packages", rule="12.4.3.1")
+
+    def external_join(self, principal: Principal, request: ExternalJoinRequest, scope: RequestScope) -> Response:
+        """``POST .../groups/external-join``: join by external commit (RFC 9420 §12.4.3.2), removing the
+        identity's prior leaf on request (a resync)."""
+        identity = self.identities.get(principal, request.identity_id)
+        remove_prior = request.prior_leaf
+        if request.remove_prior and remove_prior is None:
+            remove_prior = prior_leaf(identity, request.group_info, request.ratchet_tree)
+        psks = self.sessions.psk_store(identity, request.psks)
+        psk_ids = [external_psk_id(psk_id, identity.cipher_suite) for psk_id, _ in request.psks]
+        with group_audit_context(identity.identity_id, b"", None):
+            group, commit = Group.external_join(
+                self.keys, request.group_info, signer=self.keys.signer(identity.signature_key_ref),
+                credential=Credential.from_bytes(identity.credential), ratchet_tree=request.ratchet_tree, psks=psks,
+                psk_ids=psk_ids, remove_prior=remove_prior)
+        session = self.sessions.start(identity, group, PendingWrites(new_keys=[group.state.keys.leaf_key.key_ref]))
+        session.remember_psks(request.psks)
+        session.add_outgoing("commit", group.epoch, [commit])
+        body = {"group_id": b64(group.group_id), "epoch": group.epoch, "commit": b64(commit)}
+        return session.commit(Response(201, body), scope)
+
+
+def _consume_key_package(tx: Transaction, identity_id: str, ref: bytes) -> None:
+    if not tx.mark_key_package_consumed(identity_id, ref):
+        raise conflict("the key package of this Welcome was already consumed")

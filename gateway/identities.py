@@ -1,0 +1,78 @@
+"""Hosted identities (api-v1.md "Identities"): an MLS client whose signature key lives in the HSM."""
+
+from __future__ import annotations
+
+from hsm.keystore import Pkcs11KeyStore
+from mls import Credential
+
+from .auth import Principal, new_id
+from .errors import Problem, not_found
+from .group_session import GroupSession, GroupSessions, membership_keys
+from .operation_requests import CreateIdentityRequest
+from .persistence import Json, PendingWrites, RequestScope, Response
+from .store import Identity, KeyPackageRecord, Store
+from .views import identity_json
+
+
+def _live_key_package_keys(records: list[KeyPackageRecord]) -> list[bytes]:
+    """The private keys of KeyPackages not consumed yet (or last-resort, kept after use)."""
+    return [ref for kp in records if not kp.consumed or kp.last_resort for ref in (kp.init_key_ref, kp.leaf_key_ref)]
+
+
+class Identities:
+    """Identity operations; :meth:`get` is also every other operation's tenant check."""
+
+    def __init__(self, store: Store, keys: Pkcs11KeyStore, sessions: GroupSessions) -> None:
+        self.store = store
+        self.keys = keys
+        self.sessions = sessions
+
+    def get(self, principal: Principal, identity_id: str) -> Identity:
+        """The identity of the caller's tenant (404 for another tenant's: ids cannot be probed)."""
+        assert principal.tenant_id is not None
+        with self.store.transaction() as tx:
+            found = tx.get_identity(principal.tenant_id, identity_id)
+        if found is None:
+            raise not_found("identity")
+        return found
+
+    def open_group(self, principal: Principal, identity_id: str, group_id: bytes) -> GroupSession:
+        """The unit of work on the caller's identity's membership of a group (404 if either is missing)."""
+        return self.sessions.open(self.get(principal, identity_id), group_id)
+
+    def show(self, principal: Principal, identity_id: str) -> Json:
+        """``GET /v1/identities/{identity_id}``."""
+        return identity_json(self.get(principal, identity_id))
+
+    def create(self, principal: Principal, request: CreateIdentityRequest, scope: RequestScope) -> Response:
+        """``POST /v1/identities``: a signature key generated in the HSM, custody reported truthfully."""
+        assert principal.tenant_id is not None
+        suite = request.cipher_suite
+        sig_custody, hpke_custody = self.keys.custody(suite)
+        if sig_custody != "pkcs11":
+            raise Problem("unsupported", f"the HSM cannot hold signature keys of cipher suite {suite}")
+        credential = request.credential or Credential.basic(request.name.encode())
+        signer = self.keys.new_signature_key(suite)
+        identity = Identity(new_id("idn"), principal.tenant_id, request.name, suite, credential.to_bytes(),
+                            signer.key_ref, signer.public_key, sig_custody, hpke_custody)
+        pending = PendingWrites([lambda tx: tx.add_identity(identity)], new_keys=[signer.key_ref])
+        return self.sessions.persistence.commit(pending, Response(201, identity_json(identity)), scope)
+
+    def list(self, principal: Principal) -> Json:
+        """``GET /v1/identities``."""
+        assert principal.tenant_id is not None
+        with self.store.transaction() as tx:
+            found = tx.list_identities(principal.tenant_id)
+        return {"identities": [identity_json(i) for i in found]}
+
+    def delete(self, principal: Principal, identity_id: str, scope: RequestScope) -> Response:
+        """``DELETE /v1/identities/{identity_id}``: its records, then every private key it held."""
+        identity = self.get(principal, identity_id)
+        with self.store.transaction() as tx:
+            key_packages = tx.list_key_packages(identity_id)
+            groups = tx.list_groups(identity_id)
+        dead = [identity.signature_key_ref, *_live_key_package_keys(key_packages)]
+        for g in groups:
+            dead += membership_keys(self.sessions.open(identity, g.group_id).group)
+        pending = PendingWrites([lambda tx: tx.delete_identity(identity_id)], dead_keys=dead)
+        return self.sessions.persistence.commit(pending, Response(204, None), scope)

@@ -1,0 +1,173 @@
+"""How one request's changes become durable: idempotent replay, one transaction, keys destroyed after it.
+
+Every state-changing operation gathers its writes in :class:`PendingWrites` and hands them to
+:meth:`Persistence.commit`, which runs them in **one store transaction** together with the audit records
+of the request's key uses and — when the request carried an ``Idempotency-Key`` — the response itself,
+so a repeat returns it without doing the work twice (api-v1.md, Conventions). Private keys the operation
+made dead (a consumed KeyPackage's, a replaced leaf key) are destroyed in the token only after the
+transaction committed; keys the operation created are destroyed at once when it fails.
+
+Idempotency records are kept without a purge for now: a purge with a configured retention is a later
+issue (api-v1 promises at least 24 h).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from hsm.audit import caller
+from hsm.keystore import Pkcs11KeyStore
+from mls import MLSError
+
+from . import audit
+from .auth import Principal
+from .errors import conflict
+from .store import AuditRecord, EpochConflict, IdempotentResponse, Store, Transaction
+
+log = logging.getLogger("mls_gateway")
+
+Json = dict[str, Any]
+Write = Callable[[Transaction], None]
+
+
+@dataclass(frozen=True)
+class Idempotency:
+    """The ``Idempotency-Key`` of a request: the key, its scope (tenant and route) and the body's hash."""
+
+    scope: str
+    key: str
+    request_hash: bytes
+
+
+@dataclass(frozen=True)
+class Response:
+    """What an operation answers: an HTTP status and a JSON body (``None`` for an empty one)."""
+
+    status: int
+    body: Json | None
+
+
+@dataclass
+class RequestScope:
+    """What every operation of one request shares: its audit record buffer and its idempotency key."""
+
+    records: list[AuditRecord] = field(default_factory=list)
+    idempotency: Idempotency | None = None
+
+
+@dataclass
+class PendingWrites:
+    """What one state-changing request writes, gathered before its transaction, and the keys it affects."""
+
+    writes: list[Write] = field(default_factory=list)
+    #: Keys the request makes dead: destroyed once its transaction committed.
+    dead_keys: list[bytes] = field(default_factory=list)
+    #: Keys the request created: destroyed if its transaction fails.
+    new_keys: list[bytes] = field(default_factory=list)
+
+
+class _Replayed(Exception):
+    """A concurrent request with the same Idempotency-Key committed first."""
+
+
+def _json_bytes(body: Json | None) -> bytes:
+    return b"" if body is None else json.dumps(body, separators=(",", ":")).encode()
+
+
+class Persistence:
+    """Commits requests' writes to a store and keeps the token's keys in step with what committed."""
+
+    def __init__(self, store: Store, keys: Pkcs11KeyStore) -> None:
+        self.store = store
+        self.keys = keys
+
+    def replay(self, idem: Idempotency | None) -> Response | None:
+        """The stored response of an earlier request with this key (409 when its body differed)."""
+        if idem is None:
+            return None
+        with self.store.transaction() as tx:
+            prior = tx.get_idempotent(idem.scope, idem.key)
+        if prior is None:
+            return None
+        if prior.request_hash != idem.request_hash:
+            raise conflict("this Idempotency-Key was used with a different request body")
+        return Response(prior.status, json.loads(prior.body) if prior.body else None)
+
+    def commit(self, pending: PendingWrites, response: Response, scope: RequestScope) -> Response:
+        """Write everything of one request atomically, then destroy the keys it made dead."""
+        idem = scope.idempotency
+        try:
+            with self.store.transaction() as tx:
+                for write in pending.writes:
+                    write(tx)
+                tx.add_audit(audit.take(scope.records))
+                if idem is not None:
+                    self._remember_response(tx, idem, response)
+        except _Replayed:
+            self.destroy_keys(pending.new_keys)
+            replayed = self.replay(idem)
+            assert replayed is not None
+            return replayed
+        except EpochConflict as e:
+            self.destroy_keys(pending.new_keys)
+            raise conflict(str(e)) from None
+        except BaseException:
+            self.destroy_keys(pending.new_keys)
+            raise
+        self.destroy_keys(pending.dead_keys)
+        return response
+
+    @staticmethod
+    def _remember_response(tx: Transaction, idem: Idempotency, response: Response) -> None:
+        if tx.get_idempotent(idem.scope, idem.key) is not None:
+            raise _Replayed()
+        tx.put_idempotent(idem.scope, idem.key,
+                          IdempotentResponse(idem.request_hash, response.status, _json_bytes(response.body)))
+
+    def write_audit(self, records: list[AuditRecord]) -> None:
+        """Audit records not written with a state change (a read, a failed request), in a transaction."""
+        collected = audit.take(records)
+        if collected:
+            with self.store.transaction() as tx:
+                tx.add_audit(collected)
+
+    def destroy_keys(self, refs: Sequence[bytes]) -> None:
+        """Destroy keys in the token; a key that cannot be destroyed now is logged and left there."""
+        for ref in refs:
+            try:
+                self.keys.destroy(ref)
+            except MLSError:
+                log.warning("could not destroy key %s; it is left in the token (reconciliation of orphaned "
+                            "keys is a later issue)", ref.hex()[:16])
+
+    @contextmanager
+    def request(self, principal: Principal | None, request_id: str) -> Iterator[RequestScope]:
+        """The audit context of one request: caller context for the HSM hook and a record buffer, whose
+        records not committed with the request's writes are written when the block ends."""
+        ctx = {"request_id": request_id}
+        if principal is not None and principal.tenant_id is not None:
+            ctx["tenant_id"] = principal.tenant_id
+        with caller(**ctx), audit.collecting() as records:
+            try:
+                yield RequestScope(records)
+            finally:
+                if records:
+                    self.write_audit(records)
+
+
+@contextmanager
+def group_audit_context(identity_id: str, group_id: bytes, epoch: int | None = None) -> Iterator[None]:
+    """Key uses inside the block are audited as this identity's, in this group (and epoch)."""
+    ctx = {"identity_id": identity_id, "group_id": group_id.hex()}
+    if epoch is not None:
+        ctx["epoch"] = str(epoch)
+    with caller(**ctx):
+        yield
+
+
+__all__ = ["Idempotency", "PendingWrites", "Persistence", "RequestScope", "Response", "group_audit_context"]

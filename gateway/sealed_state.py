@@ -1,0 +1,94 @@
+"""Group states, pending commits and external PSKs at rest: sealed under the HSM wrap key.
+
+Every sealed value's AAD binds it to its owner (identity, group or PSK id), so a row copied onto another
+identity or group does not open. The store only ever sees the sealed bytes.
+
+The pending commit's serialisation is :func:`pending_commit_to_bytes` / :func:`pending_commit_from_bytes`
+(the only place that knows it); when ``mls`` has ``StagedCommit.to_bytes()`` and
+``StagedCommit.from_bytes(data, key_store)`` they become those two calls.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+
+from hsm.envelope import Envelope
+from hsm.keystore import Pkcs11KeyStore
+from mls import Group, GroupState, MemoryPskStore, Sender, StagedCommit
+
+from .store import GroupRecord
+
+
+def pending_commit_to_bytes(staged: StagedCommit) -> bytes:
+    """A staged own commit as bytes (hex fields in JSON, until ``StagedCommit.to_bytes`` exists)."""
+    assert staged.state is not None
+    return json.dumps({
+        "state": staged.state.to_state(), "content": staged.content.hex(),
+        "commit": (staged.commit or b"").hex(), "welcome": None if staged.welcome is None else staged.welcome.hex(),
+        "group_info": (staged.group_info or b"").hex(), "dead": [r.hex() for r in staged.dead_key_refs],
+        "sender_leaf": staged.sender.leaf_index,
+    }).encode()
+
+
+def pending_commit_from_bytes(data: bytes, keys: Pkcs11KeyStore) -> StagedCommit:
+    """The inverse of :func:`pending_commit_to_bytes`."""
+    d = json.loads(data)
+    state = GroupState.from_bytes(json.dumps(d["state"]).encode(), keys)
+    return StagedCommit(
+        state, Sender.member(d["sender_leaf"]), [], bytes.fromhex(d["content"]), bytes.fromhex(d["commit"]),
+        None if d["welcome"] is None else bytes.fromhex(d["welcome"]), bytes.fromhex(d["group_info"]),
+        None, [bytes.fromhex(r) for r in d["dead"]],
+    )
+
+
+def _state_aad(identity_id: str, group_id: bytes) -> bytes:
+    return b"mls-gateway group state|" + identity_id.encode() + b"|" + group_id
+
+
+def _pending_aad(identity_id: str, group_id: bytes) -> bytes:
+    return b"mls-gateway pending commit|" + identity_id.encode() + b"|" + group_id
+
+
+def _psk_aad(identity_id: str, psk_id: bytes) -> bytes:
+    return b"mls-gateway psk|" + identity_id.encode() + b"|" + psk_id
+
+
+class StateSealer:
+    """Seals and opens an identity's group records and external PSKs with the wrap-key envelope."""
+
+    def __init__(self, envelope: Envelope, keys: Pkcs11KeyStore) -> None:
+        self.envelope = envelope
+        self.keys = keys
+
+    def seal_group(self, identity_id: str, group: Group) -> GroupRecord:
+        """The record of a group's current state (and its pending commit), sealed."""
+        group_id = group.group_id
+        pending = None
+        if group.pending_commit is not None:
+            pending = self.envelope.seal(pending_commit_to_bytes(group.pending_commit),
+                                         _pending_aad(identity_id, group_id))
+        state = self.envelope.seal(group.to_bytes(), _state_aad(identity_id, group_id))
+        return GroupRecord(identity_id, group_id, group.epoch, state, pending)
+
+    def open_group(self, record: GroupRecord, psks: MemoryPskStore) -> Group:
+        """The group of a sealed record, with its pending commit, using ``psks`` for its PSKs."""
+        identity_id, group_id = record.identity_id, record.group_id
+        raw = self.envelope.open(record.state, _state_aad(identity_id, group_id))
+        group = Group(GroupState.from_bytes(raw, self.keys), self.keys, psks)
+        if record.pending is not None:
+            staged = self.envelope.open(record.pending, _pending_aad(identity_id, group_id))
+            group.pending_commit = pending_commit_from_bytes(staged, self.keys)
+        return group
+
+    def seal_psk(self, identity_id: str, psk_id: bytes, secret: bytes) -> bytes:
+        return self.envelope.seal(secret, _psk_aad(identity_id, psk_id))
+
+    def open_psks(self, identity_id: str, sealed: list[tuple[bytes, bytes]],
+                  extra: Mapping[bytes, bytes] | None = None) -> MemoryPskStore:
+        """An identity's PSK store: its remembered external PSKs (opened) and ``extra`` ones."""
+        known = {pid: self.envelope.open(blob, _psk_aad(identity_id, pid)) for pid, blob in sealed}
+        return MemoryPskStore(external={**known, **(extra or {})})
+
+
+__all__ = ["StateSealer", "pending_commit_from_bytes", "pending_commit_to_bytes"]
