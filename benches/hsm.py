@@ -529,6 +529,10 @@ def main() -> None:
     if args.chart_only:
         chart(json.loads((RESULTS / "hsm.json").read_text()), RESULTS / "hsm.png")
         return
+    import native
+    from mls.crypto.backend import PythonBackend, set_backend
+
+    set_backend(native.choose_backend(None, PythonBackend()))  # as the gateway runs: native when built
     started = time.perf_counter()
     report = run(args.quick)
     report["wall_seconds"] = round(time.perf_counter() - started, 1)

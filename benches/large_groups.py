@@ -67,9 +67,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import native
 from mls.client import Client
 from mls.credentials.credential import Credential
-from mls.crypto.backend import get_backend, select_backend, set_backend
+from mls.crypto.backend import PythonBackend, get_backend, set_backend
 from mls.crypto.key_store import SoftwareKeyStore
 from mls.group.group import CommitOptions, Group, StagedCommit
 from mls.wire.framing import MLSMessage, PublicMessage
@@ -510,15 +511,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--sizes", type=parse_sizes, help="comma-separated group sizes, e.g. 1000,10000")
     parser.add_argument("--repeats", type=int, help="runs per operation (default 5; 3 from 10,000 members)")
     parser.add_argument("--shape", choices=SHAPES, default="copath", help="tree shape (see the module docstring)")
-    parser.add_argument("--backend", choices=("auto", "python", "native"),
+    parser.add_argument("--backend", choices=native.BACKEND_CHOICES,
                         help="crypto backend (default: $MLS_CRYPTO_BACKEND, else auto)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="directory for large_groups.json and .png")
     parser.add_argument("--profile", action="store_true", help="also cProfile each operation (see docstring)")
     args = parser.parse_args(argv)
     if args.repeats is not None and args.repeats < 1:
         parser.error("--repeats must be at least 1")
-    if args.backend is not None:
-        set_backend(select_backend(args.backend))
+    set_backend(native.choose_backend(args.backend, PythonBackend()))
     sizes = args.sizes or list(QUICK_SIZES if args.quick else DEFAULT_SIZES)
     print(f"large-group benchmark: sizes {sizes}, shape {args.shape}, backend {get_backend().name}", flush=True)
     report = run(sizes, args.repeats, args.shape, args.out / "profile" if args.profile else None)

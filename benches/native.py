@@ -21,11 +21,15 @@ Writes ``benches/results/native.json`` and ``benches/results/native.png``. Measu
   decoded from its ``ratchet_tree`` encoding (as when joining: no hash cached; LeafNodes of about 190
   bytes, a quarter of the parents blank; RFC 9420 trees are perfect, so 6,384 blank leaves follow), with
   the native backend and with the Python backend in use; also the C call alone, the pure-Python reference
-  of the C function (``native.reference.tree_hashes``), and one direct-path update.
+  of the C function (``tree_hashes`` of ``tests/native/reference.py``), and one direct-path update.
 
 * **Messages** - whole application messages in a 2-member suite-1 group with software keys: ``protect`` by
   one member and ``process`` by the other (framing, signature, secret tree, AEAD, sender data), with the
   native backend and with the Python backend, alternating.
+
+The Python figures of the ratchet, the full-tree C call and the path update are those of the pure-Python
+definition the C must match, which lives with the tests (``tests/native/reference.py``; run from the
+repository root); every other Python figure is the library's own path on the Python backend.
 """
 
 from __future__ import annotations
@@ -391,6 +395,7 @@ def bench_tree_hash(nb: Any, reference: Any, quick: bool) -> dict[str, Any]:
 
 def bench_messages(quick: bool) -> dict[str, Any]:
     """Application messages protected and processed per second in a 2-member group, per backend."""
+    import native
     from mls.client import Client
     from mls.credentials.credential import Credential
     from mls.crypto import backend as be
@@ -405,7 +410,7 @@ def bench_messages(quick: bool) -> dict[str, Any]:
     gb = bob.join(staged.welcome or b"")
     batch = 200 if quick else 1000
     payload = os.urandom(MESSAGE_SIZE)
-    backends = {"native": be.select_backend("native"), "python": be.PythonBackend()}
+    backends = {"native": native.choose_backend("native", be.PythonBackend()), "python": be.PythonBackend()}
     saved = be.get_backend()
 
     def round_trip(name: str) -> Callable[[], None]:
@@ -517,8 +522,8 @@ def run(quick: bool) -> dict[str, Any]:
 
     if not native.available():
         raise SystemExit("the native extension is not built: pip install -e .")
-    from native import reference
     from native.backend import OPENSSL_VERSION, NativeBackend
+    from tests.native import reference
 
     nb, pb = NativeBackend(), PythonBackend()
     load_before = list(os.getloadavg())

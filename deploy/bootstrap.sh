@@ -59,4 +59,4 @@ fi
 # ---- 3. Node packages of the interop peer (ts-mls) ----------------------------------------------------
 bash tests/interop/install.sh
 
-log "ready: $(.venv/bin/python --version), crypto backend: $(.venv/bin/python -c 'from mls.crypto.backend import get_backend; print(get_backend().name)')"
+log "ready: $(.venv/bin/python --version), crypto backend: $(.venv/bin/python -c 'from gateway.app import gateway_crypto_backend; print(gateway_crypto_backend().name)')"

@@ -16,9 +16,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
+import native
 from hsm.envelope import Envelope, create_wrap_key
 from hsm.keystore import Pkcs11KeyStore
 from hsm.token import Token
+from mls import CryptoBackend, PythonBackend, use_crypto_backend
 
 from .api import ROUTES, Route, make_request_id
 from .auth import bearer_token
@@ -106,7 +108,14 @@ async def gateway_middleware(request: web.Request, handler: Callable[[web.Reques
     return response
 
 
+def gateway_crypto_backend(choice: str | None = None) -> CryptoBackend:
+    """The crypto backend the gateway runs on: native when built; ``choice`` or ``$MLS_CRYPTO_BACKEND``
+    (``auto|python|native``) overrides, and ``native`` fails loudly when it is not built."""
+    return native.choose_backend(choice, PythonBackend())
+
+
 def create_app(runtime: Runtime) -> web.Application:
+    use_crypto_backend(gateway_crypto_backend())
     app = web.Application(middlewares=[gateway_middleware], client_max_size=runtime.config.max_body_bytes)
     app[APP] = runtime
     for route in ROUTES:

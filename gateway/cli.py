@@ -5,7 +5,9 @@
   first admin token, which is printed once (``--json``: one JSON object with ``admin_token``).
 * ``mls-gateway serve [--data-dir DIR] [--listen HOST:PORT] [--config FILE]`` — serve until SIGTERM or
   SIGINT, then shut down gracefully. A data folder that was never initialised is initialised first.
-* ``mls-gateway conformance PATH...`` — ``python -m mls.conformance``.
+* ``mls-gateway conformance PATH... [--json] [--backend auto|python|native]`` — ``python -m mls.conformance``
+  on the crypto backend chosen as the gateway chooses it (default: ``$MLS_CRYPTO_BACKEND``, else native
+  when built).
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ from typing import Any
 from aiohttp import web
 
 from hsm.bootstrap import find_softhsm_module, init_softhsm_token, write_conf
+from native import BACKEND_CHOICES
 
-from .app import close_runtime, create_app, open_runtime
+from .app import close_runtime, create_app, gateway_crypto_backend, open_runtime
 from .config import ConfigError, GatewayConfig, load_config
 
 log = logging.getLogger("mls_gateway")
@@ -109,12 +112,16 @@ def main(argv: list[str] | None = None) -> int:
         else:
             p.add_argument("--json", action="store_true", help="print one JSON object")
     conf = sub.add_parser("conformance", help="run the MLS test vectors")
-    conf.add_argument("rest", nargs=argparse.REMAINDER)
+    conf.add_argument("paths", nargs="+", help="vector files or folders")
+    conf.add_argument("--json", action="store_true", help="print the results as JSON")
+    conf.add_argument("-v", "--verbose", action="store_true", help="list every failure and skip")
+    conf.add_argument("--backend", choices=BACKEND_CHOICES, help="crypto backend (default: $MLS_CRYPTO_BACKEND, else auto)")
     args = ap.parse_args(argv)
     if args.command == "conformance":
         from mls.conformance.__main__ import main as conformance
 
-        return conformance(args.rest)
+        flags = [flag for flag, on in (("--json", args.json), ("--verbose", args.verbose)) if on]
+        return conformance([*args.paths, *flags], backend=gateway_crypto_backend(args.backend))
     logging.basicConfig(level=os.environ.get("MLSGW_LOG_LEVEL", "INFO"), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:

@@ -1,9 +1,8 @@
-"""Argument checks shared by the native backend and the pure-Python reference, so both reject the same
-inputs with the same project errors (and the C layer only ever sees well-formed calls; it re-checks
-every length anyway).
+"""Argument checks shared by the native backend and the pure-Python reference of the tests
+(``tests/native/reference.py``), so both reject the same inputs with the same project errors (and the C
+layer only ever sees well-formed calls; it re-checks every length anyway).
 
-Neither this module nor :mod:`native.backend` imports :mod:`mls.crypto`: that package imports
-``native.backend`` while it selects its backend, and a cycle would leave it without the native one.
+Like the rest of :mod:`native`, this imports nothing from :mod:`mls` but :mod:`mls.errors`.
 """
 
 from __future__ import annotations

@@ -59,5 +59,9 @@ grep -q "AddressSanitizer: heap-buffer-overflow" "$WORK/canary.log" || {
 echo "== canary: ASan reports a deliberate over-read"
 
 echo "== running tests/native under ASan + UBSan"
-"$PYTHON" -m pytest "$ROOT/tests/native" -q -p no:cacheprovider "$@"
+# --import-mode=append: pytest puts the repository root (the parent of the `tests` package) at the end of
+# sys.path rather than first, where it would shadow the sanitized copy again. tests/native/conftest.py
+# fails the run if the extension the tests load is not the one in $MLS_NATIVE_EXPECTED_DIR.
+export MLS_NATIVE_EXPECTED_DIR="$WORK/pkg/native"
+"$PYTHON" -m pytest "$ROOT/tests/native" -q -p no:cacheprovider --import-mode=append "$@"
 echo "== sanitizer run clean"

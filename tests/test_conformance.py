@@ -1,6 +1,9 @@
 """The MLS working group's test vectors, run through ``python -m mls.conformance``'s machinery.
 
 Every file listed in ``REQUIRED`` must pass every case with nothing skipped; no file anywhere may fail.
+In-process runs use the backend the session installed (tests/conftest.py); ``python -m mls.conformance``
+runs on the pure-Python backend (the library never picks one itself), and ``mls-gateway conformance
+--backend`` (``python -m gateway.cli``) forces either.
 """
 
 from __future__ import annotations
@@ -45,7 +48,8 @@ def test_command_line_summary_and_exit_status() -> None:
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.strip().splitlines()
-    assert lines[0] == "crypto-basics.json: 7 passed, 0 failed, 0 skipped"
+    assert lines[0] == "crypto backend: python"
+    assert lines[1] == "crypto-basics.json: 7 passed, 0 failed, 0 skipped"
     assert lines[-1] == "7 passed, 0 failed"
 
 
@@ -73,13 +77,18 @@ def test_a_disagreement_fails_with_nonzero_exit(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("backend", ["python", "native"])
 def test_whole_folder_passes_with_each_backend_forced(backend: str) -> None:
-    """Both crypto backends agree with every vector (the native one must be built: forcing it fails loudly)."""
-    env = {**os.environ, "MLS_CRYPTO_BACKEND": backend}
+    """Both crypto backends agree with every vector (the native one must be built: forcing it fails loudly).
+
+    ``mls-gateway conformance VECTORS --json --backend NAME``, with ``$MLS_CRYPTO_BACKEND`` naming the
+    other backend: the option wins."""
+    other = {"python": "native", "native": "python"}[backend]
+    env = {**os.environ, "MLS_CRYPTO_BACKEND": other}
     proc = subprocess.run(
-        [sys.executable, "-m", "mls.conformance", str(VECTORS), "--json"],
+        [sys.executable, "-m", "gateway.cli", "conformance", str(VECTORS), "--json", "--backend", backend],
         capture_output=True, text=True, timeout=600, env=env,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     report = json.loads(proc.stdout)
+    assert report["backend"] == backend
     assert report["failed"] == 0 and report["skipped"] == 0
     assert report["passed"] == sum(len(json.loads(p.read_text())) for p in VECTORS.rglob("*.json"))

@@ -131,7 +131,7 @@ def flip(data: bytes, at: int, bit: int = 0) -> bytes:
 
 @contextlib.contextmanager
 def using_backend(name: str) -> Iterator[None]:
-    """Run under the pure-Python backend or the default one (native when it is built)."""
+    """Run under the pure-Python backend or the one the test session installed (native when it is built)."""
     previous = crypto_backend.get_backend()
     if name == "python":
         crypto_backend.set_backend(crypto_backend.PythonBackend())

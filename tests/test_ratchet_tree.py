@@ -546,13 +546,13 @@ class _Spy:
         self.calls: list[str] = []
 
     def tree_hashes_packed(self, alg: str, nodes: list[bytes]) -> bytes:
-        from native import reference
+        from tests.native import reference
 
         self.calls.append("packed")
         return reference.tree_hashes_packed(alg, nodes)
 
     def tree_hashes_spans(self, alg: str, source: bytes, starts: Any, lens: Any) -> bytes:
-        from native import reference
+        from tests.native import reference
 
         self.calls.append("spans")
         return reference.tree_hashes_spans(alg, source, list(starts), list(lens))

@@ -5,9 +5,10 @@ are reached through a :class:`CryptoBackend` so that an accelerated implementati
 OpenSSL's libcrypto) can replace the pure-Python one (``cryptography`` and ``hashlib``, both OpenSSL)
 without touching protocol code. Both must give identical bytes.
 
-Selection happens once, at import: the native backend when it is built and importable, otherwise the
-Python one. ``MLS_CRYPTO_BACKEND=python`` or ``=native`` forces either (``native`` fails loudly when it
-is unavailable). :func:`get_backend` returns the backend in use; its ``name`` is reported in metrics.
+The library never chooses a backend by itself: :class:`PythonBackend` is in use until the application
+installs another with :func:`set_backend` (exported as ``mls.use_crypto_backend``), typically at its
+entry point (the gateway installs the native one, see ``native.choose_backend``). :func:`get_backend`
+returns the backend in use; its ``name`` is reported in metrics.
 """
 
 from __future__ import annotations
@@ -15,8 +16,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac as _hmac
-import importlib
-import os
 import struct
 from array import array
 from collections.abc import Iterable, Sequence
@@ -242,34 +241,7 @@ def _cut(data: bytes, size: int, count: int) -> list[bytes]:
     return list(_pieces(size, count).unpack(data)) if count else []
 
 
-def _load_native() -> CryptoBackend | None:
-    try:
-        mod = importlib.import_module("native.backend")
-    except ImportError:
-        return None
-    factory = getattr(mod, "NativeBackend", None)
-    if factory is None:
-        return None
-    backend: CryptoBackend = factory()
-    return backend
-
-
-def select_backend(choice: str | None = None) -> CryptoBackend:
-    """The backend named by ``choice`` (or ``$MLS_CRYPTO_BACKEND``): ``auto``, ``python`` or ``native``."""
-    choice = (choice or os.environ.get("MLS_CRYPTO_BACKEND") or "auto").lower()
-    if choice == "python":
-        return PythonBackend()
-    if choice not in ("auto", "native"):
-        raise UnsupportedError(f"unknown crypto backend {choice!r} (auto, python or native)")
-    native = _load_native()
-    if native is not None:
-        return native
-    if choice == "native":
-        raise UnsupportedError("the native crypto backend is not built or not importable")
-    return PythonBackend()
-
-
-_backend: CryptoBackend = select_backend()
+_backend: CryptoBackend = PythonBackend()
 _batch_ops: BatchOps | None = _as_batch_ops(_backend)
 
 
@@ -279,7 +251,8 @@ def get_backend() -> CryptoBackend:
 
 
 def set_backend(backend: CryptoBackend) -> None:
-    """Replace the backend in use (tests and benchmarks compare backends this way)."""
+    """Install the backend every cipher suite uses from now on (an application's entry point does, once;
+    tests and benchmarks compare backends this way)."""
     global _backend, _batch_ops
     _backend = backend
     _batch_ops = _as_batch_ops(backend)

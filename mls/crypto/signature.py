@@ -7,7 +7,6 @@ are the raw RFC 8032 seed or the big-endian ECDSA scalar.
 
 from __future__ import annotations
 
-import hashlib
 import secrets as _secrets
 from dataclasses import dataclass, field
 
@@ -149,9 +148,3 @@ ECDSA_P256_SHA256 = SignatureScheme("ecdsa_secp256r1_sha256", 0x0403, ec.SECP256
 ECDSA_P384_SHA384 = SignatureScheme("ecdsa_secp384r1_sha384", 0x0503, ec.SECP384R1(), "sha384", 48)
 ECDSA_P521_SHA512 = SignatureScheme("ecdsa_secp521r1_sha512", 0x0603, ec.SECP521R1(), "sha512", 66)
 
-
-def digest_for_ecdsa(scheme: SignatureScheme, data: bytes) -> bytes:
-    """The message digest an HSM signs for ECDSA (CKM_ECDSA signs a digest, not the message)."""
-    if scheme.hash_name is None:
-        raise UnsupportedError(f"{scheme.name} does not sign a digest")
-    return hashlib.new(scheme.hash_name, data).digest()

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import sysconfig
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from native_testlib import HASHES, NH, payloads
 
+import native
 from mls.crypto import backend as crypto_backend
 from mls.errors import CryptoError, UnsupportedError
 
@@ -109,19 +113,71 @@ def test_bytes_like_inputs(nb: Any, pb: Any) -> None:
     assert nb.hmac("sha256", memoryview(b"k"), bytearray(b"abc")) == pb.hmac("sha256", b"k", b"abc")
 
 
-def test_backend_selection(nb: Any) -> None:
+def test_backend_choice(nb: Any, pb: Any) -> None:
     assert nb.name == "native"
-    assert crypto_backend.select_backend("native").name == "native"
-    assert crypto_backend.select_backend("auto").name == "native"
-    assert crypto_backend.select_backend("python").name == "python"
+    assert native.choose_backend("native", pb).name == "native"
+    assert native.choose_backend("auto", pb).name == "native"
+    assert native.choose_backend("python", pb) is pb
+    with pytest.raises(UnsupportedError):
+        native.choose_backend("rust", pb)
+
+
+def test_backend_choice_reads_the_environment(pb: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLS_CRYPTO_BACKEND", raising=False)
+    assert native.choose_backend(None, pb).name == "native"
+    monkeypatch.setenv("MLS_CRYPTO_BACKEND", "python")
+    assert native.choose_backend(None, pb) is pb
+    assert native.choose_backend("native", pb).name == "native"  # an explicit choice wins
+    monkeypatch.setenv("MLS_CRYPTO_BACKEND", "NATIVE")
+    assert native.choose_backend(None, pb).name == "native"
+    monkeypatch.setenv("MLS_CRYPTO_BACKEND", "fast")
+    with pytest.raises(UnsupportedError):
+        native.choose_backend(None, pb)
+
+
+def _python(code: str, env: dict[str, str] | None = None, cwd: Path | None = None, *options: str) -> str:
+    """Run ``code`` in a fresh interpreter (without ``$MLS_CRYPTO_BACKEND`` unless ``env`` sets it)."""
+    env = {k: v for k, v in os.environ.items() if k != "MLS_CRYPTO_BACKEND"} | (env or {})
+    out = subprocess.run(
+        [sys.executable, *options, "-c", code], capture_output=True, text=True, check=True, env=env, cwd=cwd
+    )
+    return out.stdout.strip()
+
+
+def test_mls_alone_runs_on_python_and_never_imports_native() -> None:
+    code = "import sys, mls, mls.crypto.backend as b\nprint(b.get_backend().name, 'native' in sys.modules)"
+    assert _python(code, env={"MLS_CRYPTO_BACKEND": "native"}) == "python False"
 
 
 def test_import_order_does_not_hide_native_backend() -> None:
-    # mls.crypto imports native.backend while selecting; importing native.backend first must still work.
-    code = "import native.backend\nimport mls.crypto.backend as b\nprint(b.get_backend().name)"
-    env = {k: v for k, v in os.environ.items() if k != "MLS_CRYPTO_BACKEND"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
-    assert out.stdout.strip() == "native"
+    # An application may import native before or after mls; the backend it installs is the one in use.
+    install = "b.set_backend(native.choose_backend(None, b.PythonBackend()))\nprint(b.get_backend().name)"
+    assert _python("import native.backend\nimport mls.crypto.backend as b\nimport native\n" + install) == "native"
+    assert _python("import mls.crypto.backend as b\nimport native\n" + install) == "native"
+
+
+def test_choice_without_the_extension(tmp_path: Path) -> None:
+    """A copy of the package without the compiled extension: ``auto`` falls back to the Python backend,
+    ``native`` fails loudly."""
+    copy = tmp_path / "native"
+    copy.mkdir()
+    for source in Path(native.__file__).parent.glob("*.py"):
+        shutil.copy(source, copy / source.name)
+    code = "\n".join([
+        "import native, mls.crypto.backend as b",
+        "from mls.errors import UnsupportedError",
+        f"print(native.__file__.startswith({str(tmp_path)!r}), native.available(),",
+        "      native.choose_backend('auto', b.PythonBackend()).name)",
+        "try:",
+        "    native.choose_backend('native', b.PythonBackend())",
+        "except UnsupportedError:",
+        "    print('refused')",
+    ])
+    # Run from tmp_path (``python -c`` puts the working directory first on sys.path), with the installed
+    # packages but without site's .pth hooks: an editable install's finder would find the real extension.
+    paths = sysconfig.get_paths()
+    env = {"PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]), paths["purelib"], paths["platlib"]])}
+    assert _python(code, env, tmp_path, "-S").splitlines() == ["True False python", "refused"]
 
 
 def test_available_and_version() -> None:

@@ -15,7 +15,7 @@ from native_testlib import AEADS, HASHES, NH
 from mls.crypto import backend as crypto_backend
 from mls.crypto.cipher_suite import CIPHER_SUITES, cipher_suite
 from mls.errors import CryptoError, UnsupportedError, ValidationError
-from native import reference
+from tests.native import reference
 
 hashes = st.sampled_from(HASHES)
 

@@ -16,7 +16,7 @@ from native_testlib import HASHES, NH
 from mls.crypto.cipher_suite import cipher_suite
 from mls.errors import CryptoError, UnsupportedError, ValidationError
 from mls.wire.codec import Reader
-from native import reference
+from tests.native import reference
 
 hashes = st.sampled_from(HASHES)
 

@@ -1,16 +1,18 @@
 """Pure-Python reference for the native layer's extra operations, on the Python backend's primitives.
 
-These are the definitions the C code (``native/csrc``) must match byte for byte, written as directly
-from RFC 9420 as possible:
+These are the definitions the C code (``native/csrc``, bound in :mod:`native.batch`) must match byte for
+byte, written as directly from RFC 9420 as possible:
 
 * :func:`ratchet_steps` - the sender ratchet of §9.1, one DeriveTreeSecret after another;
 * :func:`sender_data_key_nonce` - the sender-data key and nonce of §6.3.2;
 * :func:`tree_hashes` (and :func:`tree_hashes_packed`, the form a ratchet tree asks for) /
   :func:`tree_hash_path` - tree hashes of §7.8, recursively over the tree math of Appendix C.
 
-Every function uses :class:`mls.crypto.backend.PythonBackend` whatever backend is selected, so it stays a
+Every function uses :class:`mls.crypto.backend.PythonBackend` whatever backend is installed, so it stays a
 reference while the native backend is in use. Argument checks are shared with the native backend
-(:mod:`native._args`), so both reject the same inputs with the same errors.
+(:mod:`native._args`), so both reject the same inputs with the same errors. It lives with the tests (and
+the native benchmark), not in shipped code: the library's own path is :mod:`mls.schedule.secret_tree` and
+:mod:`mls.tree.ratchet_tree`.
 """
 
 from __future__ import annotations
@@ -20,8 +22,7 @@ from collections.abc import Sequence
 from mls.crypto.backend import PythonBackend
 from mls.errors import CryptoError, ValidationError
 from mls.wire.codec import opaque_bytes
-
-from . import _args
+from native import _args
 
 _PY = PythonBackend()
 _LABEL_PREFIX = b"MLS 1.0 "
