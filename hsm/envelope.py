@@ -10,9 +10,11 @@ The wrap's AAD binds the version; the data AEAD's AAD is every byte before the c
 caller's ``aad``, so no part of a blob can be changed or swapped without ``open`` failing with
 :class:`hsm.errors.EnvelopeError` (the token's refusal to unwrap is reported the same way).
 
-The wrap key is made once (``create_wrap_key``, run by the gateway's ``init``); at run time a missing or
-duplicated wrap key is an error rather than silently making a new one. Random 96-bit wrap nonces limit one
-wrap key to about 2^32 seals (NIST SP 800-38D §8.3): rotate before that.
+``create_wrap_key`` makes the wrap key if the token has none under the label; the gateway calls it each
+time it opens its runtime (``init`` and ``serve``, :func:`gateway.app.open_runtime`). An :class:`Envelope`
+never makes one: a wrap key that is missing or duplicated when it looks the key up raises
+:class:`WrapKeyMissing` (and blobs sealed under a wrap key that is gone cannot be opened).
+Random 96-bit wrap nonces limit one wrap key to about 2^32 seals (NIST SP 800-38D §8.3): rotate before that.
 """
 
 from __future__ import annotations

@@ -260,9 +260,9 @@ class Pkcs11KeyStore:
         except HsmUnavailable:
             raise
         except HsmError:
-            raise CryptoError("5.1.1", f"{kem.name} DH failed") from None
+            raise CryptoError("5.1.1/hsm-dh", f"{kem.name} DH failed") from None
         if not any(out):
-            raise CryptoError("5.1.1", f"{kem.name} DH output is all zero")
+            raise CryptoError("5.1.1/hsm-dh-all-zero", f"{kem.name} DH output is all zero")
         return out
 
     def _use(self, key_ref: bytes, op: str, fn: Callable[[Session, _Entry], T]) -> T:

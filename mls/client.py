@@ -84,12 +84,12 @@ class Client:
     def bundle_for(self, welcome: bytes) -> KeyPackageBundle:
         w = MLSMessage.from_bytes(welcome).body
         if not isinstance(w, Welcome):
-            raise ValidationError("12.4.3.1", "the message is not a Welcome")
+            raise ValidationError("12.4.3.1/welcome-message-type", "the message is not a Welcome")
         for secrets in w.secrets:
             bundle = self.key_packages.get(secrets.new_member)
             if bundle is not None:
                 return bundle
-        raise ValidationError("12.4.3.1", "the Welcome is for none of this client's KeyPackages")
+        raise ValidationError("12.4.3.1/welcome-key-package-ref", "the Welcome is for none of this client's KeyPackages")
 
     def join(self, welcome: bytes, ratchet_tree: bytes | None = None, config: GroupConfig | None = None,
              psks: PskStore | None = None, expected_reinit: ReInit | None = None,

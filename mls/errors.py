@@ -29,12 +29,25 @@ class DecodeError(MLSError):
 
 
 class ValidationError(MLSError):
-    """Well-formed input rejected by a rule of RFC 9420; ``rule`` is the section, e.g. ``"12.2"``."""
+    """Well-formed input rejected by a rule of RFC 9420.
+
+    ``rule`` names the one check that failed, as ``"<section>/<check>"``: the RFC 9420 section whose
+    rule the check enforces, a slash, and a short kebab-case name of what was checked, e.g.
+    ``"7.3/leaf-signature"``, ``"12.4.3.1/welcome-key-package-ref"`` or ``"6.3.1/content-aead"``. Every
+    check has its own id (``tests/test_rule_ids.py`` keeps them unique), so an HTTP problem document
+    that carries ``rule`` says exactly which check refused the input. ``section`` is the part before the
+    slash; the message reads ``RFC 9420 §<section>: <message>``.
+    """
 
     def __init__(self, rule: str, message: str) -> None:
         self.rule = rule
         self.message = message
-        super().__init__(f"RFC 9420 §{rule}: {message}")
+        super().__init__(f"RFC 9420 §{self.section}: {message}")
+
+    @property
+    def section(self) -> str:
+        """The RFC 9420 section of the rule, e.g. ``"7.3"`` for ``"7.3/leaf-signature"``."""
+        return self.rule.partition("/")[0]
 
 
 class CryptoError(ValidationError):

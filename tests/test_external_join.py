@@ -151,7 +151,7 @@ def expect_rejected(groups: Sequence[Group], message: bytes, rules: str | Sequen
         if allowed is not None:
             rule = getattr(info.value, "rule", None)
             assert rule in allowed, f"rule {rule} not in {allowed}: {info.value}"
-            assert f"§{rule}" in str(info.value)
+            assert f"§{str(rule).partition('/')[0]}: " in str(info.value)
         assert g.to_bytes() == before, "a rejected external commit changed the group state"
         assert g.pending_commit is None
 
@@ -324,7 +324,7 @@ def test_external_join_with_external_psk(suite: int) -> None:
     wrong = MemoryPskStore(external={PSK_ID: b"x" * 32})
     _, commit = Group.external_join(ks, ga.group_info(True), signer=signer, credential=cred, psks=wrong,
                                     psk_ids=[psk_id])
-    expect_rejected([ga, gb], commit, "6.1", CryptoError)
+    expect_rejected([ga, gb], commit, "6.1/confirmation-tag", CryptoError)
 
     # a member without the PSK rejects the commit; the ones with it accept
     carol = client(suite, "carol")  # no PSK store
@@ -411,7 +411,7 @@ def test_group_info_with_wrong_external_pub_is_rejected_by_members() -> None:
     tampered = resign(ga, ga.group_info(True), extensions=extensions)
     ks, signer, cred = joiner(1)
     _, commit = Group.external_join(ks, tampered, signer=signer, credential=cred)
-    expect_rejected([ga, gb, gc], commit, "6.1", CryptoError)
+    expect_rejected([ga, gb, gc], commit, "6.1/confirmation-tag", CryptoError)
 
 
 def test_group_info_without_external_pub_is_refused() -> None:
@@ -438,10 +438,10 @@ def test_group_info_with_bad_signature_is_refused(how: str) -> None:
         sig = bytearray(gi.signature)
         sig[len(sig) // 2] ^= 1
         bad = MLSMessage.of(dataclasses.replace(gi, signature=bytes(sig))).to_bytes()
-        want: tuple[type[MLSError], str] = (CryptoError, "12.4.3")
+        want: tuple[type[MLSError], str] = (CryptoError, "12.4.3/group-info-signature")
     elif how == "signed by another member":  # bob signs, but the GroupInfo names alice as its signer
         bad = MLSMessage.of(sign_group_info(ga.cs, gb.signer(), dataclasses.replace(gi, signature=b""))).to_bytes()
-        want = (CryptoError, "12.4.3")
+        want = (CryptoError, "12.4.3/group-info-signature")
     else:
         bad = resign(ga, gi_bytes, signer=5)
         want = (ValidationError, "12.4.3.2")
@@ -490,13 +490,13 @@ def test_external_commit_with_corrupted_signature_is_rejected() -> None:
     sig = bytearray(msg.auth.signature)
     sig[0] ^= 0x80
     bad = MLSMessage.of(PublicMessage(msg.content, dataclasses.replace(msg.auth, signature=bytes(sig)))).to_bytes()
-    expect_rejected([ga, gb], bad, "6.1", CryptoError)
+    expect_rejected([ga, gb], bad, "6.1/content-signature", CryptoError)
     # signed by a key other than the path leaf's
     other = SoftwareKeyStore().new_signature_key(1)
     content = msg.content
     resigned = sign_framed_content(ga.cs, other, WireFormat.mls_public_message, content, ga.state.context)
     bad = MLSMessage.of(PublicMessage(content, dataclasses.replace(msg.auth, signature=resigned))).to_bytes()
-    expect_rejected([ga, gb], bad, "6.1", CryptoError)
+    expect_rejected([ga, gb], bad, "6.1/content-signature", CryptoError)
     # the genuine commit is still fine afterwards, and replaying it later is rejected
     deliver(commit, [ga, gb])
     expect_rejected([ga, gb], commit, "6", ValidationError)
@@ -510,7 +510,7 @@ def test_external_commit_with_tampered_confirmation_tag_is_rejected() -> None:
     assert isinstance(msg, PublicMessage) and msg.auth.confirmation_tag is not None
     tag = bytes(b ^ 1 for b in msg.auth.confirmation_tag)
     bad = MLSMessage.of(PublicMessage(msg.content, dataclasses.replace(msg.auth, confirmation_tag=tag))).to_bytes()
-    expect_rejected([ga, gb], bad, "6.1", CryptoError)
+    expect_rejected([ga, gb], bad, "6.1/confirmation-tag", CryptoError)
 
 
 def _kp(suite: int, name: str) -> Add:

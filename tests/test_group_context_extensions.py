@@ -187,7 +187,8 @@ def test_non_default_extension_required_when_every_member_lists_it(suite: int) -
                           (erin, key_package(erin, extensions=[CUSTOM_EXT], proposals=[CUSTOM_PROPOSAL]))])
     required = RequiredCapabilities((CUSTOM_EXT,), (), ())
     # alice (default capabilities) is still in: refused
-    committer_rejects(gd, CommitOptions(group_context_extensions=[required.to_extension()]), ("12.1.7", "11.1"))
+    committer_rejects(gd, CommitOptions(group_context_extensions=[required.to_extension()]),
+                      ("12.1.7", "11.1/leaf-required-capabilities"))
     # removing alice in the same commit makes it valid ("excluding those removed", §12.1.7)
     st = gd.commit(CommitOptions(remove=[ga.own_leaf], group_context_extensions=[required.to_extension()]))
     gd.merge_pending_commit()
@@ -199,19 +200,19 @@ def test_non_default_extension_required_when_every_member_lists_it(suite: int) -
     # now a KeyPackage with default capabilities cannot be added …
     frank = client(suite, "frank")
     plain = frank.key_package().key_package
-    committer_rejects(gd, CommitOptions(add=[plain]), ("11.1", "10.1"))
+    committer_rejects(gd, CommitOptions(add=[plain]), ("11.1/leaf-required-capabilities",))
     message = forge_commit(ge, [Proposal.of(Add(plain))])
-    members_reject([gd], message, ("11.1", "10.1"))
+    members_reject([gd], message, ("11.1/leaf-required-capabilities",))
     before = gd.to_bytes()
     with pytest.raises(ValidationError) as info:
         ge.propose_add(plain)
-    assert info.value.rule in ("11.1", "10.1") and gd.to_bytes() == before
+    assert info.value.rule == "11.1/leaf-required-capabilities" and gd.to_bytes() == before
     # … nor join by external commit: the joiner's own leaf lacks the extension, so it refuses to commit
     ks = SoftwareKeyStore()
     with pytest.raises(ValidationError) as info:
         Group.external_join(ks, gd.group_info(True), signer=ks.new_signature_key(suite),
                             credential=Credential.basic(b"frank"))
-    assert info.value.rule == "11.1"
+    assert info.value.rule == "11.1/leaf-required-capabilities"
     # … but one that lists it can
     (gf,) = add(ge, [gd], [(frank, key_package(frank, extensions=[CUSTOM_EXT]))])
     agree(gd, ge, gf)
@@ -235,7 +236,7 @@ def test_required_capability_a_member_lacks_is_rejected(suite: int, kind: str) -
     }[kind]
     for committer in (ga, gd):
         committer_rejects(committer, CommitOptions(group_context_extensions=[required.to_extension()]),
-                          ("12.1.7", "11.1"))
+                          ("12.1.7", "11.1/leaf-required-capabilities"))
     # the same list by a proposal: it may be cached, but no commit carries it (the committer leaves it out)
     message, _ = gb.propose_group_context_extensions([required.to_extension()])
     for g in (ga, gd):
@@ -244,7 +245,8 @@ def test_required_capability_a_member_lacks_is_rejected(suite: int, kind: str) -
     assert left_out.proposals == []
     ga.discard_pending_commit()
     # a commit that carries it anyway is rejected by members
-    members_reject([ga, gd], forge_commit(gb, [gce(required.to_extension())]), ("12.1.7", "11.1"))
+    members_reject([ga, gd], forge_commit(gb, [gce(required.to_extension())]),
+                   ("12.1.7", "11.1/leaf-required-capabilities"))
     agree(ga, gb, gd)
 
 
@@ -255,13 +257,14 @@ def test_required_capability_checks_members_added_in_the_same_commit() -> None:
     carol_kp = key_package(carol, credentials=[1])
     basic_only = carol_kp.key_package
     committer_rejects(ga, CommitOptions(add=[basic_only], group_context_extensions=[required.to_extension()]),
-                      ("12.1.7", "11.1", "10.1"))
+                      ("12.1.7", "11.1/leaf-required-capabilities"))
     members_reject([gb], forge_commit(ga, [gce(required.to_extension()), Proposal.of(Add(basic_only))]),
-                   ("12.1.7", "11.1", "10.1"))
+                   ("12.1.7", "11.1/leaf-required-capabilities"))
     # without the requirement carol can be added; then the requirement is refused while she is in …
     (gc,) = add(ga, [gb], [(carol, carol_kp)])
     agree(ga, gb, gc)
-    committer_rejects(gb, CommitOptions(group_context_extensions=[required.to_extension()]), ("12.1.7", "11.1"))
+    committer_rejects(gb, CommitOptions(group_context_extensions=[required.to_extension()]),
+                      ("12.1.7", "11.1/leaf-required-capabilities"))
     # … and accepted when she is removed in the same commit
     st = gb.commit(CommitOptions(remove=[gc.own_leaf], group_context_extensions=[required.to_extension()]))
     gb.merge_pending_commit()
@@ -270,7 +273,8 @@ def test_required_capability_checks_members_added_in_the_same_commit() -> None:
     agree(ga, gb)
     # with the requirement in place, a KeyPackage lacking X509 is refused, one with it accepted
     dave = client(1, "dave")
-    committer_rejects(ga, CommitOptions(add=[key_package(dave, credentials=[1]).key_package]), ("11.1", "10.1"))
+    committer_rejects(ga, CommitOptions(add=[key_package(dave, credentials=[1]).key_package]),
+                      ("11.1/leaf-required-capabilities",))
     (gd,) = add(ga, [gb], [(dave, dave.key_package())])
     agree(ga, gb, gd)
 
@@ -278,12 +282,12 @@ def test_required_capability_checks_members_added_in_the_same_commit() -> None:
 def test_invalid_group_context_extensions_lists() -> None:
     _, (ga, gb, gc) = group(1)
     dup = [ApplicationId(b"a").to_extension(), ApplicationId(b"b").to_extension()]
-    committer_rejects(ga, CommitOptions(group_context_extensions=dup), ("13.4",))
+    committer_rejects(ga, CommitOptions(group_context_extensions=dup), ("13.4/extension-type-unique",))
     before = gb.to_bytes()
     with pytest.raises(ValidationError) as info:
         gb.propose_group_context_extensions(dup)
-    assert info.value.rule == "13.4" and gb.to_bytes() == before
-    members_reject([gb, gc], forge_commit(ga, [gce(*dup)]), ("13.4",))
+    assert info.value.rule == "13.4/extension-type-unique" and gb.to_bytes() == before
+    members_reject([gb, gc], forge_commit(ga, [gce(*dup)]), ("13.4/extension-type-unique",))
     # two GroupContextExtensions proposals in one commit
     message, _ = gb.propose_group_context_extensions([ApplicationId(b"x").to_extension()])
     ga.process(message)

@@ -233,7 +233,7 @@ def test_replays(w: World) -> None:
     dave = copy_of(w.dave)
     for name in ("app bob", "proposal private", "commit private"):
         dave.process(w.pool[name])
-        expect_rejected(dave, w.pool[name], "9.2", ValidationError)
+        expect_rejected(dave, w.pool[name], "9.2/generation-consumed", ValidationError)
     # a replayed PublicMessage proposal is cached again under the same reference: no change
     assert isinstance(dave.process(w.pool["proposal public"]), ProposalMessage)
     before = dave.to_bytes()
@@ -250,7 +250,7 @@ def test_replays(w: World) -> None:
         # after the merge: a message of the previous epoch (the app message is readable there once)
         if name == "app alice":
             assert isinstance(dave.process(w.pool[name]), ApplicationMessage)
-            expect_rejected(dave, w.pool[name], "9.2", ValidationError)
+            expect_rejected(dave, w.pool[name], "9.2/generation-consumed", ValidationError)
         else:
             expect_rejected(dave, w.pool[name], "6", ValidationError)
     with pytest.raises(MLSError):
@@ -261,7 +261,7 @@ def test_old_epoch_messages(w: World) -> None:
     for name in ("proposal", "commit"):
         expect_rejected(w.dave.g, w.old[name], "6", ValidationError)
     # dave already read the old application message
-    expect_rejected(w.dave.g, w.old["app"], "9.2", ValidationError)
+    expect_rejected(w.dave.g, w.old["app"], "9.2/generation-consumed", ValidationError)
 
 
 def _with_epoch(message: bytes, epoch: int) -> bytes:
@@ -293,7 +293,7 @@ def test_rewritten_epoch_and_group(w: World, name: str) -> None:
         expect_rejected(w.dave.g, _with_epoch(message, e), "6", ValidationError)
     # the previous epoch is retained: an application message then fails its AEAD, a handshake the epoch check
     if name.startswith("app"):
-        expect_rejected(w.dave.g, _with_epoch(message, epoch - 1), "6.3.2", CryptoError)
+        expect_rejected(w.dave.g, _with_epoch(message, epoch - 1), "6.3.2/sender-data-aead", CryptoError)
     else:
         expect_rejected(w.dave.g, _with_epoch(message, epoch - 1), "6", ValidationError)
     for gid in (b"", os.urandom(16), w.dave.g.group_id + b"\x00"):
@@ -307,11 +307,11 @@ def test_messages_of_another_group(w: World) -> None:
     h2, (a2, b2) = build_group(w.h.suite, ["alice3", "bob3"], group_id=w.dave.g.group_id)
     while a2.g.epoch < w.dave.g.epoch:
         h2.commit(a2, CommitOptions(force_path=True))
-    expect_rejected(w.dave.g, b2.g.protect(b"same id"), "6.3.2", CryptoError)
-    expect_rejected(w.dave.g, a2.g.commit(CommitOptions(force_path=True)).commit or b"", "6.2", CryptoError)
+    expect_rejected(w.dave.g, b2.g.protect(b"same id"), "6.3.2/sender-data-aead", CryptoError)
+    expect_rejected(w.dave.g, a2.g.commit(CommitOptions(force_path=True)).commit or b"", "6.2/membership-tag", CryptoError)
     a2.g.discard_pending_commit()
     private = a2.g.commit(CommitOptions(force_path=True, handshake=Handshake.private)).commit or b""
-    expect_rejected(w.dave.g, private, "6.3.2", CryptoError)
+    expect_rejected(w.dave.g, private, "6.3.2/sender-data-aead", CryptoError)
 
 
 # ---- commits that break a rule of §12 ---------------------------------------------------------------------
@@ -368,9 +368,9 @@ RULE_CASES: dict[str, Case] = {
     "two Adds of one client": Case(lambda w, x: forge_commit(
         w.alice.g, [Proposal.of(Add(w.fresh_kp)), Proposal.of(Add(w.fresh_kp))], wire=x), "12.2"),
     "Add with a bad KeyPackage signature": Case(
-        lambda w, x: forge_commit(w.alice.g, [Proposal.of(Add(_bad_signature(w.fresh_kp)))], wire=x), "10.1"),
+        lambda w, x: forge_commit(w.alice.g, [Proposal.of(Add(_bad_signature(w.fresh_kp)))], wire=x), "10.1/key-package-signature"),
     "Add of another cipher suite's KeyPackage": Case(
-        lambda w, x: forge_commit(w.alice.g, [Proposal.of(Add(_other_suite_kp(w)))], wire=x), "10.1"),
+        lambda w, x: forge_commit(w.alice.g, [Proposal.of(Add(_other_suite_kp(w)))], wire=x), "10.1/version-cipher-suite"),
     "two PreSharedKeys for one PSK": Case(lambda w, x: forge_commit(
         w.alice.g, [p := _psk(w), p], wire=x), "12.2"),
     "PreSharedKey nonce of the wrong length": Case(lambda w, x: forge_commit(
@@ -386,15 +386,15 @@ RULE_CASES: dict[str, Case] = {
         w.path, wire=x), "12.2"),
     "duplicate extension type": Case(lambda w, x: forge_commit(
         w.alice.g, [Proposal.of(GroupContextExtensions((Extension(0xF000, b""), Extension(0xF000, b"x"))))],
-        w.path, wire=x), "13.4"),
+        w.path, wire=x), "13.4/extension-type-unique"),
     "commit signed by another member": Case(
-        lambda w, x: forge_commit(w.alice.g, [], w.path, wire=x, signer_group=w.bob.g), "6.1", CryptoError),
+        lambda w, x: forge_commit(w.alice.g, [], w.path, wire=x, signer_group=w.bob.g), "6.1/content-signature", CryptoError),
     "commit from a blank leaf": Case(
         lambda w, x: forge_commit(w.alice.g, [], w.path, wire=x, sender_leaf=2), "6.1", wires=(PUBLIC,)),
     "commit from outside the tree": Case(
         lambda w, x: forge_commit(w.alice.g, [], w.path, wire=x, sender_leaf=40), "6.1", wires=(PUBLIC,)),
     "borrowed path, random confirmation tag": Case(
-        lambda w, x: forge_commit(w.alice.g, [Proposal.of(Add(w.fresh_kp))], w.path, wire=x), "6.1", CryptoError),
+        lambda w, x: forge_commit(w.alice.g, [Proposal.of(Add(w.fresh_kp))], w.path, wire=x), "6.1/confirmation-tag", CryptoError),
 }
 
 
@@ -466,7 +466,7 @@ def test_bad_confirmation_tag(w: World, wire: int) -> None:
     # ... and with any other tag rejected
     for bad in (bytes([tag[0] ^ 1]) + tag[1:], tag[:-1], tag + b"\x00", bytes(len(tag)), b""):
         message = frame(alice, auth.content, wire, bad, signature=auth.auth.signature)
-        expect_rejected(w.dave.g, message, "6.1", CryptoError)
+        expect_rejected(w.dave.g, message, "6.1/confirmation-tag", CryptoError)
     alice.discard_pending_commit()
 
 

@@ -297,11 +297,11 @@ def test_a_wrong_membership_key_or_tag_is_rule_6_2(index: int, kind: str) -> Non
     for bad, k in attempts:
         with pytest.raises(CryptoError) as e:
             verify_membership_tag(c.cs, bad, k, c.ctx)
-        assert e.value.rule == "6.2"
+        assert e.value.rule == "6.2/membership-tag"
     other_ctx = dataclasses.replace(c.ctx, tree_hash=flip(c.ctx.tree_hash, 0))
     with pytest.raises(CryptoError) as e:
         verify_membership_tag(c.cs, msg, key, other_ctx)
-    assert e.value.rule == "6.2"
+    assert e.value.rule == "6.2/membership-tag"
 
 
 def _with(content: FramedContent, **changes: Any) -> FramedContent:
@@ -355,7 +355,7 @@ def test_a_wrong_signature_key_signature_or_context_is_rule_6_1(index: int) -> N
         ):
             with pytest.raises(CryptoError) as e:
                 verify_framed_content(c.cs, key, a, ctx)
-            assert e.value.rule == "6.1"
+            assert e.value.rule == "6.1/content-signature"
 
 
 @pytest.mark.parametrize("index", range(len(CASES)))
@@ -387,7 +387,7 @@ def test_peek_does_not_consume_the_key_but_key_nonce_does(index: int, kind: str)
     for lookup in (tree.key_nonce, tree.peek_key_nonce):  # a replay, taken or peeked
         with pytest.raises(ValidationError) as e:
             decrypt_private(c.cs, msg, c.sender_data_secret, lookup)
-        assert e.value.rule == "9.2" and not isinstance(e.value, CryptoError)
+        assert e.value.rule == "9.2/generation-consumed" and not isinstance(e.value, CryptoError)
 
 
 @pytest.mark.parametrize("index", range(len(CASES)))
@@ -406,7 +406,7 @@ def test_a_message_that_fails_to_decrypt_after_a_peek_leaves_the_key_usable(inde
     tree = c.secret_tree()
     with pytest.raises(CryptoError) as failed:
         decrypt_private(c.cs, bad, c.sender_data_secret, tree.peek_key_nonce)
-    assert failed.value.rule == "6.3.1"
+    assert failed.value.rule == "6.3.1/content-aead"
     decrypt_private(c.cs, msg, c.sender_data_secret, tree.key_nonce)  # still there
     # key_nonce consumes on lookup, before the AEAD check: the caller must peek first (module docstring).
     tree = c.secret_tree()
@@ -414,7 +414,7 @@ def test_a_message_that_fails_to_decrypt_after_a_peek_leaves_the_key_usable(inde
         decrypt_private(c.cs, bad, c.sender_data_secret, tree.key_nonce)
     with pytest.raises(ValidationError) as e:
         decrypt_private(c.cs, msg, c.sender_data_secret, tree.key_nonce)
-    assert e.value.rule == "9.2"
+    assert e.value.rule == "9.2/generation-consumed"
 
 
 # ---- padding (§6.3.1) -------------------------------------------------------------------------------------
@@ -466,13 +466,13 @@ class WindowModel:
         """``None`` when ``g`` must decrypt, else the rule it must be rejected with."""
         nxt = 0 if self.top is None else self.top + 1
         if g in self.used:
-            return "9.2"
+            return "9.2/generation-consumed"
         if g >= nxt:
             if g - nxt > self.max_forward:
-                return "9.1"
+                return "15.3/forward-distance"
             self.top = g
         elif self.top is not None and g < self.top - self.tolerance:
-            return "9.2"
+            return "9.2/generation-consumed"
         self.used.add(g)
         return None
 
@@ -539,16 +539,16 @@ def test_the_window_by_hand() -> None:
             take(g)
         return e.value.rule
 
-    assert rejected(6) == "9.1"  # six ahead of generation 0
+    assert rejected(6) == "15.3/forward-distance"  # six ahead of generation 0
     take(5)
     take(2)  # 5 - 3: the oldest generation still kept
-    assert rejected(1) == "9.2"
+    assert rejected(1) == "9.2/generation-consumed"
     take(9)  # generation 5 → 9: now 6, 7, 8 are kept, 3 and 4 are not
-    assert rejected(3) == "9.2" and rejected(4) == "9.2"
+    assert rejected(3) == "9.2/generation-consumed" and rejected(4) == "9.2/generation-consumed"
     take(7)
     take(6)
     take(8)
-    assert rejected(8) == "9.2"
+    assert rejected(8) == "9.2/generation-consumed"
 
 
 def test_ratchet_key_reprs_hold_no_key_or_nonce() -> None:

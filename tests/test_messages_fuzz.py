@@ -327,7 +327,7 @@ def test_extension_lists_must_not_repeat_a_type() -> None:
     assert find_extension([pub], ExtensionType.ratchet_tree) is None
     with pytest.raises(ValidationError) as e:
         check_unique_extension_types([pub, Extension(0x0A0A, b""), pub])
-    assert e.value.rule == "13.4"
+    assert e.value.rule == "13.4/extension-type-unique"
 
 
 def test_secrets_stay_out_of_repr() -> None:

@@ -20,7 +20,8 @@ from mls.crypto import CipherSuite, cipher_suite
 from mls.tree import tree_math as tm
 from mls.tree.leaf_node import LeafNode
 from mls.tree.nodes import ParentNode, decode_ratchet_tree, decode_ratchet_tree_extension
-from mls.tree.ratchet_tree import RatchetTree, TreeNode, _blank_suffix
+from mls.tree.ratchet_tree import RatchetTree, TreeNode
+from mls.tree.tree_hash import _blank_suffix
 from mls.wire.codec import Writer
 
 from .vectors import load
@@ -566,7 +567,7 @@ def test_a_decoded_tree_is_hashed_from_its_message_until_it_changes(index: int) 
     spy = _Spy()
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(RatchetTree, "BATCH_HASH_THRESHOLD", 1)
-        mp.setattr("mls.tree.ratchet_tree.batch_ops", lambda: spy)
+        mp.setattr("mls.tree.tree_hash.batch_ops", lambda: spy)
         tree = wire_tree(case)
         assert tree.tree_hash().hex() == case["tree_hashes"][tree.root]
         assert spy.calls == ["spans"]
@@ -590,7 +591,7 @@ def test_a_decoded_tree_extended_or_copied_is_hashed_from_its_own_encodings(inde
     spy = _Spy()
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(RatchetTree, "BATCH_HASH_THRESHOLD", 1)
-        mp.setattr("mls.tree.ratchet_tree.batch_ops", lambda: spy)
+        mp.setattr("mls.tree.tree_hash.batch_ops", lambda: spy)
         tree = wire_tree(case)
         tree.extend_to(2 * tree.n_leaves)
         root = tree.tree_hash()

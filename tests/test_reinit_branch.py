@@ -300,7 +300,7 @@ def test_branch_subgroup(suite: int) -> None:
     clients[0].key_package()
     with pytest.raises(ValidationError) as info:
         clients[0].join(st.welcome, psks=resumption_psks(ga))
-    assert info.value.rule == "12.4.3.1"
+    assert info.value.rule == "12.4.3.1/welcome-key-package-ref"
     # the old group and the branch live on independently
     commit(ga, [gb, gc, gd], CommitOptions(force_path=True))
     agree(ga, gb, gc, gd)

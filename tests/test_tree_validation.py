@@ -138,7 +138,7 @@ def test_flipping_a_byte_of_any_parent_hash_breaks_parent_hash_validity(index: i
         replace_parent(tree, x, parent_hash=flip(ph, x * 7) if ph else b"\x00")
         with pytest.raises(ValidationError) as e:
             verify_parent_hashes(tree)
-        assert rule_of(e) == "7.9.2", f"parent {x}"
+        assert rule_of(e) == "7.9.2/parent-hash-valid", f"parent {x}"
     verify_parent_hashes(base)  # the copies were tampered, not the original
 
 
@@ -160,7 +160,7 @@ def test_changing_a_parent_encryption_key_breaks_parent_hash_validity(
     )
     with pytest.raises(ValidationError) as e:
         verify_parent_hashes(tree)
-    assert rule_of(e) == "7.9.2"
+    assert rule_of(e) == "7.9.2/parent-hash-valid"
 
 
 def _leaf_links(tree: RatchetTree, i: int) -> bool:
@@ -186,7 +186,7 @@ def test_flipping_the_parent_hash_of_a_committers_leaf_breaks_its_chain(index: i
         replace_leaf(tree, i, parent_hash=flip(leaf.parent_hash, i))
         with pytest.raises(ValidationError) as e:
             verify_parent_hashes(tree)
-        assert rule_of(e) == "7.9.2"
+        assert rule_of(e) == "7.9.2/parent-hash-valid"
 
 
 def _covered_leaves(tree: RatchetTree) -> set[int]:
@@ -218,7 +218,7 @@ def test_changing_a_leaf_covered_by_a_parent_hash_breaks_the_link(index: int) ->
         replace_leaf(tree, i, signature=flip(leaf.signature, 5))
         with pytest.raises(ValidationError) as e:
             verify_parent_hashes(tree)
-        assert rule_of(e) == "7.9.2", f"leaf {i}"
+        assert rule_of(e) == "7.9.2/parent-hash-valid", f"leaf {i}"
 
 
 # ---- leaves (§7.3) --------------------------------------------------------------------------------
@@ -236,7 +236,7 @@ def test_a_tampered_leaf_signature_is_rejected(index: int, data: st.DataObject) 
     )
     with pytest.raises(ValidationError) as e:
         verify_leaves(tree, group_id, LeafPolicy())
-    assert rule_of(e) == "7.3"
+    assert rule_of(e) == "7.3/leaf-signature"
 
 
 @SETTINGS
@@ -256,7 +256,7 @@ def test_a_leaf_signed_for_another_position_or_group_is_rejected(index: int, dat
         tree.set_leaf(i, b)
     with pytest.raises(ValidationError) as e:
         verify_leaves(tree, group_id, LeafPolicy())
-    assert rule_of(e) == "7.3"
+    assert rule_of(e) == "7.3/leaf-signature"
 
 
 # ---- uniqueness of keys (§12.4.3.1, §7.3) ---------------------------------------------------------
@@ -278,7 +278,7 @@ def test_a_repeated_encryption_key_is_rejected(index: int, data: st.DataObject) 
         replace_leaf(tree, b // 2, encryption_key=source.encryption_key)
     with pytest.raises(ValidationError) as e:
         verify_unique_keys(tree)
-    assert rule_of(e) == "12.4.3.1"
+    assert rule_of(e) == "12.4.3.1/encryption-key-unique"
 
 
 @SETTINGS
@@ -292,7 +292,7 @@ def test_a_repeated_signature_key_is_rejected(index: int, data: st.DataObject) -
     replace_leaf(tree, b, signature_key=source.signature_key)
     with pytest.raises(ValidationError) as e:
         verify_unique_keys(tree)
-    assert rule_of(e) == "7.3"
+    assert rule_of(e) == "7.3/signature-key-unique"
 
 
 # ---- unmerged leaves (§7.1, §12.4.3.1) --------------------------------------------------------------
@@ -311,7 +311,7 @@ def test_an_unmerged_leaf_that_is_blank_is_rejected(index: int) -> None:
         tree.set_leaf(leaf, None)
         with pytest.raises(ValidationError) as e:
             verify_unmerged_leaves(tree)
-        assert rule_of(e) == "12.4.3.1"
+        assert rule_of(e) == "12.4.3.1/unmerged-leaf-descendant"
 
 
 @pytest.mark.parametrize("index", WITH_PARENTS[::2], ids=[IDS[i] for i in WITH_PARENTS[::2]])
@@ -328,7 +328,7 @@ def test_an_unmerged_leaf_outside_the_subtree_is_rejected(index: int) -> None:
             replace_parent(tree, x, unmerged_leaves=tuple(sorted({*node.unmerged_leaves, leaf})))
             with pytest.raises(ValidationError) as e:
                 verify_unmerged_leaves(tree)
-            assert rule_of(e) == "12.4.3.1", f"node {x}, leaf {leaf}"
+            assert rule_of(e) == "12.4.3.1/unmerged-leaf-descendant", f"node {x}, leaf {leaf}"
             tested += 1
     assert tested
 
@@ -356,7 +356,7 @@ def test_an_unmerged_leaf_missing_from_a_node_in_between_is_rejected(index: int)
             replace_parent(tree, x, unmerged_leaves=tuple(sorted({*node.unmerged_leaves, leaf})))
             with pytest.raises(ValidationError) as e:
                 verify_unmerged_leaves(tree)
-            assert rule_of(e) == "12.4.3.1"
+            assert rule_of(e) == "12.4.3.1/unmerged-leaf-intermediate"
             tested += 1
             break
     if base.n_leaves >= 4:
@@ -379,7 +379,7 @@ def test_dropping_an_unmerged_entry_from_a_node_in_between_is_rejected(index: in
         replace_parent(tree, x, unmerged_leaves=tuple(i for i in node.unmerged_leaves if i != leaf))
         with pytest.raises(ValidationError) as e:
             verify_unmerged_leaves(tree)
-        assert rule_of(e) == "12.4.3.1"
+        assert rule_of(e) == "12.4.3.1/unmerged-leaf-intermediate"
         tested += 1
     assert tested or all(not any(tm.is_ancestor(y, x) for y, _ in entries if y != x) for x, _ in entries)
 
@@ -395,7 +395,7 @@ def test_unmerged_leaves_out_of_order_or_repeated_are_rejected(index: int) -> No
         replace_parent(tree, x, unmerged_leaves=bad)
         with pytest.raises(ValidationError) as e:
             verify_unmerged_leaves(tree)
-        assert rule_of(e) == "7.1"
+        assert rule_of(e) == "7.1/unmerged-leaves-sorted"
 
 
 # ---- the whole check (§12.4.3.1) --------------------------------------------------------------------
@@ -407,7 +407,7 @@ def test_validate_tree_rejects_a_wrong_tree_hash(index: int, at: int, bit: int) 
     tree, group_id = build(index)
     with pytest.raises(ValidationError) as e:
         validate_tree(tree, group_id=group_id, tree_hash=flip(tree.tree_hash(), at, bit), policy=LeafPolicy())
-    assert rule_of(e) == "12.4.3.1"
+    assert rule_of(e) == "12.4.3.1/tree-hash"
 
 
 @SETTINGS
@@ -428,7 +428,7 @@ def test_validate_tree_rejects_a_tree_changed_after_its_hash_was_taken(
         tree.set_leaf(x // 2, None)
     with pytest.raises(ValidationError) as e:
         validate_tree(tree, group_id=group_id, tree_hash=tree_hash, policy=LeafPolicy())
-    assert rule_of(e) == "12.4.3.1"
+    assert rule_of(e) == "12.4.3.1/tree-hash"
 
 
 def test_validate_tree_runs_every_check() -> None:
@@ -467,10 +467,10 @@ def test_validate_tree_runs_every_check() -> None:
         verify_parent_hashes(t)
 
     cases = [
-        ("7.9.2", bad_parent_hash),
-        ("7.3", bad_signature),
-        ("12.4.3.1", root_lists_a_leaf_outside_the_tree),
-        ("7.3", same_signature_key),
+        ("7.9.2/parent-hash-valid", bad_parent_hash),
+        ("7.3/leaf-signature", bad_signature),
+        ("12.4.3.1/unmerged-leaf-descendant", root_lists_a_leaf_outside_the_tree),
+        ("7.3/signature-key-unique", same_signature_key),
     ]
     for rule, damage in cases:
         tree, group_id = build(index)
@@ -496,12 +496,12 @@ def test_from_wire_rejects_a_leaf_at_an_odd_position_or_a_parent_at_an_even_one(
         bad[x] = a_parent if x % 2 == 0 else a_leaf
         with pytest.raises(ValidationError) as e:
             RatchetTree.from_wire(cs, bad)
-        assert rule_of(e) == "12.4.3.3"
+        assert rule_of(e) == "12.4.3.3/node-type"
     with pytest.raises(ValidationError):
         RatchetTree.from_wire(cs, [*nodes, None, a_leaf][:-1])  # even length: ends with a parent position
     with pytest.raises(ValidationError) as e:
         RatchetTree(cs, [a_leaf.leaf_node, a_leaf.leaf_node])  # the constructor checks positions too
-    assert rule_of(e) == "12.4.3.3"
+    assert rule_of(e) == "12.4.3.3/node-class"
 
 
 def test_from_wire_rejects_a_tree_ending_at_a_parent_position() -> None:
@@ -512,7 +512,7 @@ def test_from_wire_rejects_a_tree_ending_at_a_parent_position() -> None:
     assert isinstance(parent, Node) and isinstance(parent.parent_node, ParentNode)
     with pytest.raises(ValidationError) as e:
         RatchetTree.from_wire(cs, [*nodes, parent])
-    assert rule_of(e) == "12.4.3.3"
+    assert rule_of(e) == "12.4.3.3/last-node-leaf"
     with pytest.raises(ValidationError):
         RatchetTree.from_wire(cs, [])
     leaf = next(n for n in nodes if n is not None and n.node_type == 1)

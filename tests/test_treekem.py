@@ -155,17 +155,17 @@ def _leaf_encryption_key(path: UpdatePath, n: int) -> UpdatePath:
 
 TAMPERS: dict[str, tuple[Tamper, str | None]] = {
     # name: (tamper, the rule it must be rejected with; None = any ValidationError)
-    "one node too few": (_drop_last, "12.4.2"),
-    "one node too many": (_extra_node, "12.4.2"),
-    "no nodes": (_no_nodes, "12.4.2"),
-    "modified node encryption_key": (_encryption_key, "7.9.2"),
-    "swapped node encryption_keys": (_swap_keys, "7.9.2"),
-    "leaf source update": (_source_update, "7.3"),
-    "leaf source key_package": (_source_key_package, "7.3"),
-    "leaf parent_hash flipped": (_leaf_parent_hash, "7.9.2"),
-    "leaf parent_hash empty": (_leaf_parent_hash_empty, "7.9.2"),
-    "leaf signature flipped": (_leaf_signature, "7.3"),
-    "leaf encryption_key changed (signature covers it)": (_leaf_encryption_key, "7.3"),
+    "one node too few": (_drop_last, "7.6/update-path-length"),
+    "one node too many": (_extra_node, "7.6/update-path-length"),
+    "no nodes": (_no_nodes, "7.6/update-path-length"),
+    "modified node encryption_key": (_encryption_key, "7.5/leaf-parent-hash"),
+    "swapped node encryption_keys": (_swap_keys, "7.5/leaf-parent-hash"),
+    "leaf source update": (_source_update, "7.3/leaf-node-source"),
+    "leaf source key_package": (_source_key_package, "7.3/leaf-node-source"),
+    "leaf parent_hash flipped": (_leaf_parent_hash, "7.5/leaf-parent-hash"),
+    "leaf parent_hash empty": (_leaf_parent_hash_empty, "7.5/leaf-parent-hash"),
+    "leaf signature flipped": (_leaf_signature, "7.3/leaf-signature"),
+    "leaf encryption_key changed (signature covers it)": (_leaf_encryption_key, "7.3/leaf-signature"),
 }
 
 
@@ -201,7 +201,7 @@ def test_a_path_from_another_sender_or_group_is_rejected(index: int) -> None:
                 apply_update_path(c.tree, other, path, c.group_id)
         with pytest.raises(ValidationError) as e:
             apply_update_path(c.tree, sender, path, flip(c.group_id, n))
-        assert e.value.rule == "7.3"  # the leaf signature covers the group id
+        assert e.value.rule == "7.3/leaf-signature"  # the leaf signature covers the group id
     assert tree_state(c.tree) == before
 
 
@@ -299,7 +299,7 @@ def test_a_wrong_ciphertext_count_or_public_key_is_a_validation_error(index: int
             )
             with pytest.raises(ValidationError) as e:
                 decrypt_update_path(merged, sender, extra, keys, context)
-            assert e.value.rule == "7.6"
+            assert e.value.rule == "7.6/encrypted-path-secret-count"
             # A public key at or above the common ancestor that is not the one the path secret derives.
             k = len(path.nodes) - 1
             wrong = set_node(
@@ -309,7 +309,7 @@ def test_a_wrong_ciphertext_count_or_public_key_is_a_validation_error(index: int
             )
             with pytest.raises(ValidationError) as e:
                 decrypt_update_path(merged, sender, wrong, keys, context)
-            assert e.value.rule == "7.5"
+            assert e.value.rule == "7.5/derived-public-key"
             assert keys_state(keys) == before
 
 

@@ -45,8 +45,9 @@ interpreted), matching presented identifiers against the application's reference
 :func:`identity_of`), and checking that a replacement credential is a valid successor of the old one
 (§5.3.1, Update and commit paths).
 
-Errors are :class:`~mls.errors.ValidationError` with rule ``"5.3.1"``; they name certificates by
-position only and never contain key bytes or peer-supplied strings.
+Errors are :class:`~mls.errors.ValidationError` with section ``"5.3.1"`` and one rule id per check
+(``"5.3.1/x509-expired"``, …); they name certificates by position only and never contain key bytes or
+peer-supplied strings.
 """
 
 from __future__ import annotations
@@ -62,13 +63,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.x509.oid import ExtensionOID
 
-from mls.credentials.credential import Credential, CredentialType
+from mls.credentials.credential import Certificate, Credential, CredentialType
 from mls.errors import ValidationError
-from mls.tree.leaf_validation import BasicCredentialValidator
+from mls.tree.leaf_validation import BasicCredentialValidator, require_basic_identity
 
 __all__ = ["X509CredentialValidator", "identity_of"]
 
-_RULE = "5.3.1"
 _DER = serialization.Encoding.DER
 
 #: The MLS signature-key kinds by encoded length (§5.1.1); the lengths are all distinct.
@@ -103,8 +103,16 @@ _PARSE_ERRORS = (
 _E = TypeVar("_E", bound=x509.ExtensionType)
 
 
-def _fail(message: str) -> ValidationError:
-    return ValidationError(_RULE, message)
+def _fail(rule: str, message: str) -> ValidationError:
+    """A credential validation failure (§5.3.1); ``rule`` is the check's id, ``"5.3.1/<check>"``."""
+    return ValidationError(rule, message)
+
+
+def _certificates(credential: Credential) -> tuple[Certificate, ...]:
+    """The certificate chain of an ``x509`` credential, which must not be empty (§5.3.1)."""
+    if not credential.certificates:
+        raise _fail("5.3.1/x509-chain-non-empty", "the X.509 credential has no certificates")
+    return credential.certificates
 
 
 def _utc_now() -> datetime:
@@ -141,23 +149,26 @@ def _parse(data: bytes, label: str) -> x509.Certificate:
                       "not_valid_after_utc", "extensions", "signature_algorithm_oid"):
             getattr(cert, field)
     except _PARSE_ERRORS:
-        raise _fail(f"{label} is not a valid DER certificate") from None
+        raise _fail("5.3.1/x509-der", f"{label} is not a valid DER certificate") from None
     if cert.serial_number <= 0:  # RFC 5280 §4.1.2.2; cryptography only warns (for now)
-        raise _fail(f"{label} has a serial number that is not positive")
+        raise _fail("5.3.1/x509-serial-number", f"{label} has a serial number that is not positive")
     return cert
 
 
 def _check_validity(cert: x509.Certificate, now: datetime, label: str) -> None:
     if now < cert.not_valid_before_utc:
-        raise _fail(f"{label} is not yet valid")
+        raise _fail("5.3.1/x509-not-yet-valid", f"{label} is not yet valid")
     if now > cert.not_valid_after_utc:
-        raise _fail(f"{label} has expired")
+        raise _fail("5.3.1/x509-expired", f"{label} has expired")
 
 
 def _check_critical_extensions(cert: x509.Certificate, label: str) -> None:
     for ext in cert.extensions:
         if ext.critical and ext.oid not in _UNDERSTOOD_EXTENSIONS:
-            raise _fail(f"{label} has an unsupported critical extension {ext.oid.dotted_string}")
+            raise _fail(
+                "5.3.1/x509-critical-extension",
+                f"{label} has an unsupported critical extension {ext.oid.dotted_string}",
+            )
 
 
 def _extension(cert: x509.Certificate, kind: type[_E]) -> _E | None:
@@ -175,15 +186,19 @@ def _check_issuer_key(issuer: x509.Certificate, label: str) -> None:
     try:
         key = issuer.public_key()
     except _PARSE_ERRORS:
-        raise _fail(f"{label} has an unsupported public key") from None
+        raise _fail("5.3.1/x509-issuer-key-parse", f"{label} has an unsupported public key") from None
     if isinstance(key, rsa.RSAPublicKey):
         if key.key_size < _MIN_RSA_BITS:
-            raise _fail(f"{label} has an RSA key shorter than {_MIN_RSA_BITS} bits")
+            raise _fail(
+                "5.3.1/x509-issuer-rsa-size", f"{label} has an RSA key shorter than {_MIN_RSA_BITS} bits"
+            )
     elif isinstance(key, ec.EllipticCurvePublicKey):
         if key.curve.name not in _MLS_CURVES:
-            raise _fail(f"{label} has a key on an unsupported curve ({key.curve.name})")
+            raise _fail(
+                "5.3.1/x509-issuer-curve", f"{label} has a key on an unsupported curve ({key.curve.name})"
+            )
     elif not isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):  # DSA, X25519, …
-        raise _fail(f"{label} has an unsupported key type for an issuer")
+        raise _fail("5.3.1/x509-issuer-key-type", f"{label} has an unsupported key type for an issuer")
 
 
 def _check_issued_by(
@@ -193,25 +208,39 @@ def _check_issued_by(
     (non-self-issued, excluding the end entity) under the issuer in the path."""
     constraints = _extension(issuer, x509.BasicConstraints)
     if constraints is None or not constraints.ca:
-        raise _fail(f"{issuer_label} issues certificates but is not a CA (basicConstraints cA)")
+        raise _fail(
+            "5.3.1/x509-issuer-is-ca",
+            f"{issuer_label} issues certificates but is not a CA (basicConstraints cA)",
+        )
     if constraints.path_length is not None and below > constraints.path_length:
-        raise _fail(f"{issuer_label}: path length constraint {constraints.path_length} exceeded")
+        raise _fail(
+            "5.3.1/x509-path-length",
+            f"{issuer_label}: path length constraint {constraints.path_length} exceeded",
+        )
     usage = _extension(issuer, x509.KeyUsage)
     if usage is not None and not usage.key_cert_sign:
-        raise _fail(f"{issuer_label} is not allowed to sign certificates (keyUsage keyCertSign)")
+        raise _fail(
+            "5.3.1/x509-key-cert-sign",
+            f"{issuer_label} is not allowed to sign certificates (keyUsage keyCertSign)",
+        )
     if _extension(issuer, x509.NameConstraints) is not None:
-        raise _fail(f"{issuer_label} has name constraints, which this validator does not support")
+        raise _fail(
+            "5.3.1/x509-name-constraints",
+            f"{issuer_label} has name constraints, which this validator does not support",
+        )
     _check_issuer_key(issuer, issuer_label)
     try:
         algorithm = child.signature_hash_algorithm
     except _PARSE_ERRORS:
-        raise _fail(f"{child_label} has an unsupported signature algorithm") from None
+        raise _fail(
+            "5.3.1/x509-signature-algorithm", f"{child_label} has an unsupported signature algorithm"
+        ) from None
     if isinstance(algorithm, _WEAK_HASHES):
-        raise _fail(f"{child_label} is signed with the weak hash {algorithm.name}")
+        raise _fail("5.3.1/x509-weak-hash", f"{child_label} is signed with the weak hash {algorithm.name}")
     try:
         child.verify_directly_issued_by(issuer)
     except (*_PARSE_ERRORS, InvalidSignature):
-        raise _fail(f"{child_label} is not issued by {issuer_label}") from None
+        raise _fail("5.3.1/x509-issued-by", f"{child_label} is not issued by {issuer_label}") from None
 
 
 def _mls_public_key(cert: x509.Certificate, label: str) -> tuple[str, bytes]:
@@ -219,7 +248,7 @@ def _mls_public_key(cert: x509.Certificate, label: str) -> tuple[str, bytes]:
     try:
         key = cert.public_key()
     except _PARSE_ERRORS:
-        raise _fail(f"{label} has an unsupported public key") from None
+        raise _fail("5.3.1/x509-leaf-key-parse", f"{label} has an unsupported public key") from None
     raw, raw_pub = serialization.Encoding.Raw, serialization.PublicFormat.Raw
     if isinstance(key, ed25519.Ed25519PublicKey):
         return "Ed25519", key.public_bytes(raw, raw_pub)
@@ -228,24 +257,34 @@ def _mls_public_key(cert: x509.Certificate, label: str) -> tuple[str, bytes]:
     if isinstance(key, ec.EllipticCurvePublicKey):
         kind = _MLS_CURVES.get(key.curve.name)
         if kind is None:
-            raise _fail(f"{label} has a key on a curve no MLS cipher suite uses ({key.curve.name})")
+            raise _fail(
+                "5.3.1/x509-leaf-curve",
+                f"{label} has a key on a curve no MLS cipher suite uses ({key.curve.name})",
+            )
         point = key.public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
         return kind, point
-    raise _fail(f"{label} has a key type no MLS cipher suite uses")
+    raise _fail("5.3.1/x509-leaf-key-type", f"{label} has a key type no MLS cipher suite uses")
 
 
 def _check_end_entity(cert: x509.Certificate, label: str, signature_key: bytes) -> None:
     usage = _extension(cert, x509.KeyUsage)
     if usage is not None and not usage.digital_signature:
-        raise _fail(f"{label} is not allowed to sign (keyUsage digitalSignature)")
+        raise _fail(
+            "5.3.1/x509-digital-signature", f"{label} is not allowed to sign (keyUsage digitalSignature)"
+        )
     leaf_kind = _KIND_BY_KEY_LENGTH.get(len(signature_key))
     if leaf_kind is None:
-        raise _fail("the leaf's signature_key has a length no MLS signature scheme uses")
+        raise _fail(
+            "5.3.1/signature-key-length", "the leaf's signature_key has a length no MLS signature scheme uses"
+        )
     cert_kind, cert_key = _mls_public_key(cert, label)
     if cert_kind != leaf_kind:
-        raise _fail(f"{label} holds a {cert_kind} key but the leaf's signature_key is {leaf_kind}")
+        raise _fail(
+            "5.3.1/x509-key-kind-match",
+            f"{label} holds a {cert_kind} key but the leaf's signature_key is {leaf_kind}",
+        )
     if not hmac.compare_digest(cert_key, signature_key):
-        raise _fail(f"{label}'s public key is not the leaf's signature_key")
+        raise _fail("5.3.1/x509-key-match", f"{label}'s public key is not the leaf's signature_key")
 
 
 class X509CredentialValidator:
@@ -256,7 +295,7 @@ class X509CredentialValidator:
     clock, UTC; a naive datetime is taken as UTC). Basic credentials are refused unless ``allow_basic``, in which case they get the
     :class:`~mls.tree.leaf_validation.BasicCredentialValidator` check (a non-empty identity).
     Misconfiguration raises ``ValueError``/``TypeError`` at construction; bad credentials raise
-    :class:`~mls.errors.ValidationError` (rule ``"5.3.1"``) and nothing else.
+    :class:`~mls.errors.ValidationError` (section ``"5.3.1"``) and nothing else.
     """
 
     def __init__(
@@ -293,26 +332,32 @@ class X509CredentialValidator:
         return self._anchors
 
     def validate(self, credential: Credential, signature_key: bytes) -> None:
-        """Raise :class:`ValidationError` (rule ``"5.3.1"``) unless the credential is acceptable and
+        """Raise :class:`ValidationError` (section ``"5.3.1"``) unless the credential is acceptable and
         bound to ``signature_key``."""
         if credential.credential_type == CredentialType.basic:
             if not self.allow_basic:
-                raise _fail("basic credentials are not accepted (an X.509 credential is required)")
+                raise _fail(
+                    "5.3.1/basic-credential-allowed",
+                    "basic credentials are not accepted (an X.509 credential is required)",
+                )
             BasicCredentialValidator().validate(credential, signature_key)
             return
         if credential.credential_type != CredentialType.x509:
-            raise _fail(f"credential type {credential.credential_type} is not accepted")
+            raise _fail(
+                "5.3.1/x509-credential-type", f"credential type {credential.credential_type} is not accepted"
+            )
         chain = self.verify_chain(credential)
         _check_end_entity(chain[0], _label(0, len(chain)), signature_key)
 
     def verify_chain(self, credential: Credential) -> list[x509.Certificate]:
         """The parsed chain of an ``x509`` credential after the path checks (not the key binding)."""
-        entries = credential.certificates or ()
+        entries = _certificates(credential)
         n = len(entries)
-        if n == 0:
-            raise _fail("the X.509 credential has no certificates")
         if n > self.max_chain_length:
-            raise _fail(f"the certificate chain has {n} certificates, more than {self.max_chain_length}")
+            raise _fail(
+                "5.3.1/x509-chain-length",
+                f"the certificate chain has {n} certificates, more than {self.max_chain_length}",
+            )
         chain = [_parse(entry.cert_data, _label(i, n)) for i, entry in enumerate(entries)]
         now = self._current_time()
         for i, cert in enumerate(chain):
@@ -344,7 +389,7 @@ class X509CredentialValidator:
             return
         if first_error is not None:
             raise first_error
-        raise _fail(f"{label} is not issued by a trusted anchor")
+        raise _fail("5.3.1/x509-trust-anchor", f"{label} is not issued by a trusted anchor")
 
 
 def identity_of(credential: Credential) -> bytes:
@@ -357,17 +402,17 @@ def identity_of(credential: Credential) -> bytes:
 
     The chain is *not* validated here: validate the credential first (``X509CredentialValidator``). A
     certificate can present several identifiers (§5.3); applications that need them all should read the
-    subjectAltName themselves. Raises :class:`ValidationError` (``"5.3.1"``) for an unparsable credential.
+    subjectAltName themselves. Raises :class:`ValidationError` (section ``"5.3.1"``) for an unparsable credential.
     """
     if credential.credential_type == CredentialType.basic:
-        if not credential.identity:
-            raise _fail("a basic credential needs a non-empty identity")
-        return credential.identity
+        return require_basic_identity(credential)
     if credential.credential_type != CredentialType.x509:
-        raise _fail(f"credential type {credential.credential_type} has no known identity")
-    if not credential.certificates:
-        raise _fail("the X.509 credential has no certificates")
-    cert = _parse(credential.certificates[0].cert_data, _label(0, len(credential.certificates)))
+        raise _fail(
+            "5.3.1/identity-credential-type",
+            f"credential type {credential.credential_type} has no known identity",
+        )
+    certificates = _certificates(credential)
+    cert = _parse(certificates[0].cert_data, _label(0, len(certificates)))
     san = _extension(cert, x509.SubjectAlternativeName)
     if san is not None:
         for kind in (x509.UniformResourceIdentifier, x509.RFC822Name, x509.DNSName):

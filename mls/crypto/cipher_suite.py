@@ -138,7 +138,7 @@ class CipherSuite:
         try:
             return self.hpke.open_base(kem_output, private_key, info, b"", ciphertext)
         except CryptoError:
-            raise CryptoError("5.1.3", "DecryptWithLabel: HPKE decryption failed") from None
+            raise CryptoError("5.1.3/hpke-decrypt", "DecryptWithLabel: HPKE decryption failed") from None
 
     def derive_key_pair(self, ikm: bytes) -> SoftwareHpkeKey:
         """The KEM's ``DeriveKeyPair`` (RFC 9180 §7.1.3)."""

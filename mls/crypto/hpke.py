@@ -95,7 +95,7 @@ class Kem:
             sk_int = int.from_bytes(candidate, "big")
             if 0 < sk_int < order:
                 return SoftwareHpkeKey(self, ec.derive_private_key(sk_int, self.curve))
-        raise CryptoError("7.4", "DeriveKeyPair found no valid scalar")  # pragma: no cover (2^-256)
+        raise CryptoError("7.4/derive-key-pair", "DeriveKeyPair found no valid scalar")  # pragma: no cover (2^-256)
 
     def key_from_private_bytes(self, data: bytes) -> SoftwareHpkeKey:
         """``DeserializePrivateKey`` (RFC 9180 §7.1.2)."""
@@ -152,7 +152,7 @@ def _load_public(kem: Kem, pk: bytes) -> x25519.X25519PublicKey | x448.X448Publi
             raise ValueError
         return ec.EllipticCurvePublicKey.from_encoded_point(kem.curve, pk)
     except ValueError:
-        raise CryptoError("5.1.1", f"invalid {kem.name} public key") from None
+        raise CryptoError("5.1.1/public-key-valid", f"invalid {kem.name} public key") from None
 
 
 @dataclass(eq=False)
@@ -184,7 +184,7 @@ class SoftwareHpkeKey:
             return key.exchange(peer)  # type: ignore[arg-type]
         except ValueError:
             # X25519/X448 all-zero output (RFC 9180 §7.1.4) or a point off the curve.
-            raise CryptoError("5.1.1", f"{self.kem.name} DH failed") from None
+            raise CryptoError("5.1.1/dh", f"{self.kem.name} DH failed") from None
 
     def private_bytes(self) -> bytes:
         """``SerializePrivateKey`` — for software-custody persistence only."""

@@ -104,7 +104,7 @@ def verify_confirmation_tag(
 ) -> None:
     """Raise :class:`CryptoError` unless ``tag`` is the confirmation tag (§6.1, §12.4.2), in constant time."""
     if not hmac.compare_digest(confirmation_tag(cs, confirmation_key, confirmed_transcript_hash), tag):
-        raise CryptoError("6.1", "the confirmation_tag does not match")
+        raise CryptoError("6.1/confirmation-tag", "the confirmation_tag does not match")
 
 
 def external_init_send(cs: CipherSuite, external_pub: bytes) -> tuple[bytes, bytes]:
@@ -118,7 +118,7 @@ def external_init_receive(cs: CipherSuite, external_key: HpkePrivateKey, kem_out
     try:
         ctx = cs.hpke.setup_base_r(kem_output, external_key, b"")
     except MLSError:
-        raise CryptoError("8.3", "ExternalInit kem_output could not be decapsulated") from None
+        raise CryptoError("8.3/external-init-decapsulate", "ExternalInit kem_output could not be decapsulated") from None
     return ctx.export(EXTERNAL_INIT_LABEL, cs.n_h)
 
 

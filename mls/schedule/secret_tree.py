@@ -8,8 +8,10 @@ siblings are kept (§9.2). A leaf secret seeds two :class:`SenderRatchet` object
 ``"application"``, and is then deleted as well.
 
 A ratchet at generation ``j`` derives ``key``/``nonce`` for ``j`` and the ratchet secret for ``j+1`` with
-``DeriveTreeSecret`` (:func:`ratchet_step`, the one hot step a native backend may later batch). Receiving
-side (:meth:`SenderRatchet.get`): a generation ahead of the ratchet fast-forwards it, keeping the keys of
+``DeriveTreeSecret`` (:func:`ratchet_step`, the hot step). When the crypto backend batches
+(:func:`~mls.crypto.backend.batch_ops`: the native backend does), the three values of a step come from one
+``BatchOps.ratchet_steps`` call, one generation per call (a fast-forward steps through the skipped
+generations, keeping their keys). Receiving side (:meth:`SenderRatchet.get`): a generation ahead of the ratchet fast-forwards it, keeping the keys of
 the generations it skips within the out-of-order window of :class:`RatchetConfig`; a generation may be
 obtained once only — its key is deleted when handed out — and keys that fall below the window are erased.
 :meth:`SenderRatchet.peek` gives the same key without consuming it, so that a receiver consumes a key only
@@ -185,11 +187,11 @@ class SenderRatchet:
         _check_generation(generation)
         if generation < self.generation and generation not in self._retained:
             raise ValidationError(
-                "9.2", f"the key of generation {generation} was already used or has been erased"
+                "9.2/generation-consumed", f"the key of generation {generation} was already used or has been erased"
             )
         if generation - self.generation > self.config.max_forward_distance:
             raise ValidationError(
-                "9.1",
+                "15.3/forward-distance",
                 f"generation {generation} is more than {self.config.max_forward_distance} "
                 f"generations ahead of the ratchet (at {self.generation})",
             )
@@ -227,7 +229,7 @@ class SenderRatchet:
 
 def _check_generation(generation: int) -> None:
     if not 0 <= generation <= MAX_GENERATION:
-        raise ValidationError("6.3.2", "generation is not a uint32")
+        raise ValidationError("6.3.2/generation-uint32", "generation is not a uint32")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -262,13 +264,18 @@ class SecretTree:
 
     def ratchet(self, leaf: int, ratchet_type: RatchetType) -> SenderRatchet:
         """The ``ratchet_type`` ratchet of ``leaf``, deriving the leaf's secret on first use."""
-        if not 0 <= leaf < self.n_leaves:
-            raise ValidationError("9", f"leaf {leaf} is outside the secret tree of {self.n_leaves} leaves")
+        self._check_leaf(leaf)
         r = self._ratchets.get((leaf, ratchet_type))
         if r is None:
             self._start_ratchets(leaf)
             r = self._ratchets[(leaf, ratchet_type)]
         return r
+
+    def _check_leaf(self, leaf: int) -> None:
+        if not 0 <= leaf < self.n_leaves:
+            raise ValidationError(
+                "9/leaf-index", f"leaf {leaf} is outside the secret tree of {self.n_leaves} leaves"
+            )
 
     def key_nonce(self, leaf: int, ratchet_type: RatchetType, generation: int) -> RatchetKey:
         """Receiving side: the key and nonce of ``generation`` of a leaf's ratchet (consumed)."""
@@ -280,8 +287,7 @@ class SecretTree:
         Nothing is changed, not even for a sender not heard from yet: its ratchet is derived on the side
         and only started (node secrets consumed) when the key is taken with :meth:`key_nonce`.
         """
-        if not 0 <= leaf < self.n_leaves:
-            raise ValidationError("9", f"leaf {leaf} is outside the secret tree of {self.n_leaves} leaves")
+        self._check_leaf(leaf)
         r = self._ratchets.get((leaf, ratchet_type))
         if r is None:
             root = ratchet_root(self.cs, self._node_secret(tm.leaf_to_node(leaf)), ratchet_type)

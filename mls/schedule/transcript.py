@@ -24,7 +24,7 @@ from mls.wire.framing import AuthenticatedContent, ContentType, FramedContent
 def confirmed_transcript_hash_input(wire_format: int, content: FramedContent, signature: bytes) -> bytes:
     """The encoded ``ConfirmedTranscriptHashInput`` of a Commit's framed content and signature."""
     if content.content_type != ContentType.commit:
-        raise ValidationError("8.2", "transcript hashes are computed over Commit messages only")
+        raise ValidationError("8.2/commit-content-type", "transcript hashes are computed over Commit messages only")
     w = Writer()
     w.u16(wire_format)
     content.encode(w)
@@ -66,7 +66,7 @@ class TranscriptHashes:
         """Both hashes after ``commit``, which must carry its confirmation tag."""
         tag = commit.auth.confirmation_tag
         if tag is None:
-            raise ValidationError("6.1", "a Commit's AuthenticatedContent carries a confirmation_tag")
+            raise ValidationError("6.1/commit-confirmation-tag", "a Commit's AuthenticatedContent carries a confirmation_tag")
         confirmed = self.next_confirmed(cs, commit)
         return TranscriptHashes(confirmed, interim_transcript_hash(cs, confirmed, tag))
 

@@ -6,7 +6,6 @@ group (uniqueness of keys, credential types in use) take the tree's other leaves
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -25,7 +24,7 @@ class CredentialValidator(Protocol):
     """Decides whether a credential is acceptable and bound to ``signature_key`` (§5.3.1)."""
 
     def validate(self, credential: Credential, signature_key: bytes) -> None:
-        """Raise :class:`ValidationError` (rule ``"5.3.1"``) when the credential is not acceptable."""
+        """Raise :class:`ValidationError` (section ``"5.3.1"``) when the credential is not acceptable."""
         ...
 
 
@@ -38,9 +37,15 @@ class BasicCredentialValidator:
 
     def validate(self, credential: Credential, signature_key: bytes) -> None:
         if credential.credential_type != CredentialType.basic:
-            raise ValidationError("5.3.1", f"credential type {credential.credential_type} is not accepted")
-        if not credential.identity:
-            raise ValidationError("5.3.1", "a basic credential needs a non-empty identity")
+            raise ValidationError("5.3.1/basic-credential-type", f"credential type {credential.credential_type} is not accepted")
+        require_basic_identity(credential)
+
+
+def require_basic_identity(credential: Credential) -> bytes:
+    """The identity of a basic credential, which must not be empty (§5.3.1)."""
+    if not credential.identity:
+        raise ValidationError("5.3.1/basic-identity-non-empty", "a basic credential needs a non-empty identity")
+    return credential.identity
 
 
 class AcceptAnyCredential:
@@ -66,7 +71,7 @@ def verify_leaf_signature(cs: CipherSuite, leaf: LeafNode, group_id: bytes | Non
     in_group = leaf.leaf_node_source != LeafNodeSource.key_package
     tbs = leaf.tbs(group_id if in_group else None, leaf_index if in_group else None)
     if not cs.verify_with_label(leaf.signature_key, "LeafNodeTBS", tbs, leaf.signature):
-        raise ValidationError("7.3", "LeafNode signature does not verify")
+        raise ValidationError("7.3/leaf-signature", "LeafNode signature does not verify")
 
 
 def check_required_capabilities(leaf: LeafNode, required: RequiredCapabilities | None) -> None:
@@ -82,16 +87,16 @@ def check_required_capabilities(leaf: LeafNode, required: RequiredCapabilities |
         defaults = {"extension": DEFAULT_EXTENSION_TYPES, "proposal": DEFAULT_PROPOSAL_TYPES}.get(kind, frozenset())
         missing = [t for t in need if t not in have and t not in defaults]
         if missing:
-            raise ValidationError("11.1", f"leaf does not support required {kind} types {missing}")
+            raise ValidationError("11.1/leaf-required-capabilities", f"leaf does not support required {kind} types {missing}")
 
 
 def check_leaf_extensions_supported(leaf: LeafNode) -> None:
     """Every non-default extension in the leaf is listed in its capabilities (§7.2, §7.3)."""
     for ext in leaf.extensions:
         if ext.extension_type not in DEFAULT_EXTENSION_TYPES and ext.extension_type not in leaf.capabilities.extensions:
-            raise ValidationError("7.3", f"leaf extension {ext.extension_type} is not in its capabilities")
+            raise ValidationError("7.3/leaf-extensions-supported", f"leaf extension {ext.extension_type} is not in its capabilities")
     if leaf.credential.credential_type not in leaf.capabilities.credentials:
-        raise ValidationError("7.2", "the leaf's credential type is not in its capabilities")
+        raise ValidationError("7.2/leaf-credential-in-capabilities", "the leaf's credential type is not in its capabilities")
 
 
 def check_lifetime(leaf: LeafNode, policy: LeafPolicy) -> None:
@@ -99,18 +104,15 @@ def check_lifetime(leaf: LeafNode, policy: LeafPolicy) -> None:
         return
     lt = leaf.lifetime
     if policy.max_lifetime is not None and lt.not_after - lt.not_before > policy.max_lifetime:
-        raise ValidationError("7.2", "leaf lifetime is longer than the accepted maximum")
+        raise ValidationError("7.2/leaf-lifetime-maximum", "leaf lifetime is longer than the accepted maximum")
     if policy.now is not None and not lt.not_before <= policy.now <= lt.not_after:
-        raise ValidationError("7.3", "the current time is outside the leaf's lifetime")
+        raise ValidationError("7.3/leaf-lifetime-current", "the current time is outside the leaf's lifetime")
 
 
-def check_credential_compatibility(leaf: LeafNode, others: Iterable[LeafNode]) -> None:
-    """The leaf's credential type is supported by every member, and it supports theirs (§7.3)."""
-    for other in others:
-        if leaf.credential.credential_type not in other.capabilities.credentials:
-            raise ValidationError("7.3", "a member does not support the leaf's credential type")
-        if other.credential.credential_type not in leaf.capabilities.credentials:
-            raise ValidationError("7.3", "the leaf does not support a credential type in use")
+def check_leaf_node_source(leaf: LeafNode, source: LeafNodeSource) -> None:
+    """The leaf's ``leaf_node_source`` is the one where it appears: KeyPackage, Update or Commit (§7.3)."""
+    if leaf.leaf_node_source != source:
+        raise ValidationError("7.3/leaf-node-source", f"leaf_node_source must be {source.name}")
 
 
 def validate_leaf_node(
@@ -124,12 +126,12 @@ def validate_leaf_node(
     required: RequiredCapabilities | None = None,
 ) -> None:
     """The per-leaf checks of §7.3 (uniqueness and compatibility are checked by the caller)."""
-    if source is not None and leaf.leaf_node_source != source:
-        raise ValidationError("7.3", f"leaf_node_source must be {source.name}")
+    if source is not None:
+        check_leaf_node_source(leaf, source)
     if leaf.leaf_node_source == LeafNodeSource.key_package and leaf.lifetime is None:
-        raise ValidationError("7.2", "a key_package leaf must carry a lifetime")
+        raise ValidationError("7.2/key-package-leaf-lifetime", "a key_package leaf must carry a lifetime")
     if 1 not in leaf.capabilities.versions:
-        raise ValidationError("7.3", "the leaf does not support protocol version mls10")
+        raise ValidationError("7.3/leaf-supports-mls10", "the leaf does not support protocol version mls10")
     verify_leaf_signature(cs, leaf, group_id, leaf_index)
     policy.credential_validator.validate(leaf.credential, leaf.signature_key)
     check_required_capabilities(leaf, required)

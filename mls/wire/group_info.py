@@ -37,4 +37,4 @@ def sign_group_info(cs: CipherSuite, signer: Signer, unsigned: GroupInfo) -> Gro
 
 def verify_group_info_signature(cs: CipherSuite, group_info: GroupInfo, signer_public_key: bytes) -> None:
     if not cs.verify_with_label(signer_public_key, "GroupInfoTBS", group_info.tbs(), group_info.signature):
-        raise CryptoError("12.4.3", "the GroupInfo signature does not verify")
+        raise CryptoError("12.4.3/group-info-signature", "the GroupInfo signature does not verify")

@@ -57,8 +57,7 @@ def create_key_package(
     extensions: tuple[Extension, ...] = (),
 ) -> KeyPackage:
     """A signed KeyPackage (§10) whose leaf node is signed too (source ``key_package``, §7.2)."""
-    if init_key == encryption_key:
-        raise ValidationError("10.1", "init_key and the leaf's encryption_key must differ")
+    _check_init_key_distinct(init_key, encryption_key)
     leaf = LeafNode(
         encryption_key=encryption_key,
         signature_key=signer.public_key,
@@ -79,16 +78,21 @@ def validate_key_package(
 ) -> None:
     """KeyPackage validation (§10.1); raises :class:`ValidationError` naming the rule."""
     if kp.version != ProtocolVersion.mls10 or kp.cipher_suite != cs.suite_id:
-        raise ValidationError("10.1", "the KeyPackage's version or cipher suite is not the group's")
+        raise ValidationError("10.1/version-cipher-suite", "the KeyPackage's version or cipher suite is not the group's")
     validate_leaf_node(
         cs, kp.leaf_node, source=LeafNodeSource.key_package, group_id=None, leaf_index=None,
         policy=policy, required=required,
     )
     if not cs.verify_with_label(kp.leaf_node.signature_key, "KeyPackageTBS", kp.tbs(), kp.signature):
-        raise ValidationError("10.1", "the KeyPackage signature does not verify")
-    if kp.leaf_node.encryption_key == kp.init_key:
-        raise ValidationError("10.1", "init_key and the leaf's encryption_key must differ")
+        raise ValidationError("10.1/key-package-signature", "the KeyPackage signature does not verify")
+    _check_init_key_distinct(kp.init_key, kp.leaf_node.encryption_key)
     cs.kem.check_public_key(kp.init_key)
+
+
+def _check_init_key_distinct(init_key: bytes, encryption_key: bytes) -> None:
+    """A KeyPackage's ``init_key`` differs from its leaf's ``encryption_key`` (§10.1)."""
+    if init_key == encryption_key:
+        raise ValidationError("10.1/init-key-distinct", "init_key and the leaf's encryption_key must differ")
 
 
 def key_package_ref(cs: CipherSuite, key_package: KeyPackage) -> bytes:

@@ -65,7 +65,7 @@ def verify_framed_content(
     """Verify the FramedContentTBS signature with the sender's key; :class:`CryptoError` otherwise."""
     tbs = auth_content.tbs(_context_for(auth_content.content, context))
     if not cs.verify_with_label(public_key, "FramedContentTBS", tbs, auth_content.auth.signature):
-        raise CryptoError("6.1", "the message signature does not verify with the sender's key")
+        raise CryptoError("6.1/content-signature", "the message signature does not verify with the sender's key")
 
 
 def membership_tag(cs: CipherSuite, membership_key: bytes, auth_content: AuthenticatedContent, context: GroupContext) -> bytes:
@@ -96,7 +96,7 @@ def verify_membership_tag(cs: CipherSuite, msg: PublicMessage, membership_key: b
         return
     want = membership_tag(cs, membership_key, public_to_authenticated(msg), context)
     if msg.membership_tag is None or not _equal(msg.membership_tag, want):
-        raise CryptoError("6.2", "the membership tag is not valid")
+        raise CryptoError("6.2/membership-tag", "the membership tag is not valid")
 
 
 def _equal(a: bytes, b: bytes) -> bool:
@@ -158,7 +158,7 @@ def decrypt_sender_data(cs: CipherSuite, msg: PrivateMessage, sender_data_secret
     try:
         plain = cs.aead_open(sd.key, sd.nonce, aad, msg.encrypted_sender_data)
     except CryptoError:
-        raise CryptoError("6.3.2", "sender data does not decrypt") from None
+        raise CryptoError("6.3.2/sender-data-aead", "sender data does not decrypt") from None
     return SenderData.from_bytes(plain)
 
 
@@ -172,13 +172,13 @@ def decrypt_private(
     try:
         plaintext = cs.aead_open(key.key, _apply_reuse_guard(key.nonce, sender_data.reuse_guard), aad, msg.ciphertext)
     except CryptoError:
-        raise CryptoError("6.3.1", "message content does not decrypt") from None
+        raise CryptoError("6.3.1/content-aead", "message content does not decrypt") from None
     try:
         pmc = PrivateMessageContent.from_bytes(plaintext, msg.content_type)
     except DecodeError:
         raise
     except ValueError as e:
-        raise ValidationError("6.3.1", f"invalid PrivateMessageContent: {e}") from None
+        raise ValidationError("6.3.1/private-message-content", f"invalid PrivateMessageContent: {e}") from None
     content = FramedContent(
         group_id=msg.group_id,
         epoch=msg.epoch,
