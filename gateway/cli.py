@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     conf.add_argument("--backend", choices=BACKEND_CHOICES, help="crypto backend (default: $MLS_CRYPTO_BACKEND, else auto)")
     args = ap.parse_args(argv)
     if args.command == "conformance":
-        from mls.conformance.__main__ import main as conformance
+        from mls.conformance import main as conformance
 
         flags = [flag for flag, on in (("--json", args.json), ("--verbose", args.verbose)) if on]
         return conformance([*args.paths, *flags], backend=gateway_crypto_backend(args.backend))

@@ -14,7 +14,7 @@ from aiohttp import web
 from hsm.envelope import Envelope
 from hsm.keystore import Pkcs11KeyStore
 from hsm.token import Token
-from mls.crypto.backend import get_backend
+from mls import get_backend
 
 from .auth import Principal
 from .config import GatewayConfig

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from mls.conformance import vector_kind
 from mls.conformance.checks import expect_equal, h
+from mls.conformance.runner import vector_kind
 from mls.crypto import cipher_suite
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from mls.conformance import vector_kind
 from mls.conformance.checks import expect_equal, h
+from mls.conformance.runner import vector_kind
 from mls.crypto import CipherSuite, cipher_suite
 from mls.schedule.secret_tree import SecretTree
 from mls.wire.commit import Commit

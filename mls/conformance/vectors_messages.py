@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from mls.conformance import vector_kind
 from mls.conformance.checks import expect_equal, h
+from mls.conformance.runner import vector_kind
 from mls.tree.nodes import RatchetTreeExtension
 from mls.wire.commit import Commit
 from mls.wire.framing import ContentType, MLSMessage, WireFormat

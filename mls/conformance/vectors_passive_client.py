@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from mls.conformance import vector_kind
 from mls.conformance.checks import expect_equal, h
+from mls.conformance.runner import vector_kind
 from mls.crypto import cipher_suite
 from mls.crypto.key_store import SoftwareKeyStore
 from mls.group.group import Group, MemoryPskStore, ProposalMessage, StagedCommit

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from mls.conformance import vector_kind
 from mls.conformance.checks import expect_equal, h
+from mls.conformance.runner import vector_kind
 from mls.crypto import cipher_suite
 from mls.schedule.psk import psk_secret
 from mls.wire.proposals import PreSharedKeyID

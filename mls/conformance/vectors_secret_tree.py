@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from mls.conformance import vector_kind
 from mls.conformance.checks import expect_equal, h
+from mls.conformance.runner import vector_kind
 from mls.crypto import cipher_suite
 from mls.schedule.secret_tree import RatchetKey, RatchetType, SecretTree, sender_data_key_nonce
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from mls.conformance import vector_kind
 from mls.conformance.checks import expect_equal
+from mls.conformance.runner import vector_kind
 from mls.tree import tree_math as tm
 
 

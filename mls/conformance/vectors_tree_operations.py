@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from mls.conformance import Skip, vector_kind
 from mls.conformance.checks import expect_equal, h
+from mls.conformance.runner import Skip, vector_kind
 from mls.crypto import cipher_suite
 from mls.tree.nodes import decode_ratchet_tree
 from mls.tree.ratchet_tree import RatchetTree

@@ -6,8 +6,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from mls.conformance import vector_kind
 from mls.conformance.checks import expect_equal, h
+from mls.conformance.runner import vector_kind
 from mls.crypto import CipherSuite, cipher_suite
 from mls.tree.leaf_node import LeafNode
 from mls.tree.nodes import UpdatePath, decode_ratchet_tree

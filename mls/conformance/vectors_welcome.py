@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from mls.conformance import vector_kind
 from mls.conformance.checks import h
+from mls.conformance.runner import vector_kind
 from mls.crypto import cipher_suite
 from mls.group.welcome import decrypt_group_info, open_group_secrets
 from mls.schedule.key_schedule import KeySchedule
