@@ -36,6 +36,17 @@ def hash_size(alg: str) -> int:
         raise UnsupportedError(f"hash {alg!r} is not supported") from None
 
 
+def aead_tag_error(message: str = "AEAD decryption failed") -> CryptoError:
+    """The AEAD tag did not verify (RFC 9420 §5.1): a ciphertext too short for a tag, or C's
+    ``MLSN_ERR_AUTH``. The same check, and id, as :class:`mls.crypto.backend.PythonBackend`'s."""
+    return CryptoError("5.1/aead-tag", message)
+
+
+def aead_key_nonce_length_error() -> CryptoError:
+    """An AEAD key or nonce is not the cipher's Nk or Nn bytes (§5.1); as the Python backend's check."""
+    return CryptoError("5.1/aead-key-nonce-length", "AEAD key or nonce has the wrong length")
+
+
 def check_expand_length(rule: str, what: str, length: int, nh: int) -> None:
     """An ExpandWithLabel output length: 1..255*Nh (HKDF, RFC 5869 §2.3), so it also fits the uint16."""
     if not 1 <= length <= 255 * nh:
@@ -46,13 +57,15 @@ def check_ratchet(alg: str, secret: bytes, start_generation: int, count: int, nk
     """Validate ``ratchet_steps`` arguments (RFC 9420 §9.1); returns Nh."""
     nh = hash_size(alg)
     if len(secret) != nh:
-        raise CryptoError("9.1", "ratchet secret must be KDF.Nh bytes")
-    check_expand_length("9.1", "ratchet key", nk, nh)
-    check_expand_length("9.1", "ratchet nonce", nn, nh)
+        raise CryptoError("9.1/ratchet-secret-length", "ratchet secret must be KDF.Nh bytes")
+    check_expand_length("9.1/ratchet-key-length", "ratchet key", nk, nh)
+    check_expand_length("9.1/ratchet-nonce-length", "ratchet nonce", nn, nh)
     if not 0 <= count <= MAX_RATCHET_STEPS:
-        raise ValidationError("9.1", f"ratchet step count must be between 0 and {MAX_RATCHET_STEPS}")
+        raise ValidationError(
+            "15.3/ratchet-step-count", f"ratchet step count must be between 0 and {MAX_RATCHET_STEPS}"
+        )
     if not 0 <= start_generation < GENERATION_LIMIT or start_generation + count > GENERATION_LIMIT:
-        raise ValidationError("9.1", "ratchet generation does not fit a uint32")
+        raise ValidationError("9.1/ratchet-generation-uint32", "ratchet generation does not fit a uint32")
     return nh
 
 
@@ -60,9 +73,9 @@ def check_sender_data(alg: str, secret: bytes, nk: int, nn: int) -> int:
     """Validate ``sender_data_key_nonce`` arguments (RFC 9420 §6.3.2); returns Nh."""
     nh = hash_size(alg)
     if len(secret) != nh:
-        raise CryptoError("6.3.2", "sender_data_secret must be KDF.Nh bytes")
-    check_expand_length("6.3.2", "sender data key", nk, nh)
-    check_expand_length("6.3.2", "sender data nonce", nn, nh)
+        raise CryptoError("6.3.2/sender-data-secret-length", "sender_data_secret must be KDF.Nh bytes")
+    check_expand_length("6.3.2/sender-data-key-length", "sender data key", nk, nh)
+    check_expand_length("6.3.2/sender-data-nonce-length", "sender data nonce", nn, nh)
     return nh
 
 
@@ -72,11 +85,13 @@ def tree_depth(n_nodes: int) -> int:
     ``n_nodes`` must be a node width 2n-1 for n >= 1 leaves (RFC 9420 Appendix C).
     """
     if n_nodes < 1 or n_nodes % 2 == 0:
-        raise ValidationError("7.8", "a ratchet tree has an odd number of nodes (2n - 1 for n leaves)")
+        raise ValidationError(
+            "7.8/tree-node-count-odd", "a ratchet tree has an odd number of nodes (2n - 1 for n leaves)"
+        )
     n_leaves = (n_nodes + 1) // 2
     depth = (n_leaves - 1).bit_length()
     if depth > MAX_TREE_DEPTH:
-        raise ValidationError("7.8", "a ratchet tree has at most 2^32 leaves")
+        raise ValidationError("7.8/tree-leaf-count", "a ratchet tree has at most 2^32 leaves")
     return depth
 
 
@@ -84,10 +99,18 @@ def check_path_args(nodes: Sequence[bytes | None], hashes: Sequence[bytes], leaf
     """Validate ``tree_hash_path`` arguments; returns the tree depth."""
     depth = tree_depth(len(nodes))
     if len(hashes) != (2 << depth) - 1:
-        raise ValidationError("7.8", "previous tree hashes do not cover the full tree")
+        raise ValidationError(
+            "7.8/previous-hashes-cover-tree", "previous tree hashes do not cover the full tree"
+        )
     if not 0 <= leaf_index < (len(nodes) + 1) // 2:
-        raise ValidationError("7.8", "leaf index is outside the tree")
+        raise ValidationError("7.8/leaf-index-in-tree", "leaf index is outside the tree")
     return depth
+
+
+def check_span_count(starts: Sequence[int], lens: Sequence[int]) -> None:
+    """``tree_hashes_spans`` takes one start and one length per node (§7.8)."""
+    if len(starts) != len(lens):
+        raise ValidationError("7.8/span-count", "tree hash: one start and one length per node")
 
 
 def direct_path(leaf_index: int, depth: int) -> list[int]:
@@ -102,4 +125,4 @@ def copath(leaf_index: int, depth: int) -> list[int]:
 
 def check_hash_lengths(hashes: Sequence[bytes], nh: int) -> None:
     if any(len(h) != nh for h in hashes):
-        raise ValidationError("7.8", "a previous tree hash has the wrong length")
+        raise ValidationError("7.8/previous-hash-length", "a previous tree hash has the wrong length")

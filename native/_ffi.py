@@ -15,6 +15,8 @@ from typing import Any
 
 from mls.errors import CryptoError, UnsupportedError, ValidationError
 
+from . import _args
+
 try:
     from ._mlsnative import ffi, lib
 except ImportError as exc:  # pragma: no cover - exercised only without a build
@@ -41,19 +43,78 @@ alloc = ffi.new_allocator(should_clear_after_alloc=False)
 OPENSSL_VERSION: str = ffi.string(lib.mlsn_openssl_version()).decode()
 
 
-def raise_for(rc: int, rule: str, what: str) -> None:
-    """Map a C status code to the project's exceptions (``rc`` is known not to be MLSN_OK)."""
+def _status(rc: int, what: str) -> str:
+    """What a C status code (``rc`` is known not to be MLSN_OK) says went wrong, for an error message."""
     if rc == lib.MLSN_ERR_AUTH:
-        raise CryptoError(rule, f"{what}: authentication failed")
+        return f"{what}: authentication failed"
+    if rc == lib.MLSN_ERR_LENGTH:
+        return f"{what}: an input has the wrong length"
+    if rc == lib.MLSN_ERR_RANGE:
+        return f"{what}: a count or generation is out of range"
+    return f"{what}: libcrypto failed (status {rc})"
+
+
+def _raise_if_unsupported_or_nomem(rc: int, what: str) -> None:
+    """The statuses that are no validation error, whatever the operation."""
     if rc == lib.MLSN_ERR_UNSUPPORTED:
         raise UnsupportedError(f"{what}: algorithm not supported")
-    if rc == lib.MLSN_ERR_LENGTH:
-        raise CryptoError(rule, f"{what}: an input has the wrong length")
-    if rc == lib.MLSN_ERR_RANGE:
-        raise ValidationError(rule, f"{what}: a count or generation is out of range")
     if rc == lib.MLSN_ERR_NOMEM:
         raise MemoryError(what)
-    raise CryptoError(rule, f"{what}: libcrypto failed (status {rc})")
+
+
+# One mapper per kind of C operation, from its status codes to the project's exceptions, each code that
+# operation returns a check of its own. A status an operation never returns is its "failed" error.
+
+
+def raise_for_aead(rc: int, what: str) -> None:
+    """An AEAD seal or open (single or batched) failed: a bad tag (the Python backend's check), or a
+    length the C layer refused (Python checks them first, so only a bug), or libcrypto failed."""
+    _raise_if_unsupported_or_nomem(rc, what)
+    if rc == lib.MLSN_ERR_AUTH:
+        raise _args.aead_tag_error(_status(rc, what))
+    if rc == lib.MLSN_ERR_LENGTH:
+        raise CryptoError("5.1/native-aead-length", _status(rc, what))
+    raise CryptoError("5.1/native-aead-failed", _status(rc, what))
+
+
+def raise_for_kdf(rc: int, what: str) -> None:
+    """A hash, HMAC, HKDF-Extract or HKDF-Expand failed: a length the C layer refused, or libcrypto."""
+    _raise_if_unsupported_or_nomem(rc, what)
+    if rc == lib.MLSN_ERR_LENGTH:
+        raise CryptoError("5.1/native-kdf-length", _status(rc, what))
+    raise CryptoError("5.1/native-kdf-failed", _status(rc, what))
+
+
+def raise_for_ratchet(rc: int) -> None:
+    """``mlsn_ratchet_steps`` failed (its arguments were checked by :func:`_args.check_ratchet` first)."""
+    what = "ratchet step"
+    _raise_if_unsupported_or_nomem(rc, what)
+    if rc == lib.MLSN_ERR_RANGE:
+        raise ValidationError("15.3/ratchet-step-range", _status(rc, what))
+    if rc == lib.MLSN_ERR_LENGTH:
+        raise CryptoError("9.1/native-ratchet-length", _status(rc, what))
+    raise CryptoError("9.1/native-ratchet-failed", _status(rc, what))
+
+
+def raise_for_sender_data(rc: int) -> None:
+    """``mlsn_sender_data_key_nonce`` failed (arguments checked by :func:`_args.check_sender_data`)."""
+    what = "sender data key derivation"
+    _raise_if_unsupported_or_nomem(rc, what)
+    if rc == lib.MLSN_ERR_LENGTH:
+        raise CryptoError("6.3.2/native-sender-data-length", _status(rc, what))
+    raise CryptoError("6.3.2/native-sender-data-failed", _status(rc, what))
+
+
+def raise_for_tree_hash(rc: int) -> None:
+    """A tree hash failed: a leaf index or depth out of range, an input length that does not add up (a
+    span outside its source: the reference's check of the same id), or libcrypto."""
+    what = "tree hash"
+    _raise_if_unsupported_or_nomem(rc, what)
+    if rc == lib.MLSN_ERR_RANGE:
+        raise ValidationError("7.8/native-tree-range", _status(rc, what))
+    if rc == lib.MLSN_ERR_LENGTH:
+        raise CryptoError("7.8/tree-hash-input-length", _status(rc, what))
+    raise CryptoError("7.8/native-tree-hash-failed", _status(rc, what))
 
 
 def hash_id(alg: str) -> tuple[int, int]:
@@ -89,7 +150,7 @@ def size_t_array(values: Sequence[int]) -> array[int]:
     try:
         return array(SIZE_T, values)
     except (OverflowError, TypeError) as exc:
-        raise CryptoError("7.8", "tree hash: starts and lengths must be sizes") from exc
+        raise CryptoError("7.8/span-types", "tree hash: starts and lengths must be sizes") from exc
 
 
 @functools.lru_cache(maxsize=8)
@@ -115,7 +176,11 @@ __all__ = [
     "fixed",
     "hash_id",
     "lib",
-    "raise_for",
+    "raise_for_aead",
+    "raise_for_kdf",
+    "raise_for_ratchet",
+    "raise_for_sender_data",
+    "raise_for_tree_hash",
     "size_t_array",
     "size_t_view",
     "take_secret",

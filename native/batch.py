@@ -14,8 +14,6 @@ from itertools import compress, repeat
 from operator import is_not
 from typing import Any, cast
 
-from mls.errors import ValidationError
-
 from . import _args
 from ._ffi import (
     SIZE_T,
@@ -25,7 +23,9 @@ from ._ffi import (
     fixed,
     hash_id,
     lib,
-    raise_for,
+    raise_for_ratchet,
+    raise_for_sender_data,
+    raise_for_tree_hash,
     size_t_array,
     size_t_view,
     take_secret,
@@ -65,7 +65,7 @@ class NativeBatchOps:
             nh,
         )
         if rc:
-            raise_for(rc, "9.1", "ratchet step")
+            raise_for_ratchet(rc)
         return take_secret(keys, count * nk), take_secret(nonces, count * nn), take_secret(following, nh)
 
     def sender_data_key_nonce(
@@ -78,7 +78,7 @@ class NativeBatchOps:
         key, nonce = alloc("uint8_t[]", nk), alloc("uint8_t[]", nn)
         rc = lib.mlsn_sender_data_key_nonce(hid, secret, nh, sample, len(sample), key, nk, nonce, nn)
         if rc:
-            raise_for(rc, "6.3.2", "sender data key derivation")
+            raise_for_sender_data(rc)
         result = bytes(ffi.buffer(key)), bytes(ffi.buffer(nonce))
         lib.mlsn_cleanse(key, nk)
         lib.mlsn_cleanse(nonce, nn)
@@ -99,7 +99,7 @@ class NativeBatchOps:
             hid, len(nodes), present, data, len(data), size_t_view(lens), len(values), out, width * nh
         )
         if rc:
-            raise_for(rc, "7.8", "tree hash")
+            raise_for_tree_hash(rc)
         return fixed(ffi.buffer(out), nh, width)
 
     def tree_hashes_packed(self, alg: str, nodes: Sequence[bytes]) -> Any:
@@ -118,7 +118,7 @@ class NativeBatchOps:
             hid, len(nodes), data, len(data), ffi.NULL, size_t_view(lens), out, size
         )
         if rc:
-            raise_for(rc, "7.8", "tree hash")
+            raise_for_tree_hash(rc)
         return ffi.buffer(out)
 
     def tree_hashes_spans(self, alg: str, source: bytes, starts: Sequence[int], lens: Sequence[int]) -> Any:
@@ -126,8 +126,7 @@ class NativeBatchOps:
         (``lens[x] == 0`` for a blank node): a tree hashed straight from the message it was decoded from."""
         hid, nh = hash_id(alg)
         n = len(lens)
-        if len(starts) != n:
-            raise ValidationError("7.8", "tree hash: one start and one length per node")
+        _args.check_span_count(starts, lens)
         starts, lens = size_t_array(starts), size_t_array(lens)
         size = ((2 << _args.tree_depth(n)) - 1) * nh
         out = alloc("uint8_t[]", size)
@@ -135,7 +134,7 @@ class NativeBatchOps:
             hid, n, as_bytes(source), len(source), size_t_view(starts), size_t_view(lens), out, size
         )
         if rc:
-            raise_for(rc, "7.8", "tree hash")
+            raise_for_tree_hash(rc)
         return ffi.buffer(out)
 
     def tree_hash_path(
@@ -158,7 +157,7 @@ class NativeBatchOps:
             out, (depth + 1) * nh,
         )  # fmt: skip
         if rc:
-            raise_for(rc, "7.8", "tree hash")
+            raise_for_tree_hash(rc)
         result = list(hashes)
         for x, h in zip(path, fixed(ffi.buffer(out), nh, depth + 1)):
             result[x] = h

@@ -26,7 +26,8 @@ from ._ffi import (
     fixed,
     hash_id,
     lib,
-    raise_for,
+    raise_for_aead,
+    raise_for_kdf,
     size_t_view,
     take_secret,
 )
@@ -71,7 +72,7 @@ def _batch_shape(
     return its AAD column (see :func:`_aad_column`)."""
     nk, nn = _aead_sizes(aead)
     if len(keys) != n * nk or len(nonces) != n * nn:
-        raise CryptoError("5.1", "AEAD keys or nonces do not match the batch size")
+        raise CryptoError("5.1/aead-batch-size", "AEAD keys or nonces do not match the batch size")
     return _aad_column(aad, n)
 
 
@@ -81,7 +82,7 @@ def _aad_column(aad: bytes | Sequence[bytes], n: int) -> tuple[bytes, Any]:
         return as_bytes(aad), ffi.NULL
     aads = list(aad)
     if len(aads) != n:
-        raise CryptoError("5.1", "a batch needs one AAD, or one per item")
+        raise CryptoError("5.1/aead-batch-aad", "a batch needs one AAD, or one per item")
     return b"".join(aads), size_t_view(array(SIZE_T, map(len, aads)))
 
 
@@ -104,7 +105,7 @@ class NativeSymmetric:
             data = as_bytes(data)
             rc = _c_hash(hid, data, len(data), out, nh)
         if rc:
-            raise_for(rc, "5.1", "hash")
+            raise_for_kdf(rc, "hash")
         return ffi.buffer(out)[:]  # type: ignore[no-any-return]
 
     def hmac(self, alg: str, key: bytes, data: bytes) -> bytes:
@@ -124,13 +125,13 @@ class NativeSymmetric:
             a, b = as_bytes(a), as_bytes(b)
             rc = fn(hid, a, len(a), b, len(b), out, nh)
         if rc:
-            raise_for(rc, "5.1", what)
+            raise_for_kdf(rc, what)
         return take_secret(out, nh)
 
     def hkdf_expand(self, alg: str, prk: bytes, info: bytes, length: int) -> bytes:
         hid, nh = hash_id(alg)
         if type(length) is not int or not 1 <= length <= 255 * nh:
-            _args.check_expand_length("5.1", "HKDF-Expand output", length, nh)
+            _args.check_expand_length("5.1/expand-length", "HKDF-Expand output", length, nh)
         out = alloc("uint8_t[]", length)
         try:
             rc = _c_expand(hid, prk, len(prk), info, len(info), out, length)
@@ -138,7 +139,7 @@ class NativeSymmetric:
             prk, info = as_bytes(prk), as_bytes(info)
             rc = _c_expand(hid, prk, len(prk), info, len(info), out, length)
         if rc:
-            raise_for(rc, "5.1", "HKDF-Expand")
+            raise_for_kdf(rc, "HKDF-Expand")
         return take_secret(out, length)
 
     # ---- AEAD -----------------------------------------------------------------------------------
@@ -148,7 +149,7 @@ class NativeSymmetric:
             raise UnsupportedError(f"AEAD 0x{aead:04x} is not supported")
         nk, nn = sizes
         if len(key) != nk or len(nonce) != nn:
-            raise CryptoError("5.1", "AEAD key or nonce has the wrong length")
+            raise _args.aead_key_nonce_length_error()
         n = len(plaintext)
         out = alloc("uint8_t[]", n + _TAG)
         try:
@@ -157,7 +158,7 @@ class NativeSymmetric:
             key, nonce, aad, plaintext = as_bytes(key), as_bytes(nonce), as_bytes(aad), as_bytes(plaintext)
             rc = _c_seal(aead, key, nk, nonce, nn, aad, len(aad), plaintext, n, out, n + _TAG)
         if rc:
-            raise_for(rc, "5.1", "AEAD seal")
+            raise_for_aead(rc, "AEAD seal")
         return ffi.buffer(out)[:]  # type: ignore[no-any-return]
 
     def aead_open(self, aead: int, key: bytes, nonce: bytes, aad: bytes, ciphertext: bytes) -> bytes:
@@ -166,10 +167,10 @@ class NativeSymmetric:
             raise UnsupportedError(f"AEAD 0x{aead:04x} is not supported")
         nk, nn = sizes
         if len(key) != nk or len(nonce) != nn:
-            raise CryptoError("5.1", "AEAD key or nonce has the wrong length")
+            raise _args.aead_key_nonce_length_error()
         n = len(ciphertext) - _TAG
         if n < 0:
-            raise CryptoError("5.1", "AEAD decryption failed")
+            raise _args.aead_tag_error()
         out = alloc("uint8_t[]", n)
         try:
             rc = _c_open(aead, key, nk, nonce, nn, aad, len(aad), ciphertext, n + _TAG, out, n)
@@ -177,9 +178,9 @@ class NativeSymmetric:
             key, nonce, aad, ciphertext = as_bytes(key), as_bytes(nonce), as_bytes(aad), as_bytes(ciphertext)
             rc = _c_open(aead, key, nk, nonce, nn, aad, len(aad), ciphertext, n + _TAG, out, n)
         if rc == lib.MLSN_ERR_AUTH:
-            raise CryptoError("5.1", "AEAD decryption failed")
+            raise _args.aead_tag_error()
         if rc:
-            raise_for(rc, "5.1", "AEAD open")
+            raise_for_aead(rc, "AEAD open")
         return take_secret(out, n)
 
     @staticmethod
@@ -198,7 +199,7 @@ class NativeSymmetric:
             return []
         columns = self._columns(items, nk, nn)
         if columns is None:
-            raise CryptoError("5.1", "AEAD key or nonce has the wrong length")
+            raise _args.aead_key_nonce_length_error()
         keys, nonces, aads, pts = columns
         return self.aead_seal_batch(aead, b"".join(keys), b"".join(nonces), aads, pts)
 
@@ -232,7 +233,7 @@ class NativeSymmetric:
             pt_buf, len(pt_buf), size_t_view(pt_lens), out, total,
         )  # fmt: skip
         if rc:
-            raise_for(rc, "5.1", "AEAD seal")
+            raise_for_aead(rc, "AEAD seal")
         return _split_by_lengths(ffi.buffer(out), pt_lens, _TAG)
 
     def aead_open_batch(
@@ -262,7 +263,7 @@ class NativeSymmetric:
         )  # fmt: skip
         if rc:
             _c_cleanse(out, total)
-            raise_for(rc, "5.1", "AEAD open")
+            raise_for_aead(rc, "AEAD open")
         plaintexts: list[bytes | None] = list(_split_by_lengths(ffi.buffer(out), pt_lens, extra, secret=True))
         _c_cleanse(out, total)
         flags = ffi.buffer(status)[:]

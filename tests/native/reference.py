@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from mls.crypto.backend import PythonBackend
-from mls.errors import CryptoError, ValidationError
+from mls.errors import CryptoError
 from mls.wire.codec import opaque_bytes
 from native import _args
 
@@ -148,10 +148,9 @@ def tree_hashes_packed(alg: str, nodes: Sequence[bytes]) -> bytes:
 def tree_hashes_spans(alg: str, source: bytes, starts: Sequence[int], lens: Sequence[int]) -> bytes:
     """:func:`tree_hashes_packed` with node x's encoding at ``source[starts[x] : starts[x] + lens[x]]``
     (``lens[x] == 0``: blank); every span must lie inside ``source``."""
-    if len(starts) != len(lens):
-        raise ValidationError("7.8", "tree hash: one start and one length per node")
+    _args.check_span_count(starts, lens)
     if any(start < 0 or length < 0 or start + length > len(source) for start, length in zip(starts, lens)):
-        raise CryptoError("7.8", "tree hash: a node's span lies outside the source")
+        raise CryptoError("7.8/tree-hash-input-length", "tree hash: a node's span lies outside the source")
     return tree_hashes_packed(alg, [source[start : start + length] for start, length in zip(starts, lens)])
 
 
