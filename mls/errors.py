@@ -54,6 +54,31 @@ class CryptoError(ValidationError):
     """A cryptographic check failed (signature, AEAD tag, HPKE decryption, MAC)."""
 
 
+# The checks every crypto backend makes, the pure-Python one (mls/crypto/backend.py) and the native one
+# (native/, which may import nothing of mls but this module): built here, once, so that both raise them
+# with the same id.
+
+
+def aead_key_nonce_length_error() -> CryptoError:
+    """An AEAD key or nonce is not the AEAD's Nk or Nn bytes (RFC 9420 §5.1)."""
+    return CryptoError("5.1/aead-key-nonce-length", "AEAD key or nonce has the wrong length")
+
+
+def aead_tag_error(message: str = "AEAD decryption failed") -> CryptoError:
+    """An AEAD tag did not verify, or a ciphertext is too short to carry one (§5.1)."""
+    return CryptoError("5.1/aead-tag", message)
+
+
+def aead_batch_size_error() -> CryptoError:
+    """A batch's keys or nonces are not Nk or Nn bytes per item (§5.1)."""
+    return CryptoError("5.1/aead-batch-size", "AEAD keys or nonces do not match the batch size")
+
+
+def aead_batch_aad_error() -> CryptoError:
+    """A batch has neither one AAD for all items nor one per item (§5.1)."""
+    return CryptoError("5.1/aead-batch-aad", "a batch needs one AAD, or one per item")
+
+
 class UnsupportedError(MLSError):
     """A cipher suite, algorithm or feature that this implementation or key holder does not support."""
 

@@ -36,17 +36,6 @@ def hash_size(alg: str) -> int:
         raise UnsupportedError(f"hash {alg!r} is not supported") from None
 
 
-def aead_tag_error(message: str = "AEAD decryption failed") -> CryptoError:
-    """The AEAD tag did not verify (RFC 9420 §5.1): a ciphertext too short for a tag, or C's
-    ``MLSN_ERR_AUTH``. The same check, and id, as :class:`mls.crypto.backend.PythonBackend`'s."""
-    return CryptoError("5.1/aead-tag", message)
-
-
-def aead_key_nonce_length_error() -> CryptoError:
-    """An AEAD key or nonce is not the cipher's Nk or Nn bytes (§5.1); as the Python backend's check."""
-    return CryptoError("5.1/aead-key-nonce-length", "AEAD key or nonce has the wrong length")
-
-
 def check_expand_length(rule: str, what: str, length: int, nh: int) -> None:
     """An ExpandWithLabel output length: 1..255*Nh (HKDF, RFC 5869 §2.3), so it also fits the uint16."""
     if not 1 <= length <= 255 * nh:

@@ -13,9 +13,7 @@ from array import array
 from collections.abc import Sequence
 from typing import Any
 
-from mls.errors import CryptoError, UnsupportedError, ValidationError
-
-from . import _args
+from mls.errors import CryptoError, UnsupportedError, ValidationError, aead_tag_error
 
 try:
     from ._mlsnative import ffi, lib
@@ -71,7 +69,7 @@ def raise_for_aead(rc: int, what: str) -> None:
     length the C layer refused (Python checks them first, so only a bug), or libcrypto failed."""
     _raise_if_unsupported_or_nomem(rc, what)
     if rc == lib.MLSN_ERR_AUTH:
-        raise _args.aead_tag_error(_status(rc, what))
+        raise aead_tag_error(_status(rc, what))
     if rc == lib.MLSN_ERR_LENGTH:
         raise CryptoError("5.1/native-aead-length", _status(rc, what))
     raise CryptoError("5.1/native-aead-failed", _status(rc, what))

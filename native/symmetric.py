@@ -13,7 +13,14 @@ from itertools import accumulate, repeat
 from operator import add, sub
 from typing import Any
 
-from mls.errors import CryptoError, UnsupportedError
+from mls.errors import (
+    CryptoError,
+    UnsupportedError,
+    aead_batch_aad_error,
+    aead_batch_size_error,
+    aead_key_nonce_length_error,
+    aead_tag_error,
+)
 
 from . import _args
 from ._args import AEAD_SIZES, AEAD_TAG_LEN, AeadItem
@@ -72,7 +79,7 @@ def _batch_shape(
     return its AAD column (see :func:`_aad_column`)."""
     nk, nn = _aead_sizes(aead)
     if len(keys) != n * nk or len(nonces) != n * nn:
-        raise CryptoError("5.1/aead-batch-size", "AEAD keys or nonces do not match the batch size")
+        raise aead_batch_size_error()
     return _aad_column(aad, n)
 
 
@@ -82,7 +89,7 @@ def _aad_column(aad: bytes | Sequence[bytes], n: int) -> tuple[bytes, Any]:
         return as_bytes(aad), ffi.NULL
     aads = list(aad)
     if len(aads) != n:
-        raise CryptoError("5.1/aead-batch-aad", "a batch needs one AAD, or one per item")
+        raise aead_batch_aad_error()
     return b"".join(aads), size_t_view(array(SIZE_T, map(len, aads)))
 
 
@@ -149,7 +156,7 @@ class NativeSymmetric:
             raise UnsupportedError(f"AEAD 0x{aead:04x} is not supported")
         nk, nn = sizes
         if len(key) != nk or len(nonce) != nn:
-            raise _args.aead_key_nonce_length_error()
+            raise aead_key_nonce_length_error()
         n = len(plaintext)
         out = alloc("uint8_t[]", n + _TAG)
         try:
@@ -167,10 +174,10 @@ class NativeSymmetric:
             raise UnsupportedError(f"AEAD 0x{aead:04x} is not supported")
         nk, nn = sizes
         if len(key) != nk or len(nonce) != nn:
-            raise _args.aead_key_nonce_length_error()
+            raise aead_key_nonce_length_error()
         n = len(ciphertext) - _TAG
         if n < 0:
-            raise _args.aead_tag_error()
+            raise aead_tag_error()
         out = alloc("uint8_t[]", n)
         try:
             rc = _c_open(aead, key, nk, nonce, nn, aad, len(aad), ciphertext, n + _TAG, out, n)
@@ -178,7 +185,7 @@ class NativeSymmetric:
             key, nonce, aad, ciphertext = as_bytes(key), as_bytes(nonce), as_bytes(aad), as_bytes(ciphertext)
             rc = _c_open(aead, key, nk, nonce, nn, aad, len(aad), ciphertext, n + _TAG, out, n)
         if rc == lib.MLSN_ERR_AUTH:
-            raise _args.aead_tag_error()
+            raise aead_tag_error()
         if rc:
             raise_for_aead(rc, "AEAD open")
         return take_secret(out, n)
@@ -199,7 +206,7 @@ class NativeSymmetric:
             return []
         columns = self._columns(items, nk, nn)
         if columns is None:
-            raise _args.aead_key_nonce_length_error()
+            raise aead_key_nonce_length_error()
         keys, nonces, aads, pts = columns
         return self.aead_seal_batch(aead, b"".join(keys), b"".join(nonces), aads, pts)
 

@@ -27,7 +27,14 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
-from mls.errors import CryptoError, UnsupportedError
+from mls.errors import (
+    CryptoError,
+    UnsupportedError,
+    aead_batch_aad_error,
+    aead_batch_size_error,
+    aead_key_nonce_length_error,
+    aead_tag_error,
+)
 
 #: HPKE AEAD identifiers (RFC 9180 §7.3), which MLS cipher suites use.
 AEAD_AES128GCM = 0x0001
@@ -146,7 +153,7 @@ def _check_aead_args(aead: int, key: bytes, nonce: bytes) -> None:
     if sizes is None:
         raise UnsupportedError(f"AEAD 0x{aead:04x} is not supported")
     if len(key) != sizes[0] or len(nonce) != sizes[1]:
-        raise CryptoError("5.1/aead-key-nonce-length", "AEAD key or nonce has the wrong length")
+        raise aead_key_nonce_length_error()
 
 
 class PythonBackend:
@@ -179,7 +186,7 @@ class PythonBackend:
         try:
             return self._cipher(aead, key).decrypt(nonce, ciphertext, aad)
         except InvalidTag:
-            raise CryptoError("5.1/aead-tag", "AEAD decryption failed") from None
+            raise aead_tag_error() from None
 
     def aead_seal_many(self, aead: int, items: Sequence[AeadItem]) -> list[bytes]:
         return [self.aead_seal(aead, *item) for item in items]
@@ -202,11 +209,11 @@ class PythonBackend:
             raise UnsupportedError(f"AEAD 0x{aead:04x} is not supported")
         nk, nn = sizes
         if len(keys) != n * nk or len(nonces) != n * nn:
-            raise CryptoError("5.1/aead-batch-size", "AEAD keys or nonces do not match the batch size")
+            raise aead_batch_size_error()
         if isinstance(aad, (bytes, bytearray, memoryview)):
             aads: Iterable[bytes] = repeat(bytes(aad), n)
         elif len(aad) != n:
-            raise CryptoError("5.1/aead-batch-aad", "a batch needs one AAD, or one per item")
+            raise aead_batch_aad_error()
         else:
             aads = aad
         cipher = ChaCha20Poly1305 if aead == AEAD_CHACHA20POLY1305 else AESGCM
