@@ -98,12 +98,7 @@ def join_by_external_commit(
         raise ValidationError("12.4.3.2", "the GroupInfo has no external_pub extension")
     kem_output, init_secret = external_init_send(cs, external.external_pub)
     sender = Sender(sender_type=SenderType.new_member_commit)
-    bodies: list[ExternalInit | Remove | PreSharedKey] = [ExternalInit(kem_output)]
-    if remove_prior is not None:
-        _check_resync(tree, remove_prior, credential)
-        bodies.append(Remove(remove_prior))
-    bodies += [PreSharedKey(p) for p in psk_ids]
-    proposals = [CommittedProposal(Proposal.of(b), sender) for b in bodies]
+    proposals = _joiner_proposals(tree, sender, kem_output, credential, remove_prior, psk_ids)
     vc = ValidationContext(cs, ctx.group_id, ctx.version, tree, ctx.extensions, config.leaf_policy)
     validate_proposal_list(vc, proposals, sender)
     applied = apply_proposals(vc, proposals)
@@ -115,6 +110,17 @@ def join_by_external_commit(
     except MLSError:
         key_store.destroy(leaf_key.key_ref)
         raise
+
+
+def _joiner_proposals(tree: RatchetTree, sender: Sender, kem_output: bytes, credential: Credential,
+                      remove_prior: int | None, psk_ids: Sequence[PreSharedKeyID]) -> list[CommittedProposal]:
+    """ExternalInit, the Remove of a resync, and PreSharedKeys, all by value (§12.4.3.2)."""
+    bodies: list[ExternalInit | Remove | PreSharedKey] = [ExternalInit(kem_output)]
+    if remove_prior is not None:
+        _check_resync(tree, remove_prior, credential)
+        bodies.append(Remove(remove_prior))
+    bodies += [PreSharedKey(p) for p in psk_ids]
+    return [CommittedProposal(Proposal.of(b), sender) for b in bodies]
 
 
 def _template_leaf(signer: Signer, credential: Credential, encryption_key: bytes) -> LeafNode:
