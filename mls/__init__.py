@@ -29,21 +29,15 @@ from mls.errors import (
     UnsupportedError,
     ValidationError,
 )
-from mls.group.group import (
-    ApplicationMessage,
-    CommitOptions,
-    Group,
-    GroupConfig,
-    Handshake,
-    MemoryPskStore,
-    ProcessedMessage,
-    ProposalMessage,
-    PskStore,
-    StagedCommit,
-    default_lifetime,
-)
+from mls.group.commit_options import CommitOptions
+from mls.group.creation import default_lifetime
+from mls.group.group import Group
+from mls.group.handshake_framing import Handshake, HandshakeFraming
 from mls.group.join import tree_from_group_info
-from mls.group.state import GroupState
+from mls.group.results import ApplicationMessage, ProcessedMessage, ProposalMessage
+from mls.group.staged_commit import StagedCommit
+from mls.group.state import GroupConfig, GroupState
+from mls.schedule.psk import MemoryPskStore, PskStore
 from mls.tree.leaf_validation import CredentialValidator, LeafPolicy
 from mls.wire.extensions import Extension, ExtensionType, ExternalSender, ExternalSenders
 from mls.wire.framing import MLSMessage, Sender, SenderType, WireFormat
@@ -93,6 +87,7 @@ __all__ = [
     "GroupInfo",
     "GroupState",
     "Handshake",
+    "HandshakeFraming",
     "HpkePrivateKey",
     "KeyPackage",
     "KeyPackageBundle",

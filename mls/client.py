@@ -15,7 +15,10 @@ from mls.credentials.credential import Credential
 from mls.crypto.cipher_suite import CipherSuite, cipher_suite
 from mls.crypto.key_protocols import HpkePrivateKey, KeyStore, Signer
 from mls.errors import MLSError, ValidationError
-from mls.group.group import Group, GroupConfig, PskStore, default_lifetime
+from mls.group.creation import default_lifetime
+from mls.group.group import Group
+from mls.group.state import GroupConfig
+from mls.schedule.psk import PskStore
 from mls.tree.leaf_node import Capabilities, Lifetime
 from mls.wire.extensions import Extension
 from mls.wire.framing import MLSMessage

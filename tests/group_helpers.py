@@ -21,7 +21,7 @@ from mls.group.group import (
     CommitOptions,
     Group,
     GroupConfig,
-    Handshake,
+    HandshakeFraming,
     MemoryPskStore,
     StagedCommit,
 )
@@ -347,7 +347,7 @@ __all__ = [
     "EXPORT_LABEL",
     "MAIN_SUITES",
     "OTHER_SUITES",
-    "Handshake",
+    "HandshakeFraming",
     "Harness",
     "Member",
     "build_group",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from mls.errors import ValidationError
-from mls.group.group import CommitOptions, Group, Handshake, StagedCommit
+from mls.group.group import CommitOptions, Group, HandshakeFraming, StagedCommit
 
 from .group_helpers import MAIN_SUITES, Harness, Member, build_group
 
@@ -59,7 +59,7 @@ def test_last_resort_key_package_keeps_its_init_key(suite: int) -> None:
 
 def test_self_update_destroys_the_old_leaf_key(suite: int) -> None:
     h, (_alice, bob, _carol) = build_group(suite, ["alice", "bob", "carol"])
-    for handshake in Handshake:
+    for handshake in HandshakeFraming:
         old, refs = leaf_ref(bob), bob.key_refs()
         h.commit(bob, CommitOptions(force_path=True, handshake=handshake))
         new = leaf_ref(bob)
@@ -173,7 +173,7 @@ def test_key_count_is_stable_over_many_epochs(suite: int) -> None:
     h, members = build_group(suite, ["alice", "bob", "carol", "dave"])
     counts = {m.name: len(m.key_refs()) for m in members}
     for i in range(12):
-        handshake = list(Handshake)[i % 2]
+        handshake = list(HandshakeFraming)[i % 2]
         h.commit(members[i % 4], CommitOptions(force_path=True, handshake=handshake), echo=i % 3 == 0)
         assert {m.name: len(m.key_refs()) for m in members} == counts
         assert all(leaf_ref(m) in m.key_store for m in members)

@@ -25,7 +25,14 @@ from mls.client import Client
 from mls.credentials.credential import Credential
 from mls.crypto.key_store import SoftwareKeyStore
 from mls.errors import CryptoError, MLSError, ValidationError
-from mls.group.group import ApplicationMessage, CommitOptions, Group, Handshake, ProposalMessage, StagedCommit
+from mls.group.group import (
+    ApplicationMessage,
+    CommitOptions,
+    Group,
+    HandshakeFraming,
+    ProposalMessage,
+    StagedCommit,
+)
 from mls.tree.nodes import UpdatePath
 from mls.wire.extensions import Extension
 from mls.wire.framing import AuthenticatedContent, MLSMessage, PrivateMessage, PublicMessage, WireFormat
@@ -97,7 +104,7 @@ def world(suite: int) -> World:
     old_app = bob.g.protect(b"old")
     for m in h.others(bob):
         m.g.process(old_app)
-    old_prop, _ = erin.g.propose_remove(carol.leaf, Handshake.private)
+    old_prop, _ = erin.g.propose_remove(carol.leaf, HandshakeFraming.private)
     h.propose(erin, old_prop)
     old_commit = h.commit(alice).commit  # commits erin's Remove of carol: leaf 2 is blank now
     assert carol.removed and alice.g.state.tree.leaf(2) is None and old_commit is not None
@@ -113,8 +120,8 @@ def world(suite: int) -> World:
         "app alice": alice.g.protect(b"x" * 200),
         "app erin empty": erin.g.protect(b""),
     }
-    pool["proposal public"], _ = bob.g.propose_update(Handshake.public)
-    pool["proposal private"], _ = erin.g.propose_remove(bob.leaf, Handshake.private)
+    pool["proposal public"], _ = bob.g.propose_update(HandshakeFraming.public)
+    pool["proposal private"], _ = erin.g.propose_remove(bob.leaf, HandshakeFraming.private)
     staged = alice.g.commit(CommitOptions(add=[fresh_kp], force_path=True, include_pending=False))
     assert staged.commit and staged.welcome and staged.group_info
     pool["commit public"] = staged.commit
@@ -124,7 +131,7 @@ def world(suite: int) -> World:
     pool["welcome"], pool["group info"] = staged.welcome, staged.group_info
     pool["key package"] = MLSMessage.of(fresh_kp).to_bytes()
     pool["commit private"] = erin.g.commit(CommitOptions(remove=[bob.leaf], include_pending=False,
-                                                         handshake=Handshake.private)).commit or b""
+                                                         handshake=HandshakeFraming.private)).commit or b""
     # another group, same members' clients, in the same epoch number
     h2, (a2, b2) = build_group(suite, ["alice2", "bob2"])
     h2.commit(a2, CommitOptions(force_path=True))
@@ -310,7 +317,7 @@ def test_messages_of_another_group(w: World) -> None:
     expect_rejected(w.dave.g, b2.g.protect(b"same id"), "6.3.2/sender-data-aead", CryptoError)
     expect_rejected(w.dave.g, a2.g.commit(CommitOptions(force_path=True)).commit or b"", "6.2/membership-tag", CryptoError)
     a2.g.discard_pending_commit()
-    private = a2.g.commit(CommitOptions(force_path=True, handshake=Handshake.private)).commit or b""
+    private = a2.g.commit(CommitOptions(force_path=True, handshake=HandshakeFraming.private)).commit or b""
     expect_rejected(w.dave.g, private, "6.3.2/sender-data-aead", CryptoError)
 
 
@@ -454,7 +461,7 @@ def test_commits_by_reference_breaking_a_rule(w: World, wire: int) -> None:
 def test_bad_confirmation_tag(w: World, wire: int) -> None:
     alice = copy_of(w.alice)
     staged = alice.commit(CommitOptions(remove=[w.erin.leaf], add=[w.fresh_kp],
-                                        handshake=Handshake.public if wire == PUBLIC else Handshake.private))
+                                        handshake=HandshakeFraming.public if wire == PUBLIC else HandshakeFraming.private))
     auth = AuthenticatedContent.from_bytes(staged.content)
     tag = auth.auth.confirmation_tag
     assert tag is not None

@@ -16,7 +16,7 @@ from mls.group.group import (
     ApplicationMessage,
     CommitOptions,
     GroupConfig,
-    Handshake,
+    HandshakeFraming,
     ProposalMessage,
     StagedCommit,
 )
@@ -35,7 +35,7 @@ from .group_helpers import (
     wire_of,
 )
 
-WIRE = {Handshake.public: WireFormat.mls_public_message, Handshake.private: WireFormat.mls_private_message}
+WIRE = {HandshakeFraming.public: WireFormat.mls_public_message, HandshakeFraming.private: WireFormat.mls_private_message}
 
 
 @pytest.fixture(params=MAIN_SUITES, ids=lambda s: f"suite{s}")
@@ -43,9 +43,9 @@ def suite(request: pytest.FixtureRequest) -> int:
     return int(request.param)
 
 
-@pytest.fixture(params=list(Handshake), ids=lambda h: f"{h.value}")
-def handshake(request: pytest.FixtureRequest) -> Handshake:
-    return Handshake(request.param)
+@pytest.fixture(params=list(HandshakeFraming), ids=lambda h: f"{h.value}")
+def handshake(request: pytest.FixtureRequest) -> HandshakeFraming:
+    return HandshakeFraming(request.param)
 
 
 def commit_proposals(message: bytes) -> list[int]:
@@ -73,7 +73,7 @@ def test_create_single_member_group(suite: int) -> None:
     assert staged.proposals == [] and g.epoch == 1 and g.epoch_authenticator != before
 
 
-def test_add_one(suite: int, handshake: Handshake) -> None:
+def test_add_one(suite: int, handshake: HandshakeFraming) -> None:
     h = Harness(suite)
     alice = h.create()
     (bob,), staged = h.add(alice, ["bob"], CommitOptions(handshake=handshake))
@@ -97,7 +97,7 @@ def test_add_many_with_tree_in_welcome(suite: int) -> None:
     assert len(alice.g.members()) == 7 and sorted(m.leaf for m in new) == list(range(1, 7))
     h.everyone_talks()
     # a second batch, committed by a joiner, in one PrivateMessage commit
-    h.add(new[2], ["x", "y", "z"], CommitOptions(handshake=Handshake.private))
+    h.add(new[2], ["x", "y", "z"], CommitOptions(handshake=HandshakeFraming.private))
     assert len(alice.g.members()) == 10
     h.everyone_talks()
 
@@ -137,7 +137,7 @@ def test_join_with_welcome_of_another_client_fails(suite: int) -> None:
 # ---- remove -----------------------------------------------------------------------------------------
 
 
-def test_remove(suite: int, handshake: Handshake) -> None:
+def test_remove(suite: int, handshake: HandshakeFraming) -> None:
     h, (alice, bob, carol, dave, erin) = build_group(suite, ["alice", "bob", "carol", "dave", "erin"])
     carol_view = group_view(carol.g)
     staged = bob.g.commit(CommitOptions(remove=[carol.leaf], handshake=handshake))
@@ -169,7 +169,7 @@ def test_remove(suite: int, handshake: Handshake) -> None:
 
 
 @pytest.mark.parametrize("echo", [False, True], ids=["merge_pending", "echo"])
-def test_self_update(suite: int, handshake: Handshake, echo: bool) -> None:
+def test_self_update(suite: int, handshake: HandshakeFraming, echo: bool) -> None:
     h, (alice, bob, carol) = build_group(suite, ["alice", "bob", "carol"])
     for committer in (bob, alice, carol):
         old_key = committer.g.state.keys.leaf_key.public_key
@@ -183,7 +183,7 @@ def test_self_update(suite: int, handshake: Handshake, echo: bool) -> None:
     assert alice.g.epoch == 4
 
 
-def test_update_proposal_committed_by_another_member(suite: int, handshake: Handshake) -> None:
+def test_update_proposal_committed_by_another_member(suite: int, handshake: HandshakeFraming) -> None:
     h, (alice, bob, carol, dave) = build_group(suite, ["alice", "bob", "carol", "dave"])
     old_key = bob.g.state.keys.leaf_key.public_key
     message, ref = bob.g.propose_update(handshake)
@@ -191,7 +191,7 @@ def test_update_proposal_committed_by_another_member(suite: int, handshake: Hand
     for m in h.others(bob):
         out = m.g.process(message)
         assert isinstance(out, ProposalMessage) and out.ref == ref and out.sender.leaf_index == bob.leaf
-    staged = h.commit(alice, CommitOptions(handshake=Handshake.public))
+    staged = h.commit(alice, CommitOptions(handshake=HandshakeFraming.public))
     assert [p.ref for p in staged.proposals] == [ref]
     assert commit_proposals(staged.commit or b"") == [ProposalOrRefType.reference]
     new_key = bob.g.state.keys.leaf_key.public_key
@@ -205,7 +205,7 @@ def test_update_proposal_committed_by_another_member(suite: int, handshake: Hand
     h.everyone_talks()
 
 
-def test_several_updates_and_a_remove_in_one_commit(suite: int, handshake: Handshake) -> None:
+def test_several_updates_and_a_remove_in_one_commit(suite: int, handshake: HandshakeFraming) -> None:
     h, (alice, bob, carol, dave, erin) = build_group(suite, ["alice", "bob", "carol", "dave", "erin"])
     refs = []
     for m in (bob, carol):
@@ -224,7 +224,7 @@ def test_several_updates_and_a_remove_in_one_commit(suite: int, handshake: Hands
 # ---- proposals by reference -----------------------------------------------------------------------------
 
 
-def test_add_and_remove_by_reference(suite: int, handshake: Handshake) -> None:
+def test_add_and_remove_by_reference(suite: int, handshake: HandshakeFraming) -> None:
     h, (alice, bob, carol, dave) = build_group(suite, ["alice", "bob", "carol", "dave"])
     erin = h.new_client("erin")
     bundle = erin.client.key_package()
@@ -236,14 +236,14 @@ def test_add_and_remove_by_reference(suite: int, handshake: Handshake) -> None:
     # while proposals are pending nobody sends application data (§12.4)
     with pytest.raises(StateError):
         alice.g.protect(b"too early")
-    staged = h.commit(alice, CommitOptions(handshake=Handshake.public), joiners=[(erin, bundle)])
+    staged = h.commit(alice, CommitOptions(handshake=HandshakeFraming.public), joiners=[(erin, bundle)])
     assert {p.ref for p in staged.proposals} == {add_ref, rm_ref}
     assert commit_proposals(staged.commit or b"") == [ProposalOrRefType.reference] * 2
     assert dave.removed and erin.leaf == dave.leaf  # the Remove is applied before the Add (§12.3)
     h.everyone_talks()
 
 
-def test_proposals_by_reference_and_by_value_mixed(suite: int, handshake: Handshake) -> None:
+def test_proposals_by_reference_and_by_value_mixed(suite: int, handshake: HandshakeFraming) -> None:
     h, (alice, bob, carol) = build_group(suite, ["alice", "bob", "carol"])
     msg, ref = carol.g.propose_update(handshake)
     h.propose(carol, msg)
@@ -274,7 +274,7 @@ def test_commit_without_pending_proposals_drops_them(suite: int) -> None:
 # ---- PSKs ------------------------------------------------------------------------------------------------
 
 
-def test_external_psk(suite: int, handshake: Handshake) -> None:
+def test_external_psk(suite: int, handshake: HandshakeFraming) -> None:
     h, members = build_group(suite, ["alice", "bob", "carol"])
     for m in members:
         m.psks.external[b"shared-id"] = b"the shared psk value"
@@ -329,7 +329,7 @@ def test_external_psk_missing(suite: int) -> None:
     expect_rejected(carol.g, staged.commit or b"", "6.1/confirmation-tag", ValidationError)
 
 
-def test_resumption_psk(suite: int, handshake: Handshake) -> None:
+def test_resumption_psk(suite: int, handshake: HandshakeFraming) -> None:
     h, (alice, bob, carol) = build_group(suite, ["alice", "bob", "carol"])
     h.commit(bob, CommitOptions(force_path=True))
     (dave,), _ = h.add(carol, ["dave"])
@@ -438,7 +438,7 @@ def test_no_past_epoch_retention(suite: int) -> None:
 # ---- pending commits ----------------------------------------------------------------------------------
 
 
-def test_own_commit_recognised(suite: int, handshake: Handshake) -> None:
+def test_own_commit_recognised(suite: int, handshake: HandshakeFraming) -> None:
     h, (alice, bob) = build_group(suite, ["alice", "bob"])
     staged = alice.g.commit(CommitOptions(force_path=True, handshake=handshake))
     back = alice.g.process(staged.commit or b"")
@@ -455,7 +455,7 @@ def test_own_commit_recognised(suite: int, handshake: Handshake) -> None:
     h.everyone_talks()
 
 
-def test_discard_pending_commit(suite: int, handshake: Handshake) -> None:
+def test_discard_pending_commit(suite: int, handshake: HandshakeFraming) -> None:
     h, (alice, bob, carol) = build_group(suite, ["alice", "bob", "carol"])
     before, view, refs = alice.g.to_bytes(), group_view(alice.g), alice.key_refs()
     dave = h.new_client("dave")
@@ -479,7 +479,7 @@ def test_discard_pending_commit(suite: int, handshake: Handshake) -> None:
     h.everyone_talks()
 
 
-def test_concurrent_commits_first_one_wins(suite: int, handshake: Handshake) -> None:
+def test_concurrent_commits_first_one_wins(suite: int, handshake: HandshakeFraming) -> None:
     h, (alice, bob, carol) = build_group(suite, ["alice", "bob", "carol"])
     losing = bob.g.commit(CommitOptions(force_path=True, handshake=handshake))
     winning = alice.g.commit(CommitOptions(force_path=True, handshake=handshake))
@@ -516,7 +516,7 @@ def test_random_walk(suite: int) -> None:
     for m in h.members:
         m.psks.external[b"walk"] = b"walk psk"
     for _step in range(14):
-        hs = rng.choice(list(Handshake))
+        hs = rng.choice(list(HandshakeFraming))
         committer = rng.choice(h.active)
         op = rng.choice(["add", "remove", "update", "propose_update", "psk", "talk"])
         if op == "add" or len(h.active) < 3:
@@ -548,11 +548,11 @@ def test_smoke_other_suites(suite_id: int) -> None:
     for m in h.members:
         m.psks.external[b"id"] = b"psk"
     h.everyone_talks()
-    msg, _ = bob.g.propose_update(Handshake.private)
+    msg, _ = bob.g.propose_update(HandshakeFraming.private)
     h.propose(bob, msg)
-    h.commit(carol, CommitOptions(handshake=Handshake.private), echo=True)
+    h.commit(carol, CommitOptions(handshake=HandshakeFraming.private), echo=True)
     h.commit(alice, CommitOptions(remove=[dave.leaf], psks=[alice.g.new_psk_id(b"id")]))
-    h.add(bob, ["erin", "frank"], CommitOptions(handshake=Handshake.private))
+    h.add(bob, ["erin", "frank"], CommitOptions(handshake=HandshakeFraming.private))
     h.commit(carol, CommitOptions(psks=[carol.g.new_psk_id(resumption_epoch=carol.g.epoch)],
                                      force_path=True))
     messages = [bob.g.protect(b"%d" % i) for i in range(3)]

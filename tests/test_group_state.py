@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from mls.errors import StateError
-from mls.group.group import ApplicationMessage, CommitOptions, Group, GroupConfig, Handshake
+from mls.group.group import ApplicationMessage, CommitOptions, Group, GroupConfig, HandshakeFraming
 from mls.group.state import STATE_VERSION, GroupState
 from mls.schedule.secret_tree import RatchetConfig
 
@@ -50,7 +50,7 @@ def rich_group(suite: int) -> tuple[Harness, list[Member], dict[str, Any]]:
     alice, bob, carol, dave = members
     for m in members:
         m.psks.external[b"psk"] = b"external psk value"
-    h.commit(bob, CommitOptions(force_path=True, handshake=Handshake.private))
+    h.commit(bob, CommitOptions(force_path=True, handshake=HandshakeFraming.private))
     h.commit(carol, CommitOptions(psks=[carol.g.new_psk_id(b"psk")]))
     h.everyone_talks()
     # out of order: alice keeps keys of generations she skipped (retained in the secret tree)
@@ -62,7 +62,7 @@ def rich_group(suite: int) -> tuple[Harness, list[Member], dict[str, Any]]:
     # cached proposals, including an Update whose private key is held by reference
     erin = h.new_client("erin", config)
     bundle = erin.client.key_package()
-    add_msg, _ = alice.g.propose_add(bundle.key_package, Handshake.private)
+    add_msg, _ = alice.g.propose_add(bundle.key_package, HandshakeFraming.private)
     h.propose(alice, add_msg)
     upd_msg, _ = carol.g.propose_update()
     h.propose(carol, upd_msg)
@@ -91,7 +91,7 @@ def test_round_trip_after_several_epochs(suite: int) -> None:
     assert carol.g.state.keys.leaf_key.public_key != old_carol_key
     # ... messages and further commits in both wire formats
     h.everyone_talks()
-    h.commit(dave, CommitOptions(remove=[alice.leaf], handshake=Handshake.private))
+    h.commit(dave, CommitOptions(remove=[alice.leaf], handshake=HandshakeFraming.private))
     h.everyone_talks()
 
 
@@ -107,10 +107,10 @@ def test_restore_after_every_step(suite: int) -> None:
 
     persist_all()
     steps: list[Callable[[], object]] = [
-        lambda: h.commit(bob, CommitOptions(force_path=True, handshake=Handshake.private)),
+        lambda: h.commit(bob, CommitOptions(force_path=True, handshake=HandshakeFraming.private)),
         lambda: h.add(carol, ["dave", "erin"]),
         lambda: h.commit(alice, CommitOptions(psks=[alice.g.new_psk_id(b"id")])),
-        lambda: h.commit(h.by_name("dave"), CommitOptions(remove=[bob.leaf], handshake=Handshake.private)),
+        lambda: h.commit(h.by_name("dave"), CommitOptions(remove=[bob.leaf], handshake=HandshakeFraming.private)),
         lambda: h.commit(carol, CommitOptions(psks=[carol.g.new_psk_id(resumption_epoch=carol.g.epoch - 1)])),
         lambda: h.commit(h.by_name("erin"), CommitOptions(force_path=True), echo=True),
     ]

@@ -16,7 +16,6 @@ from mls.credentials.credential import Credential
 from mls.crypto.cipher_suite import CipherSuite, cipher_suite
 from mls.crypto.key_protocols import HpkePrivateKey, KeyStore, Signer
 from mls.errors import MLSError, ValidationError
-from mls.group.group import Group, GroupConfig
 from mls.group.join import tree_from_group_info
 from mls.group.proposal_list import (
     AppliedProposals,
@@ -25,9 +24,9 @@ from mls.group.proposal_list import (
     apply_proposals,
     validate_proposal_list,
 )
-from mls.group.state import GroupState
+from mls.group.state import GroupConfig, GroupState
 from mls.schedule.key_schedule import KeySchedule, external_init_send
-from mls.schedule.psk import MemoryPskStore, PskStore, psk_secret
+from mls.schedule.psk import PskStore, psk_secret
 from mls.schedule.transcript import TranscriptHashes, interim_transcript_hash
 from mls.tree.leaf_node import LeafNode, LeafNodeSource, default_capabilities, sign_leaf_node
 from mls.tree.leaf_validation import check_required_capabilities
@@ -73,22 +72,21 @@ def _check_resync(tree: RatchetTree, remove_prior: int, credential: Credential) 
         raise ValidationError("12.4.3.2", "resync must remove a leaf with the joiner's own credential")
 
 
-def external_join(
+def join_by_external_commit(
     key_store: KeyStore,
     group_info: bytes,
     *,
     signer: Signer,
     credential: Credential,
+    psks: PskStore,
     ratchet_tree: bytes | None = None,
-    psks: PskStore | None = None,
     psk_ids: Sequence[PreSharedKeyID] = (),
     config: GroupConfig | None = None,
     remove_prior: int | None = None,
     authenticated_data: bytes = b"",
-) -> tuple[Group, bytes]:
-    """Join by external commit: returns the new member's group (in the new epoch) and the commit to send."""
+) -> tuple[GroupState, bytes]:
+    """Join by external commit: returns the new member's state (in the new epoch) and the commit to send."""
     config = config or GroupConfig()
-    psk_store: PskStore = psks or MemoryPskStore()
     gi = MLSMessage.from_bytes(group_info).body
     if not isinstance(gi, GroupInfo):
         raise ValidationError("12.4.3.2", "the message is not a GroupInfo")
@@ -100,23 +98,29 @@ def external_join(
         raise ValidationError("12.4.3.2", "the GroupInfo has no external_pub extension")
     kem_output, init_secret = external_init_send(cs, external.external_pub)
     sender = Sender(sender_type=SenderType.new_member_commit)
-    bodies: list[ExternalInit | Remove | PreSharedKey] = [ExternalInit(kem_output)]
-    if remove_prior is not None:
-        _check_resync(tree, remove_prior, credential)
-        bodies.append(Remove(remove_prior))
-    bodies += [PreSharedKey(p) for p in psk_ids]
-    proposals = [CommittedProposal(Proposal.of(b), sender) for b in bodies]
+    proposals = _joiner_proposals(tree, sender, kem_output, credential, remove_prior, psk_ids)
     vc = ValidationContext(cs, ctx.group_id, ctx.version, tree, ctx.extensions, config.leaf_policy)
     validate_proposal_list(vc, proposals, sender)
     applied = apply_proposals(vc, proposals)
     check_required_capabilities(_template_leaf(signer, credential, b""), find_payload(applied.extensions, RequiredCapabilities))
     leaf_key = key_store.new_hpke_key(cs.suite_id)
     try:
-        return _commit(cs, key_store, gi, applied, proposals, signer, credential, leaf_key, init_secret,
-                       psk_store, config, authenticated_data)
+        return _commit(cs, gi, applied, proposals, signer, credential, leaf_key, init_secret, psks, config,
+                       authenticated_data)
     except MLSError:
         key_store.destroy(leaf_key.key_ref)
         raise
+
+
+def _joiner_proposals(tree: RatchetTree, sender: Sender, kem_output: bytes, credential: Credential,
+                      remove_prior: int | None, psk_ids: Sequence[PreSharedKeyID]) -> list[CommittedProposal]:
+    """ExternalInit, the Remove of a resync, and PreSharedKeys, all by value (§12.4.3.2)."""
+    bodies: list[ExternalInit | Remove | PreSharedKey] = [ExternalInit(kem_output)]
+    if remove_prior is not None:
+        _check_resync(tree, remove_prior, credential)
+        bodies.append(Remove(remove_prior))
+    bodies += [PreSharedKey(p) for p in psk_ids]
+    return [CommittedProposal(Proposal.of(b), sender) for b in bodies]
 
 
 def _template_leaf(signer: Signer, credential: Credential, encryption_key: bytes) -> LeafNode:
@@ -147,10 +151,9 @@ def _joiner_path(cs: CipherSuite, gi: GroupInfo, applied: AppliedProposals, sign
     )
 
 
-def _commit(cs: CipherSuite, key_store: KeyStore, gi: GroupInfo, applied: AppliedProposals,
-            proposals: list[CommittedProposal], signer: Signer, credential: Credential, leaf_key: HpkePrivateKey,
-            init_secret: bytes, psk_store: PskStore, config: GroupConfig,
-            authenticated_data: bytes) -> tuple[Group, bytes]:
+def _commit(cs: CipherSuite, gi: GroupInfo, applied: AppliedProposals, proposals: list[CommittedProposal],
+            signer: Signer, credential: Credential, leaf_key: HpkePrivateKey, init_secret: bytes,
+            psk_store: PskStore, config: GroupConfig, authenticated_data: bytes) -> tuple[GroupState, bytes]:
     ctx = gi.group_context
     created = _joiner_path(cs, gi, applied, signer, credential, leaf_key)
     commit = Commit(tuple(ProposalOrRef.of(p.proposal) for p in proposals), created.update_path)
@@ -173,7 +176,7 @@ def _commit(cs: CipherSuite, key_store: KeyStore, gi: GroupInfo, applied: Applie
         secret_tree=secret_tree, interim_transcript_hash=interim_transcript_hash(cs, confirmed, tag),
         confirmation_tag=tag, config=config, resumption_psks={new_ctx.epoch: secrets.resumption_psk},
     )
-    return Group(state, key_store, psk_store), message
+    return state, message
 
 
 def _psk(store: PskStore, psk_id: PreSharedKeyID) -> bytes:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from mls.crypto.cipher_suite import CipherSuite, cipher_suite
-from mls.crypto.key_protocols import HpkePrivateKey
+from mls.crypto.key_protocols import HpkePrivateKey, KeyStore
 from mls.errors import ValidationError
 from mls.group.state import GroupConfig, GroupState
 from mls.group.welcome import decrypt_group_info, open_group_secrets
@@ -60,6 +60,37 @@ def state_from_welcome(
     gi = decrypt_group_info(cs, welcome_secret, w.encrypted_group_info)
     _check_resumption_join(gi, secrets.psks, expected_reinit, resumed_from)
     return _state_from_group_info(cs, gi, secrets, psk, key_package, leaf_key, signer_ref, ratchet_tree, config)
+
+
+def member_state_from_welcome(
+    key_store: KeyStore,
+    welcome: bytes,
+    *,
+    key_package: KeyPackage,
+    init_key: HpkePrivateKey,
+    leaf_key: HpkePrivateKey,
+    signer_ref: bytes,
+    ratchet_tree: bytes | None,
+    psks: PskStore,
+    config: GroupConfig,
+    destroy_init_key: bool,
+    retain_leaf_key: bool,
+    expected_reinit: ReInit | None,
+    resumed_from: GroupContext | None,
+) -> GroupState:
+    """:func:`state_from_welcome`, then the KeyPackage's keys are dealt with (§12.4.3.1, §16.8): the
+    init key is destroyed, and the leaf key of a last-resort KeyPackage (shared by every group joined
+    with it) is marked retained so that no commit of this group destroys it."""
+    state = state_from_welcome(
+        welcome, key_package=key_package, init_key=init_key, leaf_key=leaf_key, signer_ref=signer_ref,
+        ratchet_tree=ratchet_tree, psks=psks, config=config, expected_reinit=expected_reinit,
+        resumed_from=resumed_from,
+    )
+    if retain_leaf_key:
+        state.retained_keys = frozenset({leaf_key.key_ref})
+    if destroy_init_key:
+        key_store.destroy(init_key.key_ref)
+    return state
 
 
 def _joiner_psk(store: PskStore, psk_id: PreSharedKeyID) -> bytes:

@@ -178,14 +178,24 @@ class GroupState:
         """Rebuild a state; the leaf key comes back from ``key_store`` by reference."""
         try:
             s = json.loads(data)
-            if s.get("version") != STATE_VERSION:
-                raise StateError(f"unsupported group state version {s.get('version')!r}")
+        except ValueError as e:
+            raise StateError(f"malformed group state ({type(e).__name__})") from None
+        return cls.from_state(s, key_store, leaf_policy)
+
+    @classmethod
+    def from_state(cls, s: Any, key_store: KeyStore, leaf_policy: LeafPolicy | None = None) -> GroupState:
+        """Rebuild a state from the value of :meth:`to_state` (as decoded from JSON). Corrupt or
+        unknown-version input raises :class:`StateError`; a key ``key_store`` does not hold, KeyStoreError."""
+        try:
+            if not isinstance(s, dict) or s.get("version") != STATE_VERSION:
+                version = s.get("version") if isinstance(s, dict) else None
+                raise StateError(f"unsupported group state version {version!r}")
             state = cls._from_state(s, key_store, leaf_policy)
         except (StateError, KeyStoreError):
             raise
         except MLSError as e:
             raise StateError(f"malformed group state ({type(e).__name__}: {e})") from None
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
+        except (ValueError, KeyError, TypeError, AttributeError, IndexError, OverflowError) as e:
             raise StateError(f"malformed group state ({type(e).__name__})") from None
         state.check_consistent()
         return state
