@@ -1,15 +1,13 @@
 """The structure of the repository: layering, mls/ internal order, no dynamic imports, size limits.
 
 Rules from docs/architecture.md; the graph is read with :mod:`tests.architecture` (``ast``, nothing is
-imported). Each allow-list below holds what today's tree still needs while other work removes it: it may
-only shrink, and a test warns (``-ra`` shows it) when an entry is no longer needed so it can be deleted.
-Failures name each offending import as ``module -> imported module``.
+imported). There are no allow-lists: a rule holds for the whole tree. Failures name each offending import
+as ``module -> imported module``.
 """
 
 from __future__ import annotations
 
 import textwrap
-import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -37,60 +35,9 @@ LAYERS = ("gateway", "hsm", "native", "mls")
 #: A downward import narrowed further: of ``mls``, ``native`` may import only ``mls.errors``.
 NARROW = {("native", "mls"): ("mls.errors",)}
 
-# Upward imports between the top-level packages that today's tree still has. MUST BECOME EMPTY: the crypto
-# backend is being made "passed in" (mls/ stops loading native/), and native/ is being cut loose from
-# mls/ except mls.errors. Do not add entries.
-LAYERING_EXCEPTIONS_BEING_REMOVED: frozenset[str] = frozenset(
-    {
-        "mls.crypto.backend -> native.backend",  # importlib.import_module("native.backend") in _load_native
-        "native.reference -> mls.crypto.backend",  # the pure-Python reference subclasses PythonBackend
-        "native.reference -> mls.wire.codec",  # opaque_bytes for the tree-hash reference
-    }
-)
-
-# mls submodules that gateway/ still imports directly instead of through ``from mls import ...``.
-# MUST SHRINK TO EMPTY: gateway/ is being moved onto mls's public API (mls/__init__.py), which then exports
-# whatever the gateway needs. Keyed by the imported module (not the importer) so that the split of
-# gateway/service.py does not have to touch this list. Do not add entries.
-GATEWAY_MLS_DEEP_IMPORTS_ALLOWED: frozenset[str] = frozenset(
-    {
-        "mls.conformance.__main__",  # gateway.cli's `conformance` verb; make it reachable from mls's API
-        "mls.credentials.credential",
-        "mls.crypto.backend",
-        "mls.crypto.cipher_suite",
-        "mls.errors",
-        "mls.group.group",
-        "mls.group.join",
-        "mls.group.state",
-        "mls.wire.extensions",
-        "mls.wire.framing",
-        "mls.wire.group_info",
-        "mls.wire.key_package",
-        "mls.wire.proposals",
-        "mls.wire.welcome",
-    }
-)
-
-# Modules of mls/ that call importlib.import_module / __import__. MUST BECOME EMPTY. Do not add entries.
-MLS_DYNAMIC_IMPORTS_BEING_REMOVED: frozenset[str] = frozenset(
-    {
-        "mls.crypto.backend",  # loads native.backend; goes with the "passed in" crypto backend
-        "mls.conformance",  # load_kinds() imports its vectors_* modules by name: import them explicitly
-    }
-)
-
-# Modules over MAX_MODULE_LINES and classes over MAX_CLASS_LINES today. EACH MUST GO (by splitting, which is
-# under way); an entry covers only the module or class it names. Do not add entries.
-KNOWN_OVERSIZE: frozenset[str] = frozenset(
-    {
-        "mls.group.group",  # 960 lines: being split into modules
-        "mls.group.group.Group",  # 737 lines: goes with the split of mls/group/group.py
-        "gateway.service",  # 758 lines: being split into resource modules around a per-group unit of work
-        "gateway.service.GatewayService",  # 503 lines: goes with the split of gateway/service.py
-        "mls.tree.ratchet_tree.RatchetTree",  # 424 lines
-        "native.backend.NativeBackend",  # 319 lines
-    }
-)
+#: The public entry points of mls that gateway/ may import: the library's API (``mls/__init__.py``) and the
+#: conformance runner (``mls-gateway conformance``). Everything else of mls is reached through these.
+MLS_PUBLIC_MODULES = frozenset({"mls", "mls.conformance"})
 
 # Inside mls/: what each low module or subpackage may import of mls (besides itself). Rules that hold today.
 MLS_LOWER_IMPORTS: dict[str, tuple[str, ...]] = {
@@ -120,12 +67,6 @@ def _report(edges: Iterable[Edge]) -> str:
     return "\n".join(f"  {e}   ({e.source}:{e.lineno})" for e in edges)
 
 
-def _warn_stale(name: str, stale: Iterable[str]) -> None:
-    stale = sorted(stale)
-    if stale:
-        warnings.warn(f"{name}: no longer needed, delete: {', '.join(stale)}", stacklevel=2)
-
-
 def test_graph_sees_the_whole_tree(graph: Graph) -> None:
     for pkg in PACKAGES:
         assert pkg in graph.modules, f"package {pkg} not found"
@@ -134,45 +75,31 @@ def test_graph_sees_the_whole_tree(graph: Graph) -> None:
 
 
 def test_layering_imports_go_down_only(graph: Graph) -> None:
-    found = layering_violations(graph, LAYERS, NARROW)
-    bad = [e for e in found if str(e) not in LAYERING_EXCEPTIONS_BEING_REMOVED]
+    bad = layering_violations(graph, LAYERS, NARROW)
     assert not bad, (
         "a lower layer imports a higher one (gateway -> hsm -> native -> mls; native uses only mls.errors):\n"
         + _report(bad)
     )
-    _warn_stale(
-        "LAYERING_EXCEPTIONS_BEING_REMOVED", LAYERING_EXCEPTIONS_BEING_REMOVED - {str(e) for e in found}
-    )
 
 
 def test_gateway_uses_mls_public_api_only(graph: Graph) -> None:
-    found = deep_imports(graph, "gateway", "mls")
-    bad = [e for e in found if e.target not in GATEWAY_MLS_DEEP_IMPORTS_ALLOWED]
+    bad = [e for e in deep_imports(graph, "gateway", "mls") if e.target not in MLS_PUBLIC_MODULES]
     assert not bad, "gateway/ imports an mls submodule; use `from mls import ...`:\n" + _report(bad)
-    _warn_stale(
-        "GATEWAY_MLS_DEEP_IMPORTS_ALLOWED", GATEWAY_MLS_DEEP_IMPORTS_ALLOWED - {e.target for e in found}
-    )
 
 
 def test_no_dynamic_imports_in_mls(graph: Graph) -> None:
-    found = [d for d in graph.dynamic if in_package(d.source, "mls")]
-    bad = [d for d in found if d.source not in MLS_DYNAMIC_IMPORTS_BEING_REMOVED]
+    bad = [d for d in graph.dynamic if in_package(d.source, "mls")]
     assert not bad, "mls/ imports by name at run time:\n" + "\n".join(
         f"  {d.source}:{d.lineno} {d.call}({d.target or '...'})" for d in bad
-    )
-    _warn_stale(
-        "MLS_DYNAMIC_IMPORTS_BEING_REMOVED", MLS_DYNAMIC_IMPORTS_BEING_REMOVED - {d.source for d in found}
     )
 
 
 def test_size_limits(graph: Graph) -> None:
-    found = oversize(graph, MAX_MODULE_LINES, MAX_CLASS_LINES)
-    bad = {name: n for name, n in found.items() if name not in KNOWN_OVERSIZE}
+    bad = oversize(graph, MAX_MODULE_LINES, MAX_CLASS_LINES)
     assert not bad, (
         f"over {MAX_MODULE_LINES} lines (module) or {MAX_CLASS_LINES} lines (class):\n"
         + "\n".join(f"  {name}: {n} lines" for name, n in sorted(bad.items()))
     )
-    _warn_stale("KNOWN_OVERSIZE", KNOWN_OVERSIZE - set(found))
 
 
 @pytest.mark.parametrize("lower", sorted(MLS_LOWER_IMPORTS))
