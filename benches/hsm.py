@@ -266,7 +266,8 @@ def _two_member_group(key_store: Callable[[], Any], tag: bytes) -> tuple[Any, An
     """A suite-1 group of alice and bob, each with a key store from ``key_store()``; checked both ways."""
     from mls.client import Client
     from mls.credentials.credential import Credential
-    from mls.group.group import ApplicationMessage, CommitOptions
+    from mls.group.commit_options import CommitOptions
+    from mls.group.results import ApplicationMessage
 
     alice = Client(key_store(), 1, Credential.basic(b"alice-" + tag))
     bob = Client(key_store(), 1, Credential.basic(b"bob-" + tag))

@@ -72,7 +72,9 @@ from mls.client import Client
 from mls.credentials.credential import Credential
 from mls.crypto.backend import PythonBackend, get_backend, set_backend
 from mls.crypto.key_store import SoftwareKeyStore
-from mls.group.group import CommitOptions, Group, StagedCommit
+from mls.group.commit_options import CommitOptions
+from mls.group.group import Group
+from mls.group.staged_commit import StagedCommit
 from mls.wire.framing import MLSMessage, PublicMessage
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -400,7 +400,7 @@ def bench_messages(quick: bool) -> dict[str, Any]:
     from mls.credentials.credential import Credential
     from mls.crypto import backend as be
     from mls.crypto.key_store import SoftwareKeyStore
-    from mls.group.group import CommitOptions
+    from mls.group.commit_options import CommitOptions
 
     alice = Client(SoftwareKeyStore(), 1, Credential.basic(b"alice"))
     bob = Client(SoftwareKeyStore(), 1, Credential.basic(b"bob"))

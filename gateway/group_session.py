@@ -51,19 +51,6 @@ def membership_keys(group: Group) -> list[bytes]:
     return refs
 
 
-def merge_and_collect_dead_keys(group: Group, staged: StagedCommit) -> list[bytes]:
-    """Merge a staged commit without destroying keys; returns the keys to destroy once it is durable.
-
-    The one place that decides them. Today they are ``staged.dead_key_refs`` as staged, before ``merge``
-    filters out retained (last-resort) keys — tests/gateway/test_last_resort.py shows the consequence.
-    When ``Group.merge`` returns the keys it made dead, this becomes
-    ``return group.merge(staged, destroy_dead_keys=False)``.
-    """
-    dead = list(staged.dead_key_refs)
-    group.merge(staged, destroy_dead_keys=False)
-    return dead
-
-
 class GroupSession:
     """One identity's membership of one group during one request (see the module docstring)."""
 
@@ -90,8 +77,9 @@ class GroupSession:
         return self._sessions.open(self.identity, group_id).group
 
     def merge(self, staged: StagedCommit) -> None:
-        """Adopt a staged commit; the keys it made dead are destroyed after :meth:`commit`."""
-        self.pending.dead_keys += merge_and_collect_dead_keys(self.group, staged)
+        """Adopt a staged commit; the keys the merge made dead (as ``Group.merge`` returns them, retained
+        last-resort keys never among them) are destroyed after :meth:`commit`."""
+        self.pending.dead_keys += self.group.merge(staged, destroy_dead_keys=False)
 
     def remember_psks(self, psks: Sequence[tuple[bytes, bytes]]) -> None:
         """Keep external PSKs given with this request (sealed) for the identity's later operations."""
@@ -174,4 +162,4 @@ class GroupSessions:
         return self.sealer.open_psks(identity.identity_id, sealed, dict(extra))
 
 
-__all__ = ["GroupSession", "GroupSessions", "membership_keys", "merge_and_collect_dead_keys", "new_leaf_key"]
+__all__ = ["GroupSession", "GroupSessions", "membership_keys", "new_leaf_key"]

@@ -11,7 +11,7 @@ import os
 
 from mls import (
     GroupInfo,
-    Handshake,
+    HandshakeFraming,
     KeyPackage,
     MLSMessage,
     PreSharedKeyID,
@@ -42,9 +42,9 @@ def decode_welcome(data: bytes) -> Welcome:
     return welcome
 
 
-def handshake(name: HandshakeName) -> Handshake:
+def handshake(name: HandshakeName) -> HandshakeFraming:
     """How handshake messages are sent: as PublicMessage or PrivateMessage (RFC 9420 §6)."""
-    return Handshake(name)
+    return HandshakeFraming(name)
 
 
 def _nonce(suite: int) -> bytes:

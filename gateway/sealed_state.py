@@ -3,43 +3,20 @@
 Every sealed value's AAD binds it to its owner (identity, group or PSK id), so a row copied onto another
 identity or group does not open. The store only ever sees the sealed bytes.
 
-The pending commit's serialisation is :func:`pending_commit_to_bytes` / :func:`pending_commit_from_bytes`
-(the only place that knows it); when ``mls`` has ``StagedCommit.to_bytes()`` and
-``StagedCommit.from_bytes(data, key_store)`` they become those two calls.
+A pending commit is stored as :meth:`mls.StagedCommit.to_bytes` (versioned; it holds the next epoch's
+secrets, hence sealed). One that does not open as such — corrupt, or of another version — raises
+:class:`mls.StateError`, as a corrupt group state does, and the request answers a problem document.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 
 from hsm.envelope import Envelope
 from hsm.keystore import Pkcs11KeyStore
-from mls import Group, GroupState, MemoryPskStore, Sender, StagedCommit
+from mls import Group, GroupState, MemoryPskStore, StagedCommit
 
 from .store import GroupRecord
-
-
-def pending_commit_to_bytes(staged: StagedCommit) -> bytes:
-    """A staged own commit as bytes (hex fields in JSON, until ``StagedCommit.to_bytes`` exists)."""
-    assert staged.state is not None
-    return json.dumps({
-        "state": staged.state.to_state(), "content": staged.content.hex(),
-        "commit": (staged.commit or b"").hex(), "welcome": None if staged.welcome is None else staged.welcome.hex(),
-        "group_info": (staged.group_info or b"").hex(), "dead": [r.hex() for r in staged.dead_key_refs],
-        "sender_leaf": staged.sender.leaf_index,
-    }).encode()
-
-
-def pending_commit_from_bytes(data: bytes, keys: Pkcs11KeyStore) -> StagedCommit:
-    """The inverse of :func:`pending_commit_to_bytes`."""
-    d = json.loads(data)
-    state = GroupState.from_bytes(json.dumps(d["state"]).encode(), keys)
-    return StagedCommit(
-        state, Sender.member(d["sender_leaf"]), [], bytes.fromhex(d["content"]), bytes.fromhex(d["commit"]),
-        None if d["welcome"] is None else bytes.fromhex(d["welcome"]), bytes.fromhex(d["group_info"]),
-        None, [bytes.fromhex(r) for r in d["dead"]],
-    )
 
 
 def _state_aad(identity_id: str, group_id: bytes) -> bytes:
@@ -66,8 +43,7 @@ class StateSealer:
         group_id = group.group_id
         pending = None
         if group.pending_commit is not None:
-            pending = self.envelope.seal(pending_commit_to_bytes(group.pending_commit),
-                                         _pending_aad(identity_id, group_id))
+            pending = self.envelope.seal(group.pending_commit.to_bytes(), _pending_aad(identity_id, group_id))
         state = self.envelope.seal(group.to_bytes(), _state_aad(identity_id, group_id))
         return GroupRecord(identity_id, group_id, group.epoch, state, pending)
 
@@ -78,7 +54,7 @@ class StateSealer:
         group = Group(GroupState.from_bytes(raw, self.keys), self.keys, psks)
         if record.pending is not None:
             staged = self.envelope.open(record.pending, _pending_aad(identity_id, group_id))
-            group.pending_commit = pending_commit_from_bytes(staged, self.keys)
+            group.pending_commit = StagedCommit.from_bytes(staged, self.keys)
         return group
 
     def seal_psk(self, identity_id: str, psk_id: bytes, secret: bytes) -> bytes:
@@ -91,4 +67,4 @@ class StateSealer:
         return MemoryPskStore(external={**known, **(extra or {})})
 
 
-__all__ = ["StateSealer", "pending_commit_from_bytes", "pending_commit_to_bytes"]
+__all__ = ["StateSealer"]

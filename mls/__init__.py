@@ -32,7 +32,7 @@ from mls.errors import (
 from mls.group.commit_options import CommitOptions
 from mls.group.creation import default_lifetime
 from mls.group.group import Group
-from mls.group.handshake_framing import Handshake, HandshakeFraming
+from mls.group.handshake_framing import HandshakeFraming
 from mls.group.join import tree_from_group_info
 from mls.group.results import ApplicationMessage, ProcessedMessage, ProposalMessage
 from mls.group.staged_commit import StagedCommit
@@ -86,7 +86,6 @@ __all__ = [
     "GroupContextExtensions",
     "GroupInfo",
     "GroupState",
-    "Handshake",
     "HandshakeFraming",
     "HpkePrivateKey",
     "KeyPackage",

@@ -16,15 +16,13 @@ from mls.client import Client, KeyPackageBundle
 from mls.credentials.credential import Credential
 from mls.crypto.key_store import SoftwareKeyStore
 from mls.errors import MLSError, StateError
-from mls.group.group import (
-    ApplicationMessage,
-    CommitOptions,
-    Group,
-    GroupConfig,
-    HandshakeFraming,
-    MemoryPskStore,
-    StagedCommit,
-)
+from mls.group.commit_options import CommitOptions
+from mls.group.group import Group
+from mls.group.handshake_framing import HandshakeFraming
+from mls.group.results import ApplicationMessage
+from mls.group.staged_commit import StagedCommit
+from mls.group.state import GroupConfig
+from mls.schedule.psk import MemoryPskStore
 from mls.schedule.secret_tree import RatchetType, SecretTree
 from mls.tree.leaf_node import LeafNode, LeafNodeSource, sign_leaf_node
 from mls.tree.nodes import UpdatePath

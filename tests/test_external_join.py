@@ -25,18 +25,15 @@ from mls.crypto.cipher_suite import cipher_suite
 from mls.crypto.key_protocols import KeyStore, Signer
 from mls.crypto.key_store import SoftwareKeyStore
 from mls.errors import CryptoError, MLSError, StateError, ValidationError
+from mls.group.commit_options import CommitOptions
 from mls.group.external_join import _joiner_path
-from mls.group.group import (
-    ApplicationMessage,
-    CommitOptions,
-    Group,
-    MemoryPskStore,
-    StagedCommit,
-)
+from mls.group.group import Group
 from mls.group.join import tree_from_group_info
 from mls.group.proposal_list import CommittedProposal, ValidationContext, apply_proposals
+from mls.group.results import ApplicationMessage
+from mls.group.staged_commit import StagedCommit
 from mls.schedule.key_schedule import KeySchedule, external_init_send
-from mls.schedule.psk import psk_secret
+from mls.schedule.psk import MemoryPskStore, psk_secret
 from mls.schedule.transcript import TranscriptHashes, interim_transcript_hash
 from mls.tree.leaf_node import LeafNode, LeafNodeSource, sign_leaf_node
 from mls.tree.leaf_validation import LeafPolicy

@@ -20,16 +20,13 @@ from mls.credentials.credential import Credential
 from mls.crypto.cipher_suite import cipher_suite
 from mls.crypto.key_store import SoftwareKeyStore
 from mls.errors import CryptoError, MLSError, StateError, ValidationError
+from mls.group.commit_options import CommitOptions
 from mls.group.external_sender import _external_message, external_proposal, new_member_add_proposal
-from mls.group.group import (
-    ApplicationMessage,
-    CommitOptions,
-    Group,
-    MemoryPskStore,
-    ProposalMessage,
-    StagedCommit,
-)
+from mls.group.group import Group
 from mls.group.reinit import reinit_successor, resumption_psks
+from mls.group.results import ApplicationMessage, ProposalMessage
+from mls.group.staged_commit import StagedCommit
+from mls.schedule.psk import MemoryPskStore
 from mls.tree.leaf_node import LeafNodeSource, sign_leaf_node
 from mls.wire.commit import Commit
 from mls.wire.extensions import ExternalSender, ExternalSenders, RequiredCapabilities, find_payload

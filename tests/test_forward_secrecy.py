@@ -10,7 +10,10 @@ from __future__ import annotations
 import pytest
 
 from mls.errors import ValidationError
-from mls.group.group import CommitOptions, Group, HandshakeFraming, StagedCommit
+from mls.group.commit_options import CommitOptions
+from mls.group.group import Group
+from mls.group.handshake_framing import HandshakeFraming
+from mls.group.staged_commit import StagedCommit
 
 from .group_helpers import MAIN_SUITES, Harness, Member, build_group
 

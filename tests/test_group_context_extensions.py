@@ -21,7 +21,10 @@ from mls.client import Client, KeyPackageBundle
 from mls.credentials.credential import Credential
 from mls.crypto.key_store import SoftwareKeyStore
 from mls.errors import DecodeError, MLSError, ValidationError
-from mls.group.group import CommitOptions, Group, StagedCommit, default_lifetime
+from mls.group.commit_options import CommitOptions
+from mls.group.creation import default_lifetime
+from mls.group.group import Group
+from mls.group.staged_commit import StagedCommit
 from mls.tree.leaf_node import Capabilities, default_capabilities
 from mls.wire.commit import Commit
 from mls.wire.extensions import ApplicationId, Extension, ExternalSenders, RequiredCapabilities, find_payload

@@ -25,14 +25,11 @@ from mls.client import Client
 from mls.credentials.credential import Credential
 from mls.crypto.key_store import SoftwareKeyStore
 from mls.errors import CryptoError, MLSError, ValidationError
-from mls.group.group import (
-    ApplicationMessage,
-    CommitOptions,
-    Group,
-    HandshakeFraming,
-    ProposalMessage,
-    StagedCommit,
-)
+from mls.group.commit_options import CommitOptions
+from mls.group.group import Group
+from mls.group.handshake_framing import HandshakeFraming
+from mls.group.results import ApplicationMessage, ProposalMessage
+from mls.group.staged_commit import StagedCommit
 from mls.tree.nodes import UpdatePath
 from mls.wire.extensions import Extension
 from mls.wire.framing import AuthenticatedContent, MLSMessage, PrivateMessage, PublicMessage, WireFormat
@@ -540,7 +537,7 @@ def test_commit_with_mangled_path(w: World) -> None:
 
 @pytest.mark.parametrize("kind", ["corrupted ciphertext", "beyond max_forward_distance"])
 def test_rejected_private_message_of_unstarted_sender_leaves_state_unchanged(kind: str) -> None:
-    from mls.group.group import GroupConfig
+    from mls.group.state import GroupConfig
     from mls.schedule.secret_tree import RatchetConfig
 
     _h, (_alice, bob, carol) = build_group(1, ["alice", "bob", "carol"],

@@ -12,14 +12,11 @@ import random
 import pytest
 
 from mls.errors import MLSError, StateError, ValidationError
-from mls.group.group import (
-    ApplicationMessage,
-    CommitOptions,
-    GroupConfig,
-    HandshakeFraming,
-    ProposalMessage,
-    StagedCommit,
-)
+from mls.group.commit_options import CommitOptions
+from mls.group.handshake_framing import HandshakeFraming
+from mls.group.results import ApplicationMessage, ProposalMessage
+from mls.group.staged_commit import StagedCommit
+from mls.group.state import GroupConfig
 from mls.schedule.secret_tree import RatchetConfig
 from mls.wire.framing import MLSMessage, PublicMessage, WireFormat
 from mls.wire.proposals import ProposalOrRefType, PSKType

@@ -16,8 +16,11 @@ from typing import Any
 import pytest
 
 from mls.errors import StateError
-from mls.group.group import ApplicationMessage, CommitOptions, Group, GroupConfig, HandshakeFraming
-from mls.group.state import STATE_VERSION, GroupState
+from mls.group.commit_options import CommitOptions
+from mls.group.group import Group
+from mls.group.handshake_framing import HandshakeFraming
+from mls.group.results import ApplicationMessage
+from mls.group.state import STATE_VERSION, GroupConfig, GroupState
 from mls.schedule.secret_tree import RatchetConfig
 
 from .group_helpers import MAIN_SUITES, Harness, Member, build_group

@@ -20,8 +20,11 @@ from mls.client import Client
 from mls.credentials.credential import Credential
 from mls.crypto.key_store import SoftwareKeyStore
 from mls.errors import MLSError, StateError, ValidationError
-from mls.group.group import CommitOptions, Group, GroupConfig, StagedCommit
+from mls.group.commit_options import CommitOptions
+from mls.group.group import Group
 from mls.group.reinit import branch, reinit_successor, resumption_psks
+from mls.group.staged_commit import StagedCommit
+from mls.group.state import GroupConfig
 from mls.group.welcome import open_group_secrets
 from mls.wire.extensions import RequiredCapabilities
 from mls.wire.framing import MLSMessage

@@ -23,8 +23,10 @@ from hypothesis import strategies as st
 
 from mls.crypto.key_store import SoftwareKeyStore
 from mls.errors import KeyStoreError, MLSError, StateError
-from mls.group.group import CommitOptions, Group, HandshakeFraming, StagedCommit
-from mls.group.staged_commit import STAGED_COMMIT_VERSION
+from mls.group.commit_options import CommitOptions
+from mls.group.group import Group
+from mls.group.handshake_framing import HandshakeFraming
+from mls.group.staged_commit import STAGED_COMMIT_VERSION, StagedCommit
 
 from .group_helpers import EXPORT_CONTEXT, EXPORT_LABEL, MAIN_SUITES, Harness, Member, build_group
 

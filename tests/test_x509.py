@@ -27,7 +27,9 @@ from mls.crypto import cipher_suite
 from mls.crypto.key_store import SoftwareKeyStore
 from mls.crypto.signature import SoftwareSigner
 from mls.errors import ValidationError
-from mls.group.group import CommitOptions, GroupConfig, StagedCommit
+from mls.group.commit_options import CommitOptions
+from mls.group.staged_commit import StagedCommit
+from mls.group.state import GroupConfig
 from mls.tree.leaf_validation import AcceptAnyCredential, CredentialValidator, LeafPolicy
 
 NOW = datetime(2030, 6, 1, 12, 0, tzinfo=UTC)

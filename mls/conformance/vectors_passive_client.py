@@ -10,7 +10,10 @@ from mls.conformance.checks import expect_equal, h
 from mls.conformance.runner import vector_kind
 from mls.crypto import cipher_suite
 from mls.crypto.key_store import SoftwareKeyStore
-from mls.group.group import Group, MemoryPskStore, ProposalMessage, StagedCommit
+from mls.group.group import Group
+from mls.group.results import ProposalMessage
+from mls.group.staged_commit import StagedCommit
+from mls.schedule.psk import MemoryPskStore
 from mls.wire.framing import MLSMessage
 from mls.wire.key_package import KeyPackage
 

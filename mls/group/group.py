@@ -35,10 +35,10 @@ from mls.crypto.key_protocols import HpkePrivateKey, KeyStore, Signer
 from mls.group import application, create_commit, external_join, merge, process, proposing
 from mls.group.commit_options import CommitOptions
 from mls.group.core import GroupCore
-from mls.group.creation import default_lifetime, new_group_state
-from mls.group.handshake_framing import Handshake, HandshakeFraming
+from mls.group.creation import new_group_state
+from mls.group.handshake_framing import HandshakeFraming
 from mls.group.join import member_state_from_welcome
-from mls.group.results import ApplicationMessage, ProcessedMessage, ProposalMessage
+from mls.group.results import ProcessedMessage
 from mls.group.staged_commit import StagedCommit
 from mls.group.state import GroupConfig, GroupState
 from mls.schedule.psk import MemoryPskStore, PskStore
@@ -210,17 +210,4 @@ class Group(GroupCore):
         merge.discard_pending_commit(self)
 
 
-__all__ = [
-    "ApplicationMessage",
-    "CommitOptions",
-    "Group",
-    "GroupConfig",
-    "Handshake",
-    "HandshakeFraming",
-    "MemoryPskStore",
-    "ProcessedMessage",
-    "ProposalMessage",
-    "PskStore",
-    "StagedCommit",
-    "default_lifetime",
-]
+__all__ = ["Group"]

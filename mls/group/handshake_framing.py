@@ -23,7 +23,4 @@ class HandshakeFraming(StrEnum):
         return WireFormat.mls_private_message
 
 
-Handshake = HandshakeFraming
-"""The former name of :class:`HandshakeFraming`, kept for callers not yet switched (the gateway)."""
-
-__all__ = ["Handshake", "HandshakeFraming"]
+__all__ = ["HandshakeFraming"]

@@ -21,7 +21,11 @@ from mls.credentials.credential import Credential
 from mls.crypto.cipher_suite import cipher_suite
 from mls.crypto.key_protocols import KeyStore, Signer
 from mls.errors import StateError
-from mls.group.group import CommitOptions, Group, GroupConfig, MemoryPskStore, StagedCommit
+from mls.group.commit_options import CommitOptions
+from mls.group.group import Group
+from mls.group.staged_commit import StagedCommit
+from mls.group.state import GroupConfig
+from mls.schedule.psk import MemoryPskStore
 from mls.wire.extensions import Extension
 from mls.wire.key_package import KeyPackage
 from mls.wire.proposals import PreSharedKeyID, ResumptionPSKUsage

@@ -9,12 +9,9 @@ encrypted to that leaf key).
 
 from __future__ import annotations
 
-import pytest
-
 from .gwclient import GatewayServer, Hosted, unb64
 
 
-@pytest.mark.xfail(strict=True, reason="fixed by StagedCommit filtering at staging")
 def test_last_resort_leaf_key_survives_a_path_commit_in_another_group(shared_gateway: GatewayServer) -> None:
     api = shared_gateway.client(shared_gateway.admin.create_tenant("last-resort")[1])
     owner, member = Hosted.create(api, "owner"), Hosted.create(api, "member")

@@ -33,7 +33,9 @@ from hsm.audit import AuditEvent
 from hsm.envelope import Envelope, create_wrap_key
 from mls.client import Client
 from mls.credentials.credential import Credential
-from mls.group.group import CommitOptions, Group, StagedCommit
+from mls.group.commit_options import CommitOptions
+from mls.group.group import Group
+from mls.group.staged_commit import StagedCommit
 from tests.group_helpers import check_agreement
 
 SUITES = (1, 2)

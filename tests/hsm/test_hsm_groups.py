@@ -25,7 +25,12 @@ from hsm import Pkcs11HpkeKey, Pkcs11KeyStore, Pkcs11Signer, Token
 from hsm.audit import AuditEvent
 from mls.client import Client
 from mls.credentials.credential import Credential
-from mls.group.group import CommitOptions, Group, GroupConfig, Handshake, MemoryPskStore, StagedCommit
+from mls.group.commit_options import CommitOptions
+from mls.group.group import Group
+from mls.group.handshake_framing import HandshakeFraming
+from mls.group.staged_commit import StagedCommit
+from mls.group.state import GroupConfig
+from mls.schedule.psk import MemoryPskStore
 from mls.wire.framing import MLSMessage, PrivateMessage, WireFormat
 from tests.group_helpers import Harness, Member
 
@@ -113,19 +118,19 @@ def test_group_lifecycle_with_all_keys_in_the_token(token: Token, keystore: Pkcs
     alice = h.create("alice", b"hsm-group-" + bytes([suite]))
     (bob,), staged = h.add(alice, ["bob"])
     assert staged.commit is not None and wire(staged.commit) == WireFormat.mls_public_message
-    (carol, dave), staged = h.add(bob, ["carol", "dave"], CommitOptions(handshake=Handshake.private))
+    (carol, dave), staged = h.add(bob, ["carol", "dave"], CommitOptions(handshake=HandshakeFraming.private))
     assert staged.commit is not None and wire(staged.commit) == WireFormat.mls_private_message
     h.everyone_talks()
 
     # self-update: a commit with path; the replaced leaf key is gone from the token
     old_leaf = carol.g.state.keys.leaf_key.key_ref
-    h.commit(carol, CommitOptions(force_path=True, handshake=Handshake.private))
+    h.commit(carol, CommitOptions(force_path=True, handshake=HandshakeFraming.private))
     assert carol.g.state.keys.leaf_key.key_ref != old_leaf
     assert objects_with_id(token, old_leaf) == 0
 
     # an Update proposal (PrivateMessage) committed by another member
     dave_old, alice_old = dave.g.state.keys.leaf_key.key_ref, alice.g.state.keys.leaf_key.key_ref
-    message, _ = dave.g.propose_update(Handshake.private)
+    message, _ = dave.g.propose_update(HandshakeFraming.private)
     assert isinstance(MLSMessage.from_bytes(message).body, PrivateMessage)
     h.propose(dave, message)
     h.commit(alice)
@@ -140,7 +145,7 @@ def test_group_lifecycle_with_all_keys_in_the_token(token: Token, keystore: Pkcs
     addition, _ = carol.g.propose_add(bundle.key_package)
     h.propose(carol, addition)
     dave_keys = dave.key_store.refs()
-    staged = h.commit(alice, CommitOptions(handshake=Handshake.private), joiners=[(erin, bundle)])
+    staged = h.commit(alice, CommitOptions(handshake=HandshakeFraming.private), joiners=[(erin, bundle)])
     assert staged.commit is not None and wire(staged.commit) == WireFormat.mls_private_message
     assert [p.ref is not None for p in staged.proposals] == [True, True]  # both committed by reference
     assert dave.removed and dave not in h.active

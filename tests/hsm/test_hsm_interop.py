@@ -28,7 +28,12 @@ from hsm import Pkcs11HpkeKey, Pkcs11KeyStore, Pkcs11Signer, Token
 from mls.client import Client
 from mls.credentials.credential import Credential
 from mls.crypto.signature import SoftwareSigner
-from mls.group.group import CommitOptions, Group, GroupConfig, Handshake, MemoryPskStore, StagedCommit
+from mls.group.commit_options import CommitOptions
+from mls.group.group import Group
+from mls.group.handshake_framing import HandshakeFraming
+from mls.group.staged_commit import StagedCommit
+from mls.group.state import GroupConfig
+from mls.schedule.psk import MemoryPskStore
 from tests.group_helpers import Harness, Member
 from tests.interop.interop_helpers import MixedGroup, PyMember, TsMember, unique
 from tests.interop.ts_mls_peer import INTEROP_DIR, TsMlsPeer
@@ -96,19 +101,20 @@ def test_hsm_and_software_members_in_one_group(token: Token, keystore: Pkcs11Key
     h = MixedCustodyHarness(suite, token=token, in_token=frozenset({"bob", "dave", "erin"}))
     alice = h.create("alice")  # software
     (bob,), _ = h.add(alice, ["bob"])  # software adds HSM
-    (carol, dave), _ = h.add(bob, ["carol", "dave"], CommitOptions(handshake=Handshake.private))  # HSM adds both
+    # HSM adds both
+    (carol, dave), _ = h.add(bob, ["carol", "dave"], CommitOptions(handshake=HandshakeFraming.private))
     h.everyone_talks()
 
     # software proposes an Update, HSM commits it; HSM self-updates (PrivateMessage)
-    message, _ = carol.g.propose_update(Handshake.private)
+    message, _ = carol.g.propose_update(HandshakeFraming.private)
     h.propose(carol, message)
     h.commit(bob)
-    h.commit(dave, CommitOptions(force_path=True, handshake=Handshake.private))
+    h.commit(dave, CommitOptions(force_path=True, handshake=HandshakeFraming.private))
     # HSM proposes an Update, software commits it
     dave_old = dave.g.state.keys.leaf_key.key_ref
     message, _ = dave.g.propose_update()
     h.propose(dave, message)
-    h.commit(alice, CommitOptions(handshake=Handshake.private))
+    h.commit(alice, CommitOptions(handshake=HandshakeFraming.private))
     assert objects_with_id(token, dave_old) == 0
 
     # software removes an HSM member: its group keys leave the token
@@ -127,7 +133,7 @@ def test_hsm_and_software_members_in_one_group(token: Token, keystore: Pkcs11Key
     h.members.append(erin)
     h.check()
     h.everyone_talks()
-    h.commit(erin, CommitOptions(remove=[carol.leaf], handshake=Handshake.private))
+    h.commit(erin, CommitOptions(remove=[carol.leaf], handshake=HandshakeFraming.private))
     # and a software member joins externally from an HSM member's GroupInfo
     frank = h.new_client("frank")
     frank.group, commit = Group.external_join(frank.client.key_store, dave.g.group_info(with_ratchet_tree=False),

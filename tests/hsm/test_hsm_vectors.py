@@ -33,9 +33,12 @@ from hsm import Pkcs11HpkeKey, Pkcs11KeyStore, Pkcs11Signer, Token
 from hsm.audit import AuditEvent
 from mls.conformance.checks import h
 from mls.crypto.cipher_suite import cipher_suite
-from mls.group.group import Group, MemoryPskStore, ProposalMessage, StagedCommit
+from mls.group.group import Group
+from mls.group.results import ProposalMessage
+from mls.group.staged_commit import StagedCommit
 from mls.group.welcome import decrypt_group_info, open_group_secrets
 from mls.schedule.key_schedule import KeySchedule
+from mls.schedule.psk import MemoryPskStore
 from mls.wire.framing import MLSMessage
 from mls.wire.group_info import verify_group_info_signature
 from mls.wire.key_package import KeyPackage, key_package_ref

@@ -23,7 +23,11 @@ from typing import Literal
 from mls.client import Client
 from mls.credentials.credential import Credential
 from mls.crypto.key_store import SoftwareKeyStore
-from mls.group.group import ApplicationMessage, CommitOptions, Group, Handshake, ProposalMessage, StagedCommit
+from mls.group.commit_options import CommitOptions
+from mls.group.group import Group
+from mls.group.handshake_framing import HandshakeFraming
+from mls.group.results import ApplicationMessage, ProposalMessage
+from mls.group.staged_commit import StagedCommit
 from mls.tree.nodes import decode_ratchet_tree, encode_ratchet_tree
 from mls.wire.extensions import Extension, ExtensionType, ExternalPub
 from mls.wire.framing import MLSMessage, WireFormat
@@ -324,7 +328,7 @@ class MixedGroup:
                     add=[key_package_body(kp) for kp in kps],
                     remove=leaves,
                     force_path=update,
-                    handshake=Handshake(handshake),
+                    handshake=HandshakeFraming(handshake),
                     ratchet_tree_in_welcome=tree_in_welcome,
                 )
             )
@@ -363,12 +367,13 @@ class MixedGroup:
         if isinstance(proposer, PyMember):
             if kind == "add":
                 assert target is not None
-                msg, _ = proposer.g.propose_add(key_package_body(target.key_package()), Handshake(handshake))
+                kp = key_package_body(target.key_package())
+                msg, _ = proposer.g.propose_add(kp, HandshakeFraming(handshake))
             elif kind == "remove":
                 assert target is not None
-                msg, _ = proposer.g.propose_remove(target.leaf_index(), Handshake(handshake))
+                msg, _ = proposer.g.propose_remove(target.leaf_index(), HandshakeFraming(handshake))
             else:
-                msg, _ = proposer.g.propose_update(Handshake(handshake))
+                msg, _ = proposer.g.propose_update(HandshakeFraming(handshake))
         else:
             assert kind != "update", "the ts-mls peer has no Update proposal op"
             assert target is not None
