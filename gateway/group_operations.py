@@ -92,7 +92,10 @@ class GroupOperations:
         other = session.other_group(res.group_id)
         psk = other.state.resumption_psks.get(res.epoch)
         if psk is None:
-            raise Problem("validation_failed", "no resumption PSK for that group and epoch", rule="8.6")
+            raise Problem(
+                "validation_failed", "no resumption PSK for that group and epoch",
+                rule="8.6/resumption-psk-available",
+            )
         return psk
 
     def merge_pending(self, principal: Principal, address: GroupAddress, scope: RequestScope) -> Response:

@@ -92,7 +92,10 @@ class Groups:
                     if record.consumed and not record.last_resort:
                         raise conflict("the key package of this Welcome was already consumed")
                     return record
-        raise Problem("validation_failed", "the Welcome is for none of this identity's key packages", rule="12.4.3.1")
+        raise Problem(
+            "validation_failed", "the Welcome is for none of this identity's key packages",
+            rule="12.4.3.1/welcome-identity-key-package",
+        )
 
     def external_join(self, principal: Principal, request: ExternalJoinRequest, scope: RequestScope) -> Response:
         """``POST .../groups/external-join``: join by external commit (RFC 9420 §12.4.3.2), removing the

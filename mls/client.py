@@ -18,6 +18,7 @@ from mls.errors import MLSError, ValidationError
 from mls.group.creation import default_lifetime
 from mls.group.group import Group
 from mls.group.state import GroupConfig
+from mls.group.welcome import welcome_from_message
 from mls.schedule.psk import PskStore
 from mls.tree.leaf_node import Capabilities, Lifetime
 from mls.wire.extensions import Extension
@@ -25,7 +26,6 @@ from mls.wire.framing import MLSMessage
 from mls.wire.group_context import GroupContext
 from mls.wire.key_package import KeyPackage, create_key_package, key_package_ref
 from mls.wire.proposals import ReInit
-from mls.wire.welcome import Welcome
 
 
 @dataclass
@@ -85,10 +85,7 @@ class Client:
                             capabilities=capabilities)
 
     def bundle_for(self, welcome: bytes) -> KeyPackageBundle:
-        w = MLSMessage.from_bytes(welcome).body
-        if not isinstance(w, Welcome):
-            raise ValidationError("12.4.3.1/welcome-message-type", "the message is not a Welcome")
-        for secrets in w.secrets:
+        for secrets in welcome_from_message(welcome).secrets:
             bundle = self.key_packages.get(secrets.new_member)
             if bundle is not None:
                 return bundle

@@ -211,7 +211,8 @@ def test_external_group_context_extensions_committed(suite: int) -> None:
         assert g.state.context.extensions == new_extensions
         assert find_payload(g.state.context.extensions, RequiredCapabilities) == required
     # the server is still provisioned (index 0); the dropped sender (was index 1) no longer is
-    expect_rejected([ga, gb], other.propose(ga, Proposal.of(Remove(gb.own_leaf)), index=1), "12.1.8")
+    expect_rejected([ga, gb], other.propose(ga, Proposal.of(Remove(gb.own_leaf)), index=1),
+                    "12.1.8.1/external-sender-index")
     receive(server.propose(ga, Proposal.of(Remove(gb.own_leaf))), [ga, gb])
     st = ga.commit()
     ga.merge_pending_commit()
@@ -297,7 +298,7 @@ def test_new_member_add_signed_with_another_key() -> None:
     intruder = SoftwareKeyStore().new_signature_key(1)
     with pytest.raises(ValidationError) as info:
         new_member_add_proposal(intruder, kp, ga.group_id, ga.epoch)
-    assert info.value.rule == "12.1.8"
+    assert info.value.rule == "6.1/new-member-proposal-signer"
     forged = _external_message(1, intruder, Sender(sender_type=SenderType.new_member_proposal), ga.group_id,
                                ga.epoch, Proposal.of(Add(kp)), b"")
     expect_rejected([ga, gb], forged, "6.1/content-signature", CryptoError)
@@ -314,7 +315,7 @@ def test_new_member_proposal_that_is_not_an_add_is_rejected(kind: str) -> None:
     }
     msg = _external_message(1, carol.signer, Sender(sender_type=SenderType.new_member_proposal), ga.group_id,
                             ga.epoch, Proposal.of(bodies[kind]), b"")  # type: ignore[arg-type]
-    expect_rejected([ga, gb], msg, "12.1.8")
+    expect_rejected([ga, gb], msg, "6.1/new-member-proposal-content")
 
 
 # ---- rejected external proposals ---------------------------------------------------------------------------
@@ -331,20 +332,20 @@ def test_external_update_is_rejected() -> None:
     # the sending side refuses …
     with pytest.raises(ValidationError) as info:
         server.propose(ga, update)
-    assert info.value.rule == "12.1.8"
+    assert info.value.rule == "12.1.8/external-sender-proposal-type"
     # … and members reject a hand-made one
     msg = _external_message(1, server.signer, Sender.external(0), ga.group_id, ga.epoch, update, b"")
-    expect_rejected([ga, gb], msg, "12.1.8")
+    expect_rejected([ga, gb], msg, "12.1.8/external-sender-proposal-type")
     # the same for ExternalInit, which is no external sender's either
     msg = _external_message(1, server.signer, Sender.external(0), ga.group_id, ga.epoch,
                             Proposal.of(ExternalInit(os.urandom(32))), b"")
-    expect_rejected([ga, gb], msg, "12.1.8")
+    expect_rejected([ga, gb], msg, "12.1.8/external-sender-proposal-type")
 
 
 def test_wrong_sender_index_is_rejected() -> None:
     server, other, _, (ga, gb) = setup(1)
     msg = server.propose(ga, Proposal.of(Remove(1)), index=2)
-    expect_rejected([ga, gb], msg, "12.1.8")
+    expect_rejected([ga, gb], msg, "12.1.8.1/external-sender-index")
     # index 1 exists, but it is the other sender's key: the server's signature does not verify
     msg = server.propose(ga, Proposal.of(Remove(1)), index=1)
     expect_rejected([ga, gb], msg, "6.1/content-signature", CryptoError)
@@ -361,16 +362,16 @@ def test_signature_by_non_provisioned_key_is_rejected() -> None:
 
 def test_group_without_external_senders_rejects_external_proposals() -> None:
     server, _, _, (ga, gb) = setup(1, with_senders=False)
-    expect_rejected([ga, gb], server.propose(ga, Proposal.of(Remove(1))), "12.1.8")
+    expect_rejected([ga, gb], server.propose(ga, Proposal.of(Remove(1))), "12.1.8.1/external-sender-index")
 
 
 def test_external_proposal_for_another_epoch_or_group_is_rejected() -> None:
     server, _, _, (ga, gb) = setup(1)
     kp = client(1, "carol").key_package().key_package
     stale = external_proposal(1, server.signer, 0, ga.group_id, ga.epoch - 1, Proposal.of(Add(kp)))
-    expect_rejected([ga, gb], stale, "6")
+    expect_rejected([ga, gb], stale, "6/message-epoch")
     other_group = external_proposal(1, server.signer, 0, os.urandom(16), ga.epoch, Proposal.of(Add(kp)))
-    expect_rejected([ga, gb], other_group, "6")
+    expect_rejected([ga, gb], other_group, "6/message-group-id")
 
 
 def test_invalid_external_add_is_rejected() -> None:
@@ -388,4 +389,4 @@ def test_external_sender_cannot_commit() -> None:
     signature = sign_framed_content(ga.cs, server.signer, WireFormat.mls_public_message, content, None)
     auth = AuthenticatedContent(WireFormat.mls_public_message, content, FramedContentAuthData(signature, b"\0" * 32))
     msg = MLSMessage.of(PublicMessage(auth.content, auth.auth, None)).to_bytes()
-    expect_rejected([ga, gb], msg, "12.4")
+    expect_rejected([ga, gb], msg, "6.1/commit-sender-type")

@@ -194,5 +194,5 @@ def test_failed_commit_leaves_no_new_key(suite: int) -> None:
     refs = alice.key_refs()
     with pytest.raises(ValidationError) as e:
         alice.g.commit(CommitOptions(psks=[alice.g.new_psk_id(b"unknown")], force_path=True))
-    assert e.value.rule == "12.4.2"
+    assert e.value.rule == "12.4.2/commit-psk-available"
     assert alice.key_refs() == refs and alice.g.pending_commit is None

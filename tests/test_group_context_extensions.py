@@ -191,7 +191,7 @@ def test_non_default_extension_required_when_every_member_lists_it(suite: int) -
     required = RequiredCapabilities((CUSTOM_EXT,), (), ())
     # alice (default capabilities) is still in: refused
     committer_rejects(gd, CommitOptions(group_context_extensions=[required.to_extension()]),
-                      ("12.1.7", "11.1/leaf-required-capabilities"))
+                      ("12.1.7/members-support-required-capabilities", "11.1/leaf-required-capabilities"))
     # removing alice in the same commit makes it valid ("excluding those removed", §12.1.7)
     st = gd.commit(CommitOptions(remove=[ga.own_leaf], group_context_extensions=[required.to_extension()]))
     gd.merge_pending_commit()
@@ -239,7 +239,7 @@ def test_required_capability_a_member_lacks_is_rejected(suite: int, kind: str) -
     }[kind]
     for committer in (ga, gd):
         committer_rejects(committer, CommitOptions(group_context_extensions=[required.to_extension()]),
-                          ("12.1.7", "11.1/leaf-required-capabilities"))
+                          ("12.1.7/members-support-required-capabilities", "11.1/leaf-required-capabilities"))
     # the same list by a proposal: it may be cached, but no commit carries it (the committer leaves it out)
     message, _ = gb.propose_group_context_extensions([required.to_extension()])
     for g in (ga, gd):
@@ -249,7 +249,7 @@ def test_required_capability_a_member_lacks_is_rejected(suite: int, kind: str) -
     ga.discard_pending_commit()
     # a commit that carries it anyway is rejected by members
     members_reject([ga, gd], forge_commit(gb, [gce(required.to_extension())]),
-                   ("12.1.7", "11.1/leaf-required-capabilities"))
+                   ("12.1.7/members-support-required-capabilities", "11.1/leaf-required-capabilities"))
     agree(ga, gb, gd)
 
 
@@ -260,14 +260,14 @@ def test_required_capability_checks_members_added_in_the_same_commit() -> None:
     carol_kp = key_package(carol, credentials=[1])
     basic_only = carol_kp.key_package
     committer_rejects(ga, CommitOptions(add=[basic_only], group_context_extensions=[required.to_extension()]),
-                      ("12.1.7", "11.1/leaf-required-capabilities"))
+                      ("12.1.7/members-support-required-capabilities", "11.1/leaf-required-capabilities"))
     members_reject([gb], forge_commit(ga, [gce(required.to_extension()), Proposal.of(Add(basic_only))]),
-                   ("12.1.7", "11.1/leaf-required-capabilities"))
+                   ("12.1.7/members-support-required-capabilities", "11.1/leaf-required-capabilities"))
     # without the requirement carol can be added; then the requirement is refused while she is in …
     (gc,) = add(ga, [gb], [(carol, carol_kp)])
     agree(ga, gb, gc)
     committer_rejects(gb, CommitOptions(group_context_extensions=[required.to_extension()]),
-                      ("12.1.7", "11.1/leaf-required-capabilities"))
+                      ("12.1.7/members-support-required-capabilities", "11.1/leaf-required-capabilities"))
     # … and accepted when she is removed in the same commit
     st = gb.commit(CommitOptions(remove=[gc.own_leaf], group_context_extensions=[required.to_extension()]))
     gb.merge_pending_commit()
@@ -295,12 +295,15 @@ def test_invalid_group_context_extensions_lists() -> None:
     message, _ = gb.propose_group_context_extensions([ApplicationId(b"x").to_extension()])
     ga.process(message)
     gc.process(message)
-    committer_rejects(ga, CommitOptions(group_context_extensions=[ApplicationId(b"y").to_extension()]), ("12.2",))
-    members_reject([gb, gc], forge_commit(ga, [gce(), gce(ApplicationId(b"z").to_extension())]), ("12.2",))
+    committer_rejects(ga, CommitOptions(group_context_extensions=[ApplicationId(b"y").to_extension()]),
+                      ("12.2/group-context-extensions-once",))
+    members_reject([gb, gc], forge_commit(ga, [gce(), gce(ApplicationId(b"z").to_extension())]),
+                   ("12.2/group-context-extensions-once",))
     # a GCE commit without a path
-    members_reject([gb, gc], forge_commit(ga, [gce()]), ("12.4",))
+    members_reject([gb, gc], forge_commit(ga, [gce()]), ("12.4/commit-path-required",))
     # a required_capabilities extension that does not decode
     garbage = Extension(RequiredCapabilities.extension_type, b"\xff")
     members_reject([gb, gc], forge_commit(ga, [gce(garbage)]), (None,), DecodeError)
     # the remove-and-require combination still needs the removed member to exist
-    members_reject([gb, gc], forge_commit(ga, [Proposal.of(Remove(7)), gce()]), ("12.1.3",))
+    members_reject([gb, gc], forge_commit(ga, [Proposal.of(Remove(7)), gce()]),
+                   ("12.1.3/remove-leaf-non-blank",))

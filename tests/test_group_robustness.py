@@ -154,7 +154,7 @@ def test_pool_messages_are_valid(w: World) -> None:
         out = copy_of(w.dave).process(w.pool[name])
         assert isinstance(out, kind), name
     for name in ("welcome", "group info", "key package"):
-        expect_rejected(w.dave.g, w.pool[name], "6", ValidationError)
+        expect_rejected(w.dave.g, w.pool[name], "6/message-wire-format", ValidationError)
 
 
 # ---- random and mutated bytes -------------------------------------------------------------------------
@@ -256,14 +256,14 @@ def test_replays(w: World) -> None:
             assert isinstance(dave.process(w.pool[name]), ApplicationMessage)
             expect_rejected(dave, w.pool[name], "9.2/generation-consumed", ValidationError)
         else:
-            expect_rejected(dave, w.pool[name], "6", ValidationError)
+            expect_rejected(dave, w.pool[name], "6/message-epoch", ValidationError)
     with pytest.raises(MLSError):
         dave.merge(second)  # the second staging is for an epoch the group has left
 
 
 def test_old_epoch_messages(w: World) -> None:
     for name in ("proposal", "commit"):
-        expect_rejected(w.dave.g, w.old[name], "6", ValidationError)
+        expect_rejected(w.dave.g, w.old[name], "6/message-epoch", ValidationError)
     # dave already read the old application message
     expect_rejected(w.dave.g, w.old["app"], "9.2/generation-consumed", ValidationError)
 
@@ -293,20 +293,21 @@ def _with_group(message: bytes, group_id: bytes) -> bytes:
 def test_rewritten_epoch_and_group(w: World, name: str) -> None:
     epoch = w.dave.g.epoch
     message = w.pool[name]
+    future_epoch = "6/past-epoch-retained" if name.startswith("app") else "6/message-epoch"
     for e in (epoch + 1, epoch + 1000, 2**64 - 1):
-        expect_rejected(w.dave.g, _with_epoch(message, e), "6", ValidationError)
+        expect_rejected(w.dave.g, _with_epoch(message, e), future_epoch, ValidationError)
     # the previous epoch is retained: an application message then fails its AEAD, a handshake the epoch check
     if name.startswith("app"):
         expect_rejected(w.dave.g, _with_epoch(message, epoch - 1), "6.3.2/sender-data-aead", CryptoError)
     else:
-        expect_rejected(w.dave.g, _with_epoch(message, epoch - 1), "6", ValidationError)
+        expect_rejected(w.dave.g, _with_epoch(message, epoch - 1), "6/message-epoch", ValidationError)
     for gid in (b"", os.urandom(16), w.dave.g.group_id + b"\x00"):
-        expect_rejected(w.dave.g, _with_group(message, gid), "6", ValidationError)
+        expect_rejected(w.dave.g, _with_group(message, gid), "6/message-group-id", ValidationError)
 
 
 def test_messages_of_another_group(w: World) -> None:
     for message in w.foreign.values():
-        expect_rejected(w.dave.g, message, "6", ValidationError)
+        expect_rejected(w.dave.g, message, "6/message-group-id", ValidationError)
     # another group that uses the *same* group_id: the keys do not match
     h2, (a2, b2) = build_group(w.h.suite, ["alice3", "bob3"], group_id=w.dave.g.group_id)
     while a2.g.epoch < w.dave.g.epoch:
@@ -352,51 +353,65 @@ def _reinit(w: World) -> Proposal:
 
 
 RULE_CASES: dict[str, Case] = {
-    "committer removes itself": Case(lambda w, x: forge_commit(w.alice.g, [Proposal.of(Remove(0))], wire=x), "12.2"),
+    "committer removes itself": Case(lambda w, x: forge_commit(w.alice.g, [Proposal.of(Remove(0))], wire=x),
+                                     "12.2/committer-self-remove"),
     "two Removes of one leaf": Case(lambda w, x: forge_commit(
-        w.alice.g, [Proposal.of(Remove(w.erin.leaf)), Proposal.of(Remove(w.erin.leaf))], wire=x), "12.2"),
-    "Remove of a blank leaf": Case(lambda w, x: forge_commit(w.alice.g, [Proposal.of(Remove(2))], wire=x), "12.1.3"),
+        w.alice.g, [Proposal.of(Remove(w.erin.leaf)), Proposal.of(Remove(w.erin.leaf))], wire=x),
+        "12.2/leaf-changed-once"),
+    "Remove of a blank leaf": Case(lambda w, x: forge_commit(w.alice.g, [Proposal.of(Remove(2))], wire=x),
+                                   "12.1.3/remove-leaf-non-blank"),
     "Remove outside the tree": Case(lambda w, x: forge_commit(w.alice.g, [Proposal.of(Remove(77))], wire=x),
-                                    "12.1.3"),
+                                    "12.1.3/remove-leaf-non-blank"),
     "Update by value (from the committer)": Case(
-        lambda w, x: forge_commit(w.alice.g, [update_proposal(w.alice.g)], w.path, wire=x), "12.2"),
+        lambda w, x: forge_commit(w.alice.g, [update_proposal(w.alice.g)], w.path, wire=x),
+        "12.2/committer-own-update"),
     "path-required commit without path (Remove)": Case(
-        lambda w, x: forge_commit(w.alice.g, [Proposal.of(Remove(w.erin.leaf))], wire=x), "12.4"),
-    "empty commit without path": Case(lambda w, x: forge_commit(w.alice.g, [], wire=x), "12.4"),
+        lambda w, x: forge_commit(w.alice.g, [Proposal.of(Remove(w.erin.leaf))], wire=x),
+        "12.4/commit-path-required"),
+    "empty commit without path": Case(lambda w, x: forge_commit(w.alice.g, [], wire=x),
+                                      "12.4/commit-path-required"),
     "GroupContextExtensions without path": Case(
-        lambda w, x: forge_commit(w.alice.g, [Proposal.of(GroupContextExtensions(()))], wire=x), "12.4"),
+        lambda w, x: forge_commit(w.alice.g, [Proposal.of(GroupContextExtensions(()))], wire=x),
+        "12.4/commit-path-required"),
     "unknown proposal reference": Case(
-        lambda w, x: forge_commit(w.alice.g, [os.urandom(w.alice.g.cs.n_h)], wire=x), "12.4.2"),
+        lambda w, x: forge_commit(w.alice.g, [os.urandom(w.alice.g.cs.n_h)], wire=x),
+        "12.4.2/proposal-ref-known"),
     "Add of an existing member": Case(
-        lambda w, x: forge_commit(w.alice.g, [Proposal.of(Add(w.bobs_kp))], wire=x), "12.2"),
+        lambda w, x: forge_commit(w.alice.g, [Proposal.of(Add(w.bobs_kp))], wire=x),
+        "12.2/add-client-not-member"),
     "two Adds of one client": Case(lambda w, x: forge_commit(
-        w.alice.g, [Proposal.of(Add(w.fresh_kp)), Proposal.of(Add(w.fresh_kp))], wire=x), "12.2"),
+        w.alice.g, [Proposal.of(Add(w.fresh_kp)), Proposal.of(Add(w.fresh_kp))], wire=x),
+        "12.2/add-client-unique"),
     "Add with a bad KeyPackage signature": Case(
         lambda w, x: forge_commit(w.alice.g, [Proposal.of(Add(_bad_signature(w.fresh_kp)))], wire=x), "10.1/key-package-signature"),
     "Add of another cipher suite's KeyPackage": Case(
         lambda w, x: forge_commit(w.alice.g, [Proposal.of(Add(_other_suite_kp(w)))], wire=x), "10.1/version-cipher-suite"),
     "two PreSharedKeys for one PSK": Case(lambda w, x: forge_commit(
-        w.alice.g, [p := _psk(w), p], wire=x), "12.2"),
+        w.alice.g, [p := _psk(w), p], wire=x), "12.2/psk-id-unique"),
     "PreSharedKey nonce of the wrong length": Case(lambda w, x: forge_commit(
-        w.alice.g, [Proposal.of(PreSharedKey(PreSharedKeyID.external(b"known", b"short")))], wire=x), "12.1.4"),
+        w.alice.g, [Proposal.of(PreSharedKey(PreSharedKeyID.external(b"known", b"short")))], wire=x),
+        "12.1.4/psk-nonce-length"),
     "PreSharedKey that nobody has": Case(lambda w, x: forge_commit(w.alice.g, [_psk(w, b"unknown")], wire=x),
-                                         "12.4.2"),
+                                         "12.4.2/commit-psk-available"),
     "ExternalInit in a member's commit": Case(lambda w, x: forge_commit(
-        w.alice.g, [Proposal.of(ExternalInit(b"\x01" * 32))], w.path, wire=x), "12.2"),
+        w.alice.g, [Proposal.of(ExternalInit(b"\x01" * 32))], w.path, wire=x),
+        "12.2/member-commit-external-init"),
     "ReInit with another proposal": Case(lambda w, x: forge_commit(
-        w.alice.g, [_reinit(w), Proposal.of(Remove(w.erin.leaf))], w.path, wire=x), "12.2"),
+        w.alice.g, [_reinit(w), Proposal.of(Remove(w.erin.leaf))], w.path, wire=x), "12.2/reinit-alone"),
     "two GroupContextExtensions": Case(lambda w, x: forge_commit(
         w.alice.g, [Proposal.of(GroupContextExtensions(())), Proposal.of(GroupContextExtensions(()))],
-        w.path, wire=x), "12.2"),
+        w.path, wire=x), "12.2/group-context-extensions-once"),
     "duplicate extension type": Case(lambda w, x: forge_commit(
         w.alice.g, [Proposal.of(GroupContextExtensions((Extension(0xF000, b""), Extension(0xF000, b"x"))))],
         w.path, wire=x), "13.4/extension-type-unique"),
     "commit signed by another member": Case(
         lambda w, x: forge_commit(w.alice.g, [], w.path, wire=x, signer_group=w.bob.g), "6.1/content-signature", CryptoError),
     "commit from a blank leaf": Case(
-        lambda w, x: forge_commit(w.alice.g, [], w.path, wire=x, sender_leaf=2), "6.1", wires=(PUBLIC,)),
+        lambda w, x: forge_commit(w.alice.g, [], w.path, wire=x, sender_leaf=2), "6.1/member-sender-leaf",
+        wires=(PUBLIC,)),
     "commit from outside the tree": Case(
-        lambda w, x: forge_commit(w.alice.g, [], w.path, wire=x, sender_leaf=40), "6.1", wires=(PUBLIC,)),
+        lambda w, x: forge_commit(w.alice.g, [], w.path, wire=x, sender_leaf=40), "6.1/member-sender-leaf",
+        wires=(PUBLIC,)),
     "borrowed path, random confirmation tag": Case(
         lambda w, x: forge_commit(w.alice.g, [Proposal.of(Add(w.fresh_kp))], w.path, wire=x), "6.1/confirmation-tag", CryptoError),
 }
@@ -440,16 +455,17 @@ def test_commits_by_reference_breaking_a_rule(w: World, wire: int) -> None:
     remove_bob = _deliver(receivers, forge_proposal(w.erin.g, Proposal.of(Remove(w.bob.leaf))))
     remove_alice = _deliver(receivers, forge_proposal(w.bob.g, Proposal.of(Remove(alice.own_leaf))))
     cases: list[tuple[list[Proposal | bytes], str]] = [
-        ([own_update], "12.2"),
-        ([bob_update, remove_bob], "12.2"),
-        ([bob_update, Proposal.of(Remove(w.bob.leaf))], "12.2"),
-        ([remove_alice], "12.2"),
-        ([bob_update, bob_update], "12.2"),
-        ([bob_update], "12.4"),  # an Update needs a path
-        ([remove_bob, os.urandom(alice.cs.n_h)], "12.4.2"),
+        ([own_update], "12.2/committer-own-update"),
+        ([bob_update, remove_bob], "12.2/leaf-changed-once"),
+        ([bob_update, Proposal.of(Remove(w.bob.leaf))], "12.2/leaf-changed-once"),
+        ([remove_alice], "12.2/committer-self-remove"),
+        ([bob_update, bob_update], "12.2/leaf-changed-once"),
+        ([bob_update], "12.4/commit-path-required"),  # an Update needs a path
+        ([remove_bob, os.urandom(alice.cs.n_h)], "12.4.2/proposal-ref-known"),
     ]
     for proposals, rule in cases:
-        message = forge_commit(alice, proposals, w.path if rule != "12.4" else None, wire=wire)
+        path = w.path if rule != "12.4/commit-path-required" else None
+        message = forge_commit(alice, proposals, path, wire=wire)
         for g in receivers:
             expect_rejected(g, message, rule, ValidationError)
 

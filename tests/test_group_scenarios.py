@@ -63,7 +63,7 @@ def test_create_single_member_group(suite: int) -> None:
     assert g.export("test", b"ctx", 32) != g.export("test", b"other", 32)
     with pytest.raises(ValidationError) as e:
         g.export("test", b"ctx", 0)
-    assert e.value.rule == "8.5"
+    assert e.value.rule == "8.5/exporter-length"
     # a one-member group can move on by itself (an empty commit carries a path)
     before = g.epoch_authenticator
     staged = h.commit(alice)
@@ -110,7 +110,7 @@ def test_add_many_with_tree_out_of_band(suite: int) -> None:
     for m, bundle in zip(joiners, bundles):
         with pytest.raises(ValidationError) as e:
             m.client.join(staged.welcome)
-        assert e.value.rule == "12.4.3.3"
+        assert e.value.rule == "12.4.3.3/ratchet-tree-present"
         assert bundle.ref in m.client.key_packages  # a failed join does not consume the KeyPackage
         m.group = m.client.join(staged.welcome, staged.ratchet_tree)
         assert bundle.ref not in m.client.key_packages
@@ -303,14 +303,14 @@ def test_external_psk_missing(suite: int) -> None:
     before = dave.g.to_bytes()
     with pytest.raises(ValidationError) as e:
         dave.g.commit(CommitOptions(psks=[dave.g.new_psk_id(b"id")], force_path=True))
-    assert e.value.rule == "12.4.2"
+    assert e.value.rule == "12.4.2/commit-psk-available"
     assert dave.g.pending_commit is None and dave.key_refs() == refs and dave.g.to_bytes() == before
     # a member without the PSK cannot process the commit; its state is untouched
     erin, frank = h.new_client("erin"), h.new_client("frank")
     erin.psks.external[b"id"] = b"psk"
     be, bf = erin.client.key_package(), frank.client.key_package()
     staged = alice.g.commit(CommitOptions(psks=[alice.g.new_psk_id(b"id")], add=[be.key_package, bf.key_package]))
-    expect_rejected(dave.g, staged.commit or b"", "12.4.2", ValidationError)
+    expect_rejected(dave.g, staged.commit or b"", "12.4.2/commit-psk-available", ValidationError)
     h.stale.append(dave)
     h.deliver_commit(alice, staged)
     assert staged.welcome is not None
@@ -318,7 +318,7 @@ def test_external_psk_missing(suite: int) -> None:
     h.members.append(erin)
     with pytest.raises(ValidationError) as e:
         frank.client.join(staged.welcome)
-    assert e.value.rule == "12.4.3.1"
+    assert e.value.rule == "12.4.3.1/welcome-psk-available"
     h.check()
     # a member holding a *different* value for the id derives other secrets: the confirmation tag fails
     carol.psks.external[b"id"] = b"not the same psk"
@@ -341,7 +341,7 @@ def test_resumption_psk(suite: int, handshake: HandshakeFraming) -> None:
     msg, _ = bob.g.propose_psk(bob.g.new_psk_id(resumption_epoch=2), handshake)
     h.propose(bob, msg)
     staged = alice.g.commit(CommitOptions(handshake=handshake))
-    expect_rejected(dave.g, staged.commit or b"", "12.4.2", ValidationError)
+    expect_rejected(dave.g, staged.commit or b"", "12.4.2/commit-psk-available", ValidationError)
     h.stale.append(dave)
     h.deliver_commit(alice, staged)
     h.check()
@@ -420,8 +420,8 @@ def test_late_messages_of_past_epochs(suite: int, retention: int) -> None:
         expect_rejected(carol.g, late[i], "9.2/generation-consumed", ValidationError)  # no replay in a past epoch either
     h.commit(alice, CommitOptions(force_path=True))
     assert carol.g.epoch == epoch + retention + 1
-    expect_rejected(carol.g, late[retention], "6", ValidationError)  # the epoch is no longer retained
-    expect_rejected(carol.g, old_commit, "6", ValidationError)  # handshake of a past epoch: never
+    expect_rejected(carol.g, late[retention], "6/past-epoch-retained", ValidationError)  # no longer retained
+    expect_rejected(carol.g, old_commit, "6/message-epoch", ValidationError)  # handshake of a past epoch: never
     h.everyone_talks()
 
 
@@ -429,7 +429,7 @@ def test_no_past_epoch_retention(suite: int) -> None:
     h, (alice, bob) = build_group(suite, ["alice", "bob"], ooo_config(past_epochs=0))
     late = bob.g.protect(b"late")
     h.commit(alice, CommitOptions(force_path=True))
-    expect_rejected(alice.g, late, "6", ValidationError)
+    expect_rejected(alice.g, late, "6/past-epoch-retained", ValidationError)
 
 
 # ---- pending commits ----------------------------------------------------------------------------------
@@ -490,7 +490,7 @@ def test_concurrent_commits_first_one_wins(suite: int, handshake: HandshakeFrami
     h.check()
     # bob's commit is for a past epoch now
     for m in (alice, carol):
-        expect_rejected(m.g, losing.commit or b"", "6", ValidationError)
+        expect_rejected(m.g, losing.commit or b"", "6/message-epoch", ValidationError)
     h.everyone_talks()
 
 

@@ -70,7 +70,7 @@ class GroupCore:
     def export(self, label: bytes | str, context: bytes, length: int) -> bytes:
         """``MLS-Exporter(label, context, length)`` (§8.5)."""
         if not 0 < length <= 0xFFFF:
-            raise ValidationError("8.5", "exporter length must be a uint16 greater than zero")
+            raise ValidationError("8.5/exporter-length", "exporter length must be a uint16 greater than zero")
         return self.state.secrets.export(label, context, length)
 
     def members(self) -> list[tuple[int, LeafNode]]:

@@ -16,12 +16,13 @@ from mls.credentials.credential import Credential
 from mls.crypto.cipher_suite import CipherSuite, cipher_suite
 from mls.crypto.key_protocols import HpkePrivateKey, KeyStore, Signer
 from mls.errors import MLSError, ValidationError
-from mls.group.join import tree_from_group_info
+from mls.group.join import tree_from_group_info, verify_group_info_signer
 from mls.group.proposal_list import (
     AppliedProposals,
     CommittedProposal,
     ValidationContext,
     apply_proposals,
+    check_resync_leaf,
     validate_proposal_list,
 )
 from mls.group.state import GroupConfig, GroupState
@@ -46,30 +47,18 @@ from mls.wire.framing import (
     WireFormat,
 )
 from mls.wire.group_context import GroupContext
-from mls.wire.group_info import GroupInfo, verify_group_info_signature
+from mls.wire.group_info import GroupInfo
 from mls.wire.message_protection import protect_public, sign_framed_content
 from mls.wire.proposals import ExternalInit, PreSharedKey, PreSharedKeyID, Proposal, ProposalOrRef, Remove
 
 
 def _checked_group_info(cs: CipherSuite, gi: GroupInfo, ratchet_tree: bytes | None, config: GroupConfig) -> RatchetTree:
     tree = tree_from_group_info(cs, gi, ratchet_tree)
-    signer = tree.leaf(gi.signer)
-    if signer is None:
-        raise ValidationError("12.4.3.2", "the GroupInfo signer's leaf is blank")
-    verify_group_info_signature(cs, gi, signer.signature_key)
+    verify_group_info_signer(cs, gi, tree)
     ctx = gi.group_context
     validate_tree(tree, group_id=ctx.group_id, tree_hash=ctx.tree_hash, policy=config.leaf_policy,
                   required=find_payload(ctx.extensions, RequiredCapabilities))
     return tree
-
-
-def _check_resync(tree: RatchetTree, remove_prior: int, credential: Credential) -> None:
-    """A resync may only remove a leaf with the same credential (§12.2: as an Update of that leaf)."""
-    prior = tree.leaf(remove_prior)
-    if prior is None:
-        raise ValidationError("12.4.3.2", f"resync removes leaf {remove_prior}, which is blank")
-    if prior.credential != credential:
-        raise ValidationError("12.4.3.2", "resync must remove a leaf with the joiner's own credential")
 
 
 def join_by_external_commit(
@@ -89,13 +78,13 @@ def join_by_external_commit(
     config = config or GroupConfig()
     gi = MLSMessage.from_bytes(group_info).body
     if not isinstance(gi, GroupInfo):
-        raise ValidationError("12.4.3.2", "the message is not a GroupInfo")
+        raise ValidationError("12.4.3.2/group-info-message-type", "the message is not a GroupInfo")
     ctx = gi.group_context
     cs = cipher_suite(ctx.cipher_suite)
     tree = _checked_group_info(cs, gi, ratchet_tree, config)
     external = find_payload(gi.extensions, ExternalPub)
     if external is None:
-        raise ValidationError("12.4.3.2", "the GroupInfo has no external_pub extension")
+        raise ValidationError("12.4.3.2/external-pub-present", "the GroupInfo has no external_pub extension")
     kem_output, init_secret = external_init_send(cs, external.external_pub)
     sender = Sender(sender_type=SenderType.new_member_commit)
     proposals = _joiner_proposals(tree, sender, kem_output, credential, remove_prior, psk_ids)
@@ -117,7 +106,7 @@ def _joiner_proposals(tree: RatchetTree, sender: Sender, kem_output: bytes, cred
     """ExternalInit, the Remove of a resync, and PreSharedKeys, all by value (§12.4.3.2)."""
     bodies: list[ExternalInit | Remove | PreSharedKey] = [ExternalInit(kem_output)]
     if remove_prior is not None:
-        _check_resync(tree, remove_prior, credential)
+        check_resync_leaf(tree, remove_prior, credential)
         bodies.append(Remove(remove_prior))
     bodies += [PreSharedKey(p) for p in psk_ids]
     return [CommittedProposal(Proposal.of(b), sender) for b in bodies]
@@ -182,5 +171,7 @@ def _commit(cs: CipherSuite, gi: GroupInfo, applied: AppliedProposals, proposals
 def _psk(store: PskStore, psk_id: PreSharedKeyID) -> bytes:
     value = store.get(psk_id)
     if value is None:
-        raise ValidationError("12.4.3.2", "a PSK of the external commit is not available")
+        raise ValidationError(
+            "12.4.3.2/external-commit-psk-available", "a PSK of the external commit is not available"
+        )
     return value

@@ -13,7 +13,7 @@ from __future__ import annotations
 from mls.crypto.cipher_suite import cipher_suite
 from mls.crypto.key_protocols import Signer
 from mls.errors import ValidationError
-from mls.group.proposal_list import EXTERNAL_SENDER_TYPES
+from mls.group.proposal_list import check_external_proposal_type
 from mls.wire.framing import (
     AuthenticatedContent,
     ContentType,
@@ -43,8 +43,7 @@ def _external_message(suite: int, signer: Signer, sender: Sender, group_id: byte
 def external_proposal(suite: int, signer: Signer, sender_index: int, group_id: bytes, epoch: int,
                       proposal: Proposal, authenticated_data: bytes = b"") -> bytes:
     """A proposal from external sender ``sender_index`` of the group's ``external_senders`` (§12.1.8)."""
-    if proposal.proposal_type not in EXTERNAL_SENDER_TYPES:
-        raise ValidationError("12.1.8", "an external sender may propose only Add, Remove, PSK, ReInit, GCE")
+    check_external_proposal_type(proposal)
     return _external_message(suite, signer, Sender.external(sender_index), group_id, epoch, proposal,
                              authenticated_data)
 
@@ -53,6 +52,8 @@ def new_member_add_proposal(signer: Signer, key_package: KeyPackage, group_id: b
                             authenticated_data: bytes = b"") -> bytes:
     """A prospective member's own Add proposal (sender type ``new_member_proposal``, §12.1.8)."""
     if signer.public_key != key_package.leaf_node.signature_key:
-        raise ValidationError("12.1.8", "a new member signs its Add with its KeyPackage's signature key")
+        raise ValidationError(
+            "6.1/new-member-proposal-signer", "a new member signs its Add with its KeyPackage's signature key"
+        )
     return _external_message(key_package.cipher_suite, signer, Sender(sender_type=SenderType.new_member_proposal),
                              group_id, epoch, Proposal.of(Add(key_package)), authenticated_data)

@@ -15,7 +15,7 @@ from mls.crypto.cipher_suite import CipherSuite, cipher_suite
 from mls.crypto.key_protocols import HpkePrivateKey, KeyStore
 from mls.errors import ValidationError
 from mls.group.state import GroupConfig, GroupState
-from mls.group.welcome import decrypt_group_info, open_group_secrets
+from mls.group.welcome import decrypt_group_info, open_group_secrets, welcome_from_message
 from mls.schedule.key_schedule import KeySchedule
 from mls.schedule.psk import PskStore, psk_secret
 from mls.schedule.transcript import interim_transcript_hash
@@ -26,12 +26,11 @@ from mls.tree.ratchet_tree import RatchetTree
 from mls.tree.tree_validation import validate_tree
 from mls.tree.treekem import PathKeys, derive_path_secrets, node_key
 from mls.wire.extensions import RequiredCapabilities, check_unique_extension_types, find_payload
-from mls.wire.framing import MLSMessage
 from mls.wire.group_context import GroupContext
 from mls.wire.group_info import GroupInfo, verify_group_info_signature
 from mls.wire.key_package import KeyPackage, key_package_ref
 from mls.wire.proposals import PreSharedKeyID, PSKType, ReInit, ResumptionPSKUsage
-from mls.wire.welcome import GroupSecrets, PathSecret, Welcome
+from mls.wire.welcome import GroupSecrets, PathSecret
 
 
 def state_from_welcome(
@@ -49,9 +48,7 @@ def state_from_welcome(
 ) -> GroupState:
     """The joiner's state in the group a Welcome is for (§12.4.3.1)."""
     cs = cipher_suite(key_package.cipher_suite)
-    w = MLSMessage.from_bytes(welcome).body
-    if not isinstance(w, Welcome):
-        raise ValidationError("12.4.3.1", "the message is not a Welcome")
+    w = welcome_from_message(welcome)
     secrets = open_group_secrets(cs, w, key_package_ref(cs, key_package), init_key)
     psk_values = [(p, _joiner_psk(psks, p)) for p in secrets.psks]
     _check_joiner_psks(secrets.psks)
@@ -96,7 +93,9 @@ def member_state_from_welcome(
 def _joiner_psk(store: PskStore, psk_id: PreSharedKeyID) -> bytes:
     value = store.get(psk_id)
     if value is None:
-        raise ValidationError("12.4.3.1", "the Welcome needs a PSK this client does not have")
+        raise ValidationError(
+            "12.4.3.1/welcome-psk-available", "the Welcome needs a PSK this client does not have"
+        )
     return value
 
 
@@ -108,28 +107,41 @@ def _check_resumption_join(gi: GroupInfo, psks: Sequence[PreSharedKeyID], expect
     special = [p for p in psks if p.psktype == PSKType.resumption
                and p.usage in (ResumptionPSKUsage.reinit, ResumptionPSKUsage.branch)]
     if special and ctx.epoch != 1:
-        raise ValidationError("12.4.3.1", "a reinit or branch Welcome must be for epoch 1")
+        raise ValidationError(
+            "12.4.3.1/resumption-epoch-one", "a reinit or branch Welcome must be for epoch 1"
+        )
     if expected_reinit is not None:
         if not any(p.usage == ResumptionPSKUsage.reinit for p in special):
-            raise ValidationError("11.2", "a reinitialized group's Welcome must carry a reinit PSK")
+            raise ValidationError(
+                "11.2/reinit-psk-present", "a reinitialized group's Welcome must carry a reinit PSK"
+            )
         got = (ctx.group_id, ctx.version, ctx.cipher_suite, ctx.extensions)
         want = (expected_reinit.group_id, expected_reinit.version, expected_reinit.cipher_suite, expected_reinit.extensions)
         if got != want:
-            raise ValidationError("11.2", "the new group does not match the ReInit proposal")
+            raise ValidationError(
+                "11.2/reinit-group-matches", "the new group does not match the ReInit proposal"
+            )
     if resumed_from is None:
         return
     for p in special:
         if (p.psk_group_id, p.psk_epoch) != (resumed_from.group_id, resumed_from.epoch):
-            raise ValidationError("12.4.3.1", "the resumption PSK is not from the expected group and epoch")
+            raise ValidationError(
+                "12.4.3.1/resumption-psk-group-epoch",
+                "the resumption PSK is not from the expected group and epoch",
+            )
         if p.usage == ResumptionPSKUsage.branch and (ctx.version, ctx.cipher_suite) != (
                 resumed_from.version, resumed_from.cipher_suite):
-            raise ValidationError("11.3", "a branch keeps the old group's version and cipher suite")
+            raise ValidationError(
+                "11.3/branch-version-cipher-suite", "a branch keeps the old group's version and cipher suite"
+            )
 
 
 def _check_joiner_psks(psks: Sequence[PreSharedKeyID]) -> None:
     special = [p for p in psks if p.psktype == PSKType.resumption and p.usage != ResumptionPSKUsage.application]
     if len(special) > 1:
-        raise ValidationError("12.4.3.1", "at most one resumption PSK of usage reinit or branch")
+        raise ValidationError(
+            "12.4.3.1/resumption-psk-unique", "at most one resumption PSK of usage reinit or branch"
+        )
 
 
 def tree_from_group_info(cs: CipherSuite, gi: GroupInfo, ratchet_tree: bytes | None) -> RatchetTree:
@@ -138,8 +150,18 @@ def tree_from_group_info(cs: CipherSuite, gi: GroupInfo, ratchet_tree: bytes | N
     if ext is not None:
         return RatchetTree.from_extension(cs, ext)
     if ratchet_tree is None:
-        raise ValidationError("12.4.3.3", "no ratchet tree: neither in the GroupInfo nor given out of band")
+        raise ValidationError(
+            "12.4.3.3/ratchet-tree-present", "no ratchet tree: neither in the GroupInfo nor given out of band"
+        )
     return RatchetTree.decode(cs, ratchet_tree)
+
+
+def verify_group_info_signer(cs: CipherSuite, gi: GroupInfo, tree: RatchetTree) -> None:
+    """The GroupInfo is signed by the member at leaf ``signer``, which is not blank (§12.4.3)."""
+    signer = tree.leaf(gi.signer)
+    if signer is None:
+        raise ValidationError("12.4.3/group-info-signer-leaf", "the GroupInfo signer's leaf is blank")
+    verify_group_info_signature(cs, gi, signer.signature_key)
 
 
 def _state_from_group_info(
@@ -148,18 +170,17 @@ def _state_from_group_info(
 ) -> GroupState:
     ctx = gi.group_context
     if ctx.cipher_suite != key_package.cipher_suite:
-        raise ValidationError("12.4.3.1", "the GroupInfo's cipher suite is not the KeyPackage's")
+        raise ValidationError(
+            "12.4.3.1/group-info-cipher-suite", "the GroupInfo's cipher suite is not the KeyPackage's"
+        )
     check_unique_extension_types(ctx.extensions)
     tree = tree_from_group_info(cs, gi, ratchet_tree)
-    signer_leaf = tree.leaf(gi.signer)
-    if signer_leaf is None:
-        raise ValidationError("12.4.3.1", "the GroupInfo signer's leaf is blank")
-    verify_group_info_signature(cs, gi, signer_leaf.signature_key)
+    verify_group_info_signer(cs, gi, tree)
     validate_tree(tree, group_id=ctx.group_id, tree_hash=ctx.tree_hash, policy=config.leaf_policy,
                   required=find_payload(ctx.extensions, RequiredCapabilities))
     own = next((i for i, leaf in tree.leaves() if leaf == key_package.leaf_node), None)
     if own is None:
-        raise ValidationError("12.4.3.1", "the tree has no leaf equal to this KeyPackage's")
+        raise ValidationError("12.4.3.1/own-leaf-in-tree", "the tree has no leaf equal to this KeyPackage's")
     keys = _joiner_path_keys(cs, tree, own, gi.signer, leaf_key, secrets.path_secret)
     ks = KeySchedule.from_joiner_secret(cs, secrets.joiner_secret, psk, ctx.to_bytes())
     ks.secrets.verify_confirmation_tag(ctx.confirmed_transcript_hash, gi.confirmation_tag)
@@ -176,7 +197,9 @@ def _joiner_path_keys(cs: CipherSuite, tree: RatchetTree, own: int, signer: int,
     """The joiner's leaf key, plus keys from the common ancestor with the committer up (§12.4.3.1)."""
     keys = PathKeys(own, leaf_key)
     if leaf_key.public_key != (tree.leaf(own) or _never()).encryption_key:
-        raise ValidationError("12.4.3.1", "the leaf private key does not match the joiner's leaf")
+        raise ValidationError(
+            "12.4.3.1/leaf-private-key", "the leaf private key does not match the joiner's leaf"
+        )
     if path_secret is None:
         return keys
     ancestor = tm.common_ancestor(2 * own, 2 * signer)
@@ -187,10 +210,12 @@ def _joiner_path_keys(cs: CipherSuite, tree: RatchetTree, own: int, signer: int,
         node = tree.node(x)
         assert node is not None
         if key.public_key != node.encryption_key:
-            raise ValidationError("12.4.3.1", f"path_secret does not give the public key of node {x}")
+            raise ValidationError(
+                "12.4.3.1/path-secret-public-key", f"path_secret does not give the public key of node {x}"
+            )
         keys.node_keys[x] = key
     return keys
 
 
 def _never() -> LeafNode:
-    raise ValidationError("12.4.3.1", "the joiner's leaf is blank")
+    raise ValidationError("12.4.3.1/own-leaf-non-blank", "the joiner's leaf is blank")

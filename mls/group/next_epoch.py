@@ -29,7 +29,7 @@ def psk_value(group: GroupCore, psk_id: PreSharedKeyID) -> bytes:
     if value is None:
         value = group.psks.get(psk_id)
     if value is None:
-        raise ValidationError("12.4.2", "a PreSharedKey of the commit is not available")
+        raise ValidationError("12.4.2/commit-psk-available", "a PreSharedKey of the commit is not available")
     return value
 
 

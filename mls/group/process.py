@@ -41,14 +41,26 @@ def process_message(group: GroupCore, message: bytes) -> ProcessedMessage:
         return _process_public(group, body)
     if isinstance(body, PrivateMessage):
         return _process_private(group, body)
-    raise ValidationError("6", "only PublicMessage and PrivateMessage can be processed by a member")
+    raise ValidationError(
+        "6/message-wire-format", "only PublicMessage and PrivateMessage can be processed by a member"
+    )
+
+
+def _check_group(group: GroupCore, group_id: bytes) -> None:
+    if group_id != group.group_id:
+        raise ValidationError("6/message-group-id", "message for another group")
+
+
+def _check_epoch(group: GroupCore, epoch: int) -> None:
+    if epoch != group.epoch:
+        raise ValidationError(
+            "6/message-epoch", f"message for epoch {epoch}, the group is at epoch {group.epoch}"
+        )
 
 
 def _check_epoch_and_group(group: GroupCore, group_id: bytes, epoch: int) -> None:
-    if group_id != group.group_id:
-        raise ValidationError("6", "message for another group")
-    if epoch != group.epoch:
-        raise ValidationError("6", f"message for epoch {epoch}, the group is at epoch {group.epoch}")
+    _check_group(group, group_id)
+    _check_epoch(group, epoch)
 
 
 def _process_public(group: GroupCore, msg: PublicMessage) -> ProcessedMessage:
@@ -57,7 +69,9 @@ def _process_public(group: GroupCore, msg: PublicMessage) -> ProcessedMessage:
     content = msg.content
     _check_epoch_and_group(group, content.group_id, content.epoch)
     if content.content_type == ContentType.application:
-        raise ValidationError("6.2", "application data must not be sent as a PublicMessage")
+        raise ValidationError(
+            "6/application-data-private", "application data must not be sent as a PublicMessage"
+        )
     verify_membership_tag(group.cs, msg, s.secrets.membership_key, s.context)
     auth = public_to_authenticated(msg)
     verify_framed_content(group.cs, _sender_signature_key(group, auth), auth, s.context)
@@ -66,10 +80,10 @@ def _process_public(group: GroupCore, msg: PublicMessage) -> ProcessedMessage:
 
 def _process_private(group: GroupCore, msg: PrivateMessage) -> ProcessedMessage:
     """A PrivateMessage (§6.3): the ratchet advances only once the content was accepted."""
-    if msg.group_id != group.group_id:
-        raise ValidationError("6", "message for another group")
-    if msg.epoch != group.epoch:
+    _check_group(group, msg.group_id)
+    if msg.epoch != group.epoch and msg.content_type == ContentType.application:
         return _process_past_epoch(group, msg)
+    _check_epoch(group, msg.epoch)  # a handshake message of another epoch: never
     s = group.state
     auth, sender_data = decrypt_private(group.cs, msg, s.secrets.sender_data_secret, s.secret_tree.peek_key_nonce)
     verify_framed_content(group.cs, _sender_signature_key(group, auth), auth, s.context)
@@ -80,15 +94,15 @@ def _process_private(group: GroupCore, msg: PrivateMessage) -> ProcessedMessage:
 
 def _process_past_epoch(group: GroupCore, msg: PrivateMessage) -> ApplicationMessage:
     """Late application messages of a retained past epoch (§14: RFC 9750 delayed messages)."""
-    if msg.content_type != ContentType.application:
-        raise ValidationError("6", f"handshake message for epoch {msg.epoch}, the group is at {group.epoch}")
     past = next((p for p in group.state.past_epochs if p.epoch == msg.epoch), None)
     if past is None:
-        raise ValidationError("6", f"message for epoch {msg.epoch}, which is not retained")
+        raise ValidationError(
+            "6/past-epoch-retained", f"message for epoch {msg.epoch}, which is not retained"
+        )
     auth, sd = decrypt_private(group.cs, msg, past.sender_data_secret, past.secret_tree.peek_key_nonce)
     key = past.signature_keys.get(sd.leaf_index)
     if key is None:
-        raise ValidationError("6.3.2", "sender was not a member in that epoch")
+        raise ValidationError("6.3.2/past-epoch-sender-leaf", "sender was not a member in that epoch")
     verify_framed_content(group.cs, key, auth, past.context)
     past.secret_tree.key_nonce(sd.leaf_index, RatchetType.application, sd.generation)
     return ApplicationMessage.from_content(auth)
@@ -103,7 +117,9 @@ def _sender_signature_key(group: GroupCore, auth: AuthenticatedContent) -> bytes
         assert sender.leaf_index is not None
         leaf = s.tree.leaf(sender.leaf_index)
         if leaf is None:
-            raise ValidationError("6.1", f"sender leaf {sender.leaf_index} is blank or outside the tree")
+            raise ValidationError(
+                "6.1/member-sender-leaf", f"sender leaf {sender.leaf_index} is blank or outside the tree"
+            )
         return leaf.signature_key
     if sender.sender_type == SenderType.external:
         assert sender.sender_index is not None
@@ -111,10 +127,15 @@ def _sender_signature_key(group: GroupCore, auth: AuthenticatedContent) -> bytes
     content = auth.content
     if sender.sender_type == SenderType.new_member_proposal:
         if content.proposal is None or not isinstance(content.proposal.body, Add):
-            raise ValidationError("12.1.8", "a new_member_proposal sender may only send an Add proposal")
+            raise ValidationError(
+                "6.1/new-member-proposal-content",
+                "a new_member_proposal sender may only send an Add proposal",
+            )
         return content.proposal.body.key_package.leaf_node.signature_key
     if content.commit is None or content.commit.path is None:
-        raise ValidationError("12.4.3.2", "a new_member_commit sender must send a commit with a path")
+        raise ValidationError(
+            "12.4.3.2/external-commit-path", "a new_member_commit sender must send a commit with a path"
+        )
     return content.commit.path.leaf_node.signature_key
 
 
@@ -122,12 +143,14 @@ def _handle_authenticated(group: GroupCore, auth: AuthenticatedContent) -> Proce
     ct = auth.content.content_type
     if ct == ContentType.application:
         if auth.content.sender.sender_type != SenderType.member:
-            raise ValidationError("6", "only members send application data")
+            raise ValidationError("6.1/application-sender-member", "only members send application data")
         return ApplicationMessage.from_content(auth)
     if ct == ContentType.proposal:
         return _cache_proposal(group, auth)
     if auth.content.sender.sender_type not in (SenderType.member, SenderType.new_member_commit):
-        raise ValidationError("12.4", "commits come from members or new members (external commits)")
+        raise ValidationError(
+            "6.1/commit-sender-type", "commits come from members or new members (external commits)"
+        )
     own = group.pending_commit
     if own is not None and auth.to_bytes() == own.content:
         return own

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from mls.credentials.credential import Credential
 from mls.crypto.cipher_suite import CipherSuite
 from mls.errors import ValidationError
 from mls.tree.leaf_node import LeafNode, LeafNodeSource
@@ -98,22 +99,27 @@ def validate_proposal(vc: ValidationContext, cp: CommittedProposal, required: Re
     """The rules of §12.1.x for one proposal, given the sender."""
     body = cp.proposal.body
     sender = cp.sender
-    if sender.sender_type == SenderType.external and cp.proposal.proposal_type not in EXTERNAL_SENDER_TYPES:
-        raise ValidationError("12.1.8", f"an external sender cannot propose {type(body).__name__}")
+    if sender.sender_type == SenderType.external:
+        check_external_proposal_type(cp.proposal)
     if sender.sender_type == SenderType.new_member_proposal and not isinstance(body, Add):
-        raise ValidationError("12.1.8", "a new_member_proposal sender may only propose Add")
+        raise ValidationError(
+            "6.1/new-member-proposal-add", "a new_member_proposal sender may only propose Add"
+        )
     if isinstance(body, Add):
         validate_key_package(vc.cs, body.key_package, vc.policy, required)
     elif isinstance(body, Update):
         _validate_update(vc, sender, body.leaf_node, required)
     elif isinstance(body, Remove):
         if vc.tree.leaf(body.removed) is None:
-            raise ValidationError("12.1.3", f"Remove of leaf {body.removed}, which is blank or outside the tree")
+            raise ValidationError(
+                "12.1.3/remove-leaf-non-blank",
+                f"Remove of leaf {body.removed}, which is blank or outside the tree",
+            )
     elif isinstance(body, PreSharedKey):
         validate_psk_id(vc, body.psk)
     elif isinstance(body, ReInit):
         if body.version < vc.version:
-            raise ValidationError("12.1.5", "ReInit to an older protocol version")
+            raise ValidationError("12.1.5/reinit-version", "ReInit to an older protocol version")
     elif isinstance(body, GroupContextExtensions):
         check_group_context_extensions(body.extensions)
         senders = find_payload(body.extensions, ExternalSenders)
@@ -121,32 +127,48 @@ def validate_proposal(vc: ValidationContext, cp: CommittedProposal, required: Re
             vc.policy.credential_validator.validate(external.credential, external.signature_key)
 
 
+def check_external_proposal_type(proposal: Proposal) -> None:
+    """An external sender proposes only Add, Remove, PreSharedKey, ReInit and GroupContextExtensions
+    (§12.1.8)."""
+    if proposal.proposal_type not in EXTERNAL_SENDER_TYPES:
+        raise ValidationError(
+            "12.1.8/external-sender-proposal-type",
+            f"an external sender cannot propose {type(proposal.body).__name__}",
+        )
+
+
 def _validate_update(vc: ValidationContext, sender: Sender, leaf: LeafNode, required: RequiredCapabilities | None) -> None:
     if sender.sender_type != SenderType.member or sender.leaf_index is None:
-        raise ValidationError("12.1.2", "only members send Update proposals")
+        raise ValidationError("12.1.2/update-sender-member", "only members send Update proposals")
     current = vc.tree.leaf(sender.leaf_index)
     if current is None:
-        raise ValidationError("12.1.2", "Update from a blank leaf")
+        raise ValidationError("12.1.2/update-sender-leaf", "Update from a blank leaf")
     validate_leaf_node(
         vc.cs, leaf, source=LeafNodeSource.update, group_id=vc.group_id, leaf_index=sender.leaf_index,
         policy=vc.policy, required=required,
     )
     if leaf.encryption_key == current.encryption_key:
-        raise ValidationError("7.3", "an Update must change the leaf's encryption_key")
+        raise ValidationError(
+            "7.3/update-encryption-key-changed", "an Update must change the leaf's encryption_key"
+        )
 
 
 def validate_psk_id(vc: ValidationContext, psk: PreSharedKeyID) -> None:
     if len(psk.psk_nonce) != vc.cs.n_h:
-        raise ValidationError("12.1.4", "psk_nonce must be KDF.Nh bytes long")
+        raise ValidationError("12.1.4/psk-nonce-length", "psk_nonce must be KDF.Nh bytes long")
     if psk.psktype == PSKType.resumption and psk.usage not in vc.allowed_resumption_usages:
-        raise ValidationError("12.1.4", f"resumption PSK usage {psk.usage} is not allowed here")
+        raise ValidationError(
+            "12.1.4/resumption-psk-usage", f"resumption PSK usage {psk.usage} is not allowed here"
+        )
 
 
 def external_sender_key(extensions: Sequence[Extension], sender_index: int) -> bytes:
     """The signature key of external sender ``sender_index`` (§12.1.8.1)."""
     senders = find_payload(extensions, ExternalSenders)
     if senders is None or sender_index >= len(senders.external_senders):
-        raise ValidationError("12.1.8", f"no external sender with index {sender_index}")
+        raise ValidationError(
+            "12.1.8.1/external-sender-index", f"no external sender with index {sender_index}"
+        )
     return senders.external_senders[sender_index].signature_key
 
 
@@ -156,7 +178,9 @@ def external_sender_key(extensions: Sequence[Extension], sender_index: int) -> b
 def _new_extensions(vc: ValidationContext, proposals: Sequence[CommittedProposal]) -> tuple[Extension, ...]:
     gces = [p.proposal.body for p in proposals if isinstance(p.proposal.body, GroupContextExtensions)]
     if len(gces) > 1:
-        raise ValidationError("12.2", "more than one GroupContextExtensions proposal")
+        raise ValidationError(
+            "12.2/group-context-extensions-once", "more than one GroupContextExtensions proposal"
+        )
     return gces[0].extensions if gces else vc.extensions
 
 
@@ -182,21 +206,25 @@ def _validate_member_commit_list(vc: ValidationContext, proposals: Sequence[Comm
         body = cp.proposal.body
         if isinstance(body, Update):
             if cp.sender == committer:
-                raise ValidationError("12.2", "the committer cannot commit its own Update proposal")
+                raise ValidationError(
+                    "12.2/committer-own-update", "the committer cannot commit its own Update proposal"
+                )
             leaf = cp.sender.leaf_index
         elif isinstance(body, Remove):
             if committer.sender_type == SenderType.member and body.removed == committer.leaf_index:
-                raise ValidationError("12.2", "the committer cannot remove itself")
+                raise ValidationError("12.2/committer-self-remove", "the committer cannot remove itself")
             leaf = body.removed
         elif isinstance(body, ExternalInit):
-            raise ValidationError("12.2", "ExternalInit is only allowed in an external commit")
+            raise ValidationError(
+                "12.2/member-commit-external-init", "ExternalInit is only allowed in an external commit"
+            )
         elif isinstance(body, ReInit) and len(proposals) > 1:
-            raise ValidationError("12.2", "ReInit must be the only proposal of its commit")
+            raise ValidationError("12.2/reinit-alone", "ReInit must be the only proposal of its commit")
         else:
             continue
         assert leaf is not None
         if leaf in touched:
-            raise ValidationError("12.2", f"more than one Update or Remove for leaf {leaf}")
+            raise ValidationError("12.2/leaf-changed-once", f"more than one Update or Remove for leaf {leaf}")
         touched.add(leaf)
     check_adds(vc, proposals, removed=touched)
 
@@ -212,31 +240,54 @@ def check_adds(vc: ValidationContext, proposals: Sequence[CommittedProposal], re
             continue
         leaf = body.key_package.leaf_node
         if leaf.signature_key in seen:
-            raise ValidationError("12.2", "two Add proposals for the same client")
+            raise ValidationError("12.2/add-client-unique", "two Add proposals for the same client")
         seen.add(leaf.signature_key)
         member = in_group.get(leaf.signature_key)
         if member is not None and member not in removed:
-            raise ValidationError("12.2", "Add of a client already in the group")
+            raise ValidationError("12.2/add-client-not-member", "Add of a client already in the group")
         if leaf.encryption_key in enc_keys:
-            raise ValidationError("7.3", "an added leaf repeats an encryption key in use")
+            raise ValidationError(
+                "7.3/add-encryption-key-unique", "an added leaf repeats an encryption key in use"
+            )
 
 
 def _validate_external_commit_list(proposals: Sequence[CommittedProposal]) -> None:
     kinds = [type(p.proposal.body) for p in proposals]
     if kinds.count(ExternalInit) != 1:
-        raise ValidationError("12.2", "an external commit carries exactly one ExternalInit")
+        raise ValidationError(
+            "12.2/external-commit-one-external-init", "an external commit carries exactly one ExternalInit"
+        )
     if kinds.count(Remove) > 1:
-        raise ValidationError("12.2", "an external commit carries at most one Remove")
+        raise ValidationError(
+            "12.2/external-commit-one-remove", "an external commit carries at most one Remove"
+        )
     if any(k not in (ExternalInit, Remove, PreSharedKey) for k in kinds):
-        raise ValidationError("12.2", "an external commit carries only ExternalInit, Remove and PreSharedKey")
+        raise ValidationError(
+            "12.2/external-commit-proposal-types",
+            "an external commit carries only ExternalInit, Remove and PreSharedKey",
+        )
     if any(p.ref is not None for p in proposals):
-        raise ValidationError("12.4.3.2", "an external commit carries its proposals by value")
+        raise ValidationError(
+            "12.4.3.2/external-commit-by-value", "an external commit carries its proposals by value"
+        )
+
+
+def check_resync_leaf(tree: RatchetTree, removed: int, credential: Credential) -> None:
+    """The Remove of an external commit (a resync) names the joiner's own prior leaf: the new leaf must be
+    acceptable as an Update of it (§12.2), here, carry the same credential."""
+    prior = tree.leaf(removed)
+    if prior is None:
+        raise ValidationError("12.2/resync-leaf-non-blank", f"resync removes leaf {removed}, which is blank")
+    if prior.credential != credential:
+        raise ValidationError(
+            "12.2/resync-credential", "resync must remove a leaf with the joiner's own credential"
+        )
 
 
 def _check_psks_unique(proposals: Sequence[CommittedProposal]) -> None:
     ids = [p.proposal.body.psk.to_bytes() for p in proposals if isinstance(p.proposal.body, PreSharedKey)]
     if len(ids) != len(set(ids)):
-        raise ValidationError("12.2", "two PreSharedKey proposals for the same PSK")
+        raise ValidationError("12.2/psk-id-unique", "two PreSharedKey proposals for the same PSK")
 
 
 def _check_required_capabilities_supported(
@@ -251,7 +302,10 @@ def _check_required_capabilities_supported(
             try:
                 check_required_capabilities(leaf, required)
             except ValidationError:
-                raise ValidationError("12.1.7", f"member {index} lacks the required capabilities") from None
+                raise ValidationError(
+                    "12.1.7/members-support-required-capabilities",
+                    f"member {index} lacks the required capabilities",
+                ) from None
 
 
 # ---- application (§12.3) ----------------------------------------------------------------------------

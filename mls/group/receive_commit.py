@@ -20,12 +20,13 @@ from mls.group.proposal_list import (
     AppliedProposals,
     CommittedProposal,
     apply_proposals,
+    check_resync_leaf,
     path_required,
     validate_proposal_list,
 )
 from mls.group.staged_commit import StagedCommit
 from mls.schedule.key_schedule import KeySchedule, external_init_receive
-from mls.schedule.transcript import TranscriptHashes, interim_transcript_hash
+from mls.schedule.transcript import TranscriptHashes
 from mls.tree.leaf_node import LeafNode, LeafNodeSource
 from mls.tree.leaf_validation import validate_leaf_node
 from mls.tree.ratchet_tree import RatchetTree
@@ -46,7 +47,7 @@ def stage_received_commit(group: GroupCore, auth: AuthenticatedContent) -> Stage
     vc = group.validation_context()
     validate_proposal_list(vc, proposals, committer)
     if path_required(proposals) and commit.path is None:
-        raise ValidationError("12.4", "this commit must carry a path")
+        raise ValidationError("12.4/commit-path-required", "this commit must carry a path")
     applied = apply_proposals(vc, proposals)
     if committer.sender_type == SenderType.new_member_commit:
         return _stage_external_commit(group, auth, proposals, applied)
@@ -66,7 +67,9 @@ def _resolve(group: GroupCore, por: ProposalOrRef, committer: Sender) -> Committ
     assert por.reference is not None
     cached = group.state.proposals.get(por.reference)
     if cached is None:
-        raise ValidationError("12.4.2", "the commit references a proposal this member has not received")
+        raise ValidationError(
+            "12.4.2/proposal-ref-known", "the commit references a proposal this member has not received"
+        )
     return CommittedProposal(cached.proposal, cached.sender, cached.ref)
 
 
@@ -115,7 +118,10 @@ def _check_path_leaf(group: GroupCore, applied: AppliedProposals, committer: int
                        policy=s.config.leaf_policy, required=find_payload(applied.extensions, RequiredCapabilities))
     current = applied.tree.leaf(committer)
     if current is not None and current.encryption_key == leaf.encryption_key:
-        raise ValidationError("12.4.2", "the committer's new leaf must have a new encryption_key")
+        raise ValidationError(
+            "12.4.2/committer-encryption-key-changed",
+            "the committer's new leaf must have a new encryption_key",
+        )
 
 
 def _check_path_keys_fresh(tree: RatchetTree, committer: int, commit: Commit) -> None:
@@ -125,10 +131,14 @@ def _check_path_keys_fresh(tree: RatchetTree, committer: int, commit: Commit) ->
     in_tree = {n.encryption_key for x in range(tree.width) if (n := tree.node(x)) is not None}
     new = [commit.path.leaf_node.encryption_key, *(n.encryption_key for n in commit.path.nodes)]
     if any(k in in_tree for k in new) or len(set(new)) != len(new):
-        raise ValidationError("12.4.2", "a public key of the UpdatePath already appears in the tree")
+        raise ValidationError(
+            "12.4.2/path-keys-fresh", "a public key of the UpdatePath already appears in the tree"
+        )
     signature_key = commit.path.leaf_node.signature_key
     if any(leaf.signature_key == signature_key for i, leaf in tree.leaves() if i != committer):
-        raise ValidationError("7.3", "the committer's signature key is used by another member")
+        raise ValidationError(
+            "7.3/committer-signature-key-unique", "the committer's signature key is used by another member"
+        )
 
 
 def _complete_staging(group: GroupCore, auth: AuthenticatedContent, proposals: list[CommittedProposal],
@@ -136,16 +146,16 @@ def _complete_staging(group: GroupCore, auth: AuthenticatedContent, proposals: l
                       init_secret: bytes) -> StagedCommit:
     """Advance the transcript and key schedule, verify the confirmation tag (§8, §8.2, §12.4.2)."""
     s, cs = group.state, group.cs
-    tag = auth.auth.confirmation_tag
-    if tag is None:
-        raise ValidationError("6.1", "a commit must carry a confirmation tag")
-    confirmed = TranscriptHashes(s.context.confirmed_transcript_hash, s.interim_transcript_hash).next_confirmed(cs, auth)
+    before = TranscriptHashes(s.context.confirmed_transcript_hash, s.interim_transcript_hash)
+    hashes = before.after_commit(cs, auth)
+    confirmed, tag = hashes.confirmed, auth.auth.confirmation_tag
+    assert tag is not None  # after_commit requires it (§6.1)
     new_ctx = GroupContext(1, cs.suite_id, s.group_id, s.epoch + 1, tree.tree_hash(), confirmed, applied.extensions)
     ks = KeySchedule.from_init_secret(cs, init_secret, commit_secret, commit_psk_secret(group, applied.psks),
                                       new_ctx.to_bytes())
     ks.secrets.verify_confirmation_tag(confirmed, tag)
     state = next_state(s, tree=tree, keys=keys, context=new_ctx, ks=ks,
-                       interim=interim_transcript_hash(cs, confirmed, tag), tag=tag, reinit=applied.reinit)
+                       interim=hashes.interim, tag=tag, reinit=applied.reinit)
     replaced_leaf = [s.keys.leaf_key.key_ref] if keys.leaf_key.key_ref != s.keys.leaf_key.key_ref else []
     dead = dead_keys(s, [*dead_update_keys(s, applied), *replaced_leaf])
     return StagedCommit(state, auth.content.sender, proposals, auth.to_bytes(), dead_key_refs=dead)
@@ -175,9 +185,7 @@ def _check_resync(group: GroupCore, proposals: list[CommittedProposal], leaf: Le
     for p in proposals:
         body = p.proposal.body
         if isinstance(body, Remove):
-            removed = group.state.tree.leaf(body.removed)
-            if removed is None or removed.credential != leaf.credential:
-                raise ValidationError("12.4.3.2", "an external commit may only remove the joiner's prior leaf")
+            check_resync_leaf(group.state.tree, body.removed, leaf.credential)
 
 
 def _leftmost_blank(tree: RatchetTree) -> int:

@@ -14,9 +14,18 @@ from mls.crypto.key_protocols import HpkePrivateKey
 from mls.errors import CryptoError, ValidationError
 from mls.schedule.key_schedule import welcome_key_nonce
 from mls.tree.nodes import HPKECiphertext
+from mls.wire.framing import MLSMessage
 from mls.wire.group_info import GroupInfo
 from mls.wire.key_package import KeyPackage, key_package_ref
 from mls.wire.welcome import EncryptedGroupSecrets, GroupSecrets, Welcome
+
+
+def welcome_from_message(message: bytes) -> Welcome:
+    """The Welcome an MLSMessage carries (§12.4.3.1)."""
+    body = MLSMessage.from_bytes(message).body
+    if not isinstance(body, Welcome):
+        raise ValidationError("12.4.3.1/welcome-message-type", "the message is not a Welcome")
+    return body
 
 
 def encrypt_group_info(cs: CipherSuite, welcome_secret: bytes, group_info: GroupInfo) -> bytes:
@@ -29,7 +38,9 @@ def decrypt_group_info(cs: CipherSuite, welcome_secret: bytes, encrypted_group_i
     try:
         plain = cs.aead_open(kn.key, kn.nonce, b"", encrypted_group_info)
     except CryptoError:
-        raise CryptoError("12.4.3.1", "encrypted_group_info does not decrypt with the welcome key") from None
+        raise CryptoError(
+            "12.4.3.1/group-info-decrypt", "encrypted_group_info does not decrypt with the welcome key"
+        ) from None
     return GroupInfo.from_bytes(plain)
 
 
@@ -52,10 +63,14 @@ def build_welcome(
 def open_group_secrets(cs: CipherSuite, welcome: Welcome, ref: bytes, init_key: HpkePrivateKey) -> GroupSecrets:
     """Find this KeyPackage's entry and decrypt its GroupSecrets (§12.4.3.1)."""
     if welcome.cipher_suite != cs.suite_id:
-        raise ValidationError("12.4.3.1", "the Welcome's cipher suite is not the KeyPackage's")
+        raise ValidationError(
+            "12.4.3.1/welcome-cipher-suite", "the Welcome's cipher suite is not the KeyPackage's"
+        )
     entry = next((s for s in welcome.secrets if s.new_member == ref), None)
     if entry is None:
-        raise ValidationError("12.4.3.1", "the Welcome has no entry for this KeyPackage")
+        raise ValidationError(
+            "12.4.3.1/welcome-secrets-entry", "the Welcome has no entry for this KeyPackage"
+        )
     ct = entry.encrypted_group_secrets
     plain = cs.decrypt_with_label(init_key, "Welcome", welcome.encrypted_group_info, ct.kem_output, ct.ciphertext)
     return GroupSecrets.from_bytes(plain)
