@@ -463,7 +463,7 @@ def test_external_join_resync_after_losing_state(shared_gateway: GatewayServer) 
     assert api.delete(dave.path(gid)).status == 204
     assert api.get(dave.path(gid)).status == 404
     info = alice.api.get(alice.path(gid, "/group-info")).expect(200).body
-    # Removing a leaf that is not the joiner's own is refused (RFC 9420 §12.4.3.2).
+    # Removing a leaf that is not the joiner's own is refused (RFC 9420 §12.2: a resync keeps the credential).
     steal = dave.api.post(dave.path(tail="/external-join"), {**info, "remove_prior": True, "remove_prior_leaf": 1})
     assert (steal.status, steal.code, steal.body.get("rule")) == (422, "validation_failed", "12.2/resync-credential")
     j = dave.api.post(dave.path(tail="/external-join"), {**info, "remove_prior": True, "remove_prior_leaf": 2})
