@@ -87,8 +87,13 @@ def _rate(workers: list[Callable[[], None]], seconds: float) -> tuple[float, flo
     return total / (time.perf_counter() - start), total / max(sum(cpu), 1e-9)
 
 
-def _compare(raw: Callable[[int], list[Callable[[], None]]], ours: Callable[[int], list[Callable[[], None]]],
-             threads: int, rounds: int, seconds: float) -> dict[str, Any]:
+def _compare(
+    raw: Callable[[int], list[Callable[[], None]]],
+    ours: Callable[[int], list[Callable[[], None]]],
+    threads: int,
+    rounds: int,
+    seconds: float,
+) -> dict[str, Any]:
     """Alternating rounds of raw and ours on ``threads`` threads.
 
     Each round runs raw then ours (the order flips every round), back to back, so both see the same
@@ -102,7 +107,9 @@ def _compare(raw: Callable[[int], list[Callable[[], None]]], ours: Callable[[int
     for w in raw_workers + our_workers:
         w()  # warm-up (and the handle cache)
     for i in range(rounds):
-        for which in ((raw_workers, raw_rates, raw_cpu), (our_workers, our_rates, our_cpu))[:: -1 if i % 2 else 1]:
+        for which in ((raw_workers, raw_rates, raw_cpu), (our_workers, our_rates, our_cpu))[
+            :: -1 if i % 2 else 1
+        ]:
             wall, per_cpu = _rate(which[0], seconds)
             which[1].append(wall)
             which[2].append(per_cpu)
@@ -146,7 +153,9 @@ class _Raw:
             session.close()  # opened without a PIN: no logout
 
 
-def _raw_signers(raw: _Raw, key_ref: bytes, hash_name: str | None) -> Callable[[int], list[Callable[[], None]]]:
+def _raw_signers(
+    raw: _Raw, key_ref: bytes, hash_name: str | None
+) -> Callable[[int], list[Callable[[], None]]]:
     from pkcs11 import Mechanism
 
     digest: Any = getattr(hashlib, hash_name or "sha256")
@@ -170,8 +179,13 @@ def _raw_dh(raw: _Raw, key_ref: bytes, peer: bytes, length: int) -> Callable[[in
     template = {Attribute.TOKEN: False, Attribute.SENSITIVE: False, Attribute.EXTRACTABLE: True}
 
     def once(key: Any) -> None:
-        secret = key.derive_key(KeyType.GENERIC_SECRET, length * 8, mechanism=Mechanism.ECDH1_DERIVE,
-                                mechanism_param=(KDF.NULL, None, peer), template=template)
+        secret = key.derive_key(
+            KeyType.GENERIC_SECRET,
+            length * 8,
+            mechanism=Mechanism.ECDH1_DERIVE,
+            mechanism_param=(KDF.NULL, None, peer),
+            template=template,
+        )
         secret[Attribute.VALUE]
         secret.destroy()
 
@@ -194,7 +208,9 @@ def _filesystem(path: Path) -> str:
 
 def _softhsm_version() -> str:
     try:
-        return subprocess.run(["softhsm2-util", "--version"], capture_output=True, text=True, check=True).stdout.strip()
+        return subprocess.run(
+            ["softhsm2-util", "--version"], capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -220,8 +236,11 @@ def _sign_section(store: Any, raw: _Raw, suites: list[int], rounds: int, seconds
             "2_threads": _compare(raw_make, ours, 2, rounds, seconds),
         }
         one, two = out[str(suite)]["1_thread"], out[str(suite)]["2_threads"]
-        print(f"  sign suite {suite} ({cs.signature.name}): wall ratio {one['ratio']} / {two['ratio']}, "
-              f"CPU-cost ratio {one['cpu_ratio']} / {two['cpu_ratio']} (1 / 2 threads)", flush=True)
+        print(
+            f"  sign suite {suite} ({cs.signature.name}): wall ratio {one['ratio']} / {two['ratio']}, "
+            f"CPU-cost ratio {one['cpu_ratio']} / {two['cpu_ratio']} (1 / 2 threads)",
+            flush=True,
+        )
     return out
 
 
@@ -241,8 +260,10 @@ def _dh_section(store: Any, raw: _Raw, suites: list[int], rounds: int, seconds: 
 
         out[str(suite)] = {"kem": cs.kem.name, "1_thread": _compare(raw_make, ours, 1, rounds, seconds)}
         one = out[str(suite)]["1_thread"]
-        print(f"  dh suite {suite} ({cs.kem.name}): wall ratio {one['ratio']}, CPU-cost ratio {one['cpu_ratio']}",
-              flush=True)
+        print(
+            f"  dh suite {suite} ({cs.kem.name}): wall ratio {one['ratio']}, CPU-cost ratio {one['cpu_ratio']}",
+            flush=True,
+        )
     return out
 
 
@@ -257,8 +278,15 @@ def _keygen_section(store: Any, suites: list[int], pairs: int) -> dict[str, Any]
         elapsed = time.perf_counter() - start
         for ref in made:
             store.destroy(ref)
-        out[str(suite)] = {"keypackages": pairs, "seconds": round(elapsed, 3), "keypackages_per_s": round(pairs / elapsed, 1)}
-        print(f"  keygen suite {suite}: {out[str(suite)]['keypackages_per_s']} KeyPackage key sets/s", flush=True)
+        out[str(suite)] = {
+            "keypackages": pairs,
+            "seconds": round(elapsed, 3),
+            "keypackages_per_s": round(pairs / elapsed, 1),
+        }
+        print(
+            f"  keygen suite {suite}: {out[str(suite)]['keypackages_per_s']} KeyPackage key sets/s",
+            flush=True,
+        )
     return out
 
 
@@ -310,16 +338,24 @@ def _app_messages_section(store: Any, rounds: int, seconds: float, batch: int) -
         "message_bytes": len(MESSAGE),
         "protect_per_s": {"hsm": compared["hsm_ops_per_s"], "software": compared["raw_ops_per_s"]},
         "hsm_to_software_ratio": compared["ratio"],
-        "protect_per_cpu_s": {"hsm": compared["hsm_ops_per_cpu_s"], "software": compared["raw_ops_per_cpu_s"]},
+        "protect_per_cpu_s": {
+            "hsm": compared["hsm_ops_per_cpu_s"],
+            "software": compared["raw_ops_per_cpu_s"],
+        },
         "protect_rounds": {"hsm": compared["hsm_rounds"], "software": compared["raw_rounds"]},
-        "process_per_s": {"hsm": round(_process_rate(hsm_b, hsm_a, batch), 1),
-                          "software": round(_process_rate(sw_b, sw_a, batch), 1)},
+        "process_per_s": {
+            "hsm": round(_process_rate(hsm_b, hsm_a, batch), 1),
+            "software": round(_process_rate(sw_b, sw_a, batch), 1),
+        },
     }
     for g in (hsm_a, hsm_b):  # the group's token keys (leaf and signature) go with the benchmark token anyway
         store.destroy(g.state.keys.leaf_key.key_ref)
-    print(f"  application messages (suite 1): protect {out['protect_per_s']['hsm']}/s with HSM keys, "
-          f"{out['protect_per_s']['software']}/s in software (x{out['hsm_to_software_ratio']}); "
-          f"process {out['process_per_s']['hsm']} / {out['process_per_s']['software']}/s", flush=True)
+    print(
+        f"  application messages (suite 1): protect {out['protect_per_s']['hsm']}/s with HSM keys, "
+        f"{out['protect_per_s']['software']}/s in software (x{out['hsm_to_software_ratio']}); "
+        f"process {out['process_per_s']['hsm']} / {out['process_per_s']['software']}/s",
+        flush=True,
+    )
     return out
 
 
@@ -340,8 +376,11 @@ def _key_packages_section(store: Any, suites: list[int], count: int) -> dict[str
             store.destroy(bundle.init_key.key_ref)
             store.destroy(bundle.leaf_key.key_ref)
         store.destroy(client.signer.key_ref)
-        out[str(suite)] = {"key_packages": count, "seconds": round(elapsed, 3),
-                           "key_packages_per_s": round(count / elapsed, 1)}
+        out[str(suite)] = {
+            "key_packages": count,
+            "seconds": round(elapsed, 3),
+            "key_packages_per_s": round(count / elapsed, 1),
+        }
         print(f"  KeyPackages suite {suite}: {out[str(suite)]['key_packages_per_s']}/s (HSM)", flush=True)
     return out
 
@@ -378,8 +417,15 @@ def run(quick: bool) -> dict[str, Any]:
         return _report(quick, sign, dh, keygen, _filesystem(Path(tmp)), app, key_packages)
 
 
-def _report(quick: bool, sign: dict[str, Any], dh: dict[str, Any], keygen: dict[str, Any], fs: str,
-            app: dict[str, Any], key_packages: dict[str, Any]) -> dict[str, Any]:
+def _report(
+    quick: bool,
+    sign: dict[str, Any],
+    dh: dict[str, Any],
+    keygen: dict[str, Any],
+    fs: str,
+    app: dict[str, Any],
+    key_packages: dict[str, Any],
+) -> dict[str, Any]:
     from importlib.metadata import version
 
     one, two = sign["1"]["1_thread"], sign["1"]["2_threads"]
@@ -431,7 +477,8 @@ def chart(report: dict[str, Any], path: Path) -> None:
     with_group = "app_messages" in report  # results written before the group-level figures existed lack them
     if with_group:
         fig, (ax_sign, ax_other, ax_group) = plt.subplots(
-            1, 3, figsize=(22, 5.8), gridspec_kw={"width_ratios": [3, 2, 1.6]})
+            1, 3, figsize=(22, 5.8), gridspec_kw={"width_ratios": [3, 2, 1.6]}
+        )
         _group_bars(ax_group, report["app_messages"], report["key_packages"])
     else:
         fig, (ax_sign, ax_other) = plt.subplots(1, 2, figsize=(17, 5.8), gridspec_kw={"width_ratios": [3, 2]})
@@ -458,10 +505,12 @@ _SHORT = {
 
 
 def _sign_bars(ax: Any, sign: dict[str, Any]) -> None:
-    series = [("raw python-pkcs11, 1 thread", "1_thread", "raw_ops_per_s", "#9e9e9e"),
-              ("hsm Signer, 1 thread", "1_thread", "hsm_ops_per_s", "#1f77b4"),
-              ("raw python-pkcs11, 2 threads", "2_threads", "raw_ops_per_s", "#616161"),
-              ("hsm Signer, 2 threads", "2_threads", "hsm_ops_per_s", "#0b4f8a")]
+    series = [
+        ("raw python-pkcs11, 1 thread", "1_thread", "raw_ops_per_s", "#9e9e9e"),
+        ("hsm Signer, 1 thread", "1_thread", "hsm_ops_per_s", "#1f77b4"),
+        ("raw python-pkcs11, 2 threads", "2_threads", "raw_ops_per_s", "#616161"),
+        ("hsm Signer, 2 threads", "2_threads", "hsm_ops_per_s", "#0b4f8a"),
+    ]
     suites = list(sign)
     width = 0.2
     for i, (label, threads, field, colour) in enumerate(series):
@@ -471,14 +520,24 @@ def _sign_bars(ax: Any, sign: dict[str, Any]) -> None:
         if field == "hsm_ops_per_s":
             for bar, s in zip(bars, suites):
                 row = sign[s][threads]
-                ax.annotate(f"×{row['ratio']:.2f}\nCPU\n×{row['cpu_ratio']:.2f}",
-                            (bar.get_x() + width / 2, bar.get_height()), ha="center", va="bottom", fontsize=6.5)
-    ax.set_xticks(range(len(suites)), [f"suite {s}\n{_SHORT.get(sign[s]['scheme'], sign[s]['scheme'])}" for s in suites],
-                  fontsize=8)
+                ax.annotate(
+                    f"×{row['ratio']:.2f}\nCPU\n×{row['cpu_ratio']:.2f}",
+                    (bar.get_x() + width / 2, bar.get_height()),
+                    ha="center",
+                    va="bottom",
+                    fontsize=6.5,
+                )
+    ax.set_xticks(
+        range(len(suites)),
+        [f"suite {s}\n{_SHORT.get(sign[s]['scheme'], sign[s]['scheme'])}" for s in suites],
+        fontsize=8,
+    )
     ax.margins(y=0.12)
     ax.set_ylabel("signatures / s")
-    ax.set_title(f"Sign: hsm Signer vs raw python-pkcs11 (×wall-clock ratio, CPU-cost ratio; goal ≥ {GOAL_RATIO})",
-                 fontsize=10)
+    ax.set_title(
+        f"Sign: hsm Signer vs raw python-pkcs11 (×wall-clock ratio, CPU-cost ratio; goal ≥ {GOAL_RATIO})",
+        fontsize=10,
+    )
     ax.legend(fontsize=8)
 
 
@@ -493,8 +552,20 @@ def _other_bars(ax: Any, dh: dict[str, Any], keygen: dict[str, Any]) -> None:
     ax.bar([x + 0.2 for x in xs], ours, 0.4, label="hsm HpkeKey.dh", color="#2ca02c")
     k_x = len(labels)
     for j, (s, row) in enumerate(keygen.items()):
-        bar = ax.bar(k_x + j, row["keypackages_per_s"], 0.4, color="#ff7f0e", label="KeyPackage key sets" if j == 0 else None)
-        ax.annotate(f"{row['keypackages_per_s']:.0f}/s", (k_x + j, bar[0].get_height()), ha="center", va="bottom", fontsize=8)
+        bar = ax.bar(
+            k_x + j,
+            row["keypackages_per_s"],
+            0.4,
+            color="#ff7f0e",
+            label="KeyPackage key sets" if j == 0 else None,
+        )
+        ax.annotate(
+            f"{row['keypackages_per_s']:.0f}/s",
+            (k_x + j, bar[0].get_height()),
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
         labels.append(f"keygen s{s}\nsig+HPKE")
     ax.set_xticks(range(len(labels)), labels, fontsize=8)
     ax.set_yscale("log")
@@ -511,15 +582,20 @@ def _group_bars(ax: Any, app: dict[str, Any], key_packages: dict[str, Any]) -> N
         ("process\nHSM group", app["process_per_s"]["hsm"], "#6baed6"),
         ("process\nsoftware", app["process_per_s"]["software"], "#cfcfcf"),
     ]
-    bars += [(f"KeyPackage\ns{s} (HSM)", row["key_packages_per_s"], "#ff7f0e") for s, row in key_packages.items()]
+    bars += [
+        (f"KeyPackage\ns{s} (HSM)", row["key_packages_per_s"], "#ff7f0e") for s, row in key_packages.items()
+    ]
     for x, (_, value, colour) in enumerate(bars):
         ax.bar(x, value, 0.6, color=colour)
         ax.annotate(f"{value:.0f}/s", (x, value), ha="center", va="bottom", fontsize=8)
     ax.set_xticks(range(len(bars)), [b[0] for b in bars], fontsize=8)
     ax.set_yscale("log")
     ax.set_ylabel("operations / s (log)")
-    ax.set_title(f"2-member suite-{app['suite']} group: application messages\n"
-                 f"(protect, HSM/software ×{app['hsm_to_software_ratio']:.2f}) and KeyPackages", fontsize=10)
+    ax.set_title(
+        f"2-member suite-{app['suite']} group: application messages\n"
+        f"(protect, HSM/software ×{app['hsm_to_software_ratio']:.2f}) and KeyPackages",
+        fontsize=10,
+    )
 
 
 def main() -> None:
@@ -540,10 +616,12 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "hsm.json").write_text(json.dumps(report, indent=2) + "\n")
     chart(report, RESULTS / "hsm.png")
-    print(f"signer/raw (suite 1, Ed25519): {report['signer_to_raw_ratio']} on 1 thread, "
-          f"{report['signer_to_raw_ratio_2_threads']} on 2 threads (CPU-cost ratio {report['signer_to_raw_cpu_ratio']}"
-          f" / {report['signer_to_raw_cpu_ratio_2_threads']}); wrote {RESULTS / 'hsm.json'} and hsm.png "
-          f"in {report['wall_seconds']} s")
+    print(
+        f"signer/raw (suite 1, Ed25519): {report['signer_to_raw_ratio']} on 1 thread, "
+        f"{report['signer_to_raw_ratio_2_threads']} on 2 threads (CPU-cost ratio {report['signer_to_raw_cpu_ratio']}"
+        f" / {report['signer_to_raw_cpu_ratio_2_threads']}); wrote {RESULTS / 'hsm.json'} and hsm.png "
+        f"in {report['wall_seconds']} s"
+    )
 
 
 if __name__ == "__main__":

@@ -214,8 +214,10 @@ def build_group(n: int, shape: str = "copath", log: Callable[[str], None] = prin
     alice.merge_pending_commit()
     phases["add_all_s"] = time.perf_counter() - t0
     assert staged.welcome is not None
-    log(f"  N={n:,}: one commit adding {n - 1:,} members in {phases['add_all_s']:.1f} s "
-        f"(commit {len(staged.commit or b''):,} B, Welcome {len(staged.welcome):,} B)")
+    log(
+        f"  N={n:,}: one commit adding {n - 1:,} members in {phases['add_all_s']:.1f} s "
+        f"(commit {len(staged.commit or b''):,} B, Welcome {len(staged.welcome):,} B)"
+    )
 
     # B (the last leaf) and the updaters join from the Welcome; the KeyPackage of client i is at leaf i.
     updaters = updater_leaves(n, shape)
@@ -237,7 +239,7 @@ def build_group(n: int, shape: str = "copath", log: Callable[[str], None] = prin
         upd = committer.commit(CommitOptions(force_path=True))
         committer.merge_pending_commit()
         assert upd.commit is not None
-        listeners = [alice, members[n - 1], *(members[u] for u in updaters[i + 1:])]
+        listeners = [alice, members[n - 1], *(members[u] for u in updaters[i + 1 :])]
         for g in {id(g): g for g in listeners if g is not committer}.values():
             processed = g.process(upd.commit)
             assert isinstance(processed, StagedCommit)
@@ -248,8 +250,10 @@ def build_group(n: int, shape: str = "copath", log: Callable[[str], None] = prin
             del members[leaf]
     phases["updates_s"] = time.perf_counter() - t0
     if updaters:
-        log(f"  N={n:,}: {len(updaters)} self-updates (leaves {', '.join(map(str, updaters))}) "
-            f"in {phases['updates_s']:.1f} s")
+        log(
+            f"  N={n:,}: {len(updaters)} self-updates (leaves {', '.join(map(str, updaters))}) "
+            f"in {phases['updates_s']:.1f} s"
+        )
 
     bob = members[n - 1]
     if bob.epoch_authenticator != alice.epoch_authenticator or bob.epoch != alice.epoch:
@@ -282,8 +286,11 @@ def one_round(built: Built, index: int, check_update: bool) -> dict[str, Any]:
 
     new_member, t_join = _timed(lambda: joiner.join(staged.welcome))
     _same_epoch(staged, new_member, "the new member")
-    sizes = {"add_commit_bytes": len(staged.commit), "welcome_bytes": len(staged.welcome),
-             "add_ciphertexts": _commit_ciphertexts(staged.commit)}
+    sizes = {
+        "add_commit_bytes": len(staged.commit),
+        "welcome_bytes": len(staged.welcome),
+        "add_ciphertexts": _commit_ciphertexts(staged.commit),
+    }
     alice.discard_pending_commit()
 
     updater = built.fresh_alice()
@@ -297,8 +304,13 @@ def one_round(built: Built, index: int, check_update: bool) -> dict[str, Any]:
         assert isinstance(received, StagedCommit)
         _same_epoch(update, received, "the processing member (self-update)")
     updater.discard_pending_commit()
-    times = {"add_member": t_add, "process_commit": t_process, "join_welcome": t_join, "self_update": t_update,
-             "load_state": t_load}
+    times = {
+        "add_member": t_add,
+        "process_commit": t_process,
+        "join_welcome": t_join,
+        "self_update": t_update,
+        "load_state": t_load,
+    }
     return {"times": times, "sizes": sizes}
 
 
@@ -315,7 +327,9 @@ def profile_round(built: Built, directory: Path, top: int = 15) -> dict[str, str
     profiles = {op: _profiler() for op in OPERATIONS}
     alice = built.fresh_alice()
     bob = profiles["load_state"].runcall(built.fresh_bob)
-    staged = profiles["add_member"].runcall(alice.commit, CommitOptions(add=[bundle.key_package], force_path=True))
+    staged = profiles["add_member"].runcall(
+        alice.commit, CommitOptions(add=[bundle.key_package], force_path=True)
+    )
     assert staged.commit is not None and staged.welcome is not None
     profiles["process_commit"].runcall(bob.process, staged.commit)
     profiles["join_welcome"].runcall(joiner.join, staged.welcome)
@@ -349,9 +363,17 @@ def top_functions(path: Path, top: int = 15, sort: str = "tottime") -> str:
 
 def _summary(samples: list[tuple[float, float]]) -> dict[str, Any]:
     wall, cpu = [w for w, _ in samples], [c for _, c in samples]
-    return {"median_s": statistics.median(wall), "min_s": min(wall), "max_s": max(wall),
-            "repeats": len(samples), "samples_s": wall,
-            "cpu_median_s": statistics.median(cpu), "cpu_min_s": min(cpu), "cpu_max_s": max(cpu), "cpu_samples_s": cpu}
+    return {
+        "median_s": statistics.median(wall),
+        "min_s": min(wall),
+        "max_s": max(wall),
+        "repeats": len(samples),
+        "samples_s": wall,
+        "cpu_median_s": statistics.median(cpu),
+        "cpu_min_s": min(cpu),
+        "cpu_max_s": max(cpu),
+        "cpu_samples_s": cpu,
+    }
 
 
 def default_repeats(n: int) -> int:
@@ -376,9 +398,13 @@ def bench_size(n: int, repeats: int, shape: str, profile_dir: Path | None) -> di
         for op, t in result["times"].items():
             times[op].append(t)
         sizes = result["sizes"]
-        print(f"  N={n:,} run {r + 1}/{repeats}: "
-              + ", ".join(f"{op} {w * 1e3:.1f} ms (CPU {c * 1e3:.1f})" for op, (w, c) in result["times"].items()),
-              flush=True)
+        print(
+            f"  N={n:,} run {r + 1}/{repeats}: "
+            + ", ".join(
+                f"{op} {w * 1e3:.1f} ms (CPU {c * 1e3:.1f})" for op, (w, c) in result["times"].items()
+            ),
+            flush=True,
+        )
     entry: dict[str, Any] = {
         "members": n,
         "operations": {op: _summary(times[op]) for op in OPERATIONS},
@@ -452,7 +478,13 @@ def chart(report: dict[str, Any], path: Path) -> None:
         ax.plot(ns, build, "k--", marker="x", alpha=0.6, label=LABELS["build"])
         if len(ns) > 1:
             ref = results[str(ns[0])]["operations"]["join_welcome"][f"{prefix}median_s"]
-            ax.plot(ns, [ref * n / ns[0] for n in ns], ":", color="grey", label="∝ N (guide through the first join)")
+            ax.plot(
+                ns,
+                [ref * n / ns[0] for n in ns],
+                ":",
+                color="grey",
+                label="∝ N (guide through the first join)",
+            )
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xticks(ns, [f"{n:,}" for n in ns])
@@ -463,9 +495,12 @@ def chart(report: dict[str, Any], path: Path) -> None:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
     m = report["machine"]
-    fig.suptitle(f"MLS large groups: time against group size (suite {report['cipher_suite']}, "
-                 f"{report['shape']} tree shape, {m['crypto_backend']} crypto backend, "
-                 f"Python {m['python']}, {m['cpu_count']} CPUs)", fontsize=11)
+    fig.suptitle(
+        f"MLS large groups: time against group size (suite {report['cipher_suite']}, "
+        f"{report['shape']} tree shape, {m['crypto_backend']} crypto backend, "
+        f"Python {m['python']}, {m['cpu_count']} CPUs)",
+        fontsize=11,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -477,7 +512,17 @@ def _fmt(seconds: float) -> str:
 
 def table(report: dict[str, Any]) -> str:
     cols = [*OPERATIONS, "build"]
-    heads = ["N", "add member", "process", "join", "self-update", "load state", "build", "path cts", "Welcome"]
+    heads = [
+        "N",
+        "add member",
+        "process",
+        "join",
+        "self-update",
+        "load state",
+        "build",
+        "path cts",
+        "Welcome",
+    ]
     rows = [heads]
     for n, entry in report["results"].items():
         ops = entry["operations"]
@@ -508,13 +553,20 @@ def parse_sizes(text: str) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(prog="python -m benches.large_groups", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benches.large_groups", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--quick", action="store_true", help=f"sizes {', '.join(map(str, QUICK_SIZES))} only")
     parser.add_argument("--sizes", type=parse_sizes, help="comma-separated group sizes, e.g. 1000,10000")
     parser.add_argument("--repeats", type=int, help="runs per operation (default 5; 3 from 10,000 members)")
-    parser.add_argument("--shape", choices=SHAPES, default="copath", help="tree shape (see the module docstring)")
-    parser.add_argument("--backend", choices=native.BACKEND_CHOICES,
-                        help="crypto backend (default: $MLS_CRYPTO_BACKEND, else auto)")
+    parser.add_argument(
+        "--shape", choices=SHAPES, default="copath", help="tree shape (see the module docstring)"
+    )
+    parser.add_argument(
+        "--backend",
+        choices=native.BACKEND_CHOICES,
+        help="crypto backend (default: $MLS_CRYPTO_BACKEND, else auto)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="directory for large_groups.json and .png")
     parser.add_argument("--profile", action="store_true", help="also cProfile each operation (see docstring)")
     args = parser.parse_args(argv)
@@ -522,7 +574,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         parser.error("--repeats must be at least 1")
     set_backend(native.choose_backend(args.backend, PythonBackend()))
     sizes = args.sizes or list(QUICK_SIZES if args.quick else DEFAULT_SIZES)
-    print(f"large-group benchmark: sizes {sizes}, shape {args.shape}, backend {get_backend().name}", flush=True)
+    print(
+        f"large-group benchmark: sizes {sizes}, shape {args.shape}, backend {get_backend().name}", flush=True
+    )
     report = run(sizes, args.repeats, args.shape, args.out / "profile" if args.profile else None)
     report["quick"] = args.quick
     args.out.mkdir(parents=True, exist_ok=True)
@@ -531,9 +585,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     chart(report, png_path)
     print()
     print(table(report))
-    print(f"\nmedian wall time (median CPU time of this process); 'path cts' = HPKE ciphertexts in the add "
-          "commit's UpdatePath.\n"
-          f"Wrote {json_path} and {png_path} in {report['elapsed_s']:.1f} s")
+    print(
+        f"\nmedian wall time (median CPU time of this process); 'path cts' = HPKE ciphertexts in the add "
+        "commit's UpdatePath.\n"
+        f"Wrote {json_path} and {png_path} in {report['elapsed_s']:.1f} s"
+    )
     return report
 
 

@@ -77,10 +77,14 @@ def settings_from(args: argparse.Namespace) -> Settings:
     quick = args.quick
     groups = args.groups or (8 if quick else 24)
     return Settings(
-        quick=quick, groups=groups, clients=args.clients or groups,
+        quick=quick,
+        groups=groups,
+        clients=args.clients or groups,
         duration_s=args.duration or (12.0 if quick else 40.0),
         max_messages=args.max_messages or (20_000 if quick else 500_000),
-        raw_seconds=args.raw_seconds or (0.5 if quick else 1.0), raw_rounds=3 if quick else 5, out=args.out,
+        raw_seconds=args.raw_seconds or (0.5 if quick else 1.0),
+        raw_rounds=3 if quick else 5,
+        out=args.out,
     )
 
 
@@ -108,8 +112,14 @@ def free_port() -> int:
 
 def init_gateway(data_dir: Path) -> str:
     """``mls-gateway init --json``; returns the admin token."""
-    done = subprocess.run([*gateway_command(), "init", "--data-dir", str(data_dir), "--json"], env=server_env(),
-                          capture_output=True, text=True, timeout=120, check=False)
+    done = subprocess.run(
+        [*gateway_command(), "init", "--data-dir", str(data_dir), "--json"],
+        env=server_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     if done.returncode != 0:
         raise RuntimeError(f"mls-gateway init failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
     report = json.loads([line for line in done.stdout.splitlines() if line.startswith("{")][-1])
@@ -126,7 +136,11 @@ class Server:
         self._log = log_path.open("wb")
         self.proc = subprocess.Popen(
             [*gateway_command(), "serve", "--data-dir", str(data_dir), "--listen", f"127.0.0.1:{self.port}"],
-            env=server_env(), stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT)
+            env=server_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
 
     def log_tail(self, chars: int = 3000) -> str:
         try:
@@ -138,7 +152,9 @@ class Server:
         started = time.perf_counter()
         while time.perf_counter() - started < START_TIMEOUT_S:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"mls-gateway serve exited with {self.proc.returncode}:\n{self.log_tail()}")
+                raise RuntimeError(
+                    f"mls-gateway serve exited with {self.proc.returncode}:\n{self.log_tail()}"
+                )
             try:
                 async with session.get(self.base + "/readyz") as resp:
                     if resp.status == 200:
@@ -182,11 +198,23 @@ class RawSigner:
         token = self._lib.get_token(token_label=TOKEN_LABEL)
         with token.open(user_pin=self._pin, rw=True) as session:
             _, key = session.generate_keypair(
-                KeyType.EC_EDWARDS, mechanism=Mechanism.EC_EDWARDS_KEY_PAIR_GEN, store=False,
+                KeyType.EC_EDWARDS,
+                mechanism=Mechanism.EC_EDWARDS_KEY_PAIR_GEN,
+                store=False,
                 capabilities=MechanismFlag(0),
-                public_template={Attribute.TOKEN: False, Attribute.EC_PARAMS: ED25519_OID, Attribute.VERIFY: True},
-                private_template={Attribute.TOKEN: False, Attribute.PRIVATE: True, Attribute.SENSITIVE: True,
-                                  Attribute.EXTRACTABLE: False, Attribute.SIGN: True})
+                public_template={
+                    Attribute.TOKEN: False,
+                    Attribute.EC_PARAMS: ED25519_OID,
+                    Attribute.VERIFY: True,
+                },
+                private_template={
+                    Attribute.TOKEN: False,
+                    Attribute.PRIVATE: True,
+                    Attribute.SENSITIVE: True,
+                    Attribute.EXTRACTABLE: False,
+                    Attribute.SIGN: True,
+                },
+            )
             key.sign(MESSAGE, mechanism=Mechanism.EDDSA)  # warm-up
             rates = []
             for _ in range(rounds):
@@ -245,10 +273,14 @@ async def make_pair(session: Any, base: str, token: str, i: int) -> Pair:
     a = (await call(session, "POST", f"{base}/v1/identities", token, {"name": f"load-a{i}"}))["identity_id"]
     b = (await call(session, "POST", f"{base}/v1/identities", token, {"name": f"load-b{i}"}))["identity_id"]
     kp = (await call(session, "POST", f"{base}/v1/identities/{b}/key-packages", token, {}))["key_packages"][0]
-    gid = base64.b64decode((await call(session, "POST", f"{base}/v1/identities/{a}/groups", token, {}))["group_id"])
+    gid = base64.b64decode(
+        (await call(session, "POST", f"{base}/v1/identities/{a}/groups", token, {}))["group_id"]
+    )
     sender = f"{base}/v1/identities/{a}/groups/{b64url(gid)}"
     commit = await call(session, "POST", sender + "/commits", token, {"add": [kp["key_package"]]})
-    await call(session, "POST", f"{base}/v1/identities/{b}/groups/join", token, {"welcome": commit["welcome"]})
+    await call(
+        session, "POST", f"{base}/v1/identities/{b}/groups/join", token, {"welcome": commit["welcome"]}
+    )
     return Pair(sender, f"{base}/v1/identities/{b}/groups/{b64url(gid)}")
 
 
@@ -261,8 +293,11 @@ async def sign_count(session: Any, base: str) -> float:
     total = 0.0
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if (sample.name == "mlsgw_hsm_operations_total" and sample.labels.get("operation") == "sign"
-                    and sample.labels.get("outcome") == "ok"):
+            if (
+                sample.name == "mlsgw_hsm_operations_total"
+                and sample.labels.get("operation") == "sign"
+                and sample.labels.get("outcome") == "ok"
+            ):
                 total += sample.value
     return total
 
@@ -316,7 +351,9 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
-async def client_loop(session: Any, token: str, pair: Pair, stats: LoadStats, deadline: float, rng: random.Random) -> None:
+async def client_loop(
+    session: Any, token: str, pair: Pair, stats: LoadStats, deadline: float, rng: random.Random
+) -> None:
     loop = asyncio.get_running_loop()
     while loop.time() < deadline and stats.claim():
         data = rng.randbytes(rng.randint(16, 256))
@@ -355,9 +392,11 @@ async def progress(stats: LoadStats, duration: float, stop: asyncio.Event) -> No
             frac = min(1.0, elapsed / duration)
             bar = "#" * int(frac * 30) + "-" * (30 - int(frac * 30))
             recent = stats.pair_ms[-500:]
-            line = (f"load [{bar}] {elapsed:5.1f}/{duration:.0f} s  {len(stats.pair_ms):7d} msgs  "
-                    f"{len(stats.pair_ms) / max(elapsed, 1e-9):7.1f} msg/s  p50 {percentile(recent, 50):6.1f} ms  "
-                    f"errors {stats.error_count}")
+            line = (
+                f"load [{bar}] {elapsed:5.1f}/{duration:.0f} s  {len(stats.pair_ms):7d} msgs  "
+                f"{len(stats.pair_ms) / max(elapsed, 1e-9):7.1f} msg/s  p50 {percentile(recent, 50):6.1f} ms  "
+                f"errors {stats.error_count}"
+            )
             print(("\r" + line) if tty else line, end="" if tty else "\n", file=sys.stderr, flush=True)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), 0.25)
@@ -383,8 +422,11 @@ async def run_server_phase(cfg: Settings, server: Server, admin: str) -> dict[st
 
         pairs = await asyncio.gather(*(setup(i) for i in range(cfg.groups)))
         setup_s = time.perf_counter() - t0
-        print(f"setup: {cfg.groups} groups of 2 hosted members in {setup_s:.1f} s (server ready in {ready_s:.1f} s)",
-              file=sys.stderr, flush=True)
+        print(
+            f"setup: {cfg.groups} groups of 2 hosted members in {setup_s:.1f} s (server ready in {ready_s:.1f} s)",
+            file=sys.stderr,
+            flush=True,
+        )
 
         ops_before = await hsm_operations(session, base)
         signs_before = await sign_count(session, base)
@@ -396,17 +438,31 @@ async def run_server_phase(cfg: Settings, server: Server, admin: str) -> dict[st
         bar = asyncio.create_task(progress(stats, cfg.duration_s, stop))
         rng = random.Random(9420)
         try:
-            await asyncio.gather(*(client_loop(session, token, pairs[i % len(pairs)], stats, deadline,
-                                               random.Random(rng.random())) for i in range(cfg.clients)))
+            await asyncio.gather(
+                *(
+                    client_loop(
+                        session, token, pairs[i % len(pairs)], stats, deadline, random.Random(rng.random())
+                    )
+                    for i in range(cfg.clients)
+                )
+            )
         finally:
             elapsed = time.perf_counter() - stats.started
             stop.set()
             await bar
         signs_after = await sign_count(session, base)
         ops_after = await hsm_operations(session, base)
-    ops = {k: ops_after.get(k, 0.0) - ops_before.get(k, 0.0) for k in sorted(set(ops_after) | set(ops_before))}
-    return {"stats": stats, "elapsed_s": elapsed, "signatures": signs_after - signs_before, "setup_s": setup_s,
-            "ready_s": ready_s, "hsm_operations": {k: int(v) for k, v in ops.items() if v}}
+    ops = {
+        k: ops_after.get(k, 0.0) - ops_before.get(k, 0.0) for k in sorted(set(ops_after) | set(ops_before))
+    }
+    return {
+        "stats": stats,
+        "elapsed_s": elapsed,
+        "signatures": signs_after - signs_before,
+        "setup_s": setup_s,
+        "ready_s": ready_s,
+        "hsm_operations": {k: int(v) for k, v in ops.items() if v},
+    }
 
 
 # ---- report ---------------------------------------------------------------------------------------------------------
@@ -415,12 +471,18 @@ async def run_server_phase(cfg: Settings, server: Server, admin: str) -> dict[st
 def latency_summary(values: list[float]) -> dict[str, float | None]:
     if not values:
         return {"p50": None, "p90": None, "p99": None, "max": None, "mean": None}
-    return {"p50": round(percentile(values, 50), 3), "p90": round(percentile(values, 90), 3),
-            "p99": round(percentile(values, 99), 3), "max": round(max(values), 3),
-            "mean": round(statistics.fmean(values), 3)}
+    return {
+        "p50": round(percentile(values, 50), 3),
+        "p90": round(percentile(values, 90), 3),
+        "p99": round(percentile(values, 99), 3),
+        "max": round(max(values), 3),
+        "mean": round(statistics.fmean(values), 3),
+    }
 
 
-def build_report(cfg: Settings, phase: dict[str, Any], raw_before: list[float], raw_after: list[float]) -> dict[str, Any]:
+def build_report(
+    cfg: Settings, phase: dict[str, Any], raw_before: list[float], raw_after: list[float]
+) -> dict[str, Any]:
     stats: LoadStats = phase["stats"]
     elapsed = phase["elapsed_s"]
     messages = len(stats.pair_ms)
@@ -444,27 +506,48 @@ def build_report(cfg: Settings, phase: dict[str, Any], raw_before: list[float], 
         "quick": cfg.quick,
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "what": "one message = POST /messages on member A + POST /process of it on member B (latency: both)",
-        "config": {"groups": cfg.groups, "members_per_group": 2, "identities": 2 * cfg.groups, "clients": cfg.clients,
-                   "duration_s": cfg.duration_s, "max_messages": cfg.max_messages, "cipher_suite": 1,
-                   "message_bytes": [16, 256], "transport": "HTTP/1.1 over loopback (127.0.0.1)"},
+        "config": {
+            "groups": cfg.groups,
+            "members_per_group": 2,
+            "identities": 2 * cfg.groups,
+            "clients": cfg.clients,
+            "duration_s": cfg.duration_s,
+            "max_messages": cfg.max_messages,
+            "cipher_suite": 1,
+            "message_bytes": [16, 256],
+            "transport": "HTTP/1.1 over loopback (127.0.0.1)",
+        },
         "messages": messages,
         "elapsed_s": round(elapsed, 3),
         "errors": dict(stats.errors),
         "error_samples": list(stats.error_samples),
-        "latency_ms": {"send_and_process": pair, "send": latency_summary(stats.send_ms),
-                       "process": latency_summary(stats.process_ms)},
-        "gateway_signatures": {"count": int(signatures), "per_s": round(signatures_per_s, 2),
-                               "per_message": round(signatures / messages, 3) if messages else None,
-                               "source": "GET /metrics mlsgw_hsm_operations_total{operation=sign,outcome=ok}"},
+        "latency_ms": {
+            "send_and_process": pair,
+            "send": latency_summary(stats.send_ms),
+            "process": latency_summary(stats.process_ms),
+        },
+        "gateway_signatures": {
+            "count": int(signatures),
+            "per_s": round(signatures_per_s, 2),
+            "per_message": round(signatures / messages, 3) if messages else None,
+            "source": "GET /metrics mlsgw_hsm_operations_total{operation=sign,outcome=ok}",
+        },
         "hsm_operations_during_load": phase["hsm_operations"],
-        "raw_sign": {"mechanism": "CKM_EDDSA (Ed25519 session key, python-pkcs11, 1 thread)",
-                     "message_bytes": len(MESSAGE), "rounds_before_ops_per_s": [round(r, 1) for r in raw_before],
-                     "rounds_after_ops_per_s": [round(r, 1) for r in raw_after], "median_ops_per_s": round(raw, 1)},
+        "raw_sign": {
+            "mechanism": "CKM_EDDSA (Ed25519 session key, python-pkcs11, 1 thread)",
+            "message_bytes": len(MESSAGE),
+            "rounds_before_ops_per_s": [round(r, 1) for r in raw_before],
+            "rounds_after_ops_per_s": [round(r, 1) for r in raw_after],
+            "median_ops_per_s": round(raw, 1),
+        },
         "timeline_messages_per_s": timeline,
         "setup_s": round(phase["setup_s"], 2),
         "server_ready_s": round(phase["ready_s"], 2),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "load_average": [round(x, 2) for x in os.getloadavg()]},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_average": [round(x, 2) for x in os.getloadavg()],
+        },
     }
 
 
@@ -475,11 +558,20 @@ def print_summary(report: dict[str, Any]) -> None:
         ("groups × members / clients", f"{c['groups']} × 2 / {c['clients']}"),
         ("load duration", f"{report['elapsed_s']:.1f} s"),
         ("messages sent + processed", f"{report['messages']}  ({report['messages_per_s']:.1f} /s)"),
-        ("latency send+process p50 / p99", f"{_ms(lat['send_and_process']['p50'])} / {_ms(lat['send_and_process']['p99'])}"),
+        (
+            "latency send+process p50 / p99",
+            f"{_ms(lat['send_and_process']['p50'])} / {_ms(lat['send_and_process']['p99'])}",
+        ),
         ("latency send p50 / p99", f"{_ms(lat['send']['p50'])} / {_ms(lat['send']['p99'])}"),
         ("latency process p50 / p99", f"{_ms(lat['process']['p50'])} / {_ms(lat['process']['p99'])}"),
-        ("errors", str(sum(report["errors"].values())) + (f"  {report['errors']}" if report["errors"] else "")),
-        ("gateway signatures", f"{report['gateway_signatures']['count']}  ({report['gateway_signatures']['per_s']:.1f} /s)"),
+        (
+            "errors",
+            str(sum(report["errors"].values())) + (f"  {report['errors']}" if report["errors"] else ""),
+        ),
+        (
+            "gateway signatures",
+            f"{report['gateway_signatures']['count']}  ({report['gateway_signatures']['per_s']:.1f} /s)",
+        ),
         ("raw Ed25519 sign (python-pkcs11)", f"{report['raw_sign_ops_per_s']:.1f} /s"),
         ("fraction of HSM sign rate", f"{report['fraction_of_hsm']}"),
     ]
@@ -504,21 +596,35 @@ def chart(report: dict[str, Any], stats: LoadStats, path: Path) -> None:
 
     fig, (ax_t, ax_l, ax_h) = plt.subplots(1, 3, figsize=(15, 4.8), gridspec_kw={"width_ratios": [3, 3, 2]})
     timeline = report["timeline_messages_per_s"]
-    ax_t.plot(range(len(timeline) + 1), [*timeline, timeline[-1]], drawstyle="steps-post", color="#1f77b4",
-              label="per second")
-    ax_t.axhline(report["messages_per_s"], color="#d62728", linestyle="--",
-                 label=f"mean {report['messages_per_s']:.1f}/s")
+    ax_t.plot(
+        range(len(timeline) + 1),
+        [*timeline, timeline[-1]],
+        drawstyle="steps-post",
+        color="#1f77b4",
+        label="per second",
+    )
+    ax_t.axhline(
+        report["messages_per_s"],
+        color="#d62728",
+        linestyle="--",
+        label=f"mean {report['messages_per_s']:.1f}/s",
+    )
     ax_t.set_xlabel("time since load start (s)")
     ax_t.set_ylabel("messages sent + processed / s")
     ax_t.set_title("Throughput")
     ax_t.set_ylim(bottom=0)
     ax_t.legend(fontsize=8)
 
-    for values, label, colour in ((stats.pair_ms, "send + process", "#1f77b4"), (stats.send_ms, "send", "#2ca02c"),
-                                  (stats.process_ms, "process", "#ff7f0e")):
+    for values, label, colour in (
+        (stats.pair_ms, "send + process", "#1f77b4"),
+        (stats.send_ms, "send", "#2ca02c"),
+        (stats.process_ms, "process", "#ff7f0e"),
+    ):
         if values:
             ordered = sorted(values)
-            ax_l.plot(ordered, [(i + 1) / len(ordered) for i in range(len(ordered))], label=label, color=colour)
+            ax_l.plot(
+                ordered, [(i + 1) / len(ordered) for i in range(len(ordered))], label=label, color=colour
+            )
     for q, style in (("p50_ms", ":"), ("p99_ms", "--")):
         if report[q] is not None:
             ax_l.axvline(report[q], color="#444444", linestyle=style, label=f"{q[:3]} {report[q]:.1f} ms")
@@ -529,13 +635,27 @@ def chart(report: dict[str, Any], stats: LoadStats, path: Path) -> None:
     ax_l.legend(fontsize=8)
 
     raw, used = report["raw_sign_ops_per_s"], report["gateway_signatures"]["per_s"]
-    bars = ax_h.bar(["raw python-pkcs11\nEd25519 sign", "gateway signatures\nduring the load"], [raw, used],
-                    color=["#9e9e9e", "#1f77b4"])
-    ax_h.annotate(f"{used:.0f}/s = {report['fraction_of_hsm']:.1%} of raw" if report["fraction_of_hsm"] is not None
-                  else "", (bars[1].get_x() + bars[1].get_width() / 2, bars[1].get_height()), ha="center",
-                  va="bottom", fontsize=9)
-    ax_h.annotate(f"{raw:.0f}/s", (bars[0].get_x() + bars[0].get_width() / 2, bars[0].get_height()), ha="center",
-                  va="bottom", fontsize=9)
+    bars = ax_h.bar(
+        ["raw python-pkcs11\nEd25519 sign", "gateway signatures\nduring the load"],
+        [raw, used],
+        color=["#9e9e9e", "#1f77b4"],
+    )
+    ax_h.annotate(
+        f"{used:.0f}/s = {report['fraction_of_hsm']:.1%} of raw"
+        if report["fraction_of_hsm"] is not None
+        else "",
+        (bars[1].get_x() + bars[1].get_width() / 2, bars[1].get_height()),
+        ha="center",
+        va="bottom",
+        fontsize=9,
+    )
+    ax_h.annotate(
+        f"{raw:.0f}/s",
+        (bars[0].get_x() + bars[0].get_width() / 2, bars[0].get_height()),
+        ha="center",
+        va="bottom",
+        fontsize=9,
+    )
     ax_h.set_yscale("log")
     ax_h.set_ylim(bottom=max(1.0, min(raw, used or raw) / 10), top=max(raw, used) * 2.5)
     ax_h.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
@@ -544,9 +664,11 @@ def chart(report: dict[str, Any], stats: LoadStats, path: Path) -> None:
     ax_h.set_title("HSM sign capacity used")
 
     c = report["config"]
-    fig.suptitle(f"mls-gateway load: {c['groups']} groups × 2 hosted members, {c['clients']} clients, "
-                 f"{report['elapsed_s']:.0f} s, suite 1, SoftHSM2 ({report['machine']['cpus']} CPUs)"
-                 f"{' — quick' if report['quick'] else ''}")
+    fig.suptitle(
+        f"mls-gateway load: {c['groups']} groups × 2 hosted members, {c['clients']} clients, "
+        f"{report['elapsed_s']:.0f} s, suite 1, SoftHSM2 ({report['machine']['cpus']} CPUs)"
+        f"{' — quick' if report['quick'] else ''}"
+    )
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -562,10 +684,16 @@ def run(cfg: Settings) -> dict[str, Any]:
         data_dir = tmp / "data"
         t0 = time.perf_counter()
         admin = init_gateway(data_dir)
-        print(f"init: data folder and SoftHSM2 token in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+        print(
+            f"init: data folder and SoftHSM2 token in {time.perf_counter() - t0:.1f} s",
+            file=sys.stderr,
+            flush=True,
+        )
         raw = RawSigner(data_dir)
         raw_before = raw.measure(cfg.raw_seconds, cfg.raw_rounds)
-        print(f"raw Ed25519 sign: {', '.join(f'{r:.0f}' for r in raw_before)} /s", file=sys.stderr, flush=True)
+        print(
+            f"raw Ed25519 sign: {', '.join(f'{r:.0f}' for r in raw_before)} /s", file=sys.stderr, flush=True
+        )
         server = Server(data_dir, tmp / "server.log")
         try:
             phase = asyncio.run(run_server_phase(cfg, server, admin))
@@ -574,7 +702,11 @@ def run(cfg: Settings) -> dict[str, Any]:
         if code not in (0, -signal.SIGTERM):
             print(f"warning: the server exited with {code}:\n{server.log_tail()}", file=sys.stderr)
         raw_after = raw.measure(cfg.raw_seconds, cfg.raw_rounds)
-        print(f"raw Ed25519 sign after: {', '.join(f'{r:.0f}' for r in raw_after)} /s", file=sys.stderr, flush=True)
+        print(
+            f"raw Ed25519 sign after: {', '.join(f'{r:.0f}' for r in raw_after)} /s",
+            file=sys.stderr,
+            flush=True,
+        )
         report = build_report(cfg, phase, raw_before, raw_after)
         cfg.out.mkdir(parents=True, exist_ok=True)
         (cfg.out / "load.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -585,8 +717,12 @@ def run(cfg: Settings) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(prog="python -m benches.load", description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="8 groups, 8 clients, 12 s of load (< 60 s in all)")
+    parser = argparse.ArgumentParser(
+        prog="python -m benches.load", description=(__doc__ or "").splitlines()[0]
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="8 groups, 8 clients, 12 s of load (< 60 s in all)"
+    )
     parser.add_argument("--groups", type=int, help="groups of 2 hosted members (default 8 quick, 24 full)")
     parser.add_argument("--clients", type=int, help="concurrent clients (default one per group)")
     parser.add_argument("--duration", type=float, help="seconds of load (default 12 quick, 40 full)")
@@ -604,7 +740,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     report = run(cfg)
     print_summary(report)
-    print(f"wrote {cfg.out / 'load.json'} and {cfg.out / 'load.png'} in {time.perf_counter() - started:.1f} s")
+    print(
+        f"wrote {cfg.out / 'load.json'} and {cfg.out / 'load.png'} in {time.perf_counter() - started:.1f} s"
+    )
     return report
 
 

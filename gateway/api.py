@@ -57,6 +57,7 @@ class Route:
 
 # ---- plumbing ----------------------------------------------------------------------------------------
 
+
 def runtime(request: web.Request) -> Runtime:
     return request.app[APP]
 
@@ -95,8 +96,14 @@ def idempotency(request: web.Request) -> Idempotency | None:
     return Idempotency(scope, key, hashlib.sha256(request.get(RAW_BODY, b"")).digest())
 
 
-async def respond(request: web.Request, operation: Callable[[RequestScope], Any], *, lock: Hashable | None = None,
-                  idempotent: bool = False, metric: str | None = None) -> web.Response:
+async def respond(
+    request: web.Request,
+    operation: Callable[[RequestScope], Any],
+    *,
+    lock: Hashable | None = None,
+    idempotent: bool = False,
+    metric: str | None = None,
+) -> web.Response:
     """Run ``operation(scope)`` in the worker pool with the request's audit context and group lock; with
     ``idempotent``, a repeat of an earlier request (same Idempotency-Key) answers the stored response."""
     rt = runtime(request)
@@ -143,6 +150,7 @@ def identity_lock(identity_id: str) -> tuple[str, str]:
 
 # ---- service -----------------------------------------------------------------------------------------
 
+
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
@@ -151,16 +159,18 @@ async def readyz(request: web.Request) -> web.Response:
     rt = runtime(request)
     problems = await asyncio.get_running_loop().run_in_executor(rt.executor, rt.readiness)
     if problems:
-        return web.json_response({"status": "unavailable", "problems": problems}, status=503,
-                                 headers={"Retry-After": "5"})
+        return web.json_response(
+            {"status": "unavailable", "problems": problems}, status=503, headers={"Retry-After": "5"}
+        )
     return web.json_response({"status": "ready"})
 
 
 async def metrics(request: web.Request) -> web.Response:
     rt = runtime(request)
     body = await asyncio.get_running_loop().run_in_executor(rt.executor, rt.render_metrics)
-    return web.Response(body=body, content_type="text/plain", charset="utf-8",
-                        headers={"X-Content-Type-Options": "nosniff"})
+    return web.Response(
+        body=body, content_type="text/plain", charset="utf-8", headers={"X-Content-Type-Options": "nosniff"}
+    )
 
 
 async def openapi(request: web.Request) -> web.Response:
@@ -170,6 +180,7 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 # ---- tenants -------------------------------------------------------------------------------------------
+
 
 async def create_tenant(request: web.Request) -> web.Response:
     name = (await read_body(request)).text("name")
@@ -196,13 +207,18 @@ async def revoke_token(request: web.Request) -> web.Response:
 
 # ---- identities and key packages ------------------------------------------------------------------------
 
+
 async def create_identity(request: web.Request) -> web.Response:
     body = await read_body(request)
-    req = CreateIdentityRequest(body.text("name"), body.integer("cipher_suite", 1, 1, 7),
-                                rq.credential(body.data["credential"]) if body.has("credential") else None)
+    req = CreateIdentityRequest(
+        body.text("name"),
+        body.integer("cipher_suite", 1, 1, 7),
+        rq.credential(body.data["credential"]) if body.has("credential") else None,
+    )
     p, identities = principal(request), service(request).identities
-    return await respond(request, lambda scope: identities.create(p, req, scope), idempotent=True,
-                         metric="create_identity")
+    return await respond(
+        request, lambda scope: identities.create(p, req, scope), idempotent=True, metric="create_identity"
+    )
 
 
 async def list_identities(request: web.Request) -> web.Response:
@@ -222,30 +238,45 @@ async def delete_identity(request: web.Request) -> web.Response:
 
 async def create_key_packages(request: web.Request) -> web.Response:
     body = await read_body(request)
-    req = CreateKeyPackagesRequest(request.match_info["identity_id"], body.integer("count", 1, 1, 100),
-                                   body.boolean("last_resort", False), body.integer("lifetime_days", 90, 1, 90))
+    req = CreateKeyPackagesRequest(
+        request.match_info["identity_id"],
+        body.integer("count", 1, 1, 100),
+        body.boolean("last_resort", False),
+        body.integer("lifetime_days", 90, 1, 90),
+    )
     p, key_packages = principal(request), service(request).key_packages
-    return await respond(request, lambda scope: key_packages.create(p, req, scope), idempotent=True,
-                         metric="key_package")
+    return await respond(
+        request, lambda scope: key_packages.create(p, req, scope), idempotent=True, metric="key_package"
+    )
 
 
 async def list_key_packages(request: web.Request) -> web.Response:
-    p, key_packages, iid = principal(request), service(request).key_packages, request.match_info["identity_id"]
+    p, key_packages, iid = (
+        principal(request),
+        service(request).key_packages,
+        request.match_info["identity_id"],
+    )
     return await respond(request, lambda scope: key_packages.list(p, iid))
 
 
 # ---- groups ---------------------------------------------------------------------------------------------
+
 
 async def create_group(request: web.Request) -> web.Response:
     body = await read_body(request)
     gid = body.optional_b64("group_id")
     if gid is not None and not 0 < len(gid) <= 255:
         raise invalid("group_id must be 1 to 255 bytes")
-    req = CreateGroupRequest(request.match_info["identity_id"], gid, rq.extensions(body.items("extensions")),
-                             rq.external_senders(body.items("external_senders")))
+    req = CreateGroupRequest(
+        request.match_info["identity_id"],
+        gid,
+        rq.extensions(body.items("extensions")),
+        rq.external_senders(body.items("external_senders")),
+    )
     p, groups = principal(request), service(request).groups
-    return await respond(request, lambda scope: groups.create(p, req, scope), idempotent=True,
-                         metric="create_group")
+    return await respond(
+        request, lambda scope: groups.create(p, req, scope), idempotent=True, metric="create_group"
+    )
 
 
 async def list_groups(request: web.Request) -> web.Response:
@@ -268,8 +299,13 @@ async def join(request: web.Request) -> web.Response:
     iid = request.match_info["identity_id"]
     req = JoinRequest(iid, body.b64("welcome"), body.optional_b64("ratchet_tree"), rq.psk_secrets(body))
     p, groups = principal(request), service(request).groups
-    return await respond(request, lambda scope: groups.join(p, req, scope), idempotent=True, metric="join",
-                         lock=identity_lock(iid))
+    return await respond(
+        request,
+        lambda scope: groups.join(p, req, scope),
+        idempotent=True,
+        metric="join",
+        lock=identity_lock(iid),
+    )
 
 
 async def external_join(request: web.Request) -> web.Response:
@@ -280,39 +316,70 @@ async def external_join(request: web.Request) -> web.Response:
     prior = rq.leaf_index(body, "remove_prior_leaf") if body.has("remove_prior_leaf") else None
     req = ExternalJoinRequest(iid, gi, tree, remove_prior, prior, psks)
     p, groups = principal(request), service(request).groups
-    return await respond(request, lambda scope: groups.external_join(p, req, scope), idempotent=True,
-                         metric="external_join", lock=identity_lock(iid))
+    return await respond(
+        request,
+        lambda scope: groups.external_join(p, req, scope),
+        idempotent=True,
+        metric="external_join",
+        lock=identity_lock(iid),
+    )
 
 
 async def commit(request: web.Request) -> web.Response:
     body = await read_body(request)
     adds = [rq.b64decode(v, f"add[{n}]") for n, v in enumerate(body.items("add"))]
     removes = [rq.leaf_index(rq.Body({"i": v}), "i") for v in body.items("remove")]
-    gce = rq.extensions(body.items("group_context_extensions")) if body.has("group_context_extensions") else None
+    gce = (
+        rq.extensions(body.items("group_context_extensions"))
+        if body.has("group_context_extensions")
+        else None
+    )
     external, resumption = rq.commit_psks(body)
     include_pending = body.boolean("include_pending", True)
     force_path = body.boolean("force_path", False) or body.boolean("update", False)
     handshake = rq.handshake_name(body)
     pending = body.boolean("pending", False)
     address = group_address(request)
-    req = CommitRequest(address.identity_id, address.group_id, adds, removes, external, resumption, gce,
-                        include_pending, force_path, handshake, pending)
+    req = CommitRequest(
+        address.identity_id,
+        address.group_id,
+        adds,
+        removes,
+        external,
+        resumption,
+        gce,
+        include_pending,
+        force_path,
+        handshake,
+        pending,
+    )
     p, operations = principal(request), service(request).group_operations
-    return await respond(request, lambda scope: operations.commit(p, req, scope), idempotent=True,
-                         metric="commit", lock=group_lock(address))
+    return await respond(
+        request,
+        lambda scope: operations.commit(p, req, scope),
+        idempotent=True,
+        metric="commit",
+        lock=group_lock(address),
+    )
 
 
 async def merge_pending(request: web.Request) -> web.Response:
     await read_body(request)
     address, p, operations = group_address(request), principal(request), service(request).group_operations
-    return await respond(request, lambda scope: operations.merge_pending(p, address, scope), idempotent=True,
-                         metric="commit", lock=group_lock(address))
+    return await respond(
+        request,
+        lambda scope: operations.merge_pending(p, address, scope),
+        idempotent=True,
+        metric="commit",
+        lock=group_lock(address),
+    )
 
 
 async def discard_pending(request: web.Request) -> web.Response:
     address, p, operations = group_address(request), principal(request), service(request).group_operations
-    return await respond(request, lambda scope: operations.discard_pending(p, address, scope),
-                         lock=group_lock(address))
+    return await respond(
+        request, lambda scope: operations.discard_pending(p, address, scope), lock=group_lock(address)
+    )
 
 
 def _proposal_request(body: rq.Body, address: GroupAddress) -> ProposalRequest:
@@ -324,8 +391,16 @@ def _proposal_request(body: rq.Body, address: GroupAddress) -> ProposalRequest:
         psk_body = body.object("psk")
         psk = ExternalPsk(psk_body.b64("psk_id"), psk_body.optional_b64("secret"))
     extensions = rq.extensions(body.items("extensions")) if kind == "group_context_extensions" else []
-    return ProposalRequest(address.identity_id, address.group_id, kind, rq.handshake_name(body), key_package,
-                           leaf_index, psk, extensions)
+    return ProposalRequest(
+        address.identity_id,
+        address.group_id,
+        kind,
+        rq.handshake_name(body),
+        key_package,
+        leaf_index,
+        psk,
+        extensions,
+    )
 
 
 async def propose(request: web.Request) -> web.Response:
@@ -333,8 +408,13 @@ async def propose(request: web.Request) -> web.Response:
     address = group_address(request)
     req = _proposal_request(body, address)
     p, operations = principal(request), service(request).group_operations
-    return await respond(request, lambda scope: operations.propose(p, req, scope), idempotent=True,
-                         metric="propose", lock=group_lock(address))
+    return await respond(
+        request,
+        lambda scope: operations.propose(p, req, scope),
+        idempotent=True,
+        metric="propose",
+        lock=group_lock(address),
+    )
 
 
 async def send_messages(request: web.Request) -> web.Response:
@@ -343,8 +423,13 @@ async def send_messages(request: web.Request) -> web.Response:
     address = group_address(request)
     req = SendRequest(address.identity_id, address.group_id, items, batch)
     p, operations = principal(request), service(request).group_operations
-    return await respond(request, lambda scope: operations.send(p, req, scope), idempotent=True,
-                         metric="protect", lock=group_lock(address))
+    return await respond(
+        request,
+        lambda scope: operations.send(p, req, scope),
+        idempotent=True,
+        metric="protect",
+        lock=group_lock(address),
+    )
 
 
 async def process(request: web.Request) -> web.Response:
@@ -353,13 +438,20 @@ async def process(request: web.Request) -> web.Response:
     address = group_address(request)
     req = ProcessRequest(address.identity_id, address.group_id, messages, batch)
     p, operations = principal(request), service(request).group_operations
-    return await respond(request, lambda scope: operations.process(p, req, scope), idempotent=True,
-                         metric="unprotect", lock=group_lock(address))
+    return await respond(
+        request,
+        lambda scope: operations.process(p, req, scope),
+        idempotent=True,
+        metric="unprotect",
+        lock=group_lock(address),
+    )
 
 
 async def group_info(request: web.Request) -> web.Response:
     address, p, operations = group_address(request), principal(request), service(request).group_operations
-    return await respond(request, lambda scope: operations.group_info(p, address, scope), lock=group_lock(address))
+    return await respond(
+        request, lambda scope: operations.group_info(p, address, scope), lock=group_lock(address)
+    )
 
 
 async def export(request: web.Request) -> web.Response:
@@ -370,8 +462,9 @@ async def export(request: web.Request) -> web.Response:
     address = group_address(request)
     req = ExportRequest(address.identity_id, address.group_id, label, length, context)
     p, operations = principal(request), service(request).group_operations
-    return await respond(request, lambda scope: operations.export(p, req), lock=group_lock(address),
-                         metric="export")
+    return await respond(
+        request, lambda scope: operations.export(p, req), lock=group_lock(address), metric="export"
+    )
 
 
 #: The path of an identity's groups; every group route is under it.
@@ -384,22 +477,70 @@ ROUTES: list[Route] = [
     Route("POST", "/v1/tenants", create_tenant, "admin", "Create a tenant and its first token", True),
     Route("GET", "/v1/tenants", list_tenants, "admin", "List tenants"),
     Route("POST", "/v1/tenants/{tenant_id}/tokens", create_token, "admin", "Create a tenant token", True),
-    Route("DELETE", "/v1/tenants/{tenant_id}/tokens/{token_id}", revoke_token, "admin", "Revoke a token", True),
-    Route("POST", "/v1/identities", create_identity, "tenant", "Create a hosted identity (keys in the HSM)", True),
+    Route(
+        "DELETE", "/v1/tenants/{tenant_id}/tokens/{token_id}", revoke_token, "admin", "Revoke a token", True
+    ),
+    Route(
+        "POST",
+        "/v1/identities",
+        create_identity,
+        "tenant",
+        "Create a hosted identity (keys in the HSM)",
+        True,
+    ),
     Route("GET", "/v1/identities", list_identities, "tenant", "List identities"),
     Route("GET", "/v1/identities/{identity_id}", get_identity, "tenant", "Get an identity"),
-    Route("DELETE", "/v1/identities/{identity_id}", delete_identity, "tenant", "Delete an identity and its keys", True),
-    Route("POST", "/v1/identities/{identity_id}/key-packages", create_key_packages, "tenant", "Create KeyPackages", True),
-    Route("GET", "/v1/identities/{identity_id}/key-packages", list_key_packages, "tenant", "List KeyPackages"),
+    Route(
+        "DELETE",
+        "/v1/identities/{identity_id}",
+        delete_identity,
+        "tenant",
+        "Delete an identity and its keys",
+        True,
+    ),
+    Route(
+        "POST",
+        "/v1/identities/{identity_id}/key-packages",
+        create_key_packages,
+        "tenant",
+        "Create KeyPackages",
+        True,
+    ),
+    Route(
+        "GET", "/v1/identities/{identity_id}/key-packages", list_key_packages, "tenant", "List KeyPackages"
+    ),
     Route("POST", GROUPS, create_group, "tenant", "Create a group", True),
     Route("GET", GROUPS, list_groups, "tenant", "List the identity's groups"),
     Route("POST", GROUPS + "/join", join, "tenant", "Join from a Welcome", True),
     Route("POST", GROUPS + "/external-join", external_join, "tenant", "Join by external commit", True),
     Route("GET", GROUPS + "/{gid}", get_group, "tenant", "Group state summary"),
-    Route("DELETE", GROUPS + "/{gid}", delete_group, "tenant", "Leave locally: delete this identity's group state", True),
-    Route("POST", GROUPS + "/{gid}/commits", commit, "tenant", "Create a commit (merged unless pending)", True),
-    Route("POST", GROUPS + "/{gid}/pending-commit/merge", merge_pending, "tenant", "Merge the pending commit", True),
-    Route("DELETE", GROUPS + "/{gid}/pending-commit", discard_pending, "tenant", "Discard the pending commit", True),
+    Route(
+        "DELETE",
+        GROUPS + "/{gid}",
+        delete_group,
+        "tenant",
+        "Leave locally: delete this identity's group state",
+        True,
+    ),
+    Route(
+        "POST", GROUPS + "/{gid}/commits", commit, "tenant", "Create a commit (merged unless pending)", True
+    ),
+    Route(
+        "POST",
+        GROUPS + "/{gid}/pending-commit/merge",
+        merge_pending,
+        "tenant",
+        "Merge the pending commit",
+        True,
+    ),
+    Route(
+        "DELETE",
+        GROUPS + "/{gid}/pending-commit",
+        discard_pending,
+        "tenant",
+        "Discard the pending commit",
+        True,
+    ),
     Route("POST", GROUPS + "/{gid}/proposals", propose, "tenant", "Send a proposal", True),
     Route("POST", GROUPS + "/{gid}/messages", send_messages, "tenant", "Protect application messages", True),
     Route("POST", GROUPS + "/{gid}/process", process, "tenant", "Process incoming MLS messages", True),

@@ -42,8 +42,12 @@ def problem_response(problem: Problem, request_id: str) -> web.Response:
     headers = {"X-Request-Id": request_id}
     if problem.retry_after is not None:
         headers["Retry-After"] = str(problem.retry_after)
-    return web.Response(status=problem.status, body=json.dumps(problem.document(request_id)),
-                        content_type=PROBLEM_CONTENT_TYPE, headers=headers)
+    return web.Response(
+        status=problem.status,
+        body=json.dumps(problem.document(request_id)),
+        content_type=PROBLEM_CONTENT_TYPE,
+        headers=headers,
+    )
 
 
 def _route_of(request: web.Request) -> Route | None:
@@ -84,7 +88,9 @@ async def _authenticate(request: web.Request, route: Route) -> None:
 
 
 @web.middleware
-async def gateway_middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+async def gateway_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
     request_id = make_request_id()
     request[REQUEST_ID] = request_id
     route = _route_of(request)

@@ -31,15 +31,32 @@ def record_key_use(event: AuditEvent) -> None:
     epoch = ctx.get("epoch")
     group = ctx.get("group_id")
     record = AuditRecord(
-        request_id=ctx.get("request_id", "-"), tenant_id=ctx.get("tenant_id"), identity_id=ctx.get("identity_id"),
-        group_id=bytes.fromhex(group) if group else None, epoch=int(epoch) if epoch else None,
-        key_ref=event.key_ref, operation=event.operation, custody=event.custody, ok=event.ok,
+        request_id=ctx.get("request_id", "-"),
+        tenant_id=ctx.get("tenant_id"),
+        identity_id=ctx.get("identity_id"),
+        group_id=bytes.fromhex(group) if group else None,
+        epoch=int(epoch) if epoch else None,
+        key_ref=event.key_ref,
+        operation=event.operation,
+        custody=event.custody,
+        ok=event.ok,
     )
-    log.info(json.dumps({
-        "event": "key_use", "request_id": record.request_id, "tenant_id": record.tenant_id,
-        "identity_id": record.identity_id, "group_id": group, "epoch": record.epoch,
-        "key_ref": event.key_ref.hex(), "operation": event.operation, "custody": event.custody, "ok": event.ok,
-    }))
+    log.info(
+        json.dumps(
+            {
+                "event": "key_use",
+                "request_id": record.request_id,
+                "tenant_id": record.tenant_id,
+                "identity_id": record.identity_id,
+                "group_id": group,
+                "epoch": record.epoch,
+                "key_ref": event.key_ref.hex(),
+                "operation": event.operation,
+                "custody": event.custody,
+                "ok": event.ok,
+            }
+        )
+    )
     buffer = _buffer.get()
     if buffer is not None:
         buffer.append(record)

@@ -70,8 +70,11 @@ def initialise(cfg: GatewayConfig) -> dict[str, Any]:
     finally:
         close_runtime(rt)
     return {
-        "data_dir": str(cfg.data_dir.resolve()), "database": str(cfg.database_path.resolve()),
-        "token_label": cfg.hsm.token_label, "token_created": created, "admin_token": admin,
+        "data_dir": str(cfg.data_dir.resolve()),
+        "database": str(cfg.database_path.resolve()),
+        "token_label": cfg.hsm.token_label,
+        "token_created": created,
+        "admin_token": admin,
     }
 
 
@@ -88,20 +91,33 @@ def _report_init(report: dict[str, Any], as_json: bool) -> None:
 
 
 def serve(cfg: GatewayConfig) -> None:
-    if not cfg.database_path.exists() or not ((cfg.embedded_softhsm and cfg.pin_file.exists()) or not cfg.embedded_softhsm):
+    if not cfg.database_path.exists() or not (
+        (cfg.embedded_softhsm and cfg.pin_file.exists()) or not cfg.embedded_softhsm
+    ):
         report = initialise(cfg)
         if report["admin_token"]:
-            print(f"first start: admin token (shown once): {report['admin_token']}", file=sys.stderr, flush=True)
+            print(
+                f"first start: admin token (shown once): {report['admin_token']}", file=sys.stderr, flush=True
+            )
     module, _ = _prepare_softhsm(cfg)
     rt = open_runtime(cfg, module)
     app = create_app(rt)
     print(f"mls-gateway listening on http://{cfg.listen_host}:{cfg.listen_port}", flush=True)
-    web.run_app(app, host=cfg.listen_host, port=cfg.listen_port, print=None, shutdown_timeout=10,
-                access_log=None, handle_signals=True)
+    web.run_app(
+        app,
+        host=cfg.listen_host,
+        port=cfg.listen_port,
+        print=None,
+        shutdown_timeout=10,
+        access_log=None,
+        handle_signals=True,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="mls-gateway", description="Enterprise MLS gateway with HSM key custody")
+    ap = argparse.ArgumentParser(
+        prog="mls-gateway", description="Enterprise MLS gateway with HSM key custody"
+    )
     sub = ap.add_subparsers(dest="command", required=True)
     for name in ("init", "serve"):
         p = sub.add_parser(name)
@@ -115,15 +131,20 @@ def main(argv: list[str] | None = None) -> int:
     conf.add_argument("paths", nargs="+", help="vector files or folders")
     conf.add_argument("--json", action="store_true", help="print the results as JSON")
     conf.add_argument("-v", "--verbose", action="store_true", help="list every failure and skip")
-    conf.add_argument("--backend", choices=BACKEND_CHOICES, help="crypto backend (default: $MLS_CRYPTO_BACKEND, else auto)")
+    conf.add_argument(
+        "--backend", choices=BACKEND_CHOICES, help="crypto backend (default: $MLS_CRYPTO_BACKEND, else auto)"
+    )
     args = ap.parse_args(argv)
     if args.command == "conformance":
         from mls.conformance import main as conformance
 
         flags = [flag for flag, on in (("--json", args.json), ("--verbose", args.verbose)) if on]
         return conformance([*args.paths, *flags], backend=gateway_crypto_backend(args.backend))
-    logging.basicConfig(level=os.environ.get("MLSGW_LOG_LEVEL", "INFO"), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(
+        level=os.environ.get("MLSGW_LOG_LEVEL", "INFO"),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
     try:
         cfg = load_config(args.config, data_dir=args.data_dir, listen=getattr(args, "listen", None))
     except ConfigError as e:

@@ -86,10 +86,18 @@ class GatewayConfig:
 
     def token_config(self, module_path: str) -> TokenConfig:
         if self.hsm.pin_env:
-            return TokenConfig(module_path=module_path, token_label=self.hsm.token_label, pin_env=self.hsm.pin_env,
-                               pool_size=self.hsm.pool_size)
-        return TokenConfig(module_path=module_path, token_label=self.hsm.token_label, pin_file=str(self.pin_file),
-                           pool_size=self.hsm.pool_size)
+            return TokenConfig(
+                module_path=module_path,
+                token_label=self.hsm.token_label,
+                pin_env=self.hsm.pin_env,
+                pool_size=self.hsm.pool_size,
+            )
+        return TokenConfig(
+            module_path=module_path,
+            token_label=self.hsm.token_label,
+            pin_file=str(self.pin_file),
+            pool_size=self.hsm.pool_size,
+        )
 
 
 _ENV = {
@@ -127,7 +135,9 @@ def _merged(toml_path: Path | None, env: Mapping[str, str]) -> dict[str, dict[st
     return data
 
 
-def load_config(toml_path: Path | None = None, env: Mapping[str, str] | None = None, **overrides: Any) -> GatewayConfig:
+def load_config(
+    toml_path: Path | None = None, env: Mapping[str, str] | None = None, **overrides: Any
+) -> GatewayConfig:
     """The configuration from ``toml_path`` (or ``$MLSGW_CONFIG``), the environment and ``overrides``."""
     env = os.environ if env is None else env
     if toml_path is None and env.get("MLSGW_CONFIG"):
@@ -137,9 +147,12 @@ def load_config(toml_path: Path | None = None, env: Mapping[str, str] | None = N
     try:
         hsm = HsmSettings(**h)
         cfg = GatewayConfig(
-            data_dir=Path(g.pop("data_dir", "data")), database=Path(g["database"]) if "database" in g else None,
-            max_body_bytes=int(g.get("max_body_bytes", 1 << 20)), worker_threads=int(g.get("worker_threads", 8)),
-            log_level=str(g.get("log_level", "INFO")), hsm=hsm,
+            data_dir=Path(g.pop("data_dir", "data")),
+            database=Path(g["database"]) if "database" in g else None,
+            max_body_bytes=int(g.get("max_body_bytes", 1 << 20)),
+            worker_threads=int(g.get("worker_threads", 8)),
+            log_level=str(g.get("log_level", "INFO")),
+            hsm=hsm,
         )
     except (TypeError, ValueError) as e:
         raise ConfigError(f"invalid setting: {e}") from None

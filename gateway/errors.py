@@ -35,7 +35,9 @@ CODES: dict[str, tuple[int, str]] = {
 class Problem(Exception):
     """An error answered to the client as a problem document."""
 
-    def __init__(self, code: str, detail: str, *, rule: str | None = None, retry_after: int | None = None) -> None:
+    def __init__(
+        self, code: str, detail: str, *, rule: str | None = None, retry_after: int | None = None
+    ) -> None:
         if code not in CODES:
             raise ValueError(f"unknown problem code {code}")
         super().__init__(detail)

@@ -58,8 +58,11 @@ class GroupOperations:
             add=[decode_key_package(kp, f"add[{n}]") for n, kp in enumerate(request.add)],
             remove=request.remove,
             psks=self._psk_ids(session, request.external_psks, request.resumption_psks),
-            group_context_extensions=request.group_context_extensions, include_pending=request.include_pending,
-            force_path=request.force_path, handshake=handshake(request.handshake))
+            group_context_extensions=request.group_context_extensions,
+            include_pending=request.include_pending,
+            force_path=request.force_path,
+            handshake=handshake(request.handshake),
+        )
         with session.audit_context():
             staged = group.commit(options)
         session.pending.new_keys += new_leaf_key(group, staged)
@@ -70,8 +73,9 @@ class GroupOperations:
         session.add_outgoing("commit", loaded_epoch, [staged.commit or b""])
         return session.commit(Response(200, body), scope)
 
-    def _psk_ids(self, session: GroupSession, external: list[ExternalPsk],
-                 resumption: list[ResumptionPsk]) -> list[PreSharedKeyID]:
+    def _psk_ids(
+        self, session: GroupSession, external: list[ExternalPsk], resumption: list[ResumptionPsk]
+    ) -> list[PreSharedKeyID]:
         """PreSharedKeyIDs with fresh nonces; secrets given inline join the group's PSK store."""
         group, suite = session.group, session.identity.cipher_suite
         store = group.psks
@@ -93,7 +97,8 @@ class GroupOperations:
         psk = other.state.resumption_psks.get(res.epoch)
         if psk is None:
             raise Problem(
-                "validation_failed", "no resumption PSK for that group and epoch",
+                "validation_failed",
+                "no resumption PSK for that group and epoch",
                 rule="8.6/resumption-psk-available",
             )
         return psk

@@ -54,8 +54,14 @@ def membership_keys(group: Group) -> list[bytes]:
 class GroupSession:
     """One identity's membership of one group during one request (see the module docstring)."""
 
-    def __init__(self, sessions: GroupSessions, identity: Identity, group: Group, loaded_epoch: int | None,
-                 pending: PendingWrites | None = None) -> None:
+    def __init__(
+        self,
+        sessions: GroupSessions,
+        identity: Identity,
+        group: Group,
+        loaded_epoch: int | None,
+        pending: PendingWrites | None = None,
+    ) -> None:
         self._sessions = sessions
         self.identity = identity
         self.group = group
@@ -86,8 +92,9 @@ class GroupSession:
         identity_id = self.identity_id
         for psk_id, secret in psks:
             sealed = self._sessions.sealer.seal_psk(identity_id, psk_id, secret)
-            self.pending.writes.append(functools.partial(_put_psk, identity_id=identity_id, psk_id=psk_id,
-                                                         sealed=sealed))
+            self.pending.writes.append(
+                functools.partial(_put_psk, identity_id=identity_id, psk_id=psk_id, sealed=sealed)
+            )
 
     def add_outgoing(self, kind: str, epoch: int, messages: Sequence[bytes]) -> None:
         """Messages this operation produced (``commit``, ``proposal``, ``application``), in order."""

@@ -24,7 +24,9 @@ from .views import b64, group_json, groups_json
 class Groups:
     """Membership operations over the store, the HSM key store and the group sessions."""
 
-    def __init__(self, store: Store, keys: Pkcs11KeyStore, identities: Identities, sessions: GroupSessions) -> None:
+    def __init__(
+        self, store: Store, keys: Pkcs11KeyStore, identities: Identities, sessions: GroupSessions
+    ) -> None:
         self.store = store
         self.keys = keys
         self.identities = identities
@@ -38,10 +40,17 @@ class Groups:
             extensions.append(ExternalSenders(tuple(request.external_senders)).to_extension())
         signer = self.keys.signer(identity.signature_key_ref)
         with group_audit_context(identity.identity_id, request.group_id or b"", 0):
-            group = Group.create(self.keys, identity.cipher_suite, signer=signer,
-                                 credential=Credential.from_bytes(identity.credential), group_id=request.group_id,
-                                 extensions=extensions)
-        session = self.sessions.start(identity, group, PendingWrites(new_keys=[group.state.keys.leaf_key.key_ref]))
+            group = Group.create(
+                self.keys,
+                identity.cipher_suite,
+                signer=signer,
+                credential=Credential.from_bytes(identity.credential),
+                group_id=request.group_id,
+                extensions=extensions,
+            )
+        session = self.sessions.start(
+            identity, group, PendingWrites(new_keys=[group.state.keys.leaf_key.key_ref])
+        )
         return session.commit(Response(201, {"group_id": b64(group.group_id), "epoch": 0}), scope)
 
     def list(self, principal: Principal, identity_id: str) -> Json:
@@ -69,18 +78,30 @@ class Groups:
         assert isinstance(kp, KeyPackage)
         psks = self.sessions.psk_store(identity, request.psks)
         with group_audit_context(identity.identity_id, b"", None):
-            group = Group.join(self.keys, request.welcome, key_package=kp,
-                               init_key=self.keys.hpke_key(kp_record.init_key_ref),
-                               leaf_key=self.keys.hpke_key(kp_record.leaf_key_ref),
-                               signer_ref=identity.signature_key_ref, ratchet_tree=request.ratchet_tree, psks=psks,
-                               destroy_init_key=False, retain_leaf_key=kp_record.last_resort)
+            group = Group.join(
+                self.keys,
+                request.welcome,
+                key_package=kp,
+                init_key=self.keys.hpke_key(kp_record.init_key_ref),
+                leaf_key=self.keys.hpke_key(kp_record.leaf_key_ref),
+                signer_ref=identity.signature_key_ref,
+                ratchet_tree=request.ratchet_tree,
+                psks=psks,
+                destroy_init_key=False,
+                retain_leaf_key=kp_record.last_resort,
+            )
         identity_id, ref = identity.identity_id, kp_record.ref
-        pending = PendingWrites([lambda tx: _consume_key_package(tx, identity_id, ref)],
-                                dead_keys=[] if kp_record.last_resort else [kp_record.init_key_ref])
+        pending = PendingWrites(
+            [lambda tx: _consume_key_package(tx, identity_id, ref)],
+            dead_keys=[] if kp_record.last_resort else [kp_record.init_key_ref],
+        )
         session = self.sessions.start(identity, group, pending)
         session.remember_psks(request.psks)
-        body = {"group_id": b64(group.group_id), "epoch": group.epoch,
-                "epoch_authenticator": b64(group.epoch_authenticator)}
+        body = {
+            "group_id": b64(group.group_id),
+            "epoch": group.epoch,
+            "epoch_authenticator": b64(group.epoch_authenticator),
+        }
         return session.commit(Response(201, body), scope)
 
     def _key_package_for(self, identity: Identity, welcome: Welcome) -> KeyPackageRecord:
@@ -93,11 +114,14 @@ class Groups:
                         raise conflict("the key package of this Welcome was already consumed")
                     return record
         raise Problem(
-            "validation_failed", "the Welcome is for none of this identity's key packages",
+            "validation_failed",
+            "the Welcome is for none of this identity's key packages",
             rule="12.4.3.1/welcome-identity-key-package",
         )
 
-    def external_join(self, principal: Principal, request: ExternalJoinRequest, scope: RequestScope) -> Response:
+    def external_join(
+        self, principal: Principal, request: ExternalJoinRequest, scope: RequestScope
+    ) -> Response:
         """``POST .../groups/external-join``: join by external commit (RFC 9420 §12.4.3.2), removing the
         identity's prior leaf on request (a resync)."""
         identity = self.identities.get(principal, request.identity_id)
@@ -108,10 +132,18 @@ class Groups:
         psk_ids = [external_psk_id(psk_id, identity.cipher_suite) for psk_id, _ in request.psks]
         with group_audit_context(identity.identity_id, b"", None):
             group, commit = Group.external_join(
-                self.keys, request.group_info, signer=self.keys.signer(identity.signature_key_ref),
-                credential=Credential.from_bytes(identity.credential), ratchet_tree=request.ratchet_tree, psks=psks,
-                psk_ids=psk_ids, remove_prior=remove_prior)
-        session = self.sessions.start(identity, group, PendingWrites(new_keys=[group.state.keys.leaf_key.key_ref]))
+                self.keys,
+                request.group_info,
+                signer=self.keys.signer(identity.signature_key_ref),
+                credential=Credential.from_bytes(identity.credential),
+                ratchet_tree=request.ratchet_tree,
+                psks=psks,
+                psk_ids=psk_ids,
+                remove_prior=remove_prior,
+            )
+        session = self.sessions.start(
+            identity, group, PendingWrites(new_keys=[group.state.keys.leaf_key.key_ref])
+        )
         session.remember_psks(request.psks)
         session.add_outgoing("commit", group.epoch, [commit])
         body = {"group_id": b64(group.group_id), "epoch": group.epoch, "commit": b64(commit)}

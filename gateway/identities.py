@@ -16,7 +16,12 @@ from .views import identity_json
 
 def _live_key_package_keys(records: list[KeyPackageRecord]) -> list[bytes]:
     """The private keys of KeyPackages not consumed yet (or last-resort, kept after use)."""
-    return [ref for kp in records if not kp.consumed or kp.last_resort for ref in (kp.init_key_ref, kp.leaf_key_ref)]
+    return [
+        ref
+        for kp in records
+        if not kp.consumed or kp.last_resort
+        for ref in (kp.init_key_ref, kp.leaf_key_ref)
+    ]
 
 
 class Identities:
@@ -53,8 +58,17 @@ class Identities:
             raise Problem("unsupported", f"the HSM cannot hold signature keys of cipher suite {suite}")
         credential = request.credential or Credential.basic(request.name.encode())
         signer = self.keys.new_signature_key(suite)
-        identity = Identity(new_id("idn"), principal.tenant_id, request.name, suite, credential.to_bytes(),
-                            signer.key_ref, signer.public_key, sig_custody, hpke_custody)
+        identity = Identity(
+            new_id("idn"),
+            principal.tenant_id,
+            request.name,
+            suite,
+            credential.to_bytes(),
+            signer.key_ref,
+            signer.public_key,
+            sig_custody,
+            hpke_custody,
+        )
         pending = PendingWrites([lambda tx: tx.add_identity(identity)], new_keys=[signer.key_ref])
         return self.sessions.persistence.commit(pending, Response(201, identity_json(identity)), scope)
 

@@ -26,13 +26,17 @@ from .views import b64, key_packages_json
 class KeyPackages:
     """Publishing and listing KeyPackages; joins consume them (:mod:`gateway.groups`)."""
 
-    def __init__(self, store: Store, keys: Pkcs11KeyStore, identities: Identities, persistence: Persistence) -> None:
+    def __init__(
+        self, store: Store, keys: Pkcs11KeyStore, identities: Identities, persistence: Persistence
+    ) -> None:
         self.store = store
         self.keys = keys
         self.identities = identities
         self.persistence = persistence
 
-    def create(self, principal: Principal, request: CreateKeyPackagesRequest, scope: RequestScope) -> Response:
+    def create(
+        self, principal: Principal, request: CreateKeyPackagesRequest, scope: RequestScope
+    ) -> Response:
         """``POST .../key-packages``: ``count`` fresh KeyPackages, all written in one transaction."""
         identity = self.identities.get(principal, request.identity_id)
         signer = self.keys.signer(identity.signature_key_ref)
@@ -48,18 +52,37 @@ class KeyPackages:
             raise
         return self.persistence.commit(pending, Response(201, {"key_packages": out}), scope)
 
-    def _new_key_package(self, identity: Identity, signer: Signer, credential: Credential,
-                         request: CreateKeyPackagesRequest, pending: PendingWrites) -> KeyPackageRecord:
+    def _new_key_package(
+        self,
+        identity: Identity,
+        signer: Signer,
+        credential: Credential,
+        request: CreateKeyPackagesRequest,
+        pending: PendingWrites,
+    ) -> KeyPackageRecord:
         """One KeyPackage with fresh init and leaf keys (recorded in ``pending.new_keys`` as made)."""
         cs = cipher_suite(identity.cipher_suite)
         init_key = self.keys.new_hpke_key(cs.suite_id)
         pending.new_keys.append(init_key.key_ref)
         leaf_key = self.keys.new_hpke_key(cs.suite_id)
         pending.new_keys.append(leaf_key.key_ref)
-        kp = create_key_package(cs, signer, init_key=init_key.public_key, encryption_key=leaf_key.public_key,
-                                credential=credential, lifetime=default_lifetime(request.lifetime_days))
-        return KeyPackageRecord(key_package_ref(cs, kp), identity.identity_id, MLSMessage.of(kp).to_bytes(),
-                                init_key.key_ref, leaf_key.key_ref, request.last_resort, False)
+        kp = create_key_package(
+            cs,
+            signer,
+            init_key=init_key.public_key,
+            encryption_key=leaf_key.public_key,
+            credential=credential,
+            lifetime=default_lifetime(request.lifetime_days),
+        )
+        return KeyPackageRecord(
+            key_package_ref(cs, kp),
+            identity.identity_id,
+            MLSMessage.of(kp).to_bytes(),
+            init_key.key_ref,
+            leaf_key.key_ref,
+            request.last_resort,
+            False,
+        )
 
     def list(self, principal: Principal, identity_id: str) -> Json:
         """``GET .../key-packages``."""

@@ -19,20 +19,39 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.http_requests = Counter("mlsgw_http_requests", "HTTP requests", ["route", "method", "status"], registry=r)
-        self.http_latency = Histogram("mlsgw_http_request_duration_seconds", "HTTP request latency",
-                                      ["route", "method"], buckets=LATENCY_BUCKETS, registry=r)
+        self.http_requests = Counter(
+            "mlsgw_http_requests", "HTTP requests", ["route", "method", "status"], registry=r
+        )
+        self.http_latency = Histogram(
+            "mlsgw_http_request_duration_seconds",
+            "HTTP request latency",
+            ["route", "method"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.mls_ops = Counter("mlsgw_mls_operations", "MLS operations", ["operation", "outcome"], registry=r)
-        self.mls_latency = Histogram("mlsgw_mls_operation_duration_seconds", "MLS operation latency", ["operation"],
-                                     buckets=LATENCY_BUCKETS, registry=r)
-        self.hsm_ops = Counter("mlsgw_hsm_operations", "Private-key operations", ["operation", "custody", "outcome"],
-                               registry=r)
-        self.hsm_errors = Counter("mlsgw_hsm_errors", "HSM errors (unavailable or refused)", ["kind"], registry=r)
+        self.mls_latency = Histogram(
+            "mlsgw_mls_operation_duration_seconds",
+            "MLS operation latency",
+            ["operation"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.hsm_ops = Counter(
+            "mlsgw_hsm_operations", "Private-key operations", ["operation", "custody", "outcome"], registry=r
+        )
+        self.hsm_errors = Counter(
+            "mlsgw_hsm_errors", "HSM errors (unavailable or refused)", ["kind"], registry=r
+        )
         self.hsm_sessions = Gauge("mlsgw_hsm_sessions_in_use", "HSM worker sessions in use", registry=r)
         self.identities = Gauge("mlsgw_identities", "Hosted identities", registry=r)
         self.groups = Gauge("mlsgw_groups", "Group memberships of hosted identities", registry=r)
-        self.backend = Gauge("mlsgw_crypto_backend_info", "Crypto backend in use (1 for the active one)", ["backend"],
-                             registry=r)
+        self.backend = Gauge(
+            "mlsgw_crypto_backend_info",
+            "Crypto backend in use (1 for the active one)",
+            ["backend"],
+            registry=r,
+        )
 
     def key_use(self, event: AuditEvent) -> None:
         self.hsm_ops.labels(event.operation, event.custody, "ok" if event.ok else "error").inc()

@@ -71,6 +71,7 @@ def prior_leaf(identity: Identity, group_info: bytes, ratchet_tree: bytes | None
         if leaf.signature_key == identity.signature_public_key:
             return index
     raise Problem(
-        "validation_failed", "remove_prior: this identity has no leaf in that group",
+        "validation_failed",
+        "remove_prior: this identity has no leaf in that group",
         rule="12.4.3.2/resync-prior-leaf",
     )

@@ -17,13 +17,30 @@ from .errors import CODES
 B64 = {"type": "string", "contentEncoding": "base64"}
 B64_NULL = {"type": ["string", "null"], "contentEncoding": "base64"}
 MLS = {**B64, "description": "A complete MLSMessage (RFC 9420 §6) in wire format, base64"}
-CREDENTIAL = {"type": "object", "required": ["type", "identity"],
-              "properties": {"type": {"const": "basic"}, "identity": B64}}
-EXTENSIONS = {"type": "array", "items": {"type": "object", "required": ["type", "data"],
-                                         "properties": {"type": {"type": "integer"}, "data": B64}}}
-PSKS = {"type": "array", "items": {"type": "object", "properties": {
-    "psk_id": B64, "secret": B64,
-    "resumption": {"type": "object", "properties": {"group_id": B64, "epoch": {"type": "integer"}}}}}}
+CREDENTIAL = {
+    "type": "object",
+    "required": ["type", "identity"],
+    "properties": {"type": {"const": "basic"}, "identity": B64},
+}
+EXTENSIONS = {
+    "type": "array",
+    "items": {
+        "type": "object",
+        "required": ["type", "data"],
+        "properties": {"type": {"type": "integer"}, "data": B64},
+    },
+}
+PSKS = {
+    "type": "array",
+    "items": {
+        "type": "object",
+        "properties": {
+            "psk_id": B64,
+            "secret": B64,
+            "resumption": {"type": "object", "properties": {"group_id": B64, "epoch": {"type": "integer"}}},
+        },
+    },
+}
 HANDSHAKE = {"enum": ["public", "private"], "default": "public"}
 
 
@@ -37,52 +54,108 @@ def _obj(required: list[str] | None = None, **props: Any) -> dict[str, Any]:
 _G = "/v1/identities/{identity_id}/groups"
 REQUEST_BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/v1/tenants"): _obj(["name"], name={"type": "string"}),
-    ("POST", "/v1/identities"): _obj(["name"], name={"type": "string"},
-                                     cipher_suite={"type": "integer", "minimum": 1, "maximum": 7, "default": 1},
-                                     credential=CREDENTIAL),
+    ("POST", "/v1/identities"): _obj(
+        ["name"],
+        name={"type": "string"},
+        cipher_suite={"type": "integer", "minimum": 1, "maximum": 7, "default": 1},
+        credential=CREDENTIAL,
+    ),
     ("POST", "/v1/identities/{identity_id}/key-packages"): _obj(
         count={"type": "integer", "minimum": 1, "maximum": 100, "default": 1},
         last_resort={"type": "boolean", "default": False},
-        lifetime_days={"type": "integer", "minimum": 1, "maximum": 90, "default": 90}),
-    ("POST", _G): _obj(group_id=B64, extensions=EXTENSIONS, external_senders={"type": "array", "items": _obj(
-        ["signature_key", "credential"], signature_key=B64, credential=CREDENTIAL)}),
+        lifetime_days={"type": "integer", "minimum": 1, "maximum": 90, "default": 90},
+    ),
+    ("POST", _G): _obj(
+        group_id=B64,
+        extensions=EXTENSIONS,
+        external_senders={
+            "type": "array",
+            "items": _obj(["signature_key", "credential"], signature_key=B64, credential=CREDENTIAL),
+        },
+    ),
     ("POST", _G + "/join"): _obj(["welcome"], welcome=MLS, ratchet_tree=B64, psks=PSKS),
-    ("POST", _G + "/external-join"): _obj(["group_info"], group_info=MLS, ratchet_tree=B64,
-                                          remove_prior={"type": "boolean"}, remove_prior_leaf={"type": "integer"},
-                                          psks=PSKS),
+    ("POST", _G + "/external-join"): _obj(
+        ["group_info"],
+        group_info=MLS,
+        ratchet_tree=B64,
+        remove_prior={"type": "boolean"},
+        remove_prior_leaf={"type": "integer"},
+        psks=PSKS,
+    ),
     ("POST", _G + "/{gid}/commits"): _obj(
-        add={"type": "array", "items": MLS}, remove={"type": "array", "items": {"type": "integer"}},
-        update={"type": "boolean"}, psks=PSKS, group_context_extensions=EXTENSIONS,
-        include_pending={"type": "boolean", "default": True}, force_path={"type": "boolean"},
-        handshake=HANDSHAKE, pending={"type": "boolean", "default": False}),
+        add={"type": "array", "items": MLS},
+        remove={"type": "array", "items": {"type": "integer"}},
+        update={"type": "boolean"},
+        psks=PSKS,
+        group_context_extensions=EXTENSIONS,
+        include_pending={"type": "boolean", "default": True},
+        force_path={"type": "boolean"},
+        handshake=HANDSHAKE,
+        pending={"type": "boolean", "default": False},
+    ),
     ("POST", _G + "/{gid}/proposals"): _obj(
-        ["type"], type={"enum": ["add", "remove", "update", "psk", "group_context_extensions"]},
-        key_package=MLS, leaf_index={"type": "integer"}, psk=_obj(["psk_id"], psk_id=B64, secret=B64),
-        extensions=EXTENSIONS, handshake=HANDSHAKE),
-    ("POST", _G + "/{gid}/messages"): {"oneOf": [
-        _obj(["data"], data=B64, authenticated_data=B64),
-        _obj(["messages"], messages={"type": "array", "items": _obj(["data"], data=B64, authenticated_data=B64)})]},
-    ("POST", _G + "/{gid}/process"): {"oneOf": [_obj(["message"], message=MLS),
-                                                _obj(["messages"], messages={"type": "array", "items": MLS})]},
-    ("POST", _G + "/{gid}/export"): _obj(["label", "length"], label={"type": "string"}, context=B64,
-                                         length={"type": "integer", "minimum": 1, "maximum": 255}),
+        ["type"],
+        type={"enum": ["add", "remove", "update", "psk", "group_context_extensions"]},
+        key_package=MLS,
+        leaf_index={"type": "integer"},
+        psk=_obj(["psk_id"], psk_id=B64, secret=B64),
+        extensions=EXTENSIONS,
+        handshake=HANDSHAKE,
+    ),
+    ("POST", _G + "/{gid}/messages"): {
+        "oneOf": [
+            _obj(["data"], data=B64, authenticated_data=B64),
+            _obj(
+                ["messages"],
+                messages={"type": "array", "items": _obj(["data"], data=B64, authenticated_data=B64)},
+            ),
+        ]
+    },
+    ("POST", _G + "/{gid}/process"): {
+        "oneOf": [
+            _obj(["message"], message=MLS),
+            _obj(["messages"], messages={"type": "array", "items": MLS}),
+        ]
+    },
+    ("POST", _G + "/{gid}/export"): _obj(
+        ["label", "length"],
+        label={"type": "string"},
+        context=B64,
+        length={"type": "integer", "minimum": 1, "maximum": 255},
+    ),
 }
 
 SUCCESS: dict[tuple[str, str], int] = {
-    ("POST", "/v1/tenants"): 201, ("POST", "/v1/tenants/{tenant_id}/tokens"): 201,
-    ("DELETE", "/v1/tenants/{tenant_id}/tokens/{token_id}"): 204, ("POST", "/v1/identities"): 201,
-    ("DELETE", "/v1/identities/{identity_id}"): 204, ("POST", "/v1/identities/{identity_id}/key-packages"): 201,
-    ("POST", _G): 201, ("POST", _G + "/join"): 201, ("POST", _G + "/external-join"): 201,
-    ("DELETE", _G + "/{gid}"): 204, ("DELETE", _G + "/{gid}/pending-commit"): 204, ("POST", _G + "/{gid}/proposals"): 201,
+    ("POST", "/v1/tenants"): 201,
+    ("POST", "/v1/tenants/{tenant_id}/tokens"): 201,
+    ("DELETE", "/v1/tenants/{tenant_id}/tokens/{token_id}"): 204,
+    ("POST", "/v1/identities"): 201,
+    ("DELETE", "/v1/identities/{identity_id}"): 204,
+    ("POST", "/v1/identities/{identity_id}/key-packages"): 201,
+    ("POST", _G): 201,
+    ("POST", _G + "/join"): 201,
+    ("POST", _G + "/external-join"): 201,
+    ("DELETE", _G + "/{gid}"): 204,
+    ("DELETE", _G + "/{gid}/pending-commit"): 204,
+    ("POST", _G + "/{gid}/proposals"): 201,
 }
 
 
 def _parameters(route: Route) -> list[dict[str, Any]]:
-    params = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"},
-               **({"description": "group id, base64url without padding"} if name == "gid" else {})}
-              for name in re.findall(r"{(\w+)}", route.path)]
+    params = [
+        {
+            "name": name,
+            "in": "path",
+            "required": True,
+            "schema": {"type": "string"},
+            **({"description": "group id, base64url without padding"} if name == "gid" else {}),
+        }
+        for name in re.findall(r"{(\w+)}", route.path)
+    ]
     if route.mutating and route.method == "POST":
-        params.append({"name": "Idempotency-Key", "in": "header", "required": False, "schema": {"type": "string"}})
+        params.append(
+            {"name": "Idempotency-Key", "in": "header", "required": False, "schema": {"type": "string"}}
+        )
     return params
 
 
@@ -91,17 +164,31 @@ def _operation(route: Route) -> dict[str, Any]:
     status = SUCCESS.get(key, 200)
     responses: dict[str, Any] = {str(status): {"description": "success"}}
     for code, (code_status, title) in CODES.items():
-        if code in ("internal_error", "method_not_allowed") or (route.auth == "none" and code == "unauthorized"):
+        if code in ("internal_error", "method_not_allowed") or (
+            route.auth == "none" and code == "unauthorized"
+        ):
             continue
-        responses.setdefault(str(code_status), {"description": title, "content": {
-            "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}})
-    op: dict[str, Any] = {"summary": route.summary, "operationId": route.handler.__name__,
-                          "parameters": _parameters(route), "responses": responses}
+        responses.setdefault(
+            str(code_status),
+            {
+                "description": title,
+                "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
+            },
+        )
+    op: dict[str, Any] = {
+        "summary": route.summary,
+        "operationId": route.handler.__name__,
+        "parameters": _parameters(route),
+        "responses": responses,
+    }
     if route.auth != "none":
         op["security"] = [{"bearer": []}]
         op["tags"] = [route.auth]
     if key in REQUEST_BODIES:
-        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": REQUEST_BODIES[key]}}}
+        op["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": REQUEST_BODIES[key]}},
+        }
     return op
 
 
@@ -112,14 +199,25 @@ def document() -> dict[str, Any]:
         paths.setdefault(route.path, {})[route.method.lower()] = _operation(route)
     return {
         "openapi": "3.1.0",
-        "info": {"title": "MLS gateway", "version": "1.0.0",
-                 "description": "Enterprise MLS (RFC 9420) gateway with HSM key custody (api-v1)."},
+        "info": {
+            "title": "MLS gateway",
+            "version": "1.0.0",
+            "description": "Enterprise MLS (RFC 9420) gateway with HSM key custody (api-v1).",
+        },
         "paths": paths,
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": {"Problem": _obj(["type", "title", "status", "code"], type={"type": "string"},
-                                        title={"type": "string"}, status={"type": "integer"},
-                                        code={"enum": sorted(CODES)}, detail={"type": "string"},
-                                        rule={"type": "string"}, instance={"type": "string"})},
+            "schemas": {
+                "Problem": _obj(
+                    ["type", "title", "status", "code"],
+                    type={"type": "string"},
+                    title={"type": "string"},
+                    status={"type": "integer"},
+                    code={"enum": sorted(CODES)},
+                    detail={"type": "string"},
+                    rule={"type": "string"},
+                    instance={"type": "string"},
+                )
+            },
         },
     }

@@ -128,7 +128,9 @@ def extensions(items: list[Any], field: str = "extensions") -> list[Extension]:
         b = Body(item) if isinstance(item, dict) else None
         if b is None:
             raise invalid(f"{field}[{i}] must be an object")
-        out.append(Extension(b.integer("type", None, 0, 0xFFFF), b64decode(item.get("data"), f"{field}[{i}].data")))
+        out.append(
+            Extension(b.integer("type", None, 0, 0xFFFF), b64decode(item.get("data"), f"{field}[{i}].data"))
+        )
     return out
 
 
@@ -138,7 +140,9 @@ def external_senders(items: list[Any]) -> list[ExternalSender]:
         if not isinstance(item, dict):
             raise invalid(f"external_senders[{i}] must be an object")
         key = b64decode(item.get("signature_key"), f"external_senders[{i}].signature_key")
-        out.append(ExternalSender(key, credential(item.get("credential"), f"external_senders[{i}].credential")))
+        out.append(
+            ExternalSender(key, credential(item.get("credential"), f"external_senders[{i}].credential"))
+        )
     return out
 
 
@@ -154,8 +158,13 @@ def _objects(body: Body, name: str) -> list[Body]:
 
 def psk_secrets(body: Body) -> list[tuple[bytes, bytes]]:
     """``psks: [{psk_id, secret}]`` of a join: external PSKs with their secrets."""
-    return [(b64decode(item.data.get("psk_id"), f"psks[{i}].psk_id"),
-             b64decode(item.data.get("secret"), f"psks[{i}].secret")) for i, item in enumerate(_objects(body, "psks"))]
+    return [
+        (
+            b64decode(item.data.get("psk_id"), f"psks[{i}].psk_id"),
+            b64decode(item.data.get("secret"), f"psks[{i}].secret"),
+        )
+        for i, item in enumerate(_objects(body, "psks"))
+    ]
 
 
 def commit_psks(body: Body) -> tuple[list[ExternalPsk], list[ResumptionPsk]]:
@@ -173,7 +182,9 @@ def commit_psks(body: Body) -> tuple[list[ExternalPsk], list[ResumptionPsk]]:
 
 def proposal_kind(body: Body) -> ProposalKind:
     """``type`` of a proposal request."""
-    return cast(ProposalKind, body.choice("type", "", ("add", "remove", "update", "psk", "group_context_extensions")))
+    return cast(
+        ProposalKind, body.choice("type", "", ("add", "remove", "update", "psk", "group_context_extensions"))
+    )
 
 
 def handshake_name(body: Body) -> HandshakeName:

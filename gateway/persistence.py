@@ -126,8 +126,11 @@ class Persistence:
     def _remember_response(tx: Transaction, idem: Idempotency, response: Response) -> None:
         if tx.get_idempotent(idem.scope, idem.key) is not None:
             raise _Replayed()
-        tx.put_idempotent(idem.scope, idem.key,
-                          IdempotentResponse(idem.request_hash, response.status, _json_bytes(response.body)))
+        tx.put_idempotent(
+            idem.scope,
+            idem.key,
+            IdempotentResponse(idem.request_hash, response.status, _json_bytes(response.body)),
+        )
 
     def write_audit(self, records: list[AuditRecord]) -> None:
         """Audit records not written with a state change (a read, a failed request), in a transaction."""
@@ -142,8 +145,11 @@ class Persistence:
             try:
                 self.keys.destroy(ref)
             except MLSError:
-                log.warning("could not destroy key %s; it is left in the token (reconciliation of orphaned "
-                            "keys is a later issue)", ref.hex()[:16])
+                log.warning(
+                    "could not destroy key %s; it is left in the token (reconciliation of orphaned "
+                    "keys is a later issue)",
+                    ref.hex()[:16],
+                )
 
     @contextmanager
     def request(self, principal: Principal | None, request_id: str) -> Iterator[RequestScope]:

@@ -60,8 +60,9 @@ class StateSealer:
     def seal_psk(self, identity_id: str, psk_id: bytes, secret: bytes) -> bytes:
         return self.envelope.seal(secret, _psk_aad(identity_id, psk_id))
 
-    def open_psks(self, identity_id: str, sealed: list[tuple[bytes, bytes]],
-                  extra: Mapping[bytes, bytes] | None = None) -> MemoryPskStore:
+    def open_psks(
+        self, identity_id: str, sealed: list[tuple[bytes, bytes]], extra: Mapping[bytes, bytes] | None = None
+    ) -> MemoryPskStore:
         """An identity's PSK store: its remembered external PSKs (opened) and ``extra`` ones."""
         known = {pid: self.envelope.open(blob, _psk_aad(identity_id, pid)) for pid, blob in sealed}
         return MemoryPskStore(external={**known, **(extra or {})})

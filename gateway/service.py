@@ -33,8 +33,14 @@ from .tenants import Tenants
 class GatewayService:
     """The API's operations over a store, a PKCS#11 key store and the wrap-key envelope."""
 
-    def __init__(self, store: Store, keys: Pkcs11KeyStore, envelope: Envelope, *,
-                 on_key_use: Callable[[AuditEvent], None] | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        keys: Pkcs11KeyStore,
+        envelope: Envelope,
+        *,
+        on_key_use: Callable[[AuditEvent], None] | None = None,
+    ) -> None:
         def hook(event: AuditEvent) -> None:
             if on_key_use is not None:
                 on_key_use(event)

@@ -73,15 +73,27 @@ CREATE TABLE IF NOT EXISTS idempotency (
 
 def _identity(row: sqlite3.Row) -> Identity:
     return Identity(
-        row["identity_id"], row["tenant_id"], row["name"], row["cipher_suite"], row["credential"],
-        row["signature_key_ref"], row["signature_public_key"], row["custody_signature"], row["custody_hpke"],
+        row["identity_id"],
+        row["tenant_id"],
+        row["name"],
+        row["cipher_suite"],
+        row["credential"],
+        row["signature_key_ref"],
+        row["signature_public_key"],
+        row["custody_signature"],
+        row["custody_hpke"],
     )
 
 
 def _key_package(row: sqlite3.Row) -> KeyPackageRecord:
     return KeyPackageRecord(
-        row["ref"], row["identity_id"], row["key_package"], row["init_key_ref"], row["leaf_key_ref"],
-        bool(row["last_resort"]), bool(row["consumed"]),
+        row["ref"],
+        row["identity_id"],
+        row["key_package"],
+        row["init_key_ref"],
+        row["leaf_key_ref"],
+        bool(row["last_resort"]),
+        bool(row["consumed"]),
     )
 
 
@@ -107,14 +119,18 @@ class SqliteTransaction:
         self._c.execute("INSERT INTO tenants VALUES (?, ?, ?)", (tenant.tenant_id, tenant.name, time.time()))
 
     def list_tenants(self) -> list[Tenant]:
-        return [Tenant(r["tenant_id"], r["name"]) for r in self._all("SELECT * FROM tenants ORDER BY created_at")]
+        return [
+            Tenant(r["tenant_id"], r["name"]) for r in self._all("SELECT * FROM tenants ORDER BY created_at")
+        ]
 
     def get_tenant(self, tenant_id: str) -> Tenant | None:
         r = self._one("SELECT * FROM tenants WHERE tenant_id = ?", tenant_id)
         return None if r is None else Tenant(r["tenant_id"], r["name"])
 
     def add_token(self, token_id: str, tenant_id: str | None, token_hash: bytes) -> None:
-        self._c.execute("INSERT INTO tokens VALUES (?, ?, ?, ?, NULL)", (token_id, tenant_id, token_hash, time.time()))
+        self._c.execute(
+            "INSERT INTO tokens VALUES (?, ?, ?, ?, NULL)", (token_id, tenant_id, token_hash, time.time())
+        )
 
     def token_by_hash(self, token_hash: bytes) -> TokenRecord | None:
         r = self._one("SELECT * FROM tokens WHERE token_hash = ?", token_hash)
@@ -135,17 +151,31 @@ class SqliteTransaction:
     def add_identity(self, i: Identity) -> None:
         self._c.execute(
             "INSERT INTO identities VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (i.identity_id, i.tenant_id, i.name, i.cipher_suite, i.credential, i.signature_key_ref,
-             i.signature_public_key, i.custody_signature, i.custody_hpke, time.time()),
+            (
+                i.identity_id,
+                i.tenant_id,
+                i.name,
+                i.cipher_suite,
+                i.credential,
+                i.signature_key_ref,
+                i.signature_public_key,
+                i.custody_signature,
+                i.custody_hpke,
+                time.time(),
+            ),
         )
 
     def get_identity(self, tenant_id: str, identity_id: str) -> Identity | None:
-        r = self._one("SELECT * FROM identities WHERE identity_id = ? AND tenant_id = ?", identity_id, tenant_id)
+        r = self._one(
+            "SELECT * FROM identities WHERE identity_id = ? AND tenant_id = ?", identity_id, tenant_id
+        )
         return None if r is None else _identity(r)
 
     def list_identities(self, tenant_id: str) -> list[Identity]:
-        return [_identity(r) for r in self._all(
-            "SELECT * FROM identities WHERE tenant_id = ? ORDER BY created_at", tenant_id)]
+        return [
+            _identity(r)
+            for r in self._all("SELECT * FROM identities WHERE tenant_id = ? ORDER BY created_at", tenant_id)
+        ]
 
     def delete_identity(self, identity_id: str) -> None:
         self._c.execute("DELETE FROM identities WHERE identity_id = ?", (identity_id,))
@@ -153,8 +183,16 @@ class SqliteTransaction:
     def add_key_package(self, k: KeyPackageRecord) -> None:
         self._c.execute(
             "INSERT INTO key_packages VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (k.identity_id, k.ref, k.key_package, k.init_key_ref, k.leaf_key_ref, int(k.last_resort),
-             int(k.consumed), time.time()),
+            (
+                k.identity_id,
+                k.ref,
+                k.key_package,
+                k.init_key_ref,
+                k.leaf_key_ref,
+                int(k.last_resort),
+                int(k.consumed),
+                time.time(),
+            ),
         )
 
     def get_key_package(self, identity_id: str, ref: bytes) -> KeyPackageRecord | None:
@@ -162,8 +200,12 @@ class SqliteTransaction:
         return None if r is None else _key_package(r)
 
     def list_key_packages(self, identity_id: str) -> list[KeyPackageRecord]:
-        return [_key_package(r) for r in self._all(
-            "SELECT * FROM key_packages WHERE identity_id = ? ORDER BY created_at", identity_id)]
+        return [
+            _key_package(r)
+            for r in self._all(
+                "SELECT * FROM key_packages WHERE identity_id = ? ORDER BY created_at", identity_id
+            )
+        ]
 
     def mark_key_package_consumed(self, identity_id: str, ref: bytes) -> bool:
         cur = self._c.execute(
@@ -178,14 +220,19 @@ class SqliteTransaction:
         return None if r is None else _group(r)
 
     def list_groups(self, identity_id: str) -> list[GroupRecord]:
-        return [_group(r) for r in self._all("SELECT * FROM groups WHERE identity_id = ? ORDER BY updated_at", identity_id)]
+        return [
+            _group(r)
+            for r in self._all("SELECT * FROM groups WHERE identity_id = ? ORDER BY updated_at", identity_id)
+        ]
 
     def put_group(self, g: GroupRecord, expected_epoch: int | None) -> None:
         now = time.time()
         if expected_epoch is None:
             try:
-                self._c.execute("INSERT INTO groups VALUES (?, ?, ?, ?, ?, ?)",
-                                (g.identity_id, g.group_id, g.epoch, g.state, g.pending, now))
+                self._c.execute(
+                    "INSERT INTO groups VALUES (?, ?, ?, ?, ?, ?)",
+                    (g.identity_id, g.group_id, g.epoch, g.state, g.pending, now),
+                )
             except sqlite3.IntegrityError:
                 raise EpochConflict("this identity is already a member of that group") from None
             return
@@ -198,7 +245,9 @@ class SqliteTransaction:
             raise EpochConflict("the group's epoch changed concurrently")
 
     def delete_group(self, identity_id: str, group_id: bytes) -> bool:
-        cur = self._c.execute("DELETE FROM groups WHERE identity_id = ? AND group_id = ?", (identity_id, group_id))
+        cur = self._c.execute(
+            "DELETE FROM groups WHERE identity_id = ? AND group_id = ?", (identity_id, group_id)
+        )
         return cur.rowcount == 1
 
     # ---- keys, outgoing, audit, idempotency ------------------------------------------------------------
@@ -216,8 +265,10 @@ class SqliteTransaction:
         self._c.execute("INSERT OR REPLACE INTO psks VALUES (?, ?, ?)", (identity_id, psk_id, sealed))
 
     def list_psks(self, identity_id: str) -> list[tuple[bytes, bytes]]:
-        return [(bytes(r["psk_id"]), bytes(r["sealed"])) for r in self._all(
-            "SELECT psk_id, sealed FROM psks WHERE identity_id = ?", identity_id)]
+        return [
+            (bytes(r["psk_id"]), bytes(r["sealed"]))
+            for r in self._all("SELECT psk_id, sealed FROM psks WHERE identity_id = ?", identity_id)
+        ]
 
     def add_outgoing(self, identity_id: str, group_id: bytes, epoch: int, kind: str, message: bytes) -> None:
         self._c.execute(
@@ -230,8 +281,21 @@ class SqliteTransaction:
         self._c.executemany(
             "INSERT INTO audit (at, request_id, tenant_id, identity_id, group_id, epoch, key_ref, operation, "
             "custody, ok) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [(now, a.request_id, a.tenant_id, a.identity_id, a.group_id, a.epoch, a.key_ref, a.operation,
-              a.custody, int(a.ok)) for a in records],
+            [
+                (
+                    now,
+                    a.request_id,
+                    a.tenant_id,
+                    a.identity_id,
+                    a.group_id,
+                    a.epoch,
+                    a.key_ref,
+                    a.operation,
+                    a.custody,
+                    int(a.ok),
+                )
+                for a in records
+            ],
         )
 
     def counts(self) -> dict[str, int]:
@@ -267,11 +331,16 @@ class SqliteStore:
         if conn is not None:
             return conn
         try:
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                                   timeout=self._busy_ms / 1000)
+            conn = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=self._busy_ms / 1000
+            )
             conn.row_factory = sqlite3.Row
-            for pragma in ("journal_mode = WAL", "synchronous = FULL", "foreign_keys = ON",
-                           f"busy_timeout = {self._busy_ms}"):
+            for pragma in (
+                "journal_mode = WAL",
+                "synchronous = FULL",
+                "foreign_keys = ON",
+                f"busy_timeout = {self._busy_ms}",
+            ):
                 conn.execute(f"PRAGMA {pragma}")
             if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
                 conn.executescript(SCHEMA)

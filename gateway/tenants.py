@@ -36,10 +36,15 @@ class Tenants:
         """``POST /v1/tenants``: the tenant and its first token."""
         tenant = Tenant(new_id("tnt"), name)
         token, token_id = new_token(), new_id("tok")
-        pending = PendingWrites([lambda tx: tx.add_tenant(tenant),
-                                 lambda tx: tx.add_token(token_id, tenant.tenant_id, token_hash(token))])
-        return self.persistence.commit(pending, Response(201, {"tenant_id": tenant.tenant_id, "token": token}),
-                                       scope)
+        pending = PendingWrites(
+            [
+                lambda tx: tx.add_tenant(tenant),
+                lambda tx: tx.add_token(token_id, tenant.tenant_id, token_hash(token)),
+            ]
+        )
+        return self.persistence.commit(
+            pending, Response(201, {"tenant_id": tenant.tenant_id, "token": token}), scope
+        )
 
     def list(self) -> Json:
         """``GET /v1/tenants``."""

@@ -31,8 +31,13 @@ from .store import GroupRecord, Identity, KeyPackageRecord
 
 _SENDER_TYPES = {1: "member", 2: "external", 3: "new_member_proposal", 4: "new_member_commit"}
 _PROPOSAL_NAMES: dict[type, str] = {
-    Add: "add", Update: "update", Remove: "remove", PreSharedKey: "psk", ReInit: "reinit",
-    ExternalInit: "external_init", GroupContextExtensions: "group_context_extensions",
+    Add: "add",
+    Update: "update",
+    Remove: "remove",
+    PreSharedKey: "psk",
+    ReInit: "reinit",
+    ExternalInit: "external_init",
+    GroupContextExtensions: "group_context_extensions",
 }
 
 
@@ -67,7 +72,9 @@ def proposal_name(body: object) -> str:
 def identity_json(identity: Identity) -> Json:
     """``GET /v1/identities/{identity_id}``."""
     return {
-        "identity_id": identity.identity_id, "name": identity.name, "cipher_suite": identity.cipher_suite,
+        "identity_id": identity.identity_id,
+        "name": identity.name,
+        "cipher_suite": identity.cipher_suite,
         "credential": credential_json(Credential.from_bytes(identity.credential)),
         "signature_public_key": b64(identity.signature_public_key),
         "custody": {"signature": identity.custody_signature, "hpke": identity.custody_hpke},
@@ -76,8 +83,11 @@ def identity_json(identity: Identity) -> Json:
 
 def key_packages_json(records: list[KeyPackageRecord]) -> Json:
     """``GET /v1/identities/{identity_id}/key-packages``."""
-    return {"key_packages": [{"ref": b64(k.ref), "consumed": k.consumed, "last_resort": k.last_resort}
-                             for k in records]}
+    return {
+        "key_packages": [
+            {"ref": b64(k.ref), "consumed": k.consumed, "last_resort": k.last_resort} for k in records
+        ]
+    }
 
 
 def groups_json(records: list[GroupRecord]) -> Json:
@@ -89,13 +99,25 @@ def group_json(group: Group) -> Json:
     """``GET .../groups/{gid}``: the member's view of the group's current epoch."""
     s = group.state
     return {
-        "group_id": b64(s.group_id), "epoch": s.epoch, "cipher_suite": s.cs.suite_id,
-        "own_leaf_index": s.own_leaf, "epoch_authenticator": b64(group.epoch_authenticator),
-        "tree_hash": b64(s.tree.tree_hash()), "active": s.active,
-        "members": [{"leaf_index": i, "credential": credential_json(leaf.credential),
-                     "signature_key": b64(leaf.signature_key)} for i, leaf in s.tree.leaves()],
-        "pending_proposals": [{"ref": b64(p.ref), "type": proposal_name(p.proposal.body),
-                               "sender": sender_json(p.sender)} for p in s.proposals.values()],
+        "group_id": b64(s.group_id),
+        "epoch": s.epoch,
+        "cipher_suite": s.cs.suite_id,
+        "own_leaf_index": s.own_leaf,
+        "epoch_authenticator": b64(group.epoch_authenticator),
+        "tree_hash": b64(s.tree.tree_hash()),
+        "active": s.active,
+        "members": [
+            {
+                "leaf_index": i,
+                "credential": credential_json(leaf.credential),
+                "signature_key": b64(leaf.signature_key),
+            }
+            for i, leaf in s.tree.leaves()
+        ],
+        "pending_proposals": [
+            {"ref": b64(p.ref), "type": proposal_name(p.proposal.body), "sender": sender_json(p.sender)}
+            for p in s.proposals.values()
+        ],
         "pending_commit": group.pending_commit is not None,
     }
 
@@ -103,18 +125,35 @@ def group_json(group: Group) -> Json:
 def commit_json(staged: StagedCommit, epoch: int | None) -> Json:
     """The answer to ``POST .../commits``: ``epoch`` is the new one once merged, the current one if pending."""
     return {
-        "commit": b64(staged.commit or b""), "welcome": None if staged.welcome is None else b64(staged.welcome),
-        "group_info": b64(staged.group_info or b""), "epoch": epoch,
+        "commit": b64(staged.commit or b""),
+        "welcome": None if staged.welcome is None else b64(staged.welcome),
+        "group_info": b64(staged.group_info or b""),
+        "epoch": epoch,
     }
 
 
 def result_json(result: ProcessedMessage, group: Group) -> Json:
     """One result of ``POST .../process`` (an application message, a proposal, or a merged commit)."""
     if isinstance(result, ApplicationMessage):
-        return {"kind": "application", "sender": sender_json(result.sender), "data": b64(result.data),
-                "authenticated_data": b64(result.authenticated_data), "epoch": result.epoch}
+        return {
+            "kind": "application",
+            "sender": sender_json(result.sender),
+            "data": b64(result.data),
+            "authenticated_data": b64(result.authenticated_data),
+            "epoch": result.epoch,
+        }
     if isinstance(result, ProposalMessage):
-        return {"kind": "proposal", "sender": sender_json(result.sender), "ref": b64(result.ref),
-                "proposal_type": proposal_name(result.proposal.body), "epoch": result.epoch}
-    return {"kind": "commit", "sender": sender_json(result.sender), "epoch": group.epoch,
-            "removed": result.removed_self, "epoch_authenticator": b64(group.epoch_authenticator)}
+        return {
+            "kind": "proposal",
+            "sender": sender_json(result.sender),
+            "ref": b64(result.ref),
+            "proposal_type": proposal_name(result.proposal.body),
+            "epoch": result.epoch,
+        }
+    return {
+        "kind": "commit",
+        "sender": sender_json(result.sender),
+        "epoch": group.epoch,
+        "removed": result.removed_self,
+        "epoch_authenticator": b64(group.epoch_authenticator),
+    }

@@ -88,7 +88,11 @@ def _candidate(kind: KeyKind, montgomery: str) -> Pkcs11Form | None:
 
 
 def _needed(kind: KeyKind, form: Pkcs11Form) -> set[int]:
-    use = Mechanism.ECDH1_DERIVE if kind.role == "kem" else (Mechanism.EDDSA if kind.family == "edwards" else Mechanism.ECDSA)
+    use = (
+        Mechanism.ECDH1_DERIVE
+        if kind.role == "kem"
+        else (Mechanism.EDDSA if kind.family == "edwards" else Mechanism.ECDSA)
+    )
     return {int(form.keygen), int(use)}
 
 
@@ -113,7 +117,11 @@ def self_test(session: Session, kind: KeyKind, form: Pkcs11Form, destroy: Destro
 
 
 def detect(
-    session: Session, mechanisms: Iterable[int], montgomery: MontgomeryKeygen, token_model: str, destroy: DestroyHandle
+    session: Session,
+    mechanisms: Iterable[int],
+    montgomery: MontgomeryKeygen,
+    token_model: str,
+    destroy: DestroyHandle,
 ) -> Capabilities:
     """Decide, kind by kind, what the token can hold (mechanism list, then a self-test)."""
     listed = {int(m) for m in mechanisms}

@@ -60,7 +60,16 @@ ECDH_P384 = KeyKind(0x14, "ecdh-p384", "kem", "ec", _P384, 48, 97)
 ECDH_P521 = KeyKind(0x15, "ecdh-p521", "kem", "ec", _P521, 66, 133)
 
 ALL_KINDS: tuple[KeyKind, ...] = (
-    ED25519, ED448, ECDSA_P256, ECDSA_P384, ECDSA_P521, X25519, X448, ECDH_P256, ECDH_P384, ECDH_P521,
+    ED25519,
+    ED448,
+    ECDSA_P256,
+    ECDSA_P384,
+    ECDSA_P521,
+    X25519,
+    X448,
+    ECDH_P256,
+    ECDH_P384,
+    ECDH_P521,
 )
 _BY_CODE = {k.code: k for k in ALL_KINDS}
 _BY_SCHEME = {
@@ -72,7 +81,13 @@ _BY_SCHEME = {
 }
 _SCHEMES = {
     s.name: s
-    for s in (_sig.ED25519, _sig.ED448, _sig.ECDSA_P256_SHA256, _sig.ECDSA_P384_SHA384, _sig.ECDSA_P521_SHA512)
+    for s in (
+        _sig.ED25519,
+        _sig.ED448,
+        _sig.ECDSA_P256_SHA256,
+        _sig.ECDSA_P384_SHA384,
+        _sig.ECDSA_P521_SHA512,
+    )
 }
 _BY_KEM = {"X25519": X25519, "X448": X448, "P-256": ECDH_P256, "P-384": ECDH_P384, "P-521": ECDH_P521}
 

@@ -46,8 +46,14 @@ class KeyPackageBundle:
 class Client:
     """One member identity; its private keys are in ``key_store``."""
 
-    def __init__(self, key_store: KeyStore, cipher_suite_id: int, credential: Credential,
-                 signer: Signer | None = None, psks: PskStore | None = None) -> None:
+    def __init__(
+        self,
+        key_store: KeyStore,
+        cipher_suite_id: int,
+        credential: Credential,
+        signer: Signer | None = None,
+        psks: PskStore | None = None,
+    ) -> None:
         self.key_store = key_store
         self.cs: CipherSuite = cipher_suite(cipher_suite_id)
         self.credential = credential
@@ -58,16 +64,26 @@ class Client:
     def __repr__(self) -> str:
         return f"Client(suite={self.cs.suite_id}, key_packages={len(self.key_packages)})"
 
-    def key_package(self, lifetime: Lifetime | None = None, last_resort: bool = False,
-                    extensions: Sequence[Extension] = (), capabilities: Capabilities | None = None) -> KeyPackageBundle:
+    def key_package(
+        self,
+        lifetime: Lifetime | None = None,
+        last_resort: bool = False,
+        extensions: Sequence[Extension] = (),
+        capabilities: Capabilities | None = None,
+    ) -> KeyPackageBundle:
         """A fresh KeyPackage with init and leaf keys made by the key store."""
         suite = self.cs.suite_id
         init_key = self.key_store.new_hpke_key(suite)
         leaf_key = self.key_store.new_hpke_key(suite)
         try:
             kp = create_key_package(
-                self.cs, self.signer, init_key=init_key.public_key, encryption_key=leaf_key.public_key,
-                credential=self.credential, lifetime=lifetime or default_lifetime(), extensions=tuple(extensions),
+                self.cs,
+                self.signer,
+                init_key=init_key.public_key,
+                encryption_key=leaf_key.public_key,
+                credential=self.credential,
+                lifetime=lifetime or default_lifetime(),
+                extensions=tuple(extensions),
                 capabilities=capabilities,
             )
         except MLSError:
@@ -78,30 +94,59 @@ class Client:
         self.key_packages[bundle.ref] = bundle
         return bundle
 
-    def create_group(self, group_id: bytes | None = None, extensions: Sequence[Extension] = (),
-                     config: GroupConfig | None = None, capabilities: Capabilities | None = None) -> Group:
-        return Group.create(self.key_store, self.cs.suite_id, signer=self.signer, credential=self.credential,
-                            group_id=group_id, extensions=extensions, config=config, psks=self.psks,
-                            capabilities=capabilities)
+    def create_group(
+        self,
+        group_id: bytes | None = None,
+        extensions: Sequence[Extension] = (),
+        config: GroupConfig | None = None,
+        capabilities: Capabilities | None = None,
+    ) -> Group:
+        return Group.create(
+            self.key_store,
+            self.cs.suite_id,
+            signer=self.signer,
+            credential=self.credential,
+            group_id=group_id,
+            extensions=extensions,
+            config=config,
+            psks=self.psks,
+            capabilities=capabilities,
+        )
 
     def bundle_for(self, welcome: bytes) -> KeyPackageBundle:
         for secrets in welcome_from_message(welcome).secrets:
             bundle = self.key_packages.get(secrets.new_member)
             if bundle is not None:
                 return bundle
-        raise ValidationError("12.4.3.1/welcome-key-package-ref", "the Welcome is for none of this client's KeyPackages")
+        raise ValidationError(
+            "12.4.3.1/welcome-key-package-ref", "the Welcome is for none of this client's KeyPackages"
+        )
 
-    def join(self, welcome: bytes, ratchet_tree: bytes | None = None, config: GroupConfig | None = None,
-             psks: PskStore | None = None, expected_reinit: ReInit | None = None,
-             resumed_from: GroupContext | None = None) -> Group:
+    def join(
+        self,
+        welcome: bytes,
+        ratchet_tree: bytes | None = None,
+        config: GroupConfig | None = None,
+        psks: PskStore | None = None,
+        expected_reinit: ReInit | None = None,
+        resumed_from: GroupContext | None = None,
+    ) -> Group:
         """Join from a Welcome; the KeyPackage is consumed (its keys destroyed unless last-resort)."""
         bundle = self.bundle_for(welcome)
         group = Group.join(
-            self.key_store, welcome, key_package=bundle.key_package, init_key=bundle.init_key,
-            leaf_key=bundle.leaf_key, signer_ref=self.signer.key_ref, ratchet_tree=ratchet_tree,
-            psks=psks or self.psks, config=config, destroy_init_key=not bundle.last_resort,
+            self.key_store,
+            welcome,
+            key_package=bundle.key_package,
+            init_key=bundle.init_key,
+            leaf_key=bundle.leaf_key,
+            signer_ref=self.signer.key_ref,
+            ratchet_tree=ratchet_tree,
+            psks=psks or self.psks,
+            config=config,
+            destroy_init_key=not bundle.last_resort,
             retain_leaf_key=bundle.last_resort,
-            expected_reinit=expected_reinit, resumed_from=resumed_from,
+            expected_reinit=expected_reinit,
+            resumed_from=resumed_from,
         )
         if not bundle.last_resort:
             del self.key_packages[bundle.ref]

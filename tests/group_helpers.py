@@ -114,9 +114,16 @@ class Harness:
         return [m for m in self.active if m is not me]
 
     # ---- commits ------------------------------------------------------------------------------------
-    def commit(self, committer: Member, options: CommitOptions | None = None, *,
-               joiners: Sequence[tuple[Member, KeyPackageBundle]] = (), echo: bool = False,
-               skip: Iterable[Member] = (), pass_tree: bool | None = None) -> StagedCommit:
+    def commit(
+        self,
+        committer: Member,
+        options: CommitOptions | None = None,
+        *,
+        joiners: Sequence[tuple[Member, KeyPackageBundle]] = (),
+        echo: bool = False,
+        skip: Iterable[Member] = (),
+        pass_tree: bool | None = None,
+    ) -> StagedCommit:
         """``committer`` commits; every other active member processes and merges; joiners join.
 
         ``echo``: the committer gets its own commit back from the "delivery service" and merges what
@@ -136,8 +143,9 @@ class Harness:
         self.check()
         return staged
 
-    def deliver_commit(self, committer: Member, staged: StagedCommit, *, echo: bool = False,
-                       skip: Iterable[Member] = ()) -> None:
+    def deliver_commit(
+        self, committer: Member, staged: StagedCommit, *, echo: bool = False, skip: Iterable[Member] = ()
+    ) -> None:
         assert staged.commit is not None
         skipped = set(skip)
         for m in list(self.active):
@@ -158,8 +166,15 @@ class Harness:
             if result.removed_self:
                 m.removed = True
 
-    def add(self, committer: Member, names: Sequence[str], options: CommitOptions | None = None, *,
-            echo: bool = False, pass_tree: bool | None = None) -> tuple[list[Member], StagedCommit]:
+    def add(
+        self,
+        committer: Member,
+        names: Sequence[str],
+        options: CommitOptions | None = None,
+        *,
+        echo: bool = False,
+        pass_tree: bool | None = None,
+    ) -> tuple[list[Member], StagedCommit]:
         """Add new clients ``names`` in one commit (with whatever else ``options`` holds)."""
         new = [self.new_client(n) for n in names]
         bundles = [m.client.key_package() for m in new]
@@ -236,8 +251,9 @@ def check_agreement(groups: Sequence[Group]) -> None:
         assert leaf is not None and leaf.encryption_key == g.state.keys.leaf_key.public_key
 
 
-def build_group(suite: int, names: Sequence[str], config: GroupConfig | None = None,
-                group_id: bytes | None = None) -> tuple[Harness, list[Member]]:
+def build_group(
+    suite: int, names: Sequence[str], config: GroupConfig | None = None, group_id: bytes | None = None
+) -> tuple[Harness, list[Member]]:
     """A harness with ``names[0]`` creating the group and adding the others in one commit."""
     h = Harness(suite, config)
     first = h.create(names[0], group_id)
@@ -254,8 +270,15 @@ def wire_of(message: bytes) -> int:
     return MLSMessage.from_bytes(message).wire_format
 
 
-def frame(group: Group, content: FramedContent, wire: int, confirmation_tag: bytes | None = None, *,
-          signer_group: Group | None = None, signature: bytes | None = None) -> bytes:
+def frame(
+    group: Group,
+    content: FramedContent,
+    wire: int,
+    confirmation_tag: bytes | None = None,
+    *,
+    signer_group: Group | None = None,
+    signature: bytes | None = None,
+) -> bytes:
     """Sign ``content`` with ``signer_group``'s (default: ``group``'s) key (or use ``signature``) and
     protect it as ``group`` would: with the membership key, or encrypted with the next handshake or
     application key of a *copy* of ``group``'s secret tree (so ``group``'s state is untouched)."""
@@ -268,25 +291,40 @@ def frame(group: Group, content: FramedContent, wire: int, confirmation_tag: byt
         body = protect_public(cs, auth, s.secrets.membership_key, s.context)
     else:
         tree = SecretTree.from_state(s.secret_tree.to_state())
-        rt = RatchetType.application if content.content_type == ContentType.application else RatchetType.handshake
+        rt = (
+            RatchetType.application
+            if content.content_type == ContentType.application
+            else RatchetType.handshake
+        )
         assert content.sender.leaf_index is not None
         key = tree.next_key_nonce(content.sender.leaf_index, rt)
         body = encrypt_private(cs, auth, key, s.secrets.sender_data_secret)
     return MLSMessage.of(body).to_bytes()
 
 
-def forge_commit(group: Group, proposals: Sequence[Proposal | bytes], path: UpdatePath | None = None, *,
-                 wire: int = WireFormat.mls_public_message, confirmation_tag: bytes | None = None,
-                 sender_leaf: int | None = None, signer_group: Group | None = None,
-                 signature: bytes | None = None) -> bytes:
+def forge_commit(
+    group: Group,
+    proposals: Sequence[Proposal | bytes],
+    path: UpdatePath | None = None,
+    *,
+    wire: int = WireFormat.mls_public_message,
+    confirmation_tag: bytes | None = None,
+    sender_leaf: int | None = None,
+    signer_group: Group | None = None,
+    signature: bytes | None = None,
+) -> bytes:
     """A Commit with the given proposals (by value, or by reference when given as bytes), signed by
     ``group``'s member. The confirmation tag is random unless given: every §12 list rule is checked
     before the tag."""
     s = group.state
     commit = Commit(tuple(ProposalOrRef.of(p) for p in proposals), path)
     content = FramedContent(
-        group_id=s.group_id, epoch=s.epoch, sender=Sender.member(s.own_leaf if sender_leaf is None else sender_leaf),
-        authenticated_data=b"", content_type=ContentType.commit, commit=commit,
+        group_id=s.group_id,
+        epoch=s.epoch,
+        sender=Sender.member(s.own_leaf if sender_leaf is None else sender_leaf),
+        authenticated_data=b"",
+        content_type=ContentType.commit,
+        commit=commit,
     )
     tag = confirmation_tag if confirmation_tag is not None else os.urandom(group.cs.n_h)
     return frame(group, content, wire, tag, signer_group=signer_group, signature=signature)
@@ -295,8 +333,12 @@ def forge_commit(group: Group, proposals: Sequence[Proposal | bytes], path: Upda
 def forge_proposal(group: Group, proposal: Proposal, wire: int = WireFormat.mls_public_message) -> bytes:
     s = group.state
     content = FramedContent(
-        group_id=s.group_id, epoch=s.epoch, sender=Sender.member(s.own_leaf), authenticated_data=b"",
-        content_type=ContentType.proposal, proposal=proposal,
+        group_id=s.group_id,
+        epoch=s.epoch,
+        sender=Sender.member(s.own_leaf),
+        authenticated_data=b"",
+        content_type=ContentType.proposal,
+        proposal=proposal,
     )
     return frame(group, content, wire)
 
@@ -308,9 +350,13 @@ def update_leaf(group: Group) -> LeafNode:
     assert current is not None
     fresh = cs.kem.generate()
     leaf = LeafNode(
-        encryption_key=fresh.public_key, signature_key=current.signature_key, credential=current.credential,
-        capabilities=current.capabilities, leaf_node_source=LeafNodeSource.update,
-        extensions=current.extensions, signature=b"",
+        encryption_key=fresh.public_key,
+        signature_key=current.signature_key,
+        credential=current.credential,
+        capabilities=current.capabilities,
+        leaf_node_source=LeafNodeSource.update,
+        extensions=current.extensions,
+        signature=b"",
     )
     return sign_leaf_node(cs, group.signer(), leaf, s.group_id, s.own_leaf)
 
@@ -319,8 +365,9 @@ def update_proposal(group: Group) -> Proposal:
     return Proposal.of(Update(update_leaf(group)))
 
 
-def expect_rejected(group: Group, message: bytes, rule: str | None = None,
-                    error: type[MLSError] = MLSError) -> MLSError:
+def expect_rejected(
+    group: Group, message: bytes, rule: str | None = None, error: type[MLSError] = MLSError
+) -> MLSError:
     """``group.process(message)`` raises ``error`` (with ``rule``) and leaves the state byte-identical."""
     before = group.to_bytes()
     pending = group.pending_commit
@@ -329,7 +376,9 @@ def expect_rejected(group: Group, message: bytes, rule: str | None = None,
     except MLSError as e:
         assert isinstance(e, error), f"expected {error.__name__}, got {type(e).__name__}: {e}"
         if rule is not None:
-            assert getattr(e, "rule", None) == rule, f"expected rule {rule}, got {getattr(e, 'rule', None)}: {e}"
+            assert getattr(e, "rule", None) == rule, (
+                f"expected rule {rule}, got {getattr(e, 'rule', None)}: {e}"
+            )
             assert f"§{rule.partition('/')[0]}: " in str(e)
         caught = e
     else:

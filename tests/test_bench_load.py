@@ -25,13 +25,31 @@ TOP_LEVEL = ("messages_per_s", "p50_ms", "p99_ms", "raw_sign_ops_per_s", "fracti
 
 @pytest.mark.timeout(120)  # a hard bound even on a loaded machine; the run itself takes ~10 s
 def test_load_tiny_run(tmp_path: Path) -> None:
-    argv = [sys.executable, "-m", "benches.load", "--groups", "2", "--duration", "3", "--raw-seconds", "0.2",
-            "--out", str(tmp_path)]
+    argv = [
+        sys.executable,
+        "-m",
+        "benches.load",
+        "--groups",
+        "2",
+        "--duration",
+        "3",
+        "--raw-seconds",
+        "0.2",
+        "--out",
+        str(tmp_path),
+    ]
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLSGW_")}
     started = time.perf_counter()
     # A session of its own, so that a timeout can stop the benchmark *and* the server it started.
-    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        argv,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         out, err = proc.communicate(timeout=60)
     except subprocess.TimeoutExpired:
@@ -45,16 +63,24 @@ def test_load_tiny_run(tmp_path: Path) -> None:
     data = json.loads((tmp_path / "load.json").read_text())
     assert list(data)[: len(TOP_LEVEL)] == list(TOP_LEVEL)
     for key in TOP_LEVEL:
-        assert isinstance(data[key], int | float) and math.isfinite(data[key]) and data[key] > 0, (key, data[key])
+        assert isinstance(data[key], int | float) and math.isfinite(data[key]) and data[key] > 0, (
+            key,
+            data[key],
+        )
     assert data["messages"] > 0 and data["errors"] == {}, data["errors"]
     assert data["messages_per_s"] == pytest.approx(data["messages"] / data["elapsed_s"], rel=0.01)
     assert data["p50_ms"] <= data["p99_ms"]
     lat = data["latency_ms"]
-    assert lat["send"]["p50"] < lat["send_and_process"]["p50"] and lat["process"]["p50"] < lat["send_and_process"]["p50"]
+    assert (
+        lat["send"]["p50"] < lat["send_and_process"]["p50"]
+        and lat["process"]["p50"] < lat["send_and_process"]["p50"]
+    )
     # One signature per protected application message, counted by the gateway itself.
     signatures = data["gateway_signatures"]
     assert signatures["count"] == data["messages"], signatures
-    assert data["fraction_of_hsm"] == pytest.approx(signatures["per_s"] / data["raw_sign_ops_per_s"], rel=0.01)
+    assert data["fraction_of_hsm"] == pytest.approx(
+        signatures["per_s"] / data["raw_sign_ops_per_s"], rel=0.01
+    )
     assert 0 < data["fraction_of_hsm"] < 1
     raw = data["raw_sign"]
     assert len(raw["rounds_before_ops_per_s"]) == len(raw["rounds_after_ops_per_s"]) >= 1

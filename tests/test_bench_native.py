@@ -27,7 +27,9 @@ def test_native_bench_tiny_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(bench, "BATCH", 40)
     monkeypatch.setattr(bench, "TREE_LEAVES", 300)
     monkeypatch.setattr(bench, "_interleaved", two_rounds)
-    monkeypatch.setattr(bench, "openssl_speed", lambda seconds=1: {"available": False, "note": "not run here"})
+    monkeypatch.setattr(
+        bench, "openssl_speed", lambda seconds=1: {"available": False, "note": "not run here"}
+    )
     bench.main(["--quick", "--out", str(tmp_path)])
 
     report = json.loads((tmp_path / "native.json").read_text())

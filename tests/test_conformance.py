@@ -28,7 +28,12 @@ ALL_FILES = sorted(str(p.relative_to(VECTORS)) for p in VECTORS.rglob("*.json"))
 
 def test_every_known_file_is_present() -> None:
     names = set(ALL_FILES)
-    for required in ("tree-math.json", "treekem.json", "passive-client-welcome.json", "interop-passive/reinit.json"):
+    for required in (
+        "tree-math.json",
+        "treekem.json",
+        "passive-client-welcome.json",
+        "interop-passive/reinit.json",
+    ):
         assert required in names
 
 
@@ -44,7 +49,9 @@ def test_vector_file_passes_completely(name: str) -> None:
 def test_command_line_summary_and_exit_status() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "mls.conformance", str(VECTORS / "crypto-basics.json")],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.strip().splitlines()
@@ -58,7 +65,9 @@ def test_command_line_json_and_unknown_file_is_skipped(tmp_path: Path) -> None:
     unknown.write_text(json.dumps([{"foo": 1}]))
     proc = subprocess.run(
         [sys.executable, "-m", "mls.conformance", str(unknown), "--json"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 0
     report = json.loads(proc.stdout)
@@ -85,7 +94,10 @@ def test_whole_folder_passes_with_each_backend_forced(backend: str) -> None:
     env = {**os.environ, "MLS_CRYPTO_BACKEND": other}
     proc = subprocess.run(
         [sys.executable, "-m", "gateway.cli", "conformance", str(VECTORS), "--json", "--backend", backend],
-        capture_output=True, text=True, timeout=600, env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     report = json.loads(proc.stdout)

@@ -107,7 +107,9 @@ def client(suite: int, name: str, psks: MemoryPskStore | None = None) -> Client:
 
 def make_group(suite: int, names: Sequence[str], psks: bool = False) -> tuple[list[Client], list[Group]]:
     """``names[0]`` creates the group and adds the others in one commit."""
-    clients = [client(suite, n, MemoryPskStore(external={PSK_ID: b"k" * 32}) if psks else None) for n in names]
+    clients = [
+        client(suite, n, MemoryPskStore(external={PSK_ID: b"k" * 32}) if psks else None) for n in names
+    ]
     first = clients[0].create_group()
     groups = [first]
     if len(clients) > 1:
@@ -137,8 +139,12 @@ def talk(sender: Group, receivers: Sequence[Group]) -> None:
         assert isinstance(got, ApplicationMessage) and got.data == data
 
 
-def expect_rejected(groups: Sequence[Group], message: bytes, rules: str | Sequence[str] | None = None,
-                    error: type[MLSError] = MLSError) -> None:
+def expect_rejected(
+    groups: Sequence[Group],
+    message: bytes,
+    rules: str | Sequence[str] | None = None,
+    error: type[MLSError] = MLSError,
+) -> None:
     """Every group rejects ``message`` with ``error`` (rule in ``rules``) and keeps its state byte-identical."""
     allowed = (rules,) if isinstance(rules, str) else rules
     for g in groups:
@@ -172,9 +178,15 @@ ProposalItem = Proposal | bytes
 
 
 def forge_external_commit(
-    group_info: bytes, key_store: KeyStore, signer: Signer, credential: Credential,
-    make_list: Callable[[ExternalInit], list[ProposalItem]], *, ratchet_tree: bytes | None = None,
-    psks: MemoryPskStore | None = None, with_path: bool = True,
+    group_info: bytes,
+    key_store: KeyStore,
+    signer: Signer,
+    credential: Credential,
+    make_list: Callable[[ExternalInit], list[ProposalItem]],
+    *,
+    ratchet_tree: bytes | None = None,
+    psks: MemoryPskStore | None = None,
+    with_path: bool = True,
 ) -> bytes:
     """An external commit whose proposal list is ``make_list(ExternalInit(...))`` (proposals by value, or
     ProposalRefs as bytes), built exactly like ``mls.group.external_join._commit``: a path from the leftmost
@@ -190,22 +202,41 @@ def forge_external_commit(
     kem_output, init_secret = external_init_send(cs, external.external_pub)
     items = make_list(ExternalInit(kem_output))
     sender = Sender(sender_type=SenderType.new_member_commit)
-    applicable = [CommittedProposal(p, sender) for p in items
-                  if isinstance(p, Proposal) and not isinstance(p.body, Update)
-                  and not (isinstance(p.body, Remove) and tree.leaf(p.body.removed) is None)]
+    applicable = [
+        CommittedProposal(p, sender)
+        for p in items
+        if isinstance(p, Proposal)
+        and not isinstance(p.body, Update)
+        and not (isinstance(p.body, Remove) and tree.leaf(p.body.removed) is None)
+    ]
     vc = ValidationContext(cs, ctx.group_id, ctx.version, tree, ctx.extensions, LeafPolicy())
     applied = apply_proposals(vc, applicable)
     leaf_key = key_store.new_hpke_key(cs.suite_id)
     created = _joiner_path(cs, gi, applied, signer, credential, leaf_key)
     commit = Commit(tuple(ProposalOrRef.of(p) for p in items), created.update_path if with_path else None)
-    content = FramedContent(group_id=ctx.group_id, epoch=ctx.epoch, sender=sender, authenticated_data=b"",
-                            content_type=ContentType.commit, commit=commit)
+    content = FramedContent(
+        group_id=ctx.group_id,
+        epoch=ctx.epoch,
+        sender=sender,
+        authenticated_data=b"",
+        content_type=ContentType.commit,
+        commit=commit,
+    )
     signature = sign_framed_content(cs, signer, WireFormat.mls_public_message, content, ctx)
-    auth = AuthenticatedContent(WireFormat.mls_public_message, content, FramedContentAuthData(signature, None))
+    auth = AuthenticatedContent(
+        WireFormat.mls_public_message, content, FramedContentAuthData(signature, None)
+    )
     interim = interim_transcript_hash(cs, ctx.confirmed_transcript_hash, gi.confirmation_tag)
     confirmed = TranscriptHashes(ctx.confirmed_transcript_hash, interim).next_confirmed(cs, auth)
-    new_ctx = GroupContext(ctx.version, ctx.cipher_suite, ctx.group_id, ctx.epoch + 1, created.tree.tree_hash(),
-                           confirmed, applied.extensions)
+    new_ctx = GroupContext(
+        ctx.version,
+        ctx.cipher_suite,
+        ctx.group_id,
+        ctx.epoch + 1,
+        created.tree.tree_hash(),
+        confirmed,
+        applied.extensions,
+    )
     store = psks or MemoryPskStore()
     psk = psk_secret(cs, [(p, store.get(p) or b"") for p in applied.psks])
     ks = KeySchedule.from_init_secret(cs, init_secret, created.commit_secret, psk, new_ctx.to_bytes())
@@ -219,9 +250,14 @@ def update_leaf(group: Group) -> LeafNode:
     s, cs = group.state, group.cs
     current = s.tree.leaf(s.own_leaf)
     assert current is not None
-    leaf = dataclasses.replace(current, encryption_key=cs.kem.generate().public_key,
-                               leaf_node_source=LeafNodeSource.update, lifetime=None, parent_hash=None,
-                               signature=b"")
+    leaf = dataclasses.replace(
+        current,
+        encryption_key=cs.kem.generate().public_key,
+        leaf_node_source=LeafNodeSource.update,
+        lifetime=None,
+        parent_hash=None,
+        signature=b"",
+    )
     return sign_leaf_node(cs, group.signer(), leaf, s.group_id, s.own_leaf)
 
 
@@ -260,7 +296,9 @@ def test_external_join_tree_in_extension_and_out_of_band(suite: int) -> None:
     with pytest.raises(ValidationError) as info:
         Group.external_join(ks, gi, signer=signer, credential=cred)
     assert info.value.rule == "12.4.3.3/ratchet-tree-present"
-    ge, commit = Group.external_join(ks, gi, signer=signer, credential=cred, ratchet_tree=gd.state.tree.encode())
+    ge, commit = Group.external_join(
+        ks, gi, signer=signer, credential=cred, ratchet_tree=gd.state.tree.encode()
+    )
     assert ge.own_leaf == 3
     deliver(commit, [ga, gc, gd])
     agree(ga, gc, gd, ge)
@@ -279,8 +317,14 @@ def test_resync_removes_prior_leaf(suite: int) -> None:
     bob = clients[1]
     old_leaf = gb.own_leaf
     # bob "lost" his state: he rejoins with the same identity from a GroupInfo (tree out of band)
-    nb, commit = Group.external_join(bob.key_store, gc.group_info(), signer=bob.signer, credential=bob.credential,
-                                     ratchet_tree=gc.state.tree.encode(), remove_prior=old_leaf)
+    nb, commit = Group.external_join(
+        bob.key_store,
+        gc.group_info(),
+        signer=bob.signer,
+        credential=bob.credential,
+        ratchet_tree=gc.state.tree.encode(),
+        remove_prior=old_leaf,
+    )
     msg = MLSMessage.from_bytes(commit).body
     assert isinstance(msg, PublicMessage) and msg.content.commit is not None
     kinds = [p.proposal.body for p in msg.content.commit.proposals if p.proposal is not None]
@@ -297,8 +341,13 @@ def test_resync_removes_prior_leaf(suite: int) -> None:
     assert sum(leaf.credential == bob.credential for _, leaf in ga.members()) == 1
     talk(nb, [ga, gc])
     # a second resync, with the tree in the GroupInfo this time
-    nb2, commit = Group.external_join(bob.key_store, ga.group_info(with_ratchet_tree=True), signer=bob.signer,
-                                      credential=bob.credential, remove_prior=nb.own_leaf)
+    nb2, commit = Group.external_join(
+        bob.key_store,
+        ga.group_info(with_ratchet_tree=True),
+        signer=bob.signer,
+        credential=bob.credential,
+        remove_prior=nb.own_leaf,
+    )
     deliver(commit, [ga, gc])
     assert nb.process(commit).removed_self  # type: ignore[union-attr]
     agree(ga, gc, nb2)
@@ -319,8 +368,9 @@ def test_external_join_with_external_psk(suite: int) -> None:
 
     # with a different value under the same id, members reject (wrong psk_secret → confirmation tag)
     wrong = MemoryPskStore(external={PSK_ID: b"x" * 32})
-    _, commit = Group.external_join(ks, ga.group_info(True), signer=signer, credential=cred, psks=wrong,
-                                    psk_ids=[psk_id])
+    _, commit = Group.external_join(
+        ks, ga.group_info(True), signer=signer, credential=cred, psks=wrong, psk_ids=[psk_id]
+    )
     expect_rejected([ga, gb], commit, "6.1/confirmation-tag", CryptoError)
 
     # a member without the PSK rejects the commit; the ones with it accept
@@ -331,8 +381,9 @@ def test_external_join_with_external_psk(suite: int) -> None:
     gc = carol.join(st.welcome or b"")
     agree(ga, gb, gc)
     store = MemoryPskStore(external={PSK_ID: b"k" * 32})
-    gd, commit = Group.external_join(ks, ga.group_info(True), signer=signer, credential=cred, psks=store,
-                                     psk_ids=[psk_id])
+    gd, commit = Group.external_join(
+        ks, ga.group_info(True), signer=signer, credential=cred, psks=store, psk_ids=[psk_id]
+    )
     msg = MLSMessage.from_bytes(commit).body
     assert isinstance(msg, PublicMessage) and msg.content.commit is not None
     assert [p.proposal.body for p in msg.content.commit.proposals if p.proposal][1] == PreSharedKey(psk_id)
@@ -344,9 +395,15 @@ def test_external_join_with_external_psk(suite: int) -> None:
     # resync with a PSK, too
     bob = clients[1]
     psk_id2 = PreSharedKeyID.external(PSK_ID, os.urandom(cs.n_h))
-    nb, commit = Group.external_join(bob.key_store, gd.group_info(True), signer=bob.signer,
-                                     credential=bob.credential, psks=store, psk_ids=[psk_id2],
-                                     remove_prior=gb.own_leaf)
+    nb, commit = Group.external_join(
+        bob.key_store,
+        gd.group_info(True),
+        signer=bob.signer,
+        credential=bob.credential,
+        psks=store,
+        psk_ids=[psk_id2],
+        remove_prior=gb.own_leaf,
+    )
     deliver(commit, [ga, gd])
     assert gb.process(commit).removed_self  # type: ignore[union-attr]
     agree(ga, gd, nb)
@@ -356,12 +413,20 @@ def test_external_join_with_external_psk(suite: int) -> None:
 def test_external_join_and_resync_other_suites(suite: int) -> None:
     clients, (ga, gb) = make_group(suite, ["alice", "bob"])
     ks, signer, cred = joiner(suite)
-    gd, commit = Group.external_join(ks, ga.group_info(with_ratchet_tree=True), signer=signer, credential=cred)
+    gd, commit = Group.external_join(
+        ks, ga.group_info(with_ratchet_tree=True), signer=signer, credential=cred
+    )
     deliver(commit, [ga, gb])
     agree(ga, gb, gd)
     bob = clients[1]
-    nb, commit = Group.external_join(bob.key_store, gd.group_info(), ratchet_tree=gd.state.tree.encode(),
-                                     signer=bob.signer, credential=bob.credential, remove_prior=gb.own_leaf)
+    nb, commit = Group.external_join(
+        bob.key_store,
+        gd.group_info(),
+        ratchet_tree=gd.state.tree.encode(),
+        signer=bob.signer,
+        credential=bob.credential,
+        remove_prior=gb.own_leaf,
+    )
     deliver(commit, [ga, gd])
     assert gb.process(commit).removed_self  # type: ignore[union-attr]
     agree(ga, gd, nb)
@@ -415,8 +480,11 @@ def test_group_info_without_external_pub_is_refused() -> None:
     _, (ga, _gb) = make_group(1, ["alice", "bob"])
     gi = MLSMessage.from_bytes(ga.group_info(True)).body
     assert isinstance(gi, GroupInfo)
-    stripped = resign(ga, ga.group_info(True),
-                      extensions=tuple(e for e in gi.extensions if e.extension_type != ExternalPub.extension_type))
+    stripped = resign(
+        ga,
+        ga.group_info(True),
+        extensions=tuple(e for e in gi.extensions if e.extension_type != ExternalPub.extension_type),
+    )
     ks, signer, cred = joiner(1)
     before = ks.refs()
     with pytest.raises(ValidationError) as info:
@@ -437,7 +505,9 @@ def test_group_info_with_bad_signature_is_refused(how: str) -> None:
         bad = MLSMessage.of(dataclasses.replace(gi, signature=bytes(sig))).to_bytes()
         want: tuple[type[MLSError], str] = (CryptoError, "12.4.3/group-info-signature")
     elif how == "signed by another member":  # bob signs, but the GroupInfo names alice as its signer
-        bad = MLSMessage.of(sign_group_info(ga.cs, gb.signer(), dataclasses.replace(gi, signature=b""))).to_bytes()
+        bad = MLSMessage.of(
+            sign_group_info(ga.cs, gb.signer(), dataclasses.replace(gi, signature=b""))
+        ).to_bytes()
         want = (CryptoError, "12.4.3/group-info-signature")
     else:
         bad = resign(ga, gi_bytes, signer=5)
@@ -470,8 +540,13 @@ def test_resync_joiner_side_checks() -> None:
     blank, credential = "12.2/resync-leaf-non-blank", "12.2/resync-credential"
     for leaf, what, rule in ((2, "blank", blank), (0, "credential", credential), (9, "blank", blank)):
         with pytest.raises(ValidationError) as info:
-            Group.external_join(bob.key_store, ga.group_info(True), signer=bob.signer, credential=bob.credential,
-                                remove_prior=leaf)
+            Group.external_join(
+                bob.key_store,
+                ga.group_info(True),
+                signer=bob.signer,
+                credential=bob.credential,
+                remove_prior=leaf,
+            )
         assert info.value.rule == rule and what in str(info.value)
     assert bob.key_store.refs() == before
 
@@ -487,7 +562,9 @@ def test_external_commit_with_corrupted_signature_is_rejected() -> None:
     assert isinstance(msg, PublicMessage)
     sig = bytearray(msg.auth.signature)
     sig[0] ^= 0x80
-    bad = MLSMessage.of(PublicMessage(msg.content, dataclasses.replace(msg.auth, signature=bytes(sig)))).to_bytes()
+    bad = MLSMessage.of(
+        PublicMessage(msg.content, dataclasses.replace(msg.auth, signature=bytes(sig)))
+    ).to_bytes()
     expect_rejected([ga, gb], bad, "6.1/content-signature", CryptoError)
     # signed by a key other than the path leaf's
     other = SoftwareKeyStore().new_signature_key(1)
@@ -507,7 +584,9 @@ def test_external_commit_with_tampered_confirmation_tag_is_rejected() -> None:
     msg = MLSMessage.from_bytes(commit).body
     assert isinstance(msg, PublicMessage) and msg.auth.confirmation_tag is not None
     tag = bytes(b ^ 1 for b in msg.auth.confirmation_tag)
-    bad = MLSMessage.of(PublicMessage(msg.content, dataclasses.replace(msg.auth, confirmation_tag=tag))).to_bytes()
+    bad = MLSMessage.of(
+        PublicMessage(msg.content, dataclasses.replace(msg.auth, confirmation_tag=tag))
+    ).to_bytes()
     expect_rejected([ga, gb], bad, "6.1/confirmation-tag", CryptoError)
 
 
@@ -515,24 +594,43 @@ def _kp(suite: int, name: str) -> Add:
     return Add(client(suite, name).key_package().key_package)
 
 
-FORBIDDEN: dict[str, tuple[Callable[[list[Group]], Callable[[ExternalInit], list[ProposalItem]]], tuple[str, ...]]] = {
-    "an Add": (lambda gs: lambda ei: [Proposal.of(ei), Proposal.of(_kp(1, "frank"))],
-               ("12.2/external-commit-proposal-types",)),
-    "an Update": (lambda gs: lambda ei: [Proposal.of(ei), Proposal.of(Update(update_leaf(gs[1])))],
-                  ("12.1.2/update-sender-member",)),
+FORBIDDEN: dict[
+    str, tuple[Callable[[list[Group]], Callable[[ExternalInit], list[ProposalItem]]], tuple[str, ...]]
+] = {
+    "an Add": (
+        lambda gs: lambda ei: [Proposal.of(ei), Proposal.of(_kp(1, "frank"))],
+        ("12.2/external-commit-proposal-types",),
+    ),
+    "an Update": (
+        lambda gs: lambda ei: [Proposal.of(ei), Proposal.of(Update(update_leaf(gs[1])))],
+        ("12.1.2/update-sender-member",),
+    ),
     "a GroupContextExtensions": (
-        lambda gs: lambda ei: [Proposal.of(ei), Proposal.of(GroupContextExtensions(
-            (RequiredCapabilities((), (), (1,)).to_extension(),)))],
-        ("12.2/external-commit-proposal-types",)),
-    "two Removes": (lambda gs: lambda ei: [Proposal.of(ei), Proposal.of(Remove(1)), Proposal.of(Remove(2))],
-                    ("12.2/external-commit-one-remove",)),
-    "a ReInit": (lambda gs: lambda ei: [Proposal.of(ei), Proposal.of(ReInit(b"new group", 1, 1, ()))],
-                 ("12.2/external-commit-proposal-types",)),
-    "no ExternalInit": (lambda gs: lambda ei: [Proposal.of(Remove(1))],
-                        ("12.2/external-commit-one-external-init",)),
+        lambda gs: (
+            lambda ei: [
+                Proposal.of(ei),
+                Proposal.of(GroupContextExtensions((RequiredCapabilities((), (), (1,)).to_extension(),))),
+            ]
+        ),
+        ("12.2/external-commit-proposal-types",),
+    ),
+    "two Removes": (
+        lambda gs: lambda ei: [Proposal.of(ei), Proposal.of(Remove(1)), Proposal.of(Remove(2))],
+        ("12.2/external-commit-one-remove",),
+    ),
+    "a ReInit": (
+        lambda gs: lambda ei: [Proposal.of(ei), Proposal.of(ReInit(b"new group", 1, 1, ()))],
+        ("12.2/external-commit-proposal-types",),
+    ),
+    "no ExternalInit": (
+        lambda gs: lambda ei: [Proposal.of(Remove(1))],
+        ("12.2/external-commit-one-external-init",),
+    ),
     "no proposal at all": (lambda gs: lambda ei: [], ("12.2/external-commit-one-external-init",)),
-    "two ExternalInits": (lambda gs: lambda ei: [Proposal.of(ei), Proposal.of(ExternalInit(ei.kem_output))],
-                          ("12.2/external-commit-one-external-init",)),
+    "two ExternalInits": (
+        lambda gs: lambda ei: [Proposal.of(ei), Proposal.of(ExternalInit(ei.kem_output))],
+        ("12.2/external-commit-one-external-init",),
+    ),
 }
 
 
@@ -555,16 +653,18 @@ def test_external_commit_with_proposal_by_reference_is_rejected() -> None:
     commit = forge_external_commit(ga.group_info(True), ks, signer, cred, lambda ei: [Proposal.of(ei), ref])
     expect_rejected([ga, gb, gc], commit, "12.4.3.2/external-commit-by-value", ValidationError)
     # a reference to a proposal nobody has is rejected too
-    commit = forge_external_commit(ga.group_info(True), ks, signer, cred,
-                                   lambda ei: [Proposal.of(ei), os.urandom(32)])
+    commit = forge_external_commit(
+        ga.group_info(True), ks, signer, cred, lambda ei: [Proposal.of(ei), os.urandom(32)]
+    )
     expect_rejected([ga, gb, gc], commit, "12.4.2/proposal-ref-known", ValidationError)
 
 
 def test_external_commit_without_path_is_rejected() -> None:
     _, (ga, gb) = make_group(1, ["alice", "bob"])
     ks, signer, cred = joiner(1)
-    commit = forge_external_commit(ga.group_info(True), ks, signer, cred, lambda ei: [Proposal.of(ei)],
-                                   with_path=False)
+    commit = forge_external_commit(
+        ga.group_info(True), ks, signer, cred, lambda ei: [Proposal.of(ei)], with_path=False
+    )
     expect_rejected([ga, gb], commit, "12.4.3.2/external-commit-path", ValidationError)
 
 
@@ -575,6 +675,7 @@ def test_resync_of_blank_leaf_is_rejected_by_members() -> None:
     deliver(st.commit or b"", [gb])
     bob = clients[1]
     for leaf in (2, 7):
+
         def resync(ei: ExternalInit, leaf: int = leaf) -> list[ProposalItem]:
             return [Proposal.of(ei), Proposal.of(Remove(leaf))]
 
@@ -586,8 +687,9 @@ def test_resync_of_another_members_leaf_is_rejected_by_members() -> None:
     _clients, (ga, gb, gc) = make_group(1, ["alice", "bob", "carol"])
     ks, signer, cred = joiner(1, "mallory")
     # mallory "resyncs" carol's leaf away
-    commit = forge_external_commit(ga.group_info(True), ks, signer, cred,
-                                   lambda ei: [Proposal.of(ei), Proposal.of(Remove(gc.own_leaf))])
+    commit = forge_external_commit(
+        ga.group_info(True), ks, signer, cred, lambda ei: [Proposal.of(ei), Proposal.of(Remove(gc.own_leaf))]
+    )
     expect_rejected([ga, gb, gc], commit, "12.2/resync-credential", ValidationError)
 
 
@@ -609,6 +711,7 @@ def test_external_commit_repeating_a_members_signature_key_is_rejected() -> None
     clients, (ga, gb) = make_group(1, ["alice", "bob"])
     bob = clients[1]
     # bob joins a second time with the same signature key and without removing his leaf
-    commit = forge_external_commit(ga.group_info(True), bob.key_store, bob.signer, bob.credential,
-                                   lambda ei: [Proposal.of(ei)])
+    commit = forge_external_commit(
+        ga.group_info(True), bob.key_store, bob.signer, bob.credential, lambda ei: [Proposal.of(ei)]
+    )
     expect_rejected([ga, gb], commit, "7.3/committer-signature-key-unique", ValidationError)

@@ -95,12 +95,17 @@ class Server:
 
 
 def client(suite: int, name: str) -> Client:
-    return Client(SoftwareKeyStore(), suite, Credential.basic(name.encode()),
-                  psks=MemoryPskStore(external={PSK_ID: b"p" * 32}))
+    return Client(
+        SoftwareKeyStore(),
+        suite,
+        Credential.basic(name.encode()),
+        psks=MemoryPskStore(external={PSK_ID: b"p" * 32}),
+    )
 
 
-def setup(suite: int, names: Sequence[str] = ("alice", "bob"), with_senders: bool = True
-          ) -> tuple[Server, Server, list[Client], list[Group]]:
+def setup(
+    suite: int, names: Sequence[str] = ("alice", "bob"), with_senders: bool = True
+) -> tuple[Server, Server, list[Client], list[Group]]:
     """A group whose external_senders lists ``server`` (index 0) and ``other`` (index 1)."""
     server, other = Server(suite), Server(suite, b"other")
     ext = ExternalSenders((server.entry, other.entry)).to_extension()
@@ -125,7 +130,9 @@ def receive(message: bytes, groups: Sequence[Group]) -> list[ProposalMessage]:
     return out
 
 
-def commit_all(committer: Group, others: Sequence[Group], options: CommitOptions | None = None) -> StagedCommit:
+def commit_all(
+    committer: Group, others: Sequence[Group], options: CommitOptions | None = None
+) -> StagedCommit:
     st = committer.commit(options)
     committer.merge_pending_commit()
     for g in others:
@@ -138,18 +145,24 @@ def commit_all(committer: Group, others: Sequence[Group], options: CommitOptions
 def committed_refs(st: StagedCommit) -> list[bytes]:
     msg = MLSMessage.from_bytes(st.commit or b"").body
     assert isinstance(msg, PublicMessage) and msg.content.commit is not None
-    return [p.reference for p in msg.content.commit.proposals
-            if p.type == ProposalOrRefType.reference and p.reference is not None]
+    return [
+        p.reference
+        for p in msg.content.commit.proposals
+        if p.type == ProposalOrRefType.reference and p.reference is not None
+    ]
 
 
-def expect_rejected(groups: Sequence[Group], message: bytes, rule: str | None,
-                    error: type[MLSError] = ValidationError) -> None:
+def expect_rejected(
+    groups: Sequence[Group], message: bytes, rule: str | None, error: type[MLSError] = ValidationError
+) -> None:
     for g in groups:
         before = g.to_bytes()
         with pytest.raises(error) as info:
             g.process(message)
         if rule is not None:
-            assert getattr(info.value, "rule", None) == rule, f"{getattr(info.value, 'rule', None)}: {info.value}"
+            assert getattr(info.value, "rule", None) == rule, (
+                f"{getattr(info.value, 'rule', None)}: {info.value}"
+            )
             assert f"§{rule.partition('/')[0]}: " in str(info.value)
         assert g.to_bytes() == before, "a rejected message changed the group state"
 
@@ -211,8 +224,11 @@ def test_external_group_context_extensions_committed(suite: int) -> None:
         assert g.state.context.extensions == new_extensions
         assert find_payload(g.state.context.extensions, RequiredCapabilities) == required
     # the server is still provisioned (index 0); the dropped sender (was index 1) no longer is
-    expect_rejected([ga, gb], other.propose(ga, Proposal.of(Remove(gb.own_leaf)), index=1),
-                    "12.1.8.1/external-sender-index")
+    expect_rejected(
+        [ga, gb],
+        other.propose(ga, Proposal.of(Remove(gb.own_leaf)), index=1),
+        "12.1.8.1/external-sender-index",
+    )
     receive(server.propose(ga, Proposal.of(Remove(gb.own_leaf))), [ga, gb])
     st = ga.commit()
     ga.merge_pending_commit()
@@ -237,8 +253,13 @@ def test_external_reinit_committed(suite: int) -> None:
     # the committer starts the new group; alice joins it with her resumption PSKs
     alice2 = Client(SoftwareKeyStore(), new_suite, Credential.basic(b"alice"))
     bob2 = Client(SoftwareKeyStore(), new_suite, Credential.basic(b"bob"))
-    nb, staged = reinit_successor(gb, key_store=bob2.key_store, signer=bob2.signer, credential=bob2.credential,
-                                  key_packages=[alice2.key_package().key_package])
+    nb, staged = reinit_successor(
+        gb,
+        key_store=bob2.key_store,
+        signer=bob2.signer,
+        credential=bob2.credential,
+        key_packages=[alice2.key_package().key_package],
+    )
     na = alice2.join(staged.welcome or b"", psks=resumption_psks(ga), expected_reinit=ga.state.reinit)
     agree(na, nb)
     assert na.group_id == reinit.group_id and na.cs.suite_id == new_suite
@@ -299,8 +320,15 @@ def test_new_member_add_signed_with_another_key() -> None:
     with pytest.raises(ValidationError) as info:
         new_member_add_proposal(intruder, kp, ga.group_id, ga.epoch)
     assert info.value.rule == "6.1/new-member-proposal-signer"
-    forged = _external_message(1, intruder, Sender(sender_type=SenderType.new_member_proposal), ga.group_id,
-                               ga.epoch, Proposal.of(Add(kp)), b"")
+    forged = _external_message(
+        1,
+        intruder,
+        Sender(sender_type=SenderType.new_member_proposal),
+        ga.group_id,
+        ga.epoch,
+        Proposal.of(Add(kp)),
+        b"",
+    )
     expect_rejected([ga, gb], forged, "6.1/content-signature", CryptoError)
 
 
@@ -313,8 +341,15 @@ def test_new_member_proposal_that_is_not_an_add_is_rejected(kind: str) -> None:
         "PreSharedKey": PreSharedKey(PreSharedKeyID.external(PSK_ID, os.urandom(32))),
         "GroupContextExtensions": GroupContextExtensions(()),
     }
-    msg = _external_message(1, carol.signer, Sender(sender_type=SenderType.new_member_proposal), ga.group_id,
-                            ga.epoch, Proposal.of(bodies[kind]), b"")  # type: ignore[arg-type]
+    msg = _external_message(
+        1,
+        carol.signer,
+        Sender(sender_type=SenderType.new_member_proposal),
+        ga.group_id,
+        ga.epoch,
+        Proposal.of(bodies[kind]),
+        b"",
+    )  # type: ignore[arg-type]
     expect_rejected([ga, gb], msg, "6.1/new-member-proposal-content")
 
 
@@ -325,9 +360,19 @@ def test_external_update_is_rejected() -> None:
     server, _, _, (ga, gb) = setup(1)
     current = gb.state.tree.leaf(gb.own_leaf)
     assert current is not None
-    leaf = sign_leaf_node(gb.cs, gb.signer(), dataclasses.replace(
-        current, encryption_key=gb.cs.kem.generate().public_key, leaf_node_source=LeafNodeSource.update,
-        lifetime=None, signature=b""), gb.group_id, gb.own_leaf)
+    leaf = sign_leaf_node(
+        gb.cs,
+        gb.signer(),
+        dataclasses.replace(
+            current,
+            encryption_key=gb.cs.kem.generate().public_key,
+            leaf_node_source=LeafNodeSource.update,
+            lifetime=None,
+            signature=b"",
+        ),
+        gb.group_id,
+        gb.own_leaf,
+    )
     update = Proposal.of(Update(leaf))
     # the sending side refuses …
     with pytest.raises(ValidationError) as info:
@@ -337,8 +382,15 @@ def test_external_update_is_rejected() -> None:
     msg = _external_message(1, server.signer, Sender.external(0), ga.group_id, ga.epoch, update, b"")
     expect_rejected([ga, gb], msg, "12.1.8/external-sender-proposal-type")
     # the same for ExternalInit, which is no external sender's either
-    msg = _external_message(1, server.signer, Sender.external(0), ga.group_id, ga.epoch,
-                            Proposal.of(ExternalInit(os.urandom(32))), b"")
+    msg = _external_message(
+        1,
+        server.signer,
+        Sender.external(0),
+        ga.group_id,
+        ga.epoch,
+        Proposal.of(ExternalInit(os.urandom(32))),
+        b"",
+    )
     expect_rejected([ga, gb], msg, "12.1.8/external-sender-proposal-type")
 
 
@@ -383,10 +435,17 @@ def test_invalid_external_add_is_rejected() -> None:
 
 def test_external_sender_cannot_commit() -> None:
     server, _, _, (ga, gb) = setup(1)
-    content = FramedContent(group_id=ga.group_id, epoch=ga.epoch, sender=Sender.external(0), authenticated_data=b"",
-                            content_type=ContentType.commit,
-                            commit=Commit((ProposalOrRef.of(Proposal.of(Remove(1))),), None))
+    content = FramedContent(
+        group_id=ga.group_id,
+        epoch=ga.epoch,
+        sender=Sender.external(0),
+        authenticated_data=b"",
+        content_type=ContentType.commit,
+        commit=Commit((ProposalOrRef.of(Proposal.of(Remove(1))),), None),
+    )
     signature = sign_framed_content(ga.cs, server.signer, WireFormat.mls_public_message, content, None)
-    auth = AuthenticatedContent(WireFormat.mls_public_message, content, FramedContentAuthData(signature, b"\0" * 32))
+    auth = AuthenticatedContent(
+        WireFormat.mls_public_message, content, FramedContentAuthData(signature, b"\0" * 32)
+    )
     msg = MLSMessage.of(PublicMessage(auth.content, auth.auth, None)).to_bytes()
     expect_rejected([ga, gb], msg, "6.1/commit-sender-type")

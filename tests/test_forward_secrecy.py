@@ -185,7 +185,8 @@ def test_key_count_is_stable_over_many_epochs(suite: int) -> None:
     h.commit(members[2], CommitOptions(force_path=True))
     assert len(erin.key_refs()) == 2  # signature key and leaf key
     assert {m.name: len(m.key_refs()) for m in members if not m.removed} == {
-        n: c for n, c in counts.items() if n != "bob"}
+        n: c for n, c in counts.items() if n != "bob"
+    }
     h.everyone_talks()
 
 

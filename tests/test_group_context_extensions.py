@@ -53,8 +53,13 @@ X509 = 2
 
 
 def view(g: Group) -> tuple[object, ...]:
-    return (g.epoch, g.epoch_authenticator, g.state.context.to_bytes(), g.export("gce", b"", 32),
-            tuple((i, leaf.signature_key) for i, leaf in g.members()))
+    return (
+        g.epoch,
+        g.epoch_authenticator,
+        g.state.context.to_bytes(),
+        g.export("gce", b"", 32),
+        tuple((i, leaf.signature_key) for i, leaf in g.members()),
+    )
 
 
 def agree(*groups: Group) -> None:
@@ -68,22 +73,43 @@ def client(suite: int, name: str) -> Client:
     return Client(SoftwareKeyStore(), suite, Credential.basic(name.encode()))
 
 
-def key_package(c: Client, *, extensions: Sequence[int] = (), proposals: Sequence[int] = (),
-                credentials: Sequence[int] = (1, X509)) -> KeyPackageBundle:
+def key_package(
+    c: Client,
+    *,
+    extensions: Sequence[int] = (),
+    proposals: Sequence[int] = (),
+    credentials: Sequence[int] = (1, X509),
+) -> KeyPackageBundle:
     """A KeyPackage of ``c`` with the given capabilities, registered so that ``c.join`` finds it."""
-    caps = Capabilities(default_capabilities().versions, default_capabilities().cipher_suites,
-                        tuple(extensions), tuple(proposals), tuple(credentials))
+    caps = Capabilities(
+        default_capabilities().versions,
+        default_capabilities().cipher_suites,
+        tuple(extensions),
+        tuple(proposals),
+        tuple(credentials),
+    )
     init_key = c.key_store.new_hpke_key(c.cs.suite_id)
     leaf_key = c.key_store.new_hpke_key(c.cs.suite_id)
-    kp = create_key_package(c.cs, c.signer, init_key=init_key.public_key, encryption_key=leaf_key.public_key,
-                            credential=c.credential, lifetime=default_lifetime(), capabilities=caps)
+    kp = create_key_package(
+        c.cs,
+        c.signer,
+        init_key=init_key.public_key,
+        encryption_key=leaf_key.public_key,
+        credential=c.credential,
+        lifetime=default_lifetime(),
+        capabilities=caps,
+    )
     bundle = KeyPackageBundle(kp, key_package_ref(c.cs, kp), init_key, leaf_key)
     c.key_packages[bundle.ref] = bundle
     return bundle
 
 
-def add(committer: Group, others: Sequence[Group], members: Sequence[tuple[Client, KeyPackageBundle]],
-        options: CommitOptions | None = None) -> list[Group]:
+def add(
+    committer: Group,
+    others: Sequence[Group],
+    members: Sequence[tuple[Client, KeyPackageBundle]],
+    options: CommitOptions | None = None,
+) -> list[Group]:
     opts = options or CommitOptions()
     opts.add = [*opts.add, *(b.key_package for _, b in members)]
     st = commit(committer, others, opts)
@@ -118,8 +144,12 @@ def committer_rejects(g: Group, options: CommitOptions, rules: Sequence[str]) ->
     return info.value
 
 
-def members_reject(groups: Sequence[Group], message: bytes, rules: Sequence[str | None],
-                   error: type[MLSError] = ValidationError) -> None:
+def members_reject(
+    groups: Sequence[Group],
+    message: bytes,
+    rules: Sequence[str | None],
+    error: type[MLSError] = ValidationError,
+) -> None:
     for g in groups:
         before = g.to_bytes()
         with pytest.raises(error) as info:
@@ -132,12 +162,18 @@ def forge_commit(g: Group, proposals: Sequence[Proposal]) -> bytes:
     """A PublicMessage commit by ``g``'s member with these proposals, no path and a random confirmation tag
     (the §12.1/§12.2 checks come before the path and the tag)."""
     s, cs = g.state, g.cs
-    content = FramedContent(group_id=s.group_id, epoch=s.epoch, sender=Sender.member(s.own_leaf),
-                            authenticated_data=b"", content_type=ContentType.commit,
-                            commit=Commit(tuple(ProposalOrRef.of(p) for p in proposals), None))
+    content = FramedContent(
+        group_id=s.group_id,
+        epoch=s.epoch,
+        sender=Sender.member(s.own_leaf),
+        authenticated_data=b"",
+        content_type=ContentType.commit,
+        commit=Commit(tuple(ProposalOrRef.of(p) for p in proposals), None),
+    )
     signature = sign_framed_content(cs, g.signer(), WireFormat.mls_public_message, content, s.context)
-    auth = AuthenticatedContent(WireFormat.mls_public_message, content,
-                                FramedContentAuthData(signature, os.urandom(cs.n_h)))
+    auth = AuthenticatedContent(
+        WireFormat.mls_public_message, content, FramedContentAuthData(signature, os.urandom(cs.n_h))
+    )
     return MLSMessage.of(protect_public(cs, auth, s.secrets.membership_key, s.context)).to_bytes()
 
 
@@ -186,12 +222,21 @@ def test_required_capabilities_supported_by_all_are_accepted(suite: int) -> None
 def test_non_default_extension_required_when_every_member_lists_it(suite: int) -> None:
     _, (ga,) = group(suite, ["alice"])
     dave, erin = client(suite, "dave"), client(suite, "erin")
-    gd, ge = add(ga, [], [(dave, key_package(dave, extensions=[CUSTOM_EXT])),
-                          (erin, key_package(erin, extensions=[CUSTOM_EXT], proposals=[CUSTOM_PROPOSAL]))])
+    gd, ge = add(
+        ga,
+        [],
+        [
+            (dave, key_package(dave, extensions=[CUSTOM_EXT])),
+            (erin, key_package(erin, extensions=[CUSTOM_EXT], proposals=[CUSTOM_PROPOSAL])),
+        ],
+    )
     required = RequiredCapabilities((CUSTOM_EXT,), (), ())
     # alice (default capabilities) is still in: refused
-    committer_rejects(gd, CommitOptions(group_context_extensions=[required.to_extension()]),
-                      ("12.1.7/members-support-required-capabilities", "11.1/leaf-required-capabilities"))
+    committer_rejects(
+        gd,
+        CommitOptions(group_context_extensions=[required.to_extension()]),
+        ("12.1.7/members-support-required-capabilities", "11.1/leaf-required-capabilities"),
+    )
     # removing alice in the same commit makes it valid ("excluding those removed", §12.1.7)
     st = gd.commit(CommitOptions(remove=[ga.own_leaf], group_context_extensions=[required.to_extension()]))
     gd.merge_pending_commit()
@@ -213,8 +258,9 @@ def test_non_default_extension_required_when_every_member_lists_it(suite: int) -
     # … nor join by external commit: the joiner's own leaf lacks the extension, so it refuses to commit
     ks = SoftwareKeyStore()
     with pytest.raises(ValidationError) as info:
-        Group.external_join(ks, gd.group_info(True), signer=ks.new_signature_key(suite),
-                            credential=Credential.basic(b"frank"))
+        Group.external_join(
+            ks, gd.group_info(True), signer=ks.new_signature_key(suite), credential=Credential.basic(b"frank")
+        )
     assert info.value.rule == "11.1/leaf-required-capabilities"
     # … but one that lists it can
     (gf,) = add(ge, [gd], [(frank, key_package(frank, extensions=[CUSTOM_EXT]))])
@@ -238,8 +284,11 @@ def test_required_capability_a_member_lacks_is_rejected(suite: int, kind: str) -
         "credential": RequiredCapabilities((), (), (0xFF0C,)),
     }[kind]
     for committer in (ga, gd):
-        committer_rejects(committer, CommitOptions(group_context_extensions=[required.to_extension()]),
-                          ("12.1.7/members-support-required-capabilities", "11.1/leaf-required-capabilities"))
+        committer_rejects(
+            committer,
+            CommitOptions(group_context_extensions=[required.to_extension()]),
+            ("12.1.7/members-support-required-capabilities", "11.1/leaf-required-capabilities"),
+        )
     # the same list by a proposal: it may be cached, but no commit carries it (the committer leaves it out)
     message, _ = gb.propose_group_context_extensions([required.to_extension()])
     for g in (ga, gd):
@@ -248,8 +297,11 @@ def test_required_capability_a_member_lacks_is_rejected(suite: int, kind: str) -
     assert left_out.proposals == []
     ga.discard_pending_commit()
     # a commit that carries it anyway is rejected by members
-    members_reject([ga, gd], forge_commit(gb, [gce(required.to_extension())]),
-                   ("12.1.7/members-support-required-capabilities", "11.1/leaf-required-capabilities"))
+    members_reject(
+        [ga, gd],
+        forge_commit(gb, [gce(required.to_extension())]),
+        ("12.1.7/members-support-required-capabilities", "11.1/leaf-required-capabilities"),
+    )
     agree(ga, gb, gd)
 
 
@@ -259,15 +311,24 @@ def test_required_capability_checks_members_added_in_the_same_commit() -> None:
     carol = client(1, "carol")
     carol_kp = key_package(carol, credentials=[1])
     basic_only = carol_kp.key_package
-    committer_rejects(ga, CommitOptions(add=[basic_only], group_context_extensions=[required.to_extension()]),
-                      ("12.1.7/members-support-required-capabilities", "11.1/leaf-required-capabilities"))
-    members_reject([gb], forge_commit(ga, [gce(required.to_extension()), Proposal.of(Add(basic_only))]),
-                   ("12.1.7/members-support-required-capabilities", "11.1/leaf-required-capabilities"))
+    committer_rejects(
+        ga,
+        CommitOptions(add=[basic_only], group_context_extensions=[required.to_extension()]),
+        ("12.1.7/members-support-required-capabilities", "11.1/leaf-required-capabilities"),
+    )
+    members_reject(
+        [gb],
+        forge_commit(ga, [gce(required.to_extension()), Proposal.of(Add(basic_only))]),
+        ("12.1.7/members-support-required-capabilities", "11.1/leaf-required-capabilities"),
+    )
     # without the requirement carol can be added; then the requirement is refused while she is in …
     (gc,) = add(ga, [gb], [(carol, carol_kp)])
     agree(ga, gb, gc)
-    committer_rejects(gb, CommitOptions(group_context_extensions=[required.to_extension()]),
-                      ("12.1.7/members-support-required-capabilities", "11.1/leaf-required-capabilities"))
+    committer_rejects(
+        gb,
+        CommitOptions(group_context_extensions=[required.to_extension()]),
+        ("12.1.7/members-support-required-capabilities", "11.1/leaf-required-capabilities"),
+    )
     # … and accepted when she is removed in the same commit
     st = gb.commit(CommitOptions(remove=[gc.own_leaf], group_context_extensions=[required.to_extension()]))
     gb.merge_pending_commit()
@@ -276,8 +337,11 @@ def test_required_capability_checks_members_added_in_the_same_commit() -> None:
     agree(ga, gb)
     # with the requirement in place, a KeyPackage lacking X509 is refused, one with it accepted
     dave = client(1, "dave")
-    committer_rejects(ga, CommitOptions(add=[key_package(dave, credentials=[1]).key_package]),
-                      ("11.1/leaf-required-capabilities",))
+    committer_rejects(
+        ga,
+        CommitOptions(add=[key_package(dave, credentials=[1]).key_package]),
+        ("11.1/leaf-required-capabilities",),
+    )
     (gd,) = add(ga, [gb], [(dave, dave.key_package())])
     agree(ga, gb, gd)
 
@@ -295,15 +359,22 @@ def test_invalid_group_context_extensions_lists() -> None:
     message, _ = gb.propose_group_context_extensions([ApplicationId(b"x").to_extension()])
     ga.process(message)
     gc.process(message)
-    committer_rejects(ga, CommitOptions(group_context_extensions=[ApplicationId(b"y").to_extension()]),
-                      ("12.2/group-context-extensions-once",))
-    members_reject([gb, gc], forge_commit(ga, [gce(), gce(ApplicationId(b"z").to_extension())]),
-                   ("12.2/group-context-extensions-once",))
+    committer_rejects(
+        ga,
+        CommitOptions(group_context_extensions=[ApplicationId(b"y").to_extension()]),
+        ("12.2/group-context-extensions-once",),
+    )
+    members_reject(
+        [gb, gc],
+        forge_commit(ga, [gce(), gce(ApplicationId(b"z").to_extension())]),
+        ("12.2/group-context-extensions-once",),
+    )
     # a GCE commit without a path
     members_reject([gb, gc], forge_commit(ga, [gce()]), ("12.4/commit-path-required",))
     # a required_capabilities extension that does not decode
     garbage = Extension(RequiredCapabilities.extension_type, b"\xff")
     members_reject([gb, gc], forge_commit(ga, [gce(garbage)]), (None,), DecodeError)
     # the remove-and-require combination still needs the removed member to exist
-    members_reject([gb, gc], forge_commit(ga, [Proposal.of(Remove(7)), gce()]),
-                   ("12.1.3/remove-leaf-non-blank",))
+    members_reject(
+        [gb, gc], forge_commit(ga, [Proposal.of(Remove(7)), gce()]), ("12.1.3/remove-leaf-non-blank",)
+    )

@@ -60,8 +60,13 @@ from .group_helpers import (
 PUBLIC, PRIVATE = WireFormat.mls_public_message, WireFormat.mls_private_message
 #: ``MLS_FUZZ_EXAMPLES=2000`` runs a longer, randomised campaign; the default run is short and derandomised.
 _EXAMPLES = int(os.environ.get("MLS_FUZZ_EXAMPLES", "0"))
-HYPOTHESIS = settings(deadline=None, max_examples=_EXAMPLES or 60, derandomize=not _EXAMPLES, database=None,
-                      suppress_health_check=[HealthCheck.too_slow])
+HYPOTHESIS = settings(
+    deadline=None,
+    max_examples=_EXAMPLES or 60,
+    derandomize=not _EXAMPLES,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 
 
 # ---- the world: a group with a blank leaf, and real messages that the target has not seen -----------------
@@ -110,7 +115,11 @@ def world(suite: int) -> World:
     h.everyone_talks()
     fresh = Client(SoftwareKeyStore(), suite, Credential.basic(b"fresh"))
     fresh_kp = fresh.key_package().key_package
-    bobs_kp = Client(bob.key_store, suite, Credential.basic(b"bob"), signer=bob.client.signer).key_package().key_package
+    bobs_kp = (
+        Client(bob.key_store, suite, Credential.basic(b"bob"), signer=bob.client.signer)
+        .key_package()
+        .key_package
+    )
     # real messages of the current epoch, not delivered to dave
     pool = {
         "app bob": bob.g.protect(b"application data from bob", b"aad"),
@@ -127,13 +136,19 @@ def world(suite: int) -> World:
     path = body.content.commit.path
     pool["welcome"], pool["group info"] = staged.welcome, staged.group_info
     pool["key package"] = MLSMessage.of(fresh_kp).to_bytes()
-    pool["commit private"] = erin.g.commit(CommitOptions(remove=[bob.leaf], include_pending=False,
-                                                         handshake=HandshakeFraming.private)).commit or b""
+    pool["commit private"] = (
+        erin.g.commit(
+            CommitOptions(remove=[bob.leaf], include_pending=False, handshake=HandshakeFraming.private)
+        ).commit
+        or b""
+    )
     # another group, same members' clients, in the same epoch number
     h2, (a2, b2) = build_group(suite, ["alice2", "bob2"])
     h2.commit(a2, CommitOptions(force_path=True))
-    foreign = {"app": b2.g.protect(b"other group"),
-               "commit": a2.g.commit(CommitOptions(force_path=True)).commit or b""}
+    foreign = {
+        "app": b2.g.protect(b"other group"),
+        "commit": a2.g.commit(CommitOptions(force_path=True)).commit or b"",
+    }
     old = {"app": old_app, "proposal": old_prop, "commit": old_commit}
     return World(h, alice, bob, dave, erin, pool, old, path, fresh_kp, bobs_kp, foreign)
 
@@ -146,9 +161,13 @@ def w(request: pytest.FixtureRequest) -> World:
 def test_pool_messages_are_valid(w: World) -> None:
     """The unmutated messages are accepted (on a copy of dave): the mutation tests start from valid input."""
     expected = {
-        "app bob": ApplicationMessage, "app alice": ApplicationMessage, "app erin empty": ApplicationMessage,
-        "proposal public": ProposalMessage, "proposal private": ProposalMessage,
-        "commit public": StagedCommit, "commit private": StagedCommit,
+        "app bob": ApplicationMessage,
+        "app alice": ApplicationMessage,
+        "app erin empty": ApplicationMessage,
+        "proposal public": ProposalMessage,
+        "proposal private": ProposalMessage,
+        "commit public": StagedCommit,
+        "commit private": StagedCommit,
     }
     for name, kind in expected.items():
         out = copy_of(w.dave).process(w.pool[name])
@@ -188,14 +207,14 @@ def mutations(draw: st.DrawFn, original: bytes) -> bytes:
     i = draw(st.integers(0, n - 1))
     if op == "flip":
         bit = draw(st.integers(0, 7))
-        return original[:i] + bytes([original[i] ^ (1 << bit)]) + original[i + 1:]
+        return original[:i] + bytes([original[i] ^ (1 << bit)]) + original[i + 1 :]
     if op == "truncate":
         return original[:i]
     if op == "extend":
         return original + draw(st.binary(min_size=1, max_size=40))
     if op == "overwrite":
         chunk = draw(st.binary(min_size=1, max_size=8))
-        return original[:i] + chunk + original[i + len(chunk):]
+        return original[:i] + chunk + original[i + len(chunk) :]
     if op == "delete":
         j = draw(st.integers(i + 1, min(n, i + 16)))
         return original[:i] + original[j:]
@@ -205,8 +224,17 @@ def mutations(draw: st.DrawFn, original: bytes) -> bytes:
     return original[:i] + original[j:] + original[i:j]  # move a chunk to the end
 
 
-POOL_NAMES = ["app bob", "app alice", "app erin empty", "proposal public", "proposal private",
-              "commit public", "commit private", "welcome", "group info"]
+POOL_NAMES = [
+    "app bob",
+    "app alice",
+    "app erin empty",
+    "proposal public",
+    "proposal private",
+    "commit public",
+    "commit private",
+    "welcome",
+    "group info",
+]
 
 
 @pytest.mark.parametrize("suite", MAIN_SUITES, ids=lambda s: f"suite{s}")
@@ -288,8 +316,9 @@ def _with_group(message: bytes, group_id: bytes) -> bytes:
     return MLSMessage.of(PublicMessage(content, body.auth, body.membership_tag)).to_bytes()
 
 
-@pytest.mark.parametrize("name", ["app bob", "proposal public", "proposal private", "commit public",
-                                  "commit private"])
+@pytest.mark.parametrize(
+    "name", ["app bob", "proposal public", "proposal private", "commit public", "commit private"]
+)
 def test_rewritten_epoch_and_group(w: World, name: str) -> None:
     epoch = w.dave.g.epoch
     message = w.pool[name]
@@ -313,7 +342,9 @@ def test_messages_of_another_group(w: World) -> None:
     while a2.g.epoch < w.dave.g.epoch:
         h2.commit(a2, CommitOptions(force_path=True))
     expect_rejected(w.dave.g, b2.g.protect(b"same id"), "6.3.2/sender-data-aead", CryptoError)
-    expect_rejected(w.dave.g, a2.g.commit(CommitOptions(force_path=True)).commit or b"", "6.2/membership-tag", CryptoError)
+    expect_rejected(
+        w.dave.g, a2.g.commit(CommitOptions(force_path=True)).commit or b"", "6.2/membership-tag", CryptoError
+    )
     a2.g.discard_pending_commit()
     private = a2.g.commit(CommitOptions(force_path=True, handshake=HandshakeFraming.private)).commit or b""
     expect_rejected(w.dave.g, private, "6.3.2/sender-data-aead", CryptoError)
@@ -353,67 +384,117 @@ def _reinit(w: World) -> Proposal:
 
 
 RULE_CASES: dict[str, Case] = {
-    "committer removes itself": Case(lambda w, x: forge_commit(w.alice.g, [Proposal.of(Remove(0))], wire=x),
-                                     "12.2/committer-self-remove"),
-    "two Removes of one leaf": Case(lambda w, x: forge_commit(
-        w.alice.g, [Proposal.of(Remove(w.erin.leaf)), Proposal.of(Remove(w.erin.leaf))], wire=x),
-        "12.2/leaf-changed-once"),
-    "Remove of a blank leaf": Case(lambda w, x: forge_commit(w.alice.g, [Proposal.of(Remove(2))], wire=x),
-                                   "12.1.3/remove-leaf-non-blank"),
-    "Remove outside the tree": Case(lambda w, x: forge_commit(w.alice.g, [Proposal.of(Remove(77))], wire=x),
-                                    "12.1.3/remove-leaf-non-blank"),
+    "committer removes itself": Case(
+        lambda w, x: forge_commit(w.alice.g, [Proposal.of(Remove(0))], wire=x), "12.2/committer-self-remove"
+    ),
+    "two Removes of one leaf": Case(
+        lambda w, x: forge_commit(
+            w.alice.g, [Proposal.of(Remove(w.erin.leaf)), Proposal.of(Remove(w.erin.leaf))], wire=x
+        ),
+        "12.2/leaf-changed-once",
+    ),
+    "Remove of a blank leaf": Case(
+        lambda w, x: forge_commit(w.alice.g, [Proposal.of(Remove(2))], wire=x), "12.1.3/remove-leaf-non-blank"
+    ),
+    "Remove outside the tree": Case(
+        lambda w, x: forge_commit(w.alice.g, [Proposal.of(Remove(77))], wire=x),
+        "12.1.3/remove-leaf-non-blank",
+    ),
     "Update by value (from the committer)": Case(
         lambda w, x: forge_commit(w.alice.g, [update_proposal(w.alice.g)], w.path, wire=x),
-        "12.2/committer-own-update"),
+        "12.2/committer-own-update",
+    ),
     "path-required commit without path (Remove)": Case(
         lambda w, x: forge_commit(w.alice.g, [Proposal.of(Remove(w.erin.leaf))], wire=x),
-        "12.4/commit-path-required"),
-    "empty commit without path": Case(lambda w, x: forge_commit(w.alice.g, [], wire=x),
-                                      "12.4/commit-path-required"),
+        "12.4/commit-path-required",
+    ),
+    "empty commit without path": Case(
+        lambda w, x: forge_commit(w.alice.g, [], wire=x), "12.4/commit-path-required"
+    ),
     "GroupContextExtensions without path": Case(
         lambda w, x: forge_commit(w.alice.g, [Proposal.of(GroupContextExtensions(()))], wire=x),
-        "12.4/commit-path-required"),
+        "12.4/commit-path-required",
+    ),
     "unknown proposal reference": Case(
         lambda w, x: forge_commit(w.alice.g, [os.urandom(w.alice.g.cs.n_h)], wire=x),
-        "12.4.2/proposal-ref-known"),
+        "12.4.2/proposal-ref-known",
+    ),
     "Add of an existing member": Case(
         lambda w, x: forge_commit(w.alice.g, [Proposal.of(Add(w.bobs_kp))], wire=x),
-        "12.2/add-client-not-member"),
-    "two Adds of one client": Case(lambda w, x: forge_commit(
-        w.alice.g, [Proposal.of(Add(w.fresh_kp)), Proposal.of(Add(w.fresh_kp))], wire=x),
-        "12.2/add-client-unique"),
+        "12.2/add-client-not-member",
+    ),
+    "two Adds of one client": Case(
+        lambda w, x: forge_commit(
+            w.alice.g, [Proposal.of(Add(w.fresh_kp)), Proposal.of(Add(w.fresh_kp))], wire=x
+        ),
+        "12.2/add-client-unique",
+    ),
     "Add with a bad KeyPackage signature": Case(
-        lambda w, x: forge_commit(w.alice.g, [Proposal.of(Add(_bad_signature(w.fresh_kp)))], wire=x), "10.1/key-package-signature"),
+        lambda w, x: forge_commit(w.alice.g, [Proposal.of(Add(_bad_signature(w.fresh_kp)))], wire=x),
+        "10.1/key-package-signature",
+    ),
     "Add of another cipher suite's KeyPackage": Case(
-        lambda w, x: forge_commit(w.alice.g, [Proposal.of(Add(_other_suite_kp(w)))], wire=x), "10.1/version-cipher-suite"),
-    "two PreSharedKeys for one PSK": Case(lambda w, x: forge_commit(
-        w.alice.g, [p := _psk(w), p], wire=x), "12.2/psk-id-unique"),
-    "PreSharedKey nonce of the wrong length": Case(lambda w, x: forge_commit(
-        w.alice.g, [Proposal.of(PreSharedKey(PreSharedKeyID.external(b"known", b"short")))], wire=x),
-        "12.1.4/psk-nonce-length"),
-    "PreSharedKey that nobody has": Case(lambda w, x: forge_commit(w.alice.g, [_psk(w, b"unknown")], wire=x),
-                                         "12.4.2/commit-psk-available"),
-    "ExternalInit in a member's commit": Case(lambda w, x: forge_commit(
-        w.alice.g, [Proposal.of(ExternalInit(b"\x01" * 32))], w.path, wire=x),
-        "12.2/member-commit-external-init"),
-    "ReInit with another proposal": Case(lambda w, x: forge_commit(
-        w.alice.g, [_reinit(w), Proposal.of(Remove(w.erin.leaf))], w.path, wire=x), "12.2/reinit-alone"),
-    "two GroupContextExtensions": Case(lambda w, x: forge_commit(
-        w.alice.g, [Proposal.of(GroupContextExtensions(())), Proposal.of(GroupContextExtensions(()))],
-        w.path, wire=x), "12.2/group-context-extensions-once"),
-    "duplicate extension type": Case(lambda w, x: forge_commit(
-        w.alice.g, [Proposal.of(GroupContextExtensions((Extension(0xF000, b""), Extension(0xF000, b"x"))))],
-        w.path, wire=x), "13.4/extension-type-unique"),
+        lambda w, x: forge_commit(w.alice.g, [Proposal.of(Add(_other_suite_kp(w)))], wire=x),
+        "10.1/version-cipher-suite",
+    ),
+    "two PreSharedKeys for one PSK": Case(
+        lambda w, x: forge_commit(w.alice.g, [p := _psk(w), p], wire=x), "12.2/psk-id-unique"
+    ),
+    "PreSharedKey nonce of the wrong length": Case(
+        lambda w, x: forge_commit(
+            w.alice.g, [Proposal.of(PreSharedKey(PreSharedKeyID.external(b"known", b"short")))], wire=x
+        ),
+        "12.1.4/psk-nonce-length",
+    ),
+    "PreSharedKey that nobody has": Case(
+        lambda w, x: forge_commit(w.alice.g, [_psk(w, b"unknown")], wire=x), "12.4.2/commit-psk-available"
+    ),
+    "ExternalInit in a member's commit": Case(
+        lambda w, x: forge_commit(w.alice.g, [Proposal.of(ExternalInit(b"\x01" * 32))], w.path, wire=x),
+        "12.2/member-commit-external-init",
+    ),
+    "ReInit with another proposal": Case(
+        lambda w, x: forge_commit(w.alice.g, [_reinit(w), Proposal.of(Remove(w.erin.leaf))], w.path, wire=x),
+        "12.2/reinit-alone",
+    ),
+    "two GroupContextExtensions": Case(
+        lambda w, x: forge_commit(
+            w.alice.g,
+            [Proposal.of(GroupContextExtensions(())), Proposal.of(GroupContextExtensions(()))],
+            w.path,
+            wire=x,
+        ),
+        "12.2/group-context-extensions-once",
+    ),
+    "duplicate extension type": Case(
+        lambda w, x: forge_commit(
+            w.alice.g,
+            [Proposal.of(GroupContextExtensions((Extension(0xF000, b""), Extension(0xF000, b"x"))))],
+            w.path,
+            wire=x,
+        ),
+        "13.4/extension-type-unique",
+    ),
     "commit signed by another member": Case(
-        lambda w, x: forge_commit(w.alice.g, [], w.path, wire=x, signer_group=w.bob.g), "6.1/content-signature", CryptoError),
+        lambda w, x: forge_commit(w.alice.g, [], w.path, wire=x, signer_group=w.bob.g),
+        "6.1/content-signature",
+        CryptoError,
+    ),
     "commit from a blank leaf": Case(
-        lambda w, x: forge_commit(w.alice.g, [], w.path, wire=x, sender_leaf=2), "6.1/member-sender-leaf",
-        wires=(PUBLIC,)),
+        lambda w, x: forge_commit(w.alice.g, [], w.path, wire=x, sender_leaf=2),
+        "6.1/member-sender-leaf",
+        wires=(PUBLIC,),
+    ),
     "commit from outside the tree": Case(
-        lambda w, x: forge_commit(w.alice.g, [], w.path, wire=x, sender_leaf=40), "6.1/member-sender-leaf",
-        wires=(PUBLIC,)),
+        lambda w, x: forge_commit(w.alice.g, [], w.path, wire=x, sender_leaf=40),
+        "6.1/member-sender-leaf",
+        wires=(PUBLIC,),
+    ),
     "borrowed path, random confirmation tag": Case(
-        lambda w, x: forge_commit(w.alice.g, [Proposal.of(Add(w.fresh_kp))], w.path, wire=x), "6.1/confirmation-tag", CryptoError),
+        lambda w, x: forge_commit(w.alice.g, [Proposal.of(Add(w.fresh_kp))], w.path, wire=x),
+        "6.1/confirmation-tag",
+        CryptoError,
+    ),
 }
 
 
@@ -473,8 +554,13 @@ def test_commits_by_reference_breaking_a_rule(w: World, wire: int) -> None:
 @pytest.mark.parametrize("wire", [PUBLIC, PRIVATE], ids=["public", "private"])
 def test_bad_confirmation_tag(w: World, wire: int) -> None:
     alice = copy_of(w.alice)
-    staged = alice.commit(CommitOptions(remove=[w.erin.leaf], add=[w.fresh_kp],
-                                        handshake=HandshakeFraming.public if wire == PUBLIC else HandshakeFraming.private))
+    staged = alice.commit(
+        CommitOptions(
+            remove=[w.erin.leaf],
+            add=[w.fresh_kp],
+            handshake=HandshakeFraming.public if wire == PUBLIC else HandshakeFraming.private,
+        )
+    )
     auth = AuthenticatedContent.from_bytes(staged.content)
     tag = auth.auth.confirmation_tag
     assert tag is not None
@@ -496,8 +582,13 @@ def test_forged_valid_commit_is_accepted(w: World) -> None:
     staged = alice.commit(CommitOptions(remove=[w.erin.leaf]))
     auth = AuthenticatedContent.from_bytes(staged.content)
     assert auth.content.commit is not None and auth.auth.confirmation_tag is not None
-    message = forge_commit(alice, [p.proposal for p in staged.proposals], auth.content.commit.path,
-                           confirmation_tag=auth.auth.confirmation_tag, signature=auth.auth.signature)
+    message = forge_commit(
+        alice,
+        [p.proposal for p in staged.proposals],
+        auth.content.commit.path,
+        confirmation_tag=auth.auth.confirmation_tag,
+        signature=auth.auth.signature,
+    )
     assert isinstance(copy_of(w.dave).process(message), StagedCommit)
     alice.discard_pending_commit()
 
@@ -508,10 +599,20 @@ def test_forged_valid_commit_is_accepted(w: World) -> None:
 def _palette(w: World) -> list[Proposal | bytes]:
     g = w.alice.g
     return [
-        Proposal.of(Remove(0)), Proposal.of(Remove(w.bob.leaf)), Proposal.of(Remove(w.erin.leaf)),
-        Proposal.of(Remove(2)), Proposal.of(Remove(9)), update_proposal(g), Proposal.of(Add(w.fresh_kp)),
-        Proposal.of(Add(w.bobs_kp)), _psk(w), _psk(w, b"unknown"), Proposal.of(GroupContextExtensions(())),
-        Proposal.of(ExternalInit(b"\x02" * 32)), _reinit(w), os.urandom(g.cs.n_h),
+        Proposal.of(Remove(0)),
+        Proposal.of(Remove(w.bob.leaf)),
+        Proposal.of(Remove(w.erin.leaf)),
+        Proposal.of(Remove(2)),
+        Proposal.of(Remove(9)),
+        update_proposal(g),
+        Proposal.of(Add(w.fresh_kp)),
+        Proposal.of(Add(w.bobs_kp)),
+        _psk(w),
+        _psk(w, b"unknown"),
+        Proposal.of(GroupContextExtensions(())),
+        Proposal.of(ExternalInit(b"\x02" * 32)),
+        _reinit(w),
+        os.urandom(g.cs.n_h),
     ]
 
 
@@ -535,8 +636,10 @@ def test_commit_with_mangled_path(w: World) -> None:
     variants = [
         UpdatePath(p.leaf_node, p.nodes[:-1]),
         UpdatePath(p.leaf_node, (*p.nodes, p.nodes[-1])),
-        UpdatePath(p.leaf_node, tuple(dataclasses.replace(n, encryption_key=b"\x00" * len(n.encryption_key))
-                                      for n in p.nodes)),
+        UpdatePath(
+            p.leaf_node,
+            tuple(dataclasses.replace(n, encryption_key=b"\x00" * len(n.encryption_key)) for n in p.nodes),
+        ),
         UpdatePath(p.leaf_node, tuple(dataclasses.replace(n, encrypted_path_secret=()) for n in p.nodes)),
         UpdatePath(dataclasses.replace(p.leaf_node, signature=bytes(len(p.leaf_node.signature))), p.nodes),
     ]
@@ -556,8 +659,9 @@ def test_rejected_private_message_of_unstarted_sender_leaves_state_unchanged(kin
     from mls.group.state import GroupConfig
     from mls.schedule.secret_tree import RatchetConfig
 
-    _h, (_alice, bob, carol) = build_group(1, ["alice", "bob", "carol"],
-                                          GroupConfig(ratchet=RatchetConfig(max_forward_distance=2)))
+    _h, (_alice, bob, carol) = build_group(
+        1, ["alice", "bob", "carol"], GroupConfig(ratchet=RatchetConfig(max_forward_distance=2))
+    )
     if kind == "corrupted ciphertext":
         message = bytearray(bob.g.protect(b"hello"))
         message[-3] ^= 1  # in the content ciphertext, after the sender-data sample

@@ -32,7 +32,10 @@ from .group_helpers import (
     wire_of,
 )
 
-WIRE = {HandshakeFraming.public: WireFormat.mls_public_message, HandshakeFraming.private: WireFormat.mls_private_message}
+WIRE = {
+    HandshakeFraming.public: WireFormat.mls_public_message,
+    HandshakeFraming.private: WireFormat.mls_private_message,
+}
 
 
 @pytest.fixture(params=MAIN_SUITES, ids=lambda s: f"suite{s}")
@@ -249,8 +252,9 @@ def test_proposals_by_reference_and_by_value_mixed(suite: int, handshake: Handsh
     add_msg, _ = bob.g.propose_add(b1.key_package, handshake)
     h.propose(bob, add_msg)
     b2 = erin.client.key_package()
-    staged = h.commit(alice, CommitOptions(add=[b2.key_package], handshake=handshake),
-                      joiners=[(dave, b1), (erin, b2)])
+    staged = h.commit(
+        alice, CommitOptions(add=[b2.key_package], handshake=handshake), joiners=[(dave, b1), (erin, b2)]
+    )
     assert sum(p.ref is None for p in staged.proposals) == 1 and len(staged.proposals) == 3
     assert ref in {p.ref for p in staged.proposals}
     h.everyone_talks()
@@ -288,8 +292,11 @@ def test_external_psk(suite: int, handshake: HandshakeFraming) -> None:
     h.propose(bob, msg)
     h.commit(alice, CommitOptions(handshake=handshake))  # commits the PSK proposal by reference
     bundle = dave.client.key_package()
-    h.commit(bob, CommitOptions(add=[bundle.key_package], psks=[bob.g.new_psk_id(b"other-id")]),
-             joiners=[(dave, bundle)])
+    h.commit(
+        bob,
+        CommitOptions(add=[bundle.key_package], psks=[bob.g.new_psk_id(b"other-id")]),
+        joiners=[(dave, bundle)],
+    )
     h.everyone_talks()
 
 
@@ -309,7 +316,9 @@ def test_external_psk_missing(suite: int) -> None:
     erin, frank = h.new_client("erin"), h.new_client("frank")
     erin.psks.external[b"id"] = b"psk"
     be, bf = erin.client.key_package(), frank.client.key_package()
-    staged = alice.g.commit(CommitOptions(psks=[alice.g.new_psk_id(b"id")], add=[be.key_package, bf.key_package]))
+    staged = alice.g.commit(
+        CommitOptions(psks=[alice.g.new_psk_id(b"id")], add=[be.key_package, bf.key_package])
+    )
     expect_rejected(dave.g, staged.commit or b"", "12.4.2/commit-psk-available", ValidationError)
     h.stale.append(dave)
     h.deliver_commit(alice, staged)
@@ -356,8 +365,10 @@ def test_resumption_psk(suite: int, handshake: HandshakeFraming) -> None:
 
 
 def ooo_config(tolerance: int = 5, distance: int = 1000, past_epochs: int = 2) -> GroupConfig:
-    return GroupConfig(ratchet=RatchetConfig(out_of_order_tolerance=tolerance, max_forward_distance=distance),
-                       past_epochs=past_epochs)
+    return GroupConfig(
+        ratchet=RatchetConfig(out_of_order_tolerance=tolerance, max_forward_distance=distance),
+        past_epochs=past_epochs,
+    )
 
 
 def test_out_of_order_within_window(suite: int) -> None:
@@ -390,7 +401,9 @@ def test_beyond_max_forward_distance_rejected(suite: int) -> None:
     h, (alice, bob) = build_group(suite, ["alice", "bob"], ooo_config(distance=3))
     messages = [bob.g.protect(b"m%d" % i) for i in range(6)]
     assert isinstance(alice.g.process(messages[0]), ApplicationMessage)
-    expect_rejected(alice.g, messages[5], "15.3/forward-distance", ValidationError)  # 4 generations ahead of generation 1
+    expect_rejected(
+        alice.g, messages[5], "15.3/forward-distance", ValidationError
+    )  # 4 generations ahead of generation 1
     for i in (4, 5, 2, 1, 3):
         out = alice.g.process(messages[i])
         assert isinstance(out, ApplicationMessage) and out.data == b"m%d" % i
@@ -417,11 +430,15 @@ def test_late_messages_of_past_epochs(suite: int, retention: int) -> None:
             h.commit(alice, CommitOptions(force_path=True))
         out = carol.g.process(late[i])
         assert isinstance(out, ApplicationMessage) and out.data == b"late %d" % i and out.epoch == epoch
-        expect_rejected(carol.g, late[i], "9.2/generation-consumed", ValidationError)  # no replay in a past epoch either
+        expect_rejected(
+            carol.g, late[i], "9.2/generation-consumed", ValidationError
+        )  # no replay in a past epoch either
     h.commit(alice, CommitOptions(force_path=True))
     assert carol.g.epoch == epoch + retention + 1
     expect_rejected(carol.g, late[retention], "6/past-epoch-retained", ValidationError)  # no longer retained
-    expect_rejected(carol.g, old_commit, "6/message-epoch", ValidationError)  # handshake of a past epoch: never
+    expect_rejected(
+        carol.g, old_commit, "6/message-epoch", ValidationError
+    )  # handshake of a past epoch: never
     h.everyone_talks()
 
 
@@ -456,8 +473,9 @@ def test_discard_pending_commit(suite: int, handshake: HandshakeFraming) -> None
     h, (alice, bob, carol) = build_group(suite, ["alice", "bob", "carol"])
     before, view, refs = alice.g.to_bytes(), group_view(alice.g), alice.key_refs()
     dave = h.new_client("dave")
-    staged = alice.g.commit(CommitOptions(add=[dave.client.key_package().key_package], force_path=True,
-                                          handshake=handshake))
+    staged = alice.g.commit(
+        CommitOptions(add=[dave.client.key_package().key_package], force_path=True, handshake=handshake)
+    )
     assert staged.state is not None
     new_leaf = staged.state.keys.leaf_key.key_ref
     assert new_leaf in alice.key_store
@@ -550,8 +568,7 @@ def test_smoke_other_suites(suite_id: int) -> None:
     h.commit(carol, CommitOptions(handshake=HandshakeFraming.private), echo=True)
     h.commit(alice, CommitOptions(remove=[dave.leaf], psks=[alice.g.new_psk_id(b"id")]))
     h.add(bob, ["erin", "frank"], CommitOptions(handshake=HandshakeFraming.private))
-    h.commit(carol, CommitOptions(psks=[carol.g.new_psk_id(resumption_epoch=carol.g.epoch)],
-                                     force_path=True))
+    h.commit(carol, CommitOptions(psks=[carol.g.new_psk_id(resumption_epoch=carol.g.epoch)], force_path=True))
     messages = [bob.g.protect(b"%d" % i) for i in range(3)]
     for i in (2, 0, 1):
         out = alice.g.process(messages[i])

@@ -39,7 +39,10 @@ def restore(m: Member) -> Group:
     restored = Group.from_bytes(data, m.key_store, m.psks)
     assert restored.to_bytes() == data
     assert (restored.epoch, restored.own_leaf, restored.epoch_authenticator) == (
-        m.g.epoch, m.g.own_leaf, m.g.epoch_authenticator)
+        m.g.epoch,
+        m.g.own_leaf,
+        m.g.epoch_authenticator,
+    )
     assert restored.state.config.to_state() == m.g.state.config.to_state()
     m.group = restored
     return restored
@@ -47,8 +50,11 @@ def restore(m: Member) -> Group:
 
 def rich_group(suite: int) -> tuple[Harness, list[Member], dict[str, Any]]:
     """Four members after several epochs, with every optional part of the state filled in."""
-    config = GroupConfig(ratchet=RatchetConfig(out_of_order_tolerance=4, max_forward_distance=50),
-                         past_epochs=3, padding_block=64)
+    config = GroupConfig(
+        ratchet=RatchetConfig(out_of_order_tolerance=4, max_forward_distance=50),
+        past_epochs=3,
+        padding_block=64,
+    )
     h, members = build_group(suite, ["alice", "bob", "carol", "dave"], config)
     alice, bob, carol, dave = members
     for m in members:
@@ -113,7 +119,9 @@ def test_restore_after_every_step(suite: int) -> None:
         lambda: h.commit(bob, CommitOptions(force_path=True, handshake=HandshakeFraming.private)),
         lambda: h.add(carol, ["dave", "erin"]),
         lambda: h.commit(alice, CommitOptions(psks=[alice.g.new_psk_id(b"id")])),
-        lambda: h.commit(h.by_name("dave"), CommitOptions(remove=[bob.leaf], handshake=HandshakeFraming.private)),
+        lambda: h.commit(
+            h.by_name("dave"), CommitOptions(remove=[bob.leaf], handshake=HandshakeFraming.private)
+        ),
         lambda: h.commit(carol, CommitOptions(psks=[carol.g.new_psk_id(resumption_epoch=carol.g.epoch - 1)])),
         lambda: h.commit(h.by_name("erin"), CommitOptions(force_path=True), echo=True),
     ]
@@ -182,6 +190,7 @@ def _set(path: str, value: Any) -> Callable[[Any], None]:
             node[int(last)] = value
         else:
             node[last] = value
+
     return apply
 
 
@@ -193,6 +202,7 @@ def _json(change: Callable[[Any], None]) -> Callable[[bytes], bytes]:
         state = json.loads(data)
         change(state)
         return json.dumps(state).encode()
+
     return corrupt
 
 
@@ -236,29 +246,26 @@ def _xfail(reason: str) -> pytest.MarkDecorator:
 
 _NOT_WRAPPED = (
     "library gap: GroupState.from_bytes re-raises every MLSError unchanged, so a corrupted embedded "
-    "encoding surfaces as {} instead of StateError")
+    "encoding surfaces as {} instead of StateError"
+)
 _NOT_CHECKED = "library gap: GroupState.from_bytes does not check that {}; the corrupted state loads"
 
 EMBEDDED_CORRUPTIONS = [
     pytest.param("tree", "00ff", id="tree encoding"),
     pytest.param("context", "0001", id="context encoding"),
-    pytest.param("proposals.0.1", "0001",
-                 id="cached proposal encoding"),
-    pytest.param("past_epochs.0.context", "00",
-                 id="past epoch context encoding"),
-    pytest.param("secrets.cipher_suite", 0,
-                 id="secrets cipher suite"),
-    pytest.param("node_keys.*", "00",
-                 id="node key bytes"),
-    pytest.param("own_leaf", 99,
-                 id="own_leaf outside the tree"),
-    pytest.param("own_leaf", 0,
-                 id="own_leaf of another member"),
+    pytest.param("proposals.0.1", "0001", id="cached proposal encoding"),
+    pytest.param("past_epochs.0.context", "00", id="past epoch context encoding"),
+    pytest.param("secrets.cipher_suite", 0, id="secrets cipher suite"),
+    pytest.param("node_keys.*", "00", id="node key bytes"),
+    pytest.param("own_leaf", 99, id="own_leaf outside the tree"),
+    pytest.param("own_leaf", 0, id="own_leaf of another member"),
 ]
 
 
 @pytest.mark.parametrize(("path", "value"), EMBEDDED_CORRUPTIONS)
-def test_corrupted_embedded_value_raises_state_error(saved: tuple[bytes, Member], path: str, value: Any) -> None:
+def test_corrupted_embedded_value_raises_state_error(
+    saved: tuple[bytes, Member], path: str, value: Any
+) -> None:
     data, m = saved
     state = json.loads(data)
     if path == "node_keys.*":
@@ -321,12 +328,26 @@ def test_repr_shows_no_secrets(suite: int) -> None:
         secrets = list(_secret_values(m))
         assert len(secrets) > 15
         staged = m.g.commit(CommitOptions(force_path=True, include_pending=False))
-        texts = [repr(m.g), str(m.g), repr(m.g.state), str(m.g.state), repr(m.g.state.secrets),
-                 repr(m.g.state.secret_tree), repr(m.g.state.keys), repr(m.g.state.past_epochs),
-                 repr(staged), repr(m.key_store), repr(m.client), repr(extra["bundle"])]
+        texts = [
+            repr(m.g),
+            str(m.g),
+            repr(m.g.state),
+            str(m.g.state),
+            repr(m.g.state.secrets),
+            repr(m.g.state.secret_tree),
+            repr(m.g.state.keys),
+            repr(m.g.state.past_epochs),
+            repr(staged),
+            repr(m.key_store),
+            repr(m.client),
+            repr(extra["bundle"]),
+        ]
         assert staged.state is not None
-        secrets += [staged.state.secrets.init_secret, staged.state.secrets.exporter_secret,
-                    staged.state.keys.leaf_key.private_bytes()]  # type: ignore[attr-defined]
+        secrets += [
+            staged.state.secrets.init_secret,
+            staged.state.secrets.exporter_secret,
+            staged.state.keys.leaf_key.private_bytes(),
+        ]  # type: ignore[attr-defined]
         for text in texts:
             _assert_no_secret(text, secrets)
         m.g.discard_pending_commit()

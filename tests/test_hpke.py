@@ -18,7 +18,8 @@ VECTORS = Path(__file__).resolve().parents[2] / "shared" / "hpke-test-vectors" /
 def _cases() -> list[dict[str, Any]]:
     data = json.loads(VECTORS.read_text())
     return [
-        c for c in data
+        c
+        for c in data
         if c["mode"] == 0 and c["kem_id"] in KEMS and c["kdf_id"] in KDF_IDS and c["aead_id"] in AEAD_SIZES
     ]
 
@@ -33,7 +34,9 @@ def test_vector_selection_covers_every_mls_kem() -> None:
     assert len(CASES) == 24  # 4 KEMs x HKDF-SHA256/SHA512 x 3 AEADs
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: f"kem{c['kem_id']:x}-kdf{c['kdf_id']}-aead{c['aead_id']}")
+@pytest.mark.parametrize(
+    "case", CASES, ids=lambda c: f"kem{c['kem_id']:x}-kdf{c['kdf_id']}-aead{c['aead_id']}"
+)
 def test_rfc9180_base_mode(case: dict[str, Any]) -> None:
     b = bytes.fromhex
     suite = hpke_suite(case["kem_id"], case["kdf_id"], case["aead_id"])

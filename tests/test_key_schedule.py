@@ -181,12 +181,20 @@ def test_psk_secret_chain() -> None:
 def _content(content_type: int) -> FramedContent:
     if content_type == ContentType.application:
         return FramedContent(
-            group_id=b"g", epoch=1, sender=Sender.member(0), authenticated_data=b"",
-            content_type=content_type, application_data=b"hi",
+            group_id=b"g",
+            epoch=1,
+            sender=Sender.member(0),
+            authenticated_data=b"",
+            content_type=content_type,
+            application_data=b"hi",
         )
     return FramedContent(
-        group_id=b"g", epoch=1, sender=Sender.member(0), authenticated_data=b"",
-        content_type=content_type, commit=Commit((), None),
+        group_id=b"g",
+        epoch=1,
+        sender=Sender.member(0),
+        authenticated_data=b"",
+        content_type=content_type,
+        commit=Commit((), None),
     )
 
 

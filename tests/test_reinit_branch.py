@@ -38,8 +38,15 @@ MAIN_SUITES = (1, 2, 3)
 
 
 def view(g: Group) -> tuple[object, ...]:
-    return (g.epoch, g.group_id, g.cs.suite_id, g.epoch_authenticator, g.state.context.to_bytes(),
-            g.export("reinit", b"", 32), tuple((i, leaf.signature_key) for i, leaf in g.members()))
+    return (
+        g.epoch,
+        g.group_id,
+        g.cs.suite_id,
+        g.epoch_authenticator,
+        g.state.context.to_bytes(),
+        g.export("reinit", b"", 32),
+        tuple((i, leaf.signature_key) for i, leaf in g.members()),
+    )
 
 
 def agree(*groups: Group) -> None:
@@ -64,8 +71,11 @@ def commit(committer: Group, others: Sequence[Group], options: CommitOptions | N
     return st
 
 
-def group(suite: int, names: Sequence[str] = ("alice", "bob", "carol"),
-          configs: Sequence[GroupConfig | None] | None = None) -> tuple[list[Client], list[Group]]:
+def group(
+    suite: int,
+    names: Sequence[str] = ("alice", "bob", "carol"),
+    configs: Sequence[GroupConfig | None] | None = None,
+) -> tuple[list[Client], list[Group]]:
     clients = [client(suite, n) for n in names]
     cfg = list(configs) if configs is not None else [None] * len(names)
     first = clients[0].create_group(config=cfg[0])
@@ -78,8 +88,12 @@ def group(suite: int, names: Sequence[str] = ("alice", "bob", "carol"),
 
 
 def refuses_to_send(g: Group) -> None:
-    for action in (lambda: g.protect(b"x"), lambda: g.commit(), lambda: g.propose_remove(0),
-                   lambda: g.propose_update()):
+    for action in (
+        lambda: g.protect(b"x"),
+        lambda: g.commit(),
+        lambda: g.propose_remove(0),
+        lambda: g.propose_update(),
+    ):
         with pytest.raises(StateError) as info:
             action()
         assert "11.2" in str(info.value)
@@ -93,8 +107,11 @@ def test_resumption_psk_of_earlier_epochs(suite: int) -> None:
     window = 3
     _, (ga, gb, gc) = group(suite, configs=[GroupConfig(resumption_psks=window)] * 3)
     for i in range(4):  # epochs 2 … 5
-        commit([ga, gb, gc][i % 3], [g for g in (ga, gb, gc) if g is not [ga, gb, gc][i % 3]],
-               CommitOptions(force_path=True))
+        commit(
+            [ga, gb, gc][i % 3],
+            [g for g in (ga, gb, gc) if g is not [ga, gb, gc][i % 3]],
+            CommitOptions(force_path=True),
+        )
     agree(ga, gb, gc)
     assert ga.epoch == 5 and sorted(ga.state.resumption_psks) == [3, 4, 5]
     # the oldest retained epoch, then (one epoch later) the current one can be injected; members agree
@@ -108,7 +125,11 @@ def test_resumption_psk_of_earlier_epochs(suite: int) -> None:
     before = gb.to_bytes()
     with pytest.raises(ValidationError) as info:
         gb.commit(CommitOptions(psks=[gb.new_psk_id(resumption_epoch=4)]))
-    assert info.value.rule == "12.4.2/commit-psk-available" and gb.to_bytes() == before and gb.pending_commit is None
+    assert (
+        info.value.rule == "12.4.2/commit-psk-available"
+        and gb.to_bytes() == before
+        and gb.pending_commit is None
+    )
     # two PSKs at once: the same (epoch, nonce) twice is refused, different nonces are fine
     psk = ga.new_psk_id(resumption_epoch=6)
     with pytest.raises(ValidationError) as info:
@@ -120,8 +141,14 @@ def test_resumption_psk_of_earlier_epochs(suite: int) -> None:
 
 def test_member_lacking_the_resumption_psk_rejects_the_commit() -> None:
     """Alice keeps 10 epochs, bob 2: a commit injecting epoch 1 is fine for alice and carol, not for bob."""
-    _, (ga, gb, gc) = group(1, configs=[GroupConfig(resumption_psks=10), GroupConfig(resumption_psks=2),
-                                         GroupConfig(resumption_psks=10)])
+    _, (ga, gb, gc) = group(
+        1,
+        configs=[
+            GroupConfig(resumption_psks=10),
+            GroupConfig(resumption_psks=2),
+            GroupConfig(resumption_psks=10),
+        ],
+    )
     for _ in range(3):
         commit(ga, [gb, gc], CommitOptions(force_path=True))
     st = ga.commit(CommitOptions(psks=[ga.new_psk_id(resumption_epoch=1)]))
@@ -181,12 +208,18 @@ def test_reinit_to_new_suite_and_group_id(old_suite: int, new_suite: int) -> Non
     # carol starts the new group, in the new suite and with fresh identities of that suite
     new_clients = {n: client(new_suite, n) for n in ("alice", "bob", "carol")}
     c = new_clients["carol"]
-    nc, st = reinit_successor(gc, key_store=c.key_store, signer=c.signer, credential=c.credential,
-                              key_packages=[new_clients[n].key_package().key_package for n in ("alice", "bob")])
+    nc, st = reinit_successor(
+        gc,
+        key_store=c.key_store,
+        signer=c.signer,
+        credential=c.credential,
+        key_packages=[new_clients[n].key_package().key_package for n in ("alice", "bob")],
+    )
     assert st.welcome is not None
     secrets_psks = _welcome_psks(new_clients["alice"], st.welcome)
-    assert [(p.usage, p.psk_group_id, p.psk_epoch) for p in secrets_psks] == \
-        [(ResumptionPSKUsage.reinit, ga.group_id, ga.epoch)]
+    assert [(p.usage, p.psk_group_id, p.psk_epoch) for p in secrets_psks] == [
+        (ResumptionPSKUsage.reinit, ga.group_id, ga.epoch)
+    ]
 
     alice2, bob2 = new_clients["alice"], new_clients["bob"]
     # without the old group's resumption PSK, the Welcome cannot be opened (and the KeyPackage survives)
@@ -196,9 +229,11 @@ def test_reinit_to_new_suite_and_group_id(old_suite: int, new_suite: int) -> Non
     with pytest.raises(ValidationError):  # the PSKs of another group do not help
         alice2.join(st.welcome, psks=resumption_psks(group(old_suite, ["zoe"])[1][0]))
     # a ReInit that does not describe the new group is refused
-    for wrong in (ReInit(os.urandom(16), 1, new_suite, new_extensions),
-                  ReInit(reinit.group_id, 1, old_suite, new_extensions),
-                  ReInit(reinit.group_id, 1, new_suite, ())):
+    for wrong in (
+        ReInit(os.urandom(16), 1, new_suite, new_extensions),
+        ReInit(reinit.group_id, 1, old_suite, new_extensions),
+        ReInit(reinit.group_id, 1, new_suite, ()),
+    ):
         with pytest.raises(ValidationError) as info:
             alice2.join(st.welcome, psks=resumption_psks(ga), expected_reinit=wrong)
         assert info.value.rule == "11.2/reinit-group-matches"
@@ -243,8 +278,13 @@ def test_reinit_proposal_rules() -> None:
     assert info.value.rule == "12.1.5/reinit-version"
     # no successor before a ReInit is committed
     with pytest.raises(StateError):
-        reinit_successor(ga, key_store=SoftwareKeyStore(), signer=ga.signer(), credential=Credential.basic(b"a"),
-                         key_packages=[])
+        reinit_successor(
+            ga,
+            key_store=SoftwareKeyStore(),
+            signer=ga.signer(),
+            credential=Credential.basic(b"a"),
+            key_packages=[],
+        )
     # nothing of this changed alice's state but the cached proposal of bob's
     assert ga.pending_commit is None and len(ga.state.proposals) == 1
     # committing bob's ReInit by reference closes both
@@ -262,8 +302,13 @@ def test_reinit_same_suite_then_branch_of_the_new_group() -> None:
     reinit = ReInit(b"second incarnation", 1, 1, ())
     commit(gb, [ga, gc], CommitOptions(reinit=reinit))
     alice = clients[0]
-    na, st = reinit_successor(ga, key_store=alice.key_store, signer=alice.signer, credential=alice.credential,
-                              key_packages=[c.key_package().key_package for c in clients[1:]])
+    na, st = reinit_successor(
+        ga,
+        key_store=alice.key_store,
+        signer=alice.signer,
+        credential=alice.credential,
+        key_packages=[c.key_package().key_package for c in clients[1:]],
+    )
     nb = clients[1].join(st.welcome or b"", psks=resumption_psks(gb), expected_reinit=reinit)
     nc = clients[2].join(st.welcome or b"", psks=resumption_psks(gc), expected_reinit=reinit)
     agree(na, nb, nc)
@@ -288,8 +333,9 @@ def test_branch_subgroup(suite: int) -> None:
     assert sub.epoch == 1 and sub.cs.suite_id == suite and sub.group_id != gb.group_id
     assert st.welcome is not None
     psk_ids = _welcome_psks(clients[2], st.welcome)
-    assert [(p.usage, p.psk_group_id, p.psk_epoch) for p in psk_ids] == \
-        [(ResumptionPSKUsage.branch, gb.group_id, gb.epoch)]
+    assert [(p.usage, p.psk_group_id, p.psk_epoch) for p in psk_ids] == [
+        (ResumptionPSKUsage.branch, gb.group_id, gb.epoch)
+    ]
     # joining without the PSK fails and leaves the KeyPackage usable
     with pytest.raises(ValidationError) as info:
         dave.join(st.welcome)
@@ -297,8 +343,9 @@ def test_branch_subgroup(suite: int) -> None:
     sc = clients[2].join(st.welcome, psks=resumption_psks(gc))
     sd = dave.join(st.welcome, psks=resumption_psks(gd))
     agree(sub, sc, sd)
-    assert sub.epoch == 1 and [leaf.credential for _, leaf in sub.members()] == \
-        [Credential.basic(n) for n in (b"bob", b"carol", b"dave")]
+    assert sub.epoch == 1 and [leaf.credential for _, leaf in sub.members()] == [
+        Credential.basic(n) for n in (b"bob", b"carol", b"dave")
+    ]
     # alice was not invited: the Welcome has nothing for her
     clients[0].key_package()
     with pytest.raises(ValidationError) as info:
@@ -337,8 +384,9 @@ def test_reinit_successor_without_reinit_psk_is_refused() -> None:
     commit(ga, [gb], CommitOptions(reinit=reinit))
     # an impostor (who need not know any secret of the old group) creates a group with the ReInit's parameters
     mallory, bob2 = client(2, "mallory"), client(2, "bob")
-    fake = Group.create(mallory.key_store, 2, signer=mallory.signer, credential=mallory.credential,
-                        group_id=reinit.group_id)
+    fake = Group.create(
+        mallory.key_store, 2, signer=mallory.signer, credential=mallory.credential, group_id=reinit.group_id
+    )
     st = fake.commit(CommitOptions(add=[bob2.key_package().key_package]))
     with pytest.raises(ValidationError) as info:
         bob2.join(st.welcome or b"", psks=resumption_psks(gb), expected_reinit=gb.state.reinit)
@@ -350,9 +398,18 @@ def test_branch_into_another_cipher_suite_is_refused() -> None:
 
     _, (ga, gb) = group(1, ["alice", "bob"])
     alice2, bob2 = client(2, "alice"), client(2, "bob")
-    _, st = _successor(ga, ResumptionPSKUsage.branch, suite=2, group_id=os.urandom(16), extensions=(),
-                       key_store=alice2.key_store, signer=alice2.signer, credential=alice2.credential,
-                       key_packages=[bob2.key_package().key_package], config=None)
+    _, st = _successor(
+        ga,
+        ResumptionPSKUsage.branch,
+        suite=2,
+        group_id=os.urandom(16),
+        extensions=(),
+        key_store=alice2.key_store,
+        signer=alice2.signer,
+        credential=alice2.credential,
+        key_packages=[bob2.key_package().key_package],
+        config=None,
+    )
     with pytest.raises(ValidationError) as info:
         bob2.join(st.welcome or b"", psks=resumption_psks(gb), resumed_from=gb.state.context)
     assert info.value.rule == "11.3/branch-version-cipher-suite"

@@ -182,7 +182,9 @@ def test_every_rule_id_is_a_literal_section_and_check_used_once() -> None:
 def test_rule_id_sections_exist_in_rfc9420(shared_dir: Path) -> None:
     sections = _rfc9420_sections(shared_dir / "specs" / "rfc9420-mls-protocol.md")
     assert {"5.3.1", "7.9.2", "12.4.3.1", "15.3"} <= sections and "12.4.3.4" not in sections
-    unknown = [f"{s.where}: {s.rule}" for s in _repository_sites() if s.rule and s.rule.split("/")[0] not in sections]
+    unknown = [
+        f"{s.where}: {s.rule}" for s in _repository_sites() if s.rule and s.rule.split("/")[0] not in sections
+    ]
     assert unknown == []
 
 
@@ -198,7 +200,9 @@ def test_gateway_problem_rules_are_sites() -> None:
     # library error's rule (gateway/errors.py) is not a site of its own.
     gateway = [s for s in _repository_sites() if s.where.startswith("gateway/")]
     assert {s.where.split(":")[0] for s in gateway} >= {
-        "gateway/group_operations.py", "gateway/groups.py", "gateway/mls_inputs.py"
+        "gateway/group_operations.py",
+        "gateway/groups.py",
+        "gateway/mls_inputs.py",
     }
     assert not any(s.where.startswith("gateway/errors.py:") for s in gateway)
 
@@ -216,7 +220,7 @@ def test_pending_paths_exist() -> None:
         assert (ROOT / pending).exists(), pending
 
 
-SAMPLE = '''
+SAMPLE = """
 from mls.errors import CryptoError, ValidationError
 
 def _fail(rule: str, message: str) -> ValidationError:
@@ -234,7 +238,7 @@ def check(x: int, rule: str) -> None:
     if x == 4:
         raise _fail("5.3.1/x509-expired", "four")
     raise ValidationError(rule="12.2/" + "dynamic", message="five")
-'''
+"""
 
 
 def test_checker_catches_duplicate_malformed_and_dynamic_ids() -> None:
@@ -252,7 +256,7 @@ def test_checker_catches_duplicate_malformed_and_dynamic_ids() -> None:
     assert len(rule_id_problems(sites, frozenset({"7.3/leaf-signature"}))) == 3
 
 
-PROBLEM_SAMPLE = '''
+PROBLEM_SAMPLE = """
 from gateway.errors import Problem
 
 def fail(rule: str) -> Problem:
@@ -272,13 +276,19 @@ def check(x: int, exc: ValidationError) -> None:
     if x == 5:
         raise fail("8.6/resumption-psk-available")
     raise Problem("validation_failed", "dynamic", rule="8.6/" + str(x))
-'''
+"""
 
 
 def test_checker_catches_problem_ids_and_skips_copied_ones() -> None:
     sites = rule_sites(PROBLEM_SAMPLE, "gateway/sample.py")
     assert sorted((s.rule or "") for s in sites) == sorted(
-        ["12.4.3.2/resync-prior-leaf", "12.4.3.2/resync-prior-leaf", "8.6", "8.6/resumption-psk-available", ""]
+        [
+            "12.4.3.2/resync-prior-leaf",
+            "12.4.3.2/resync-prior-leaf",
+            "8.6",
+            "8.6/resumption-psk-available",
+            "",
+        ]
     )
     problems = rule_id_problems(sites)
     assert len(problems) == 3, problems

@@ -42,7 +42,12 @@ def assert_same(a: StagedCommit, b: StagedCommit) -> None:
     if a.state is not None and b.state is not None:
         assert a.state.to_bytes() == b.state.to_bytes()
     assert a.sender == b.sender and a.proposals == b.proposals and a.content == b.content
-    assert (a.commit, a.welcome, a.group_info, a.ratchet_tree) == (b.commit, b.welcome, b.group_info, b.ratchet_tree)
+    assert (a.commit, a.welcome, a.group_info, a.ratchet_tree) == (
+        b.commit,
+        b.welcome,
+        b.group_info,
+        b.ratchet_tree,
+    )
     assert a.dead_key_refs == b.dead_key_refs
     assert a.to_bytes() == b.to_bytes()
 
@@ -75,7 +80,9 @@ OWN_COMMITS: dict[str, Callable[[Harness, Member], CommitOptions]] = {
     "no path, no Welcome": psk_commit,
     "path, no Welcome": lambda h, m: CommitOptions(force_path=True),
     "no path, Welcome": add_commit,
-    "path and Welcome, private": lambda h, m: add_commit(h, m, force_path=True, handshake=HandshakeFraming.private),
+    "path and Welcome, private": lambda h, m: add_commit(
+        h, m, force_path=True, handshake=HandshakeFraming.private
+    ),
 }
 
 
@@ -94,7 +101,9 @@ def test_own_commit_round_trip_and_merge(suite: int, kind: str) -> None:
     assert dead == original_dead and staged.dead_key_refs == original_dead
     assert alice.g.merge_pending_commit(destroy_dead_keys=False) == dead
     assert (reloaded.epoch, reloaded.epoch_authenticator) == (alice.g.epoch, alice.g.epoch_authenticator)
-    assert reloaded.export(EXPORT_LABEL, EXPORT_CONTEXT, 32) == alice.g.export(EXPORT_LABEL, EXPORT_CONTEXT, 32)
+    assert reloaded.export(EXPORT_LABEL, EXPORT_CONTEXT, 32) == alice.g.export(
+        EXPORT_LABEL, EXPORT_CONTEXT, 32
+    )
     for ref in dead:
         alice.key_store.destroy(ref)
     alice.group = reloaded
@@ -187,6 +196,7 @@ _DELETE = object()
 
 def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
     """Set (or with ``_DELETE`` remove) the value at a dotted path of the decoded JSON."""
+
     def apply(s: dict[str, Any]) -> None:
         *parents, last = path.split(".")
         target: Any = s
@@ -198,6 +208,7 @@ def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
             del target[last]
         else:
             target[last] = value
+
     return apply
 
 

@@ -11,6 +11,7 @@ def h(value: str | None) -> bytes:
 def expect_equal(what: str, got: object, want: object) -> None:
     """Raise an AssertionError naming ``what`` when the values differ (byte values shown as hex)."""
     if got != want:
+
         def show(x: object) -> str:
             return x.hex() if isinstance(x, bytes | bytearray) else repr(x)
 

@@ -72,4 +72,3 @@ def _run(paths: list[Path], as_json: bool, verbose: bool) -> int:
     else:
         print(f"{passed} passed, {failed} failed")
     return 1 if failed else 0
-

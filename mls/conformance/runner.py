@@ -47,9 +47,7 @@ def vector_kind(
     """
 
     def register(fn: CaseRunner) -> CaseRunner:
-        _KINDS[name] = VectorKind(
-            name, fn, (name, *file_names), frozenset(keys), tuple(file_prefixes)
-        )
+        _KINDS[name] = VectorKind(name, fn, (name, *file_names), frozenset(keys), tuple(file_prefixes))
         return fn
 
     return register
@@ -132,9 +130,7 @@ def run_file(path: Path, root: Path | None = None) -> FileResult:
         except Exception as e:  # a disagreement of any kind is a failure of that case
             result.failed += 1
             tb = traceback.extract_tb(e.__traceback__)[-1]
-            result.failures.append(
-                f"{label}: {type(e).__name__}: {e} [{Path(tb.filename).name}:{tb.lineno}]"
-            )
+            result.failures.append(f"{label}: {type(e).__name__}: {e} [{Path(tb.filename).name}:{tb.lineno}]")
         else:
             result.passed += 1
     return result

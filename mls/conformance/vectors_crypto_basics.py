@@ -13,8 +13,13 @@ from mls.crypto import cipher_suite
 @vector_kind(
     "crypto-basics",
     keys=[
-        "cipher_suite", "derive_secret", "derive_tree_secret", "encrypt_with_label",
-        "expand_with_label", "ref_hash", "sign_with_label",
+        "cipher_suite",
+        "derive_secret",
+        "derive_tree_secret",
+        "encrypt_with_label",
+        "expand_with_label",
+        "ref_hash",
+        "sign_with_label",
     ],
 )
 def run(case: dict[str, Any]) -> None:

@@ -25,7 +25,13 @@ def run(case: dict[str, Any]) -> None:
     for epoch, v in enumerate(case["epochs"]):
         at = f"epoch {epoch}"
         ctx = GroupContext(
-            ProtocolVersion.mls10, cs.suite_id, h(case["group_id"]), epoch, h(v["tree_hash"]), h(v["confirmed_transcript_hash"]), ()
+            ProtocolVersion.mls10,
+            cs.suite_id,
+            h(case["group_id"]),
+            epoch,
+            h(v["tree_hash"]),
+            h(v["confirmed_transcript_hash"]),
+            (),
         ).to_bytes()
         expect_equal(f"{at} group_context", ctx, h(v["group_context"]))
 

@@ -63,7 +63,9 @@ def _open_private(case: dict[str, Any], cs: CipherSuite, ctx: GroupContext, data
     return auth.content
 
 
-def _protect(case: dict[str, Any], cs: CipherSuite, ctx: GroupContext, content: FramedContent, wire_format: int) -> bytes:
+def _protect(
+    case: dict[str, Any], cs: CipherSuite, ctx: GroupContext, content: FramedContent, wire_format: int
+) -> bytes:
     signer = cs.signer_from_private_bytes(h(case["signature_priv"]))
     signature = sign_framed_content(cs, signer, wire_format, content, ctx)
     tag = os.urandom(cs.n_h) if content.content_type == ContentType.commit else None
@@ -77,19 +79,44 @@ def _protect(case: dict[str, Any], cs: CipherSuite, ctx: GroupContext, content: 
 
 @vector_kind(
     "message-protection",
-    keys=["cipher_suite", "group_id", "epoch", "tree_hash", "confirmed_transcript_hash", "signature_priv",
-          "signature_pub", "encryption_secret", "sender_data_secret", "membership_key", "proposal",
-          "proposal_priv", "proposal_pub", "commit", "commit_priv", "commit_pub", "application",
-          "application_priv"],
+    keys=[
+        "cipher_suite",
+        "group_id",
+        "epoch",
+        "tree_hash",
+        "confirmed_transcript_hash",
+        "signature_priv",
+        "signature_pub",
+        "encryption_secret",
+        "sender_data_secret",
+        "membership_key",
+        "proposal",
+        "proposal_priv",
+        "proposal_pub",
+        "commit",
+        "commit_priv",
+        "commit_pub",
+        "application",
+        "application_priv",
+    ],
 )
 def run(case: dict[str, Any]) -> None:
     cs = cipher_suite(case["cipher_suite"])
     ctx = GroupContext(
-        1, cs.suite_id, h(case["group_id"]), case["epoch"], h(case["tree_hash"]), h(case["confirmed_transcript_hash"]), ()
+        1,
+        cs.suite_id,
+        h(case["group_id"]),
+        case["epoch"],
+        h(case["tree_hash"]),
+        h(case["confirmed_transcript_hash"]),
+        (),
     )
     for kind in ("proposal", "commit", "application"):
         want = FramedContent(
-            group_id=h(case["group_id"]), epoch=case["epoch"], sender=Sender.member(1), authenticated_data=b"",
+            group_id=h(case["group_id"]),
+            epoch=case["epoch"],
+            sender=Sender.member(1),
+            authenticated_data=b"",
             **_body(kind, h(case[kind])),
         )
         formats = [(WireFormat.mls_private_message, _open_private)]

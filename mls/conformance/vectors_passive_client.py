@@ -18,8 +18,16 @@ from mls.wire.framing import MLSMessage
 from mls.wire.key_package import KeyPackage
 
 PASSIVE_KEYS = [
-    "cipher_suite", "key_package", "signature_priv", "encryption_priv", "init_priv", "welcome", "ratchet_tree",
-    "initial_epoch_authenticator", "epochs", "external_psks",
+    "cipher_suite",
+    "key_package",
+    "signature_priv",
+    "encryption_priv",
+    "init_priv",
+    "welcome",
+    "ratchet_tree",
+    "initial_epoch_authenticator",
+    "epochs",
+    "external_psks",
 ]
 
 
@@ -36,9 +44,19 @@ def join_passive(case: dict[str, Any]) -> Group:
     expect_equal("init key", init_key.public_key, kp.init_key)
     psks = MemoryPskStore(external={h(p["psk_id"]): h(p["psk"]) for p in case["external_psks"]})
     tree = h(case["ratchet_tree"]) if case["ratchet_tree"] else None
-    group = Group.join(store, h(case["welcome"]), key_package=kp, init_key=init_key, leaf_key=leaf_key,
-                       signer_ref=signer.key_ref, ratchet_tree=tree, psks=psks)
-    expect_equal("initial epoch authenticator", group.epoch_authenticator, h(case["initial_epoch_authenticator"]))
+    group = Group.join(
+        store,
+        h(case["welcome"]),
+        key_package=kp,
+        init_key=init_key,
+        leaf_key=leaf_key,
+        signer_ref=signer.key_ref,
+        ratchet_tree=tree,
+        psks=psks,
+    )
+    expect_equal(
+        "initial epoch authenticator", group.epoch_authenticator, h(case["initial_epoch_authenticator"])
+    )
     return group
 
 

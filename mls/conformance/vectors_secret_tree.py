@@ -36,8 +36,12 @@ def run(case: dict[str, Any]) -> None:
         for rt in RatchetType:
             for want in sorted(generations, key=lambda g: int(g["generation"])):
                 gen = want["generation"]
-                _check(f"leaf {leaf} generation {gen} (peek)", receiver.peek_key_nonce(leaf, rt, gen), want, rt)
-                _check(f"leaf {leaf} generation {gen} (receiver)", receiver.key_nonce(leaf, rt, gen), want, rt)
+                _check(
+                    f"leaf {leaf} generation {gen} (peek)", receiver.peek_key_nonce(leaf, rt, gen), want, rt
+                )
+                _check(
+                    f"leaf {leaf} generation {gen} (receiver)", receiver.key_nonce(leaf, rt, gen), want, rt
+                )
                 ratchet = sender.ratchet(leaf, rt)
                 while ratchet.generation < gen:
                     ratchet.next()

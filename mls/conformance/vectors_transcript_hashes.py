@@ -16,8 +16,12 @@ from mls.wire.framing import AuthenticatedContent
 @vector_kind(
     "transcript-hashes",
     keys=[
-        "cipher_suite", "confirmation_key", "authenticated_content", "interim_transcript_hash_before",
-        "confirmed_transcript_hash_after", "interim_transcript_hash_after",
+        "cipher_suite",
+        "confirmation_key",
+        "authenticated_content",
+        "interim_transcript_hash_before",
+        "confirmed_transcript_hash_after",
+        "interim_transcript_hash_after",
     ],
 )
 def run(case: dict[str, Any]) -> None:
@@ -28,7 +32,9 @@ def run(case: dict[str, Any]) -> None:
 
     before = TranscriptHashes(interim=h(case["interim_transcript_hash_before"]))
     after = before.after_commit(cs, commit)
-    expect_equal("confirmed_transcript_hash_after", after.confirmed, h(case["confirmed_transcript_hash_after"]))
+    expect_equal(
+        "confirmed_transcript_hash_after", after.confirmed, h(case["confirmed_transcript_hash_after"])
+    )
     expect_equal("interim_transcript_hash_after", after.interim, h(case["interim_transcript_hash_after"]))
 
     tag = commit.auth.confirmation_tag

@@ -14,8 +14,15 @@ from mls.wire.proposals import Add, Proposal, Remove, Update
 
 @vector_kind(
     "tree-operations",
-    keys=["cipher_suite", "proposal", "proposal_sender", "tree_after", "tree_before",
-          "tree_hash_after", "tree_hash_before"],
+    keys=[
+        "cipher_suite",
+        "proposal",
+        "proposal_sender",
+        "tree_after",
+        "tree_before",
+        "tree_hash_after",
+        "tree_hash_before",
+    ],
 )
 def run(case: dict[str, Any]) -> None:
     cs = cipher_suite(case["cipher_suite"])

@@ -18,7 +18,13 @@ from mls.wire.group_context import GroupContext
 
 def _context(case: dict[str, Any], cs: CipherSuite, tree: RatchetTree) -> bytes:
     return GroupContext(
-        1, cs.suite_id, h(case["group_id"]), case["epoch"], tree.tree_hash(), h(case["confirmed_transcript_hash"]), ()
+        1,
+        cs.suite_id,
+        h(case["group_id"]),
+        case["epoch"],
+        tree.tree_hash(),
+        h(case["confirmed_transcript_hash"]),
+        (),
     ).to_bytes()
 
 
@@ -34,8 +40,15 @@ def _private_states(cs: CipherSuite, case: dict[str, Any]) -> dict[int, PathKeys
 
 @vector_kind(
     "treekem",
-    keys=["cipher_suite", "confirmed_transcript_hash", "epoch", "group_id", "leaves_private",
-          "ratchet_tree", "update_paths"],
+    keys=[
+        "cipher_suite",
+        "confirmed_transcript_hash",
+        "epoch",
+        "group_id",
+        "leaves_private",
+        "ratchet_tree",
+        "update_paths",
+    ],
 )
 def run(case: dict[str, Any]) -> None:
     cs = cipher_suite(case["cipher_suite"])
@@ -58,10 +71,15 @@ def run(case: dict[str, Any]) -> None:
     _round_trip_fresh_paths(case, cs, tree, states)
 
 
-def _round_trip_fresh_paths(case: dict[str, Any], cs: CipherSuite, tree: RatchetTree, states: dict[int, PathKeys]) -> None:
+def _round_trip_fresh_paths(
+    case: dict[str, Any], cs: CipherSuite, tree: RatchetTree, states: dict[int, PathKeys]
+) -> None:
     """Each member with private keys makes a new UpdatePath; every other one must reach its commit secret."""
     group_id = h(case["group_id"])
-    signers = {leaf["index"]: cs.signer_from_private_bytes(h(leaf["signature_priv"])) for leaf in case["leaves_private"]}
+    signers = {
+        leaf["index"]: cs.signer_from_private_bytes(h(leaf["signature_priv"]))
+        for leaf in case["leaves_private"]
+    }
     for sender, signer in signers.items():
         template = tree.leaf(sender)
         assert template is not None
@@ -71,8 +89,13 @@ def _round_trip_fresh_paths(case: dict[str, Any], cs: CipherSuite, tree: Ratchet
             return LeafNode(**{**leaf.__dict__, "signature": sig})
 
         created = create_update_path(
-            tree, sender, new_leaf_key=cs.kem.generate(), sign_leaf=sign, leaf_template=template,
-            group_context_for=lambda t: _context(case, cs, t), first_path_secret=os.urandom(cs.n_h),
+            tree,
+            sender,
+            new_leaf_key=cs.kem.generate(),
+            sign_leaf=sign,
+            leaf_template=template,
+            group_context_for=lambda t: _context(case, cs, t),
+            first_path_secret=os.urandom(cs.n_h),
         )
         merged = apply_update_path(tree, sender, created.update_path, group_id)
         expect_equal(f"fresh path from {sender}: merged tree", merged.encode(), created.tree.encode())
@@ -81,4 +104,6 @@ def _round_trip_fresh_paths(case: dict[str, Any], cs: CipherSuite, tree: Ratchet
             if index == sender:
                 continue
             _, commit_secret, _ = decrypt_update_path(merged, sender, created.update_path, keys, context)
-            expect_equal(f"fresh path from {sender}: commit secret at {index}", commit_secret, created.commit_secret)
+            expect_equal(
+                f"fresh path from {sender}: commit secret at {index}", commit_secret, created.commit_secret
+            )

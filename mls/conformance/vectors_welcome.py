@@ -33,4 +33,6 @@ def run(case: dict[str, Any]) -> None:
     group_info = decrypt_group_info(cs, probe.welcome_secret, welcome.encrypted_group_info)
     verify_group_info_signature(cs, group_info, h(case["signer_pub"]))
     ks = KeySchedule.from_joiner_secret(cs, secrets.joiner_secret, None, group_info.group_context.to_bytes())
-    ks.secrets.verify_confirmation_tag(group_info.group_context.confirmed_transcript_hash, group_info.confirmation_tag)
+    ks.secrets.verify_confirmation_tag(
+        group_info.group_context.confirmed_transcript_hash, group_info.confirmation_tag
+    )

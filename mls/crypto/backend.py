@@ -85,7 +85,12 @@ class CryptoBackend(Protocol):
         ...
 
     def aead_open_batch(
-        self, aead: int, keys: bytes, nonces: bytes, aad: bytes | Sequence[bytes], ciphertexts: Sequence[bytes]
+        self,
+        aead: int,
+        keys: bytes,
+        nonces: bytes,
+        aad: bytes | Sequence[bytes],
+        ciphertexts: Sequence[bytes],
     ) -> list[bytes | None]:
         """Open as :meth:`aead_seal_batch` seals; ``None`` for an item that fails authentication."""
         ...
@@ -226,7 +231,12 @@ class PythonBackend:
         return [c.encrypt(n, p, a) for c, n, a, p in zip(ciphers, nonce_list, aads, plaintexts)]
 
     def aead_open_batch(
-        self, aead: int, keys: bytes, nonces: bytes, aad: bytes | Sequence[bytes], ciphertexts: Sequence[bytes]
+        self,
+        aead: int,
+        keys: bytes,
+        nonces: bytes,
+        aad: bytes | Sequence[bytes],
+        ciphertexts: Sequence[bytes],
     ) -> list[bytes | None]:
         ciphers, nonce_list, aads = self._batch_keys(aead, keys, nonces, aad, len(ciphertexts))
         out: list[bytes | None] = []

@@ -110,7 +110,9 @@ class CipherSuite:
     def sign_with_label(self, signer: Signer, label: bytes | str, content: bytes) -> bytes:
         return signer.sign(self.sign_content(label, content))
 
-    def verify_with_label(self, public_key: bytes, label: bytes | str, content: bytes, signature: bytes) -> bool:
+    def verify_with_label(
+        self, public_key: bytes, label: bytes | str, content: bytes, signature: bytes
+    ) -> bool:
         return self.signature.verify(public_key, self.sign_content(label, content), signature)
 
     def generate_signer(self) -> SoftwareSigner:
@@ -131,7 +133,12 @@ class CipherSuite:
         return self.hpke.seal_base(public_key, self.encrypt_context(label, context), b"", plaintext)
 
     def decrypt_with_label(
-        self, private_key: HpkePrivateKey, label: bytes | str, context: bytes, kem_output: bytes, ciphertext: bytes
+        self,
+        private_key: HpkePrivateKey,
+        label: bytes | str,
+        context: bytes,
+        kem_output: bytes,
+        ciphertext: bytes,
     ) -> bytes:
         """``DecryptWithLabel``; raises :class:`CryptoError` when the ciphertext does not open."""
         info = self.encrypt_context(label, context)
@@ -162,8 +169,12 @@ class CipherSuite:
         return self.ref_hash(b"MLS 1.0 Proposal Reference", authenticated_content)
 
 
-def _suite(suite_id: int, name: str, kem_id: int, aead_id: int, hash_name: str, sig: SignatureScheme) -> CipherSuite:
-    return CipherSuite(suite_id, name, hpke_suite(kem_id, kdf_id_for_hash(hash_name), aead_id), hash_name, sig)
+def _suite(
+    suite_id: int, name: str, kem_id: int, aead_id: int, hash_name: str, sig: SignatureScheme
+) -> CipherSuite:
+    return CipherSuite(
+        suite_id, name, hpke_suite(kem_id, kdf_id_for_hash(hash_name), aead_id), hash_name, sig
+    )
 
 
 _AES128, _AES256, _CHACHA = _backend.AEAD_AES128GCM, _backend.AEAD_AES256GCM, _backend.AEAD_CHACHA20POLY1305

@@ -89,13 +89,17 @@ class Kem:
         order = _P_CURVE_ORDERS[self.name]
         for counter in range(256):
             candidate = bytearray(
-                labeled_expand(self.hash_name, self.suite_id, dkp_prk, b"candidate", bytes((counter,)), self.n_sk)
+                labeled_expand(
+                    self.hash_name, self.suite_id, dkp_prk, b"candidate", bytes((counter,)), self.n_sk
+                )
             )
             candidate[0] &= self.bitmask
             sk_int = int.from_bytes(candidate, "big")
             if 0 < sk_int < order:
                 return SoftwareHpkeKey(self, ec.derive_private_key(sk_int, self.curve))
-        raise CryptoError("7.4/derive-key-pair", "DeriveKeyPair found no valid scalar")  # pragma: no cover (2^-256)
+        raise CryptoError(
+            "7.4/derive-key-pair", "DeriveKeyPair found no valid scalar"
+        )  # pragma: no cover (2^-256)
 
     def key_from_private_bytes(self, data: bytes) -> SoftwareHpkeKey:
         """``DeserializePrivateKey`` (RFC 9180 §7.1.2)."""
@@ -134,10 +138,14 @@ class Kem:
 
     def _extract_and_expand(self, dh: bytes, kem_context: bytes) -> bytes:
         eae_prk = labeled_extract(self.hash_name, self.suite_id, b"", b"eae_prk", dh)
-        return labeled_expand(self.hash_name, self.suite_id, eae_prk, b"shared_secret", kem_context, self.n_secret)
+        return labeled_expand(
+            self.hash_name, self.suite_id, eae_prk, b"shared_secret", kem_context, self.n_secret
+        )
 
 
-def _load_public(kem: Kem, pk: bytes) -> x25519.X25519PublicKey | x448.X448PublicKey | ec.EllipticCurvePublicKey:
+def _load_public(
+    kem: Kem, pk: bytes
+) -> x25519.X25519PublicKey | x448.X448PublicKey | ec.EllipticCurvePublicKey:
     try:
         if kem.name == "X25519":
             if len(pk) != 32:
@@ -216,7 +224,9 @@ def labeled_extract(hash_name: str, suite_id: bytes, salt: bytes, label: bytes, 
     return _backend.get_backend().hkdf_extract(hash_name, salt, b"HPKE-v1" + suite_id + label + ikm)
 
 
-def labeled_expand(hash_name: str, suite_id: bytes, prk: bytes, label: bytes, info: bytes, length: int) -> bytes:
+def labeled_expand(
+    hash_name: str, suite_id: bytes, prk: bytes, label: bytes, info: bytes, length: int
+) -> bytes:
     labeled_info = _i2osp(length, 2) + b"HPKE-v1" + suite_id + label + info
     return _backend.get_backend().hkdf_expand(hash_name, prk, labeled_info, length)
 
@@ -251,7 +261,9 @@ class HpkeSuite:
         exporter_secret = labeled_expand(h, sid, secret, b"exp", ksc, _backend.HASH_SIZES[h])
         return Context(self, key, base_nonce, exporter_secret)
 
-    def setup_base_s(self, pk_r: bytes, info: bytes, ephemeral: HpkePrivateKey | None = None) -> tuple[bytes, Context]:
+    def setup_base_s(
+        self, pk_r: bytes, info: bytes, ephemeral: HpkePrivateKey | None = None
+    ) -> tuple[bytes, Context]:
         shared_secret, enc = self.kem.encap(pk_r, ephemeral)
         return enc, self.key_schedule(shared_secret, info)
 

@@ -59,4 +59,3 @@ class SoftwareKeyStore:
 
     def __repr__(self) -> str:
         return f"SoftwareKeyStore(signature_keys={len(self._signers)}, hpke_keys={len(self._hpke)})"
-

@@ -94,7 +94,11 @@ class SignatureScheme:
         return True
 
 
-_HASHES: dict[str, type[hashes.HashAlgorithm]] = {"sha256": hashes.SHA256, "sha384": hashes.SHA384, "sha512": hashes.SHA512}
+_HASHES: dict[str, type[hashes.HashAlgorithm]] = {
+    "sha256": hashes.SHA256,
+    "sha384": hashes.SHA384,
+    "sha512": hashes.SHA512,
+}
 
 
 def _hash_algorithm(name: str) -> hashes.HashAlgorithm:
@@ -147,4 +151,3 @@ ED448 = SignatureScheme("ed448", 0x0808)
 ECDSA_P256_SHA256 = SignatureScheme("ecdsa_secp256r1_sha256", 0x0403, ec.SECP256R1(), "sha256", 32)
 ECDSA_P384_SHA384 = SignatureScheme("ecdsa_secp384r1_sha384", 0x0503, ec.SECP384R1(), "sha384", 48)
 ECDSA_P521_SHA512 = SignatureScheme("ecdsa_secp521r1_sha512", 0x0603, ec.SECP521R1(), "sha512", 66)
-

@@ -91,25 +91,39 @@ class GroupCore:
         if self.pending_commit is not None:
             raise StateError("a pending commit must be merged or discarded first")
 
-    def validation_context(self, usages: frozenset[int] = frozenset({ResumptionPSKUsage.application})
-                           ) -> ValidationContext:
+    def validation_context(
+        self, usages: frozenset[int] = frozenset({ResumptionPSKUsage.application})
+    ) -> ValidationContext:
         """What proposals of this epoch are validated against (§12.2)."""
         s = self.state
         return ValidationContext(
-            self.cs, s.group_id, s.context.version, s.tree, tuple(s.context.extensions), s.config.leaf_policy, usages,
+            self.cs,
+            s.group_id,
+            s.context.version,
+            s.tree,
+            tuple(s.context.extensions),
+            s.config.leaf_policy,
+            usages,
         )
 
     # ---- framing of own messages (§6) ----------------------------------------------------------------
-    def framed_content(self, content_type: int, authenticated_data: bytes = b"", **body: Any) -> FramedContent:
+    def framed_content(
+        self, content_type: int, authenticated_data: bytes = b"", **body: Any
+    ) -> FramedContent:
         """A FramedContent from this member in the current epoch (§6)."""
         s = self.state
         return FramedContent(
-            group_id=s.group_id, epoch=s.epoch, sender=Sender.member(s.own_leaf),
-            authenticated_data=authenticated_data, content_type=content_type, **body,
+            group_id=s.group_id,
+            epoch=s.epoch,
+            sender=Sender.member(s.own_leaf),
+            authenticated_data=authenticated_data,
+            content_type=content_type,
+            **body,
         )
 
-    def sign_content(self, content: FramedContent, wire_format: int,
-                     confirmation_tag: bytes | None = None) -> AuthenticatedContent:
+    def sign_content(
+        self, content: FramedContent, wire_format: int, confirmation_tag: bytes | None = None
+    ) -> AuthenticatedContent:
         """Sign ``content`` with this member's signature key (§6.1)."""
         signature = sign_framed_content(self.cs, self.signer(), wire_format, content, self.state.context)
         return AuthenticatedContent(wire_format, content, FramedContentAuthData(signature, confirmation_tag))
@@ -118,11 +132,15 @@ class GroupCore:
         """Frame signed content as a PublicMessage or encrypt it with the next ratchet key (§6.2, §6.3)."""
         s = self.state
         if auth.wire_format == WireFormat.mls_public_message:
-            body: PublicMessage | PrivateMessage = protect_public(self.cs, auth, s.secrets.membership_key, s.context)
+            body: PublicMessage | PrivateMessage = protect_public(
+                self.cs, auth, s.secrets.membership_key, s.context
+            )
         else:
             tree = secret_tree or s.secret_tree
             key = tree.next_key_nonce(s.own_leaf, ratchet_type_for(auth.content.content_type))
-            body = encrypt_private(self.cs, auth, key, s.secrets.sender_data_secret, padding=self._padding(auth))
+            body = encrypt_private(
+                self.cs, auth, key, s.secrets.sender_data_secret, padding=self._padding(auth)
+            )
         return MLSMessage.of(body).to_bytes()
 
     def _padding(self, auth: AuthenticatedContent) -> int:

@@ -96,14 +96,18 @@ def _commit_proposals(group: GroupCore, opts: CommitOptions) -> list[CommittedPr
     bodies: list[Any] = []
     if opts.group_context_extensions is not None:
         bodies.append(GroupContextExtensions(tuple(opts.group_context_extensions)))
-    bodies += [Remove(i) for i in opts.remove] + [Add(kp) for kp in opts.add] + [PreSharedKey(p) for p in opts.psks]
+    bodies += (
+        [Remove(i) for i in opts.remove] + [Add(kp) for kp in opts.add] + [PreSharedKey(p) for p in opts.psks]
+    )
     if opts.reinit is not None:
         bodies.append(opts.reinit)
     out.extend(CommittedProposal(Proposal.of(b), sender) for b in bodies)
     return out
 
 
-def valid_pending_proposals(group: GroupCore, committer: Sender, usages: frozenset[int]) -> list[CommittedProposal]:
+def valid_pending_proposals(
+    group: GroupCore, committer: Sender, usages: frozenset[int]
+) -> list[CommittedProposal]:
     """The cached proposals that keep the list valid, in order (§12.4: the committer SHOULD include
     every valid proposal it received, as long as the list stays valid; the others are left out)."""
     vc = group.validation_context(usages)
@@ -119,8 +123,13 @@ def valid_pending_proposals(group: GroupCore, committer: Sender, usages: frozens
     return [_committed(cached[j]) for j in sorted(chosen)]
 
 
-def _build_commit(group: GroupCore, opts: CommitOptions, proposals: list[CommittedProposal],
-                  applied: AppliedProposals, new_leaf_key: HpkePrivateKey | None) -> StagedCommit:
+def _build_commit(
+    group: GroupCore,
+    opts: CommitOptions,
+    proposals: list[CommittedProposal],
+    applied: AppliedProposals,
+    new_leaf_key: HpkePrivateKey | None,
+) -> StagedCommit:
     s = group.state
     path = _commit_path(group, applied, new_leaf_key)
     commit = Commit(tuple(_proposal_or_ref(p) for p in proposals), path.update_path)
@@ -129,16 +138,26 @@ def _build_commit(group: GroupCore, opts: CommitOptions, proposals: list[Committ
     welcome = None
     if applied.added:
         group_info = signed_group_info(group, new_state, opts.ratchet_tree_in_welcome)
-        welcome = MLSMessage.of(_welcome(group, new_state, ks, group_info, applied, path.path_secrets)).to_bytes()
+        welcome = MLSMessage.of(
+            _welcome(group, new_state, ks, group_info, applied, path.path_secrets)
+        ).to_bytes()
     replaced_leaf = [s.keys.leaf_key.key_ref] if new_leaf_key is not None else []
     return StagedCommit(
-        new_state, Sender.member(s.own_leaf), proposals, auth.to_bytes(), message, welcome,
-        MLSMessage.of(signed_group_info(group, new_state, False)).to_bytes(), path.tree.encode(),
+        new_state,
+        Sender.member(s.own_leaf),
+        proposals,
+        auth.to_bytes(),
+        message,
+        welcome,
+        MLSMessage.of(signed_group_info(group, new_state, False)).to_bytes(),
+        path.tree.encode(),
         dead_keys(s, [*replaced_leaf, *dead_update_keys(s, applied)]),
     )
 
 
-def _commit_path(group: GroupCore, applied: AppliedProposals, new_leaf_key: HpkePrivateKey | None) -> _CommitPath:
+def _commit_path(
+    group: GroupCore, applied: AppliedProposals, new_leaf_key: HpkePrivateKey | None
+) -> _CommitPath:
     """With a new leaf key: an UpdatePath from our leaf (§7.5); without: the tree as the proposals left it."""
     s, cs = group.state, group.cs
     if new_leaf_key is None:
@@ -146,8 +165,9 @@ def _commit_path(group: GroupCore, applied: AppliedProposals, new_leaf_key: Hpke
         keys.drop_nodes_not_in(applied.tree)
         return _CommitPath(applied.tree, keys, bytes(cs.n_h))
     created = _create_path(group, applied, new_leaf_key)
-    return _CommitPath(created.tree, created.path_keys, created.commit_secret, created.update_path,
-                       created.path_secrets)
+    return _CommitPath(
+        created.tree, created.path_keys, created.commit_secret, created.update_path, created.path_secrets
+    )
 
 
 def _create_path(group: GroupCore, applied: AppliedProposals, new_leaf_key: HpkePrivateKey) -> CreatedPath:
@@ -156,31 +176,50 @@ def _create_path(group: GroupCore, applied: AppliedProposals, new_leaf_key: Hpke
     assert template is not None
     signer = group.signer()
     return create_update_path(
-        applied.tree, s.own_leaf, new_leaf_key=new_leaf_key,
+        applied.tree,
+        s.own_leaf,
+        new_leaf_key=new_leaf_key,
         sign_leaf=lambda leaf: sign_leaf_node(cs, signer, leaf, s.group_id, s.own_leaf),
         leaf_template=template,
         group_context_for=lambda t: provisional_context(s, t, applied.extensions).to_bytes(),
-        exclude_leaves=[i for i, _ in applied.added], first_path_secret=os.urandom(cs.n_h),
+        exclude_leaves=[i for i, _ in applied.added],
+        first_path_secret=os.urandom(cs.n_h),
     )
 
 
-def _sign_and_schedule(group: GroupCore, opts: CommitOptions, commit: Commit, path: _CommitPath,
-                       applied: AppliedProposals) -> tuple[AuthenticatedContent, KeySchedule, GroupState]:
+def _sign_and_schedule(
+    group: GroupCore, opts: CommitOptions, commit: Commit, path: _CommitPath, applied: AppliedProposals
+) -> tuple[AuthenticatedContent, KeySchedule, GroupState]:
     """Sign the commit, advance the transcript and key schedule, and add the confirmation tag (§8, §8.2)."""
     s, cs = group.state, group.cs
     wire = opts.handshake.wire_format
     content = group.framed_content(ContentType.commit, opts.authenticated_data, commit=commit)
     unconfirmed = group.sign_content(content, wire)
-    confirmed = TranscriptHashes(s.context.confirmed_transcript_hash, s.interim_transcript_hash).next_confirmed(
-        cs, unconfirmed)
-    new_ctx = GroupContext(1, cs.suite_id, s.group_id, s.epoch + 1, path.tree.tree_hash(), confirmed,
-                           applied.extensions)
-    ks = KeySchedule.from_init_secret(cs, s.secrets.init_secret, path.commit_secret,
-                                      commit_psk_secret(group, applied.psks), new_ctx.to_bytes())
+    confirmed = TranscriptHashes(
+        s.context.confirmed_transcript_hash, s.interim_transcript_hash
+    ).next_confirmed(cs, unconfirmed)
+    new_ctx = GroupContext(
+        1, cs.suite_id, s.group_id, s.epoch + 1, path.tree.tree_hash(), confirmed, applied.extensions
+    )
+    ks = KeySchedule.from_init_secret(
+        cs,
+        s.secrets.init_secret,
+        path.commit_secret,
+        commit_psk_secret(group, applied.psks),
+        new_ctx.to_bytes(),
+    )
     tag = ks.secrets.confirmation_tag(confirmed)
     auth = AuthenticatedContent(wire, content, FramedContentAuthData(unconfirmed.auth.signature, tag))
-    new_state = next_state(s, tree=path.tree, keys=path.keys, context=new_ctx, ks=ks,
-                           interim=interim_transcript_hash(cs, confirmed, tag), tag=tag, reinit=applied.reinit)
+    new_state = next_state(
+        s,
+        tree=path.tree,
+        keys=path.keys,
+        context=new_ctx,
+        ks=ks,
+        interim=interim_transcript_hash(cs, confirmed, tag),
+        tag=tag,
+        reinit=applied.reinit,
+    )
     return auth, ks, new_state
 
 
@@ -199,8 +238,14 @@ def signed_group_info(group: GroupCore, state: GroupState, with_tree: bool) -> G
     return sign_group_info(group.cs, group.signer(), unsigned)
 
 
-def _welcome(group: GroupCore, state: GroupState, ks: KeySchedule, group_info: GroupInfo,
-             applied: AppliedProposals, path_secrets: dict[int, bytes]) -> Welcome:
+def _welcome(
+    group: GroupCore,
+    state: GroupState,
+    ks: KeySchedule,
+    group_info: GroupInfo,
+    applied: AppliedProposals,
+    path_secrets: dict[int, bytes],
+) -> Welcome:
     """The Welcome of the added members: joiner secret, the path secret of our common ancestor, the PSKs
     (§12.4.3.1)."""
     members = []

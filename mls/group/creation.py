@@ -50,9 +50,14 @@ def new_group_state(
     check_group_context_extensions(extensions)
     leaf_key = key_store.new_hpke_key(cipher_suite_id)
     leaf = LeafNode(
-        encryption_key=leaf_key.public_key, signature_key=signer.public_key, credential=credential,
-        capabilities=capabilities or default_capabilities(), leaf_node_source=LeafNodeSource.key_package,
-        lifetime=lifetime or default_lifetime(), extensions=(), signature=b"",
+        encryption_key=leaf_key.public_key,
+        signature_key=signer.public_key,
+        credential=credential,
+        capabilities=capabilities or default_capabilities(),
+        leaf_node_source=LeafNodeSource.key_package,
+        lifetime=lifetime or default_lifetime(),
+        extensions=(),
+        signature=b"",
     )
     tree = RatchetTree.one_member(cs, sign_leaf_node(cs, signer, leaf))
     gid = group_id if group_id is not None else os.urandom(cs.n_h)
@@ -61,9 +66,16 @@ def new_group_state(
     tag = secrets.confirmation_tag(b"")
     secret_tree, secrets = secrets.start_secret_tree(tree.n_leaves, config.ratchet)
     return GroupState(
-        context=context, tree=tree, keys=PathKeys(0, leaf_key), signer_ref=signer.key_ref, secrets=secrets,
-        secret_tree=secret_tree, interim_transcript_hash=interim_transcript_hash(cs, b"", tag),
-        confirmation_tag=tag, config=config, resumption_psks={0: secrets.resumption_psk},
+        context=context,
+        tree=tree,
+        keys=PathKeys(0, leaf_key),
+        signer_ref=signer.key_ref,
+        secrets=secrets,
+        secret_tree=secret_tree,
+        interim_transcript_hash=interim_transcript_hash(cs, b"", tag),
+        confirmation_tag=tag,
+        config=config,
+        resumption_psks={0: secrets.resumption_psk},
     )
 
 

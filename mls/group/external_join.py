@@ -52,12 +52,19 @@ from mls.wire.message_protection import protect_public, sign_framed_content
 from mls.wire.proposals import ExternalInit, PreSharedKey, PreSharedKeyID, Proposal, ProposalOrRef, Remove
 
 
-def _checked_group_info(cs: CipherSuite, gi: GroupInfo, ratchet_tree: bytes | None, config: GroupConfig) -> RatchetTree:
+def _checked_group_info(
+    cs: CipherSuite, gi: GroupInfo, ratchet_tree: bytes | None, config: GroupConfig
+) -> RatchetTree:
     tree = tree_from_group_info(cs, gi, ratchet_tree)
     verify_group_info_signer(cs, gi, tree)
     ctx = gi.group_context
-    validate_tree(tree, group_id=ctx.group_id, tree_hash=ctx.tree_hash, policy=config.leaf_policy,
-                  required=find_payload(ctx.extensions, RequiredCapabilities))
+    validate_tree(
+        tree,
+        group_id=ctx.group_id,
+        tree_hash=ctx.tree_hash,
+        policy=config.leaf_policy,
+        required=find_payload(ctx.extensions, RequiredCapabilities),
+    )
     return tree
 
 
@@ -91,18 +98,37 @@ def join_by_external_commit(
     vc = ValidationContext(cs, ctx.group_id, ctx.version, tree, ctx.extensions, config.leaf_policy)
     validate_proposal_list(vc, proposals, sender)
     applied = apply_proposals(vc, proposals)
-    check_required_capabilities(_template_leaf(signer, credential, b""), find_payload(applied.extensions, RequiredCapabilities))
+    check_required_capabilities(
+        _template_leaf(signer, credential, b""), find_payload(applied.extensions, RequiredCapabilities)
+    )
     leaf_key = key_store.new_hpke_key(cs.suite_id)
     try:
-        return _commit(cs, gi, applied, proposals, signer, credential, leaf_key, init_secret, psks, config,
-                       authenticated_data)
+        return _commit(
+            cs,
+            gi,
+            applied,
+            proposals,
+            signer,
+            credential,
+            leaf_key,
+            init_secret,
+            psks,
+            config,
+            authenticated_data,
+        )
     except MLSError:
         key_store.destroy(leaf_key.key_ref)
         raise
 
 
-def _joiner_proposals(tree: RatchetTree, sender: Sender, kem_output: bytes, credential: Credential,
-                      remove_prior: int | None, psk_ids: Sequence[PreSharedKeyID]) -> list[CommittedProposal]:
+def _joiner_proposals(
+    tree: RatchetTree,
+    sender: Sender,
+    kem_output: bytes,
+    credential: Credential,
+    remove_prior: int | None,
+    psk_ids: Sequence[PreSharedKeyID],
+) -> list[CommittedProposal]:
     """ExternalInit, the Remove of a resync, and PreSharedKeys, all by value (§12.4.3.2)."""
     bodies: list[ExternalInit | Remove | PreSharedKey] = [ExternalInit(kem_output)]
     if remove_prior is not None:
@@ -114,14 +140,25 @@ def _joiner_proposals(tree: RatchetTree, sender: Sender, kem_output: bytes, cred
 
 def _template_leaf(signer: Signer, credential: Credential, encryption_key: bytes) -> LeafNode:
     return LeafNode(
-        encryption_key=encryption_key, signature_key=signer.public_key, credential=credential,
-        capabilities=default_capabilities(), leaf_node_source=LeafNodeSource.commit, parent_hash=b"",
-        extensions=(), signature=b"",
+        encryption_key=encryption_key,
+        signature_key=signer.public_key,
+        credential=credential,
+        capabilities=default_capabilities(),
+        leaf_node_source=LeafNodeSource.commit,
+        parent_hash=b"",
+        extensions=(),
+        signature=b"",
     )
 
 
-def _joiner_path(cs: CipherSuite, gi: GroupInfo, applied: AppliedProposals, signer: Signer,
-                 credential: Credential, leaf_key: HpkePrivateKey) -> CreatedPath:
+def _joiner_path(
+    cs: CipherSuite,
+    gi: GroupInfo,
+    applied: AppliedProposals,
+    signer: Signer,
+    credential: Credential,
+    leaf_key: HpkePrivateKey,
+) -> CreatedPath:
     """The joiner's leaf at the leftmost blank leaf, and its UpdatePath (§12.4.3.2)."""
     ctx = gi.group_context
     tree = applied.tree.copy()
@@ -130,30 +167,66 @@ def _joiner_path(cs: CipherSuite, gi: GroupInfo, applied: AppliedProposals, sign
     template = _template_leaf(signer, credential, leaf_key.public_key)
 
     def provisional(t: RatchetTree) -> bytes:
-        return GroupContext(ctx.version, ctx.cipher_suite, ctx.group_id, ctx.epoch + 1, t.tree_hash(),
-                            ctx.confirmed_transcript_hash, applied.extensions).to_bytes()
+        return GroupContext(
+            ctx.version,
+            ctx.cipher_suite,
+            ctx.group_id,
+            ctx.epoch + 1,
+            t.tree_hash(),
+            ctx.confirmed_transcript_hash,
+            applied.extensions,
+        ).to_bytes()
 
     return create_update_path(
-        tree, joiner, new_leaf_key=leaf_key,
+        tree,
+        joiner,
+        new_leaf_key=leaf_key,
         sign_leaf=lambda leaf: sign_leaf_node(cs, signer, leaf, ctx.group_id, joiner),
-        leaf_template=template, group_context_for=provisional, first_path_secret=os.urandom(cs.n_h),
+        leaf_template=template,
+        group_context_for=provisional,
+        first_path_secret=os.urandom(cs.n_h),
     )
 
 
-def _commit(cs: CipherSuite, gi: GroupInfo, applied: AppliedProposals, proposals: list[CommittedProposal],
-            signer: Signer, credential: Credential, leaf_key: HpkePrivateKey, init_secret: bytes,
-            psk_store: PskStore, config: GroupConfig, authenticated_data: bytes) -> tuple[GroupState, bytes]:
+def _commit(
+    cs: CipherSuite,
+    gi: GroupInfo,
+    applied: AppliedProposals,
+    proposals: list[CommittedProposal],
+    signer: Signer,
+    credential: Credential,
+    leaf_key: HpkePrivateKey,
+    init_secret: bytes,
+    psk_store: PskStore,
+    config: GroupConfig,
+    authenticated_data: bytes,
+) -> tuple[GroupState, bytes]:
     ctx = gi.group_context
     created = _joiner_path(cs, gi, applied, signer, credential, leaf_key)
     commit = Commit(tuple(ProposalOrRef.of(p.proposal) for p in proposals), created.update_path)
-    content = FramedContent(group_id=ctx.group_id, epoch=ctx.epoch, sender=Sender(sender_type=SenderType.new_member_commit),
-                            authenticated_data=authenticated_data, content_type=ContentType.commit, commit=commit)
+    content = FramedContent(
+        group_id=ctx.group_id,
+        epoch=ctx.epoch,
+        sender=Sender(sender_type=SenderType.new_member_commit),
+        authenticated_data=authenticated_data,
+        content_type=ContentType.commit,
+        commit=commit,
+    )
     signature = sign_framed_content(cs, signer, WireFormat.mls_public_message, content, ctx)
-    auth = AuthenticatedContent(WireFormat.mls_public_message, content, FramedContentAuthData(signature, None))
+    auth = AuthenticatedContent(
+        WireFormat.mls_public_message, content, FramedContentAuthData(signature, None)
+    )
     interim = interim_transcript_hash(cs, ctx.confirmed_transcript_hash, gi.confirmation_tag)
     confirmed = TranscriptHashes(ctx.confirmed_transcript_hash, interim).next_confirmed(cs, auth)
-    new_ctx = GroupContext(ctx.version, ctx.cipher_suite, ctx.group_id, ctx.epoch + 1, created.tree.tree_hash(),
-                           confirmed, applied.extensions)
+    new_ctx = GroupContext(
+        ctx.version,
+        ctx.cipher_suite,
+        ctx.group_id,
+        ctx.epoch + 1,
+        created.tree.tree_hash(),
+        confirmed,
+        applied.extensions,
+    )
     psk = psk_secret(cs, [(p, _psk(psk_store, p)) for p in applied.psks])
     ks = KeySchedule.from_init_secret(cs, init_secret, created.commit_secret, psk, new_ctx.to_bytes())
     tag = ks.secrets.confirmation_tag(confirmed)
@@ -161,9 +234,16 @@ def _commit(cs: CipherSuite, gi: GroupInfo, applied: AppliedProposals, proposals
     message = MLSMessage.of(protect_public(cs, auth, None, ctx)).to_bytes()
     secret_tree, secrets = ks.secrets.start_secret_tree(created.tree.n_leaves, config.ratchet)
     state = GroupState(
-        context=new_ctx, tree=created.tree, keys=created.path_keys, signer_ref=signer.key_ref, secrets=secrets,
-        secret_tree=secret_tree, interim_transcript_hash=interim_transcript_hash(cs, confirmed, tag),
-        confirmation_tag=tag, config=config, resumption_psks={new_ctx.epoch: secrets.resumption_psk},
+        context=new_ctx,
+        tree=created.tree,
+        keys=created.path_keys,
+        signer_ref=signer.key_ref,
+        secrets=secrets,
+        secret_tree=secret_tree,
+        interim_transcript_hash=interim_transcript_hash(cs, confirmed, tag),
+        confirmation_tag=tag,
+        config=config,
+        resumption_psks={new_ctx.epoch: secrets.resumption_psk},
     )
     return state, message
 

@@ -79,15 +79,27 @@ class Group(GroupCore):
         capabilities: Capabilities | None = None,
     ) -> Group:
         """A one-member group with a fresh random epoch secret (§11)."""
-        state = new_group_state(key_store, cipher_suite_id, signer=signer, credential=credential, group_id=group_id,
-                                extensions=extensions, config=config, lifetime=lifetime, capabilities=capabilities)
+        state = new_group_state(
+            key_store,
+            cipher_suite_id,
+            signer=signer,
+            credential=credential,
+            group_id=group_id,
+            extensions=extensions,
+            config=config,
+            lifetime=lifetime,
+            capabilities=capabilities,
+        )
         return cls(state, key_store, psks)
 
     @classmethod
-    def from_bytes(cls, data: bytes, key_store: KeyStore, psks: PskStore | None = None,
-                   config: GroupConfig | None = None) -> Group:
+    def from_bytes(
+        cls, data: bytes, key_store: KeyStore, psks: PskStore | None = None, config: GroupConfig | None = None
+    ) -> Group:
         """A group from :meth:`to_bytes` (see :meth:`GroupState.from_bytes`)."""
-        return cls(GroupState.from_bytes(data, key_store, config.leaf_policy if config else None), key_store, psks)
+        return cls(
+            GroupState.from_bytes(data, key_store, config.leaf_policy if config else None), key_store, psks
+        )
 
     @classmethod
     def join(
@@ -115,23 +127,48 @@ class Group(GroupCore):
         (§11.2, §11.3)."""
         psk_store: PskStore = psks or MemoryPskStore()
         state = member_state_from_welcome(
-            key_store, welcome, key_package=key_package, init_key=init_key, leaf_key=leaf_key,
-            signer_ref=signer_ref, ratchet_tree=ratchet_tree, psks=psk_store, config=config or GroupConfig(),
-            destroy_init_key=destroy_init_key, retain_leaf_key=retain_leaf_key, expected_reinit=expected_reinit,
+            key_store,
+            welcome,
+            key_package=key_package,
+            init_key=init_key,
+            leaf_key=leaf_key,
+            signer_ref=signer_ref,
+            ratchet_tree=ratchet_tree,
+            psks=psk_store,
+            config=config or GroupConfig(),
+            destroy_init_key=destroy_init_key,
+            retain_leaf_key=retain_leaf_key,
+            expected_reinit=expected_reinit,
             resumed_from=resumed_from,
         )
         return cls(state, key_store, psk_store)
 
     @classmethod
-    def external_join(cls, key_store: KeyStore, group_info: bytes, *, signer: Signer, credential: Credential,
-                      ratchet_tree: bytes | None = None, psks: PskStore | None = None,
-                      psk_ids: Sequence[PreSharedKeyID] = (), config: GroupConfig | None = None,
-                      remove_prior: int | None = None) -> tuple[Group, bytes]:
+    def external_join(
+        cls,
+        key_store: KeyStore,
+        group_info: bytes,
+        *,
+        signer: Signer,
+        credential: Credential,
+        ratchet_tree: bytes | None = None,
+        psks: PskStore | None = None,
+        psk_ids: Sequence[PreSharedKeyID] = (),
+        config: GroupConfig | None = None,
+        remove_prior: int | None = None,
+    ) -> tuple[Group, bytes]:
         """Join by external commit (§12.4.3.2); returns the group and the commit to send."""
         psk_store: PskStore = psks or MemoryPskStore()
         state, message = external_join.join_by_external_commit(
-            key_store, group_info, signer=signer, credential=credential, psks=psk_store,
-            ratchet_tree=ratchet_tree, psk_ids=psk_ids, config=config, remove_prior=remove_prior,
+            key_store,
+            group_info,
+            signer=signer,
+            credential=credential,
+            psks=psk_store,
+            ratchet_tree=ratchet_tree,
+            psk_ids=psk_ids,
+            config=config,
+            remove_prior=remove_prior,
         )
         return cls(state, key_store, psk_store), message
 
@@ -145,28 +182,36 @@ class Group(GroupCore):
         return [self.protect(data, aad) for data, aad in items]
 
     # ---- proposals (§12.1) -----------------------------------------------------------------------
-    def propose(self, proposal: Proposal, handshake: HandshakeFraming = HandshakeFraming.public,
-                authenticated_data: bytes = b"") -> tuple[bytes, bytes]:
+    def propose(
+        self,
+        proposal: Proposal,
+        handshake: HandshakeFraming = HandshakeFraming.public,
+        authenticated_data: bytes = b"",
+    ) -> tuple[bytes, bytes]:
         """Send a proposal; returns (MLSMessage bytes, ProposalRef). It is cached for commits by reference."""
         return proposing.propose(self, proposal, handshake, authenticated_data)
 
-    def propose_add(self, key_package: KeyPackage,
-                    handshake: HandshakeFraming = HandshakeFraming.public) -> tuple[bytes, bytes]:
+    def propose_add(
+        self, key_package: KeyPackage, handshake: HandshakeFraming = HandshakeFraming.public
+    ) -> tuple[bytes, bytes]:
         """An Add proposal (§12.1.1)."""
         return self.propose(Proposal.of(Add(key_package)), handshake)
 
-    def propose_remove(self, leaf_index: int,
-                       handshake: HandshakeFraming = HandshakeFraming.public) -> tuple[bytes, bytes]:
+    def propose_remove(
+        self, leaf_index: int, handshake: HandshakeFraming = HandshakeFraming.public
+    ) -> tuple[bytes, bytes]:
         """A Remove proposal (§12.1.3)."""
         return self.propose(Proposal.of(Remove(leaf_index)), handshake)
 
-    def propose_psk(self, psk_id: PreSharedKeyID,
-                    handshake: HandshakeFraming = HandshakeFraming.public) -> tuple[bytes, bytes]:
+    def propose_psk(
+        self, psk_id: PreSharedKeyID, handshake: HandshakeFraming = HandshakeFraming.public
+    ) -> tuple[bytes, bytes]:
         """A PreSharedKey proposal (§12.1.4)."""
         return self.propose(Proposal.of(PreSharedKey(psk_id)), handshake)
 
-    def propose_group_context_extensions(self, extensions: Sequence[Extension],
-                                         handshake: HandshakeFraming = HandshakeFraming.public) -> tuple[bytes, bytes]:
+    def propose_group_context_extensions(
+        self, extensions: Sequence[Extension], handshake: HandshakeFraming = HandshakeFraming.public
+    ) -> tuple[bytes, bytes]:
         """A GroupContextExtensions proposal (§12.1.7)."""
         return self.propose(Proposal.of(GroupContextExtensions(tuple(extensions))), handshake)
 
@@ -174,10 +219,18 @@ class Group(GroupCore):
         """An Update proposal with a fresh leaf key from the key store (§12.1.2)."""
         return proposing.propose_update(self, handshake)
 
-    def new_psk_id(self, psk_id: bytes | None = None, *, resumption_epoch: int | None = None,
-                   group_id: bytes | None = None, usage: int = ResumptionPSKUsage.application) -> PreSharedKeyID:
+    def new_psk_id(
+        self,
+        psk_id: bytes | None = None,
+        *,
+        resumption_epoch: int | None = None,
+        group_id: bytes | None = None,
+        usage: int = ResumptionPSKUsage.application,
+    ) -> PreSharedKeyID:
         """A PreSharedKeyID with a fresh ``psk_nonce`` of KDF.Nh bytes (§8.4)."""
-        return proposing.new_psk_id(self, psk_id, resumption_epoch=resumption_epoch, group_id=group_id, usage=usage)
+        return proposing.new_psk_id(
+            self, psk_id, resumption_epoch=resumption_epoch, group_id=group_id, usage=usage
+        )
 
     # ---- commits (§12.4) ---------------------------------------------------------------------------------
     def commit(self, options: CommitOptions | None = None) -> StagedCommit:

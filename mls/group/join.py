@@ -56,7 +56,9 @@ def state_from_welcome(
     welcome_secret = KeySchedule.from_joiner_secret(cs, secrets.joiner_secret, psk, b"").welcome_secret
     gi = decrypt_group_info(cs, welcome_secret, w.encrypted_group_info)
     _check_resumption_join(gi, secrets.psks, expected_reinit, resumed_from)
-    return _state_from_group_info(cs, gi, secrets, psk, key_package, leaf_key, signer_ref, ratchet_tree, config)
+    return _state_from_group_info(
+        cs, gi, secrets, psk, key_package, leaf_key, signer_ref, ratchet_tree, config
+    )
 
 
 def member_state_from_welcome(
@@ -79,8 +81,15 @@ def member_state_from_welcome(
     init key is destroyed, and the leaf key of a last-resort KeyPackage (shared by every group joined
     with it) is marked retained so that no commit of this group destroys it."""
     state = state_from_welcome(
-        welcome, key_package=key_package, init_key=init_key, leaf_key=leaf_key, signer_ref=signer_ref,
-        ratchet_tree=ratchet_tree, psks=psks, config=config, expected_reinit=expected_reinit,
+        welcome,
+        key_package=key_package,
+        init_key=init_key,
+        leaf_key=leaf_key,
+        signer_ref=signer_ref,
+        ratchet_tree=ratchet_tree,
+        psks=psks,
+        config=config,
+        expected_reinit=expected_reinit,
         resumed_from=resumed_from,
     )
     if retain_leaf_key:
@@ -99,13 +108,21 @@ def _joiner_psk(store: PskStore, psk_id: PreSharedKeyID) -> bytes:
     return value
 
 
-def _check_resumption_join(gi: GroupInfo, psks: Sequence[PreSharedKeyID], expected_reinit: ReInit | None,
-                           resumed_from: GroupContext | None) -> None:
+def _check_resumption_join(
+    gi: GroupInfo,
+    psks: Sequence[PreSharedKeyID],
+    expected_reinit: ReInit | None,
+    resumed_from: GroupContext | None,
+) -> None:
     """A Welcome with a reinit or branch PSK starts a new group at epoch 1 that matches the old group
     (§12.4.3.1, §11.2, §11.3); a joiner expecting a reinitialization requires its PSK."""
     ctx = gi.group_context
-    special = [p for p in psks if p.psktype == PSKType.resumption
-               and p.usage in (ResumptionPSKUsage.reinit, ResumptionPSKUsage.branch)]
+    special = [
+        p
+        for p in psks
+        if p.psktype == PSKType.resumption
+        and p.usage in (ResumptionPSKUsage.reinit, ResumptionPSKUsage.branch)
+    ]
     if special and ctx.epoch != 1:
         raise ValidationError(
             "12.4.3.1/resumption-epoch-one", "a reinit or branch Welcome must be for epoch 1"
@@ -116,7 +133,12 @@ def _check_resumption_join(gi: GroupInfo, psks: Sequence[PreSharedKeyID], expect
                 "11.2/reinit-psk-present", "a reinitialized group's Welcome must carry a reinit PSK"
             )
         got = (ctx.group_id, ctx.version, ctx.cipher_suite, ctx.extensions)
-        want = (expected_reinit.group_id, expected_reinit.version, expected_reinit.cipher_suite, expected_reinit.extensions)
+        want = (
+            expected_reinit.group_id,
+            expected_reinit.version,
+            expected_reinit.cipher_suite,
+            expected_reinit.extensions,
+        )
         if got != want:
             raise ValidationError(
                 "11.2/reinit-group-matches", "the new group does not match the ReInit proposal"
@@ -130,14 +152,18 @@ def _check_resumption_join(gi: GroupInfo, psks: Sequence[PreSharedKeyID], expect
                 "the resumption PSK is not from the expected group and epoch",
             )
         if p.usage == ResumptionPSKUsage.branch and (ctx.version, ctx.cipher_suite) != (
-                resumed_from.version, resumed_from.cipher_suite):
+            resumed_from.version,
+            resumed_from.cipher_suite,
+        ):
             raise ValidationError(
                 "11.3/branch-version-cipher-suite", "a branch keeps the old group's version and cipher suite"
             )
 
 
 def _check_joiner_psks(psks: Sequence[PreSharedKeyID]) -> None:
-    special = [p for p in psks if p.psktype == PSKType.resumption and p.usage != ResumptionPSKUsage.application]
+    special = [
+        p for p in psks if p.psktype == PSKType.resumption and p.usage != ResumptionPSKUsage.application
+    ]
     if len(special) > 1:
         raise ValidationError(
             "12.4.3.1/resumption-psk-unique", "at most one resumption PSK of usage reinit or branch"
@@ -165,8 +191,15 @@ def verify_group_info_signer(cs: CipherSuite, gi: GroupInfo, tree: RatchetTree) 
 
 
 def _state_from_group_info(
-    cs: CipherSuite, gi: GroupInfo, secrets: GroupSecrets, psk: bytes, key_package: KeyPackage,
-    leaf_key: HpkePrivateKey, signer_ref: bytes, ratchet_tree: bytes | None, config: GroupConfig,
+    cs: CipherSuite,
+    gi: GroupInfo,
+    secrets: GroupSecrets,
+    psk: bytes,
+    key_package: KeyPackage,
+    leaf_key: HpkePrivateKey,
+    signer_ref: bytes,
+    ratchet_tree: bytes | None,
+    config: GroupConfig,
 ) -> GroupState:
     ctx = gi.group_context
     if ctx.cipher_suite != key_package.cipher_suite:
@@ -176,8 +209,13 @@ def _state_from_group_info(
     check_unique_extension_types(ctx.extensions)
     tree = tree_from_group_info(cs, gi, ratchet_tree)
     verify_group_info_signer(cs, gi, tree)
-    validate_tree(tree, group_id=ctx.group_id, tree_hash=ctx.tree_hash, policy=config.leaf_policy,
-                  required=find_payload(ctx.extensions, RequiredCapabilities))
+    validate_tree(
+        tree,
+        group_id=ctx.group_id,
+        tree_hash=ctx.tree_hash,
+        policy=config.leaf_policy,
+        required=find_payload(ctx.extensions, RequiredCapabilities),
+    )
     own = next((i for i, leaf in tree.leaves() if leaf == key_package.leaf_node), None)
     if own is None:
         raise ValidationError("12.4.3.1/own-leaf-in-tree", "the tree has no leaf equal to this KeyPackage's")
@@ -186,14 +224,29 @@ def _state_from_group_info(
     ks.secrets.verify_confirmation_tag(ctx.confirmed_transcript_hash, gi.confirmation_tag)
     secret_tree, epoch_secrets = ks.secrets.start_secret_tree(tree.n_leaves, config.ratchet)
     return GroupState(
-        context=ctx, tree=tree, keys=keys, signer_ref=signer_ref, secrets=epoch_secrets, secret_tree=secret_tree,
-        interim_transcript_hash=interim_transcript_hash(cs, ctx.confirmed_transcript_hash, gi.confirmation_tag),
-        confirmation_tag=gi.confirmation_tag, config=config, resumption_psks={ctx.epoch: epoch_secrets.resumption_psk},
+        context=ctx,
+        tree=tree,
+        keys=keys,
+        signer_ref=signer_ref,
+        secrets=epoch_secrets,
+        secret_tree=secret_tree,
+        interim_transcript_hash=interim_transcript_hash(
+            cs, ctx.confirmed_transcript_hash, gi.confirmation_tag
+        ),
+        confirmation_tag=gi.confirmation_tag,
+        config=config,
+        resumption_psks={ctx.epoch: epoch_secrets.resumption_psk},
     )
 
 
-def _joiner_path_keys(cs: CipherSuite, tree: RatchetTree, own: int, signer: int, leaf_key: HpkePrivateKey,
-                      path_secret: PathSecret | None) -> PathKeys:
+def _joiner_path_keys(
+    cs: CipherSuite,
+    tree: RatchetTree,
+    own: int,
+    signer: int,
+    leaf_key: HpkePrivateKey,
+    path_secret: PathSecret | None,
+) -> PathKeys:
     """The joiner's leaf key, plus keys from the common ancestor with the committer up (§12.4.3.1)."""
     keys = PathKeys(own, leaf_key)
     if leaf_key.public_key != (tree.leaf(own) or _never()).encryption_key:
@@ -203,7 +256,11 @@ def _joiner_path_keys(cs: CipherSuite, tree: RatchetTree, own: int, signer: int,
     if path_secret is None:
         return keys
     ancestor = tm.common_ancestor(2 * own, 2 * signer)
-    path = [ancestor, *tm.direct_path(ancestor, tree.n_leaves)] if ancestor != tm.root(tree.n_leaves) else [ancestor]
+    path = (
+        [ancestor, *tm.direct_path(ancestor, tree.n_leaves)]
+        if ancestor != tm.root(tree.n_leaves)
+        else [ancestor]
+    )
     filtered = [x for x in path if tree.node(x) is not None]
     for x, secret in zip(filtered, derive_path_secrets(cs, path_secret.path_secret, len(filtered))):
         key = node_key(cs, secret)

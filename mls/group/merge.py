@@ -14,7 +14,9 @@ from mls.group.next_epoch import dead_keys
 from mls.group.staged_commit import StagedCommit
 
 
-def merge_staged_commit(group: GroupCore, staged: StagedCommit, *, destroy_dead_keys: bool = True) -> list[bytes]:
+def merge_staged_commit(
+    group: GroupCore, staged: StagedCommit, *, destroy_dead_keys: bool = True
+) -> list[bytes]:
     """Adopt ``staged``; returns the key references the merge made dead (``staged.dead_key_refs`` plus a
     losing pending commit's new leaf key; never a retained key) and destroys them unless
     ``destroy_dead_keys=False`` (a caller that persists the new state first and destroys them itself)."""

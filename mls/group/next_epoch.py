@@ -38,27 +38,52 @@ def commit_psk_secret(group: GroupCore, psk_ids: Sequence[PreSharedKeyID]) -> by
     return psk_secret(group.cs, [(p, psk_value(group, p)) for p in psk_ids])
 
 
-def provisional_context(state: GroupState, tree: RatchetTree, extensions: Sequence[Extension]) -> GroupContext:
+def provisional_context(
+    state: GroupState, tree: RatchetTree, extensions: Sequence[Extension]
+) -> GroupContext:
     """The GroupContext an UpdatePath is encrypted to: next epoch and tree, old transcript (§12.4.1)."""
     c = state.context
-    return GroupContext(c.version, c.cipher_suite, c.group_id, c.epoch + 1, tree.tree_hash(),
-                        c.confirmed_transcript_hash, tuple(extensions))
+    return GroupContext(
+        c.version,
+        c.cipher_suite,
+        c.group_id,
+        c.epoch + 1,
+        tree.tree_hash(),
+        c.confirmed_transcript_hash,
+        tuple(extensions),
+    )
 
 
 def next_state(
-    state: GroupState, *, tree: RatchetTree, keys: PathKeys, context: GroupContext, ks: KeySchedule,
-    interim: bytes, tag: bytes, reinit: ReInit | None = None,
+    state: GroupState,
+    *,
+    tree: RatchetTree,
+    keys: PathKeys,
+    context: GroupContext,
+    ks: KeySchedule,
+    interim: bytes,
+    tag: bytes,
+    reinit: ReInit | None = None,
 ) -> GroupState:
     """The state of the next epoch (§8); the current one becomes a past epoch (within the retention)."""
     s = state
     secret_tree, secrets = ks.secrets.start_secret_tree(tree.n_leaves, s.config.ratchet)
-    past = [*s.past_epochs, past_epoch(s)][-s.config.past_epochs:] if s.config.past_epochs else []
+    past = [*s.past_epochs, past_epoch(s)][-s.config.past_epochs :] if s.config.past_epochs else []
     psks = {**s.resumption_psks, context.epoch: secrets.resumption_psk}
-    keep = sorted(psks)[-s.config.resumption_psks:] if s.config.resumption_psks else []
+    keep = sorted(psks)[-s.config.resumption_psks :] if s.config.resumption_psks else []
     return GroupState(
-        context=context, tree=tree, keys=keys, signer_ref=s.signer_ref, secrets=secrets,
-        secret_tree=secret_tree, interim_transcript_hash=interim, confirmation_tag=tag, config=s.config,
-        past_epochs=past, resumption_psks={e: psks[e] for e in keep}, reinit=reinit,
+        context=context,
+        tree=tree,
+        keys=keys,
+        signer_ref=s.signer_ref,
+        secrets=secrets,
+        secret_tree=secret_tree,
+        interim_transcript_hash=interim,
+        confirmation_tag=tag,
+        config=s.config,
+        past_epochs=past,
+        resumption_psks={e: psks[e] for e in keep},
+        reinit=reinit,
         retained_keys=s.retained_keys,
     )
 
@@ -67,7 +92,10 @@ def past_epoch(state: GroupState) -> PastEpoch:
     """What is kept of the current epoch to read its late application messages (§9.2)."""
     s = state
     return PastEpoch(
-        s.epoch, s.context, s.secret_tree, s.secrets.sender_data_secret,
+        s.epoch,
+        s.context,
+        s.secret_tree,
+        s.secrets.sender_data_secret,
         {i: leaf.signature_key for i, leaf in s.tree.leaves()},
     )
 

@@ -85,10 +85,14 @@ def _process_private(group: GroupCore, msg: PrivateMessage) -> ProcessedMessage:
         return _process_past_epoch(group, msg)
     _check_epoch(group, msg.epoch)  # a handshake message of another epoch: never
     s = group.state
-    auth, sender_data = decrypt_private(group.cs, msg, s.secrets.sender_data_secret, s.secret_tree.peek_key_nonce)
+    auth, sender_data = decrypt_private(
+        group.cs, msg, s.secrets.sender_data_secret, s.secret_tree.peek_key_nonce
+    )
     verify_framed_content(group.cs, _sender_signature_key(group, auth), auth, s.context)
     result = _handle_authenticated(group, auth)
-    s.secret_tree.key_nonce(sender_data.leaf_index, ratchet_type_for(msg.content_type), sender_data.generation)
+    s.secret_tree.key_nonce(
+        sender_data.leaf_index, ratchet_type_for(msg.content_type), sender_data.generation
+    )
     return result
 
 
@@ -161,8 +165,11 @@ def _cache_proposal(group: GroupCore, auth: AuthenticatedContent) -> ProposalMes
     """Validate a received proposal and cache it for commits by reference (§12.1)."""
     proposal = auth.content.proposal
     assert proposal is not None
-    validate_proposal(group.validation_context(), CommittedProposal(proposal, auth.content.sender),
-                      find_payload(group.state.context.extensions, RequiredCapabilities))
+    validate_proposal(
+        group.validation_context(),
+        CommittedProposal(proposal, auth.content.sender),
+        find_payload(group.state.context.extensions, RequiredCapabilities),
+    )
     ref = group.cs.make_proposal_ref(auth.to_bytes())
     group.state.proposals[ref] = CachedProposal.from_content(ref, auth)
     return ProposalMessage(auth.content.sender, ref, proposal, auth.content.epoch)

@@ -42,11 +42,22 @@ from mls.wire.proposals import (
 
 #: Proposal types whose presence requires the Commit to carry a path (§12.4).
 PATH_REQUIRED_TYPES = frozenset(
-    {ProposalType.update, ProposalType.remove, ProposalType.external_init, ProposalType.group_context_extensions}
+    {
+        ProposalType.update,
+        ProposalType.remove,
+        ProposalType.external_init,
+        ProposalType.group_context_extensions,
+    }
 )
 #: Proposal types an ``external`` sender may send (§12.1.8).
 EXTERNAL_SENDER_TYPES = frozenset(
-    {ProposalType.add, ProposalType.remove, ProposalType.psk, ProposalType.reinit, ProposalType.group_context_extensions}
+    {
+        ProposalType.add,
+        ProposalType.remove,
+        ProposalType.psk,
+        ProposalType.reinit,
+        ProposalType.group_context_extensions,
+    }
 )
 
 
@@ -95,7 +106,9 @@ def path_required(proposals: Sequence[CommittedProposal]) -> bool:
 # ---- individual proposals (§12.1) ----------------------------------------------------------------
 
 
-def validate_proposal(vc: ValidationContext, cp: CommittedProposal, required: RequiredCapabilities | None) -> None:
+def validate_proposal(
+    vc: ValidationContext, cp: CommittedProposal, required: RequiredCapabilities | None
+) -> None:
     """The rules of §12.1.x for one proposal, given the sender."""
     body = cp.proposal.body
     sender = cp.sender
@@ -137,15 +150,22 @@ def check_external_proposal_type(proposal: Proposal) -> None:
         )
 
 
-def _validate_update(vc: ValidationContext, sender: Sender, leaf: LeafNode, required: RequiredCapabilities | None) -> None:
+def _validate_update(
+    vc: ValidationContext, sender: Sender, leaf: LeafNode, required: RequiredCapabilities | None
+) -> None:
     if sender.sender_type != SenderType.member or sender.leaf_index is None:
         raise ValidationError("12.1.2/update-sender-member", "only members send Update proposals")
     current = vc.tree.leaf(sender.leaf_index)
     if current is None:
         raise ValidationError("12.1.2/update-sender-leaf", "Update from a blank leaf")
     validate_leaf_node(
-        vc.cs, leaf, source=LeafNodeSource.update, group_id=vc.group_id, leaf_index=sender.leaf_index,
-        policy=vc.policy, required=required,
+        vc.cs,
+        leaf,
+        source=LeafNodeSource.update,
+        group_id=vc.group_id,
+        leaf_index=sender.leaf_index,
+        policy=vc.policy,
+        required=required,
     )
     if leaf.encryption_key == current.encryption_key:
         raise ValidationError(
@@ -200,7 +220,9 @@ def validate_proposal_list(
     _check_required_capabilities_supported(vc, proposals, required)
 
 
-def _validate_member_commit_list(vc: ValidationContext, proposals: Sequence[CommittedProposal], committer: Sender) -> None:
+def _validate_member_commit_list(
+    vc: ValidationContext, proposals: Sequence[CommittedProposal], committer: Sender
+) -> None:
     touched: set[int] = set()
     for cp in proposals:
         body = cp.proposal.body

@@ -16,8 +16,9 @@ from mls.wire.framing import ContentType, Sender
 from mls.wire.proposals import PreSharedKeyID, Proposal, ResumptionPSKUsage, Update
 
 
-def propose(group: GroupCore, proposal: Proposal, handshake: HandshakeFraming,
-            authenticated_data: bytes = b"") -> tuple[bytes, bytes]:
+def propose(
+    group: GroupCore, proposal: Proposal, handshake: HandshakeFraming, authenticated_data: bytes = b""
+) -> tuple[bytes, bytes]:
     """Send a proposal (§12.1); returns (MLSMessage bytes, ProposalRef). It is cached for commits by reference."""
     group.require_active()
     s = group.state
@@ -40,9 +41,13 @@ def propose_update(group: GroupCore, handshake: HandshakeFraming) -> tuple[bytes
     assert current is not None
     new_key = group.key_store.new_hpke_key(group.cs.suite_id)
     leaf = LeafNode(
-        encryption_key=new_key.public_key, signature_key=current.signature_key, credential=current.credential,
-        capabilities=current.capabilities, leaf_node_source=LeafNodeSource.update,
-        extensions=current.extensions, signature=b"",
+        encryption_key=new_key.public_key,
+        signature_key=current.signature_key,
+        credential=current.credential,
+        capabilities=current.capabilities,
+        leaf_node_source=LeafNodeSource.update,
+        extensions=current.extensions,
+        signature=b"",
     )
     leaf = sign_leaf_node(group.cs, group.signer(), leaf, s.group_id, s.own_leaf)
     try:
@@ -54,8 +59,14 @@ def propose_update(group: GroupCore, handshake: HandshakeFraming) -> tuple[bytes
     return out
 
 
-def new_psk_id(group: GroupCore, psk_id: bytes | None = None, *, resumption_epoch: int | None = None,
-               group_id: bytes | None = None, usage: int = ResumptionPSKUsage.application) -> PreSharedKeyID:
+def new_psk_id(
+    group: GroupCore,
+    psk_id: bytes | None = None,
+    *,
+    resumption_epoch: int | None = None,
+    group_id: bytes | None = None,
+    usage: int = ResumptionPSKUsage.application,
+) -> PreSharedKeyID:
     """A PreSharedKeyID with a fresh ``psk_nonce`` of KDF.Nh bytes (§8.4)."""
     nonce = os.urandom(group.cs.n_h)
     if psk_id is not None:

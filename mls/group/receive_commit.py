@@ -73,14 +73,18 @@ def _resolve(group: GroupCore, por: ProposalOrRef, committer: Sender) -> Committ
     return CommittedProposal(cached.proposal, cached.sender, cached.ref)
 
 
-def _removed_us(group: GroupCore, auth: AuthenticatedContent, proposals: list[CommittedProposal]) -> StagedCommit:
+def _removed_us(
+    group: GroupCore, auth: AuthenticatedContent, proposals: list[CommittedProposal]
+) -> StagedCommit:
     """A commit that removes this member: no next state; every key of the membership is dead (§12.4.2)."""
-    return StagedCommit(None, auth.content.sender, proposals, auth.to_bytes(),
-                        dead_key_refs=all_own_keys(group.state))
+    return StagedCommit(
+        None, auth.content.sender, proposals, auth.to_bytes(), dead_key_refs=all_own_keys(group.state)
+    )
 
 
-def _apply_path(group: GroupCore, applied: AppliedProposals, committer: int,
-                commit: Commit) -> tuple[RatchetTree, PathKeys, bytes]:
+def _apply_path(
+    group: GroupCore, applied: AppliedProposals, committer: int, commit: Commit
+) -> tuple[RatchetTree, PathKeys, bytes]:
     """Merge the committer's UpdatePath and decrypt our path secret (§7.5, §12.4.2); the commit secret
     is zero without a path."""
     keys = _keys_after_updates(group, applied)
@@ -114,8 +118,15 @@ def _keys_after_updates(group: GroupCore, applied: AppliedProposals) -> PathKeys
 def _check_path_leaf(group: GroupCore, applied: AppliedProposals, committer: int, leaf: LeafNode) -> None:
     """The UpdatePath's leaf is valid for a commit (§7.3) and has a new encryption key (§12.4.2)."""
     s = group.state
-    validate_leaf_node(group.cs, leaf, source=LeafNodeSource.commit, group_id=s.group_id, leaf_index=committer,
-                       policy=s.config.leaf_policy, required=find_payload(applied.extensions, RequiredCapabilities))
+    validate_leaf_node(
+        group.cs,
+        leaf,
+        source=LeafNodeSource.commit,
+        group_id=s.group_id,
+        leaf_index=committer,
+        policy=s.config.leaf_policy,
+        required=find_payload(applied.extensions, RequiredCapabilities),
+    )
     current = applied.tree.leaf(committer)
     if current is not None and current.encryption_key == leaf.encryption_key:
         raise ValidationError(
@@ -141,28 +152,50 @@ def _check_path_keys_fresh(tree: RatchetTree, committer: int, commit: Commit) ->
         )
 
 
-def _complete_staging(group: GroupCore, auth: AuthenticatedContent, proposals: list[CommittedProposal],
-                      applied: AppliedProposals, tree: RatchetTree, keys: PathKeys, commit_secret: bytes,
-                      init_secret: bytes) -> StagedCommit:
+def _complete_staging(
+    group: GroupCore,
+    auth: AuthenticatedContent,
+    proposals: list[CommittedProposal],
+    applied: AppliedProposals,
+    tree: RatchetTree,
+    keys: PathKeys,
+    commit_secret: bytes,
+    init_secret: bytes,
+) -> StagedCommit:
     """Advance the transcript and key schedule, verify the confirmation tag (§8, §8.2, §12.4.2)."""
     s, cs = group.state, group.cs
     before = TranscriptHashes(s.context.confirmed_transcript_hash, s.interim_transcript_hash)
     hashes = before.after_commit(cs, auth)
     confirmed, tag = hashes.confirmed, auth.auth.confirmation_tag
     assert tag is not None  # after_commit requires it (§6.1)
-    new_ctx = GroupContext(1, cs.suite_id, s.group_id, s.epoch + 1, tree.tree_hash(), confirmed, applied.extensions)
-    ks = KeySchedule.from_init_secret(cs, init_secret, commit_secret, commit_psk_secret(group, applied.psks),
-                                      new_ctx.to_bytes())
+    new_ctx = GroupContext(
+        1, cs.suite_id, s.group_id, s.epoch + 1, tree.tree_hash(), confirmed, applied.extensions
+    )
+    ks = KeySchedule.from_init_secret(
+        cs, init_secret, commit_secret, commit_psk_secret(group, applied.psks), new_ctx.to_bytes()
+    )
     ks.secrets.verify_confirmation_tag(confirmed, tag)
-    state = next_state(s, tree=tree, keys=keys, context=new_ctx, ks=ks,
-                       interim=hashes.interim, tag=tag, reinit=applied.reinit)
+    state = next_state(
+        s,
+        tree=tree,
+        keys=keys,
+        context=new_ctx,
+        ks=ks,
+        interim=hashes.interim,
+        tag=tag,
+        reinit=applied.reinit,
+    )
     replaced_leaf = [s.keys.leaf_key.key_ref] if keys.leaf_key.key_ref != s.keys.leaf_key.key_ref else []
     dead = dead_keys(s, [*dead_update_keys(s, applied), *replaced_leaf])
     return StagedCommit(state, auth.content.sender, proposals, auth.to_bytes(), dead_key_refs=dead)
 
 
-def _stage_external_commit(group: GroupCore, auth: AuthenticatedContent, proposals: list[CommittedProposal],
-                           applied: AppliedProposals) -> StagedCommit:
+def _stage_external_commit(
+    group: GroupCore,
+    auth: AuthenticatedContent,
+    proposals: list[CommittedProposal],
+    applied: AppliedProposals,
+) -> StagedCommit:
     """A new member's commit (§12.4.3.2): its init secret comes from ExternalInit, its leaf is the
     leftmost blank one."""
     commit = auth.content.commit
@@ -175,7 +208,9 @@ def _stage_external_commit(group: GroupCore, auth: AuthenticatedContent, proposa
     applied.tree = applied.tree.copy()
     applied.tree.extend_to(joiner + 1)
     tree_after, keys, commit_secret = _apply_path(group, applied, joiner, commit)
-    init_secret = external_init_receive(group.cs, group.state.secrets.external_key_pair(), external_init.kem_output)
+    init_secret = external_init_receive(
+        group.cs, group.state.secrets.external_key_pair(), external_init.kem_output
+    )
     return _complete_staging(group, auth, proposals, applied, tree_after, keys, commit_secret, init_secret)
 
 

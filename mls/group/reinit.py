@@ -38,41 +38,83 @@ def resumption_psks(old: Group) -> MemoryPskStore:
 
 
 def _successor(
-    old: Group, usage: ResumptionPSKUsage, *, suite: int, group_id: bytes, extensions: Sequence[Extension],
-    key_store: KeyStore, signer: Signer, credential: Credential, key_packages: Sequence[KeyPackage],
+    old: Group,
+    usage: ResumptionPSKUsage,
+    *,
+    suite: int,
+    group_id: bytes,
+    extensions: Sequence[Extension],
+    key_store: KeyStore,
+    signer: Signer,
+    credential: Credential,
+    key_packages: Sequence[KeyPackage],
     config: GroupConfig | None,
 ) -> tuple[Group, StagedCommit]:
     cs = cipher_suite(suite)
     psk_id = PreSharedKeyID.resumption(usage, old.group_id, old.epoch, os.urandom(cs.n_h))
-    new = Group.create(key_store, suite, signer=signer, credential=credential, group_id=group_id,
-                       extensions=extensions, config=config, psks=resumption_psks(old))
+    new = Group.create(
+        key_store,
+        suite,
+        signer=signer,
+        credential=credential,
+        group_id=group_id,
+        extensions=extensions,
+        config=config,
+        psks=resumption_psks(old),
+    )
     staged = new.commit(CommitOptions(add=key_packages, psks=[psk_id], resumption_usages=frozenset({usage})))
     new.merge_pending_commit()
     return new, staged
 
 
 def reinit_successor(
-    old: Group, *, key_store: KeyStore, signer: Signer, credential: Credential,
-    key_packages: Sequence[KeyPackage], config: GroupConfig | None = None,
+    old: Group,
+    *,
+    key_store: KeyStore,
+    signer: Signer,
+    credential: Credential,
+    key_packages: Sequence[KeyPackage],
+    config: GroupConfig | None = None,
 ) -> tuple[Group, StagedCommit]:
     """The new group of a merged ReInit (§11.2), with the given members' KeyPackages in its suite."""
     r = old.state.reinit
     if r is None:
         raise StateError("RFC 9420 §11.2: no ReInit proposal was committed in this group")
-    return _successor(old, ResumptionPSKUsage.reinit, suite=r.cipher_suite, group_id=r.group_id,
-                      extensions=r.extensions, key_store=key_store, signer=signer, credential=credential,
-                      key_packages=key_packages, config=config)
+    return _successor(
+        old,
+        ResumptionPSKUsage.reinit,
+        suite=r.cipher_suite,
+        group_id=r.group_id,
+        extensions=r.extensions,
+        key_store=key_store,
+        signer=signer,
+        credential=credential,
+        key_packages=key_packages,
+        config=config,
+    )
 
 
 def branch(
-    old: Group, *, key_packages: Sequence[KeyPackage], group_id: bytes | None = None,
-    extensions: Sequence[Extension] = (), config: GroupConfig | None = None,
+    old: Group,
+    *,
+    key_packages: Sequence[KeyPackage],
+    group_id: bytes | None = None,
+    extensions: Sequence[Extension] = (),
+    config: GroupConfig | None = None,
 ) -> tuple[Group, StagedCommit]:
     """A subgroup of ``old`` with the members of ``key_packages`` (§11.3), same suite and identity."""
     s = old.state
     leaf = s.tree.leaf(s.own_leaf)
     assert leaf is not None
-    return _successor(old, ResumptionPSKUsage.branch, suite=old.cs.suite_id,
-                      group_id=group_id or os.urandom(old.cs.n_h), extensions=extensions,
-                      key_store=old.key_store, signer=old.signer(), credential=leaf.credential,
-                      key_packages=key_packages, config=config)
+    return _successor(
+        old,
+        ResumptionPSKUsage.branch,
+        suite=old.cs.suite_id,
+        group_id=group_id or os.urandom(old.cs.n_h),
+        extensions=extensions,
+        key_store=old.key_store,
+        signer=old.signer(),
+        credential=leaf.credential,
+        key_packages=key_packages,
+        config=config,
+    )

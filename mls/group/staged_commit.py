@@ -78,7 +78,9 @@ class StagedCommit:
         }
 
     @classmethod
-    def from_bytes(cls, data: bytes, key_store: KeyStore, leaf_policy: LeafPolicy | None = None) -> StagedCommit:
+    def from_bytes(
+        cls, data: bytes, key_store: KeyStore, leaf_policy: LeafPolicy | None = None
+    ) -> StagedCommit:
         """Rebuild a staged commit; the next epoch's leaf key comes back from ``key_store`` by reference.
 
         Corrupt or unknown-version input raises :class:`StateError`; a key reference ``key_store`` does
@@ -97,7 +99,9 @@ class StagedCommit:
             raise StateError(f"malformed staged commit ({type(e).__name__})") from None
 
     @classmethod
-    def _from_state(cls, s: dict[str, Any], key_store: KeyStore, leaf_policy: LeafPolicy | None) -> StagedCommit:
+    def _from_state(
+        cls, s: dict[str, Any], key_store: KeyStore, leaf_policy: LeafPolicy | None
+    ) -> StagedCommit:
         state = None if s["state"] is None else GroupState.from_state(s["state"], key_store, leaf_policy)
         return cls(
             state=state,
@@ -120,8 +124,11 @@ def _proposal_from_state(s: list[str | None]) -> CommittedProposal:
     proposal, sender, ref = s
     if proposal is None or sender is None:
         raise StateError("malformed staged commit: a committed proposal without its body or sender")
-    return CommittedProposal(Proposal.from_bytes(bytes.fromhex(proposal)), Sender.from_bytes(bytes.fromhex(sender)),
-                             _bytes_or_none(ref))
+    return CommittedProposal(
+        Proposal.from_bytes(bytes.fromhex(proposal)),
+        Sender.from_bytes(bytes.fromhex(sender)),
+        _bytes_or_none(ref),
+    )
 
 
 def _hex_or_none(value: bytes | None) -> str | None:

@@ -55,8 +55,11 @@ class GroupConfig:
     @classmethod
     def from_state(cls, s: dict[str, Any], leaf_policy: LeafPolicy | None = None) -> GroupConfig:
         return cls(
-            RatchetConfig.from_state(s["ratchet"]), int(s["past_epochs"]), int(s["resumption_psks"]),
-            int(s["padding_block"]), leaf_policy or LeafPolicy(),
+            RatchetConfig.from_state(s["ratchet"]),
+            int(s["past_epochs"]),
+            int(s["resumption_psks"]),
+            int(s["padding_block"]),
+            leaf_policy or LeafPolicy(),
         )
 
 
@@ -98,8 +101,10 @@ class PastEpoch:
     @classmethod
     def from_state(cls, s: dict[str, Any]) -> PastEpoch:
         return cls(
-            int(s["epoch"]), GroupContext.from_bytes(bytes.fromhex(s["context"])),
-            SecretTree.from_state(s["secret_tree"]), bytes.fromhex(s["sender_data_secret"]),
+            int(s["epoch"]),
+            GroupContext.from_bytes(bytes.fromhex(s["context"])),
+            SecretTree.from_state(s["secret_tree"]),
+            bytes.fromhex(s["sender_data_secret"]),
             {int(k): bytes.fromhex(v) for k, v in s["signature_keys"].items()},
         )
 
@@ -174,7 +179,9 @@ class GroupState:
         return json.dumps(self.to_state(), separators=(",", ":"), sort_keys=True).encode()
 
     @classmethod
-    def from_bytes(cls, data: bytes, key_store: KeyStore, leaf_policy: LeafPolicy | None = None) -> GroupState:
+    def from_bytes(
+        cls, data: bytes, key_store: KeyStore, leaf_policy: LeafPolicy | None = None
+    ) -> GroupState:
         """Rebuild a state; the leaf key comes back from ``key_store`` by reference."""
         try:
             s = json.loads(data)
@@ -207,7 +214,9 @@ class GroupState:
             raise StateError("malformed group state: the own leaf does not hold the own leaf key")
 
     @classmethod
-    def _from_state(cls, s: dict[str, Any], key_store: KeyStore, leaf_policy: LeafPolicy | None) -> GroupState:
+    def _from_state(
+        cls, s: dict[str, Any], key_store: KeyStore, leaf_policy: LeafPolicy | None
+    ) -> GroupState:
         context = GroupContext.from_bytes(bytes.fromhex(s["context"]))
         cs = cipher_suite(context.cipher_suite)
         tree = RatchetTree.decode(cs, bytes.fromhex(s["tree"]))
@@ -220,11 +229,16 @@ class GroupState:
             content = AuthenticatedContent.from_bytes(bytes.fromhex(content_hex))
             proposals[bytes.fromhex(ref_hex)] = CachedProposal.from_content(bytes.fromhex(ref_hex), content)
         return cls(
-            context=context, tree=tree, keys=keys, signer_ref=bytes.fromhex(s["signer_ref"]),
-            secrets=EpochSecrets.from_state(s["secrets"]), secret_tree=SecretTree.from_state(s["secret_tree"]),
+            context=context,
+            tree=tree,
+            keys=keys,
+            signer_ref=bytes.fromhex(s["signer_ref"]),
+            secrets=EpochSecrets.from_state(s["secrets"]),
+            secret_tree=SecretTree.from_state(s["secret_tree"]),
             interim_transcript_hash=bytes.fromhex(s["interim_transcript_hash"]),
             confirmation_tag=bytes.fromhex(s["confirmation_tag"]),
-            config=GroupConfig.from_state(s["config"], leaf_policy), proposals=proposals,
+            config=GroupConfig.from_state(s["config"], leaf_policy),
+            proposals=proposals,
             past_epochs=[PastEpoch.from_state(p) for p in s["past_epochs"]],
             resumption_psks={int(e): bytes.fromhex(v) for e, v in s["resumption_psks"].items()},
             update_keys={bytes.fromhex(k): bytes.fromhex(v) for k, v in s["update_keys"].items()},

@@ -48,19 +48,26 @@ def encrypt_group_secrets(
     cs: CipherSuite, key_package: KeyPackage, encrypted_group_info: bytes, secrets: GroupSecrets
 ) -> EncryptedGroupSecrets:
     """``EncryptWithLabel(init_key, "Welcome", encrypted_group_info, group_secrets)`` (§12.4.3.1)."""
-    kem_output, ct = cs.encrypt_with_label(key_package.init_key, "Welcome", encrypted_group_info, secrets.to_bytes())
+    kem_output, ct = cs.encrypt_with_label(
+        key_package.init_key, "Welcome", encrypted_group_info, secrets.to_bytes()
+    )
     return EncryptedGroupSecrets(key_package_ref(cs, key_package), HPKECiphertext(kem_output, ct))
 
 
 def build_welcome(
-    cs: CipherSuite, welcome_secret: bytes, group_info: GroupInfo, members: Sequence[tuple[KeyPackage, GroupSecrets]]
+    cs: CipherSuite,
+    welcome_secret: bytes,
+    group_info: GroupInfo,
+    members: Sequence[tuple[KeyPackage, GroupSecrets]],
 ) -> Welcome:
     encrypted_group_info = encrypt_group_info(cs, welcome_secret, group_info)
     secrets = tuple(encrypt_group_secrets(cs, kp, encrypted_group_info, gs) for kp, gs in members)
     return Welcome(cs.suite_id, secrets, encrypted_group_info)
 
 
-def open_group_secrets(cs: CipherSuite, welcome: Welcome, ref: bytes, init_key: HpkePrivateKey) -> GroupSecrets:
+def open_group_secrets(
+    cs: CipherSuite, welcome: Welcome, ref: bytes, init_key: HpkePrivateKey
+) -> GroupSecrets:
     """Find this KeyPackage's entry and decrypt its GroupSecrets (§12.4.3.1)."""
     if welcome.cipher_suite != cs.suite_id:
         raise ValidationError(
@@ -72,5 +79,7 @@ def open_group_secrets(cs: CipherSuite, welcome: Welcome, ref: bytes, init_key: 
             "12.4.3.1/welcome-secrets-entry", "the Welcome has no entry for this KeyPackage"
         )
     ct = entry.encrypted_group_secrets
-    plain = cs.decrypt_with_label(init_key, "Welcome", welcome.encrypted_group_info, ct.kem_output, ct.ciphertext)
+    plain = cs.decrypt_with_label(
+        init_key, "Welcome", welcome.encrypted_group_info, ct.kem_output, ct.ciphertext
+    )
     return GroupSecrets.from_bytes(plain)

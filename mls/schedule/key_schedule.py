@@ -59,7 +59,9 @@ def zero_secret(cs: CipherSuite) -> bytes:
     return bytes(cs.n_h)
 
 
-def derive_joiner_secret(cs: CipherSuite, init_secret: bytes, commit_secret: bytes | None, group_context: bytes) -> bytes:
+def derive_joiner_secret(
+    cs: CipherSuite, init_secret: bytes, commit_secret: bytes | None, group_context: bytes
+) -> bytes:
     """``ExpandWithLabel(Extract(init_secret, commit_secret), "joiner", GroupContext, Nh)``."""
     extracted = cs.extract(init_secret, commit_secret or zero_secret(cs))
     return cs.expand_with_label(extracted, "joiner", group_context, cs.n_h)
@@ -88,10 +90,14 @@ def derive_epoch_secret(cs: CipherSuite, member_secret: bytes, group_context: by
     return cs.expand_with_label(member_secret, "epoch", group_context, cs.n_h)
 
 
-def mls_exporter(cs: CipherSuite, exporter_secret: bytes, label: bytes | str, context: bytes, length: int) -> bytes:
+def mls_exporter(
+    cs: CipherSuite, exporter_secret: bytes, label: bytes | str, context: bytes, length: int
+) -> bytes:
     """``MLS-Exporter`` (§8.5): ExpandWithLabel(DeriveSecret(exporter_secret, label), "exported",
     Hash(context), length)."""
-    return cs.expand_with_label(cs.derive_secret(exporter_secret, label), "exported", cs.hash(context), length)
+    return cs.expand_with_label(
+        cs.derive_secret(exporter_secret, label), "exported", cs.hash(context), length
+    )
 
 
 def confirmation_tag(cs: CipherSuite, confirmation_key: bytes, confirmed_transcript_hash: bytes) -> bytes:
@@ -118,7 +124,9 @@ def external_init_receive(cs: CipherSuite, external_key: HpkePrivateKey, kem_out
     try:
         ctx = cs.hpke.setup_base_r(kem_output, external_key, b"")
     except MLSError:
-        raise CryptoError("8.3/external-init-decapsulate", "ExternalInit kem_output could not be decapsulated") from None
+        raise CryptoError(
+            "8.3/external-init-decapsulate", "ExternalInit kem_output could not be decapsulated"
+        ) from None
     return ctx.export(EXTERNAL_INIT_LABEL, cs.n_h)
 
 
@@ -178,7 +186,9 @@ class EpochSecrets:
         """Raise :class:`CryptoError` unless ``tag`` is this epoch's confirmation tag (§6.1, §12.4.2)."""
         verify_confirmation_tag(self.cs, self.confirmation_key, confirmed_transcript_hash, tag)
 
-    def start_secret_tree(self, n_leaves: int, config: RatchetConfig | None = None) -> tuple[SecretTree, EpochSecrets]:
+    def start_secret_tree(
+        self, n_leaves: int, config: RatchetConfig | None = None
+    ) -> tuple[SecretTree, EpochSecrets]:
         """The epoch's secret tree (§9), and these secrets without the consumed ``encryption_secret``."""
         if self.encryption_secret is None:
             raise StateError("RFC 9420 §9.2: the encryption_secret of this epoch was already consumed")

@@ -65,7 +65,10 @@ class RatchetConfig:
             raise ValueError("ratchet window sizes must not be negative")
 
     def to_state(self) -> dict[str, int]:
-        return {"out_of_order_tolerance": self.out_of_order_tolerance, "max_forward_distance": self.max_forward_distance}
+        return {
+            "out_of_order_tolerance": self.out_of_order_tolerance,
+            "max_forward_distance": self.max_forward_distance,
+        }
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> RatchetConfig:
@@ -121,7 +124,9 @@ def sender_data_key_nonce(cs: CipherSuite, sender_data_secret: bytes, ciphertext
     """The SenderData AEAD key and nonce (§6.3.2), from the first ``KDF.Nh`` bytes of the ciphertext."""
     ops = batch_ops()
     if ops is not None:
-        return KeyNonce(*ops.sender_data_key_nonce(cs.hash_name, sender_data_secret, ciphertext, cs.n_k, cs.n_n))
+        return KeyNonce(
+            *ops.sender_data_key_nonce(cs.hash_name, sender_data_secret, ciphertext, cs.n_k, cs.n_n)
+        )
     sample = ciphertext[: cs.n_h]
     return KeyNonce(
         cs.expand_with_label(sender_data_secret, "key", sample, cs.n_k),
@@ -187,7 +192,8 @@ class SenderRatchet:
         _check_generation(generation)
         if generation < self.generation and generation not in self._retained:
             raise ValidationError(
-                "9.2/generation-consumed", f"the key of generation {generation} was already used or has been erased"
+                "9.2/generation-consumed",
+                f"the key of generation {generation} was already used or has been erased",
             )
         if generation - self.generation > self.config.max_forward_distance:
             raise ValidationError(
@@ -301,7 +307,9 @@ class SecretTree:
     def _start_ratchets(self, leaf: int) -> None:
         leaf_secret = self._take_node_secret(tm.leaf_to_node(leaf))
         for rt in RatchetType:
-            self._ratchets[(leaf, rt)] = SenderRatchet(self.cs, ratchet_root(self.cs, leaf_secret, rt), 0, self.config)
+            self._ratchets[(leaf, rt)] = SenderRatchet(
+                self.cs, ratchet_root(self.cs, leaf_secret, rt), 0, self.config
+            )
 
     def _node_secret(self, x: int) -> bytes:
         """The secret of node ``x``, derived from its lowest held ancestor without consuming anything."""

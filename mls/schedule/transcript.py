@@ -24,7 +24,9 @@ from mls.wire.framing import AuthenticatedContent, ContentType, FramedContent
 def confirmed_transcript_hash_input(wire_format: int, content: FramedContent, signature: bytes) -> bytes:
     """The encoded ``ConfirmedTranscriptHashInput`` of a Commit's framed content and signature."""
     if content.content_type != ContentType.commit:
-        raise ValidationError("8.2/commit-content-type", "transcript hashes are computed over Commit messages only")
+        raise ValidationError(
+            "8.2/commit-content-type", "transcript hashes are computed over Commit messages only"
+        )
     w = Writer()
     w.u16(wire_format)
     content.encode(w)
@@ -38,13 +40,19 @@ def interim_transcript_hash_input(confirmation_tag: bytes) -> bytes:
 
 
 def confirmed_transcript_hash(
-    cs: CipherSuite, interim_transcript_hash: bytes, wire_format: int, content: FramedContent, signature: bytes
+    cs: CipherSuite,
+    interim_transcript_hash: bytes,
+    wire_format: int,
+    content: FramedContent,
+    signature: bytes,
 ) -> bytes:
     """The new confirmed transcript hash from the previous interim hash and a Commit."""
     return cs.hash(interim_transcript_hash + confirmed_transcript_hash_input(wire_format, content, signature))
 
 
-def interim_transcript_hash(cs: CipherSuite, confirmed_transcript_hash: bytes, confirmation_tag: bytes) -> bytes:
+def interim_transcript_hash(
+    cs: CipherSuite, confirmed_transcript_hash: bytes, confirmation_tag: bytes
+) -> bytes:
     """The interim transcript hash from a confirmed hash and the Commit's (or GroupInfo's) tag."""
     return cs.hash(confirmed_transcript_hash + interim_transcript_hash_input(confirmation_tag))
 
@@ -66,7 +74,9 @@ class TranscriptHashes:
         """Both hashes after ``commit``, which must carry its confirmation tag."""
         tag = commit.auth.confirmation_tag
         if tag is None:
-            raise ValidationError("6.1/commit-confirmation-tag", "a Commit's AuthenticatedContent carries a confirmation_tag")
+            raise ValidationError(
+                "6.1/commit-confirmation-tag", "a Commit's AuthenticatedContent carries a confirmation_tag"
+            )
         confirmed = self.next_confirmed(cs, commit)
         return TranscriptHashes(confirmed, interim_transcript_hash(cs, confirmed, tag))
 

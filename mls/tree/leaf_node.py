@@ -111,7 +111,11 @@ def default_capabilities(credential_types: tuple[int, ...] = (1, 2)) -> Capabili
 
 
 def sign_leaf_node(
-    cs: CipherSuite, signer: Signer, leaf: LeafNode, group_id: bytes | None = None, leaf_index: int | None = None
+    cs: CipherSuite,
+    signer: Signer,
+    leaf: LeafNode,
+    group_id: bytes | None = None,
+    leaf_index: int | None = None,
 ) -> LeafNode:
     """``leaf`` with ``signature = SignWithLabel(., "LeafNodeTBS", LeafNodeTBS)`` (§7.2)."""
     signature = cs.sign_with_label(signer, "LeafNodeTBS", leaf.tbs(group_id, leaf_index))

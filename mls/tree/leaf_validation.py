@@ -37,14 +37,18 @@ class BasicCredentialValidator:
 
     def validate(self, credential: Credential, signature_key: bytes) -> None:
         if credential.credential_type != CredentialType.basic:
-            raise ValidationError("5.3.1/basic-credential-type", f"credential type {credential.credential_type} is not accepted")
+            raise ValidationError(
+                "5.3.1/basic-credential-type", f"credential type {credential.credential_type} is not accepted"
+            )
         require_basic_identity(credential)
 
 
 def require_basic_identity(credential: Credential) -> bytes:
     """The identity of a basic credential, which must not be empty (§5.3.1)."""
     if not credential.identity:
-        raise ValidationError("5.3.1/basic-identity-non-empty", "a basic credential needs a non-empty identity")
+        raise ValidationError(
+            "5.3.1/basic-identity-non-empty", "a basic credential needs a non-empty identity"
+        )
     return credential.identity
 
 
@@ -66,7 +70,9 @@ class LeafPolicy:
     max_lifetime: int | None = None
 
 
-def verify_leaf_signature(cs: CipherSuite, leaf: LeafNode, group_id: bytes | None, leaf_index: int | None) -> None:
+def verify_leaf_signature(
+    cs: CipherSuite, leaf: LeafNode, group_id: bytes | None, leaf_index: int | None
+) -> None:
     """``VerifyWithLabel(signature_key, "LeafNodeTBS", LeafNodeTBS, signature)`` (§7.2)."""
     in_group = leaf.leaf_node_source != LeafNodeSource.key_package
     tbs = leaf.tbs(group_id if in_group else None, leaf_index if in_group else None)
@@ -84,19 +90,31 @@ def check_required_capabilities(leaf: LeafNode, required: RequiredCapabilities |
         ("proposal", required.proposal_types, caps.proposals),
         ("credential", required.credential_types, caps.credentials),
     ):
-        defaults = {"extension": DEFAULT_EXTENSION_TYPES, "proposal": DEFAULT_PROPOSAL_TYPES}.get(kind, frozenset())
+        defaults = {"extension": DEFAULT_EXTENSION_TYPES, "proposal": DEFAULT_PROPOSAL_TYPES}.get(
+            kind, frozenset()
+        )
         missing = [t for t in need if t not in have and t not in defaults]
         if missing:
-            raise ValidationError("11.1/leaf-required-capabilities", f"leaf does not support required {kind} types {missing}")
+            raise ValidationError(
+                "11.1/leaf-required-capabilities", f"leaf does not support required {kind} types {missing}"
+            )
 
 
 def check_leaf_extensions_supported(leaf: LeafNode) -> None:
     """Every non-default extension in the leaf is listed in its capabilities (§7.2, §7.3)."""
     for ext in leaf.extensions:
-        if ext.extension_type not in DEFAULT_EXTENSION_TYPES and ext.extension_type not in leaf.capabilities.extensions:
-            raise ValidationError("7.3/leaf-extensions-supported", f"leaf extension {ext.extension_type} is not in its capabilities")
+        if (
+            ext.extension_type not in DEFAULT_EXTENSION_TYPES
+            and ext.extension_type not in leaf.capabilities.extensions
+        ):
+            raise ValidationError(
+                "7.3/leaf-extensions-supported",
+                f"leaf extension {ext.extension_type} is not in its capabilities",
+            )
     if leaf.credential.credential_type not in leaf.capabilities.credentials:
-        raise ValidationError("7.2/leaf-credential-in-capabilities", "the leaf's credential type is not in its capabilities")
+        raise ValidationError(
+            "7.2/leaf-credential-in-capabilities", "the leaf's credential type is not in its capabilities"
+        )
 
 
 def check_lifetime(leaf: LeafNode, policy: LeafPolicy) -> None:
@@ -104,7 +122,9 @@ def check_lifetime(leaf: LeafNode, policy: LeafPolicy) -> None:
         return
     lt = leaf.lifetime
     if policy.max_lifetime is not None and lt.not_after - lt.not_before > policy.max_lifetime:
-        raise ValidationError("7.2/leaf-lifetime-maximum", "leaf lifetime is longer than the accepted maximum")
+        raise ValidationError(
+            "7.2/leaf-lifetime-maximum", "leaf lifetime is longer than the accepted maximum"
+        )
     if policy.now is not None and not lt.not_before <= policy.now <= lt.not_after:
         raise ValidationError("7.3/leaf-lifetime-current", "the current time is outside the leaf's lifetime")
 
@@ -137,4 +157,3 @@ def validate_leaf_node(
     check_required_capabilities(leaf, required)
     check_leaf_extensions_supported(leaf)
     check_lifetime(leaf, policy)
-

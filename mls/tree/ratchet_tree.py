@@ -233,7 +233,9 @@ class RatchetTree(HashedNodes):
     def filtered_path_and_copath(self, leaf_index: int) -> list[tuple[int, int]]:
         """``(node, copath child)`` pairs of the filtered direct path, leaf to root."""
         return [
-            (p, c) for p, c in tm.path_and_copath(2 * leaf_index, self.n_leaves) if not self._resolution_empty(c)
+            (p, c)
+            for p, c in tm.path_and_copath(2 * leaf_index, self.n_leaves)
+            if not self._resolution_empty(c)
         ]
 
     def set_path_parent_hashes(self, leaf_index: int) -> bytes:

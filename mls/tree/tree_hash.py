@@ -228,7 +228,9 @@ class HashedNodes:
             else:
                 bulk = ops.tree_hashes_packed(self.cs.hash_name, self._hash_input())
             if len(bulk) != self.width * self._nh:
-                raise ValidationError("7.8/backend-hash-width", "the crypto backend hashed a tree of another width")
+                raise ValidationError(
+                    "7.8/backend-hash-width", "the crypto backend hashed a tree of another width"
+                )
             self._bulk = bulk
         except BaseException:
             self._hashes = [None] * self.width

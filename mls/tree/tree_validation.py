@@ -56,15 +56,22 @@ def verify_unmerged_leaves(tree: RatchetTree) -> None:
         if node is None:
             continue
         if list(node.unmerged_leaves) != sorted(set(node.unmerged_leaves)):
-            raise ValidationError("7.1/unmerged-leaves-sorted", f"unmerged_leaves of node {p} are not strictly increasing")
+            raise ValidationError(
+                "7.1/unmerged-leaves-sorted", f"unmerged_leaves of node {p} are not strictly increasing"
+            )
         for leaf in node.unmerged_leaves:
             if leaf not in tm.subtree_leaves(p, tree.n_leaves) or tree.leaf(leaf) is None:
-                raise ValidationError("12.4.3.1/unmerged-leaf-descendant", f"unmerged leaf {leaf} of node {p} is blank or not below it")
+                raise ValidationError(
+                    "12.4.3.1/unmerged-leaf-descendant",
+                    f"unmerged leaf {leaf} of node {p} is blank or not below it",
+                )
             x = tm.parent(2 * leaf, tree.n_leaves)
             while x != p:
                 between = tree.parent_node(x)
                 if between is not None and leaf not in between.unmerged_leaves:
-                    raise ValidationError("12.4.3.1/unmerged-leaf-intermediate", f"node {x} lacks unmerged leaf {leaf}")
+                    raise ValidationError(
+                        "12.4.3.1/unmerged-leaf-intermediate", f"node {x} lacks unmerged leaf {leaf}"
+                    )
                 x = tm.parent(x, tree.n_leaves)
 
 
@@ -77,11 +84,17 @@ def verify_unique_keys(tree: RatchetTree) -> None:
         if node is None:
             continue
         if node.encryption_key in enc_keys:
-            raise ValidationError("12.4.3.1/encryption-key-unique", f"node {x} repeats an encryption key used elsewhere in the tree")
+            raise ValidationError(
+                "12.4.3.1/encryption-key-unique",
+                f"node {x} repeats an encryption key used elsewhere in the tree",
+            )
         enc_keys.add(node.encryption_key)
         if isinstance(node, LeafNode):
             if node.signature_key in sig_keys:
-                raise ValidationError("7.3/signature-key-unique", f"leaf {x // 2} repeats a signature key used by another member")
+                raise ValidationError(
+                    "7.3/signature-key-unique",
+                    f"leaf {x // 2} repeats a signature key used by another member",
+                )
             sig_keys.add(node.signature_key)
 
 
@@ -107,7 +120,9 @@ def check_credential_types_supported(leaves: list[LeafNode]) -> None:
     for leaf in leaves[1:]:
         supported &= set(leaf.capabilities.credentials)
     if not in_use <= supported:
-        raise ValidationError("7.3/credential-types-supported", "a credential type in use is not supported by every member")
+        raise ValidationError(
+            "7.3/credential-types-supported", "a credential type in use is not supported by every member"
+        )
 
 
 def validate_tree(
@@ -120,7 +135,9 @@ def validate_tree(
 ) -> None:
     """All the integrity checks on a tree a joiner receives (§12.4.3.1)."""
     if tree.tree_hash() != tree_hash:
-        raise ValidationError("12.4.3.1/tree-hash", "the ratchet tree does not match the tree hash in the GroupInfo")
+        raise ValidationError(
+            "12.4.3.1/tree-hash", "the ratchet tree does not match the tree hash in the GroupInfo"
+        )
     verify_parent_hashes(tree)
     verify_unmerged_leaves(tree)
     verify_unique_keys(tree)

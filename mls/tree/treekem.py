@@ -160,7 +160,8 @@ def apply_update_path(tree: RatchetTree, sender: int, path: UpdatePath, group_id
     pairs = new.filtered_path_and_copath(sender)
     if len(pairs) != len(path.nodes):
         raise ValidationError(
-            "7.6/update-path-length", f"UpdatePath has {len(path.nodes)} nodes, the filtered direct path {len(pairs)}"
+            "7.6/update-path-length",
+            f"UpdatePath has {len(path.nodes)} nodes, the filtered direct path {len(pairs)}",
         )
     for (p, _), upn in zip(pairs, path.nodes):
         new.set_parent(p, ParentNode(upn.encryption_key, b"", ()))
@@ -169,7 +170,9 @@ def apply_update_path(tree: RatchetTree, sender: int, path: UpdatePath, group_id
     new.set_leaf(sender, leaf)
     expected = new.set_path_parent_hashes(sender)
     if leaf.parent_hash != expected:
-        raise ValidationError("7.5/leaf-parent-hash", "the committer's leaf parent_hash does not match its path")
+        raise ValidationError(
+            "7.5/leaf-parent-hash", "the committer's leaf parent_hash does not match its path"
+        )
     verify_leaf_signature(cs, leaf, group_id, sender)
     return new
 
@@ -199,15 +202,24 @@ def decrypt_update_path(
         j, r = hit
         cts = path.nodes[i].encrypted_path_secret
         if len(cts) != len(resolution):
-            raise ValidationError("7.6/encrypted-path-secret-count", "encrypted_path_secret does not match the copath resolution")
+            raise ValidationError(
+                "7.6/encrypted-path-secret-count",
+                "encrypted_path_secret does not match the copath resolution",
+            )
         key = keys.key_for(r)
         assert key is not None
         try:
-            secret = cs.decrypt_with_label(key, "UpdatePathNode", group_context, cts[j].kem_output, cts[j].ciphertext)
+            secret = cs.decrypt_with_label(
+                key, "UpdatePathNode", group_context, cts[j].kem_output, cts[j].ciphertext
+            )
         except CryptoError:
-            raise CryptoError("7.5/path-secret-decrypt", "cannot decrypt the path secret meant for this member") from None
+            raise CryptoError(
+                "7.5/path-secret-decrypt", "cannot decrypt the path secret meant for this member"
+            ) from None
         return _derive_from(tree, keys, pairs[i:], path, secret)
-    raise ValidationError("7.5/path-secret-recipient", f"no node in the sender's path covers leaf {own // 2} with a known key")
+    raise ValidationError(
+        "7.5/path-secret-recipient", f"no node in the sender's path covers leaf {own // 2} with a known key"
+    )
 
 
 def _derive_from(
@@ -220,7 +232,9 @@ def _derive_from(
     for k, ((p, _), s) in enumerate(zip(pairs, secrets)):
         key = node_key(cs, s)
         if key.public_key != path.nodes[offset + k].encryption_key:
-            raise ValidationError("7.5/derived-public-key", f"derived public key for node {p} does not match the UpdatePath")
+            raise ValidationError(
+                "7.5/derived-public-key", f"derived public key for node {p} does not match the UpdatePath"
+            )
         new_keys.node_keys[p] = key
     new_keys.drop_nodes_not_in(tree)
     return new_keys, commit_secret_from(cs, secrets[-1]), secret

@@ -110,7 +110,9 @@ def check_unique_extension_types(extensions: Iterable[Extension]) -> None:
     seen: set[int] = set()
     for ext in extensions:
         if ext.extension_type in seen:
-            raise ValidationError("13.4/extension-type-unique", f"extension type {ext.extension_type} appears more than once")
+            raise ValidationError(
+                "13.4/extension-type-unique", f"extension type {ext.extension_type} appears more than once"
+            )
         seen.add(ext.extension_type)
 
 
@@ -125,7 +127,9 @@ def check_group_context_extensions(extensions: Iterable[Extension]) -> None:
         try:
             payload.from_bytes(ext.extension_data)
         except DecodeError as e:
-            raise ValidationError("13.4/extension-payload-decodes", f"malformed {payload.__name__} extension: {e.reason}") from None
+            raise ValidationError(
+                "13.4/extension-payload-decodes", f"malformed {payload.__name__} extension: {e.reason}"
+            ) from None
 
 
 _GROUP_CONTEXT_PAYLOADS: dict[int, type[ExtensionPayload]] = {

@@ -32,7 +32,9 @@ class GroupInfo(Struct):
 def sign_group_info(cs: CipherSuite, signer: Signer, unsigned: GroupInfo) -> GroupInfo:
     """``SignWithLabel(., "GroupInfoTBS", GroupInfoTBS)`` (§12.4.3)."""
     sig = cs.sign_with_label(signer, "GroupInfoTBS", unsigned.tbs())
-    return GroupInfo(unsigned.group_context, unsigned.extensions, unsigned.confirmation_tag, unsigned.signer, sig)
+    return GroupInfo(
+        unsigned.group_context, unsigned.extensions, unsigned.confirmation_tag, unsigned.signer, sig
+    )
 
 
 def verify_group_info_signature(cs: CipherSuite, group_info: GroupInfo, signer_public_key: bytes) -> None:

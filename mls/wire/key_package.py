@@ -70,7 +70,9 @@ def create_key_package(
     )
     leaf = sign_leaf_node(cs, signer, leaf)
     unsigned = KeyPackage(ProtocolVersion.mls10, cs.suite_id, init_key, leaf, extensions, b"")
-    return dataclasses.replace(unsigned, signature=cs.sign_with_label(signer, "KeyPackageTBS", unsigned.tbs()))
+    return dataclasses.replace(
+        unsigned, signature=cs.sign_with_label(signer, "KeyPackageTBS", unsigned.tbs())
+    )
 
 
 def validate_key_package(
@@ -78,10 +80,17 @@ def validate_key_package(
 ) -> None:
     """KeyPackage validation (§10.1); raises :class:`ValidationError` naming the rule."""
     if kp.version != ProtocolVersion.mls10 or kp.cipher_suite != cs.suite_id:
-        raise ValidationError("10.1/version-cipher-suite", "the KeyPackage's version or cipher suite is not the group's")
+        raise ValidationError(
+            "10.1/version-cipher-suite", "the KeyPackage's version or cipher suite is not the group's"
+        )
     validate_leaf_node(
-        cs, kp.leaf_node, source=LeafNodeSource.key_package, group_id=None, leaf_index=None,
-        policy=policy, required=required,
+        cs,
+        kp.leaf_node,
+        source=LeafNodeSource.key_package,
+        group_id=None,
+        leaf_index=None,
+        policy=policy,
+        required=required,
     )
     if not cs.verify_with_label(kp.leaf_node.signature_key, "KeyPackageTBS", kp.tbs(), kp.signature):
         raise ValidationError("10.1/key-package-signature", "the KeyPackage signature does not verify")

@@ -55,7 +55,9 @@ def sign_framed_content(
     cs: CipherSuite, signer: Signer, wire_format: int, content: FramedContent, context: GroupContext | None
 ) -> bytes:
     """``SignWithLabel(., "FramedContentTBS", FramedContentTBS)`` (§6.1)."""
-    tbs = AuthenticatedContent(wire_format, content, FramedContentAuthData(b"")).tbs(_context_for(content, context))
+    tbs = AuthenticatedContent(wire_format, content, FramedContentAuthData(b"")).tbs(
+        _context_for(content, context)
+    )
     return cs.sign_with_label(signer, "FramedContentTBS", tbs)
 
 
@@ -65,10 +67,14 @@ def verify_framed_content(
     """Verify the FramedContentTBS signature with the sender's key; :class:`CryptoError` otherwise."""
     tbs = auth_content.tbs(_context_for(auth_content.content, context))
     if not cs.verify_with_label(public_key, "FramedContentTBS", tbs, auth_content.auth.signature):
-        raise CryptoError("6.1/content-signature", "the message signature does not verify with the sender's key")
+        raise CryptoError(
+            "6.1/content-signature", "the message signature does not verify with the sender's key"
+        )
 
 
-def membership_tag(cs: CipherSuite, membership_key: bytes, auth_content: AuthenticatedContent, context: GroupContext) -> bytes:
+def membership_tag(
+    cs: CipherSuite, membership_key: bytes, auth_content: AuthenticatedContent, context: GroupContext
+) -> bytes:
     """``MAC(membership_key, AuthenticatedContentTBM)`` (§6.2)."""
     return cs.mac(membership_key, auth_content.tbm(context))
 
@@ -90,7 +96,9 @@ def public_to_authenticated(msg: PublicMessage) -> AuthenticatedContent:
     return AuthenticatedContent(WireFormat.mls_public_message, msg.content, msg.auth)
 
 
-def verify_membership_tag(cs: CipherSuite, msg: PublicMessage, membership_key: bytes, context: GroupContext) -> None:
+def verify_membership_tag(
+    cs: CipherSuite, msg: PublicMessage, membership_key: bytes, context: GroupContext
+) -> None:
     """A member's PublicMessage carries a valid membership tag (§6.2)."""
     if msg.content.sender.sender_type != SenderType.member:
         return
@@ -138,7 +146,10 @@ def encrypt_private(
         raise ValueError("only members send PrivateMessages (§6.3)")
     guard = reuse_guard if reuse_guard is not None else os.urandom(4)
     plaintext = PrivateMessageContent(
-        content_type=content.content_type, auth=auth_content.auth, length_of_padding=padding, **_content_body(content)
+        content_type=content.content_type,
+        auth=auth_content.auth,
+        length_of_padding=padding,
+        **_content_body(content),
     ).to_bytes()
     aad = PrivateContentAAD(content.group_id, content.epoch, content.content_type, content.authenticated_data)
     ciphertext = cs.aead_seal(key.key, _apply_reuse_guard(key.nonce, guard), aad.to_bytes(), plaintext)
@@ -147,7 +158,12 @@ def encrypt_private(
     sd = sender_data_key_nonce(cs, sender_data_secret, ciphertext)
     encrypted_sender_data = cs.aead_seal(sd.key, sd.nonce, sd_aad.to_bytes(), sender_data.to_bytes())
     return PrivateMessage(
-        content.group_id, content.epoch, content.content_type, content.authenticated_data, encrypted_sender_data, ciphertext
+        content.group_id,
+        content.epoch,
+        content.content_type,
+        content.authenticated_data,
+        encrypted_sender_data,
+        ciphertext,
     )
 
 
@@ -170,7 +186,9 @@ def decrypt_private(
     key = key_for(sender_data.leaf_index, ratchet_type_for(msg.content_type), sender_data.generation)
     aad = PrivateContentAAD(msg.group_id, msg.epoch, msg.content_type, msg.authenticated_data).to_bytes()
     try:
-        plaintext = cs.aead_open(key.key, _apply_reuse_guard(key.nonce, sender_data.reuse_guard), aad, msg.ciphertext)
+        plaintext = cs.aead_open(
+            key.key, _apply_reuse_guard(key.nonce, sender_data.reuse_guard), aad, msg.ciphertext
+        )
     except CryptoError:
         raise CryptoError("6.3.1/content-aead", "message content does not decrypt") from None
     try:
@@ -178,7 +196,9 @@ def decrypt_private(
     except DecodeError:
         raise
     except ValueError as e:
-        raise ValidationError("6.3.1/private-message-content", f"invalid PrivateMessageContent: {e}") from None
+        raise ValidationError(
+            "6.3.1/private-message-content", f"invalid PrivateMessageContent: {e}"
+        ) from None
     content = FramedContent(
         group_id=msg.group_id,
         epoch=msg.epoch,

@@ -61,11 +61,14 @@ def shared_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway
 @pytest.fixture(scope="session")
 def ts_mls_peer() -> Iterator[TsMlsPeer]:
     """One ts-mls peer process (installing its Node packages first, a no-op when current)."""
-    proc = subprocess.run(["bash", str(INTEROP_DIR / "install.sh")], capture_output=True, text=True,
-                          timeout=600, check=False)
+    proc = subprocess.run(
+        ["bash", str(INTEROP_DIR / "install.sh")], capture_output=True, text=True, timeout=600, check=False
+    )
     if proc.returncode != 0:
-        pytest.fail(f"tests/interop/install.sh failed ({proc.returncode}):\n{proc.stderr}\n{proc.stdout}",
-                    pytrace=False)
+        pytest.fail(
+            f"tests/interop/install.sh failed ({proc.returncode}):\n{proc.stderr}\n{proc.stdout}",
+            pytrace=False,
+        )
     peer = TsMlsPeer()
     yield peer
     peer.close()

@@ -78,8 +78,16 @@ class Client:
     def with_token(self, token: str | None) -> Client:
         return Client(self.port, token, timeout=self.timeout)
 
-    def request(self, method: str, path: str, body: Any = None, *, idem: str | None = None,
-                headers: dict[str, str] | None = None, raw: bytes | None = None) -> Response:
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        idem: str | None = None,
+        headers: dict[str, str] | None = None,
+        raw: bytes | None = None,
+    ) -> Response:
         """One request. Connection failures raise (``OSError`` / ``http.client`` errors)."""
         hdrs = {"Accept": "application/json"}
         if self.token is not None:
@@ -107,7 +115,9 @@ class Client:
             parsed = payload.decode("utf-8", "replace")
         return Response(resp.status, parsed, resp_headers, payload)
 
-    def fire(self, method: str, path: str, body: Any, *, idem: str | None = None) -> http.client.HTTPConnection:
+    def fire(
+        self, method: str, path: str, body: Any, *, idem: str | None = None
+    ) -> http.client.HTTPConnection:
         """Send a request and do not read the answer: the caller closes the returned connection unread
         (a client that lost the response). Hanging up before the server read the whole request may
         legitimately abort it, so close only after its effect is seen."""
@@ -159,15 +169,21 @@ class Client:
     def group(self, identity_id: str, gid: str) -> dict[str, Any]:
         return dict(self.get(f"/v1/identities/{identity_id}/groups/{gid}").expect(200).body)
 
-    def commit(self, identity_id: str, gid: str, body: dict[str, Any] | None = None, **kw: Any) -> dict[str, Any]:
-        return dict(self.post(f"/v1/identities/{identity_id}/groups/{gid}/commits", body or {}, **kw).expect(200).body)
+    def commit(
+        self, identity_id: str, gid: str, body: dict[str, Any] | None = None, **kw: Any
+    ) -> dict[str, Any]:
+        return dict(
+            self.post(f"/v1/identities/{identity_id}/groups/{gid}/commits", body or {}, **kw).expect(200).body
+        )
 
     def join(self, identity_id: str, welcome: str, **extra: Any) -> dict[str, Any]:
         body = {"welcome": welcome, **extra}
         return dict(self.post(f"/v1/identities/{identity_id}/groups/join", body).expect(201).body)
 
     def send(self, identity_id: str, gid: str, data: bytes, **kw: Any) -> str:
-        r = self.post(f"/v1/identities/{identity_id}/groups/{gid}/messages", {"data": b64(data)}, **kw).expect(200)
+        r = self.post(
+            f"/v1/identities/{identity_id}/groups/{gid}/messages", {"data": b64(data)}, **kw
+        ).expect(200)
         return str(r["message"])
 
     def process(self, identity_id: str, gid: str, message: str, **kw: Any) -> dict[str, Any]:
@@ -176,7 +192,9 @@ class Client:
 
     def export(self, identity_id: str, gid: str, label: str, length: int, context: bytes = b"") -> bytes:
         body = {"label": label, "length": length, "context": b64(context)}
-        return unb64(self.post(f"/v1/identities/{identity_id}/groups/{gid}/export", body).expect(200)["secret"])
+        return unb64(
+            self.post(f"/v1/identities/{identity_id}/groups/{gid}/export", body).expect(200)["secret"]
+        )
 
 
 class GatewayServer:
@@ -194,8 +212,14 @@ class GatewayServer:
         self.admin_token = self._init()
 
     def _init(self) -> str:
-        out = subprocess.run([str(GATEWAY_EXE), "init", "--data-dir", str(self.data_dir), "--json"],
-                             capture_output=True, text=True, env=self.env, timeout=120, check=False)
+        out = subprocess.run(
+            [str(GATEWAY_EXE), "init", "--data-dir", str(self.data_dir), "--json"],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=120,
+            check=False,
+        )
         assert out.returncode == 0, f"mls-gateway init failed ({out.returncode}): {out.stderr}"
         report = json.loads(out.stdout.strip().splitlines()[-1])
         token = report["admin_token"]
@@ -211,20 +235,35 @@ class GatewayServer:
         log = self.log_path.open("ab")
         try:
             self.proc = subprocess.Popen(
-                [str(GATEWAY_EXE), "serve", "--data-dir", str(self.data_dir), "--listen", f"127.0.0.1:{self.port}"],
-                stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
+                [
+                    str(GATEWAY_EXE),
+                    "serve",
+                    "--data-dir",
+                    str(self.data_dir),
+                    "--listen",
+                    f"127.0.0.1:{self.port}",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                start_new_session=True,
+            )
         finally:
             log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise AssertionError(f"mls-gateway serve exited with {self.proc.returncode}:\n{self.log_tail()}")
+                raise AssertionError(
+                    f"mls-gateway serve exited with {self.proc.returncode}:\n{self.log_tail()}"
+                )
             with contextlib.suppress(OSError, http.client.HTTPException):
                 if Client(self.port, timeout=2).get("/healthz").status == 200:
                     return
             time.sleep(0.05)
         self.kill()
-        raise AssertionError(f"mls-gateway serve did not answer /healthz within {timeout} s:\n{self.log_tail()}")
+        raise AssertionError(
+            f"mls-gateway serve did not answer /healthz within {timeout} s:\n{self.log_tail()}"
+        )
 
     def stop(self, timeout: float = 30.0) -> int:
         """SIGTERM and wait; returns the exit code."""
@@ -301,7 +340,9 @@ class Hosted:
         return self.api.send(self.identity_id, gid, data, **kw)
 
     def process(self, gid: str, message: str | bytes, **kw: Any) -> dict[str, Any]:
-        return self.api.process(self.identity_id, gid, message if isinstance(message, str) else b64(message), **kw)
+        return self.api.process(
+            self.identity_id, gid, message if isinstance(message, str) else b64(message), **kw
+        )
 
     def export(self, gid: str, label: str = "e2e", length: int = 32, context: bytes = b"") -> bytes:
         return self.api.export(self.identity_id, gid, label, length, context)

@@ -144,14 +144,21 @@ class GroupDriver:
 
     def resume(self) -> None:
         """Run the interrupted step again from its start: acknowledged requests must replay."""
-        self.replaying = {s.idem: s.response for s in self.acked
-                          if s.idem.startswith(f"g{self.index}-s{self.step}-") and s.response is not None}
+        self.replaying = {
+            s.idem: s.response
+            for s in self.acked
+            if s.idem.startswith(f"g{self.index}-s{self.step}-") and s.response is not None
+        }
         self.acked = [s for s in self.acked if s.idem not in self.replaying]
         # An epoch-changing request in flight (a commit, or a member processing it): its member is at the
         # step's epoch (it had not committed) or one past it (it had); after the retry, one past it.
         watch: Hosted | None = None
         flight = self.in_flight
-        if flight is not None and self.plan()[0] != "message" and flight.path.endswith(("/commits", "/process")):
+        if (
+            flight is not None
+            and self.plan()[0] != "message"
+            and flight.path.endswith(("/commits", "/process"))
+        ):
             watch = next(m for m in self.members if flight.path.startswith(m.path(self.gid)))
             before = watch.state(self.gid)[0]
             assert before in (self.epoch, self.epoch + 1), f"group {self.index}: {watch.name} at {before}"
@@ -162,7 +169,9 @@ class GroupDriver:
         except Crashed as e:
             raise AssertionError(f"group {self.index}: the restarted server went away: {e}") from e
         if watch is not None:
-            assert watch.state(self.gid)[0] == start_epoch + 1, f"{flight and flight.idem}: applied twice or lost"
+            assert watch.state(self.gid)[0] == start_epoch + 1, (
+                f"{flight and flight.idem}: applied twice or lost"
+            )
             if before == start_epoch + 1:
                 self.in_flight_done += 1
             else:
@@ -206,7 +215,8 @@ def _check_groups(drivers: list[GroupDriver]) -> None:
         assert len(set(states.values())) == 1, f"group {d.index} forked: {states}"
         epoch = next(iter(states.values()))[0]
         assert epoch == d.epoch == 1 + d.commit_steps, (
-            f"group {d.index}: epoch {epoch}, expected {1 + d.commit_steps} after {d.commit_steps} commits")
+            f"group {d.index}: epoch {epoch}, expected {1 + d.commit_steps} after {d.commit_steps} commits"
+        )
 
 
 @pytest.mark.timeout(120)
@@ -223,10 +233,12 @@ def test_kill_9_mid_stream_loses_nothing_and_doubles_nothing(gateway: GatewaySer
 
     total_steps = sum(d.step for d in drivers)
     assert total_steps >= 2 * GROUPS, f"the stream did too little to mean anything ({total_steps} steps)"
-    print(f"crash test: {total_steps} steps, {sum(len(d.acked) for d in drivers)} acknowledged requests, "
-          f"{sum(d.requests_replayed for d in drivers)} answered again after a kill, in flight at a kill: "
-          f"{sum(d.in_flight_done for d in drivers)} had committed, {sum(d.in_flight_redone for d in drivers)} "
-          "performed on the retry")
+    print(
+        f"crash test: {total_steps} steps, {sum(len(d.acked) for d in drivers)} acknowledged requests, "
+        f"{sum(d.requests_replayed for d in drivers)} answered again after a kill, in flight at a kill: "
+        f"{sum(d.in_flight_done for d in drivers)} had committed, {sum(d.in_flight_redone for d in drivers)} "
+        "performed on the retry"
+    )
 
     # Every acknowledged request of the whole run replays to its first answer.
     for d in drivers:
@@ -301,5 +313,8 @@ def test_answer_lost_then_kill_9_the_retry_gets_the_stored_answer(gateway: Gatew
     assert unb64(bob.process(gid, m["message"])["data"]) == b"lost answer"
     assert alice.state(gid) == bob.state(gid)
     # Same key, other body: still a conflict after the crash.
-    assert alice.post(gid, "/commits", {"update": True, "handshake": "private"}, idem="lost-commit").status == 409
+    assert (
+        alice.post(gid, "/commits", {"update": True, "handshake": "private"}, idem="lost-commit").status
+        == 409
+    )
     assert gateway.stop() == 0

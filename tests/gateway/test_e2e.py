@@ -36,7 +36,9 @@ def tenant(server: GatewayServer, name: str) -> Client:
     return server.client(server.admin.create_tenant(name)[1])
 
 
-def agree(gid: str, members: list[Hosted], peer: TsMlsPeer | None = None, peer_client: str | None = None) -> tuple[int, str]:
+def agree(
+    gid: str, members: list[Hosted], peer: TsMlsPeer | None = None, peer_client: str | None = None
+) -> tuple[int, str]:
     """All hosted members (and the ts-mls member) are at the same epoch with the same authenticator."""
     states = {m.name: m.state(gid) for m in members}
     assert len(set(states.values())) == 1, f"members disagree: {states}"
@@ -62,6 +64,7 @@ def hsm_sign_count(server: GatewayServer) -> float:
 
 
 # ---- the issue's flow ------------------------------------------------------------------------------------
+
 
 def test_two_tenants_ts_mls_member_and_restart(gateway: GatewayServer, ts_mls_peer: TsMlsPeer) -> None:
     peer = ts_mls_peer
@@ -152,7 +155,14 @@ def test_two_tenants_ts_mls_member_and_restart(gateway: GatewayServer, ts_mls_pe
     for (name, g), was in before.items():
         member = next(m for m in (alice, carol, dave) if m.name == name)
         now = member.group(g)
-        for key in ("epoch", "epoch_authenticator", "tree_hash", "members", "own_leaf_index", "pending_commit"):
+        for key in (
+            "epoch",
+            "epoch_authenticator",
+            "tree_hash",
+            "members",
+            "own_leaf_index",
+            "pending_commit",
+        ):
             assert now[key] == was[key], f"{name}: {key} changed across the restart"
     assert gateway.client().get("/readyz").status == 200
 
@@ -191,6 +201,7 @@ def test_two_tenants_ts_mls_member_and_restart(gateway: GatewayServer, ts_mls_pe
 
 
 # ---- idempotency ----------------------------------------------------------------------------------------
+
 
 def test_idempotency(shared_gateway: GatewayServer) -> None:
     api = tenant(shared_gateway, "idem")
@@ -245,7 +256,10 @@ def test_idempotency(shared_gateway: GatewayServer) -> None:
     add = alice.commit(gid, {"add": [k1["key_packages"][0]["key_package"]]})
     bob.process(gid, add["commit"])
     j1 = api.post(carol.path(tail="/join"), {"welcome": add["welcome"]}, idem="join-1").expect(201)
-    assert api.post(carol.path(tail="/join"), {"welcome": add["welcome"]}, idem="join-1").expect(201).body == j1.body
+    assert (
+        api.post(carol.path(tail="/join"), {"welcome": add["welcome"]}, idem="join-1").expect(201).body
+        == j1.body
+    )
     agree(gid, [alice, bob, carol])
     # Keys are per tenant and route: the same key on another route is a different request.
     assert alice.post(gid, "/messages", {"data": b64(b"x")}, idem="commit-1").status == 200
@@ -298,6 +312,7 @@ def test_concurrent_requests_on_one_group(shared_gateway: GatewayServer) -> None
 
 # ---- pending commits -----------------------------------------------------------------------------------
 
+
 def test_pending_commit_blocks_then_merges_or_discards(shared_gateway: GatewayServer) -> None:
     api = tenant(shared_gateway, "pending")
     alice, bob = Hosted.create(api, "alice"), Hosted.create(api, "bob")
@@ -342,8 +357,6 @@ def test_pending_commit_blocks_then_merges_or_discards(shared_gateway: GatewaySe
     agree(gid, [alice, bob])
 
 
-
-
 @pytest.mark.parametrize("incoming", ["application", "proposal", "commit"])
 def test_pending_commit_blocks_process(shared_gateway: GatewayServer, incoming: str) -> None:
     api = tenant(shared_gateway, "pending-process")
@@ -365,13 +378,17 @@ def test_pending_commit_blocks_process(shared_gateway: GatewayServer, incoming: 
 
 # ---- batches -----------------------------------------------------------------------------------------
 
+
 def test_batch_messages_and_batch_process(shared_gateway: GatewayServer) -> None:
     api = tenant(shared_gateway, "batch")
     alice, bob = Hosted.create(api, "alice"), Hosted.create(api, "bob")
     gid = found_group(alice, [bob])
     texts = [b"one", b"two", b"three"]
-    sent = alice.post(gid, "/messages", {"messages": [
-        {"data": b64(t), "authenticated_data": b64(b"ad-" + t)} for t in texts]}).expect(200)["messages"]
+    sent = alice.post(
+        gid,
+        "/messages",
+        {"messages": [{"data": b64(t), "authenticated_data": b64(b"ad-" + t)} for t in texts]},
+    ).expect(200)["messages"]
     assert len(sent) == 3 and len(set(sent)) == 3
 
     bad = b64(b"\x00\x01not an MLS message")
@@ -399,6 +416,7 @@ def test_batch_messages_and_batch_process(shared_gateway: GatewayServer) -> None
 
 # ---- external join, group-info -------------------------------------------------------------------------
 
+
 def test_group_info_and_external_join(shared_gateway: GatewayServer, ts_mls_peer: TsMlsPeer) -> None:
     """Hosted identities join by external commit through the API; a ts-mls client's external commit is
     processed by the hosted members.
@@ -421,8 +439,10 @@ def test_group_info_and_external_join(shared_gateway: GatewayServer, ts_mls_peer
     assert set(info.body) >= {"group_info", "ratchet_tree"}
     # A hosted identity of another tenant joins by external commit, tree given out of band.
     dave = Hosted.create(globex, "dave")
-    j = dave.api.post(dave.path(tail="/external-join"),
-                      {"group_info": info["group_info"], "ratchet_tree": info["ratchet_tree"]}).expect(201)
+    j = dave.api.post(
+        dave.path(tail="/external-join"),
+        {"group_info": info["group_info"], "ratchet_tree": info["ratchet_tree"]},
+    ).expect(201)
     assert j["epoch"] == 2 and j["commit"]
     assert dave.api.get(dave.path()).body["groups"] == [{"group_id": j["group_id"], "epoch": 2}]
     for m in (alice, bob):
@@ -464,17 +484,23 @@ def test_external_join_resync_after_losing_state(shared_gateway: GatewayServer) 
     assert api.get(dave.path(gid)).status == 404
     info = alice.api.get(alice.path(gid, "/group-info")).expect(200).body
     # Removing a leaf that is not the joiner's own is refused (RFC 9420 §12.2: a resync keeps the credential).
-    steal = dave.api.post(dave.path(tail="/external-join"), {**info, "remove_prior": True, "remove_prior_leaf": 1})
-    assert (steal.status, steal.code, steal.body.get("rule")) == (422, "validation_failed", "12.2/resync-credential")
-    j = dave.api.post(dave.path(tail="/external-join"), {**info, "remove_prior": True, "remove_prior_leaf": 2})
+    steal = dave.api.post(
+        dave.path(tail="/external-join"), {**info, "remove_prior": True, "remove_prior_leaf": 1}
+    )
+    assert (steal.status, steal.code, steal.body.get("rule")) == (
+        422,
+        "validation_failed",
+        "12.2/resync-credential",
+    )
+    j = dave.api.post(
+        dave.path(tail="/external-join"), {**info, "remove_prior": True, "remove_prior_leaf": 2}
+    )
     j.expect(201)
     for m in (alice, bob):
         assert m.process(gid, j["commit"])["epoch"] == 2
     agree(gid, [alice, bob, dave])
     names = [unb64(m["credential"]["identity"]) for m in alice.group(gid)["members"]]
     assert sorted(names) == [b"alice", b"bob", b"dave"]
-
-
 
 
 def test_external_join_remove_prior_as_the_contract_writes_it(shared_gateway: GatewayServer) -> None:
@@ -491,6 +517,7 @@ def test_external_join_remove_prior_as_the_contract_writes_it(shared_gateway: Ga
 
 
 # ---- proposals by reference ------------------------------------------------------------------------------
+
 
 def test_proposals_by_reference(shared_gateway: GatewayServer, ts_mls_peer: TsMlsPeer) -> None:
     """Proposals sent by one hosted member and committed by reference by another; a ts-mls member follows.
@@ -559,8 +586,6 @@ def test_proposals_by_reference(shared_gateway: GatewayServer, ts_mls_peer: TsMl
     agree(gid, [alice, bob, carol])
 
 
-
-
 def test_pending_proposal_types_use_the_api_names(shared_gateway: GatewayServer) -> None:
     api = tenant(shared_gateway, "proposal-names")
     alice, bob = Hosted.create(api, "alice"), Hosted.create(api, "bob")
@@ -606,11 +631,16 @@ def test_delete_group_and_identity(shared_gateway: GatewayServer) -> None:
 
 # ---- service documents -------------------------------------------------------------------------------------
 
+
 def test_openapi_lists_exactly_the_routes(shared_gateway: GatewayServer) -> None:
     doc = shared_gateway.client().get("/v1/openapi.json").expect(200).body
     assert doc["openapi"].startswith("3.1")
-    served = {(method.upper(), path) for path, ops in doc["paths"].items() for method in ops
-              if method in ("get", "post", "put", "patch", "delete", "head", "options")}
+    served = {
+        (method.upper(), path)
+        for path, ops in doc["paths"].items()
+        for method in ops
+        if method in ("get", "post", "put", "patch", "delete", "head", "options")
+    }
     assert served == {(r.method, r.path) for r in ROUTES}
 
 
@@ -640,18 +670,34 @@ def test_metrics_families_and_no_secret_labels(shared_gateway: GatewayServer) ->
     text = shared_gateway.client().get("/metrics").expect(200).body
     samples = _metric_labels(text)
     names = {n for n, _ in samples}
-    for family in ("mlsgw_http_requests_total", "mlsgw_http_request_duration_seconds_count",
-                   "mlsgw_mls_operations_total", "mlsgw_hsm_operations_total", "mlsgw_identities",
-                   "mlsgw_groups", "mlsgw_crypto_backend_info"):
+    for family in (
+        "mlsgw_http_requests_total",
+        "mlsgw_http_request_duration_seconds_count",
+        "mlsgw_mls_operations_total",
+        "mlsgw_hsm_operations_total",
+        "mlsgw_identities",
+        "mlsgw_groups",
+        "mlsgw_crypto_backend_info",
+    ):
         assert family in names, f"{family} missing from /metrics"
     ops = {lab["operation"] for n, lab in samples if n == "mlsgw_mls_operations_total"}
     assert {"create_identity", "create_group", "commit", "join", "protect", "unprotect", "export"} <= ops
-    assert {lab["operation"] for n, lab in samples if n == "mlsgw_hsm_operations_total"} >= {"sign", "generate"}
+    assert {lab["operation"] for n, lab in samples if n == "mlsgw_hsm_operations_total"} >= {
+        "sign",
+        "generate",
+    }
     assert any(lab.get("backend") for n, lab in samples if n == "mlsgw_crypto_backend_info")
 
     raw_gid = base64.urlsafe_b64decode(gid + "=" * (-len(gid) % 4))
-    secrets = [shared_gateway.admin_token, api.token or "", alice.identity_id, bob.identity_id, gid,
-               b64(raw_gid), raw_gid.hex()]
+    secrets = [
+        shared_gateway.admin_token,
+        api.token or "",
+        alice.identity_id,
+        bob.identity_id,
+        gid,
+        b64(raw_gid),
+        raw_gid.hex(),
+    ]
     routes = {r.path for r in ROUTES} | {"unmatched"}
     for name, labels in samples:
         for key, value in labels.items():

@@ -78,7 +78,10 @@ def world(shared_gateway: GatewayServer) -> World:
         ("POST", "/v1/identities/{identity_id}/key-packages"): {"count": 1},
         ("POST", _G): {},
         ("POST", _G + "/join"): {"welcome": staged["welcome"]},
-        ("POST", _G + "/external-join"): {"group_info": info["group_info"], "ratchet_tree": info["ratchet_tree"]},
+        ("POST", _G + "/external-join"): {
+            "group_info": info["group_info"],
+            "ratchet_tree": info["ratchet_tree"],
+        },
         ("POST", _G + "/{gid}/commits"): {"update": True},
         ("POST", _G + "/{gid}/pending-commit/merge"): {},
         ("POST", _G + "/{gid}/proposals"): {"type": "remove", "leaf_index": 1},
@@ -133,8 +136,12 @@ def test_other_tenants_ids_are_not_found(world: World, route: Route, unchanged: 
     """Tenant B's token with tenant A's ids: 404, the same answer as for ids that do not exist."""
     r = _call(world.b, route, _fill(route, world.ids), world.bodies)
     _not_found(r, f"B on A's ids: {route.method} {route.path}")
-    unknown = {"tenant_id": "tnt_000000000000000000000000", "token_id": "tok_000000000000000000000000",
-               "identity_id": "idn_000000000000000000000000", "gid": world.gid}
+    unknown = {
+        "tenant_id": "tnt_000000000000000000000000",
+        "token_id": "tok_000000000000000000000000",
+        "identity_id": "idn_000000000000000000000000",
+        "gid": world.gid,
+    }
     r2 = _call(world.b, route, _fill(route, unknown), world.bodies)
     assert _comparable(r2) == _comparable(r), "A's existing ids answer differently from unknown ids"
     if "{gid}" in route.path:
@@ -159,13 +166,25 @@ def test_tenant_routes_are_not_found_for_the_admin_token(world: World, route: Ro
 @pytest.mark.parametrize("route", PROTECTED, ids=_route_id)
 def test_missing_or_unknown_token_is_401(world: World, route: Route, unchanged: None) -> None:
     path = _fill(route, world.ids)
-    for client, why in ((world.server.client(), "no token"), (world.server.client("mlsgw_unknown"), "unknown"),
-                        (world.server.client(""), "empty")):
+    for client, why in (
+        (world.server.client(), "no token"),
+        (world.server.client("mlsgw_unknown"), "unknown"),
+        (world.server.client(""), "empty"),
+    ):
         r = _call(client, route, path, world.bodies)
         assert (r.status, r.code) == (401, "unauthorized"), f"{why}: {route.method} {route.path}: {r.body}"
-    for header in ("Basic " + world.a.token if world.a.token else "", "Bearer", "bearer  ", world.a.token or ""):
-        r = world.server.client().request(route.method, path, world.bodies.get((route.method, route.path)),
-                                          headers={"Authorization": header})
+    for header in (
+        "Basic " + world.a.token if world.a.token else "",
+        "Bearer",
+        "bearer  ",
+        world.a.token or "",
+    ):
+        r = world.server.client().request(
+            route.method,
+            path,
+            world.bodies.get((route.method, route.path)),
+            headers={"Authorization": header},
+        )
         assert r.status == 401, f"Authorization {header[:12]!r}...: {route.method} {route.path}: {r.status}"
 
 
@@ -187,7 +206,9 @@ def test_lists_show_only_the_own_tenant(world: World, unchanged: None) -> None:
 
 def test_every_route_is_walked() -> None:
     """A route added to ROUTES is covered by the walk above (or is public)."""
-    covered = {(r.method, r.path) for r in WITH_IDS} | {(r.method, r.path) for r in ROUTES if r.auth == "none"}
+    covered = {(r.method, r.path) for r in WITH_IDS} | {
+        (r.method, r.path) for r in ROUTES if r.auth == "none"
+    }
     covered |= {("GET", "/v1/identities"), ("POST", "/v1/identities")}  # test_lists_show_only_the_own_tenant
     covered |= {(r.method, r.path) for r in PROTECTED if r.auth == "admin"}
     assert covered == {(r.method, r.path) for r in ROUTES}

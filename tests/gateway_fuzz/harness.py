@@ -102,8 +102,9 @@ class Snapshot(dict[str, Any]):
 class Gateway:
     """A running in-process gateway (see the module docstring)."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, client: TestClient[Any, Any], runtime: Runtime,
-                 database: Path) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, client: TestClient[Any, Any], runtime: Runtime, database: Path
+    ) -> None:
         self.loop = loop
         self.client = client
         self.runtime = runtime
@@ -123,9 +124,17 @@ class Gateway:
         out.update(extra or {})
         return out
 
-    def request(self, method: str, path: str, *, body: bytes | None = None, json_body: Any = _UNSET,
-                auth: str | None = "tenant", headers: Mapping[str, str] | None = None,
-                chunked: bool = False) -> Reply:
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: bytes | None = None,
+        json_body: Any = _UNSET,
+        auth: str | None = "tenant",
+        headers: Mapping[str, str] | None = None,
+        chunked: bool = False,
+    ) -> Reply:
         """One request; ``chunked`` sends the body with chunked transfer encoding (no Content-Length)."""
         if json_body is not _UNSET:
             body = json.dumps(json_body).encode()
@@ -134,21 +143,30 @@ class Gateway:
             hdrs.setdefault("Content-Type", "application/json")
         return self.loop.run_until_complete(self._request(method, path, body, hdrs, chunked))
 
-    async def _request(self, method: str, path: str, body: bytes | None, headers: dict[str, str],
-                       chunked: bool) -> Reply:
+    async def _request(
+        self, method: str, path: str, body: bytes | None, headers: dict[str, str], chunked: bool
+    ) -> Reply:
         data: Any = body
         if chunked and body is not None:
+
             async def chunks(raw: bytes = body) -> Any:
                 for i in range(0, len(raw), 4096):
-                    yield raw[i:i + 4096]
+                    yield raw[i : i + 4096]
 
             data = chunks()
         async with self.client.request(method, path, data=data, headers=headers) as resp:
             raw = await resp.read()
             return Reply(resp.status, resp.content_type, dict(resp.headers), raw)
 
-    def ok(self, method: str, path: str, json_body: Any = _UNSET, *, auth: str | None = "tenant",
-           expect: int | None = None) -> Any:
+    def ok(
+        self,
+        method: str,
+        path: str,
+        json_body: Any = _UNSET,
+        *,
+        auth: str | None = "tenant",
+        expect: int | None = None,
+    ) -> Any:
         """A request that must succeed (seeding and snapshots); its JSON body, or None."""
         reply = self.request(method, path, json_body=json_body, auth=auth)
         if not 200 <= reply.status < 300 or (expect is not None and reply.status != expect):
@@ -173,8 +191,11 @@ class Gateway:
             paths += [f"/v1/identities/{iid}/key-packages", f"/v1/identities/{iid}/groups"]
         first = await asyncio.gather(self._get("/v1/tenants", "admin"), *(self._get(p) for p in paths))
         snap: dict[str, Any] = {"tenants": first[0], **dict(zip(paths, first[1:]))}
-        groups = [w.group_path(iid, base64.b64decode(g["group_id"]))
-                  for iid in w.identities for g in snap[f"/v1/identities/{iid}/groups"]["groups"]]
+        groups = [
+            w.group_path(iid, base64.b64decode(g["group_id"]))
+            for iid in w.identities
+            for g in snap[f"/v1/identities/{iid}/groups"]["groups"]
+        ]
         snap.update(zip(groups, await asyncio.gather(*(self._get(p) for p in groups))))
         snap["database"] = self.database_rows()
         snap["hsm_objects"] = self.hsm_object_count()
@@ -186,9 +207,9 @@ class Gateway:
             "tenants": "SELECT tenant_id, name FROM tenants ORDER BY tenant_id",
             "tokens": "SELECT token_id, tenant_id, token_hash, revoked_at IS NULL FROM tokens ORDER BY token_id",
             "identities": "SELECT identity_id, tenant_id, name, cipher_suite, credential, signature_key_ref "
-                          "FROM identities ORDER BY identity_id",
+            "FROM identities ORDER BY identity_id",
             "key_packages": "SELECT identity_id, ref, init_key_ref, leaf_key_ref, last_resort, consumed "
-                            "FROM key_packages ORDER BY identity_id, ref",
+            "FROM key_packages ORDER BY identity_id, ref",
             "groups": "SELECT identity_id, group_id, epoch, pending IS NULL FROM groups ORDER BY identity_id, group_id",
             "software_keys": "SELECT key_ref FROM software_keys ORDER BY key_ref",
             "outgoing": "SELECT count(*), max(seq) FROM outgoing",
@@ -202,17 +223,22 @@ class Gateway:
 
     def hsm_object_count(self) -> int:
         """Objects in the token (a key made by a failed request and not destroyed would show here)."""
-        return self.runtime.token.run(lambda session: sum(1 for _ in session.get_objects()), op="fuzz: count objects")
+        return self.runtime.token.run(
+            lambda session: sum(1 for _ in session.get_objects()), op="fuzz: count objects"
+        )
 
 
 # ---- start, seed, stop ----------------------------------------------------------------------------------------
+
 
 def start_gateway(directory: Path) -> Gateway:
     """``mls-gateway init`` + the app of ``serve``, in-process (SOFTHSM2_CONF is set by ``initialise``)."""
     # A label of its own: PKCS#11 is initialised once per process, and a token of the default label made by
     # another test in this process would otherwise be found first (with another PIN).
     hsm = HsmSettings(token_label=f"mlsgw-fuzz-{secrets.token_hex(4)}")
-    config = GatewayConfig(data_dir=directory / "data", max_body_bytes=MAX_BODY_BYTES, worker_threads=4, hsm=hsm)
+    config = GatewayConfig(
+        data_dir=directory / "data", max_body_bytes=MAX_BODY_BYTES, worker_threads=4, hsm=hsm
+    )
     report = initialise(config)
     runtime = open_runtime(config, find_softhsm_module())
     loop = asyncio.new_event_loop()
@@ -258,7 +284,9 @@ def seed(gw: Gateway) -> None:
     w.alice = gw.ok("POST", "/v1/identities", {"name": "alice"})["identity_id"]
     w.bob = gw.ok("POST", "/v1/identities", {"name": "bob", "cipher_suite": 1})["identity_id"]
     bob_kps = gw.ok("POST", f"/v1/identities/{w.bob}/key-packages", {"count": 3})["key_packages"]
-    alice_kps = gw.ok("POST", f"/v1/identities/{w.alice}/key-packages", {"count": 2, "last_resort": True})["key_packages"]
+    alice_kps = gw.ok("POST", f"/v1/identities/{w.alice}/key-packages", {"count": 2, "last_resort": True})[
+        "key_packages"
+    ]
 
     w.gid = base64.b64decode(gw.ok("POST", f"/v1/identities/{w.alice}/groups", {})["group_id"])
     g_alice, g_bob = w.group_path(w.alice), w.group_path(w.bob)
@@ -289,10 +317,16 @@ def seed(gw: Gateway) -> None:
     gw.ok("DELETE", g2_alice + "/pending-commit")
 
     info = gw.ok("GET", g_alice + "/group-info")
-    m["group_info"], m["ratchet_tree"] = base64.b64decode(info["group_info"]), base64.b64decode(info["ratchet_tree"])
+    m["group_info"], m["ratchet_tree"] = (
+        base64.b64decode(info["group_info"]),
+        base64.b64decode(info["ratchet_tree"]),
+    )
     w.gid3 = base64.b64decode(gw.ok("POST", f"/v1/identities/{w.alice}/groups", {})["group_id"])
     info = gw.ok("GET", w.group_path(w.alice, w.gid3) + "/group-info")
-    m["group_info3"], m["ratchet_tree3"] = base64.b64decode(info["group_info"]), base64.b64decode(info["ratchet_tree"])
+    m["group_info3"], m["ratchet_tree3"] = (
+        base64.b64decode(info["group_info"]),
+        base64.b64decode(info["ratchet_tree"]),
+    )
     m["key_package_bob"] = base64.b64decode(bob_kps[2]["key_package"])
     m["key_package_alice"] = base64.b64decode(alice_kps[0]["key_package"])
     m["key_package"] = outside_key_package()
@@ -355,7 +389,9 @@ def check_problem_document(doc: dict[str, Any], status: int | None = None) -> No
     assert doc.get("type") == f"urn:mls-gateway:problem:{code}" and doc.get("title") == CODES[code][1], doc
     assert isinstance(doc.get("detail"), str) and doc["detail"], doc
     if code == "decode_error":
-        assert _DECODE_DETAIL.match(doc["detail"]), f"decode_error must name a structure and a byte offset: {doc}"
+        assert _DECODE_DETAIL.match(doc["detail"]), (
+            f"decode_error must name a structure and a byte offset: {doc}"
+        )
     if code == "validation_failed":
         assert isinstance(doc.get("rule"), str) and doc["rule"], f"validation_failed without a rule: {doc}"
 

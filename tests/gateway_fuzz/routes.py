@@ -77,8 +77,13 @@ class Spec:
 
 def param_value(world: World, symbol: str) -> str:
     return {
-        "tenant": world.tenant_id, "spare_token": world.spare_token_id, "alice": world.alice, "bob": world.bob,
-        "gid": b64url(world.gid), "gid2": b64url(world.gid2), "gid3": b64url(world.gid3),
+        "tenant": world.tenant_id,
+        "spare_token": world.spare_token_id,
+        "alice": world.alice,
+        "bob": world.bob,
+        "gid": b64url(world.gid),
+        "gid2": b64url(world.gid2),
+        "gid3": b64url(world.gid3),
     }[symbol]
 
 
@@ -110,25 +115,51 @@ def _v(name: str, *fields: F, extra: dict[str, Any] | None = None) -> Variant:
 
 # Reusable field shapes.
 U32 = 2**32 - 1
-CREDENTIAL_FIELDS = (F("type", "choice", "basic", required=True, options=("basic",)),
-                     F("identity", "b64", b64(b"carol"), required=True, non_empty=True))
-EXTENSION = F("extension", "object", fields=(F("type", "int", 0xFF00, required=True, lo=0, hi=0xFFFF),
-                                             F("data", "b64", b64(b"ext"), required=True)))
+CREDENTIAL_FIELDS = (
+    F("type", "choice", "basic", required=True, options=("basic",)),
+    F("identity", "b64", b64(b"carol"), required=True, non_empty=True),
+)
+EXTENSION = F(
+    "extension",
+    "object",
+    fields=(
+        F("type", "int", 0xFF00, required=True, lo=0, hi=0xFFFF),
+        F("data", "b64", b64(b"ext"), required=True),
+    ),
+)
 EXTENSIONS = F("extensions", "list", item=EXTENSION)
-EXTERNAL_SENDER = F("external_sender", "object", fields=(
-    F("signature_key", "b64", b64(bytes(32)), required=True),
-    F("credential", "object", required=True, fields=CREDENTIAL_FIELDS)))
-JOIN_PSK = F("psk", "object", fields=(F("psk_id", "b64", b64(b"psk"), required=True),
-                                      F("secret", "b64", b64(bytes(32)), required=True)))
-COMMIT_PSK = F("psk", "object", fields=(F("psk_id", "b64", b64(b"psk"), required=True),
-                                        F("secret", "b64", b64(bytes(32)), null_ok=True)),
-               # the resumption form {resumption: {group_id, epoch}}, broken
-               bad_items=({"resumption": 1}, {"resumption": []}, {"resumption": {"epoch": 0}},
-                          {"resumption": {"group_id": "*", "epoch": 0}},
-                          {"resumption": {"group_id": "AAAA", "epoch": -1}},
-                          {"resumption": {"group_id": "AAAA", "epoch": 2**63}},
-                          {"resumption": {"group_id": "AAAA", "epoch": "1"}},
-                          {"resumption": {"group_id": "AAAA"}}))
+EXTERNAL_SENDER = F(
+    "external_sender",
+    "object",
+    fields=(
+        F("signature_key", "b64", b64(bytes(32)), required=True),
+        F("credential", "object", required=True, fields=CREDENTIAL_FIELDS),
+    ),
+)
+JOIN_PSK = F(
+    "psk",
+    "object",
+    fields=(
+        F("psk_id", "b64", b64(b"psk"), required=True),
+        F("secret", "b64", b64(bytes(32)), required=True),
+    ),
+)
+COMMIT_PSK = F(
+    "psk",
+    "object",
+    fields=(F("psk_id", "b64", b64(b"psk"), required=True), F("secret", "b64", b64(bytes(32)), null_ok=True)),
+    # the resumption form {resumption: {group_id, epoch}}, broken
+    bad_items=(
+        {"resumption": 1},
+        {"resumption": []},
+        {"resumption": {"epoch": 0}},
+        {"resumption": {"group_id": "*", "epoch": 0}},
+        {"resumption": {"group_id": "AAAA", "epoch": -1}},
+        {"resumption": {"group_id": "AAAA", "epoch": 2**63}},
+        {"resumption": {"group_id": "AAAA", "epoch": "1"}},
+        {"resumption": {"group_id": "AAAA"}},
+    ),
+)
 HANDSHAKE = F("handshake", "choice", "public", options=("public", "private"))
 RATCHET_TREE = F("ratchet_tree", "b64", null_ok=True, mls="ratchet_tree", mls_guaranteed=False)
 
@@ -140,74 +171,231 @@ SPECS: dict[str, Spec] = {
     "GET /readyz": Spec(service=True),
     "GET /metrics": Spec(service=True),
     "GET /v1/openapi.json": Spec(service=True),
-    "POST /v1/tenants": Spec(idempotent=True, variants=(
-        _v("tenant", F("name", "text", "fuzz tenant", required=True)),)),
+    "POST /v1/tenants": Spec(
+        idempotent=True, variants=(_v("tenant", F("name", "text", "fuzz tenant", required=True)),)
+    ),
     "GET /v1/tenants": Spec(),
     "POST /v1/tenants/{tenant_id}/tokens": Spec({"tenant_id": "tenant"}, (_v("token"),), idempotent=True),
-    "DELETE /v1/tenants/{tenant_id}/tokens/{token_id}": Spec({"tenant_id": "tenant", "token_id": "spare_token"}),
-    "POST /v1/identities": Spec(idempotent=True, variants=(_v(
-        "identity", F("name", "text", "carol", required=True),
-        F("cipher_suite", "int", 1, lo=1, hi=7),
-        F("credential", "object", null_ok=True, fields=CREDENTIAL_FIELDS, example={"type": "basic", "identity": b64(b"carol")})),)),
+    "DELETE /v1/tenants/{tenant_id}/tokens/{token_id}": Spec(
+        {"tenant_id": "tenant", "token_id": "spare_token"}
+    ),
+    "POST /v1/identities": Spec(
+        idempotent=True,
+        variants=(
+            _v(
+                "identity",
+                F("name", "text", "carol", required=True),
+                F("cipher_suite", "int", 1, lo=1, hi=7),
+                F(
+                    "credential",
+                    "object",
+                    null_ok=True,
+                    fields=CREDENTIAL_FIELDS,
+                    example={"type": "basic", "identity": b64(b"carol")},
+                ),
+            ),
+        ),
+    ),
     "GET /v1/identities": Spec(),
     "GET /v1/identities/{identity_id}": Spec({"identity_id": "alice"}),
     "DELETE /v1/identities/{identity_id}": Spec({"identity_id": "alice"}),
-    "POST /v1/identities/{identity_id}/key-packages": Spec({"identity_id": "alice"}, idempotent=True, variants=(_v(
-        "key-packages", F("count", "int", 1, lo=1, hi=100), F("last_resort", "bool", False),
-        F("lifetime_days", "int", 30, lo=1, hi=90)),)),
+    "POST /v1/identities/{identity_id}/key-packages": Spec(
+        {"identity_id": "alice"},
+        idempotent=True,
+        variants=(
+            _v(
+                "key-packages",
+                F("count", "int", 1, lo=1, hi=100),
+                F("last_resort", "bool", False),
+                F("lifetime_days", "int", 30, lo=1, hi=90),
+            ),
+        ),
+    ),
     "GET /v1/identities/{identity_id}/key-packages": Spec({"identity_id": "alice"}),
-    f"POST {_G}": Spec({"identity_id": "alice"}, idempotent=True, variants=(_v(
-        "group", F("group_id", "b64", b64(b"a fuzz group"), null_ok=True, non_empty=True, max_bytes=255), EXTENSIONS,
-        F("external_senders", "list", item=EXTERNAL_SENDER)),)),
+    f"POST {_G}": Spec(
+        {"identity_id": "alice"},
+        idempotent=True,
+        variants=(
+            _v(
+                "group",
+                F("group_id", "b64", b64(b"a fuzz group"), null_ok=True, non_empty=True, max_bytes=255),
+                EXTENSIONS,
+                F("external_senders", "list", item=EXTERNAL_SENDER),
+            ),
+        ),
+    ),
     f"GET {_G}": Spec({"identity_id": "alice"}),
-    f"POST {_G}/join": Spec({"identity_id": "bob"}, idempotent=True, variants=(_v(
-        "join", F("welcome", "b64", "@welcome", required=True, mls="welcome"), RATCHET_TREE,
-        F("psks", "list", item=JOIN_PSK)),)),
-    f"POST {_G}/external-join": Spec({"identity_id": "bob"}, idempotent=True, variants=(_v(
-        "external-join", F("group_info", "b64", "@group_info3", required=True, mls="group_info"),
-        F("ratchet_tree", "b64", "@ratchet_tree3", null_ok=True, mls="ratchet_tree", mls_guaranteed=False),
-        F("remove_prior", "bool", False), F("remove_prior_leaf", "int", null_ok=True, lo=0, hi=U32),
-        F("psks", "list", item=JOIN_PSK)),)),
+    f"POST {_G}/join": Spec(
+        {"identity_id": "bob"},
+        idempotent=True,
+        variants=(
+            _v(
+                "join",
+                F("welcome", "b64", "@welcome", required=True, mls="welcome"),
+                RATCHET_TREE,
+                F("psks", "list", item=JOIN_PSK),
+            ),
+        ),
+    ),
+    f"POST {_G}/external-join": Spec(
+        {"identity_id": "bob"},
+        idempotent=True,
+        variants=(
+            _v(
+                "external-join",
+                F("group_info", "b64", "@group_info3", required=True, mls="group_info"),
+                F(
+                    "ratchet_tree",
+                    "b64",
+                    "@ratchet_tree3",
+                    null_ok=True,
+                    mls="ratchet_tree",
+                    mls_guaranteed=False,
+                ),
+                F("remove_prior", "bool", False),
+                F("remove_prior_leaf", "int", null_ok=True, lo=0, hi=U32),
+                F("psks", "list", item=JOIN_PSK),
+            ),
+        ),
+    ),
     f"GET {_G}/{{gid}}": Spec(_ALICE_G),
     f"DELETE {_G}/{{gid}}": Spec(_ALICE_G),
-    f"POST {_G}/{{gid}}/commits": Spec(_ALICE_G, idempotent=True, variants=(_v(
-        "commit", F("add", "list", item=F("key_package", "b64", "@key_package", required=True, mls="key_package")),
-        F("remove", "list", item=F("leaf", "int", 1, required=True, lo=0, hi=U32, semantic_ints=(0, 2, 3, 7, 1000, U32))),
-        F("update", "bool", False), F("psks", "list", item=COMMIT_PSK),
-        F("group_context_extensions", "list", null_ok=True, item=EXTENSION),
-        F("include_pending", "bool", False), F("force_path", "bool", False), HANDSHAKE, F("pending", "bool", False)),)),
+    f"POST {_G}/{{gid}}/commits": Spec(
+        _ALICE_G,
+        idempotent=True,
+        variants=(
+            _v(
+                "commit",
+                F(
+                    "add",
+                    "list",
+                    item=F("key_package", "b64", "@key_package", required=True, mls="key_package"),
+                ),
+                F(
+                    "remove",
+                    "list",
+                    item=F(
+                        "leaf", "int", 1, required=True, lo=0, hi=U32, semantic_ints=(0, 2, 3, 7, 1000, U32)
+                    ),
+                ),
+                F("update", "bool", False),
+                F("psks", "list", item=COMMIT_PSK),
+                F("group_context_extensions", "list", null_ok=True, item=EXTENSION),
+                F("include_pending", "bool", False),
+                F("force_path", "bool", False),
+                HANDSHAKE,
+                F("pending", "bool", False),
+            ),
+        ),
+    ),
     f"POST {_G}/{{gid}}/pending-commit/merge": Spec(_ALICE_G, (_v("merge"),), idempotent=True),
     f"DELETE {_G}/{{gid}}/pending-commit": Spec(_ALICE_G),
-    f"POST {_G}/{{gid}}/proposals": Spec(_ALICE_G, idempotent=True, variants=(
-        _v("add", F("type", "choice", "add", required=True, options=("add",)),
-           F("key_package", "b64", "@key_package", required=True, mls="key_package"), HANDSHAKE),
-        _v("remove", F("type", "choice", "remove", required=True, options=("remove",)),
-           F("leaf_index", "int", 1, required=True, lo=0, hi=U32, semantic_ints=(2, 3, 1000, U32)), HANDSHAKE),
-        _v("psk", F("type", "choice", "psk", required=True, options=("psk",)),
-           F("psk", "object", required=True, fields=(F("psk_id", "b64", b64(b"fuzz psk"), required=True),
-                                                     F("secret", "b64", b64(bytes(32)), null_ok=True))), HANDSHAKE),
-        _v("group_context_extensions", F("type", "choice", "group_context_extensions", required=True,
-                                         options=("group_context_extensions",)), EXTENSIONS, HANDSHAKE),
-        _v("update", F("type", "choice", "update", required=True, options=("update",)), HANDSHAKE),
-    )),
-    f"POST {_G}/{{gid}}/messages": Spec(_ALICE_G, idempotent=True, variants=(
-        _v("single", F("data", "b64", b64(b"hello"), required=True), F("authenticated_data", "b64", b64(b"ad"), null_ok=True)),
-        _v("batch", F("messages", "list", required=True, non_empty=True, item=F(
-            "message", "object", fields=(F("data", "b64", b64(b"hello"), required=True),
-                                         F("authenticated_data", "b64", null_ok=True))),
-            example=[{"data": b64(b"hello")}])),
-    )),
-    f"POST {_G}/{{gid}}/process": Spec({"identity_id": "bob", "gid": "gid"}, idempotent=True, variants=(
-        _v("single", F("message", "b64", "@application", required=True, mls="message")),
-        # Batch items are checked one by one (a bad message is a problem item of a 200 answer): here only
-        # the request's own shape is fuzzed; test_mls_mutations covers the items.
-        _v("batch", F("messages", "list", ["@application"], required=True, non_empty=True,
-                      item=F("message", "b64", "@application", required=True))),
-    )),
+    f"POST {_G}/{{gid}}/proposals": Spec(
+        _ALICE_G,
+        idempotent=True,
+        variants=(
+            _v(
+                "add",
+                F("type", "choice", "add", required=True, options=("add",)),
+                F("key_package", "b64", "@key_package", required=True, mls="key_package"),
+                HANDSHAKE,
+            ),
+            _v(
+                "remove",
+                F("type", "choice", "remove", required=True, options=("remove",)),
+                F("leaf_index", "int", 1, required=True, lo=0, hi=U32, semantic_ints=(2, 3, 1000, U32)),
+                HANDSHAKE,
+            ),
+            _v(
+                "psk",
+                F("type", "choice", "psk", required=True, options=("psk",)),
+                F(
+                    "psk",
+                    "object",
+                    required=True,
+                    fields=(
+                        F("psk_id", "b64", b64(b"fuzz psk"), required=True),
+                        F("secret", "b64", b64(bytes(32)), null_ok=True),
+                    ),
+                ),
+                HANDSHAKE,
+            ),
+            _v(
+                "group_context_extensions",
+                F(
+                    "type",
+                    "choice",
+                    "group_context_extensions",
+                    required=True,
+                    options=("group_context_extensions",),
+                ),
+                EXTENSIONS,
+                HANDSHAKE,
+            ),
+            _v("update", F("type", "choice", "update", required=True, options=("update",)), HANDSHAKE),
+        ),
+    ),
+    f"POST {_G}/{{gid}}/messages": Spec(
+        _ALICE_G,
+        idempotent=True,
+        variants=(
+            _v(
+                "single",
+                F("data", "b64", b64(b"hello"), required=True),
+                F("authenticated_data", "b64", b64(b"ad"), null_ok=True),
+            ),
+            _v(
+                "batch",
+                F(
+                    "messages",
+                    "list",
+                    required=True,
+                    non_empty=True,
+                    item=F(
+                        "message",
+                        "object",
+                        fields=(
+                            F("data", "b64", b64(b"hello"), required=True),
+                            F("authenticated_data", "b64", null_ok=True),
+                        ),
+                    ),
+                    example=[{"data": b64(b"hello")}],
+                ),
+            ),
+        ),
+    ),
+    f"POST {_G}/{{gid}}/process": Spec(
+        {"identity_id": "bob", "gid": "gid"},
+        idempotent=True,
+        variants=(
+            _v("single", F("message", "b64", "@application", required=True, mls="message")),
+            # Batch items are checked one by one (a bad message is a problem item of a 200 answer): here only
+            # the request's own shape is fuzzed; test_mls_mutations covers the items.
+            _v(
+                "batch",
+                F(
+                    "messages",
+                    "list",
+                    ["@application"],
+                    required=True,
+                    non_empty=True,
+                    item=F("message", "b64", "@application", required=True),
+                ),
+            ),
+        ),
+    ),
     f"GET {_G}/{{gid}}/group-info": Spec(_ALICE_G),
-    f"POST {_G}/{{gid}}/export": Spec(_ALICE_G, variants=(_v(
-        "export", F("label", "text", "fuzz label", required=True, max_len=255),
-        F("context", "b64", b64(b"context"), null_ok=True), F("length", "int", 16, required=True, lo=1, hi=255)),)),
+    f"POST {_G}/{{gid}}/export": Spec(
+        _ALICE_G,
+        variants=(
+            _v(
+                "export",
+                F("label", "text", "fuzz label", required=True, max_len=255),
+                F("context", "b64", b64(b"context"), null_ok=True),
+                F("length", "int", 16, required=True, lo=1, hi=255),
+            ),
+        ),
+    ),
 }
 
 #: Fields that switch a handler into another mode: never added as "unknown" fields.
@@ -222,14 +410,22 @@ def known_field_names(spec: Spec) -> set[str]:
 
 #: Any text, lone surrogates included (the gateway refuses those with 400).
 TEXT = st.text(max_size=12)
-JSON_SCALARS = st.one_of(st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
-                         st.floats(), TEXT)
-JSON_VALUES = st.recursive(JSON_SCALARS, lambda inner: st.one_of(st.lists(inner, max_size=3),
-                                                                  st.dictionaries(TEXT, inner, max_size=3)),
-                           max_leaves=6)
+JSON_SCALARS = st.one_of(
+    st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70), st.floats(), TEXT
+)
+JSON_VALUES = st.recursive(
+    JSON_SCALARS,
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(TEXT, inner, max_size=3)),
+    max_leaves=6,
+)
 
-_TYPES: dict[str, tuple[type, ...]] = {"text": (str,), "b64": (str,), "list": (list,), "object": (dict,),
-                                       "choice": (str,)}
+_TYPES: dict[str, tuple[type, ...]] = {
+    "text": (str,),
+    "b64": (str,),
+    "list": (list,),
+    "object": (dict,),
+    "choice": (str,),
+}
 
 
 def wrong_type(f: F) -> st.SearchStrategy[Any]:
@@ -271,7 +467,8 @@ BAD_B64 = st.one_of(
 def _out_of_range(f: F) -> st.SearchStrategy[Any]:
     huge = st.sampled_from([2**31, 2**32, 2**63, 2**64, 2**128, -(2**63) - 1, 10**100, -(10**100), 10**4000])
     return st.one_of(st.integers(max_value=f.lo - 1), st.integers(min_value=f.hi + 1), huge).filter(
-        lambda v: not f.lo <= v <= f.hi)
+        lambda v: not f.lo <= v <= f.hi
+    )
 
 
 # ---- MLS mutations ---------------------------------------------------------------------------------------------
@@ -279,8 +476,15 @@ def _out_of_range(f: F) -> st.SearchStrategy[Any]:
 #: Real messages that may be mutated into each kind of MLS field, and whole real messages of other kinds (or
 #: stale or consumed ones) that the field must refuse as they are.
 MLS_SOURCES: dict[str, tuple[str, ...]] = {
-    "message": ("application", "commit", "commit_private", "proposal", "application_bob", "application_seen",
-                "commit_epoch0"),
+    "message": (
+        "application",
+        "commit",
+        "commit_private",
+        "proposal",
+        "application_bob",
+        "application_seen",
+        "commit_epoch0",
+    ),
     "welcome": ("welcome", "welcome_stale"),
     "key_package": ("key_package", "key_package_bob"),
     "group_info": ("group_info3", "group_info"),
@@ -288,8 +492,16 @@ MLS_SOURCES: dict[str, tuple[str, ...]] = {
 }
 MLS_REFUSED_AS_IS: dict[str, tuple[str, ...]] = {
     # For bob on G: stale (epoch 0), replayed (generation used), his own message, non-framed kinds.
-    "message": ("commit_epoch0", "application_seen", "application_bob", "welcome", "welcome_stale", "key_package",
-                "key_package_bob", "group_info"),
+    "message": (
+        "commit_epoch0",
+        "application_seen",
+        "application_bob",
+        "welcome",
+        "welcome_stale",
+        "key_package",
+        "key_package_bob",
+        "group_info",
+    ),
     # bob's consumed KeyPackage, or not a Welcome at all.
     "welcome": ("welcome_stale", "key_package", "group_info", "application", "commit"),
     # Not a KeyPackage at all, or bob's own (he is a member: refused by /commits and /proposals alike).
@@ -304,7 +516,9 @@ MLS_REFUSED_AS_IS: dict[str, tuple[str, ...]] = {
 def mutated(draw: st.DrawFn, data: bytes) -> bytes:
     """``data`` with 1-4 bits flipped, truncated, both, or with trailing bytes: never ``data`` itself."""
     # Mostly bit flips: they get past the decoder to the signature, membership tag, AEAD and tree checks.
-    how = draw(st.sampled_from(("flip", "flip", "flip", "flip", "truncate", "truncate", "flip+truncate", "extend")))
+    how = draw(
+        st.sampled_from(("flip", "flip", "flip", "flip", "truncate", "truncate", "flip+truncate", "extend"))
+    )
     out = bytearray(data)
     if "flip" in how:
         # Mostly past MLSMessage's version and wire_format (4 bytes): Hypothesis favours small integers.
@@ -356,7 +570,9 @@ def defects_of(f: F, world: World, *, guaranteed_only: bool = False) -> st.Searc
     if f.required:
         options.append(st.just(Defect(f.name, MISSING, True, True)))
     if f.kind == "text":
-        options.append(parse(st.one_of(st.just(""), st.integers(f.max_len + 1, f.max_len + 40).map(lambda n: "x" * n))))
+        options.append(
+            parse(st.one_of(st.just(""), st.integers(f.max_len + 1, f.max_len + 40).map(lambda n: "x" * n)))
+        )
     elif f.kind == "int":
         options.append(parse(_out_of_range(f)))
         if f.semantic_ints:
@@ -370,7 +586,11 @@ def defects_of(f: F, world: World, *, guaranteed_only: bool = False) -> st.Searc
         if f.max_bytes is not None:
             options.append(parse(st.binary(min_size=f.max_bytes + 1, max_size=f.max_bytes + 64).map(b64)))
         if f.mls is not None and (f.mls_guaranteed or not guaranteed_only):
-            semantic = st.one_of(st.just(b""), mls_defect(f.mls, world)) if f.mls_guaranteed else mls_defect(f.mls, world)
+            semantic = (
+                st.one_of(st.just(b""), mls_defect(f.mls, world))
+                if f.mls_guaranteed
+                else mls_defect(f.mls, world)
+            )
             options.append(semantic.map(lambda v: Defect(f.name, b64(v), False, f.mls_guaranteed)))
     elif f.kind == "list":
         options.append(parse(st.integers(1001, 1100).map(lambda n: [0] * n)))  # over the 1000-item limit
@@ -384,13 +604,18 @@ def defects_of(f: F, world: World, *, guaranteed_only: bool = False) -> st.Searc
 
             def as_list(d: Defect) -> Defect:
                 bad = [] if d.value is MISSING else [d.value]
-                return Defect(f.name, [valid_item, *bad] if valid_item is not None else bad, d.parse_level, d.guaranteed)
+                return Defect(
+                    f.name, [valid_item, *bad] if valid_item is not None else bad, d.parse_level, d.guaranteed
+                )
 
-            inner = defects_of(item, world, guaranteed_only=guaranteed_only).filter(lambda d: d.value is not MISSING)
+            inner = defects_of(item, world, guaranteed_only=guaranteed_only).filter(
+                lambda d: d.value is not MISSING
+            )
             options.append(inner.map(as_list))
     elif f.kind == "object":
         valid = example(f, world) or {}
         for sub in f.fields:
+
             def put(d: Defect, sub: F = sub) -> Defect:
                 obj = dict(valid)
                 if d.value is MISSING:
@@ -421,8 +646,14 @@ class BadBody:
 def bad_body(draw: st.DrawFn, variant: Variant, spec: Spec, world: World) -> BadBody:
     """The variant's base body with 1-3 defective fields (the first certainly refused) and maybe unknown fields."""
     body = variant.base(world)
-    fields = draw(st.lists(st.sampled_from(variant.fields), min_size=1, max_size=min(3, len(variant.fields)),
-                           unique_by=lambda f: f.name))
+    fields = draw(
+        st.lists(
+            st.sampled_from(variant.fields),
+            min_size=1,
+            max_size=min(3, len(variant.fields)),
+            unique_by=lambda f: f.name,
+        )
+    )
     defects = [draw(defects_of(fields[0], world, guaranteed_only=True))]
     defects += [draw(defects_of(f, world)) for f in fields[1:]]
     for d in defects:
@@ -457,7 +688,27 @@ def not_json_object(world: World, variant: Variant | None) -> st.SearchStrategy[
         st.just(valid.replace(b"{", b"\xff{", 1)),  # not UTF-8
         JSON_VALUES.filter(lambda v: not isinstance(v, dict)).map(lambda v: json.dumps(v).encode()),
         st.lists(JSON_VALUES, max_size=3).map(lambda v: json.dumps(v).encode()),
-        st.sampled_from([b"null", b"true", b"0", b'""', b"[]", b"[{}]", b"NaN", b"-Infinity", b"{", b"}", b"{]",
-                         b"{'a': 1}", b'{"a": }', b'{"a" 1}', b"{,}", b"\x00", b" ", b"\n"]),
+        st.sampled_from(
+            [
+                b"null",
+                b"true",
+                b"0",
+                b'""',
+                b"[]",
+                b"[{}]",
+                b"NaN",
+                b"-Infinity",
+                b"{",
+                b"}",
+                b"{]",
+                b"{'a': 1}",
+                b'{"a": }',
+                b'{"a" 1}',
+                b"{,}",
+                b"\x00",
+                b" ",
+                b"\n",
+            ]
+        ),
     ]
     return st.one_of(*options).filter(lambda raw: raw != b"" and _not_a_json_object(raw))

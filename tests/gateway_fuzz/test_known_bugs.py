@@ -17,8 +17,6 @@ def _unchanged(gw: Gateway, baseline: dict[str, Any], note: str) -> None:
     assert after == baseline, f"state changed by a refused request: {note}\n{diff(baseline, after)}"
 
 
-
-
 @pytest.mark.parametrize("case", ["tenant name", "identity name", "export label"])
 def test_lone_surrogates_in_text_fields_are_refused(gw: Gateway, baseline: dict[str, Any], case: str) -> None:
     w = gw.world
@@ -33,18 +31,23 @@ def test_lone_surrogates_in_text_fields_are_refused(gw: Gateway, baseline: dict[
     _unchanged(gw, baseline, case)
 
 
-@pytest.mark.parametrize("raw", [b"[" * 5000 + b"]" * 5000, b'{"a":' * 3000 + b"1" + b"}" * 3000],
-                         ids=["arrays", "objects"])
+@pytest.mark.parametrize(
+    "raw", [b"[" * 5000 + b"]" * 5000, b'{"a":' * 3000 + b"1" + b"}" * 3000], ids=["arrays", "objects"]
+)
 def test_deeply_nested_json_is_refused(gw: Gateway, baseline: dict[str, Any], raw: bytes) -> None:
     reply = gw.request("POST", "/v1/identities", body=raw)
     check_problem(reply, expect_code="invalid_request")
     _unchanged(gw, baseline, "deeply nested JSON")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a request line over aiohttp's max_line_size (8190 bytes; e.g. a 9,000-character group id in the path) is "
-    "answered by aiohttp's HTTP parser itself: 400 text/plain 'Got more than 8190 bytes...', not an RFC 9457 "
-    "problem document as api-v1.md requires of every error (the app's middleware never sees it)."))
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "a request line over aiohttp's max_line_size (8190 bytes; e.g. a 9,000-character group id in the path) is "
+        "answered by aiohttp's HTTP parser itself: 400 text/plain 'Got more than 8190 bytes...', not an RFC 9457 "
+        "problem document as api-v1.md requires of every error (the app's middleware never sees it)."
+    ),
+)
 def test_over_long_request_line_is_a_problem_document(gw: Gateway, baseline: dict[str, Any]) -> None:
     w = gw.world
     reply = gw.request("GET", f"/v1/identities/{w.alice}/groups/" + "A" * 9000)
@@ -71,6 +74,10 @@ def test_a_psk_proposal_can_be_committed(gw: Gateway) -> None:
     w = gw.world
     gid = base64.b64decode(gw.ok("POST", f"/v1/identities/{w.alice}/groups", {})["group_id"])
     path = w.group_path(w.alice, gid)
-    gw.ok("POST", path + "/proposals", {"type": "psk", "psk": {"psk_id": b64(b"known-bug psk"), "secret": b64(bytes(32))}})
+    gw.ok(
+        "POST",
+        path + "/proposals",
+        {"type": "psk", "psk": {"psk_id": b64(b"known-bug psk"), "secret": b64(bytes(32))}},
+    )
     reply = gw.request("POST", path + "/commits", json_body={})
     assert reply.status == 200, reply

@@ -31,11 +31,17 @@ def test_group_still_works_after_fuzzing(gw: Gateway) -> None:
 #: messages before her proposals (a member with pending proposals may not send), bob's processing before
 #: alice's commit moves the epoch on.
 ORDER = [
-    "POST /v1/tenants", "POST /v1/tenants/{tenant_id}/tokens", "POST /v1/identities",
-    "POST /v1/identities/{identity_id}/key-packages", "POST /v1/identities/{identity_id}/groups",
-    "POST /v1/identities/{identity_id}/groups/join", "POST /v1/identities/{identity_id}/groups/external-join",
-    "POST /v1/identities/{identity_id}/groups/{gid}/export", "POST /v1/identities/{identity_id}/groups/{gid}/messages",
-    "POST /v1/identities/{identity_id}/groups/{gid}/process", "POST /v1/identities/{identity_id}/groups/{gid}/commits",
+    "POST /v1/tenants",
+    "POST /v1/tenants/{tenant_id}/tokens",
+    "POST /v1/identities",
+    "POST /v1/identities/{identity_id}/key-packages",
+    "POST /v1/identities/{identity_id}/groups",
+    "POST /v1/identities/{identity_id}/groups/join",
+    "POST /v1/identities/{identity_id}/groups/external-join",
+    "POST /v1/identities/{identity_id}/groups/{gid}/export",
+    "POST /v1/identities/{identity_id}/groups/{gid}/messages",
+    "POST /v1/identities/{identity_id}/groups/{gid}/process",
+    "POST /v1/identities/{identity_id}/groups/{gid}/commits",
     "POST /v1/identities/{identity_id}/groups/{gid}/pending-commit/merge",
     "POST /v1/identities/{identity_id}/groups/{gid}/proposals",
 ]
@@ -53,7 +59,9 @@ def test_base_bodies_are_accepted(gw: Gateway) -> None:
         path = route.path.format(**{name: param_value(w, symbol) for name, symbol in spec.params.items()})
         for variant in spec.variants:
             if key.endswith("/process"):  # a fresh message from alice for each variant
-                sent = gw.ok("POST", w.group_path(w.alice) + "/messages", {"data": b64(variant.name.encode())})
+                sent = gw.ok(
+                    "POST", w.group_path(w.alice) + "/messages", {"data": b64(variant.name.encode())}
+                )
                 w.messages["application"] = base64.b64decode(sent["message"])
             auth = "admin" if route.auth == "admin" else "tenant"
             reply = gw.request(route.method, path, json_body=variant.base(w), auth=auth)

@@ -70,7 +70,10 @@ def test_software_keys_and_envelope_are_audited(token: Token) -> None:
     envelope = Envelope(token, audit_hook=events.append)
     envelope.open(envelope.seal(b"state"))
     assert [(e.operation, e.custody) for e in events] == [
-        ("generate", "software"), ("dh", "software"), ("wrap", "pkcs11"), ("unwrap", "pkcs11"),
+        ("generate", "software"),
+        ("dh", "software"),
+        ("wrap", "pkcs11"),
+        ("unwrap", "pkcs11"),
     ]
 
 

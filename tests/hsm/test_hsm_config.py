@@ -35,14 +35,20 @@ def test_config_validation() -> None:
         TokenConfig("/m.so", "t", pin_env="A", pool_size=0)
     with pytest.raises(HsmError):
         TokenConfig("/m.so", "t", pin_env="A", montgomery_keygen="maybe")  # type: ignore[arg-type]
-    config = TokenConfig.from_mapping({"module_path": "/m.so", "token_label": "t", "pin_env": "A", "pool_size": 2})
+    config = TokenConfig.from_mapping(
+        {"module_path": "/m.so", "token_label": "t", "pin_env": "A", "pool_size": 2}
+    )
     assert config.pool_size == 2
     with pytest.raises(HsmError, match="not the config text"):
         TokenConfig.from_mapping({"module_path": "/m.so", "token_label": "t", "pin": "1234"})
     with pytest.raises(HsmError, match="unknown keys"):
-        TokenConfig.from_mapping({"module_path": "/m.so", "token_label": "t", "pin_env": "A", "colour": "red"})
+        TokenConfig.from_mapping(
+            {"module_path": "/m.so", "token_label": "t", "pin_env": "A", "colour": "red"}
+        )
     with pytest.raises(HsmError, match="pool_size"):
-        TokenConfig.from_mapping({"module_path": "/m.so", "token_label": "t", "pin_env": "A", "pool_size": "4"})
+        TokenConfig.from_mapping(
+            {"module_path": "/m.so", "token_label": "t", "pin_env": "A", "pool_size": "4"}
+        )
 
 
 def test_softhsm_conf_stays_in_its_directory(tmp_path: Path) -> None:
@@ -80,7 +86,9 @@ def test_key_references_describe_themselves() -> None:
 
 def test_ec_point_forms() -> None:
     point = b"\x04" + bytes(range(64))
-    assert public_key_from_ec_point(ALL_KINDS[2], der_octet_string(point)) == point  # P-256, DER (short length)
+    assert (
+        public_key_from_ec_point(ALL_KINDS[2], der_octet_string(point)) == point
+    )  # P-256, DER (short length)
     big = b"\x04" + bytes(132)
     assert der_octet_string(big)[:3] == b"\x04\x81\x85"
     assert public_key_from_ec_point(ALL_KINDS[4], der_octet_string(big)) == big  # P-521, DER (long length)

@@ -34,10 +34,15 @@ def _private_key_report(session: Session) -> list[tuple[bytes, bool, bool, bool,
         except AttributeSensitive:
             readable = False
         attrs = obj.get_attributes([Attribute.SENSITIVE, Attribute.EXTRACTABLE, Attribute.TOKEN])
-        report.append((
-            bytes(obj[Attribute.ID]), readable,
-            attrs[Attribute.SENSITIVE], attrs[Attribute.EXTRACTABLE], attrs[Attribute.TOKEN],
-        ))
+        report.append(
+            (
+                bytes(obj[Attribute.ID]),
+                readable,
+                attrs[Attribute.SENSITIVE],
+                attrs[Attribute.EXTRACTABLE],
+                attrs[Attribute.TOKEN],
+            )
+        )
     return report
 
 
@@ -49,7 +54,9 @@ def test_no_private_key_value_can_be_read(token: Token, keystore: Pkcs11KeyStore
     for row in report:
         _key_id, readable, sensitive, extractable, on_token = row
         assert not readable, row
-        assert sensitive and not extractable and on_token, row  # (id, readable, SENSITIVE, EXTRACTABLE, TOKEN)
+        assert sensitive and not extractable and on_token, (
+            row
+        )  # (id, readable, SENSITIVE, EXTRACTABLE, TOKEN)
 
 
 def _private_key_report_via(token: Token) -> list[tuple[bytes, bool, bool, bool, bool]]:
@@ -60,7 +67,9 @@ def _token_files_bytes(token_dir: Path) -> bytes:
     return b"".join(p.read_bytes() for p in sorted(token_dir.rglob("*")) if p.is_file())
 
 
-def test_token_files_hold_no_key_label_or_id_in_clear(token: Token, keystore: Pkcs11KeyStore, softhsm: SoftHsmToken) -> None:
+def test_token_files_hold_no_key_label_or_id_in_clear(
+    token: Token, keystore: Pkcs11KeyStore, softhsm: SoftHsmToken
+) -> None:
     refs = _make_one_of_each(keystore)
     labels = token.run(
         lambda s: [obj[Attribute.LABEL] for ref in refs for obj in s.get_objects({Attribute.ID: ref})],
@@ -79,10 +88,15 @@ def test_control_public_objects_are_stored_in_clear(token: Token, softhsm: SoftH
     label = "mlsgw-control-label-0123456789"
 
     def create(session: Session) -> None:
-        session.create_object({
-            Attribute.CLASS: ObjectClass.DATA, Attribute.TOKEN: True, Attribute.PRIVATE: False,
-            Attribute.LABEL: label, Attribute.VALUE: b"public",
-        })
+        session.create_object(
+            {
+                Attribute.CLASS: ObjectClass.DATA,
+                Attribute.TOKEN: True,
+                Attribute.PRIVATE: False,
+                Attribute.LABEL: label,
+                Attribute.VALUE: b"public",
+            }
+        )
 
     def destroy(session: Session) -> None:
         for obj in list(session.get_objects({Attribute.LABEL: label})):

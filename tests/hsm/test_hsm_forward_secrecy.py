@@ -320,7 +320,9 @@ class Api:
         yield
         self.made.setdefault(owner, set()).update(set(token_ids(self.token)) - before)
 
-    async def call(self, method: str, path: str, body: Any = None, *, status: int, owner: str | None = None) -> Any:
+    async def call(
+        self, method: str, path: str, body: Any = None, *, status: int, owner: str | None = None
+    ) -> Any:
         async def go() -> Any:
             resp = await self.client.request(method, path, json=body, headers=self.headers)
             text = await resp.text()
@@ -352,7 +354,9 @@ async def in_process_gateway(token: Token, folder: Path) -> AsyncIterator[tuple[
     metrics = Metrics()
     service = GatewayService(store, keys, envelope, on_key_use=metrics.key_use)
     executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="mlsgw-test")
-    runtime = Runtime(GatewayConfig(data_dir=folder), store, token, keys, envelope, service, metrics, executor)
+    runtime = Runtime(
+        GatewayConfig(data_dir=folder), store, token, keys, envelope, service, metrics, executor
+    )
     app = create_app(runtime)
     app.on_cleanup.clear()  # create_app's cleanup closes the token: not the session's
     admin = service.bootstrap_admin()
@@ -375,13 +379,20 @@ async def _hosted_scenario(token: Token, folder: Path, *, pending_commit: bool) 
         api = Api(client, token, tenant["token"])
         ids = {}
         for name in ("alice", "bob"):
-            made = await api.call("POST", "/v1/identities", {"name": name, "cipher_suite": 1}, status=201, owner=name)
+            made = await api.call(
+                "POST", "/v1/identities", {"name": name, "cipher_suite": 1}, status=201, owner=name
+            )
             ids[name] = made["identity_id"]
         a, b = ids["alice"], ids["bob"]
 
         async def key_packages(who: str, count: int, last_resort: bool = False) -> list[str]:
-            r = await api.call("POST", f"/v1/identities/{ids[who]}/key-packages",
-                               {"count": count, "last_resort": last_resort}, status=201, owner=who)
+            r = await api.call(
+                "POST",
+                f"/v1/identities/{ids[who]}/key-packages",
+                {"count": count, "last_resort": last_resort},
+                status=201,
+                owner=who,
+            )
             return [k["key_package"] for k in r["key_packages"]]
 
         alice_kps = await key_packages("alice", 2)
@@ -393,17 +404,28 @@ async def _hosted_scenario(token: Token, folder: Path, *, pending_commit: bool) 
             made = await api.call("POST", base, {}, status=201, owner=creator)
             gid = path_gid(made["group_id"])
             out = await api.call("POST", f"{base}/{gid}/commits", {"add": [kp]}, status=200, owner=creator)
-            await api.call("POST", f"/v1/identities/{ids[joiner]}/groups/join", {"welcome": out["welcome"]},
-                           status=201, owner=joiner)
+            await api.call(
+                "POST",
+                f"/v1/identities/{ids[joiner]}/groups/join",
+                {"welcome": out["welcome"]},
+                status=201,
+                owner=joiner,
+            )
             return gid
 
         g1 = await group_with("alice", "bob", bob_kps[0])
         g2 = await group_with("bob", "alice", alice_kps[0])
-        await api.call("POST", f"/v1/identities/{a}/groups/{g1}/proposals", {"type": "update"}, status=201,
-                       owner="alice")
+        await api.call(
+            "POST", f"/v1/identities/{a}/groups/{g1}/proposals", {"type": "update"}, status=201, owner="alice"
+        )
         if pending_commit:
-            await api.call("POST", f"/v1/identities/{a}/groups/{g2}/commits", {"update": True, "pending": True},
-                           status=200, owner="alice")
+            await api.call(
+                "POST",
+                f"/v1/identities/{a}/groups/{g2}/commits",
+                {"update": True, "pending": True},
+                status=200,
+                owner="alice",
+            )
 
         present = set(token_ids(token))
         alice_keys = api.made["alice"] & present
@@ -440,5 +462,7 @@ def test_gateway_delete_identity_removes_all_its_keys(token: Token, tmp_path: Pa
 
 
 @GATEWAY_WARNINGS
-def test_gateway_delete_identity_with_a_pending_commit_removes_all_its_keys(token: Token, tmp_path: Path) -> None:
+def test_gateway_delete_identity_with_a_pending_commit_removes_all_its_keys(
+    token: Token, tmp_path: Path
+) -> None:
     _run(lambda: _hosted_scenario(token, tmp_path, pending_commit=True))

@@ -89,12 +89,16 @@ class HsmHarness(Harness):
             assert isinstance(leaf, Pkcs11HpkeKey), f"{m.name}: leaf key {leaf!r} is not a token key"
             for ref in (signer.key_ref, leaf.key_ref):
                 assert ref in store.live
-                assert objects_with_id(self.token, ref) == 2, f"{m.name}: live key {ref.hex()} not in the token"
+                assert objects_with_id(self.token, ref) == 2, (
+                    f"{m.name}: live key {ref.hex()} not in the token"
+                )
         for m in self.members:
             store = m.key_store
             assert isinstance(store, TrackedKeyStore)
             for ref in set(store.made) - store.live:
-                assert objects_with_id(self.token, ref) == 0, f"{m.name}: destroyed key {ref.hex()} still in the token"
+                assert objects_with_id(self.token, ref) == 0, (
+                    f"{m.name}: destroyed key {ref.hex()} still in the token"
+                )
 
 
 def require_token_custody(keystore: Pkcs11KeyStore, suite: int) -> None:
@@ -110,7 +114,9 @@ def wire(message: bytes) -> int:
 
 
 @pytest.mark.parametrize("suite", ALL_SUITES, ids=lambda s: f"suite{s}")
-def test_group_lifecycle_with_all_keys_in_the_token(token: Token, keystore: Pkcs11KeyStore, suite: int) -> None:
+def test_group_lifecycle_with_all_keys_in_the_token(
+    token: Token, keystore: Pkcs11KeyStore, suite: int
+) -> None:
     require_token_custody(keystore, suite)
     h = HsmHarness(suite, token=token)
 
@@ -167,8 +173,9 @@ def test_group_lifecycle_with_all_keys_in_the_token(token: Token, keystore: Pkcs
     # an external join from erin's GroupInfo (ratchet tree in the GroupInfo)
     frank = h.new_client("frank")
     group_info = erin.g.group_info(with_ratchet_tree=True)
-    frank.group, commit = Group.external_join(frank.client.key_store, group_info, signer=frank.client.signer,
-                                              credential=frank.client.credential)
+    frank.group, commit = Group.external_join(
+        frank.client.key_store, group_info, signer=frank.client.signer, credential=frank.client.credential
+    )
     for m in h.active:
         result = m.g.process(commit)
         assert isinstance(result, StagedCommit)

@@ -124,8 +124,12 @@ def test_hsm_and_software_members_in_one_group(token: Token, keystore: Pkcs11Key
 
     # an HSM member joins externally from a software member's GroupInfo, then removes it
     erin = h.new_client("erin")
-    erin.group, commit = Group.external_join(erin.client.key_store, carol.g.group_info(with_ratchet_tree=True),
-                                             signer=erin.client.signer, credential=erin.client.credential)
+    erin.group, commit = Group.external_join(
+        erin.client.key_store,
+        carol.g.group_info(with_ratchet_tree=True),
+        signer=erin.client.signer,
+        credential=erin.client.credential,
+    )
     for m in h.active:
         result = m.g.process(commit)
         assert isinstance(result, StagedCommit)
@@ -136,9 +140,13 @@ def test_hsm_and_software_members_in_one_group(token: Token, keystore: Pkcs11Key
     h.commit(erin, CommitOptions(remove=[carol.leaf], handshake=HandshakeFraming.private))
     # and a software member joins externally from an HSM member's GroupInfo
     frank = h.new_client("frank")
-    frank.group, commit = Group.external_join(frank.client.key_store, dave.g.group_info(with_ratchet_tree=False),
-                                              signer=frank.client.signer, credential=frank.client.credential,
-                                              ratchet_tree=dave.g.state.tree.encode())
+    frank.group, commit = Group.external_join(
+        frank.client.key_store,
+        dave.g.group_info(with_ratchet_tree=False),
+        signer=frank.client.signer,
+        credential=frank.client.credential,
+        ratchet_tree=dave.g.state.tree.encode(),
+    )
     for m in h.active:
         result = m.g.process(commit)
         assert isinstance(result, StagedCommit)
@@ -154,11 +162,14 @@ def test_hsm_and_software_members_in_one_group(token: Token, keystore: Pkcs11Key
 @pytest.fixture(scope="module")
 def peer() -> Iterator[TsMlsPeer]:
     """One ts-mls peer process for the module (tests/interop/install.sh first: a no-op when current)."""
-    proc = subprocess.run(["bash", str(INTEROP_DIR / "install.sh")], capture_output=True, text=True,
-                          timeout=600, check=False)
+    proc = subprocess.run(
+        ["bash", str(INTEROP_DIR / "install.sh")], capture_output=True, text=True, timeout=600, check=False
+    )
     if proc.returncode != 0:
-        pytest.fail(f"tests/interop/install.sh failed ({proc.returncode}):\n{proc.stderr}\n{proc.stdout}",
-                    pytrace=False)
+        pytest.fail(
+            f"tests/interop/install.sh failed ({proc.returncode}):\n{proc.stderr}\n{proc.stdout}",
+            pytrace=False,
+        )
     p = TsMlsPeer()
     yield p
     p.close()
@@ -195,7 +206,9 @@ class CheckedMixedGroup(MixedGroup):
 
 
 @pytest.mark.parametrize("suite", ALL_SUITES, ids=lambda s: f"suite{s}")
-def test_hsm_member_with_ts_mls_members(token: Token, keystore: Pkcs11KeyStore, peer: TsMlsPeer, suite: int) -> None:
+def test_hsm_member_with_ts_mls_members(
+    token: Token, keystore: Pkcs11KeyStore, peer: TsMlsPeer, suite: int
+) -> None:
     require_token_custody(keystore, suite)
     alice = HsmPyMember(unique("hsm-alice"), suite, token)
     bob = TsMember(peer, unique("ts-bob"), suite)
@@ -227,8 +240,9 @@ def test_hsm_member_with_ts_mls_members(token: Token, keystore: Pkcs11KeyStore, 
     # external_pub without its length prefix, see tests/interop's OUR_READ_OF_TS_EXTERNAL_PUB.)
     frank = HsmPyMember(unique("hsm-frank"), suite, token)
     grp.external_join(frank, dave, tree_in_group_info=False)
-    grp.external_join(TsMember(peer, unique("ts-gina"), suite), alice, tree_in_group_info=True,
-                      ts_mls_dialect=True)
+    grp.external_join(
+        TsMember(peer, unique("ts-gina"), suite), alice, tree_in_group_info=True, ts_mls_dialect=True
+    )
     grp.chat("after external joins")
     frank_leaf = frank.g.state.keys.leaf_key.key_ref
     grp.commit(erin, remove=[frank])

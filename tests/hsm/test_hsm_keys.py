@@ -32,8 +32,16 @@ def test_softhsm_capabilities_are_detected_truthfully(token: Token) -> None:
     # SoftHSM 2.6.1 (OpenSSL 3) does all of them, X25519/X448 through the Edwards-OID quirk.
     assert caps.montgomery_mode == "edwards-oid"
     assert {k.name for k in caps.forms} == {
-        "ed25519", "ed448", "ecdsa-p256", "ecdsa-p384", "ecdsa-p521",
-        "x25519", "x448", "ecdh-p256", "ecdh-p384", "ecdh-p521",
+        "ed25519",
+        "ed448",
+        "ecdsa-p256",
+        "ecdsa-p384",
+        "ecdsa-p521",
+        "x25519",
+        "x448",
+        "ecdh-p256",
+        "ecdh-p384",
+        "ecdh-p521",
     }
     assert caps.describe()["refused"] == {}
 
@@ -60,7 +68,9 @@ def test_signature_verifies_in_software(keystore: Pkcs11KeyStore, suite: int) ->
         signature = signer.sign(message)
         assert cs.signature.verify(signer.public_key, message, signature)
         assert not cs.signature.verify(signer.public_key, message + b"!", signature)
-    assert cs.verify_with_label(signer.public_key, "LeafNodeTBS", b"c", cs.sign_with_label(signer, "LeafNodeTBS", b"c"))
+    assert cs.verify_with_label(
+        signer.public_key, "LeafNodeTBS", b"c", cs.sign_with_label(signer, "LeafNodeTBS", b"c")
+    )
 
 
 @pytest.mark.parametrize("suite", ALL_SUITES)
@@ -77,7 +87,9 @@ def test_dh_equals_software_dh(keystore: Pkcs11KeyStore, suite: int) -> None:
 def test_decrypt_with_label_with_token_key(keystore: Pkcs11KeyStore, suite: int) -> None:
     cs = cipher_suite(suite)
     key = keystore.new_hpke_key(suite)
-    kem_output, ciphertext = cs.encrypt_with_label(key.public_key, "UpdatePathNode", b"context", b"path secret")
+    kem_output, ciphertext = cs.encrypt_with_label(
+        key.public_key, "UpdatePathNode", b"context", b"path secret"
+    )
     assert cs.decrypt_with_label(key, "UpdatePathNode", b"context", kem_output, ciphertext) == b"path secret"
     with pytest.raises(CryptoError):
         cs.decrypt_with_label(key, "UpdatePathNode", b"other context", kem_output, ciphertext)

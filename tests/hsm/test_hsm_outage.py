@@ -34,7 +34,9 @@ def _until_ok(call: Callable[[], bytes], timeout: float) -> tuple[bytes, float]:
             time.sleep(0.02)
 
 
-def test_token_away_fails_fast_then_recovers(token: Token, keystore: Pkcs11KeyStore, softhsm: SoftHsmToken) -> None:
+def test_token_away_fails_fast_then_recovers(
+    token: Token, keystore: Pkcs11KeyStore, softhsm: SoftHsmToken
+) -> None:
     signer = keystore.new_signature_key(1)
     key = keystore.new_hpke_key(2)
     peer = cipher_suite(2).kem.generate()
@@ -76,7 +78,14 @@ def test_lost_sessions_are_reopened_transparently(token: Token, keystore: Pkcs11
 
 
 def test_missing_module_is_unavailable_quickly() -> None:
-    config = TokenConfig("/nonexistent/libpkcs11.so", "x", pin_env="UNUSED", backoff_initial_s=0.01, backoff_max_s=0.02, startup_attempts=2)
+    config = TokenConfig(
+        "/nonexistent/libpkcs11.so",
+        "x",
+        pin_env="UNUSED",
+        backoff_initial_s=0.01,
+        backoff_max_s=0.02,
+        startup_attempts=2,
+    )
     start = time.monotonic()
     with pytest.raises(HsmUnavailable, match="cannot be loaded"):
         Token.open(config)
@@ -120,7 +129,9 @@ _WRONG_PIN = textwrap.dedent(
 def test_wrong_pin_is_refused_and_never_retried(softhsm: SoftHsmToken) -> None:
     # A separate process: in this one the session's token is already logged in (login is per process).
     env = {**os.environ, **softhsm.env(), "LABEL": softhsm.label}
-    done = subprocess.run([sys.executable, "-c", _WRONG_PIN], env=env, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-c", _WRONG_PIN], env=env, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["HsmError", "failed", "True"]
 
@@ -155,8 +166,16 @@ _STARTER = textwrap.dedent(
 def test_several_processes_start_at_once_on_one_token(softhsm: SoftHsmToken, pin_env: str) -> None:
     """Concurrent start-up logins fail now and then on SoftHSM (hsm-facts gotcha 3): start-up retries."""
     env = {**os.environ, **softhsm.env(), "LABEL": softhsm.label, "PIN_ENV": pin_env}
-    procs = [subprocess.Popen([sys.executable, "-c", _STARTER], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for _ in range(6)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _STARTER],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(6)
+    ]
     results = [p.communicate(timeout=120) for p in procs]
     assert [out.strip() for out, _ in results] == ["ok"] * 6, [err[-500:] for _, err in results]
 
@@ -178,7 +197,9 @@ def test_forked_child_refuses_the_parents_token(token: Token, keystore: Pkcs11Ke
     assert cipher_suite(1).signature.verify(signer.public_key, b"parent", signer.sign(b"parent"))
 
 
-def test_keys_stay_themselves_across_reinitialisation(token: Token, keystore: Pkcs11KeyStore, pin_env: str) -> None:
+def test_keys_stay_themselves_across_reinitialisation(
+    token: Token, keystore: Pkcs11KeyStore, pin_env: str
+) -> None:
     """Object handles are renumbered when the library is re-initialised; a cached handle must never end
     up naming another key (each signer must still sign with its own key, each DH use its own key)."""
     cs = cipher_suite(2)

@@ -98,8 +98,10 @@ def private_key_attributes(token: Token, refs: list[bytes]) -> dict[bytes, dict[
             except AttributeSensitive:
                 readable = False
             out[ref] = {
-                "sensitive": bool(attrs[Attribute.SENSITIVE]), "extractable": bool(attrs[Attribute.EXTRACTABLE]),
-                "token": bool(attrs[Attribute.TOKEN]), "value_readable": readable,
+                "sensitive": bool(attrs[Attribute.SENSITIVE]),
+                "extractable": bool(attrs[Attribute.EXTRACTABLE]),
+                "token": bool(attrs[Attribute.TOKEN]),
+                "value_readable": readable,
             }
         return out
 
@@ -107,13 +109,16 @@ def private_key_attributes(token: Token, refs: list[bytes]) -> dict[bytes, dict[
 
 
 def objects_with_ids(token: Token, refs: list[bytes]) -> int:
-    return token.run(lambda s: sum(len(list(s.get_objects({Attribute.ID: r}))) for r in refs), op="test: count")
+    return token.run(
+        lambda s: sum(len(list(s.get_objects({Attribute.ID: r}))) for r in refs), op="test: count"
+    )
 
 
 def assert_non_extractable(token: Token, refs: list[bytes]) -> None:
     for ref, attrs in private_key_attributes(token, refs).items():
         assert attrs == {"sensitive": True, "extractable": False, "token": True, "value_readable": False}, (
-            f"imported key {ref.hex()}: {attrs}")
+            f"imported key {ref.hex()}: {attrs}"
+        )
 
 
 @pytest.fixture
@@ -137,17 +142,30 @@ def run_passive_case(token: Token, store: CaseKeyStore, case: dict[str, Any]) ->
     assert isinstance(signer, Pkcs11Signer)
     assert isinstance(leaf_key, Pkcs11HpkeKey) and isinstance(init_key, Pkcs11HpkeKey)
     assert (signer.public_key, leaf_key.public_key, init_key.public_key) == (
-        kp.leaf_node.signature_key, kp.leaf_node.encryption_key, kp.init_key)
+        kp.leaf_node.signature_key,
+        kp.leaf_node.encryption_key,
+        kp.init_key,
+    )
     refs = [signer.key_ref, leaf_key.key_ref, init_key.key_ref]
     assert_non_extractable(token, refs)
     assert objects_with_ids(token, refs) == 6  # a private and a public object per key
 
     psks = MemoryPskStore(external={h(p["psk_id"]): h(p["psk"]) for p in case["external_psks"]})
-    group = Group.join(store, h(case["welcome"]), key_package=kp, init_key=init_key, leaf_key=leaf_key,
-                       signer_ref=signer.key_ref, ratchet_tree=h(case["ratchet_tree"]) or None, psks=psks)
+    group = Group.join(
+        store,
+        h(case["welcome"]),
+        key_package=kp,
+        init_key=init_key,
+        leaf_key=leaf_key,
+        signer_ref=signer.key_ref,
+        ratchet_tree=h(case["ratchet_tree"]) or None,
+        psks=psks,
+    )
     assert group.cs.suite_id == suite
     assert group.epoch_authenticator == h(case["initial_epoch_authenticator"])
-    assert objects_with_ids(token, [init_key.key_ref]) == 0, "the join left the consumed init key in the token"
+    assert objects_with_ids(token, [init_key.key_ref]) == 0, (
+        "the join left the consumed init key in the token"
+    )
     assert isinstance(group.state.keys.leaf_key, Pkcs11HpkeKey)
 
     for n, epoch in enumerate(case["epochs"]):
@@ -156,7 +174,9 @@ def run_passive_case(token: Token, store: CaseKeyStore, case: dict[str, Any]) ->
         staged = group.process(h(epoch["commit"]))
         assert isinstance(staged, StagedCommit), f"epoch {n}: not a commit"
         group.merge(staged)
-        assert group.epoch_authenticator == h(epoch["epoch_authenticator"]), f"epoch {n}: authenticator differs"
+        assert group.epoch_authenticator == h(epoch["epoch_authenticator"]), (
+            f"epoch {n}: authenticator differs"
+        )
     # the passive client's keys are still the token keys it was given (it never commits)
     assert group.state.keys.leaf_key.key_ref == leaf_key.key_ref
     assert group.signer().key_ref == signer.key_ref
@@ -171,7 +191,9 @@ def _destroy_case_keys(token: Token, store: CaseKeyStore) -> None:
 
 @pytest.mark.parametrize("suite", SUITES, ids=lambda s: f"suite{s}")
 @pytest.mark.parametrize("name", PASSIVE_FILES, ids=lambda n: n.removesuffix(".json"))
-def test_passive_client_vectors_with_token_keys(token: Token, keystore: Pkcs11KeyStore, name: str, suite: int) -> None:
+def test_passive_client_vectors_with_token_keys(
+    token: Token, keystore: Pkcs11KeyStore, name: str, suite: int
+) -> None:
     assert keystore.custody(suite) == ("pkcs11", "pkcs11")
     cases = [c for c in _load(name) if c["cipher_suite"] == suite]
     assert cases, f"{name} has no case for suite {suite}"
@@ -217,9 +239,12 @@ def test_welcome_vectors_with_token_init_keys(token: Token, case_store: CaseKeyS
         probe = KeySchedule.from_joiner_secret(cs, secrets.joiner_secret, None, b"")
         group_info = decrypt_group_info(cs, probe.welcome_secret, welcome.encrypted_group_info)
         verify_group_info_signature(cs, group_info, h(case["signer_pub"]))
-        ks = KeySchedule.from_joiner_secret(cs, secrets.joiner_secret, None, group_info.group_context.to_bytes())
-        ks.secrets.verify_confirmation_tag(group_info.group_context.confirmed_transcript_hash,
-                                           group_info.confirmation_tag)
+        ks = KeySchedule.from_joiner_secret(
+            cs, secrets.joiner_secret, None, group_info.group_context.to_bytes()
+        )
+        ks.secrets.verify_confirmation_tag(
+            group_info.group_context.confirmed_transcript_hash, group_info.confirmation_tag
+        )
         case_store.destroy(init_key.key_ref)
         assert objects_with_ids(token, [init_key.key_ref]) == 0
 

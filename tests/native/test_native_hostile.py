@@ -198,7 +198,9 @@ def test_packed_tree_hash_lengths(c: tuple[Any, Any]) -> None:
     L = lib.MLSN_ERR_LENGTH
 
     def th(n: int, data: bytes, dlen: int, lens: list[int], olen: int) -> int:
-        return int(lib.mlsn_tree_hashes_spans(1, n, data, dlen, ffi.NULL, _sizes(ffi, lens or [0]), out, olen))
+        return int(
+            lib.mlsn_tree_hashes_spans(1, n, data, dlen, ffi.NULL, _sizes(ffi, lens or [0]), out, olen)
+        )
 
     assert th(3, b"abc", 3, [1, 0, 2], 3 * 32) == lib.MLSN_OK
     assert th(5, b"abc", 3, [1, 0, 1, 0, 1], 7 * 32) == lib.MLSN_OK  # extended to 4 leaves
@@ -215,7 +217,9 @@ def test_packed_tree_hash_lengths(c: tuple[Any, Any]) -> None:
     assert lib.mlsn_tree_hashes_spans(1, 3, b"abc", 3, ffi.NULL, ffi.NULL, out, 3 * 32) == L
     assert lib.mlsn_tree_hashes_spans(1, 3, ffi.NULL, 3, ffi.NULL, lens, out, 3 * 32) == L
     assert lib.mlsn_tree_hashes_spans(1, 3, b"abc", 3, ffi.NULL, lens, ffi.NULL, 3 * 32) == L
-    assert lib.mlsn_tree_hashes_spans(9, 3, b"abc", 3, ffi.NULL, lens, out, 3 * 32) == lib.MLSN_ERR_UNSUPPORTED
+    assert (
+        lib.mlsn_tree_hashes_spans(9, 3, b"abc", 3, ffi.NULL, lens, out, 3 * 32) == lib.MLSN_ERR_UNSUPPORTED
+    )
 
 
 def test_spans_tree_hash_lengths(c: tuple[Any, Any]) -> None:
@@ -225,11 +229,15 @@ def test_spans_tree_hash_lengths(c: tuple[Any, Any]) -> None:
     L = lib.MLSN_ERR_LENGTH
 
     def th(data: bytes, dlen: int, starts: list[int], lens: list[int]) -> int:
-        return int(lib.mlsn_tree_hashes_spans(1, 3, data, dlen, _sizes(ffi, starts), _sizes(ffi, lens), out, 96))
+        return int(
+            lib.mlsn_tree_hashes_spans(1, 3, data, dlen, _sizes(ffi, starts), _sizes(ffi, lens), out, 96)
+        )
 
     assert th(b"xaybc", 5, [1, 0, 3], [1, 0, 2]) == lib.MLSN_OK
     packed = ffi.buffer(out)[:]
-    assert lib.mlsn_tree_hashes_spans(1, 3, b"abc", 3, ffi.NULL, _sizes(ffi, [1, 0, 2]), out, 96) == lib.MLSN_OK
+    assert (
+        lib.mlsn_tree_hashes_spans(1, 3, b"abc", 3, ffi.NULL, _sizes(ffi, [1, 0, 2]), out, 96) == lib.MLSN_OK
+    )
     assert ffi.buffer(out)[:] == packed  # the same values, found by span or back to back
     assert th(b"abc", 3, [0, 0, 0], [3, 0, 3]) == lib.MLSN_OK  # overlapping spans read the same bytes
     assert th(b"abc", 3, [0, 0, 2], [1, 0, 2]) == L  # past the end
@@ -256,16 +264,36 @@ def test_failed_open_leaves_no_plaintext_in_the_output(c: tuple[Any, Any]) -> No
     assert lib.mlsn_aead_seal(1, key, 16, nonce, 12, b"", 0, pt, len(pt), ffi.from_buffer(ct), len(ct)) == 0
     ct[-1] ^= 1
     out = ffi.new("uint8_t[]", b"X" * len(pt))
-    assert lib.mlsn_aead_open(1, key, 16, nonce, 12, b"", 0, bytes(ct), len(ct), out, len(pt)) == lib.MLSN_ERR_AUTH
+    assert (
+        lib.mlsn_aead_open(1, key, 16, nonce, 12, b"", 0, bytes(ct), len(ct), out, len(pt))
+        == lib.MLSN_ERR_AUTH
+    )
     assert ffi.buffer(out, len(pt))[:] == bytes(len(pt))
     many_out, status = ffi.new("uint8_t[]", b"X" * 2 * len(pt)), ffi.new("int8_t[]", 2)
     good = bytearray(ct)
     good[-1] ^= 1
     cts = bytes(good) + bytes(ct)
     lens = _sizes(ffi, [len(ct), len(ct)])
-    assert lib.mlsn_aead_open_many(
-        1, 2, key * 2, 32, nonce * 2, 24, b"", 0, ffi.NULL, cts, len(cts), lens, many_out, 2 * len(pt), status
-    ) == lib.MLSN_OK
+    assert (
+        lib.mlsn_aead_open_many(
+            1,
+            2,
+            key * 2,
+            32,
+            nonce * 2,
+            24,
+            b"",
+            0,
+            ffi.NULL,
+            cts,
+            len(cts),
+            lens,
+            many_out,
+            2 * len(pt),
+            status,
+        )
+        == lib.MLSN_OK
+    )
     assert list(status) == [lib.MLSN_OK, lib.MLSN_ERR_AUTH]
     assert ffi.buffer(many_out, 2 * len(pt))[:] == pt + bytes(len(pt))
 

@@ -152,7 +152,10 @@ def test_mls_alone_runs_on_python_and_never_imports_native() -> None:
 def test_import_order_does_not_hide_native_backend() -> None:
     # An application may import native before or after mls; the backend it installs is the one in use.
     install = "b.set_backend(native.choose_backend(None, b.PythonBackend()))\nprint(b.get_backend().name)"
-    assert _python("import native.backend\nimport mls.crypto.backend as b\nimport native\n" + install) == "native"
+    assert (
+        _python("import native.backend\nimport mls.crypto.backend as b\nimport native\n" + install)
+        == "native"
+    )
     assert _python("import mls.crypto.backend as b\nimport native\n" + install) == "native"
 
 
@@ -163,20 +166,26 @@ def test_choice_without_the_extension(tmp_path: Path) -> None:
     copy.mkdir()
     for source in Path(native.__file__).parent.glob("*.py"):
         shutil.copy(source, copy / source.name)
-    code = "\n".join([
-        "import native, mls.crypto.backend as b",
-        "from mls.errors import UnsupportedError",
-        f"print(native.__file__.startswith({str(tmp_path)!r}), native.available(),",
-        "      native.choose_backend('auto', b.PythonBackend()).name)",
-        "try:",
-        "    native.choose_backend('native', b.PythonBackend())",
-        "except UnsupportedError:",
-        "    print('refused')",
-    ])
+    code = "\n".join(
+        [
+            "import native, mls.crypto.backend as b",
+            "from mls.errors import UnsupportedError",
+            f"print(native.__file__.startswith({str(tmp_path)!r}), native.available(),",
+            "      native.choose_backend('auto', b.PythonBackend()).name)",
+            "try:",
+            "    native.choose_backend('native', b.PythonBackend())",
+            "except UnsupportedError:",
+            "    print('refused')",
+        ]
+    )
     # Run from tmp_path (``python -c`` puts the working directory first on sys.path), with the installed
     # packages but without site's .pth hooks: an editable install's finder would find the real extension.
     paths = sysconfig.get_paths()
-    env = {"PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]), paths["purelib"], paths["platlib"]])}
+    env = {
+        "PYTHONPATH": os.pathsep.join(
+            [str(Path(__file__).resolve().parents[2]), paths["purelib"], paths["platlib"]]
+        )
+    }
     assert _python(code, env, tmp_path, "-S").splitlines() == ["True False python", "refused"]
 
 

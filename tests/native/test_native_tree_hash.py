@@ -115,9 +115,7 @@ def trees(draw: st.DrawFn, max_leaves: int = 70) -> tuple[str, list[bytes | None
 
 @settings(max_examples=150, deadline=None)
 @given(case=trees())
-def test_random_trees_match_reference(
-    nb: Any, case: tuple[str, list[bytes | None]]
-) -> None:
+def test_random_trees_match_reference(nb: Any, case: tuple[str, list[bytes | None]]) -> None:
     alg, nodes = case
     got = nb.tree_hashes(alg, nodes)
     assert got == reference.tree_hashes(alg, nodes)
@@ -127,9 +125,7 @@ def test_random_trees_match_reference(
 
 @settings(max_examples=150, deadline=None)
 @given(case=trees())
-def test_random_packed_trees_match_reference(
-    nb: Any, case: tuple[str, list[bytes | None]]
-) -> None:
+def test_random_packed_trees_match_reference(nb: Any, case: tuple[str, list[bytes | None]]) -> None:
     """Packed: b"" is a blank node (so the drawn empty values are blank here)."""
     alg, drawn = case
     nodes = [node or b"" for node in drawn]
@@ -140,7 +136,9 @@ def test_random_packed_trees_match_reference(
 
 @settings(max_examples=150, deadline=None)
 @given(case=trees(), data=st.data())
-def test_random_span_trees_match_packed(nb: Any, case: tuple[str, list[bytes | None]], data: st.DataObject) -> None:
+def test_random_span_trees_match_packed(
+    nb: Any, case: tuple[str, list[bytes | None]], data: st.DataObject
+) -> None:
     """Spans: the same values scattered in a larger source (filler between them, some order swapped,
     blanks pointing anywhere) hash exactly as packed back to back."""
     alg, drawn = case
