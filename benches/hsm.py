@@ -195,7 +195,7 @@ def _raw_dh(raw: _Raw, key_ref: bytes, peer: bytes, length: int) -> Callable[[in
     return make
 
 
-# ---- the benchmark ------------------------------------------------------------------------------------------
+# ---- the benchmark -----------------------------------------------------------------------------------------
 
 
 def _filesystem(path: Path) -> str:
@@ -261,7 +261,8 @@ def _dh_section(store: Any, raw: _Raw, suites: list[int], rounds: int, seconds: 
         out[str(suite)] = {"kem": cs.kem.name, "1_thread": _compare(raw_make, ours, 1, rounds, seconds)}
         one = out[str(suite)]["1_thread"]
         print(
-            f"  dh suite {suite} ({cs.kem.name}): wall ratio {one['ratio']}, CPU-cost ratio {one['cpu_ratio']}",
+            f"  dh suite {suite} ({cs.kem.name}): wall ratio {one['ratio']}, "
+            f"CPU-cost ratio {one['cpu_ratio']}",
             flush=True,
         )
     return out
@@ -465,7 +466,7 @@ def _report(
     }
 
 
-# ---- chart --------------------------------------------------------------------------------------------------
+# ---- chart -------------------------------------------------------------------------------------------------
 
 
 def chart(report: dict[str, Any], path: Path) -> None:
@@ -485,7 +486,8 @@ def chart(report: dict[str, Any], path: Path) -> None:
     _sign_bars(ax_sign, report["sign"])
     _other_bars(ax_other, report["dh"], report["keygen"])
     fig.suptitle(
-        f"hsm/ over SoftHSM2 ({report['machine']['softhsm']}, token on {report['machine']['token_filesystem']}, "
+        f"hsm/ over SoftHSM2 ({report['machine']['softhsm']}, "
+        f"token on {report['machine']['token_filesystem']}, "
         f"{report['machine']['cpus']} CPUs, load average {report['load_average_at_end'][0]})"
         f"{' — quick' if report['quick'] else ''}"
     )
@@ -618,7 +620,8 @@ def main() -> None:
     chart(report, RESULTS / "hsm.png")
     print(
         f"signer/raw (suite 1, Ed25519): {report['signer_to_raw_ratio']} on 1 thread, "
-        f"{report['signer_to_raw_ratio_2_threads']} on 2 threads (CPU-cost ratio {report['signer_to_raw_cpu_ratio']}"
+        f"{report['signer_to_raw_ratio_2_threads']} on 2 threads "
+        f"(CPU-cost ratio {report['signer_to_raw_cpu_ratio']}"
         f" / {report['signer_to_raw_cpu_ratio_2_threads']}); wrote {RESULTS / 'hsm.json'} and hsm.png "
         f"in {report['wall_seconds']} s"
     )

@@ -457,7 +457,8 @@ def run(sizes: list[int], repeats: int | None, shape: str, profile_dir: Path | N
 
 
 def chart(report: dict[str, Any], path: Path) -> None:
-    """Log-log time against N: wall time (left) and this process's CPU time (right), one line per operation."""
+    """Log-log time against N: wall time (left) and this process's CPU time (right), one line per
+    operation."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -88,7 +88,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
     )
 
 
-# ---- the server ----------------------------------------------------------------------------------------------
+# ---- the server --------------------------------------------------------------------------------------------
 
 
 def gateway_command() -> list[str]:
@@ -176,7 +176,7 @@ class Server:
         return self.proc.returncode
 
 
-# ---- raw python-pkcs11 sign rate --------------------------------------------------------------------------------
+# ---- raw python-pkcs11 sign rate ---------------------------------------------------------------------------
 
 
 class RawSigner:
@@ -229,7 +229,7 @@ class RawSigner:
         return rates
 
 
-# ---- HTTP ----------------------------------------------------------------------------------------------------------
+# ---- HTTP --------------------------------------------------------------------------------------------------
 
 
 def b64(data: bytes) -> str:
@@ -311,12 +311,13 @@ async def hsm_operations(session: Any, base: str) -> dict[str, float]:
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == "mlsgw_hsm_operations_total":
-                key = f"{sample.labels.get('operation')}/{sample.labels.get('custody')}/{sample.labels.get('outcome')}"
+                labels = sample.labels
+                key = f"{labels.get('operation')}/{labels.get('custody')}/{labels.get('outcome')}"
                 out[key] = out.get(key, 0.0) + sample.value
     return out
 
 
-# ---- the load ------------------------------------------------------------------------------------------------------
+# ---- the load ----------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -394,8 +395,8 @@ async def progress(stats: LoadStats, duration: float, stop: asyncio.Event) -> No
             recent = stats.pair_ms[-500:]
             line = (
                 f"load [{bar}] {elapsed:5.1f}/{duration:.0f} s  {len(stats.pair_ms):7d} msgs  "
-                f"{len(stats.pair_ms) / max(elapsed, 1e-9):7.1f} msg/s  p50 {percentile(recent, 50):6.1f} ms  "
-                f"errors {stats.error_count}"
+                f"{len(stats.pair_ms) / max(elapsed, 1e-9):7.1f} msg/s  "
+                f"p50 {percentile(recent, 50):6.1f} ms  errors {stats.error_count}"
             )
             print(("\r" + line) if tty else line, end="" if tty else "\n", file=sys.stderr, flush=True)
         with contextlib.suppress(TimeoutError):
@@ -423,7 +424,8 @@ async def run_server_phase(cfg: Settings, server: Server, admin: str) -> dict[st
         pairs = await asyncio.gather(*(setup(i) for i in range(cfg.groups)))
         setup_s = time.perf_counter() - t0
         print(
-            f"setup: {cfg.groups} groups of 2 hosted members in {setup_s:.1f} s (server ready in {ready_s:.1f} s)",
+            f"setup: {cfg.groups} groups of 2 hosted members in {setup_s:.1f} s "
+            f"(server ready in {ready_s:.1f} s)",
             file=sys.stderr,
             flush=True,
         )
@@ -465,7 +467,7 @@ async def run_server_phase(cfg: Settings, server: Server, admin: str) -> dict[st
     }
 
 
-# ---- report ---------------------------------------------------------------------------------------------------------
+# ---- report ------------------------------------------------------------------------------------------------
 
 
 def latency_summary(values: list[float]) -> dict[str, float | None]:
@@ -675,7 +677,7 @@ def chart(report: dict[str, Any], stats: LoadStats, path: Path) -> None:
     plt.close(fig)
 
 
-# ---- main ------------------------------------------------------------------------------------------------------------
+# ---- main --------------------------------------------------------------------------------------------------
 
 
 def run(cfg: Settings) -> dict[str, Any]:

@@ -455,7 +455,8 @@ def _chart(report: dict[str, Any], path: Path) -> None:
     ax.bar_label(bars, [f"{v / 1e6:.2f}M" for v in values])
     ax.set_ylabel("million seals / s")
     ax.set_title(
-        f"AES-128-GCM seal, {MESSAGE_SIZE}-byte messages,\na fresh ratchet key per message, batches of {BATCH}"
+        f"AES-128-GCM seal, {MESSAGE_SIZE}-byte messages,\n"
+        f"a fresh ratchet key per message, batches of {BATCH}"
     )
 
     ax = axes[1]
@@ -493,12 +494,14 @@ def _chart(report: dict[str, Any], path: Path) -> None:
     ax.bar_label(bars, [f"{v:.1f} ms" for v in full])
     ax.set_ylabel("ms per full tree hash")
     ax.set_title(f"tree_hash() of a {tree['leaves']:,}-member tree just decoded\n"
-                 f"{tree['full_speedup']:.1f}x faster (goal 10x); one path update {tree['path_speedup']:.1f}x")  # fmt: skip
+                 f"{tree['full_speedup']:.1f}x faster (goal 10x); "
+                 f"one path update {tree['path_speedup']:.1f}x")  # fmt: skip
 
     load = report["environment"]["load_average_before"][0]
     fig.suptitle(
         f"native backend ({report['environment']['libcrypto']}) on {report['environment']['cpu']}, "
-        f"{report['environment']['cores']} cores, load average {load:.1f} at start; best of repeated runs, CPU time",
+        f"{report['environment']['cores']} cores, load average {load:.1f} at start; "
+        f"best of repeated runs, CPU time",
         fontsize=10,
     )
     fig.tight_layout()
@@ -559,10 +562,11 @@ def run(quick: bool) -> dict[str, Any]:
             "timing": "rates and ratios use the best of repeated runs in CPU time of the measuring thread "
             "(openssl speed also divides by CPU time); contenders are measured in alternation; wall-clock "
             "best and median are under each 'timings' entry",
-            "tree_hash_speedup": "Python backend / native backend, RatchetTree.tree_hash() of a 10,000-member "
-            "tree just decoded (every node's hash computed, none cached; the decode is not timed, it is the "
-            "same for both). tree_hash.full_every_hash_speedup also reads every node's hash afterwards; "
-            "tree_hash.decode_spans_overhead_s is what noting the node spans adds to the decode",
+            "tree_hash_speedup": "Python backend / native backend, RatchetTree.tree_hash() of a "
+            "10,000-member tree just decoded (every node's hash computed, none cached; the decode is not "
+            "timed, it is the same for both). tree_hash.full_every_hash_speedup also reads every node's "
+            "hash afterwards; tree_hash.decode_spans_overhead_s is what noting the node spans adds to the "
+            "decode",
             "ratchet_speedup": "Python reference / native ratchet_steps, 1,000 generations in one call",
             "messages_per_s": "application messages protected by one member and processed by the other, per "
             "second, in a 2-member suite-1 group with software keys, with each backend in use",
@@ -599,7 +603,8 @@ def main(argv: list[str] | None = None) -> None:
     a, t = report["aead"], report["tree_hash"]
     frac = report["aead_fraction_of_openssl"]
     print(
-        f"AEAD seal+open, 1,000 x {MESSAGE_SIZE} B, per-message keys: native {a['seal_open_pairs_per_s']['native_batched']:,.0f}/s, "
+        f"AEAD seal+open, 1,000 x {MESSAGE_SIZE} B, per-message keys: "
+        f"native {a['seal_open_pairs_per_s']['native_batched']:,.0f}/s, "
         f"Python {a['seal_open_pairs_per_s']['python']:,.0f}/s -> {report['aead_speedup']:.2f}x (goal 5x)"
     )
     print(
@@ -615,12 +620,13 @@ def main(argv: list[str] | None = None) -> None:
         f"{a['seal_open_speedup_bound']:.2f}x"
     )
     print(
-        f"ratchet_steps 1,000 generations: {report['ratchet_speedup']:.2f}x; derive+seal+open {a['derive_seal_open_speedup']:.2f}x"
+        f"ratchet_steps 1,000 generations: {report['ratchet_speedup']:.2f}x; "
+        f"derive+seal+open {a['derive_seal_open_speedup']:.2f}x"
     )
     print(
         f"tree hash {t['leaves']:,} leaves: native {t['timings']['native_full'][STAT] * 1e3:.1f} ms, "
-        f"Python {t['timings']['python_full'][STAT] * 1e3:.1f} ms -> {report['tree_hash_speedup']:.2f}x (goal 10x); "
-        f"path update {t['path_speedup']:.1f}x"
+        f"Python {t['timings']['python_full'][STAT] * 1e3:.1f} ms -> {report['tree_hash_speedup']:.2f}x "
+        f"(goal 10x); path update {t['path_speedup']:.1f}x"
     )
     print(
         f"  then every node's hash read: {t['full_every_hash_speedup']:.2f}x; noting node spans adds "

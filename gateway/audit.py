@@ -3,9 +3,10 @@
 The HSM key store reports each use to :func:`record_key_use` (attached as its audit hook). Events are
 buffered for the current request (a context variable holding a list, set in the worker thread that runs
 the request's operation, inside the request's copied context: :func:`gateway.api.respond` runs it with
-``loop.run_in_executor(executor, contextvars.copy_context().run, ...)``) and written to the append-only ``audit`` table in the same transaction as the
-request's state change — or in a transaction of their own when the request fails — and logged as one
-structured line each. Only references and names are recorded: never key material.
+``loop.run_in_executor(executor, contextvars.copy_context().run, ...)``) and written to the append-only
+``audit`` table in the same transaction as the request's state change — or in a transaction of their own
+when the request fails — and logged as one structured line each. Only references and names are recorded:
+never key material.
 """
 
 from __future__ import annotations

@@ -209,7 +209,8 @@ class SqliteTransaction:
 
     def mark_key_package_consumed(self, identity_id: str, ref: bytes) -> bool:
         cur = self._c.execute(
-            "UPDATE key_packages SET consumed = 1 WHERE identity_id = ? AND ref = ? AND (consumed = 0 OR last_resort = 1)",
+            "UPDATE key_packages SET consumed = 1 "
+            "WHERE identity_id = ? AND ref = ? AND (consumed = 0 OR last_resort = 1)",
             (identity_id, ref),
         )
         return cur.rowcount == 1
@@ -272,7 +273,8 @@ class SqliteTransaction:
 
     def add_outgoing(self, identity_id: str, group_id: bytes, epoch: int, kind: str, message: bytes) -> None:
         self._c.execute(
-            "INSERT INTO outgoing (identity_id, group_id, epoch, kind, message, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO outgoing (identity_id, group_id, epoch, kind, message, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
             (identity_id, group_id, epoch, kind, message, time.time()),
         )
 

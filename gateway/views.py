@@ -123,7 +123,8 @@ def group_json(group: Group) -> Json:
 
 
 def commit_json(staged: StagedCommit, epoch: int | None) -> Json:
-    """The answer to ``POST .../commits``: ``epoch`` is the new one once merged, the current one if pending."""
+    """The answer to ``POST .../commits``: ``epoch`` is the new one once merged, the current one
+    if pending."""
     return {
         "commit": b64(staged.commit or b""),
         "welcome": None if staged.welcome is None else b64(staged.welcome),

@@ -43,7 +43,8 @@ AuditHook = Callable[[AuditEvent], None]
 
 @contextmanager
 def caller(**context: str) -> Iterator[None]:
-    """Set the caller context for key operations made inside the ``with`` block (merged over the outer one)."""
+    """Set the caller context for key operations made inside the ``with`` block (merged over the
+    outer one)."""
     merged = {**caller_context.get(), **context}
     token = caller_context.set(MappingProxyType(merged))
     try:

@@ -153,8 +153,8 @@ class NativeBatchOps:
         data, copath = b"".join(values), b"".join(siblings)
         out = alloc("uint8_t[]", (depth + 1) * nh)
         rc = lib.mlsn_tree_hash_path(
-            hid, leaf_index, depth, present, data, len(data), size_t_view(lens), len(values), copath, len(copath),
-            out, (depth + 1) * nh,
+            hid, leaf_index, depth, present, data, len(data), size_t_view(lens), len(values),
+            copath, len(copath), out, (depth + 1) * nh,
         )  # fmt: skip
         if rc:
             raise_for_tree_hash(rc)

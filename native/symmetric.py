@@ -236,8 +236,8 @@ class NativeSymmetric:
         total = len(pt_buf) + _TAG * n
         out = alloc("uint8_t[]", total)
         rc = lib.mlsn_aead_seal_many(
-            aead, n, as_bytes(keys), len(keys), as_bytes(nonces), len(nonces), aad_buf, len(aad_buf), aad_lens,
-            pt_buf, len(pt_buf), size_t_view(pt_lens), out, total,
+            aead, n, as_bytes(keys), len(keys), as_bytes(nonces), len(nonces),
+            aad_buf, len(aad_buf), aad_lens, pt_buf, len(pt_buf), size_t_view(pt_lens), out, total,
         )  # fmt: skip
         if rc:
             raise_for_aead(rc, "AEAD seal")
@@ -265,8 +265,8 @@ class NativeSymmetric:
         out = alloc("uint8_t[]", total)
         status = alloc("int8_t[]", n)
         rc = lib.mlsn_aead_open_many(
-            aead, n, as_bytes(keys), len(keys), as_bytes(nonces), len(nonces), aad_buf, len(aad_buf), aad_lens,
-            ct_buf, len(ct_buf), size_t_view(ct_lens), out, total, status,
+            aead, n, as_bytes(keys), len(keys), as_bytes(nonces), len(nonces),
+            aad_buf, len(aad_buf), aad_lens, ct_buf, len(ct_buf), size_t_view(ct_lens), out, total, status,
         )  # fmt: skip
         if rc:
             _c_cleanse(out, total)

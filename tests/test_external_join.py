@@ -145,7 +145,8 @@ def expect_rejected(
     rules: str | Sequence[str] | None = None,
     error: type[MLSError] = MLSError,
 ) -> None:
-    """Every group rejects ``message`` with ``error`` (rule in ``rules``) and keeps its state byte-identical."""
+    """Every group rejects ``message`` with ``error`` (rule in ``rules``) and keeps its state
+    byte-identical."""
     allowed = (rules,) if isinstance(rules, str) else rules
     for g in groups:
         before = g.to_bytes()
@@ -190,8 +191,8 @@ def forge_external_commit(
 ) -> bytes:
     """An external commit whose proposal list is ``make_list(ExternalInit(...))`` (proposals by value, or
     ProposalRefs as bytes), built exactly like ``mls.group.external_join._commit``: a path from the leftmost
-    blank leaf after the by-value proposals (Updates and Removes of blank leaves are not applied), a valid signature and a confirmation
-    tag computed from the external init secret."""
+    blank leaf after the by-value proposals (Updates and Removes of blank leaves are not applied), a valid
+    signature and a confirmation tag computed from the external init secret."""
     gi = MLSMessage.from_bytes(group_info).body
     assert isinstance(gi, GroupInfo)
     ctx = gi.group_context

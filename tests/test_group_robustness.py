@@ -593,7 +593,7 @@ def test_forged_valid_commit_is_accepted(w: World) -> None:
     alice.discard_pending_commit()
 
 
-# ---- random proposal lists ----------------------------------------------------------------------------------
+# ---- random proposal lists ---------------------------------------------------------------------------------
 
 
 def _palette(w: World) -> list[Proposal | bytes]:

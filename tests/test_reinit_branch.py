@@ -375,7 +375,7 @@ def test_branch_with_psk_of_a_past_epoch_still_retained() -> None:
         bob.join(st.welcome or b"", psks=resumption_psks(hb))
 
 
-# ---- joiner-side checks of reinit and branch Welcomes ---------------------------------------------------------
+# ---- joiner-side checks of reinit and branch Welcomes ------------------------------------------------------
 
 
 def test_reinit_successor_without_reinit_psk_is_refused() -> None:

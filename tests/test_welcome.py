@@ -256,7 +256,7 @@ def test_a_wrong_confirmation_tag_is_a_crypto_error(index: int) -> None:
         other.secrets.verify_confirmation_tag(cth, gi.confirmation_tag)
 
 
-# ---- Welcomes we build (§12.4.3.1) --------------------------------------------------------------------------
+# ---- Welcomes we build (§12.4.3.1) -------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("index", INDICES)

@@ -1,8 +1,8 @@
 """A key store that holds private keys in process memory (software custody).
 
-It implements the :class:`~mls.crypto.key_protocols.KeyStore` protocol for tests, for tools, and for key kinds an
-HSM cannot hold (a KEM the token does not support). Destroying a key drops every reference this store
-holds to it; Python cannot overwrite the bytes in place, so memory is reclaimed by the allocator.
+It implements the :class:`~mls.crypto.key_protocols.KeyStore` protocol for tests, for tools, and for key
+kinds an HSM cannot hold (a KEM the token does not support). Destroying a key drops every reference this
+store holds to it; Python cannot overwrite the bytes in place, so memory is reclaimed by the allocator.
 """
 
 from __future__ import annotations

@@ -27,7 +27,8 @@ class CommitOptions:
     #: Put the ratchet tree into the Welcome's GroupInfo (ratchet_tree extension, §12.4.3.3).
     ratchet_tree_in_welcome: bool = True
     authenticated_data: bytes = b""
-    #: Resumption PSK usages allowed in this commit (reinit and branch only in a new group's first commit, §11).
+    #: Resumption PSK usages allowed in this commit (reinit and branch only in a new group's first
+    #: commit, §11).
     resumption_usages: frozenset[int] = frozenset({ResumptionPSKUsage.application})
 
 

@@ -44,7 +44,10 @@ class GroupCore:
 
     def __repr__(self) -> str:
         s = self.state
-        return f"Group(id={s.group_id.hex()[:16]}…, epoch={s.epoch}, leaf={s.own_leaf}, members={s.tree.member_count()})"
+        return (
+            f"Group(id={s.group_id.hex()[:16]}…, epoch={s.epoch}, leaf={s.own_leaf}, "
+            f"members={s.tree.member_count()})"
+        )
 
     # ---- views -----------------------------------------------------------------------------------
     @property

@@ -2,8 +2,8 @@
 keys the commit made dead (forward secrecy, §16.6) — or discard an own pending commit.
 
 A staged commit is never changed by merging. The one dead key only known at merge time — the new leaf key
-of our own pending commit when another member's commit wins the epoch — is part of what :func:`merge_staged_commit`
-returns: every key reference the merge made dead.
+of our own pending commit when another member's commit wins the epoch — is part of what
+:func:`merge_staged_commit` returns: every key reference the merge made dead.
 """
 
 from __future__ import annotations

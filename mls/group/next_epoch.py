@@ -20,7 +20,8 @@ from mls.wire.proposals import PreSharedKeyID, PSKType, ReInit
 
 
 def psk_value(group: GroupCore, psk_id: PreSharedKeyID) -> bytes:
-    """A committed PSK: a resumption PSK of this group's retained epochs, or else from the PSK store (§8.4)."""
+    """A committed PSK: a resumption PSK of this group's retained epochs, or else from the PSK store
+    (§8.4)."""
     s = group.state
     value: bytes | None = None
     if psk_id.psktype == PSKType.resumption and psk_id.psk_group_id == s.group_id:

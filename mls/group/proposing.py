@@ -19,7 +19,8 @@ from mls.wire.proposals import PreSharedKeyID, Proposal, ResumptionPSKUsage, Upd
 def propose(
     group: GroupCore, proposal: Proposal, handshake: HandshakeFraming, authenticated_data: bytes = b""
 ) -> tuple[bytes, bytes]:
-    """Send a proposal (§12.1); returns (MLSMessage bytes, ProposalRef). It is cached for commits by reference."""
+    """Send a proposal (§12.1); returns (MLSMessage bytes, ProposalRef). It is cached for commits by
+    reference."""
     group.require_active()
     s = group.state
     cp = CommittedProposal(proposal, Sender.member(s.own_leaf))

@@ -68,7 +68,8 @@ def derive_joiner_secret(
 
 
 def derive_member_secret(cs: CipherSuite, joiner_secret: bytes, psk_secret: bytes | None) -> bytes:
-    """``Extract(joiner_secret, psk_secret or 0)``: the unnamed node the welcome and epoch secrets hang off."""
+    """``Extract(joiner_secret, psk_secret or 0)``: the unnamed node the welcome and epoch secrets
+    hang off."""
     return cs.extract(joiner_secret, psk_secret or zero_secret(cs))
 
 

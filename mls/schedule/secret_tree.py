@@ -11,11 +11,12 @@ A ratchet at generation ``j`` derives ``key``/``nonce`` for ``j`` and the ratche
 ``DeriveTreeSecret`` (:func:`ratchet_step`, the hot step). When the crypto backend batches
 (:func:`~mls.crypto.backend.batch_ops`: the native backend does), the three values of a step come from one
 ``BatchOps.ratchet_steps`` call, one generation per call (a fast-forward steps through the skipped
-generations, keeping their keys). Receiving side (:meth:`SenderRatchet.get`): a generation ahead of the ratchet fast-forwards it, keeping the keys of
-the generations it skips within the out-of-order window of :class:`RatchetConfig`; a generation may be
-obtained once only — its key is deleted when handed out — and keys that fall below the window are erased.
-:meth:`SenderRatchet.peek` gives the same key without consuming it, so that a receiver consumes a key only
-after the message has decrypted (§9.2). Sending side: :meth:`SenderRatchet.next`.
+generations, keeping their keys). Receiving side (:meth:`SenderRatchet.get`): a generation ahead of the
+ratchet fast-forwards it, keeping the keys of the generations it skips within the out-of-order window of
+:class:`RatchetConfig`; a generation may be obtained once only — its key is deleted when handed out —
+and keys that fall below the window are erased. :meth:`SenderRatchet.peek` gives the same key without
+consuming it, so that a receiver consumes a key only after the message has decrypted (§9.2). Sending
+side: :meth:`SenderRatchet.next`.
 
 ``to_state()``/``from_state()`` give a JSON-compatible dict (secrets as hex) for group-state persistence.
 Python ``bytes`` cannot be wiped in place: "deleted" here means every reference this module holds is

@@ -40,7 +40,8 @@ class EncryptedGroupSecrets(Struct):
 
 @dataclass(frozen=True)
 class Welcome(Struct):
-    """``struct { CipherSuite cipher_suite; EncryptedGroupSecrets secrets<V>; opaque encrypted_group_info<V>; }``"""
+    """``struct { CipherSuite cipher_suite; EncryptedGroupSecrets secrets<V>;
+    opaque encrypted_group_info<V>; }``"""
 
     cipher_suite: Annotated[int, U16]
     secrets: Annotated[tuple[EncryptedGroupSecrets, ...], Vec(EncryptedGroupSecrets)]

@@ -64,7 +64,8 @@ def world(shared_gateway: GatewayServer) -> World:
     gid = alice.create_group()
     c = alice.commit(gid, {"add": [bob.key_package()]})
     bob.join(c["welcome"])
-    # Material for well-formed bodies: a message from bob, a proposal from alice, a Welcome for carol, a GroupInfo.
+    # Material for well-formed bodies: a message from bob, a proposal from alice, a Welcome for carol,
+    # a GroupInfo.
     message = bob.send(gid, b"for alice")
     proposal = alice.post(gid, "/proposals", {"type": "update"}).expect(201)["proposal"]
     kp = carol.key_package()

@@ -202,15 +202,18 @@ class Gateway:
         return snap
 
     def database_rows(self) -> dict[str, Any]:
-        """Every table but the audit trail; group rows without their sealed blobs (re-sealing is not a change)."""
+        """Every table but the audit trail; group rows without their sealed blobs (re-sealing is not a
+        change)."""
         queries = {
             "tenants": "SELECT tenant_id, name FROM tenants ORDER BY tenant_id",
-            "tokens": "SELECT token_id, tenant_id, token_hash, revoked_at IS NULL FROM tokens ORDER BY token_id",
+            "tokens": "SELECT token_id, tenant_id, token_hash, revoked_at IS NULL "
+            "FROM tokens ORDER BY token_id",
             "identities": "SELECT identity_id, tenant_id, name, cipher_suite, credential, signature_key_ref "
             "FROM identities ORDER BY identity_id",
             "key_packages": "SELECT identity_id, ref, init_key_ref, leaf_key_ref, last_resort, consumed "
             "FROM key_packages ORDER BY identity_id, ref",
-            "groups": "SELECT identity_id, group_id, epoch, pending IS NULL FROM groups ORDER BY identity_id, group_id",
+            "groups": "SELECT identity_id, group_id, epoch, pending IS NULL "
+            "FROM groups ORDER BY identity_id, group_id",
             "software_keys": "SELECT key_ref FROM software_keys ORDER BY key_ref",
             "outgoing": "SELECT count(*), max(seq) FROM outgoing",
             "idempotency": "SELECT scope, key, status FROM idempotency ORDER BY scope, key",
@@ -228,7 +231,7 @@ class Gateway:
         )
 
 
-# ---- start, seed, stop ----------------------------------------------------------------------------------------
+# ---- start, seed, stop -------------------------------------------------------------------------------------
 
 
 def start_gateway(directory: Path) -> Gateway:
@@ -360,7 +363,7 @@ def restore_softhsm_conf(previous: str | None) -> None:
         os.environ["SOFTHSM2_CONF"] = previous
 
 
-# ---- checks ------------------------------------------------------------------------------------------------------
+# ---- checks ------------------------------------------------------------------------------------------------
 
 _DECODE_DETAIL = re.compile(r"^[A-Za-z_][\w.\[\]<>]*: .+ at byte offset \d+$")
 

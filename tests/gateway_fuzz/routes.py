@@ -32,7 +32,7 @@ from .harness import World, b64, b64url
 
 MISSING: Any = object()  # a defect that removes the field
 
-# ---- field descriptions -------------------------------------------------------------------------------------
+# ---- field descriptions ------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -406,7 +406,7 @@ def known_field_names(spec: Spec) -> set[str]:
     return {f.name for v in spec.variants for f in v.fields} | _MODE_FIELDS
 
 
-# ---- values --------------------------------------------------------------------------------------------------
+# ---- values ------------------------------------------------------------------------------------------------
 
 #: Any text, lone surrogates included (the gateway refuses those with 400).
 TEXT = st.text(max_size=12)
@@ -471,7 +471,7 @@ def _out_of_range(f: F) -> st.SearchStrategy[Any]:
     )
 
 
-# ---- MLS mutations ---------------------------------------------------------------------------------------------
+# ---- MLS mutations -----------------------------------------------------------------------------------------
 
 #: Real messages that may be mutated into each kind of MLS field, and whole real messages of other kinds (or
 #: stale or consumed ones) that the field must refuse as they are.
@@ -546,7 +546,7 @@ def mls_defect(kind: str, world: World) -> st.SearchStrategy[bytes]:
     return st.one_of(*options)
 
 
-# ---- defects ------------------------------------------------------------------------------------------------------
+# ---- defects -----------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -644,7 +644,8 @@ class BadBody:
 
 @st.composite
 def bad_body(draw: st.DrawFn, variant: Variant, spec: Spec, world: World) -> BadBody:
-    """The variant's base body with 1-3 defective fields (the first certainly refused) and maybe unknown fields."""
+    """The variant's base body with 1-3 defective fields (the first certainly refused) and maybe unknown
+    fields."""
     body = variant.base(world)
     fields = draw(
         st.lists(
@@ -667,7 +668,7 @@ def bad_body(draw: st.DrawFn, variant: Variant, spec: Spec, world: World) -> Bad
     return BadBody(body, tuple(defects))
 
 
-# ---- bodies that are not JSON objects ----------------------------------------------------------------------------------
+# ---- bodies that are not JSON objects ----------------------------------------------------------------------
 
 
 def _not_a_json_object(raw: bytes) -> bool:

@@ -81,7 +81,7 @@ SERVICE_ROUTES = [key for key in KEYS if SPECS.get(key, Spec()).service]
 IDEMPOTENT_CASES = [case for case in BODY_CASES if SPECS[case.values[0]].idempotent]
 
 
-# ---- plumbing -------------------------------------------------------------------------------------------------------
+# ---- plumbing ----------------------------------------------------------------------------------------------
 
 
 def path_of(key: str, gw: Gateway, overrides: dict[str, str] | None = None) -> str:
@@ -123,7 +123,7 @@ def base_body(key: str, gw: Gateway) -> dict[str, Any] | None:
     return variants[0].base(gw.world) if variants else None
 
 
-# ---- the route table ----------------------------------------------------------------------------------------------
+# ---- the route table ---------------------------------------------------------------------------------------
 
 
 def test_every_route_is_fuzzed() -> None:
@@ -137,7 +137,7 @@ def test_every_route_is_fuzzed() -> None:
             assert spec.variants, f"{key} reads a body: describe it"
 
 
-# ---- bodies --------------------------------------------------------------------------------------------------------
+# ---- bodies ------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(("key", "variant"), FIELD_CASES)
@@ -224,7 +224,7 @@ def test_bad_idempotency_keys_are_refused(
     expect_unchanged(gw, baseline, note)
 
 
-# ---- paths and credentials ------------------------------------------------------------------------------------------------
+# ---- paths and credentials ---------------------------------------------------------------------------------
 
 _SEGMENT = st.text(
     st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")), min_size=1, max_size=60
@@ -364,7 +364,8 @@ PATHS = sorted({r.path for r in ROUTES})
 @pytest.mark.parametrize("template", PATHS)
 def test_other_methods_are_refused(gw: Gateway, baseline: dict[str, Any], template: str) -> None:
     """Every path with a method it does not have: 405 method_not_allowed, as a problem document. (A method of
-    another template that matches the same path is allowed: GET /groups/join is the group whose id is "join".)"""
+    another template that matches the same path is allowed: GET /groups/join is the group whose id is
+    "join".)"""
     key = next(f"{r.method} {r.path}" for r in ROUTES if r.path == template)
     path = path_of(key, gw)
     allowed = {r.method for r in ROUTES if re.fullmatch(re.sub(r"\{[^}]+\}", "[^/]+", r.path), path)}
@@ -374,7 +375,7 @@ def test_other_methods_are_refused(gw: Gateway, baseline: dict[str, Any], templa
         expect_unchanged(gw, baseline, f"{method} {template}")
 
 
-# ---- MLS bytes ---------------------------------------------------------------------------------------------------------------
+# ---- MLS bytes ---------------------------------------------------------------------------------------------
 
 #: (route key, identity, group symbol or None, field, MLS kind, real messages refused as they are, batch?)
 MLS_TARGETS: dict[str, tuple[str, str, str | None, str, str, tuple[str, ...], bool]] = {
@@ -521,7 +522,7 @@ def test_mutated_mls_messages_are_refused(
     expect_unchanged(gw, baseline, note)
 
 
-# ---- refusals the fixture's state makes certain ------------------------------------------------------------------------
+# ---- refusals the fixture's state makes certain ------------------------------------------------------------
 
 
 def test_conflicts_change_nothing(gw: Gateway, baseline: dict[str, Any]) -> None:

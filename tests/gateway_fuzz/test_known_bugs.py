@@ -43,9 +43,10 @@ def test_deeply_nested_json_is_refused(gw: Gateway, baseline: dict[str, Any], ra
 @pytest.mark.xfail(
     strict=True,
     reason=(
-        "a request line over aiohttp's max_line_size (8190 bytes; e.g. a 9,000-character group id in the path) is "
-        "answered by aiohttp's HTTP parser itself: 400 text/plain 'Got more than 8190 bytes...', not an RFC 9457 "
-        "problem document as api-v1.md requires of every error (the app's middleware never sees it)."
+        "a request line over aiohttp's max_line_size (8190 bytes; e.g. a 9,000-character group id in the "
+        "path) is answered by aiohttp's HTTP parser itself: 400 text/plain 'Got more than 8190 bytes...', "
+        "not an RFC 9457 problem document as api-v1.md requires of every error (the app's middleware never "
+        "sees it)."
     ),
 )
 def test_over_long_request_line_is_a_problem_document(gw: Gateway, baseline: dict[str, Any]) -> None:
@@ -55,7 +56,7 @@ def test_over_long_request_line_is_a_problem_document(gw: Gateway, baseline: dic
     _unchanged(gw, baseline, "over-long request line")
 
 
-# ---- these change state when they fail: each works on a group of its own, after the tests above -------------------
+# ---- these change state when they fail: each works on a group of its own, after the tests above ------------
 
 
 def test_proposal_to_add_a_member_is_refused(gw: Gateway) -> None:

@@ -156,7 +156,7 @@ def test_hsm_and_software_members_in_one_group(token: Token, keystore: Pkcs11Key
     h.everyone_talks()
 
 
-# ---- with ts-mls ---------------------------------------------------------------------------------------------
+# ---- with ts-mls -------------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")

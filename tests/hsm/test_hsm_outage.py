@@ -1,4 +1,5 @@
-"""Token outages: fail fast with HsmUnavailable while the token is away, reconnect with backoff when it is back."""
+"""Token outages: fail fast with HsmUnavailable while the token is away, reconnect with backoff when it
+is back."""
 
 from __future__ import annotations
 

@@ -31,7 +31,8 @@ def ts_mls_installed() -> None:
         pytest.fail(f"tests/interop/install.sh could not run: {e}", pytrace=False)
     if proc.returncode != 0:
         pytest.fail(
-            f"tests/interop/install.sh failed (exit {proc.returncode}):\n{proc.stderr.strip()}\n{proc.stdout.strip()}",
+            f"tests/interop/install.sh failed (exit {proc.returncode}):\n"
+            f"{proc.stderr.strip()}\n{proc.stdout.strip()}",
             pytrace=False,
         )
 

@@ -1,12 +1,12 @@
 """Mixed MLS groups of this project's members and ts-mls members, checked for agreement after every step.
 
 A :class:`MixedGroup` holds members of both kinds: :class:`PyMember` (a :class:`mls.client.Client` and its
-:class:`mls.group.group.Group`) and :class:`TsMember` (a named client of a :class:`TsMlsPeer`). Every operation
-(commit, proposal, application message, external join) is made by one member, delivered as bytes to all
-the others, and followed by :meth:`MixedGroup.check`: every member must report the same epoch (the one the
-group is expected to be at), the same ``epoch_authenticator``, the same ``MLS-Exporter`` output, and the
-same tree hash, confirmed transcript hash, ratchet tree and roster. When they do not, the assertion message
-lists each member's values and names the fields that differ, to tell which side diverged.
+:class:`mls.group.group.Group`) and :class:`TsMember` (a named client of a :class:`TsMlsPeer`). Every
+operation (commit, proposal, application message, external join) is made by one member, delivered as bytes
+to all the others, and followed by :meth:`MixedGroup.check`: every member must report the same epoch (the
+one the group is expected to be at), the same ``epoch_authenticator``, the same ``MLS-Exporter`` output, and
+the same tree hash, confirmed transcript hash, ratchet tree and roster. When they do not, the assertion
+message lists each member's values and names the fields that differ, to tell which side diverged.
 
 ts-mls applies its own commits at once; our committer merges its pending commit (never processes it).
 """

@@ -101,7 +101,8 @@ def leaf_hash(alg: str, leaf_index: int, leaf_node: bytes | None) -> bytes:
 
 
 def parent_hash_input_hash(alg: str, parent_node: bytes | None, left_hash: bytes, right_hash: bytes) -> bytes:
-    """Hash of TreeHashInput{node_type=parent, ParentNodeHashInput{optional<ParentNode>, left<V>, right<V>}}."""
+    """Hash of TreeHashInput{node_type=parent,
+    ParentNodeHashInput{optional<ParentNode>, left<V>, right<V>}}."""
     return _PY.hash(
         alg, b"\x02" + _optional(parent_node) + opaque_bytes(left_hash) + opaque_bytes(right_hash)
     )
