@@ -30,6 +30,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
@@ -40,7 +41,7 @@ from pkcs11.types import Token as P11Token
 from . import cryptoki
 from .capabilities import Capabilities, detect
 from .config import TokenConfig
-from .cryptoki import AMBIGUOUS_ERRORS, LOST_ERRORS, PIN_ERRORS, STALE_ERRORS, Library
+from .cryptoki import AMBIGUOUS_ERRORS, LOST_ERRORS, PIN_ERRORS, STALE_ERRORS, Library, ObjectStoreUse
 from .errors import HsmError, HsmUnavailable
 
 T = TypeVar("T")
@@ -263,19 +264,25 @@ class Token:
             library.reinitialize(self._seen_generation)
         self._seen_generation = library.generation
         p11 = self._find_token(library)
-        generation = library.generation
-        login: Session | None = None
-        sessions: list[Session] = []
+        # Inside the gate, like every operation: another connection's re-initialisation (C_Finalize) must not
+        # run while this one logs in and opens sessions, and the sessions must belong to ``generation``.
+        library.gate.enter(self.config.session_wait_s)
         try:
-            login = library.acquire_login(p11, self.config.read_pin())
-            sessions = [p11.open(rw=True) for _ in range(self.config.pool_size)]
-            if self._capabilities is None:
-                self._capabilities = self._detect(library, p11, sessions[0])
-        except PKCS11Error as exc:
-            _close_quietly(sessions)
-            if login is not None:
-                library.release_login(login, generation)
-            raise _connect_error(self.config.token_label, exc) from None
+            generation = library.generation
+            login: Session | None = None
+            sessions: list[Session] = []
+            try:
+                login = library.acquire_login(p11, self.config.read_pin())
+                sessions = [p11.open(rw=True) for _ in range(self.config.pool_size)]
+                if self._capabilities is None:
+                    self._capabilities = self._detect(library, p11, sessions[0])
+            except PKCS11Error as exc:
+                _close_quietly(sessions)
+                if login is not None:
+                    library.release_login(login, generation)
+                raise _connect_error(self.config.token_label, exc) from None
+        finally:
+            library.gate.leave()
         self._connections += 1
         return _Connection(self._connections, library, generation, p11, login, _Pool(sessions))
 
@@ -296,8 +303,19 @@ class Token:
 
     def _teardown(self, conn: _Connection) -> None:
         idle = conn.pool.close()
-        if conn.library.generation == conn.library_generation:
-            _close_quietly(idle)
+        gate = conn.library.gate
+        try:
+            gate.enter(self.config.session_wait_s)
+        except HsmError:
+            idle = []  # cannot tell whether they are still this generation's: leave them
+        else:
+            # Checked and closed inside the gate: a session number of an older generation may name a new
+            # connection's session (its login, even) by now, which must not be closed from here.
+            try:
+                if conn.library.generation == conn.library_generation:
+                    _close_quietly(idle)
+            finally:
+                gate.leave()
         conn.library.release_login(conn.login, conn.library_generation)
 
     # ---- running operations --------------------------------------------------------------------
@@ -398,7 +416,14 @@ class Token:
     def destroy_handle(self, session: Session, handle: int) -> None:
         """C_DestroyObject by handle (inside :meth:`run`)."""
         assert self._library is not None
-        self._library.destroy_object(session, handle)
+        with self._library.objects.hold("change"):
+            self._library.destroy_object(session, handle)
+
+    def objects(self, use: ObjectStoreUse) -> AbstractContextManager[None]:
+        """Inside :meth:`run`: hold around token-object searches (``"search"``) and creations or
+        destructions (``"change"``), which must never overlap (:class:`hsm.cryptoki.ObjectStoreGuard`)."""
+        assert self._library is not None
+        return self._library.objects.hold(use)
 
 
 def _healthy(session: Session, label: str) -> bool:
