@@ -53,7 +53,18 @@ class StaleHandle(HsmError):
 
 
 class _Lost(Exception):
-    """The connection an operation ran on is gone."""
+    """The connection an operation ran on (``conn``, once known) is gone."""
+
+    conn: _Connection | None = None
+
+
+class _Reinitialised(_Lost):
+    """The library was re-initialised since the connection opened; the operation did not run. Someone's
+    re-initialisation is no outage of the token: reconnect at once, without backoff, and run it there."""
+
+
+#: Reconnections an operation follows at once when the library was re-initialised before it could run.
+_REINIT_FOLLOWS = 3
 
 
 class _Transient(HsmError):
@@ -334,9 +345,9 @@ class Token:
         if conn is None or self._state != "up":
             conn = self._slow_ready()
         try:
-            return self._call(conn, fn, op, generation)
-        except _Lost:
-            self._lost(conn, immediate=retry)
+            return self._call_following_reinit(conn, fn, op, generation)
+        except _Lost as lost:
+            self._lost(lost.conn or conn, immediate=retry)
         except _Transient:
             if not retry:
                 raise
@@ -344,10 +355,28 @@ class Token:
             raise HsmUnavailable(f"{op}: {self._down_message()}")
         conn = self._ready()
         try:
-            return self._call(conn, fn, op, generation)
-        except _Lost:
-            self._lost(conn, immediate=False)
+            return self._call_following_reinit(conn, fn, op, generation)
+        except _Lost as lost:
+            self._lost(lost.conn or conn, immediate=False)
         raise HsmUnavailable(f"{op}: {self._down_message()}")
+
+    def _call_following_reinit(
+        self, conn: _Connection, fn: Callable[[Session], T], op: str, generation: int | None
+    ) -> T:
+        """:meth:`_call`, on a new connection at once (up to ``_REINIT_FOLLOWS`` times) when the library was
+        re-initialised before ``fn`` ran: safe whatever ``fn`` is, and not an outage. Under load a retried
+        call can meet the next re-initialisation too; treating that as an outage put the token into
+        backoff, and every operation of every thread failed until it passed."""
+        for _ in range(_REINIT_FOLLOWS):
+            try:
+                return self._call(conn, fn, op, generation)
+            except _Reinitialised:
+                self._lost(conn, immediate=True)
+                conn = self._ready()
+            except _Lost as lost:
+                lost.conn = conn
+                raise
+        raise HsmUnavailable(f"{op}: the PKCS#11 library keeps being re-initialised")
 
     def _call(self, conn: _Connection, fn: Callable[[Session], T], op: str, generation: int | None) -> T:
         gate = conn.library.gate
@@ -356,7 +385,7 @@ class Token:
             if conn.library.generation != conn.library_generation:
                 # Re-initialised since this connection opened: its session handles are dead, and a dead
                 # handle's number may already name a new session of someone else. Never use them.
-                raise _Lost("library re-initialised")
+                raise _Reinitialised("library re-initialised")
             if generation is not None and generation != conn.number:
                 raise StaleHandle(f"{op}: key handle is from an earlier connection")
             session = conn.pool.take(self.config.session_wait_s)
