@@ -14,7 +14,9 @@ A :class:`Library` also owns what is per *process* in PKCS#11:
   have returned. New calls wait for a re-initialisation (milliseconds) to finish;
 * the **login** — one long-lived session per token holds it, shared by every :class:`hsm.token.Token` on that
   token (``Session.close()`` logs everyone out: gotcha 2), closed when the last user releases it;
-* the **generation** — incremented by every re-initialisation: handles from an older generation are dead.
+* the **generation** — incremented by every re-initialisation: handles from an older generation are dead;
+* the **object-store guard** — token-object searches and token-object changes (create, generate, destroy)
+  never run at the same time in this process (see :class:`ObjectStoreGuard`).
 
 After ``fork()`` the child's copies refuse every call with HsmError (hsm-facts gotcha 4): a child process
 opens its own :class:`hsm.token.Token` (the ``spawn`` start method does this naturally).
@@ -29,7 +31,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import pkcs11
 from pkcs11 import PKCS11Error
@@ -165,6 +167,53 @@ class _Gate:
                 self._cond.notify_all()
 
 
+ObjectStoreUse = Literal["search", "change"]
+
+
+class ObjectStoreGuard:
+    """Token-object searches and token-object changes never overlap in this process; each may overlap with
+    itself (several searches, or several key generations, at once).
+
+    SoftHSM 2.6.1, measured here with OS locking on: ``C_FindObjectsInit`` re-reads the token directory,
+    and when it does so while another thread of the process creates a token object, the new object is
+    corrupted. The creation is refused (``CKR_TEMPLATE_INCONSISTENT``, ``CKR_GENERAL_ERROR``), or succeeds
+    with a public key of the wrong form, and an object with default attributes (no ID, no label, no curve)
+    can stay in the token directory, where every later listing of the token fails
+    (``CKR_ATTRIBUTE_VALUE_INVALID``). In a steady state nothing searches (handles are cached); right after
+    a re-initialisation every thread finds its keys again, which is when key generations were refused.
+    The guard is per process, like the object index SoftHSM corrupts (other processes see only its debris).
+
+    Turns are fair: while one kind waits, the other kind's newcomers wait for the running ones to finish.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._active: dict[str, int] = {"search": 0, "change": 0}
+        self._waiting: dict[str, int] = {"search": 0, "change": 0}
+
+    @contextmanager
+    def hold(self, use: ObjectStoreUse) -> Iterator[None]:
+        """Run the block as a ``use`` of the token's objects (never beside one of the other kind)."""
+        other = "change" if use == "search" else "search"
+
+        def may_enter() -> bool:
+            return self._active[other] == 0 and (self._waiting[other] == 0 or self._active[use] == 0)
+
+        with self._cond:
+            self._waiting[use] += 1
+            try:
+                self._cond.wait_for(may_enter)
+            finally:
+                self._waiting[use] -= 1
+            self._active[use] += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._active[use] -= 1
+                self._cond.notify_all()
+
+
 class Library:
     """One loaded PKCS#11 module (use :func:`load`; one instance per path per process)."""
 
@@ -176,9 +225,11 @@ class Library:
             raise HsmUnavailable(f"PKCS#11 module {path} cannot be loaded ({type(exc).__name__})") from None
         self._raw = _RawModule(path)
         self.gate = _Gate()
+        self.objects = ObjectStoreGuard()
         self.generation = 0
         self.os_locking = True
         self._lock = threading.Lock()
+        self._reinit_lock = threading.Lock()
         self._logins: dict[int, _Login] = {}
         self._initialized = True
         self._reinit_os_locking()
@@ -203,10 +254,12 @@ class Library:
 
         Returns the new generation. Every session and handle of the previous generation is dead.
         """
-        with self._lock:
+        with self._reinit_lock:
             if self.generation != expected_generation:
                 return self.generation
-            with self.gate.exclusive(timeout):
+            # The gate before the login lock: a connection being opened holds the gate and then takes the
+            # login lock (hsm.token.Token._open), so the other order could make both wait.
+            with self.gate.exclusive(timeout), self._lock:
                 self._logins.clear()
                 self.generation += 1
                 self._reinit_os_locking()
@@ -330,4 +383,4 @@ def load(path: str) -> Library:
         return lib
 
 
-__all__ = ["Library", "load"]
+__all__ = ["Library", "ObjectStoreGuard", "ObjectStoreUse", "load"]

@@ -69,11 +69,13 @@ def create_wrap_key(token: Token, label: str = DEFAULT_WRAP_LABEL) -> bool:
     """Make the wrap key unless one with ``label`` exists; returns whether it made one."""
 
     def create(session: Session) -> bool:
-        if _find_wrap_keys(session, label):
-            return False
-        session.generate_key(
-            KeyType.AES, 256, store=True, capabilities=MechanismFlag(0), template=_wrap_key_template(label)
-        )
+        with token.objects("search"):
+            if _find_wrap_keys(session, label):
+                return False
+        with token.objects("change"):
+            session.generate_key(
+                KeyType.AES, 256, store=True, capabilities=MechanismFlag(0), template=_wrap_key_template(label)
+            )
         return True
 
     return token.run(create, op="create wrap key", retry=False)
@@ -151,7 +153,11 @@ class Envelope:
         if cached is not None and cached[0] == self._token.generation:
             return cached
 
-        handles, generation = self._token.run_pinned(lambda s: _find_wrap_keys(s, self._label), op="find wrap key")
+        def find(session: Session) -> list[int]:
+            with self._token.objects("search"):
+                return _find_wrap_keys(session, self._label)
+
+        handles, generation = self._token.run_pinned(find, op="find wrap key")
         if len(handles) != 1:
             what = "no wrap key" if not handles else "several wrap keys"
             raise WrapKeyMissing(f"token has {what} labelled {self._label!r}; run the gateway's init")

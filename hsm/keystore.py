@@ -14,11 +14,13 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from pkcs11 import ObjectClass
+from pkcs11 import ObjectClass, PKCS11Error
+from pkcs11 import exceptions as p11_errors
 from pkcs11.types import Session
 
 from mls.crypto.cipher_suite import CipherSuite, cipher_suite
@@ -28,6 +30,7 @@ from mls.errors import CryptoError, KeyStoreError, UnsupportedError
 from . import mechanisms as M
 from .audit import AuditHook, Auditor
 from .capabilities import Capabilities
+from .cryptoki import LOST_ERRORS
 from .errors import HsmError, HsmUnavailable
 from .key_handles import Pkcs11HpkeKey, Pkcs11Signer, SoftwareCustodyHpkeKey
 from .kinds import Custody, KeyKind, kem_kind, kem_of, new_ref, parse_ref, signature_kind
@@ -35,6 +38,20 @@ from .mechanisms import KeyPair, Pkcs11Form
 from .token import StaleHandle, Token
 
 T = TypeVar("T")
+
+_log = logging.getLogger(__name__)
+
+#: Key generations tried in all when the token refuses one in a way that can be transient.
+KEYGEN_ATTEMPTS = 3
+#: Refusals of a key generation worth another try: SoftHSM 2.6.1 answers these when a token-object search
+#: overlaps the generation (:class:`hsm.cryptoki.ObjectStoreGuard` prevents that in this process), and real
+#: HSMs report transient trouble as the generic ones. A wrong template would be refused every time: it
+#: costs ``KEYGEN_ATTEMPTS`` tries, then is reported like any refusal.
+_KEYGEN_TRANSIENT: tuple[type[PKCS11Error], ...] = (
+    p11_errors.TemplateInconsistent,
+    p11_errors.GeneralError,
+    p11_errors.FunctionFailed,
+)
 
 
 class SoftwareKeyPersistence(Protocol):
@@ -143,8 +160,21 @@ class Pkcs11KeyStore:
 
     def _generate(self, kind: KeyKind, form: Pkcs11Form) -> tuple[bytes, KeyPair]:
         def make(session: Session) -> tuple[bytes, KeyPair]:
-            ref = new_ref(kind, "pkcs11")  # fresh per try: a retried call never reuses an ID
-            return ref, M.generate_pair(session, kind, form, ref, self._prefix)
+            for attempt in range(1, KEYGEN_ATTEMPTS + 1):
+                ref = new_ref(kind, "pkcs11")  # fresh per try: a retried call never reuses an ID
+                try:
+                    with self._token.objects("change"):
+                        return ref, M.generate_pair(session, kind, form, ref, self._prefix)
+                except _KEYGEN_TRANSIENT as exc:
+                    removed = self._remove_debris(session, form)
+                    _log.warning(
+                        "generate key: token refused a %s key generation (%s), attempt %d of %d; "
+                        "%d empty key object(s) it left removed",
+                        kind.name, type(exc).__name__, attempt, KEYGEN_ATTEMPTS, removed,
+                    )
+                    if attempt == KEYGEN_ATTEMPTS:
+                        raise
+            raise AssertionError("unreachable")
 
         try:
             (ref, pair), generation = self._token.run_pinned(make, op="generate key")
@@ -155,10 +185,34 @@ class Pkcs11KeyStore:
         self._auditor.emit(ref, "generate", "pkcs11", True)
         return ref, pair
 
+    def _remove_debris(self, session: Session, form: Pkcs11Form) -> int:
+        """Destroy what a refused key generation can leave: key objects of the form's key type with no ID,
+        no label and no curve, which are no usable key of anyone's. Returns the count; a token that cannot
+        list them is logged and left alone (a lost session raises).
+
+        SoftHSM 2.6.1 writes such objects (default attributes, ``CKA_TOKEN`` false) into the token directory
+        when a search overlaps the generation; measured here, they show only to a process that re-reads the
+        directory, not to the one whose generation was refused, so this finds them only on tokens that keep
+        them in session memory. :class:`hsm.cryptoki.ObjectStoreGuard` is what keeps SoftHSM from making
+        them."""
+        try:
+            with self._token.objects("search"):
+                handles = M.empty_keys(session, form.key_type)
+            with self._token.objects("change"):
+                for handle in handles:
+                    self._token.destroy_handle(session, handle)
+        except LOST_ERRORS:
+            raise
+        except PKCS11Error as exc:
+            _log.warning("generate key: could not remove empty key objects (%s)", type(exc).__name__)
+            return 0
+        return len(handles)
+
     def _import(self, kind: KeyKind, form: Pkcs11Form, private_key: bytes, public_key: bytes) -> bytes:
         def create(session: Session) -> tuple[bytes, KeyPair]:
             ref = new_ref(kind, "pkcs11")
-            return ref, M.import_pair(session, kind, form, ref, self._prefix, private_key, public_key)
+            with self._token.objects("change"):
+                return ref, M.import_pair(session, kind, form, ref, self._prefix, private_key, public_key)
 
         try:
             (ref, pair), generation = self._token.run_pinned(create, op="import key")
@@ -217,7 +271,8 @@ class Pkcs11KeyStore:
         form = self._require_form(kind)
 
         def find(session: Session) -> KeyPair:
-            pair = M.find_pair(session, kind, key_ref)
+            with self._token.objects("search"):
+                pair = M.find_pair(session, kind, key_ref)
             if pair is None:
                 raise _NotFound
             return pair
@@ -269,12 +324,13 @@ class Pkcs11KeyStore:
         entry = self._cache.get(key_ref)
         if entry is None or entry.generation != self._token.generation:
             entry = self._load(key_ref, _parse(key_ref)[0])
-        try:
-            return self._token.run(lambda s: fn(s, entry), op=op, generation=entry.generation)
-        except StaleHandle:
-            self._cache.pop(key_ref, None)
-        fresh = self._load(key_ref, entry.kind)
-        return self._token.run(lambda s: fn(s, fresh), op=op, generation=fresh.generation)
+        for _ in range(3):
+            try:
+                return self._token.run(_with_entry(fn, entry), op=op, generation=entry.generation)
+            except StaleHandle:  # reconnected since the handles were found (or they went stale): find again
+                self._cache.pop(key_ref, None)
+            entry = self._load(key_ref, entry.kind)
+        raise HsmUnavailable(f"{op}: the token connection keeps changing")
 
     def _audited(self, key_ref: bytes, op: str, call: Callable[[], T]) -> T:
         custody = "pkcs11"
@@ -312,7 +368,12 @@ class Pkcs11KeyStore:
                 return
             except StaleHandle:
                 pass
-        self._token.run(lambda s: M.destroy_by_id(s, key_ref), op="destroy key")
+        self._token.run(lambda s: self._destroy_by_id(s, key_ref), op="destroy key")
+
+    def _destroy_by_id(self, session: Session, key_ref: bytes) -> None:
+        with self._token.objects("search"):
+            handles = tuple(M.handles_by_id(session, key_ref))
+        self._destroy_handles(session, handles)
 
     def _destroy_handles(self, session: Session, handles: tuple[int, ...]) -> None:
         for handle in handles:
@@ -322,11 +383,16 @@ class Pkcs11KeyStore:
         """References of every key of this store: token objects (a token search) and software keys."""
 
         def ids(session: Session) -> set[bytes]:
-            found = set(M.object_ids(session, ObjectClass.PRIVATE_KEY))
-            return found | set(M.object_ids(session, ObjectClass.PUBLIC_KEY))
+            with self._token.objects("search"):
+                found = set(M.object_ids(session, ObjectClass.PRIVATE_KEY))
+                return found | set(M.object_ids(session, ObjectClass.PUBLIC_KEY))
 
         refs = {r for r in self._token.run(ids, op="list keys") if parse_ref(r) is not None}
         return sorted(refs | set(self._software))
+
+
+def _with_entry(fn: Callable[[Session, _Entry], T], entry: _Entry) -> Callable[[Session], T]:
+    return lambda session: fn(session, entry)
 
 
 class _NotFound(Exception):

@@ -207,12 +207,16 @@ def object_ids(session: Session, object_class: ObjectClass) -> Iterator[bytes]:
         yield bytes(obj[Attribute.ID])
 
 
-def destroy_by_id(session: Session, ref: bytes) -> int:
-    """Destroy every object whose CKA_ID is ``ref`` (a token search); returns how many."""
-    objects = search(session, {Attribute.ID: ref})
-    for obj in objects:
-        obj.destroy()
-    return len(objects)
+def handles_by_id(session: Session, ref: bytes) -> list[int]:
+    """Handles of every object whose CKA_ID is ``ref`` (a token search)."""
+    return [handle_of(obj) for obj in search(session, {Attribute.ID: ref})]
+
+
+def empty_keys(session: Session, key_type: KeyType) -> list[int]:
+    """Handles of key objects of ``key_type`` with an empty CKA_ID, CKA_LABEL and CKA_EC_PARAMS: the default
+    attributes SoftHSM leaves on the object of a refused key generation (no usable key has no curve)."""
+    template = {Attribute.KEY_TYPE: key_type, Attribute.ID: b"", Attribute.LABEL: "", Attribute.EC_PARAMS: b""}
+    return [handle_of(obj) for obj in search(session, template)]
 
 
 __all__ = [
@@ -222,10 +226,11 @@ __all__ = [
     "MONTGOMERY_FORM",
     "KeyPair",
     "Pkcs11Form",
-    "destroy_by_id",
     "ecdh",
+    "empty_keys",
     "find_pair",
     "generate_pair",
+    "handles_by_id",
     "import_pair",
     "object_ids",
     "search",

@@ -30,6 +30,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
@@ -40,7 +41,7 @@ from pkcs11.types import Token as P11Token
 from . import cryptoki
 from .capabilities import Capabilities, detect
 from .config import TokenConfig
-from .cryptoki import AMBIGUOUS_ERRORS, LOST_ERRORS, PIN_ERRORS, STALE_ERRORS, Library
+from .cryptoki import AMBIGUOUS_ERRORS, LOST_ERRORS, PIN_ERRORS, STALE_ERRORS, Library, ObjectStoreUse
 from .errors import HsmError, HsmUnavailable
 
 T = TypeVar("T")
@@ -52,7 +53,18 @@ class StaleHandle(HsmError):
 
 
 class _Lost(Exception):
-    """The connection an operation ran on is gone."""
+    """The connection an operation ran on (``conn``, once known) is gone."""
+
+    conn: _Connection | None = None
+
+
+class _Reinitialised(_Lost):
+    """The library was re-initialised since the connection opened; the operation did not run. Someone's
+    re-initialisation is no outage of the token: reconnect at once, without backoff, and run it there."""
+
+
+#: Reconnections an operation follows at once when the library was re-initialised before it could run.
+_REINIT_FOLLOWS = 3
 
 
 class _Transient(HsmError):
@@ -263,19 +275,25 @@ class Token:
             library.reinitialize(self._seen_generation)
         self._seen_generation = library.generation
         p11 = self._find_token(library)
-        generation = library.generation
-        login: Session | None = None
-        sessions: list[Session] = []
+        # Inside the gate, like every operation: another connection's re-initialisation (C_Finalize) must not
+        # run while this one logs in and opens sessions, and the sessions must belong to ``generation``.
+        library.gate.enter(self.config.session_wait_s)
         try:
-            login = library.acquire_login(p11, self.config.read_pin())
-            sessions = [p11.open(rw=True) for _ in range(self.config.pool_size)]
-            if self._capabilities is None:
-                self._capabilities = self._detect(library, p11, sessions[0])
-        except PKCS11Error as exc:
-            _close_quietly(sessions)
-            if login is not None:
-                library.release_login(login, generation)
-            raise _connect_error(self.config.token_label, exc) from None
+            generation = library.generation
+            login: Session | None = None
+            sessions: list[Session] = []
+            try:
+                login = library.acquire_login(p11, self.config.read_pin())
+                sessions = [p11.open(rw=True) for _ in range(self.config.pool_size)]
+                if self._capabilities is None:
+                    self._capabilities = self._detect(library, p11, sessions[0])
+            except PKCS11Error as exc:
+                _close_quietly(sessions)
+                if login is not None:
+                    library.release_login(login, generation)
+                raise _connect_error(self.config.token_label, exc) from None
+        finally:
+            library.gate.leave()
         self._connections += 1
         return _Connection(self._connections, library, generation, p11, login, _Pool(sessions))
 
@@ -296,8 +314,19 @@ class Token:
 
     def _teardown(self, conn: _Connection) -> None:
         idle = conn.pool.close()
-        if conn.library.generation == conn.library_generation:
-            _close_quietly(idle)
+        gate = conn.library.gate
+        try:
+            gate.enter(self.config.session_wait_s)
+        except HsmError:
+            idle = []  # cannot tell whether they are still this generation's: leave them
+        else:
+            # Checked and closed inside the gate: a session number of an older generation may name a new
+            # connection's session (its login, even) by now, which must not be closed from here.
+            try:
+                if conn.library.generation == conn.library_generation:
+                    _close_quietly(idle)
+            finally:
+                gate.leave()
         conn.library.release_login(conn.login, conn.library_generation)
 
     # ---- running operations --------------------------------------------------------------------
@@ -316,9 +345,9 @@ class Token:
         if conn is None or self._state != "up":
             conn = self._slow_ready()
         try:
-            return self._call(conn, fn, op, generation)
-        except _Lost:
-            self._lost(conn, immediate=retry)
+            return self._call_following_reinit(conn, fn, op, generation)
+        except _Lost as lost:
+            self._lost(lost.conn or conn, immediate=retry)
         except _Transient:
             if not retry:
                 raise
@@ -326,10 +355,28 @@ class Token:
             raise HsmUnavailable(f"{op}: {self._down_message()}")
         conn = self._ready()
         try:
-            return self._call(conn, fn, op, generation)
-        except _Lost:
-            self._lost(conn, immediate=False)
+            return self._call_following_reinit(conn, fn, op, generation)
+        except _Lost as lost:
+            self._lost(lost.conn or conn, immediate=False)
         raise HsmUnavailable(f"{op}: {self._down_message()}")
+
+    def _call_following_reinit(
+        self, conn: _Connection, fn: Callable[[Session], T], op: str, generation: int | None
+    ) -> T:
+        """:meth:`_call`, on a new connection at once (up to ``_REINIT_FOLLOWS`` times) when the library was
+        re-initialised before ``fn`` ran: safe whatever ``fn`` is, and not an outage. Under load a retried
+        call can meet the next re-initialisation too; treating that as an outage put the token into
+        backoff, and every operation of every thread failed until it passed."""
+        for _ in range(_REINIT_FOLLOWS):
+            try:
+                return self._call(conn, fn, op, generation)
+            except _Reinitialised:
+                self._lost(conn, immediate=True)
+                conn = self._ready()
+            except _Lost as lost:
+                lost.conn = conn
+                raise
+        raise HsmUnavailable(f"{op}: the PKCS#11 library keeps being re-initialised")
 
     def _call(self, conn: _Connection, fn: Callable[[Session], T], op: str, generation: int | None) -> T:
         gate = conn.library.gate
@@ -338,7 +385,7 @@ class Token:
             if conn.library.generation != conn.library_generation:
                 # Re-initialised since this connection opened: its session handles are dead, and a dead
                 # handle's number may already name a new session of someone else. Never use them.
-                raise _Lost("library re-initialised")
+                raise _Reinitialised("library re-initialised")
             if generation is not None and generation != conn.number:
                 raise StaleHandle(f"{op}: key handle is from an earlier connection")
             session = conn.pool.take(self.config.session_wait_s)
@@ -398,7 +445,14 @@ class Token:
     def destroy_handle(self, session: Session, handle: int) -> None:
         """C_DestroyObject by handle (inside :meth:`run`)."""
         assert self._library is not None
-        self._library.destroy_object(session, handle)
+        with self._library.objects.hold("change"):
+            self._library.destroy_object(session, handle)
+
+    def objects(self, use: ObjectStoreUse) -> AbstractContextManager[None]:
+        """Inside :meth:`run`: hold around token-object searches (``"search"``) and creations or
+        destructions (``"change"``), which must never overlap (:class:`hsm.cryptoki.ObjectStoreGuard`)."""
+        assert self._library is not None
+        return self._library.objects.hold(use)
 
 
 def _healthy(session: Session, label: str) -> bool:

@@ -97,15 +97,16 @@ def issue(
     extensions: Sequence[tuple[x509.ExtensionType, bool]] = (),
     issuer_name: x509.Name | None = None,
     hash_algorithm: hashes.HashAlgorithm | object | None = _DEFAULT,
+    serial: int | None = None,
 ) -> Issued:
     """A certificate for ``key`` signed by ``issuer`` (self-signed when ``None``); ``ca=None`` omits
-    basicConstraints, ``key_usage=None`` omits keyUsage."""
+    basicConstraints, ``key_usage=None`` omits keyUsage; ``serial`` defaults to a random one."""
     signing_key = key if issuer is None else issuer.key
     b = (x509.CertificateBuilder()
          .subject_name(name(cn))
          .issuer_name(issuer_name or (name(cn) if issuer is None else issuer.cert.subject))
          .public_key(key.public_key())
-         .serial_number(x509.random_serial_number())
+         .serial_number(serial or x509.random_serial_number())
          .not_valid_before(not_before)
          .not_valid_after(not_after))
     if ca is not None:
@@ -519,16 +520,20 @@ def test_mutated_certificates_only_raise_validation_error(pki: Pki, validator: X
     rng = random.Random(9420)
     for _ in range(500):
         target = rng.randrange(2)
-        data = bytearray((ee.der, pki.inter.der)[target])
+        original = (ee.der, pki.inter.der)[target]
+        data = bytearray(original)
         op = rng.randrange(3)
         for _ in range(rng.randint(1, 4)):
             i = rng.randrange(len(data))
             if op == 0:
                 data[i] ^= 1 << rng.randrange(8)
             elif op == 1:
-                data[i] = rng.randrange(256)
+                data[i] ^= rng.randrange(1, 256)  # another value: the byte's own (1 in 256) is no damage
             else:
                 del data[i : i + rng.randint(1, 8)]
+        # The edits are XOR masks and deletions chosen without looking at the content, so whether they
+        # cancel out is the same every run (the keys, and so the bytes, are new each run).
+        assert bytes(data) != original
         chain = [bytes(data), pki.inter.der] if target == 0 else [ee.der, bytes(data)]
         with pytest.raises(ValidationError) as info:
             validator.validate(Credential.x509(chain), key)
@@ -537,6 +542,71 @@ def test_mutated_certificates_only_raise_validation_error(pki: Pki, validator: X
             identity_of(Credential.x509(chain))
         except ValidationError as e:
             assert e.section == "5.3.1"
+
+
+def fixed_pki() -> tuple[Pki, Issued, bytes]:
+    """A root, an intermediate and a P-256 end entity that are the same bytes every run: fixed keys, fixed
+    serial numbers, Ed25519 issuers (deterministic signatures). The serial numbers are ones whose
+    signatures end in the octet 0x00 (so a signatureValue with any unused-bits count still parses)."""
+    root_key = ed25519.Ed25519PrivateKey.from_private_bytes(bytes(32))
+    inter_key = ed25519.Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
+    root = issue("Fixed Root", root_key, None, ca=True, path_length=1, serial=1)
+    inter = issue("Fixed Root Intermediate", inter_key, root, ca=True, path_length=0, serial=23)
+    ee_key = ec.derive_private_key(9420, ec.SECP256R1())
+    ee = issue("member P-256", ee_key, inter, ca=False, serial=14)
+    assert ee.der[-1] == inter.der[-1] == 0
+    return Pki(root, inter), ee, leaf_key("P-256", ee_key)
+
+
+def _with_unused_bits(der: bytes, signature: bytes, unused: int) -> bytes:
+    """``der`` with the unused-bits octet of its signatureValue BIT STRING (right before the signature
+    octets, at the very end: RFC 5280 §4.1.1.3) set to ``unused``; nothing else changes."""
+    assert der.endswith(b"\x00" + signature)
+    return der[: -len(signature) - 1] + bytes([unused]) + signature
+
+
+@pytest.mark.filterwarnings("error")
+def test_signature_bit_string_with_unused_bits_refused() -> None:
+    """Regression, found by running the mutation test above with fresh keys and other seeds (once in
+    150,000 mutations): one octet of an end-entity certificate, its signatureValue's unused-bits count,
+    changed 0x00 -> 0x04. ``cryptography`` ignores that count, so the damaged certificate still verified
+    whenever the last signature octet's low four bits were zero (1 key in 16). Here the certificates are
+    fixed so the case reproduces every run."""
+    fixed, ee, key = fixed_pki()
+    validator = X509CredentialValidator([fixed.root.cert], now=clock)
+    validator.validate(cred(ee, fixed.inter), key)
+    found = _with_unused_bits(ee.der, ee.cert.signature, 4)  # the bytes the mutation test produced
+    assert x509.load_der_x509_certificate(found).signature == ee.cert.signature  # parses: same octets
+    for unused in range(1, 8):
+        bad_ee = _with_unused_bits(ee.der, ee.cert.signature, unused)
+        bad_inter = _with_unused_bits(fixed.inter.der, fixed.inter.cert.signature, unused)
+        for chain, label in (([bad_ee, fixed.inter.der], "end-entity certificate 0 of 2"),
+                             ([ee.der, bad_inter], "certificate 1 of 2")):
+            err = rejects(validator, Credential.x509(chain), key,
+                          f"^RFC 9420 §5.3.1: {label} has a signature that is not a whole number of octets$")
+            assert err.rule == "5.3.1/x509-signature-bit-string"
+        with pytest.raises(ValidationError, match="not a whole number of octets"):
+            identity_of(cred(bad_ee))
+
+
+@pytest.mark.filterwarnings("error")
+def test_every_single_byte_damage_is_refused() -> None:
+    """Deterministic companion of the random mutation test: every octet of both certificates of a fixed
+    chain, flipped in its lowest, third and highest bit, inverted, or deleted, is refused with a
+    credential-check ValidationError. (Complete for single-octet damage; the random test covers the rest.)"""
+    fixed, ee, key = fixed_pki()
+    validator = X509CredentialValidator([fixed.root.cert], now=clock)
+    validator.validate(cred(ee, fixed.inter), key)
+    for target, original in enumerate((ee.der, fixed.inter.der)):
+        for i in range(len(original)):
+            before, octet, after = original[:i], original[i], original[i + 1:]
+            damaged = [before + bytes([octet ^ mask]) + after for mask in (0x01, 0x04, 0x80, 0xFF)]
+            damaged.append(before + after)
+            for data in damaged:
+                chain = [data, fixed.inter.der] if target == 0 else [ee.der, data]
+                with pytest.raises(ValidationError) as info:
+                    validator.validate(Credential.x509(chain), key)
+                assert info.value.section == "5.3.1", (target, i, data.hex())
 
 
 def test_unknown_version_and_duplicate_extension(pki: Pki, validator: X509CredentialValidator) -> None:

@@ -18,8 +18,8 @@ signature or ASN.1 code is written by hand.
 What a certificate chain must satisfy
 -------------------------------------
 * every ``cert_data`` parses as one DER certificate (trailing bytes, malformed or duplicate
-  extensions and non-positive serial numbers are rejected), and there are 1..``max_chain_length`` of
-  them;
+  extensions, non-positive serial numbers and a signature BIT STRING with unused bits are rejected),
+  and there are 1..``max_chain_length`` of them;
 * ``certificates[i]`` is directly issued by ``certificates[i + 1]`` (issuer name and signature), and the
   last one either *is* a configured trust anchor (byte-identical DER) or is directly issued by one. A
   chain may omit intermediates only by configuring them as anchors (§5.3 lets a chain omit certificates
@@ -150,9 +150,26 @@ def _parse(data: bytes, label: str) -> x509.Certificate:
             getattr(cert, field)
     except _PARSE_ERRORS:
         raise _fail("5.3.1/x509-der", f"{label} is not a valid DER certificate") from None
+    if not _signature_is_octet_aligned(data, cert):
+        raise _fail(
+            "5.3.1/x509-signature-bit-string", f"{label} has a signature that is not a whole number of octets"
+        )
     if cert.serial_number <= 0:  # RFC 5280 §4.1.2.2; cryptography only warns (for now)
         raise _fail("5.3.1/x509-serial-number", f"{label} has a serial number that is not positive")
     return cert
+
+
+def _signature_is_octet_aligned(data: bytes, cert: x509.Certificate) -> bool:
+    """The signatureValue BIT STRING (RFC 5280 §4.1.1.3) has no unused bits.
+
+    Every signature this module accepts is a whole number of octets (RSA: RFC 3279 §2.2.1; ECDSA: the DER
+    Ecdsa-Sig-Value, RFC 3279 §2.2.3; Ed25519/Ed448: RFC 8410 §6). ``cryptography`` returns the BIT
+    STRING's octets as :attr:`~cryptography.x509.Certificate.signature` and ignores its unused-bits count,
+    so a certificate whose count was altered (a damaged or re-encoded certificate: other bytes, another
+    fingerprint) would still verify. The BIT STRING is the certificate's last element (trailing data is
+    refused by the parser), so its unused-bits octet is the one right before the signature octets.
+    """
+    return data.endswith(b"\x00" + cert.signature)
 
 
 def _check_validity(cert: x509.Certificate, now: datetime, label: str) -> None:
