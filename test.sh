@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Installs everything, then runs the whole test suite: lint (ruff), types (mypy), pytest.
+# Installs everything, then runs the whole test suite: lint and format (ruff), types (mypy), pytest.
 set -euo pipefail
 cd "$(dirname "$0")"
 ./deploy/bootstrap.sh
 echo "== ruff"
 .venv/bin/ruff check .
+.venv/bin/ruff format --check .
 echo "== mypy"
 .venv/bin/mypy
 echo "== pytest"

@@ -52,10 +52,29 @@ _INIT_FN = ctypes.CFUNCTYPE(_CK_RV, ctypes.c_void_p)
 
 
 _HEAD_FUNCTIONS = (
-    "C_Initialize", "C_Finalize", "C_GetInfo", "C_GetFunctionList", "C_GetSlotList", "C_GetSlotInfo",
-    "C_GetTokenInfo", "C_GetMechanismList", "C_GetMechanismInfo", "C_InitToken", "C_InitPIN", "C_SetPIN",
-    "C_OpenSession", "C_CloseSession", "C_CloseAllSessions", "C_GetSessionInfo", "C_GetOperationState",
-    "C_SetOperationState", "C_Login", "C_Logout", "C_CreateObject", "C_CopyObject", "C_DestroyObject",
+    "C_Initialize",
+    "C_Finalize",
+    "C_GetInfo",
+    "C_GetFunctionList",
+    "C_GetSlotList",
+    "C_GetSlotInfo",
+    "C_GetTokenInfo",
+    "C_GetMechanismList",
+    "C_GetMechanismInfo",
+    "C_InitToken",
+    "C_InitPIN",
+    "C_SetPIN",
+    "C_OpenSession",
+    "C_CloseSession",
+    "C_CloseAllSessions",
+    "C_GetSessionInfo",
+    "C_GetOperationState",
+    "C_SetOperationState",
+    "C_Login",
+    "C_Logout",
+    "C_CreateObject",
+    "C_CopyObject",
+    "C_DestroyObject",
 )
 _DESTROY_FN = ctypes.CFUNCTYPE(_CK_RV, ctypes.c_ulong, ctypes.c_ulong)
 
@@ -112,7 +131,10 @@ class _Login:
 
 
 class _Gate:
-    """Shared for operations, exclusive for re-initialisation; shared entry fails fast while exclusive waits."""
+    """Shared for operations, exclusive for re-initialisation.
+
+    Shared entry fails fast while an exclusive one waits.
+    """
 
     def __init__(self) -> None:
         self._cond = threading.Condition(threading.Lock())

@@ -74,7 +74,11 @@ def create_wrap_key(token: Token, label: str = DEFAULT_WRAP_LABEL) -> bool:
                 return False
         with token.objects("change"):
             session.generate_key(
-                KeyType.AES, 256, store=True, capabilities=MechanismFlag(0), template=_wrap_key_template(label)
+                KeyType.AES,
+                256,
+                store=True,
+                capabilities=MechanismFlag(0),
+                template=_wrap_key_template(label),
             )
         return True
 
@@ -84,7 +88,9 @@ def create_wrap_key(token: Token, label: str = DEFAULT_WRAP_LABEL) -> bool:
 class Envelope:
     """Seal and open blobs with the token's wrap key (thread-safe)."""
 
-    def __init__(self, token: Token, label: str = DEFAULT_WRAP_LABEL, *, audit_hook: AuditHook | None = None) -> None:
+    def __init__(
+        self, token: Token, label: str = DEFAULT_WRAP_LABEL, *, audit_hook: AuditHook | None = None
+    ) -> None:
         self._token = token
         self._label = label
         self._ref = label.encode()
@@ -142,7 +148,9 @@ class Envelope:
         for _ in range(3):
             generation, handle = self._wrap_handle()
             try:
-                return self._token.run(functools.partial(_call_with, crypt, handle), op=op, generation=generation)
+                return self._token.run(
+                    functools.partial(_call_with, crypt, handle), op=op, generation=generation
+                )
             except StaleHandle:
                 self._handle = None  # reconnected (or the key was replaced): find it again
         raise HsmUnavailable(f"{op}: the token connection keeps changing")

@@ -6,9 +6,10 @@
 * Handles are cached by reference (in a cache shared by all stores on the token): an operation costs no
   token search. A handle from an older connection, or one the token calls stale, is looked up again once
   (by ``CKA_ID``).
-* For a suite whose KEM the token cannot do, HPKE keys are :class:`hsm.key_handles.SoftwareCustodyHpkeKey`\\ s in
-  memory, handed to an optional :class:`SoftwareKeyPersistence` (the gateway stores them wrapped, e.g. with
-  :class:`hsm.envelope.Envelope`) and reported as custody ``software``.
+* For a suite whose KEM the token cannot do, HPKE keys are
+  :class:`hsm.key_handles.SoftwareCustodyHpkeKey`\\ s in memory, handed to an optional
+  :class:`SoftwareKeyPersistence` (the gateway stores them wrapped, e.g. with :class:`hsm.envelope.Envelope`)
+  and reported as custody ``software``.
 * Every private-key use (generate, import, sign, dh, destroy) is reported to the audit hook.
 """
 
@@ -143,7 +144,8 @@ class Pkcs11KeyStore:
         return Pkcs11Signer(self, kind, ref, public_key)
 
     def import_hpke_key(self, cipher_suite: int, private_key: bytes) -> HpkePrivateKey:
-        """Put an existing KEM private key (RFC 9180 SerializePrivateKey form) into the token (or software)."""
+        """Put an existing KEM private key (RFC 9180 SerializePrivateKey form) into the token (or into
+        software custody)."""
         kind = kem_kind(_suite(cipher_suite).kem)
         form = self._form(kind)
         public_key = kem_of(kind).key_from_private_bytes(private_key).public_key
@@ -170,7 +172,11 @@ class Pkcs11KeyStore:
                     _log.warning(
                         "generate key: token refused a %s key generation (%s), attempt %d of %d; "
                         "%d empty key object(s) it left removed",
-                        kind.name, type(exc).__name__, attempt, KEYGEN_ATTEMPTS, removed,
+                        kind.name,
+                        type(exc).__name__,
+                        attempt,
+                        KEYGEN_ATTEMPTS,
+                        removed,
                     )
                     if attempt == KEYGEN_ATTEMPTS:
                         raise
@@ -227,7 +233,9 @@ class Pkcs11KeyStore:
         if not self._fallback:
             raise UnsupportedError(f"the token cannot hold {kind.name} keys and software fallback is off")
         ref = new_ref(kind, "software")
-        key = SoftwareCustodyHpkeKey(kind, ref, kem_of(kind).key_from_private_bytes(private_key), self._auditor)
+        key = SoftwareCustodyHpkeKey(
+            kind, ref, kem_of(kind).key_from_private_bytes(private_key), self._auditor
+        )
         if self._persistence is not None:
             self._persistence.save(ref, private_key)
         self._software[ref] = key
@@ -255,7 +263,9 @@ class Pkcs11KeyStore:
             private = self._persistence.load(key_ref)
             if private is not None:
                 inner = kem_of(kind).key_from_private_bytes(private)
-                key = self._software.setdefault(key_ref, SoftwareCustodyHpkeKey(kind, key_ref, inner, self._auditor))
+                key = self._software.setdefault(
+                    key_ref, SoftwareCustodyHpkeKey(kind, key_ref, inner, self._auditor)
+                )
         if key is None:
             raise KeyStoreError("no key for this reference")
         return key
@@ -295,7 +305,9 @@ class Pkcs11KeyStore:
     def sign_with(self, key_ref: bytes, data: bytes) -> bytes:
         """Sign with the token key ``key_ref`` (used by :class:`Pkcs11Signer`; the hot path)."""
         try:
-            signature = self._use(key_ref, "sign", lambda s, e: M.sign(s, e.pair.private, e.kind, e.form, data))
+            signature = self._use(
+                key_ref, "sign", lambda s, e: M.sign(s, e.pair.private, e.kind, e.form, data)
+            )
         except BaseException:
             self._auditor.emit(key_ref, "sign", "pkcs11", False)
             raise
@@ -303,7 +315,8 @@ class Pkcs11KeyStore:
         return signature
 
     def dh_with(self, key_ref: bytes, peer_public_key: bytes) -> bytes:
-        """DH in the token with key ``key_ref`` (used by :class:`Pkcs11HpkeKey`); CryptoError for bad input."""
+        """DH in the token with key ``key_ref`` (used by :class:`Pkcs11HpkeKey`); CryptoError for bad
+        input."""
         return self._audited(key_ref, "dh", lambda: self._dh(key_ref, peer_public_key))
 
     def _dh(self, key_ref: bytes, peer_public_key: bytes) -> bytes:
@@ -311,7 +324,9 @@ class Pkcs11KeyStore:
         kem = kem_of(kind)
         kem.check_public_key(peer_public_key)
         try:
-            out = self._use(key_ref, "dh", lambda s, e: M.ecdh(s, e.pair.private, e.kind, e.form, peer_public_key))
+            out = self._use(
+                key_ref, "dh", lambda s, e: M.ecdh(s, e.pair.private, e.kind, e.form, peer_public_key)
+            )
         except HsmUnavailable:
             raise
         except HsmError:
@@ -364,7 +379,9 @@ class Pkcs11KeyStore:
         if entry is not None and entry.generation == self._token.generation:
             handles = (entry.pair.private, entry.pair.public)
             try:
-                self._token.run(lambda s: self._destroy_handles(s, handles), op="destroy key", generation=entry.generation)
+                self._token.run(
+                    lambda s: self._destroy_handles(s, handles), op="destroy key", generation=entry.generation
+                )
                 return
             except StaleHandle:
                 pass

@@ -126,7 +126,13 @@ def generate_pair(
 
 
 def import_pair(
-    session: Session, kind: KeyKind, form: Pkcs11Form, ref: bytes, prefix: str, private: bytes, public_key: bytes
+    session: Session,
+    kind: KeyKind,
+    form: Pkcs11Form,
+    ref: bytes,
+    prefix: str,
+    private: bytes,
+    public_key: bytes,
 ) -> KeyPair:
     """C_CreateObject of an existing private key (non-extractable, sensitive) and its public key."""
     label = _label(prefix, kind, ref)
@@ -215,7 +221,12 @@ def handles_by_id(session: Session, ref: bytes) -> list[int]:
 def empty_keys(session: Session, key_type: KeyType) -> list[int]:
     """Handles of key objects of ``key_type`` with an empty CKA_ID, CKA_LABEL and CKA_EC_PARAMS: the default
     attributes SoftHSM leaves on the object of a refused key generation (no usable key has no curve)."""
-    template = {Attribute.KEY_TYPE: key_type, Attribute.ID: b"", Attribute.LABEL: "", Attribute.EC_PARAMS: b""}
+    template = {
+        Attribute.KEY_TYPE: key_type,
+        Attribute.ID: b"",
+        Attribute.LABEL: "",
+        Attribute.EC_PARAMS: b"",
+    }
     return [handle_of(obj) for obj in search(session, template)]
 
 

@@ -245,7 +245,8 @@ class Token:
 
     def _down_message(self) -> str:
         wait = max(0.0, self._retry_at - time.monotonic())
-        return f"token {self.config.token_label!r} unavailable ({self._last_error}); next attempt in {wait:.2f} s"
+        label = self.config.token_label
+        return f"token {label!r} unavailable ({self._last_error}); next attempt in {wait:.2f} s"
 
     def _reconnect_locked(self) -> bool:
         """Tear down, (re-initialise,) reopen. Caller holds the reconnect lock. Never raises."""
@@ -330,7 +331,9 @@ class Token:
         conn.library.release_login(conn.login, conn.library_generation)
 
     # ---- running operations --------------------------------------------------------------------
-    def run(self, fn: Callable[[Session], T], *, op: str, retry: bool = True, generation: int | None = None) -> T:
+    def run(
+        self, fn: Callable[[Session], T], *, op: str, retry: bool = True, generation: int | None = None
+    ) -> T:
         """Run ``fn`` with a worker session; map every PKCS#11 error (see the module docstring).
 
         With ``retry``, ``fn`` runs once more after a lost connection (reconnected at once) or an ambiguous

@@ -35,8 +35,13 @@ from mls.tree.leaf_validation import AcceptAnyCredential, CredentialValidator, L
 NOW = datetime(2030, 6, 1, 12, 0, tzinfo=UTC)
 DAY = timedelta(days=1)
 
-Key = (ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey | rsa.RSAPrivateKey
-       | dsa.DSAPrivateKey)
+Key = (
+    ec.EllipticCurvePrivateKey
+    | ed25519.Ed25519PrivateKey
+    | ed448.Ed448PrivateKey
+    | rsa.RSAPrivateKey
+    | dsa.DSAPrivateKey
+)
 
 #: MLS signature kind → (a cipher suite using it, key generator).
 KINDS: dict[str, tuple[int, Callable[[], Key]]] = {
@@ -53,8 +58,12 @@ def clock() -> datetime:
 
 
 def name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "MLS test"),
-                      x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "MLS test"),
+            x509.NameAttribute(NameOID.COMMON_NAME, cn),
+        ]
+    )
 
 
 def new_key(kind: str) -> Key:
@@ -75,12 +84,28 @@ def _hash_for(key: Key) -> hashes.HashAlgorithm | None:
     return None if isinstance(key, ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey) else hashes.SHA256()
 
 
-CA_USAGE = x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
-                         data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-                         encipher_only=False, decipher_only=False)
-EE_USAGE = x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
-                         data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
-                         encipher_only=False, decipher_only=False)
+CA_USAGE = x509.KeyUsage(
+    digital_signature=False,
+    content_commitment=False,
+    key_encipherment=False,
+    data_encipherment=False,
+    key_agreement=False,
+    key_cert_sign=True,
+    crl_sign=True,
+    encipher_only=False,
+    decipher_only=False,
+)
+EE_USAGE = x509.KeyUsage(
+    digital_signature=True,
+    content_commitment=False,
+    key_encipherment=False,
+    data_encipherment=False,
+    key_agreement=False,
+    key_cert_sign=False,
+    crl_sign=False,
+    encipher_only=False,
+    decipher_only=False,
+)
 _DEFAULT = object()
 
 
@@ -102,15 +127,19 @@ def issue(
     """A certificate for ``key`` signed by ``issuer`` (self-signed when ``None``); ``ca=None`` omits
     basicConstraints, ``key_usage=None`` omits keyUsage; ``serial`` defaults to a random one."""
     signing_key = key if issuer is None else issuer.key
-    b = (x509.CertificateBuilder()
-         .subject_name(name(cn))
-         .issuer_name(issuer_name or (name(cn) if issuer is None else issuer.cert.subject))
-         .public_key(key.public_key())
-         .serial_number(serial or x509.random_serial_number())
-         .not_valid_before(not_before)
-         .not_valid_after(not_after))
+    b = (
+        x509.CertificateBuilder()
+        .subject_name(name(cn))
+        .issuer_name(issuer_name or (name(cn) if issuer is None else issuer.cert.subject))
+        .public_key(key.public_key())
+        .serial_number(serial or x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+    )
     if ca is not None:
-        b = b.add_extension(x509.BasicConstraints(ca=ca, path_length=path_length if ca else None), critical=True)
+        b = b.add_extension(
+            x509.BasicConstraints(ca=ca, path_length=path_length if ca else None), critical=True
+        )
     usage = (CA_USAGE if ca else EE_USAGE) if key_usage is _DEFAULT else key_usage
     if usage is not None:
         assert isinstance(usage, x509.KeyUsage)
@@ -129,8 +158,9 @@ def mls_signer(kind: str, key: Key) -> SoftwareSigner:
         raw = key.private_numbers().private_value.to_bytes(scheme.scalar_len, "big")
     else:
         assert isinstance(key, ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey)
-        raw = key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
-                                serialization.NoEncryption())
+        raw = key.private_bytes(
+            serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+        )
     return scheme.signer_from_private_bytes(raw)
 
 
@@ -177,7 +207,7 @@ def rejects(v: X509CredentialValidator, credential: Credential, key: bytes, matc
     return info.value
 
 
-# ---- accepted chains -----------------------------------------------------------------------------------------
+# ---- accepted chains ---------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
@@ -192,15 +222,21 @@ def test_valid_chain_every_mls_key_kind(pki: Pki, validator: X509CredentialValid
 def test_intermediate_configured_as_anchor_may_be_omitted(pki: Pki) -> None:
     ee, key = pki.end_entity()
     X509CredentialValidator([pki.inter.cert], now=clock).validate(cred(ee), key)
-    rejects(X509CredentialValidator([pki.root.cert], now=clock), cred(ee), key, "not issued by a trusted anchor")
+    rejects(
+        X509CredentialValidator([pki.root.cert], now=clock), cred(ee), key, "not issued by a trusted anchor"
+    )
 
 
 def test_pinned_end_entity_anchor(pki: Pki) -> None:
     key = new_key("Ed25519")
     ee = issue("pinned", key, None, ca=False)
     X509CredentialValidator([ee.cert], now=clock).validate(cred(ee), leaf_key("Ed25519", key))
-    rejects(X509CredentialValidator([pki.root.cert], now=clock), cred(ee), leaf_key("Ed25519", key),
-            "not issued by a trusted anchor")
+    rejects(
+        X509CredentialValidator([pki.root.cert], now=clock),
+        cred(ee),
+        leaf_key("Ed25519", key),
+        "not issued by a trusted anchor",
+    )
 
 
 def test_anchor_forms_der_pem_bundle(pki: Pki) -> None:
@@ -208,7 +244,11 @@ def test_anchor_forms_der_pem_bundle(pki: Pki) -> None:
     other = make_pki("Other Root")
     pem = b"".join(c.cert.public_bytes(serialization.Encoding.PEM) for c in (other.root, pki.root))
     forms: list[Sequence[x509.Certificate | bytes] | bytes] = [
-        [pki.root.der], [pem], [other.root.cert, pki.root.der], pki.root.der, [pki.root.cert],
+        [pki.root.der],
+        [pem],
+        [other.root.cert, pki.root.der],
+        pki.root.der,
+        [pki.root.cert],
     ]
     for anchors in forms:
         X509CredentialValidator(anchors, now=clock).validate(cred(ee, pki.inter), key)
@@ -231,12 +271,18 @@ ISSUER_KEYS: list[tuple[str, Callable[[], Key], str | None]] = [
     ("ed448", ed448.Ed448PrivateKey.generate, None),
     ("p521", lambda: ec.generate_private_key(ec.SECP521R1()), None),
     ("rsa1024", lambda: rsa.generate_private_key(65537, 1024), "RSA key shorter than 2048"),
-    ("secp256k1", lambda: ec.generate_private_key(ec.SECP256K1()), r"key on an unsupported curve \(secp256k1\)"),
+    (
+        "secp256k1",
+        lambda: ec.generate_private_key(ec.SECP256K1()),
+        r"key on an unsupported curve \(secp256k1\)",
+    ),
     ("dsa", lambda: dsa.generate_private_key(1024), "unsupported key type for an issuer"),
 ]
 
 
-@pytest.mark.parametrize(("root_key", "match"), [(k, m) for _, k, m in ISSUER_KEYS], ids=[i for i, _, _ in ISSUER_KEYS])
+@pytest.mark.parametrize(
+    ("root_key", "match"), [(k, m) for _, k, m in ISSUER_KEYS], ids=[i for i, _, _ in ISSUER_KEYS]
+)
 def test_issuer_key_types(root_key: Callable[[], Key], match: str | None) -> None:
     root = issue("Root", root_key(), None, ca=True)
     key = new_key("P-256")
@@ -248,11 +294,12 @@ def test_issuer_key_types(root_key: Callable[[], Key], match: str | None) -> Non
         rejects(v, cred(ee), leaf_key("P-256", key), match)
 
 
-# ---- validity periods -----------------------------------------------------------------------------------------
+# ---- validity periods --------------------------------------------------------------------------------------
 
 
 def test_validity_bounds_inclusive(pki: Pki) -> None:
     ee, key = pki.end_entity(not_before=NOW - DAY, not_after=NOW + DAY)
+
     def at(t: datetime) -> X509CredentialValidator:
         return X509CredentialValidator([pki.root.cert], now=lambda: t)
 
@@ -290,12 +337,16 @@ def test_expired_anchor(pki: Pki) -> None:
     rejects(v, cred(ee, inter), leaf_key("P-256", key), "the issuing trust anchor has expired")
     rejects(v, cred(ee, inter, root), leaf_key("P-256", key), "certificate 2 of 3 has expired")
     renewed = issue("Old Root", root_key, None, ca=True)  # same name and key, new validity: accepted
-    X509CredentialValidator([root.cert, renewed.cert], now=clock).validate(cred(ee, inter), leaf_key("P-256", key))
+    X509CredentialValidator([root.cert, renewed.cert], now=clock).validate(
+        cred(ee, inter), leaf_key("P-256", key)
+    )
 
 
 def test_naive_clock_is_utc(pki: Pki) -> None:
     ee, key = pki.end_entity(not_before=NOW - DAY, not_after=NOW + DAY)
-    X509CredentialValidator([pki.root.cert], now=lambda: NOW.replace(tzinfo=None)).validate(cred(ee, pki.inter), key)
+    X509CredentialValidator([pki.root.cert], now=lambda: NOW.replace(tzinfo=None)).validate(
+        cred(ee, pki.inter), key
+    )
     late = (NOW + 2 * DAY).replace(tzinfo=None)
     rejects(X509CredentialValidator([pki.root.cert], now=lambda: late), cred(ee, pki.inter), key, "expired")
 
@@ -306,7 +357,7 @@ def test_default_clock_is_system_time(pki: Pki) -> None:
     rejects(X509CredentialValidator([pki.root.cert]), cred(ee, pki.inter), key, "not yet valid")
 
 
-# ---- chain structure and trust ------------------------------------------------------------------------------
+# ---- chain structure and trust -----------------------------------------------------------------------------
 
 
 def test_untrusted_root(pki: Pki) -> None:
@@ -320,7 +371,9 @@ def test_untrusted_root(pki: Pki) -> None:
 
 
 def test_rogue_intermediate_with_genuine_names(pki: Pki, validator: X509CredentialValidator) -> None:
-    fake = issue("Test Root Intermediate", new_key("Ed25519"), pki.root, ca=True, issuer_name=pki.root.cert.subject)
+    fake = issue(
+        "Test Root Intermediate", new_key("Ed25519"), pki.root, ca=True, issuer_name=pki.root.cert.subject
+    )
     forged = Issued(issue("fake", fake.key, None, ca=True).cert, fake.key)  # self-signed, key not certified
     key = new_key("P-256")
     ee = issue("member", key, forged, ca=False, issuer_name=pki.inter.cert.subject)
@@ -339,8 +392,12 @@ def test_out_of_order_and_missing_intermediate(pki: Pki, validator: X509Credenti
 
 def test_chain_length_limits(pki: Pki) -> None:
     ee, key = pki.end_entity()
-    rejects(X509CredentialValidator([pki.root.cert], now=clock, max_chain_length=1),
-            cred(ee, pki.inter), key, "more than 1")
+    rejects(
+        X509CredentialValidator([pki.root.cert], now=clock, max_chain_length=1),
+        cred(ee, pki.inter),
+        key,
+        "more than 1",
+    )
     rejects(X509CredentialValidator([pki.root.cert], now=clock), Credential.x509([]), key, "no certificates")
 
 
@@ -369,22 +426,33 @@ def test_path_length_constraint(pki: Pki, validator: X509CredentialValidator) ->
     ee = issue("member", key, sub, ca=False)
     rejects(validator, cred(ee, sub, pki.inter), leaf_key("P-256", key), r"certificate 2 of 3: path length")
     # The root allows one intermediate below it; with the intermediate as anchor, pathLen 0 is the limit.
-    rejects(X509CredentialValidator([pki.inter.cert], now=clock), cred(ee, sub), leaf_key("P-256", key),
-            "path length constraint 0 exceeded")
+    rejects(
+        X509CredentialValidator([pki.inter.cert], now=clock),
+        cred(ee, sub),
+        leaf_key("P-256", key),
+        "path length constraint 0 exceeded",
+    )
     root = issue("Deep Root", new_key("P-256"), None, ca=True, path_length=2)
     i1 = issue("I1", new_key("P-256"), root, ca=True)
     i2 = issue("I2", new_key("P-256"), i1, ca=True)
     ee3 = issue("member", key, i2, ca=False)
     X509CredentialValidator([root.cert], now=clock).validate(cred(ee3, i2, i1), leaf_key("P-256", key))
     tight = issue("Deep Root", root.key, None, ca=True, path_length=1)
-    rejects(X509CredentialValidator([tight.cert], now=clock), cred(ee3, i2, i1), leaf_key("P-256", key),
-            "the issuing trust anchor: path length constraint 1 exceeded")
+    rejects(
+        X509CredentialValidator([tight.cert], now=clock),
+        cred(ee3, i2, i1),
+        leaf_key("P-256", key),
+        "the issuing trust anchor: path length constraint 1 exceeded",
+    )
 
 
 def test_name_constraints_refused(pki: Pki, validator: X509CredentialValidator) -> None:
     """Name constraints are not implemented, so an issuer carrying them is refused, critical or not."""
     nc = x509.NameConstraints(permitted_subtrees=[x509.DNSName("example.com")], excluded_subtrees=None)
-    for critical, match in ((True, "unsupported critical extension 2.5.29.30"), (False, "has name constraints")):
+    for critical, match in (
+        (True, "unsupported critical extension 2.5.29.30"),
+        (False, "has name constraints"),
+    ):
         inter = issue("Constrained", new_key("P-256"), pki.root, ca=True, extensions=[(nc, critical)])
         key = new_key("P-256")
         ee = issue("member", key, inter, ca=False)
@@ -410,13 +478,17 @@ def test_end_entity_key_usage(pki: Pki, validator: X509CredentialValidator) -> N
 
 def _der(tag: int, body: bytes) -> bytes:
     n = len(body)
-    length = bytes([n]) if n < 0x80 else bytes([0x80 | ((n.bit_length() + 7) // 8)]) + n.to_bytes((n.bit_length() + 7) // 8, "big")
+    length = (
+        bytes([n])
+        if n < 0x80
+        else bytes([0x80 | ((n.bit_length() + 7) // 8)]) + n.to_bytes((n.bit_length() + 7) // 8, "big")
+    )
     return bytes([tag]) + length + body
 
 
 def _tbs_body(cert: x509.Certificate) -> bytes:
     tbs = cert.tbs_certificate_bytes
-    return tbs[(2 if tbs[1] < 0x80 else 2 + (tbs[1] & 0x7F)):]
+    return tbs[(2 if tbs[1] < 0x80 else 2 + (tbs[1] & 0x7F)) :]
 
 
 ECDSA_SHA256 = _der(0x30, _der(0x06, bytes.fromhex("2a8648ce3d040302")))
@@ -454,17 +526,19 @@ def test_non_positive_serial_refused(pki: Pki, validator: X509CredentialValidato
     ee = issue("member", key, inter, ca=False)
     body = _tbs_body(ee.cert)
     assert body[:5] == b"\xa0\x03\x02\x01\x02" and body[5] == 0x02  # [0] v3, then the serial INTEGER
-    rest = body[7 + body[6]:]
+    rest = body[7 + body[6] :]
     validator.validate(cred(resigned(body, inter_key), inter), leaf_key("P-256", key))
     for serial in (b"\x00", b"\xff"):
         bad = resigned(body[:5] + _der(0x02, serial) + rest, inter_key)
         rejects(validator, cred(bad, inter), leaf_key("P-256", key), "serial number that is not positive")
         with warnings.catch_warnings():
-            warnings.simplefilter("error")  # cryptography's warning becomes an exception: still a ValidationError
+            warnings.simplefilter(
+                "error"
+            )  # cryptography's warning becomes an exception: still a ValidationError
             rejects(validator, cred(bad, inter), leaf_key("P-256", key), "not a valid DER")
 
 
-# ---- key binding --------------------------------------------------------------------------------------------
+# ---- key binding -------------------------------------------------------------------------------------------
 
 
 def test_end_entity_key_differs_from_leaf_key(pki: Pki, validator: X509CredentialValidator) -> None:
@@ -472,26 +546,42 @@ def test_end_entity_key_differs_from_leaf_key(pki: Pki, validator: X509Credentia
     other = leaf_key("P-256", new_key("P-256"))
     err = rejects(validator, cred(ee, pki.inter), other, "is not the leaf's signature_key")
     text = f"{err} {err!r} {err.message}"
-    cert_key = ee.cert.public_key().public_bytes(serialization.Encoding.X962,
-                                                  serialization.PublicFormat.UncompressedPoint)
+    cert_key = ee.cert.public_key().public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+    )
     for secretish in (other, key, cert_key):
-        assert secretish.hex() not in text and secretish.hex()[:16] not in text and repr(secretish) not in text
+        assert (
+            secretish.hex() not in text and secretish.hex()[:16] not in text and repr(secretish) not in text
+        )
 
 
-@pytest.mark.parametrize(("cert_kind", "leaf_kind"), [
-    ("P-384", "P-256"), ("P-256", "P-521"), ("Ed25519", "P-256"), ("P-256", "Ed25519"), ("Ed448", "Ed25519"),
-])
+@pytest.mark.parametrize(
+    ("cert_kind", "leaf_kind"),
+    [
+        ("P-384", "P-256"),
+        ("P-256", "P-521"),
+        ("Ed25519", "P-256"),
+        ("P-256", "Ed25519"),
+        ("Ed448", "Ed25519"),
+    ],
+)
 def test_wrong_key_kind(pki: Pki, validator: X509CredentialValidator, cert_kind: str, leaf_kind: str) -> None:
     ee, _ = pki.end_entity(cert_kind)
-    rejects(validator, cred(ee, pki.inter), leaf_key(leaf_kind, new_key(leaf_kind)),
-            f"holds a {cert_kind} key but the leaf's signature_key is {leaf_kind}")
+    rejects(
+        validator,
+        cred(ee, pki.inter),
+        leaf_key(leaf_kind, new_key(leaf_kind)),
+        f"holds a {cert_kind} key but the leaf's signature_key is {leaf_kind}",
+    )
 
 
 def test_curve_no_mls_suite_uses(pki: Pki, validator: X509CredentialValidator) -> None:
     k1 = ec.generate_private_key(ec.SECP256K1())
     ee = issue("secp256k1 member", k1, pki.inter, ca=False)
     # Same length as a P-256 point: the curve itself must be checked, not only the encoding.
-    point = k1.public_key().public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+    point = k1.public_key().public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+    )
     rejects(validator, cred(ee, pki.inter), point, r"curve no MLS cipher suite uses \(secp256k1\)")
     rsa_ee = issue("rsa member", rsa.generate_private_key(65537, 1024), pki.inter, ca=False)
     rejects(validator, cred(rsa_ee, pki.inter), point, "key type no MLS cipher suite uses")
@@ -502,7 +592,7 @@ def test_leaf_key_of_no_mls_length(pki: Pki, validator: X509CredentialValidator)
     rejects(validator, cred(ee, pki.inter), key[:-1], "length no MLS signature scheme uses")
 
 
-# ---- malformed input ----------------------------------------------------------------------------------------
+# ---- malformed input ---------------------------------------------------------------------------------------
 
 
 def test_garbage_der(pki: Pki, validator: X509CredentialValidator) -> None:
@@ -515,7 +605,9 @@ def test_garbage_der(pki: Pki, validator: X509CredentialValidator) -> None:
 
 
 @pytest.mark.filterwarnings("error")  # cryptography's warnings about odd content must not escape either
-def test_mutated_certificates_only_raise_validation_error(pki: Pki, validator: X509CredentialValidator) -> None:
+def test_mutated_certificates_only_raise_validation_error(
+    pki: Pki, validator: X509CredentialValidator
+) -> None:
     ee, key = pki.end_entity()
     rng = random.Random(9420)
     for _ in range(500):
@@ -580,10 +672,16 @@ def test_signature_bit_string_with_unused_bits_refused() -> None:
     for unused in range(1, 8):
         bad_ee = _with_unused_bits(ee.der, ee.cert.signature, unused)
         bad_inter = _with_unused_bits(fixed.inter.der, fixed.inter.cert.signature, unused)
-        for chain, label in (([bad_ee, fixed.inter.der], "end-entity certificate 0 of 2"),
-                             ([ee.der, bad_inter], "certificate 1 of 2")):
-            err = rejects(validator, Credential.x509(chain), key,
-                          f"^RFC 9420 §5.3.1: {label} has a signature that is not a whole number of octets$")
+        for chain, label in (
+            ([bad_ee, fixed.inter.der], "end-entity certificate 0 of 2"),
+            ([ee.der, bad_inter], "certificate 1 of 2"),
+        ):
+            err = rejects(
+                validator,
+                Credential.x509(chain),
+                key,
+                f"^RFC 9420 §5.3.1: {label} has a signature that is not a whole number of octets$",
+            )
             assert err.rule == "5.3.1/x509-signature-bit-string"
         with pytest.raises(ValidationError, match="not a whole number of octets"):
             identity_of(cred(bad_ee))
@@ -599,7 +697,7 @@ def test_every_single_byte_damage_is_refused() -> None:
     validator.validate(cred(ee, fixed.inter), key)
     for target, original in enumerate((ee.der, fixed.inter.der)):
         for i in range(len(original)):
-            before, octet, after = original[:i], original[i], original[i + 1:]
+            before, octet, after = original[:i], original[i], original[i + 1 :]
             damaged = [before + bytes([octet ^ mask]) + after for mask in (0x01, 0x04, 0x80, 0xFF)]
             damaged.append(before + after)
             for data in damaged:
@@ -611,7 +709,11 @@ def test_every_single_byte_damage_is_refused() -> None:
 
 def test_unknown_version_and_duplicate_extension(pki: Pki, validator: X509CredentialValidator) -> None:
     ee, key = pki.end_entity()
-    v3, basic_constraints, key_usage = b"\xa0\x03\x02\x01\x02", b"\x06\x03\x55\x1d\x13", b"\x06\x03\x55\x1d\x0f"
+    v3, basic_constraints, key_usage = (
+        b"\xa0\x03\x02\x01\x02",
+        b"\x06\x03\x55\x1d\x13",
+        b"\x06\x03\x55\x1d\x0f",
+    )
     assert ee.der.count(v3) == 1 and ee.der.count(key_usage) == 1
     bad_version = ee.der.replace(v3, b"\xa0\x03\x02\x01\x05")  # "v6": cryptography raises InvalidVersion
     duplicate = ee.der.replace(key_usage, basic_constraints)  # two basicConstraints: DuplicateExtension
@@ -631,7 +733,7 @@ def test_malformed_extension_value(pki: Pki, validator: X509CredentialValidator)
         identity_of(cred(ee))
 
 
-# ---- credential types ---------------------------------------------------------------------------------------
+# ---- credential types --------------------------------------------------------------------------------------
 
 
 def test_basic_credentials(pki: Pki) -> None:
@@ -651,21 +753,31 @@ def test_identity_of(pki: Pki) -> None:
     key = new_key("P-256")
     plain = issue("alice", key, pki.inter, ca=False)
     assert identity_of(cred(plain, pki.inter)) == name("alice").public_bytes()
-    san = x509.SubjectAlternativeName([x509.DNSName("alice.example"), x509.RFC822Name("alice@example.com"),
-                                       x509.UniformResourceIdentifier("im:alice@example.com")])
+    san = x509.SubjectAlternativeName(
+        [
+            x509.DNSName("alice.example"),
+            x509.RFC822Name("alice@example.com"),
+            x509.UniformResourceIdentifier("im:alice@example.com"),
+        ]
+    )
     full = issue("alice", key, pki.inter, ca=False, extensions=[(san, False)])
     assert identity_of(cred(full)) == b"im:alice@example.com"
     mail = x509.SubjectAlternativeName([x509.DNSName("alice.example"), x509.RFC822Name("alice@example.com")])
-    assert identity_of(cred(issue("a", key, pki.inter, ca=False, extensions=[(mail, True)]))) == b"alice@example.com"
+    assert (
+        identity_of(cred(issue("a", key, pki.inter, ca=False, extensions=[(mail, True)])))
+        == b"alice@example.com"
+    )
     dns = x509.SubjectAlternativeName([x509.DNSName("alice.example")])
-    assert identity_of(cred(issue("a", key, pki.inter, ca=False, extensions=[(dns, False)]))) == b"alice.example"
+    assert (
+        identity_of(cred(issue("a", key, pki.inter, ca=False, extensions=[(dns, False)]))) == b"alice.example"
+    )
     with pytest.raises(ValidationError, match="no certificates"):
         identity_of(Credential.x509([]))
     with pytest.raises(ValidationError, match="non-empty"):
         identity_of(Credential.basic(b""))
 
 
-# ---- end to end: the group engine with X.509 credentials ----------------------------------------------------
+# ---- end to end: the group engine with X.509 credentials ---------------------------------------------------
 
 
 def member(pki: Pki, suite: int, cn: str, issuer: Issued | None = None) -> Client:

@@ -76,14 +76,16 @@ _KIND_BY_KEY_LENGTH = {32: "Ed25519", 57: "Ed448", 65: "P-256", 97: "P-384", 133
 #: ``cryptography`` curve names of the ECDSA curves MLS cipher suites use.
 _MLS_CURVES = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}
 #: Extensions whose meaning this module processes (or which carry no constraint), so they may be critical.
-_UNDERSTOOD_EXTENSIONS = frozenset({
-    ExtensionOID.BASIC_CONSTRAINTS,
-    ExtensionOID.KEY_USAGE,
-    ExtensionOID.EXTENDED_KEY_USAGE,
-    ExtensionOID.SUBJECT_ALTERNATIVE_NAME,
-    ExtensionOID.SUBJECT_KEY_IDENTIFIER,
-    ExtensionOID.AUTHORITY_KEY_IDENTIFIER,
-})
+_UNDERSTOOD_EXTENSIONS = frozenset(
+    {
+        ExtensionOID.BASIC_CONSTRAINTS,
+        ExtensionOID.KEY_USAGE,
+        ExtensionOID.EXTENDED_KEY_USAGE,
+        ExtensionOID.SUBJECT_ALTERNATIVE_NAME,
+        ExtensionOID.SUBJECT_KEY_IDENTIFIER,
+        ExtensionOID.AUTHORITY_KEY_IDENTIFIER,
+    }
+)
 _WEAK_HASHES = (hashes.MD5, hashes.SHA1)
 _MIN_RSA_BITS = 2048
 
@@ -145,8 +147,16 @@ def _parse(data: bytes, label: str) -> x509.Certificate:
     malformed one fails now, as a :class:`ValidationError`, rather than later as another exception."""
     try:
         cert = x509.load_der_x509_certificate(data)
-        for field in ("version", "serial_number", "subject", "issuer", "not_valid_before_utc",
-                      "not_valid_after_utc", "extensions", "signature_algorithm_oid"):
+        for field in (
+            "version",
+            "serial_number",
+            "subject",
+            "issuer",
+            "not_valid_before_utc",
+            "not_valid_after_utc",
+            "extensions",
+            "signature_algorithm_oid",
+        ):
             getattr(cert, field)
     except _PARSE_ERRORS:
         raise _fail("5.3.1/x509-der", f"{label} is not a valid DER certificate") from None
@@ -309,8 +319,9 @@ class X509CredentialValidator:
 
     ``trust_anchors`` are certificate objects or DER/PEM bytes (a PEM item may hold several
     certificates), or a single one of those. ``now`` returns the current time (default: the system
-    clock, UTC; a naive datetime is taken as UTC). Basic credentials are refused unless ``allow_basic``, in which case they get the
-    :class:`~mls.tree.leaf_validation.BasicCredentialValidator` check (a non-empty identity).
+    clock, UTC; a naive datetime is taken as UTC). Basic credentials are refused unless ``allow_basic``,
+    in which case they get the :class:`~mls.tree.leaf_validation.BasicCredentialValidator` check (a
+    non-empty identity).
     Misconfiguration raises ``ValueError``/``TypeError`` at construction; bad credentials raise
     :class:`~mls.errors.ValidationError` (section ``"5.3.1"``) and nothing else.
     """
@@ -341,8 +352,10 @@ class X509CredentialValidator:
         self.max_chain_length = max_chain_length
 
     def __repr__(self) -> str:
-        return (f"X509CredentialValidator(anchors={len(self._anchors)}, allow_basic={self.allow_basic}, "
-                f"max_chain_length={self.max_chain_length})")
+        return (
+            f"X509CredentialValidator(anchors={len(self._anchors)}, allow_basic={self.allow_basic}, "
+            f"max_chain_length={self.max_chain_length})"
+        )
 
     @property
     def trust_anchors(self) -> tuple[x509.Certificate, ...]:
@@ -419,7 +432,8 @@ def identity_of(credential: Credential) -> bytes:
 
     The chain is *not* validated here: validate the credential first (``X509CredentialValidator``). A
     certificate can present several identifiers (§5.3); applications that need them all should read the
-    subjectAltName themselves. Raises :class:`ValidationError` (section ``"5.3.1"``) for an unparsable credential.
+    subjectAltName themselves. Raises :class:`ValidationError` (section ``"5.3.1"``) for an unparsable
+    credential.
     """
     if credential.credential_type == CredentialType.basic:
         return require_basic_identity(credential)

@@ -64,7 +64,13 @@ def _lifecycle(store: Pkcs11KeyStore, suite: int, rng: random.Random) -> bool:
     return ok
 
 
-def _worker(store: Pkcs11KeyStore, keys: dict[int, tuple[Signer, HpkePrivateKey]], seed: int, deadline: float, tally: _Tally) -> None:
+def _worker(
+    store: Pkcs11KeyStore,
+    keys: dict[int, tuple[Signer, HpkePrivateKey]],
+    seed: int,
+    deadline: float,
+    tally: _Tally,
+) -> None:
     rng = random.Random(seed)
     while time.monotonic() < deadline:
         suite = rng.choice(SUITES)
@@ -73,8 +79,10 @@ def _worker(store: Pkcs11KeyStore, keys: dict[int, tuple[Signer, HpkePrivateKey]
         op = "sign" if roll < 0.55 else "derive" if roll < 0.9 else "generate+destroy"
         try:
             ok = (
-                _sign(signer, suite, rng) if op == "sign"
-                else _derive(key, suite) if op == "derive"
+                _sign(signer, suite, rng)
+                if op == "sign"
+                else _derive(key, suite)
+                if op == "derive"
                 else _lifecycle(store, suite, rng)
             )
         except Exception as exc:  # every failure counts, whatever its type
@@ -93,7 +101,9 @@ def test_mixed_operations_on_four_threads(token: Token) -> None:
     refs_before = set(store.key_refs())
     tally = _Tally()
     deadline = time.monotonic() + SECONDS
-    threads = [threading.Thread(target=_worker, args=(store, keys, i, deadline, tally)) for i in range(THREADS)]
+    threads = [
+        threading.Thread(target=_worker, args=(store, keys, i, deadline, tally)) for i in range(THREADS)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -126,7 +136,9 @@ _REINIT_UNDER_LOAD = textwrap.dedent(
     connections = token.status()["connections"]
     tally = _Tally()
     deadline = time.monotonic() + 1.5
-    threads = [threading.Thread(target=_worker, args=(store, keys, 100 + i, deadline, tally)) for i in range(THREADS)]
+    threads = [
+        threading.Thread(target=_worker, args=(store, keys, 100 + i, deadline, tally)) for i in range(THREADS)
+    ]
     for thread in threads:
         thread.start()
     for _ in range(5):
@@ -154,8 +166,9 @@ def test_library_reinitialised_under_load_loses_no_operation(make_config: Any, s
         "HSM_TESTS_DIR": str(Path(__file__).resolve().parent),
         "TOKEN_CONFIG": json.dumps(dataclasses.asdict(make_config())),
     }
-    done = subprocess.run([sys.executable, "-c", _REINIT_UNDER_LOAD], env=env, capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", _REINIT_UNDER_LOAD], env=env, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     # Right after a re-initialisation every thread finds its keys again while others generate keys: the
@@ -221,10 +234,15 @@ def test_key_searches_beside_key_generations(tmp_path: Path) -> None:
     must not leave debris on the session's token."""
     made = init_softhsm_token(tmp_path, label="search-vs-keygen", pin="1234", so_pin="5678")
     config = made.token_config(pin_env="SEARCH_VS_KEYGEN_PIN", session_wait_s=5.0)
-    env = {**os.environ, **made.env(), "SEARCH_VS_KEYGEN_PIN": "1234",
-           "TOKEN_CONFIG": json.dumps(dataclasses.asdict(config))}
-    done = subprocess.run([sys.executable, "-c", _SEARCH_BESIDE_KEYGEN], env=env, capture_output=True, text=True,
-                          timeout=120)
+    env = {
+        **os.environ,
+        **made.env(),
+        "SEARCH_VS_KEYGEN_PIN": "1234",
+        "TOKEN_CONFIG": json.dumps(dataclasses.asdict(config)),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", _SEARCH_BESIDE_KEYGEN], env=env, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "token refused" not in done.stderr  # not even a retried generation
     result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -250,7 +268,9 @@ def test_object_store_guard_keeps_searches_and_changes_apart() -> None:
                 with lock:
                     inside[kind] -= 1
 
-    threads = [threading.Thread(target=use, args=(kind, 200)) for kind in ("search", "search", "change", "change")]
+    threads = [
+        threading.Thread(target=use, args=(kind, 200)) for kind in ("search", "search", "change", "change")
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
