@@ -20,8 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from pkcs11 import ObjectClass, PKCS11Error
-from pkcs11 import exceptions as p11_errors
+from pkcs11 import ObjectClass
 from pkcs11.types import Session
 
 from mls.crypto.cipher_suite import CipherSuite, cipher_suite
@@ -31,8 +30,8 @@ from mls.errors import CryptoError, KeyStoreError, UnsupportedError
 from . import mechanisms as M
 from .audit import AuditHook, Auditor
 from .capabilities import Capabilities
-from .cryptoki import LOST_ERRORS
 from .errors import HsmError, HsmUnavailable
+from .key_generation import generate_pair
 from .key_handles import Pkcs11HpkeKey, Pkcs11Signer, SoftwareCustodyHpkeKey
 from .kinds import Custody, KeyKind, kem_kind, kem_of, new_ref, parse_ref, signature_kind
 from .mechanisms import KeyPair, Pkcs11Form
@@ -41,18 +40,6 @@ from .token import StaleHandle, Token
 T = TypeVar("T")
 
 _log = logging.getLogger(__name__)
-
-#: Key generations tried in all when the token refuses one in a way that can be transient.
-KEYGEN_ATTEMPTS = 3
-#: Refusals of a key generation worth another try: SoftHSM 2.6.1 answers these when a token-object search
-#: overlaps the generation (:class:`hsm.cryptoki.ObjectStoreGuard` prevents that in this process), and real
-#: HSMs report transient trouble as the generic ones. A wrong template would be refused every time: it
-#: costs ``KEYGEN_ATTEMPTS`` tries, then is reported like any refusal.
-_KEYGEN_TRANSIENT: tuple[type[PKCS11Error], ...] = (
-    p11_errors.TemplateInconsistent,
-    p11_errors.GeneralError,
-    p11_errors.FunctionFailed,
-)
 
 
 class SoftwareKeyPersistence(Protocol):
@@ -162,25 +149,7 @@ class Pkcs11KeyStore:
 
     def _generate(self, kind: KeyKind, form: Pkcs11Form) -> tuple[bytes, KeyPair]:
         def make(session: Session) -> tuple[bytes, KeyPair]:
-            for attempt in range(1, KEYGEN_ATTEMPTS + 1):
-                ref = new_ref(kind, "pkcs11")  # fresh per try: a retried call never reuses an ID
-                try:
-                    with self._token.objects("change"):
-                        return ref, M.generate_pair(session, kind, form, ref, self._prefix)
-                except _KEYGEN_TRANSIENT as exc:
-                    removed = self._remove_debris(session, form)
-                    _log.warning(
-                        "generate key: token refused a %s key generation (%s), attempt %d of %d; "
-                        "%d empty key object(s) it left removed",
-                        kind.name,
-                        type(exc).__name__,
-                        attempt,
-                        KEYGEN_ATTEMPTS,
-                        removed,
-                    )
-                    if attempt == KEYGEN_ATTEMPTS:
-                        raise
-            raise AssertionError("unreachable")
+            return generate_pair(self._token, session, kind, form, self._prefix)
 
         try:
             (ref, pair), generation = self._token.run_pinned(make, op="generate key")
@@ -190,29 +159,6 @@ class Pkcs11KeyStore:
         self._cache[ref] = _Entry(kind, form, pair, generation)
         self._auditor.emit(ref, "generate", "pkcs11", True)
         return ref, pair
-
-    def _remove_debris(self, session: Session, form: Pkcs11Form) -> int:
-        """Destroy what a refused key generation can leave: key objects of the form's key type with no ID,
-        no label and no curve, which are no usable key of anyone's. Returns the count; a token that cannot
-        list them is logged and left alone (a lost session raises).
-
-        SoftHSM 2.6.1 writes such objects (default attributes, ``CKA_TOKEN`` false) into the token directory
-        when a search overlaps the generation; measured here, they show only to a process that re-reads the
-        directory, not to the one whose generation was refused, so this finds them only on tokens that keep
-        them in session memory. :class:`hsm.cryptoki.ObjectStoreGuard` is what keeps SoftHSM from making
-        them."""
-        try:
-            with self._token.objects("search"):
-                handles = M.empty_keys(session, form.key_type)
-            with self._token.objects("change"):
-                for handle in handles:
-                    self._token.destroy_handle(session, handle)
-        except LOST_ERRORS:
-            raise
-        except PKCS11Error as exc:
-            _log.warning("generate key: could not remove empty key objects (%s)", type(exc).__name__)
-            return 0
-        return len(handles)
 
     def _import(self, kind: KeyKind, form: Pkcs11Form, private_key: bytes, public_key: bytes) -> bytes:
         def create(session: Session) -> tuple[bytes, KeyPair]:

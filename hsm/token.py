@@ -25,13 +25,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import random
 import threading
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 from pkcs11 import PKCS11Error
@@ -41,7 +39,8 @@ from pkcs11.types import Token as P11Token
 from . import cryptoki
 from .capabilities import Capabilities, detect
 from .config import TokenConfig
-from .cryptoki import AMBIGUOUS_ERRORS, LOST_ERRORS, PIN_ERRORS, STALE_ERRORS, Library, ObjectStoreUse
+from .connection import Connection, Lost, close_quietly
+from .cryptoki import AMBIGUOUS_ERRORS, LOST_ERRORS, STALE_ERRORS, Library, ObjectStoreUse
 from .errors import HsmError, HsmUnavailable
 
 T = TypeVar("T")
@@ -52,13 +51,7 @@ class StaleHandle(HsmError):
     """A cached object handle no longer names an object (the key store looks the key up again)."""
 
 
-class _Lost(Exception):
-    """The connection an operation ran on (``conn``, once known) is gone."""
-
-    conn: _Connection | None = None
-
-
-class _Reinitialised(_Lost):
+class _Reinitialised(Lost):
     """The library was re-initialised since the connection opened; the operation did not run. Someone's
     re-initialisation is no outage of the token: reconnect at once, without backoff, and run it there."""
 
@@ -71,68 +64,12 @@ class _Transient(HsmError):
     """An ambiguous error on a healthy token: worth one more try, then reported as a refusal."""
 
 
-class _Pool:
-    """Worker sessions lent to one operation at a time."""
-
-    def __init__(self, sessions: list[Session]) -> None:
-        self.size = len(sessions)
-        self._free = list(sessions)
-        self._cond = threading.Condition(threading.Lock())
-        self._closed = False
-        self._waiting = 0
-
-    def take(self, timeout: float) -> Session:
-        with self._cond:
-            if self._free and not self._closed:
-                return self._free.pop()
-            self._waiting += 1
-            try:
-                if not self._cond.wait_for(lambda: self._free or self._closed, timeout):
-                    raise HsmUnavailable(f"no free token session within {timeout:g} s")
-            finally:
-                self._waiting -= 1
-            if self._closed:
-                raise _Lost
-            return self._free.pop()
-
-    @property
-    def in_use(self) -> int:
-        """Sessions lent out right now."""
-        with self._cond:
-            return 0 if self._closed else self.size - len(self._free)
-
-    def give(self, session: Session) -> None:
-        with self._cond:
-            if not self._closed:
-                self._free.append(session)
-                if self._waiting:
-                    self._cond.notify()
-
-    def close(self) -> list[Session]:
-        """Refuse further loans; returns the idle sessions (busy ones are dropped when given back)."""
-        with self._cond:
-            self._closed = True
-            idle, self._free = self._free, []
-            self._cond.notify_all()
-            return idle
-
-
-@dataclass(eq=False)
-class _Connection:
-    number: int
-    library: Library
-    library_generation: int
-    token: P11Token
-    login: Session
-    pool: _Pool
-
-
 class Token:
     """A connection to one token, safe to share between threads. See the module docstring."""
 
     def __init__(self, config: TokenConfig) -> None:
         self.config = config
-        self._conn: _Connection | None = None
+        self._conn: Connection | None = None
         self._state: State = "new"
         self._capabilities: Capabilities | None = None
         self._connections = 0
@@ -208,7 +145,7 @@ class Token:
             conn, self._conn = self._conn, None
             self._state = "closed"
             if conn is not None:
-                self._teardown(conn)
+                conn.close(self.config.session_wait_s)
 
     def _raise_if_unusable(self) -> None:
         if self._state == "failed":
@@ -216,13 +153,13 @@ class Token:
         if self._state == "closed":
             raise HsmUnavailable(f"token {self.config.token_label!r} is closed")
 
-    def _ready(self) -> _Connection:
+    def _ready(self) -> Connection:
         conn = self._conn
         if conn is not None and self._state == "up":
             return conn
         return self._slow_ready()
 
-    def _slow_ready(self) -> _Connection:
+    def _slow_ready(self) -> Connection:
         self._raise_if_unusable()
         self._raise_if_backing_off()
         if not self._reconnect_lock.acquire(timeout=self.config.session_wait_s):
@@ -252,7 +189,7 @@ class Token:
         """Tear down, (re-initialise,) reopen. Caller holds the reconnect lock. Never raises."""
         old, self._conn = self._conn, None
         if old is not None:
-            self._teardown(old)
+            old.close(self.config.session_wait_s)
         try:
             self._conn = self._open()
         except HsmUnavailable as exc:
@@ -270,33 +207,15 @@ class Token:
         self._retry_at = time.monotonic() + delay * random.uniform(0.75, 1.0)
         self._state, self._last_error = "down", reason
 
-    def _open(self) -> _Connection:
+    def _open(self) -> Connection:
         library = self._library = cryptoki.load(self.config.module_path)
         if self._seen_generation is not None:
             library.reinitialize(self._seen_generation)
         self._seen_generation = library.generation
         p11 = self._find_token(library)
-        # Inside the gate, like every operation: another connection's re-initialisation (C_Finalize) must not
-        # run while this one logs in and opens sessions, and the sessions must belong to ``generation``.
-        library.gate.enter(self.config.session_wait_s)
-        try:
-            generation = library.generation
-            login: Session | None = None
-            sessions: list[Session] = []
-            try:
-                login = library.acquire_login(p11, self.config.read_pin())
-                sessions = [p11.open(rw=True) for _ in range(self.config.pool_size)]
-                if self._capabilities is None:
-                    self._capabilities = self._detect(library, p11, sessions[0])
-            except PKCS11Error as exc:
-                _close_quietly(sessions)
-                if login is not None:
-                    library.release_login(login, generation)
-                raise _connect_error(self.config.token_label, exc) from None
-        finally:
-            library.gate.leave()
+        conn = Connection.open(self._connections + 1, library, p11, self.config, self._detect_capabilities)
         self._connections += 1
-        return _Connection(self._connections, library, generation, p11, login, _Pool(sessions))
+        return conn
 
     def _find_token(self, library: Library) -> P11Token:
         try:
@@ -309,26 +228,13 @@ class Token:
         self._seen_generation = library.reinitialize(library.generation)
         return library.find_token(self.config.token_label)
 
-    def _detect(self, library: Library, p11: P11Token, session: Session) -> Capabilities:
-        mechanisms = p11.slot.get_mechanisms()
-        return detect(session, mechanisms, self.config.montgomery_keygen, p11.model, library.destroy_object)
-
-    def _teardown(self, conn: _Connection) -> None:
-        idle = conn.pool.close()
-        gate = conn.library.gate
-        try:
-            gate.enter(self.config.session_wait_s)
-        except HsmError:
-            idle = []  # cannot tell whether they are still this generation's: leave them
-        else:
-            # Checked and closed inside the gate: a session number of an older generation may name a new
-            # connection's session (its login, even) by now, which must not be closed from here.
-            try:
-                if conn.library.generation == conn.library_generation:
-                    _close_quietly(idle)
-            finally:
-                gate.leave()
-        conn.library.release_login(conn.login, conn.library_generation)
+    def _detect_capabilities(self, library: Library, p11: P11Token, session: Session) -> None:
+        """The token's capabilities, found once (on the first connection's first worker session)."""
+        if self._capabilities is None:
+            mechanisms = p11.slot.get_mechanisms()
+            self._capabilities = detect(
+                session, mechanisms, self.config.montgomery_keygen, p11.model, library.destroy_object
+            )
 
     # ---- running operations --------------------------------------------------------------------
     def run(
@@ -349,7 +255,7 @@ class Token:
             conn = self._slow_ready()
         try:
             return self._call_following_reinit(conn, fn, op, generation)
-        except _Lost as lost:
+        except Lost as lost:
             self._lost(lost.conn or conn, immediate=retry)
         except _Transient:
             if not retry:
@@ -359,12 +265,12 @@ class Token:
         conn = self._ready()
         try:
             return self._call_following_reinit(conn, fn, op, generation)
-        except _Lost as lost:
+        except Lost as lost:
             self._lost(lost.conn or conn, immediate=False)
         raise HsmUnavailable(f"{op}: {self._down_message()}")
 
     def _call_following_reinit(
-        self, conn: _Connection, fn: Callable[[Session], T], op: str, generation: int | None
+        self, conn: Connection, fn: Callable[[Session], T], op: str, generation: int | None
     ) -> T:
         """:meth:`_call`, on a new connection at once (up to ``_REINIT_FOLLOWS`` times) when the library was
         re-initialised before ``fn`` ran: safe whatever ``fn`` is, and not an outage. Under load a retried
@@ -376,12 +282,12 @@ class Token:
             except _Reinitialised:
                 self._lost(conn, immediate=True)
                 conn = self._ready()
-            except _Lost as lost:
+            except Lost as lost:
                 lost.conn = conn
                 raise
         raise HsmUnavailable(f"{op}: the PKCS#11 library keeps being re-initialised")
 
-    def _call(self, conn: _Connection, fn: Callable[[Session], T], op: str, generation: int | None) -> T:
+    def _call(self, conn: Connection, fn: Callable[[Session], T], op: str, generation: int | None) -> T:
         gate = conn.library.gate
         gate.enter(self.config.session_wait_s)
         try:
@@ -396,7 +302,7 @@ class Token:
                 result = fn(session)
             except PKCS11Error as exc:
                 error = self._classify(session, exc, op)
-                if not isinstance(error, _Lost):
+                if not isinstance(error, Lost):
                     session = _replace_session(conn.token, session)
                 raise error from None
             finally:
@@ -408,16 +314,16 @@ class Token:
     def _classify(self, session: Session, exc: PKCS11Error, op: str) -> Exception:
         name = type(exc).__name__
         if isinstance(exc, LOST_ERRORS):
-            return _Lost(name)
+            return Lost(name)
         if isinstance(exc, STALE_ERRORS):
             return StaleHandle(f"{op}: key handle is stale ({name})")
         if isinstance(exc, AMBIGUOUS_ERRORS) or type(exc) is PKCS11Error:
             if not _healthy(session, self.config.token_label):
-                return _Lost(name)
+                return Lost(name)
             return _Transient(f"{op}: token refused the operation ({name})")
         return HsmError(f"{op}: token refused the operation ({name})")
 
-    def _lost(self, conn: _Connection, *, immediate: bool) -> None:
+    def _lost(self, conn: Connection, *, immediate: bool) -> None:
         with self._reconnect_lock:
             if self._conn is not conn or self._state != "up":
                 return
@@ -479,21 +385,8 @@ def _replace_session(p11: P11Token, session: Session) -> Session:
         fresh = p11.open(rw=True)
     except PKCS11Error:
         return session  # keep the old one rather than shrink the pool; a reconnect renews it
-    _close_quietly([session])
+    close_quietly([session])
     return fresh
-
-
-def _connect_error(label: str, exc: PKCS11Error) -> HsmError:
-    name = type(exc).__name__
-    if isinstance(exc, PIN_ERRORS):
-        return HsmError(f"token {label!r}: login refused ({name}); check the configured PIN source")
-    return HsmUnavailable(f"token {label!r}: connect failed ({name})")
-
-
-def _close_quietly(sessions: list[Session]) -> None:
-    for session in sessions:
-        with contextlib.suppress(PKCS11Error):
-            session.close()
 
 
 __all__ = ["StaleHandle", "Token"]

@@ -1,0 +1,117 @@
+"""How an HTTP request reaches an operation: the running gateway, the caller, the body, the
+Idempotency-Key, and the bounded worker pool under the membership's lock.
+
+The handlers of :mod:`gateway.api` parse their input on the event loop, then call :func:`respond` with the
+operation: it runs in the worker pool with the request's audit context (``contextvars``), serialised per
+lock (one membership, or one identity's membership changes), replays a stored response for a repeated
+Idempotency-Key, and records the operation's metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import hashlib
+import time
+from collections.abc import Callable, Hashable
+from typing import Any
+
+from aiohttp import web
+
+from . import parsing as rq
+from .auth import Principal
+from .context import APP, PRINCIPAL, RAW_BODY, REQUEST_ID, Runtime
+from .errors import invalid
+from .operation_requests import GroupAddress
+from .persistence import Idempotency, RequestScope, Response
+from .service import GatewayService
+
+
+def runtime(request: web.Request) -> Runtime:
+    return request.app[APP]
+
+
+def service(request: web.Request) -> GatewayService:
+    return request.app[APP].service
+
+
+def principal(request: web.Request) -> Principal:
+    return request[PRINCIPAL]
+
+
+def json_response(result: Response | dict[str, Any]) -> web.Response:
+    """An operation's answer: a :class:`Response`, or the JSON body of a 200."""
+    if not isinstance(result, Response):
+        return web.json_response(result)
+    if result.body is None:
+        return web.Response(status=result.status)
+    return web.json_response(result.body, status=result.status)
+
+
+async def read_body(request: web.Request) -> rq.Body:
+    raw = await request.read()
+    request[RAW_BODY] = raw
+    return rq.Body(rq.parse_json(raw))
+
+
+def idempotency(request: web.Request) -> Idempotency | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not 0 < len(key) <= 255:
+        raise invalid("Idempotency-Key must be 1 to 255 characters")
+    p = principal(request)
+    scope = f"{p.tenant_id or 'admin'}:{request.method}:{request.path}"
+    return Idempotency(scope, key, hashlib.sha256(request.get(RAW_BODY, b"")).digest())
+
+
+async def respond(
+    request: web.Request,
+    operation: Callable[[RequestScope], Any],
+    *,
+    lock: Hashable | None = None,
+    idempotent: bool = False,
+    metric: str | None = None,
+) -> web.Response:
+    """Run ``operation(scope)`` in the worker pool with the request's audit context and group lock; with
+    ``idempotent``, a repeat of an earlier request (same Idempotency-Key) answers the stored response."""
+    rt = runtime(request)
+    key = idempotency(request) if idempotent else None
+    request_id = request[REQUEST_ID]
+
+    def work() -> Any:
+        with rt.service.persistence.request(request.get(PRINCIPAL), request_id) as scope:
+            scope.idempotency = key
+            replayed = rt.service.persistence.replay(key)
+            return replayed if replayed is not None else operation(scope)
+
+    ctx = contextvars.copy_context()
+    loop = asyncio.get_running_loop()
+    started = time.perf_counter()
+    outcome = "error"
+    try:
+        if lock is None:
+            result = await loop.run_in_executor(rt.executor, ctx.run, work)
+        else:
+            async with rt.locks.hold(lock):
+                result = await loop.run_in_executor(rt.executor, ctx.run, work)
+        outcome = "ok"
+        return json_response(result)
+    finally:
+        if metric is not None:
+            rt.metrics.mls_ops.labels(metric, outcome).inc()
+            rt.metrics.mls_latency.labels(metric).observe(time.perf_counter() - started)
+
+
+def group_address(request: web.Request) -> GroupAddress:
+    return GroupAddress(request.match_info["identity_id"], rq.group_id_from_path(request.match_info["gid"]))
+
+
+def group_lock(address: GroupAddress) -> tuple[str, bytes]:
+    """Requests on one membership are serialised."""
+    return address.identity_id, address.group_id
+
+
+def identity_lock(identity_id: str) -> tuple[str, str]:
+    """Requests that create or delete memberships of one identity are serialised."""
+    return "identity", identity_id

@@ -1,0 +1,84 @@
+"""Key-pair generation in the token, with a bounded retry of transient refusals (PKCS#11 C_GenerateKeyPair).
+
+Used by :class:`hsm.keystore.Pkcs11KeyStore`; the searches and object changes around it go through the
+token's :class:`hsm.cryptoki.ObjectStoreGuard`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from pkcs11 import PKCS11Error
+from pkcs11 import exceptions as p11_errors
+from pkcs11.types import Session
+
+from . import mechanisms as M
+from .cryptoki import LOST_ERRORS
+from .kinds import KeyKind, new_ref
+from .mechanisms import KeyPair, Pkcs11Form
+from .token import Token
+
+_log = logging.getLogger(__name__)
+
+#: Key generations tried in all when the token refuses one in a way that can be transient.
+KEYGEN_ATTEMPTS = 3
+#: Refusals of a key generation worth another try: SoftHSM 2.6.1 answers these when a token-object search
+#: overlaps the generation (:class:`hsm.cryptoki.ObjectStoreGuard` prevents that in this process), and real
+#: HSMs report transient trouble as the generic ones. A wrong template would be refused every time: it
+#: costs ``KEYGEN_ATTEMPTS`` tries, then is reported like any refusal.
+KEYGEN_TRANSIENT: tuple[type[PKCS11Error], ...] = (
+    p11_errors.TemplateInconsistent,
+    p11_errors.GeneralError,
+    p11_errors.FunctionFailed,
+)
+
+
+def generate_pair(
+    token: Token, session: Session, kind: KeyKind, form: Pkcs11Form, prefix: str
+) -> tuple[bytes, KeyPair]:
+    """Generate a key pair of ``kind`` in the token under a fresh key reference, retrying a refusal that
+    can be transient (:data:`KEYGEN_TRANSIENT`) up to :data:`KEYGEN_ATTEMPTS` times in all, each refusal
+    logged and the debris it may leave removed. Returns (key reference, pair)."""
+    for attempt in range(1, KEYGEN_ATTEMPTS + 1):
+        ref = new_ref(kind, "pkcs11")  # fresh per try: a retried call never reuses an ID
+        try:
+            with token.objects("change"):
+                return ref, M.generate_pair(session, kind, form, ref, prefix)
+        except KEYGEN_TRANSIENT as exc:
+            removed = remove_debris(token, session, form)
+            _log.warning(
+                "generate key: token refused a %s key generation (%s), attempt %d of %d; "
+                "%d empty key object(s) it left removed",
+                kind.name,
+                type(exc).__name__,
+                attempt,
+                KEYGEN_ATTEMPTS,
+                removed,
+            )
+            if attempt == KEYGEN_ATTEMPTS:
+                raise
+    raise AssertionError("unreachable")
+
+
+def remove_debris(token: Token, session: Session, form: Pkcs11Form) -> int:
+    """Destroy what a refused key generation can leave: key objects of the form's key type with no ID,
+    no label and no curve, which are no usable key of anyone's. Returns the count; a token that cannot
+    list them is logged and left alone (a lost session raises).
+
+    SoftHSM 2.6.1 writes such objects (default attributes, ``CKA_TOKEN`` false) into the token directory
+    when a search overlaps the generation; measured here, they show only to a process that re-reads the
+    directory, not to the one whose generation was refused, so this finds them only on tokens that keep
+    them in session memory. :class:`hsm.cryptoki.ObjectStoreGuard` is what keeps SoftHSM from making
+    them."""
+    try:
+        with token.objects("search"):
+            handles = M.empty_keys(session, form.key_type)
+        with token.objects("change"):
+            for handle in handles:
+                token.destroy_handle(session, handle)
+    except LOST_ERRORS:
+        raise
+    except PKCS11Error as exc:
+        _log.warning("generate key: could not remove empty key objects (%s)", type(exc).__name__)
+        return 0
+    return len(handles)
