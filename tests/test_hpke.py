@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from mls.crypto.backend import AEAD_SIZES
-from mls.crypto.hpke import KDF_IDS, KEMS, hpke_suite
+from mls.crypto.hpke import KDF_IDS, KEMS, PreparedInfo, hpke_suite
 from mls.errors import CryptoError
 
 VECTORS = Path(__file__).resolve().parents[2] / "shared" / "hpke-test-vectors" / "rfc9180-test-vectors.json"
@@ -63,6 +63,42 @@ def test_rfc9180_base_mode(case: dict[str, Any]) -> None:
         assert ctx.open(b(enc_case["aad"]), b(enc_case["ct"])) == b(enc_case["pt"])
     for exp in case["exports"]:
         assert ctx.export(b(exp["exporter_context"]), exp["L"]) == b(exp["exported_value"])
+
+
+@pytest.mark.parametrize(
+    "case", CASES, ids=lambda c: f"kem{c['kem_id']:x}-kdf{c['kdf_id']}-aead{c['aead_id']}"
+)
+def test_rfc9180_base_mode_with_a_prepared_info(case: dict[str, Any]) -> None:
+    """The info hashed once by prepare_info (§5.1) gives the vector's enc, context and ciphertexts."""
+    b = bytes.fromhex
+    suite = hpke_suite(case["kem_id"], case["kdf_id"], case["aead_id"])
+    info = suite.prepare_info(b(case["info"]))
+    sk_r = suite.kem.derive_key_pair(b(case["ikmR"]))
+    sk_e = suite.kem.derive_key_pair(b(case["ikmE"]))
+
+    enc, sender = suite.setup_base_s(b(case["pkRm"]), info, ephemeral=sk_e)
+    assert enc == b(case["enc"])
+    receiver = suite.setup_base_r(enc, sk_r, info)
+    for ctx in (sender, receiver):
+        assert (ctx.key, ctx.base_nonce) == (b(case["key"]), b(case["base_nonce"]))
+        assert ctx.exporter_secret == b(case["exporter_secret"])
+    for enc_case in case["encryptions"]:
+        assert sender.seal(b(enc_case["aad"]), b(enc_case["pt"])) == b(enc_case["ct"])
+    first = case["encryptions"][0]
+    enc, ct = suite.seal_base(b(case["pkRm"]), info, b(first["aad"]), b(first["pt"]))
+    assert suite.open_base(enc, sk_r, b(case["info"]), b(first["aad"]), ct) == b(first["pt"])
+
+
+def test_a_prepared_info_is_for_its_own_suite_only() -> None:
+    sha256, sha512 = hpke_suite(0x20, 1, 1), hpke_suite(0x20, 3, 1)
+    info = sha256.prepare_info(b"info")
+    assert isinstance(info, PreparedInfo) and len(info.key_schedule_context) == 1 + 2 * 32
+    assert (
+        hpke_suite(0x20, 1, 1).key_schedule(bytes(32), info).key
+        == sha256.key_schedule(bytes(32), b"info").key
+    )
+    with pytest.raises(ValueError):
+        sha512.key_schedule(bytes(64), info)
 
 
 @pytest.mark.parametrize("case", CASES[:4], ids=lambda c: f"kem{c['kem_id']:x}-aead{c['aead_id']}")

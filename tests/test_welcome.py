@@ -6,6 +6,7 @@ signature or confirmation tag does not verify; Welcomes we build open for every 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,10 +14,21 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from mls.client import Client
+from mls.credentials.credential import Credential
 from mls.crypto import CipherSuite, cipher_suite
-from mls.crypto.hpke import SoftwareHpkeKey
+from mls.crypto.backend import get_backend
+from mls.crypto.hpke import Kem, SoftwareHpkeKey
+from mls.crypto.key_store import SoftwareKeyStore
 from mls.errors import CryptoError, DecodeError, ValidationError
-from mls.group.welcome import build_welcome, decrypt_group_info, open_group_secrets
+from mls.group.commit_options import CommitOptions
+from mls.group.welcome import (
+    build_welcome,
+    decrypt_group_info,
+    encrypt_group_secrets,
+    open_group_secrets,
+    welcome_from_message,
+)
 from mls.schedule.key_schedule import KeySchedule
 from mls.tree.nodes import HPKECiphertext
 from mls.wire.framing import MLSMessage
@@ -312,3 +324,120 @@ def test_group_secrets_reprs_hold_no_secrets(index: int) -> None:
     text = repr(secrets) + str(secrets) + repr(secrets.path_secret)
     for secret in (secrets.joiner_secret, secrets.path_secret.path_secret):
         assert secret.hex() not in text and repr(secret) not in text and secret.hex()[:16] not in text
+
+
+# ---- many recipients, one EncryptContext (RFC 9420 §12.4.3.1, RFC 9180 §5.1) -----------------------------
+
+
+def fixed_ephemerals(monkeypatch: pytest.MonkeyPatch) -> None:
+    """From now on the KEMs' ephemeral keys are DeriveKeyPair("ephemeral 0"), ("ephemeral 1"), … in order;
+    calling this again starts the sequence over."""
+    counter = itertools.count()
+
+    def generate(kem: Kem) -> SoftwareHpkeKey:
+        return kem.derive_key_pair(b"ephemeral %d" % next(counter))
+
+    monkeypatch.setattr(Kem, "generate", generate)
+
+
+def three_members(c: Case) -> tuple[list[tuple[KeyPackage, GroupSecrets]], list[SoftwareHpkeKey]]:
+    """The vector's KeyPackage and two with fresh init keys, with distinct GroupSecrets, and their keys."""
+    keys = [c.init_key, c.cs.kem.generate(), c.cs.kem.generate()]
+    members = [
+        (
+            dataclasses.replace(c.key_package, init_key=key.public_key),
+            GroupSecrets(bytes([i]) * c.cs.n_h, PathSecret(bytes([7 + i]) * c.cs.n_h), ()),
+        )
+        for i, key in enumerate(keys)
+    ]
+    return members, keys
+
+
+@pytest.mark.parametrize("index", INDICES)
+def test_encrypt_with_label_many_is_encrypt_with_label_for_each(
+    index: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    c = case(index)
+    members, keys = three_members(c)
+    pks, pts = [kp.init_key for kp, _ in members], [gs.to_bytes() for _, gs in members]
+    context = c.welcome.encrypted_group_info
+    fixed_ephemerals(monkeypatch)
+    many = c.cs.encrypt_with_label_many(pks, "Welcome", context, pts)
+    fixed_ephemerals(monkeypatch)
+    assert many == [c.cs.encrypt_with_label(pk, "Welcome", context, pt) for pk, pt in zip(pks, pts)]
+    assert len({kem_output for kem_output, _ in many}) == 3
+    for key, pt, (kem_output, ct) in zip(keys, pts, many):
+        assert c.cs.decrypt_with_label(key, "Welcome", context, kem_output, ct) == pt
+    with pytest.raises(ValueError):
+        c.cs.encrypt_with_label_many(pks, "Welcome", context, pts[:2])
+
+
+@pytest.mark.parametrize("index", INDICES)
+def test_a_welcome_we_build_is_byte_identical_to_one_encryption_per_member(
+    index: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    c = case(index)
+    members, keys = three_members(c)
+    welcome_secret = c.welcome_secret()
+    fixed_ephemerals(monkeypatch)
+    built = build_welcome(c.cs, welcome_secret, c.group_info(), members)
+    fixed_ephemerals(monkeypatch)
+    one_by_one = tuple(
+        EncryptedGroupSecrets(
+            key_package_ref(c.cs, kp),
+            HPKECiphertext(
+                *c.cs.encrypt_with_label(kp.init_key, "Welcome", built.encrypted_group_info, gs.to_bytes())
+            ),
+        )
+        for kp, gs in members
+    )
+    assert (
+        MLSMessage.of(built).to_bytes()
+        == MLSMessage.of(dataclasses.replace(built, secrets=one_by_one)).to_bytes()
+    )
+    for (kp, gs), key in zip(members, keys):
+        assert open_group_secrets(c.cs, built, key_package_ref(c.cs, kp), key) == gs
+
+
+def count_extracts(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """From now on the installed backend's ``hkdf_extract`` records each input keying material here."""
+    backend = get_backend()
+    extract = backend.hkdf_extract
+    inputs: list[bytes] = []
+
+    def counting_extract(alg: str, salt: bytes, ikm: bytes) -> bytes:
+        inputs.append(ikm)
+        return extract(alg, salt, ikm)
+
+    monkeypatch.setattr(backend, "hkdf_extract", counting_extract)
+    return inputs
+
+
+@pytest.mark.parametrize("index", INDICES)
+def test_a_welcome_hashes_its_encrypt_context_once(index: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One HPKE info_hash over the encrypted GroupInfo per Welcome, however many members it adds: the
+    LabeledExtract of the shared info (RFC 9180 §5.1) is not repeated per recipient."""
+    c = case(index)
+    members, _ = three_members(c)
+    welcome_secret, group_info = c.welcome_secret(), c.group_info()  # (these open the vector's Welcome)
+    inputs = count_extracts(monkeypatch)
+    built = build_welcome(c.cs, welcome_secret, group_info, members)
+    over_info = [ikm for ikm in inputs if built.encrypted_group_info in ikm]
+    assert len(over_info) == 1 and b"info_hash" in over_info[0]
+    inputs.clear()
+    for kp, gs in members:
+        encrypt_group_secrets(c.cs, kp, built.encrypted_group_info, gs)
+    assert sum(built.encrypted_group_info in ikm for ikm in inputs) == len(members)
+
+
+def test_a_commit_adding_members_hashes_its_welcome_context_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same through the group API: one commit adding 5 members, one info_hash over its GroupInfo."""
+    clients = [Client(SoftwareKeyStore(), 1, Credential.basic(b"member %d" % i)) for i in range(6)]
+    group = clients[0].create_group()
+    adds = [c.key_package().key_package for c in clients[1:]]
+    inputs = count_extracts(monkeypatch)
+    staged = group.commit(CommitOptions(add=adds))
+    assert staged.welcome is not None
+    welcome = welcome_from_message(staged.welcome)
+    assert len(welcome.secrets) == 5
+    assert sum(welcome.encrypted_group_info in ikm for ikm in inputs) == 1

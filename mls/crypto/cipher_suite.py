@@ -5,13 +5,15 @@ A :class:`CipherSuite` binds one suite's KEM, KDF/hash, AEAD and signature schem
 * ``hash``, ``mac``, ``extract``, ``expand`` — the suite's primitives (through the crypto backend);
 * ``expand_with_label``, ``derive_secret``, ``derive_tree_secret`` (§5.1.3, §9);
 * ``sign_with_label``, ``verify_with_label`` (§5.1.2);
-* ``encrypt_with_label``, ``decrypt_with_label`` (§5.1.3 "Public Key Encryption");
+* ``encrypt_with_label`` (and ``encrypt_with_label_many``, one context for many recipients),
+  ``decrypt_with_label`` (§5.1.3 "Public Key Encryption");
 * ``ref_hash``, ``make_key_package_ref``, ``make_proposal_ref`` (§5.2);
 * ``derive_key_pair`` (the KEM's DeriveKeyPair, used for TreeKEM node keys §7.4 and external_pub §8).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from mls.crypto import backend as _backend
@@ -131,6 +133,18 @@ class CipherSuite:
     ) -> tuple[bytes, bytes]:
         """``EncryptWithLabel`` → (kem_output, ciphertext): SealBase with EncryptContext as info."""
         return self.hpke.seal_base(public_key, self.encrypt_context(label, context), b"", plaintext)
+
+    def encrypt_with_label_many(
+        self, public_keys: Sequence[bytes], label: bytes | str, context: bytes, plaintexts: Sequence[bytes]
+    ) -> list[tuple[bytes, bytes]]:
+        """``EncryptWithLabel`` of ``plaintexts[i]`` to ``public_keys[i]``, all with one label and context:
+        the EncryptContext and its HPKE ``info_hash`` (RFC 9180 §5.1) are computed once, not once per
+        recipient — a Welcome's context is the whole encrypted GroupInfo (§12.4.3.1). Each result is
+        what :meth:`encrypt_with_label` gives (with a fresh ephemeral key each)."""
+        info = self.hpke.prepare_info(self.encrypt_context(label, context))
+        return [
+            self.hpke.seal_base(pk, info, b"", pt) for pk, pt in zip(public_keys, plaintexts, strict=True)
+        ]
 
     def decrypt_with_label(
         self,

@@ -248,12 +248,28 @@ class HpkeSuite:
     def kdf_hash(self) -> str:
         return KDF_IDS[self.kdf_id]
 
-    def key_schedule(self, shared_secret: bytes, info: bytes) -> Context:
-        """``KeySchedule`` for mode_base (RFC 9180 §5.1) with empty psk and psk_id."""
+    def prepare_info(self, info: bytes) -> PreparedInfo:
+        """The part of mode_base's ``KeySchedule`` (RFC 9180 §5.1) that depends on ``info`` alone:
+        ``key_schedule_context = concat(mode, psk_id_hash, info_hash)`` with ``info_hash =
+        LabeledExtract("", "info_hash", info)`` and the empty psk_id. Computed once, it serves every
+        recipient sealed to with this ``info`` (a Welcome's EncryptContext, RFC 9420 §12.4.3.1)."""
         h, sid = self.kdf_hash, self.suite_id
         psk_id_hash = labeled_extract(h, sid, b"", b"psk_id_hash", b"")
         info_hash = labeled_extract(h, sid, b"", b"info_hash", info)
-        ksc = bytes((MODE_BASE,)) + psk_id_hash + info_hash
+        return PreparedInfo(self, bytes((MODE_BASE,)) + psk_id_hash + info_hash)
+
+    def _prepared(self, info: bytes | PreparedInfo) -> PreparedInfo:
+        if not isinstance(info, PreparedInfo):
+            return self.prepare_info(info)
+        if info.suite != self:
+            raise ValueError("the info was prepared for another HPKE suite")
+        return info
+
+    def key_schedule(self, shared_secret: bytes, info: bytes | PreparedInfo) -> Context:
+        """``KeySchedule`` for mode_base (RFC 9180 §5.1) with empty psk and psk_id; ``info`` may be one
+        :meth:`prepare_info` made, so that its hash is not computed again."""
+        h, sid = self.kdf_hash, self.suite_id
+        ksc = self._prepared(info).key_schedule_context
         secret = labeled_extract(h, sid, shared_secret, b"secret", b"")
         nk, nn = _backend.AEAD_SIZES[self.aead_id]
         key = labeled_expand(h, sid, secret, b"key", ksc, nk)
@@ -262,22 +278,36 @@ class HpkeSuite:
         return Context(self, key, base_nonce, exporter_secret)
 
     def setup_base_s(
-        self, pk_r: bytes, info: bytes, ephemeral: HpkePrivateKey | None = None
+        self, pk_r: bytes, info: bytes | PreparedInfo, ephemeral: HpkePrivateKey | None = None
     ) -> tuple[bytes, Context]:
+        """``SetupBaseS`` (RFC 9180 §5.1.1) → (enc, context); ``ephemeral`` fixes skE (test vectors)."""
         shared_secret, enc = self.kem.encap(pk_r, ephemeral)
         return enc, self.key_schedule(shared_secret, info)
 
-    def setup_base_r(self, enc: bytes, sk_r: HpkePrivateKey, info: bytes) -> Context:
+    def setup_base_r(self, enc: bytes, sk_r: HpkePrivateKey, info: bytes | PreparedInfo) -> Context:
+        """``SetupBaseR`` (RFC 9180 §5.1.1)."""
         return self.key_schedule(self.kem.decap(enc, sk_r), info)
 
-    def seal_base(self, pk_r: bytes, info: bytes, aad: bytes, pt: bytes) -> tuple[bytes, bytes]:
-        """Single-shot ``SealBase`` (RFC 9180 §6.1) → (enc, ct)."""
+    def seal_base(
+        self, pk_r: bytes, info: bytes | PreparedInfo, aad: bytes, pt: bytes
+    ) -> tuple[bytes, bytes]:
+        """Single-shot ``SealBase`` (RFC 9180 §6.1) → (enc, ct); pass a :class:`PreparedInfo` to seal to
+        many recipients with one ``info`` and hash it once."""
         enc, ctx = self.setup_base_s(pk_r, info)
         return enc, ctx.seal(aad, pt)
 
     def open_base(self, enc: bytes, sk_r: HpkePrivateKey, info: bytes, aad: bytes, ct: bytes) -> bytes:
         """Single-shot ``OpenBase``; raises CryptoError when decryption fails."""
         return self.setup_base_r(enc, sk_r, info).open(aad, ct)
+
+
+@dataclass(frozen=True)
+class PreparedInfo:
+    """An HPKE ``info`` reduced by :meth:`HpkeSuite.prepare_info` to mode_base's ``KeyScheduleContext``
+    (RFC 9180 §5.1): mode, ``psk_id_hash`` and ``info_hash``. Public values only; valid for its suite."""
+
+    suite: HpkeSuite
+    key_schedule_context: bytes
 
 
 @dataclass(eq=False)

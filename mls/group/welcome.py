@@ -48,10 +48,24 @@ def encrypt_group_secrets(
     cs: CipherSuite, key_package: KeyPackage, encrypted_group_info: bytes, secrets: GroupSecrets
 ) -> EncryptedGroupSecrets:
     """``EncryptWithLabel(init_key, "Welcome", encrypted_group_info, group_secrets)`` (§12.4.3.1)."""
-    kem_output, ct = cs.encrypt_with_label(
-        key_package.init_key, "Welcome", encrypted_group_info, secrets.to_bytes()
+    return encrypt_all_group_secrets(cs, [(key_package, secrets)], encrypted_group_info)[0]
+
+
+def encrypt_all_group_secrets(
+    cs: CipherSuite, members: Sequence[tuple[KeyPackage, GroupSecrets]], encrypted_group_info: bytes
+) -> tuple[EncryptedGroupSecrets, ...]:
+    """Each new member's GroupSecrets encrypted to its init key (§12.4.3.1), in ``members``' order. They
+    share one EncryptContext, so its HPKE info hash over ``encrypted_group_info`` is computed once."""
+    sealed = cs.encrypt_with_label_many(
+        [kp.init_key for kp, _ in members],
+        "Welcome",
+        encrypted_group_info,
+        [gs.to_bytes() for _, gs in members],
     )
-    return EncryptedGroupSecrets(key_package_ref(cs, key_package), HPKECiphertext(kem_output, ct))
+    return tuple(
+        EncryptedGroupSecrets(key_package_ref(cs, kp), HPKECiphertext(kem_output, ct))
+        for (kp, _), (kem_output, ct) in zip(members, sealed, strict=True)
+    )
 
 
 def build_welcome(
@@ -60,8 +74,10 @@ def build_welcome(
     group_info: GroupInfo,
     members: Sequence[tuple[KeyPackage, GroupSecrets]],
 ) -> Welcome:
+    """The Welcome for ``members`` (§12.4.3.1): the GroupInfo encrypted under the welcome key, and each
+    member's GroupSecrets encrypted to its init key."""
     encrypted_group_info = encrypt_group_info(cs, welcome_secret, group_info)
-    secrets = tuple(encrypt_group_secrets(cs, kp, encrypted_group_info, gs) for kp, gs in members)
+    secrets = encrypt_all_group_secrets(cs, members, encrypted_group_info)
     return Welcome(cs.suite_id, secrets, encrypted_group_info)
 
 
