@@ -1,8 +1,8 @@
 """The aiohttp application: middlewares (request id, auth, problem documents, metrics), routes, lifecycle.
 
 :func:`create_app` builds an app around a :class:`~gateway.context.Runtime`; :func:`open_runtime` opens
-the store, the token and the wrap key from a configuration. Shut-down closes the worker pool, the token
-sessions and the database in that order.
+the store, the token and the wrap key from a configuration. Shut-down closes the worker pool, drops the
+envelope's in-memory data keys, closes the token sessions and the database, in that order.
 """
 
 from __future__ import annotations
@@ -139,7 +139,8 @@ def open_runtime(config: GatewayConfig, module_path: str) -> Runtime:
     store = SqliteStore(config.database_path)
     token = Token.open(config.token_config(module_path))
     create_wrap_key(token)
-    envelope = Envelope(token)
+    hsm = config.hsm
+    envelope = Envelope(token, max_seals=hsm.data_key_max_seals, max_age_s=hsm.data_key_max_age_s)
     keys = Pkcs11KeyStore(token, persistence=SealedKeyPersistence(store, envelope))
     metrics = Metrics()
     service = GatewayService(store, keys, envelope, on_key_use=metrics.key_use)
@@ -149,5 +150,6 @@ def open_runtime(config: GatewayConfig, module_path: str) -> Runtime:
 
 def close_runtime(rt: Runtime) -> None:
     rt.executor.shutdown(wait=True, cancel_futures=True)
+    rt.envelope.close()  # drop the data keys held in memory
     rt.token.close()
     rt.store.close()

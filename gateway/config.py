@@ -21,6 +21,8 @@ TOML layout (every key optional)::
     pin_env = "MLSGW_HSM_PIN"       # or pin_file = "..."  (MLSGW_HSM_PIN_FILE); never the PIN itself
     pool_size = 4                   # MLSGW_HSM_POOL_SIZE
     softhsm_dir = "..."             # embedded SoftHSM token folder (default <data_dir>/softhsm)
+    data_key_max_seals = 1048576    # seals per at-rest data key before it rotates (at most 2^32)
+    data_key_max_age_s = 3600       # seconds before the at-rest data key rotates (hsm.envelope)
 """
 
 from __future__ import annotations
@@ -54,6 +56,8 @@ class HsmSettings:
     pin_file: str | None = None
     pool_size: int = 4
     softhsm_dir: str | None = None
+    data_key_max_seals: int = 1 << 20
+    data_key_max_age_s: float = 3600.0
 
 
 @dataclass(frozen=True)
@@ -164,6 +168,8 @@ def load_config(
             cfg = _override(cfg, key, value)
     if cfg.max_body_bytes < 1024 or cfg.worker_threads < 1:
         raise ConfigError("max_body_bytes must be >= 1024 and worker_threads >= 1")
+    if not 1 <= cfg.hsm.data_key_max_seals <= 1 << 32 or not cfg.hsm.data_key_max_age_s > 0:
+        raise ConfigError("hsm.data_key_max_seals must be in 1..2^32 and hsm.data_key_max_age_s > 0")
     return cfg
 
 

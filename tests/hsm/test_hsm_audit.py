@@ -68,13 +68,19 @@ def test_software_keys_and_envelope_are_audited(token: Token) -> None:
     key.dh(cipher_suite(1).kem.generate().public_key)
     create_wrap_key(token)
     envelope = Envelope(token, audit_hook=events.append)
-    envelope.open(envelope.seal(b"state"))
+    with caller(tenant="t3"):
+        blob = envelope.seal(b"state")  # the data key is wrapped in the token once ...
+        envelope.open(envelope.seal(b"more state"))  # ... and reused: no token work
+        envelope.forget()
+        envelope.open(blob)  # unwrapped in the token once, then cached
+        envelope.open(blob)
     assert [(e.operation, e.custody) for e in events] == [
         ("generate", "software"),
         ("dh", "software"),
         ("wrap", "pkcs11"),
         ("unwrap", "pkcs11"),
     ]
+    assert [dict(e.context) for e in events[2:]] == [{"tenant": "t3"}] * 2
 
 
 def test_a_failing_hook_fails_the_operation(token: Token) -> None:
