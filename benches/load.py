@@ -1,7 +1,8 @@
 """Load benchmark: application messages through the real gateway server, against the raw HSM sign rate.
 
     python -m benches.load [--quick] [--groups N] [--clients C] [--duration S] [--max-messages M]
-                           [--raw-seconds S] [--out DIR]
+                           [--raw-seconds S] [--clients-sweep 8,32] [--sweep-duration S]
+                           [--library-duration S] [--out DIR]
 
 Runs the real server, on loopback only, and stops by itself:
 
@@ -25,9 +26,19 @@ Runs the real server, on loopback only, and stops by itself:
 5. The gateway's own count of signatures (``mlsgw_hsm_operations_total{operation="sign"}`` from
    ``/metrics``, before and after the load) over the load's duration, divided by the raw sign rate, is
    ``fraction_of_hsm``: each protected application message costs the gateway one signature.
+6. **Client sweep** (``--clients-sweep 8,32``, on by default; ``none`` skips it) — the load again at each
+   client count for ``--sweep-duration`` seconds, one group per client (groups added as needed), on the
+   same server: ``clients_sweep`` lists messages/s, p50 and p99 per count.
+7. **The library in-process** — after the server stopped, this process opens the same token with the
+   gateway's token config (``hsm.Token`` + ``hsm.Pkcs11KeyStore``), installs the crypto backend as the
+   gateway does, and builds min(clients, groups) suite-1 groups of two members whose signature and HPKE
+   keys live in that token. One thread per group repeats A ``Group.protect`` (16-256 random bytes), B
+   ``Group.process``, plaintext checked, for ``--library-duration`` (default: the load's duration):
+   ``library_messages_per_s``; ``fraction_of_library`` = ``messages_per_s`` / ``library_messages_per_s``.
 
 Writes ``load.json`` (top level: ``messages_per_s``, ``p50_ms``, ``p99_ms``, ``raw_sign_ops_per_s``,
-``fraction_of_hsm``; details below them) and ``load.png`` to ``benches/results`` (or ``--out``), prints a
+``fraction_of_hsm``, ``library_messages_per_s``, ``fraction_of_library``, ``clients_sweep``; details below
+them) and ``load.png`` to ``benches/results`` (or ``--out``), prints a
 summary table, and shows a progress bar while the load runs. ``--quick`` finishes in well under a minute.
 """
 
@@ -48,6 +59,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,21 +83,38 @@ class Settings:
     raw_seconds: float
     raw_rounds: int
     out: Path
+    clients_sweep: tuple[int, ...] = ()
+    sweep_duration_s: float = 4.0
+    library_duration_s: float = 12.0
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
     quick = args.quick
     groups = args.groups or (8 if quick else 24)
+    duration = args.duration or (12.0 if quick else 40.0)
     return Settings(
         quick=quick,
         groups=groups,
         clients=args.clients or groups,
-        duration_s=args.duration or (12.0 if quick else 40.0),
+        duration_s=duration,
         max_messages=args.max_messages or (20_000 if quick else 500_000),
         raw_seconds=args.raw_seconds or (0.5 if quick else 1.0),
         raw_rounds=3 if quick else 5,
         out=args.out,
+        clients_sweep=parse_sweep(args.clients_sweep),
+        sweep_duration_s=args.sweep_duration or (4.0 if quick else 15.0),
+        library_duration_s=args.library_duration or duration,
     )
+
+
+def parse_sweep(text: str) -> tuple[int, ...]:
+    """``"8,32"`` → (8, 32); ``""`` or ``"none"`` → no sweep."""
+    if text.strip().lower() in ("", "none", "off"):
+        return ()
+    counts = tuple(int(part) for part in text.split(","))
+    if any(n < 1 for n in counts):
+        raise ValueError("client counts must be at least 1")
+    return counts
 
 
 # ---- the server --------------------------------------------------------------------------------------------
@@ -382,7 +411,7 @@ async def client_loop(
         stats.done_at.append(t2 - stats.started)
 
 
-async def progress(stats: LoadStats, duration: float, stop: asyncio.Event) -> None:
+async def progress(stats: LoadStats, duration: float, stop: asyncio.Event, label: str = "load") -> None:
     """A progress bar on stderr (a line every 2 s when stderr is not a terminal)."""
     tty = sys.stderr.isatty()
     last_line = 0.0
@@ -394,7 +423,7 @@ async def progress(stats: LoadStats, duration: float, stop: asyncio.Event) -> No
             bar = "#" * int(frac * 30) + "-" * (30 - int(frac * 30))
             recent = stats.pair_ms[-500:]
             line = (
-                f"load [{bar}] {elapsed:5.1f}/{duration:.0f} s  {len(stats.pair_ms):7d} msgs  "
+                f"{label} [{bar}] {elapsed:5.1f}/{duration:.0f} s  {len(stats.pair_ms):7d} msgs  "
                 f"{len(stats.pair_ms) / max(elapsed, 1e-9):7.1f} msg/s  "
                 f"p50 {percentile(recent, 50):6.1f} ms  errors {stats.error_count}"
             )
@@ -405,23 +434,91 @@ async def progress(stats: LoadStats, duration: float, stop: asyncio.Event) -> No
         print(file=sys.stderr, flush=True)
 
 
+async def run_clients(
+    session: Any, token: str, pairs: list[Pair], clients: int, duration: float, budget: int, label: str
+) -> tuple[LoadStats, float]:
+    """``clients`` concurrent client loops (client i on ``pairs[i mod len]``); the stats and the seconds."""
+    stats = LoadStats(budget=budget)
+    loop = asyncio.get_running_loop()
+    stats.started = time.perf_counter()
+    deadline = loop.time() + duration
+    stop = asyncio.Event()
+    bar = asyncio.create_task(progress(stats, duration, stop, label))
+    rng = random.Random(9420)
+    try:
+        await asyncio.gather(
+            *(
+                client_loop(
+                    session, token, pairs[i % len(pairs)], stats, deadline, random.Random(rng.random())
+                )
+                for i in range(clients)
+            )
+        )
+    finally:
+        elapsed = time.perf_counter() - stats.started
+        stop.set()
+        await bar
+    return stats, elapsed
+
+
+async def make_pairs(session: Any, base: str, token: str, first: int, count: int) -> list[Pair]:
+    gate = asyncio.Semaphore(4)
+
+    async def setup(i: int) -> Pair:
+        async with gate:
+            return await make_pair(session, base, token, i)
+
+    return list(await asyncio.gather(*(setup(i) for i in range(first, first + count))))
+
+
+async def run_sweep(
+    cfg: Settings, session: Any, base: str, token: str, pairs: list[Pair]
+) -> list[dict[str, Any]]:
+    """The load again at each client count of ``--clients-sweep``, one group per client (groups added as
+    needed, so that no two clients share a group and B gets its messages in order)."""
+    out = []
+    for clients in cfg.clients_sweep:
+        if clients > len(pairs):
+            pairs = pairs + await make_pairs(session, base, token, len(pairs), clients - len(pairs))
+        stats, elapsed = await run_clients(
+            session,
+            token,
+            pairs[:clients],
+            clients,
+            cfg.sweep_duration_s,
+            cfg.max_messages,
+            f"{clients:>3} clients",
+        )
+        out.append(sweep_entry(clients, stats, elapsed))
+    return out
+
+
+def sweep_entry(clients: int, stats: LoadStats, elapsed: float) -> dict[str, Any]:
+    pair = latency_summary(stats.pair_ms)
+    return {
+        "clients": clients,
+        "groups": clients,
+        "messages": len(stats.pair_ms),
+        "elapsed_s": round(elapsed, 3),
+        "messages_per_s": round(len(stats.pair_ms) / elapsed, 2) if elapsed > 0 else 0.0,
+        "p50_ms": pair["p50"],
+        "p99_ms": pair["p99"],
+        "errors": dict(stats.errors),
+    }
+
+
 async def run_server_phase(cfg: Settings, server: Server, admin: str) -> dict[str, Any]:
     import aiohttp
 
     timeout = aiohttp.ClientTimeout(total=60)
-    connector = aiohttp.TCPConnector(limit=max(cfg.clients * 2, 16))
+    most = max([cfg.clients, *cfg.clients_sweep])
+    connector = aiohttp.TCPConnector(limit=max(most * 2, 16))
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
         ready_s = await server.wait_ready(session)
         base = server.base
         t0 = time.perf_counter()
         token = (await call(session, "POST", f"{base}/v1/tenants", admin, {"name": "load"}))["token"]
-        gate = asyncio.Semaphore(4)
-
-        async def setup(i: int) -> Pair:
-            async with gate:
-                return await make_pair(session, base, token, i)
-
-        pairs = await asyncio.gather(*(setup(i) for i in range(cfg.groups)))
+        pairs = await make_pairs(session, base, token, 0, cfg.groups)
         setup_s = time.perf_counter() - t0
         print(
             f"setup: {cfg.groups} groups of 2 hosted members in {setup_s:.1f} s "
@@ -432,28 +529,12 @@ async def run_server_phase(cfg: Settings, server: Server, admin: str) -> dict[st
 
         ops_before = await hsm_operations(session, base)
         signs_before = await sign_count(session, base)
-        stats = LoadStats(budget=cfg.max_messages)
-        loop = asyncio.get_running_loop()
-        stats.started = time.perf_counter()
-        deadline = loop.time() + cfg.duration_s
-        stop = asyncio.Event()
-        bar = asyncio.create_task(progress(stats, cfg.duration_s, stop))
-        rng = random.Random(9420)
-        try:
-            await asyncio.gather(
-                *(
-                    client_loop(
-                        session, token, pairs[i % len(pairs)], stats, deadline, random.Random(rng.random())
-                    )
-                    for i in range(cfg.clients)
-                )
-            )
-        finally:
-            elapsed = time.perf_counter() - stats.started
-            stop.set()
-            await bar
+        stats, elapsed = await run_clients(
+            session, token, pairs, cfg.clients, cfg.duration_s, cfg.max_messages, "load"
+        )
         signs_after = await sign_count(session, base)
         ops_after = await hsm_operations(session, base)
+        sweep = await run_sweep(cfg, session, base, token, pairs)
     ops = {
         k: ops_after.get(k, 0.0) - ops_before.get(k, 0.0) for k in sorted(set(ops_after) | set(ops_before))
     }
@@ -464,6 +545,128 @@ async def run_server_phase(cfg: Settings, server: Server, admin: str) -> dict[st
         "setup_s": setup_s,
         "ready_s": ready_s,
         "hsm_operations": {k: int(v) for k, v in ops.items() if v},
+        "sweep": sweep,
+    }
+
+
+# ---- the library in-process --------------------------------------------------------------------------------
+
+
+@dataclass
+class LibraryGroup:
+    """Two in-process members of one group: ``sender`` protects, ``receiver`` processes."""
+
+    sender: Any
+    receiver: Any
+
+
+def library_backend() -> str:
+    """Install the crypto backend as the gateway does (native when built); its class name."""
+    import native
+    from mls import PythonBackend, use_crypto_backend
+
+    backend = native.choose_backend(None, PythonBackend())
+    use_crypto_backend(backend)
+    return type(backend).__name__
+
+
+def library_group(store: Any, i: int) -> LibraryGroup:
+    """Suite 1, members A and B with their signature and HPKE keys in ``store``; A adds B, B joins."""
+    from mls import ApplicationMessage, Client, CommitOptions, Credential
+
+    alice = Client(store, 1, Credential.basic(b"lib-a%d" % i))
+    bob = Client(store, 1, Credential.basic(b"lib-b%d" % i))
+    ga = alice.create_group(b"bench-load-lib-%d" % i)
+    staged = ga.commit(CommitOptions(add=[bob.key_package().key_package]))
+    ga.merge_pending_commit()
+    assert staged.welcome is not None
+    gb = bob.join(staged.welcome)
+    out = gb.process(ga.protect(MESSAGE))
+    assert isinstance(out, ApplicationMessage) and out.data == MESSAGE
+    return LibraryGroup(ga, gb)
+
+
+def library_worker(
+    group: LibraryGroup, stats: LoadStats, lock: threading.Lock, deadline: float, seed: float
+) -> None:
+    from mls import ApplicationMessage
+
+    rng = random.Random(seed)
+    while time.perf_counter() < deadline:
+        with lock:
+            if not stats.claim():
+                return
+        data = rng.randbytes(rng.randint(16, 256))
+        t0 = time.perf_counter()
+        message = group.sender.protect(data)
+        t1 = time.perf_counter()
+        got = group.receiver.process(message)
+        t2 = time.perf_counter()
+        if not isinstance(got, ApplicationMessage) or got.data != data:
+            raise RuntimeError(f"library: wrong plaintext back: {got!r}")
+        with lock:
+            stats.send_ms.append((t1 - t0) * 1000)
+            stats.process_ms.append((t2 - t1) * 1000)
+            stats.pair_ms.append((t2 - t0) * 1000)
+            stats.done_at.append(t2 - stats.started)
+
+
+def run_library_threads(groups: list[LibraryGroup], duration: float, budget: int) -> tuple[LoadStats, float]:
+    stats = LoadStats(budget=budget)
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def work(i: int) -> None:
+        try:
+            library_worker(groups[i], stats, lock, deadline, 9420.0 + i)
+        except BaseException as e:  # reported below, in the main thread
+            errors.append(e)
+
+    stats.started = time.perf_counter()
+    deadline = stats.started + duration
+    threads = [threading.Thread(target=work, args=(i,), name=f"lib{i}") for i in range(len(groups))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - stats.started
+    if errors:
+        raise RuntimeError(f"library run failed: {errors[0]!r}") from errors[0]
+    return stats, elapsed
+
+
+def run_library_phase(cfg: Settings, data_dir: Path) -> dict[str, Any]:
+    """The same send + process work done in this process by the library, keys in the gateway's token."""
+    from gateway.config import GatewayConfig
+    from hsm import Pkcs11KeyStore, Token
+    from hsm.bootstrap import find_softhsm_module
+
+    backend = library_backend()
+    os.environ["SOFTHSM2_CONF"] = str(data_dir / "softhsm" / "softhsm2.conf")
+    token_cfg = GatewayConfig(data_dir=data_dir).token_config(find_softhsm_module())
+    token = Token.open(token_cfg)
+    try:
+        store = Pkcs11KeyStore(token)
+        threads = min(cfg.clients, cfg.groups)
+        t0 = time.perf_counter()
+        groups = [library_group(store, i) for i in range(threads)]
+        setup_s = time.perf_counter() - t0
+        print(
+            f"library: {threads} in-process groups of 2 ({backend}, keys in SoftHSM2) in {setup_s:.1f} s; "
+            f"{threads} threads for {cfg.library_duration_s:g} s",
+            file=sys.stderr,
+            flush=True,
+        )
+        stats, elapsed = run_library_threads(groups, cfg.library_duration_s, cfg.max_messages)
+    finally:
+        token.close()
+    return {
+        "stats": stats,
+        "elapsed_s": elapsed,
+        "threads": threads,
+        "backend": backend,
+        "pool_size": token_cfg.pool_size,
+        "setup_s": setup_s,
     }
 
 
@@ -483,7 +686,11 @@ def latency_summary(values: list[float]) -> dict[str, float | None]:
 
 
 def build_report(
-    cfg: Settings, phase: dict[str, Any], raw_before: list[float], raw_after: list[float]
+    cfg: Settings,
+    phase: dict[str, Any],
+    raw_before: list[float],
+    raw_after: list[float],
+    library: dict[str, Any],
 ) -> dict[str, Any]:
     stats: LoadStats = phase["stats"]
     elapsed = phase["elapsed_s"]
@@ -498,12 +705,18 @@ def build_report(
         if int(t) < seconds:
             timeline[int(t)] += 1
     pair = latency_summary(stats.pair_ms)
+    messages_per_s = round(messages / elapsed, 2) if elapsed > 0 else 0.0
+    lib = library_section(cfg, library)
+    lib_rate = lib["messages_per_s"]
     return {
-        "messages_per_s": round(messages / elapsed, 2) if elapsed > 0 else 0.0,
+        "messages_per_s": messages_per_s,
         "p50_ms": pair["p50"],
         "p99_ms": pair["p99"],
         "raw_sign_ops_per_s": round(raw, 1),
         "fraction_of_hsm": round(signatures_per_s / raw, 4) if raw > 0 else None,
+        "library_messages_per_s": lib_rate,
+        "fraction_of_library": round(messages_per_s / lib_rate, 4) if lib_rate > 0 else None,
+        "clients_sweep": phase["sweep"],
         "benchmark": "load",
         "quick": cfg.quick,
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -542,6 +755,11 @@ def build_report(
             "rounds_after_ops_per_s": [round(r, 1) for r in raw_after],
             "median_ops_per_s": round(raw, 1),
         },
+        "library": lib,
+        "clients_sweep_what": (
+            f"the gateway load again with N clients, one group of 2 hosted members per client, "
+            f"{cfg.sweep_duration_s:g} s each, after the main load (same server, same run)"
+        ),
         "timeline_messages_per_s": timeline,
         "setup_s": round(phase["setup_s"], 2),
         "server_ready_s": round(phase["ready_s"], 2),
@@ -549,6 +767,37 @@ def build_report(
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
             "load_average": [round(x, 2) for x in os.getloadavg()],
+        },
+    }
+
+
+def library_section(cfg: Settings, library: dict[str, Any]) -> dict[str, Any]:
+    stats: LoadStats = library["stats"]
+    elapsed = library["elapsed_s"]
+    messages = len(stats.pair_ms)
+    return {
+        "messages_per_s": round(messages / elapsed, 2) if elapsed > 0 else 0.0,
+        "what": (
+            "the gateway's send + process done in this process by the library, with no HTTP, database or "
+            "key sealing: per message Group.protect on member A (16-256 random bytes) then Group.process of "
+            "those bytes on member B, plaintext checked; latency: both calls"
+        ),
+        "how": (
+            f"{library['threads']} threads, thread i on its own 2-member group i (suite 1), for "
+            f"{cfg.library_duration_s:g} s (or the message budget), after the server stopped: A's and B's "
+            f"signature and HPKE keys in the gateway's own SoftHSM2 token through hsm.Pkcs11KeyStore over "
+            f"hsm.Token (the gateway's token config, pool of {library['pool_size']} sessions)"
+        ),
+        "crypto_backend": library["backend"],
+        "threads": library["threads"],
+        "groups": library["threads"],
+        "messages": messages,
+        "elapsed_s": round(elapsed, 3),
+        "setup_s": round(library["setup_s"], 2),
+        "latency_ms": {
+            "protect_and_process": latency_summary(stats.pair_ms),
+            "protect": latency_summary(stats.send_ms),
+            "process": latency_summary(stats.process_ms),
         },
     }
 
@@ -576,6 +825,20 @@ def print_summary(report: dict[str, Any]) -> None:
         ),
         ("raw Ed25519 sign (python-pkcs11)", f"{report['raw_sign_ops_per_s']:.1f} /s"),
         ("fraction of HSM sign rate", f"{report['fraction_of_hsm']}"),
+        (
+            "library in-process (same keys)",
+            f"{report['library_messages_per_s']:.1f} /s  (p50 "
+            f"{_ms(report['library']['latency_ms']['protect_and_process']['p50'])})",
+        ),
+        ("fraction of library", f"{report['fraction_of_library']}"),
+        *(
+            (
+                f"{s['clients']} clients: msgs/s, p50 / p99",
+                f"{s['messages_per_s']:.1f} /s, {_ms(s['p50_ms'])} / {_ms(s['p99_ms'])}"
+                + (f"  errors {s['errors']}" if s["errors"] else ""),
+            )
+            for s in report["clients_sweep"]
+        ),
     ]
     width = max(len(k) for k, _ in rows)
     print(f"\nload benchmark{' (quick)' if report['quick'] else ''}")
@@ -596,7 +859,9 @@ def chart(report: dict[str, Any], stats: LoadStats, path: Path) -> None:
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    fig, (ax_t, ax_l, ax_h) = plt.subplots(1, 3, figsize=(15, 4.8), gridspec_kw={"width_ratios": [3, 3, 2]})
+    fig, ((ax_t, ax_l, ax_h), (ax_g, ax_sl, ax_st)) = plt.subplots(
+        2, 3, figsize=(15, 9.2), gridspec_kw={"width_ratios": [3, 3, 2]}
+    )
     timeline = report["timeline_messages_per_s"]
     ax_t.plot(
         range(len(timeline) + 1),
@@ -665,6 +930,9 @@ def chart(report: dict[str, Any], stats: LoadStats, path: Path) -> None:
     ax_h.set_ylabel("signatures / s (log)")
     ax_h.set_title("HSM sign capacity used")
 
+    library_bars(ax_g, report)
+    sweep_charts(ax_sl, ax_st, report)
+
     c = report["config"]
     fig.suptitle(
         f"mls-gateway load: {c['groups']} groups × 2 hosted members, {c['clients']} clients, "
@@ -675,6 +943,68 @@ def chart(report: dict[str, Any], stats: LoadStats, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def library_bars(ax: Any, report: dict[str, Any]) -> None:
+    """Gateway messages/s next to the library's in-process rate, with the fraction."""
+    gw, lib = report["messages_per_s"], report["library_messages_per_s"]
+    lib_cfg = report["library"]
+    bars = ax.bar(
+        [
+            f"gateway over HTTP\n{report['config']['clients']} clients",
+            f"library in-process\n{lib_cfg['threads']} threads, same token",
+        ],
+        [gw, lib],
+        color=["#1f77b4", "#9e9e9e"],
+    )
+    fraction = report["fraction_of_library"]
+    labels = [
+        f"{gw:.0f}/s" + (f" = {fraction:.1%} of library" if fraction is not None else ""),
+        f"{lib:.0f}/s",
+    ]
+    for bar, label in zip(bars, labels, strict=True):
+        ax.annotate(
+            label, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom", fontsize=9
+        )
+    ax.set_ylim(0, max(gw, lib, 1.0) * 1.2)
+    ax.set_ylabel("messages sent + processed / s")
+    ax.set_title("Gateway against the library (suite 1, SoftHSM2 keys)")
+
+
+def sweep_charts(ax_lat: Any, ax_rate: Any, report: dict[str, Any]) -> None:
+    """p50 / p99 and messages/s at each client count of the sweep."""
+    sweep = report["clients_sweep"]
+    if not sweep:
+        for ax in (ax_lat, ax_rate):
+            ax.text(0.5, 0.5, "no client sweep (--clients-sweep none)", ha="center", va="center")
+            ax.set_axis_off()
+        return
+    names = [str(s["clients"]) for s in sweep]
+    xs = list(range(len(sweep)))
+    width = 0.38
+    for offset, key, colour in ((-width / 2, "p50_ms", "#2ca02c"), (width / 2, "p99_ms", "#d62728")):
+        values = [s[key] or 0.0 for s in sweep]
+        bars = ax_lat.bar([x + offset for x in xs], values, width, label=key[:3], color=colour)
+        for bar, v in zip(bars, values, strict=True):
+            ax_lat.annotate(
+                f"{v:.0f}", (bar.get_x() + bar.get_width() / 2, v), ha="center", va="bottom", fontsize=8
+            )
+    ax_lat.set_xticks(xs, names)
+    ax_lat.set_xlabel("concurrent clients (one group each)")
+    ax_lat.set_ylabel("send + process latency (ms)")
+    ax_lat.set_title("Latency by client count")
+    ax_lat.legend(fontsize=8)
+    rates = [s["messages_per_s"] for s in sweep]
+    bars = ax_rate.bar(xs, rates, 0.6, color="#1f77b4")
+    for bar, v in zip(bars, rates, strict=True):
+        ax_rate.annotate(
+            f"{v:.0f}/s", (bar.get_x() + bar.get_width() / 2, v), ha="center", va="bottom", fontsize=8
+        )
+    ax_rate.set_xticks(xs, names)
+    ax_rate.set_ylim(0, max([*rates, 1.0]) * 1.2)
+    ax_rate.set_xlabel("concurrent clients")
+    ax_rate.set_ylabel("messages / s")
+    ax_rate.set_title("Throughput by client count")
 
 
 # ---- main --------------------------------------------------------------------------------------------------
@@ -709,7 +1039,8 @@ def run(cfg: Settings) -> dict[str, Any]:
             file=sys.stderr,
             flush=True,
         )
-        report = build_report(cfg, phase, raw_before, raw_after)
+        library = run_library_phase(cfg, data_dir)
+        report = build_report(cfg, phase, raw_before, raw_after, library)
         cfg.out.mkdir(parents=True, exist_ok=True)
         (cfg.out / "load.json").write_text(json.dumps(report, indent=2) + "\n")
         chart(report, phase["stats"], cfg.out / "load.png")
@@ -730,12 +1061,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--duration", type=float, help="seconds of load (default 12 quick, 40 full)")
     parser.add_argument("--max-messages", type=int, help="stop after this many messages (default 20k / 500k)")
     parser.add_argument("--raw-seconds", type=float, help="seconds per raw-sign round (default 0.5 / 1.0)")
+    parser.add_argument(
+        "--clients-sweep",
+        default="8,32",
+        help="also run the load at these client counts, comma-separated ('none' to skip; default 8,32)",
+    )
+    parser.add_argument("--sweep-duration", type=float, help="seconds per sweep point (default 4 / 15)")
+    parser.add_argument(
+        "--library-duration", type=float, help="seconds of the in-process library run (default: --duration)"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="directory for load.json and load.png")
     args = parser.parse_args(argv)
     for name in ("groups", "clients", "max_messages"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
-    for name in ("duration", "raw_seconds"):
+    try:
+        parse_sweep(args.clients_sweep)
+    except ValueError as e:
+        parser.error(f"--clients-sweep: {e}")
+    for name in ("duration", "raw_seconds", "sweep_duration", "library_duration"):
         if getattr(args, name) is not None and not 0 < getattr(args, name) <= 3600:
             parser.error(f"--{name.replace('_', '-')} must be in (0, 3600] seconds")
     cfg = settings_from(args)

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,6 +22,8 @@ from benches import load
 ROOT = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TOP_LEVEL = ("messages_per_s", "p50_ms", "p99_ms", "raw_sign_ops_per_s", "fraction_of_hsm")
+NEW_TOP_LEVEL = ("library_messages_per_s", "fraction_of_library")
+SWEEP = (2, 3)
 
 
 @pytest.mark.timeout(120)  # a hard bound even on a loaded machine; the run itself takes ~10 s
@@ -35,6 +38,12 @@ def test_load_tiny_run(tmp_path: Path) -> None:
         "3",
         "--raw-seconds",
         "0.2",
+        "--clients-sweep",
+        ",".join(map(str, SWEEP)),
+        "--sweep-duration",
+        "1",
+        "--library-duration",
+        "1",
         "--out",
         str(tmp_path),
     ]
@@ -62,7 +71,7 @@ def test_load_tiny_run(tmp_path: Path) -> None:
 
     data = json.loads((tmp_path / "load.json").read_text())
     assert list(data)[: len(TOP_LEVEL)] == list(TOP_LEVEL)
-    for key in TOP_LEVEL:
+    for key in TOP_LEVEL + NEW_TOP_LEVEL:
         assert isinstance(data[key], int | float) and math.isfinite(data[key]) and data[key] > 0, (
             key,
             data[key],
@@ -88,6 +97,9 @@ def test_load_tiny_run(tmp_path: Path) -> None:
     assert data["config"]["groups"] == 2 and data["config"]["clients"] == 2
     assert data["config"]["identities"] == 4
 
+    check_library(data)
+    check_sweep(data)
+
     png = (tmp_path / "load.png").read_bytes()
     assert png.startswith(PNG_SIGNATURE) and png.endswith(b"IEND\xaeB`\x82")
     length, kind = struct.unpack(">I4s", png[8:16])
@@ -95,8 +107,39 @@ def test_load_tiny_run(tmp_path: Path) -> None:
     width, height = struct.unpack(">II", png[16:24])
     assert width >= 1000 and height >= 400
 
-    assert "messages sent + processed" in out and "fraction of HSM" in out
+    assert "messages sent + processed" in out and "fraction of HSM" in out and "fraction of library" in out
     assert "load [" in err  # the progress bar
+
+
+def check_library(data: dict[str, Any]) -> None:
+    """The in-process library figures: same work, counted, and the fraction is the ratio of the two rates."""
+    assert data["fraction_of_library"] == pytest.approx(
+        data["messages_per_s"] / data["library_messages_per_s"], rel=0.01
+    )
+    lib = data["library"]
+    assert lib["messages_per_s"] == data["library_messages_per_s"]
+    assert lib["messages"] > 0 and lib["threads"] == lib["groups"] == 2
+    assert lib["messages_per_s"] == pytest.approx(lib["messages"] / lib["elapsed_s"], rel=0.01)
+    assert lib["crypto_backend"] and "Pkcs11KeyStore" in lib["how"] and "protect" in lib["what"]
+    lat = lib["latency_ms"]
+    assert 0 < lat["protect_and_process"]["p50"] <= lat["protect_and_process"]["p99"]
+
+
+def check_sweep(data: dict[str, Any]) -> None:
+    sweep = data["clients_sweep"]
+    assert [point["clients"] for point in sweep] == list(SWEEP)
+    for point in sweep:
+        assert point["groups"] == point["clients"] and point["messages"] > 0 and point["errors"] == {}
+        for key in ("messages_per_s", "p50_ms", "p99_ms"):
+            assert isinstance(point[key], int | float) and math.isfinite(point[key]) and point[key] > 0
+        assert point["p50_ms"] <= point["p99_ms"]
+
+
+def test_parse_sweep() -> None:
+    assert load.parse_sweep("8,32") == (8, 32)
+    assert load.parse_sweep("none") == load.parse_sweep("") == ()
+    with pytest.raises(ValueError):
+        load.parse_sweep("8,0")
 
 
 def test_percentile() -> None:
@@ -111,3 +154,7 @@ def test_arguments_are_checked() -> None:
         load.main(["--groups", "0"])
     with pytest.raises(SystemExit):
         load.main(["--duration", "-1"])
+    with pytest.raises(SystemExit):
+        load.main(["--clients-sweep", "8,x"])
+    with pytest.raises(SystemExit):
+        load.main(["--library-duration", "0"])
