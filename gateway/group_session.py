@@ -17,8 +17,9 @@ A :class:`GroupSession` is one identity's membership of one group for the length
    on the record version loaded in step 1 (:meth:`gateway.store.Transaction.put_group`), the audit records
    and the idempotency record (:class:`gateway.persistence.Persistence`). *The group log append goes
    here*: the group service's ``append_log(group_id, epoch, message)`` (one accepted commit per epoch)
-   joins the same transaction as one more write, so the state and the log cannot disagree. Keys the operation made dead
-   are destroyed only after the transaction committed; keys it created are destroyed if it failed.
+   joins the same transaction as one more write, so the state and the log cannot disagree. Keys the
+   operation made dead are destroyed only after the transaction committed; keys it created are destroyed
+   if it failed.
 """
 
 from __future__ import annotations
