@@ -31,6 +31,7 @@ from .metrics import Metrics
 from .sealed_keys import SealedKeyPersistence
 from .service import GatewayService
 from .sqlite_store import SqliteStore
+from .state_cache import StateCache
 from .store import StoreUnavailable
 
 log = logging.getLogger("mls_gateway")
@@ -144,6 +145,7 @@ def open_runtime(config: GatewayConfig, module_path: str) -> Runtime:
     keys = Pkcs11KeyStore(token, persistence=SealedKeyPersistence(store, envelope))
     metrics = Metrics()
     service = GatewayService(store, keys, envelope, on_key_use=metrics.key_use)
+    service.identities.sessions.cache = StateCache(config.state_cache_bytes, metrics.state_cache_lookup)
     executor = ThreadPoolExecutor(max_workers=config.worker_threads, thread_name_prefix="mlsgw")
     return Runtime(config, store, token, keys, envelope, service, metrics, executor)
 

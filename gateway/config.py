@@ -13,6 +13,7 @@ TOML layout (every key optional)::
     database = "/var/lib/mls-gateway/gateway.sqlite3"   # MLSGW_DATABASE
     max_body_bytes = 1048576        # MLSGW_MAX_BODY_BYTES
     worker_threads = 8              # MLSGW_WORKER_THREADS
+    state_cache_bytes = 268435456   # MLSGW_STATE_CACHE_BYTES: decoded group states kept (0 disables)
     log_level = "INFO"              # MLSGW_LOG_LEVEL
 
     [hsm]
@@ -68,6 +69,8 @@ class GatewayConfig:
     database: Path | None = None
     max_body_bytes: int = 1 << 20
     worker_threads: int = 8
+    #: Bound of the decoded group-state cache, in sealed-state bytes (gateway.state_cache); 0 disables it.
+    state_cache_bytes: int = 256 << 20
     log_level: str = "INFO"
     hsm: HsmSettings = field(default_factory=HsmSettings)
 
@@ -110,13 +113,14 @@ _ENV = {
     "MLSGW_DATABASE": ("gateway", "database"),
     "MLSGW_MAX_BODY_BYTES": ("gateway", "max_body_bytes"),
     "MLSGW_WORKER_THREADS": ("gateway", "worker_threads"),
+    "MLSGW_STATE_CACHE_BYTES": ("gateway", "state_cache_bytes"),
     "MLSGW_LOG_LEVEL": ("gateway", "log_level"),
     "MLSGW_HSM_MODULE": ("hsm", "module_path"),
     "MLSGW_HSM_TOKEN_LABEL": ("hsm", "token_label"),
     "MLSGW_HSM_PIN_FILE": ("hsm", "pin_file"),
     "MLSGW_HSM_POOL_SIZE": ("hsm", "pool_size"),
 }
-_INTS = {"max_body_bytes", "worker_threads", "pool_size"}
+_INTS = {"max_body_bytes", "worker_threads", "pool_size", "state_cache_bytes"}
 
 
 def _merged(toml_path: Path | None, env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
@@ -155,6 +159,7 @@ def load_config(
             database=Path(g["database"]) if "database" in g else None,
             max_body_bytes=int(g.get("max_body_bytes", 1 << 20)),
             worker_threads=int(g.get("worker_threads", 8)),
+            state_cache_bytes=int(g.get("state_cache_bytes", 256 << 20)),
             log_level=str(g.get("log_level", "INFO")),
             hsm=hsm,
         )
@@ -166,8 +171,8 @@ def load_config(
     for key, value in overrides.items():
         if value is not None:
             cfg = _override(cfg, key, value)
-    if cfg.max_body_bytes < 1024 or cfg.worker_threads < 1:
-        raise ConfigError("max_body_bytes must be >= 1024 and worker_threads >= 1")
+    if cfg.max_body_bytes < 1024 or cfg.worker_threads < 1 or cfg.state_cache_bytes < 0:
+        raise ConfigError("max_body_bytes must be >= 1024, worker_threads >= 1 and state_cache_bytes >= 0")
     if not 1 <= cfg.hsm.data_key_max_seals <= 1 << 32 or not cfg.hsm.data_key_max_age_s > 0:
         raise ConfigError("hsm.data_key_max_seals must be in 1..2^32 and hsm.data_key_max_age_s > 0")
     return cfg

@@ -69,7 +69,7 @@ class Runtime:
             m = self.metrics
             status = self.token.status()
             m.hsm_sessions.set(float(status.get("sessions_in_use", 0)))
-            with self.store.transaction() as tx:
+            with self.store.read_transaction() as tx:
                 counts = tx.counts()
             m.identities.set(counts["identities"])
             m.groups.set(counts["groups"])

@@ -47,8 +47,12 @@ class GroupOperations:
         self.identities = identities
         self.persistence = persistence
 
-    def _open(self, principal: Principal, identity_id: str, group_id: bytes) -> GroupSession:
-        return self.identities.open_group(principal, identity_id, group_id)
+    def _open(
+        self, principal: Principal, identity_id: str, group_id: bytes, *, read_only: bool = False
+    ) -> GroupSession:
+        """The caller's membership; ``read_only`` for an operation that does not change the state."""
+        identity = self.identities.get(principal, identity_id)
+        return self.identities.sessions.open(identity, group_id, read_only=read_only)
 
     def commit(self, principal: Principal, request: CommitRequest, scope: RequestScope) -> Response:
         """``POST .../commits`` (RFC 9420 §12.4): merged at once, or staged with ``pending``."""
@@ -190,7 +194,7 @@ class GroupOperations:
 
     def group_info(self, principal: Principal, address: GroupAddress, scope: RequestScope) -> Json:
         """``GET .../group-info``: a signed GroupInfo with ``external_pub`` (RFC 9420 §12.4.3)."""
-        session = self._open(principal, address.identity_id, address.group_id)
+        session = self._open(principal, address.identity_id, address.group_id, read_only=True)
         with session.audit_context():
             info = session.group.group_info(with_ratchet_tree=False)
         self.persistence.write_audit(scope.records)
@@ -198,5 +202,5 @@ class GroupOperations:
 
     def export(self, principal: Principal, request: ExportRequest) -> Json:
         """``POST .../export``: ``MLS-Exporter(label, context, length)`` (RFC 9420 §8.5)."""
-        group = self._open(principal, request.identity_id, request.group_id).group
+        group = self._open(principal, request.identity_id, request.group_id, read_only=True).group
         return {"secret": b64(group.export(request.label, request.context, request.length))}

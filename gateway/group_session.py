@@ -2,22 +2,24 @@
 
 A :class:`GroupSession` is one identity's membership of one group for the length of one request:
 
-1. **load** (:meth:`GroupSessions.open`) — the group record, the identity's sealed PSKs, the unsealed
-   :class:`mls.GroupState` and the pending commit, read in one transaction. *A state cache goes here*:
-   keyed by ``(identity_id, group_id)``, holding the decoded :class:`mls.Group` and the record's version
-   (its epoch today); the transaction still reads the stored version and the cached group is used only
-   when it matches, unsealed only on a miss. The cache is updated after :meth:`GroupSession.commit`
-   succeeded and dropped for the key on any failure (the operation may have advanced the in-memory group).
+1. **load** (:meth:`GroupSessions.open`) — the group record's version and the identity's sealed PSKs, in
+   one read-only transaction (no write lock); the decoded :class:`mls.GroupState` and pending commit come
+   from the state cache (:mod:`gateway.state_cache`) when its entry is of that version, else the sealed
+   record is read in the same transaction and unsealed. A writing session takes the entry out of the
+   cache (the operation changes the state in place) and puts the new state back, with the new version,
+   only after :meth:`GroupSession.commit` committed: a failure anywhere leaves no entry. A read-only
+   session (``read_only=True``) leaves the entry, or adds the one it decoded.
 2. **operate** — the operation calls the :class:`mls.Group` (``session.group``) and records what it
    produced: merges through :meth:`GroupSession.merge` (the one place that collects the keys a merge made
    dead), messages through :meth:`GroupSession.add_outgoing`, extra writes in ``session.pending``.
 3. **commit** (:meth:`GroupSession.commit`) — seal the state once, then one transaction: the operation's
    other writes (KeyPackage consumption, PSKs, outgoing messages), the group record with compare-and-swap
-   on the epoch loaded in step 1 (:meth:`gateway.store.Transaction.put_group`), the audit records and the
-   idempotency record (:class:`gateway.persistence.Persistence`). *The group log append goes here*: the
-   group service's ``append_log(group_id, epoch, message)`` (one accepted commit per epoch) joins the same
-   transaction as one more write, so the state and the log cannot disagree. Keys the operation made dead
-   are destroyed only after the transaction committed; keys it created are destroyed if it failed.
+   on the record version loaded in step 1 (:meth:`gateway.store.Transaction.put_group`), the audit records
+   and the idempotency record (:class:`gateway.persistence.Persistence`). *The group log append goes
+   here*: the group service's ``append_log(group_id, epoch, message)`` (one accepted commit per epoch)
+   joins the same transaction as one more write, so the state and the log cannot disagree. Keys the
+   operation made dead are destroyed only after the transaction committed; keys it created are destroyed
+   if it failed.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ from mls import Group, MemoryPskStore, StagedCommit
 from .errors import not_found
 from .persistence import PendingWrites, Persistence, RequestScope, Response, group_audit_context
 from .sealed_state import StateSealer
-from .store import Identity, Store, Transaction
+from .state_cache import CachedState, StateCache
+from .store import GroupRecord, Identity, Store, Transaction
 
 
 def new_leaf_key(group: Group, staged: StagedCommit) -> list[bytes]:
@@ -59,14 +62,14 @@ class GroupSession:
         sessions: GroupSessions,
         identity: Identity,
         group: Group,
-        loaded_epoch: int | None,
+        loaded_version: int | None,
         pending: PendingWrites | None = None,
     ) -> None:
         self._sessions = sessions
         self.identity = identity
         self.group = group
-        #: The epoch the stored record had when loaded (compare-and-swap); ``None`` for a new membership.
-        self.loaded_epoch = loaded_epoch
+        #: The stored record's version when loaded (compare-and-swap); ``None`` for a new membership.
+        self.loaded_version = loaded_version
         self.pending = pending or PendingWrites()
         self._leaving = False
 
@@ -80,7 +83,7 @@ class GroupSession:
 
     def other_group(self, group_id: bytes) -> Group:
         """Another membership of the same identity, read only (a resumption PSK's source, RFC 9420 §8.6)."""
-        return self._sessions.open(self.identity, group_id).group
+        return self._sessions.open(self.identity, group_id, read_only=True).group
 
     def merge(self, staged: StagedCommit) -> None:
         """Adopt a staged commit; the keys the merge made dead (as ``Group.merge`` returns them, retained
@@ -113,20 +116,27 @@ class GroupSession:
         self.pending.dead_keys += [r for r in membership_keys(self.group) if r not in retained]
 
     def commit(self, response: Response, scope: RequestScope) -> Response:
-        """Seal once and write everything in one transaction (state with CAS on the loaded epoch)."""
+        """Seal once and write everything in one transaction (state with CAS on the loaded version); the
+        new state joins the state cache once that transaction committed."""
         persistence = self._sessions.persistence
         if self._leaving:
             identity_id, group_id = self.identity_id, self.group.group_id
             self.pending.writes.append(lambda tx: _delete_group(tx, identity_id, group_id))
-        else:
-            try:
-                record = self._sessions.sealer.seal_group(self.identity_id, self.group)
-            except BaseException:
-                persistence.destroy_keys(self.pending.new_keys)
-                raise
-            expected = self.loaded_epoch
-            self.pending.writes.append(lambda tx: tx.put_group(record, expected))
-        return persistence.commit(self.pending, response, scope)
+            return persistence.commit(self.pending, response, scope)
+        try:
+            record = self._sessions.sealer.seal_group(self.identity_id, self.group)
+        except BaseException:
+            persistence.destroy_keys(self.pending.new_keys)
+            raise
+        written: list[int] = []
+        expected = self.loaded_version
+        self.pending.writes.append(lambda tx: written.append(tx.put_group(record, expected)))
+        result = persistence.commit(self.pending, response, scope)
+        # ``Persistence.commit`` answers ``response`` itself only when our transaction committed; a replayed
+        # response (a concurrent request with the same Idempotency-Key won) means ours rolled back.
+        if result is response and written:
+            self._sessions.remember(record, written[-1], self.group)
+        return result
 
 
 def _put_psk(tx: Transaction, identity_id: str, psk_id: bytes, sealed: bytes) -> None:
@@ -139,24 +149,49 @@ def _delete_group(tx: Transaction, identity_id: str, group_id: bytes) -> None:
 
 
 class GroupSessions:
-    """Opens :class:`GroupSession` s: the load step of every group operation."""
+    """Opens :class:`GroupSession` s: the load step of every group operation, through the state cache."""
 
-    def __init__(self, store: Store, sealer: StateSealer, persistence: Persistence) -> None:
+    def __init__(
+        self, store: Store, sealer: StateSealer, persistence: Persistence, cache: StateCache | None = None
+    ) -> None:
         self.store = store
         self.sealer = sealer
         self.persistence = persistence
+        self.cache = cache or StateCache(0)
 
-    def open(self, identity: Identity, group_id: bytes) -> GroupSession:
-        """The stored membership (404 when there is none), its state unsealed once."""
-        with self.store.transaction() as tx:
-            record = tx.get_group(identity.identity_id, group_id)
-            sealed_psks = tx.list_psks(identity.identity_id)
-        if record is None:
+    def open(self, identity: Identity, group_id: bytes, *, read_only: bool = False) -> GroupSession:
+        """The stored membership (404 when there is none): its decoded state from the cache when that is
+        of the stored version, else unsealed once. A ``read_only`` session must not change the state."""
+        identity_id = identity.identity_id
+        key = (identity_id, group_id)
+        with self.store.read_transaction() as tx:
+            version = tx.get_group_version(identity_id, group_id)
+            cached = None
+            if version is not None:
+                cached = self.cache.peek(key, version) if read_only else self.cache.take(key, version)
+            record = None if cached is not None or version is None else tx.get_group(identity_id, group_id)
+            sealed_psks = tx.list_psks(identity_id)
+        if version is None:
+            self.cache.drop(key)
             raise not_found("group")
-        with group_audit_context(identity.identity_id, group_id, record.epoch):
-            psks = self.sealer.open_psks(identity.identity_id, sealed_psks)
-            group = self.sealer.open_group(record, psks)
-        return GroupSession(self, identity, group, record.epoch)
+        epoch = cached.state.epoch if cached is not None else record.epoch if record is not None else None
+        with group_audit_context(identity_id, group_id, epoch):
+            psks = self.sealer.open_psks(identity_id, sealed_psks)
+            if cached is not None:
+                group = Group(cached.state, self.sealer.keys, psks)
+                group.pending_commit = cached.pending
+            else:
+                assert record is not None
+                group = self.sealer.open_group(record, psks)
+                if read_only:
+                    self.remember(record, record.version, group)
+        return GroupSession(self, identity, group, version)
+
+    def remember(self, record: GroupRecord, version: int, group: Group) -> None:
+        """Cache ``group``'s decoded state as the one of ``record`` at ``version`` (sized by its seal)."""
+        size = len(record.state) + len(record.pending or b"")
+        entry = CachedState(version, group.state, group.pending_commit, size)
+        self.cache.put((record.identity_id, record.group_id), entry)
 
     def start(self, identity: Identity, group: Group, pending: PendingWrites) -> GroupSession:
         """A membership the operation just made (create, join, external join): inserted on commit."""
@@ -164,7 +199,7 @@ class GroupSessions:
 
     def psk_store(self, identity: Identity, extra: Sequence[tuple[bytes, bytes]] = ()) -> MemoryPskStore:
         """The identity's remembered external PSKs and ``extra`` ones, for a join before any state exists."""
-        with self.store.transaction() as tx:
+        with self.store.read_transaction() as tx:
             sealed = tx.list_psks(identity.identity_id)
         return self.sealer.open_psks(identity.identity_id, sealed, dict(extra))
 

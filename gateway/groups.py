@@ -56,12 +56,13 @@ class Groups:
     def list(self, principal: Principal, identity_id: str) -> Json:
         """``GET .../groups``."""
         self.identities.get(principal, identity_id)
-        with self.store.transaction() as tx:
+        with self.store.read_transaction() as tx:
             return groups_json(tx.list_groups(identity_id))
 
     def show(self, principal: Principal, address: GroupAddress) -> Json:
         """``GET .../groups/{gid}``."""
-        return group_json(self.identities.open_group(principal, address.identity_id, address.group_id).group)
+        identity = self.identities.get(principal, address.identity_id)
+        return group_json(self.sessions.open(identity, address.group_id, read_only=True).group)
 
     def delete(self, principal: Principal, address: GroupAddress, scope: RequestScope) -> Response:
         """``DELETE .../groups/{gid}``: this identity's state of the group, and the keys only it used."""
@@ -106,7 +107,7 @@ class Groups:
 
     def _key_package_for(self, identity: Identity, welcome: Welcome) -> KeyPackageRecord:
         """The identity's KeyPackage a Welcome is encrypted to (RFC 9420 §12.4.3.1)."""
-        with self.store.transaction() as tx:
+        with self.store.read_transaction() as tx:
             for entry in welcome.secrets:
                 record = tx.get_key_package(identity.identity_id, entry.new_member)
                 if record is not None:

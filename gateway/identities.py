@@ -35,7 +35,7 @@ class Identities:
     def get(self, principal: Principal, identity_id: str) -> Identity:
         """The identity of the caller's tenant (404 for another tenant's: ids cannot be probed)."""
         assert principal.tenant_id is not None
-        with self.store.transaction() as tx:
+        with self.store.read_transaction() as tx:
             found = tx.get_identity(principal.tenant_id, identity_id)
         if found is None:
             raise not_found("identity")

@@ -46,6 +46,12 @@ class Metrics:
         self.hsm_sessions = Gauge("mlsgw_hsm_sessions_in_use", "HSM worker sessions in use", registry=r)
         self.identities = Gauge("mlsgw_identities", "Hosted identities", registry=r)
         self.groups = Gauge("mlsgw_groups", "Group memberships of hosted identities", registry=r)
+        self.state_cache_hits = Counter(
+            "mlsgw_state_cache_hits", "Group state loads served by the decoded-state cache", registry=r
+        )
+        self.state_cache_misses = Counter(
+            "mlsgw_state_cache_misses", "Group state loads that unsealed and decoded the state", registry=r
+        )
         self.backend = Gauge(
             "mlsgw_crypto_backend_info",
             "Crypto backend in use (1 for the active one)",
@@ -55,6 +61,9 @@ class Metrics:
 
     def key_use(self, event: AuditEvent) -> None:
         self.hsm_ops.labels(event.operation, event.custody, "ok" if event.ok else "error").inc()
+
+    def state_cache_lookup(self, hit: bool) -> None:
+        (self.state_cache_hits if hit else self.state_cache_misses).inc()
 
     def render(self, refresh: Callable[[], None] | None = None) -> bytes:
         if refresh is not None:

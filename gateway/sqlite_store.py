@@ -1,8 +1,10 @@
 """SQLite implementation of the gateway store (WAL mode, one connection per thread).
 
 Writes use ``BEGIN IMMEDIATE`` so that a transaction takes the write lock up front and commits or rolls
-back as a whole; ``synchronous=FULL`` so that a committed transaction survives a crash of the process or
-the machine. The schema is created on first use and versioned with ``PRAGMA user_version``.
+back as a whole; reads (:meth:`SqliteStore.read_transaction`) use ``BEGIN DEFERRED`` under
+``PRAGMA query_only``: one WAL snapshot, no write lock, so they never wait for writers nor block them;
+``synchronous=FULL`` so that a committed transaction survives a crash of the process or the machine.
+The schema is created on first use and versioned with ``PRAGMA user_version``.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ from .store import (
     TokenRecord,
 )
 
-SCHEMA_VERSION = 2
+#: 3: ``groups.version`` (compare-and-swap and the state cache's validation). A database of version 2 is
+#: upgraded in place when opened (:func:`_upgrade`); a migration tool with explicit steps is a later issue.
+SCHEMA_VERSION = 3
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tenants (
@@ -49,7 +53,7 @@ CREATE TABLE IF NOT EXISTS key_packages (
 CREATE TABLE IF NOT EXISTS groups (
     identity_id TEXT NOT NULL REFERENCES identities(identity_id) ON DELETE CASCADE, group_id BLOB NOT NULL,
     epoch INTEGER NOT NULL, state BLOB NOT NULL, pending BLOB, updated_at REAL NOT NULL,
-    PRIMARY KEY (identity_id, group_id));
+    version INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (identity_id, group_id));
 CREATE TABLE IF NOT EXISTS software_keys (key_ref BLOB PRIMARY KEY, sealed BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS outgoing (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, identity_id TEXT NOT NULL, group_id BLOB NOT NULL,
@@ -98,7 +102,21 @@ def _key_package(row: sqlite3.Row) -> KeyPackageRecord:
 
 
 def _group(row: sqlite3.Row) -> GroupRecord:
-    return GroupRecord(row["identity_id"], row["group_id"], row["epoch"], row["state"], row["pending"])
+    return GroupRecord(
+        row["identity_id"], row["group_id"], row["epoch"], row["state"], row["pending"], row["version"]
+    )
+
+
+def _upgrade(conn: sqlite3.Connection) -> None:
+    """Create the schema, or bring a database of an older schema version up to :data:`SCHEMA_VERSION`.
+
+    One step in code for now (2 -> 3 adds ``groups.version``; existing rows start at 0); a migration tool
+    with explicit, recorded steps comes with a later issue."""
+    conn.executescript(SCHEMA)
+    columns = {r["name"] for r in conn.execute("PRAGMA table_info(groups)").fetchall()}
+    if "version" not in columns:
+        conn.execute("ALTER TABLE groups ADD COLUMN version INTEGER NOT NULL DEFAULT 0")
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
 class SqliteTransaction:
@@ -226,24 +244,33 @@ class SqliteTransaction:
             for r in self._all("SELECT * FROM groups WHERE identity_id = ? ORDER BY updated_at", identity_id)
         ]
 
-    def put_group(self, g: GroupRecord, expected_epoch: int | None) -> None:
+    def get_group_version(self, identity_id: str, group_id: bytes) -> int | None:
+        r = self._one(
+            "SELECT version FROM groups WHERE identity_id = ? AND group_id = ?", identity_id, group_id
+        )
+        return None if r is None else int(r["version"])
+
+    def put_group(self, g: GroupRecord, expected_version: int | None) -> int:
         now = time.time()
-        if expected_epoch is None:
+        if expected_version is None:
             try:
                 self._c.execute(
-                    "INSERT INTO groups VALUES (?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO groups (identity_id, group_id, epoch, state, pending, updated_at, version) "
+                    "VALUES (?, ?, ?, ?, ?, ?, 1)",
                     (g.identity_id, g.group_id, g.epoch, g.state, g.pending, now),
                 )
             except sqlite3.IntegrityError:
                 raise EpochConflict("this identity is already a member of that group") from None
-            return
+            return 1
         cur = self._c.execute(
-            "UPDATE groups SET epoch = ?, state = ?, pending = ?, updated_at = ? "
-            "WHERE identity_id = ? AND group_id = ? AND epoch = ?",
-            (g.epoch, g.state, g.pending, now, g.identity_id, g.group_id, expected_epoch),
+            "UPDATE groups SET epoch = ?, state = ?, pending = ?, updated_at = ?, version = version + 1 "
+            "WHERE identity_id = ? AND group_id = ? AND version = ?",
+            (g.epoch, g.state, g.pending, now, g.identity_id, g.group_id, expected_version),
         )
         if cur.rowcount != 1:
+            # The 409's wording is the API's (api-v1.md): a concurrent write of the group's state.
             raise EpochConflict("the group's epoch changed concurrently")
+        return expected_version + 1
 
     def delete_group(self, identity_id: str, group_id: bytes) -> bool:
         cur = self._c.execute(
@@ -345,8 +372,7 @@ class SqliteStore:
             ):
                 conn.execute(f"PRAGMA {pragma}")
             if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
-                conn.executescript(SCHEMA)
-                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                _upgrade(conn)
         except sqlite3.Error as e:
             raise StoreUnavailable(f"cannot open the database: {e}") from None
         self._local.conn = conn
@@ -356,9 +382,29 @@ class SqliteStore:
 
     @contextmanager
     def transaction(self) -> Iterator[SqliteTransaction]:
+        """A transaction that may write: ``BEGIN IMMEDIATE`` takes the write lock up front."""
+        with self._transaction("BEGIN IMMEDIATE") as tx:
+            yield tx
+
+    @contextmanager
+    def read_transaction(self) -> Iterator[SqliteTransaction]:
+        """A read-only transaction: one snapshot, no write lock (``query_only`` refuses any write)."""
         conn = self._connect()
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("PRAGMA query_only = ON")
+        except sqlite3.Error as e:
+            raise StoreUnavailable(f"cannot start a transaction: {e}") from None
+        try:
+            with self._transaction("BEGIN DEFERRED") as tx:
+                yield tx
+        finally:
+            conn.execute("PRAGMA query_only = OFF")
+
+    @contextmanager
+    def _transaction(self, begin: str) -> Iterator[SqliteTransaction]:
+        conn = self._connect()
+        try:
+            conn.execute(begin)
         except sqlite3.Error as e:
             raise StoreUnavailable(f"cannot start a transaction: {e}") from None
         try:

@@ -3,8 +3,10 @@
 A :class:`Store` hands out transactions (:meth:`Store.transaction`); everything one request changes —
 a group's new epoch state, the messages it produced, audit records, the idempotency record of the
 request — is written in one transaction, so a crash leaves either all of it or none. Group states are
-written with compare-and-swap on the epoch (:meth:`Transaction.put_group`): two writers on one group
-cannot both win.
+written with compare-and-swap on the record's version (:meth:`Transaction.put_group`), which every write
+of the record increments (the epoch is not a version of the state: application messages change the
+state within an epoch): two writers of one loaded version cannot both win. Reads that change nothing
+use :meth:`Store.read_transaction`, which takes no write lock.
 
 Group states and software-custody keys arrive here already sealed (envelope encryption under the HSM's
 wrap key); the store never sees them in the clear.
@@ -12,7 +14,7 @@ wrap key); the store never sees them in the clear.
 :class:`Store` and :class:`Transaction` are the whole interface the operations use
 (:mod:`gateway.sqlite_store` implements them over SQLite). A PostgreSQL store for several gateway
 processes goes beside it behind the same two protocols: a transaction is one ``BEGIN ... COMMIT`` on a
-pooled connection, ``put_group``'s compare-and-swap is an ``UPDATE ... WHERE epoch = expected`` whose row
+pooled connection, ``put_group``'s compare-and-swap is an ``UPDATE ... WHERE version = expected`` whose row
 count decides (no process-local lock is relied upon), and ``StoreUnavailable`` / ``EpochConflict`` keep
 their meaning. The group service's log (one accepted commit per epoch, api-delivery.md) adds its append
 and read methods to :class:`Transaction`, so an append joins the transaction of the state it belongs to
@@ -31,7 +33,7 @@ class StoreUnavailable(Exception):
 
 
 class EpochConflict(Exception):
-    """A compare-and-swap on a group's epoch failed: someone else advanced the group first."""
+    """A compare-and-swap on a group record failed: someone else wrote the group first (HTTP 409)."""
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,8 @@ class GroupRecord:
     state: bytes
     #: The sealed pending commit, if one is staged.
     pending: bytes | None
+    #: Incremented by every write of the record (1 when inserted): the version a decoded state is of.
+    version: int = 0
 
 
 @dataclass(frozen=True)
@@ -128,9 +132,13 @@ class Transaction(Protocol):
     # groups
     def get_group(self, identity_id: str, group_id: bytes) -> GroupRecord | None: ...
     def list_groups(self, identity_id: str) -> list[GroupRecord]: ...
-    def put_group(self, record: GroupRecord, expected_epoch: int | None) -> None:
-        """Insert (``expected_epoch is None``) or update only if the stored epoch is still
-        ``expected_epoch``; raises :class:`EpochConflict` otherwise."""
+    def get_group_version(self, identity_id: str, group_id: bytes) -> int | None:
+        """The stored record's version (``None`` when there is no such membership), without its state."""
+        ...
+
+    def put_group(self, record: GroupRecord, expected_version: int | None) -> int:
+        """Insert (``expected_version is None``) or update only if the stored version is still
+        ``expected_version``; returns the new version; raises :class:`EpochConflict` otherwise."""
         ...
 
     def delete_group(self, identity_id: str, group_id: bytes) -> bool: ...
@@ -159,7 +167,13 @@ class Transaction(Protocol):
 class Store(Protocol):
     """Where the gateway's state lives; hands out :class:`Transaction` s (one per context)."""
 
-    def transaction(self) -> AbstractContextManager[Transaction]: ...
+    def transaction(self) -> AbstractContextManager[Transaction]:
+        """A transaction that may write (it takes the write lock up front)."""
+        ...
+
+    def read_transaction(self) -> AbstractContextManager[Transaction]:
+        """A transaction that only reads (one consistent snapshot, no write lock); writing in it fails."""
+        ...
 
     def ping(self) -> None:
         """Raise :class:`StoreUnavailable` unless the store answers."""

@@ -26,7 +26,7 @@ class Tenants:
 
     def authenticate(self, token: str) -> Principal | None:
         """Who holds this bearer token (``None`` for an unknown or revoked one)."""
-        with self.store.transaction() as tx:
+        with self.store.read_transaction() as tx:
             record = tx.token_by_hash(token_hash(token))
         if record is None or record.revoked:
             return None
