@@ -2,16 +2,19 @@
 
 :func:`create_app` builds an app around a :class:`~gateway.context.Runtime`; :func:`open_runtime` opens
 the store, the token and the wrap key from a configuration. Shut-down closes the worker pool, drops the
-envelope's in-memory data keys, closes the token sessions and the database, in that order.
+envelope's in-memory data keys, closes the token sessions and the database, in that order. While it runs,
+the app owns one background task that purges expired idempotency records — at start-up, then every
+:data:`PURGE_INTERVAL_S` — in the worker pool; it is cancelled before the runtime closes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
@@ -35,6 +38,9 @@ from .state_cache import StateCache
 from .store import StoreUnavailable
 
 log = logging.getLogger("mls_gateway")
+
+#: Seconds between two purges of expired idempotency records (the first one runs at start-up).
+PURGE_INTERVAL_S = 3600.0
 
 _ROUTE_BY_KEY = {(r.method, r.path): r for r in ROUTES}
 
@@ -127,8 +133,30 @@ def create_app(runtime: Runtime) -> web.Application:
     app[APP] = runtime
     for route in ROUTES:
         app.router.add_route(route.method, route.path, route.handler)
+    app.cleanup_ctx.append(_idempotency_purge)  # its cleanup runs before on_cleanup's _close_runtime
     app.on_cleanup.append(_close_runtime)
     return app
+
+
+async def _purge_forever(rt: Runtime) -> None:
+    """Purge expired idempotency records now and every :data:`PURGE_INTERVAL_S`, in the worker pool."""
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            purged = await loop.run_in_executor(rt.executor, rt.service.persistence.purge_expired)
+            log.info("purged %d expired idempotency records", purged)
+        except StoreUnavailable as e:
+            log.warning("idempotency purge failed (retried later): %s", e)
+        await asyncio.sleep(PURGE_INTERVAL_S)
+
+
+async def _idempotency_purge(app: web.Application) -> AsyncIterator[None]:
+    """The app's purge task: started with the app, cancelled (and awaited) when it shuts down."""
+    task = asyncio.create_task(_purge_forever(app[APP]), name="idempotency-purge")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def _close_runtime(app: web.Application) -> None:
@@ -145,6 +173,7 @@ def open_runtime(config: GatewayConfig, module_path: str) -> Runtime:
     keys = Pkcs11KeyStore(token, persistence=SealedKeyPersistence(store, envelope))
     metrics = Metrics()
     service = GatewayService(store, keys, envelope, on_key_use=metrics.key_use)
+    service.persistence.retention_s = config.idempotency_retention_s
     service.identities.sessions.cache = StateCache(config.state_cache_bytes, metrics.state_cache_lookup)
     executor = ThreadPoolExecutor(max_workers=config.worker_threads, thread_name_prefix="mlsgw")
     return Runtime(config, store, token, keys, envelope, service, metrics, executor)

@@ -15,6 +15,7 @@ TOML layout (every key optional)::
     worker_threads = 8              # MLSGW_WORKER_THREADS
     state_cache_bytes = 268435456   # MLSGW_STATE_CACHE_BYTES: decoded group states kept (0 disables)
     log_level = "INFO"              # MLSGW_LOG_LEVEL
+    idempotency_retention_s = 86400 # MLSGW_IDEMPOTENCY_RETENTION_S: stored responses kept (>= 24 h, api-v1)
 
     [hsm]
     module_path = "/usr/lib/softhsm/libsofthsm2.so"   # MLSGW_HSM_MODULE
@@ -36,6 +37,9 @@ from pathlib import Path
 from typing import Any
 
 from hsm.config import TokenConfig
+
+#: api-v1.md (Conventions): a response stored for an Idempotency-Key is kept at least 24 h.
+MIN_IDEMPOTENCY_RETENTION_S = 24 * 3600.0
 
 
 class ConfigError(Exception):
@@ -72,6 +76,8 @@ class GatewayConfig:
     #: Bound of the decoded group-state cache, in sealed-state bytes (gateway.state_cache); 0 disables it.
     state_cache_bytes: int = 256 << 20
     log_level: str = "INFO"
+    #: Seconds an Idempotency-Key's response is kept and replayed; api-v1.md promises at least 24 h.
+    idempotency_retention_s: float = MIN_IDEMPOTENCY_RETENTION_S
     hsm: HsmSettings = field(default_factory=HsmSettings)
 
     @property
@@ -115,6 +121,7 @@ _ENV = {
     "MLSGW_WORKER_THREADS": ("gateway", "worker_threads"),
     "MLSGW_STATE_CACHE_BYTES": ("gateway", "state_cache_bytes"),
     "MLSGW_LOG_LEVEL": ("gateway", "log_level"),
+    "MLSGW_IDEMPOTENCY_RETENTION_S": ("gateway", "idempotency_retention_s"),
     "MLSGW_HSM_MODULE": ("hsm", "module_path"),
     "MLSGW_HSM_TOKEN_LABEL": ("hsm", "token_label"),
     "MLSGW_HSM_PIN_FILE": ("hsm", "pin_file"),
@@ -161,6 +168,7 @@ def load_config(
             worker_threads=int(g.get("worker_threads", 8)),
             state_cache_bytes=int(g.get("state_cache_bytes", 256 << 20)),
             log_level=str(g.get("log_level", "INFO")),
+            idempotency_retention_s=float(g.get("idempotency_retention_s", MIN_IDEMPOTENCY_RETENTION_S)),
             hsm=hsm,
         )
     except (TypeError, ValueError) as e:
@@ -173,6 +181,8 @@ def load_config(
             cfg = _override(cfg, key, value)
     if cfg.max_body_bytes < 1024 or cfg.worker_threads < 1 or cfg.state_cache_bytes < 0:
         raise ConfigError("max_body_bytes must be >= 1024, worker_threads >= 1 and state_cache_bytes >= 0")
+    if not cfg.idempotency_retention_s >= MIN_IDEMPOTENCY_RETENTION_S:
+        raise ConfigError("idempotency_retention_s must be >= 86400 (api-v1.md: kept at least 24 h)")
     if not 1 <= cfg.hsm.data_key_max_seals <= 1 << 32 or not cfg.hsm.data_key_max_age_s > 0:
         raise ConfigError("hsm.data_key_max_seals must be in 1..2^32 and hsm.data_key_max_age_s > 0")
     return cfg

@@ -62,7 +62,8 @@ def idempotency(request: web.Request) -> Idempotency | None:
         raise invalid("Idempotency-Key must be 1 to 255 characters")
     p = principal(request)
     scope = f"{p.tenant_id or 'admin'}:{request.method}:{request.path}"
-    return Idempotency(scope, key, hashlib.sha256(request.get(RAW_BODY, b"")).digest())
+    body_hash = hashlib.sha256(request.get(RAW_BODY, b"")).digest()
+    return Idempotency(scope, key, body_hash, request.match_info.get("identity_id"))
 
 
 async def respond(

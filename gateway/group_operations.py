@@ -57,7 +57,7 @@ class GroupOperations:
     def commit(self, principal: Principal, request: CommitRequest, scope: RequestScope) -> Response:
         """``POST .../commits`` (RFC 9420 §12.4): merged at once, or staged with ``pending``."""
         session = self._open(principal, request.identity_id, request.group_id)
-        group, loaded_epoch = session.group, session.group.epoch
+        group = session.group
         options = CommitOptions(
             add=[decode_key_package(kp, f"add[{n}]") for n, kp in enumerate(request.add)],
             remove=request.remove,
@@ -74,7 +74,6 @@ class GroupOperations:
         body = commit_json(staged, group.epoch if request.pending else staged.epoch)
         if not request.pending:
             session.merge(staged)
-        session.add_outgoing("commit", loaded_epoch, [staged.commit or b""])
         return session.commit(Response(200, body), scope)
 
     def _psk_ids(
@@ -139,7 +138,6 @@ class GroupOperations:
                 message, ref = group.propose(self._proposal(session, request), handshake(request.handshake))
         if request.psk is not None and request.psk.secret is not None:
             session.remember_psks([(request.psk.psk_id, request.psk.secret)])
-        session.add_outgoing("proposal", group.epoch, [message])
         return session.commit(Response(201, {"proposal": b64(message), "ref": b64(ref)}), scope)
 
     def _proposal(self, session: GroupSession, request: ProposalRequest) -> Proposal:
@@ -161,7 +159,6 @@ class GroupOperations:
         group = session.group
         with session.audit_context():
             messages = group.protect_many(request.messages)
-        session.add_outgoing("application", group.epoch, messages)
         body = {"messages": [b64(m) for m in messages]} if request.batch else {"message": b64(messages[0])}
         return session.commit(Response(200, body), scope)
 

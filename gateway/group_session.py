@@ -11,9 +11,9 @@ A :class:`GroupSession` is one identity's membership of one group for the length
    session (``read_only=True``) leaves the entry, or adds the one it decoded.
 2. **operate** — the operation calls the :class:`mls.Group` (``session.group``) and records what it
    produced: merges through :meth:`GroupSession.merge` (the one place that collects the keys a merge made
-   dead), messages through :meth:`GroupSession.add_outgoing`, extra writes in ``session.pending``.
+   dead), extra writes in ``session.pending`` (the messages it produced are in its response only).
 3. **commit** (:meth:`GroupSession.commit`) — seal the state once, then one transaction: the operation's
-   other writes (KeyPackage consumption, PSKs, outgoing messages), the group record with compare-and-swap
+   other writes (KeyPackage consumption, PSKs), the group record with compare-and-swap
    on the record version loaded in step 1 (:meth:`gateway.store.Transaction.put_group`), the audit records
    and the idempotency record (:class:`gateway.persistence.Persistence`). *The group log append goes
    here*: the group service's ``append_log(group_id, epoch, message)`` (one accepted commit per epoch)
@@ -98,16 +98,6 @@ class GroupSession:
             self.pending.writes.append(
                 functools.partial(_put_psk, identity_id=identity_id, psk_id=psk_id, sealed=sealed)
             )
-
-    def add_outgoing(self, kind: str, epoch: int, messages: Sequence[bytes]) -> None:
-        """Messages this operation produced (``commit``, ``proposal``, ``application``), in order."""
-        identity_id, group_id = self.identity_id, self.group.group_id
-
-        def write(tx: Transaction) -> None:
-            for message in messages:
-                tx.add_outgoing(identity_id, group_id, epoch, kind, message)
-
-        self.pending.writes.append(write)
 
     def leave(self) -> None:
         """Delete this membership's state when committing, and destroy its keys afterwards."""

@@ -146,7 +146,6 @@ class Groups:
             identity, group, PendingWrites(new_keys=[group.state.keys.leaf_key.key_ref])
         )
         session.remember_psks(request.psks)
-        session.add_outgoing("commit", group.epoch, [commit])
         body = {"group_id": b64(group.group_id), "epoch": group.epoch, "commit": b64(commit)}
         return session.commit(Response(201, body), scope)
 

@@ -7,20 +7,26 @@ so a repeat returns it without doing the work twice (api-v1.md, Conventions). Pr
 made dead (a consumed KeyPackage's, a replaced leaf key) are destroyed in the token only after the
 transaction committed; keys the operation created are destroyed at once when it fails.
 
-Idempotency records are kept without a purge for now: a purge with a configured retention is a later
-issue (api-v1 promises at least 24 h).
+Stored responses may hold secrets (a new bearer token, a decrypted application message), so their bodies
+are sealed under the wrap-key envelope with an AAD binding the scope and the key (a row moved to another
+key does not open). They live for ``retention_s`` (``[gateway] idempotency_retention_s``, at least the 24 h
+api-v1 promises): an older one is no longer replayed — the request runs as a new one — and
+:meth:`Persistence.purge_expired` deletes them (at start-up and periodically, :mod:`gateway.app`). Deleting
+an identity deletes the records of its requests (:meth:`gateway.store.Transaction.delete_identity`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from hsm.audit import caller
+from hsm.envelope import Envelope
 from hsm.keystore import Pkcs11KeyStore
 from mls import MLSError
 
@@ -37,11 +43,13 @@ Write = Callable[[Transaction], None]
 
 @dataclass(frozen=True)
 class Idempotency:
-    """The ``Idempotency-Key`` of a request: the key, its scope (tenant and route) and the body's hash."""
+    """The ``Idempotency-Key`` of a request: the key, its scope (tenant and route), the body's hash and
+    the identity the request concerns (its records are deleted with it)."""
 
     scope: str
     key: str
     request_hash: bytes
+    identity_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -75,39 +83,66 @@ class _Replayed(Exception):
     """A concurrent request with the same Idempotency-Key committed first."""
 
 
+#: api-v1.md: a stored response is kept at least 24 h (the default and the least configurable retention).
+DEFAULT_RETENTION_S = 24 * 3600.0
+
+
 def _json_bytes(body: Json | None) -> bytes:
     return b"" if body is None else json.dumps(body, separators=(",", ":")).encode()
+
+
+def _response_aad(idem: Idempotency) -> bytes:
+    """Binds a sealed response to its scope and key (length-prefixed: the key is the client's text)."""
+    scope, key = idem.scope.encode(), idem.key.encode()
+    return b"mls-gateway idempotent response|%d|" % len(scope) + scope + b"|" + key
 
 
 class Persistence:
     """Commits requests' writes to a store and keeps the token's keys in step with what committed."""
 
-    def __init__(self, store: Store, keys: Pkcs11KeyStore) -> None:
+    def __init__(
+        self, store: Store, keys: Pkcs11KeyStore, envelope: Envelope, retention_s: float = DEFAULT_RETENTION_S
+    ) -> None:
         self.store = store
         self.keys = keys
+        self.envelope = envelope
+        #: Seconds a stored response is replayed; older ones are ignored and purged.
+        self.retention_s = retention_s
+
+    def _not_before(self) -> float:
+        return time.time() - self.retention_s
 
     def replay(self, idem: Idempotency | None) -> Response | None:
-        """The stored response of an earlier request with this key (409 when its body differed)."""
+        """The stored response of an earlier request with this key (409 when its body differed); an
+        expired one is no response (the request runs as a new one)."""
         if idem is None:
             return None
-        with self.store.transaction() as tx:
-            prior = tx.get_idempotent(idem.scope, idem.key)
+        with self.store.read_transaction() as tx:
+            prior = tx.get_idempotent(idem.scope, idem.key, self._not_before())
         if prior is None:
             return None
         if prior.request_hash != idem.request_hash:
             raise conflict("this Idempotency-Key was used with a different request body")
-        return Response(prior.status, json.loads(prior.body) if prior.body else None)
+        body = self.envelope.open(prior.body, _response_aad(idem))
+        return Response(prior.status, json.loads(body) if body else None)
+
+    def purge_expired(self, now: float | None = None) -> int:
+        """Delete the stored responses older than the retention; returns how many."""
+        older_than = (time.time() if now is None else now) - self.retention_s
+        with self.store.transaction() as tx:
+            return tx.purge_idempotent(older_than)
 
     def commit(self, pending: PendingWrites, response: Response, scope: RequestScope) -> Response:
         """Write everything of one request atomically, then destroy the keys it made dead."""
         idem = scope.idempotency
         try:
+            sealed = None if idem is None else self._seal(idem, response)  # before taking the write lock
             with self.store.transaction() as tx:
                 for write in pending.writes:
                     write(tx)
                 tx.add_audit(audit.take(scope.records))
-                if idem is not None:
-                    self._remember_response(tx, idem, response)
+                if idem is not None and sealed is not None:
+                    self._remember_response(tx, idem, response.status, sealed)
         except _Replayed:
             self.destroy_keys(pending.new_keys)
             replayed = self.replay(idem)
@@ -122,15 +157,14 @@ class Persistence:
         self.destroy_keys(pending.dead_keys)
         return response
 
-    @staticmethod
-    def _remember_response(tx: Transaction, idem: Idempotency, response: Response) -> None:
-        if tx.get_idempotent(idem.scope, idem.key) is not None:
+    def _seal(self, idem: Idempotency, response: Response) -> bytes:
+        return self.envelope.seal(_json_bytes(response.body), _response_aad(idem))
+
+    def _remember_response(self, tx: Transaction, idem: Idempotency, status: int, sealed: bytes) -> None:
+        if tx.get_idempotent(idem.scope, idem.key, self._not_before()) is not None:
             raise _Replayed()
-        tx.put_idempotent(
-            idem.scope,
-            idem.key,
-            IdempotentResponse(idem.request_hash, response.status, _json_bytes(response.body)),
-        )
+        stored = IdempotentResponse(idem.request_hash, status, sealed)
+        tx.put_idempotent(idem.scope, idem.key, stored, idem.identity_id)
 
     def write_audit(self, records: list[AuditRecord]) -> None:
         """Audit records not written with a state change (a read, a failed request), in a transaction."""

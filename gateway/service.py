@@ -48,7 +48,7 @@ class GatewayService:
 
         keys.set_audit_hook(hook)
         envelope.set_audit_hook(hook)
-        self.persistence = Persistence(store, keys)
+        self.persistence = Persistence(store, keys, envelope)
         sessions = GroupSessions(store, StateSealer(envelope, keys), self.persistence)
         self.tenants = Tenants(store, self.persistence)
         self.identities = Identities(store, keys, sessions)

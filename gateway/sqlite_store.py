@@ -29,9 +29,10 @@ from .store import (
     TokenRecord,
 )
 
-#: 3: ``groups.version`` (compare-and-swap and the state cache's validation). A database of version 2 is
-#: upgraded in place when opened (:func:`_upgrade`); a migration tool with explicit steps is a later issue.
-SCHEMA_VERSION = 3
+#: 3: ``groups.version`` (compare-and-swap and the state cache's validation). 4: ``idempotency.identity_id``
+#: (records erased with their identity; bodies sealed) and no ``outgoing`` table (written, never read). An
+#: older database is upgraded in place when opened (:func:`_upgrade`); a migration tool is a later issue.
+SCHEMA_VERSION = 4
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tenants (
@@ -55,9 +56,6 @@ CREATE TABLE IF NOT EXISTS groups (
     epoch INTEGER NOT NULL, state BLOB NOT NULL, pending BLOB, updated_at REAL NOT NULL,
     version INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (identity_id, group_id));
 CREATE TABLE IF NOT EXISTS software_keys (key_ref BLOB PRIMARY KEY, sealed BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS outgoing (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT, identity_id TEXT NOT NULL, group_id BLOB NOT NULL,
-    epoch INTEGER NOT NULL, kind TEXT NOT NULL, message BLOB NOT NULL, created_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS audit (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, request_id TEXT NOT NULL, tenant_id TEXT,
     identity_id TEXT, group_id BLOB, epoch INTEGER, key_ref BLOB NOT NULL, operation TEXT NOT NULL,
@@ -71,8 +69,15 @@ CREATE TABLE IF NOT EXISTS psks (
     sealed BLOB NOT NULL, PRIMARY KEY (identity_id, psk_id));
 CREATE TABLE IF NOT EXISTS idempotency (
     scope TEXT NOT NULL, key TEXT NOT NULL, request_hash BLOB NOT NULL, status INTEGER NOT NULL,
-    body BLOB NOT NULL, created_at REAL NOT NULL, PRIMARY KEY (scope, key));
+    body BLOB NOT NULL, created_at REAL NOT NULL, identity_id TEXT, PRIMARY KEY (scope, key));
+CREATE INDEX IF NOT EXISTS idempotency_by_age ON idempotency(created_at);
 """
+
+#: After :data:`SCHEMA`: the index needs the column an older table gets in :func:`_upgrade` first.
+_IDEMPOTENCY_IDENTITY_INDEX = (
+    "CREATE INDEX IF NOT EXISTS idempotency_by_identity ON idempotency(identity_id) "
+    "WHERE identity_id IS NOT NULL"
+)
 
 
 def _identity(row: sqlite3.Row) -> Identity:
@@ -110,13 +115,23 @@ def _group(row: sqlite3.Row) -> GroupRecord:
 def _upgrade(conn: sqlite3.Connection) -> None:
     """Create the schema, or bring a database of an older schema version up to :data:`SCHEMA_VERSION`.
 
-    One step in code for now (2 -> 3 adds ``groups.version``; existing rows start at 0); a migration tool
-    with explicit, recorded steps comes with a later issue."""
+    Steps in code for now: 2 -> 3 adds ``groups.version`` (existing rows start at 0); 3 -> 4 drops
+    ``outgoing`` and adds ``idempotency.identity_id``. Idempotency rows of a version-3 database held their
+    bodies in clear and no identity: there is no installed base, so they are deleted, not migrated. A
+    migration tool with explicit, recorded steps comes with a later issue."""
     conn.executescript(SCHEMA)
-    columns = {r["name"] for r in conn.execute("PRAGMA table_info(groups)").fetchall()}
-    if "version" not in columns:
+    if "version" not in _columns(conn, "groups"):
         conn.execute("ALTER TABLE groups ADD COLUMN version INTEGER NOT NULL DEFAULT 0")
+    if "identity_id" not in _columns(conn, "idempotency"):
+        conn.execute("DELETE FROM idempotency")
+        conn.execute("ALTER TABLE idempotency ADD COLUMN identity_id TEXT")
+    conn.execute(_IDEMPOTENCY_IDENTITY_INDEX)
+    conn.execute("DROP TABLE IF EXISTS outgoing")
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
+    return {r["name"] for r in conn.execute(f"PRAGMA table_info({table})").fetchall()}
 
 
 class SqliteTransaction:
@@ -196,6 +211,8 @@ class SqliteTransaction:
         ]
 
     def delete_identity(self, identity_id: str) -> None:
+        # Its stored responses go with it: a replay of its requests must not answer their plaintexts.
+        self._c.execute("DELETE FROM idempotency WHERE identity_id = ?", (identity_id,))
         self._c.execute("DELETE FROM identities WHERE identity_id = ?", (identity_id,))
 
     def add_key_package(self, k: KeyPackageRecord) -> None:
@@ -278,7 +295,7 @@ class SqliteTransaction:
         )
         return cur.rowcount == 1
 
-    # ---- keys, outgoing, audit, idempotency ------------------------------------------------------------
+    # ---- keys, audit, idempotency --------- ------------------------------------------------------------
     def put_software_key(self, key_ref: bytes, sealed: bytes) -> None:
         self._c.execute("INSERT OR REPLACE INTO software_keys VALUES (?, ?)", (key_ref, sealed))
 
@@ -297,13 +314,6 @@ class SqliteTransaction:
             (bytes(r["psk_id"]), bytes(r["sealed"]))
             for r in self._all("SELECT psk_id, sealed FROM psks WHERE identity_id = ?", identity_id)
         ]
-
-    def add_outgoing(self, identity_id: str, group_id: bytes, epoch: int, kind: str, message: bytes) -> None:
-        self._c.execute(
-            "INSERT INTO outgoing (identity_id, group_id, epoch, kind, message, created_at) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            (identity_id, group_id, epoch, kind, message, time.time()),
-        )
 
     def add_audit(self, records: list[AuditRecord]) -> None:
         now = time.time()
@@ -332,15 +342,24 @@ class SqliteTransaction:
         assert row is not None
         return {"identities": int(row["i"]), "groups": int(row["g"])}
 
-    def get_idempotent(self, scope: str, key: str) -> IdempotentResponse | None:
-        r = self._one("SELECT * FROM idempotency WHERE scope = ? AND key = ?", scope, key)
+    def get_idempotent(self, scope: str, key: str, not_before: float) -> IdempotentResponse | None:
+        sql = "SELECT * FROM idempotency WHERE scope = ? AND key = ? AND created_at >= ?"
+        r = self._one(sql, scope, key, not_before)
         return None if r is None else IdempotentResponse(r["request_hash"], r["status"], r["body"])
 
-    def put_idempotent(self, scope: str, key: str, response: IdempotentResponse) -> None:
+    def put_idempotent(
+        self, scope: str, key: str, response: IdempotentResponse, identity_id: str | None
+    ) -> None:
+        # REPLACE: a row still there is an expired one (the caller found no live record in this transaction).
         self._c.execute(
-            "INSERT INTO idempotency VALUES (?, ?, ?, ?, ?, ?)",
-            (scope, key, response.request_hash, response.status, response.body, time.time()),
+            "INSERT OR REPLACE INTO idempotency (scope, key, request_hash, status, body, created_at, "
+            "identity_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (scope, key, response.request_hash, response.status, response.body, time.time(), identity_id),
         )
+
+    def purge_idempotent(self, older_than: float) -> int:
+        cur = self._c.execute("DELETE FROM idempotency WHERE created_at < ?", (older_than,))
+        return cur.rowcount
 
 
 class SqliteStore:

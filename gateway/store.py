@@ -1,11 +1,11 @@
 """The gateway's durable state: records and the store interface.
 
-A :class:`Store` hands out transactions (:meth:`Store.transaction`); everything one request changes —
-a group's new epoch state, the messages it produced, audit records, the idempotency record of the
-request — is written in one transaction, so a crash leaves either all of it or none. Group states are
-written with compare-and-swap on the record's version (:meth:`Transaction.put_group`), which every write
-of the record increments (the epoch is not a version of the state: application messages change the
-state within an epoch): two writers of one loaded version cannot both win. Reads that change nothing
+A :class:`Store` hands out transactions (:meth:`Store.transaction`); everything one request changes — a
+group's new epoch state, audit records, the idempotency record of the request — is written in one transaction,
+so a crash leaves either all of it or none. Group states are written with compare-and-swap on the record's
+version (:meth:`Transaction.put_group`), which every write of the record increments (the epoch is not a
+version of the state: application messages change the state within an epoch): two writers of one loaded
+version cannot both win. Reads that change nothing
 use :meth:`Store.read_transaction`, which takes no write lock.
 
 Group states and software-custody keys arrive here already sealed (envelope encryption under the HSM's
@@ -102,6 +102,8 @@ class AuditRecord:
 
 @dataclass(frozen=True)
 class IdempotentResponse:
+    """A stored response: its ``body`` is sealed under the wrap-key envelope (it may hold secrets)."""
+
     request_hash: bytes
     status: int
     body: bytes
@@ -123,7 +125,10 @@ class Transaction(Protocol):
     def add_identity(self, identity: Identity) -> None: ...
     def get_identity(self, tenant_id: str, identity_id: str) -> Identity | None: ...
     def list_identities(self, tenant_id: str) -> list[Identity]: ...
-    def delete_identity(self, identity_id: str) -> None: ...
+    def delete_identity(self, identity_id: str) -> None:
+        """Delete the identity, its records (cascade) and the idempotency records of its requests."""
+        ...
+
     def add_key_package(self, record: KeyPackageRecord) -> None: ...
     def get_key_package(self, identity_id: str, ref: bytes) -> KeyPackageRecord | None: ...
     def list_key_packages(self, identity_id: str) -> list[KeyPackageRecord]: ...
@@ -143,7 +148,7 @@ class Transaction(Protocol):
 
     def delete_group(self, identity_id: str, group_id: bytes) -> bool: ...
 
-    # keys at rest (software custody), messages out, audit, idempotency
+    # keys at rest (software custody), audit, idempotency
     def put_software_key(self, key_ref: bytes, sealed: bytes) -> None: ...
     def get_software_key(self, key_ref: bytes) -> bytes | None: ...
     def delete_software_key(self, key_ref: bytes) -> None: ...
@@ -152,16 +157,24 @@ class Transaction(Protocol):
         ...
 
     def list_psks(self, identity_id: str) -> list[tuple[bytes, bytes]]: ...
-    def add_outgoing(
-        self, identity_id: str, group_id: bytes, epoch: int, kind: str, message: bytes
-    ) -> None: ...
     def add_audit(self, records: list[AuditRecord]) -> None: ...
     def counts(self) -> dict[str, int]:
         """Numbers for the metrics: ``identities`` and ``groups``."""
         ...
 
-    def get_idempotent(self, scope: str, key: str) -> IdempotentResponse | None: ...
-    def put_idempotent(self, scope: str, key: str, response: IdempotentResponse) -> None: ...
+    def get_idempotent(self, scope: str, key: str, not_before: float) -> IdempotentResponse | None:
+        """The stored response of ``(scope, key)`` if it was stored at ``not_before`` or later."""
+        ...
+
+    def put_idempotent(
+        self, scope: str, key: str, response: IdempotentResponse, identity_id: str | None
+    ) -> None:
+        """Store a response (replacing an expired one of the same key), as of the identity it concerns."""
+        ...
+
+    def purge_idempotent(self, older_than: float) -> int:
+        """Delete the responses stored before ``older_than``; returns how many."""
+        ...
 
 
 class Store(Protocol):

@@ -215,7 +215,6 @@ class Gateway:
             "groups": "SELECT identity_id, group_id, epoch, pending IS NULL "
             "FROM groups ORDER BY identity_id, group_id",
             "software_keys": "SELECT key_ref FROM software_keys ORDER BY key_ref",
-            "outgoing": "SELECT count(*), max(seq) FROM outgoing",
             "idempotency": "SELECT scope, key, status FROM idempotency ORDER BY scope, key",
         }
         conn = sqlite3.connect(f"file:{self.database}?mode=ro", uri=True)
