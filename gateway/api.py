@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
 from aiohttp import web
 
 from . import parsing as rq
 from .dispatch import (
+    Route,
     group_address,
     group_lock,
     identity_lock,
@@ -43,19 +42,6 @@ from .operation_requests import (
     ProposalRequest,
     SendRequest,
 )
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-@dataclass(frozen=True)
-class Route:
-    method: str
-    path: str
-    handler: Handler
-    auth: str  # "none", "admin" or "tenant"
-    summary: str
-    mutating: bool = False
-
 
 # ---- service -----------------------------------------------------------------------------------------
 

@@ -15,14 +15,25 @@ TOKEN_PREFIX = "mlsgw_"
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling: ``tenant_id is None`` for an admin token."""
+    """Who is calling: ``tenant_id is None`` for an admin token; ``client_id`` is set for a client's
+    (device's) token (api-delivery.md), which acts only as that client."""
 
     token_id: str
     tenant_id: str | None
+    client_id: str | None = None
 
     @property
     def is_admin(self) -> bool:
         return self.tenant_id is None
+
+    @property
+    def is_client(self) -> bool:
+        return self.client_id is not None
+
+    @property
+    def endpoint_id(self) -> str | None:
+        """The endpoint the caller acts as: its client, or ``None`` for a tenant (or admin) token."""
+        return self.client_id
 
 
 def new_token() -> str:

@@ -13,7 +13,8 @@ import asyncio
 import contextvars
 import hashlib
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -25,6 +26,23 @@ from .errors import invalid
 from .operation_requests import GroupAddress
 from .persistence import Idempotency, RequestScope, Response
 from .service import GatewayService
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True)
+class Route:
+    """One route of the API: the aiohttp router and the OpenAPI document are both built from these.
+
+    ``auth`` is who may call it: ``"none"``, ``"admin"`` (admin tokens), ``"tenant"`` (tenant tokens) or
+    ``"endpoint"`` (tenant tokens and the tenant's client tokens, api-delivery.md)."""
+
+    method: str
+    path: str
+    handler: Handler
+    auth: str
+    summary: str
+    mutating: bool = False
 
 
 def runtime(request: web.Request) -> Runtime:

@@ -28,6 +28,7 @@ from .persistence import Persistence
 from .sealed_state import StateSealer
 from .store import Store
 from .tenants import Tenants
+from .wakeups import Wakeups
 
 
 class GatewayService:
@@ -49,6 +50,8 @@ class GatewayService:
         keys.set_audit_hook(hook)
         envelope.set_audit_hook(hook)
         self.persistence = Persistence(store, keys, envelope)
+        #: Wakes long-polls and WebSockets when a mailbox or an inbox got something (api-delivery.md).
+        self.wakeups = Wakeups()
         sessions = GroupSessions(store, StateSealer(envelope, keys), self.persistence)
         self.tenants = Tenants(store, self.persistence)
         self.identities = Identities(store, keys, sessions)

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from .sqlite_schema import SCHEMA_VERSION, upgrade
 from .store import (
     AuditRecord,
     EpochConflict,
@@ -27,56 +28,6 @@ from .store import (
     StoreUnavailable,
     Tenant,
     TokenRecord,
-)
-
-#: 3: ``groups.version`` (compare-and-swap and the state cache's validation). 4: ``idempotency.identity_id``
-#: (records erased with their identity; bodies sealed) and no ``outgoing`` table (written, never read). An
-#: older database is upgraded in place when opened (:func:`_upgrade`); a migration tool is a later issue.
-SCHEMA_VERSION = 4
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS tenants (
-    tenant_id TEXT PRIMARY KEY, name TEXT NOT NULL, created_at REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS tokens (
-    token_id TEXT PRIMARY KEY, tenant_id TEXT REFERENCES tenants(tenant_id), token_hash BLOB NOT NULL UNIQUE,
-    created_at REAL NOT NULL, revoked_at REAL);
-CREATE TABLE IF NOT EXISTS identities (
-    identity_id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL REFERENCES tenants(tenant_id), name TEXT NOT NULL,
-    cipher_suite INTEGER NOT NULL, credential BLOB NOT NULL, signature_key_ref BLOB NOT NULL,
-    signature_public_key BLOB NOT NULL, custody_signature TEXT NOT NULL, custody_hpke TEXT NOT NULL,
-    created_at REAL NOT NULL);
-CREATE INDEX IF NOT EXISTS identities_by_tenant ON identities(tenant_id);
-CREATE TABLE IF NOT EXISTS key_packages (
-    identity_id TEXT NOT NULL REFERENCES identities(identity_id) ON DELETE CASCADE, ref BLOB NOT NULL,
-    key_package BLOB NOT NULL, init_key_ref BLOB NOT NULL, leaf_key_ref BLOB NOT NULL,
-    last_resort INTEGER NOT NULL, consumed INTEGER NOT NULL DEFAULT 0, created_at REAL NOT NULL,
-    PRIMARY KEY (identity_id, ref));
-CREATE TABLE IF NOT EXISTS groups (
-    identity_id TEXT NOT NULL REFERENCES identities(identity_id) ON DELETE CASCADE, group_id BLOB NOT NULL,
-    epoch INTEGER NOT NULL, state BLOB NOT NULL, pending BLOB, updated_at REAL NOT NULL,
-    version INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (identity_id, group_id));
-CREATE TABLE IF NOT EXISTS software_keys (key_ref BLOB PRIMARY KEY, sealed BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS audit (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, request_id TEXT NOT NULL, tenant_id TEXT,
-    identity_id TEXT, group_id BLOB, epoch INTEGER, key_ref BLOB NOT NULL, operation TEXT NOT NULL,
-    custody TEXT NOT NULL, ok INTEGER NOT NULL);
-CREATE TRIGGER IF NOT EXISTS audit_append_only_update BEFORE UPDATE ON audit
-    BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
-CREATE TRIGGER IF NOT EXISTS audit_append_only_delete BEFORE DELETE ON audit
-    BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
-CREATE TABLE IF NOT EXISTS psks (
-    identity_id TEXT NOT NULL REFERENCES identities(identity_id) ON DELETE CASCADE, psk_id BLOB NOT NULL,
-    sealed BLOB NOT NULL, PRIMARY KEY (identity_id, psk_id));
-CREATE TABLE IF NOT EXISTS idempotency (
-    scope TEXT NOT NULL, key TEXT NOT NULL, request_hash BLOB NOT NULL, status INTEGER NOT NULL,
-    body BLOB NOT NULL, created_at REAL NOT NULL, identity_id TEXT, PRIMARY KEY (scope, key));
-CREATE INDEX IF NOT EXISTS idempotency_by_age ON idempotency(created_at);
-"""
-
-#: After :data:`SCHEMA`: the index needs the column an older table gets in :func:`_upgrade` first.
-_IDEMPOTENCY_IDENTITY_INDEX = (
-    "CREATE INDEX IF NOT EXISTS idempotency_by_identity ON idempotency(identity_id) "
-    "WHERE identity_id IS NOT NULL"
 )
 
 
@@ -91,6 +42,7 @@ def _identity(row: sqlite3.Row) -> Identity:
         row["signature_public_key"],
         row["custody_signature"],
         row["custody_hpke"],
+        bool(row["auto_join"]),
     )
 
 
@@ -108,30 +60,14 @@ def _key_package(row: sqlite3.Row) -> KeyPackageRecord:
 
 def _group(row: sqlite3.Row) -> GroupRecord:
     return GroupRecord(
-        row["identity_id"], row["group_id"], row["epoch"], row["state"], row["pending"], row["version"]
+        row["identity_id"],
+        row["group_id"],
+        row["epoch"],
+        row["state"],
+        row["pending"],
+        row["version"],
+        row["applied_seq"],
     )
-
-
-def _upgrade(conn: sqlite3.Connection) -> None:
-    """Create the schema, or bring a database of an older schema version up to :data:`SCHEMA_VERSION`.
-
-    Steps in code for now: 2 -> 3 adds ``groups.version`` (existing rows start at 0); 3 -> 4 drops
-    ``outgoing`` and adds ``idempotency.identity_id``. Idempotency rows of a version-3 database held their
-    bodies in clear and no identity: there is no installed base, so they are deleted, not migrated. A
-    migration tool with explicit, recorded steps comes with a later issue."""
-    conn.executescript(SCHEMA)
-    if "version" not in _columns(conn, "groups"):
-        conn.execute("ALTER TABLE groups ADD COLUMN version INTEGER NOT NULL DEFAULT 0")
-    if "identity_id" not in _columns(conn, "idempotency"):
-        conn.execute("DELETE FROM idempotency")
-        conn.execute("ALTER TABLE idempotency ADD COLUMN identity_id TEXT")
-    conn.execute(_IDEMPOTENCY_IDENTITY_INDEX)
-    conn.execute("DROP TABLE IF EXISTS outgoing")
-    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-
-
-def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
-    return {r["name"] for r in conn.execute(f"PRAGMA table_info({table})").fetchall()}
 
 
 class SqliteTransaction:
@@ -160,14 +96,22 @@ class SqliteTransaction:
         r = self._one("SELECT * FROM tenants WHERE tenant_id = ?", tenant_id)
         return None if r is None else Tenant(r["tenant_id"], r["name"])
 
-    def add_token(self, token_id: str, tenant_id: str | None, token_hash: bytes) -> None:
+    def add_token(
+        self, token_id: str, tenant_id: str | None, token_hash: bytes, client_id: str | None = None
+    ) -> None:
         self._c.execute(
-            "INSERT INTO tokens VALUES (?, ?, ?, ?, NULL)", (token_id, tenant_id, token_hash, time.time())
+            "INSERT INTO tokens (token_id, tenant_id, token_hash, created_at, client_id) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (token_id, tenant_id, token_hash, time.time(), client_id),
         )
 
     def token_by_hash(self, token_hash: bytes) -> TokenRecord | None:
         r = self._one("SELECT * FROM tokens WHERE token_hash = ?", token_hash)
-        return None if r is None else TokenRecord(r["token_id"], r["tenant_id"], r["revoked_at"] is not None)
+        return (
+            None
+            if r is None
+            else TokenRecord(r["token_id"], r["tenant_id"], r["revoked_at"] is not None, r["client_id"])
+        )
 
     def revoke_token(self, tenant_id: str, token_id: str) -> bool:
         cur = self._c.execute(
@@ -183,7 +127,10 @@ class SqliteTransaction:
     # ---- identities and key packages --------------------------------------------------------------
     def add_identity(self, i: Identity) -> None:
         self._c.execute(
-            "INSERT INTO identities VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO identities (identity_id, tenant_id, name, cipher_suite, credential, "
+            "signature_key_ref, signature_public_key, custody_signature, custody_hpke, created_at, "
+            "auto_join) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 i.identity_id,
                 i.tenant_id,
@@ -195,7 +142,13 @@ class SqliteTransaction:
                 i.custody_signature,
                 i.custody_hpke,
                 time.time(),
+                int(i.auto_join),
             ),
+        )
+        # A hosted identity's leaves are found by its signature key (api-delivery.md "Endpoints").
+        self._c.execute(
+            "INSERT OR REPLACE INTO endpoint_keys (tenant_id, signature_key, endpoint_id) VALUES (?, ?, ?)",
+            (i.tenant_id, i.signature_public_key, i.identity_id),
         )
 
     def get_identity(self, tenant_id: str, identity_id: str) -> Identity | None:
@@ -214,6 +167,7 @@ class SqliteTransaction:
         # Its stored responses go with it: a replay of its requests must not answer their plaintexts.
         self._c.execute("DELETE FROM idempotency WHERE identity_id = ?", (identity_id,))
         self._c.execute("DELETE FROM identities WHERE identity_id = ?", (identity_id,))
+        self._c.execute("DELETE FROM endpoint_keys WHERE endpoint_id = ?", (identity_id,))
 
     def add_key_package(self, k: KeyPackageRecord) -> None:
         self._c.execute(
@@ -272,17 +226,17 @@ class SqliteTransaction:
         if expected_version is None:
             try:
                 self._c.execute(
-                    "INSERT INTO groups (identity_id, group_id, epoch, state, pending, updated_at, version) "
-                    "VALUES (?, ?, ?, ?, ?, ?, 1)",
-                    (g.identity_id, g.group_id, g.epoch, g.state, g.pending, now),
+                    "INSERT INTO groups (identity_id, group_id, epoch, state, pending, updated_at, version, "
+                    "applied_seq) VALUES (?, ?, ?, ?, ?, ?, 1, ?)",
+                    (g.identity_id, g.group_id, g.epoch, g.state, g.pending, now, g.applied_seq),
                 )
             except sqlite3.IntegrityError:
                 raise EpochConflict("this identity is already a member of that group") from None
             return 1
         cur = self._c.execute(
-            "UPDATE groups SET epoch = ?, state = ?, pending = ?, updated_at = ?, version = version + 1 "
-            "WHERE identity_id = ? AND group_id = ? AND version = ?",
-            (g.epoch, g.state, g.pending, now, g.identity_id, g.group_id, expected_version),
+            "UPDATE groups SET epoch = ?, state = ?, pending = ?, updated_at = ?, version = version + 1, "
+            "applied_seq = ? WHERE identity_id = ? AND group_id = ? AND version = ?",
+            (g.epoch, g.state, g.pending, now, g.applied_seq, g.identity_id, g.group_id, expected_version),
         )
         if cur.rowcount != 1:
             # The 409's wording is the API's (api-v1.md): a concurrent write of the group's state.
@@ -391,7 +345,7 @@ class SqliteStore:
             ):
                 conn.execute(f"PRAGMA {pragma}")
             if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
-                _upgrade(conn)
+                upgrade(conn)
         except sqlite3.Error as e:
             raise StoreUnavailable(f"cannot open the database: {e}") from None
         self._local.conn = conn

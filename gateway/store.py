@@ -48,6 +48,8 @@ class TokenRecord:
     #: ``None`` for admin tokens.
     tenant_id: str | None
     revoked: bool
+    #: The client (device) this token belongs to; ``None`` for tenant and admin tokens.
+    client_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,8 @@ class Identity:
     signature_public_key: bytes
     custody_signature: str
     custody_hpke: str
+    #: Join automatically from a Welcome the group's log routes to one of its KeyPackages (api-delivery.md).
+    auto_join: bool = True
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,8 @@ class GroupRecord:
     pending: bytes | None
     #: Incremented by every write of the record (1 when inserted): the version a decoded state is of.
     version: int = 0
+    #: The last entry of the group's log applied to this membership (0: none; api-delivery.md).
+    applied_seq: int = 0
 
 
 @dataclass(frozen=True)
@@ -116,7 +122,9 @@ class Transaction(Protocol):
     def add_tenant(self, tenant: Tenant) -> None: ...
     def list_tenants(self) -> list[Tenant]: ...
     def get_tenant(self, tenant_id: str) -> Tenant | None: ...
-    def add_token(self, token_id: str, tenant_id: str | None, token_hash: bytes) -> None: ...
+    def add_token(
+        self, token_id: str, tenant_id: str | None, token_hash: bytes, client_id: str | None = None
+    ) -> None: ...
     def token_by_hash(self, token_hash: bytes) -> TokenRecord | None: ...
     def revoke_token(self, tenant_id: str, token_id: str) -> bool: ...
     def count_admin_tokens(self) -> int: ...

@@ -30,7 +30,7 @@ class Tenants:
             record = tx.token_by_hash(token_hash(token))
         if record is None or record.revoked:
             return None
-        return Principal(record.token_id, record.tenant_id)
+        return Principal(record.token_id, record.tenant_id, record.client_id)
 
     def create(self, name: str, scope: RequestScope) -> Response:
         """``POST /v1/tenants``: the tenant and its first token."""

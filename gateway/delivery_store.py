@@ -1,0 +1,157 @@
+"""The group service's records and the store methods of group logs, mailboxes and inboxes
+(api-delivery.md).
+
+A group's **log** is its head (:class:`LogHead`: epoch, last ``seq``, the latest accepted GroupInfo and
+ratchet tree), its members (:class:`Member`: leaf index -> endpoint) and its entries (:class:`LogEntry`).
+Appending is a compare-and-swap on the head's ``seq`` (:meth:`LogTransaction.put_log_head`), in the same
+transaction as everything the append changes (fan-out to mailboxes, the sender's state), so the log and
+what it reflects cannot disagree and two writers cannot both append the same ``seq`` (or two commits for
+one epoch). Mailbox items (clients) point at log entries; inbox events (hosted identities) hold the result
+of applying an entry, sealed (they may hold application plaintext). ``hosted_pending`` says which hosted
+memberships have log entries to apply: written with the append, cleared when applied, swept at start-up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+#: The kinds of log entries (and of mailbox items, plus ``"welcome"``).
+LOG_KINDS = ("commit", "proposal", "application")
+
+
+class LogConflict(Exception):
+    """The log's head moved since it was read (another append won): re-read and retry, or 409."""
+
+
+@dataclass(frozen=True)
+class LogHead:
+    tenant_id: str
+    group_id: bytes
+    cipher_suite: int
+    #: The epoch after the last accepted commit.
+    epoch: int
+    #: The last entry's sequence number (entries are numbered from 1).
+    seq: int
+    #: The latest accepted commit bundle's GroupInfo (an MLSMessage), bytes exactly as submitted.
+    group_info: bytes
+    #: The ratchet tree of that epoch (TLS ``optional<Node> ratchet_tree<V>``).
+    ratchet_tree: bytes
+
+
+@dataclass(frozen=True)
+class Member:
+    leaf_index: int
+    #: The endpoint (``idn_…`` or ``cli_…``) that registered the leaf's signature key; ``None`` if none.
+    endpoint_id: str | None
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    seq: int
+    #: The epoch of the message (for a commit: the epoch it was accepted at, the new one is ``epoch + 1``).
+    epoch: int
+    kind: str
+    #: The endpoint that submitted it (left out of its fan-out), if known.
+    sender: str | None
+    message: bytes
+    #: A commit's Welcome, if any.
+    welcome: bytes | None = None
+
+
+@dataclass(frozen=True)
+class HostedWork:
+    """A hosted membership with log entries to apply, up to ``up_to_seq`` (or a Welcome to join from)."""
+
+    identity_id: str
+    tenant_id: str
+    group_id: bytes
+    up_to_seq: int
+
+
+@dataclass(frozen=True)
+class InboxRecord:
+    cursor: int
+    group_id: bytes
+    seq: int
+    #: The event's JSON, sealed (:mod:`gateway.inbox_events`).
+    sealed_event: bytes
+
+
+@dataclass(frozen=True)
+class MailboxRecord:
+    cursor: int
+    group_id: bytes
+    seq: int
+    kind: str
+    message: bytes
+
+
+class LogTransaction(Protocol):
+    """The log, the endpoint key registry and the writing side of mailboxes and inboxes."""
+
+    def endpoint_for_key(self, tenant_id: str, signature_key: bytes) -> str | None:
+        """The endpoint that registered this signature public key in the tenant, if any."""
+        ...
+
+    def register_endpoint_key(self, tenant_id: str, signature_key: bytes, endpoint_id: str) -> bool:
+        """Register a key to an endpoint; ``False`` (nothing changed) when another endpoint has it."""
+        ...
+
+    def get_log_head(self, tenant_id: str, group_id: bytes) -> LogHead | None: ...
+    def put_log_head(self, head: LogHead, expected_seq: int | None) -> None:
+        """Insert (``expected_seq is None``) or update only if the stored ``seq`` is still
+        ``expected_seq``; raises :class:`LogConflict` otherwise."""
+        ...
+
+    def append_log_entries(self, tenant_id: str, group_id: bytes, entries: list[LogEntry]) -> None: ...
+    def log_entries(self, tenant_id: str, group_id: bytes, after_seq: int, up_to_seq: int) -> list[LogEntry]:
+        """The entries with ``after_seq < seq <= up_to_seq``, in order."""
+        ...
+
+    def log_seq_of(self, tenant_id: str, group_id: bytes, digest: bytes) -> int | None:
+        """The ``seq`` of the entry whose message (or Welcome) has this SHA-256, if any."""
+        ...
+
+    def get_members(self, tenant_id: str, group_id: bytes) -> list[Member]: ...
+    def set_members(self, tenant_id: str, group_id: bytes, members: list[Member]) -> None: ...
+    def endpoint_groups(self, endpoint_id: str) -> list[tuple[str, bytes]]:
+        """The (tenant, group id) of the logs in which the endpoint owns a leaf."""
+        ...
+
+    def add_mailbox_items(
+        self, tenant_id: str, client_ids: list[str], group_id: bytes, seq: int, kind: str
+    ) -> None: ...
+    def add_inbox_event(self, identity_id: str, group_id: bytes, seq: int, sealed_event: bytes) -> int:
+        """Append an event; returns its cursor."""
+        ...
+
+    def inbox_event_at(self, identity_id: str, group_id: bytes, seq: int) -> InboxRecord | None:
+        """The (unacknowledged) event the log entry ``seq`` produced for this identity, if still there."""
+        ...
+
+    def mark_hosted_pending(self, work: list[HostedWork]) -> None:
+        """Record hosted memberships (or joiners) with log entries to apply (the highest ``up_to_seq``)."""
+        ...
+
+    def hosted_pending(self, limit: int) -> list[HostedWork]: ...
+    def clear_hosted_pending(self, identity_id: str, group_id: bytes, applied_seq: int) -> None:
+        """Forget the work when everything up to ``applied_seq`` covers it."""
+        ...
+
+    def applied_seq(self, identity_id: str, group_id: bytes) -> int | None:
+        """The last log entry applied to this membership (``None`` when there is no membership)."""
+        ...
+
+
+__all__ = [
+    "LOG_KINDS",
+    "HostedWork",
+    "InboxRecord",
+    "LogConflict",
+    "LogEntry",
+    "LogHead",
+    "LogTransaction",
+    "MailboxRecord",
+    "Member",
+]
