@@ -88,15 +88,8 @@ class MailboxRecord:
 
 
 class LogTransaction(Protocol):
-    """The log, the endpoint key registry and the writing side of mailboxes and inboxes."""
-
-    def endpoint_for_key(self, tenant_id: str, signature_key: bytes) -> str | None:
-        """The endpoint that registered this signature public key in the tenant, if any."""
-        ...
-
-    def register_endpoint_key(self, tenant_id: str, signature_key: bytes, endpoint_id: str) -> bool:
-        """Register a key to an endpoint; ``False`` (nothing changed) when another endpoint has it."""
-        ...
+    """The log, and mailboxes and inboxes (the endpoint key registry is the directory's,
+    :mod:`gateway.sqlite_directory`)."""
 
     def get_log_head(self, tenant_id: str, group_id: bytes) -> LogHead | None: ...
     def put_log_head(self, head: LogHead, expected_seq: int | None) -> None:
@@ -113,6 +106,10 @@ class LogTransaction(Protocol):
         """The ``seq`` of the entry whose message (or Welcome) has this SHA-256, if any."""
         ...
 
+    def welcome_log(self, tenant_id: str, digest: bytes) -> tuple[bytes, int] | None:
+        """The (group id, seq) of the commit a Welcome with this SHA-256 came with, in this tenant."""
+        ...
+
     def get_members(self, tenant_id: str, group_id: bytes) -> list[Member]: ...
     def set_members(self, tenant_id: str, group_id: bytes, members: list[Member]) -> None: ...
     def endpoint_groups(self, endpoint_id: str) -> list[tuple[str, bytes]]:
@@ -122,6 +119,14 @@ class LogTransaction(Protocol):
     def add_mailbox_items(
         self, tenant_id: str, client_ids: list[str], group_id: bytes, seq: int, kind: str
     ) -> None: ...
+    def mailbox_after(self, client_id: str, after_cursor: int, limit: int) -> list[MailboxRecord]:
+        """A client's items after a cursor, in order, with the message bytes of their log entries."""
+        ...
+
+    def inbox_after(self, identity_id: str, after_cursor: int, limit: int) -> list[InboxRecord]:
+        """An identity's events after a cursor, in order (sealed)."""
+        ...
+
     def add_inbox_event(self, identity_id: str, group_id: bytes, seq: int, sealed_event: bytes) -> int:
         """Append an event; returns its cursor."""
         ...

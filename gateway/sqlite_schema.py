@@ -86,6 +86,9 @@ CREATE TABLE IF NOT EXISTS log_entries (
     kind TEXT NOT NULL, sender TEXT, message BLOB NOT NULL, welcome BLOB, digest BLOB NOT NULL,
     created_at REAL NOT NULL, PRIMARY KEY (tenant_id, group_id, seq));
 CREATE INDEX IF NOT EXISTS log_entries_by_digest ON log_entries(tenant_id, group_id, digest);
+CREATE TABLE IF NOT EXISTS log_welcomes (
+    tenant_id TEXT NOT NULL, group_id BLOB NOT NULL, seq INTEGER NOT NULL, digest BLOB NOT NULL,
+    PRIMARY KEY (tenant_id, digest));
 CREATE TABLE IF NOT EXISTS mailbox (
     cursor INTEGER PRIMARY KEY AUTOINCREMENT,
     client_id TEXT NOT NULL REFERENCES clients(client_id) ON DELETE CASCADE, tenant_id TEXT NOT NULL,

@@ -15,8 +15,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
+from .sqlite_delivery import SqliteDeliveryMixin
 from .sqlite_schema import SCHEMA_VERSION, upgrade
 from .store import (
     AuditRecord,
@@ -70,18 +70,8 @@ def _group(row: sqlite3.Row) -> GroupRecord:
     )
 
 
-class SqliteTransaction:
+class SqliteTransaction(SqliteDeliveryMixin):
     """The :class:`gateway.store.Transaction` of one SQLite transaction."""
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self._c = conn
-
-    def _one(self, sql: str, *args: Any) -> sqlite3.Row | None:
-        row: sqlite3.Row | None = self._c.execute(sql, args).fetchone()
-        return row
-
-    def _all(self, sql: str, *args: Any) -> list[sqlite3.Row]:
-        return list(self._c.execute(sql, args).fetchall())
 
     # ---- tenants and tokens ---------------------------------------------------------------------
     def add_tenant(self, tenant: Tenant) -> None:

@@ -1,0 +1,219 @@
+"""SQLite implementation of the group service's store methods (:mod:`gateway.delivery_store`): group logs,
+members, entries, the writing and reading of mailboxes and inboxes, and hosted members' pending work."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import time
+
+from .delivery_store import HostedWork, InboxRecord, LogConflict, LogEntry, LogHead, MailboxRecord, Member
+from .sqlite_queries import SqliteQueries
+
+
+def message_digest(message: bytes) -> bytes:
+    """How a log entry is found by its bytes (a repeated delivery, a Welcome's group)."""
+    return hashlib.sha256(message).digest()
+
+
+def _head(r: sqlite3.Row) -> LogHead:
+    return LogHead(
+        r["tenant_id"],
+        r["group_id"],
+        r["cipher_suite"],
+        r["epoch"],
+        r["seq"],
+        r["group_info"],
+        r["ratchet_tree"],
+    )
+
+
+def _entry(r: sqlite3.Row) -> LogEntry:
+    return LogEntry(r["seq"], r["epoch"], r["kind"], r["sender"], r["message"], r["welcome"])
+
+
+class SqliteDeliveryMixin(SqliteQueries):
+    """The log and mailbox/inbox methods of :class:`gateway.sqlite_store.SqliteTransaction`."""
+
+    # ---- the log ---------------------------------------------------------------------------------------
+    def get_log_head(self, tenant_id: str, group_id: bytes) -> LogHead | None:
+        r = self._one("SELECT * FROM group_logs WHERE tenant_id = ? AND group_id = ?", tenant_id, group_id)
+        return None if r is None else _head(r)
+
+    def put_log_head(self, head: LogHead, expected_seq: int | None) -> None:
+        now = time.time()
+        values = (head.cipher_suite, head.epoch, head.seq, head.group_info, head.ratchet_tree, now)
+        if expected_seq is None:
+            try:
+                self._c.execute(
+                    "INSERT INTO group_logs (cipher_suite, epoch, seq, group_info, ratchet_tree, updated_at, "
+                    "tenant_id, group_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (*values, head.tenant_id, head.group_id, now),
+                )
+            except sqlite3.IntegrityError:
+                raise LogConflict("the group's log was created concurrently") from None
+            return
+        cur = self._c.execute(
+            "UPDATE group_logs SET cipher_suite = ?, epoch = ?, seq = ?, group_info = ?, ratchet_tree = ?, "
+            "updated_at = ? WHERE tenant_id = ? AND group_id = ? AND seq = ?",
+            (*values, head.tenant_id, head.group_id, expected_seq),
+        )
+        if cur.rowcount != 1:
+            raise LogConflict("the group's log moved on concurrently")
+
+    def append_log_entries(self, tenant_id: str, group_id: bytes, entries: list[LogEntry]) -> None:
+        now = time.time()
+        self._c.executemany(
+            "INSERT INTO log_entries (tenant_id, group_id, seq, epoch, kind, sender, message, welcome, "
+            "digest, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    tenant_id,
+                    group_id,
+                    e.seq,
+                    e.epoch,
+                    e.kind,
+                    e.sender,
+                    e.message,
+                    e.welcome,
+                    message_digest(e.message),
+                    now,
+                )
+                for e in entries
+            ],
+        )
+        welcomes = [(tenant_id, group_id, e.seq, message_digest(e.welcome)) for e in entries if e.welcome]
+        self._c.executemany("INSERT INTO log_welcomes VALUES (?, ?, ?, ?)", welcomes)
+
+    def log_entries(self, tenant_id: str, group_id: bytes, after_seq: int, up_to_seq: int) -> list[LogEntry]:
+        rows = self._c.execute(
+            "SELECT * FROM log_entries WHERE tenant_id = ? AND group_id = ? AND seq > ? AND seq <= ? "
+            "ORDER BY seq",
+            (tenant_id, group_id, after_seq, up_to_seq),
+        ).fetchall()
+        return [_entry(r) for r in rows]
+
+    def log_seq_of(self, tenant_id: str, group_id: bytes, digest: bytes) -> int | None:
+        r = self._one(
+            "SELECT seq FROM log_entries WHERE tenant_id = ? AND group_id = ? AND digest = ? "
+            "UNION SELECT seq FROM log_welcomes WHERE tenant_id = ? AND group_id = ? AND digest = ?",
+            tenant_id,
+            group_id,
+            digest,
+            tenant_id,
+            group_id,
+            digest,
+        )
+        return None if r is None else int(r[0])
+
+    def welcome_log(self, tenant_id: str, digest: bytes) -> tuple[bytes, int] | None:
+        """The (group id, seq) of the commit a Welcome with this SHA-256 came with, in this tenant."""
+        r = self._one(
+            "SELECT group_id, seq FROM log_welcomes WHERE tenant_id = ? AND digest = ?", tenant_id, digest
+        )
+        return None if r is None else (bytes(r["group_id"]), int(r["seq"]))
+
+    def get_members(self, tenant_id: str, group_id: bytes) -> list[Member]:
+        rows = self._c.execute(
+            "SELECT leaf_index, endpoint_id FROM group_members WHERE tenant_id = ? AND group_id = ? "
+            "ORDER BY leaf_index",
+            (tenant_id, group_id),
+        ).fetchall()
+        return [Member(r["leaf_index"], r["endpoint_id"]) for r in rows]
+
+    def set_members(self, tenant_id: str, group_id: bytes, members: list[Member]) -> None:
+        self._c.execute(
+            "DELETE FROM group_members WHERE tenant_id = ? AND group_id = ?", (tenant_id, group_id)
+        )
+        self._c.executemany(
+            "INSERT INTO group_members (tenant_id, group_id, leaf_index, endpoint_id) VALUES (?, ?, ?, ?)",
+            [(tenant_id, group_id, m.leaf_index, m.endpoint_id) for m in members],
+        )
+
+    def endpoint_groups(self, endpoint_id: str) -> list[tuple[str, bytes]]:
+        rows = self._c.execute(
+            "SELECT DISTINCT tenant_id, group_id FROM group_members WHERE endpoint_id = ?", (endpoint_id,)
+        ).fetchall()
+        return [(r["tenant_id"], bytes(r["group_id"])) for r in rows]
+
+    # ---- mailboxes and inboxes ----------------------------------------------------------------------------
+    def add_mailbox_items(
+        self, tenant_id: str, client_ids: list[str], group_id: bytes, seq: int, kind: str
+    ) -> None:
+        now = time.time()
+        self._c.executemany(
+            "INSERT INTO mailbox (client_id, tenant_id, group_id, seq, kind, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            [(c, tenant_id, group_id, seq, kind, now) for c in client_ids],
+        )
+
+    def mailbox_after(self, client_id: str, after_cursor: int, limit: int) -> list[MailboxRecord]:
+        """A client's items after a cursor, in order, with the message bytes of their log entries."""
+        rows = self._c.execute(
+            "SELECT m.cursor, m.group_id, m.seq, m.kind, "
+            "CASE WHEN m.kind = 'welcome' THEN e.welcome ELSE e.message END AS message "
+            "FROM mailbox m JOIN log_entries e "
+            "ON e.tenant_id = m.tenant_id AND e.group_id = m.group_id AND e.seq = m.seq "
+            "WHERE m.client_id = ? AND m.cursor > ? ORDER BY m.cursor LIMIT ?",
+            (client_id, after_cursor, limit),
+        ).fetchall()
+        return [
+            MailboxRecord(r["cursor"], bytes(r["group_id"]), r["seq"], r["kind"], r["message"]) for r in rows
+        ]
+
+    def add_inbox_event(self, identity_id: str, group_id: bytes, seq: int, sealed_event: bytes) -> int:
+        cur = self._c.execute(
+            "INSERT INTO inbox (identity_id, group_id, seq, event, created_at) VALUES (?, ?, ?, ?, ?)",
+            (identity_id, group_id, seq, sealed_event, time.time()),
+        )
+        assert cur.lastrowid is not None
+        return cur.lastrowid
+
+    def inbox_after(self, identity_id: str, after_cursor: int, limit: int) -> list[InboxRecord]:
+        """An identity's events after a cursor, in order (sealed)."""
+        rows = self._c.execute(
+            "SELECT cursor, group_id, seq, event FROM inbox WHERE identity_id = ? AND cursor > ? "
+            "ORDER BY cursor LIMIT ?",
+            (identity_id, after_cursor, limit),
+        ).fetchall()
+        return [InboxRecord(r["cursor"], bytes(r["group_id"]), r["seq"], r["event"]) for r in rows]
+
+    def inbox_event_at(self, identity_id: str, group_id: bytes, seq: int) -> InboxRecord | None:
+        r = self._one(
+            "SELECT cursor, group_id, seq, event FROM inbox "
+            "WHERE identity_id = ? AND group_id = ? AND seq = ? ORDER BY cursor LIMIT 1",
+            identity_id,
+            group_id,
+            seq,
+        )
+        return None if r is None else InboxRecord(r["cursor"], bytes(r["group_id"]), r["seq"], r["event"])
+
+    # ---- hosted members' pending work --------------------------------------------------------------------
+    def mark_hosted_pending(self, work: list[HostedWork]) -> None:
+        self._c.executemany(
+            "INSERT INTO hosted_pending (identity_id, tenant_id, group_id, up_to_seq) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (identity_id, group_id) "
+            "DO UPDATE SET up_to_seq = MAX(up_to_seq, excluded.up_to_seq)",
+            [(w.identity_id, w.tenant_id, w.group_id, w.up_to_seq) for w in work],
+        )
+
+    def hosted_pending(self, limit: int) -> list[HostedWork]:
+        rows = self._c.execute("SELECT * FROM hosted_pending LIMIT ?", (limit,)).fetchall()
+        return [
+            HostedWork(r["identity_id"], r["tenant_id"], bytes(r["group_id"]), r["up_to_seq"]) for r in rows
+        ]
+
+    def clear_hosted_pending(self, identity_id: str, group_id: bytes, applied_seq: int) -> None:
+        self._c.execute(
+            "DELETE FROM hosted_pending WHERE identity_id = ? AND group_id = ? AND up_to_seq <= ?",
+            (identity_id, group_id, applied_seq),
+        )
+
+    def applied_seq(self, identity_id: str, group_id: bytes) -> int | None:
+        r = self._one(
+            "SELECT applied_seq FROM groups WHERE identity_id = ? AND group_id = ?", identity_id, group_id
+        )
+        return None if r is None else int(r["applied_seq"])
+
+
+__all__ = ["SqliteDeliveryMixin", "message_digest"]
