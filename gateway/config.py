@@ -25,6 +25,13 @@ TOML layout (every key optional)::
     softhsm_dir = "..."             # embedded SoftHSM token folder (default <data_dir>/softhsm)
     data_key_max_seals = 1048576    # seals per at-rest data key before it rotates (at most 2^32)
     data_key_max_age_s = 3600       # seconds before the at-rest data key rotates (hsm.envelope)
+
+    [delivery]                      # the group service (api-delivery.md)
+    out_of_order_tolerance = 32     # MLSGW_OUT_OF_ORDER_TOLERANCE: late generations a receiver still reads
+    max_forward_distance = 1000     # MLSGW_MAX_FORWARD_DISTANCE: generations a receiver may skip at once
+    past_epochs = 2                 # MLSGW_PAST_EPOCHS: past epochs kept to read late application messages
+    mailbox_retention_s = 604800    # MLSGW_MAILBOX_RETENTION_S: unacknowledged mailbox/inbox items kept
+    webhook_allow_private = false   # MLSGW_WEBHOOK_ALLOW_PRIVATE: allow loopback/private webhook URLs
 """
 
 from __future__ import annotations
@@ -66,6 +73,24 @@ class HsmSettings:
 
 
 @dataclass(frozen=True)
+class DeliverySettings:
+    """The group service's settings: the default group configuration of hosted members (RFC 9420 §9.2's
+    out-of-order window, the forward distance, past epochs kept), retention, webhook address policy."""
+
+    out_of_order_tolerance: int = 32
+    max_forward_distance: int = 1000
+    past_epochs: int = 2
+    mailbox_retention_s: float = 7 * 24 * 3600.0
+    webhook_allow_private: bool = False
+
+    def __post_init__(self) -> None:
+        if min(self.out_of_order_tolerance, self.max_forward_distance, self.past_epochs) < 0:
+            raise ValueError("delivery window sizes must not be negative")
+        if not self.mailbox_retention_s > 0:
+            raise ValueError("delivery.mailbox_retention_s must be > 0")
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     data_dir: Path = Path("data")
     listen_host: str = "127.0.0.1"
@@ -79,6 +104,7 @@ class GatewayConfig:
     #: Seconds an Idempotency-Key's response is kept and replayed; api-v1.md promises at least 24 h.
     idempotency_retention_s: float = MIN_IDEMPOTENCY_RETENTION_S
     hsm: HsmSettings = field(default_factory=HsmSettings)
+    delivery: DeliverySettings = field(default_factory=DeliverySettings)
 
     @property
     def database_path(self) -> Path:
@@ -126,12 +152,26 @@ _ENV = {
     "MLSGW_HSM_TOKEN_LABEL": ("hsm", "token_label"),
     "MLSGW_HSM_PIN_FILE": ("hsm", "pin_file"),
     "MLSGW_HSM_POOL_SIZE": ("hsm", "pool_size"),
+    "MLSGW_OUT_OF_ORDER_TOLERANCE": ("delivery", "out_of_order_tolerance"),
+    "MLSGW_MAX_FORWARD_DISTANCE": ("delivery", "max_forward_distance"),
+    "MLSGW_PAST_EPOCHS": ("delivery", "past_epochs"),
+    "MLSGW_MAILBOX_RETENTION_S": ("delivery", "mailbox_retention_s"),
+    "MLSGW_WEBHOOK_ALLOW_PRIVATE": ("delivery", "webhook_allow_private"),
 }
-_INTS = {"max_body_bytes", "worker_threads", "pool_size", "state_cache_bytes"}
+_INTS = {
+    "max_body_bytes",
+    "worker_threads",
+    "pool_size",
+    "state_cache_bytes",
+    "out_of_order_tolerance",
+    "max_forward_distance",
+    "past_epochs",
+}
+_BOOLS = {"webhook_allow_private"}
 
 
 def _merged(toml_path: Path | None, env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
-    data: dict[str, dict[str, Any]] = {"gateway": {}, "hsm": {}}
+    data: dict[str, dict[str, Any]] = {"gateway": {}, "hsm": {}, "delivery": {}}
     if toml_path is not None:
         try:
             raw = tomllib.loads(toml_path.read_text())
@@ -144,10 +184,18 @@ def _merged(toml_path: Path | None, env: Mapping[str, str]) -> dict[str, dict[st
             data[section].update(raw.get(section, {}))
     for var, (section, key) in _ENV.items():
         if var in env:
-            data[section][key] = int(env[var]) if key in _INTS and env[var].isdigit() else env[var]
+            data[section][key] = _env_value(key, env[var])
     if "pin" in data["hsm"]:
         raise ConfigError("the HSM PIN must come from pin_env or pin_file, never the configuration text")
     return data
+
+
+def _env_value(key: str, value: str) -> Any:
+    if key in _BOOLS:
+        if value.lower() not in ("1", "0", "true", "false", "yes", "no"):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+        return value.lower() in ("1", "true", "yes")
+    return int(value) if key in _INTS and value.isdigit() else value
 
 
 def load_config(
@@ -161,6 +209,7 @@ def load_config(
     g, h = data["gateway"], data["hsm"]
     try:
         hsm = HsmSettings(**h)
+        delivery = DeliverySettings(**data["delivery"])
         cfg = GatewayConfig(
             data_dir=Path(g.pop("data_dir", "data")),
             database=Path(g["database"]) if "database" in g else None,
@@ -170,6 +219,7 @@ def load_config(
             log_level=str(g.get("log_level", "INFO")),
             idempotency_retention_s=float(g.get("idempotency_retention_s", MIN_IDEMPOTENCY_RETENTION_S)),
             hsm=hsm,
+            delivery=delivery,
         )
     except (TypeError, ValueError) as e:
         raise ConfigError(f"invalid setting: {e}") from None
