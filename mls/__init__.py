@@ -34,6 +34,15 @@ from mls.group.creation import default_lifetime
 from mls.group.group import Group
 from mls.group.handshake_framing import HandshakeFraming
 from mls.group.join import tree_from_group_info
+from mls.group.observer import (
+    GroupView,
+    MessageInfo,
+    has_ratchet_tree_extension,
+    inspect_message,
+    state_view,
+    verify_group_info,
+    welcome_key_package_refs,
+)
 from mls.group.results import ApplicationMessage, ProcessedMessage, ProposalMessage
 from mls.group.staged_commit import StagedCommit
 from mls.group.state import GroupConfig, GroupState
@@ -86,6 +95,7 @@ __all__ = [
     "GroupContextExtensions",
     "GroupInfo",
     "GroupState",
+    "GroupView",
     "HandshakeFraming",
     "HpkePrivateKey",
     "KeyPackage",
@@ -96,6 +106,7 @@ __all__ = [
     "MLSError",
     "MLSMessage",
     "MemoryPskStore",
+    "MessageInfo",
     "PSKType",
     "PreSharedKey",
     "PreSharedKeyID",
@@ -122,7 +133,12 @@ __all__ = [
     "create_key_package",
     "default_lifetime",
     "get_backend",
+    "has_ratchet_tree_extension",
+    "inspect_message",
     "key_package_ref",
+    "state_view",
     "tree_from_group_info",
     "use_crypto_backend",
+    "verify_group_info",
+    "welcome_key_package_refs",
 ]
