@@ -57,6 +57,11 @@ class LogEntry:
     message: bytes
     #: A commit's Welcome, if any.
     welcome: bytes | None = None
+    #: A commit's GroupInfo and ratchet tree of the new epoch (what a joiner from its Welcome needs).
+    group_info: bytes | None = None
+    ratchet_tree: bytes | None = None
+    #: When it was appended (seconds since the epoch), for delivery latency.
+    created_at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -87,7 +92,20 @@ class MailboxRecord:
     message: bytes
 
 
-class LogTransaction(Protocol):
+class EndpointRegistry(Protocol):
+    """Which endpoint a signature key or a KeyPackageRef belongs to (tenant-scoped)."""
+
+    def endpoint_for_key(self, tenant_id: str, signature_key: bytes) -> str | None: ...
+    def register_endpoint_key(self, tenant_id: str, signature_key: bytes, endpoint_id: str) -> bool:
+        """Register a key to an endpoint; ``False`` (nothing changed) when another endpoint has it."""
+        ...
+
+    def endpoint_for_key_package_ref(self, tenant_id: str, ref: bytes) -> str | None:
+        """The client (directory) or hosted identity whose KeyPackage has this KeyPackageRef."""
+        ...
+
+
+class LogTransaction(EndpointRegistry, Protocol):
     """The log, and mailboxes and inboxes (the endpoint key registry is the directory's,
     :mod:`gateway.sqlite_directory`)."""
 

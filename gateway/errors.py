@@ -23,6 +23,7 @@ CODES: dict[str, tuple[int, str]] = {
     "unauthorized": (401, "Unauthorized"),
     "not_found": (404, "Not found"),
     "method_not_allowed": (405, "Method not allowed"),
+    "not_a_member": (403, "Not a member of the group"),
     "conflict": (409, "Conflict"),
     "payload_too_large": (413, "Payload too large"),
     "unsupported": (422, "Unsupported"),
@@ -36,7 +37,13 @@ class Problem(Exception):
     """An error answered to the client as a problem document."""
 
     def __init__(
-        self, code: str, detail: str, *, rule: str | None = None, retry_after: int | None = None
+        self,
+        code: str,
+        detail: str,
+        *,
+        rule: str | None = None,
+        retry_after: int | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> None:
         if code not in CODES:
             raise ValueError(f"unknown problem code {code}")
@@ -45,6 +52,8 @@ class Problem(Exception):
         self.detail = detail
         self.rule = rule
         self.retry_after = retry_after
+        #: Members of the document beside the standard ones (e.g. ``current_epoch`` of a 409).
+        self.extra = dict(extra or {})
 
     @property
     def status(self) -> int:
@@ -62,6 +71,7 @@ class Problem(Exception):
             doc["rule"] = self.rule
         if instance is not None:
             doc["instance"] = instance
+        doc.update(self.extra)
         return doc
 
 
@@ -73,8 +83,13 @@ def not_found(what: str = "resource") -> Problem:
     return Problem("not_found", f"no such {what}")
 
 
-def conflict(detail: str) -> Problem:
-    return Problem("conflict", detail)
+def conflict(detail: str, **extra: Any) -> Problem:
+    return Problem("conflict", detail, extra=extra)
+
+
+def stale_epoch(current_epoch: int) -> Problem:
+    """A commit or proposal for an epoch the group's log (or the member) already left (api-delivery.md)."""
+    return conflict(f"the group is at epoch {current_epoch}", current_epoch=current_epoch)
 
 
 def problem_from_exception(exc: BaseException) -> Problem:

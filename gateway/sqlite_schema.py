@@ -83,8 +83,8 @@ CREATE TABLE IF NOT EXISTS group_members (
 CREATE INDEX IF NOT EXISTS group_members_by_endpoint ON group_members(endpoint_id);
 CREATE TABLE IF NOT EXISTS log_entries (
     tenant_id TEXT NOT NULL, group_id BLOB NOT NULL, seq INTEGER NOT NULL, epoch INTEGER NOT NULL,
-    kind TEXT NOT NULL, sender TEXT, message BLOB NOT NULL, welcome BLOB, digest BLOB NOT NULL,
-    created_at REAL NOT NULL, PRIMARY KEY (tenant_id, group_id, seq));
+    kind TEXT NOT NULL, sender TEXT, message BLOB NOT NULL, welcome BLOB, group_info BLOB, ratchet_tree BLOB,
+    digest BLOB NOT NULL, created_at REAL NOT NULL, PRIMARY KEY (tenant_id, group_id, seq));
 CREATE INDEX IF NOT EXISTS log_entries_by_digest ON log_entries(tenant_id, group_id, digest);
 CREATE TABLE IF NOT EXISTS log_welcomes (
     tenant_id TEXT NOT NULL, group_id BLOB NOT NULL, seq INTEGER NOT NULL, digest BLOB NOT NULL,
