@@ -16,10 +16,12 @@ import uuid
 from aiohttp import web
 
 from . import parsing as rq
+from .api_log import LOG_ROUTES
 from .dispatch import (
     Route,
     group_address,
     group_lock,
+    hosted_log_locks,
     identity_lock,
     principal,
     read_body,
@@ -247,6 +249,7 @@ async def commit(request: web.Request) -> web.Response:
         force_path,
         handshake,
         pending,
+        _epoch(body),
     )
     p, operations = principal(request), service(request).group_operations
     return await respond(
@@ -254,7 +257,7 @@ async def commit(request: web.Request) -> web.Response:
         lambda scope: operations.commit(p, req, scope),
         idempotent=True,
         metric="commit",
-        lock=group_lock(address),
+        lock=hosted_log_locks(request, address),
     )
 
 
@@ -266,7 +269,7 @@ async def merge_pending(request: web.Request) -> web.Response:
         lambda scope: operations.merge_pending(p, address, scope),
         idempotent=True,
         metric="commit",
-        lock=group_lock(address),
+        lock=hosted_log_locks(request, address),
     )
 
 
@@ -295,7 +298,13 @@ def _proposal_request(body: rq.Body, address: GroupAddress) -> ProposalRequest:
         leaf_index,
         psk,
         extensions,
+        _epoch(body),
     )
+
+
+def _epoch(body: rq.Body) -> int | None:
+    """The optional ``epoch`` a commit or proposal was built on (api-delivery.md)."""
+    return body.integer("epoch", None, 0, (1 << 63) - 1) if body.has("epoch") else None
 
 
 async def propose(request: web.Request) -> web.Response:
@@ -308,7 +317,7 @@ async def propose(request: web.Request) -> web.Response:
         lambda scope: operations.propose(p, req, scope),
         idempotent=True,
         metric="propose",
-        lock=group_lock(address),
+        lock=hosted_log_locks(request, address),
     )
 
 
@@ -323,7 +332,7 @@ async def send_messages(request: web.Request) -> web.Response:
         lambda scope: operations.send(p, req, scope),
         idempotent=True,
         metric="protect",
-        lock=group_lock(address),
+        lock=hosted_log_locks(request, address),
     )
 
 
@@ -441,6 +450,7 @@ ROUTES: list[Route] = [
     Route("POST", GROUPS + "/{gid}/process", process, "tenant", "Process incoming MLS messages", True),
     Route("GET", GROUPS + "/{gid}/group-info", group_info, "tenant", "Signed GroupInfo with external_pub"),
     Route("POST", GROUPS + "/{gid}/export", export, "tenant", "MLS-Exporter secret", False),
+    *LOG_ROUTES,
 ]
 
 

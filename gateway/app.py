@@ -30,6 +30,7 @@ from .auth import bearer_token
 from .config import GatewayConfig
 from .context import APP, PRINCIPAL, REQUEST_ID, Runtime
 from .errors import PROBLEM_CONTENT_TYPE, Problem, problem_from_exception
+from .hosted_worker import hosted_delivery_task
 from .metrics import Metrics
 from .sealed_keys import SealedKeyPersistence
 from .service import GatewayService
@@ -135,6 +136,7 @@ def create_app(runtime: Runtime) -> web.Application:
     for route in ROUTES:
         app.router.add_route(route.method, route.path, route.handler)
     app.cleanup_ctx.append(_idempotency_purge)  # its cleanup runs before on_cleanup's _close_runtime
+    app.cleanup_ctx.append(hosted_delivery_task)
     app.on_cleanup.append(_close_runtime)
     return app
 
@@ -175,6 +177,8 @@ def open_runtime(config: GatewayConfig, module_path: str) -> Runtime:
     metrics = Metrics()
     service = GatewayService(store, keys, envelope, on_key_use=metrics.key_use)
     service.persistence.retention_s = config.idempotency_retention_s
+    service.group_log.past_epochs = config.delivery.past_epochs
+    service.delivery_metrics = metrics.delivery
     service.identities.sessions.cache = StateCache(config.state_cache_bytes, metrics.state_cache_lookup)
     executor = ThreadPoolExecutor(max_workers=config.worker_threads, thread_name_prefix="mlsgw")
     return Runtime(config, store, token, keys, envelope, service, metrics, executor)

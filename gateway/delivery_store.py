@@ -13,15 +13,25 @@ memberships have log entries to apply: written with the append, cleared when app
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Protocol
+
+
+def message_digest(message: bytes) -> bytes:
+    """How a log entry is found by its bytes (a repeated delivery, a Welcome's group): SHA-256."""
+    return hashlib.sha256(message).digest()
+
 
 #: The kinds of log entries (and of mailbox items, plus ``"welcome"``).
 LOG_KINDS = ("commit", "proposal", "application")
 
 
 class LogConflict(Exception):
-    """The log's head moved since it was read (another append won): re-read and retry, or 409."""
+    """The log's head moved since it was read (another append won): re-read and retry, or 409.
+
+    Not an :class:`gateway.store.EpochConflict`: :class:`gateway.persistence.Persistence` lets it through
+    unchanged so that the operation can retry on the new head."""
 
 
 @dataclass(frozen=True)
@@ -120,6 +130,10 @@ class LogTransaction(EndpointRegistry, Protocol):
         """The entries with ``after_seq < seq <= up_to_seq``, in order."""
         ...
 
+    def welcome_entries(self, tenant_id: str, group_id: bytes, up_to_seq: int) -> list[LogEntry]:
+        """The entries with a Welcome, up to ``up_to_seq``, newest first."""
+        ...
+
     def log_seq_of(self, tenant_id: str, group_id: bytes, digest: bytes) -> int | None:
         """The ``seq`` of the entry whose message (or Welcome) has this SHA-256, if any."""
         ...
@@ -177,4 +191,5 @@ __all__ = [
     "LogTransaction",
     "MailboxRecord",
     "Member",
+    "message_digest",
 ]

@@ -10,6 +10,7 @@ Idempotency-Key, and records the operation's metrics.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import hashlib
 import time
@@ -79,7 +80,8 @@ def idempotency(request: web.Request) -> Idempotency | None:
     if not 0 < len(key) <= 255:
         raise invalid("Idempotency-Key must be 1 to 255 characters")
     p = principal(request)
-    scope = f"{p.tenant_id or 'admin'}:{request.method}:{request.path}"
+    caller = p.tenant_id or "admin" if p.client_id is None else f"{p.tenant_id}/{p.client_id}"
+    scope = f"{caller}:{request.method}:{request.path}"
     body_hash = hashlib.sha256(request.get(RAW_BODY, b"")).digest()
     return Idempotency(scope, key, body_hash, request.match_info.get("identity_id"))
 
@@ -88,7 +90,7 @@ async def respond(
     request: web.Request,
     operation: Callable[[RequestScope], Any],
     *,
-    lock: Hashable | None = None,
+    lock: Hashable | list[Hashable] | None = None,
     idempotent: bool = False,
     metric: str | None = None,
 ) -> web.Response:
@@ -109,11 +111,10 @@ async def respond(
     started = time.perf_counter()
     outcome = "error"
     try:
-        if lock is None:
+        async with contextlib.AsyncExitStack() as stack:
+            for held in [] if lock is None else lock if isinstance(lock, list) else [lock]:
+                await stack.enter_async_context(rt.locks.hold(held))
             result = await loop.run_in_executor(rt.executor, ctx.run, work)
-        else:
-            async with rt.locks.hold(lock):
-                result = await loop.run_in_executor(rt.executor, ctx.run, work)
         outcome = "ok"
         return json_response(result)
     finally:
@@ -129,6 +130,16 @@ def group_address(request: web.Request) -> GroupAddress:
 def group_lock(address: GroupAddress) -> tuple[str, bytes]:
     """Requests on one membership are serialised."""
     return address.identity_id, address.group_id
+
+
+def log_lock(p: Principal, group_id: bytes) -> tuple[str, str | None, bytes]:
+    """Appends to one group's log are serialised in this process (taken before a membership's lock)."""
+    return "log", p.tenant_id, group_id
+
+
+def hosted_log_locks(request: web.Request, address: GroupAddress) -> list[Hashable]:
+    """A hosted member's request that may append to its group's log: the log's lock, then its own."""
+    return [log_lock(principal(request), address.group_id), group_lock(address)]
 
 
 def identity_lock(identity_id: str) -> tuple[str, str]:

@@ -8,23 +8,26 @@ translates its request dataclass (:mod:`gateway.operation_requests`) into the ``
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from mls import (
     Add,
     CommitOptions,
     GroupContextExtensions,
     MemoryPskStore,
-    MLSError,
     PreSharedKey,
     PreSharedKeyID,
     Proposal,
     Remove,
-    StagedCommit,
 )
 
 from .auth import Principal
-from .errors import Problem, conflict, problem_from_exception
+from .delivery_store import LogConflict
+from .errors import Problem, conflict
 from .group_session import GroupSession, new_leaf_key
+from .hosted_submission import HostedSubmission
 from .identities import Identities
+from .incoming import IncomingMessages
 from .mls_inputs import decode_key_package, external_psk_id, handshake, resumption_psk_id
 from .operation_requests import (
     CommitRequest,
@@ -37,15 +40,34 @@ from .operation_requests import (
     SendRequest,
 )
 from .persistence import Json, Persistence, RequestScope, Response
-from .views import b64, commit_json, result_json
+from .views import b64, commit_json
+
+#: How many times an operation is rebuilt when another append to the group's log won the race.
+LOG_RETRIES = 8
 
 
 class GroupOperations:
     """The operations of a member inside one group."""
 
-    def __init__(self, identities: Identities, persistence: Persistence) -> None:
+    def __init__(
+        self, identities: Identities, persistence: Persistence, submission: HostedSubmission
+    ) -> None:
         self.identities = identities
         self.persistence = persistence
+        #: The group's log: hosted members' commits, proposals and messages go through it.
+        self.submission = submission
+        self.incoming = IncomingMessages(submission.store, identities.sessions, submission.hosted)
+
+    @staticmethod
+    def _retrying(operation: Callable[[], Response]) -> Response:
+        """Run an operation that appends to a group's log again when another append won the race (it then
+        builds on the new head, api-delivery.md); after :data:`LOG_RETRIES` lost races, 409."""
+        for _ in range(LOG_RETRIES):
+            try:
+                return operation()
+            except LogConflict:
+                continue
+        raise conflict("the group's log kept moving; retry")
 
     def _open(
         self, principal: Principal, identity_id: str, group_id: bytes, *, read_only: bool = False
@@ -55,8 +77,13 @@ class GroupOperations:
         return self.identities.sessions.open(identity, group_id, read_only=read_only)
 
     def commit(self, principal: Principal, request: CommitRequest, scope: RequestScope) -> Response:
-        """``POST .../commits`` (RFC 9420 §12.4): merged at once, or staged with ``pending``."""
+        """``POST .../commits`` (RFC 9420 §12.4): through the group's log and merged at once, or staged
+        with ``pending`` (submitted when merged)."""
+        return self._retrying(lambda: self._commit(principal, request, scope))
+
+    def _commit(self, principal: Principal, request: CommitRequest, scope: RequestScope) -> Response:
         session = self._open(principal, request.identity_id, request.group_id)
+        head = self.submission.prepare(session, request.epoch)
         group = session.group
         options = CommitOptions(
             add=[decode_key_package(kp, f"add[{n}]") for n, kp in enumerate(request.add)],
@@ -73,6 +100,7 @@ class GroupOperations:
         session.remember_psks([(p.psk_id, p.secret) for p in request.external_psks if p.secret is not None])
         body = commit_json(staged, group.epoch if request.pending else staged.epoch)
         if not request.pending:
+            self.submission.submit_commit(session, head, staged)
             session.merge(staged)
         return session.commit(Response(200, body), scope)
 
@@ -107,28 +135,34 @@ class GroupOperations:
         return psk
 
     def merge_pending(self, principal: Principal, address: GroupAddress, scope: RequestScope) -> Response:
-        """``POST .../pending-commit/merge``."""
+        """``POST .../pending-commit/merge``: the staged commit goes through the group's log now."""
+        return self._retrying(lambda: self._merge_pending(principal, address, scope))
+
+    def _merge_pending(self, principal: Principal, address: GroupAddress, scope: RequestScope) -> Response:
         session = self._open(principal, address.identity_id, address.group_id)
         staged = session.group.pending_commit
         if staged is None:
             raise conflict("there is no pending commit")
+        head = self.submission.prepare(session, session.group.epoch)
+        self.submission.submit_commit(session, head, staged)
         session.merge(staged)
         return session.commit(Response(200, {"epoch": session.group.epoch}), scope)
 
     def discard_pending(self, principal: Principal, address: GroupAddress, scope: RequestScope) -> Response:
         """``DELETE .../pending-commit``: the epoch stays; the leaf key the commit made is destroyed."""
         session = self._open(principal, address.identity_id, address.group_id)
-        group = session.group
-        staged = group.pending_commit
-        if staged is None:
+        if session.group.pending_commit is None:
             raise conflict("there is no pending commit")
-        session.pending.dead_keys += new_leaf_key(group, staged)
-        group.pending_commit = None
+        session.discard_pending()
         return session.commit(Response(204, None), scope)
 
     def propose(self, principal: Principal, request: ProposalRequest, scope: RequestScope) -> Response:
-        """``POST .../proposals`` (RFC 9420 §12.1)."""
+        """``POST .../proposals`` (RFC 9420 §12.1), through the group's log."""
+        return self._retrying(lambda: self._propose(principal, request, scope))
+
+    def _propose(self, principal: Principal, request: ProposalRequest, scope: RequestScope) -> Response:
         session = self._open(principal, request.identity_id, request.group_id)
+        head = self.submission.prepare(session, request.epoch)
         group = session.group
         with session.audit_context():
             if request.kind == "update":
@@ -138,6 +172,7 @@ class GroupOperations:
                 message, ref = group.propose(self._proposal(session, request), handshake(request.handshake))
         if request.psk is not None and request.psk.secret is not None:
             session.remember_psks([(request.psk.psk_id, request.psk.secret)])
+        self.submission.submit_messages(session, head, [message])
         return session.commit(Response(201, {"proposal": b64(message), "ref": b64(ref)}), scope)
 
     def _proposal(self, session: GroupSession, request: ProposalRequest) -> Proposal:
@@ -154,40 +189,24 @@ class GroupOperations:
         return Proposal.of(GroupContextExtensions(tuple(request.extensions)))
 
     def send(self, principal: Principal, request: SendRequest, scope: RequestScope) -> Response:
-        """``POST .../messages``: application messages as PrivateMessages (RFC 9420 §6.3)."""
+        """``POST .../messages``: application messages as PrivateMessages (RFC 9420 §6.3), through the
+        group's log."""
+        return self._retrying(lambda: self._send(principal, request, scope))
+
+    def _send(self, principal: Principal, request: SendRequest, scope: RequestScope) -> Response:
         session = self._open(principal, request.identity_id, request.group_id)
+        head = self.submission.prepare(session)
         group = session.group
         with session.audit_context():
             messages = group.protect_many(request.messages)
+        self.submission.submit_messages(session, head, messages)
         body = {"messages": [b64(m) for m in messages]} if request.batch else {"message": b64(messages[0])}
         return session.commit(Response(200, body), scope)
 
     def process(self, principal: Principal, request: ProcessRequest, scope: RequestScope) -> Response:
-        """``POST .../process``: each message in order; a commit is merged at once. In the batch form a
-        failed message answers a problem document in its place and the others still count."""
-        session = self._open(principal, request.identity_id, request.group_id)
-        with session.audit_context():
-            results = [self._process_one(session, message, request.batch) for message in request.messages]
-        body = {"results": results} if request.batch else results[0]
-        return session.commit(Response(200, body), scope)
-
-    @staticmethod
-    def _process_one(session: GroupSession, message: bytes, batch: bool) -> Json:
-        group = session.group
-        if group.pending_commit is not None:
-            problem = conflict("a pending commit must be merged or discarded first")
-            if not batch:
-                raise problem
-            return problem.document()
-        try:
-            result = group.process(message)
-            if isinstance(result, StagedCommit):
-                session.merge(result)
-        except MLSError as e:
-            if not batch:
-                raise
-            return problem_from_exception(e).document()
-        return result_json(result, group)
+        """``POST .../process`` (:mod:`gateway.incoming`)."""
+        identity = self.identities.get(principal, request.identity_id)
+        return self.incoming.process(identity, request.group_id, request.messages, request.batch, scope)
 
     def group_info(self, principal: Principal, address: GroupAddress, scope: RequestScope) -> Json:
         """``GET .../group-info``: a signed GroupInfo with ``external_pub`` (RFC 9420 §12.4.3)."""

@@ -24,8 +24,9 @@ A :class:`GroupSession` is one identity's membership of one group for the length
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 
 from mls import Group, MemoryPskStore, StagedCommit
@@ -64,6 +65,7 @@ class GroupSession:
         group: Group,
         loaded_version: int | None,
         pending: PendingWrites | None = None,
+        applied_seq: int = 0,
     ) -> None:
         self._sessions = sessions
         self.identity = identity
@@ -71,6 +73,10 @@ class GroupSession:
         #: The stored record's version when loaded (compare-and-swap); ``None`` for a new membership.
         self.loaded_version = loaded_version
         self.pending = pending or PendingWrites()
+        #: The last entry of the group's log applied to this membership; written with the state.
+        self.applied_seq = applied_seq
+        #: Run once :meth:`commit` committed (wake-ups and fan-out of what the request appended).
+        self.after_commit: list[Callable[[], object]] = []
         self._leaving = False
 
     @property
@@ -89,6 +95,13 @@ class GroupSession:
         """Adopt a staged commit; the keys the merge made dead (as ``Group.merge`` returns them, retained
         last-resort keys never among them) are destroyed after :meth:`commit`."""
         self.pending.dead_keys += self.group.merge(staged, destroy_dead_keys=False)
+
+    def discard_pending(self) -> None:
+        """Drop a staged (pending) commit; the leaf key it made is destroyed after :meth:`commit`."""
+        staged = self.group.pending_commit
+        if staged is not None:
+            self.pending.dead_keys += new_leaf_key(self.group, staged)
+            self.group.pending_commit = None
 
     def remember_psks(self, psks: Sequence[tuple[bytes, bytes]]) -> None:
         """Keep external PSKs given with this request (sealed) for the identity's later operations."""
@@ -115,6 +128,7 @@ class GroupSession:
             return persistence.commit(self.pending, response, scope)
         try:
             record = self._sessions.sealer.seal_group(self.identity_id, self.group)
+            record = dataclasses.replace(record, applied_seq=self.applied_seq)
         except BaseException:
             persistence.destroy_keys(self.pending.new_keys)
             raise
@@ -126,6 +140,8 @@ class GroupSession:
         # response (a concurrent request with the same Idempotency-Key won) means ours rolled back.
         if result is response and written:
             self._sessions.remember(record, written[-1], self.group)
+            for hook in self.after_commit:
+                hook()
         return result
 
 
@@ -165,6 +181,9 @@ class GroupSessions:
             self.cache.drop(key)
             raise not_found("group")
         epoch = cached.state.epoch if cached is not None else record.epoch if record is not None else None
+        applied_seq = (
+            cached.applied_seq if cached is not None else record.applied_seq if record is not None else 0
+        )
         with group_audit_context(identity_id, group_id, epoch):
             psks = self.sealer.open_psks(identity_id, sealed_psks)
             if cached is not None:
@@ -175,12 +194,12 @@ class GroupSessions:
                 group = self.sealer.open_group(record, psks)
                 if read_only:
                     self.remember(record, record.version, group)
-        return GroupSession(self, identity, group, version)
+        return GroupSession(self, identity, group, version, applied_seq=applied_seq)
 
     def remember(self, record: GroupRecord, version: int, group: Group) -> None:
         """Cache ``group``'s decoded state as the one of ``record`` at ``version`` (sized by its seal)."""
         size = len(record.state) + len(record.pending or b"")
-        entry = CachedState(version, group.state, group.pending_commit, size)
+        entry = CachedState(version, group.state, group.pending_commit, size, record.applied_seq)
         self.cache.put((record.identity_id, record.group_id), entry)
 
     def start(self, identity: Identity, group: Group, pending: PendingWrites) -> GroupSession:

@@ -7,12 +7,16 @@ operations inside an existing group (commit, propose, send, process, ...) are in
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from hsm.keystore import Pkcs11KeyStore
 from mls import Credential, ExternalSenders, Group, KeyPackage, MLSMessage, Welcome
 
 from .auth import Principal
+from .delivery_store import message_digest
 from .errors import Problem, conflict
-from .group_session import GroupSessions
+from .group_session import GroupSession, GroupSessions
+from .hosted_delivery import HostedDelivery
 from .identities import Identities
 from .mls_inputs import decode_welcome, external_psk_id, prior_leaf
 from .operation_requests import CreateGroupRequest, ExternalJoinRequest, GroupAddress, JoinRequest
@@ -31,6 +35,8 @@ class Groups:
         self.keys = keys
         self.identities = identities
         self.sessions = sessions
+        #: The group service's applier (joins from Welcomes that went through a group's log).
+        self.hosted: HostedDelivery | None = None
 
     def create(self, principal: Principal, request: CreateGroupRequest, scope: RequestScope) -> Response:
         """``POST .../groups``: a one-member group at epoch 0 (RFC 9420 §11)."""
@@ -72,22 +78,43 @@ class Groups:
 
     def join(self, principal: Principal, request: JoinRequest, scope: RequestScope) -> Response:
         """``POST .../groups/join``: from a Welcome to one of the identity's KeyPackages (RFC 9420 §12.4.3.1),
-        which is consumed (its init key destroyed, unless it is a last-resort one)."""
+        which is consumed (its init key destroyed, unless it is a last-resort one). A Welcome that went
+        through a group's log joins as the gateway does by itself (and then takes the log's later
+        entries); if it already joined from it, the answer is the membership as it is."""
         identity = self.identities.get(principal, request.identity_id)
-        kp_record = self._key_package_for(identity, decode_welcome(request.welcome))
+        with self.store.read_transaction() as tx:
+            located = tx.welcome_log(identity.tenant_id, message_digest(request.welcome))
+        if located is not None and self.hosted is not None:
+            group_id = located[0]
+            self.hosted.advance(identity, group_id, force_join=True)
+            group = self.sessions.open(identity, group_id, read_only=True).group
+            return Response(201, _joined_json(group))
+        session = self.join_session(identity, request.welcome, request.ratchet_tree, request.psks)
+        return session.commit(Response(201, _joined_json(session.group)), scope)
+
+    def join_session(
+        self,
+        identity: Identity,
+        welcome: bytes,
+        ratchet_tree: bytes | None,
+        psks: Sequence[tuple[bytes, bytes]] = (),
+    ) -> GroupSession:
+        """The unit of work of a join (not committed yet): the group state from the Welcome, the KeyPackage
+        consumed and its init key destroyed on commit."""
+        kp_record = self._key_package_for(identity, decode_welcome(welcome))
         kp = MLSMessage.from_bytes(kp_record.key_package).body
         assert isinstance(kp, KeyPackage)
-        psks = self.sessions.psk_store(identity, request.psks)
+        psk_store = self.sessions.psk_store(identity, psks)
         with group_audit_context(identity.identity_id, b"", None):
             group = Group.join(
                 self.keys,
-                request.welcome,
+                welcome,
                 key_package=kp,
                 init_key=self.keys.hpke_key(kp_record.init_key_ref),
                 leaf_key=self.keys.hpke_key(kp_record.leaf_key_ref),
                 signer_ref=identity.signature_key_ref,
-                ratchet_tree=request.ratchet_tree,
-                psks=psks,
+                ratchet_tree=ratchet_tree,
+                psks=psk_store,
                 destroy_init_key=False,
                 retain_leaf_key=kp_record.last_resort,
             )
@@ -97,13 +124,8 @@ class Groups:
             dead_keys=[] if kp_record.last_resort else [kp_record.init_key_ref],
         )
         session = self.sessions.start(identity, group, pending)
-        session.remember_psks(request.psks)
-        body = {
-            "group_id": b64(group.group_id),
-            "epoch": group.epoch,
-            "epoch_authenticator": b64(group.epoch_authenticator),
-        }
-        return session.commit(Response(201, body), scope)
+        session.remember_psks(psks)
+        return session
 
     def _key_package_for(self, identity: Identity, welcome: Welcome) -> KeyPackageRecord:
         """The identity's KeyPackage a Welcome is encrypted to (RFC 9420 §12.4.3.1)."""
@@ -148,6 +170,14 @@ class Groups:
         session.remember_psks(request.psks)
         body = {"group_id": b64(group.group_id), "epoch": group.epoch, "commit": b64(commit)}
         return session.commit(Response(201, body), scope)
+
+
+def _joined_json(group: Group) -> Json:
+    return {
+        "group_id": b64(group.group_id),
+        "epoch": group.epoch,
+        "epoch_authenticator": b64(group.epoch_authenticator),
+    }
 
 
 def _consume_key_package(tx: Transaction, identity_id: str, ref: bytes) -> None:

@@ -99,6 +99,8 @@ class CommitRequest:
     handshake: HandshakeName = "public"
     #: Stage the commit instead of merging it (merged or discarded by a later request).
     pending: bool = False
+    #: The epoch the caller built its intent on: 409 when the group already left it (api-delivery.md).
+    epoch: int | None = None
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,8 @@ class ProposalRequest:
     leaf_index: int | None = None
     psk: ExternalPsk | None = None
     extensions: list[Extension] = field(default_factory=list)
+    #: As :attr:`CommitRequest.epoch`.
+    epoch: int | None = None
 
 
 @dataclass(frozen=True)

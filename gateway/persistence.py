@@ -32,6 +32,7 @@ from mls import MLSError
 
 from . import audit
 from .auth import Principal
+from .delivery_store import LogConflict
 from .errors import conflict
 from .store import AuditRecord, EpochConflict, IdempotentResponse, Store, Transaction
 
@@ -143,6 +144,9 @@ class Persistence:
                 tx.add_audit(audit.take(scope.records))
                 if idem is not None and sealed is not None:
                     self._remember_response(tx, idem, response.status, sealed)
+        except LogConflict:
+            self.destroy_keys(pending.new_keys)
+            raise
         except _Replayed:
             self.destroy_keys(pending.new_keys)
             replayed = self.replay(idem)

@@ -19,11 +19,17 @@ from hsm.keystore import Pkcs11KeyStore
 
 from . import audit
 from .auth import Principal
+from .delivery_metrics import DeliveryMetrics
+from .delivery_store import HostedWork
+from .group_log import Appended, GroupLog
 from .group_operations import GroupOperations
 from .group_session import GroupSessions
 from .groups import Groups
+from .hosted_delivery import HostedDelivery
+from .hosted_submission import HostedSubmission
 from .identities import Identities
 from .key_packages import KeyPackages
+from .log_operations import LogOperations
 from .persistence import Persistence
 from .sealed_state import StateSealer
 from .store import Store
@@ -57,7 +63,31 @@ class GatewayService:
         self.identities = Identities(store, keys, sessions)
         self.key_packages = KeyPackages(store, keys, self.identities, self.persistence)
         self.groups = Groups(store, keys, self.identities, sessions)
-        self.group_operations = GroupOperations(self.identities, self.persistence)
+        self._wire_group_service(store, sessions)
+
+    def _wire_group_service(self, store: Store, sessions: GroupSessions) -> None:
+        """The group service (api-delivery.md): the logs, hosted delivery, hosted submissions."""
+        #: Set by the app: advances hosted memberships in the background (gateway.hosted_worker).
+        self.schedule_hosted: Callable[[list[HostedWork]], None] = lambda work: None
+        #: Set by the app: the delivery metrics.
+        self.delivery_metrics: DeliveryMetrics | None = None
+        self.group_log = GroupLog()
+        self.hosted = HostedDelivery(store, sessions, self.wakeups.notify)
+        self.hosted.joiner = self.groups.join_session
+        self.groups.hosted = self.hosted
+        submission = HostedSubmission(store, self.group_log, self.hosted, self.after_append)
+        self.group_operations = GroupOperations(self.identities, self.persistence, submission)
+        self.log_operations = LogOperations(store, self.group_log, self.persistence, self.after_append)
+
+    def after_append(self, appended: Appended) -> None:
+        """After an append committed: wake the clients' readers, advance the hosted members, count."""
+        self.wakeups.notify(appended.clients)
+        self.schedule_hosted(appended.hosted)
+        if self.delivery_metrics is not None:
+            for kind in appended.kinds:
+                self.delivery_metrics.log_appends.labels(kind).inc()
+            if "commit" in appended.kinds:
+                self.delivery_metrics.commits.labels("accepted").inc()
 
     def bootstrap_admin(self) -> str | None:
         """Create the first admin token if there is none; returns it (to be shown once)."""

@@ -3,17 +3,20 @@ members, entries, the writing and reading of mailboxes and inboxes, and hosted m
 
 from __future__ import annotations
 
-import hashlib
 import sqlite3
 import time
 
-from .delivery_store import HostedWork, InboxRecord, LogConflict, LogEntry, LogHead, MailboxRecord, Member
+from .delivery_store import (
+    HostedWork,
+    InboxRecord,
+    LogConflict,
+    LogEntry,
+    LogHead,
+    MailboxRecord,
+    Member,
+    message_digest,
+)
 from .sqlite_queries import SqliteQueries
-
-
-def message_digest(message: bytes) -> bytes:
-    """How a log entry is found by its bytes (a repeated delivery, a Welcome's group)."""
-    return hashlib.sha256(message).digest()
 
 
 def _head(r: sqlite3.Row) -> LogHead:
@@ -103,6 +106,16 @@ class SqliteDeliveryMixin(SqliteQueries):
             "ORDER BY seq",
             (tenant_id, group_id, after_seq, up_to_seq),
         ).fetchall()
+        return [_entry(r) for r in rows]
+
+    def welcome_entries(self, tenant_id: str, group_id: bytes, up_to_seq: int) -> list[LogEntry]:
+        rows = self._all(
+            "SELECT * FROM log_entries WHERE tenant_id = ? AND group_id = ? AND welcome IS NOT NULL "
+            "AND seq <= ? ORDER BY seq DESC",
+            tenant_id,
+            group_id,
+            up_to_seq,
+        )
         return [_entry(r) for r in rows]
 
     def log_seq_of(self, tenant_id: str, group_id: bytes, digest: bytes) -> int | None:
@@ -257,4 +270,4 @@ class SqliteDeliveryMixin(SqliteQueries):
         return None if r is None else int(r["applied_seq"])
 
 
-__all__ = ["SqliteDeliveryMixin", "message_digest"]
+__all__ = ["SqliteDeliveryMixin"]

@@ -34,6 +34,8 @@ class CachedState:
     pending: StagedCommit | None
     #: Approximate memory cost in bytes (the sealed record's length).
     size: int
+    #: The last entry of the group's log applied to this state (api-delivery.md).
+    applied_seq: int = 0
 
 
 class StateCache:

@@ -154,7 +154,8 @@ def result_json(result: ProcessedMessage, group: Group) -> Json:
     return {
         "kind": "commit",
         "sender": sender_json(result.sender),
-        "epoch": group.epoch,
+        # The new epoch, also for a member the commit removed (its state stays at the old one).
+        "epoch": result.epoch,
         "removed": result.removed_self,
         "epoch_authenticator": b64(group.epoch_authenticator),
     }

@@ -1,0 +1,199 @@
+"""Hosted members are always online (api-delivery.md): the gateway applies every accepted log entry to
+each hosted member's state itself, in log order, exactly once (by ``seq``), and what it yields becomes an
+event in the member's inbox.
+
+A membership's state records ``applied_seq``, the last entry applied to it, written in the same
+compare-and-swap transaction as the state (:class:`gateway.group_session.GroupSession`): an entry is applied
+once, whatever crashes or retries happen. The log's appends mark the hosted members with entries to apply
+(``hosted_pending``); :meth:`HostedDelivery.advance` applies them, and :mod:`gateway.hosted_worker` runs it
+in the background, woken after each append and sweeping the store for work left by a crash.
+
+An identity named in a Welcome that went through the log joins by itself (``auto_join``); one that does not
+auto-join gets a ``welcome`` event instead and joins with ``POST …/groups/join``. A member's own pending
+(staged) commit loses when the log accepted another commit for its epoch: it is discarded first.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from mls import MLSError, StagedCommit, welcome_key_package_refs
+
+from .delivery_store import LogEntry, LogHead
+from .errors import Problem, problem_from_exception
+from .group_session import GroupSession, GroupSessions
+from .inbox_events import open_event, seal_event
+from .persistence import Json, Response
+from .store import Identity, Store, Transaction
+from .views import b64, result_json
+
+log = logging.getLogger("mls_gateway")
+
+#: Log entries applied per transaction.
+BATCH = 100
+
+#: Joins a hosted identity from a Welcome: (identity, welcome, ratchet tree) -> an uncommitted session.
+Joiner = Callable[[Identity, bytes, bytes | None], GroupSession]
+
+
+class HostedDelivery:
+    """Applies group logs to hosted memberships (see the module docstring)."""
+
+    def __init__(self, store: Store, sessions: GroupSessions, notify: Callable[[list[str]], None]) -> None:
+        self.store = store
+        self.sessions = sessions
+        #: Wakes the inbox readers of these identities (after a commit).
+        self.notify = notify
+        #: Set by the service: joins from a Welcome (:meth:`gateway.groups.Groups.join_session`).
+        self.joiner: Joiner | None = None
+
+    # ---- inside another operation's unit of work ---------------------------------------------------------
+    def catch_up(self, session: GroupSession, up_to: int) -> None:
+        """Apply the log's entries after ``session.applied_seq`` up to ``up_to`` to the session's group;
+        their events join the session's writes (committed with it)."""
+        tenant_id, group_id = session.identity.tenant_id, session.group.group_id
+        while session.applied_seq < up_to:
+            with self.store.read_transaction() as tx:
+                entries = tx.log_entries(
+                    tenant_id, group_id, session.applied_seq, min(up_to, session.applied_seq + BATCH)
+                )
+            if not entries:
+                break
+            for entry in entries:
+                self._apply(session, entry)
+
+    def _apply(self, session: GroupSession, entry: LogEntry) -> None:
+        """Apply one entry (skipping its own and, once removed, every later one) and record its event."""
+        group = session.group
+        session.applied_seq = entry.seq
+        if entry.sender == session.identity_id or not group.state.active:
+            return
+        if entry.kind == "commit" and group.pending_commit is not None:
+            session.discard_pending()  # the log accepted another commit for this epoch: ours lost
+        try:
+            with session.audit_context():
+                result = group.process(entry.message)
+            if isinstance(result, StagedCommit):
+                session.merge(result)
+            event = result_json(result, group)
+        except MLSError as e:
+            event = {"kind": "rejected", "problem": problem_from_exception(e).document()}
+        self._add_event(session, entry.seq, event)
+
+    def _add_event(self, session: GroupSession, seq: int, event: Json) -> None:
+        identity_id, group_id = session.identity_id, session.group.group_id
+        sealed = seal_event(self.sessions.sealer.envelope, identity_id, group_id, seq, event)
+
+        def write(tx: Transaction) -> None:
+            tx.add_inbox_event(identity_id, group_id, seq, sealed)
+
+        session.pending.writes.append(write)
+
+    # ---- on its own -------------------------------------------------------------------------------------
+    def advance(self, identity: Identity, group_id: bytes, *, force_join: bool = False) -> int | None:
+        """Apply everything the log holds for this membership (joining first from a Welcome when it is not
+        a member yet); returns the applied ``seq`` (``None`` when there is nothing for it)."""
+        tenant_id = identity.tenant_id
+        while True:
+            with self.store.read_transaction() as tx:
+                head = tx.get_log_head(tenant_id, group_id)
+                applied = tx.applied_seq(identity.identity_id, group_id)
+            if head is None:
+                self._clear(identity, group_id, None)
+                return None
+            if applied is None:
+                session = self._join(identity, head, force_join)
+                if session is None:
+                    return None
+            elif applied >= head.seq:
+                self._clear(identity, group_id, applied)
+                return applied
+            else:
+                session = self.sessions.open(identity, group_id)
+            self.catch_up(session, head.seq)
+            self._commit(session)
+
+    def _commit(self, session: GroupSession) -> None:
+        identity_id, group_id, applied = session.identity_id, session.group.group_id, session.applied_seq
+        session.pending.writes.append(lambda tx: tx.clear_hosted_pending(identity_id, group_id, applied))
+        persistence = self.sessions.persistence
+        with persistence.request(None, "hosted-delivery") as scope:
+            session.commit(Response(200, None), scope)
+        self.notify([identity_id])
+
+    def _join(self, identity: Identity, head: LogHead, force: bool) -> GroupSession | None:
+        """Join from the latest Welcome of the log for one of the identity's KeyPackages, or record a
+        ``welcome`` event when the identity does not join by itself."""
+        found = self._welcome_for(identity, head)
+        if found is None:
+            self._clear(identity, head.group_id, head.seq)
+            return None
+        entry = found
+        assert entry.welcome is not None
+        if not (identity.auto_join or force):
+            self._welcome_event(identity, head, entry)
+            return None
+        assert self.joiner is not None
+        try:
+            session = self.joiner(identity, entry.welcome, entry.ratchet_tree)
+        except (MLSError, Problem) as e:
+            log.warning("hosted identity could not join from the log's Welcome (seq %d): %s", entry.seq, e)
+            self._welcome_event(identity, head, entry, problem_from_exception(e).document())
+            return None
+        session.applied_seq = entry.seq
+        self._add_event(session, entry.seq, {"kind": "joined", "epoch": session.group.epoch})
+        return session
+
+    def _welcome_for(self, identity: Identity, head: LogHead) -> LogEntry | None:
+        with self.store.read_transaction() as tx:
+            for entry in tx.welcome_entries(identity.tenant_id, head.group_id, head.seq):
+                if entry.welcome is not None and self._names(tx, identity, entry.welcome):
+                    return entry
+        return None
+
+    @staticmethod
+    def _names(tx: Transaction, identity: Identity, welcome: bytes) -> bool:
+        _, refs = welcome_key_package_refs(welcome)
+        for ref in refs:
+            kp = tx.get_key_package(identity.identity_id, ref)
+            if kp is not None and (kp.last_resort or not kp.consumed):
+                return True
+        return False
+
+    def _welcome_event(
+        self, identity: Identity, head: LogHead, entry: LogEntry, problem: Json | None = None
+    ) -> None:
+        assert entry.welcome is not None
+        event: Json = {"kind": "welcome", "welcome": b64(entry.welcome), "epoch": entry.epoch + 1}
+        if entry.ratchet_tree is not None:
+            event["ratchet_tree"] = b64(entry.ratchet_tree)
+        if problem is not None:
+            event = {"kind": "rejected", "problem": problem, "welcome": event["welcome"]}
+        sealed = seal_event(
+            self.sessions.sealer.envelope, identity.identity_id, head.group_id, entry.seq, event
+        )
+        identity_id, group_id, seq = identity.identity_id, head.group_id, entry.seq
+        with self.store.transaction() as tx:
+            tx.add_inbox_event(identity_id, group_id, seq, sealed)
+            tx.clear_hosted_pending(identity_id, group_id, head.seq)
+        self.notify([identity_id])
+
+    def _clear(self, identity: Identity, group_id: bytes, applied: int | None) -> None:
+        with self.store.transaction() as tx:
+            tx.clear_hosted_pending(
+                identity.identity_id, group_id, applied if applied is not None else 1 << 62
+            )
+
+    def recorded_event(self, identity: Identity, group_id: bytes, seq: int) -> Json | None:
+        """The event the log entry ``seq`` produced for this identity, while it is still in the inbox."""
+        with self.store.read_transaction() as tx:
+            record = tx.inbox_event_at(identity.identity_id, group_id, seq)
+        if record is None:
+            return None
+        return open_event(
+            self.sessions.sealer.envelope, identity.identity_id, group_id, seq, record.sealed_event
+        )
+
+
+__all__ = ["HostedDelivery", "Joiner"]

@@ -1,0 +1,110 @@
+"""A hosted member's commits, proposals and application messages go through its group's log
+(api-delivery.md "Details": hosted members' messages go through the log).
+
+Before building on its state, the member takes everything the log accepted before this request
+(:meth:`HostedSubmission.prepare`, which applies it in the same unit of work); what it makes is appended
+in the unit of work's transaction with compare-and-swap on the log's head, its state written with the new
+``applied_seq``: the state and the log cannot disagree, and when another append won in between the
+transaction rolls back with :class:`gateway.delivery_store.LogConflict` and the operation runs again on
+the new head. An ``epoch`` given by the caller that the log already left answers ``409`` with
+``current_epoch`` before anything is touched. A group the log does not know stays an api-v1 group (its
+messages are carried by the caller), except that its first commit (epoch 0 -> 1) registers it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from mls import StagedCommit, inspect_message, state_view, welcome_key_package_refs
+
+from .delivery_store import LogHead
+from .errors import stale_epoch
+from .group_log import Appended, GroupLog, PreparedBundle, PreparedMessage
+from .group_session import GroupSession
+from .hosted_delivery import HostedDelivery
+from .store import Store, Transaction
+
+#: Called with what an append did, after its transaction committed (wake-ups, hosted fan-out).
+AfterAppend = Callable[[Appended], None]
+
+
+class HostedSubmission:
+    """Submits a hosted member's handshake and application messages to its group's log."""
+
+    def __init__(
+        self, store: Store, log: GroupLog, hosted: HostedDelivery, after_append: AfterAppend
+    ) -> None:
+        self.store = store
+        self.log = log
+        self.hosted = hosted
+        self.after_append = after_append
+
+    def prepare(self, session: GroupSession, epoch: int | None = None) -> LogHead | None:
+        """The log's head (``None`` for a group the log does not know), after the member took every entry
+        before it; ``409`` when ``epoch`` is given and the group already left it."""
+        with self.store.read_transaction() as tx:
+            head = tx.get_log_head(session.identity.tenant_id, session.group.group_id)
+        current = head.epoch if head is not None else session.group.epoch
+        if epoch is not None and epoch < current:
+            raise stale_epoch(current)
+        if head is not None:
+            self.hosted.catch_up(session, head.seq)
+        return head
+
+    def submit_commit(self, session: GroupSession, head: LogHead | None, staged: StagedCommit) -> None:
+        """Append a commit the member made (the state merges it in the same transaction)."""
+        if head is None and session.group.epoch != 0:
+            return
+        assert staged.commit is not None and staged.group_info is not None and staged.state is not None
+        refs = () if staged.welcome is None else welcome_key_package_refs(staged.welcome)[1]
+        bundle = PreparedBundle(
+            staged.commit,
+            inspect_message(staged.commit),
+            staged.group_info,
+            state_view(staged.state),
+            staged.welcome,
+            refs,
+        )
+        self._append(
+            session,
+            head,
+            lambda tx: self.log.append_bundle(
+                tx, session.identity.tenant_id, bundle, session.identity_id, caller=None
+            ),
+        )
+
+    def submit_messages(self, session: GroupSession, head: LogHead | None, messages: list[bytes]) -> None:
+        """Append proposals or application messages the member made, in order."""
+        if head is None:
+            return
+        group_id = session.group.group_id
+        prepared = [PreparedMessage(m, inspect_message(m)) for m in messages]
+        tenant_id = session.identity.tenant_id
+        self._append(
+            session,
+            head,
+            lambda tx: self.log.append_messages(
+                tx, tenant_id, group_id, prepared, session.identity_id, caller=None
+            ),
+            len(messages),
+        )
+
+    def _append(
+        self,
+        session: GroupSession,
+        head: LogHead | None,
+        append: Callable[[Transaction], Appended],
+        count: int = 1,
+    ) -> None:
+        """Join the append to the session's transaction; the state records the seq it will have."""
+        session.applied_seq = (head.seq if head is not None else 0) + count
+        done: list[Appended] = []
+
+        def write(tx: Transaction) -> None:
+            done.append(append(tx))
+
+        session.pending.writes.append(write)
+        session.after_commit.append(lambda: [self.after_append(a) for a in done])
+
+
+__all__ = ["AfterAppend", "HostedSubmission"]
