@@ -88,7 +88,9 @@ class Groups:
             group_id = located[0]
             self.hosted.advance(identity, group_id, force_join=True)
             group = self.sessions.open(identity, group_id, read_only=True).group
-            return Response(201, _joined_json(group))
+            return self.sessions.persistence.commit(
+                PendingWrites(), Response(201, _joined_json(group)), scope
+            )
         session = self.join_session(identity, request.welcome, request.ratchet_tree, request.psks)
         return session.commit(Response(201, _joined_json(session.group)), scope)
 

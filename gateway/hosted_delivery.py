@@ -21,7 +21,7 @@ from collections.abc import Callable
 from mls import MLSError, StagedCommit, welcome_key_package_refs
 
 from .delivery_store import LogEntry, LogHead
-from .errors import Problem, problem_from_exception
+from .errors import Problem, conflict, problem_from_exception
 from .group_session import GroupSession, GroupSessions
 from .inbox_events import open_event, seal_event
 from .persistence import Json, Response
@@ -32,6 +32,8 @@ log = logging.getLogger("mls_gateway")
 
 #: Log entries applied per transaction.
 BATCH = 100
+#: Times :meth:`HostedDelivery.advance` starts again after losing a race for the membership.
+RACES = 5
 
 #: Joins a hosted identity from a Welcome: (identity, welcome, ratchet tree) -> an uncommitted session.
 Joiner = Callable[[Identity, bytes, bytes | None], GroupSession]
@@ -93,7 +95,17 @@ class HostedDelivery:
     # ---- on its own -------------------------------------------------------------------------------------
     def advance(self, identity: Identity, group_id: bytes, *, force_join: bool = False) -> int | None:
         """Apply everything the log holds for this membership (joining first from a Welcome when it is not
-        a member yet); returns the applied ``seq`` (``None`` when there is nothing for it)."""
+        a member yet); returns the applied ``seq`` (``None`` when there is nothing for it). A concurrent
+        writer of the same membership (a request, another process) makes it start again on its result."""
+        for _ in range(RACES):
+            try:
+                return self._advance(identity, group_id, force_join)
+            except Problem as e:
+                if e.code != "conflict":
+                    raise
+        raise conflict("the membership kept changing concurrently; retry")
+
+    def _advance(self, identity: Identity, group_id: bytes, force_join: bool) -> int | None:
         tenant_id = identity.tenant_id
         while True:
             with self.store.read_transaction() as tx:
@@ -137,7 +149,13 @@ class HostedDelivery:
         assert self.joiner is not None
         try:
             session = self.joiner(identity, entry.welcome, entry.ratchet_tree)
-        except (MLSError, Problem) as e:
+        except Problem as e:
+            if e.code == "conflict":
+                raise  # joined concurrently (its KeyPackage is consumed): advance starts again
+            log.warning("hosted identity could not join from the log's Welcome (seq %d): %s", entry.seq, e)
+            self._welcome_event(identity, head, entry, e.document())
+            return None
+        except MLSError as e:
             log.warning("hosted identity could not join from the log's Welcome (seq %d): %s", entry.seq, e)
             self._welcome_event(identity, head, entry, problem_from_exception(e).document())
             return None
