@@ -19,10 +19,12 @@ from hsm.keystore import Pkcs11KeyStore
 
 from . import audit
 from .auth import Principal
+from .clients import Clients
 from .group_operations import GroupOperations
 from .group_session import GroupSessions
 from .groups import Groups
 from .identities import Identities
+from .key_directory import KeyDirectory
 from .key_packages import KeyPackages
 from .persistence import Persistence
 from .sealed_state import StateSealer
@@ -58,6 +60,10 @@ class GatewayService:
         self.key_packages = KeyPackages(store, keys, self.identities, self.persistence)
         self.groups = Groups(store, keys, self.identities, sessions)
         self.group_operations = GroupOperations(self.identities, self.persistence)
+        self.clients = Clients(store, self.persistence)
+        self.key_directory = KeyDirectory(
+            store, self.clients, self.identities, self.key_packages, self.persistence
+        )
 
     def bootstrap_admin(self) -> str | None:
         """Create the first admin token if there is none; returns it (to be shown once)."""

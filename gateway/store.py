@@ -27,6 +27,8 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
+from .sqlite_directory import DirectoryTransaction
+
 
 class StoreUnavailable(Exception):
     """The database cannot be reached or written (disk full, locked too long, I/O error)."""
@@ -115,7 +117,7 @@ class IdempotentResponse:
     body: bytes
 
 
-class Transaction(Protocol):
+class Transaction(DirectoryTransaction, Protocol):
     """One atomic unit of reads and writes: all of it commits, or none of it."""
 
     # tenants and tokens
