@@ -15,6 +15,7 @@ import dataclasses
 import os
 import sqlite3
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -34,8 +35,8 @@ class Device:
     def __init__(self, name: str, suite: int = 1) -> None:
         self.mls = MlsClient(SoftwareKeyStore(), suite, Credential.basic(name.encode()))
 
-    def key_package(self, **kw: object) -> bytes:
-        return self.mls.key_package(**kw).message()  # type: ignore[arg-type]
+    def key_package(self, lifetime: Lifetime | None = None) -> bytes:
+        return self.mls.key_package(lifetime=lifetime).message()
 
     def key_packages(self, n: int) -> list[str]:
         return [b64(self.key_package()) for _ in range(n)]
@@ -257,7 +258,7 @@ def test_signature_keys_belong_to_one_endpoint(server: GatewayServer) -> None:
 def test_claims_hand_out_each_once_oldest_first_then_the_last_resort(server: GatewayServer) -> None:
     t = _tenant(server, "claims")
     cid, device = _client(t)
-    claimer_id, claimer = _client(t, "claimer")
+    _, claimer = _client(t, "claimer")
     phone = Device("phone")
     first, second = phone.key_packages(2)
     _upload(device, cid, [first]).expect(201)
@@ -280,7 +281,18 @@ def test_claims_hand_out_each_once_oldest_first_then_the_last_resort(server: Gat
             assert tx.endpoint_for_key_package_ref("tnt_other", _ref(first)) is None
     finally:
         store.close()
-    _ = claimer_id
+
+
+def test_concurrent_claims_never_hand_out_one_twice(server: GatewayServer) -> None:
+    t = _tenant(server, "concurrent")
+    cid, device = _client(t)
+    uploaded = Device("phone").key_packages(8)
+    _upload(device, cid, uploaded).expect(201)
+    with ThreadPoolExecutor(8) as pool:
+        replies = list(pool.map(lambda _: _claim(t.api, cid), range(10)))
+    got = [r["key_packages"][cid] for r in replies if r.status == 200]
+    assert sorted(got) == sorted(uploaded)
+    assert [r.status for r in replies].count(409) == 2
 
 
 def test_claim_conflict_claims_nothing(server: GatewayServer) -> None:
