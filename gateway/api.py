@@ -16,6 +16,7 @@ import uuid
 from aiohttp import web
 
 from . import parsing as rq
+from .api_directory import DIRECTORY_ROUTES
 from .api_log import LOG_ROUTES
 from .dispatch import (
     Route,
@@ -451,6 +452,7 @@ ROUTES: list[Route] = [
     Route("GET", GROUPS + "/{gid}/group-info", group_info, "tenant", "Signed GroupInfo with external_pub"),
     Route("POST", GROUPS + "/{gid}/export", export, "tenant", "MLS-Exporter secret", False),
     *LOG_ROUTES,
+    *DIRECTORY_ROUTES,
 ]
 
 

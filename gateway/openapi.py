@@ -123,6 +123,15 @@ REQUEST_BODIES: dict[tuple[str, str], dict[str, Any]] = {
         context=B64,
         length={"type": "integer", "minimum": 1, "maximum": 255},
     ),
+    ("POST", "/v1/clients"): _obj(["name"], name={"type": "string"}),
+    ("POST", "/v1/clients/{client_id}/key-packages"): _obj(
+        key_packages={"type": "array", "items": MLS, "maxItems": 100}, last_resort=MLS
+    ),
+    ("POST", "/v1/key-packages/claim"): _obj(
+        ["endpoints"],
+        endpoints={"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 100},
+        cipher_suite={"type": "integer", "minimum": 1, "maximum": 65535},
+    ),
 }
 
 SUCCESS: dict[tuple[str, str], int] = {
@@ -138,6 +147,9 @@ SUCCESS: dict[tuple[str, str], int] = {
     ("DELETE", _G + "/{gid}"): 204,
     ("DELETE", _G + "/{gid}/pending-commit"): 204,
     ("POST", _G + "/{gid}/proposals"): 201,
+    ("POST", "/v1/clients"): 201,
+    ("DELETE", "/v1/clients/{client_id}"): 204,
+    ("POST", "/v1/clients/{client_id}/key-packages"): 201,
 }
 
 

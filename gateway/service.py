@@ -19,6 +19,7 @@ from hsm.keystore import Pkcs11KeyStore
 
 from . import audit
 from .auth import Principal
+from .clients import Clients
 from .delivery_metrics import DeliveryMetrics
 from .delivery_store import HostedWork
 from .group_log import Appended, GroupLog
@@ -28,6 +29,7 @@ from .groups import Groups
 from .hosted_delivery import HostedDelivery
 from .hosted_submission import HostedSubmission
 from .identities import Identities
+from .key_directory import KeyDirectory
 from .key_packages import KeyPackages
 from .log_operations import LogOperations
 from .persistence import Persistence
@@ -63,6 +65,10 @@ class GatewayService:
         self.identities = Identities(store, keys, sessions)
         self.key_packages = KeyPackages(store, keys, self.identities, self.persistence)
         self.groups = Groups(store, keys, self.identities, sessions)
+        self.clients = Clients(store, self.persistence)
+        self.key_directory = KeyDirectory(
+            store, self.clients, self.identities, self.key_packages, self.persistence
+        )
         self._wire_group_service(store, sessions)
 
     def _wire_group_service(self, store: Store, sessions: GroupSessions) -> None:

@@ -161,35 +161,6 @@ class SqliteDeliveryMixin(SqliteQueries):
         ).fetchall()
         return [(r["tenant_id"], bytes(r["group_id"])) for r in rows]
 
-    # ---- the endpoint registry --------------------------------------------------------------------------
-    def endpoint_for_key(self, tenant_id: str, signature_key: bytes) -> str | None:
-        r = self._one(
-            "SELECT endpoint_id FROM endpoint_keys WHERE tenant_id = ? AND signature_key = ?",
-            tenant_id,
-            signature_key,
-        )
-        return None if r is None else str(r["endpoint_id"])
-
-    def register_endpoint_key(self, tenant_id: str, signature_key: bytes, endpoint_id: str) -> bool:
-        self._c.execute(
-            "INSERT OR IGNORE INTO endpoint_keys (tenant_id, signature_key, endpoint_id) VALUES (?, ?, ?)",
-            (tenant_id, signature_key, endpoint_id),
-        )
-        return self.endpoint_for_key(tenant_id, signature_key) == endpoint_id
-
-    def endpoint_for_key_package_ref(self, tenant_id: str, ref: bytes) -> str | None:
-        r = self._one(
-            "SELECT k.identity_id AS e FROM key_packages k JOIN identities i USING (identity_id) "
-            "WHERE k.ref = ? AND i.tenant_id = ? UNION ALL "
-            "SELECT d.client_id AS e FROM directory_key_packages d JOIN clients c USING (client_id) "
-            "WHERE d.ref = ? AND c.tenant_id = ? LIMIT 1",
-            ref,
-            tenant_id,
-            ref,
-            tenant_id,
-        )
-        return None if r is None else str(r["e"])
-
     # ---- mailboxes and inboxes ----------------------------------------------------------------------------
     def add_mailbox_items(
         self, tenant_id: str, client_ids: list[str], group_id: bytes, seq: int, kind: str

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .sqlite_delivery import SqliteDeliveryMixin
+from .sqlite_directory import SqliteDirectoryMixin
 from .sqlite_schema import SCHEMA_VERSION, upgrade
 from .store import (
     AuditRecord,
@@ -70,7 +71,7 @@ def _group(row: sqlite3.Row) -> GroupRecord:
     )
 
 
-class SqliteTransaction(SqliteDeliveryMixin):
+class SqliteTransaction(SqliteDirectoryMixin, SqliteDeliveryMixin):
     """The :class:`gateway.store.Transaction` of one SQLite transaction."""
 
     # ---- tenants and tokens ---------------------------------------------------------------------

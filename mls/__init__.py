@@ -47,11 +47,11 @@ from mls.group.results import ApplicationMessage, ProcessedMessage, ProposalMess
 from mls.group.staged_commit import StagedCommit
 from mls.group.state import GroupConfig, GroupState
 from mls.schedule.psk import MemoryPskStore, PskStore
-from mls.tree.leaf_validation import CredentialValidator, LeafPolicy
+from mls.tree.leaf_validation import BasicCredentialValidator, CredentialValidator, LeafPolicy
 from mls.wire.extensions import Extension, ExtensionType, ExternalSender, ExternalSenders
 from mls.wire.framing import MLSMessage, Sender, SenderType, WireFormat
 from mls.wire.group_info import GroupInfo
-from mls.wire.key_package import KeyPackage, create_key_package, key_package_ref
+from mls.wire.key_package import KeyPackage, create_key_package, key_package_ref, validate_key_package
 from mls.wire.proposals import (
     Add,
     ExternalInit,
@@ -75,6 +75,7 @@ __all__ = [
     "CIPHER_SUITES",
     "Add",
     "ApplicationMessage",
+    "BasicCredentialValidator",
     "Certificate",
     "CipherSuite",
     "Client",
@@ -139,6 +140,7 @@ __all__ = [
     "state_view",
     "tree_from_group_info",
     "use_crypto_backend",
+    "validate_key_package",
     "verify_group_info",
     "welcome_key_package_refs",
 ]

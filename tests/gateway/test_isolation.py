@@ -21,6 +21,7 @@ import pytest
 from gateway.api import ROUTES, Route
 
 from .gwclient import Client, GatewayServer, Hosted, Response, b64
+from .test_directory import Device
 
 _G = "/v1/identities/{identity_id}/groups"
 
@@ -49,6 +50,8 @@ def _snapshot(w: World) -> dict[str, Any]:
         "bob": w.bob.group(w.gid),
         "identities": w.a.get("/v1/identities").expect(200).body,
         "key_packages": w.a.get(f"/v1/identities/{w.carol.identity_id}/key-packages").expect(200).body,
+        "clients": w.a.get("/v1/clients").expect(200).body,
+        "directory": w.a.get(f"/v1/clients/{w.ids['client_id']}/key-packages").expect(200).body,
         "groups": w.a.get(w.alice.path()).expect(200).body,
     }
 
@@ -72,6 +75,9 @@ def world(shared_gateway: GatewayServer) -> World:
     staged = bob.commit(gid, {"add": [kp], "pending": True})
     assert a.delete(bob.path(gid, "/pending-commit")).status == 204
     info = a.get(alice.path(gid, "/group-info")).expect(200).body
+    client_id = a.post("/v1/clients", {"name": "a-device"}).expect(201)["client_id"]
+    device = Device("a-device")
+    a.post(f"/v1/clients/{client_id}/key-packages", {"key_packages": device.key_packages(1)}).expect(201)
     bodies: dict[tuple[str, str], Any] = {
         ("POST", "/v1/tenants"): {"name": "intruder"},
         ("POST", "/v1/tenants/{tenant_id}/tokens"): {},
@@ -89,8 +95,17 @@ def world(shared_gateway: GatewayServer) -> World:
         ("POST", _G + "/{gid}/messages"): {"data": b64(b"from b")},
         ("POST", _G + "/{gid}/process"): {"messages": [message, proposal]},
         ("POST", _G + "/{gid}/export"): {"label": "x", "length": 16},
+        ("POST", "/v1/clients"): {"name": "b-device"},
+        ("POST", "/v1/clients/{client_id}/key-packages"): {"key_packages": Device("b").key_packages(1)},
+        ("POST", "/v1/key-packages/claim"): {"endpoints": [client_id, carol.identity_id]},
     }
-    ids = {"tenant_id": tenant_a, "token_id": token_a_id, "identity_id": alice.identity_id, "gid": gid}
+    ids = {
+        "tenant_id": tenant_a,
+        "token_id": token_a_id,
+        "identity_id": alice.identity_id,
+        "gid": gid,
+        "client_id": client_id,
+    }
     b_own = b.create_identity("b-own")["identity_id"]
     w = World(server, a, b, tenant_a, tenant_b, token_a_id, alice, bob, carol, gid, b_own, ids, bodies, {})
     w.snapshot = _snapshot(w)
@@ -142,6 +157,7 @@ def test_other_tenants_ids_are_not_found(world: World, route: Route, unchanged: 
         "token_id": "tok_000000000000000000000000",
         "identity_id": "idn_000000000000000000000000",
         "gid": world.gid,
+        "client_id": "cli_000000000000000000000000",
     }
     r2 = _call(world.b, route, _fill(route, unknown), world.bodies)
     assert _comparable(r2) == _comparable(r), "A's existing ids answer differently from unknown ids"
@@ -158,7 +174,7 @@ def test_admin_routes_are_not_found_for_tenant_tokens(world: World, route: Route
         _not_found(r, f"{who}'s tenant token on {route.method} {route.path}")
 
 
-@pytest.mark.parametrize("route", [r for r in PROTECTED if r.auth == "tenant"], ids=_route_id)
+@pytest.mark.parametrize("route", [r for r in PROTECTED if r.auth in ("tenant", "endpoint")], ids=_route_id)
 def test_tenant_routes_are_not_found_for_the_admin_token(world: World, route: Route, unchanged: None) -> None:
     r = _call(world.server.admin, route, _fill(route, world.ids), world.bodies)
     _not_found(r, f"admin token on {route.method} {route.path}")
@@ -196,6 +212,12 @@ def test_lists_show_only_the_own_tenant(world: World, unchanged: None) -> None:
     ids = {i["identity_id"] for i in listed}
     assert created["identity_id"] in ids
     assert not ids & {world.alice.identity_id, world.bob.identity_id, world.carol.identity_id}
+    made = world.b.post("/v1/clients", world.bodies[("POST", "/v1/clients")]).expect(201).body
+    clients = {c["client_id"] for c in world.b.get("/v1/clients").expect(200).body["clients"]}
+    assert made["client_id"] in clients and world.ids["client_id"] not in clients
+    # Claiming another tenant's endpoints: they do not exist.
+    claim = world.bodies[("POST", "/v1/key-packages/claim")]
+    _not_found(world.b.post("/v1/key-packages/claim", claim), "B claims A's endpoints")
     # The routes without authentication serve everyone and leak nothing tenant-specific.
     for route in (r for r in ROUTES if r.auth == "none"):
         r = world.b.request(route.method, route.path)
@@ -211,6 +233,7 @@ def test_every_route_is_walked() -> None:
         (r.method, r.path) for r in ROUTES if r.auth == "none"
     }
     covered |= {("GET", "/v1/identities"), ("POST", "/v1/identities")}  # test_lists_show_only_the_own_tenant
+    covered |= {("GET", "/v1/clients"), ("POST", "/v1/clients"), ("POST", "/v1/key-packages/claim")}
     covered |= {(r.method, r.path) for r in PROTECTED if r.auth == "admin"}
     assert covered == {(r.method, r.path) for r in ROUTES}
 
@@ -226,7 +249,7 @@ def test_revoked_token_is_refused_at_once(world: World, unchanged: None) -> None
     assert c.get(world.alice.path(world.gid)).status == 200
     assert admin.delete(f"/v1/tenants/{world.tenant_a}/tokens/{made['token_id']}").status == 204
     for route in PROTECTED:
-        if route.auth != "tenant":
+        if route.auth not in ("tenant", "endpoint"):
             continue
         r = _call(c, route, _fill(route, world.ids), world.bodies)
         assert (r.status, r.code) == (401, "unauthorized"), f"revoked token: {route.method} {route.path}"
