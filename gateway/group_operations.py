@@ -56,7 +56,7 @@ class GroupOperations:
         self.persistence = persistence
         #: The group's log: hosted members' commits, proposals and messages go through it.
         self.submission = submission
-        self.incoming = IncomingMessages(submission.store, identities.sessions, submission.hosted)
+        self.incoming = IncomingMessages(identities.sessions, submission)
 
     @staticmethod
     def _retrying(operation: Callable[[], Response]) -> Response:
@@ -206,7 +206,9 @@ class GroupOperations:
     def process(self, principal: Principal, request: ProcessRequest, scope: RequestScope) -> Response:
         """``POST .../process`` (:mod:`gateway.incoming`)."""
         identity = self.identities.get(principal, request.identity_id)
-        return self.incoming.process(identity, request.group_id, request.messages, request.batch, scope)
+        return self._retrying(
+            lambda: self.incoming.process(identity, request.group_id, request.messages, request.batch, scope)
+        )
 
     def group_info(self, principal: Principal, address: GroupAddress, scope: RequestScope) -> Json:
         """``GET .../group-info``: a signed GroupInfo with ``external_pub`` (RFC 9420 §12.4.3)."""

@@ -67,11 +67,25 @@ class HostedSubmission:
         )
         self._append(
             session,
-            head,
             lambda tx: self.log.append_bundle(
                 tx, session.identity.tenant_id, bundle, session.identity_id, caller=None
             ),
         )
+
+    def submit_foreign_commit(self, session: GroupSession, head: LogHead | None, commit: bytes) -> None:
+        """Append a commit that reached the member by another path (``/process``) and that it merged: it
+        is for the log's epoch (or the log rolls back with a conflict), and the new epoch's GroupInfo is
+        the member's own, signed by it (any member may sign one, RFC 9420 §12.4.3)."""
+        if head is None:
+            return
+        group = session.group
+        with session.audit_context():
+            group_info = group.group_info(with_ratchet_tree=False)
+        bundle = PreparedBundle(
+            commit, inspect_message(commit), group_info, state_view(group.state), None, ()
+        )
+        tenant_id = session.identity.tenant_id
+        self._append(session, lambda tx: self.log.append_bundle(tx, tenant_id, bundle, None, caller=None))
 
     def submit_messages(self, session: GroupSession, head: LogHead | None, messages: list[bytes]) -> None:
         """Append proposals or application messages the member made, in order."""
@@ -82,7 +96,6 @@ class HostedSubmission:
         tenant_id = session.identity.tenant_id
         self._append(
             session,
-            head,
             lambda tx: self.log.append_messages(
                 tx, tenant_id, group_id, prepared, session.identity_id, caller=None
             ),
@@ -90,14 +103,11 @@ class HostedSubmission:
         )
 
     def _append(
-        self,
-        session: GroupSession,
-        head: LogHead | None,
-        append: Callable[[Transaction], Appended],
-        count: int = 1,
+        self, session: GroupSession, append: Callable[[Transaction], Appended], count: int = 1
     ) -> None:
-        """Join the append to the session's transaction; the state records the seq it will have."""
-        session.applied_seq = (head.seq if head is not None else 0) + count
+        """Join the append to the session's transaction; the state records the seq it will have (the
+        member took every entry before it, :meth:`prepare`)."""
+        session.applied_seq += count
         done: list[Appended] = []
 
         def write(tx: Transaction) -> None:

@@ -4,9 +4,11 @@ A message that went through the group's log has been (or is about to be) applied
 gateway itself: processing it again would fail (its generation is used) or, for a commit, fork. So such a
 message is recognised by its bytes (a repeated delivery) — the member is first brought up to it, then the
 answer is the event it produced, while that event is still in the inbox. Messages that arrive by other
-paths are processed as before; in a group the log orders, a commit from elsewhere is refused (409: it
-would take the member off the log's order). A commit or proposal for an epoch the member already left
-answers ``409 conflict`` with ``current_epoch`` (api-v1.md's stale epoch).
+paths are processed as before, after the member took the log's entries; in a group the log orders, a
+commit from elsewhere that the member merges is appended to the log in the same transaction (with a
+GroupInfo the member signs), so the other members follow it — or, when the log already accepted another
+commit for that epoch, the request answers 409 and changes nothing. A commit or proposal for an epoch
+the member already left answers ``409 conflict`` with ``current_epoch`` (api-v1.md's stale epoch).
 """
 
 from __future__ import annotations
@@ -15,51 +17,50 @@ from collections.abc import Callable
 
 from mls import MLSError, StagedCommit, inspect_message
 
-from .delivery_store import message_digest
+from .delivery_store import LogHead, message_digest
 from .errors import Problem, conflict, problem_from_exception, stale_epoch
 from .group_session import GroupSession, GroupSessions
-from .hosted_delivery import HostedDelivery
+from .hosted_submission import HostedSubmission
 from .persistence import Json, RequestScope, Response
-from .store import Identity, Store
+from .store import Identity
 from .views import result_json
 
 
 class IncomingMessages:
     """Processes messages for a hosted member (see the module docstring)."""
 
-    def __init__(self, store: Store, sessions: GroupSessions, hosted: HostedDelivery) -> None:
-        self.store = store
+    def __init__(self, sessions: GroupSessions, submission: HostedSubmission) -> None:
+        self.store = submission.store
         self.sessions = sessions
-        self.hosted = hosted
+        self.hosted = submission.hosted
+        self.submission = submission
 
     def process(
         self, identity: Identity, group_id: bytes, messages: list[bytes], batch: bool, scope: RequestScope
     ) -> Response:
         """Each message in order; a commit is merged at once. In the batch form a failed message answers a
         problem document in its place and the others still count."""
-        positions, logged = self._log_positions(identity, group_id, messages)
+        positions = self._log_positions(identity, group_id, messages)
         if any(p is not None for p in positions):
             self.hosted.advance(identity, group_id, force_join=True)
         session = self.sessions.open(identity, group_id)
+        head = self.submission.prepare(session)
         results = []
         with session.audit_context():
             for message, seq in zip(messages, positions, strict=True):
                 one = self._recorded if seq is not None else self._process_one
-                results.append(_answer(one, (session, message, seq, logged), batch))
+                results.append(_answer(one, (session, message, seq, head), batch))
         body = {"results": results} if batch else results[0]
         return session.commit(Response(200, body), scope)
 
-    def _log_positions(
-        self, identity: Identity, group_id: bytes, messages: list[bytes]
-    ) -> tuple[list[int | None], bool]:
-        """Each message's ``seq`` in the group's log (``None`` if it is not there), and whether the log
-        knows the group."""
+    def _log_positions(self, identity: Identity, group_id: bytes, messages: list[bytes]) -> list[int | None]:
+        """Each message's ``seq`` in the group's log (``None`` if it is not there)."""
         with self.store.read_transaction() as tx:
             if tx.get_log_head(identity.tenant_id, group_id) is None:
-                return [None] * len(messages), False
-            return [tx.log_seq_of(identity.tenant_id, group_id, message_digest(m)) for m in messages], True
+                return [None] * len(messages)
+            return [tx.log_seq_of(identity.tenant_id, group_id, message_digest(m)) for m in messages]
 
-    def _recorded(self, session: GroupSession, message: bytes, seq: int | None, logged: bool) -> Json:
+    def _recorded(self, session: GroupSession, message: bytes, seq: int | None, head: LogHead | None) -> Json:
         """What a log entry produced for this member (a repeated delivery changes nothing)."""
         assert seq is not None
         event = self.hosted.recorded_event(session.identity, session.group.group_id, seq)
@@ -72,25 +73,25 @@ class IncomingMessages:
             raise Problem(problem["code"], problem["detail"], rule=problem.get("rule"))
         return event
 
-    @staticmethod
-    def _process_one(session: GroupSession, message: bytes, seq: int | None, logged: bool) -> Json:
+    def _process_one(
+        self, session: GroupSession, message: bytes, seq: int | None, head: LogHead | None
+    ) -> Json:
         group = session.group
         if group.pending_commit is not None:
             raise conflict("a pending commit must be merged or discarded first")
         info = inspect_message(message)
         if info.kind != "application" and info.epoch < group.epoch:
             raise stale_epoch(group.epoch)
-        if logged and info.kind == "commit":
-            raise conflict("this group is ordered by its log: a commit must go through it (commit-bundles)")
         result = group.process(message)
         if isinstance(result, StagedCommit):
             session.merge(result)
+            self.submission.submit_foreign_commit(session, head, message)
         return result_json(result, group)
 
 
 def _answer(
-    run: Callable[[GroupSession, bytes, int | None, bool], Json],
-    args: tuple[GroupSession, bytes, int | None, bool],
+    run: Callable[[GroupSession, bytes, int | None, LogHead | None], Json],
+    args: tuple[GroupSession, bytes, int | None, LogHead | None],
     batch: bool,
 ) -> Json:
     """The result of ``run(*args)``, or in the batch form its failure as a problem document."""
