@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from mls import inspect_message
+
 from .auth import Principal
 from .errors import Problem, not_found
 from .group_log import Appended, GroupLog, PreparedBundle, prepare_bundle, prepare_messages
@@ -39,8 +41,11 @@ class LogOperations:
     ) -> Response:
         """``POST /v1/groups/{gid}/commit-bundles`` → 201 ``{seq, epoch}`` or 409 ``current_epoch``."""
         commit, group_info, ratchet_tree, welcome = parts
-        bundle = prepare_bundle(group_id, commit, group_info, ratchet_tree, welcome)
         tenant_id, caller = _tenant(principal), principal.client_id
+        if inspect_message(commit).epoch != 0:
+            with self.store.read_transaction() as tx:
+                self.log.head(tx, tenant_id, group_id)  # 404 before any verification work
+        bundle = prepare_bundle(group_id, commit, group_info, ratchet_tree, welcome)
         done: list[Appended] = []
 
         def write(tx: Transaction) -> None:
@@ -65,8 +70,10 @@ class LogOperations:
         self, principal: Principal, group_id: bytes, message: bytes, scope: RequestScope
     ) -> Response:
         """``POST /v1/groups/{gid}/messages`` → 201 ``{seq}``."""
-        prepared = prepare_messages(group_id, [message])
         tenant_id, caller = _tenant(principal), principal.client_id
+        with self.store.read_transaction() as tx:
+            self.log.head(tx, tenant_id, group_id)  # 404 before any decoding
+        prepared = prepare_messages(group_id, [message])
         done: list[Appended] = []
 
         def write(tx: Transaction) -> None:

@@ -159,6 +159,8 @@ class SqliteTransaction(SqliteDirectoryMixin, SqliteDeliveryMixin):
         self._c.execute("DELETE FROM idempotency WHERE identity_id = ?", (identity_id,))
         self._c.execute("DELETE FROM identities WHERE identity_id = ?", (identity_id,))
         self._c.execute("DELETE FROM endpoint_keys WHERE endpoint_id = ?", (identity_id,))
+        # Its leaves are no longer delivered to (api-delivery.md); its pending work and inbox go (cascade).
+        self._c.execute("UPDATE group_members SET endpoint_id = NULL WHERE endpoint_id = ?", (identity_id,))
 
     def add_key_package(self, k: KeyPackageRecord) -> None:
         self._c.execute(

@@ -98,6 +98,12 @@ def world(shared_gateway: GatewayServer) -> World:
         ("POST", "/v1/clients"): {"name": "b-device"},
         ("POST", "/v1/clients/{client_id}/key-packages"): {"key_packages": Device("b").key_packages(1)},
         ("POST", "/v1/key-packages/claim"): {"endpoints": [client_id, carol.identity_id]},
+        ("POST", "/v1/groups/{gid}/commit-bundles"): {
+            "commit": staged["commit"],
+            "group_info": staged["group_info"],
+            "ratchet_tree": info["ratchet_tree"],
+        },
+        ("POST", "/v1/groups/{gid}/messages"): {"message": message},
     }
     ids = {
         "tenant_id": tenant_a,
