@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .sqlite_delivery import SqliteDeliveryMixin
 from .sqlite_schema import SCHEMA_VERSION, upgrade
+from .sqlite_webhooks import SqliteWebhookMixin
 from .store import (
     AuditRecord,
     EpochConflict,
@@ -70,7 +71,7 @@ def _group(row: sqlite3.Row) -> GroupRecord:
     )
 
 
-class SqliteTransaction(SqliteDeliveryMixin):
+class SqliteTransaction(SqliteDeliveryMixin, SqliteWebhookMixin):
     """The :class:`gateway.store.Transaction` of one SQLite transaction."""
 
     # ---- tenants and tokens ---------------------------------------------------------------------
