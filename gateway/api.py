@@ -16,6 +16,7 @@ import uuid
 from aiohttp import web
 
 from . import parsing as rq
+from .api_webhooks import WEBHOOK_ROUTES
 from .dispatch import (
     Route,
     group_address,
@@ -442,6 +443,7 @@ ROUTES: list[Route] = [
     Route("GET", GROUPS + "/{gid}/group-info", group_info, "tenant", "Signed GroupInfo with external_pub"),
     Route("POST", GROUPS + "/{gid}/export", export, "tenant", "MLS-Exporter secret", False),
 ]
+ROUTES += WEBHOOK_ROUTES
 
 
 def make_request_id() -> str:
