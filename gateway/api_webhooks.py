@@ -30,12 +30,24 @@ from .dispatch import Route, principal, read_body, respond, runtime
 from .errors import invalid, not_found
 from .identities import Identities
 from .persistence import Json, Response
-from .store import Store
+from .store import Store, Transaction
 from .wakeups import Wakeups
 from .webhook_delivery import WEBHOOKS_CHANGED
 from .webhooks import MAX_URL_LENGTH, SECRET_MAX_BYTES, UnsafeTarget, check_secret, check_target, seal_secret
 
 WEBHOOK_PATH = "/v1/identities/{identity_id}/webhook"
+
+
+def store_webhook(
+    tx: Transaction, identity_id: str, url: str, sealed_secret: bytes, after: int | None
+) -> int:
+    """Set the webhook in ``tx``; returns the cursor delivery continues after: ``after`` if given, else the
+    replaced webhook's (its waiting events are still delivered), else the inbox's newest (no replay)."""
+    if after is None:
+        current = tx.get_webhook(identity_id)
+        after = current.delivered_cursor if current else tx.last_inbox_cursor(identity_id)
+    tx.put_webhook(identity_id, url, sealed_secret, after)
+    return after
 
 
 class WebhookSettings:
@@ -51,12 +63,9 @@ class WebhookSettings:
         self.identities.get(p, identity_id)
         sealed = seal_secret(self.envelope, identity_id, secret)
         with self.store.transaction() as tx:
-            if after is None:
-                current = tx.get_webhook(identity_id)
-                after = current.delivered_cursor if current else tx.last_inbox_cursor(identity_id)
-            tx.put_webhook(identity_id, url, sealed, after)
+            cursor = store_webhook(tx, identity_id, url, sealed, after)
         self.wakeups.notify([identity_id, WEBHOOKS_CHANGED])
-        return {"url": url, "after": str(after)}
+        return {"url": url, "after": str(cursor)}
 
     def show(self, p: Principal, identity_id: str) -> Json:
         self.identities.get(p, identity_id)
@@ -85,14 +94,12 @@ def _settings(request: web.Request) -> WebhookSettings:
 
 
 def _after(value: Any) -> int | None:
-    """The optional ``after`` cursor: a cursor string (digits) or a non-negative integer."""
+    """The optional ``after``: a cursor as the inbox API hands them out (a string of digits)."""
     if value is None:
         return None
-    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 19:
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 18:
         return int(value)
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63:
-        return value
-    raise invalid("after must be a cursor")
+    raise invalid("after must be a cursor (a string, as an event's cursor)")
 
 
 async def _check_identity(request: web.Request) -> tuple[Principal, str]:
@@ -138,4 +145,4 @@ WEBHOOK_ROUTES: list[Route] = [
 ]
 
 
-__all__ = ["WEBHOOK_PATH", "WEBHOOK_ROUTES", "WebhookSettings"]
+__all__ = ["WEBHOOK_PATH", "WEBHOOK_ROUTES", "WebhookSettings", "store_webhook"]

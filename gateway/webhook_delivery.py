@@ -253,12 +253,16 @@ class WebhookDispatcher:
         try:
             body = await self._call(lambda: event_json(self._envelope, hook.identity_id, pending))
             check_delivery_target(hook.url, self._opts.allow_private)
-            return await self._post(hook.url, body, secret.value)
+            status = await self._post(hook.url, body, secret.value)
         except (UnsafeTarget, aiohttp.ClientError, TimeoutError, HsmError, ValueError) as e:
             log.info("webhook delivery for %s failed: %s", hook.identity_id, type(e).__name__)
             return False
+        if 200 <= status < 300:
+            return True
+        log.info("webhook delivery for %s failed: HTTP %d", hook.identity_id, status)
+        return False
 
-    async def _post(self, url: str, body: bytes, secret: bytes) -> bool:
+    async def _post(self, url: str, body: bytes, secret: bytes) -> int:
         assert self._session is not None
         headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(secret, body)}
         timeout = aiohttp.ClientTimeout(total=self._opts.attempt_timeout_s)
@@ -266,7 +270,7 @@ class WebhookDispatcher:
             url, data=body, headers=headers, timeout=timeout, allow_redirects=False
         ) as response:
             await response.content.read(65536)  # a little of the answer; the rest is not needed
-            return 200 <= response.status < 300
+            return response.status
 
     async def _record_failure(self, hook: WebhookRecord, attempts: int, failing_since: float) -> None:
         now = time.time()
