@@ -18,6 +18,7 @@ from aiohttp import web
 from . import parsing as rq
 from .api_directory import DIRECTORY_ROUTES
 from .api_log import LOG_ROUTES
+from .api_webhooks import WEBHOOK_ROUTES
 from .dispatch import (
     Route,
     group_address,
@@ -454,6 +455,7 @@ ROUTES: list[Route] = [
     *LOG_ROUTES,
     *DIRECTORY_ROUTES,
 ]
+ROUTES += WEBHOOK_ROUTES
 
 
 def make_request_id() -> str:

@@ -37,6 +37,7 @@ from .service import GatewayService
 from .sqlite_store import SqliteStore
 from .state_cache import StateCache
 from .store import StoreUnavailable
+from .webhook_delivery import webhook_delivery
 
 log = logging.getLogger("mls_gateway")
 
@@ -137,6 +138,7 @@ def create_app(runtime: Runtime) -> web.Application:
         app.router.add_route(route.method, route.path, route.handler)
     app.cleanup_ctx.append(_idempotency_purge)  # its cleanup runs before on_cleanup's _close_runtime
     app.cleanup_ctx.append(hosted_delivery_task)
+    app.cleanup_ctx.append(webhook_delivery)  # signed webhooks of hosted identities (api-delivery.md)
     app.on_cleanup.append(_close_runtime)
     return app
 

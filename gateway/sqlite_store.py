@@ -19,6 +19,7 @@ from pathlib import Path
 from .sqlite_delivery import SqliteDeliveryMixin
 from .sqlite_directory import SqliteDirectoryMixin
 from .sqlite_schema import SCHEMA_VERSION, upgrade
+from .sqlite_webhooks import SqliteWebhookMixin
 from .store import (
     AuditRecord,
     EpochConflict,
@@ -71,7 +72,7 @@ def _group(row: sqlite3.Row) -> GroupRecord:
     )
 
 
-class SqliteTransaction(SqliteDirectoryMixin, SqliteDeliveryMixin):
+class SqliteTransaction(SqliteDirectoryMixin, SqliteDeliveryMixin, SqliteWebhookMixin):
     """The :class:`gateway.store.Transaction` of one SQLite transaction."""
 
     # ---- tenants and tokens ---------------------------------------------------------------------

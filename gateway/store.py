@@ -29,6 +29,7 @@ from typing import Protocol
 
 from .delivery_store import LogTransaction
 from .sqlite_directory import DirectoryTransaction
+from .sqlite_webhooks import WebhookTransaction
 
 
 class StoreUnavailable(Exception):
@@ -118,7 +119,7 @@ class IdempotentResponse:
     body: bytes
 
 
-class Transaction(LogTransaction, DirectoryTransaction, Protocol):
+class Transaction(LogTransaction, DirectoryTransaction, WebhookTransaction, Protocol):
     """One atomic unit of reads and writes: all of it commits, or none of it."""
 
     # tenants and tokens
