@@ -16,6 +16,7 @@ import uuid
 from aiohttp import web
 
 from . import parsing as rq
+from .api_mailboxes import MAILBOX_ROUTES
 from .dispatch import (
     Route,
     group_address,
@@ -441,6 +442,7 @@ ROUTES: list[Route] = [
     Route("POST", GROUPS + "/{gid}/process", process, "tenant", "Process incoming MLS messages", True),
     Route("GET", GROUPS + "/{gid}/group-info", group_info, "tenant", "Signed GroupInfo with external_pub"),
     Route("POST", GROUPS + "/{gid}/export", export, "tenant", "MLS-Exporter secret", False),
+    *MAILBOX_ROUTES,
 ]
 
 

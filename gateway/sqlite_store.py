@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .sqlite_delivery import SqliteDeliveryMixin
+from .sqlite_mailboxes import SqliteMailboxMixin
 from .sqlite_schema import SCHEMA_VERSION, upgrade
 from .store import (
     AuditRecord,
@@ -70,7 +71,7 @@ def _group(row: sqlite3.Row) -> GroupRecord:
     )
 
 
-class SqliteTransaction(SqliteDeliveryMixin):
+class SqliteTransaction(SqliteDeliveryMixin, SqliteMailboxMixin):
     """The :class:`gateway.store.Transaction` of one SQLite transaction."""
 
     # ---- tenants and tokens ---------------------------------------------------------------------

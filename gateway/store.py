@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from .delivery_store import LogTransaction
+from .sqlite_mailboxes import MailboxTransaction
 
 
 class StoreUnavailable(Exception):
@@ -117,7 +118,7 @@ class IdempotentResponse:
     body: bytes
 
 
-class Transaction(LogTransaction, Protocol):
+class Transaction(LogTransaction, MailboxTransaction, Protocol):
     """One atomic unit of reads and writes: all of it commits, or none of it."""
 
     # tenants and tokens
