@@ -47,6 +47,7 @@ from .mailboxes import (
     parse_cursor,
     record_deliveries,
 )
+from .persistence import RequestScope
 
 log = logging.getLogger("mls_gateway")
 
@@ -62,26 +63,28 @@ HEARTBEAT_S = 30.0
 MAX_FRAME_BYTES = 4096
 
 
-async def in_pool(request: web.Request, fn: Callable[[], T]) -> T:
-    """Run ``fn`` in the worker pool with the request's audit context (as :func:`respond` does)."""
+async def in_pool(request: web.Request, fn: Callable[[RequestScope], T]) -> T:
+    """Run ``fn(scope)`` in the worker pool with the request's audit context (as :func:`respond` does)."""
     rt = runtime(request)
     who, request_id = request.get(PRINCIPAL), request[REQUEST_ID]
 
     def work() -> T:
-        with rt.service.persistence.request(who, request_id):
-            return fn()
+        with rt.service.persistence.request(who, request_id) as scope:
+            return fn(scope)
 
     ctx = contextvars.copy_context()
     return await asyncio.get_running_loop().run_in_executor(rt.executor, ctx.run, work)
 
 
 def client_mailbox(request: web.Request) -> ClientMailbox:
-    return ClientMailbox(runtime(request).store, principal(request), request.match_info["client_id"])
+    persistence = runtime(request).service.persistence
+    return ClientMailbox(persistence, principal(request), request.match_info["client_id"])
 
 
 def identity_inbox(request: web.Request) -> IdentityInbox:
     rt = runtime(request)
-    return IdentityInbox(rt.store, rt.envelope, principal(request), request.match_info["identity_id"])
+    persistence, iid = rt.service.persistence, request.match_info["identity_id"]
+    return IdentityInbox(persistence, rt.envelope, principal(request), iid)
 
 
 # ---- long-poll and ack -------------------------------------------------------------------------------
@@ -92,7 +95,7 @@ async def _read(request: web.Request, box: Box, after: int, limit: int, channel:
     with ``count`` the entries read count as delivered (``mlsgw_deliveries``, latency)."""
     metrics = runtime(request).metrics.delivery
     try:
-        page = await in_pool(request, partial(box.read, after, limit))
+        page = await in_pool(request, lambda scope: box.read(after, limit))
     except Exception as e:
         if problem_from_exception(e).status >= 500:
             metrics.delivered(channel, False)
@@ -117,10 +120,11 @@ async def long_poll(request: web.Request, box: Box) -> web.Response:
 
 
 async def ack(request: web.Request, box: Box) -> web.Response:
-    """``POST …/ack`` ``{up_to: cursor}``: entries up to ``up_to`` (inclusive) are deleted; 204."""
+    """``POST …/ack`` ``{up_to: cursor}``: entries up to ``up_to`` (inclusive) are deleted; 204. Acking
+    twice is harmless; an ``Idempotency-Key`` is honoured as on every state-changing POST (api-v1.md)."""
     body = await read_body(request)
     up_to = parse_cursor(body.data.get("up_to"), "up_to")
-    return await respond(request, lambda scope: box.ack(up_to))
+    return await respond(request, lambda scope: box.ack(up_to, scope), idempotent=True)
 
 
 async def get_mailbox(request: web.Request) -> web.Response:
@@ -204,7 +208,9 @@ async def serve_socket(request: web.Request, box: Box) -> web.WebSocketResponse:
     """Check the query and the caller's right to the box, upgrade, then push and take acks."""
     after_q = request.query.get("after")
     after = 0 if after_q in (None, "") else parse_cursor(after_q, "after")
-    await in_pool(request, box.check)  # first: a box the caller may not see answers 404, upgrade or not
+    await in_pool(
+        request, lambda scope: box.check()
+    )  # first: a box the caller may not see answers 404, upgrade or not
     ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S, max_msg_size=MAX_FRAME_BYTES)
     if not ws.can_prepare(request).ok:
         raise invalid("this route takes a WebSocket upgrade (GET with Upgrade: websocket)")

@@ -29,7 +29,7 @@ from .auth import Principal
 from .delivery_metrics import DeliveryMetrics
 from .errors import invalid, not_found
 from .inbox_events import open_event
-from .persistence import Response
+from .persistence import PendingWrites, Persistence, RequestScope, Response
 from .store import Store, Transaction
 
 Json = dict[str, Any]
@@ -139,8 +139,9 @@ class Box(Protocol):
         ...
 
     def read(self, after: int, limit: int) -> Page: ...
-    def ack(self, up_to: int) -> Response:
-        """Delete the entries with ``cursor <= up_to``: ``204``."""
+    def ack(self, up_to: int, scope: RequestScope) -> Response:
+        """Delete the entries with ``cursor <= up_to``: ``204``, committed as one request's write
+        (:meth:`gateway.persistence.Persistence.commit`: audit, Idempotency-Key)."""
         ...
 
 
@@ -148,7 +149,7 @@ class Box(Protocol):
 class ClientMailbox:
     """A client's mailbox: its own token, or a tenant token of its tenant (api-delivery.md)."""
 
-    store: Store
+    persistence: Persistence
     principal: Principal
     endpoint_id: str
     channel: str = "mailbox"
@@ -161,11 +162,11 @@ class ClientMailbox:
             raise not_found("client")
 
     def check(self) -> None:
-        with self.store.read_transaction() as tx:
+        with self.persistence.store.read_transaction() as tx:
             self._check(tx)
 
     def read(self, after: int, limit: int) -> Page:
-        with self.store.read_transaction() as tx:
+        with self.persistence.store.read_transaction() as tx:
             self._check(tx)
             records = tx.mailbox_after(self.endpoint_id, after, limit)
         entries = [
@@ -181,18 +182,19 @@ class ClientMailbox:
         next_cursor = records[-1].cursor if records else after
         return Page("items", entries, [r.created_at for r in records], next_cursor)
 
-    def ack(self, up_to: int) -> Response:
-        with self.store.transaction() as tx:
+    def ack(self, up_to: int, scope: RequestScope) -> Response:
+        def write(tx: Transaction) -> None:
             self._check(tx)
             tx.ack_mailbox(self.endpoint_id, up_to)
-        return Response(204, None)
+
+        return self.persistence.commit(PendingWrites([write]), Response(204, None), scope)
 
 
 @dataclass(frozen=True)
 class IdentityInbox:
     """A hosted identity's inbox: tenant tokens of its tenant (hosted identities have no tokens)."""
 
-    store: Store
+    persistence: Persistence
     envelope: Envelope
     principal: Principal
     endpoint_id: str
@@ -204,11 +206,11 @@ class IdentityInbox:
             raise not_found("identity")
 
     def check(self) -> None:
-        with self.store.read_transaction() as tx:
+        with self.persistence.store.read_transaction() as tx:
             self._check(tx)
 
     def read(self, after: int, limit: int) -> Page:
-        with self.store.read_transaction() as tx:
+        with self.persistence.store.read_transaction() as tx:
             self._check(tx)
             records = tx.inbox_after(self.endpoint_id, after, limit)
         entries = []
@@ -219,11 +221,12 @@ class IdentityInbox:
         next_cursor = records[-1].cursor if records else after
         return Page("events", entries, [r.created_at for r in records], next_cursor)
 
-    def ack(self, up_to: int) -> Response:
-        with self.store.transaction() as tx:
+    def ack(self, up_to: int, scope: RequestScope) -> Response:
+        def write(tx: Transaction) -> None:
             self._check(tx)
             tx.ack_inbox(self.endpoint_id, up_to)
-        return Response(204, None)
+
+        return self.persistence.commit(PendingWrites([write]), Response(204, None), scope)
 
 
 def purge_expired_items(store: Store, retention_s: float) -> int:

@@ -168,6 +168,14 @@ def test_ack_deletes_up_to_the_cursor_inclusive_and_nothing_else(t: Tenant) -> N
     assert t.device.get(t.mailbox()).expect(200)["items"] == []
 
 
+def test_ack_honours_idempotency_keys(t: Tenant) -> None:
+    t.put("application", b"m")
+    up_to = t.device.get(t.mailbox()).expect(200)["items"][0]["cursor"]
+    t.device.post(t.mailbox() + "/ack", {"up_to": up_to}, idem="ack-1").expect(204)
+    t.device.post(t.mailbox() + "/ack", {"up_to": up_to}, idem="ack-1").expect(204)
+    assert t.device.post(t.mailbox() + "/ack", {"up_to": "0"}, idem="ack-1").status == 409
+
+
 @pytest.mark.parametrize("body", [{}, {"up_to": None}, {"up_to": "x"}, {"up_to": -1}, {"up_to": True}])
 def test_malformed_ack_is_400(t: Tenant, body: dict[str, Any]) -> None:
     t.put("application", b"kept")
