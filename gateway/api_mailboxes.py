@@ -208,9 +208,8 @@ async def serve_socket(request: web.Request, box: Box) -> web.WebSocketResponse:
     """Check the query and the caller's right to the box, upgrade, then push and take acks."""
     after_q = request.query.get("after")
     after = 0 if after_q in (None, "") else parse_cursor(after_q, "after")
-    await in_pool(
-        request, lambda scope: box.check()
-    )  # first: a box the caller may not see answers 404, upgrade or not
+    # First: a box the caller may not see answers 404, whether the request is an upgrade or not.
+    await in_pool(request, lambda scope: box.check())
     ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S, max_msg_size=MAX_FRAME_BYTES)
     if not ws.can_prepare(request).ok:
         raise invalid("this route takes a WebSocket upgrade (GET with Upgrade: websocket)")
