@@ -18,6 +18,7 @@ from aiohttp import web
 from . import parsing as rq
 from .api_directory import DIRECTORY_ROUTES
 from .api_log import LOG_ROUTES
+from .api_mailboxes import MAILBOX_ROUTES
 from .api_webhooks import WEBHOOK_ROUTES
 from .dispatch import (
     Route,
@@ -454,6 +455,7 @@ ROUTES: list[Route] = [
     Route("POST", GROUPS + "/{gid}/export", export, "tenant", "MLS-Exporter secret", False),
     *LOG_ROUTES,
     *DIRECTORY_ROUTES,
+    *MAILBOX_ROUTES,
 ]
 ROUTES += WEBHOOK_ROUTES
 

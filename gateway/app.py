@@ -26,11 +26,13 @@ from hsm.token import Token
 from mls import CryptoBackend, PythonBackend, use_crypto_backend
 
 from .api import ROUTES, Route, make_request_id
+from .api_mailboxes import close_sockets
 from .auth import bearer_token
 from .config import GatewayConfig
 from .context import APP, PRINCIPAL, REQUEST_ID, Runtime
 from .errors import PROBLEM_CONTENT_TYPE, Problem, problem_from_exception
 from .hosted_worker import hosted_delivery_task
+from .mailboxes import purge_expired_items
 from .metrics import Metrics
 from .sealed_keys import SealedKeyPersistence
 from .service import GatewayService
@@ -136,6 +138,7 @@ def create_app(runtime: Runtime) -> web.Application:
     app[APP] = runtime
     for route in ROUTES:
         app.router.add_route(route.method, route.path, route.handler)
+    app.on_shutdown.append(close_sockets)  # open mailbox/inbox WebSockets: 1001, not the shutdown timeout
     app.cleanup_ctx.append(_idempotency_purge)  # its cleanup runs before on_cleanup's _close_runtime
     app.cleanup_ctx.append(hosted_delivery_task)
     app.cleanup_ctx.append(webhook_delivery)  # signed webhooks of hosted identities (api-delivery.md)
@@ -150,6 +153,9 @@ async def _purge_forever(rt: Runtime) -> None:
         try:
             purged = await loop.run_in_executor(rt.executor, rt.service.persistence.purge_expired)
             log.info("purged %d expired idempotency records", purged)
+            await loop.run_in_executor(
+                rt.executor, purge_expired_items, rt.store, rt.config.delivery.mailbox_retention_s
+            )
         except StoreUnavailable as e:
             log.warning("idempotency purge failed (retried later): %s", e)
         await asyncio.sleep(PURGE_INTERVAL_S)

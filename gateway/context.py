@@ -18,6 +18,7 @@ from mls import get_backend
 
 from .auth import Principal
 from .config import GatewayConfig
+from .mailboxes import refresh_depths
 from .metrics import Metrics
 from .service import GatewayService
 from .store import Store, StoreUnavailable
@@ -73,6 +74,7 @@ class Runtime:
                 counts = tx.counts()
             m.identities.set(counts["identities"])
             m.groups.set(counts["groups"])
+            refresh_depths(m.delivery, self.store)
             m.backend.clear()
             m.backend.labels(get_backend().name).set(1)
 

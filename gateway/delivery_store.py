@@ -91,6 +91,8 @@ class InboxRecord:
     seq: int
     #: The event's JSON, sealed (:mod:`gateway.inbox_events`).
     sealed_event: bytes
+    #: When the event was written (unix time; 0 when not read): delivery latency.
+    created_at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,8 @@ class MailboxRecord:
     seq: int
     kind: str
     message: bytes
+    #: When the item was written (unix time; 0 when not read): delivery latency.
+    created_at: float = 0.0
 
 
 class EndpointRegistry(Protocol):

@@ -175,7 +175,7 @@ class SqliteDeliveryMixin(SqliteQueries):
     def mailbox_after(self, client_id: str, after_cursor: int, limit: int) -> list[MailboxRecord]:
         """A client's items after a cursor, in order, with the message bytes of their log entries."""
         rows = self._c.execute(
-            "SELECT m.cursor, m.group_id, m.seq, m.kind, "
+            "SELECT m.cursor, m.group_id, m.seq, m.kind, m.created_at, "
             "CASE WHEN m.kind = 'welcome' THEN e.welcome ELSE e.message END AS message "
             "FROM mailbox m JOIN log_entries e "
             "ON e.tenant_id = m.tenant_id AND e.group_id = m.group_id AND e.seq = m.seq "
@@ -183,7 +183,10 @@ class SqliteDeliveryMixin(SqliteQueries):
             (client_id, after_cursor, limit),
         ).fetchall()
         return [
-            MailboxRecord(r["cursor"], bytes(r["group_id"]), r["seq"], r["kind"], r["message"]) for r in rows
+            MailboxRecord(
+                r["cursor"], bytes(r["group_id"]), r["seq"], r["kind"], r["message"], r["created_at"]
+            )
+            for r in rows
         ]
 
     def add_inbox_event(self, identity_id: str, group_id: bytes, seq: int, sealed_event: bytes) -> int:
@@ -197,11 +200,14 @@ class SqliteDeliveryMixin(SqliteQueries):
     def inbox_after(self, identity_id: str, after_cursor: int, limit: int) -> list[InboxRecord]:
         """An identity's events after a cursor, in order (sealed)."""
         rows = self._c.execute(
-            "SELECT cursor, group_id, seq, event FROM inbox WHERE identity_id = ? AND cursor > ? "
+            "SELECT cursor, group_id, seq, event, created_at FROM inbox WHERE identity_id = ? AND cursor > ? "
             "ORDER BY cursor LIMIT ?",
             (identity_id, after_cursor, limit),
         ).fetchall()
-        return [InboxRecord(r["cursor"], bytes(r["group_id"]), r["seq"], r["event"]) for r in rows]
+        return [
+            InboxRecord(r["cursor"], bytes(r["group_id"]), r["seq"], r["event"], r["created_at"])
+            for r in rows
+        ]
 
     def inbox_event_at(self, identity_id: str, group_id: bytes, seq: int) -> InboxRecord | None:
         r = self._one(

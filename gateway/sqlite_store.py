@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .sqlite_delivery import SqliteDeliveryMixin
 from .sqlite_directory import SqliteDirectoryMixin
+from .sqlite_mailboxes import SqliteMailboxMixin
 from .sqlite_schema import SCHEMA_VERSION, upgrade
 from .sqlite_webhooks import SqliteWebhookMixin
 from .store import (
@@ -72,7 +73,7 @@ def _group(row: sqlite3.Row) -> GroupRecord:
     )
 
 
-class SqliteTransaction(SqliteDirectoryMixin, SqliteDeliveryMixin, SqliteWebhookMixin):
+class SqliteTransaction(SqliteDirectoryMixin, SqliteDeliveryMixin, SqliteWebhookMixin, SqliteMailboxMixin):
     """The :class:`gateway.store.Transaction` of one SQLite transaction."""
 
     # ---- tenants and tokens ---------------------------------------------------------------------

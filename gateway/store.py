@@ -29,6 +29,7 @@ from typing import Protocol
 
 from .delivery_store import LogTransaction
 from .sqlite_directory import DirectoryTransaction
+from .sqlite_mailboxes import MailboxTransaction
 from .sqlite_webhooks import WebhookTransaction
 
 
@@ -119,7 +120,7 @@ class IdempotentResponse:
     body: bytes
 
 
-class Transaction(LogTransaction, DirectoryTransaction, WebhookTransaction, Protocol):
+class Transaction(LogTransaction, DirectoryTransaction, WebhookTransaction, MailboxTransaction, Protocol):
     """One atomic unit of reads and writes: all of it commits, or none of it."""
 
     # tenants and tokens
