@@ -104,6 +104,8 @@ def world(shared_gateway: GatewayServer) -> World:
             "ratchet_tree": info["ratchet_tree"],
         },
         ("POST", "/v1/groups/{gid}/messages"): {"message": message},
+        ("POST", "/v1/clients/{client_id}/mailbox/ack"): {"up_to": "1"},
+        ("POST", "/v1/identities/{identity_id}/inbox/ack"): {"up_to": "1"},
     }
     ids = {
         "tenant_id": tenant_a,
