@@ -23,6 +23,20 @@
 //   commit       {client, key_packages?, leaf_indices?, psk_ids?, ratchet_tree_extension?, handshake?,
 //                 authenticated_data?, group_id?}
 //                -> all four: {commit, welcome?, ratchet_tree, epoch, state}
+//                All four also take `pending` (default false). Without it the commit is applied to the
+//                client's state at once. With `pending: true` the new epoch's state is kept aside and the
+//                result adds {pending: true, group_info} (the new epoch's signed GroupInfo with the
+//                external_pub and ratchet_tree extensions, for a commit bundle; external_pub as the RFC
+//                encodes it unless `external_pub: "ts-mls"`, see group_info); the group then stays at
+//                its old epoch until merge_pending adopts the new state or discard_pending drops it. While
+//                a commit is pending, ops that would change that group's state (commits, propose, process,
+//                send, external_join) are refused; read-only ops see the old epoch.
+//   merge_pending   {client, group_id?}                    -> {epoch}   (the new epoch, now current)
+//   discard_pending {client, group_id?}                    -> {epoch}   (the old epoch, still current)
+//   pending_commit  {client, group_id?}                    -> {pending, epoch?} (epoch of the pending state)
+//                A discarded commit sent as a PrivateMessage used a handshake-ratchet generation that
+//                ts-mls does not hand back, so after discard_pending a private handshake message in that
+//                same epoch is refused (it would reuse a key and nonce); public ones and a new epoch are fine.
 //   propose      {client, proposal: add|remove|psk, key_package?|leaf_index?|psk_id?, handshake?, group_id?}
 //                -> {message, epoch}
 //   join         {client, welcome, ratchet_tree?}          -> {epoch, group_id}
@@ -30,7 +44,11 @@
 //   send         {client, data, authenticated_data?, group_id?} -> {message}
 //   export       {client, label, context, length, group_id?}    -> {secret, epoch}
 //   epoch_authenticator {client, group_id?}                -> {epoch_authenticator, epoch}
-//   group_info   {client, ratchet_tree_extension?, group_id?}   -> {group_info, ratchet_tree, epoch}
+//   group_info   {client, ratchet_tree_extension?, pending?, external_pub?, group_id?}
+//                -> {group_info, ratchet_tree, epoch}
+//                With `pending: true`, of the pending commit's new epoch. `external_pub` is "ts-mls"
+//                (default: ts-mls 1.6.4 writes the bare HPKE key, and its external_join reads only that,
+//                LukaJCB/ts-mls#449) or "rfc9420" (the ExternalPub struct, RFC 9420 §12.4.3.2).
 //   external_join {client, group_info, ratchet_tree?, resync?, authenticated_data?} -> {commit, epoch, group_id}
 //   members      {client, group_id?}  -> {members: [{leaf_index, identity, credential_type, signature_key}]}
 //   group_state  {client, group_id?}  -> {group_id, epoch, cipher_suite, own_leaf_index, tree_hash,
@@ -66,6 +84,7 @@ import {
 // Public subpath exports of ts-mls ("./*.js" in its package.json exports map).
 import { decodeRatchetTree, encodeRatchetTree } from "ts-mls/ratchetTree.js";
 import { makeKeyPackageRef } from "ts-mls/keyPackage.js";
+import { createGroupInfo } from "ts-mls/createCommit.js";
 
 // Keep stdout for protocol lines only, whatever a library might print.
 console.log = (...args) => console.error(...args);
@@ -249,20 +268,103 @@ function activeOf(state) {
   return state.groupActiveState.kind;
 }
 
+// ------------------------------------------------------------------------------------- pending commits
+
+/** The commit kept aside for the state's group ({state, publicHandshake}), if any. */
+function pendingOf(c, state) {
+  return c.pending.get(groupKey(state.groupContext.groupId));
+}
+
+/** The pending commit of the state's group, which `op` needs. */
+function requirePending(c, state, op) {
+  const p = pendingOf(c, state);
+  if (p === undefined) {
+    throw new PeerError(`${op}: client ${c.name} has no pending commit in group ${groupKey(state.groupContext.groupId)}`);
+  }
+  return p;
+}
+
+/** Refuse an op that would change a group's state while a commit for that group is pending. */
+function assertNotPending(c, state, op) {
+  if (pendingOf(c, state) !== undefined) {
+    throw new PeerError(
+      `${op}: client ${c.name} has a pending commit in group ${groupKey(state.groupContext.groupId)}: ` +
+        "merge_pending or discard_pending first",
+    );
+  }
+}
+
+function epochKey(state) {
+  return `${groupKey(state.groupContext.groupId)}@${epochOf(state)}`;
+}
+
+/** Refuse a private handshake message in an epoch whose handshake ratchet a discarded commit used. */
+function assertHandshakeUsable(c, state, publicHandshake) {
+  if (!publicHandshake && c.staleHandshake.has(epochKey(state))) {
+    throw new PeerError(
+      `client ${c.name}: a discarded private commit used this epoch's handshake key; ` +
+        "send handshake messages of this epoch as public messages",
+    );
+  }
+}
+
+/** A QUIC-style variable-length integer (RFC 9420 §2.1.2), the length prefix of `opaque<V>`. */
+function varint(n) {
+  if (n < 0x40) return Uint8Array.of(n);
+  if (n < 0x4000) return Uint8Array.of(0x40 | (n >> 8), n & 0xff);
+  return Uint8Array.of(0x80 | (n >>> 24), (n >> 16) & 0xff, (n >> 8) & 0xff, n & 0xff);
+}
+
+/** The GroupInfo's external_pub extension_data as RFC 9420 §12.4.3.2 encodes it: ExternalPub{opaque<V>}. */
+async function rfcExternalPub(c, state) {
+  const keyPair = await c.impl.hpke.deriveKeyPair(state.keySchedule.externalSecret);
+  const key = await c.impl.hpke.exportPublicKey(keyPair.publicKey);
+  return new Uint8Array([...varint(key.length), ...key]);
+}
+
+/**
+ * A signed MLSMessage(GroupInfo) of `state` with external_pub (and ratchet_tree if `withTree`).
+ * external_pub is ts-mls 1.6.4's own (the bare key, what ts-mls's external_join reads) unless `rfc`,
+ * then the RFC's ExternalPub struct (what RFC-conformant readers such as the gateway expect).
+ */
+async function groupInfoMessage(c, state, withTree, rfc = false) {
+  let gi;
+  if (rfc) {
+    const extensions = [{ extensionType: "external_pub", extensionData: await rfcExternalPub(c, state) }];
+    if (withTree) extensions.push({ extensionType: "ratchet_tree", extensionData: encodeRatchetTree(state.ratchetTree) });
+    gi = await createGroupInfo(state.groupContext, state.confirmationTag, state, extensions, c.impl);
+  } else {
+    gi = withTree
+      ? await createGroupInfoWithExternalPubAndRatchetTree(state, [], c.impl)
+      : await createGroupInfoWithExternalPub(state, [], c.impl);
+  }
+  return encodeMessage(wireMessage("mls_group_info", { groupInfo: gi }));
+}
+
+function wantRfcExternalPub(args, dflt) {
+  const v = args.external_pub ?? dflt;
+  if (v !== "ts-mls" && v !== "rfc9420") throw new PeerError('argument external_pub must be "ts-mls" or "rfc9420"');
+  return v === "rfc9420";
+}
+
 // ------------------------------------------------------------------------------------------------- ops
 
 async function commitOp(c, args, extraProposals) {
   const state = getGroup(c, args);
+  assertNotPending(c, state, "commit");
+  const publicHandshake = wantPublicHandshake(args);
+  assertHandshakeUsable(c, state, publicHandshake);
+  const pending = bool(args, "pending", false);
+  const rfcExternalPub = wantRfcExternalPub(args, "rfc9420");
   const result = await createCommit(
     { state, cipherSuite: c.impl, pskIndex: pskIndex(c, state) },
     {
-      wireAsPublicMessage: wantPublicHandshake(args),
+      wireAsPublicMessage: publicHandshake,
       extraProposals,
       ratchetTreeExtension: bool(args, "ratchet_tree_extension", false),
       authenticatedData: optB64(args, "authenticated_data"),
     },
   );
-  putGroup(c, result.newState);
   const out = {
     commit: encodeMessage(result.commit),
     ratchet_tree: b64(encodeRatchetTree(result.newState.ratchetTree)),
@@ -270,6 +372,13 @@ async function commitOp(c, args, extraProposals) {
     state: activeOf(result.newState),
   };
   if (result.welcome !== undefined) out.welcome = encodeMessage(wireMessage("mls_welcome", { welcome: result.welcome }));
+  if (pending) {
+    c.pending.set(groupKey(state.groupContext.groupId), { state: result.newState, publicHandshake });
+    out.pending = true;
+    out.group_info = await groupInfoMessage(c, result.newState, true, rfcExternalPub);
+  } else {
+    putGroup(c, result.newState);
+  }
   return out;
 }
 
@@ -319,6 +428,8 @@ const ops = {
       keyPackages: [],
       groups: new Map(),
       psks: {},
+      pending: new Map(), // group key -> {state, publicHandshake}: a commit not adopted yet
+      staleHandshake: new Set(), // "group@epoch" whose handshake ratchet a discarded private commit used
     });
     return {};
   },
@@ -372,6 +483,8 @@ const ops = {
   async propose(args) {
     const c = getClient(args);
     const state = getGroup(c, args);
+    assertNotPending(c, state, "propose");
+    assertHandshakeUsable(c, state, wantPublicHandshake(args));
     const kind = str(args, "proposal");
     let proposals;
     if (kind === "add") proposals = addProposals({ key_packages: [args.key_package] });
@@ -425,6 +538,7 @@ const ops = {
       throw new PeerError(`process: cannot process a ${msg.wireformat} (use join / external_join)`);
     }
     const state = getGroup(c, { group_id: b64(groupId) });
+    assertNotPending(c, state, "process");
     // processMessage() would drop the PSK index for PrivateMessages (ts-mls 1.6.4 passes emptyPskIndex
     // there), so call the two wire-format-specific functions directly.
     const res =
@@ -445,6 +559,7 @@ const ops = {
   async send(args) {
     const c = getClient(args);
     const state = getGroup(c, args);
+    assertNotPending(c, state, "send");
     const res = await createApplicationMessage(
       state,
       unb64(args.data, "data"),
@@ -476,21 +591,50 @@ const ops = {
 
   async group_info(args) {
     const c = getClient(args);
-    const state = getGroup(c, args);
-    const gi = bool(args, "ratchet_tree_extension", false)
-      ? await createGroupInfoWithExternalPubAndRatchetTree(state, [], c.impl)
-      : await createGroupInfoWithExternalPub(state, [], c.impl);
+    const current = getGroup(c, args);
+    const state = bool(args, "pending", false) ? requirePending(c, current, "group_info").state : current;
     return {
-      group_info: encodeMessage(wireMessage("mls_group_info", { groupInfo: gi })),
+      group_info: await groupInfoMessage(
+        c,
+        state,
+        bool(args, "ratchet_tree_extension", false),
+        wantRfcExternalPub(args, "ts-mls"),
+      ),
       ratchet_tree: b64(encodeRatchetTree(state.ratchetTree)),
       epoch: epochOf(state),
     };
+  },
+
+  async merge_pending(args) {
+    const c = getClient(args);
+    const state = getGroup(c, args);
+    const p = requirePending(c, state, "merge_pending");
+    c.pending.delete(groupKey(state.groupContext.groupId));
+    putGroup(c, p.state);
+    return { epoch: epochOf(p.state) };
+  },
+
+  async discard_pending(args) {
+    const c = getClient(args);
+    const state = getGroup(c, args);
+    const p = requirePending(c, state, "discard_pending");
+    c.pending.delete(groupKey(state.groupContext.groupId));
+    if (!p.publicHandshake) c.staleHandshake.add(epochKey(state));
+    return { epoch: epochOf(state) };
+  },
+
+  async pending_commit(args) {
+    const c = getClient(args);
+    const p = pendingOf(c, getGroup(c, args));
+    return p === undefined ? { pending: false } : { pending: true, epoch: epochOf(p.state) };
   },
 
   async external_join(args) {
     const c = getClient(args);
     const msg = decodeMessage(unb64(args.group_info, "group_info"), "group_info");
     if (msg.wireformat !== "mls_group_info") throw new PeerError(`group_info is a ${msg.wireformat}`);
+    const current = c.groups.get(groupKey(msg.groupInfo.groupContext.groupId));
+    if (current !== undefined) assertNotPending(c, current, "external_join");
     const tree = args.ratchet_tree == null ? undefined : decodeTree(unb64(args.ratchet_tree, "ratchet_tree"));
     const kp = await newKeyPackage(c);
     const res = await joinGroupExternal(

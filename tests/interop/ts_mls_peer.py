@@ -8,8 +8,12 @@ answer within the per-call timeout, or when the process has died.
 
 A peer process holds any number of named clients; a client has one identity, one signature key pair,
 one cipher suite, outstanding key packages and groups keyed by group id. Group ops take an optional
-``group_id`` (needed only when the client is in several groups). ts-mls applies a commit to its creator's
-state as soon as it creates it: the committer must not ``process`` its own commit.
+``group_id`` (needed only when the client is in several groups). By default ts-mls applies a commit to its
+creator's state as soon as it creates it: the committer must not ``process`` its own commit. With
+``pending=True`` the commit ops keep the new epoch aside instead (a commit a delivery service may still
+refuse): the result also carries the new epoch's GroupInfo, and :meth:`TsMlsPeer.merge_pending` adopts the
+new state or :meth:`TsMlsPeer.discard_pending` drops it, leaving the group at its old epoch. In between,
+ops that would change that group's state are refused.
 """
 
 from __future__ import annotations
@@ -34,6 +38,9 @@ INTEROP_DIR = Path(__file__).resolve().parent
 PEER_SCRIPT = INTEROP_DIR / "peer.mjs"
 
 Handshake = Literal["public", "private"]
+#: How a GroupInfo's external_pub extension is encoded: as ts-mls 1.6.4 writes and reads it (the bare HPKE
+#: key, LukaJCB/ts-mls#449), or as RFC 9420 §12.4.3.2 says (the ExternalPub struct, ``opaque<V>``).
+ExternalPubDialect = Literal["ts-mls", "rfc9420"]
 
 
 class PeerError(Exception):
@@ -57,13 +64,17 @@ def _unb64(value: Any) -> bytes:
 
 @dataclass(frozen=True)
 class CommitResult:
-    """A commit the peer created (and already applied to its own state)."""
+    """A commit the peer created: applied to its own state, or kept pending (``pending=True``)."""
 
     commit: bytes  # MLSMessage (PublicMessage or PrivateMessage)
     welcome: bytes | None  # MLSMessage(Welcome) when the commit added members
     ratchet_tree: bytes  # optional<Node> ratchet_tree<V> of the new epoch
-    epoch: int
+    epoch: int  # the new epoch
     state: str  # ts-mls groupActiveState kind: "active", "removedFromGroup", ...
+    pending: bool = False  # True: not applied yet (merge_pending / discard_pending)
+    #: For a pending commit: the new epoch's signed MLSMessage(GroupInfo), with the ratchet_tree and
+    #: external_pub extensions (the latter as RFC 9420 encodes it): what a commit bundle carries.
+    group_info: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -242,12 +253,15 @@ class TsMlsPeer:
     @staticmethod
     def _commit(resp: dict[str, Any]) -> CommitResult:
         welcome = resp.get("welcome")
+        group_info = resp.get("group_info")
         return CommitResult(
             commit=_unb64(resp["commit"]),
             welcome=None if welcome is None else _unb64(welcome),
             ratchet_tree=_unb64(resp["ratchet_tree"]),
             epoch=int(resp["epoch"]),
             state=str(resp["state"]),
+            pending=bool(resp.get("pending", False)),
+            group_info=None if group_info is None else _unb64(group_info),
         )
 
     # ---- ops -----------------------------------------------------------------------------------
@@ -290,6 +304,7 @@ class TsMlsPeer:
         *,
         ratchet_tree_extension: bool = False,
         handshake: Handshake = "public",
+        pending: bool = False,
         group_id: bytes | None = None,
     ) -> CommitResult:
         args = {
@@ -297,6 +312,7 @@ class TsMlsPeer:
             "key_packages": [_b64(kp) for kp in key_packages],
             "ratchet_tree_extension": ratchet_tree_extension,
             "handshake": handshake,
+            "pending": pending,
         }
         return self._commit(self.call("add", **self._group(args, group_id)))
 
@@ -306,16 +322,27 @@ class TsMlsPeer:
         leaf_indices: Iterable[int],
         *,
         handshake: Handshake = "public",
+        pending: bool = False,
         group_id: bytes | None = None,
     ) -> CommitResult:
-        args = {"client": client, "leaf_indices": list(leaf_indices), "handshake": handshake}
+        args = {
+            "client": client,
+            "leaf_indices": list(leaf_indices),
+            "handshake": handshake,
+            "pending": pending,
+        }
         return self._commit(self.call("remove", **self._group(args, group_id)))
 
     def update(
-        self, client: str, *, handshake: Handshake = "public", group_id: bytes | None = None
+        self,
+        client: str,
+        *,
+        handshake: Handshake = "public",
+        pending: bool = False,
+        group_id: bytes | None = None,
     ) -> CommitResult:
         """A commit with a path and no new proposals (it also commits any pending proposals)."""
-        args = {"client": client, "handshake": handshake}
+        args = {"client": client, "handshake": handshake, "pending": pending}
         return self._commit(self.call("update", **self._group(args, group_id)))
 
     def commit(
@@ -328,6 +355,7 @@ class TsMlsPeer:
         ratchet_tree_extension: bool = False,
         handshake: Handshake = "public",
         authenticated_data: bytes | None = None,
+        pending: bool = False,
         group_id: bytes | None = None,
     ) -> CommitResult:
         """A commit of all pending proposals (by reference) plus these inline Add/Remove/PSK proposals."""
@@ -338,6 +366,7 @@ class TsMlsPeer:
             "psk_ids": [_b64(p) for p in psk_ids],
             "ratchet_tree_extension": ratchet_tree_extension,
             "handshake": handshake,
+            "pending": pending,
         }
         if authenticated_data is not None:
             args["authenticated_data"] = _b64(authenticated_data)
@@ -409,16 +438,49 @@ class TsMlsPeer:
         return _unb64(resp["epoch_authenticator"]), int(resp["epoch"])
 
     def group_info(
-        self, client: str, *, ratchet_tree_extension: bool = False, group_id: bytes | None = None
+        self,
+        client: str,
+        *,
+        ratchet_tree_extension: bool = False,
+        pending: bool = False,
+        external_pub: ExternalPubDialect = "ts-mls",
+        group_id: bytes | None = None,
     ) -> GroupInfoResult:
-        """A signed MLSMessage(GroupInfo) with external_pub (and ratchet_tree if asked), and the tree."""
-        args = {"client": client, "ratchet_tree_extension": ratchet_tree_extension}
+        """A signed MLSMessage(GroupInfo) with external_pub (and ratchet_tree if asked), and the tree.
+
+        With ``pending=True``: of the pending commit's new epoch (an error if there is none). The default
+        ``external_pub="ts-mls"`` is what ts-mls's :meth:`external_join` reads; RFC 9420 readers need
+        ``"rfc9420"``.
+        """
+        args = {
+            "client": client,
+            "ratchet_tree_extension": ratchet_tree_extension,
+            "pending": pending,
+            "external_pub": external_pub,
+        }
         resp = self.call("group_info", **self._group(args, group_id))
         return GroupInfoResult(
             group_info=_unb64(resp["group_info"]),
             ratchet_tree=_unb64(resp["ratchet_tree"]),
             epoch=int(resp["epoch"]),
         )
+
+    def merge_pending(self, client: str, *, group_id: bytes | None = None) -> int:
+        """Adopt the pending commit's new state (the log accepted it); returns the new epoch."""
+        return int(self.call("merge_pending", **self._group({"client": client}, group_id))["epoch"])
+
+    def discard_pending(self, client: str, *, group_id: bytes | None = None) -> int:
+        """Drop the pending commit (the log refused it); returns the unchanged epoch.
+
+        After dropping a commit sent as a PrivateMessage, the peer refuses private handshake messages in
+        that epoch: ts-mls does not hand back the handshake-ratchet generation the commit used.
+        """
+        return int(self.call("discard_pending", **self._group({"client": client}, group_id))["epoch"])
+
+    def pending_commit(self, client: str, *, group_id: bytes | None = None) -> int | None:
+        """The new epoch of the group's pending commit, or None when no commit is pending."""
+        resp = self.call("pending_commit", **self._group({"client": client}, group_id))
+        return int(resp["epoch"]) if resp["pending"] else None
 
     def external_join(
         self, client: str, group_info: bytes, ratchet_tree: bytes | None = None, *, resync: bool = False
@@ -462,6 +524,7 @@ class TsMlsPeer:
 __all__ = [
     "CommitResult",
     "ExternalJoinResult",
+    "ExternalPubDialect",
     "GroupInfoResult",
     "GroupState",
     "JoinResult",
