@@ -188,7 +188,10 @@ class Device:
     # ---- the directory ------------------------------------------------------------------------------
     def upload_key_packages(self, count: int = 1) -> int:
         """Make ``count`` KeyPackages and upload them; returns the gateway's ``stored``."""
-        kps = [b64(self.peer.key_package(self.name)) for _ in range(count)]
+        # The directory refuses lifetimes over a year (RFC 9420 §7.2: applications bound them): 30 days.
+        now = int(time.time())
+        life = {"not_before": now - 3600, "not_after": now + 30 * 86400}
+        kps = [b64(self.peer.key_package(self.name, **life)) for _ in range(count)]
         path = f"/v1/clients/{self.client_id}/key-packages"
         resp = expect(self.api.post(path, {"key_packages": kps}), f"POST {path}", 201)
         return int(resp["stored"])
