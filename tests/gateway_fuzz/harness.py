@@ -81,6 +81,8 @@ class World:
     gid: bytes = b""  # the group of alice and bob
     gid2: bytes = b""  # a group of alice alone (bob's fresh Welcome is into it)
     gid3: bytes = b""  # another group of alice alone (bob may join it by external commit)
+    client: str = ""  # a client (device) of the tenant, with KeyPackages in the directory
+    client_token: str = ""
     #: Real MLS messages (wire format), by name: see :func:`seed`.
     messages: dict[str, bytes] = field(default_factory=dict)
 
@@ -197,6 +199,11 @@ class Gateway:
             for g in snap[f"/v1/identities/{iid}/groups"]["groups"]
         ]
         snap.update(zip(groups, await asyncio.gather(*(self._get(p) for p in groups))))
+        # the group service: clients, the directory's counts, and the logs of the world's groups
+        directory = ["/v1/clients", f"/v1/clients/{w.client}", f"/v1/clients/{w.client}/key-packages"]
+        snap.update(zip(directory, await asyncio.gather(*(self._get(p) for p in directory))))
+        logs = [f"/v1/groups/{b64url(gid)}" for gid in self.logged_groups()]
+        snap.update(zip(logs, await asyncio.gather(*(self._get(p) for p in logs))))
         snap["database"] = self.database_rows()
         snap["hsm_objects"] = self.hsm_object_count()
         return snap
@@ -216,10 +223,35 @@ class Gateway:
             "FROM groups ORDER BY identity_id, group_id",
             "software_keys": "SELECT key_ref FROM software_keys ORDER BY key_ref",
             "idempotency": "SELECT scope, key, status FROM idempotency ORDER BY scope, key",
+            # the group service (api-delivery.md)
+            "clients": "SELECT client_id, tenant_id, name FROM clients ORDER BY client_id",
+            "endpoint_keys": "SELECT * FROM endpoint_keys ORDER BY tenant_id, signature_key",
+            "directory_key_packages": "SELECT client_id, ref, cipher_suite, key_package, last_resort, "
+            "claimed_at FROM directory_key_packages ORDER BY client_id, ref",
+            "group_logs": "SELECT tenant_id, group_id, cipher_suite, epoch, seq, group_info, ratchet_tree "
+            "FROM group_logs ORDER BY tenant_id, group_id",
+            "group_members": "SELECT * FROM group_members ORDER BY tenant_id, group_id, leaf_index",
+            "log_entries": "SELECT tenant_id, group_id, seq, epoch, kind, sender, message, welcome, "
+            "group_info, ratchet_tree, digest FROM log_entries ORDER BY tenant_id, group_id, seq",
+            "log_welcomes": "SELECT * FROM log_welcomes ORDER BY tenant_id, digest",
+            "mailbox": "SELECT cursor, client_id, tenant_id, group_id, seq, kind FROM mailbox "
+            "ORDER BY cursor",
+            "inbox": "SELECT cursor, identity_id, group_id, seq FROM inbox ORDER BY cursor",
+            "hosted_pending": "SELECT * FROM hosted_pending ORDER BY identity_id, group_id",
+            "webhooks": "SELECT identity_id, url, delivered_cursor, attempts, failing_since, "
+            "next_attempt_at, paused FROM webhooks ORDER BY identity_id",
         }
         conn = sqlite3.connect(f"file:{self.database}?mode=ro", uri=True)
         try:
             return {name: conn.execute(sql).fetchall() for name, sql in queries.items()}
+        finally:
+            conn.close()
+
+    def logged_groups(self) -> list[bytes]:
+        """The ids of the groups the log knows (of any tenant)."""
+        conn = sqlite3.connect(f"file:{self.database}?mode=ro", uri=True)
+        try:
+            return [row[0] for row in conn.execute("SELECT group_id FROM group_logs ORDER BY group_id")]
         finally:
             conn.close()
 
@@ -273,7 +305,9 @@ def seed(gw: Gateway) -> None:
     ``key_package_alice`` (alice's, last-resort),
     ``welcome_stale`` (bob's join, consumed), ``welcome`` (into G2 for bob's unconsumed KeyPackage; the
     commit was discarded), ``group_info`` and ``ratchet_tree`` (of G), ``group_info3`` and ``ratchet_tree3``
-    (of G3, a group of alice alone that bob could join by external commit).
+    (of G3, a group of alice alone that bob could join by external commit), ``bundle_group_info`` (the
+    GroupInfo of ``commit``: with it, a commit bundle for G's log), ``device_key_package`` (of the seeded
+    client's device, not uploaded). The client has two KeyPackages in the directory.
     """
     w = gw.world
     m = w.messages
@@ -310,6 +344,8 @@ def seed(gw: Gateway) -> None:
     for name, options in (("commit", {"update": True}), ("commit_private", {"handshake": "private"})):
         staged = gw.ok("POST", g_alice + "/commits", {**options, "include_pending": False, "pending": True})
         m[name] = base64.b64decode(staged["commit"])
+        if name == "commit":  # a commit bundle the log would take (nobody submits it during the fuzz)
+            m["bundle_group_info"] = base64.b64decode(staged["group_info"])
         gw.ok("DELETE", g_alice + "/pending-commit")
 
     w.gid2 = base64.b64decode(gw.ok("POST", f"/v1/identities/{w.alice}/groups", {})["group_id"])
@@ -333,6 +369,15 @@ def seed(gw: Gateway) -> None:
     m["key_package_alice"] = base64.b64decode(alice_kps[0]["key_package"])
     m["key_package"] = outside_key_package()
 
+    # a client (device) of the tenant, with two KeyPackages in the directory (one to claim, one left), and a
+    # third KeyPackage of the device, never uploaded
+    client = gw.ok("POST", "/v1/clients", {"name": "fuzz-phone"}, expect=201)
+    w.client, w.client_token = client["client_id"], client["token"]
+    device = device_client()
+    uploaded = [b64(device.key_package().message()) for _ in range(2)]
+    gw.ok("POST", f"/v1/clients/{w.client}/key-packages", {"key_packages": uploaded})
+    m["device_key_package"] = device.key_package().message()
+
 
 def outside_key_package() -> bytes:
     """A KeyPackage of a client that is not hosted on the gateway (keys in a software key store)."""
@@ -341,6 +386,15 @@ def outside_key_package() -> bytes:
     from mls.crypto.key_store import SoftwareKeyStore
 
     return Client(SoftwareKeyStore(), 1, Credential.basic(b"dave (outside)")).key_package().message()
+
+
+def device_client() -> Any:
+    """A device's MLS stack (its own signature key, software keys), as tests/gateway/test_directory.py."""
+    from mls.client import Client
+    from mls.credentials.credential import Credential
+    from mls.crypto.key_store import SoftwareKeyStore
+
+    return Client(SoftwareKeyStore(), 1, Credential.basic(b"fuzz-phone"))
 
 
 def make_gateway() -> tuple[Gateway, str | None, tempfile.TemporaryDirectory[str]]:

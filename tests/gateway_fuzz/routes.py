@@ -84,6 +84,7 @@ def param_value(world: World, symbol: str) -> str:
         "gid": b64url(world.gid),
         "gid2": b64url(world.gid2),
         "gid3": b64url(world.gid3),
+        "client": world.client,
     }[symbol]
 
 
@@ -396,6 +397,80 @@ SPECS: dict[str, Spec] = {
             ),
         ),
     ),
+    # ---- the group service (api-delivery.md) ----
+    "POST /v1/clients": Spec(
+        idempotent=True, variants=(_v("client", F("name", "text", "fuzz tablet", required=True)),)
+    ),
+    "GET /v1/clients": Spec(),
+    "GET /v1/clients/{client_id}": Spec({"client_id": "client"}),
+    "DELETE /v1/clients/{client_id}": Spec({"client_id": "client"}),
+    "POST /v1/clients/{client_id}/key-packages": Spec(
+        {"client_id": "client"},
+        idempotent=True,
+        variants=(
+            _v(
+                "upload",
+                F(
+                    "key_packages",
+                    "list",
+                    ["@device_key_package"],
+                    required=True,
+                    item=F("key_package", "b64", "@device_key_package", required=True, mls="key_package"),
+                ),
+                F("last_resort", "b64", null_ok=True, mls="key_package"),
+            ),
+        ),
+    ),
+    "GET /v1/clients/{client_id}/key-packages": Spec({"client_id": "client"}),
+    # Claiming hands a KeyPackage out: the base body would succeed, and only parse-level defects (all
+    # certainly refused) are made for it.
+    "POST /v1/key-packages/claim": Spec(
+        idempotent=True,
+        variants=(
+            Variant(
+                "claim",
+                lambda w: {"endpoints": [w.client], "cipher_suite": 1},
+                (
+                    F(
+                        "endpoints",
+                        "list",
+                        required=True,
+                        non_empty=True,
+                        item=F("endpoint", "text", required=True, max_len=64),
+                    ),
+                    F("cipher_suite", "int", 1, null_ok=True, lo=1, hi=0xFFFF),
+                ),
+            ),
+        ),
+    ),
+    "POST /v1/groups/{gid}/commit-bundles": Spec(
+        {"gid": "gid"},
+        idempotent=True,
+        variants=(
+            _v(
+                "bundle",
+                F("commit", "b64", "@commit", required=True, mls="message"),
+                F("group_info", "b64", "@bundle_group_info", required=True, mls="group_info"),
+                F("ratchet_tree", "b64", null_ok=True, mls="ratchet_tree", mls_guaranteed=False),
+                # the log cannot read a Welcome: a mutated one may pass
+                F("welcome", "b64", null_ok=True, mls="welcome", mls_guaranteed=False),
+            ),
+        ),
+    ),
+    # The log relays private messages it cannot read: a bit flip in one's ciphertext may pass, so MLS
+    # mutations are never the certain defect here (test_log_refuses_undecodable_messages covers those).
+    "POST /v1/groups/{gid}/messages": Spec(
+        {"gid": "gid"},
+        idempotent=True,
+        variants=(
+            _v(
+                "message",
+                F("message", "b64", "@application", required=True, mls="message", mls_guaranteed=False),
+            ),
+        ),
+    ),
+    "GET /v1/groups/{gid}": Spec({"gid": "gid"}),
+    "GET /v1/groups/{gid}/group-info": Spec({"gid": "gid"}),
 }
 
 #: Fields that switch a handler into another mode: never added as "unknown" fields.

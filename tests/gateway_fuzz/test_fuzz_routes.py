@@ -92,7 +92,8 @@ def path_of(key: str, gw: Gateway, overrides: dict[str, str] | None = None) -> s
 
 
 def default_auth(key: str) -> str | None:
-    return {"admin": "admin", "tenant": "tenant"}.get(ROUTE_BY_KEY[key].auth)
+    """The token a route is sent with: "endpoint" routes (a tenant or client token) with the tenant's."""
+    return {"admin": "admin", "tenant": "tenant", "endpoint": "tenant"}.get(ROUTE_BY_KEY[key].auth)
 
 
 def send(
@@ -246,8 +247,11 @@ def canonical_b64url(value: str) -> bool:
 def bad_param(symbol: str, gw: Gateway) -> st.SearchStrategy[tuple[str, bool]]:
     """(value, whether it is malformed) for a path parameter: unknown ids, and malformed group ids."""
     w = gw.world
-    real = {param_value(w, s) for s in ("tenant", "spare_token", "alice", "bob", "gid", "gid2", "gid3")}
-    prefix = {"tenant": "tnt_", "spare_token": "tok_", "alice": "idn_", "bob": "idn_"}.get(symbol)
+    symbols = ("tenant", "spare_token", "alice", "bob", "gid", "gid2", "gid3", "client")
+    real = {param_value(w, s) for s in symbols}
+    prefix = {"tenant": "tnt_", "spare_token": "tok_", "alice": "idn_", "bob": "idn_", "client": "cli_"}.get(
+        symbol
+    )
     if prefix is not None:
         unknown = st.one_of(st.binary(min_size=12, max_size=12).map(lambda b: prefix + b.hex()), _SEGMENT)
         if symbol == "spare_token":
@@ -555,3 +559,40 @@ def test_conflicts_change_nothing(gw: Gateway, baseline: dict[str, Any]) -> None
         reply = gw.request(method, path, **({} if body is None else {"json_body": body}))
         expect_problem(reply, note, "conflict")
         expect_unchanged(gw, baseline, note)
+
+
+# ---- the group's log -----------------------------------------------------------------------------------
+
+#: Real messages the log must refuse as they are on /v1/groups/{gid}/messages: a stale commit, commits (they
+#: go in bundles), and structures that are not framed messages at all.
+LOG_REFUSED_AS_IS = ("commit_epoch0", "commit", "commit_private", "welcome", "key_package", "group_info")
+
+
+@st.composite
+def cut_or_extended(draw: st.DrawFn, data: bytes) -> bytes:
+    """``data`` truncated or with trailing bytes: undecodable whatever the log can read of it (a bit flip in
+    a private message's ciphertext is not: the log relays what it cannot read)."""
+    if draw(st.booleans(), label="truncate?"):
+        return data[: draw(st.integers(0, len(data) - 1))]
+    return data + draw(st.binary(min_size=1, max_size=16))
+
+
+@settings(FUZZ, max_examples=examples(30))
+@given(data=st.data())
+def test_log_refuses_undecodable_messages(gw: Gateway, baseline: dict[str, Any], data: st.DataObject) -> None:
+    """``POST /v1/groups/{gid}/messages`` and ``…/commit-bundles``: real messages cut short or extended, and
+    real ones of the wrong kind or stale, are refused with a 4xx problem and change nothing."""
+    w = gw.world
+    sources = st.sampled_from([w.messages[name] for name in MLS_SOURCES["message"]])
+    as_is = st.sampled_from([w.messages[name] for name in LOG_REFUSED_AS_IS])
+    item = data.draw(st.one_of(sources.flatmap(cut_or_extended), as_is), label="message")
+    if data.draw(st.booleans(), label="bundle?"):
+        key = "POST /v1/groups/{gid}/commit-bundles"
+        body = {"commit": b64(item), "group_info": b64(w.messages["bundle_group_info"])}
+        if item == w.messages["commit"]:  # as it is, with its GroupInfo, the log would take it
+            body["commit"] = b64(w.messages["commit_epoch0"])
+    else:
+        key, body = "POST /v1/groups/{gid}/messages", {"message": b64(item)}
+    note = f"{key}: {json.dumps(body)[:300]}"
+    expect_problem(send(gw, key, json_body=body), note)
+    expect_unchanged(gw, baseline, note)

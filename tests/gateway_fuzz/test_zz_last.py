@@ -44,6 +44,12 @@ ORDER = [
     "POST /v1/identities/{identity_id}/groups/{gid}/commits",
     "POST /v1/identities/{identity_id}/groups/{gid}/pending-commit/merge",
     "POST /v1/identities/{identity_id}/groups/{gid}/proposals",
+    # the group service: the log's base messages are alice's, of the epoch her proposals left current
+    "POST /v1/clients",
+    "POST /v1/clients/{client_id}/key-packages",
+    "POST /v1/key-packages/claim",
+    "POST /v1/groups/{gid}/messages",
+    "POST /v1/groups/{gid}/commit-bundles",
 ]
 #: Routes whose base body is refused by design: merging when there is no pending commit.
 REFUSED = {"POST /v1/identities/{identity_id}/groups/{gid}/pending-commit/merge": 409}
