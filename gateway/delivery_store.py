@@ -139,7 +139,7 @@ class LogTransaction(EndpointRegistry, Protocol):
         ...
 
     def log_seq_of(self, tenant_id: str, group_id: bytes, digest: bytes) -> int | None:
-        """The ``seq`` of the entry whose message (or Welcome) has this SHA-256, if any."""
+        """The ``seq`` of the entry whose message has this SHA-256 (a Welcome: :meth:`welcome_log`)."""
         ...
 
     def welcome_log(self, tenant_id: str, digest: bytes) -> tuple[bytes, int] | None:

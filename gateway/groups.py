@@ -84,7 +84,7 @@ class Groups:
         identity = self.identities.get(principal, request.identity_id)
         with self.store.read_transaction() as tx:
             located = tx.welcome_log(identity.tenant_id, message_digest(request.welcome))
-        if located is not None and self.hosted is not None:
+        if located is not None and self.hosted is not None and self._named_in(identity, request.welcome):
             group_id = located[0]
             self.hosted.advance(identity, group_id, force_join=True)
             group = self.sessions.open(identity, group_id, read_only=True).group
@@ -93,6 +93,12 @@ class Groups:
             )
         session = self.join_session(identity, request.welcome, request.ratchet_tree, request.psks)
         return session.commit(Response(201, _joined_json(session.group)), scope)
+
+    def _named_in(self, identity: Identity, welcome: bytes) -> bool:
+        """Whether the Welcome is for one of the identity's KeyPackages (used or not)."""
+        refs = [entry.new_member for entry in decode_welcome(welcome).secrets]
+        with self.store.read_transaction() as tx:
+            return any(tx.get_key_package(identity.identity_id, ref) is not None for ref in refs)
 
     def join_session(
         self,

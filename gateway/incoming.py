@@ -68,6 +68,8 @@ class IncomingMessages:
             raise conflict(
                 f"this message was applied from the group's log (seq {seq}); its event is gone", seq=seq
             )
+        if event.get("kind") in ("joined", "welcome"):
+            raise stale_epoch(session.group.epoch)  # the member joined from this commit's Welcome
         if event.get("kind") == "rejected":
             problem = event["problem"]
             raise Problem(problem["code"], problem["detail"], rule=problem.get("rule"))

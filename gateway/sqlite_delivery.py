@@ -120,11 +120,7 @@ class SqliteDeliveryMixin(SqliteQueries):
 
     def log_seq_of(self, tenant_id: str, group_id: bytes, digest: bytes) -> int | None:
         r = self._one(
-            "SELECT seq FROM log_entries WHERE tenant_id = ? AND group_id = ? AND digest = ? "
-            "UNION SELECT seq FROM log_welcomes WHERE tenant_id = ? AND group_id = ? AND digest = ?",
-            tenant_id,
-            group_id,
-            digest,
+            "SELECT seq FROM log_entries WHERE tenant_id = ? AND group_id = ? AND digest = ?",
             tenant_id,
             group_id,
             digest,

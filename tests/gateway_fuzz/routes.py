@@ -471,6 +471,33 @@ SPECS: dict[str, Spec] = {
     ),
     "GET /v1/groups/{gid}": Spec({"gid": "gid"}),
     "GET /v1/groups/{gid}/group-info": Spec({"gid": "gid"}),
+    "PUT /v1/identities/{identity_id}/webhook": Spec(
+        {"identity_id": "alice"},
+        (
+            _v(
+                "webhook",
+                F("url", "text", "https://93.184.216.34/hook", required=True, max_len=2048),
+                F("secret", "text", "fuzz-webhook-secret-0123456789", required=True),
+                F("after", "text", "0", null_ok=True, max_len=18),
+            ),
+        ),
+    ),
+    "GET /v1/identities/{identity_id}/webhook": Spec({"identity_id": "alice"}),
+    "DELETE /v1/identities/{identity_id}/webhook": Spec({"identity_id": "alice"}),
+    "GET /v1/clients/{client_id}/mailbox": Spec({"client_id": "client"}),
+    "GET /v1/clients/{client_id}/mailbox/ws": Spec({"client_id": "client"}),
+    "POST /v1/clients/{client_id}/mailbox/ack": Spec(
+        {"client_id": "client"},
+        (_v("ack", F("up_to", "text", "1", required=True, max_len=20)),),
+        idempotent=True,
+    ),
+    "GET /v1/identities/{identity_id}/inbox": Spec({"identity_id": "alice"}),
+    "GET /v1/identities/{identity_id}/inbox/ws": Spec({"identity_id": "alice"}),
+    "POST /v1/identities/{identity_id}/inbox/ack": Spec(
+        {"identity_id": "alice"},
+        (_v("ack", F("up_to", "text", "1", required=True, max_len=20)),),
+        idempotent=True,
+    ),
 }
 
 #: Fields that switch a handler into another mode: never added as "unknown" fields.
@@ -567,9 +594,10 @@ MLS_SOURCES: dict[str, tuple[str, ...]] = {
 }
 MLS_REFUSED_AS_IS: dict[str, tuple[str, ...]] = {
     # For bob on G: stale (epoch 0), replayed (generation used), his own message, non-framed kinds.
+    # (``application_seen`` is not refused: it went through the group's log, so a repeated delivery answers
+    # the event it produced.)
     "message": (
         "commit_epoch0",
-        "application_seen",
         "application_bob",
         "welcome",
         "welcome_stale",
@@ -577,8 +605,9 @@ MLS_REFUSED_AS_IS: dict[str, tuple[str, ...]] = {
         "key_package_bob",
         "group_info",
     ),
-    # bob's consumed KeyPackage, or not a Welcome at all.
-    "welcome": ("welcome_stale", "key_package", "group_info", "application", "commit"),
+    # Not a Welcome at all (bob's own used one, which went through the group's log, answers his membership
+    # again: a repeated delivery, api-delivery.md).
+    "welcome": ("key_package", "group_info", "application", "commit"),
     # Not a KeyPackage at all, or bob's own (he is a member: refused by /commits and /proposals alike).
     "key_package": ("welcome", "group_info", "application", "commit", "proposal", "key_package_bob"),
     # bob is a member of G already, or not a GroupInfo at all.
