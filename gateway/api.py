@@ -114,6 +114,7 @@ async def create_identity(request: web.Request) -> web.Response:
         body.text("name"),
         body.integer("cipher_suite", 1, 1, 7),
         rq.credential(body.data["credential"]) if body.has("credential") else None,
+        body.boolean("auto_join", True),
     )
     p, identities = principal(request), service(request).identities
     return await respond(
@@ -172,6 +173,7 @@ async def create_group(request: web.Request) -> web.Response:
         gid,
         rq.extensions(body.items("extensions")),
         rq.external_senders(body.items("external_senders")),
+        rq.group_settings(body),
     )
     p, groups = principal(request), service(request).groups
     return await respond(
@@ -197,7 +199,13 @@ async def delete_group(request: web.Request) -> web.Response:
 async def join(request: web.Request) -> web.Response:
     body = await read_body(request)
     iid = request.match_info["identity_id"]
-    req = JoinRequest(iid, body.b64("welcome"), body.optional_b64("ratchet_tree"), rq.psk_secrets(body))
+    req = JoinRequest(
+        iid,
+        body.b64("welcome"),
+        body.optional_b64("ratchet_tree"),
+        rq.psk_secrets(body),
+        rq.group_settings(body),
+    )
     p, groups = principal(request), service(request).groups
     return await respond(
         request,
@@ -214,7 +222,7 @@ async def external_join(request: web.Request) -> web.Response:
     gi, tree, psks = body.b64("group_info"), body.optional_b64("ratchet_tree"), rq.psk_secrets(body)
     remove_prior = body.boolean("remove_prior", False)
     prior = rq.leaf_index(body, "remove_prior_leaf") if body.has("remove_prior_leaf") else None
-    req = ExternalJoinRequest(iid, gi, tree, remove_prior, prior, psks)
+    req = ExternalJoinRequest(iid, gi, tree, remove_prior, prior, psks, rq.group_settings(body))
     p, groups = principal(request), service(request).groups
     return await respond(
         request,

@@ -186,6 +186,7 @@ def open_runtime(config: GatewayConfig, module_path: str) -> Runtime:
     service = GatewayService(store, keys, envelope, on_key_use=metrics.key_use)
     service.persistence.retention_s = config.idempotency_retention_s
     service.group_log.past_epochs = config.delivery.past_epochs
+    service.groups.defaults = config.delivery
     service.delivery_metrics = metrics.delivery
     service.identities.sessions.cache = StateCache(config.state_cache_bytes, metrics.state_cache_lookup)
     executor = ThreadPoolExecutor(max_workers=config.worker_threads, thread_name_prefix="mlsgw")

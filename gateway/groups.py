@@ -13,13 +13,20 @@ from hsm.keystore import Pkcs11KeyStore
 from mls import Credential, ExternalSenders, Group, KeyPackage, MLSMessage, Welcome
 
 from .auth import Principal
+from .config import DeliverySettings
 from .delivery_store import message_digest
 from .errors import Problem, conflict
 from .group_session import GroupSession, GroupSessions
-from .hosted_delivery import HostedDelivery
+from .hosted_delivery import HostedDelivery, JoinOptions
 from .identities import Identities
-from .mls_inputs import decode_welcome, external_psk_id, prior_leaf
-from .operation_requests import CreateGroupRequest, ExternalJoinRequest, GroupAddress, JoinRequest
+from .mls_inputs import decode_welcome, external_psk_id, group_config, prior_leaf
+from .operation_requests import (
+    CreateGroupRequest,
+    ExternalJoinRequest,
+    GroupAddress,
+    GroupSettings,
+    JoinRequest,
+)
 from .persistence import Json, PendingWrites, RequestScope, Response, group_audit_context
 from .store import Identity, KeyPackageRecord, Store, Transaction
 from .views import b64, group_json, groups_json
@@ -37,6 +44,8 @@ class Groups:
         self.sessions = sessions
         #: The group service's applier (joins from Welcomes that went through a group's log).
         self.hosted: HostedDelivery | None = None
+        #: The default group settings of hosted members (``[delivery]``; set by the app).
+        self.defaults = DeliverySettings()
 
     def create(self, principal: Principal, request: CreateGroupRequest, scope: RequestScope) -> Response:
         """``POST .../groups``: a one-member group at epoch 0 (RFC 9420 §11)."""
@@ -53,6 +62,7 @@ class Groups:
                 credential=Credential.from_bytes(identity.credential),
                 group_id=request.group_id,
                 extensions=extensions,
+                config=group_config(self.defaults, request.settings),
             )
         session = self.sessions.start(
             identity, group, PendingWrites(new_keys=[group.state.keys.leaf_key.key_ref])
@@ -86,12 +96,15 @@ class Groups:
             located = tx.welcome_log(identity.tenant_id, message_digest(request.welcome))
         if located is not None and self.hosted is not None and self._named_in(identity, request.welcome):
             group_id = located[0]
-            self.hosted.advance(identity, group_id, force_join=True)
+            options = JoinOptions(request.psks, request.settings)
+            self.hosted.advance(identity, group_id, force_join=True, join=options)
             group = self.sessions.open(identity, group_id, read_only=True).group
             return self.sessions.persistence.commit(
                 PendingWrites(), Response(201, _joined_json(group)), scope
             )
-        session = self.join_session(identity, request.welcome, request.ratchet_tree, request.psks)
+        session = self.join_session(
+            identity, request.welcome, request.ratchet_tree, request.psks, request.settings
+        )
         return session.commit(Response(201, _joined_json(session.group)), scope)
 
     def _named_in(self, identity: Identity, welcome: bytes) -> bool:
@@ -106,6 +119,7 @@ class Groups:
         welcome: bytes,
         ratchet_tree: bytes | None,
         psks: Sequence[tuple[bytes, bytes]] = (),
+        settings: GroupSettings | None = None,
     ) -> GroupSession:
         """The unit of work of a join (not committed yet): the group state from the Welcome, the KeyPackage
         consumed and its init key destroyed on commit."""
@@ -125,6 +139,7 @@ class Groups:
                 psks=psk_store,
                 destroy_init_key=False,
                 retain_leaf_key=kp_record.last_resort,
+                config=group_config(self.defaults, settings or GroupSettings()),
             )
         identity_id, ref = identity.identity_id, kp_record.ref
         pending = PendingWrites(
@@ -171,6 +186,7 @@ class Groups:
                 psks=psks,
                 psk_ids=psk_ids,
                 remove_prior=remove_prior,
+                config=group_config(self.defaults, request.settings),
             )
         session = self.sessions.start(
             identity, group, PendingWrites(new_keys=[group.state.keys.leaf_key.key_ref])

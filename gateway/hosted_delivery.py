@@ -16,7 +16,8 @@ auto-join gets a ``welcome`` event instead and joins with ``POST …/groups/join
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from mls import MLSError, StagedCommit, welcome_key_package_refs
 
@@ -24,6 +25,7 @@ from .delivery_store import LogEntry, LogHead
 from .errors import Problem, conflict, problem_from_exception
 from .group_session import GroupSession, GroupSessions
 from .inbox_events import open_event, seal_event
+from .operation_requests import GroupSettings
 from .persistence import Json, Response
 from .store import Identity, Store, Transaction
 from .views import b64, result_json
@@ -35,8 +37,19 @@ BATCH = 100
 #: Times :meth:`HostedDelivery.advance` starts again after losing a race for the membership.
 RACES = 5
 
-#: Joins a hosted identity from a Welcome: (identity, welcome, ratchet tree) -> an uncommitted session.
-Joiner = Callable[[Identity, bytes, bytes | None], GroupSession]
+#: Joins a hosted identity from a Welcome: (identity, welcome, ratchet tree, external PSKs, settings) -> an
+#: uncommitted session (:meth:`gateway.groups.Groups.join_session`).
+Joiner = Callable[
+    [Identity, bytes, bytes | None, Sequence[tuple[bytes, bytes]], GroupSettings | None], GroupSession
+]
+
+
+@dataclass(frozen=True)
+class JoinOptions:
+    """What a member's own ``POST …/groups/join`` of a Welcome of the log adds to the join."""
+
+    psks: Sequence[tuple[bytes, bytes]] = ()
+    settings: GroupSettings | None = None
 
 
 class HostedDelivery:
@@ -93,19 +106,26 @@ class HostedDelivery:
         session.pending.writes.append(write)
 
     # ---- on its own -------------------------------------------------------------------------------------
-    def advance(self, identity: Identity, group_id: bytes, *, force_join: bool = False) -> int | None:
+    def advance(
+        self,
+        identity: Identity,
+        group_id: bytes,
+        *,
+        force_join: bool = False,
+        join: JoinOptions | None = None,
+    ) -> int | None:
         """Apply everything the log holds for this membership (joining first from a Welcome when it is not
         a member yet); returns the applied ``seq`` (``None`` when there is nothing for it). A concurrent
         writer of the same membership (a request, another process) makes it start again on its result."""
         for _ in range(RACES):
             try:
-                return self._advance(identity, group_id, force_join)
+                return self._advance(identity, group_id, force_join, join or JoinOptions())
             except Problem as e:
                 if e.code != "conflict":
                     raise
         raise conflict("the membership kept changing concurrently; retry")
 
-    def _advance(self, identity: Identity, group_id: bytes, force_join: bool) -> int | None:
+    def _advance(self, identity: Identity, group_id: bytes, force: bool, join: JoinOptions) -> int | None:
         tenant_id = identity.tenant_id
         while True:
             with self.store.read_transaction() as tx:
@@ -115,7 +135,7 @@ class HostedDelivery:
                 self._clear(identity, group_id, None)
                 return None
             if applied is None:
-                session = self._join(identity, head, force_join)
+                session = self._join(identity, head, force, join)
                 if session is None:
                     return None
             elif applied >= head.seq:
@@ -134,7 +154,7 @@ class HostedDelivery:
             session.commit(Response(200, None), scope)
         self.notify([identity_id])
 
-    def _join(self, identity: Identity, head: LogHead, force: bool) -> GroupSession | None:
+    def _join(self, identity: Identity, head: LogHead, force: bool, join: JoinOptions) -> GroupSession | None:
         """Join from the latest Welcome of the log for one of the identity's KeyPackages, or record a
         ``welcome`` event when the identity does not join by itself."""
         found = self._welcome_for(identity, head)
@@ -148,7 +168,7 @@ class HostedDelivery:
             return None
         assert self.joiner is not None
         try:
-            session = self.joiner(identity, entry.welcome, entry.ratchet_tree)
+            session = self.joiner(identity, entry.welcome, entry.ratchet_tree, join.psks, join.settings)
         except Problem as e:
             if e.code == "conflict":
                 raise  # joined concurrently (its KeyPackage is consumed): advance starts again

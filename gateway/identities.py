@@ -68,6 +68,7 @@ class Identities:
             signer.public_key,
             sig_custody,
             hpke_custody,
+            request.auto_join,
         )
         pending = PendingWrites([lambda tx: tx.add_identity(identity)], new_keys=[signer.key_ref])
         return self.sessions.persistence.commit(pending, Response(201, identity_json(identity)), scope)

@@ -10,19 +10,22 @@ from __future__ import annotations
 import os
 
 from mls import (
+    GroupConfig,
     GroupInfo,
     HandshakeFraming,
     KeyPackage,
     MLSMessage,
     PreSharedKeyID,
+    RatchetConfig,
     ResumptionPSKUsage,
     Welcome,
     cipher_suite,
     tree_from_group_info,
 )
 
+from .config import DeliverySettings
 from .errors import Problem, invalid
-from .operation_requests import HandshakeName
+from .operation_requests import GroupSettings, HandshakeName
 from .store import Identity
 
 
@@ -75,3 +78,16 @@ def prior_leaf(identity: Identity, group_info: bytes, ratchet_tree: bytes | None
         "remove_prior: this identity has no leaf in that group",
         rule="12.4.3.2/resync-prior-leaf",
     )
+
+
+def group_config(defaults: DeliverySettings, settings: GroupSettings) -> GroupConfig:
+    """A member's :class:`mls.GroupConfig`: the request's settings over the ``[delivery]`` defaults."""
+
+    def pick(value: int | None, default: int) -> int:
+        return default if value is None else value
+
+    ratchet = RatchetConfig(
+        pick(settings.out_of_order_tolerance, defaults.out_of_order_tolerance),
+        pick(settings.max_forward_distance, defaults.max_forward_distance),
+    )
+    return GroupConfig(ratchet=ratchet, past_epochs=pick(settings.past_epochs, defaults.past_epochs))

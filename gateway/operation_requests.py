@@ -39,6 +39,8 @@ class CreateIdentityRequest:
     name: str
     cipher_suite: int = 1
     credential: Credential | None = None
+    #: Join by itself from a Welcome the group's log routes to it (api-delivery.md, default true).
+    auto_join: bool = True
 
 
 @dataclass(frozen=True)
@@ -58,11 +60,25 @@ class GroupAddress:
 
 
 @dataclass(frozen=True)
+class GroupSettings:
+    """A member's configuration of one group (api-delivery.md: the out-of-order window and the maximum
+    forward distance are group configuration); ``None`` takes the gateway's ``[delivery]`` default."""
+
+    #: Generations below the newest still readable (RFC 9420 §9.2's "reasonable amount of time").
+    out_of_order_tolerance: int | None = None
+    #: Generations a receiver may skip in one step.
+    max_forward_distance: int | None = None
+    #: Past epochs kept to read late application messages.
+    past_epochs: int | None = None
+
+
+@dataclass(frozen=True)
 class CreateGroupRequest:
     identity_id: str
     group_id: bytes | None = None
     extensions: list[Extension] = field(default_factory=list)
     external_senders: list[ExternalSender] = field(default_factory=list)
+    settings: GroupSettings = field(default_factory=GroupSettings)
 
 
 @dataclass(frozen=True)
@@ -71,6 +87,7 @@ class JoinRequest:
     welcome: bytes
     ratchet_tree: bytes | None = None
     psks: list[tuple[bytes, bytes]] = field(default_factory=list)
+    settings: GroupSettings = field(default_factory=GroupSettings)
 
 
 @dataclass(frozen=True)
@@ -82,6 +99,7 @@ class ExternalJoinRequest:
     #: The leaf to remove, when the client names it (else found by the identity's signature key).
     prior_leaf: int | None = None
     psks: list[tuple[bytes, bytes]] = field(default_factory=list)
+    settings: GroupSettings = field(default_factory=GroupSettings)
 
 
 @dataclass(frozen=True)

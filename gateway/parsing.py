@@ -16,7 +16,7 @@ from typing import Any, cast
 from mls import Credential, Extension, ExternalSender
 
 from .errors import invalid
-from .operation_requests import ExternalPsk, HandshakeName, ProposalKind, ResumptionPsk
+from .operation_requests import ExternalPsk, GroupSettings, HandshakeName, ProposalKind, ResumptionPsk
 
 MAX_LIST = 1000
 
@@ -111,6 +111,23 @@ class Body:
         if not isinstance(v, dict):
             raise invalid(f"{name} must be an object")
         return Body(v)
+
+
+#: The bounds of a member's group settings (``config`` of create and join): generous, but bounded so a
+#: caller cannot make a receiver keep (or derive) unbounded numbers of keys.
+SETTING_BOUNDS = {"out_of_order_tolerance": 1000, "max_forward_distance": 100_000, "past_epochs": 64}
+
+
+def group_settings(body: Body) -> GroupSettings:
+    """The optional ``config`` object of a create or join: each setting an integer within its bound."""
+    if not body.has("config"):
+        return GroupSettings()
+    config = body.object("config")
+    values = {
+        name: config.integer(name, None, 0, bound) if config.has(name) else None
+        for name, bound in SETTING_BOUNDS.items()
+    }
+    return GroupSettings(**values)
 
 
 def credential(value: Any, field: str = "credential") -> Credential:

@@ -78,6 +78,7 @@ def identity_json(identity: Identity) -> Json:
         "credential": credential_json(Credential.from_bytes(identity.credential)),
         "signature_public_key": b64(identity.signature_public_key),
         "custody": {"signature": identity.custody_signature, "hpke": identity.custody_hpke},
+        "auto_join": identity.auto_join,
     }
 
 
@@ -119,6 +120,11 @@ def group_json(group: Group) -> Json:
             for p in s.proposals.values()
         ],
         "pending_commit": group.pending_commit is not None,
+        "config": {
+            "out_of_order_tolerance": s.config.ratchet.out_of_order_tolerance,
+            "max_forward_distance": s.config.ratchet.max_forward_distance,
+            "past_epochs": s.config.past_epochs,
+        },
     }
 
 

@@ -47,6 +47,7 @@ from mls.group.results import ApplicationMessage, ProcessedMessage, ProposalMess
 from mls.group.staged_commit import StagedCommit
 from mls.group.state import GroupConfig, GroupState
 from mls.schedule.psk import MemoryPskStore, PskStore
+from mls.schedule.secret_tree import RatchetConfig
 from mls.tree.leaf_validation import BasicCredentialValidator, CredentialValidator, LeafPolicy
 from mls.wire.extensions import Extension, ExtensionType, ExternalSender, ExternalSenders
 from mls.wire.framing import MLSMessage, Sender, SenderType, WireFormat
@@ -117,6 +118,7 @@ __all__ = [
     "ProposalType",
     "PskStore",
     "PythonBackend",
+    "RatchetConfig",
     "ReInit",
     "Remove",
     "ResumptionPSKUsage",
