@@ -364,8 +364,11 @@ async def process(request: web.Request) -> web.Response:
 
 async def group_info(request: web.Request) -> web.Response:
     address, p, operations = group_address(request), principal(request), service(request).group_operations
+    in_extension = rq.tree_placement(request.query.get("ratchet_tree", "separate"))
     return await respond(
-        request, lambda scope: operations.group_info(p, address, scope), lock=group_lock(address)
+        request,
+        lambda scope: operations.group_info(p, address, scope, in_extension),
+        lock=group_lock(address),
     )
 
 

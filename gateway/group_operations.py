@@ -210,11 +210,14 @@ class GroupOperations:
             lambda: self.incoming.process(identity, request.group_id, request.messages, request.batch, scope)
         )
 
-    def group_info(self, principal: Principal, address: GroupAddress, scope: RequestScope) -> Json:
-        """``GET .../group-info``: a signed GroupInfo with ``external_pub`` (RFC 9420 §12.4.3)."""
+    def group_info(
+        self, principal: Principal, address: GroupAddress, scope: RequestScope, in_extension: bool = False
+    ) -> Json:
+        """``GET .../group-info``: a signed GroupInfo with ``external_pub`` (RFC 9420 §12.4.3), with the
+        tree in its ``ratchet_tree`` extension on request (§12.4.3.3); the tree is also given separately."""
         session = self._open(principal, address.identity_id, address.group_id, read_only=True)
         with session.audit_context():
-            info = session.group.group_info(with_ratchet_tree=False)
+            info = session.group.group_info(with_ratchet_tree=in_extension)
         self.persistence.write_audit(scope.records)
         return {"group_info": b64(info), "ratchet_tree": b64(session.group.state.tree.encode())}
 

@@ -14,10 +14,11 @@ from mls import Credential, ExternalSenders, Group, KeyPackage, MLSMessage, Welc
 
 from .auth import Principal
 from .config import DeliverySettings
-from .delivery_store import message_digest
+from .delivery_store import LogConflict, message_digest
 from .errors import Problem, conflict
 from .group_session import GroupSession, GroupSessions
 from .hosted_delivery import HostedDelivery, JoinOptions
+from .hosted_submission import HostedSubmission
 from .identities import Identities
 from .mls_inputs import decode_welcome, external_psk_id, group_config, prior_leaf
 from .operation_requests import (
@@ -44,6 +45,8 @@ class Groups:
         self.sessions = sessions
         #: The group service's applier (joins from Welcomes that went through a group's log).
         self.hosted: HostedDelivery | None = None
+        #: Submits hosted members' commits to their group's log (set by the service).
+        self.submission: HostedSubmission | None = None
         #: The default group settings of hosted members (``[delivery]``; set by the app).
         self.defaults = DeliverySettings()
 
@@ -192,8 +195,13 @@ class Groups:
             identity, group, PendingWrites(new_keys=[group.state.keys.leaf_key.key_ref])
         )
         session.remember_psks(request.psks)
+        if self.submission is not None:
+            self.submission.submit_external_commit(session, commit)
         body = {"group_id": b64(group.group_id), "epoch": group.epoch, "commit": b64(commit)}
-        return session.commit(Response(201, body), scope)
+        try:
+            return session.commit(Response(201, body), scope)
+        except LogConflict:
+            raise conflict("the group's log moved on while joining; take its latest GroupInfo") from None
 
 
 def _joined_json(group: Group) -> Json:

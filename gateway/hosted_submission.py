@@ -87,6 +87,18 @@ class HostedSubmission:
         tenant_id = session.identity.tenant_id
         self._append(session, lambda tx: self.log.append_bundle(tx, tenant_id, bundle, None, caller=None))
 
+    def submit_external_commit(self, session: GroupSession, commit: bytes) -> None:
+        """Append a hosted identity's external commit (its join, RFC 9420 §12.4.3.2) when the log knows the
+        group: accepted only for the log's epoch (else 409 with ``current_epoch``), with a GroupInfo of the
+        new epoch the new member signs; it then has everything up to its own commit."""
+        group = session.group
+        with self.store.read_transaction() as tx:
+            head = tx.get_log_head(session.identity.tenant_id, group.group_id)
+        if head is None:
+            return
+        session.applied_seq = head.seq
+        self.submit_foreign_commit(session, head, commit)
+
     def submit_messages(self, session: GroupSession, head: LogHead | None, messages: list[bytes]) -> None:
         """Append proposals or application messages the member made, in order."""
         if head is None:

@@ -130,6 +130,14 @@ def group_settings(body: Body) -> GroupSettings:
     return GroupSettings(**values)
 
 
+def tree_placement(value: str) -> bool:
+    """``?ratchet_tree=extension|separate`` of ``GET …/group-info``: whether the GroupInfo carries the tree in
+    its ``ratchet_tree`` extension (RFC 9420 §12.4.3.3; for joiners that take no separate tree)."""
+    if value not in ("extension", "separate"):
+        raise invalid("ratchet_tree must be 'extension' or 'separate'")
+    return value == "extension"
+
+
 def credential(value: Any, field: str = "credential") -> Credential:
     if not isinstance(value, dict) or value.get("type") != "basic":
         raise invalid(f'{field} must be {{"type": "basic", "identity": base64}}')

@@ -82,6 +82,7 @@ class GatewayService:
         self.hosted.joiner = self.groups.join_session
         self.groups.hosted = self.hosted
         submission = HostedSubmission(store, self.group_log, self.hosted, self.after_append)
+        self.groups.submission = submission
         self.group_operations = GroupOperations(self.identities, self.persistence, submission)
         self.log_operations = LogOperations(store, self.group_log, self.persistence, self.after_append)
 

@@ -160,8 +160,8 @@ def result_json(result: ProcessedMessage, group: Group) -> Json:
     return {
         "kind": "commit",
         "sender": sender_json(result.sender),
-        # The new epoch, also for a member the commit removed (its state stays at the old one).
-        "epoch": result.epoch,
+        # The new epoch, also for a member the commit removed (its merged state stays at the old one).
+        "epoch": result.epoch if result.epoch is not None else group.epoch + 1,
         "removed": result.removed_self,
         "epoch_authenticator": b64(group.epoch_authenticator),
     }
