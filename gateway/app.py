@@ -188,6 +188,7 @@ def open_runtime(config: GatewayConfig, module_path: str) -> Runtime:
     service.group_log.past_epochs = config.delivery.past_epochs
     service.groups.defaults = config.delivery
     service.delivery_metrics = metrics.delivery
+    service.hosted.on_delivered = lambda ok, latency: metrics.delivery.delivered("hosted", ok, latency)
     service.identities.sessions.cache = StateCache(config.state_cache_bytes, metrics.state_cache_lookup)
     executor = ThreadPoolExecutor(max_workers=config.worker_threads, thread_name_prefix="mlsgw")
     return Runtime(config, store, token, keys, envelope, service, metrics, executor)

@@ -57,6 +57,8 @@ class GroupOperations:
         #: The group's log: hosted members' commits, proposals and messages go through it.
         self.submission = submission
         self.incoming = IncomingMessages(identities.sessions, submission)
+        #: Told of each hosted commit the log refused (metrics; set by the service).
+        self.on_commit_rejected: Callable[[str], None] = lambda reason: None
 
     @staticmethod
     def _retrying(operation: Callable[[], Response]) -> Response:
@@ -79,7 +81,12 @@ class GroupOperations:
     def commit(self, principal: Principal, request: CommitRequest, scope: RequestScope) -> Response:
         """``POST .../commits`` (RFC 9420 §12.4): through the group's log and merged at once, or staged
         with ``pending`` (submitted when merged)."""
-        return self._retrying(lambda: self._commit(principal, request, scope))
+        try:
+            return self._retrying(lambda: self._commit(principal, request, scope))
+        except Problem as e:
+            if e.code == "conflict" and "current_epoch" in e.extra:
+                self.on_commit_rejected("stale_epoch")
+            raise
 
     def _commit(self, principal: Principal, request: CommitRequest, scope: RequestScope) -> Response:
         session = self._open(principal, request.identity_id, request.group_id)

@@ -16,6 +16,7 @@ auto-join gets a ``welcome`` event instead and joins with ``POST …/groups/join
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -62,6 +63,8 @@ class HostedDelivery:
         self.notify = notify
         #: Set by the service: joins from a Welcome (:meth:`gateway.groups.Groups.join_session`).
         self.joiner: Joiner | None = None
+        #: Set by the app: told of each entry applied (``ok`` unless rejected) and its seconds since append.
+        self.on_delivered: Callable[[bool, float], None] | None = None
 
     # ---- inside another operation's unit of work ---------------------------------------------------------
     def catch_up(self, session: GroupSession, up_to: int) -> None:
@@ -95,6 +98,13 @@ class HostedDelivery:
         except MLSError as e:
             event = {"kind": "rejected", "problem": problem_from_exception(e).document()}
         self._add_event(session, entry.seq, event)
+        self._count(session, event.get("kind") != "rejected", entry.created_at)
+
+    def _count(self, session: GroupSession, ok: bool, appended_at: float) -> None:
+        """Count the delivery once the session committed (a rolled-back one delivered nothing)."""
+        report = self.on_delivered
+        if report is not None:
+            session.after_commit.append(lambda: report(ok, time.time() - appended_at))
 
     def _add_event(self, session: GroupSession, seq: int, event: Json) -> None:
         identity_id, group_id = session.identity_id, session.group.group_id

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from mls import inspect_message
+from mls import MLSError, inspect_message
 
 from .auth import Principal
 from .errors import Problem, not_found
@@ -31,6 +31,8 @@ class LogOperations:
         self.log = log
         self.persistence = persistence
         self.after_append = after_append
+        #: Told the reason of each rejected commit (metrics; set by the service).
+        self.on_commit_rejected: Callable[[str], None] = lambda reason: None
 
     def submit_bundle(
         self,
@@ -39,7 +41,21 @@ class LogOperations:
         parts: tuple[bytes, bytes, bytes | None, bytes | None],
         scope: RequestScope,
     ) -> Response:
-        """``POST /v1/groups/{gid}/commit-bundles`` → 201 ``{seq, epoch}`` or 409 ``current_epoch``."""
+        """``POST /v1/groups/{gid}/commit-bundles`` → 201 ``{seq, epoch}`` or 409 ``current_epoch``; a
+        rejection is counted by its reason."""
+        try:
+            return self._submit_bundle(principal, group_id, parts, scope)
+        except (Problem, MLSError) as e:
+            self.on_commit_rejected(rejection_reason(e))
+            raise
+
+    def _submit_bundle(
+        self,
+        principal: Principal,
+        group_id: bytes,
+        parts: tuple[bytes, bytes, bytes | None, bytes | None],
+        scope: RequestScope,
+    ) -> Response:
         commit, group_info, ratchet_tree, welcome = parts
         tenant_id, caller = _tenant(principal), principal.client_id
         if inspect_message(commit).epoch != 0:
@@ -131,6 +147,15 @@ class LogOperations:
             "ratchet_tree": b64(head.ratchet_tree),
             "epoch": head.epoch,
         }
+
+
+def rejection_reason(error: Exception) -> str:
+    """A commit rejection's reason, for the metrics: ``stale_epoch``, ``not_a_member``, ``unknown_group`` or
+    ``invalid`` (a label value, never a detail)."""
+    code = error.code if isinstance(error, Problem) else "invalid"
+    return {"conflict": "stale_epoch", "not_a_member": "not_a_member", "not_found": "unknown_group"}.get(
+        code, "invalid"
+    )
 
 
 def _tenant(principal: Principal) -> str:

@@ -85,6 +85,13 @@ class GatewayService:
         self.groups.submission = submission
         self.group_operations = GroupOperations(self.identities, self.persistence, submission)
         self.log_operations = LogOperations(store, self.group_log, self.persistence, self.after_append)
+        self.log_operations.on_commit_rejected = self.commit_rejected
+        self.group_operations.on_commit_rejected = self.commit_rejected
+
+    def commit_rejected(self, reason: str) -> None:
+        """Count a commit the log refused (api-delivery.md metrics: commits rejected by reason)."""
+        if self.delivery_metrics is not None:
+            self.delivery_metrics.commits.labels(reason).inc()
 
     def after_append(self, appended: Appended) -> None:
         """After an append committed: wake the clients' readers, advance the hosted members, count."""

@@ -75,6 +75,11 @@ def test_stale_epoch_is_409_with_current_epoch(shared_gateway: GatewayServer) ->
     assert (r.status, r.code, r.body.get("current_epoch")) == (409, "conflict", 2)
     assert api.get(f"/v1/groups/{gid}").expect(200).body == before
     assert bob.group(gid)["epoch"] == 2
+    # Counted: the refusal by its reason, the accepted commits and the hosted deliveries.
+    metrics = shared_gateway.client()
+    assert metrics.metric("mlsgw_log_commits_total", outcome="stale_epoch") >= 1
+    assert metrics.metric("mlsgw_log_commits_total", outcome="accepted") >= 2
+    assert metrics.metric("mlsgw_deliveries_total", channel="hosted", outcome="ok") >= 2
 
 
 def test_a_removed_member_reports_the_new_epoch(shared_gateway: GatewayServer) -> None:
