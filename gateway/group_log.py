@@ -26,7 +26,7 @@ from mls import (
     welcome_key_package_refs,
 )
 
-from .delivery_store import HostedWork, LogEntry, LogHead, Member
+from .delivery_store import HostedWork, LogEntry, LogHead, Member, message_digest
 from .errors import Problem, not_found, stale_epoch
 from .store import Transaction
 
@@ -106,7 +106,9 @@ def prepare_messages(group_id: bytes, messages: list[bytes]) -> list[PreparedMes
 
 
 class GroupLog:
-    """Appends to group logs inside a store transaction (see the module docstring)."""
+    """Appends to group logs inside a store transaction (see the module docstring). A message (or commit)
+    whose bytes the log already holds is a repeated submission: it is answered with its first ``seq`` and
+    appended again to nothing (api-delivery.md: no duplicate effects)."""
 
     def __init__(self, past_epochs: int = 2) -> None:
         #: How many epochs back receivers still read application messages (``[delivery] past_epochs``).
@@ -130,6 +132,9 @@ class GroupLog:
         """Accept a commit for the log's epoch (the first one wins; any other epoch answers 409 with
         ``current_epoch``); ``caller`` is the submitting client (checked against the sender's leaf)."""
         group_id, info, view = bundle.info.group_id, bundle.info, bundle.view
+        repeated = tx.log_seq_of(tenant_id, group_id, message_digest(bundle.commit))
+        if repeated is not None:  # a repeated submission: the answer of the first, nothing appended
+            return Appended(repeated, info.epoch + 1, kinds=[])
         head = tx.get_log_head(tenant_id, group_id)
         if head is None:
             if info.epoch != 0:
@@ -213,6 +218,11 @@ class GroupLog:
         """Accept proposals (for the log's epoch) and application messages (for it or an epoch the
         receivers still keep), in order, each with the next ``seq``."""
         head = self.head(tx, tenant_id, group_id)
+        repeated = [tx.log_seq_of(tenant_id, group_id, message_digest(m.message)) for m in messages]
+        if all(seq is not None for seq in repeated):  # a repeated submission: nothing appended again
+            return Appended(max(s for s in repeated if s is not None), head.epoch, kinds=[])
+        if any(seq is not None for seq in repeated):
+            raise Problem("invalid_request", "some of these messages are already in the group's log")
         members = tx.get_members(tenant_id, group_id)
         for m in messages:
             self._check_message_epoch(m.info, head.epoch)

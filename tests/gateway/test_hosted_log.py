@@ -108,3 +108,18 @@ def test_group_info_with_the_tree_in_its_extension(shared_gateway: GatewayServer
     assert view.epoch == 1 and len(view.leaves) == 2
     bad = alice.api.get(alice.path(gid, "/group-info") + "?ratchet_tree=sideways")
     assert (bad.status, bad.code) == (400, "invalid_request")
+
+
+def test_a_repeated_submission_is_answered_and_not_appended_again(shared_gateway: GatewayServer) -> None:
+    api = _tenant(shared_gateway, "repeat")
+    alice, bob = Hosted.create(api, "alice"), Hosted.create(api, "bob")
+    gid = _group(alice, [bob])
+    message = alice.send(gid, b"once only")
+    head = api.get(f"/v1/groups/{gid}").expect(200)
+    again = api.post(f"/v1/groups/{gid}/messages", {"message": message}).expect(201)
+    assert again["seq"] == head["seq"]
+    assert api.get(f"/v1/groups/{gid}").expect(200)["seq"] == head["seq"]
+    result = bob.process(gid, message)
+    assert unb64(result["data"]) == b"once only"
+    events = bob.api.get(f"/v1/identities/{bob.identity_id}/inbox").expect(200)["events"]
+    assert [e["seq"] for e in events if e["kind"] == "application"] == [head["seq"]]
