@@ -14,6 +14,7 @@ the member already left answers ``409 conflict`` with ``current_epoch`` (api-v1.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from mls import MLSError, StagedCommit, inspect_message
 
@@ -24,6 +25,19 @@ from .hosted_submission import HostedSubmission
 from .persistence import Json, RequestScope, Response
 from .store import Identity
 from .views import result_json
+
+
+@dataclass(frozen=True)
+class RecordedProblem:
+    """The problem an entry of the log met when it was applied (a ``rejected`` event), answered again."""
+
+    code: str
+    detail: str
+    rule: str | None
+
+    @classmethod
+    def of(cls, document: Json) -> RecordedProblem:
+        return cls(str(document["code"]), str(document["detail"]), document.get("rule"))
 
 
 class IncomingMessages:
@@ -71,8 +85,8 @@ class IncomingMessages:
         if event.get("kind") in ("joined", "welcome"):
             raise stale_epoch(session.group.epoch)  # the member joined from this commit's Welcome
         if event.get("kind") == "rejected":
-            problem = event["problem"]
-            raise Problem(problem["code"], problem["detail"], rule=problem.get("rule"))
+            recorded = RecordedProblem.of(event["problem"])
+            raise Problem(recorded.code, recorded.detail, rule=recorded.rule)
         return event
 
     def _process_one(

@@ -48,10 +48,9 @@ def b64(data: bytes) -> str:
 
 
 def parse_cursor(value: Any, name: str) -> int:
-    """A cursor given by a client (400 ``invalid_request`` naming ``name`` when it is not one)."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        cursor = value
-    elif isinstance(value, str) and _DIGITS.fullmatch(value):
+    """A cursor given by a client, as the gateway gave it: a string (400 ``invalid_request`` naming
+    ``name`` when it is not one — cursors are opaque, api-delivery.md)."""
+    if isinstance(value, str) and _DIGITS.fullmatch(value):
         cursor = int(value)
     else:
         raise invalid(f"{name} must be a cursor (an item's cursor or a page's next_cursor)")
