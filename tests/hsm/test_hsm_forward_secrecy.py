@@ -31,6 +31,7 @@ from pkcs11 import Attribute
 from hsm import Pkcs11KeyStore, Token
 from hsm.audit import AuditEvent
 from hsm.envelope import Envelope, create_wrap_key
+from hsm.token import StaleHandle
 from mls.client import Client
 from mls.credentials.credential import Credential
 from mls.group.commit_options import CommitOptions
@@ -55,11 +56,19 @@ def total(token: Token) -> int:
 
 
 def token_ids(token: Token) -> list[bytes]:
-    """The CKA_ID of every object in the token (one entry per object)."""
+    """The CKA_ID of every object in the token (one entry per object). The search holds the token's object
+    store guard like the product's own searches (the gateway's background delivery may create or destroy
+    objects meanwhile), and runs again when an object it found was destroyed under it."""
 
     def ids(session: Any) -> list[bytes]:
-        return [bytes(o[Attribute.ID]) for o in session.get_objects({}) if _has_id(o)]
+        with token.objects("search"):
+            return [bytes(o[Attribute.ID]) for o in session.get_objects({}) if _has_id(o)]
 
+    for _ in range(5):
+        try:
+            return token.run(ids, op="test: all ids")
+        except StaleHandle:
+            continue
     return token.run(ids, op="test: all ids")
 
 
