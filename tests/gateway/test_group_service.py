@@ -13,9 +13,10 @@ never call ``/process``: they only read (a member's group view, ``GET /v1/groups
 * Bots talk through inboxes: a long-poll returns an event that arrives while it waits; a WebSocket pushes
   events and takes ``{"ack": cursor}``; a webhook whose receiver fails the first deliveries gets every
   event, signed, in order (a retry repeats the failed cursor, nothing is skipped).
-* kill -9 during a burst of messages and commits: every request answered 2xx before the kill is delivered
-  after the restart, exactly once per receiver; requests in flight are retried with their Idempotency-Key
-  and counted once; the members converge on one epoch (no fork, no commit lost or applied twice).
+* kill -9 during a burst of messages and commits (twice): every request answered 2xx before the kill is
+  delivered after the restart, exactly once per receiver; requests in flight are retried with their
+  Idempotency-Key and counted once; the members converge on one epoch (no fork, no commit lost or applied
+  twice).
 * A rejected submission (a stale commit) changes nothing: not the log, not the member, not any inbox.
 
 Waits are polls with generous deadlines (deadlock guards only); nothing asserts on elapsed time.
@@ -258,6 +259,7 @@ def test_concurrent_messages_reach_every_inbox_once_in_log_order(server: Gateway
         inbox.wait_for(group, wanted, deadline)
         texts = inbox.texts(group)
         assert sorted(texts) == sorted(wanted), f"{m.name}: extra or repeated messages"
+        assert not inbox.of(group, "rejected"), inbox.of(group, "rejected")
         check_log_order(inbox, group)
         for e in inbox.of(group, "application"):
             assert e["sender"]["leaf_index"] == leaf_of[sender_of[unb64(e["data"])]], e
@@ -424,6 +426,8 @@ def test_webhook_gets_every_event_in_order_through_failures(server: GatewayServe
 BURST_STEPS = 40
 #: Acknowledged requests before the kill.
 ACKED_BEFORE_KILL = 20
+#: Kills (each in the middle of a burst of its own).
+KILLS = 2
 
 
 @dataclass
@@ -444,16 +448,17 @@ class Burst:
     until the server goes away."""
 
     gid: str
+    cycle: int
     acked: list[Sent] = field(default_factory=list)
     in_flight: list[Sent] = field(default_factory=list)
     unexpected: list[tuple[int, Any]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def request(self, member: Hosted, step: int, commits: bool) -> Sent:
-        idem = f"burst-{member.name}-{step}"
+        idem = f"burst-{self.cycle}-{member.name}-{step}"
         if commits and step % 2:
             return Sent(member, "/commits", {"update": True}, idem)
-        data = b"burst %s %d" % (member.name.encode(), step)
+        data = b"burst %d %s %d" % (self.cycle, member.name.encode(), step)
         return Sent(member, "/messages", {"data": b64(data)}, idem, data)
 
     def run(self, member: Hosted, commits: bool) -> None:
@@ -481,13 +486,12 @@ def test_kill_during_a_burst_loses_nothing_acknowledged(tmp_path: Path) -> None:
         server.kill()
 
 
-def _kill_during_a_burst(server: GatewayServer) -> None:
-    api = tenant(server, "burst")
-    members, gid = make_group(api, 4, "kb")
-    group = gid_bytes(gid)
-    burst = Burst(gid)
+def _burst_then_kill(server: GatewayServer, members: list[Hosted], gid: str, cycle: int) -> list[Sent]:
+    """Run a burst, SIGKILL the server in its middle, restart it and retry the requests in flight with their
+    Idempotency-Keys; returns every request of the burst (all answered 200 now)."""
+    burst = Burst(gid, cycle)
     threads = [
-        threading.Thread(target=burst.run, args=(m, n >= 2), name=f"burst-{m.name}")
+        threading.Thread(target=burst.run, args=(m, n >= 2), name=f"burst-{cycle}-{m.name}")
         for n, m in enumerate(members)
     ]
     for t in threads:
@@ -512,8 +516,15 @@ def _kill_during_a_burst(server: GatewayServer) -> None:
     for sent in acked_before[:: max(1, len(acked_before) // 5)]:
         again = sent.member.post(gid, sent.tail, sent.body, idem=sent.idem).expect(200)
         assert sent.answer is not None and again.body == sent.answer.body, sent.idem
-    done = acked_before + burst.in_flight
-    # The group keeps working after the restart.
+    return acked_before + burst.in_flight
+
+
+def _kill_during_a_burst(server: GatewayServer) -> None:
+    api = tenant(server, "burst")
+    members, gid = make_group(api, 5, "kb")
+    group = gid_bytes(gid)
+    done = [s for cycle in range(KILLS) for s in _burst_then_kill(server, members, gid, cycle)]
+    # The group keeps working after the restarts.
     last = Sent(members[0], "/messages", {"data": b64(b"after the restart")}, "after", b"after the restart")
     last.answer = members[0].post(gid, last.tail, last.body, idem=last.idem).expect(200)
     done.append(last)
