@@ -2,7 +2,9 @@
 
 Paths, methods, summaries, authentication and path parameters come from the routes themselves, so the
 document cannot list a route that does not exist or miss one that does; request bodies and success
-statuses are described here, per route, after api-v1.md.
+statuses are described here, per route, after docs/api.md (both contracts: api-v1 and the group
+service); so are the query parameters of mailbox and inbox reads and the success bodies of the group
+service's routes.
 """
 
 from __future__ import annotations
@@ -42,6 +44,13 @@ PSKS = {
     },
 }
 HANDSHAKE = {"enum": ["public", "private"], "default": "public"}
+EPOCH = {
+    "type": "integer",
+    "minimum": 0,
+    "description": "the epoch the intent was built on; a group already past it answers 409 current_epoch",
+}
+CURSOR = {"type": "string", "pattern": "^[0-9]{1,19}$", "description": "an opaque cursor"}
+SEQ = {"type": "integer", "minimum": 1}
 
 
 def _obj(required: list[str] | None = None, **props: Any) -> dict[str, Any]:
@@ -92,6 +101,7 @@ REQUEST_BODIES: dict[tuple[str, str], dict[str, Any]] = {
         force_path={"type": "boolean"},
         handshake=HANDSHAKE,
         pending={"type": "boolean", "default": False},
+        epoch=EPOCH,
     ),
     ("POST", _G + "/{gid}/proposals"): _obj(
         ["type"],
@@ -101,6 +111,7 @@ REQUEST_BODIES: dict[tuple[str, str], dict[str, Any]] = {
         psk=_obj(["psk_id"], psk_id=B64, secret=B64),
         extensions=EXTENSIONS,
         handshake=HANDSHAKE,
+        epoch=EPOCH,
     ),
     ("POST", _G + "/{gid}/messages"): {
         "oneOf": [
@@ -132,6 +143,18 @@ REQUEST_BODIES: dict[tuple[str, str], dict[str, Any]] = {
         endpoints={"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 100},
         cipher_suite={"type": "integer", "minimum": 1, "maximum": 65535},
     ),
+    ("POST", "/v1/groups/{gid}/commit-bundles"): _obj(
+        ["commit", "group_info"], commit=MLS, group_info=MLS, ratchet_tree=B64, welcome=MLS
+    ),
+    ("POST", "/v1/groups/{gid}/messages"): _obj(["message"], message=MLS),
+    ("POST", "/v1/clients/{client_id}/mailbox/ack"): _obj(["up_to"], up_to=CURSOR),
+    ("POST", "/v1/identities/{identity_id}/inbox/ack"): _obj(["up_to"], up_to=CURSOR),
+    ("PUT", "/v1/identities/{identity_id}/webhook"): _obj(
+        ["url", "secret"],
+        url={"type": "string", "format": "uri", "maxLength": 2048},
+        secret={"type": "string", "description": "16 to 256 bytes of UTF-8 text"},
+        after=CURSOR,
+    ),
 }
 
 SUCCESS: dict[tuple[str, str], int] = {
@@ -150,6 +173,111 @@ SUCCESS: dict[tuple[str, str], int] = {
     ("POST", "/v1/clients"): 201,
     ("DELETE", "/v1/clients/{client_id}"): 204,
     ("POST", "/v1/clients/{client_id}/key-packages"): 201,
+    ("POST", "/v1/groups/{gid}/commit-bundles"): 201,
+    ("POST", "/v1/groups/{gid}/messages"): 201,
+    ("POST", "/v1/clients/{client_id}/mailbox/ack"): 204,
+    ("POST", "/v1/identities/{identity_id}/inbox/ack"): 204,
+    ("DELETE", "/v1/identities/{identity_id}/webhook"): 204,
+}
+
+_MAILBOX_ITEM = _obj(
+    ["cursor", "group_id", "seq", "kind", "message"],
+    cursor=CURSOR,
+    group_id=B64,
+    seq=SEQ,
+    kind={"enum": ["welcome", "commit", "proposal", "application"]},
+    message=MLS,
+)
+_INBOX_EVENT = {
+    **_obj(
+        ["cursor", "group_id", "seq", "kind"],
+        cursor=CURSOR,
+        group_id=B64,
+        seq=SEQ,
+        kind={"enum": ["application", "proposal", "commit", "joined", "welcome", "rejected"]},
+    ),
+    "description": "the /process result of the log entry, or joined / welcome / rejected",
+}
+_CLIENT = _obj(["client_id", "name"], client_id={"type": "string"}, name={"type": "string"})
+_WEBHOOK = _obj(
+    ["url", "paused", "delivered_cursor"],
+    url={"type": "string"},
+    paused={"type": "boolean"},
+    delivered_cursor=CURSOR,
+    failing_since={"type": "number"},
+)
+#: Success bodies (JSON) of the group service's routes (api-v1 routes' bodies are in docs/api.md).
+RESPONSE_BODIES: dict[tuple[str, str], dict[str, Any]] = {
+    ("POST", "/v1/clients"): _obj(
+        ["client_id", "name", "token"],
+        client_id={"type": "string"},
+        name={"type": "string"},
+        token={"type": "string"},
+    ),
+    ("GET", "/v1/clients"): _obj(["clients"], clients={"type": "array", "items": _CLIENT}),
+    ("GET", "/v1/clients/{client_id}"): _CLIENT,
+    ("POST", "/v1/clients/{client_id}/key-packages"): _obj(["stored"], stored={"type": "integer"}),
+    ("GET", "/v1/clients/{client_id}/key-packages"): _obj(
+        ["available", "last_resort"], available={"type": "integer"}, last_resort={"type": "boolean"}
+    ),
+    ("POST", "/v1/key-packages/claim"): _obj(
+        ["key_packages"], key_packages={"type": "object", "additionalProperties": MLS}
+    ),
+    ("POST", "/v1/groups/{gid}/commit-bundles"): _obj(["seq", "epoch"], seq=SEQ, epoch={"type": "integer"}),
+    ("POST", "/v1/groups/{gid}/messages"): _obj(["seq"], seq=SEQ),
+    ("GET", "/v1/groups/{gid}"): _obj(
+        ["group_id", "epoch", "seq", "cipher_suite", "members"],
+        group_id=B64,
+        epoch={"type": "integer"},
+        seq={"type": "integer"},
+        cipher_suite={"type": "integer"},
+        members={
+            "type": "array",
+            "items": _obj(
+                ["leaf_index", "endpoint"],
+                leaf_index={"type": "integer"},
+                endpoint={"type": ["string", "null"]},
+            ),
+        },
+    ),
+    ("GET", "/v1/groups/{gid}/group-info"): _obj(
+        ["group_info", "ratchet_tree", "epoch"], group_info=MLS, ratchet_tree=B64, epoch={"type": "integer"}
+    ),
+    ("GET", "/v1/clients/{client_id}/mailbox"): _obj(
+        ["items", "next_cursor"], items={"type": "array", "items": _MAILBOX_ITEM}, next_cursor=CURSOR
+    ),
+    ("GET", "/v1/identities/{identity_id}/inbox"): _obj(
+        ["events", "next_cursor"], events={"type": "array", "items": _INBOX_EVENT}, next_cursor=CURSOR
+    ),
+    ("PUT", "/v1/identities/{identity_id}/webhook"): _obj(
+        ["url", "after"], url={"type": "string"}, after=CURSOR
+    ),
+    ("GET", "/v1/identities/{identity_id}/webhook"): _WEBHOOK,
+}
+
+#: Query parameters of mailbox and inbox reads (long-poll) and of their WebSockets.
+_AFTER = {"name": "after", "in": "query", "required": False, "schema": CURSOR}
+_PAGE = [
+    _AFTER,
+    {
+        "name": "wait",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "number", "minimum": 0, "default": 0},
+        "description": "seconds to long-poll when nothing is there; above 30 is treated as 30",
+    },
+    {
+        "name": "limit",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+    },
+]
+QUERY: dict[tuple[str, str], list[dict[str, Any]]] = {
+    ("GET", "/v1/clients/{client_id}/mailbox"): _PAGE,
+    ("GET", "/v1/identities/{identity_id}/inbox"): _PAGE,
+    ("GET", "/v1/clients/{client_id}/mailbox/ws"): [_AFTER],
+    ("GET", "/v1/identities/{identity_id}/inbox/ws"): [_AFTER],
 }
 
 
@@ -164,6 +292,7 @@ def _parameters(route: Route) -> list[dict[str, Any]]:
         }
         for name in re.findall(r"{(\w+)}", route.path)
     ]
+    params += QUERY.get((route.method, route.path), [])
     if route.mutating and route.method == "POST":
         params.append(
             {"name": "Idempotency-Key", "in": "header", "required": False, "schema": {"type": "string"}}
@@ -174,7 +303,10 @@ def _parameters(route: Route) -> list[dict[str, Any]]:
 def _operation(route: Route) -> dict[str, Any]:
     key = (route.method, route.path)
     status = SUCCESS.get(key, 200)
-    responses: dict[str, Any] = {str(status): {"description": "success"}}
+    success: dict[str, Any] = {"description": "success"}
+    if key in RESPONSE_BODIES:
+        success["content"] = {"application/json": {"schema": RESPONSE_BODIES[key]}}
+    responses: dict[str, Any] = {str(status): success}
     for code, (code_status, title) in CODES.items():
         if code in ("internal_error", "method_not_allowed") or (
             route.auth == "none" and code == "unauthorized"
@@ -214,7 +346,10 @@ def document() -> dict[str, Any]:
         "info": {
             "title": "MLS gateway",
             "version": "1.0.0",
-            "description": "Enterprise MLS (RFC 9420) gateway with HSM key custody (api-v1).",
+            "description": (
+                "Enterprise MLS (RFC 9420) gateway with HSM key custody: hosted identities and the group"
+                " service (clients, KeyPackage directory, group logs, mailboxes, inboxes, webhooks)."
+            ),
         },
         "paths": paths,
         "components": {
