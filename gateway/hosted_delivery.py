@@ -85,10 +85,13 @@ class HostedDelivery:
         """Apply one entry (skipping its own and, once removed, every later one) and record its event."""
         group = session.group
         session.applied_seq = entry.seq
+        if entry.kind == "commit" and group.pending_commit is not None:
+            if group.pending_commit.commit == entry.message:
+                session.merge(group.pending_commit)  # our staged commit, carried to the log by the caller
+                return
+            session.discard_pending()  # the log accepted another commit for this epoch: ours lost
         if entry.sender == session.identity_id or not group.state.active:
             return
-        if entry.kind == "commit" and group.pending_commit is not None:
-            session.discard_pending()  # the log accepted another commit for this epoch: ours lost
         try:
             with session.audit_context():
                 result = group.process(entry.message)

@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from mls import StagedCommit, inspect_message, state_view, welcome_key_package_refs
 
-from .delivery_store import LogHead
+from .delivery_store import LogHead, message_digest
 from .errors import stale_epoch
 from .group_log import Appended, GroupLog, PreparedBundle, PreparedMessage
 from .group_session import GroupSession
@@ -50,6 +50,16 @@ class HostedSubmission:
         if head is not None:
             self.hosted.catch_up(session, head.seq)
         return head
+
+    def carried(self, session: GroupSession, staged: StagedCommit) -> bool:
+        """Whether the group's log already holds this staged commit (the caller submitted it itself)."""
+        if staged.commit is None:
+            return False
+        with self.store.read_transaction() as tx:
+            seq = tx.log_seq_of(
+                session.identity.tenant_id, session.group.group_id, message_digest(staged.commit)
+            )
+        return seq is not None
 
     def submit_commit(self, session: GroupSession, head: LogHead | None, staged: StagedCommit) -> None:
         """Append a commit the member made (the state merges it in the same transaction)."""

@@ -225,7 +225,7 @@ class KeyDirectory:
 
     def _hosted_key_package(self, identity: Identity, pending: PendingWrites) -> _Claimed:
         """A fresh KeyPackage of a hosted identity, written with the claim (its keys in ``pending``)."""
-        record: KeyPackageRecord = self.key_packages._new_key_package(
+        record: KeyPackageRecord = self.key_packages.new_key_package(
             identity,
             self.key_packages.keys.signer(identity.signature_key_ref),
             Credential.from_bytes(identity.credential),

@@ -44,7 +44,7 @@ class KeyPackages:
         pending, out = PendingWrites(), []
         try:
             for _ in range(request.count):
-                record = self._new_key_package(identity, signer, credential, request, pending)
+                record = self.new_key_package(identity, signer, credential, request, pending)
                 pending.writes.append(functools.partial(_add_key_package, record=record))
                 out.append({"ref": b64(record.ref), "key_package": b64(record.key_package)})
         except BaseException:
@@ -52,7 +52,7 @@ class KeyPackages:
             raise
         return self.persistence.commit(pending, Response(201, {"key_packages": out}), scope)
 
-    def _new_key_package(
+    def new_key_package(
         self,
         identity: Identity,
         signer: Signer,

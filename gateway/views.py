@@ -135,6 +135,8 @@ def commit_json(staged: StagedCommit, epoch: int | None) -> Json:
         "commit": b64(staged.commit or b""),
         "welcome": None if staged.welcome is None else b64(staged.welcome),
         "group_info": b64(staged.group_info or b""),
+        # The new epoch's tree: with the three above, a commit bundle (api-delivery.md) to carry.
+        "ratchet_tree": None if staged.state is None else b64(staged.state.tree.encode()),
         "epoch": epoch,
     }
 

@@ -123,3 +123,19 @@ def test_a_repeated_submission_is_answered_and_not_appended_again(shared_gateway
     assert unb64(result["data"]) == b"once only"
     events = bob.api.get(f"/v1/identities/{bob.identity_id}/inbox").expect(200)["events"]
     assert [e["seq"] for e in events if e["kind"] == "application"] == [head["seq"]]
+
+
+def test_a_pending_commit_carried_to_the_log_by_the_caller(shared_gateway: GatewayServer) -> None:
+    """A staged commit's answer is a complete commit bundle; carried to the log, it is the group's next
+    epoch: the other members follow, and merging it answers the new epoch (no fork)."""
+    api = _tenant(shared_gateway, "carried")
+    alice, bob = Hosted.create(api, "alice"), Hosted.create(api, "bob")
+    gid = _group(alice, [bob])
+    staged = alice.commit(gid, {"update": True, "pending": True})
+    bundle = {k: staged[k] for k in ("commit", "group_info", "ratchet_tree")}
+    accepted = api.post(f"/v1/groups/{gid}/commit-bundles", bundle).expect(201)
+    assert accepted["epoch"] == 2
+    assert api.post(f"/v1/groups/{gid}/commit-bundles", bundle).expect(201).body == accepted.body  # repeated
+    assert alice.post(gid, "/pending-commit/merge", {}).expect(200)["epoch"] == 2
+    _until(bob, gid, 2)
+    assert alice.state(gid) == bob.state(gid)
