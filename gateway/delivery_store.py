@@ -27,6 +27,10 @@ def message_digest(message: bytes) -> bytes:
 LOG_KINDS = ("commit", "proposal", "application")
 
 
+#: How many times an append is built (or written) again when another append to the same log won the race.
+LOG_RETRIES = 8
+
+
 class LogConflict(Exception):
     """The log's head moved since it was read (another append won): re-read and retry, or 409.
 
@@ -187,6 +191,7 @@ class LogTransaction(EndpointRegistry, Protocol):
 
 __all__ = [
     "LOG_KINDS",
+    "LOG_RETRIES",
     "HostedWork",
     "InboxRecord",
     "LogConflict",

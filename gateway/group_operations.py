@@ -22,7 +22,7 @@ from mls import (
 )
 
 from .auth import Principal
-from .delivery_store import LogConflict
+from .delivery_store import LOG_RETRIES, LogConflict
 from .errors import Problem, conflict
 from .group_session import GroupSession, new_leaf_key
 from .hosted_submission import HostedSubmission
@@ -41,9 +41,6 @@ from .operation_requests import (
 )
 from .persistence import Json, Persistence, RequestScope, Response
 from .views import b64, commit_json
-
-#: How many times an operation is rebuilt when another append to the group's log won the race.
-LOG_RETRIES = 8
 
 
 class GroupOperations:

@@ -14,7 +14,8 @@ from collections.abc import Callable
 from mls import MLSError, inspect_message
 
 from .auth import Principal
-from .errors import Problem, not_found
+from .delivery_store import LOG_RETRIES, LogConflict
+from .errors import Problem, conflict, not_found
 from .group_log import Appended, GroupLog, PreparedBundle, prepare_bundle, prepare_messages
 from .persistence import Json, PendingWrites, Persistence, RequestScope, Response
 from .store import Store, Transaction
@@ -117,10 +118,22 @@ class LogOperations:
             write(tx)
             response_body.update(body(done[-1]))
 
-        result = self.persistence.commit(PendingWrites([run]), Response(201, response_body), scope)
+        result = self._commit_retrying(run, response_body, scope)
         if done and result.body is response_body:
             self.after_append(done[-1])
         return result
+
+    def _commit_retrying(
+        self, run: Callable[[Transaction], None], body: Json, scope: RequestScope
+    ) -> Response:
+        """Commit, again when another writer of the log won the race (another process, or a member's request
+        outside this log's lock): the write re-reads the head each time."""
+        for _ in range(LOG_RETRIES):
+            try:
+                return self.persistence.commit(PendingWrites([run]), Response(201, body), scope)
+            except LogConflict:
+                continue
+        raise conflict("the group's log kept moving; retry")
 
     def show(self, principal: Principal, group_id: bytes) -> Json:
         """``GET /v1/groups/{gid}`` → ``{group_id, epoch, seq, members: [{leaf_index, endpoint}]}``."""
