@@ -78,13 +78,17 @@ async def in_pool(request: web.Request, fn: Callable[[RequestScope], T]) -> T:
 
 def client_mailbox(request: web.Request) -> ClientMailbox:
     persistence = runtime(request).service.persistence
-    return ClientMailbox(persistence, principal(request), request.match_info["client_id"])
+    return ClientMailbox(
+        persistence=persistence, principal=principal(request), endpoint_id=request.match_info["client_id"]
+    )
 
 
 def identity_inbox(request: web.Request) -> IdentityInbox:
     rt = runtime(request)
     persistence, iid = rt.service.persistence, request.match_info["identity_id"]
-    return IdentityInbox(persistence, rt.envelope, principal(request), iid)
+    return IdentityInbox(
+        persistence=persistence, envelope=rt.envelope, principal=principal(request), endpoint_id=iid
+    )
 
 
 # ---- long-poll and ack -------------------------------------------------------------------------------

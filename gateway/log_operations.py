@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from mls import MLSError, inspect_message
+from mls import MessageInfo, MLSError, inspect_message
 
 from .auth import Principal
 from .delivery_store import LOG_RETRIES, LogConflict
 from .errors import Problem, conflict, not_found
-from .group_log import Appended, GroupLog, PreparedBundle, prepare_bundle, prepare_messages
+from .group_log import Appended, GroupLog, prepare_bundle, prepare_messages
 from .persistence import Json, PendingWrites, Persistence, RequestScope, Response
 from .store import Store, Transaction
 from .views import b64
@@ -68,7 +68,7 @@ class LogOperations:
         def write(tx: Transaction) -> None:
             done.append(
                 self.log.append_bundle(
-                    tx, tenant_id, bundle, self._sender(tx, tenant_id, bundle, caller), caller=caller
+                    tx, tenant_id, bundle, self._sender(tx, tenant_id, bundle.info, caller), caller=caller
                 )
             )
 
@@ -76,12 +76,12 @@ class LogOperations:
         return response
 
     @staticmethod
-    def _sender(tx: Transaction, tenant_id: str, bundle: PreparedBundle, caller: str | None) -> str | None:
-        """Who submitted: the calling client, else the owner of the commit's sender leaf (if shown)."""
-        if caller is not None or bundle.info.leaf_index is None:
+    def _sender(tx: Transaction, tenant_id: str, info: MessageInfo, caller: str | None) -> str | None:
+        """Who submitted: the calling client, else the owner of the message's sender leaf (if shown)."""
+        if caller is not None or info.leaf_index is None:
             return caller
-        members = tx.get_members(tenant_id, bundle.info.group_id)
-        return next((m.endpoint_id for m in members if m.leaf_index == bundle.info.leaf_index), None)
+        members = tx.get_members(tenant_id, info.group_id)
+        return next((m.endpoint_id for m in members if m.leaf_index == info.leaf_index), None)
 
     def submit_message(
         self, principal: Principal, group_id: bytes, message: bytes, scope: RequestScope
@@ -94,12 +94,7 @@ class LogOperations:
         done: list[Appended] = []
 
         def write(tx: Transaction) -> None:
-            sender = caller
-            if sender is None and prepared[0].info.leaf_index is not None:
-                members = tx.get_members(tenant_id, group_id)
-                sender = next(
-                    (m.endpoint_id for m in members if m.leaf_index == prepared[0].info.leaf_index), None
-                )
+            sender = self._sender(tx, tenant_id, prepared[0].info, caller)
             done.append(self.log.append_messages(tx, tenant_id, group_id, prepared, sender, caller=caller))
 
         return self._commit(write, done, lambda a: {"seq": a.seq}, scope)

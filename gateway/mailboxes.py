@@ -144,21 +144,27 @@ class Box(Protocol):
         ...
 
 
-@dataclass(frozen=True)
-class ClientMailbox:
-    """A client's mailbox: its own token, or a tenant token of its tenant (api-delivery.md)."""
+@dataclass(frozen=True, kw_only=True)
+class StoredBox:
+    """What a mailbox and an inbox share: the caller's access check in each transaction, a page read, and
+    an ack committed as one request's write. Subclasses say how to check, read and delete."""
 
     persistence: Persistence
     principal: Principal
     endpoint_id: str
-    channel: str = "mailbox"
 
     def _check(self, tx: Transaction) -> None:
-        p = self.principal
-        if p.client_id not in (None, self.endpoint_id) or p.tenant_id is None:
-            raise not_found("client")
-        if tx.mailbox_client_tenant(self.endpoint_id) != p.tenant_id:
-            raise not_found("client")
+        raise NotImplementedError
+
+    def _page(self, tx: Transaction, after: int, limit: int) -> tuple[list[Json], list[float], int | None]:
+        """The entries after ``after``, their append times and the last cursor (``None`` when empty)."""
+        raise NotImplementedError
+
+    def _delete_up_to(self, tx: Transaction, up_to: int) -> None:
+        raise NotImplementedError
+
+    #: ``"items"`` or ``"events"``: the page's list field.
+    field: str = ""
 
     def check(self) -> None:
         with self.persistence.store.read_transaction() as tx:
@@ -167,8 +173,34 @@ class ClientMailbox:
     def read(self, after: int, limit: int) -> Page:
         with self.persistence.store.read_transaction() as tx:
             self._check(tx)
-            records = tx.mailbox_after(self.endpoint_id, after, limit)
-        entries = [
+            entries, times, last = self._page(tx, after, limit)
+        return Page(self.field, entries, times, after if last is None else last)
+
+    def ack(self, up_to: int, scope: RequestScope) -> Response:
+        def write(tx: Transaction) -> None:
+            self._check(tx)
+            self._delete_up_to(tx, up_to)
+
+        return self.persistence.commit(PendingWrites([write]), Response(204, None), scope)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClientMailbox(StoredBox):
+    """A client's mailbox: its own token, or a tenant token of its tenant (api-delivery.md)."""
+
+    channel: str = "mailbox"
+    field: str = "items"
+
+    def _check(self, tx: Transaction) -> None:
+        p = self.principal
+        if p.client_id not in (None, self.endpoint_id) or p.tenant_id is None:
+            raise not_found("client")
+        if tx.mailbox_client_tenant(self.endpoint_id) != p.tenant_id:
+            raise not_found("client")
+
+    def _page(self, tx: Transaction, after: int, limit: int) -> tuple[list[Json], list[float], int | None]:
+        records = tx.mailbox_after(self.endpoint_id, after, limit)
+        entries: list[Json] = [
             {
                 "cursor": str(r.cursor),
                 "group_id": b64(r.group_id),
@@ -178,54 +210,36 @@ class ClientMailbox:
             }
             for r in records
         ]
-        next_cursor = records[-1].cursor if records else after
-        return Page("items", entries, [r.created_at for r in records], next_cursor)
+        return entries, [r.created_at for r in records], records[-1].cursor if records else None
 
-    def ack(self, up_to: int, scope: RequestScope) -> Response:
-        def write(tx: Transaction) -> None:
-            self._check(tx)
-            tx.ack_mailbox(self.endpoint_id, up_to)
-
-        return self.persistence.commit(PendingWrites([write]), Response(204, None), scope)
+    def _delete_up_to(self, tx: Transaction, up_to: int) -> None:
+        tx.ack_mailbox(self.endpoint_id, up_to)
 
 
-@dataclass(frozen=True)
-class IdentityInbox:
+@dataclass(frozen=True, kw_only=True)
+class IdentityInbox(StoredBox):
     """A hosted identity's inbox: tenant tokens of its tenant (hosted identities have no tokens)."""
 
-    persistence: Persistence
     envelope: Envelope
-    principal: Principal
-    endpoint_id: str
     channel: str = "inbox"
+    field: str = "events"
 
     def _check(self, tx: Transaction) -> None:
         tenant = self.principal.tenant_id
         if tenant is None or self.principal.is_client or tx.get_identity(tenant, self.endpoint_id) is None:
             raise not_found("identity")
 
-    def check(self) -> None:
-        with self.persistence.store.read_transaction() as tx:
-            self._check(tx)
-
-    def read(self, after: int, limit: int) -> Page:
-        with self.persistence.store.read_transaction() as tx:
-            self._check(tx)
-            records = tx.inbox_after(self.endpoint_id, after, limit)
+    def _page(self, tx: Transaction, after: int, limit: int) -> tuple[list[Json], list[float], int | None]:
+        records = tx.inbox_after(self.endpoint_id, after, limit)
         entries = []
         for r in records:
             event = open_event(self.envelope, self.endpoint_id, r.group_id, r.seq, r.sealed_event)
             head: Json = {"cursor": str(r.cursor), "group_id": b64(r.group_id), "seq": r.seq}
             entries.append(head | {k: v for k, v in event.items() if k not in head})
-        next_cursor = records[-1].cursor if records else after
-        return Page("events", entries, [r.created_at for r in records], next_cursor)
+        return entries, [r.created_at for r in records], records[-1].cursor if records else None
 
-    def ack(self, up_to: int, scope: RequestScope) -> Response:
-        def write(tx: Transaction) -> None:
-            self._check(tx)
-            tx.ack_inbox(self.endpoint_id, up_to)
-
-        return self.persistence.commit(PendingWrites([write]), Response(204, None), scope)
+    def _delete_up_to(self, tx: Transaction, up_to: int) -> None:
+        tx.ack_inbox(self.endpoint_id, up_to)
 
 
 def purge_expired_items(store: Store, retention_s: float) -> int:
@@ -251,6 +265,7 @@ __all__ = [
     "IdentityInbox",
     "Page",
     "PageQuery",
+    "StoredBox",
     "parse_cursor",
     "purge_expired_items",
     "record_deliveries",
