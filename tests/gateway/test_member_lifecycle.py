@@ -109,6 +109,8 @@ def test_removed_members_read_and_delete_to_the_last_key(server: GatewayServer) 
     for m in (bob, carol):
         view = m.group(gid)
         assert (view["active"], view["epoch"]) == (False, 2)
+        listed = {g["group_id"]: g["epoch"] for g in m.api.get(m.path()).expect(200)["groups"]}
+        assert listed[view["group_id"]] == 2
     destroyed = _destroys(db)
     server.stop()
     before_deletes = _ids(server)
