@@ -38,9 +38,26 @@ def _write_secret(path: Path, value: str) -> None:
         f.write(value + "\n")
 
 
+#: Where earlier versions of ``init`` kept the embedded token's SO-PIN; ``init`` and ``serve`` remove it.
+OLD_SO_PIN_FILE = "hsm.so-pin"
+
+
+def _forget_so_pin(cfg: GatewayConfig) -> None:
+    """Remove the SO-PIN file an older ``init`` left in the data folder (the SO-PIN is not kept)."""
+    old = cfg.data_dir / OLD_SO_PIN_FILE
+    if old.exists():
+        old.unlink()
+        log.warning(
+            "removed %s: the HSM SO-PIN is no longer kept in the data folder (README, HSM and data folder)",
+            old,
+        )
+
+
 def _prepare_softhsm(cfg: GatewayConfig) -> tuple[str, bool]:
     """The PKCS#11 module path; for the embedded SoftHSM, point SOFTHSM2_CONF at the data folder's token
-    and create the token on first use. Returns (module path, whether a token was created)."""
+    and create the token on first use (its SO-PIN random and dropped). Returns (module path, whether a
+    token was created)."""
+    _forget_so_pin(cfg)
     if not cfg.embedded_softhsm:
         assert cfg.hsm.module_path is not None
         return cfg.hsm.module_path, False
@@ -48,10 +65,12 @@ def _prepare_softhsm(cfg: GatewayConfig) -> tuple[str, bool]:
     conf = directory / "softhsm2.conf"
     created = False
     if not conf.exists() or not cfg.pin_file.exists():
-        pin, so_pin = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
-        token = init_softhsm_token(directory, label=cfg.hsm.token_label, pin=pin, so_pin=so_pin)
+        # The SO-PIN is drawn, used once to initialise the token, and dropped (README, "HSM and data folder").
+        pin = secrets.token_urlsafe(24)
+        token = init_softhsm_token(
+            directory, label=cfg.hsm.token_label, pin=pin, so_pin=secrets.token_urlsafe(24)
+        )
         _write_secret(cfg.pin_file, pin)
-        _write_secret(cfg.data_dir / "hsm.so-pin", so_pin)
         conf = token.conf_path
         created = True
     else:

@@ -47,12 +47,16 @@ def new_leaf_key(group: Group, staged: StagedCommit) -> list[bytes]:
 
 
 def membership_keys(group: Group) -> list[bytes]:
-    """Every private key this membership holds: leaf key, own Update keys, a pending commit's new leaf key."""
+    """Every private key only this membership holds, each once: leaf key, own Update keys, a pending
+    commit's new leaf key — never a retained (last-resort) key, and none once a commit removed the member
+    (its keys died with the removal, RFC 9420 §12.4.2, and were destroyed then)."""
     s = group.state
+    if not s.active:
+        return []
     refs = [s.keys.leaf_key.key_ref, *s.update_keys.values()]
     if group.pending_commit is not None:
         refs += new_leaf_key(group, group.pending_commit)
-    return refs
+    return [r for r in dict.fromkeys(refs) if r not in s.retained_keys]
 
 
 class GroupSession:
@@ -115,8 +119,7 @@ class GroupSession:
     def leave(self) -> None:
         """Delete this membership's state when committing, and destroy its keys afterwards."""
         self._leaving = True
-        retained = self.group.state.retained_keys
-        self.pending.dead_keys += [r for r in membership_keys(self.group) if r not in retained]
+        self.pending.dead_keys += membership_keys(self.group)
 
     def commit(self, response: Response, scope: RequestScope) -> Response:
         """Seal once and write everything in one transaction (state with CAS on the loaded version); the

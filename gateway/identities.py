@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+
+from hsm.errors import HsmUnavailable
 from hsm.keystore import Pkcs11KeyStore
-from mls import Credential
+from mls import Credential, MLSError
 
 from .auth import Principal, new_id
 from .errors import Problem, not_found
@@ -12,6 +15,8 @@ from .operation_requests import CreateIdentityRequest
 from .persistence import Json, PendingWrites, RequestScope, Response
 from .store import Identity, KeyPackageRecord, Store
 from .views import identity_json
+
+log = logging.getLogger("mls_gateway")
 
 
 def _live_key_package_keys(records: list[KeyPackageRecord]) -> list[bytes]:
@@ -73,6 +78,26 @@ class Identities:
         pending = PendingWrites([lambda tx: tx.add_identity(identity)], new_keys=[signer.key_ref])
         return self.sessions.persistence.commit(pending, Response(201, identity_json(identity)), scope)
 
+    def _membership_keys(self, identity: Identity, group_id: bytes) -> list[bytes]:
+        """The keys of one membership, for deleting the identity: a state that does not open (corrupt,
+        unsealable) does not stop the deletion; it is logged, and keys it named stay for reconciliation."""
+        try:
+            return membership_keys(self.sessions.open(identity, group_id).group)  # out of the cache too
+        except HsmUnavailable:
+            raise  # the token is down: answer 503 and delete nothing, rather than leave keys behind
+        except Problem as e:
+            if e.code != "not_found":  # left concurrently: nothing of it to destroy here
+                raise
+        except MLSError as e:
+            log.warning(
+                "deleting identity %s: the state of group %s does not open (%s); keys it names are left "
+                "for reconciliation",
+                identity.identity_id,
+                group_id.hex()[:16],
+                type(e).__name__,
+            )
+        return []
+
     def list(self, principal: Principal) -> Json:
         """``GET /v1/identities``."""
         assert principal.tenant_id is not None
@@ -88,6 +113,8 @@ class Identities:
             groups = tx.list_groups(identity_id)
         dead = [identity.signature_key_ref, *_live_key_package_keys(key_packages)]
         for g in groups:
-            dead += membership_keys(self.sessions.open(identity, g.group_id).group)
-        pending = PendingWrites([lambda tx: tx.delete_identity(identity_id)], dead_keys=dead)
+            dead += self._membership_keys(identity, g.group_id)
+        pending = PendingWrites(
+            [lambda tx: tx.delete_identity(identity_id)], dead_keys=list(dict.fromkeys(dead))
+        )
         return self.sessions.persistence.commit(pending, Response(204, None), scope)

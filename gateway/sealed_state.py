@@ -45,7 +45,11 @@ class StateSealer:
         if group.pending_commit is not None:
             pending = self.envelope.seal(group.pending_commit.to_bytes(), _pending_aad(identity_id, group_id))
         state = self.envelope.seal(group.to_bytes(), _state_aad(identity_id, group_id))
-        return GroupRecord(identity_id, group_id, group.epoch, state, pending)
+        # A removed member's state stays at the epoch before its removal; its record (listings) names the
+        # removal's epoch, as its view does.
+        removed_in = group.state.removed_in_epoch
+        epoch = group.epoch if removed_in is None else removed_in
+        return GroupRecord(identity_id, group_id, epoch, state, pending)
 
     def open_group(self, record: GroupRecord, psks: MemoryPskStore) -> Group:
         """The group of a sealed record, with its pending commit, using ``psks`` for its PSKs."""

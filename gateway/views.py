@@ -101,7 +101,8 @@ def group_json(group: Group) -> Json:
     s = group.state
     return {
         "group_id": b64(s.group_id),
-        "epoch": s.epoch,
+        # A removed member's state stays at the epoch before its removal: show the removal's epoch.
+        "epoch": s.epoch if s.removed_in_epoch is None else s.removed_in_epoch,
         "cipher_suite": s.cs.suite_id,
         "own_leaf_index": s.own_leaf,
         "epoch_authenticator": b64(group.epoch_authenticator),

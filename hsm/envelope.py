@@ -1,11 +1,11 @@
 """Envelope encryption of state at rest under a wrap key (KEK) that never leaves the token.
 
 The token works per *data key*, not per request. ``seal`` encrypts with AES-256-GCM under the current data
-key, held in memory; that key was drawn in software and wrapped (encrypted) once in the token under the
-*wrap key* — an AES-256 token object, ``SENSITIVE``, never ``EXTRACTABLE`` — with ``CKM_AES_GCM``. The data
-key is rotated after ``max_seals`` seals or ``max_age_s`` seconds, whichever comes first (and on
-:meth:`Envelope.rotate`). ``open`` unwraps a blob's data key in the token once and keeps it in a bounded
-in-memory LRU cache by data-key id; later blobs under that key need no token operation. Blob layout
+key, held in memory; that key was drawn in software and wrapped (encrypted) once in the token under the *wrap
+key* — an AES-256 token object, ``SENSITIVE``, never ``EXTRACTABLE``, not ``MODIFIABLE`` — with
+``CKM_AES_GCM``. The data key is rotated after ``max_seals`` seals or ``max_age_s`` seconds, whichever comes
+first (and on :meth:`Envelope.rotate`). ``open`` unwraps a blob's data key in the token once and keeps it in a
+bounded in-memory LRU cache by data-key id; later blobs under that key need no token operation. Blob layout
 (version 2; every sealed row names its KEK and data key, so both can rotate online)::
 
     version (1) ‖ KEK id (8) ‖ data-key id (16) ‖ wrap nonce (12) ‖ wrapped data key (32 + 16 tag)
@@ -86,6 +86,7 @@ def _wrap_key_template(label: str) -> dict[Attribute, object]:
         Attribute.PRIVATE: True,
         Attribute.SENSITIVE: True,
         Attribute.EXTRACTABLE: False,
+        Attribute.MODIFIABLE: False,
         Attribute.ENCRYPT: True,
         Attribute.DECRYPT: True,
         Attribute.WRAP: False,

@@ -305,7 +305,8 @@ class Pkcs11KeyStore:
 
     # ---- destroying and listing ------------------------------------------------------------------
     def destroy(self, key_ref: bytes) -> None:
-        """Destroy the key (private and public objects); an unknown reference is a no-op."""
+        """Destroy the key (private and public objects). A key that is already gone (an unknown reference,
+        or objects destroyed earlier) is destroyed: no error, a debug log line."""
         parsed = parse_ref(key_ref)
         if parsed is None:
             return
@@ -336,6 +337,8 @@ class Pkcs11KeyStore:
     def _destroy_by_id(self, session: Session, key_ref: bytes) -> None:
         with self._token.objects("search"):
             handles = tuple(M.handles_by_id(session, key_ref))
+        if not handles:  # already gone (destroyed earlier, by another process, or never made): done
+            _log.debug("destroy key: no object has key reference %s; nothing to destroy", key_ref.hex()[:16])
         self._destroy_handles(session, handles)
 
     def _destroy_handles(self, session: Session, handles: tuple[int, ...]) -> None:

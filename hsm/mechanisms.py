@@ -6,7 +6,10 @@ these inside :meth:`hsm.token.Token.run`, which maps them.
 * **Templates** — private keys are ``TOKEN``, ``PRIVATE``, ``SENSITIVE``, not ``EXTRACTABLE``, with only the
   one capability they need (``SIGN`` or ``DERIVE``). Public keys are token objects too and also ``PRIVATE``,
   so that SoftHSM stores their label and ID encrypted (it writes public objects' attributes in clear).
-  Both carry ``CKA_ID`` = the key reference and a label naming kind and reference.
+  Both carry ``CKA_ID`` = the key reference and a label naming kind and reference, and both are not
+  ``MODIFIABLE``: once made, no ``C_SetAttributeValue`` can widen a key's use or move its ID.
+  ``CKA_DESTROYABLE`` is left at its default, true (PKCS#11 v2.40 §4.4; tokens of v2.20 refuse the
+  attribute in a template): the gateway destroys dead keys.
 * **Sign** — ``CKM_EDDSA`` (pure, no parameters) for Ed25519/Ed448; ``CKM_ECDSA`` over the digest computed
   here, with the token's raw ``r‖s`` re-encoded as DER ``Ecdsa-Sig-Value`` for MLS (RFC 9420 §5.1.1).
 * **ECDH** — ``CKM_ECDH1_DERIVE`` (KDF NULL) into a *session* ``GENERIC_SECRET`` that is not sensitive and
@@ -89,6 +92,7 @@ def private_template(kind: KeyKind, ref: bytes, label: str, *, store: bool) -> d
         Attribute.PRIVATE: True,
         Attribute.SENSITIVE: True,
         Attribute.EXTRACTABLE: False,
+        Attribute.MODIFIABLE: False,
         Attribute.ID: ref,
         Attribute.LABEL: label,
         _usage(kind): True,
@@ -99,6 +103,7 @@ def public_template(kind: KeyKind, ref: bytes, label: str, *, store: bool) -> di
     template: dict[Attribute, Any] = {
         Attribute.TOKEN: store,
         Attribute.PRIVATE: True,
+        Attribute.MODIFIABLE: False,
         Attribute.ID: ref,
         Attribute.LABEL: label,
         Attribute.EC_PARAMS: kind.ec_params,
@@ -183,6 +188,7 @@ def ecdh(session: Session, handle: int, kind: KeyKind, form: Pkcs11Form, peer_pu
             Attribute.PRIVATE: True,
             Attribute.SENSITIVE: False,
             Attribute.EXTRACTABLE: True,
+            Attribute.MODIFIABLE: False,
         },
     )
     try:

@@ -156,6 +156,26 @@ def test_removed_member_state_is_marked_inactive(suite: int) -> None:
     assert json.loads(data_before)["active"] is True
 
 
+def test_removed_member_state_loads_without_its_destroyed_keys(suite: int) -> None:
+    """The removal destroyed the member's leaf and Update keys: its saved state still opens (the leaf
+    key is not looked up), tells the removal's epoch, names no Update key, and its leaf key cannot DH."""
+    h, (alice, bob, _carol) = build_group(suite, ["alice", "bob", "carol"])
+    bob.g.propose_update()
+    leaf_ref = bob.g.state.keys.leaf_key.key_ref
+    epoch = bob.g.epoch
+    h.commit(alice, CommitOptions(remove=[bob.leaf]))
+    assert leaf_ref not in bob.key_refs()
+    data = bob.g.to_bytes()
+    restored = GroupState.from_bytes(data, bob.key_store)
+    assert restored.to_bytes() == data
+    assert (restored.active, restored.epoch, restored.removed_in_epoch) == (False, epoch, epoch + 1)
+    assert restored.keys.leaf_key.key_ref == leaf_ref and not restored.update_keys
+    assert not restored.keys.node_keys
+    with pytest.raises(StateError):
+        restored.keys.leaf_key.dh(restored.keys.leaf_key.public_key)
+    assert alice.g.state.removed_in_epoch is None
+
+
 # ---- versioning and corruption ------------------------------------------------------------------------
 
 

@@ -24,7 +24,7 @@ def merge_staged_commit(
         raise StateError(f"staged commit is for epoch {staged.state.epoch}, the group is at {group.epoch}")
     dead = dead_keys(group.state, [*staged.dead_key_refs, *_losing_pending_leaf(group, staged)])
     if staged.state is None:
-        group.state.active = False
+        group.state.mark_removed()
     else:
         group.state = staged.state
     group.pending_commit = None

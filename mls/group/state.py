@@ -31,6 +31,18 @@ from mls.wire.proposals import Proposal, ReInit
 STATE_VERSION = 1
 
 
+@dataclass(frozen=True)
+class DestroyedHpkeKey:
+    """The leaf key of a member a commit removed (§12.4.2): destroyed with the removal, known by reference
+    and public key only, so the removed member's state still loads, reads and can be deleted."""
+
+    key_ref: bytes
+    public_key: bytes = b""
+
+    def dh(self, peer_public_key: bytes) -> bytes:
+        raise StateError("RFC 9420 §12.4.2: this member was removed; its leaf key was destroyed")
+
+
 @dataclass
 class GroupConfig:
     """Tunable behaviour of one group member."""
@@ -151,6 +163,21 @@ class GroupState:
     def own_leaf(self) -> int:
         return self.keys.own_leaf
 
+    @property
+    def removed_in_epoch(self) -> int | None:
+        """The epoch of the commit that removed this member (its state stays at the one before), or None."""
+        return None if self.active else self.epoch + 1
+
+    def mark_removed(self) -> None:
+        """A commit removed this member (§12.4.2): it holds no private key of the group any more (the leaf
+        and Update keys died with the removal, parent-node keys are forgotten) and must not send."""
+        self.active = False
+        leaf = self.tree.leaf(self.keys.own_leaf)
+        public = leaf.encryption_key if leaf is not None else b""
+        self.keys = PathKeys(self.keys.own_leaf, DestroyedHpkeKey(self.keys.leaf_key.key_ref, public))
+        self.update_keys = {}
+        self.proposals = {}
+
     # ---- serialisation -------------------------------------------------------------------------
     def to_state(self) -> dict[str, Any]:
         return {
@@ -223,7 +250,13 @@ class GroupState:
         node_keys: dict[int, HpkePrivateKey] = {
             int(x): cs.hpke_key_from_private_bytes(bytes.fromhex(v)) for x, v in s["node_keys"].items()
         }
-        keys = PathKeys(int(s["own_leaf"]), key_store.hpke_key(bytes.fromhex(s["leaf_key_ref"])), node_keys)
+        leaf_ref = bytes.fromhex(s["leaf_key_ref"])
+        if s["active"]:
+            leaf_key: HpkePrivateKey = key_store.hpke_key(leaf_ref)
+        else:  # removed: the leaf key was destroyed with the removal, never look it up
+            own = tree.leaf(int(s["own_leaf"]))
+            leaf_key = DestroyedHpkeKey(leaf_ref, own.encryption_key if own is not None else b"")
+        keys = PathKeys(int(s["own_leaf"]), leaf_key, node_keys)
         proposals = {}
         for ref_hex, content_hex in s["proposals"]:
             content = AuthenticatedContent.from_bytes(bytes.fromhex(content_hex))
@@ -256,4 +289,4 @@ def _private_bytes(key: HpkePrivateKey) -> bytes:
     return value
 
 
-__all__ = ["STATE_VERSION", "CachedProposal", "GroupConfig", "GroupState", "PastEpoch"]
+__all__ = ["STATE_VERSION", "CachedProposal", "DestroyedHpkeKey", "GroupConfig", "GroupState", "PastEpoch"]
