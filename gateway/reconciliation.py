@@ -57,9 +57,9 @@ from mls import MLSError
 
 from . import audit
 from .context import APP, Runtime
-from .errors import Problem
-from .group_session import GroupSessions, membership_keys
-from .store import AuditRecord, Identity, KeyPackageRecord, Store, StoreUnavailable
+from .group_session import GroupSessions
+from .key_references import ReferencesUnreadable, referenced_keys
+from .store import AuditRecord, Store, StoreUnavailable
 
 log = logging.getLogger("mls_gateway")
 
@@ -67,55 +67,10 @@ log = logging.getLogger("mls_gateway")
 LABEL_PREFIX = "mlsgw"
 
 
-class ReferencesUnreadable(Exception):
-    """Some reference of the database could not be read: nothing may be destroyed in this run."""
-
-
 def kind_of(key_ref: bytes) -> str:
     """``software`` for a software key at rest, ``token`` for a token object (the metric's label)."""
     parsed = parse_ref(key_ref)
     return "software" if parsed is not None and parsed[1] == "software" else "token"
-
-
-# ---- references ----------------------------------------------------------------------------------------
-
-
-def live_key_package_keys(records: Iterable[KeyPackageRecord]) -> set[bytes]:
-    """Init and leaf keys of KeyPackages not consumed yet, or last-resort (kept after use)."""
-    return {
-        ref
-        for kp in records
-        if not kp.consumed or kp.last_resort
-        for ref in (kp.init_key_ref, kp.leaf_key_ref)
-    }
-
-
-def referenced_keys(store: Store, sessions: GroupSessions) -> set[bytes]:
-    """Every key reference the database holds (see the module docstring); ReferencesUnreadable if one
-    membership cannot be opened."""
-    with store.read_transaction() as tx:
-        identities = [i for t in tx.list_tenants() for i in tx.list_identities(t.tenant_id)]
-        refs = {i.signature_key_ref for i in identities}
-        for identity in identities:
-            refs |= live_key_package_keys(tx.list_key_packages(identity.identity_id))
-        groups = [(i, g.group_id) for i in identities for g in tx.list_groups(i.identity_id)]
-    for identity, group_id in groups:
-        refs |= _membership_refs(sessions, identity, group_id)
-    return refs
-
-
-def _membership_refs(sessions: GroupSessions, identity: Identity, group_id: bytes) -> set[bytes]:
-    """The keys one membership references (none when it was deleted since it was listed)."""
-    try:
-        group = sessions.open(identity, group_id, read_only=True).group
-    except Problem as e:
-        if e.code == "not_found":
-            return set()
-        raise ReferencesUnreadable(f"membership of {identity.identity_id}: {e.code}") from None
-    except MLSError as e:
-        raise ReferencesUnreadable(f"membership of {identity.identity_id}: {type(e).__name__}") from None
-    state = group.state
-    return {*membership_keys(group), *state.retained_keys, state.signer_ref}
 
 
 # ---- grace -------------------------------------------------------------------------------------------------
@@ -323,6 +278,4 @@ __all__ = [
     "Reconciler",
     "ReferencesUnreadable",
     "key_reconciliation",
-    "live_key_package_keys",
-    "referenced_keys",
 ]
