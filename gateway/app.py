@@ -34,6 +34,7 @@ from .errors import PROBLEM_CONTENT_TYPE, Problem, problem_from_exception
 from .hosted_worker import hosted_delivery_task
 from .mailboxes import purge_expired_items
 from .metrics import Metrics
+from .reconciliation import key_reconciliation
 from .sealed_keys import SealedKeyPersistence
 from .service import GatewayService
 from .sqlite_store import SqliteStore
@@ -142,6 +143,7 @@ def create_app(runtime: Runtime) -> web.Application:
     app.cleanup_ctx.append(_idempotency_purge)  # its cleanup runs before on_cleanup's _close_runtime
     app.cleanup_ctx.append(hosted_delivery_task)
     app.cleanup_ctx.append(webhook_delivery)  # signed webhooks of hosted identities (api-delivery.md)
+    app.cleanup_ctx.append(key_reconciliation)  # orphaned keys: at start-up, then periodically
     app.on_cleanup.append(_close_runtime)
     return app
 

@@ -8,6 +8,8 @@
 * ``mls-gateway conformance PATH... [--json] [--backend auto|python|native]`` — ``python -m mls.conformance``
   on the crypto backend chosen as the gateway chooses it (default: ``$MLS_CRYPTO_BACKEND``, else native
   when built).
+* ``mls-gateway keys reconcile [--dry-run] [--json] [--grace-s S]`` — destroy orphaned keys (keys no
+  database record references; :mod:`gateway.reconcile_cli`), or list them.
 """
 
 from __future__ import annotations
@@ -133,6 +135,16 @@ def serve(cfg: GatewayConfig) -> None:
     )
 
 
+def _add_keys_parser(sub: Any) -> None:
+    keys = sub.add_parser("keys", help="the HSM's keys").add_subparsers(dest="keys_command", required=True)
+    p = keys.add_parser("reconcile", help="destroy keys no database record references")
+    p.add_argument("--data-dir", type=Path, help="data folder (default ./data, or $MLSGW_DATA_DIR)")
+    p.add_argument("--config", type=Path, help="TOML configuration file (or $MLSGW_CONFIG)")
+    p.add_argument("--dry-run", action="store_true", help="list what would be destroyed; destroy nothing")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--grace-s", type=float, help="seconds an orphan must stay one (default: the config's)")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="mls-gateway", description="Enterprise MLS gateway with HSM key custody"
@@ -153,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     conf.add_argument(
         "--backend", choices=BACKEND_CHOICES, help="crypto backend (default: $MLS_CRYPTO_BACKEND, else auto)"
     )
+    _add_keys_parser(sub)
     args = ap.parse_args(argv)
     if args.command == "conformance":
         from mls.conformance import main as conformance
@@ -173,6 +186,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "init":
         _report_init(initialise(cfg), args.json)
         return 0
+    if args.command == "keys":
+        from .reconcile_cli import reconcile_command
+
+        module, _ = _prepare_softhsm(cfg)
+        return reconcile_command(cfg, module, dry_run=args.dry_run, as_json=args.json, grace_s=args.grace_s)
     serve(cfg)
     return 0
 

@@ -16,6 +16,8 @@ TOML layout (every key optional)::
     state_cache_bytes = 268435456   # MLSGW_STATE_CACHE_BYTES: decoded group states kept (0 disables)
     log_level = "INFO"              # MLSGW_LOG_LEVEL
     idempotency_retention_s = 86400 # MLSGW_IDEMPOTENCY_RETENTION_S: stored responses kept (>= 24 h, api-v1)
+    reconcile_interval_s = 600      # MLSGW_RECONCILE_INTERVAL_S: orphan-key reconciliation period (> 0)
+    reconcile_grace_s = 600         # MLSGW_RECONCILE_GRACE_S: an orphan is destroyed when seen this long
 
     [hsm]
     module_path = "/usr/lib/softhsm/libsofthsm2.so"   # MLSGW_HSM_MODULE
@@ -103,6 +105,10 @@ class GatewayConfig:
     log_level: str = "INFO"
     #: Seconds an Idempotency-Key's response is kept and replayed; api-v1.md promises at least 24 h.
     idempotency_retention_s: float = MIN_IDEMPOTENCY_RETENTION_S
+    #: Seconds between two orphan-key reconciliations (gateway.reconciliation; the first at start-up).
+    reconcile_interval_s: float = 600.0
+    #: Seconds an unreferenced key must stay unreferenced (two passes apart) before it is destroyed.
+    reconcile_grace_s: float = 600.0
     hsm: HsmSettings = field(default_factory=HsmSettings)
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
 
@@ -148,6 +154,8 @@ _ENV = {
     "MLSGW_STATE_CACHE_BYTES": ("gateway", "state_cache_bytes"),
     "MLSGW_LOG_LEVEL": ("gateway", "log_level"),
     "MLSGW_IDEMPOTENCY_RETENTION_S": ("gateway", "idempotency_retention_s"),
+    "MLSGW_RECONCILE_INTERVAL_S": ("gateway", "reconcile_interval_s"),
+    "MLSGW_RECONCILE_GRACE_S": ("gateway", "reconcile_grace_s"),
     "MLSGW_HSM_MODULE": ("hsm", "module_path"),
     "MLSGW_HSM_TOKEN_LABEL": ("hsm", "token_label"),
     "MLSGW_HSM_PIN_FILE": ("hsm", "pin_file"),
@@ -218,6 +226,8 @@ def load_config(
             state_cache_bytes=int(g.get("state_cache_bytes", 256 << 20)),
             log_level=str(g.get("log_level", "INFO")),
             idempotency_retention_s=float(g.get("idempotency_retention_s", MIN_IDEMPOTENCY_RETENTION_S)),
+            reconcile_interval_s=float(g.get("reconcile_interval_s", 600.0)),
+            reconcile_grace_s=float(g.get("reconcile_grace_s", 600.0)),
             hsm=hsm,
             delivery=delivery,
         )
@@ -233,6 +243,8 @@ def load_config(
         raise ConfigError("max_body_bytes must be >= 1024, worker_threads >= 1 and state_cache_bytes >= 0")
     if not cfg.idempotency_retention_s >= MIN_IDEMPOTENCY_RETENTION_S:
         raise ConfigError("idempotency_retention_s must be >= 86400 (api-v1.md: kept at least 24 h)")
+    if not (cfg.reconcile_interval_s > 0 and cfg.reconcile_grace_s >= 0):
+        raise ConfigError("reconcile_interval_s must be > 0 and reconcile_grace_s >= 0")
     if not 1 <= cfg.hsm.data_key_max_seals <= 1 << 32 or not cfg.hsm.data_key_max_age_s > 0:
         raise ConfigError("hsm.data_key_max_seals must be in 1..2^32 and hsm.data_key_max_age_s > 0")
     return cfg

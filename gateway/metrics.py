@@ -45,6 +45,9 @@ class Metrics:
         self.hsm_errors = Counter(
             "mlsgw_hsm_errors", "HSM errors (unavailable or refused)", ["kind"], registry=r
         )
+        self.orphans_destroyed = Counter(
+            "mlsgw_hsm_orphans_destroyed", "Orphaned keys destroyed by reconciliation", ["kind"], registry=r
+        )
         self.hsm_sessions = Gauge("mlsgw_hsm_sessions_in_use", "HSM worker sessions in use", registry=r)
         self.identities = Gauge("mlsgw_identities", "Hosted identities", registry=r)
         self.groups = Gauge("mlsgw_groups", "Group memberships of hosted identities", registry=r)

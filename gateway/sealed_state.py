@@ -13,8 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from hsm.envelope import Envelope
-from hsm.keystore import Pkcs11KeyStore
-from mls import Group, GroupState, MemoryPskStore, StagedCommit
+from mls import Group, GroupState, KeyStore, MemoryPskStore, StagedCommit
 
 from .store import GroupRecord
 
@@ -34,7 +33,7 @@ def _psk_aad(identity_id: str, psk_id: bytes) -> bytes:
 class StateSealer:
     """Seals and opens an identity's group records and external PSKs with the wrap-key envelope."""
 
-    def __init__(self, envelope: Envelope, keys: Pkcs11KeyStore) -> None:
+    def __init__(self, envelope: Envelope, keys: KeyStore) -> None:
         self.envelope = envelope
         self.keys = keys
 

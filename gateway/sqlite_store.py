@@ -255,6 +255,9 @@ class SqliteTransaction(SqliteDirectoryMixin, SqliteDeliveryMixin, SqliteWebhook
     def delete_software_key(self, key_ref: bytes) -> None:
         self._c.execute("DELETE FROM software_keys WHERE key_ref = ?", (key_ref,))
 
+    def list_software_key_refs(self) -> list[bytes]:
+        return [bytes(r["key_ref"]) for r in self._all("SELECT key_ref FROM software_keys")]
+
     def put_psk(self, identity_id: str, psk_id: bytes, sealed: bytes) -> None:
         self._c.execute("INSERT OR REPLACE INTO psks VALUES (?, ?, ?)", (identity_id, psk_id, sealed))
 

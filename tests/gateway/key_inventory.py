@@ -1,0 +1,96 @@
+"""What a *stopped* gateway's data folder holds, for the reconciliation tests (run as a subprocess).
+
+``python -m tests.gateway.key_inventory count DATA_DIR`` prints one JSON object: every key object in the
+token (a search under the object-store guard, independent of :mod:`hsm.inventory`), the software keys
+at rest, and the references the database holds in plain columns (signature keys, live KeyPackages).
+``... plant-software DATA_DIR N`` makes N software-custody HPKE keys sealed into ``software_keys`` and
+referenced by nothing: what a crash between a software key's save and its request's commit leaves.
+A subprocess, because the token's SoftHSM configuration is the data folder's (``SOFTHSM2_CONF``).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import sys
+from pathlib import Path
+from typing import Any
+
+from pkcs11 import Attribute, ObjectClass
+from pkcs11.types import Session
+
+from gateway.app import close_runtime, open_runtime
+from gateway.cli import _prepare_softhsm
+from gateway.config import load_config
+from gateway.context import Runtime
+from gateway.sealed_keys import SealedKeyPersistence
+from hsm.capabilities import Capabilities
+from hsm.keystore import Pkcs11KeyStore
+
+_CLASSES = {
+    "private": ObjectClass.PRIVATE_KEY,
+    "public": ObjectClass.PUBLIC_KEY,
+    "secret": ObjectClass.SECRET_KEY,
+}
+
+
+def _token_objects(rt: Runtime) -> dict[str, list[str]]:
+    def listing(session: Session) -> dict[str, list[str]]:
+        with rt.token.objects("search"):
+            return {
+                name: sorted(
+                    bytes(o[Attribute.ID]).hex() for o in session.get_objects({Attribute.CLASS: cls})
+                )
+                for name, cls in _CLASSES.items()
+            }
+
+    return rt.token.run(listing, op="test inventory")
+
+
+def _database_refs(db: Path) -> dict[str, list[str]]:
+    conn = sqlite3.connect(db)
+    try:
+        signature = [r[0].hex() for r in conn.execute("SELECT signature_key_ref FROM identities")]
+        live = conn.execute(
+            "SELECT init_key_ref, leaf_key_ref FROM key_packages WHERE consumed = 0 OR last_resort = 1"
+        ).fetchall()
+        groups = conn.execute("SELECT COUNT(*) FROM groups").fetchone()[0]
+        software = [r[0].hex() for r in conn.execute("SELECT key_ref FROM software_keys")]
+    finally:
+        conn.close()
+    return {
+        "signature": sorted(signature),
+        "key_packages": sorted(ref.hex() for row in live for ref in row),
+        "software": sorted(software),
+        "groups": [str(groups)],
+    }
+
+
+def _plant_software(rt: Runtime, n: int) -> list[str]:
+    caps = rt.keys.capabilities
+    no_kem = Capabilities({k: f for k, f in caps.forms.items() if k.role != "kem"}, caps.montgomery_mode)
+    keys = Pkcs11KeyStore(
+        rt.token, persistence=SealedKeyPersistence(rt.store, rt.envelope), capabilities=no_kem
+    )
+    return [keys.new_hpke_key(1).key_ref.hex() for _ in range(n)]
+
+
+def main(argv: list[str]) -> int:
+    command, data_dir = argv[0], Path(argv[1])
+    cfg = load_config(None, data_dir=data_dir)
+    module, _ = _prepare_softhsm(cfg)
+    rt = open_runtime(cfg, module)
+    try:
+        out: dict[str, Any]
+        if command == "count":
+            out = {"token": _token_objects(rt), "database": _database_refs(cfg.database_path)}
+        else:
+            out = {"planted": _plant_software(rt, int(argv[2]))}
+    finally:
+        close_runtime(rt)
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

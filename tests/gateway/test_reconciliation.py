@@ -1,0 +1,210 @@
+"""Reconciliation of orphaned keys against a real server (``gateway.reconciliation``).
+
+1. ``kill -9`` in the middle of a 100-KeyPackage batch leaves private keys no record references (and,
+   planted beside them, software keys at rest that nothing references). A dry run lists them and destroys
+   nothing; the restarted server's periodic reconciliation (a short interval and grace: destroyed on a
+   later pass than the one that first saw them) destroys exactly those, counted in
+   ``mlsgw_hsm_orphans_destroyed_total``; then the token holds exactly the keys the database references.
+2. A busy gateway (groups, a pending commit, own Update proposals, last-resort KeyPackages in two groups,
+   a removed member), reconciled while requests run and then once more with no grace: nothing is
+   destroyed and every member still sends, processes and exports in agreement.
+
+Token objects are counted by a subprocess (``tests/gateway/key_inventory.py``) with a search under the
+object-store guard, while the server is stopped.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .gwclient import GATEWAY_EXE, REPO, Client, GatewayServer, Hosted, unb64
+
+FAST_RECONCILE = {"MLSGW_RECONCILE_INTERVAL_S": "0.3", "MLSGW_RECONCILE_GRACE_S": "1.5"}
+
+
+def _run(server: GatewayServer, argv: list[str]) -> dict[str, Any]:
+    out = subprocess.run(
+        argv, capture_output=True, text=True, env=server.env, cwd=REPO, timeout=300, check=False
+    )
+    assert out.returncode == 0, f"{argv[:4]} failed ({out.returncode}): {out.stderr[-3000:]}"
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def inventory(server: GatewayServer) -> dict[str, Any]:
+    assert not server.running
+    return _run(server, [sys.executable, "-m", "tests.gateway.key_inventory", "count", str(server.data_dir)])
+
+
+def plant_software_orphans(server: GatewayServer, n: int) -> list[str]:
+    argv = [sys.executable, "-m", "tests.gateway.key_inventory", "plant", str(server.data_dir), str(n)]
+    return list(_run(server, argv)["planted"])
+
+
+def reconcile_cli(server: GatewayServer, *flags: str) -> dict[str, Any]:
+    argv = [str(GATEWAY_EXE), "keys", "reconcile", "--data-dir", str(server.data_dir), "--json", *flags]
+    return _run(server, argv)
+
+
+def token_ids(inv: dict[str, Any]) -> set[str]:
+    """Key references of the token's private and public key objects (each pair shares one)."""
+    return set(inv["token"]["private"]) | set(inv["token"]["public"])
+
+
+def object_files(server: GatewayServer) -> int:
+    return len(list((server.data_dir / "softhsm" / "tokens").glob("*/*.object")))
+
+
+def wait_for(check: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def kill_during_batch(server: GatewayServer, api: Client, identity_id: str) -> None:
+    """POST 100 KeyPackages in a thread and kill -9 the server once the token holds ≥ 40 new objects."""
+    before = object_files(server)
+    outcome: list[Any] = []
+
+    def batch() -> None:
+        try:
+            outcome.append(api.post(f"/v1/identities/{identity_id}/key-packages", {"count": 100}).status)
+        except (OSError, http.client.HTTPException) as e:
+            outcome.append(e)
+
+    thread = threading.Thread(target=batch)
+    thread.start()
+    wait_for(lambda: object_files(server) >= before + 40 or outcome, 120, "keys of the batch")
+    server.kill()
+    thread.join(60)
+    assert outcome and not isinstance(outcome[0], int), f"the batch finished before the kill: {outcome}"
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Any:
+    made = GatewayServer(tmp_path / "gw")
+    try:
+        made.start()
+        yield made
+    finally:
+        made.kill()
+
+
+def test_kill_during_key_package_batch_then_reconcile(server: GatewayServer) -> None:
+    api = server.client(server.admin.create_tenant("reconcile")[1])
+    owner = Hosted.create(api, "owner")
+    api.key_packages(owner.identity_id, 3)
+    owner.key_package(last_resort=True)
+    kill_during_batch(server, api, owner.identity_id)
+    planted = set(plant_software_orphans(server, 5))
+
+    before = inventory(server)
+    db = before["database"]
+    referenced = set(db["signature"]) | set(db["key_packages"])
+    token_orphans = token_ids(before) - referenced
+    assert len(referenced) == 1 + 2 * 4 and referenced <= token_ids(before)
+    assert len(token_orphans) >= 20 and set(db["software"]) == planted
+
+    dry = reconcile_cli(server, "--dry-run", "--grace-s", "0")  # (3) a dry run destroys nothing
+    assert dry["dry_run"] and dry["orphans"] == {"token": len(token_orphans), "software": 5}
+    assert set(dry["destroyed_refs"]) == token_orphans | planted
+    assert inventory(server) == before
+
+    server.env.update(FAST_RECONCILE)
+    server.start()
+    wait_for(
+        lambda: (
+            api.metric("mlsgw_hsm_orphans_destroyed_total", kind="token") >= len(token_orphans)
+            and api.metric("mlsgw_hsm_orphans_destroyed_total", kind="software") >= 5
+        ),
+        120,
+        "the periodic reconciliation",
+    )
+    assert api.metric("mlsgw_hsm_orphans_destroyed_total", kind="token") == len(token_orphans)
+    assert api.metric("mlsgw_hsm_orphans_destroyed_total", kind="software") == 5
+    server.stop()
+
+    after = inventory(server)
+    assert token_ids(after) == referenced, "the token holds exactly the referenced keys"
+    assert set(after["token"]["private"]) == set(after["token"]["public"]) == referenced
+    assert after["database"]["software"] == [] and len(after["token"]["secret"]) == 1  # the wrap key
+    assert reconcile_cli(server, "--grace-s", "0")["orphans"] == {"token": 0, "software": 0}
+
+    server.start()
+    member = Hosted.create(api, "member")
+    gid = owner.create_group()
+    member.join(owner.commit(gid, {"add": [member.key_package()]})["welcome"])
+    assert unb64(member.process(gid, owner.send(gid, b"after"))["data"]) == b"after"
+    assert member.export(gid) == owner.export(gid)
+
+
+def busy_groups(api: Client) -> tuple[list[Hosted], list[str], str]:
+    """Two groups of four hosted members, a last-resort KeyPackage in both, a removed member, an own Update
+    proposal and a pending commit left in place (its message is returned)."""
+    owner, *others = (Hosted.create(api, n) for n in ("owner", "lr", "b", "gone"))
+    last_resort = others[0].key_package(last_resort=True)
+    groups = []
+    for _ in range(2):
+        gid = owner.create_group()
+        kps = [last_resort, others[1].key_package(), others[2].key_package()]
+        welcome = owner.commit(gid, {"add": kps})["welcome"]
+        for m in others:
+            m.join(welcome)
+        groups.append(gid)
+    g1, g2 = groups
+    removal = owner.commit(g1, {"remove": [3]})
+    for m in others:
+        m.process(g1, removal["commit"])
+    others[0].post(g1, "/proposals", {"type": "update"}).expect(201)
+    pending = others[1].commit(g2, {"update": True, "pending": True})["commit"]
+    return [owner, *others], groups, pending
+
+
+def check_groups_work(members: list[Hosted], groups: list[str], pending: str) -> None:
+    owner, lr, b, gone = members
+    g1, g2 = groups
+    assert b.group(g2)["pending_commit"]
+    for m in (owner, lr, gone):
+        m.process(g2, pending)  # b's staged commit, carried to the log: b merges it when it takes the log
+    commit = owner.commit(g1, {"update": True})
+    for m in (lr, b):
+        m.process(g1, commit["commit"])
+    c2 = owner.commit(g2, {"update": True})
+    for m in (lr, b, gone):
+        m.process(g2, c2["commit"])
+    for gid, group_members in ((g1, (owner, lr, b)), (g2, (owner, lr, b, gone))):
+        sender, *receivers = group_members
+        msg = sender.send(gid, b"still here")
+        for r in receivers:
+            assert unb64(r.process(gid, msg)["data"]) == b"still here"
+            assert r.export(gid) == sender.export(gid)
+            assert r.state(gid) == sender.state(gid)
+
+
+def test_busy_gateway_loses_no_referenced_key(tmp_path: Path) -> None:
+    server = GatewayServer(tmp_path / "gw", env={**FAST_RECONCILE, "MLSGW_LOG_LEVEL": "INFO"})
+    try:
+        server.start()
+        api = server.client(server.admin.create_tenant("busy")[1])
+        members, groups, pending = busy_groups(api)
+        runs = server.log_tail(10**7).count("key reconciliation:")
+        wait_for(
+            lambda: server.log_tail(10**7).count("key reconciliation:") >= runs + 8, 120, "reconciliations"
+        )
+        assert api.metric("mlsgw_hsm_orphans_destroyed_total") == 0
+        server.stop()
+        report = reconcile_cli(server, "--grace-s", "0")
+        assert report["orphans"] == {"token": 0, "software": 0} and report["destroyed_refs"] == []
+        server.start()
+        check_groups_work(members, groups, pending)
+    finally:
+        server.kill()
