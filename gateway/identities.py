@@ -11,22 +11,13 @@ from mls import Credential, MLSError
 from .auth import Principal, new_id
 from .errors import Problem, not_found
 from .group_session import GroupSession, GroupSessions, membership_keys
+from .key_references import live_key_package_keys
 from .operation_requests import CreateIdentityRequest
 from .persistence import Json, PendingWrites, RequestScope, Response
-from .store import Identity, KeyPackageRecord, Store
+from .store import Identity, Store
 from .views import identity_json
 
 log = logging.getLogger("mls_gateway")
-
-
-def _live_key_package_keys(records: list[KeyPackageRecord]) -> list[bytes]:
-    """The private keys of KeyPackages not consumed yet (or last-resort, kept after use)."""
-    return [
-        ref
-        for kp in records
-        if not kp.consumed or kp.last_resort
-        for ref in (kp.init_key_ref, kp.leaf_key_ref)
-    ]
 
 
 class Identities:
@@ -111,7 +102,7 @@ class Identities:
         with self.store.transaction() as tx:
             key_packages = tx.list_key_packages(identity_id)
             groups = tx.list_groups(identity_id)
-        dead = [identity.signature_key_ref, *_live_key_package_keys(key_packages)]
+        dead = [identity.signature_key_ref, *live_key_package_keys(key_packages)]
         for g in groups:
             dead += self._membership_keys(identity, g.group_id)
         pending = PendingWrites(
