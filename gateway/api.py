@@ -65,12 +65,14 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ready"})
 
 
-async def metrics(request: web.Request) -> web.Response:
+async def metrics(request: web.Request) -> web.StreamResponse:
+    """prometheus-client's own aiohttp handler on the app's registry (content negotiation, ``name[]``
+    filters, compression), once the gauges read from the token and the store are refreshed."""
     rt = runtime(request)
-    body = await asyncio.get_running_loop().run_in_executor(rt.executor, rt.render_metrics)
-    return web.Response(
-        body=body, content_type="text/plain", charset="utf-8", headers={"X-Content-Type-Options": "nosniff"}
-    )
+    await asyncio.get_running_loop().run_in_executor(rt.executor, rt.refresh_metrics)
+    response = await rt.metrics.handler(request)
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response
 
 
 async def openapi(request: web.Request) -> web.Response:

@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from importlib import metadata
 
 from aiohttp import web
 
@@ -23,7 +24,7 @@ import native
 from hsm.envelope import Envelope, create_wrap_key
 from hsm.keystore import Pkcs11KeyStore
 from hsm.token import Token
-from mls import CryptoBackend, PythonBackend, use_crypto_backend
+from mls import CryptoBackend, PythonBackend, get_backend, use_crypto_backend
 
 from .api import ROUTES, Route, make_request_id
 from .api_mailboxes import close_sockets
@@ -32,6 +33,7 @@ from .config import GatewayConfig
 from .context import APP, PRINCIPAL, REQUEST_ID, Runtime
 from .errors import PROBLEM_CONTENT_TYPE, Problem, problem_from_exception
 from .hosted_worker import hosted_delivery_task
+from .logs import request_context, valid_request_id
 from .mailboxes import purge_expired_items
 from .metrics import Metrics
 from .reconciliation import key_reconciliation
@@ -104,23 +106,25 @@ async def _authenticate(request: web.Request, route: Route) -> None:
 async def gateway_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    request_id = make_request_id()
+    # A well-formed incoming X-Request-Id is honoured (and echoed); any other is replaced (gateway.logs).
+    request_id = valid_request_id(request.headers.get("X-Request-Id")) or make_request_id()
     request[REQUEST_ID] = request_id
     route = _route_of(request)
     label = route.path if route else "unmatched"
     started = time.perf_counter()
-    try:
-        if route is not None:
-            await _authenticate(request, route)
-        response = await handler(request)
-        response.headers["X-Request-Id"] = request_id
-    except Exception as exc:  # every failure becomes a problem document
-        problem = _as_problem(exc)
-        if problem.code == "internal_error":
-            log.exception("request %s failed", request_id)
-        elif problem.code == "hsm_unavailable":
-            request.app[APP].metrics.hsm_errors.labels("unavailable").inc()
-        response = problem_response(problem, request_id)
+    with request_context(request_id):
+        try:
+            if route is not None:
+                await _authenticate(request, route)
+            response = await handler(request)
+            response.headers["X-Request-Id"] = request_id
+        except Exception as exc:  # every failure becomes a problem document
+            problem = _as_problem(exc)
+            if problem.code == "internal_error":
+                log.exception("request %s failed", request_id)
+            elif problem.code == "hsm_unavailable":
+                request.app[APP].metrics.hsm_errors.labels("unavailable").inc()
+            response = problem_response(problem, request_id)
     metrics = request.app[APP].metrics
     metrics.http_requests.labels(label, request.method, str(response.status)).inc()
     metrics.http_latency.labels(label, request.method).observe(time.perf_counter() - started)
@@ -139,6 +143,8 @@ def create_app(runtime: Runtime) -> web.Application:
     app[APP] = runtime
     for route in ROUTES:
         app.router.add_route(route.method, route.path, route.handler)
+    app.on_startup.append(_log_startup)
+    app.on_shutdown.append(_log_shutdown)
     app.on_shutdown.append(close_sockets)  # open mailbox/inbox WebSockets: 1001, not the shutdown timeout
     app.cleanup_ctx.append(_idempotency_purge)  # its cleanup runs before on_cleanup's _close_runtime
     app.cleanup_ctx.append(hosted_delivery_task)
@@ -172,8 +178,43 @@ async def _idempotency_purge(app: web.Application) -> AsyncIterator[None]:
         await task
 
 
+def gateway_version() -> str:
+    try:
+        return metadata.version("mls-gateway")
+    except metadata.PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown"
+
+
+async def _log_startup(app: web.Application) -> None:
+    """The start-up line: version, listen address, crypto backend, HSM token and what it holds."""
+    rt = app[APP]
+    cfg = rt.config
+    fields = {
+        "event": "startup",
+        "version": gateway_version(),
+        "listen": f"{cfg.listen_host}:{cfg.listen_port}",
+        "crypto_backend": get_backend().name,
+        "token_label": cfg.hsm.token_label,
+        "token_state": rt.token.state,
+        "custody": rt.token.capabilities.describe() if rt.token.state == "up" else None,
+    }
+    log.info(
+        "mls-gateway %s starting on %s (crypto backend %s, HSM token %r)",
+        fields["version"],
+        fields["listen"],
+        fields["crypto_backend"],
+        cfg.hsm.token_label,
+        extra=fields,
+    )
+
+
+async def _log_shutdown(app: web.Application) -> None:
+    log.info("mls-gateway shutting down", extra={"event": "shutdown"})
+
+
 async def _close_runtime(app: web.Application) -> None:
     close_runtime(app[APP])
+    log.info("mls-gateway stopped", extra={"event": "stopped"})
 
 
 def open_runtime(config: GatewayConfig, module_path: str) -> Runtime:

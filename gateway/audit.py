@@ -5,13 +5,13 @@ buffered for the current request (a context variable holding a list, set in the 
 the request's operation, inside the request's copied context: :func:`gateway.api.respond` runs it with
 ``loop.run_in_executor(executor, contextvars.copy_context().run, ...)``) and written to the append-only
 ``audit`` table in the same transaction as the request's state change — or in a transaction of their own
-when the request fails — and logged as one structured line each. Only references and names are recorded:
-never key material.
+when the request fails — and logged as one line each, with the record's fields as the line's extra fields
+(:mod:`gateway.logs`: ``key=value`` in text, members of the object in JSON). Only references and names
+are recorded: never key material.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,20 +43,22 @@ def record_key_use(event: AuditEvent) -> None:
         ok=event.ok,
     )
     log.info(
-        json.dumps(
-            {
-                "event": "key_use",
-                "request_id": record.request_id,
-                "tenant_id": record.tenant_id,
-                "identity_id": record.identity_id,
-                "group_id": group,
-                "epoch": record.epoch,
-                "key_ref": event.key_ref.hex(),
-                "operation": event.operation,
-                "custody": event.custody,
-                "ok": event.ok,
-            }
-        )
+        "key_use %s %s %s",
+        event.operation,
+        event.custody,
+        "ok" if event.ok else "failed",
+        extra={
+            "event": "key_use",
+            "request_id": record.request_id,
+            "tenant_id": record.tenant_id,
+            "identity_id": record.identity_id,
+            "group_id": group,
+            "epoch": record.epoch,
+            "key_ref": event.key_ref.hex(),
+            "operation": event.operation,
+            "custody": event.custody,
+            "ok": event.ok,
+        },
     )
     buffer = _buffer.get()
     if buffer is not None:

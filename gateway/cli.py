@@ -30,6 +30,7 @@ from native import BACKEND_CHOICES
 
 from .app import close_runtime, create_app, gateway_crypto_backend, open_runtime
 from .config import ConfigError, GatewayConfig, load_config
+from .logs import AccessLogger, access_log, configure_logging
 
 log = logging.getLogger("mls_gateway")
 
@@ -130,7 +131,8 @@ def serve(cfg: GatewayConfig) -> None:
         port=cfg.listen_port,
         print=None,
         shutdown_timeout=10,
-        access_log=None,
+        access_log=access_log,
+        access_log_class=AccessLogger,
         handle_signals=True,
     )
 
@@ -182,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"mls-gateway: configuration error: {e}", file=sys.stderr)
         return 2
-    logging.getLogger().setLevel(cfg.log_level)
+    configure_logging(cfg.log_level, cfg.log_format)
     if args.command == "init":
         _report_init(initialise(cfg), args.json)
         return 0

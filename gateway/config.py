@@ -15,6 +15,7 @@ TOML layout (every key optional)::
     worker_threads = 8              # MLSGW_WORKER_THREADS
     state_cache_bytes = 268435456   # MLSGW_STATE_CACHE_BYTES: decoded group states kept (0 disables)
     log_level = "INFO"              # MLSGW_LOG_LEVEL
+    log_format = "text"             # MLSGW_LOG_FORMAT: "text" or "json" (one JSON object a line)
     idempotency_retention_s = 86400 # MLSGW_IDEMPOTENCY_RETENTION_S: stored responses kept (>= 24 h, api-v1)
     reconcile_interval_s = 600      # MLSGW_RECONCILE_INTERVAL_S: orphan-key reconciliation period (> 0)
     reconcile_grace_s = 600         # MLSGW_RECONCILE_GRACE_S: an orphan is destroyed when seen this long
@@ -103,6 +104,8 @@ class GatewayConfig:
     #: Bound of the decoded group-state cache, in sealed-state bytes (gateway.state_cache); 0 disables it.
     state_cache_bytes: int = 256 << 20
     log_level: str = "INFO"
+    #: ``text`` (``time level logger message key=value...``) or ``json`` (one object a line; gateway.logs).
+    log_format: str = "text"
     #: Seconds an Idempotency-Key's response is kept and replayed; api-v1.md promises at least 24 h.
     idempotency_retention_s: float = MIN_IDEMPOTENCY_RETENTION_S
     #: Seconds between two orphan-key reconciliations (gateway.reconciliation; the first at start-up).
@@ -153,6 +156,7 @@ _ENV = {
     "MLSGW_WORKER_THREADS": ("gateway", "worker_threads"),
     "MLSGW_STATE_CACHE_BYTES": ("gateway", "state_cache_bytes"),
     "MLSGW_LOG_LEVEL": ("gateway", "log_level"),
+    "MLSGW_LOG_FORMAT": ("gateway", "log_format"),
     "MLSGW_IDEMPOTENCY_RETENTION_S": ("gateway", "idempotency_retention_s"),
     "MLSGW_RECONCILE_INTERVAL_S": ("gateway", "reconcile_interval_s"),
     "MLSGW_RECONCILE_GRACE_S": ("gateway", "reconcile_grace_s"),
@@ -225,6 +229,7 @@ def load_config(
             worker_threads=int(g.get("worker_threads", 8)),
             state_cache_bytes=int(g.get("state_cache_bytes", 256 << 20)),
             log_level=str(g.get("log_level", "INFO")),
+            log_format=str(g.get("log_format", "text")),
             idempotency_retention_s=float(g.get("idempotency_retention_s", MIN_IDEMPOTENCY_RETENTION_S)),
             reconcile_interval_s=float(g.get("reconcile_interval_s", 600.0)),
             reconcile_grace_s=float(g.get("reconcile_grace_s", 600.0)),
@@ -241,6 +246,8 @@ def load_config(
             cfg = _override(cfg, key, value)
     if cfg.max_body_bytes < 1024 or cfg.worker_threads < 1 or cfg.state_cache_bytes < 0:
         raise ConfigError("max_body_bytes must be >= 1024, worker_threads >= 1 and state_cache_bytes >= 0")
+    if cfg.log_format not in ("text", "json"):
+        raise ConfigError(f"log_format must be 'text' or 'json', not {cfg.log_format!r}")
     if not cfg.idempotency_retention_s >= MIN_IDEMPOTENCY_RETENTION_S:
         raise ConfigError("idempotency_retention_s must be >= 86400 (api-v1.md: kept at least 24 h)")
     if not (cfg.reconcile_interval_s > 0 and cfg.reconcile_grace_s >= 0):

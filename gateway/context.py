@@ -65,20 +65,22 @@ class Runtime:
             problems.append(f"store: {e}")
         return problems
 
-    def render_metrics(self) -> bytes:
-        def refresh() -> None:
-            m = self.metrics
-            status = self.token.status()
-            m.hsm_sessions.set(float(status.get("sessions_in_use", 0)))
-            with self.store.read_transaction() as tx:
-                counts = tx.counts()
-            m.identities.set(counts["identities"])
-            m.groups.set(counts["groups"])
-            refresh_depths(m.delivery, self.store)
-            m.backend.clear()
-            m.backend.labels(get_backend().name).set(1)
+    def refresh_metrics(self) -> None:
+        """Set the gauges read from the token and the store (blocking: run it in the worker pool)."""
+        m = self.metrics
+        status = self.token.status()
+        m.hsm_sessions.set(float(status.get("sessions_in_use", 0)))
+        with self.store.read_transaction() as tx:
+            counts = tx.counts()
+        m.identities.set(counts["identities"])
+        m.groups.set(counts["groups"])
+        refresh_depths(m.delivery, self.store)
+        m.backend.clear()
+        m.backend.labels(get_backend().name).set(1)
 
-        return self.metrics.render(refresh)
+    def render_metrics(self) -> bytes:
+        """The registry in the Prometheus text format, gauges refreshed first."""
+        return self.metrics.render(self.refresh_metrics)
 
 
 APP: web.AppKey[Runtime] = web.AppKey("runtime", Runtime)

@@ -1,14 +1,26 @@
 """Prometheus metrics of one gateway process (``GET /metrics``).
 
 Labels are route templates, methods, status codes, operation names and outcomes: never ids, keys or
-secrets. Every app has its own registry, so tests can run several apps in one process.
+secrets. Every app has its own registry, so tests can run several apps in one process; the standard
+process, platform and GC collectors are registered on it, and prometheus-client's aiohttp handler serves it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from aiohttp.typedefs import Handler
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.aiohttp import make_aiohttp_handler
 
 from hsm.audit import AuditEvent
 
@@ -21,6 +33,12 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        # The standard process_*, python_info and python_gc_* families, on this app's registry.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
+        #: prometheus-client's aiohttp handler serving this registry (``GET /metrics``).
+        self.handler: Handler = make_aiohttp_handler(r)
         self.http_requests = Counter(
             "mlsgw_http_requests", "HTTP requests", ["route", "method", "status"], registry=r
         )

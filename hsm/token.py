@@ -25,6 +25,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 import time
@@ -44,6 +45,7 @@ from .cryptoki import AMBIGUOUS_ERRORS, LOST_ERRORS, STALE_ERRORS, Library, Obje
 from .errors import HsmError, HsmUnavailable
 
 T = TypeVar("T")
+_log = logging.getLogger(__name__)
 State = Literal["new", "up", "down", "failed", "closed"]
 
 
@@ -198,6 +200,7 @@ class Token:
         except HsmError as exc:
             self._state, self._last_error = "failed", str(exc)
             return False
+        _log_transition(self.config.token_label, self._state, "up", "")
         self._state, self._attempts, self._last_error = "up", 0, ""
         return True
 
@@ -205,6 +208,7 @@ class Token:
         self._attempts += 1
         delay = min(self.config.backoff_max_s, self.config.backoff_initial_s * 2 ** (self._attempts - 1))
         self._retry_at = time.monotonic() + delay * random.uniform(0.75, 1.0)
+        _log_transition(self.config.token_label, self._state, "down", reason)
         self._state, self._last_error = "down", reason
 
     def _open(self) -> Connection:
@@ -362,6 +366,16 @@ class Token:
         destructions (``"change"``), which must never overlap (:class:`hsm.cryptoki.ObjectStoreGuard`)."""
         assert self._library is not None
         return self._library.objects.hold(use)
+
+
+def _log_transition(label: str, old: State, new: Literal["up", "down"], reason: str) -> None:
+    """One line when the token goes down and one when it is back: per transition, never per failed retry
+    or request (a first "up" is no news: the gateway's start-up line says it). Both are WARNINGs, so
+    whoever sees the outage also sees the recovery."""
+    if new == "down" and old != "down":
+        _log.warning("HSM token %r is down: %s", label, reason)
+    elif new == "up" and old == "down":
+        _log.warning("HSM token %r is up again", label)
 
 
 def _healthy(session: Session, label: str) -> bool:

@@ -1,5 +1,6 @@
 """The HSM goes away under a running gateway: requests that need it answer 503 ``hsm_unavailable`` with
-``Retry-After`` quickly, ``/readyz`` says so, nothing changes, and service resumes when the token is back."""
+``Retry-After`` quickly, ``/readyz`` says so, nothing changes, and service resumes when the token is back.
+The log says so once each way: one "down" line and one "up again" line, not one per failed request."""
 
 from __future__ import annotations
 
@@ -42,6 +43,8 @@ def test_hsm_outage_answers_503_and_recovers(gateway: GatewayServer, tmp_path: P
         assert client.get("/readyz").status == 503
         assert client.get("/healthz").status == 200
         assert client.get(f"/v1/identities/{alice}/key-packages").expect(200)["key_packages"] == []
+        for _ in range(5):  # more failing requests while it is down: still one "down" line
+            assert client.post(f"/v1/identities/{alice}/key-packages", {"count": 1}).status == 503
     finally:
         shutil.move(str(parked), token_dir)
     deadline = time.monotonic() + 60
@@ -53,3 +56,8 @@ def test_hsm_outage_answers_503_and_recovers(gateway: GatewayServer, tmp_path: P
     assert reply.status == 201, reply
     assert client.get("/readyz").status == 200
     assert client.get("/v1/identities").expect(200).body == before
+    log = gateway.log_path.read_text()
+    down = [line for line in log.splitlines() if "HSM token 'mls-gateway' is down" in line]
+    up = [line for line in log.splitlines() if "HSM token 'mls-gateway' is up again" in line]
+    assert len(down) == 1 and len(up) == 1, log
+    assert " WARNING hsm.token " in down[0] and log.index(down[0]) < log.index(up[0])
