@@ -4,14 +4,17 @@
 :class:`hsm.keystore.Pkcs11KeyStore` made: ``CKA_ID`` a key reference of :mod:`hsm.kinds` of custody
 ``pkcs11``, and ``CKA_LABEL`` exactly ``<prefix>/<kind>/<reference in hex>``
 (:func:`hsm.mechanisms.generate_pair`, ``import_pair``). Anything else in the token — the envelope's
-wrap key (a secret key, its ID its label), session objects, another application's keys, the empty
-debris of a refused generation — is never listed, hence never touched.
+wrap key (a secret key, its ID its label), session objects, another application's keys — is never
+listed, hence never touched. An object with the store's kind of ID but no label is listed: a crash cut it
+short (SoftHSM writes an object's attributes one after another), and only the store writes such IDs.
 
 The search and the attribute reads run inside the token's object-store guard (``objects("search")``):
 SoftHSM corrupts an object created while another thread searches.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from pkcs11 import Attribute, ObjectClass, PKCS11Error
 from pkcs11.types import Session
@@ -38,22 +41,31 @@ def store_key_refs(token: Token, prefix: str) -> set[bytes]:
 def _refs_of_class(session: Session, object_class: ObjectClass, prefix: str) -> list[bytes]:
     found = []
     for obj in search(session, {Attribute.CLASS: object_class, Attribute.TOKEN: True}):
-        try:
-            ref, label = bytes(obj[Attribute.ID]), str(obj[Attribute.LABEL])
-        except LOST_ERRORS:
-            raise
-        except PKCS11Error:  # an object without an ID or a label is nobody's key of this store
-            continue
-        if _is_store_key(ref, label, prefix):
+        ref = _attribute(obj, Attribute.ID)
+        if isinstance(ref, bytes) and _is_store_key(ref, _attribute(obj, Attribute.LABEL), prefix):
             found.append(ref)
     return found
 
 
-def _is_store_key(ref: bytes, label: str, prefix: str) -> bool:
+def _attribute(obj: Any, attribute: Attribute) -> Any:
+    """An attribute's value, or ``None`` when the object does not have it (or it cannot be read)."""
+    try:
+        value = obj[attribute]
+    except LOST_ERRORS:
+        raise
+    except PKCS11Error:
+        return None
+    return bytes(value) if isinstance(value, bytes | bytearray) else value
+
+
+def _is_store_key(ref: bytes, label: Any, prefix: str) -> bool:
+    """The store's key: its ID a key reference of custody ``pkcs11`` and its label the store's for that
+    reference — or no label at all: an object a crash cut short between its ID and its label is the
+    store's debris (its ID says so; nothing else writes such IDs), unusable and never referenced."""
     parsed = parse_ref(ref)
     if parsed is None or parsed[1] != "pkcs11":
         return False
-    return label == f"{prefix}/{parsed[0].name}/{ref.hex()}"
+    return label in (None, "") or label == f"{prefix}/{parsed[0].name}/{ref.hex()}"
 
 
 __all__ = ["store_key_refs"]
