@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from hsm.errors import HsmError
-from mls.crypto.cipher_suite import cipher_suite
+from mls import cipher_suite
 
 from .config import GatewayConfig
 from .errors import Problem
