@@ -79,7 +79,10 @@ def classify(exc: BaseException) -> OperatorError | None:
 
 
 def require_initialised(cfg: GatewayConfig) -> None:
-    """Refuse (exit 4) a data folder ``mls-gateway init`` never prepared, rather than create one."""
+    """Refuse (exit 4) a data folder ``mls-gateway init`` never prepared, rather than create one; a PIN
+    file configured but missing is a PIN error (exit 7)."""
+    if cfg.embedded_softhsm and cfg.hsm.pin_file is not None and not cfg.pin_file.exists():
+        raise OperatorError(Exit.HSM_PIN, f"token PIN: cannot read {cfg.pin_file} (no such file)")
     if not cfg.database_path.exists() or (cfg.embedded_softhsm and not cfg.pin_file.exists()):
         raise OperatorError(
             Exit.NOT_INITIALISED,
