@@ -19,6 +19,7 @@ from . import parsing as rq
 from .api_directory import DIRECTORY_ROUTES
 from .api_log import LOG_ROUTES
 from .api_mailboxes import MAILBOX_ROUTES
+from .api_tenants import TENANT_ADMIN_ROUTES
 from .api_webhooks import WEBHOOK_ROUTES
 from .dispatch import (
     Route,
@@ -400,6 +401,7 @@ ROUTES: list[Route] = [
     Route(
         "DELETE", "/v1/tenants/{tenant_id}/tokens/{token_id}", revoke_token, "admin", "Revoke a token", True
     ),
+    *TENANT_ADMIN_ROUTES,
     Route(
         "POST",
         "/v1/identities",

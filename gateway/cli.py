@@ -10,6 +10,11 @@
   when built).
 * ``mls-gateway keys reconcile [--dry-run] [--json] [--grace-s S]`` — destroy orphaned keys (keys no
   database record references; :mod:`gateway.reconcile_cli`), or list them.
+* ``mls-gateway admin tokens|rotate-admin-token|delete-tenant`` and ``mls-gateway hsm check`` — the
+  operator commands of :mod:`gateway.operator_cli`; ``mls-gateway --version``.
+
+An operator's mistake (wrong PIN, missing token or module, port in use, bad configuration, data folder
+not initialised) is one line on stderr and an exit code of :class:`gateway.operator_cli.Exit`.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from native import BACKEND_CHOICES
 from .app import close_runtime, create_app, gateway_crypto_backend, open_runtime
 from .config import ConfigError, GatewayConfig, load_config
 from .logs import AccessLogger, access_log, configure_logging
+from .operator_cli import Exit, OperatorError, add_parsers, classify, fail, require_initialised
 
 log = logging.getLogger("mls_gateway")
 
@@ -151,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="mls-gateway", description="Enterprise MLS gateway with HSM key custody"
     )
+    ap.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = ap.add_subparsers(dest="command", required=True)
     for name in ("init", "serve"):
         p = sub.add_parser(name)
@@ -168,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         "--backend", choices=BACKEND_CHOICES, help="crypto backend (default: $MLS_CRYPTO_BACKEND, else auto)"
     )
     _add_keys_parser(sub)
+    add_parsers(sub)
     args = ap.parse_args(argv)
     if args.command == "conformance":
         from mls.conformance import main as conformance
@@ -180,21 +188,52 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
     try:
+        return _run(args)
+    except Exception as e:  # an operator's mistake is one line; anything else is a bug and raises
+        error = classify(e)
+        if error is None:
+            raise
+        return fail(error)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mls-gateway")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
         cfg = load_config(args.config, data_dir=args.data_dir, listen=getattr(args, "listen", None))
     except ConfigError as e:
-        print(f"mls-gateway: configuration error: {e}", file=sys.stderr)
-        return 2
+        raise OperatorError(Exit.CONFIG, f"configuration error: {e}") from None
     configure_logging(cfg.log_level, cfg.log_format)
     if args.command == "init":
         _report_init(initialise(cfg), args.json)
         return 0
+    if args.command == "serve":
+        serve(cfg)
+        return 0
+    require_initialised(cfg)
+    if args.command == "admin" and args.admin_command != "delete-tenant":
+        from .operator_cli import admin_command
+
+        return admin_command(cfg, args, None)
+    module, _ = _prepare_softhsm(cfg)
     if args.command == "keys":
         from .reconcile_cli import reconcile_command
 
-        module, _ = _prepare_softhsm(cfg)
         return reconcile_command(cfg, module, dry_run=args.dry_run, as_json=args.json, grace_s=args.grace_s)
-    serve(cfg)
-    return 0
+    if args.command == "hsm":
+        from .operator_cli import hsm_check
+
+        return hsm_check(cfg, module, args.json)
+    from .operator_cli import admin_command
+
+    return admin_command(cfg, args, module)
 
 
 if __name__ == "__main__":

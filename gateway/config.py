@@ -5,7 +5,7 @@ runs on its **embedded defaults**: everything under the data folder (``./data`` 
 ``MLSGW_DATA_DIR`` says otherwise) — a SQLite database ``gateway.sqlite3`` and a SoftHSM2 token in
 ``softhsm/`` whose user PIN is in ``hsm.pin`` (mode 0600), created by ``mls-gateway init``.
 
-TOML layout (every key optional)::
+TOML layout (every key optional; an unknown section or key is refused, naming it)::
 
     [gateway]
     listen = "127.0.0.1:8080"       # MLSGW_LISTEN
@@ -42,7 +42,7 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -192,14 +192,38 @@ def _merged(toml_path: Path | None, env: Mapping[str, str]) -> dict[str, dict[st
         unknown = set(raw) - set(data)
         if unknown:
             raise ConfigError(f"unknown sections {sorted(unknown)}")
+        if "pin" in raw.get("hsm", {}):
+            raise ConfigError("the HSM PIN must come from pin_env or pin_file, never the configuration text")
         for section in data:
-            data[section].update(raw.get(section, {}))
+            values = raw.get(section, {})
+            if not isinstance(values, dict):
+                raise ConfigError(f"[{section}] must be a table")
+            _reject_unknown(section, values)
+            data[section].update(values)
     for var, (section, key) in _ENV.items():
         if var in env:
             data[section][key] = _env_value(key, env[var])
     if "pin" in data["hsm"]:
         raise ConfigError("the HSM PIN must come from pin_env or pin_file, never the configuration text")
     return data
+
+
+def _known_keys() -> dict[str, set[str]]:
+    """The keys each TOML section accepts (the settings' fields; ``[gateway]`` spells two its own way)."""
+    gateway = {f.name for f in fields(GatewayConfig)} - {"listen_host", "listen_port", "hsm", "delivery"}
+    return {
+        "gateway": gateway | {"listen"},
+        "hsm": {f.name for f in fields(HsmSettings)} | {"pin"},  # "pin" is refused with its own message
+        "delivery": {f.name for f in fields(DeliverySettings)},
+    }
+
+
+def _reject_unknown(section: str, values: Mapping[str, Any]) -> None:
+    unknown = sorted(set(values) - _known_keys()[section])
+    if unknown:
+        raise ConfigError(
+            f"unknown key{'s' if len(unknown) > 1 else ''} in [{section}]: {', '.join(unknown)}"
+        )
 
 
 def _env_value(key: str, value: str) -> Any:

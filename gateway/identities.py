@@ -89,6 +89,17 @@ class Identities:
             )
         return []
 
+    def keys_of(self, identity: Identity) -> list[bytes]:
+        """Every private key the identity holds, each once: its signature key, its live KeyPackages' keys
+        and its memberships' keys (what deleting it destroys; also a tenant's deletion, per identity)."""
+        with self.store.read_transaction() as tx:
+            key_packages = tx.list_key_packages(identity.identity_id)
+            groups = tx.list_groups(identity.identity_id)
+        dead = [identity.signature_key_ref, *live_key_package_keys(key_packages)]
+        for g in groups:
+            dead += self._membership_keys(identity, g.group_id)
+        return list(dict.fromkeys(dead))
+
     def list(self, principal: Principal) -> Json:
         """``GET /v1/identities``."""
         assert principal.tenant_id is not None
@@ -99,13 +110,7 @@ class Identities:
     def delete(self, principal: Principal, identity_id: str, scope: RequestScope) -> Response:
         """``DELETE /v1/identities/{identity_id}``: its records, then every private key it held."""
         identity = self.get(principal, identity_id)
-        with self.store.transaction() as tx:
-            key_packages = tx.list_key_packages(identity_id)
-            groups = tx.list_groups(identity_id)
-        dead = [identity.signature_key_ref, *live_key_package_keys(key_packages)]
-        for g in groups:
-            dead += self._membership_keys(identity, g.group_id)
         pending = PendingWrites(
-            [lambda tx: tx.delete_identity(identity_id)], dead_keys=list(dict.fromkeys(dead))
+            [lambda tx: tx.delete_identity(identity_id)], dead_keys=self.keys_of(identity)
         )
         return self.sessions.persistence.commit(pending, Response(204, None), scope)

@@ -161,6 +161,7 @@ SUCCESS: dict[tuple[str, str], int] = {
     ("POST", "/v1/tenants"): 201,
     ("POST", "/v1/tenants/{tenant_id}/tokens"): 201,
     ("DELETE", "/v1/tenants/{tenant_id}/tokens/{token_id}"): 204,
+    ("DELETE", "/v1/tenants/{tenant_id}"): 204,
     ("POST", "/v1/identities"): 201,
     ("DELETE", "/v1/identities/{identity_id}"): 204,
     ("POST", "/v1/identities/{identity_id}/key-packages"): 201,

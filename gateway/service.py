@@ -35,6 +35,7 @@ from .log_operations import LogOperations
 from .persistence import Persistence
 from .sealed_state import StateSealer
 from .store import Store
+from .tenant_deletion import TenantDeletion
 from .tenants import Tenants
 from .wakeups import Wakeups
 
@@ -63,6 +64,7 @@ class GatewayService:
         sessions = GroupSessions(store, StateSealer(envelope, keys), self.persistence)
         self.tenants = Tenants(store, self.persistence)
         self.identities = Identities(store, keys, sessions)
+        self.tenant_deletion = TenantDeletion(store, self.persistence, self.identities)
         self.key_packages = KeyPackages(store, keys, self.identities, self.persistence)
         self.groups = Groups(store, keys, self.identities, sessions)
         self.clients = Clients(store, self.persistence)

@@ -20,6 +20,7 @@ from .sqlite_delivery import SqliteDeliveryMixin
 from .sqlite_directory import SqliteDirectoryMixin
 from .sqlite_mailboxes import SqliteMailboxMixin
 from .sqlite_schema import SCHEMA_VERSION, upgrade
+from .sqlite_tenants import SqliteTenantAdminMixin
 from .sqlite_webhooks import SqliteWebhookMixin
 from .store import (
     AuditRecord,
@@ -73,7 +74,13 @@ def _group(row: sqlite3.Row) -> GroupRecord:
     )
 
 
-class SqliteTransaction(SqliteDirectoryMixin, SqliteDeliveryMixin, SqliteWebhookMixin, SqliteMailboxMixin):
+class SqliteTransaction(
+    SqliteDirectoryMixin,
+    SqliteDeliveryMixin,
+    SqliteWebhookMixin,
+    SqliteMailboxMixin,
+    SqliteTenantAdminMixin,
+):
     """The :class:`gateway.store.Transaction` of one SQLite transaction."""
 
     # ---- tenants and tokens ---------------------------------------------------------------------

@@ -30,6 +30,7 @@ from typing import Protocol
 from .delivery_store import LogTransaction
 from .sqlite_directory import DirectoryTransaction
 from .sqlite_mailboxes import MailboxTransaction
+from .sqlite_tenants import TenantAdminTransaction
 from .sqlite_webhooks import WebhookTransaction
 
 
@@ -120,7 +121,14 @@ class IdempotentResponse:
     body: bytes
 
 
-class Transaction(LogTransaction, DirectoryTransaction, WebhookTransaction, MailboxTransaction, Protocol):
+class Transaction(
+    LogTransaction,
+    DirectoryTransaction,
+    WebhookTransaction,
+    MailboxTransaction,
+    TenantAdminTransaction,
+    Protocol,
+):
     """One atomic unit of reads and writes: all of it commits, or none of it."""
 
     # tenants and tokens

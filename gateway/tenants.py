@@ -5,6 +5,7 @@ from __future__ import annotations
 from .auth import Principal, new_id, new_token, token_hash
 from .errors import not_found
 from .persistence import Json, PendingWrites, Persistence, RequestScope, Response
+from .sqlite_tenants import TokenInfo
 from .store import Store, Tenant
 
 
@@ -67,3 +68,27 @@ class Tenants:
             if not tx.revoke_token(tenant_id, token_id):
                 raise not_found("token")
         return Response(204, None)
+
+    def list_tokens(self, tenant_id: str) -> Json:
+        """``GET /v1/tenants/{tenant_id}/tokens``: ids, times, revocation, client (never a token)."""
+        with self.store.read_transaction() as tx:
+            if tx.get_tenant(tenant_id) is None:
+                raise not_found("tenant")
+            tokens = tx.list_tokens(tenant_id)
+        return {"tokens": [token_json(t) for t in tokens]}
+
+    def rotate_admin_token(self) -> tuple[str, int]:
+        """A new admin token, every other admin token revoked: returns it (shown once) and how many were
+        revoked. The recovery path for a lost admin token (``mls-gateway admin rotate-admin-token``)."""
+        token = new_token()
+        with self.store.transaction() as tx:
+            revoked = tx.rotate_admin_token(new_id("tok"), token_hash(token))
+        return token, revoked
+
+
+def token_json(t: TokenInfo) -> Json:
+    """A token as the API and the CLI list it."""
+    out: Json = {"token_id": t.token_id, "created_at": t.created_at, "revoked": t.revoked}
+    if t.client_id is not None:
+        out["client_id"] = t.client_id
+    return out

@@ -263,3 +263,18 @@ def test_revoked_token_is_refused_at_once(world: World, unchanged: None) -> None
         assert (r.status, r.code) == (401, "unauthorized"), f"revoked token: {route.method} {route.path}"
     # Revoking again: the token no longer exists as a live one, A's other tokens still work.
     assert world.a.get("/v1/identities").status == 200
+
+
+def test_tenant_admin_routes_keep_to_their_tenant(world: World, unchanged: None) -> None:
+    """Listing tenant B's tokens shows none of A's; deleting another tenant leaves A as it was."""
+    admin = world.server.admin
+    listed = admin.get(f"/v1/tenants/{world.tenant_b}/tokens").expect(200)["tokens"]
+    assert listed and world.token_a_id not in {t["token_id"] for t in listed}
+    mine = {t["token_id"] for t in admin.get(f"/v1/tenants/{world.tenant_a}/tokens").expect(200)["tokens"]}
+    assert world.token_a_id in mine
+    tenant_c, token_c = admin.create_tenant("doomed")
+    doomed = world.server.client(token_c)
+    doomed.create_identity("c-one")
+    admin.delete(f"/v1/tenants/{tenant_c}").expect(204)
+    assert doomed.get("/v1/identities").status == 401
+    assert world.a.get("/v1/identities").status == 200

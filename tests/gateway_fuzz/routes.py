@@ -180,6 +180,8 @@ SPECS: dict[str, Spec] = {
     "DELETE /v1/tenants/{tenant_id}/tokens/{token_id}": Spec(
         {"tenant_id": "tenant", "token_id": "spare_token"}
     ),
+    "GET /v1/tenants/{tenant_id}/tokens": Spec({"tenant_id": "tenant"}),
+    "DELETE /v1/tenants/{tenant_id}": Spec({"tenant_id": "tenant"}),
     "POST /v1/identities": Spec(
         idempotent=True,
         variants=(
