@@ -370,9 +370,10 @@ class Token:
 
 def _log_transition(label: str, old: State, new: Literal["up", "down"], reason: str) -> None:
     """One line when the token goes down and one when it is back: per transition, never per failed retry
-    or request (a first "up" is no news: the gateway's start-up line says it). Both are WARNINGs, so
-    whoever sees the outage also sees the recovery."""
-    if new == "down" and old != "down":
+    or request (a first "up" is no news: the gateway's start-up line says it; a token that cannot be opened
+    at start-up is the caller's error to report, not an outage). Both are WARNINGs, so whoever sees the
+    outage also sees the recovery."""
+    if new == "down" and old not in ("down", "new"):
         _log.warning("HSM token %r is down: %s", label, reason)
     elif new == "up" and old == "down":
         _log.warning("HSM token %r is up again", label)
