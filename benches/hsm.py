@@ -22,10 +22,14 @@ dominated by the file store's writes):
 * **KeyPackages** — complete ``Client.key_package()`` calls with the HSM key store (two HPKE key pairs
   made as token objects and the KeyPackage signed in the token), per second; the keys are destroyed after.
 
+* **Custody modes** (:mod:`benches.hsm_custody`) — KeyPackages per second for suite 2 with keys in
+  ``token`` and in ``wrapped`` custody, their ratio, and the token's object count after N wrapped keys.
+
 The top level of the JSON carries ``raw_sign_ops_per_s``, ``signer_ops_per_s`` and ``signer_to_raw_ratio``
 for suite 1's Ed25519 key on one thread, ``app_messages_per_s`` (``{"hsm": …, "software": …}``, protect
 rate, suite 1; ``application_messages_per_s`` is the same figure, kept for readers of older results) and
-``key_packages_per_s`` (suite 1, HSM).
+``key_packages_per_s`` (suite 1, HSM); ``keypackages_per_s`` by custody mode (``{"token": …, "wrapped":
+…}``, suite 2), ``wrapped_to_token_keypackages_ratio`` and ``token_objects_after_wrapped_keys``.
 """
 
 from __future__ import annotations
@@ -45,6 +49,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from .hsm_custody import custody_section
 
 RESULTS = Path(__file__).resolve().parent / "results"
 GOAL_RATIO = 0.8
@@ -394,6 +400,7 @@ def run(quick: bool) -> dict[str, Any]:
     rounds, seconds = (9, 0.12) if quick else (21, 0.3)
     pairs = 5 if quick else 30
     kp_count, batch = (10, 100) if quick else (40, 400)
+    custody_rounds, custody_count, wrapped_n = (3, 10, 1000) if quick else (5, 40, 10000)
     with tempfile.TemporaryDirectory(prefix="mlsgw-bench-hsm-") as tmp:
         pin = secrets.token_hex(6)
         made = init_softhsm_token(tmp, label="mlsgw-bench", pin=pin, so_pin=secrets.token_hex(6))
@@ -412,10 +419,18 @@ def run(quick: bool) -> dict[str, Any]:
             keygen = _keygen_section(store, [1, 2], pairs)
             app = _app_messages_section(store, rounds, seconds, batch)
             key_packages = _key_packages_section(store, [1, 2], kp_count)
+            custody = custody_section(
+                token, store, rounds=custody_rounds, count=custody_count, wrapped_keys=wrapped_n
+            )
         finally:
             raw.close()
             token.close()
-        return _report(quick, sign, dh, keygen, _filesystem(Path(tmp)), app, key_packages)
+        report = _report(quick, sign, dh, keygen, _filesystem(Path(tmp)), app, key_packages)
+        report["keypackages_per_s"] = custody["keypackages_per_s"]
+        report["wrapped_to_token_keypackages_ratio"] = custody["wrapped_to_token_keypackages_ratio"]
+        report["token_objects_after_wrapped_keys"] = custody["token_objects_after_wrapped_keys"]
+        report["custody_modes"] = custody
+        return report
 
 
 def _report(
@@ -624,6 +639,11 @@ def main() -> None:
         f"(CPU-cost ratio {report['signer_to_raw_cpu_ratio']}"
         f" / {report['signer_to_raw_cpu_ratio_2_threads']}); wrote {RESULTS / 'hsm.json'} and hsm.png "
         f"in {report['wall_seconds']} s"
+    )
+    print(
+        f"KeyPackages/s by custody (suite 2): {report['keypackages_per_s']}, wrapped/token "
+        f"{report['wrapped_to_token_keypackages_ratio']}; token objects after wrapped keys: "
+        f"{report['token_objects_after_wrapped_keys']}"
     )
 
 

@@ -48,6 +48,7 @@ from .operation_requests import (
     ProposalRequest,
     SendRequest,
 )
+from .tenants import CUSTODY_MODES
 
 # ---- service -----------------------------------------------------------------------------------------
 
@@ -86,9 +87,12 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 async def create_tenant(request: web.Request) -> web.Response:
-    name = (await read_body(request)).text("name")
+    body = await read_body(request)
+    name, custody = body.text("name"), body.data.get("custody", "wrapped")
+    if custody not in CUSTODY_MODES:
+        raise invalid("custody must be one of " + ", ".join(CUSTODY_MODES))
     tenants = service(request).tenants
-    return await respond(request, lambda scope: tenants.create(name, scope), idempotent=True)
+    return await respond(request, lambda scope: tenants.create(name, scope, custody), idempotent=True)
 
 
 async def list_tenants(request: web.Request) -> web.Response:

@@ -24,6 +24,8 @@ import native
 from hsm.envelope import Envelope, create_wrap_key
 from hsm.keystore import Pkcs11KeyStore
 from hsm.token import Token
+from hsm.wrapped_keys import WrappedKeys
+from hsm.wrapping import create_kek
 from mls import CryptoBackend, PythonBackend, get_backend, use_crypto_backend
 
 from .api import ROUTES, Route, make_request_id
@@ -37,7 +39,7 @@ from .logs import request_context, valid_request_id
 from .mailboxes import purge_expired_items
 from .metrics import Metrics
 from .reconciliation import key_reconciliation
-from .sealed_keys import SealedKeyPersistence
+from .sealed_keys import SealedKeyPersistence, WrappedKeyRows
 from .service import GatewayService
 from .sqlite_store import SqliteStore
 from .state_cache import StateCache
@@ -224,7 +226,10 @@ def open_runtime(config: GatewayConfig, module_path: str) -> Runtime:
     create_wrap_key(token)
     hsm = config.hsm
     envelope = Envelope(token, max_seals=hsm.data_key_max_seals, max_age_s=hsm.data_key_max_age_s)
-    keys = Pkcs11KeyStore(token, persistence=SealedKeyPersistence(store, envelope))
+    create_kek(token)
+    wrapped = WrappedKeys(token, WrappedKeyRows(store))
+    log.info("wrapped custody at start-up: %s", wrapped.probe())  # what the token can wrap, said once
+    keys = Pkcs11KeyStore(token, persistence=SealedKeyPersistence(store, envelope), wrapped=wrapped)
     metrics = Metrics()
     service = GatewayService(store, keys, envelope, on_key_use=metrics.key_use)
     service.persistence.retention_s = config.idempotency_retention_s

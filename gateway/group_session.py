@@ -31,6 +31,7 @@ from contextlib import AbstractContextManager
 
 from mls import Group, MemoryPskStore, StagedCommit
 
+from .custody import keys_for
 from .errors import not_found
 from .persistence import PendingWrites, Persistence, RequestScope, Response, group_audit_context
 from .sealed_state import StateSealer
@@ -190,11 +191,11 @@ class GroupSessions:
         with group_audit_context(identity_id, group_id, epoch):
             psks = self.sealer.open_psks(identity_id, sealed_psks)
             if cached is not None:
-                group = Group(cached.state, self.sealer.keys, psks)
+                group = Group(cached.state, keys_for(self.sealer.keys, identity), psks)
                 group.pending_commit = cached.pending
             else:
                 assert record is not None
-                group = self.sealer.open_group(record, psks)
+                group = self.sealer.open_group(record, psks, keys_for(self.sealer.keys, identity))
                 if read_only:
                     self.remember(record, record.version, group)
         return GroupSession(self, identity, group, version, applied_seq=applied_seq)

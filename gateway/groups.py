@@ -14,6 +14,7 @@ from mls import Credential, ExternalSenders, Group, KeyPackage, MLSMessage, Welc
 
 from .auth import Principal
 from .config import DeliverySettings
+from .custody import keys_for
 from .delivery_store import LogConflict, message_digest
 from .errors import Problem, conflict
 from .group_session import GroupSession, GroupSessions
@@ -59,7 +60,7 @@ class Groups:
         signer = self.keys.signer(identity.signature_key_ref)
         with group_audit_context(identity.identity_id, request.group_id or b"", 0):
             group = Group.create(
-                self.keys,
+                keys_for(self.keys, identity),
                 identity.cipher_suite,
                 signer=signer,
                 credential=Credential.from_bytes(identity.credential),
@@ -132,7 +133,7 @@ class Groups:
         psk_store = self.sessions.psk_store(identity, psks)
         with group_audit_context(identity.identity_id, b"", None):
             group = Group.join(
-                self.keys,
+                keys_for(self.keys, identity),
                 welcome,
                 key_package=kp,
                 init_key=self.keys.hpke_key(kp_record.init_key_ref),
@@ -181,7 +182,7 @@ class Groups:
         psk_ids = [external_psk_id(psk_id, identity.cipher_suite) for psk_id, _ in request.psks]
         with group_audit_context(identity.identity_id, b"", None):
             group, commit = Group.external_join(
-                self.keys,
+                keys_for(self.keys, identity),
                 request.group_info,
                 signer=self.keys.signer(identity.signature_key_ref),
                 credential=Credential.from_bytes(identity.credential),

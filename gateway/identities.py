@@ -9,6 +9,7 @@ from hsm.keystore import Pkcs11KeyStore
 from mls import Credential, MLSError
 
 from .auth import Principal, new_id
+from .custody import tenant_mode
 from .errors import Problem, not_found
 from .group_session import GroupSession, GroupSessions, membership_keys
 from .key_references import live_key_package_keys
@@ -49,11 +50,14 @@ class Identities:
         """``POST /v1/identities``: a signature key generated in the HSM, custody reported truthfully."""
         assert principal.tenant_id is not None
         suite = request.cipher_suite
-        sig_custody, hpke_custody = self.keys.custody(suite)
-        if sig_custody != "pkcs11":
+        with self.store.read_transaction() as tx:
+            tenant = tx.get_tenant(principal.tenant_id)
+        keys = self.keys.for_mode(tenant_mode(tenant))
+        sig_custody, hpke_custody = keys.custody(suite)
+        if sig_custody not in ("pkcs11", "wrapped"):
             raise Problem("unsupported", f"the HSM cannot hold signature keys of cipher suite {suite}")
         credential = request.credential or Credential.basic(request.name.encode())
-        signer = self.keys.new_signature_key(suite)
+        signer = keys.new_signature_key(suite)
         identity = Identity(
             new_id("idn"),
             principal.tenant_id,

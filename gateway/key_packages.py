@@ -16,6 +16,7 @@ from mls import (
 )
 
 from .auth import Principal
+from .custody import mode_of
 from .identities import Identities
 from .operation_requests import CreateKeyPackagesRequest
 from .persistence import Json, PendingWrites, Persistence, RequestScope, Response
@@ -62,9 +63,10 @@ class KeyPackages:
     ) -> KeyPackageRecord:
         """One KeyPackage with fresh init and leaf keys (recorded in ``pending.new_keys`` as made)."""
         cs = cipher_suite(identity.cipher_suite)
-        init_key = self.keys.new_hpke_key(cs.suite_id)
+        keys = self.keys.for_mode(mode_of(identity))
+        init_key = keys.new_hpke_key(cs.suite_id)
         pending.new_keys.append(init_key.key_ref)
-        leaf_key = self.keys.new_hpke_key(cs.suite_id)
+        leaf_key = keys.new_hpke_key(cs.suite_id)
         pending.new_keys.append(leaf_key.key_ref)
         kp = create_key_package(
             cs,

@@ -62,7 +62,9 @@ def _obj(required: list[str] | None = None, **props: Any) -> dict[str, Any]:
 
 _G = "/v1/identities/{identity_id}/groups"
 REQUEST_BODIES: dict[tuple[str, str], dict[str, Any]] = {
-    ("POST", "/v1/tenants"): _obj(["name"], name={"type": "string"}),
+    ("POST", "/v1/tenants"): _obj(
+        ["name"], name={"type": "string"}, custody={"enum": ["wrapped", "token"], "default": "wrapped"}
+    ),
     ("POST", "/v1/identities"): _obj(
         ["name"],
         name={"type": "string"},

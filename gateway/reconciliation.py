@@ -7,7 +7,8 @@ for good. :class:`Reconciler` finds and destroys them:
 
 1. **list** the key store's keys: the token's key objects of this gateway's ID/label scheme
    (:func:`hsm.inventory.store_key_refs`, a search under the object-store guard; the wrap key and other
-   objects are never listed) and the software keys at rest in ``software_keys``;
+   objects are never listed), the software keys at rest in ``software_keys`` and the wrapped-custody
+   blobs in ``wrapped_keys`` (destroying one deletes its blob: :mod:`hsm.wrapped_keys`);
 2. **then** read every reference of the database (:func:`referenced_keys`): each identity's signature
    key, the init and leaf keys of KeyPackages not consumed (or last-resort), and every membership's keys
    (:func:`gateway.group_session.membership_keys`, its retained keys and signer). Listing first means a
@@ -16,7 +17,7 @@ for good. :class:`Reconciler` finds and destroys them:
    never the other way;
 3. **destroy** the orphans that are due, each audited (operation ``reconcile_destroy`` in the ``audit``
    table, with the store's own ``destroy`` record) and counted (``mlsgw_hsm_orphans_destroyed_total``
-   by ``kind`` = ``token`` | ``software``); one summary line is logged per run.
+   by ``kind`` = ``token`` | ``software`` | ``wrapped``); one summary line is logged per run.
 
 **Grace: two passes.** A key an in-flight request just made is not referenced yet. The key store records
 no creation time (PKCS#11's ``CKA_START_DATE`` is a date, and the ``software_keys`` table has no time), so
@@ -68,9 +69,12 @@ LABEL_PREFIX = "mlsgw"
 
 
 def kind_of(key_ref: bytes) -> str:
-    """``software`` for a software key at rest, ``token`` for a token object (the metric's label)."""
+    """``software`` for a software key at rest, ``wrapped`` for a wrapped-custody blob at rest, ``token``
+    for a token object (the metric's label)."""
     parsed = parse_ref(key_ref)
-    return "software" if parsed is not None and parsed[1] == "software" else "token"
+    if parsed is not None and parsed[1] in ("software", "wrapped"):
+        return parsed[1]
+    return "token"
 
 
 # ---- grace -------------------------------------------------------------------------------------------------
@@ -110,15 +114,16 @@ class ReconcileReport:
     dry_run: bool
     token_keys: int = 0
     software_keys: int = 0
+    wrapped_keys: int = 0
     referenced: int = 0
-    orphans: dict[str, int] = field(default_factory=lambda: {"token": 0, "software": 0})
+    orphans: dict[str, int] = field(default_factory=lambda: {"token": 0, "software": 0, "wrapped": 0})
     #: Orphans destroyed (or, in a dry run, that would be).
     destroyed: list[bytes] = field(default_factory=list)
     failed: list[bytes] = field(default_factory=list)
     seconds: float = 0.0
 
     def destroyed_by_kind(self) -> dict[str, int]:
-        counts = {"token": 0, "software": 0}
+        counts = {"token": 0, "software": 0, "wrapped": 0}
         for ref in self.destroyed:
             counts[kind_of(ref)] += 1
         return counts
@@ -132,6 +137,7 @@ class ReconcileReport:
             "dry_run": self.dry_run,
             "token_keys": self.token_keys,
             "software_keys": self.software_keys,
+            "wrapped_keys": self.wrapped_keys,
             "referenced": self.referenced,
             "orphans": dict(self.orphans),
             "destroyed": self.destroyed_by_kind(),
@@ -147,7 +153,8 @@ class ReconcileReport:
         return (
             f"key reconciliation: {self.token_keys} token keys, {self.software_keys} software keys, "
             f"{self.referenced} referenced; orphans {self.orphans['token']} token / "
-            f"{self.orphans['software']} software; {verb} {d['token']} token / {d['software']} software, "
+            f"{self.orphans['software']} software / {self.orphans['wrapped']} wrapped; {verb} {d['token']} "
+            f"token / {d['software']} software / {d['wrapped']} wrapped, "
             f"{len(self.failed)} failed, {self.waiting()} within grace; {self.seconds:.2f} s"
         )
 
@@ -194,9 +201,11 @@ class Reconciler:
         token_refs = store_key_refs(self.token, self.prefix)  # before the references: see the docstring
         with self.store.read_transaction() as tx:
             software_refs = set(tx.list_software_key_refs())
+            wrapped_refs = set(tx.list_wrapped_key_refs())
         referenced = referenced_keys(self.store, self.sessions)
-        orphans = (token_refs | software_refs) - referenced
+        orphans = (token_refs | software_refs | wrapped_refs) - referenced
         report.token_keys, report.software_keys = len(token_refs), len(software_refs)
+        report.wrapped_keys = len(wrapped_refs)
         report.referenced = len(referenced)
         for ref in orphans:
             report.orphans[kind_of(ref)] += 1
@@ -238,7 +247,7 @@ class Reconciler:
 
 
 def _audit_record(run_id: str, ref: bytes, kind: str, ok: bool) -> AuditRecord:
-    custody = "software" if kind == "software" else "pkcs11"
+    custody = kind if kind in ("software", "wrapped") else "pkcs11"
     log.info(
         json.dumps(
             {"event": "reconcile_destroy", "request_id": run_id, "key_ref": ref.hex(), "custody": custody}

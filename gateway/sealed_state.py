@@ -50,14 +50,16 @@ class StateSealer:
         epoch = group.epoch if removed_in is None else removed_in
         return GroupRecord(identity_id, group_id, epoch, state, pending)
 
-    def open_group(self, record: GroupRecord, psks: MemoryPskStore) -> Group:
-        """The group of a sealed record, with its pending commit, using ``psks`` for its PSKs."""
+    def open_group(self, record: GroupRecord, psks: MemoryPskStore, keys: KeyStore | None = None) -> Group:
+        """The group of a sealed record, with its pending commit, using ``psks`` for its PSKs and ``keys``
+        (default: the sealer's) for its keys."""
         identity_id, group_id = record.identity_id, record.group_id
+        keys = self.keys if keys is None else keys
         raw = self.envelope.open(record.state, _state_aad(identity_id, group_id))
-        group = Group(GroupState.from_bytes(raw, self.keys), self.keys, psks)
+        group = Group(GroupState.from_bytes(raw, keys), keys, psks)
         if record.pending is not None:
             staged = self.envelope.open(record.pending, _pending_aad(identity_id, group_id))
-            group.pending_commit = StagedCommit.from_bytes(staged, self.keys)
+            group.pending_commit = StagedCommit.from_bytes(staged, keys)
         return group
 
     def seal_psk(self, identity_id: str, psk_id: bytes, secret: bytes) -> bytes:

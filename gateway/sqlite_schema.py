@@ -16,7 +16,8 @@ SCHEMA_VERSION = 5
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tenants (
-    tenant_id TEXT PRIMARY KEY, name TEXT NOT NULL, created_at REAL NOT NULL);
+    tenant_id TEXT PRIMARY KEY, name TEXT NOT NULL, created_at REAL NOT NULL,
+    custody_mode TEXT NOT NULL DEFAULT 'token');
 CREATE TABLE IF NOT EXISTS tokens (
     token_id TEXT PRIMARY KEY, tenant_id TEXT REFERENCES tenants(tenant_id), token_hash BLOB NOT NULL UNIQUE,
     created_at REAL NOT NULL, revoked_at REAL, client_id TEXT);
@@ -37,6 +38,8 @@ CREATE TABLE IF NOT EXISTS groups (
     version INTEGER NOT NULL DEFAULT 0, applied_seq INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (identity_id, group_id));
 CREATE TABLE IF NOT EXISTS software_keys (key_ref BLOB PRIMARY KEY, sealed BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS wrapped_keys (
+    key_ref BLOB PRIMARY KEY, blob BLOB NOT NULL, kek_id BLOB NOT NULL, created_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS audit (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, request_id TEXT NOT NULL, tenant_id TEXT,
     identity_id TEXT, group_id BLOB, epoch INTEGER, key_ref BLOB NOT NULL, operation TEXT NOT NULL,
@@ -122,6 +125,7 @@ _ADDED_COLUMNS = [
     ("groups", "applied_seq", "INTEGER NOT NULL DEFAULT 0"),
     ("identities", "auto_join", "INTEGER NOT NULL DEFAULT 1"),
     ("tokens", "client_id", "TEXT"),
+    ("tenants", "custody_mode", "TEXT NOT NULL DEFAULT 'token'"),
 ]
 
 

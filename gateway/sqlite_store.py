@@ -85,16 +85,20 @@ class SqliteTransaction(
 
     # ---- tenants and tokens ---------------------------------------------------------------------
     def add_tenant(self, tenant: Tenant) -> None:
-        self._c.execute("INSERT INTO tenants VALUES (?, ?, ?)", (tenant.tenant_id, tenant.name, time.time()))
+        self._c.execute(
+            "INSERT INTO tenants (tenant_id, name, created_at, custody_mode) VALUES (?, ?, ?, ?)",
+            (tenant.tenant_id, tenant.name, time.time(), tenant.custody_mode),
+        )
 
     def list_tenants(self) -> list[Tenant]:
         return [
-            Tenant(r["tenant_id"], r["name"]) for r in self._all("SELECT * FROM tenants ORDER BY created_at")
+            Tenant(r["tenant_id"], r["name"], r["custody_mode"])
+            for r in self._all("SELECT * FROM tenants ORDER BY created_at")
         ]
 
     def get_tenant(self, tenant_id: str) -> Tenant | None:
         r = self._one("SELECT * FROM tenants WHERE tenant_id = ?", tenant_id)
-        return None if r is None else Tenant(r["tenant_id"], r["name"])
+        return None if r is None else Tenant(r["tenant_id"], r["name"], r["custody_mode"])
 
     def add_token(
         self, token_id: str, tenant_id: str | None, token_hash: bytes, client_id: str | None = None
@@ -264,6 +268,22 @@ class SqliteTransaction(
 
     def list_software_key_refs(self) -> list[bytes]:
         return [bytes(r["key_ref"]) for r in self._all("SELECT key_ref FROM software_keys")]
+
+    def put_wrapped_key(self, key_ref: bytes, blob: bytes, kek_id: bytes) -> None:
+        self._c.execute(
+            "INSERT OR REPLACE INTO wrapped_keys (key_ref, blob, kek_id, created_at) VALUES (?, ?, ?, ?)",
+            (key_ref, blob, kek_id, time.time()),
+        )
+
+    def get_wrapped_key(self, key_ref: bytes) -> bytes | None:
+        r = self._one("SELECT blob FROM wrapped_keys WHERE key_ref = ?", key_ref)
+        return None if r is None else bytes(r["blob"])
+
+    def delete_wrapped_key(self, key_ref: bytes) -> None:
+        self._c.execute("DELETE FROM wrapped_keys WHERE key_ref = ?", (key_ref,))
+
+    def list_wrapped_key_refs(self) -> list[bytes]:
+        return [bytes(r["key_ref"]) for r in self._all("SELECT key_ref FROM wrapped_keys")]
 
     def put_psk(self, identity_id: str, psk_id: bytes, sealed: bytes) -> None:
         self._c.execute("INSERT OR REPLACE INTO psks VALUES (?, ?, ?)", (identity_id, psk_id, sealed))

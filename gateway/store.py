@@ -46,6 +46,9 @@ class EpochConflict(Exception):
 class Tenant:
     tenant_id: str
     name: str
+    #: How new keys of the tenant's identities are held (``hsm.keystore.CustodyMode``): ``wrapped`` (the
+    #: default for tenants created through the API) or ``token`` (every tenant of an older database).
+    custody_mode: str = "token"
 
 
 @dataclass(frozen=True)
@@ -175,6 +178,14 @@ class Transaction(
     def delete_software_key(self, key_ref: bytes) -> None: ...
     def list_software_key_refs(self) -> list[bytes]:
         """The references of every software key at rest (orphan reconciliation)."""
+        ...
+
+    # wrapped-custody keys at rest: blobs wrapped in the token under its KEK (``hsm.wrapped_keys``)
+    def put_wrapped_key(self, key_ref: bytes, blob: bytes, kek_id: bytes) -> None: ...
+    def get_wrapped_key(self, key_ref: bytes) -> bytes | None: ...
+    def delete_wrapped_key(self, key_ref: bytes) -> None: ...
+    def list_wrapped_key_refs(self) -> list[bytes]:
+        """The references of every wrapped key at rest (orphan reconciliation)."""
         ...
 
     def put_psk(self, identity_id: str, psk_id: bytes, sealed: bytes) -> None:

@@ -8,6 +8,9 @@ from .persistence import Json, PendingWrites, Persistence, RequestScope, Respons
 from .sqlite_tenants import TokenInfo
 from .store import Store, Tenant
 
+#: A tenant's custody modes (``hsm.keystore.CustodyMode``); the first is the default of ``POST /v1/tenants``.
+CUSTODY_MODES = ("wrapped", "token")
+
 
 class Tenants:
     """Tenant and token operations over the store (admin routes), and token lookup for every request."""
@@ -33,9 +36,10 @@ class Tenants:
             return None
         return Principal(record.token_id, record.tenant_id, record.client_id)
 
-    def create(self, name: str, scope: RequestScope) -> Response:
-        """``POST /v1/tenants``: the tenant and its first token."""
-        tenant = Tenant(new_id("tnt"), name)
+    def create(self, name: str, scope: RequestScope, custody_mode: str = "wrapped") -> Response:
+        """``POST /v1/tenants``: the tenant (new keys of its identities in ``custody_mode``) and its first
+        token."""
+        tenant = Tenant(new_id("tnt"), name, custody_mode)
         token, token_id = new_token(), new_id("tok")
         pending = PendingWrites(
             [
@@ -44,14 +48,20 @@ class Tenants:
             ]
         )
         return self.persistence.commit(
-            pending, Response(201, {"tenant_id": tenant.tenant_id, "token": token}), scope
+            pending,
+            Response(201, {"tenant_id": tenant.tenant_id, "token": token, "custody": custody_mode}),
+            scope,
         )
 
     def list(self) -> Json:
         """``GET /v1/tenants``."""
         with self.store.transaction() as tx:
             tenants = tx.list_tenants()
-        return {"tenants": [{"tenant_id": t.tenant_id, "name": t.name} for t in tenants]}
+        return {
+            "tenants": [
+                {"tenant_id": t.tenant_id, "name": t.name, "custody": t.custody_mode} for t in tenants
+            ]
+        }
 
     def create_token(self, tenant_id: str, scope: RequestScope) -> Response:
         """``POST /v1/tenants/{tenant_id}/tokens``."""

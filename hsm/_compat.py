@@ -25,6 +25,10 @@ _SignMixin: Any = getattr(_impl, "SignMixin")  # noqa: B009
 _DeriveMixin: Any = getattr(_impl, "DeriveMixin")  # noqa: B009
 _EncryptMixin: Any = getattr(_impl, "EncryptMixin")  # noqa: B009
 _DecryptMixin: Any = getattr(_impl, "DecryptMixin")  # noqa: B009
+_WrapMixin: Any = getattr(_impl, "WrapMixin")  # noqa: B009
+_UnwrapMixin: Any = getattr(_impl, "UnwrapMixin")  # noqa: B009
+#: python-pkcs11's marker for "leave this attribute out of the template" (``merge_templates`` drops it).
+DEFAULT: Any = getattr(_impl, "DEFAULT")  # noqa: B009
 
 
 class _BoundKey(_PrivateKey, _SignMixin, _DeriveMixin, _Object):  # type: ignore[misc]
@@ -47,6 +51,22 @@ class _BoundSecret(_SecretKey, _EncryptMixin, _DecryptMixin, _Object):  # type: 
         self.session = session
         self.handle = handle
         self.key_type = key_type
+
+
+class _BoundKek(_SecretKey, _WrapMixin, _UnwrapMixin, _Object):  # type: ignore[misc]
+    """A key-encryption-key handle seen through one session (slots shadow python-pkcs11's properties)."""
+
+    __slots__ = ("handle", "key_type", "session")
+
+    def __init__(self, session: Session, handle: int, key_type: KeyType) -> None:
+        self.session = session
+        self.handle = handle
+        self.key_type = key_type
+
+
+def bound_kek(session: Session, handle: int) -> Any:
+    """An AES key-encryption key for ``handle`` usable with ``session`` (wrap_key, unwrap_key)."""
+    return _BoundKek(session, handle, KeyType.AES)
 
 
 def bound_key(session: Session, handle: int, key_type: KeyType) -> Any:
@@ -74,4 +94,4 @@ EC_MONTGOMERY_KEY_PAIR_GEN: Mechanism = _enum_member(Mechanism, "EC_MONTGOMERY_K
 #: CKK_EC_MONTGOMERY (PKCS#11 3.0).
 EC_MONTGOMERY: KeyType = _enum_member(KeyType, "EC_MONTGOMERY", 0x41)
 
-__all__ = ["EC_MONTGOMERY", "EC_MONTGOMERY_KEY_PAIR_GEN", "bound_key", "bound_secret"]
+__all__ = ["DEFAULT", "EC_MONTGOMERY", "EC_MONTGOMERY_KEY_PAIR_GEN", "bound_kek", "bound_key", "bound_secret"]

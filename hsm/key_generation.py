@@ -7,18 +7,24 @@ token's :class:`hsm.cryptoki.ObjectStoreGuard`.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from pkcs11 import PKCS11Error
 from pkcs11 import exceptions as p11_errors
 from pkcs11.types import Session
 
+from mls.errors import KeyStoreError
+
 from . import mechanisms as M
 from .cryptoki import LOST_ERRORS
+from .errors import HsmUnavailable
 from .kinds import KeyKind, new_ref
-from .mechanisms import KeyPair, Pkcs11Form
-from .token import Token
+from .mechanisms import KeyEntry, KeyPair, Pkcs11Form
+from .token import StaleHandle, Token
 
 _log = logging.getLogger(__name__)
+#: Destroying is the key store's operation: its log lines keep the key store's logger name.
+_destroy_log = logging.getLogger("hsm.keystore")
 
 #: Key generations tried in all when the token refuses one in a way that can be transient.
 KEYGEN_ATTEMPTS = 3
@@ -82,3 +88,63 @@ def remove_debris(token: Token, session: Session, form: Pkcs11Form) -> int:
         _log.warning("generate key: could not remove empty key objects (%s)", type(exc).__name__)
         return 0
     return len(handles)
+
+
+def destroy_token_key(token: Token, cache: dict[bytes, Any], key_ref: bytes) -> None:
+    """C_DestroyObject of both token objects of ``key_ref``: by the cached handles when they belong to the
+    current connection, else by a search on CKA_ID. A key that is already gone is destroyed (a debug log
+    line)."""
+    entry = cache.pop(key_ref, None)
+    if entry is not None and entry.generation == token.generation:
+        handles = (entry.pair.private, entry.pair.public)
+        try:
+            token.run(
+                lambda s: _destroy_handles(token, s, handles), op="destroy key", generation=entry.generation
+            )
+            return
+        except StaleHandle:
+            pass
+    token.run(lambda s: _destroy_by_id(token, s, key_ref), op="destroy key")
+
+
+def _destroy_by_id(token: Token, session: Session, key_ref: bytes) -> None:
+    with token.objects("search"):
+        handles = tuple(M.handles_by_id(session, key_ref))
+    if not handles:  # already gone (destroyed earlier, by another process, or never made): done
+        _destroy_log.debug(
+            "destroy key: no object has key reference %s; nothing to destroy", key_ref.hex()[:16]
+        )
+    _destroy_handles(token, session, handles)
+
+
+def _destroy_handles(token: Token, session: Session, handles: tuple[int, ...]) -> None:
+    for handle in handles:
+        token.destroy_handle(session, handle)
+
+
+def find_token_key(token: Token, kind: KeyKind, form: Pkcs11Form, key_ref: bytes) -> KeyEntry:
+    """The token key pair whose CKA_ID is ``key_ref`` (a token search); KeyStoreError when there is none
+    on a token that is there (an absent token also finds nothing: the two are told apart)."""
+
+    def find(session: Session) -> KeyPair:
+        with token.objects("search"):
+            pair = M.find_pair(session, kind, key_ref)
+        if pair is None:
+            raise _NotFound
+        return pair
+
+    for _ in range(3):
+        generation = token.generation
+        try:
+            pair, generation = token.run_pinned(find, op="find key")
+        except _NotFound:
+            token.check()
+            if token.generation == generation:
+                raise KeyStoreError("no key for this reference") from None
+            continue  # the check reconnected: look again on the new connection
+        return KeyEntry(kind, form, pair, generation)
+    raise HsmUnavailable("find key: the token connection keeps changing")
+
+
+class _NotFound(Exception):
+    """No object has the key reference as CKA_ID."""

@@ -72,6 +72,22 @@ class Pkcs11HpkeKey(_Handle):
         return self._ops.dh_with(self._ref, peer_public_key)
 
 
+class WrappedSigner(Pkcs11Signer):
+    """A signature key in wrapped custody: a session object unwrapped from its blob on use."""
+
+    __slots__ = ()
+
+    custody: Custody = "wrapped"
+
+
+class WrappedHpkeKey(Pkcs11HpkeKey):
+    """A KEM private key in wrapped custody: a session object unwrapped from its blob on use."""
+
+    __slots__ = ()
+
+    custody: Custody = "wrapped"
+
+
 class SoftwareCustodyHpkeKey:
     """An HPKE key in process memory, for a KEM the token cannot do (custody ``software``)."""
 
@@ -110,4 +126,11 @@ class SoftwareCustodyHpkeKey:
         return f"SoftwareCustodyHpkeKey({self.kind.name}, ref={self._ref.hex()[6:14]}…)"
 
 
-__all__ = ["KeyOperations", "Pkcs11HpkeKey", "Pkcs11Signer", "SoftwareCustodyHpkeKey"]
+__all__ = [
+    "KeyOperations",
+    "Pkcs11HpkeKey",
+    "Pkcs11Signer",
+    "SoftwareCustodyHpkeKey",
+    "WrappedHpkeKey",
+    "WrappedSigner",
+]

@@ -15,10 +15,10 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Literal, Protocol, TypeVar
 
 from pkcs11 import ObjectClass
 from pkcs11.types import Session
@@ -31,11 +31,12 @@ from . import mechanisms as M
 from .audit import AuditHook, Auditor
 from .capabilities import Capabilities
 from .errors import HsmError, HsmUnavailable
-from .key_generation import generate_pair
-from .key_handles import Pkcs11HpkeKey, Pkcs11Signer, SoftwareCustodyHpkeKey
+from .key_generation import destroy_token_key, find_token_key, generate_pair
+from .key_handles import Pkcs11HpkeKey, Pkcs11Signer, SoftwareCustodyHpkeKey, WrappedHpkeKey, WrappedSigner
 from .kinds import Custody, KeyKind, kem_kind, kem_of, new_ref, parse_ref, signature_kind
-from .mechanisms import KeyPair, Pkcs11Form
+from .mechanisms import KeyEntry, KeyPair, Pkcs11Form
 from .token import StaleHandle, Token
+from .wrapped_keys import WrappedKeys
 
 T = TypeVar("T")
 
@@ -52,12 +53,7 @@ class SoftwareKeyPersistence(Protocol):
     def delete(self, key_ref: bytes) -> None: ...
 
 
-@dataclass(frozen=True)
-class _Entry:
-    kind: KeyKind
-    form: Pkcs11Form
-    pair: KeyPair
-    generation: int
+CustodyMode = Literal["token", "wrapped"]
 
 
 class Pkcs11KeyStore:
@@ -72,6 +68,8 @@ class Pkcs11KeyStore:
         persistence: SoftwareKeyPersistence | None = None,
         audit_hook: AuditHook | None = None,
         capabilities: Capabilities | None = None,
+        wrapped: WrappedKeys | None = None,
+        mode: CustodyMode = "token",
     ) -> None:
         self._token = token
         self._prefix = label_prefix
@@ -79,8 +77,22 @@ class Pkcs11KeyStore:
         self._persistence = persistence
         self._auditor = Auditor(audit_hook)
         self._capabilities = capabilities
-        self._cache: dict[bytes, _Entry] = token.handle_cache
+        self._cache: dict[bytes, KeyEntry] = token.handle_cache
         self._software: dict[bytes, SoftwareCustodyHpkeKey] = {}
+        self._wrapped = wrapped
+        self.mode: CustodyMode = mode
+
+    def for_mode(self, mode: CustodyMode) -> Pkcs11KeyStore:
+        """This store (same token, caches, persistence, audit hook) making new keys in custody ``mode``:
+        ``wrapped`` where the token can wrap the kind (:class:`hsm.wrapped_keys.WrappedKeys`), else
+        ``token`` objects. Existing keys are found by reference whatever the mode."""
+        view = copy.copy(self)
+        view.mode = mode
+        return view
+
+    def _wraps(self, kind: KeyKind) -> WrappedKeys | None:
+        wrapped = self._wrapped
+        return wrapped if self.mode == "wrapped" and wrapped is not None and wrapped.supports(kind) else None
 
     def set_audit_hook(self, hook: AuditHook | None) -> None:
         self._auditor.hook = hook
@@ -92,8 +104,11 @@ class Pkcs11KeyStore:
 
     # ---- custody ---------------------------------------------------------------------------------
     def custody(self, cipher_suite_id: int) -> tuple[Custody, Custody]:
-        """(signature custody, HPKE custody) of new keys for this suite."""
-        return self.capabilities.custody(cipher_suite_id, software_hpke_fallback=self._fallback)
+        """(signature custody, HPKE custody) of new keys for this suite, in this store's mode."""
+        sig, hpke = self.capabilities.custody(cipher_suite_id, software_hpke_fallback=self._fallback)
+        cs = _suite(cipher_suite_id)
+        sig = "wrapped" if sig == "pkcs11" and self._wraps(signature_kind(cs.signature)) else sig
+        return sig, "wrapped" if hpke == "pkcs11" and self._wraps(kem_kind(cs.kem)) else hpke
 
     @staticmethod
     def custody_of(key_ref: bytes) -> Custody:
@@ -110,6 +125,9 @@ class Pkcs11KeyStore:
     # ---- making keys -----------------------------------------------------------------------------
     def new_signature_key(self, cipher_suite: int) -> Pkcs11Signer:
         kind = signature_kind(_suite(cipher_suite).signature)
+        if self._wraps(kind):
+            ref, public_key = self._generate_wrapped(kind)
+            return WrappedSigner(self, kind, ref, public_key)
         ref, pair = self._generate(kind, self._require_form(kind))
         return Pkcs11Signer(self, kind, ref, pair.public_key)
 
@@ -118,6 +136,9 @@ class Pkcs11KeyStore:
         form = self._form(kind)
         if form is None:
             return self._software_key(kind, kem_of(kind).generate().private_bytes(), "generate")
+        if self._wraps(kind):
+            ref, public_key = self._generate_wrapped(kind)
+            return WrappedHpkeKey(self, kind, ref, public_key)
         ref, pair = self._generate(kind, form)
         return Pkcs11HpkeKey(self, kind, ref, pair.public_key)
 
@@ -156,9 +177,19 @@ class Pkcs11KeyStore:
         except HsmError:
             self._auditor.emit(b"", "generate", "pkcs11", False)
             raise
-        self._cache[ref] = _Entry(kind, form, pair, generation)
+        self._cache[ref] = KeyEntry(kind, form, pair, generation)
         self._auditor.emit(ref, "generate", "pkcs11", True)
         return ref, pair
+
+    def _generate_wrapped(self, kind: KeyKind) -> tuple[bytes, bytes]:
+        assert self._wrapped is not None
+        try:
+            ref, public_key = self._wrapped.generate(kind, self._require_form(kind))
+        except HsmError:
+            self._auditor.emit(b"", "generate", "wrapped", False)
+            raise
+        self._auditor.emit(ref, "generate", "wrapped", True)
+        return ref, public_key
 
     def _import(self, kind: KeyKind, form: Pkcs11Form, private_key: bytes, public_key: bytes) -> bytes:
         def create(session: Session) -> tuple[bytes, KeyPair]:
@@ -171,7 +202,7 @@ class Pkcs11KeyStore:
         except HsmError:
             self._auditor.emit(b"", "import", "pkcs11", False)
             raise
-        self._cache[ref] = _Entry(kind, form, pair, generation)
+        self._cache[ref] = KeyEntry(kind, form, pair, generation)
         self._auditor.emit(ref, "import", "pkcs11", True)
         return ref
 
@@ -191,8 +222,10 @@ class Pkcs11KeyStore:
     # ---- finding keys ----------------------------------------------------------------------------
     def signer(self, key_ref: bytes) -> Pkcs11Signer:
         kind, custody = _parse(key_ref)
-        if kind.role != "signature" or custody != "pkcs11":
+        if kind.role != "signature" or custody not in ("pkcs11", "wrapped"):
             raise KeyStoreError("key reference does not name a signature key")
+        if custody == "wrapped":
+            return WrappedSigner(self, kind, key_ref, self._wrapped_keys().public_key(key_ref))
         return Pkcs11Signer(self, kind, key_ref, self._entry(key_ref, kind).pair.public_key)
 
     def hpke_key(self, key_ref: bytes) -> HpkePrivateKey:
@@ -201,6 +234,8 @@ class Pkcs11KeyStore:
             raise KeyStoreError("key reference does not name an HPKE key")
         if custody == "software":
             return self._software_lookup(key_ref, kind)
+        if custody == "wrapped":
+            return WrappedHpkeKey(self, kind, key_ref, self._wrapped_keys().public_key(key_ref))
         return Pkcs11HpkeKey(self, kind, key_ref, self._entry(key_ref, kind).pair.public_key)
 
     def _software_lookup(self, key_ref: bytes, kind: KeyKind) -> SoftwareCustodyHpkeKey:
@@ -216,49 +251,32 @@ class Pkcs11KeyStore:
             raise KeyStoreError("no key for this reference")
         return key
 
-    def _entry(self, key_ref: bytes, kind: KeyKind) -> _Entry:
+    def _wrapped_keys(self) -> WrappedKeys:
+        if self._wrapped is None:
+            raise KeyStoreError("no wrapped-key store: this reference cannot be used here")
+        return self._wrapped
+
+    def _entry(self, key_ref: bytes, kind: KeyKind) -> KeyEntry:
         entry = self._cache.get(key_ref)
         if entry is not None and entry.generation == self._token.generation:
             return entry
         return self._load(key_ref, kind)
 
-    def _load(self, key_ref: bytes, kind: KeyKind) -> _Entry:
+    def _load(self, key_ref: bytes, kind: KeyKind) -> KeyEntry:
         """Find the key by CKA_ID (a token search) and cache its handles."""
-        form = self._require_form(kind)
-
-        def find(session: Session) -> KeyPair:
-            with self._token.objects("search"):
-                pair = M.find_pair(session, kind, key_ref)
-            if pair is None:
-                raise _NotFound
-            return pair
-
-        for _ in range(3):
-            generation = self._token.generation
-            try:
-                pair, generation = self._token.run_pinned(find, op="find key")
-            except _NotFound:
-                self._token.check()  # an absent token also finds nothing: tell the two apart
-                if self._token.generation == generation:
-                    raise KeyStoreError("no key for this reference") from None
-                continue  # the check reconnected: look again on the new connection
-            entry = _Entry(kind, form, pair, generation)
-            self._cache[key_ref] = entry
-            return entry
-        raise HsmUnavailable("find key: the token connection keeps changing")
+        entry = find_token_key(self._token, kind, self._require_form(kind), key_ref)
+        self._cache[key_ref] = entry
+        return entry
 
     # ---- using keys ------------------------------------------------------------------------------
     def sign_with(self, key_ref: bytes, data: bytes) -> bytes:
         """Sign with the token key ``key_ref`` (used by :class:`Pkcs11Signer`; the hot path)."""
-        try:
-            signature = self._use(
-                key_ref, "sign", lambda s, e: M.sign(s, e.pair.private, e.kind, e.form, data)
-            )
-        except BaseException:
-            self._auditor.emit(key_ref, "sign", "pkcs11", False)
-            raise
-        self._auditor.emit(key_ref, "sign", "pkcs11", True)
-        return signature
+        use = self._use
+        return self._audited(
+            key_ref,
+            "sign",
+            lambda: use(key_ref, "sign", lambda s, e: M.sign(s, e.pair.private, e.kind, e.form, data)),
+        )
 
     def dh_with(self, key_ref: bytes, peer_public_key: bytes) -> bytes:
         """DH in the token with key ``key_ref`` (used by :class:`Pkcs11HpkeKey`); CryptoError for bad
@@ -281,7 +299,9 @@ class Pkcs11KeyStore:
             raise CryptoError("5.1.1/hsm-dh-all-zero", f"{kem.name} DH output is all zero")
         return out
 
-    def _use(self, key_ref: bytes, op: str, fn: Callable[[Session, _Entry], T]) -> T:
+    def _use(self, key_ref: bytes, op: str, fn: Callable[[Session, KeyEntry], T]) -> T:
+        if _parse(key_ref)[1] == "wrapped":
+            return self._wrapped_keys().run(key_ref, op, fn)
         entry = self._cache.get(key_ref)
         if entry is None or entry.generation != self._token.generation:
             entry = self._load(key_ref, _parse(key_ref)[0])
@@ -294,7 +314,7 @@ class Pkcs11KeyStore:
         raise HsmUnavailable(f"{op}: the token connection keeps changing")
 
     def _audited(self, key_ref: bytes, op: str, call: Callable[[], T]) -> T:
-        custody = "pkcs11"
+        custody = _parse(key_ref)[1]
         try:
             result = call()
         except Exception:
@@ -313,37 +333,16 @@ class Pkcs11KeyStore:
         if parsed[1] == "software":
             self._destroy_software(key_ref)
             return
-        self._audited(key_ref, "destroy", lambda: self._destroy_token_key(key_ref))
+        if parsed[1] == "wrapped":
+            self._audited(key_ref, "destroy", lambda: self._wrapped_keys().destroy(key_ref))
+            return
+        self._audited(key_ref, "destroy", lambda: destroy_token_key(self._token, self._cache, key_ref))
 
     def _destroy_software(self, key_ref: bytes) -> None:
         self._software.pop(key_ref, None)
         if self._persistence is not None:
             self._persistence.delete(key_ref)
         self._auditor.emit(key_ref, "destroy", "software", True)
-
-    def _destroy_token_key(self, key_ref: bytes) -> None:
-        entry = self._cache.pop(key_ref, None)
-        if entry is not None and entry.generation == self._token.generation:
-            handles = (entry.pair.private, entry.pair.public)
-            try:
-                self._token.run(
-                    lambda s: self._destroy_handles(s, handles), op="destroy key", generation=entry.generation
-                )
-                return
-            except StaleHandle:
-                pass
-        self._token.run(lambda s: self._destroy_by_id(s, key_ref), op="destroy key")
-
-    def _destroy_by_id(self, session: Session, key_ref: bytes) -> None:
-        with self._token.objects("search"):
-            handles = tuple(M.handles_by_id(session, key_ref))
-        if not handles:  # already gone (destroyed earlier, by another process, or never made): done
-            _log.debug("destroy key: no object has key reference %s; nothing to destroy", key_ref.hex()[:16])
-        self._destroy_handles(session, handles)
-
-    def _destroy_handles(self, session: Session, handles: tuple[int, ...]) -> None:
-        for handle in handles:
-            self._token.destroy_handle(session, handle)
 
     def key_refs(self) -> list[bytes]:
         """References of every key of this store: token objects (a token search) and software keys."""
@@ -357,12 +356,8 @@ class Pkcs11KeyStore:
         return sorted(refs | set(self._software))
 
 
-def _with_entry(fn: Callable[[Session, _Entry], T], entry: _Entry) -> Callable[[Session], T]:
+def _with_entry(fn: Callable[[Session, KeyEntry], T], entry: KeyEntry) -> Callable[[Session], T]:
     return lambda session: fn(session, entry)
-
-
-class _NotFound(Exception):
-    """No object has the key reference as CKA_ID."""
 
 
 def _suite(cipher_suite_id: int) -> CipherSuite:

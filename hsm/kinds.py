@@ -6,7 +6,7 @@ the sizes needed to move between PKCS#11's forms and MLS's wire forms.
 
 A key reference (``CKA_ID`` of both token objects of a pair) is self-describing and non-secret::
 
-    0x01 (format) ‖ kind code (1) ‖ custody (1: 0x01 pkcs11, 0x02 software) ‖ 16 random bytes
+    0x01 (format) ‖ kind code (1) ‖ custody (1: 0x01 pkcs11, 0x02 software, 0x03 wrapped) ‖ 16 random bytes
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from .errors import HsmError
 
 Role = Literal["signature", "kem"]
 Family = Literal["ec", "edwards", "montgomery"]
-Custody = Literal["pkcs11", "software", "unsupported"]
+Custody = Literal["pkcs11", "wrapped", "software", "unsupported"]
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,7 @@ def kem_of(kind: KeyKind) -> Kem:
 # ---- key references --------------------------------------------------------------------------------
 
 REF_FORMAT = 0x01
-CUSTODY_CODES: dict[Custody, int] = {"pkcs11": 0x01, "software": 0x02}
+CUSTODY_CODES: dict[Custody, int] = {"pkcs11": 0x01, "software": 0x02, "wrapped": 0x03}
 _CUSTODY_BY_CODE: dict[int, Custody] = {v: k for k, v in CUSTODY_CODES.items()}
 REF_LEN = 19
 

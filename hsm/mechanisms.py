@@ -61,6 +61,16 @@ class KeyPair:
     public_key: bytes
 
 
+@dataclass(frozen=True)
+class KeyEntry:
+    """A usable key in the handle caches: kind, form, handles, and the connection the handles belong to."""
+
+    kind: KeyKind
+    form: Pkcs11Form
+    pair: KeyPair
+    generation: int
+
+
 def handle_of(obj: Object) -> int:
     """The handle of an object python-pkcs11 returned (always set for real objects)."""
     handle = obj.handle
@@ -241,6 +251,7 @@ __all__ = [
     "EDWARDS_FORM",
     "MONTGOMERY_AS_EDWARDS_FORM",
     "MONTGOMERY_FORM",
+    "KeyEntry",
     "KeyPair",
     "Pkcs11Form",
     "ecdh",

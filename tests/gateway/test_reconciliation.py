@@ -115,7 +115,7 @@ def test_kill_during_key_package_batch_then_reconcile(server: GatewayServer) -> 
     assert len(token_orphans) >= 20 and set(db["software"]) == planted
 
     dry = reconcile_cli(server, "--dry-run", "--grace-s", "0")  # (3) a dry run destroys nothing
-    assert dry["dry_run"] and dry["orphans"] == {"token": len(token_orphans), "software": 5}
+    assert dry["dry_run"] and dry["orphans"] == {"token": len(token_orphans), "software": 5, "wrapped": 0}
     assert set(dry["destroyed_refs"]) == token_orphans | planted
     assert inventory(server) == before
 
@@ -136,8 +136,8 @@ def test_kill_during_key_package_batch_then_reconcile(server: GatewayServer) -> 
     after = inventory(server)
     assert token_ids(after) == referenced, "the token holds exactly the referenced keys"
     assert set(after["token"]["private"]) == set(after["token"]["public"]) == referenced
-    assert after["database"]["software"] == [] and len(after["token"]["secret"]) == 1  # the wrap key
-    assert reconcile_cli(server, "--grace-s", "0")["orphans"] == {"token": 0, "software": 0}
+    assert after["database"]["software"] == [] and len(after["token"]["secret"]) == 2  # wrap key, KEK
+    assert reconcile_cli(server, "--grace-s", "0")["orphans"] == {"token": 0, "software": 0, "wrapped": 0}
 
     server.start()
     member = Hosted.create(api, "member")
@@ -203,7 +203,9 @@ def test_busy_gateway_loses_no_referenced_key(tmp_path: Path) -> None:
         assert api.metric("mlsgw_hsm_orphans_destroyed_total") == 0
         server.stop()
         report = reconcile_cli(server, "--grace-s", "0")
-        assert report["orphans"] == {"token": 0, "software": 0} and report["destroyed_refs"] == []
+        assert (
+            report["orphans"] == {"token": 0, "software": 0, "wrapped": 0} and report["destroyed_refs"] == []
+        )
         server.start()
         check_groups_work(members, groups, pending)
     finally:

@@ -1,0 +1,365 @@
+"""Wrapped custody: private keys held at rest only wrapped under the token's KEK, in use as session objects.
+
+See :mod:`hsm.wrapping` for the PKCS#11 side (templates, ``CKM_AES_KEY_WRAP_PAD``/``CKM_AES_KEY_WRAP``) and
+hsm-facts.md "Wrapping private keys" for what SoftHSM 2.6.1 does (P-256/384/521 keys wrap; Ed25519 and the
+X25519-quirk keys are refused with ``KeyNotWrappable``).
+
+* **Probe** (:meth:`WrappedKeys.probe`, at start-up): for every kind the token holds, a session key pair is
+  generated (``CKA_WRAP_WITH_TRUSTED`` first, then without), wrapped (each mechanism in turn), unwrapped,
+  used (a signature ``cryptography`` verifies, or a DH equal to ``cryptography``'s) and destroyed. A kind
+  is wrappable only if that round trip works; the others are reported with the token's refusal and stay
+  token objects (:class:`hsm.keystore.Pkcs11KeyStore` falls back). No KEK (``create_kek`` not run) means
+  no kind is wrappable.
+* **Generate**: a wrappable session key pair, wrapped at once; the blob goes to the
+  :class:`WrappedKeyPersistence` hook (the gateway's ``wrapped_keys`` table) *before* the key is used, and
+  the session private key stays in a bounded LRU cache. No token object is made: the token's object count
+  does not grow with the number of keys.
+* **Use**: a cache miss (evicted, another connection, a session object gone with its session) unwraps the
+  blob again into a non-extractable session object (``C_UnwrapKey``).
+* **Destroy** (forward-secret deletion): the blob is deleted, then the cached session object destroyed.
+
+Blob (stored with the KEK id, :func:`hsm.envelope.kek_id` of the KEK's label)::
+
+    version 0x01 (1) ‖ wrap mechanism (1: 0x01 AES_KEY_WRAP_PAD, 0x02 AES_KEY_WRAP) ‖ public key
+        (the kind's wire form, non-secret) ‖ wrapped private key (as C_WrapKey returned it)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+from pkcs11 import Mechanism, PKCS11Error
+from pkcs11.types import Session
+
+from mls.errors import KeyStoreError
+
+from . import kinds as K
+from . import wrapping as W
+from .cryptoki import LOST_ERRORS
+from .envelope import kek_id
+from .errors import HsmError, HsmUnavailable
+from .kinds import KeyKind, new_ref, parse_ref
+from .mechanisms import KeyEntry, KeyPair, Pkcs11Form, ecdh, sign
+from .token import StaleHandle, Token
+
+T = TypeVar("T")
+_log = logging.getLogger(__name__)
+
+BLOB_VERSION = 0x01
+DEFAULT_CACHE_SIZE = 1024
+_MECH_CODES = {Mechanism.AES_KEY_WRAP_PAD: 0x01, Mechanism.AES_KEY_WRAP: 0x02}
+_MECH_BY_CODE = {v: k for k, v in _MECH_CODES.items()}
+_PROBE_MESSAGE = b"mls-gateway wrap probe"
+
+
+class WrappedKeyPersistence(Protocol):
+    """Where wrapped private keys are kept at rest (the blobs are already wrapped by the token)."""
+
+    def save(self, key_ref: bytes, blob: bytes, kek_id: bytes) -> None: ...
+
+    def load(self, key_ref: bytes) -> bytes | None: ...
+
+    def delete(self, key_ref: bytes) -> None: ...
+
+
+@dataclass(frozen=True)
+class WrapSupport:
+    """How the token wraps one kind: the mechanism, and whether keys carry CKA_WRAP_WITH_TRUSTED."""
+
+    mechanism: Mechanism
+    trusted: bool
+
+
+class WrappedKeys:
+    """Wrapped-custody keys over one token and one persistence hook (thread-safe)."""
+
+    def __init__(
+        self,
+        token: Token,
+        persistence: WrappedKeyPersistence,
+        *,
+        kek_label: str = W.DEFAULT_KEK_LABEL,
+        cache_size: int = DEFAULT_CACHE_SIZE,
+        label_prefix: str = "mlsgw",
+    ) -> None:
+        if cache_size < 1:
+            raise ValueError("wrapped keys: cache_size must be >= 1")
+        self._token = token
+        self._persistence = persistence
+        self._kek_label = kek_label
+        self.kek_id = kek_id(kek_label)
+        self._prefix = label_prefix
+        self._size = cache_size
+        self._cache: OrderedDict[bytes, KeyEntry] = OrderedDict()
+        self._lock = threading.Lock()
+        self._kek: tuple[int, int] | None = None  # (generation, handle)
+        self.support: dict[KeyKind, WrapSupport] = {}
+        self.refused: dict[str, str] = {}
+
+    def __repr__(self) -> str:
+        return f"WrappedKeys({len(self._cache)}/{self._size} cached, kinds={[k.name for k in self.support]})"
+
+    @property
+    def cached(self) -> int:
+        return len(self._cache)
+
+    def supports(self, kind: KeyKind) -> bool:
+        return kind in self.support
+
+    def describe(self) -> dict[str, object]:
+        """JSON-ready: kind → mechanism (and trusted flag), refused kind → reason."""
+        return {
+            "kinds": {
+                k.name: f"{s.mechanism.name}{'/trusted' if s.trusted else ''}"
+                for k, s in self.support.items()
+            },
+            "refused": dict(self.refused),
+        }
+
+    # ---- probe -----------------------------------------------------------------------------------
+    def probe(self) -> dict[str, object]:
+        """Decide which kinds the token can wrap (see the module docstring); returns :meth:`describe`."""
+        forms = self._token.capabilities.forms
+        support: dict[KeyKind, WrapSupport] = {}
+        refused: dict[str, str] = {}
+        try:
+            self._kek_handle()
+        except HsmError as exc:
+            self.support, self.refused = {}, {k.name: f"no KEK ({exc})" for k in forms}
+            return self.describe()
+        for kind, form in forms.items():
+            try:
+                generation, kek = self._kek_handle()
+                probe = functools.partial(_probe_kind, self._token, kek, kind, form)
+                found = self._token.run(probe, op="wrap probe", generation=generation)
+            except HsmUnavailable:
+                raise
+            except HsmError as exc:
+                found, reason = None, str(exc)
+            else:
+                reason = "" if found else "not wrappable"
+            if found is None:
+                refused[kind.name] = reason
+            else:
+                support[kind] = found
+        self.support, self.refused = support, refused
+        _log.info("wrapped custody: %s", self.describe())
+        return self.describe()
+
+    # ---- generate, use, destroy ------------------------------------------------------------------
+    def generate(self, kind: KeyKind, form: Pkcs11Form) -> tuple[bytes, bytes]:
+        """A new wrapped key of ``kind``: (key reference, wire public key); the blob is saved first."""
+        support = self.support.get(kind)
+        if support is None:
+            raise KeyStoreError(f"the token cannot wrap {kind.name} keys")
+        ref = new_ref(kind, "wrapped")
+        label = self._label(kind, ref)
+
+        generation, kek = self._kek_handle()
+
+        def make(session: Session) -> tuple[int, bytes, bytes]:
+            with self._token.objects("change"):
+                private, public_key = W.generate_wrappable(
+                    session, kind, form, ref, label, trusted=support.trusted
+                )
+            try:
+                wrapped = W.wrap(session, kek, private, form, support.mechanism)
+            except BaseException:
+                self._token.destroy_handle(session, private)
+                raise
+            return private, public_key, wrapped
+
+        private, public_key, wrapped = self._token.run(make, op="generate wrapped key", generation=generation)
+        blob = bytes((BLOB_VERSION, _MECH_CODES[support.mechanism])) + public_key + wrapped
+        try:
+            self._persistence.save(ref, blob, self.kek_id)
+        except BaseException:
+            self._drop(KeyEntry(kind, form, KeyPair(private, 0, public_key), generation))
+            raise
+        self._put(ref, KeyEntry(kind, form, KeyPair(private, 0, public_key), generation))
+        return ref, public_key
+
+    def public_key(self, key_ref: bytes) -> bytes:
+        entry = self._cache.get(key_ref)
+        if entry is not None:
+            return entry.pair.public_key
+        kind = _kind(key_ref)
+        return _split(kind, self._blob(key_ref))[1]
+
+    def run(self, key_ref: bytes, op: str, fn: Callable[[Session, KeyEntry], T]) -> T:
+        """``fn`` with the key's session object (unwrapped again on a miss or a stale handle)."""
+        for _ in range(3):
+            entry = self._entry(key_ref)
+            try:
+                return self._token.run(
+                    functools.partial(_call, fn, entry), op=op, generation=entry.generation
+                )
+            except StaleHandle:
+                with self._lock:
+                    if self._cache.get(key_ref) is entry:
+                        del self._cache[key_ref]
+        raise HsmUnavailable(f"{op}: the token connection keeps changing")
+
+    def destroy(self, key_ref: bytes) -> None:
+        """Forward-secret deletion: delete the blob, then destroy the cached session object."""
+        self._persistence.delete(key_ref)
+        with self._lock:
+            entry = self._cache.pop(key_ref, None)
+        if entry is not None:
+            self._drop(entry)
+
+    def close(self) -> None:
+        """Destroy every cached session object (the blobs stay)."""
+        with self._lock:
+            entries = list(self._cache.values())
+            self._cache.clear()
+        for entry in entries:
+            self._drop(entry)
+
+    # ---- internals -------------------------------------------------------------------------------
+    def _label(self, kind: KeyKind, ref: bytes) -> str:
+        return f"{self._prefix}/{kind.name}/{ref.hex()}"
+
+    def _blob(self, key_ref: bytes) -> bytes:
+        blob = self._persistence.load(key_ref)
+        if blob is None:
+            raise KeyStoreError("no key for this reference")
+        return blob
+
+    def _entry(self, key_ref: bytes) -> KeyEntry:
+        with self._lock:
+            entry = self._cache.get(key_ref)
+            if entry is not None and entry.generation == self._token.generation:
+                self._cache.move_to_end(key_ref)
+                return entry
+        kind = _kind(key_ref)
+        form = self._token.capabilities.form(kind)
+        mechanism, public_key, wrapped = _split(kind, self._blob(key_ref))
+        label = self._label(kind, key_ref)
+
+        generation, kek = self._kek_handle()
+
+        def load(session: Session) -> int:
+            with self._token.objects("change"):
+                return W.unwrap(session, kek, kind, form, wrapped, key_ref, label, mechanism)
+
+        private = self._token.run(load, op="unwrap key", generation=generation)
+        entry = KeyEntry(kind, form, KeyPair(private, 0, public_key), generation)
+        self._put(key_ref, entry)
+        return entry
+
+    def _put(self, key_ref: bytes, entry: KeyEntry) -> None:
+        with self._lock:
+            old = self._cache.pop(key_ref, None)
+            self._cache[key_ref] = entry
+            evicted = [old] if old is not None else []
+            while len(self._cache) > self._size:
+                evicted.append(self._cache.popitem(last=False)[1])
+        for item in evicted:
+            self._drop(item)
+
+    def _drop(self, entry: KeyEntry) -> None:
+        """Destroy a session object of this store (one that is already gone is destroyed)."""
+        try:
+            self._token.run(
+                lambda s: self._token.destroy_handle(s, entry.pair.private),
+                op="destroy session key",
+                generation=entry.generation,
+                retry=False,
+            )
+        except (StaleHandle, HsmUnavailable):
+            pass  # another connection: the session object went with the old one
+        except HsmError as exc:
+            _log.debug("wrapped keys: session object not destroyed (%s)", exc)
+
+    def _kek_handle(self) -> tuple[int, int]:
+        cached = self._kek
+        if cached is not None and cached[0] == self._token.generation:
+            return cached
+
+        def find(session: Session) -> list[int]:
+            with self._token.objects("search"):
+                return W.find_keks(session, self._kek_label)
+
+        handles, generation = self._token.run_pinned(find, op="find kek")
+        if len(handles) != 1:
+            what = "no KEK" if not handles else "several KEKs"
+            raise HsmError(f"token has {what} labelled {self._kek_label!r}")
+        self._kek = (generation, handles[0])
+        return self._kek
+
+
+def _probe_kind(
+    token: Token, kek: int, kind: KeyKind, form: Pkcs11Form, session: Session
+) -> WrapSupport | None:
+    """The first (trusted?, mechanism) with which a wrapped key of ``kind`` works, or None."""
+    for trusted in (True, False):
+        for mechanism in W.WRAP_MECHANISMS:
+            if _round_trip(token, session, kek, kind, form, mechanism, trusted=trusted):
+                return WrapSupport(mechanism, trusted)
+    return None
+
+
+def _round_trip(
+    token: Token,
+    session: Session,
+    kek: int,
+    kind: KeyKind,
+    form: Pkcs11Form,
+    mechanism: Mechanism,
+    *,
+    trusted: bool,
+) -> bool:
+    """Generate, wrap, unwrap, use, destroy: whether a wrapped key of ``kind`` works in this token."""
+    handles: list[int] = []
+    try:
+        with token.objects("change"):
+            private, public_key = W.generate_wrappable(
+                session, kind, form, b"\x00probe", "probe", trusted=trusted
+            )
+        handles.append(private)
+        wrapped = W.wrap(session, kek, private, form, mechanism)
+        with token.objects("change"):
+            handles.append(W.unwrap(session, kek, kind, form, wrapped, b"\x00probe", "probe", mechanism))
+        if kind.role == "signature":
+            signature = sign(session, handles[-1], kind, form, _PROBE_MESSAGE)
+            return K.scheme_of(kind).verify(public_key, _PROBE_MESSAGE, signature)
+        peer = K.kem_of(kind).generate()
+        return ecdh(session, handles[-1], kind, form, peer.public_key) == peer.dh(public_key)
+    except LOST_ERRORS:
+        raise
+    except (PKCS11Error, ValueError, HsmError):
+        return False
+    finally:
+        for handle in handles:
+            with contextlib.suppress(PKCS11Error):
+                token.destroy_handle(session, handle)
+
+
+def _call(fn: Callable[[Session, KeyEntry], T], entry: KeyEntry, session: Session) -> T:
+    return fn(session, entry)
+
+
+def _kind(key_ref: bytes) -> KeyKind:
+    parsed = parse_ref(key_ref)
+    if parsed is None or parsed[1] != "wrapped":
+        raise KeyStoreError("not a wrapped key reference")
+    return parsed[0]
+
+
+def _split(kind: KeyKind, blob: bytes) -> tuple[Mechanism, bytes, bytes]:
+    """(wrap mechanism, public key, wrapped private key) of a blob."""
+    mechanism = _MECH_BY_CODE.get(blob[1]) if len(blob) > 2 + kind.pub_len else None
+    if blob[:1] != bytes((BLOB_VERSION,)) or mechanism is None:
+        raise KeyStoreError("wrapped key blob: unknown version or malformed")
+    return mechanism, blob[2 : 2 + kind.pub_len], blob[2 + kind.pub_len :]
+
+
+__all__ = ["DEFAULT_CACHE_SIZE", "WrapSupport", "WrappedKeyPersistence", "WrappedKeys"]
