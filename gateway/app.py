@@ -199,6 +199,7 @@ async def _log_startup(app: web.Application) -> None:
         "token_label": cfg.hsm.token_label,
         "token_state": rt.token.state,
         "custody": rt.token.capabilities.describe() if rt.token.state == "up" else None,
+        "wrapped_custody": rt.wrapped_custody,
     }
     log.info(
         "mls-gateway %s starting on %s (crypto backend %s, HSM token %r)",
@@ -228,7 +229,7 @@ def open_runtime(config: GatewayConfig, module_path: str) -> Runtime:
     envelope = Envelope(token, max_seals=hsm.data_key_max_seals, max_age_s=hsm.data_key_max_age_s)
     create_kek(token)
     wrapped = WrappedKeys(token, WrappedKeyRows(store))
-    log.info("wrapped custody at start-up: %s", wrapped.probe())  # what the token can wrap, said once
+    wrapped_custody = wrapped.probe()  # what the token can wrap: said once, in the start-up line
     keys = Pkcs11KeyStore(token, persistence=SealedKeyPersistence(store, envelope), wrapped=wrapped)
     metrics = Metrics()
     service = GatewayService(store, keys, envelope, on_key_use=metrics.key_use)
@@ -239,7 +240,9 @@ def open_runtime(config: GatewayConfig, module_path: str) -> Runtime:
     service.hosted.on_delivered = lambda ok, latency: metrics.delivery.delivered("hosted", ok, latency)
     service.identities.sessions.cache = StateCache(config.state_cache_bytes, metrics.state_cache_lookup)
     executor = ThreadPoolExecutor(max_workers=config.worker_threads, thread_name_prefix="mlsgw")
-    return Runtime(config, store, token, keys, envelope, service, metrics, executor)
+    runtime = Runtime(config, store, token, keys, envelope, service, metrics, executor)
+    runtime.wrapped_custody = wrapped_custody
+    return runtime
 
 
 def close_runtime(rt: Runtime) -> None:

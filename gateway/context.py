@@ -51,6 +51,8 @@ class Runtime:
     metrics: Metrics
     executor: ThreadPoolExecutor
     locks: GroupLocks = field(default_factory=GroupLocks)
+    #: What the token can keep wrapped (the start-up probe of :class:`hsm.wrapped_keys.WrappedKeys`).
+    wrapped_custody: object = None
 
     def readiness(self) -> list[str]:
         """What is not ready (empty when the HSM session pool and the store answer)."""

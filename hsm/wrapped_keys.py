@@ -150,7 +150,7 @@ class WrappedKeys:
             else:
                 support[kind] = found
         self.support, self.refused = support, refused
-        _log.info("wrapped custody: %s", self.describe())
+        _log.debug("wrapped custody: %s", self.describe())
         return self.describe()
 
     # ---- generate, use, destroy ------------------------------------------------------------------
