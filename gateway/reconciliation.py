@@ -50,7 +50,7 @@ from aiohttp import web
 
 from hsm.audit import caller
 from hsm.errors import HsmUnavailable
-from hsm.inventory import store_key_refs
+from hsm.inventory import debris, store_key_refs
 from hsm.keystore import Pkcs11KeyStore
 from hsm.kinds import parse_ref
 from hsm.token import Token
@@ -66,6 +66,11 @@ log = logging.getLogger("mls_gateway")
 
 #: The key store's label prefix (``hsm.keystore.Pkcs11KeyStore``'s default, which the gateway uses).
 LABEL_PREFIX = "mlsgw"
+
+
+#: The orphan that stands for a crash's debris: key objects without an ID or a label
+#: (:func:`hsm.inventory.debris`), swept from a token the gateway owns whole; its reference is empty.
+DEBRIS = b""
 
 
 def kind_of(key_ref: bytes) -> str:
@@ -173,6 +178,7 @@ class Reconciler:
         on_destroyed: Callable[[str], None] | None = None,
         prefix: str = LABEL_PREFIX,
         clock: Callable[[], float] = time.monotonic,
+        owns_token: bool = False,
     ) -> None:
         self.store = store
         self.keys = keys
@@ -181,6 +187,8 @@ class Reconciler:
         self.tracker = OrphanTracker(grace_s, clock)
         self.on_destroyed = on_destroyed
         self.prefix = prefix
+        #: The token is the gateway's alone (its embedded SoftHSM token): crash debris may be swept.
+        self.owns_token = owns_token
 
     @classmethod
     def of(cls, rt: Runtime, grace_s: float | None = None) -> Reconciler:
@@ -192,6 +200,7 @@ class Reconciler:
             rt.service.identities.sessions,
             grace_s=rt.config.reconcile_grace_s if grace_s is None else grace_s,
             on_destroyed=lambda kind: rt.metrics.orphans_destroyed.labels(kind).inc(),
+            owns_token=rt.config.embedded_softhsm,
         )
 
     def run(self, *, dry_run: bool = False) -> ReconcileReport:
@@ -204,6 +213,8 @@ class Reconciler:
             wrapped_refs = set(tx.list_wrapped_key_refs())
         referenced = referenced_keys(self.store, self.sessions)
         orphans = (token_refs | software_refs | wrapped_refs) - referenced
+        if self.owns_token and debris(self.token, self.prefix):
+            orphans.add(DEBRIS)
         report.token_keys, report.software_keys = len(token_refs), len(software_refs)
         report.wrapped_keys = len(wrapped_refs)
         report.referenced = len(referenced)
@@ -230,7 +241,10 @@ class Reconciler:
         with audit.collecting() as records:
             ok = True
             try:
-                self.keys.destroy(ref)
+                if ref == DEBRIS:
+                    debris(self.token, self.prefix, destroy=True)
+                else:
+                    self.keys.destroy(ref)
             except HsmUnavailable:
                 raise
             except MLSError as e:

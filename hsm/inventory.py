@@ -68,4 +68,35 @@ def _is_store_key(ref: bytes, label: Any, prefix: str) -> bool:
     return label in (None, "") or label == f"{prefix}/{parsed[0].name}/{ref.hex()}"
 
 
-__all__ = ["store_key_refs"]
+def debris(token: Token, prefix: str, *, destroy: bool = False) -> int:
+    """How many private- or public-key token objects have no ID, and no label or the store's kind of label
+    — what a crash leaves when it cuts an object's creation short (SoftHSM writes the object, then its
+    attributes one after another) — and, with ``destroy``, destroy them. Such objects are nobody's usable
+    key (the store finds keys by ID), but only a token the gateway owns whole (its embedded SoftHSM token)
+    may be swept of them: the caller decides."""
+
+    def sweep(session: Session) -> int:
+        with token.objects("search"):
+            handles = [
+                obj.handle
+                for cls in _CLASSES
+                # by class only: a cut-short object may lack CKA_TOKEN too (session objects are excluded)
+                for obj in search(session, {Attribute.CLASS: cls})
+                if obj.handle is not None and _is_debris(obj, prefix)
+            ]
+        if destroy:
+            for handle in handles:
+                token.destroy_handle(session, handle)
+        return len(handles)
+
+    return token.run(sweep, op="key debris", retry=False)
+
+
+def _is_debris(obj: Any, prefix: str) -> bool:
+    if _attribute(obj, Attribute.TOKEN) is False:  # a session object: a live key of this process
+        return False
+    label = _attribute(obj, Attribute.LABEL)
+    return not _attribute(obj, Attribute.ID) and (not label or str(label).startswith(f"{prefix}/"))
+
+
+__all__ = ["debris", "store_key_refs"]
