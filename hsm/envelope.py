@@ -80,33 +80,38 @@ _HEADER = _RECORD + _NONCE
 _WRAP_AAD = b"mlsgw envelope data key v"
 
 
-def _wrap_key_template(label: str) -> dict[Attribute, object]:
+def aes_token_key_template(label: str, *, wraps: bool) -> dict[Attribute, object]:
+    """An AES-256 token key labelled (and identified) ``label``: sensitive, never extractable, not
+    modifiable; it either encrypts and decrypts (``wraps=False``: the envelope's wrap key, which seals data
+    keys with AES-GCM) or wraps and unwraps keys (``wraps=True``: the wrapped-custody KEK), nothing else."""
     return {
         Attribute.TOKEN: True,
         Attribute.PRIVATE: True,
         Attribute.SENSITIVE: True,
         Attribute.EXTRACTABLE: False,
         Attribute.MODIFIABLE: False,
-        Attribute.ENCRYPT: True,
-        Attribute.DECRYPT: True,
-        Attribute.WRAP: False,
-        Attribute.UNWRAP: False,
+        Attribute.ENCRYPT: not wraps,
+        Attribute.DECRYPT: not wraps,
+        Attribute.WRAP: wraps,
+        Attribute.UNWRAP: wraps,
         Attribute.LABEL: label,
         Attribute.ID: label.encode(),
     }
 
 
-def _find_wrap_keys(session: Session, label: str) -> list[int]:
+def find_secret_keys(session: Session, label: str) -> list[int]:
+    """Handles of the secret keys labelled ``label`` (exactly one is usable)."""
     found = search(session, {Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.LABEL: label})
     return [handle_of(obj) for obj in found]
 
 
-def create_wrap_key(token: Token, label: str = DEFAULT_WRAP_LABEL) -> bool:
-    """Make the wrap key unless one with ``label`` exists; returns whether it made one."""
+def create_aes_token_key(token: Token, label: str, *, wraps: bool, op: str) -> bool:
+    """Make the AES token key ``label`` (:func:`aes_token_key_template`) unless a key with that label
+    exists; returns whether it made one."""
 
     def create(session: Session) -> bool:
         with token.objects("search"):
-            if _find_wrap_keys(session, label):
+            if find_secret_keys(session, label):
                 return False
         with token.objects("change"):
             session.generate_key(
@@ -114,11 +119,16 @@ def create_wrap_key(token: Token, label: str = DEFAULT_WRAP_LABEL) -> bool:
                 256,
                 store=True,
                 capabilities=MechanismFlag(0),
-                template=_wrap_key_template(label),
+                template=aes_token_key_template(label, wraps=wraps),
             )
         return True
 
-    return token.run(create, op="create wrap key", retry=False)
+    return token.run(create, op=op, retry=False)
+
+
+def create_wrap_key(token: Token, label: str = DEFAULT_WRAP_LABEL) -> bool:
+    """Make the wrap key unless one with ``label`` exists; returns whether it made one."""
+    return create_aes_token_key(token, label, wraps=False, op="create wrap key")
 
 
 def kek_id(label: str) -> bytes:
@@ -338,7 +348,7 @@ class Envelope:
 
         def find(session: Session) -> list[int]:
             with self._token.objects("search"):
-                return _find_wrap_keys(session, self._label)
+                return find_secret_keys(session, self._label)
 
         handles, generation = self._token.run_pinned(find, op="find wrap key")
         if len(handles) != 1:

@@ -26,12 +26,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from pkcs11 import Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass
+from pkcs11 import Attribute, Mechanism, MechanismFlag, ObjectClass
 from pkcs11.types import Session
 
 from ._compat import DEFAULT, bound_kek, bound_key
+from .envelope import aes_token_key_template, create_aes_token_key, find_secret_keys
 from .kinds import KeyKind, public_key_from_ec_point
-from .mechanisms import Pkcs11Form, handle_of, public_template, search
+from .mechanisms import Pkcs11Form, handle_of, public_template
 from .token import Token
 
 DEFAULT_KEK_LABEL = "mlsgw/kek/v1"
@@ -53,41 +54,17 @@ _LEFT_OUT = (
 
 def kek_template(label: str) -> dict[Attribute, Any]:
     """The KEK: an AES-256 token key that wraps and unwraps and does nothing else."""
-    return {
-        Attribute.TOKEN: True,
-        Attribute.PRIVATE: True,
-        Attribute.SENSITIVE: True,
-        Attribute.EXTRACTABLE: False,
-        Attribute.MODIFIABLE: False,
-        Attribute.ENCRYPT: False,
-        Attribute.DECRYPT: False,
-        Attribute.WRAP: True,
-        Attribute.UNWRAP: True,
-        Attribute.LABEL: label,
-        Attribute.ID: label.encode(),
-    }
+    return dict(aes_token_key_template(label, wraps=True))
 
 
 def find_keks(session: Session, label: str) -> list[int]:
     """Handles of the secret keys labelled ``label`` (exactly one is a usable KEK)."""
-    found = search(session, {Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.LABEL: label})
-    return [handle_of(obj) for obj in found]
+    return find_secret_keys(session, label)
 
 
 def create_kek(token: Token, label: str = DEFAULT_KEK_LABEL) -> bool:
     """Make the KEK unless a key labelled ``label`` exists; returns whether it made one."""
-
-    def create(session: Session) -> bool:
-        with token.objects("search"):
-            if find_keks(session, label):
-                return False
-        with token.objects("change"):
-            session.generate_key(
-                KeyType.AES, 256, store=True, capabilities=MechanismFlag(0), template=kek_template(label)
-            )
-        return True
-
-    return token.run(create, op="create kek", retry=False)
+    return create_aes_token_key(token, label, wraps=True, op="create kek")
 
 
 def _usage(kind: KeyKind) -> Attribute:
