@@ -12,6 +12,7 @@
   database record references; :mod:`gateway.reconcile_cli`), or list them.
 * ``mls-gateway admin tokens|rotate-admin-token|delete-tenant`` and ``mls-gateway hsm check`` — the
   operator commands of :mod:`gateway.operator_cli`; ``mls-gateway --version``.
+* ``mls-gateway backup DEST`` and ``mls-gateway restore SRC --data-dir DIR`` — :mod:`gateway.backup`.
 
 An operator's mistake (wrong PIN, missing token or module, port in use, bad configuration, data folder
 not initialised) is one line on stderr and an exit code of :class:`gateway.operator_cli.Exit`.
@@ -33,6 +34,7 @@ from aiohttp import web
 from hsm.bootstrap import find_softhsm_module, init_softhsm_token, write_conf
 from native import BACKEND_CHOICES
 
+from . import backup
 from .app import close_runtime, create_app, gateway_crypto_backend, open_runtime
 from .config import ConfigError, GatewayConfig, load_config
 from .logs import AccessLogger, access_log, configure_logging
@@ -176,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     _add_keys_parser(sub)
     add_parsers(sub)
+    backup.add_parsers(sub)
     args = ap.parse_args(argv)
     if args.command == "conformance":
         from mls.conformance import main as conformance
@@ -217,6 +220,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "serve":
         serve(cfg)
         return 0
+    if args.command in ("backup", "restore"):
+        return backup.command(cfg, args)
     require_initialised(cfg)
     if args.command == "admin" and args.admin_command != "delete-tenant":
         from .operator_cli import admin_command
