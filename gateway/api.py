@@ -60,6 +60,7 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     rt = runtime(request)
     problems = await asyncio.get_running_loop().run_in_executor(rt.executor, rt.readiness)
+    rt.metrics.ready.set(0 if problems else 1)
     if problems:
         return web.json_response(
             {"status": "unavailable", "problems": problems}, status=503, headers={"Retry-After": "5"}

@@ -4,7 +4,9 @@
   default, when no PKCS#11 module is configured and no token exists), the wrap key, the database and the
   first admin token, which is printed once (``--json``: one JSON object with ``admin_token``).
 * ``mls-gateway serve [--data-dir DIR] [--listen HOST:PORT] [--config FILE]`` — serve until SIGTERM or
-  SIGINT, then shut down gracefully. A data folder that was never initialised is initialised first.
+  SIGINT, then shut down gracefully. A data folder that was never initialised is initialised first. Under
+  systemd (``$NOTIFY_SOCKET``) it sends ``READY=1`` once it listens and ``STOPPING=1`` at shutdown
+  (:mod:`gateway.systemd_notify`).
 * ``mls-gateway conformance PATH... [--json] [--backend auto|python|native]`` — ``python -m mls.conformance``
   on the crypto backend chosen as the gateway chooses it (default: ``$MLS_CRYPTO_BACKEND``, else native
   when built).
@@ -37,8 +39,10 @@ from native import BACKEND_CHOICES
 from . import backup
 from .app import close_runtime, create_app, gateway_crypto_backend, open_runtime
 from .config import ConfigError, GatewayConfig, load_config
+from .context import Runtime
 from .logs import AccessLogger, access_log, configure_logging
 from .operator_cli import Exit, OperatorError, add_parsers, classify, fail, require_initialised
+from .systemd_notify import notify
 
 log = logging.getLogger("mls_gateway")
 
@@ -132,17 +136,32 @@ def serve(cfg: GatewayConfig) -> None:
     module, _ = _prepare_softhsm(cfg)
     rt = open_runtime(cfg, module)
     app = create_app(rt)
-    print(f"mls-gateway listening on http://{cfg.listen_host}:{cfg.listen_port}", flush=True)
+    app.on_shutdown.append(_notify_stopping)
     web.run_app(
         app,
         host=cfg.listen_host,
         port=cfg.listen_port,
-        print=None,
+        print=lambda _banner: _listening(cfg, rt),  # called once every socket listens
         shutdown_timeout=10,
         access_log=access_log,
         access_log_class=AccessLogger,
         handle_signals=True,
     )
+
+
+def _listening(cfg: GatewayConfig, rt: Runtime) -> None:
+    """The API listens: record a first readiness check (``mlsgw_ready``) and tell systemd (READY=1)."""
+    problems = rt.readiness()
+    rt.metrics.ready.set(0 if problems else 1)
+    address = f"http://{cfg.listen_host}:{cfg.listen_port}"
+    print(f"mls-gateway listening on {address}", flush=True)
+    status = f"listening on {address}" + (f"; not ready: {', '.join(problems)}" if problems else "")
+    notify("READY=1", f"STATUS={status}")
+
+
+async def _notify_stopping(app: web.Application) -> None:
+    """SIGTERM/SIGINT began the graceful shutdown (aiohttp's on_shutdown): tell systemd (STOPPING=1)."""
+    notify("STOPPING=1", "STATUS=shutting down")
 
 
 def _add_keys_parser(sub: Any) -> None:

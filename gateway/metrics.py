@@ -82,6 +82,9 @@ class Metrics:
             registry=r,
         )
         self.delivery = DeliveryMetrics(r)
+        self.ready = Gauge(
+            "mlsgw_ready", "1 when the gateway's last readiness check passed, else 0", registry=r
+        )
 
     def key_use(self, event: AuditEvent) -> None:
         self.hsm_ops.labels(event.operation, event.custody, "ok" if event.ok else "error").inc()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 from .monitoring import DEPLOY, REPO
 
@@ -118,6 +119,8 @@ def test_systemd_unit_is_sandboxed_and_takes_the_pin_as_a_credential() -> None:
     # Type=notify only once the gateway tells systemd it is ready.
     sends_ready = any("READY=1" in p.read_text() for p in (REPO / "gateway").rglob("*.py"))
     assert o["Type"] == (["notify"] if sends_ready else ["exec"])
+    if sends_ready:
+        assert o["NotifyAccess"] == ["main"]
 
 
 def test_systemd_analyze_scores_the_unit_ok() -> None:
@@ -135,3 +138,19 @@ def test_systemd_analyze_scores_the_unit_ok() -> None:
     m = re.search(r"Overall exposure level for mls-gateway\.service: (\d+\.\d+)", verify.stdout)
     assert m, verify.stdout[-2000:] + verify.stderr
     assert float(m.group(1)) <= 2.0, verify.stdout[-4000:]
+
+
+def test_systemd_analyze_verify_accepts_the_unit(tmp_path: Path) -> None:
+    """``systemd-analyze verify`` parses every option (a misspelt one is a warning on stderr, exit 0, so
+    stderr must be empty); ExecStart is pointed at this checkout's ``mls-gateway``, which it checks for."""
+    tool = shutil.which("systemd-analyze")
+    assert tool is not None, "systemd-analyze is missing: run ./deploy/bootstrap.sh (it installs systemd)"
+    shipped = "/opt/mls-gateway/.venv/bin/mls-gateway"
+    text = UNIT.read_text()
+    assert f"ExecStart={shipped} serve" in text
+    unit = tmp_path / UNIT.name
+    unit.write_text(text.replace(shipped, str(REPO / ".venv" / "bin" / "mls-gateway")))
+    verify = subprocess.run(
+        [tool, "verify", "--man=no", str(unit)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert verify.returncode == 0 and not verify.stderr.strip(), verify.stdout + verify.stderr
