@@ -8,7 +8,9 @@
 * ``mls-gateway admin delete-tenant TENANT_ID`` — the tenant and everything of it, keys destroyed in the
   HSM (:mod:`gateway.tenant_deletion`).
 * ``mls-gateway hsm check [--json]`` — opens the configured token and prints, per cipher suite, whether its
-  signature keys and its HPKE keys can live in the token (``hsm.capabilities``).
+  signature keys and its HPKE keys can live in the token (``hsm.capabilities``) and be wrapped under the
+  KEK (``hsm.wrapped_keys``), and whether the token lists the AES mechanisms of the wrap key and the KEK
+  (docs/hsm.md).
 
 An operator's mistake is one line on stderr and an exit code of :class:`Exit`, never a traceback.
 """
@@ -148,35 +150,78 @@ def admin_command(cfg: GatewayConfig, args: Any, module_path: str | None) -> int
     return Exit.OK
 
 
+#: The AES mechanisms of the token's secret keys (``hsm check`` reports whether the token lists them): the
+#: at-rest envelope's wrap key (:mod:`hsm.envelope`) and wrapped custody's KEK (:mod:`hsm.wrapping`).
+AES_MECHANISMS = ("AES_KEY_GEN", "AES_GCM", "AES_KEY_WRAP", "AES_KEY_WRAP_PAD")
+
+
+def _custody_word(in_token: bool, wrappable: bool) -> str:
+    if not in_token:
+        return "NOT supported"
+    return "in the token, wrappable" if wrappable else "in the token, not wrappable (token objects)"
+
+
+def _suite_report(caps: Any, wrapped: Any, suite_id: int) -> dict[str, Any]:
+    """One cipher suite's line of ``hsm check``: custody of its signature and HPKE keys, and whether a
+    ``wrapped``-custody tenant's keys of it are wrapped under the KEK or stay token objects."""
+    from hsm import kinds
+
+    suite = cipher_suite(suite_id)
+    sig, hpke = caps.custody(suite_id, software_hpke_fallback=True)
+    return {
+        "cipher_suite": suite_id,
+        "name": suite.name,
+        "signature_custody": sig,
+        "hpke_custody": hpke,
+        "signature_in_token": sig == "pkcs11",
+        "hpke_in_token": hpke == "pkcs11",
+        "signature_wrappable": sig == "pkcs11" and wrapped.supports(kinds.signature_kind(suite.signature)),
+        "hpke_wrappable": hpke == "pkcs11" and wrapped.supports(kinds.kem_kind(suite.kem)),
+    }
+
+
 def hsm_check(cfg: GatewayConfig, module_path: str, as_json: bool) -> int:
-    """``mls-gateway hsm check``: per cipher suite 1-7, whether its keys can live in the token."""
+    """``mls-gateway hsm check``: per cipher suite 1-7, whether its keys can live in the token and be
+    wrapped (the wrap probe of :mod:`hsm.wrapped_keys`, on the KEK ``init`` made; nothing is created),
+    and which of the AES mechanisms of the wrap key and the KEK the token lists."""
     from hsm.token import Token
+    from hsm.wrapped_keys import WrappedKeys
+
+    from .sealed_keys import WrappedKeyRows
 
     token = Token.open(cfg.token_config(module_path))
+    store = SqliteStore(cfg.database_path)
     try:
         caps = token.capabilities
+        wrapped = WrappedKeys(token, WrappedKeyRows(store))
+        wrap = wrapped.probe()
+        listed = token.run(
+            lambda session: {getattr(m, "name", "") for m in session.token.slot.get_mechanisms()},
+            op="mechanisms",
+        )
     finally:
         token.close()
-    suites = []
-    for suite_id in range(1, 8):
-        sig, hpke = caps.custody(suite_id, software_hpke_fallback=True)
-        suites.append(
-            {
-                "cipher_suite": suite_id,
-                "name": cipher_suite(suite_id).name,
-                "signature_custody": sig,
-                "hpke_custody": hpke,
-                "signature_in_token": sig == "pkcs11",
-                "hpke_in_token": hpke == "pkcs11",
-            }
-        )
+        store.close()
+    suites = [_suite_report(caps, wrapped, suite_id) for suite_id in range(1, 8)]
+    mechanisms = {f"CKM_{name}": name in listed for name in AES_MECHANISMS}
     lines = [f"token {cfg.hsm.token_label!r}: montgomery_keygen={caps.montgomery_mode}"] + [
         f"suite {s['cipher_suite']} {s['name']}: signature keys "
-        f"{'in the token' if s['signature_in_token'] else 'NOT supported'}, HPKE keys "
-        f"{'in the token' if s['hpke_in_token'] else 'in software (sealed)'}"
+        f"{_custody_word(s['signature_in_token'], s['signature_wrappable'])}; HPKE keys "
+        + (_custody_word(True, s["hpke_wrappable"]) if s["hpke_in_token"] else "in software (sealed)")
         for s in suites
     ]
-    _print({"token_label": cfg.hsm.token_label, "suites": suites, **caps.describe()}, lines, as_json)
+    lines.append(
+        "mechanisms: " + ", ".join(f"{n} {'listed' if ok else 'NOT listed'}" for n, ok in mechanisms.items())
+    )
+    lines += [f"wrap probe: {kind} {reason}" for kind, reason in sorted(wrapped.refused.items())]
+    payload = {
+        "token_label": cfg.hsm.token_label,
+        "suites": suites,
+        "mechanisms": mechanisms,
+        "wrapped_custody": wrap,
+        **caps.describe(),
+    }
+    _print(payload, lines, as_json)
     return Exit.OK
 
 

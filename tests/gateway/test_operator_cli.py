@@ -80,6 +80,27 @@ def test_hsm_check_reports_custody_per_suite(data_dir: Path) -> None:
     assert text.returncode == 0 and text.stdout.count("\nsuite ") == 7
 
 
+def test_hsm_check_reports_wrapping_per_suite_and_the_aes_mechanisms(data_dir: Path) -> None:
+    """SoftHSM2 2.6 (hsm-facts.md): P-curve keys wrap under the KEK, Ed25519/X25519 keys do not (they stay
+    token objects for wrapped-custody tenants); the wrap key's and the KEK's AES mechanisms are listed."""
+    report = json.loads(cli("hsm", "check", "--data-dir", str(data_dir), "--json").stdout)
+    by_id = {s["cipher_suite"]: s for s in report["suites"]}
+    for suite_id in (2, 5, 7):  # P-256, P-521, P-384
+        assert by_id[suite_id]["signature_wrappable"] and by_id[suite_id]["hpke_wrappable"], by_id[suite_id]
+    assert not by_id[1]["signature_wrappable"] and not by_id[1]["hpke_wrappable"]
+    assert "ed25519" in report["wrapped_custody"]["refused"]
+    assert report["mechanisms"] == {
+        "CKM_AES_KEY_GEN": True,
+        "CKM_AES_GCM": True,
+        "CKM_AES_KEY_WRAP": True,
+        "CKM_AES_KEY_WRAP_PAD": True,
+    }
+    text = cli("hsm", "check", "--data-dir", str(data_dir)).stdout
+    assert "suite 2 MLS_128_DHKEMP256_AES128GCM_SHA256_P256: signature keys in the token, wrappable" in text
+    assert "signature keys in the token, not wrappable (token objects)" in text
+    assert "CKM_AES_GCM listed" in text and "wrap probe: ed25519" in text
+
+
 def test_wrong_pin(data_dir: Path, tmp_path: Path) -> None:
     pin = tmp_path / "wrong.pin"
     pin.write_text("not-the-pin\n")
