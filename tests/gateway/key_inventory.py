@@ -3,6 +3,9 @@
 ``python -m tests.gateway.key_inventory count DATA_DIR`` prints one JSON object: every key object in the
 token (a search under the object-store guard, independent of :mod:`hsm.inventory`), the software keys
 at rest, and the references the database holds in plain columns (signature keys, live KeyPackages).
+``... missing DATA_DIR`` prints the references the database holds
+(:func:`gateway.key_references.referenced_keys`, memberships included) that the key store does not have in
+the token, in ``software_keys`` or in ``wrapped_keys`` (what a consistent backup never has).
 ``... plant-software DATA_DIR N`` makes N software-custody HPKE keys sealed into ``software_keys`` and
 referenced by nothing: what a crash between a software key's save and its request's commit leaves.
 A subprocess, because the token's SoftHSM configuration is the data folder's (``SOFTHSM2_CONF``).
@@ -23,8 +26,11 @@ from gateway.app import close_runtime, open_runtime
 from gateway.cli import _prepare_softhsm
 from gateway.config import load_config
 from gateway.context import Runtime
+from gateway.key_references import referenced_keys
+from gateway.reconciliation import LABEL_PREFIX
 from gateway.sealed_keys import SealedKeyPersistence
 from hsm.capabilities import Capabilities
+from hsm.inventory import store_key_refs
 from hsm.keystore import Pkcs11KeyStore
 
 _CLASSES = {
@@ -75,6 +81,17 @@ def _plant_software(rt: Runtime, n: int) -> list[str]:
     return [keys.new_hpke_key(1).key_ref.hex() for _ in range(n)]
 
 
+def _missing(rt: Runtime) -> dict[str, Any]:
+    token_refs = store_key_refs(rt.token, LABEL_PREFIX)
+    with rt.store.read_transaction() as tx:
+        at_rest = set(tx.list_software_key_refs()) | set(tx.list_wrapped_key_refs())
+    referenced = referenced_keys(rt.store, rt.service.identities.sessions)
+    return {
+        "referenced": len(referenced),
+        "missing": sorted(r.hex() for r in referenced - token_refs - at_rest),
+    }
+
+
 def main(argv: list[str]) -> int:
     command, data_dir = argv[0], Path(argv[1])
     cfg = load_config(None, data_dir=data_dir)
@@ -84,6 +101,8 @@ def main(argv: list[str]) -> int:
         out: dict[str, Any]
         if command == "count":
             out = {"token": _token_objects(rt), "database": _database_refs(cfg.database_path)}
+        elif command == "missing":
+            out = _missing(rt)
         else:
             out = {"planted": _plant_software(rt, int(argv[2]))}
     finally:

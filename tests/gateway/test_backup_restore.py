@@ -6,17 +6,35 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from gateway.operator_cli import Exit
 
 from .gwclient import Client, GatewayServer, Hosted, unb64
-from .test_operator_cli import cli, one_line
+from .test_operator_cli import REPO, _env, cli, one_line
 
 pytestmark = pytest.mark.timeout(600)
+
+
+def key_inventory(command: str, data_dir: Path) -> dict[str, Any]:
+    """``tests/gateway/key_inventory.py`` on a stopped data folder (a subprocess: its own SoftHSM config)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.gateway.key_inventory", command, str(data_dir)],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=300,
+        check=False,
+        cwd=REPO,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
 class RestoredServer(GatewayServer):
@@ -111,6 +129,10 @@ def test_backup_of_a_running_gateway_restores_into_a_gateway_that_reads_the_old_
     done = cli("restore", str(tmp_path / "backup"), "--data-dir", str(restored_dir))
     assert done.returncode == Exit.OK, done.stderr
     assert "rolled back" in done.stdout and "never run this gateway beside the original" in done.stdout
+
+    # Every key the restored database references is in the restored token (or at rest in the database).
+    inventory = key_inventory("missing", restored_dir)
+    assert inventory["missing"] == [] and inventory["referenced"] >= 9, inventory
 
     restored = RestoredServer(restored_dir, original.admin_token)
     restored.start()
