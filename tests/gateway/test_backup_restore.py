@@ -69,6 +69,7 @@ class Traffic:
     def __init__(self, alice: Hosted, bob: Hosted, gid: str) -> None:
         self.alice, self.bob, self.gid = alice, bob, gid
         self.stop_event = threading.Event()
+        self.first_round = threading.Event()
         self.failures: list[str] = []
         self.rounds = 0
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -84,6 +85,11 @@ class Traffic:
                 self.failures.append(str(e))
                 return
             self.rounds += 1
+            self.first_round.set()
+
+    def running(self) -> None:
+        """Wait until one round went through (a deadlock guard only, not a timing assertion)."""
+        assert self.first_round.wait(timeout=120) or self.failures, "no traffic round within 120 s"
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -110,10 +116,11 @@ def test_backup_of_a_running_gateway_restores_into_a_gateway_that_reads_the_old_
             assert plaintext(carol.process(gid, sent)) == f"before {i}".encode()
 
         traffic = Traffic(alice, bob, gid)
+        traffic.running()
         done = cli("backup", str(tmp_path / "backup"), "--data-dir", str(original.data_dir), "--json")
         traffic.stop()
         assert done.returncode == Exit.OK, done.stderr
-        assert not traffic.failures and traffic.rounds > 0, (traffic.failures, traffic.rounds)
+        assert not traffic.failures, traffic.failures
         report = json.loads(done.stdout)
         assert report["token"] == "embedded" and report["contains_pin"] is True
         epoch_at_backup = alice.state(gid)[0]
