@@ -79,7 +79,16 @@ def _prepare_softhsm(cfg: GatewayConfig) -> tuple[str, bool]:
     directory = cfg.softhsm_dir
     conf = directory / "softhsm2.conf"
     created = False
-    if not conf.exists() or not cfg.pin_file.exists():
+    tokens = directory / "tokens"
+    has_token = tokens.is_dir() and any(tokens.iterdir())
+    if has_token and not cfg.pin_file.exists():
+        # A restored or damaged folder: a second token beside the first would hide every key (README, backup).
+        raise OperatorError(
+            Exit.HSM_PIN,
+            f"the data folder's HSM token exists but its PIN file {cfg.pin_file} is missing: put the PIN"
+            " back (or set [hsm] pin_file); no second token is created beside the first",
+        )
+    if not conf.exists() or not has_token:
         # The SO-PIN is drawn, used once to initialise the token, and dropped (README, "HSM and data folder").
         pin = secrets.token_urlsafe(24)
         token = init_softhsm_token(

@@ -164,6 +164,20 @@ def test_data_folder_not_initialised(tmp_path: Path) -> None:
     assert not empty.exists()  # nothing created
 
 
+def test_missing_pin_file_makes_no_second_token(tmp_path: Path) -> None:
+    """A folder whose token exists but whose ``hsm.pin`` is gone (a restore without the PIN, a slip):
+    ``serve`` and ``init`` refuse in one line and the token folder is left exactly as it was."""
+    folder = tmp_path / "data"
+    assert cli("init", "--data-dir", str(folder), "--json").returncode == 0
+    (folder / "hsm.pin").unlink()
+    tokens = folder / "softhsm" / "tokens"
+    before = sorted(p.name for p in tokens.iterdir())
+    for command in ("serve", "init"):
+        one_line(cli(command, "--data-dir", str(folder)), Exit.HSM_PIN, "PIN file", "hsm.pin")
+    assert sorted(p.name for p in tokens.iterdir()) == before
+    assert not (folder / "hsm.pin").exists()
+
+
 @pytest.fixture
 def server(tmp_path: Path, data_dir: Path) -> Iterator[GatewayServer]:
     folder = tmp_path / "gw"
