@@ -1,10 +1,13 @@
 """The OpenAPI 3.1 document of the API, generated from the route table (:data:`gateway.api.ROUTES`).
 
 Paths, methods, summaries, authentication and path parameters come from the routes themselves, so the
-document cannot list a route that does not exist or miss one that does; request bodies and success
-statuses are described here, per route, after docs/api.md (both contracts: api-v1 and the group
-service); so are the query parameters of mailbox and inbox reads and the success bodies of the group
-service's routes.
+document cannot list a route that does not exist or miss one that does; request bodies, success
+statuses and success bodies are described here, per route, after docs/api.md (both contracts: api-v1
+and the group service), as are the query parameters of mailbox and inbox reads. Every operation has a
+request schema (an empty object for a ``POST`` without fields; none for ``GET`` and ``DELETE``), a success
+response (a JSON schema, ``text/plain`` for ``/metrics``, no content for ``204`` and ``101``) and the
+problem-document responses (RFC 9457) of its failures. ``tests/test_openapi.py`` checks that each is there;
+``tests/gateway/test_client.py`` checks real answers of a running server against them.
 """
 
 from __future__ import annotations
@@ -51,6 +54,20 @@ EPOCH = {
 }
 CURSOR = {"type": "string", "pattern": "^[0-9]{1,19}$", "description": "an opaque cursor"}
 SEQ = {"type": "integer", "minimum": 1}
+INT = {"type": "integer"}
+BOOL = {"type": "boolean"}
+STR = {"type": "string"}
+GROUP_CONFIG = {
+    "type": "object",
+    "description": "this member's configuration of the group (defaults from the [delivery] settings)",
+    "properties": {
+        "out_of_order_tolerance": {"type": "integer", "minimum": 0, "maximum": 1000},
+        "max_forward_distance": {"type": "integer", "minimum": 0, "maximum": 100000},
+        "past_epochs": {"type": "integer", "minimum": 0, "maximum": 64},
+    },
+}
+#: The request body of a POST that takes no fields (``{}``; an empty body counts as ``{}``).
+NO_FIELDS = {"type": "object", "description": "no fields: {} or an empty body"}
 
 
 def _obj(required: list[str] | None = None, **props: Any) -> dict[str, Any]:
@@ -70,7 +87,10 @@ REQUEST_BODIES: dict[tuple[str, str], dict[str, Any]] = {
         name={"type": "string"},
         cipher_suite={"type": "integer", "minimum": 1, "maximum": 7, "default": 1},
         credential=CREDENTIAL,
+        auto_join={"type": "boolean", "default": True},
     ),
+    ("POST", "/v1/tenants/{tenant_id}/tokens"): NO_FIELDS,
+    ("POST", _G + "/{gid}/pending-commit/merge"): NO_FIELDS,
     ("POST", "/v1/identities/{identity_id}/key-packages"): _obj(
         count={"type": "integer", "minimum": 1, "maximum": 100, "default": 1},
         last_resort={"type": "boolean", "default": False},
@@ -83,8 +103,9 @@ REQUEST_BODIES: dict[tuple[str, str], dict[str, Any]] = {
             "type": "array",
             "items": _obj(["signature_key", "credential"], signature_key=B64, credential=CREDENTIAL),
         },
+        config=GROUP_CONFIG,
     ),
-    ("POST", _G + "/join"): _obj(["welcome"], welcome=MLS, ratchet_tree=B64, psks=PSKS),
+    ("POST", _G + "/join"): _obj(["welcome"], welcome=MLS, ratchet_tree=B64, psks=PSKS, config=GROUP_CONFIG),
     ("POST", _G + "/external-join"): _obj(
         ["group_info"],
         group_info=MLS,
@@ -92,6 +113,7 @@ REQUEST_BODIES: dict[tuple[str, str], dict[str, Any]] = {
         remove_prior={"type": "boolean"},
         remove_prior_leaf={"type": "integer"},
         psks=PSKS,
+        config=GROUP_CONFIG,
     ),
     ("POST", _G + "/{gid}/commits"): _obj(
         add={"type": "array", "items": MLS},
@@ -258,6 +280,205 @@ RESPONSE_BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("GET", "/v1/identities/{identity_id}/webhook"): _WEBHOOK,
 }
 
+_CREDENTIAL_OUT = _obj(
+    ["type"],
+    type={"enum": ["basic", "x509"]},
+    identity=B64,
+    certificates={"type": "array", "items": B64},
+)
+_CUSTODY = {"enum": ["pkcs11", "wrapped", "software"]}
+_IDENTITY = _obj(
+    ["identity_id", "name", "cipher_suite", "credential", "signature_public_key", "custody", "auto_join"],
+    identity_id=STR,
+    name=STR,
+    cipher_suite=INT,
+    credential=_CREDENTIAL_OUT,
+    signature_public_key=B64,
+    custody=_obj(["signature", "hpke"], signature=_CUSTODY, hpke=_CUSTODY),
+    auto_join=BOOL,
+)
+_TENANT_CUSTODY = {"enum": ["wrapped", "token"]}
+_SENDER = _obj(
+    ["type"],
+    type={"enum": ["member", "external", "new_member_proposal", "new_member_commit"]},
+    leaf_index=INT,
+    sender_index=INT,
+)
+#: What ``POST …/process`` answers for one message (RFC 9420 §12: an application message, a proposal,
+#: or a commit merged at once).
+_PROCESSED = {
+    "oneOf": [
+        _obj(
+            ["kind", "sender", "data", "authenticated_data", "epoch"],
+            kind={"const": "application"},
+            sender=_SENDER,
+            data=B64,
+            authenticated_data=B64,
+            epoch=INT,
+        ),
+        _obj(
+            ["kind", "sender", "ref", "proposal_type", "epoch"],
+            kind={"const": "proposal"},
+            sender=_SENDER,
+            ref=B64,
+            proposal_type=STR,
+            epoch=INT,
+        ),
+        _obj(
+            ["kind", "sender", "epoch", "removed", "epoch_authenticator"],
+            kind={"const": "commit"},
+            sender=_SENDER,
+            epoch=INT,
+            removed=BOOL,
+            epoch_authenticator=B64,
+        ),
+    ]
+}
+_GROUP_VIEW = _obj(
+    [
+        "group_id",
+        "epoch",
+        "cipher_suite",
+        "own_leaf_index",
+        "epoch_authenticator",
+        "tree_hash",
+        "active",
+        "members",
+        "pending_proposals",
+        "pending_commit",
+        "config",
+    ],
+    group_id=B64,
+    epoch=INT,
+    cipher_suite=INT,
+    own_leaf_index=INT,
+    epoch_authenticator=B64,
+    tree_hash=B64,
+    active=BOOL,
+    members={
+        "type": "array",
+        "items": _obj(
+            ["leaf_index", "credential", "signature_key"],
+            leaf_index=INT,
+            credential=_CREDENTIAL_OUT,
+            signature_key=B64,
+        ),
+    },
+    pending_proposals={
+        "type": "array",
+        "items": _obj(["ref", "type", "sender"], ref=B64, type=STR, sender=_SENDER),
+    },
+    pending_commit=BOOL,
+    config=GROUP_CONFIG,
+)
+_GROUP_ENTRY = _obj(["group_id", "epoch"], group_id=B64, epoch=INT)
+#: Success bodies of the service routes and of api-v1's (tenants, hosted identities, their groups).
+RESPONSE_BODIES |= {
+    ("GET", "/healthz"): _obj(["status"], status={"const": "ok"}),
+    ("GET", "/readyz"): _obj(["status"], status={"const": "ready"}),
+    ("GET", "/v1/openapi.json"): _obj(["openapi", "info", "paths"], openapi=STR, info=_obj(), paths=_obj()),
+    ("POST", "/v1/tenants"): _obj(
+        ["tenant_id", "token", "custody"], tenant_id=STR, token=STR, custody=_TENANT_CUSTODY
+    ),
+    ("GET", "/v1/tenants"): _obj(
+        ["tenants"],
+        tenants={
+            "type": "array",
+            "items": _obj(["tenant_id", "name", "custody"], tenant_id=STR, name=STR, custody=_TENANT_CUSTODY),
+        },
+    ),
+    ("POST", "/v1/tenants/{tenant_id}/tokens"): _obj(["token_id", "token"], token_id=STR, token=STR),
+    ("GET", "/v1/tenants/{tenant_id}/tokens"): _obj(
+        ["tokens"],
+        tokens={
+            "type": "array",
+            "items": _obj(
+                ["token_id", "created_at", "revoked"],
+                token_id=STR,
+                created_at={"type": "number"},
+                revoked=BOOL,
+                client_id=STR,
+            ),
+        },
+    ),
+    ("POST", "/v1/identities"): _IDENTITY,
+    ("GET", "/v1/identities"): _obj(["identities"], identities={"type": "array", "items": _IDENTITY}),
+    ("GET", "/v1/identities/{identity_id}"): _IDENTITY,
+    ("POST", "/v1/identities/{identity_id}/key-packages"): _obj(
+        ["key_packages"],
+        key_packages={"type": "array", "items": _obj(["ref", "key_package"], ref=B64, key_package=MLS)},
+    ),
+    ("GET", "/v1/identities/{identity_id}/key-packages"): _obj(
+        ["key_packages"],
+        key_packages={
+            "type": "array",
+            "items": _obj(["ref", "consumed", "last_resort"], ref=B64, consumed=BOOL, last_resort=BOOL),
+        },
+    ),
+    ("POST", _G): _GROUP_ENTRY,
+    ("GET", _G): _obj(["groups"], groups={"type": "array", "items": _GROUP_ENTRY}),
+    ("POST", _G + "/join"): _obj(
+        ["group_id", "epoch", "epoch_authenticator"], group_id=B64, epoch=INT, epoch_authenticator=B64
+    ),
+    ("POST", _G + "/external-join"): _obj(
+        ["group_id", "epoch", "commit"], group_id=B64, epoch=INT, commit=MLS
+    ),
+    ("GET", _G + "/{gid}"): _GROUP_VIEW,
+    ("POST", _G + "/{gid}/commits"): _obj(
+        ["commit", "welcome", "group_info", "epoch"],
+        commit=MLS,
+        welcome=B64_NULL,
+        group_info=MLS,
+        ratchet_tree=B64_NULL,
+        epoch=INT,
+    ),
+    ("POST", _G + "/{gid}/pending-commit/merge"): _obj(["epoch"], epoch=INT),
+    ("POST", _G + "/{gid}/proposals"): _obj(["proposal", "ref"], proposal=MLS, ref=B64),
+    ("POST", _G + "/{gid}/messages"): {
+        "oneOf": [
+            _obj(["message"], message=MLS),
+            _obj(["messages"], messages={"type": "array", "items": MLS}),
+        ]
+    },
+    ("POST", _G + "/{gid}/process"): {
+        "oneOf": [
+            _PROCESSED,
+            _obj(
+                ["results"],
+                results={
+                    "type": "array",
+                    "items": {"anyOf": [_PROCESSED, {"$ref": "#/components/schemas/Problem"}]},
+                },
+            ),
+        ]
+    },
+    ("GET", _G + "/{gid}/group-info"): _obj(["group_info", "ratchet_tree"], group_info=MLS, ratchet_tree=B64),
+    ("POST", _G + "/{gid}/export"): _obj(["secret"], secret=B64),
+}
+#: Answers other than a JSON body: Prometheus text, and the WebSocket upgrades (101, no body).
+TEXT_BODIES = {("GET", "/metrics"): "text/plain"}
+SUCCESS |= {
+    ("GET", "/v1/clients/{client_id}/mailbox/ws"): 101,
+    ("GET", "/v1/identities/{identity_id}/inbox/ws"): 101,
+}
+#: Answers besides the success and the problem documents: the readiness probe's 503.
+OTHER_RESPONSES: dict[tuple[str, str], dict[str, Any]] = {
+    ("GET", "/readyz"): {
+        "503": {
+            "description": "not ready (Retry-After: 5)",
+            "content": {
+                "application/json": {
+                    "schema": _obj(
+                        ["status", "problems"],
+                        status={"const": "unavailable"},
+                        problems={"type": "array", "items": STR},
+                    )
+                }
+            },
+        }
+    }
+}
+
 #: Query parameters of mailbox and inbox reads (long-poll) and of their WebSockets.
 _AFTER = {"name": "after", "in": "query", "required": False, "schema": CURSOR}
 _PAGE = [
@@ -303,13 +524,23 @@ def _parameters(route: Route) -> list[dict[str, Any]]:
     return params
 
 
+def _success(key: tuple[str, str]) -> dict[str, Any]:
+    """The success response of a route: its JSON schema, its text type, or no content (204, 101)."""
+    status = SUCCESS.get(key, 200)
+    if status == 101:
+        return {"description": "switching protocols: the WebSocket (JSON text frames, docs/api.md)"}
+    if status == 204:
+        return {"description": "success, no content"}
+    if key in TEXT_BODIES:
+        return {"description": "success", "content": {TEXT_BODIES[key]: {"schema": STR}}}
+    if key not in RESPONSE_BODIES:  # a route described nowhere yet: tests/test_openapi.py fails on it
+        return {"description": "success"}
+    return {"description": "success", "content": {"application/json": {"schema": RESPONSE_BODIES[key]}}}
+
+
 def _operation(route: Route) -> dict[str, Any]:
     key = (route.method, route.path)
-    status = SUCCESS.get(key, 200)
-    success: dict[str, Any] = {"description": "success"}
-    if key in RESPONSE_BODIES:
-        success["content"] = {"application/json": {"schema": RESPONSE_BODIES[key]}}
-    responses: dict[str, Any] = {str(status): success}
+    responses: dict[str, Any] = {str(SUCCESS.get(key, 200)): _success(key), **OTHER_RESPONSES.get(key, {})}
     for code, (code_status, title) in CODES.items():
         if code in ("internal_error", "method_not_allowed") or (
             route.auth == "none" and code == "unauthorized"
