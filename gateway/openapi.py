@@ -598,6 +598,11 @@ def document() -> dict[str, Any]:
                     detail={"type": "string"},
                     rule={"type": "string"},
                     instance={"type": "string"},
+                    current_epoch={
+                        "type": "integer",
+                        "description": "a stale epoch's 409: the group's epoch",
+                    },
+                    seq={"type": "integer", "description": "a repeated delivery's 409: the log entry"},
                 )
             },
         },
