@@ -14,6 +14,7 @@ no answer raises :class:`gateway.client.GatewayConnectionError`, an ``OSError``.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import http.client
 import json
@@ -88,7 +89,16 @@ class _Shared:
             if cls.loop is None or cls.session is None:
                 cls.loop = LoopThread()
                 cls.session = cls.loop.run(_new_session())
+                atexit.register(cls.close)
             return cls.loop, cls.session
+
+    @classmethod
+    def close(cls) -> None:
+        with cls.lock:
+            if cls.loop is not None and cls.session is not None:
+                cls.loop.run(cls.session.close())
+                cls.loop.stop()
+            cls.loop = cls.session = None
 
 
 async def _new_session() -> aiohttp.ClientSession:

@@ -425,3 +425,21 @@ def test_the_test_helpers_run_on_the_shipped_client() -> None:
     assert issubclass(gwclient.Response, ApiResponse)
     assert isinstance(gwclient.Client(free_port()).api, GatewayClient)
     assert Path(gwclient.__file__).read_text().count("http.client.HTTPConnection(") == 1  # only fire()
+
+
+def test_the_readme_example_runs_as_written(
+    server: GatewayServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    found = re.search(r"## Python client.*?```python\n(.*?)```", readme, re.S)
+    assert found, "the README's Python client example"
+    _, token = server.admin.create_tenant("readme")
+    code, calls = re.subn(
+        r"^asyncio\.run\(main\(.*\)\)$",
+        f'asyncio.run(main("http://127.0.0.1:{server.port}", "{token}"))',
+        found.group(1),
+        flags=re.M,
+    )
+    assert calls == 1
+    exec(compile(code, "README.md", "exec"), {"__name__": "readme"})
+    assert capsys.readouterr().out.splitlines() == ["b'hello bob'", "conflict 1"]
