@@ -288,7 +288,8 @@ class GatewayClient:
     # ---- plumbing ----------------------------------------------------------------------------------
 
     def with_token(self, token: str | None, *, timeout: float | None = None) -> GatewayClient:
-        """The same gateway as another caller (the session is shared; the original keeps owning it)."""
+        """The same gateway as another caller (the session is shared; the original keeps owning it).
+        Call it on the event loop the client runs on (it may make the session)."""
         other = GatewayClient(self.base_url, token, session=self._session, timeout=timeout or self.timeout)
         if self._session is None:  # not made yet: make it now so both share it
             other._session = self._session = self._new_session()
@@ -314,13 +315,12 @@ class GatewayClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    def _headers(self, idempotency_key: str | None, extra: Mapping[str, str] | None) -> dict[str, str]:
+    def _headers(self, idempotency_key: str | None = None) -> dict[str, str]:
         headers = {"Accept": "application/json"}
         if self.token is not None:
             headers["Authorization"] = f"Bearer {self.token}"
         if idempotency_key is not None:
             headers["Idempotency-Key"] = idempotency_key
-        headers.update(extra or {})
         return headers
 
     async def request(
@@ -337,7 +337,7 @@ class GatewayClient:
     ) -> ApiResponse:
         """One request, answered whatever its status. ``body`` is sent as JSON, or ``raw`` as the body
         bytes; either way as ``Content-Type: application/json``."""
-        hdrs = self._headers(idempotency_key, None)
+        hdrs = self._headers(idempotency_key)
         data = raw if raw is not None else None if body is None else json.dumps(body).encode()
         if data is not None:
             hdrs["Content-Type"] = "application/json"
@@ -376,10 +376,7 @@ class GatewayClient:
         return response.result()
 
     async def _json(self, method: str, path: str, body: Any = None, **kw: Any) -> JSON:
-        result = await self.call(method, path, body, **kw)
-        if not isinstance(result, dict):
-            raise GatewayError(502, {"title": "Bad answer", "detail": f"{method} {path}: not a JSON object"})
-        return result
+        return _json_object(await self.call(method, path, body, **kw), f"{method} {path}")
 
     async def _none(self, method: str, path: str, body: Any = None, **kw: Any) -> None:
         await self.call(method, path, body, **kw)
@@ -396,9 +393,7 @@ class GatewayClient:
         response = await self.request("GET", "/readyz")
         if response.status == 503 and isinstance(response.body, dict):
             return response.body
-        result = response.result()
-        assert isinstance(result, dict)
-        return result
+        return _json_object(response.result(), "GET /readyz")
 
     @route("GET", "/metrics")
     async def metrics(self) -> str:
@@ -829,7 +824,8 @@ class GatewayClient:
     def mailbox_socket(
         self, client_id: str, *, after: str | None = None
     ) -> contextlib.AbstractAsyncContextManager[BoxSocket]:
-        """The mailbox's WebSocket, from after ``after``: ``async with client.mailbox_socket(id) as ws``."""
+        """The mailbox's WebSocket, from after ``after``: ``async with client.mailbox_socket(id) as ws``.
+        A refused upgrade raises :class:`GatewayError` with its status (aiohttp does not read its body)."""
         return self._socket(_path("/v1/clients/{client_id}/mailbox/ws", client_id=client_id), after)
 
     @route("GET", "/v1/identities/{identity_id}/inbox")
@@ -900,7 +896,7 @@ class GatewayClient:
 
     @contextlib.asynccontextmanager
     async def _socket(self, path: str, after: str | None) -> AsyncIterator[BoxSocket]:
-        headers = self._headers(None, None)
+        headers = self._headers()
         params = None if after is None else {"after": after}
         try:
             ws = await self._live_session().ws_connect(
@@ -932,6 +928,13 @@ class GatewayClient:
     @route("DELETE", "/v1/identities/{identity_id}/webhook")
     async def delete_webhook(self, identity_id: str) -> None:
         await self._none("DELETE", _path("/v1/identities/{identity_id}/webhook", identity_id=identity_id))
+
+
+def _json_object(result: Any, what: str) -> JSON:
+    """A success body that must be a JSON object (every JSON answer of the API is one)."""
+    if not isinstance(result, dict):
+        raise GatewayError(502, {"title": "Bad answer", "detail": f"{what}: not a JSON object"})
+    return result
 
 
 def _opt(value: Binary | None) -> str | None:
@@ -983,6 +986,12 @@ class BlockingClient:
         self.loop = loop or LoopThread()
         self.client = GatewayClient(base_url, token, timeout=timeout, keep_alive=keep_alive)
 
+    @classmethod
+    def _sharing(cls, loop: LoopThread, client: GatewayClient) -> BlockingClient:
+        other = cls.__new__(cls)
+        other._own_loop, other.loop, other.client = False, loop, client
+        return other
+
     def __call__(self, operation: Callable[[GatewayClient], Awaitable[_T]]) -> _T:
         async def run() -> _T:
             return await operation(self.client)
@@ -991,10 +1000,7 @@ class BlockingClient:
 
     def with_token(self, token: str | None, *, timeout: float | None = None) -> BlockingClient:
         """The same gateway, loop and connections as another caller."""
-        other = BlockingClient.__new__(BlockingClient)
-        other._own_loop, other.loop = False, self.loop
-        other.client = self.loop.run(_derive(self.client, token, timeout))
-        return other
+        return BlockingClient._sharing(self.loop, self.loop.run(_derive(self.client, token, timeout)))
 
     def close(self) -> None:
         self.loop.run(self.client.close())

@@ -299,6 +299,10 @@ async def _walk_with(client: Any, admin_token: str) -> None:
         assert unb64(event["authenticated_data"]) == b"ad"
         await ws.ack(event["cursor"])
     await _until(lambda: _empty(api.read_inbox(bob)), "the WebSocket ack")
+    with pytest.raises(GatewayError) as no_upgrade:
+        async with client("not-a-token").inbox_socket(bob):
+            pass
+    assert no_upgrade.value.status == 401
     # bob's own /process of that message: its event is acknowledged, so 409 with the entry's seq
     with pytest.raises(GatewayError) as repeated:
         await api.process(bob, gid, sent["message"])
