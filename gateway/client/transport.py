@@ -39,10 +39,8 @@ class Transport:
     def with_token(self, token: str | None, *, timeout: float | None = None) -> Self:
         """The same gateway as another caller (the session is shared; the original keeps owning it).
         Call it on the event loop the client runs on (it may make the session)."""
-        other = type(self)(self.base_url, token, session=self._session, timeout=timeout or self.timeout)
-        if self._session is None:  # not made yet: make it now so both share it
-            other._session = self._session = self._new_session()
-        return other
+        session = self._live_session()  # made now if not yet, so that both share it
+        return type(self)(self.base_url, token, session=session, timeout=timeout or self.timeout)
 
     def _new_session(self) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(force_close=not self.keep_alive, limit=256)

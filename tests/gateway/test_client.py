@@ -171,6 +171,21 @@ def test_gateway_error_carries_the_problem_document() -> None:
     assert text.code is None and text.detail == "bad gateway" and text.current_epoch is None
 
 
+def test_a_client_with_another_token_shares_the_session_its_maker_owns() -> None:
+    async def check() -> None:
+        maker = GatewayClient(f"http://127.0.0.1:{free_port()}", "tenant-token")
+        other = maker.with_token("client-token", timeout=5)
+        assert (other.token, other.timeout, maker.token) == ("client-token", 5, "tenant-token")
+        session = maker._live_session()
+        assert other._live_session() is session
+        await other.close()  # not its session to close
+        assert not session.closed
+        await maker.close()
+        assert session.closed
+
+    asyncio.run(check())
+
+
 def test_no_answer_is_a_connection_error() -> None:
     async def call() -> None:
         async with GatewayClient(f"http://127.0.0.1:{free_port()}", timeout=5) as client:
