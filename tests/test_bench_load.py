@@ -18,6 +18,7 @@ import pytest
 pytest.importorskip("matplotlib")
 
 from benches import load
+from tests.gateway.gwclient import GatewayServer
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -135,6 +136,80 @@ def check_sweep(data: dict[str, Any]) -> None:
         assert point["p50_ms"] <= point["p99_ms"]
 
 
+def _run_remote(argv: list[str], env: dict[str, str]) -> tuple[str, str]:
+    """``python -m benches.load --url …`` to its end (bounded against hanging, never a speed gate)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "benches.load", *argv],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=90)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"the remote load run did not end:\n{out[-2000:]}\n{err[-2000:]}")
+    assert proc.returncode == 0, f"{out[-2000:]}\n{err[-3000:]}"
+    return out, err
+
+
+def check_remote_report(data: dict[str, Any], url: str, token_kind: str, groups: int) -> None:
+    """The figures of a remote run agree with one another (no absolute time gates)."""
+    assert data["mode"] == "remote" and data["target"] == url and data["token"] == token_kind
+    for key in ("messages_per_s", "p50_ms", "p99_ms"):
+        assert isinstance(data[key], int | float) and math.isfinite(data[key]) and data[key] > 0, key
+    assert data["messages"] > 0 and data["errors"] == {}, data["errors"]
+    assert data["messages_per_s"] == pytest.approx(data["messages"] / data["elapsed_s"], rel=0.01)
+    assert data["p50_ms"] <= data["p99_ms"] == data["latency_ms"]["send_and_process"]["p99"]
+    assert sum(data["timeline_messages_per_s"]) <= data["messages"]
+    # The deployed gateway's own count: one signature per protected message.
+    assert data["gateway_signatures"]["count"] == data["messages"], data["gateway_signatures"]
+    assert data["config"]["groups"] == groups and data["config"]["identities"] == 2 * groups
+    assert data["config"]["transport"] == f"HTTP to {url}"
+    for absent in ("raw_sign_ops_per_s", "fraction_of_hsm", "library", "fraction_of_library"):
+        assert absent not in data
+
+
+@pytest.mark.timeout(240)
+def test_load_against_a_separately_started_gateway(tmp_path: Path) -> None:
+    """``--url --token`` drives a gateway this benchmark did not start: with the admin token it makes a
+    tenant of its own, with a tenant token it works in that tenant; both through the shipped client."""
+    server = GatewayServer(tmp_path / "gw")
+    server.start()
+    try:
+        url = f"http://127.0.0.1:{server.port}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MLSGW_")}
+        argv = ["--url", url, "--groups", "2", "--duration", "2", "--sweep-duration", "1"]
+        out, err = _run_remote(
+            [*argv, "--token", server.admin_token, "--clients-sweep", "3", "--out", str(tmp_path)], env
+        )
+        admin_run = json.loads((tmp_path / "load-remote.json").read_text())
+        check_remote_report(admin_run, url, "admin", 2)
+        assert [point["clients"] for point in admin_run["clients_sweep"]] == [3]
+        assert admin_run["clients_sweep"][0]["errors"] == {} and admin_run["clients_sweep"][0]["messages"] > 0
+        assert "messages sent + processed" in out and "setup: 2 groups" in err
+        assert not (tmp_path / "load.json").exists() and not (tmp_path / "load.png").exists()
+        tenants = server.admin.get("/v1/tenants").expect(200)["tenants"]
+        assert [t["name"][:5] for t in tenants] == ["load-"]
+
+        _, token = server.admin.create_tenant("bench")
+        out_dir = tmp_path / "tenant"
+        _run_remote(
+            [*argv, "--clients-sweep", "none", "--out", str(out_dir)], {**env, "MLSGW_BENCH_TOKEN": token}
+        )
+        tenant_run = json.loads((out_dir / "load-remote.json").read_text())
+        check_remote_report(tenant_run, url, "tenant", 2)
+        assert tenant_run["clients_sweep"] == []
+        assert len(server.admin.get("/v1/tenants").expect(200)["tenants"]) == 2  # none made this time
+        assert len(server.client(token).get("/v1/identities").expect(200)["identities"]) == 4
+    finally:
+        server.kill()
+
+
 def test_parse_sweep() -> None:
     assert load.parse_sweep("8,32") == (8, 32)
     assert load.parse_sweep("none") == load.parse_sweep("") == ()
@@ -158,3 +233,7 @@ def test_arguments_are_checked() -> None:
         load.main(["--clients-sweep", "8,x"])
     with pytest.raises(SystemExit):
         load.main(["--library-duration", "0"])
+    with pytest.raises(SystemExit):
+        load.main(["--url", "http://127.0.0.1:1", "--token", ""])
+    with pytest.raises(SystemExit):
+        load.main(["--url", "127.0.0.1:8080", "--token", "t"])

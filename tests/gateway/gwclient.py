@@ -1,16 +1,20 @@
-"""A real ``mls-gateway serve`` process and a small HTTP client for it (standard library only).
+"""A real ``mls-gateway serve`` process, and the shipped client (:mod:`gateway.client`) for tests.
 
 :class:`GatewayServer` runs ``mls-gateway init --json`` once on a data folder (keeping the admin token
 it prints), then ``mls-gateway serve`` on a free local port; it can stop the process with SIGTERM
 (graceful, exit code 0 expected), kill it with SIGKILL (a crash) and start it again on the same folder.
-:class:`Client` speaks the JSON API over one fresh HTTP connection per request, so it is safe to use
-from several threads, and answers :class:`Response` values (status, JSON body, headers) for every
-status: tests assert on problem documents as much as on successes.
+:class:`Client` is the shipped :class:`gateway.client.GatewayClient` used synchronously: every request
+runs on one event loop thread (:class:`gateway.client.LoopThread`) over one shared session that opens a
+fresh connection per request, so it is safe to use from several threads and across server restarts.
+Its raw form (:meth:`Client.request`, ``get``, ``post``, ``delete``) answers a :class:`Response` for every
+status — tests assert on problem documents as much as on successes — and its conveniences call the
+client's typed route methods (a failure raises :class:`gateway.client.GatewayError`). A request that gets
+no answer raises :class:`gateway.client.GatewayConnectionError`, an ``OSError``.
 """
 
 from __future__ import annotations
 
-import base64
+import atexit
 import contextlib
 import http.client
 import json
@@ -19,26 +23,38 @@ import re
 import signal
 import socket
 import subprocess
+import threading
 import time
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+import aiohttp
+
+from gateway.client import ApiResponse, GatewayClient, LoopThread, b64, gid_segment, unb64
 
 REPO = Path(__file__).resolve().parents[2]
 GATEWAY_EXE = REPO / ".venv" / "bin" / "mls-gateway"
 
+T = TypeVar("T")
 
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
-def unb64(value: str) -> bytes:
-    return base64.b64decode(value, validate=True)
+__all__ = [
+    "GATEWAY_EXE",
+    "REPO",
+    "Client",
+    "GatewayServer",
+    "Hosted",
+    "Response",
+    "b64",
+    "free_port",
+    "unb64",
+]
 
 
 def gid_path(group_id_b64: str) -> str:
     """A group id (standard base64, as the API returns it) as a URL path segment: base64url, no padding."""
-    return base64.urlsafe_b64encode(unb64(group_id_b64)).decode("ascii").rstrip("=")
+    return gid_segment(unb64(group_id_b64))
 
 
 def free_port() -> int:
@@ -47,17 +63,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@dataclass
-class Response:
-    status: int
-    body: Any
-    headers: dict[str, str] = field(default_factory=dict)
-    raw: bytes = b""
-
-    @property
-    def code(self) -> str | None:
-        """The problem ``code`` of an error answer."""
-        return self.body.get("code") if isinstance(self.body, dict) else None
+@dataclass(frozen=True)
+class Response(ApiResponse):
+    """An answer of any status (``status``, ``body``, lower-cased ``headers``, ``raw``, ``code``)."""
 
     def __getitem__(self, key: str) -> Any:
         return self.body[key]
@@ -67,16 +75,57 @@ class Response:
         return self
 
 
+class _Shared:
+    """The tests' one loop thread and its one session (a connection per request: no stale keep-alive
+    connection to a server that was killed and started again)."""
+
+    lock = threading.Lock()
+    loop: LoopThread | None = None
+    session: aiohttp.ClientSession | None = None
+
+    @classmethod
+    def get(cls) -> tuple[LoopThread, aiohttp.ClientSession]:
+        with cls.lock:
+            if cls.loop is None or cls.session is None:
+                cls.loop = LoopThread()
+                cls.session = cls.loop.run(_new_session())
+                atexit.register(cls.close)
+            return cls.loop, cls.session
+
+    @classmethod
+    def close(cls) -> None:
+        with cls.lock:
+            if cls.loop is not None and cls.session is not None:
+                cls.loop.run(cls.session.close())
+                cls.loop.stop()
+            cls.loop = cls.session = None
+
+
+async def _new_session() -> aiohttp.ClientSession:
+    connector = aiohttp.TCPConnector(force_close=True, limit=0)
+    return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
+
+
 class Client:
-    """JSON over HTTP against one gateway; ``token`` is sent as a bearer token unless None."""
+    """One gateway as one caller; ``token`` is sent as a bearer token unless None."""
 
     def __init__(self, port: int, token: str | None = None, *, timeout: float = 60.0) -> None:
         self.port = port
         self.token = token
         self.timeout = timeout
+        self._loop, session = _Shared.get()
+        self.api = GatewayClient(f"http://127.0.0.1:{port}", token, session=session, timeout=timeout)
 
     def with_token(self, token: str | None) -> Client:
         return Client(self.port, token, timeout=self.timeout)
+
+    def run(self, operation: Callable[[GatewayClient], Awaitable[T]]) -> T:
+        """``operation`` on the shipped client, e.g. ``api.run(lambda c: c.list_clients())``."""
+
+        async def call() -> T:
+            return await operation(self.api)
+
+        return self._loop.run(call())
 
     def request(
         self,
@@ -88,32 +137,9 @@ class Client:
         headers: dict[str, str] | None = None,
         raw: bytes | None = None,
     ) -> Response:
-        """One request. Connection failures raise (``OSError`` / ``http.client`` errors)."""
-        hdrs = {"Accept": "application/json"}
-        if self.token is not None:
-            hdrs["Authorization"] = f"Bearer {self.token}"
-        if idem is not None:
-            hdrs["Idempotency-Key"] = idem
-        data = raw
-        if data is None and body is not None:
-            data = json.dumps(body).encode()
-        if data is not None:
-            hdrs["Content-Type"] = "application/json"
-        hdrs.update(headers or {})
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
-        try:
-            conn.request(method, path, body=data, headers=hdrs)
-            resp = conn.getresponse()
-            payload = resp.read()
-            resp_headers = {k.lower(): v for k, v in resp.getheaders()}
-        finally:
-            conn.close()
-        parsed: Any = None
-        if payload and "json" in resp_headers.get("content-type", ""):
-            parsed = json.loads(payload)
-        elif payload:
-            parsed = payload.decode("utf-8", "replace")
-        return Response(resp.status, parsed, resp_headers, payload)
+        """One request, answered whatever its status."""
+        r = self.run(lambda c: c.request(method, path, body, idempotency_key=idem, headers=headers, raw=raw))
+        return Response(r.status, r.body, r.headers, r.raw)
 
     def fire(
         self, method: str, path: str, body: Any, *, idem: str | None = None
@@ -141,60 +167,53 @@ class Client:
 
     def metric(self, family: str, **labels: str) -> float:
         """The sum of the samples of one /metrics family whose labels include ``labels``."""
-        text = self.get("/metrics").expect(200).body
+        text = self.run(lambda c: c.metrics())
         total = 0.0
         for name, label_text, value in re.findall(r"^(\w+)(?:\{(.*)\})? (\S+)$", text, re.M):
             if name == family and all(f'{k}="{v}"' in label_text for k, v in labels.items()):
                 total += float(value)
         return total
 
-    # ---- conveniences over the API (all assert success) -------------------------------------------
+    # ---- conveniences over the shipped client's route methods (a failure raises GatewayError) ------
     def create_tenant(self, name: str) -> tuple[str, str]:
-        r = self.post("/v1/tenants", {"name": name}).expect(201)
+        r = self.run(lambda c: c.create_tenant(name))
         return r["tenant_id"], r["token"]
 
     def create_identity(self, name: str, **extra: Any) -> dict[str, Any]:
-        return dict(self.post("/v1/identities", {"name": name, **extra}).expect(201).body)
+        return self.run(lambda c: c.create_identity(name, **extra))
 
     def key_packages(self, identity_id: str, count: int = 1, **extra: Any) -> list[str]:
-        r = self.post(f"/v1/identities/{identity_id}/key-packages", {"count": count, **extra}).expect(201)
+        r = self.run(lambda c: c.create_key_packages(identity_id, count=count, **extra))
         return [kp["key_package"] for kp in r["key_packages"]]
 
     def create_group(self, identity_id: str, **extra: Any) -> str:
         """Create a group; returns its id as a path segment (base64url without padding)."""
-        r = self.post(f"/v1/identities/{identity_id}/groups", extra).expect(201)
+        if isinstance(extra.get("group_id"), str):
+            extra["group_id"] = unb64(extra["group_id"])
+        r = self.run(lambda c: c.create_group(identity_id, **extra))
         assert r["epoch"] == 0
         return gid_path(r["group_id"])
 
     def group(self, identity_id: str, gid: str) -> dict[str, Any]:
-        return dict(self.get(f"/v1/identities/{identity_id}/groups/{gid}").expect(200).body)
+        return self.run(lambda c: c.get_group(identity_id, gid))
 
     def commit(
-        self, identity_id: str, gid: str, body: dict[str, Any] | None = None, **kw: Any
+        self, identity_id: str, gid: str, body: dict[str, Any] | None = None, *, idem: str | None = None
     ) -> dict[str, Any]:
-        return dict(
-            self.post(f"/v1/identities/{identity_id}/groups/{gid}/commits", body or {}, **kw).expect(200).body
-        )
+        return self.run(lambda c: c.commit(identity_id, gid, **(body or {}), idempotency_key=idem))
 
     def join(self, identity_id: str, welcome: str, **extra: Any) -> dict[str, Any]:
-        body = {"welcome": welcome, **extra}
-        return dict(self.post(f"/v1/identities/{identity_id}/groups/join", body).expect(201).body)
+        return self.run(lambda c: c.join_group(identity_id, welcome, **extra))
 
-    def send(self, identity_id: str, gid: str, data: bytes, **kw: Any) -> str:
-        r = self.post(
-            f"/v1/identities/{identity_id}/groups/{gid}/messages", {"data": b64(data)}, **kw
-        ).expect(200)
+    def send(self, identity_id: str, gid: str, data: bytes, *, idem: str | None = None) -> str:
+        r = self.run(lambda c: c.send_message(identity_id, gid, data, idempotency_key=idem))
         return str(r["message"])
 
-    def process(self, identity_id: str, gid: str, message: str, **kw: Any) -> dict[str, Any]:
-        r = self.post(f"/v1/identities/{identity_id}/groups/{gid}/process", {"message": message}, **kw)
-        return dict(r.expect(200).body)
+    def process(self, identity_id: str, gid: str, message: str, *, idem: str | None = None) -> dict[str, Any]:
+        return self.run(lambda c: c.process(identity_id, gid, message, idempotency_key=idem))
 
     def export(self, identity_id: str, gid: str, label: str, length: int, context: bytes = b"") -> bytes:
-        body = {"label": label, "length": length, "context": b64(context)}
-        return unb64(
-            self.post(f"/v1/identities/{identity_id}/groups/{gid}/export", body).expect(200)["secret"]
-        )
+        return self.run(lambda c: c.export_secret(identity_id, gid, label, length, context=context))
 
 
 class GatewayServer:
