@@ -36,7 +36,8 @@ class Route:
     """One route of the API: the aiohttp router and the OpenAPI document are both built from these.
 
     ``auth`` is who may call it: ``"none"``, ``"admin"`` (admin tokens), ``"tenant"`` (tenant tokens) or
-    ``"endpoint"`` (tenant tokens and the tenant's client tokens, api-delivery.md)."""
+    ``"endpoint"`` (tenant tokens and the tenant's client tokens, api-delivery.md) or ``"tenant_or_admin"``
+    (admin tokens and tenant tokens; the route checks a tenant token acts on its own tenant)."""
 
     method: str
     path: str

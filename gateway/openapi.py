@@ -14,6 +14,7 @@ from functools import cache
 from typing import Any
 
 from .api import ROUTES, Route
+from .api_credentials import CREDENTIAL_REQUEST_BODIES, CREDENTIAL_SUCCESS
 from .errors import CODES
 
 B64 = {"type": "string", "contentEncoding": "base64"}
@@ -257,6 +258,9 @@ RESPONSE_BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ),
     ("GET", "/v1/identities/{identity_id}/webhook"): _WEBHOOK,
 }
+
+REQUEST_BODIES.update(CREDENTIAL_REQUEST_BODIES)
+SUCCESS.update(CREDENTIAL_SUCCESS)
 
 #: Query parameters of mailbox and inbox reads (long-poll) and of their WebSockets.
 _AFTER = {"name": "after", "in": "query", "required": False, "schema": CURSOR}
