@@ -51,7 +51,7 @@ MAX_EKUS = 16
 #: The longest chain accepted, configured intermediates included.
 MAX_CHAIN = 8
 #: A dotted OID: first arc 0-2, then arcs without leading zeros (the second arc < 40 under 0 and 1).
-_OID = re.compile(r"^(?:[01]\.(?:[0-9]|[1-3][0-9])|2\.(?:0|[1-9][0-9]{0,17}))(?:\.(?:0|[1-9][0-9]{0,17}))*$")
+_OID = re.compile(r"(?:[01]\.(?:[0-9]|[1-3][0-9])|2\.(?:0|[1-9][0-9]{0,17}))(?:\.(?:0|[1-9][0-9]{0,17}))*")
 _DER = serialization.Encoding.DER
 _X509_KEYS = frozenset({"trust_anchors", "intermediates", "crls", "san_pattern", "required_eku"})
 
@@ -223,9 +223,12 @@ def _ekus(value: Any) -> tuple[x509.ObjectIdentifier, ...]:
         raise PolicyError(f"x509.required_eku must be a list of at most {MAX_EKUS} OIDs")
     out = []
     for i, item in enumerate(value):
-        if not isinstance(item, str) or not _OID.match(item):
-            raise PolicyError(f"x509.required_eku[{i}] is not a dotted OID")
-        out.append(x509.ObjectIdentifier(item))
+        try:
+            if not isinstance(item, str) or not _OID.fullmatch(item):
+                raise ValueError
+            out.append(x509.ObjectIdentifier(item))
+        except ValueError:
+            raise PolicyError(f"x509.required_eku[{i}] is not a dotted OID") from None
     return tuple(out)
 
 

@@ -242,7 +242,8 @@ def test_refused_at_process(shared_gateway: GatewayServer, pki: Pki, kind: str) 
     before = alice.state(gid)
 
     adding = group.commit(CommitOptions(add=[pki.bad[kind].key_package().key_package]))
-    assert_rejected(alice.post(gid, "/process", {"message": b64(adding.commit or b"")}), EXPECTED_REASON[kind])
+    refused = alice.post(gid, "/process", {"message": b64(adding.commit or b"")})
+    assert_rejected(refused, EXPECTED_REASON[kind])
     assert alice.state(gid) == before
     group.discard_pending_commit()
 
