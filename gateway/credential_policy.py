@@ -34,9 +34,14 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 
-from mls import BasicCredentialValidator, Credential, LeafPolicy, ValidationError
-from mls.credentials.credential import CredentialType
-from mls.credentials.x509 import X509CredentialValidator
+from mls import (
+    BasicCredentialValidator,
+    Credential,
+    CredentialType,
+    LeafPolicy,
+    ValidationError,
+    X509CredentialValidator,
+)
 
 from .store import Store
 
