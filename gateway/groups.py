@@ -61,6 +61,9 @@ class Groups:
         """``POST .../groups``: a one-member group at epoch 0 (RFC 9420 §11)."""
         identity = self.identities.get(principal, request.identity_id)
         extensions = list(request.extensions)
+        config = self._config(identity, request.settings)
+        for sender in request.external_senders:  # the tenant's credential policy (RFC 9420 §12.1.8.1)
+            config.leaf_policy.credential_validator.validate(sender.credential, sender.signature_key)
         if request.external_senders:
             extensions.append(ExternalSenders(tuple(request.external_senders)).to_extension())
         signer = self.keys.signer(identity.signature_key_ref)
@@ -72,7 +75,7 @@ class Groups:
                 credential=Credential.from_bytes(identity.credential),
                 group_id=request.group_id,
                 extensions=extensions,
-                config=self._config(identity, request.settings),
+                config=config,
             )
         session = self.sessions.start(
             identity, group, PendingWrites(new_keys=[group.state.keys.leaf_key.key_ref])

@@ -31,6 +31,7 @@ from mls.group.commit_options import CommitOptions
 from mls.group.staged_commit import StagedCommit
 from mls.group.state import GroupConfig
 from mls.tree.leaf_validation import AcceptAnyCredential, CredentialValidator, LeafPolicy
+from mls.wire.extensions import ExternalSender, ExternalSenders
 
 NOW = datetime(2030, 6, 1, 12, 0, tzinfo=UTC)
 DAY = timedelta(days=1)
@@ -917,3 +918,23 @@ def test_commit_path_changes_own_credential(pki: Pki) -> None:
     for g in (ga, gb):
         leaf = g.state.tree.leaf(0)
         assert leaf is not None and leaf.credential == renewed
+
+
+def test_external_senders_validated_on_join(pki: Pki) -> None:
+    """A joiner runs its credential validator on the group context's external senders (§12.1.8.1)."""
+    suite = 2
+    strict = config(X509CredentialValidator([pki.root.cert], now=clock))
+    rogue = member(make_pki("Rogue Root"), suite, "rogue sender")
+    trusted = member(pki, suite, "trusted sender")
+    for sender, refused in ((rogue, True), (trusted, False)):
+        ext = ExternalSenders((ExternalSender(sender.signer.public_key, sender.credential),)).to_extension()
+        ga = member(pki, suite, "alice").create_group(extensions=[ext])
+        bob = member(pki, suite, "bob")
+        staged = ga.commit(CommitOptions(add=[bob.key_package().key_package]))
+        assert staged.welcome is not None
+        if refused:
+            with pytest.raises(ValidationError) as info:
+                bob.join(staged.welcome, config=strict)
+            assert info.value.rule == "5.3.1/x509-trust-anchor"
+        else:
+            assert bob.join(staged.welcome, config=strict).epoch == 1

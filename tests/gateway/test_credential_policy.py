@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from cryptography import x509
 
-from mls import Credential, KeyPackage, MLSMessage
+from mls import Credential, ExternalSender, ExternalSenders, KeyPackage, MLSMessage
 from mls.client import Client as MlsClient
 from mls.crypto.key_store import SoftwareKeyStore
 from mls.group.commit_options import CommitOptions
@@ -384,3 +384,29 @@ def test_policy_routes(shared_gateway: GatewayServer, pki: Pki) -> None:
     api.delete(path).expect(204)
     api.delete(path).expect(404)
     assert alice.commit(gid, {"add": [kp_b64(pki.member("bob"))]})["epoch"] == 1
+
+
+def test_external_senders_are_checked(shared_gateway: GatewayServer, pki: Pki) -> None:
+    """External senders enter a member's view at group creation and with a Welcome's group context."""
+    _, api = tenant_with_policy(shared_gateway, pki, "external-senders")
+    alice = certified(api, pki, "alice")
+    basic_sender = {
+        "signature_key": b64(b"\x01" * 32),
+        "credential": {"type": "basic", "identity": b64(b"ds")},
+    }
+    refused = api.post(alice.path(), {"external_senders": [basic_sender]})
+    assert_rejected(refused, "type_not_allowed")
+    assert api.get(alice.path()).expect(200)["groups"] == []
+
+    kp_obj = MLSMessage.from_bytes(unb64(alice.key_package())).body
+    assert isinstance(kp_obj, KeyPackage)
+    for kind, sender in (("revoked", pki.bad["revoked"]), (None, pki.member("ds"))):
+        ext = ExternalSenders((ExternalSender(sender.signer.public_key, sender.credential),)).to_extension()
+        group = pki.member("gina").create_group(extensions=[ext])
+        welcome = group.commit(CommitOptions(add=[kp_obj])).welcome
+        assert welcome is not None
+        answer = api.post(f"/v1/identities/{alice.identity_id}/groups/join", {"welcome": b64(welcome)})
+        if kind is None:
+            assert answer.expect(201)["epoch"] == 1
+        else:
+            assert_rejected(answer, EXPECTED_REASON[kind])
