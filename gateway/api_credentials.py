@@ -29,7 +29,7 @@ from mls import Credential
 
 from .auth import Principal
 from .credential_policy import CredentialPolicies, CredentialRejected, PolicyError, parse_policy
-from .dispatch import Route, principal, read_body, respond, runtime
+from .dispatch import Route, check_identity, principal, read_body, respond, runtime
 from .errors import invalid, not_found
 from .identities import Identities
 from .persistence import Json, PendingWrites, Persistence, RequestScope, Response, group_audit_context
@@ -173,7 +173,7 @@ async def delete_policy(request: web.Request) -> web.Response:
 
 
 async def post_csr(request: web.Request) -> web.Response:
-    p, iid = principal(request), request.match_info["identity_id"]
+    p, iid = await check_identity(request)
     body = await read_body(request)
     subject = _subject(body.data.get("subject"))
     ops = _operations(request)
@@ -181,7 +181,7 @@ async def post_csr(request: web.Request) -> web.Response:
 
 
 async def put_credential(request: web.Request) -> web.Response:
-    p, iid = principal(request), request.match_info["identity_id"]
+    p, iid = await check_identity(request)
     body = await read_body(request)
     chain = _chain(body.data.get("x509_chain"))
     ops = _operations(request)

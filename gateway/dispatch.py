@@ -124,6 +124,14 @@ async def respond(
             rt.metrics.mls_latency.labels(metric).observe(time.perf_counter() - started)
 
 
+async def check_identity(request: web.Request) -> tuple[Principal, str]:
+    """The caller and the path's ``identity_id``: 404 for an identity that is not the caller's tenant's,
+    before anything else (the body) is looked at, so another tenant's id answers 404 whatever the body."""
+    rt, p, iid = runtime(request), principal(request), request.match_info["identity_id"]
+    await asyncio.get_running_loop().run_in_executor(rt.executor, rt.service.identities.get, p, iid)
+    return p, iid
+
+
 def group_address(request: web.Request) -> GroupAddress:
     return GroupAddress(request.match_info["identity_id"], rq.group_id_from_path(request.match_info["gid"]))
 
