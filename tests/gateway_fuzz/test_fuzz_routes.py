@@ -342,7 +342,9 @@ def test_bad_credentials_are_refused(
     body = base_body(key, gw)
     reply = send(gw, key, auth=auth, **({} if body is None else {"json_body": body}))
     note = f"{key} with Authorization {auth!r}"
-    expect_problem(reply, note, "not_found" if auth == wrong_kind else "unauthorized")
+    expect_problem(
+        reply, note, "not_found" if wrong_kind is not None and auth == wrong_kind else "unauthorized"
+    )
     expect_unchanged(gw, baseline, note)
 
 
