@@ -11,7 +11,7 @@ identities whose signature keys stay in the HSM.
 - ``PUT /v1/identities/{identity_id}/credential`` ``{x509_chain: [PEM, end entity first]}`` → 200 the
   identity: the chain must certify the identity's signature key and meet the tenant's policy (which must
   allow ``x509``), else 422 ``credential_rejected``. New KeyPackages carry it; in a group, a commit with
-  ``force_path: true`` puts it into the member's leaf (its UpdatePath leaf node).
+  ``update: true`` (``force_path``) puts it into the member's leaf (its UpdatePath leaf node).
 """
 
 from __future__ import annotations

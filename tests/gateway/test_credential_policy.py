@@ -308,7 +308,7 @@ def test_update_commit_carries_the_new_credential(shared_gateway: GatewayServer,
         200
     )
     assert alice.group(gid)["members"][0]["credential"]["type"] == "basic"  # until it commits a path
-    update = alice.commit(gid, {"force_path": True})
+    update = alice.commit(gid, {"update": True})
     processed = group.process(unb64(update["commit"]))
     group.merge(processed)  # type: ignore[arg-type]
     leaf = group.state.tree.leaf(0)
