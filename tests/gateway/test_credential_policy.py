@@ -13,8 +13,10 @@ ts-mls carries X.509 credentials as opaque certificate chains).
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -410,3 +412,39 @@ def test_external_senders_are_checked(shared_gateway: GatewayServer, pki: Pki) -
             assert answer.expect(201)["epoch"] == 1
         else:
             assert_rejected(answer, EXPECTED_REASON[kind])
+
+
+def _sign_audits(server: GatewayServer, identity_id: str) -> list[tuple[str, int]]:
+    conn = sqlite3.connect(Path(server.data_dir) / "gateway.sqlite3")
+    try:
+        rows = conn.execute(
+            "SELECT custody, ok FROM audit WHERE identity_id = ? AND operation = 'sign'", (identity_id,)
+        ).fetchall()
+    finally:
+        conn.close()
+    return [(str(c), int(ok)) for c, ok in rows]
+
+
+@pytest.mark.parametrize("suite", [1, 2, 5, 7])
+def test_csr_is_signed_in_the_hsm_and_audited(shared_gateway: GatewayServer, suite: int) -> None:
+    """Ed25519 and ECDSA P-256/P-521/P-384 identities: the request verifies under the identity's key and
+    the signature is one audited use of the token key."""
+    _, token = shared_gateway.admin.create_tenant(f"csr-{suite}")
+    api = shared_gateway.client(token)
+    identity = api.create_identity(f"bot{suite}", cipher_suite=suite)
+    before = _sign_audits(shared_gateway, identity["identity_id"])
+    answer = api.post(f"/v1/identities/{identity['identity_id']}/csr", {"subject": "CN=bot,O=Example,C=DE"})
+    csr = x509.load_pem_x509_csr(answer.expect(200)["csr"].encode())
+    assert csr.is_signature_valid
+    assert csr.public_key() == mls_public_key(unb64(identity["signature_public_key"]))
+    assert _sign_audits(shared_gateway, identity["identity_id"]) == [
+        *before,
+        (identity["custody"]["signature"], 1),
+    ]
+    for bad in ("", "not a name", "CN=" + "x" * 1100, 7):
+        refused = api.post(f"/v1/identities/{identity['identity_id']}/csr", {"subject": bad})
+        assert (refused.status, refused.code) == (400, "invalid_request"), bad
+    assert _sign_audits(shared_gateway, identity["identity_id"]) == [
+        *before,
+        (identity["custody"]["signature"], 1),
+    ]
