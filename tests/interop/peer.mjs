@@ -8,8 +8,8 @@
 //
 // A peer holds any number of named clients. A client has one identity (basic credential, or x509 after
 // set_x509), one signature key pair, one cipher suite, any number of outstanding key packages, and any
-// number of groups keyed by group id. Ops that act on a group take an optional `group_id`; without it the client's only group is
-// used (an error if it has none or several).
+// number of groups keyed by group id. Ops that act on a group take an optional `group_id`; without it the
+// client's only group is used (an error if it has none or several).
 //
 // Ops (args -> result; "?" = optional; handshake is "public" (default) or "private"):
 //   ping                                                  -> {version, suites}
