@@ -78,10 +78,27 @@ class CredentialRejected(ValidationError):
 
 
 @dataclass(frozen=True)
+class TrustedCrl:
+    """A configured CRL with its issuer's name and key (DER SubjectPublicKeyInfo), under which its signature
+    verified when the policy was set: it covers the certificates that issuer (name and key) issued."""
+
+    crl: x509.CertificateRevocationList
+    issuer_name: x509.Name
+    issuer_key: bytes
+
+    def revokes(self, cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+        return (
+            issuer.subject == self.issuer_name
+            and _spki(issuer) == self.issuer_key
+            and self.crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None
+        )
+
+
+@dataclass(frozen=True)
 class X509Policy:
     trust_anchors: tuple[x509.Certificate, ...]
     intermediates: tuple[x509.Certificate, ...] = ()
-    crls: tuple[x509.CertificateRevocationList, ...] = ()
+    crls: tuple[TrustedCrl, ...] = ()
     san_pattern: re.Pattern[str] | None = None
     required_eku: tuple[x509.ObjectIdentifier, ...] = ()
 
@@ -191,16 +208,21 @@ def _ca_certificate(pem: str, label: str) -> x509.Certificate:
     return cert
 
 
-def _crl(pem: str, label: str, issuers: list[x509.Certificate]) -> x509.CertificateRevocationList:
+def _crl(pem: str, label: str, issuers: list[x509.Certificate]) -> TrustedCrl:
     """One PEM CRL, signed by one of the policy's CAs."""
     try:
         crl = x509.load_pem_x509_crl(pem.encode())
         list(crl)  # the revoked entries parse
     except (ValueError, TypeError):
         raise PolicyError(f"{label} is not a PEM CRL") from None
-    if not any(_crl_issued_by(crl, issuer) for issuer in issuers):
+    issuer = next((i for i in issuers if _crl_issued_by(crl, i)), None)
+    if issuer is None:
         raise PolicyError(f"{label} is not signed by a trust anchor or intermediate of the policy")
-    return crl
+    return TrustedCrl(crl, issuer.subject, _spki(issuer))
+
+
+def _spki(cert: x509.Certificate) -> bytes:
+    return cert.public_key().public_bytes(_DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 def _crl_issued_by(crl: x509.CertificateRevocationList, issuer: x509.Certificate) -> bool:
@@ -280,14 +302,14 @@ class PolicyCredentialValidator:
             return
         x = self.policy.x509
         assert x is not None and self._chain is not None
-        completed = Credential.x509(_completed_chain(credential, x.intermediates))
+        ders = _completed_chain(credential, x.intermediates)
         try:
-            self._chain.validate(completed, signature_key)
-            chain = self._chain.verify_chain(completed)
+            self._chain.validate(Credential.x509(ders), signature_key)
         except ValidationError as e:
             raise CredentialRejected(
                 e.rule, e.message, _REASON_OF_RULE.get(e.rule, "untrusted_chain")
             ) from None
+        chain = [x509.load_der_x509_certificate(d) for d in ders]  # they parsed in the chain check
         _check_revocation(chain, x)
         _check_san(chain[0], x.san_pattern)
         _check_eku(chain[0], x.required_eku)
@@ -322,19 +344,16 @@ def _directly_issued(child: x509.Certificate, issuer: x509.Certificate) -> bool:
 
 
 def _check_revocation(chain: list[x509.Certificate], x: X509Policy) -> None:
-    """No certificate of the path is on a configured CRL of its issuer (RFC 5280 §6.3, the CRLs the
-    tenant configured; a CRL whose signature does not verify under the issuer's key is not used)."""
+    """No certificate of the path is on a configured CRL of its issuer (RFC 5280 §6.3, with the CRLs the
+    tenant configured, each verified under its issuer's key when the policy was set)."""
     issuers: list[x509.Certificate | None] = [*chain[1:], _issuing_anchor(chain[-1], x.trust_anchors)]
     for cert, issuer in zip(chain, issuers, strict=True):
         if issuer is None:
             continue  # the certificate is itself a trust anchor
-        for crl in x.crls:
-            if _crl_issued_by(crl, issuer) and crl.get_revoked_certificate_by_serial_number(
-                cert.serial_number
-            ):
-                raise CredentialRejected(
-                    "5.3.1/policy-revoked", "a certificate of the chain is revoked", "revoked"
-                )
+        if any(crl.revokes(cert, issuer) for crl in x.crls):
+            raise CredentialRejected(
+                "5.3.1/policy-revoked", "a certificate of the chain is revoked", "revoked"
+            )
 
 
 def _issuing_anchor(last: x509.Certificate, anchors: tuple[x509.Certificate, ...]) -> x509.Certificate | None:
