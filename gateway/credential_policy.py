@@ -317,7 +317,7 @@ class PolicyCredentialValidator:
 
 def _completed_chain(credential: Credential, intermediates: tuple[x509.Certificate, ...]) -> list[bytes]:
     """The presented chain (end entity first), followed by configured intermediates while its last
-    certificate is issued by one (by name and signature), up to :data:`MAX_CHAIN` certificates: a
+    certificate is issued by one (:func:`_issuer_among`), up to :data:`MAX_CHAIN` certificates: a
     credential may omit the intermediates its peers (here, the tenant's policy) already hold (§5.3)."""
     ders = [c.cert_data for c in credential.certificates or ()]
     if not ders:
@@ -325,7 +325,7 @@ def _completed_chain(credential: Credential, intermediates: tuple[x509.Certifica
     try:
         last = x509.load_der_x509_certificate(ders[-1])
         while len(ders) < MAX_CHAIN and last.subject != last.issuer:
-            issuer = next((i for i in intermediates if _directly_issued(last, i)), None)
+            issuer = _issuer_among(last, intermediates)
             if issuer is None or issuer.public_bytes(_DER) in ders:
                 break
             ders.append(issuer.public_bytes(_DER))
@@ -333,6 +333,17 @@ def _completed_chain(credential: Credential, intermediates: tuple[x509.Certifica
     except ValueError:
         pass  # a malformed certificate: the library's chain check names it
     return ders
+
+
+def _issuer_among(
+    child: x509.Certificate, candidates: tuple[x509.Certificate, ...]
+) -> x509.Certificate | None:
+    """The candidate named as ``child``'s issuer; when several share that name, the first whose key verifies
+    ``child``'s signature (with one, the library's chain check verifies it: no signature is checked twice)."""
+    named = [c for c in candidates if c.subject == child.issuer]
+    if len(named) <= 1:
+        return named[0] if named else None
+    return next((c for c in named if _directly_issued(child, c)), None)
 
 
 def _directly_issued(child: x509.Certificate, issuer: x509.Certificate) -> bool:
@@ -359,7 +370,7 @@ def _check_revocation(chain: list[x509.Certificate], x: X509Policy) -> None:
 def _issuing_anchor(last: x509.Certificate, anchors: tuple[x509.Certificate, ...]) -> x509.Certificate | None:
     if any(last.public_bytes(_DER) == a.public_bytes(_DER) for a in anchors):
         return None
-    return next((a for a in anchors if a.subject == last.issuer and _directly_issued(last, a)), None)
+    return _issuer_among(last, anchors)
 
 
 def _check_san(cert: x509.Certificate, pattern: re.Pattern[str] | None) -> None:
