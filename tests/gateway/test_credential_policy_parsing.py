@@ -257,3 +257,19 @@ def test_csr_signed_by_another_key_is_refused() -> None:
     assert certification_request(
         SoftwareSigner(key, None), ED25519, raw, x509.Name.from_rfc4514_string("CN=x")
     )
+
+
+def test_intermediates_sharing_a_name_are_told_apart_by_signature() -> None:
+    _, key = ed25519_key()
+    twin_a, twin_b = ROOT.intermediate("Twin CA"), ROOT.intermediate("Twin CA")
+    doc = {"allowed_types": ["x509"], "x509": {"trust_anchors": [pem(ROOT.cert)], "intermediates": []}}
+    doc["x509"]["intermediates"] = [pem(twin_a.cert), pem(twin_b.cert)]
+    v = PolicyCredentialValidator(parse_policy(doc))
+    for twin in (twin_a, twin_b):
+        v.validate(Credential.x509([der(twin.issue(mls_public_key(key), "ee"))]), key)
+    crl = twin_b.crl([twin_b.cert]).public_bytes(serialization.Encoding.PEM).decode()  # unrelated serial
+    revoked_ee = twin_b.issue(mls_public_key(key), "ee")
+    doc["x509"]["crls"] = [twin_b.crl([revoked_ee]).public_bytes(serialization.Encoding.PEM).decode(), crl]
+    v = PolicyCredentialValidator(parse_policy(doc))
+    assert rejected(v, Credential.x509([der(revoked_ee)]), key) == "revoked"
+    v.validate(Credential.x509([der(twin_a.issue(mls_public_key(key), "ee"))]), key)
