@@ -16,6 +16,7 @@ import uuid
 from aiohttp import web
 
 from . import parsing as rq
+from .api_credentials import CREDENTIAL_ROUTES
 from .api_directory import DIRECTORY_ROUTES
 from .api_log import LOG_ROUTES
 from .api_mailboxes import MAILBOX_ROUTES
@@ -478,6 +479,7 @@ ROUTES: list[Route] = [
     *MAILBOX_ROUTES,
 ]
 ROUTES += WEBHOOK_ROUTES
+ROUTES += CREDENTIAL_ROUTES
 
 
 def make_request_id() -> str:

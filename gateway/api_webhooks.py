@@ -18,7 +18,6 @@ looked up before the body is read, so an id of another tenant answers 404 whatev
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from aiohttp import web
@@ -26,7 +25,7 @@ from aiohttp import web
 from hsm.envelope import Envelope
 
 from .auth import Principal
-from .dispatch import Route, principal, read_body, respond, runtime
+from .dispatch import Route, check_identity, principal, read_body, respond, runtime
 from .errors import invalid, not_found
 from .identities import Identities
 from .persistence import Json, Response
@@ -102,15 +101,8 @@ def _after(value: Any) -> int | None:
     raise invalid("after must be a cursor (a string, as an event's cursor)")
 
 
-async def _check_identity(request: web.Request) -> tuple[Principal, str]:
-    """404 for an identity that is not the caller's tenant's, before anything else is looked at."""
-    rt, p, iid = runtime(request), principal(request), request.match_info["identity_id"]
-    await asyncio.get_running_loop().run_in_executor(rt.executor, rt.service.identities.get, p, iid)
-    return p, iid
-
-
 async def put_webhook(request: web.Request) -> web.Response:
-    p, iid = await _check_identity(request)
+    p, iid = await check_identity(request)
     body = await read_body(request)
     url = body.text("url", max_len=MAX_URL_LENGTH)
     text = body.text("secret", max_len=SECRET_MAX_BYTES)

@@ -97,7 +97,13 @@ async def _authenticate(request: web.Request, route: Route) -> None:
     principal = await asyncio.get_running_loop().run_in_executor(rt.executor, rt.service.authenticate, token)
     if principal is None:
         raise Problem("unauthorized", "unknown or revoked token")
-    if (route.auth == "admin") != principal.is_admin or (route.auth == "tenant" and principal.is_client):
+    if route.auth == "tenant_or_admin":  # a tenant's own settings: its token or the admin's
+        refused = principal.is_client
+    else:
+        refused = (route.auth == "admin") != principal.is_admin or (
+            route.auth == "tenant" and principal.is_client
+        )
+    if refused:
         # A token on a route not for its kind learns nothing: the resource "does not exist". Client
         # (device) tokens reach only the "endpoint" routes of api-delivery.md.
         raise Problem("not_found", "no such resource")

@@ -36,7 +36,8 @@ class Route:
     """One route of the API: the aiohttp router and the OpenAPI document are both built from these.
 
     ``auth`` is who may call it: ``"none"``, ``"admin"`` (admin tokens), ``"tenant"`` (tenant tokens) or
-    ``"endpoint"`` (tenant tokens and the tenant's client tokens, api-delivery.md)."""
+    ``"endpoint"`` (tenant tokens and the tenant's client tokens, api-delivery.md) or ``"tenant_or_admin"``
+    (admin tokens and tenant tokens; the route checks a tenant token acts on its own tenant)."""
 
     method: str
     path: str
@@ -121,6 +122,14 @@ async def respond(
         if metric is not None:
             rt.metrics.mls_ops.labels(metric, outcome).inc()
             rt.metrics.mls_latency.labels(metric).observe(time.perf_counter() - started)
+
+
+async def check_identity(request: web.Request) -> tuple[Principal, str]:
+    """The caller and the path's ``identity_id``: 404 for an identity that is not the caller's tenant's,
+    before anything else (the body) is looked at, so another tenant's id answers 404 whatever the body."""
+    rt, p, iid = runtime(request), principal(request), request.match_info["identity_id"]
+    await asyncio.get_running_loop().run_in_executor(rt.executor, rt.service.identities.get, p, iid)
+    return p, iid
 
 
 def group_address(request: web.Request) -> GroupAddress:

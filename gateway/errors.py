@@ -13,6 +13,8 @@ from typing import Any
 from hsm.errors import HsmUnavailable
 from mls import DecodeError, KeyStoreError, MLSError, StateError, UnsupportedError, ValidationError
 
+from .credential_policy import CredentialRejected
+
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 
 #: code -> (status, title)
@@ -30,6 +32,7 @@ CODES: dict[str, tuple[int, str]] = {
     "hsm_unavailable": (503, "HSM unavailable"),
     "store_unavailable": (503, "Store unavailable"),
     "internal_error": (500, "Internal error"),
+    "credential_rejected": (422, "Credential rejected by the tenant's credential policy"),
 }
 
 
@@ -100,6 +103,8 @@ def problem_from_exception(exc: BaseException) -> Problem:
         return Problem("hsm_unavailable", "the HSM is unavailable; retry later", retry_after=5)
     if isinstance(exc, DecodeError):
         return Problem("decode_error", str(exc))
+    if isinstance(exc, CredentialRejected):
+        return Problem("credential_rejected", exc.message, rule=exc.rule, extra={"reason": exc.reason})
     if isinstance(exc, ValidationError):
         return Problem("validation_failed", exc.message, rule=exc.rule)
     if isinstance(exc, StateError):

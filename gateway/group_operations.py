@@ -13,6 +13,7 @@ from collections.abc import Callable
 from mls import (
     Add,
     CommitOptions,
+    Credential,
     GroupContextExtensions,
     MemoryPskStore,
     PreSharedKey,
@@ -97,6 +98,7 @@ class GroupOperations:
             include_pending=request.include_pending,
             force_path=request.force_path,
             handshake=handshake(request.handshake),
+            credential=_taken_credential(session) if request.force_path else None,
         )
         with session.audit_context():
             staged = group.commit(options)
@@ -233,3 +235,13 @@ class GroupOperations:
         """``POST .../export``: ``MLS-Exporter(label, context, length)`` (RFC 9420 §8.5)."""
         group = self._open(principal, request.identity_id, request.group_id, read_only=True).group
         return {"secret": b64(group.export(request.label, request.context, request.length))}
+
+
+def _taken_credential(session: GroupSession) -> Credential | None:
+    """The identity's credential when its leaf in the group still carries another one (it took a new one
+    with ``PUT …/credential``): a path commit then puts it into the UpdatePath leaf (RFC 9420 §5.3.1,
+    §7.5), checked first against the tenant's credential policy."""
+    current = Credential.from_bytes(session.identity.credential)
+    state = session.group.state
+    leaf = state.tree.leaf(state.own_leaf)
+    return None if leaf is None or leaf.credential == current else current

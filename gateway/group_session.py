@@ -29,7 +29,7 @@ import functools
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 
-from mls import Group, MemoryPskStore, StagedCommit
+from mls import Group, LeafPolicy, MemoryPskStore, StagedCommit
 
 from .custody import keys_for
 from .errors import not_found
@@ -168,6 +168,8 @@ class GroupSessions:
         self.sealer = sealer
         self.persistence = persistence
         self.cache = cache or StateCache(0)
+        #: The leaf policy of a tenant's memberships (its credential policy; set by the service).
+        self.leaf_policy: Callable[[str], LeafPolicy] = lambda tenant_id: LeafPolicy()
 
     def open(self, identity: Identity, group_id: bytes, *, read_only: bool = False) -> GroupSession:
         """The stored membership (404 when there is none): its decoded state from the cache when that is
@@ -198,6 +200,7 @@ class GroupSessions:
                 group = self.sealer.open_group(record, psks, keys_for(self.sealer.keys, identity))
                 if read_only:
                     self.remember(record, record.version, group)
+        group.state.config.leaf_policy = self.leaf_policy(identity.tenant_id)
         return GroupSession(self, identity, group, version, applied_seq=applied_seq)
 
     def remember(self, record: GroupRecord, version: int, group: Group) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from hsm.keystore import Pkcs11KeyStore
-from mls import Credential, ExternalSenders, Group, KeyPackage, MLSMessage, Welcome
+from mls import Credential, ExternalSenders, Group, GroupConfig, KeyPackage, MLSMessage, Welcome
 
 from .auth import Principal
 from .config import DeliverySettings
@@ -51,10 +51,19 @@ class Groups:
         #: The default group settings of hosted members (``[delivery]``; set by the app).
         self.defaults = DeliverySettings()
 
+    def _config(self, identity: Identity, settings: GroupSettings) -> GroupConfig:
+        """The member's group config, with its tenant's credential policy as the leaf policy (issue 16)."""
+        config = group_config(self.defaults, settings)
+        config.leaf_policy = self.sessions.leaf_policy(identity.tenant_id)
+        return config
+
     def create(self, principal: Principal, request: CreateGroupRequest, scope: RequestScope) -> Response:
         """``POST .../groups``: a one-member group at epoch 0 (RFC 9420 §11)."""
         identity = self.identities.get(principal, request.identity_id)
         extensions = list(request.extensions)
+        config = self._config(identity, request.settings)
+        for sender in request.external_senders:  # the tenant's credential policy (RFC 9420 §12.1.8.1)
+            config.leaf_policy.credential_validator.validate(sender.credential, sender.signature_key)
         if request.external_senders:
             extensions.append(ExternalSenders(tuple(request.external_senders)).to_extension())
         signer = self.keys.signer(identity.signature_key_ref)
@@ -66,7 +75,7 @@ class Groups:
                 credential=Credential.from_bytes(identity.credential),
                 group_id=request.group_id,
                 extensions=extensions,
-                config=group_config(self.defaults, request.settings),
+                config=config,
             )
         session = self.sessions.start(
             identity, group, PendingWrites(new_keys=[group.state.keys.leaf_key.key_ref])
@@ -143,7 +152,7 @@ class Groups:
                 psks=psk_store,
                 destroy_init_key=False,
                 retain_leaf_key=kp_record.last_resort,
-                config=group_config(self.defaults, settings or GroupSettings()),
+                config=self._config(identity, settings or GroupSettings()),
             )
         identity_id, ref = identity.identity_id, kp_record.ref
         pending = PendingWrites(
@@ -190,7 +199,7 @@ class Groups:
                 psks=psks,
                 psk_ids=psk_ids,
                 remove_prior=remove_prior,
-                config=group_config(self.defaults, request.settings),
+                config=self._config(identity, request.settings),
             )
         session = self.sessions.start(
             identity, group, PendingWrites(new_keys=[group.state.keys.leaf_key.key_ref])

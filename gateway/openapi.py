@@ -18,11 +18,15 @@ from functools import cache
 from typing import Any
 
 from .api import ROUTES, Route
+from .api_credentials import CREDENTIAL_REQUEST_BODIES, CREDENTIAL_SUCCESS
 from .errors import CODES
 from .openapi_requests import GROUPS, QUERY, REQUEST_BODIES, STR, obj
 from .openapi_responses import OTHER_RESPONSES, RESPONSE_BODIES, SUCCESS, TEXT_BODIES
 
 _G = GROUPS  # the name tests/test_api_reference.py uses
+
+REQUEST_BODIES.update(CREDENTIAL_REQUEST_BODIES)
+SUCCESS.update(CREDENTIAL_SUCCESS)
 
 
 def _parameters(route: Route) -> list[dict[str, Any]]:

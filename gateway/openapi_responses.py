@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .api_credentials import CREDENTIAL_PATH, CREDENTIAL_REQUEST_BODIES, CSR_PATH, POLICY_PATH
 from .openapi_requests import (
     B64,
     B64_NULL,
@@ -297,8 +298,15 @@ _V1_BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ),
     ("POST", GROUPS + "/{gid}/export"): obj(["secret"], secret=B64),
 }
+_POLICY = CREDENTIAL_REQUEST_BODIES[("PUT", POLICY_PATH)]
+_COMPLIANCE_BODIES: dict[tuple[str, str], dict[str, Any]] = {
+    ("PUT", POLICY_PATH): _POLICY,
+    ("GET", POLICY_PATH): _POLICY,
+    ("POST", CSR_PATH): obj(["csr"], csr=STR),
+    ("PUT", CREDENTIAL_PATH): _IDENTITY,
+}
 #: Every success body (JSON) by route.
-RESPONSE_BODIES = {**_V1_BODIES, **_GROUP_SERVICE_BODIES}
+RESPONSE_BODIES = {**_V1_BODIES, **_GROUP_SERVICE_BODIES, **_COMPLIANCE_BODIES}
 #: Answers other than a JSON body: Prometheus text (the WebSocket upgrades, 101, have none).
 TEXT_BODIES = {("GET", "/metrics"): "text/plain"}
 #: Answers besides the success and the problem documents: the readiness probe's 503.

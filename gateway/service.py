@@ -20,6 +20,7 @@ from hsm.keystore import Pkcs11KeyStore
 from . import audit
 from .auth import Principal
 from .clients import Clients
+from .credential_policy import CredentialPolicies
 from .delivery_metrics import DeliveryMetrics
 from .delivery_store import HostedWork
 from .group_log import Appended, GroupLog
@@ -62,6 +63,8 @@ class GatewayService:
         #: Wakes long-polls and WebSockets when a mailbox or an inbox got something (api-delivery.md).
         self.wakeups = Wakeups()
         sessions = GroupSessions(store, StateSealer(envelope, keys), self.persistence)
+        self.credential_policies = CredentialPolicies(store)
+        sessions.leaf_policy = self.credential_policies.leaf_policy
         self.tenants = Tenants(store, self.persistence)
         self.identities = Identities(store, keys, sessions)
         self.tenant_deletion = TenantDeletion(store, self.persistence, self.identities)

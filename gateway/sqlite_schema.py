@@ -110,6 +110,10 @@ CREATE TABLE IF NOT EXISTS webhooks (
     identity_id TEXT PRIMARY KEY REFERENCES identities(identity_id) ON DELETE CASCADE, url TEXT NOT NULL,
     secret BLOB NOT NULL, delivered_cursor INTEGER NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
     failing_since REAL, next_attempt_at REAL, paused INTEGER NOT NULL DEFAULT 0, created_at REAL NOT NULL);
+-- Credential policies (issue 16, gateway.credential_policy): one canonical JSON document per tenant.
+CREATE TABLE IF NOT EXISTS credential_policies (
+    tenant_id TEXT PRIMARY KEY REFERENCES tenants(tenant_id) ON DELETE CASCADE, document TEXT NOT NULL,
+    updated_at REAL NOT NULL);
 """
 
 #: After :data:`SCHEMA`: the index needs the column an older table gets in :func:`_upgrade` first.

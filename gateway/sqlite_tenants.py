@@ -18,7 +18,15 @@ from .sqlite_queries import SqliteQueries
 
 #: The tables of a tenant's group service rows, deleted in bounded batches after its identities and
 #: clients (whose own rows cascade): each keyed by ``tenant_id``.
-TENANT_TABLES = ("mailbox", "log_welcomes", "log_entries", "group_members", "group_logs", "endpoint_keys")
+TENANT_TABLES = (
+    "mailbox",
+    "log_welcomes",
+    "log_entries",
+    "group_members",
+    "group_logs",
+    "endpoint_keys",
+    "credential_policies",
+)
 
 
 @dataclass(frozen=True)

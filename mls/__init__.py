@@ -17,6 +17,7 @@ pure-Python backend is the default until then).
 
 from mls.client import Client, KeyPackageBundle
 from mls.credentials.credential import Certificate, Credential, CredentialType
+from mls.credentials.x509 import X509CredentialValidator
 from mls.crypto.backend import CryptoBackend, PythonBackend, get_backend, set_backend
 from mls.crypto.cipher_suite import CIPHER_SUITES, CipherSuite, cipher_suite
 from mls.crypto.key_protocols import HpkePrivateKey, KeyStore, Signer
@@ -132,6 +133,7 @@ __all__ = [
     "ValidationError",
     "Welcome",
     "WireFormat",
+    "X509CredentialValidator",
     "cipher_suite",
     "create_key_package",
     "default_lifetime",

@@ -31,6 +31,7 @@ from mls.group.commit_options import CommitOptions
 from mls.group.staged_commit import StagedCommit
 from mls.group.state import GroupConfig
 from mls.tree.leaf_validation import AcceptAnyCredential, CredentialValidator, LeafPolicy
+from mls.wire.extensions import ExternalSender, ExternalSenders
 
 NOW = datetime(2030, 6, 1, 12, 0, tzinfo=UTC)
 DAY = timedelta(days=1)
@@ -876,3 +877,64 @@ def test_certificate_struct_roundtrip(pki: Pki) -> None:
     c = cred(pki.inter, pki.root)
     assert Credential.from_bytes(c.to_bytes()) == c
     assert c.certificates == (Certificate(pki.inter.der), Certificate(pki.root.der))
+
+
+def test_commit_path_changes_own_credential(pki: Pki) -> None:
+    """``CommitOptions.credential``: the UpdatePath leaf carries the member's new credential (RFC 9420
+    §5.3.1, §7.5); one its own validator refuses leaves no pending commit and no new key."""
+    suite, kind = 2, "P-256"
+    strict = config(X509CredentialValidator([pki.root.cert], now=clock))
+    key = new_key(kind)
+    store = SoftwareKeyStore()
+    signer = store.add_signer(mls_signer(kind, key))
+    first = issue("alice", key, pki.inter, ca=False)
+    alice = Client(store, suite, cred(first, pki.inter), signer=signer)
+    bob = member(pki, suite, "bob")
+    ga = alice.create_group(config=strict)
+    staged = ga.commit(CommitOptions(add=[bob.key_package().key_package]))
+    ga.merge_pending_commit()
+    assert staged.welcome is not None
+    gb = bob.join(staged.welcome, config=strict)
+
+    untrusted = make_pki("Elsewhere")
+    keys_before = store.refs()
+    for refused, rule in (
+        (cred(issue("alice", key, untrusted.inter, ca=False), untrusted.inter), "5.3.1/x509-trust-anchor"),
+        (cred(issue("alice", new_key(kind), pki.inter, ca=False), pki.inter), "5.3.1/x509-key-match"),
+    ):
+        with pytest.raises(ValidationError) as info:
+            ga.commit(CommitOptions(credential=refused))
+        assert info.value.rule == rule
+        assert ga.pending_commit is None and store.refs() == keys_before
+
+    renewed = cred(issue("alice renewed", key, pki.inter, ca=False), pki.inter)
+    staged = ga.commit(CommitOptions(credential=renewed))
+    assert staged.commit is not None
+    processed = gb.process(staged.commit)
+    assert isinstance(processed, StagedCommit)
+    gb.merge(processed)
+    ga.merge_pending_commit()
+    assert ga.epoch_authenticator == gb.epoch_authenticator
+    for g in (ga, gb):
+        leaf = g.state.tree.leaf(0)
+        assert leaf is not None and leaf.credential == renewed
+
+
+def test_external_senders_validated_on_join(pki: Pki) -> None:
+    """A joiner runs its credential validator on the group context's external senders (§12.1.8.1)."""
+    suite = 2
+    strict = config(X509CredentialValidator([pki.root.cert], now=clock))
+    rogue = member(make_pki("Rogue Root"), suite, "rogue sender")
+    trusted = member(pki, suite, "trusted sender")
+    for sender, refused in ((rogue, True), (trusted, False)):
+        ext = ExternalSenders((ExternalSender(sender.signer.public_key, sender.credential),)).to_extension()
+        ga = member(pki, suite, "alice").create_group(extensions=[ext])
+        bob = member(pki, suite, "bob")
+        staged = ga.commit(CommitOptions(add=[bob.key_package().key_package]))
+        assert staged.welcome is not None
+        if refused:
+            with pytest.raises(ValidationError) as info:
+                bob.join(staged.welcome, config=strict)
+            assert info.value.rule == "5.3.1/x509-trust-anchor"
+        else:
+            assert bob.join(staged.welcome, config=strict).epoch == 1

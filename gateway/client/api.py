@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from .accounts import AccountRoutes
 from .boxes import BoxRoutes
+from .compliance import ComplianceRoutes
 from .delivery import DeliveryRoutes
 from .groups import GroupRoutes
 
 
-class GatewayClient(AccountRoutes, GroupRoutes, DeliveryRoutes, BoxRoutes):
+class GatewayClient(AccountRoutes, GroupRoutes, DeliveryRoutes, BoxRoutes, ComplianceRoutes):
     """The gateway's API over one ``aiohttp.ClientSession``, as one bearer ``token`` (or none).
 
     ``session`` is used as is (and not closed) when given; otherwise the client makes its own on first

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from mls.credentials.credential import Credential
 from mls.group.handshake_framing import HandshakeFraming
 from mls.wire.extensions import Extension
 from mls.wire.key_package import KeyPackage
@@ -30,6 +31,9 @@ class CommitOptions:
     #: Resumption PSK usages allowed in this commit (reinit and branch only in a new group's first
     #: commit, §11).
     resumption_usages: frozenset[int] = frozenset({ResumptionPSKUsage.application})
+    #: A new credential for our own leaf, carried by the commit's UpdatePath leaf node (§7.5; a member
+    #: changes its credential with an Update or a commit path, §5.3.1). The commit then has a path.
+    credential: Credential | None = None
 
 
 __all__ = ["CommitOptions"]

@@ -7,10 +7,12 @@ the current epoch changes until it is merged.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from mls.credentials.credential import Credential
 from mls.crypto.key_protocols import HpkePrivateKey
 from mls.errors import MLSError
 from mls.group.commit_options import CommitOptions
@@ -39,6 +41,7 @@ from mls.tree import tree_math as tm
 from mls.tree.leaf_node import sign_leaf_node
 from mls.tree.nodes import UpdatePath
 from mls.tree.ratchet_tree import RatchetTree
+from mls.tree.tree_validation import check_credential_types_supported
 from mls.tree.treekem import CreatedPath, PathKeys, create_update_path
 from mls.wire.commit import Commit
 from mls.wire.extensions import Extension, ExtensionType, ExternalPub
@@ -77,7 +80,9 @@ def create_commit(group: GroupCore, options: CommitOptions | None = None) -> Sta
     vc = group.validation_context(usages=opts.resumption_usages)
     validate_proposal_list(vc, proposals, Sender.member(group.own_leaf))
     applied = apply_proposals(vc, proposals)
-    with_path = opts.force_path or path_required(proposals)
+    if opts.credential is not None:
+        _check_new_credential(group, opts.credential)
+    with_path = opts.force_path or opts.credential is not None or path_required(proposals)
     new_leaf_key = group.key_store.new_hpke_key(group.cs.suite_id) if with_path else None
     try:
         staged = _build_commit(group, opts, proposals, applied, new_leaf_key)
@@ -131,7 +136,7 @@ def _build_commit(
     new_leaf_key: HpkePrivateKey | None,
 ) -> StagedCommit:
     s = group.state
-    path = _commit_path(group, applied, new_leaf_key)
+    path = _commit_path(group, applied, new_leaf_key, opts.credential)
     commit = Commit(tuple(_proposal_or_ref(p) for p in proposals), path.update_path)
     auth, ks, new_state = _sign_and_schedule(group, opts, commit, path, applied)
     message = group.protect_content(auth, _sender_secret_tree_copy(s.secret_tree))
@@ -156,7 +161,10 @@ def _build_commit(
 
 
 def _commit_path(
-    group: GroupCore, applied: AppliedProposals, new_leaf_key: HpkePrivateKey | None
+    group: GroupCore,
+    applied: AppliedProposals,
+    new_leaf_key: HpkePrivateKey | None,
+    credential: Credential | None = None,
 ) -> _CommitPath:
     """With a new leaf key: an UpdatePath from our leaf (§7.5); without: the tree as the proposals left it."""
     s, cs = group.state, group.cs
@@ -164,16 +172,34 @@ def _commit_path(
         keys = s.keys.copy()
         keys.drop_nodes_not_in(applied.tree)
         return _CommitPath(applied.tree, keys, bytes(cs.n_h))
-    created = _create_path(group, applied, new_leaf_key)
+    created = _create_path(group, applied, new_leaf_key, credential)
     return _CommitPath(
         created.tree, created.path_keys, created.commit_secret, created.update_path, created.path_secrets
     )
 
 
-def _create_path(group: GroupCore, applied: AppliedProposals, new_leaf_key: HpkePrivateKey) -> CreatedPath:
+def _check_new_credential(group: GroupCore, credential: Credential) -> None:
+    """A replacement credential passes our own credential validator for our signature key and is of a
+    type every member supports (§5.3.1, §7.3), before any key is made for the commit."""
+    s = group.state
+    own = s.tree.leaf(s.own_leaf)
+    assert own is not None
+    group.validation_context().policy.credential_validator.validate(credential, own.signature_key)
+    replaced = [leaf for i, leaf in s.tree.leaves() if i != s.own_leaf]
+    check_credential_types_supported([*replaced, dataclasses.replace(own, credential=credential)])
+
+
+def _create_path(
+    group: GroupCore,
+    applied: AppliedProposals,
+    new_leaf_key: HpkePrivateKey,
+    credential: Credential | None = None,
+) -> CreatedPath:
     s, cs = group.state, group.cs
     template = applied.tree.leaf(s.own_leaf)
     assert template is not None
+    if credential is not None:
+        template = dataclasses.replace(template, credential=credential)
     signer = group.signer()
     return create_update_path(
         applied.tree,

@@ -30,7 +30,7 @@ from mls.schedule.key_schedule import KeySchedule, external_init_send
 from mls.schedule.psk import PskStore, psk_secret
 from mls.schedule.transcript import TranscriptHashes, interim_transcript_hash
 from mls.tree.leaf_node import LeafNode, LeafNodeSource, default_capabilities, sign_leaf_node
-from mls.tree.leaf_validation import check_required_capabilities
+from mls.tree.leaf_validation import check_required_capabilities, validate_external_senders
 from mls.tree.ratchet_tree import RatchetTree
 from mls.tree.tree_validation import validate_tree
 from mls.tree.treekem import CreatedPath, create_update_path
@@ -65,6 +65,7 @@ def _checked_group_info(
         policy=config.leaf_policy,
         required=find_payload(ctx.extensions, RequiredCapabilities),
     )
+    validate_external_senders(ctx.extensions, config.leaf_policy)
     return tree
 
 

@@ -21,6 +21,7 @@ from mls.schedule.psk import PskStore, psk_secret
 from mls.schedule.transcript import interim_transcript_hash
 from mls.tree import tree_math as tm
 from mls.tree.leaf_node import LeafNode
+from mls.tree.leaf_validation import validate_external_senders
 from mls.tree.nodes import RatchetTreeExtension
 from mls.tree.ratchet_tree import RatchetTree
 from mls.tree.tree_validation import validate_tree
@@ -216,6 +217,7 @@ def _state_from_group_info(
         policy=config.leaf_policy,
         required=find_payload(ctx.extensions, RequiredCapabilities),
     )
+    validate_external_senders(ctx.extensions, config.leaf_policy)
     own = next((i for i, leaf in tree.leaves() if leaf == key_package.leaf_node), None)
     if own is None:
         raise ValidationError("12.4.3.1/own-leaf-in-tree", "the tree has no leaf equal to this KeyPackage's")

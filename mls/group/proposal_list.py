@@ -14,7 +14,12 @@ from mls.credentials.credential import Credential
 from mls.crypto.cipher_suite import CipherSuite
 from mls.errors import ValidationError
 from mls.tree.leaf_node import LeafNode, LeafNodeSource
-from mls.tree.leaf_validation import LeafPolicy, check_required_capabilities, validate_leaf_node
+from mls.tree.leaf_validation import (
+    LeafPolicy,
+    check_required_capabilities,
+    validate_external_senders,
+    validate_leaf_node,
+)
 from mls.tree.ratchet_tree import RatchetTree
 from mls.wire.extensions import (
     Extension,
@@ -135,9 +140,7 @@ def validate_proposal(
             raise ValidationError("12.1.5/reinit-version", "ReInit to an older protocol version")
     elif isinstance(body, GroupContextExtensions):
         check_group_context_extensions(body.extensions)
-        senders = find_payload(body.extensions, ExternalSenders)
-        for external in senders.external_senders if senders else ():
-            vc.policy.credential_validator.validate(external.credential, external.signature_key)
+        validate_external_senders(body.extensions, vc.policy)
 
 
 def check_external_proposal_type(proposal: Proposal) -> None:

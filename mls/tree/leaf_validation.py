@@ -6,6 +6,7 @@ group (uniqueness of keys, credential types in use) take the tree's other leaves
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -13,7 +14,7 @@ from mls.credentials.credential import Credential, CredentialType
 from mls.crypto.cipher_suite import CipherSuite
 from mls.errors import ValidationError
 from mls.tree.leaf_node import LeafNode, LeafNodeSource
-from mls.wire.extensions import RequiredCapabilities
+from mls.wire.extensions import Extension, ExternalSenders, RequiredCapabilities, find_payload
 
 #: Proposal and extension types that are "default" and never listed in capabilities (§7.2).
 DEFAULT_PROPOSAL_TYPES = frozenset(range(1, 8))
@@ -157,3 +158,12 @@ def validate_leaf_node(
     check_required_capabilities(leaf, required)
     check_leaf_extensions_supported(leaf)
     check_lifetime(leaf, policy)
+
+
+def validate_external_senders(extensions: Iterable[Extension], policy: LeafPolicy) -> None:
+    """Every external sender of a group context's ``external_senders`` extension has a credential the
+    policy's validator accepts for its signature key (§12.1.8.1, §5.3.1): checked when the extension
+    enters a member's view of the group — a GroupContextExtensions proposal, a Welcome, an external join."""
+    senders = find_payload(extensions, ExternalSenders)
+    for external in senders.external_senders if senders else ():
+        policy.credential_validator.validate(external.credential, external.signature_key)

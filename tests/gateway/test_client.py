@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
 
 from gateway.api import ROUTES
 from gateway.client import (
@@ -37,6 +38,7 @@ from gateway.client import (
     resumption_psk,
     unb64,
 )
+from tests.gateway.cert_authority import Authority, pem
 from tests.openapi_schema import errors
 
 from .gwclient import GatewayServer, free_port
@@ -300,6 +302,9 @@ async def _walk_with(client: Any, admin_token: str) -> None:
     membership = await api.join_group(bob, added["welcome"])  # a repeat: the membership as it is
     assert group_id_bytes(membership["group_id"]) == gid and membership["epoch"] == 1
 
+    # the tenant's credential policy, and an X.509 credential for bob's HSM-held key from a CSR
+    await _walk_credentials(admin, api, tenant["tenant_id"], bob)
+
     # a stale epoch: the 409 carries current_epoch
     with pytest.raises(GatewayError) as stale:
         await api.commit(alice, gid, update=True, epoch=0)
@@ -386,6 +391,25 @@ async def _walk_with(client: Any, admin_token: str) -> None:
     await api.delete_webhook(bob)
     await api.ack_inbox(bob, (await api.read_inbox(bob))["next_cursor"])
     await api.delete_identity(carol)
+
+
+async def _walk_credentials(admin: Any, api: Any, tenant_id: str, identity_id: str) -> None:
+    root = Authority.root()
+    anchors = {"trust_anchors": [pem(root.cert)]}
+    stored = await admin.set_credential_policy(tenant_id, ["basic", "x509"], x509=anchors)
+    assert stored["allowed_types"] == ["basic", "x509"]
+    assert (await api.credential_policy(tenant_id))["x509"]["trust_anchors"] == [pem(root.cert)]
+    csr = x509.load_pem_x509_csr(
+        (await api.certificate_request(identity_id, "CN=bob,O=Example"))["csr"].encode()
+    )
+    assert csr.is_signature_valid
+    cert = root.issue(csr.public_key(), "bob")  # type: ignore[arg-type]
+    view = await api.set_x509_credential(identity_id, [pem(cert)])
+    assert view["credential"]["type"] == "x509"
+    await admin.delete_credential_policy(tenant_id)
+    with pytest.raises(GatewayError) as gone:
+        await api.credential_policy(tenant_id)
+    assert gone.value.status == 404
 
 
 async def _empty(page: Any) -> bool:

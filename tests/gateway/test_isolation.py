@@ -20,6 +20,7 @@ import pytest
 
 from gateway.api import ROUTES, Route
 
+from .cert_authority import Authority, pem
 from .gwclient import Client, GatewayServer, Hosted, Response, b64
 from .test_directory import Device
 
@@ -106,6 +107,11 @@ def world(shared_gateway: GatewayServer) -> World:
         ("POST", "/v1/groups/{gid}/messages"): {"message": message},
         ("POST", "/v1/clients/{client_id}/mailbox/ack"): {"up_to": "1"},
         ("POST", "/v1/identities/{identity_id}/inbox/ack"): {"up_to": "1"},
+        ("POST", "/v1/identities/{identity_id}/csr"): {"subject": "CN=intruder"},
+        ("PUT", "/v1/identities/{identity_id}/credential"): {
+            "x509_chain": [pem(Authority.root("intruder").cert)]
+        },
+        ("PUT", "/v1/tenants/{tenant_id}/credential-policy"): {"allowed_types": ["basic"]},
     }
     ids = {
         "tenant_id": tenant_a,

@@ -28,6 +28,8 @@ from typing import Any
 
 from hypothesis import strategies as st
 
+from tests.gateway.cert_authority import Authority, pem
+
 from .harness import World, b64, b64url
 
 MISSING: Any = object()  # a defect that removes the field
@@ -113,6 +115,9 @@ def _v(name: str, *fields: F, extra: dict[str, Any] | None = None) -> Variant:
     make = _base(*fields)
     return Variant(name, (lambda w: {**make(w), **(extra or {})}) if extra else make, fields)
 
+
+#: A PEM certificate for bodies that carry one (its key is nobody's: a credential taken from it is refused).
+FUZZ_CERTIFICATE = pem(Authority.root("fuzz").cert)
 
 # Reusable field shapes.
 U32 = 2**32 - 1
@@ -499,6 +504,45 @@ SPECS: dict[str, Spec] = {
         {"identity_id": "alice"},
         (_v("ack", F("up_to", "text", "1", required=True, max_len=20)),),
         idempotent=True,
+    ),
+    # credential policies and X.509 credentials (issue 16)
+    "PUT /v1/tenants/{tenant_id}/credential-policy": Spec(
+        {"tenant_id": "tenant"},
+        (
+            _v(
+                "basic only",
+                F(
+                    "allowed_types",
+                    "list",
+                    ["basic"],
+                    required=True,
+                    non_empty=True,
+                    item=F("type", "choice", "basic", required=True, options=("basic", "x509")),
+                ),
+            ),
+        ),
+    ),
+    "GET /v1/tenants/{tenant_id}/credential-policy": Spec({"tenant_id": "tenant"}),
+    "DELETE /v1/tenants/{tenant_id}/credential-policy": Spec({"tenant_id": "tenant"}),
+    "POST /v1/identities/{identity_id}/csr": Spec(
+        {"identity_id": "alice"},
+        (_v("subject", F("subject", "text", "CN=fuzz", required=True, max_len=1024)),),
+    ),
+    "PUT /v1/identities/{identity_id}/credential": Spec(
+        {"identity_id": "alice"},
+        (
+            _v(
+                "chain",
+                F(
+                    "x509_chain",
+                    "list",
+                    [FUZZ_CERTIFICATE],
+                    required=True,
+                    non_empty=True,
+                    item=F("certificate", "text", FUZZ_CERTIFICATE, required=True, max_len=65536),
+                ),
+            ),
+        ),
     ),
 }
 

@@ -55,9 +55,14 @@ ORDER = [
     "POST /v1/key-packages/claim",
     "POST /v1/groups/{gid}/messages",
     "POST /v1/groups/{gid}/commit-bundles",
+    "PUT /v1/tenants/{tenant_id}/credential-policy",
+    "POST /v1/identities/{identity_id}/csr",
+    "PUT /v1/identities/{identity_id}/credential",
 ]
 #: Routes whose base body is refused by design: merging when there is no pending commit.
 REFUSED = {
+    # a certificate for nobody's key, under a basic-only policy
+    "PUT /v1/identities/{identity_id}/credential": 422,
     "POST /v1/identities/{identity_id}/groups/{gid}/pending-commit/merge": 409,
     # The seeded bundle (a discarded pending commit) carries no tree of its new epoch: refused as it is, so
     # its fuzzing only shows that defects are refused too (an acceptable base bundle is still to be built).

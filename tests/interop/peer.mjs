@@ -6,14 +6,16 @@
 // Binary values are standard padded base64. Requests are handled strictly one after another. Nothing but
 // protocol lines is written to stdout; diagnostics go to stderr.
 //
-// A peer holds any number of named clients. A client has one identity (basic credential), one signature
-// key pair, one cipher suite, any number of outstanding key packages, and any number of groups keyed by
-// group id. Ops that act on a group take an optional `group_id`; without it the client's only group is
-// used (an error if it has none or several).
+// A peer holds any number of named clients. A client has one identity (basic credential, or x509 after
+// set_x509), one signature key pair, one cipher suite, any number of outstanding key packages, and any
+// number of groups keyed by group id. Ops that act on a group take an optional `group_id`; without it the
+// client's only group is used (an error if it has none or several).
 //
 // Ops (args -> result; "?" = optional; handshake is "public" (default) or "private"):
 //   ping                                                  -> {version, suites}
-//   new_client   {client, identity, cipher_suite, grease?} -> {}
+//   new_client   {client, identity, cipher_suite, grease?} -> {signature_key}
+//   set_x509     {client, certificates: [b64 DER]}          -> {}  (later key packages carry this x509
+//                credential, end-entity certificate first, instead of the basic one)
 //   key_package  {client, not_before?, not_after?}         -> {key_package}
 //   create_group {client, group_id}                        -> {epoch}
 //   add_psk      {client, psk_id, secret}                  -> {}            (external PSK)
@@ -250,7 +252,7 @@ async function newKeyPackage(c, args = {}) {
         }
       : defaultLifetime;
   const kp = await generateKeyPackageWithKey(
-    { credentialType: "basic", identity: c.identity },
+    c.credential ?? { credentialType: "basic", identity: c.identity },
     capabilities(c),
     lifetime,
     [],
@@ -431,6 +433,14 @@ const ops = {
       pending: new Map(), // group key -> {state, publicHandshake}: a commit not adopted yet
       staleHandshake: new Set(), // "group@epoch" whose handshake ratchet a discarded private commit used
     });
+    return { signature_key: b64(signatureKeys.publicKey) };
+  },
+
+  async set_x509(args) {
+    const c = getClient(args);
+    const certificates = list(args, "certificates").map((v, i) => unb64(v, `certificates[${i}]`));
+    if (certificates.length === 0) throw new PeerError("certificates: at least one is needed");
+    c.credential = { credentialType: "x509", certificates };
     return {};
   },
 

@@ -269,14 +269,22 @@ class TsMlsPeer:
         """``{"version": ..., "suites": [ids ts-mls knows]}``."""
         return self.call("ping")
 
-    def new_client(self, client: str, identity: bytes, cipher_suite: int, *, grease: bool = True) -> None:
-        """A new client with a basic credential for ``identity`` and a fresh signature key pair.
+    def new_client(self, client: str, identity: bytes, cipher_suite: int, *, grease: bool = True) -> bytes:
+        """A new client with a basic credential for ``identity`` and a fresh signature key pair; returns
+        its signature public key (MLS encoding).
 
         ``grease`` keeps ts-mls's default capabilities, which add random GREASE values (RFC 9420 §13.5).
         """
-        self.call(
-            "new_client", client=client, identity=_b64(identity), cipher_suite=cipher_suite, grease=grease
+        return _unb64(
+            self.call(
+                "new_client", client=client, identity=_b64(identity), cipher_suite=cipher_suite, grease=grease
+            )["signature_key"]
         )
+
+    def set_x509(self, client: str, certificates: list[bytes]) -> None:
+        """Later KeyPackages of ``client`` carry an X.509 credential of ``certificates`` (DER, end entity
+        first) instead of the basic one."""
+        self.call("set_x509", client=client, certificates=[_b64(c) for c in certificates])
 
     def key_package(
         self, client: str, *, not_before: int | None = None, not_after: int | None = None
