@@ -19,6 +19,7 @@ from . import parsing as rq
 from .api_directory import DIRECTORY_ROUTES
 from .api_log import LOG_ROUTES
 from .api_mailboxes import MAILBOX_ROUTES
+from .api_retention import RETENTION_ROUTES
 from .api_tenants import TENANT_ADMIN_ROUTES
 from .api_webhooks import WEBHOOK_ROUTES
 from .dispatch import (
@@ -477,6 +478,7 @@ ROUTES: list[Route] = [
     *MAILBOX_ROUTES,
 ]
 ROUTES += WEBHOOK_ROUTES
+ROUTES += RETENTION_ROUTES  # per-tenant retention and legal hold (gateway.retention)
 
 
 def make_request_id() -> str:

@@ -194,6 +194,8 @@ class Persistence:
         """The audit context of one request: caller context for the HSM hook and a record buffer, whose
         records not committed with the request's writes are written when the block ends."""
         ctx = {"request_id": request_id}
+        if principal is not None:
+            ctx["token_id"] = principal.token_id  # who, for the audit records (gateway.audit)
         if principal is not None and principal.tenant_id is not None:
             ctx["tenant_id"] = principal.tenant_id
         with caller(**ctx), audit.collecting() as records:
