@@ -16,9 +16,9 @@ hash the verifier recomputes at ``seq``; a chain cut after it leaves the checkpo
 
 **Purged records** (retention, :mod:`gateway.retention`) keep their link: the row stays with ``seq``,
 ``at``, ``tenant_id``, ``prev_hash`` and ``hash``; its contents are erased and ``purged_by`` names the
-purge's own audit record (operation :data:`PURGE_OPERATION`), whose ``detail`` holds
-:func:`purge_digest` of the rows it erased. The verifier accepts a purged row's stored hash only when a
-purge record accounts for it, so a row cannot be hidden by erasing it.
+purge's own audit record (operation :data:`PURGE_OPERATION`), whose ``detail`` holds the count, the seq
+range and :func:`purge_digest` of the rows it erased. The verifier accepts a purged row's stored hash only
+when a purge record accounts for it, so a row cannot be hidden by erasing it.
 
 **Export** (``mls-gateway audit export``): JSON lines, a ``header`` (format, ``from_seq``, ``anchor``: the
 ``prev_hash`` of the first exported record), then one line per record in seq order and the checkpoints. A
@@ -243,15 +243,21 @@ class _Verifier:
         return self.result
 
     def _check_purge(self, purge_seq: int, rows: list[tuple[int, bytes]]) -> None:
+        """The rows claimed erased by purge record ``purge_seq`` are exactly those it erased: within its
+        seq range (else the row is named), as many, and with its digest."""
         record = self.purge_records.get(purge_seq)
         first = min(seq for seq, _ in rows)
         if record is None:
             raise ChainBroken(first, f"erased, but seq {purge_seq} is no purge record that accounts for it")
         try:
-            claimed = json.loads(record.get("detail") or "{}").get("audit_digest")
+            detail = json.loads(record.get("detail") or "{}")
         except ValueError:
-            claimed = None
-        if claimed != purge_digest(rows).hex():
+            detail = {}
+        lo, hi = detail.get("audit_seqs") or (0, -1)
+        for seq, _ in rows:
+            if not lo <= seq <= hi:
+                raise ChainBroken(seq, f"erased, but not among the rows purge record seq {purge_seq} erased")
+        if len(rows) != detail.get("audit_records") or detail.get("audit_digest") != purge_digest(rows).hex():
             raise ChainBroken(first, f"erased rows do not match what purge record seq {purge_seq} erased")
 
 

@@ -196,6 +196,7 @@ def _record(
             "idempotency_records": purged.idempotency,
             "audit_records": purged.audit,
             "audit_digest": purge_digest(erased).hex(),
+            "audit_seqs": [erased[0][0], erased[-1][0]] if erased else None,
             "legal_hold": hold,
         },
         sort_keys=True,
