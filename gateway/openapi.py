@@ -258,6 +258,31 @@ RESPONSE_BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("GET", "/v1/identities/{identity_id}/webhook"): _WEBHOOK,
 }
 
+# -- retention and legal hold (gateway.retention) --
+_SECONDS = {"type": ["integer", "null"], "minimum": 1, "description": "seconds; null: the default"}
+_RETENTION = _obj(
+    ["tenant_id", "mailbox_s", "idempotency_s", "audit_s", "effective", "legal_hold"],
+    tenant_id={"type": "string"},
+    mailbox_s=_SECONDS,
+    idempotency_s=_SECONDS,
+    audit_s=_SECONDS,
+    effective=_obj(
+        ["mailbox_s", "idempotency_s", "audit_s"],
+        mailbox_s={"type": "number"},
+        idempotency_s={"type": "number"},
+        audit_s={"type": "number"},
+    ),
+    legal_hold={"type": "boolean"},
+)
+REQUEST_BODIES[("PUT", "/v1/tenants/{tenant_id}/retention")] = _obj(
+    mailbox_s=_SECONDS, idempotency_s={**_SECONDS, "minimum": 86400}, audit_s=_SECONDS
+)
+REQUEST_BODIES[("PUT", "/v1/tenants/{tenant_id}/legal-hold")] = _obj(["enabled"], enabled={"type": "boolean"})
+for _method in ("GET", "PUT"):
+    RESPONSE_BODIES[(_method, "/v1/tenants/{tenant_id}/retention")] = _RETENTION
+RESPONSE_BODIES[("PUT", "/v1/tenants/{tenant_id}/legal-hold")] = _RETENTION
+# -- end retention and legal hold --
+
 #: Query parameters of mailbox and inbox reads (long-poll) and of their WebSockets.
 _AFTER = {"name": "after", "in": "query", "required": False, "schema": CURSOR}
 _PAGE = [

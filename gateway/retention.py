@@ -54,7 +54,7 @@ POLICY_OPERATION = "retention_policy"
 ERASE_BATCH = 5000
 #: api-v1.md (Conventions): a stored response is kept at least 24 h.
 MIN_IDEMPOTENCY_S = 24 * 3600.0
-_MAX_S = 100 * 365 * 24 * 3600.0
+_MAX_S = 100 * 365 * 24 * 3600
 _FIELDS = ("mailbox_s", "idempotency_s", "audit_s")
 
 
@@ -222,10 +222,8 @@ def _row(tx: Transaction, principal: Principal, tenant_id: str) -> RetentionRow:
 def _seconds(value: Any, name: str) -> float | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= _MAX_S:
-        raise invalid(
-            f"{name} must be a number of seconds > 0 and at most 100 years, or null for the default"
-        )
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= _MAX_S:
+        raise invalid(f"{name} must be whole seconds from 1 to 100 years, or null for the default")
     return float(value)
 
 

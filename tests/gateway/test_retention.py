@@ -53,7 +53,14 @@ def test_retention_routes_who_may_set_what(gateway: GatewayServer) -> None:
     assert gateway.admin.get(f"/v1/tenants/{b_id}/retention").status == 200
     assert gateway.admin.get("/v1/tenants/tnt_nobody/retention").status == 404
     # Bad input: a problem document, nothing changed.
-    for body in ({"audit_s": -1}, {"mailbox_s": "long"}, {"idempotency_s": 60}, {"legal_hold": True}):
+    bad = (
+        {"audit_s": -1},
+        {"audit_s": 1.5},
+        {"mailbox_s": "long"},
+        {"idempotency_s": 60},
+        {"legal_hold": True},
+    )
+    for body in bad:
         status, problem = put(a, f"/v1/tenants/{a_id}/retention", body)
         assert status == 400 and problem["code"] == "invalid_request", problem
     assert a.get(f"/v1/tenants/{a_id}/retention").expect(200).body == doc
@@ -88,10 +95,10 @@ def test_the_task_purges_audit_records_except_on_legal_hold(tmp_path: Path) -> N
         Hosted.create(server.client(held_token), "hal").key_package()
         Hosted.create(server.client(kept_token), "pam").key_package()
         put(server.admin, f"/v1/tenants/{held_id}/legal-hold", {"enabled": True})
-        assert put(server.admin, f"/v1/tenants/{held_id}/retention", {"audit_s": 0.5})[0] == 200
+        assert put(server.admin, f"/v1/tenants/{held_id}/retention", {"audit_s": 1})[0] == 200
         before = rows(server.data_dir, "SELECT COUNT(*) FROM audit WHERE tenant_id = ?", kept_id)[0][0]
         assert isinstance(before, int) and before >= 3
-        status, _ = put(server.client(kept_token), f"/v1/tenants/{kept_id}/retention", {"audit_s": 0.5})
+        status, _ = put(server.client(kept_token), f"/v1/tenants/{kept_id}/retention", {"audit_s": 1})
         assert status == 200
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
