@@ -29,7 +29,7 @@ from .config import AuditSettings
 from .context import APP
 from .store import Store, StoreUnavailable
 
-log = logging.getLogger("mls_gateway.audit")
+log = logging.getLogger("mls_gateway.audit_trail")
 
 #: Seconds between two looks at the chain head (a checkpoint is due by count or by age).
 POLL_S = 1.0

@@ -11,7 +11,7 @@ Stored responses may hold secrets (a new bearer token, a decrypted application m
 are sealed under the wrap-key envelope with an AAD binding the scope and the key (a row moved to another
 key does not open). They live for ``retention_s`` (``[gateway] idempotency_retention_s``, at least the 24 h
 api-v1 promises): an older one is no longer replayed — the request runs as a new one — and
-:meth:`Persistence.purge_expired` deletes them (at start-up and periodically, :mod:`gateway.app`). Deleting
+the retention task deletes them, per tenant (:mod:`gateway.retention`, at start-up and periodically). Deleting
 an identity deletes the records of its requests (:meth:`gateway.store.Transaction.delete_identity`).
 """
 
