@@ -14,11 +14,18 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from gateway.audit_chain import ChainBroken, record_hash, verify
+from gateway.audit_trail import export_lines
+from gateway.sqlite_store import SqliteStore
+from gateway.store import AuditRecord
 
 from .gwclient import GatewayServer, Hosted
 
@@ -172,8 +179,6 @@ def test_an_edited_field_is_named(workload: Workload, copy: Path) -> None:
 
 
 def test_an_edit_with_its_hash_recomputed_breaks_the_next_link(workload: Workload, copy: Path) -> None:
-    from gateway.audit_chain import record_hash
-
     seq = 3
     conn = sqlite3.connect(copy / "gateway.sqlite3")
     conn.row_factory = sqlite3.Row
@@ -271,3 +276,59 @@ def test_checkpoint_signatures_verify_with_only_cryptography(workload: Workload,
         check=False,
     )
     assert done.returncode != 0 and "InvalidSignature" in done.stderr
+
+
+# ---- the chain in the store, in process (real SQLite) -----------------------------------------------------
+
+
+def test_concurrent_writers_make_one_chain(tmp_path: Path) -> None:
+    """Writers on several connections (threads, and a second store on the same file as another process
+    would be) append concurrently: the chain is one line, every record in it, in commit order."""
+    stores = [SqliteStore(tmp_path / "gateway.sqlite3"), SqliteStore(tmp_path / "gateway.sqlite3")]
+
+    def write(n: int) -> None:
+        record = AuditRecord(f"req-{n}", "tnt_a", None, None, None, b"k", "sign", "pkcs11", True, "tok_1")
+        with stores[n % 2].transaction() as tx:
+            tx.add_audit([record] * (1 + n % 3))
+
+    try:
+        with ThreadPoolExecutor(max_workers=6) as pool:
+            list(pool.map(write, range(120)))
+        lines = list(export_lines(stores[0]))
+        result = verify(lines, Ed25519PrivateKey.generate().public_key())
+        assert result.records == result.last_seq == sum(1 + n % 3 for n in range(120))
+        # Each transaction's records are adjacent: nothing of another writer came between them.
+        requests = [line["request_id"] for line in lines[1:]]
+        runs = [r for i, r in enumerate(requests) if i == 0 or requests[i - 1] != r]
+        assert sorted(runs) == sorted(f"req-{n}" for n in range(120))
+    finally:
+        for store in stores:
+            store.close()
+
+
+def test_records_from_before_the_chain_are_reported_not_refused(tmp_path: Path) -> None:
+    """A database upgraded from a schema without the chain keeps its old records (no hash); the chain
+    starts after them and verifies; an unchained record after the chain's start is refused."""
+    store = SqliteStore(tmp_path / "gateway.sqlite3")
+    legacy = (
+        "INSERT INTO audit (at, request_id, key_ref, operation, custody, ok) "
+        "VALUES (1.0, 'old', X'01', 'sign', 'pkcs11', 1)"
+    )
+    key = Ed25519PrivateKey.generate().public_key()
+    try:
+        with store.transaction() as tx:
+            tx._c.execute(legacy)
+            tx._c.execute(legacy)
+            tx.add_audit([AuditRecord("new", None, None, None, None, b"k", "sign", "pkcs11", True)] * 2)
+        result = verify(list(export_lines(store)), key)
+        assert (result.legacy, result.records, result.last_seq) == (2, 2, 4)
+        with store.transaction() as tx:
+            tx._c.execute(legacy)
+        try:
+            verify(list(export_lines(store)), key)
+        except ChainBroken as e:
+            assert e.seq == 5 and "unchained" in str(e)
+        else:
+            raise AssertionError("an unchained record after the chain's start verified")
+    finally:
+        store.close()
