@@ -188,6 +188,9 @@ class _Verifier:
         )
         if not _signature_ok(self.public_key, cp.signature, checkpoint_message(cp.seq, cp.head, cp.at_ms)):
             raise ChainBroken(cp.seq, "checkpoint signature does not verify with the audit public key")
+        known = self.checkpoints.get(cp.seq)
+        if known is not None and known.head != cp.head:
+            raise ChainBroken(cp.seq, "two signed checkpoints at this seq disagree (the chain was rewritten)")
         self.checkpoints[cp.seq] = cp
 
     def add_record(self, line: Mapping[str, Any]) -> None:
@@ -282,14 +285,18 @@ def load_public_key(pem: bytes) -> object:
     return key
 
 
-def verify(lines: Iterable[Mapping[str, Any]], public_key: object) -> Verified:
+def verify(
+    lines: Iterable[Mapping[str, Any]], public_key: object, trusted: Iterable[Mapping[str, Any]] = ()
+) -> Verified:
     """Verify an export (its parsed lines, in file order); raises :class:`ChainBroken` at the first bad
-    record. Checkpoints are checked first (their signatures), then records in the order they appear."""
+    record. Checkpoints are checked first (their signatures), then records in the order they appear.
+    ``trusted``: lines of an earlier export kept elsewhere, whose checkpoints are checked too — a chain
+    cut together with its own last checkpoints then still fails."""
     items = list(lines)
     if not items or items[0].get("type") != "header" or items[0].get("format") != EXPORT_FORMAT:
         raise ChainBroken(None, f"not an audit export (the first line must be a {EXPORT_FORMAT} header)")
     verifier = _Verifier(items[0], public_key)
-    for line in items[1:]:
+    for line in [*items[1:], *trusted]:
         if line.get("type") == "checkpoint":
             verifier.add_checkpoint(line)
     for line in items[1:]:

@@ -4,9 +4,11 @@
   (:mod:`gateway.audit_chain`, "Export") read from the data folder's database in one snapshot; ``T`` is
   unix seconds or ISO 8601. A ``--tenant`` export shows only the tenant's records but keeps every other
   record's chain link, so it verifies on its own.
-* ``audit verify [--file EXPORT] [--public-key PEM]`` — verify an export file, or (without ``--file``) the
-  data folder's chain; with no ``--public-key`` the key is read from the data folder's token. Exit 0 and a
-  JSON summary when the chain holds; exit 1 and one line naming the first bad record otherwise.
+* ``audit verify [--file EXPORT] [--public-key PEM] [--checkpoints EARLIER_EXPORT]`` — verify an export
+  file, or (without ``--file``) the data folder's chain; with no ``--public-key`` the key is read from the
+  data folder's token; ``--checkpoints``: an earlier export kept elsewhere, whose signed checkpoints must
+  hold too (a chain cut together with its last checkpoints fails). Exit 0 and a JSON summary when the
+  chain holds; exit 1 and one line naming the first bad record otherwise.
 * ``audit public-key [--out FILE]`` — the audit key's public key as PEM (from the token).
 * ``audit checkpoint`` — sign a checkpoint over the chain head now (offline, e.g. before an export).
 """
@@ -42,6 +44,9 @@ def add_audit_parser(sub: Any) -> None:
     check = cmds.add_parser("verify", help="verify the chain (the data folder's, or an export file)")
     check.add_argument("--file", type=Path, help="an export file (default: the data folder's database)")
     check.add_argument("--public-key", type=Path, help="the audit public key PEM (default: from the token)")
+    check.add_argument(
+        "--checkpoints", type=Path, help="an earlier export kept elsewhere: its checkpoints must hold too"
+    )
     key = cmds.add_parser("public-key", help="print the audit public key (PEM)")
     key.add_argument("--out", type=Path, help="file to write (default: standard output)")
     cmds.add_parser("checkpoint", help="sign a checkpoint over the chain head now")
@@ -65,7 +70,7 @@ def audit_command(cfg: GatewayConfig, args: Any, module_path: Callable[[], str])
         pem = (
             args.public_key.read_bytes() if args.public_key else _with_signer(cfg, module_path, _pem).encode()
         )
-        return _verify(cfg, args.file, pem)
+        return _verify(cfg, args.file, pem, args.checkpoints)
     if command == "public-key":
         _write(args.out, _with_signer(cfg, module_path, _pem))
         return 0
@@ -121,7 +126,7 @@ def _read_export(path: Path) -> Iterator[dict[str, Any]]:
         raise OperatorError(Exit.FAILED, f"cannot read {path}: {e.strerror}") from None
 
 
-def _verify(cfg: GatewayConfig, path: Path | None, pem: bytes) -> int:
+def _verify(cfg: GatewayConfig, path: Path | None, pem: bytes, earlier: Path | None) -> int:
     try:
         key = load_public_key(pem)
     except ValueError as e:
@@ -134,8 +139,9 @@ def _verify(cfg: GatewayConfig, path: Path | None, pem: bytes) -> int:
             lines = list(export_lines(store))
         finally:
             store.close()
+    trusted = [] if earlier is None else list(_read_export(earlier))
     try:
-        result = verify(lines, key)
+        result = verify(lines, key, trusted)
     except ChainBroken as e:
         raise OperatorError(Exit.FAILED, f"audit chain broken: {e}") from None
     print(json.dumps(result.summary()), flush=True)

@@ -332,3 +332,26 @@ def test_records_from_before_the_chain_are_reported_not_refused(tmp_path: Path) 
             raise AssertionError("an unchained record after the chain's start verified")
     finally:
         store.close()
+
+
+def test_a_chain_cut_with_its_checkpoints_fails_against_an_earlier_export(
+    workload: Workload, copy: Path, tmp_path: Path
+) -> None:
+    """Cutting the records and the checkpoints over them leaves a chain that verifies alone; the
+    checkpoints of an export kept elsewhere still name the first record cut."""
+    earlier = tmp_path / "earlier.jsonl"
+    export(workload.folder, earlier)
+    keep = workload.checkpoints[0] + 1
+    tamper(copy, f"DELETE FROM audit WHERE seq > {keep}; DELETE FROM audit_checkpoints WHERE seq > {keep};")
+    assert verify_folder(copy, workload.pem).returncode == 0  # what a local check alone cannot see
+    done = cli(
+        "audit",
+        "verify",
+        "--data-dir",
+        str(copy),
+        "--public-key",
+        str(workload.pem),
+        "--checkpoints",
+        str(earlier),
+    )
+    broken(done, keep + 1, "cut")
