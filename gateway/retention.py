@@ -172,7 +172,9 @@ class Retention:
 
     def _purge_orphans(self, run_id: str, now: float) -> Purged:
         with self.store.transaction() as tx:
-            mailbox, idem = tx.purge_orphan_mailbox_items(now - self.defaults["mailbox_s"])
+            mailbox, idem = tx.purge_orphan_rows(
+                now - self.defaults["mailbox_s"], now - self.defaults["idempotency_s"]
+            )
             erased = _erasable(tx, None, now - self.defaults["audit_s"])
             return _record(tx, Purged(None, mailbox, idem), run_id, erased, False)
 

@@ -98,9 +98,9 @@ class AuditTransaction(Protocol):
     def put_retention(self, row: RetentionRow) -> None: ...
     def purge_tenant_mailbox_items(self, tenant_id: str, older_than: float) -> int: ...
     def purge_tenant_idempotent(self, tenant_id: str, older_than: float) -> int: ...
-    def purge_orphan_mailbox_items(self, older_than: float) -> tuple[int, int]:
-        """Mailbox items of no existing tenant (deleted concurrently) and the admin's idempotency records,
-        older than ``older_than``: ``(box items, idempotency records)``."""
+    def purge_orphan_rows(self, mailbox_before: float, idempotency_before: float) -> tuple[int, int]:
+        """Mailbox items of no existing tenant (deleted concurrently) written before ``mailbox_before``
+        and the admin's idempotency records stored before ``idempotency_before``: how many of each."""
         ...
 
     def count_legal_holds(self) -> int: ...
@@ -212,13 +212,13 @@ class SqliteAuditMixin(SqliteQueries):
         )
         return int(cur.rowcount)
 
-    def purge_orphan_mailbox_items(self, older_than: float) -> tuple[int, int]:
+    def purge_orphan_rows(self, mailbox_before: float, idempotency_before: float) -> tuple[int, int]:
         boxes = self._c.execute(
             "DELETE FROM mailbox WHERE created_at < ? AND tenant_id NOT IN (SELECT tenant_id FROM tenants)",
-            (older_than,),
+            (mailbox_before,),
         ).rowcount
         idem = self._c.execute(
-            "DELETE FROM idempotency WHERE created_at < ? AND scope LIKE 'admin:%'", (older_than,)
+            "DELETE FROM idempotency WHERE created_at < ? AND scope LIKE 'admin:%'", (idempotency_before,)
         ).rowcount
         return int(boxes), int(idem)
 

@@ -148,6 +148,8 @@ def test_one_run_over_every_kind_of_row(tmp_path: Path) -> None:
     try:
         for tenant in ("tnt_a", "tnt_b"):
             _tenant_rows(store, tenant)
+        with store.transaction() as tx:  # the admin's requests follow the defaults
+            tx.put_idempotent("admin:POST:/v1/tenants", "k", IdempotentResponse(b"h", 201, b"sealed"), None)
         retention = Retention(store, GatewayConfig())
         retention.put(ADMIN, "tnt_a", {"audit_s": 1}, "req-1")
         retention.put(ADMIN, "tnt_b", {"audit_s": 1}, "req-2")
@@ -159,6 +161,7 @@ def test_one_run_over_every_kind_of_row(tmp_path: Path) -> None:
         assert (done["tnt_a"].mailbox, done["tnt_a"].idempotency, done["tnt_a"].audit) == (2, 1, 3)
         assert (done["tnt_b"].mailbox, done["tnt_b"].idempotency, done["tnt_b"].audit) == (2, 1, 0)
         assert done["tnt_b"].audit_seq is not None  # audited even when only its mailboxes went
+        assert (done[None].mailbox, done[None].idempotency, done[None].audit) == (0, 1, 0)
         with store.read_transaction() as tx:
             assert tx.box_depths() == {"mailbox": 0, "inbox": 0}
             for tenant in ("tnt_a", "tnt_b"):
