@@ -76,27 +76,28 @@ def _find(session: Session, label: str) -> list[_Found]:
 def create_audit_key(token: Token, label: str = DEFAULT_AUDIT_LABEL) -> bool:
     """Make the audit key pair unless a key labelled ``label`` exists; returns whether it made one."""
 
+    def generate(session: Session, kind: KeyKind, form: Pkcs11Form) -> None:
+        ref = label.encode()
+        with token.objects("change"):
+            session.generate_keypair(
+                form.key_type,
+                mechanism=form.keygen,
+                store=True,
+                capabilities=MechanismFlag(0),
+                public_template=public_template(kind, ref, label, store=True),
+                private_template=private_template(kind, ref, label, store=True),
+            )
+
     def create(session: Session) -> bool:
         with token.objects("search"):
             if search(session, {Attribute.CLASS: ObjectClass.PRIVATE_KEY, Attribute.LABEL: label}):
                 return False
-        ref = label.encode()
-        for kind, form in _CHOICES:
-            try:
-                with token.objects("change"):
-                    session.generate_keypair(
-                        form.key_type,
-                        mechanism=form.keygen,
-                        store=True,
-                        capabilities=MechanismFlag(0),
-                        public_template=public_template(kind, ref, label, store=True),
-                        private_template=private_template(kind, ref, label, store=True),
-                    )
-                return True
-            except PKCS11Error:
-                if kind is _CHOICES[-1][0]:
-                    raise
-        return False  # pragma: no cover - the loop returns or raises
+        (kind, form), (fallback, fallback_form) = _CHOICES
+        try:
+            generate(session, kind, form)
+        except PKCS11Error:  # no Ed25519 on this token: ECDSA P-256
+            generate(session, fallback, fallback_form)
+        return True
 
     return token.run(create, op="create audit key", retry=False)
 
