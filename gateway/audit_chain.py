@@ -279,7 +279,10 @@ def _signature_ok(public_key: object, signature: bytes, message: bytes) -> bool:
 
 def load_public_key(pem: bytes) -> object:
     """The audit public key from its PEM (Ed25519 or P-256); ValueError for anything else."""
-    key = load_pem_public_key(pem)
+    try:
+        key = load_pem_public_key(pem)
+    except (ValueError, TypeError):
+        raise ValueError("not a PEM public key") from None
     if not isinstance(key, (ed25519.Ed25519PublicKey, ec.EllipticCurvePublicKey)):
         raise ValueError("the audit public key must be Ed25519 or ECDSA P-256")
     return key

@@ -67,9 +67,7 @@ def audit_command(cfg: GatewayConfig, args: Any, module_path: Callable[[], str])
         _export(cfg, args)
         return 0
     if command == "verify":
-        pem = (
-            args.public_key.read_bytes() if args.public_key else _with_signer(cfg, module_path, _pem).encode()
-        )
+        pem = _read_key(args.public_key) if args.public_key else _with_signer(cfg, module_path, _pem).encode()
         return _verify(cfg, args.file, pem, args.checkpoints)
     if command == "public-key":
         _write(args.out, _with_signer(cfg, module_path, _pem))
@@ -109,8 +107,18 @@ def _write(out: Path | None, text: str) -> None:
     if out is None:
         sys.stdout.write(text)
         sys.stdout.flush()
-    else:
+        return
+    try:
         out.write_text(text)
+    except OSError as e:
+        raise OperatorError(Exit.FAILED, f"cannot write {out}: {e.strerror}") from None
+
+
+def _read_key(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise OperatorError(Exit.FAILED, f"cannot read the audit public key {path}: {e.strerror}") from None
 
 
 def _read_export(path: Path) -> Iterator[dict[str, Any]]:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.audit_chain import ChainBroken, record_hash, verify
@@ -355,3 +356,27 @@ def test_a_chain_cut_with_its_checkpoints_fails_against_an_earlier_export(
         str(earlier),
     )
     broken(done, keep + 1, "cut")
+
+
+def test_unreadable_inputs_are_one_line_each(tmp_path: Path) -> None:
+    """A missing file, a key that is not a PEM public key and an export that is not JSON lines: exit 1,
+    one line, no traceback (README, "Operating")."""
+    pem = tmp_path / "key.pem"
+    pem.write_text("-----BEGIN PUBLIC KEY-----\nnot base64\n-----END PUBLIC KEY-----\n")
+    text = tmp_path / "export.jsonl"
+    text.write_text("not json\n")
+    for args, words in (
+        (("--file", str(text), "--public-key", str(tmp_path / "none.pem")), ("cannot read",)),
+        (("--file", str(tmp_path / "none.jsonl"), "--public-key", str(pem)), ("audit public key",)),
+        (("--file", str(text), "--public-key", str(pem)), ("not a PEM public key",)),
+    ):
+        done = cli("audit", "verify", *args)
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        assert done.returncode == 1 and len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+        assert all(word in lines[0] for word in words), lines[0]
+    good = Ed25519PrivateKey.generate().public_key()
+    pem.write_bytes(
+        good.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    done = cli("audit", "verify", "--file", str(text), "--public-key", str(pem))
+    assert done.returncode == 1 and "line 1 is not JSON" in done.stderr, done.stderr
