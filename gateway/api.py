@@ -20,6 +20,7 @@ from .api_credentials import CREDENTIAL_ROUTES
 from .api_directory import DIRECTORY_ROUTES
 from .api_log import LOG_ROUTES
 from .api_mailboxes import MAILBOX_ROUTES
+from .api_retention import RETENTION_ROUTES
 from .api_tenants import TENANT_ADMIN_ROUTES
 from .api_webhooks import WEBHOOK_ROUTES
 from .dispatch import (
@@ -480,6 +481,7 @@ ROUTES: list[Route] = [
 ]
 ROUTES += WEBHOOK_ROUTES
 ROUTES += CREDENTIAL_ROUTES
+ROUTES += RETENTION_ROUTES  # per-tenant retention and legal hold (gateway.retention)
 
 
 def make_request_id() -> str:

@@ -3,24 +3,25 @@
 :func:`create_app` builds an app around a :class:`~gateway.context.Runtime`; :func:`open_runtime` opens
 the store, the token and the wrap key from a configuration. Shut-down closes the worker pool, drops the
 envelope's in-memory data keys, closes the token sessions and the database, in that order. While it runs,
-the app owns one background task that purges expired idempotency records — at start-up, then every
-:data:`PURGE_INTERVAL_S` — in the worker pool; it is cancelled before the runtime closes.
+the app owns background tasks, each cancelled before the runtime closes: the retention task
+(:mod:`gateway.retention`: mailbox items, idempotency and audit records, per tenant), the audit chain's
+checkpoints (:mod:`gateway.audit_trail`, one more at shutdown), hosted delivery, webhooks, reconciliation.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 
 from aiohttp import web
 
 import native
+from hsm.audit_key import create_audit_key
 from hsm.envelope import Envelope, create_wrap_key
 from hsm.keystore import Pkcs11KeyStore
 from hsm.token import Token
@@ -30,15 +31,16 @@ from mls import CryptoBackend, PythonBackend, get_backend, use_crypto_backend
 
 from .api import ROUTES, Route, make_request_id
 from .api_mailboxes import close_sockets
+from .audit_trail import audit_checkpoints
 from .auth import bearer_token
 from .config import GatewayConfig
 from .context import APP, PRINCIPAL, REQUEST_ID, Runtime
 from .errors import PROBLEM_CONTENT_TYPE, Problem, problem_from_exception
 from .hosted_worker import hosted_delivery_task
 from .logs import request_context, valid_request_id
-from .mailboxes import purge_expired_items
 from .metrics import Metrics
 from .reconciliation import key_reconciliation
+from .retention import retention_task
 from .sealed_keys import SealedKeyPersistence, WrappedKeyRows
 from .service import GatewayService
 from .sqlite_store import SqliteStore
@@ -47,9 +49,6 @@ from .store import StoreUnavailable
 from .webhook_delivery import webhook_delivery
 
 log = logging.getLogger("mls_gateway")
-
-#: Seconds between two purges of expired idempotency records (the first one runs at start-up).
-PURGE_INTERVAL_S = 3600.0
 
 _ROUTE_BY_KEY = {(r.method, r.path): r for r in ROUTES}
 
@@ -154,36 +153,15 @@ def create_app(runtime: Runtime) -> web.Application:
     app.on_startup.append(_log_startup)
     app.on_shutdown.append(_log_shutdown)
     app.on_shutdown.append(close_sockets)  # open mailbox/inbox WebSockets: 1001, not the shutdown timeout
-    app.cleanup_ctx.append(_idempotency_purge)  # its cleanup runs before on_cleanup's _close_runtime
+    # cleanup_ctx clean-ups run in reverse order, all before on_cleanup's _close_runtime: the audit
+    # checkpoint task is first, so its last checkpoint at shutdown follows every other task's writes.
+    app.cleanup_ctx.append(audit_checkpoints)
+    app.cleanup_ctx.append(retention_task)  # mailbox items, idempotency and audit records, per tenant
     app.cleanup_ctx.append(hosted_delivery_task)
     app.cleanup_ctx.append(webhook_delivery)  # signed webhooks of hosted identities (api-delivery.md)
     app.cleanup_ctx.append(key_reconciliation)  # orphaned keys: at start-up, then periodically
     app.on_cleanup.append(_close_runtime)
     return app
-
-
-async def _purge_forever(rt: Runtime) -> None:
-    """Purge expired idempotency records now and every :data:`PURGE_INTERVAL_S`, in the worker pool."""
-    loop = asyncio.get_running_loop()
-    while True:
-        try:
-            purged = await loop.run_in_executor(rt.executor, rt.service.persistence.purge_expired)
-            log.info("purged %d expired idempotency records", purged)
-            await loop.run_in_executor(
-                rt.executor, purge_expired_items, rt.store, rt.config.delivery.mailbox_retention_s
-            )
-        except StoreUnavailable as e:
-            log.warning("idempotency purge failed (retried later): %s", e)
-        await asyncio.sleep(PURGE_INTERVAL_S)
-
-
-async def _idempotency_purge(app: web.Application) -> AsyncIterator[None]:
-    """The app's purge task: started with the app, cancelled (and awaited) when it shuts down."""
-    task = asyncio.create_task(_purge_forever(app[APP]), name="idempotency-purge")
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
 
 
 def gateway_version() -> str:
@@ -231,6 +209,7 @@ def open_runtime(config: GatewayConfig, module_path: str) -> Runtime:
     store = SqliteStore(config.database_path)
     token = Token.open(config.token_config(module_path))
     create_wrap_key(token)
+    create_audit_key(token)  # signs the audit chain's checkpoints (gateway.audit_trail)
     hsm = config.hsm
     envelope = Envelope(token, max_seals=hsm.data_key_max_seals, max_age_s=hsm.data_key_max_age_s)
     create_kek(token)

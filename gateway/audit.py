@@ -7,7 +7,9 @@ the request's operation, inside the request's copied context: :func:`gateway.api
 ``audit`` table in the same transaction as the request's state change — or in a transaction of their own
 when the request fails — and logged as one line each, with the record's fields as the line's extra fields
 (:mod:`gateway.logs`: ``key=value`` in text, members of the object in JSON). Only references and names
-are recorded: never key material.
+are recorded: never key material. A record says who (tenant, identity, the caller's token id), what key,
+which operation, in which group and epoch, for which request; the store chains every record to the one
+before it and the chain is checkpointed under the HSM's audit key (:mod:`gateway.audit_chain`).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ def record_key_use(event: AuditEvent) -> None:
         operation=event.operation,
         custody=event.custody,
         ok=event.ok,
+        token_id=ctx.get("token_id"),
     )
     log.info(
         "key_use %s %s %s",
@@ -51,6 +54,7 @@ def record_key_use(event: AuditEvent) -> None:
             "event": "key_use",
             "request_id": record.request_id,
             "tenant_id": record.tenant_id,
+            "token_id": record.token_id,
             "identity_id": record.identity_id,
             "group_id": group,
             "epoch": record.epoch,

@@ -15,6 +15,8 @@
 * ``mls-gateway admin tokens|rotate-admin-token|delete-tenant`` and ``mls-gateway hsm check`` — the
   operator commands of :mod:`gateway.operator_cli`; ``mls-gateway --version``.
 * ``mls-gateway backup DEST`` and ``mls-gateway restore SRC --data-dir DIR`` — :mod:`gateway.backup`.
+* ``mls-gateway audit export|verify|public-key|checkpoint`` — the tamper-evident audit trail
+  (:mod:`gateway.audit_cli`).
 
 An operator's mistake (wrong PIN, missing token or module, port in use, bad configuration, data folder
 not initialised) is one line on stderr and an exit code of :class:`gateway.operator_cli.Exit`.
@@ -38,6 +40,7 @@ from native import BACKEND_CHOICES
 
 from . import backup
 from .app import close_runtime, create_app, gateway_crypto_backend, open_runtime
+from .audit_cli import add_audit_parser
 from .config import ConfigError, GatewayConfig, load_config
 from .context import Runtime
 from .logs import AccessLogger, access_log, configure_logging
@@ -207,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_keys_parser(sub)
     add_parsers(sub)
     backup.add_parsers(sub)
+    add_audit_parser(sub)
     args = ap.parse_args(argv)
     if args.command == "conformance":
         from mls.conformance import main as conformance
@@ -250,6 +254,12 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.command in ("backup", "restore"):
         return backup.command(cfg, args)
+    if args.command == "audit":
+        from .audit_cli import audit_command, needs_data_folder
+
+        if needs_data_folder(args):
+            require_initialised(cfg)
+        return audit_command(cfg, args, lambda: _prepare_softhsm(cfg)[0])
     require_initialised(cfg)
     if args.command == "admin" and args.admin_command != "delete-tenant":
         from .operator_cli import admin_command

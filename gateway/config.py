@@ -35,6 +35,14 @@ TOML layout (every key optional; an unknown section or key is refused, naming it
     past_epochs = 2                 # MLSGW_PAST_EPOCHS: past epochs kept to read late application messages
     mailbox_retention_s = 604800    # MLSGW_MAILBOX_RETENTION_S: unacknowledged mailbox/inbox items kept
     webhook_allow_private = false   # MLSGW_WEBHOOK_ALLOW_PRIVATE: allow loopback/private webhook URLs
+
+    [audit]                         # the audit chain (gateway.audit_chain)
+    checkpoint_records = 1000       # MLSGW_AUDIT_CHECKPOINT_RECORDS: a checkpoint after this many records
+    checkpoint_interval_s = 60      # MLSGW_AUDIT_CHECKPOINT_INTERVAL_S: ... or this long (and at shutdown)
+    retention_s = 31536000          # MLSGW_AUDIT_RETENTION_S: audit records kept (per-tenant overrides)
+
+    [retention]                     # gateway.retention
+    interval_s = 3600               # MLSGW_RETENTION_INTERVAL_S: seconds between two retention runs
 """
 
 from __future__ import annotations
@@ -94,6 +102,32 @@ class DeliverySettings:
 
 
 @dataclass(frozen=True)
+class AuditSettings:
+    """The audit chain's checkpoints (gateway.audit_chain) and the default retention of audit records."""
+
+    checkpoint_records: int = 1000
+    checkpoint_interval_s: float = 60.0
+    retention_s: float = 365 * 24 * 3600.0
+
+    def __post_init__(self) -> None:
+        if self.checkpoint_records < 1 or not self.checkpoint_interval_s > 0 or not self.retention_s > 0:
+            raise ValueError(
+                "audit.checkpoint_records must be >= 1, checkpoint_interval_s and retention_s > 0"
+            )
+
+
+@dataclass(frozen=True)
+class RetentionSettings:
+    """How often the retention task runs (gateway.retention)."""
+
+    interval_s: float = 3600.0
+
+    def __post_init__(self) -> None:
+        if not self.interval_s > 0:
+            raise ValueError("retention.interval_s must be > 0")
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     data_dir: Path = Path("data")
     listen_host: str = "127.0.0.1"
@@ -114,6 +148,8 @@ class GatewayConfig:
     reconcile_grace_s: float = 600.0
     hsm: HsmSettings = field(default_factory=HsmSettings)
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
+    audit: AuditSettings = field(default_factory=AuditSettings)
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
 
     @property
     def database_path(self) -> Path:
@@ -169,6 +205,10 @@ _ENV = {
     "MLSGW_PAST_EPOCHS": ("delivery", "past_epochs"),
     "MLSGW_MAILBOX_RETENTION_S": ("delivery", "mailbox_retention_s"),
     "MLSGW_WEBHOOK_ALLOW_PRIVATE": ("delivery", "webhook_allow_private"),
+    "MLSGW_AUDIT_CHECKPOINT_RECORDS": ("audit", "checkpoint_records"),
+    "MLSGW_AUDIT_CHECKPOINT_INTERVAL_S": ("audit", "checkpoint_interval_s"),
+    "MLSGW_AUDIT_RETENTION_S": ("audit", "retention_s"),
+    "MLSGW_RETENTION_INTERVAL_S": ("retention", "interval_s"),
 }
 _INTS = {
     "max_body_bytes",
@@ -178,12 +218,13 @@ _INTS = {
     "out_of_order_tolerance",
     "max_forward_distance",
     "past_epochs",
+    "checkpoint_records",
 }
 _BOOLS = {"webhook_allow_private"}
 
 
 def _merged(toml_path: Path | None, env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
-    data: dict[str, dict[str, Any]] = {"gateway": {}, "hsm": {}, "delivery": {}}
+    data: dict[str, dict[str, Any]] = {"gateway": {}, "hsm": {}, "delivery": {}, "audit": {}, "retention": {}}
     if toml_path is not None:
         try:
             raw = tomllib.loads(toml_path.read_text())
@@ -210,11 +251,14 @@ def _merged(toml_path: Path | None, env: Mapping[str, str]) -> dict[str, dict[st
 
 def _known_keys() -> dict[str, set[str]]:
     """The keys each TOML section accepts (the settings' fields; ``[gateway]`` spells two its own way)."""
-    gateway = {f.name for f in fields(GatewayConfig)} - {"listen_host", "listen_port", "hsm", "delivery"}
+    sections = {"hsm", "delivery", "audit", "retention"}
+    gateway = {f.name for f in fields(GatewayConfig)} - {"listen_host", "listen_port", *sections}
     return {
         "gateway": gateway | {"listen"},
         "hsm": {f.name for f in fields(HsmSettings)} | {"pin"},  # "pin" is refused with its own message
         "delivery": {f.name for f in fields(DeliverySettings)},
+        "audit": {f.name for f in fields(AuditSettings)},
+        "retention": {f.name for f in fields(RetentionSettings)},
     }
 
 
@@ -246,6 +290,13 @@ def load_config(
     try:
         hsm = HsmSettings(**h)
         delivery = DeliverySettings(**data["delivery"])
+        a = data["audit"]
+        audit = AuditSettings(
+            checkpoint_records=int(a.get("checkpoint_records", 1000)),
+            checkpoint_interval_s=float(a.get("checkpoint_interval_s", 60.0)),
+            retention_s=float(a.get("retention_s", 365 * 24 * 3600.0)),
+        )
+        retention = RetentionSettings(**{k: float(v) for k, v in data["retention"].items()})
         cfg = GatewayConfig(
             data_dir=Path(g.pop("data_dir", "data")),
             database=Path(g["database"]) if "database" in g else None,
@@ -259,6 +310,8 @@ def load_config(
             reconcile_grace_s=float(g.get("reconcile_grace_s", 600.0)),
             hsm=hsm,
             delivery=delivery,
+            audit=audit,
+            retention=retention,
         )
     except (TypeError, ValueError) as e:
         raise ConfigError(f"invalid setting: {e}") from None

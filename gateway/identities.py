@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from hsm.audit import caller
 from hsm.errors import HsmUnavailable
 from hsm.keystore import Pkcs11KeyStore
 from mls import Credential, MLSError
@@ -57,9 +58,11 @@ class Identities:
         if sig_custody not in ("pkcs11", "wrapped"):
             raise Problem("unsupported", f"the HSM cannot hold signature keys of cipher suite {suite}")
         credential = request.credential or Credential.basic(request.name.encode())
-        signer = keys.new_signature_key(suite)
+        identity_id = new_id("idn")
+        with caller(identity_id=identity_id):  # the key's generation is audited as the identity's
+            signer = keys.new_signature_key(suite)
         identity = Identity(
-            new_id("idn"),
+            identity_id,
             principal.tenant_id,
             request.name,
             suite,
@@ -114,7 +117,8 @@ class Identities:
     def delete(self, principal: Principal, identity_id: str, scope: RequestScope) -> Response:
         """``DELETE /v1/identities/{identity_id}``: its records, then every private key it held."""
         identity = self.get(principal, identity_id)
-        pending = PendingWrites(
-            [lambda tx: tx.delete_identity(identity_id)], dead_keys=self.keys_of(identity)
-        )
-        return self.sessions.persistence.commit(pending, Response(204, None), scope)
+        with caller(identity_id=identity_id):  # its keys' destruction is audited as the identity's
+            pending = PendingWrites(
+                [lambda tx: tx.delete_identity(identity_id)], dead_keys=self.keys_of(identity)
+            )
+            return self.sessions.persistence.commit(pending, Response(204, None), scope)

@@ -256,7 +256,16 @@ def _audit_records(principal: Principal, chosen: list[_Claimed]) -> list[AuditRe
     claimer = principal.client_id or principal.token_id
     return [
         AuditRecord(
-            request_id, principal.tenant_id, claimer, None, None, c.ref, CLAIM_OPERATION, c.custody, True
+            request_id,
+            principal.tenant_id,
+            claimer,
+            None,
+            None,
+            c.ref,
+            CLAIM_OPERATION,
+            c.custody,
+            True,
+            token_id=principal.token_id,
         )
         for c in chosen
     ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 
+from hsm.audit import caller
 from hsm.keystore import Pkcs11KeyStore
 from mls import (
     Credential,
@@ -40,18 +41,19 @@ class KeyPackages:
     ) -> Response:
         """``POST .../key-packages``: ``count`` fresh KeyPackages, all written in one transaction."""
         identity = self.identities.get(principal, request.identity_id)
-        signer = self.keys.signer(identity.signature_key_ref)
-        credential = Credential.from_bytes(identity.credential)
-        pending, out = PendingWrites(), []
-        try:
-            for _ in range(request.count):
-                record = self.new_key_package(identity, signer, credential, request, pending)
-                pending.writes.append(functools.partial(_add_key_package, record=record))
-                out.append({"ref": b64(record.ref), "key_package": b64(record.key_package)})
-        except BaseException:
-            self.persistence.destroy_keys(pending.new_keys)
-            raise
-        return self.persistence.commit(pending, Response(201, {"key_packages": out}), scope)
+        with caller(identity_id=identity.identity_id):  # its key uses are audited as the identity's
+            signer = self.keys.signer(identity.signature_key_ref)
+            credential = Credential.from_bytes(identity.credential)
+            pending, out = PendingWrites(), []
+            try:
+                for _ in range(request.count):
+                    record = self.new_key_package(identity, signer, credential, request, pending)
+                    pending.writes.append(functools.partial(_add_key_package, record=record))
+                    out.append({"ref": b64(record.ref), "key_package": b64(record.key_package)})
+            except BaseException:
+                self.persistence.destroy_keys(pending.new_keys)
+                raise
+            return self.persistence.commit(pending, Response(201, {"key_packages": out}), scope)
 
     def new_key_package(
         self,

@@ -85,6 +85,16 @@ class Metrics:
         self.ready = Gauge(
             "mlsgw_ready", "1 when the gateway's last readiness check passed, else 0", registry=r
         )
+        # Audit chain and retention (gateway.audit_chain, gateway.retention).
+        self.tenants_on_legal_hold = Gauge(
+            "mlsgw_tenants_on_legal_hold", "Tenants whose audit records are held from purging", registry=r
+        )
+        self.retention_purged = Counter(
+            "mlsgw_retention_purged", "Rows purged by retention", ["kind"], registry=r
+        )
+        self.audit_checkpoints = Counter(
+            "mlsgw_audit_checkpoints", "Audit chain checkpoints signed in the HSM", registry=r
+        )
 
     def key_use(self, event: AuditEvent) -> None:
         self.hsm_ops.labels(event.operation, event.custody, "ok" if event.ok else "error").inc()

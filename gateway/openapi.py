@@ -28,6 +28,31 @@ _G = GROUPS  # the name tests/test_api_reference.py uses
 REQUEST_BODIES.update(CREDENTIAL_REQUEST_BODIES)
 SUCCESS.update(CREDENTIAL_SUCCESS)
 
+# -- retention and legal hold (gateway.retention) --
+_SECONDS = {"type": ["integer", "null"], "minimum": 1, "description": "seconds; null: the default"}
+_RETENTION = obj(
+    ["tenant_id", "mailbox_s", "idempotency_s", "audit_s", "effective", "legal_hold"],
+    tenant_id=STR,
+    mailbox_s=_SECONDS,
+    idempotency_s=_SECONDS,
+    audit_s=_SECONDS,
+    effective=obj(
+        ["mailbox_s", "idempotency_s", "audit_s"],
+        mailbox_s={"type": "number"},
+        idempotency_s={"type": "number"},
+        audit_s={"type": "number"},
+    ),
+    legal_hold={"type": "boolean"},
+)
+REQUEST_BODIES[("PUT", "/v1/tenants/{tenant_id}/retention")] = obj(
+    mailbox_s=_SECONDS, idempotency_s={**_SECONDS, "minimum": 86400}, audit_s=_SECONDS
+)
+REQUEST_BODIES[("PUT", "/v1/tenants/{tenant_id}/legal-hold")] = obj(["enabled"], enabled={"type": "boolean"})
+for _method in ("GET", "PUT"):
+    RESPONSE_BODIES[(_method, "/v1/tenants/{tenant_id}/retention")] = _RETENTION
+RESPONSE_BODIES[("PUT", "/v1/tenants/{tenant_id}/legal-hold")] = _RETENTION
+# -- end retention and legal hold --
+
 
 def _parameters(route: Route) -> list[dict[str, Any]]:
     params = [

@@ -11,7 +11,7 @@ Stored responses may hold secrets (a new bearer token, a decrypted application m
 are sealed under the wrap-key envelope with an AAD binding the scope and the key (a row moved to another
 key does not open). They live for ``retention_s`` (``[gateway] idempotency_retention_s``, at least the 24 h
 api-v1 promises): an older one is no longer replayed — the request runs as a new one — and
-:meth:`Persistence.purge_expired` deletes them (at start-up and periodically, :mod:`gateway.app`). Deleting
+the retention task deletes them, per tenant (:mod:`gateway.retention`, at start-up and periodically). Deleting
 an identity deletes the records of its requests (:meth:`gateway.store.Transaction.delete_identity`).
 """
 
@@ -194,6 +194,8 @@ class Persistence:
         """The audit context of one request: caller context for the HSM hook and a record buffer, whose
         records not committed with the request's writes are written when the block ends."""
         ctx = {"request_id": request_id}
+        if principal is not None:
+            ctx["token_id"] = principal.token_id  # who, for the audit records (gateway.audit)
         if principal is not None and principal.tenant_id is not None:
             ctx["tenant_id"] = principal.tenant_id
         with caller(**ctx), audit.collecting() as records:

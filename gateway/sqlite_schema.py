@@ -130,7 +130,37 @@ _ADDED_COLUMNS = [
     ("identities", "auto_join", "INTEGER NOT NULL DEFAULT 1"),
     ("tokens", "client_id", "TEXT"),
     ("tenants", "custody_mode", "TEXT NOT NULL DEFAULT 'token'"),
+    # -- audit chain and retention (issue 16, gateway.audit_chain / gateway.retention) --
+    ("audit", "token_id", "TEXT"),
+    ("audit", "detail", "TEXT"),
+    ("audit", "prev_hash", "BLOB"),
+    ("audit", "hash", "BLOB"),
+    ("audit", "purged_by", "INTEGER"),
+    # -- end audit chain and retention --
 ]
+
+# -- audit chain and retention (issue 16): checkpoints signed in the HSM (gateway.audit_chain), each
+# tenant's retention overrides and legal hold (gateway.retention). The audit table's update trigger is
+# replaced by one that allows a single kind of update: retention erasing a row's contents in place,
+# keeping its seq, time, tenant and chain link (hash, prev_hash) and naming the purge (purged_by).
+AUDIT_CHAIN_SCHEMA = """
+CREATE TABLE IF NOT EXISTS audit_checkpoints (
+    seq INTEGER PRIMARY KEY, head BLOB NOT NULL, at_ms INTEGER NOT NULL, signature BLOB NOT NULL,
+    key_label TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS tenant_retention (
+    tenant_id TEXT PRIMARY KEY REFERENCES tenants(tenant_id) ON DELETE CASCADE, mailbox_s REAL,
+    idempotency_s REAL, audit_s REAL, legal_hold INTEGER NOT NULL DEFAULT 0, updated_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS audit_by_tenant ON audit(tenant_id, at);
+DROP TRIGGER IF EXISTS audit_append_only_update;
+CREATE TRIGGER IF NOT EXISTS audit_erase_only BEFORE UPDATE ON audit
+    WHEN NOT (OLD.purged_by IS NULL AND NEW.purged_by IS NOT NULL AND NEW.seq = OLD.seq AND NEW.at = OLD.at
+        AND NEW.tenant_id IS OLD.tenant_id AND NEW.hash = OLD.hash AND NEW.prev_hash = OLD.prev_hash
+        AND NEW.request_id = '' AND NEW.identity_id IS NULL AND NEW.token_id IS NULL AND NEW.group_id IS NULL
+        AND NEW.epoch IS NULL AND NEW.key_ref = X'' AND NEW.operation = '' AND NEW.custody = ''
+        AND NEW.ok = 0 AND NEW.detail IS NULL)
+    BEGIN SELECT RAISE(ABORT, 'audit records are append-only (retention only erases them)'); END;
+"""
+# -- end audit chain and retention --
 
 
 def upgrade(conn: sqlite3.Connection) -> None:
@@ -148,6 +178,7 @@ def upgrade(conn: sqlite3.Connection) -> None:
         conn.execute("DELETE FROM idempotency")
         conn.execute("ALTER TABLE idempotency ADD COLUMN identity_id TEXT")
     conn.execute(_IDEMPOTENCY_IDENTITY_INDEX)
+    conn.executescript(AUDIT_CHAIN_SCHEMA)  # after the audit columns it names (issue 16)
     conn.execute("DROP TABLE IF EXISTS outgoing")
     conn.execute(
         "INSERT OR IGNORE INTO endpoint_keys (tenant_id, signature_key, endpoint_id) "

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from .sqlite_audit import SqliteAuditMixin, append_chained
 from .sqlite_credentials import SqliteCredentialMixin
 from .sqlite_delivery import SqliteDeliveryMixin
 from .sqlite_directory import SqliteDirectoryMixin
@@ -82,6 +83,7 @@ class SqliteTransaction(
     SqliteMailboxMixin,
     SqliteTenantAdminMixin,
     SqliteCredentialMixin,
+    SqliteAuditMixin,
 ):
     """The :class:`gateway.store.Transaction` of one SQLite transaction."""
 
@@ -297,26 +299,7 @@ class SqliteTransaction(
         ]
 
     def add_audit(self, records: list[AuditRecord]) -> None:
-        now = time.time()
-        self._c.executemany(
-            "INSERT INTO audit (at, request_id, tenant_id, identity_id, group_id, epoch, key_ref, operation, "
-            "custody, ok) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                (
-                    now,
-                    a.request_id,
-                    a.tenant_id,
-                    a.identity_id,
-                    a.group_id,
-                    a.epoch,
-                    a.key_ref,
-                    a.operation,
-                    a.custody,
-                    int(a.ok),
-                )
-                for a in records
-            ],
-        )
+        append_chained(self._c, records)  # the hash chain (gateway.audit_chain), in this transaction
 
     def counts(self) -> dict[str, int]:
         row = self._one("SELECT (SELECT COUNT(*) FROM identities) AS i, (SELECT COUNT(*) FROM groups) AS g")

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from .delivery_store import LogTransaction
+from .sqlite_audit import AuditTransaction
 from .sqlite_credentials import CredentialTransaction
 from .sqlite_directory import DirectoryTransaction
 from .sqlite_mailboxes import MailboxTransaction
@@ -114,6 +115,10 @@ class AuditRecord:
     operation: str
     custody: str
     ok: bool
+    #: The caller's token (``Principal.token_id``), when a request made the key use.
+    token_id: str | None = None
+    #: A JSON object of further facts (a retention purge's counts, gateway.retention), or ``None``.
+    detail: str | None = None
 
 
 @dataclass(frozen=True)
@@ -132,6 +137,7 @@ class Transaction(
     MailboxTransaction,
     TenantAdminTransaction,
     CredentialTransaction,
+    AuditTransaction,
     Protocol,
 ):
     """One atomic unit of reads and writes: all of it commits, or none of it."""

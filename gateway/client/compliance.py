@@ -1,5 +1,6 @@
-"""The client's routes of a tenant's compliance controls: its credential policy, and the X.509 credential of a
-hosted identity (a CSR signed in the HSM, then the chain the tenant's CA issued for it)."""
+"""The client's routes of a tenant's compliance controls: its credential policy, the X.509 credential of a
+hosted identity (a CSR signed in the HSM, then the chain the tenant's CA issued for it), and the tenant's
+retention periods and legal hold."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from .wire import JSON, drop_none, fill_path, route
 POLICY = "/v1/tenants/{tenant_id}/credential-policy"
 CSR = "/v1/identities/{identity_id}/csr"
 CREDENTIAL = "/v1/identities/{identity_id}/credential"
+RETENTION = "/v1/tenants/{tenant_id}/retention"
+LEGAL_HOLD = "/v1/tenants/{tenant_id}/legal-hold"
 
 
 class ComplianceRoutes(Transport):
@@ -44,3 +47,26 @@ class ComplianceRoutes(Transport):
         """The identity uses the X.509 chain (PEM, end entity first) from now on; the identity's view."""
         path = fill_path(CREDENTIAL, identity_id=identity_id)
         return await self._json("PUT", path, {"x509_chain": list(chain)})
+
+    @route("GET", RETENTION)
+    async def retention(self, tenant_id: str) -> JSON:
+        """The tenant's retention overrides, the effective periods and its legal hold."""
+        return await self._json("GET", fill_path(RETENTION, tenant_id=tenant_id))
+
+    @route("PUT", RETENTION)
+    async def set_retention(
+        self,
+        tenant_id: str,
+        *,
+        mailbox_s: int | None = None,
+        idempotency_s: int | None = None,
+        audit_s: int | None = None,
+    ) -> JSON:
+        """Replace the tenant's overrides (whole seconds; an override left out is the configured default)."""
+        body = {"mailbox_s": mailbox_s, "idempotency_s": idempotency_s, "audit_s": audit_s}
+        return await self._json("PUT", fill_path(RETENTION, tenant_id=tenant_id), body)
+
+    @route("PUT", LEGAL_HOLD)
+    async def set_legal_hold(self, tenant_id: str, enabled: bool) -> JSON:
+        """Suspend (or resume) purging of the tenant's audit records (admin token); the retention view."""
+        return await self._json("PUT", fill_path(LEGAL_HOLD, tenant_id=tenant_id), {"enabled": enabled})

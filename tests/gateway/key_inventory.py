@@ -29,6 +29,7 @@ from gateway.context import Runtime
 from gateway.key_references import referenced_keys
 from gateway.reconciliation import LABEL_PREFIX
 from gateway.sealed_keys import SealedKeyPersistence
+from hsm.audit_key import DEFAULT_AUDIT_LABEL
 from hsm.capabilities import Capabilities
 from hsm.inventory import store_key_refs
 from hsm.keystore import Pkcs11KeyStore
@@ -38,6 +39,10 @@ _CLASSES = {
     "public": ObjectClass.PUBLIC_KEY,
     "secret": ObjectClass.SECRET_KEY,
 }
+
+
+#: The audit signing key pair's ID (hsm.audit_key): the gateway's own key, listed apart from the store's.
+_AUDIT_KEY_ID = DEFAULT_AUDIT_LABEL.encode().hex()
 
 
 def _token_objects(rt: Runtime) -> dict[str, list[str]]:
@@ -50,7 +55,12 @@ def _token_objects(rt: Runtime) -> dict[str, list[str]]:
                 for name, cls in _CLASSES.items()
             }
 
-    return rt.token.run(listing, op="test inventory")
+    found = rt.token.run(listing, op="test inventory")
+    audit = [ref for name in ("private", "public") for ref in found[name] if ref == _AUDIT_KEY_ID]
+    return {
+        **{name: [ref for ref in refs if ref != _AUDIT_KEY_ID] for name, refs in found.items()},
+        "audit": audit,
+    }
 
 
 def _database_refs(db: Path) -> dict[str, list[str]]:

@@ -407,6 +407,10 @@ async def _walk_credentials(admin: Any, api: Any, tenant_id: str, identity_id: s
     view = await api.set_x509_credential(identity_id, [pem(cert)])
     assert view["credential"]["type"] == "x509"
     await admin.delete_credential_policy(tenant_id)
+    kept = await api.set_retention(tenant_id, mailbox_s=7 * 86400)
+    assert kept["mailbox_s"] == 7 * 86400 and kept["legal_hold"] is False
+    assert (await admin.set_legal_hold(tenant_id, True))["legal_hold"] is True
+    assert (await api.retention(tenant_id))["legal_hold"] is True
     with pytest.raises(GatewayError) as gone:
         await api.credential_policy(tenant_id)
     assert gone.value.status == 404

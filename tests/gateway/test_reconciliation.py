@@ -137,6 +137,7 @@ def test_kill_during_key_package_batch_then_reconcile(server: GatewayServer) -> 
     assert token_ids(after) == referenced, "the token holds exactly the referenced keys"
     assert set(after["token"]["private"]) == set(after["token"]["public"]) == referenced
     assert after["database"]["software"] == [] and len(after["token"]["secret"]) == 2  # wrap key, KEK
+    assert len(after["token"]["audit"]) == 2  # the audit key pair (hsm.audit_key) is never an orphan
     assert reconcile_cli(server, "--grace-s", "0")["orphans"] == {"token": 0, "software": 0, "wrapped": 0}
 
     server.start()

@@ -121,6 +121,7 @@ FUZZ_CERTIFICATE = pem(Authority.root("fuzz").cert)
 
 # Reusable field shapes.
 U32 = 2**32 - 1
+_CENTURY_S = 100 * 365 * 24 * 3600  # the longest retention (gateway.retention)
 CREDENTIAL_FIELDS = (
     F("type", "choice", "basic", required=True, options=("basic",)),
     F("identity", "b64", b64(b"carol"), required=True, non_empty=True),
@@ -490,6 +491,21 @@ SPECS: dict[str, Spec] = {
         ),
     ),
     "GET /v1/identities/{identity_id}/webhook": Spec({"identity_id": "alice"}),
+    "GET /v1/tenants/{tenant_id}/retention": Spec({"tenant_id": "tenant"}),
+    "PUT /v1/tenants/{tenant_id}/retention": Spec(
+        {"tenant_id": "tenant"},
+        (
+            _v(
+                "retention",
+                F("mailbox_s", "int", 604800, null_ok=True, lo=1, hi=_CENTURY_S),
+                F("idempotency_s", "int", 86400, null_ok=True, lo=86400, hi=_CENTURY_S),
+                F("audit_s", "int", 31536000, null_ok=True, lo=1, hi=_CENTURY_S),
+            ),
+        ),
+    ),
+    "PUT /v1/tenants/{tenant_id}/legal-hold": Spec(
+        {"tenant_id": "tenant"}, (_v("hold", F("enabled", "bool", False, required=True)),)
+    ),
     "DELETE /v1/identities/{identity_id}/webhook": Spec({"identity_id": "alice"}),
     "GET /v1/clients/{client_id}/mailbox": Spec({"client_id": "client"}),
     "GET /v1/clients/{client_id}/mailbox/ws": Spec({"client_id": "client"}),

@@ -34,6 +34,8 @@ def test_group_still_works_after_fuzzing(gw: Gateway) -> None:
 #: alice's commit moves the epoch on.
 ORDER = [
     "PUT /v1/identities/{identity_id}/webhook",
+    "PUT /v1/tenants/{tenant_id}/retention",
+    "PUT /v1/tenants/{tenant_id}/legal-hold",
     "POST /v1/clients/{client_id}/mailbox/ack",
     "POST /v1/identities/{identity_id}/inbox/ack",
     "POST /v1/tenants",
