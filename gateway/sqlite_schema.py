@@ -106,6 +106,13 @@ CREATE INDEX IF NOT EXISTS inbox_by_seq ON inbox(identity_id, group_id, seq);
 CREATE TABLE IF NOT EXISTS hosted_pending (
     identity_id TEXT NOT NULL REFERENCES identities(identity_id) ON DELETE CASCADE, tenant_id TEXT NOT NULL,
     group_id BLOB NOT NULL, up_to_seq INTEGER NOT NULL, PRIMARY KEY (identity_id, group_id));
+-- hot path (issue 13): a membership's sealed ratchet state, written by application messages in place of
+-- the full state's secret trees, as of groups.version = version; a write of the full state deletes it.
+CREATE TABLE IF NOT EXISTS group_ratchets (
+    identity_id TEXT NOT NULL, group_id BLOB NOT NULL, version INTEGER NOT NULL, sealed BLOB NOT NULL,
+    PRIMARY KEY (identity_id, group_id),
+    FOREIGN KEY (identity_id, group_id) REFERENCES groups(identity_id, group_id) ON DELETE CASCADE);
+-- end hot path
 CREATE TABLE IF NOT EXISTS webhooks (
     identity_id TEXT PRIMARY KEY REFERENCES identities(identity_id) ON DELETE CASCADE, url TEXT NOT NULL,
     secret BLOB NOT NULL, delivered_cursor INTEGER NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,

@@ -62,6 +62,13 @@ def _key_package(row: sqlite3.Row) -> KeyPackageRecord:
     )
 
 
+#: A membership's record with its ratchet state (hot path: docs/architecture.md).
+_GROUP_SELECT = (
+    "SELECT g.*, r.sealed AS ratchet FROM groups g "
+    "LEFT JOIN group_ratchets r ON r.identity_id = g.identity_id AND r.group_id = g.group_id"
+)
+
+
 def _group(row: sqlite3.Row) -> GroupRecord:
     return GroupRecord(
         row["identity_id"],
@@ -71,7 +78,15 @@ def _group(row: sqlite3.Row) -> GroupRecord:
         row["pending"],
         row["version"],
         row["applied_seq"],
+        row["ratchet"],
     )
+
+
+def _check_swapped(cur: sqlite3.Cursor) -> None:
+    """A compare-and-swap on ``groups.version`` found another version (api-v1.md: 409)."""
+    if cur.rowcount != 1:
+        # The 409's wording is the API's (api-v1.md): a concurrent write of the group's state.
+        raise EpochConflict("the group's epoch changed concurrently")
 
 
 class SqliteTransaction(
@@ -212,13 +227,14 @@ class SqliteTransaction(
 
     # ---- groups ---------------------------------------------------------------------------------------
     def get_group(self, identity_id: str, group_id: bytes) -> GroupRecord | None:
-        r = self._one("SELECT * FROM groups WHERE identity_id = ? AND group_id = ?", identity_id, group_id)
+        sql = _GROUP_SELECT + " WHERE g.identity_id = ? AND g.group_id = ?"
+        r = self._one(sql, identity_id, group_id)
         return None if r is None else _group(r)
 
     def list_groups(self, identity_id: str) -> list[GroupRecord]:
         return [
             _group(r)
-            for r in self._all("SELECT * FROM groups WHERE identity_id = ? ORDER BY updated_at", identity_id)
+            for r in self._all(_GROUP_SELECT + " WHERE g.identity_id = ? ORDER BY g.updated_at", identity_id)
         ]
 
     def get_group_version(self, identity_id: str, group_id: bytes) -> int | None:
@@ -244,9 +260,26 @@ class SqliteTransaction(
             "applied_seq = ? WHERE identity_id = ? AND group_id = ? AND version = ?",
             (g.epoch, g.state, g.pending, now, g.applied_seq, g.identity_id, g.group_id, expected_version),
         )
-        if cur.rowcount != 1:
-            # The 409's wording is the API's (api-v1.md): a concurrent write of the group's state.
-            raise EpochConflict("the group's epoch changed concurrently")
+        _check_swapped(cur)
+        self._c.execute(
+            "DELETE FROM group_ratchets WHERE identity_id = ? AND group_id = ?", (g.identity_id, g.group_id)
+        )
+        return expected_version + 1
+
+    def put_group_ratchet(
+        self, identity_id: str, group_id: bytes, applied_seq: int, sealed: bytes, expected_version: int
+    ) -> int:
+        cur = self._c.execute(
+            "UPDATE groups SET updated_at = ?, version = version + 1, applied_seq = ? "
+            "WHERE identity_id = ? AND group_id = ? AND version = ?",
+            (time.time(), applied_seq, identity_id, group_id, expected_version),
+        )
+        _check_swapped(cur)
+        self._c.execute(
+            "INSERT OR REPLACE INTO group_ratchets (identity_id, group_id, version, sealed) "
+            "VALUES (?, ?, ?, ?)",
+            (identity_id, group_id, expected_version + 1, sealed),
+        )
         return expected_version + 1
 
     def delete_group(self, identity_id: str, group_id: bytes) -> bool:
