@@ -1,10 +1,14 @@
-"""SQLite implementation of the gateway store (WAL mode, one connection per thread).
+"""SQLite implementation of the gateway store (WAL mode, one connection per thread for writing and one
+for reading).
 
 Writes use ``BEGIN IMMEDIATE`` so that a transaction takes the write lock up front and commits or rolls
-back as a whole; reads (:meth:`SqliteStore.read_transaction`) use ``BEGIN DEFERRED`` under
-``PRAGMA query_only``: one WAL snapshot, no write lock, so they never wait for writers nor block them;
-``synchronous=FULL`` so that a committed transaction survives a crash of the process or the machine.
-The schema is created on first use and versioned with ``PRAGMA user_version``.
+back as a whole; reads (:meth:`SqliteStore.read_transaction`) use ``BEGIN DEFERRED`` on a connection of
+their own under ``PRAGMA query_only``: one WAL snapshot, no write lock, so they never wait for writers nor
+block them. Durability is a group commit (:mod:`gateway.sqlite_durability`): ``synchronous = NORMAL``
+and, after each write transaction's ``COMMIT`` and before the block returns, a wait for a shared
+``fsync`` of the WAL, so a committed transaction survives a crash of the process or the machine and
+concurrent writers share one ``fsync``. The schema is created on first use and versioned with
+``PRAGMA user_version``.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from pathlib import Path
 
 from .sqlite_delivery import SqliteDeliveryMixin
 from .sqlite_directory import SqliteDirectoryMixin
+from .sqlite_durability import WalSync
 from .sqlite_mailboxes import SqliteMailboxMixin
 from .sqlite_schema import SCHEMA_VERSION, upgrade
 from .sqlite_tenants import SqliteTenantAdminMixin
@@ -383,13 +388,19 @@ class SqliteStore:
         self._local = threading.local()
         self._all_conns: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        #: The shared fsync of committed write transactions (group commit).
+        self.durability = WalSync(self.path)
         with self.transaction() as tx:
             del tx  # schema created by _connect
 
-    def _connect(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+    def _connect(self, *, reader: bool = False) -> sqlite3.Connection:
+        """This thread's writing connection, or (``reader``) its reading one, which is ``query_only``."""
+        name = "reader" if reader else "conn"
+        conn: sqlite3.Connection | None = getattr(self._local, name, None)
         if conn is not None:
             return conn
+        if reader:
+            self._connect()  # the schema first (a reading connection cannot create it)
         try:
             conn = sqlite3.connect(
                 self.path, isolation_level=None, check_same_thread=False, timeout=self._busy_ms / 1000
@@ -397,43 +408,45 @@ class SqliteStore:
             conn.row_factory = sqlite3.Row
             for pragma in (
                 "journal_mode = WAL",
-                "synchronous = FULL",
+                "synchronous = NORMAL",  # + the group-commit fsync of :class:`WalSync`
                 "foreign_keys = ON",
                 f"busy_timeout = {self._busy_ms}",
             ):
                 conn.execute(f"PRAGMA {pragma}")
-            if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+            if reader:
+                conn.execute("PRAGMA query_only = ON")
+            elif conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
                 upgrade(conn)
         except sqlite3.Error as e:
             raise StoreUnavailable(f"cannot open the database: {e}") from None
-        self._local.conn = conn
+        setattr(self._local, name, conn)
         with self._lock:
             self._all_conns.append(conn)
         return conn
 
     @contextmanager
     def transaction(self) -> Iterator[SqliteTransaction]:
-        """A transaction that may write: ``BEGIN IMMEDIATE`` takes the write lock up front."""
-        with self._transaction("BEGIN IMMEDIATE") as tx:
+        """A transaction that may write: ``BEGIN IMMEDIATE`` takes the write lock up front; the block
+        returns only once what it committed is on disk (a shared fsync, :class:`WalSync`)."""
+        conn = self._connect()
+        changes = conn.total_changes
+        with self._transaction(conn, "BEGIN IMMEDIATE") as tx:
             yield tx
+        if conn.total_changes != changes:
+            try:
+                self.durability.wait_durable()
+            except OSError as e:
+                raise StoreUnavailable(f"cannot sync the database: {e}") from None
 
     @contextmanager
     def read_transaction(self) -> Iterator[SqliteTransaction]:
-        """A read-only transaction: one snapshot, no write lock (``query_only`` refuses any write)."""
-        conn = self._connect()
-        try:
-            conn.execute("PRAGMA query_only = ON")
-        except sqlite3.Error as e:
-            raise StoreUnavailable(f"cannot start a transaction: {e}") from None
-        try:
-            with self._transaction("BEGIN DEFERRED") as tx:
-                yield tx
-        finally:
-            conn.execute("PRAGMA query_only = OFF")
+        """A read-only transaction on the thread's reading connection: one snapshot, no write lock
+        (``query_only`` refuses any write)."""
+        with self._transaction(self._connect(reader=True), "BEGIN DEFERRED") as tx:
+            yield tx
 
     @contextmanager
-    def _transaction(self, begin: str) -> Iterator[SqliteTransaction]:
-        conn = self._connect()
+    def _transaction(self, conn: sqlite3.Connection, begin: str) -> Iterator[SqliteTransaction]:
         try:
             conn.execute(begin)
         except sqlite3.Error as e:
