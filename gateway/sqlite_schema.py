@@ -107,11 +107,16 @@ CREATE TABLE IF NOT EXISTS hosted_pending (
     identity_id TEXT NOT NULL REFERENCES identities(identity_id) ON DELETE CASCADE, tenant_id TEXT NOT NULL,
     group_id BLOB NOT NULL, up_to_seq INTEGER NOT NULL, PRIMARY KEY (identity_id, group_id));
 -- hot path (issue 13): a membership's sealed ratchet state, written by application messages in place of
--- the full state's secret trees, as of groups.version = version; a write of the full state deletes it.
+-- the full state's secret trees; while it exists, its version and applied_seq are the membership's (the
+-- groups row, with its large state, is not rewritten); a write of the full state deletes it.
 CREATE TABLE IF NOT EXISTS group_ratchets (
-    identity_id TEXT NOT NULL, group_id BLOB NOT NULL, version INTEGER NOT NULL, sealed BLOB NOT NULL,
+    identity_id TEXT NOT NULL, group_id BLOB NOT NULL, version INTEGER NOT NULL,
+    applied_seq INTEGER NOT NULL, sealed BLOB NOT NULL,
     PRIMARY KEY (identity_id, group_id),
     FOREIGN KEY (identity_id, group_id) REFERENCES groups(identity_id, group_id) ON DELETE CASCADE);
+-- the members a message is delivered to, without reading every leaf of a large group
+CREATE INDEX IF NOT EXISTS group_members_with_endpoint ON group_members(tenant_id, group_id, leaf_index)
+    WHERE endpoint_id IS NOT NULL;
 -- end hot path
 CREATE TABLE IF NOT EXISTS webhooks (
     identity_id TEXT PRIMARY KEY REFERENCES identities(identity_id) ON DELETE CASCADE, url TEXT NOT NULL,

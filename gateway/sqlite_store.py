@@ -69,8 +69,16 @@ def _key_package(row: sqlite3.Row) -> KeyPackageRecord:
 
 #: A membership's record with its ratchet state (hot path: docs/architecture.md).
 _GROUP_SELECT = (
-    "SELECT g.*, r.sealed AS ratchet FROM groups g "
+    "SELECT g.identity_id, g.group_id, g.epoch, g.state, g.pending, "
+    "COALESCE(r.version, g.version) AS version, COALESCE(r.applied_seq, g.applied_seq) AS applied_seq, "
+    "r.sealed AS ratchet FROM groups g "
     "LEFT JOIN group_ratchets r ON r.identity_id = g.identity_id AND r.group_id = g.group_id"
+)
+#: A membership's version: its ratchet state's when it has one (written after the full state), else the
+#: full state's. SQLite rewrites a whole row on UPDATE, so a ratchet write leaves the ``groups`` row alone.
+_VERSION = (
+    "COALESCE((SELECT r.version FROM group_ratchets r WHERE r.identity_id = groups.identity_id "
+    "AND r.group_id = groups.group_id), groups.version)"
 )
 
 
@@ -244,7 +252,9 @@ class SqliteTransaction(
 
     def get_group_version(self, identity_id: str, group_id: bytes) -> int | None:
         r = self._one(
-            "SELECT version FROM groups WHERE identity_id = ? AND group_id = ?", identity_id, group_id
+            f"SELECT {_VERSION} AS version FROM groups WHERE identity_id = ? AND group_id = ?",
+            identity_id,
+            group_id,
         )
         return None if r is None else int(r["version"])
 
@@ -260,32 +270,56 @@ class SqliteTransaction(
             except sqlite3.IntegrityError:
                 raise EpochConflict("this identity is already a member of that group") from None
             return 1
+        new_version = expected_version + 1
         cur = self._c.execute(
-            "UPDATE groups SET epoch = ?, state = ?, pending = ?, updated_at = ?, version = version + 1, "
-            "applied_seq = ? WHERE identity_id = ? AND group_id = ? AND version = ?",
-            (g.epoch, g.state, g.pending, now, g.applied_seq, g.identity_id, g.group_id, expected_version),
+            "UPDATE groups SET epoch = :epoch, state = :state, pending = :pending, updated_at = :now, "
+            "version = :new, applied_seq = :seq WHERE identity_id = :identity_id AND group_id = :group_id "
+            f"AND {_VERSION} = :expected",
+            {
+                "epoch": g.epoch,
+                "state": g.state,
+                "pending": g.pending,
+                "now": now,
+                "new": new_version,
+                "seq": g.applied_seq,
+                "identity_id": g.identity_id,
+                "group_id": g.group_id,
+                "expected": expected_version,
+            },
         )
         _check_swapped(cur)
         self._c.execute(
             "DELETE FROM group_ratchets WHERE identity_id = ? AND group_id = ?", (g.identity_id, g.group_id)
         )
-        return expected_version + 1
+        return new_version
 
     def put_group_ratchet(
         self, identity_id: str, group_id: bytes, applied_seq: int, sealed: bytes, expected_version: int
     ) -> int:
-        cur = self._c.execute(
-            "UPDATE groups SET updated_at = ?, version = version + 1, applied_seq = ? "
+        new_version = expected_version + 1
+        cur = self._c.execute(  # the membership's ratchet state so far is of the expected version...
+            "UPDATE group_ratchets SET version = ?, applied_seq = ?, sealed = ? "
             "WHERE identity_id = ? AND group_id = ? AND version = ?",
-            (time.time(), applied_seq, identity_id, group_id, expected_version),
+            (new_version, applied_seq, sealed, identity_id, group_id, expected_version),
         )
+        if cur.rowcount == 0:  # ... or it has none and its full state is of the expected version
+            cur = self._c.execute(
+                "INSERT INTO group_ratchets (identity_id, group_id, version, applied_seq, sealed) "
+                "SELECT identity_id, group_id, :new, :seq, :sealed FROM groups "
+                "WHERE identity_id = :identity_id AND group_id = :group_id AND version = :expected "
+                "AND NOT EXISTS (SELECT 1 FROM group_ratchets r "
+                "WHERE r.identity_id = :identity_id AND r.group_id = :group_id)",
+                {
+                    "new": new_version,
+                    "seq": applied_seq,
+                    "sealed": sealed,
+                    "identity_id": identity_id,
+                    "group_id": group_id,
+                    "expected": expected_version,
+                },
+            )
         _check_swapped(cur)
-        self._c.execute(
-            "INSERT OR REPLACE INTO group_ratchets (identity_id, group_id, version, sealed) "
-            "VALUES (?, ?, ?, ?)",
-            (identity_id, group_id, expected_version + 1, sealed),
-        )
-        return expected_version + 1
+        return new_version
 
     def delete_group(self, identity_id: str, group_id: bytes) -> bool:
         cur = self._c.execute(
