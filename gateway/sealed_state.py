@@ -21,8 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from hsm.envelope import Envelope
-from mls import Group, GroupState, KeyStore, MemoryPskStore, StagedCommit
-from mls.wire.proposals import PreSharedKeyID, PSKType
+from mls import Group, GroupState, KeyStore, MemoryPskStore, PreSharedKeyID, PSKType, StagedCommit
 
 from .store import GroupRecord
 
