@@ -85,20 +85,22 @@ class GroupSession:
         self._leaving = False
         #: The cache cost of the full state (its sealed length) as loaded; ``0`` for a new membership.
         self.state_size = 0
-        self._structure = self._structure_now()
-
-    def _structure_now(self) -> tuple[object, ...]:
-        """What changes when anything but the secret trees changes: the state's structure snapshot
-        (:meth:`mls.GroupState.structure_snapshot`), the state and the pending commit themselves."""
-        group = self.group
-        return (id(group.state), id(group.pending_commit), group.state.structure_snapshot())
+        #: The state and pending commit as loaded, and what else than the secret trees they hold
+        #: (:meth:`mls.GroupState.structure_snapshot`): compared by :attr:`ratchet_only`.
+        self._loaded = (group.state, group.pending_commit, group.state.structure_snapshot())
 
     @property
     def ratchet_only(self) -> bool:
         """Whether the operation changed at most the secret trees of a stored membership (an application
         message sent or received): :meth:`commit` then writes the ratchet state alone."""
+        state, pending, structure = self._loaded
+        group = self.group
         return (
-            self.loaded_version is not None and not self._leaving and self._structure == self._structure_now()
+            self.loaded_version is not None
+            and not self._leaving
+            and group.state is state
+            and group.pending_commit is pending
+            and state.structure_snapshot() == structure
         )
 
     @property

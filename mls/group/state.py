@@ -257,29 +257,30 @@ class GroupState:
         """A cheap value that changes whenever anything but the secret trees changes (compare with ``==``).
 
         The large parts a commit replaces rather than edits (context, ratchet tree, path keys, epoch
-        secrets, past epochs' contexts and secrets) count by identity, the small editable ones (proposal
-        cache, Update keys, PSKs, flags) by value; O(members) work is never done. A state whose snapshot
-        is unchanged after an operation differs from before only in :meth:`ratchet_state_to_bytes`."""
+        secrets, past epochs' contexts and secrets) count by identity (the snapshot holds them, so an
+        identity is never reused while it is kept), the small editable ones (proposal cache, Update keys,
+        PSKs, flags) by value; O(members) work is never done. A state whose snapshot is unchanged after an
+        operation differs from before only in :meth:`ratchet_state_to_bytes`."""
         return (
-            id(self.context),
-            id(self.tree),
-            id(self.keys),
+            _Same(self.context),
+            _Same(self.tree),
+            _Same(self.keys),
             tuple(self.keys.node_keys),
-            id(self.keys.leaf_key),
-            id(self.secrets),
-            id(self.config),
+            _Same(self.keys.leaf_key),
+            _Same(self.secrets),
+            _Same(self.config),
             self.signer_ref,
             self.interim_transcript_hash,
             self.confirmation_tag,
             tuple(self.proposals),
             tuple(
-                (p.epoch, id(p.context), id(p.sender_data_secret), id(p.signature_keys))
+                (p.epoch, _Same(p.context), _Same(p.sender_data_secret), _Same(p.signature_keys))
                 for p in self.past_epochs
             ),
             tuple(self.resumption_psks.items()),
             self.retained_keys,
             tuple(self.update_keys.items()),
-            id(self.reinit),
+            _Same(self.reinit),
             self.active,
         )
 
@@ -357,6 +358,20 @@ class GroupState:
             reinit=None if s["reinit"] is None else ReInit.from_bytes(bytes.fromhex(s["reinit"])),
             active=bool(s["active"]),
         )
+
+
+class _Same:
+    """Equal to another ``_Same`` of the very same object (identity, never a deep comparison)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: object) -> None:
+        self.value = value
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Same) and other.value is self.value
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 def _private_bytes(key: HpkePrivateKey) -> bytes:
