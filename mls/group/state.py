@@ -269,6 +269,7 @@ class GroupState:
             _Same(self.keys.leaf_key),
             _Same(self.secrets),
             _Same(self.config),
+            self.config.to_state(),
             self.signer_ref,
             self.interim_transcript_hash,
             self.confirmation_tag,
