@@ -88,6 +88,10 @@ class GroupSession:
         #: The state and pending commit as loaded, and what else than the secret trees they hold
         #: (:meth:`mls.GroupState.structure_snapshot`): compared by :attr:`ratchet_only`.
         self._loaded = (group.state, group.pending_commit, group.state.structure_snapshot())
+        self._loaded_applied_seq = applied_seq
+        #: The ratchet state as loaded (set for writing sessions): an operation that left it, the rest of
+        #: the state and ``applied_seq`` as they were writes no state at all.
+        self.loaded_ratchet: bytes | None = None
 
     @property
     def ratchet_only(self) -> bool:
@@ -155,7 +159,10 @@ class GroupSession:
             persistence.destroy_keys(self.pending.new_keys)
             raise
         written: list[int] = []
-        self.pending.writes.append(lambda tx: written.append(write(tx)))
+        if write is not None:
+            self.pending.writes.append(lambda tx: written.append(write(tx)))
+        elif self.loaded_version is not None:
+            written.append(self.loaded_version)  # unchanged: the stored state stays, at its version
         result = persistence.commit(self.pending, response, scope)
         # ``Persistence.commit`` answers ``response`` itself only when our transaction committed; a replayed
         # response (a concurrent request with the same Idempotency-Key won) means ours rolled back.
@@ -165,14 +172,18 @@ class GroupSession:
                 hook()
         return result
 
-    def _state_write(self) -> tuple[Callable[[Transaction], int], int]:
+    def _state_write(self) -> tuple[Callable[[Transaction], int] | None, int]:
         """The write of this membership's state, sealed now (before the transaction), and the cache cost
-        of the state it leaves: the ratchet state alone when :attr:`ratchet_only` (its size does not grow
-        with the group), else the full state (which also removes a ratchet state)."""
+        of the state it leaves: none when nothing changed (a message answered from the group's log), the
+        ratchet state alone when :attr:`ratchet_only` (its size does not grow with the group), else the
+        full state (which also removes a ratchet state)."""
         sealer, identity_id, group_id = self._sessions.sealer, self.identity_id, self.group.group_id
         expected, applied_seq = self.loaded_version, self.applied_seq
         if expected is not None and self.ratchet_only:
-            sealed = sealer.seal_ratchet(identity_id, self.group, expected + 1)
+            ratchet = self.group.state.ratchet_state_to_bytes()
+            if ratchet == self.loaded_ratchet and applied_seq == self._loaded_applied_seq:
+                return None, self.state_size
+            sealed = sealer.seal_ratchet(identity_id, group_id, ratchet, expected + 1)
             return (
                 lambda tx: tx.put_group_ratchet(identity_id, group_id, applied_seq, sealed, expected),
                 self.state_size,
@@ -228,6 +239,8 @@ class GroupSessions:
             applied_seq, size = record.applied_seq, len(record.state) + len(record.pending or b"")
         session = GroupSession(self, identity, group, version, applied_seq=applied_seq)
         session.state_size = size
+        if not read_only:
+            session.loaded_ratchet = group.state.ratchet_state_to_bytes()
         if cached is None and read_only:
             self.remember(session, version, size)
         return session

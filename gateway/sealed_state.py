@@ -62,10 +62,10 @@ class StateSealer:
         epoch = group.epoch if removed_in is None else removed_in
         return GroupRecord(identity_id, group_id, epoch, state, pending)
 
-    def seal_ratchet(self, identity_id: str, group: Group, version: int) -> bytes:
-        """The sealed ratchet state of ``group``, to be stored as of record version ``version``."""
-        aad = _ratchet_aad(identity_id, group.group_id, version)
-        return self.envelope.seal(group.state.ratchet_state_to_bytes(), aad)
+    def seal_ratchet(self, identity_id: str, group_id: bytes, ratchet: bytes, version: int) -> bytes:
+        """A group's ratchet state (:meth:`mls.GroupState.ratchet_state_to_bytes`) sealed, to be stored as
+        of record version ``version``."""
+        return self.envelope.seal(ratchet, _ratchet_aad(identity_id, group_id, version))
 
     def open_group(self, record: GroupRecord, psks: MemoryPskStore, keys: KeyStore | None = None) -> Group:
         """The group of a sealed record (its full state, then its ratchet state if it has one), with its

@@ -6,8 +6,9 @@
 * Group commit: concurrent write transactions share one fsync of the WAL, and none returns before an fsync
   that started after its COMMIT completed (an fsync held back shows that nobody got through).
 * Through the real server: messages write the sealed ratchet state alone (the sealed full state stays
-  byte for byte), a commit writes the full state and removes it; a ratchet state written by another
-  process (same data folder) is loaded with the full state by the next request, so no generation is reused.
+  byte for byte), a message delivered again writes no state, a commit writes the full state and removes
+  the ratchet state; a ratchet state written by another process (same data folder) is loaded with the
+  full state by the next request, so no generation is reused.
 * kill -9 right after a burst of concurrent sends was answered: after the restart every acknowledged send
   replays to its very answer (its idempotency record committed with its ratchet state and its log entry),
   and the sender continues after every acknowledged generation.
@@ -136,7 +137,8 @@ def _pair(server: GatewayServer, name: str) -> tuple[Client, Hosted, Hosted, str
 
 
 def _rows(server: GatewayServer, identity_id: str) -> tuple[bytes, int, bytes | None]:
-    """The sealed full state, the groups row's own version and the sealed ratchet state, as stored."""
+    """The sealed full state, the groups row's own version and the sealed ratchet state (whose AAD binds
+    the membership's version), as stored."""
     conn = sqlite3.connect(f"file:{server.data_dir / 'gateway.sqlite3'}?mode=ro", uri=True)
     try:
         state, version = conn.execute(
@@ -159,6 +161,12 @@ def test_messages_write_the_ratchet_state_and_commits_the_full_state(gateway: Ga
     after = _rows(gateway, alice.identity_id)
     assert after[:2] == (full, version)  # the full state was not written again
     assert after[2] is not None and len(after[2]) < len(full)
+    message = alice.send(gid, b"once")
+    assert unb64(bob.process(gid, message)["data"]) == b"once"
+    bob_before = _rows(gateway, bob.identity_id)
+    # Delivered again: answered from the group's log; bob's state did not change, so nothing is written.
+    assert unb64(bob.process(gid, message)["data"]) == b"once"
+    assert _rows(gateway, bob.identity_id) == bob_before
     alice.commit(gid, {})
     committed = _rows(gateway, alice.identity_id)
     assert committed[0] != full and committed[1] > version and committed[2] is None
