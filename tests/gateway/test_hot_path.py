@@ -9,6 +9,8 @@
   byte for byte), a message delivered again writes no state, a commit writes the full state and removes
   the ratchet state; a ratchet state written by another process (same data folder) is loaded with the
   full state by the next request, so no generation is reused.
+* A write that fails after the operation advanced the in-memory state (injected in process) leaves no
+  cache entry with that state: the next request loads the stored one, and the group goes on.
 * kill -9 right after a burst of concurrent sends was answered: after the restart every acknowledged send
   replays to its very answer (its idempotency record committed with its ratchet state and its log entry),
   and the sender continues after every acknowledged generation.
@@ -16,19 +18,22 @@
 
 from __future__ import annotations
 
+import base64
 import copy
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from gateway.sqlite_durability import WalSync
-from gateway.sqlite_store import SqliteStore
-from gateway.store import EpochConflict, GroupRecord, Identity, Tenant
+from gateway.sqlite_store import SqliteStore, SqliteTransaction
+from gateway.store import EpochConflict, GroupRecord, Identity, StoreUnavailable, Tenant
 
+from ..gateway_fuzz.harness import Gateway, b64url, make_gateway, restore_softhsm_conf, stop_gateway
 from .gwclient import Client, GatewayServer, Hosted, b64, free_port, unb64
 
 #: Deadlock guard of one wait (seconds); nothing asserts on elapsed time.
@@ -225,3 +230,58 @@ def test_kill_9_after_the_answers_loses_no_acknowledged_send(gateway: GatewaySer
         assert got.status == 200, got.body
         seen.add(unb64(got.body["data"]))
     assert seen == {b"burst %d" % i for i in range(18)}
+
+
+# ---- a failed request, in process (the state cache is observable) -----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def in_process() -> Iterator[Gateway]:
+    gateway, previous_conf, tmp = make_gateway()
+    try:
+        yield gateway
+    finally:
+        stop_gateway(gateway)
+        tmp.cleanup()
+        restore_softhsm_conf(previous_conf)
+
+
+def test_a_failed_write_leaves_no_advanced_state_in_the_cache(
+    in_process: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gw = in_process
+    sessions = gw.runtime.service.identities.sessions
+    carol, dave = (gw.ok("POST", "/v1/identities", {"name": n})["identity_id"] for n in ("carol", "dave"))
+    kp = gw.ok("POST", f"/v1/identities/{dave}/key-packages", {})["key_packages"][0]["key_package"]
+    gid = base64.b64decode(gw.ok("POST", f"/v1/identities/{carol}/groups", {})["group_id"])
+    alice = f"/v1/identities/{carol}/groups/{b64url(gid)}"
+    bob = f"/v1/identities/{dave}/groups/{b64url(gid)}"
+    welcome = gw.ok("POST", alice + "/commits", {"add": [kp]})["welcome"]
+    gw.ok("POST", f"/v1/identities/{dave}/groups/join", {"welcome": welcome}, expect=201)
+
+    def send(data: bytes) -> str:
+        return str(gw.ok("POST", alice + "/messages", {"data": b64(data)})["message"])
+
+    def received(message: str) -> bytes:
+        return unb64(gw.ok("POST", bob + "/process", {"message": message})["data"])
+
+    assert received(send(b"cached")) == b"cached"
+    key = (carol, gid)
+    with gw.runtime.store.read_transaction() as tx:
+        stored = tx.get_group(carol, gid)
+    assert stored is not None and sessions.cache.peek(key, stored.version) is not None
+
+    def refuse(*args: object, **kwargs: object) -> int:
+        raise StoreUnavailable("injected: the disk is full")
+
+    monkeypatch.setattr(SqliteTransaction, "put_group_ratchet", refuse)
+    failed = gw.request("POST", alice + "/messages", json_body={"data": b64(b"lost")})
+    assert failed.status == 503, failed
+    monkeypatch.undo()
+    # The operation advanced the in-memory state before its write failed: no entry may keep it.
+    assert sessions.cache.peek(key, stored.version) is None
+    with gw.runtime.store.read_transaction() as tx:
+        after = tx.get_group(carol, gid)
+    assert after == stored  # nothing was written
+    assert received(send(b"after the failure")) == b"after the failure"
+    assert received(send(b"and on")) == b"and on"
