@@ -12,10 +12,11 @@ the embedded SoftHSM2 token, SQLite; the helpers of :mod:`benches.load`) and, fo
    in this process by the project's ``mls`` library with software keys (they never read a message: the
    per-message work of A and B does not depend on who the others are). A creates a group and commits an
    Add of all N-1 in one commit; B joins from the Welcome.
-2. **Messages** (timed): ``--warmup`` messages (default 3, not counted), then M (default 40, quick 20),
-   one after another: ``POST .../messages`` on A (16-256 random bytes), then ``POST .../process`` of that
-   message on B, plaintext checked. One message's latency is the time of both requests, as in
-   :mod:`benches.load`; ``send_ms`` and ``process_ms`` split it.
+2. **Messages** (timed), once every size's group is set up: ``--warmup`` rounds (default 3, not
+   counted), then M rounds (default 40, quick 20); a round is one message in each size's group, one after
+   another, so the load of a shared machine falls on every size alike: ``POST .../messages`` on A (16-256
+   random bytes), then ``POST .../process`` of that message on B, plaintext checked. One message's latency
+   is the time of both requests, as in :mod:`benches.load`; ``send_ms`` and ``process_ms`` split it.
 
 The headline is ``latency_ratio_1000_vs_2`` = p50 latency at 1,000 members / p50 at 2 (target ≤ 1.5: the
 per-message work of the gateway should not grow with the group, as the library's does not), or ``None``
@@ -134,27 +135,18 @@ async def one_message(
     return (t1 - t0) * 1000, (t2 - t1) * 1000
 
 
-async def run_size(session: Any, base: str, token: str, members: int, cfg: Settings) -> SizeRun:
+async def setup_size(session: Any, base: str, token: str, members: int) -> tuple[SizeRun, str, str]:
     run = SizeRun(members)
     t0 = time.perf_counter()
     sender, receiver = await make_group(session, base, token, members)
     run.setup_s = time.perf_counter() - t0
-    rng = random.Random(members)
-    for i in range(cfg.warmup + cfg.messages):
-        send_ms, process_ms = await one_message(session, token, sender, receiver, rng)
-        if i >= cfg.warmup:
-            run.send_ms.append(send_ms)
-            run.process_ms.append(process_ms)
-    print(
-        f"{members:>6} members: setup {run.setup_s:.1f} s, "
-        f"p50 {latency_summary(run.total_ms)['p50']} ms per message",
-        file=sys.stderr,
-        flush=True,
-    )
-    return run
+    print(f"{members:>6} members: group set up in {run.setup_s:.1f} s", file=sys.stderr, flush=True)
+    return run, sender, receiver
 
 
 async def run_server_phase(cfg: Settings, server: Server, admin: str) -> list[SizeRun]:
+    """Every size's group first, then the messages in rounds: one message per size per round, so that
+    the load of a shared machine falls on every size alike (the ratios compare like with like)."""
     import aiohttp
 
     timeout = aiohttp.ClientTimeout(total=cfg.timeout_s)
@@ -164,7 +156,19 @@ async def run_server_phase(cfg: Settings, server: Server, admin: str) -> list[Si
         token = (await call(session, "POST", f"{base}/v1/tenants", admin, {"name": "large-group-load"}))[
             "token"
         ]
-        return [await run_size(session, base, token, n, cfg) for n in cfg.sizes]
+        groups = [await setup_size(session, base, token, n) for n in cfg.sizes]
+        rng = random.Random(len(cfg.sizes))
+        for i in range(cfg.warmup + cfg.messages):
+            for run, sender, receiver in groups:
+                send_ms, process_ms = await one_message(session, token, sender, receiver, rng)
+                if i >= cfg.warmup:
+                    run.send_ms.append(send_ms)
+                    run.process_ms.append(process_ms)
+        runs = [run for run, _, _ in groups]
+    for run in runs:
+        p50 = latency_summary(run.total_ms)["p50"]
+        print(f"{run.members:>6} members: p50 {p50} ms per message", file=sys.stderr, flush=True)
+    return runs
 
 
 def size_entry(run: SizeRun) -> dict[str, Any]:
