@@ -228,6 +228,8 @@ def chart(report: dict[str, Any], path: Path) -> None:
     ax.plot(sizes, [r["send_p50_ms"] for r in results], "s--", label="send (member A), p50")
     ax.plot(sizes, [r["process_p50_ms"] for r in results], "^--", label="process (member B), p50")
     ax.set_xscale("log")
+    ax.set_xticks(sizes, [str(n) for n in sizes])
+    ax.minorticks_off()
     ax.set_xlabel("members in the group")
     ax.set_ylabel("latency per message (ms)")
     ax.set_ylim(bottom=0)
