@@ -6,12 +6,20 @@ system's page cache) but does not wait for the disk; SQLite itself syncs the WAL
 and the database file after it, so the file stays consistent across a power loss. What ``NORMAL`` alone
 gives up is durability of the last commits across a power loss. :class:`WalSync` restores it, shared:
 
-* after its ``COMMIT`` returned, a writer takes a ticket (:meth:`WalSync.wait_durable`) and waits until an
-  ``fsync`` of the WAL *that started after its ticket* has completed;
+* a writer's ``COMMIT`` takes a ticket (:meth:`WalSync.commit`), and the writer waits
+  (:meth:`WalSync.wait_durable`) until an ``fsync`` of the WAL *that started after its ticket* has
+  completed;
 * one waiter at a time (the leader) runs that ``fsync``, covering every ticket taken before it started;
   writers that commit while it runs wait for the next one, which one of them leads. Under load one
   ``fsync`` makes a whole batch of transactions durable, and the write lock is never held across an
   ``fsync`` (``COMMIT`` released it).
+
+Other requests may *read* a commit during the ``fsync`` that makes it durable (WAL readers see it once
+``COMMIT`` returned); one whose answer depends on another's write being durable waits for every commit so
+far first: a replayed Idempotency-Key answer (:meth:`gateway.persistence.Persistence.replay`, through
+:meth:`gateway.sqlite_store.SqliteStore.sync`) is never an acknowledgment of a write that is not on disk.
+Any later fsync of the append-only WAL also covers every earlier commit, so a write based on such a read
+is durable only with what it read.
 
 A request is answered only after its transaction's ``wait_durable`` returned (:meth:`SqliteStore
 .transaction` calls it before leaving the block), so no acknowledged write can be lost. ``fsync`` acts on
@@ -23,6 +31,7 @@ connection closed and SQLite checkpointed it into the database, syncing it), the
 from __future__ import annotations
 
 import os
+import sqlite3
 import threading
 from pathlib import Path
 
@@ -42,12 +51,21 @@ class WalSync:
         self.syncs = 0
         self.commits = 0
 
-    def wait_durable(self) -> None:
-        """Return once every commit this thread finished before calling is on disk (one shared fsync)."""
+    def commit(self, conn: sqlite3.Connection) -> int:
+        """``COMMIT`` the connection's write transaction and take its ticket, both under the lock, so that
+        a barrier taken once this returned (:meth:`wait_durable` without a ticket) covers it. SQLite runs
+        one write transaction at a time anyway (the write lock), so this serialises nothing more."""
         with self._cond:
+            conn.execute("COMMIT")
             self._tickets += 1
             self.commits += 1
-            mine = self._tickets
+            return self._tickets
+
+    def wait_durable(self, ticket: int | None = None) -> None:
+        """Return once the commit of ``ticket`` — by default every commit so far — is on disk (one shared
+        fsync for every waiter it covers)."""
+        with self._cond:
+            mine = self._tickets if ticket is None else ticket
             while self._synced < mine:
                 if self._leading:
                     self._cond.wait()

@@ -16,7 +16,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -289,6 +289,10 @@ class SqliteTransaction(
         return cur.rowcount
 
 
+def _commit(conn: sqlite3.Connection) -> None:
+    conn.execute("COMMIT")
+
+
 class SqliteStore:
     """A store in one SQLite database file."""
 
@@ -340,23 +344,40 @@ class SqliteStore:
         returns only once what it committed is on disk (a shared fsync, :class:`WalSync`)."""
         conn = self._connect()
         changes = conn.total_changes
-        with self._transaction(conn, "BEGIN IMMEDIATE") as tx:
+        tickets: list[int] = []
+
+        def commit(c: sqlite3.Connection) -> None:
+            if c.total_changes == changes:  # nothing to make durable
+                c.execute("COMMIT")
+            else:
+                tickets.append(self.durability.commit(c))
+
+        with self._transaction(conn, "BEGIN IMMEDIATE", commit) as tx:
             yield tx
-        if conn.total_changes != changes:
-            try:
-                self.durability.wait_durable()
-            except OSError as e:
-                raise StoreUnavailable(f"cannot sync the database: {e}") from None
+        if tickets:
+            self._wait_durable(tickets[0])
+
+    def sync(self) -> None:
+        """Return once every transaction committed so far is on disk (a shared fsync when one is due)."""
+        self._wait_durable(None)
+
+    def _wait_durable(self, ticket: int | None) -> None:
+        try:
+            self.durability.wait_durable(ticket)
+        except OSError as e:
+            raise StoreUnavailable(f"cannot sync the database: {e}") from None
 
     @contextmanager
     def read_transaction(self) -> Iterator[SqliteTransaction]:
         """A read-only transaction on the thread's reading connection: one snapshot, no write lock
         (``query_only`` refuses any write)."""
-        with self._transaction(self._connect(reader=True), "BEGIN DEFERRED") as tx:
+        with self._transaction(self._connect(reader=True), "BEGIN DEFERRED", _commit) as tx:
             yield tx
 
     @contextmanager
-    def _transaction(self, conn: sqlite3.Connection, begin: str) -> Iterator[SqliteTransaction]:
+    def _transaction(
+        self, conn: sqlite3.Connection, begin: str, commit: Callable[[sqlite3.Connection], None]
+    ) -> Iterator[SqliteTransaction]:
         try:
             conn.execute(begin)
         except sqlite3.Error as e:
@@ -370,7 +391,7 @@ class SqliteStore:
             conn.execute("ROLLBACK")
             raise
         try:
-            conn.execute("COMMIT")
+            commit(conn)
         except sqlite3.Error as e:
             conn.execute("ROLLBACK")
             raise StoreUnavailable(f"commit failed: {e}") from None

@@ -236,6 +236,11 @@ class Store(Protocol):
         """A transaction that only reads (one consistent snapshot, no write lock); writing in it fails."""
         ...
 
+    def sync(self) -> None:
+        """Return once every transaction committed so far is durable (before answering with what another
+        request wrote, e.g. a replayed response)."""
+        ...
+
     def ping(self) -> None:
         """Raise :class:`StoreUnavailable` unless the store answers."""
         ...

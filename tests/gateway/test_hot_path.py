@@ -4,7 +4,8 @@
   ``groups`` row (and its large state) untouched, moves the version and ``applied_seq`` on; a full write
   removes the ratchet row; deleting the membership deletes it too.
 * Group commit: concurrent write transactions share one fsync of the WAL, and none returns before an fsync
-  that started after its COMMIT completed (an fsync held back shows that nobody got through).
+  that started after its COMMIT completed (an fsync held back shows that nobody got through); a barrier
+  (what a replayed Idempotency-Key answer waits for) covers every commit a reader can already see.
 * Through the real server: messages write the sealed ratchet state alone (the sealed full state stays
   byte for byte), a message delivered again writes no state, a commit writes the full state and removes
   the ratchet state; a ratchet state written by another process (same data folder) is loaded with the
@@ -127,6 +128,50 @@ def test_concurrent_commits_share_one_fsync_and_none_returns_before_it(tmp_path:
     with store.transaction() as tx:  # a transaction that changed nothing waits for no fsync
         tx.list_software_key_refs()
     assert held.syncs == 2
+    store.close()
+
+
+class GatedSync(WalSync):
+    """A WalSync whose fsyncs wait for ``gate`` (set by the test)."""
+
+    def __init__(self, database: Path) -> None:
+        super().__init__(database)
+        self.gate = threading.Event()
+        self.started = threading.Event()
+
+    def _fsync(self) -> None:
+        self.started.set()
+        assert self.gate.wait(GUARD), "the test never opened the gate"
+        super()._fsync()
+
+
+def test_a_barrier_waits_for_the_fsync_of_commits_it_can_see(tmp_path: Path) -> None:
+    """What ``Persistence.replay`` relies on: ``SqliteStore.sync`` returns only once every commit so far
+    (here one whose own fsync is still running) is on disk, though readers already see it."""
+    store = SqliteStore(tmp_path / "db.sqlite3")
+    gated = GatedSync(store.path)
+    store.durability = gated
+
+    def write() -> None:
+        with store.transaction() as tx:
+            tx.put_software_key(b"k", b"sealed")
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    assert gated.started.wait(GUARD)  # committed, its fsync under way (held)
+    with store.read_transaction() as tx:
+        assert tx.get_software_key(b"k") == b"sealed"  # visible to readers already
+    barrier = threading.Thread(target=store.sync)
+    barrier.start()
+    barrier.join(timeout=0.5)
+    assert barrier.is_alive() and writer.is_alive()  # neither returns before the fsync
+    gated.gate.set()
+    barrier.join(GUARD)
+    writer.join(GUARD)
+    assert not barrier.is_alive() and not writer.is_alive()
+    assert gated.commits == 1 and gated.syncs >= 1
+    store.sync()  # nothing new: no fsync due
+    assert gated.syncs == 1
     store.close()
 
 
