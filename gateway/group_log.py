@@ -223,7 +223,7 @@ class GroupLog:
             return Appended(max(s for s in repeated if s is not None), head.epoch, kinds=[])
         if any(seq is not None for seq in repeated):
             raise Problem("invalid_request", "some of these messages are already in the group's log")
-        members = tx.get_members(tenant_id, group_id)
+        members = tx.get_delivered_members(tenant_id, group_id)  # the sender check needs no other leaf
         for m in messages:
             self._check_message_epoch(m.info, head.epoch)
             self._check_sender(m.info, members, caller)

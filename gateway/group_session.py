@@ -36,7 +36,7 @@ from .errors import not_found
 from .persistence import PendingWrites, Persistence, RequestScope, Response, group_audit_context
 from .sealed_state import StateSealer
 from .state_cache import CachedState, StateCache
-from .store import GroupRecord, Identity, Store, Transaction
+from .store import Identity, Store, Transaction
 
 
 def new_leaf_key(group: Group, staged: StagedCommit) -> list[bytes]:
@@ -83,6 +83,29 @@ class GroupSession:
         #: Run once :meth:`commit` committed (wake-ups and fan-out of what the request appended).
         self.after_commit: list[Callable[[], object]] = []
         self._leaving = False
+        #: The cache cost of the full state (its sealed length) as loaded; ``0`` for a new membership.
+        self.state_size = 0
+        #: The state and pending commit as loaded, and what else than the secret trees they hold
+        #: (:meth:`mls.GroupState.structure_snapshot`): compared by :attr:`ratchet_only`.
+        self._loaded = (group.state, group.pending_commit, group.state.structure_snapshot())
+        self._loaded_applied_seq = applied_seq
+        #: The ratchet state as loaded (set for writing sessions): an operation that left it, the rest of
+        #: the state and ``applied_seq`` as they were writes no state at all.
+        self.loaded_ratchet: bytes | None = None
+
+    @property
+    def ratchet_only(self) -> bool:
+        """Whether the operation changed at most the secret trees of a stored membership (an application
+        message sent or received): :meth:`commit` then writes the ratchet state alone."""
+        state, pending, structure = self._loaded
+        group = self.group
+        return (
+            self.loaded_version is not None
+            and not self._leaving
+            and group.state is state
+            and group.pending_commit is pending
+            and state.structure_snapshot() == structure
+        )
 
     @property
     def identity_id(self) -> str:
@@ -131,22 +154,42 @@ class GroupSession:
             self.pending.writes.append(lambda tx: _delete_group(tx, identity_id, group_id))
             return persistence.commit(self.pending, response, scope)
         try:
-            record = self._sessions.sealer.seal_group(self.identity_id, self.group)
-            record = dataclasses.replace(record, applied_seq=self.applied_seq)
+            write, size = self._state_write()
         except BaseException:
             persistence.destroy_keys(self.pending.new_keys)
             raise
         written: list[int] = []
-        expected = self.loaded_version
-        self.pending.writes.append(lambda tx: written.append(tx.put_group(record, expected)))
+        if write is not None:
+            self.pending.writes.append(lambda tx: written.append(write(tx)))
+        elif self.loaded_version is not None:
+            written.append(self.loaded_version)  # unchanged: the stored state stays, at its version
         result = persistence.commit(self.pending, response, scope)
         # ``Persistence.commit`` answers ``response`` itself only when our transaction committed; a replayed
         # response (a concurrent request with the same Idempotency-Key won) means ours rolled back.
         if result is response and written:
-            self._sessions.remember(record, written[-1], self.group)
+            self._sessions.remember(self, written[-1], size)
             for hook in self.after_commit:
                 hook()
         return result
+
+    def _state_write(self) -> tuple[Callable[[Transaction], int] | None, int]:
+        """The write of this membership's state, sealed now (before the transaction), and the cache cost
+        of the state it leaves: none when nothing changed (a message answered from the group's log), the
+        ratchet state alone when :attr:`ratchet_only` (its size does not grow with the group), else the
+        full state (which also removes a ratchet state)."""
+        sealer, identity_id, group_id = self._sessions.sealer, self.identity_id, self.group.group_id
+        expected, applied_seq = self.loaded_version, self.applied_seq
+        if expected is not None and self.ratchet_only:
+            ratchet = self.group.state.ratchet_state_to_bytes()
+            if ratchet == self.loaded_ratchet and applied_seq == self._loaded_applied_seq:
+                return None, self.state_size
+            sealed = sealer.seal_ratchet(identity_id, group_id, ratchet, expected + 1)
+            return (
+                lambda tx: tx.put_group_ratchet(identity_id, group_id, applied_seq, sealed, expected),
+                self.state_size,
+            )
+        record = dataclasses.replace(sealer.seal_group(identity_id, self.group), applied_seq=applied_seq)
+        return lambda tx: tx.put_group(record, expected), len(record.state) + len(record.pending or b"")
 
 
 def _put_psk(tx: Transaction, identity_id: str, psk_id: bytes, sealed: bytes) -> None:
@@ -186,28 +229,31 @@ class GroupSessions:
         if version is None:
             self.cache.drop(key)
             raise not_found("group")
-        epoch = cached.state.epoch if cached is not None else record.epoch if record is not None else None
-        applied_seq = (
-            cached.applied_seq if cached is not None else record.applied_seq if record is not None else 0
-        )
-        with group_audit_context(identity_id, group_id, epoch):
-            psks = self.sealer.open_psks(identity_id, sealed_psks)
-            if cached is not None:
-                group = Group(cached.state, keys_for(self.sealer.keys, identity), psks)
-                group.pending_commit = cached.pending
-            else:
-                assert record is not None
+        psks = self.sealer.open_psks(identity_id, sealed_psks)
+        if cached is not None:
+            group = Group(cached.state, keys_for(self.sealer.keys, identity), psks)
+            group.pending_commit = cached.pending
+            applied_seq, size = cached.applied_seq, cached.size
+        else:
+            assert record is not None
+            with group_audit_context(identity_id, group_id, record.epoch):
                 group = self.sealer.open_group(record, psks, keys_for(self.sealer.keys, identity))
-                if read_only:
-                    self.remember(record, record.version, group)
+            applied_seq, size = record.applied_seq, len(record.state) + len(record.pending or b"")
         group.state.config.leaf_policy = self.leaf_policy(identity.tenant_id)
-        return GroupSession(self, identity, group, version, applied_seq=applied_seq)
+        session = GroupSession(self, identity, group, version, applied_seq=applied_seq)
+        session.state_size = size
+        if not read_only:
+            session.loaded_ratchet = group.state.ratchet_state_to_bytes()
+        if cached is None and read_only:
+            self.remember(session, version, size)
+        return session
 
-    def remember(self, record: GroupRecord, version: int, group: Group) -> None:
-        """Cache ``group``'s decoded state as the one of ``record`` at ``version`` (sized by its seal)."""
-        size = len(record.state) + len(record.pending or b"")
-        entry = CachedState(version, group.state, group.pending_commit, size, record.applied_seq)
-        self.cache.put((record.identity_id, record.group_id), entry)
+    def remember(self, session: GroupSession, version: int, size: int) -> None:
+        """Cache ``session``'s decoded state as the one of its record at ``version`` (``size``: the
+        sealed full state's length)."""
+        group = session.group
+        entry = CachedState(version, group.state, group.pending_commit, size, session.applied_seq)
+        self.cache.put((session.identity_id, group.group_id), entry)
 
     def start(self, identity: Identity, group: Group, pending: PendingWrites) -> GroupSession:
         """A membership the operation just made (create, join, external join): inserted on commit."""

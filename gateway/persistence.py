@@ -124,6 +124,7 @@ class Persistence:
             return None
         if prior.request_hash != idem.request_hash:
             raise conflict("this Idempotency-Key was used with a different request body")
+        self.store.sync()  # the first request may still wait for its fsync: never acknowledge before it
         body = self.envelope.open(prior.body, _response_aad(idem))
         return Response(prior.status, json.loads(body) if body else None)
 

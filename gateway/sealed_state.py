@@ -3,6 +3,13 @@
 Every sealed value's AAD binds it to its owner (identity, group or PSK id), so a row copied onto another
 identity or group does not open. The store only ever sees the sealed bytes.
 
+An application message changes only the secret trees (RFC 9420 §9), so such a write stores them alone:
+the **ratchet state** (:meth:`mls.GroupState.ratchet_state_to_bytes`), sealed with an AAD that also binds
+the record version it was written at (an older row put back does not open), applied on load onto the
+full state of the same record (:meth:`StateSealer.open_group`). A write of the full state removes it.
+
+External PSKs are opened only when an operation asks for one (:class:`SealedPskStore`), not per request.
+
 A pending commit is stored as :meth:`mls.StagedCommit.to_bytes` (versioned; it holds the next epoch's
 secrets, hence sealed). One that does not open as such — corrupt, or of another version — raises
 :class:`mls.StateError`, as a corrupt group state does, and the request answers a problem document.
@@ -11,9 +18,10 @@ secrets, hence sealed). One that does not open as such — corrupt, or of anothe
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from hsm.envelope import Envelope
-from mls import Group, GroupState, KeyStore, MemoryPskStore, StagedCommit
+from mls import Group, GroupState, KeyStore, MemoryPskStore, PreSharedKeyID, PSKType, StagedCommit
 
 from .store import GroupRecord
 
@@ -24,6 +32,10 @@ def _state_aad(identity_id: str, group_id: bytes) -> bytes:
 
 def _pending_aad(identity_id: str, group_id: bytes) -> bytes:
     return b"mls-gateway pending commit|" + identity_id.encode() + b"|" + group_id
+
+
+def _ratchet_aad(identity_id: str, group_id: bytes, version: int) -> bytes:
+    return b"mls-gateway ratchet state|%d|" % version + identity_id.encode() + b"|" + group_id
 
 
 def _psk_aad(identity_id: str, psk_id: bytes) -> bytes:
@@ -50,13 +62,23 @@ class StateSealer:
         epoch = group.epoch if removed_in is None else removed_in
         return GroupRecord(identity_id, group_id, epoch, state, pending)
 
+    def seal_ratchet(self, identity_id: str, group_id: bytes, ratchet: bytes, version: int) -> bytes:
+        """A group's ratchet state (:meth:`mls.GroupState.ratchet_state_to_bytes`) sealed, to be stored as
+        of record version ``version``."""
+        return self.envelope.seal(ratchet, _ratchet_aad(identity_id, group_id, version))
+
     def open_group(self, record: GroupRecord, psks: MemoryPskStore, keys: KeyStore | None = None) -> Group:
-        """The group of a sealed record, with its pending commit, using ``psks`` for its PSKs and ``keys``
-        (default: the sealer's) for its keys."""
+        """The group of a sealed record (its full state, then its ratchet state if it has one), with its
+        pending commit, using ``psks`` for its PSKs and ``keys`` (default: the sealer's) for its keys."""
         identity_id, group_id = record.identity_id, record.group_id
         keys = self.keys if keys is None else keys
         raw = self.envelope.open(record.state, _state_aad(identity_id, group_id))
-        group = Group(GroupState.from_bytes(raw, keys), keys, psks)
+        state = GroupState.from_bytes(raw, keys)
+        if record.ratchet is not None:
+            state.apply_ratchet_state(
+                self.envelope.open(record.ratchet, _ratchet_aad(identity_id, group_id, record.version))
+            )
+        group = Group(state, keys, psks)
         if record.pending is not None:
             staged = self.envelope.open(record.pending, _pending_aad(identity_id, group_id))
             group.pending_commit = StagedCommit.from_bytes(staged, keys)
@@ -67,10 +89,34 @@ class StateSealer:
 
     def open_psks(
         self, identity_id: str, sealed: list[tuple[bytes, bytes]], extra: Mapping[bytes, bytes] | None = None
-    ) -> MemoryPskStore:
-        """An identity's PSK store: its remembered external PSKs (opened) and ``extra`` ones."""
-        known = {pid: self.envelope.open(blob, _psk_aad(identity_id, pid)) for pid, blob in sealed}
-        return MemoryPskStore(external={**known, **(extra or {})})
+    ) -> SealedPskStore:
+        """An identity's PSK store: its remembered external PSKs (opened when first asked for) and
+        ``extra`` ones."""
+        return SealedPskStore(
+            external=dict(extra or {}), sealer=self, identity_id=identity_id, sealed=dict(sealed)
+        )
+
+    def open_psk(self, identity_id: str, psk_id: bytes, sealed: bytes) -> bytes:
+        return self.envelope.open(sealed, _psk_aad(identity_id, psk_id))
 
 
-__all__ = ["StateSealer"]
+@dataclass
+class SealedPskStore(MemoryPskStore):
+    """A :class:`mls.MemoryPskStore` whose remembered external PSKs stay sealed until one is looked up
+    (RFC 9420 §8.4: only a commit or Welcome naming a PSK needs its value); values put into
+    ``external`` (given with the request) take precedence."""
+
+    sealer: StateSealer | None = field(default=None, repr=False)
+    identity_id: str = ""
+    sealed: dict[bytes, bytes] = field(default_factory=dict, repr=False)
+
+    def get(self, psk_id: PreSharedKeyID) -> bytes | None:
+        key = psk_id.psk_id
+        if psk_id.psktype == PSKType.external and key is not None and key not in self.external:
+            blob = self.sealed.get(key)
+            if blob is not None and self.sealer is not None:
+                self.external[key] = self.sealer.open_psk(self.identity_id, key, blob)
+        return super().get(psk_id)
+
+
+__all__ = ["SealedPskStore", "StateSealer"]

@@ -142,6 +142,14 @@ class SqliteDeliveryMixin(SqliteQueries):
         ).fetchall()
         return [Member(r["leaf_index"], r["endpoint_id"]) for r in rows]
 
+    def get_delivered_members(self, tenant_id: str, group_id: bytes) -> list[Member]:
+        rows = self._c.execute(
+            "SELECT leaf_index, endpoint_id FROM group_members WHERE tenant_id = ? AND group_id = ? "
+            "AND endpoint_id IS NOT NULL ORDER BY leaf_index",
+            (tenant_id, group_id),
+        ).fetchall()
+        return [Member(r["leaf_index"], r["endpoint_id"]) for r in rows]
+
     def set_members(self, tenant_id: str, group_id: bytes, members: list[Member]) -> None:
         self._c.execute(
             "DELETE FROM group_members WHERE tenant_id = ? AND group_id = ?", (tenant_id, group_id)
@@ -237,8 +245,12 @@ class SqliteDeliveryMixin(SqliteQueries):
         )
 
     def applied_seq(self, identity_id: str, group_id: bytes) -> int | None:
-        r = self._one(
-            "SELECT applied_seq FROM groups WHERE identity_id = ? AND group_id = ?", identity_id, group_id
+        r = self._one(  # a ratchet state written after the full state carries the newer one
+            "SELECT COALESCE(r.applied_seq, g.applied_seq) AS applied_seq FROM groups g "
+            "LEFT JOIN group_ratchets r ON r.identity_id = g.identity_id AND r.group_id = g.group_id "
+            "WHERE g.identity_id = ? AND g.group_id = ?",
+            identity_id,
+            group_id,
         )
         return None if r is None else int(r["applied_seq"])
 

@@ -11,8 +11,10 @@ import sqlite3
 #: 3: ``groups.version`` (compare-and-swap and the state cache's validation). 4: ``idempotency.identity_id``
 #: (records erased with their identity; bodies sealed) and no ``outgoing`` table (written, never read).
 #: 5: the group service (:data:`DELIVERY_SCHEMA`), ``groups.applied_seq`` (the last log entry applied to a
-#: hosted membership), ``identities.auto_join`` and ``tokens.client_id``.
-SCHEMA_VERSION = 5
+#: hosted membership), ``identities.auto_join`` and ``tokens.client_id``. 6: tenant credential policies,
+#: the audit hash chain and its checkpoints, per-tenant retention, and the ratchet-state rows of the hot path
+#: (``group_ratchets``).
+SCHEMA_VERSION = 6
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tenants (
@@ -106,6 +108,18 @@ CREATE INDEX IF NOT EXISTS inbox_by_seq ON inbox(identity_id, group_id, seq);
 CREATE TABLE IF NOT EXISTS hosted_pending (
     identity_id TEXT NOT NULL REFERENCES identities(identity_id) ON DELETE CASCADE, tenant_id TEXT NOT NULL,
     group_id BLOB NOT NULL, up_to_seq INTEGER NOT NULL, PRIMARY KEY (identity_id, group_id));
+-- hot path (issue 13): a membership's sealed ratchet state, written by application messages in place of
+-- the full state's secret trees; while it exists, its version and applied_seq are the membership's (the
+-- groups row, with its large state, is not rewritten); a write of the full state deletes it.
+CREATE TABLE IF NOT EXISTS group_ratchets (
+    identity_id TEXT NOT NULL, group_id BLOB NOT NULL, version INTEGER NOT NULL,
+    applied_seq INTEGER NOT NULL, sealed BLOB NOT NULL,
+    PRIMARY KEY (identity_id, group_id),
+    FOREIGN KEY (identity_id, group_id) REFERENCES groups(identity_id, group_id) ON DELETE CASCADE);
+-- the members a message is delivered to, without reading every leaf of a large group
+CREATE INDEX IF NOT EXISTS group_members_with_endpoint ON group_members(tenant_id, group_id, leaf_index)
+    WHERE endpoint_id IS NOT NULL;
+-- end hot path
 CREATE TABLE IF NOT EXISTS webhooks (
     identity_id TEXT PRIMARY KEY REFERENCES identities(identity_id) ON DELETE CASCADE, url TEXT NOT NULL,
     secret BLOB NOT NULL, delivered_cursor INTEGER NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
@@ -169,7 +183,9 @@ def upgrade(conn: sqlite3.Connection) -> None:
     2 -> 3 adds ``groups.version`` (existing rows start at 0); 3 -> 4 drops ``outgoing`` and adds
     ``idempotency.identity_id`` (idempotency rows of a version-3 database held their bodies in clear and
     no identity: there is no installed base, so they are deleted, not migrated); 4 -> 5 adds the group
-    service's tables and columns and registers every identity's signature key as its endpoint's."""
+    service's tables and columns and registers every identity's signature key as its endpoint's; 5 -> 6 adds
+    the tables and columns of credential policies, the audit chain, retention and ratchet states (audit
+    records of a version-5 database have no chain link: ``audit verify`` reports them as before the chain)."""
     conn.executescript(SCHEMA + DELIVERY_SCHEMA)
     for table, column, definition in _ADDED_COLUMNS:
         if column not in _columns(conn, table):

@@ -1,10 +1,14 @@
-"""SQLite implementation of the gateway store (WAL mode, one connection per thread).
+"""SQLite implementation of the gateway store (WAL mode, one connection per thread for writing and one
+for reading).
 
 Writes use ``BEGIN IMMEDIATE`` so that a transaction takes the write lock up front and commits or rolls
-back as a whole; reads (:meth:`SqliteStore.read_transaction`) use ``BEGIN DEFERRED`` under
-``PRAGMA query_only``: one WAL snapshot, no write lock, so they never wait for writers nor block them;
-``synchronous=FULL`` so that a committed transaction survives a crash of the process or the machine.
-The schema is created on first use and versioned with ``PRAGMA user_version``.
+back as a whole; reads (:meth:`SqliteStore.read_transaction`) use ``BEGIN DEFERRED`` on a connection of
+their own under ``PRAGMA query_only``: one WAL snapshot, no write lock, so they never wait for writers nor
+block them. Durability is a group commit (:mod:`gateway.sqlite_durability`): ``synchronous = NORMAL``
+and, after each write transaction's ``COMMIT`` and before the block returns, a wait for a shared
+``fsync`` of the WAL, so a committed transaction survives a crash of the process or the machine and
+concurrent writers share one ``fsync``. The schema is created on first use and versioned with
+``PRAGMA user_version``.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -20,14 +24,14 @@ from .sqlite_audit import SqliteAuditMixin, append_chained
 from .sqlite_credentials import SqliteCredentialMixin
 from .sqlite_delivery import SqliteDeliveryMixin
 from .sqlite_directory import SqliteDirectoryMixin
+from .sqlite_durability import WalSync
+from .sqlite_groups import SqliteGroupsMixin
 from .sqlite_mailboxes import SqliteMailboxMixin
 from .sqlite_schema import SCHEMA_VERSION, upgrade
 from .sqlite_tenants import SqliteTenantAdminMixin
 from .sqlite_webhooks import SqliteWebhookMixin
 from .store import (
     AuditRecord,
-    EpochConflict,
-    GroupRecord,
     IdempotentResponse,
     Identity,
     KeyPackageRecord,
@@ -64,19 +68,8 @@ def _key_package(row: sqlite3.Row) -> KeyPackageRecord:
     )
 
 
-def _group(row: sqlite3.Row) -> GroupRecord:
-    return GroupRecord(
-        row["identity_id"],
-        row["group_id"],
-        row["epoch"],
-        row["state"],
-        row["pending"],
-        row["version"],
-        row["applied_seq"],
-    )
-
-
 class SqliteTransaction(
+    SqliteGroupsMixin,
     SqliteDirectoryMixin,
     SqliteDeliveryMixin,
     SqliteWebhookMixin,
@@ -214,51 +207,6 @@ class SqliteTransaction(
         )
         return cur.rowcount == 1
 
-    # ---- groups ---------------------------------------------------------------------------------------
-    def get_group(self, identity_id: str, group_id: bytes) -> GroupRecord | None:
-        r = self._one("SELECT * FROM groups WHERE identity_id = ? AND group_id = ?", identity_id, group_id)
-        return None if r is None else _group(r)
-
-    def list_groups(self, identity_id: str) -> list[GroupRecord]:
-        return [
-            _group(r)
-            for r in self._all("SELECT * FROM groups WHERE identity_id = ? ORDER BY updated_at", identity_id)
-        ]
-
-    def get_group_version(self, identity_id: str, group_id: bytes) -> int | None:
-        r = self._one(
-            "SELECT version FROM groups WHERE identity_id = ? AND group_id = ?", identity_id, group_id
-        )
-        return None if r is None else int(r["version"])
-
-    def put_group(self, g: GroupRecord, expected_version: int | None) -> int:
-        now = time.time()
-        if expected_version is None:
-            try:
-                self._c.execute(
-                    "INSERT INTO groups (identity_id, group_id, epoch, state, pending, updated_at, version, "
-                    "applied_seq) VALUES (?, ?, ?, ?, ?, ?, 1, ?)",
-                    (g.identity_id, g.group_id, g.epoch, g.state, g.pending, now, g.applied_seq),
-                )
-            except sqlite3.IntegrityError:
-                raise EpochConflict("this identity is already a member of that group") from None
-            return 1
-        cur = self._c.execute(
-            "UPDATE groups SET epoch = ?, state = ?, pending = ?, updated_at = ?, version = version + 1, "
-            "applied_seq = ? WHERE identity_id = ? AND group_id = ? AND version = ?",
-            (g.epoch, g.state, g.pending, now, g.applied_seq, g.identity_id, g.group_id, expected_version),
-        )
-        if cur.rowcount != 1:
-            # The 409's wording is the API's (api-v1.md): a concurrent write of the group's state.
-            raise EpochConflict("the group's epoch changed concurrently")
-        return expected_version + 1
-
-    def delete_group(self, identity_id: str, group_id: bytes) -> bool:
-        cur = self._c.execute(
-            "DELETE FROM groups WHERE identity_id = ? AND group_id = ?", (identity_id, group_id)
-        )
-        return cur.rowcount == 1
-
     # ---- keys, audit, idempotency --------- ------------------------------------------------------------
     def put_software_key(self, key_ref: bytes, sealed: bytes) -> None:
         self._c.execute("INSERT OR REPLACE INTO software_keys VALUES (?, ?)", (key_ref, sealed))
@@ -326,6 +274,10 @@ class SqliteTransaction(
         return cur.rowcount
 
 
+def _commit(conn: sqlite3.Connection) -> None:
+    conn.execute("COMMIT")
+
+
 class SqliteStore:
     """A store in one SQLite database file."""
 
@@ -335,13 +287,19 @@ class SqliteStore:
         self._local = threading.local()
         self._all_conns: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        #: The shared fsync of committed write transactions (group commit).
+        self.durability = WalSync(self.path)
         with self.transaction() as tx:
             del tx  # schema created by _connect
 
-    def _connect(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+    def _connect(self, *, reader: bool = False) -> sqlite3.Connection:
+        """This thread's writing connection, or (``reader``) its reading one, which is ``query_only``."""
+        name = "reader" if reader else "conn"
+        conn: sqlite3.Connection | None = getattr(self._local, name, None)
         if conn is not None:
             return conn
+        if reader:
+            self._connect()  # the schema first (a reading connection cannot create it)
         try:
             conn = sqlite3.connect(
                 self.path, isolation_level=None, check_same_thread=False, timeout=self._busy_ms / 1000
@@ -349,43 +307,62 @@ class SqliteStore:
             conn.row_factory = sqlite3.Row
             for pragma in (
                 "journal_mode = WAL",
-                "synchronous = FULL",
+                "synchronous = NORMAL",  # + the group-commit fsync of :class:`WalSync`
                 "foreign_keys = ON",
                 f"busy_timeout = {self._busy_ms}",
             ):
                 conn.execute(f"PRAGMA {pragma}")
-            if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+            if reader:
+                conn.execute("PRAGMA query_only = ON")
+            elif conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
                 upgrade(conn)
         except sqlite3.Error as e:
             raise StoreUnavailable(f"cannot open the database: {e}") from None
-        self._local.conn = conn
+        setattr(self._local, name, conn)
         with self._lock:
             self._all_conns.append(conn)
         return conn
 
     @contextmanager
     def transaction(self) -> Iterator[SqliteTransaction]:
-        """A transaction that may write: ``BEGIN IMMEDIATE`` takes the write lock up front."""
-        with self._transaction("BEGIN IMMEDIATE") as tx:
+        """A transaction that may write: ``BEGIN IMMEDIATE`` takes the write lock up front; the block
+        returns only once what it committed is on disk (a shared fsync, :class:`WalSync`)."""
+        conn = self._connect()
+        changes = conn.total_changes
+        tickets: list[int] = []
+
+        def commit(c: sqlite3.Connection) -> None:
+            if c.total_changes == changes:  # nothing to make durable
+                c.execute("COMMIT")
+            else:
+                tickets.append(self.durability.commit(c))
+
+        with self._transaction(conn, "BEGIN IMMEDIATE", commit) as tx:
             yield tx
+        if tickets:
+            self._wait_durable(tickets[0])
+
+    def sync(self) -> None:
+        """Return once every transaction committed so far is on disk (a shared fsync when one is due)."""
+        self._wait_durable(None)
+
+    def _wait_durable(self, ticket: int | None) -> None:
+        try:
+            self.durability.wait_durable(ticket)
+        except OSError as e:
+            raise StoreUnavailable(f"cannot sync the database: {e}") from None
 
     @contextmanager
     def read_transaction(self) -> Iterator[SqliteTransaction]:
-        """A read-only transaction: one snapshot, no write lock (``query_only`` refuses any write)."""
-        conn = self._connect()
-        try:
-            conn.execute("PRAGMA query_only = ON")
-        except sqlite3.Error as e:
-            raise StoreUnavailable(f"cannot start a transaction: {e}") from None
-        try:
-            with self._transaction("BEGIN DEFERRED") as tx:
-                yield tx
-        finally:
-            conn.execute("PRAGMA query_only = OFF")
+        """A read-only transaction on the thread's reading connection: one snapshot, no write lock
+        (``query_only`` refuses any write)."""
+        with self._transaction(self._connect(reader=True), "BEGIN DEFERRED", _commit) as tx:
+            yield tx
 
     @contextmanager
-    def _transaction(self, begin: str) -> Iterator[SqliteTransaction]:
-        conn = self._connect()
+    def _transaction(
+        self, conn: sqlite3.Connection, begin: str, commit: Callable[[sqlite3.Connection], None]
+    ) -> Iterator[SqliteTransaction]:
         try:
             conn.execute(begin)
         except sqlite3.Error as e:
@@ -399,7 +376,7 @@ class SqliteStore:
             conn.execute("ROLLBACK")
             raise
         try:
-            conn.execute("COMMIT")
+            commit(conn)
         except sqlite3.Error as e:
             conn.execute("ROLLBACK")
             raise StoreUnavailable(f"commit failed: {e}") from None

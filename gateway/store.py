@@ -102,6 +102,9 @@ class GroupRecord:
     version: int = 0
     #: The last entry of the group's log applied to this membership (0: none; api-delivery.md).
     applied_seq: int = 0
+    #: The sealed ratchet state written after the full state (application messages), applied onto it
+    #: when loaded; ``None`` when the full state is current (:mod:`gateway.sealed_state`).
+    ratchet: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -178,6 +181,15 @@ class Transaction(
         ``expected_version``; returns the new version; raises :class:`EpochConflict` otherwise."""
         ...
 
+    def put_group_ratchet(
+        self, identity_id: str, group_id: bytes, applied_seq: int, sealed: bytes, expected_version: int
+    ) -> int:
+        """Store a membership's ratchet state (sealed as of ``expected_version + 1``) in place of the
+        secret trees of its full state, only if the stored version is still ``expected_version``; the
+        record's version and ``applied_seq`` move on, its state and epoch stay. Returns the new version;
+        raises :class:`EpochConflict` otherwise. :meth:`put_group` removes it."""
+        ...
+
     def delete_group(self, identity_id: str, group_id: bytes) -> bool: ...
 
     # keys at rest (software custody), audit, idempotency
@@ -230,6 +242,11 @@ class Store(Protocol):
 
     def read_transaction(self) -> AbstractContextManager[Transaction]:
         """A transaction that only reads (one consistent snapshot, no write lock); writing in it fails."""
+        ...
+
+    def sync(self) -> None:
+        """Return once every transaction committed so far is durable (before answering with what another
+        request wrote, e.g. a replayed response)."""
         ...
 
     def ping(self) -> None:

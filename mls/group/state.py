@@ -29,6 +29,8 @@ from mls.wire.group_context import GroupContext
 from mls.wire.proposals import Proposal, ReInit
 
 STATE_VERSION = 1
+#: Version tag of :meth:`GroupState.ratchet_state_to_bytes`.
+RATCHET_STATE_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -205,6 +207,84 @@ class GroupState:
     def to_bytes(self) -> bytes:
         return json.dumps(self.to_state(), separators=(",", ":"), sort_keys=True).encode()
 
+    # ---- the secret-tree part alone (what an application message changes) ----------------------------
+    def ratchet_state_to_bytes(self) -> bytes:
+        """The secret trees of this epoch and of the kept past epochs (RFC 9420 §9, §9.2), versioned JSON.
+
+        Sending or receiving an application message changes nothing else (it advances a sender ratchet,
+        consumes node secrets, and keeps or erases skipped generations' keys), so a store may write this
+        part alone, tagged with the epoch, and :meth:`apply_ratchet_state` it onto the last full state
+        of the same epoch; :meth:`structure_snapshot` tells whether anything else changed. It contains
+        secrets and must be sealed at rest by the caller."""
+        value = {
+            "version": RATCHET_STATE_VERSION,
+            "epoch": self.epoch,
+            "secret_tree": self.secret_tree.to_state(),
+            "past_epochs": [[p.epoch, p.secret_tree.to_state()] for p in self.past_epochs],
+        }
+        return json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
+
+    def apply_ratchet_state(self, data: bytes) -> None:
+        """Replace the secret trees with those of :meth:`ratchet_state_to_bytes` output of this state's
+        epoch and past epochs; :class:`StateError` (and nothing changed) when it does not fit this state."""
+        try:
+            s = json.loads(data)
+            if not isinstance(s, dict) or s.get("version") != RATCHET_STATE_VERSION:
+                raise StateError("unsupported ratchet state version")
+            if int(s["epoch"]) != self.epoch:
+                raise StateError("the ratchet state is of another epoch than the group state")
+            past = [(int(e), SecretTree.from_state(t)) for e, t in s["past_epochs"]]
+            current = SecretTree.from_state(s["secret_tree"])
+        except StateError:
+            raise
+        except MLSError as e:
+            raise StateError(f"malformed ratchet state ({type(e).__name__})") from None
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise StateError(f"malformed ratchet state ({type(e).__name__})") from None
+        if [e for e, _ in past] != [p.epoch for p in self.past_epochs]:
+            raise StateError("the ratchet state's past epochs are not the group state's")
+        trees = [
+            (self.secret_tree, current),
+            *zip([p.secret_tree for p in self.past_epochs], [t for _, t in past]),
+        ]
+        if any(old.n_leaves != new.n_leaves or old.cs is not new.cs for old, new in trees):
+            raise StateError("the ratchet state's secret trees do not fit the group state's")
+        self.secret_tree = current
+        for p, (_, tree) in zip(self.past_epochs, past, strict=True):
+            p.secret_tree = tree
+
+    def structure_snapshot(self) -> tuple[object, ...]:
+        """A cheap value that changes whenever anything but the secret trees changes (compare with ``==``).
+
+        The large parts a commit replaces rather than edits (context, ratchet tree, path keys, epoch
+        secrets, past epochs' contexts and secrets) count by identity (the snapshot holds them, so an
+        identity is never reused while it is kept), the small editable ones (proposal cache, Update keys,
+        PSKs, flags) by value; O(members) work is never done. A state whose snapshot is unchanged after an
+        operation differs from before only in :meth:`ratchet_state_to_bytes`."""
+        return (
+            _Same(self.context),
+            _Same(self.tree),
+            _Same(self.keys),
+            tuple(self.keys.node_keys),
+            _Same(self.keys.leaf_key),
+            _Same(self.secrets),
+            _Same(self.config),
+            self.config.to_state(),
+            self.signer_ref,
+            self.interim_transcript_hash,
+            self.confirmation_tag,
+            tuple(self.proposals),
+            tuple(
+                (p.epoch, _Same(p.context), _Same(p.sender_data_secret), _Same(p.signature_keys))
+                for p in self.past_epochs
+            ),
+            tuple(self.resumption_psks.items()),
+            self.retained_keys,
+            tuple(self.update_keys.items()),
+            _Same(self.reinit),
+            self.active,
+        )
+
     @classmethod
     def from_bytes(
         cls, data: bytes, key_store: KeyStore, leaf_policy: LeafPolicy | None = None
@@ -281,6 +361,20 @@ class GroupState:
         )
 
 
+class _Same:
+    """Equal to another ``_Same`` of the very same object (identity, never a deep comparison)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: object) -> None:
+        self.value = value
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Same) and other.value is self.value
+
+    __hash__ = None  # type: ignore[assignment]
+
+
 def _private_bytes(key: HpkePrivateKey) -> bytes:
     export = getattr(key, "private_bytes", None)
     if export is None:
@@ -289,4 +383,12 @@ def _private_bytes(key: HpkePrivateKey) -> bytes:
     return value
 
 
-__all__ = ["STATE_VERSION", "CachedProposal", "DestroyedHpkeKey", "GroupConfig", "GroupState", "PastEpoch"]
+__all__ = [
+    "RATCHET_STATE_VERSION",
+    "STATE_VERSION",
+    "CachedProposal",
+    "DestroyedHpkeKey",
+    "GroupConfig",
+    "GroupState",
+    "PastEpoch",
+]

@@ -221,6 +221,8 @@ class Gateway:
             "FROM key_packages ORDER BY identity_id, ref",
             "groups": "SELECT identity_id, group_id, epoch, pending IS NULL "
             "FROM groups ORDER BY identity_id, group_id",
+            "group_ratchets": "SELECT identity_id, group_id, version, applied_seq "
+            "FROM group_ratchets ORDER BY identity_id, group_id",
             "software_keys": "SELECT key_ref FROM software_keys ORDER BY key_ref",
             "idempotency": "SELECT scope, key, status FROM idempotency ORDER BY scope, key",
             # the group service (api-delivery.md)
