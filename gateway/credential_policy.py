@@ -43,7 +43,7 @@ from mls import (
     X509CredentialValidator,
 )
 
-from .store import Store
+from .store import Identity, Store
 
 #: The credential types a policy can allow, by their names in the document.
 CREDENTIAL_TYPES = {"basic": CredentialType.basic, "x509": CredentialType.x509}
@@ -452,3 +452,11 @@ class CredentialPolicies:
     def _forget(self, tenant_id: str) -> None:
         with self._lock:
             self._cache.pop(tenant_id, None)
+
+
+def check_own_credential(policy: LeafPolicy, identity: Identity) -> None:
+    """Refuse (:class:`CredentialRejected`) an identity whose own credential its tenant's policy refuses:
+    it may then make no KeyPackage and create or join no group, since every member would refuse its leaf
+    (RFC 9420 §5.3.1: the application decides which credentials it accepts)."""
+    credential = Credential.from_bytes(identity.credential)
+    policy.credential_validator.validate(credential, identity.signature_public_key)

@@ -14,6 +14,7 @@ from mls import Credential, ExternalSenders, Group, GroupConfig, KeyPackage, MLS
 
 from .auth import Principal
 from .config import DeliverySettings
+from .credential_policy import check_own_credential
 from .custody import keys_for
 from .delivery_store import LogConflict, message_digest
 from .errors import Problem, conflict
@@ -52,9 +53,11 @@ class Groups:
         self.defaults = DeliverySettings()
 
     def _config(self, identity: Identity, settings: GroupSettings) -> GroupConfig:
-        """The member's group config, with its tenant's credential policy as the leaf policy (issue 16)."""
+        """The member's group config, with its tenant's credential policy as the leaf policy (issue 16); an
+        identity whose own credential the policy refuses creates and joins nothing."""
         config = group_config(self.defaults, settings)
         config.leaf_policy = self.sessions.leaf_policy(identity.tenant_id)
+        check_own_credential(config.leaf_policy, identity)
         return config
 
     def create(self, principal: Principal, request: CreateGroupRequest, scope: RequestScope) -> Response:

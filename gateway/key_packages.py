@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 from hsm.audit import caller
 from hsm.keystore import Pkcs11KeyStore
 from mls import (
     Credential,
+    LeafPolicy,
     MLSMessage,
     Signer,
     cipher_suite,
@@ -17,6 +19,7 @@ from mls import (
 )
 
 from .auth import Principal
+from .credential_policy import check_own_credential
 from .custody import mode_of
 from .identities import Identities
 from .operation_requests import CreateKeyPackagesRequest
@@ -35,12 +38,15 @@ class KeyPackages:
         self.keys = keys
         self.identities = identities
         self.persistence = persistence
+        #: The leaf policy of a tenant (its credential policy; set by the service).
+        self.leaf_policy: Callable[[str], LeafPolicy] = lambda tenant_id: LeafPolicy()
 
     def create(
         self, principal: Principal, request: CreateKeyPackagesRequest, scope: RequestScope
     ) -> Response:
         """``POST .../key-packages``: ``count`` fresh KeyPackages, all written in one transaction."""
         identity = self.identities.get(principal, request.identity_id)
+        check_own_credential(self.leaf_policy(identity.tenant_id), identity)
         with caller(identity_id=identity.identity_id):  # its key uses are audited as the identity's
             signer = self.keys.signer(identity.signature_key_ref)
             credential = Credential.from_bytes(identity.credential)

@@ -69,6 +69,7 @@ class GatewayService:
         self.identities = Identities(store, keys, sessions)
         self.tenant_deletion = TenantDeletion(store, self.persistence, self.identities)
         self.key_packages = KeyPackages(store, keys, self.identities, self.persistence)
+        self.key_packages.leaf_policy = self.credential_policies.leaf_policy
         self.groups = Groups(store, keys, self.identities, sessions)
         self.clients = Clients(store, self.persistence)
         self.key_directory = KeyDirectory(

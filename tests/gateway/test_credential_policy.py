@@ -448,3 +448,21 @@ def test_csr_is_signed_in_the_hsm_and_audited(shared_gateway: GatewayServer, sui
         *before,
         (identity["custody"]["signature"], 1),
     ]
+
+
+def test_an_identity_the_policy_refuses_makes_no_key_package_and_no_group(
+    shared_gateway: GatewayServer, pki: Pki
+) -> None:
+    """A basic identity in an x509-only tenant: its own leaf would be refused by every member, so it makes
+    no KeyPackage and creates, joins and externally joins nothing (422, nothing stored, no key made)."""
+    _, api = tenant_with_policy(shared_gateway, pki, "own-leaf")
+    identity = api.post("/v1/identities", {"name": "plain"}).expect(201)["identity_id"]
+    base = f"/v1/identities/{identity}"
+    for path, body in (
+        (f"{base}/key-packages", {"count": 2}),
+        (f"{base}/groups", {}),
+    ):
+        refused = api.post(path, body).expect(422)
+        assert refused["code"] == "credential_rejected" and refused["reason"] == "type_not_allowed"
+    assert api.get(f"{base}/key-packages").expect(200)["key_packages"] == []
+    assert api.get(f"{base}/groups").expect(200)["groups"] == []
