@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import functools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from hsm.audit import caller_context
 from mls import (
     BasicCredentialValidator,
     Credential,
+    CredentialValidator,
     DecodeError,
     KeyPackage,
     LeafPolicy,
@@ -39,6 +41,7 @@ from mls import (
 
 from .auth import Principal
 from .clients import Clients
+from .credential_policy import CredentialRejected, PolicyCredentialValidator
 from .errors import Problem, conflict, not_found
 from .identities import Identities
 from .key_packages import KeyPackages
@@ -89,7 +92,9 @@ class _ClaimRaced(Exception):
     """The KeyPackage chosen for a claim was taken (or replaced) meanwhile: choose again."""
 
 
-def verify_key_package(data: bytes, field: str, now: int) -> tuple[KeyPackage, bytes]:
+def verify_key_package(
+    data: bytes, field: str, now: int, validator: CredentialValidator | None = None
+) -> tuple[KeyPackage, bytes]:
     """The KeyPackage of an MLSMessage, verified (RFC 9420 §10.1), and its KeyPackageRef (§5.2)."""
     try:
         kp = MLSMessage.from_bytes(data).body
@@ -109,9 +114,11 @@ def verify_key_package(data: bytes, field: str, now: int) -> tuple[KeyPackage, b
             f"{field}: cipher suite {kp.cipher_suite} is not supported",
             rule="10.1/directory-cipher-suite",
         ) from None
-    policy = LeafPolicy(BasicCredentialValidator(), now=now, max_lifetime=MAX_LIFETIME_S)
+    policy = LeafPolicy(validator or BasicCredentialValidator(), now=now, max_lifetime=MAX_LIFETIME_S)
     try:
         validate_key_package(cs, kp, policy)
+    except CredentialRejected:
+        raise  # the tenant's credential policy: 422 credential_rejected with its reason
     except ValidationError as e:
         raise Problem("validation_failed", f"{field}: {e.message}", rule=e.rule) from None
     return kp, key_package_ref(cs, kp)
@@ -133,23 +140,32 @@ class KeyDirectory:
         self.identities = identities
         self.key_packages = key_packages
         self.persistence = persistence
+        #: A tenant's leaf policy (its credential policy; set by the service): uploads are checked by it.
+        self.tenant_policy: Callable[[str], LeafPolicy] = lambda tenant_id: LeafPolicy()
 
     # ---- upload -------------------------------------------------------------------------------------
     def upload(self, principal: Principal, request: UploadRequest, scope: RequestScope) -> Response:
         """``POST /v1/clients/{client_id}/key-packages``: every KeyPackage verified, all stored or none."""
         client = self.clients.get(principal, request.client_id)
-        uploads = self._verified(client.client_id, request)
+        uploads = self._verified(client.client_id, request, self._validator(client.tenant_id))
         write = functools.partial(_store_uploads, tenant_id=client.tenant_id, uploads=uploads)
         return self.persistence.commit(PendingWrites([write]), Response(201, {"stored": len(uploads)}), scope)
 
-    def _verified(self, client_id: str, request: UploadRequest) -> list[_Uploaded]:
+    def _validator(self, tenant_id: str) -> CredentialValidator:
+        """The tenant's credential policy, or (a tenant without one) basic credentials only."""
+        validator = self.tenant_policy(tenant_id).credential_validator
+        return validator if isinstance(validator, PolicyCredentialValidator) else BasicCredentialValidator()
+
+    def _verified(
+        self, client_id: str, request: UploadRequest, validator: CredentialValidator
+    ) -> list[_Uploaded]:
         now = int(time.time())
         items = [(data, f"key_packages[{n}]", False) for n, data in enumerate(request.key_packages)]
         if request.last_resort is not None:
             items.append((request.last_resort, "last_resort", True))
         out: list[_Uploaded] = []
         for data, field, last_resort in items:
-            kp, ref = verify_key_package(data, field, now)
+            kp, ref = verify_key_package(data, field, now, validator)
             if any(u.record.ref == ref for u in out):
                 raise conflict(f"{field} is a KeyPackage this request already carries")
             record = DirectoryKeyPackage(client_id, ref, kp.cipher_suite, data, last_resort)

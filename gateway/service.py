@@ -75,6 +75,7 @@ class GatewayService:
         self.key_directory = KeyDirectory(
             store, self.clients, self.identities, self.key_packages, self.persistence
         )
+        self.key_directory.tenant_policy = self.credential_policies.leaf_policy
         self._wire_group_service(store, sessions)
 
     def _wire_group_service(self, store: Store, sessions: GroupSessions) -> None:

@@ -466,3 +466,23 @@ def test_an_identity_the_policy_refuses_makes_no_key_package_and_no_group(
         assert refused["code"] == "credential_rejected" and refused["reason"] == "type_not_allowed"
     assert api.get(f"{base}/key-packages").expect(200)["key_packages"] == []
     assert api.get(f"{base}/groups").expect(200)["groups"] == []
+
+
+def test_device_key_packages_are_checked_against_the_policy_at_upload(
+    shared_gateway: GatewayServer, pki: Pki
+) -> None:
+    """A device of a tenant with a policy uploads KeyPackages: one whose certificate the policy refuses (or a
+    basic one) is refused with its reason and nothing of the request is stored; a certified one is kept."""
+    _, api = tenant_with_policy(shared_gateway, pki, "devices")
+    device = api.post("/v1/clients", {"name": "phone"}).expect(201)
+    dev = shared_gateway.client(device["token"])
+    path = f"/v1/clients/{device['client_id']}/key-packages"
+    plain = MlsClient(SoftwareKeyStore(), 1, Credential.basic(b"plain"))
+    good = kp_b64(pki.member("phone"))
+    for member, reason in [(pki.bad[k], EXPECTED_REASON[k]) for k in BAD_KINDS] + [
+        (plain, "type_not_allowed")
+    ]:
+        refused = dev.post(path, {"key_packages": [good, kp_b64(member)]}).expect(422)
+        assert refused["code"] == "credential_rejected" and refused["reason"] == reason
+    assert dev.get(path).expect(200)["available"] == 0
+    assert dev.post(path, {"key_packages": [good]}).expect(201)["stored"] == 1
