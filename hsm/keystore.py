@@ -80,6 +80,8 @@ class Pkcs11KeyStore:
         self._cache: dict[bytes, KeyEntry] = token.handle_cache
         self._software: dict[bytes, SoftwareCustodyHpkeKey] = {}
         self._wrapped = wrapped
+        if wrapped is not None:
+            wrapped.auditor = self._auditor  # its unwraps and re-wraps go to this store's audit hook
         self.mode: CustodyMode = mode
 
     def for_mode(self, mode: CustodyMode) -> Pkcs11KeyStore:

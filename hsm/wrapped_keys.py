@@ -16,12 +16,21 @@ X25519-quirk keys are refused with ``KeyNotWrappable``).
   does not grow with the number of keys.
 * **Use**: a cache miss (evicted, another connection, a session object gone with its session) unwraps the
   blob again into a non-extractable session object (``C_UnwrapKey``).
+  Each such unwrap is reported to the audit hook (operation ``unwrap``, custody ``wrapped:<KEK label>``);
+  hits and misses are counted (:attr:`WrappedKeys.hits`, :attr:`WrappedKeys.misses`). An evicted entry's
+  session object is destroyed.
 * **Destroy** (forward-secret deletion): the blob is deleted, then the cached session object destroyed.
+* **KEK rotation** (:mod:`gateway.kek_rotation`): :meth:`WrappedKeys.use_kek` makes another KEK wrap new
+  keys; :meth:`WrappedKeys.rewrap_blob` moves a blob under it (``C_UnwrapKey`` under the KEK the blob
+  names into a transient session object extractable only for the next ``C_WrapKey``, wrap under the
+  current KEK, destroy), audited as ``rewrap``. The blobs of every KEK the store knows keep opening.
 
-Blob (stored with the KEK id, :func:`hsm.envelope.kek_id` of the KEK's label)::
+Blob (version 2 names its KEK by id, :func:`hsm.envelope.kek_id` of the KEK's label; the row also stores it)::
 
-    version 0x01 (1) ‖ wrap mechanism (1: 0x01 AES_KEY_WRAP_PAD, 0x02 AES_KEY_WRAP) ‖ public key
-        (the kind's wire form, non-secret) ‖ wrapped private key (as C_WrapKey returned it)
+    version 0x02 (1) ‖ wrap mechanism (1: 0x01 AES_KEY_WRAP_PAD, 0x02 AES_KEY_WRAP) ‖ KEK id (8)
+        ‖ public key (the kind's wire form, non-secret) ‖ wrapped private key (as C_WrapKey returned it)
+
+Version 0x01 blobs (no KEK id: wrapped under the store's first KEK, ``kek_label``) still open.
 """
 
 from __future__ import annotations
@@ -31,7 +40,7 @@ import functools
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
@@ -42,6 +51,7 @@ from mls.errors import KeyStoreError
 
 from . import kinds as K
 from . import wrapping as W
+from .audit import Auditor
 from .cryptoki import LOST_ERRORS
 from .envelope import kek_id
 from .errors import HsmError, HsmUnavailable
@@ -52,7 +62,9 @@ from .token import StaleHandle, Token
 T = TypeVar("T")
 _log = logging.getLogger(__name__)
 
-BLOB_VERSION = 0x01
+BLOB_VERSION = 0x02
+BLOB_VERSION_1 = 0x01
+_KEK_ID = 8
 DEFAULT_CACHE_SIZE = 1024
 _MECH_CODES = {Mechanism.AES_KEY_WRAP_PAD: 0x01, Mechanism.AES_KEY_WRAP: 0x02}
 _MECH_BY_CODE = {v: k for k, v in _MECH_CODES.items()}
@@ -93,13 +105,21 @@ class WrappedKeys:
             raise ValueError("wrapped keys: cache_size must be >= 1")
         self._token = token
         self._persistence = persistence
+        self._v1_label = kek_label
         self._kek_label = kek_label
         self.kek_id = kek_id(kek_label)
+        self._labels: dict[bytes, str] = {self.kek_id: kek_label}
+        #: Called with no argument when a blob names a KEK the store does not know: the labels in use now.
+        self.resolver: Callable[[], Iterable[str]] | None = None
+        #: Emits ``unwrap`` (cache miss) and ``rewrap`` events; the key store shares its own.
+        self.auditor = Auditor()
+        self.hits = 0
+        self.misses = 0
         self._prefix = label_prefix
         self._size = cache_size
         self._cache: OrderedDict[bytes, KeyEntry] = OrderedDict()
         self._lock = threading.Lock()
-        self._kek: tuple[int, int] | None = None  # (generation, handle)
+        self._keks: dict[str, tuple[int, int]] = {}  # label -> (generation, handle)
         self.support: dict[KeyKind, WrapSupport] = {}
         self.refused: dict[str, str] = {}
 
@@ -109,6 +129,29 @@ class WrappedKeys:
     @property
     def cached(self) -> int:
         return len(self._cache)
+
+    @property
+    def kek_label(self) -> str:
+        """The label of the KEK new keys are wrapped under."""
+        return self._kek_label
+
+    def use_kek(self, label: str) -> None:
+        """Wrap new keys under the KEK ``label`` from now on (blobs under KEKs known before still open)."""
+        with self._lock:
+            self._labels[kek_id(label)] = label
+            self._kek_label, self.kek_id = label, kek_id(label)
+
+    def know_keks(self, labels: Iterable[str]) -> None:
+        """Also open blobs wrapped under these KEKs."""
+        with self._lock:
+            for label in labels:
+                self._labels[kek_id(label)] = label
+
+    def kek_label_of(self, blob: bytes) -> str | None:
+        """The label of the KEK ``blob`` is wrapped under (None when the store does not know it)."""
+        if blob[:1] == bytes((BLOB_VERSION_1,)):
+            return self._v1_label
+        return self._labels.get(blob[2 : 2 + _KEK_ID])
 
     def supports(self, kind: KeyKind) -> bool:
         return kind in self.support
@@ -130,13 +173,13 @@ class WrappedKeys:
         support: dict[KeyKind, WrapSupport] = {}
         refused: dict[str, str] = {}
         try:
-            self._kek_handle()
+            self._kek_handle(self._kek_label)
         except HsmError as exc:
             self.support, self.refused = {}, {k.name: f"no KEK ({exc})" for k in forms}
             return self.describe()
         for kind, form in forms.items():
             try:
-                generation, kek = self._kek_handle()
+                generation, kek = self._kek_handle(self._kek_label)
                 probe = functools.partial(_probe_kind, self._token, kek, kind, form)
                 found = self._token.run(probe, op="wrap probe", generation=generation)
             except HsmUnavailable:
@@ -161,8 +204,8 @@ class WrappedKeys:
             raise KeyStoreError(f"the token cannot wrap {kind.name} keys")
         ref = new_ref(kind, "wrapped")
         label = self._label(kind, ref)
-
-        generation, kek = self._kek_handle()
+        kid = self.kek_id
+        generation, kek = self._kek_handle(self._kek_label)
 
         def make(session: Session) -> tuple[int, bytes, bytes]:
             with self._token.objects("change"):
@@ -177,9 +220,9 @@ class WrappedKeys:
             return private, public_key, wrapped
 
         private, public_key, wrapped = self._token.run(make, op="generate wrapped key", generation=generation)
-        blob = bytes((BLOB_VERSION, _MECH_CODES[support.mechanism])) + public_key + wrapped
+        blob = bytes((BLOB_VERSION, _MECH_CODES[support.mechanism])) + kid + public_key + wrapped
         try:
-            self._persistence.save(ref, blob, self.kek_id)
+            self._persistence.save(ref, blob, kid)
         except BaseException:
             self._drop(KeyEntry(kind, form, KeyPair(private, 0, public_key), generation))
             raise
@@ -191,7 +234,48 @@ class WrappedKeys:
         if entry is not None:
             return entry.pair.public_key
         kind = _kind(key_ref)
-        return _split(kind, self._blob(key_ref))[1]
+        return _split(kind, self._blob(key_ref))[2]
+
+    def rewrap_blob(self, key_ref: bytes, blob: bytes) -> bytes:
+        """``blob`` wrapped under the current KEK (unchanged when it already is): unwrapped in the token
+        under the KEK it names into a transient session object, wrapped again, destroyed (audited
+        ``rewrap``); the private key is never out of the token in clear."""
+        kind = _kind(key_ref)
+        mechanism, kid, public_key, wrapped = _split(kind, blob)
+        if kid == self.kek_id:
+            return blob
+        form = self._token.capabilities.form(kind)
+        old_label, new_label, new_id = self._label_of(kid), self._kek_label, self.kek_id
+        trusted = self.support[kind].trusted if kind in self.support else False
+
+        def move(session: Session, old: int, new: int) -> bytes:
+            with self._token.objects("change"):
+                private = W.unwrap(
+                    session,
+                    old,
+                    kind,
+                    form,
+                    wrapped,
+                    key_ref,
+                    "rewrap",
+                    mechanism,
+                    for_wrap=True,
+                    trusted=trusted,
+                )
+            try:
+                return W.wrap(session, new, private, form, mechanism)
+            finally:
+                with self._token.objects("change"):
+                    self._token.destroy_handle(session, private)
+
+        custody = f"wrapped:{new_label}"
+        try:
+            moved = self._with_keks(old_label, new_label, move, "rewrap key")
+        except HsmError:
+            self.auditor.emit(key_ref, "rewrap", custody, False)
+            raise
+        self.auditor.emit(key_ref, "rewrap", custody, True)
+        return bytes((BLOB_VERSION, _MECH_CODES[mechanism])) + new_id + public_key + moved
 
     def run(self, key_ref: bytes, op: str, fn: Callable[[Session, KeyEntry], T]) -> T:
         """``fn`` with the key's session object (unwrapped again on a miss or a stale handle)."""
@@ -238,19 +322,29 @@ class WrappedKeys:
             entry = self._cache.get(key_ref)
             if entry is not None and entry.generation == self._token.generation:
                 self._cache.move_to_end(key_ref)
+                self.hits += 1
                 return entry
+            self.misses += 1
         kind = _kind(key_ref)
         form = self._token.capabilities.form(kind)
-        mechanism, public_key, wrapped = _split(kind, self._blob(key_ref))
+        mechanism, kid, public_key, wrapped = _split(kind, self._blob(key_ref))
         label = self._label(kind, key_ref)
+        kek_label = self._label_of(kid)
+        custody = f"wrapped:{kek_label}"
+        try:
+            generation, kek = self._kek_handle(kek_label)
 
-        generation, kek = self._kek_handle()
+            def load(session: Session) -> int:
+                with self._token.objects("change"):
+                    return W.unwrap(session, kek, kind, form, wrapped, key_ref, label, mechanism)
 
-        def load(session: Session) -> int:
-            with self._token.objects("change"):
-                return W.unwrap(session, kek, kind, form, wrapped, key_ref, label, mechanism)
-
-        private = self._token.run(load, op="unwrap key", generation=generation)
+            private = self._token.run(load, op="unwrap key", generation=generation)
+        except StaleHandle:
+            raise
+        except HsmError:
+            self.auditor.emit(key_ref, "unwrap", custody, False)
+            raise
+        self.auditor.emit(key_ref, "unwrap", custody, True)
         entry = KeyEntry(kind, form, KeyPair(private, 0, public_key), generation)
         self._put(key_ref, entry)
         return entry
@@ -279,21 +373,47 @@ class WrappedKeys:
         except HsmError as exc:
             _log.debug("wrapped keys: session object not destroyed (%s)", exc)
 
-    def _kek_handle(self) -> tuple[int, int]:
-        cached = self._kek
+    def _label_of(self, kid: bytes | None) -> str:
+        """The label of the KEK ``kid`` (None: a version 1 blob's, the first KEK); asks the resolver once."""
+        if kid is None:
+            return self._v1_label
+        label = self._labels.get(kid)
+        if label is None and self.resolver is not None:
+            self.know_keks(self.resolver())
+            label = self._labels.get(kid)
+        if label is None:
+            raise HsmError("wrapped key blob: wrapped under a KEK this store does not know")
+        return label
+
+    def _with_keks(self, old: str, new: str, fn: Callable[[Session, int, int], T], op: str) -> T:
+        """``fn(session, old KEK handle, new KEK handle)`` with both handles of one token connection."""
+        for _ in range(3):
+            generation, old_handle = self._kek_handle(old)
+            new_generation, new_handle = self._kek_handle(new)
+            if new_generation != generation:
+                continue
+            try:
+                call = functools.partial(_call_keks, fn, old_handle, new_handle)
+                return self._token.run(call, op=op, generation=generation)
+            except StaleHandle:
+                self._keks.clear()
+        raise HsmUnavailable(f"{op}: the token connection keeps changing")
+
+    def _kek_handle(self, label: str) -> tuple[int, int]:
+        cached = self._keks.get(label)
         if cached is not None and cached[0] == self._token.generation:
             return cached
 
         def find(session: Session) -> list[int]:
             with self._token.objects("search"):
-                return W.find_keks(session, self._kek_label)
+                return W.find_keks(session, label)
 
         handles, generation = self._token.run_pinned(find, op="find kek")
         if len(handles) != 1:
             what = "no KEK" if not handles else "several KEKs"
-            raise HsmError(f"token has {what} labelled {self._kek_label!r}")
-        self._kek = (generation, handles[0])
-        return self._kek
+            raise HsmError(f"token has {what} labelled {label!r}")
+        self._keks[label] = (generation, handles[0])
+        return generation, handles[0]
 
 
 def _probe_kind(
@@ -347,6 +467,10 @@ def _call(fn: Callable[[Session, KeyEntry], T], entry: KeyEntry, session: Sessio
     return fn(session, entry)
 
 
+def _call_keks(fn: Callable[[Session, int, int], T], old: int, new: int, session: Session) -> T:
+    return fn(session, old, new)
+
+
 def _kind(key_ref: bytes) -> KeyKind:
     parsed = parse_ref(key_ref)
     if parsed is None or parsed[1] != "wrapped":
@@ -354,12 +478,14 @@ def _kind(key_ref: bytes) -> KeyKind:
     return parsed[0]
 
 
-def _split(kind: KeyKind, blob: bytes) -> tuple[Mechanism, bytes, bytes]:
-    """(wrap mechanism, public key, wrapped private key) of a blob."""
-    mechanism = _MECH_BY_CODE.get(blob[1]) if len(blob) > 2 + kind.pub_len else None
-    if blob[:1] != bytes((BLOB_VERSION,)) or mechanism is None:
+def _split(kind: KeyKind, blob: bytes) -> tuple[Mechanism, bytes | None, bytes, bytes]:
+    """(wrap mechanism, KEK id or None for version 1, public key, wrapped private key) of a blob."""
+    kid_len = {BLOB_VERSION: _KEK_ID, BLOB_VERSION_1: 0}.get(blob[0]) if blob else None
+    if kid_len is None or len(blob) <= 2 + kid_len + kind.pub_len or blob[1] not in _MECH_BY_CODE:
         raise KeyStoreError("wrapped key blob: unknown version or malformed")
-    return mechanism, blob[2 : 2 + kind.pub_len], blob[2 + kind.pub_len :]
+    start = 2 + kid_len
+    kid = blob[2:start] if kid_len else None
+    return _MECH_BY_CODE[blob[1]], kid, blob[start : start + kind.pub_len], blob[start + kind.pub_len :]
 
 
 __all__ = ["DEFAULT_CACHE_SIZE", "WrapSupport", "WrappedKeyPersistence", "WrappedKeys"]

@@ -129,18 +129,25 @@ def unwrap(
     ref: bytes,
     label: str,
     mechanism: Mechanism,
+    *,
+    for_wrap: bool = False,
+    trusted: bool = False,
 ) -> int:
-    """C_UnwrapKey of ``wrapped`` into a sensitive, non-extractable session private key; its handle."""
+    """C_UnwrapKey of ``wrapped`` into a sensitive session private key; its handle. It is not extractable,
+    unless ``for_wrap`` (a KEK rotation's re-wrap: extractable only so that the next ``C_WrapKey`` can
+    export it under the new KEK, and with ``CKA_WRAP_WITH_TRUSTED`` when ``trusted``; destroyed at once)."""
     template: dict[Attribute, Any] = {a: DEFAULT for a in _LEFT_OUT}
     template.update(
         {
             Attribute.PRIVATE: True,
             Attribute.SENSITIVE: True,
-            Attribute.EXTRACTABLE: False,
+            Attribute.EXTRACTABLE: for_wrap,
             Attribute.MODIFIABLE: False,
             _usage(kind): True,
         }
     )
+    if for_wrap and trusted:
+        template[Attribute.WRAP_WITH_TRUSTED] = True
     key = bound_kek(session, kek).unwrap_key(
         ObjectClass.PRIVATE_KEY,
         form.key_type,
