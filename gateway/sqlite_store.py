@@ -19,6 +19,7 @@ from pathlib import Path
 from .sqlite_delivery import SqliteDeliveryMixin
 from .sqlite_directory import SqliteDirectoryMixin
 from .sqlite_mailboxes import SqliteMailboxMixin
+from .sqlite_rewrap import SqliteRewrapMixin
 from .sqlite_schema import SCHEMA_VERSION, upgrade
 from .sqlite_tenants import SqliteTenantAdminMixin
 from .sqlite_webhooks import SqliteWebhookMixin
@@ -80,6 +81,7 @@ class SqliteTransaction(
     SqliteWebhookMixin,
     SqliteMailboxMixin,
     SqliteTenantAdminMixin,
+    SqliteRewrapMixin,
 ):
     """The :class:`gateway.store.Transaction` of one SQLite transaction."""
 

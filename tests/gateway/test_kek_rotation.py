@@ -1,0 +1,242 @@
+"""KEK rotation online through the real server and the real command (SoftHSM, SQLite, ``mls-gateway``).
+
+* Under load: clients send and process messages and create KeyPackages (wrapped keys) through a running
+  ``mls-gateway serve`` while ``mls-gateway keys rotate-kek`` runs beside it. No request fails; at the end
+  every sealed row and every wrapped blob names the new KEKs, the old KEKs are gone from the token
+  (objects counted by label), and after a restart the groups still work.
+* A crash: ``rotate-kek --no-wait`` leaves the re-wrap to the server, which is killed -9 mid-way; the
+  restarted server resumes, finishes and destroys the old KEKs.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sqlite3
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hsm.envelope import kek_id
+
+from .gwclient import GATEWAY_EXE, REPO, Client, GatewayServer, Hosted, unb64
+from .test_reconciliation import wait_for
+from .token_objects import token_object_ids
+
+P256 = 2  # MLS_128_DHKEMP256_AES128GCM_SHA256_P256: wrapped custody on SoftHSM
+X25519 = 1  # token custody (not wrappable on SoftHSM)
+OLD = ("mlsgw/wrap/v1", "mlsgw/kek/v1")
+NEW = ("mlsgw/wrap/v2", "mlsgw/kek/v2")
+#: Every column of envelope blobs (gateway.sqlite_rewrap.SEALED_COLUMNS), read here with plain SQL.
+SEALED = [
+    ("groups", "state"),
+    ("groups", "pending"),
+    ("psks", "sealed"),
+    ("software_keys", "sealed"),
+    ("idempotency", "body"),
+    ("inbox", "event"),
+    ("webhooks", "secret"),
+]
+
+
+def _server(folder: Path, **hsm: float) -> GatewayServer:
+    folder.mkdir(parents=True, exist_ok=True)
+    config = folder / "gateway.toml"
+    config.write_text("[hsm]\n" + "".join(f"{k} = {v}\n" for k, v in hsm.items()))
+    server = GatewayServer(folder / "gw", env={"MLSGW_CONFIG": str(config)})
+    server.start()
+    return server
+
+
+@pytest.fixture
+def servers(tmp_path: Path) -> Iterator[list[GatewayServer]]:
+    made: list[GatewayServer] = []
+    yield made
+    for server in made:
+        server.kill()
+
+
+def _rotate(server: GatewayServer, *flags: str) -> dict[str, Any]:
+    argv = [str(GATEWAY_EXE), "keys", "rotate-kek", "--data-dir", str(server.data_dir), "--json", *flags]
+    out = subprocess.run(
+        argv, capture_output=True, text=True, env=server.env, cwd=REPO, timeout=600, check=False
+    )
+    assert out.returncode == 0, f"rotate-kek failed ({out.returncode}): {out.stderr[-3000:]}"
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def _db(server: GatewayServer) -> sqlite3.Connection:
+    return sqlite3.connect(server.data_dir / "gateway.sqlite3", timeout=30)
+
+
+def _kek_ids(server: GatewayServer) -> dict[str, dict[bytes, int]]:
+    """What the rows name: envelope blobs by (version, KEK id), wrapped blobs by KEK id (column and blob)."""
+    sealed: dict[bytes, int] = {}
+    wrapped: dict[bytes, int] = {}
+    with _db(server) as conn:
+        for table, column in SEALED:
+            for (blob,) in conn.execute(f"SELECT {column} FROM {table} WHERE {column} IS NOT NULL"):
+                key = bytes(blob[:9])
+                sealed[key] = sealed.get(key, 0) + 1
+        for kid, blob in conn.execute("SELECT kek_id, blob FROM wrapped_keys"):
+            assert bytes(blob[0:1]) == b"\x02" and bytes(blob[2:10]) == bytes(kid)
+            wrapped[bytes(kid)] = wrapped.get(bytes(kid), 0) + 1
+    return {"sealed": sealed, "wrapped": wrapped}
+
+
+def _all_under(server: GatewayServer, wrap: str, kek: str) -> bool:
+    ids = _kek_ids(server)
+    return set(ids["sealed"]) == {b"\x03" + kek_id(wrap)} and set(ids["wrapped"]) == {kek_id(kek)}
+
+
+def _states(server: GatewayServer) -> dict[str, str]:
+    with _db(server) as conn:
+        return dict(conn.execute("SELECT label, state FROM keks").fetchall())
+
+
+def _token_labels(server: GatewayServer) -> dict[str, int]:
+    ids = token_object_ids(server.data_dir)
+    return {label: ids[label.encode()] for label in OLD + NEW}
+
+
+def _pair(api: Client, name: str, suite: int) -> tuple[Hosted, Hosted, str]:
+    alice, bob = (
+        Hosted.create(api, f"{name}-a", cipher_suite=suite),
+        Hosted.create(api, f"{name}-b", cipher_suite=suite),
+    )
+    gid = alice.create_group()
+    bob.join(alice.commit(gid, {"add": [bob.key_package()]})["welcome"])
+    return alice, bob, gid
+
+
+def _talk(alice: Hosted, bob: Hosted, gid: str, text: bytes) -> None:
+    assert unb64(bob.process(gid, alice.send(gid, text))["data"]) == text
+
+
+class Load:
+    """Client threads until stopped: message pairs, commits and KeyPackages; every failure is kept."""
+
+    def __init__(self, api: Client, pairs: list[tuple[Hosted, Hosted, str]], kp_owner: Hosted) -> None:
+        self.stop = threading.Event()
+        self.failures: list[str] = []
+        self.done = 0
+        self._lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._messages, args=(p, i)) for i, p in enumerate(pairs)]
+        self.threads.append(threading.Thread(target=self._key_packages, args=(api, kp_owner)))
+
+    def __enter__(self) -> Load:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=120)
+
+    def _run(self, what: str, fn: Any) -> None:
+        try:
+            fn()
+        except Exception as e:  # every failure is what the test reports
+            with self._lock:
+                self.failures.append(f"{what}: {type(e).__name__}: {e}")
+        else:
+            with self._lock:
+                self.done += 1
+
+    def _messages(self, pair: tuple[Hosted, Hosted, str], n: int) -> None:
+        alice, bob, gid = pair
+        i = 0
+        while not self.stop.is_set():
+            i += 1
+            self._run(f"message {n}.{i}", functools.partial(_talk, alice, bob, gid, b"m%d" % i))
+            if i % 7 == 0:  # a commit: new epoch state, a new wrapped leaf key
+                self._run(f"commit {n}.{i}", lambda: alice.process(gid, bob.commit(gid)["commit"]))
+
+    def _key_packages(self, api: Client, owner: Hosted) -> None:
+        while not self.stop.is_set():
+            self._run("key packages", lambda: api.key_packages(owner.identity_id, 3))
+
+
+def test_kek_rotation_under_load_loses_nothing(servers: list[GatewayServer], tmp_path: Path) -> None:
+    server = _server(tmp_path / "load", kek_poll_s=0.3, kek_retire_grace_s=2, kek_rewrap_batch=16)
+    servers.append(server)
+    api = server.client(server.admin.post("/v1/tenants", {"name": "acme"}).expect(201)["token"])
+    pairs = [_pair(api, f"p{i}", P256) for i in range(2)] + [_pair(api, "x", X25519)]
+    owner = Hosted.create(api, "kp", cipher_suite=P256)
+    api.key_packages(owner.identity_id, 40)
+    for alice, bob, gid in pairs:
+        _talk(alice, bob, gid, b"before")
+    assert _all_under(server, *OLD)
+    before = _kek_ids(server)
+    assert sum(before["wrapped"].values()) > 80
+
+    with Load(api, pairs, owner) as load:
+        time.sleep(1.0)
+        report = _rotate(server)
+        time.sleep(1.0)
+    assert load.failures == [], load.failures[:5]
+    assert load.done > 20
+    assert report["created"] == list(NEW)
+    assert set(report["destroyed"]) <= set(OLD)  # the server's background pass may destroy one first
+    assert report["remaining"] == {"envelope": 0, "custody": 0} and report["failed"] == {
+        "envelope": 0,
+        "custody": 0,
+    }
+    assert sum(report["rewrapped"].values()) >= sum(before["sealed"].values()) // 2
+
+    # What the load wrote meanwhile is under the new KEKs too; the server says so in its metrics.
+    wait_for(lambda: _all_under(server, *NEW), 30, "every row under the new KEKs")
+    assert _states(server) == {OLD[0]: "destroyed", OLD[1]: "destroyed", NEW[0]: "current", NEW[1]: "current"}
+    wait_for(lambda: server.admin.metric("mlsgw_kek_versions", state="destroyed") == 2, 30, "the metric")
+    assert server.admin.metric("mlsgw_kek_rewrap_remaining") == 0
+    with _db(server) as conn:
+        audited = {r[0] for r in conn.execute("SELECT operation FROM audit WHERE request_id LIKE 'kek-%'")}
+    assert {"kek_create", "kek_destroy", "rewrap", "wrap", "unwrap"} <= audited
+
+    assert server.stop() == 0
+    assert _token_labels(server) == {OLD[0]: 0, OLD[1]: 0, NEW[0]: 1, NEW[1]: 1}
+    server.start()
+    for alice, bob, gid in pairs:  # every state opens under the new KEKs alone, keys unwrap
+        _talk(alice, bob, gid, b"after restart")
+        alice.process(gid, bob.commit(gid)["commit"])
+        _talk(bob, alice, gid, b"and back")
+    assert len(api.key_packages(owner.identity_id, 2)) == 2
+
+
+def test_a_crash_mid_rewrap_resumes_after_restart(servers: list[GatewayServer], tmp_path: Path) -> None:
+    server = _server(tmp_path / "crash", kek_poll_s=0.3, kek_retire_grace_s=1, kek_rewrap_batch=4)
+    servers.append(server)
+    api = server.client(server.admin.post("/v1/tenants", {"name": "acme"}).expect(201)["token"])
+    pairs = [_pair(api, f"p{i}", P256) for i in range(2)]
+    owner = Hosted.create(api, "kp", cipher_suite=P256)
+    api.key_packages(owner.identity_id, 40)
+    total = sum(_kek_ids(server)["wrapped"].values())
+
+    report = _rotate(server, "--no-wait")
+    assert report["created"] == list(NEW) and report["destroyed"] == []
+
+    def moved() -> int:
+        return _kek_ids(server)["wrapped"].get(kek_id(NEW[1]), 0)
+
+    wait_for(lambda: moved() >= 8, 60, "the server's re-wrap to start")
+    server.kill()  # kill -9 mid-way
+    assert 0 < moved() < total
+    assert _states(server)[OLD[1]] == "retiring"
+
+    server.start()
+    wait_for(
+        lambda: _states(server)[OLD[1]] == "destroyed" and _states(server)[OLD[0]] == "destroyed",
+        120,
+        "resume",
+    )
+    assert _all_under(server, *NEW)
+    for alice, bob, gid in pairs:
+        _talk(alice, bob, gid, b"after the crash")
+    assert server.stop() == 0
+    assert _token_labels(server) == {OLD[0]: 0, OLD[1]: 0, NEW[0]: 1, NEW[1]: 1}
