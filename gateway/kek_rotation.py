@@ -46,14 +46,9 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from hsm.audit import caller
-from hsm.envelope import (
-    DEFAULT_WRAP_LABEL,
-    Envelope,
-    create_aes_token_key,
-    destroy_aes_token_key,
-    kek_id,
-)
+from hsm.envelope import DEFAULT_WRAP_LABEL, Envelope
 from hsm.errors import EnvelopeError, HsmError, HsmUnavailable
+from hsm.kek_ring import create_aes_token_key, destroy_aes_token_key, kek_id
 from hsm.token import Token
 from hsm.wrapped_keys import WrappedKeys
 from hsm.wrapping import DEFAULT_KEK_LABEL
@@ -159,8 +154,8 @@ class KekRotation:
         self.metrics = metrics
         self._lock = threading.Lock()  # one re-wrap batch at a time in this process
         self._cursors: dict[str, int | bytes] = {}  # where the next batch of each table starts
-        envelope.resolver = lambda: self._labels("envelope")
-        wrapped.resolver = lambda: self._labels("custody")
+        envelope.keks.resolver = lambda: self._labels("envelope")
+        wrapped.keks.resolver = lambda: self._labels("custody")
 
     # ---- the keks table ------------------------------------------------------------------------------
     def bootstrap(self) -> dict[str, str]:

@@ -49,7 +49,6 @@ wrap key's label as the key reference (so the audit says which KEK sealed or ope
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 import threading
 import time
@@ -59,14 +58,21 @@ from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from pkcs11 import Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass
+from pkcs11 import KeyType, Mechanism
 from pkcs11.mechanisms import GCMParams
 from pkcs11.types import Session
 
 from ._compat import bound_secret
 from .audit import AuditHook, Auditor
 from .errors import EnvelopeError, HsmError, HsmUnavailable
-from .mechanisms import handle_of, search
+from .kek_ring import (
+    KekRing,
+    aes_token_key_template,
+    create_aes_token_key,
+    destroy_aes_token_key,
+    find_secret_keys,
+    kek_id,
+)
 from .token import StaleHandle, Token
 
 VERSION = 3
@@ -90,75 +96,9 @@ _WRAP_AAD = b"mlsgw envelope data key v"
 _DATA_AAD = b"mlsgw envelope data v3|"
 
 
-def aes_token_key_template(label: str, *, wraps: bool) -> dict[Attribute, object]:
-    """An AES-256 token key labelled (and identified) ``label``: sensitive, never extractable, not
-    modifiable; it either encrypts and decrypts (``wraps=False``: the envelope's wrap key, which seals data
-    keys with AES-GCM) or wraps and unwraps keys (``wraps=True``: the wrapped-custody KEK), nothing else."""
-    return {
-        Attribute.TOKEN: True,
-        Attribute.PRIVATE: True,
-        Attribute.SENSITIVE: True,
-        Attribute.EXTRACTABLE: False,
-        Attribute.MODIFIABLE: False,
-        Attribute.ENCRYPT: not wraps,
-        Attribute.DECRYPT: not wraps,
-        Attribute.WRAP: wraps,
-        Attribute.UNWRAP: wraps,
-        Attribute.LABEL: label,
-        Attribute.ID: label.encode(),
-    }
-
-
-def find_secret_keys(session: Session, label: str) -> list[int]:
-    """Handles of the secret keys labelled ``label`` (exactly one is usable)."""
-    found = search(session, {Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.LABEL: label})
-    return [handle_of(obj) for obj in found]
-
-
-def create_aes_token_key(token: Token, label: str, *, wraps: bool, op: str) -> bool:
-    """Make the AES token key ``label`` (:func:`aes_token_key_template`) unless a key with that label
-    exists; returns whether it made one."""
-
-    def create(session: Session) -> bool:
-        with token.objects("search"):
-            if find_secret_keys(session, label):
-                return False
-        with token.objects("change"):
-            session.generate_key(
-                KeyType.AES,
-                256,
-                store=True,
-                capabilities=MechanismFlag(0),
-                template=aes_token_key_template(label, wraps=wraps),
-            )
-        return True
-
-    return token.run(create, op=op, retry=False)
-
-
-def destroy_aes_token_key(token: Token, label: str, *, op: str) -> int:
-    """Destroy every secret key labelled ``label`` in the token (a retired KEK nothing refers to any
-    more); returns how many were destroyed."""
-
-    def destroy(session: Session) -> int:
-        with token.objects("search"):
-            handles = find_secret_keys(session, label)
-        with token.objects("change"):
-            for handle in handles:
-                token.destroy_handle(session, handle)
-        return len(handles)
-
-    return token.run(destroy, op=op, retry=False)
-
-
 def create_wrap_key(token: Token, label: str = DEFAULT_WRAP_LABEL) -> bool:
     """Make the wrap key unless one with ``label`` exists; returns whether it made one."""
     return create_aes_token_key(token, label, wraps=False, op="create wrap key")
-
-
-def kek_id(label: str) -> bytes:
-    """The KEK id a version 2 blob carries: the first 8 bytes of SHA-256 of the wrap key's label."""
-    return hashlib.sha256(label.encode()).digest()[:_KEK_ID]
 
 
 def _wrap_aad(record: bytes) -> bytes:
@@ -253,15 +193,10 @@ class Envelope:
         if not 1 <= max_seals <= _MAX_SEALS_LIMIT or not max_age_s > 0 or cache_size < 1:
             raise ValueError("envelope: need 1 <= max_seals <= 2^32, max_age_s > 0 and cache_size >= 1")
         self._token = token
-        self._v1_label = label
-        self._label = label
-        self._kek_id = kek_id(label)
-        self._labels: dict[bytes, str] = {self._kek_id: label}
-        #: Called with no argument when a blob names a wrap key the envelope does not know: the labels of
-        #: the wrap keys in use now (the gateway reads its ``keks`` table).
-        self.resolver: Callable[[], Iterable[str]] | None = None
+        #: The wrap keys: the current one, the others blobs may name; its ``resolver`` is asked about a
+        #: wrap key a blob names that the envelope does not know (the gateway reads its ``keks`` table).
+        self.keks = KekRing(token, label, _wrap_key_missing)
         self._auditor = Auditor(audit_hook)
-        self._handles: dict[str, tuple[int, int]] = {}  # label -> (token generation, handle)
         self._max_seals = max_seals
         self._max_age_s = max_age_s
         self._clock = clock
@@ -272,12 +207,12 @@ class Envelope:
         self._rewrapped_size = cache_size
 
     def __repr__(self) -> str:
-        return f"Envelope(label={self._label!r}, {self._cache!r})"
+        return f"Envelope(label={self.keks.label!r}, {self._cache!r})"
 
     @property
     def label(self) -> str:
         """The label of the wrap key new data keys are wrapped under."""
-        return self._label
+        return self.keks.label
 
     def set_audit_hook(self, hook: AuditHook | None) -> None:
         self._auditor.hook = hook
@@ -287,25 +222,22 @@ class Envelope:
         """Wrap new data keys under ``label`` from now on (the current data key is retired when the label
         changes); blobs under the wrap keys known before still open."""
         with self._seal_lock:
-            self._labels[kek_id(label)] = label
-            if label != self._label:
-                self._label, self._kek_id, self._current = label, kek_id(label), None
+            if self.keks.use(label):
+                self._current = None
 
     def know_keks(self, labels: Iterable[str]) -> None:
         """Also open blobs under these wrap keys (the current one is always known)."""
-        with self._seal_lock:
-            for label in labels:
-                self._labels[kek_id(label)] = label
+        self.keks.know(labels)
 
     def kek_label_of(self, blob: bytes) -> str | None:
         """The label of the wrap key ``blob``'s data key is wrapped under (None when it is not known)."""
         if blob[:1] == bytes((VERSION_1,)):
-            return self._v1_label
-        return self._labels.get(blob[1 : 1 + _KEK_ID]) if len(blob) > _KEK_ID else None
+            return self.keks.first
+        return self.keks.known(blob[1 : 1 + _KEK_ID])
 
     def needs_rewrap(self, blob: bytes) -> bool:
         """Whether :meth:`rewrap` would change ``blob`` (an older version, or another wrap key)."""
-        return blob[:1] != bytes((VERSION,)) or blob[1 : 1 + _KEK_ID] != self._kek_id
+        return blob[:1] != bytes((VERSION,)) or blob[1 : 1 + _KEK_ID] != self.keks.id
 
     # ---- seal, open, re-wrap -----------------------------------------------------------------------
     def seal(self, plaintext: bytes, aad: bytes = b"") -> bytes:
@@ -322,7 +254,7 @@ class Envelope:
             data_aad = _data_aad(record, aad) if blob[0] == VERSION else blob[:header] + aad
         elif len(blob) >= _V1_HEADER + _TAG and blob[0] == VERSION_1:
             record, header = blob[: _V1_HEADER - _NONCE], _V1_HEADER
-            key = self._unwrap(self._v1_label, record, cache=False)
+            key = self._unwrap(self.keks.first, record, cache=False)
             data_aad = blob[:header] + aad
         else:
             raise EnvelopeError("sealed blob: unknown version or too short")
@@ -366,10 +298,7 @@ class Envelope:
     # ---- internals ---------------------------------------------------------------------------------
     def _label_of(self, record: bytes) -> str:
         """The label of the wrap key ``record`` names (asking the resolver once when it is not known)."""
-        label = self._labels.get(record[1 : 1 + _KEK_ID])
-        if label is None and self.resolver is not None:
-            self.know_keks(self.resolver())
-            label = self._labels.get(record[1 : 1 + _KEK_ID])
+        label = self.keks.resolve(record[1 : 1 + _KEK_ID])
         if label is None:
             raise EnvelopeError("sealed blob: sealed under another wrap key, one this gateway does not know")
         return label
@@ -386,9 +315,8 @@ class Envelope:
     def _new_data_key(self, now: float) -> _DataKey:
         """Draw a data key in software and wrap it in the token (one audited token operation)."""
         secret = AESGCM.generate_key(256)
-        key = _DataKey(
-            self._wrap_record(self._label, self._kek_id, os.urandom(_DK_ID), secret), AESGCM(secret)
-        )
+        record = self._wrap_record(self.keks.label, self.keks.id, os.urandom(_DK_ID), secret)
+        key = _DataKey(record, AESGCM(secret))
         key.created = now
         self._cache.put(key)
         return key
@@ -405,7 +333,7 @@ class Envelope:
 
     def _rewrap_record(self, record: bytes) -> bytes:
         with self._seal_lock:
-            label, kid = self._label, self._kek_id
+            label, kid = self.keks.label, self.keks.id
             done = self._rewrapped.get(record)
         if done is not None and done[1 : 1 + _KEK_ID] == kid:
             return done
@@ -459,31 +387,14 @@ class Envelope:
 
     def _crypt(self, label: str, crypt: Callable[[Session, int], bytes], op: str) -> bytes:
         for _ in range(3):
-            generation, handle = self._wrap_handle(label)
+            generation, handle = self.keks.handle(label)
             try:
                 return self._token.run(
                     functools.partial(_call_with, crypt, handle), op=op, generation=generation
                 )
             except StaleHandle:
-                self._handles.pop(label, None)  # reconnected (or the key was replaced): find it again
+                self.keks.forget_handles()  # reconnected (or the key was replaced): find it again
         raise HsmUnavailable(f"{op}: the token connection keeps changing")
-
-    def _wrap_handle(self, label: str) -> tuple[int, int]:
-        """(connection, handle) of the wrap key ``label``, cached per connection; found by label once."""
-        cached = self._handles.get(label)
-        if cached is not None and cached[0] == self._token.generation:
-            return cached
-
-        def find(session: Session) -> list[int]:
-            with self._token.objects("search"):
-                return find_secret_keys(session, label)
-
-        handles, generation = self._token.run_pinned(find, op="find wrap key")
-        if len(handles) != 1:
-            what = "no wrap key" if not handles else "several wrap keys"
-            raise WrapKeyMissing(f"token has {what} labelled {label!r}; run the gateway's init")
-        self._handles[label] = (generation, handles[0])
-        return generation, handles[0]
 
 
 def _call_with(crypt: Callable[[Session, int], bytes], handle: int, session: Session) -> bytes:
@@ -494,12 +405,19 @@ class WrapKeyMissing(HsmError):
     """The token has no wrap key (or more than one) under the configured label."""
 
 
+def _wrap_key_missing(what: str) -> HsmError:
+    return WrapKeyMissing(f"{what} (the wrap key); run the gateway's init")
+
+
 __all__ = [
     "DEFAULT_WRAP_LABEL",
     "VERSION",
     "Envelope",
     "WrapKeyMissing",
+    "aes_token_key_template",
+    "create_aes_token_key",
     "create_wrap_key",
     "destroy_aes_token_key",
+    "find_secret_keys",
     "kek_id",
 ]

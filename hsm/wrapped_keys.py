@@ -53,8 +53,8 @@ from . import kinds as K
 from . import wrapping as W
 from .audit import Auditor
 from .cryptoki import LOST_ERRORS
-from .envelope import kek_id
 from .errors import HsmError, HsmUnavailable
+from .kek_ring import KEK_ID_BYTES, KekRing
 from .kinds import KeyKind, new_ref, parse_ref
 from .mechanisms import KeyEntry, KeyPair, Pkcs11Form, ecdh, sign
 from .token import StaleHandle, Token
@@ -64,7 +64,6 @@ _log = logging.getLogger(__name__)
 
 BLOB_VERSION = 0x02
 BLOB_VERSION_1 = 0x01
-_KEK_ID = 8
 DEFAULT_CACHE_SIZE = 1024
 _MECH_CODES = {Mechanism.AES_KEY_WRAP_PAD: 0x01, Mechanism.AES_KEY_WRAP: 0x02}
 _MECH_BY_CODE = {v: k for k, v in _MECH_CODES.items()}
@@ -105,12 +104,9 @@ class WrappedKeys:
             raise ValueError("wrapped keys: cache_size must be >= 1")
         self._token = token
         self._persistence = persistence
-        self._v1_label = kek_label
-        self._kek_label = kek_label
-        self.kek_id = kek_id(kek_label)
-        self._labels: dict[bytes, str] = {self.kek_id: kek_label}
-        #: Called with no argument when a blob names a KEK the store does not know: the labels in use now.
-        self.resolver: Callable[[], Iterable[str]] | None = None
+        #: The KEKs: the current one, the others blobs may name; its ``resolver`` is asked about a KEK a
+        #: blob names that the store does not know.
+        self.keks = KekRing(token, kek_label, HsmError)
         #: Emits ``unwrap`` (cache miss) and ``rewrap`` events; the key store shares its own.
         self.auditor = Auditor()
         self.hits = 0
@@ -119,7 +115,6 @@ class WrappedKeys:
         self._size = cache_size
         self._cache: OrderedDict[bytes, KeyEntry] = OrderedDict()
         self._lock = threading.Lock()
-        self._keks: dict[str, tuple[int, int]] = {}  # label -> (generation, handle)
         self.support: dict[KeyKind, WrapSupport] = {}
         self.refused: dict[str, str] = {}
 
@@ -131,27 +126,23 @@ class WrappedKeys:
         return len(self._cache)
 
     @property
-    def kek_label(self) -> str:
-        """The label of the KEK new keys are wrapped under."""
-        return self._kek_label
+    def kek_id(self) -> bytes:
+        """The id of the KEK new keys are wrapped under."""
+        return self.keks.id
 
     def use_kek(self, label: str) -> None:
         """Wrap new keys under the KEK ``label`` from now on (blobs under KEKs known before still open)."""
-        with self._lock:
-            self._labels[kek_id(label)] = label
-            self._kek_label, self.kek_id = label, kek_id(label)
+        self.keks.use(label)
 
     def know_keks(self, labels: Iterable[str]) -> None:
         """Also open blobs wrapped under these KEKs."""
-        with self._lock:
-            for label in labels:
-                self._labels[kek_id(label)] = label
+        self.keks.know(labels)
 
     def kek_label_of(self, blob: bytes) -> str | None:
         """The label of the KEK ``blob`` is wrapped under (None when the store does not know it)."""
         if blob[:1] == bytes((BLOB_VERSION_1,)):
-            return self._v1_label
-        return self._labels.get(blob[2 : 2 + _KEK_ID])
+            return self.keks.first
+        return self.keks.known(blob[2 : 2 + KEK_ID_BYTES])
 
     def supports(self, kind: KeyKind) -> bool:
         return kind in self.support
@@ -173,13 +164,13 @@ class WrappedKeys:
         support: dict[KeyKind, WrapSupport] = {}
         refused: dict[str, str] = {}
         try:
-            self._kek_handle(self._kek_label)
+            self.keks.handle(self.keks.label)
         except HsmError as exc:
             self.support, self.refused = {}, {k.name: f"no KEK ({exc})" for k in forms}
             return self.describe()
         for kind, form in forms.items():
             try:
-                generation, kek = self._kek_handle(self._kek_label)
+                generation, kek = self.keks.handle(self.keks.label)
                 probe = functools.partial(_probe_kind, self._token, kek, kind, form)
                 found = self._token.run(probe, op="wrap probe", generation=generation)
             except HsmUnavailable:
@@ -204,8 +195,8 @@ class WrappedKeys:
             raise KeyStoreError(f"the token cannot wrap {kind.name} keys")
         ref = new_ref(kind, "wrapped")
         label = self._label(kind, ref)
-        kid = self.kek_id
-        generation, kek = self._kek_handle(self._kek_label)
+        kid = self.keks.id
+        generation, kek = self.keks.handle(self.keks.label)
 
         def make(session: Session) -> tuple[int, bytes, bytes]:
             with self._token.objects("change"):
@@ -245,7 +236,7 @@ class WrappedKeys:
         if kid == self.kek_id:
             return blob
         form = self._token.capabilities.form(kind)
-        old_label, new_label, new_id = self._label_of(kid), self._kek_label, self.kek_id
+        old_label, new_label, new_id = self._label_of(kid), self.keks.label, self.keks.id
         trusted = self.support[kind].trusted if kind in self.support else False
 
         def move(session: Session, old: int, new: int) -> bytes:
@@ -332,7 +323,7 @@ class WrappedKeys:
         kek_label = self._label_of(kid)
         custody = f"wrapped:{kek_label}"
         try:
-            generation, kek = self._kek_handle(kek_label)
+            generation, kek = self.keks.handle(kek_label)
 
             def load(session: Session) -> int:
                 with self._token.objects("change"):
@@ -375,12 +366,7 @@ class WrappedKeys:
 
     def _label_of(self, kid: bytes | None) -> str:
         """The label of the KEK ``kid`` (None: a version 1 blob's, the first KEK); asks the resolver once."""
-        if kid is None:
-            return self._v1_label
-        label = self._labels.get(kid)
-        if label is None and self.resolver is not None:
-            self.know_keks(self.resolver())
-            label = self._labels.get(kid)
+        label = self.keks.first if kid is None else self.keks.resolve(kid)
         if label is None:
             raise HsmError("wrapped key blob: wrapped under a KEK this store does not know")
         return label
@@ -388,32 +374,16 @@ class WrappedKeys:
     def _with_keks(self, old: str, new: str, fn: Callable[[Session, int, int], T], op: str) -> T:
         """``fn(session, old KEK handle, new KEK handle)`` with both handles of one token connection."""
         for _ in range(3):
-            generation, old_handle = self._kek_handle(old)
-            new_generation, new_handle = self._kek_handle(new)
+            generation, old_handle = self.keks.handle(old)
+            new_generation, new_handle = self.keks.handle(new)
             if new_generation != generation:
                 continue
             try:
                 call = functools.partial(_call_keks, fn, old_handle, new_handle)
                 return self._token.run(call, op=op, generation=generation)
             except StaleHandle:
-                self._keks.clear()
+                self.keks.forget_handles()
         raise HsmUnavailable(f"{op}: the token connection keeps changing")
-
-    def _kek_handle(self, label: str) -> tuple[int, int]:
-        cached = self._keks.get(label)
-        if cached is not None and cached[0] == self._token.generation:
-            return cached
-
-        def find(session: Session) -> list[int]:
-            with self._token.objects("search"):
-                return W.find_keks(session, label)
-
-        handles, generation = self._token.run_pinned(find, op="find kek")
-        if len(handles) != 1:
-            what = "no KEK" if not handles else "several KEKs"
-            raise HsmError(f"token has {what} labelled {label!r}")
-        self._keks[label] = (generation, handles[0])
-        return generation, handles[0]
 
 
 def _probe_kind(
@@ -480,7 +450,7 @@ def _kind(key_ref: bytes) -> KeyKind:
 
 def _split(kind: KeyKind, blob: bytes) -> tuple[Mechanism, bytes | None, bytes, bytes]:
     """(wrap mechanism, KEK id or None for version 1, public key, wrapped private key) of a blob."""
-    kid_len = {BLOB_VERSION: _KEK_ID, BLOB_VERSION_1: 0}.get(blob[0]) if blob else None
+    kid_len = {BLOB_VERSION: KEK_ID_BYTES, BLOB_VERSION_1: 0}.get(blob[0]) if blob else None
     if kid_len is None or len(blob) <= 2 + kid_len + kind.pub_len or blob[1] not in _MECH_BY_CODE:
         raise KeyStoreError("wrapped key blob: unknown version or malformed")
     start = 2 + kid_len

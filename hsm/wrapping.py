@@ -30,7 +30,7 @@ from pkcs11 import Attribute, Mechanism, MechanismFlag, ObjectClass
 from pkcs11.types import Session
 
 from ._compat import DEFAULT, bound_kek, bound_key
-from .envelope import aes_token_key_template, create_aes_token_key, find_secret_keys
+from .kek_ring import aes_token_key_template, create_aes_token_key, find_secret_keys
 from .kinds import KeyKind, public_key_from_ec_point
 from .mechanisms import Pkcs11Form, handle_of, public_template
 from .token import Token

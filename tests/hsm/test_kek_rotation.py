@@ -149,7 +149,7 @@ def test_the_resolver_names_keks_sealed_by_another_process(token: Token, labels:
     reader = Envelope(token, old)
     with pytest.raises(EnvelopeError, match="another wrap key"):
         reader.open(blob)
-    reader.resolver = lambda: [old, new]
+    reader.keks.resolver = lambda: [old, new]
     assert reader.open(blob) == b"from elsewhere"
 
 
