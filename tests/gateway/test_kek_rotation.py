@@ -22,7 +22,8 @@ from typing import Any
 
 import pytest
 
-from hsm.envelope import kek_id
+from gateway.config import ConfigError, load_config
+from hsm.kek_ring import kek_id
 
 from .gwclient import GATEWAY_EXE, REPO, Client, GatewayServer, Hosted, unb64
 from .test_reconciliation import wait_for
@@ -210,13 +211,19 @@ def test_kek_rotation_under_load_loses_nothing(servers: list[GatewayServer], tmp
 
 
 def test_a_crash_mid_rewrap_resumes_after_restart(servers: list[GatewayServer], tmp_path: Path) -> None:
-    server = _server(tmp_path / "crash", kek_poll_s=0.3, kek_retire_grace_s=1, kek_rewrap_batch=4)
+    server = _server(
+        tmp_path / "crash", kek_poll_s=0.3, kek_retire_grace_s=1, kek_rewrap_batch=4, data_key_max_seals=2
+    )
     servers.append(server)
     api = server.client(server.admin.post("/v1/tenants", {"name": "acme"}).expect(201)["token"])
     pairs = [_pair(api, f"p{i}", P256) for i in range(2)]
     owner = Hosted.create(api, "kp", cipher_suite=P256)
     api.key_packages(owner.identity_id, 40)
     total = sum(_kek_ids(server)["wrapped"].values())
+    # [hsm] data_key_max_seals = 2 reaches the envelope: no data key sealed more than two of the blobs
+    with _db(server) as conn:
+        states = [bytes(r[0]) for r in conn.execute("SELECT state FROM groups")]
+    assert len({b[9:25] for b in states}) * 2 >= len(states) >= 4
 
     report = _rotate(server, "--no-wait")
     assert report["created"] == list(NEW) and report["destroyed"] == []
@@ -240,3 +247,32 @@ def test_a_crash_mid_rewrap_resumes_after_restart(servers: list[GatewayServer], 
         _talk(alice, bob, gid, b"after the crash")
     assert server.stop() == 0
     assert _token_labels(server) == {OLD[0]: 0, OLD[1]: 0, NEW[0]: 1, NEW[1]: 1}
+
+
+def test_rotation_and_data_key_settings_are_read_and_checked(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.toml"
+    path.write_text(
+        "[hsm]\ndata_key_max_seals = 100\ndata_key_max_age_s = 30\nwrapped_handle_cache = 8\n"
+        "kek_poll_s = 0.5\nkek_retire_grace_s = 10\nkek_rewrap_batch = 32\n"
+    )
+    hsm = load_config(path, env={}).hsm
+    assert (hsm.data_key_max_seals, hsm.data_key_max_age_s, hsm.wrapped_handle_cache) == (100, 30, 8)
+    assert (hsm.kek_poll_s, hsm.kek_retire_grace_s, hsm.kek_rewrap_batch) == (0.5, 10, 32)
+    defaults = load_config(None, env={}).hsm
+    assert (defaults.wrapped_handle_cache, defaults.kek_poll_s, defaults.kek_retire_grace_s) == (
+        1024,
+        5.0,
+        60.0,
+    )
+    for bad in (
+        "data_key_max_seals = 0",
+        "data_key_max_seals = 4294967297",
+        "data_key_max_age_s = 0",
+        "wrapped_handle_cache = 0",
+        "kek_poll_s = 0",
+        "kek_retire_grace_s = -1",
+        "kek_rewrap_batch = 0",
+    ):
+        path.write_text(f"[hsm]\n{bad}\n")
+        with pytest.raises(ConfigError):
+            load_config(path, env={})

@@ -208,3 +208,39 @@ def _version_2_blob(env: Envelope, label: str, plaintext: bytes, aad: bytes) -> 
     )
     header = head + wrap_nonce + wrapped + os.urandom(12)
     return header + AESGCM(secret).encrypt(header[-12:], plaintext, header + aad)
+
+
+def test_an_evicted_session_object_is_destroyed(token: Token, blobs_kek: str) -> None:
+    """The handle cache holds ``cache_size`` unwrapped keys; an evicted one leaves no session object."""
+    blobs = DictBlobs()
+    keys = WrappedKeys(token, blobs, kek_label=blobs_kek, cache_size=2)
+    keys.probe()
+    store = Pkcs11KeyStore(token, wrapped=keys, mode="wrapped")
+    try:
+        refs = [store.new_signature_key(P256_SUITE).key_ref for _ in range(5)]
+        assert _session_keys(token, refs) == 2 and keys.cached == 2
+        hits, misses = keys.hits, keys.misses
+        store.signer(refs[0]).sign(b"m")  # evicted long ago: unwrapped again, another one evicted
+        store.signer(refs[0]).sign(b"m")
+        assert (keys.hits - hits, keys.misses - misses) == (1, 1)
+        assert _session_keys(token, refs) == 2
+    finally:
+        keys.close()
+    assert _session_keys(token, refs) == 0
+
+
+@pytest.fixture()
+def blobs_kek(token: Token) -> Iterator[str]:
+    label = f"test/kek/{uuid.uuid4().hex[:8]}/v1"
+    create_kek(token, label)
+    yield label
+    destroy_aes_token_key(token, label, op="test cleanup")
+
+
+def _session_keys(token: Token, refs: list[bytes]) -> int:
+    def count(session: Session) -> int:
+        with token.objects("search"):
+            found = session.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY, Attribute.TOKEN: False})
+            return sum(bytes(o[Attribute.ID]) in refs for o in found)
+
+    return token.run(count, op="count")
