@@ -227,6 +227,10 @@ class WrappedKeys:
         kind = _kind(key_ref)
         return _split(kind, self._blob(key_ref))[2]
 
+    def kek_label(self, key_ref: bytes) -> str | None:
+        """The label of the KEK the key's blob is wrapped under now (None when no label is known)."""
+        return self.kek_label_of(self._blob(key_ref))
+
     def rewrap_blob(self, key_ref: bytes, blob: bytes) -> bytes:
         """``blob`` wrapped under the current KEK (unchanged when it already is): unwrapped in the token
         under the KEK it names into a transient session object, wrapped again, destroyed (audited

@@ -115,6 +115,11 @@ def _pair(api: Client, name: str, suite: int) -> tuple[Hosted, Hosted, str]:
     return alice, bob, gid
 
 
+def _view_kek(api: Client, who: Hosted) -> str | None:
+    custody = api.get(f"/v1/identities/{who.identity_id}").expect(200)["custody"]
+    return custody.get("kek")
+
+
 def _talk(alice: Hosted, bob: Hosted, gid: str, text: bytes) -> None:
     assert unb64(bob.process(gid, alice.send(gid, text))["data"]) == text
 
@@ -174,6 +179,7 @@ def test_kek_rotation_under_load_loses_nothing(servers: list[GatewayServer], tmp
     for alice, bob, gid in pairs:
         _talk(alice, bob, gid, b"before")
     assert _all_under(server, *OLD)
+    assert _view_kek(api, owner) == OLD[1] and _view_kek(api, pairs[-1][0]) is None  # X25519: in the token
     before = _kek_ids(server)
     assert sum(before["wrapped"].values()) > 80
 
@@ -195,6 +201,8 @@ def test_kek_rotation_under_load_loses_nothing(servers: list[GatewayServer], tmp
     wait_for(lambda: _all_under(server, *NEW), 30, "every row under the new KEKs")
     assert _states(server) == {OLD[0]: "destroyed", OLD[1]: "destroyed", NEW[0]: "current", NEW[1]: "current"}
     wait_for(lambda: server.admin.metric("mlsgw_kek_versions", state="destroyed") == 2, 30, "the metric")
+    assert _view_kek(api, owner) == NEW[1]
+    assert api.create_identity("new", cipher_suite=P256)["custody"]["kek"] == NEW[1]
     assert server.admin.metric("mlsgw_kek_rewrap_remaining") == 0
     with _db(server) as conn:
         audited = {r[0] for r in conn.execute("SELECT operation FROM audit WHERE request_id LIKE 'kek-%'")}
