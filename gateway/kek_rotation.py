@@ -40,6 +40,7 @@ import secrets
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -110,9 +111,14 @@ class RotationReport:
 
     created: list[str] = field(default_factory=list)
     rewrapped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
-    failed: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
+    #: Kind -> the rows that did not open (``table.column:rowid``, or a wrapped key's reference in hex).
+    failed_rows: dict[str, set[str]] = field(default_factory=lambda: {kind: set() for kind in KINDS})
     remaining: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
     destroyed: list[str] = field(default_factory=list)
+
+    @property
+    def failed(self) -> dict[str, int]:
+        return {kind: len(rows) for kind, rows in self.failed_rows.items()}
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -245,7 +251,7 @@ class KekRotation:
                     try:
                         moved.append((row, self.envelope.rewrap(row.blob, row.aad)))
                     except EnvelopeError as e:
-                        report.failed["envelope"] += 1
+                        report.failed_rows["envelope"].add(f"{column.name}:{row.rowid}")
                         log.warning("KEK rotation: %s row %d not re-wrapped: %s", column.name, row.rowid, e)
                 with self.store.transaction() as tx:
                     done = sum(tx.swap_sealed(column, row.rowid, row.blob, new) for row, new in moved)
@@ -267,7 +273,7 @@ class KekRotation:
                 except (HsmUnavailable, StoreUnavailable):
                     raise
                 except (HsmError, MLSError) as e:
-                    report.failed["custody"] += 1
+                    report.failed_rows["custody"].add(key_ref.hex())
                     log.warning("KEK rotation: wrapped key %s not re-wrapped: %s", key_ref.hex()[:16], e)
             with self.store.transaction() as tx:
                 done = sum(tx.swap_wrapped_key(ref, old, new, new[2:10]) for ref, old, new in moved)
@@ -374,13 +380,16 @@ class KekRotation:
         return any(v for v in self._cursors.values())
 
     def tick(self) -> None:
-        """The server's periodic pass: read the table, one re-wrap batch, destroy what is due, metrics."""
-        self.refresh()
-        if self.pending():
+        """The server's periodic pass: read the table; while a KEK is retiring, one re-wrap batch, the
+        destruction of what is due and the count of what remains (tables are scanned only then)."""
+        if any(r.state == "retiring" for r in self.refresh()):
             self.step()
             self.retire()
-        if self.metrics is not None:
             self.remaining()
+        elif self.metrics is not None:
+            for kind in KINDS:
+                self.metrics.remaining.labels(kind).set(0)
+        if self.metrics is not None:
             self.metrics.handle_cache(self.wrapped.hits, self.wrapped.misses)
 
 
@@ -395,11 +404,11 @@ def _record(run_id: str, label: str, operation: str, ok: bool) -> AuditRecord:
 # ---- in the app -------------------------------------------------------------------------------------------
 
 
-async def _rotate_forever(rotation: KekRotation, executor: object, poll_s: float) -> None:
+async def _rotate_forever(rotation: KekRotation, executor: Executor, poll_s: float) -> None:
     loop = asyncio.get_running_loop()
     while True:
         try:
-            await loop.run_in_executor(executor, rotation.tick)  # type: ignore[arg-type]
+            await loop.run_in_executor(executor, rotation.tick)
         except (HsmUnavailable, StoreUnavailable, HsmError, KekRotationError) as e:
             log.warning("KEK rotation pass skipped (retried later): %s: %s", type(e).__name__, e)
         await asyncio.sleep(poll_s)

@@ -62,13 +62,17 @@ def servers(tmp_path: Path) -> Iterator[list[GatewayServer]]:
         server.kill()
 
 
-def _rotate(server: GatewayServer, *flags: str) -> dict[str, Any]:
-    argv = [str(GATEWAY_EXE), "keys", "rotate-kek", "--data-dir", str(server.data_dir), "--json", *flags]
+def _keys(server: GatewayServer, command: str, *flags: str, code: int = 0) -> dict[str, Any]:
+    argv = [str(GATEWAY_EXE), "keys", command, "--data-dir", str(server.data_dir), "--json", *flags]
     out = subprocess.run(
         argv, capture_output=True, text=True, env=server.env, cwd=REPO, timeout=600, check=False
     )
-    assert out.returncode == 0, f"rotate-kek failed ({out.returncode}): {out.stderr[-3000:]}"
+    assert out.returncode == code, f"keys {command} exited {out.returncode}: {out.stderr[-3000:]}"
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def _rotate(server: GatewayServer, *flags: str, code: int = 0) -> dict[str, Any]:
+    return _keys(server, "rotate-kek", *flags, code=code)
 
 
 def _db(server: GatewayServer) -> sqlite3.Connection:
@@ -284,3 +288,37 @@ def test_rotation_and_data_key_settings_are_read_and_checked(tmp_path: Path) -> 
         path.write_text(f"[hsm]\n{bad}\n")
         with pytest.raises(ConfigError):
             load_config(path, env={})
+
+
+def test_a_blob_that_does_not_open_keeps_its_kek(servers: list[GatewayServer], tmp_path: Path) -> None:
+    """The command on a stopped gateway's folder: a tampered state is reported, and its KEK is kept until
+    the row opens again (here: restored), then ``--resume`` finishes."""
+    server = _server(tmp_path / "tamper", kek_retire_grace_s=0)
+    servers.append(server)
+    api = server.client(server.admin.post("/v1/tenants", {"name": "acme"}).expect(201)["token"])
+    alice, bob, gid = _pair(api, "p", P256)
+    assert server.stop() == 0
+    with _db(server) as conn:
+        rowid, state = conn.execute("SELECT rowid, state FROM groups LIMIT 1").fetchone()
+        tampered = bytearray(state)
+        tampered[60] ^= 1  # inside the wrapped data key
+        conn.execute("UPDATE groups SET state = ? WHERE rowid = ?", (bytes(tampered), rowid))
+
+    report = _rotate(server, code=1)
+    assert report["failed"] == {"envelope": 1, "custody": 0}
+    assert report["remaining"] == {"envelope": 1, "custody": 0} and report["destroyed"] == [OLD[1]]
+    keks = {k["label"]: (k["state"], k["blobs"]) for k in _keys(server, "keks")["keks"]}
+    assert (
+        keks[OLD[0]] == ("retiring", 1) and keks[OLD[1]] == ("destroyed", 0) and keks[NEW[0]][0] == "current"
+    )
+
+    with _db(server) as conn:
+        conn.execute("UPDATE groups SET state = ? WHERE rowid = ?", (bytes(state), rowid))
+    report = _rotate(server, "--resume")
+    assert (
+        report["created"] == [] and report["destroyed"] == [OLD[0]] and report["rewrapped"]["envelope"] == 1
+    )
+    assert _all_under(server, *NEW)
+    assert _token_labels(server) == {OLD[0]: 0, OLD[1]: 0, NEW[0]: 1, NEW[1]: 1}
+    server.start()
+    _talk(alice, bob, gid, b"restored")
