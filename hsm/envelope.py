@@ -315,7 +315,7 @@ class Envelope:
     def _new_data_key(self, now: float) -> _DataKey:
         """Draw a data key in software and wrap it in the token (one audited token operation)."""
         secret = AESGCM.generate_key(256)
-        record = self._wrap_record(self.keks.label, self.keks.id, os.urandom(_DK_ID), secret)
+        record = self._wrap_record(*self.keks.current, os.urandom(_DK_ID), secret)
         key = _DataKey(record, AESGCM(secret))
         key.created = now
         self._cache.put(key)
@@ -333,7 +333,7 @@ class Envelope:
 
     def _rewrap_record(self, record: bytes) -> bytes:
         with self._seal_lock:
-            label, kid = self.keks.label, self.keks.id
+            label, kid = self.keks.current
             done = self._rewrapped.get(record)
         if done is not None and done[1 : 1 + _KEK_ID] == kid:
             return done

@@ -6,13 +6,16 @@ AES-256 token keys labelled (and identified) by a name such as ``mlsgw/wrap/v2``
 :func:`kek_id`, the first 8 bytes of SHA-256 of the label (a name, not a secret). A :class:`KekRing` holds
 the *current* label (new wraps use it) and every other label it was told of (blobs naming them still
 open), asks its ``resolver`` once when a blob names a KEK it does not know (another process rotated), and
-caches each KEK's handle per token connection.
+caches each KEK's handle per token connection. A KEK another process made (``mls-gateway keys rotate-kek``
+beside a running gateway) may be unseen by SoftHSM in this process (:meth:`hsm.token.Token.reread`): a
+KEK not found makes the token be read again, at most every :data:`REREAD_INTERVAL_S` per label.
 """
 
 from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from collections.abc import Callable, Iterable
 
 from pkcs11 import Attribute, KeyType, MechanismFlag, ObjectClass
@@ -23,6 +26,8 @@ from .mechanisms import handle_of, search
 from .token import Token
 
 KEK_ID_BYTES = 8
+#: Seconds between two re-reads of the token for one KEK label that is not found (:meth:`KekRing.handle`).
+REREAD_INTERVAL_S = 10.0
 
 
 def kek_id(label: str) -> bytes:
@@ -104,9 +109,16 @@ class KekRing:
         self._labels: dict[bytes, str] = {self.id: label}
         self._handles: dict[str, tuple[int, int]] = {}  # label -> (token generation, handle)
         self._missing = missing
+        self._reread_at: dict[str, float] = {}
         self._lock = threading.Lock()
         #: Called with no argument when a blob names a KEK the ring does not know: the labels in use now.
         self.resolver: Callable[[], Iterable[str]] | None = None
+
+    @property
+    def current(self) -> tuple[str, bytes]:
+        """(label, id) of the current KEK, read together (a rotation may switch it at any time)."""
+        with self._lock:
+            return self.label, self.id
 
     def use(self, label: str) -> bool:
         """New wraps use ``label`` from now on; whether that changed the current KEK."""
@@ -145,10 +157,23 @@ class KekRing:
                 return find_secret_keys(session, label)
 
         handles, generation = self._token.run_pinned(find, op="find kek")
+        if not handles and self._may_reread(label):
+            self._token.reread()  # made by another process since this one last read the token's files
+            handles, generation = self._token.run_pinned(find, op="find kek")
         if len(handles) != 1:
             raise self._missing(f"token has {'no key' if not handles else 'several keys'} labelled {label!r}")
         self._handles[label] = (generation, handles[0])
         return generation, handles[0]
+
+    def _may_reread(self, label: str) -> bool:
+        """Whether a KEK not found may make the token be read again (once per label every
+        :data:`REREAD_INTERVAL_S`: a label that is truly missing must not reconnect the token per call)."""
+        now = time.monotonic()
+        with self._lock:
+            if now - self._reread_at.get(label, -REREAD_INTERVAL_S) < REREAD_INTERVAL_S:
+                return False
+            self._reread_at[label] = now
+            return True
 
     def forget_handles(self) -> None:
         """Find the handles again (after a stale handle: reconnected, or a key replaced)."""

@@ -355,6 +355,15 @@ class Token:
 
         self.run(probe, op="health check")
 
+    def reread(self) -> None:
+        """Reconnect now (``C_Finalize`` + ``C_Initialize``: handles of the old connection go stale), so that
+        objects another process made in the token since are seen. SoftHSM re-reads its token files only
+        when the token's generation counter moved, and a process that writes the token itself takes in
+        another process's count without re-reading: that process's new objects stay unseen until then."""
+        with self._reconnect_lock:
+            if self._conn is not None and self._state == "up":
+                self._reconnect_locked()
+
     def destroy_handle(self, session: Session, handle: int) -> None:
         """C_DestroyObject by handle (inside :meth:`run`)."""
         assert self._library is not None

@@ -195,8 +195,8 @@ class WrappedKeys:
             raise KeyStoreError(f"the token cannot wrap {kind.name} keys")
         ref = new_ref(kind, "wrapped")
         label = self._label(kind, ref)
-        kid = self.keks.id
-        generation, kek = self.keks.handle(self.keks.label)
+        kek_label, kid = self.keks.current
+        generation, kek = self.keks.handle(kek_label)
 
         def make(session: Session) -> tuple[int, bytes, bytes]:
             with self._token.objects("change"):
@@ -240,7 +240,7 @@ class WrappedKeys:
         if kid == self.kek_id:
             return blob
         form = self._token.capabilities.form(kind)
-        old_label, new_label, new_id = self._label_of(kid), self.keks.label, self.keks.id
+        (new_label, new_id), old_label = self.keks.current, self._label_of(kid)
         trusted = self.support[kind].trusted if kind in self.support else False
 
         def move(session: Session, old: int, new: int) -> bytes:

@@ -248,10 +248,12 @@ def test_a_crash_mid_rewrap_resumes_after_restart(servers: list[GatewayServer], 
     assert 0 < moved() < total
     assert _states(server)[OLD[1]] == "retiring"
 
+    config = Path(server.env["MLSGW_CONFIG"])  # the restarted server resumes in larger batches
+    config.write_text(config.read_text().replace("kek_rewrap_batch = 4", "kek_rewrap_batch = 64"))
     server.start()
     wait_for(
         lambda: _states(server)[OLD[1]] == "destroyed" and _states(server)[OLD[0]] == "destroyed",
-        120,
+        300,
         "resume",
     )
     assert _all_under(server, *NEW)
