@@ -88,9 +88,8 @@ def destroy_aes_token_key(token: Token, label: str, *, op: str) -> int:
     def destroy(session: Session) -> int:
         with token.objects("search"):
             handles = find_secret_keys(session, label)
-        with token.objects("change"):
-            for handle in handles:
-                token.destroy_handle(session, handle)
+        for handle in handles:
+            token.destroy_handle(session, handle)  # holds the object-store guard's "change" turn itself
         return len(handles)
 
     return token.run(destroy, op=op, retry=False)

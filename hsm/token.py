@@ -360,9 +360,13 @@ class Token:
         objects another process made in the token since are seen. SoftHSM re-reads its token files only
         when the token's generation counter moved, and a process that writes the token itself takes in
         another process's count without re-reading: that process's new objects stay unseen until then."""
-        with self._reconnect_lock:
+        if not self._reconnect_lock.acquire(timeout=self.config.session_wait_s):
+            return  # someone else is reconnecting: that reads the token's files again too
+        try:
             if self._conn is not None and self._state == "up":
                 self._reconnect_locked()
+        finally:
+            self._reconnect_lock.release()
 
     def destroy_handle(self, session: Session, handle: int) -> None:
         """C_DestroyObject by handle (inside :meth:`run`)."""

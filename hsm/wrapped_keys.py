@@ -260,8 +260,7 @@ class WrappedKeys:
             try:
                 return W.wrap(session, new, private, form, mechanism)
             finally:
-                with self._token.objects("change"):
-                    self._token.destroy_handle(session, private)
+                self._token.destroy_handle(session, private)  # takes the "change" turn itself (not nested)
 
         custody = f"wrapped:{new_label}"
         try:
