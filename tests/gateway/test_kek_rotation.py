@@ -220,6 +220,13 @@ def test_kek_rotation_under_load_loses_nothing(servers: list[GatewayServer], tmp
         alice.process(gid, bob.commit(gid)["commit"])
         _talk(bob, alice, gid, b"and back")
     assert len(api.key_packages(owner.identity_id, 2)) == 2
+    with _db(server) as conn:  # the restarted server unwrapped keys on cache misses: audited, KEK named
+        unwraps = conn.execute(
+            "SELECT COUNT(*) FROM audit WHERE operation = 'unwrap' AND custody = ? "
+            "AND request_id NOT LIKE 'kek-%'",
+            (f"wrapped:{NEW[1]}",),
+        ).fetchone()[0]
+    assert unwraps >= 4
 
 
 def test_a_crash_mid_rewrap_resumes_after_restart(servers: list[GatewayServer], tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from hsm.audit import AuditEvent
 from hsm.envelope import (
     VERSION,
     Envelope,
+    WrapKeyMissing,
     create_wrap_key,
     destroy_aes_token_key,
     kek_id,
@@ -244,3 +245,20 @@ def _session_keys(token: Token, refs: list[bytes]) -> int:
             return sum(bytes(o[Attribute.ID]) in refs for o in found)
 
     return token.run(count, op="count")
+
+
+def test_reread_reconnects_and_the_ring_finds_its_keks_again(token: Token, labels: tuple[str, str]) -> None:
+    """``Token.reread`` (what a KEK not found triggers, for a KEK another process made): a new connection,
+    the old handles stale, the KEKs found again and every blob still opening."""
+    old = labels[0]
+    env = Envelope(token, old)
+    blob = env.seal(b"kept")
+    generation, _ = env.keks.handle(old)
+    token.reread()
+    assert token.generation != generation
+    env.close()  # nothing cached: the next open unwraps with a handle found on the new connection
+    assert env.open(blob) == b"kept"
+    assert env.keks.handle(old)[0] == token.generation
+    env.keks.resolver = lambda: ["test/wrap/missing"]
+    with pytest.raises(WrapKeyMissing):  # known by name, but not in the token even after a re-read
+        env.open(blob[:1] + kek_id("test/wrap/missing") + blob[9:])
