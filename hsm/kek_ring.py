@@ -7,7 +7,7 @@ AES-256 token keys labelled (and identified) by a name such as ``mlsgw/wrap/v2``
 the *current* label (new wraps use it) and every other label it was told of (blobs naming them still
 open), asks its ``resolver`` once when a blob names a KEK it does not know (another process rotated), and
 caches each KEK's handle per token connection. A KEK another process made (``mls-gateway keys rotate-kek``
-beside a running gateway) may be unseen by SoftHSM in this process (:meth:`hsm.token.Token.reread`): a
+beside a running gateway) may be unseen by SoftHSM in this process (:func:`hsm.token.reread`): a
 KEK not found makes the token be read again, at most every :data:`REREAD_INTERVAL_S` per label.
 """
 
@@ -23,7 +23,7 @@ from pkcs11.types import Session
 
 from .errors import HsmError
 from .mechanisms import handle_of, search
-from .token import Token
+from .token import Token, reread
 
 KEK_ID_BYTES = 8
 #: Seconds between two re-reads of the token for one KEK label that is not found (:meth:`KekRing.handle`).
@@ -157,7 +157,7 @@ class KekRing:
 
         handles, generation = self._token.run_pinned(find, op="find kek")
         if not handles and self._may_reread(label):
-            self._token.reread()  # made by another process since this one last read the token's files
+            reread(self._token)  # made by another process since this one last read the token's files
             handles, generation = self._token.run_pinned(find, op="find kek")
         if len(handles) != 1:
             raise self._missing(f"token has {'no key' if not handles else 'several keys'} labelled {label!r}")

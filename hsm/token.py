@@ -355,19 +355,6 @@ class Token:
 
         self.run(probe, op="health check")
 
-    def reread(self) -> None:
-        """Reconnect now (``C_Finalize`` + ``C_Initialize``: handles of the old connection go stale), so that
-        objects another process made in the token since are seen. SoftHSM re-reads its token files only
-        when the token's generation counter moved, and a process that writes the token itself takes in
-        another process's count without re-reading: that process's new objects stay unseen until then."""
-        if not self._reconnect_lock.acquire(timeout=self.config.session_wait_s):
-            return  # someone else is reconnecting: that reads the token's files again too
-        try:
-            if self._conn is not None and self._state == "up":
-                self._reconnect_locked()
-        finally:
-            self._reconnect_lock.release()
-
     def destroy_handle(self, session: Session, handle: int) -> None:
         """C_DestroyObject by handle (inside :meth:`run`)."""
         assert self._library is not None
@@ -379,6 +366,20 @@ class Token:
         destructions (``"change"``), which must never overlap (:class:`hsm.cryptoki.ObjectStoreGuard`)."""
         assert self._library is not None
         return self._library.objects.hold(use)
+
+
+def reread(token: Token) -> None:
+    """Reconnect ``token`` now (``C_Finalize`` + ``C_Initialize``: handles of the old connection go stale),
+    so that objects another process made in the token since are seen (a KEK made by ``mls-gateway keys
+    rotate-kek`` beside a running gateway was, now and then, not seen by the gateway's SoftHSM until
+    then). Waits a bounded time for the reconnect lock: someone else reconnecting re-reads it too."""
+    if not token._reconnect_lock.acquire(timeout=token.config.session_wait_s):
+        return
+    try:
+        if token._conn is not None and token._state == "up":
+            token._reconnect_locked()
+    finally:
+        token._reconnect_lock.release()
 
 
 def _log_transition(label: str, old: State, new: Literal["up", "down"], reason: str) -> None:
@@ -417,4 +418,4 @@ def _replace_session(p11: P11Token, session: Session) -> Session:
     return fresh
 
 
-__all__ = ["StaleHandle", "Token"]
+__all__ = ["StaleHandle", "Token", "reread"]

@@ -26,7 +26,7 @@ from hsm.envelope import (
 )
 from hsm.errors import EnvelopeError, HsmError
 from hsm.keystore import Pkcs11KeyStore
-from hsm.token import Token
+from hsm.token import Token, reread
 from hsm.wrapped_keys import WrappedKeys
 from hsm.wrapping import create_kek
 from mls.crypto.cipher_suite import cipher_suite
@@ -248,13 +248,13 @@ def _session_keys(token: Token, refs: list[bytes]) -> int:
 
 
 def test_reread_reconnects_and_the_ring_finds_its_keks_again(token: Token, labels: tuple[str, str]) -> None:
-    """``Token.reread`` (what a KEK not found triggers, for a KEK another process made): a new connection,
+    """``hsm.token.reread`` (what a KEK not found triggers, for a KEK another process made): a new connection,
     the old handles stale, the KEKs found again and every blob still opening."""
     old = labels[0]
     env = Envelope(token, old)
     blob = env.seal(b"kept")
     generation, _ = env.keks.handle(old)
-    token.reread()
+    reread(token)
     assert token.generation != generation
     env.close()  # nothing cached: the next open unwraps with a handle found on the new connection
     assert env.open(blob) == b"kept"
