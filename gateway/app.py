@@ -22,11 +22,10 @@ from aiohttp import web
 
 import native
 from hsm.audit_key import create_audit_key
-from hsm.envelope import Envelope, create_wrap_key
+from hsm.envelope import Envelope
 from hsm.keystore import Pkcs11KeyStore
 from hsm.token import Token
 from hsm.wrapped_keys import WrappedKeys
-from hsm.wrapping import create_kek
 from mls import CryptoBackend, PythonBackend, get_backend, use_crypto_backend
 
 from .api import ROUTES, Route, make_request_id
@@ -37,6 +36,7 @@ from .config import GatewayConfig
 from .context import APP, PRINCIPAL, REQUEST_ID, Runtime
 from .errors import PROBLEM_CONTENT_TYPE, Problem, problem_from_exception
 from .hosted_worker import hosted_delivery_task
+from .kek_rotation import KekMetrics, KekRotation, kek_rotation_task
 from .logs import request_context, valid_request_id
 from .metrics import Metrics
 from .reconciliation import key_reconciliation
@@ -160,6 +160,7 @@ def create_app(runtime: Runtime) -> web.Application:
     app.cleanup_ctx.append(hosted_delivery_task)
     app.cleanup_ctx.append(webhook_delivery)  # signed webhooks of hosted identities (api-delivery.md)
     app.cleanup_ctx.append(key_reconciliation)  # orphaned keys: at start-up, then periodically
+    app.cleanup_ctx.append(kek_rotation_task)  # current KEKs, re-wrap and destruction after a rotation
     app.on_cleanup.append(_close_runtime)
     return app
 
@@ -208,15 +209,23 @@ def open_runtime(config: GatewayConfig, module_path: str) -> Runtime:
     """Open the store, the token (login, session pool), the wrap key and the key store."""
     store = SqliteStore(config.database_path)
     token = Token.open(config.token_config(module_path))
-    create_wrap_key(token)
     create_audit_key(token)  # signs the audit chain's checkpoints (gateway.audit_trail)
     hsm = config.hsm
     envelope = Envelope(token, max_seals=hsm.data_key_max_seals, max_age_s=hsm.data_key_max_age_s)
-    create_kek(token)
-    wrapped = WrappedKeys(token, WrappedKeyRows(store))
+    wrapped = WrappedKeys(token, WrappedKeyRows(store), cache_size=hsm.wrapped_handle_cache)
+    metrics = Metrics()
+    rotation = KekRotation(
+        store,
+        token,
+        envelope,
+        wrapped,
+        batch=hsm.kek_rewrap_batch,
+        grace_s=hsm.kek_retire_grace_s,
+        metrics=KekMetrics(metrics.registry),
+    )
+    rotation.bootstrap()  # the current KEKs of the keks table (made in the token if missing), in use
     wrapped_custody = wrapped.probe()  # what the token can wrap: said once, in the start-up line
     keys = Pkcs11KeyStore(token, persistence=SealedKeyPersistence(store, envelope), wrapped=wrapped)
-    metrics = Metrics()
     service = GatewayService(store, keys, envelope, on_key_use=metrics.key_use)
     service.persistence.retention_s = config.idempotency_retention_s
     service.group_log.past_epochs = config.delivery.past_epochs
@@ -227,6 +236,7 @@ def open_runtime(config: GatewayConfig, module_path: str) -> Runtime:
     executor = ThreadPoolExecutor(max_workers=config.worker_threads, thread_name_prefix="mlsgw")
     runtime = Runtime(config, store, token, keys, envelope, service, metrics, executor)
     runtime.wrapped_custody = wrapped_custody
+    runtime.kek_rotation = rotation
     return runtime
 
 

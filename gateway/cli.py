@@ -12,6 +12,8 @@
   when built).
 * ``mls-gateway keys reconcile [--dry-run] [--json] [--grace-s S]`` — destroy orphaned keys (keys no
   database record references; :mod:`gateway.reconcile_cli`), or list them.
+* ``mls-gateway keys rotate-kek [--kind all|envelope|custody] [--no-wait] [--resume] [--json]`` and
+  ``mls-gateway keys keks [--json]`` — KEK rotation online, and the KEK versions (:mod:`gateway.kek_cli`).
 * ``mls-gateway admin tokens|rotate-admin-token|delete-tenant`` and ``mls-gateway hsm check`` — the
   operator commands of :mod:`gateway.operator_cli`; ``mls-gateway --version``.
 * ``mls-gateway backup DEST`` and ``mls-gateway restore SRC --data-dir DIR`` — :mod:`gateway.backup`.
@@ -184,6 +186,22 @@ def _add_keys_parser(sub: Any) -> None:
     p.add_argument("--dry-run", action="store_true", help="list what would be destroyed; destroy nothing")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--grace-s", type=float, help="seconds an orphan must stay one (default: the config's)")
+    _add_kek_parsers(keys)
+
+
+def _add_kek_parsers(keys: Any) -> None:
+    """``keys rotate-kek`` and ``keys keks`` (:mod:`gateway.kek_cli`)."""
+    p = keys.add_parser("rotate-kek", help="new KEK versions, blobs re-wrapped, old KEKs destroyed")
+    p.add_argument("--data-dir", type=Path, help="data folder (default ./data, or $MLSGW_DATA_DIR)")
+    p.add_argument("--config", type=Path, help="TOML configuration file (or $MLSGW_CONFIG)")
+    p.add_argument("--kind", choices=["all", "envelope", "custody"], default="all", help="which KEKs rotate")
+    p.add_argument("--no-wait", action="store_true", help="rotate only; the running gateway re-wraps")
+    p.add_argument("--resume", action="store_true", help="no new version: finish a pending rotation")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p = keys.add_parser("keks", help="the KEK versions, their state and the blobs naming each")
+    p.add_argument("--data-dir", type=Path, help="data folder (default ./data, or $MLSGW_DATA_DIR)")
+    p.add_argument("--config", type=Path, help="TOML configuration file (or $MLSGW_CONFIG)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -266,6 +284,10 @@ def _run(args: argparse.Namespace) -> int:
 
         return admin_command(cfg, args, None)
     module, _ = _prepare_softhsm(cfg)
+    if args.command == "keys" and args.keys_command in ("rotate-kek", "keks"):
+        from .kek_cli import kek_command
+
+        return kek_command(cfg, module, args)
     if args.command == "keys":
         from .reconcile_cli import reconcile_command
 

@@ -28,6 +28,10 @@ TOML layout (every key optional; an unknown section or key is refused, naming it
     softhsm_dir = "..."             # embedded SoftHSM token folder (default <data_dir>/softhsm)
     data_key_max_seals = 1048576    # seals per at-rest data key before it rotates (at most 2^32)
     data_key_max_age_s = 3600       # seconds before the at-rest data key rotates (hsm.envelope)
+    wrapped_handle_cache = 1024     # unwrapped wrapped-custody keys kept as session objects (LRU)
+    kek_poll_s = 5                  # seconds between reads of the current KEKs (gateway.kek_rotation)
+    kek_retire_grace_s = 60         # a retired KEK is destroyed no sooner than this after its rotation
+    kek_rewrap_batch = 256          # rows re-wrapped per batch by a KEK rotation
 
     [delivery]                      # the group service (api-delivery.md)
     out_of_order_tolerance = 32     # MLSGW_OUT_OF_ORDER_TOLERANCE: late generations a receiver still reads
@@ -81,6 +85,10 @@ class HsmSettings:
     softhsm_dir: str | None = None
     data_key_max_seals: int = 1 << 20
     data_key_max_age_s: float = 3600.0
+    wrapped_handle_cache: int = 1024
+    kek_poll_s: float = 5.0
+    kek_retire_grace_s: float = 60.0
+    kek_rewrap_batch: int = 256
 
 
 @dataclass(frozen=True)
@@ -331,6 +339,16 @@ def load_config(
         raise ConfigError("reconcile_interval_s must be > 0 and reconcile_grace_s >= 0")
     if not 1 <= cfg.hsm.data_key_max_seals <= 1 << 32 or not cfg.hsm.data_key_max_age_s > 0:
         raise ConfigError("hsm.data_key_max_seals must be in 1..2^32 and hsm.data_key_max_age_s > 0")
+    hs = cfg.hsm
+    if (
+        min(hs.wrapped_handle_cache, hs.kek_rewrap_batch) < 1
+        or not hs.kek_poll_s > 0
+        or hs.kek_retire_grace_s < 0
+    ):
+        raise ConfigError(
+            "hsm.wrapped_handle_cache and hsm.kek_rewrap_batch must be >= 1, hsm.kek_poll_s > 0 "
+            "and hsm.kek_retire_grace_s >= 0"
+        )
     return cfg
 
 

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -22,6 +23,9 @@ from .mailboxes import refresh_depths
 from .metrics import Metrics
 from .service import GatewayService
 from .store import Store, StoreUnavailable
+
+if TYPE_CHECKING:
+    from .kek_rotation import KekRotation
 
 
 class GroupLocks:
@@ -53,6 +57,8 @@ class Runtime:
     locks: GroupLocks = field(default_factory=GroupLocks)
     #: What the token can keep wrapped (the start-up probe of :class:`hsm.wrapped_keys.WrappedKeys`).
     wrapped_custody: object = None
+    #: The KEK versions and their rotation (:mod:`gateway.kek_rotation`).
+    kek_rotation: KekRotation | None = None
 
     def readiness(self) -> list[str]:
         """What is not ready (empty when the HSM session pool and the store answer)."""

@@ -10,7 +10,7 @@ from hsm.keystore import Pkcs11KeyStore
 from mls import Credential, MLSError
 
 from .auth import Principal, new_id
-from .custody import tenant_mode
+from .custody import identity_kek, tenant_mode
 from .errors import Problem, not_found
 from .group_session import GroupSession, GroupSessions, membership_keys
 from .key_references import live_key_package_keys
@@ -45,7 +45,8 @@ class Identities:
 
     def show(self, principal: Principal, identity_id: str) -> Json:
         """``GET /v1/identities/{identity_id}``."""
-        return identity_json(self.get(principal, identity_id))
+        identity = self.get(principal, identity_id)
+        return identity_json(identity, identity_kek(self.keys, identity))
 
     def create(self, principal: Principal, request: CreateIdentityRequest, scope: RequestScope) -> Response:
         """``POST /v1/identities``: a signature key generated in the HSM, custody reported truthfully."""
@@ -74,7 +75,8 @@ class Identities:
             request.auto_join,
         )
         pending = PendingWrites([lambda tx: tx.add_identity(identity)], new_keys=[signer.key_ref])
-        return self.sessions.persistence.commit(pending, Response(201, identity_json(identity)), scope)
+        created = Response(201, identity_json(identity, identity_kek(keys, identity)))
+        return self.sessions.persistence.commit(pending, created, scope)
 
     def _membership_keys(self, identity: Identity, group_id: bytes) -> list[bytes]:
         """The keys of one membership, for deleting the identity: a state that does not open (corrupt,

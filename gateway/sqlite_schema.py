@@ -57,6 +57,11 @@ CREATE TABLE IF NOT EXISTS idempotency (
     scope TEXT NOT NULL, key TEXT NOT NULL, request_hash BLOB NOT NULL, status INTEGER NOT NULL,
     body BLOB NOT NULL, created_at REAL NOT NULL, identity_id TEXT, PRIMARY KEY (scope, key));
 CREATE INDEX IF NOT EXISTS idempotency_by_age ON idempotency(created_at);
+-- KEK rotation (gateway.kek_rotation): every KEK version of the token, per kind ('envelope': the wrap key
+-- of sealed state; 'custody': the wrapped-custody KEK), state 'current' | 'retiring' | 'destroyed'.
+CREATE TABLE IF NOT EXISTS keks (
+    label TEXT PRIMARY KEY, kind TEXT NOT NULL, version INTEGER NOT NULL, state TEXT NOT NULL,
+    created_at REAL NOT NULL, retired_at REAL, destroyed_at REAL, UNIQUE (kind, version));
 """
 
 

@@ -27,6 +27,7 @@ from .sqlite_directory import SqliteDirectoryMixin
 from .sqlite_durability import WalSync
 from .sqlite_groups import SqliteGroupsMixin
 from .sqlite_mailboxes import SqliteMailboxMixin
+from .sqlite_rewrap import SqliteRewrapMixin
 from .sqlite_schema import SCHEMA_VERSION, upgrade
 from .sqlite_tenants import SqliteTenantAdminMixin
 from .sqlite_webhooks import SqliteWebhookMixin
@@ -77,6 +78,7 @@ class SqliteTransaction(
     SqliteTenantAdminMixin,
     SqliteCredentialMixin,
     SqliteAuditMixin,
+    SqliteRewrapMixin,
 ):
     """The :class:`gateway.store.Transaction` of one SQLite transaction."""
 

@@ -69,15 +69,18 @@ def proposal_name(body: object) -> str:
     return _PROPOSAL_NAMES.get(type(body), type(body).__name__.lower())
 
 
-def identity_json(identity: Identity) -> Json:
-    """``GET /v1/identities/{identity_id}``."""
+def identity_json(identity: Identity, kek: str | None = None) -> Json:
+    """``GET /v1/identities/{identity_id}`` (``kek``: the label of the KEK its wrapped keys are under)."""
+    custody = {"signature": identity.custody_signature, "hpke": identity.custody_hpke}
+    if kek is not None:
+        custody["kek"] = kek
     return {
         "identity_id": identity.identity_id,
         "name": identity.name,
         "cipher_suite": identity.cipher_suite,
         "credential": credential_json(Credential.from_bytes(identity.credential)),
         "signature_public_key": b64(identity.signature_public_key),
-        "custody": {"signature": identity.custody_signature, "hpke": identity.custody_hpke},
+        "custody": custody,
         "auto_join": identity.auto_join,
     }
 

@@ -19,6 +19,14 @@ caller's ``aad``, so no part of a blob can be changed or swapped without ``open`
 is used only for a blob whose key record (version to wrapped key) equals, byte for byte, the one the token
 unwrapped or wrapped: a store edited to pair a known id with other wrapped bytes goes back to the token.
 
+Version 3 (what ``seal`` writes) has the same layout as version 2; only the data AEAD's AAD differs: it
+binds the version and the data-key id, not the KEK id nor the wrapped key, so a KEK rotation re-wraps a
+blob's key record alone (:meth:`Envelope.rewrap`: unwrap under the old KEK, wrap under the new one, once
+per data key) and leaves its ciphertext as it was. The record stays authenticated: its wrap AAD binds the
+KEK id and the data-key id, so a changed record fails to unwrap, and another data key fails the data tag.
+Version 2 blobs still open (data AAD: every byte before the ciphertext, then the caller's ``aad``);
+re-wrapping one seals it again as version 3.
+
 Version 1 blobs (one data key per blob, wrap AAD binding the version only) still open, one unwrap each::
 
     version (1) ‖ wrap nonce (12) ‖ wrapped data key (32 + 16 tag) ‖ data nonce (12) ‖ ciphertext ‖ tag (16)
@@ -34,34 +42,41 @@ guarantee the memory is overwritten, only that the process holds no reference).
 time it opens its runtime (``init`` and ``serve``, :func:`gateway.app.open_runtime`). An :class:`Envelope`
 never makes one: a wrap key that is missing or duplicated when it looks the key up raises
 :class:`WrapKeyMissing` (and blobs sealed under a wrap key that is gone cannot be opened). Every token
-operation (wrap, unwrap) is reported to the audit hook (:mod:`hsm.audit`), now once per data key.
+operation (wrap, unwrap) is reported to the audit hook (:mod:`hsm.audit`), once per data key, with the
+wrap key's label as the key reference (so the audit says which KEK sealed or opened what).
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
-import hmac
 import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from pkcs11 import Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass
+from pkcs11 import KeyType, Mechanism
 from pkcs11.mechanisms import GCMParams
 from pkcs11.types import Session
 
 from ._compat import bound_secret
 from .audit import AuditHook, Auditor
 from .errors import EnvelopeError, HsmError, HsmUnavailable
-from .mechanisms import handle_of, search
+from .kek_ring import (
+    KekRing,
+    aes_token_key_template,
+    create_aes_token_key,
+    destroy_aes_token_key,
+    find_secret_keys,
+    kek_id,
+)
 from .token import StaleHandle, Token
 
-VERSION = 2
+VERSION = 3
+VERSION_2 = 2
 VERSION_1 = 1
 DEFAULT_WRAP_LABEL = "mlsgw/wrap/v1"
 DEFAULT_MAX_SEALS = 1 << 20
@@ -78,62 +93,12 @@ _V1_HEADER = 1 + _NONCE + _WRAPPED + _NONCE
 _RECORD = 1 + _KEK_ID + _DK_ID + _NONCE + _WRAPPED  # version to wrapped key: names and carries the data key
 _HEADER = _RECORD + _NONCE
 _WRAP_AAD = b"mlsgw envelope data key v"
-
-
-def aes_token_key_template(label: str, *, wraps: bool) -> dict[Attribute, object]:
-    """An AES-256 token key labelled (and identified) ``label``: sensitive, never extractable, not
-    modifiable; it either encrypts and decrypts (``wraps=False``: the envelope's wrap key, which seals data
-    keys with AES-GCM) or wraps and unwraps keys (``wraps=True``: the wrapped-custody KEK), nothing else."""
-    return {
-        Attribute.TOKEN: True,
-        Attribute.PRIVATE: True,
-        Attribute.SENSITIVE: True,
-        Attribute.EXTRACTABLE: False,
-        Attribute.MODIFIABLE: False,
-        Attribute.ENCRYPT: not wraps,
-        Attribute.DECRYPT: not wraps,
-        Attribute.WRAP: wraps,
-        Attribute.UNWRAP: wraps,
-        Attribute.LABEL: label,
-        Attribute.ID: label.encode(),
-    }
-
-
-def find_secret_keys(session: Session, label: str) -> list[int]:
-    """Handles of the secret keys labelled ``label`` (exactly one is usable)."""
-    found = search(session, {Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.LABEL: label})
-    return [handle_of(obj) for obj in found]
-
-
-def create_aes_token_key(token: Token, label: str, *, wraps: bool, op: str) -> bool:
-    """Make the AES token key ``label`` (:func:`aes_token_key_template`) unless a key with that label
-    exists; returns whether it made one."""
-
-    def create(session: Session) -> bool:
-        with token.objects("search"):
-            if find_secret_keys(session, label):
-                return False
-        with token.objects("change"):
-            session.generate_key(
-                KeyType.AES,
-                256,
-                store=True,
-                capabilities=MechanismFlag(0),
-                template=aes_token_key_template(label, wraps=wraps),
-            )
-        return True
-
-    return token.run(create, op=op, retry=False)
+_DATA_AAD = b"mlsgw envelope data v3|"
 
 
 def create_wrap_key(token: Token, label: str = DEFAULT_WRAP_LABEL) -> bool:
     """Make the wrap key unless one with ``label`` exists; returns whether it made one."""
     return create_aes_token_key(token, label, wraps=False, op="create wrap key")
-
-
-def kek_id(label: str) -> bytes:
-    """The KEK id a version 2 blob carries: the first 8 bytes of SHA-256 of the wrap key's label."""
-    return hashlib.sha256(label.encode()).digest()[:_KEK_ID]
 
 
 def _wrap_aad(record: bytes) -> bytes:
@@ -145,6 +110,12 @@ def _wrap_aad(record: bytes) -> bytes:
 
 def _dk_id(record: bytes) -> bytes:
     return record[1 + _KEK_ID : 1 + _KEK_ID + _DK_ID]
+
+
+def _data_aad(record: bytes, aad: bytes) -> bytes:
+    """AAD of a version 3 blob's data AEAD: the version and the data-key id (not the KEK id nor the
+    wrapped bytes, so a KEK rotation re-wraps the key record alone), then the caller's ``aad``."""
+    return _DATA_AAD + record[:1] + _dk_id(record) + aad
 
 
 @dataclass(eq=False)
@@ -161,7 +132,9 @@ class _DataKey:
 
 
 class _KeyCache:
-    """A bounded LRU of unwrapped data keys by data-key id (thread-safe)."""
+    """A bounded LRU of unwrapped data keys by their whole key record (thread-safe). One data key may be
+    cached under two records (before and after a KEK rotation re-wrapped it): a record is only ever
+    matched byte for byte, so a store edited to pair a known id with other wrapped bytes misses."""
 
     def __init__(self, size: int) -> None:
         self._size = size
@@ -169,22 +142,18 @@ class _KeyCache:
         self._lock = threading.Lock()
 
     def get(self, record: bytes) -> _DataKey | None:
-        """The cached key for ``record``'s id, only when its whole record matches byte for byte."""
-        dk_id = _dk_id(record)
+        """The cached key for exactly ``record``."""
         with self._lock:
-            key = self._keys.get(dk_id)
-            if key is None or not hmac.compare_digest(key.record, record):
+            key = self._keys.get(record)
+            if key is None:
                 return None
-            self._keys.move_to_end(dk_id)
+            self._keys.move_to_end(record)
             return key
 
     def put(self, key: _DataKey) -> None:
-        dk_id = _dk_id(key.record)
         with self._lock:
-            if dk_id in self._keys and self._keys[dk_id].record != key.record:
-                return  # the first record seen under an id stays; a clash is never cached
-            self._keys[dk_id] = key
-            self._keys.move_to_end(dk_id)
+            self._keys[key.record] = key
+            self._keys.move_to_end(key.record)
             while len(self._keys) > self._size:
                 self._keys.popitem(last=False)
 
@@ -200,10 +169,14 @@ class _KeyCache:
 
 
 class Envelope:
-    """Seal and open blobs under data keys wrapped by the token's wrap key (thread-safe).
+    """Seal and open blobs under data keys wrapped by the token's wrap keys (thread-safe).
 
-    ``max_seals`` and ``max_age_s`` bound the current data key's use (count and age, by ``clock``);
-    ``cache_size`` bounds the data keys kept unwrapped for ``open``.
+    ``label`` is the wrap key new data keys are wrapped under until :meth:`use_kek` names another (KEK
+    rotation, :mod:`gateway.kek_rotation`); it is also the wrap key of version 1 blobs, which name none.
+    Blobs name their wrap key by id: any wrap key the envelope knows (:meth:`use_kek`, :meth:`know_keks`,
+    or the ``resolver`` asked when a blob names one it does not know) opens them. ``max_seals`` and
+    ``max_age_s`` bound the current data key's use (count and age, by ``clock``); ``cache_size`` bounds
+    the data keys kept unwrapped for ``open`` (and the re-wrapped key records remembered).
     """
 
     def __init__(
@@ -220,46 +193,91 @@ class Envelope:
         if not 1 <= max_seals <= _MAX_SEALS_LIMIT or not max_age_s > 0 or cache_size < 1:
             raise ValueError("envelope: need 1 <= max_seals <= 2^32, max_age_s > 0 and cache_size >= 1")
         self._token = token
-        self._label = label
-        self._ref = label.encode()
-        self._kek_id = kek_id(label)
+        #: The wrap keys: the current one, the others blobs may name; its ``resolver`` is asked about a
+        #: wrap key a blob names that the envelope does not know (the gateway reads its ``keks`` table).
+        self.keks = KekRing(token, label, _wrap_key_missing)
         self._auditor = Auditor(audit_hook)
-        self._handle: tuple[int, int] | None = None  # (token generation, handle)
         self._max_seals = max_seals
         self._max_age_s = max_age_s
         self._clock = clock
         self._current: _DataKey | None = None
         self._seal_lock = threading.Lock()
         self._cache = _KeyCache(cache_size)
+        self._rewrapped: OrderedDict[bytes, bytes] = OrderedDict()  # old key record -> new (bounded)
+        self._rewrapped_size = cache_size
 
     def __repr__(self) -> str:
-        return f"Envelope(label={self._label!r}, {self._cache!r})"
+        return f"Envelope(label={self.keks.label!r}, {self._cache!r})"
+
+    @property
+    def label(self) -> str:
+        """The label of the wrap key new data keys are wrapped under."""
+        return self.keks.label
 
     def set_audit_hook(self, hook: AuditHook | None) -> None:
         self._auditor.hook = hook
 
+    # ---- wrap keys (KEK rotation) ------------------------------------------------------------------
+    def use_kek(self, label: str) -> None:
+        """Wrap new data keys under ``label`` from now on (the current data key is retired when the label
+        changes); blobs under the wrap keys known before still open."""
+        with self._seal_lock:
+            if self.keks.use(label):
+                self._current = None
+
+    def know_keks(self, labels: Iterable[str]) -> None:
+        """Also open blobs under these wrap keys (the current one is always known)."""
+        self.keks.know(labels)
+
+    def kek_label_of(self, blob: bytes) -> str | None:
+        """The label of the wrap key ``blob``'s data key is wrapped under (None when it is not known)."""
+        if blob[:1] == bytes((VERSION_1,)):
+            return self.keks.first
+        return self.keks.known(blob[1 : 1 + _KEK_ID])
+
+    def needs_rewrap(self, blob: bytes) -> bool:
+        """Whether :meth:`rewrap` would change ``blob`` (an older version, or another wrap key)."""
+        return blob[:1] != bytes((VERSION,)) or blob[1 : 1 + _KEK_ID] != self.keks.id
+
+    # ---- seal, open, re-wrap -----------------------------------------------------------------------
     def seal(self, plaintext: bytes, aad: bytes = b"") -> bytes:
-        """Encrypt ``plaintext`` (bound to ``aad``) into a self-contained version 2 blob."""
+        """Encrypt ``plaintext`` (bound to ``aad``) into a self-contained version 3 blob."""
         key = self._reserve_seal()
-        head = key.record + os.urandom(_NONCE)
-        return head + key.aead.encrypt(head[_RECORD:], plaintext, head + aad)
+        nonce = os.urandom(_NONCE)
+        return key.record + nonce + key.aead.encrypt(nonce, plaintext, _data_aad(key.record, aad))
 
     def open(self, blob: bytes, aad: bytes = b"") -> bytes:
         """The plaintext of ``blob``; EnvelopeError if it is malformed, tampered with or the AAD differs."""
-        if len(blob) >= _HEADER + _TAG and blob[0] == VERSION:
-            if blob[1 : 1 + _KEK_ID] != self._kek_id:
-                raise EnvelopeError("sealed blob: sealed under another wrap key")
+        if len(blob) >= _HEADER + _TAG and blob[0] in (VERSION, VERSION_2):
             record, header = blob[:_RECORD], _HEADER
-            key = self._cache.get(record) or self._unwrap(record, cache=True)
+            key = self._cache.get(record) or self._unwrap(self._label_of(record), record, cache=True)
+            data_aad = _data_aad(record, aad) if blob[0] == VERSION else blob[:header] + aad
         elif len(blob) >= _V1_HEADER + _TAG and blob[0] == VERSION_1:
             record, header = blob[: _V1_HEADER - _NONCE], _V1_HEADER
-            key = self._unwrap(record, cache=False)
+            key = self._unwrap(self.keks.first, record, cache=False)
+            data_aad = blob[:header] + aad
         else:
             raise EnvelopeError("sealed blob: unknown version or too short")
         try:
-            return key.aead.decrypt(blob[header - _NONCE : header], blob[header:], blob[:header] + aad)
+            return key.aead.decrypt(blob[header - _NONCE : header], blob[header:], data_aad)
         except InvalidTag:
             raise EnvelopeError("sealed blob: ciphertext failed authentication") from None
+
+    def rewrap(self, blob: bytes, aad: bytes | None = None) -> bytes:
+        """``blob`` with its data key wrapped under the current wrap key (KEK rotation).
+
+        A version 3 blob keeps its data nonce, ciphertext and tag: only its key record changes (the data
+        key is unwrapped under the wrap key the blob names and wrapped under the current one, two token
+        operations per data key, not per blob — the records already re-wrapped are remembered). Version 1
+        and 2 blobs bind their whole key record into the data AEAD, so they are opened (with ``aad``) and
+        sealed again as version 3. A blob already under the current wrap key comes back unchanged."""
+        if not self.needs_rewrap(blob):
+            return blob
+        if blob[0] == VERSION and len(blob) >= _HEADER + _TAG:
+            return self._rewrap_record(blob[:_RECORD]) + blob[_RECORD:]
+        if aad is None:
+            raise EnvelopeError("sealed blob: a version 1 or 2 blob is sealed again, which needs its AAD")
+        return self.seal(self.open(blob, aad), aad)
 
     def rotate(self) -> None:
         """Retire the current data key: the next seal draws and wraps a new one (it stays cached for
@@ -273,8 +291,17 @@ class Envelope:
         with self._seal_lock:
             self._current = None
             self._cache.clear()
+            self._rewrapped.clear()
 
     forget = close
+
+    # ---- internals ---------------------------------------------------------------------------------
+    def _label_of(self, record: bytes) -> str:
+        """The label of the wrap key ``record`` names (asking the resolver once when it is not known)."""
+        label = self.keks.resolve(record[1 : 1 + _KEK_ID])
+        if label is None:
+            raise EnvelopeError("sealed blob: sealed under another wrap key, one this gateway does not know")
+        return label
 
     def _reserve_seal(self) -> _DataKey:
         """The current data key with one more seal counted; a new one when it is used up or too old."""
@@ -288,30 +315,59 @@ class Envelope:
     def _new_data_key(self, now: float) -> _DataKey:
         """Draw a data key in software and wrap it in the token (one audited token operation)."""
         secret = AESGCM.generate_key(256)
-        head = bytes((VERSION,)) + self._kek_id + os.urandom(_DK_ID)
-        wrap_nonce = os.urandom(_NONCE)
-        wrapped = self._wrap_op("wrap", wrap_nonce, secret, _wrap_aad(head), encrypt=True)
-        key = _DataKey(head + wrap_nonce + wrapped, AESGCM(secret), created=now)
+        record = self._wrap_record(*self.keks.current, os.urandom(_DK_ID), secret)
+        key = _DataKey(record, AESGCM(secret))
+        key.created = now
         self._cache.put(key)
         return key
 
-    def _unwrap(self, record: bytes, *, cache: bool) -> _DataKey:
+    def _wrap_record(self, label: str, kid: bytes, dk_id: bytes, secret: bytes) -> bytes:
+        """The version 3 key record of ``secret`` wrapped under the wrap key ``label`` (id ``kid``)."""
+        head = bytes((VERSION,)) + kid + dk_id
+        wrap_nonce = os.urandom(_NONCE)
+        return (
+            head
+            + wrap_nonce
+            + self._wrap_op(label, "wrap", wrap_nonce, secret, _wrap_aad(head), encrypt=True)
+        )
+
+    def _rewrap_record(self, record: bytes) -> bytes:
+        with self._seal_lock:
+            label, kid = self.keks.current
+            done = self._rewrapped.get(record)
+        if done is not None and done[1 : 1 + _KEK_ID] == kid:
+            return done
+        secret = self._unwrap_secret(self._label_of(record), record)
+        new = self._wrap_record(label, kid, _dk_id(record), secret)
+        self._cache.put(_DataKey(new, AESGCM(secret), created=self._clock()))
+        with self._seal_lock:
+            self._rewrapped[record] = new
+            while len(self._rewrapped) > self._rewrapped_size:
+                self._rewrapped.popitem(last=False)
+        return new
+
+    def _unwrap(self, label: str, record: bytes, *, cache: bool) -> _DataKey:
         """Unwrap ``record``'s data key in the token (one audited token operation)."""
+        key = _DataKey(record, AESGCM(self._unwrap_secret(label, record)), created=self._clock())
+        if cache:
+            self._cache.put(key)
+        return key
+
+    def _unwrap_secret(self, label: str, record: bytes) -> bytes:
         wrap_nonce = record[-_WRAPPED - _NONCE : -_WRAPPED]
         try:
-            secret = self._wrap_op("unwrap", wrap_nonce, record[-_WRAPPED:], _wrap_aad(record), encrypt=False)
+            secret = self._wrap_op(
+                label, "unwrap", wrap_nonce, record[-_WRAPPED:], _wrap_aad(record), encrypt=False
+            )
         except (HsmUnavailable, WrapKeyMissing):
             raise
         except HsmError:
             raise EnvelopeError("sealed blob: data key failed authentication") from None
         if len(secret) != _DATA_KEY:
             raise EnvelopeError("sealed blob: data key failed authentication")
-        key = _DataKey(record, AESGCM(secret), created=self._clock())
-        if cache:
-            self._cache.put(key)
-        return key
+        return secret
 
-    def _wrap_op(self, op: str, nonce: bytes, data: bytes, aad: bytes, *, encrypt: bool) -> bytes:
+    def _wrap_op(self, label: str, op: str, nonce: bytes, data: bytes, aad: bytes, *, encrypt: bool) -> bytes:
         params = GCMParams(nonce, aad, _TAG * 8)
         mechanism = Mechanism.AES_GCM
 
@@ -322,40 +378,23 @@ class Envelope:
             return bytes(key.decrypt(data, mechanism=mechanism, mechanism_param=params))
 
         try:
-            out = self._crypt(crypt, op)
+            out = self._crypt(label, crypt, op)
         except HsmError:
-            self._auditor.emit(self._ref, op, "pkcs11", False)
+            self._auditor.emit(label.encode(), op, "pkcs11", False)
             raise
-        self._auditor.emit(self._ref, op, "pkcs11", True)
+        self._auditor.emit(label.encode(), op, "pkcs11", True)
         return out
 
-    def _crypt(self, crypt: Callable[[Session, int], bytes], op: str) -> bytes:
+    def _crypt(self, label: str, crypt: Callable[[Session, int], bytes], op: str) -> bytes:
         for _ in range(3):
-            generation, handle = self._wrap_handle()
+            generation, handle = self.keks.handle(label)
             try:
                 return self._token.run(
                     functools.partial(_call_with, crypt, handle), op=op, generation=generation
                 )
             except StaleHandle:
-                self._handle = None  # reconnected (or the key was replaced): find it again
+                self.keks.forget_handles()  # reconnected (or the key was replaced): find it again
         raise HsmUnavailable(f"{op}: the token connection keeps changing")
-
-    def _wrap_handle(self) -> tuple[int, int]:
-        """(connection, handle) of the wrap key, cached per connection; found by label once."""
-        cached = self._handle
-        if cached is not None and cached[0] == self._token.generation:
-            return cached
-
-        def find(session: Session) -> list[int]:
-            with self._token.objects("search"):
-                return find_secret_keys(session, self._label)
-
-        handles, generation = self._token.run_pinned(find, op="find wrap key")
-        if len(handles) != 1:
-            what = "no wrap key" if not handles else "several wrap keys"
-            raise WrapKeyMissing(f"token has {what} labelled {self._label!r}; run the gateway's init")
-        self._handle = (generation, handles[0])
-        return self._handle
 
 
 def _call_with(crypt: Callable[[Session, int], bytes], handle: int, session: Session) -> bytes:
@@ -366,4 +405,19 @@ class WrapKeyMissing(HsmError):
     """The token has no wrap key (or more than one) under the configured label."""
 
 
-__all__ = ["DEFAULT_WRAP_LABEL", "VERSION", "Envelope", "WrapKeyMissing", "create_wrap_key", "kek_id"]
+def _wrap_key_missing(what: str) -> HsmError:
+    return WrapKeyMissing(f"{what} (the wrap key); run the gateway's init")
+
+
+__all__ = [
+    "DEFAULT_WRAP_LABEL",
+    "VERSION",
+    "Envelope",
+    "WrapKeyMissing",
+    "aes_token_key_template",
+    "create_aes_token_key",
+    "create_wrap_key",
+    "destroy_aes_token_key",
+    "find_secret_keys",
+    "kek_id",
+]

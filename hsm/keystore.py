@@ -75,7 +75,8 @@ class Pkcs11KeyStore:
         self._prefix = label_prefix
         self._fallback = software_hpke_fallback
         self._persistence = persistence
-        self._auditor = Auditor(audit_hook)
+        self._auditor = wrapped.auditor if wrapped is not None else Auditor()  # one hook for both stores
+        self._auditor.hook = audit_hook
         self._capabilities = capabilities
         self._cache: dict[bytes, KeyEntry] = token.handle_cache
         self._software: dict[bytes, SoftwareCustodyHpkeKey] = {}
@@ -97,6 +98,10 @@ class Pkcs11KeyStore:
     def set_audit_hook(self, hook: AuditHook | None) -> None:
         self._auditor.hook = hook
 
+    def kek_label(self, key_ref: bytes) -> str | None:
+        """The label of the KEK a wrapped-custody key is wrapped under (None for other custodies)."""
+        return self._wrapped.kek_label(key_ref) if self._wrapped and _parse(key_ref)[1] == "wrapped" else None
+
     @property
     def capabilities(self) -> Capabilities:
         """The token's capabilities (or the override given at construction, e.g. to restrict them)."""
@@ -113,10 +118,7 @@ class Pkcs11KeyStore:
     @staticmethod
     def custody_of(key_ref: bytes) -> Custody:
         """Custody of an existing key, from its reference."""
-        parsed = parse_ref(key_ref)
-        if parsed is None:
-            raise KeyStoreError("not a key reference of this store")
-        return parsed[1]
+        return _parse(key_ref)[1]
 
     def _form(self, kind: KeyKind) -> Pkcs11Form | None:
         caps = self.capabilities

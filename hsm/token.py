@@ -368,6 +368,20 @@ class Token:
         return self._library.objects.hold(use)
 
 
+def reread(token: Token) -> None:
+    """Reconnect ``token`` now (``C_Finalize`` + ``C_Initialize``: handles of the old connection go stale),
+    so that objects another process made in the token since are seen (a KEK made by ``mls-gateway keys
+    rotate-kek`` beside a running gateway was, now and then, not seen by the gateway's SoftHSM until
+    then). Waits a bounded time for the reconnect lock: someone else reconnecting re-reads it too."""
+    if not token._reconnect_lock.acquire(timeout=token.config.session_wait_s):
+        return
+    try:
+        if token._conn is not None and token._state == "up":
+            token._reconnect_locked()
+    finally:
+        token._reconnect_lock.release()
+
+
 def _log_transition(label: str, old: State, new: Literal["up", "down"], reason: str) -> None:
     """One line when the token goes down and one when it is back: per transition, never per failed retry
     or request (a first "up" is no news: the gateway's start-up line says it; a token that cannot be opened
@@ -404,4 +418,4 @@ def _replace_session(p11: P11Token, session: Session) -> Session:
     return fresh
 
 
-__all__ = ["StaleHandle", "Token"]
+__all__ = ["StaleHandle", "Token", "reread"]

@@ -16,12 +16,21 @@ X25519-quirk keys are refused with ``KeyNotWrappable``).
   does not grow with the number of keys.
 * **Use**: a cache miss (evicted, another connection, a session object gone with its session) unwraps the
   blob again into a non-extractable session object (``C_UnwrapKey``).
+  Each such unwrap is reported to the audit hook (operation ``unwrap``, custody ``wrapped:<KEK label>``);
+  hits and misses are counted (:attr:`WrappedKeys.hits`, :attr:`WrappedKeys.misses`). An evicted entry's
+  session object is destroyed.
 * **Destroy** (forward-secret deletion): the blob is deleted, then the cached session object destroyed.
+* **KEK rotation** (:mod:`gateway.kek_rotation`): :meth:`WrappedKeys.use_kek` makes another KEK wrap new
+  keys; :meth:`WrappedKeys.rewrap_blob` moves a blob under it (``C_UnwrapKey`` under the KEK the blob
+  names into a transient session object extractable only for the next ``C_WrapKey``, wrap under the
+  current KEK, destroy), audited as ``rewrap``. The blobs of every KEK the store knows keep opening.
 
-Blob (stored with the KEK id, :func:`hsm.envelope.kek_id` of the KEK's label)::
+Blob (version 2 names its KEK by id, :func:`hsm.envelope.kek_id` of the KEK's label; the row also stores it)::
 
-    version 0x01 (1) ‖ wrap mechanism (1: 0x01 AES_KEY_WRAP_PAD, 0x02 AES_KEY_WRAP) ‖ public key
-        (the kind's wire form, non-secret) ‖ wrapped private key (as C_WrapKey returned it)
+    version 0x02 (1) ‖ wrap mechanism (1: 0x01 AES_KEY_WRAP_PAD, 0x02 AES_KEY_WRAP) ‖ KEK id (8)
+        ‖ public key (the kind's wire form, non-secret) ‖ wrapped private key (as C_WrapKey returned it)
+
+Version 0x01 blobs (no KEK id: wrapped under the store's first KEK, ``kek_label``) still open.
 """
 
 from __future__ import annotations
@@ -31,7 +40,7 @@ import functools
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
@@ -42,9 +51,10 @@ from mls.errors import KeyStoreError
 
 from . import kinds as K
 from . import wrapping as W
+from .audit import Auditor
 from .cryptoki import LOST_ERRORS
-from .envelope import kek_id
 from .errors import HsmError, HsmUnavailable
+from .kek_ring import KEK_ID_BYTES, KekRing
 from .kinds import KeyKind, new_ref, parse_ref
 from .mechanisms import KeyEntry, KeyPair, Pkcs11Form, ecdh, sign
 from .token import StaleHandle, Token
@@ -52,7 +62,8 @@ from .token import StaleHandle, Token
 T = TypeVar("T")
 _log = logging.getLogger(__name__)
 
-BLOB_VERSION = 0x01
+BLOB_VERSION = 0x02
+BLOB_VERSION_1 = 0x01
 DEFAULT_CACHE_SIZE = 1024
 _MECH_CODES = {Mechanism.AES_KEY_WRAP_PAD: 0x01, Mechanism.AES_KEY_WRAP: 0x02}
 _MECH_BY_CODE = {v: k for k, v in _MECH_CODES.items()}
@@ -93,13 +104,17 @@ class WrappedKeys:
             raise ValueError("wrapped keys: cache_size must be >= 1")
         self._token = token
         self._persistence = persistence
-        self._kek_label = kek_label
-        self.kek_id = kek_id(kek_label)
+        #: The KEKs: the current one, the others blobs may name; its ``resolver`` is asked about a KEK a
+        #: blob names that the store does not know.
+        self.keks = KekRing(token, kek_label, HsmError)
+        #: Emits ``unwrap`` (cache miss) and ``rewrap`` events; the key store shares its own.
+        self.auditor = Auditor()
+        self.hits = 0
+        self.misses = 0
         self._prefix = label_prefix
         self._size = cache_size
         self._cache: OrderedDict[bytes, KeyEntry] = OrderedDict()
         self._lock = threading.Lock()
-        self._kek: tuple[int, int] | None = None  # (generation, handle)
         self.support: dict[KeyKind, WrapSupport] = {}
         self.refused: dict[str, str] = {}
 
@@ -109,6 +124,25 @@ class WrappedKeys:
     @property
     def cached(self) -> int:
         return len(self._cache)
+
+    @property
+    def kek_id(self) -> bytes:
+        """The id of the KEK new keys are wrapped under."""
+        return self.keks.id
+
+    def use_kek(self, label: str) -> None:
+        """Wrap new keys under the KEK ``label`` from now on (blobs under KEKs known before still open)."""
+        self.keks.use(label)
+
+    def know_keks(self, labels: Iterable[str]) -> None:
+        """Also open blobs wrapped under these KEKs."""
+        self.keks.know(labels)
+
+    def kek_label_of(self, blob: bytes) -> str | None:
+        """The label of the KEK ``blob`` is wrapped under (None when the store does not know it)."""
+        if blob[:1] == bytes((BLOB_VERSION_1,)):
+            return self.keks.first
+        return self.keks.known(blob[2 : 2 + KEK_ID_BYTES])
 
     def supports(self, kind: KeyKind) -> bool:
         return kind in self.support
@@ -130,13 +164,13 @@ class WrappedKeys:
         support: dict[KeyKind, WrapSupport] = {}
         refused: dict[str, str] = {}
         try:
-            self._kek_handle()
+            self.keks.handle(self.keks.label)
         except HsmError as exc:
             self.support, self.refused = {}, {k.name: f"no KEK ({exc})" for k in forms}
             return self.describe()
         for kind, form in forms.items():
             try:
-                generation, kek = self._kek_handle()
+                generation, kek = self.keks.handle(self.keks.label)
                 probe = functools.partial(_probe_kind, self._token, kek, kind, form)
                 found = self._token.run(probe, op="wrap probe", generation=generation)
             except HsmUnavailable:
@@ -161,8 +195,8 @@ class WrappedKeys:
             raise KeyStoreError(f"the token cannot wrap {kind.name} keys")
         ref = new_ref(kind, "wrapped")
         label = self._label(kind, ref)
-
-        generation, kek = self._kek_handle()
+        kek_label, kid = self.keks.current
+        generation, kek = self.keks.handle(kek_label)
 
         def make(session: Session) -> tuple[int, bytes, bytes]:
             with self._token.objects("change"):
@@ -177,9 +211,9 @@ class WrappedKeys:
             return private, public_key, wrapped
 
         private, public_key, wrapped = self._token.run(make, op="generate wrapped key", generation=generation)
-        blob = bytes((BLOB_VERSION, _MECH_CODES[support.mechanism])) + public_key + wrapped
+        blob = bytes((BLOB_VERSION, _MECH_CODES[support.mechanism])) + kid + public_key + wrapped
         try:
-            self._persistence.save(ref, blob, self.kek_id)
+            self._persistence.save(ref, blob, kid)
         except BaseException:
             self._drop(KeyEntry(kind, form, KeyPair(private, 0, public_key), generation))
             raise
@@ -191,7 +225,51 @@ class WrappedKeys:
         if entry is not None:
             return entry.pair.public_key
         kind = _kind(key_ref)
-        return _split(kind, self._blob(key_ref))[1]
+        return _split(kind, self._blob(key_ref))[2]
+
+    def kek_label(self, key_ref: bytes) -> str | None:
+        """The label of the KEK the key's blob is wrapped under now (None when no label is known)."""
+        return self.kek_label_of(self._blob(key_ref))
+
+    def rewrap_blob(self, key_ref: bytes, blob: bytes) -> bytes:
+        """``blob`` wrapped under the current KEK (unchanged when it already is): unwrapped in the token
+        under the KEK it names into a transient session object, wrapped again, destroyed (audited
+        ``rewrap``); the private key is never out of the token in clear."""
+        kind = _kind(key_ref)
+        mechanism, kid, public_key, wrapped = _split(kind, blob)
+        if kid == self.kek_id:
+            return blob
+        form = self._token.capabilities.form(kind)
+        (new_label, new_id), old_label = self.keks.current, self._label_of(kid)
+        trusted = self.support[kind].trusted if kind in self.support else False
+
+        def move(session: Session, old: int, new: int) -> bytes:
+            with self._token.objects("change"):
+                private = W.unwrap(
+                    session,
+                    old,
+                    kind,
+                    form,
+                    wrapped,
+                    key_ref,
+                    "rewrap",
+                    mechanism,
+                    for_wrap=True,
+                    trusted=trusted,
+                )
+            try:
+                return W.wrap(session, new, private, form, mechanism)
+            finally:
+                self._token.destroy_handle(session, private)  # takes the "change" turn itself (not nested)
+
+        custody = f"wrapped:{new_label}"
+        try:
+            moved = self._with_keks(old_label, new_label, move, "rewrap key")
+        except HsmError:
+            self.auditor.emit(key_ref, "rewrap", custody, False)
+            raise
+        self.auditor.emit(key_ref, "rewrap", custody, True)
+        return bytes((BLOB_VERSION, _MECH_CODES[mechanism])) + new_id + public_key + moved
 
     def run(self, key_ref: bytes, op: str, fn: Callable[[Session, KeyEntry], T]) -> T:
         """``fn`` with the key's session object (unwrapped again on a miss or a stale handle)."""
@@ -238,19 +316,29 @@ class WrappedKeys:
             entry = self._cache.get(key_ref)
             if entry is not None and entry.generation == self._token.generation:
                 self._cache.move_to_end(key_ref)
+                self.hits += 1
                 return entry
+            self.misses += 1
         kind = _kind(key_ref)
         form = self._token.capabilities.form(kind)
-        mechanism, public_key, wrapped = _split(kind, self._blob(key_ref))
+        mechanism, kid, public_key, wrapped = _split(kind, self._blob(key_ref))
         label = self._label(kind, key_ref)
+        kek_label = self._label_of(kid)
+        custody = f"wrapped:{kek_label}"
+        try:
+            generation, kek = self.keks.handle(kek_label)
 
-        generation, kek = self._kek_handle()
+            def load(session: Session) -> int:
+                with self._token.objects("change"):
+                    return W.unwrap(session, kek, kind, form, wrapped, key_ref, label, mechanism)
 
-        def load(session: Session) -> int:
-            with self._token.objects("change"):
-                return W.unwrap(session, kek, kind, form, wrapped, key_ref, label, mechanism)
-
-        private = self._token.run(load, op="unwrap key", generation=generation)
+            private = self._token.run(load, op="unwrap key", generation=generation)
+        except StaleHandle:
+            raise
+        except HsmError:
+            self.auditor.emit(key_ref, "unwrap", custody, False)
+            raise
+        self.auditor.emit(key_ref, "unwrap", custody, True)
         entry = KeyEntry(kind, form, KeyPair(private, 0, public_key), generation)
         self._put(key_ref, entry)
         return entry
@@ -279,21 +367,26 @@ class WrappedKeys:
         except HsmError as exc:
             _log.debug("wrapped keys: session object not destroyed (%s)", exc)
 
-    def _kek_handle(self) -> tuple[int, int]:
-        cached = self._kek
-        if cached is not None and cached[0] == self._token.generation:
-            return cached
+    def _label_of(self, kid: bytes | None) -> str:
+        """The label of the KEK ``kid`` (None: a version 1 blob's, the first KEK); asks the resolver once."""
+        label = self.keks.first if kid is None else self.keks.resolve(kid)
+        if label is None:
+            raise HsmError("wrapped key blob: wrapped under a KEK this store does not know")
+        return label
 
-        def find(session: Session) -> list[int]:
-            with self._token.objects("search"):
-                return W.find_keks(session, self._kek_label)
-
-        handles, generation = self._token.run_pinned(find, op="find kek")
-        if len(handles) != 1:
-            what = "no KEK" if not handles else "several KEKs"
-            raise HsmError(f"token has {what} labelled {self._kek_label!r}")
-        self._kek = (generation, handles[0])
-        return self._kek
+    def _with_keks(self, old: str, new: str, fn: Callable[[Session, int, int], T], op: str) -> T:
+        """``fn(session, old KEK handle, new KEK handle)`` with both handles of one token connection."""
+        for _ in range(3):
+            generation, old_handle = self.keks.handle(old)
+            new_generation, new_handle = self.keks.handle(new)
+            if new_generation != generation:
+                continue
+            try:
+                call = functools.partial(_call_keks, fn, old_handle, new_handle)
+                return self._token.run(call, op=op, generation=generation)
+            except StaleHandle:
+                self.keks.forget_handles()
+        raise HsmUnavailable(f"{op}: the token connection keeps changing")
 
 
 def _probe_kind(
@@ -347,6 +440,10 @@ def _call(fn: Callable[[Session, KeyEntry], T], entry: KeyEntry, session: Sessio
     return fn(session, entry)
 
 
+def _call_keks(fn: Callable[[Session, int, int], T], old: int, new: int, session: Session) -> T:
+    return fn(session, old, new)
+
+
 def _kind(key_ref: bytes) -> KeyKind:
     parsed = parse_ref(key_ref)
     if parsed is None or parsed[1] != "wrapped":
@@ -354,12 +451,14 @@ def _kind(key_ref: bytes) -> KeyKind:
     return parsed[0]
 
 
-def _split(kind: KeyKind, blob: bytes) -> tuple[Mechanism, bytes, bytes]:
-    """(wrap mechanism, public key, wrapped private key) of a blob."""
-    mechanism = _MECH_BY_CODE.get(blob[1]) if len(blob) > 2 + kind.pub_len else None
-    if blob[:1] != bytes((BLOB_VERSION,)) or mechanism is None:
+def _split(kind: KeyKind, blob: bytes) -> tuple[Mechanism, bytes | None, bytes, bytes]:
+    """(wrap mechanism, KEK id or None for version 1, public key, wrapped private key) of a blob."""
+    kid_len = {BLOB_VERSION: KEK_ID_BYTES, BLOB_VERSION_1: 0}.get(blob[0]) if blob else None
+    if kid_len is None or len(blob) <= 2 + kid_len + kind.pub_len or blob[1] not in _MECH_BY_CODE:
         raise KeyStoreError("wrapped key blob: unknown version or malformed")
-    return mechanism, blob[2 : 2 + kind.pub_len], blob[2 + kind.pub_len :]
+    start = 2 + kid_len
+    kid = blob[2:start] if kid_len else None
+    return _MECH_BY_CODE[blob[1]], kid, blob[start : start + kind.pub_len], blob[start + kind.pub_len :]
 
 
 __all__ = ["DEFAULT_CACHE_SIZE", "WrapSupport", "WrappedKeyPersistence", "WrappedKeys"]

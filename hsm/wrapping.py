@@ -30,7 +30,7 @@ from pkcs11 import Attribute, Mechanism, MechanismFlag, ObjectClass
 from pkcs11.types import Session
 
 from ._compat import DEFAULT, bound_kek, bound_key
-from .envelope import aes_token_key_template, create_aes_token_key, find_secret_keys
+from .kek_ring import aes_token_key_template, create_aes_token_key, find_secret_keys
 from .kinds import KeyKind, public_key_from_ec_point
 from .mechanisms import Pkcs11Form, handle_of, public_template
 from .token import Token
@@ -129,18 +129,25 @@ def unwrap(
     ref: bytes,
     label: str,
     mechanism: Mechanism,
+    *,
+    for_wrap: bool = False,
+    trusted: bool = False,
 ) -> int:
-    """C_UnwrapKey of ``wrapped`` into a sensitive, non-extractable session private key; its handle."""
+    """C_UnwrapKey of ``wrapped`` into a sensitive session private key; its handle. It is not extractable,
+    unless ``for_wrap`` (a KEK rotation's re-wrap: extractable only so that the next ``C_WrapKey`` can
+    export it under the new KEK, and with ``CKA_WRAP_WITH_TRUSTED`` when ``trusted``; destroyed at once)."""
     template: dict[Attribute, Any] = {a: DEFAULT for a in _LEFT_OUT}
     template.update(
         {
             Attribute.PRIVATE: True,
             Attribute.SENSITIVE: True,
-            Attribute.EXTRACTABLE: False,
+            Attribute.EXTRACTABLE: for_wrap,
             Attribute.MODIFIABLE: False,
             _usage(kind): True,
         }
     )
+    if for_wrap and trusted:
+        template[Attribute.WRAP_WITH_TRUSTED] = True
     key = bound_kek(session, kek).unwrap_key(
         ObjectClass.PRIVATE_KEY,
         form.key_type,

@@ -46,7 +46,7 @@ def test_custody_is_chosen_per_tenant_and_reported_truthfully(gateway: GatewaySe
     def custody(api: Client, suite: int) -> dict[str, str]:
         return dict(api.create_identity(f"i{suite}", cipher_suite=suite)["custody"])
 
-    assert custody(wrapped_api, P256) == {"signature": "wrapped", "hpke": "wrapped"}
+    assert custody(wrapped_api, P256) == {"signature": "wrapped", "hpke": "wrapped", "kek": "mlsgw/kek/v1"}
     assert custody(token_api, P256) == {"signature": "pkcs11", "hpke": "pkcs11"}
     # Ed25519 and X25519 are not wrappable on SoftHSM: token objects, said so
     assert custody(wrapped_api, 1) == {"signature": "pkcs11", "hpke": "pkcs11"}

@@ -44,7 +44,7 @@ def test_round_trip(envelope: Envelope) -> None:
 
 def test_blob_names_its_kek_and_data_key(envelope: Envelope) -> None:
     one, two = envelope.seal(b"a"), envelope.seal(b"b")
-    assert one[0] == VERSION == 2 and one[1:9] == kek_id(DEFAULT_WRAP_LABEL)
+    assert one[0] == VERSION == 3 and one[1:9] == kek_id(DEFAULT_WRAP_LABEL)
     assert one[:RECORD] == two[:RECORD]  # one data key, wrapped once, for both
     assert one[RECORD:HEADER] != two[RECORD:HEADER]  # a fresh data nonce per seal
     assert len(one) == HEADER + 1 + 16
