@@ -184,6 +184,10 @@ def test_kek_rotation_under_load_loses_nothing(servers: list[GatewayServer], tmp
     api.key_packages(owner.identity_id, 40)
     for alice, bob, gid in pairs:
         _talk(alice, bob, gid, b"before")
+    quiet = _pair(api, "quiet", P256)  # left alone from here: its ratchet-state rows move only by re-wrap
+    _talk(*quiet, b"before")
+    with _db(server) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM group_ratchets").fetchone()[0] >= 2
     assert _all_under(server, *OLD)
     assert _view_kek(api, owner) == OLD[1] and _view_kek(api, pairs[-1][0]) is None  # X25519: in the token
     before = _kek_ids(server)
@@ -217,7 +221,7 @@ def test_kek_rotation_under_load_loses_nothing(servers: list[GatewayServer], tmp
     assert server.stop() == 0
     assert _token_labels(server) == {OLD[0]: 0, OLD[1]: 0, NEW[0]: 1, NEW[1]: 1}
     server.start()
-    for alice, bob, gid in pairs:  # every state opens under the new KEKs alone, keys unwrap
+    for alice, bob, gid in [*pairs, quiet]:  # every state opens under the new KEKs alone, keys unwrap
         _talk(alice, bob, gid, b"after restart")
         alice.process(gid, bob.commit(gid)["commit"])
         _talk(bob, alice, gid, b"and back")
