@@ -59,7 +59,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     rt = runtime(request)
-    problems = await asyncio.get_running_loop().run_in_executor(rt.executor, rt.readiness)
+    problems = await asyncio.get_running_loop().run_in_executor(rt.control_executor, rt.readiness)
     if problems:
         return web.json_response(
             {"status": "unavailable", "problems": problems}, status=503, headers={"Retry-After": "5"}
@@ -396,7 +396,7 @@ async def export(request: web.Request) -> web.Response:
 GROUPS = "/v1/identities/{identity_id}/groups"
 ROUTES: list[Route] = [
     Route("GET", "/healthz", healthz, "none", "Liveness: the process serves"),
-    Route("GET", "/readyz", readyz, "none", "Readiness: the HSM session pool and the store answer"),
+    Route("GET", "/readyz", readyz, "none", "Readiness: the HSM pool answers, the store takes writes"),
     Route("GET", "/metrics", metrics, "none", "Prometheus metrics"),
     Route("GET", "/v1/openapi.json", openapi, "none", "This API's OpenAPI 3.1 document"),
     Route("POST", "/v1/tenants", create_tenant, "admin", "Create a tenant and its first token", True),

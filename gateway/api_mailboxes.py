@@ -31,12 +31,12 @@ import logging
 import weakref
 from collections.abc import Callable
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from .context import PRINCIPAL, REQUEST_ID
-from .dispatch import Route, principal, read_body, respond, runtime
+from .dispatch import Route, in_worker, principal, read_body, respond, runtime
 from .errors import Problem, invalid, problem_from_exception
 from .mailboxes import (
     Box,
@@ -73,7 +73,7 @@ async def in_pool(request: web.Request, fn: Callable[[RequestScope], T]) -> T:
             return fn(scope)
 
     ctx = contextvars.copy_context()
-    return await asyncio.get_running_loop().run_in_executor(rt.executor, ctx.run, work)
+    return cast(T, await in_worker(request, ctx.run, work))
 
 
 def client_mailbox(request: web.Request) -> ClientMailbox:

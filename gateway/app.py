@@ -38,7 +38,9 @@ from .hosted_worker import hosted_delivery_task
 from .logs import request_context, valid_request_id
 from .mailboxes import purge_expired_items
 from .metrics import Metrics
+from .readiness import readiness_gauge_task
 from .reconciliation import key_reconciliation
+from .request_limits import TenantScheduler, refuse_encoded_body, server_settings
 from .sealed_keys import SealedKeyPersistence, WrappedKeyRows
 from .service import GatewayService
 from .sqlite_store import SqliteStore
@@ -50,6 +52,9 @@ log = logging.getLogger("mls_gateway")
 
 #: Seconds between two purges of expired idempotency records (the first one runs at start-up).
 PURGE_INTERVAL_S = 3600.0
+
+#: The status of a request whose client hung up before its answer (nginx's 499; never sent).
+CLIENT_CLOSED = 499
 
 _ROUTE_BY_KEY = {(r.method, r.path): r for r in ROUTES}
 
@@ -94,7 +99,10 @@ async def _authenticate(request: web.Request, route: Route) -> None:
     if token is None:
         raise Problem("unauthorized", "missing bearer token")
     rt = request.app[APP]
-    principal = await asyncio.get_running_loop().run_in_executor(rt.executor, rt.service.authenticate, token)
+    # Token checks have their own small pool: a flood of work in the worker pool does not delay them.
+    principal = await asyncio.get_running_loop().run_in_executor(
+        rt.control_executor, rt.service.authenticate, token
+    )
     if principal is None:
         raise Problem("unauthorized", "unknown or revoked token")
     if (route.auth == "admin") != principal.is_admin or (route.auth == "tenant" and principal.is_client):
@@ -116,10 +124,13 @@ async def gateway_middleware(
     started = time.perf_counter()
     with request_context(request_id):
         try:
+            refuse_encoded_body(request)  # before authentication: costs nothing, reads no body
             if route is not None:
                 await _authenticate(request, route)
             response = await handler(request)
             response.headers["X-Request-Id"] = request_id
+        except ConnectionResetError:  # the client hung up (mid-body): nobody to answer, not a failure
+            response = _client_gone(request, label)
         except Exception as exc:  # every failure becomes a problem document
             problem = _as_problem(exc)
             if problem.code == "internal_error":
@@ -133,6 +144,19 @@ async def gateway_middleware(
     return response
 
 
+def _client_gone(request: web.Request, label: str) -> web.Response:
+    """One line, no traceback, a count of its own; the request is counted as ``status="499"`` (nginx's
+    "client closed request"), never as a 5xx. The answer is for nobody: aiohttp drops it unsent."""
+    request.app[APP].metrics.client_disconnects.labels(label).inc()
+    log.info(
+        "client closed the connection before the response (%s %s)",
+        request.method,
+        label,
+        extra={"event": "client_disconnect", "route": label},
+    )
+    return web.Response(status=CLIENT_CLOSED)
+
+
 def gateway_crypto_backend(choice: str | None = None) -> CryptoBackend:
     """The crypto backend the gateway runs on: native when built; ``choice`` or ``$MLS_CRYPTO_BACKEND``
     (``auto|python|native``) overrides, and ``native`` fails loudly when it is not built."""
@@ -141,7 +165,12 @@ def gateway_crypto_backend(choice: str | None = None) -> CryptoBackend:
 
 def create_app(runtime: Runtime) -> web.Application:
     use_crypto_backend(gateway_crypto_backend())
-    app = web.Application(middlewares=[gateway_middleware], client_max_size=runtime.config.max_body_bytes)
+    cfg = runtime.config
+    app = web.Application(
+        middlewares=[gateway_middleware],
+        client_max_size=cfg.max_body_bytes,
+        handler_args=server_settings(cfg.header_timeout_s),
+    )
     app[APP] = runtime
     for route in ROUTES:
         app.router.add_route(route.method, route.path, route.handler)
@@ -152,6 +181,7 @@ def create_app(runtime: Runtime) -> web.Application:
     app.cleanup_ctx.append(hosted_delivery_task)
     app.cleanup_ctx.append(webhook_delivery)  # signed webhooks of hosted identities (api-delivery.md)
     app.cleanup_ctx.append(key_reconciliation)  # orphaned keys: at start-up, then periodically
+    app.cleanup_ctx.append(readiness_gauge_task)  # mlsgw_ready kept current between /readyz calls
     app.on_cleanup.append(_close_runtime)
     return app
 
@@ -242,10 +272,15 @@ def open_runtime(config: GatewayConfig, module_path: str) -> Runtime:
     executor = ThreadPoolExecutor(max_workers=config.worker_threads, thread_name_prefix="mlsgw")
     runtime = Runtime(config, store, token, keys, envelope, service, metrics, executor)
     runtime.wrapped_custody = wrapped_custody
+    runtime.control_executor = ThreadPoolExecutor(config.auth_threads, thread_name_prefix="mlsgw-control")
+    runtime.scheduler = TenantScheduler(
+        config.worker_threads, config.tenant_max_concurrency, config.tenant_max_waiting
+    )
     return runtime
 
 
 def close_runtime(rt: Runtime) -> None:
+    rt.control_executor.shutdown(wait=True, cancel_futures=True)
     rt.executor.shutdown(wait=True, cancel_futures=True)
     rt.envelope.close()  # drop the data keys held in memory
     rt.token.close()

@@ -20,6 +20,8 @@ from .auth import Principal
 from .config import GatewayConfig
 from .mailboxes import refresh_depths
 from .metrics import Metrics
+from .readiness import store_write_probe
+from .request_limits import TenantScheduler
 from .service import GatewayService
 from .store import Store, StoreUnavailable
 
@@ -53,9 +55,16 @@ class Runtime:
     locks: GroupLocks = field(default_factory=GroupLocks)
     #: What the token can keep wrapped (the start-up probe of :class:`hsm.wrapped_keys.WrappedKeys`).
     wrapped_custody: object = None
+    #: Token checks and readiness probes: a small pool of their own, never queued behind the workers.
+    control_executor: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(2, thread_name_prefix="mlsgw-control")
+    )
+    #: Fair admission of requests to :attr:`executor`, per tenant (gateway.request_limits).
+    scheduler: TenantScheduler = field(default_factory=lambda: TenantScheduler(8, 2, 32))
 
     def readiness(self) -> list[str]:
-        """What is not ready (empty when the HSM session pool and the store answer)."""
+        """What is not ready (empty when the HSM session pool answers and the store takes writes: its
+        write lock is free within ``readiness_write_timeout_s``, so a write would not answer 503)."""
         problems = []
         try:
             self.token.check()
@@ -65,6 +74,11 @@ class Runtime:
             self.store.ping()
         except StoreUnavailable as e:
             problems.append(f"store: {e}")
+        else:
+            problem = store_write_probe(self.config.database_path, self.config.readiness_write_timeout_s)
+            if problem is not None:
+                problems.append(f"store: {problem}")
+        self.metrics.ready.set(0 if problems else 1)
         return problems
 
     def refresh_metrics(self) -> None:

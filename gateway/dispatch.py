@@ -26,6 +26,7 @@ from .context import APP, PRINCIPAL, RAW_BODY, REQUEST_ID, Runtime
 from .errors import invalid
 from .operation_requests import GroupAddress
 from .persistence import Idempotency, RequestScope, Response
+from .request_limits import read_limited, require_json_content_type, tenant_key
 from .service import GatewayService
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -68,7 +69,9 @@ def json_response(result: Response | dict[str, Any]) -> web.Response:
 
 
 async def read_body(request: web.Request) -> rq.Body:
-    raw = await request.read()
+    """The JSON object body, read within the configured deadline and declared ``application/json``."""
+    raw = await read_limited(request, runtime(request).config.body_timeout_s)
+    require_json_content_type(request, raw)
     request[RAW_BODY] = raw
     return rq.Body(rq.parse_json(raw))
 
@@ -107,20 +110,28 @@ async def respond(
             return replayed if replayed is not None else operation(scope)
 
     ctx = contextvars.copy_context()
-    loop = asyncio.get_running_loop()
     started = time.perf_counter()
     outcome = "error"
     try:
         async with contextlib.AsyncExitStack() as stack:
             for held in [] if lock is None else lock if isinstance(lock, list) else [lock]:
                 await stack.enter_async_context(rt.locks.hold(held))
-            result = await loop.run_in_executor(rt.executor, ctx.run, work)
+            result = await in_worker(request, ctx.run, work)
         outcome = "ok"
         return json_response(result)
     finally:
         if metric is not None:
             rt.metrics.mls_ops.labels(metric, outcome).inc()
             rt.metrics.mls_latency.labels(metric).observe(time.perf_counter() - started)
+
+
+async def in_worker(request: web.Request, fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` in the worker pool once the caller's tenant is admitted (gateway.request_limits:
+    round robin between tenants, a bounded share each, 429 when its queue is full)."""
+    rt = runtime(request)
+    p = request.get(PRINCIPAL)
+    async with rt.scheduler.slot(tenant_key(p.tenant_id if p is not None else None)):
+        return await asyncio.get_running_loop().run_in_executor(rt.executor, fn, *args)
 
 
 def group_address(request: web.Request) -> GroupAddress:

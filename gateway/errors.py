@@ -30,6 +30,11 @@ CODES: dict[str, tuple[int, str]] = {
     "hsm_unavailable": (503, "HSM unavailable"),
     "store_unavailable": (503, "Store unavailable"),
     "internal_error": (500, "Internal error"),
+    # abuse resistance (issue 17): refused before any work is done
+    "unsupported_media_type": (415, "Unsupported media type"),
+    "quota_exceeded": (429, "Quota exceeded"),
+    "rate_limited": (429, "Too many requests"),
+    "request_timeout": (408, "Request timeout"),
 }
 
 

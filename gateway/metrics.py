@@ -82,6 +82,22 @@ class Metrics:
             registry=r,
         )
         self.delivery = DeliveryMetrics(r)
+        # abuse resistance (issue 17)
+        self.client_disconnects = Counter(
+            "mlsgw_http_client_disconnects",
+            "Requests whose client hung up before the answer (counted as status 499, never 5xx)",
+            ["route"],
+            registry=r,
+        )
+        self.ready = Gauge(
+            "mlsgw_ready", "1 while /readyz answers ready (HSM answers, store writable)", registry=r
+        )
+        self.refused = Counter(
+            "mlsgw_requests_refused",
+            "Requests refused by a limit before any work (quota, tenant queue, media type, timeout)",
+            ["code"],
+            registry=r,
+        )
 
     def key_use(self, event: AuditEvent) -> None:
         self.hsm_ops.labels(event.operation, event.custody, "ok" if event.ok else "error").inc()
