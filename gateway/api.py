@@ -88,7 +88,7 @@ async def openapi(request: web.Request) -> web.Response:
 
 async def create_tenant(request: web.Request) -> web.Response:
     body = await read_body(request)
-    name, custody = body.text("name"), body.data.get("custody", "wrapped")
+    name, custody = body.name("name"), body.data.get("custody", "wrapped")
     if custody not in CUSTODY_MODES:
         raise invalid("custody must be one of " + ", ".join(CUSTODY_MODES))
     tenants = service(request).tenants
@@ -118,7 +118,7 @@ async def revoke_token(request: web.Request) -> web.Response:
 async def create_identity(request: web.Request) -> web.Response:
     body = await read_body(request)
     req = CreateIdentityRequest(
-        body.text("name"),
+        body.name("name"),
         body.integer("cipher_suite", 1, 1, 7),
         rq.credential(body.data["credential"]) if body.has("credential") else None,
         body.boolean("auto_join", True),
@@ -381,7 +381,7 @@ async def group_info(request: web.Request) -> web.Response:
 
 async def export(request: web.Request) -> web.Response:
     body = await read_body(request)
-    label = body.text("label", max_len=255)
+    label = body.name("label", max_len=255)
     context = body.optional_b64("context") or b""
     length = body.integer("length", None, 1, 255)
     address = group_address(request)
