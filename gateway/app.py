@@ -38,6 +38,7 @@ from .hosted_worker import hosted_delivery_task
 from .logs import request_context, valid_request_id
 from .mailboxes import purge_expired_items
 from .metrics import Metrics
+from .quotas import Quotas
 from .readiness import readiness_gauge_task
 from .reconciliation import key_reconciliation
 from .request_limits import TenantScheduler, refuse_encoded_body, server_settings
@@ -268,6 +269,9 @@ def open_runtime(config: GatewayConfig, module_path: str) -> Runtime:
     service.groups.defaults = config.delivery
     service.delivery_metrics = metrics.delivery
     service.hosted.on_delivered = lambda ok, latency: metrics.delivery.delivered("hosted", ok, latency)
+    service.identities.quotas = Quotas(
+        config.quota_identities, config.quota_groups_per_identity, config.quota_key_packages_per_identity
+    )
     service.identities.sessions.cache = StateCache(config.state_cache_bytes, metrics.state_cache_lookup)
     executor = ThreadPoolExecutor(max_workers=config.worker_threads, thread_name_prefix="mlsgw")
     runtime = Runtime(config, store, token, keys, envelope, service, metrics, executor)

@@ -40,9 +40,13 @@ class KeyPackages:
     ) -> Response:
         """``POST .../key-packages``: ``count`` fresh KeyPackages, all written in one transaction."""
         identity = self.identities.get(principal, request.identity_id)
+        quotas, count = self.identities.quotas, request.count
+        with self.store.read_transaction() as tx:
+            quotas.check_key_packages(tx, identity.identity_id, count)  # before any key is generated
         signer = self.keys.signer(identity.signature_key_ref)
         credential = Credential.from_bytes(identity.credential)
-        pending, out = PendingWrites(), []
+        iid = identity.identity_id
+        pending, out = PendingWrites([lambda tx: quotas.check_key_packages(tx, iid, count)]), []
         try:
             for _ in range(request.count):
                 record = self.new_key_package(identity, signer, credential, request, pending)

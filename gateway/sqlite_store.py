@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from .quotas import SqliteQuotaMixin
 from .sqlite_delivery import SqliteDeliveryMixin
 from .sqlite_directory import SqliteDirectoryMixin
 from .sqlite_mailboxes import SqliteMailboxMixin
@@ -80,6 +81,7 @@ class SqliteTransaction(
     SqliteWebhookMixin,
     SqliteMailboxMixin,
     SqliteTenantAdminMixin,
+    SqliteQuotaMixin,
 ):
     """The :class:`gateway.store.Transaction` of one SQLite transaction."""
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from .delivery_store import LogTransaction
+from .quotas import QuotaTransaction
 from .sqlite_directory import DirectoryTransaction
 from .sqlite_mailboxes import MailboxTransaction
 from .sqlite_tenants import TenantAdminTransaction
@@ -130,6 +131,7 @@ class Transaction(
     WebhookTransaction,
     MailboxTransaction,
     TenantAdminTransaction,
+    QuotaTransaction,
     Protocol,
 ):
     """One atomic unit of reads and writes: all of it commits, or none of it."""
