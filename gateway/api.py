@@ -11,7 +11,6 @@ in parallel). Nothing here knows ``mls``: the operations translate their request
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import uuid
 
 from aiohttp import web
@@ -22,14 +21,13 @@ from .api_log import LOG_ROUTES
 from .api_mailboxes import MAILBOX_ROUTES
 from .api_tenants import TENANT_ADMIN_ROUTES
 from .api_webhooks import WEBHOOK_ROUTES
-from .context import REQUEST_ID
 from .dispatch import (
     Route,
     group_address,
     group_lock,
     hosted_log_locks,
     identity_lock,
-    in_worker,
+    in_pool,
     principal,
     read_body,
     respond,
@@ -150,14 +148,8 @@ async def delete_identity(request: web.Request) -> web.Response:
     """Batches of its memberships, each its own short transaction and worker turn (other tenants'
     requests interleave), then the identity itself: still one synchronous 204 (api-v1.md)."""
     p, identities, iid = principal(request), service(request).identities, request.match_info["identity_id"]
-    persistence, request_id = identities.sessions.persistence, request[REQUEST_ID]
-
-    def batch() -> int:
-        with persistence.request(p, request_id):  # the audit context of the keys it destroys
-            return identities.delete_memberships(p, iid, DELETE_BATCH)
-
     async with runtime(request).locks.hold(identity_lock(iid)):
-        while await in_worker(request, contextvars.copy_context().run, batch):
+        while await in_pool(request, lambda scope: identities.delete_memberships(p, iid, DELETE_BATCH)):
             pass
     return await respond(request, lambda scope: identities.delete(p, iid, scope), lock=identity_lock(iid))
 

@@ -16,7 +16,7 @@ import hashlib
 import time
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from aiohttp import web
 
@@ -29,6 +29,7 @@ from .persistence import Idempotency, RequestScope, Response
 from .request_limits import read_limited, require_json_content_type, tenant_key
 from .service import GatewayService
 
+T = TypeVar("T")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -132,6 +133,20 @@ async def in_worker(request: web.Request, fn: Callable[..., Any], *args: Any) ->
     p = request.get(PRINCIPAL)
     async with rt.scheduler.slot(tenant_key(p.tenant_id if p is not None else None)):
         return await asyncio.get_running_loop().run_in_executor(rt.executor, fn, *args)
+
+
+async def in_pool(request: web.Request, fn: Callable[[RequestScope], T]) -> T:
+    """Run ``fn(scope)`` in the worker pool with the request's audit context (as :func:`respond` does),
+    answering its result as is."""
+    rt = runtime(request)
+    who, request_id = request.get(PRINCIPAL), request[REQUEST_ID]
+
+    def work() -> T:
+        with rt.service.persistence.request(who, request_id) as scope:
+            return fn(scope)
+
+    ctx = contextvars.copy_context()
+    return cast(T, await in_worker(request, ctx.run, work))
 
 
 def group_address(request: web.Request) -> GroupAddress:
