@@ -32,7 +32,7 @@ from .api import ROUTES, Route, make_request_id
 from .api_mailboxes import close_sockets
 from .auth import bearer_token
 from .config import GatewayConfig
-from .context import APP, PRINCIPAL, REQUEST_ID, Runtime
+from .context import APP, PRINCIPAL, REQUEST_ID, ROUTE_LABEL, Runtime
 from .errors import PROBLEM_CONTENT_TYPE, Problem, problem_from_exception
 from .hosted_worker import hosted_delivery_task
 from .logs import request_context, valid_request_id
@@ -41,7 +41,7 @@ from .metrics import Metrics
 from .quotas import Quotas
 from .readiness import readiness_gauge_task
 from .reconciliation import key_reconciliation
-from .request_limits import TenantScheduler, refuse_encoded_body, server_settings
+from .request_limits import UNREAD_BODY_CODES, TenantScheduler, refuse_encoded_body, server_settings
 from .sealed_keys import SealedKeyPersistence, WrappedKeyRows
 from .service import GatewayService
 from .sqlite_store import SqliteStore
@@ -122,6 +122,7 @@ async def gateway_middleware(
     request[REQUEST_ID] = request_id
     route = _route_of(request)
     label = route.path if route else "unmatched"
+    request[ROUTE_LABEL] = label
     started = time.perf_counter()
     with request_context(request_id):
         try:
@@ -139,6 +140,8 @@ async def gateway_middleware(
             elif problem.code == "hsm_unavailable":
                 request.app[APP].metrics.hsm_errors.labels("unavailable").inc()
             response = problem_response(problem, request_id)
+            if problem.code in UNREAD_BODY_CODES:
+                response.force_close()
     metrics = request.app[APP].metrics
     metrics.http_requests.labels(label, request.method, str(response.status)).inc()
     metrics.http_latency.labels(label, request.method).observe(time.perf_counter() - started)

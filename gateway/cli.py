@@ -28,11 +28,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
-
 from hsm.bootstrap import find_softhsm_module, init_softhsm_token, write_conf
 from native import BACKEND_CHOICES
 
+from . import http_server
 from .app import close_runtime, create_app, gateway_crypto_backend, open_runtime
 from .config import ConfigError, GatewayConfig, load_config
 from .logs import AccessLogger, access_log, configure_logging
@@ -131,15 +130,13 @@ def serve(cfg: GatewayConfig) -> None:
     rt = open_runtime(cfg, module)
     app = create_app(rt)
     print(f"mls-gateway listening on http://{cfg.listen_host}:{cfg.listen_port}", flush=True)
-    web.run_app(
+    http_server.serve(  # web.run_app, answering aiohttp's own refusals as problem documents
         app,
-        host=cfg.listen_host,
-        port=cfg.listen_port,
-        print=None,
+        cfg.listen_host,
+        cfg.listen_port,
         shutdown_timeout=10,
         access_log=access_log,
         access_log_class=AccessLogger,
-        handle_signals=True,
     )
 
 

@@ -103,3 +103,5 @@ APP: web.AppKey[Runtime] = web.AppKey("runtime", Runtime)
 PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal", Principal)
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)
 RAW_BODY: web.RequestKey[bytes] = web.RequestKey("raw_body", bytes)
+#: The route template of a request that reached the app (set by its middleware; logs and metrics).
+ROUTE_LABEL: web.RequestKey[str] = web.RequestKey("route_label", str)

@@ -61,17 +61,26 @@ async def read_limited(request: web.Request, timeout_s: float) -> bytes:
         async with asyncio.timeout(timeout_s):
             return await request.read()
     except TimeoutError:
-        if request.transport is not None:
-            request.transport.close()  # the rest of the body will not be read: nothing to keep alive
         detail = f"the request body was not received within {timeout_s:g} s"
         raise Problem("request_timeout", detail) from None
 
 
+#: Problems answered before the body was read whole: the connection is closed after the answer (the
+#: rest of the body is not waited for or drained).
+UNREAD_BODY_CODES = frozenset({"unsupported_media_type", "request_timeout", "payload_too_large"})
+
+
+#: Seconds aiohttp keeps reading (and dropping) the unread rest of a refused request's body before it
+#: closes the connection (so that the client sees the answer rather than a reset).
+LINGERING_S = 2.0
+
+
 def server_settings(header_timeout_s: float) -> dict[str, Any]:
-    """Keyword arguments of aiohttp's request handler (``web.run_app``): the keep-alive timer closes a
+    """Keyword arguments of aiohttp's request handler (``handler_args``): the keep-alive timer closes a
     connection that delivered no complete request in ``header_timeout_s`` (idle, or headers half-sent);
-    bodies are never decompressed."""
-    return {"keepalive_timeout": header_timeout_s, "auto_decompress": False}
+    bodies are never decompressed; the unread rest of a refused body is drained for at most
+    :data:`LINGERING_S`."""
+    return {"keepalive_timeout": header_timeout_s, "auto_decompress": False, "lingering_time": LINGERING_S}
 
 
 class TenantScheduler:
