@@ -72,7 +72,7 @@ async def metrics(request: web.Request) -> web.StreamResponse:
     """prometheus-client's own aiohttp handler on the app's registry (content negotiation, ``name[]``
     filters, compression), once the gauges read from the token and the store are refreshed."""
     rt = runtime(request)
-    await asyncio.get_running_loop().run_in_executor(rt.executor, rt.refresh_metrics)
+    await asyncio.get_running_loop().run_in_executor(rt.control_executor, rt.refresh_metrics)
     response = await rt.metrics.handler(request)
     response.headers["X-Content-Type-Options"] = "nosniff"
     return response

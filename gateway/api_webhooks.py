@@ -18,7 +18,6 @@ looked up before the body is read, so an id of another tenant answers 404 whatev
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from aiohttp import web
@@ -26,7 +25,7 @@ from aiohttp import web
 from hsm.envelope import Envelope
 
 from .auth import Principal
-from .dispatch import Route, principal, read_body, respond, runtime
+from .dispatch import Route, in_worker, principal, read_body, respond, runtime
 from .errors import invalid, not_found
 from .identities import Identities
 from .persistence import Json, Response
@@ -105,7 +104,7 @@ def _after(value: Any) -> int | None:
 async def _check_identity(request: web.Request) -> tuple[Principal, str]:
     """404 for an identity that is not the caller's tenant's, before anything else is looked at."""
     rt, p, iid = runtime(request), principal(request), request.match_info["identity_id"]
-    await asyncio.get_running_loop().run_in_executor(rt.executor, rt.service.identities.get, p, iid)
+    await in_worker(request, rt.service.identities.get, p, iid)
     return p, iid
 
 
