@@ -11,6 +11,7 @@ in parallel). Nothing here knows ``mls``: the operations translate their request
 from __future__ import annotations
 
 import asyncio
+import functools
 import uuid
 
 from aiohttp import web
@@ -149,7 +150,8 @@ async def delete_identity(request: web.Request) -> web.Response:
     requests interleave), then the identity itself: still one synchronous 204 (api-v1.md)."""
     p, identities, iid = principal(request), service(request).identities, request.match_info["identity_id"]
     async with runtime(request).locks.hold(identity_lock(iid)):
-        while await in_pool(request, lambda scope: identities.delete_memberships(p, iid, DELETE_BATCH)):
+        batch = functools.partial(identities.delete_memberships, p, iid, DELETE_BATCH)
+        while await in_pool(request, lambda scope: batch(), refusable=False):  # no 429 half-way
             pass
     return await respond(request, lambda scope: identities.delete(p, iid, scope), lock=identity_lock(iid))
 

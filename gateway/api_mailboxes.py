@@ -83,7 +83,8 @@ async def _read(request: web.Request, box: Box, after: int, limit: int, channel:
     with ``count`` the entries read count as delivered (``mlsgw_deliveries``, latency)."""
     metrics = runtime(request).metrics.delivery
     try:
-        page = await in_pool(request, lambda scope: box.read(after, limit))
+        # A box read follows an admitted request (a long poll's next look, a socket's push): never 429.
+        page = await in_pool(request, lambda scope: box.read(after, limit), refusable=False)
     except Exception as e:
         if problem_from_exception(e).status >= 500:
             metrics.delivered(channel, False)
@@ -185,7 +186,7 @@ async def _receive(request: web.Request, ws: web.WebSocketResponse, box: Box) ->
             await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b'frames must be {"ack": cursor}')
             return
         try:
-            await in_pool(request, partial(box.ack, up_to))
+            await in_pool(request, partial(box.ack, up_to), refusable=False)
         except Exception as e:
             code, reason = _close_code(e)
             await ws.close(code=code, message=reason)

@@ -18,7 +18,7 @@ async def delete_tenant(request: web.Request) -> web.Response:
     end, as api-v1.md says."""
     tenant_id, deletion = request.match_info["tenant_id"], service(request).tenant_deletion
     steps = deletion.steps(tenant_id)
-    while await in_pool(request, lambda scope: next(steps, False) is None):
+    while await in_pool(request, lambda scope: next(steps, False) is None, refusable=False):
         pass
     return web.Response(status=204)
 

@@ -126,18 +126,19 @@ async def respond(
             rt.metrics.mls_latency.labels(metric).observe(time.perf_counter() - started)
 
 
-async def in_worker(request: web.Request, fn: Callable[..., Any], *args: Any) -> Any:
+async def in_worker(request: web.Request, fn: Callable[..., Any], *args: Any, refusable: bool = True) -> Any:
     """``fn(*args)`` in the worker pool once the caller's tenant is admitted (gateway.request_limits:
-    round robin between tenants, a bounded share each, 429 when its queue is full)."""
+    round robin between tenants, a bounded share each, 429 when its queue is full unless not
+    ``refusable``)."""
     rt = runtime(request)
     p = request.get(PRINCIPAL)
-    async with rt.scheduler.slot(tenant_key(p.tenant_id if p is not None else None)):
+    async with rt.scheduler.slot(tenant_key(p.tenant_id if p is not None else None), refusable=refusable):
         return await asyncio.get_running_loop().run_in_executor(rt.executor, fn, *args)
 
 
-async def in_pool(request: web.Request, fn: Callable[[RequestScope], T]) -> T:
+async def in_pool(request: web.Request, fn: Callable[[RequestScope], T], *, refusable: bool = True) -> T:
     """Run ``fn(scope)`` in the worker pool with the request's audit context (as :func:`respond` does),
-    answering its result as is."""
+    answering its result as is; ``refusable`` as for :func:`in_worker`."""
     rt = runtime(request)
     who, request_id = request.get(PRINCIPAL), request[REQUEST_ID]
 
@@ -146,7 +147,7 @@ async def in_pool(request: web.Request, fn: Callable[[RequestScope], T]) -> T:
             return fn(scope)
 
     ctx = contextvars.copy_context()
-    return cast(T, await in_worker(request, ctx.run, work))
+    return cast(T, await in_worker(request, ctx.run, work, refusable=refusable))
 
 
 def group_address(request: web.Request) -> GroupAddress:

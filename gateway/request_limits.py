@@ -101,9 +101,11 @@ class TenantScheduler:
         self.rotation: deque[str] = deque()
 
     @asynccontextmanager
-    async def slot(self, tenant: str) -> AsyncIterator[None]:
-        """Hold one worker slot for ``tenant`` while the block runs."""
-        await self._acquire(tenant)
+    async def slot(self, tenant: str, *, refusable: bool = True) -> AsyncIterator[None]:
+        """Hold one worker slot for ``tenant`` while the block runs. With ``refusable=False`` the request
+        waits its turn even past ``max_waiting`` (the server's own follow-up reads of an admitted
+        request, e.g. a WebSocket's pushes, are not refused)."""
+        await self._acquire(tenant, refusable)
         try:
             yield
         finally:
@@ -112,14 +114,14 @@ class TenantScheduler:
     def _may_run(self, tenant: str) -> bool:
         return self.free > 0 and self.running.get(tenant, 0) < self.per_tenant
 
-    async def _acquire(self, tenant: str) -> None:
+    async def _acquire(self, tenant: str, refusable: bool = True) -> None:
         queue = self.waiting.get(tenant)
         if not queue and self._may_run(tenant):
             self._grant(tenant)
             return
         if queue is None:
             queue = self.waiting[tenant] = deque()
-        if len(queue) >= self.max_waiting:
+        if refusable and len(queue) >= self.max_waiting:
             raise Problem(
                 "rate_limited",
                 f"too many concurrent requests of this tenant (at most {self.per_tenant} running and "

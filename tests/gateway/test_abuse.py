@@ -544,6 +544,12 @@ def test_scheduler_bounds_each_tenant_and_refuses_past_its_queue() -> None:
         with pytest.raises(Problem) as refused:
             await s._acquire("a")
         assert (refused.value.code, refused.value.retry_after) == ("rate_limited", 1)
+        late = asyncio.create_task(s._acquire("a", refusable=False))  # a follow-up read: queued anyway
+        await asyncio.sleep(0)
+        assert not late.done() and len(s.waiting["a"]) == 2
+        late.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await late
         async with s.slot("b"):  # another tenant takes a free slot at once
             assert s.running == {"a": 2, "b": 1}
         waiting.cancel()  # a cancelled waiter leaves no trace
