@@ -11,7 +11,6 @@ in parallel). Nothing here knows ``mls``: the operations translate their request
 from __future__ import annotations
 
 import asyncio
-import functools
 import uuid
 
 from aiohttp import web
@@ -141,17 +140,12 @@ async def get_identity(request: web.Request) -> web.Response:
     return await respond(request, lambda scope: identities.show(p, iid))
 
 
-#: Memberships an identity's deletion removes per worker turn (gateway.identities.delete_memberships).
-DELETE_BATCH = 50
-
-
 async def delete_identity(request: web.Request) -> web.Response:
     """Batches of its memberships, each its own short transaction and worker turn (other tenants'
     requests interleave), then the identity itself: still one synchronous 204 (api-v1.md)."""
     p, identities, iid = principal(request), service(request).identities, request.match_info["identity_id"]
     async with runtime(request).locks.hold(identity_lock(iid)):
-        batch = functools.partial(identities.delete_memberships, p, iid, DELETE_BATCH)
-        while await in_pool(request, lambda scope: batch(), refusable=False):  # no 429 half-way
+        while await in_pool(request, lambda scope: identities.delete_memberships(p, iid), refusable=False):
             pass
     return await respond(request, lambda scope: identities.delete(p, iid, scope), lock=identity_lock(iid))
 

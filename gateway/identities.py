@@ -21,6 +21,9 @@ from .views import identity_json
 
 log = logging.getLogger("mls_gateway")
 
+#: Memberships an identity's deletion removes per transaction (and per worker turn, from the API).
+MEMBERSHIP_BATCH = 50
+
 
 class Identities:
     """Identity operations; :meth:`get` is also every other operation's tenant check."""
@@ -119,7 +122,9 @@ class Identities:
             found = tx.list_identities(principal.tenant_id)
         return {"identities": [identity_json(i) for i in found]}
 
-    def delete_memberships(self, principal: Principal, identity_id: str, limit: int) -> int:
+    def delete_memberships(
+        self, principal: Principal, identity_id: str, limit: int = MEMBERSHIP_BATCH
+    ) -> int:
         """Delete at most ``limit`` of the identity's memberships (records, then their keys), in one short
         transaction; returns how many. ``DELETE /v1/identities/{id}`` runs this until none is left, then
         :meth:`delete`, so that an identity of thousands of groups never holds the write lock or a
