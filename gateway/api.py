@@ -60,7 +60,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     rt = runtime(request)
-    problems = await asyncio.get_running_loop().run_in_executor(rt.control_executor, rt.readiness)
+    problems = await asyncio.get_running_loop().run_in_executor(rt.probe_executor, rt.readiness)
     if problems:
         return web.json_response(
             {"status": "unavailable", "problems": problems}, status=503, headers={"Retry-After": "5"}
@@ -72,7 +72,7 @@ async def metrics(request: web.Request) -> web.StreamResponse:
     """prometheus-client's own aiohttp handler on the app's registry (content negotiation, ``name[]``
     filters, compression), once the gauges read from the token and the store are refreshed."""
     rt = runtime(request)
-    await asyncio.get_running_loop().run_in_executor(rt.control_executor, rt.refresh_metrics)
+    await asyncio.get_running_loop().run_in_executor(rt.probe_executor, rt.refresh_metrics)
     response = await rt.metrics.handler(request)
     response.headers["X-Content-Type-Options"] = "nosniff"
     return response

@@ -142,6 +142,8 @@ async def gateway_middleware(
             response = problem_response(problem, request_id)
             if problem.code in UNREAD_BODY_CODES:
                 response.force_close()
+            if problem.status in (408, 413, 415, 429):
+                request.app[APP].metrics.refused.labels(problem.code).inc()
     metrics = request.app[APP].metrics
     metrics.http_requests.labels(label, request.method, str(response.status)).inc()
     metrics.http_latency.labels(label, request.method).observe(time.perf_counter() - started)
@@ -279,7 +281,7 @@ def open_runtime(config: GatewayConfig, module_path: str) -> Runtime:
     executor = ThreadPoolExecutor(max_workers=config.worker_threads, thread_name_prefix="mlsgw")
     runtime = Runtime(config, store, token, keys, envelope, service, metrics, executor)
     runtime.wrapped_custody = wrapped_custody
-    runtime.control_executor = ThreadPoolExecutor(config.auth_threads, thread_name_prefix="mlsgw-control")
+    runtime.control_executor = ThreadPoolExecutor(config.auth_threads, thread_name_prefix="mlsgw-auth")
     runtime.scheduler = TenantScheduler(
         config.worker_threads, config.tenant_max_concurrency, config.tenant_max_waiting
     )
@@ -288,6 +290,7 @@ def open_runtime(config: GatewayConfig, module_path: str) -> Runtime:
 
 def close_runtime(rt: Runtime) -> None:
     rt.control_executor.shutdown(wait=True, cancel_futures=True)
+    rt.probe_executor.shutdown(wait=True, cancel_futures=True)
     rt.executor.shutdown(wait=True, cancel_futures=True)
     rt.envelope.close()  # drop the data keys held in memory
     rt.token.close()

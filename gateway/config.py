@@ -20,9 +20,9 @@ TOML layout (every key optional; an unknown section or key is refused, naming it
     reconcile_interval_s = 600      # MLSGW_RECONCILE_INTERVAL_S: orphan-key reconciliation period (> 0)
     reconcile_grace_s = 600         # MLSGW_RECONCILE_GRACE_S: an orphan is destroyed when seen this long
     # abuse resistance (gateway.request_limits, gateway.quotas); each also MLSGW_<NAME in capitals>
-    auth_threads = 2                # token checks and readiness probes: a pool of their own
-    tenant_max_concurrency = 2      # worker threads one tenant's requests may hold at once
-    tenant_max_waiting = 32         # requests of one tenant waiting for a worker; more answer 429
+    auth_threads = 2                # token checks: a pool of their own
+    tenant_max_concurrency = 4      # worker threads one tenant's requests may hold at once
+    tenant_max_waiting = 256        # requests of one tenant waiting for a worker; more answer 429
     quota_identities = 10000        # identities per tenant
     quota_groups_per_identity = 1000        # memberships per identity
     quota_key_packages_per_identity = 1000  # unconsumed KeyPackages stored per identity
@@ -124,8 +124,8 @@ class GatewayConfig:
     reconcile_grace_s: float = 600.0
     # ---- abuse resistance (issue 17): limits and quotas, see LIMIT_SETTINGS ----
     auth_threads: int = 2
-    tenant_max_concurrency: int = 2
-    tenant_max_waiting: int = 32
+    tenant_max_concurrency: int = 4
+    tenant_max_waiting: int = 256
     quota_identities: int = 10_000
     quota_groups_per_identity: int = 1000
     quota_key_packages_per_identity: int = 1000

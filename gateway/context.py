@@ -55,12 +55,17 @@ class Runtime:
     locks: GroupLocks = field(default_factory=GroupLocks)
     #: What the token can keep wrapped (the start-up probe of :class:`hsm.wrapped_keys.WrappedKeys`).
     wrapped_custody: object = None
-    #: Token checks and readiness probes: a small pool of their own, never queued behind the workers.
+    #: Token checks: a small pool of their own (``auth_threads``), never queued behind the workers.
     control_executor: ThreadPoolExecutor = field(
-        default_factory=lambda: ThreadPoolExecutor(2, thread_name_prefix="mlsgw-control")
+        default_factory=lambda: ThreadPoolExecutor(2, thread_name_prefix="mlsgw-auth")
+    )
+    #: Readiness checks and the gauges of ``/metrics``: one thread, apart from both (a hung HSM check
+    #: delays neither token checks nor work).
+    probe_executor: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="mlsgw-probe")
     )
     #: Fair admission of requests to :attr:`executor`, per tenant (gateway.request_limits).
-    scheduler: TenantScheduler = field(default_factory=lambda: TenantScheduler(8, 2, 32))
+    scheduler: TenantScheduler = field(default_factory=lambda: TenantScheduler(8, 4, 256))
 
     def readiness(self) -> list[str]:
         """What is not ready (empty when the HSM session pool answers and the store takes writes: its

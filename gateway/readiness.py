@@ -51,7 +51,7 @@ def store_write_probe(database: Path, timeout_s: float) -> str | None:
 async def _check_forever(rt: Runtime) -> None:
     loop = asyncio.get_running_loop()
     while True:
-        await loop.run_in_executor(rt.control_executor, rt.readiness)
+        await loop.run_in_executor(rt.probe_executor, rt.readiness)
         await asyncio.sleep(GAUGE_INTERVAL_S)
 
 

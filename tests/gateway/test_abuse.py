@@ -247,8 +247,10 @@ def test_identity_quota(limited: GatewayServer) -> None:
     c, other = tenant(limited), tenant(limited)
     for n in range(3):
         c.create_identity(f"i{n}")
+    refused = c.metric("mlsgw_requests_refused_total", code="quota_exceeded")
     r = c.post("/v1/identities", {"name": "one too many"})
     assert (r.status, r.code) == (429, "quota_exceeded")
+    assert c.metric("mlsgw_requests_refused_total", code="quota_exceeded") == refused + 1
     assert (r["quota"], r["limit"]) == ("identities", 3)
     assert len(c.get("/v1/identities").expect(200)["identities"]) == 3
     other.create_identity("another tenant's own quota")
