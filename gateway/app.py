@@ -131,23 +131,37 @@ async def gateway_middleware(
                 await _authenticate(request, route)
             response = await handler(request)
             response.headers["X-Request-Id"] = request_id
-        except ConnectionResetError:  # the client hung up (mid-body): nobody to answer, not a failure
-            response = _client_gone(request, label)
         except Exception as exc:  # every failure becomes a problem document
-            problem = _as_problem(exc)
-            if problem.code == "internal_error":
-                log.exception("request %s failed", request_id)
-            elif problem.code == "hsm_unavailable":
-                request.app[APP].metrics.hsm_errors.labels("unavailable").inc()
-            response = problem_response(problem, request_id)
-            if problem.code in UNREAD_BODY_CODES:
-                response.force_close()
-            if problem.status in (408, 413, 415, 429):
-                request.app[APP].metrics.refused.labels(problem.code).inc()
+            if isinstance(exc, ConnectionResetError) and _hung_up(request):
+                response = _client_gone(request, label)  # nobody to answer; not a failure of ours
+            else:
+                response = _failure_response(request, exc, request_id)
     metrics = request.app[APP].metrics
     metrics.http_requests.labels(label, request.method, str(response.status)).inc()
     metrics.http_latency.labels(label, request.method).observe(time.perf_counter() - started)
     return response
+
+
+def _failure_response(request: web.Request, exc: Exception, request_id: str) -> web.Response:
+    """The problem document of a failed request (logged when it is ours; counted when a limit refused it)."""
+    problem = _as_problem(exc)
+    metrics = request.app[APP].metrics
+    if problem.code == "internal_error":
+        log.exception("request %s failed", request_id)
+    elif problem.code == "hsm_unavailable":
+        metrics.hsm_errors.labels("unavailable").inc()
+    response = problem_response(problem, request_id)
+    if problem.code in UNREAD_BODY_CODES:
+        response.force_close()  # the rest of the body is not waited for
+    if problem.status in (408, 413, 415, 429):
+        metrics.refused.labels(problem.code).inc()
+    return response
+
+
+def _hung_up(request: web.Request) -> bool:
+    """Whether the client's connection is gone (a reset raised while it is open is not the client's)."""
+    transport = request.transport
+    return transport is None or transport.is_closing()
 
 
 def _client_gone(request: web.Request, label: str) -> web.Response:
