@@ -29,6 +29,7 @@ from .dispatch import (
     group_lock,
     hosted_log_locks,
     identity_lock,
+    in_pool,
     principal,
     read_body,
     respond,
@@ -61,8 +62,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     rt = runtime(request)
-    problems = await asyncio.get_running_loop().run_in_executor(rt.executor, rt.readiness)
-    rt.metrics.ready.set(0 if problems else 1)
+    problems = await asyncio.get_running_loop().run_in_executor(rt.probe_executor, rt.readiness)
     if problems:
         return web.json_response(
             {"status": "unavailable", "problems": problems}, status=503, headers={"Retry-After": "5"}
@@ -74,7 +74,7 @@ async def metrics(request: web.Request) -> web.StreamResponse:
     """prometheus-client's own aiohttp handler on the app's registry (content negotiation, ``name[]``
     filters, compression), once the gauges read from the token and the store are refreshed."""
     rt = runtime(request)
-    await asyncio.get_running_loop().run_in_executor(rt.executor, rt.refresh_metrics)
+    await asyncio.get_running_loop().run_in_executor(rt.probe_executor, rt.refresh_metrics)
     response = await rt.metrics.handler(request)
     response.headers["X-Content-Type-Options"] = "nosniff"
     return response
@@ -91,7 +91,7 @@ async def openapi(request: web.Request) -> web.Response:
 
 async def create_tenant(request: web.Request) -> web.Response:
     body = await read_body(request)
-    name, custody = body.text("name"), body.data.get("custody", "wrapped")
+    name, custody = body.name("name"), body.data.get("custody", "wrapped")
     if custody not in CUSTODY_MODES:
         raise invalid("custody must be one of " + ", ".join(CUSTODY_MODES))
     tenants = service(request).tenants
@@ -121,7 +121,7 @@ async def revoke_token(request: web.Request) -> web.Response:
 async def create_identity(request: web.Request) -> web.Response:
     body = await read_body(request)
     req = CreateIdentityRequest(
-        body.text("name"),
+        body.name("name"),
         body.integer("cipher_suite", 1, 1, 7),
         rq.credential(body.data["credential"]) if body.has("credential") else None,
         body.boolean("auto_join", True),
@@ -143,7 +143,12 @@ async def get_identity(request: web.Request) -> web.Response:
 
 
 async def delete_identity(request: web.Request) -> web.Response:
+    """Batches of its memberships, each its own short transaction and worker turn (other tenants'
+    requests interleave), then the identity itself: still one synchronous 204 (api-v1.md)."""
     p, identities, iid = principal(request), service(request).identities, request.match_info["identity_id"]
+    async with runtime(request).locks.hold(identity_lock(iid)):
+        while await in_pool(request, lambda scope: identities.delete_memberships(p, iid), refusable=False):
+            pass
     return await respond(request, lambda scope: identities.delete(p, iid, scope), lock=identity_lock(iid))
 
 
@@ -384,7 +389,7 @@ async def group_info(request: web.Request) -> web.Response:
 
 async def export(request: web.Request) -> web.Response:
     body = await read_body(request)
-    label = body.text("label", max_len=255)
+    label = body.name("label", max_len=255)
     context = body.optional_b64("context") or b""
     length = body.integer("length", None, 1, 255)
     address = group_address(request)
@@ -399,7 +404,7 @@ async def export(request: web.Request) -> web.Response:
 GROUPS = "/v1/identities/{identity_id}/groups"
 ROUTES: list[Route] = [
     Route("GET", "/healthz", healthz, "none", "Liveness: the process serves"),
-    Route("GET", "/readyz", readyz, "none", "Readiness: the HSM session pool and the store answer"),
+    Route("GET", "/readyz", readyz, "none", "Readiness: the HSM pool answers, the store takes writes"),
     Route("GET", "/metrics", metrics, "none", "Prometheus metrics"),
     Route("GET", "/v1/openapi.json", openapi, "none", "This API's OpenAPI 3.1 document"),
     Route("POST", "/v1/tenants", create_tenant, "admin", "Create a tenant and its first token", True),

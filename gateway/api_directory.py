@@ -25,7 +25,7 @@ def _client_lock(client_id: str) -> tuple[str, str]:
 
 
 async def create_client(request: web.Request) -> web.Response:
-    name = (await read_body(request)).text("name")
+    name = (await read_body(request)).name("name")
     p, clients = principal(request), service(request).clients
     return await respond(request, lambda scope: clients.create(p, name, scope), idempotent=True)
 

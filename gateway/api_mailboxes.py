@@ -25,18 +25,16 @@ reads and acknowledgements run in the worker pool (``runtime.executor``) like ev
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import json
 import logging
 import weakref
-from collections.abc import Callable
 from functools import partial
 from typing import Any, TypeVar
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from .context import PRINCIPAL, REQUEST_ID
-from .dispatch import Route, principal, read_body, respond, runtime
+from .context import REQUEST_ID
+from .dispatch import Route, in_pool, principal, read_body, respond, runtime
 from .errors import Problem, invalid, problem_from_exception
 from .mailboxes import (
     Box,
@@ -47,7 +45,6 @@ from .mailboxes import (
     parse_cursor,
     record_deliveries,
 )
-from .persistence import RequestScope
 
 log = logging.getLogger("mls_gateway")
 
@@ -61,19 +58,6 @@ PUSH_BATCH = 100
 HEARTBEAT_S = 30.0
 #: The largest frame a client may send (an ack is a few dozen bytes).
 MAX_FRAME_BYTES = 4096
-
-
-async def in_pool(request: web.Request, fn: Callable[[RequestScope], T]) -> T:
-    """Run ``fn(scope)`` in the worker pool with the request's audit context (as :func:`respond` does)."""
-    rt = runtime(request)
-    who, request_id = request.get(PRINCIPAL), request[REQUEST_ID]
-
-    def work() -> T:
-        with rt.service.persistence.request(who, request_id) as scope:
-            return fn(scope)
-
-    ctx = contextvars.copy_context()
-    return await asyncio.get_running_loop().run_in_executor(rt.executor, ctx.run, work)
 
 
 def client_mailbox(request: web.Request) -> ClientMailbox:
@@ -99,7 +83,8 @@ async def _read(request: web.Request, box: Box, after: int, limit: int, channel:
     with ``count`` the entries read count as delivered (``mlsgw_deliveries``, latency)."""
     metrics = runtime(request).metrics.delivery
     try:
-        page = await in_pool(request, lambda scope: box.read(after, limit))
+        # A box read follows an admitted request (a long poll's next look, a socket's push): never 429.
+        page = await in_pool(request, lambda scope: box.read(after, limit), refusable=False)
     except Exception as e:
         if problem_from_exception(e).status >= 500:
             metrics.delivered(channel, False)
@@ -201,7 +186,7 @@ async def _receive(request: web.Request, ws: web.WebSocketResponse, box: Box) ->
             await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b'frames must be {"ack": cursor}')
             return
         try:
-            await in_pool(request, partial(box.ack, up_to))
+            await in_pool(request, partial(box.ack, up_to), refusable=False)
         except Exception as e:
             code, reason = _close_code(e)
             await ws.close(code=code, message=reason)

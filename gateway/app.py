@@ -33,13 +33,16 @@ from .api_mailboxes import close_sockets
 from .audit_trail import audit_checkpoints
 from .auth import bearer_token
 from .config import GatewayConfig
-from .context import APP, PRINCIPAL, REQUEST_ID, Runtime
+from .context import APP, PRINCIPAL, REQUEST_ID, ROUTE_LABEL, Runtime
 from .errors import PROBLEM_CONTENT_TYPE, Problem, problem_from_exception
 from .hosted_worker import hosted_delivery_task
 from .kek_rotation import KekMetrics, KekRotation, kek_rotation_task
 from .logs import request_context, valid_request_id
 from .metrics import Metrics
+from .quotas import Quotas
+from .readiness import readiness_gauge_task
 from .reconciliation import key_reconciliation
+from .request_limits import UNREAD_BODY_CODES, TenantScheduler, refuse_encoded_body, server_settings
 from .retention import retention_task
 from .sealed_keys import SealedKeyPersistence, WrappedKeyRows
 from .service import GatewayService
@@ -49,6 +52,9 @@ from .store import StoreUnavailable
 from .webhook_delivery import webhook_delivery
 
 log = logging.getLogger("mls_gateway")
+
+#: The status of a request whose client hung up before its answer (nginx's 499; never sent).
+CLIENT_CLOSED = 499
 
 _ROUTE_BY_KEY = {(r.method, r.path): r for r in ROUTES}
 
@@ -93,7 +99,10 @@ async def _authenticate(request: web.Request, route: Route) -> None:
     if token is None:
         raise Problem("unauthorized", "missing bearer token")
     rt = request.app[APP]
-    principal = await asyncio.get_running_loop().run_in_executor(rt.executor, rt.service.authenticate, token)
+    # Token checks have their own small pool: a flood of work in the worker pool does not delay them.
+    principal = await asyncio.get_running_loop().run_in_executor(
+        rt.control_executor, rt.service.authenticate, token
+    )
     if principal is None:
         raise Problem("unauthorized", "unknown or revoked token")
     if route.auth == "tenant_or_admin":  # a tenant's own settings: its token or the admin's
@@ -118,24 +127,59 @@ async def gateway_middleware(
     request[REQUEST_ID] = request_id
     route = _route_of(request)
     label = route.path if route else "unmatched"
+    request[ROUTE_LABEL] = label
     started = time.perf_counter()
     with request_context(request_id):
         try:
+            refuse_encoded_body(request)  # before authentication: costs nothing, reads no body
             if route is not None:
                 await _authenticate(request, route)
             response = await handler(request)
             response.headers["X-Request-Id"] = request_id
         except Exception as exc:  # every failure becomes a problem document
-            problem = _as_problem(exc)
-            if problem.code == "internal_error":
-                log.exception("request %s failed", request_id)
-            elif problem.code == "hsm_unavailable":
-                request.app[APP].metrics.hsm_errors.labels("unavailable").inc()
-            response = problem_response(problem, request_id)
+            if isinstance(exc, ConnectionResetError) and _hung_up(request):
+                response = _client_gone(request, label)  # nobody to answer; not a failure of ours
+            else:
+                response = _failure_response(request, exc, request_id)
     metrics = request.app[APP].metrics
     metrics.http_requests.labels(label, request.method, str(response.status)).inc()
     metrics.http_latency.labels(label, request.method).observe(time.perf_counter() - started)
     return response
+
+
+def _failure_response(request: web.Request, exc: Exception, request_id: str) -> web.Response:
+    """The problem document of a failed request (logged when it is ours; counted when a limit refused it)."""
+    problem = _as_problem(exc)
+    metrics = request.app[APP].metrics
+    if problem.code == "internal_error":
+        log.exception("request %s failed", request_id)
+    elif problem.code == "hsm_unavailable":
+        metrics.hsm_errors.labels("unavailable").inc()
+    response = problem_response(problem, request_id)
+    if problem.code in UNREAD_BODY_CODES:
+        response.force_close()  # the rest of the body is not waited for
+    if problem.status in (408, 413, 415, 429):
+        metrics.refused.labels(problem.code).inc()
+    return response
+
+
+def _hung_up(request: web.Request) -> bool:
+    """Whether the client's connection is gone (a reset raised while it is open is not the client's)."""
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+def _client_gone(request: web.Request, label: str) -> web.Response:
+    """One line, no traceback, a count of its own; the request is counted as ``status="499"`` (nginx's
+    "client closed request"), never as a 5xx. The answer is for nobody: aiohttp drops it unsent."""
+    request.app[APP].metrics.client_disconnects.labels(label).inc()
+    log.info(
+        "client closed the connection before the response (%s %s)",
+        request.method,
+        label,
+        extra={"event": "client_disconnect", "route": label},
+    )
+    return web.Response(status=CLIENT_CLOSED)
 
 
 def gateway_crypto_backend(choice: str | None = None) -> CryptoBackend:
@@ -146,7 +190,12 @@ def gateway_crypto_backend(choice: str | None = None) -> CryptoBackend:
 
 def create_app(runtime: Runtime) -> web.Application:
     use_crypto_backend(gateway_crypto_backend())
-    app = web.Application(middlewares=[gateway_middleware], client_max_size=runtime.config.max_body_bytes)
+    cfg = runtime.config
+    app = web.Application(
+        middlewares=[gateway_middleware],
+        client_max_size=cfg.max_body_bytes,
+        handler_args=server_settings(cfg.header_timeout_s),
+    )
     app[APP] = runtime
     for route in ROUTES:
         app.router.add_route(route.method, route.path, route.handler)
@@ -161,6 +210,7 @@ def create_app(runtime: Runtime) -> web.Application:
     app.cleanup_ctx.append(webhook_delivery)  # signed webhooks of hosted identities (api-delivery.md)
     app.cleanup_ctx.append(key_reconciliation)  # orphaned keys: at start-up, then periodically
     app.cleanup_ctx.append(kek_rotation_task)  # current KEKs, re-wrap and destruction after a rotation
+    app.cleanup_ctx.append(readiness_gauge_task)  # mlsgw_ready kept current between /readyz calls
     app.on_cleanup.append(_close_runtime)
     return app
 
@@ -232,15 +282,24 @@ def open_runtime(config: GatewayConfig, module_path: str) -> Runtime:
     service.groups.defaults = config.delivery
     service.delivery_metrics = metrics.delivery
     service.hosted.on_delivered = lambda ok, latency: metrics.delivery.delivered("hosted", ok, latency)
+    service.identities.quotas = Quotas(
+        config.quota_identities, config.quota_groups_per_identity, config.quota_key_packages_per_identity
+    )
     service.identities.sessions.cache = StateCache(config.state_cache_bytes, metrics.state_cache_lookup)
     executor = ThreadPoolExecutor(max_workers=config.worker_threads, thread_name_prefix="mlsgw")
     runtime = Runtime(config, store, token, keys, envelope, service, metrics, executor)
     runtime.wrapped_custody = wrapped_custody
     runtime.kek_rotation = rotation
+    runtime.control_executor = ThreadPoolExecutor(config.auth_threads, thread_name_prefix="mlsgw-auth")
+    runtime.scheduler = TenantScheduler(
+        config.worker_threads, config.tenant_max_concurrency, config.tenant_max_waiting
+    )
     return runtime
 
 
 def close_runtime(rt: Runtime) -> None:
+    rt.control_executor.shutdown(wait=True, cancel_futures=True)
+    rt.probe_executor.shutdown(wait=True, cancel_futures=True)
     rt.executor.shutdown(wait=True, cancel_futures=True)
     rt.envelope.close()  # drop the data keys held in memory
     rt.token.close()

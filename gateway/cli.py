@@ -40,7 +40,7 @@ from aiohttp import web
 from hsm.bootstrap import find_softhsm_module, init_softhsm_token, write_conf
 from native import BACKEND_CHOICES
 
-from . import backup
+from . import backup, http_server
 from .app import close_runtime, create_app, gateway_crypto_backend, open_runtime
 from .audit_cli import add_audit_parser
 from .config import ConfigError, GatewayConfig, load_config
@@ -151,22 +151,20 @@ def serve(cfg: GatewayConfig) -> None:
     rt = open_runtime(cfg, module)
     app = create_app(rt)
     app.on_shutdown.append(_notify_stopping)
-    web.run_app(
+    http_server.serve(  # web.run_app, answering aiohttp's own refusals as problem documents
         app,
-        host=cfg.listen_host,
-        port=cfg.listen_port,
-        print=lambda _banner: _listening(cfg, rt),  # called once every socket listens
+        cfg.listen_host,
+        cfg.listen_port,
+        on_listening=lambda: _listening(cfg, rt),  # called once every socket listens
         shutdown_timeout=10,
         access_log=access_log,
         access_log_class=AccessLogger,
-        handle_signals=True,
     )
 
 
 def _listening(cfg: GatewayConfig, rt: Runtime) -> None:
     """The API listens: record a first readiness check (``mlsgw_ready``) and tell systemd (READY=1)."""
-    problems = rt.readiness()
-    rt.metrics.ready.set(0 if problems else 1)
+    problems = rt.readiness()  # sets mlsgw_ready
     address = f"http://{cfg.listen_host}:{cfg.listen_port}"
     print(f"mls-gateway listening on {address}", flush=True)
     status = f"listening on {address}" + (f"; not ready: {', '.join(problems)}" if problems else "")

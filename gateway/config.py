@@ -19,6 +19,16 @@ TOML layout (every key optional; an unknown section or key is refused, naming it
     idempotency_retention_s = 86400 # MLSGW_IDEMPOTENCY_RETENTION_S: stored responses kept (>= 24 h, api-v1)
     reconcile_interval_s = 600      # MLSGW_RECONCILE_INTERVAL_S: orphan-key reconciliation period (> 0)
     reconcile_grace_s = 600         # MLSGW_RECONCILE_GRACE_S: an orphan is destroyed when seen this long
+    # abuse resistance (gateway.request_limits, gateway.quotas); each also MLSGW_<NAME in capitals>
+    auth_threads = 2                # token checks: a pool of their own
+    tenant_max_concurrency = 4      # worker threads one tenant's requests may hold at once
+    tenant_max_waiting = 256        # requests of one tenant waiting for a worker; more answer 429
+    quota_identities = 10000        # identities per tenant
+    quota_groups_per_identity = 1000        # memberships per identity
+    quota_key_packages_per_identity = 1000  # unconsumed KeyPackages stored per identity
+    header_timeout_s = 15           # a connection idle or with half-sent headers this long is closed
+    body_timeout_s = 30             # a request body not fully read in this time answers 408
+    readiness_write_timeout_s = 0.5 # /readyz: the store's write-lock probe waits at most this
 
     [hsm]
     module_path = "/usr/lib/softhsm/libsofthsm2.so"   # MLSGW_HSM_MODULE
@@ -154,6 +164,16 @@ class GatewayConfig:
     reconcile_interval_s: float = 600.0
     #: Seconds an unreferenced key must stay unreferenced (two passes apart) before it is destroyed.
     reconcile_grace_s: float = 600.0
+    # ---- abuse resistance (issue 17): limits and quotas, see LIMIT_SETTINGS ----
+    auth_threads: int = 2
+    tenant_max_concurrency: int = 4
+    tenant_max_waiting: int = 256
+    quota_identities: int = 10_000
+    quota_groups_per_identity: int = 1000
+    quota_key_packages_per_identity: int = 1000
+    header_timeout_s: float = 15.0
+    body_timeout_s: float = 30.0
+    readiness_write_timeout_s: float = 0.5
     hsm: HsmSettings = field(default_factory=HsmSettings)
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
@@ -218,6 +238,19 @@ _ENV = {
     "MLSGW_AUDIT_RETENTION_S": ("audit", "retention_s"),
     "MLSGW_RETENTION_INTERVAL_S": ("retention", "interval_s"),
 }
+#: The abuse-resistance settings of ``[gateway]`` (each > 0), read generically: ``MLSGW_<NAME>`` too.
+LIMIT_SETTINGS = (
+    "auth_threads",
+    "tenant_max_concurrency",
+    "tenant_max_waiting",
+    "quota_identities",
+    "quota_groups_per_identity",
+    "quota_key_packages_per_identity",
+    "header_timeout_s",
+    "body_timeout_s",
+    "readiness_write_timeout_s",
+)
+_ENV.update({f"MLSGW_{name.upper()}": ("gateway", name) for name in LIMIT_SETTINGS})
 _INTS = {
     "max_body_bytes",
     "worker_threads",
@@ -323,6 +356,7 @@ def load_config(
         )
     except (TypeError, ValueError) as e:
         raise ConfigError(f"invalid setting: {e}") from None
+    cfg = _with_limits(cfg, g)
     if "listen" in g:
         host, port = parse_listen(str(g["listen"]))
         cfg = replace(cfg, listen_host=host, listen_port=port)
@@ -350,6 +384,23 @@ def load_config(
             "and hsm.kek_retire_grace_s >= 0"
         )
     return cfg
+
+
+def _with_limits(cfg: GatewayConfig, values: Mapping[str, Any]) -> GatewayConfig:
+    """``cfg`` with the :data:`LIMIT_SETTINGS` given in ``values`` (each a number > 0)."""
+    limits: dict[str, Any] = {}
+    for name in LIMIT_SETTINGS:
+        if name not in values:
+            continue
+        kind = float if name.endswith("_s") else int
+        try:
+            value = kind(values[name])
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name} must be a number, got {values[name]!r}") from None
+        if isinstance(values[name], bool) or not value > 0:
+            raise ConfigError(f"{name} must be > 0, got {values[name]!r}")
+        limits[name] = value
+    return replace(cfg, **limits)
 
 
 def _override(cfg: GatewayConfig, key: str, value: Any) -> GatewayConfig:

@@ -21,6 +21,8 @@ from .auth import Principal
 from .config import GatewayConfig
 from .mailboxes import refresh_depths
 from .metrics import Metrics
+from .readiness import store_write_probe
+from .request_limits import TenantScheduler
 from .service import GatewayService
 from .store import Store, StoreUnavailable
 
@@ -59,9 +61,21 @@ class Runtime:
     wrapped_custody: object = None
     #: The KEK versions and their rotation (:mod:`gateway.kek_rotation`).
     kek_rotation: KekRotation | None = None
+    #: Token checks: a small pool of their own (``auth_threads``), never queued behind the workers.
+    control_executor: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(2, thread_name_prefix="mlsgw-auth")
+    )
+    #: Readiness checks and the gauges of ``/metrics``: one thread, apart from both (a hung HSM check
+    #: delays neither token checks nor work).
+    probe_executor: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="mlsgw-probe")
+    )
+    #: Fair admission of requests to :attr:`executor`, per tenant (gateway.request_limits).
+    scheduler: TenantScheduler = field(default_factory=lambda: TenantScheduler(8, 4, 256))
 
     def readiness(self) -> list[str]:
-        """What is not ready (empty when the HSM session pool and the store answer)."""
+        """What is not ready (empty when the HSM session pool answers and the store takes writes: its
+        write lock is free within ``readiness_write_timeout_s``, so a write would not answer 503)."""
         problems = []
         try:
             self.token.check()
@@ -71,6 +85,11 @@ class Runtime:
             self.store.ping()
         except StoreUnavailable as e:
             problems.append(f"store: {e}")
+        else:
+            problem = store_write_probe(self.config.database_path, self.config.readiness_write_timeout_s)
+            if problem is not None:
+                problems.append(f"store: {problem}")
+        self.metrics.ready.set(0 if problems else 1)
         return problems
 
     def refresh_metrics(self) -> None:
@@ -95,3 +114,5 @@ APP: web.AppKey[Runtime] = web.AppKey("runtime", Runtime)
 PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal", Principal)
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)
 RAW_BODY: web.RequestKey[bytes] = web.RequestKey("raw_body", bytes)
+#: The route template of a request that reached the app (set by its middleware; logs and metrics).
+ROUTE_LABEL: web.RequestKey[str] = web.RequestKey("route_label", str)

@@ -16,7 +16,7 @@ import hashlib
 import time
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from aiohttp import web
 
@@ -26,8 +26,10 @@ from .context import APP, PRINCIPAL, RAW_BODY, REQUEST_ID, Runtime
 from .errors import invalid
 from .operation_requests import GroupAddress
 from .persistence import Idempotency, RequestScope, Response
+from .request_limits import read_limited, require_json_content_type, tenant_key
 from .service import GatewayService
 
+T = TypeVar("T")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -69,7 +71,9 @@ def json_response(result: Response | dict[str, Any]) -> web.Response:
 
 
 async def read_body(request: web.Request) -> rq.Body:
-    raw = await request.read()
+    """The JSON object body, read within the configured deadline and declared ``application/json``."""
+    raw = await read_limited(request, runtime(request).config.body_timeout_s)
+    require_json_content_type(request, raw)
     request[RAW_BODY] = raw
     return rq.Body(rq.parse_json(raw))
 
@@ -108,14 +112,13 @@ async def respond(
             return replayed if replayed is not None else operation(scope)
 
     ctx = contextvars.copy_context()
-    loop = asyncio.get_running_loop()
     started = time.perf_counter()
     outcome = "error"
     try:
         async with contextlib.AsyncExitStack() as stack:
             for held in [] if lock is None else lock if isinstance(lock, list) else [lock]:
                 await stack.enter_async_context(rt.locks.hold(held))
-            result = await loop.run_in_executor(rt.executor, ctx.run, work)
+            result = await in_worker(request, ctx.run, work)
         outcome = "ok"
         return json_response(result)
     finally:
@@ -128,8 +131,32 @@ async def check_identity(request: web.Request) -> tuple[Principal, str]:
     """The caller and the path's ``identity_id``: 404 for an identity that is not the caller's tenant's,
     before anything else (the body) is looked at, so another tenant's id answers 404 whatever the body."""
     rt, p, iid = runtime(request), principal(request), request.match_info["identity_id"]
-    await asyncio.get_running_loop().run_in_executor(rt.executor, rt.service.identities.get, p, iid)
+    await in_worker(request, rt.service.identities.get, p, iid)
     return p, iid
+
+
+async def in_worker(request: web.Request, fn: Callable[..., Any], *args: Any, refusable: bool = True) -> Any:
+    """``fn(*args)`` in the worker pool once the caller's tenant is admitted (gateway.request_limits:
+    round robin between tenants, a bounded share each, 429 when its queue is full unless not
+    ``refusable``)."""
+    rt = runtime(request)
+    p = request.get(PRINCIPAL)
+    async with rt.scheduler.slot(tenant_key(p.tenant_id if p is not None else None), refusable=refusable):
+        return await asyncio.get_running_loop().run_in_executor(rt.executor, fn, *args)
+
+
+async def in_pool(request: web.Request, fn: Callable[[RequestScope], T], *, refusable: bool = True) -> T:
+    """Run ``fn(scope)`` in the worker pool with the request's audit context (as :func:`respond` does),
+    answering its result as is; ``refusable`` as for :func:`in_worker`."""
+    rt = runtime(request)
+    who, request_id = request.get(PRINCIPAL), request[REQUEST_ID]
+
+    def work() -> T:
+        with rt.service.persistence.request(who, request_id) as scope:
+            return fn(scope)
+
+    ctx = contextvars.copy_context()
+    return cast(T, await in_worker(request, ctx.run, work, refusable=refusable))
 
 
 def group_address(request: web.Request) -> GroupAddress:

@@ -33,6 +33,11 @@ CODES: dict[str, tuple[int, str]] = {
     "store_unavailable": (503, "Store unavailable"),
     "internal_error": (500, "Internal error"),
     "credential_rejected": (422, "Credential rejected by the tenant's credential policy"),
+    # abuse resistance (issue 17): refused before any work is done
+    "unsupported_media_type": (415, "Unsupported media type"),
+    "quota_exceeded": (429, "Quota exceeded"),
+    "rate_limited": (429, "Too many requests"),
+    "request_timeout": (408, "Request timeout"),
 }
 
 

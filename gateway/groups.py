@@ -62,7 +62,7 @@ class Groups:
 
     def create(self, principal: Principal, request: CreateGroupRequest, scope: RequestScope) -> Response:
         """``POST .../groups``: a one-member group at epoch 0 (RFC 9420 §11)."""
-        identity = self.identities.get(principal, request.identity_id)
+        identity = self._within_group_quota(principal, request.identity_id)
         extensions = list(request.extensions)
         config = self._config(identity, request.settings)
         for sender in request.external_senders:  # the tenant's credential policy (RFC 9420 §12.1.8.1)
@@ -84,6 +84,14 @@ class Groups:
             identity, group, PendingWrites(new_keys=[group.state.keys.leaf_key.key_ref])
         )
         return session.commit(Response(201, {"group_id": b64(group.group_id), "epoch": 0}), scope)
+
+    def _within_group_quota(self, principal: Principal, identity_id: str) -> Identity:
+        """The caller's identity, if one more membership keeps it within ``groups_per_identity``
+        (gateway.quotas; checked before any MLS or HSM work)."""
+        identity = self.identities.get(principal, identity_id)
+        with self.store.read_transaction() as tx:
+            self.identities.quotas.check_groups(tx, identity_id)
+        return identity
 
     def list(self, principal: Principal, identity_id: str) -> Json:
         """``GET .../groups``."""
@@ -107,7 +115,7 @@ class Groups:
         which is consumed (its init key destroyed, unless it is a last-resort one). A Welcome that went
         through a group's log joins as the gateway does by itself (and then takes the log's later
         entries); if it already joined from it, the answer is the membership as it is."""
-        identity = self.identities.get(principal, request.identity_id)
+        identity = self._within_group_quota(principal, request.identity_id)
         with self.store.read_transaction() as tx:
             located = tx.welcome_log(identity.tenant_id, message_digest(request.welcome))
         if located is not None and self.hosted is not None and self._named_in(identity, request.welcome):
@@ -185,8 +193,11 @@ class Groups:
         self, principal: Principal, request: ExternalJoinRequest, scope: RequestScope
     ) -> Response:
         """``POST .../groups/external-join``: join by external commit (RFC 9420 §12.4.3.2), removing the
-        identity's prior leaf on request (a resync)."""
-        identity = self.identities.get(principal, request.identity_id)
+        identity's prior leaf on request (a resync: its membership is replaced, not added)."""
+        if request.remove_prior or request.prior_leaf is not None:
+            identity = self.identities.get(principal, request.identity_id)
+        else:
+            identity = self._within_group_quota(principal, request.identity_id)
         remove_prior = request.prior_leaf
         if request.remove_prior and remove_prior is None:
             remove_prior = prior_leaf(identity, request.group_info, request.ratchet_tree)

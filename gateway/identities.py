@@ -16,10 +16,14 @@ from .group_session import GroupSession, GroupSessions, membership_keys
 from .key_references import live_key_package_keys
 from .operation_requests import CreateIdentityRequest
 from .persistence import Json, PendingWrites, RequestScope, Response
+from .quotas import Quotas
 from .store import Identity, Store
 from .views import identity_json
 
 log = logging.getLogger("mls_gateway")
+
+#: Memberships an identity's deletion removes per transaction (and per worker turn, from the API).
+MEMBERSHIP_BATCH = 50
 
 
 class Identities:
@@ -29,6 +33,8 @@ class Identities:
         self.store = store
         self.keys = keys
         self.sessions = sessions
+        #: Per-tenant quotas (gateway.quotas; set from the configuration by the app).
+        self.quotas = Quotas()
 
     def get(self, principal: Principal, identity_id: str) -> Identity:
         """The identity of the caller's tenant (404 for another tenant's: ids cannot be probed)."""
@@ -52,8 +58,10 @@ class Identities:
         """``POST /v1/identities``: a signature key generated in the HSM, custody reported truthfully."""
         assert principal.tenant_id is not None
         suite = request.cipher_suite
+        tenant_id = principal.tenant_id
         with self.store.read_transaction() as tx:
-            tenant = tx.get_tenant(principal.tenant_id)
+            tenant = tx.get_tenant(tenant_id)
+            self.quotas.check_identities(tx, tenant_id)  # before the key is generated
         keys = self.keys.for_mode(tenant_mode(tenant))
         sig_custody, hpke_custody = keys.custody(suite)
         if sig_custody not in ("pkcs11", "wrapped"):
@@ -74,7 +82,10 @@ class Identities:
             hpke_custody,
             request.auto_join,
         )
-        pending = PendingWrites([lambda tx: tx.add_identity(identity)], new_keys=[signer.key_ref])
+        pending = PendingWrites(
+            [lambda tx: self.quotas.check_identities(tx, tenant_id), lambda tx: tx.add_identity(identity)],
+            new_keys=[signer.key_ref],
+        )
         created = Response(201, identity_json(identity, identity_kek(keys, identity)))
         return self.sessions.persistence.commit(pending, created, scope)
 
@@ -115,6 +126,26 @@ class Identities:
         with self.store.transaction() as tx:
             found = tx.list_identities(principal.tenant_id)
         return {"identities": [identity_json(i) for i in found]}
+
+    def delete_memberships(
+        self, principal: Principal, identity_id: str, limit: int = MEMBERSHIP_BATCH
+    ) -> int:
+        """Delete at most ``limit`` of the identity's memberships (records, then their keys), in one short
+        transaction; returns how many. ``DELETE /v1/identities/{id}`` runs this until none is left, then
+        :meth:`delete`, so that an identity of thousands of groups never holds the write lock or a
+        worker for long (other tenants' requests interleave between batches)."""
+        identity = self.get(principal, identity_id)
+        with self.store.read_transaction() as tx:
+            group_ids = tx.identity_group_ids(identity_id, limit)
+        if not group_ids:
+            return 0
+        dead = [ref for gid in group_ids for ref in self._membership_keys(identity, gid)]
+        with self.store.transaction() as tx:
+            for gid in group_ids:
+                tx.delete_group(identity_id, gid)
+        self.sessions.persistence.destroy_keys(list(dict.fromkeys(dead)))
+        self.sessions.cache.drop_identity(identity_id)
+        return len(group_ids)
 
     def delete(self, principal: Principal, identity_id: str, scope: RequestScope) -> Response:
         """``DELETE /v1/identities/{identity_id}``: its records, then every private key it held."""

@@ -47,10 +47,13 @@ class KeyPackages:
         """``POST .../key-packages``: ``count`` fresh KeyPackages, all written in one transaction."""
         identity = self.identities.get(principal, request.identity_id)
         check_own_credential(self.leaf_policy(identity.tenant_id), identity)
-        with caller(identity_id=identity.identity_id):  # its key uses are audited as the identity's
+        quotas, count, iid = self.identities.quotas, request.count, identity.identity_id
+        with self.store.read_transaction() as tx:
+            quotas.check_key_packages(tx, iid, count)  # before any key is generated
+        with caller(identity_id=iid):  # its key uses are audited as the identity's
             signer = self.keys.signer(identity.signature_key_ref)
             credential = Credential.from_bytes(identity.credential)
-            pending, out = PendingWrites(), []
+            pending, out = PendingWrites([lambda tx: quotas.check_key_packages(tx, iid, count)]), []
             try:
                 for _ in range(request.count):
                     record = self.new_key_package(identity, signer, credential, request, pending)

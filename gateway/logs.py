@@ -29,7 +29,7 @@ from aiohttp.abc import AbstractAccessLogger
 from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter
 
-from .context import PRINCIPAL, REQUEST_ID
+from .context import PRINCIPAL, REQUEST_ID, ROUTE_LABEL
 
 LOG_FORMATS = ("text", "json")
 REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,128}")
@@ -121,10 +121,8 @@ class AccessLogger(AbstractAccessLogger):
         return self.logger.isEnabledFor(logging.INFO)
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        route = "unmatched"
-        if isinstance(request, web.Request):
-            resource = request.match_info.route.resource
-            route = resource.canonical if resource is not None else route
+        # Requests aiohttp refused itself (malformed HTTP) never reached the app: no route, no match info.
+        route = request.get(ROUTE_LABEL, "unmatched")
         principal = request.get(PRINCIPAL)
         fields = {
             "method": request.method,

@@ -83,7 +83,9 @@ class Metrics:
         )
         self.delivery = DeliveryMetrics(r)
         self.ready = Gauge(
-            "mlsgw_ready", "1 when the gateway's last readiness check passed, else 0", registry=r
+            "mlsgw_ready",
+            "1 when the gateway's last readiness check passed (HSM answers, store writable), else 0",
+            registry=r,
         )
         # Audit chain and retention (gateway.audit_chain, gateway.retention).
         self.tenants_on_legal_hold = Gauge(
@@ -94,6 +96,19 @@ class Metrics:
         )
         self.audit_checkpoints = Counter(
             "mlsgw_audit_checkpoints", "Audit chain checkpoints signed in the HSM", registry=r
+        )
+        # abuse resistance (issue 17)
+        self.client_disconnects = Counter(
+            "mlsgw_http_client_disconnects",
+            "Requests whose client hung up before the answer (counted as status 499, never 5xx)",
+            ["route"],
+            registry=r,
+        )
+        self.refused = Counter(
+            "mlsgw_requests_refused",
+            "Requests refused by a limit before any work (quota, tenant queue, media type, timeout)",
+            ["code"],
+            registry=r,
         )
 
     def key_use(self, event: AuditEvent) -> None:

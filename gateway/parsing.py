@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import unicodedata
 from typing import Any, cast
 
 from mls import Credential, Extension, ExternalSender
@@ -33,14 +34,36 @@ def parse_json(raw: bytes) -> dict[str, Any]:
     return data
 
 
+#: Unicode categories a name or label may not hold: controls, format characters (the bidi overrides and
+#: isolates U+202A–U+202E, U+2066–U+2069, zero-width characters), surrogates, line/paragraph separators.
+FORBIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+#: Format characters that are part of writing, not of hiding: ZWNJ and ZWJ (Indic and Arabic scripts,
+#: emoji sequences).
+JOINERS = frozenset({"\u200c", "\u200d"})
+
+
 def b64decode(value: Any, field: str) -> bytes:
-    """Standard base64 with padding (RFC 4648 §4)."""
+    """Standard base64, canonical (RFC 4648 §4 and §3.5): the padding it needs and no more, zero pad
+    bits, no whitespace or other characters — exactly what encoding the bytes gives back."""
     if not isinstance(value, str):
         raise invalid(f"{field} must be a base64 string")
     try:
-        return base64.b64decode(value.encode("ascii"), validate=True)
+        raw = base64.b64decode(value.encode("ascii"), validate=True)
     except (binascii.Error, ValueError, UnicodeEncodeError):
         raise invalid(f"{field} is not valid base64") from None
+    if base64.b64encode(raw).decode("ascii") != value:
+        raise invalid(f"{field} is not canonical base64 (padding exactly as needed, zero pad bits)")
+    return raw
+
+
+def check_name(value: str, field: str) -> str:
+    """A name or label people read: no control, format (bidi) or separator characters, and not only
+    whitespace (so that it cannot hide or reorder what is displayed next to it)."""
+    if not value.strip():
+        raise invalid(f"{field} must not be only whitespace")
+    if any(unicodedata.category(c) in FORBIDDEN_CATEGORIES and c not in JOINERS for c in value):
+        raise invalid(f"{field} must not contain control, bidi-format or separator characters")
+    return value
 
 
 def group_id_from_path(value: str) -> bytes:
@@ -73,6 +96,10 @@ class Body:
         except UnicodeEncodeError:
             raise invalid(f"{name} must be valid Unicode (no lone surrogates)") from None
         return v
+
+    def name(self, name: str, *, max_len: int = 256) -> str:
+        """A non-empty text field that names something (:func:`check_name`)."""
+        return check_name(self.text(name, max_len=max_len), name)
 
     def integer(self, name: str, default: int | None, lo: int, hi: int) -> int:
         v = self.data.get(name, default)

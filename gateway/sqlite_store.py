@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from .quotas import SqliteQuotaMixin
 from .sqlite_audit import SqliteAuditMixin, append_chained
 from .sqlite_credentials import SqliteCredentialMixin
 from .sqlite_delivery import SqliteDeliveryMixin
@@ -79,6 +80,7 @@ class SqliteTransaction(
     SqliteCredentialMixin,
     SqliteAuditMixin,
     SqliteRewrapMixin,
+    SqliteQuotaMixin,
 ):
     """The :class:`gateway.store.Transaction` of one SQLite transaction."""
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from .delivery_store import LogTransaction
+from .quotas import QuotaTransaction
 from .sqlite_audit import AuditTransaction
 from .sqlite_credentials import CredentialTransaction
 from .sqlite_directory import DirectoryTransaction
@@ -141,6 +142,7 @@ class Transaction(
     TenantAdminTransaction,
     CredentialTransaction,
     AuditTransaction,
+    QuotaTransaction,
     Protocol,
 ):
     """One atomic unit of reads and writes: all of it commits, or none of it."""

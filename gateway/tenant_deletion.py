@@ -12,6 +12,10 @@ The steps, each its own short transaction so that a huge tenant never holds the 
    keys) and its stored idempotent responses, :data:`ROW_BATCH` rows per transaction;
 5. its tokens and the tenant row, last.
 
+Each batch is one step of :meth:`TenantDeletion.steps`: the API runs every step as its own turn of the
+worker pool (gateway.request_limits), so deleting a huge tenant holds neither the write lock nor a worker
+for long and other tenants' requests interleave; the CLI runs them back to back (:meth:`delete`).
+
 An interrupted deletion (crash, HSM outage) leaves a tenant whose tokens are revoked; running it again
 finishes it. Keys a crash left behind are orphans for reconciliation (``mls-gateway keys reconcile``).
 The audit log is append-only: its records of the tenant stay.
@@ -20,6 +24,7 @@ The audit log is append-only: its records of the tenant stay.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 
 from .errors import not_found
 from .identities import Identities
@@ -47,39 +52,55 @@ class TenantDeletion:
         self.batch = batch
 
     def delete(self, tenant_id: str) -> None:
-        """Delete the tenant and everything of it (404 for an unknown tenant)."""
+        """Delete the tenant and everything of it (404 for an unknown tenant), all steps at once."""
+        for _ in self.steps(tenant_id):
+            pass
+
+    def steps(self, tenant_id: str) -> Iterator[None]:
+        """The deletion as bounded steps: each ``next()`` runs one short batch (the first raises 404 for
+        an unknown tenant). Steps may run on different threads, one after the other."""
         with self.store.transaction() as tx:
             if tx.get_tenant(tenant_id) is None:
                 raise not_found("tenant")
             tx.revoke_tenant_tokens(tenant_id)
-        identities = self._delete_identities(tenant_id)
-        clients = self._delete_clients(tenant_id)
-        rows = self._purge_rows(tenant_id)
+        counts = {"identities": 0, "clients": 0, "rows": 0}
+        while n := self._delete_identities(tenant_id):
+            counts["identities"] += n
+            yield
+        while n := self._delete_clients(tenant_id):
+            counts["clients"] += n
+            yield
+        for table in TENANT_TABLES:
+            while n := self._purge_table(tenant_id, table):
+                counts["rows"] += n
+                yield
+        while n := self._purge_idempotency(tenant_id):
+            counts["rows"] += n
+            yield
         with self.store.transaction() as tx:
             tx.delete_tenant(tenant_id)
         log.info(
             "tenant %s deleted: %d identities, %d clients, %d other rows",
             tenant_id,
-            identities,
-            clients,
-            rows,
+            counts["identities"],
+            counts["clients"],
+            counts["rows"],
         )
 
     def _delete_identities(self, tenant_id: str) -> int:
-        done = 0
-        while True:
-            with self.store.read_transaction() as tx:
-                ids = tx.tenant_identity_ids(tenant_id, self.batch)
-                found = [i for i in (tx.get_identity(tenant_id, iid) for iid in ids) if i is not None]
-            if not found:
-                return done
-            dead = [ref for identity in found for ref in self.identities.keys_of(identity)]
-            with self.store.transaction() as tx:
-                for identity in found:
-                    tx.delete_identity(identity.identity_id)
-            self.persistence.destroy_keys(list(dict.fromkeys(dead)))
-            self._forget(found)
-            done += len(found)
+        """One batch of identities (records, then their keys); how many."""
+        with self.store.read_transaction() as tx:
+            ids = tx.tenant_identity_ids(tenant_id, self.batch)
+            found = [i for i in (tx.get_identity(tenant_id, iid) for iid in ids) if i is not None]
+        if not found:
+            return 0
+        dead = [ref for identity in found for ref in self.identities.keys_of(identity)]
+        with self.store.transaction() as tx:
+            for identity in found:
+                tx.delete_identity(identity.identity_id)
+        self.persistence.destroy_keys(list(dict.fromkeys(dead)))
+        self._forget(found)
+        return len(found)
 
     def _forget(self, identities: list[Identity]) -> None:
         """Drop the deleted identities' decoded states from the state cache."""
@@ -87,31 +108,19 @@ class TenantDeletion:
             self.identities.sessions.cache.drop_identity(identity.identity_id)
 
     def _delete_clients(self, tenant_id: str) -> int:
-        done = 0
-        while True:
-            with self.store.transaction() as tx:
-                ids = tx.tenant_client_ids(tenant_id, self.batch)
-                for client_id in ids:
-                    tx.delete_client(client_id)
-            if not ids:
-                return done
-            done += len(ids)
+        with self.store.transaction() as tx:
+            ids = tx.tenant_client_ids(tenant_id, self.batch)
+            for client_id in ids:
+                tx.delete_client(client_id)
+        return len(ids)
 
-    def _purge_rows(self, tenant_id: str) -> int:
-        done = 0
-        for table in TENANT_TABLES:
-            while True:
-                with self.store.transaction() as tx:
-                    n = tx.purge_tenant_rows(tenant_id, table, ROW_BATCH)
-                done += n
-                if n < ROW_BATCH:
-                    break
-        while True:
-            with self.store.transaction() as tx:
-                n = tx.purge_tenant_idempotency(tenant_id, ROW_BATCH)
-            done += n
-            if n < ROW_BATCH:
-                return done
+    def _purge_table(self, tenant_id: str, table: str) -> int:
+        with self.store.transaction() as tx:
+            return tx.purge_tenant_rows(tenant_id, table, ROW_BATCH)
+
+    def _purge_idempotency(self, tenant_id: str) -> int:
+        with self.store.transaction() as tx:
+            return tx.purge_tenant_idempotency(tenant_id, ROW_BATCH)
 
 
 __all__ = ["BATCH", "ROW_BATCH", "TenantDeletion"]

@@ -115,6 +115,8 @@ class Local:
     async def acall(self, method: str, path: str, token: str | None, body: Any = None) -> tuple[int, Any]:
         headers = {} if token is None else {"Authorization": f"Bearer {token}"}
         data = None if body is None else json.dumps(body).encode()
+        if data is not None:
+            headers["Content-Type"] = "application/json"  # else 415 (docs/api.md "Conventions")
         async with self.client.request(method, path, data=data, headers=headers) as resp:
             raw = await resp.read()
             return resp.status, (json.loads(raw) if raw else None)
