@@ -28,7 +28,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -43,7 +43,8 @@ from mls import (
     X509CredentialValidator,
 )
 
-from .store import Identity, Store
+if TYPE_CHECKING:  # errors.py imports this module; the store's modules import errors.py
+    from .store import Identity, Store
 
 #: The credential types a policy can allow, by their names in the document.
 CREDENTIAL_TYPES = {"basic": CredentialType.basic, "x509": CredentialType.x509}
