@@ -200,6 +200,7 @@ class Struct:
 
     __codecs__: ClassVar[tuple[tuple[str, Codec[Any]], ...] | None] = None
     __select__: ClassVar[Select | None] = None
+    __trailing__: ClassVar[dict[Any, tuple[tuple[str, Codec[Any]], ...] | None] | None] = None
 
     def __post_init__(self) -> None:
         if self.__select__ is not None:
@@ -240,17 +241,63 @@ class Struct:
                 codec.write(w, getattr(self, name))
 
     def encode(self, w: Writer) -> None:
+        """Write the encoding, and remember it (the value is immutable): a struct nested in another is
+        encoded once however often its container, or the struct itself, is encoded again later (a
+        KeyPackage's LeafNode goes into the tree hash, the Commit's Add proposals into several TBS)."""
         wire = self.__dict__.get("_wire")
         if wire is not None:
             w.write(wire)
             return
+        buf = w.buf
+        start = len(buf)
         self._write_fields(w, self._unselected())
+        self._remember_wire(bytes(buf[start:]))
 
     def to_bytes_without(self, *names: str) -> bytes:
-        """The encoding with the named fields left out (e.g. a ``…TBS`` struct: all but ``signature``)."""
+        """The encoding with the named fields left out (e.g. a ``…TBS`` struct: all but ``signature``).
+
+        When they are the last fields written, it is the remembered encoding (of a decoded value, or one
+        encoded before) cut short by their encoding: a ``LeafNodeTBS`` or ``KeyPackageTBS`` is then a
+        slice of the bytes that were received, not a re-encoding of every field."""
+        omit = self._unselected() | frozenset(names)
+        wire: bytes | None = self.__dict__.get("_wire")
+        if wire is not None:
+            tail = self._trailing_encoding(omit)
+            if tail is not None and wire.endswith(tail):
+                return wire[: len(wire) - len(tail)]
         w = Writer()
-        self._write_fields(w, self._unselected() | frozenset(names))
+        self._write_fields(w, omit)
         return w.getvalue()
+
+    def _trailing_encoding(self, omit: frozenset[str]) -> bytes | None:
+        """The encoding of the fields in ``omit`` that are written, when they are the last ones written;
+        otherwise ``None``."""
+        tail = self._trailing_fields(self._unselected(), omit)
+        if tail is None:
+            return None
+        w = Writer()
+        for name, codec in tail:
+            codec.write(w, getattr(self, name))
+        return w.getvalue()
+
+    @classmethod
+    def _trailing_fields(
+        cls, unselected: frozenset[str], omit: frozenset[str]
+    ) -> tuple[tuple[str, Codec[Any]], ...] | None:
+        """The written fields that ``omit`` leaves out, when they are the last ones written (cached per
+        class and arguments: TBS encodings ask the same question of every value)."""
+        cache = cls.__dict__.get("__trailing__")
+        if cache is None:
+            cache = {}
+            cls.__trailing__ = cache
+        key = (unselected, omit)
+        if key not in cache:
+            written = [(name, codec) for name, codec in cls._field_codecs() if name not in unselected]
+            dropped = [i for i, (name, _) in enumerate(written) if name in omit]
+            trailing = bool(dropped) and dropped == list(range(len(written) - len(dropped), len(written)))
+            cache[key] = tuple(written[dropped[0] :]) if trailing else None
+        result: tuple[tuple[str, Codec[Any]], ...] | None = cache[key]
+        return result
 
     @classmethod
     def decode(cls: type[S], r: Reader) -> S:
