@@ -117,12 +117,17 @@ class HashedNodes:
         self._invalidate(x)
 
     def _invalidate(self, x: int) -> None:
-        n = self.n_leaves
-        r = tm.root(n)
-        self._hashes[x] = None
-        while x != r:
-            x = tm.parent(x, n)
-            self._hashes[x] = None
+        """Forget the hashes of ``x`` and its ancestors. A hash is only ever computed after its children's
+        (and a bulk fill sets all), so above a node without a hash no node has one: the walk up stops at
+        the first such node (adding members one by one invalidates each path once, not per member)."""
+        hashes = self._hashes
+        if hashes[x] is None:
+            return
+        hashes[x] = None
+        for a in tm.direct_path(x, self.n_leaves):
+            if hashes[a] is None:
+                return
+            hashes[a] = None
 
     def _extend(self) -> None:
         """Double the leaf count: the old tree becomes the left subtree of a new blank root (§7.7)."""
