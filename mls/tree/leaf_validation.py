@@ -70,13 +70,24 @@ class LeafPolicy:
     max_lifetime: int | None = None
 
 
+SignatureCheck = tuple[bytes, str, bytes, bytes]
+"""One ``VerifyWithLabel`` check: (public key, label, content, signature), as
+:meth:`~mls.crypto.cipher_suite.CipherSuite.prefetch_verifications` takes them."""
+
+
+def leaf_signature_check(leaf: LeafNode, group_id: bytes | None, leaf_index: int | None) -> SignatureCheck:
+    """The leaf's ``VerifyWithLabel(signature_key, "LeafNodeTBS", LeafNodeTBS, signature)`` (§7.2); the
+    group id and leaf index go into the TBS only for the ``update`` and ``commit`` sources."""
+    in_group = leaf.leaf_node_source != LeafNodeSource.key_package
+    tbs = leaf.tbs(group_id if in_group else None, leaf_index if in_group else None)
+    return leaf.signature_key, "LeafNodeTBS", tbs, leaf.signature
+
+
 def verify_leaf_signature(
     cs: CipherSuite, leaf: LeafNode, group_id: bytes | None, leaf_index: int | None
 ) -> None:
     """``VerifyWithLabel(signature_key, "LeafNodeTBS", LeafNodeTBS, signature)`` (§7.2)."""
-    in_group = leaf.leaf_node_source != LeafNodeSource.key_package
-    tbs = leaf.tbs(group_id if in_group else None, leaf_index if in_group else None)
-    if not cs.verify_with_label(leaf.signature_key, "LeafNodeTBS", tbs, leaf.signature):
+    if not cs.verify_with_label(*leaf_signature_check(leaf, group_id, leaf_index)):
         raise ValidationError("7.3/leaf-signature", "LeafNode signature does not verify")
 
 
