@@ -44,6 +44,10 @@ def two_threads() -> object:
     signature_batch.set_verify_threads(before)
 
 
+def flip_last_bit(data: bytes) -> bytes:
+    return data[:-1] + bytes([data[-1] ^ 1])
+
+
 def _reencoded(value: KeyPackage | LeafNode, *omit: str) -> bytes:
     """The encoding without ``omit``, field by field, from a copy that remembers nothing."""
     fresh = dataclasses.replace(value)
@@ -178,7 +182,7 @@ def test_a_bad_leaf_signature_in_a_large_tree_is_found(
     verify_leaves(tree, group_id, LeafPolicy())
     leaf = tree.leaf(position)
     assert leaf is not None
-    tree.set_leaf(position, dataclasses.replace(leaf, signature=leaf.signature[:-1] + b"\x00"))
+    tree.set_leaf(position, dataclasses.replace(leaf, signature=flip_last_bit(leaf.signature)))
     with pytest.raises(ValidationError) as e:
         verify_leaves(tree, group_id, LeafPolicy())
     assert e.value.rule == "7.3/leaf-signature"
@@ -190,7 +194,7 @@ def test_a_bad_signature_among_many_added_key_packages_is_found(two_threads: obj
     kps = [client(b"m-%d" % i).key_package().key_package for i in range(MANY)]
     i = MANY - 2
     if which == "key_package":
-        kps[i] = dataclasses.replace(kps[i], signature=kps[i].signature[:-1] + b"\x00")
+        kps[i] = dataclasses.replace(kps[i], signature=flip_last_bit(kps[i].signature))
         rule = "10.1/key-package-signature"
     else:
         leaf = kps[i].leaf_node

@@ -252,7 +252,13 @@ class HashedNodes:
         return [self.node_hash(x) for x in range(self.width)]
 
     def original_tree_hash(self, x: int, removed_leaves: Iterable[int]) -> bytes:
-        """Tree hash of ``x`` with ``removed_leaves`` blanked and dropped from unmerged lists (§7.9)."""
+        """Tree hash of ``x`` with ``removed_leaves`` blanked and dropped from unmerged lists (§7.9).
+
+        When the hash of ``x`` is missing, and with it most of the tree's (a commit that added thousands
+        of members computes the parent hashes of its path over subtrees never hashed), every hash is
+        computed in one backend call first, as :meth:`tree_hash` does."""
+        if self._hashes[x] is None:
+            self._fill_hashes_in_one_call()
         removed = {leaf for leaf in removed_leaves if leaf in tm.subtree_leaves(x, self.n_leaves)}
         if not removed:
             return self.node_hash(x)

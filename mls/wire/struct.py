@@ -279,41 +279,34 @@ class Struct:
         When they are the last fields written, it is the remembered encoding (of a decoded value, or one
         encoded before) cut short by their encoding: a ``LeafNodeTBS`` or ``KeyPackageTBS`` is then a
         slice of the bytes that were received, not a re-encoding of every field."""
-        omit = self._unselected() | frozenset(names)
+        unselected = self._unselected()
         wire: bytes | None = self.__dict__.get("_wire")
         if wire is not None:
-            tail = self._trailing_encoding(omit)
-            if tail is not None and wire.endswith(tail):
-                return wire[: len(wire) - len(tail)]
+            tail = self._trailing_fields(unselected, names)
+            if tail is not None:
+                w = Writer()
+                for name, codec in tail:
+                    codec.write(w, getattr(self, name))
+                if wire.endswith(w.buf):
+                    return wire[: len(wire) - len(w.buf)]
         w = Writer()
-        self._write_fields(w, omit)
-        return w.getvalue()
-
-    def _trailing_encoding(self, omit: frozenset[str]) -> bytes | None:
-        """The encoding of the fields in ``omit`` that are written, when they are the last ones written;
-        otherwise ``None``."""
-        tail = self._trailing_fields(self._unselected(), omit)
-        if tail is None:
-            return None
-        w = Writer()
-        for name, codec in tail:
-            codec.write(w, getattr(self, name))
+        self._write_fields(w, unselected | frozenset(names))
         return w.getvalue()
 
     @classmethod
     def _trailing_fields(
-        cls, unselected: frozenset[str], omit: frozenset[str]
+        cls, unselected: frozenset[str], names: tuple[str, ...]
     ) -> tuple[tuple[str, Codec[Any]], ...] | None:
-        """The written fields that ``omit`` leaves out, when they are the last ones written (cached per
-        class and arguments: TBS encodings ask the same question of every value)."""
+        """The written fields among ``names``, when they are the last ones written; else ``None``
+        (cached per class and arguments: TBS encodings ask the same question of every value)."""
         cache = cls.__dict__.get("__trailing__")
         if cache is None:
             cache = {}
             cls.__trailing__ = cache
-        key = (unselected, omit)
+        key = (unselected, names)
         if key not in cache:
             written = [(name, codec) for name, codec in cls._field_codecs() if name not in unselected]
-            dropped = [i for i, (name, _) in enumerate(written) if name in omit]
+            dropped = [i for i, (name, _) in enumerate(written) if name in names]
             trailing = bool(dropped) and dropped == list(range(len(written) - len(dropped), len(written)))
             cache[key] = tuple(written[dropped[0] :]) if trailing else None
         result: tuple[tuple[str, Codec[Any]], ...] | None = cache[key]
