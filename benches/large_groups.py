@@ -1,7 +1,8 @@
 """Large-group benchmark: the cost of group operations as the group grows to 10,000 members.
 
     python -m benches.large_groups [--quick] [--sizes 1000,10000] [--repeats R] [--shape copath|flat]
-                                   [--backend auto|python|native] [--out DIR] [--profile]
+                                   [--backend auto|python|native] [--verify-threads T] [--out DIR]
+                                   [--profile]
 
 A benchmark, not a timed test. For each group size N (default 100, 1,000, 10,000; ``--quick``: 100,
 1,000) it builds a group of N members in cipher suite 1 (X25519, AES-128-GCM, SHA-256, Ed25519, software
@@ -84,6 +85,7 @@ from mls.client import Client
 from mls.credentials.credential import Credential
 from mls.crypto.backend import PythonBackend, get_backend, set_backend
 from mls.crypto.key_store import SoftwareKeyStore
+from mls.crypto.signature_batch import set_verify_threads, verify_threads
 from mls.group.commit_options import CommitOptions
 from mls.group.group import Group
 from mls.group.staged_commit import StagedCommit
@@ -505,6 +507,7 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "implementation": platform.python_implementation(),
         "crypto_backend": get_backend().name,
+        "signature_verify_threads": verify_threads(),
         "cpu_count": os.cpu_count(),
         "cpu": cpu,
         "platform": platform.platform(),
@@ -668,11 +671,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         choices=native.BACKEND_CHOICES,
         help="crypto backend (default: $MLS_CRYPTO_BACKEND, else auto)",
     )
+    parser.add_argument(
+        "--verify-threads",
+        type=int,
+        help="threads verifying large signature batches (default: the library's, min(4, CPUs))",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="directory for large_groups.json and .png")
     parser.add_argument("--profile", action="store_true", help="also cProfile each operation (see docstring)")
     args = parser.parse_args(argv)
     if args.repeats is not None and args.repeats < 1:
         parser.error("--repeats must be at least 1")
+    if args.verify_threads is not None:
+        if args.verify_threads < 1:
+            parser.error("--verify-threads must be at least 1")
+        set_verify_threads(args.verify_threads)
     set_backend(native.choose_backend(args.backend, PythonBackend()))
     sizes = args.sizes or list(QUICK_SIZES if args.quick else DEFAULT_SIZES)
     print(

@@ -12,6 +12,7 @@ import pytest
 pytest.importorskip("matplotlib")
 
 from benches import large_groups
+from mls.crypto.signature_batch import set_verify_threads, verify_threads
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -19,7 +20,13 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 @pytest.mark.timeout(120)  # a hard bound even on a loaded machine; the run itself takes a few seconds
 def test_large_groups_tiny_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     started = time.process_time()
-    report = large_groups.main(["--sizes", "8,16", "--repeats", "1", "--out", str(tmp_path)])
+    threads = verify_threads()
+    try:
+        report = large_groups.main(
+            ["--sizes", "8,16", "--repeats", "1", "--verify-threads", "1", "--out", str(tmp_path)]
+        )
+    finally:
+        set_verify_threads(threads)
     cpu = time.process_time() - started
     assert cpu < 20, f"the tiny benchmark run took {cpu:.1f} s of CPU"
 
@@ -46,6 +53,7 @@ def test_large_groups_tiny_run(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert data["reference_s"] == large_groups.REFERENCE_S
     machine = data["machine"]
     assert machine["crypto_backend"] in ("python", "native")
+    assert machine["signature_verify_threads"] == 1
     assert machine["python"] and machine["cpu_count"]
     assert data["timestamp"].endswith("Z")
 
