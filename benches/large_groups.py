@@ -545,7 +545,7 @@ def chart(report: dict[str, Any], path: Path) -> None:
 
     results = report["results"]
     ns = [int(n) for n in results]
-    fig, axes = plt.subplots(1, 2, figsize=(15, 6.2), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(15, 7), sharey=True)
     markers = dict(zip(OPERATIONS, "osD^vP"))
     for ax, prefix, what in ((axes[0], "", "wall time"), (axes[1], "cpu_", "CPU time of the process")):
         for op in OPERATIONS:
@@ -575,17 +575,31 @@ def chart(report: dict[str, Any], path: Path) -> None:
         ax.set_ylabel(f"{what} (s; median, bars min-max)")
         ax.set_title(what)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
     m = report["machine"]
     fig.suptitle(
         f"MLS large groups: time against group size (suite {report['cipher_suite']}, "
         f"{report['shape']} tree shape, {m['crypto_backend']} crypto backend, "
-        f"Python {m['python']}, {m['cpu_count']} CPUs)",
+        f"Python {m['python']}, {m['cpu_count']} CPUs)\n{_headline_text(report)}",
         fontsize=11,
     )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _headline_text(report: dict[str, Any]) -> str:
+    """The headline figures, two a line: median wall (CPU) seconds, and the load average at the end."""
+    head = report["headline"]
+    parts = [
+        f"{name.removesuffix('_s')} = {seconds:.3f} s (CPU {head[name.removesuffix('_s') + '_cpu_s']:.3f} s)"
+        for name, seconds in head.items()
+        if not name.endswith("_cpu_s")
+    ]
+    load = report["machine"].get("load_average")
+    if load:
+        parts.append(f"load average {load[0]:.1f}")
+    return "\n".join("; ".join(parts[i : i + 2]) for i in range(0, len(parts), 2))
 
 
 def _reference_points(ax: Any, ns: list[int]) -> None:
