@@ -209,6 +209,23 @@ def test_a_bad_signature_among_many_added_key_packages_is_found(two_threads: obj
     assert group.epoch == 0 and group.state.tree.member_count() == 1
 
 
+def test_a_key_package_with_a_member_leaf_among_many_is_refused_by_its_rule(two_threads: object) -> None:
+    """Its leaf's signature cannot be checked as a key_package leaf's: the batch leaves it out and the
+    leaf-source check rejects it, as it does one KeyPackage at a time."""
+    creator = client(b"creator")
+    kps = [client(b"m-%d" % i).key_package().key_package for i in range(MANY)]
+    leaf = kps[3].leaf_node
+    member_leaf = dataclasses.replace(leaf, leaf_node_source=3, lifetime=None, parent_hash=b"")
+    kps[3] = dataclasses.replace(kps[3], leaf_node=member_leaf)
+    group = creator.create_group()
+    with pytest.raises(ValidationError) as e:
+        group.commit(CommitOptions(add=kps, force_path=True))
+    assert e.value.rule == "7.3/leaf-node-source"
+    with pytest.raises(ValidationError) as e:
+        group.commit(CommitOptions(add=[kps[3]], force_path=True))
+    assert e.value.rule == "7.3/leaf-node-source"
+
+
 def test_many_members_join_and_agree(
     two_threads: object, large_group: tuple[Group, list[Client], bytes]
 ) -> None:

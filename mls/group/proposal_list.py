@@ -14,7 +14,12 @@ from mls.credentials.credential import Credential
 from mls.crypto.cipher_suite import CipherSuite
 from mls.errors import ValidationError
 from mls.tree.leaf_node import LeafNode, LeafNodeSource
-from mls.tree.leaf_validation import LeafPolicy, check_required_capabilities, validate_leaf_node
+from mls.tree.leaf_validation import (
+    LeafPolicy,
+    batch_signature_checks,
+    check_required_capabilities,
+    validate_leaf_node,
+)
 from mls.tree.ratchet_tree import RatchetTree
 from mls.wire.extensions import (
     Extension,
@@ -212,12 +217,8 @@ def validate_proposal_list(
     then run in order, its signature checks taking the batch's results."""
     extensions = _new_extensions(vc, proposals)
     required = find_payload(extensions, RequiredCapabilities)
-    checks = [
-        check
-        for cp in proposals
-        if isinstance(cp.proposal.body, Add)
-        for check in key_package_signature_checks(cp.proposal.body.key_package)
-    ]
+    added = [cp.proposal.body.key_package for cp in proposals if isinstance(cp.proposal.body, Add)]
+    checks = batch_signature_checks(added, key_package_signature_checks)
     with vc.cs.prefetch_verifications(checks):
         for cp in proposals:
             validate_proposal(vc, cp, required)

@@ -11,7 +11,12 @@ from __future__ import annotations
 from mls.errors import ValidationError
 from mls.tree import tree_math as tm
 from mls.tree.leaf_node import LeafNode, LeafNodeSource
-from mls.tree.leaf_validation import LeafPolicy, leaf_signature_check, validate_leaf_node
+from mls.tree.leaf_validation import (
+    LeafPolicy,
+    batch_signature_checks,
+    leaf_signature_check,
+    validate_leaf_node,
+)
 from mls.tree.nodes import ParentNode
 from mls.tree.ratchet_tree import RatchetTree
 from mls.wire.extensions import RequiredCapabilities
@@ -105,7 +110,7 @@ def verify_leaves(
     leaf signatures are verified in one batch first (:mod:`mls.crypto.signature_batch`); each leaf's
     checks then run in order, its signature check taking the batch's result."""
     leaves = list(tree.leaves())
-    checks = [leaf_signature_check(leaf, group_id, index) for index, leaf in leaves]
+    checks = batch_signature_checks(leaves, lambda il: [leaf_signature_check(il[1], group_id, il[0])])
     with tree.cs.prefetch_verifications(checks):
         for index, leaf in leaves:
             validate_leaf_node(

@@ -105,8 +105,12 @@ def key_package_signature_check(kp: KeyPackage) -> SignatureCheck:
 
 
 def key_package_signature_checks(kp: KeyPackage) -> list[SignatureCheck]:
-    """Both signature checks of validating a KeyPackage (§10.1): its leaf's (§7.3) and its own."""
-    return [leaf_signature_check(kp.leaf_node, None, None), key_package_signature_check(kp)]
+    """The signature checks of validating a KeyPackage (§10.1): its leaf's (§7.3), when the leaf is a
+    ``key_package`` one (any other is rejected before its signature is looked at), and its own."""
+    own = key_package_signature_check(kp)
+    if kp.leaf_node.leaf_node_source != LeafNodeSource.key_package:
+        return [own]
+    return [leaf_signature_check(kp.leaf_node, None, None), own]
 
 
 def _check_init_key_distinct(init_key: bytes, encryption_key: bytes) -> None:
