@@ -128,7 +128,7 @@ def test_set_verify_threads_refuses_zero() -> None:
         signature_batch.set_verify_threads(0)
 
 
-def test_prefetched_results_are_seen_inside_the_block_only_and_in_this_thread() -> None:
+def test_prefetched_results_are_seen_inside_the_block_only_and_in_this_thread(two_threads: object) -> None:
     cs = cipher_suite(1)
     signer = cs.generate_signer()
     good = (
@@ -138,10 +138,14 @@ def test_prefetched_results_are_seen_inside_the_block_only_and_in_this_thread() 
         cs.sign_with_label(signer, "LeafNodeTBS", b"content"),
     )
     bad = (signer.public_key, "LeafNodeTBS", b"other", good[3])
+    filler = [(signer.public_key, "LeafNodeTBS", b"filler %d" % i, good[3]) for i in range(MANY)]
     data = cs.sign_content("LeafNodeTBS", b"content")
     assert signature_batch.prefetched_result(cs.signature, signer.public_key, data, good[3]) is None
+    with cs.prefetch_verifications([good, bad]):  # too few to pay off: nothing is prefetched
+        assert signature_batch.prefetched_result(cs.signature, signer.public_key, data, good[3]) is None
+        assert cs.verify_with_label(*good) and not cs.verify_with_label(*bad)
     seen: list[bool | None] = []
-    with cs.prefetch_verifications([good, bad]):
+    with cs.prefetch_verifications([good, bad, *filler]):
         assert signature_batch.prefetched_result(cs.signature, signer.public_key, data, good[3]) is True
         other = cs.sign_content("LeafNodeTBS", b"other")
         assert signature_batch.prefetched_result(cs.signature, signer.public_key, other, good[3]) is False
@@ -153,9 +157,13 @@ def test_prefetched_results_are_seen_inside_the_block_only_and_in_this_thread() 
         )
         t.start()
         t.join()
-        with cs.prefetch_verifications([]):  # an inner block keeps the outer results
-            assert cs.verify_with_label(*good)
+        with cs.prefetch_verifications(filler[:-1]):  # an inner block keeps the outer results
+            assert signature_batch.prefetched_result(cs.signature, signer.public_key, data, good[3])
     assert seen == [None]
+    signature_batch.set_verify_threads(1)  # one thread: nothing to gain from a batch
+    with cs.prefetch_verifications([good, bad, *filler]):
+        assert signature_batch.prefetched_result(cs.signature, signer.public_key, data, good[3]) is None
+        assert cs.verify_with_label(*good) and not cs.verify_with_label(*bad)
     assert signature_batch.prefetched_result(cs.signature, signer.public_key, data, good[3]) is None
 
 

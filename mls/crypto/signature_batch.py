@@ -7,8 +7,9 @@ on a few threads: OpenSSL's verification runs without Python's global interprete
 takes the wall time of its share per core (the CPU time is the same). :func:`set_verify_threads` sets
 how many (``1``: all in the calling thread).
 
-:func:`prefetched` runs a batch ahead of the code that checks those signatures one by one, in its own
-order, between other checks: within the ``with`` block, :meth:`CipherSuite.verify_with_label
+:func:`prefetched` runs a batch (when it is large enough for threads, and there are threads) ahead of
+the code that checks those signatures one by one, in its own order, between other checks: within the
+``with`` block, :meth:`CipherSuite.verify_with_label
 <mls.crypto.cipher_suite.CipherSuite.verify_with_label>` takes a signature's result from the batch (a
 real verification, done a moment before) rather than verifying it again, so every check still happens,
 at the same point and with the same error. The results live in a context variable: another thread or
@@ -104,7 +105,11 @@ _prefetched: ContextVar[dict[_Key, bool] | None] = ContextVar("mls_prefetched_si
 
 @contextmanager
 def prefetched(scheme: SignatureScheme, items: Sequence[Item]) -> Iterator[None]:
-    """Verify ``items`` now, in one batch, and let the checks inside the block use the results."""
+    """Verify ``items`` now, in one batch, and let the checks inside the block use the results. With one
+    thread (or a batch too small for threads) there is nothing to gain: the checks verify as they go."""
+    if _threads == 1 or len(items) < PARALLEL_THRESHOLD:
+        yield
+        return
     results = dict(zip(((scheme.code, *item) for item in items), verify_many(scheme, items), strict=True))
     outer = _prefetched.get()
     token = _prefetched.set(results if outer is None else {**outer, **results})
