@@ -1,7 +1,8 @@
 """Large-group benchmark: the cost of group operations as the group grows to 10,000 members.
 
     python -m benches.large_groups [--quick] [--sizes 1000,10000] [--repeats R] [--shape copath|flat]
-                                   [--backend auto|python|native] [--out DIR] [--profile]
+                                   [--backend auto|python|native] [--verify-threads T] [--out DIR]
+                                   [--profile]
 
 A benchmark, not a timed test. For each group size N (default 100, 1,000, 10,000; ``--quick``: 100,
 1,000) it builds a group of N members in cipher suite 1 (X25519, AES-128-GCM, SHA-256, Ed25519, software
@@ -16,7 +17,19 @@ key stores) and then measures, as the median of ``repeats`` runs (default 5, 3 f
   authenticator is checked too;
 * ``self_update`` - A commits an empty commit with an UpdatePath (a self-update);
 * ``load_state`` - restoring B's state with ``Group.from_bytes`` and computing its tree hash, which
-  fills the ratchet tree's caches (node encodings, subtree hashes) that ``from_bytes`` leaves empty.
+  fills the ratchet tree's caches (node encodings, subtree hashes) that ``from_bytes`` leaves empty;
+* ``add_n_in_one_commit`` - the creator of a new (one-member) group adds N members in one commit with
+  an UpdatePath, the Welcome included: the N-1 KeyPackages of the build plus the round's fresh one
+  (every added KeyPackage validated, §10.1; N GroupSecrets sealed, §12.4.3.1).
+
+**Headline figures** (``headline`` in the JSON, printed last; issue 13 compares them with other
+implementations): ``add_1000_in_one_commit_s`` = ``add_n_in_one_commit`` at N = 1,000 and
+``join_1000_s`` = ``join_welcome`` at N = 1,000 (a new member joining the 1,000-member group, whose
+Welcome carries the whole ratchet tree, every leaf signature verified), likewise
+``add_10000_in_one_commit_s`` and ``join_10000_s`` when N = 10,000 is run; median wall time, and
+``*_cpu_s`` the median CPU time of the process (which counts the threads that verify signatures in
+parallel, :mod:`mls.crypto.signature_batch`). ``reference_s`` holds the figures measured before the
+work of issue 13 and those of the fastest Rust implementation, for comparison (measured elsewhere).
 
 Every run starts from the same state: A and B are restored with ``Group.from_bytes`` from bytes saved
 after building, and their tree caches are filled, so that the four protocol operations are measured as
@@ -72,25 +85,47 @@ from mls.client import Client
 from mls.credentials.credential import Credential
 from mls.crypto.backend import PythonBackend, get_backend, set_backend
 from mls.crypto.key_store import SoftwareKeyStore
+from mls.crypto.signature_batch import set_verify_threads, verify_threads
 from mls.group.commit_options import CommitOptions
 from mls.group.group import Group
 from mls.group.staged_commit import StagedCommit
 from mls.wire.framing import MLSMessage, PublicMessage
+from mls.wire.key_package import KeyPackage
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SUITE = 1  # MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519: the fastest suite to make keys in
 DEFAULT_SIZES = (100, 1_000, 10_000)
 QUICK_SIZES = (100, 1_000)
-OPERATIONS = ("add_member", "process_commit", "join_welcome", "self_update", "load_state")
+OPERATIONS = (
+    "add_member",
+    "process_commit",
+    "join_welcome",
+    "self_update",
+    "load_state",
+    "add_n_in_one_commit",
+)
 LABELS = {
     "add_member": "add one member (commit with path + Welcome)",
     "process_commit": "process that commit (another member)",
     "join_welcome": "join from the Welcome",
     "self_update": "self-update commit",
     "load_state": "restore a member's state (from_bytes + tree hash)",
+    "add_n_in_one_commit": "add N members in one commit (new group, with path + Welcome)",
     "build": "build the group (once)",
 }
 SHAPES = ("copath", "flat")
+#: Headline field -> (group size, operation): named as issue 13 states its figures.
+HEADLINE = {
+    "add_1000_in_one_commit_s": (1_000, "add_n_in_one_commit"),
+    "join_1000_s": (1_000, "join_welcome"),
+    "add_10000_in_one_commit_s": (10_000, "add_n_in_one_commit"),
+    "join_10000_s": (10_000, "join_welcome"),
+}
+#: Wall-time figures issue 13 gives for comparison (other machines and runs; not measured here).
+REFERENCE_S = {
+    "before_issue_13": {"add_1000_in_one_commit_s": 0.35, "join_1000_s": 0.10},
+    "fastest_rust_implementation": {"add_1000_in_one_commit_s": 0.24, "join_1000_s": 0.06},
+}
 
 
 # ---- helpers -----------------------------------------------------------------------------------------
@@ -179,6 +214,9 @@ class Built:
     shape: dict[str, Any]
     alice_state: bytes = field(repr=False, default=b"")
     bob_state: bytes = field(repr=False, default=b"")
+    #: The creator's client, and the KeyPackages the build added (for ``add_n_in_one_commit``).
+    creator: Client | None = field(repr=False, default=None)
+    key_packages: list[KeyPackage] = field(repr=False, default_factory=list)
 
     def fresh_alice(self) -> Group:
         """A's state restored, with the tree-hash caches warm (as in a member that stays in memory)."""
@@ -262,6 +300,7 @@ def build_group(n: int, shape: str = "copath", log: Callable[[str], None] = prin
     phases["total_cpu_s"] = time.process_time() - cpu_started
     build = {**phases, "joiners": len(joiners), "self_updates": len(updaters), "epoch": alice.epoch}
     built = Built(n, alice, bob, build, tree_shape(alice))
+    built.creator, built.key_packages = clients[0], [b.key_package for b in bundles]
     built.alice_state = alice.to_bytes()
     built.bob_state = bob.to_bytes()
     return built
@@ -304,14 +343,33 @@ def one_round(built: Built, index: int, check_update: bool) -> dict[str, Any]:
         assert isinstance(received, StagedCommit)
         _same_epoch(update, received, "the processing member (self-update)")
     updater.discard_pending_commit()
+
+    t_add_n, sizes["add_n_welcome_bytes"] = add_n_in_one_commit(built, bundle.key_package)
     times = {
         "add_member": t_add,
         "process_commit": t_process,
         "join_welcome": t_join,
         "self_update": t_update,
         "load_state": t_load,
+        "add_n_in_one_commit": t_add_n,
     }
     return {"times": times, "sizes": sizes}
+
+
+def add_n_in_one_commit(built: Built, fresh: KeyPackage) -> tuple[tuple[float, float], int]:
+    """Time a new group's creator adding N members in one commit with a path (the build's N-1
+    KeyPackages and ``fresh``); its (wall, CPU) seconds and the Welcome's size. The group is dropped."""
+    assert built.creator is not None
+    group = built.creator.create_group()
+    add = CommitOptions(add=[*built.key_packages, fresh], force_path=True)
+    staged, t = _timed(lambda: group.commit(add))
+    assert staged.welcome is not None
+    if group.state.tree.member_count() != 1 or staged.state is None:
+        raise AssertionError("the commit adding N members did not stage a group")
+    if staged.state.tree.member_count() != built.n + 1:
+        raise AssertionError(f"the commit adding {built.n} members staged {staged.state.tree.member_count()}")
+    group.discard_pending_commit()
+    return t, len(staged.welcome)
 
 
 def _profiler() -> cProfile.Profile:
@@ -337,6 +395,11 @@ def profile_round(built: Built, directory: Path, top: int = 15) -> dict[str, str
     alice = built.fresh_alice()
     profiles["self_update"].runcall(alice.commit, CommitOptions(force_path=True))
     alice.discard_pending_commit()
+    assert built.creator is not None
+    group = built.creator.create_group()
+    add_all = CommitOptions(add=[*built.key_packages, bundle.key_package], force_path=True)
+    profiles["add_n_in_one_commit"].runcall(group.commit, add_all)
+    group.discard_pending_commit()
     out: dict[str, str] = {}
     for op, prof in profiles.items():
         path = directory / f"{built.n}_{op}.pstats"
@@ -418,6 +481,19 @@ def bench_size(n: int, repeats: int, shape: str, profile_dir: Path | None) -> di
     return entry
 
 
+def headline(results: dict[str, Any]) -> dict[str, float]:
+    """The :data:`HEADLINE` figures of the sizes that were run: median wall time (``<name>_s``) and
+    median CPU time of the process (``<name>_cpu_s``)."""
+    out: dict[str, float] = {}
+    for name, (n, op) in HEADLINE.items():
+        entry = results.get(str(n))
+        if entry is not None:
+            stats = entry["operations"][op]
+            out[name] = stats["median_s"]
+            out[name.removesuffix("_s") + "_cpu_s"] = stats["cpu_median_s"]
+    return out
+
+
 def machine_info() -> dict[str, Any]:
     cpu = platform.processor() or platform.machine()
     try:
@@ -431,6 +507,7 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "implementation": platform.python_implementation(),
         "crypto_backend": get_backend().name,
+        "signature_verify_threads": verify_threads(),
         "cpu_count": os.cpu_count(),
         "cpu": cpu,
         "platform": platform.platform(),
@@ -449,6 +526,8 @@ def run(sizes: list[int], repeats: int | None, shape: str, profile_dir: Path | N
         "sizes": sizes,
         "operations": list(OPERATIONS),
         "definitions": {op: LABELS[op] for op in (*OPERATIONS, "build")},
+        "headline": headline(results),
+        "reference_s": REFERENCE_S,
         "results": results,
         "machine": {**machine_info(), "load_average_at_start": machine_before["load_average"]},
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -466,8 +545,8 @@ def chart(report: dict[str, Any], path: Path) -> None:
 
     results = report["results"]
     ns = [int(n) for n in results]
-    fig, axes = plt.subplots(1, 2, figsize=(15, 6.2), sharey=True)
-    markers = dict(zip(OPERATIONS, "osD^v"))
+    fig, axes = plt.subplots(1, 2, figsize=(15, 7), sharey=True)
+    markers = dict(zip(OPERATIONS, "osD^vP"))
     for ax, prefix, what in ((axes[0], "", "wall time"), (axes[1], "cpu_", "CPU time of the process")):
         for op in OPERATIONS:
             stats = [results[str(n)]["operations"][op] for n in ns]
@@ -486,6 +565,8 @@ def chart(report: dict[str, Any], path: Path) -> None:
                 color="grey",
                 label="∝ N (guide through the first join)",
             )
+        if prefix == "":
+            _reference_points(ax, ns)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xticks(ns, [f"{n:,}" for n in ns])
@@ -494,17 +575,52 @@ def chart(report: dict[str, Any], path: Path) -> None:
         ax.set_ylabel(f"{what} (s; median, bars min-max)")
         ax.set_title(what)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
     m = report["machine"]
     fig.suptitle(
         f"MLS large groups: time against group size (suite {report['cipher_suite']}, "
         f"{report['shape']} tree shape, {m['crypto_backend']} crypto backend, "
-        f"Python {m['python']}, {m['cpu_count']} CPUs)",
+        f"Python {m['python']}, {m['cpu_count']} CPUs)\n{_headline_text(report)}",
         fontsize=11,
     )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _headline_text(report: dict[str, Any]) -> str:
+    """The headline figures, two a line: median wall (CPU) seconds, and the load average at the end."""
+    head = report["headline"]
+    parts = [
+        f"{name.removesuffix('_s')} = {seconds:.3f} s (CPU {head[name.removesuffix('_s') + '_cpu_s']:.3f} s)"
+        for name, seconds in head.items()
+        if not name.endswith("_cpu_s")
+    ]
+    load = report["machine"].get("load_average")
+    if load:
+        parts.append(f"load average {load[0]:.1f}")
+    return "\n".join("; ".join(parts[i : i + 2]) for i in range(0, len(parts), 2))
+
+
+def _reference_points(ax: Any, ns: list[int]) -> None:
+    """Issue 13's comparison figures at N = 1,000 (wall time; measured elsewhere), as hollow markers."""
+    if 1_000 not in ns:
+        return
+    styles = {"before_issue_13": ("red", "before"), "fastest_rust_implementation": ("green", "Rust")}
+    for source, figures in REFERENCE_S.items():
+        color, who = styles[source]
+        for name, seconds in figures.items():
+            what = "add 1,000 in one commit" if name.startswith("add") else "join 1,000"
+            ax.plot(
+                [1_000],
+                [seconds],
+                marker="*",
+                markersize=11,
+                linestyle="none",
+                markerfacecolor="none",
+                markeredgecolor=color,
+                label=f"{what}: {who} (issue 13)",
+            )
 
 
 def _fmt(seconds: float) -> str:
@@ -520,6 +636,7 @@ def table(report: dict[str, Any]) -> str:
         "join",
         "self-update",
         "load state",
+        "add N",
         "build",
         "path cts",
         "Welcome",
@@ -568,11 +685,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         choices=native.BACKEND_CHOICES,
         help="crypto backend (default: $MLS_CRYPTO_BACKEND, else auto)",
     )
+    parser.add_argument(
+        "--verify-threads",
+        type=int,
+        help="threads verifying large signature batches (default: the library's, min(4, CPUs))",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="directory for large_groups.json and .png")
     parser.add_argument("--profile", action="store_true", help="also cProfile each operation (see docstring)")
     args = parser.parse_args(argv)
     if args.repeats is not None and args.repeats < 1:
         parser.error("--repeats must be at least 1")
+    if args.verify_threads is not None:
+        if args.verify_threads < 1:
+            parser.error("--verify-threads must be at least 1")
+        set_verify_threads(args.verify_threads)
     set_backend(native.choose_backend(args.backend, PythonBackend()))
     sizes = args.sizes or list(QUICK_SIZES if args.quick else DEFAULT_SIZES)
     print(
@@ -591,6 +717,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "commit's UpdatePath.\n"
         f"Wrote {json_path} and {png_path} in {report['elapsed_s']:.1f} s"
     )
+    for name, seconds in report["headline"].items():
+        if not name.endswith("_cpu_s"):
+            cpu = report["headline"][name.removesuffix("_s") + "_cpu_s"]
+            print(f"{name} = {seconds:.3f} (CPU {cpu:.3f})")
     return report
 
 

@@ -12,7 +12,9 @@ library's own layout, mapped to the RFC:
 * :mod:`mls.conformance` — the runner of the MLS working group's test vectors.
 
 The crypto backend is chosen by the application: :func:`use_crypto_backend` installs one (the
-pure-Python backend is the default until then).
+pure-Python backend is the default until then). :func:`set_signature_verify_threads` sets how many
+threads verify large batches of signatures (a joiner's tree, a commit's KeyPackages; default the CPU
+count, at most 4; 1 keeps them in the calling thread).
 """
 
 from mls.client import Client, KeyPackageBundle
@@ -21,6 +23,7 @@ from mls.credentials.x509 import X509CredentialValidator
 from mls.crypto.backend import CryptoBackend, PythonBackend, get_backend, set_backend
 from mls.crypto.cipher_suite import CIPHER_SUITES, CipherSuite, cipher_suite
 from mls.crypto.key_protocols import HpkePrivateKey, KeyStore, Signer
+from mls.crypto.signature_batch import set_verify_threads as set_signature_verify_threads
 from mls.errors import (
     CryptoError,
     DecodeError,
@@ -141,6 +144,7 @@ __all__ = [
     "has_ratchet_tree_extension",
     "inspect_message",
     "key_package_ref",
+    "set_signature_verify_threads",
     "state_view",
     "tree_from_group_info",
     "use_crypto_backend",

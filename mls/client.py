@@ -26,6 +26,7 @@ from mls.wire.framing import MLSMessage
 from mls.wire.group_context import GroupContext
 from mls.wire.key_package import KeyPackage, create_key_package, key_package_ref
 from mls.wire.proposals import ReInit
+from mls.wire.welcome import Welcome
 
 
 @dataclass
@@ -113,7 +114,8 @@ class Client:
             capabilities=capabilities,
         )
 
-    def bundle_for(self, welcome: bytes) -> KeyPackageBundle:
+    def bundle_for(self, welcome: bytes | Welcome) -> KeyPackageBundle:
+        """The bundle of this client's KeyPackage that the Welcome has an entry for (§12.4.3.1)."""
         for secrets in welcome_from_message(welcome).secrets:
             bundle = self.key_packages.get(secrets.new_member)
             if bundle is not None:
@@ -124,7 +126,7 @@ class Client:
 
     def join(
         self,
-        welcome: bytes,
+        welcome: bytes | Welcome,
         ratchet_tree: bytes | None = None,
         config: GroupConfig | None = None,
         psks: PskStore | None = None,
@@ -132,10 +134,11 @@ class Client:
         resumed_from: GroupContext | None = None,
     ) -> Group:
         """Join from a Welcome; the KeyPackage is consumed (its keys destroyed unless last-resort)."""
-        bundle = self.bundle_for(welcome)
+        decoded = welcome_from_message(welcome)  # once, for finding the KeyPackage and for joining
+        bundle = self.bundle_for(decoded)
         group = Group.join(
             self.key_store,
-            welcome,
+            decoded,
             key_package=bundle.key_package,
             init_key=bundle.init_key,
             leaf_key=bundle.leaf_key,

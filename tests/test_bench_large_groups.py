@@ -12,6 +12,7 @@ import pytest
 pytest.importorskip("matplotlib")
 
 from benches import large_groups
+from mls.crypto.signature_batch import set_verify_threads, verify_threads
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -19,7 +20,13 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 @pytest.mark.timeout(120)  # a hard bound even on a loaded machine; the run itself takes a few seconds
 def test_large_groups_tiny_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     started = time.process_time()
-    report = large_groups.main(["--sizes", "8,16", "--repeats", "1", "--out", str(tmp_path)])
+    threads = verify_threads()
+    try:
+        report = large_groups.main(
+            ["--sizes", "8,16", "--repeats", "1", "--verify-threads", "1", "--out", str(tmp_path)]
+        )
+    finally:
+        set_verify_threads(threads)
     cpu = time.process_time() - started
     assert cpu < 20, f"the tiny benchmark run took {cpu:.1f} s of CPU"
 
@@ -39,8 +46,14 @@ def test_large_groups_tiny_run(tmp_path: Path, capsys: pytest.CaptureFixture[str
         assert entry["shape"]["unmerged_leaf_entries"] == 0
         # The copath shape: the committer's path encrypts to one node per level.
         assert entry["sizes"]["add_ciphertexts"] == int(n).bit_length() - 1
+        # The Welcome of the commit adding N members carries N GroupSecrets, that of one Add carries one.
+        assert entry["sizes"]["add_n_welcome_bytes"] > entry["sizes"]["welcome_bytes"]
+    # The headline names sizes 1,000 and 10,000, which this run does not have.
+    assert data["headline"] == {}
+    assert data["reference_s"] == large_groups.REFERENCE_S
     machine = data["machine"]
     assert machine["crypto_backend"] in ("python", "native")
+    assert machine["signature_verify_threads"] == 1
     assert machine["python"] and machine["cpu_count"]
     assert data["timestamp"].endswith("Z")
 
@@ -54,6 +67,30 @@ def test_large_groups_tiny_run(tmp_path: Path, capsys: pytest.CaptureFixture[str
 
     out = capsys.readouterr().out
     assert "add member" in out and "16" in out
+
+
+def test_headline_names_the_issue_figures() -> None:
+    """add_1000_in_one_commit_s / join_1000_s (and the 10,000-member ones) are the medians of the
+    operations they name, in wall and CPU time; sizes not run give no field."""
+
+    def stats(wall: float, cpu: float) -> dict[str, float]:
+        return {"median_s": wall, "cpu_median_s": cpu}
+
+    results = {
+        "100": {"operations": {"add_n_in_one_commit": stats(9, 9), "join_welcome": stats(9, 9)}},
+        "1000": {"operations": {"add_n_in_one_commit": stats(0.3, 0.28), "join_welcome": stats(0.08, 0.09)}},
+    }
+    assert large_groups.headline(results) == {
+        "add_1000_in_one_commit_s": 0.3,
+        "add_1000_in_one_commit_cpu_s": 0.28,
+        "join_1000_s": 0.08,
+        "join_1000_cpu_s": 0.09,
+    }
+    results["10000"] = {
+        "operations": {"add_n_in_one_commit": stats(5.0, 4.0), "join_welcome": stats(1.0, 1.5)}
+    }
+    assert large_groups.headline(results)["add_10000_in_one_commit_s"] == 5.0
+    assert large_groups.headline(results)["join_10000_cpu_s"] == 1.5
 
 
 def test_sizes_are_parsed_and_checked() -> None:

@@ -13,7 +13,8 @@ A :class:`CipherSuite` binds one suite's KEM, KDF/hash, AEAD and signature schem
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 from mls.crypto import backend as _backend
@@ -28,6 +29,7 @@ from mls.crypto.signature import (
     SignatureScheme,
     SoftwareSigner,
 )
+from mls.crypto.signature_batch import prefetched, prefetched_result
 from mls.errors import CryptoError, UnsupportedError
 from mls.wire.codec import opaque_bytes
 
@@ -115,7 +117,19 @@ class CipherSuite:
     def verify_with_label(
         self, public_key: bytes, label: bytes | str, content: bytes, signature: bytes
     ) -> bool:
-        return self.signature.verify(public_key, self.sign_content(label, content), signature)
+        """``VerifyWithLabel``; inside :meth:`prefetch_verifications` for it, the batch's result."""
+        data = self.sign_content(label, content)
+        done = prefetched_result(self.signature, public_key, data, signature)
+        return self.signature.verify(public_key, data, signature) if done is None else done
+
+    def prefetch_verifications(
+        self, checks: Iterable[tuple[bytes, bytes | str, bytes, bytes]]
+    ) -> AbstractContextManager[None]:
+        """Run many ``VerifyWithLabel(public_key, label, content, signature)`` checks now, in one batch
+        (:mod:`mls.crypto.signature_batch`); :meth:`verify_with_label` answers them from it inside the
+        ``with`` block, so that code checking them one by one, in its own order, keeps doing so."""
+        items = [(pk, self.sign_content(label, content), sig) for pk, label, content, sig in checks]
+        return prefetched(self.signature, items)
 
     def generate_signer(self) -> SoftwareSigner:
         return self.signature.generate()

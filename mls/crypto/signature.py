@@ -22,6 +22,7 @@ _X962 = serialization.Encoding.X962
 _UNCOMPRESSED = serialization.PublicFormat.UncompressedPoint
 
 PrivateKey = ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey | ec.EllipticCurvePrivateKey
+PublicKey = ed25519.Ed25519PublicKey | ed448.Ed448PublicKey | ec.EllipticCurvePublicKey
 
 
 @dataclass(frozen=True)
@@ -67,31 +68,36 @@ class SignatureScheme:
 
     def verify(self, public_key: bytes, data: bytes, signature: bytes) -> bool:
         """Whether ``signature`` is valid over ``data``; malformed keys or signatures give ``False``."""
+        key = self.load_public_key(public_key)
+        return key is not None and self.verify_with_key(key, data, signature)
+
+    def load_public_key(self, public_key: bytes) -> PublicKey | None:
+        """The public key object of ``public_key``'s wire form (§5.1.1), ``None`` when it is malformed;
+        loaded once, it verifies many signatures (:meth:`verify_with_key`)."""
         try:
             if self.name == "ed25519":
-                ed25519.Ed25519PublicKey.from_public_bytes(public_key).verify(signature, data)
-            elif self.name == "ed448":
-                ed448.Ed448PublicKey.from_public_bytes(public_key).verify(signature, data)
+                return ed25519.Ed25519PublicKey.from_public_bytes(public_key)
+            if self.name == "ed448":
+                return ed448.Ed448PublicKey.from_public_bytes(public_key)
+            assert self.curve is not None
+            return ec.EllipticCurvePublicKey.from_encoded_point(self.curve, public_key)
+        except (ValueError, TypeError):
+            return None
+
+    def verify_with_key(self, key: PublicKey, data: bytes, signature: bytes) -> bool:
+        """Whether ``signature`` is valid over ``data`` under a key :meth:`load_public_key` loaded."""
+        try:
+            if isinstance(key, ec.EllipticCurvePublicKey):
+                assert self.hash_name is not None
+                key.verify(signature, data, ec.ECDSA(_hash_algorithm(self.hash_name)))
             else:
-                assert self.curve is not None and self.hash_name is not None
-                pub = ec.EllipticCurvePublicKey.from_encoded_point(self.curve, public_key)
-                pub.verify(signature, data, ec.ECDSA(_hash_algorithm(self.hash_name)))
+                key.verify(signature, data)
         except (InvalidSignature, ValueError, TypeError):
             return False
         return True
 
     def public_key_valid(self, public_key: bytes) -> bool:
-        try:
-            if self.name == "ed25519":
-                ed25519.Ed25519PublicKey.from_public_bytes(public_key)
-            elif self.name == "ed448":
-                ed448.Ed448PublicKey.from_public_bytes(public_key)
-            else:
-                assert self.curve is not None
-                ec.EllipticCurvePublicKey.from_encoded_point(self.curve, public_key)
-        except ValueError:
-            return False
-        return True
+        return self.load_public_key(public_key) is not None
 
 
 _HASHES: dict[str, type[hashes.HashAlgorithm]] = {

@@ -57,6 +57,7 @@ from mls.wire.proposals import (
     Remove,
     ResumptionPSKUsage,
 )
+from mls.wire.welcome import Welcome
 
 
 class Group(GroupCore):
@@ -105,7 +106,7 @@ class Group(GroupCore):
     def join(
         cls,
         key_store: KeyStore,
-        welcome: bytes,
+        welcome: bytes | Welcome,
         *,
         key_package: KeyPackage,
         init_key: HpkePrivateKey,
@@ -119,7 +120,8 @@ class Group(GroupCore):
         expected_reinit: ReInit | None = None,
         resumed_from: GroupContext | None = None,
     ) -> Group:
-        """Join from a Welcome with the KeyPackage it was made for (§12.4.3.1). The init key is destroyed
+        """Join from a Welcome (the MLSMessage, or its body already decoded) with the KeyPackage it was made
+        for (§12.4.3.1). The init key is destroyed
         (unless the KeyPackage is a last-resort one: ``destroy_init_key=False``, and ``retain_leaf_key=True``
         so that no commit of this group destroys the leaf key other groups may share). ``expected_reinit``
         is the ReInit proposal of the old group when this Welcome is its reinitialization (§11.2);

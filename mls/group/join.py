@@ -31,11 +31,11 @@ from mls.wire.group_context import GroupContext
 from mls.wire.group_info import GroupInfo, verify_group_info_signature
 from mls.wire.key_package import KeyPackage, key_package_ref
 from mls.wire.proposals import PreSharedKeyID, PSKType, ReInit, ResumptionPSKUsage
-from mls.wire.welcome import GroupSecrets, PathSecret
+from mls.wire.welcome import GroupSecrets, PathSecret, Welcome
 
 
 def state_from_welcome(
-    welcome: bytes,
+    welcome: bytes | Welcome,
     *,
     key_package: KeyPackage,
     init_key: HpkePrivateKey,
@@ -47,7 +47,7 @@ def state_from_welcome(
     expected_reinit: ReInit | None = None,
     resumed_from: GroupContext | None = None,
 ) -> GroupState:
-    """The joiner's state in the group a Welcome is for (§12.4.3.1)."""
+    """The joiner's state in the group a Welcome (an MLSMessage, or its decoded body) is for (§12.4.3.1)."""
     cs = cipher_suite(key_package.cipher_suite)
     w = welcome_from_message(welcome)
     secrets = open_group_secrets(cs, w, key_package_ref(cs, key_package), init_key)
@@ -64,7 +64,7 @@ def state_from_welcome(
 
 def member_state_from_welcome(
     key_store: KeyStore,
-    welcome: bytes,
+    welcome: bytes | Welcome,
     *,
     key_package: KeyPackage,
     init_key: HpkePrivateKey,

@@ -16,6 +16,7 @@ from mls.errors import ValidationError
 from mls.tree.leaf_node import LeafNode, LeafNodeSource
 from mls.tree.leaf_validation import (
     LeafPolicy,
+    batch_signature_checks,
     check_required_capabilities,
     validate_external_senders,
     validate_leaf_node,
@@ -29,7 +30,7 @@ from mls.wire.extensions import (
     find_payload,
 )
 from mls.wire.framing import Sender, SenderType
-from mls.wire.key_package import KeyPackage, validate_key_package
+from mls.wire.key_package import KeyPackage, key_package_signature_checks, validate_key_package
 from mls.wire.proposals import (
     Add,
     ExternalInit,
@@ -210,11 +211,16 @@ def _new_extensions(vc: ValidationContext, proposals: Sequence[CommittedProposal
 def validate_proposal_list(
     vc: ValidationContext, proposals: Sequence[CommittedProposal], committer: Sender
 ) -> None:
-    """Every rule of §12.2 for a regular (member) or an external (new_member_commit) commit."""
+    """Every rule of §12.2 for a regular (member) or an external (new_member_commit) commit. The
+    signatures of the added KeyPackages (§10.1) are verified in one batch first; each proposal's checks
+    then run in order, its signature checks taking the batch's results."""
     extensions = _new_extensions(vc, proposals)
     required = find_payload(extensions, RequiredCapabilities)
-    for cp in proposals:
-        validate_proposal(vc, cp, required)
+    added = [cp.proposal.body.key_package for cp in proposals if isinstance(cp.proposal.body, Add)]
+    checks = batch_signature_checks(added, key_package_signature_checks)
+    with vc.cs.prefetch_verifications(checks):
+        for cp in proposals:
+            validate_proposal(vc, cp, required)
     if committer.sender_type == SenderType.new_member_commit:
         _validate_external_commit_list(proposals)
     else:

@@ -20,8 +20,11 @@ from mls.wire.key_package import KeyPackage, key_package_ref
 from mls.wire.welcome import EncryptedGroupSecrets, GroupSecrets, Welcome
 
 
-def welcome_from_message(message: bytes) -> Welcome:
-    """The Welcome an MLSMessage carries (§12.4.3.1)."""
+def welcome_from_message(message: bytes | Welcome) -> Welcome:
+    """The Welcome an MLSMessage carries (§12.4.3.1); a Welcome already decoded is taken as it is, so
+    that a caller who looked into it (for the KeyPackage it is for) does not have it decoded twice."""
+    if isinstance(message, Welcome):
+        return message
     body = MLSMessage.from_bytes(message).body
     if not isinstance(body, Welcome):
         raise ValidationError("12.4.3.1/welcome-message-type", "the message is not a Welcome")

@@ -6,15 +6,17 @@ group (uniqueness of keys, credential types in use) take the tree's other leaves
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from mls.credentials.credential import Credential, CredentialType
 from mls.crypto.cipher_suite import CipherSuite
 from mls.errors import ValidationError
 from mls.tree.leaf_node import LeafNode, LeafNodeSource
 from mls.wire.extensions import Extension, ExternalSenders, RequiredCapabilities, find_payload
+
+T = TypeVar("T")
 
 #: Proposal and extension types that are "default" and never listed in capabilities (§7.2).
 DEFAULT_PROPOSAL_TYPES = frozenset(range(1, 8))
@@ -71,13 +73,38 @@ class LeafPolicy:
     max_lifetime: int | None = None
 
 
+SignatureCheck = tuple[bytes, str, bytes, bytes]
+"""One ``VerifyWithLabel`` check: (public key, label, content, signature), as
+:meth:`~mls.crypto.cipher_suite.CipherSuite.prefetch_verifications` takes them."""
+
+
+def leaf_signature_check(leaf: LeafNode, group_id: bytes | None, leaf_index: int | None) -> SignatureCheck:
+    """The leaf's ``VerifyWithLabel(signature_key, "LeafNodeTBS", LeafNodeTBS, signature)`` (§7.2); the
+    group id and leaf index go into the TBS only for the ``update`` and ``commit`` sources."""
+    in_group = leaf.leaf_node_source != LeafNodeSource.key_package
+    tbs = leaf.tbs(group_id if in_group else None, leaf_index if in_group else None)
+    return leaf.signature_key, "LeafNodeTBS", tbs, leaf.signature
+
+
+def batch_signature_checks(
+    values: Iterable[T], checks_of: Callable[[T], Sequence[SignatureCheck]]
+) -> list[SignatureCheck]:
+    """The signature checks of every value, for one batch ahead of their one-by-one validation; a value
+    whose TBS cannot be encoded is left out (its validation reports what is wrong with it, in turn)."""
+    out: list[SignatureCheck] = []
+    for value in values:
+        try:
+            out.extend(checks_of(value))
+        except ValueError:
+            continue
+    return out
+
+
 def verify_leaf_signature(
     cs: CipherSuite, leaf: LeafNode, group_id: bytes | None, leaf_index: int | None
 ) -> None:
     """``VerifyWithLabel(signature_key, "LeafNodeTBS", LeafNodeTBS, signature)`` (§7.2)."""
-    in_group = leaf.leaf_node_source != LeafNodeSource.key_package
-    tbs = leaf.tbs(group_id if in_group else None, leaf_index if in_group else None)
-    if not cs.verify_with_label(leaf.signature_key, "LeafNodeTBS", tbs, leaf.signature):
+    if not cs.verify_with_label(*leaf_signature_check(leaf, group_id, leaf_index)):
         raise ValidationError("7.3/leaf-signature", "LeafNode signature does not verify")
 
 

@@ -117,12 +117,17 @@ class HashedNodes:
         self._invalidate(x)
 
     def _invalidate(self, x: int) -> None:
-        n = self.n_leaves
-        r = tm.root(n)
-        self._hashes[x] = None
-        while x != r:
-            x = tm.parent(x, n)
-            self._hashes[x] = None
+        """Forget the hashes of ``x`` and its ancestors. A hash is only ever computed after its children's
+        (and a bulk fill sets all), so above a node without a hash no node has one: the walk up stops at
+        the first such node (adding members one by one invalidates each path once, not per member)."""
+        hashes = self._hashes
+        if hashes[x] is None:
+            return
+        hashes[x] = None
+        for a in tm.direct_path(x, self.n_leaves):
+            if hashes[a] is None:
+                return
+            hashes[a] = None
 
     def _extend(self) -> None:
         """Double the leaf count: the old tree becomes the left subtree of a new blank root (§7.7)."""
@@ -247,7 +252,13 @@ class HashedNodes:
         return [self.node_hash(x) for x in range(self.width)]
 
     def original_tree_hash(self, x: int, removed_leaves: Iterable[int]) -> bytes:
-        """Tree hash of ``x`` with ``removed_leaves`` blanked and dropped from unmerged lists (§7.9)."""
+        """Tree hash of ``x`` with ``removed_leaves`` blanked and dropped from unmerged lists (§7.9).
+
+        When the hash of ``x`` is missing, and with it most of the tree's (a commit that added thousands
+        of members computes the parent hashes of its path over subtrees never hashed), every hash is
+        computed in one backend call first, as :meth:`tree_hash` does."""
+        if self._hashes[x] is None:
+            self._fill_hashes_in_one_call()
         removed = {leaf for leaf in removed_leaves if leaf in tm.subtree_leaves(x, self.n_leaves)}
         if not removed:
             return self.node_hash(x)

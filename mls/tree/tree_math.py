@@ -106,15 +106,23 @@ def sibling(x: int, n_leaves: int) -> int:
     return right(p) if x < p else left(p)
 
 
-def direct_path(x: int, n_leaves: int) -> list[int]:
-    """The direct path of node ``x``, from its parent up to and including the root (§4.1)."""
+def _ancestors(x: int, n_leaves: int) -> list[int]:
+    """The direct path of ``x``, checked once: each step is :func:`parent`'s formula at a level one
+    higher than the last (the parent of a level-k node is at level k+1)."""
     _check_in_tree(x, n_leaves)
     r = root(n_leaves)
+    k = level(x)
     path: list[int] = []
     while x != r:
-        x = parent(x, n_leaves)
+        x = (x | (1 << k)) ^ (((x >> (k + 1)) & 0x01) << (k + 1))
+        k += 1
         path.append(x)
     return path
+
+
+def direct_path(x: int, n_leaves: int) -> list[int]:
+    """The direct path of node ``x``, from its parent up to and including the root (§4.1)."""
+    return _ancestors(x, n_leaves)
 
 
 def copath(x: int, n_leaves: int) -> list[int]:
@@ -124,11 +132,8 @@ def copath(x: int, n_leaves: int) -> list[int]:
 
 def path_and_copath(x: int, n_leaves: int) -> list[tuple[int, int]]:
     """Pairs ``(direct path node, its child on the copath of x)``, ordered from leaf to root."""
-    _check_in_tree(x, n_leaves)
     pairs: list[tuple[int, int]] = []
-    r = root(n_leaves)
-    while x != r:
-        p = parent(x, n_leaves)
+    for p in _ancestors(x, n_leaves):
         pairs.append((p, right(p) if x < p else left(p)))
         x = p
     return pairs

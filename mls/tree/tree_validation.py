@@ -11,7 +11,12 @@ from __future__ import annotations
 from mls.errors import ValidationError
 from mls.tree import tree_math as tm
 from mls.tree.leaf_node import LeafNode, LeafNodeSource
-from mls.tree.leaf_validation import LeafPolicy, validate_leaf_node
+from mls.tree.leaf_validation import (
+    LeafPolicy,
+    batch_signature_checks,
+    leaf_signature_check,
+    validate_leaf_node,
+)
 from mls.tree.nodes import ParentNode
 from mls.tree.ratchet_tree import RatchetTree
 from mls.wire.extensions import RequiredCapabilities
@@ -101,12 +106,22 @@ def verify_unique_keys(tree: RatchetTree) -> None:
 def verify_leaves(
     tree: RatchetTree, group_id: bytes, policy: LeafPolicy, required: RequiredCapabilities | None = None
 ) -> None:
-    """Every non-blank leaf is valid (§7.3) and the credential types in use are mutually supported."""
+    """Every non-blank leaf is valid (§7.3) and the credential types in use are mutually supported. The
+    leaf signatures are verified in one batch first (:mod:`mls.crypto.signature_batch`); each leaf's
+    checks then run in order, its signature check taking the batch's result."""
     leaves = list(tree.leaves())
-    for index, leaf in leaves:
-        validate_leaf_node(
-            tree.cs, leaf, source=None, group_id=group_id, leaf_index=index, policy=policy, required=required
-        )
+    checks = batch_signature_checks(leaves, lambda il: [leaf_signature_check(il[1], group_id, il[0])])
+    with tree.cs.prefetch_verifications(checks):
+        for index, leaf in leaves:
+            validate_leaf_node(
+                tree.cs,
+                leaf,
+                source=None,
+                group_id=group_id,
+                leaf_index=index,
+                policy=policy,
+                required=required,
+            )
     check_credential_types_supported([leaf for _, leaf in leaves])
 
 

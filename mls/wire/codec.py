@@ -53,6 +53,11 @@ class Reader:
     def leave(self) -> None:
         self._path.pop()
 
+    def path_names(self) -> list[str]:
+        """The live list of names :meth:`enter` pushes, for a decoder that pushes and pops field names
+        itself in a hot loop (it must leave the list as it found it, as :meth:`restore` does)."""
+        return self._path
+
     def restore(self, depth: int) -> None:
         del self._path[depth:]
 

@@ -23,7 +23,7 @@ from mls.tree.leaf_node import (
     default_capabilities,
     sign_leaf_node,
 )
-from mls.tree.leaf_validation import LeafPolicy, validate_leaf_node
+from mls.tree.leaf_validation import LeafPolicy, SignatureCheck, leaf_signature_check, validate_leaf_node
 from mls.wire.extensions import Extension, RequiredCapabilities
 from mls.wire.struct import U16, Opaque, Struct, Vec
 
@@ -92,10 +92,25 @@ def validate_key_package(
         policy=policy,
         required=required,
     )
-    if not cs.verify_with_label(kp.leaf_node.signature_key, "KeyPackageTBS", kp.tbs(), kp.signature):
+    if not cs.verify_with_label(*key_package_signature_check(kp)):
         raise ValidationError("10.1/key-package-signature", "the KeyPackage signature does not verify")
     _check_init_key_distinct(kp.init_key, kp.leaf_node.encryption_key)
     cs.kem.check_public_key(kp.init_key)
+
+
+def key_package_signature_check(kp: KeyPackage) -> SignatureCheck:
+    """The KeyPackage's ``VerifyWithLabel(leaf_node.signature_key, "KeyPackageTBS", KeyPackageTBS,
+    signature)`` (§10.1)."""
+    return kp.leaf_node.signature_key, "KeyPackageTBS", kp.tbs(), kp.signature
+
+
+def key_package_signature_checks(kp: KeyPackage) -> list[SignatureCheck]:
+    """The signature checks of validating a KeyPackage (§10.1): its leaf's (§7.3), when the leaf is a
+    ``key_package`` one (any other is rejected before its signature is looked at), and its own."""
+    own = key_package_signature_check(kp)
+    if kp.leaf_node.leaf_node_source != LeafNodeSource.key_package:
+        return [own]
+    return [leaf_signature_check(kp.leaf_node, None, None), own]
 
 
 def _check_init_key_distinct(init_key: bytes, encryption_key: bytes) -> None:

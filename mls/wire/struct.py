@@ -15,6 +15,7 @@ naming the structure path and the byte offset.
 from __future__ import annotations
 
 import dataclasses
+import struct as _pystruct
 import typing
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
@@ -36,6 +37,8 @@ class Codec(Protocol[T]):
 class _Int(Generic[T]):
     def __init__(self, bits: int) -> None:
         self.bits = bits
+        self.size = bits // 8
+        self.format_char = {8: "B", 16: "H", 32: "I", 64: "Q"}[bits]
         self._w = {8: Writer.u8, 16: Writer.u16, 32: Writer.u32, 64: Writer.u64}[bits]
         self._r = {8: Reader.u8, 16: Reader.u16, 32: Reader.u32, 64: Reader.u64}[bits]
 
@@ -88,12 +91,29 @@ class Vec(Generic[T]):
 
     def __init__(self, item: Any) -> None:
         self.item = as_codec(item)
+        self._int = item if isinstance(item, _Int) else None
 
     def write(self, w: Writer, v: Sequence[T]) -> None:
         w.vector(v, self.item.write)
 
     def read(self, r: Reader) -> tuple[T, ...]:
+        if self._int is not None:  # uint16 capabilities, uint32 unmerged leaves: one unpack for all
+            ints = _read_uint_vector(r, self._int)
+            if ints is not None:
+                return ints
         return tuple(r.vector(self.item.read))
+
+
+def _read_uint_vector(r: Reader, codec: _Int[Any]) -> tuple[Any, ...] | None:
+    """A vector of fixed-width integers read in one unpack, or ``None`` (the reader left where it was)
+    when its length is out of bounds or not a multiple of the width: the item-by-item path then reports
+    the error as it always does."""
+    at = r.pos
+    n = r.varint()
+    if n > r.remaining() or n % codec.size:
+        r.pos = at
+        return None
+    return _pystruct.unpack(f">{n // codec.size}{codec.format_char}", r.read(n))
 
 
 class Opt(Generic[T]):
@@ -200,6 +220,7 @@ class Struct:
 
     __codecs__: ClassVar[tuple[tuple[str, Codec[Any]], ...] | None] = None
     __select__: ClassVar[Select | None] = None
+    __trailing__: ClassVar[dict[Any, tuple[tuple[str, Codec[Any]], ...] | None] | None] = None
 
     def __post_init__(self) -> None:
         if self.__select__ is not None:
@@ -240,22 +261,67 @@ class Struct:
                 codec.write(w, getattr(self, name))
 
     def encode(self, w: Writer) -> None:
+        """Write the encoding, and remember it (the value is immutable): a struct nested in another is
+        encoded once however often its container, or the struct itself, is encoded again later (a
+        KeyPackage's LeafNode goes into the tree hash, the Commit's Add proposals into several TBS)."""
         wire = self.__dict__.get("_wire")
         if wire is not None:
             w.write(wire)
             return
+        buf = w.buf
+        start = len(buf)
         self._write_fields(w, self._unselected())
+        self._remember_wire(bytes(buf[start:]))
 
     def to_bytes_without(self, *names: str) -> bytes:
-        """The encoding with the named fields left out (e.g. a ``…TBS`` struct: all but ``signature``)."""
+        """The encoding with the named fields left out (e.g. a ``…TBS`` struct: all but ``signature``).
+
+        When they are the last fields written, it is the remembered encoding (of a decoded value, or one
+        encoded before) cut short by their encoding: a ``LeafNodeTBS`` or ``KeyPackageTBS`` is then a
+        slice of the bytes that were received, not a re-encoding of every field."""
+        unselected = self._unselected()
+        wire: bytes | None = self.__dict__.get("_wire")
+        if wire is not None:
+            tail = self._trailing_fields(unselected, names)
+            if tail is not None:
+                w = Writer()
+                for name, codec in tail:
+                    codec.write(w, getattr(self, name))
+                if wire.endswith(w.buf):
+                    return wire[: len(wire) - len(w.buf)]
         w = Writer()
-        self._write_fields(w, self._unselected() | frozenset(names))
+        self._write_fields(w, unselected | frozenset(names))
         return w.getvalue()
 
     @classmethod
+    def _trailing_fields(
+        cls, unselected: frozenset[str], names: tuple[str, ...]
+    ) -> tuple[tuple[str, Codec[Any]], ...] | None:
+        """The written fields among ``names``, when they are the last ones written; else ``None``
+        (cached per class and arguments: TBS encodings ask the same question of every value)."""
+        cache = cls.__dict__.get("__trailing__")
+        if cache is None:
+            cache = {}
+            cls.__trailing__ = cache
+        key = (unselected, names)
+        if key not in cache:
+            written = [(name, codec) for name, codec in cls._field_codecs() if name not in unselected]
+            dropped = [i for i, (name, _) in enumerate(written) if name in names]
+            trailing = bool(dropped) and dropped == list(range(len(written) - len(dropped), len(written)))
+            cache[key] = tuple(written[dropped[0] :]) if trailing else None
+        result: tuple[tuple[str, Codec[Any]], ...] | None = cache[key]
+        return result
+
+    @classmethod
     def decode(cls: type[S], r: Reader) -> S:
+        """Read the fields in order, naming each in the reader's structure path (for error reports); a
+        hot loop (a 10,000-member ratchet tree is ~90,000 structs), so the path is pushed and popped on
+        the reader's own list."""
         depth = r.enter(cls.__name__)
+        path = r.path_names()
+        push, pop = path.append, path.pop
         select = cls.__select__
+        tag = None if select is None else select.tag
         skip: frozenset[str] = frozenset()
         start = r.pos
         try:
@@ -264,15 +330,18 @@ class Struct:
                 if name in skip:
                     values[name] = None
                     continue
-                r.enter(name)
-                at = r.pos
-                values[name] = codec.read(r)
-                if select is not None and name == select.tag:
-                    absent = select.absent(values[name])
+                push(name)
+                if name == tag:
+                    assert select is not None
+                    at = r.pos
+                    value = values[name] = codec.read(r)
+                    absent = select.absent(value)
                     if absent is None:
-                        raise r.error(f"unknown {name} {values[name]}", at)
+                        raise r.error(f"unknown {name} {value}", at)
                     skip = absent
-                r.leave()
+                else:
+                    values[name] = codec.read(r)
+                pop()
             obj = cls(**values)
             obj.check_decoded(r)
         finally:
