@@ -66,16 +66,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benches.load import (
-    HttpError,
-    Server,
-    b64,
-    b64url,
-    call,
-    init_gateway,
-    latency_summary,
-    library_backend,
-)
+from benches.http_calls import HttpError, b64, b64url, call
+from benches.load import Server, init_gateway, latency_summary, library_backend
+from gateway.client import GatewayClient
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_SIZES = (2, 50, 500)
@@ -596,7 +589,7 @@ async def run_server_phase(cfg: Settings, server: Server, admin: str) -> dict[st
     connector = aiohttp.TCPConnector(limit=2 * most + 32)
     results, setups, devices = [], [], {}
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
-        ready_s = await server.wait_ready(session)
+        ready_s = await server.wait_ready(GatewayClient(server.base, session=session))
         base = server.base
         token = (await call(session, "POST", f"{base}/v1/tenants", admin, {"name": "fanout"}))["token"]
         for size in cfg.sizes:

@@ -47,7 +47,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benches.load import HttpError, Server, b64, b64url, call, init_gateway, latency_summary
+from benches.http_calls import b64, b64url, call, failure
+from benches.load import Server, init_gateway, latency_summary
+from gateway.client import GatewayClient
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_SIZES = (2, 200, 1000)
@@ -131,7 +133,7 @@ async def one_message(
     got = await call(session, "POST", receiver + "/process", token, {"message": sent["message"]})
     t2 = time.perf_counter()
     if got.get("kind") != "application" or base64.b64decode(got["data"]) != data:
-        raise HttpError(200, f"wrong plaintext back: {json.dumps(got)[:200]}")
+        raise failure(f"wrong plaintext back: {json.dumps(got)[:200]}")
     return (t1 - t0) * 1000, (t2 - t1) * 1000
 
 
@@ -151,7 +153,7 @@ async def run_server_phase(cfg: Settings, server: Server, admin: str) -> list[Si
 
     timeout = aiohttp.ClientTimeout(total=cfg.timeout_s)
     async with aiohttp.ClientSession(timeout=timeout) as session:
-        await server.wait_ready(session)
+        await server.wait_ready(GatewayClient(server.base, session=session))
         base = server.base
         token = (await call(session, "POST", f"{base}/v1/tenants", admin, {"name": "large-group-load"}))[
             "token"
