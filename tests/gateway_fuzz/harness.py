@@ -30,13 +30,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import BaseRunner, TestClient, TestServer
 
 from gateway.app import create_app, open_runtime
 from gateway.cli import initialise
 from gateway.config import GatewayConfig, HsmSettings
 from gateway.context import Runtime
 from gateway.errors import CODES, PROBLEM_CONTENT_TYPE
+from gateway.http_server import ProblemAppRunner
 from hsm.bootstrap import find_softhsm_module
 
 #: The body limit of the fuzzed gateway: small, so that oversized bodies are cheap to send.
@@ -267,6 +268,14 @@ class Gateway:
 # ---- start, seed, stop -------------------------------------------------------------------------------------
 
 
+class ProblemTestServer(TestServer):
+    """aiohttp's test server on the runner ``serve`` uses (gateway.http_server): the HTTP parser's own
+    refusals are problem documents here too."""
+
+    async def _make_runner(self, **kwargs: Any) -> BaseRunner:
+        return ProblemAppRunner(self.app, **kwargs)
+
+
 def start_gateway(directory: Path) -> Gateway:
     """``mls-gateway init`` + the app of ``serve``, in-process (SOFTHSM2_CONF is set by ``initialise``)."""
     # A label of its own: PKCS#11 is initialised once per process, and a token of the default label made by
@@ -278,7 +287,7 @@ def start_gateway(directory: Path) -> Gateway:
     report = initialise(config)
     runtime = open_runtime(config, find_softhsm_module())
     loop = asyncio.new_event_loop()
-    client: TestClient[Any, Any] = TestClient(TestServer(create_app(runtime)), loop=loop)
+    client: TestClient[Any, Any] = TestClient(ProblemTestServer(create_app(runtime)), loop=loop)
     loop.run_until_complete(client.start_server())
     gw = Gateway(loop, client, runtime, config.database_path)
     gw.world.admin_token = report["admin_token"]

@@ -1,5 +1,5 @@
-"""Regression tests for bugs the fuzzers found in gateway/ and mls/ (fixed), and one known limitation
-(aiohttp answers over-long request lines itself), pinned by a strict xfail.
+"""Regression tests for bugs the fuzzers found in gateway/ and mls/ (fixed), including the over-long
+request line that aiohttp's parser used to answer in text/plain (now a problem document, gateway.http_server).
 """
 
 from __future__ import annotations
@@ -40,16 +40,9 @@ def test_deeply_nested_json_is_refused(gw: Gateway, baseline: dict[str, Any], ra
     _unchanged(gw, baseline, "deeply nested JSON")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "a request line over aiohttp's max_line_size (8190 bytes; e.g. a 9,000-character group id in the "
-        "path) is answered by aiohttp's HTTP parser itself: 400 text/plain 'Got more than 8190 bytes...', "
-        "not an RFC 9457 problem document as api-v1.md requires of every error (the app's middleware never "
-        "sees it)."
-    ),
-)
 def test_over_long_request_line_is_a_problem_document(gw: Gateway, baseline: dict[str, Any]) -> None:
+    """A request line over aiohttp's max_line_size (8190 bytes) is refused by its HTTP parser before the
+    app sees it; gateway.http_server answers that refusal as a problem document too (api-v1.md)."""
     w = gw.world
     reply = gw.request("GET", f"/v1/identities/{w.alice}/groups/" + "A" * 9000)
     check_problem(reply)
