@@ -236,6 +236,7 @@ class RawSigner:
 
         token = self._lib.get_token(token_label=TOKEN_LABEL)
         with token.open(user_pin=self._pin, rw=True) as session:
+            key: Any  # python-pkcs11's key classes mix in sign() at run time (hsm._compat)
             _, key = session.generate_keypair(
                 KeyType.EC_EDWARDS,
                 mechanism=Mechanism.EC_EDWARDS_KEY_PAIR_GEN,

@@ -44,7 +44,7 @@ import shutil
 import statistics
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +63,7 @@ STAT = "best_cpu_s"
 
 
 def _interleaved(
-    fns: dict[str, Callable[[], object] | tuple[Callable[[], Any], Callable[[Any], object]]],
+    fns: Mapping[str, Callable[[], object] | tuple[Callable[[], Any], Callable[[Any], object]]],
     rounds: int,
     min_time: float,
 ) -> dict[str, dict[str, float]]:
@@ -330,7 +330,7 @@ def bench_tree_hash(nb: Any, reference: Any, quick: bool) -> dict[str, Any]:
 
         return run
 
-    plain_nodes = Vec(Opt(Node))
+    plain_nodes: Vec[Node | None] = Vec(Opt(Node))
     decoded = decode_ratchet_tree_extension(wire).decoded
     assert decoded is not None
     nodes = [decoded.encoding(x) or None for x in range(len(decoded.lens))]
