@@ -137,8 +137,9 @@ class TenantScheduler:
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():
                 self._release(tenant)  # granted as it was cancelled: hand the slot on
-            else:
-                queue.remove(waiter)
+            else:  # cancelled while waiting (a dispatch in between may have dropped it already)
+                if waiter in queue:
+                    queue.remove(waiter)
                 self._forget(tenant)
             raise
 
@@ -167,12 +168,18 @@ class TenantScheduler:
         while self.free > 0 and self.rotation and idle_turns < len(self.rotation):
             tenant = self.rotation.popleft()
             self.rotation.append(tenant)
+            queue = self.waiting.get(tenant)
+            while queue and queue[0].done():  # cancelled before its turn came: granted nothing
+                queue.popleft()
+            if not queue:
+                self._forget(tenant)
+                continue
             if not self._may_run(tenant):
                 idle_turns += 1
                 continue
             idle_turns = 0
             self._grant(tenant)
-            self.waiting[tenant].popleft().set_result(None)
+            queue.popleft().set_result(None)
             self._forget(tenant)
 
 

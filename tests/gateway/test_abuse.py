@@ -564,6 +564,28 @@ def test_scheduler_bounds_each_tenant_and_refuses_past_its_queue() -> None:
     asyncio.run(run())
 
 
+def test_a_waiter_cancelled_just_before_its_turn_leaks_no_slot() -> None:
+    """A queued request is cancelled (a WebSocket closed) and, before its task runs again, the holder
+    releases the slot: the dispatch passes the cancelled waiter by, the release raises nothing, and the slot
+    is free for the next request (found in review: the slot was granted to the cancelled future for good)."""
+
+    async def run() -> None:
+        s = TenantScheduler(1, 1, 10)
+        holder = s.slot("t")
+        await holder.__aenter__()
+        waiting = asyncio.create_task(s._acquire("t", refusable=False))
+        await asyncio.sleep(0)
+        waiting.cancel()  # its future is cancelled now; its handler runs on a later turn of the loop
+        await holder.__aexit__(None, None, None)  # the release dispatches in between
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert (s.free, s.running, s.waiting, list(s.rotation)) == (1, {}, {}, [])
+        async with s.slot("t"):
+            assert s.running == {"t": 1}
+
+    asyncio.run(run())
+
+
 # ---- the validators, by property --------------------------------------------------------------------------
 
 
