@@ -143,7 +143,8 @@ class Identities:
         with self.store.transaction() as tx:
             for gid in group_ids:
                 tx.delete_group(identity_id, gid)
-        self.sessions.persistence.destroy_keys(list(dict.fromkeys(dead)))
+        with caller(identity_id=identity_id):  # its keys' destruction is audited as the identity's
+            self.sessions.persistence.destroy_keys(list(dict.fromkeys(dead)))
         self.sessions.cache.drop_identity(identity_id)
         return len(group_ids)
 

@@ -112,9 +112,14 @@ class Retention:
         idem = values["idempotency_s"]
         if idem is not None and idem < MIN_IDEMPOTENCY_S:
             raise invalid("idempotency_s must be at least 86400 (api-v1.md: kept at least 24 h)")
+        audit = values["audit_s"]
         with self.store.transaction() as tx:
+            current = _row(tx, principal, tenant_id)  # 404 for another tenant's id, before anything else
+            if audit is not None and audit < self.defaults["audit_s"] and not principal.is_admin:
+                # a tenant must not be able to erase its own audit trail: only an admin shortens it
+                raise invalid("audit_s below the configured default is set with an admin token only")
             row = replace(
-                _row(tx, principal, tenant_id),
+                current,
                 mailbox_s=values["mailbox_s"],
                 idempotency_s=values["idempotency_s"],
                 audit_s=values["audit_s"],

@@ -64,7 +64,14 @@ def test_retention_routes_who_may_set_what(gateway: GatewayServer) -> None:
         status, problem = put(a, f"/v1/tenants/{a_id}/retention", body)
         assert status == 400 and problem["code"] == "invalid_request", problem
     assert a.get(f"/v1/tenants/{a_id}/retention").expect(200).body == doc
-    status, doc = put(a, f"/v1/tenants/{a_id}/retention", {"audit_s": 3600, "idempotency_s": 90000})
+    # A tenant cannot shorten its own audit trail below the default (it could erase it): only an admin.
+    status, problem = put(a, f"/v1/tenants/{a_id}/retention", {"audit_s": 3600, "idempotency_s": 90000})
+    assert status == 400 and "admin" in problem["detail"]
+    assert a.get(f"/v1/tenants/{a_id}/retention").expect(200).body == doc
+    longer = {"audit_s": 2 * 31536000, "idempotency_s": 90000}
+    assert put(a, f"/v1/tenants/{a_id}/retention", longer)[0] == 200
+    body = {"audit_s": 3600, "idempotency_s": 90000}
+    status, doc = put(gateway.admin, f"/v1/tenants/{a_id}/retention", body)
     assert status == 200 and doc["audit_s"] == 3600 and doc["effective"]["idempotency_s"] == 90000
     assert doc["mailbox_s"] is None  # absent: back to the default
     # Only an admin sets a legal hold (a tenant cannot lift its own).
@@ -78,7 +85,7 @@ def test_retention_routes_who_may_set_what(gateway: GatewayServer) -> None:
     changes = rows(
         gateway.data_dir, "SELECT tenant_id, token_id, detail FROM audit WHERE operation = 'retention_policy'"
     )
-    assert [c[0] for c in changes] == [a_id, a_id]
+    assert [c[0] for c in changes] == [a_id, a_id, a_id]  # lengthened (tenant), shortened (admin), hold
     assert json.loads(str(changes[-1][2]))["legal_hold"] is True
 
 
@@ -98,7 +105,7 @@ def test_the_task_purges_audit_records_except_on_legal_hold(tmp_path: Path) -> N
         assert put(server.admin, f"/v1/tenants/{held_id}/retention", {"audit_s": 1})[0] == 200
         before = rows(server.data_dir, "SELECT COUNT(*) FROM audit WHERE tenant_id = ?", kept_id)[0][0]
         assert isinstance(before, int) and before >= 3
-        status, _ = put(server.client(kept_token), f"/v1/tenants/{kept_id}/retention", {"audit_s": 1})
+        status, _ = put(server.admin, f"/v1/tenants/{kept_id}/retention", {"audit_s": 1})
         assert status == 200
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
