@@ -378,10 +378,13 @@ def load_config(
         min(hs.wrapped_handle_cache, hs.kek_rewrap_batch) < 1
         or not hs.kek_poll_s > 0
         or hs.kek_retire_grace_s < 0
+        or 0 < hs.kek_retire_grace_s < 3 * hs.kek_poll_s
     ):
+        # A retired KEK is destroyed only after every process has had three polls to switch (0: at once,
+        # for a single gateway process).
         raise ConfigError(
             "hsm.wrapped_handle_cache and hsm.kek_rewrap_batch must be >= 1, hsm.kek_poll_s > 0 "
-            "and hsm.kek_retire_grace_s >= 0"
+            "and hsm.kek_retire_grace_s 0 or at least 3 x hsm.kek_poll_s"
         )
     return cfg
 

@@ -421,6 +421,8 @@ class CredentialPolicies:
     def __init__(self, store: Store) -> None:
         self.store = store
         self._cache: dict[str, LeafPolicy] = {}
+        #: Bumped by every change of the tenant's policy: a policy read before a change is not cached.
+        self._generation: dict[str, int] = {}
         self._lock = threading.Lock()
 
     def get(self, tenant_id: str) -> CredentialPolicy | None:
@@ -431,12 +433,14 @@ class CredentialPolicies:
     def leaf_policy(self, tenant_id: str) -> LeafPolicy:
         with self._lock:
             cached = self._cache.get(tenant_id)
+            generation = self._generation.get(tenant_id, 0)
         if cached is not None:
             return cached
         policy = self.get(tenant_id)
         made = LeafPolicy() if policy is None else LeafPolicy(PolicyCredentialValidator(policy))
         with self._lock:
-            self._cache[tenant_id] = made
+            if self._generation.get(tenant_id, 0) == generation:  # no change since it was read
+                self._cache[tenant_id] = made
         return made
 
     def put(self, tenant_id: str, policy: CredentialPolicy) -> None:
@@ -453,6 +457,11 @@ class CredentialPolicies:
     def _forget(self, tenant_id: str) -> None:
         with self._lock:
             self._cache.pop(tenant_id, None)
+            self._generation[tenant_id] = self._generation.get(tenant_id, 0) + 1
+
+    def forget_tenant(self, tenant_id: str) -> None:
+        """A deleted tenant: drop what is cached of its policy."""
+        self._forget(tenant_id)
 
 
 def check_own_credential(policy: LeafPolicy, identity: Identity) -> None:

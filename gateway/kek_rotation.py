@@ -411,6 +411,8 @@ async def _rotate_forever(rotation: KekRotation, executor: Executor, poll_s: flo
             await loop.run_in_executor(executor, rotation.tick)
         except (HsmUnavailable, StoreUnavailable, HsmError, KekRotationError) as e:
             log.warning("KEK rotation pass skipped (retried later): %s: %s", type(e).__name__, e)
+        except Exception:  # a bug must not stop this process from following the current KEK
+            log.exception("KEK rotation pass failed (retried later)")
         await asyncio.sleep(poll_s)
 
 

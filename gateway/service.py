@@ -68,6 +68,7 @@ class GatewayService:
         self.tenants = Tenants(store, self.persistence)
         self.identities = Identities(store, keys, sessions)
         self.tenant_deletion = TenantDeletion(store, self.persistence, self.identities)
+        self.tenant_deletion.on_deleted = self.credential_policies.forget_tenant
         self.key_packages = KeyPackages(store, keys, self.identities, self.persistence)
         self.key_packages.leaf_policy = self.credential_policies.leaf_policy
         self.groups = Groups(store, keys, self.identities, sessions)

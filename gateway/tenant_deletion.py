@@ -24,7 +24,7 @@ The audit log is append-only: its records of the tenant stay.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from .errors import not_found
 from .identities import Identities
@@ -50,6 +50,8 @@ class TenantDeletion:
         self.persistence = persistence
         self.identities = identities
         self.batch = batch
+        #: Called with the tenant's id once it is deleted (the service drops its cached policy).
+        self.on_deleted: Callable[[str], None] = lambda tenant_id: None
 
     def delete(self, tenant_id: str) -> None:
         """Delete the tenant and everything of it (404 for an unknown tenant), all steps at once."""
@@ -79,6 +81,7 @@ class TenantDeletion:
             yield
         with self.store.transaction() as tx:
             tx.delete_tenant(tenant_id)
+        self.on_deleted(tenant_id)
         log.info(
             "tenant %s deleted: %d identities, %d clients, %d other rows",
             tenant_id,

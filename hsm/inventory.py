@@ -4,9 +4,11 @@
 :class:`hsm.keystore.Pkcs11KeyStore` made: ``CKA_ID`` a key reference of :mod:`hsm.kinds` of custody
 ``pkcs11``, and ``CKA_LABEL`` exactly ``<prefix>/<kind>/<reference in hex>``
 (:func:`hsm.mechanisms.generate_pair`, ``import_pair``). Anything else in the token — the envelope's
-wrap key (a secret key, its ID its label), session objects, another application's keys — is never
-listed, hence never touched. An object with the store's kind of ID but no label is listed: a crash cut it
-short (SoftHSM writes an object's attributes one after another), and only the store writes such IDs.
+wrap key (a secret key, its ID its label), the store's session objects (their references are of another
+custody, or their label is not the store's), another application's keys — is never listed, hence never
+touched. An object with the store's kind of ID but no label, or with CKA_TOKEN still false, is listed: a
+crash cut it short (SoftHSM writes an object's attributes one after another), and only the store writes
+such IDs.
 
 The search and the attribute reads run inside the token's object-store guard (``objects("search")``):
 SoftHSM corrupts an object created while another thread searches.
@@ -40,7 +42,11 @@ def store_key_refs(token: Token, prefix: str) -> set[bytes]:
 
 def _refs_of_class(session: Session, object_class: ObjectClass, prefix: str) -> list[bytes]:
     found = []
-    for obj in search(session, {Attribute.CLASS: object_class, Attribute.TOKEN: True}):
+    # By class only, not CKA_TOKEN: SoftHSM writes a new object's default attributes (CKA_TOKEN false among
+    # them) before the template's, so a crash can leave a token object that says it is none. The store's
+    # own session objects (wrapped custody, capability probes) never carry a pkcs11-custody reference
+    # with the store's label, so they are not listed.
+    for obj in search(session, {Attribute.CLASS: object_class}):
         ref = _attribute(obj, Attribute.ID)
         if isinstance(ref, bytes) and _is_store_key(ref, _attribute(obj, Attribute.LABEL), prefix):
             found.append(ref)

@@ -298,6 +298,7 @@ def test_rotation_and_data_key_settings_are_read_and_checked(tmp_path: Path) -> 
         "wrapped_handle_cache = 0",
         "kek_poll_s = 0",
         "kek_retire_grace_s = -1",
+        "kek_poll_s = 5\nkek_retire_grace_s = 10",  # under three polls: a process may not have switched
         "kek_rewrap_batch = 0",
     ):
         path.write_text(f"[hsm]\n{bad}\n")
