@@ -359,8 +359,16 @@ class SqliteStore:
     @contextmanager
     def read_transaction(self) -> Iterator[SqliteTransaction]:
         """A read-only transaction on the thread's reading connection: one snapshot, no write lock
-        (``query_only`` refuses any write)."""
-        with self._transaction(self._connect(reader=True), "BEGIN DEFERRED", _commit) as tx:
+        (``query_only`` refuses any write). Inside another read of the same thread (e.g. a blob's KEK
+        looked up while a page of blobs is read) it reads within that snapshot."""
+        conn = self._connect(reader=True)
+        if conn.in_transaction:
+            try:
+                yield SqliteTransaction(conn)
+            except sqlite3.Error as e:
+                raise StoreUnavailable(f"database error: {e}") from None
+            return
+        with self._transaction(conn, "BEGIN DEFERRED", _commit) as tx:
             yield tx
 
     @contextmanager

@@ -330,3 +330,15 @@ def test_a_failed_write_leaves_no_advanced_state_in_the_cache(
     assert after == stored  # nothing was written
     assert received(send(b"after the failure")) == b"after the failure"
     assert received(send(b"and on")) == b"and on"
+
+
+def test_a_read_inside_a_read_of_the_same_thread_shares_its_snapshot(tmp_path: Path) -> None:
+    """A read started while the thread already reads (a blob's KEK looked up while a page of blobs is read,
+    found in review: SQLite refused the second BEGIN and the page answered 503) reads in the outer one."""
+    store = _membership_store(tmp_path / "db.sqlite3")
+    with store.read_transaction() as outer:
+        with store.read_transaction() as inner:
+            assert [i.identity_id for i in inner.list_identities("t1")] == ["idn"]
+        assert [i.identity_id for i in outer.list_identities("t1")] == ["idn"]
+    with store.read_transaction() as again:  # the outer one ended as usual
+        assert again.get_tenant("t1") is not None
