@@ -213,6 +213,8 @@ class GroupSessions:
         self.cache = cache or StateCache(0)
         #: The leaf policy of a tenant's memberships (its credential policy; set by the service).
         self.leaf_policy: Callable[[str], LeafPolicy] = lambda tenant_id: LeafPolicy()
+        #: The groups quota of a new membership, in its inserting transaction (set by the service).
+        self.membership_quota: Callable[[Transaction, str, bytes], None] = lambda tx, iid, gid: None
 
     def open(self, identity: Identity, group_id: bytes, *, read_only: bool = False) -> GroupSession:
         """The stored membership (404 when there is none): its decoded state from the cache when that is
@@ -256,7 +258,10 @@ class GroupSessions:
         self.cache.put((session.identity_id, group.group_id), entry)
 
     def start(self, identity: Identity, group: Group, pending: PendingWrites) -> GroupSession:
-        """A membership the operation just made (create, join, external join): inserted on commit."""
+        """A membership the operation just made (create, join, external join): inserted on commit, where
+        the identity's groups quota is checked once more (concurrent creates cannot overshoot it)."""
+        identity_id, group_id = identity.identity_id, group.group_id
+        pending.writes.insert(0, lambda tx: self.membership_quota(tx, identity_id, group_id))
         return GroupSession(self, identity, group, None, pending)
 
     def psk_store(self, identity: Identity, extra: Sequence[tuple[bytes, bytes]] = ()) -> MemoryPskStore:

@@ -146,7 +146,10 @@ class Groups:
         settings: GroupSettings | None = None,
     ) -> GroupSession:
         """The unit of work of a join (not committed yet): the group state from the Welcome, the KeyPackage
-        consumed and its init key destroyed on commit."""
+        consumed and its init key destroyed on commit. The groups quota is checked first: a hosted
+        identity's own joins from a group's log count too (refused: a ``rejected`` inbox event)."""
+        with self.store.read_transaction() as tx:
+            self.identities.quotas.check_groups(tx, identity.identity_id)
         kp_record = self._key_package_for(identity, decode_welcome(welcome))
         kp = MLSMessage.from_bytes(kp_record.key_package).body
         assert isinstance(kp, KeyPackage)

@@ -31,6 +31,7 @@ class QuotaTransaction(Protocol):
     def count_identities(self, tenant_id: str) -> int: ...
     def count_groups(self, identity_id: str) -> int: ...
     def count_live_key_packages(self, identity_id: str) -> int: ...
+    def get_group_version(self, identity_id: str, group_id: bytes) -> int | None: ...
     def identity_group_ids(self, identity_id: str, limit: int) -> list[bytes]:
         """At most ``limit`` of the identity's memberships' group ids (its deletion's next batch)."""
         ...
@@ -83,6 +84,12 @@ class Quotas:
     def check_groups(self, tx: QuotaTransaction, identity_id: str) -> None:
         if tx.count_groups(identity_id) + 1 > self.groups_per_identity:
             raise exceeded("groups_per_identity", self.groups_per_identity)
+
+    def check_new_membership(self, tx: QuotaTransaction, identity_id: str, group_id: bytes) -> None:
+        """In the transaction that inserts a membership: ``groups_per_identity`` still holds with it (a
+        membership that replaces the identity's own in the same group, a resync, adds nothing)."""
+        if tx.get_group_version(identity_id, group_id) is None:
+            self.check_groups(tx, identity_id)
 
     def check_key_packages(self, tx: QuotaTransaction, identity_id: str, adding: int) -> None:
         if tx.count_live_key_packages(identity_id) + adding > self.key_packages_per_identity:

@@ -67,6 +67,9 @@ class GatewayService:
         sessions.leaf_policy = self.credential_policies.leaf_policy
         self.tenants = Tenants(store, self.persistence)
         self.identities = Identities(store, keys, sessions)
+        sessions.membership_quota = lambda tx, iid, gid: self.identities.quotas.check_new_membership(
+            tx, iid, gid
+        )
         self.tenant_deletion = TenantDeletion(store, self.persistence, self.identities)
         self.tenant_deletion.on_deleted = self.credential_policies.forget_tenant
         self.key_packages = KeyPackages(store, keys, self.identities, self.persistence)

@@ -276,6 +276,26 @@ def test_group_quota(limited: GatewayServer) -> None:
     assert len(c.get(f"/v1/identities/{iid}/groups").expect(200)["groups"]) == 2
 
 
+def test_the_group_quota_holds_for_joins_the_gateway_makes_itself(limited: GatewayServer) -> None:
+    """Found in review: a hosted identity's own join from a group's log (auto_join) bypassed the groups
+    quota. Now it is refused like any join: a ``rejected`` inbox event naming the quota, no membership."""
+    c = tenant(limited)
+    alice, bob = c.create_identity("alice")["identity_id"], c.create_identity("bob")["identity_id"]
+    c.create_group(bob)
+    c.create_group(bob)  # bob is at the limit (2)
+    gid = c.create_group(alice)
+    (kp,) = c.key_packages(bob, 1)
+    c.post(f"/v1/identities/{alice}/groups/{gid}/commits", {"add": [kp]}).expect(200)
+    deadline = time.monotonic() + 60
+    events: list[Any] = []
+    while time.monotonic() < deadline and not events:
+        events = c.get(f"/v1/identities/{bob}/inbox?wait=5").expect(200)["events"]
+    assert [e["kind"] for e in events] == ["rejected"], events
+    assert events[0]["problem"]["code"] == "quota_exceeded"
+    assert events[0]["problem"]["quota"] == "groups_per_identity"
+    assert len(c.get(f"/v1/identities/{bob}/groups").expect(200)["groups"]) == 2
+
+
 def test_key_package_quota(limited: GatewayServer) -> None:
     c = tenant(limited)
     iid = c.create_identity("kps")["identity_id"]
