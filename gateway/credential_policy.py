@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import json
 import re
-import re._constants as re_constants  # the parsed form of a SAN pattern (_check_backtracking)
-import re._parser as re_parser
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,6 +43,8 @@ from mls import (
     X509CredentialValidator,
 )
 
+from .san_patterns import UnsafePattern, compile_san_pattern
+
 if TYPE_CHECKING:  # errors.py imports this module; the store's modules import errors.py
     from .store import Identity, Store
 
@@ -55,8 +55,6 @@ MAX_ANCHORS = 16
 MAX_INTERMEDIATES = 32
 MAX_CRLS = 32
 MAX_PATTERN_CHARS = 256
-#: Repeats a SAN pattern may hold (see _check_backtracking).
-MAX_PATTERN_REPEATS = 3
 #: subjectAltName entries longer than this never match the pattern (bounds the regex's work per name).
 MAX_MATCHED_NAME = 255
 MAX_EKUS = 16
@@ -247,46 +245,9 @@ def _san_pattern(value: Any) -> re.Pattern[str] | None:
             f"x509.san_pattern must be a regular expression of 1 to {MAX_PATTERN_CHARS} characters"
         )
     try:
-        compiled = re.compile(value)
-        tree = re_parser.parse(value)
-    except (re.error, RecursionError, OverflowError):
-        raise PolicyError("x509.san_pattern is not a valid regular expression") from None
-    _check_backtracking(tree.data)
-    return compiled
-
-
-def _check_backtracking(items: Any) -> None:
-    """Refuse a SAN pattern whose matching could backtrack for long: Python's ``re`` has no time limit and
-    a tenant sets its own pattern, so a pattern like ``(a+)+$`` against a certificate the tenant issued
-    itself would hold a worker thread for ever. Allowed: at most :data:`MAX_PATTERN_REPEATS` repeats
-    (``*``, ``+``, ``{m,n}`` with n > 1), none inside another or around an alternation, no backreferences;
-    with names of at most 255 characters matching then stays polynomial and small."""
-    repeats = _repeats(items, inside=False)
-    if repeats > MAX_PATTERN_REPEATS:
-        raise PolicyError(f"x509.san_pattern may hold at most {MAX_PATTERN_REPEATS} repeats (*, +, {{m,n}})")
-
-
-def _repeats(items: Any, *, inside: bool) -> int:
-    count = 0
-    for op, av in items:
-        if op in (re_constants.MAX_REPEAT, re_constants.MIN_REPEAT, re_constants.POSSESSIVE_REPEAT):
-            many = av[1] > 1
-            if many and inside:
-                raise PolicyError("x509.san_pattern may not nest a repeat inside another")
-            count += many + _repeats(av[2], inside=inside or many)
-        elif op is re_constants.BRANCH:
-            if inside:
-                raise PolicyError("x509.san_pattern may not repeat an alternation (use a character class)")
-            count += sum(_repeats(branch, inside=inside) for branch in av[1])
-        elif op is re_constants.SUBPATTERN:
-            count += _repeats(av[-1], inside=inside)
-        elif op in (re_constants.ASSERT, re_constants.ASSERT_NOT):
-            count += _repeats(av[1], inside=inside)
-        elif op is re_constants.ATOMIC_GROUP:
-            count += _repeats(av, inside=inside)
-        elif op in (re_constants.GROUPREF, re_constants.GROUPREF_EXISTS):
-            raise PolicyError("x509.san_pattern may not use backreferences or conditional groups")
-    return count
+        return compile_san_pattern(value)
+    except UnsafePattern as e:
+        raise PolicyError(f"x509.san_pattern {e}") from None
 
 
 def _ekus(value: Any) -> tuple[x509.ObjectIdentifier, ...]:
