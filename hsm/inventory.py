@@ -86,7 +86,7 @@ def debris(token: Token, prefix: str, *, destroy: bool = False) -> int:
             handles = [
                 obj.handle
                 for cls in _CLASSES
-                # by class only: a cut-short object may lack CKA_TOKEN too (session objects are excluded)
+                # by class only: a cut-short object may lack CKA_TOKEN, or still say false
                 for obj in search(session, {Attribute.CLASS: cls})
                 if obj.handle is not None and _is_debris(obj, prefix)
             ]
@@ -99,8 +99,9 @@ def debris(token: Token, prefix: str, *, destroy: bool = False) -> int:
 
 
 def _is_debris(obj: Any, prefix: str) -> bool:
-    if _attribute(obj, Attribute.TOKEN) is False:  # a session object: a live key of this process
-        return False
+    # CKA_TOKEN is not looked at: a cut-short token object may still say false (SoftHSM writes its default
+    # attributes before the template's), and this process's own session key objects always carry an ID
+    # (they are made whole under the object-store guard, which this search holds).
     label = _attribute(obj, Attribute.LABEL)
     return not _attribute(obj, Attribute.ID) and (not label or str(label).startswith(f"{prefix}/"))
 
