@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,6 +10,8 @@ import pytest
 
 import native
 from mls.crypto.backend import CryptoBackend, PythonBackend, get_backend, set_backend
+
+from .postgres_cluster import PostgresCluster, fresh_database, throwaway_cluster
 
 #: ../shared next to the repository (tests read vectors from there, never from copies).
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -30,3 +33,19 @@ def installed_crypto_backend() -> Iterator[CryptoBackend]:
     set_backend(backend)
     yield backend
     set_backend(previous)
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[PostgresCluster]:
+    """One throw-away PostgreSQL 15 cluster for the session (``tests.postgres_cluster``)."""
+    with throwaway_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def postgres_dsn(postgres_cluster: PostgresCluster, request: pytest.FixtureRequest) -> str:
+    """The URL of a new, empty database of the session's cluster, for one test."""
+    return fresh_database(postgres_cluster, f"t{next(_database_numbers)}")
+
+
+_database_numbers = itertools.count(1)
