@@ -7,6 +7,7 @@ processes migrating one database at once both succeed and each migration applies
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -20,6 +21,7 @@ import psycopg
 import pytest
 
 from gateway.config import ConfigError, load_config
+from gateway.operator_cli import Exit
 from gateway.schema_migrations import (
     MIGRATION_TABLE,
     SchemaError,
@@ -33,6 +35,7 @@ from gateway.schema_migrations import (
 from gateway.sqlite_schema import SCHEMA_VERSION
 from gateway.sqlite_store import SqliteStore
 
+from .gwclient import GATEWAY_EXE, GatewayServer
 from .legacy_schema import pre_migration_database
 
 REPO = Path(__file__).resolve().parents[2]
@@ -338,3 +341,69 @@ def test_two_processes_migrate_one_database_at_once(
     assert results[0] == ["0001.slow", "0002.once"] and results[1] == []
     state = status(database, directory=directory)
     assert [mid for mid, _ in state.applied] == ["0001.slow", "0002.once"] and not state.pending
+
+
+# ---- mls-gateway migrate and the start-up policy, through the real command line ----
+
+
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("MLSGW_") and k != "SOFTHSM2_CONF"}
+    return subprocess.run(
+        [str(GATEWAY_EXE), *args],
+        capture_output=True,
+        text=True,
+        env={**base, "PYTHONPATH": str(REPO), "MLSGW_LOG_LEVEL": "WARNING", **(env or {})},
+        timeout=120,
+        check=False,
+    )
+
+
+def _refused(done: subprocess.CompletedProcess[str], *words: str) -> None:
+    """Exit 11 (Exit.SCHEMA), one line on stderr naming ``words``, no traceback."""
+    assert done.returncode == Exit.SCHEMA, (done.returncode, done.stderr)
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("mls-gateway: "), done.stderr
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+
+
+def test_serve_refuses_an_unknown_schema_and_migrate_brings_it_up_to_date(tmp_path: Path) -> None:
+    off = {"MLSGW_MIGRATE_ON_START": "false"}
+    server = GatewayServer(tmp_path / "data", env=off)  # init: a new database is created even when off
+    database = server.data_dir / "gateway.sqlite3"
+    data = ["--data-dir", str(server.data_dir)]
+    serve = ["serve", *data, "--listen", f"127.0.0.1:{server.port}"]
+    # the database as the gateway before migrations left it (the same schema, no migration recorded)
+    _sql(
+        database, *(f"DROP TABLE {t}" for t in ("_yoyo_migration", "_yoyo_log", "_yoyo_version", "yoyo_lock"))
+    )
+    _refused(_cli(*serve, env=off), "0001.baseline", "pending", "run `mls-gateway migrate`")
+    listing = _cli("migrate", "--list", *data)
+    assert listing.returncode == 0 and listing.stdout.split() == ["0001.baseline", "pending"], listing
+    done = _cli("migrate", *data)
+    assert done.returncode == 0 and done.stdout.strip() == "applied 1 schema migration: 0001.baseline", done
+    done = _cli("migrate", *data, "--json")
+    assert json.loads(done.stdout) == {"database": str(database), "applied_now": [], "applied": 1}
+    listing = _cli("migrate", "--list", *data)
+    assert listing.stdout.startswith("0001.baseline  applied 2") and listing.stdout.endswith(" UTC\n"), (
+        listing
+    )
+    server.start()  # up to date: serves with auto-migration off
+    assert server.admin.create_tenant("after-migrate")[0]  # reads and writes on the migrated database
+    assert server.stop() == 0
+    # a newer gateway's migration: always refused, by serve, init and migrate alike
+    _sql(
+        database,
+        f"INSERT INTO {MIGRATION_TABLE} (migration_hash, migration_id, applied_at_utc) "
+        "VALUES ('f00d', '0002.from-a-newer-gateway', '2030-01-01T00:00:00')",
+    )
+    for command in (serve, ["init", *data], ["migrate", *data]):
+        _refused(_cli(*command), "0002.from-a-newer-gateway", "newer mls-gateway")
+    listing = _cli("migrate", "--list", "--json", *data)
+    assert json.loads(listing.stdout)["unknown"] == ["0002.from-a-newer-gateway"]
+    assert "0002.from-a-newer-gateway  unknown" in _cli("migrate", "--list", *data).stdout
+
+
+def test_migrate_refuses_a_data_folder_never_initialised(tmp_path: Path) -> None:
+    done = _cli("migrate", "--data-dir", str(tmp_path / "nothing"))
+    assert done.returncode == Exit.NOT_INITIALISED and "mls-gateway init" in done.stderr, done
