@@ -40,6 +40,8 @@ from .store import StoreUnavailable
 MIGRATION_TABLE = "_yoyo_migration"
 #: Seconds a process waits for another one's migration run (yoyo's lock) before giving up.
 LOCK_TIMEOUT_S = 300.0
+#: Seconds a SQLite statement waits for another connection's write lock (the store's own is 10 s).
+SQLITE_BUSY_TIMEOUT_S = 30.0
 #: The URL schemes of a PostgreSQL database (anything else is a SQLite file path).
 POSTGRESQL_SCHEMES = ("postgresql://", "postgres://", "postgresql+psycopg://")
 
@@ -92,7 +94,7 @@ class _SqliteBackend(SQLiteBackend):  # type: ignore[misc]
         conn = sqlite3.connect(
             f"file:{quote(dburi.database)}?mode=rwc",
             uri=True,
-            timeout=LOCK_TIMEOUT_S,
+            timeout=SQLITE_BUSY_TIMEOUT_S,
             isolation_level=None,
         )
         conn.execute("PRAGMA journal_mode = WAL")  # the store's mode (kept in the file); one fsync a commit

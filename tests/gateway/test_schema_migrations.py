@@ -402,6 +402,14 @@ def test_serve_refuses_an_unknown_schema_and_migrate_brings_it_up_to_date(tmp_pa
     listing = _cli("migrate", "--list", "--json", *data)
     assert json.loads(listing.stdout)["unknown"] == ["0002.from-a-newer-gateway"]
     assert "0002.from-a-newer-gateway  unknown" in _cli("migrate", "--list", *data).stdout
+    # its backup says so, and this version refuses to restore it (nothing is left behind)
+    backup, restored = tmp_path / "backup", tmp_path / "restored"
+    assert _cli("backup", str(backup), *data).returncode == 0
+    manifest = json.loads((backup / "backup.json").read_text())
+    assert manifest["schema_migrations"] == ["0001.baseline", "0002.from-a-newer-gateway"]
+    assert manifest["schema_version"] == SCHEMA_VERSION
+    _refused(_cli("restore", str(backup), "--data-dir", str(restored)), "0002.from-a-newer-gateway", "newer")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["backup", "data", "data.log"]
 
 
 def test_migrate_refuses_a_data_folder_never_initialised(tmp_path: Path) -> None:
