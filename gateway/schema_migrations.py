@@ -16,7 +16,6 @@ database named without its password.
 
 from __future__ import annotations
 
-import socket
 import sqlite3
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -106,28 +105,14 @@ class _SqliteBackend(SQLiteBackend):  # type: ignore[misc]
             params = {k: v.isoformat() if isinstance(v, datetime) else v for k, v in params.items()}
         return super().execute(sql, params)
 
-    def get_log_data(self, migration: Any = None, operation: str = "apply") -> dict[str, Any]:
-        return _local_host(super().get_log_data(migration, operation))
-
-
-class _PostgresqlBackend(PostgresqlPsycopgBackend):  # type: ignore[misc]
-    """yoyo's psycopg 3 backend."""
-
-    def get_log_data(self, migration: Any = None, operation: str = "apply") -> dict[str, Any]:
-        return _local_host(super().get_log_data(migration, operation))
-
-
-def _local_host(data: dict[str, Any]) -> dict[str, Any]:
-    """yoyo's log row names the host by ``getfqdn`` (a DNS query that can hang): its plain name will do."""
-    return {**data, "hostname": socket.gethostname()}
-
 
 @contextmanager
 def _backend(database: str) -> Iterator[DatabaseBackend]:
-    """A yoyo backend on ``database`` (not yet initialised: :func:`_init` before taking the lock)."""
+    """A yoyo backend on ``database``, connected; its lock table is made only by a run that applies
+    (``init_database``), so reading the state writes nothing but the journal mode."""
     if is_postgresql(database):
         parsed = parse_uri("postgresql+psycopg://" + database.split("://", 1)[1])
-        backend_class: type[DatabaseBackend] = _PostgresqlBackend
+        backend_class: type[DatabaseBackend] = PostgresqlPsycopgBackend
     else:
         parsed = parse_uri("sqlite://")._replace(database=str(Path(database).absolute()))
         backend_class = _SqliteBackend
@@ -220,7 +205,8 @@ def migrate(database: str, *, directory: Path | None = None) -> list[str]:
                 f"{LOCK_TIMEOUT_S:.0f} s (if that process died, run `mls-gateway migrate --break-lock`)"
             ) from None
         except BadMigration as e:
-            raise SchemaError(f"the schema migration {e.args[0]} cannot be loaded: {e.args[1:]}") from None
+            why = _first_line(e.args[1]) if len(e.args) > 1 else "see the log"
+            raise SchemaError(f"the schema migration {e.args[0]} cannot be loaded: {why}") from None
         except backend.DatabaseError as e:
             raise SchemaError(
                 f"a schema migration of the database {describe(database)} failed: {_first_line(e)}"

@@ -415,3 +415,12 @@ def test_serve_refuses_an_unknown_schema_and_migrate_brings_it_up_to_date(tmp_pa
 def test_migrate_refuses_a_data_folder_never_initialised(tmp_path: Path) -> None:
     done = _cli("migrate", "--data-dir", str(tmp_path / "nothing"))
     assert done.returncode == Exit.NOT_INITIALISED and "mls-gateway init" in done.stderr, done
+
+
+def test_a_migration_file_that_does_not_load_is_refused_not_skipped(tmp_path: Path) -> None:
+    path = str(tmp_path / "bad.sqlite3")
+    files = {"0001.ok.sql": "CREATE TABLE ok (id INTEGER);", "0002.bad.py": "steps = [step(\n"}
+    with pytest.raises(SchemaError) as e:
+        migrate(path, directory=_write(tmp_path / "m", files))
+    _one_line(e, "0002.bad", "cannot be loaded")
+    assert status(path, directory=tmp_path / "m").pending == ["0001.ok", "0002.bad"]  # nothing applied
