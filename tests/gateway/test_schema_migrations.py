@@ -424,3 +424,21 @@ def test_a_migration_file_that_does_not_load_is_refused_not_skipped(tmp_path: Pa
         migrate(path, directory=_write(tmp_path / "m", files))
     _one_line(e, "0002.bad", "cannot be loaded")
     assert status(path, directory=tmp_path / "m").pending == ["0001.ok", "0002.bad"]  # nothing applied
+
+
+def test_migrate_break_lock_removes_the_lock_of_a_killed_run(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    database = data / "gateway.sqlite3"
+    pre_migration_database(database)
+    _sql(  # what a run killed while it held yoyo's lock leaves behind
+        database,
+        "CREATE TABLE yoyo_lock (locked INT DEFAULT 1, ctime TIMESTAMP, pid INT NOT NULL, "
+        "PRIMARY KEY (locked))",
+        "INSERT INTO yoyo_lock (locked, ctime, pid) VALUES (1, '2026-01-01T00:00:00', 999999)",
+    )
+    done = _cli("migrate", "--break-lock", "--data-dir", str(data))
+    assert done.returncode == 0 and done.stdout.strip() == "the migration lock is removed", done
+    assert _sql(database, "SELECT count(*) FROM yoyo_lock") == [(0,)]
+    done = _cli("migrate", "--data-dir", str(data))
+    assert done.returncode == 0 and "0001.baseline" in done.stdout, done
