@@ -292,10 +292,7 @@ class SqliteStore:
         pending migrations are applied, or, without ``migrate`` (``migrate_on_start = false``), refused
         unless the database is new; a migration this code does not know is always refused."""
         self.path = Path(path)
-        try:
-            prepare(str(self.path), apply=migrate)
-        except sqlite3.Error as e:
-            raise StoreUnavailable(f"cannot open the database: {e}") from None
+        prepare(str(self.path), apply=migrate)  # SchemaError, or StoreUnavailable: cannot be opened
         self._busy_ms = int(busy_timeout_s * 1000)
         self._local = threading.local()
         self._all_conns: list[sqlite3.Connection] = []
