@@ -257,7 +257,7 @@ async def _close_runtime(app: web.Application) -> None:
 
 def open_runtime(config: GatewayConfig, module_path: str) -> Runtime:
     """Open the store, the token (login, session pool), the wrap key and the key store."""
-    store = SqliteStore(config.database_path)
+    store = SqliteStore(config.database_path, migrate=config.migrate_on_start)
     token = Token.open(config.token_config(module_path))
     create_audit_key(token)  # signs the audit chain's checkpoints (gateway.audit_trail)
     hsm = config.hsm

@@ -94,7 +94,7 @@ def _time(value: str | None, name: str) -> float | None:
 
 def _export(cfg: GatewayConfig, args: Any) -> None:
     since, until = _time(args.since, "since"), _time(args.until, "until")
-    store = SqliteStore(cfg.database_path)
+    store = SqliteStore(cfg.database_path, migrate=cfg.migrate_on_start)
     try:
         lines = export_lines(store, since=since, until=until, tenant=args.tenant)
         text = "".join(json.dumps(line, sort_keys=True) + "\n" for line in lines)
@@ -142,7 +142,7 @@ def _verify(cfg: GatewayConfig, path: Path | None, pem: bytes, earlier: Path | N
     if path is not None:
         lines = list(_read_export(path))
     else:
-        store = SqliteStore(cfg.database_path)
+        store = SqliteStore(cfg.database_path, migrate=cfg.migrate_on_start)
         try:
             lines = list(export_lines(store))
         finally:
@@ -161,7 +161,7 @@ def _pem(signer: AuditSigner) -> str:
 
 
 def _checkpoint(cfg: GatewayConfig, signer: AuditSigner) -> int | None:
-    store = SqliteStore(cfg.database_path)
+    store = SqliteStore(cfg.database_path, migrate=cfg.migrate_on_start)
     try:
         cp = Checkpointer(store, signer, cfg.audit).checkpoint(force=True)
     finally:

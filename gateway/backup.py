@@ -19,7 +19,8 @@ reconciliation destroys on the restored gateway. Each token file is read under a
 the kind SoftHSM2 takes to write it. Writers wait while the lock is held (up to the store's busy timeout,
 10 s); the command prints how long it was held.
 
-**Restore** checks the backup (manifest, checksums, the database's integrity) before touching anything,
+**Restore** checks the backup (manifest, checksums, the database's integrity, and that it holds no schema
+migration this version does not know: a newer gateway's backup is refused) before touching anything,
 builds the data folder beside the target and renames it into place, so a failure leaves nothing behind; it
 refuses a target that is not empty. Restoring rolls MLS state back (README, "Backup and restore").
 """
@@ -42,6 +43,7 @@ from hsm.bootstrap import write_conf
 
 from .config import GatewayConfig
 from .operator_cli import Exit, OperatorError, require_initialised
+from .schema_migrations import MIGRATION_TABLE, known_migrations, migrations_directory
 
 #: The manifest's file name and the format it declares.
 MANIFEST = "backup.json"
@@ -118,19 +120,38 @@ def _sqlite(path: Path, mode: str) -> sqlite3.Connection:
         raise OperatorError(Exit.STORE, f"database: cannot open {path}: {e}") from None
 
 
-def _check_database(path: Path) -> int:
-    """``PRAGMA integrity_check`` of a database copy; returns its schema version (``user_version``)."""
+def _check_database(path: Path) -> tuple[int, list[str]]:
+    """``PRAGMA integrity_check`` of a database copy; returns its schema version (``user_version``, the
+    version the baseline migration reached) and the schema migrations applied to it
+    (:mod:`gateway.schema_migrations`)."""
     conn = _sqlite(path, "ro")
     try:
         verdict = conn.execute("PRAGMA integrity_check").fetchone()[0]
         version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        recorded = conn.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (MIGRATION_TABLE,)).fetchone()
+        migrations = (
+            [r[0] for r in conn.execute(f"SELECT migration_id FROM {MIGRATION_TABLE} ORDER BY migration_id")]
+            if recorded
+            else []
+        )
     except sqlite3.Error as e:
         raise OperatorError(Exit.STORE, f"database copy {path.name} is not readable: {e}") from None
     finally:
         conn.close()
     if verdict != "ok":
         raise OperatorError(Exit.STORE, f"database copy {path.name} fails its integrity check: {verdict}")
-    return version
+    return version, migrations
+
+
+def _refuse_newer(src: Path, migrations: list[str]) -> None:
+    """A backup whose database a newer gateway migrated cannot be served by this one: refuse it."""
+    unknown = sorted(set(migrations) - set(known_migrations(migrations_directory(DATABASE))))
+    if unknown:
+        raise OperatorError(
+            Exit.SCHEMA,
+            f"backup {src} holds schema migrations this mls-gateway does not know ({', '.join(unknown)}): "
+            "a newer mls-gateway wrote it; restore it with that version or newer",
+        )
 
 
 def _snapshot(cfg: GatewayConfig, staging: Path) -> float:
@@ -169,7 +190,7 @@ def _pin_in_data_folder(cfg: GatewayConfig) -> bool:
     return cfg.pin_file.resolve().is_relative_to(cfg.data_dir.resolve())
 
 
-def _manifest(cfg: GatewayConfig, staging: Path, schema_version: int) -> dict[str, Any]:
+def _manifest(cfg: GatewayConfig, staging: Path, schema: tuple[int, list[str]]) -> dict[str, Any]:
     files = {
         str(p.relative_to(staging)): {"sha256": _sha256(p), "bytes": p.stat().st_size}
         for p in sorted(staging.rglob("*"))
@@ -178,7 +199,8 @@ def _manifest(cfg: GatewayConfig, staging: Path, schema_version: int) -> dict[st
     return {
         "format": FORMAT,
         "created_at": time.time(),
-        "schema_version": schema_version,
+        "schema_version": schema[0],
+        "schema_migrations": schema[1],
         "token": "embedded" if cfg.embedded_softhsm else "external",
         "token_label": cfg.hsm.token_label,
         "contains_pin": PIN in files,
@@ -192,12 +214,12 @@ def backup(cfg: GatewayConfig, dest: Path, config_file: Path | None) -> dict[str
     _usable_target(dest, "backup destination")
     with _staging(dest) as staging:
         held = _snapshot(cfg, staging)
-        schema_version = _check_database(staging / DATABASE)
+        schema = _check_database(staging / DATABASE)
         if _pin_in_data_folder(cfg):
             _copy_locked(cfg.pin_file, staging / PIN)
         if config_file is not None:
             _copy_locked(config_file, staging / CONFIG)
-        manifest = _manifest(cfg, staging, schema_version)
+        manifest = _manifest(cfg, staging, schema)
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return {
         "backup": str(dest.resolve()),
@@ -246,7 +268,7 @@ def restore(src: Path, data_dir: Path) -> dict[str, Any]:
             for folder in reversed(Path(name).parents[:-1]):  # each level 0700, as the data folder's
                 (staging / folder).mkdir(exist_ok=True, mode=0o700)
             _copy_locked(src / name, staging / name)
-        _check_database(staging / DATABASE)
+        _refuse_newer(src, _check_database(staging / DATABASE)[1])
     if manifest["token"] == "embedded":
         write_conf(data_dir / "softhsm")  # softhsm2.conf names the token folder by its absolute path
     return {

@@ -19,6 +19,9 @@
 * ``mls-gateway backup DEST`` and ``mls-gateway restore SRC --data-dir DIR`` — :mod:`gateway.backup`.
 * ``mls-gateway audit export|verify|public-key|checkpoint`` — the tamper-evident audit trail
   (:mod:`gateway.audit_cli`).
+* ``mls-gateway migrate [--list] [--break-lock]`` — the database's schema migrations
+  (:mod:`gateway.migrate_cli`). ``init`` and ``serve`` apply pending ones unless ``migrate_on_start`` is
+  off, and refuse a database a newer gateway migrated (exit 11, one line).
 
 An operator's mistake (wrong PIN, missing token or module, port in use, bad configuration, data folder
 not initialised) is one line on stderr and an exit code of :class:`gateway.operator_cli.Exit`.
@@ -46,6 +49,7 @@ from .audit_cli import add_audit_parser
 from .config import ConfigError, GatewayConfig, load_config
 from .context import Runtime
 from .logs import AccessLogger, access_log, configure_logging
+from .migrate_cli import add_migrate_parser
 from .operator_cli import Exit, OperatorError, add_parsers, classify, fail, require_initialised
 from .systemd_notify import notify
 
@@ -227,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     add_parsers(sub)
     backup.add_parsers(sub)
     add_audit_parser(sub)
+    add_migrate_parser(sub)
     args = ap.parse_args(argv)
     if args.command == "conformance":
         from mls.conformance import main as conformance
@@ -276,6 +281,10 @@ def _run(args: argparse.Namespace) -> int:
         if needs_data_folder(args):
             require_initialised(cfg)
         return audit_command(cfg, args, lambda: _prepare_softhsm(cfg)[0])
+    if args.command == "migrate":
+        from .migrate_cli import migrate_command
+
+        return migrate_command(cfg, args)
     require_initialised(cfg)
     if args.command == "admin" and args.admin_command != "delete-tenant":
         from .operator_cli import admin_command

@@ -29,6 +29,7 @@ TOML layout (every key optional; an unknown section or key is refused, naming it
     header_timeout_s = 15           # a connection idle or with half-sent headers this long is closed
     body_timeout_s = 30             # a request body not fully read in this time answers 408
     readiness_write_timeout_s = 0.5 # /readyz: the store's write-lock probe waits at most this
+    migrate_on_start = true         # MLSGW_MIGRATE_ON_START: apply pending schema migrations at start-up
 
     [hsm]
     module_path = "/usr/lib/softhsm/libsofthsm2.so"   # MLSGW_HSM_MODULE
@@ -174,6 +175,9 @@ class GatewayConfig:
     header_timeout_s: float = 15.0
     body_timeout_s: float = 30.0
     readiness_write_timeout_s: float = 0.5
+    #: Apply pending schema migrations when the store opens (gateway.schema_migrations); false: refuse to
+    #: start until ``mls-gateway migrate`` ran. A database written by a newer gateway is always refused.
+    migrate_on_start: bool = True
     hsm: HsmSettings = field(default_factory=HsmSettings)
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
@@ -237,6 +241,7 @@ _ENV = {
     "MLSGW_AUDIT_CHECKPOINT_INTERVAL_S": ("audit", "checkpoint_interval_s"),
     "MLSGW_AUDIT_RETENTION_S": ("audit", "retention_s"),
     "MLSGW_RETENTION_INTERVAL_S": ("retention", "interval_s"),
+    "MLSGW_MIGRATE_ON_START": ("gateway", "migrate_on_start"),
 }
 #: The abuse-resistance settings of ``[gateway]`` (each > 0), read generically: ``MLSGW_<NAME>`` too.
 LIMIT_SETTINGS = (
@@ -261,7 +266,7 @@ _INTS = {
     "past_epochs",
     "checkpoint_records",
 }
-_BOOLS = {"webhook_allow_private"}
+_BOOLS = {"webhook_allow_private", "migrate_on_start"}
 
 
 def _merged(toml_path: Path | None, env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
@@ -357,6 +362,10 @@ def load_config(
     except (TypeError, ValueError) as e:
         raise ConfigError(f"invalid setting: {e}") from None
     cfg = _with_limits(cfg, g)
+    if "migrate_on_start" in g:
+        if not isinstance(g["migrate_on_start"], bool):
+            raise ConfigError(f"migrate_on_start must be true or false, got {g['migrate_on_start']!r}")
+        cfg = replace(cfg, migrate_on_start=g["migrate_on_start"])
     if "listen" in g:
         host, port = parse_listen(str(g["listen"]))
         cfg = replace(cfg, listen_host=host, listen_port=port)

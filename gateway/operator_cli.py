@@ -29,6 +29,7 @@ from mls import cipher_suite
 
 from .config import GatewayConfig
 from .errors import Problem
+from .schema_migrations import SchemaError
 from .sqlite_store import SqliteStore
 from .store import StoreUnavailable
 from .tenants import Tenants
@@ -48,6 +49,7 @@ class Exit(IntEnum):
     LISTEN = 8  # the listen address is in use or not allowed
     STORE = 9  # the database cannot be opened or used
     HSM = 10  # any other HSM failure
+    SCHEMA = 11  # the database's schema: written by a newer gateway, or migrations pending (migrate)
 
 
 class OperatorError(Exception):
@@ -71,6 +73,8 @@ def classify(exc: BaseException) -> OperatorError | None:
         if "cannot be loaded" in text:
             return OperatorError(Exit.HSM_MODULE, f"PKCS#11 module: {text}")
         return OperatorError(Exit.HSM, f"HSM: {text}")
+    if isinstance(exc, SchemaError):
+        return OperatorError(Exit.SCHEMA, str(exc))
     if isinstance(exc, StoreUnavailable):
         return OperatorError(Exit.STORE, f"database: {text}")
     if isinstance(exc, OSError) and exc.errno in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
@@ -127,7 +131,7 @@ def admin_command(cfg: GatewayConfig, args: Any, module_path: str | None) -> int
             close_runtime(rt)
         _print({"deleted": args.tenant_id}, [f"tenant {args.tenant_id} deleted"], args.json)
         return Exit.OK
-    store = SqliteStore(cfg.database_path)
+    store = SqliteStore(cfg.database_path, migrate=cfg.migrate_on_start)
     try:
         tenants = Tenants(store, None)  # type: ignore[arg-type]  # neither command commits a request
         if args.admin_command == "tokens":
@@ -190,7 +194,7 @@ def hsm_check(cfg: GatewayConfig, module_path: str, as_json: bool) -> int:
     from .sealed_keys import WrappedKeyRows
 
     token = Token.open(cfg.token_config(module_path))
-    store = SqliteStore(cfg.database_path)
+    store = SqliteStore(cfg.database_path, migrate=cfg.migrate_on_start)
     try:
         caps = token.capabilities
         wrapped = WrappedKeys(token, WrappedKeyRows(store))

@@ -1,7 +1,10 @@
 """The SQLite schema of the gateway store, and its upgrade from older schema versions.
 
-``PRAGMA user_version`` records the version. Upgrades are steps in code for now (:func:`upgrade`); a
-migration tool with explicit, recorded steps (for SQLite and PostgreSQL alike) is a later issue.
+:func:`upgrade` is the baseline migration ``0001.baseline`` of :mod:`gateway.schema_migrations`
+(``gateway/migrations/sqlite/``): it creates the schema, or brings a database made before migrations (one
+whose ``PRAGMA user_version`` is 2..6) to it, inside the migration's transaction. From then on every schema
+change is a new migration file, recorded by yoyo; ``PRAGMA user_version`` stays at :data:`SCHEMA_VERSION`,
+the version the baseline reached (what older gateways and ``mls-gateway backup`` read).
 """
 
 from __future__ import annotations
@@ -190,8 +193,10 @@ def upgrade(conn: sqlite3.Connection) -> None:
     no identity: there is no installed base, so they are deleted, not migrated); 4 -> 5 adds the group
     service's tables and columns and registers every identity's signature key as its endpoint's; 5 -> 6 adds
     the tables and columns of credential policies, the audit chain, retention and ratchet states (audit
-    records of a version-5 database have no chain link: ``audit verify`` reports them as before the chain)."""
-    conn.executescript(SCHEMA + DELIVERY_SCHEMA)
+    records of a version-5 database have no chain link: ``audit verify`` reports them as before the chain).
+
+    Statement by statement (no ``executescript``, which commits): the caller's transaction holds it all."""
+    _execute_script(conn, SCHEMA + DELIVERY_SCHEMA)
     for table, column, definition in _ADDED_COLUMNS:
         if column not in _columns(conn, table):
             conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
@@ -199,13 +204,28 @@ def upgrade(conn: sqlite3.Connection) -> None:
         conn.execute("DELETE FROM idempotency")
         conn.execute("ALTER TABLE idempotency ADD COLUMN identity_id TEXT")
     conn.execute(_IDEMPOTENCY_IDENTITY_INDEX)
-    conn.executescript(AUDIT_CHAIN_SCHEMA)  # after the audit columns it names (issue 16)
+    _execute_script(conn, AUDIT_CHAIN_SCHEMA)  # after the audit columns it names (issue 16)
     conn.execute("DROP TABLE IF EXISTS outgoing")
     conn.execute(
         "INSERT OR IGNORE INTO endpoint_keys (tenant_id, signature_key, endpoint_id) "
         "SELECT tenant_id, signature_public_key, identity_id FROM identities"
     )
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def _execute_script(conn: sqlite3.Connection, script: str) -> None:
+    """Run each statement of ``script`` in turn (a trigger's body is kept whole: a statement ends where
+    :func:`sqlite3.complete_statement` says so)."""
+    statement = ""
+    for line in script.splitlines(keepends=True):
+        statement += line
+        if sqlite3.complete_statement(statement):
+            conn.execute(statement)
+            statement = ""
+    if statement.strip() and not all(
+        part.strip().startswith("--") or not part.strip() for part in statement.splitlines()
+    ):
+        raise ValueError(f"incomplete SQL statement in the schema: {statement.strip()[:60]}")
 
 
 def _columns(conn: sqlite3.Connection, table: str) -> set[str]:

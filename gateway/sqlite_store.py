@@ -7,8 +7,9 @@ their own under ``PRAGMA query_only``: one WAL snapshot, no write lock, so they 
 block them. Durability is a group commit (:mod:`gateway.sqlite_durability`): ``synchronous = NORMAL``
 and, after each write transaction's ``COMMIT`` and before the block returns, a wait for a shared
 ``fsync`` of the WAL, so a committed transaction survives a crash of the process or the machine and
-concurrent writers share one ``fsync``. The schema is created on first use and versioned with
-``PRAGMA user_version``.
+concurrent writers share one ``fsync``. The schema is created, or brought up to date, when the store
+opens, by the versioned migrations of :mod:`gateway.schema_migrations` (once per store, before its first
+connection).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .quotas import SqliteQuotaMixin
+from .schema_migrations import prepare
 from .sqlite_audit import SqliteAuditMixin, append_chained
 from .sqlite_credentials import SqliteCredentialMixin
 from .sqlite_delivery import SqliteDeliveryMixin
@@ -29,7 +31,7 @@ from .sqlite_durability import WalSync
 from .sqlite_groups import SqliteGroupsMixin
 from .sqlite_mailboxes import SqliteMailboxMixin
 from .sqlite_rewrap import SqliteRewrapMixin
-from .sqlite_schema import SCHEMA_VERSION, upgrade
+from .sqlite_schema import SCHEMA_VERSION as SCHEMA_VERSION  # the baseline's user_version (tests read it)
 from .sqlite_tenants import SqliteTenantAdminMixin
 from .sqlite_webhooks import SqliteWebhookMixin
 from .store import (
@@ -285,8 +287,12 @@ def _commit(conn: sqlite3.Connection) -> None:
 class SqliteStore:
     """A store in one SQLite database file."""
 
-    def __init__(self, path: str | Path, *, busy_timeout_s: float = 10.0) -> None:
+    def __init__(self, path: str | Path, *, busy_timeout_s: float = 10.0, migrate: bool = True) -> None:
+        """Open (or create) the database and check its schema (:func:`gateway.schema_migrations.prepare`):
+        pending migrations are applied, or, without ``migrate`` (``migrate_on_start = false``), refused
+        unless the database is new; a migration this code does not know is always refused."""
         self.path = Path(path)
+        prepare(str(self.path), apply=migrate)  # SchemaError, or StoreUnavailable: cannot be opened
         self._busy_ms = int(busy_timeout_s * 1000)
         self._local = threading.local()
         self._all_conns: list[sqlite3.Connection] = []
@@ -294,7 +300,7 @@ class SqliteStore:
         #: The shared fsync of committed write transactions (group commit).
         self.durability = WalSync(self.path)
         with self.transaction() as tx:
-            del tx  # schema created by _connect
+            del tx  # the writing connection opens (and the WAL file with it)
 
     def _connect(self, *, reader: bool = False) -> sqlite3.Connection:
         """This thread's writing connection, or (``reader``) its reading one, which is ``query_only``."""
@@ -303,7 +309,7 @@ class SqliteStore:
         if conn is not None:
             return conn
         if reader:
-            self._connect()  # the schema first (a reading connection cannot create it)
+            self._connect()  # the writing connection first: WAL mode and the schema before any read
         try:
             conn = sqlite3.connect(
                 self.path, isolation_level=None, check_same_thread=False, timeout=self._busy_ms / 1000
@@ -318,8 +324,6 @@ class SqliteStore:
                 conn.execute(f"PRAGMA {pragma}")
             if reader:
                 conn.execute("PRAGMA query_only = ON")
-            elif conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
-                upgrade(conn)
         except sqlite3.Error as e:
             raise StoreUnavailable(f"cannot open the database: {e}") from None
         setattr(self._local, name, conn)

@@ -13,6 +13,7 @@ from gateway.config import ConfigError, load_config
 from gateway.sqlite_store import SCHEMA_VERSION, SqliteStore
 
 from .gwclient import GatewayServer, Hosted, b64, unb64
+from .legacy_schema import pre_migration_database
 
 PLAINTEXT = b"the secret words of alice"
 
@@ -92,7 +93,7 @@ def test_expired_records_are_not_replayed_and_are_purged_at_start_up(gateway: Ga
 
 def test_schema_3_database_is_upgraded(tmp_path: Path) -> None:
     path = tmp_path / "old.sqlite3"
-    SqliteStore(path).close()
+    pre_migration_database(path)  # made before versioned migrations
     conn = sqlite3.connect(path)  # back to schema 3: an outgoing table, clear idempotency rows
     conn.executescript(
         "DROP TABLE idempotency; PRAGMA user_version = 3;"

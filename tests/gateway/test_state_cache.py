@@ -13,6 +13,7 @@ from gateway.state_cache import CachedState, StateCache
 from gateway.store import GroupRecord
 
 from .gwclient import Client, GatewayServer, Hosted, free_port, unb64
+from .legacy_schema import pre_migration_database
 
 
 def _entry(version: int, size: int) -> CachedState:
@@ -42,8 +43,7 @@ def test_cache_is_lru_bounded_by_bytes_and_validated_by_version() -> None:
 
 def test_schema_2_database_is_upgraded_and_put_group_is_versioned(tmp_path: Path) -> None:
     path = tmp_path / "old.sqlite3"
-    store = SqliteStore(path)
-    store.close()
+    pre_migration_database(path)  # made before versioned migrations
     conn = sqlite3.connect(path)  # back to the schema of version 2: no groups.version
     conn.executescript("DROP TABLE groups; PRAGMA user_version = 2;")
     conn.execute(

@@ -1,0 +1,444 @@
+"""Versioned schema migrations (gateway.schema_migrations) on real SQLite files and the real throw-away
+PostgreSQL: a new database gets every migration; databases made before migrations (schema versions 6 and
+5) are adopted or upgraded with every row kept; a migration this code does not know (a newer gateway's) is
+refused, and so are pending ones when auto-migration is off; a failing migration changes nothing; two
+processes migrating one database at once both succeed and each migration applies once."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+import tomllib
+from fnmatch import fnmatch
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from gateway.config import ConfigError, load_config
+from gateway.operator_cli import Exit
+from gateway.schema_migrations import (
+    MIGRATION_TABLE,
+    SchemaError,
+    describe,
+    known_migrations,
+    migrate,
+    migrations_directory,
+    prepare,
+    status,
+)
+from gateway.sqlite_schema import SCHEMA_VERSION
+from gateway.sqlite_store import SqliteStore
+
+from .gwclient import GATEWAY_EXE, GatewayServer
+from .legacy_schema import pre_migration_database
+
+REPO = Path(__file__).resolve().parents[2]
+SQLITE_MIGRATIONS = REPO / "gateway" / "migrations" / "sqlite"
+
+#: Rows of a database made before migrations (every table the old code wrote to is represented).
+_OLD_ROWS = [
+    "INSERT INTO tenants (tenant_id, name, created_at) VALUES ('t1', 'acme', 1.0)",
+    "INSERT INTO tokens (token_id, tenant_id, token_hash, created_at) VALUES ('k1', 't1', x'01', 1.0)",
+    "INSERT INTO identities (identity_id, tenant_id, name, cipher_suite, credential, signature_key_ref, "
+    "signature_public_key, custody_signature, custody_hpke, created_at) "
+    "VALUES ('i1', 't1', 'alice', 1, x'02', x'03', x'04', 'token', 'token', 1.0)",
+    "INSERT INTO endpoint_keys (tenant_id, signature_key, endpoint_id) VALUES ('t1', x'04', 'i1')",
+    "INSERT INTO groups (identity_id, group_id, epoch, state, updated_at) "
+    "VALUES ('i1', x'05', 3, x'06', 1.0)",
+    "INSERT INTO audit (at, request_id, tenant_id, identity_id, key_ref, operation, custody, ok) "
+    "VALUES (1.0, 'r1', 't1', 'i1', x'07', 'sign', 'token', 1)",
+    "INSERT INTO idempotency (scope, key, request_hash, status, body, created_at, identity_id) "
+    "VALUES ('s', 'k', x'08', 200, x'09', 1.0, 'i1')",
+    "INSERT INTO clients (client_id, tenant_id, name, created_at) VALUES ('c1', 't1', 'phone', 1.0)",
+    "INSERT INTO mailbox (client_id, tenant_id, group_id, seq, kind, created_at) "
+    "VALUES ('c1', 't1', x'05', 1, 'commit', 1.0)",
+]
+
+
+def _rows(path: Path) -> dict[str, set[tuple[Any, ...]]]:
+    """Every row of every table of the gateway (yoyo's own left out)."""
+    conn = sqlite3.connect(path)
+    try:
+        tables = [
+            r[0]
+            for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            if "yoyo" not in r[0]
+        ]
+        return {t: set(conn.execute(f"SELECT * FROM {t}").fetchall()) for t in tables}
+    finally:
+        conn.close()
+
+
+def _sql(path: Path, *statements: str) -> list[tuple[Any, ...]]:
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        rows: list[tuple[Any, ...]] = []
+        for statement in statements:
+            rows = conn.execute(statement).fetchall()
+        return rows
+    finally:
+        conn.close()
+
+
+def _one_line(e: pytest.ExceptionInfo[SchemaError], *words: str) -> None:
+    text = str(e.value)
+    assert "\n" not in text
+    for word in words:
+        assert word in text, (word, text)
+
+
+def test_a_new_database_gets_every_migration(tmp_path: Path) -> None:
+    path = tmp_path / "new.sqlite3"
+    SqliteStore(path).close()
+    state = status(str(path))
+    assert [mid for mid, _ in state.applied] == known_migrations(SQLITE_MIGRATIONS) == ["0001.baseline"]
+    assert state.pending == [] and state.unknown == []
+    assert _sql(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+    assert migrate(str(path)) == []  # nothing left to do
+    SqliteStore(path).close()  # opening again applies nothing more
+    assert _sql(path, f"SELECT count(*) FROM {MIGRATION_TABLE}") == [(1,)]
+
+
+def test_a_version_6_database_is_adopted_without_data_loss(tmp_path: Path) -> None:
+    path = tmp_path / "v6.sqlite3"
+    pre_migration_database(path)
+    _sql(path, *_OLD_ROWS)
+    before = _rows(path)
+    assert status(str(path)).pending == ["0001.baseline"]
+    store = SqliteStore(path)
+    with store.read_transaction() as tx:
+        group = tx.get_group("i1", b"\x05")
+        assert group is not None and (group.epoch, group.state) == (3, b"\x06")
+    store.close()
+    assert _rows(path) == before  # every row of every table, unchanged
+    assert [mid for mid, _ in status(str(path)).applied] == ["0001.baseline"]
+
+
+def test_a_version_5_database_is_upgraded(tmp_path: Path) -> None:
+    path = tmp_path / "v5.sqlite3"
+    pre_migration_database(path, version=5)
+    _sql(path, *_OLD_ROWS)
+    before = _rows(path)
+    assert "group_ratchets" not in before and "hash" not in _columns(path, "audit")
+    SqliteStore(path).close()
+    after = _rows(path)
+    for table, rows in before.items():  # the audit rows gain the chain's columns, empty
+        width = len(next(iter(rows))) if rows else 0
+        assert {row[:width] for row in after[table]} == rows, table
+    assert {"group_ratchets", "credential_policies", "audit_checkpoints", "tenant_retention"} <= set(after)
+    assert {"token_id", "detail", "prev_hash", "hash", "purged_by"} <= _columns(path, "audit")
+    triggers = {r[0] for r in _sql(path, "SELECT name FROM sqlite_master WHERE type = 'trigger'")}
+    assert "audit_erase_only" in triggers and "audit_append_only_update" not in triggers
+    assert _sql(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+
+
+def _columns(path: Path, table: str) -> set[str]:
+    return {r[1] for r in _sql(path, f"PRAGMA table_info({table})")}
+
+
+def test_a_migration_of_a_newer_gateway_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "newer.sqlite3"
+    SqliteStore(path).close()
+    _sql(
+        path,
+        f"INSERT INTO {MIGRATION_TABLE} (migration_hash, migration_id, applied_at_utc) "
+        "VALUES ('f00d', '0002.from-a-newer-gateway', '2030-01-01T00:00:00')",
+    )
+    for attempt in (
+        lambda: SqliteStore(path),
+        lambda: SqliteStore(path, migrate=False),
+        lambda: migrate(str(path)),
+    ):
+        with pytest.raises(SchemaError) as e:
+            attempt()
+        _one_line(e, "0002.from-a-newer-gateway", "newer mls-gateway")
+    assert status(str(path)).unknown == ["0002.from-a-newer-gateway"]
+
+
+def test_pending_migrations_are_refused_when_auto_migration_is_off(tmp_path: Path) -> None:
+    path = tmp_path / "v6.sqlite3"
+    pre_migration_database(path)
+    _sql(path, *_OLD_ROWS)
+    before = _rows(path)
+    with pytest.raises(SchemaError) as e:
+        SqliteStore(path, migrate=False)
+    _one_line(e, "1 pending schema migration", "0001.baseline", "migrate_on_start", "mls-gateway migrate")
+    assert _rows(path) == before and status(str(path)).pending == ["0001.baseline"]  # nothing changed
+    assert migrate(str(path)) == ["0001.baseline"]
+    SqliteStore(path, migrate=False).close()  # up to date: opens
+
+
+def test_a_new_database_is_created_even_when_auto_migration_is_off(tmp_path: Path) -> None:
+    path = tmp_path / "new.sqlite3"
+    SqliteStore(path, migrate=False).close()
+    assert status(str(path)).pending == []
+
+
+def _write(folder: Path, files: dict[str, str]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    return folder
+
+
+def test_later_migrations_apply_in_order_and_a_failing_one_changes_nothing(tmp_path: Path) -> None:
+    path = str(tmp_path / "steps.sqlite3")
+    first = {"0001.notes.sql": "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT NOT NULL);"}
+    assert migrate(path, directory=_write(tmp_path / "v1", first)) == ["0001.notes"]
+    second = {**first, "0002.notes-author.sql": "ALTER TABLE notes ADD COLUMN author TEXT;"}
+    v2 = _write(tmp_path / "v2", second)
+    assert status(path, directory=v2).pending == ["0002.notes-author"]
+    with pytest.raises(SchemaError) as e:
+        prepare(path, apply=False, directory=v2)
+    _one_line(e, "0002.notes-author", "mls-gateway migrate")
+    assert prepare(path, apply=True, directory=v2) == ["0002.notes-author"]
+    broken = {**second, "0003.broken.sql": "CREATE TABLE tags (id INTEGER);\nINSERT INTO missing VALUES (1);"}
+    v3 = _write(tmp_path / "v3", broken)
+    with pytest.raises(SchemaError) as e:
+        migrate(path, directory=v3)
+    _one_line(e, "failed", "missing")
+    assert status(path, directory=v3).pending == ["0003.broken"]
+    assert _sql(Path(path), "SELECT name FROM sqlite_master WHERE name = 'tags'") == []  # rolled back
+    assert [c for c in _columns(Path(path), "notes")] and "author" in _columns(Path(path), "notes")
+
+
+def test_the_database_is_named_without_its_password() -> None:
+    url = "postgresql://mlsgw:s3cret@db.example:5432/gateway?sslmode=require&password=other"
+    assert describe(url) == "postgresql://mlsgw@db.example:5432/gateway"
+    assert describe("/var/lib/mls-gateway/gateway.sqlite3") == "/var/lib/mls-gateway/gateway.sqlite3"
+
+
+def test_migrations_are_package_data() -> None:
+    """Every migration file is matched by pyproject's package-data globs (so a regular install has it)."""
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())
+    globs = config["tool"]["setuptools"]["package-data"]["gateway"]
+    files = [
+        p
+        for p in (REPO / "gateway" / "migrations").rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts
+    ]
+    assert files
+    for f in files:
+        relative = f.relative_to(REPO / "gateway").as_posix()
+        assert any(fnmatch(relative, g) for g in globs), relative
+    assert migrations_directory("/x.sqlite3") == SQLITE_MIGRATIONS
+    assert migrations_directory("postgresql://h/db") == REPO / "gateway" / "migrations" / "postgresql"
+
+
+def test_migrate_on_start_setting() -> None:
+    assert load_config(env={}).migrate_on_start is True
+    assert load_config(env={"MLSGW_MIGRATE_ON_START": "false"}).migrate_on_start is False
+    assert load_config(env={"MLSGW_MIGRATE_ON_START": "1"}).migrate_on_start is True
+    with pytest.raises(ConfigError, match="migrate_on_start"):
+        load_config(env={"MLSGW_MIGRATE_ON_START": "later"})
+
+
+def test_migrate_on_start_in_toml(tmp_path: Path) -> None:
+    toml = tmp_path / "gw.toml"
+    toml.write_text("[gateway]\nmigrate_on_start = false\n")
+    assert load_config(toml, env={}).migrate_on_start is False
+    toml.write_text('[gateway]\nmigrate_on_start = "no"\n')
+    with pytest.raises(ConfigError, match="migrate_on_start must be true or false"):
+        load_config(toml, env={})
+
+
+# ---- PostgreSQL (the throw-away cluster of tests/postgres_cluster.py) ----
+
+
+def _pg(dsn: str, statement: str) -> list[tuple[Any, ...]]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        cursor = conn.execute(statement)
+        return cursor.fetchall() if cursor.description else []
+
+
+def test_postgresql_migrations_step_by_step(tmp_path: Path, postgres_dsn: str) -> None:
+    first = {"0001.notes.sql": "CREATE TABLE notes (id BIGSERIAL PRIMARY KEY, body TEXT NOT NULL);"}
+    v1 = _write(tmp_path / "v1", first)
+    assert prepare(postgres_dsn, apply=False, directory=v1) == ["0001.notes"]  # new, empty: created
+    _pg(postgres_dsn, "INSERT INTO notes (body) VALUES ('kept')")
+    second = {**first, "0002.notes-author.sql": "ALTER TABLE notes ADD COLUMN author TEXT;"}
+    v2 = _write(tmp_path / "v2", second)
+    with pytest.raises(SchemaError) as e:
+        prepare(postgres_dsn, apply=False, directory=v2)
+    _one_line(e, "0002.notes-author", "mls-gateway migrate", describe(postgres_dsn))
+    assert migrate(postgres_dsn, directory=v2) == ["0002.notes-author"]
+    assert _pg(postgres_dsn, "SELECT body, author FROM notes") == [("kept", None)]
+    state = status(postgres_dsn, directory=v2)
+    assert [mid for mid, _ in state.applied] == ["0001.notes", "0002.notes-author"] and not state.pending
+    assert all(when is not None for _, when in state.applied)
+    with pytest.raises(SchemaError) as e:  # the older code (v1) meets the newer database
+        prepare(postgres_dsn, apply=True, directory=v1)
+    _one_line(e, "0002.notes-author", "newer mls-gateway")
+    broken = {**second, "0003.broken.sql": "CREATE TABLE tags (id INT);\nINSERT INTO missing VALUES (1);"}
+    with pytest.raises(SchemaError):
+        migrate(postgres_dsn, directory=_write(tmp_path / "v3", broken))
+    assert _pg(postgres_dsn, "SELECT to_regclass('tags')") == [(None,)]  # rolled back
+    assert status(postgres_dsn, directory=tmp_path / "v3").pending == ["0003.broken"]
+
+
+_MIGRATE_AND_REPORT = """
+import json, sys
+from pathlib import Path
+from gateway.schema_migrations import migrate
+print(json.dumps(migrate(sys.argv[1], directory=Path(sys.argv[2]))))
+"""
+
+#: A slow first migration (the second process arrives while it runs) and one that fails if run twice.
+_SLOW_SET = {
+    "0001.slow.py": "import time\nfrom yoyo import step\nsteps = [step(lambda conn: time.sleep(3))]\n",
+    "0002.once.sql": "CREATE TABLE once_only (id INTEGER PRIMARY KEY);",
+}
+
+
+def _lock_taken(database: str) -> bool:
+    if database.startswith("postgresql"):
+        return bool(_pg(database, "SELECT to_regclass('yoyo_lock')")[0][0]) and bool(
+            _pg(database, "SELECT count(*) FROM yoyo_lock")[0][0]
+        )
+    try:
+        return bool(_sql(Path(database), "SELECT count(*) FROM yoyo_lock")[0][0])
+    except sqlite3.OperationalError:  # not created yet, or busy
+        return False
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
+def test_two_processes_migrate_one_database_at_once(
+    tmp_path: Path, engine: str, request: pytest.FixtureRequest
+) -> None:
+    database = (
+        str(request.getfixturevalue("postgres_dsn"))
+        if engine == "postgresql"
+        else str(tmp_path / "db.sqlite3")
+    )
+    directory = _write(tmp_path / "migrations", _SLOW_SET)
+
+    def start() -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-c", _MIGRATE_AND_REPORT, database, str(directory)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+        )
+
+    first = start()
+    deadline = time.monotonic() + 60
+    while not _lock_taken(database):  # the first one is inside its run, holding yoyo's lock
+        assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+        time.sleep(0.05)
+    second = start()
+    results = []
+    for proc in (first, second):
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    assert results[0] == ["0001.slow", "0002.once"] and results[1] == []
+    state = status(database, directory=directory)
+    assert [mid for mid, _ in state.applied] == ["0001.slow", "0002.once"] and not state.pending
+
+
+# ---- mls-gateway migrate and the start-up policy, through the real command line ----
+
+
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("MLSGW_") and k != "SOFTHSM2_CONF"}
+    return subprocess.run(
+        [str(GATEWAY_EXE), *args],
+        capture_output=True,
+        text=True,
+        env={**base, "PYTHONPATH": str(REPO), "MLSGW_LOG_LEVEL": "WARNING", **(env or {})},
+        timeout=120,
+        check=False,
+    )
+
+
+def _refused(done: subprocess.CompletedProcess[str], *words: str) -> None:
+    """Exit 11 (Exit.SCHEMA), one line on stderr naming ``words``, no traceback."""
+    assert done.returncode == Exit.SCHEMA, (done.returncode, done.stderr)
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("mls-gateway: "), done.stderr
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+
+
+def test_serve_refuses_an_unknown_schema_and_migrate_brings_it_up_to_date(tmp_path: Path) -> None:
+    off = {"MLSGW_MIGRATE_ON_START": "false"}
+    server = GatewayServer(tmp_path / "data", env=off)  # init: a new database is created even when off
+    database = server.data_dir / "gateway.sqlite3"
+    data = ["--data-dir", str(server.data_dir)]
+    serve = ["serve", *data, "--listen", f"127.0.0.1:{server.port}"]
+    # the database as the gateway before migrations left it (the same schema, no migration recorded)
+    _sql(
+        database, *(f"DROP TABLE {t}" for t in ("_yoyo_migration", "_yoyo_log", "_yoyo_version", "yoyo_lock"))
+    )
+    _refused(_cli(*serve, env=off), "0001.baseline", "pending", "run `mls-gateway migrate`")
+    listing = _cli("migrate", "--list", *data)
+    assert listing.returncode == 0 and listing.stdout.split() == ["0001.baseline", "pending"], listing
+    done = _cli("migrate", *data)
+    assert done.returncode == 0 and done.stdout.strip() == "applied 1 schema migration: 0001.baseline", done
+    done = _cli("migrate", *data, "--json")
+    assert json.loads(done.stdout) == {"database": str(database), "applied_now": [], "applied": 1}
+    listing = _cli("migrate", "--list", *data)
+    assert listing.stdout.startswith("0001.baseline  applied 2") and listing.stdout.endswith(" UTC\n"), (
+        listing
+    )
+    server.start()  # up to date: serves with auto-migration off
+    assert server.admin.create_tenant("after-migrate")[0]  # reads and writes on the migrated database
+    assert server.stop() == 0
+    # a newer gateway's migration: always refused, by serve, init and migrate alike
+    _sql(
+        database,
+        f"INSERT INTO {MIGRATION_TABLE} (migration_hash, migration_id, applied_at_utc) "
+        "VALUES ('f00d', '0002.from-a-newer-gateway', '2030-01-01T00:00:00')",
+    )
+    for command in (serve, ["init", *data], ["migrate", *data]):
+        _refused(_cli(*command), "0002.from-a-newer-gateway", "newer mls-gateway")
+    listing = _cli("migrate", "--list", "--json", *data)
+    assert json.loads(listing.stdout)["unknown"] == ["0002.from-a-newer-gateway"]
+    assert "0002.from-a-newer-gateway  unknown" in _cli("migrate", "--list", *data).stdout
+    # its backup says so, and this version refuses to restore it (nothing is left behind)
+    backup, restored = tmp_path / "backup", tmp_path / "restored"
+    assert _cli("backup", str(backup), *data).returncode == 0
+    manifest = json.loads((backup / "backup.json").read_text())
+    assert manifest["schema_migrations"] == ["0001.baseline", "0002.from-a-newer-gateway"]
+    assert manifest["schema_version"] == SCHEMA_VERSION
+    _refused(_cli("restore", str(backup), "--data-dir", str(restored)), "0002.from-a-newer-gateway", "newer")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["backup", "data", "data.log"]
+
+
+def test_migrate_refuses_a_data_folder_never_initialised(tmp_path: Path) -> None:
+    done = _cli("migrate", "--data-dir", str(tmp_path / "nothing"))
+    assert done.returncode == Exit.NOT_INITIALISED and "mls-gateway init" in done.stderr, done
+
+
+def test_a_migration_file_that_does_not_load_is_refused_not_skipped(tmp_path: Path) -> None:
+    path = str(tmp_path / "bad.sqlite3")
+    files = {"0001.ok.sql": "CREATE TABLE ok (id INTEGER);", "0002.bad.py": "steps = [step(\n"}
+    with pytest.raises(SchemaError) as e:
+        migrate(path, directory=_write(tmp_path / "m", files))
+    _one_line(e, "0002.bad", "cannot be loaded")
+    assert status(path, directory=tmp_path / "m").pending == ["0001.ok", "0002.bad"]  # nothing applied
+
+
+def test_migrate_break_lock_removes_the_lock_of_a_killed_run(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    database = data / "gateway.sqlite3"
+    pre_migration_database(database)
+    _sql(  # what a run killed while it held yoyo's lock leaves behind
+        database,
+        "CREATE TABLE yoyo_lock (locked INT DEFAULT 1, ctime TIMESTAMP, pid INT NOT NULL, "
+        "PRIMARY KEY (locked))",
+        "INSERT INTO yoyo_lock (locked, ctime, pid) VALUES (1, '2026-01-01T00:00:00', 999999)",
+    )
+    done = _cli("migrate", "--break-lock", "--data-dir", str(data))
+    assert done.returncode == 0 and done.stdout.strip() == "the migration lock is removed", done
+    assert _sql(database, "SELECT count(*) FROM yoyo_lock") == [(0,)]
+    done = _cli("migrate", "--data-dir", str(data))
+    assert done.returncode == 0 and "0001.baseline" in done.stdout, done
