@@ -37,6 +37,7 @@ from .context import APP, PRINCIPAL, REQUEST_ID, ROUTE_LABEL, Runtime
 from .errors import PROBLEM_CONTENT_TYPE, Problem, problem_from_exception
 from .hosted_worker import hosted_delivery_task
 from .kek_rotation import KekMetrics, KekRotation, kek_rotation_task
+from .leases import lease_keeper
 from .logs import request_context, valid_request_id
 from .metrics import Metrics
 from .quotas import Quotas
@@ -204,6 +205,7 @@ def create_app(runtime: Runtime) -> web.Application:
     app.on_shutdown.append(close_sockets)  # open mailbox/inbox WebSockets: 1001, not the shutdown timeout
     # cleanup_ctx clean-ups run in reverse order, all before on_cleanup's _close_runtime: the audit
     # checkpoint task is first, so its last checkpoint at shutdown follows every other task's writes.
+    app.cleanup_ctx.append(lease_keeper)  # first: its clean-up (releasing the leases) runs last
     app.cleanup_ctx.append(audit_checkpoints)
     app.cleanup_ctx.append(retention_task)  # mailbox items, idempotency and audit records, per tenant
     app.cleanup_ctx.append(hosted_delivery_task)

@@ -29,6 +29,9 @@ TOML layout (every key optional; an unknown section or key is refused, naming it
     header_timeout_s = 15           # a connection idle or with half-sent headers this long is closed
     body_timeout_s = 30             # a request body not fully read in this time answers 408
     readiness_write_timeout_s = 0.5 # /readyz: the store's write-lock probe waits at most this
+    lease_ttl_s = 15                # a background task's lease lapses this long after its last renewal
+    lease_clock_margin_s = 2        # clock difference between machines a lease tolerates
+    wakeup_poll_s = 0.025           # SQLite: how often other processes' notifications are looked for
 
     [hsm]
     module_path = "/usr/lib/softhsm/libsofthsm2.so"   # MLSGW_HSM_MODULE
@@ -174,6 +177,13 @@ class GatewayConfig:
     header_timeout_s: float = 15.0
     body_timeout_s: float = 30.0
     readiness_write_timeout_s: float = 0.5
+    # ---- several processes (issue 15): leases and cross-process wake-ups, see LIMIT_SETTINGS ----
+    #: Seconds a background task's lease lasts without renewal (gateway.leases; renewed every third).
+    lease_ttl_s: float = 15.0
+    #: Seconds of clock difference between machines a lease tolerates (gateway.leases).
+    lease_clock_margin_s: float = 2.0
+    #: Seconds between two looks for other processes' notifications on SQLite (gateway.wakeups).
+    wakeup_poll_s: float = 0.025
     hsm: HsmSettings = field(default_factory=HsmSettings)
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
@@ -249,6 +259,9 @@ LIMIT_SETTINGS = (
     "header_timeout_s",
     "body_timeout_s",
     "readiness_write_timeout_s",
+    "lease_ttl_s",
+    "lease_clock_margin_s",
+    "wakeup_poll_s",
 )
 _ENV.update({f"MLSGW_{name.upper()}": ("gateway", name) for name in LIMIT_SETTINGS})
 _INTS = {
