@@ -40,6 +40,7 @@ from .kek_rotation import KekMetrics, KekRotation, kek_rotation_task
 from .leases import lease_keeper
 from .logs import request_context, valid_request_id
 from .metrics import Metrics
+from .notifications import notification_listener
 from .quotas import Quotas
 from .readiness import readiness_gauge_task
 from .reconciliation import key_reconciliation
@@ -212,6 +213,7 @@ def create_app(runtime: Runtime) -> web.Application:
     app.cleanup_ctx.append(webhook_delivery)  # signed webhooks of hosted identities (api-delivery.md)
     app.cleanup_ctx.append(key_reconciliation)  # orphaned keys: at start-up, then periodically
     app.cleanup_ctx.append(kek_rotation_task)  # current KEKs, re-wrap and destruction after a rotation
+    app.cleanup_ctx.append(notification_listener)  # other processes' commits wake this one's waiters
     app.cleanup_ctx.append(readiness_gauge_task)  # mlsgw_ready kept current between /readyz calls
     app.on_cleanup.append(_close_runtime)
     return app
