@@ -27,6 +27,14 @@ at least ``grace_s`` ago (:class:`OrphanTracker`, monotonic clock, in memory): w
 unreferenced longer than the grace for it to be taken. ``grace_s = 0`` destroys in one pass: only for a
 gateway that is stopped (``mls-gateway keys reconcile --grace-s 0``).
 
+**Several processes** (:mod:`gateway.leases`): one process at a time reconciles (the
+``key-reconciliation`` lease). A key another process made for a request still in flight is in the
+listing but not referenced: the grace holds across processes because it is measured from this process's
+own first sighting, on its monotonic clock (no clock is compared across machines), and a request would
+have to keep its key unreferenced for ``grace_s``. Each time the lease is taken the grace starts afresh
+(sightings of an earlier holding period are not "every run since": another process reconciled
+meanwhile), and :attr:`Reconciler.guard` (the lease still held) is checked before each destruction.
+
 If any reference cannot be read (a membership that does not open, the store or the token unavailable),
 the run destroys nothing: an unread reference could be a live key.
 
