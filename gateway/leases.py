@@ -100,15 +100,18 @@ class LeaseKeeper:
         return got
 
     def release(self) -> None:
-        """Give up every lease held (at shut-down), so another process takes over without waiting."""
+        """Give up every lease held (at shut-down, its tasks stopped), so another process takes over
+        without waiting (callable from a worker thread)."""
         held = [n for n in self.names if self.held(n)]
         for name in self.names:
             self._valid_until[name] = 0.0
+        if self._gauge is not None:
+            for name in self.names:
+                self._gauge.labels(name).set(0)
         if held:
             with self.store.transaction() as tx:
                 for name in held:
                     tx.release_lease(name, self.holder)
-        self._publish()
 
     # ---- the process side (event loop) --------------------------------------------------------------------
     def held(self, name: str) -> bool:
@@ -116,6 +119,7 @@ class LeaseKeeper:
         return self._mono() < self._valid_until.get(name, 0.0)
 
     def _publish(self) -> None:
+        """Set the gauge and wake the gated tasks (on the event loop)."""
         if self._gauge is not None:
             for name in self.names:
                 self._gauge.labels(name).set(1 if self.held(name) else 0)
