@@ -185,8 +185,9 @@ CREATE TRIGGER IF NOT EXISTS audit_erase_only BEFORE UPDATE ON audit
 # lease (compare-and-swap on the row, gateway.sqlite_leases); one notifications row per wake-up, written by
 # triggers in the transaction of the change a waiter of another process waits for: a mailbox item (its
 # client), an inbox event (its identity), a webhook set, changed or removed (its identity and
-# gateway.webhook_delivery.WEBHOOKS_CHANGED). The id never goes back (AUTOINCREMENT): listeners read
-# "after the last id seen".
+# gateway.webhook_delivery.WEBHOOKS_CHANGED; not when the webhook goes with its identity). The id never
+# goes back (AUTOINCREMENT): listeners read "after the last id seen". A deleted identity or client takes
+# its notifications with it (tenant deletion leaves no row naming it).
 _NOW = "((julianday('now') - 2440587.5) * 86400.0)"
 LEASES_SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS leases (
@@ -194,6 +195,11 @@ CREATE TABLE IF NOT EXISTS leases (
 CREATE TABLE IF NOT EXISTS notifications (
     id INTEGER PRIMARY KEY AUTOINCREMENT, channel TEXT NOT NULL, created_at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS notifications_by_time ON notifications(created_at);
+CREATE INDEX IF NOT EXISTS notifications_by_channel ON notifications(channel);
+CREATE TRIGGER IF NOT EXISTS forget_identity_notifications AFTER DELETE ON identities
+    BEGIN DELETE FROM notifications WHERE channel = OLD.identity_id; END;
+CREATE TRIGGER IF NOT EXISTS forget_client_notifications AFTER DELETE ON clients
+    BEGIN DELETE FROM notifications WHERE channel = OLD.client_id; END;
 CREATE TRIGGER IF NOT EXISTS notify_mailbox AFTER INSERT ON mailbox
     BEGIN INSERT INTO notifications (channel, created_at) VALUES (NEW.client_id, {_NOW}); END;
 CREATE TRIGGER IF NOT EXISTS notify_inbox AFTER INSERT ON inbox
@@ -207,6 +213,7 @@ CREATE TRIGGER IF NOT EXISTS notify_webhook_changed AFTER UPDATE OF url, secret,
     BEGIN INSERT INTO notifications (channel, created_at)
         VALUES (NEW.identity_id, {_NOW}), ('webhooks:changed', {_NOW}); END;
 CREATE TRIGGER IF NOT EXISTS notify_webhook_removed AFTER DELETE ON webhooks
+    WHEN EXISTS (SELECT 1 FROM identities WHERE identity_id = OLD.identity_id)
     BEGIN INSERT INTO notifications (channel, created_at)
         VALUES (OLD.identity_id, {_NOW}), ('webhooks:changed', {_NOW}); END;
 """

@@ -113,6 +113,24 @@ def test_the_notification_is_written_in_the_transaction_of_the_change(
     assert channels == ["idn_b", *changed, *changed, *changed]
 
 
+def test_a_deleted_identity_takes_its_notifications_with_it(
+    two_stores: tuple[SqliteStore, SqliteStore],
+) -> None:
+    """Tenant deletion leaves no row naming its identities: nor a notification (its webhook going with
+    it notifies nobody)."""
+    a, b = two_stores
+    with b.transaction() as tx:
+        tx.add_inbox_event("idn_a", b"group", 1, b"sealed")
+        tx.put_webhook("idn_a", "https://example.test/hook", b"sealed-secret", 0)
+        tx.add_inbox_event("idn_b", b"group", 1, b"sealed")
+    with b.transaction() as tx:
+        tx.delete_identity("idn_a")  # its inbox and webhook go by cascade
+    with a.read_transaction() as tx:
+        assert tx.get_identity("ten_1", "idn_a") is None and tx.get_webhook("idn_a") is None
+        channels = [c for _, c in tx.notifications_after(0, 100)]
+    assert "idn_a" not in channels and "idn_b" in channels
+
+
 def test_no_wake_up_is_lost_among_many_commits(two_stores: tuple[SqliteStore, SqliteStore]) -> None:
     """Every one of many endpoints written through the other store is woken (ids in commit order)."""
     a, b = two_stores
@@ -222,11 +240,13 @@ def test_postgres_no_wake_up_lost_across_a_reconnect(pg: str) -> None:
 #: The columns of mailbox, inbox and webhooks the source triggers read (the PostgreSQL store's tables
 #: have more; these are enough for the triggers).
 SOURCE_TABLES = """
+CREATE TABLE identities (identity_id TEXT PRIMARY KEY);
+CREATE TABLE clients (client_id TEXT PRIMARY KEY);
 CREATE TABLE mailbox (cursor BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, client_id TEXT NOT NULL);
 CREATE TABLE inbox (cursor BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, identity_id TEXT NOT NULL);
 CREATE TABLE webhooks (
-    identity_id TEXT PRIMARY KEY, url TEXT NOT NULL, secret BYTEA NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0, paused INTEGER NOT NULL DEFAULT 0,
+    identity_id TEXT PRIMARY KEY REFERENCES identities ON DELETE CASCADE, url TEXT NOT NULL,
+    secret BYTEA NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, paused INTEGER NOT NULL DEFAULT 0,
     created_at DOUBLE PRECISION NOT NULL);
 """
 
@@ -249,6 +269,7 @@ def test_postgres_source_triggers_notify_in_the_transaction_of_the_change(pg: st
     try:
         assert woken_by(wakeups, "cli_1", sql("INSERT INTO mailbox (client_id) VALUES ('cli_1')"))
         assert woken_by(wakeups, "idn_1", sql("INSERT INTO inbox (identity_id) VALUES ('idn_1')"))
+        sql("INSERT INTO identities VALUES ('idn_2'), ('idn_3')", "INSERT INTO clients VALUES ('cli_1')")()
         hook = "INSERT INTO webhooks (identity_id, url, secret, created_at) VALUES ('idn_2', 'u', 'x', 1)"
         assert woken_by(wakeups, "webhooks:changed", sql(hook))
         assert woken_by(wakeups, "idn_2", sql("UPDATE webhooks SET paused = 1"))
@@ -261,3 +282,10 @@ def test_postgres_source_triggers_notify_in_the_transaction_of_the_change(pg: st
         conn.execute("UPDATE webhooks SET attempts = 3")  # a failed attempt: no configuration change
         after = conn.execute("SELECT COUNT(*) FROM notifications").fetchone()
     assert before is not None and after is not None and after[0] - before[0] == 2  # the insert's two
+    # A deleted identity (its webhook with it) or client leaves no notification naming it.
+    sql("DELETE FROM identities WHERE identity_id = 'idn_2'", "DELETE FROM clients")()
+    with psycopg.connect(pg) as conn:
+        left = conn.execute(
+            "SELECT COUNT(*) FROM notifications WHERE channel IN ('idn_2', 'cli_1')"
+        ).fetchone()
+    assert left == (0,)
