@@ -37,8 +37,10 @@ from .context import APP, PRINCIPAL, REQUEST_ID, ROUTE_LABEL, Runtime
 from .errors import PROBLEM_CONTENT_TYPE, Problem, problem_from_exception
 from .hosted_worker import hosted_delivery_task
 from .kek_rotation import KekMetrics, KekRotation, kek_rotation_task
+from .leases import lease_keeper
 from .logs import request_context, valid_request_id
 from .metrics import Metrics
+from .notifications import notification_listener
 from .quotas import Quotas
 from .readiness import readiness_gauge_task
 from .reconciliation import key_reconciliation
@@ -204,12 +206,14 @@ def create_app(runtime: Runtime) -> web.Application:
     app.on_shutdown.append(close_sockets)  # open mailbox/inbox WebSockets: 1001, not the shutdown timeout
     # cleanup_ctx clean-ups run in reverse order, all before on_cleanup's _close_runtime: the audit
     # checkpoint task is first, so its last checkpoint at shutdown follows every other task's writes.
+    app.cleanup_ctx.append(lease_keeper)  # first: its clean-up (releasing the leases) runs last
     app.cleanup_ctx.append(audit_checkpoints)
     app.cleanup_ctx.append(retention_task)  # mailbox items, idempotency and audit records, per tenant
     app.cleanup_ctx.append(hosted_delivery_task)
     app.cleanup_ctx.append(webhook_delivery)  # signed webhooks of hosted identities (api-delivery.md)
     app.cleanup_ctx.append(key_reconciliation)  # orphaned keys: at start-up, then periodically
     app.cleanup_ctx.append(kek_rotation_task)  # current KEKs, re-wrap and destruction after a rotation
+    app.cleanup_ctx.append(notification_listener)  # other processes' commits wake this one's waiters
     app.cleanup_ctx.append(readiness_gauge_task)  # mlsgw_ready kept current between /readyz calls
     app.on_cleanup.append(_close_runtime)
     return app

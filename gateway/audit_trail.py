@@ -27,6 +27,7 @@ from hsm.errors import HsmError
 from .audit_chain import EXPORT_FORMAT, GENESIS, Checkpoint, checkpoint_message, record_line
 from .config import AuditSettings
 from .context import APP
+from .leases import AUDIT_CHECKPOINTS, LEASES, run_while_held
 from .store import Store, StoreUnavailable
 
 log = logging.getLogger("mls_gateway.audit_trail")
@@ -98,11 +99,15 @@ async def audit_checkpoints(app: web.Application) -> AsyncIterator[None]:
     other background tasks, so its clean-up runs after theirs: nothing is appended after it)."""
     rt = app[APP]
     checkpointer = Checkpointer(rt.store, AuditSigner(rt.token), rt.config.audit)
-    task = asyncio.create_task(_checkpoint_forever(app, checkpointer), name="audit-checkpoints")
+    keeper = app[LEASES]  # one process at a time checkpoints (gateway.leases)
+    body = run_while_held(keeper, AUDIT_CHECKPOINTS, lambda: _checkpoint_forever(app, checkpointer))
+    task = asyncio.create_task(body, name="audit-checkpoints")
     yield
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+    if not keeper.held(AUDIT_CHECKPOINTS):
+        return  # the holder's next checkpoint covers this process's last records
     try:
         cp = await asyncio.get_running_loop().run_in_executor(
             rt.executor, lambda: checkpointer.checkpoint(force=True)

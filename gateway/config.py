@@ -30,6 +30,9 @@ TOML layout (every key optional; an unknown section or key is refused, naming it
     body_timeout_s = 30             # a request body not fully read in this time answers 408
     readiness_write_timeout_s = 0.5 # /readyz: the store's write-lock probe waits at most this
     migrate_on_start = true         # MLSGW_MIGRATE_ON_START: apply pending schema migrations at start-up
+    lease_ttl_s = 15                # a background task's lease lapses this long after its last renewal
+    lease_clock_margin_s = 2        # clock difference between machines a lease tolerates
+    wakeup_poll_s = 0.025           # SQLite: how often other processes' notifications are looked for
 
     [hsm]
     module_path = "/usr/lib/softhsm/libsofthsm2.so"   # MLSGW_HSM_MODULE
@@ -178,6 +181,13 @@ class GatewayConfig:
     #: Apply pending schema migrations when the store opens (gateway.schema_migrations); false: refuse to
     #: start until ``mls-gateway migrate`` ran. A database written by a newer gateway is always refused.
     migrate_on_start: bool = True
+    # ---- several processes (issue 15): leases and cross-process wake-ups, see LIMIT_SETTINGS ----
+    #: Seconds a background task's lease lasts without renewal (gateway.leases; renewed every third).
+    lease_ttl_s: float = 15.0
+    #: Seconds of clock difference between machines a lease tolerates (gateway.leases).
+    lease_clock_margin_s: float = 2.0
+    #: Seconds between two looks for other processes' notifications on SQLite (gateway.wakeups).
+    wakeup_poll_s: float = 0.025
     hsm: HsmSettings = field(default_factory=HsmSettings)
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
@@ -254,6 +264,9 @@ LIMIT_SETTINGS = (
     "header_timeout_s",
     "body_timeout_s",
     "readiness_write_timeout_s",
+    "lease_ttl_s",
+    "lease_clock_margin_s",
+    "wakeup_poll_s",
 )
 _ENV.update({f"MLSGW_{name.upper()}": ("gateway", name) for name in LIMIT_SETTINGS})
 _INTS = {

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
@@ -23,6 +23,7 @@ from mls import MLSError
 from .context import APP, Runtime
 from .delivery_store import HostedWork
 from .errors import Problem
+from .leases import HOSTED_SWEEP, LEASES
 from .store import StoreUnavailable
 
 log = logging.getLogger("mls_gateway")
@@ -36,8 +37,10 @@ CONCURRENCY = 4
 class HostedWorker:
     """Runs :meth:`gateway.hosted_delivery.HostedDelivery.advance` for scheduled memberships."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, may_sweep: Callable[[], bool] = lambda: True) -> None:
         self.rt = runtime
+        #: Whether this process sweeps now: the holder of the hosted-sweep lease (gateway.leases).
+        self.may_sweep = may_sweep
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: asyncio.Queue[tuple[str, str, bytes]] = asyncio.Queue()
         self._queued: set[tuple[str, bytes]] = set()
@@ -61,7 +64,8 @@ class HostedWorker:
         workers = [asyncio.create_task(self._work()) for _ in range(CONCURRENCY)]
         try:
             while True:
-                await self._sweep()
+                if self.may_sweep():
+                    await self._sweep()
                 await asyncio.sleep(SWEEP_INTERVAL_S)
         finally:
             for w in workers:
@@ -108,7 +112,8 @@ class HostedWorker:
 async def hosted_delivery_task(app: web.Application) -> AsyncIterator[None]:
     """The app's hosted delivery worker: started with the app, cancelled when it shuts down."""
     rt = app[APP]
-    worker = HostedWorker(rt)
+    keeper = app[LEASES]
+    worker = HostedWorker(rt, lambda: keeper.held(HOSTED_SWEEP))
     rt.service.schedule_hosted = worker.schedule
     task = asyncio.create_task(worker.run(), name="hosted-delivery")
     yield

@@ -57,6 +57,7 @@ from mls import MLSError
 
 from . import audit
 from .context import APP
+from .leases import KEK_REWRAP, LEASES
 from .sqlite_rewrap import SEALED_COLUMNS, KekRow
 from .sqlite_store import SqliteStore
 from .store import AuditRecord, StoreUnavailable
@@ -379,14 +380,16 @@ class KekRotation:
     def _cursors_open(self) -> bool:
         return any(v for v in self._cursors.values())
 
-    def tick(self) -> None:
-        """The server's periodic pass: read the table; while a KEK is retiring, one re-wrap batch, the
-        destruction of what is due and the count of what remains (tables are scanned only then)."""
-        if any(r.state == "retiring" for r in self.refresh()):
+    def tick(self, *, rewrap: bool = True) -> None:
+        """The server's periodic pass: read the table; while a KEK is retiring and ``rewrap`` (this
+        process holds the re-wrap lease, gateway.leases), one re-wrap batch, the destruction of what is
+        due and the count of what remains (tables are scanned only then)."""
+        retiring = any(r.state == "retiring" for r in self.refresh())  # every process follows the KEKs
+        if retiring and rewrap:
             self.step()
             self.retire()
             self.remaining()
-        elif self.metrics is not None:
+        elif not retiring and self.metrics is not None:
             for kind in KINDS:
                 self.metrics.remaining.labels(kind).set(0)
         if self.metrics is not None:
@@ -404,11 +407,13 @@ def _record(run_id: str, label: str, operation: str, ok: bool) -> AuditRecord:
 # ---- in the app -------------------------------------------------------------------------------------------
 
 
-async def _rotate_forever(rotation: KekRotation, executor: Executor, poll_s: float) -> None:
+async def _rotate_forever(
+    rotation: KekRotation, executor: Executor, poll_s: float, rewrap: Callable[[], bool]
+) -> None:
     loop = asyncio.get_running_loop()
     while True:
         try:
-            await loop.run_in_executor(executor, rotation.tick)
+            await loop.run_in_executor(executor, lambda: rotation.tick(rewrap=rewrap()))
         except (HsmUnavailable, StoreUnavailable, HsmError, KekRotationError) as e:
             log.warning("KEK rotation pass skipped (retried later): %s: %s", type(e).__name__, e)
         except Exception:  # a bug must not stop this process from following the current KEK
@@ -420,11 +425,13 @@ async def kek_rotation_task(app: web.Application) -> AsyncIterator[None]:
     """The app's KEK task: reads the current KEKs, re-wraps and destroys while a rotation is pending."""
     rt = app[APP]
     rotation = rt.kek_rotation
+    keeper = app[LEASES]  # re-wrap and destruction in one process at a time; every one reads the KEKs
     if rotation is None:
         yield
         return
     task = asyncio.create_task(
-        _rotate_forever(rotation, rt.executor, rt.config.hsm.kek_poll_s), name="kek-rotation"
+        _rotate_forever(rotation, rt.executor, rt.config.hsm.kek_poll_s, lambda: keeper.held(KEK_REWRAP)),
+        name="kek-rotation",
     )
     yield
     task.cancel()

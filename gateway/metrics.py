@@ -82,6 +82,13 @@ class Metrics:
             registry=r,
         )
         self.delivery = DeliveryMetrics(r)
+        #: 1 in the process holding the lease of a background task, else 0 (gateway.leases).
+        self.lease_held = Gauge(
+            "mlsgw_lease_held",
+            "1 while this process holds the lease of a background task",
+            ["lease"],
+            registry=r,
+        )
         self.ready = Gauge(
             "mlsgw_ready",
             "1 when the gateway's last readiness check passed (HSM answers, store writable), else 0",

@@ -27,6 +27,14 @@ at least ``grace_s`` ago (:class:`OrphanTracker`, monotonic clock, in memory): w
 unreferenced longer than the grace for it to be taken. ``grace_s = 0`` destroys in one pass: only for a
 gateway that is stopped (``mls-gateway keys reconcile --grace-s 0``).
 
+**Several processes** (:mod:`gateway.leases`): one process at a time reconciles (the
+``key-reconciliation`` lease). A key another process made for a request still in flight is in the
+listing but not referenced: the grace holds across processes because it is measured from this process's
+own first sighting, on its monotonic clock (no clock is compared across machines), and a request would
+have to keep its key unreferenced for ``grace_s``. Each time the lease is taken the grace starts afresh
+(sightings of an earlier holding period are not "every run since": another process reconciled
+meanwhile), and :attr:`Reconciler.guard` (the lease still held) is checked before each destruction.
+
 If any reference cannot be read (a membership that does not open, the store or the token unavailable),
 the run destroys nothing: an unread reference could be a live key.
 
@@ -42,7 +50,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,6 +68,7 @@ from . import audit
 from .context import APP, Runtime
 from .group_session import GroupSessions
 from .key_references import ReferencesUnreadable, referenced_keys
+from .leases import KEY_RECONCILIATION, LEASES, run_while_held
 from .store import AuditRecord, Store, StoreUnavailable
 
 log = logging.getLogger("mls_gateway")
@@ -189,6 +198,8 @@ class Reconciler:
         self.prefix = prefix
         #: The token is the gateway's alone (its embedded SoftHSM token): crash debris may be swept.
         self.owns_token = owns_token
+        #: Checked before each destruction; a run stops when it is false (the app: the lease is held).
+        self.guard: Callable[[], bool] = lambda: True
 
     @classmethod
     def of(cls, rt: Runtime, grace_s: float | None = None) -> Reconciler:
@@ -232,6 +243,9 @@ class Reconciler:
         run_id = "reconcile-" + secrets.token_hex(8)
         with caller(request_id=run_id):
             for ref in due:
+                if not self.guard():
+                    log.warning("key reconciliation stopped: this process no longer holds its lease")
+                    return
                 (report.destroyed if self._destroy(ref, run_id) else report.failed).append(ref)
 
     def _destroy(self, ref: bytes, run_id: str) -> bool:
@@ -288,7 +302,18 @@ async def _reconcile_forever(rt: Runtime, reconciler: Reconciler) -> None:
 async def key_reconciliation(app: web.Application) -> AsyncIterator[None]:
     """The app's reconciliation task: started with the app, cancelled (and awaited) at shutdown."""
     rt = app[APP]
-    task = asyncio.create_task(_reconcile_forever(rt, Reconciler.of(rt)), name="key-reconciliation")
+    keeper = app[LEASES]
+
+    def reconcile() -> Awaitable[None]:
+        # A fresh grace each time the lease is taken: sightings of an earlier holding period are not
+        # "every run since" (another process reconciled meanwhile); the lease is checked before each
+        # destruction.
+        reconciler = Reconciler.of(rt)
+        reconciler.guard = lambda: keeper.held(KEY_RECONCILIATION)
+        return _reconcile_forever(rt, reconciler)
+
+    body = run_while_held(keeper, KEY_RECONCILIATION, reconcile)
+    task = asyncio.create_task(body, name="key-reconciliation")
     yield
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):

@@ -42,6 +42,7 @@ from .auth import Principal, new_id
 from .config import GatewayConfig
 from .context import APP
 from .errors import invalid, not_found
+from .leases import LEASES, RETENTION, run_while_held
 from .metrics import Metrics
 from .persistence import Json
 from .sqlite_audit import RetentionRow
@@ -272,7 +273,8 @@ async def _retention_forever(app: web.Application) -> None:
 
 async def retention_task(app: web.Application) -> AsyncIterator[None]:
     """The app's retention task: a run at start-up, then every ``[retention] interval_s``."""
-    task = asyncio.create_task(_retention_forever(app), name="retention")
+    body = run_while_held(app[LEASES], RETENTION, lambda: _retention_forever(app))  # gateway.leases
+    task = asyncio.create_task(body, name="retention")
     yield
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):

@@ -29,6 +29,7 @@ from .sqlite_delivery import SqliteDeliveryMixin
 from .sqlite_directory import SqliteDirectoryMixin
 from .sqlite_durability import WalSync
 from .sqlite_groups import SqliteGroupsMixin
+from .sqlite_leases import SqliteLeaseMixin
 from .sqlite_mailboxes import SqliteMailboxMixin
 from .sqlite_rewrap import SqliteRewrapMixin
 from .sqlite_schema import SCHEMA_VERSION as SCHEMA_VERSION  # the baseline's user_version (tests read it)
@@ -83,6 +84,7 @@ class SqliteTransaction(
     SqliteAuditMixin,
     SqliteRewrapMixin,
     SqliteQuotaMixin,
+    SqliteLeaseMixin,
 ):
     """The :class:`gateway.store.Transaction` of one SQLite transaction."""
 

@@ -32,6 +32,7 @@ from .quotas import QuotaTransaction
 from .sqlite_audit import AuditTransaction
 from .sqlite_credentials import CredentialTransaction
 from .sqlite_directory import DirectoryTransaction
+from .sqlite_leases import LeaseTransaction
 from .sqlite_mailboxes import MailboxTransaction
 from .sqlite_tenants import TenantAdminTransaction
 from .sqlite_webhooks import WebhookTransaction
@@ -143,6 +144,7 @@ class Transaction(
     CredentialTransaction,
     AuditTransaction,
     QuotaTransaction,
+    LeaseTransaction,
     Protocol,
 ):
     """One atomic unit of reads and writes: all of it commits, or none of it."""

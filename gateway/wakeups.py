@@ -5,7 +5,8 @@ ids that got something new; waiters on the event loop use :meth:`Wakeups.watch`,
 waiter *before* the caller reads the store, so a write that commits between the read and the wait is not
 missed (the waiter then returns at once). A wake-up says only "look again": the store is the truth, so a
 spurious or coalesced wake-up is harmless. Several gateway processes on one store wake each other through
-the store (PostgreSQL LISTEN/NOTIFY, a later issue); within one process this is enough.
+the store: a commit's ``notifications`` rows reach every process's listener, which calls :meth:`notify`
+(:mod:`gateway.notifications`).
 """
 
 from __future__ import annotations

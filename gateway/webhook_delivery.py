@@ -47,6 +47,7 @@ from hsm.errors import HsmError
 from .context import APP
 from .delivery_metrics import DeliveryMetrics
 from .inbox_events import open_event
+from .leases import LEASES, WEBHOOK_DELIVERY, run_while_held
 from .sqlite_webhooks import PendingEvent, WebhookRecord
 from .store import Store, StoreUnavailable, Transaction
 from .wakeups import Wakeups
@@ -326,7 +327,8 @@ async def webhook_delivery(app: web.Application) -> AsyncIterator[None]:
         executor=rt.executor,
         options=DeliveryOptions(allow_private=rt.config.delivery.webhook_allow_private),
     )
-    task = asyncio.create_task(_run_logged(dispatcher), name="webhook-delivery")
+    body = run_while_held(app[LEASES], WEBHOOK_DELIVERY, lambda: _run_logged(dispatcher))  # one sender
+    task = asyncio.create_task(body, name="webhook-delivery")
     yield
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):

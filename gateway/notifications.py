@@ -1,0 +1,299 @@
+"""Wake-ups across processes: each process's listener turns the store's notifications into local
+:meth:`gateway.wakeups.Wakeups.notify` calls.
+
+A notification is a row of ``notifications`` (``id``, ``channel``, ``created_at``) that the store writes
+**in the transaction of the change** a waiter waits for (triggers on ``mailbox``, ``inbox`` and
+``webhooks``; :data:`gateway.sqlite_schema.LEASES_SCHEMA`), so it exists exactly when the change
+committed, whichever process committed it. A wake-up only says "look again" (the store is the truth), so
+a duplicate — this process's own writers also notify directly — or a coalesced one is harmless; what
+must not happen is a waiter that sleeps through a commit. Rows are pruned after :data:`KEEP_S`.
+
+- **SQLite** (:class:`SqliteNotificationListener`): a thread with a connection of its own looks every
+  ``[gateway] wakeup_poll_s`` (25 ms) at ``PRAGMA data_version``, which changes only when another
+  connection committed — a call into SQLite that reads no page — and only then reads the rows after
+  the last id it saw. SQLite serialises writers, so ids appear in commit order and "after the last id"
+  misses nothing.
+- **PostgreSQL** (:class:`PostgresNotificationListener`): a trigger on ``notifications`` calls
+  ``pg_notify(CHANNEL, channel)``, which PostgreSQL delivers at commit (never for a rolled-back
+  transaction); one dedicated psycopg connection per process ``LISTEN`` s. Sequence ids are not in
+  commit order, so after a reconnect the listener catches up by time: every channel notified since it
+  last heard from the server, minus :data:`CATCH_UP_MARGIN_S` (a transaction that began before the
+  connection dropped and committed after it has a ``created_at`` of its own start).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import psycopg
+from aiohttp import web
+
+from .context import APP
+from .sqlite_store import SqliteStore
+from .wakeups import Wakeups
+
+log = logging.getLogger("mls_gateway")
+
+#: Seconds a notification row is kept (a listener that is behind longer than this catches up by a
+#: wake-up of everything it missed being lost; none is ever behind that long but a reconnect).
+KEEP_S = 300.0
+#: Seconds between two prunes of old notification rows.
+PRUNE_EVERY_S = 60.0
+#: PostgreSQL: the ``LISTEN`` channel the notifications trigger notifies.
+CHANNEL = "mlsgw_wakeups"
+#: PostgreSQL: seconds before the last message heard from which a reconnect catches up.
+CATCH_UP_MARGIN_S = 60.0
+
+#: PostgreSQL DDL of the notifications table and the trigger that publishes each row at commit (the
+#: PostgreSQL store creates it in its schema; the triggers of ``mailbox``, ``inbox`` and ``webhooks`` that
+#: insert the rows are :data:`POSTGRES_SOURCE_TRIGGERS`).
+POSTGRES_DDL = f"""
+CREATE TABLE IF NOT EXISTS notifications (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, channel TEXT NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL DEFAULT EXTRACT(EPOCH FROM clock_timestamp()));
+CREATE INDEX IF NOT EXISTS notifications_by_time ON notifications(created_at);
+CREATE INDEX IF NOT EXISTS notifications_by_channel ON notifications(channel);
+CREATE OR REPLACE FUNCTION mlsgw_publish_notification() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('{CHANNEL}', NEW.channel);
+    RETURN NULL;
+END $$;
+DROP TRIGGER IF EXISTS publish_notification ON notifications;
+CREATE TRIGGER publish_notification AFTER INSERT ON notifications
+    FOR EACH ROW EXECUTE FUNCTION mlsgw_publish_notification();
+"""
+
+#: PostgreSQL DDL of the triggers that write a notification in the transaction of each change (the
+#: same as SQLite's in :data:`gateway.sqlite_schema.LEASES_SCHEMA`); needs ``identities``, ``clients``,
+#: ``mailbox``, ``inbox`` and ``webhooks``.
+POSTGRES_SOURCE_TRIGGERS = """
+CREATE OR REPLACE FUNCTION mlsgw_notify_row() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_TABLE_NAME = 'mailbox' THEN
+        INSERT INTO notifications (channel) VALUES (NEW.client_id);
+    ELSIF TG_TABLE_NAME = 'inbox' THEN
+        INSERT INTO notifications (channel) VALUES (NEW.identity_id);
+    ELSIF TG_TABLE_NAME = 'identities' THEN  -- a deleted identity takes its notifications with it
+        DELETE FROM notifications WHERE channel = OLD.identity_id;
+    ELSIF TG_TABLE_NAME = 'clients' THEN
+        DELETE FROM notifications WHERE channel = OLD.client_id;
+    ELSIF TG_OP = 'DELETE' THEN  -- not when the webhook goes with its identity
+        IF EXISTS (SELECT 1 FROM identities WHERE identity_id = OLD.identity_id) THEN
+            INSERT INTO notifications (channel) VALUES (OLD.identity_id), ('webhooks:changed');
+        END IF;
+    ELSIF TG_OP = 'INSERT' OR NEW.url IS DISTINCT FROM OLD.url OR NEW.secret IS DISTINCT FROM OLD.secret
+            OR NEW.paused IS DISTINCT FROM OLD.paused OR NEW.created_at IS DISTINCT FROM OLD.created_at THEN
+        INSERT INTO notifications (channel) VALUES (NEW.identity_id), ('webhooks:changed');
+    END IF;
+    RETURN NULL;
+END $$;
+DROP TRIGGER IF EXISTS notify_mailbox ON mailbox;
+CREATE TRIGGER notify_mailbox AFTER INSERT ON mailbox FOR EACH ROW EXECUTE FUNCTION mlsgw_notify_row();
+DROP TRIGGER IF EXISTS notify_inbox ON inbox;
+CREATE TRIGGER notify_inbox AFTER INSERT ON inbox FOR EACH ROW EXECUTE FUNCTION mlsgw_notify_row();
+DROP TRIGGER IF EXISTS forget_identity_notifications ON identities;
+CREATE TRIGGER forget_identity_notifications AFTER DELETE ON identities
+    FOR EACH ROW EXECUTE FUNCTION mlsgw_notify_row();
+DROP TRIGGER IF EXISTS forget_client_notifications ON clients;
+CREATE TRIGGER forget_client_notifications AFTER DELETE ON clients
+    FOR EACH ROW EXECUTE FUNCTION mlsgw_notify_row();
+DROP TRIGGER IF EXISTS notify_webhooks ON webhooks;
+CREATE TRIGGER notify_webhooks AFTER INSERT OR UPDATE OR DELETE ON webhooks
+    FOR EACH ROW EXECUTE FUNCTION mlsgw_notify_row();
+"""
+
+
+class _ListenerThread:
+    """A daemon thread running :meth:`_loop` until :meth:`stop`; counts its own CPU time."""
+
+    name = "mlsgw-notify"
+
+    def __init__(self, wakeups: Wakeups) -> None:
+        self.wakeups = wakeups
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        #: CPU seconds the listener thread used (its cost per process), and wake-ups it passed on.
+        self.cpu_s = 0.0
+        self.delivered = 0
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        finally:
+            self.cpu_s = time.thread_time()
+
+    def _loop(self) -> None:
+        raise NotImplementedError
+
+    def _wake(self, channels: set[str]) -> None:
+        if channels:
+            self.delivered += len(channels)
+            self.wakeups.notify(channels)
+
+
+class SqliteNotificationListener(_ListenerThread):
+    """Polls one SQLite database's ``PRAGMA data_version`` and wakes the local waiters of what other
+    connections committed (see the module)."""
+
+    def __init__(
+        self,
+        path: Path,
+        wakeups: Wakeups,
+        poll_s: float,
+        *,
+        prune: Callable[[float], object] | None = None,
+    ) -> None:
+        super().__init__(wakeups)
+        self.path = path
+        self.poll_s = poll_s
+        #: Deletes rows older than the given unix time (the store's write transaction); ``None``: never.
+        self._prune = prune
+        self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._conn.execute("PRAGMA query_only = ON")
+        self.last_id = self._last_id()  # what was there before this process started wakes nobody
+        self._version = self._data_version()
+
+    def _data_version(self) -> int:
+        return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+
+    def _last_id(self) -> int:
+        row = self._conn.execute("SELECT MAX(id) FROM notifications").fetchone()
+        return int(row[0] or 0)
+
+    def poll(self) -> set[str]:
+        """One look: the channels of the notifications committed since the last look (woken)."""
+        version = self._data_version()
+        if version == self._version:
+            return set()
+        self._version = version
+        rows = self._conn.execute(
+            "SELECT id, channel FROM notifications WHERE id > ? ORDER BY id", (self.last_id,)
+        ).fetchall()
+        if rows:
+            self.last_id = int(rows[-1][0])
+        channels = {str(r[1]) for r in rows}
+        self._wake(channels)
+        return channels
+
+    def _loop(self) -> None:
+        next_prune = time.monotonic() + PRUNE_EVERY_S
+        try:
+            while not self._stop.wait(self.poll_s):
+                try:
+                    self.poll()
+                    if self._prune is not None and time.monotonic() >= next_prune:
+                        next_prune = time.monotonic() + PRUNE_EVERY_S
+                        self._prune(time.time() - KEEP_S)
+                except Exception as e:  # a locked or busy database: look again at the next tick
+                    log.warning("notification listener: %s (retried)", e)
+        finally:
+            self._conn.close()
+
+
+class PostgresNotificationListener(_ListenerThread):
+    """``LISTEN`` s on a dedicated psycopg connection and wakes the local waiters of each notification;
+    reconnects after a lost connection and catches up from the table (see the module)."""
+
+    def __init__(self, dsn: str, wakeups: Wakeups, *, reconnect_s: float = 0.5) -> None:
+        super().__init__(wakeups)
+        self.dsn = dsn
+        self.reconnect_s = reconnect_s
+        #: Unix time (the server's clock) of the last moment the connection was known to be live.
+        self.last_heard: float | None = None
+        self.connects = 0
+        #: The server process of the listening connection (``pg_terminate_backend`` cuts it in tests).
+        self.backend_pid: int | None = None
+        self._ready = threading.Event()
+
+    def wait_listening(self, timeout: float) -> bool:
+        """Whether the listener is connected and listening (waits up to ``timeout`` seconds)."""
+        return self._ready.wait(timeout)
+
+    def stop(self) -> None:
+        """Stop listening (within the one-second wait of :meth:`_listen`) and close the connection."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._listen()
+            except Exception as e:  # psycopg.OperationalError and friends: the server or network is gone
+                self._ready.clear()
+                if not self._stop.is_set():
+                    log.warning("notification listener lost PostgreSQL (reconnecting): %s", type(e).__name__)
+                    self._stop.wait(self.reconnect_s)
+
+    def _listen(self) -> None:
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            self.backend_pid = conn.info.backend_pid
+            conn.execute(f"LISTEN {CHANNEL}")
+            now = _server_time(conn)
+            if self.last_heard is not None:  # a reconnect: what was notified while we were away
+                rows = conn.execute(
+                    "SELECT DISTINCT channel FROM notifications WHERE created_at >= %s",
+                    (self.last_heard - CATCH_UP_MARGIN_S,),
+                ).fetchall()
+                self._wake({str(r[0]) for r in rows})
+            self.last_heard = now
+            self.connects += 1
+            self._ready.set()
+            while not self._stop.is_set():
+                for n in conn.notifies(timeout=1.0, stop_after=256):  # each as it arrives
+                    self._wake({n.payload})
+                self.last_heard = _server_time(conn)
+
+
+def _server_time(conn: psycopg.Connection[tuple[object, ...]]) -> float:
+    """The PostgreSQL server's clock, unix seconds (the clock ``notifications.created_at`` is on)."""
+    row = conn.execute("SELECT EXTRACT(EPOCH FROM clock_timestamp())::float8").fetchone()
+    assert row is not None
+    return float(row[0])  # type: ignore[arg-type]
+
+
+async def notification_listener(app: web.Application) -> AsyncIterator[None]:
+    """The app's listener (``cleanup_ctx``): wakes this process's waiters of other processes' commits.
+    On SQLite it polls the database file; the PostgreSQL store runs :class:`PostgresNotificationListener`
+    over its DSN instead."""
+    rt = app[APP]
+    store = rt.store
+    listener: _ListenerThread | None = None
+    if isinstance(store, SqliteStore):
+
+        def prune(older_than: float) -> None:
+            with store.transaction() as tx:
+                tx.purge_notifications(older_than)
+
+        listener = SqliteNotificationListener(
+            store.path, rt.service.wakeups, rt.config.wakeup_poll_s, prune=prune
+        )
+        listener.start()
+    yield
+    if listener is not None:
+        await asyncio.get_running_loop().run_in_executor(None, listener.stop)
+
+
+__all__ = [
+    "CHANNEL",
+    "POSTGRES_DDL",
+    "POSTGRES_SOURCE_TRIGGERS",
+    "PostgresNotificationListener",
+    "SqliteNotificationListener",
+    "notification_listener",
+]
