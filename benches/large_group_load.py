@@ -5,13 +5,13 @@
 
 A benchmark, not a timed test. It runs the real server on loopback (``mls-gateway init`` + ``serve``,
 the embedded SoftHSM2 token, SQLite; the helpers of :mod:`benches.load`) and, for each member count N
-(default 2, 200, 1,000; ``--quick``: 2, 200):
+(default 2, 200, 1,000 and 10,000; ``--quick``: 2, 200):
 
 1. **Setup** (not in the latency figures, reported under ``setup_s``): two hosted identities, A and B
    (cipher suite 1, keys in the token); B makes a KeyPackage. The other N-2 members are KeyPackages made
    in this process by the project's ``mls`` library with software keys (they never read a message: the
    per-message work of A and B does not depend on who the others are). A creates a group and commits an
-   Add of all N-1 in one commit; B joins from the Welcome.
+   Add of all N-1 (in commits of at most 1,000, the API's limit, B in the last); B joins from the Welcome.
 2. **Messages** (timed), once every size's group is set up: ``--warmup`` rounds (default 3, not
    counted), then M rounds (default 40, quick 20); a round is one message in each size's group, one after
    another, so the load of a shared machine falls on every size alike: ``POST .../messages`` on A (16-256
@@ -25,8 +25,9 @@ when 1,000 was not measured; ``latency_ratio_largest_vs_2`` is the same for the 
 Writes ``large_group_load.json`` (``results``: per size ``members``, ``messages``, ``p50_ms``,
 ``p90_ms``, ``mean_ms``, ``send_p50_ms``, ``process_p50_ms``, ``setup_s``; the ratios; machine and load
 average) and ``large_group_load.png`` (latency against members) to ``benches/results`` (or ``--out``).
-Every wait is bounded (``--timeout`` per HTTP request); the server is stopped with SIGTERM (SIGKILL after
-15 s) whatever happens.
+The server runs with ``max_body_bytes`` = 64 MiB (:data:`MAX_BODY_BYTES`: the Welcome of a 10,000-member
+group exceeds the default 1 MiB). Every wait is bounded (``--timeout`` per HTTP request); the server is
+stopped with SIGTERM (SIGKILL after 15 s) whatever happens.
 """
 
 from __future__ import annotations
@@ -52,11 +53,17 @@ from benches.load import Server, init_gateway, latency_summary
 from gateway.client import GatewayClient
 
 RESULTS = Path(__file__).resolve().parent / "results"
-DEFAULT_SIZES = (2, 200, 1000)
+DEFAULT_SIZES = (2, 200, 1000, 10000)
 QUICK_SIZES = (2, 200)
 SUITE = 1
 #: The target of issue 13: a message at 1,000 members costs at most 1.5 times one at 2.
 TARGET_RATIO = 1.5
+#: The server's body limit in this benchmark: the Welcome of a 10,000-member group (its ratchet tree, a few
+#: MB) exceeds the default 1 MiB; a deployment hosting such groups raises ``max_body_bytes`` the same way.
+MAX_BODY_BYTES = 64 << 20
+#: Adds per commit request (api-v1.md: ``add`` holds at most 1,000 KeyPackages): a larger group is built
+#: with several commits of A, B added in the last.
+MAX_ADDS = 1000
 
 
 @dataclass(frozen=True)
@@ -113,9 +120,11 @@ async def make_group(session: Any, base: str, token: str, members: int) -> tuple
         (await call(session, "POST", f"{base}/v1/identities/{a}/groups", token, {}))["group_id"]
     )
     sender = f"{base}/v1/identities/{a}/groups/{b64url(gid)}"
-    commit = await call(
-        session, "POST", sender + "/commits", token, {"add": [kp_b[0]["key_package"], *others]}
-    )
+    adds = [*others, kp_b[0]["key_package"]]  # B last: it joins from the Welcome of the last commit
+    for start in range(0, len(adds), MAX_ADDS):
+        commit = await call(
+            session, "POST", sender + "/commits", token, {"add": adds[start : start + MAX_ADDS]}
+        )
     await call(
         session, "POST", f"{base}/v1/identities/{b}/groups/join", token, {"welcome": commit["welcome"]}
     )
@@ -262,7 +271,7 @@ def run(cfg: Settings) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="mlsgw-bench-large-group-load-"))
     try:
         admin = init_gateway(tmp / "data")
-        server = Server(tmp / "data", tmp / "server.log")
+        server = Server(tmp / "data", tmp / "server.log", {"MLSGW_MAX_BODY_BYTES": str(MAX_BODY_BYTES)})
         try:
             runs = asyncio.run(run_server_phase(cfg, server, admin))
         finally:
@@ -284,7 +293,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument("--quick", action="store_true", help="member counts 2 and 200, 20 messages each")
     parser.add_argument(
-        "--sizes", type=parse_sizes, help="member counts, comma-separated (default 2,200,1000)"
+        "--sizes", type=parse_sizes, help="member counts, comma-separated (default 2,200,1000,10000)"
     )
     parser.add_argument("--messages", type=int, help="timed messages per size (default 40, quick 20)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed messages first (default 3)")

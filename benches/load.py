@@ -169,14 +169,15 @@ def init_gateway(data_dir: Path) -> str:
 class Server:
     """``mls-gateway serve`` on a loopback port, its output in a log file; stopped with SIGTERM."""
 
-    def __init__(self, data_dir: Path, log_path: Path) -> None:
+    def __init__(self, data_dir: Path, log_path: Path, env: dict[str, str] | None = None) -> None:
+        """``env``: settings for this server over :func:`server_env` (e.g. a larger body limit)."""
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self._log = log_path.open("wb")
         self.proc = subprocess.Popen(
             [*gateway_command(), "serve", "--data-dir", str(data_dir), "--listen", f"127.0.0.1:{self.port}"],
-            env=server_env(),
+            env={**server_env(), **(env or {})},
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,

@@ -290,6 +290,7 @@ def open_runtime(config: GatewayConfig, module_path: str) -> Runtime:
         config.quota_identities, config.quota_groups_per_identity, config.quota_key_packages_per_identity
     )
     service.identities.sessions.cache = StateCache(config.state_cache_bytes, metrics.state_cache_lookup)
+    service.identities.sessions.full_state_every = config.full_state_every
     executor = ThreadPoolExecutor(max_workers=config.worker_threads, thread_name_prefix="mlsgw")
     runtime = Runtime(config, store, token, keys, envelope, service, metrics, executor)
     runtime.wrapped_custody = wrapped_custody

@@ -14,6 +14,7 @@ TOML layout (every key optional; an unknown section or key is refused, naming it
     max_body_bytes = 1048576        # MLSGW_MAX_BODY_BYTES
     worker_threads = 8              # MLSGW_WORKER_THREADS
     state_cache_bytes = 268435456   # MLSGW_STATE_CACHE_BYTES: decoded group states kept (0 disables)
+    full_state_every = 64           # MLSGW_FULL_STATE_EVERY: messages between full-state rewrites (>= 1)
     log_level = "INFO"              # MLSGW_LOG_LEVEL
     log_format = "text"             # MLSGW_LOG_FORMAT: "text" or "json" (one JSON object a line)
     idempotency_retention_s = 86400 # MLSGW_IDEMPOTENCY_RETENTION_S: stored responses kept (>= 24 h, api-v1)
@@ -159,6 +160,9 @@ class GatewayConfig:
     worker_threads: int = 8
     #: Bound of the decoded group-state cache, in sealed-state bytes (gateway.state_cache); 0 disables it.
     state_cache_bytes: int = 256 << 20
+    #: Application messages (ratchet writes) a membership's stored full state may fall behind before it is
+    #: written again (docs/architecture.md "Forward secrecy at rest"); 1 rewrites it on every message.
+    full_state_every: int = 64
     log_level: str = "INFO"
     #: ``text`` (``time level logger message key=value...``) or ``json`` (one object a line; gateway.logs).
     log_format: str = "text"
@@ -233,6 +237,7 @@ _ENV = {
     "MLSGW_MAX_BODY_BYTES": ("gateway", "max_body_bytes"),
     "MLSGW_WORKER_THREADS": ("gateway", "worker_threads"),
     "MLSGW_STATE_CACHE_BYTES": ("gateway", "state_cache_bytes"),
+    "MLSGW_FULL_STATE_EVERY": ("gateway", "full_state_every"),
     "MLSGW_LOG_LEVEL": ("gateway", "log_level"),
     "MLSGW_LOG_FORMAT": ("gateway", "log_format"),
     "MLSGW_IDEMPOTENCY_RETENTION_S": ("gateway", "idempotency_retention_s"),
@@ -274,6 +279,7 @@ _INTS = {
     "worker_threads",
     "pool_size",
     "state_cache_bytes",
+    "full_state_every",
     "out_of_order_tolerance",
     "max_forward_distance",
     "past_epochs",
@@ -362,6 +368,7 @@ def load_config(
             max_body_bytes=int(g.get("max_body_bytes", 1 << 20)),
             worker_threads=int(g.get("worker_threads", 8)),
             state_cache_bytes=int(g.get("state_cache_bytes", 256 << 20)),
+            full_state_every=int(g.get("full_state_every", 64)),
             log_level=str(g.get("log_level", "INFO")),
             log_format=str(g.get("log_format", "text")),
             idempotency_retention_s=float(g.get("idempotency_retention_s", MIN_IDEMPOTENCY_RETENTION_S)),
@@ -387,6 +394,8 @@ def load_config(
             cfg = _override(cfg, key, value)
     if cfg.max_body_bytes < 1024 or cfg.worker_threads < 1 or cfg.state_cache_bytes < 0:
         raise ConfigError("max_body_bytes must be >= 1024, worker_threads >= 1 and state_cache_bytes >= 0")
+    if cfg.full_state_every < 1:
+        raise ConfigError("full_state_every must be >= 1")
     if cfg.log_format not in ("text", "json"):
         raise ConfigError(f"log_format must be 'text' or 'json', not {cfg.log_format!r}")
     if not cfg.idempotency_retention_s >= MIN_IDEMPOTENCY_RETENTION_S:

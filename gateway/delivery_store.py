@@ -189,6 +189,11 @@ class LogTransaction(EndpointRegistry, Protocol):
         """Forget the work when everything up to ``applied_seq`` covers it."""
         ...
 
+    def hosted_pending_of(self, identity_id: str, group_id: bytes) -> int | None:
+        """The ``up_to_seq`` of the membership's pending work (``None``: none), so that a reader can tell
+        whether :meth:`clear_hosted_pending` has anything to do without taking the write lock."""
+        ...
+
     def applied_seq(self, identity_id: str, group_id: bytes) -> int | None:
         """The last log entry applied to this membership (``None`` when there is no membership)."""
         ...

@@ -23,7 +23,7 @@ from mls import (
 )
 
 from .auth import Principal
-from .delivery_store import LOG_RETRIES, LogConflict
+from .delivery_store import LOG_RETRIES, LogConflict, LogHead
 from .errors import Problem, conflict
 from .group_session import GroupSession, new_leaf_key
 from .hosted_submission import HostedSubmission
@@ -76,6 +76,16 @@ class GroupOperations:
         identity = self.identities.get(principal, identity_id)
         return self.identities.sessions.open(identity, group_id, read_only=read_only)
 
+    def _open_at_head(
+        self, principal: Principal, identity_id: str, group_id: bytes, epoch: int | None = None
+    ) -> tuple[GroupSession, LogHead | None]:
+        """The caller's membership, caught up with the group's log, and the log's head
+        (:meth:`HostedSubmission.prepare`): the reads of identity, membership, PSKs, log head and entries
+        share one read transaction (one snapshot, no write lock; nothing is written before the commit)."""
+        with self.submission.store.read_transaction():
+            session = self._open(principal, identity_id, group_id)
+            return session, self.submission.prepare(session, epoch)
+
     def commit(self, principal: Principal, request: CommitRequest, scope: RequestScope) -> Response:
         """``POST .../commits`` (RFC 9420 §12.4): through the group's log and merged at once, or staged
         with ``pending`` (submitted when merged)."""
@@ -87,8 +97,7 @@ class GroupOperations:
             raise
 
     def _commit(self, principal: Principal, request: CommitRequest, scope: RequestScope) -> Response:
-        session = self._open(principal, request.identity_id, request.group_id)
-        head = self.submission.prepare(session, request.epoch)
+        session, head = self._open_at_head(principal, request.identity_id, request.group_id, request.epoch)
         group = session.group
         options = CommitOptions(
             add=[decode_key_package(kp, f"add[{n}]") for n, kp in enumerate(request.add)],
@@ -171,8 +180,7 @@ class GroupOperations:
         return self._retrying(lambda: self._propose(principal, request, scope))
 
     def _propose(self, principal: Principal, request: ProposalRequest, scope: RequestScope) -> Response:
-        session = self._open(principal, request.identity_id, request.group_id)
-        head = self.submission.prepare(session, request.epoch)
+        session, head = self._open_at_head(principal, request.identity_id, request.group_id, request.epoch)
         group = session.group
         with session.audit_context():
             if request.kind == "update":
@@ -204,8 +212,7 @@ class GroupOperations:
         return self._retrying(lambda: self._send(principal, request, scope))
 
     def _send(self, principal: Principal, request: SendRequest, scope: RequestScope) -> Response:
-        session = self._open(principal, request.identity_id, request.group_id)
-        head = self.submission.prepare(session)
+        session, head = self._open_at_head(principal, request.identity_id, request.group_id)
         group = session.group
         with session.audit_context():
             messages = group.protect_many(request.messages)

@@ -92,6 +92,10 @@ class GroupSession:
         #: The ratchet state as loaded (set for writing sessions): an operation that left it, the rest of
         #: the state and ``applied_seq`` as they were writes no state at all.
         self.loaded_ratchet: bytes | None = None
+        #: The version of the stored full state (``None``: unknown, or a new membership); after
+        #: :meth:`commit`, the one this session's write left.
+        self.full_version: int | None = None
+        self._writes_ratchet = False  # set by _state_write
 
     @property
     def ratchet_only(self) -> bool:
@@ -163,31 +167,47 @@ class GroupSession:
             self.pending.writes.append(lambda tx: written.append(write(tx)))
         elif self.loaded_version is not None:
             written.append(self.loaded_version)  # unchanged: the stored state stays, at its version
+        full = write is not None and not self._writes_ratchet
         result = persistence.commit(self.pending, response, scope)
         # ``Persistence.commit`` answers ``response`` itself only when our transaction committed; a replayed
         # response (a concurrent request with the same Idempotency-Key won) means ours rolled back.
         if result is response and written:
+            if full:
+                self.full_version = written[-1]
             self._sessions.remember(self, written[-1], size)
             for hook in self.after_commit:
                 hook()
         return result
 
+    @property
+    def _full_state_due(self) -> bool:
+        """Whether a ratchet write now would leave the stored full state more than
+        ``GroupSessions.full_state_every`` ratchet writes behind (or by an unknown number): the full state
+        is written instead, so it no longer holds the secrets of the messages since (docs/architecture.md
+        "Forward secrecy at rest")."""
+        if self.loaded_version is None or self.full_version is None:
+            return True
+        return self.loaded_version + 1 - self.full_version > self._sessions.full_state_every
+
     def _state_write(self) -> tuple[Callable[[Transaction], int] | None, int]:
         """The write of this membership's state, sealed now (before the transaction), and the cache cost
         of the state it leaves: none when nothing changed (a message answered from the group's log), the
-        ratchet state alone when :attr:`ratchet_only` (its size does not grow with the group), else the
-        full state (which also removes a ratchet state)."""
+        ratchet state alone when :attr:`ratchet_only` (its size does not grow with the group) unless the
+        stored full state is due to be rewritten (:attr:`_full_state_due`), else the full state (which
+        also removes a ratchet state)."""
         sealer, identity_id, group_id = self._sessions.sealer, self.identity_id, self.group.group_id
         expected, applied_seq = self.loaded_version, self.applied_seq
         if expected is not None and self.ratchet_only:
             ratchet = self.group.state.ratchet_state_to_bytes()
             if ratchet == self.loaded_ratchet and applied_seq == self._loaded_applied_seq:
                 return None, self.state_size
-            sealed = sealer.seal_ratchet(identity_id, group_id, ratchet, expected + 1)
-            return (
-                lambda tx: tx.put_group_ratchet(identity_id, group_id, applied_seq, sealed, expected),
-                self.state_size,
-            )
+            if not self._full_state_due:
+                self._writes_ratchet = True
+                sealed = sealer.seal_ratchet(identity_id, group_id, ratchet, expected + 1)
+                return (
+                    lambda tx: tx.put_group_ratchet(identity_id, group_id, applied_seq, sealed, expected),
+                    self.state_size,
+                )
         record = dataclasses.replace(sealer.seal_group(identity_id, self.group), applied_seq=applied_seq)
         return lambda tx: tx.put_group(record, expected), len(record.state) + len(record.pending or b"")
 
@@ -213,6 +233,9 @@ class GroupSessions:
         self.cache = cache or StateCache(0)
         #: The leaf policy of a tenant's memberships (its credential policy; set by the service).
         self.leaf_policy: Callable[[str], LeafPolicy] = lambda tenant_id: LeafPolicy()
+        #: Ratchet writes (application messages) a stored full state may fall behind before the next one
+        #: writes it again (``[gateway] full_state_every``; docs/architecture.md "Forward secrecy at rest").
+        self.full_state_every = 64
         #: The groups quota of a new membership, in its inserting transaction (set by the service).
         self.membership_quota: Callable[[Transaction, str, bytes], None] = lambda tx, iid, gid: None
 
@@ -235,15 +258,17 @@ class GroupSessions:
         if cached is not None:
             group = Group(cached.state, keys_for(self.sealer.keys, identity), psks)
             group.pending_commit = cached.pending
-            applied_seq, size = cached.applied_seq, cached.size
+            applied_seq, size, full_version = cached.applied_seq, cached.size, cached.full_version
         else:
             assert record is not None
             with group_audit_context(identity_id, group_id, record.epoch):
                 group = self.sealer.open_group(record, psks, keys_for(self.sealer.keys, identity))
             applied_seq, size = record.applied_seq, len(record.state) + len(record.pending or b"")
+            full_version = record.full_version
         group.state.config.leaf_policy = self.leaf_policy(identity.tenant_id)
         session = GroupSession(self, identity, group, version, applied_seq=applied_seq)
         session.state_size = size
+        session.full_version = full_version
         if not read_only:
             session.loaded_ratchet = group.state.ratchet_state_to_bytes()
         if cached is None and read_only:
@@ -254,7 +279,9 @@ class GroupSessions:
         """Cache ``session``'s decoded state as the one of its record at ``version`` (``size``: the
         sealed full state's length)."""
         group = session.group
-        entry = CachedState(version, group.state, group.pending_commit, size, session.applied_seq)
+        entry = CachedState(
+            version, group.state, group.pending_commit, size, session.applied_seq, session.full_version
+        )
         self.cache.put((session.identity_id, group.group_id), entry)
 
     def start(self, identity: Identity, group: Group, pending: PendingWrites) -> GroupSession:

@@ -141,22 +141,28 @@ class HostedDelivery:
     def _advance(self, identity: Identity, group_id: bytes, force: bool, join: JoinOptions) -> int | None:
         tenant_id = identity.tenant_id
         while True:
-            with self.store.read_transaction() as tx:
+            session: GroupSession | None = None
+            with self.store.read_transaction() as tx:  # one snapshot: head, membership, entries to apply
                 head = tx.get_log_head(tenant_id, group_id)
                 applied = tx.applied_seq(identity.identity_id, group_id)
+                mark = tx.hosted_pending_of(identity.identity_id, group_id)
+                if head is not None and applied is not None and applied < head.seq:
+                    session = self.sessions.open(identity, group_id)
+                    self.catch_up(session, head.seq)
             if head is None:
-                self._clear(identity, group_id, None)
+                if mark is not None:
+                    self._clear(identity, group_id, None)
                 return None
             if applied is None:
                 session = self._join(identity, head, force, join)
                 if session is None:
                     return None
+                self.catch_up(session, head.seq)
             elif applied >= head.seq:
-                self._clear(identity, group_id, applied)
+                if mark is not None and mark <= applied:  # no write transaction with nothing to clear
+                    self._clear(identity, group_id, applied)
                 return applied
-            else:
-                session = self.sessions.open(identity, group_id)
-            self.catch_up(session, head.seq)
+            assert session is not None
             self._commit(session)
 
     def _commit(self, session: GroupSession) -> None:

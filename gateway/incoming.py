@@ -57,13 +57,16 @@ class IncomingMessages:
         positions = self._log_positions(identity, group_id, messages)
         if any(p is not None for p in positions):
             self.hosted.advance(identity, group_id, force_join=True)
-        session = self.sessions.open(identity, group_id)
-        head = self.submission.prepare(session)
-        results = []
-        with session.audit_context():
-            for message, seq in zip(messages, positions, strict=True):
-                one = self._recorded if seq is not None else self._process_one
-                results.append(_answer(one, (session, message, seq, head), batch))
+        # One read transaction for the membership, the log's head and entries, and the recorded events
+        # (one snapshot, no write lock); everything is written by the commit below.
+        with self.store.read_transaction():
+            session = self.sessions.open(identity, group_id)
+            head = self.submission.prepare(session)
+            results = []
+            with session.audit_context():
+                for message, seq in zip(messages, positions, strict=True):
+                    one = self._recorded if seq is not None else self._process_one
+                    results.append(_answer(one, (session, message, seq, head), batch))
         body = {"results": results} if batch else results[0]
         return session.commit(Response(200, body), scope)
 

@@ -137,6 +137,8 @@ class Persistence:
     def commit(self, pending: PendingWrites, response: Response, scope: RequestScope) -> Response:
         """Write everything of one request atomically, then destroy the keys it made dead."""
         idem = scope.idempotency
+        if not (pending.writes or pending.new_keys or pending.dead_keys or scope.records or idem):
+            return response  # nothing to write (a message answered from the log): no write transaction
         try:
             sealed = None if idem is None else self._seal(idem, response)  # before taking the write lock
             with self.store.transaction() as tx:

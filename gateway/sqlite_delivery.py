@@ -244,6 +244,11 @@ class SqliteDeliveryMixin(SqliteQueries):
             (identity_id, group_id, applied_seq),
         )
 
+    def hosted_pending_of(self, identity_id: str, group_id: bytes) -> int | None:
+        sql = "SELECT up_to_seq FROM hosted_pending WHERE identity_id = ? AND group_id = ?"
+        r = self._one(sql, identity_id, group_id)
+        return None if r is None else int(r["up_to_seq"])
+
     def applied_seq(self, identity_id: str, group_id: bytes) -> int | None:
         r = self._one(  # a ratchet state written after the full state carries the newer one
             "SELECT COALESCE(r.applied_seq, g.applied_seq) AS applied_seq FROM groups g "

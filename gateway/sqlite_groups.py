@@ -18,7 +18,7 @@ from .store import EpochConflict, GroupRecord
 _GROUP_SELECT = (
     "SELECT g.identity_id, g.group_id, g.epoch, g.state, g.pending, "
     "COALESCE(r.version, g.version) AS version, COALESCE(r.applied_seq, g.applied_seq) AS applied_seq, "
-    "r.sealed AS ratchet FROM groups g "
+    "r.sealed AS ratchet, g.version AS full_version FROM groups g "
     "LEFT JOIN group_ratchets r ON r.identity_id = g.identity_id AND r.group_id = g.group_id"
 )
 #: A membership's version: its ratchet state's when it has one (written after the full state), else the
@@ -39,6 +39,7 @@ def _group(row: sqlite3.Row) -> GroupRecord:
         row["version"],
         row["applied_seq"],
         row["ratchet"],
+        row["full_version"],
     )
 
 
@@ -51,6 +52,10 @@ def _check_swapped(cur: sqlite3.Cursor) -> None:
 
 class SqliteGroupsMixin(SqliteQueries):
     """The group-record methods of :class:`gateway.sqlite_store.SqliteTransaction`."""
+
+    #: Set when the transaction replaced or deleted a sealed full state: once it is durable the store
+    #: erases the old bytes from its files (:class:`gateway.sqlite_erasure.WalErasure`).
+    erase_due: bool = False
 
     def get_group(self, identity_id: str, group_id: bytes) -> GroupRecord | None:
         sql = _GROUP_SELECT + " WHERE g.identity_id = ? AND g.group_id = ?"
@@ -101,6 +106,7 @@ class SqliteGroupsMixin(SqliteQueries):
             },
         )
         _check_swapped(cur)
+        self.erase_due = True
         self._c.execute(
             "DELETE FROM group_ratchets WHERE identity_id = ? AND group_id = ?", (g.identity_id, g.group_id)
         )
@@ -138,6 +144,7 @@ class SqliteGroupsMixin(SqliteQueries):
         cur = self._c.execute(
             "DELETE FROM groups WHERE identity_id = ? AND group_id = ?", (identity_id, group_id)
         )
+        self.erase_due = self.erase_due or cur.rowcount == 1
         return cur.rowcount == 1
 
 

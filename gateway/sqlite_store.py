@@ -28,6 +28,7 @@ from .sqlite_credentials import SqliteCredentialMixin
 from .sqlite_delivery import SqliteDeliveryMixin
 from .sqlite_directory import SqliteDirectoryMixin
 from .sqlite_durability import WalSync
+from .sqlite_erasure import WalErasure
 from .sqlite_groups import SqliteGroupsMixin
 from .sqlite_leases import SqliteLeaseMixin
 from .sqlite_mailboxes import SqliteMailboxMixin
@@ -301,6 +302,8 @@ class SqliteStore:
         self._lock = threading.Lock()
         #: The shared fsync of committed write transactions (group commit).
         self.durability = WalSync(self.path)
+        #: The checkpoint that removes replaced sealed states from the files (forward secrecy at rest).
+        self.erasure = WalErasure()
         with self.transaction() as tx:
             del tx  # the writing connection opens (and the WAL file with it)
 
@@ -322,6 +325,7 @@ class SqliteStore:
                 "synchronous = NORMAL",  # + the group-commit fsync of :class:`WalSync`
                 "foreign_keys = ON",
                 f"busy_timeout = {self._busy_ms}",
+                "secure_delete = ON",  # freed pages zeroed: gateway.sqlite_erasure
             ):
                 conn.execute(f"PRAGMA {pragma}")
             if reader:
@@ -351,6 +355,8 @@ class SqliteStore:
             yield tx
         if tickets:
             self._wait_durable(tickets[0])
+            if tx.erase_due:  # a sealed state was replaced or deleted: its old bytes leave the files
+                self.erasure.erase(conn)
 
     def sync(self) -> None:
         """Return once every transaction committed so far is on disk (a shared fsync when one is due)."""

@@ -36,6 +36,8 @@ class CachedState:
     size: int
     #: The last entry of the group's log applied to this state (api-delivery.md).
     applied_seq: int = 0
+    #: The version of the stored full state (below ``version`` by the ratchet writes since it was written).
+    full_version: int | None = None
 
 
 class StateCache:

@@ -107,6 +107,9 @@ class GroupRecord:
     #: The sealed ratchet state written after the full state (application messages), applied onto it
     #: when loaded; ``None`` when the full state is current (:mod:`gateway.sealed_state`).
     ratchet: bytes | None = None
+    #: The version of the full state alone (``version`` minus the ratchet writes since it was written;
+    #: docs/architecture.md "Forward secrecy at rest"); ``None`` when the store does not say.
+    full_version: int | None = None
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,166 @@
+"""Forward secrecy at rest within an epoch (docs/architecture.md "Forward secrecy at rest").
+
+* Store: a replaced or deleted sealed state leaves no byte in the database file or its WAL once the
+  replacing transaction returned (``secure_delete`` zeroes the freed pages, a ``wal_checkpoint(TRUNCATE)``
+  copies them over the old ones and empties the WAL); concurrent replacements share checkpoints.
+* Through the app (real SoftHSM2, real SQLite): with ``full_state_every = N``, the stored full state stays
+  as it was for N application messages and is written again by the (N+1)-th; then neither the database
+  file nor the WAL holds the sealed state written before the first message, and the stored full state,
+  opened with the data key, no longer decrypts the first message (the secret-tree nodes it was derived
+  from are gone) — while the state written before it, opened the same way, did.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import sqlite3
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from gateway.config import ConfigError, load_config
+from gateway.custody import keys_for
+from gateway.sealed_state import _state_aad
+from gateway.sqlite_store import SqliteStore
+from gateway.store import GroupRecord, Identity, Tenant
+from mls import Group, GroupState, MemoryPskStore
+
+from ..gateway_fuzz.harness import Gateway, b64url, make_gateway, restore_softhsm_conf, stop_gateway
+
+#: full_state_every of the test: small, so a test sends few messages.
+EVERY = 4
+
+
+def _files(database: Path) -> bytes:
+    """Every byte the store keeps: the database file and its WAL."""
+    wal = database.with_name(database.name + "-wal")
+    return database.read_bytes() + (wal.read_bytes() if wal.exists() else b"")
+
+
+def _windows(blob: bytes) -> list[bytes]:
+    """Two 48-byte pieces of a sealed blob's ciphertext (middle, end; not its header, which names the data
+    key and is the same in every blob sealed under it): random-looking, so neither occurs by chance, and
+    any one left behind would be a remnant."""
+    assert len(blob) > 1000
+    mid = len(blob) // 2
+    return [blob[mid : mid + 48], blob[-48:]]
+
+
+def _store(path: Path) -> SqliteStore:
+    store = SqliteStore(path)
+    with store.transaction() as tx:
+        tx.add_tenant(Tenant("t1", "tenant", "token"))
+        for i in range(4):
+            tx.add_identity(Identity(f"idn{i}", "t1", "n", 1, b"cred", b"ref", b"pub", "token", "token"))
+    return store
+
+
+def test_a_replaced_or_deleted_state_leaves_no_bytes_in_the_files(tmp_path: Path) -> None:
+    store = _store(tmp_path / "db.sqlite3")
+    old = [os.urandom(20_000) for _ in range(4)]  # overflow pages, as a real state has
+    with store.transaction() as tx:
+        for i, blob in enumerate(old):
+            tx.put_group(GroupRecord(f"idn{i}", b"g", 0, blob, None), None)
+    files = _files(store.path)
+    assert all(w in files for blob in old for w in _windows(blob))
+
+    def replace(i: int) -> None:
+        with store.transaction() as tx:
+            if i == 3:
+                assert tx.delete_group(f"idn{i}", b"g")
+            else:
+                tx.put_group(GroupRecord(f"idn{i}", b"g", 1, os.urandom(20_000), None), 1)
+
+    with ThreadPoolExecutor(4) as pool:
+        for future in [pool.submit(replace, i) for i in range(4)]:
+            future.result(timeout=60)
+    files = _files(store.path)
+    assert not any(w in files for blob in old for w in _windows(blob))
+    assert store.erasure.incomplete == 0 and 1 <= store.erasure.runs <= 4
+    with store.read_transaction() as tx:  # what stays is intact
+        assert [g.epoch for g in tx.list_groups("idn0")] == [1] and tx.get_group("idn3", b"g") is None
+    store.close()
+
+
+def test_full_state_every_is_a_setting_of_at_least_1(tmp_path: Path) -> None:
+    config = tmp_path / "gateway.toml"
+    config.write_text(f'[gateway]\ndata_dir = "{tmp_path}"\nfull_state_every = 9\n')
+    assert load_config(config).full_state_every == 9
+    config.write_text(f'[gateway]\ndata_dir = "{tmp_path}"\nfull_state_every = 0\n')
+    with pytest.raises(ConfigError, match="full_state_every"):
+        load_config(config)
+
+
+@pytest.fixture(scope="module")
+def in_process() -> Iterator[Gateway]:
+    gateway, previous_conf, tmp = make_gateway()
+    try:
+        yield gateway
+    finally:
+        stop_gateway(gateway)
+        tmp.cleanup()
+        restore_softhsm_conf(previous_conf)
+
+
+def _sealed_state(database: Path, identity_id: str) -> bytes:
+    conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
+    try:
+        (state,) = conn.execute("SELECT state FROM groups WHERE identity_id = ?", (identity_id,)).fetchone()
+    finally:
+        conn.close()
+    return bytes(state)
+
+
+def _decrypts(gw: Gateway, identity_id: str, group_id: bytes, sealed: bytes, message: bytes) -> bool:
+    """Whether the sealed full state ``sealed`` (opened with the data key, as an attacker holding the
+    database and the wrap key would) still derives the key of ``message``."""
+    sealer = gw.runtime.service.identities.sessions.sealer
+    with gw.runtime.store.read_transaction() as tx:
+        identity = tx.get_identity(gw.world.tenant_id, identity_id)
+    assert identity is not None
+    keys = keys_for(sealer.keys, identity)
+    state = GroupState.from_bytes(sealer.envelope.open(sealed, _state_aad(identity_id, group_id)), keys)
+    try:
+        Group(state, keys, MemoryPskStore()).process(message)
+    except Exception:  # the library's refusal: the generation's key is gone
+        return False
+    return True
+
+
+def test_after_n_plus_1_messages_the_first_key_is_gone_from_disk(in_process: Gateway) -> None:
+    gw = in_process
+    gw.runtime.service.identities.sessions.full_state_every = EVERY  # [gateway] full_state_every
+    carol, dave = (gw.ok("POST", "/v1/identities", {"name": n})["identity_id"] for n in ("carol", "dave"))
+    kp = gw.ok("POST", f"/v1/identities/{dave}/key-packages", {})["key_packages"][0]["key_package"]
+    gid = base64.b64decode(gw.ok("POST", f"/v1/identities/{carol}/groups", {})["group_id"])
+    sender = f"/v1/identities/{carol}/groups/{b64url(gid)}"
+    receiver = f"/v1/identities/{dave}/groups/{b64url(gid)}"
+    welcome = gw.ok("POST", sender + "/commits", {"add": [kp]})["welcome"]
+    gw.ok("POST", f"/v1/identities/{dave}/groups/join", {"welcome": welcome}, expect=201)
+    before = {i: _sealed_state(gw.database, i) for i in (carol, dave)}
+
+    def message(n: int) -> bytes:
+        sent = gw.ok("POST", sender + "/messages", {"data": base64.b64encode(b"m%d" % n).decode()})
+        got = gw.ok("POST", receiver + "/process", {"message": sent["message"]})
+        assert base64.b64decode(got["data"]) == b"m%d" % n
+        return base64.b64decode(sent["message"])
+
+    first = message(1)
+    assert _decrypts(gw, dave, gid, before[dave], first)  # the check can see a key that is still there
+    for n in range(2, EVERY + 1):
+        message(n)
+    # N messages: the full states were not written again (the hot path), so they still derive the first key.
+    assert {i: _sealed_state(gw.database, i) for i in (carol, dave)} == before
+    message(EVERY + 1)
+    files = _files(gw.database)
+    for identity_id, sealed in before.items():
+        now = _sealed_state(gw.database, identity_id)
+        assert now != sealed
+        assert not any(w in files for w in _windows(sealed)), "the old sealed state lingers on disk"
+    assert not _decrypts(gw, dave, gid, _sealed_state(gw.database, dave), first)
+    # The group goes on, from the rewritten state and the cache alike.
+    gw.runtime.service.identities.sessions.cache.drop((dave, gid))
+    message(EVERY + 2)

@@ -1,0 +1,126 @@
+"""How many store transactions one application message takes (docs/architecture.md "Hot path").
+
+The app is the real one (``mls-gateway serve``'s, in process: real SoftHSM2, real SQLite); the store is
+instrumented, not replaced: its ``read_transaction`` and ``transaction`` are counted (a read nested in
+another read shares its snapshot and is not a transaction of its own). Counted are the transactions of
+the requests — token check and handler — not those of the periodic background tasks (audit checkpoints,
+KEK polls), which run on the same threads. The hosted-delivery worker is stopped, so that the receiver
+applies the message within its own ``/process`` (the whole work of receiving it, in one request).
+
+Figures (send; process of one message between two hosted members, reads + write transactions): before
+the reads were merged 4 + 1; 10 + 3 — now 2 + 1 (token; identity, membership, PSKs, log head in one
+read) and 6 + 1 (token; identity; log positions; head + membership + entries to apply; the membership and
+its recorded event; the write of the applied state — the answer itself writes nothing). The test fails
+if either goes back up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.sqlite_store import SqliteStore
+
+from ..gateway_fuzz.harness import Gateway, b64url, make_gateway, restore_softhsm_conf, stop_gateway
+
+#: What one message may take: (reads, writes) of the send and of the process request.
+SEND = (2, 1)
+PROCESS = (6, 1)
+
+#: The functions a request's transactions run under: the handler in the worker pool, the token check.
+_REQUEST_FRAMES = {("dispatch.py", "work"), ("tenants.py", "authenticate")}
+
+
+def _in_request() -> bool:
+    frame = sys._getframe(2)
+    while frame is not None:
+        code = frame.f_code
+        if (Path(code.co_filename).name, code.co_name) in _REQUEST_FRAMES:
+            return True
+        frame = frame.f_back  # type: ignore[assignment]
+    return False
+
+
+class CountingStore:
+    """Counts the transactions the requests open on a real :class:`SqliteStore` (installed on the
+    instance: every user of the store goes through it)."""
+
+    def __init__(self, store: SqliteStore) -> None:
+        self.counts: Counter[str] = Counter()
+        self._read, self._write = store.read_transaction, store.transaction
+        self._store = store
+        store.read_transaction = self.read_transaction  # type: ignore[method-assign]
+        store.transaction = self.transaction  # type: ignore[method-assign]
+
+    def read_transaction(self) -> AbstractContextManager[Any]:
+        nested = self._store._connect(reader=True).in_transaction
+        if not nested and _in_request():
+            self.counts["read"] += 1
+        return self._read()
+
+    def transaction(self) -> AbstractContextManager[Any]:
+        if _in_request():
+            self.counts["write"] += 1
+        return self._write()
+
+    def take(self) -> tuple[int, int]:
+        out = (self.counts["read"], self.counts["write"])
+        self.counts.clear()
+        return out
+
+    def uninstall(self) -> None:
+        del self._store.read_transaction, self._store.transaction  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="module")
+def in_process() -> Iterator[Gateway]:
+    gateway, previous_conf, tmp = make_gateway()
+    try:
+        yield gateway
+    finally:
+        stop_gateway(gateway)
+        tmp.cleanup()
+        restore_softhsm_conf(previous_conf)
+
+
+def _stop_hosted_worker(gw: Gateway) -> None:
+    for task in asyncio.all_tasks(gw.loop):
+        if task.get_name() == "hosted-delivery":
+            task.cancel()
+    gw.loop.run_until_complete(asyncio.sleep(0))
+
+
+def test_one_message_takes_few_transactions(in_process: Gateway) -> None:
+    gw = in_process
+    _stop_hosted_worker(gw)
+    carol, dave = (gw.ok("POST", "/v1/identities", {"name": n})["identity_id"] for n in ("carol", "dave"))
+    kp = gw.ok("POST", f"/v1/identities/{dave}/key-packages", {})["key_packages"][0]["key_package"]
+    gid = base64.b64decode(gw.ok("POST", f"/v1/identities/{carol}/groups", {})["group_id"])
+    sender = f"/v1/identities/{carol}/groups/{b64url(gid)}"
+    receiver = f"/v1/identities/{dave}/groups/{b64url(gid)}"
+    welcome = gw.ok("POST", sender + "/commits", {"add": [kp]})["welcome"]
+    gw.ok("POST", f"/v1/identities/{dave}/groups/join", {"welcome": welcome}, expect=201)
+    counting = CountingStore(gw.runtime.store)
+    try:
+        for _ in range(3):  # warm: states cached, data keys unwrapped
+            sent = gw.ok("POST", sender + "/messages", {"data": base64.b64encode(b"warm").decode()})
+            gw.ok("POST", receiver + "/process", {"message": sent["message"]})
+        counting.take()
+        sent = gw.ok("POST", sender + "/messages", {"data": base64.b64encode(b"counted").decode()})
+        send = counting.take()
+        got = gw.ok("POST", receiver + "/process", {"message": sent["message"]})
+        process = counting.take()
+    finally:
+        counting.uninstall()
+    assert base64.b64decode(got["data"]) == b"counted"
+    assert send[0] <= SEND[0] and send[1] <= SEND[1], f"send took {send} (reads, writes)"
+    assert process[0] <= PROCESS[0] and process[1] <= PROCESS[1], f"process took {process} (reads, writes)"
+    assert send[1] == 1 and process[1] >= 1  # the writes are real: the counting sees them
