@@ -13,6 +13,7 @@ TOML layout (every key optional; an unknown section or key is refused, naming it
     database = "/var/lib/mls-gateway/gateway.sqlite3"   # MLSGW_DATABASE
     max_body_bytes = 1048576        # MLSGW_MAX_BODY_BYTES
     worker_threads = 8              # MLSGW_WORKER_THREADS
+    workers = 1                     # MLSGW_WORKERS: processes serving the listening socket
     state_cache_bytes = 268435456   # MLSGW_STATE_CACHE_BYTES: decoded group states kept (0 disables)
     log_level = "INFO"              # MLSGW_LOG_LEVEL
     log_format = "text"             # MLSGW_LOG_FORMAT: "text" or "json" (one JSON object a line)
@@ -153,6 +154,8 @@ class GatewayConfig:
     database: Path | None = None
     max_body_bytes: int = 1 << 20
     worker_threads: int = 8
+    #: Gateway processes serving the listening socket (gateway.supervisor; 1: this process serves alone).
+    workers: int = 1
     #: Bound of the decoded group-state cache, in sealed-state bytes (gateway.state_cache); 0 disables it.
     state_cache_bytes: int = 256 << 20
     log_level: str = "INFO"
@@ -218,6 +221,7 @@ _ENV = {
     "MLSGW_DATABASE": ("gateway", "database"),
     "MLSGW_MAX_BODY_BYTES": ("gateway", "max_body_bytes"),
     "MLSGW_WORKER_THREADS": ("gateway", "worker_threads"),
+    "MLSGW_WORKERS": ("gateway", "workers"),
     "MLSGW_STATE_CACHE_BYTES": ("gateway", "state_cache_bytes"),
     "MLSGW_LOG_LEVEL": ("gateway", "log_level"),
     "MLSGW_LOG_FORMAT": ("gateway", "log_format"),
@@ -254,6 +258,7 @@ _ENV.update({f"MLSGW_{name.upper()}": ("gateway", name) for name in LIMIT_SETTIN
 _INTS = {
     "max_body_bytes",
     "worker_threads",
+    "workers",
     "pool_size",
     "state_cache_bytes",
     "out_of_order_tolerance",
@@ -343,6 +348,7 @@ def load_config(
             database=Path(g["database"]) if "database" in g else None,
             max_body_bytes=int(g.get("max_body_bytes", 1 << 20)),
             worker_threads=int(g.get("worker_threads", 8)),
+            workers=int(g.get("workers", 1)),
             state_cache_bytes=int(g.get("state_cache_bytes", 256 << 20)),
             log_level=str(g.get("log_level", "INFO")),
             log_format=str(g.get("log_format", "text")),
@@ -365,6 +371,8 @@ def load_config(
             cfg = _override(cfg, key, value)
     if cfg.max_body_bytes < 1024 or cfg.worker_threads < 1 or cfg.state_cache_bytes < 0:
         raise ConfigError("max_body_bytes must be >= 1024, worker_threads >= 1 and state_cache_bytes >= 0")
+    if not 1 <= cfg.workers <= 256:
+        raise ConfigError(f"workers must be in 1..256, got {cfg.workers}")
     if cfg.log_format not in ("text", "json"):
         raise ConfigError(f"log_format must be 'text' or 'json', not {cfg.log_format!r}")
     if not cfg.idempotency_retention_s >= MIN_IDEMPOTENCY_RETENTION_S:
@@ -412,4 +420,6 @@ def _override(cfg: GatewayConfig, key: str, value: Any) -> GatewayConfig:
         return replace(cfg, listen_host=host, listen_port=port)
     if key == "data_dir":
         return replace(cfg, data_dir=Path(value))
+    if key == "workers":
+        return replace(cfg, workers=int(value))
     raise ConfigError(f"unknown override {key}")
