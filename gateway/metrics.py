@@ -54,6 +54,8 @@ class Metrics:
         #: What ``/metrics`` serves: this registry, or every worker's samples (see the module doc).
         self.exposition = r
         folder = os.environ.get(MULTIPROC_DIR_ENV)
+        #: Whether the samples are several workers' (prometheus-client's multiprocess mode).
+        self.multiprocess = bool(folder)
         if folder:
             self.exposition = CollectorRegistry()
             MultiProcessCollector(self.exposition, path=folder)  # type: ignore[no-untyped-call]

@@ -12,8 +12,8 @@
   fail now and then, hsm-facts.md §3); once all listen the supervisor tells systemd ``READY=1``.
 * **Crashes** — a worker that exits while the supervisor is not stopping (kill -9, a crash) is logged and
   started again after a back-off (0.5 s, doubling to 30 s; back to 0.5 s once a worker has run 30 s). A
-  worker that fails before the gateway was ever ready (a wrong PIN, a bad setting) stops the supervisor
-  with its exit code: it would fail again.
+  worker that exits with an error before it and the gateway were ever ready (a wrong PIN, a token that
+  is not there) stops the supervisor with its exit code: it would fail again.
 * **Stopping** — SIGTERM or SIGINT: ``STOPPING=1`` to systemd, SIGTERM to every worker (each finishes its
   in-flight requests, aiohttp's graceful shutdown, and closes its runtime), SIGKILL to any still running
   after :data:`STOP_TIMEOUT_S`; the supervisor exits 0. A worker whose supervisor dies gets SIGTERM from the
@@ -188,7 +188,7 @@ class Supervisor:
         if self.stopping:
             return None
         how = f"signal {-code}" if code < 0 else f"exit code {code}"
-        if not self.announced:
+        if code > 0 and not slot.ready and not self.announced:  # it failed to start: it would again
             log.error(
                 "worker %d (pid %d) failed to start (%s): stopping",
                 slot.index,

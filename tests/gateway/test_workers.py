@@ -1,0 +1,230 @@
+"""Several gateway processes on one machine (issue 15): ``mls-gateway serve --workers N`` and a second
+``serve`` on the same SQLite data folder (docs/architecture.md "Several processes").
+
+Real ``mls-gateway serve`` processes, SoftHSM and SQLite, driven over HTTP:
+
+* ``--workers 2`` answers from both workers (the access log's ``pid`` field names two processes), and
+  ``/metrics``, whichever worker answers it, counts the requests of both: the total equals the requests
+  made, at every scrape.
+* Concurrent sends of one member spread over two processes: every send answered 200, the receiver
+  processes every message to its plaintext (a reused generation would be refused as already used, a
+  lost one missing), through the workers and through two unrelated ``serve`` processes on one folder.
+* kill -9 of one worker: the supervisor starts another, the gateway serves on, counters do not go back;
+  SIGTERM: the supervisor and its workers exit, with 0.
+* ``workers`` is a setting (``[gateway] workers``, ``MLSGW_WORKERS``), at least 1.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from gateway.config import ConfigError, load_config
+
+from .gwclient import Client, GatewayServer, Hosted, b64, free_port, unb64
+
+#: Deadlock guard of one wait (seconds); nothing asserts on elapsed time.
+GUARD = 60.0
+WORKERS_ENV = {"MLSGW_LOG_LEVEL": "INFO"}  # the access log names the answering worker's pid
+
+
+def _wait_for(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + GUARD
+    while not condition():
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.05)
+
+
+def _children(pid: int) -> set[int]:
+    """The live child processes of ``pid`` (Linux's /proc)."""
+    text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    return {int(p) for p in text.split()}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}").exists() and "Z" not in _state(pid)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"
+
+
+def _serve_healthz(client: Client, n: int) -> bool:
+    """``n`` requests of ``/healthz``, each on a new connection, each answered 200."""
+    return all(client.get("/healthz").status == 200 for _ in range(n))
+
+
+def _answering_pids(server: GatewayServer, route: str) -> list[int]:
+    """The pid of every access-log line of ``route`` so far."""
+    pattern = re.compile(rf"mls_gateway\.access GET {re.escape(route)} 200 .* pid=(\d+)")
+    return [int(m.group(1)) for m in pattern.finditer(server.log_tail(10**8))]
+
+
+def _start_workers(folder: Path) -> GatewayServer:
+    """``serve --workers 2`` on ``folder``, once both workers listen (the supervisor's line says so; the
+    first worker answers ``/healthz`` before the second is started)."""
+    server = GatewayServer(folder, env=WORKERS_ENV, args=["--workers", "2"])
+    server.start()
+    try:
+        _wait_for(lambda: "(2 workers)" in server.log_tail(10**8), "both workers listening")
+    except AssertionError:
+        server.kill()
+        raise
+    return server
+
+
+@pytest.fixture(scope="module")
+def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayServer]:
+    """One ``serve --workers 2`` for the module's read-mostly tests."""
+    server = GatewayServer(
+        tmp_path_factory.mktemp("workers") / "gw", env=WORKERS_ENV, args=["--workers", "2"]
+    )
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_both_workers_answer_and_metrics_count_both(workers: GatewayServer) -> None:
+    supervisor = workers.proc
+    assert supervisor is not None
+    pids = _children(supervisor.pid)
+    assert len(pids) == 2
+    client = workers.client()
+    made = 0
+    # The kernel gives each connection to one of the workers accepting on the socket: ask until both
+    # answered (each request a new connection), within a generous bound.
+    while len(set(_answering_pids(workers, "/healthz"))) < 2:
+        assert made < 5000, f"only {set(_answering_pids(workers, '/healthz'))} of {pids} answered"
+        for _ in range(20):
+            assert client.get("/healthz").status == 200
+        made += 20
+        time.sleep(0.05)  # the access lines are written after the answers
+    assert set(_answering_pids(workers, "/healthz")) == pids  # answered by the two workers, no other
+    # Every access line, with the start-up's readiness polls: what the workers counted.
+    _wait_for(lambda: len(_answering_pids(workers, "/healthz")) >= made, "every access line")
+    answered = len(_answering_pids(workers, "/healthz"))
+    for _ in range(6):  # every scrape, whichever worker answers it, counts every worker's requests
+        assert client.metric("mlsgw_http_requests_total", route="/healthz", status="200") == answered
+    assert client.metric("mlsgw_ready") == 1.0  # the lowest of the live workers'
+    scrapers = set(_answering_pids(workers, "/metrics"))
+    assert scrapers <= pids
+
+
+def _pair(server: GatewayServer, name: str) -> tuple[Client, Hosted, Hosted, str]:
+    api = server.client(server.admin.create_tenant(name)[1])
+    alice, bob = Hosted.create(api, "alice"), Hosted.create(api, "bob")
+    gid = alice.create_group()
+    bob.join(alice.commit(gid, {"add": [bob.key_package()]})["welcome"])
+    return api, alice, bob, gid
+
+
+def _concurrent_sends(apis: list[Client], alice: Hosted, bob: Hosted, gid: str, n: int) -> None:
+    """``n`` concurrent sends of ``alice``, spread round-robin over ``apis``: every one answered 200, and
+    ``bob`` processes every message to its plaintext (no generation reused, none lost)."""
+    path = alice.path(gid, "/messages")
+    sent: dict[int, str] = {}
+    lock = threading.Lock()
+
+    def send(i: int) -> None:
+        response = apis[i % len(apis)].post(path, {"data": b64(b"message %d" % i)}).expect(200)
+        with lock:
+            sent[i] = response.body["message"]
+
+    with ThreadPoolExecutor(10) as pool:
+        for future in [pool.submit(send, i) for i in range(n)]:
+            future.result(timeout=GUARD)
+    assert len(sent) == n
+    for i, message in sorted(sent.items()):
+        got = bob.api.post(bob.path(gid, "/process"), {"message": message})
+        assert got.status == 200, (i, got.body)
+        assert unb64(got.body["data"]) == b"message %d" % i
+
+
+def test_concurrent_sends_of_one_member_over_the_workers(workers: GatewayServer) -> None:
+    api, alice, bob, gid = _pair(workers, "workers-sends")
+    _concurrent_sends([api], alice, bob, gid, 20)
+    assert unb64(bob.process(gid, alice.send(gid, b"after"))["data"]) == b"after"
+
+
+def test_a_second_serve_on_the_same_sqlite_folder_keeps_the_guarantees(gateway: GatewayServer) -> None:
+    """The issue's measurement (two processes, one data folder, 20 concurrent sends of one member): every
+    send is answered and the receiver reads them all, each once (docs/architecture.md, the SQLite rule)."""
+    api, alice, bob, gid = _pair(gateway, "two-processes")
+    other = copy.copy(gateway)
+    other.port, other.proc, other.log_path = free_port(), None, gateway.log_path.with_suffix(".2.log")
+    other.start()
+    try:
+        elsewhere = other.client(api.token)
+        _concurrent_sends([api, elsewhere], alice, bob, gid, 20)
+        _concurrent_sends([elsewhere, api], alice, bob, gid, 20)
+    finally:
+        assert other.stop() == 0
+    assert unb64(bob.process(gid, alice.send(gid, b"after"))["data"]) == b"after"
+
+
+def test_a_killed_worker_is_replaced_and_sigterm_stops_all(tmp_path: Path) -> None:
+    server = _start_workers(tmp_path / "gw")
+    try:
+        assert server.proc is not None
+        supervisor = server.proc.pid
+        before = _children(supervisor)
+        api, alice, bob, gid = _pair(server, "workers-crash")
+        client = server.client()
+        for _ in range(10):
+            assert client.get("/healthz").status == 200
+        counted = client.metric("mlsgw_http_requests_total", route="/healthz", status="200")
+        assert counted >= 10
+        victim = min(before)
+        os.kill(victim, signal.SIGKILL)
+        _wait_for(lambda: len(_children(supervisor) - before) == 1, "a new worker")
+        after = _children(supervisor)
+        assert victim not in after and len(after) == 2
+        _wait_for(lambda: "worker_exit" in server.log_tail(10**8), "the exit logged")
+        assert re.search(
+            rf"worker \d \(pid {victim}\) exited \(signal 9\); restarting", server.log_tail(10**8)
+        )
+        replacement = (after - before).pop()
+        _wait_for(
+            lambda: _serve_healthz(client, 10) and replacement in _answering_pids(server, "/healthz"),
+            "the new worker serving",
+        )
+        # The killed worker's counts stay in the totals: a counter never goes back between scrapes.
+        assert client.metric("mlsgw_http_requests_total", route="/healthz", status="200") >= counted + 1
+        _concurrent_sends([api], alice, bob, gid, 10)
+        assert server.stop() == 0  # SIGTERM to the supervisor: it stops its workers and exits 0
+        _wait_for(lambda: not any(_alive(pid) for pid in after), "the workers gone")
+        assert "Traceback" not in server.log_tail(10**8)
+    finally:
+        server.kill()
+
+
+def test_workers_is_a_setting_of_at_least_one(tmp_path: Path) -> None:
+    assert load_config(env={}).workers == 1
+    assert load_config(env={"MLSGW_WORKERS": "3"}).workers == 3
+    toml = tmp_path / "gw.toml"
+    toml.write_text("[gateway]\nworkers = 2\n")
+    assert load_config(toml, env={}).workers == 2
+    assert load_config(toml, env={}, workers=4).workers == 4  # --workers wins
+    for bad in ("0", "-1", "257"):
+        with pytest.raises(ConfigError, match=r"workers must be in 1\.\.256"):
+            load_config(env={"MLSGW_WORKERS": bad})
+    with pytest.raises(ConfigError):
+        load_config(env={"MLSGW_WORKERS": "two"})
