@@ -9,6 +9,7 @@ Real ``mls-gateway serve`` processes, SoftHSM and SQLite, driven over HTTP:
 * Concurrent sends of one member spread over two processes: every send answered 200, the receiver
   processes every message to its plaintext (a reused generation would be refused as already used, a
   lost one missing), through the workers and through two unrelated ``serve`` processes on one folder.
+* The audit chain both processes appended to verifies (``mls-gateway audit verify``).
 * kill -9 of one worker: the supervisor starts another, the gateway serves on, counters do not go back;
   SIGTERM: the supervisor and its workers exit, with 0.
 * ``workers`` is a setting (``[gateway] workers``, ``MLSGW_WORKERS``), at least 1.
@@ -20,6 +21,7 @@ import copy
 import os
 import re
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -30,7 +32,7 @@ import pytest
 
 from gateway.config import ConfigError, load_config
 
-from .gwclient import Client, GatewayServer, Hosted, b64, free_port, unb64
+from .gwclient import GATEWAY_EXE, Client, GatewayServer, Hosted, b64, free_port, unb64
 
 #: Deadlock guard of one wait (seconds); nothing asserts on elapsed time.
 GUARD = 60.0
@@ -178,6 +180,16 @@ def test_a_second_serve_on_the_same_sqlite_folder_keeps_the_guarantees(gateway: 
     finally:
         assert other.stop() == 0
     assert unb64(bob.process(gid, alice.send(gid, b"after"))["data"]) == b"after"
+    # Both processes appended to one audit chain: it verifies (each link read in its writing transaction).
+    verify = subprocess.run(
+        [str(GATEWAY_EXE), "audit", "verify", "--data-dir", str(gateway.data_dir)],
+        capture_output=True,
+        text=True,
+        env=gateway.env,
+        timeout=120,
+        check=False,
+    )
+    assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
 def test_a_killed_worker_is_replaced_and_sigterm_stops_all(tmp_path: Path) -> None:
