@@ -240,3 +240,24 @@ def test_workers_is_a_setting_of_at_least_one(tmp_path: Path) -> None:
             load_config(env={"MLSGW_WORKERS": bad})
     with pytest.raises(ConfigError):
         load_config(env={"MLSGW_WORKERS": "two"})
+
+
+def test_a_worker_that_cannot_start_stops_the_supervisor_with_its_exit_code(tmp_path: Path) -> None:
+    """A wrong PIN fails every worker alike: the supervisor says so and exits with the worker's code (7,
+    wrong PIN) instead of restarting it for ever."""
+    server = GatewayServer(tmp_path / "gw")  # initialised, not started
+    wrong = tmp_path / "wrong.pin"
+    wrong.write_text("not-the-pin\n")
+    wrong.chmod(0o600)
+    env = {**server.env, "MLSGW_HSM_PIN_FILE": str(wrong)}
+    listen = f"127.0.0.1:{free_port()}"
+    run = subprocess.run(
+        [str(GATEWAY_EXE), "serve", "--data-dir", str(server.data_dir), "--listen", listen, "--workers", "2"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert run.returncode == 7, run.stderr
+    assert "failed to start (exit code 7)" in run.stderr
