@@ -12,6 +12,9 @@ Real ``mls-gateway serve`` processes, SoftHSM and SQLite, driven over HTTP:
 * The audit chain both processes appended to verifies (``mls-gateway audit verify``).
 * kill -9 of one worker: the supervisor starts another, the gateway serves on, counters do not go back;
   SIGTERM: the supervisor and its workers exit, with 0.
+* Under systemd: ``READY=1`` once both workers listen (the workers' own go to the supervisor), then
+  ``STOPPING=1`` at SIGTERM, nothing else; a worker that cannot start (wrong PIN) stops the supervisor
+  with its exit code.
 * ``workers`` is a setting (``[gateway] workers``, ``MLSGW_WORKERS``), at least 1.
 """
 
@@ -21,7 +24,9 @@ import copy
 import os
 import re
 import signal
+import socket
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -261,3 +266,33 @@ def test_a_worker_that_cannot_start_stops_the_supervisor_with_its_exit_code(tmp_
     )
     assert run.returncode == 7, run.stderr
     assert "failed to start (exit code 7)" in run.stderr
+
+
+def test_systemd_hears_ready_once_all_workers_listen_and_stopping_at_sigterm(tmp_path: Path) -> None:
+    folder = Path(tempfile.mkdtemp(prefix="mlsgw-notify-", dir="/tmp"))  # socket paths: <= 107 bytes
+    path = str(folder / "notify")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(path)
+        sock.settimeout(GUARD)
+        server = GatewayServer(
+            tmp_path / "gw", env={**WORKERS_ENV, "NOTIFY_SOCKET": path}, args=["--workers", "2"]
+        )
+        try:
+            server.start()
+            ready = _received(sock)  # the workers' own READY=1 went to the supervisor, not here
+            assert ready["READY"] == "1" and "2 workers listening" in ready["STATUS"], ready
+            assert server.proc is not None and len(_children(server.proc.pid)) == 2
+            assert _answering_pids(server, "/healthz")  # a worker answered before; both listen now
+            assert server.stop() == 0
+            assert _received(sock)["STOPPING"] == "1"
+            sock.settimeout(0.5)
+            with pytest.raises(TimeoutError):  # exactly two messages
+                sock.recv(4096)
+        finally:
+            server.kill()
+            os.unlink(path)
+            folder.rmdir()
+
+
+def _received(sock: socket.socket) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in sock.recv(4096).decode("utf-8").splitlines())
