@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import time
 from collections.abc import Callable
 from typing import Literal, Protocol, TypeVar
 
@@ -32,12 +31,11 @@ from . import mechanisms as M
 from .audit import AuditHook, Auditor
 from .capabilities import Capabilities
 from .errors import HsmError, HsmUnavailable
-from .kek_ring import REREAD_INTERVAL_S
-from .key_generation import destroy_token_key, find_token_key, generate_pair
+from .key_generation import destroy_token_key, find_token_key_read_again, generate_pair
 from .key_handles import Pkcs11HpkeKey, Pkcs11Signer, SoftwareCustodyHpkeKey, WrappedHpkeKey, WrappedSigner
 from .kinds import Custody, KeyKind, kem_kind, kem_of, new_ref, parse_ref, signature_kind
 from .mechanisms import KeyEntry, KeyPair, Pkcs11Form
-from .token import StaleHandle, Token, reread
+from .token import StaleHandle, Token
 from .wrapped_keys import WrappedKeys
 
 T = TypeVar("T")
@@ -81,8 +79,6 @@ class Pkcs11KeyStore:
         self._auditor.hook = audit_hook
         self._capabilities = capabilities
         self._cache: dict[bytes, KeyEntry] = token.handle_cache
-        #: When a key reference not found last made the token be read again (:meth:`_load`).
-        self._reread_at: dict[bytes, float] = {}
         self._software: dict[bytes, SoftwareCustodyHpkeKey] = {}
         self._wrapped = wrapped
         self.mode: CustodyMode = mode
@@ -269,31 +265,10 @@ class Pkcs11KeyStore:
         return self._load(key_ref, kind)
 
     def _load(self, key_ref: bytes, kind: KeyKind) -> KeyEntry:
-        """Find the key by CKA_ID (a token search) and cache its handles. A key another gateway process
-        made may be missing from this process's view of a SoftHSM token (its index is refreshed only when
-        the token's generation file moved since this process last wrote; a write of its own hides the
-        other's): not found, the token is read again once (:func:`hsm.token.reread`; once per key
-        reference every :data:`REREAD_INTERVAL_S`) and searched again."""
-        form = self._require_form(kind)
-        try:
-            entry = find_token_key(self._token, kind, form, key_ref)
-        except KeyStoreError:
-            if not self._may_reread(key_ref):
-                raise
-            reread(self._token)
-            entry = find_token_key(self._token, kind, form, key_ref)
+        """Find the key by CKA_ID (a token search; :func:`find_token_key_read_again`), cache its handles."""
+        entry = find_token_key_read_again(self._token, kind, self._require_form(kind), key_ref)
         self._cache[key_ref] = entry
         return entry
-
-    def _may_reread(self, key_ref: bytes) -> bool:
-        now = time.monotonic()
-        last = self._reread_at.get(key_ref)
-        if last is not None and now - last < REREAD_INTERVAL_S:
-            return False
-        if len(self._reread_at) >= 4096:
-            self._reread_at.clear()
-        self._reread_at[key_ref] = now
-        return True
 
     # ---- using keys ------------------------------------------------------------------------------
     def sign_with(self, key_ref: bytes, data: bytes) -> bytes:
