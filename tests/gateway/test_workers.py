@@ -11,7 +11,8 @@ Real ``mls-gateway serve`` processes, SoftHSM and SQLite, driven over HTTP:
   lost one missing), through the workers and through two unrelated ``serve`` processes on one folder.
 * The audit chain both processes appended to verifies (``mls-gateway audit verify``).
 * kill -9 of one worker: the supervisor starts another, the gateway serves on, counters do not go back;
-  SIGTERM: the supervisor and its workers exit, with 0.
+  SIGTERM: the supervisor and its workers exit, with 0; SIGTERM in the middle of a burst of sends: each
+  is answered 200 or never reached a worker, and every answered one is kept.
 * Under systemd: ``READY=1`` once both workers listen (the workers' own go to the supervisor), then
   ``STOPPING=1`` at SIGTERM, nothing else; a worker that cannot start (wrong PIN) stops the supervisor
   with its exit code.
@@ -33,6 +34,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from gateway.config import ConfigError, load_config
@@ -296,3 +298,42 @@ def test_systemd_hears_ready_once_all_workers_listen_and_stopping_at_sigterm(tmp
 
 def _received(sock: socket.socket) -> dict[str, str]:
     return dict(line.split("=", 1) for line in sock.recv(4096).decode("utf-8").splitlines())
+
+
+def test_sigterm_lets_in_flight_requests_finish(tmp_path: Path) -> None:
+    """SIGTERM in the middle of a burst of sends: every request is answered 200 or never reached a worker
+    (a connection error, never a 5xx); after a restart each answered send replays to its very answer and
+    the receiver reads every one of them."""
+    server = _start_workers(tmp_path / "gw")
+    try:
+        api, alice, bob, gid = _pair(server, "workers-sigterm")
+        path = alice.path(gid, "/messages")
+        answered: dict[int, dict[str, str]] = {}
+        refused: list[int] = []
+        lock = threading.Lock()
+
+        def send(i: int) -> None:
+            try:
+                response = api.post(path, {"data": b64(b"burst %d" % i)}, idem=f"burst-{i}")
+            except (OSError, aiohttp.ClientError):
+                with lock:
+                    refused.append(i)
+                return
+            assert response.status == 200, (i, response.status, response.body)
+            with lock:
+                answered[i] = response.body
+
+        with ThreadPoolExecutor(8) as pool:
+            futures = [pool.submit(send, i) for i in range(24)]
+            _wait_for(lambda: bool(answered), "a first answer")
+            assert server.stop() == 0
+            for future in futures:
+                future.result(timeout=GUARD)
+        assert len(answered) + len(refused) == 24 and answered
+        server.start()
+        for i, body in answered.items():  # replayed, not sent again
+            assert api.post(path, {"data": b64(b"burst %d" % i)}, idem=f"burst-{i}").expect(200).body == body
+        for i, body in sorted(answered.items()):
+            assert unb64(bob.process(gid, body["message"])["data"]) == b"burst %d" % i
+    finally:
+        server.kill()
