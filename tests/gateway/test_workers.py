@@ -12,7 +12,8 @@ Real ``mls-gateway serve`` processes, SoftHSM and SQLite, driven over HTTP:
 * The audit chain both processes appended to verifies (``mls-gateway audit verify``).
 * kill -9 of one worker: the supervisor starts another, the gateway serves on, counters do not go back;
   SIGTERM: the supervisor and its workers exit, with 0; SIGTERM in the middle of a burst of sends: each
-  is answered 200 or never reached a worker, and every answered one is kept.
+  is answered 200 or never reached a worker, and every answered one is kept; kill -9 of the supervisor:
+  its workers stop too (nobody listens any more).
 * Under systemd: ``READY=1`` once both workers listen (the workers' own go to the supervisor), then
   ``STOPPING=1`` at SIGTERM, nothing else; a worker that cannot start (wrong PIN) stops the supervisor
   with its exit code.
@@ -337,3 +338,16 @@ def test_sigterm_lets_in_flight_requests_finish(tmp_path: Path) -> None:
             assert unb64(bob.process(gid, body["message"])["data"]) == b"burst %d" % i
     finally:
         server.kill()
+
+
+def test_workers_do_not_outlive_a_killed_supervisor(tmp_path: Path) -> None:
+    server = _start_workers(tmp_path / "gw")
+    try:
+        assert server.proc is not None
+        workers = _children(server.proc.pid)
+        assert len(workers) == 2
+    finally:
+        server.kill()  # kill -9 of the supervisor alone: the kernel sends its workers SIGTERM
+    _wait_for(lambda: not any(_alive(pid) for pid in workers), "the workers gone")
+    with pytest.raises(OSError):
+        Client(server.port, timeout=5).get("/healthz")  # nobody listens any more
