@@ -53,8 +53,8 @@ SUPERVISOR_ENV = "MLSGW_SUPERVISOR_PID"
 #: prometheus-client's multiprocess folder (read when prometheus_client is first imported).
 METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 #: Seconds the workers have to finish their in-flight requests after SIGTERM (the worker's own
-#: graceful-shutdown timeout is 10 s), before SIGKILL.
-STOP_TIMEOUT_S = 20.0
+#: graceful-shutdown timeout is 10 s), before SIGKILL (within deploy/mls-gateway.service's TimeoutStopSec=20).
+STOP_TIMEOUT_S = 15.0
 FIRST_BACKOFF_S, MAX_BACKOFF_S, HEALTHY_AFTER_S = 0.5, 30.0, 30.0
 _PR_SET_PDEATHSIG = 1
 
