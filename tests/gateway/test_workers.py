@@ -102,10 +102,7 @@ def _start_workers(folder: Path) -> GatewayServer:
 @pytest.fixture(scope="module")
 def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayServer]:
     """One ``serve --workers 2`` for the module's read-mostly tests."""
-    server = GatewayServer(
-        tmp_path_factory.mktemp("workers") / "gw", env=WORKERS_ENV, args=["--workers", "2"]
-    )
-    server.start()
+    server = _start_workers(tmp_path_factory.mktemp("workers") / "gw")
     try:
         yield server
     finally:
