@@ -9,6 +9,8 @@ Real ``mls-gateway serve`` processes, SoftHSM and SQLite, driven over HTTP:
 * Concurrent sends of one member spread over two processes: every send answered 200, the receiver
   processes every message to its plaintext (a reused generation would be refused as already used, a
   lost one missing), through the workers and through two unrelated ``serve`` processes on one folder.
+* A credential policy set through one process refuses in the other, without a restart; a token key made
+  by the other process is found here after this process wrote the token too (SoftHSM hid it: 422).
 * The audit chain both processes appended to verifies (``mls-gateway audit verify``).
 * kill -9 of one worker: the supervisor starts another, the gateway serves on, counters do not go back;
   SIGTERM: the supervisor and its workers exit, with 0; SIGTERM in the middle of a burst of sends: each
@@ -41,6 +43,7 @@ import pytest
 from gateway.config import ConfigError, load_config
 
 from .gwclient import GATEWAY_EXE, Client, GatewayServer, Hosted, b64, free_port, unb64
+from .test_credential_policy import make_pki
 
 #: Deadlock guard of one wait (seconds); nothing asserts on elapsed time.
 GUARD = 60.0
@@ -175,9 +178,7 @@ def test_a_second_serve_on_the_same_sqlite_folder_keeps_the_guarantees(gateway: 
     """The issue's measurement (two processes, one data folder, 20 concurrent sends of one member): every
     send is answered and the receiver reads them all, each once (docs/architecture.md, the SQLite rule)."""
     api, alice, bob, gid = _pair(gateway, "two-processes")
-    other = copy.copy(gateway)
-    other.port, other.proc, other.log_path = free_port(), None, gateway.log_path.with_suffix(".2.log")
-    other.start()
+    other = _second_process(gateway)
     try:
         elsewhere = other.client(api.token)
         _concurrent_sends([api, elsewhere], alice, bob, gid, 20)
@@ -348,3 +349,54 @@ def test_workers_do_not_outlive_a_killed_supervisor(tmp_path: Path) -> None:
     _wait_for(lambda: not any(_alive(pid) for pid in workers), "the workers gone")
     with pytest.raises(OSError):
         Client(server.port, timeout=5).get("/healthz")  # nobody listens any more
+
+
+def _second_process(server: GatewayServer) -> GatewayServer:
+    """Another ``serve`` on ``server``'s data folder (its own port and log)."""
+    other = copy.copy(server)
+    other.port, other.proc, other.log_path = free_port(), None, server.log_path.with_suffix(".2.log")
+    other.start()
+    return other
+
+
+def test_a_policy_set_through_one_process_holds_in_the_other(gateway: GatewayServer) -> None:
+    """Credential policies are cached per process: the other process's cache is checked against the store
+    (every ``POLICY_RECHECK_S``), so a policy set elsewhere refuses there too, without a restart."""
+    tenant_id, token = gateway.admin.create_tenant("policy-elsewhere")
+    other = _second_process(gateway)
+    try:
+        here, there = gateway.client(token), other.client(token)
+        identity = here.post("/v1/identities", {"name": "plain"}).expect(201)["identity_id"]
+        path = f"/v1/identities/{identity}/key-packages"
+        there.post(path, {"count": 1}).expect(201)  # no policy yet: the other process caches that
+        here.request("PUT", f"/v1/tenants/{tenant_id}/credential-policy", make_pki().policy()).expect(200)
+        refused: list[str] = []
+
+        def refused_there() -> bool:
+            response = there.post(path, {"count": 1})
+            if response.status == 422:
+                refused.append(response.body["reason"])
+                return True
+            assert response.status == 201, response.body
+            return False
+
+        _wait_for(refused_there, "the policy to hold in the other process")
+        assert refused == ["type_not_allowed"]  # a basic credential in an x509-only tenant
+    finally:
+        assert other.stop() == 0
+
+
+def test_a_token_key_made_by_the_other_process_is_found(gateway: GatewayServer) -> None:
+    """SoftHSM re-indexes its token files only when the token's generation moved since this process's own
+    last write: a key made by the other process, then a write here, hid that key here ("no key for this
+    reference", 422). Not found, the token is read again once and the key is found."""
+    other = _second_process(gateway)
+    try:
+        _, token = gateway.admin.create_tenant("keys-elsewhere")
+        here, there = gateway.client(token), other.client(token)
+        made_there = Hosted.create(there, "made-there")  # a token key pair written by the other process
+        Hosted.create(here, "made-here")  # then a write of this process's own
+        gid = Hosted(here, made_there.identity_id, "made-there").create_group()  # signs with the key
+        assert Hosted(there, made_there.identity_id, "made-there").group(gid)["epoch"] == 0
+    finally:
+        assert other.stop() == 0
