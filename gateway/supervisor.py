@@ -102,7 +102,8 @@ class Supervisor:
     def run(self) -> int:
         """Serve until SIGTERM/SIGINT (0), or until a worker fails before the gateway was ever ready (its
         exit code)."""
-        listener = socket.create_server((self.host, self.port), backlog=1024)
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        listener = socket.create_server((self.host, self.port), family=family, backlog=1024)
         self.metrics_dir = tempfile.mkdtemp(prefix="mlsgw-metrics-")
         self.notify_sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         self.notify_name = f"@mlsgw-supervisor-{os.getpid()}-{os.urandom(4).hex()}"
@@ -144,16 +145,15 @@ class Supervisor:
         return 0
 
     def _start_next(self, now: float) -> None:
-        """Start the first slot without a process (in order, once the previous one listens; after its
-        back-off for a restart)."""
+        """Start the slots without a process: at first one after the other (each once the previous one
+        listens), later every one whose restart back-off is over."""
         for slot in self.slots:
-            if slot.proc is not None:
-                if not slot.ready and not self.announced:
-                    return  # first start: one at a time
-                continue
-            if slot.restart_at is None or now >= slot.restart_at:
+            if slot.proc is None and (slot.restart_at is None or now >= slot.restart_at):
                 self._spawn(slot)
-            return
+                if not self.announced:
+                    return  # first start: one at a time
+            elif slot.proc is not None and not slot.ready and not self.announced:
+                return
 
     # ---- workers ----------------------------------------------------------------------------------
     def _spawn(self, slot: _Slot) -> None:
