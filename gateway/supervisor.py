@@ -20,7 +20,8 @@
   kernel (``PR_SET_PDEATHSIG``), so no worker outlives it.
 * **Metrics** — the workers write their samples to a per-run folder (prometheus-client's multiprocess
   mode, ``$PROMETHEUS_MULTIPROC_DIR``), which :class:`gateway.metrics.Metrics` aggregates on every
-  ``/metrics``; the supervisor marks a dead worker's live gauges dead and removes the folder at exit.
+  ``/metrics``; the supervisor marks a dead worker's live gauges dead and removes the folder at exit (and
+  the folders of supervisors that are gone, at start).
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 #: Seconds the workers have to finish their in-flight requests after SIGTERM (the worker's own
 #: graceful-shutdown timeout is 10 s), before SIGKILL (within deploy/mls-gateway.service's TimeoutStopSec=20).
 STOP_TIMEOUT_S = 15.0
+#: The per-run metrics folder's name: this prefix, the supervisor's pid, a random part (in the temp dir).
+METRICS_PREFIX = "mlsgw-metrics-"
 FIRST_BACKOFF_S, MAX_BACKOFF_S, HEALTHY_AFTER_S = 0.5, 30.0, 30.0
 _PR_SET_PDEATHSIG = 1
 
@@ -73,6 +76,20 @@ def inherited_socket() -> socket.socket:
     sock = socket.socket(fileno=int(os.environ[WORKER_FD_ENV]))
     sock.setblocking(False)
     return sock
+
+
+def _sweep_metrics_dirs() -> None:
+    """Remove the metrics folders of supervisors that are gone (killed with -9: no clean-up of their own)."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{METRICS_PREFIX}*-*"):
+        pid = folder.name.removeprefix(METRICS_PREFIX).split("-", 1)[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except PermissionError:  # another user's live process
+            continue
 
 
 @dataclass
@@ -104,7 +121,8 @@ class Supervisor:
         exit code)."""
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         listener = socket.create_server((self.host, self.port), family=family, backlog=1024)
-        self.metrics_dir = tempfile.mkdtemp(prefix="mlsgw-metrics-")
+        _sweep_metrics_dirs()
+        self.metrics_dir = tempfile.mkdtemp(prefix=f"{METRICS_PREFIX}{os.getpid()}-")
         self.notify_sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         self.notify_name = f"@mlsgw-supervisor-{os.getpid()}-{os.urandom(4).hex()}"
         self.notify_sock.bind("\0" + self.notify_name[1:])

@@ -15,7 +15,7 @@ Real ``mls-gateway serve`` processes, SoftHSM and SQLite, driven over HTTP:
 * kill -9 of one worker: the supervisor starts another, the gateway serves on, counters do not go back;
   SIGTERM: the supervisor and its workers exit, with 0; SIGTERM in the middle of a burst of sends: each
   is answered 200 or never reached a worker, and every answered one is kept; kill -9 of the supervisor:
-  its workers stop too (nobody listens any more).
+  its workers stop too (nobody listens any more), and the next supervisor removes its metrics folder.
 * Under systemd: ``READY=1`` once both workers listen (the workers' own go to the supervisor), then
   ``STOPPING=1`` at SIGTERM, nothing else; a worker that cannot start (wrong PIN) stops the supervisor
   with its exit code.
@@ -342,13 +342,21 @@ def test_workers_do_not_outlive_a_killed_supervisor(tmp_path: Path) -> None:
     server = _start_workers(tmp_path / "gw")
     try:
         assert server.proc is not None
-        workers = _children(server.proc.pid)
+        supervisor = server.proc.pid
+        workers = _children(supervisor)
         assert len(workers) == 2
     finally:
         server.kill()  # kill -9 of the supervisor alone: the kernel sends its workers SIGTERM
     _wait_for(lambda: not any(_alive(pid) for pid in workers), "the workers gone")
     with pytest.raises(OSError):
         Client(server.port, timeout=5).get("/healthz")  # nobody listens any more
+    left = list(Path(tempfile.gettempdir()).glob(f"mlsgw-metrics-{supervisor}-*"))
+    assert len(left) == 1  # the killed supervisor could not remove its metrics folder ...
+    server.start()
+    try:
+        assert not left[0].exists()  # ... the next one did
+    finally:
+        assert server.stop() == 0
 
 
 def _second_process(server: GatewayServer) -> GatewayServer:
