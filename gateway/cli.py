@@ -3,10 +3,11 @@
 * ``mls-gateway init [--data-dir DIR] [--json]`` — create the data folder, the SoftHSM2 token (embedded
   default, when no PKCS#11 module is configured and no token exists), the wrap key, the database and the
   first admin token, which is printed once (``--json``: one JSON object with ``admin_token``).
-* ``mls-gateway serve [--data-dir DIR] [--listen HOST:PORT] [--config FILE]`` — serve until SIGTERM or
-  SIGINT, then shut down gracefully. A data folder that was never initialised is initialised first. Under
-  systemd (``$NOTIFY_SOCKET``) it sends ``READY=1`` once it listens and ``STOPPING=1`` at shutdown
-  (:mod:`gateway.systemd_notify`).
+* ``mls-gateway serve [--data-dir DIR] [--listen HOST:PORT] [--config FILE] [--workers N]`` — serve until
+  SIGTERM or SIGINT, then shut down gracefully. A data folder that was never initialised is initialised
+  first. Under systemd (``$NOTIFY_SOCKET``) it sends ``READY=1`` once it listens and ``STOPPING=1`` at
+  shutdown (:mod:`gateway.systemd_notify`). ``--workers N`` (N > 1): a supervisor and N worker processes
+  on one listening socket (:mod:`gateway.supervisor`).
 * ``mls-gateway conformance PATH... [--json] [--backend auto|python|native]`` — ``python -m mls.conformance``
   on the crypto backend chosen as the gateway chooses it (default: ``$MLS_CRYPTO_BACKEND``, else native
   when built).
@@ -51,6 +52,7 @@ from .context import Runtime
 from .logs import AccessLogger, access_log, configure_logging
 from .migrate_cli import add_migrate_parser
 from .operator_cli import Exit, OperatorError, add_parsers, classify, fail, require_initialised
+from .supervisor import Supervisor, inherited_socket, is_worker
 from .systemd_notify import notify
 
 log = logging.getLogger("mls_gateway")
@@ -142,15 +144,22 @@ def _report_init(report: dict[str, Any], as_json: bool) -> None:
         print("an admin token already exists (it is not shown again)", flush=True)
 
 
-def serve(cfg: GatewayConfig) -> None:
-    if not cfg.database_path.exists() or not (
-        (cfg.embedded_softhsm and cfg.pin_file.exists()) or not cfg.embedded_softhsm
+def serve(cfg: GatewayConfig, argv: list[str] | None = None) -> int:
+    """Serve the API; with ``workers`` > 1, as the supervisor of that many worker processes
+    (:mod:`gateway.supervisor`, which starts each with ``argv``, these very arguments)."""
+    worker = is_worker()
+    if not worker and (
+        not cfg.database_path.exists()
+        or not ((cfg.embedded_softhsm and cfg.pin_file.exists()) or not cfg.embedded_softhsm)
     ):
         report = initialise(cfg)
         if report["admin_token"]:
             print(
                 f"first start: admin token (shown once): {report['admin_token']}", file=sys.stderr, flush=True
             )
+    if cfg.workers > 1 and not worker:
+        args = list(sys.argv[1:] if argv is None else argv)
+        return Supervisor(args, cfg.listen_host, cfg.listen_port, cfg.workers).run()
     module, _ = _prepare_softhsm(cfg)
     rt = open_runtime(cfg, module)
     app = create_app(rt)
@@ -163,7 +172,9 @@ def serve(cfg: GatewayConfig) -> None:
         shutdown_timeout=10,
         access_log=access_log,
         access_log_class=AccessLogger,
+        sock=inherited_socket() if worker else None,
     )
+    return 0
 
 
 def _listening(cfg: GatewayConfig, rt: Runtime) -> None:
@@ -172,7 +183,7 @@ def _listening(cfg: GatewayConfig, rt: Runtime) -> None:
     address = f"http://{cfg.listen_host}:{cfg.listen_port}"
     print(f"mls-gateway listening on {address}", flush=True)
     status = f"listening on {address}" + (f"; not ready: {', '.join(problems)}" if problems else "")
-    notify("READY=1", f"STATUS={status}")
+    notify("READY=1", f"STATUS={status}", f"MAINPID={os.getpid()}")
 
 
 async def _notify_stopping(app: web.Application) -> None:
@@ -218,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--config", type=Path, help="TOML configuration file (or $MLSGW_CONFIG)")
         if name == "serve":
             p.add_argument("--listen", help="HOST:PORT (default 127.0.0.1:8080, or $MLSGW_LISTEN)")
+            p.add_argument("--workers", type=int, help="processes serving (default 1, or $MLSGW_WORKERS)")
         else:
             p.add_argument("--json", action="store_true", help="print one JSON object")
     conf = sub.add_parser("conformance", help="run the MLS test vectors")
@@ -244,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
     try:
-        return _run(args)
+        return _run(args, argv)
     except Exception as e:  # an operator's mistake is one line; anything else is a bug and raises
         error = classify(e)
         if error is None:
@@ -261,18 +273,22 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     try:
-        cfg = load_config(args.config, data_dir=args.data_dir, listen=getattr(args, "listen", None))
+        cfg = load_config(
+            args.config,
+            data_dir=args.data_dir,
+            listen=getattr(args, "listen", None),
+            workers=getattr(args, "workers", None),
+        )
     except ConfigError as e:
         raise OperatorError(Exit.CONFIG, f"configuration error: {e}") from None
-    configure_logging(cfg.log_level, cfg.log_format)
+    configure_logging(cfg.log_level, cfg.log_format, with_pid=args.command == "serve" and cfg.workers > 1)
     if args.command == "init":
         _report_init(initialise(cfg), args.json)
         return 0
     if args.command == "serve":
-        serve(cfg)
-        return 0
+        return serve(cfg, argv)
     if args.command in ("backup", "restore"):
         return backup.command(cfg, args)
     if args.command == "audit":

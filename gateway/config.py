@@ -13,6 +13,7 @@ TOML layout (every key optional; an unknown section or key is refused, naming it
     database = "/var/lib/mls-gateway/gateway.sqlite3"   # MLSGW_DATABASE
     max_body_bytes = 1048576        # MLSGW_MAX_BODY_BYTES
     worker_threads = 8              # MLSGW_WORKER_THREADS
+    workers = 1                     # MLSGW_WORKERS: processes serving the listening socket
     state_cache_bytes = 268435456   # MLSGW_STATE_CACHE_BYTES: decoded group states kept (0 disables)
     full_state_every = 64           # MLSGW_FULL_STATE_EVERY: messages between full-state rewrites (>= 1)
     log_level = "INFO"              # MLSGW_LOG_LEVEL
@@ -158,6 +159,8 @@ class GatewayConfig:
     database: Path | None = None
     max_body_bytes: int = 1 << 20
     worker_threads: int = 8
+    #: Gateway processes serving the listening socket (gateway.supervisor; 1: this process serves alone).
+    workers: int = 1
     #: Bound of the decoded group-state cache, in sealed-state bytes (gateway.state_cache); 0 disables it.
     state_cache_bytes: int = 256 << 20
     #: Application messages (ratchet writes) a membership's stored full state may fall behind before it is
@@ -236,6 +239,7 @@ _ENV = {
     "MLSGW_DATABASE": ("gateway", "database"),
     "MLSGW_MAX_BODY_BYTES": ("gateway", "max_body_bytes"),
     "MLSGW_WORKER_THREADS": ("gateway", "worker_threads"),
+    "MLSGW_WORKERS": ("gateway", "workers"),
     "MLSGW_STATE_CACHE_BYTES": ("gateway", "state_cache_bytes"),
     "MLSGW_FULL_STATE_EVERY": ("gateway", "full_state_every"),
     "MLSGW_LOG_LEVEL": ("gateway", "log_level"),
@@ -277,6 +281,7 @@ _ENV.update({f"MLSGW_{name.upper()}": ("gateway", name) for name in LIMIT_SETTIN
 _INTS = {
     "max_body_bytes",
     "worker_threads",
+    "workers",
     "pool_size",
     "state_cache_bytes",
     "full_state_every",
@@ -367,6 +372,7 @@ def load_config(
             database=Path(g["database"]) if "database" in g else None,
             max_body_bytes=int(g.get("max_body_bytes", 1 << 20)),
             worker_threads=int(g.get("worker_threads", 8)),
+            workers=int(g.get("workers", 1)),
             state_cache_bytes=int(g.get("state_cache_bytes", 256 << 20)),
             full_state_every=int(g.get("full_state_every", 64)),
             log_level=str(g.get("log_level", "INFO")),
@@ -396,6 +402,8 @@ def load_config(
         raise ConfigError("max_body_bytes must be >= 1024, worker_threads >= 1 and state_cache_bytes >= 0")
     if cfg.full_state_every < 1:
         raise ConfigError("full_state_every must be >= 1")
+    if not 1 <= cfg.workers <= 256:
+        raise ConfigError(f"workers must be in 1..256, got {cfg.workers}")
     if cfg.log_format not in ("text", "json"):
         raise ConfigError(f"log_format must be 'text' or 'json', not {cfg.log_format!r}")
     if not cfg.idempotency_retention_s >= MIN_IDEMPOTENCY_RETENTION_S:
@@ -443,4 +451,6 @@ def _override(cfg: GatewayConfig, key: str, value: Any) -> GatewayConfig:
         return replace(cfg, listen_host=host, listen_port=port)
     if key == "data_dir":
         return replace(cfg, data_dir=Path(value))
+    if key == "workers":
+        return replace(cfg, workers=int(value))
     raise ConfigError(f"unknown override {key}")

@@ -102,7 +102,8 @@ class Runtime:
         m.identities.set(counts["identities"])
         m.groups.set(counts["groups"])
         refresh_depths(m.delivery, self.store)
-        m.backend.clear()
+        if not m.multiprocess:  # no clear() in multiprocess mode; a worker's backend never changes
+            m.backend.clear()
         m.backend.labels(get_backend().name).set(1)
 
     def render_metrics(self) -> bytes:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -415,34 +416,47 @@ def _check_eku(cert: x509.Certificate, required: tuple[x509.ObjectIdentifier, ..
 class CredentialPolicies:
     """The tenants' policies, as the ``LeafPolicy`` of their hosted memberships.
 
-    Parsed policies are cached in this process (one gateway process serves a database); :meth:`put` and
-    :meth:`delete` write the store and then drop the tenant's entry, so the next operation sees the change.
-    A tenant without a policy gets the library's default ``LeafPolicy()``, as before policies existed.
+    Parsed policies are cached in this process, each with the stored policy text it was parsed from.
+    :meth:`put` and :meth:`delete` write the store and then drop the tenant's entry, so this process's next
+    operation sees the change. Another gateway process (``serve --workers N``, another machine) may change
+    the policy too: an entry older than :data:`POLICY_RECHECK_S` is checked against the stored text (one
+    small read) and parsed again only when it differs, so a change made elsewhere holds here within that
+    bound. A tenant without a policy gets the library's default ``LeafPolicy()``.
     """
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self._cache: dict[str, LeafPolicy] = {}
+        #: tenant -> (stored policy text or None, its LeafPolicy, monotonic time it was last checked)
+        self._cache: dict[str, tuple[str | None, LeafPolicy, float]] = {}
         #: Bumped by every change of the tenant's policy: a policy read before a change is not cached.
         self._generation: dict[str, int] = {}
         self._lock = threading.Lock()
 
-    def get(self, tenant_id: str) -> CredentialPolicy | None:
+    def _stored(self, tenant_id: str) -> str | None:
         with self.store.read_transaction() as tx:
-            stored = tx.get_credential_policy(tenant_id)
+            return tx.get_credential_policy(tenant_id)
+
+    def get(self, tenant_id: str) -> CredentialPolicy | None:
+        stored = self._stored(tenant_id)
         return None if stored is None else parse_policy(json.loads(stored))
 
     def leaf_policy(self, tenant_id: str) -> LeafPolicy:
+        now = time.monotonic()
         with self._lock:
             cached = self._cache.get(tenant_id)
             generation = self._generation.get(tenant_id, 0)
-        if cached is not None:
-            return cached
-        policy = self.get(tenant_id)
-        made = LeafPolicy() if policy is None else LeafPolicy(PolicyCredentialValidator(policy))
+        if cached is not None and now - cached[2] < POLICY_RECHECK_S:
+            return cached[1]
+        stored = self._stored(tenant_id)
+        if cached is not None and cached[0] == stored:
+            made = cached[1]  # unchanged in the store: no parse
+        elif stored is None:
+            made = LeafPolicy()
+        else:
+            made = LeafPolicy(PolicyCredentialValidator(parse_policy(json.loads(stored))))
         with self._lock:
-            if self._generation.get(tenant_id, 0) == generation:  # no change since it was read
-                self._cache[tenant_id] = made
+            if self._generation.get(tenant_id, 0) == generation:  # no change here since it was read
+                self._cache[tenant_id] = (stored, made, now)
         return made
 
     def put(self, tenant_id: str, policy: CredentialPolicy) -> None:
@@ -464,6 +478,11 @@ class CredentialPolicies:
     def forget_tenant(self, tenant_id: str) -> None:
         """A deleted tenant: drop what is cached of its policy."""
         self._forget(tenant_id)
+
+
+#: Seconds a cached policy is used before it is checked against the store again (a change made by another
+#: gateway process holds in this one within this bound).
+POLICY_RECHECK_S = 1.0
 
 
 def check_own_credential(policy: LeafPolicy, identity: Identity) -> None:

@@ -36,6 +36,7 @@ class DeliveryMetrics:
             "Items waiting in mailboxes (clients) and inboxes (hosted)",
             ["box"],
             registry=r,
+            multiprocess_mode="livemostrecent",  # a store reading (gateway.metrics.STORE_READING)
         )
         self.webhook_retries = Counter("mlsgw_webhook_retries", "Webhook deliveries retried", registry=r)
         self.delivery_latency = Histogram(

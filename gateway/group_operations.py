@@ -40,7 +40,7 @@ from .operation_requests import (
     ResumptionPsk,
     SendRequest,
 )
-from .persistence import Json, Persistence, RequestScope, Response
+from .persistence import Json, Persistence, RequestScope, Response, StaleState
 from .views import b64, commit_json
 
 
@@ -61,11 +61,13 @@ class GroupOperations:
     @staticmethod
     def _retrying(operation: Callable[[], Response]) -> Response:
         """Run an operation that appends to a group's log again when another append won the race (it then
-        builds on the new head, api-delivery.md); after :data:`LOG_RETRIES` lost races, 409."""
+        builds on the new head, api-delivery.md) or another process wrote the membership's state since it
+        was loaded (:class:`gateway.persistence.StaleState`: it runs on the stored state); after
+        :data:`LOG_RETRIES` lost races, 409."""
         for _ in range(LOG_RETRIES):
             try:
                 return operation()
-            except LogConflict:
+            except (LogConflict, StaleState):
                 continue
         raise conflict("the group's log kept moving; retry")
 

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import socket
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -96,12 +97,18 @@ class ProblemAppRunner(web.AppRunner):
 
 
 async def _serve(
-    app: web.Application, host: str, port: int, on_listening: Callable[[], None] | None, **settings: Any
+    app: web.Application,
+    host: str,
+    port: int,
+    on_listening: Callable[[], None] | None,
+    sock: socket.socket | None,
+    **settings: Any,
 ) -> None:
     runner = ProblemAppRunner(app, handle_signals=True, **settings)
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, port).start()
+        site = web.TCPSite(runner, host, port) if sock is None else web.SockSite(runner, sock)
+        await site.start()
         if on_listening is not None:
             on_listening()
         await asyncio.Event().wait()  # until SIGINT/SIGTERM raises GracefulExit
@@ -115,13 +122,15 @@ def serve(
     port: int,
     *,
     on_listening: Callable[[], None] | None = None,
+    sock: socket.socket | None = None,
     **settings: Any,
 ) -> None:
     """Serve ``app`` on ``host:port`` until SIGINT or SIGTERM, then shut it down gracefully (as
     ``web.run_app``: its shut-down and clean-up hooks run; remaining tasks are cancelled).
-    ``on_listening`` is called once the socket listens (readiness, systemd's READY=1)."""
+    ``on_listening`` is called once the socket listens (readiness, systemd's READY=1). ``sock``: a
+    listening socket to accept on instead (a worker's, inherited from its supervisor)."""
     loop = asyncio.new_event_loop()
-    main = loop.create_task(_serve(app, host, port, on_listening, **settings))
+    main = loop.create_task(_serve(app, host, port, on_listening, sock, **settings))
     try:
         asyncio.set_event_loop(loop)
         loop.run_until_complete(main)

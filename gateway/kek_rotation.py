@@ -81,12 +81,22 @@ class KekMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.remaining = Gauge(
-            "mlsgw_kek_rewrap_remaining", "Blobs still naming a retiring KEK", ["kind"], registry=registry
+            "mlsgw_kek_rewrap_remaining",
+            "Blobs still naming a retiring KEK",
+            ["kind"],
+            registry=registry,
+            multiprocess_mode="livemostrecent",  # a store reading (gateway.metrics.STORE_READING)
         )
         self.rewrapped = Counter(
             "mlsgw_kek_rewrapped", "Blobs re-wrapped under the current KEK", ["kind"], registry=registry
         )
-        self.versions = Gauge("mlsgw_kek_versions", "KEK versions by state", ["state"], registry=registry)
+        self.versions = Gauge(
+            "mlsgw_kek_versions",
+            "KEK versions by state",
+            ["state"],
+            registry=registry,
+            multiprocess_mode="livemostrecent",
+        )
         self.handle_hits = Counter(
             "mlsgw_wrapped_key_cache_hits",
             "Wrapped-custody key uses served by a session object",

@@ -98,13 +98,26 @@ def json_formatter() -> logging.Formatter:
     )
 
 
-def configure_logging(level: str, log_format: str, stream: TextIO | None = None) -> None:
-    """Replace the root logger's handlers with one writing ``log_format`` lines to ``stream`` (stderr)."""
+class _PidFilter(logging.Filter):
+    """Every line says which process wrote it (``pid``): the supervisor or one of its workers."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.pid = record.process
+        return True
+
+
+def configure_logging(
+    level: str, log_format: str, stream: TextIO | None = None, *, with_pid: bool = False
+) -> None:
+    """Replace the root logger's handlers with one writing ``log_format`` lines to ``stream`` (stderr);
+    ``with_pid`` (``serve --workers N``): each line carries the writing process's ``pid`` field."""
     if log_format not in LOG_FORMATS:
         raise ValueError(f"log format must be one of {', '.join(LOG_FORMATS)}, not {log_format!r}")
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(json_formatter() if log_format == "json" else TextFormatter())
     handler.addFilter(_RequestIdFilter())
+    if with_pid:
+        handler.addFilter(_PidFilter())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -33,7 +33,7 @@ from mls import MLSError
 from . import audit
 from .auth import Principal
 from .delivery_store import LogConflict
-from .errors import conflict
+from .errors import Problem, conflict
 from .store import AuditRecord, EpochConflict, IdempotentResponse, Store, Transaction
 
 log = logging.getLogger("mls_gateway")
@@ -98,6 +98,16 @@ def _response_aad(idem: Idempotency) -> bytes:
     return b"mls-gateway idempotent response|%d|" % len(scope) + scope + b"|" + key
 
 
+class StaleState(Problem):
+    """The compare-and-swap on the membership's version found another version: another request or another
+    gateway process (``serve --workers N``, or a second machine) wrote the state since it was loaded. The
+    transaction rolled back and nothing of it stays; an operation that may run again on fresh state
+    (:meth:`gateway.group_operations.GroupOperations._retrying`) does, else it is the API's 409."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__("conflict", detail)
+
+
 class Persistence:
     """Commits requests' writes to a store and keeps the token's keys in step with what committed."""
 
@@ -157,7 +167,7 @@ class Persistence:
             return replayed
         except EpochConflict as e:
             self.destroy_keys(pending.new_keys)
-            raise conflict(str(e)) from None
+            raise StaleState(str(e)) from None
         except BaseException:
             self.destroy_keys(pending.new_keys)
             raise

@@ -7,6 +7,8 @@ token's :class:`hsm.cryptoki.ObjectStoreGuard`.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from typing import Any
 
 from pkcs11 import PKCS11Error
@@ -20,7 +22,7 @@ from .cryptoki import LOST_ERRORS
 from .errors import HsmUnavailable
 from .kinds import KeyKind, new_ref
 from .mechanisms import KeyEntry, KeyPair, Pkcs11Form
-from .token import StaleHandle, Token
+from .token import StaleHandle, Token, reread
 
 _log = logging.getLogger(__name__)
 #: Destroying is the key store's operation: its log lines keep the key store's logger name.
@@ -144,6 +146,50 @@ def find_token_key(token: Token, kind: KeyKind, form: Pkcs11Form, key_ref: bytes
             continue  # the check reconnected: look again on the new connection
         return KeyEntry(kind, form, pair, generation)
     raise HsmUnavailable("find key: the token connection keeps changing")
+
+
+#: Seconds between two re-reads of the token for one key reference that is not found.
+REREAD_INTERVAL_S = 10.0
+
+
+class Rereads:
+    """When a key reference not found last made the token be read again: once per reference every
+    :data:`REREAD_INTERVAL_S` (a reference truly missing must not reconnect the token per call)."""
+
+    def __init__(self) -> None:
+        self._at: dict[bytes, float] = {}
+        self._lock = threading.Lock()
+
+    def may(self, key_ref: bytes) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            last = self._at.get(key_ref)
+            if last is not None and now - last < REREAD_INTERVAL_S:
+                return False
+            if len(self._at) >= 4096:
+                self._at.clear()
+            self._at[key_ref] = now
+            return True
+
+
+#: The key references not found that made a token be read again, in this process (random references:
+#: one table for every token).
+REREADS = Rereads()
+
+
+def find_token_key_read_again(token: Token, kind: KeyKind, form: Pkcs11Form, key_ref: bytes) -> KeyEntry:
+    """:func:`find_token_key`; not found, the token is read again once (:func:`hsm.token.reread`) and
+    searched again. A key another gateway process made may be missing from this process's view of a
+    SoftHSM token: SoftHSM re-indexes its files only when the token's generation file moved since this
+    process's last write of its own, so its own write hides the other's (docs/architecture.md, "Several
+    processes")."""
+    try:
+        return find_token_key(token, kind, form, key_ref)
+    except KeyStoreError:
+        if not REREADS.may(key_ref):
+            raise
+    reread(token)
+    return find_token_key(token, kind, form, key_ref)
 
 
 class _NotFound(Exception):

@@ -31,7 +31,7 @@ from . import mechanisms as M
 from .audit import AuditHook, Auditor
 from .capabilities import Capabilities
 from .errors import HsmError, HsmUnavailable
-from .key_generation import destroy_token_key, find_token_key, generate_pair
+from .key_generation import destroy_token_key, find_token_key_read_again, generate_pair
 from .key_handles import Pkcs11HpkeKey, Pkcs11Signer, SoftwareCustodyHpkeKey, WrappedHpkeKey, WrappedSigner
 from .kinds import Custody, KeyKind, kem_kind, kem_of, new_ref, parse_ref, signature_kind
 from .mechanisms import KeyEntry, KeyPair, Pkcs11Form
@@ -265,8 +265,8 @@ class Pkcs11KeyStore:
         return self._load(key_ref, kind)
 
     def _load(self, key_ref: bytes, kind: KeyKind) -> KeyEntry:
-        """Find the key by CKA_ID (a token search) and cache its handles."""
-        entry = find_token_key(self._token, kind, self._require_form(kind), key_ref)
+        """Find the key by CKA_ID (a token search; :func:`find_token_key_read_again`), cache its handles."""
+        entry = find_token_key_read_again(self._token, kind, self._require_form(kind), key_ref)
         self._cache[key_ref] = entry
         return entry
 

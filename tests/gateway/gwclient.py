@@ -25,7 +25,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -219,8 +219,12 @@ class Client:
 class GatewayServer:
     """One data folder and the ``mls-gateway serve`` process running on it (at most one at a time)."""
 
-    def __init__(self, data_dir: Path, *, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, data_dir: Path, *, env: dict[str, str] | None = None, args: Sequence[str] = ()
+    ) -> None:
         self.data_dir = data_dir
+        #: More ``serve`` arguments (e.g. ``--workers 2``).
+        self.args = list(args)
         self.port = free_port()
         self.env = {**os.environ, "MLSGW_LOG_LEVEL": "WARNING", **(env or {})}
         for var in ("MLSGW_CONFIG", "MLSGW_DATA_DIR", "MLSGW_LISTEN", "MLSGW_DATABASE", "SOFTHSM2_CONF"):
@@ -261,6 +265,7 @@ class GatewayServer:
                     str(self.data_dir),
                     "--listen",
                     f"127.0.0.1:{self.port}",
+                    *self.args,
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
