@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import copy
 import http.client
 import json
 import os
@@ -233,6 +234,14 @@ class GatewayServer:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = data_dir.parent / f"{data_dir.name}.log"
         self.admin_token = self._init()
+
+    def another_process(self, name: str = "second") -> GatewayServer:
+        """Another ``serve`` process on this data folder (same database, token and admin token), not
+        started, with a port and a log file of its own."""
+        other = copy.copy(self)
+        other.port, other.proc = free_port(), None
+        other.log_path = self.data_dir.parent / f"{self.data_dir.name}-{name}.log"
+        return other
 
     def _init(self) -> str:
         out = subprocess.run(

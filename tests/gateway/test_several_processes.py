@@ -15,21 +15,12 @@ from typing import Any
 
 from gateway.leases import LEASED_TASKS
 
-from .gwclient import Client, GatewayServer, Hosted, free_port
+from .gwclient import Client, GatewayServer, Hosted
 
 GUARD_S = 90.0
 #: A short lease for the test (the default is 15 s): takeover after a kill -9 within the guard.
 ENV = {"MLSGW_LEASE_TTL_S": "1", "MLSGW_LEASE_CLOCK_MARGIN_S": "0.2"}
 WAIT_S = 30  # the long-poll's wait (the gateway caps it at 30 s)
-
-
-def second_server(first: GatewayServer) -> GatewayServer:
-    """Another ``serve`` process on ``first``'s data folder (same database, token and admin token)."""
-    other = GatewayServer.__new__(GatewayServer)
-    other.data_dir, other.env, other.admin_token = first.data_dir, first.env, first.admin_token
-    other.port, other.proc = free_port(), None
-    other.log_path = first.data_dir.parent / f"{first.data_dir.name}-second.log"
-    return other
 
 
 def until(cond: Callable[[], bool], what: str) -> None:
@@ -46,7 +37,7 @@ def held(server: GatewayServer, lease: str) -> float:
 def test_two_processes_share_leases_and_wake_each_other(tmp_path: Path) -> None:
     a = GatewayServer(tmp_path / "gw", env=ENV)
     a.start()
-    b = second_server(a)
+    b = a.another_process()
     b.start()
     try:
         for lease in LEASED_TASKS:

@@ -3,7 +3,6 @@ bounded by bytes, disabled by ``state_cache_bytes = 0``; and a database of schem
 
 from __future__ import annotations
 
-import copy
 import sqlite3
 from pathlib import Path
 from typing import Any, cast
@@ -12,7 +11,7 @@ from gateway.sqlite_store import SCHEMA_VERSION, SqliteStore
 from gateway.state_cache import CachedState, StateCache
 from gateway.store import GroupRecord
 
-from .gwclient import Client, GatewayServer, Hosted, free_port, unb64
+from .gwclient import Client, GatewayServer, Hosted, unb64
 from .legacy_schema import pre_migration_database
 
 
@@ -79,8 +78,7 @@ def _pair(server: GatewayServer) -> tuple[Client, Hosted, Hosted, str]:
 
 def _second_process(server: GatewayServer) -> GatewayServer:
     """Another ``serve`` process on the same data folder (database and token)."""
-    other = copy.copy(server)
-    other.port, other.proc = free_port(), None
+    other = server.another_process()
     other.start()
     return other
 
