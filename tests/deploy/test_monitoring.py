@@ -3,8 +3,8 @@
 Two gateways (``mls-gateway serve``, tests/gateway/gwclient.py; a data folder each) stand for
 compose.yaml's two replicas: the first gets a little traffic of every kind the dashboard draws, the
 second stays idle. Debian's ``prometheus`` runs on deploy/prometheus/prometheus.yml (its two targets
-rewritten to them, 1 s intervals) with alerts.yml. A missing ``prometheus``/``promtool`` is a failure: deploy/bootstrap.sh
-installs them.
+rewritten to them, 1 s intervals) with alerts.yml. A missing ``prometheus``/``promtool`` is a failure:
+deploy/bootstrap.sh installs them.
 """
 
 from __future__ import annotations
