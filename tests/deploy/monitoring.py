@@ -103,7 +103,7 @@ def exported_names(metrics_text: str) -> set[str]:
         "summary": ("", "_count", "_sum", "_created"),
         "info": ("_info",),
     }
-    names = set()
+    names: set[str] = set()
     for family, kind in re.findall(r"^# TYPE (\S+) (\S+)$", metrics_text, re.M):
         if kind == "counter":  # the text format's TYPE line names a counter with or without _total
             family = family.removesuffix("_total")
