@@ -297,3 +297,27 @@ def test_systemd_analyze_verify_accepts_the_unit(tmp_path: Path) -> None:
         [tool, "verify", "--man=no", str(unit)], capture_output=True, text=True, timeout=60, check=False
     )
     assert verify.returncode == 0 and not verify.stderr.strip(), verify.stdout + verify.stderr
+
+
+def test_documented_compose_commands_name_services_of_their_file() -> None:
+    """Every ``docker compose -f deploy/FILE run --rm SERVICE`` in the README and in the compose files'
+    own comments names a service FILE has (``init`` and ``migrate`` run in a gateway's container)."""
+    text = "\n".join(
+        path.read_text()
+        for path in (
+            REPO / "README.md",
+            DEPLOY / "compose.yaml",
+            DEPLOY / "compose.single.yaml",
+            DEPLOY / "Containerfile",
+        )
+    )
+    commands = re.findall(r"docker compose -f deploy/(\S+) run --rm (\S+) (\w+)", text)
+    for file, service, command in commands:
+        assert service in compose_file(file)["services"], f"{file} has no service {service}"
+        assert command in ("init", "migrate"), command
+    assert {(file, command) for file, _, command in commands} >= {
+        ("compose.yaml", "init"),
+        ("compose.single.yaml", "init"),
+    }, commands
+    # A bare ``docker compose run`` names no file: it would be the reader's guess which one.
+    assert not re.search(r"docker compose run", text)
