@@ -145,6 +145,8 @@ def test_compose_replicas_share_image_database_and_hsm_token_and_keep_the_harden
     assert first["image"] == "mls-gateway:local"
     assert {k: first[k] for k in HARDENING} == HARDENING
     assert "/readyz" in " ".join(first["healthcheck"]["test"])
+    # A stop lets serve's graceful shutdown (10 s; --workers' supervisor 15 s) release the leases.
+    assert re.fullmatch(r"(\d+)s", first["stop_grace_period"]) and int(first["stop_grace_period"][:-1]) > 15
     # One database for all: a PostgreSQL URL naming the compose service, with no password in it.
     url = urlsplit(first["environment"]["MLSGW_DATABASE"])
     assert url.scheme == "postgresql" and url.hostname == "postgres" and url.password is None, url
@@ -213,7 +215,7 @@ def test_single_gateway_compose_keeps_sqlite_its_data_and_the_same_hardening() -
     assert "MLSGW_DATABASE" not in (gateway.get("environment") or {}), "SQLite in the data folder"
     assert gateway["volumes"] == ["gateway-data:/data"] and "gateway-data" in single["volumes"]
     assert gateway["ports"] == ["127.0.0.1:8080:8080"]
-    for key in (*HARDENING, "image", "build", "healthcheck"):
+    for key in (*HARDENING, "image", "build", "healthcheck", "stop_grace_period"):
         assert gateway[key] == replica[key], key
 
 
