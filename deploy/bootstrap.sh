@@ -3,7 +3,8 @@
 #   1. Debian packages (softhsm2, OpenSSL headers, a C compiler, Python venv/headers, Node.js for peers,
 #      Prometheus and promtool for tests/deploy: the tests run their own; Debian also enables prometheus.service;
 #      systemd for systemd-analyze, which scores the shipped unit; PostgreSQL 15, whose server binaries the
-#      tests and benchmarks run throw-away clusters with — Debian also enables postgresql.service, unused here),
+#      tests and benchmarks run throw-away clusters with — Debian also enables postgresql.service, unused here;
+#      yq, with which tests/deploy reads the compose files as YAML, anchors and merge keys resolved),
 #   2. a virtual environment in .venv with the project (and its C extension) installed editable, with dev tools.
 # Re-running it is cheap: apt is only called for missing packages, pip only when the inputs changed.
 set -euo pipefail
@@ -22,7 +23,7 @@ as_root() {
 need=()
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 for pkg in softhsm2 opensc libssl-dev gcc libc6-dev pkg-config ca-certificates curl jq prometheus systemd \
-    postgresql-15; do
+    postgresql-15 yq; do
   have_pkg "$pkg" || need+=("$pkg")
 done
 PYTHON=${PYTHON:-python3}

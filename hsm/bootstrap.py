@@ -15,6 +15,7 @@ lifetime of that process): use this for tests and first-time set-up on a machine
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -87,16 +88,31 @@ def softhsm_util() -> str:
 
 
 def write_conf(directory: Path) -> Path:
-    """Write ``softhsm2.conf`` for a token directory under ``directory``; returns its path."""
+    """Write ``softhsm2.conf`` for a token directory under ``directory``; returns its path.
+
+    Several gateway processes share one token folder (``serve --workers``, compose.yaml's replicas), and
+    each writes the file at start-up while another may be reading it in ``C_Initialize``: an unchanged
+    file is left alone, a changed one (the folder moved) is replaced in one rename, never truncated."""
     token_dir = directory / "tokens"
     token_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     conf = directory / "softhsm2.conf"
-    conf.write_text(
+    text = (
         f"directories.tokendir = {token_dir}\n"
         "objectstore.backend = file\n"
         "log.level = ERROR\n"
         "slots.removable = false\n"
     )
+    try:
+        if conf.read_text() == text:
+            return conf
+    except (FileNotFoundError, UnicodeDecodeError):
+        pass
+    staging = directory / f".softhsm2.conf.{os.getpid()}.{secrets.token_hex(4)}"
+    try:
+        staging.write_text(text)
+        os.replace(staging, conf)
+    finally:
+        staging.unlink(missing_ok=True)
     return conf
 
 

@@ -103,7 +103,7 @@ def exported_names(metrics_text: str) -> set[str]:
         "summary": ("", "_count", "_sum", "_created"),
         "info": ("_info",),
     }
-    names = set()
+    names: set[str] = set()
     for family, kind in re.findall(r"^# TYPE (\S+) (\S+)$", metrics_text, re.M):
         if kind == "counter":  # the text format's TYPE line names a counter with or without _total
             family = family.removesuffix("_total")
@@ -113,7 +113,7 @@ def exported_names(metrics_text: str) -> set[str]:
 
 @dataclass
 class Prometheus:
-    """One ``prometheus`` process on the shipped configuration, its scrape target rewritten."""
+    """One ``prometheus`` process on the shipped configuration, its scrape targets rewritten."""
 
     port: int
     proc: subprocess.Popen[bytes]
@@ -146,25 +146,29 @@ class Prometheus:
                 self.proc.wait(timeout=15)
 
 
-def shipped_config_for(target: str, alertmanager: str) -> str:
-    """deploy/prometheus/prometheus.yml with the gateway target and Alertmanager rewritten and the
-    intervals shortened to 1 s (so that rate() has samples within seconds)."""
+#: The gateway job's targets line in deploy/prometheus/prometheus.yml (one address per gateway process).
+SHIPPED_TARGETS = '- targets: ["gateway-1:8080", "gateway-2:8080"]'
+
+
+def shipped_config_for(targets: list[str], alertmanager: str) -> str:
+    """deploy/prometheus/prometheus.yml with the gateway targets (compose.yaml's two replicas) and
+    Alertmanager rewritten and the intervals shortened to 1 s (so that rate() has samples within seconds)."""
     text = (PROMETHEUS_DIR / "prometheus.yml").read_text()
     for old, new in (
-        ('"gateway:8080"', f'"{target}"'),
+        (SHIPPED_TARGETS, "- targets: " + json.dumps(targets)),
         ('"alertmanager:9093"', f'"{alertmanager}"'),
         ("scrape_interval: 15s", "scrape_interval: 1s"),
         ("evaluation_interval: 15s", "evaluation_interval: 1s"),
     ):
-        assert old in text, f"prometheus.yml no longer has {old}: update tests/deploy"
+        assert text.count(old) == 1, f"prometheus.yml no longer has {old} once: update tests/deploy"
         text = text.replace(old, new)
     return text
 
 
-def start_prometheus(folder: Path, target: str, port: int, alertmanager: str) -> Prometheus:
+def start_prometheus(folder: Path, targets: list[str], port: int, alertmanager: str) -> Prometheus:
     exe = require_tool("prometheus")
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "prometheus.yml").write_text(shipped_config_for(target, alertmanager))
+    (folder / "prometheus.yml").write_text(shipped_config_for(targets, alertmanager))
     shutil.copy(PROMETHEUS_DIR / "alerts.yml", folder / "alerts.yml")
     log_path = folder / "prometheus.log"
     with log_path.open("wb") as log:

@@ -1,9 +1,10 @@
 """The shipped dashboard and alert rules against a real gateway and a real Prometheus.
 
-One gateway (``mls-gateway serve``, tests/gateway/gwclient.py) gets a little traffic of every kind the
-dashboard draws; Debian's ``prometheus`` runs on deploy/prometheus/prometheus.yml (target rewritten,
-1 s intervals) with alerts.yml. A missing ``prometheus``/``promtool`` is a failure: deploy/bootstrap.sh
-installs them.
+Two gateways (``mls-gateway serve``, tests/gateway/gwclient.py; a data folder each) stand for
+compose.yaml's two replicas: the first gets a little traffic of every kind the dashboard draws, the
+second stays idle. Debian's ``prometheus`` runs on deploy/prometheus/prometheus.yml (its two targets
+rewritten to them, 1 s intervals) with alerts.yml. A missing ``prometheus``/``promtool`` is a failure:
+deploy/bootstrap.sh installs them.
 """
 
 from __future__ import annotations
@@ -58,16 +59,29 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayServer]
 
 
 @pytest.fixture(scope="module")
-def prometheus(gateway: GatewayServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
+def second_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayServer]:
+    """The second replica: idle (an idle gateway must raise no alert either)."""
+    server = GatewayServer(tmp_path_factory.mktemp("deploy") / "gw2")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+@pytest.fixture(scope="module")
+def prometheus(
+    gateway: GatewayServer, second_gateway: GatewayServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Prometheus]:
     prom = start_prometheus(
         tmp_path_factory.mktemp("prometheus"),
-        target=f"127.0.0.1:{gateway.port}",
+        targets=[f"127.0.0.1:{gateway.port}", f"127.0.0.1:{second_gateway.port}"],
         port=free_port(),
         alertmanager=f"127.0.0.1:{free_port()}",
     )
     try:
         # Two scrapes before and after a second round of traffic, so that rate() sees an increase.
-        wait_for(prom, 'up{job="mls-gateway"} == 1', 20)
+        wait_for(prom, 'count(up{job="mls-gateway"} == 1) == 2', 20)
         time.sleep(1.5)
         traffic(gateway)
         time.sleep(2.5)
@@ -102,6 +116,30 @@ def test_every_metric_the_dashboard_and_alerts_read_is_exported(gateway: Gateway
     assert not missing, f"metric names the gateway does not export: {missing}"
 
 
+def test_both_replicas_are_scraped_as_instances_of_one_job(
+    prometheus: Prometheus, gateway: GatewayServer, second_gateway: GatewayServer
+) -> None:
+    """compose.yaml's replicas: one job, an instance each, both up; per-instance series keep them apart
+    (the alerts group by instance, the dashboard's instance variable lists both)."""
+    targets = prometheus.api("/api/v1/targets", state="active")["data"]["activeTargets"]
+    assert {(t["labels"]["job"], t["labels"]["instance"], t["health"]) for t in targets} == {
+        ("mls-gateway", f"127.0.0.1:{gateway.port}", "up"),
+        ("mls-gateway", f"127.0.0.1:{second_gateway.port}", "up"),
+    }, targets
+    ready = prometheus.query('mlsgw_ready{job="mls-gateway"}')["data"]["result"]
+    assert sorted(r["metric"]["instance"] for r in ready) == sorted(
+        f"127.0.0.1:{s.port}" for s in (gateway, second_gateway)
+    )
+    assert all(r["value"][1] == "1" for r in ready), ready
+    # Only the first replica had traffic: its tenant shows there, and not on the idle one.
+    identities = {
+        r["metric"]["instance"]: float(r["value"][1])
+        for r in prometheus.query('mlsgw_identities{job="mls-gateway"}')["data"]["result"]
+    }
+    assert identities[f"127.0.0.1:{gateway.port}"] >= 2, identities
+    assert identities.get(f"127.0.0.1:{second_gateway.port}", 0.0) == 0.0, identities
+
+
 def test_dashboard_queries_are_valid_and_return_data(prometheus: Prometheus) -> None:
     queries = dashboard_queries()
     assert len(queries) >= 15
@@ -120,7 +158,7 @@ def test_dashboard_queries_are_valid_and_return_data(prometheus: Prometheus) -> 
         time.sleep(0.5)
 
 
-def test_identities_and_groups_are_both_drawn(prometheus: Prometheus) -> None:
+def test_identities_and_groups_are_both_drawn(prometheus: Prometheus, gateway: GatewayServer) -> None:
     """The old panel ``mlsgw_identities or mlsgw_groups`` never showed groups (``or`` matches label sets)."""
     drawn = {
         q.split("{")[0]
@@ -128,7 +166,8 @@ def test_identities_and_groups_are_both_drawn(prometheus: Prometheus) -> None:
         if title == "Identities and groups" and prometheus.query(q)["data"]["result"]
     }
     assert drawn == {"mlsgw_identities", "mlsgw_groups"}
-    groups = prometheus.query('mlsgw_groups{job="mls-gateway"}')["data"]["result"]
+    groups = prometheus.query(f'mlsgw_groups{{job="mls-gateway",instance="127.0.0.1:{gateway.port}"}}')
+    groups = groups["data"]["result"]
     assert float(groups[0]["value"][1]) >= 2
 
 

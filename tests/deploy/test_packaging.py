@@ -1,13 +1,17 @@
 """Static checks of the container and systemd packaging (no container runtime or PID-1 systemd here):
-deploy/Containerfile, the build-context ignore files, deploy/compose.yaml and deploy/mls-gateway.service.
+deploy/Containerfile, the build-context ignore files, deploy/compose.yaml (PostgreSQL, two gateway
+replicas, monitoring), deploy/compose.single.yaml (one gateway on SQLite) and deploy/mls-gateway.service.
 ``systemd-analyze security --offline`` scores the unit when systemd-analyze is installed."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 from .monitoring import DEPLOY, REPO
 
@@ -52,26 +56,163 @@ def test_ignore_files_keep_secrets_and_local_state_out_of_the_build_context() ->
         assert needed in patterns, f"{needed} is not ignored"
 
 
+def read_yaml(path: Path) -> dict[str, Any]:
+    """A YAML file parsed by Debian's ``yq`` (anchors and ``<<`` merge keys resolved, as compose does;
+    compose's own ``${VAR}`` interpolation is left as text)."""
+    yq = shutil.which("yq")
+    assert yq is not None, "yq is missing: run ./deploy/bootstrap.sh (it installs Debian's yq)"
+    done = subprocess.run([yq, "-c", ".", str(path)], capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    assert isinstance(doc, dict)
+    return doc
+
+
+def compose_file(name: str) -> dict[str, Any]:
+    return read_yaml(DEPLOY / name)
+
+
+#: What every gateway container keeps, whichever compose file runs it.
+HARDENING = {
+    "read_only": True,
+    "tmpfs": ["/tmp"],
+    "cap_drop": ["ALL"],
+    "security_opt": ["no-new-privileges:true"],
+    "restart": "unless-stopped",
+}
+
+#: ``${VAR:?message}``: compose refuses to start when VAR is unset (nothing falls back to a default).
+REQUIRED_VARIABLE = re.compile(r"\$\{(\w+):\?[^}]+\}")
+
+
+def replicas(services: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {name: s for name, s in services.items() if name.startswith("gateway-")}
+
+
 def test_compose_mounts_rules_provisions_grafana_and_pins_images() -> None:
-    compose = (DEPLOY / "compose.yaml").read_text()
-    images = re.findall(r"^\s+image:\s*(\S+)$", compose, re.M)
-    external = [i for i in images if not i.startswith("mls-gateway:")]
-    assert len(external) == 3, images
-    for image in external:
+    services = compose_file("compose.yaml")["services"]
+    external = {name: s["image"] for name, s in services.items() if not s["image"].startswith("mls-gateway:")}
+    assert set(external) == {"postgres", "prometheus", "grafana", "alertmanager"}, external
+    for name, image in external.items():
         tag = image.partition(":")[2]
-        assert re.fullmatch(r"v?\d+\.\d+\.\d+", tag) or "@sha256:" in image, f"{image} is not pinned"
+        # PostgreSQL's versions are major.minor; 15 is the major the tests run (bootstrap's postgresql-15).
+        pinned = r"15\.\d+(-\w+)?" if name == "postgres" else r"v?\d+\.\d+\.\d+"
+        assert re.fullmatch(pinned, tag) or "@sha256:" in image, f"{image} is not pinned"
+    assert "postgresql-15" in (DEPLOY / "bootstrap.sh").read_text()
     # rule_files: ["alerts.yml"] is relative to prometheus.yml: the folder is mounted, not just the file.
-    assert '"./prometheus:/etc/prometheus:ro"' in compose
+    assert "./prometheus:/etc/prometheus:ro" in services["prometheus"]["volumes"]
     assert 'rule_files: ["alerts.yml"]' in (DEPLOY / "prometheus" / "prometheus.yml").read_text()
-    assert '"./grafana/provisioning:/etc/grafana/provisioning:ro"' in compose
-    assert '"./grafana/dashboards:/var/lib/grafana/dashboards:ro"' in compose
+    grafana = services["grafana"]["volumes"]
+    assert "./grafana/provisioning:/etc/grafana/provisioning:ro" in grafana
+    assert "./grafana/dashboards:/var/lib/grafana/dashboards:ro" in grafana
     provider = (DEPLOY / "grafana" / "provisioning" / "dashboards" / "mls-gateway.yml").read_text()
     assert "path: /var/lib/grafana/dashboards" in provider
     datasource = (DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text()
     assert "url: http://prometheus:9090" in datasource and "type: prometheus" in datasource
-    alertmanager = compose.split("  alertmanager:\n", 1)[1]
-    assert re.search(r"^\s+profiles: \[alerting\]$", alertmanager, re.M)
+    assert services["alertmanager"]["profiles"] == ["alerting"]
     assert (DEPLOY / "alertmanager" / "alertmanager.yml").exists()
+
+
+def test_compose_postgres_is_healthchecked_private_and_keeps_its_data() -> None:
+    doc = compose_file("compose.yaml")
+    pg = doc["services"]["postgres"]
+    assert pg["healthcheck"]["test"][:2] == ["CMD", "pg_isready"], pg["healthcheck"]
+    # The TCP address: during the image's first-run initialisation the server listens on its socket only,
+    # so the check passes only once the real server accepts the gateways' connections.
+    assert "--host=127.0.0.1" in pg["healthcheck"]["test"]
+    assert f"--username={pg['environment']['POSTGRES_USER']}" in pg["healthcheck"]["test"]
+    assert f"--dbname={pg['environment']['POSTGRES_DB']}" in pg["healthcheck"]["test"]
+    assert "ports" not in pg, "PostgreSQL is reached by the gateways over the compose network only"
+    volume, _, path = pg["volumes"][0].partition(":")
+    assert path == "/var/lib/postgresql/data" and volume in doc["volumes"]
+    assert pg["cap_drop"] == ["ALL"] and pg["security_opt"] == ["no-new-privileges:true"]
+    assert "scram-sha-256" in pg["environment"]["POSTGRES_INITDB_ARGS"]
+
+
+def test_compose_replicas_share_image_database_and_hsm_token_and_keep_the_hardening() -> None:
+    doc = compose_file("compose.yaml")
+    services = doc["services"]
+    gateways = replicas(services)
+    assert len(gateways) >= 2, sorted(services)
+    first, *others = gateways.values()
+    per_replica = {"ports", "depends_on"}
+
+    def shared(s: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in s.items() if k not in per_replica}
+
+    for other in others:
+        assert shared(other) == shared(first), "the replicas differ in more than their port and start order"
+    assert first["image"] == "mls-gateway:local"
+    assert {k: first[k] for k in HARDENING} == HARDENING
+    assert "/readyz" in " ".join(first["healthcheck"]["test"])
+    # A stop lets serve's graceful shutdown (10 s; --workers' supervisor 15 s) release the leases.
+    assert re.fullmatch(r"(\d+)s", first["stop_grace_period"]) and int(first["stop_grace_period"][:-1]) > 15
+    # One database for all: a PostgreSQL URL naming the compose service, with no password in it.
+    url = urlsplit(first["environment"]["MLSGW_DATABASE"])
+    assert url.scheme == "postgresql" and url.hostname == "postgres" and url.password is None, url
+    assert url.username == services["postgres"]["environment"]["POSTGRES_USER"]
+    assert url.path == "/" + services["postgres"]["environment"]["POSTGRES_DB"]
+    # One HSM token for all: the same named volume at the data folder (token, PIN file).
+    volume, _, path = first["volumes"][0].partition(":")
+    assert path == "/data" and volume in doc["volumes"]
+    # Each on its own loopback port; each starts once the database answers.
+    ports = [g["ports"] for g in gateways.values()]
+    assert all(len(p) == 1 and p[0].startswith("127.0.0.1:") and p[0].endswith(":8080") for p in ports)
+    assert len({p[0] for p in ports}) == len(ports), ports
+    for name, g in gateways.items():
+        assert g["depends_on"]["postgres"] == {"condition": "service_healthy"}, name
+    # A first start without `init` makes the token: the replicas must not make two at once.
+    for name, g in list(gateways.items())[1:]:
+        assert g["depends_on"][next(iter(gateways))] == {"condition": "service_healthy"}, name
+
+
+def test_prometheus_scrapes_every_replica_under_the_job_the_alerts_read() -> None:
+    services = compose_file("compose.yaml")["services"]
+    scrape = read_yaml(DEPLOY / "prometheus" / "prometheus.yml")["scrape_configs"]
+    assert [job["job_name"] for job in scrape] == ["mls-gateway"], scrape
+    (static,) = scrape[0]["static_configs"]
+    assert sorted(static["targets"]) == sorted(f"{name}:8080" for name in replicas(services))
+    assert set(services["prometheus"]["depends_on"]) == set(replicas(services))
+    selectors = set(re.findall(r'job=\\?"([^"\\]+)', (DEPLOY / "prometheus" / "alerts.yml").read_text()))
+    selectors |= set(
+        re.findall(r'job=\\?"([^"\\]+)', (DEPLOY / "grafana" / "dashboards" / "mls-gateway.json").read_text())
+    )
+    assert selectors == {"mls-gateway"}, selectors
+
+
+def test_no_password_is_committed_in_the_compose_files() -> None:
+    """Every password-like value is compose's ``${VAR:?...}`` from deploy/.env, which git ignores."""
+    text = (DEPLOY / "compose.yaml").read_text()
+    services = compose_file("compose.yaml")["services"]
+    secrets = {
+        (name, key): value
+        for name, s in services.items()
+        for key, value in (s.get("environment") or {}).items()
+        if re.search(r"PASSWORD|SECRET|TOKEN|PIN", key)
+    }
+    assert {key for _, key in secrets} == {"POSTGRES_PASSWORD", "PGPASSWORD"}, secrets
+    for where, value in secrets.items():
+        m = REQUIRED_VARIABLE.fullmatch(value)
+        assert m and m[1] == "MLSGW_POSTGRES_PASSWORD", f"{where}: {value!r} is not ${{VAR:?...}}"
+    assert {m[1] for m in REQUIRED_VARIABLE.finditer(text)} == {"MLSGW_POSTGRES_PASSWORD"}
+    for s in services.values():
+        for value in (s.get("environment") or {}).values():
+            assert urlsplit(str(value)).password is None, value
+    assert "deploy/.env" in (REPO / ".gitignore").read_text().splitlines()
+    # .containerignore leaves deploy/ (and so deploy/.env) out of the image build context.
+    assert "deploy" in (REPO / ".containerignore").read_text().splitlines()
+
+
+def test_single_gateway_compose_keeps_sqlite_its_data_and_the_same_hardening() -> None:
+    single = compose_file("compose.single.yaml")
+    assert list(single["services"]) == ["gateway"]
+    gateway = single["services"]["gateway"]
+    replica = next(iter(replicas(compose_file("compose.yaml")["services"]).values()))
+    assert "MLSGW_DATABASE" not in (gateway.get("environment") or {}), "SQLite in the data folder"
+    assert gateway["volumes"] == ["gateway-data:/data"] and "gateway-data" in single["volumes"]
+    assert gateway["ports"] == ["127.0.0.1:8080:8080"]
+    for key in (*HARDENING, "image", "build", "healthcheck", "stop_grace_period"):
+        assert gateway[key] == replica[key], key
 
 
 def unit_options() -> dict[str, list[str]]:
@@ -154,3 +295,27 @@ def test_systemd_analyze_verify_accepts_the_unit(tmp_path: Path) -> None:
         [tool, "verify", "--man=no", str(unit)], capture_output=True, text=True, timeout=60, check=False
     )
     assert verify.returncode == 0 and not verify.stderr.strip(), verify.stdout + verify.stderr
+
+
+def test_documented_compose_commands_name_services_of_their_file() -> None:
+    """Every ``docker compose -f deploy/FILE run --rm SERVICE`` in the README and in the compose files'
+    own comments names a service FILE has (``init`` and ``migrate`` run in a gateway's container)."""
+    text = "\n".join(
+        path.read_text()
+        for path in (
+            REPO / "README.md",
+            DEPLOY / "compose.yaml",
+            DEPLOY / "compose.single.yaml",
+            DEPLOY / "Containerfile",
+        )
+    )
+    commands = re.findall(r"docker compose -f deploy/(\S+) run --rm (\S+) (\w+)", text)
+    for file, service, command in commands:
+        assert service in compose_file(file)["services"], f"{file} has no service {service}"
+        assert command in ("init", "migrate"), command
+    assert {(file, command) for file, _, command in commands} >= {
+        ("compose.yaml", "init"),
+        ("compose.single.yaml", "init"),
+    }, commands
+    # A bare ``docker compose run`` names no file: it would be the reader's guess which one.
+    assert not re.search(r"docker compose run", text)

@@ -62,6 +62,21 @@ def test_softhsm_conf_stays_in_its_directory(tmp_path: Path) -> None:
     assert (tmp_path / "tokens").is_dir()
 
 
+def test_softhsm_conf_is_replaced_whole_and_only_when_it_changes(tmp_path: Path) -> None:
+    """Processes sharing a token folder rewrite the file at start-up while others read it: an unchanged
+    file keeps its inode (not rewritten), a stale one is swapped by a rename (a new inode, no truncation
+    a reader could see), and no staging file is left behind."""
+    conf = write_conf(tmp_path)
+    inode = conf.stat().st_ino
+    assert write_conf(tmp_path) == conf and conf.stat().st_ino == inode
+    expected = conf.read_text()
+    conf.write_text("directories.tokendir = /moved/elsewhere/tokens\n")
+    stale = conf.stat().st_ino
+    write_conf(tmp_path)
+    assert conf.read_text() == expected and conf.stat().st_ino != stale
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["softhsm2.conf", "tokens"]
+
+
 def test_session_token_is_private(softhsm: SoftHsmToken) -> None:
     assert softhsm.token_dir.is_relative_to(softhsm.directory)
     assert any(softhsm.token_dir.iterdir())  # the token lives here, not in /var/lib/softhsm
