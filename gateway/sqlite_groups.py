@@ -74,14 +74,13 @@ class SqliteGroupsMixin(SqliteQueries):
     def put_group(self, g: GroupRecord, expected_version: int | None) -> int:
         now = time.time()
         if expected_version is None:
-            try:
-                self._c.execute(
-                    "INSERT INTO groups (identity_id, group_id, epoch, state, pending, updated_at, version, "
-                    "applied_seq) VALUES (?, ?, ?, ?, ?, ?, 1, ?)",
-                    (g.identity_id, g.group_id, g.epoch, g.state, g.pending, now, g.applied_seq),
-                )
-            except sqlite3.IntegrityError:
-                raise EpochConflict("this identity is already a member of that group") from None
+            cur = self._c.execute(  # no exception: a failed statement would abort a PostgreSQL transaction
+                "INSERT INTO groups (identity_id, group_id, epoch, state, pending, updated_at, version, "
+                "applied_seq) VALUES (?, ?, ?, ?, ?, ?, 1, ?) ON CONFLICT (identity_id, group_id) DO NOTHING",
+                (g.identity_id, g.group_id, g.epoch, g.state, g.pending, now, g.applied_seq),
+            )
+            if cur.rowcount != 1:
+                raise EpochConflict("this identity is already a member of that group")
             return 1
         new_version = expected_version + 1
         cur = self._c.execute(
