@@ -119,7 +119,7 @@ def initialise(cfg: GatewayConfig) -> dict[str, Any]:
         close_runtime(rt)
     return {
         "data_dir": str(cfg.data_dir.resolve()),
-        "database": str(cfg.database_path.resolve()),
+        "database": cfg.database_location,
         "token_label": cfg.hsm.token_label,
         "token_created": created,
         "admin_token": admin,
@@ -139,8 +139,11 @@ def _report_init(report: dict[str, Any], as_json: bool) -> None:
 
 
 def serve(cfg: GatewayConfig) -> None:
-    if not cfg.database_path.exists() or not (
-        (cfg.embedded_softhsm and cfg.pin_file.exists()) or not cfg.embedded_softhsm
+    # A PostgreSQL database is initialised every start: its admin token is made once (bootstrap_admin).
+    if (
+        cfg.postgres_url is not None
+        or not cfg.database_path.exists()
+        or not ((cfg.embedded_softhsm and cfg.pin_file.exists()) or not cfg.embedded_softhsm)
     ):
         report = initialise(cfg)
         if report["admin_token"]:

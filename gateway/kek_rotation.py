@@ -57,6 +57,7 @@ from mls import MLSError
 
 from . import audit
 from .context import APP
+from .postgres_store import PostgresStore
 from .sqlite_rewrap import SEALED_COLUMNS, KekRow
 from .sqlite_store import SqliteStore
 from .store import AuditRecord, StoreUnavailable
@@ -142,7 +143,7 @@ class KekRotation:
 
     def __init__(
         self,
-        store: SqliteStore,
+        store: SqliteStore | PostgresStore,
         token: Token,
         envelope: Envelope,
         wrapped: WrappedKeys,

@@ -179,8 +179,8 @@ class SqliteTransaction(
 
     def add_key_package(self, k: KeyPackageRecord) -> None:
         self._c.execute(
-            "INSERT INTO key_packages (identity_id, ref, key_package, init_key_ref, leaf_key_ref, last_resort, "
-            "consumed, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO key_packages (identity_id, ref, key_package, init_key_ref, leaf_key_ref, "
+            "last_resort, consumed, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 k.identity_id,
                 k.ref,
@@ -406,6 +406,27 @@ class SqliteStore:
         except sqlite3.Error as e:
             conn.execute("ROLLBACK")
             raise StoreUnavailable(f"commit failed: {e}") from None
+
+    def write_probe(self, timeout_s: float) -> str | None:
+        """``None`` if the write lock can be taken within ``timeout_s`` (``BEGIN IMMEDIATE``, then
+        ``ROLLBACK`` on a connection of its own: nothing is written), else why not."""
+        try:
+            conn = sqlite3.connect(self.path, timeout=timeout_s, isolation_level=None)
+        except sqlite3.Error as e:
+            return f"cannot open the database ({type(e).__name__})"
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("ROLLBACK")
+        except sqlite3.OperationalError as e:
+            if "locked" in str(e) or "busy" in str(e):
+                return "the write lock is held (writes would wait and answer 503)"
+            return f"not writable ({e})"
+        except sqlite3.Error as e:
+            return f"not writable ({type(e).__name__})"
+        finally:
+            conn.close()
+        return None
 
     def ping(self) -> None:
         try:

@@ -255,4 +255,9 @@ class Store(Protocol):
         """Raise :class:`StoreUnavailable` unless the store answers."""
         ...
 
+    def write_probe(self, timeout_s: float) -> str | None:
+        """``None`` if a write transaction could start within ``timeout_s`` (nothing is written), else why
+        not (``GET /readyz``, :mod:`gateway.readiness`)."""
+        ...
+
     def close(self) -> None: ...
