@@ -30,7 +30,9 @@ def stores(postgres_dsn: str) -> Iterator[tuple[PostgresStore, PostgresStore]]:
     b.close()
 
 
-def race(stores: tuple[PostgresStore, PostgresStore], attempt: Callable[[PostgresStore, int], str]) -> list[str]:
+def race(
+    stores: tuple[PostgresStore, PostgresStore], attempt: Callable[[PostgresStore, int], str]
+) -> list[str]:
     """``attempt`` run by :data:`RACERS` threads at once, alternating between the two stores."""
     barrier = threading.Barrier(RACERS)
     results: list[str] = [""] * RACERS

@@ -14,9 +14,9 @@ import pytest
 from gateway.audit_chain import verify
 from gateway.audit_trail import export_lines
 from gateway.delivery_store import HostedWork, LogConflict, LogEntry, LogHead, Member
-from gateway.sqlite_directory import ClientRecord
 from gateway.postgres_store import PostgresStore
 from gateway.sqlite_audit import RetentionRow
+from gateway.sqlite_directory import ClientRecord
 from gateway.sqlite_rewrap import SEALED_COLUMNS
 from gateway.sqlite_store import SqliteStore
 from gateway.store import (
@@ -46,7 +46,9 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[AnyStore]:
 
 
 def identity(n: int = 1, tenant: str = "ten_1") -> Identity:
-    return Identity(f"idn_{n}", tenant, f"alice{n}", 1, b"cred", b"sigref%d" % n, b"sigpub%d" % n, "hsm", "hsm")
+    return Identity(
+        f"idn_{n}", tenant, f"alice{n}", 1, b"cred", b"sigref%d" % n, b"sigpub%d" % n, "hsm", "hsm"
+    )
 
 
 def seed(store: AnyStore, identities: int = 1) -> None:
