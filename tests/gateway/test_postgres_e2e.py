@@ -4,12 +4,14 @@ basics, a restart, and the loss and return of the database server without restar
 
 from __future__ import annotations
 
+import os
+import subprocess
 import time
 from pathlib import Path
 
 from tests.postgres_cluster import PostgresCluster
 
-from .gwclient import GatewayServer, Hosted, b64, unb64
+from .gwclient import GATEWAY_EXE, GatewayServer, Hosted, b64, unb64
 from .test_e2e import agree, found_group, tenant
 
 
@@ -51,3 +53,20 @@ def test_api_v1_basics_on_postgresql(
         agree(gid, [alice, bob])
     finally:
         server.kill()
+
+
+def test_backup_and_restore_refuse_postgresql(tmp_path: Path) -> None:
+    env = {**os.environ, "MLSGW_DATABASE": "postgresql://mlsgw@127.0.0.1:1/mlsgw"}
+    for args in (["backup", str(tmp_path / "b")], ["restore", str(tmp_path / "b")]):
+        out = subprocess.run(
+            [str(GATEWAY_EXE), *args, "--data-dir", str(tmp_path / "d")],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+            check=False,
+        )
+        assert out.returncode != 0
+        lines = out.stderr.strip().splitlines()
+        assert len(lines) == 1 and "pg_dump" in lines[0] and "PITR" in lines[0], out.stderr
+    assert not (tmp_path / "b").exists() and not (tmp_path / "d").exists()
