@@ -73,10 +73,13 @@ def test_log_append_for_one_epoch_has_one_winner(stores: tuple[PostgresStore, Po
     with stores[0].transaction() as tx:
         tx.put_log_head(LogHead("ten_1", G, 1, 1, 0, b"gi", b"tree"), None)
 
+    checked = threading.Barrier(RACERS)
+
     def attempt(store: PostgresStore, i: int) -> str:
         with store.read_transaction() as tx:  # the head the commit was checked against
             head = tx.get_log_head("ten_1", G)
         assert head is not None
+        checked.wait()  # every racer checked its commit against the same head
         try:
             with store.transaction() as tx:
                 tx.put_log_head(LogHead("ten_1", G, 1, head.epoch + 1, head.seq + 1, b"gi", b"t"), head.seq)
