@@ -24,7 +24,8 @@ RACERS = 8
 
 @pytest.fixture
 def stores(postgres_dsn: str) -> Iterator[tuple[PostgresStore, PostgresStore]]:
-    a, b = PostgresStore(postgres_dsn), PostgresStore(postgres_dsn)
+    # A generous lock wait: the machine is shared, and a wait past it is StoreUnavailable by design.
+    a, b = (PostgresStore(postgres_dsn, busy_timeout_s=120.0) for _ in range(2))
     yield a, b
     a.close()
     b.close()
@@ -36,16 +37,22 @@ def race(
     """``attempt`` run by :data:`RACERS` threads at once, alternating between the two stores."""
     barrier = threading.Barrier(RACERS)
     results: list[str] = [""] * RACERS
+    errors: list[BaseException] = []
 
     def run(i: int) -> None:
         barrier.wait()
-        results[i] = attempt(stores[i % 2], i)
+        try:
+            results[i] = attempt(stores[i % 2], i)
+        except BaseException as e:  # reported by the test's thread
+            errors.append(e)
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(RACERS)]
     for t in threads:
         t.start()
     for t in threads:
-        t.join(60)
+        t.join()
+    if errors:
+        raise errors[0]
     return results
 
 
@@ -129,17 +136,22 @@ def test_mailbox_cursors_follow_commit_order(stores: tuple[PostgresStore, Postgr
     seed(stores[0])
     seen: list[int] = []
     stop = threading.Event()
+    errors: list[BaseException] = []
 
     def reader() -> None:
         cursor = 0
-        while not stop.is_set() or cursor < RACERS * 10:
-            with stores[0].read_transaction() as tx:
-                events = tx.inbox_after("idn_1", cursor, 100)
-            for e in events:
-                seen.append(e.cursor)
-                cursor = e.cursor
-            if stop.is_set() and not events:
-                break
+        try:
+            while True:
+                done = stop.is_set()  # before the read: a read after every write committed ends it
+                with stores[0].read_transaction() as tx:
+                    events = tx.inbox_after("idn_1", cursor, 100)
+                for e in events:
+                    seen.append(e.cursor)
+                    cursor = e.cursor
+                if done and not events:
+                    return
+        except BaseException as e:
+            errors.append(e)
 
     def attempt(store: PostgresStore, i: int) -> str:
         for n in range(10):
@@ -151,7 +163,8 @@ def test_mailbox_cursors_follow_commit_order(stores: tuple[PostgresStore, Postgr
     t.start()
     race(stores, attempt)
     stop.set()
-    t.join(60)
+    t.join()
+    assert not errors, errors
     with stores[1].read_transaction() as tx:
         every = [e.cursor for e in tx.inbox_after("idn_1", 0, 1000)]
     assert len(every) == RACERS * 10 and seen == every
