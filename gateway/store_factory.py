@@ -21,7 +21,11 @@ POSTGRES_BACKUP_REFUSAL = (
 def open_store(config: GatewayConfig) -> SqliteStore | PostgresStore:
     """The store ``config`` names, opened (schema created or migrated)."""
     url = config.postgres_url
-    return SqliteStore(config.database_path) if url is None else PostgresStore(url)
+    if url is None:
+        return SqliteStore(config.database_path)
+    # Each worker may hold a write transaction and a read nested in it; token checks and the background
+    # tasks (readiness, hosted delivery, webhooks, retention, rotation) read on threads of their own.
+    return PostgresStore(url, pool_size=2 * config.worker_threads + config.auth_threads + 6)
 
 
 __all__ = ["POSTGRES_BACKUP_REFUSAL", "open_store"]

@@ -120,6 +120,8 @@ def test_group_compare_and_swap_and_ratchet_rows(store: AnyStore) -> None:
         assert tx.put_group(group(), None) == 1
     with pytest.raises(EpochConflict), store.transaction() as tx:
         tx.put_group(group(), None)  # already a member
+    with pytest.raises(EpochConflict), store.transaction() as tx:
+        tx.put_group(GroupRecord("idn_gone", G, 0, b"s", None), None)  # no such identity (deleted)
     with store.transaction() as tx:
         assert tx.put_group_ratchet("idn_1", G, 3, b"r2", 1) == 2
         assert tx.put_group_ratchet("idn_1", G, 4, b"r3", 2) == 3
