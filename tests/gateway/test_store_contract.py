@@ -13,6 +13,7 @@ import pytest
 
 from gateway.audit_chain import verify
 from gateway.audit_trail import export_lines
+from gateway.config import load_config
 from gateway.delivery_store import HostedWork, LogConflict, LogEntry, LogHead, Member
 from gateway.postgres_store import PostgresStore
 from gateway.sqlite_audit import RetentionRow
@@ -29,6 +30,7 @@ from gateway.store import (
     StoreUnavailable,
     Tenant,
 )
+from gateway.store_factory import open_store
 
 AnyStore = SqliteStore | PostgresStore
 G = b"group-1"
@@ -291,3 +293,24 @@ def test_read_transactions_refuse_writes_and_nest_in_one_snapshot(store: AnyStor
         assert tx.get_tenant("ten_2") is not None
     store.ping()
     assert store.write_probe(1.0) is None
+
+
+def test_the_database_setting_selects_the_store(tmp_path: Path, postgres_dsn: str) -> None:
+    toml = tmp_path / "gateway.toml"
+    toml.write_text(f'[gateway]\ndatabase = "{tmp_path / "db.sqlite3"}"\n')
+    sqlite_cfg = load_config(toml, {})
+    assert sqlite_cfg.postgres_url is None and sqlite_cfg.database_path == tmp_path / "db.sqlite3"
+    with_password = postgres_dsn.replace("mlsgw@", "mlsgw:secret@")
+    pg_cfg = load_config(None, {"MLSGW_DATABASE": with_password, "MLSGW_DATA_DIR": str(tmp_path)})
+    assert pg_cfg.postgres_url == with_password
+    assert pg_cfg.database_location == postgres_dsn  # no password in reports
+    with pytest.raises(ValueError):
+        _ = pg_cfg.database_path
+    pg_cfg = load_config(None, {"MLSGW_DATABASE": postgres_dsn})
+    for cfg, kind in ((sqlite_cfg, SqliteStore), (pg_cfg, PostgresStore)):
+        opened = open_store(cfg)
+        try:
+            assert isinstance(opened, kind)
+            opened.ping()
+        finally:
+            opened.close()
