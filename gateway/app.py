@@ -48,9 +48,9 @@ from .request_limits import UNREAD_BODY_CODES, TenantScheduler, refuse_encoded_b
 from .retention import retention_task
 from .sealed_keys import SealedKeyPersistence, WrappedKeyRows
 from .service import GatewayService
-from .sqlite_store import SqliteStore
 from .state_cache import StateCache
 from .store import StoreUnavailable
+from .store_factory import open_store
 from .webhook_delivery import webhook_delivery
 
 log = logging.getLogger("mls_gateway")
@@ -261,7 +261,7 @@ async def _close_runtime(app: web.Application) -> None:
 
 def open_runtime(config: GatewayConfig, module_path: str) -> Runtime:
     """Open the store, the token (login, session pool), the wrap key and the key store."""
-    store = SqliteStore(config.database_path, migrate=config.migrate_on_start)
+    store = open_store(config)
     token = Token.open(config.token_config(module_path))
     create_audit_key(token)  # signs the audit chain's checkpoints (gateway.audit_trail)
     hsm = config.hsm

@@ -29,7 +29,7 @@ from .audit_chain import ChainBroken, load_public_key, verify
 from .audit_trail import Checkpointer, export_lines
 from .config import GatewayConfig
 from .operator_cli import Exit, OperatorError
-from .sqlite_store import SqliteStore
+from .store_factory import open_store
 
 
 def add_audit_parser(sub: Any) -> None:
@@ -94,7 +94,7 @@ def _time(value: str | None, name: str) -> float | None:
 
 def _export(cfg: GatewayConfig, args: Any) -> None:
     since, until = _time(args.since, "since"), _time(args.until, "until")
-    store = SqliteStore(cfg.database_path, migrate=cfg.migrate_on_start)
+    store = open_store(cfg)
     try:
         lines = export_lines(store, since=since, until=until, tenant=args.tenant)
         text = "".join(json.dumps(line, sort_keys=True) + "\n" for line in lines)
@@ -142,7 +142,7 @@ def _verify(cfg: GatewayConfig, path: Path | None, pem: bytes, earlier: Path | N
     if path is not None:
         lines = list(_read_export(path))
     else:
-        store = SqliteStore(cfg.database_path, migrate=cfg.migrate_on_start)
+        store = open_store(cfg)
         try:
             lines = list(export_lines(store))
         finally:
@@ -161,7 +161,7 @@ def _pem(signer: AuditSigner) -> str:
 
 
 def _checkpoint(cfg: GatewayConfig, signer: AuditSigner) -> int | None:
-    store = SqliteStore(cfg.database_path, migrate=cfg.migrate_on_start)
+    store = open_store(cfg)
     try:
         cp = Checkpointer(store, signer, cfg.audit).checkpoint(force=True)
     finally:

@@ -44,6 +44,7 @@ from hsm.bootstrap import write_conf
 from .config import GatewayConfig
 from .operator_cli import Exit, OperatorError, require_initialised
 from .schema_migrations import MIGRATION_TABLE, known_migrations, migrations_directory
+from .store_factory import POSTGRES_BACKUP_REFUSAL
 
 #: The manifest's file name and the format it declares.
 MANIFEST = "backup.json"
@@ -324,6 +325,8 @@ def add_parsers(sub: Any) -> None:
 
 def command(cfg: GatewayConfig, args: Any) -> int:
     """Run ``backup`` or ``restore``; returns the exit code."""
+    if cfg.postgres_url is not None:
+        raise OperatorError(Exit.USAGE, POSTGRES_BACKUP_REFUSAL)
     if args.command == "restore":
         report = restore(args.src, args.data_dir)
         lines = restore_lines(report)

@@ -125,7 +125,7 @@ def initialise(cfg: GatewayConfig) -> dict[str, Any]:
         close_runtime(rt)
     return {
         "data_dir": str(cfg.data_dir.resolve()),
-        "database": str(cfg.database_path.resolve()),
+        "database": cfg.database_location,
         "token_label": cfg.hsm.token_label,
         "token_created": created,
         "admin_token": admin,
@@ -146,10 +146,12 @@ def _report_init(report: dict[str, Any], as_json: bool) -> None:
 
 def serve(cfg: GatewayConfig, argv: list[str] | None = None) -> int:
     """Serve the API; with ``workers`` > 1, as the supervisor of that many worker processes
-    (:mod:`gateway.supervisor`, which starts each with ``argv``, these very arguments)."""
+    (:mod:`gateway.supervisor`, which starts each with ``argv``, these very arguments). A PostgreSQL
+    database is initialised every start (its admin token is made once: ``bootstrap_admin``)."""
     worker = is_worker()
     if not worker and (
-        not cfg.database_path.exists()
+        cfg.postgres_url is not None
+        or not cfg.database_path.exists()
         or not ((cfg.embedded_softhsm and cfg.pin_file.exists()) or not cfg.embedded_softhsm)
     ):
         report = initialise(cfg)

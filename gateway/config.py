@@ -10,7 +10,8 @@ TOML layout (every key optional; an unknown section or key is refused, naming it
     [gateway]
     listen = "127.0.0.1:8080"       # MLSGW_LISTEN
     data_dir = "/var/lib/mls-gateway"   # MLSGW_DATA_DIR
-    database = "/var/lib/mls-gateway/gateway.sqlite3"   # MLSGW_DATABASE
+    database = "/var/lib/mls-gateway/gateway.sqlite3"   # MLSGW_DATABASE: a file path (SQLite) or a
+                                    # postgresql://user@host:port/db URL (PostgreSQL, gateway.postgres_store)
     max_body_bytes = 1048576        # MLSGW_MAX_BODY_BYTES
     worker_threads = 8              # MLSGW_WORKER_THREADS
     workers = 1                     # MLSGW_WORKERS: processes serving the listening socket
@@ -156,7 +157,8 @@ class GatewayConfig:
     data_dir: Path = Path("data")
     listen_host: str = "127.0.0.1"
     listen_port: int = 8080
-    database: Path | None = None
+    #: A SQLite file path, or a ``postgresql://`` URL (:attr:`postgres_url`); ``None``: the data folder's.
+    database: str | None = None
     max_body_bytes: int = 1 << 20
     worker_threads: int = 8
     #: Gateway processes serving the listening socket (gateway.supervisor; 1: this process serves alone).
@@ -201,8 +203,27 @@ class GatewayConfig:
     retention: RetentionSettings = field(default_factory=RetentionSettings)
 
     @property
+    def postgres_url(self) -> str | None:
+        """The ``postgresql://`` URL of the database when it is PostgreSQL, else ``None`` (SQLite)."""
+        db = self.database
+        return db if db is not None and db.startswith(("postgresql://", "postgres://")) else None
+
+    @property
     def database_path(self) -> Path:
-        return self.database or self.data_dir / "gateway.sqlite3"
+        """The SQLite database file (a PostgreSQL database has none: ``ValueError``)."""
+        if self.postgres_url is not None:
+            raise ValueError("the database is PostgreSQL, not a file")
+        return Path(self.database) if self.database else self.data_dir / "gateway.sqlite3"
+
+    @property
+    def database_location(self) -> str:
+        """Where the store is, for reports: the file path, or the URL without its password."""
+        url = self.postgres_url
+        if url is None:
+            return str(self.database_path.resolve())
+        scheme, _, rest = url.partition("://")
+        userinfo, at, host = rest.rpartition("@")
+        return f"{scheme}://{userinfo.partition(':')[0]}{at}{host}"
 
     @property
     def softhsm_dir(self) -> Path:
@@ -369,7 +390,7 @@ def load_config(
         retention = RetentionSettings(**{k: float(v) for k, v in data["retention"].items()})
         cfg = GatewayConfig(
             data_dir=Path(g.pop("data_dir", "data")),
-            database=Path(g["database"]) if "database" in g else None,
+            database=str(g["database"]) if "database" in g else None,
             max_body_bytes=int(g.get("max_body_bytes", 1 << 20)),
             worker_threads=int(g.get("worker_threads", 8)),
             workers=int(g.get("workers", 1)),

@@ -86,7 +86,7 @@ class Runtime:
         except StoreUnavailable as e:
             problems.append(f"store: {e}")
         else:
-            problem = store_write_probe(self.config.database_path, self.config.readiness_write_timeout_s)
+            problem = store_write_probe(self.store, self.config.readiness_write_timeout_s)
             if problem is not None:
                 problems.append(f"store: {problem}")
         self.metrics.ready.set(0 if problems else 1)

@@ -58,6 +58,7 @@ from mls import MLSError
 from . import audit
 from .context import APP
 from .leases import KEK_REWRAP, LEASES
+from .postgres_store import PostgresStore
 from .sqlite_rewrap import SEALED_COLUMNS, KekRow
 from .sqlite_store import SqliteStore
 from .store import AuditRecord, StoreUnavailable
@@ -153,7 +154,7 @@ class KekRotation:
 
     def __init__(
         self,
-        store: SqliteStore,
+        store: SqliteStore | PostgresStore,
         token: Token,
         envelope: Envelope,
         wrapped: WrappedKeys,

@@ -35,7 +35,7 @@ def add_migrate_parser(sub: Any) -> None:
 
 def database_of(cfg: GatewayConfig) -> str:
     """The database the configuration names, as :mod:`gateway.schema_migrations` takes it."""
-    return str(cfg.database_path)
+    return cfg.postgres_url or str(cfg.database_path)
 
 
 def migrate_command(cfg: GatewayConfig, args: Any) -> int:

@@ -30,8 +30,8 @@ from mls import cipher_suite
 from .config import GatewayConfig
 from .errors import Problem
 from .schema_migrations import SchemaError
-from .sqlite_store import SqliteStore
 from .store import StoreUnavailable
+from .store_factory import open_store
 from .tenants import Tenants
 
 
@@ -89,7 +89,8 @@ def require_initialised(cfg: GatewayConfig) -> None:
     file configured but missing is a PIN error (exit 7)."""
     if cfg.embedded_softhsm and cfg.hsm.pin_file is not None and not cfg.pin_file.exists():
         raise OperatorError(Exit.HSM_PIN, f"token PIN: cannot read {cfg.pin_file} (no such file)")
-    if not cfg.database_path.exists() or (cfg.embedded_softhsm and not cfg.pin_file.exists()):
+    no_database = cfg.postgres_url is None and not cfg.database_path.exists()
+    if no_database or (cfg.embedded_softhsm and not cfg.pin_file.exists()):
         raise OperatorError(
             Exit.NOT_INITIALISED,
             f"data folder {cfg.data_dir} is not initialised "
@@ -131,7 +132,7 @@ def admin_command(cfg: GatewayConfig, args: Any, module_path: str | None) -> int
             close_runtime(rt)
         _print({"deleted": args.tenant_id}, [f"tenant {args.tenant_id} deleted"], args.json)
         return Exit.OK
-    store = SqliteStore(cfg.database_path, migrate=cfg.migrate_on_start)
+    store = open_store(cfg)
     try:
         tenants = Tenants(store, None)  # type: ignore[arg-type]  # neither command commits a request
         if args.admin_command == "tokens":
@@ -194,7 +195,7 @@ def hsm_check(cfg: GatewayConfig, module_path: str, as_json: bool) -> int:
     from .sealed_keys import WrappedKeyRows
 
     token = Token.open(cfg.token_config(module_path))
-    store = SqliteStore(cfg.database_path, migrate=cfg.migrate_on_start)
+    store = open_store(cfg)
     try:
         caps = token.capabilities
         wrapped = WrappedKeys(token, WrappedKeyRows(store))

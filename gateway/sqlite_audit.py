@@ -122,8 +122,8 @@ class SqliteAuditMixin(SqliteQueries):
 
     def add_audit_checkpoint(self, checkpoint: Checkpoint, key_label: str) -> None:
         self._c.execute(
-            "INSERT OR IGNORE INTO audit_checkpoints (seq, head, at_ms, signature, key_label) "
-            "VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO audit_checkpoints (seq, head, at_ms, signature, key_label) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (seq) DO NOTHING",
             (checkpoint.seq, checkpoint.head, checkpoint.at_ms, checkpoint.signature, key_label),
         )
 
@@ -171,9 +171,9 @@ class SqliteAuditMixin(SqliteQueries):
     def erase_audit(self, seqs: list[int], purged_by: int) -> int:
         cur = self._c.executemany(
             "UPDATE audit SET request_id = '', identity_id = NULL, token_id = NULL, group_id = NULL, "
-            "epoch = NULL, key_ref = X'', operation = '', custody = '', ok = 0, detail = NULL, purged_by = ? "
+            "epoch = NULL, key_ref = ?, operation = '', custody = '', ok = 0, detail = NULL, purged_by = ? "
             "WHERE seq = ? AND purged_by IS NULL",
-            [(purged_by, seq) for seq in seqs],
+            [(b"", purged_by, seq) for seq in seqs],
         )
         return int(cur.rowcount)
 
@@ -187,8 +187,10 @@ class SqliteAuditMixin(SqliteQueries):
 
     def put_retention(self, row: RetentionRow) -> None:
         self._c.execute(
-            "INSERT OR REPLACE INTO tenant_retention (tenant_id, mailbox_s, idempotency_s, audit_s, "
-            "legal_hold, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO tenant_retention (tenant_id, mailbox_s, idempotency_s, audit_s, legal_hold, "
+            "updated_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (tenant_id) DO UPDATE SET "
+            "mailbox_s = excluded.mailbox_s, idempotency_s = excluded.idempotency_s, "
+            "audit_s = excluded.audit_s, legal_hold = excluded.legal_hold, updated_at = excluded.updated_at",
             (row.tenant_id, row.mailbox_s, row.idempotency_s, row.audit_s, int(row.legal_hold), time.time()),
         )
 

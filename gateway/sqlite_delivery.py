@@ -57,14 +57,14 @@ class SqliteDeliveryMixin(SqliteQueries):
         now = time.time()
         values = (head.cipher_suite, head.epoch, head.seq, head.group_info, head.ratchet_tree, now)
         if expected_seq is None:
-            try:
-                self._c.execute(
-                    "INSERT INTO group_logs (cipher_suite, epoch, seq, group_info, ratchet_tree, updated_at, "
-                    "tenant_id, group_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (*values, head.tenant_id, head.group_id, now),
-                )
-            except sqlite3.IntegrityError:
-                raise LogConflict("the group's log was created concurrently") from None
+            cur = self._c.execute(  # no exception: a failed statement would abort a PostgreSQL transaction
+                "INSERT INTO group_logs (cipher_suite, epoch, seq, group_info, ratchet_tree, updated_at, "
+                "tenant_id, group_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (tenant_id, group_id) DO NOTHING",
+                (*values, head.tenant_id, head.group_id, now),
+            )
+            if cur.rowcount != 1:
+                raise LogConflict("the group's log was created concurrently")
             return
         cur = self._c.execute(
             "UPDATE group_logs SET cipher_suite = ?, epoch = ?, seq = ?, group_info = ?, ratchet_tree = ?, "
@@ -98,7 +98,9 @@ class SqliteDeliveryMixin(SqliteQueries):
             ],
         )
         welcomes = [(tenant_id, group_id, e.seq, message_digest(e.welcome)) for e in entries if e.welcome]
-        self._c.executemany("INSERT INTO log_welcomes VALUES (?, ?, ?, ?)", welcomes)
+        self._c.executemany(
+            "INSERT INTO log_welcomes (tenant_id, group_id, seq, digest) VALUES (?, ?, ?, ?)", welcomes
+        )
 
     def log_entries(self, tenant_id: str, group_id: bytes, after_seq: int, up_to_seq: int) -> list[LogEntry]:
         rows = self._c.execute(
@@ -194,12 +196,17 @@ class SqliteDeliveryMixin(SqliteQueries):
         ]
 
     def add_inbox_event(self, identity_id: str, group_id: bytes, seq: int, sealed_event: bytes) -> int:
-        cur = self._c.execute(
-            "INSERT INTO inbox (identity_id, group_id, seq, event, created_at) VALUES (?, ?, ?, ?, ?)",
-            (identity_id, group_id, seq, sealed_event, time.time()),
+        r = self._one(
+            "INSERT INTO inbox (identity_id, group_id, seq, event, created_at) VALUES (?, ?, ?, ?, ?) "
+            "RETURNING cursor",
+            identity_id,
+            group_id,
+            seq,
+            sealed_event,
+            time.time(),
         )
-        assert cur.lastrowid is not None
-        return cur.lastrowid
+        assert r is not None
+        return int(r[0])
 
     def inbox_after(self, identity_id: str, after_cursor: int, limit: int) -> list[InboxRecord]:
         """An identity's events after a cursor, in order (sealed)."""
@@ -228,7 +235,8 @@ class SqliteDeliveryMixin(SqliteQueries):
         self._c.executemany(
             "INSERT INTO hosted_pending (identity_id, tenant_id, group_id, up_to_seq) VALUES (?, ?, ?, ?) "
             "ON CONFLICT (identity_id, group_id) "
-            "DO UPDATE SET up_to_seq = MAX(up_to_seq, excluded.up_to_seq)",
+            "DO UPDATE SET up_to_seq = CASE WHEN excluded.up_to_seq > hosted_pending.up_to_seq "
+            "THEN excluded.up_to_seq ELSE hosted_pending.up_to_seq END",
             [(w.identity_id, w.tenant_id, w.group_id, w.up_to_seq) for w in work],
         )
 

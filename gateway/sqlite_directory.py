@@ -145,7 +145,8 @@ class SqliteDirectoryMixin:
 
     def register_endpoint_key(self, tenant_id: str, signature_key: bytes, endpoint_id: str) -> bool:
         self._c.execute(
-            "INSERT OR IGNORE INTO endpoint_keys (tenant_id, signature_key, endpoint_id) VALUES (?, ?, ?)",
+            "INSERT INTO endpoint_keys (tenant_id, signature_key, endpoint_id) VALUES (?, ?, ?) "
+            "ON CONFLICT (tenant_id, signature_key) DO NOTHING",
             (tenant_id, signature_key, endpoint_id),
         )
         return self.endpoint_for_key(tenant_id, signature_key) == endpoint_id
@@ -181,7 +182,8 @@ class SqliteDirectoryMixin:
 
     def directory_status(self, client_id: str) -> DirectoryStatus:
         r = self._dir_one(
-            "SELECT COALESCE(SUM(last_resort = 0 AND claimed_at IS NULL), 0) AS available, "
+            "SELECT COALESCE(SUM(CASE WHEN last_resort = 0 AND claimed_at IS NULL THEN 1 ELSE 0 END), 0) "
+            "AS available, "
             "COALESCE(MAX(last_resort), 0) AS last_resort FROM directory_key_packages WHERE client_id = ?",
             client_id,
         )

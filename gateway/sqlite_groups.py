@@ -79,14 +79,16 @@ class SqliteGroupsMixin(SqliteQueries):
     def put_group(self, g: GroupRecord, expected_version: int | None) -> int:
         now = time.time()
         if expected_version is None:
-            try:
-                self._c.execute(
-                    "INSERT INTO groups (identity_id, group_id, epoch, state, pending, updated_at, version, "
-                    "applied_seq) VALUES (?, ?, ?, ?, ?, ?, 1, ?)",
-                    (g.identity_id, g.group_id, g.epoch, g.state, g.pending, now, g.applied_seq),
-                )
-            except sqlite3.IntegrityError:
-                raise EpochConflict("this identity is already a member of that group") from None
+            # No exception decides (a failed statement would abort a PostgreSQL transaction): an existing
+            # membership or a deleted identity (concurrently) leaves the row count at 0.
+            cur = self._c.execute(
+                "INSERT INTO groups (identity_id, group_id, epoch, state, pending, updated_at, version, "
+                "applied_seq) SELECT identity_id, ?, ?, ?, ?, ?, 1, ? FROM identities WHERE identity_id = ? "
+                "ON CONFLICT (identity_id, group_id) DO NOTHING",
+                (g.group_id, g.epoch, g.state, g.pending, now, g.applied_seq, g.identity_id),
+            )
+            if cur.rowcount != 1:
+                raise EpochConflict("this identity is already a member of that group")
             return 1
         new_version = expected_version + 1
         cur = self._c.execute(

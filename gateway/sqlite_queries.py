@@ -1,4 +1,11 @@
-"""The query helpers shared by the SQLite transaction and its mixins (one sqlite3 connection each)."""
+"""The query helpers shared by the store transaction and its mixins.
+
+The ``Sqlite*Mixin`` classes hold the portable SQL of both stores: they run on a :class:`sqlite3.Connection`
+(:mod:`gateway.sqlite_store`) and, unchanged, on :class:`gateway.postgres_sql.PgConnection`
+(:mod:`gateway.postgres_store`). Keep new statements portable: ``ON CONFLICT`` rather than ``INSERT OR``,
+``RETURNING`` rather than ``lastrowid``, no scalar ``MAX(a, b)``, no SQLite-only functions, and no
+exception as an answer (a failed statement aborts a PostgreSQL transaction: decide by the row count).
+"""
 
 from __future__ import annotations
 

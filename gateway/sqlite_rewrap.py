@@ -119,7 +119,8 @@ class SqliteRewrapMixin:
     def add_kek(self, label: str, kind: str, version: int, state: str) -> bool:
         """Insert a KEK version (nothing when its label is already there); whether it was inserted."""
         cur = self._c.execute(
-            "INSERT OR IGNORE INTO keks (label, kind, version, state, created_at) VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO keks (label, kind, version, state, created_at) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT DO NOTHING",
             (label, kind, version, state, time.time()),
         )
         return cur.rowcount == 1

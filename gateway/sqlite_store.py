@@ -157,7 +157,8 @@ class SqliteTransaction(
         )
         # A hosted identity's leaves are found by its signature key (api-delivery.md "Endpoints").
         self._c.execute(
-            "INSERT OR REPLACE INTO endpoint_keys (tenant_id, signature_key, endpoint_id) VALUES (?, ?, ?)",
+            "INSERT INTO endpoint_keys (tenant_id, signature_key, endpoint_id) VALUES (?, ?, ?) "
+            "ON CONFLICT (tenant_id, signature_key) DO UPDATE SET endpoint_id = excluded.endpoint_id",
             (i.tenant_id, i.signature_public_key, i.identity_id),
         )
 
@@ -183,7 +184,8 @@ class SqliteTransaction(
 
     def add_key_package(self, k: KeyPackageRecord) -> None:
         self._c.execute(
-            "INSERT INTO key_packages VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO key_packages (identity_id, ref, key_package, init_key_ref, leaf_key_ref, "
+            "last_resort, consumed, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 k.identity_id,
                 k.ref,
@@ -218,7 +220,11 @@ class SqliteTransaction(
 
     # ---- keys, audit, idempotency --------- ------------------------------------------------------------
     def put_software_key(self, key_ref: bytes, sealed: bytes) -> None:
-        self._c.execute("INSERT OR REPLACE INTO software_keys VALUES (?, ?)", (key_ref, sealed))
+        self._c.execute(
+            "INSERT INTO software_keys (key_ref, sealed) VALUES (?, ?) "
+            "ON CONFLICT (key_ref) DO UPDATE SET sealed = excluded.sealed",
+            (key_ref, sealed),
+        )
 
     def get_software_key(self, key_ref: bytes) -> bytes | None:
         r = self._one("SELECT sealed FROM software_keys WHERE key_ref = ?", key_ref)
@@ -232,7 +238,9 @@ class SqliteTransaction(
 
     def put_wrapped_key(self, key_ref: bytes, blob: bytes, kek_id: bytes) -> None:
         self._c.execute(
-            "INSERT OR REPLACE INTO wrapped_keys (key_ref, blob, kek_id, created_at) VALUES (?, ?, ?, ?)",
+            "INSERT INTO wrapped_keys (key_ref, blob, kek_id, created_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (key_ref) DO UPDATE SET blob = excluded.blob, kek_id = excluded.kek_id, "
+            "created_at = excluded.created_at",
             (key_ref, blob, kek_id, time.time()),
         )
 
@@ -247,7 +255,11 @@ class SqliteTransaction(
         return [bytes(r["key_ref"]) for r in self._all("SELECT key_ref FROM wrapped_keys")]
 
     def put_psk(self, identity_id: str, psk_id: bytes, sealed: bytes) -> None:
-        self._c.execute("INSERT OR REPLACE INTO psks VALUES (?, ?, ?)", (identity_id, psk_id, sealed))
+        self._c.execute(
+            "INSERT INTO psks (identity_id, psk_id, sealed) VALUES (?, ?, ?) "
+            "ON CONFLICT (identity_id, psk_id) DO UPDATE SET sealed = excluded.sealed",
+            (identity_id, psk_id, sealed),
+        )
 
     def list_psks(self, identity_id: str) -> list[tuple[bytes, bytes]]:
         return [
@@ -273,8 +285,10 @@ class SqliteTransaction(
     ) -> None:
         # REPLACE: a row still there is an expired one (the caller found no live record in this transaction).
         self._c.execute(
-            "INSERT OR REPLACE INTO idempotency (scope, key, request_hash, status, body, created_at, "
-            "identity_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO idempotency (scope, key, request_hash, status, body, created_at, identity_id) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (scope, key) DO UPDATE SET "
+            "request_hash = excluded.request_hash, status = excluded.status, body = excluded.body, "
+            "created_at = excluded.created_at, identity_id = excluded.identity_id",
             (scope, key, response.request_hash, response.status, response.body, time.time(), identity_id),
         )
 
@@ -404,6 +418,27 @@ class SqliteStore:
         except sqlite3.Error as e:
             conn.execute("ROLLBACK")
             raise StoreUnavailable(f"commit failed: {e}") from None
+
+    def write_probe(self, timeout_s: float) -> str | None:
+        """``None`` if the write lock can be taken within ``timeout_s`` (``BEGIN IMMEDIATE``, then
+        ``ROLLBACK`` on a connection of its own: nothing is written), else why not."""
+        try:
+            conn = sqlite3.connect(self.path, timeout=timeout_s, isolation_level=None)
+        except sqlite3.Error as e:
+            return f"cannot open the database ({type(e).__name__})"
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("ROLLBACK")
+        except sqlite3.OperationalError as e:
+            if "locked" in str(e) or "busy" in str(e):
+                return "the write lock is held (writes would wait and answer 503)"
+            return f"not writable ({e})"
+        except sqlite3.Error as e:
+            return f"not writable ({type(e).__name__})"
+        finally:
+            conn.close()
+        return None
 
     def ping(self) -> None:
         try:

@@ -12,8 +12,8 @@ Group states and software-custody keys arrive here already sealed (envelope encr
 wrap key); the store never sees them in the clear.
 
 :class:`Store` and :class:`Transaction` are the whole interface the operations use
-(:mod:`gateway.sqlite_store` implements them over SQLite). A PostgreSQL store for several gateway
-processes goes beside it behind the same two protocols: a transaction is one ``BEGIN ... COMMIT`` on a
+(:mod:`gateway.sqlite_store` implements them over SQLite, :mod:`gateway.postgres_store` over PostgreSQL for
+several gateway processes, with the same SQL): a PostgreSQL transaction is one ``BEGIN ... COMMIT`` on a
 pooled connection, ``put_group``'s compare-and-swap is an ``UPDATE ... WHERE version = expected`` whose row
 count decides (no process-local lock is relied upon), and ``StoreUnavailable`` / ``EpochConflict`` keep
 their meaning. The group service's log (one accepted commit per epoch, api-delivery.md) adds its append
@@ -258,6 +258,11 @@ class Store(Protocol):
 
     def ping(self) -> None:
         """Raise :class:`StoreUnavailable` unless the store answers."""
+        ...
+
+    def write_probe(self, timeout_s: float) -> str | None:
+        """``None`` if a write transaction could start within ``timeout_s`` (nothing is written), else why
+        not (``GET /readyz``, :mod:`gateway.readiness`)."""
         ...
 
     def close(self) -> None: ...

@@ -42,6 +42,7 @@ import pytest
 from aiohttp import web
 
 from gateway.webhooks import SIGNATURE_HEADER, verify_signature
+from tests.postgres_cluster import fresh_database
 
 from .devices import Deadline
 from .gwclient import Client, GatewayServer, Hosted, Response, b64, free_port, unb64
@@ -58,16 +59,23 @@ CONNECTION_ERRORS = (OSError, http.client.HTTPException)
 # ---- servers and groups ----------------------------------------------------------------------------------
 
 
-def _server(folder: Path) -> GatewayServer:
-    server = GatewayServer(folder, env={"MLSGW_WEBHOOK_ALLOW_PRIVATE": "1"})
+def _server(folder: Path, database: str | None = None) -> GatewayServer:
+    env = {"MLSGW_WEBHOOK_ALLOW_PRIVATE": "1", **({"MLSGW_DATABASE": database} if database else {})}
+    server = GatewayServer(folder, env=env)
     server.start()
     return server
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayServer]:
-    """One server for the tests that only add groups of their own (loopback webhooks allowed)."""
-    s = _server(tmp_path_factory.mktemp("group-service") / "gw")
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def server(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[GatewayServer]:
+    """One server for the tests that only add groups of their own (loopback webhooks allowed), on each
+    store: the data folder's SQLite, and a database of the session's PostgreSQL cluster (issue 15)."""
+    database = None
+    if request.param == "postgresql":
+        database = fresh_database(request.getfixturevalue("postgres_cluster"), "group_service")
+    s = _server(tmp_path_factory.mktemp("group-service") / "gw", database)
     yield s
     s.kill()
 

@@ -1,0 +1,108 @@
+"""The connection adapter that runs the store's portable SQL (the ``Sqlite*Mixin`` classes) on psycopg 3.
+
+The mixins call ``execute(sql, params)`` / ``executemany`` with SQLite's placeholders (``?`` and
+``:name``) and read rows by column name and by index, as :class:`sqlite3.Row` allows. :class:`PgConnection`
+gives them the same over one psycopg connection: :func:`translate` turns the placeholders into psycopg's
+(``%s`` / ``%(name)s``, a literal ``%`` doubled), and rows are :class:`PgRow` s (a tuple also indexed by
+column name, with ``keys()``).
+
+Values are bound on the client (:class:`psycopg.ClientCursor`): PostgreSQL infers no type for a bare
+parameter (``? IS NULL OR at >= ?``), while a client-side literal carries one, as SQLite's loose typing
+expects. The SQL itself is portable (``ON CONFLICT``, ``RETURNING``, ``CASE``): nothing is rewritten but
+the placeholders.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+import psycopg
+
+#: A string literal (copied, ``%`` doubled), a placeholder, or a ``%`` outside literals.
+_TOKENS = re.compile(r"'(?:[^']|'')*'|\?|(?<![:\w]):([A-Za-z_]\w*)|%")
+
+
+@functools.lru_cache(maxsize=1024)
+def translate(sql: str) -> str:
+    """SQLite's placeholders as psycopg's: ``?`` -> ``%s``, ``:name`` -> ``%(name)s``, ``%`` -> ``%%``."""
+
+    def one(m: re.Match[str]) -> str:
+        text = m.group(0)
+        if text.startswith("'"):
+            return text.replace("%", "%%")
+        if text == "?":
+            return "%s"
+        if text == "%":
+            return "%%"
+        return f"%({m.group(1)})s"
+
+    return _TOKENS.sub(one, sql)
+
+
+class PgRow(tuple[Any, ...]):
+    """A row readable by index and by column name (like :class:`sqlite3.Row`)."""
+
+    _index: dict[str, int] = {}
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, str):
+            return tuple.__getitem__(self, self._index[key])
+        return tuple.__getitem__(self, key)
+
+    def keys(self) -> list[str]:
+        return list(self._index)
+
+
+@functools.lru_cache(maxsize=512)
+def _row_class(names: tuple[str, ...]) -> type[PgRow]:
+    return type("PgRow", (PgRow,), {"_index": {n: i for i, n in enumerate(names)}})
+
+
+def _row_factory(cursor: psycopg.Cursor[Any]) -> Callable[[Sequence[Any]], PgRow]:
+    names = tuple(d.name for d in cursor.description or ())
+    cls = _row_class(names)
+    return lambda values: cls(values)
+
+
+class PgCursor:
+    """What the mixins read of a cursor: ``fetchone``, ``fetchall``, iteration and ``rowcount``."""
+
+    def __init__(self, cursor: psycopg.Cursor[PgRow]) -> None:
+        self._cursor = cursor
+        self.rowcount = cursor.rowcount
+
+    def fetchone(self) -> PgRow | None:
+        return self._cursor.fetchone()
+
+    def fetchall(self) -> list[PgRow]:
+        return self._cursor.fetchall()
+
+    def __iter__(self) -> Iterator[PgRow]:
+        return iter(self._cursor)
+
+
+class PgConnection:
+    """The part of :class:`sqlite3.Connection` the mixins use, over one psycopg connection."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self._conn = conn
+
+    def execute(self, sql: str, parameters: Sequence[Any] | dict[str, Any] = ()) -> PgCursor:
+        cur: psycopg.Cursor[PgRow] = self._conn.cursor(row_factory=_row_factory)
+        cur.execute(translate(sql), parameters)
+        return PgCursor(cur)
+
+    def executemany(self, sql: str, seq: Iterable[Sequence[Any] | dict[str, Any]]) -> PgCursor:
+        cur: psycopg.Cursor[PgRow] = self._conn.cursor(row_factory=_row_factory)
+        rows = list(seq)
+        if rows:
+            cur.executemany(translate(sql), rows)
+        result = PgCursor(cur)
+        result.rowcount = max(result.rowcount, 0)  # nothing run: no row changed
+        return result
+
+
+__all__ = ["PgConnection", "PgCursor", "PgRow", "translate"]
