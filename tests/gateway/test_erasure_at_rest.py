@@ -27,6 +27,7 @@ import pytest
 
 from gateway.config import ConfigError, load_config
 from gateway.custody import keys_for
+from gateway.readiness import store_write_probe
 from gateway.sealed_state import _state_aad
 from gateway.sqlite_store import SqliteStore
 from gateway.store import GroupRecord, Identity, Tenant
@@ -138,11 +139,16 @@ def test_a_long_reader_holds_up_no_writer_and_erasure_follows_it(tmp_path: Path)
         tx.add_identity(Identity("idn0", "t1", "n", 1, b"cred", b"ref", b"pub", "token", "token"))
     old = _put_states(store, ["idn0"])["idn0"]
     reading, release, released = threading.Event(), threading.Event(), threading.Event()
+    write_inside, wrote_inside = threading.Event(), threading.Event()
 
     def reader() -> None:
         with store.read_transaction() as tx:
             assert tx.get_group("idn0", b"g") is not None  # a snapshot older than the writes below
             reading.set()
+            if write_inside.wait(30):  # a write of the reading thread itself, its snapshot still held
+                with store.transaction() as wtx:
+                    wtx.add_identity(Identity("idn2", "t1", "n", 1, b"c", b"r", b"p", "token", "token"))
+                wrote_inside.set()
             release.wait(30)
             released.set()
 
@@ -154,6 +160,9 @@ def test_a_long_reader_holds_up_no_writer_and_erasure_follows_it(tmp_path: Path)
             tx.put_group(GroupRecord("idn0", b"g", 1, os.urandom(20_000), None), 2)  # after the ratchet
         with store.transaction() as tx:  # an unrelated write after it
             tx.add_identity(Identity("idn1", "t1", "n", 1, b"cred", b"ref", b"pub", "token", "token"))
+        assert store_write_probe(store.path, 60) is None  # /readyz's probe takes the write lock too
+        write_inside.set()
+        assert wrote_inside.wait(60)
         assert not released.is_set(), "a write waited for the reader of an older snapshot"
         assert not store.erasure.drain(timeout_s=0.3)  # the reader still needs the old pages
         assert store.erasure.pending_seconds > 0 and store.erasure.incomplete >= 1
