@@ -277,3 +277,7 @@ def test_deleting_an_identity_or_a_tenant_through_the_api_erases_their_states(in
     gw.ok("DELETE", f"/v1/tenants/{tenant['tenant_id']}", auth="admin", expect=204)
     assert store.erasure.drain(timeout_s=60)
     assert _lingers(store, states) == [False, False, False]
+    metrics = gw.request("GET", "/metrics", auth=None).body.decode()  # how far behind erasure is: not at all
+    assert "\nmlsgw_erasure_pending_seconds 0.0\n" in metrics
+    complete = 'mlsgw_erasure_checkpoints_total{outcome="complete"} '
+    assert float(metrics.split(complete)[1].split()[0]) >= 2  # the two deletions above, at least
