@@ -3,7 +3,7 @@
 
 A notification is a row of ``notifications`` (``id``, ``channel``, ``created_at``) that the store writes
 **in the transaction of the change** a waiter waits for (triggers on ``mailbox``, ``inbox`` and
-``webhooks``; :data:`gateway.sqlite_schema.LEASES_SCHEMA`), so it exists exactly when the change
+``webhooks``; the migration ``0002.leases_notifications``), so it exists exactly when the change
 committed, whichever process committed it. A wake-up only says "look again" (the store is the truth), so
 a duplicate — this process's own writers also notify directly — or a coalesced one is harmless; what
 must not happen is a waiter that sleeps through a commit. Rows are pruned after :data:`KEEP_S`.
@@ -35,6 +35,7 @@ import psycopg
 from aiohttp import web
 
 from .context import APP
+from .schema_migrations import migrations_directory
 from .sqlite_store import SqliteStore
 from .wakeups import Wakeups
 
@@ -50,63 +51,16 @@ CHANNEL = "mlsgw_wakeups"
 #: PostgreSQL: seconds before the last message heard from which a reconnect catches up.
 CATCH_UP_MARGIN_S = 60.0
 
-#: PostgreSQL DDL of the notifications table and the trigger that publishes each row at commit (the
-#: PostgreSQL store creates it in its schema; the triggers of ``mailbox``, ``inbox`` and ``webhooks`` that
-#: insert the rows are :data:`POSTGRES_SOURCE_TRIGGERS`).
-POSTGRES_DDL = f"""
-CREATE TABLE IF NOT EXISTS notifications (
-    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, channel TEXT NOT NULL,
-    created_at DOUBLE PRECISION NOT NULL DEFAULT EXTRACT(EPOCH FROM clock_timestamp()));
-CREATE INDEX IF NOT EXISTS notifications_by_time ON notifications(created_at);
-CREATE INDEX IF NOT EXISTS notifications_by_channel ON notifications(channel);
-CREATE OR REPLACE FUNCTION mlsgw_publish_notification() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM pg_notify('{CHANNEL}', NEW.channel);
-    RETURN NULL;
-END $$;
-DROP TRIGGER IF EXISTS publish_notification ON notifications;
-CREATE TRIGGER publish_notification AFTER INSERT ON notifications
-    FOR EACH ROW EXECUTE FUNCTION mlsgw_publish_notification();
-"""
+#: The migration that creates ``leases``, ``notifications`` and their triggers, on either store
+#: (``gateway/migrations/{sqlite,postgresql}/<id>.sql``, the single source of that DDL).
+MIGRATION_ID = "0002.leases_notifications"
 
-#: PostgreSQL DDL of the triggers that write a notification in the transaction of each change (the
-#: same as SQLite's in :data:`gateway.sqlite_schema.LEASES_SCHEMA`); needs ``identities``, ``clients``,
-#: ``mailbox``, ``inbox`` and ``webhooks``.
-POSTGRES_SOURCE_TRIGGERS = """
-CREATE OR REPLACE FUNCTION mlsgw_notify_row() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF TG_TABLE_NAME = 'mailbox' THEN
-        INSERT INTO notifications (channel) VALUES (NEW.client_id);
-    ELSIF TG_TABLE_NAME = 'inbox' THEN
-        INSERT INTO notifications (channel) VALUES (NEW.identity_id);
-    ELSIF TG_TABLE_NAME = 'identities' THEN  -- a deleted identity takes its notifications with it
-        DELETE FROM notifications WHERE channel = OLD.identity_id;
-    ELSIF TG_TABLE_NAME = 'clients' THEN
-        DELETE FROM notifications WHERE channel = OLD.client_id;
-    ELSIF TG_OP = 'DELETE' THEN  -- not when the webhook goes with its identity
-        IF EXISTS (SELECT 1 FROM identities WHERE identity_id = OLD.identity_id) THEN
-            INSERT INTO notifications (channel) VALUES (OLD.identity_id), ('webhooks:changed');
-        END IF;
-    ELSIF TG_OP = 'INSERT' OR NEW.url IS DISTINCT FROM OLD.url OR NEW.secret IS DISTINCT FROM OLD.secret
-            OR NEW.paused IS DISTINCT FROM OLD.paused OR NEW.created_at IS DISTINCT FROM OLD.created_at THEN
-        INSERT INTO notifications (channel) VALUES (NEW.identity_id), ('webhooks:changed');
-    END IF;
-    RETURN NULL;
-END $$;
-DROP TRIGGER IF EXISTS notify_mailbox ON mailbox;
-CREATE TRIGGER notify_mailbox AFTER INSERT ON mailbox FOR EACH ROW EXECUTE FUNCTION mlsgw_notify_row();
-DROP TRIGGER IF EXISTS notify_inbox ON inbox;
-CREATE TRIGGER notify_inbox AFTER INSERT ON inbox FOR EACH ROW EXECUTE FUNCTION mlsgw_notify_row();
-DROP TRIGGER IF EXISTS forget_identity_notifications ON identities;
-CREATE TRIGGER forget_identity_notifications AFTER DELETE ON identities
-    FOR EACH ROW EXECUTE FUNCTION mlsgw_notify_row();
-DROP TRIGGER IF EXISTS forget_client_notifications ON clients;
-CREATE TRIGGER forget_client_notifications AFTER DELETE ON clients
-    FOR EACH ROW EXECUTE FUNCTION mlsgw_notify_row();
-DROP TRIGGER IF EXISTS notify_webhooks ON webhooks;
-CREATE TRIGGER notify_webhooks AFTER INSERT OR UPDATE OR DELETE ON webhooks
-    FOR EACH ROW EXECUTE FUNCTION mlsgw_notify_row();
-"""
+
+def postgres_schema_sql() -> str:
+    """The PostgreSQL DDL of the notifications (its table, the trigger that publishes each row at commit on
+    :data:`CHANNEL`, the triggers of ``mailbox``, ``inbox`` and ``webhooks`` that write the rows) and of
+    ``leases``: the text of the PostgreSQL migration :data:`MIGRATION_ID`."""
+    return (migrations_directory("postgresql://") / f"{MIGRATION_ID}.sql").read_text(encoding="utf-8")
 
 
 class _ListenerThread:
@@ -291,9 +245,9 @@ async def notification_listener(app: web.Application) -> AsyncIterator[None]:
 
 __all__ = [
     "CHANNEL",
-    "POSTGRES_DDL",
-    "POSTGRES_SOURCE_TRIGGERS",
+    "MIGRATION_ID",
     "PostgresNotificationListener",
     "SqliteNotificationListener",
     "notification_listener",
+    "postgres_schema_sql",
 ]

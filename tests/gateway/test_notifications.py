@@ -18,10 +18,10 @@ import psycopg
 import pytest
 
 from gateway.notifications import (
-    POSTGRES_DDL,
-    POSTGRES_SOURCE_TRIGGERS,
+    CHANNEL,
     PostgresNotificationListener,
     SqliteNotificationListener,
+    postgres_schema_sql,
 )
 from gateway.sqlite_store import SqliteStore
 from gateway.store import Identity, Tenant
@@ -173,11 +173,32 @@ def test_prune_and_the_idle_cost_of_the_listener(two_stores: tuple[SqliteStore, 
 # ---- PostgreSQL ------------------------------------------------------------------------------------------
 
 
+#: The columns of mailbox, inbox and webhooks the source triggers read (the PostgreSQL store's tables,
+#: made by its migration 0001.baseline, have more; these are enough for the triggers): the PostgreSQL
+#: migration 0002.leases_notifications runs over them.
+SOURCE_TABLES = """
+CREATE TABLE identities (identity_id TEXT PRIMARY KEY);
+CREATE TABLE clients (client_id TEXT PRIMARY KEY);
+CREATE TABLE mailbox (cursor BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, client_id TEXT NOT NULL);
+CREATE TABLE inbox (cursor BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, identity_id TEXT NOT NULL);
+CREATE TABLE webhooks (
+    identity_id TEXT PRIMARY KEY REFERENCES identities ON DELETE CASCADE, url TEXT NOT NULL,
+    secret BYTEA NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, paused INTEGER NOT NULL DEFAULT 0,
+    created_at DOUBLE PRECISION NOT NULL);
+"""
+
+
 @pytest.fixture
 def pg(postgres_dsn: str) -> str:
+    """A database with the stand-in source tables and the PostgreSQL migration 0002 (its file, as is)."""
     with psycopg.connect(postgres_dsn, autocommit=True) as conn:
-        conn.execute(POSTGRES_DDL)
+        conn.execute(SOURCE_TABLES)
+        conn.execute(postgres_schema_sql())  # type: ignore[arg-type]
     return postgres_dsn
+
+
+def test_the_postgres_migration_publishes_on_the_listeners_channel() -> None:
+    assert f"pg_notify('{CHANNEL}', NEW.channel)" in postgres_schema_sql()
 
 
 def pg_notify_write(dsn: str, channel: str, *, rollback: bool = False) -> Callable[[], None]:
@@ -237,24 +258,7 @@ def test_postgres_no_wake_up_lost_across_a_reconnect(pg: str) -> None:
         listener.stop()
 
 
-#: The columns of mailbox, inbox and webhooks the source triggers read (the PostgreSQL store's tables
-#: have more; these are enough for the triggers).
-SOURCE_TABLES = """
-CREATE TABLE identities (identity_id TEXT PRIMARY KEY);
-CREATE TABLE clients (client_id TEXT PRIMARY KEY);
-CREATE TABLE mailbox (cursor BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, client_id TEXT NOT NULL);
-CREATE TABLE inbox (cursor BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, identity_id TEXT NOT NULL);
-CREATE TABLE webhooks (
-    identity_id TEXT PRIMARY KEY REFERENCES identities ON DELETE CASCADE, url TEXT NOT NULL,
-    secret BYTEA NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, paused INTEGER NOT NULL DEFAULT 0,
-    created_at DOUBLE PRECISION NOT NULL);
-"""
-
-
 def test_postgres_source_triggers_notify_in_the_transaction_of_the_change(pg: str) -> None:
-    with psycopg.connect(pg, autocommit=True) as conn:
-        conn.execute(SOURCE_TABLES)
-        conn.execute(POSTGRES_SOURCE_TRIGGERS)
     wakeups = Wakeups()
     listener = pg_listener(pg, wakeups)
 

@@ -40,6 +40,8 @@ from .legacy_schema import pre_migration_database
 
 REPO = Path(__file__).resolve().parents[2]
 SQLITE_MIGRATIONS = REPO / "gateway" / "migrations" / "sqlite"
+#: Every SQLite migration, in order (a new one is appended here and never edits an older one).
+ALL_SQLITE = ["0001.baseline", "0002.leases_notifications"]
 
 #: Rows of a database made before migrations (every table the old code wrote to is represented).
 _OLD_ROWS = [
@@ -97,12 +99,43 @@ def test_a_new_database_gets_every_migration(tmp_path: Path) -> None:
     path = tmp_path / "new.sqlite3"
     SqliteStore(path).close()
     state = status(str(path))
-    assert [mid for mid, _ in state.applied] == known_migrations(SQLITE_MIGRATIONS) == ["0001.baseline"]
+    assert [mid for mid, _ in state.applied] == known_migrations(SQLITE_MIGRATIONS) == ALL_SQLITE
     assert state.pending == [] and state.unknown == []
     assert _sql(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
     assert migrate(str(path)) == []  # nothing left to do
     SqliteStore(path).close()  # opening again applies nothing more
-    assert _sql(path, f"SELECT count(*) FROM {MIGRATION_TABLE}") == [(1,)]
+    assert _sql(path, f"SELECT count(*) FROM {MIGRATION_TABLE}") == [(len(ALL_SQLITE),)]
+
+
+def _schema(path: Path) -> set[tuple[Any, ...]]:
+    """Every table, index and trigger of the gateway with its SQL (yoyo's own left out)."""
+    return {
+        row
+        for row in _sql(path, "SELECT type, name, tbl_name, sql FROM sqlite_master")
+        if "yoyo" not in row[1]
+    }
+
+
+def test_a_database_migrated_by_the_baseline_alone_gets_exactly_the_current_schema(tmp_path: Path) -> None:
+    """A database that applied 0001.baseline before 0002 existed (as main did): the next start applies
+    0002 and the schema is then exactly a new database's — nothing a later migration added is missing."""
+    only_baseline = tmp_path / "baseline-only"
+    only_baseline.mkdir()
+    (only_baseline / "0001.baseline.py").write_bytes((SQLITE_MIGRATIONS / "0001.baseline.py").read_bytes())
+    old, fresh = tmp_path / "old.sqlite3", tmp_path / "fresh.sqlite3"
+    assert migrate(str(old), directory=only_baseline) == ["0001.baseline"]
+    _sql(old, *_OLD_ROWS)
+    before = _rows(old)
+    assert not {"leases", "notifications"} & set(before)  # the baseline is frozen: it never makes them
+    assert status(str(old)).pending == ALL_SQLITE[1:]
+    store = SqliteStore(old)  # the start-up check applies the rest
+    store.close()
+    SqliteStore(fresh).close()
+    assert _schema(old) == _schema(fresh)
+    assert {"leases", "notifications"} <= {row[1] for row in _schema(old)}
+    after = _rows(old)
+    assert {t: after[t] for t in before} == before  # every row kept
+    assert [mid for mid, _ in status(str(old)).applied] == ALL_SQLITE
 
 
 def test_a_version_6_database_is_adopted_without_data_loss(tmp_path: Path) -> None:
@@ -110,14 +143,15 @@ def test_a_version_6_database_is_adopted_without_data_loss(tmp_path: Path) -> No
     pre_migration_database(path)
     _sql(path, *_OLD_ROWS)
     before = _rows(path)
-    assert status(str(path)).pending == ["0001.baseline"]
+    assert status(str(path)).pending == ALL_SQLITE
     store = SqliteStore(path)
     with store.read_transaction() as tx:
         group = tx.get_group("i1", b"\x05")
         assert group is not None and (group.epoch, group.state) == (3, b"\x06")
     store.close()
-    assert _rows(path) == before  # every row of every table, unchanged
-    assert [mid for mid, _ in status(str(path)).applied] == ["0001.baseline"]
+    after = _rows(path)
+    assert {t: after[t] for t in before} == before  # every row of every table, unchanged
+    assert [mid for mid, _ in status(str(path)).applied] == ALL_SQLITE
 
 
 def test_a_version_5_database_is_upgraded(tmp_path: Path) -> None:
@@ -148,7 +182,7 @@ def test_a_migration_of_a_newer_gateway_is_refused(tmp_path: Path) -> None:
     _sql(
         path,
         f"INSERT INTO {MIGRATION_TABLE} (migration_hash, migration_id, applied_at_utc) "
-        "VALUES ('f00d', '0002.from-a-newer-gateway', '2030-01-01T00:00:00')",
+        "VALUES ('f00d', '0099.from-a-newer-gateway', '2030-01-01T00:00:00')",
     )
     for attempt in (
         lambda: SqliteStore(path),
@@ -157,8 +191,8 @@ def test_a_migration_of_a_newer_gateway_is_refused(tmp_path: Path) -> None:
     ):
         with pytest.raises(SchemaError) as e:
             attempt()
-        _one_line(e, "0002.from-a-newer-gateway", "newer mls-gateway")
-    assert status(str(path)).unknown == ["0002.from-a-newer-gateway"]
+        _one_line(e, "0099.from-a-newer-gateway", "newer mls-gateway")
+    assert status(str(path)).unknown == ["0099.from-a-newer-gateway"]
 
 
 def test_pending_migrations_are_refused_when_auto_migration_is_off(tmp_path: Path) -> None:
@@ -168,9 +202,9 @@ def test_pending_migrations_are_refused_when_auto_migration_is_off(tmp_path: Pat
     before = _rows(path)
     with pytest.raises(SchemaError) as e:
         SqliteStore(path, migrate=False)
-    _one_line(e, "1 pending schema migration", "0001.baseline", "migrate_on_start", "mls-gateway migrate")
-    assert _rows(path) == before and status(str(path)).pending == ["0001.baseline"]  # nothing changed
-    assert migrate(str(path)) == ["0001.baseline"]
+    _one_line(e, "2 pending schema migrations", *ALL_SQLITE, "migrate_on_start", "mls-gateway migrate")
+    assert _rows(path) == before and status(str(path)).pending == ALL_SQLITE  # nothing changed
+    assert migrate(str(path)) == ALL_SQLITE
     SqliteStore(path, migrate=False).close()  # up to date: opens
 
 
@@ -379,15 +413,19 @@ def test_serve_refuses_an_unknown_schema_and_migrate_brings_it_up_to_date(tmp_pa
     )
     _refused(_cli(*serve, env=off), "0001.baseline", "pending", "run `mls-gateway migrate`")
     listing = _cli("migrate", "--list", *data)
-    assert listing.returncode == 0 and listing.stdout.split() == ["0001.baseline", "pending"], listing
+    assert listing.returncode == 0 and listing.stdout.split() == [
+        *("0001.baseline", "pending"),
+        *("0002.leases_notifications", "pending"),
+    ], listing
     done = _cli("migrate", *data)
-    assert done.returncode == 0 and done.stdout.strip() == "applied 1 schema migration: 0001.baseline", done
+    assert done.returncode == 0, done
+    assert done.stdout.strip() == f"applied 2 schema migrations: {', '.join(ALL_SQLITE)}", done
     done = _cli("migrate", *data, "--json")
-    assert json.loads(done.stdout) == {"database": str(database), "applied_now": [], "applied": 1}
+    assert json.loads(done.stdout) == {"database": str(database), "applied_now": [], "applied": 2}
     listing = _cli("migrate", "--list", *data)
-    assert listing.stdout.startswith("0001.baseline  applied 2") and listing.stdout.endswith(" UTC\n"), (
-        listing
-    )
+    lines = listing.stdout.splitlines()
+    assert [line.split()[:2] for line in lines] == [[mid, "applied"] for mid in ALL_SQLITE], listing
+    assert all(line.endswith(" UTC") for line in lines), listing
     server.start()  # up to date: serves with auto-migration off
     assert server.admin.create_tenant("after-migrate")[0]  # reads and writes on the migrated database
     assert server.stop() == 0
@@ -395,20 +433,20 @@ def test_serve_refuses_an_unknown_schema_and_migrate_brings_it_up_to_date(tmp_pa
     _sql(
         database,
         f"INSERT INTO {MIGRATION_TABLE} (migration_hash, migration_id, applied_at_utc) "
-        "VALUES ('f00d', '0002.from-a-newer-gateway', '2030-01-01T00:00:00')",
+        "VALUES ('f00d', '0099.from-a-newer-gateway', '2030-01-01T00:00:00')",
     )
     for command in (serve, ["init", *data], ["migrate", *data]):
-        _refused(_cli(*command), "0002.from-a-newer-gateway", "newer mls-gateway")
+        _refused(_cli(*command), "0099.from-a-newer-gateway", "newer mls-gateway")
     listing = _cli("migrate", "--list", "--json", *data)
-    assert json.loads(listing.stdout)["unknown"] == ["0002.from-a-newer-gateway"]
-    assert "0002.from-a-newer-gateway  unknown" in _cli("migrate", "--list", *data).stdout
+    assert json.loads(listing.stdout)["unknown"] == ["0099.from-a-newer-gateway"]
+    assert "0099.from-a-newer-gateway  unknown" in _cli("migrate", "--list", *data).stdout
     # its backup says so, and this version refuses to restore it (nothing is left behind)
     backup, restored = tmp_path / "backup", tmp_path / "restored"
     assert _cli("backup", str(backup), *data).returncode == 0
     manifest = json.loads((backup / "backup.json").read_text())
-    assert manifest["schema_migrations"] == ["0001.baseline", "0002.from-a-newer-gateway"]
+    assert manifest["schema_migrations"] == [*ALL_SQLITE, "0099.from-a-newer-gateway"]
     assert manifest["schema_version"] == SCHEMA_VERSION
-    _refused(_cli("restore", str(backup), "--data-dir", str(restored)), "0002.from-a-newer-gateway", "newer")
+    _refused(_cli("restore", str(backup), "--data-dir", str(restored)), "0099.from-a-newer-gateway", "newer")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["backup", "data", "data.log"]
 
 
