@@ -134,10 +134,10 @@ class SqliteNotificationListener(_ListenerThread):
         version = self._data_version()
         if version == self._version:
             return set()
-        self._version = version
         rows = self._conn.execute(
             "SELECT id, channel FROM notifications WHERE id > ? ORDER BY id", (self.last_id,)
         ).fetchall()
+        self._version = version  # only once read: a read that fails is tried again at the next tick
         if rows:
             self.last_id = int(rows[-1][0])
         channels = {str(r[1]) for r in rows}

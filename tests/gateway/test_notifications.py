@@ -9,6 +9,7 @@ negative check (a rolled-back change wakes nobody) waits a while for a wake-up t
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -74,6 +75,27 @@ def test_a_commit_through_another_store_wakes_the_waiter(two_stores: tuple[Sqlit
         assert listener.delivered >= 1
     finally:
         listener.stop()
+
+
+def test_a_failed_read_of_the_rows_is_tried_again(two_stores: tuple[SqliteStore, SqliteStore]) -> None:
+    """The row read of a commit's wake-up fails once (SQLite's authorizer denies it, as a transient error
+    would): the next look reads them, not only after some unrelated later commit."""
+    a, b = two_stores
+    listener = SqliteNotificationListener(a.path, Wakeups(), 0.025)  # polled by hand, not started
+    denied: list[str] = []
+
+    def deny_once(action: int, table: str | None, *_: object) -> int:
+        if action == sqlite3.SQLITE_READ and table == "notifications" and not denied:
+            denied.append(table)
+            return sqlite3.SQLITE_DENY
+        return sqlite3.SQLITE_OK
+
+    inbox_event(b, "idn_a", 1)()
+    listener._conn.set_authorizer(deny_once)
+    with pytest.raises(sqlite3.DatabaseError, match="prohibited"):
+        listener.poll()
+    assert denied and listener.poll() == {"idn_a"}
+    listener._conn.close()
 
 
 def test_the_notification_is_written_in_the_transaction_of_the_change(
