@@ -63,15 +63,46 @@ def is_postgresql(database: str) -> bool:
 
 
 def describe(database: str) -> str:
-    """The database as an error may name it: a URL without its password (and query), or the file path."""
+    """The database as an error may name it: a URL without its password (and query), or the file path.
+    A URL that does not split unambiguously (:func:`_url_parts`) is named by its scheme alone: no part of
+    its credentials ever reaches an error or a log."""
     if not is_postgresql(database):
         return database
-    parts = urlsplit(database)
-    host = parts.hostname or ""
-    netloc = f"{parts.username}@{host}" if parts.username else host
-    if parts.port:
-        netloc += f":{parts.port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    parts = _url_parts(database)
+    if parts is None:
+        return f"{database.split('://', 1)[0]}://(a URL that cannot be read)"
+    scheme, user, host, port, path = parts
+    netloc = f"{user}@{host}" if user else host
+    if port is not None:
+        netloc += f":{port}"
+    return urlunsplit((scheme, netloc, path, "", ""))
+
+
+def _url_parts(database: str) -> tuple[str, str | None, str, int | None, str] | None:
+    """``(scheme, user, host, port, path)`` of a ``postgresql://`` URL, or ``None`` when it cannot be
+    split without guessing where the password ends: a password with an unencoded ``@ / ? # [ ]`` makes
+    the host, port or path hold part of it (a fragment ``#``, a second ``@``, userinfo the parser did
+    not see), so nothing of such a URL is shown and it is refused (:func:`check_url`)."""
+    rest = database.split("://", 1)[1]
+    if "#" in rest or rest.count("@") > 1:
+        return None
+    try:
+        parts = urlsplit(database)
+        if ("@" in rest) != ("@" in parts.netloc):
+            return None
+        return parts.scheme, parts.username, parts.hostname or "", parts.port, parts.path
+    except ValueError:  # a port that is not a number, an unbalanced bracket
+        return None
+
+
+def check_url(database: str) -> None:
+    """Refuse (:class:`gateway.store.StoreUnavailable`) a ``postgresql://`` URL that cannot be read
+    unambiguously, naming none of it but its scheme (see :func:`_url_parts`)."""
+    if is_postgresql(database) and _url_parts(database) is None:
+        raise StoreUnavailable(
+            f"the database URL {describe(database)} cannot be read: percent-encode the characters "
+            "@ : / ? # [ ] % in its user name and password (e.g. # as %23)"
+        )
 
 
 def migrations_directory(database: str) -> Path:
@@ -110,12 +141,16 @@ class _SqliteBackend(SQLiteBackend):  # type: ignore[misc]
 def _backend(database: str) -> Iterator[DatabaseBackend]:
     """A yoyo backend on ``database``, connected; its lock table is made only by a run that applies
     (``init_database``), so reading the state writes nothing but the journal mode."""
-    if is_postgresql(database):
-        parsed = parse_uri("postgresql+psycopg://" + database.split("://", 1)[1])
-        backend_class: type[DatabaseBackend] = PostgresqlPsycopgBackend
-    else:
-        parsed = parse_uri("sqlite://")._replace(database=str(Path(database).absolute()))
-        backend_class = _SqliteBackend
+    check_url(database)
+    try:
+        if is_postgresql(database):
+            parsed = parse_uri("postgresql+psycopg://" + database.split("://", 1)[1])
+            backend_class: type[DatabaseBackend] = PostgresqlPsycopgBackend
+        else:
+            parsed = parse_uri("sqlite://")._replace(database=str(Path(database).absolute()))
+            backend_class = _SqliteBackend
+    except ValueError:  # what check_url let through and yoyo still cannot read: its text may quote it
+        raise StoreUnavailable(f"the database URL {describe(database)} cannot be read") from None
     try:
         backend = backend_class(parsed, MIGRATION_TABLE)
     except Exception as e:  # sqlite3.Error, psycopg.Error: the database cannot be reached
@@ -243,6 +278,7 @@ __all__ = [
     "MigrationState",
     "SchemaError",
     "break_lock",
+    "check_url",
     "describe",
     "is_postgresql",
     "known_migrations",

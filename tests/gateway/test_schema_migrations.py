@@ -19,6 +19,8 @@ from typing import Any
 
 import psycopg
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.config import ConfigError, load_config
 from gateway.operator_cli import Exit
@@ -34,6 +36,7 @@ from gateway.schema_migrations import (
 )
 from gateway.sqlite_schema import SCHEMA_VERSION
 from gateway.sqlite_store import SqliteStore
+from gateway.store import StoreUnavailable
 
 from .gwclient import GATEWAY_EXE, GatewayServer
 from .legacy_schema import pre_migration_database
@@ -246,6 +249,34 @@ def test_the_database_is_named_without_its_password() -> None:
     url = "postgresql://mlsgw:s3cret@db.example:5432/gateway?sslmode=require&password=other"
     assert describe(url) == "postgresql://mlsgw@db.example:5432/gateway"
     assert describe("/var/lib/mls-gateway/gateway.sqlite3") == "/var/lib/mls-gateway/gateway.sqlite3"
+
+
+#: Passwords as an operator may paste them: URL metacharacters, unencoded, anywhere.
+_PASSWORD_MIDDLES = st.text(alphabet=st.sampled_from(list("@:/?#[]%&=+ ;!$'\"ab1")), max_size=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(middle=_PASSWORD_MIDDLES, port=st.sampled_from([":1", ":9"]), query=st.sampled_from(["", "?x=1"]))
+def test_no_error_names_any_part_of_a_password(middle: str, port: str, query: str) -> None:
+    """Whatever a password holds, neither the description nor the error of a URL that cannot be read
+    quotes it, or any part of it (the markers Zq and Qz stand for its two ends)."""
+    password = f"Zq{middle}Qz"
+    url = f"postgresql://mlsgw:{password}@127.0.0.1{port}/gateway{query}"
+    texts = [describe(url)]
+    try:
+        status(url)  # refused before any connection when the URL cannot be read
+    except StoreUnavailable as e:
+        texts.append(str(e))
+    for text in texts:
+        assert "Zq" not in text and "Qz" not in text, (url, text)
+
+
+def test_a_url_with_an_unencoded_password_is_refused_in_one_line() -> None:
+    url = "postgresql://mlsgw:s3cr3t#x@host/db"  # urlsplit: a port 's3cr3t' (ValueError naming it), before
+    assert describe(url) == "postgresql://(a URL that cannot be read)"
+    with pytest.raises(StoreUnavailable) as e:
+        migrate(url)
+    assert "s3cr3t" not in str(e.value) and "percent-encode" in str(e.value) and "\n" not in str(e.value)
 
 
 def test_migrations_are_package_data() -> None:
