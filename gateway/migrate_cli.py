@@ -34,7 +34,12 @@ def add_migrate_parser(sub: Any) -> None:
 
 
 def database_of(cfg: GatewayConfig) -> str:
-    """The database the configuration names, as :mod:`gateway.schema_migrations` takes it."""
+    """The database the configuration names, as :mod:`gateway.schema_migrations` takes it: a
+    ``postgresql://`` URL exactly as configured (a :class:`~pathlib.Path` would collapse its ``//``), else
+    the SQLite file's path."""
+    configured: object = cfg.database
+    if isinstance(configured, str) and is_postgresql(configured):
+        return configured
     return str(cfg.database_path)
 
 

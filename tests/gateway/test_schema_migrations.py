@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import tomllib
+from dataclasses import replace
 from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.config import ConfigError, load_config
+from gateway.migrate_cli import database_of
 from gateway.operator_cli import Exit
 from gateway.schema_migrations import (
     MIGRATION_TABLE,
@@ -511,3 +513,12 @@ def test_migrate_break_lock_removes_the_lock_of_a_killed_run(tmp_path: Path) -> 
     assert _sql(database, "SELECT count(*) FROM yoyo_lock") == [(0,)]
     done = _cli("migrate", "--data-dir", str(data))
     assert done.returncode == 0 and "0001.baseline" in done.stdout, done
+
+
+def test_migrate_takes_a_postgresql_url_as_configured(tmp_path: Path) -> None:
+    """``[gateway] database`` as a URL reaches the migrations unchanged (a Path makes ``postgresql:/h``)."""
+    cfg = load_config(env={"MLSGW_DATA_DIR": str(tmp_path)})
+    assert database_of(cfg) == str(tmp_path / "gateway.sqlite3")
+    url = "postgresql://mlsgw:pw@db.example:5432/gateway?sslmode=require"
+    assert database_of(replace(cfg, database=url)) == url  # type: ignore[arg-type]
+    assert str(Path(url)) != url
