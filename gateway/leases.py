@@ -3,9 +3,10 @@
 Several gateway processes (``serve --workers N``, or several machines) share one store. Work that two
 processes would duplicate or race on — audit checkpoints (one per head), the retention purge, webhook
 delivery (one sender per webhook keeps events in order), the hosted delivery sweep, orphan-key
-reconciliation and the KEK re-wrap and destruction — runs only in the process holding that task's
-lease (:data:`LEASED_TASKS`). Work every process must do stays per process: each reads the current KEKs,
-keeps its readiness gauge, and advances the hosted memberships its own appends scheduled.
+reconciliation, the KEK re-wrap and destruction, and the prune of old notification rows — runs only in
+the process holding that task's lease (:data:`LEASED_TASKS`). Work every process must do stays per
+process: each reads the current KEKs, keeps its readiness gauge, and advances the hosted memberships its
+own appends scheduled.
 
 **The lease.** A row ``(name, holder, expires_at)`` (:mod:`gateway.sqlite_leases`): ``holder`` is unique
 per process run (:attr:`LeaseKeeper.holder`: host, pid, random), ``expires_at`` the holder's wall clock
@@ -52,8 +53,17 @@ HOSTED_SWEEP = "hosted-sweep"
 WEBHOOK_DELIVERY = "webhook-delivery"
 KEY_RECONCILIATION = "key-reconciliation"
 KEK_REWRAP = "kek-rewrap"
+NOTIFICATION_PRUNE = "notification-prune"
 #: The background tasks that run in one process at a time, each under the lease of its name.
-LEASED_TASKS = (AUDIT_CHECKPOINTS, RETENTION, HOSTED_SWEEP, WEBHOOK_DELIVERY, KEY_RECONCILIATION, KEK_REWRAP)
+LEASED_TASKS = (
+    AUDIT_CHECKPOINTS,
+    RETENTION,
+    HOSTED_SWEEP,
+    WEBHOOK_DELIVERY,
+    KEY_RECONCILIATION,
+    KEK_REWRAP,
+    NOTIFICATION_PRUNE,
+)
 
 
 def process_holder_id() -> str:
@@ -257,6 +267,7 @@ async def lease_keeper(app: web.Application) -> AsyncIterator[None]:
 __all__ = [
     "LEASED_TASKS",
     "LEASES",
+    "NOTIFICATION_PRUNE",
     "LeaseKeeper",
     "lease_keeper",
     "process_holder_id",

@@ -6,7 +6,8 @@ A notification is a row of ``notifications`` (``id``, ``channel``, ``created_at`
 ``webhooks``; the migration ``0002.leases_notifications``), so it exists exactly when the change
 committed, whichever process committed it. A wake-up only says "look again" (the store is the truth), so
 a duplicate — this process's own writers also notify directly — or a coalesced one is harmless; what
-must not happen is a waiter that sleeps through a commit. Rows are pruned after :data:`KEEP_S`.
+must not happen is a waiter that sleeps through a commit. Rows are pruned after :data:`KEEP_S`, by
+one process (the lease ``notification-prune``), in batches of :data:`PRUNE_BATCH` rows per transaction.
 
 - **SQLite** (:class:`SqliteNotificationListener`): a thread with a connection of its own looks every
   ``[gateway] wakeup_poll_s`` (25 ms) at ``PRAGMA data_version``, which changes only when another
@@ -24,6 +25,8 @@ must not happen is a waiter that sleeps through a commit. Rows are pruned after 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 import sqlite3
 import threading
@@ -35,8 +38,10 @@ import psycopg
 from aiohttp import web
 
 from .context import APP
+from .leases import LEASES, NOTIFICATION_PRUNE, LeaseKeeper, run_while_held
 from .schema_migrations import migrations_directory
 from .sqlite_store import SqliteStore
+from .store import Store, StoreUnavailable
 from .wakeups import Wakeups
 
 log = logging.getLogger("mls_gateway")
@@ -44,8 +49,10 @@ log = logging.getLogger("mls_gateway")
 #: Seconds a notification row is kept (a listener that is behind longer than this catches up by a
 #: wake-up of everything it missed being lost; none is ever behind that long but a reconnect).
 KEEP_S = 300.0
-#: Seconds between two prunes of old notification rows.
+#: Seconds between two prunes of old notification rows (by the holder of their lease).
 PRUNE_EVERY_S = 60.0
+#: Rows a prune deletes per write transaction (about 2 ms of write lock on SQLite).
+PRUNE_BATCH = 1000
 #: PostgreSQL: the ``LISTEN`` channel the notifications trigger notifies.
 CHANNEL = "mlsgw_wakeups"
 #: PostgreSQL: seconds before the last message heard from which a reconnect catches up.
@@ -109,14 +116,10 @@ class SqliteNotificationListener(_ListenerThread):
         path: Path,
         wakeups: Wakeups,
         poll_s: float,
-        *,
-        prune: Callable[[float], object] | None = None,
     ) -> None:
         super().__init__(wakeups)
         self.path = path
         self.poll_s = poll_s
-        #: Deletes rows older than the given unix time (the store's write transaction); ``None``: never.
-        self._prune = prune
         self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._conn.execute("PRAGMA query_only = ON")
         self.last_id = self._last_id()  # what was there before this process started wakes nobody
@@ -145,14 +148,10 @@ class SqliteNotificationListener(_ListenerThread):
         return channels
 
     def _loop(self) -> None:
-        next_prune = time.monotonic() + PRUNE_EVERY_S
         try:
             while not self._stop.wait(self.poll_s):
                 try:
                     self.poll()
-                    if self._prune is not None and time.monotonic() >= next_prune:
-                        next_prune = time.monotonic() + PRUNE_EVERY_S
-                        self._prune(time.time() - KEEP_S)
                 except Exception as e:  # a locked or busy database: look again at the next tick
                     log.warning("notification listener: %s (retried)", e)
         finally:
@@ -221,24 +220,64 @@ def _server_time(conn: psycopg.Connection[tuple[object, ...]]) -> float:
     return float(row[0])  # type: ignore[arg-type]
 
 
+def prune_notifications(
+    store: Store,
+    older_than: float,
+    *,
+    batch: int = PRUNE_BATCH,
+    go_on: Callable[[], bool] = lambda: True,
+) -> int:
+    """Delete the notifications written before ``older_than`` (unix time), ``batch`` rows per write
+    transaction (each holds the write lock briefly: other writers get it between two), while ``go_on()``
+    (the lease is still held); returns how many were deleted. Worker thread."""
+    total = 0
+    while go_on():
+        with store.transaction() as tx:
+            deleted = tx.purge_notifications(older_than, batch)
+        total += deleted
+        if deleted < batch:
+            break
+    return total
+
+
+async def _prune_forever(store: Store, keeper: LeaseKeeper) -> None:
+    """Every :data:`PRUNE_EVERY_S`, the rows older than :data:`KEEP_S` (in the process holding the lease
+    :data:`gateway.leases.NOTIFICATION_PRUNE`; one process prunes for all)."""
+    loop = asyncio.get_running_loop()
+
+    def held() -> bool:
+        return keeper.held(NOTIFICATION_PRUNE)
+
+    while True:
+        try:
+            await loop.run_in_executor(
+                None, functools.partial(prune_notifications, store, time.time() - KEEP_S, go_on=held)
+            )
+        except StoreUnavailable as e:
+            log.warning("notification prune failed (retried): %s", e)
+        await asyncio.sleep(PRUNE_EVERY_S)
+
+
 async def notification_listener(app: web.Application) -> AsyncIterator[None]:
-    """The app's listener (``cleanup_ctx``): wakes this process's waiters of other processes' commits.
-    On SQLite it polls the database file; the PostgreSQL store runs :class:`PostgresNotificationListener`
-    over its DSN instead."""
+    """The app's listener (``cleanup_ctx``, after :func:`gateway.leases.lease_keeper`): wakes this
+    process's waiters of other processes' commits. On SQLite it polls the database file; the PostgreSQL
+    store runs :class:`PostgresNotificationListener` over its DSN instead. The prune of old rows runs
+    under its lease, in one process."""
     rt = app[APP]
     store = rt.store
     listener: _ListenerThread | None = None
     if isinstance(store, SqliteStore):
-
-        def prune(older_than: float) -> None:
-            with store.transaction() as tx:
-                tx.purge_notifications(older_than)
-
-        listener = SqliteNotificationListener(
-            store.path, rt.service.wakeups, rt.config.wakeup_poll_s, prune=prune
-        )
+        listener = SqliteNotificationListener(store.path, rt.service.wakeups, rt.config.wakeup_poll_s)
         listener.start()
+    keeper = app[LEASES]
+    prune = asyncio.create_task(
+        run_while_held(keeper, NOTIFICATION_PRUNE, lambda: _prune_forever(store, keeper)),
+        name="notification-prune",
+    )
     yield
+    prune.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await prune
     if listener is not None:
         await asyncio.get_running_loop().run_in_executor(None, listener.stop)
 
@@ -250,4 +289,5 @@ __all__ = [
     "SqliteNotificationListener",
     "notification_listener",
     "postgres_schema_sql",
+    "prune_notifications",
 ]

@@ -23,6 +23,7 @@ from gateway.notifications import (
     PostgresNotificationListener,
     SqliteNotificationListener,
     postgres_schema_sql,
+    prune_notifications,
 )
 from gateway.sqlite_store import SqliteStore
 from gateway.store import Identity, Tenant
@@ -177,7 +178,7 @@ def test_prune_and_the_idle_cost_of_the_listener(two_stores: tuple[SqliteStore, 
     a, b = two_stores
     inbox_event(b, "idn_a", 1)()
     with a.transaction() as tx:
-        assert tx.purge_notifications(time.time() + 1) >= 1
+        assert tx.purge_notifications(time.time() + 1, 1000) >= 1
         assert tx.notifications_after(0, 10) == []
         assert tx.last_notification_id() == 0
     inbox_event(b, "idn_a", 2)()
@@ -190,6 +191,32 @@ def test_prune_and_the_idle_cost_of_the_listener(two_stores: tuple[SqliteStore, 
     listener.stop()
     share = listener.cpu_s / (time.monotonic() - started)
     print(f"idle SQLite listener (25 ms poll): {100 * share:.2f} % of one core")
+
+
+def test_the_prune_deletes_in_bounded_batches_and_stops_with_its_lease(
+    two_stores: tuple[SqliteStore, SqliteStore],
+) -> None:
+    """Old rows go ``batch`` per write transaction (the write lock is held for one batch, not for every
+    old row at once); the prune stops between two batches when its lease is lost; newer rows stay."""
+    a, b = two_stores
+    with a.transaction() as tx:
+        tx._c.executemany(
+            "INSERT INTO notifications (channel, created_at) VALUES (?, 1.0)",
+            [(f"cli_{i}",) for i in range(2500)],
+        )
+    for seq in (1, 2, 3):
+        inbox_event(b, "idn_b", seq)()
+    with a.transaction() as tx:
+        started = time.perf_counter()
+        assert tx.purge_notifications(2.0, 1000) == 1000  # one bounded batch
+        batch_ms = 1000 * (time.perf_counter() - started)
+    lease = iter([True, False])  # held for one batch, then lost
+    assert prune_notifications(a, 2.0, batch=1000, go_on=lambda: next(lease)) == 1000
+    assert prune_notifications(a, 2.0, batch=200) == 500  # the rest, in three batches
+    with a.read_transaction() as tx:
+        left = tx.notifications_after(0, 100)
+    assert [channel for _, channel in left] == ["idn_b"] * 3
+    print(f"notification prune: one batch of 1000 rows holds the write lock {batch_ms:.1f} ms")
 
 
 # ---- PostgreSQL ------------------------------------------------------------------------------------------
