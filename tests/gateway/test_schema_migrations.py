@@ -410,6 +410,43 @@ def test_two_processes_migrate_one_database_at_once(
     assert [mid for mid, _ in state.applied] == ["0001.slow", "0002.once"] and not state.pending
 
 
+@pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
+def test_a_migration_run_killed_mid_way_blocks_no_later_run(
+    tmp_path: Path, engine: str, request: pytest.FixtureRequest
+) -> None:
+    """kill -9 of a run inside a (slow) migration, holding yoyo's lock row: the next run proceeds at once
+    — its lock died with the process — instead of waiting out the lock timeout (before: 300 s, then a
+    refusal), and applies every migration once."""
+    database = (
+        str(request.getfixturevalue("postgres_dsn"))
+        if engine == "postgresql"
+        else str(tmp_path / "db.sqlite3")
+    )
+    sleeps = "import time\nfrom yoyo import step\nsteps = [step(lambda conn: time.sleep(600))]\n"
+    slow = _write(tmp_path / "slow", {"0001.slow.py": sleeps})
+    first = subprocess.Popen(
+        [sys.executable, "-c", _MIGRATE_AND_REPORT, database, str(slow)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not _lock_taken(database):  # inside its run: yoyo's lock row is there
+            assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+            time.sleep(0.05)
+    finally:
+        first.kill()  # SIGKILL: no clean-up of any kind
+        first.communicate()
+    assert _lock_taken(database)  # the dead run's row is left behind
+    fast = _write(tmp_path / "fast", {**_SLOW_SET, "0001.slow.py": "from yoyo import step\nsteps = []\n"})
+    # the timeout would refuse the run if the dead lock still counted (no absolute time is measured)
+    assert migrate(database, directory=fast, lock_timeout_s=30) == ["0001.slow", "0002.once"]
+    assert not _lock_taken(database)
+    assert [mid for mid, _ in status(database, directory=fast).applied] == ["0001.slow", "0002.once"]
+
+
 # ---- mls-gateway migrate and the start-up policy, through the real command line ----
 
 
