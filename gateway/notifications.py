@@ -39,7 +39,7 @@ from aiohttp import web
 
 from .context import APP
 from .leases import LEASES, NOTIFICATION_PRUNE, LeaseKeeper, run_while_held
-from .schema_migrations import migrations_directory
+from .schema_migrations import SchemaError, migrations_directory
 from .sqlite_store import SqliteStore
 from .store import Store, StoreUnavailable
 from .wakeups import Wakeups
@@ -122,7 +122,14 @@ class SqliteNotificationListener(_ListenerThread):
         self.poll_s = poll_s
         self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._conn.execute("PRAGMA query_only = ON")
-        self.last_id = self._last_id()  # what was there before this process started wakes nobody
+        try:
+            self.last_id = self._last_id()  # what was there before this process started wakes nobody
+        except sqlite3.OperationalError as e:  # no notifications table: a schema the migrations did not make
+            self._conn.close()
+            raise SchemaError(
+                f"the database {path} lacks the table of migration {MIGRATION_ID} ({e}): "
+                "run `mls-gateway migrate`"
+            ) from None
         self._version = self._data_version()
 
     def _data_version(self) -> int:

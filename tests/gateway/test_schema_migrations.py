@@ -559,3 +559,12 @@ def test_migrate_takes_a_postgresql_url_as_configured(tmp_path: Path) -> None:
     url = "postgresql://mlsgw:pw@db.example:5432/gateway?sslmode=require"
     assert database_of(replace(cfg, database=url)) == url  # type: ignore[arg-type]
     assert str(Path(url)) != url
+
+
+def test_serve_refuses_a_database_without_the_notifications_table_in_one_line(tmp_path: Path) -> None:
+    """A database that records 0002 but lacks its table (dropped by hand): ``serve`` exits 11 with one
+    line naming the migration, not a traceback from the listener."""
+    server = GatewayServer(tmp_path / "data")
+    _sql(server.data_dir / "gateway.sqlite3", "DROP TABLE notifications")
+    serve = ["serve", "--data-dir", str(server.data_dir), "--listen", f"127.0.0.1:{server.port}"]
+    _refused(_cli(*serve), "0002.leases_notifications", "no such table: notifications", "mls-gateway migrate")
