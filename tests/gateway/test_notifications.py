@@ -20,11 +20,13 @@ import pytest
 
 from gateway.notifications import (
     CHANNEL,
+    MIGRATION_ID,
     PostgresNotificationListener,
     SqliteNotificationListener,
     postgres_schema_sql,
     prune_notifications,
 )
+from gateway.schema_migrations import migrate
 from gateway.sqlite_store import SqliteStore
 from gateway.store import Identity, Tenant
 from gateway.wakeups import Wakeups
@@ -248,6 +250,21 @@ def pg(postgres_dsn: str) -> str:
 
 def test_the_postgres_migration_publishes_on_the_listeners_channel() -> None:
     assert f"pg_notify('{CHANNEL}', NEW.channel)" in postgres_schema_sql()
+
+
+def test_the_postgres_migration_applies_through_yoyo(tmp_path: Path, postgres_dsn: str) -> None:
+    """The PostgreSQL 0002 file as yoyo reads it (statement by statement, dollar-quoted bodies whole),
+    after a stand-in baseline of the source tables (the PostgreSQL store's 0001 is not on this branch)."""
+    folder = tmp_path / "migrations"
+    folder.mkdir()
+    (folder / "0001.baseline.sql").write_text(SOURCE_TABLES)
+    (folder / f"{MIGRATION_ID}.sql").write_text(postgres_schema_sql())
+    assert migrate(postgres_dsn, directory=folder) == ["0001.baseline", MIGRATION_ID]
+    with psycopg.connect(postgres_dsn) as conn:
+        conn.execute("INSERT INTO mailbox (client_id) VALUES ('cli_9')")
+        conn.execute("INSERT INTO leases VALUES ('job', 'me', 2.0, 1.0)")
+        rows = conn.execute("SELECT channel FROM notifications").fetchall()
+    assert rows == [("cli_9",)]
 
 
 def pg_notify_write(dsn: str, channel: str, *, rollback: bool = False) -> Callable[[], None]:
