@@ -160,7 +160,7 @@ def test_a_long_reader_holds_up_no_writer_and_erasure_follows_it(tmp_path: Path)
             tx.put_group(GroupRecord("idn0", b"g", 1, os.urandom(20_000), None), 2)  # after the ratchet
         with store.transaction() as tx:  # an unrelated write after it
             tx.add_identity(Identity("idn1", "t1", "n", 1, b"cred", b"ref", b"pub", "token", "token"))
-        assert store_write_probe(store.path, 60) is None  # /readyz's probe takes the write lock too
+        assert store_write_probe(store, 60) is None  # /readyz's probe takes the write lock too
         write_inside.set()
         assert wrote_inside.wait(60)
         assert not released.is_set(), "a write waited for the reader of an older snapshot"
