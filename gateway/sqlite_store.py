@@ -297,8 +297,6 @@ class SqliteStore:
         self.path = Path(path)
         prepare(str(self.path), apply=migrate)  # SchemaError, or StoreUnavailable: cannot be opened
         self._busy_ms = int(busy_timeout_s * 1000)
-        #: This process's writers take turns here before ``BEGIN IMMEDIATE`` (see :meth:`transaction`).
-        self._write_turn = threading.RLock()
         self._local = threading.local()
         self._all_conns: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
@@ -342,13 +340,7 @@ class SqliteStore:
     @contextmanager
     def transaction(self) -> Iterator[SqliteTransaction]:
         """A transaction that may write: ``BEGIN IMMEDIATE`` takes the write lock up front; the block
-        returns only once what it committed is on disk (a shared fsync, :class:`WalSync`).
-
-        This process's writers first queue on a lock of their own (released at ``COMMIT``, before the
-        fsync wait): SQLite's busy handler retries a taken write lock by sleeping (1, 2, 5, 10 … ms), so
-        concurrent writers of one process waiting there stood idle long after it was free. Writers of other
-        processes still meet in SQLite's lock; after the busy timeout a writer stops queueing here and
-        goes to SQLite's lock as before."""
+        returns only once what it committed is on disk (a shared fsync, :class:`WalSync`)."""
         conn = self._connect()
         changes = conn.total_changes
         tickets: list[int] = []
@@ -359,13 +351,8 @@ class SqliteStore:
             else:
                 tickets.append(self.durability.commit(c))
 
-        turn = self._write_turn.acquire(timeout=self._busy_ms / 1000)
-        try:
-            with self._transaction(conn, "BEGIN IMMEDIATE", commit) as tx:
-                yield tx
-        finally:
-            if turn:
-                self._write_turn.release()
+        with self._transaction(conn, "BEGIN IMMEDIATE", commit) as tx:
+            yield tx
         if tickets:
             self._wait_durable(tickets[0])
             if tx.erase_due:  # a sealed state was replaced or deleted: its old bytes leave the files
