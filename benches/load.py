@@ -150,11 +150,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def init_gateway(data_dir: Path) -> str:
-    """``mls-gateway init --json``; returns the admin token."""
+def init_gateway(data_dir: Path, env: dict[str, str] | None = None) -> str:
+    """``mls-gateway init --json`` (``env``: settings over :func:`server_env`, e.g. ``MLSGW_DATABASE``);
+    returns the admin token."""
     done = subprocess.run(
         [*gateway_command(), "init", "--data-dir", str(data_dir), "--json"],
-        env=server_env(),
+        env={**server_env(), **(env or {})},
         capture_output=True,
         text=True,
         timeout=120,
@@ -169,14 +170,26 @@ def init_gateway(data_dir: Path) -> str:
 class Server:
     """``mls-gateway serve`` on a loopback port, its output in a log file; stopped with SIGTERM."""
 
-    def __init__(self, data_dir: Path, log_path: Path, env: dict[str, str] | None = None) -> None:
-        """``env``: settings for this server over :func:`server_env` (e.g. a larger body limit)."""
+    def __init__(
+        self, data_dir: Path, log_path: Path, env: dict[str, str] | None = None, workers: int = 1
+    ) -> None:
+        """``env``: settings for this server over :func:`server_env` (e.g. a larger body limit);
+        ``workers`` > 1: ``serve --workers N`` (a supervisor and N processes on one socket)."""
+        self.workers = workers
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self._log = log_path.open("wb")
         self.proc = subprocess.Popen(
-            [*gateway_command(), "serve", "--data-dir", str(data_dir), "--listen", f"127.0.0.1:{self.port}"],
+            [
+                *gateway_command(),
+                "serve",
+                "--data-dir",
+                str(data_dir),
+                "--listen",
+                f"127.0.0.1:{self.port}",
+                *(["--workers", str(workers)] if workers > 1 else []),
+            ],
             env={**server_env(), **(env or {})},
             stdin=subprocess.DEVNULL,
             stdout=self._log,
