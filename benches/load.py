@@ -219,12 +219,17 @@ class Server:
                     f"mls-gateway serve exited with {self.proc.returncode}:\n{self.log_tail()}"
                 )
             try:
-                if (await api.readiness())["status"] == "ready":
+                if (await api.readiness())["status"] == "ready" and self._all_workers_up():
                     return time.perf_counter() - started
             except OSError:  # GatewayConnectionError: not listening yet
                 pass
             await asyncio.sleep(0.1)
         raise RuntimeError(f"mls-gateway serve not ready after {START_TIMEOUT_S:g} s:\n{self.log_tail()}")
+
+    def _all_workers_up(self) -> bool:
+        """With ``workers`` > 1, whether the supervisor announced every worker ready (its
+        ``listening … (N workers)`` line), so that the load meets all of them, not the first alone."""
+        return self.workers == 1 or f"({self.workers} workers)" in self.log_tail(1_000_000)
 
     def stop(self) -> int | None:
         if self.proc.poll() is None:
