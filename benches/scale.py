@@ -27,8 +27,8 @@ Runs everything on loopback and stops by itself:
    transactions (each takes the store's write lock, ``pg_advisory_xact_lock``), transactions
    (``COMMIT`` + ``ROLLBACK``), rows written (rows of ``INSERT``/``UPDATE``/``DELETE``), WAL bytes, the time
    of ``COMMIT`` (the WAL flush, held under the write lock) and the time waiting for that lock per write
-   transaction, all from ``pg_stat_statements`` (``pg_stat_database`` would do for the rows too, but PostgreSQL 15 flushes
-   a busy backend's counters to it only every few seconds).
+   transaction, all from ``pg_stat_statements`` (``pg_stat_database`` would do for the rows too, but
+   PostgreSQL 15 flushes a busy backend's counters to it only every few seconds).
 
 Writes ``scale.json`` (top level: ``messages_per_s_1_process``, ``messages_per_s_2_processes``,
 ``scaling_2_over_1`` — PostgreSQL —, the same three prefixed ``sqlite_``, ``generator_cpu_share``; then
