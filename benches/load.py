@@ -465,12 +465,25 @@ async def run_clients(
     return stats, elapsed
 
 
+#: Tries of one group's setup when the gateway answers 503 (a transient refusal with Retry-After, e.g.
+#: ``hsm_unavailable`` while several processes share one SoftHSM2 token that another is writing).
+SETUP_TRIES = 5
+
+
 async def make_pairs(api: GatewayClient, first: int, count: int) -> list[Pair]:
     gate = asyncio.Semaphore(4)
 
     async def setup(i: int) -> Pair:
         async with gate:
-            return await make_pair(api, i)
+            for attempt in range(1, SETUP_TRIES + 1):
+                try:
+                    return await make_pair(api, i)
+                except GatewayError as e:  # a new pair from scratch; what the failed try made stays
+                    if e.status != 503 or attempt == SETUP_TRIES:
+                        raise
+                    print(f"setup of group {i}: 503 {e.code}, trying again", file=sys.stderr, flush=True)
+                    await asyncio.sleep(1.0)
+            raise AssertionError("unreachable")
 
     return list(await asyncio.gather(*(setup(i) for i in range(first, first + count))))
 
