@@ -498,20 +498,35 @@ def chart(report: dict[str, Any], path: Path) -> None:
                 offs, values, width, hatch=hatch, label=f"{r['processes']} proc, {per.replace('_', ' ')}"
             )
     ticks = [k + j * (len(keys) + 1) for j in range(2) for k in range(len(keys))]
-    ax_d.set_xticks(
-        ticks, [f"{k.replace('_', ' ')}\n{p}" for p in ("/message", "/commit") for k in keys], fontsize=7
-    )
+    short = {
+        "statements": "statements",
+        "write_transactions": "write tx",
+        "transactions": "tx",
+        "rows_written": "rows",
+    }
+    ax_d.set_xticks(ticks, [f"{short[k]}\n{p}" for p in ("per msg", "per commit") for k in keys], fontsize=8)
     ax_d.set_ylabel("count per operation")
     ax_d.set_title("PostgreSQL work per message and per commit (pg_stat_statements)")
     ax_d.legend(fontsize=7)
 
-    kinds = sorted({k.split("/")[0] for r in runs for k in r["per_message"]["hsm_operations_per_op_by_kind"]})
+    kinds = sorted(
+        {
+            k.split("/")[0]
+            for r in runs
+            for per in ("per_message", "per_commit")
+            for k in (r[per] or {}).get("hsm_operations_per_op_by_kind", {})
+        }
+    )
     for j, per in enumerate(("per_message", "per_commit")):
         values = []
         for r in runs:
             block = r[per] or {"hsm_operations_per_op_by_kind": {}}
             values.append(block["hsm_operations_per_op"] if block.get("count") else 0.0)
-        ax_h.bar([x + (j - 0.5) * 0.4 for x in xs], values, 0.4, label=per.replace("_", " "))
+        bars = ax_h.bar([x + (j - 0.5) * 0.4 for x in xs], values, 0.4, label=per.replace("_", " "))
+        for bar, v in zip(bars, values, strict=True):
+            ax_h.annotate(
+                f"{v:g}", (bar.get_x() + bar.get_width() / 2, v), ha="center", va="bottom", fontsize=8
+            )
     ax_h.set_xticks(xs, names, fontsize=8)
     ax_h.set_ylabel("HSM operations")
     ax_h.set_title(f"HSM operations per message and per commit ({', '.join(kinds) or 'none'})")
@@ -520,7 +535,8 @@ def chart(report: dict[str, Any], path: Path) -> None:
     c = report["config"]
     fig.suptitle(
         f"mls-gateway scale-out: {c['groups']} groups × 2 hosted members, {c['clients']} clients, "
-        f"{c['duration_s']:g} s per run, {report['machine']['cpus']} CPUs"
+        f"{c['duration_s']:g} s per run, {report['machine']['cpus']} CPUs, load average "
+        f"{report['machine']['load_average_at_end'][0]:.1f}"
         f"{' — quick' if report['quick'] else ''}"
     )
     fig.tight_layout()
