@@ -272,10 +272,14 @@ async def notification_listener(app: web.Application) -> AsyncIterator[None]:
     under its lease, in one process."""
     rt = app[APP]
     store = rt.store
-    listener: _ListenerThread | None = None
+    listener: _ListenerThread
     if isinstance(store, SqliteStore):
         listener = SqliteNotificationListener(store.path, rt.service.wakeups, rt.config.wakeup_poll_s)
-        listener.start()
+    else:
+        url = rt.config.postgres_url
+        assert url is not None  # the store is PostgreSQL (gateway.store_factory)
+        listener = PostgresNotificationListener(url, rt.service.wakeups)
+    listener.start()
     keeper = app[LEASES]
     prune = asyncio.create_task(
         run_while_held(keeper, NOTIFICATION_PRUNE, lambda: _prune_forever(store, keeper)),
@@ -285,8 +289,7 @@ async def notification_listener(app: web.Application) -> AsyncIterator[None]:
     prune.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await prune
-    if listener is not None:
-        await asyncio.get_running_loop().run_in_executor(None, listener.stop)
+    await asyncio.get_running_loop().run_in_executor(None, listener.stop)
 
 
 __all__ = [

@@ -497,8 +497,11 @@ def test_serve_refuses_an_unknown_schema_and_migrate_brings_it_up_to_date(tmp_pa
     assert [line.split()[:2] for line in lines] == [[mid, "applied"] for mid in ALL_SQLITE], listing
     assert all(line.endswith(" UTC") for line in lines), listing
     server.start()  # up to date: serves with auto-migration off
-    assert server.admin.create_tenant("after-migrate")[0]  # reads and writes on the migrated database
-    assert server.stop() == 0
+    try:
+        assert server.admin.create_tenant("after-migrate")[0]  # reads and writes on the migrated database
+        assert server.stop() == 0
+    finally:
+        server.kill()  # a failed assertion leaves no server running
     # a newer gateway's migration: always refused, by serve, init and migrate alike
     _sql(
         database,
