@@ -37,12 +37,20 @@ _databases = itertools.count(1)
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "both_stores: run on SQLite and on PostgreSQL (the store fixture)")
+    config.addinivalue_line(
+        "markers", "sqlite_only(reason): in a both_stores module, a test that runs on SQLite only (why)"
+    )
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """``both_stores`` tests get the ``store`` fixture parametrised over both stores, per module."""
+    """``both_stores`` tests get the ``store`` fixture parametrised over both stores, per module; a
+    ``sqlite_only`` one among them over SQLite alone (sharing the module's SQLite servers)."""
     if "store" in metafunc.fixturenames and metafunc.definition.get_closest_marker("both_stores"):
-        metafunc.parametrize("store", STORES, indirect=True, scope="module")
+        only = metafunc.definition.get_closest_marker("sqlite_only")
+        if only is not None and not only.args:
+            raise pytest.UsageError(f"{metafunc.definition.nodeid}: sqlite_only needs a reason")
+        stores = STORES[:1] if only is not None else STORES
+        metafunc.parametrize("store", stores, indirect=True, scope="module")
 
 
 @pytest.fixture(scope="module")
