@@ -62,4 +62,43 @@ def database(server: GatewayServer) -> Iterator[Database]:
         yield PgConnection(pg)
 
 
-__all__ = ["STORES", "Database", "database", "database_url"]
+def query(server: GatewayServer, sql: str, *args: object) -> list[tuple[Any, ...]]:
+    """The rows one query of portable SQL reads from ``server``'s database."""
+    with database(server) as db:
+        return [tuple(row) for row in db.execute(sql, args).fetchall()]
+
+
+def change(server: GatewayServer, sql: str, *args: object) -> None:
+    """One statement of portable SQL that changes ``server``'s database, committed."""
+    with database(server) as db:
+        db.execute(sql, args)
+
+
+def tables(server: GatewayServer) -> set[str]:
+    """The names of the tables in ``server``'s database."""
+    if database_url(server) is None:
+        sql = "SELECT name FROM sqlite_master WHERE type = 'table'"
+    else:
+        sql = "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
+    return {name for (name,) in query(server, sql)}
+
+
+def at_rest(server: GatewayServer) -> bytes:
+    """What ``server``'s database holds, to search for what must never be stored in clear: the SQLite
+    file and its write-ahead log as they rest on disk; on PostgreSQL every value of every row of every
+    table (binary values as they are, the rest as text)."""
+    if database_url(server) is None:
+        path = server.data_dir / "gateway.sqlite3"
+        wal = path.with_name(path.name + "-wal")
+        return path.read_bytes() + (wal.read_bytes() if wal.exists() else b"")
+    out = bytearray()
+    with database(server) as db:
+        for name in sorted(tables(server)):
+            for row in db.execute(f'SELECT * FROM "{name}"').fetchall():
+                for value in row:
+                    out += bytes(value) if isinstance(value, bytes | memoryview) else str(value).encode()
+                    out += b"\0"
+    return bytes(out)
+
+
+__all__ = ["STORES", "Database", "at_rest", "change", "database", "database_url", "query", "tables"]
