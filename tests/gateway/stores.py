@@ -15,11 +15,14 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Protocol
 
 import psycopg
 
 from gateway.postgres_sql import PgConnection
+from gateway.postgres_store import PostgresStore
+from gateway.sqlite_store import SqliteStore
 
 from .gwclient import GatewayServer
 
@@ -44,22 +47,43 @@ def database_url(server: GatewayServer) -> str | None:
     return url if url and url.startswith("postgresql") else None
 
 
+def server_database(server: GatewayServer) -> Path | str:
+    """What ``server`` stores in: its data folder's SQLite file, or a ``postgresql://`` URL."""
+    return database_url(server) or server.data_dir / "gateway.sqlite3"
+
+
+def open_store(location: Path | str) -> SqliteStore | PostgresStore:
+    """The store at ``location`` (a SQLite file or a ``postgresql://`` URL), as a second process opens it."""
+    if isinstance(location, str) and location.startswith("postgresql"):
+        return PostgresStore(location)
+    return SqliteStore(Path(location))
+
+
 @contextlib.contextmanager
-def database(server: GatewayServer) -> Iterator[Database]:
-    """One transaction on ``server``'s database (committed at the end of the block, rolled back on an
-    exception); rows read by index and by column name on both stores."""
-    url = database_url(server)
-    if url is None:
-        conn = sqlite3.connect(server.data_dir / "gateway.sqlite3", timeout=60)
-        conn.row_factory = sqlite3.Row
-        try:
-            with conn:
-                yield conn
-        finally:
-            conn.close()
+def connect(location: Path | str) -> Iterator[Database]:
+    """One write transaction on the database at ``location`` (committed at the end of the block, rolled
+    back on an exception); rows read by index and by column name on both stores."""
+    if isinstance(location, str) and location.startswith("postgresql"):
+        with psycopg.connect(location, cursor_factory=psycopg.ClientCursor) as pg:  # commits at the end
+            yield PgConnection(pg)
         return
-    with psycopg.connect(url, cursor_factory=psycopg.ClientCursor) as pg:  # commits when the block ends
-        yield PgConnection(pg)
+    conn = sqlite3.connect(location, timeout=60, isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+
+
+def database(server: GatewayServer) -> contextlib.AbstractContextManager[Database]:
+    """One write transaction on ``server``'s database (:func:`connect`)."""
+    return connect(server_database(server))
 
 
 def query(server: GatewayServer, sql: str, *args: object) -> list[tuple[Any, ...]]:
@@ -101,4 +125,16 @@ def at_rest(server: GatewayServer) -> bytes:
     return bytes(out)
 
 
-__all__ = ["STORES", "Database", "at_rest", "change", "database", "database_url", "query", "tables"]
+__all__ = [
+    "STORES",
+    "Database",
+    "at_rest",
+    "change",
+    "connect",
+    "database",
+    "database_url",
+    "open_store",
+    "query",
+    "server_database",
+    "tables",
+]
