@@ -107,6 +107,23 @@ def tables(server: GatewayServer) -> set[str]:
     return {name for (name,) in query(server, sql)}
 
 
+def text_columns(server: GatewayServer, table: str) -> list[str]:
+    """The columns of ``table`` that may hold an id: every column on SQLite (loosely typed), the text
+    columns on PostgreSQL (comparing a number or bytes with text is an error there)."""
+    if database_url(server) is None:
+        return [str(r[1]) for r in query(server, f"PRAGMA table_info({table})")]
+    sql = (
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() "
+        "AND table_name = ? AND data_type IN ('text', 'character varying') ORDER BY ordinal_position"
+    )
+    return [str(name) for (name,) in query(server, sql, table)]
+
+
+def contains_sql(server: GatewayServer, column: str) -> str:
+    """SQL true when ``column`` contains the bound text (``instr`` on SQLite, ``strpos`` on PostgreSQL)."""
+    return f"{'instr' if database_url(server) is None else 'strpos'}({column}, ?) > 0"
+
+
 def at_rest(server: GatewayServer) -> bytes:
     """What ``server``'s database holds, to search for what must never be stored in clear: the SQLite
     file and its write-ahead log as they rest on disk; on PostgreSQL every value of every row of every
@@ -131,10 +148,12 @@ __all__ = [
     "at_rest",
     "change",
     "connect",
+    "contains_sql",
     "database",
     "database_url",
     "open_store",
     "query",
     "server_database",
     "tables",
+    "text_columns",
 ]
