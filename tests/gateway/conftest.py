@@ -5,7 +5,7 @@ then ``serve`` on a free local port, ready once ``/healthz`` answers); every ser
 teardown. ``ts_mls_peer`` is one ts-mls peer process (tests/interop) for a non-hosted group member.
 
 Stores (issue 15): a module or test marked ``both_stores`` runs once on SQLite and once on PostgreSQL (the
-``store`` fixture, module-scoped); everything else runs on SQLite. On PostgreSQL every server
+``store_kind`` fixture, module-scoped); everything else runs on SQLite. On PostgreSQL every server
 ``gateway_factory`` makes gets a new database of the session's throw-away cluster, and ``shared_gateway``
 is one server for the whole session on one database (a second session-wide gateway, so the PostgreSQL
 runs cost one start, not one per module); ``store_env`` gives tests that build a server themselves the
@@ -36,33 +36,33 @@ _databases = itertools.count(1)
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "both_stores: run on SQLite and on PostgreSQL (the store fixture)")
+    config.addinivalue_line("markers", "both_stores: run on SQLite and on PostgreSQL (fixture store_kind)")
     config.addinivalue_line(
         "markers", "sqlite_only(reason): in a both_stores module, a test that runs on SQLite only (why)"
     )
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """``both_stores`` tests get the ``store`` fixture parametrised over both stores, per module; a
+    """``both_stores`` tests get the ``store_kind`` fixture parametrised over both stores, per module; a
     ``sqlite_only`` one among them over SQLite alone (sharing the module's SQLite servers)."""
-    if "store" in metafunc.fixturenames and metafunc.definition.get_closest_marker("both_stores"):
+    if "store_kind" in metafunc.fixturenames and metafunc.definition.get_closest_marker("both_stores"):
         only = metafunc.definition.get_closest_marker("sqlite_only")
         if only is not None and not only.args:
             raise pytest.UsageError(f"{metafunc.definition.nodeid}: sqlite_only needs a reason")
         stores = STORES[:1] if only is not None else STORES
-        metafunc.parametrize("store", stores, indirect=True, scope="module")
+        metafunc.parametrize("store_kind", stores, indirect=True, scope="module")
 
 
 @pytest.fixture(scope="module")
-def store(request: pytest.FixtureRequest) -> str:
+def store_kind(request: pytest.FixtureRequest) -> str:
     """``"sqlite"`` or ``"postgresql"``: the store the module's servers run on (SQLite unless marked)."""
     return str(getattr(request, "param", "sqlite"))
 
 
 @pytest.fixture(scope="module")
-def store_env(store: str, request: pytest.FixtureRequest) -> StoreEnv:
+def store_env(store_kind: str, request: pytest.FixtureRequest) -> StoreEnv:
     """Makes the environment of a new, empty store of the module's kind for one server."""
-    if store == "sqlite":
+    if store_kind == "sqlite":
         return dict
     cluster: PostgresCluster = request.getfixturevalue("postgres_cluster")
     return lambda: {"MLSGW_DATABASE": fresh_database(cluster, f"e2e{next(_databases)}")}
@@ -111,11 +111,11 @@ def postgres_shared_gateway(
 
 @pytest.fixture(scope="module")
 def shared_gateway(
-    store: str, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+    store_kind: str, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
 ) -> Iterator[GatewayServer]:
     """One running server for a whole module (tests that only add state of their own to it); on
     PostgreSQL the session's one."""
-    if store == "postgresql":
+    if store_kind == "postgresql":
         yield request.getfixturevalue("postgres_shared_gateway")
         return
     with _servers(tmp_path_factory.mktemp("gateway")) as make:

@@ -1,8 +1,9 @@
 """The two stores the end-to-end tests run on, and a store-neutral way into a running server's database.
 
-A module (or a test) marked ``both_stores`` runs once per store: its ``store`` fixture is ``"sqlite"`` (the
-data folder's ``gateway.sqlite3``) or ``"postgresql"`` (a database of the session's throw-away cluster,
-``MLSGW_DATABASE``); every other test runs on SQLite only (tests/gateway/conftest.py, issue 15).
+A module (or a test) marked ``both_stores`` runs once per store: its ``store_kind`` fixture is
+``"sqlite"`` (the data folder's ``gateway.sqlite3``) or ``"postgresql"`` (a database of the session's
+throw-away cluster, ``MLSGW_DATABASE``); every other test runs on SQLite only (tests/gateway/conftest.py,
+issue 15).
 
 :func:`database` opens the database a :class:`GatewayServer` uses, whichever it is, as a connection that
 runs the store's portable SQL (SQLite's ``?`` / ``:name`` placeholders; on PostgreSQL through
