@@ -247,6 +247,7 @@ def test_a_chain_cut_before_the_last_checkpoint_is_named(workload: Workload, cop
     broken(verify_folder(copy, workload.pem), keep + 1, "cut")
 
 
+@pytest.mark.sqlite_only("it edits an export file: the same file whichever store it came from")
 def test_an_edited_or_reordered_export_is_named(workload: Workload, tmp_path: Path) -> None:
     out = tmp_path / "all.jsonl"
     lines = export(workload.folder, out, database=workload.database)

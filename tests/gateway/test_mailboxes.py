@@ -391,6 +391,7 @@ async def _socket_across_stop(server: GatewayServer, t: Tenant) -> tuple[int, An
         return code, msg.data if msg.type == aiohttp.WSMsgType.CLOSE else msg.type
 
 
+@pytest.mark.sqlite_only("closing sockets at a graceful stop does not touch the store")
 def test_graceful_stop_closes_open_sockets_with_going_away(gateway: GatewayServer) -> None:
     w = Writer(server_database(gateway))
     try:

@@ -159,6 +159,7 @@ def _cli(server: GatewayServer, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.sqlite_only("the HTTP test above deletes a tenant on PostgreSQL; the CLI runs the same deletion")
 def test_cli_lists_tokens_and_deletes_a_tenant_in_batches(server: GatewayServer) -> None:
     """``admin tokens`` and ``admin delete-tenant`` on a stopped server's data folder, with more identities
     than one batch; the admin token still works afterwards."""
