@@ -91,7 +91,11 @@ class PostgresStore:
         )
         self._pool.open(wait=False)
         if applied:  # yoyo committed them with the server's default, possibly asynchronously
-            self.sync()
+            try:
+                self.sync()
+            except StoreUnavailable:
+                self._pool.close()
+                raise
 
     @contextlib.contextmanager
     def _connection(self) -> Iterator[psycopg.Connection[Any]]:
