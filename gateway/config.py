@@ -158,7 +158,8 @@ class GatewayConfig:
     listen_host: str = "127.0.0.1"
     listen_port: int = 8080
     #: A SQLite file path, or a ``postgresql://`` URL (:attr:`postgres_url`); ``None``: the data folder's.
-    database: str | None = None
+    #: Not in the repr: a URL may hold a password (:attr:`database_location` is the printable form).
+    database: str | None = field(default=None, repr=False)
     max_body_bytes: int = 1 << 20
     worker_threads: int = 8
     #: Gateway processes serving the listening socket (gateway.supervisor; 1: this process serves alone).

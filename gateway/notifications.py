@@ -57,6 +57,9 @@ PRUNE_BATCH = 1000
 CHANNEL = "mlsgw_wakeups"
 #: PostgreSQL: seconds before the last message heard from which a reconnect catches up.
 CATCH_UP_MARGIN_S = 60.0
+#: Seconds the listener's connection attempt may take (a server that accepts and never answers must not
+#: hold it, nor the shutdown that stops it, forever).
+CONNECT_TIMEOUT_S = 5
 
 #: The migration that creates ``leases``, ``notifications`` and their triggers, on either store
 #: (``gateway/migrations/{sqlite,postgresql}/<id>.sql``, the single source of that DDL).
@@ -201,7 +204,7 @@ class PostgresNotificationListener(_ListenerThread):
                     self._stop.wait(self.reconnect_s)
 
     def _listen(self) -> None:
-        with psycopg.connect(self.dsn, autocommit=True) as conn:
+        with psycopg.connect(self.dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S) as conn:
             self.backend_pid = conn.info.backend_pid
             conn.execute(f"LISTEN {CHANNEL}")
             now = _server_time(conn)

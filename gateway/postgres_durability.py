@@ -43,6 +43,12 @@ after ``COMMIT`` but before the flush returned (connection loss) is :class:`gate
 the write may or may not persist, exactly as for a connection lost during a synchronous ``COMMIT``
 (clients retry with their Idempotency-Key).
 
+**The server's default.** All of this rests on :data:`FLUSH` (and, with ``flush_under_lock``, ``COMMIT``)
+being *synchronous*. A DBA may set ``synchronous_commit = off`` for the server, the database or the role
+(it loses only "recent" commits, which is the very thing this module must not do): every connection of the
+store's pool raises ``off`` to ``on`` when it opens (:func:`durable_session`); a stronger setting
+(``remote_write``, ``remote_apply``, ``on`` with synchronous standbys) is kept.
+
 ``flush_under_lock=True`` keeps the former mode (``synchronous_commit = on``: visible only once durable)
 — slower, equally safe (readers check all the same: another process may run the other mode);
 ``benches.pg_writes`` measures both.
@@ -59,6 +65,14 @@ WRITE_LOCK = 0x6D6C736777
 
 #: A synchronous transaction that writes one WAL record: returns once the WAL is flushed past it.
 FLUSH = "SELECT pg_logical_emit_message(true, 'mlsgw-durable', '')"
+
+
+def durable_session(conn: psycopg.Connection[Any]) -> None:
+    """Make the session's commits synchronous (``synchronous_commit`` at least ``on`` unless the server
+    asks for more): what :data:`FLUSH` relies on. The pool's ``configure`` callback of a new connection."""
+    row = conn.execute("SELECT current_setting('synchronous_commit')").fetchone()
+    if row is None or row[0] == "off":
+        conn.execute("SET synchronous_commit = on")
 
 
 def lock_for_write(conn: psycopg.Connection[Any], timeout_s: float, *, flush_under_lock: bool) -> None:
@@ -115,4 +129,13 @@ def _lsn(text: str) -> str:
     return text
 
 
-__all__ = ["FLUSH", "WRITE_LOCK", "begin_read", "commit_write", "end_read", "flush", "lock_for_write"]
+__all__ = [
+    "FLUSH",
+    "WRITE_LOCK",
+    "begin_read",
+    "commit_write",
+    "durable_session",
+    "end_read",
+    "flush",
+    "lock_for_write",
+]

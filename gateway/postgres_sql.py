@@ -21,17 +21,21 @@ from typing import Any
 
 import psycopg
 
-#: A string literal (copied, ``%`` doubled), a placeholder, or a ``%`` outside literals.
-_TOKENS = re.compile(r"'(?:[^']|'')*'|\?|(?<![:\w]):([A-Za-z_]\w*)|%")
+#: Text copied as it is but for ``%`` doubled — a string literal, a quoted identifier, a comment — or a
+#: placeholder, or a ``%`` outside them.
+_TOKENS = re.compile(
+    r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|--[^\n]*|/\*.*?\*/|\?|(?<![:\w]):([A-Za-z_]\w*)|%", re.DOTALL
+)
 
 
 @functools.lru_cache(maxsize=1024)
 def translate(sql: str) -> str:
-    """SQLite's placeholders as psycopg's: ``?`` -> ``%s``, ``:name`` -> ``%(name)s``, ``%`` -> ``%%``."""
+    """SQLite's placeholders as psycopg's: ``?`` -> ``%s``, ``:name`` -> ``%(name)s``, ``%`` -> ``%%``;
+    not inside string literals, quoted identifiers and comments (where psycopg still reads ``%``)."""
 
     def one(m: re.Match[str]) -> str:
         text = m.group(0)
-        if text.startswith("'"):
+        if text[0] in "'\"" or text.startswith(("--", "/*")):
             return text.replace("%", "%%")
         if text == "?":
             return "%s"

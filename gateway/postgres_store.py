@@ -35,7 +35,15 @@ from typing import Any, cast
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from .postgres_durability import WRITE_LOCK, begin_read, commit_write, end_read, flush, lock_for_write
+from .postgres_durability import (
+    WRITE_LOCK,
+    begin_read,
+    commit_write,
+    durable_session,
+    end_read,
+    flush,
+    lock_for_write,
+)
 from .postgres_sql import PgConnection
 from .schema_migrations import prepare
 from .sqlite_store import SqliteTransaction
@@ -67,7 +75,7 @@ class PostgresStore:
         self._busy_s = busy_timeout_s
         self._local = threading.local()
         try:
-            prepare(url, apply=migrate)
+            applied = prepare(url, apply=migrate)
         except psycopg.Error as e:
             raise _unavailable("cannot open the database", e) from None
         self._pool = ConnectionPool(
@@ -77,10 +85,17 @@ class PostgresStore:
             timeout=connect_timeout_s,
             kwargs={"autocommit": True, "cursor_factory": psycopg.ClientCursor, "connect_timeout": 5},
             check=ConnectionPool.check_connection,
+            configure=durable_session,
             name="mlsgw-store",
             open=False,
         )
         self._pool.open(wait=False)
+        if applied:  # yoyo committed them with the server's default, possibly asynchronously
+            try:
+                self.sync()
+            except StoreUnavailable:
+                self._pool.close()
+                raise
 
     @contextlib.contextmanager
     def _connection(self) -> Iterator[psycopg.Connection[Any]]:

@@ -9,8 +9,10 @@ negative check (a rolled-back change wakes nobody) waits a while for a wake-up t
 from __future__ import annotations
 
 import asyncio
+import socket
 import sqlite3
 import statistics
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -359,3 +361,19 @@ def test_postgres_source_triggers_notify_in_the_transaction_of_the_change(pg: st
             "SELECT COUNT(*) FROM notifications WHERE channel IN ('idn_2', 'cli_1')"
         ).fetchone()
     assert left == (0,)
+
+
+def test_a_listener_whose_server_never_answers_still_stops() -> None:
+    """A server that accepts the connection and then says nothing (hung, or a half-open network path):
+    the listener's connection attempt gives up (``connect_timeout``), so the gateway's shutdown, which stops
+    the listener, does not hang with it."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # the kernel completes the handshake; nothing ever answers
+        port = silent.getsockname()[1]
+        listener = PostgresNotificationListener(f"postgresql://mlsgw@127.0.0.1:{port}/x", Wakeups())
+        listener.start()
+        stopper = threading.Thread(target=listener.stop, daemon=True)
+        stopper.start()
+        stopper.join(GUARD_S)  # the attempt gives up within seconds; without a timeout it never does
+        assert not stopper.is_alive()

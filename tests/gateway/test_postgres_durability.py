@@ -171,3 +171,31 @@ def test_without_the_read_wait_a_crash_loses_what_was_read(
     monkeypatch.setattr(postgres_durability, "FLUSH", "SELECT 1")
     read, present = read_then_crash(postgres_cluster, postgres_dsn)
     assert read - present
+
+
+@pytest.mark.usefixtures("slow_wal_writer")
+@pytest.mark.parametrize("flush_under_lock", [False, True])
+def test_a_server_default_of_asynchronous_commit_loses_nothing_acknowledged(
+    postgres_cluster: PostgresCluster, postgres_dsn: str, flush_under_lock: bool
+) -> None:
+    """A DBA's ``synchronous_commit = off`` (for the database, a role or the server) must not turn the
+    flush into one more asynchronous commit: an acknowledged write survives a crash right after it."""
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        database = conn.info.dbname
+        conn.execute(f"ALTER DATABASE {database} SET synchronous_commit = off")
+    store = PostgresStore(postgres_dsn, flush_under_lock=flush_under_lock)
+    try:
+        seed(store)
+        with store.transaction() as tx:
+            tx.add_inbox_event("idn_1", G, 1, b"event")
+    finally:
+        store.close()
+    postgres_cluster.kill()  # right after the acknowledgment
+    postgres_cluster.start()
+    after = PostgresStore(postgres_dsn, migrate=False)
+    try:
+        with after.read_transaction() as tx:
+            present = {e.seq for e in tx.inbox_after("idn_1", 0, 100)}
+    finally:
+        after.close()
+    assert present == {1}

@@ -253,6 +253,14 @@ def test_the_database_is_named_without_its_password() -> None:
     assert describe("/var/lib/mls-gateway/gateway.sqlite3") == "/var/lib/mls-gateway/gateway.sqlite3"
 
 
+def test_the_configuration_shows_no_database_password() -> None:
+    """A configuration's repr (a traceback's locals, a debug log) names the database without its password."""
+    url = "postgresql://mlsgw:s3cret@db.example:5432/gateway"
+    cfg = load_config(None, {"MLSGW_DATABASE": url})
+    assert cfg.postgres_url == url
+    assert "s3cret" not in repr(cfg) and "s3cret" not in str(cfg)
+
+
 #: Passwords as an operator may paste them: URL metacharacters, unencoded, anywhere.
 _PASSWORD_MIDDLES = st.text(alphabet=st.sampled_from(list("@:/?#[]%&=+ ;!$'\"ab1")), max_size=12)
 
