@@ -60,7 +60,7 @@ import threading
 import time
 import urllib.parse
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,6 +88,8 @@ RETRY_PAUSE_S = 0.2
 RETRY_STATUSES = frozenset({500, 502, 503, 504})
 #: Pause of a member between two actions (keeps the machine usable; the load is not the point).
 THINK_S = 0.02
+#: Short leases, so a killed holder's background work (the hosted sweep) moves within seconds, not 15 s.
+LEASE_ENV = {"MLSGW_LEASE_TTL_S": "3", "MLSGW_LEASE_CLOCK_MARGIN_S": "0.5"}
 #: ``application`` content type of a PrivateMessage (RFC 9420 §6).
 APPLICATION = 1
 
@@ -100,13 +102,21 @@ class Settings:
     devices: int = 2  # device clients per group
     kills: int = 5
     seed: int = 15
+    #: Gateway processes on the one database and token (the issue asks for 3).
+    processes: int = 3
+    #: False: the same load without any kill or database restart (a baseline that isolates concurrency).
+    disrupt: bool = True
+    #: Where the gateways' data folder and logs go (kept afterwards); None: a temporary folder.
+    workdir: Path | None = None
     #: Bound of every wait: one request's retries, one quiescence, one gateway start.
     guard_s: float = 180.0
+    #: Bound of the quiescence drain (a member that does not catch up by then is reported, not waited for).
+    drain_guard_s: float = 90.0
     out: Path | None = RESULTS
 
 
 def quick_settings(**over: Any) -> Settings:
-    base = {"seconds": 25.0, "groups": 2, "hosted": 2, "devices": 2, "kills": 3}
+    base = {"seconds": 25.0, "groups": 2, "hosted": 2, "devices": 2, "kills": 3, "drain_guard_s": 60.0}
     return Settings(**{**base, **over})
 
 
@@ -138,7 +148,7 @@ class Fleet:
 
     def __init__(self, root: Path, cluster: PostgresCluster, processes: int = 3) -> None:
         self.cluster = cluster
-        first = GatewayServer(root / "gw", env={"MLSGW_DATABASE": cluster.dsn})
+        first = GatewayServer(root / "gw", env={"MLSGW_DATABASE": cluster.dsn, **LEASE_ENV})
         self.servers = [first] + [first.another_process(f"p{i}") for i in range(1, processes)]
         self._ports = itertools.cycle(range(processes))
         self._lock = threading.Lock()
@@ -355,7 +365,7 @@ def take_item(m: Member, item: dict[str, Any]) -> None:
     try:
         key = sender_key(m.state, message) if kind == "application" else None
         out = m.state.process(message)
-    except Exception as e:  # noqa: BLE001 - any failure to process an accepted message is a finding
+    except Exception as e:
         m.errors.append(f"{m.name}: {kind} seq {seq}: {type(e).__name__}: {e}"[:400])
         return
     if isinstance(out, StagedCommit):
@@ -473,7 +483,9 @@ def found(fleet: Fleet, token: str, members: list[Member]) -> None:
     claim = {"endpoints": ids, "cipher_suite": SUITE}
     kps = fleet.request(token, "POST", "/v1/key-packages/claim", claim, ok=(200,)).body["key_packages"]
     add = {"add": [kps[i] for i in ids]}
-    r = fleet.request(token, "POST", f"{founder.group_path}/commits", add, ok=(200,), idem=f"{founder.name}-add")
+    r = fleet.request(
+        token, "POST", f"{founder.group_path}/commits", add, ok=(200,), idem=f"{founder.name}-add"
+    )
     assert r["epoch"] == 1, r.body
 
 
@@ -489,7 +501,9 @@ class Disruption:
 
 
 def schedule(cfg: Settings) -> list[tuple[float, str]]:
-    """The disruptions' times: kills spread over the run, a PostgreSQL restart near 40 %, a crash near 70 %."""
+    """The disruptions' times: kills spread over the run, a PostgreSQL restart near 40 %, a crash at 70 %."""
+    if not cfg.disrupt:
+        return []
     plan = [(cfg.seconds * (i + 0.5) / (cfg.kills + 1), "kill") for i in range(cfg.kills)]
     plan += [(cfg.seconds * 0.4, "pg_restart"), (cfg.seconds * 0.7, "pg_crash")]
     return sorted(plan)
@@ -541,7 +555,7 @@ def member_loop(
             read_box(fleet, m, 0)
             act(fleet, ledger, m, rng)
             time.sleep(THINK_S)
-    except Exception as e:  # noqa: BLE001 - reported as a failure of the run
+    except Exception as e:
         failures.append(f"{m.name}: {type(e).__name__}: {e}"[:600])
 
 
@@ -556,9 +570,11 @@ def progress(fleet: Fleet, ledger: Ledger, stop: threading.Event, t0: float) -> 
 
 def quiesce(fleet: Fleet, groups: list[list[Member]], ledger: Ledger, token: str, cfg: Settings) -> None:
     """Drain every member until it is at its log's epoch and has every message sent by the others."""
-    deadline = time.monotonic() + cfg.guard_s
+    deadline = time.monotonic() + cfg.drain_guard_s
     for members in groups:
-        log_epoch = int(fleet.request(token, "GET", f"/v1/groups/{segment(members[0].group_id)}", ok=(200,))["epoch"])
+        log_epoch = int(
+            fleet.request(token, "GET", f"/v1/groups/{segment(members[0].group_id)}", ok=(200,))["epoch"]
+        )
         for m in members:
             wanted = {s.payload for s in ledger.sends if s.group == m.group and s.sender != m.name}
             while True:
@@ -581,7 +597,11 @@ def check(fleet: Fleet, groups: list[list[Member]], ledger: Ledger, token: str) 
         views = {m.name: m.epoch(fleet) for m in members}
         if len({v for v in views.values()}) != 1 or next(iter(views.values()))[0] != log_view["epoch"]:
             shown = {n: (e, a.hex()[:16]) for n, (e, a) in views.items()}
-            bad["forks"].append(f"group {g}: log epoch {log_view['epoch']}, members {shown}")
+            authors = {c.epoch: c.sender for c in ledger.commits if c.group == g}
+            bad["forks"].append(
+                f"group {g}: log epoch {log_view['epoch']}, members {shown}, "
+                f"commits by {dict(sorted(authors.items()))}"
+            )
         acked = [c for c in ledger.commits if c.group == g]
         by_epoch: dict[int, list[Committed]] = defaultdict(list)
         for c in acked:
@@ -606,7 +626,9 @@ def check(fleet: Fleet, groups: list[list[Member]], ledger: Ledger, token: str) 
             bad["processing_errors"].extend(m.errors)
         for key, payloads in gens.items():
             if len(payloads) > 1:
-                bad["generations_reused"].append(f"group {g} (epoch, leaf, generation) {key}: {len(payloads)}")
+                bad["generations_reused"].append(
+                    f"group {g} (epoch, leaf, generation) {key}: {len(payloads)}"
+                )
         for s in (s for s in ledger.sends if s.group == g):
             for m in members:
                 if m.name != s.sender and s.payload not in m.received:
@@ -630,11 +652,14 @@ def audit_verify(fleet: Fleet) -> tuple[bool, str]:
 
 def chaos_phase(fleet: Fleet, cfg: Settings, token: str, groups: list[list[Member]]) -> dict[str, Any]:
     rng = random.Random(cfg.seed)
-    ledger, stop, failures = Ledger(), threading.Event(), []
+    ledger, stop = Ledger(), threading.Event()
+    failures: list[str] = []
     disruptions: list[Disruption] = []
     t0 = time.monotonic()
     threads = [
-        threading.Thread(target=member_loop, args=(fleet, ledger, m, random.Random(rng.random()), stop, failures))
+        threading.Thread(
+            target=member_loop, args=(fleet, ledger, m, random.Random(rng.random()), stop, failures)
+        )
         for members in groups
         for m in members
     ]
@@ -666,9 +691,9 @@ def chaos_phase(fleet: Fleet, cfg: Settings, token: str, groups: list[list[Membe
 
 
 @contextmanager
-def fleet_on_postgres(root: Path) -> Iterator[Fleet]:
+def fleet_on_postgres(root: Path, processes: int) -> Iterator[Fleet]:
     with throwaway_cluster() as cluster:
-        fleet = Fleet(root, cluster)
+        fleet = Fleet(root, cluster, processes)
         try:
             fleet.start()
             yield fleet
@@ -676,13 +701,29 @@ def fleet_on_postgres(root: Path) -> Iterator[Fleet]:
             fleet.kill_all()
 
 
+@contextmanager
+def workdir(cfg: Settings) -> Iterator[Path]:
+    if cfg.workdir is not None:
+        cfg.workdir.mkdir(parents=True, exist_ok=True)
+        yield cfg.workdir
+        return
+    with tempfile.TemporaryDirectory(prefix="mlsgw-chaos-") as tmp:
+        yield Path(tmp)
+
+
 def run(cfg: Settings) -> dict[str, Any]:
     """The whole run (module docstring); the report."""
     started = time.time()
-    with tempfile.TemporaryDirectory(prefix="mlsgw-chaos-") as tmp, fleet_on_postgres(Path(tmp)) as fleet:
-        log(f"3 gateways on ports {[s.port for s in fleet.servers]}, PostgreSQL on {fleet.cluster.port}")
+    with workdir(cfg) as root, fleet_on_postgres(root, cfg.processes) as fleet:
+        log(
+            f"{cfg.processes} gateways on ports {[s.port for s in fleet.servers]}, "
+            f"PostgreSQL on {fleet.cluster.port}"
+        )
         token, groups = make_groups(fleet, cfg)
-        log(f"{cfg.groups} groups of {cfg.hosted} hosted + {cfg.devices} devices at epoch 1; chaos for {cfg.seconds} s")
+        log(
+            f"{cfg.groups} groups of {cfg.hosted} hosted + {cfg.devices} devices at epoch 1; "
+            f"chaos for {cfg.seconds} s"
+        )
         result = chaos_phase(fleet, cfg, token, groups)
         for s in fleet.servers:
             s.stop()
@@ -694,13 +735,17 @@ def run(cfg: Settings) -> dict[str, Any]:
     report: dict[str, Any] = {
         "benchmark": "chaos",
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(cfg).items()},
-        "processes": 3,
+        "processes": cfg.processes,
         "requests": dict(fleet.stats),
         "kills": sum(1 for d in result["disruptions"] if d["what"].startswith("kill")),
         "postgres_restarts": sum(1 for d in result["disruptions"] if d["what"].startswith("pg")),
         **result,
         "passed": passed(result["invariants"]),
-        "machine": {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count()},
+        "machine": {
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+        },
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "wall_s": round(time.time() - started, 1),
     }
@@ -716,17 +761,21 @@ def passed(invariants: dict[str, Any]) -> bool:
 
 def print_summary(report: dict[str, Any]) -> None:
     req = report["requests"]
-    rows = [
+    requests = f"{req.get('requests', 0)} ({req.get('retries', 0)}, {req.get('connection_errors', 0)})"
+    commits = f"{report['acknowledged_commits']} ({report['commit_conflicts']})"
+    rows: list[tuple[str, Any]] = [
         ("chaos seconds", report["chaos_s"]),
-        ("requests (retries, connection errors)", f"{req.get('requests', 0)} ({req.get('retries', 0)}, {req.get('connection_errors', 0)})"),
+        ("requests (retries, connection errors)", requests),
         ("acknowledged sends", report["acknowledged_sends"]),
-        ("acknowledged commits (409 conflicts)", f"{report['acknowledged_commits']} ({report['commit_conflicts']})"),
+        ("acknowledged commits (409 conflicts)", commits),
         ("kill -9 of a gateway", report["kills"]),
         ("PostgreSQL restart / crash", report["postgres_restarts"]),
-        *((f"  {d['what']} {d['target']} at {d['at_s']:.1f} s", f"ready again after {d['recovered_s']:.1f} s") for d in report["disruptions"]),
-        *((k, v) for k, v in report["invariants"].items()),
-        ("PASSED", report["passed"]),
-    ]  # fmt: skip
+    ]
+    for d in report["disruptions"]:
+        rows.append(
+            (f"  {d['what']} {d['target']} at {d['at_s']:.1f} s", f"ready after {d['recovered_s']:.1f} s")
+        )
+    rows += [*report["invariants"].items(), ("PASSED", report["passed"])]
     width = max(len(str(k)) for k, _ in rows)
     print(f"{'chaos run':<{width}}  value")
     for k, v in rows:
@@ -746,9 +795,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--devices", type=int, help="device clients per group")
     p.add_argument("--kills", type=int, help="kill -9 of a random gateway, this many times")
     p.add_argument("--seed", type=int)
+    p.add_argument("--processes", type=int, help="gateway processes (default 3)")
+    p.add_argument("--calm", action="store_true", help="no kills and no database restarts (a baseline)")
+    p.add_argument("--workdir", type=Path, help="keep the data folder and the gateways' logs here")
     p.add_argument("--out", type=Path, default=RESULTS, help="directory for chaos.json")
     args = p.parse_args(argv)
-    over = {k: getattr(args, k) for k in ("seconds", "groups", "hosted", "devices", "kills", "seed")}
+    over = {
+        k: getattr(args, k)
+        for k in ("seconds", "groups", "hosted", "devices", "kills", "seed", "workdir", "processes")
+    }
+    if args.calm:
+        over["disrupt"] = False
     over = {k: v for k, v in over.items() if v is not None}
     cfg = quick_settings(out=args.out, **over) if args.quick else Settings(out=args.out, **over)
     report = run(cfg)
