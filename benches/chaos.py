@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import itertools
 import json
 import os
@@ -104,6 +105,8 @@ class Settings:
     seed: int = 15
     #: Gateway processes on the one database and token (the issue asks for 3).
     processes: int = 3
+    #: True: the processes share one SQLite file instead (a baseline; no database restarts then).
+    sqlite: bool = False
     #: False: the same load without any kill or database restart (a baseline that isolates concurrency).
     disrupt: bool = True
     #: Where the gateways' data folder and logs go (kept afterwards); None: a temporary folder.
@@ -146,9 +149,11 @@ class GuardExpired(AssertionError):
 class Fleet:
     """Three ``serve`` processes on one data folder and one PostgreSQL; requests spread round robin."""
 
-    def __init__(self, root: Path, cluster: PostgresCluster, processes: int = 3) -> None:
+    def __init__(self, root: Path, cluster: PostgresCluster | None, processes: int = 3) -> None:
+        #: ``None``: the processes share the data folder's SQLite file (a baseline, ``--sqlite``).
         self.cluster = cluster
-        first = GatewayServer(root / "gw", env={"MLSGW_DATABASE": cluster.dsn, **LEASE_ENV})
+        env = LEASE_ENV if cluster is None else {"MLSGW_DATABASE": cluster.dsn, **LEASE_ENV}
+        first = GatewayServer(root / "gw", env=env)
         self.servers = [first] + [first.another_process(f"p{i}") for i in range(1, processes)]
         self._ports = itertools.cycle(range(processes))
         self._lock = threading.Lock()
@@ -504,6 +509,8 @@ def schedule(cfg: Settings) -> list[tuple[float, str]]:
     """The disruptions' times: kills spread over the run, a PostgreSQL restart near 40 %, a crash at 70 %."""
     if not cfg.disrupt:
         return []
+    if cfg.sqlite:
+        return [(cfg.seconds * (i + 0.5) / (cfg.kills + 1), "kill") for i in range(cfg.kills)]
     plan = [(cfg.seconds * (i + 0.5) / (cfg.kills + 1), "kill") for i in range(cfg.kills)]
     plan += [(cfg.seconds * 0.4, "pg_restart"), (cfg.seconds * 0.7, "pg_crash")]
     return sorted(plan)
@@ -523,6 +530,7 @@ def disrupt(fleet: Fleet, cfg: Settings, rng: random.Random, t0: float, done: li
             entry = Disruption(started - t0, "kill -9 + start", f"gateway {victim}")
         else:
             log(f"PostgreSQL {what.replace('pg_', '')}")
+            assert fleet.cluster is not None
             if what == "pg_restart":
                 fleet.cluster.restart()
             else:
@@ -691,8 +699,9 @@ def chaos_phase(fleet: Fleet, cfg: Settings, token: str, groups: list[list[Membe
 
 
 @contextmanager
-def fleet_on_postgres(root: Path, processes: int) -> Iterator[Fleet]:
-    with throwaway_cluster() as cluster:
+def fleet_on(root: Path, processes: int, sqlite: bool) -> Iterator[Fleet]:
+    with contextlib.ExitStack() as stack:
+        cluster = None if sqlite else stack.enter_context(throwaway_cluster())
         fleet = Fleet(root, cluster, processes)
         try:
             fleet.start()
@@ -714,10 +723,10 @@ def workdir(cfg: Settings) -> Iterator[Path]:
 def run(cfg: Settings) -> dict[str, Any]:
     """The whole run (module docstring); the report."""
     started = time.time()
-    with workdir(cfg) as root, fleet_on_postgres(root, cfg.processes) as fleet:
+    with workdir(cfg) as root, fleet_on(root, cfg.processes, cfg.sqlite) as fleet:
         log(
             f"{cfg.processes} gateways on ports {[s.port for s in fleet.servers]}, "
-            f"PostgreSQL on {fleet.cluster.port}"
+            f"store {'SQLite' if fleet.cluster is None else f'PostgreSQL on {fleet.cluster.port}'}"
         )
         token, groups = make_groups(fleet, cfg)
         log(
@@ -736,6 +745,7 @@ def run(cfg: Settings) -> dict[str, Any]:
         "benchmark": "chaos",
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(cfg).items()},
         "processes": cfg.processes,
+        "store": "sqlite" if cfg.sqlite else "postgresql",
         "requests": dict(fleet.stats),
         "kills": sum(1 for d in result["disruptions"] if d["what"].startswith("kill")),
         "postgres_restarts": sum(1 for d in result["disruptions"] if d["what"].startswith("pg")),
@@ -796,6 +806,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--kills", type=int, help="kill -9 of a random gateway, this many times")
     p.add_argument("--seed", type=int)
     p.add_argument("--processes", type=int, help="gateway processes (default 3)")
+    p.add_argument("--sqlite", action="store_true", help="one SQLite file instead of PostgreSQL (baseline)")
     p.add_argument("--calm", action="store_true", help="no kills and no database restarts (a baseline)")
     p.add_argument("--workdir", type=Path, help="keep the data folder and the gateways' logs here")
     p.add_argument("--out", type=Path, default=RESULTS, help="directory for chaos.json")
@@ -806,6 +817,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     if args.calm:
         over["disrupt"] = False
+    if args.sqlite:
+        over["sqlite"] = True
     over = {k: v for k, v in over.items() if v is not None}
     cfg = quick_settings(out=args.out, **over) if args.quick else Settings(out=args.out, **over)
     report = run(cfg)
