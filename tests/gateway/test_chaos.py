@@ -19,10 +19,9 @@ import pytest
 
 from benches.chaos import passed, quick_settings, run
 
-
 #: The product bug this test found (the report of helper h42): with several processes on one database —
 #: PostgreSQL or one SQLite file, even with no kill at all (``python -m benches.chaos --quick --calm``;
-#: ``--processes 1`` passes) — a hosted member's state stays at epoch N while its ``applied_seq`` moves past
+#: ``--processes 1`` passes) — a hosted member's state stays at epoch N while its delivery goes on past
 #: the log's commit to N + 1: every later entry is rejected in its inbox ("message for epoch N + 1, which is
 #: not retained"), its sends answer 409, and it disagrees with the log (a fork). Remove the marker with
 #: the fix; the test must then pass.
