@@ -18,7 +18,8 @@ token — as the deploy files' two replicas do):
    ``POST /v1/groups/{gid}/messages`` / ``…/commit-bundles`` (merging its pending commit on 201, dropping
    it on 409). Every request goes to the next of the three ports (round robin); a connection error, a
    ``503`` (``store_unavailable``, ``hsm_unavailable``) or a ``5xx`` is retried on the next port with the
-   *same* ``Idempotency-Key`` and body, as a real client does. Meanwhile a disruptor kills a random gateway
+   *same* ``Idempotency-Key`` and body, as a real client does; a hosted message answered ``409`` "the
+   group's log kept moving; retry" (nothing appended) is sent again under a new key. Meanwhile a disruptor kills a random gateway
    with SIGKILL ``--kills`` times and starts it again, restarts PostgreSQL (``pg_ctl restart``) once and
    crashes it once (``immediate`` stop, then start: crash recovery) — the gateways are never restarted for
    the database: each must answer ``/readyz`` 200 again by itself.
@@ -91,6 +92,8 @@ RETRY_STATUSES = frozenset({500, 502, 503, 504})
 THINK_S = 0.02
 #: Short leases, so a killed holder's background work (the hosted sweep) moves within seconds, not 15 s.
 LEASE_ENV = {"MLSGW_LEASE_TTL_S": "3", "MLSGW_LEASE_CLOCK_MARGIN_S": "0.5"}
+#: Times a hosted message answered 409 "the group's log kept moving; retry" is sent again (new key).
+LOG_RACE_RETRIES = 5
 #: ``application`` content type of a PrivateMessage (RFC 9420 §6).
 APPLICATION = 1
 
@@ -391,8 +394,7 @@ def act(fleet: Fleet, ledger: Ledger, m: Member, rng: random.Random) -> None:
         return
     payload = f"chaos {m.name} {m.sent} ".encode() + rng.randbytes(8).hex().encode()
     if m.kind == "hosted":
-        body = {"data": b64(payload)}
-        r = fleet.request(m.token, "POST", f"{m.group_path}/messages", body, ok=(200,), idem=idem)
+        r = hosted_send(fleet, m, payload, idem)
     else:
         assert m.state is not None
         body = {"message": b64(m.state.protect(payload))}
@@ -401,6 +403,21 @@ def act(fleet: Fleet, ledger: Ledger, m: Member, rng: random.Random) -> None:
         )
     if r.status in (200, 201):
         ledger.send(Sent(m.group, m.name, payload))
+
+
+def hosted_send(fleet: Fleet, m: Member, payload: bytes, idem: str) -> Response:
+    """A hosted member's message; a ``409`` "the group's log kept moving; retry" (the gateway lost its
+    retries against other processes' appends and appended nothing) is sent again under a new key."""
+    body = {"data": b64(payload)}
+    for attempt in range(LOG_RACE_RETRIES):
+        key = idem if attempt == 0 else f"{idem}-r{attempt}"
+        r = fleet.request(m.token, "POST", f"{m.group_path}/messages", body, ok=(200, 409), idem=key)
+        if r.status != 409 or "kept moving" not in str(r.body.get("detail", "")):
+            break
+        fleet.count("log_kept_moving_409")
+    if r.status != 200:
+        fleet.note(f"POST {m.group_path}/messages: {r.status} {r.body!r}"[:400])
+    return r
 
 
 def hosted_commit(fleet: Fleet, ledger: Ledger, m: Member, idem: str) -> None:

@@ -15,23 +15,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from benches.chaos import passed, quick_settings, run
 
-#: The product bug this test found (the report of helper h42): with several processes on one database —
-#: PostgreSQL or one SQLite file, even with no kill at all (``python -m benches.chaos --quick --calm``;
-#: ``--processes 1`` passes) — a hosted member's state stays at epoch N while its delivery goes on past
-#: the log's commit to N + 1: every later entry is rejected in its inbox ("message for epoch N + 1, which is
-#: not retained"), its sends answer 409, and it disagrees with the log (a fork). Remove the marker with
-#: the fix; the test must then pass.
-HOSTED_COMMIT_SKIPPED = pytest.mark.xfail(
-    reason="several processes: a hosted member skips a commit of the log (fork); see the h42 report",
-    strict=False,
-)
 
-
-@HOSTED_COMMIT_SKIPPED
 def test_three_gateways_survive_kills_and_database_restarts(tmp_path: Path) -> None:
     report = run(quick_settings(seconds=20.0, kills=3, workdir=tmp_path / "chaos", out=None))
     inv = report["invariants"]
