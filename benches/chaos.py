@@ -19,10 +19,11 @@ token — as the deploy files' two replicas do):
    it on 409). Every request goes to the next of the three ports (round robin); a connection error, a
    ``503`` (``store_unavailable``, ``hsm_unavailable``) or a ``5xx`` is retried on the next port with the
    *same* ``Idempotency-Key`` and body, as a real client does; a hosted message answered ``409`` "the
-   group's log kept moving; retry" (nothing appended) is sent again under a new key. Meanwhile a disruptor kills a random gateway
-   with SIGKILL ``--kills`` times and starts it again, restarts PostgreSQL (``pg_ctl restart``) once and
-   crashes it once (``immediate`` stop, then start: crash recovery) — the gateways are never restarted for
-   the database: each must answer ``/readyz`` 200 again by itself.
+   group's log kept moving; retry" (nothing appended) is sent again under a new key. Meanwhile a
+   disruptor kills a random gateway with SIGKILL ``--kills`` times and starts it again, restarts
+   PostgreSQL (``pg_ctl restart``) once and crashes it once (``immediate`` stop, then start: crash
+   recovery) — the gateways are never restarted for the database: each must answer ``/readyz`` 200 again
+   by itself.
 3. **Quiescence**: the members drain their mailboxes / inboxes until they are at the log's epoch and have
    every message acknowledged to the others (bounded by a guard).
 4. **Invariants** (the report's ``invariants``; every one must be 0 / true):
