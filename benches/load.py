@@ -1,7 +1,7 @@
 """Load benchmark: application messages through the real gateway server, against the raw HSM sign rate.
 
-    python -m benches.load [--quick] [--groups N] [--clients C] [--duration S] [--max-messages M]
-                           [--raw-seconds S] [--clients-sweep 8,32] [--sweep-duration S]
+    python -m benches.load [--quick] [--workers N] [--groups N] [--clients C] [--duration S]
+                           [--max-messages M] [--raw-seconds S] [--clients-sweep 8,32] [--sweep-duration S]
                            [--library-duration S] [--out DIR]
     python -m benches.load --url URL --token TOKEN [--quick] [--groups N] [--clients C] [--duration S] ...
 
@@ -37,8 +37,15 @@ Runs the real server, on loopback only, and stops by itself:
    ``Group.process``, plaintext checked, for ``--library-duration`` (default: the load's duration):
    ``library_messages_per_s``; ``fraction_of_library`` = ``messages_per_s`` / ``library_messages_per_s``.
 
+**Processes** (``--workers N``, default: the number of CPUs): steps 3-6 run on ``mls-gateway serve
+--workers N`` — a supervisor and N worker processes on one listening socket, as the README deploys the
+gateway on one machine — and, when N > 1, the load of step 4 runs again (same groups, clients and duration,
+no sweep) on a fresh one-process ``serve`` of the same data folder: ``messages_per_s_1_process`` and
+``fraction_of_library_1_process`` beside the main figures (issue 13).
+
 Writes ``load.json`` (top level: ``messages_per_s``, ``p50_ms``, ``p99_ms``, ``raw_sign_ops_per_s``,
-``fraction_of_hsm``, ``library_messages_per_s``, ``fraction_of_library``, ``clients_sweep``; details below
+``fraction_of_hsm``, ``library_messages_per_s``, ``fraction_of_library``, ``workers``,
+``messages_per_s_1_process``, ``fraction_of_library_1_process``, ``clients_sweep``; details below
 them) and ``load.png`` to ``benches/results`` (or ``--out``), prints a
 summary table, and shows a progress bar while the load runs. ``--quick`` finishes in well under a minute.
 
@@ -70,7 +77,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +104,7 @@ class Settings:
     clients_sweep: tuple[int, ...] = ()
     sweep_duration_s: float = 4.0
     library_duration_s: float = 12.0
+    workers: int = 1
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -115,6 +123,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         clients_sweep=parse_sweep(args.clients_sweep),
         sweep_duration_s=args.sweep_duration or (4.0 if quick else 15.0),
         library_duration_s=args.library_duration or duration,
+        workers=args.workers or os.cpu_count() or 1,
     )
 
 
@@ -150,11 +159,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def init_gateway(data_dir: Path) -> str:
-    """``mls-gateway init --json``; returns the admin token."""
+def init_gateway(data_dir: Path, env: dict[str, str] | None = None) -> str:
+    """``mls-gateway init --json`` (``env``: settings over :func:`server_env`, e.g. ``MLSGW_DATABASE``);
+    returns the admin token."""
     done = subprocess.run(
         [*gateway_command(), "init", "--data-dir", str(data_dir), "--json"],
-        env=server_env(),
+        env={**server_env(), **(env or {})},
         capture_output=True,
         text=True,
         timeout=120,
@@ -169,18 +179,31 @@ def init_gateway(data_dir: Path) -> str:
 class Server:
     """``mls-gateway serve`` on a loopback port, its output in a log file; stopped with SIGTERM."""
 
-    def __init__(self, data_dir: Path, log_path: Path, env: dict[str, str] | None = None) -> None:
-        """``env``: settings for this server over :func:`server_env` (e.g. a larger body limit)."""
+    def __init__(
+        self, data_dir: Path, log_path: Path, env: dict[str, str] | None = None, workers: int = 1
+    ) -> None:
+        """``env``: settings for this server over :func:`server_env` (e.g. a larger body limit);
+        ``workers`` > 1: ``serve --workers N`` (a supervisor and N processes on one socket)."""
+        self.workers = workers
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self._log = log_path.open("wb")
         self.proc = subprocess.Popen(
-            [*gateway_command(), "serve", "--data-dir", str(data_dir), "--listen", f"127.0.0.1:{self.port}"],
+            [
+                *gateway_command(),
+                "serve",
+                "--data-dir",
+                str(data_dir),
+                "--listen",
+                f"127.0.0.1:{self.port}",
+                *(["--workers", str(workers)] if workers > 1 else []),
+            ],
             env={**server_env(), **(env or {})},
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: stop() can end the workers too
         )
 
     def log_tail(self, chars: int = 3000) -> str:
@@ -197,20 +220,26 @@ class Server:
                     f"mls-gateway serve exited with {self.proc.returncode}:\n{self.log_tail()}"
                 )
             try:
-                if (await api.readiness())["status"] == "ready":
+                if (await api.readiness())["status"] == "ready" and self._all_workers_up():
                     return time.perf_counter() - started
             except OSError:  # GatewayConnectionError: not listening yet
                 pass
             await asyncio.sleep(0.1)
         raise RuntimeError(f"mls-gateway serve not ready after {START_TIMEOUT_S:g} s:\n{self.log_tail()}")
 
+    def _all_workers_up(self) -> bool:
+        """With ``workers`` > 1, whether the supervisor announced every worker ready (its
+        ``listening … (N workers)`` line), so that the load meets all of them, not the first alone."""
+        return self.workers == 1 or f"({self.workers} workers)" in self.log_tail(1_000_000)
+
     def stop(self) -> int | None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+            except subprocess.TimeoutExpired:  # the whole group: no worker is left behind
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(5)
         self._log.close()
         return self.proc.returncode
@@ -438,12 +467,25 @@ async def run_clients(
     return stats, elapsed
 
 
+#: Tries of one group's setup when the gateway answers 503 (a transient refusal with Retry-After, e.g.
+#: ``hsm_unavailable`` while several processes share one SoftHSM2 token that another is writing).
+SETUP_TRIES = 5
+
+
 async def make_pairs(api: GatewayClient, first: int, count: int) -> list[Pair]:
     gate = asyncio.Semaphore(4)
 
     async def setup(i: int) -> Pair:
         async with gate:
-            return await make_pair(api, i)
+            for attempt in range(1, SETUP_TRIES + 1):
+                try:
+                    return await make_pair(api, i)
+                except GatewayError as e:  # a new pair from scratch; what the failed try made stays
+                    if e.status != 503 or attempt == SETUP_TRIES:
+                        raise
+                    print(f"setup of group {i}: 503 {e.code}, trying again", file=sys.stderr, flush=True)
+                    await asyncio.sleep(1.0)
+            raise AssertionError("unreachable")
 
     return list(await asyncio.gather(*(setup(i) for i in range(first, first + count))))
 
@@ -663,6 +705,7 @@ def build_report(
     raw_before: list[float],
     raw_after: list[float],
     library: dict[str, Any],
+    one_process: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The report of a run on the server this benchmark started: the load, the raw sign rate and the
     library in-process."""
@@ -680,6 +723,8 @@ def build_report(
         "fraction_of_hsm": round(signatures_per_s / raw, 4) if raw > 0 else None,
         "library_messages_per_s": lib_rate,
         "fraction_of_library": round(load["messages_per_s"] / lib_rate, 4) if lib_rate > 0 else None,
+        "workers": cfg.workers,
+        **one_process_fields(cfg, one_process, load, lib_rate),
         **load,
         "config": config_section(cfg, "HTTP/1.1 over loopback (127.0.0.1)"),
         "raw_sign": {
@@ -691,6 +736,34 @@ def build_report(
         },
         "library": lib,
         "server_ready_s": round(phase["ready_s"], 2),
+        "deployment": (
+            f"`mls-gateway serve --workers {cfg.workers}` (a supervisor, {cfg.workers} worker processes on "
+            "one socket), as the README deploys it on this machine"
+            if cfg.workers > 1
+            else "one `mls-gateway serve` process"
+        ),
+    }
+
+
+def one_process_fields(
+    cfg: Settings, one_process: dict[str, Any] | None, load: dict[str, Any], lib_rate: float
+) -> dict[str, Any]:
+    """``messages_per_s_1_process`` and ``fraction_of_library_1_process``: the same load on one gateway
+    process (the main figures are ``serve --workers N``'s); with one worker, the main figures themselves."""
+    one = load if one_process is None else load_fields(replace(cfg, clients_sweep=()), one_process)
+    rate = one["messages_per_s"]
+    return {
+        "messages_per_s_1_process": rate,
+        "fraction_of_library_1_process": round(rate / lib_rate, 4) if lib_rate > 0 else None,
+        "one_process": {
+            "messages": one["messages"],
+            "elapsed_s": one["elapsed_s"],
+            "p50_ms": one["p50_ms"],
+            "p99_ms": one["p99_ms"],
+            "errors": one["errors"],
+            "what": "the same load (groups, clients, duration) on one `mls-gateway serve` process"
+            + (" (this run's main figures: --workers 1)" if one_process is None else ", after the main run"),
+        },
     }
 
 
@@ -851,7 +924,11 @@ def _local_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
             f"{report['library_messages_per_s']:.1f} /s  (p50 "
             f"{_ms(report['library']['latency_ms']['protect_and_process']['p50'])})",
         ),
-        ("fraction of library", f"{report['fraction_of_library']}"),
+        ("fraction of library", f"{report['fraction_of_library']}  ({report['workers']} gateway processes)"),
+        (
+            "1 process: msgs/s, fraction of library",
+            f"{report['messages_per_s_1_process']:.1f} /s, {report['fraction_of_library_1_process']}",
+        ),
     ]
 
 
@@ -954,26 +1031,35 @@ def chart(report: dict[str, Any], stats: LoadStats, path: Path) -> None:
 
 def library_bars(ax: Any, report: dict[str, Any]) -> None:
     """Gateway messages/s next to the library's in-process rate, with the fraction."""
-    gw, lib = report["messages_per_s"], report["library_messages_per_s"]
-    lib_cfg = report["library"]
-    bars = ax.bar(
-        [
-            f"gateway over HTTP\n{report['config']['clients']} clients",
-            f"library in-process\n{lib_cfg['threads']} threads, same token",
-        ],
-        [gw, lib],
-        color=["#1f77b4", "#9e9e9e"],
+    gw, lib, one = (
+        report["messages_per_s"],
+        report["library_messages_per_s"],
+        report["messages_per_s_1_process"],
     )
-    fraction = report["fraction_of_library"]
-    labels = [
-        f"{gw:.0f}/s" + (f" = {fraction:.1%} of library" if fraction is not None else ""),
-        f"{lib:.0f}/s",
+    lib_cfg = report["library"]
+    workers = report["workers"]
+    names = [
+        f"gateway, {workers} process{'es' if workers > 1 else ''}\n{report['config']['clients']} clients"
     ]
+    rates, fractions = [gw], [report["fraction_of_library"]]
+    if workers > 1:
+        names.append("gateway, 1 process\nsame load")
+        rates.append(one)
+        fractions.append(report["fraction_of_library_1_process"])
+    bars = ax.bar(
+        [*names, f"library in-process\n{lib_cfg['threads']} threads, same token"],
+        [*rates, lib],
+        color=[*["#1f77b4", "#6baed6"][: len(rates)], "#9e9e9e"],
+    )
+    labels = [
+        f"{rate:.0f}/s" + (f"\n= {fraction:.1%} of library" if fraction is not None else "")
+        for rate, fraction in zip(rates, fractions, strict=True)
+    ] + [f"{lib:.0f}/s"]
     for bar, label in zip(bars, labels, strict=True):
         ax.annotate(
             label, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom", fontsize=9
         )
-    ax.set_ylim(0, max(gw, lib, 1.0) * 1.2)
+    ax.set_ylim(0, max(gw, one, lib, 1.0) * 1.25)
     ax.set_ylabel("messages sent + processed / s")
     ax.set_title("Gateway against the library (suite 1, SoftHSM2 keys)")
 
@@ -1033,13 +1119,13 @@ def run(cfg: Settings) -> dict[str, Any]:
         print(
             f"raw Ed25519 sign: {', '.join(f'{r:.0f}' for r in raw_before)} /s", file=sys.stderr, flush=True
         )
-        server = Server(data_dir, tmp / "server.log")
-        try:
-            phase = asyncio.run(run_server_phase(cfg, server, admin))
-        finally:
-            code = server.stop()
-        if code not in (0, -signal.SIGTERM):
-            print(f"warning: the server exited with {code}:\n{server.log_tail()}", file=sys.stderr)
+        phase = serve_and_load(cfg, data_dir, admin, tmp / "server.log", cfg.workers)
+        one_process = None
+        if cfg.workers > 1:  # the one-process figure beside it (issue 13), no sweep
+            print("the same load on one process:", file=sys.stderr, flush=True)
+            one_process = serve_and_load(
+                replace(cfg, clients_sweep=()), data_dir, admin, tmp / "server-1.log", 1
+            )
         raw_after = raw.measure(cfg.raw_seconds, cfg.raw_rounds)
         print(
             f"raw Ed25519 sign after: {', '.join(f'{r:.0f}' for r in raw_after)} /s",
@@ -1047,13 +1133,25 @@ def run(cfg: Settings) -> dict[str, Any]:
             flush=True,
         )
         library = run_library_phase(cfg, data_dir)
-        report = build_report(cfg, phase, raw_before, raw_after, library)
+        report = build_report(cfg, phase, raw_before, raw_after, library, one_process)
         cfg.out.mkdir(parents=True, exist_ok=True)
         (cfg.out / "load.json").write_text(json.dumps(report, indent=2) + "\n")
         chart(report, phase["stats"], cfg.out / "load.png")
         return report
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def serve_and_load(cfg: Settings, data_dir: Path, admin: str, log: Path, workers: int) -> dict[str, Any]:
+    """``mls-gateway serve`` with ``workers`` processes on ``data_dir``, the load phase on it, stopped."""
+    server = Server(data_dir, log, workers=workers)
+    try:
+        phase = asyncio.run(run_server_phase(cfg, server, admin))
+    finally:
+        code = server.stop()
+    if code not in (0, -signal.SIGTERM):
+        print(f"warning: the server exited with {code}:\n{server.log_tail()}", file=sys.stderr)
+    return phase
 
 
 def run_remote(cfg: Settings, url: str, token: str) -> dict[str, Any]:
@@ -1095,6 +1193,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--library-duration", type=float, help="seconds of the in-process library run (default: --duration)"
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="gateway processes (serve --workers N; default: the number of CPUs); with N > 1 the load also "
+        "runs on one process for the figure beside it",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="directory for load.json and load.png")
     parser.add_argument(
         "--url",
@@ -1111,7 +1215,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         parser.error("--url needs --token (or MLSGW_BENCH_TOKEN)")
     if args.url is not None and not args.url.startswith(("http://", "https://")):
         parser.error("--url must be an http:// or https:// URL")
-    for name in ("groups", "clients", "max_messages"):
+    for name in ("groups", "clients", "max_messages", "workers"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     try:

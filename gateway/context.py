@@ -24,6 +24,7 @@ from .metrics import Metrics
 from .readiness import store_write_probe
 from .request_limits import TenantScheduler
 from .service import GatewayService
+from .sqlite_erasure import WalErasure
 from .store import Store, StoreUnavailable
 
 if TYPE_CHECKING:
@@ -102,6 +103,9 @@ class Runtime:
         m.identities.set(counts["identities"])
         m.groups.set(counts["groups"])
         refresh_depths(m.delivery, self.store)
+        erasure = getattr(self.store, "erasure", None)  # a SQLite store's (gateway.sqlite_erasure)
+        if isinstance(erasure, WalErasure):
+            m.erasure_progress(*erasure.progress())
         if not m.multiprocess:  # no clear() in multiprocess mode; a worker's backend never changes
             m.backend.clear()
         m.backend.labels(get_backend().name).set(1)

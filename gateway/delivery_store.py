@@ -39,7 +39,10 @@ class LogConflict(Exception):
 
 
 @dataclass(frozen=True)
-class LogHead:
+class LogPosition:
+    """Where a group's log stands, without the head's blobs (read per message: its size must not grow
+    with the group)."""
+
     tenant_id: str
     group_id: bytes
     cipher_suite: int
@@ -47,6 +50,12 @@ class LogHead:
     epoch: int
     #: The last entry's sequence number (entries are numbered from 1).
     seq: int
+
+
+@dataclass(frozen=True)
+class LogHead(LogPosition):
+    """The position and the latest accepted commit's GroupInfo and ratchet tree (joins, ``group-info``)."""
+
     #: The latest accepted commit bundle's GroupInfo (an MLSMessage), bytes exactly as submitted.
     group_info: bytes
     #: The ratchet tree of that epoch (TLS ``optional<Node> ratchet_tree<V>``).
@@ -128,6 +137,15 @@ class LogTransaction(EndpointRegistry, Protocol):
     :mod:`gateway.sqlite_directory`)."""
 
     def get_log_head(self, tenant_id: str, group_id: bytes) -> LogHead | None: ...
+    def get_log_position(self, tenant_id: str, group_id: bytes) -> LogPosition | None:
+        """The head without its GroupInfo and tree (what an application message's path reads)."""
+        ...
+
+    def advance_log_seq(self, position: LogPosition, seq: int) -> None:
+        """Move the head's ``seq`` on (entries appended within its epoch) only if it is still
+        ``position.seq``; raises :class:`LogConflict` otherwise. Writes no blob."""
+        ...
+
     def put_log_head(self, head: LogHead, expected_seq: int | None) -> None:
         """Insert (``expected_seq is None``) or update only if the stored ``seq`` is still
         ``expected_seq``; raises :class:`LogConflict` otherwise."""

@@ -26,7 +26,7 @@ from mls import (
     welcome_key_package_refs,
 )
 
-from .delivery_store import HostedWork, LogEntry, LogHead, Member, message_digest
+from .delivery_store import HostedWork, LogEntry, LogHead, LogPosition, Member, message_digest
 from .errors import Problem, not_found, stale_epoch
 from .store import Transaction
 
@@ -115,10 +115,18 @@ class GroupLog:
         self.past_epochs = past_epochs
 
     def head(self, tx: Transaction, tenant_id: str, group_id: bytes) -> LogHead:
+        """The head with its GroupInfo and tree (404 for a group the log does not know)."""
         head = tx.get_log_head(tenant_id, group_id)
         if head is None:
             raise not_found("group")
         return head
+
+    def position(self, tx: Transaction, tenant_id: str, group_id: bytes) -> LogPosition:
+        """The head without its blobs (404 for a group the log does not know)."""
+        position = tx.get_log_position(tenant_id, group_id)
+        if position is None:
+            raise not_found("group")
+        return position
 
     def append_bundle(
         self,
@@ -135,7 +143,7 @@ class GroupLog:
         repeated = tx.log_seq_of(tenant_id, group_id, message_digest(bundle.commit))
         if repeated is not None:  # a repeated submission: the answer of the first, nothing appended
             return Appended(repeated, info.epoch + 1, kinds=[])
-        head = tx.get_log_head(tenant_id, group_id)
+        head = tx.get_log_position(tenant_id, group_id)
         if head is None:
             if info.epoch != 0:
                 raise not_found("group (a group's log starts with the commit of epoch 0)")
@@ -217,7 +225,7 @@ class GroupLog:
     ) -> Appended:
         """Accept proposals (for the log's epoch) and application messages (for it or an epoch the
         receivers still keep), in order, each with the next ``seq``."""
-        head = self.head(tx, tenant_id, group_id)
+        head = self.position(tx, tenant_id, group_id)
         repeated = [tx.log_seq_of(tenant_id, group_id, message_digest(m.message)) for m in messages]
         if all(seq is not None for seq in repeated):  # a repeated submission: nothing appended again
             return Appended(max(s for s in repeated if s is not None), head.epoch, kinds=[])
@@ -232,7 +240,7 @@ class GroupLog:
             for n, m in enumerate(messages, 1)
         ]
         last = entries[-1].seq
-        tx.put_log_head(LogHead(**{**head.__dict__, "seq": last}), head.seq)
+        tx.advance_log_seq(head, last)
         tx.append_log_entries(tenant_id, group_id, entries)
         appended = Appended(last, head.epoch, kinds=[e.kind for e in entries])
         receivers = _endpoints(members) - {sender}

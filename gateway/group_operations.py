@@ -23,7 +23,7 @@ from mls import (
 )
 
 from .auth import Principal
-from .delivery_store import LOG_RETRIES, LogConflict, LogHead
+from .delivery_store import LOG_RETRIES, LogConflict, LogPosition
 from .errors import Problem, conflict
 from .group_session import GroupSession, new_leaf_key
 from .hosted_submission import HostedSubmission
@@ -80,7 +80,7 @@ class GroupOperations:
 
     def _open_at_head(
         self, principal: Principal, identity_id: str, group_id: bytes, epoch: int | None = None
-    ) -> tuple[GroupSession, LogHead | None]:
+    ) -> tuple[GroupSession, LogPosition | None]:
         """The caller's membership, caught up with the group's log, and the log's head
         (:meth:`HostedSubmission.prepare`): the reads of identity, membership, PSKs, log head and entries
         share one read transaction (one snapshot, no write lock; nothing is written before the commit)."""

@@ -71,7 +71,9 @@ class GroupSession:
         loaded_version: int | None,
         pending: PendingWrites | None = None,
         applied_seq: int = 0,
+        structure: tuple[object, ...] | None = None,
     ) -> None:
+        """``structure``: ``group.state.structure_snapshot()`` when the caller knows it (a cache entry)."""
         self._sessions = sessions
         self.identity = identity
         self.group = group
@@ -87,7 +89,9 @@ class GroupSession:
         self.state_size = 0
         #: The state and pending commit as loaded, and what else than the secret trees they hold
         #: (:meth:`mls.GroupState.structure_snapshot`): compared by :attr:`ratchet_only`.
-        self._loaded = (group.state, group.pending_commit, group.state.structure_snapshot())
+        if structure is None:
+            structure = group.state.structure_snapshot()
+        self._loaded = (group.state, group.pending_commit, structure)
         self._loaded_applied_seq = applied_seq
         #: The ratchet state as loaded (set for writing sessions): an operation that left it, the rest of
         #: the state and ``applied_seq`` as they were writes no state at all.
@@ -96,20 +100,29 @@ class GroupSession:
         #: :meth:`commit`, the one this session's write left.
         self.full_version: int | None = None
         self._writes_ratchet = False  # set by _state_write
+        #: The ratchet bytes and structure snapshot of the state this session's commit leaves, when its
+        #: :meth:`_state_write` computed them (kept with the cache entry, so the next session need not).
+        self.final: tuple[bytes, tuple[object, ...]] | None = None
 
     @property
     def ratchet_only(self) -> bool:
         """Whether the operation changed at most the secret trees of a stored membership (an application
         message sent or received): :meth:`commit` then writes the ratchet state alone."""
+        return self._unchanged_structure() is not None
+
+    def _unchanged_structure(self) -> tuple[object, ...] | None:
+        """The state's structure snapshot now when :attr:`ratchet_only` holds, else ``None``."""
         state, pending, structure = self._loaded
         group = self.group
-        return (
-            self.loaded_version is not None
-            and not self._leaving
-            and group.state is state
-            and group.pending_commit is pending
-            and state.structure_snapshot() == structure
-        )
+        if (
+            self.loaded_version is None
+            or self._leaving
+            or group.state is not state
+            or group.pending_commit is not pending
+        ):
+            return None
+        now = state.structure_snapshot()
+        return now if now == structure else None
 
     @property
     def identity_id(self) -> str:
@@ -197,11 +210,14 @@ class GroupSession:
         also removes a ratchet state)."""
         sealer, identity_id, group_id = self._sessions.sealer, self.identity_id, self.group.group_id
         expected, applied_seq = self.loaded_version, self.applied_seq
-        if expected is not None and self.ratchet_only:
+        structure = None if expected is None else self._unchanged_structure()
+        if expected is not None and structure is not None:
             ratchet = self.group.state.ratchet_state_to_bytes()
             if ratchet == self.loaded_ratchet and applied_seq == self._loaded_applied_seq:
+                self.final = (ratchet, structure)
                 return None, self.state_size
             if not self._full_state_due:
+                self.final = (ratchet, structure)
                 self._writes_ratchet = True
                 sealed = sealer.seal_ratchet(identity_id, group_id, ratchet, expected + 1)
                 return (
@@ -259,18 +275,20 @@ class GroupSessions:
             group = Group(cached.state, keys_for(self.sealer.keys, identity), psks)
             group.pending_commit = cached.pending
             applied_seq, size, full_version = cached.applied_seq, cached.size, cached.full_version
+            structure, loaded_ratchet = cached.structure, cached.ratchet
         else:
             assert record is not None
             with group_audit_context(identity_id, group_id, record.epoch):
                 group = self.sealer.open_group(record, psks, keys_for(self.sealer.keys, identity))
             applied_seq, size = record.applied_seq, len(record.state) + len(record.pending or b"")
             full_version = record.full_version
+            structure, loaded_ratchet = None, None
         group.state.config.leaf_policy = self.leaf_policy(identity.tenant_id)
-        session = GroupSession(self, identity, group, version, applied_seq=applied_seq)
+        session = GroupSession(self, identity, group, version, applied_seq=applied_seq, structure=structure)
         session.state_size = size
         session.full_version = full_version
         if not read_only:
-            session.loaded_ratchet = group.state.ratchet_state_to_bytes()
+            session.loaded_ratchet = loaded_ratchet or group.state.ratchet_state_to_bytes()
         if cached is None and read_only:
             self.remember(session, version, size)
         return session
@@ -279,8 +297,16 @@ class GroupSessions:
         """Cache ``session``'s decoded state as the one of its record at ``version`` (``size``: the
         sealed full state's length)."""
         group = session.group
+        ratchet, structure = session.final or (None, None)
         entry = CachedState(
-            version, group.state, group.pending_commit, size, session.applied_seq, session.full_version
+            version,
+            group.state,
+            group.pending_commit,
+            size,
+            session.applied_seq,
+            session.full_version,
+            ratchet,
+            structure,
         )
         self.cache.put((session.identity_id, group.group_id), entry)
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from mls import MLSError, StagedCommit, welcome_key_package_refs
 
-from .delivery_store import LogEntry, LogHead
+from .delivery_store import LogEntry, LogPosition
 from .errors import Problem, conflict, problem_from_exception
 from .group_session import GroupSession, GroupSessions
 from .inbox_events import open_event, seal_event
@@ -143,7 +143,7 @@ class HostedDelivery:
         while True:
             session: GroupSession | None = None
             with self.store.read_transaction() as tx:  # one snapshot: head, membership, entries to apply
-                head = tx.get_log_head(tenant_id, group_id)
+                head = tx.get_log_position(tenant_id, group_id)
                 applied = tx.applied_seq(identity.identity_id, group_id)
                 mark = tx.hosted_pending_of(identity.identity_id, group_id)
                 if head is not None and applied is not None and applied < head.seq:
@@ -173,7 +173,9 @@ class HostedDelivery:
             session.commit(Response(200, None), scope)
         self.notify([identity_id])
 
-    def _join(self, identity: Identity, head: LogHead, force: bool, join: JoinOptions) -> GroupSession | None:
+    def _join(
+        self, identity: Identity, head: LogPosition, force: bool, join: JoinOptions
+    ) -> GroupSession | None:
         """Join from the latest Welcome of the log for one of the identity's KeyPackages, or record a
         ``welcome`` event when the identity does not join by itself."""
         found = self._welcome_for(identity, head)
@@ -202,7 +204,7 @@ class HostedDelivery:
         self._add_event(session, entry.seq, {"kind": "joined", "epoch": session.group.epoch})
         return session
 
-    def _welcome_for(self, identity: Identity, head: LogHead) -> LogEntry | None:
+    def _welcome_for(self, identity: Identity, head: LogPosition) -> LogEntry | None:
         with self.store.read_transaction() as tx:
             for entry in tx.welcome_entries(identity.tenant_id, head.group_id, head.seq):
                 if entry.welcome is not None and self._names(tx, identity, entry.welcome):
@@ -219,7 +221,7 @@ class HostedDelivery:
         return False
 
     def _welcome_event(
-        self, identity: Identity, head: LogHead, entry: LogEntry, problem: Json | None = None
+        self, identity: Identity, head: LogPosition, entry: LogEntry, problem: Json | None = None
     ) -> None:
         assert entry.welcome is not None
         event: Json = {"kind": "welcome", "welcome": b64(entry.welcome), "epoch": entry.epoch + 1}

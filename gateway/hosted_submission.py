@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from mls import StagedCommit, inspect_message, state_view, welcome_key_package_refs
 
-from .delivery_store import LogConflict, LogHead, message_digest
+from .delivery_store import LogConflict, LogPosition, message_digest
 from .errors import stale_epoch
 from .group_log import Appended, GroupLog, PreparedBundle, PreparedMessage
 from .group_session import GroupSession
@@ -39,11 +39,11 @@ class HostedSubmission:
         self.hosted = hosted
         self.after_append = after_append
 
-    def prepare(self, session: GroupSession, epoch: int | None = None) -> LogHead | None:
+    def prepare(self, session: GroupSession, epoch: int | None = None) -> LogPosition | None:
         """The log's head (``None`` for a group the log does not know), after the member took every entry
         before it; ``409`` when ``epoch`` is given and the group already left it."""
         with self.store.read_transaction() as tx:
-            head = tx.get_log_head(session.identity.tenant_id, session.group.group_id)
+            head = tx.get_log_position(session.identity.tenant_id, session.group.group_id)
         current = head.epoch if head is not None else session.group.epoch
         if epoch is not None and epoch < current:
             raise stale_epoch(current)
@@ -61,7 +61,7 @@ class HostedSubmission:
             )
         return seq is not None
 
-    def submit_commit(self, session: GroupSession, head: LogHead | None, staged: StagedCommit) -> None:
+    def submit_commit(self, session: GroupSession, head: LogPosition | None, staged: StagedCommit) -> None:
         """Append a commit the member made (the state merges it in the same transaction)."""
         if head is None and session.group.epoch != 0:
             return
@@ -82,7 +82,7 @@ class HostedSubmission:
             ),
         )
 
-    def submit_foreign_commit(self, session: GroupSession, head: LogHead | None, commit: bytes) -> None:
+    def submit_foreign_commit(self, session: GroupSession, head: LogPosition | None, commit: bytes) -> None:
         """Append a commit that reached the member by another path (``/process``) and that it merged: it
         is for the log's epoch (or the log rolls back with a conflict), and the new epoch's GroupInfo is
         the member's own, signed by it (any member may sign one, RFC 9420 §12.4.3)."""
@@ -103,13 +103,13 @@ class HostedSubmission:
         new epoch the new member signs; it then has everything up to its own commit."""
         group = session.group
         with self.store.read_transaction() as tx:
-            head = tx.get_log_head(session.identity.tenant_id, group.group_id)
+            head = tx.get_log_position(session.identity.tenant_id, group.group_id)
         if head is None:
             return
         session.applied_seq = head.seq
         self.submit_foreign_commit(session, head, commit)
 
-    def submit_messages(self, session: GroupSession, head: LogHead | None, messages: list[bytes]) -> None:
+    def submit_messages(self, session: GroupSession, head: LogPosition | None, messages: list[bytes]) -> None:
         """Append proposals or application messages the member made, in order."""
         if head is None:
             return

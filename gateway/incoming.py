@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from mls import MLSError, StagedCommit, inspect_message
 
-from .delivery_store import LogHead, message_digest
+from .delivery_store import LogPosition, message_digest
 from .errors import Problem, conflict, problem_from_exception, stale_epoch
 from .group_session import GroupSession, GroupSessions
 from .hosted_submission import HostedSubmission
@@ -73,11 +73,13 @@ class IncomingMessages:
     def _log_positions(self, identity: Identity, group_id: bytes, messages: list[bytes]) -> list[int | None]:
         """Each message's ``seq`` in the group's log (``None`` if it is not there)."""
         with self.store.read_transaction() as tx:
-            if tx.get_log_head(identity.tenant_id, group_id) is None:
+            if tx.get_log_position(identity.tenant_id, group_id) is None:
                 return [None] * len(messages)
             return [tx.log_seq_of(identity.tenant_id, group_id, message_digest(m)) for m in messages]
 
-    def _recorded(self, session: GroupSession, message: bytes, seq: int | None, head: LogHead | None) -> Json:
+    def _recorded(
+        self, session: GroupSession, message: bytes, seq: int | None, head: LogPosition | None
+    ) -> Json:
         """What a log entry produced for this member (a repeated delivery changes nothing)."""
         assert seq is not None
         event = self.hosted.recorded_event(session.identity, session.group.group_id, seq)
@@ -93,7 +95,7 @@ class IncomingMessages:
         return event
 
     def _process_one(
-        self, session: GroupSession, message: bytes, seq: int | None, head: LogHead | None
+        self, session: GroupSession, message: bytes, seq: int | None, head: LogPosition | None
     ) -> Json:
         group = session.group
         if group.pending_commit is not None:
@@ -109,8 +111,8 @@ class IncomingMessages:
 
 
 def _answer(
-    run: Callable[[GroupSession, bytes, int | None, LogHead | None], Json],
-    args: tuple[GroupSession, bytes, int | None, LogHead | None],
+    run: Callable[[GroupSession, bytes, int | None, LogPosition | None], Json],
+    args: tuple[GroupSession, bytes, int | None, LogPosition | None],
     batch: bool,
 ) -> Json:
     """The result of ``run(*args)``, or in the batch form its failure as a problem document."""

@@ -3,9 +3,10 @@
 Several gateway processes (``serve --workers N``, or several machines) share one store. Work that two
 processes would duplicate or race on — audit checkpoints (one per head), the retention purge, webhook
 delivery (one sender per webhook keeps events in order), the hosted delivery sweep, orphan-key
-reconciliation and the KEK re-wrap and destruction — runs only in the process holding that task's
-lease (:data:`LEASED_TASKS`). Work every process must do stays per process: each reads the current KEKs,
-keeps its readiness gauge, and advances the hosted memberships its own appends scheduled.
+reconciliation, the KEK re-wrap and destruction, and the prune of old notification rows — runs only in
+the process holding that task's lease (:data:`LEASED_TASKS`). Work every process must do stays per
+process: each reads the current KEKs, keeps its readiness gauge, and advances the hosted memberships its
+own appends scheduled.
 
 **The lease.** A row ``(name, holder, expires_at)`` (:mod:`gateway.sqlite_leases`): ``holder`` is unique
 per process run (:attr:`LeaseKeeper.holder`: host, pid, random), ``expires_at`` the holder's wall clock
@@ -52,8 +53,17 @@ HOSTED_SWEEP = "hosted-sweep"
 WEBHOOK_DELIVERY = "webhook-delivery"
 KEY_RECONCILIATION = "key-reconciliation"
 KEK_REWRAP = "kek-rewrap"
+NOTIFICATION_PRUNE = "notification-prune"
 #: The background tasks that run in one process at a time, each under the lease of its name.
-LEASED_TASKS = (AUDIT_CHECKPOINTS, RETENTION, HOSTED_SWEEP, WEBHOOK_DELIVERY, KEY_RECONCILIATION, KEK_REWRAP)
+LEASED_TASKS = (
+    AUDIT_CHECKPOINTS,
+    RETENTION,
+    HOSTED_SWEEP,
+    WEBHOOK_DELIVERY,
+    KEY_RECONCILIATION,
+    KEK_REWRAP,
+    NOTIFICATION_PRUNE,
+)
 
 
 def process_holder_id() -> str:
@@ -160,22 +170,67 @@ class LeaseKeeper:
         await asyncio.sleep(delay)
 
 
-async def run_while_held(keeper: LeaseKeeper, name: str, body: Callable[[], Awaitable[None]]) -> None:
+#: Seconds before a gated task that failed is started again: the first wait, doubled after each failure that
+#: came sooner than :data:`RESTART_MAX_S` after its start, up to that.
+RESTART_FIRST_S = 1.0
+RESTART_MAX_S = 60.0
+
+
+async def run_while_held(
+    keeper: LeaseKeeper,
+    name: str,
+    body: Callable[[], Awaitable[None]],
+    *,
+    restart_s: float = RESTART_FIRST_S,
+    restart_max_s: float = RESTART_MAX_S,
+) -> None:
     """Run ``body()`` (a fresh one each time) while this process holds the lease ``name``; cancel it
-    when the lease is lost; forever, until cancelled."""
+    when the lease is lost; forever, until cancelled.
+
+    A body that fails (any :class:`Exception`) or returns is logged — the error's type only, never its
+    text, which may quote data — and started again after a back-off (``restart_s``, doubling up to
+    ``restart_max_s``), lease permitting: the process keeps renewing the lease, so giving the task up
+    would stop the work in every process."""
+    delay = restart_s
     while True:
         while not keeper.held(name):
             await keeper.wait_change(keeper.ttl_s)
         log.info("lease %s taken: its task starts in this process", name, extra={"event": "lease_taken"})
-        task = asyncio.ensure_future(body())
-        try:
-            while keeper.held(name) and not task.done():
-                await asyncio.wait([task], timeout=_recheck_s(keeper, name))
-        finally:
+        started = time.monotonic()
+        outcome = await _run_until_lost(keeper, name, body)
+        if outcome is None:
+            log.info("lease %s lost: its task stopped in this process", name, extra={"event": "lease_lost"})
+            continue
+        if time.monotonic() - started >= restart_max_s:
+            delay = restart_s  # it ran a good while: a fresh failure, not a crash loop
+        log.error(
+            "lease %s: its task %s; started again in %.1f s",
+            name,
+            outcome,
+            delay,
+            extra={"event": "lease_task_failed"},
+        )
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, restart_max_s)
+
+
+async def _run_until_lost(keeper: LeaseKeeper, name: str, body: Callable[[], Awaitable[None]]) -> str | None:
+    """Run one ``body()`` until the lease is lost (``None``) or it ends: how it ended, for the log."""
+    task = asyncio.ensure_future(body())
+    try:
+        while keeper.held(name) and not task.done():
+            await asyncio.wait([task], timeout=_recheck_s(keeper, name))
+    finally:
+        if not task.done():
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        log.info("lease %s lost: its task stopped in this process", name, extra={"event": "lease_lost"})
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait([task])
+    if not task.done() or task.cancelled():
+        return None
+    error = task.exception()
+    if error is None:
+        return "returned"
+    return f"failed ({type(error).__name__})"
 
 
 def _recheck_s(keeper: LeaseKeeper, name: str) -> float:
@@ -212,6 +267,7 @@ async def lease_keeper(app: web.Application) -> AsyncIterator[None]:
 __all__ = [
     "LEASED_TASKS",
     "LEASES",
+    "NOTIFICATION_PRUNE",
     "LeaseKeeper",
     "lease_keeper",
     "process_holder_id",

@@ -61,7 +61,7 @@ class LogOperations:
         tenant_id, caller = _tenant(principal), principal.client_id
         if inspect_message(commit).epoch != 0:
             with self.store.read_transaction() as tx:
-                self.log.head(tx, tenant_id, group_id)  # 404 before any verification work
+                self.log.position(tx, tenant_id, group_id)  # 404 before any verification work
         bundle = prepare_bundle(group_id, commit, group_info, ratchet_tree, welcome)
         done: list[Appended] = []
 
@@ -89,7 +89,7 @@ class LogOperations:
         """``POST /v1/groups/{gid}/messages`` → 201 ``{seq}``."""
         tenant_id, caller = _tenant(principal), principal.client_id
         with self.store.read_transaction() as tx:
-            self.log.head(tx, tenant_id, group_id)  # 404 before any decoding
+            self.log.position(tx, tenant_id, group_id)  # 404 before any decoding
         prepared = prepare_messages(group_id, [message])
         done: list[Appended] = []
 
@@ -134,7 +134,7 @@ class LogOperations:
         """``GET /v1/groups/{gid}`` → ``{group_id, epoch, seq, members: [{leaf_index, endpoint}]}``."""
         tenant_id = _tenant(principal)
         with self.store.read_transaction() as tx:
-            head = self.log.head(tx, tenant_id, group_id)
+            head = self.log.position(tx, tenant_id, group_id)
             members = tx.get_members(tenant_id, group_id)
         if principal.client_id is not None and all(m.endpoint_id != principal.client_id for m in members):
             raise Problem("not_a_member", "the caller owns no leaf of this group")

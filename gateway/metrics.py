@@ -159,6 +159,31 @@ class Metrics:
             registry=r,
         )
 
+        # erasure at rest (gateway.sqlite_erasure): how far behind the background checkpoint is
+        self.erasure_pending = Gauge(
+            "mlsgw_erasure_pending_seconds",
+            "Age of the oldest replaced or deleted sealed state not yet erased from the SQLite files",
+            registry=r,
+            multiprocess_mode="livemax",  # the worker furthest behind
+        )
+        self.erasure_checkpoints = Counter(
+            "mlsgw_erasure_checkpoints",
+            "Erasure checkpoints run by this process (incomplete: a reader held an older snapshot)",
+            ["outcome"],
+            registry=r,
+        )
+        self._erasure_seen = (0, 0)
+
+    def erasure_progress(self, pending_s: float, runs: int, incomplete: int) -> None:
+        """The erasure metrics from the eraser's totals (``WalErasure.progress``, gateway.sqlite_erasure)."""
+        self.erasure_pending.set(pending_s)
+        seen_runs, seen_incomplete = self._erasure_seen
+        if runs >= seen_runs and incomplete >= seen_incomplete:  # totals of the same eraser
+            self.erasure_checkpoints.labels("incomplete").inc(incomplete - seen_incomplete)
+            complete = (runs - incomplete) - (seen_runs - seen_incomplete)
+            self.erasure_checkpoints.labels("complete").inc(complete)
+        self._erasure_seen = (runs, incomplete)
+
     def key_use(self, event: AuditEvent) -> None:
         self.hsm_ops.labels(event.operation, event.custody, "ok" if event.ok else "error").inc()
 

@@ -34,7 +34,8 @@ def add_migrate_parser(sub: Any) -> None:
 
 
 def database_of(cfg: GatewayConfig) -> str:
-    """The database the configuration names, as :mod:`gateway.schema_migrations` takes it."""
+    """The database the configuration names, as :mod:`gateway.schema_migrations` takes it: a
+    ``postgresql://`` URL exactly as configured, else the SQLite file's path."""
     return cfg.postgres_url or str(cfg.database_path)
 
 

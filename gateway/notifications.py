@@ -3,10 +3,11 @@
 
 A notification is a row of ``notifications`` (``id``, ``channel``, ``created_at``) that the store writes
 **in the transaction of the change** a waiter waits for (triggers on ``mailbox``, ``inbox`` and
-``webhooks``; :data:`gateway.sqlite_schema.LEASES_SCHEMA`), so it exists exactly when the change
+``webhooks``; the migration ``0002.leases_notifications``), so it exists exactly when the change
 committed, whichever process committed it. A wake-up only says "look again" (the store is the truth), so
 a duplicate — this process's own writers also notify directly — or a coalesced one is harmless; what
-must not happen is a waiter that sleeps through a commit. Rows are pruned after :data:`KEEP_S`.
+must not happen is a waiter that sleeps through a commit. Rows are pruned after :data:`KEEP_S`, by
+one process (the lease ``notification-prune``), in batches of :data:`PRUNE_BATCH` rows per transaction.
 
 - **SQLite** (:class:`SqliteNotificationListener`): a thread with a connection of its own looks every
   ``[gateway] wakeup_poll_s`` (25 ms) at ``PRAGMA data_version``, which changes only when another
@@ -24,6 +25,8 @@ must not happen is a waiter that sleeps through a commit. Rows are pruned after 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 import sqlite3
 import threading
@@ -35,7 +38,10 @@ import psycopg
 from aiohttp import web
 
 from .context import APP
+from .leases import LEASES, NOTIFICATION_PRUNE, LeaseKeeper, run_while_held
+from .schema_migrations import SchemaError, migrations_directory
 from .sqlite_store import SqliteStore
+from .store import Store, StoreUnavailable
 from .wakeups import Wakeups
 
 log = logging.getLogger("mls_gateway")
@@ -43,70 +49,25 @@ log = logging.getLogger("mls_gateway")
 #: Seconds a notification row is kept (a listener that is behind longer than this catches up by a
 #: wake-up of everything it missed being lost; none is ever behind that long but a reconnect).
 KEEP_S = 300.0
-#: Seconds between two prunes of old notification rows.
+#: Seconds between two prunes of old notification rows (by the holder of their lease).
 PRUNE_EVERY_S = 60.0
+#: Rows a prune deletes per write transaction (about 2 ms of write lock on SQLite).
+PRUNE_BATCH = 1000
 #: PostgreSQL: the ``LISTEN`` channel the notifications trigger notifies.
 CHANNEL = "mlsgw_wakeups"
 #: PostgreSQL: seconds before the last message heard from which a reconnect catches up.
 CATCH_UP_MARGIN_S = 60.0
 
-#: PostgreSQL DDL of the notifications table and the trigger that publishes each row at commit (the
-#: PostgreSQL store creates it in its schema; the triggers of ``mailbox``, ``inbox`` and ``webhooks`` that
-#: insert the rows are :data:`POSTGRES_SOURCE_TRIGGERS`).
-POSTGRES_DDL = f"""
-CREATE TABLE IF NOT EXISTS notifications (
-    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, channel TEXT NOT NULL,
-    created_at DOUBLE PRECISION NOT NULL DEFAULT EXTRACT(EPOCH FROM clock_timestamp()));
-CREATE INDEX IF NOT EXISTS notifications_by_time ON notifications(created_at);
-CREATE INDEX IF NOT EXISTS notifications_by_channel ON notifications(channel);
-CREATE OR REPLACE FUNCTION mlsgw_publish_notification() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM pg_notify('{CHANNEL}', NEW.channel);
-    RETURN NULL;
-END $$;
-DROP TRIGGER IF EXISTS publish_notification ON notifications;
-CREATE TRIGGER publish_notification AFTER INSERT ON notifications
-    FOR EACH ROW EXECUTE FUNCTION mlsgw_publish_notification();
-"""
+#: The migration that creates ``leases``, ``notifications`` and their triggers, on either store
+#: (``gateway/migrations/{sqlite,postgresql}/<id>.sql``, the single source of that DDL).
+MIGRATION_ID = "0002.leases_notifications"
 
-#: PostgreSQL DDL of the triggers that write a notification in the transaction of each change (the
-#: same as SQLite's in :data:`gateway.sqlite_schema.LEASES_SCHEMA`); needs ``identities``, ``clients``,
-#: ``mailbox``, ``inbox`` and ``webhooks``.
-POSTGRES_SOURCE_TRIGGERS = """
-CREATE OR REPLACE FUNCTION mlsgw_notify_row() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF TG_TABLE_NAME = 'mailbox' THEN
-        INSERT INTO notifications (channel) VALUES (NEW.client_id);
-    ELSIF TG_TABLE_NAME = 'inbox' THEN
-        INSERT INTO notifications (channel) VALUES (NEW.identity_id);
-    ELSIF TG_TABLE_NAME = 'identities' THEN  -- a deleted identity takes its notifications with it
-        DELETE FROM notifications WHERE channel = OLD.identity_id;
-    ELSIF TG_TABLE_NAME = 'clients' THEN
-        DELETE FROM notifications WHERE channel = OLD.client_id;
-    ELSIF TG_OP = 'DELETE' THEN  -- not when the webhook goes with its identity
-        IF EXISTS (SELECT 1 FROM identities WHERE identity_id = OLD.identity_id) THEN
-            INSERT INTO notifications (channel) VALUES (OLD.identity_id), ('webhooks:changed');
-        END IF;
-    ELSIF TG_OP = 'INSERT' OR NEW.url IS DISTINCT FROM OLD.url OR NEW.secret IS DISTINCT FROM OLD.secret
-            OR NEW.paused IS DISTINCT FROM OLD.paused OR NEW.created_at IS DISTINCT FROM OLD.created_at THEN
-        INSERT INTO notifications (channel) VALUES (NEW.identity_id), ('webhooks:changed');
-    END IF;
-    RETURN NULL;
-END $$;
-DROP TRIGGER IF EXISTS notify_mailbox ON mailbox;
-CREATE TRIGGER notify_mailbox AFTER INSERT ON mailbox FOR EACH ROW EXECUTE FUNCTION mlsgw_notify_row();
-DROP TRIGGER IF EXISTS notify_inbox ON inbox;
-CREATE TRIGGER notify_inbox AFTER INSERT ON inbox FOR EACH ROW EXECUTE FUNCTION mlsgw_notify_row();
-DROP TRIGGER IF EXISTS forget_identity_notifications ON identities;
-CREATE TRIGGER forget_identity_notifications AFTER DELETE ON identities
-    FOR EACH ROW EXECUTE FUNCTION mlsgw_notify_row();
-DROP TRIGGER IF EXISTS forget_client_notifications ON clients;
-CREATE TRIGGER forget_client_notifications AFTER DELETE ON clients
-    FOR EACH ROW EXECUTE FUNCTION mlsgw_notify_row();
-DROP TRIGGER IF EXISTS notify_webhooks ON webhooks;
-CREATE TRIGGER notify_webhooks AFTER INSERT OR UPDATE OR DELETE ON webhooks
-    FOR EACH ROW EXECUTE FUNCTION mlsgw_notify_row();
-"""
+
+def postgres_schema_sql() -> str:
+    """The PostgreSQL DDL of the notifications (its table, the trigger that publishes each row at commit on
+    :data:`CHANNEL`, the triggers of ``mailbox``, ``inbox`` and ``webhooks`` that write the rows) and of
+    ``leases``: the text of the PostgreSQL migration :data:`MIGRATION_ID`."""
+    return (migrations_directory("postgresql://") / f"{MIGRATION_ID}.sql").read_text(encoding="utf-8")
 
 
 class _ListenerThread:
@@ -155,17 +116,20 @@ class SqliteNotificationListener(_ListenerThread):
         path: Path,
         wakeups: Wakeups,
         poll_s: float,
-        *,
-        prune: Callable[[float], object] | None = None,
     ) -> None:
         super().__init__(wakeups)
         self.path = path
         self.poll_s = poll_s
-        #: Deletes rows older than the given unix time (the store's write transaction); ``None``: never.
-        self._prune = prune
         self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._conn.execute("PRAGMA query_only = ON")
-        self.last_id = self._last_id()  # what was there before this process started wakes nobody
+        try:
+            self.last_id = self._last_id()  # what was there before this process started wakes nobody
+        except sqlite3.OperationalError as e:  # no notifications table: a schema the migrations did not make
+            self._conn.close()
+            raise SchemaError(
+                f"the database {path} lacks the table of migration {MIGRATION_ID} ({e}): "
+                "run `mls-gateway migrate`"
+            ) from None
         self._version = self._data_version()
 
     def _data_version(self) -> int:
@@ -180,10 +144,10 @@ class SqliteNotificationListener(_ListenerThread):
         version = self._data_version()
         if version == self._version:
             return set()
-        self._version = version
         rows = self._conn.execute(
             "SELECT id, channel FROM notifications WHERE id > ? ORDER BY id", (self.last_id,)
         ).fetchall()
+        self._version = version  # only once read: a read that fails is tried again at the next tick
         if rows:
             self.last_id = int(rows[-1][0])
         channels = {str(r[1]) for r in rows}
@@ -191,14 +155,10 @@ class SqliteNotificationListener(_ListenerThread):
         return channels
 
     def _loop(self) -> None:
-        next_prune = time.monotonic() + PRUNE_EVERY_S
         try:
             while not self._stop.wait(self.poll_s):
                 try:
                     self.poll()
-                    if self._prune is not None and time.monotonic() >= next_prune:
-                        next_prune = time.monotonic() + PRUNE_EVERY_S
-                        self._prune(time.time() - KEEP_S)
                 except Exception as e:  # a locked or busy database: look again at the next tick
                     log.warning("notification listener: %s (retried)", e)
         finally:
@@ -267,33 +227,77 @@ def _server_time(conn: psycopg.Connection[tuple[object, ...]]) -> float:
     return float(row[0])  # type: ignore[arg-type]
 
 
+def prune_notifications(
+    store: Store,
+    older_than: float,
+    *,
+    batch: int = PRUNE_BATCH,
+    go_on: Callable[[], bool] = lambda: True,
+) -> int:
+    """Delete the notifications written before ``older_than`` (unix time), ``batch`` rows per write
+    transaction (each holds the write lock briefly: other writers get it between two), while ``go_on()``
+    (the lease is still held); returns how many were deleted. Worker thread."""
+    total = 0
+    while go_on():
+        with store.transaction() as tx:
+            deleted = tx.purge_notifications(older_than, batch)
+        total += deleted
+        if deleted < batch:
+            break
+    return total
+
+
+async def _prune_forever(store: Store, keeper: LeaseKeeper) -> None:
+    """Every :data:`PRUNE_EVERY_S`, the rows older than :data:`KEEP_S` (in the process holding the lease
+    :data:`gateway.leases.NOTIFICATION_PRUNE`; one process prunes for all)."""
+    loop = asyncio.get_running_loop()
+
+    def held() -> bool:
+        return keeper.held(NOTIFICATION_PRUNE)
+
+    while True:
+        try:
+            await loop.run_in_executor(
+                None, functools.partial(prune_notifications, store, time.time() - KEEP_S, go_on=held)
+            )
+        except StoreUnavailable as e:
+            log.warning("notification prune failed (retried): %s", e)
+        await asyncio.sleep(PRUNE_EVERY_S)
+
+
 async def notification_listener(app: web.Application) -> AsyncIterator[None]:
-    """The app's listener (``cleanup_ctx``): wakes this process's waiters of other processes' commits.
-    On SQLite it polls the database file; the PostgreSQL store runs :class:`PostgresNotificationListener`
-    over its DSN instead."""
+    """The app's listener (``cleanup_ctx``, after :func:`gateway.leases.lease_keeper`): wakes this
+    process's waiters of other processes' commits. On SQLite it polls the database file; the PostgreSQL
+    store runs :class:`PostgresNotificationListener` over its DSN instead. The prune of old rows runs
+    under its lease, in one process."""
     rt = app[APP]
     store = rt.store
-    listener: _ListenerThread | None = None
+    listener: _ListenerThread
     if isinstance(store, SqliteStore):
-
-        def prune(older_than: float) -> None:
-            with store.transaction() as tx:
-                tx.purge_notifications(older_than)
-
-        listener = SqliteNotificationListener(
-            store.path, rt.service.wakeups, rt.config.wakeup_poll_s, prune=prune
-        )
-        listener.start()
+        listener = SqliteNotificationListener(store.path, rt.service.wakeups, rt.config.wakeup_poll_s)
+    else:
+        url = rt.config.postgres_url
+        assert url is not None  # the store is PostgreSQL (gateway.store_factory)
+        listener = PostgresNotificationListener(url, rt.service.wakeups)
+    listener.start()
+    keeper = app[LEASES]
+    prune = asyncio.create_task(
+        run_while_held(keeper, NOTIFICATION_PRUNE, lambda: _prune_forever(store, keeper)),
+        name="notification-prune",
+    )
     yield
-    if listener is not None:
-        await asyncio.get_running_loop().run_in_executor(None, listener.stop)
+    prune.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await prune
+    await asyncio.get_running_loop().run_in_executor(None, listener.stop)
 
 
 __all__ = [
     "CHANNEL",
-    "POSTGRES_DDL",
-    "POSTGRES_SOURCE_TRIGGERS",
+    "MIGRATION_ID",
     "PostgresNotificationListener",
     "SqliteNotificationListener",
     "notification_listener",
+    "postgres_schema_sql",
+    "prune_notifications",
 ]

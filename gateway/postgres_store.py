@@ -13,13 +13,14 @@ compare-and-swaps that would hold under ``READ COMMITTED`` alone: the audit chai
 appended), the idempotency check-then-put, quota counts, KeyPackage claims, the group log's append and its
 members, and mailbox/inbox cursors, which readers page through in order (an identity value allocated by a
 transaction that commits after a later one would be skipped by a reader already past it: under one lock
-cursors are allocated in commit order). Finer locks (per group, per identity) are a refinement of
-:func:`_lock_for_write` alone, to be weighed against what ``benches.scale`` measures. Reads
-(:meth:`PostgresStore.read_transaction`) take no lock: ``REPEATABLE READ READ ONLY``, one snapshot.
+cursors are allocated in commit order). Reads (:meth:`PostgresStore.read_transaction`) take no lock:
+``REPEATABLE READ READ ONLY``, one snapshot.
 
-Durability: a write transaction's block returns after ``COMMIT``, which with PostgreSQL's default
-``synchronous_commit = on`` returns once the commit record is flushed to the WAL: :meth:`sync` has nothing
-left to wait for. Connection loss (``OperationalError``, pool timeout) is :class:`StoreUnavailable`
+Durability (:mod:`gateway.postgres_durability`, where the locking and flushing live): a write's ``COMMIT``
+releases the lock without waiting for the WAL flush, and the block returns only after a synchronous flush
+that concurrent writers share; a read transaction returns only once the WAL is flushed past the snapshot it
+read. Whatever a request is answered with — its own write or another's it read — is durable.
+Connection loss (``OperationalError``, pool timeout) is :class:`StoreUnavailable`
 (503 ``store_unavailable`` with Retry-After); the pool checks a connection before lending it and opens
 new ones once the server answers again, so the gateway recovers without a restart.
 """
@@ -34,24 +35,16 @@ from typing import Any, cast
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from .postgres_durability import WRITE_LOCK, begin_read, commit_write, end_read, flush, lock_for_write
 from .postgres_sql import PgConnection
 from .schema_migrations import prepare
 from .sqlite_store import SqliteTransaction
 from .store import StoreUnavailable
 
-#: The advisory lock key every write transaction holds (``pg_advisory_xact_lock``): "mlsgw" in ASCII.
-WRITE_LOCK = 0x6D6C736777
-
 
 def _unavailable(what: str, e: BaseException) -> StoreUnavailable:
     # The class only: a server message may quote parameters (sealed bytes, identifiers).
     return StoreUnavailable(f"{what}: {type(e).__name__}")
-
-
-def _lock_for_write(conn: psycopg.Connection[Any], timeout_s: float) -> None:
-    """The write transaction's lock (see the module docstring): waits at most ``timeout_s``."""
-    conn.execute(f"SET LOCAL lock_timeout = {int(timeout_s * 1000)}")
-    conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
 
 
 class PostgresStore:
@@ -65,8 +58,12 @@ class PostgresStore:
         pool_size: int = 16,
         connect_timeout_s: float = 5.0,
         migrate: bool = True,
+        flush_under_lock: bool = False,
     ) -> None:
+        """``flush_under_lock``: commit with ``synchronous_commit = on`` under the write lock (the slower
+        former mode, :mod:`gateway.postgres_durability`) instead of flushing after it."""
         self.url = url
+        self.flush_under_lock = flush_under_lock
         self._busy_s = busy_timeout_s
         self._local = threading.local()
         try:
@@ -94,12 +91,14 @@ class PostgresStore:
             raise _unavailable("the database is unreachable", e) from None
 
     @contextlib.contextmanager
-    def _transaction(self, begin: str, *, write: bool) -> Iterator[SqliteTransaction]:
+    def _transaction(self, *, write: bool) -> Iterator[SqliteTransaction]:
         with self._connection() as conn:
+            seen = ""
             try:
-                conn.execute(begin)
                 if write:
-                    _lock_for_write(conn, self._busy_s)
+                    lock_for_write(conn, self._busy_s, flush_under_lock=self.flush_under_lock)
+                else:
+                    seen = begin_read(conn)
             except psycopg.Error as e:
                 _rollback(conn)
                 raise _unavailable("cannot start a transaction", e) from None
@@ -113,25 +112,38 @@ class PostgresStore:
                 raise _unavailable("database error", e) from None
             except BaseException:
                 _rollback(conn)
+                if write:  # what it raises (a conflict) may tell what it read: durable first
+                    self._flush(conn)
                 raise
             finally:
                 if not write:
                     self._local.reader = None
             try:
-                conn.execute("COMMIT")
+                if write:
+                    commit_write(conn, flush_under_lock=self.flush_under_lock)
+                else:
+                    end_read(conn, seen)
             except psycopg.Error as e:
                 _rollback(conn)
                 raise _unavailable("commit failed", e) from None
 
+    @staticmethod
+    def _flush(conn: psycopg.Connection[Any]) -> None:
+        try:
+            flush(conn)
+        except psycopg.Error as e:
+            raise _unavailable("cannot flush the WAL", e) from None
+
     def transaction(self) -> contextlib.AbstractContextManager[SqliteTransaction]:
-        """A transaction that may write: it holds the write lock (:data:`WRITE_LOCK`) from ``BEGIN`` on,
-        and its block returns once the commit is durable (``synchronous_commit``)."""
-        return self._transaction("BEGIN ISOLATION LEVEL READ COMMITTED", write=True)
+        """A transaction that may write: it holds the write lock (:data:`WRITE_LOCK`) from ``BEGIN`` to
+        ``COMMIT``, and its block returns once the commit (and all it read) is flushed to disk."""
+        return self._transaction(write=True)
 
     @contextlib.contextmanager
     def read_transaction(self) -> Iterator[SqliteTransaction]:
-        """A read-only transaction: one snapshot (``REPEATABLE READ``), no lock, writing in it fails.
-        Inside another read of the same thread it reads within that snapshot."""
+        """A read-only transaction: one snapshot (``REPEATABLE READ``), no lock, writing in it fails; its
+        block returns once every commit the snapshot saw is flushed to disk. Inside another read of the
+        same thread it reads within that snapshot (the outer one waits)."""
         outer: PgConnection | None = getattr(self._local, "reader", None)
         if outer is not None:
             try:
@@ -139,11 +151,13 @@ class PostgresStore:
             except psycopg.Error as e:
                 raise _unavailable("database error", e) from None
             return
-        with self._transaction("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", write=False) as tx:
+        with self._transaction(write=False) as tx:
             yield tx
 
     def sync(self) -> None:
-        """Nothing to wait for: every committed write transaction is durable when its block returns."""
+        """Return once every commit so far, of any process, is flushed to disk (one shared flush)."""
+        with self._connection() as conn:
+            self._flush(conn)
 
     def ping(self) -> None:
         with self._connection() as conn:
@@ -157,8 +171,7 @@ class PostgresStore:
         try:
             with self._connection() as conn:
                 try:
-                    conn.execute("BEGIN")
-                    _lock_for_write(conn, timeout_s)
+                    lock_for_write(conn, timeout_s, flush_under_lock=True)
                 except psycopg.errors.LockNotAvailable:
                     return "the write lock is held (writes would wait and answer 503)"
                 except psycopg.Error as e:

@@ -3,9 +3,10 @@ migrations"; README, "Operating": ``mls-gateway migrate``).
 
 A store's migrations are the files of ``gateway/migrations/sqlite/`` or ``gateway/migrations/postgresql/``
 (package data), applied in the order of their ids (``0001.baseline``, ``0002.…``). yoyo records each applied
-migration in the database (table ``_yoyo_migration``) and serialises concurrent runs with its lock (a row of
-``yoyo_lock``): when several processes start at once, one applies the pending migrations and the others
-wait, then find nothing left to do.
+migration in the database (table ``_yoyo_migration``). Concurrent runs are serialised by a lock that dies
+with its process (:func:`_run_lock`: a PostgreSQL advisory lock, a file lock beside a SQLite database),
+inside which yoyo's own lock row is taken: when several processes start at once, one applies the pending
+migrations and the others wait, then find nothing left to do; a run killed with ``kill -9`` blocks no one.
 
 At start-up (:func:`prepare`) a database that holds a migration this code does not know — written by a
 newer gateway — is always refused; pending migrations are applied, or, when the operator turned that off
@@ -16,9 +17,12 @@ database named without its password.
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sqlite3
+import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
@@ -39,6 +43,8 @@ from .store import StoreUnavailable
 MIGRATION_TABLE = "_yoyo_migration"
 #: Seconds a process waits for another one's migration run (yoyo's lock) before giving up.
 LOCK_TIMEOUT_S = 300.0
+#: PostgreSQL: the session-level advisory lock key of a migration run (the ASCII of "mlsgw_mg").
+PG_ADVISORY_LOCK = int.from_bytes(b"mlsgw_mg", "big")
 #: Seconds a SQLite statement waits for another connection's write lock (the store's own is 10 s).
 SQLITE_BUSY_TIMEOUT_S = 30.0
 #: The URL schemes of a PostgreSQL database (anything else is a SQLite file path).
@@ -63,15 +69,46 @@ def is_postgresql(database: str) -> bool:
 
 
 def describe(database: str) -> str:
-    """The database as an error may name it: a URL without its password (and query), or the file path."""
+    """The database as an error may name it: a URL without its password (and query), or the file path.
+    A URL that does not split unambiguously (:func:`_url_parts`) is named by its scheme alone: no part of
+    its credentials ever reaches an error or a log."""
     if not is_postgresql(database):
         return database
-    parts = urlsplit(database)
-    host = parts.hostname or ""
-    netloc = f"{parts.username}@{host}" if parts.username else host
-    if parts.port:
-        netloc += f":{parts.port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    parts = _url_parts(database)
+    if parts is None:
+        return f"{database.split('://', 1)[0]}://(a URL that cannot be read)"
+    scheme, user, host, port, path = parts
+    netloc = f"{user}@{host}" if user else host
+    if port is not None:
+        netloc += f":{port}"
+    return urlunsplit((scheme, netloc, path, "", ""))
+
+
+def _url_parts(database: str) -> tuple[str, str | None, str, int | None, str] | None:
+    """``(scheme, user, host, port, path)`` of a ``postgresql://`` URL, or ``None`` when it cannot be
+    split without guessing where the password ends: a password with an unencoded ``@ / ? # [ ]`` makes
+    the host, port or path hold part of it (a fragment ``#``, a second ``@``, userinfo the parser did
+    not see), so nothing of such a URL is shown and it is refused (:func:`check_url`)."""
+    rest = database.split("://", 1)[1]
+    if "#" in rest or rest.count("@") > 1:
+        return None
+    try:
+        parts = urlsplit(database)
+        if ("@" in rest) != ("@" in parts.netloc):
+            return None
+        return parts.scheme, parts.username, parts.hostname or "", parts.port, parts.path
+    except ValueError:  # a port that is not a number, an unbalanced bracket
+        return None
+
+
+def check_url(database: str) -> None:
+    """Refuse (:class:`gateway.store.StoreUnavailable`) a ``postgresql://`` URL that cannot be read
+    unambiguously, naming none of it but its scheme (see :func:`_url_parts`)."""
+    if is_postgresql(database) and _url_parts(database) is None:
+        raise StoreUnavailable(
+            f"the database URL {describe(database)} cannot be read: percent-encode the characters "
+            "@ : / ? # [ ] % in its user name and password (e.g. # as %23)"
+        )
 
 
 def migrations_directory(database: str) -> Path:
@@ -110,12 +147,16 @@ class _SqliteBackend(SQLiteBackend):  # type: ignore[misc]
 def _backend(database: str) -> Iterator[DatabaseBackend]:
     """A yoyo backend on ``database``, connected; its lock table is made only by a run that applies
     (``init_database``), so reading the state writes nothing but the journal mode."""
-    if is_postgresql(database):
-        parsed = parse_uri("postgresql+psycopg://" + database.split("://", 1)[1])
-        backend_class: type[DatabaseBackend] = PostgresqlPsycopgBackend
-    else:
-        parsed = parse_uri("sqlite://")._replace(database=str(Path(database).absolute()))
-        backend_class = _SqliteBackend
+    check_url(database)
+    try:
+        if is_postgresql(database):
+            parsed = parse_uri("postgresql+psycopg://" + database.split("://", 1)[1])
+            backend_class: type[DatabaseBackend] = PostgresqlPsycopgBackend
+        else:
+            parsed = parse_uri("sqlite://")._replace(database=str(Path(database).absolute()))
+            backend_class = _SqliteBackend
+    except ValueError:  # what check_url let through and yoyo still cannot read: its text may quote it
+        raise StoreUnavailable(f"the database URL {describe(database)} cannot be read") from None
     try:
         backend = backend_class(parsed, MIGRATION_TABLE)
     except Exception as e:  # sqlite3.Error, psycopg.Error: the database cannot be reached
@@ -177,10 +218,13 @@ def _refuse_unknown(database: str, state: MigrationState) -> None:
         )
 
 
-def migrate(database: str, *, directory: Path | None = None) -> list[str]:
+def migrate(
+    database: str, *, directory: Path | None = None, lock_timeout_s: float = LOCK_TIMEOUT_S
+) -> list[str]:
     """Apply the pending migrations of ``database`` (a SQLite file path or a ``postgresql://`` URL);
     returns the ids applied (none when another process applied them first). Refuses (:class:`SchemaError`)
-    a database holding a migration this code does not know."""
+    a database holding a migration this code does not know, or locked by a live run for more than
+    ``lock_timeout_s``."""
     directory = directory or migrations_directory(database)
     migrations = read_migrations(str(directory))
     known = [m.id for m in migrations]
@@ -191,7 +235,7 @@ def migrate(database: str, *, directory: Path | None = None) -> list[str]:
             return []
         try:
             backend.init_database()  # yoyo's lock table
-            with backend.lock(timeout=LOCK_TIMEOUT_S):
+            with _run_lock(backend, database, lock_timeout_s), _yoyo_lock(backend, lock_timeout_s):
                 state = _state(backend, known)  # another process may have migrated while we waited
                 _refuse_unknown(database, state)
                 to_apply = backend.to_apply(migrations)
@@ -201,8 +245,8 @@ def migrate(database: str, *, directory: Path | None = None) -> list[str]:
                 return [m.id for m in to_apply]
         except LockTimeout:
             raise SchemaError(
-                f"the database {describe(database)} is locked by another migration run for more than "
-                f"{LOCK_TIMEOUT_S:.0f} s (if that process died, run `mls-gateway migrate --break-lock`)"
+                f"the database {describe(database)} is locked by another migration run, still running "
+                f"after {lock_timeout_s:.0f} s"
             ) from None
         except BadMigration as e:
             why = _first_line(e.args[1]) if len(e.args) > 1 else "see the log"
@@ -211,6 +255,51 @@ def migrate(database: str, *, directory: Path | None = None) -> list[str]:
             raise SchemaError(
                 f"a schema migration of the database {describe(database)} failed: {_first_line(e)}"
             ) from None
+
+
+@contextmanager
+def _run_lock(backend: DatabaseBackend, database: str, timeout_s: float) -> Iterator[None]:
+    """Hold the lock of one migration run, which a killed run gives up with its process: on PostgreSQL
+    the session-level advisory lock :data:`PG_ADVISORY_LOCK` (the server releases it when the session
+    ends), on SQLite an ``flock`` of ``<database>.migrate-lock`` (the kernel releases it when the process
+    dies). Raises yoyo's ``LockTimeout`` after ``timeout_s`` seconds of a live holder."""
+    deadline = time.monotonic() + timeout_s
+    if is_postgresql(database):
+        conn = backend.connection  # autocommit: the lock outlives the migrations' transactions
+        while not conn.execute("SELECT pg_try_advisory_lock(%s)", (PG_ADVISORY_LOCK,)).fetchone()[0]:
+            _wait_or_give_up(deadline)
+        try:
+            yield
+        finally:
+            with suppress(Exception):  # a lost connection released it already
+                conn.execute("SELECT pg_advisory_unlock(%s)", (PG_ADVISORY_LOCK,))
+        return
+    fd = os.open(f"{Path(database).absolute()}.migrate-lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                _wait_or_give_up(deadline)
+        yield
+    finally:
+        os.close(fd)  # releases the flock
+
+
+@contextmanager
+def _yoyo_lock(backend: DatabaseBackend, timeout_s: float) -> Iterator[None]:
+    """yoyo's own lock row, taken inside :func:`_run_lock` (what ``yoyo_lock`` shows an operator): a row
+    found there is a killed run's, since a live run would hold the run lock, so it is removed first."""
+    backend.break_lock()
+    with backend.lock(timeout=timeout_s):
+        yield
+
+
+def _wait_or_give_up(deadline: float) -> None:
+    if time.monotonic() >= deadline:
+        raise LockTimeout("the migration lock is held")
+    time.sleep(0.1)
 
 
 def break_lock(database: str) -> None:
@@ -243,6 +332,7 @@ __all__ = [
     "MigrationState",
     "SchemaError",
     "break_lock",
+    "check_url",
     "describe",
     "is_postgresql",
     "known_migrations",

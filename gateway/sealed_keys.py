@@ -30,7 +30,7 @@ class SealedKeyPersistence:
             tx.put_software_key(key_ref, sealed)
 
     def load(self, key_ref: bytes) -> bytes | None:
-        with self._store.transaction() as tx:
+        with self._store.read_transaction() as tx:  # no write lock: often called inside a read
             sealed = tx.get_software_key(key_ref)
         return None if sealed is None else self._envelope.open(sealed, _AAD + key_ref)
 

@@ -12,6 +12,7 @@ from .delivery_store import (
     LogConflict,
     LogEntry,
     LogHead,
+    LogPosition,
     MailboxRecord,
     Member,
     message_digest,
@@ -52,6 +53,23 @@ class SqliteDeliveryMixin(SqliteQueries):
     def get_log_head(self, tenant_id: str, group_id: bytes) -> LogHead | None:
         r = self._one("SELECT * FROM group_logs WHERE tenant_id = ? AND group_id = ?", tenant_id, group_id)
         return None if r is None else _head(r)
+
+    def get_log_position(self, tenant_id: str, group_id: bytes) -> LogPosition | None:
+        r = self._one(
+            "SELECT tenant_id, group_id, cipher_suite, epoch, seq FROM group_logs "
+            "WHERE tenant_id = ? AND group_id = ?",
+            tenant_id,
+            group_id,
+        )
+        return None if r is None else LogPosition(r[0], r[1], r[2], r[3], r[4])
+
+    def advance_log_seq(self, position: LogPosition, seq: int) -> None:
+        cur = self._c.execute(
+            "UPDATE group_logs SET seq = ?, updated_at = ? WHERE tenant_id = ? AND group_id = ? AND seq = ?",
+            (seq, time.time(), position.tenant_id, position.group_id, position.seq),
+        )
+        if cur.rowcount != 1:
+            raise LogConflict("the group's log moved on concurrently")
 
     def put_log_head(self, head: LogHead, expected_seq: int | None) -> None:
         now = time.time()

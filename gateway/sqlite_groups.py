@@ -53,10 +53,6 @@ def _check_swapped(cur: sqlite3.Cursor) -> None:
 class SqliteGroupsMixin(SqliteQueries):
     """The group-record methods of :class:`gateway.sqlite_store.SqliteTransaction`."""
 
-    #: Set when the transaction replaced or deleted a sealed full state: once it is durable the store
-    #: erases the old bytes from its files (:class:`gateway.sqlite_erasure.WalErasure`).
-    erase_due: bool = False
-
     def get_group(self, identity_id: str, group_id: bytes) -> GroupRecord | None:
         sql = _GROUP_SELECT + " WHERE g.identity_id = ? AND g.group_id = ?"
         r = self._one(sql, identity_id, group_id)
@@ -108,7 +104,6 @@ class SqliteGroupsMixin(SqliteQueries):
             },
         )
         _check_swapped(cur)
-        self.erase_due = True
         self._c.execute(
             "DELETE FROM group_ratchets WHERE identity_id = ? AND group_id = ?", (g.identity_id, g.group_id)
         )
@@ -146,7 +141,6 @@ class SqliteGroupsMixin(SqliteQueries):
         cur = self._c.execute(
             "DELETE FROM groups WHERE identity_id = ? AND group_id = ?", (identity_id, group_id)
         )
-        self.erase_due = self.erase_due or cur.rowcount == 1
         return cur.rowcount == 1
 
 

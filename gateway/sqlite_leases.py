@@ -55,8 +55,10 @@ class LeaseTransaction(Protocol):
         """The highest notification id (0 when there is none)."""
         ...
 
-    def purge_notifications(self, older_than: float) -> int:
-        """Delete the notifications written before ``older_than`` (unix time); returns how many."""
+    def purge_notifications(self, older_than: float, limit: int) -> int:
+        """Delete at most ``limit`` of the notifications written before ``older_than`` (unix time), the
+        oldest ids first; returns how many (fewer than ``limit``: none is left). A bounded batch keeps the
+        write lock short (:func:`gateway.notifications.prune_notifications` runs batches until done)."""
         ...
 
 
@@ -99,8 +101,13 @@ class SqliteLeaseMixin(SqliteQueries):
         r = self._one("SELECT MAX(id) AS n FROM notifications")
         return int(r["n"]) if r is not None and r["n"] is not None else 0
 
-    def purge_notifications(self, older_than: float) -> int:
-        return self._c.execute("DELETE FROM notifications WHERE created_at < ?", (older_than,)).rowcount
+    def purge_notifications(self, older_than: float, limit: int) -> int:
+        # the oldest rows by the time index (a range scan that stops at the limit or the first newer row)
+        return self._c.execute(
+            "DELETE FROM notifications WHERE id IN "
+            "(SELECT id FROM notifications WHERE created_at < ? ORDER BY created_at LIMIT ?)",
+            (older_than, limit),
+        ).rowcount
 
 
 __all__ = ["LeaseRecord", "LeaseTransaction", "SqliteLeaseMixin"]

@@ -5,6 +5,11 @@
 whose ``PRAGMA user_version`` is 2..6) to it, inside the migration's transaction. From then on every schema
 change is a new migration file, recorded by yoyo; ``PRAGMA user_version`` stays at :data:`SCHEMA_VERSION`,
 the version the baseline reached (what older gateways and ``mls-gateway backup`` read).
+
+**Frozen.** Because :func:`upgrade` *is* ``0001.baseline``, nothing here changes once released: a database
+that applied the baseline never runs it again, so a table added here would never reach it. Every schema
+change is a new file in ``gateway/migrations/sqlite/`` (and its twin in ``gateway/migrations/postgresql/``),
+e.g. ``0002.leases_notifications.sql`` (leases and cross-process wake-ups, issue 15).
 """
 
 from __future__ import annotations
@@ -184,44 +189,6 @@ CREATE TRIGGER IF NOT EXISTS audit_erase_only BEFORE UPDATE ON audit
 """
 # -- end audit chain and retention --
 
-# -- leases and cross-process wake-ups (issue 15, gateway.leases / gateway.wakeups): one row per named
-# lease (compare-and-swap on the row, gateway.sqlite_leases); one notifications row per wake-up, written by
-# triggers in the transaction of the change a waiter of another process waits for: a mailbox item (its
-# client), an inbox event (its identity), a webhook set, changed or removed (its identity and
-# gateway.webhook_delivery.WEBHOOKS_CHANGED; not when the webhook goes with its identity). The id never
-# goes back (AUTOINCREMENT): listeners read "after the last id seen". A deleted identity or client takes
-# its notifications with it (tenant deletion leaves no row naming it).
-_NOW = "((julianday('now') - 2440587.5) * 86400.0)"
-LEASES_SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS leases (
-    name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_at REAL NOT NULL, acquired_at REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS notifications (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, channel TEXT NOT NULL, created_at REAL NOT NULL);
-CREATE INDEX IF NOT EXISTS notifications_by_time ON notifications(created_at);
-CREATE INDEX IF NOT EXISTS notifications_by_channel ON notifications(channel);
-CREATE TRIGGER IF NOT EXISTS forget_identity_notifications AFTER DELETE ON identities
-    BEGIN DELETE FROM notifications WHERE channel = OLD.identity_id; END;
-CREATE TRIGGER IF NOT EXISTS forget_client_notifications AFTER DELETE ON clients
-    BEGIN DELETE FROM notifications WHERE channel = OLD.client_id; END;
-CREATE TRIGGER IF NOT EXISTS notify_mailbox AFTER INSERT ON mailbox
-    BEGIN INSERT INTO notifications (channel, created_at) VALUES (NEW.client_id, {_NOW}); END;
-CREATE TRIGGER IF NOT EXISTS notify_inbox AFTER INSERT ON inbox
-    BEGIN INSERT INTO notifications (channel, created_at) VALUES (NEW.identity_id, {_NOW}); END;
-CREATE TRIGGER IF NOT EXISTS notify_webhook_set AFTER INSERT ON webhooks
-    BEGIN INSERT INTO notifications (channel, created_at)
-        VALUES (NEW.identity_id, {_NOW}), ('webhooks:changed', {_NOW}); END;
-CREATE TRIGGER IF NOT EXISTS notify_webhook_changed AFTER UPDATE OF url, secret, paused, created_at
-    ON webhooks WHEN NEW.url IS NOT OLD.url OR NEW.secret IS NOT OLD.secret OR NEW.paused IS NOT OLD.paused
-        OR NEW.created_at IS NOT OLD.created_at
-    BEGIN INSERT INTO notifications (channel, created_at)
-        VALUES (NEW.identity_id, {_NOW}), ('webhooks:changed', {_NOW}); END;
-CREATE TRIGGER IF NOT EXISTS notify_webhook_removed AFTER DELETE ON webhooks
-    WHEN EXISTS (SELECT 1 FROM identities WHERE identity_id = OLD.identity_id)
-    BEGIN INSERT INTO notifications (channel, created_at)
-        VALUES (OLD.identity_id, {_NOW}), ('webhooks:changed', {_NOW}); END;
-"""
-# -- end leases and cross-process wake-ups --
-
 
 def upgrade(conn: sqlite3.Connection) -> None:
     """Create the schema, or bring a database of an older schema version up to :data:`SCHEMA_VERSION`.
@@ -243,7 +210,6 @@ def upgrade(conn: sqlite3.Connection) -> None:
         conn.execute("ALTER TABLE idempotency ADD COLUMN identity_id TEXT")
     conn.execute(_IDEMPOTENCY_IDENTITY_INDEX)
     _execute_script(conn, AUDIT_CHAIN_SCHEMA)  # after the audit columns it names (issue 16)
-    _execute_script(conn, LEASES_SCHEMA)  # leases and cross-process wake-ups (issue 15)
     conn.execute("DROP TABLE IF EXISTS outgoing")
     conn.execute(
         "INSERT OR IGNORE INTO endpoint_keys (tenant_id, signature_key, endpoint_id) "

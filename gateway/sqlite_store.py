@@ -316,8 +316,9 @@ class SqliteStore:
         self._lock = threading.Lock()
         #: The shared fsync of committed write transactions (group commit).
         self.durability = WalSync(self.path)
-        #: The checkpoint that removes replaced sealed states from the files (forward secrecy at rest).
-        self.erasure = WalErasure()
+        #: The background checkpoint that removes replaced sealed states from the files (forward secrecy
+        #: at rest): asked for after a transaction that replaced or deleted one, never waited for.
+        self.erasure = WalErasure(self.path)
         with self.transaction() as tx:
             del tx  # the writing connection opens (and the WAL file with it)
 
@@ -344,6 +345,8 @@ class SqliteStore:
                 conn.execute(f"PRAGMA {pragma}")
             if reader:
                 conn.execute("PRAGMA query_only = ON")
+            else:
+                self.erasure.watch(conn)  # marks transactions that replace or delete sealed state
         except sqlite3.Error as e:
             raise StoreUnavailable(f"cannot open the database: {e}") from None
         setattr(self._local, name, conn)
@@ -358,6 +361,7 @@ class SqliteStore:
         conn = self._connect()
         changes = conn.total_changes
         tickets: list[int] = []
+        self.erasure.take_due()  # forget a mark of an earlier, rolled-back transaction
 
         def commit(c: sqlite3.Connection) -> None:
             if c.total_changes == changes:  # nothing to make durable
@@ -369,8 +373,8 @@ class SqliteStore:
             yield tx
         if tickets:
             self._wait_durable(tickets[0])
-            if tx.erase_due:  # a sealed state was replaced or deleted: its old bytes leave the files
-                self.erasure.erase(conn)
+            if self.erasure.take_due():  # a sealed state was replaced or deleted: its old bytes go, soon
+                self.erasure.request()
 
     def sync(self) -> None:
         """Return once every transaction committed so far is on disk (a shared fsync when one is due)."""
@@ -447,6 +451,7 @@ class SqliteStore:
             raise StoreUnavailable(str(e)) from None
 
     def close(self) -> None:
+        self.erasure.close()
         with self._lock:
             for conn in self._all_conns:
                 conn.close()

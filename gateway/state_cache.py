@@ -38,6 +38,11 @@ class CachedState:
     applied_seq: int = 0
     #: The version of the stored full state (below ``version`` by the ratchet writes since it was written).
     full_version: int | None = None
+    #: ``state.ratchet_state_to_bytes()`` and ``state.structure_snapshot()`` of ``state`` as cached, when
+    #: the session that cached it computed them already (its commit compares them): the next writing
+    #: session starts from them instead of computing both again (``None``: not known, computed on use).
+    ratchet: bytes | None = None
+    structure: tuple[object, ...] | None = None
 
 
 class StateCache:

@@ -1,11 +1,12 @@
 """Helpers of the mailbox and inbox tests (tests/gateway/test_mailboxes.py).
 
-:class:`Writer` plays the group service's writing side on a gateway's database file, from the test
-process, with the store's own writer methods (``append_log_entries``, ``add_mailbox_items``,
-``add_inbox_event``): clients and their tokens, log entries and the mailbox items that point at them
-(WAL mode lets a second process write). :class:`Local` is a gateway app served in this process
-(``aiohttp.test_utils``), for what needs the server's own objects: its envelope (inbox events are sealed)
-and its wake-ups (a writer in the same process notifies the waiters).
+:class:`Writer` plays the group service's writing side on a gateway's database (its SQLite file or its
+PostgreSQL database), from the test process, with the store's own writer methods
+(``append_log_entries``, ``add_mailbox_items``, ``add_inbox_event``): clients and their tokens, log
+entries and the mailbox items that point at them (WAL mode lets a second process write to SQLite).
+:class:`Local` is a gateway app served in this process (``aiohttp.test_utils``), for what needs the
+server's own objects: its envelope (inbox events are sealed) and its wake-ups (a writer in the same
+process notifies the waiters).
 """
 
 from __future__ import annotations
@@ -14,10 +15,9 @@ import asyncio
 import json
 import os
 import secrets
-import sqlite3
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,20 +31,24 @@ from gateway.config import GatewayConfig, HsmSettings
 from gateway.context import Runtime
 from gateway.delivery_store import LogEntry
 from gateway.inbox_events import seal_event
+from gateway.postgres_store import PostgresStore
 from gateway.sqlite_store import SqliteStore
 from hsm.bootstrap import find_softhsm_module
+
+from .stores import Database, connect, open_store
 
 
 @dataclass
 class Writer:
     """Writes clients, tokens, log entries and mailbox items into a gateway's database."""
 
-    path: Path
-    store: SqliteStore = field(init=False)
+    #: The database: a SQLite file or a ``postgresql://`` URL (:func:`stores.server_database`).
+    path: Path | str
+    store: SqliteStore | PostgresStore = field(init=False)
     seqs: dict[bytes, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.store = SqliteStore(self.path)
+        self.store = open_store(self.path)
 
     def close(self) -> None:
         self.store.close()
@@ -85,15 +89,8 @@ class Writer:
                 f"UPDATE {table} SET created_at = created_at - ? WHERE {owner_column} = ?", (seconds, owner)
             )
 
-    @contextmanager
-    def _sql(self) -> Iterator[sqlite3.Connection]:
-        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            yield conn
-            conn.execute("COMMIT")
-        finally:
-            conn.close()
+    def _sql(self) -> AbstractContextManager[Database]:
+        return connect(self.path)
 
 
 @dataclass

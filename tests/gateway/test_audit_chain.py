@@ -28,19 +28,28 @@ from gateway.audit_trail import export_lines
 from gateway.sqlite_store import SqliteStore
 from gateway.store import AuditRecord
 
+from .conftest import StoreEnv
 from .gwclient import GatewayServer, Hosted
+from .stores import database_url
 
 REPO = Path(__file__).resolve().parents[2]
+#: The chain and its checkpoints, written by a server on either store (issue 15); the tampering tests
+#: edit a copy of a SQLite data folder.
+pytestmark = pytest.mark.both_stores
+TAMPERING = "tampering edits a copy of a SQLite data folder; verify reads the same rows on PostgreSQL"
 DROP_TRIGGERS = (
     "DROP TRIGGER IF EXISTS audit_erase_only; DROP TRIGGER IF EXISTS audit_append_only_delete; "
     "DROP TRIGGER IF EXISTS audit_append_only_update;"
 )
 
 
-def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def cli(*args: str, timeout: float = 120, database: str | None = None) -> subprocess.CompletedProcess[str]:
+    """``mls-gateway ARGS`` (``database``: the ``postgresql://`` URL of the store, else the data folder's)."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "MLSGW_LOG_LEVEL": "WARNING"}
     for var in ("MLSGW_CONFIG", "MLSGW_DATA_DIR", "MLSGW_LISTEN", "MLSGW_DATABASE", "SOFTHSM2_CONF"):
         env.pop(var, None)
+    if database is not None:
+        env["MLSGW_DATABASE"] = database
     return subprocess.run(
         [sys.executable, "-m", "gateway.cli", *args],
         capture_output=True,
@@ -52,12 +61,12 @@ def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     )
 
 
-def verify_folder(folder: Path, pem: Path) -> subprocess.CompletedProcess[str]:
-    return cli("audit", "verify", "--data-dir", str(folder), "--public-key", str(pem))
+def verify_folder(folder: Path, pem: Path, database: str | None = None) -> subprocess.CompletedProcess[str]:
+    return cli("audit", "verify", "--data-dir", str(folder), "--public-key", str(pem), database=database)
 
 
-def export(folder: Path, out: Path, *extra: str) -> list[dict[str, Any]]:
-    done = cli("audit", "export", "--data-dir", str(folder), "--out", str(out), *extra)
+def export(folder: Path, out: Path, *extra: str, database: str | None = None) -> list[dict[str, Any]]:
+    done = cli("audit", "export", "--data-dir", str(folder), "--out", str(out), *extra, database=database)
     assert done.returncode == 0, done.stderr
     return [json.loads(line) for line in out.read_text().splitlines()]
 
@@ -79,6 +88,8 @@ class Workload:
     tenant_id: str
     last_seq: int
     checkpoints: list[int]
+    #: The ``postgresql://`` URL of its store, or None (the folder's SQLite file).
+    database: str | None
 
 
 def wait_for_checkpoints(server: GatewayServer, count: int) -> None:
@@ -89,10 +100,11 @@ def wait_for_checkpoints(server: GatewayServer, count: int) -> None:
 
 
 @pytest.fixture(scope="module")
-def workload(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workload]:
+def workload(tmp_path_factory: pytest.TempPathFactory, store_env: StoreEnv) -> Iterator[Workload]:
     """A workload on a real server (checkpoints every 5 records), stopped cleanly (a last checkpoint)."""
     root = tmp_path_factory.mktemp("audit")
-    server = GatewayServer(root / "gw", env={"MLSGW_AUDIT_CHECKPOINT_RECORDS": "5"})
+    server = GatewayServer(root / "gw", env={"MLSGW_AUDIT_CHECKPOINT_RECORDS": "5", **store_env()})
+    database = database_url(server)
     server.start()
     try:
         tenant_id, token = server.admin.create_tenant("acme")
@@ -111,12 +123,14 @@ def workload(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workload]:
     finally:
         assert server.stop() == 0, server.log_tail()
     pem = root / "audit.pem"
-    done = cli("audit", "public-key", "--data-dir", str(server.data_dir), "--out", str(pem))
+    done = cli(
+        "audit", "public-key", "--data-dir", str(server.data_dir), "--out", str(pem), database=database
+    )
     assert done.returncode == 0, done.stderr
-    lines = export(server.data_dir, root / "all.jsonl")
+    lines = export(server.data_dir, root / "all.jsonl", database=database)
     records = [line for line in lines if line["type"] == "record"]
     checkpoints = [line["seq"] for line in lines if line["type"] == "checkpoint"]
-    yield Workload(server.data_dir, pem, tenant_id, records[-1]["seq"], checkpoints)
+    yield Workload(server.data_dir, pem, tenant_id, records[-1]["seq"], checkpoints, database)
 
 
 @pytest.fixture
@@ -136,14 +150,18 @@ def tamper(folder: Path, sql: str) -> None:
 
 
 def test_the_workload_verifies_and_says_who_did_what(workload: Workload, tmp_path: Path) -> None:
-    done = verify_folder(workload.folder, workload.pem)
+    done = verify_folder(workload.folder, workload.pem, workload.database)
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
     assert summary["records"] == summary["last_seq"] == workload.last_seq > 20
     # Checkpoints by count while serving, and one over the head at shutdown.
     assert len(workload.checkpoints) >= 3 and workload.checkpoints[-1] == workload.last_seq
     assert summary["records_after_last_checkpoint"] == 0
-    records = [r for r in export(workload.folder, tmp_path / "e.jsonl") if r["type"] == "record"]
+    records = [
+        r
+        for r in export(workload.folder, tmp_path / "e.jsonl", database=workload.database)
+        if r["type"] == "record"
+    ]
     tenant_rows = [r for r in records if r["tenant_id"] == workload.tenant_id]
     # Every key use of a tenant's request names the caller's token; KeyPackage keys name their identity.
     assert tenant_rows and all(r["token_id"] and r["token_id"].startswith("tok_") for r in tenant_rows)
@@ -156,7 +174,7 @@ def test_the_workload_verifies_and_says_who_did_what(workload: Workload, tmp_pat
 
 def test_a_tenant_export_shows_its_records_and_still_verifies(workload: Workload, tmp_path: Path) -> None:
     out = tmp_path / "tenant.jsonl"
-    lines = export(workload.folder, out, "--tenant", workload.tenant_id)
+    lines = export(workload.folder, out, "--tenant", workload.tenant_id, database=workload.database)
     records = [line for line in lines if line["type"] == "record"]
     links = [line for line in lines if line["type"] == "link"]
     assert records and links and all(r["tenant_id"] == workload.tenant_id for r in records)
@@ -167,18 +185,24 @@ def test_a_tenant_export_shows_its_records_and_still_verifies(workload: Workload
     # A window from the middle of the chain verifies from its anchor to the checkpoints it holds.
     since = records[len(records) // 2]["at"]
     window = tmp_path / "window.jsonl"
-    part = export(workload.folder, window, "--since", str(since))
+    part = export(workload.folder, window, "--since", str(since), database=workload.database)
     assert part[0]["from_seq"] > 1 and part[1]["seq"] == part[0]["from_seq"]
     done = cli("audit", "verify", "--file", str(window), "--public-key", str(workload.pem))
     assert done.returncode == 0, done.stderr
 
 
+@pytest.mark.sqlite_only(
+    "tampering edits a copy of the data folder's SQLite file; verify reads the same rows on both"
+)
 def test_an_edited_field_is_named(workload: Workload, copy: Path) -> None:
     seq = workload.checkpoints[0] - 1
     tamper(copy, f"UPDATE audit SET operation = 'destroy' WHERE seq = {seq};")
     broken(verify_folder(copy, workload.pem), seq, "changed")
 
 
+@pytest.mark.sqlite_only(
+    "tampering edits a copy of the data folder's SQLite file; verify reads the same rows on both"
+)
 def test_an_edit_with_its_hash_recomputed_breaks_the_next_link(workload: Workload, copy: Path) -> None:
     seq = 3
     conn = sqlite3.connect(copy / "gateway.sqlite3")
@@ -194,11 +218,17 @@ def test_an_edit_with_its_hash_recomputed_breaks_the_next_link(workload: Workloa
     broken(verify_folder(copy, workload.pem), seq + 1, "does not link")
 
 
+@pytest.mark.sqlite_only(
+    "tampering edits a copy of the data folder's SQLite file; verify reads the same rows on both"
+)
 def test_a_deleted_row_is_named(workload: Workload, copy: Path) -> None:
     tamper(copy, "DELETE FROM audit WHERE seq = 7;")
     broken(verify_folder(copy, workload.pem), 7, "missing")
 
 
+@pytest.mark.sqlite_only(
+    "tampering edits a copy of the data folder's SQLite file; verify reads the same rows on both"
+)
 def test_swapped_rows_are_named(workload: Workload, copy: Path) -> None:
     tamper(
         copy,
@@ -208,15 +238,19 @@ def test_swapped_rows_are_named(workload: Workload, copy: Path) -> None:
     broken(verify_folder(copy, workload.pem), 4)
 
 
+@pytest.mark.sqlite_only(
+    "tampering edits a copy of the data folder's SQLite file; verify reads the same rows on both"
+)
 def test_a_chain_cut_before_the_last_checkpoint_is_named(workload: Workload, copy: Path) -> None:
     keep = workload.checkpoints[-1] - 3
     tamper(copy, f"DELETE FROM audit WHERE seq > {keep};")
     broken(verify_folder(copy, workload.pem), keep + 1, "cut")
 
 
+@pytest.mark.sqlite_only("it edits an export file: the same file whichever store it came from")
 def test_an_edited_or_reordered_export_is_named(workload: Workload, tmp_path: Path) -> None:
     out = tmp_path / "all.jsonl"
-    lines = export(workload.folder, out)
+    lines = export(workload.folder, out, database=workload.database)
     edited = [dict(line) for line in lines]
     edited[5]["identity_id"] = "idn_someone_else"
     out.write_text("".join(json.dumps(line) + "\n" for line in edited))
@@ -250,7 +284,7 @@ def test_checkpoint_signatures_verify_with_only_cryptography(workload: Workload,
     script = tmp_path / "check_checkpoints.py"
     script.write_text(STANDALONE)
     out = tmp_path / "all.jsonl"
-    lines = export(workload.folder, out)
+    lines = export(workload.folder, out, database=workload.database)
     env = {"PATH": os.environ.get("PATH", "")}  # no PYTHONPATH: the gateway's code is not importable
     done = subprocess.run(
         [sys.executable, str(script), str(workload.pem), str(out)],
@@ -335,13 +369,16 @@ def test_records_from_before_the_chain_are_reported_not_refused(tmp_path: Path) 
         store.close()
 
 
+@pytest.mark.sqlite_only(
+    "tampering edits a copy of the data folder's SQLite file; verify reads the same rows on both"
+)
 def test_a_chain_cut_with_its_checkpoints_fails_against_an_earlier_export(
     workload: Workload, copy: Path, tmp_path: Path
 ) -> None:
     """Cutting the records and the checkpoints over them leaves a chain that verifies alone; the
     checkpoints of an export kept elsewhere still name the first record cut."""
     earlier = tmp_path / "earlier.jsonl"
-    export(workload.folder, earlier)
+    export(workload.folder, earlier, database=workload.database)
     keep = workload.checkpoints[0] + 1
     tamper(copy, f"DELETE FROM audit WHERE seq > {keep}; DELETE FROM audit_checkpoints WHERE seq > {keep};")
     assert verify_folder(copy, workload.pem).returncode == 0  # what a local check alone cannot see

@@ -169,6 +169,7 @@ def assert_agreement(bot: Hosted, gid: str, group_id: bytes, devices: list[Devic
         assert d.export(group_id, EXPORT_LABEL, EXPORT_CONTEXT, EXPORT_LENGTH) == want_secret, repr(d)
 
 
+@pytest.mark.both_stores  # device clients: mailboxes, the log, racing commits on either store (issue 15)
 def test_fleet_of_ts_mls_devices(gateway: GatewayServer, device_peers: list[TsMlsPeer]) -> None:
     api = gateway.client(gateway.admin.create_tenant("fleet")[1])
     bot = Hosted.create(api, "fleet-bot")

@@ -25,6 +25,9 @@ from tests.interop.ts_mls_peer import TsMlsPeer
 
 from .gwclient import Client, GatewayServer, Hosted, b64, unb64
 
+#: The api-v1 basics, idempotency, per-group serialisation and the restart hold on both stores (issue 15).
+pytestmark = pytest.mark.both_stores
+
 _n = iter(range(1_000_000))
 
 
@@ -66,6 +69,9 @@ def hsm_sign_count(server: GatewayServer) -> float:
 # ---- the issue's flow ------------------------------------------------------------------------------------
 
 
+@pytest.mark.sqlite_only(
+    "costly (ts-mls, restart); test_postgres_e2e.py runs the api-v1 basics and a restart on PostgreSQL"
+)
 def test_two_tenants_ts_mls_member_and_restart(gateway: GatewayServer, ts_mls_peer: TsMlsPeer) -> None:
     peer = ts_mls_peer
     acme, globex = tenant(gateway, "acme"), tenant(gateway, "globex")
@@ -643,6 +649,7 @@ def test_delete_group_and_identity(shared_gateway: GatewayServer) -> None:
 # ---- service documents -------------------------------------------------------------------------------------
 
 
+@pytest.mark.sqlite_only("the document is static: no store involved")
 def test_openapi_lists_exactly_the_routes(shared_gateway: GatewayServer) -> None:
     doc = shared_gateway.client().get("/v1/openapi.json").expect(200).body
     assert doc["openapi"].startswith("3.1")
@@ -667,6 +674,7 @@ def _metric_labels(text: str) -> list[tuple[str, dict[str, str]]]:
     return out
 
 
+@pytest.mark.sqlite_only("metric families and labels do not depend on the store")
 def test_metrics_families_and_no_secret_labels(shared_gateway: GatewayServer) -> None:
     api = tenant(shared_gateway, "metrics")
     alice, bob = Hosted.create(api, "alice"), Hosted.create(api, "bob")
@@ -721,6 +729,7 @@ def test_metrics_families_and_no_secret_labels(shared_gateway: GatewayServer) ->
                 assert not re.fullmatch(r"[0-9a-f]{16,}|[A-Za-z0-9+/_\-]{24,}={0,2}", value), value
 
 
+@pytest.mark.sqlite_only("test_postgres_e2e.py checks /readyz on PostgreSQL, also with the database down")
 def test_health_and_readiness(shared_gateway: GatewayServer) -> None:
     c = shared_gateway.client()
     assert c.get("/healthz").expect(200).body["status"] == "ok"
@@ -733,6 +742,7 @@ def _fields(doc: Any) -> set[str]:
     return set(doc) if isinstance(doc, dict) else set()
 
 
+@pytest.mark.sqlite_only("malformed requests are refused before the store is touched")
 @pytest.mark.parametrize("path", ["/v1/identities", "/v1/tenants"])
 def test_problem_documents_for_bad_requests(shared_gateway: GatewayServer, path: str) -> None:
     api = tenant(shared_gateway, "problems") if path == "/v1/identities" else shared_gateway.admin

@@ -6,9 +6,14 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from mls import has_ratchet_tree_extension, verify_group_info
 
 from .gwclient import Client, GatewayServer, Hosted, unb64
+
+#: The group log and epoch compare-and-swap are the store's guarantees: both stores (issue 15).
+pytestmark = pytest.mark.both_stores
 
 DEADLINE_S = 60.0  # a deadlock guard: the gateway applies the log in the background
 

@@ -342,3 +342,46 @@ def test_a_read_inside_a_read_of_the_same_thread_shares_its_snapshot(tmp_path: P
         assert [i.identity_id for i in outer.list_identities("t1")] == ["idn"]
     with store.read_transaction() as again:  # the outer one ended as usual
         assert again.get_tenant("t1") is not None
+
+
+def test_a_cache_entry_carries_the_ratchet_bytes_and_snapshot_of_its_state(in_process: Gateway) -> None:
+    """What a commit computed (ratchet bytes, structure snapshot) goes into the cache entry with the state,
+    for the next session to start from: it must be exactly its state's, after a send, a hosted delivery, a
+    ``/process`` answered from the log and a commit (which writes the full state and carries none)."""
+    gw = in_process
+    sessions = gw.runtime.service.identities.sessions
+    carol, dave = (gw.ok("POST", "/v1/identities", {"name": n})["identity_id"] for n in ("carol", "dave"))
+    kp = gw.ok("POST", f"/v1/identities/{dave}/key-packages", {})["key_packages"][0]["key_package"]
+    gid = base64.b64decode(gw.ok("POST", f"/v1/identities/{carol}/groups", {})["group_id"])
+    alice = f"/v1/identities/{carol}/groups/{b64url(gid)}"
+    bob = f"/v1/identities/{dave}/groups/{b64url(gid)}"
+    welcome = gw.ok("POST", alice + "/commits", {"add": [kp]})["welcome"]
+    gw.ok("POST", f"/v1/identities/{dave}/groups/join", {"welcome": welcome}, expect=201)
+
+    def entry_matches(identity_id: str) -> bool | None:
+        """Whether the entry's carried values are its state's (``None``: it carries none)."""
+        with gw.runtime.store.read_transaction() as tx:
+            version = tx.get_group_version(identity_id, gid)
+        assert version is not None
+        entry = sessions.cache.peek((identity_id, gid), version)
+        assert entry is not None
+        if entry.ratchet is None:
+            assert entry.structure is None
+            return None
+        return (
+            entry.ratchet == entry.state.ratchet_state_to_bytes()
+            and entry.structure == entry.state.structure_snapshot()
+        )
+
+    carried = []
+    for n in range(4):
+        message = gw.ok("POST", alice + "/messages", {"data": b64(b"m%d" % n)})["message"]
+        carried.append(entry_matches(carol))
+        assert unb64(gw.ok("POST", bob + "/process", {"message": message})["data"]) == b"m%d" % n
+        carried.append(entry_matches(dave))
+    assert carried and all(carried)  # every ratchet write carried its values, and they were right
+    gw.ok("POST", alice + "/commits", {})  # a full write: nothing carried, computed on the next use
+    assert entry_matches(carol) is None
+    message = gw.ok("POST", alice + "/messages", {"data": b64(b"after")})["message"]
+    assert entry_matches(carol) is True
+    assert unb64(gw.ok("POST", bob + "/process", {"message": message})["data"]) == b"after"

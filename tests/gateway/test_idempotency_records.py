@@ -14,31 +14,12 @@ from gateway.sqlite_store import SCHEMA_VERSION, SqliteStore
 
 from .gwclient import GatewayServer, Hosted, b64, unb64
 from .legacy_schema import pre_migration_database
+from .stores import at_rest, change, query, tables
 
 PLAINTEXT = b"the secret words of alice"
 
 
-def _db(server: GatewayServer) -> Path:
-    return server.data_dir / "gateway.sqlite3"
-
-
-def _db_bytes(server: GatewayServer) -> bytes:
-    """The database file and its write-ahead log, as they rest on disk."""
-    path = _db(server)
-    wal = path.with_name(path.name + "-wal")
-    return path.read_bytes() + (wal.read_bytes() if wal.exists() else b"")
-
-
-def _sql(server: GatewayServer, statement: str, *args: object) -> list[tuple[object, ...]]:
-    conn = sqlite3.connect(_db(server))
-    try:
-        rows = conn.execute(statement, args).fetchall()
-        conn.commit()
-        return rows
-    finally:
-        conn.close()
-
-
+@pytest.mark.both_stores
 def test_responses_are_sealed_replayed_and_erased_with_their_identity(gateway: GatewayServer) -> None:
     tenant = gateway.admin.post("/v1/tenants", {"name": "sealed"}, idem="t-1").expect(201)
     assert gateway.admin.post("/v1/tenants", {"name": "sealed"}, idem="t-1").expect(201).body == tenant.body
@@ -53,14 +34,14 @@ def test_responses_are_sealed_replayed_and_erased_with_their_identity(gateway: G
     assert unb64(first["data"]) == PLAINTEXT
     assert bob.api.post(path, {"message": message}, idem="proc-1").expect(200).body == first.body
 
-    raw = _db_bytes(gateway)
+    raw = at_rest(gateway)
     for secret in (tenant["token"], token["token"]):
         assert secret.encode() not in raw
     assert PLAINTEXT not in raw and b64(PLAINTEXT).encode() not in raw
-    assert _sql(gateway, "SELECT name FROM sqlite_master WHERE name = 'outgoing'") == []
+    assert "outgoing" not in tables(gateway)
 
     api.delete(f"/v1/identities/{bob.identity_id}").expect(204)
-    assert _sql(gateway, "SELECT count(*) FROM idempotency WHERE identity_id = ?", bob.identity_id) == [(0,)]
+    assert query(gateway, "SELECT count(*) FROM idempotency WHERE identity_id = ?", bob.identity_id) == [(0,)]
     again = bob.api.post(path, {"message": message}, idem="proc-1")
     assert again.status == 404 and b64(PLAINTEXT).encode() not in again.raw
     # Another identity's records are untouched: alice's key is still replayed.
@@ -68,6 +49,7 @@ def test_responses_are_sealed_replayed_and_erased_with_their_identity(gateway: G
     assert alice.post(gid, "/messages", {"data": b64(b"x")}, idem="m-1").expect(200).body == sent.body
 
 
+@pytest.mark.both_stores
 def test_expired_records_are_not_replayed_and_are_purged_at_start_up(gateway: GatewayServer) -> None:
     api = gateway.client(gateway.admin.create_tenant("expiry")[1])
     alice = Hosted.create(api, "alice")
@@ -76,17 +58,17 @@ def test_expired_records_are_not_replayed_and_are_purged_at_start_up(gateway: Ga
     first = alice.post(gid, "/messages", body, idem="m-old").expect(200)
     kept = alice.post(gid, "/messages", body, idem="m-kept").expect(200)
     two_days_ago = time.time() - 2 * 86400
-    _sql(gateway, "UPDATE idempotency SET created_at = ? WHERE key = 'm-old'", two_days_ago)
+    change(gateway, "UPDATE idempotency SET created_at = ? WHERE key = 'm-old'", two_days_ago)
 
     renewed = alice.post(gid, "/messages", body, idem="m-old").expect(200)  # a new request: new ciphertext
     assert renewed["message"] != first["message"]
     assert alice.post(gid, "/messages", body, idem="m-old").expect(200).body == renewed.body
     assert alice.post(gid, "/messages", body, idem="m-kept").expect(200).body == kept.body
 
-    _sql(gateway, "UPDATE idempotency SET created_at = ? WHERE key = 'm-kept'", two_days_ago)
+    change(gateway, "UPDATE idempotency SET created_at = ? WHERE key = 'm-kept'", two_days_ago)
     gateway.restart()  # the start-up purge
     deadline = time.monotonic() + 30
-    while _sql(gateway, "SELECT key FROM idempotency WHERE key LIKE 'm-%'") != [("m-old",)]:
+    while query(gateway, "SELECT key FROM idempotency WHERE key LIKE 'm-%'") != [("m-old",)]:
         assert time.monotonic() < deadline, "the expired record was not purged at start-up"
         time.sleep(0.1)
 

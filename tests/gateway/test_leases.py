@@ -5,6 +5,7 @@ released lease is taken at once; the clock margin; a background task runs only i
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -62,8 +63,8 @@ def test_a_holder_that_stops_renewing_loses_the_lease_after_the_ttl(
     stores: tuple[SqliteStore, SqliteStore],
 ) -> None:
     a, b = keeper(stores[0]), keeper(stores[1])
+    started = time.monotonic()  # before a's renewal: its expiry counts from the clock read it starts with
     a.renew()
-    started = time.monotonic()
     assert not any(b.renew().values())  # a holds it: b cannot take it before the TTL
     # a stops renewing (as after kill -9): its own view lapses, and b takes every lease.
     assert wait_until(lambda: all(b.renew().values()))
@@ -139,3 +140,42 @@ def test_a_background_task_runs_only_in_the_holder(stores: tuple[SqliteStore, Sq
             p.shutdown()
 
     asyncio.run(scenario())
+
+
+def test_a_task_that_fails_is_started_again_while_the_lease_is_held(
+    stores: tuple[SqliteStore, SqliteStore], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A gated task that raises is logged (its error's type, not its text) and started again after a
+    back-off; the process keeps the lease and the work goes on (before: the task ended for good while the
+    lease was still renewed, so no process did the work)."""
+
+    async def scenario() -> None:
+        a = LeaseKeeper(stores[0], ["job"], ttl_s=10.0, margin_s=MARGIN)  # held throughout
+        starts: list[float] = []
+        working = asyncio.Event()
+
+        async def body() -> None:
+            starts.append(time.monotonic())
+            if len(starts) <= 3:
+                raise RuntimeError("secret-in-the-message")
+            working.set()
+            await asyncio.sleep(3600)
+
+        pool = ThreadPoolExecutor(1)
+        keep = asyncio.create_task(a.run(pool))
+        gated = asyncio.create_task(run_while_held(a, "job", body, restart_s=0.05, restart_max_s=0.4))
+        await asyncio.wait_for(working.wait(), 20)
+        assert not gated.done() and a.held("job")
+        gaps = [later - earlier for earlier, later in itertools.pairwise(starts)]
+        assert len(gaps) == 3 and all(gap >= 0.05 for gap in gaps)  # a back-off between two starts
+        assert sum(gaps) >= 0.05 + 0.1 + 0.2  # doubling (a failure later than 0.4 s would reset it)
+        for t in (keep, gated):
+            t.cancel()
+        await asyncio.gather(keep, gated, return_exceptions=True)
+        pool.shutdown()
+
+    with caplog.at_level("INFO", logger="mls_gateway"):
+        asyncio.run(scenario())
+    failed = [r for r in caplog.records if getattr(r, "event", None) == "lease_task_failed"]
+    assert len(failed) == 3 and "RuntimeError" in failed[0].getMessage()
+    assert all("secret-in-the-message" not in r.getMessage() for r in caplog.records)

@@ -9,6 +9,7 @@ negative check (a rolled-back change wakes nobody) waits a while for a wake-up t
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -18,11 +19,14 @@ import psycopg
 import pytest
 
 from gateway.notifications import (
-    POSTGRES_DDL,
-    POSTGRES_SOURCE_TRIGGERS,
+    CHANNEL,
+    MIGRATION_ID,
     PostgresNotificationListener,
     SqliteNotificationListener,
+    postgres_schema_sql,
+    prune_notifications,
 )
+from gateway.schema_migrations import migrate
 from gateway.sqlite_store import SqliteStore
 from gateway.store import Identity, Tenant
 from gateway.wakeups import Wakeups
@@ -74,6 +78,27 @@ def test_a_commit_through_another_store_wakes_the_waiter(two_stores: tuple[Sqlit
         assert listener.delivered >= 1
     finally:
         listener.stop()
+
+
+def test_a_failed_read_of_the_rows_is_tried_again(two_stores: tuple[SqliteStore, SqliteStore]) -> None:
+    """The row read of a commit's wake-up fails once (SQLite's authorizer denies it, as a transient error
+    would): the next look reads them, not only after some unrelated later commit."""
+    a, b = two_stores
+    listener = SqliteNotificationListener(a.path, Wakeups(), 0.025)  # polled by hand, not started
+    denied: list[str] = []
+
+    def deny_once(action: int, table: str | None, *_: object) -> int:
+        if action == sqlite3.SQLITE_READ and table == "notifications" and not denied:
+            denied.append(table)
+            return sqlite3.SQLITE_DENY
+        return sqlite3.SQLITE_OK
+
+    inbox_event(b, "idn_a", 1)()
+    listener._conn.set_authorizer(deny_once)
+    with pytest.raises(sqlite3.DatabaseError, match="prohibited"):
+        listener.poll()
+    assert denied and listener.poll() == {"idn_a"}
+    listener._conn.close()
 
 
 def test_the_notification_is_written_in_the_transaction_of_the_change(
@@ -155,7 +180,7 @@ def test_prune_and_the_idle_cost_of_the_listener(two_stores: tuple[SqliteStore, 
     a, b = two_stores
     inbox_event(b, "idn_a", 1)()
     with a.transaction() as tx:
-        assert tx.purge_notifications(time.time() + 1) >= 1
+        assert tx.purge_notifications(time.time() + 1, 1000) >= 1
         assert tx.notifications_after(0, 10) == []
         assert tx.last_notification_id() == 0
     inbox_event(b, "idn_a", 2)()
@@ -170,14 +195,76 @@ def test_prune_and_the_idle_cost_of_the_listener(two_stores: tuple[SqliteStore, 
     print(f"idle SQLite listener (25 ms poll): {100 * share:.2f} % of one core")
 
 
+def test_the_prune_deletes_in_bounded_batches_and_stops_with_its_lease(
+    two_stores: tuple[SqliteStore, SqliteStore],
+) -> None:
+    """Old rows go ``batch`` per write transaction (the write lock is held for one batch, not for every
+    old row at once); the prune stops between two batches when its lease is lost; newer rows stay."""
+    a, b = two_stores
+    with a.transaction() as tx:
+        tx._c.executemany(
+            "INSERT INTO notifications (channel, created_at) VALUES (?, 1.0)",
+            [(f"cli_{i}",) for i in range(2500)],
+        )
+    for seq in (1, 2, 3):
+        inbox_event(b, "idn_b", seq)()
+    with a.transaction() as tx:
+        started = time.perf_counter()
+        assert tx.purge_notifications(2.0, 1000) == 1000  # one bounded batch
+        batch_ms = 1000 * (time.perf_counter() - started)
+    lease = iter([True, False])  # held for one batch, then lost
+    assert prune_notifications(a, 2.0, batch=1000, go_on=lambda: next(lease)) == 1000
+    assert prune_notifications(a, 2.0, batch=200) == 500  # the rest, in three batches
+    with a.read_transaction() as tx:
+        left = tx.notifications_after(0, 100)
+    assert [channel for _, channel in left] == ["idn_b"] * 3
+    print(f"notification prune: one batch of 1000 rows holds the write lock {batch_ms:.1f} ms")
+
+
 # ---- PostgreSQL ------------------------------------------------------------------------------------------
+
+
+#: The columns of mailbox, inbox and webhooks the source triggers read (the PostgreSQL store's tables,
+#: made by its migration 0001.baseline, have more; these are enough for the triggers): the PostgreSQL
+#: migration 0002.leases_notifications runs over them.
+SOURCE_TABLES = """
+CREATE TABLE identities (identity_id TEXT PRIMARY KEY);
+CREATE TABLE clients (client_id TEXT PRIMARY KEY);
+CREATE TABLE mailbox (cursor BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, client_id TEXT NOT NULL);
+CREATE TABLE inbox (cursor BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, identity_id TEXT NOT NULL);
+CREATE TABLE webhooks (
+    identity_id TEXT PRIMARY KEY REFERENCES identities ON DELETE CASCADE, url TEXT NOT NULL,
+    secret BYTEA NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, paused INTEGER NOT NULL DEFAULT 0,
+    created_at DOUBLE PRECISION NOT NULL);
+"""
 
 
 @pytest.fixture
 def pg(postgres_dsn: str) -> str:
+    """A database with the stand-in source tables and the PostgreSQL migration 0002 (its file, as is)."""
     with psycopg.connect(postgres_dsn, autocommit=True) as conn:
-        conn.execute(POSTGRES_DDL)
+        conn.execute(SOURCE_TABLES)
+        conn.execute(postgres_schema_sql())  # type: ignore[arg-type]
     return postgres_dsn
+
+
+def test_the_postgres_migration_publishes_on_the_listeners_channel() -> None:
+    assert f"pg_notify('{CHANNEL}', NEW.channel)" in postgres_schema_sql()
+
+
+def test_the_postgres_migration_applies_through_yoyo(tmp_path: Path, postgres_dsn: str) -> None:
+    """The PostgreSQL 0002 file as yoyo reads it (statement by statement, dollar-quoted bodies whole),
+    after a stand-in baseline of the source tables (the PostgreSQL store's 0001 is not on this branch)."""
+    folder = tmp_path / "migrations"
+    folder.mkdir()
+    (folder / "0001.baseline.sql").write_text(SOURCE_TABLES)
+    (folder / f"{MIGRATION_ID}.sql").write_text(postgres_schema_sql())
+    assert migrate(postgres_dsn, directory=folder) == ["0001.baseline", MIGRATION_ID]
+    with psycopg.connect(postgres_dsn) as conn:
+        conn.execute("INSERT INTO mailbox (client_id) VALUES ('cli_9')")
+        conn.execute("INSERT INTO leases VALUES ('job', 'me', 2.0, 1.0)")
+        rows = conn.execute("SELECT channel FROM notifications").fetchall()
+    assert rows == [("cli_9",)]
 
 
 def pg_notify_write(dsn: str, channel: str, *, rollback: bool = False) -> Callable[[], None]:
@@ -237,24 +324,7 @@ def test_postgres_no_wake_up_lost_across_a_reconnect(pg: str) -> None:
         listener.stop()
 
 
-#: The columns of mailbox, inbox and webhooks the source triggers read (the PostgreSQL store's tables
-#: have more; these are enough for the triggers).
-SOURCE_TABLES = """
-CREATE TABLE identities (identity_id TEXT PRIMARY KEY);
-CREATE TABLE clients (client_id TEXT PRIMARY KEY);
-CREATE TABLE mailbox (cursor BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, client_id TEXT NOT NULL);
-CREATE TABLE inbox (cursor BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, identity_id TEXT NOT NULL);
-CREATE TABLE webhooks (
-    identity_id TEXT PRIMARY KEY REFERENCES identities ON DELETE CASCADE, url TEXT NOT NULL,
-    secret BYTEA NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, paused INTEGER NOT NULL DEFAULT 0,
-    created_at DOUBLE PRECISION NOT NULL);
-"""
-
-
 def test_postgres_source_triggers_notify_in_the_transaction_of_the_change(pg: str) -> None:
-    with psycopg.connect(pg, autocommit=True) as conn:
-        conn.execute(SOURCE_TABLES)
-        conn.execute(POSTGRES_SOURCE_TRIGGERS)
     wakeups = Wakeups()
     listener = pg_listener(pg, wakeups)
 

@@ -6,10 +6,10 @@ those of a tenant on legal hold — with each purge audited and the chain still 
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from pathlib import Path
 
+import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.audit_chain import PURGE_OPERATION, ChainBroken, verify
@@ -22,18 +22,29 @@ from gateway.sqlite_directory import ClientRecord
 from gateway.sqlite_store import SqliteStore
 from gateway.store import AuditRecord, IdempotentResponse, Identity, Tenant
 
+from .conftest import StoreEnv
 from .gwclient import Client, GatewayServer, Hosted
+from .stores import database, database_url, query
 from .test_audit_chain import DROP_TRIGGERS, broken, cli, export, verify_folder
 
 ADMIN = Principal("tok_admin", None)
 
 
-def rows(folder: Path, sql: str, *args: object) -> list[tuple[object, ...]]:
-    conn = sqlite3.connect(f"file:{folder / 'gateway.sqlite3'}?mode=ro", uri=True)
-    try:
-        return list(conn.execute(sql, args).fetchall())
-    finally:
-        conn.close()
+#: Retention policies and the purge task on either store (issue 15).
+pytestmark = pytest.mark.both_stores
+
+
+def erase_by_hand(server: GatewayServer, seq: int, purge_seq: int) -> None:
+    """Erase audit row ``seq`` as if purge record ``purge_seq`` had (its append-only guard lifted)."""
+    with database(server) as db:
+        if database_url(server) is None:
+            for drop in filter(str.strip, DROP_TRIGGERS.split(";")):
+                db.execute(drop)
+        else:
+            db.execute("ALTER TABLE audit DISABLE TRIGGER audit_erase_only")
+        db.execute(
+            "UPDATE audit SET operation = '', request_id = '', purged_by = ? WHERE seq = ?", (purge_seq, seq)
+        )
 
 
 def put(api: Client, path: str, body: object) -> tuple[int, dict[str, object]]:
@@ -82,18 +93,17 @@ def test_retention_routes_who_may_set_what(gateway: GatewayServer) -> None:
     assert gateway.admin.metric("mlsgw_tenants_on_legal_hold") == 1
     # The policy changes are audited, with who made them.
     gateway.stop()
-    changes = rows(
-        gateway.data_dir, "SELECT tenant_id, token_id, detail FROM audit WHERE operation = 'retention_policy'"
+    changes = query(
+        gateway, "SELECT tenant_id, token_id, detail FROM audit WHERE operation = 'retention_policy'"
     )
     assert [c[0] for c in changes] == [a_id, a_id, a_id]  # lengthened (tenant), shortened (admin), hold
     assert json.loads(str(changes[-1][2]))["legal_hold"] is True
 
 
-def test_the_task_purges_audit_records_except_on_legal_hold(tmp_path: Path) -> None:
-    server = GatewayServer(
-        tmp_path / "gw",
-        env={"MLSGW_RETENTION_INTERVAL_S": "0.2", "MLSGW_AUDIT_CHECKPOINT_RECORDS": "3"},
-    )
+def test_the_task_purges_audit_records_except_on_legal_hold(tmp_path: Path, store_env: StoreEnv) -> None:
+    env = {"MLSGW_RETENTION_INTERVAL_S": "0.2", "MLSGW_AUDIT_CHECKPOINT_RECORDS": "3", **store_env()}
+    server = GatewayServer(tmp_path / "gw", env=env)
+    database = database_url(server)
     server.start()
     try:
         held_id, held_token = server.admin.create_tenant("held")
@@ -103,18 +113,20 @@ def test_the_task_purges_audit_records_except_on_legal_hold(tmp_path: Path) -> N
         Hosted.create(server.client(kept_token), "pam").key_package()
         put(server.admin, f"/v1/tenants/{held_id}/legal-hold", {"enabled": True})
         assert put(server.admin, f"/v1/tenants/{held_id}/retention", {"audit_s": 1})[0] == 200
-        before = rows(server.data_dir, "SELECT COUNT(*) FROM audit WHERE tenant_id = ?", kept_id)[0][0]
+        before = query(server, "SELECT COUNT(*) FROM audit WHERE tenant_id = ?", kept_id)[0][0]
         assert isinstance(before, int) and before >= 3
         status, _ = put(server.admin, f"/v1/tenants/{kept_id}/retention", {"audit_s": 1})
         assert status == 200
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            erased = rows(
-                server.data_dir,
+            erased = query(
+                server,
                 "SELECT COUNT(*) FROM audit WHERE tenant_id = ? AND purged_by IS NOT NULL",
                 kept_id,
             )[0][0]
-            if isinstance(erased, int) and erased >= before:
+            # A run counts what it purged once all its transactions committed: wait for both.
+            counted = server.admin.metric("mlsgw_retention_purged_total", kind="audit")
+            if isinstance(erased, int) and erased >= before and counted >= before:
                 break
             time.sleep(0.1)
         assert erased >= before, server.log_tail()
@@ -124,30 +136,23 @@ def test_the_task_purges_audit_records_except_on_legal_hold(tmp_path: Path) -> N
         code = server.stop()
     assert code == 0, server.log_tail()
     # The held tenant's records (older than the purged ones) are all still there.
-    held = rows(server.data_dir, "SELECT operation, purged_by FROM audit WHERE tenant_id = ?", held_id)
+    held = query(server, "SELECT operation, purged_by FROM audit WHERE tenant_id = ?", held_id)
     assert held and all(op and purged_by is None for op, purged_by in held)
     # Every purge is audited with its counts; the chain still verifies.
     pem = tmp_path / "audit.pem"
-    assert cli("audit", "public-key", "--data-dir", str(server.data_dir), "--out", str(pem)).returncode == 0
-    lines = export(server.data_dir, tmp_path / "all.jsonl")
+    key_args = ("--data-dir", str(server.data_dir), "--out", str(pem))
+    assert cli("audit", "public-key", *key_args, database=database).returncode == 0
+    lines = export(server.data_dir, tmp_path / "all.jsonl", database=database)
     purges = [r for r in lines if r["type"] == "record" and r["operation"] == PURGE_OPERATION]
     assert purges and {p["tenant_id"] for p in purges} == {kept_id}
     assert sum(json.loads(p["detail"])["audit_records"] for p in purges) >= before
-    done = verify_folder(server.data_dir, pem)
+    done = verify_folder(server.data_dir, pem, database)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["purged"] >= before
     # Erasing one more row by hand (hiding it) is named: no purge record accounts for it.
-    seq = rows(server.data_dir, "SELECT MIN(seq) FROM audit WHERE tenant_id = ?", held_id)[0][0]
-    conn = sqlite3.connect(server.data_dir / "gateway.sqlite3")
-    try:
-        conn.executescript(
-            DROP_TRIGGERS
-            + f"UPDATE audit SET operation = '', request_id = '', purged_by = {purges[0]['seq']} "
-            f"WHERE seq = {seq};"
-        )
-    finally:
-        conn.close()
-    broken(verify_folder(server.data_dir, pem), int(str(seq)), "purge record")
+    seq = query(server, "SELECT MIN(seq) FROM audit WHERE tenant_id = ?", held_id)[0][0]
+    erase_by_hand(server, int(str(seq)), int(purges[0]["seq"]))
+    broken(verify_folder(server.data_dir, pem, database), int(str(seq)), "purge record")
 
 
 def test_one_run_over_every_kind_of_row(tmp_path: Path) -> None:

@@ -13,14 +13,18 @@ import subprocess
 import sys
 import time
 import tomllib
+from dataclasses import replace
 from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.config import ConfigError, load_config
+from gateway.migrate_cli import database_of
 from gateway.operator_cli import Exit
 from gateway.schema_migrations import (
     MIGRATION_TABLE,
@@ -34,12 +38,15 @@ from gateway.schema_migrations import (
 )
 from gateway.sqlite_schema import SCHEMA_VERSION
 from gateway.sqlite_store import SqliteStore
+from gateway.store import StoreUnavailable
 
 from .gwclient import GATEWAY_EXE, GatewayServer
 from .legacy_schema import pre_migration_database
 
 REPO = Path(__file__).resolve().parents[2]
 SQLITE_MIGRATIONS = REPO / "gateway" / "migrations" / "sqlite"
+#: Every SQLite migration, in order (a new one is appended here and never edits an older one).
+ALL_SQLITE = ["0001.baseline", "0002.leases_notifications"]
 
 #: Rows of a database made before migrations (every table the old code wrote to is represented).
 _OLD_ROWS = [
@@ -97,12 +104,43 @@ def test_a_new_database_gets_every_migration(tmp_path: Path) -> None:
     path = tmp_path / "new.sqlite3"
     SqliteStore(path).close()
     state = status(str(path))
-    assert [mid for mid, _ in state.applied] == known_migrations(SQLITE_MIGRATIONS) == ["0001.baseline"]
+    assert [mid for mid, _ in state.applied] == known_migrations(SQLITE_MIGRATIONS) == ALL_SQLITE
     assert state.pending == [] and state.unknown == []
     assert _sql(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
     assert migrate(str(path)) == []  # nothing left to do
     SqliteStore(path).close()  # opening again applies nothing more
-    assert _sql(path, f"SELECT count(*) FROM {MIGRATION_TABLE}") == [(1,)]
+    assert _sql(path, f"SELECT count(*) FROM {MIGRATION_TABLE}") == [(len(ALL_SQLITE),)]
+
+
+def _schema(path: Path) -> set[tuple[Any, ...]]:
+    """Every table, index and trigger of the gateway with its SQL (yoyo's own left out)."""
+    return {
+        row
+        for row in _sql(path, "SELECT type, name, tbl_name, sql FROM sqlite_master")
+        if "yoyo" not in row[1]
+    }
+
+
+def test_a_database_migrated_by_the_baseline_alone_gets_exactly_the_current_schema(tmp_path: Path) -> None:
+    """A database that applied 0001.baseline before 0002 existed (as main did): the next start applies
+    0002 and the schema is then exactly a new database's — nothing a later migration added is missing."""
+    only_baseline = tmp_path / "baseline-only"
+    only_baseline.mkdir()
+    (only_baseline / "0001.baseline.py").write_bytes((SQLITE_MIGRATIONS / "0001.baseline.py").read_bytes())
+    old, fresh = tmp_path / "old.sqlite3", tmp_path / "fresh.sqlite3"
+    assert migrate(str(old), directory=only_baseline) == ["0001.baseline"]
+    _sql(old, *_OLD_ROWS)
+    before = _rows(old)
+    assert not {"leases", "notifications"} & set(before)  # the baseline is frozen: it never makes them
+    assert status(str(old)).pending == ALL_SQLITE[1:]
+    store = SqliteStore(old)  # the start-up check applies the rest
+    store.close()
+    SqliteStore(fresh).close()
+    assert _schema(old) == _schema(fresh)
+    assert {"leases", "notifications"} <= {row[1] for row in _schema(old)}
+    after = _rows(old)
+    assert {t: after[t] for t in before} == before  # every row kept
+    assert [mid for mid, _ in status(str(old)).applied] == ALL_SQLITE
 
 
 def test_a_version_6_database_is_adopted_without_data_loss(tmp_path: Path) -> None:
@@ -110,14 +148,15 @@ def test_a_version_6_database_is_adopted_without_data_loss(tmp_path: Path) -> No
     pre_migration_database(path)
     _sql(path, *_OLD_ROWS)
     before = _rows(path)
-    assert status(str(path)).pending == ["0001.baseline"]
+    assert status(str(path)).pending == ALL_SQLITE
     store = SqliteStore(path)
     with store.read_transaction() as tx:
         group = tx.get_group("i1", b"\x05")
         assert group is not None and (group.epoch, group.state) == (3, b"\x06")
     store.close()
-    assert _rows(path) == before  # every row of every table, unchanged
-    assert [mid for mid, _ in status(str(path)).applied] == ["0001.baseline"]
+    after = _rows(path)
+    assert {t: after[t] for t in before} == before  # every row of every table, unchanged
+    assert [mid for mid, _ in status(str(path)).applied] == ALL_SQLITE
 
 
 def test_a_version_5_database_is_upgraded(tmp_path: Path) -> None:
@@ -148,7 +187,7 @@ def test_a_migration_of_a_newer_gateway_is_refused(tmp_path: Path) -> None:
     _sql(
         path,
         f"INSERT INTO {MIGRATION_TABLE} (migration_hash, migration_id, applied_at_utc) "
-        "VALUES ('f00d', '0002.from-a-newer-gateway', '2030-01-01T00:00:00')",
+        "VALUES ('f00d', '0099.from-a-newer-gateway', '2030-01-01T00:00:00')",
     )
     for attempt in (
         lambda: SqliteStore(path),
@@ -157,8 +196,8 @@ def test_a_migration_of_a_newer_gateway_is_refused(tmp_path: Path) -> None:
     ):
         with pytest.raises(SchemaError) as e:
             attempt()
-        _one_line(e, "0002.from-a-newer-gateway", "newer mls-gateway")
-    assert status(str(path)).unknown == ["0002.from-a-newer-gateway"]
+        _one_line(e, "0099.from-a-newer-gateway", "newer mls-gateway")
+    assert status(str(path)).unknown == ["0099.from-a-newer-gateway"]
 
 
 def test_pending_migrations_are_refused_when_auto_migration_is_off(tmp_path: Path) -> None:
@@ -168,9 +207,9 @@ def test_pending_migrations_are_refused_when_auto_migration_is_off(tmp_path: Pat
     before = _rows(path)
     with pytest.raises(SchemaError) as e:
         SqliteStore(path, migrate=False)
-    _one_line(e, "1 pending schema migration", "0001.baseline", "migrate_on_start", "mls-gateway migrate")
-    assert _rows(path) == before and status(str(path)).pending == ["0001.baseline"]  # nothing changed
-    assert migrate(str(path)) == ["0001.baseline"]
+    _one_line(e, "2 pending schema migrations", *ALL_SQLITE, "migrate_on_start", "mls-gateway migrate")
+    assert _rows(path) == before and status(str(path)).pending == ALL_SQLITE  # nothing changed
+    assert migrate(str(path)) == ALL_SQLITE
     SqliteStore(path, migrate=False).close()  # up to date: opens
 
 
@@ -212,6 +251,34 @@ def test_the_database_is_named_without_its_password() -> None:
     url = "postgresql://mlsgw:s3cret@db.example:5432/gateway?sslmode=require&password=other"
     assert describe(url) == "postgresql://mlsgw@db.example:5432/gateway"
     assert describe("/var/lib/mls-gateway/gateway.sqlite3") == "/var/lib/mls-gateway/gateway.sqlite3"
+
+
+#: Passwords as an operator may paste them: URL metacharacters, unencoded, anywhere.
+_PASSWORD_MIDDLES = st.text(alphabet=st.sampled_from(list("@:/?#[]%&=+ ;!$'\"ab1")), max_size=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(middle=_PASSWORD_MIDDLES, port=st.sampled_from([":1", ":9"]), query=st.sampled_from(["", "?x=1"]))
+def test_no_error_names_any_part_of_a_password(middle: str, port: str, query: str) -> None:
+    """Whatever a password holds, neither the description nor the error of a URL that cannot be read
+    quotes it, or any part of it (the markers Zq and Qz stand for its two ends)."""
+    password = f"Zq{middle}Qz"
+    url = f"postgresql://mlsgw:{password}@127.0.0.1{port}/gateway{query}"
+    texts = [describe(url)]
+    try:
+        status(url)  # refused before any connection when the URL cannot be read
+    except StoreUnavailable as e:
+        texts.append(str(e))
+    for text in texts:
+        assert "Zq" not in text and "Qz" not in text, (url, text)
+
+
+def test_a_url_with_an_unencoded_password_is_refused_in_one_line() -> None:
+    url = "postgresql://mlsgw:s3cr3t#x@host/db"  # urlsplit: a port 's3cr3t' (ValueError naming it), before
+    assert describe(url) == "postgresql://(a URL that cannot be read)"
+    with pytest.raises(StoreUnavailable) as e:
+        migrate(url)
+    assert "s3cr3t" not in str(e.value) and "percent-encode" in str(e.value) and "\n" not in str(e.value)
 
 
 def test_migrations_are_package_data() -> None:
@@ -343,6 +410,43 @@ def test_two_processes_migrate_one_database_at_once(
     assert [mid for mid, _ in state.applied] == ["0001.slow", "0002.once"] and not state.pending
 
 
+@pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
+def test_a_migration_run_killed_mid_way_blocks_no_later_run(
+    tmp_path: Path, engine: str, request: pytest.FixtureRequest
+) -> None:
+    """kill -9 of a run inside a (slow) migration, holding yoyo's lock row: the next run proceeds at once
+    — its lock died with the process — instead of waiting out the lock timeout (before: 300 s, then a
+    refusal), and applies every migration once."""
+    database = (
+        str(request.getfixturevalue("postgres_dsn"))
+        if engine == "postgresql"
+        else str(tmp_path / "db.sqlite3")
+    )
+    sleeps = "import time\nfrom yoyo import step\nsteps = [step(lambda conn: time.sleep(600))]\n"
+    slow = _write(tmp_path / "slow", {"0001.slow.py": sleeps})
+    first = subprocess.Popen(
+        [sys.executable, "-c", _MIGRATE_AND_REPORT, database, str(slow)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not _lock_taken(database):  # inside its run: yoyo's lock row is there
+            assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+            time.sleep(0.05)
+    finally:
+        first.kill()  # SIGKILL: no clean-up of any kind
+        first.communicate()
+    assert _lock_taken(database)  # the dead run's row is left behind
+    fast = _write(tmp_path / "fast", {**_SLOW_SET, "0001.slow.py": "from yoyo import step\nsteps = []\n"})
+    # the timeout would refuse the run if the dead lock still counted (no absolute time is measured)
+    assert migrate(database, directory=fast, lock_timeout_s=30) == ["0001.slow", "0002.once"]
+    assert not _lock_taken(database)
+    assert [mid for mid, _ in status(database, directory=fast).applied] == ["0001.slow", "0002.once"]
+
+
 # ---- mls-gateway migrate and the start-up policy, through the real command line ----
 
 
@@ -379,36 +483,43 @@ def test_serve_refuses_an_unknown_schema_and_migrate_brings_it_up_to_date(tmp_pa
     )
     _refused(_cli(*serve, env=off), "0001.baseline", "pending", "run `mls-gateway migrate`")
     listing = _cli("migrate", "--list", *data)
-    assert listing.returncode == 0 and listing.stdout.split() == ["0001.baseline", "pending"], listing
+    assert listing.returncode == 0 and listing.stdout.split() == [
+        *("0001.baseline", "pending"),
+        *("0002.leases_notifications", "pending"),
+    ], listing
     done = _cli("migrate", *data)
-    assert done.returncode == 0 and done.stdout.strip() == "applied 1 schema migration: 0001.baseline", done
+    assert done.returncode == 0, done
+    assert done.stdout.strip() == f"applied 2 schema migrations: {', '.join(ALL_SQLITE)}", done
     done = _cli("migrate", *data, "--json")
-    assert json.loads(done.stdout) == {"database": str(database), "applied_now": [], "applied": 1}
+    assert json.loads(done.stdout) == {"database": str(database), "applied_now": [], "applied": 2}
     listing = _cli("migrate", "--list", *data)
-    assert listing.stdout.startswith("0001.baseline  applied 2") and listing.stdout.endswith(" UTC\n"), (
-        listing
-    )
+    lines = listing.stdout.splitlines()
+    assert [line.split()[:2] for line in lines] == [[mid, "applied"] for mid in ALL_SQLITE], listing
+    assert all(line.endswith(" UTC") for line in lines), listing
     server.start()  # up to date: serves with auto-migration off
-    assert server.admin.create_tenant("after-migrate")[0]  # reads and writes on the migrated database
-    assert server.stop() == 0
+    try:
+        assert server.admin.create_tenant("after-migrate")[0]  # reads and writes on the migrated database
+        assert server.stop() == 0
+    finally:
+        server.kill()  # a failed assertion leaves no server running
     # a newer gateway's migration: always refused, by serve, init and migrate alike
     _sql(
         database,
         f"INSERT INTO {MIGRATION_TABLE} (migration_hash, migration_id, applied_at_utc) "
-        "VALUES ('f00d', '0002.from-a-newer-gateway', '2030-01-01T00:00:00')",
+        "VALUES ('f00d', '0099.from-a-newer-gateway', '2030-01-01T00:00:00')",
     )
     for command in (serve, ["init", *data], ["migrate", *data]):
-        _refused(_cli(*command), "0002.from-a-newer-gateway", "newer mls-gateway")
+        _refused(_cli(*command), "0099.from-a-newer-gateway", "newer mls-gateway")
     listing = _cli("migrate", "--list", "--json", *data)
-    assert json.loads(listing.stdout)["unknown"] == ["0002.from-a-newer-gateway"]
-    assert "0002.from-a-newer-gateway  unknown" in _cli("migrate", "--list", *data).stdout
+    assert json.loads(listing.stdout)["unknown"] == ["0099.from-a-newer-gateway"]
+    assert "0099.from-a-newer-gateway  unknown" in _cli("migrate", "--list", *data).stdout
     # its backup says so, and this version refuses to restore it (nothing is left behind)
     backup, restored = tmp_path / "backup", tmp_path / "restored"
     assert _cli("backup", str(backup), *data).returncode == 0
     manifest = json.loads((backup / "backup.json").read_text())
-    assert manifest["schema_migrations"] == ["0001.baseline", "0002.from-a-newer-gateway"]
+    assert manifest["schema_migrations"] == [*ALL_SQLITE, "0099.from-a-newer-gateway"]
     assert manifest["schema_version"] == SCHEMA_VERSION
-    _refused(_cli("restore", str(backup), "--data-dir", str(restored)), "0002.from-a-newer-gateway", "newer")
+    _refused(_cli("restore", str(backup), "--data-dir", str(restored)), "0099.from-a-newer-gateway", "newer")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["backup", "data", "data.log"]
 
 
@@ -442,3 +553,21 @@ def test_migrate_break_lock_removes_the_lock_of_a_killed_run(tmp_path: Path) -> 
     assert _sql(database, "SELECT count(*) FROM yoyo_lock") == [(0,)]
     done = _cli("migrate", "--data-dir", str(data))
     assert done.returncode == 0 and "0001.baseline" in done.stdout, done
+
+
+def test_migrate_takes_a_postgresql_url_as_configured(tmp_path: Path) -> None:
+    """``[gateway] database`` as a URL reaches the migrations unchanged (a Path makes ``postgresql:/h``)."""
+    cfg = load_config(env={"MLSGW_DATA_DIR": str(tmp_path)})
+    assert database_of(cfg) == str(tmp_path / "gateway.sqlite3")
+    url = "postgresql://mlsgw:pw@db.example:5432/gateway?sslmode=require"
+    assert database_of(replace(cfg, database=url)) == url  # type: ignore[arg-type]
+    assert str(Path(url)) != url
+
+
+def test_serve_refuses_a_database_without_the_notifications_table_in_one_line(tmp_path: Path) -> None:
+    """A database that records 0002 but lacks its table (dropped by hand): ``serve`` exits 11 with one
+    line naming the migration, not a traceback from the listener."""
+    server = GatewayServer(tmp_path / "data")
+    _sql(server.data_dir / "gateway.sqlite3", "DROP TABLE notifications")
+    serve = ["serve", "--data-dir", str(server.data_dir), "--listen", f"127.0.0.1:{server.port}"]
+    _refused(_cli(*serve), "0002.leases_notifications", "no such table: notifications", "mls-gateway migrate")

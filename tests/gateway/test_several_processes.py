@@ -36,10 +36,10 @@ def held(server: GatewayServer, lease: str) -> float:
 
 def test_two_processes_share_leases_and_wake_each_other(tmp_path: Path) -> None:
     a = GatewayServer(tmp_path / "gw", env=ENV)
-    a.start()
     b = a.another_process()
-    b.start()
     try:
+        a.start()
+        b.start()
         for lease in LEASED_TASKS:
             until(lambda n=lease: held(a, n) + held(b, n) == 1, f"exactly one holder of {lease}")
         latency = _long_poll_answered_across_processes(a, b)

@@ -14,7 +14,7 @@ import pytest
 from gateway.audit_chain import verify
 from gateway.audit_trail import export_lines
 from gateway.config import load_config
-from gateway.delivery_store import HostedWork, LogConflict, LogEntry, LogHead, Member
+from gateway.delivery_store import HostedWork, LogConflict, LogEntry, LogHead, LogPosition, Member
 from gateway.postgres_store import PostgresStore
 from gateway.sqlite_audit import RetentionRow
 from gateway.sqlite_directory import ClientRecord
@@ -188,6 +188,22 @@ def test_log_append_is_one_per_sequence(store: AnyStore) -> None:
         assert [e.message for e in tx.log_entries("ten_1", G, 0, 5)] == [b"commit-1"]
         assert tx.get_delivered_members("ten_1", G) == [Member(0, "idn_1")]
         assert tx.endpoint_groups("idn_1") == [("ten_1", G)]
+
+
+def test_messages_move_the_log_position_without_rewriting_the_head(store: AnyStore) -> None:
+    seed(store)
+    with store.transaction() as tx:
+        tx.put_log_head(LogHead("ten_1", G, 1, 1, 1, b"gi", b"tree"), None)
+    with store.read_transaction() as tx:
+        position = tx.get_log_position("ten_1", G)
+        assert tx.get_log_position("ten_1", b"other") is None
+    assert position == LogPosition("ten_1", G, 1, 1, 1)
+    with store.transaction() as tx:
+        tx.advance_log_seq(position, 3)  # two messages appended
+    with pytest.raises(LogConflict), store.transaction() as tx:
+        tx.advance_log_seq(position, 2)  # a writer that read seq 1 lost the race
+    with store.read_transaction() as tx:
+        assert tx.get_log_head("ten_1", G) == LogHead("ten_1", G, 1, 1, 3, b"gi", b"tree")
 
 
 def test_mailboxes_inboxes_and_hosted_work(store: AnyStore) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,17 +13,23 @@ from pathlib import Path
 
 import pytest
 
+from .conftest import StoreEnv
 from .gwclient import Client, GatewayServer, Hosted, gid_path
+from .stores import contains_sql, database_url, query, tables, text_columns
 from .test_directory import Device
 from .token_objects import token_object_ids
 
 REPO = Path(__file__).resolve().parents[2]
 
 
+#: Deleting a tenant removes its rows from either store (issue 15).
+pytestmark = pytest.mark.both_stores
+
+
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[GatewayServer]:
+def server(tmp_path: Path, store_env: StoreEnv) -> Iterator[GatewayServer]:
     """A server of its own that may register loopback webhooks (nothing listens there)."""
-    gw = GatewayServer(tmp_path / "gw", env={"MLSGW_WEBHOOK_ALLOW_PRIVATE": "1"})
+    gw = GatewayServer(tmp_path / "gw", env={"MLSGW_WEBHOOK_ALLOW_PRIVATE": "1", **store_env()})
     gw.start()
     try:
         yield gw
@@ -36,42 +41,38 @@ def _ids(server: GatewayServer) -> set[bytes]:
     return set(token_object_ids(server.data_dir))
 
 
-def _rows_naming(db: Path, values: set[str]) -> dict[str, int]:
+def _rows_naming(server: GatewayServer, values: set[str]) -> dict[str, int]:
     """Rows of every table but the audit trail with a text column equal to one of ``values`` or an
     idempotency scope naming one of them."""
     found: dict[str, int] = {}
-    with sqlite3.connect(db) as conn:
-        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
-        for table in tables:
-            if table == "audit" or table.startswith("sqlite_"):
-                continue
-            columns = [r[1] for r in conn.execute(f"PRAGMA table_info({table})")]
-            count = 0
-            for value in values:
-                where = " OR ".join(f"{c} = ?" for c in columns)
-                args: list[str] = [value] * len(columns)
-                if "scope" in columns:
-                    where += " OR instr(scope, ?) > 0"
-                    args.append(value)
-                count += conn.execute(f"SELECT COUNT(*) FROM {table} WHERE {where}", args).fetchone()[0]
-            if count:
-                found[table] = count
+    names = sorted(values)
+    for table in sorted(tables(server)):
+        if table == "audit" or table.startswith("sqlite_"):
+            continue
+        columns = text_columns(server, table)
+        if not columns:
+            continue
+        marks = ", ".join("?" * len(names))
+        where = " OR ".join(f"{c} IN ({marks})" for c in columns)
+        args = [v for _ in columns for v in names]
+        if "scope" in columns:
+            where += "".join(" OR " + contains_sql(server, "scope") for _ in names)
+            args += names
+        count = query(server, f"SELECT COUNT(*) FROM {table} WHERE {where}", *args)[0][0]
+        if count:
+            found[table] = count
     return found
 
 
-def _tenant_rows(db: Path, tenant_id: str) -> dict[str, int]:
+def _tenant_rows(server: GatewayServer, tenant_id: str) -> dict[str, int]:
     """The tenant's rows in the tables keyed by ``tenant_id``."""
-    with sqlite3.connect(db) as conn:
-        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
-        out = {}
-        for table in tables:
-            if table == "audit" or "tenant_id" not in [
-                r[1] for r in conn.execute(f"PRAGMA table_info({table})")
-            ]:
-                continue
-            n = conn.execute(f"SELECT COUNT(*) FROM {table} WHERE tenant_id = ?", (tenant_id,)).fetchone()[0]
-            if n:
-                out[table] = n
+    out = {}
+    for table in sorted(tables(server)):
+        if table == "audit" or "tenant_id" not in text_columns(server, table):
+            continue
+        n = query(server, f"SELECT COUNT(*) FROM {table} WHERE tenant_id = ?", tenant_id)[0][0]
+        if n:
+            out[table] = n
     return out
 
 
@@ -101,7 +102,6 @@ def _populate(server: GatewayServer, api: Client, tenant_id: str, name: str) -> 
 
 
 def test_delete_tenant_removes_everything_and_spares_the_other(server: GatewayServer) -> None:
-    db = server.data_dir / "gateway.sqlite3"
     admin = server.admin
     tenant_b, token_b = admin.create_tenant("keeps")
     b = server.client(token_b)
@@ -113,7 +113,7 @@ def test_delete_tenant_removes_everything_and_spares_the_other(server: GatewaySe
     tenant_a, token_a = admin.create_tenant("goes")
     a = server.client(token_a)
     gone = _populate(server, a, tenant_a, "a")
-    assert _tenant_rows(db, tenant_a).keys() >= {"group_logs", "group_members", "log_entries", "mailbox"}
+    assert _tenant_rows(server, tenant_a).keys() >= {"group_logs", "group_members", "log_entries", "mailbox"}
     listed = admin.get(f"/v1/tenants/{tenant_a}/tokens").expect(200)["tokens"]
     assert {t["token_id"] for t in listed} >= {gone["token_id"]}
     assert any("client_id" in t for t in listed) and token_a not in json.dumps(listed)
@@ -134,18 +134,22 @@ def test_delete_tenant_removes_everything_and_spares_the_other(server: GatewaySe
     server.stop()
     names = {tenant_a, str(gone["client_id"]), str(gone["token_id"])}
     names |= {m.identity_id for m in (gone["alice"], gone["bob"]) if isinstance(m, Hosted)}
-    assert _rows_naming(db, names) == {}
-    assert _tenant_rows(db, tenant_a) == {}
+    assert _rows_naming(server, names) == {}
+    assert _tenant_rows(server, tenant_a) == {}
     assert _ids(server) == before  # every key of the tenant destroyed, none of the other's
-    assert _tenant_rows(db, tenant_b)  # the other tenant's rows are all there
+    assert _tenant_rows(server, tenant_b)  # the other tenant's rows are all there
 
 
-def _cli(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def _cli(server: GatewayServer, *args: str) -> subprocess.CompletedProcess[str]:
+    """An operator command on the server's data folder and store (``MLSGW_DATABASE`` on PostgreSQL)."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     for var in ("MLSGW_CONFIG", "MLSGW_DATA_DIR", "MLSGW_DATABASE", "SOFTHSM2_CONF"):
         env.pop(var, None)
+    url = database_url(server)
+    if url is not None:
+        env["MLSGW_DATABASE"] = url
     return subprocess.run(
-        [sys.executable, "-m", "gateway.cli", *args, "--data-dir", str(data_dir)],
+        [sys.executable, "-m", "gateway.cli", *args, "--data-dir", str(server.data_dir)],
         capture_output=True,
         text=True,
         env=env,
@@ -155,6 +159,7 @@ def _cli(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.sqlite_only("the HTTP test above deletes a tenant on PostgreSQL; the CLI runs the same deletion")
 def test_cli_lists_tokens_and_deletes_a_tenant_in_batches(server: GatewayServer) -> None:
     """``admin tokens`` and ``admin delete-tenant`` on a stopped server's data folder, with more identities
     than one batch; the admin token still works afterwards."""
@@ -162,14 +167,14 @@ def test_cli_lists_tokens_and_deletes_a_tenant_in_batches(server: GatewayServer)
     api = server.client(token)
     ids = [api.create_identity(f"m{i}")["identity_id"] for i in range(55)]  # > one batch of 50
     server.stop()
-    listed = _cli(server.data_dir, "admin", "tokens", tenant, "--json")
+    listed = _cli(server, "admin", "tokens", tenant, "--json")
     assert listed.returncode == 0, listed.stderr
     tokens = json.loads(listed.stdout)["tokens"]
     assert len(tokens) == 1 and tokens[0]["revoked"] is False and token not in listed.stdout
-    done = _cli(server.data_dir, "admin", "delete-tenant", tenant)
+    done = _cli(server, "admin", "delete-tenant", tenant)
     assert done.returncode == 0, done.stderr
-    assert _rows_naming(server.data_dir / "gateway.sqlite3", {tenant, *ids}) == {}
-    again = _cli(server.data_dir, "admin", "delete-tenant", tenant)
+    assert _rows_naming(server, {tenant, *ids}) == {}
+    again = _cli(server, "admin", "delete-tenant", tenant)
     assert again.returncode == 1 and again.stderr.count("\n") == 1 and "Traceback" not in again.stderr
     server.start()
     assert server.admin.get("/v1/tenants").status == 200

@@ -1,0 +1,118 @@
+"""How the PostgreSQL store's transactions lock and become durable: the write lock, and the WAL flush taken
+*outside* it (issue 15, docs/architecture.md "PostgreSQL store").
+
+**The write lock.** Every write transaction takes one transaction-scoped advisory lock, :data:`WRITE_LOCK`,
+right after ``BEGIN`` — SQLite's ``BEGIN IMMEDIATE`` across every process (why the shared SQL needs
+serialised writers: :mod:`gateway.postgres_store`). ``COMMIT`` releases it.
+
+**Durability outside the lock** (the same contract as the SQLite store's :mod:`gateway.sqlite_durability`).
+With ``synchronous_commit = on`` a ``COMMIT`` waits for the WAL flush *while the lock is held*, so commits
+never share a flush and writes are bound by one ``fsync`` each. Instead a write transaction runs with
+``SET LOCAL synchronous_commit = off``: its ``COMMIT`` inserts the commit record, makes the transaction
+visible and releases the lock without waiting; then, before the transaction's block returns (before any
+request is answered with it), :data:`FLUSH` runs on the same connection — a tiny transaction that writes
+one WAL record and commits *synchronously*, so it returns once the WAL is flushed past its own commit
+record and hence past every earlier one, this write's included. Concurrent flushes share one ``fsync``
+(PostgreSQL's group commit: the backend holding ``WALWriteLock`` flushes everything inserted so far).
+
+Why :data:`FLUSH` writes a record: a transaction that only took an xid (``SELECT txid_current()``) writes
+no WAL before its commit record, and PostgreSQL commits such a transaction asynchronously
+(``RecordTransactionCommit``: no WAL written, nothing to flush) — measured, its commit does not move
+``pg_current_wal_flush_lsn()``. A transactional ``pg_logical_emit_message`` (executable by any role, a few
+bytes of WAL, ignored unless someone decodes logical messages with the prefix) does.
+
+**Readers.** Another process may *read* a commit between its ``COMMIT`` and its flush; a PostgreSQL crash
+(``kill -9``, ``pg_ctl stop -m immediate``) in that window loses it. A response built from such a read —
+a log entry, a mailbox item, a replayed response, a state — could show a device what the service then
+forgets (a fork). So every transaction waits for the durability of everything it could have seen before
+its block returns:
+
+* a read transaction notes ``pg_current_wal_insert_lsn()`` in the statement that takes its snapshot
+  (every commit visible in the snapshot inserted its commit record before it became visible, so before
+  that position), and at its end compares it with ``pg_current_wal_flush_lsn()``: only when the flush has
+  not passed it yet does it run :data:`FLUSH` (:func:`end_read`);
+* a write transaction's :data:`FLUSH` covers what it read (it is later in the WAL), and so does the one
+  run after a write transaction that ended in an application error (a conflict may report what it saw);
+* :meth:`gateway.postgres_store.PostgresStore.sync` runs :data:`FLUSH`.
+
+The guarantee: when a transaction's block has returned normally, every commit it wrote or read is flushed
+to the WAL on disk; a crash of PostgreSQL loses only commits nobody was answered with. Unflushed commits
+are a suffix of the WAL, so what a crash loses is a suffix of the commit order: cursors handed out in
+commit order stay gap-free, and a later write never survives without an earlier one it read. A failure
+after ``COMMIT`` but before the flush returned (connection loss) is :class:`gateway.store.StoreUnavailable`:
+the write may or may not persist, exactly as for a connection lost during a synchronous ``COMMIT``
+(clients retry with their Idempotency-Key).
+
+``flush_under_lock=True`` keeps the former mode (``synchronous_commit = on``: visible only once durable)
+— slower, equally safe (readers check all the same: another process may run the other mode);
+``benches.pg_writes`` measures both.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+#: The advisory lock key every write transaction holds (``pg_advisory_xact_lock``): "mlsgw" in ASCII.
+WRITE_LOCK = 0x6D6C736777
+
+#: A synchronous transaction that writes one WAL record: returns once the WAL is flushed past it.
+FLUSH = "SELECT pg_logical_emit_message(true, 'mlsgw-durable', '')"
+
+
+def lock_for_write(conn: psycopg.Connection[Any], timeout_s: float, *, flush_under_lock: bool) -> None:
+    """``BEGIN`` a write transaction and take :data:`WRITE_LOCK` (waiting at most ``timeout_s``), in one
+    round trip; unless ``flush_under_lock``, its ``COMMIT`` will not wait for the WAL flush."""
+    async_commit = "" if flush_under_lock else "SET LOCAL synchronous_commit = off; "
+    conn.execute(
+        f"BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL lock_timeout = {int(timeout_s * 1000)}; "
+        f"{async_commit}SELECT pg_advisory_xact_lock({WRITE_LOCK})"
+    )
+
+
+def commit_write(conn: psycopg.Connection[Any], *, flush_under_lock: bool) -> None:
+    """``COMMIT`` (which releases the lock), then return once the commit is durable: :data:`FLUSH` runs in
+    the same round trip, after ``COMMIT``, as its own synchronous transaction."""
+    conn.execute("COMMIT" if flush_under_lock else f"COMMIT; {FLUSH}")
+
+
+def flush(conn: psycopg.Connection[Any]) -> None:
+    """Return once every commit so far (of any process) is flushed to the WAL on disk."""
+    conn.execute(FLUSH)
+
+
+def begin_read(conn: psycopg.Connection[Any]) -> str:
+    """``BEGIN`` a read-only snapshot and return the WAL insert position it was taken at (a bound on every
+    commit it can see)."""
+    cur = conn.execute(
+        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SELECT pg_current_wal_insert_lsn()::text"
+    )
+    cur.nextset()
+    row = cur.fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def end_read(conn: psycopg.Connection[Any], seen: str) -> None:
+    """``COMMIT`` the read transaction begun at WAL position ``seen``, then return once the WAL is flushed
+    past it: at once when it already is (one round trip), else after :data:`FLUSH`. (Also with
+    ``flush_under_lock``, where it nearly always is: another process may run the other mode.)"""
+    cur = conn.execute(f"COMMIT; SELECT pg_current_wal_flush_lsn() >= '{_lsn(seen)}'::pg_lsn")
+    cur.nextset()
+    row = cur.fetchone()
+    if row is None or not row[0]:
+        flush(conn)
+
+
+def _lsn(text: str) -> str:
+    """``text`` if it is a WAL position as PostgreSQL prints one (``16/B374D848``), else ``ValueError``:
+    it is spliced into SQL."""
+    high, sep, low = text.partition("/")
+    int(high, 16), int(low, 16)
+    if not sep:
+        raise ValueError("not a WAL position")
+    return text
+
+
+__all__ = ["FLUSH", "WRITE_LOCK", "begin_read", "commit_write", "end_read", "flush", "lock_for_write"]

@@ -1,0 +1,115 @@
+"""``python -m benches.scale`` runs end to end at its smallest size (a throw-away PostgreSQL cluster, the
+real ``mls-gateway serve`` with 1 and 2 processes) and writes a JSON of the right shape with positive
+figures, and a PNG. No figure is gated on speed or on the scaling ratio (the machine is shared)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import struct
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("matplotlib")
+
+from benches import scale
+
+ROOT = Path(__file__).resolve().parents[1]
+TOP_LEVEL = ("messages_per_s_1_process", "messages_per_s_2_processes", "scaling_2_over_1")
+
+
+def positive(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value) and value > 0
+
+
+@pytest.mark.timeout(300)
+def test_scale_smallest_run(tmp_path: Path) -> None:
+    argv = [sys.executable, "-m", "benches.scale", "--quick", "--stores", "postgresql", "--groups", "1"]
+    argv += ["--duration", "1", "--commits", "1", "--out", str(tmp_path)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLSGW_")}
+    proc = subprocess.Popen(
+        argv,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=280)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"the smallest scale run did not end:\n{out[-2000:]}\n{err[-2000:]}")
+    assert proc.returncode == 0, f"{out[-2000:]}\n{err[-3000:]}"
+
+    data = json.loads((tmp_path / "scale.json").read_text())
+    assert list(data)[: len(TOP_LEVEL)] == list(TOP_LEVEL)
+    for key in (*TOP_LEVEL, "generator_cpu_share"):
+        assert positive(data[key]), (key, data[key])
+    assert data["scaling_2_over_1"] == pytest.approx(
+        data["messages_per_s_2_processes"] / data["messages_per_s_1_process"], rel=0.01
+    )
+    assert "sqlite_scaling_2_over_1" not in data  # not asked for
+    runs = data["runs"]
+    assert [(r["store"], r["processes"]) for r in runs] == [("postgresql", 1), ("postgresql", 2)]
+    for r in runs:
+        check_run(r)
+    assert runs[1]["how"] == "`mls-gateway serve --workers 2`"
+
+    png = (tmp_path / "scale.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    width, height = struct.unpack(">II", png[16:24])
+    assert width >= 1000 and height >= 600
+    assert "2 processes / 1 process" in out and "postgresql" in out
+    assert "postgresql ×1: ready in" in err and "postgresql ×2: ready in" in err  # progress
+
+
+def check_run(run: dict[str, Any]) -> None:
+    """One configuration's figures: counted, positive, and consistent with one another."""
+    assert run["messages"] > 0 and positive(run["messages_per_s"])
+    assert run["messages_per_s"] == pytest.approx(run["messages"] / run["elapsed_s"], rel=0.01)
+    assert run["p50_ms"] <= run["p99_ms"]
+    message, commit = run["per_message"], run["per_commit"]
+    assert message["count"] == run["messages"] and commit["count"] == 1  # one group, one commit
+    for block in (message, commit):
+        for key in (
+            "gateway_cpu_s",
+            "gateway_cpu_ms_per_op",
+            "postgres_cpu_ms_per_op",
+            "hsm_operations_per_op",
+        ):
+            assert positive(block[key]), (key, block)
+        db = block["database_per_op"]
+        for key in ("statements", "write_transactions", "transactions", "rows_written", "wal_bytes"):
+            assert positive(db[key]), (key, db)
+        assert db["statements"] >= db["transactions"] >= db["write_transactions"]
+    # One signature per protected application message (the gateway's own count), none otherwise.
+    assert message["hsm_operations"] == {"sign/pkcs11/ok": message["count"]}
+    # A path-updating commit signs (the commit, the leaf node, the GroupInfo) and makes a leaf key.
+    assert commit["hsm_operations_per_op_by_kind"]["sign/pkcs11/ok"] >= 1
+    assert commit["hsm_operations_per_op_by_kind"]["generate/pkcs11/ok"] >= 1
+
+
+def test_arguments_are_checked() -> None:
+    for bad in (
+        ["--stores", "mysql"],
+        ["--stores", ""],
+        ["--groups", "0"],
+        ["--duration", "0"],
+        ["--commits", "-1"],
+    ):
+        with pytest.raises(SystemExit):
+            scale.main(bad)
+
+
+def test_process_tree_cpu_counts_this_process() -> None:
+    assert os.getpid() in scale.process_tree(os.getpid())
+    assert scale.tree_cpu_s(os.getpid()) > 0
