@@ -311,19 +311,22 @@ class Ledger:
             self.commits.append(c)
 
 
-def read_box(fleet: Fleet, m: Member, wait: float) -> int:
-    """One page of the member's mailbox / inbox after its cursor, taken and acked; returns its size."""
+def read_box(fleet: Fleet, m: Member, wait: float, before: int | None = None) -> int:
+    """One page of the member's mailbox / inbox after its cursor, taken and acked (with ``before``: only
+    its items of a lower ``seq``); returns how many were taken."""
     query = {"wait": str(int(wait)), "limit": "100"}
     if m.cursor is not None:
         query["after"] = str(m.cursor)
     body = fleet.request(m.token, "GET", f"{m.box}?{urllib.parse.urlencode(query)}", ok=(200,)).body
     items: list[dict[str, Any]] = body["events" if m.kind == "hosted" else "items"]
+    if before is not None:
+        items = list(itertools.takewhile(lambda i: int(i["seq"]) < before, items))
     for item in items:
         if unb64(item["group_id"]) == m.group_id:
             (take_event if m.kind == "hosted" else take_item)(m, item)
     if items:
         fleet.request(m.token, "POST", f"{m.box}/ack", {"up_to": items[-1]["cursor"]}, ok=(204,))
-    nxt = body.get("next_cursor")
+    nxt = body.get("next_cursor") if before is None else None
     m.cursor = nxt if nxt is not None else (items[-1]["cursor"] if items else m.cursor)
     return len(items)
 
@@ -440,7 +443,13 @@ def device_commit(fleet: Fleet, ledger: Ledger, m: Member, idem: str) -> None:
     path = f"/v1/groups/{segment(m.group_id)}/commit-bundles"
     r = fleet.request(m.token, "POST", path, body, ok=(201, 409), idem=idem)
     if r.status == 201:
+        # The log's entries before ours are taken at the old epoch first (in log order): merging at once
+        # would leave a late message of an old epoch behind the epochs this device keeps.
+        seq = int(r["seq"])
+        while read_box(fleet, m, 0, before=seq):
+            pass
         m.state.merge_pending_commit()
+        m.applied_seq = max(m.applied_seq, seq)
         ledger.commit(Committed(m.group, m.name, int(r["epoch"]), staged.commit))
         return
     m.state.discard_pending_commit()
