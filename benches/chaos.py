@@ -402,9 +402,13 @@ def act(fleet: Fleet, ledger: Ledger, m: Member, rng: random.Random) -> None:
     else:
         assert m.state is not None
         body = {"message": b64(m.state.protect(payload))}
+        # 409: made at an epoch the log no longer accepts (it moved on while this request was retried
+        # through a kill) — refused, nothing appended (api-delivery.md "Status codes"): not acknowledged.
         r = fleet.request(
-            m.token, "POST", f"/v1/groups/{segment(m.group_id)}/messages", body, ok=(201,), idem=idem
+            m.token, "POST", f"/v1/groups/{segment(m.group_id)}/messages", body, ok=(201, 409), idem=idem
         )
+        if r.status == 409:
+            fleet.count("device_send_stale_epoch_409")
     if r.status in (200, 201):
         ledger.send(Sent(m.group, m.name, payload))
 
