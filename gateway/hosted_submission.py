@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from mls import StagedCommit, inspect_message, state_view, welcome_key_package_refs
 
-from .delivery_store import LogPosition, message_digest
+from .delivery_store import LogConflict, LogPosition, message_digest
 from .errors import stale_epoch
 from .group_log import Appended, GroupLog, PreparedBundle, PreparedMessage
 from .group_session import GroupSession
@@ -128,12 +128,21 @@ class HostedSubmission:
         self, session: GroupSession, append: Callable[[Transaction], Appended], count: int = 1
     ) -> None:
         """Join the append to the session's transaction; the state records the seq it will have (the
-        member took every entry before it, :meth:`prepare`)."""
+        member took every entry before it, :meth:`prepare`). The append must land right after those
+        entries: when another append (another process's) came in between, the transaction rolls back with
+        :class:`gateway.delivery_store.LogConflict` and the operation runs again on the new head — else the
+        state would record as applied an entry the member never took (a commit skipped: a fork; a message:
+        lost). A repeated submission (nothing appended) is left as it was."""
+        caught_up = session.applied_seq
         session.applied_seq += count
+        expected = session.applied_seq
         done: list[Appended] = []
 
         def write(tx: Transaction) -> None:
-            done.append(append(tx))
+            appended = append(tx)
+            if appended.kinds and appended.seq != expected:
+                raise LogConflict(f"the group's log moved past seq {caught_up} before this append")
+            done.append(appended)
 
         session.pending.writes.append(write)
         session.after_commit.append(lambda: [self.after_append(a) for a in done])
