@@ -25,6 +25,7 @@ import pytest
 from tests.interop.ts_mls_peer import INTEROP_DIR, TsMlsPeer
 from tests.postgres_cluster import PostgresCluster, fresh_database
 
+from ..gateway_fuzz.harness import Gateway, make_gateway, restore_softhsm_conf, stop_gateway
 from .gwclient import GatewayServer
 from .stores import STORES
 
@@ -136,3 +137,15 @@ def ts_mls_peer() -> Iterator[TsMlsPeer]:
     peer = TsMlsPeer()
     yield peer
     peer.close()
+
+
+@pytest.fixture(scope="module")
+def in_process() -> Iterator[Gateway]:
+    """The gateway's app in this process, one per module (its store, caches and metrics are observable)."""
+    gateway, previous_conf, tmp = make_gateway()
+    try:
+        yield gateway
+    finally:
+        stop_gateway(gateway)
+        tmp.cleanup()
+        restore_softhsm_conf(previous_conf)

@@ -19,7 +19,6 @@ import base64
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -33,7 +32,7 @@ from gateway.sqlite_store import SqliteStore
 from gateway.store import GroupRecord, Identity, Tenant
 from mls import Group, GroupState, MemoryPskStore
 
-from ..gateway_fuzz.harness import Gateway, b64url, make_gateway, restore_softhsm_conf, stop_gateway
+from ..gateway_fuzz.harness import Gateway, b64url
 
 #: full_state_every of the test: small, so a test sends few messages.
 EVERY = 4
@@ -182,17 +181,6 @@ def test_full_state_every_is_a_setting_of_at_least_1(tmp_path: Path) -> None:
     config.write_text(f'[gateway]\ndata_dir = "{tmp_path}"\nfull_state_every = 0\n')
     with pytest.raises(ConfigError, match="full_state_every"):
         load_config(config)
-
-
-@pytest.fixture(scope="module")
-def in_process() -> Iterator[Gateway]:
-    gateway, previous_conf, tmp = make_gateway()
-    try:
-        yield gateway
-    finally:
-        stop_gateway(gateway)
-        tmp.cleanup()
-        restore_softhsm_conf(previous_conf)
 
 
 def _sealed_state(database: Path, identity_id: str) -> bytes:

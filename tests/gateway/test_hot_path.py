@@ -24,7 +24,6 @@ import copy
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -34,7 +33,7 @@ from gateway.sqlite_durability import WalSync
 from gateway.sqlite_store import SqliteStore, SqliteTransaction
 from gateway.store import EpochConflict, GroupRecord, Identity, StoreUnavailable, Tenant
 
-from ..gateway_fuzz.harness import Gateway, b64url, make_gateway, restore_softhsm_conf, stop_gateway
+from ..gateway_fuzz.harness import Gateway, b64url
 from .gwclient import Client, GatewayServer, Hosted, b64, free_port, unb64
 
 #: Deadlock guard of one wait (seconds); nothing asserts on elapsed time.
@@ -278,17 +277,6 @@ def test_kill_9_after_the_answers_loses_no_acknowledged_send(gateway: GatewaySer
 
 
 # ---- a failed request, in process (the state cache is observable) -----------------------------------------
-
-
-@pytest.fixture(scope="module")
-def in_process() -> Iterator[Gateway]:
-    gateway, previous_conf, tmp = make_gateway()
-    try:
-        yield gateway
-    finally:
-        stop_gateway(gateway)
-        tmp.cleanup()
-        restore_softhsm_conf(previous_conf)
 
 
 def test_a_failed_write_leaves_no_advanced_state_in_the_cache(

@@ -20,16 +20,13 @@ import asyncio
 import base64
 import sys
 from collections import Counter
-from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from gateway.sqlite_store import SqliteStore
 
-from ..gateway_fuzz.harness import Gateway, b64url, make_gateway, restore_softhsm_conf, stop_gateway
+from ..gateway_fuzz.harness import Gateway, b64url
 
 #: What one message may take: (reads, writes) of the send and of the process request.
 SEND = (2, 1)
@@ -78,17 +75,6 @@ class CountingStore:
 
     def uninstall(self) -> None:
         del self._store.read_transaction, self._store.transaction  # type: ignore[attr-defined]
-
-
-@pytest.fixture(scope="module")
-def in_process() -> Iterator[Gateway]:
-    gateway, previous_conf, tmp = make_gateway()
-    try:
-        yield gateway
-    finally:
-        stop_gateway(gateway)
-        tmp.cleanup()
-        restore_softhsm_conf(previous_conf)
 
 
 def _stop_hosted_worker(gw: Gateway) -> None:
