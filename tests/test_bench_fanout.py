@@ -5,11 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,8 +13,8 @@ import pytest
 pytest.importorskip("matplotlib")
 
 from benches import fanout
+from tests.bench_runs import run_bench
 
-ROOT = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SIZES = (2, 5)
 MESSAGES = 6
@@ -28,9 +24,6 @@ PER_SIZE = ("members", "deliveries_per_s", "p50_delivery_ms", "p99_delivery_ms",
 @pytest.mark.timeout(120)  # a hard bound even on a loaded machine; the run itself takes a few seconds
 def test_fanout_tiny_run(tmp_path: Path) -> None:
     argv = [
-        sys.executable,
-        "-m",
-        "benches.fanout",
         "--sizes",
         ",".join(map(str, SIZES)),
         "--messages",
@@ -42,24 +35,7 @@ def test_fanout_tiny_run(tmp_path: Path) -> None:
         "--out",
         str(tmp_path),
     ]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLSGW_")}
-    # A session of its own, so that a timeout can stop the benchmark *and* the server it started.
-    proc = subprocess.Popen(
-        argv,
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        out, err = proc.communicate(timeout=90)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"the tiny fan-out run took over 90 s:\n{out[-2000:]}\n{err[-2000:]}")
-    assert proc.returncode == 0, f"{out[-2000:]}\n{err[-3000:]}"
+    out, err = run_bench("benches.fanout", argv, timeout=90, what="the tiny fan-out run")
 
     data = json.loads((tmp_path / "fanout.json").read_text())
     assert data["benchmark"] == "fanout" and data["sizes"] == list(SIZES)

@@ -4,10 +4,6 @@ consistent JSON report and a PNG chart. No time is asserted on: only the report'
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,8 +11,8 @@ import pytest
 pytest.importorskip("matplotlib")
 
 from benches import large_group_load
+from tests.bench_runs import run_bench
 
-ROOT = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SIZES = (2, 5)
 MESSAGES = 3
@@ -27,9 +23,6 @@ GUARD_S = 240
 @pytest.mark.timeout(GUARD_S + 30)
 def test_large_group_load_tiny_run(tmp_path: Path) -> None:
     argv = [
-        sys.executable,
-        "-m",
-        "benches.large_group_load",
         "--sizes",
         ",".join(map(str, SIZES)),
         "--messages",
@@ -39,24 +32,7 @@ def test_large_group_load_tiny_run(tmp_path: Path) -> None:
         "--out",
         str(tmp_path),
     ]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLSGW_")}
-    # A session of its own, so that a timeout can stop the benchmark *and* the server it started.
-    proc = subprocess.Popen(
-        argv,
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        out, err = proc.communicate(timeout=GUARD_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"the tiny run did not finish:\n{out[-2000:]}\n{err[-2000:]}")
-    assert proc.returncode == 0, f"{out[-2000:]}\n{err[-3000:]}"
+    out, _ = run_bench("benches.large_group_load", argv, timeout=GUARD_S, what="the tiny run")
 
     report = json.loads((tmp_path / "large_group_load.json").read_text())
     assert report["benchmark"] == "large_group_load"

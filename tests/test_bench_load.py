@@ -5,10 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
 import struct
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +14,9 @@ import pytest
 pytest.importorskip("matplotlib")
 
 from benches import load
+from tests.bench_runs import run_bench
 from tests.gateway.gwclient import GatewayServer
 
-ROOT = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TOP_LEVEL = ("messages_per_s", "p50_ms", "p99_ms", "raw_sign_ops_per_s", "fraction_of_hsm")
 NEW_TOP_LEVEL = (
@@ -34,9 +31,6 @@ SWEEP = (2, 3)
 @pytest.mark.timeout(240)  # a hard bound even on a loaded machine; the run itself takes ~20 s
 def test_load_tiny_run(tmp_path: Path) -> None:
     argv = [
-        sys.executable,
-        "-m",
-        "benches.load",
         "--groups",
         "2",
         "--duration",
@@ -54,24 +48,7 @@ def test_load_tiny_run(tmp_path: Path) -> None:
         "--out",
         str(tmp_path),
     ]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLSGW_")}
-    # A session of its own, so that a timeout can stop the benchmark *and* the server it started.
-    proc = subprocess.Popen(
-        argv,
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        out, err = proc.communicate(timeout=200)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"the tiny load run did not end:\n{out[-2000:]}\n{err[-2000:]}")
-    assert proc.returncode == 0, f"{out[-2000:]}\n{err[-3000:]}"
+    out, err = run_bench("benches.load", argv, timeout=200, what="the tiny load run")
 
     data = json.loads((tmp_path / "load.json").read_text())
     assert list(data)[: len(TOP_LEVEL)] == list(TOP_LEVEL)
@@ -153,23 +130,7 @@ def check_sweep(data: dict[str, Any]) -> None:
 
 def _run_remote(argv: list[str], env: dict[str, str]) -> tuple[str, str]:
     """``python -m benches.load --url …`` to its end (bounded against hanging, never a speed gate)."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "benches.load", *argv],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        out, err = proc.communicate(timeout=90)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"the remote load run did not end:\n{out[-2000:]}\n{err[-2000:]}")
-    assert proc.returncode == 0, f"{out[-2000:]}\n{err[-3000:]}"
-    return out, err
+    return run_bench("benches.load", argv, timeout=90, what="the remote load run", env=env)
 
 
 def check_remote_report(data: dict[str, Any], url: str, token_kind: str, groups: int) -> None:

@@ -7,10 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
 import struct
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +16,8 @@ import pytest
 pytest.importorskip("matplotlib")
 
 from benches import scale
+from tests.bench_runs import run_bench
 
-ROOT = Path(__file__).resolve().parents[1]
 TOP_LEVEL = ("messages_per_s_1_process", "messages_per_s_2_processes", "scaling_2_over_1")
 
 
@@ -30,30 +27,15 @@ def positive(value: Any) -> bool:
 
 @pytest.mark.timeout(300)
 def test_scale_smallest_run(tmp_path: Path) -> None:
-    argv = [sys.executable, "-m", "benches.scale", "--quick", "--stores", "postgresql", "--groups", "1"]
+    argv = ["--quick", "--stores", "postgresql", "--groups", "1"]
     argv += ["--duration", "1", "--commits", "1", "--out", str(tmp_path)]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLSGW_")}
-    proc = subprocess.Popen(
-        argv,
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        out, err = proc.communicate(timeout=280)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"the smallest scale run did not end:\n{out[-2000:]}\n{err[-2000:]}")
-    assert proc.returncode == 0, f"{out[-2000:]}\n{err[-3000:]}"
+    out, err = run_bench("benches.scale", argv, timeout=280, what="the smallest scale run")
 
     data = json.loads((tmp_path / "scale.json").read_text())
     assert list(data)[: len(TOP_LEVEL)] == list(TOP_LEVEL)
-    for key in (*TOP_LEVEL, "generator_cpu_share"):
+    for key in TOP_LEVEL:
         assert positive(data[key]), (key, data[key])
+    assert 0 <= data["generator_cpu_share"] <= 1  # CPU ticks: a tiny run may see none of the generator
     assert data["scaling_2_over_1"] == pytest.approx(
         data["messages_per_s_2_processes"] / data["messages_per_s_1_process"], rel=0.01
     )
@@ -80,13 +62,11 @@ def check_run(run: dict[str, Any]) -> None:
     message, commit = run["per_message"], run["per_commit"]
     assert message["count"] == run["messages"] and commit["count"] == 1  # one group, one commit
     for block in (message, commit):
-        for key in (
-            "gateway_cpu_s",
-            "gateway_cpu_ms_per_op",
-            "postgres_cpu_ms_per_op",
-            "hsm_operations_per_op",
-        ):
-            assert positive(block[key]), (key, block)
+        assert positive(block["hsm_operations_per_op"]), block
+        # CPU time from /proc advances in clock ticks (10 ms): one commit, or a second of messages on a
+        # loaded machine, may see no tick of a process. Never negative, never not a number.
+        for key in ("gateway_cpu_s", "gateway_cpu_ms_per_op", "postgres_cpu_ms_per_op"):
+            assert math.isfinite(block[key]) and block[key] >= 0, (key, block)
         db = block["database_per_op"]
         for key in ("statements", "write_transactions", "transactions", "rows_written", "wal_bytes"):
             assert positive(db[key]), (key, db)
