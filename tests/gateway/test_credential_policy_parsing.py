@@ -18,7 +18,6 @@ from hypothesis import strategies as st
 
 from gateway.credential_policy import (
     CredentialPolicies,
-    CredentialPolicy,
     CredentialRejected,
     PolicyCredentialValidator,
     PolicyError,
@@ -309,8 +308,8 @@ def test_a_policy_read_before_a_change_is_not_cached(tmp_path: Path) -> None:
     class Racing(CredentialPolicies):
         raced = False
 
-        def get(self, tenant_id: str) -> CredentialPolicy | None:
-            found = super().get(tenant_id)
+        def _stored(self, tenant_id: str) -> str | None:
+            found = super()._stored(tenant_id)
             if not self.raced:  # another request sets a policy between this read and the caching
                 self.raced = True
                 self.put(tenant_id, parse_policy(policy_doc()))
