@@ -32,7 +32,7 @@ from gateway.sqlite_store import SqliteStore
 from gateway.store import GroupRecord, Identity, Tenant
 from mls import Group, GroupState, MemoryPskStore
 
-from ..gateway_fuzz.harness import Gateway, b64url
+from ..gateway_fuzz.harness import Gateway, two_member_group
 
 #: full_state_every of the test: small, so a test sends few messages.
 EVERY = 4
@@ -211,13 +211,9 @@ def _decrypts(gw: Gateway, identity_id: str, group_id: bytes, sealed: bytes, mes
 def test_after_n_plus_1_messages_the_first_key_is_gone_from_disk(in_process: Gateway) -> None:
     gw = in_process
     gw.runtime.service.identities.sessions.full_state_every = EVERY  # [gateway] full_state_every
-    carol, dave = (gw.ok("POST", "/v1/identities", {"name": n})["identity_id"] for n in ("carol", "dave"))
-    kp = gw.ok("POST", f"/v1/identities/{dave}/key-packages", {})["key_packages"][0]["key_package"]
-    gid = base64.b64decode(gw.ok("POST", f"/v1/identities/{carol}/groups", {})["group_id"])
-    sender = f"/v1/identities/{carol}/groups/{b64url(gid)}"
-    receiver = f"/v1/identities/{dave}/groups/{b64url(gid)}"
-    welcome = gw.ok("POST", sender + "/commits", {"add": [kp]})["welcome"]
-    gw.ok("POST", f"/v1/identities/{dave}/groups/join", {"welcome": welcome}, expect=201)
+    pair = two_member_group(gw)
+    carol, dave, gid = pair.first, pair.second, pair.group_id
+    sender, receiver = pair.first_path, pair.second_path
     before = {i: _sealed_state(gw.database, i) for i in (carol, dave)}
 
     def message(n: int) -> bytes:

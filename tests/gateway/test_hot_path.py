@@ -19,7 +19,6 @@
 
 from __future__ import annotations
 
-import base64
 import copy
 import sqlite3
 import threading
@@ -33,7 +32,7 @@ from gateway.sqlite_durability import WalSync
 from gateway.sqlite_store import SqliteStore, SqliteTransaction
 from gateway.store import EpochConflict, GroupRecord, Identity, StoreUnavailable, Tenant
 
-from ..gateway_fuzz.harness import Gateway, b64url
+from ..gateway_fuzz.harness import Gateway, two_member_group
 from .gwclient import Client, GatewayServer, Hosted, b64, free_port, unb64
 
 #: Deadlock guard of one wait (seconds); nothing asserts on elapsed time.
@@ -284,13 +283,9 @@ def test_a_failed_write_leaves_no_advanced_state_in_the_cache(
 ) -> None:
     gw = in_process
     sessions = gw.runtime.service.identities.sessions
-    carol, dave = (gw.ok("POST", "/v1/identities", {"name": n})["identity_id"] for n in ("carol", "dave"))
-    kp = gw.ok("POST", f"/v1/identities/{dave}/key-packages", {})["key_packages"][0]["key_package"]
-    gid = base64.b64decode(gw.ok("POST", f"/v1/identities/{carol}/groups", {})["group_id"])
-    alice = f"/v1/identities/{carol}/groups/{b64url(gid)}"
-    bob = f"/v1/identities/{dave}/groups/{b64url(gid)}"
-    welcome = gw.ok("POST", alice + "/commits", {"add": [kp]})["welcome"]
-    gw.ok("POST", f"/v1/identities/{dave}/groups/join", {"welcome": welcome}, expect=201)
+    pair = two_member_group(gw)
+    carol, gid = pair.first, pair.group_id
+    alice, bob = pair.first_path, pair.second_path
 
     def send(data: bytes) -> str:
         return str(gw.ok("POST", alice + "/messages", {"data": b64(data)})["message"])
@@ -338,13 +333,9 @@ def test_a_cache_entry_carries_the_ratchet_bytes_and_snapshot_of_its_state(in_pr
     ``/process`` answered from the log and a commit (which writes the full state and carries none)."""
     gw = in_process
     sessions = gw.runtime.service.identities.sessions
-    carol, dave = (gw.ok("POST", "/v1/identities", {"name": n})["identity_id"] for n in ("carol", "dave"))
-    kp = gw.ok("POST", f"/v1/identities/{dave}/key-packages", {})["key_packages"][0]["key_package"]
-    gid = base64.b64decode(gw.ok("POST", f"/v1/identities/{carol}/groups", {})["group_id"])
-    alice = f"/v1/identities/{carol}/groups/{b64url(gid)}"
-    bob = f"/v1/identities/{dave}/groups/{b64url(gid)}"
-    welcome = gw.ok("POST", alice + "/commits", {"add": [kp]})["welcome"]
-    gw.ok("POST", f"/v1/identities/{dave}/groups/join", {"welcome": welcome}, expect=201)
+    pair = two_member_group(gw)
+    carol, dave, gid = pair.first, pair.second, pair.group_id
+    alice, bob = pair.first_path, pair.second_path
 
     def entry_matches(identity_id: str) -> bool | None:
         """Whether the entry's carried values are its state's (``None``: it carries none)."""

@@ -26,7 +26,7 @@ from typing import Any
 
 from gateway.sqlite_store import SqliteStore
 
-from ..gateway_fuzz.harness import Gateway, b64url
+from ..gateway_fuzz.harness import Gateway, two_member_group
 
 #: What one message may take: (reads, writes) of the send and of the process request.
 SEND = (2, 1)
@@ -87,13 +87,8 @@ def _stop_hosted_worker(gw: Gateway) -> None:
 def test_one_message_takes_few_transactions(in_process: Gateway) -> None:
     gw = in_process
     _stop_hosted_worker(gw)
-    carol, dave = (gw.ok("POST", "/v1/identities", {"name": n})["identity_id"] for n in ("carol", "dave"))
-    kp = gw.ok("POST", f"/v1/identities/{dave}/key-packages", {})["key_packages"][0]["key_package"]
-    gid = base64.b64decode(gw.ok("POST", f"/v1/identities/{carol}/groups", {})["group_id"])
-    sender = f"/v1/identities/{carol}/groups/{b64url(gid)}"
-    receiver = f"/v1/identities/{dave}/groups/{b64url(gid)}"
-    welcome = gw.ok("POST", sender + "/commits", {"add": [kp]})["welcome"]
-    gw.ok("POST", f"/v1/identities/{dave}/groups/join", {"welcome": welcome}, expect=201)
+    pair = two_member_group(gw)
+    sender, receiver = pair.first_path, pair.second_path
     counting = CountingStore(gw.runtime.store)
     try:
         for _ in range(3):  # warm: states cached, data keys unwrapped

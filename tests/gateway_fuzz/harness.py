@@ -408,6 +408,28 @@ def device_client() -> Any:
     return Client(SoftwareKeyStore(), 1, Credential.basic(b"fuzz-phone"))
 
 
+@dataclass(frozen=True)
+class Pair:
+    """Two hosted identities in one group (the first added the second): ids, group id, membership paths."""
+
+    first: str
+    second: str
+    group_id: bytes
+    first_path: str
+    second_path: str
+
+
+def two_member_group(gw: Gateway) -> Pair:
+    """``carol`` creates a group and adds ``dave``, who joins from the Welcome."""
+    carol, dave = (gw.ok("POST", "/v1/identities", {"name": n})["identity_id"] for n in ("carol", "dave"))
+    kp = gw.ok("POST", f"/v1/identities/{dave}/key-packages", {})["key_packages"][0]["key_package"]
+    gid = base64.b64decode(gw.ok("POST", f"/v1/identities/{carol}/groups", {})["group_id"])
+    first = f"/v1/identities/{carol}/groups/{b64url(gid)}"
+    welcome = gw.ok("POST", first + "/commits", {"add": [kp]})["welcome"]
+    gw.ok("POST", f"/v1/identities/{dave}/groups/join", {"welcome": welcome}, expect=201)
+    return Pair(carol, dave, gid, first, f"/v1/identities/{dave}/groups/{b64url(gid)}")
+
+
 def make_gateway() -> tuple[Gateway, str | None, tempfile.TemporaryDirectory[str]]:
     """A started gateway, the SOFTHSM2_CONF to restore afterwards, and its temporary directory."""
     previous = os.environ.get("SOFTHSM2_CONF")
