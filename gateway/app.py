@@ -49,7 +49,7 @@ from .retention import retention_task
 from .sealed_keys import SealedKeyPersistence, WrappedKeyRows
 from .service import GatewayService
 from .state_cache import StateCache
-from .store import StoreUnavailable
+from .store import StoreFault, StoreUnavailable
 from .store_factory import open_store
 from .webhook_delivery import webhook_delivery
 
@@ -87,6 +87,8 @@ def _as_problem(exc: BaseException) -> Problem:
         return Problem("method_not_allowed", "this method is not allowed on this path")
     if isinstance(exc, web.HTTPNotFound):
         return Problem("not_found", "no such path")
+    if isinstance(exc, StoreFault):  # retrying will not help: a defect, logged with the request id
+        return Problem("internal_error", "internal error (see the server log for this request id)")
     if isinstance(exc, StoreUnavailable):
         return Problem("store_unavailable", "the store is unavailable; retry later", retry_after=5)
     if isinstance(exc, web.HTTPException):

@@ -47,12 +47,22 @@ from .postgres_durability import (
 from .postgres_sql import PgConnection
 from .schema_migrations import prepare
 from .sqlite_store import SqliteTransaction
-from .store import StoreUnavailable
+from .store import StoreFault, StoreUnavailable
 
 
 def _unavailable(what: str, e: BaseException) -> StoreUnavailable:
     # The class only: a server message may quote parameters (sealed bytes, identifiers).
     return StoreUnavailable(f"{what}: {type(e).__name__}")
+
+
+def _statement_error(what: str, e: psycopg.Error) -> StoreUnavailable:
+    """What a failed statement is: :class:`StoreUnavailable` when the server could not do it *now*
+    (psycopg's ``OperationalError``: connection lost, lock or statement timeout, serialisation failure,
+    deadlock, shutdown, resources — SQLSTATE classes 08, 40, 53, 55, 57, 58), else :class:`StoreFault` (a
+    constraint, a malformed statement, a write in a read-only transaction: retrying will not help)."""
+    if isinstance(e, psycopg.OperationalError):
+        return _unavailable(what, e)
+    return StoreFault(f"{what}: {type(e).__name__} (SQLSTATE {e.sqlstate})")
 
 
 class PostgresStore:
@@ -124,7 +134,7 @@ class PostgresStore:
                 yield SqliteTransaction(cast("Any", adapter))
             except psycopg.Error as e:
                 _rollback(conn)
-                raise _unavailable("database error", e) from None
+                raise _statement_error("database error", e) from None
             except BaseException:
                 _rollback(conn)
                 if write:  # what it raises (a conflict) may tell what it read: durable first
@@ -140,7 +150,7 @@ class PostgresStore:
                     end_read(conn, seen)
             except psycopg.Error as e:
                 _rollback(conn)
-                raise _unavailable("commit failed", e) from None
+                raise _statement_error("commit failed", e) from None
 
     @staticmethod
     def _flush(conn: psycopg.Connection[Any]) -> None:
@@ -164,7 +174,7 @@ class PostgresStore:
             try:
                 yield SqliteTransaction(cast("Any", outer))
             except psycopg.Error as e:
-                raise _unavailable("database error", e) from None
+                raise _statement_error("database error", e) from None
             return
         with self._transaction(write=False) as tx:
             yield tx

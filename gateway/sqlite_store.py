@@ -41,10 +41,26 @@ from .store import (
     IdempotentResponse,
     Identity,
     KeyPackageRecord,
+    StoreFault,
     StoreUnavailable,
     Tenant,
     TokenRecord,
 )
+
+#: SQLite's primary result codes for "not now": BUSY, LOCKED, NOMEM, INTERRUPT, IOERR, FULL, CANTOPEN,
+#: PROTOCOL. Every other failed statement (CONSTRAINT, READONLY — a write in a read transaction —, ERROR,
+#: MISMATCH, CORRUPT, …) is a :class:`StoreFault`: retrying will not help.
+_TRANSIENT_CODES = frozenset({5, 6, 7, 9, 10, 13, 14, 15})
+
+
+def _statement_error(what: str, e: sqlite3.Error) -> StoreUnavailable:
+    """:class:`StoreUnavailable` for a statement SQLite could not run now, else :class:`StoreFault`."""
+    code = getattr(e, "sqlite_errorcode", None)
+    if code is None and isinstance(e, sqlite3.OperationalError):
+        return StoreUnavailable(f"{what}: {e}")
+    if code is not None and code & 0xFF in _TRANSIENT_CODES:
+        return StoreUnavailable(f"{what}: {e}")
+    return StoreFault(f"{what}: {type(e).__name__} ({getattr(e, 'sqlite_errorname', 'no SQLite code')})")
 
 
 def _identity(row: sqlite3.Row) -> Identity:
@@ -396,7 +412,7 @@ class SqliteStore:
             try:
                 yield SqliteTransaction(conn)
             except sqlite3.Error as e:
-                raise StoreUnavailable(f"database error: {e}") from None
+                raise _statement_error("database error", e) from None
             return
         with self._transaction(conn, "BEGIN DEFERRED", _commit) as tx:
             yield tx
@@ -413,7 +429,7 @@ class SqliteStore:
             yield SqliteTransaction(conn)
         except sqlite3.Error as e:
             conn.execute("ROLLBACK")
-            raise StoreUnavailable(f"database error: {e}") from None
+            raise _statement_error("database error", e) from None
         except BaseException:
             conn.execute("ROLLBACK")
             raise
@@ -421,7 +437,7 @@ class SqliteStore:
             commit(conn)
         except sqlite3.Error as e:
             conn.execute("ROLLBACK")
-            raise StoreUnavailable(f"commit failed: {e}") from None
+            raise _statement_error("commit failed", e) from None
 
     def write_probe(self, timeout_s: float) -> str | None:
         """``None`` if the write lock can be taken within ``timeout_s`` (``BEGIN IMMEDIATE``, then

@@ -39,7 +39,17 @@ from .sqlite_webhooks import WebhookTransaction
 
 
 class StoreUnavailable(Exception):
-    """The database cannot be reached or written (disk full, locked too long, I/O error)."""
+    """The database cannot be reached or written (disk full, locked too long, I/O error): HTTP 503 with
+    Retry-After, and background tasks try again later."""
+
+
+class StoreFault(StoreUnavailable):
+    """The database refused a statement for a reason that retrying will not change — a constraint, a
+    malformed statement or value, a write in a read-only transaction: a defect (or tampering), never the
+    client's to retry. The HTTP API answers 500 ``internal_error`` (logged), not 503. It is a
+    :class:`StoreUnavailable` for every caller that only needs "the store did not do it" (the transaction
+    rolled back; background tasks log it and try again later). Its text names the error class, never the
+    database's message (which may quote the statement's values)."""
 
 
 class EpochConflict(Exception):

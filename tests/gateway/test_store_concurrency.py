@@ -14,7 +14,7 @@ from gateway.audit_trail import export_lines
 from gateway.delivery_store import LogConflict, LogEntry, LogHead
 from gateway.postgres_store import PostgresStore
 from gateway.sqlite_store import SqliteTransaction
-from gateway.store import EpochConflict, IdempotentResponse, StoreUnavailable
+from gateway.store import EpochConflict, IdempotentResponse, StoreFault, StoreUnavailable
 from tests.postgres_cluster import PostgresCluster
 
 from .test_store_contract import G, audit_record, group, seed
@@ -202,8 +202,9 @@ def test_connection_loss_is_store_unavailable_and_recovers(
         postgres_cluster.kill()
         try:
             for attempt in (store.transaction, store.read_transaction):
-                with pytest.raises(StoreUnavailable), attempt() as tx:
+                with pytest.raises(StoreUnavailable) as lost, attempt() as tx:
                     tx.get_tenant("ten_1")
+                assert not isinstance(lost.value, StoreFault)  # 503 "retry later", not a defect
             with pytest.raises(StoreUnavailable):
                 store.ping()
             assert store.write_probe(0.5) is not None

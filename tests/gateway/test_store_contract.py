@@ -27,6 +27,7 @@ from gateway.store import (
     IdempotentResponse,
     Identity,
     KeyPackageRecord,
+    StoreFault,
     StoreUnavailable,
     Tenant,
 )
@@ -289,7 +290,7 @@ def test_audit_rows_cannot_be_deleted(store: AnyStore) -> None:
     seed(store)
     with store.transaction() as tx:
         tx.add_audit([audit_record(1)])
-    with pytest.raises(StoreUnavailable), store.transaction() as tx:
+    with pytest.raises(StoreFault), store.transaction() as tx:  # refused by a trigger: not "retry later"
         tx._c.execute("DELETE FROM audit")
     with store.read_transaction() as tx:
         assert tx.audit_head() is not None
@@ -297,7 +298,7 @@ def test_audit_rows_cannot_be_deleted(store: AnyStore) -> None:
 
 def test_read_transactions_refuse_writes_and_nest_in_one_snapshot(store: AnyStore) -> None:
     seed(store)
-    with pytest.raises(StoreUnavailable), store.read_transaction() as tx:
+    with pytest.raises(StoreFault), store.read_transaction() as tx:  # a defect, not "retry later"
         tx.add_tenant(Tenant("ten_2", "two"))
     with store.read_transaction() as outer:
         assert outer.get_tenant("ten_2") is None
@@ -309,6 +310,24 @@ def test_read_transactions_refuse_writes_and_nest_in_one_snapshot(store: AnyStor
         assert tx.get_tenant("ten_2") is not None
     store.ping()
     assert store.write_probe(1.0) is None
+
+
+def test_a_refused_statement_is_a_fault_that_changes_nothing(store: AnyStore) -> None:
+    """A statement the database refuses for good (here a primary key taken twice) is a StoreFault — the
+    API's 500, not 503 "retry later" — whose text names the error class and not the values; the
+    transaction's earlier writes are rolled back and the store goes on working."""
+    seed(store)
+    with pytest.raises(StoreFault) as refused, store.transaction() as tx:
+        tx.add_tenant(Tenant("ten_2", "two"))
+        tx.add_tenant(Tenant("ten_1", "secret-looking name Zq9"))
+    assert isinstance(refused.value, StoreUnavailable)  # background tasks' "try again later" still holds
+    text = str(refused.value)
+    assert "Integrity" in text or "Unique" in text, text
+    assert "Zq9" not in text and "ten_1" not in text, text
+    with store.read_transaction() as tx:
+        assert tx.get_tenant("ten_2") is None and tx.get_tenant("ten_1") is not None
+    with store.transaction() as tx:
+        tx.add_tenant(Tenant("ten_2", "two"))
 
 
 def test_the_database_setting_selects_the_store(tmp_path: Path, postgres_dsn: str) -> None:
