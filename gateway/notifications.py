@@ -39,6 +39,7 @@ from aiohttp import web
 
 from .context import APP
 from .leases import LEASES, NOTIFICATION_PRUNE, LeaseKeeper, run_while_held
+from .postgres_sql import liveness_options
 from .schema_migrations import SchemaError, migrations_directory
 from .sqlite_store import SqliteStore
 from .store import Store, StoreUnavailable
@@ -204,7 +205,9 @@ class PostgresNotificationListener(_ListenerThread):
                     self._stop.wait(self.reconnect_s)
 
     def _listen(self) -> None:
-        with psycopg.connect(self.dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S) as conn:
+        with psycopg.connect(
+            self.dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S, **liveness_options(self.dsn)
+        ) as conn:
             self.backend_pid = conn.info.backend_pid
             conn.execute(f"LISTEN {CHANNEL}")
             now = _server_time(conn)

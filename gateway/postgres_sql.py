@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
 #: Text copied as it is but for ``%`` doubled — a string literal, a quoted identifier, a comment — or a
 #: placeholder, or a ``%`` outside them.
@@ -109,4 +110,26 @@ class PgConnection:
         return result
 
 
-__all__ = ["PgConnection", "PgCursor", "PgRow", "translate"]
+#: libpq's TCP liveness settings for every connection of the gateway (pool and listener), unless the URL
+#: sets its own: keepalive probes after 30 s idle, every 10 s, 3 unanswered → the connection is dead
+#: (~60 s); and data sent but unacknowledged for 30 s (a request to a server gone silent) → dead. Without
+#: them a server or network that vanishes without a reset (a power cut, a dropped route) leaves a pooled
+#: connection or the LISTEN connection waiting for the kernel's retransmissions (~15 min); with them a
+#: request answers 503 and the listener reconnects within about a minute. Unix-socket connections ignore
+#: them.
+LIVENESS = {
+    "keepalives": "1",
+    "keepalives_idle": "30",
+    "keepalives_interval": "10",
+    "keepalives_count": "3",
+    "tcp_user_timeout": "30000",
+}
+
+
+def liveness_options(url: str) -> dict[str, Any]:
+    """The :data:`LIVENESS` settings ``url`` does not set itself (connection keyword arguments)."""
+    given = conninfo_to_dict(url)
+    return {k: v for k, v in LIVENESS.items() if k not in given}
+
+
+__all__ = ["LIVENESS", "PgConnection", "PgCursor", "PgRow", "liveness_options", "translate"]

@@ -44,7 +44,7 @@ from .postgres_durability import (
     flush,
     lock_for_write,
 )
-from .postgres_sql import PgConnection
+from .postgres_sql import PgConnection, liveness_options
 from .schema_migrations import prepare
 from .sqlite_store import SqliteTransaction
 from .store import StoreFault, StoreUnavailable
@@ -93,7 +93,12 @@ class PostgresStore:
             min_size=1,
             max_size=pool_size,
             timeout=connect_timeout_s,
-            kwargs={"autocommit": True, "cursor_factory": psycopg.ClientCursor, "connect_timeout": 5},
+            kwargs={
+                "autocommit": True,
+                "cursor_factory": psycopg.ClientCursor,
+                "connect_timeout": 5,
+                **liveness_options(url),
+            },
             check=ConnectionPool.check_connection,
             configure=durable_session,
             name="mlsgw-store",

@@ -12,6 +12,7 @@ import asyncio
 import socket
 import sqlite3
 import statistics
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 
 from gateway.notifications import (
     CHANNEL,
@@ -28,6 +30,7 @@ from gateway.notifications import (
     postgres_schema_sql,
     prune_notifications,
 )
+from gateway.postgres_store import PostgresStore
 from gateway.schema_migrations import migrate
 from gateway.sqlite_store import SqliteStore
 from gateway.store import Identity, Tenant
@@ -377,3 +380,41 @@ def test_a_listener_whose_server_never_answers_still_stops() -> None:
         stopper.start()
         stopper.join(GUARD_S)  # the attempt gives up within seconds; without a timeout it never does
         assert not stopper.is_alive()
+
+
+def client_sockets(port: int) -> list[str]:
+    """``ss`` lines (with timers) of this machine's established TCP connections to ``port``."""
+    out = subprocess.run(
+        ["ss", "-tnoH", "state", "established", "dport", "=", f":{port}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return [line for line in out.splitlines() if line.strip()]
+
+
+def test_every_connection_probes_a_silent_server(postgres_dsn: str) -> None:
+    """The pool's connections and the LISTEN connection run TCP keepalives and a user timeout (a server
+    or network that vanishes without a reset is noticed in about a minute, not ~15), unless the URL sets
+    its own; the kernel's timers show it."""
+    port = int(postgres_dsn.rsplit(":", 1)[1].split("/")[0])
+    store = PostgresStore(postgres_dsn)
+    listener = pg_listener(postgres_dsn, Wakeups())
+    try:
+        store.ping()
+        lines = client_sockets(port)
+        assert len(lines) >= 2, lines  # a pooled connection and the listener's
+        assert all("timer:(keepalive" in line for line in lines), lines
+        with store._pool.connection() as conn:
+            params = conninfo_to_dict(conn.info.dsn)
+        assert params["keepalives_idle"] == "30" and params["tcp_user_timeout"] == "30000", params
+    finally:
+        listener.stop()
+        store.close()
+    own = PostgresStore(f"{postgres_dsn}?keepalives_idle=77")  # the operator's setting wins
+    try:
+        with own._pool.connection() as conn:
+            params = conninfo_to_dict(conn.info.dsn)
+        assert params["keepalives_idle"] == "77" and params["keepalives_count"] == "3", params
+    finally:
+        own.close()
