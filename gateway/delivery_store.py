@@ -14,8 +14,13 @@ memberships have log entries to apply: written with the append, cleared when app
 from __future__ import annotations
 
 import hashlib
+import random
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
+
+T = TypeVar("T")
 
 
 def message_digest(message: bytes) -> bytes:
@@ -29,6 +34,32 @@ LOG_KINDS = ("commit", "proposal", "application")
 
 #: How many times an append is built (or written) again when another append to the same log won the race.
 LOG_RETRIES = 8
+
+#: The longest pause before the first retry of a lost race; it doubles per retry up to 32× (full jitter:
+#: a uniformly random pause up to it). Retrying at once against writers that keep winning — several
+#: processes on one busy group — tends to lose again and again; spreading the retries lets each through.
+RETRY_PAUSE_S = 0.001
+
+
+def retry_pause(attempt: int) -> float:
+    """The random pause before retry number ``attempt`` (1, 2, …) of an operation that lost a race."""
+    return random.uniform(0.0, RETRY_PAUSE_S * 2 ** min(attempt - 1, 5))
+
+
+def retrying_races(
+    operation: Callable[[], T], races: tuple[type[Exception], ...], give_up: Callable[[], Exception]
+) -> T:
+    """``operation()``, run again after a short random pause (:func:`retry_pause`) each time it raises one
+    of ``races`` (another append won: it re-reads and builds on the new head), at most :data:`LOG_RETRIES`
+    times in all; then ``give_up()`` is raised (the API's 409)."""
+    for attempt in range(LOG_RETRIES):
+        if attempt:
+            time.sleep(retry_pause(attempt))
+        try:
+            return operation()
+        except races:
+            continue
+    raise give_up()
 
 
 class LogConflict(Exception):
@@ -220,6 +251,7 @@ class LogTransaction(EndpointRegistry, Protocol):
 __all__ = [
     "LOG_KINDS",
     "LOG_RETRIES",
+    "RETRY_PAUSE_S",
     "HostedWork",
     "InboxRecord",
     "LogConflict",
@@ -229,4 +261,6 @@ __all__ = [
     "MailboxRecord",
     "Member",
     "message_digest",
+    "retry_pause",
+    "retrying_races",
 ]

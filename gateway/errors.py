@@ -95,6 +95,11 @@ def conflict(detail: str, **extra: Any) -> Problem:
     return Problem("conflict", detail, extra=extra)
 
 
+def kept_moving() -> Problem:
+    """An append that lost the race to the group's log every time it was retried (api-delivery.md)."""
+    return conflict("the group's log kept moving; retry")
+
+
 def stale_epoch(current_epoch: int) -> Problem:
     """A commit or proposal for an epoch the group's log (or the member) already left (api-delivery.md)."""
     return conflict(f"the group is at epoch {current_epoch}", current_epoch=current_epoch)

@@ -23,8 +23,8 @@ from mls import (
 )
 
 from .auth import Principal
-from .delivery_store import LOG_RETRIES, LogConflict, LogPosition
-from .errors import Problem, conflict
+from .delivery_store import LogConflict, LogPosition, retrying_races
+from .errors import Problem, conflict, kept_moving
 from .group_session import GroupSession, new_leaf_key
 from .hosted_submission import HostedSubmission
 from .identities import Identities
@@ -63,13 +63,9 @@ class GroupOperations:
         """Run an operation that appends to a group's log again when another append won the race (it then
         builds on the new head, api-delivery.md) or another process wrote the membership's state since it
         was loaded (:class:`gateway.persistence.StaleState`: it runs on the stored state); after
-        :data:`LOG_RETRIES` lost races, 409."""
-        for _ in range(LOG_RETRIES):
-            try:
-                return operation()
-            except (LogConflict, StaleState):
-                continue
-        raise conflict("the group's log kept moving; retry")
+        :data:`gateway.delivery_store.LOG_RETRIES` lost races (a short random pause before each retry),
+        409."""
+        return retrying_races(operation, (LogConflict, StaleState), kept_moving)
 
     def _open(
         self, principal: Principal, identity_id: str, group_id: bytes, *, read_only: bool = False

@@ -14,8 +14,8 @@ from collections.abc import Callable
 from mls import MessageInfo, MLSError, inspect_message
 
 from .auth import Principal
-from .delivery_store import LOG_RETRIES, LogConflict
-from .errors import Problem, conflict, not_found
+from .delivery_store import LogConflict, retrying_races
+from .errors import Problem, kept_moving, not_found
 from .group_log import Appended, GroupLog, prepare_bundle, prepare_messages
 from .persistence import Json, PendingWrites, Persistence, RequestScope, Response
 from .store import Store, Transaction
@@ -123,12 +123,11 @@ class LogOperations:
     ) -> Response:
         """Commit, again when another writer of the log won the race (another process, or a member's request
         outside this log's lock): the write re-reads the head each time."""
-        for _ in range(LOG_RETRIES):
-            try:
-                return self.persistence.commit(PendingWrites([run]), Response(201, body), scope)
-            except LogConflict:
-                continue
-        raise conflict("the group's log kept moving; retry")
+        return retrying_races(
+            lambda: self.persistence.commit(PendingWrites([run]), Response(201, body), scope),
+            (LogConflict,),
+            kept_moving,
+        )
 
     def show(self, principal: Principal, group_id: bytes) -> Json:
         """``GET /v1/groups/{gid}`` → ``{group_id, epoch, seq, members: [{leaf_index, endpoint}]}``."""
