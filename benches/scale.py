@@ -24,12 +24,13 @@ Runs everything on loopback and stops by itself:
    backends) and of this process — the load generator, kept light (asyncio, one connection pool); the
    gateway's HSM operations (``mlsgw_hsm_operations_total`` from ``/metrics``, summed over the workers);
    on PostgreSQL the statements (= round trips; the pool's empty liveness checks are not counted), write
-   transactions (each takes the store's write lock, ``pg_advisory_xact_lock``), transactions
+   transactions (each sets ``lock_timeout`` once, then takes the store's write lock — shared, with its
+   group's lock, for a group-scoped write: :mod:`gateway.postgres_durability`), transactions
    (``COMMIT`` + ``ROLLBACK``), rows written (rows of ``INSERT``/``UPDATE``/``DELETE``), WAL bytes and the
-   time waiting for the write lock per write transaction, all from ``pg_stat_statements`` (it does not time
-   a ``COMMIT``'s WAL flush); the lock's hold time per write transaction is at most the phase's wall time
-   over its write transactions (one lock serialises them). ``pg_stat_database`` would do for the rows too,
-   but PostgreSQL 15 flushes a busy backend's counters to it only every few seconds.
+   time waiting for advisory locks (the write lock, groups' locks, the order lock) per write transaction,
+   all from ``pg_stat_statements`` (it does not time a ``COMMIT``'s WAL flush). ``pg_stat_database``
+   would do for the rows too, but PostgreSQL 15 flushes a busy backend's counters to it only every few
+   seconds.
 
 Writes ``scale.json`` (top level: ``messages_per_s_1_process``, ``messages_per_s_2_processes``,
 ``scaling_2_over_1`` — PostgreSQL —, the same three prefixed ``sqlite_``, ``generator_cpu_share``; then
@@ -170,8 +171,9 @@ class PgCounters:
                 continue
             out["statements"] += calls
             out["wal_bytes"] += float(wal)
-            if "pg_advisory_xact_lock" in text:
+            if text.startswith("set local lock_timeout"):  # once per write transaction
                 out["write_transactions"] += calls
+            if "pg_advisory_xact_lock" in text:  # the write lock, a group's lock, the order lock
                 out["write_lock_wait_ms"] += exec_ms
             if text.startswith(("commit", "rollback")):
                 out["transactions"] += calls

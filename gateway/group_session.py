@@ -176,12 +176,17 @@ class GroupSession:
             persistence.destroy_keys(self.pending.new_keys)
             raise
         written: list[int] = []
+        full = write is not None and not self._writes_ratchet
+        # A message sent or received (the ratchet state alone, or nothing of the state) touches this group
+        # only: a group-scoped write, in parallel with other groups' (gateway.postgres_durability); its
+        # ratchet write goes first, before the writes to tables ordered across groups (inbox, audit).
+        group = None if full else self.group.group_id
         if write is not None:
-            self.pending.writes.append(lambda tx: written.append(write(tx)))
+            state_write = lambda tx: written.append(write(tx))  # noqa: E731
+            self.pending.writes.insert(0 if group is not None else len(self.pending.writes), state_write)
         elif self.loaded_version is not None:
             written.append(self.loaded_version)  # unchanged: the stored state stays, at its version
-        full = write is not None and not self._writes_ratchet
-        result = persistence.commit(self.pending, response, scope)
+        result = persistence.commit(self.pending, response, scope, group=group)
         # ``Persistence.commit`` answers ``response`` itself only when our transaction committed; a replayed
         # response (a concurrent request with the same Idempotency-Key won) means ours rolled back.
         if result is response and written:

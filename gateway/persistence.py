@@ -144,14 +144,17 @@ class Persistence:
         with self.store.transaction() as tx:
             return tx.purge_idempotent(older_than)
 
-    def commit(self, pending: PendingWrites, response: Response, scope: RequestScope) -> Response:
-        """Write everything of one request atomically, then destroy the keys it made dead."""
+    def commit(
+        self, pending: PendingWrites, response: Response, scope: RequestScope, *, group: bytes | None = None
+    ) -> Response:
+        """Write everything of one request atomically, then destroy the keys it made dead. ``group``: the
+        writes touch that group's ratchet state and log only (:meth:`gateway.store.Store.transaction`)."""
         idem = scope.idempotency
         if not (pending.writes or pending.new_keys or pending.dead_keys or scope.records or idem):
             return response  # nothing to write (a message answered from the log): no write transaction
         try:
             sealed = None if idem is None else self._seal(idem, response)  # before taking the write lock
-            with self.store.transaction() as tx:
+            with self.store.transaction(group) as tx:
                 for write in pending.writes:
                     write(tx)
                 tx.add_audit(audit.take(scope.records))

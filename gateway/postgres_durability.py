@@ -1,9 +1,26 @@
 """How the PostgreSQL store's transactions lock and become durable: the write lock, and the WAL flush taken
 *outside* it (issue 15, docs/architecture.md "PostgreSQL store").
 
-**The write lock.** Every write transaction takes one transaction-scoped advisory lock, :data:`WRITE_LOCK`,
+**The write lock.** A write transaction takes one transaction-scoped advisory lock, :data:`WRITE_LOCK`,
 right after ``BEGIN`` — SQLite's ``BEGIN IMMEDIATE`` across every process (why the shared SQL needs
 serialised writers: :mod:`gateway.postgres_store`). ``COMMIT`` releases it.
+
+**Group-scoped writes.** The hot path — a message sent or received by a hosted member, which writes the
+member's ratchet state and appends to the group's log — runs in parallel across groups instead: its
+transaction (``transaction(group=…)``) takes :data:`WRITE_LOCK` *shared* and its group's lock
+(:func:`group_lock_key`) exclusive; rows of the tables in :data:`gateway.postgres_sql.GROUP_TABLES`
+(the ratchet state, the log's head and entries, ``hosted_pending``) are then its group's alone; before its
+first statement on any other table (the audit chain, inboxes, mailboxes, stored responses — what is
+ordered across groups: the audit chain's head, cursors handed out in commit order) it takes
+:data:`ORDER_LOCK` and holds it to ``COMMIT``. So:
+
+* every other write transaction still excludes all writers (``WRITE_LOCK`` exclusive conflicts with the
+  shared holders), and sees the serialised world the shared SQL was written for;
+* two group-scoped writers of one group are serialised by the group's lock; of two groups, they overlap
+  until the later one's first ordered statement — in a message's transaction, the audit record written
+  just before ``COMMIT`` — so the time any writer holds a lock *everyone* needs is that tail alone;
+* locks are taken in one order (``WRITE_LOCK``, then one group's, then ``ORDER_LOCK``): no deadlock. Two
+  groups whose keys collide (64 bits of SHA-256) only share a lock.
 
 **Durability outside the lock** (the same contract as the SQLite store's :mod:`gateway.sqlite_durability`).
 With ``synchronous_commit = on`` a ``COMMIT`` waits for the WAL flush *while the lock is held*, so commits
@@ -56,12 +73,26 @@ store's pool raises ``off`` to ``on`` when it opens (:func:`durable_session`); a
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import psycopg
 
-#: The advisory lock key every write transaction holds (``pg_advisory_xact_lock``): "mlsgw" in ASCII.
+#: The advisory lock key every write transaction holds (``pg_advisory_xact_lock``): "mlsgw" in ASCII;
+#: group-scoped writers hold it shared.
 WRITE_LOCK = 0x6D6C736777
+
+#: The advisory lock a group-scoped writer takes before its first statement on a table outside its group
+#: (:data:`gateway.postgres_sql.GROUP_TABLES`), held to ``COMMIT``.
+ORDER_LOCK = WRITE_LOCK + 1
+
+
+def group_lock_key(group: bytes) -> int:
+    """The advisory lock key of one group (a signed 64-bit integer from SHA-256 of its id), never one of
+    the global keys."""
+    key = int.from_bytes(hashlib.sha256(b"mlsgw-group\0" + group).digest()[:8], "big", signed=True)
+    return key if key not in (WRITE_LOCK, ORDER_LOCK) else key ^ 0x10
+
 
 #: A synchronous transaction that writes one WAL record: returns once the WAL is flushed past it.
 FLUSH = "SELECT pg_logical_emit_message(true, 'mlsgw-durable', '')"
@@ -75,14 +106,29 @@ def durable_session(conn: psycopg.Connection[Any]) -> None:
         conn.execute("SET synchronous_commit = on")
 
 
-def lock_for_write(conn: psycopg.Connection[Any], timeout_s: float, *, flush_under_lock: bool) -> None:
-    """``BEGIN`` a write transaction and take :data:`WRITE_LOCK` (waiting at most ``timeout_s``), in one
-    round trip; unless ``flush_under_lock``, its ``COMMIT`` will not wait for the WAL flush."""
+def lock_for_write(
+    conn: psycopg.Connection[Any], timeout_s: float, *, flush_under_lock: bool, group: bytes | None = None
+) -> None:
+    """``BEGIN`` a write transaction and take :data:`WRITE_LOCK` (waiting at most ``timeout_s`` for each
+    lock), in one round trip; with ``group``, ``WRITE_LOCK`` shared and the group's lock (a group-scoped
+    write, see the module). Unless ``flush_under_lock``, its ``COMMIT`` will not wait for the WAL flush."""
     async_commit = "" if flush_under_lock else "SET LOCAL synchronous_commit = off; "
+    if group is None:
+        locks = f"SELECT pg_advisory_xact_lock({WRITE_LOCK})"
+    else:
+        locks = (
+            f"SELECT pg_advisory_xact_lock_shared({WRITE_LOCK}); "
+            f"SELECT pg_advisory_xact_lock({group_lock_key(group)})"
+        )
     conn.execute(
         f"BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL lock_timeout = {int(timeout_s * 1000)}; "
-        f"{async_commit}SELECT pg_advisory_xact_lock({WRITE_LOCK})"
+        f"{async_commit}{locks}"
     )
+
+
+def lock_order(conn: psycopg.Connection[Any]) -> None:
+    """Take :data:`ORDER_LOCK` (a group-scoped writer, before its first statement outside its group)."""
+    conn.execute(f"SELECT pg_advisory_xact_lock({ORDER_LOCK})")
 
 
 def commit_write(conn: psycopg.Connection[Any], *, flush_under_lock: bool) -> None:
@@ -131,11 +177,14 @@ def _lsn(text: str) -> str:
 
 __all__ = [
     "FLUSH",
+    "ORDER_LOCK",
     "WRITE_LOCK",
     "begin_read",
     "commit_write",
     "durable_session",
     "end_read",
     "flush",
+    "group_lock_key",
     "lock_for_write",
+    "lock_order",
 ]

@@ -47,6 +47,23 @@ def translate(sql: str) -> str:
     return _TOKENS.sub(one, sql)
 
 
+#: The tables a *group-scoped* write transaction (:mod:`gateway.postgres_durability`, "Group-scoped
+#: writes") may touch under its group's lock alone: a message sent or received writes the member's ratchet
+#: state and appends to the group's log, rows of that one group only. Every other table is *ordered*: a
+#: group-scoped transaction takes the order lock before its first statement on one (:func:`is_ordered`).
+GROUP_TABLES = frozenset({"group_ratchets", "group_logs", "group_members", "log_entries", "hosted_pending"})
+
+#: A name after FROM, INTO, UPDATE or JOIN: a table (or a CTE or a set-returning function — counted as
+#: ordered, which only costs waiting).
+_TABLE = re.compile(r"\b(?:FROM|INTO|UPDATE|JOIN)\s+(?:ONLY\s+)?\"?([A-Za-z_]\w*)", re.IGNORECASE)
+
+
+@functools.lru_cache(maxsize=1024)
+def is_ordered(sql: str) -> bool:
+    """Whether ``sql`` names any table outside :data:`GROUP_TABLES`."""
+    return any(name.lower() not in GROUP_TABLES for name in _TABLE.findall(sql))
+
+
 class PgRow(tuple[Any, ...]):
     """A row readable by index and by column name (like :class:`sqlite3.Row`)."""
 
@@ -92,15 +109,27 @@ class PgCursor:
 class PgConnection:
     """The part of :class:`sqlite3.Connection` the mixins use, over one psycopg connection."""
 
-    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+    def __init__(
+        self, conn: psycopg.Connection[Any], *, before_ordered: Callable[[], None] | None = None
+    ) -> None:
+        """``before_ordered``: called once, before the first statement that :func:`is_ordered` (a
+        group-scoped write transaction takes the order lock there)."""
         self._conn = conn
+        self._before_ordered = before_ordered
+
+    def _check_order(self, sql: str) -> None:
+        if self._before_ordered is not None and is_ordered(sql):
+            take, self._before_ordered = self._before_ordered, None
+            take()
 
     def execute(self, sql: str, parameters: Sequence[Any] | dict[str, Any] = ()) -> PgCursor:
+        self._check_order(sql)
         cur: psycopg.Cursor[PgRow] = self._conn.cursor(row_factory=_row_factory)
         cur.execute(translate(sql), parameters)
         return PgCursor(cur)
 
     def executemany(self, sql: str, seq: Iterable[Sequence[Any] | dict[str, Any]]) -> PgCursor:
+        self._check_order(sql)
         cur: psycopg.Cursor[PgRow] = self._conn.cursor(row_factory=_row_factory)
         rows = list(seq)
         if rows:
@@ -132,4 +161,13 @@ def liveness_options(url: str) -> dict[str, Any]:
     return {k: v for k, v in LIVENESS.items() if k not in given}
 
 
-__all__ = ["LIVENESS", "PgConnection", "PgCursor", "PgRow", "liveness_options", "translate"]
+__all__ = [
+    "GROUP_TABLES",
+    "LIVENESS",
+    "PgConnection",
+    "PgCursor",
+    "PgRow",
+    "is_ordered",
+    "liveness_options",
+    "translate",
+]

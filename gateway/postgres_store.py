@@ -43,6 +43,7 @@ from .postgres_durability import (
     end_read,
     flush,
     lock_for_write,
+    lock_order,
 )
 from .postgres_sql import PgConnection, liveness_options
 from .schema_migrations import prepare
@@ -121,18 +122,18 @@ class PostgresStore:
             raise _unavailable("the database is unreachable", e) from None
 
     @contextlib.contextmanager
-    def _transaction(self, *, write: bool) -> Iterator[SqliteTransaction]:
+    def _transaction(self, *, write: bool, group: bytes | None = None) -> Iterator[SqliteTransaction]:
         with self._connection() as conn:
             seen = ""
             try:
                 if write:
-                    lock_for_write(conn, self._busy_s, flush_under_lock=self.flush_under_lock)
+                    lock_for_write(conn, self._busy_s, flush_under_lock=self.flush_under_lock, group=group)
                 else:
                     seen = begin_read(conn)
             except psycopg.Error as e:
                 _rollback(conn)
                 raise _unavailable("cannot start a transaction", e) from None
-            adapter = PgConnection(conn)
+            adapter = PgConnection(conn, before_ordered=None if group is None else lambda: lock_order(conn))
             if not write:
                 self._local.reader = adapter
             try:
@@ -164,10 +165,12 @@ class PostgresStore:
         except psycopg.Error as e:
             raise _unavailable("cannot flush the WAL", e) from None
 
-    def transaction(self) -> contextlib.AbstractContextManager[SqliteTransaction]:
+    def transaction(self, group: bytes | None = None) -> contextlib.AbstractContextManager[SqliteTransaction]:
         """A transaction that may write: it holds the write lock (:data:`WRITE_LOCK`) from ``BEGIN`` to
-        ``COMMIT``, and its block returns once the commit (and all it read) is flushed to disk."""
-        return self._transaction(write=True)
+        ``COMMIT``, and its block returns once the commit (and all it read) is flushed to disk. With
+        ``group``, a group-scoped write (:mod:`gateway.postgres_durability`): it writes the tables of
+        :data:`gateway.postgres_sql.GROUP_TABLES` for that group alone, in parallel with other groups'."""
+        return self._transaction(write=True, group=group)
 
     @contextlib.contextmanager
     def read_transaction(self) -> Iterator[SqliteTransaction]:

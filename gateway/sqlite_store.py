@@ -371,9 +371,10 @@ class SqliteStore:
         return conn
 
     @contextmanager
-    def transaction(self) -> Iterator[SqliteTransaction]:
-        """A transaction that may write: ``BEGIN IMMEDIATE`` takes the write lock up front; the block
-        returns only once what it committed is on disk (a shared fsync, :class:`WalSync`)."""
+    def transaction(self, group: bytes | None = None) -> Iterator[SqliteTransaction]:
+        """A transaction that may write: ``BEGIN IMMEDIATE`` takes the write lock up front (``group`` makes
+        no difference: SQLite has one writer at a time); the block returns only once what it committed is
+        on disk (a shared fsync, :class:`WalSync`)."""
         conn = self._connect()
         changes = conn.total_changes
         tickets: list[int] = []

@@ -253,8 +253,10 @@ class Transaction(
 class Store(Protocol):
     """Where the gateway's state lives; hands out :class:`Transaction` s (one per context)."""
 
-    def transaction(self) -> AbstractContextManager[Transaction]:
-        """A transaction that may write (it takes the write lock up front)."""
+    def transaction(self, group: bytes | None = None) -> AbstractContextManager[Transaction]:
+        """A transaction that may write (it takes the write lock up front). ``group``: it writes the
+        ratchet state and log of that one group only (a message sent or received), which a store may run
+        in parallel with other groups' (PostgreSQL: :mod:`gateway.postgres_durability`)."""
         ...
 
     def read_transaction(self) -> AbstractContextManager[Transaction]:

@@ -12,6 +12,8 @@ import pytest
 from gateway.audit_chain import verify
 from gateway.audit_trail import export_lines
 from gateway.delivery_store import LogConflict, LogEntry, LogHead
+from gateway.postgres_durability import ORDER_LOCK, WRITE_LOCK, group_lock_key
+from gateway.postgres_sql import GROUP_TABLES, is_ordered
 from gateway.postgres_store import PostgresStore
 from gateway.sqlite_store import SqliteTransaction
 from gateway.store import EpochConflict, IdempotentResponse, StoreFault, StoreUnavailable
@@ -224,3 +226,140 @@ def test_connection_loss_is_store_unavailable_and_recovers(
             assert isinstance(tx, SqliteTransaction)
     finally:
         store.close()
+
+
+class Held:
+    """A write transaction held open in a thread: ``run(sql)`` runs a statement in it (returns once it
+    ran), ``release()`` commits it; ``done`` is set once its block returned."""
+
+    def __init__(self, store: PostgresStore, group: bytes | None) -> None:
+        self.statements: list[str | None] = []
+        self.ran = threading.Semaphore(0)
+        self.wanted = threading.Semaphore(0)
+        self.done = threading.Event()
+        self.errors: list[BaseException] = []
+        self.thread = threading.Thread(target=self._hold, args=(store, group), daemon=True)
+        self.thread.start()
+
+    def _hold(self, store: PostgresStore, group: bytes | None) -> None:
+        try:
+            with store.transaction(group) as tx:
+                while True:
+                    self.wanted.acquire()
+                    sql = self.statements.pop(0)
+                    if sql is None:
+                        break
+                    tx._c.execute(sql)
+                    self.ran.release()
+        except BaseException as e:
+            self.errors.append(e)
+        finally:
+            self.done.set()
+
+    def send(self, sql: str | None) -> None:
+        self.statements.append(sql)
+        self.wanted.release()
+
+    def run(self, sql: str, guard_s: float = 60.0) -> None:
+        self.send(sql)
+        assert self.ran.acquire(timeout=guard_s), f"the statement did not run within {guard_s} s: {sql}"
+
+    def release(self, guard_s: float = 60.0) -> None:
+        self.send(None)
+        assert self.done.wait(guard_s) and not self.errors, self.errors
+
+
+def once(store: PostgresStore, group: bytes | None, sql: str) -> threading.Event:
+    """One write transaction running ``sql`` in a thread; the event is set once it committed."""
+    done = threading.Event()
+
+    def run() -> None:
+        with store.transaction(group) as tx:
+            tx._c.execute(sql)
+        done.set()
+
+    threading.Thread(target=run, daemon=True).start()
+    return done
+
+
+IN_GROUP = "SELECT count(*) FROM group_logs WHERE false"  # a table of GROUP_TABLES: no order lock
+ORDERED = "SELECT count(*) FROM audit WHERE false"  # any other table: the order lock first
+BLOCKED_S = 0.5  # long enough for an unblocked transaction to finish many times over
+
+
+def test_group_scoped_writes_overlap_across_groups_and_queue_within_one(
+    stores: tuple[PostgresStore, PostgresStore],
+) -> None:
+    """The locks of gateway.postgres_durability: a message's transaction of one group does not wait for
+    another group's until it reaches an ordered table (the audit record before COMMIT); one group's wait
+    for each other, and every other write transaction waits for all of them (and they for it)."""
+    a, b = stores
+    seed(a)
+    first = Held(a, b"group-1")
+    try:
+        first.run(IN_GROUP)
+        assert once(b, b"group-2", IN_GROUP).wait(60), "another group's write waited"
+        assert once(b, b"group-2", ORDERED).wait(60), "the order lock is not taken before it is needed"
+        first.run(ORDERED)  # the first now holds the order lock
+        assert once(b, b"group-3", IN_GROUP).wait(60), "another group's write waited for the order lock"
+        other_ordered = once(b, b"group-4", ORDERED)
+        assert not other_ordered.wait(BLOCKED_S), "two writers held the order lock at once"
+        same_group = once(b, b"group-1", IN_GROUP)
+        assert not same_group.wait(BLOCKED_S), "two writes of one group overlapped"
+        # (PostgreSQL queues a lock request behind a conflicting waiter: from here on, new group writes
+        # wait behind this one too — no starvation of the writes of no group.)
+        everyone = once(b, None, IN_GROUP)
+        assert not everyone.wait(BLOCKED_S), "a write of no group overlapped a group's"
+        first.release()
+        for event in (other_ordered, same_group, everyone):
+            assert event.wait(60)
+    finally:
+        if not first.done.is_set():
+            first.send(None)
+            first.done.wait(60)
+
+
+def test_a_write_of_no_group_keeps_group_writes_out(stores: tuple[PostgresStore, PostgresStore]) -> None:
+    a, b = stores
+    seed(a)
+    held = Held(a, None)
+    try:
+        held.run(IN_GROUP)
+        group_write = once(b, b"group-1", IN_GROUP)
+        assert not group_write.wait(BLOCKED_S), "a group's write overlapped a write of no group"
+        held.release()
+        assert group_write.wait(60)
+    finally:
+        if not held.done.is_set():
+            held.send(None)
+            held.done.wait(60)
+
+
+def test_which_statements_take_the_order_lock() -> None:
+    for sql in (
+        "UPDATE group_ratchets SET version = ? WHERE identity_id = ? AND version = ?",
+        "INSERT INTO log_entries (tenant_id, group_id, seq) VALUES (?, ?, ?)",
+        "select seq from LOG_ENTRIES where digest = ?",
+        "DELETE FROM hosted_pending WHERE identity_id = ?",
+        "UPDATE group_logs SET seq = ? WHERE seq = ?",
+        "SELECT 1",
+    ):
+        assert not is_ordered(sql), sql
+    for sql in (
+        "INSERT INTO audit (seq, hash) VALUES (?, ?)",
+        "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
+        "INSERT INTO inbox (identity_id) VALUES (?) RETURNING cursor",
+        "UPDATE group_logs SET seq = (SELECT max(seq) FROM mailbox_items) WHERE seq = ?",
+        "SELECT * FROM log_entries e JOIN groups g ON g.group_id = e.group_id",
+        "SELECT leaf_index FROM group_members WHERE group_id = ? AND EXISTS (SELECT 1 FROM inbox)",
+        'DELETE FROM "idempotency" WHERE at < ?',
+        "SELECT * FROM ONLY identities",
+    ):
+        assert is_ordered(sql), sql
+    assert {"group_ratchets", "group_logs", "group_members", "log_entries", "hosted_pending"} == GROUP_TABLES
+
+
+def test_group_lock_keys_are_stable_distinct_and_never_global() -> None:
+    keys = {group_lock_key(bytes([i]) * 16) for i in range(256)}
+    assert len(keys) == 256 and not keys & {WRITE_LOCK, ORDER_LOCK}
+    assert group_lock_key(b"g") == group_lock_key(b"g") and -(2**63) <= group_lock_key(b"g") < 2**63
