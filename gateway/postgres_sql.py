@@ -54,8 +54,8 @@ def translate(sql: str) -> str:
 GROUP_TABLES = frozenset({"group_ratchets", "group_logs", "group_members", "log_entries", "hosted_pending"})
 
 #: A name after FROM, INTO, UPDATE or JOIN: a table (or a CTE or a set-returning function — counted as
-#: ordered, which only costs waiting).
-_TABLE = re.compile(r"\b(?:FROM|INTO|UPDATE|JOIN)\s+(?:ONLY\s+)?\"?([A-Za-z_]\w*)", re.IGNORECASE)
+#: ordered, which only costs waiting); not the SET of an upsert's ``DO UPDATE SET``.
+_TABLE = re.compile(r"\b(?:FROM|INTO|UPDATE|JOIN)\s+(?:ONLY\s+)?(?!SET\b)\"?([A-Za-z_]\w*)", re.IGNORECASE)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -129,10 +129,10 @@ class PgConnection:
         return PgCursor(cur)
 
     def executemany(self, sql: str, seq: Iterable[Sequence[Any] | dict[str, Any]]) -> PgCursor:
-        self._check_order(sql)
         cur: psycopg.Cursor[PgRow] = self._conn.cursor(row_factory=_row_factory)
         rows = list(seq)
-        if rows:
+        if rows:  # nothing to run: nothing to order either
+            self._check_order(sql)
             cur.executemany(translate(sql), rows)
         result = PgCursor(cur)
         result.rowcount = max(result.rowcount, 0)  # nothing run: no row changed

@@ -342,6 +342,8 @@ def test_which_statements_take_the_order_lock() -> None:
         "select seq from LOG_ENTRIES where digest = ?",
         "DELETE FROM hosted_pending WHERE identity_id = ?",
         "UPDATE group_logs SET seq = ? WHERE seq = ?",
+        "INSERT INTO hosted_pending (identity_id) VALUES (?) ON CONFLICT (identity_id) "
+        "DO UPDATE SET up_to_seq = excluded.up_to_seq",
         "SELECT 1",
     ):
         assert not is_ordered(sql), sql
@@ -363,3 +365,28 @@ def test_group_lock_keys_are_stable_distinct_and_never_global() -> None:
     keys = {group_lock_key(bytes([i]) * 16) for i in range(256)}
     assert len(keys) == 256 and not keys & {WRITE_LOCK, ORDER_LOCK}
     assert group_lock_key(b"g") == group_lock_key(b"g") and -(2**63) <= group_lock_key(b"g") < 2**63
+
+
+def test_an_empty_batch_takes_no_order_lock(stores: tuple[PostgresStore, PostgresStore]) -> None:
+    """``executemany`` with no rows runs nothing, so it does not take the order lock (an append with no
+    Welcome writes none); a statement on an ordered table does."""
+    a, _ = stores
+    seed(a)
+
+    def order_lock_held(tx: SqliteTransaction) -> bool:
+        raw = tx._c._conn  # the psycopg connection itself: its statements are not checked
+        row = raw.execute(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid() "
+            "AND ((classid::bigint << 32) | objid::bigint) = %s",
+            (ORDER_LOCK,),
+        ).fetchone()
+        return bool(row and row[0])
+
+    with a.transaction(b"group-1") as tx:
+        tx._c.executemany(
+            "INSERT INTO log_welcomes (tenant_id, group_id, seq, digest) VALUES (?, ?, ?, ?)", []
+        )
+        tx._c.execute(IN_GROUP)
+        assert not order_lock_held(tx)
+        tx._c.execute(ORDERED)
+        assert order_lock_held(tx)

@@ -63,10 +63,10 @@ class CountingStore:
             self.counts["read"] += 1
         return self._read()
 
-    def transaction(self) -> AbstractContextManager[Any]:
+    def transaction(self, group: bytes | None = None) -> AbstractContextManager[Any]:
         if _in_request():
             self.counts["write"] += 1
-        return self._write()
+        return self._write(group)
 
     def take(self) -> tuple[int, int]:
         out = (self.counts["read"], self.counts["write"])
