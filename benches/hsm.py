@@ -400,7 +400,7 @@ def run(quick: bool) -> dict[str, Any]:
     rounds, seconds = (9, 0.12) if quick else (21, 0.3)
     pairs = 5 if quick else 30
     kp_count, batch = (10, 100) if quick else (40, 400)
-    custody_rounds, custody_count, wrapped_n = (3, 10, 1000) if quick else (5, 40, 10000)
+    custody_rounds, custody_count, wrapped_n = (3, 10, 1000) if quick else (5, 40, 100_000)
     with tempfile.TemporaryDirectory(prefix="mlsgw-bench-hsm-") as tmp:
         pin = secrets.token_hex(6)
         made = init_softhsm_token(tmp, label="mlsgw-bench", pin=pin, so_pin=secrets.token_hex(6))
