@@ -140,12 +140,13 @@ class PgConnection:
 
 
 #: libpq's TCP liveness settings for every connection of the gateway (pool and listener), unless the URL
-#: sets its own: keepalive probes after 30 s idle, every 10 s, 3 unanswered → the connection is dead
-#: (~60 s); and data sent but unacknowledged for 30 s (a request to a server gone silent) → dead. Without
-#: them a server or network that vanishes without a reset (a power cut, a dropped route) leaves a pooled
-#: connection or the LISTEN connection waiting for the kernel's retransmissions (~15 min); with them a
-#: request answers 503 and the listener reconnects within about a minute. Unix-socket connections ignore
-#: them.
+#: sets its own (or names a ``service`` of pg_service.conf, which may): keepalive probes after 30 s idle,
+#: every 10 s; and ``tcp_user_timeout`` 30 s, which on Linux bounds both data sent but unacknowledged (a
+#: request to a server gone silent) and unanswered probes — an idle connection to a vanished peer is
+#: dropped after about 40 s. Without them a server or network that vanishes without a reset (a power cut,
+#: a dropped route) leaves a pooled connection or the LISTEN connection waiting for the kernel's
+#: retransmissions (~15 min); with them a request answers 503 and the listener reconnects within about a
+#: minute. Unix-socket connections ignore them.
 LIVENESS = {
     "keepalives": "1",
     "keepalives_idle": "30",
@@ -156,8 +157,11 @@ LIVENESS = {
 
 
 def liveness_options(url: str) -> dict[str, Any]:
-    """The :data:`LIVENESS` settings ``url`` does not set itself (connection keyword arguments)."""
+    """The :data:`LIVENESS` settings ``url`` does not set itself (connection keyword arguments); none
+    when it names a ``service`` (its pg_service.conf entry may set them: keywords would override it)."""
     given = conninfo_to_dict(url)
+    if "service" in given:
+        return {}
     return {k: v for k, v in LIVENESS.items() if k not in given}
 
 

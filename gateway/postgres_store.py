@@ -56,14 +56,28 @@ def _unavailable(what: str, e: BaseException) -> StoreUnavailable:
     return StoreUnavailable(f"{what}: {type(e).__name__}")
 
 
-def _statement_error(what: str, e: psycopg.Error) -> StoreUnavailable:
+#: SQLSTATEs outside psycopg's ``OperationalError`` that still say "not now": the server ended an idle or
+#: overlong transaction's session (25P03, 25P04).
+_TRANSIENT_SQLSTATES = frozenset({"25P03", "25P04"})
+#: A write refused because the server is read-only: a standby after a failover (a pooled connection still
+#: reaching the old primary), or ``default_transaction_read_only`` set while storage is nearly full.
+_READ_ONLY_SERVER = "25006"
+
+
+def _statement_error(what: str, e: psycopg.Error, *, write: bool) -> StoreUnavailable:
     """What a failed statement is: :class:`StoreUnavailable` when the server could not do it *now*
     (psycopg's ``OperationalError``: connection lost, lock or statement timeout, serialisation failure,
-    deadlock, shutdown, resources — SQLSTATE classes 08, 40, 53, 55, 57, 58), else :class:`StoreFault` (a
-    constraint, a malformed statement, a write in a read-only transaction: retrying will not help)."""
-    if isinstance(e, psycopg.OperationalError):
+    deadlock, shutdown, resources — SQLSTATE classes 08, 40, 53, 55, 57, 58; a session the server ended;
+    a write transaction on a read-only server), else :class:`StoreFault` (a constraint, a malformed
+    statement, a write in a read transaction, a client-side misuse: retrying will not help)."""
+    sqlstate = e.sqlstate
+    if (
+        isinstance(e, psycopg.OperationalError)
+        or sqlstate in _TRANSIENT_SQLSTATES
+        or (write and sqlstate == _READ_ONLY_SERVER)
+    ):
         return _unavailable(what, e)
-    return StoreFault(f"{what}: {type(e).__name__} (SQLSTATE {e.sqlstate})")
+    return StoreFault(f"{what}: {type(e).__name__} (SQLSTATE {sqlstate})")
 
 
 class PostgresStore:
@@ -140,7 +154,7 @@ class PostgresStore:
                 yield SqliteTransaction(cast("Any", adapter))
             except psycopg.Error as e:
                 _rollback(conn)
-                raise _statement_error("database error", e) from None
+                raise _statement_error("database error", e, write=write) from None
             except BaseException:
                 _rollback(conn)
                 if write:  # what it raises (a conflict) may tell what it read: durable first
@@ -156,7 +170,7 @@ class PostgresStore:
                     end_read(conn, seen)
             except psycopg.Error as e:
                 _rollback(conn)
-                raise _statement_error("commit failed", e) from None
+                raise _statement_error("commit failed", e, write=write) from None
 
     @staticmethod
     def _flush(conn: psycopg.Connection[Any]) -> None:
@@ -182,7 +196,7 @@ class PostgresStore:
             try:
                 yield SqliteTransaction(cast("Any", outer))
             except psycopg.Error as e:
-                raise _statement_error("database error", e) from None
+                raise _statement_error("database error", e, write=False) from None
             return
         with self._transaction(write=False) as tx:
             yield tx

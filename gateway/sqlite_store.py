@@ -63,6 +63,13 @@ def _statement_error(what: str, e: sqlite3.Error) -> StoreUnavailable:
     return StoreFault(f"{what}: {type(e).__name__} ({getattr(e, 'sqlite_errorname', 'no SQLite code')})")
 
 
+def _rollback(conn: sqlite3.Connection) -> None:
+    """Roll back the connection's transaction, if SQLite has not already: after FULL, IOERR, NOMEM, BUSY
+    or INTERRUPT it may have rolled it back itself, and a second ``ROLLBACK`` would raise."""
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
+
+
 def _identity(row: sqlite3.Row) -> Identity:
     return Identity(
         row["identity_id"],
@@ -429,15 +436,15 @@ class SqliteStore:
         try:
             yield SqliteTransaction(conn)
         except sqlite3.Error as e:
-            conn.execute("ROLLBACK")
+            _rollback(conn)
             raise _statement_error("database error", e) from None
         except BaseException:
-            conn.execute("ROLLBACK")
+            _rollback(conn)
             raise
         try:
             commit(conn)
         except sqlite3.Error as e:
-            conn.execute("ROLLBACK")
+            _rollback(conn)
             raise _statement_error("commit failed", e) from None
 
     def write_probe(self, timeout_s: float) -> str | None:

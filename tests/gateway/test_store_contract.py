@@ -9,12 +9,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from gateway.audit_chain import verify
 from gateway.audit_trail import export_lines
 from gateway.config import load_config
 from gateway.delivery_store import HostedWork, LogConflict, LogEntry, LogHead, LogPosition, Member
+from gateway.postgres_sql import liveness_options
 from gateway.postgres_store import PostgresStore
 from gateway.sqlite_audit import RetentionRow
 from gateway.sqlite_directory import ClientRecord
@@ -349,3 +351,57 @@ def test_the_database_setting_selects_the_store(tmp_path: Path, postgres_dsn: st
             opened.ping()
         finally:
             opened.close()
+
+
+def test_a_full_disk_is_an_outage_not_a_fault(tmp_path: Path) -> None:
+    """SQLite rolls a transaction back by itself on SQLITE_FULL (also IOERR, NOMEM, BUSY, INTERRUPT): the
+    store then raises StoreUnavailable (503, background tasks retry) — not a raw sqlite3 error from a
+    second ROLLBACK, not a StoreFault — and works again once there is room."""
+    store = SqliteStore(tmp_path / "gateway.sqlite3")
+    try:
+        seed(store)
+        writer = store._connect()
+        pages = writer.execute("PRAGMA page_count").fetchone()[0]
+        writer.execute(f"PRAGMA max_page_count = {pages + 2}")
+        with pytest.raises(StoreUnavailable) as full, store.transaction() as tx:
+            for n in range(64):
+                tx.add_tenant(Tenant(f"ten_big{n}", "x" * 4096))
+        assert not isinstance(full.value, StoreFault), full.value
+        writer.execute("PRAGMA max_page_count = 1073741823")
+        with store.transaction() as tx:
+            tx.add_tenant(Tenant("ten_2", "two"))
+        with store.read_transaction() as tx:
+            assert tx.get_tenant("ten_2") is not None and tx.get_tenant("ten_big0") is None
+    finally:
+        store.close()
+
+
+def test_a_read_only_postgresql_server_is_an_outage_for_writes(postgres_dsn: str) -> None:
+    """A write transaction refused because the server is read-only (a standby after a failover,
+    ``default_transaction_read_only`` while storage is nearly full) is StoreUnavailable, not a StoreFault:
+    it passes when the server is writable again."""
+    store = PostgresStore(postgres_dsn)
+    try:
+        seed(store)
+    finally:
+        store.close()
+    database = postgres_dsn.rsplit("/", 1)[1]
+    with psycopg.connect(postgres_dsn, autocommit=True) as admin:
+        admin.execute(f'ALTER DATABASE "{database}" SET default_transaction_read_only = on')
+    store = PostgresStore(postgres_dsn, migrate=False)
+    try:
+        with pytest.raises(StoreUnavailable) as refused, store.transaction() as tx:
+            tx.add_tenant(Tenant("ten_2", "two"))
+        assert not isinstance(refused.value, StoreFault), refused.value
+    finally:
+        store.close()
+        with psycopg.connect(postgres_dsn, autocommit=True) as admin:
+            admin.execute("SET default_transaction_read_only = off")
+            admin.execute(f'ALTER DATABASE "{database}" RESET default_transaction_read_only')
+
+
+def test_liveness_settings_leave_a_named_service_alone() -> None:
+    assert liveness_options("postgresql://h/db?service=prod") == {}
+    assert liveness_options("service=prod dbname=x") == {}
+    assert liveness_options("host=h dbname=x keepalives_idle=5")["tcp_user_timeout"] == "30000"
+    assert "keepalives_idle" not in liveness_options("postgresql://h/db?keepalives_idle=5")
