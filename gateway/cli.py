@@ -31,6 +31,7 @@ not initialised) is one line on stderr and an exit code of :class:`gateway.opera
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import logging
 import os
@@ -162,6 +163,8 @@ def serve(cfg: GatewayConfig, argv: list[str] | None = None) -> int:
     if cfg.workers > 1 and not worker:
         args = list(sys.argv[1:] if argv is None else argv)
         return Supervisor(args, cfg.listen_host, cfg.listen_port, cfg.workers).run()
+    # A crash or SIGABRT writes every thread's stack (frames only, no values) to stderr: the log.
+    faulthandler.enable(all_threads=True)
     module, _ = _prepare_softhsm(cfg)
     rt = open_runtime(cfg, module)
     app = create_app(rt)
@@ -188,9 +191,16 @@ def _listening(cfg: GatewayConfig, rt: Runtime) -> None:
     notify("READY=1", f"STATUS={status}", f"MAINPID={os.getpid()}")
 
 
+#: Seconds after SIGTERM/SIGINT after which a shutdown still running writes every thread's stack to stderr
+#: (the log): what it waits for. The shutdown itself goes on.
+SLOW_STOP_S = 20.0
+
+
 async def _notify_stopping(app: web.Application) -> None:
-    """SIGTERM/SIGINT began the graceful shutdown (aiohttp's on_shutdown): tell systemd (STOPPING=1)."""
+    """SIGTERM/SIGINT began the graceful shutdown (aiohttp's on_shutdown): tell systemd (STOPPING=1), and
+    arm the slow-stop report (:data:`SLOW_STOP_S`; cancelled when the interpreter exits)."""
     notify("STOPPING=1", "STATUS=shutting down")
+    faulthandler.dump_traceback_later(SLOW_STOP_S, exit=False)
 
 
 def _add_keys_parser(sub: Any) -> None:

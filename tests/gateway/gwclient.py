@@ -305,8 +305,14 @@ class GatewayServer:
         try:
             return self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
+            # SIGABRT first: the server's faulthandler writes every thread's stack to its log (what hung)
+            self.proc.send_signal(signal.SIGABRT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=10)
             self.kill()
-            raise AssertionError(f"mls-gateway serve did not exit within {timeout} s of SIGTERM") from None
+            raise AssertionError(
+                f"mls-gateway serve did not exit within {timeout} s of SIGTERM:\n{self.log_tail(12000)}"
+            ) from None
 
     def kill(self) -> None:
         """SIGKILL (a crash: no clean-up of any kind) and reap."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -125,3 +126,14 @@ def test_metrics_has_the_standard_collectors(shared_gateway: GatewayServer) -> N
     assert "mlsgw_identities" in text  # the gateway's own gauges, refreshed before rendering
     om = shared_gateway.client().get("/metrics", headers={"Accept": "application/openmetrics-text"})
     assert om.headers["content-type"].startswith("application/openmetrics-text")
+
+
+def test_sigabrt_writes_every_threads_stack_to_the_log(gateway_factory: Any) -> None:
+    """faulthandler is on in ``serve``: a crash or SIGABRT leaves every thread's stack (frames, no values)
+    in the log — what a hung shutdown was waiting for (the tests' ``stop`` sends it before SIGKILL)."""
+    server = gateway_factory()
+    assert server.proc is not None
+    server.proc.send_signal(signal.SIGABRT)
+    assert server.proc.wait(timeout=30) != 0
+    log = server.log_tail(50000)
+    assert "most recent call first" in log and log.count("Thread 0x") >= 2, log[-3000:]
