@@ -30,15 +30,23 @@ def _env() -> dict[str, str]:
 
 
 def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gateway.cli", *args],
-        capture_output=True,
-        text=True,
-        env=_env(),
-        timeout=timeout,
-        check=False,
-        cwd=REPO,
-    )
+    """Run ``mls-gateway ARGS``; a run that hangs fails with what it wrote (``serve`` writes every thread's
+    stack 20 s into a shutdown that is still running: what it waits for)."""
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "gateway.cli", *args],
+            capture_output=True,
+            text=True,
+            env=_env(),
+            timeout=timeout,
+            check=False,
+            cwd=REPO,
+        )
+    except subprocess.TimeoutExpired as e:
+        err = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
+        raise AssertionError(
+            f"mls-gateway {' '.join(args)} hung for {timeout} s; its stderr:\n{err[-12000:]}"
+        ) from None
 
 
 def one_line(done: subprocess.CompletedProcess[str], code: Exit, *words: str) -> None:
