@@ -193,7 +193,7 @@ def _listening(cfg: GatewayConfig, rt: Runtime) -> None:
 
 #: Seconds after SIGTERM/SIGINT after which a shutdown still running writes every thread's stack to stderr
 #: (the log): what it waits for. The shutdown itself goes on.
-SLOW_STOP_S = 20.0
+SLOW_STOP_S = 12.0
 
 
 async def _notify_stopping(app: web.Application) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import logging
 import socket
@@ -113,7 +114,27 @@ async def _serve(
             on_listening()
         await asyncio.Event().wait()  # until SIGINT/SIGTERM raises GracefulExit
     finally:
-        await runner.cleanup()
+        await _bounded_cleanup(runner)
+
+
+#: Seconds the graceful shutdown (in-flight requests, then the app's clean-up) may take before the process
+#: stops anyway: every commit is durable before it is answered, leases lapse by themselves.
+CLEANUP_BOUND_S = 20.0
+
+
+async def _bounded_cleanup(runner: web.BaseRunner) -> None:
+    """``runner.cleanup()``, given up after :data:`CLEANUP_BOUND_S` with an error naming every asyncio task
+    still pending and where it waits (a clean-up that awaits something that never comes must not keep the
+    process alive: seen once in a while right after start)."""
+    try:
+        await asyncio.wait_for(runner.cleanup(), CLEANUP_BOUND_S)
+    except TimeoutError:
+        log.error("shutdown did not finish within %g s; stopping anyway. Pending tasks:", CLEANUP_BOUND_S)
+        for task in asyncio.all_tasks():
+            if task is not asyncio.current_task():
+                buffer = io.StringIO()
+                task.print_stack(limit=8, file=buffer)
+                log.error("%s", buffer.getvalue().rstrip())
 
 
 def serve(
@@ -144,7 +165,8 @@ def serve(
         remaining = asyncio.all_tasks(loop)
         for task in remaining:
             task.cancel()
-        loop.run_until_complete(asyncio.gather(*remaining, return_exceptions=True))
+        if remaining:  # a task that ignores its cancellation must not keep the process alive either
+            loop.run_until_complete(asyncio.wait(remaining, timeout=5.0))
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
         asyncio.set_event_loop(None)
