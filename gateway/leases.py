@@ -44,6 +44,7 @@ from prometheus_client import Gauge
 
 from .context import APP
 from .store import Store, StoreUnavailable
+from .wakeups import wait_event
 
 log = logging.getLogger("mls_gateway")
 
@@ -144,8 +145,7 @@ class LeaseKeeper:
     async def wait_change(self, timeout: float) -> None:
         """Return after the next renewal round (or a lapse), or after ``timeout`` seconds."""
         event = self._event()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), timeout)
+        await wait_event(event, timeout)  # never swallows a cancellation (gateway.wakeups.wait_event)
         event.clear()
 
     async def run(self, executor: ThreadPoolExecutor) -> None:

@@ -17,6 +17,20 @@ from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 
 
+async def wait_event(event: asyncio.Event, timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds for ``event``; ``True`` when it is set. Unlike
+    ``asyncio.wait_for(event.wait(), timeout)`` on Python 3.11, a cancellation that arrives as the event
+    is set is never swallowed (CPython gh-86296): ``asyncio.wait`` raises it, and the inner waiter is
+    cancelled either way. (A swallowed cancellation kept a lease-gated task running after its clean-up
+    cancelled it, so ``serve`` never finished stopping when it stopped right after starting.)"""
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait({waiter}, timeout=timeout)
+    finally:
+        waiter.cancel()
+    return event.is_set()
+
+
 class Watch:
     """One registered waiter: :meth:`wait` returns when the endpoint was notified since registration."""
 
@@ -28,9 +42,7 @@ class Watch:
 
     async def wait(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds; ``True`` when notified (then re-armed for the next wait)."""
-        try:
-            await asyncio.wait_for(self._event.wait(), timeout)
-        except TimeoutError:
+        if not await wait_event(self._event, timeout):
             return False
         self._event.clear()
         return True
@@ -72,4 +84,4 @@ class Wakeups:
             loop.call_soon_threadsafe(w.set)
 
 
-__all__ = ["Wakeups", "Watch"]
+__all__ = ["Wakeups", "Watch", "wait_event"]

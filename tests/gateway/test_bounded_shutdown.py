@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from gateway import http_server
+from gateway.wakeups import wait_event
 
 
 class StuckRunner:
@@ -56,3 +57,56 @@ def test_the_error_that_ended_serving_still_propagates(monkeypatch: pytest.Monke
 
     with pytest.raises(OSError, match="address already in use"):
         asyncio.run(asyncio.wait_for(serving(), 10))
+
+
+def test_a_cancellation_as_the_event_is_set_is_not_swallowed() -> None:
+    """The cause of the hang: on Python 3.11 ``asyncio.wait_for(event.wait(), t)`` returns normally when
+    the task is cancelled in the loop iteration that sets the event (CPython gh-86296), so a lease-gated
+    task cancelled by the app's clean-up just as the first lease renewal published its change went on
+    running, and the clean-up waited for it forever. ``wait_event`` (used by the lease keeper and the
+    long-poll watches) raises the cancellation."""
+
+    async def race() -> str:
+        event = asyncio.Event()
+        task = asyncio.create_task(wait_event(event, 10))
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # the task waits on the event
+        event.set()
+        task.cancel()  # in the same loop iteration
+        try:
+            await task
+        except asyncio.CancelledError:
+            return "cancelled"
+        return "swallowed"
+
+    assert asyncio.run(race()) == "cancelled"
+
+    async def timeouts_and_sets() -> tuple[bool, bool]:
+        quiet, rung = asyncio.Event(), asyncio.Event()
+        asyncio.get_running_loop().call_later(0.05, rung.set)
+        return await wait_event(quiet, 0.05), await wait_event(rung, 10)
+
+    assert asyncio.run(timeouts_and_sets()) == (False, True)
+
+
+def test_a_lease_gated_task_cancelled_as_the_lease_is_taken_stops() -> None:
+    """The lease keeper's ``wait_change`` at the moment of the first renewal: cancelling the waiting task
+    ends it (before the fix it was the task the clean-up waited for)."""
+    from gateway.leases import LeaseKeeper
+
+    async def scenario() -> bool:
+        keeper = LeaseKeeper.__new__(LeaseKeeper)  # only the change event is used here
+        keeper._changed = None
+        event = keeper._event()
+        task = asyncio.create_task(keeper.wait_change(30))
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        event.set()
+        task.cancel()
+        try:
+            await asyncio.wait_for(task, 5)
+        except asyncio.CancelledError:
+            return True
+        return False
+
+    assert asyncio.run(scenario())
