@@ -25,7 +25,7 @@ import pytest
 from tests.interop.ts_mls_peer import INTEROP_DIR, TsMlsPeer
 from tests.postgres_cluster import PostgresCluster, fresh_database
 
-from ..gateway_fuzz.harness import Gateway, make_gateway, restore_softhsm_conf, stop_gateway
+from ..gateway_fuzz.harness import Gateway, running_gateway
 from .gwclient import GatewayServer
 from .stores import STORES
 
@@ -142,10 +142,5 @@ def ts_mls_peer() -> Iterator[TsMlsPeer]:
 @pytest.fixture(scope="module")
 def in_process() -> Iterator[Gateway]:
     """The gateway's app in this process, one per module (its store, caches and metrics are observable)."""
-    gateway, previous_conf, tmp = make_gateway()
-    try:
+    with running_gateway() as gateway:
         yield gateway
-    finally:
-        stop_gateway(gateway)
-        tmp.cleanup()
-        restore_softhsm_conf(previous_conf)

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from .harness import Gateway, make_gateway, restore_softhsm_conf, stop_gateway
+from .harness import Gateway, running_gateway
 
 
 @pytest.fixture(scope="package")
@@ -24,13 +24,8 @@ def gw() -> Iterator[Gateway]:
     for logger in quiet:
         logger.setLevel(logging.WARNING)
     try:
-        gateway, previous_conf, tmp = make_gateway()
-        try:
+        with running_gateway() as gateway:
             yield gateway
-        finally:
-            stop_gateway(gateway)
-            tmp.cleanup()
-            restore_softhsm_conf(previous_conf)
     finally:
         for logger, level in zip(quiet, levels):
             logger.setLevel(level)

@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import re
 import secrets
 import sqlite3
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -440,6 +441,19 @@ def make_gateway() -> tuple[Gateway, str | None, tempfile.TemporaryDirectory[str
         tmp.cleanup()
         restore_softhsm_conf(previous)
         raise
+
+
+@contextlib.contextmanager
+def running_gateway() -> Iterator[Gateway]:
+    """A started in-process gateway for the block; stopped, its folder removed and SOFTHSM2_CONF restored
+    afterwards."""
+    gateway, previous_conf, tmp = make_gateway()
+    try:
+        yield gateway
+    finally:
+        stop_gateway(gateway)
+        tmp.cleanup()
+        restore_softhsm_conf(previous_conf)
 
 
 def restore_softhsm_conf(previous: str | None) -> None:
