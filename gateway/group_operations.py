@@ -220,9 +220,14 @@ class GroupOperations:
 
     def process(self, principal: Principal, request: ProcessRequest, scope: RequestScope) -> Response:
         """``POST .../process`` (:mod:`gateway.incoming`)."""
-        identity = self.identities.get(principal, request.identity_id)
         return self._retrying(
-            lambda: self.incoming.process(identity, request.group_id, request.messages, request.batch, scope)
+            lambda: self.incoming.process(
+                lambda: self.identities.get(principal, request.identity_id),
+                request.group_id,
+                request.messages,
+                request.batch,
+                scope,
+            )
         )
 
     def group_info(

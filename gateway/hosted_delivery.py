@@ -19,6 +19,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from mls import MLSError, StagedCommit, welcome_key_package_refs
 
@@ -43,6 +44,27 @@ RACES = 5
 Joiner = Callable[
     [Identity, bytes, bytes | None, Sequence[tuple[bytes, bytes]], GroupSettings | None], GroupSession
 ]
+
+
+class Progress(NamedTuple):
+    """One snapshot of a hosted membership's place in its group's log."""
+
+    #: The log's head (``None``: the group has no log).
+    head: LogPosition | None
+    #: The last entry applied to the membership (``None``: not a member).
+    applied: int | None
+    #: The ``up_to_seq`` of its work mark (``hosted_pending``; ``None``: none).
+    mark: int | None
+
+    @property
+    def settled(self) -> bool:
+        """Nothing to apply and no mark to clear (a mark beyond ``applied`` is for an append not visible
+        yet: its own delivery clears it)."""
+        if self.head is None:
+            return self.mark is None
+        if self.applied is None or self.applied < self.head.seq:
+            return False
+        return self.mark is None or self.mark > self.applied
 
 
 @dataclass(frozen=True)
@@ -138,29 +160,39 @@ class HostedDelivery:
                     raise
         raise conflict("the membership kept changing concurrently; retry")
 
+    def settled(self, identity: Identity, group_id: bytes) -> bool:
+        """Whether :meth:`advance` would do nothing now (no entry to apply, no work mark to clear): a read,
+        within the caller's read transaction if it has one."""
+        return self._progress(identity, group_id).settled
+
+    def _progress(self, identity: Identity, group_id: bytes) -> Progress:
+        with self.store.read_transaction() as tx:
+            return Progress(
+                tx.get_log_position(identity.tenant_id, group_id),
+                tx.applied_seq(identity.identity_id, group_id),
+                tx.hosted_pending_of(identity.identity_id, group_id),
+            )
+
     def _advance(self, identity: Identity, group_id: bytes, force: bool, join: JoinOptions) -> int | None:
-        tenant_id = identity.tenant_id
         while True:
             session: GroupSession | None = None
-            with self.store.read_transaction() as tx:  # one snapshot: head, membership, entries to apply
-                head = tx.get_log_position(tenant_id, group_id)
-                applied = tx.applied_seq(identity.identity_id, group_id)
-                mark = tx.hosted_pending_of(identity.identity_id, group_id)
+            with self.store.read_transaction():  # one snapshot: head, membership, entries to apply
+                head, applied, _ = progress = self._progress(identity, group_id)
                 if head is not None and applied is not None and applied < head.seq:
                     session = self.sessions.open(identity, group_id)
                     self.catch_up(session, head.seq)
-            if head is None:
-                if mark is not None:
-                    self._clear(identity, group_id, None)
+            if progress.settled:
+                return None if head is None else applied
+            if head is None:  # only a work mark to clear
+                self._clear(identity, group_id, None)
                 return None
             if applied is None:
                 session = self._join(identity, head, force, join)
                 if session is None:
                     return None
                 self.catch_up(session, head.seq)
-            elif applied >= head.seq:
-                if mark is not None and mark <= applied:  # no write transaction with nothing to clear
-                    self._clear(identity, group_id, applied)
+            elif applied >= head.seq:  # only a work mark to clear
+                self._clear(identity, group_id, applied)
                 return applied
             assert session is not None
             self._commit(session)

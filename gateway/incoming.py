@@ -50,25 +50,50 @@ class IncomingMessages:
         self.submission = submission
 
     def process(
-        self, identity: Identity, group_id: bytes, messages: list[bytes], batch: bool, scope: RequestScope
+        self,
+        load_identity: Callable[[], Identity],
+        group_id: bytes,
+        messages: list[bytes],
+        batch: bool,
+        scope: RequestScope,
     ) -> Response:
         """Each message in order; a commit is merged at once. In the batch form a failed message answers a
-        problem document in its place and the others still count."""
-        positions = self._log_positions(identity, group_id, messages)
-        if any(p is not None for p in positions):
-            self.hosted.advance(identity, group_id, force_join=True)
-        # One read transaction for the membership, the log's head and entries, and the recorded events
-        # (one snapshot, no write lock); everything is written by the commit below.
+        problem document in its place and the others still count.
+
+        The identity, the messages' places in the log, the membership, the log's head and entries and the
+        recorded events are read in one read transaction (one snapshot, no write lock) — unless the member
+        must first take entries from the log (:meth:`HostedDelivery.advance`, its own write), then in a
+        second one after it; everything else is written by the commit below."""
         with self.store.read_transaction():
-            session = self.sessions.open(identity, group_id)
-            head = self.submission.prepare(session)
-            results = []
-            with session.audit_context():
-                for message, seq in zip(messages, positions, strict=True):
-                    one = self._recorded if seq is not None else self._process_one
-                    results.append(_answer(one, (session, message, seq, head), batch))
+            identity = load_identity()
+            positions = self._log_positions(identity, group_id, messages)
+            behind = any(p is not None for p in positions) and not self.hosted.settled(identity, group_id)
+            outcome = None if behind else self._outcome(identity, group_id, messages, positions, batch)
+        if outcome is None:
+            self.hosted.advance(identity, group_id, force_join=True)
+            with self.store.read_transaction():
+                outcome = self._outcome(identity, group_id, messages, positions, batch)
+        session, results = outcome
         body = {"results": results} if batch else results[0]
         return session.commit(Response(200, body), scope)
+
+    def _outcome(
+        self,
+        identity: Identity,
+        group_id: bytes,
+        messages: list[bytes],
+        positions: list[int | None],
+        batch: bool,
+    ) -> tuple[GroupSession, list[Json]]:
+        """The membership (uncommitted) and each message's answer."""
+        session = self.sessions.open(identity, group_id)
+        head = self.submission.prepare(session)
+        results = []
+        with session.audit_context():
+            for message, seq in zip(messages, positions, strict=True):
+                one = self._recorded if seq is not None else self._process_one
+                results.append(_answer(one, (session, message, seq, head), batch))
+        return session, results
 
     def _log_positions(self, identity: Identity, group_id: bytes, messages: list[bytes]) -> list[int | None]:
         """Each message's ``seq`` in the group's log (``None`` if it is not there)."""
