@@ -150,8 +150,10 @@ class HostedDelivery:
         join: JoinOptions | None = None,
     ) -> int | None:
         """Apply everything the log holds for this membership (joining first from a Welcome when it is not
-        a member yet); returns the applied ``seq`` (``None`` when there is nothing for it). A concurrent
-        writer of the same membership (a request, another process) makes it start again on its result."""
+        a member yet) as one snapshot of the store shows it; returns the applied ``seq`` (``None`` when
+        there is nothing for it). Entries appended after that snapshot have their own work marks and
+        wake-ups (:mod:`gateway.hosted_worker` applies them). A concurrent writer of the same membership (a
+        request, another process) makes it start again on its result."""
         for _ in range(RACES):
             try:
                 return self._advance(identity, group_id, force_join, join or JoinOptions())
@@ -174,28 +176,28 @@ class HostedDelivery:
             )
 
     def _advance(self, identity: Identity, group_id: bytes, force: bool, join: JoinOptions) -> int | None:
-        while True:
-            session: GroupSession | None = None
-            with self.store.read_transaction():  # one snapshot: head, membership, entries to apply
-                head, applied, _ = progress = self._progress(identity, group_id)
-                if head is not None and applied is not None and applied < head.seq:
-                    session = self.sessions.open(identity, group_id)
-                    self.catch_up(session, head.seq)
-            if progress.settled:
-                return None if head is None else applied
-            if head is None:  # only a work mark to clear
-                self._clear(identity, group_id, None)
-                return None
-            if applied is None:
-                session = self._join(identity, head, force, join)
-                if session is None:
-                    return None
+        session: GroupSession | None = None
+        with self.store.read_transaction():  # one snapshot: head, membership, entries to apply
+            head, applied, _ = progress = self._progress(identity, group_id)
+            if head is not None and applied is not None and applied < head.seq:
+                session = self.sessions.open(identity, group_id)
                 self.catch_up(session, head.seq)
-            elif applied >= head.seq:  # only a work mark to clear
-                self._clear(identity, group_id, applied)
-                return applied
-            assert session is not None
-            self._commit(session)
+        if progress.settled:
+            return None if head is None else applied
+        if head is None:  # only a work mark to clear (every one: there is no log)
+            self._clear(identity, group_id, None)
+            return None
+        if applied is not None and applied >= head.seq:  # only a work mark to clear
+            self._clear(identity, group_id, applied)
+            return applied
+        if applied is None:
+            session = self._join(identity, head, force, join)
+            if session is None:
+                return None
+            self.catch_up(session, head.seq)
+        assert session is not None
+        self._commit(session)
+        return session.applied_seq
 
     def _commit(self, session: GroupSession) -> None:
         identity_id, group_id, applied = session.identity_id, session.group.group_id, session.applied_seq
