@@ -154,9 +154,24 @@ class HostedDelivery:
         there is nothing for it). Entries appended after that snapshot have their own work marks and
         wake-ups (:mod:`gateway.hosted_worker` applies them). A concurrent writer of the same membership (a
         request, another process) makes it start again on its result."""
+        return self._advancing(lambda: identity, group_id, force_join, join or JoinOptions())
+
+    def advance_by_id(self, tenant_id: str, identity_id: str, group_id: bytes) -> int | None:
+        """:meth:`advance` for an identity named by its id (the hosted-delivery worker's): it is read in
+        the same snapshot as the membership's place in the log; ``None`` when it no longer exists."""
+
+        def load() -> Identity | None:
+            with self.store.read_transaction() as tx:
+                return tx.get_identity(tenant_id, identity_id)
+
+        return self._advancing(load, group_id, False, JoinOptions())
+
+    def _advancing(
+        self, load: Callable[[], Identity | None], group_id: bytes, force: bool, join: JoinOptions
+    ) -> int | None:
         for _ in range(RACES):
             try:
-                return self._advance(identity, group_id, force_join, join or JoinOptions())
+                return self._advance(load, group_id, force, join)
             except Problem as e:
                 if e.code != "conflict":
                     raise
@@ -175,9 +190,14 @@ class HostedDelivery:
                 tx.hosted_pending_of(identity.identity_id, group_id),
             )
 
-    def _advance(self, identity: Identity, group_id: bytes, force: bool, join: JoinOptions) -> int | None:
+    def _advance(
+        self, load: Callable[[], Identity | None], group_id: bytes, force: bool, join: JoinOptions
+    ) -> int | None:
         session: GroupSession | None = None
-        with self.store.read_transaction():  # one snapshot: head, membership, entries to apply
+        with self.store.read_transaction():  # one snapshot: identity, head, membership, entries to apply
+            identity = load()
+            if identity is None:
+                return None
             head, applied, _ = progress = self._progress(identity, group_id)
             if head is not None and applied is not None and applied < head.seq:
                 session = self.sessions.open(identity, group_id)

@@ -97,10 +97,7 @@ class HostedWorker:
     def _advance(self, identity_id: str, tenant_id: str, group_id: bytes) -> None:
         service = self.rt.service
         try:
-            with self.rt.store.read_transaction() as tx:
-                identity = tx.get_identity(tenant_id, identity_id)
-            if identity is not None:
-                service.hosted.advance(identity, group_id)
+            service.hosted.advance_by_id(tenant_id, identity_id, group_id)
         except (StoreUnavailable, HsmUnavailable) as e:
             log.warning("hosted delivery deferred (retried by the sweep): %s", type(e).__name__)
         except (MLSError, Problem) as e:
