@@ -271,11 +271,10 @@ class GroupSessions:
             if version is not None:
                 cached = self.cache.peek(key, version) if read_only else self.cache.take(key, version)
             record = None if cached is not None or version is None else tx.get_group(identity_id, group_id)
-            sealed_psks = tx.list_psks(identity_id)
         if version is None:
             self.cache.drop(key)
             raise not_found("group")
-        psks = self.sealer.open_psks(identity_id, sealed_psks)
+        psks = self.sealer.open_psks(identity_id, lambda: self._sealed_psks(identity_id))
         if cached is not None:
             group = Group(cached.state, keys_for(self.sealer.keys, identity), psks)
             group.pending_commit = cached.pending
@@ -324,9 +323,14 @@ class GroupSessions:
 
     def psk_store(self, identity: Identity, extra: Sequence[tuple[bytes, bytes]] = ()) -> MemoryPskStore:
         """The identity's remembered external PSKs and ``extra`` ones, for a join before any state exists."""
+        return self.sealer.open_psks(
+            identity.identity_id, self._sealed_psks(identity.identity_id), dict(extra)
+        )
+
+    def _sealed_psks(self, identity_id: str) -> list[tuple[bytes, bytes]]:
+        """The identity's remembered PSKs, sealed (within the caller's read transaction if it has one)."""
         with self.store.read_transaction() as tx:
-            sealed = tx.list_psks(identity.identity_id)
-        return self.sealer.open_psks(identity.identity_id, sealed, dict(extra))
+            return tx.list_psks(identity_id)
 
 
 __all__ = ["GroupSession", "GroupSessions", "membership_keys", "new_leaf_key"]

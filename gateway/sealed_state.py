@@ -17,7 +17,7 @@ secrets, hence sealed). One that does not open as such — corrupt, or of anothe
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from hsm.envelope import Envelope
@@ -88,13 +88,20 @@ class StateSealer:
         return self.envelope.seal(secret, _psk_aad(identity_id, psk_id))
 
     def open_psks(
-        self, identity_id: str, sealed: list[tuple[bytes, bytes]], extra: Mapping[bytes, bytes] | None = None
+        self,
+        identity_id: str,
+        sealed: Sequence[tuple[bytes, bytes]] | Callable[[], Sequence[tuple[bytes, bytes]]],
+        extra: Mapping[bytes, bytes] | None = None,
     ) -> SealedPskStore:
         """An identity's PSK store: its remembered external PSKs (opened when first asked for) and
-        ``extra`` ones."""
-        return SealedPskStore(
-            external=dict(extra or {}), sealer=self, identity_id=identity_id, sealed=dict(sealed)
-        )
+        ``extra`` ones. ``sealed``: the sealed PSKs, or how to read them when one is first asked for
+        (most operations never need one)."""
+        store = SealedPskStore(external=dict(extra or {}), sealer=self, identity_id=identity_id)
+        if callable(sealed):
+            store.load = sealed
+        else:
+            store.sealed = dict(sealed)
+        return store
 
     def open_psk(self, identity_id: str, psk_id: bytes, sealed: bytes) -> bytes:
         return self.envelope.open(sealed, _psk_aad(identity_id, psk_id))
@@ -103,16 +110,21 @@ class StateSealer:
 @dataclass
 class SealedPskStore(MemoryPskStore):
     """A :class:`mls.MemoryPskStore` whose remembered external PSKs stay sealed until one is looked up
-    (RFC 9420 §8.4: only a commit or Welcome naming a PSK needs its value); values put into
-    ``external`` (given with the request) take precedence."""
+    (RFC 9420 §8.4: only a commit or Welcome naming a PSK needs its value), and unread until then when
+    given ``load``; values put into ``external`` (given with the request) take precedence."""
 
     sealer: StateSealer | None = field(default=None, repr=False)
     identity_id: str = ""
-    sealed: dict[bytes, bytes] = field(default_factory=dict, repr=False)
+    #: The sealed PSKs by id (``None`` until ``load`` read them).
+    sealed: dict[bytes, bytes] | None = field(default=None, repr=False)
+    #: Reads the sealed PSKs from the store, when an external PSK is first looked up.
+    load: Callable[[], Sequence[tuple[bytes, bytes]]] | None = field(default=None, repr=False)
 
     def get(self, psk_id: PreSharedKeyID) -> bytes | None:
         key = psk_id.psk_id
         if psk_id.psktype == PSKType.external and key is not None and key not in self.external:
+            if self.sealed is None:
+                self.sealed = dict(self.load()) if self.load is not None else {}
             blob = self.sealed.get(key)
             if blob is not None and self.sealer is not None:
                 self.external[key] = self.sealer.open_psk(self.identity_id, key, blob)
