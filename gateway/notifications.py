@@ -179,6 +179,7 @@ class PostgresNotificationListener(_ListenerThread):
         self.reconnect_s = reconnect_s
         #: Unix time (the server's clock) of the last moment the connection was known to be live.
         self.last_heard: float | None = None
+        #: Connections made and listening (a reconnect's is counted before its catch-up wakes anyone).
         self.connects = 0
         #: The server process of the listening connection (``pg_terminate_backend`` cuts it in tests).
         self.backend_pid: int | None = None
@@ -210,6 +211,7 @@ class PostgresNotificationListener(_ListenerThread):
         ) as conn:
             self.backend_pid = conn.info.backend_pid
             conn.execute(f"LISTEN {CHANNEL}")
+            self.connects += 1  # counted before the catch-up below wakes anyone
             now = _server_time(conn)
             if self.last_heard is not None:  # a reconnect: what was notified while we were away
                 rows = conn.execute(
@@ -218,7 +220,6 @@ class PostgresNotificationListener(_ListenerThread):
                 ).fetchall()
                 self._wake({str(r[0]) for r in rows})
             self.last_heard = now
-            self.connects += 1
             self._ready.set()
             while not self._stop.is_set():
                 for n in conn.notifies(timeout=1.0, stop_after=256):  # each as it arrives

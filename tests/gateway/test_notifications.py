@@ -15,7 +15,7 @@ import statistics
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import psycopg
@@ -309,8 +309,16 @@ def test_postgres_commit_on_another_connection_wakes_the_waiter(pg: str) -> None
 
 def test_postgres_no_wake_up_lost_across_a_reconnect(pg: str) -> None:
     """The listener's connection is cut (``pg_terminate_backend``); a commit made while it has no
-    connection still wakes the waiter: the listener catches up from the table when it reconnects."""
-    wakeups = Wakeups()
+    connection still wakes the waiter: the listener catches up from the table when it reconnects (and
+    has counted the new connection by then: the check right after the wake-up is no race)."""
+    connects_at_wake: list[int] = []
+
+    class Recording(Wakeups):
+        def notify(self, channels: Iterable[str]) -> None:
+            connects_at_wake.append(listener.connects)
+            super().notify(channels)
+
+    wakeups = Recording()
     listener = pg_listener(pg, wakeups, reconnect_s=2.0)  # the write most likely lands while it is away
     try:
         pid = listener.backend_pid
@@ -324,6 +332,7 @@ def test_postgres_no_wake_up_lost_across_a_reconnect(pg: str) -> None:
             pg_notify_write(pg, "idn_z")()
 
         assert woken_by(wakeups, "idn_z", cut_then_write)
+        assert connects_at_wake and min(connects_at_wake) >= 2
         assert listener.connects >= 2 and listener.backend_pid != pid
     finally:
         listener.stop()
