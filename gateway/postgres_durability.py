@@ -50,7 +50,11 @@ its block returns:
   not passed it yet does it run :data:`FLUSH` (:func:`end_read`);
 * a write transaction's :data:`FLUSH` covers what it read (it is later in the WAL), and so does the one
   run after a write transaction that ended in an application error (a conflict may report what it saw);
-* :meth:`gateway.postgres_store.PostgresStore.sync` runs :data:`FLUSH`.
+* :meth:`gateway.postgres_store.PostgresStore.sync` runs :data:`FLUSH`;
+* the one exception, :meth:`gateway.postgres_store.PostgresStore.lookup` (the bearer-token check), is a
+  single ``SELECT`` in autocommit with no wait: a token is known only to its creator until its creation
+  is durable and answered, so a lookup cannot show anyone a commit a crash could take back (a revocation
+  not yet durable refuses a request a little early — never the other way round).
 
 The guarantee: when a transaction's block has returned normally, every commit it wrote or read is flushed
 to the WAL on disk; a crash of PostgreSQL loses only commits nobody was answered with. Unflushed commits

@@ -64,6 +64,10 @@ def is_ordered(sql: str) -> bool:
     return any(name.lower() not in GROUP_TABLES for name in _TABLE.findall(sql))
 
 
+#: A statement that only reads.
+_SELECT = re.compile(r"\s*SELECT\b", re.IGNORECASE)
+
+
 class PgRow(tuple[Any, ...]):
     """A row readable by index and by column name (like :class:`sqlite3.Row`)."""
 
@@ -110,14 +114,22 @@ class PgConnection:
     """The part of :class:`sqlite3.Connection` the mixins use, over one psycopg connection."""
 
     def __init__(
-        self, conn: psycopg.Connection[Any], *, before_ordered: Callable[[], None] | None = None
+        self,
+        conn: psycopg.Connection[Any],
+        *,
+        before_ordered: Callable[[], None] | None = None,
+        select_only: bool = False,
     ) -> None:
         """``before_ordered``: called once, before the first statement that :func:`is_ordered` (a
-        group-scoped write transaction takes the order lock there)."""
+        group-scoped write transaction takes the order lock there). ``select_only``: anything but a
+        ``SELECT`` is refused (:class:`psycopg.ProgrammingError`) — a lookup outside any transaction."""
         self._conn = conn
         self._before_ordered = before_ordered
+        self._select_only = select_only
 
     def _check_order(self, sql: str) -> None:
+        if self._select_only and not _SELECT.match(sql):
+            raise psycopg.ProgrammingError("only a SELECT may run here")
         if self._before_ordered is not None and is_ordered(sql):
             take, self._before_ordered = self._before_ordered, None
             take()

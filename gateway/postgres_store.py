@@ -201,6 +201,18 @@ class PostgresStore:
         with self._transaction(write=False) as tx:
             yield tx
 
+    @contextlib.contextmanager
+    def lookup(self) -> Iterator[SqliteTransaction]:
+        """One ``SELECT`` in autocommit (:meth:`gateway.store.Store.lookup`): its own snapshot, one round
+        trip, no durability wait; anything but a ``SELECT`` is refused (a defect)."""
+        outer: PgConnection | None = getattr(self._local, "reader", None)
+        with contextlib.ExitStack() as stack:
+            adapter = outer or PgConnection(stack.enter_context(self._connection()), select_only=True)
+            try:
+                yield SqliteTransaction(cast("Any", adapter))
+            except psycopg.Error as e:
+                raise _statement_error("database error", e, write=False) from None
+
     def sync(self) -> None:
         """Return once every commit so far, of any process, is flushed to disk (one shared flush)."""
         with self._connection() as conn:

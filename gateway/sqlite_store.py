@@ -18,7 +18,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 from .quotas import SqliteQuotaMixin
@@ -409,6 +409,11 @@ class SqliteStore:
             self.durability.wait_durable(ticket)
         except OSError as e:
             raise StoreUnavailable(f"cannot sync the database: {e}") from None
+
+    def lookup(self) -> AbstractContextManager[SqliteTransaction]:
+        """One ``SELECT`` (:meth:`gateway.store.Store.lookup`): a read transaction here, in-process and
+        cheap."""
+        return self.read_transaction()
 
     @contextmanager
     def read_transaction(self) -> Iterator[SqliteTransaction]:

@@ -263,6 +263,16 @@ class Store(Protocol):
         """A transaction that only reads (one consistent snapshot, no write lock); writing in it fails."""
         ...
 
+    def lookup(self) -> AbstractContextManager[Transaction]:
+        """One ``SELECT`` on its own, the cheapest read a store has (PostgreSQL: no transaction around
+        it and no wait for the durability of what it sees — one round trip instead of three; inside a read
+        transaction it reads within that). Only for a read whose answer cannot show anyone a commit that a
+        crash could still take back: a bearer token's record (:meth:`gateway.tenants.Tenants.authenticate`
+        — a token is known to its creator alone until its creation is durable and answered; a revocation
+        not yet durable refuses a request that would succeed after a crash, never the reverse of an
+        acknowledged one)."""
+        ...
+
     def sync(self) -> None:
         """Return once every transaction committed so far is durable (before answering with what another
         request wrote, e.g. a replayed response)."""

@@ -30,7 +30,7 @@ class Tenants:
 
     def authenticate(self, token: str) -> Principal | None:
         """Who holds this bearer token (``None`` for an unknown or revoked one)."""
-        with self.store.read_transaction() as tx:
+        with self.store.lookup() as tx:  # no snapshot or durability wait needed: see Store.lookup
             record = tx.token_by_hash(token_hash(token))
         if record is None or record.revoked:
             return None

@@ -314,6 +314,31 @@ def test_read_transactions_refuse_writes_and_nest_in_one_snapshot(store: AnyStor
     assert store.write_probe(1.0) is None
 
 
+def test_a_lookup_reads_one_row_and_refuses_writes(store: AnyStore) -> None:
+    """``Store.lookup`` (the token check's read): what is committed, nothing else; a write in it is a
+    defect (StoreFault) that changes nothing; inside a read transaction it reads within that snapshot."""
+    seed(store)
+    with store.transaction() as tx:
+        tx.add_token("tok_1", "ten_1", b"hash-1")
+    with store.lookup() as tx:
+        record = tx.token_by_hash(b"hash-1")
+        assert record is not None and record.tenant_id == "ten_1" and not record.revoked
+    with store.lookup() as tx:
+        assert tx.token_by_hash(b"hash-2") is None
+    with pytest.raises(StoreFault), store.lookup() as tx:
+        tx.add_tenant(Tenant("ten_2", "two"))
+    with store.read_transaction() as outer:
+        assert outer.get_tenant("ten_2") is None  # the snapshot begins
+        with store.transaction() as tx:  # revoked after the outer snapshot began
+            tx.revoke_token("ten_1", "tok_1")
+        with store.lookup() as inner:
+            record = inner.token_by_hash(b"hash-1")
+            assert record is not None and not record.revoked
+    with store.lookup() as tx:
+        record = tx.token_by_hash(b"hash-1")
+        assert record is not None and record.revoked
+
+
 def test_a_refused_statement_is_a_fault_that_changes_nothing(store: AnyStore) -> None:
     """A statement the database refuses for good (here a primary key taken twice) is a StoreFault — the
     API's 500, not 503 "retry later" — whose text names the error class and not the values; the
