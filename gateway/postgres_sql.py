@@ -83,14 +83,18 @@ class PgRow(tuple[Any, ...]):
 
 
 @functools.lru_cache(maxsize=512)
-def _row_class(names: tuple[str, ...]) -> type[PgRow]:
-    return type("PgRow", (PgRow,), {"_index": {n: i for i, n in enumerate(names)}})
+def _row_class(names: tuple[bytes | None, ...]) -> type[PgRow]:
+    index = {(n or b"").decode(): i for i, n in enumerate(names)}
+    return type("PgRow", (PgRow,), {"_index": index})
 
 
 def _row_factory(cursor: psycopg.Cursor[Any]) -> Callable[[Sequence[Any]], PgRow]:
-    names = tuple(d.name for d in cursor.description or ())
-    cls = _row_class(names)
-    return lambda values: cls(values)
+    """The row class of the cursor's current result, by its column names as libpq gives them (not
+    ``cursor.description``, which builds a ``Column`` object per column and result: measured, a tenth of
+    the gateway's CPU per message on PostgreSQL)."""
+    result = cursor.pgresult
+    names = () if result is None else tuple(result.fname(i) for i in range(result.nfields))
+    return _row_class(names)
 
 
 class PgCursor:
