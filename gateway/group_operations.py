@@ -78,8 +78,9 @@ class GroupOperations:
         self, principal: Principal, identity_id: str, group_id: bytes, epoch: int | None = None
     ) -> tuple[GroupSession, LogPosition | None]:
         """The caller's membership, caught up with the group's log, and the log's head
-        (:meth:`HostedSubmission.prepare`): the reads of identity, membership, PSKs, log head and entries
-        share one read transaction (one snapshot, no write lock; nothing is written before the commit)."""
+        (:meth:`HostedSubmission.prepare`): the reads of identity, membership, log head and entries share
+        one read transaction (one snapshot, no write lock; nothing is written before the commit); PSKs are
+        read if an operation names one."""
         with self.submission.store.read_transaction():
             session = self._open(principal, identity_id, group_id)
             return session, self.submission.prepare(session, epoch)

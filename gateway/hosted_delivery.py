@@ -58,8 +58,9 @@ class Progress(NamedTuple):
 
     @property
     def settled(self) -> bool:
-        """Nothing to apply and no mark to clear (a mark beyond ``applied`` is for an append not visible
-        yet: its own delivery clears it)."""
+        """Nothing to apply and no work mark that the applied position covers. (A mark is written with
+        its append, so within one snapshot it never exceeds the head; one above ``applied`` with nothing
+        left to apply is stale, and clearing it is not this pass's to do.)"""
         if self.head is None:
             return self.mark is None
         if self.applied is None or self.applied < self.head.seq:
@@ -152,8 +153,9 @@ class HostedDelivery:
         """Apply everything the log holds for this membership (joining first from a Welcome when it is not
         a member yet) as one snapshot of the store shows it; returns the applied ``seq`` (``None`` when
         there is nothing for it). Entries appended after that snapshot have their own work marks and
-        wake-ups (:mod:`gateway.hosted_worker` applies them). A concurrent writer of the same membership (a
-        request, another process) makes it start again on its result."""
+        wake-ups (:mod:`gateway.hosted_worker` applies them) — except after a join, which looks once more
+        (see :meth:`_advancing`). A concurrent writer of the same membership (a request, another process)
+        makes it start again on its result."""
         return self._advancing(lambda: identity, group_id, force_join, join or JoinOptions())
 
     def advance_by_id(self, tenant_id: str, identity_id: str, group_id: bytes) -> int | None:
@@ -171,7 +173,13 @@ class HostedDelivery:
     ) -> int | None:
         for _ in range(RACES):
             try:
-                return self._advance(load, group_id, force, join)
+                applied, joined = self._advance(load, group_id, force, join)
+                if joined:
+                    # A delivery that ran beside the join saw no membership yet: it may have recorded a
+                    # welcome event and cleared the work marks of entries appended after the join's
+                    # snapshot. Nothing else would apply those: look once more, now as a member.
+                    applied, _ = self._advance(load, group_id, force, join)
+                return applied
             except Problem as e:
                 if e.code != "conflict":
                     raise
@@ -192,32 +200,33 @@ class HostedDelivery:
 
     def _advance(
         self, load: Callable[[], Identity | None], group_id: bytes, force: bool, join: JoinOptions
-    ) -> int | None:
+    ) -> tuple[int | None, bool]:
+        """One pass over what one snapshot shows: the applied ``seq`` and whether the pass joined."""
         session: GroupSession | None = None
         with self.store.read_transaction():  # one snapshot: identity, head, membership, entries to apply
             identity = load()
             if identity is None:
-                return None
+                return None, False
             head, applied, _ = progress = self._progress(identity, group_id)
             if head is not None and applied is not None and applied < head.seq:
                 session = self.sessions.open(identity, group_id)
                 self.catch_up(session, head.seq)
         if progress.settled:
-            return None if head is None else applied
+            return (None if head is None else applied), False
         if head is None:  # only a work mark to clear (every one: there is no log)
             self._clear(identity, group_id, None)
-            return None
+            return None, False
         if applied is not None and applied >= head.seq:  # only a work mark to clear
             self._clear(identity, group_id, applied)
-            return applied
+            return applied, False
         if applied is None:
             session = self._join(identity, head, force, join)
             if session is None:
-                return None
+                return None, False
             self.catch_up(session, head.seq)
         assert session is not None
         self._commit(session)
-        return session.applied_seq
+        return session.applied_seq, applied is None
 
     def _commit(self, session: GroupSession) -> None:
         identity_id, group_id, applied = session.identity_id, session.group.group_id, session.applied_seq

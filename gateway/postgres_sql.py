@@ -64,8 +64,12 @@ def is_ordered(sql: str) -> bool:
     return any(name.lower() not in GROUP_TABLES for name in _TABLE.findall(sql))
 
 
-#: A statement that only reads.
-_SELECT = re.compile(r"\s*SELECT\b", re.IGNORECASE)
+#: One statement that only reads (a defect detector for lookups, not a parser: no second statement, no
+#: row locks, no ``SELECT … INTO``, no sequence or advisory-lock functions).
+_SELECT = re.compile(
+    r"\s*SELECT\b(?![^;]*(;|\bFOR\s+(UPDATE|SHARE|NO\s+KEY|KEY)\b|\bINTO\b|nextval|pg_advisory))",
+    re.IGNORECASE,
+)
 
 
 class PgRow(tuple[Any, ...]):

@@ -204,7 +204,8 @@ class PostgresStore:
     @contextlib.contextmanager
     def lookup(self) -> Iterator[SqliteTransaction]:
         """One ``SELECT`` in autocommit (:meth:`gateway.store.Store.lookup`): its own snapshot, one round
-        trip, no durability wait; anything but a ``SELECT`` is refused (a defect)."""
+        trip, no durability wait; anything but a ``SELECT`` is refused (a defect). Not for use inside a
+        write transaction: it would take a second pooled connection."""
         outer: PgConnection | None = getattr(self._local, "reader", None)
         with contextlib.ExitStack() as stack:
             adapter = outer or PgConnection(stack.enter_context(self._connection()), select_only=True)

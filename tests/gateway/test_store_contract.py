@@ -327,6 +327,11 @@ def test_a_lookup_reads_one_row_and_refuses_writes(store: AnyStore) -> None:
         assert tx.token_by_hash(b"hash-2") is None
     with pytest.raises(StoreFault), store.lookup() as tx:
         tx.add_tenant(Tenant("ten_2", "two"))
+    for sql in ("SELECT 1; DELETE FROM tokens", "SELECT * FROM tokens FOR UPDATE"):
+        with pytest.raises(StoreFault), store.lookup() as tx:
+            tx._c.execute(sql).fetchall()
+    with store.lookup() as tx:
+        assert tx.token_by_hash(b"hash-1") is not None
     with store.read_transaction() as outer:
         assert outer.get_tenant("ten_2") is None  # the snapshot begins
         with store.transaction() as tx:  # revoked after the outer snapshot began
