@@ -100,56 +100,49 @@ def _stop_hosted_worker(gw: Gateway) -> None:
     gw.loop.run_until_complete(asyncio.sleep(0))
 
 
-def test_one_message_takes_few_transactions(in_process: Gateway) -> None:
-    gw = in_process
-    _stop_hosted_worker(gw)
-    pair = two_member_group(gw)
-    sender, receiver = pair.first_path, pair.second_path
-    counting = CountingStore(gw.runtime.store)
-    try:
-        for _ in range(3):  # warm: states cached, data keys unwrapped
-            sent = gw.ok("POST", sender + "/messages", {"data": base64.b64encode(b"warm").decode()})
-            gw.ok("POST", receiver + "/process", {"message": sent["message"]})
-        counting.take()
-        sent = gw.ok("POST", sender + "/messages", {"data": base64.b64encode(b"counted").decode()})
-        send = counting.take()
-        got = gw.ok("POST", receiver + "/process", {"message": sent["message"]})
-        process = counting.take()
-    finally:
-        counting.uninstall()
-    assert base64.b64decode(got["data"]) == b"counted"
-    assert send[0] <= SEND[0] and send[1] <= SEND[1], f"send took {send} (reads, writes)"
-    assert process[0] <= PROCESS[0] and process[1] <= PROCESS[1], f"process took {process} (reads, writes)"
-    assert send[1] == 1 and process[1] >= 1  # the writes are real: the counting sees them
-
-
-def test_a_message_the_worker_applied_takes_one_read(in_process: Gateway) -> None:
-    """The usual case: the hosted-delivery worker applied the message before the receiver asks (its
-    delivery is run here directly, the way the worker runs it, so that no wake-up or sweep adds a run)."""
-    gw = in_process
+def _count_one_message(gw: Gateway, *, worker_first: bool) -> tuple[tuple[int, int], ...]:
+    """(reads, writes) of one message's send, of the hosted-delivery worker's delivery of it to the
+    receiver (run here directly, the way the worker runs it, so that no wake-up or sweep adds a run; none
+    unless ``worker_first``) and of the receiver's ``/process``, after three uncounted ones (states cached,
+    data keys unwrapped)."""
     _stop_hosted_worker(gw)
     pair = two_member_group(gw)
     sender, receiver = pair.first_path, pair.second_path
     hosted = gw.runtime.service.hosted
 
     def deliver() -> None:
-        hosted.advance_by_id(gw.world.tenant_id, pair.second, pair.group_id)
+        if worker_first:
+            hosted.advance_by_id(gw.world.tenant_id, pair.second, pair.group_id)
 
     counting = CountingStore(gw.runtime.store)
     try:
-        for _ in range(3):  # warm: states cached, data keys unwrapped
+        for _ in range(3):
             sent = gw.ok("POST", sender + "/messages", {"data": base64.b64encode(b"warm").decode()})
             deliver()
             gw.ok("POST", receiver + "/process", {"message": sent["message"]})
-        sent = gw.ok("POST", sender + "/messages", {"data": base64.b64encode(b"counted").decode()})
         counting.take(), counting.take_worker()
+        sent = gw.ok("POST", sender + "/messages", {"data": base64.b64encode(b"counted").decode()})
+        send = counting.take()
         deliver()
         delivery = counting.take_worker()
         got = gw.ok("POST", receiver + "/process", {"message": sent["message"]})
         process = counting.take()
     finally:
         counting.uninstall()
-    assert base64.b64decode(got["data"]) == b"counted"
-    assert got["kind"] == "application"
-    assert process == PROCESS_APPLIED, f"process took {process} (reads, writes)"
+    assert got["kind"] == "application" and base64.b64decode(got["data"]) == b"counted"
+    return send, delivery, process
+
+
+def test_one_message_takes_few_transactions(in_process: Gateway) -> None:
+    send, _, process = _count_one_message(in_process, worker_first=False)
+    assert send[0] <= SEND[0] and send[1] <= SEND[1], f"send took {send} (reads, writes)"
+    assert process[0] <= PROCESS[0] and process[1] <= PROCESS[1], f"process took {process} (reads, writes)"
+    assert send[1] == 1 and process[1] >= 1  # the writes are real: the counting sees them
+
+
+def test_a_message_the_worker_applied_takes_one_read(in_process: Gateway) -> None:
+    """The usual case: the hosted-delivery worker applied the message before the receiver asks."""
+    send, delivery, process = _count_one_message(in_process, worker_first=True)
+    assert send[0] <= SEND[0] and send[1] == SEND[1], f"send took {send} (reads, writes)"
     assert delivery == DELIVERY, f"the worker's delivery took {delivery} (reads, writes)"
+    assert process == PROCESS_APPLIED, f"process took {process} (reads, writes)"
