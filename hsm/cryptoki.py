@@ -354,8 +354,14 @@ LOST_ERRORS: tuple[type[PKCS11Error], ...] = (
 )
 #: Could be the device or the input: check the token's health before deciding.
 AMBIGUOUS_ERRORS: tuple[type[PKCS11Error], ...] = (exc.GeneralError, exc.FunctionFailed, exc.HostMemory)
-#: A cached object handle no longer names an object.
-STALE_ERRORS: tuple[type[PKCS11Error], ...] = (exc.ObjectHandleInvalid, exc.KeyHandleInvalid)
+#: A cached object handle no longer names an object (also as the key of a wrap or an unwrap: SoftHSM
+#: answers ``CKR_WRAPPING_KEY_HANDLE_INVALID`` for a KEK handle whose token went away and came back).
+STALE_ERRORS: tuple[type[PKCS11Error], ...] = (
+    exc.ObjectHandleInvalid,
+    exc.KeyHandleInvalid,
+    exc.WrappingKeyHandleInvalid,
+    exc.UnwrappingKeyHandleInvalid,
+)
 #: Login refused for a reason retrying cannot fix (and retrying a wrong PIN may lock the token).
 #: (``CKR_USER_PIN_NOT_INITIALIZED`` is not here: SoftHSM answers it spuriously while another process
 #: rewrites the token file, so it is retried like any other start-up failure.)

@@ -196,9 +196,8 @@ class WrappedKeys:
         ref = new_ref(kind, "wrapped")
         label = self._label(kind, ref)
         kek_label, kid = self.keks.current
-        generation, kek = self.keks.handle(kek_label)
 
-        def make(session: Session) -> tuple[int, bytes, bytes]:
+        def make(kek: int, session: Session) -> tuple[int, bytes, bytes]:
             with self._token.objects("change"):
                 private, public_key = W.generate_wrappable(
                     session, kind, form, ref, label, trusted=support.trusted
@@ -210,7 +209,18 @@ class WrappedKeys:
                 raise
             return private, public_key, wrapped
 
-        private, public_key, wrapped = self._token.run(make, op="generate wrapped key", generation=generation)
+        for _ in range(3):
+            generation, kek = self.keks.handle(kek_label)
+            try:
+                made = self._token.run(
+                    functools.partial(make, kek), op="generate wrapped key", generation=generation
+                )
+                break
+            except StaleHandle:
+                self.keks.forget_handles()  # reconnected, or the token went away and came back: find it again
+        else:
+            raise HsmUnavailable("generate wrapped key: the token connection keeps changing")
+        private, public_key, wrapped = made
         blob = bytes((BLOB_VERSION, _MECH_CODES[support.mechanism])) + kid + public_key + wrapped
         try:
             self._persistence.save(ref, blob, kid)
@@ -274,7 +284,10 @@ class WrappedKeys:
     def run(self, key_ref: bytes, op: str, fn: Callable[[Session, KeyEntry], T]) -> T:
         """``fn`` with the key's session object (unwrapped again on a miss or a stale handle)."""
         for _ in range(3):
-            entry = self._entry(key_ref)
+            try:
+                entry = self._entry(key_ref)  # an unwrap under a stale KEK handle: found again, tried again
+            except StaleHandle:
+                continue
             try:
                 return self._token.run(
                     functools.partial(_call, fn, entry), op=op, generation=entry.generation
@@ -334,6 +347,7 @@ class WrappedKeys:
 
             private = self._token.run(load, op="unwrap key", generation=generation)
         except StaleHandle:
+            self.keks.forget_handles()  # the KEK's handle may be the stale one: find it again
             raise
         except HsmError:
             self.auditor.emit(key_ref, "unwrap", custody, False)

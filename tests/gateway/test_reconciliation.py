@@ -148,6 +148,93 @@ def test_kill_during_key_package_batch_then_reconcile(server: GatewayServer) -> 
     assert member.export(gid) == owner.export(gid)
 
 
+def outage_during_batches(server: GatewayServer, parked: Path, owners: list[list[Hosted]]) -> list[Any]:
+    """One thread per list of owners, posting 100-KeyPackage batches for them in turn until one is not
+    answered 201. Once the token holds ≥ 40 new objects (ten KeyPackages into the first thread's first
+    batch: its keys are token objects) and every other thread has had a batch answered (each is then in
+    the middle of another), the token's folder is moved away — SoftHSM then has no token: the HSM is gone
+    — until every thread stopped; then it is put back. Returns each thread's last answer."""
+    (token_dir,) = [p for p in (server.data_dir / "softhsm" / "tokens").iterdir() if p.is_dir()]
+    before = object_files(server)
+    done = [0] * len(owners)
+    last: list[Any] = [None] * len(owners)
+
+    def batches(n: int) -> None:
+        try:
+            for i in range(1000):
+                owner = owners[n][i % len(owners[n])]
+                reply = owner.api.post(f"/v1/identities/{owner.identity_id}/key-packages", {"count": 100})
+                last[n] = (reply.status, reply.code, reply.body if reply.status != 201 else None)
+                if reply.status != 201:
+                    return
+                done[n] += 1
+        except (OSError, http.client.HTTPException) as e:
+            last[n] = e
+
+    def due() -> bool:
+        ended = any(x is not None and x[0] != 201 for x in last if isinstance(x, tuple))
+        return ended or (object_files(server) >= before + 40 and all(done[1:]))
+
+    threads = [threading.Thread(target=batches, args=(n,)) for n in range(len(owners))]
+    for t in threads:
+        t.start()
+    wait_for(
+        lambda: (
+            (object_files(server) >= before + 20 and all(done))
+            or any(x is not None and x[0] != 201 for x in last if isinstance(x, tuple))
+        ),
+        120,
+        "keys of the batches",
+    )
+    token_dir.rename(parked)
+    try:
+        for t in threads:
+            t.join(120)
+    finally:
+        parked.rename(token_dir)
+    return last
+
+
+def test_an_hsm_outage_cutting_key_package_batches_leaves_no_orphan(
+    server: GatewayServer, tmp_path: Path
+) -> None:
+    """The HSM goes away in the middle of two KeyPackage batches — X25519/Ed25519 keys, token objects, and
+    P-256 keys held wrapped — which answer 503: after a restart the reconciliation destroys what they left,
+    and then nothing is orphaned, token objects and wrapped blobs both counted, and nothing referenced is
+    missing."""
+    api = server.client(server.admin.create_tenant("outage")[1])  # wrapped custody, the default
+    token_kept = [Hosted.create(api, "x25519", cipher_suite=1)]
+    wrapped = [Hosted.create(api, f"p256-{n}", cipher_suite=2) for n in range(10)]  # quotas: fast batches
+    outcome = outage_during_batches(server, tmp_path / "parked-token", [token_kept, wrapped])
+    assert [x[:2] for x in outcome] == [(503, "hsm_unavailable")] * 2, json.dumps(outcome)
+    server.stop()
+
+    stopped = inventory(server)
+    referenced = set(stopped["database"]["signature"]) | set(stopped["database"]["key_packages"])
+    dry = reconcile_cli(server, "--dry-run", "--grace-s", "0")
+    assert dry["orphans"]["token"] == len(token_ids(stopped) - referenced) > 0, dry["orphans"]  # the debris
+    server.env.update(FAST_RECONCILE)
+    server.start()
+    wait_for(
+        lambda: api.metric("mlsgw_hsm_orphans_destroyed_total", kind="token") >= dry["orphans"]["token"],
+        120,
+        "the periodic reconciliation",
+    )
+    server.stop()
+    after = reconcile_cli(server, "--dry-run", "--grace-s", "0")
+    assert after["orphans"] == {"token": 0, "software": 0, "wrapped": 0}, after
+    assert token_ids(inventory(server)) <= referenced, "the token holds referenced keys only"
+    missing = [sys.executable, "-m", "tests.gateway.key_inventory", "missing", str(server.data_dir)]
+    assert _run(server, missing)["missing"] == []
+
+    server.start()  # both kinds of owner still work: new KeyPackages, a group, a message
+    for owner, suite in ((token_kept[0], 1), (wrapped[0], 2)):
+        member = Hosted.create(api, f"member of {owner.name}", cipher_suite=suite)
+        gid = owner.create_group()
+        member.join(owner.commit(gid, {"add": [member.key_package()]})["welcome"])
+        assert unb64(member.process(gid, owner.send(gid, b"after the outage"))["data"]) == b"after the outage"
+
+
 def busy_groups(api: Client) -> tuple[list[Hosted], list[str], str]:
     """Two groups of four hosted members, a last-resort KeyPackage in both, a removed member, an own Update
     proposal and a pending commit left in place (its message is returned)."""

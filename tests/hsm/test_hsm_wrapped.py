@@ -188,3 +188,24 @@ def test_unwrapped_session_keys_are_sensitive_and_not_extractable(token: Token, 
         return [(o[Attribute.SENSITIVE], o[Attribute.EXTRACTABLE], o[Attribute.TOKEN]) for o in found]
 
     assert token.run(attrs, op="attrs") == [(True, False, False)]
+
+
+def test_a_stale_kek_handle_is_found_again_not_a_refusal(token: Token, wrapped: WrappedKeys) -> None:
+    """A KEK handle that no longer names the KEK (the token went away and came back without a reconnect:
+    SoftHSM answers CKR_WRAPPING_KEY_HANDLE_INVALID, or the unwrapping twin) makes generation and unwrapping
+    find the KEK again, never refuse (which the API answered 422 during an HSM outage)."""
+    store = _store(token, wrapped)
+    cs = cipher_suite(P256_SUITE)
+    label = wrapped.keks.label
+
+    def stale() -> None:
+        generation, _ = wrapped.keks.handle(label)
+        wrapped.keks._handles[label] = (generation, 0x7FFFFF)  # names no object
+
+    stale()
+    signer = store.new_signature_key(P256_SUITE)  # wrapped under the KEK found again
+    assert cs.signature.verify(signer.public_key, b"made", signer.sign(b"made"))
+    wrapped.close()  # the session objects go: the next use unwraps the blob
+    stale()
+    again = store.signer(signer.key_ref)
+    assert cs.signature.verify(signer.public_key, b"unwrapped", again.sign(b"unwrapped"))
