@@ -13,17 +13,21 @@ KEK not found makes the token be read again, at most every :data:`REREAD_INTERVA
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import threading
 import time
 from collections.abc import Callable, Iterable
+from typing import TypeVar
 
 from pkcs11 import Attribute, KeyType, MechanismFlag, ObjectClass
 from pkcs11.types import Session
 
-from .errors import HsmError
+from .errors import HsmError, HsmUnavailable
 from .mechanisms import handle_of, search
-from .token import Token, reread
+from .token import StaleHandle, Token, reread
+
+T = TypeVar("T")
 
 KEK_ID_BYTES = 8
 #: Seconds between two re-reads of the token for one KEK label that is not found (:meth:`KekRing.handle`).
@@ -177,6 +181,19 @@ class KekRing:
     def forget_handles(self) -> None:
         """Find the handles again (after a stale handle: reconnected, or a key replaced)."""
         self._handles.clear()
+
+    def run(self, label: str, fn: Callable[[int, Session], T], op: str) -> tuple[T, int]:
+        """``fn(KEK handle, session)`` on the token, and the connection it ran on; a stale KEK handle
+        (reconnected, or the token went away and came back) is found again, up to three times."""
+        for _ in range(3):
+            generation, handle = self.handle(label)
+            try:
+                return self._token.run(
+                    functools.partial(fn, handle), op=op, generation=generation
+                ), generation
+            except StaleHandle:
+                self.forget_handles()
+        raise HsmUnavailable(f"{op}: the token connection keeps changing")
 
 
 __all__ = [

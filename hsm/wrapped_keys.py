@@ -196,31 +196,8 @@ class WrappedKeys:
         ref = new_ref(kind, "wrapped")
         label = self._label(kind, ref)
         kek_label, kid = self.keks.current
-
-        def make(kek: int, session: Session) -> tuple[int, bytes, bytes]:
-            with self._token.objects("change"):
-                private, public_key = W.generate_wrappable(
-                    session, kind, form, ref, label, trusted=support.trusted
-                )
-            try:
-                wrapped = W.wrap(session, kek, private, form, support.mechanism)
-            except BaseException:
-                self._token.destroy_handle(session, private)
-                raise
-            return private, public_key, wrapped
-
-        for _ in range(3):
-            generation, kek = self.keks.handle(kek_label)
-            try:
-                made = self._token.run(
-                    functools.partial(make, kek), op="generate wrapped key", generation=generation
-                )
-                break
-            except StaleHandle:
-                self.keks.forget_handles()  # reconnected, or the token went away and came back: find it again
-        else:
-            raise HsmUnavailable("generate wrapped key: the token connection keeps changing")
-        private, public_key, wrapped = made
+        make = functools.partial(_make_wrapped, self._token, kind, form, ref, label, support)
+        (private, public_key, wrapped), generation = self.keks.run(kek_label, make, "generate wrapped key")
         blob = bytes((BLOB_VERSION, _MECH_CODES[support.mechanism])) + kid + public_key + wrapped
         try:
             self._persistence.save(ref, blob, kid)
@@ -401,6 +378,27 @@ class WrappedKeys:
             except StaleHandle:
                 self.keks.forget_handles()
         raise HsmUnavailable(f"{op}: the token connection keeps changing")
+
+
+def _make_wrapped(
+    token: Token,
+    kind: KeyKind,
+    form: Pkcs11Form,
+    ref: bytes,
+    label: str,
+    support: WrapSupport,
+    kek: int,
+    session: Session,
+) -> tuple[int, bytes, bytes]:
+    """A new key pair of ``kind`` in the token, its private key wrapped under ``kek``: (handle, public
+    key, wrapped private key); the key is destroyed if the wrap fails."""
+    with token.objects("change"):
+        private, public_key = W.generate_wrappable(session, kind, form, ref, label, trusted=support.trusted)
+    try:
+        return private, public_key, W.wrap(session, kek, private, form, support.mechanism)
+    except BaseException:
+        token.destroy_handle(session, private)
+        raise
 
 
 def _probe_kind(
