@@ -48,7 +48,6 @@ wrap key's label as the key reference (so the audit says which KEK sealed or ope
 
 from __future__ import annotations
 
-import functools
 import os
 import threading
 import time
@@ -73,7 +72,7 @@ from .kek_ring import (
     find_secret_keys,
     kek_id,
 )
-from .token import StaleHandle, Token
+from .token import Token
 
 VERSION = 3
 VERSION_2 = 2
@@ -386,19 +385,8 @@ class Envelope:
         return out
 
     def _crypt(self, label: str, crypt: Callable[[Session, int], bytes], op: str) -> bytes:
-        for _ in range(3):
-            generation, handle = self.keks.handle(label)
-            try:
-                return self._token.run(
-                    functools.partial(_call_with, crypt, handle), op=op, generation=generation
-                )
-            except StaleHandle:
-                self.keks.forget_handles()  # reconnected (or the key was replaced): find it again
-        raise HsmUnavailable(f"{op}: the token connection keeps changing")
-
-
-def _call_with(crypt: Callable[[Session, int], bytes], handle: int, session: Session) -> bytes:
-    return crypt(session, handle)
+        """``crypt(session, KEK handle)``; a stale handle is found again (:meth:`KekRing.run`)."""
+        return self.keks.run(label, lambda handle, session: crypt(session, handle), op)[0]
 
 
 class WrapKeyMissing(HsmError):
