@@ -25,6 +25,13 @@ class DeliveryMetrics:
             ["outcome"],
             registry=r,
         )
+        self.lost_races = Counter(
+            "mlsgw_log_lost_races",
+            "Hosted operations run again because another writer of the group's log or of the membership's "
+            "state won the race, by operation",
+            ["operation"],
+            registry=r,
+        )
         self.deliveries = Counter(
             "mlsgw_deliveries",
             "Items delivered, by channel (hosted, mailbox, inbox, websocket, webhook) and outcome",

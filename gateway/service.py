@@ -98,11 +98,17 @@ class GatewayService:
         self.log_operations = LogOperations(store, self.group_log, self.persistence, self.after_append)
         self.log_operations.on_commit_rejected = self.commit_rejected
         self.group_operations.on_commit_rejected = self.commit_rejected
+        self.group_operations.on_lost_race = self.lost_race
 
     def commit_rejected(self, reason: str) -> None:
         """Count a commit the log refused (api-delivery.md metrics: commits rejected by reason)."""
         if self.delivery_metrics is not None:
             self.delivery_metrics.commits.labels(reason).inc()
+
+    def lost_race(self, operation: str) -> None:
+        """Count a hosted operation that lost a race and runs again."""
+        if self.delivery_metrics is not None:
+            self.delivery_metrics.lost_races.labels(operation).inc()
 
     def after_append(self, appended: Appended) -> None:
         """After an append committed: wake the clients' readers, advance the hosted members, count."""

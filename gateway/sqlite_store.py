@@ -23,6 +23,7 @@ from pathlib import Path
 
 from .quotas import SqliteQuotaMixin
 from .schema_migrations import prepare
+from .sqlite_append_locks import AppendLocks
 from .sqlite_audit import SqliteAuditMixin, append_chained
 from .sqlite_credentials import SqliteCredentialMixin
 from .sqlite_delivery import SqliteDeliveryMixin
@@ -342,6 +343,8 @@ class SqliteStore:
         #: The background checkpoint that removes replaced sealed states from the files (forward secrecy
         #: at rest): asked for after a transaction that replaced or deleted one, never waited for.
         self.erasure = WalErasure(self.path)
+        #: Hosted members' appends to one group, serialised across processes (:meth:`serialise_appends`).
+        self.append_locks = AppendLocks(self.path)
         with self.transaction() as tx:
             del tx  # the writing connection opens (and the WAL file with it)
 
@@ -409,6 +412,11 @@ class SqliteStore:
             self.durability.wait_durable(ticket)
         except OSError as e:
             raise StoreUnavailable(f"cannot sync the database: {e}") from None
+
+    def serialise_appends(self, group: bytes) -> AbstractContextManager[None]:
+        """An exclusive ``flock`` shared by every process on this database
+        (:mod:`gateway.sqlite_append_locks`)."""
+        return self.append_locks.hold(group)
 
     def lookup(self) -> AbstractContextManager[SqliteTransaction]:
         """One ``SELECT`` (:meth:`gateway.store.Store.lookup`): a read transaction here, in-process and

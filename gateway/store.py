@@ -263,6 +263,13 @@ class Store(Protocol):
         """A transaction that only reads (one consistent snapshot, no write lock); writing in it fails."""
         ...
 
+    def serialise_appends(self, group: bytes) -> AbstractContextManager[None]:
+        """Held around a hosted member's operation that may append to ``group``'s log (its reads, its MLS
+        work, its write and its retries): across processes, what the in-process log lock is within one
+        (SQLite: :mod:`gateway.sqlite_append_locks`; PostgreSQL: nothing — the group's advisory lock
+        serialises its writes and a lost race runs again on the new head)."""
+        ...
+
     def lookup(self) -> AbstractContextManager[Transaction]:
         """One ``SELECT`` on its own, the cheapest read a store has (PostgreSQL: no transaction around
         it and no wait for the durability of what it sees — one round trip instead of three; inside a read

@@ -41,8 +41,10 @@ def losing(times: int, race: type[Exception] = LogConflict) -> tuple[list[int], 
 @pytest.mark.parametrize("lost", [0, 1, 3, LOG_RETRIES - 1])
 def test_a_lost_race_is_retried_after_a_bounded_random_pause(pauses: list[float], lost: int) -> None:
     calls, operation = losing(lost, StaleState if lost % 2 else LogConflict)
-    assert retrying_races(operation, RACES, kept_moving) == "appended"
+    told: list[None] = []
+    assert retrying_races(operation, RACES, kept_moving, lambda: told.append(None)) == "appended"
     assert len(calls) == lost + 1 and len(pauses) == lost  # no pause before the first attempt
+    assert len(told) == lost  # each lost race told once (mlsgw_log_lost_races_total)
     for attempt, pause in enumerate(pauses, start=1):
         assert 0.0 <= pause <= RETRY_PAUSE_S * 2 ** min(attempt - 1, 5)
 

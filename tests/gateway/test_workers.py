@@ -41,6 +41,8 @@ import aiohttp
 import pytest
 
 from gateway.config import ConfigError, load_config
+from gateway.parsing import group_id_from_path
+from gateway.sqlite_append_locks import AppendLocks
 
 from .gwclient import GATEWAY_EXE, Client, GatewayServer, Hosted, b64, free_port, unb64
 from .test_credential_policy import make_pki
@@ -169,9 +171,29 @@ def _concurrent_sends(apis: list[Client], alice: Hosted, bob: Hosted, gid: str, 
 
 
 def test_concurrent_sends_of_one_member_over_the_workers(workers: GatewayServer) -> None:
+    """The sends of one member, spread by the kernel over both workers, are serialised across them by the
+    group's append lock (gateway.sqlite_append_locks): none loses a race to another and runs again
+    (before it, a worker starved of CPU could lose every retry: a 409 after LOG_RETRIES, beside a hog)."""
     api, alice, bob, gid = _pair(workers, "workers-sends")
+    client = workers.client()
+    lost = client.metric("mlsgw_log_lost_races_total", operation="send")
     _concurrent_sends([api], alice, bob, gid, 20)
+    assert client.metric("mlsgw_log_lost_races_total", operation="send") == lost
     assert unb64(bob.process(gid, alice.send(gid, b"after"))["data"]) == b"after"
+
+
+def test_a_send_waits_for_the_append_lock_another_process_holds(workers: GatewayServer) -> None:
+    """While another process (this test) holds the group's append lock, a send of a member of that group
+    does not run, whichever worker takes it; it is answered once the lock is let go, and bob reads it."""
+    api, alice, bob, gid = _pair(workers, "workers-lock")
+    locks = AppendLocks(workers.data_dir / "gateway.sqlite3")
+    with ThreadPoolExecutor(1) as pool:
+        with locks.hold(group_id_from_path(gid)):
+            pending = pool.submit(lambda: api.post(alice.path(gid, "/messages"), {"data": b64(b"held")}))
+            time.sleep(1.0)  # ample for a send; the assertion cannot fail by the machine being slow
+            assert not pending.done()
+        sent = pending.result(timeout=GUARD).expect(200).body["message"]
+    assert unb64(bob.process(gid, sent)["data"]) == b"held"
 
 
 def test_a_second_serve_on_the_same_sqlite_folder_keeps_the_guarantees(gateway: GatewayServer) -> None:
