@@ -53,16 +53,15 @@ def retrying_races(
     lost: Callable[[], None] = lambda: None,
 ) -> T:
     """``operation()``, run again after a short random pause (:func:`retry_pause`) each time it raises one
-    of ``races`` (another append won: it re-reads and builds on the new head; ``lost()`` is told), at most
-    :data:`LOG_RETRIES` times in all; then ``give_up()`` is raised (the API's 409)."""
+    of ``races`` (another append won: it re-reads and builds on the new head), at most :data:`LOG_RETRIES`
+    times in all; then ``give_up()`` is raised (the API's 409). Each lost race is told to ``lost()``."""
     for attempt in range(LOG_RETRIES):
         if attempt:
-            lost()
             time.sleep(retry_pause(attempt))
         try:
             return operation()
         except races:
-            continue
+            lost()
     raise give_up()
 
 

@@ -60,17 +60,25 @@ class GroupOperations:
         #: Told of each operation that lost a race and runs again (metrics; set by the service).
         self.on_lost_race: Callable[[str], None] = lambda operation: None
 
-    def _retrying(self, name: str, group_id: bytes, operation: Callable[[], Response]) -> Response:
-        """Run an operation that appends to ``group_id``'s log, holding the group's cross-process append
-        lock (:meth:`gateway.store.Store.serialise_appends`), and run it again when another append won the
-        race (it then builds on the new head, api-delivery.md) or another writer changed the membership's
-        state since it was loaded (:class:`gateway.persistence.StaleState`: it runs on the stored state);
-        after :data:`gateway.delivery_store.LOG_RETRIES` lost races (a short random pause before each
-        retry), 409. ``name``: the operation, for :attr:`on_lost_race`."""
-        with self.submission.store.serialise_appends(group_id):
-            return retrying_races(
-                operation, (LogConflict, StaleState), kept_moving, lambda: self.on_lost_race(name)
-            )
+    def _retrying(self, name: str, operation: Callable[[], Response]) -> Response:
+        """Run an operation again when another append won the race (it then builds on the new head,
+        api-delivery.md) or another writer changed the membership's state since it was loaded
+        (:class:`gateway.persistence.StaleState`: it runs on the stored state); after
+        :data:`gateway.delivery_store.LOG_RETRIES` lost races (a short random pause before each retry),
+        409. Each lost race is told to :attr:`on_lost_race` with ``name``, the operation."""
+        return retrying_races(
+            operation, (LogConflict, StaleState), kept_moving, lambda: self.on_lost_race(name)
+        )
+
+    def _appending(
+        self, name: str, principal: Principal, group_id: bytes, operation: Callable[[], Response]
+    ) -> Response:
+        """:meth:`_retrying` for an operation that appends to the group's log (the requests that hold the
+        in-process log lock, :func:`gateway.dispatch.hosted_log_locks`), holding the group's
+        cross-process append lock as well (:meth:`gateway.store.Store.serialise_appends`): hosted
+        appends to one group do not race each other across the processes of one SQLite database."""
+        with self.submission.store.serialise_appends(principal.tenant_id or "", group_id):
+            return self._retrying(name, operation)
 
     def _open(
         self, principal: Principal, identity_id: str, group_id: bytes, *, read_only: bool = False
@@ -94,7 +102,9 @@ class GroupOperations:
         """``POST .../commits`` (RFC 9420 §12.4): through the group's log and merged at once, or staged
         with ``pending`` (submitted when merged)."""
         try:
-            return self._retrying("commit", request.group_id, lambda: self._commit(principal, request, scope))
+            return self._appending(
+                "commit", principal, request.group_id, lambda: self._commit(principal, request, scope)
+            )
         except Problem as e:
             if e.code == "conflict" and "current_epoch" in e.extra:
                 self.on_commit_rejected("stale_epoch")
@@ -155,8 +165,8 @@ class GroupOperations:
 
     def merge_pending(self, principal: Principal, address: GroupAddress, scope: RequestScope) -> Response:
         """``POST .../pending-commit/merge``: the staged commit goes through the group's log now."""
-        return self._retrying(
-            "merge", address.group_id, lambda: self._merge_pending(principal, address, scope)
+        return self._appending(
+            "merge", principal, address.group_id, lambda: self._merge_pending(principal, address, scope)
         )
 
     def _merge_pending(self, principal: Principal, address: GroupAddress, scope: RequestScope) -> Response:
@@ -183,7 +193,9 @@ class GroupOperations:
 
     def propose(self, principal: Principal, request: ProposalRequest, scope: RequestScope) -> Response:
         """``POST .../proposals`` (RFC 9420 §12.1), through the group's log."""
-        return self._retrying("propose", request.group_id, lambda: self._propose(principal, request, scope))
+        return self._appending(
+            "propose", principal, request.group_id, lambda: self._propose(principal, request, scope)
+        )
 
     def _propose(self, principal: Principal, request: ProposalRequest, scope: RequestScope) -> Response:
         session, head = self._open_at_head(principal, request.identity_id, request.group_id, request.epoch)
@@ -215,7 +227,9 @@ class GroupOperations:
     def send(self, principal: Principal, request: SendRequest, scope: RequestScope) -> Response:
         """``POST .../messages``: application messages as PrivateMessages (RFC 9420 §6.3), through the
         group's log."""
-        return self._retrying("send", request.group_id, lambda: self._send(principal, request, scope))
+        return self._appending(
+            "send", principal, request.group_id, lambda: self._send(principal, request, scope)
+        )
 
     def _send(self, principal: Principal, request: SendRequest, scope: RequestScope) -> Response:
         session, head = self._open_at_head(principal, request.identity_id, request.group_id)
@@ -230,7 +244,6 @@ class GroupOperations:
         """``POST .../process`` (:mod:`gateway.incoming`)."""
         return self._retrying(
             "process",
-            request.group_id,
             lambda: self.incoming.process(
                 lambda: self.identities.get(principal, request.identity_id),
                 request.group_id,

@@ -201,7 +201,7 @@ class PostgresStore:
         with self._transaction(write=False) as tx:
             yield tx
 
-    def serialise_appends(self, group: bytes) -> contextlib.AbstractContextManager[None]:
+    def serialise_appends(self, tenant_id: str, group: bytes) -> contextlib.AbstractContextManager[None]:
         """Nothing here (:meth:`gateway.store.Store.serialise_appends`): writers of one group are serialised
         by its advisory lock inside their write transactions, and an append that lost the race to another
         process runs again on the new head (no round trip added to the hot path)."""

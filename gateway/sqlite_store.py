@@ -344,7 +344,7 @@ class SqliteStore:
         #: at rest): asked for after a transaction that replaced or deleted one, never waited for.
         self.erasure = WalErasure(self.path)
         #: Hosted members' appends to one group, serialised across processes (:meth:`serialise_appends`).
-        self.append_locks = AppendLocks(self.path)
+        self.append_locks = AppendLocks(self.path, busy_timeout_s)
         with self.transaction() as tx:
             del tx  # the writing connection opens (and the WAL file with it)
 
@@ -413,10 +413,10 @@ class SqliteStore:
         except OSError as e:
             raise StoreUnavailable(f"cannot sync the database: {e}") from None
 
-    def serialise_appends(self, group: bytes) -> AbstractContextManager[None]:
+    def serialise_appends(self, tenant_id: str, group: bytes) -> AbstractContextManager[None]:
         """An exclusive ``flock`` shared by every process on this database
         (:mod:`gateway.sqlite_append_locks`)."""
-        return self.append_locks.hold(group)
+        return self.append_locks.hold(tenant_id, group)
 
     def lookup(self) -> AbstractContextManager[SqliteTransaction]:
         """One ``SELECT`` (:meth:`gateway.store.Store.lookup`): a read transaction here, in-process and

@@ -263,11 +263,12 @@ class Store(Protocol):
         """A transaction that only reads (one consistent snapshot, no write lock); writing in it fails."""
         ...
 
-    def serialise_appends(self, group: bytes) -> AbstractContextManager[None]:
-        """Held around a hosted member's operation that may append to ``group``'s log (its reads, its MLS
-        work, its write and its retries): across processes, what the in-process log lock is within one
-        (SQLite: :mod:`gateway.sqlite_append_locks`; PostgreSQL: nothing — the group's advisory lock
-        serialises its writes and a lost race runs again on the new head)."""
+    def serialise_appends(self, tenant_id: str, group: bytes) -> AbstractContextManager[None]:
+        """Held around a hosted member's operation that may append to the tenant's group's log (its
+        reads, its MLS work, its write and its retries): across processes, what the in-process log lock
+        (:func:`gateway.dispatch.log_lock`) is within one (SQLite: :mod:`gateway.sqlite_append_locks`;
+        PostgreSQL: nothing — the group's advisory lock serialises its writes and a lost race runs again
+        on the new head). :class:`StoreUnavailable` when it cannot be had within the busy timeout."""
         ...
 
     def lookup(self) -> AbstractContextManager[Transaction]:

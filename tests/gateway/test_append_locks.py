@@ -24,12 +24,13 @@ from gateway.store import StoreUnavailable
 
 #: Deadlock guard of one wait (seconds); nothing asserts on elapsed time.
 GUARD = 60.0
+TENANT = "tenant"
 
 HOLDER = """
 import sys, time
 from pathlib import Path
 from gateway.sqlite_append_locks import AppendLocks
-with AppendLocks(Path(sys.argv[1])).hold(bytes.fromhex(sys.argv[2])):
+with AppendLocks(Path(sys.argv[1]), 10.0).hold("tenant", bytes.fromhex(sys.argv[2])):
     print("held", flush=True)
     sys.stdin.readline()
 """
@@ -51,7 +52,7 @@ def _holder(database: Path, group: bytes) -> subprocess.Popen[str]:
 
 def _other_bucket(group: bytes) -> bytes:
     n = 0
-    while bucket(b"other %d" % n) == bucket(group):
+    while bucket(TENANT, b"other %d" % n) == bucket(TENANT, group):
         n += 1
     return b"other %d" % n
 
@@ -68,7 +69,7 @@ def _try_hold(locks: AppendLocks, group: bytes, wait_s: float) -> bool:
 
 
 def _hold_once(locks: AppendLocks, group: bytes, taken: threading.Event) -> None:
-    with locks.hold(group):
+    with locks.hold(TENANT, group):
         taken.set()
 
 
@@ -77,7 +78,7 @@ def test_another_process_holding_the_lock_excludes_this_one_until_it_ends(
     tmp_path: Path, ending: str
 ) -> None:
     database = tmp_path / "gateway.sqlite3"
-    locks, group = AppendLocks(database), b"group one"
+    locks, group = AppendLocks(database, GUARD), b"group one"
     holder = _holder(database, group)
     try:
         # Held elsewhere: not taken here (a negative a slow machine cannot turn into a pass)...
@@ -97,7 +98,7 @@ def test_another_process_holding_the_lock_excludes_this_one_until_it_ends(
 
 
 def test_two_threads_of_one_process_exclude_each_other(tmp_path: Path) -> None:
-    locks, group = AppendLocks(tmp_path / "gateway.sqlite3"), b"group"
+    locks, group = AppendLocks(tmp_path / "gateway.sqlite3", GUARD), b"group"
     inside: list[int] = []
     overlaps = 0
     guard = threading.Lock()
@@ -105,7 +106,7 @@ def test_two_threads_of_one_process_exclude_each_other(tmp_path: Path) -> None:
     def work() -> None:
         nonlocal overlaps
         for _ in range(50):
-            with locks.hold(group):
+            with locks.hold(TENANT, group):
                 with guard:
                     inside.append(1)
                     overlaps += len(inside) > 1
@@ -123,9 +124,9 @@ def test_two_threads_of_one_process_exclude_each_other(tmp_path: Path) -> None:
 
 def test_lock_files_are_empty_and_bounded_in_number(tmp_path: Path) -> None:
     database = tmp_path / "gateway.sqlite3"
-    locks = AppendLocks(database)
+    locks = AppendLocks(database, GUARD)
     for n in range(3 * BUCKETS):
-        with locks.hold(b"g%d" % n):
+        with locks.hold(TENANT, b"g%d" % n):
             pass
     files = list(lock_folder(database).iterdir())
     assert 0 < len(files) <= BUCKETS
@@ -136,5 +137,33 @@ def test_lock_files_are_empty_and_bounded_in_number(tmp_path: Path) -> None:
 def test_a_folder_that_cannot_be_made_is_store_unavailable(tmp_path: Path) -> None:
     blocker = tmp_path / "gateway.sqlite3.locks"
     blocker.write_bytes(b"")  # a file where the folder should be
-    with pytest.raises(StoreUnavailable), AppendLocks(tmp_path / "gateway.sqlite3").hold(b"group"):
+    with pytest.raises(StoreUnavailable), AppendLocks(tmp_path / "gateway.sqlite3", GUARD).hold(TENANT, b"g"):
         pass
+
+
+def test_a_lock_held_past_the_timeout_is_store_unavailable_and_other_tenants_are_apart(
+    tmp_path: Path,
+) -> None:
+    """A waiter gives up after the timeout (503, as for the write lock), not blocking its thread for good;
+    the same group id of another tenant is another key (its bucket chosen with the tenant)."""
+    database = tmp_path / "gateway.sqlite3"
+    holder = _holder(database, b"group")
+    try:
+        with pytest.raises(StoreUnavailable), AppendLocks(database, 0.2).hold(TENANT, b"group"):
+            pass
+        other = next(
+            f"tenant {n}" for n in range(10**4) if bucket(f"tenant {n}", b"group") != bucket(TENANT, b"group")
+        )
+        with AppendLocks(database, GUARD).hold(other, b"group"):
+            pass
+    finally:
+        holder.kill()
+        holder.wait(GUARD)
+
+
+def test_the_folder_follows_the_database_through_a_symlink(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    assert lock_folder(tmp_path / "link" / "gateway.sqlite3") == lock_folder(
+        tmp_path / "real" / "gateway.sqlite3"
+    )

@@ -51,8 +51,10 @@ def test_a_lost_race_is_retried_after_a_bounded_random_pause(pauses: list[float]
 
 def test_after_every_retry_lost_the_answer_is_409(pauses: list[float]) -> None:
     calls, operation = losing(LOG_RETRIES + 5)
+    told: list[None] = []
     with pytest.raises(Problem) as gave_up:
-        retrying_races(operation, RACES, kept_moving)
+        retrying_races(operation, RACES, kept_moving, lambda: told.append(None))
+    assert len(told) == LOG_RETRIES  # the last lost race, ending in 409, is counted too
     assert gave_up.value.code == "conflict" and "kept moving" in gave_up.value.detail
     assert len(calls) == LOG_RETRIES and len(pauses) == LOG_RETRIES - 1
     assert sum(pauses) <= RETRY_PAUSE_S * sum(2 ** min(i, 5) for i in range(LOG_RETRIES - 1))

@@ -185,10 +185,14 @@ def test_concurrent_sends_of_one_member_over_the_workers(workers: GatewayServer)
 def test_a_send_waits_for_the_append_lock_another_process_holds(workers: GatewayServer) -> None:
     """While another process (this test) holds the group's append lock, a send of a member of that group
     does not run, whichever worker takes it; it is answered once the lock is let go, and bob reads it."""
-    api, alice, bob, gid = _pair(workers, "workers-lock")
-    locks = AppendLocks(workers.data_dir / "gateway.sqlite3")
+    tenant_id, token = workers.admin.create_tenant("workers-lock")
+    api = workers.client(token)
+    alice, bob = Hosted.create(api, "alice"), Hosted.create(api, "bob")
+    gid = alice.create_group()
+    bob.join(alice.commit(gid, {"add": [bob.key_package()]})["welcome"])
+    locks = AppendLocks(workers.data_dir / "gateway.sqlite3", GUARD)
     with ThreadPoolExecutor(1) as pool:
-        with locks.hold(group_id_from_path(gid)):
+        with locks.hold(tenant_id, group_id_from_path(gid)):
             pending = pool.submit(lambda: api.post(alice.path(gid, "/messages"), {"data": b64(b"held")}))
             time.sleep(1.0)  # ample for a send; the assertion cannot fail by the machine being slow
             assert not pending.done()
