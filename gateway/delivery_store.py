@@ -241,13 +241,13 @@ class LogTransaction(EndpointRegistry, Protocol):
         """Forget the work when everything up to ``applied_seq`` covers it."""
         ...
 
-    def hosted_pending_of(self, identity_id: str, group_id: bytes) -> int | None:
-        """The ``up_to_seq`` of the membership's pending work (``None``: none), so that a reader can tell
-        whether :meth:`clear_hosted_pending` has anything to do without taking the write lock."""
-        ...
-
-    def applied_seq(self, identity_id: str, group_id: bytes) -> int | None:
-        """The last log entry applied to this membership (``None`` when there is no membership)."""
+    def hosted_progress(
+        self, tenant_id: str, identity_id: str, group_id: bytes
+    ) -> tuple[LogPosition | None, int | None, int | None]:
+        """A hosted membership's place in its group's log, in one statement: the log's position
+        (``None``: no log), the last entry applied to the membership (``None``: no membership) and the
+        ``up_to_seq`` of its pending work (``None``: none) — so that a reader can tell whether
+        :meth:`clear_hosted_pending` has anything to do without taking the write lock."""
         ...
 
 

@@ -192,11 +192,7 @@ class HostedDelivery:
 
     def _progress(self, identity: Identity, group_id: bytes) -> Progress:
         with self.store.read_transaction() as tx:
-            return Progress(
-                tx.get_log_position(identity.tenant_id, group_id),
-                tx.applied_seq(identity.identity_id, group_id),
-                tx.hosted_pending_of(identity.identity_id, group_id),
-            )
+            return Progress(*tx.hosted_progress(identity.tenant_id, identity.identity_id, group_id))
 
     def _advance(
         self, load: Callable[[], Identity | None], group_id: bytes, force: bool, join: JoinOptions

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from typing import Any
 
 from .delivery_store import (
     HostedWork,
@@ -270,20 +271,26 @@ class SqliteDeliveryMixin(SqliteQueries):
             (identity_id, group_id, applied_seq),
         )
 
-    def hosted_pending_of(self, identity_id: str, group_id: bytes) -> int | None:
-        sql = "SELECT up_to_seq FROM hosted_pending WHERE identity_id = ? AND group_id = ?"
-        r = self._one(sql, identity_id, group_id)
-        return None if r is None else int(r["up_to_seq"])
+    def hosted_progress(
+        self, tenant_id: str, identity_id: str, group_id: bytes
+    ) -> tuple[LogPosition | None, int | None, int | None]:
+        r = self._c.execute(  # one round trip; a ratchet state written after the full state is newer
+            "SELECT l.tenant_id, l.group_id, l.cipher_suite, l.epoch, l.seq, "
+            "(SELECT COALESCE(r.applied_seq, g.applied_seq) FROM groups g LEFT JOIN group_ratchets r "
+            "ON r.identity_id = g.identity_id AND r.group_id = g.group_id "
+            "WHERE g.identity_id = :identity AND g.group_id = :grp) AS applied, "
+            "(SELECT up_to_seq FROM hosted_pending "
+            "WHERE identity_id = :identity AND group_id = :grp) AS mark "
+            "FROM (SELECT 1 AS one) AS o "
+            "LEFT JOIN group_logs l ON l.tenant_id = :tenant AND l.group_id = :grp",
+            {"tenant": tenant_id, "identity": identity_id, "grp": group_id},
+        ).fetchone()
+        position = None if r[0] is None else LogPosition(r[0], r[1], r[2], r[3], r[4])
+        return position, _int_or_none(r["applied"]), _int_or_none(r["mark"])
 
-    def applied_seq(self, identity_id: str, group_id: bytes) -> int | None:
-        r = self._one(  # a ratchet state written after the full state carries the newer one
-            "SELECT COALESCE(r.applied_seq, g.applied_seq) AS applied_seq FROM groups g "
-            "LEFT JOIN group_ratchets r ON r.identity_id = g.identity_id AND r.group_id = g.group_id "
-            "WHERE g.identity_id = ? AND g.group_id = ?",
-            identity_id,
-            group_id,
-        )
-        return None if r is None else int(r["applied_seq"])
+
+def _int_or_none(value: Any) -> int | None:
+    return None if value is None else int(value)
 
 
 __all__ = ["SqliteDeliveryMixin"]

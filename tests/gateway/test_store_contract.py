@@ -135,7 +135,7 @@ def test_group_compare_and_swap_and_ratchet_rows(store: AnyStore) -> None:
     with store.read_transaction() as tx:
         g = tx.get_group("idn_1", G)
         assert g is not None and (g.version, g.applied_seq, g.ratchet, g.state) == (3, 4, b"r3", b"s1")
-        assert tx.get_group_version("idn_1", G) == 3 and tx.applied_seq("idn_1", G) == 4
+        assert tx.get_group_version("idn_1", G) == 3 and tx.hosted_progress("ten_1", "idn_1", G)[1] == 4
     with pytest.raises(EpochConflict), store.transaction() as tx:
         tx.put_group(group(b"s2", 1), 2)  # stale version
     with store.transaction() as tx:
@@ -296,6 +296,28 @@ def test_audit_rows_cannot_be_deleted(store: AnyStore) -> None:
         tx._c.execute("DELETE FROM audit")
     with store.read_transaction() as tx:
         assert tx.audit_head() is not None
+
+
+def test_hosted_progress_reads_log_membership_and_mark_in_one(store: AnyStore) -> None:
+    seed(store)
+    with store.read_transaction() as tx:  # no log, no membership, no mark
+        assert tx.hosted_progress("ten_1", "idn_1", G) == (None, None, None)
+    with store.transaction() as tx:
+        tx.mark_hosted_pending([HostedWork("idn_1", "ten_1", G, 4)])
+    with store.read_transaction() as tx:  # a mark alone (a joiner's)
+        assert tx.hosted_progress("ten_1", "idn_1", G) == (None, None, 4)
+    with store.transaction() as tx:
+        tx.put_log_head(LogHead("ten_1", G, 1, 2, 6, b"gi", b"tree"), None)
+        assert tx.put_group(group(), None) == 1
+        tx.put_group_ratchet("idn_1", G, 5, b"r", 1)
+    with store.read_transaction() as tx:
+        assert tx.hosted_progress("ten_1", "idn_1", G) == (LogPosition("ten_1", G, 1, 2, 6), 5, 4)
+        assert tx.hosted_progress("ten_2", "idn_1", G)[0] is None  # another tenant's log
+        assert tx.hosted_progress("ten_1", "idn_2", G) == (LogPosition("ten_1", G, 1, 2, 6), None, None)
+    with store.transaction() as tx:
+        tx.clear_hosted_pending("idn_1", G, 5)
+    with store.read_transaction() as tx:
+        assert tx.hosted_progress("ten_1", "idn_1", G)[2] is None
 
 
 def test_read_transactions_refuse_writes_and_nest_in_one_snapshot(store: AnyStore) -> None:
