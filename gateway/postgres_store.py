@@ -110,7 +110,7 @@ class PostgresStore:
             timeout=connect_timeout_s,
             kwargs={
                 "autocommit": True,
-                "cursor_factory": psycopg.ClientCursor,
+                "cursor_factory": psycopg.Cursor,
                 "connect_timeout": 5,
                 **liveness_options(url),
             },
@@ -147,7 +147,9 @@ class PostgresStore:
             except psycopg.Error as e:
                 _rollback(conn)
                 raise _unavailable("cannot start a transaction", e) from None
-            adapter = PgConnection(conn, before_ordered=None if group is None else lambda: lock_order(conn))
+            adapter = PgConnection(
+                conn, before_ordered=None if group is None else lambda: lock_order(conn), snapshot=not write
+            )
             if not write:
                 self._local.reader = adapter
             try:

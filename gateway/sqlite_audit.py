@@ -106,6 +106,12 @@ class AuditTransaction(Protocol):
     def count_legal_holds(self) -> int: ...
 
 
+def _at_bound(sql: str, op: str, at: float | None) -> tuple[Any, ...]:
+    """``sql`` and its arguments with ``WHERE at <op> ?`` when there is a bound — not a nullable
+    parameter (``? IS NULL OR …``), whose type PostgreSQL cannot infer with server-side binding."""
+    return (sql,) if at is None else (f"{sql} WHERE at {op} ?", at)
+
+
 class SqliteAuditMixin(SqliteQueries):
     """The :class:`AuditTransaction` methods of :class:`gateway.sqlite_store.SqliteTransaction`."""
 
@@ -128,17 +134,17 @@ class SqliteAuditMixin(SqliteQueries):
         )
 
     def audit_checkpoints(self, from_seq: int, to_seq: int | None) -> list[Checkpoint]:
-        rows = self._all(
-            "SELECT * FROM audit_checkpoints WHERE seq >= ? AND (? IS NULL OR seq <= ?) ORDER BY seq",
-            from_seq,
-            to_seq,
-            to_seq,
-        )
+        # No nullable parameter (``? IS NULL``): with server-side binding PostgreSQL infers no type for it.
+        if to_seq is None:
+            rows = self._all("SELECT * FROM audit_checkpoints WHERE seq >= ? ORDER BY seq", from_seq)
+        else:
+            sql = "SELECT * FROM audit_checkpoints WHERE seq BETWEEN ? AND ? ORDER BY seq"
+            rows = self._all(sql, from_seq, to_seq)
         return [_checkpoint(r) for r in rows]
 
     def audit_seq_range(self, since: float | None, until: float | None) -> tuple[int, int] | None:
-        lo = self._one("SELECT MIN(seq) AS s FROM audit WHERE ? IS NULL OR at >= ?", since, since)
-        hi = self._one("SELECT MAX(seq) AS s FROM audit WHERE ? IS NULL OR at <= ?", until, until)
+        lo = self._one(*_at_bound("SELECT MIN(seq) AS s FROM audit", ">=", since))
+        hi = self._one(*_at_bound("SELECT MAX(seq) AS s FROM audit", "<=", until))
         if lo is None or hi is None or lo["s"] is None or hi["s"] is None or lo["s"] > hi["s"]:
             return None
         return int(lo["s"]), int(hi["s"])

@@ -65,7 +65,7 @@ def connect(location: Path | str) -> Iterator[Database]:
     """One write transaction on the database at ``location`` (committed at the end of the block, rolled
     back on an exception); rows read by index and by column name on both stores."""
     if isinstance(location, str) and location.startswith("postgresql"):
-        with psycopg.connect(location, cursor_factory=psycopg.ClientCursor) as pg:  # commits at the end
+        with psycopg.connect(location, cursor_factory=psycopg.Cursor) as pg:  # commits at the end
             yield PgConnection(pg)
         return
     conn = sqlite3.connect(location, timeout=60, isolation_level=None)

@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from gateway.postgres_sql import PgConnection, translate
+from gateway.postgres_sql import MemoCursor, PgConnection, SnapshotMemo, translate
 
 #: (SQL with SQLite's placeholders, parameters): each answers one row.
 STATEMENTS: list[tuple[str, Any]] = [
@@ -29,7 +29,7 @@ STATEMENTS: list[tuple[str, Any]] = [
 @pytest.fixture
 def engines(postgres_dsn: str) -> Iterator[tuple[sqlite3.Connection, PgConnection]]:
     lite = sqlite3.connect(":memory:")
-    with psycopg.connect(postgres_dsn, autocommit=True, cursor_factory=psycopg.ClientCursor) as conn:
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
         yield lite, PgConnection(conn)
     lite.close()
 
@@ -49,3 +49,56 @@ def test_placeholders_are_translated_outside_literals_identifiers_and_comments()
     assert translate("SELECT ? -- it's ?\n, :a") == "SELECT %s -- it's ?\n, %(a)s"
     assert translate("SELECT 'x?' , \"y?\" , /* ? */ ?") == "SELECT 'x?' , \"y?\" , /* ? */ %s"
     assert translate("SELECT '%', x::text -- 5%") == "SELECT '%%', x::text -- 5%%"
+
+
+@pytest.fixture
+def snapshot(postgres_dsn: str) -> Iterator[tuple[PgConnection, psycopg.Connection[Any]]]:
+    """A read-only snapshot adapter over a table of 20 rows, and a second connection that writes."""
+    with psycopg.connect(postgres_dsn, autocommit=True) as setup:
+        setup.execute("DROP TABLE IF EXISTS memo_t; CREATE TABLE memo_t (k int PRIMARY KEY, v text)")
+        setup.execute("INSERT INTO memo_t SELECT g, 'v' || g FROM generate_series(1, 20) g")
+        with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            yield PgConnection(conn, snapshot=True), setup
+            conn.execute("COMMIT")
+
+
+def test_a_repeated_select_of_a_snapshot_is_answered_from_memory(
+    snapshot: tuple[PgConnection, psycopg.Connection[Any]],
+) -> None:
+    adapter, writer = snapshot
+    first = adapter.execute("SELECT v FROM memo_t WHERE k = ?", (1,)).fetchall()
+    writer.execute("UPDATE memo_t SET v = 'changed' WHERE k = 1")  # committed after the snapshot began
+    again = adapter.execute("SELECT v FROM memo_t WHERE k = ?", (1,))
+    assert isinstance(again, MemoCursor) and again.fetchall() == first == [("v1",)]
+    assert adapter.execute("SELECT v FROM memo_t WHERE k = ?", (1,)).fetchone() == ("v1",)
+    named = adapter.execute("SELECT v FROM memo_t WHERE k = :k", {"k": 2})
+    assert named.fetchone()["v"] == "v2"  # type: ignore[index]
+    assert adapter.execute("SELECT v FROM memo_t WHERE k = ?", (3,)).fetchall() == [("v3",)]  # other values
+
+
+def test_what_a_snapshot_does_not_keep(snapshot: tuple[PgConnection, psycopg.Connection[Any]]) -> None:
+    adapter, _ = snapshot
+    big = adapter.execute("SELECT k FROM memo_t ORDER BY k")  # more rows than SnapshotMemo.ROWS
+    assert not isinstance(big, MemoCursor) and len(big.fetchall()) == 20
+    assert not isinstance(adapter.execute("SELECT k FROM memo_t ORDER BY k"), MemoCursor)
+    t1 = adapter.execute("SELECT clock_timestamp()::text AS t").fetchone()
+    t2 = adapter.execute("SELECT clock_timestamp()::text AS t").fetchone()
+    assert t1 != t2  # volatile: run each time
+    listed = adapter.execute("SELECT count(*) FROM memo_t WHERE k = ANY(?)", ([1, 2],))
+    assert not isinstance(listed, MemoCursor) and listed.fetchone() == (2,)
+    for k in range(4, 4 + SnapshotMemo.ENTRIES):  # room for ENTRIES statements, then none kept
+        adapter.execute("SELECT v FROM memo_t WHERE k = ?", (k,))
+    assert not isinstance(adapter.execute("SELECT k FROM memo_t WHERE v = ?", ("v1",)), MemoCursor)
+
+
+def test_a_write_connection_keeps_nothing(postgres_dsn: str) -> None:
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS memo_w; CREATE TABLE memo_w (k int PRIMARY KEY, v text)")
+        conn.execute("BEGIN")
+        adapter = PgConnection(conn)
+        adapter.execute("INSERT INTO memo_w VALUES (1, 'a')")
+        assert adapter.execute("SELECT v FROM memo_w WHERE k = ?", (1,)).fetchone() == ("a",)
+        adapter.execute("UPDATE memo_w SET v = 'b' WHERE k = 1")
+        assert adapter.execute("SELECT v FROM memo_w WHERE k = ?", (1,)).fetchone() == ("b",)
+        conn.execute("ROLLBACK")
