@@ -7,13 +7,15 @@ gives them the same over one psycopg connection: :func:`translate` turns the pla
 column name, with ``keys()``).
 
 Values are bound on the server (psycopg's default cursor, the extended query protocol), and psycopg
-prepares a statement on a connection once it ran there five times (``prepare_threshold``; at most 100 per
-connection): the hot path's statements then skip PostgreSQL's parse and plan. Measured on the message path
-(send on one member, process on another, 61 statements): PostgreSQL's CPU per message 9.5 -> 6.5-7 ms
-against values bound client-side into the SQL text. PostgreSQL must infer every parameter's type from its
-context: a nullable parameter alone (``? IS NULL OR at >= ?``) has none (``IndeterminateDatatype``) —
-such a filter is two statements instead (:mod:`gateway.sqlite_audit`). The SQL itself is portable
-(``ON CONFLICT``, ``RETURNING``, ``CASE``): nothing is rewritten but the placeholders.
+prepares a statement on a connection once it ran there five times (``prepare_threshold``; up to
+:data:`gateway.postgres_store.PREPARED_MAX` per connection): the hot path's statements then skip
+PostgreSQL's parse and plan (measured on the message path, docs/scaling.md: about a third less
+PostgreSQL CPU per message). So a connection must stay one session: a pooler in front of PostgreSQL
+must pool sessions, not transactions (the store's session settings need that too). PostgreSQL must infer
+every parameter's type from its context: a nullable parameter alone (``? IS NULL OR at >= ?``) has none
+(``IndeterminateDatatype``) — such a filter is two statements instead (:mod:`gateway.sqlite_audit`). The
+SQL itself is portable (``ON CONFLICT``, ``RETURNING``, ``CASE``): nothing is rewritten but the
+placeholders.
 
 Inside a read transaction (one ``REPEATABLE READ`` snapshot) a ``SELECT`` that the same transaction already
 ran with the same values is answered from memory (:class:`SnapshotMemo`): the snapshot cannot answer it
@@ -23,6 +25,7 @@ times in a ``/process``); each repeat would be a round trip.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -131,6 +134,12 @@ class PgCursor:
 _VOLATILE = re.compile(r"clock_timestamp|statement_timestamp|timeofday|random|nextval|currval|pg_|txid", re.I)
 
 
+@functools.lru_cache(maxsize=1024)
+def memoable(sql: str) -> bool:
+    """Whether a snapshot may answer ``sql`` again from memory: one plain ``SELECT``, nothing volatile."""
+    return bool(_SELECT.match(sql)) and not _VOLATILE.search(sql)
+
+
 class MemoCursor:
     """A cursor over rows held in memory (a repeated ``SELECT`` of one snapshot)."""
 
@@ -148,22 +157,31 @@ class MemoCursor:
         return self._rows
 
 
+def _size(rows: list[PgRow]) -> int:
+    """Roughly the bytes ``rows`` hold (their byte and text values)."""
+    return sum(len(v) for row in rows for v in row if isinstance(v, bytes | str))
+
+
 class SnapshotMemo:
     """The answers of the small ``SELECT`` s one read transaction ran (see the module docstring): at most
-    :attr:`ROWS` rows each, :attr:`ENTRIES` statements; a statement with a volatile function is not kept."""
+    :attr:`ROWS` rows each, :attr:`ENTRIES` statements and :attr:`BYTES` of values in all; a statement with
+    a volatile function is not kept. Values are told apart by type too (``True == 1`` in Python)."""
 
     ROWS = 16
     ENTRIES = 64
+    BYTES = 256 * 1024
 
     def __init__(self) -> None:
         self._answers: dict[tuple[str, Any], list[PgRow]] = {}
+        self._bytes = 0
 
     @staticmethod
     def key(sql: str, parameters: Sequence[Any] | dict[str, Any]) -> tuple[str, Any] | None:
         """What identifies a statement and its values, or None if it must not be kept."""
-        if not _SELECT.match(sql) or _VOLATILE.search(sql):
+        if not memoable(sql):
             return None
-        values = tuple(sorted(parameters.items())) if isinstance(parameters, dict) else tuple(parameters)
+        items = sorted(parameters.items()) if isinstance(parameters, dict) else enumerate(parameters)
+        values = tuple((name, type(v), v) for name, v in items)
         try:
             hash(values)
         except TypeError:  # a list value (``= ANY(?)``): not kept
@@ -179,7 +197,10 @@ class SnapshotMemo:
         if cursor.rowcount > self.ROWS or len(self._answers) >= self.ENTRIES:
             return PgCursor(cursor)
         rows = cursor.fetchall()
-        self._answers[key] = rows
+        size = _size(rows)
+        if self._bytes + size <= self.BYTES:
+            self._answers[key] = rows
+            self._bytes += size
         return MemoCursor(rows)
 
 
@@ -203,6 +224,9 @@ class PgConnection:
         self._before_ordered = before_ordered
         self._select_only = select_only
         self._memo = SnapshotMemo() if snapshot else None
+        #: A prepared statement's plan went stale (the schema changed under it): the connection's prepared
+        #: statements must be deallocated once the transaction ended (:mod:`gateway.postgres_store`).
+        self.stale_plan = False
 
     def _check_order(self, sql: str) -> None:
         if self._select_only and not _SELECT.match(sql):
@@ -211,13 +235,22 @@ class PgConnection:
             take, self._before_ordered = self._before_ordered, None
             take()
 
+    @contextlib.contextmanager
+    def _watching_plans(self) -> Iterator[None]:
+        try:
+            yield
+        except psycopg.errors.FeatureNotSupported:  # "cached plan must not change result type"
+            self.stale_plan = True
+            raise
+
     def execute(self, sql: str, parameters: Sequence[Any] | dict[str, Any] = ()) -> PgCursor | MemoCursor:
         self._check_order(sql)
         key = None if self._memo is None else self._memo.key(sql, parameters)
         if key is not None and self._memo is not None and (known := self._memo.get(key)) is not None:
             return known
         cur: psycopg.Cursor[PgRow] = self._conn.cursor(row_factory=_row_factory)
-        cur.execute(translate(sql), parameters)
+        with self._watching_plans():
+            cur.execute(translate(sql), parameters)
         if key is not None and self._memo is not None:
             return self._memo.keep(key, cur)
         return PgCursor(cur)
@@ -227,7 +260,8 @@ class PgConnection:
         rows = list(seq)
         if rows:  # nothing to run: nothing to order either
             self._check_order(sql)
-            cur.executemany(translate(sql), rows)
+            with self._watching_plans():
+                cur.executemany(translate(sql), rows)
         result = PgCursor(cur)
         result.rowcount = max(result.rowcount, 0)  # nothing run: no row changed
         return result
@@ -269,5 +303,6 @@ __all__ = [
     "SnapshotMemo",
     "is_ordered",
     "liveness_options",
+    "memoable",
     "translate",
 ]

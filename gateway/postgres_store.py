@@ -56,6 +56,10 @@ def _unavailable(what: str, e: BaseException) -> StoreUnavailable:
     return StoreUnavailable(f"{what}: {type(e).__name__}")
 
 
+#: Prepared statements a connection keeps (psycopg's default is 100; the store runs about 160 distinct
+#: statements, some in several parameter-type variants).
+PREPARED_MAX = 512
+
 #: SQLSTATEs outside psycopg's ``OperationalError`` that still say "not now": the server ended an idle or
 #: overlong transaction's session (25P03, 25P04).
 _TRANSIENT_SQLSTATES = frozenset({"25P03", "25P04"})
@@ -68,11 +72,13 @@ def _statement_error(what: str, e: psycopg.Error, *, write: bool) -> StoreUnavai
     """What a failed statement is: :class:`StoreUnavailable` when the server could not do it *now*
     (psycopg's ``OperationalError``: connection lost, lock or statement timeout, serialisation failure,
     deadlock, shutdown, resources — SQLSTATE classes 08, 40, 53, 55, 57, 58; a session the server ended;
-    a write transaction on a read-only server), else :class:`StoreFault` (a constraint, a malformed
-    statement, a write in a read transaction, a client-side misuse: retrying will not help)."""
+    a write transaction on a read-only server; a prepared statement whose plan went stale when another
+    process migrated the schema, 0A000 — its connection forgets its prepared statements), else
+    :class:`StoreFault` (a constraint, a malformed statement, a write in a read transaction, a
+    client-side misuse: retrying will not help)."""
     sqlstate = e.sqlstate
     if (
-        isinstance(e, psycopg.OperationalError)
+        isinstance(e, psycopg.OperationalError | psycopg.errors.FeatureNotSupported)
         or sqlstate in _TRANSIENT_SQLSTATES
         or (write and sqlstate == _READ_ONLY_SERVER)
     ):
@@ -115,7 +121,7 @@ class PostgresStore:
                 **liveness_options(url),
             },
             check=ConnectionPool.check_connection,
-            configure=durable_session,
+            configure=_configure,
             name="mlsgw-store",
             open=False,
         )
@@ -155,10 +161,10 @@ class PostgresStore:
             try:
                 yield SqliteTransaction(cast("Any", adapter))
             except psycopg.Error as e:
-                _rollback(conn)
+                _rollback(conn, forget_plans=adapter.stale_plan)
                 raise _statement_error("database error", e, write=write) from None
             except BaseException:
-                _rollback(conn)
+                _rollback(conn, forget_plans=adapter.stale_plan)
                 if write:  # what it raises (a conflict) may tell what it read: durable first
                     self._flush(conn)
                 raise
@@ -216,10 +222,13 @@ class PostgresStore:
         write transaction: it would take a second pooled connection."""
         outer: PgConnection | None = getattr(self._local, "reader", None)
         with contextlib.ExitStack() as stack:
-            adapter = outer or PgConnection(stack.enter_context(self._connection()), select_only=True)
+            conn = None if outer else stack.enter_context(self._connection())
+            adapter = outer or PgConnection(cast("Any", conn), select_only=True)
             try:
                 yield SqliteTransaction(cast("Any", adapter))
             except psycopg.Error as e:
+                if conn is not None and adapter.stale_plan:  # autocommit: nothing to roll back
+                    _forget_prepared(conn)
                 raise _statement_error("database error", e, write=False) from None
 
     def sync(self) -> None:
@@ -254,9 +263,35 @@ class PostgresStore:
         self._pool.close()
 
 
-def _rollback(conn: psycopg.Connection[Any]) -> None:
+def _rollback(conn: psycopg.Connection[Any], *, forget_plans: bool = False) -> None:
+    """``ROLLBACK``, keeping the connection's prepared statements: psycopg forgets them all on a
+    ``ROLLBACK`` (one that undid DDL may leave them pointing at dropped objects), but the store's
+    transactions run no DDL and a prepared statement outlives a rollback on the server — a lost race or a
+    conflict would otherwise cost every hot statement five unprepared runs again. ``forget_plans``: a
+    statement's plan went stale (the schema changed): forget them all (``DEALLOCATE ALL``)."""
+    threshold = conn.prepare_threshold
+    conn.prepare_threshold = None  # psycopg then leaves its cache alone
+    try:
+        with contextlib.suppress(psycopg.Error):
+            conn.execute("ROLLBACK")
+    finally:
+        conn.prepare_threshold = threshold
+    if forget_plans:
+        _forget_prepared(conn)
+
+
+def _forget_prepared(conn: psycopg.Connection[Any]) -> None:
+    """Deallocate the connection's prepared statements (psycopg recognises the command and forgets its own
+    records of them)."""
     with contextlib.suppress(psycopg.Error):
-        conn.execute("ROLLBACK")
+        conn.execute("DEALLOCATE ALL")
+
+
+def _configure(conn: psycopg.Connection[Any]) -> None:
+    """A new pooled connection: synchronous commits (:func:`durable_session`), and room for every hot
+    statement of the gateway among its prepared ones."""
+    durable_session(conn)
+    conn.prepared_max = PREPARED_MAX
 
 
 __all__ = ["WRITE_LOCK", "PostgresStore"]

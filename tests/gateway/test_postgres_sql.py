@@ -102,3 +102,30 @@ def test_a_write_connection_keeps_nothing(postgres_dsn: str) -> None:
         adapter.execute("UPDATE memo_w SET v = 'b' WHERE k = 1")
         assert adapter.execute("SELECT v FROM memo_w WHERE k = ?", (1,)).fetchone() == ("b",)
         conn.execute("ROLLBACK")
+
+
+def test_values_of_other_types_are_other_statements() -> None:
+    sql = "SELECT v FROM memo_t WHERE k = ?"
+    assert SnapshotMemo.key(sql, (1,)) != SnapshotMemo.key(sql, (True,))  # 1 == True in Python
+    assert SnapshotMemo.key(sql, (b"x",)) != SnapshotMemo.key(sql, ("x",))
+    assert SnapshotMemo.key(sql, {"a": 1, "b": 2}) == SnapshotMemo.key(sql, {"b": 2, "a": 1})
+    assert SnapshotMemo.key("SELECT clock_timestamp()", ()) is None
+    assert SnapshotMemo.key("UPDATE memo_t SET v = ?", ("x",)) is None
+
+
+def test_a_snapshot_keeps_a_bounded_number_of_bytes(
+    snapshot: tuple[PgConnection, psycopg.Connection[Any]],
+) -> None:
+    adapter, _ = snapshot
+    memo = adapter._memo
+    assert memo is not None
+    big = "SELECT repeat('x', ?) AS v FROM memo_t WHERE k <= ?"
+    rows = SnapshotMemo.ROWS  # as many rows as one answer may hold, each a tenth of the budget
+    first = adapter.execute(big, (SnapshotMemo.BYTES // 10, rows)).fetchall()
+    assert len(first) == rows and len(first[0][0]) == SnapshotMemo.BYTES // 10
+    assert memo.get(memo.key(big, (SnapshotMemo.BYTES // 10, rows))) is None  # over the budget: not kept
+    assert adapter.execute(big, (SnapshotMemo.BYTES // 10, rows)).fetchall() == first
+    small = (SnapshotMemo.BYTES // 100, 2)
+    adapter.execute(big, small)
+    kept = memo.get(memo.key(big, small))
+    assert kept is not None and len(kept.fetchall()) == 2
