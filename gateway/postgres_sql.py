@@ -10,8 +10,9 @@ Values are bound on the server (psycopg's default cursor, the extended query pro
 prepares a statement on a connection once it ran there five times (``prepare_threshold``; up to
 :data:`gateway.postgres_store.PREPARED_MAX` per connection): the hot path's statements then skip
 PostgreSQL's parse and plan (measured on the message path, docs/scaling.md: about a third less
-PostgreSQL CPU per message). So a connection must stay one session: a pooler in front of PostgreSQL
-must pool sessions, not transactions (the store's session settings need that too). PostgreSQL must infer
+PostgreSQL CPU per message). A pooler in front of PostgreSQL must then pool sessions or keep
+protocol-level prepared statements itself (PgBouncer 1.21 or later, ``max_prepared_statements``; see
+docs/scaling.md, "Connections"). PostgreSQL must infer
 every parameter's type from its context: a nullable parameter alone (``? IS NULL OR at >= ?``) has none
 (``IndeterminateDatatype``) — such a filter is two statements instead (:mod:`gateway.sqlite_audit`). The
 SQL itself is portable (``ON CONFLICT``, ``RETURNING``, ``CASE``): nothing is rewritten but the
