@@ -246,15 +246,15 @@ class PgConnection:
 
     def execute(self, sql: str, parameters: Sequence[Any] | dict[str, Any] = ()) -> PgCursor | MemoCursor:
         self._check_order(sql)
-        key = None if self._memo is None else self._memo.key(sql, parameters)
-        if key is not None and self._memo is not None and (known := self._memo.get(key)) is not None:
-            return known
+        memo, key = self._memo, None
+        if memo is not None and (key := memo.key(sql, parameters)) is not None:
+            known = memo.get(key)
+            if known is not None:
+                return known
         cur: psycopg.Cursor[PgRow] = self._conn.cursor(row_factory=_row_factory)
         with self._watching_plans():
             cur.execute(translate(sql), parameters)
-        if key is not None and self._memo is not None:
-            return self._memo.keep(key, cur)
-        return PgCursor(cur)
+        return PgCursor(cur) if memo is None or key is None else memo.keep(key, cur)
 
     def executemany(self, sql: str, seq: Iterable[Sequence[Any] | dict[str, Any]]) -> PgCursor:
         cur: psycopg.Cursor[PgRow] = self._conn.cursor(row_factory=_row_factory)
