@@ -110,29 +110,41 @@ def durable_session(conn: psycopg.Connection[Any]) -> None:
         conn.execute("SET synchronous_commit = on")
 
 
+def write_begin(timeout_s: float, *, flush_under_lock: bool, group: bytes | None = None) -> tuple[str, ...]:
+    """The statements that ``BEGIN`` a write transaction and take :data:`WRITE_LOCK` (waiting at most
+    ``timeout_s`` for each lock), in order; with ``group``, ``WRITE_LOCK`` shared and the group's lock (a
+    group-scoped write, see the module). Unless ``flush_under_lock``, its ``COMMIT`` will not wait for the
+    WAL flush. The store sends them in the round trip of the transaction's first statement
+    (:class:`gateway.postgres_sql.PgConnection`)."""
+    settings = f"SELECT set_config('lock_timeout', '{int(timeout_s * 1000)}', true)"
+    if not flush_under_lock:
+        settings += ", set_config('synchronous_commit', 'off', true)"
+    if group is None:
+        locks: tuple[str, ...] = (f"SELECT pg_advisory_xact_lock({WRITE_LOCK})",)
+    else:
+        locks = (
+            f"SELECT pg_advisory_xact_lock_shared({WRITE_LOCK})",
+            f"SELECT pg_advisory_xact_lock({group_lock_key(group)})",
+        )
+    return ("BEGIN ISOLATION LEVEL READ COMMITTED", settings, *locks)
+
+
 def lock_for_write(
     conn: psycopg.Connection[Any], timeout_s: float, *, flush_under_lock: bool, group: bytes | None = None
 ) -> None:
-    """``BEGIN`` a write transaction and take :data:`WRITE_LOCK` (waiting at most ``timeout_s`` for each
-    lock), in one round trip; with ``group``, ``WRITE_LOCK`` shared and the group's lock (a group-scoped
-    write, see the module). Unless ``flush_under_lock``, its ``COMMIT`` will not wait for the WAL flush."""
-    async_commit = "" if flush_under_lock else "SET LOCAL synchronous_commit = off; "
-    if group is None:
-        locks = f"SELECT pg_advisory_xact_lock({WRITE_LOCK})"
-    else:
-        locks = (
-            f"SELECT pg_advisory_xact_lock_shared({WRITE_LOCK}); "
-            f"SELECT pg_advisory_xact_lock({group_lock_key(group)})"
-        )
-    conn.execute(
-        f"BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL lock_timeout = {int(timeout_s * 1000)}; "
-        f"{async_commit}{locks}"
-    )
+    """Run :func:`write_begin`'s statements now, in one round trip."""
+    conn.execute("; ".join(write_begin(timeout_s, flush_under_lock=flush_under_lock, group=group)))
 
 
-def lock_order(conn: psycopg.Connection[Any]) -> None:
-    """Take :data:`ORDER_LOCK` (a group-scoped writer, before its first statement outside its group)."""
-    conn.execute(f"SELECT pg_advisory_xact_lock({ORDER_LOCK})")
+#: Take :data:`ORDER_LOCK` (a group-scoped writer, before its first statement outside its group).
+LOCK_ORDER = f"SELECT pg_advisory_xact_lock({ORDER_LOCK})"
+
+#: The statements that ``BEGIN`` a read-only snapshot; the last answers the WAL insert position it was
+#: taken at (a bound on every commit it can see: :func:`end_read`).
+READ_BEGIN = (
+    "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+    "SELECT pg_current_wal_insert_lsn()::text",
+)
 
 
 def commit_write(conn: psycopg.Connection[Any], *, flush_under_lock: bool) -> None:
@@ -144,18 +156,6 @@ def commit_write(conn: psycopg.Connection[Any], *, flush_under_lock: bool) -> No
 def flush(conn: psycopg.Connection[Any]) -> None:
     """Return once every commit so far (of any process) is flushed to the WAL on disk."""
     conn.execute(FLUSH)
-
-
-def begin_read(conn: psycopg.Connection[Any]) -> str:
-    """``BEGIN`` a read-only snapshot and return the WAL insert position it was taken at (a bound on every
-    commit it can see)."""
-    cur = conn.execute(
-        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SELECT pg_current_wal_insert_lsn()::text"
-    )
-    cur.nextset()
-    row = cur.fetchone()
-    assert row is not None
-    return str(row[0])
 
 
 def end_read(conn: psycopg.Connection[Any], seen: str) -> None:
@@ -181,14 +181,15 @@ def _lsn(text: str) -> str:
 
 __all__ = [
     "FLUSH",
+    "LOCK_ORDER",
     "ORDER_LOCK",
+    "READ_BEGIN",
     "WRITE_LOCK",
-    "begin_read",
     "commit_write",
     "durable_session",
     "end_read",
     "flush",
     "group_lock_key",
     "lock_for_write",
-    "lock_order",
+    "write_begin",
 ]

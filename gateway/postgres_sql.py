@@ -212,19 +212,27 @@ class PgConnection:
         self,
         conn: psycopg.Connection[Any],
         *,
-        before_ordered: Callable[[], None] | None = None,
+        begin: Sequence[str] = (),
+        before_ordered: str | None = None,
         select_only: bool = False,
         snapshot: bool = False,
     ) -> None:
-        """``before_ordered``: called once, before the first statement that :func:`is_ordered` (a
-        group-scoped write transaction takes the order lock there). ``select_only``: anything but a
-        ``SELECT`` is refused (:class:`psycopg.ProgrammingError`) — a lookup outside any transaction.
-        ``snapshot``: the connection is in a read-only snapshot; a repeated ``SELECT`` is answered from
-        memory (:class:`SnapshotMemo`)."""
+        """``begin``: the statements that open the transaction (``BEGIN``, its settings and locks), sent
+        with the first statement in one round trip (a psycopg pipeline) — a transaction that runs none
+        never begins. ``before_ordered``: a statement (the order lock of a group-scoped write) sent once,
+        just before the first statement that :func:`is_ordered`, in its round trip. ``select_only``:
+        anything but a ``SELECT`` is refused (:class:`psycopg.ProgrammingError`) — a lookup outside any
+        transaction. ``snapshot``: the connection is in a read-only snapshot; a repeated ``SELECT`` is
+        answered from memory (:class:`SnapshotMemo`)."""
         self._conn = conn
+        self._pending: list[str] = list(begin)
         self._before_ordered = before_ordered
         self._select_only = select_only
         self._memo = SnapshotMemo() if snapshot else None
+        #: Whether ``begin`` was sent (the transaction must then end with ``COMMIT`` or ``ROLLBACK``).
+        self.begun = not begin
+        #: The first value the last ``begin`` statement answered (a read snapshot's WAL position).
+        self.began_with: Any = None
         #: A prepared statement's plan went stale (the schema changed under it): the connection's prepared
         #: statements must be deallocated once the transaction ended (:mod:`gateway.postgres_store`).
         self.stale_plan = False
@@ -233,8 +241,8 @@ class PgConnection:
         if self._select_only and not _SELECT.match(sql):
             raise psycopg.ProgrammingError("only a SELECT may run here")
         if self._before_ordered is not None and is_ordered(sql):
-            take, self._before_ordered = self._before_ordered, None
-            take()
+            self._pending.append(self._before_ordered)
+            self._before_ordered = None
 
     @contextlib.contextmanager
     def _watching_plans(self) -> Iterator[None]:
@@ -243,6 +251,20 @@ class PgConnection:
         except psycopg.errors.FeatureNotSupported:  # "cached plan must not change result type"
             self.stale_plan = True
             raise
+
+    def _run(self, run: Callable[[], object]) -> None:
+        """``run`` (a statement), after the pending ones in the same round trip if there are any."""
+        if not self._pending:
+            run()
+            return
+        pending, self._pending = self._pending, []
+        opening, self.begun = not self.begun, True  # from here, the transaction must be ended
+        with self._conn.pipeline():
+            cursors = [self._conn.execute(statement) for statement in pending]
+            run()
+        if opening:
+            row = cursors[-1].fetchone()
+            self.began_with = None if row is None else row[0]
 
     def execute(self, sql: str, parameters: Sequence[Any] | dict[str, Any] = ()) -> PgCursor | MemoCursor:
         self._check_order(sql)
@@ -253,7 +275,7 @@ class PgConnection:
                 return known
         cur: psycopg.Cursor[PgRow] = self._conn.cursor(row_factory=_row_factory)
         with self._watching_plans():
-            cur.execute(translate(sql), parameters)
+            self._run(lambda: cur.execute(translate(sql), parameters))
         return PgCursor(cur) if memo is None or key is None else memo.keep(key, cur)
 
     def executemany(self, sql: str, seq: Iterable[Sequence[Any] | dict[str, Any]]) -> PgCursor:
@@ -262,6 +284,7 @@ class PgConnection:
         if rows:  # nothing to run: nothing to order either
             self._check_order(sql)
             with self._watching_plans():
+                self._run(lambda: None)  # what is pending first: executemany runs a pipeline of its own
                 cur.executemany(translate(sql), rows)
         result = PgCursor(cur)
         result.rowcount = max(result.rowcount, 0)  # nothing run: no row changed

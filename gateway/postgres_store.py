@@ -21,13 +21,15 @@ releases the lock without waiting for the WAL flush, and the block returns only 
 that concurrent writers share; a read transaction returns only once the WAL is flushed past the snapshot it
 read. Whatever a request is answered with — its own write or another's it read — is durable.
 Connection loss (``OperationalError``, pool timeout) is :class:`StoreUnavailable`
-(503 ``store_unavailable`` with Retry-After); the pool checks a connection before lending it and opens
-new ones once the server answers again, so the gateway recovers without a restart.
+(503 ``store_unavailable`` with Retry-After); the pool checks a connection before lending it
+(:func:`check_lent_connection`) and opens new ones once the server answers again, so the gateway recovers
+without a restart.
 """
 
 from __future__ import annotations
 
 import contextlib
+import select
 import threading
 from collections.abc import Iterator
 from typing import Any, cast
@@ -36,14 +38,15 @@ import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from .postgres_durability import (
+    LOCK_ORDER,
+    READ_BEGIN,
     WRITE_LOCK,
-    begin_read,
     commit_write,
     durable_session,
     end_read,
     flush,
     lock_for_write,
-    lock_order,
+    write_begin,
 )
 from .postgres_sql import PgConnection, liveness_options
 from .schema_migrations import prepare
@@ -120,7 +123,7 @@ class PostgresStore:
                 "connect_timeout": 5,
                 **liveness_options(url),
             },
-            check=ConnectionPool.check_connection,
+            check=check_lent_connection,
             configure=_configure,
             name="mlsgw-store",
             open=False,
@@ -143,42 +146,58 @@ class PostgresStore:
 
     @contextlib.contextmanager
     def _transaction(self, *, write: bool, group: bytes | None = None) -> Iterator[SqliteTransaction]:
+        """One transaction on a pooled connection. A read or group-scoped write sends its ``BEGIN`` (and
+        locks) with its first statement, in one round trip (:class:`PgConnection`), and when it ran none
+        neither begins nor ends; any other write holds :data:`WRITE_LOCK` from the moment its block is
+        entered (a lock its callers may rely on before their first statement)."""
         with self._connection() as conn:
-            seen = ""
-            try:
-                if write:
-                    lock_for_write(conn, self._busy_s, flush_under_lock=self.flush_under_lock, group=group)
-                else:
-                    seen = begin_read(conn)
-            except psycopg.Error as e:
-                _rollback(conn)
-                raise _unavailable("cannot start a transaction", e) from None
+            begin = self._begin(conn, write=write, group=group)
             adapter = PgConnection(
-                conn, before_ordered=None if group is None else lambda: lock_order(conn), snapshot=not write
+                conn, begin=begin, before_ordered=None if group is None else LOCK_ORDER, snapshot=not write
             )
             if not write:
                 self._local.reader = adapter
             try:
                 yield SqliteTransaction(cast("Any", adapter))
             except psycopg.Error as e:
-                _rollback(conn, forget_plans=adapter.stale_plan)
+                if adapter.begun:
+                    _rollback(conn, forget_plans=adapter.stale_plan)
                 raise _statement_error("database error", e, write=write) from None
             except BaseException:
-                _rollback(conn, forget_plans=adapter.stale_plan)
-                if write:  # what it raises (a conflict) may tell what it read: durable first
-                    self._flush(conn)
+                if adapter.begun:
+                    _rollback(conn, forget_plans=adapter.stale_plan)
+                    if write:  # what it raises (a conflict) may tell what it read: durable first
+                        self._flush(conn)
                 raise
             finally:
                 if not write:
                     self._local.reader = None
-            try:
-                if write:
-                    commit_write(conn, flush_under_lock=self.flush_under_lock)
-                else:
-                    end_read(conn, seen)
-            except psycopg.Error as e:
-                _rollback(conn)
-                raise _statement_error("commit failed", e, write=write) from None
+            if adapter.begun:
+                self._end(conn, adapter, write=write)
+
+    def _begin(self, conn: psycopg.Connection[Any], *, write: bool, group: bytes | None) -> tuple[str, ...]:
+        """The statements to send with a transaction's first one; a global write runs them now."""
+        if not write:
+            return READ_BEGIN
+        if group is not None:
+            return write_begin(self._busy_s, flush_under_lock=self.flush_under_lock, group=group)
+        try:
+            lock_for_write(conn, self._busy_s, flush_under_lock=self.flush_under_lock)
+        except psycopg.Error as e:
+            _rollback(conn)
+            raise _unavailable("cannot start a transaction", e) from None
+        return ()
+
+    def _end(self, conn: psycopg.Connection[Any], adapter: PgConnection, *, write: bool) -> None:
+        """``COMMIT`` a transaction that ran, and return once all it wrote or read is durable."""
+        try:
+            if write:
+                commit_write(conn, flush_under_lock=self.flush_under_lock)
+            else:
+                end_read(conn, str(adapter.began_with))
+        except psycopg.Error as e:
+            _rollback(conn)
+            raise _statement_error("commit failed", e, write=write) from None
 
     @staticmethod
     def _flush(conn: psycopg.Connection[Any]) -> None:
@@ -287,6 +306,22 @@ def _forget_prepared(conn: psycopg.Connection[Any]) -> None:
         conn.execute("DEALLOCATE ALL")
 
 
+def check_lent_connection(conn: psycopg.Connection[Any]) -> None:
+    """The pool's check of a connection it is about to lend: raises if the connection is gone. An idle
+    session the server still holds has nothing to read on its socket, so it is lent at once; one with
+    something to read — the server ended it (a restart, ``pg_terminate_backend``, an idle timeout: a FATAL
+    message, then end of file) or sent a notice — takes psycopg_pool's round trip (an empty query), which
+    reads it and fails on a dead session. (The empty query on every loan was 7 of a message's ~45 round
+    trips.) A session lost without a word (a partition) fails its first statement instead, within the
+    :data:`gateway.postgres_sql.LIVENESS` timeouts, as it did the empty query: a 503, and the pool drops
+    the broken connection."""
+    if conn.closed:
+        raise psycopg.OperationalError("the connection is closed")
+    readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    if readable:
+        ConnectionPool.check_connection(conn)
+
+
 def _configure(conn: psycopg.Connection[Any]) -> None:
     """A new pooled connection: synchronous commits (:func:`durable_session`), and room for every hot
     statement of the gateway among its prepared ones."""
@@ -294,4 +329,4 @@ def _configure(conn: psycopg.Connection[Any]) -> None:
     conn.prepared_max = PREPARED_MAX
 
 
-__all__ = ["WRITE_LOCK", "PostgresStore"]
+__all__ = ["WRITE_LOCK", "PostgresStore", "check_lent_connection"]

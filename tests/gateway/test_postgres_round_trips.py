@@ -1,0 +1,122 @@
+"""Round trips of the PostgreSQL store's transactions (gateway/postgres_store.py, gateway/postgres_sql.py),
+counted on the wire with libpq's protocol trace against the session's real throw-away cluster: a read or
+a group-scoped write sends its ``BEGIN`` and locks with its first statement, one that runs no statement
+costs nothing, lending a connection costs nothing — and a session the server ended is still never lent."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from gateway.postgres_store import PostgresStore
+from gateway.store import StoreUnavailable, Tenant
+
+from .test_store_concurrency import IN_GROUP, ORDERED, Held
+
+pytestmark = pytest.mark.usefixtures("postgres_cluster")
+
+
+@pytest.fixture
+def store(postgres_dsn: str) -> Iterator[PostgresStore]:
+    """A store with one pooled connection (every transaction on it), and a tenant."""
+    s = PostgresStore(postgres_dsn, pool_size=1)
+    with s.transaction() as tx:
+        tx.add_tenant(Tenant("ten_1", "one"))
+    yield s
+    s.close()
+
+
+@contextmanager
+def round_trips(store: PostgresStore) -> Iterator[list[int]]:
+    """Counts the round trips on the store's one connection while the block runs (one ``ReadyForQuery``
+    from the server ends each: a simple query, or a pipeline's ``Sync``); the count is in ``[0]`` after."""
+    counted = [0]
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "trace"
+        with path.open("w") as out:
+            with store._pool.connection() as conn:
+                conn.pgconn.trace(out.fileno())
+            try:
+                yield counted
+            finally:
+                with store._pool.connection() as conn:  # the same one: the pool has only it
+                    conn.pgconn.untrace()
+        counted[0] = path.read_text().count("\tReadyForQuery\t")
+
+
+def test_a_read_is_its_statements_and_one_more(store: PostgresStore) -> None:
+    with round_trips(store) as n, store.read_transaction() as tx:
+        assert tx.get_tenant("ten_1") is not None
+        assert tx.get_tenant("ten_2") is None
+    assert n[0] == 3  # BEGIN + snapshot position + first SELECT; second SELECT; COMMIT + flush check
+
+
+def test_a_group_scoped_write_is_its_statements_and_one_more(store: PostgresStore) -> None:
+    with round_trips(store) as n, store.transaction(b"group-1") as tx:
+        tx._c.execute(IN_GROUP)
+        tx._c.execute(ORDERED)  # the order lock goes with it
+    assert n[0] == 3  # BEGIN + settings + locks + first; order lock + second; COMMIT + flush
+
+
+def test_a_transaction_that_runs_nothing_costs_nothing(store: PostgresStore) -> None:
+    with round_trips(store) as n:
+        with store.read_transaction():
+            pass
+        with store.transaction(b"group-1"):
+            pass
+    assert n[0] == 0
+
+
+def test_a_write_of_no_group_holds_the_lock_from_its_start(store: PostgresStore, postgres_dsn: str) -> None:
+    """Its callers may rely on the lock before their first statement: it is taken on entering."""
+    other = PostgresStore(postgres_dsn, pool_size=1, migrate=False)
+    try:
+        with round_trips(store) as n, store.transaction():
+            assert other.write_probe(0.2) == "the write lock is held (writes would wait and answer 503)"
+        assert n[0] == 2  # BEGIN + settings + lock; COMMIT + flush
+        assert other.write_probe(5.0) is None
+    finally:
+        other.close()
+
+
+def test_a_lock_not_granted_in_time_is_unavailable_and_leaves_the_connection_usable(
+    postgres_dsn: str, store: PostgresStore
+) -> None:
+    """A group-scoped write whose group lock is held past the wait: its first statement (sent with the
+    ``BEGIN`` and the lock) is a 503, the transaction is rolled back, the next one runs."""
+    impatient = PostgresStore(postgres_dsn, pool_size=1, busy_timeout_s=0.2, migrate=False)
+    holder = Held(store, b"group-1")
+    try:
+        holder.run(IN_GROUP)
+        with pytest.raises(StoreUnavailable), impatient.transaction(b"group-1") as tx:
+            tx._c.execute(IN_GROUP)
+        holder.release()
+        with impatient.transaction(b"group-1") as tx:
+            tx._c.execute(IN_GROUP)
+        with impatient._pool.connection() as conn:
+            assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    finally:
+        if not holder.done.is_set():
+            holder.send(None)
+            holder.done.wait(60)
+        impatient.close()
+
+
+def test_a_session_the_server_ended_is_never_lent(store: PostgresStore, postgres_dsn: str) -> None:
+    """Lending an idle connection costs no round trip, yet one whose session the server ended (here
+    ``pg_terminate_backend``; a restart alike) is checked, dropped and replaced: no request sees it."""
+    with store._pool.connection() as conn:
+        pid = conn.info.backend_pid
+    with psycopg.connect(postgres_dsn, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    with store.read_transaction() as tx:
+        assert tx.get_tenant("ten_1") is not None
+    with store.transaction(b"group-1") as tx:
+        tx._c.execute(IN_GROUP)
+    with store._pool.connection() as conn:
+        assert conn.info.backend_pid != pid
