@@ -171,7 +171,9 @@ class PgCounters:
                 continue
             out["statements"] += calls
             out["wal_bytes"] += float(wal)
-            if text.startswith("set local lock_timeout"):  # once per write transaction
+            # once per write transaction (gateway.postgres_durability.write_begin; BEGIN itself is not
+            # counted when a pipeline sends it)
+            if text.startswith("select set_config('lock_timeout'"):
                 out["write_transactions"] += calls
             if "pg_advisory_xact_lock" in text:  # the write lock, a group's lock, the order lock
                 out["write_lock_wait_ms"] += exec_ms
