@@ -6,6 +6,7 @@ costs nothing, lending a connection costs nothing — and a session the server e
 from __future__ import annotations
 
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -114,6 +115,10 @@ def test_a_session_the_server_ended_is_never_lent(store: PostgresStore, postgres
         pid = conn.info.backend_pid
     with psycopg.connect(postgres_dsn, autocommit=True) as admin:
         admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        deadline = time.monotonic() + 60  # the signal is asynchronous: wait until the session has ended
+        while admin.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone():
+            assert time.monotonic() < deadline, "the session did not end"
+            time.sleep(0.01)
     with store.read_transaction() as tx:
         assert tx.get_tenant("ten_1") is not None
     with store.transaction(b"group-1") as tx:
