@@ -44,6 +44,7 @@ from hsm.bootstrap import write_conf
 from .config import GatewayConfig
 from .operator_cli import Exit, OperatorError, require_initialised
 from .schema_migrations import MIGRATION_TABLE, known_migrations, migrations_directory
+from .sqlite_files import make_owner_only
 from .store_factory import POSTGRES_BACKUP_REFUSAL
 
 #: The manifest's file name and the format it declares.
@@ -165,6 +166,7 @@ def _snapshot(cfg: GatewayConfig, staging: Path) -> float:
         except sqlite3.Error as e:
             raise OperatorError(Exit.STORE, f"database: cannot take the write lock: {e}") from None
         held_since = time.monotonic()
+        make_owner_only(staging / DATABASE)
         source, copy = _sqlite(cfg.database_path, "rw"), sqlite3.connect(staging / DATABASE)
         try:
             source.backup(copy)  # all pages in one step: one consistent snapshot

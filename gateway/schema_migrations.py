@@ -37,6 +37,7 @@ from yoyo.backends.core.sqlite3 import SQLiteBackend
 from yoyo.connections import parse_uri
 from yoyo.exceptions import BadMigration, LockTimeout
 
+from .sqlite_files import make_owner_only
 from .store import StoreUnavailable
 
 #: yoyo's record of applied migrations (its default name).
@@ -127,6 +128,7 @@ class _SqliteBackend(SQLiteBackend):  # type: ignore[misc]
     SQLite's shared cache), with the gateway's busy timeout."""
 
     def connect(self, dburi: Any) -> sqlite3.Connection:
+        make_owner_only(dburi.database)  # the first to open the store's file: it is created 0600
         conn = sqlite3.connect(
             f"file:{quote(dburi.database)}?mode=rwc",
             uri=True,

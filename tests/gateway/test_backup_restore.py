@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import stat
 import subprocess
 import sys
 import threading
@@ -199,6 +200,7 @@ def test_backup_into_an_empty_folder(data_dir: Path, tmp_path: Path) -> None:
     manifest = json.loads((dest / "backup.json").read_text())
     assert {"gateway.sqlite3", "hsm.pin"} <= set(manifest["files"])
     assert any(name.startswith("softhsm/tokens/") for name in manifest["files"])
+    assert stat.S_IMODE((dest / "gateway.sqlite3").stat().st_mode) == 0o600  # sealed state, the audit chain
 
 
 def test_restore_refuses_a_non_empty_folder(good_backup: Path, tmp_path: Path) -> None:
