@@ -317,8 +317,9 @@ def check_lent_connection(conn: psycopg.Connection[Any]) -> None:
     the broken connection."""
     if conn.closed:
         raise psycopg.OperationalError("the connection is closed")
-    readable, _, _ = select.select([conn.fileno()], [], [], 0)
-    if readable:
+    poller = select.poll()  # not select.select: a busy process may hold descriptors past FD_SETSIZE
+    poller.register(conn.fileno(), select.POLLIN)
+    if poller.poll(0):  # readable, hung up or in error
         ConnectionPool.check_connection(conn)
 
 
