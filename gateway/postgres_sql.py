@@ -226,6 +226,7 @@ class PgConnection:
         answered from memory (:class:`SnapshotMemo`)."""
         self._conn = conn
         self._pending: list[str] = list(begin)
+        self._begin_count = len(begin)
         self._before_ordered = before_ordered
         self._select_only = select_only
         self._memo = SnapshotMemo() if snapshot else None
@@ -260,10 +261,11 @@ class PgConnection:
         pending, self._pending = self._pending, []
         opening, self.begun = not self.begun, True  # from here, the transaction must be ended
         with self._conn.pipeline():
-            cursors = [self._conn.execute(statement) for statement in pending]
+            # never prepared: a group's lock names its key in the text (a prepared statement per group)
+            cursors = [self._conn.execute(statement, prepare=False) for statement in pending]
             run()
         if opening:
-            row = cursors[-1].fetchone()
+            row = cursors[self._begin_count - 1].fetchone()
             self.began_with = None if row is None else row[0]
 
     def execute(self, sql: str, parameters: Sequence[Any] | dict[str, Any] = ()) -> PgCursor | MemoCursor:

@@ -190,6 +190,9 @@ class PostgresStore:
 
     def _end(self, conn: psycopg.Connection[Any], adapter: PgConnection, *, write: bool) -> None:
         """``COMMIT`` a transaction that ran, and return once all it wrote or read is durable."""
+        if not write and adapter.began_with is None:  # its opening failed, and the block went on
+            _rollback(conn)
+            raise StoreUnavailable("a read transaction that did not begin")
         try:
             if write:
                 commit_write(conn, flush_under_lock=self.flush_under_lock)

@@ -10,9 +10,12 @@ kept 0600 on their own (docs/architecture.md "Secrets at rest").
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import stat
 from pathlib import Path
+
+log = logging.getLogger("mls_gateway")
 
 #: Owner read and write only.
 OWNER_ONLY = stat.S_IRUSR | stat.S_IWUSR
@@ -28,8 +31,10 @@ def make_owner_only(database: str | Path) -> None:
         os.close(os.open(path, os.O_RDWR | os.O_CREAT, OWNER_ONLY))
     for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
         with contextlib.suppress(OSError):
-            if stat.S_IMODE(file.stat().st_mode) & ~OWNER_ONLY:
+            mode = stat.S_IMODE(file.stat().st_mode)
+            if mode & ~OWNER_ONLY:
                 os.chmod(file, OWNER_ONLY)
+                log.warning("%s was mode %o: made 0600 (the store's files are its owner's alone)", file, mode)
 
 
 __all__ = ["OWNER_ONLY", "make_owner_only"]

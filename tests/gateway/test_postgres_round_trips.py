@@ -125,3 +125,16 @@ def test_a_session_the_server_ended_is_never_lent(store: PostgresStore, postgres
         tx._c.execute(IN_GROUP)
     with store._pool.connection() as conn:
         assert conn.info.backend_pid != pid
+
+
+def test_no_group_gets_a_prepared_statement_of_its_own(store: PostgresStore) -> None:
+    """A group's lock names its key in the statement: sent unprepared, or every busy group would hold a
+    prepared statement on every connection (and push the hot ones out of psycopg's cache)."""
+    for group in range(4):
+        for _ in range(6):  # psycopg prepares a statement on its fifth run on a connection
+            with store.transaction(b"group-%d" % group) as tx:
+                tx._c.execute(IN_GROUP)
+    with store._pool.connection() as conn:
+        prepared = [str(r[0]) for r in conn.execute("SELECT statement FROM pg_prepared_statements")]
+    assert any("group_logs" in s for s in prepared)  # the transaction's own statement is prepared
+    assert not [s for s in prepared if "advisory" in s or "set_config" in s], prepared
