@@ -293,9 +293,13 @@ class HostedDelivery:
         )
         identity_id, group_id, seq = identity.identity_id, head.group_id, entry.seq
         with self.store.transaction() as tx:
-            tx.add_inbox_event(identity_id, group_id, seq, sealed)
+            # once per Welcome: entries appended after it mark the identity again until it joins
+            added = tx.inbox_event_at(identity_id, group_id, seq) is None
+            if added:
+                tx.add_inbox_event(identity_id, group_id, seq, sealed)
             tx.clear_hosted_pending(identity_id, group_id, head.seq)
-        self.notify([identity_id])
+        if added:
+            self.notify([identity_id])
 
     def _clear(self, identity: Identity, group_id: bytes, applied: int | None) -> None:
         with self.store.transaction() as tx:

@@ -72,3 +72,23 @@ def test_a_message_sent_while_a_member_joins_reaches_it(in_process: Gateway) -> 
 def _identity(gw: Gateway, identity_id: str) -> Any:
     with gw.runtime.store.read_transaction() as tx:
         return tx.get_identity(gw.world.tenant_id, identity_id)
+
+
+def test_a_member_that_does_not_join_by_itself_gets_one_welcome_event(in_process: Gateway) -> None:
+    """An identity with ``auto_join`` off, added by a commit, gets one ``welcome`` event however often
+    delivery looks at the group again before it joins (messages appended after the Welcome mark it)."""
+    gw = in_process
+    _stop_hosted_worker(gw)
+    hosted = gw.runtime.service.hosted
+    carol = gw.ok("POST", "/v1/identities", {"name": "carol"})["identity_id"]
+    erin = gw.ok("POST", "/v1/identities", {"name": "erin", "auto_join": False})["identity_id"]
+    kp = gw.ok("POST", f"/v1/identities/{erin}/key-packages", {})["key_packages"][0]["key_package"]
+    gid = base64.b64decode(gw.ok("POST", f"/v1/identities/{carol}/groups", {})["group_id"])
+    first = f"/v1/identities/{carol}/groups/{b64url(gid)}"
+    gw.ok("POST", first + "/commits", {"add": [kp]})
+    hosted.advance_by_id(gw.world.tenant_id, erin, gid)
+    for text in (b"one", b"two"):
+        gw.ok("POST", first + "/messages", {"data": _b64(text)})
+        hosted.advance_by_id(gw.world.tenant_id, erin, gid)
+    kinds = [e["kind"] for e in gw.ok("GET", f"/v1/identities/{erin}/inbox")["events"]]
+    assert kinds == ["welcome"], kinds
