@@ -83,6 +83,8 @@ from typing import Any
 
 from gateway.client import GatewayClient, GatewayError, unb64
 
+from .lean_http import LeanGateway
+
 RESULTS = Path(__file__).resolve().parent / "results"
 MESSAGE = b"FramedContentTBS-sized message " * 8  # 248 bytes, as in benches/hsm.py
 ED25519_OID = bytes.fromhex("06032b6570")  # CKA_EC_PARAMS of Ed25519
@@ -390,7 +392,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def client_loop(
-    api: GatewayClient, pair: Pair, stats: LoadStats, deadline: float, rng: random.Random
+    api: LeanGateway, pair: Pair, stats: LoadStats, deadline: float, rng: random.Random
 ) -> None:
     loop = asyncio.get_running_loop()
     while loop.time() < deadline and stats.claim():
@@ -445,7 +447,10 @@ async def progress(stats: LoadStats, duration: float, stop: asyncio.Event, label
 async def run_clients(
     api: GatewayClient, pairs: list[Pair], clients: int, duration: float, budget: int, label: str
 ) -> tuple[LoadStats, float]:
-    """``clients`` concurrent client loops (client i on ``pairs[i mod len]``); the stats and the seconds."""
+    """``clients`` concurrent client loops (client i on ``pairs[i mod len]``), each on a connection of its
+    own (:class:`benches.lean_http.LeanGateway`, as ``api``'s token); the stats and the seconds."""
+    assert api.token is not None
+    lean = [LeanGateway(api.base_url, api.token) for _ in range(clients)]
     stats = LoadStats(budget=budget)
     loop = asyncio.get_running_loop()
     stats.started = time.perf_counter()
@@ -456,7 +461,7 @@ async def run_clients(
     try:
         await asyncio.gather(
             *(
-                client_loop(api, pairs[i % len(pairs)], stats, deadline, random.Random(rng.random()))
+                client_loop(lean[i], pairs[i % len(pairs)], stats, deadline, random.Random(rng.random()))
                 for i in range(clients)
             )
         )
@@ -464,6 +469,7 @@ async def run_clients(
         elapsed = time.perf_counter() - stats.started
         stop.set()
         await bar
+        await asyncio.gather(*(c.close() for c in lean))
     return stats, elapsed
 
 

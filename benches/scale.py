@@ -21,7 +21,8 @@ Runs everything on loopback and stops by itself:
    per group K path-updating commits by A (``update``), each processed by B.
 3. Around the load and around the commit phase: CPU seconds (``/proc/<pid>/stat`` utime + stime) of the
    gateway processes (the supervisor and its workers), of PostgreSQL's processes (the postmaster and its
-   backends) and of this process — the load generator, kept light (asyncio, one connection pool); the
+   backends) and of this process — the load generator, kept light (asyncio, one lean keep-alive
+   connection per client, :mod:`benches.lean_http`); the
    gateway's HSM operations (``mlsgw_hsm_operations_total`` from ``/metrics``, summed over the workers);
    on PostgreSQL the statements (= round trips; the pool's empty liveness checks are not counted), write
    transactions (each sets ``lock_timeout`` once, then takes the store's write lock — shared, with its
