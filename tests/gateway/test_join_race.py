@@ -25,15 +25,8 @@ def _b64(data: bytes) -> str:
 
 def test_a_message_sent_while_a_member_joins_reaches_it(in_process: Gateway) -> None:
     gw = in_process
-    _stop_hosted_worker(gw)  # its deliveries run where the test says
     hosted = gw.runtime.service.hosted
-    carol = gw.ok("POST", "/v1/identities", {"name": "carol"})["identity_id"]
-    erin = gw.ok("POST", "/v1/identities", {"name": "erin", "auto_join": False})["identity_id"]
-    kp = gw.ok("POST", f"/v1/identities/{erin}/key-packages", {})["key_packages"][0]["key_package"]
-    gid = base64.b64decode(gw.ok("POST", f"/v1/identities/{carol}/groups", {})["group_id"])
-    first = f"/v1/identities/{carol}/groups/{b64url(gid)}"
-    welcome = gw.ok("POST", first + "/commits", {"add": [kp]})["welcome"]
-    hosted.advance_by_id(gw.world.tenant_id, erin, gid)  # the worker: a welcome event (no auto-join)
+    erin, gid, first, welcome = _carol_adds_erin(gw)
 
     real_joiner = hosted.joiner
     assert real_joiner is not None
@@ -78,17 +71,25 @@ def test_a_member_that_does_not_join_by_itself_gets_one_welcome_event(in_process
     """An identity with ``auto_join`` off, added by a commit, gets one ``welcome`` event however often
     delivery looks at the group again before it joins (messages appended after the Welcome mark it)."""
     gw = in_process
-    _stop_hosted_worker(gw)
     hosted = gw.runtime.service.hosted
-    carol = gw.ok("POST", "/v1/identities", {"name": "carol"})["identity_id"]
-    erin = gw.ok("POST", "/v1/identities", {"name": "erin", "auto_join": False})["identity_id"]
-    kp = gw.ok("POST", f"/v1/identities/{erin}/key-packages", {})["key_packages"][0]["key_package"]
-    gid = base64.b64decode(gw.ok("POST", f"/v1/identities/{carol}/groups", {})["group_id"])
-    first = f"/v1/identities/{carol}/groups/{b64url(gid)}"
-    gw.ok("POST", first + "/commits", {"add": [kp]})
-    hosted.advance_by_id(gw.world.tenant_id, erin, gid)
+    erin, gid, first, _ = _carol_adds_erin(gw)
     for text in (b"one", b"two"):
         gw.ok("POST", first + "/messages", {"data": _b64(text)})
         hosted.advance_by_id(gw.world.tenant_id, erin, gid)
     kinds = [e["kind"] for e in gw.ok("GET", f"/v1/identities/{erin}/inbox")["events"]]
     assert kinds == ["welcome"], kinds
+
+
+def _carol_adds_erin(gw: Gateway) -> tuple[str, bytes, str, str]:
+    """With the hosted worker stopped (its deliveries run where the test says): carol makes a group and
+    adds erin, who does not join by herself; delivery then gives erin a welcome event. Returns erin, the
+    group id, the path of carol's group and the Welcome."""
+    _stop_hosted_worker(gw)
+    carol = gw.ok("POST", "/v1/identities", {"name": "carol"})["identity_id"]
+    erin = gw.ok("POST", "/v1/identities", {"name": "erin", "auto_join": False})["identity_id"]
+    kp = gw.ok("POST", f"/v1/identities/{erin}/key-packages", {})["key_packages"][0]["key_package"]
+    gid = base64.b64decode(gw.ok("POST", f"/v1/identities/{carol}/groups", {})["group_id"])
+    first = f"/v1/identities/{carol}/groups/{b64url(gid)}"
+    welcome = gw.ok("POST", first + "/commits", {"add": [kp]})["welcome"]
+    gw.runtime.service.hosted.advance_by_id(gw.world.tenant_id, erin, gid)
+    return erin, gid, first, welcome
