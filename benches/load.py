@@ -444,13 +444,26 @@ async def progress(stats: LoadStats, duration: float, stop: asyncio.Event, label
         print(file=sys.stderr, flush=True)
 
 
+def lean_connections(api: GatewayClient, count: int) -> list[LeanGateway]:
+    """``count`` connections of the load loop to ``api``'s gateway, as its token (opened on first use)."""
+    assert api.token is not None
+    return [LeanGateway(api.base_url, api.token) for _ in range(count)]
+
+
 async def run_clients(
-    api: GatewayClient, pairs: list[Pair], clients: int, duration: float, budget: int, label: str
+    api: GatewayClient,
+    pairs: list[Pair],
+    clients: int,
+    duration: float,
+    budget: int,
+    label: str,
+    connections: list[LeanGateway] | None = None,
 ) -> tuple[LoadStats, float]:
     """``clients`` concurrent client loops (client i on ``pairs[i mod len]``), each on a connection of its
-    own (:class:`benches.lean_http.LeanGateway`, as ``api``'s token); the stats and the seconds."""
-    assert api.token is not None
-    lean = [LeanGateway(api.base_url, api.token) for _ in range(clients)]
+    own (:class:`benches.lean_http.LeanGateway`, as ``api``'s token): ``connections`` when given (kept
+    open, e.g. from a warm-up into the measured load: with several worker processes a new connection may
+    reach a worker the warm-up never did), else new ones closed at the end; the stats and the seconds."""
+    lean = connections if connections is not None else lean_connections(api, clients)
     stats = LoadStats(budget=budget)
     loop = asyncio.get_running_loop()
     stats.started = time.perf_counter()
@@ -469,7 +482,8 @@ async def run_clients(
         elapsed = time.perf_counter() - stats.started
         stop.set()
         await bar
-        await asyncio.gather(*(c.close() for c in lean))
+        if connections is None:
+            await asyncio.gather(*(c.close() for c in lean))
     return stats, elapsed
 
 

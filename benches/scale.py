@@ -66,6 +66,7 @@ from benches.load import (
     hsm_operations,
     init_gateway,
     latency_summary,
+    lean_connections,
     make_pairs,
     run_clients,
     tenant_client,
@@ -276,11 +277,17 @@ async def measure(
         pairs = await make_pairs(api, 0, cfg.groups)
         setup_s = time.perf_counter() - t0
         print(f"{label}: ready in {ready_s:.1f} s, {cfg.groups} groups in {setup_s:.1f} s", file=sys.stderr)
-        await run_clients(api, pairs, cfg.groups, cfg.warmup_s, 10**9, f"{label} warm-up")
-        probe = Probe(server, api, pg)
-        before = await probe.snapshot()
-        stats, elapsed = await run_clients(api, pairs, cfg.groups, cfg.duration_s, 10**9, f"{label} load")
-        after = await probe.snapshot()
+        connections = lean_connections(api, cfg.groups)  # the warm-up's, kept for the load
+        try:
+            await run_clients(api, pairs, cfg.groups, cfg.warmup_s, 10**9, f"{label} warm-up", connections)
+            probe = Probe(server, api, pg)
+            before = await probe.snapshot()
+            stats, elapsed = await run_clients(
+                api, pairs, cfg.groups, cfg.duration_s, 10**9, f"{label} load", connections
+            )
+            after = await probe.snapshot()
+        finally:
+            await asyncio.gather(*(c.close() for c in connections))
         commits = await commit_phase(api, pairs, cfg.commits) if cfg.commits else 0
         after_commits = await probe.snapshot()
     messages = len(stats.pair_ms)

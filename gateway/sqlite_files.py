@@ -24,11 +24,14 @@ OWNER_ONLY = stat.S_IRUSR | stat.S_IWUSR
 def make_owner_only(database: str | Path) -> None:
     """Before SQLite opens ``database``: create it empty with mode 0600 if it does not exist (SQLite then
     makes its WAL and shared-memory files 0600 too), and narrow the database file and those two to 0600
-    where an earlier version left them wider. A file that cannot be created or changed is left to SQLite,
-    which reports what is wrong with it when it opens it."""
+    where an earlier version left them wider (by path: an existing file is never opened here). A file that
+    cannot be created or changed is left to SQLite, which reports what is wrong with it when it opens
+    it."""
     path = Path(database)
+    # Only ever a new file: closing a descriptor of a file drops every POSIX lock this process holds on
+    # it — an open SQLite connection's included, letting another process write under it.
     with contextlib.suppress(OSError):
-        os.close(os.open(path, os.O_RDWR | os.O_CREAT, OWNER_ONLY))
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, OWNER_ONLY))
     for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
         with contextlib.suppress(OSError):
             mode = stat.S_IMODE(file.stat().st_mode)

@@ -71,8 +71,13 @@ def check_run(run: dict[str, Any]) -> None:
         for key in ("statements", "write_transactions", "transactions", "rows_written", "wal_bytes"):
             assert positive(db[key]), (key, db)
         assert db["statements"] >= db["transactions"] >= db["write_transactions"]
-    # One signature per protected application message (the gateway's own count), none otherwise.
-    assert message["hsm_operations"] == {"sign/pkcs11/ok": message["count"]}
+    # One signature per protected application message (the gateway's own count); else only unwraps of keys
+    # a process uses for the first time (the data key; a member's keys held wrapped), in whichever phase
+    # that falls — a worker the warm-up did not reach may deliver first during the load — a few per
+    # process, never one per message: the HSM per key, not per request.
+    ops = dict(message["hsm_operations"])
+    assert ops.pop("sign/pkcs11/ok") == message["count"]
+    assert set(ops) <= {"unwrap/pkcs11/ok"} and ops.get("unwrap/pkcs11/ok", 0) <= 3 * run["processes"], ops
     # A path-updating commit signs (the commit, the leaf node, the GroupInfo) and makes a leaf key.
     assert commit["hsm_operations_per_op_by_kind"]["sign/pkcs11/ok"] >= 1
     assert commit["hsm_operations_per_op_by_kind"]["generate/pkcs11/ok"] >= 1

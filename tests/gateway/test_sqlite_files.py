@@ -5,12 +5,16 @@ narrowed when it opens."""
 from __future__ import annotations
 
 import os
+import sqlite3
 import stat
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from gateway.sqlite_files import make_owner_only
 from gateway.sqlite_store import SqliteStore
 from gateway.store import Tenant
 
@@ -60,3 +64,27 @@ def test_an_existing_store_with_wider_modes_is_narrowed_when_it_opens(tmp_path: 
         assert set(modes(database).values()) == {0o600}
     finally:
         store.close()
+
+
+def test_an_open_connection_keeps_its_locks(tmp_path: Path) -> None:
+    """``make_owner_only`` on a file this process holds open must not drop its SQLite locks (closing any
+    descriptor of a file drops all of a process's POSIX locks on it): another process still finds the
+    database locked."""
+    database = tmp_path / "gateway.sqlite3"
+    conn = sqlite3.connect(database, isolation_level=None)
+    try:
+        conn.execute("CREATE TABLE t (x)")
+        conn.execute("BEGIN IMMEDIATE")  # the write lock (a POSIX lock on the file)
+        make_owner_only(database)
+        other = subprocess.run(
+            [sys.executable, "-c", TRY_WRITE_LOCK, str(database)], capture_output=True, text=True, timeout=60
+        )
+        assert other.returncode != 0 and "locked" in other.stderr, other
+    finally:
+        conn.close()
+
+
+TRY_WRITE_LOCK = """
+import sqlite3, sys
+sqlite3.connect(sys.argv[1], timeout=0, isolation_level=None).execute("BEGIN IMMEDIATE")
+"""
