@@ -2,9 +2,9 @@
 crash of the server right after acknowledgments loses nothing acknowledged — no write whose transaction
 block returned, and nothing a read transaction returned — and without the flush it would.
 
-The server's WAL writer is slowed to its maximum delay for these tests (``wal_writer_delay = 10s``), so an
-asynchronous commit nobody flushes stays in the server's memory until the crash: a missing wait shows as
-a loss instead of being hidden by the background flush.
+The server's WAL writer is slowed to its maximum delay for these tests (``wal_writer_delay = 10s``), on a
+cluster of the module's own, so an asynchronous commit nobody flushes stays in the server's memory until
+the crash: a missing wait shows as a loss instead of being hidden by a background flush.
 """
 
 from __future__ import annotations
@@ -19,11 +19,21 @@ import pytest
 from gateway import postgres_durability
 from gateway.postgres_store import PostgresStore
 from gateway.store import StoreUnavailable
-from tests.postgres_cluster import PostgresCluster
+from tests.postgres_cluster import PostgresCluster, throwaway_cluster
 
 from .test_store_contract import G, seed
 
 WRITERS = 4
+
+
+@pytest.fixture(scope="module")
+def postgres_cluster() -> Iterator[PostgresCluster]:
+    """A cluster of this module's own (``postgres_dsn`` makes its databases here): its tests crash the
+    server, and the controls need a WAL nobody else flushes — on the session's cluster another test's
+    gateway (its lease renewals, its reads' flush checks) flushes the WAL now and then, making a control's
+    unflushed commit durable before the crash."""
+    with throwaway_cluster() as cluster:
+        yield cluster
 
 
 @pytest.fixture
