@@ -85,16 +85,30 @@ def create_aes_token_key(token: Token, label: str, *, wraps: bool, op: str) -> b
     return token.run(create, op=op, retry=False)
 
 
+#: Searches for a KEK to destroy when another process destroyed what a search found first.
+DESTROY_SEARCHES = 3
+
+
 def destroy_aes_token_key(token: Token, label: str, *, op: str) -> int:
     """Destroy every secret key labelled ``label`` in the token (a retired KEK nothing refers to any
-    more); returns how many were destroyed."""
+    more); returns how many this call destroyed. Another process may destroy it between the search and
+    the destroy (the server's retire pass beside ``keys rotate-kek``): a stale handle means search again,
+    and a key no longer found is gone."""
 
     def destroy(session: Session) -> int:
-        with token.objects("search"):
-            handles = find_secret_keys(session, label)
-        for handle in handles:
-            token.destroy_handle(session, handle)  # holds the object-store guard's "change" turn itself
-        return len(handles)
+        destroyed = 0
+        for attempt in range(1, DESTROY_SEARCHES + 1):
+            with token.objects("search"):
+                handles = find_secret_keys(session, label)
+            try:
+                for handle in handles:
+                    token.destroy_handle(session, handle)  # holds the object-store guard's "change" turn
+                    destroyed += 1
+                return destroyed
+            except StaleHandle:
+                if attempt == DESTROY_SEARCHES:
+                    raise
+        return destroyed
 
     return token.run(destroy, op=op, retry=False)
 
