@@ -293,13 +293,13 @@ def open_runtime(config: GatewayConfig, module_path: str) -> Runtime:
     )
     service.identities.sessions.cache = StateCache(config.state_cache_bytes, metrics.state_cache_lookup)
     service.identities.sessions.full_state_every = config.full_state_every
-    executor = ThreadPoolExecutor(max_workers=config.worker_threads, thread_name_prefix="mlsgw")
+    executor = ThreadPoolExecutor(max_workers=config.worker_pool_threads, thread_name_prefix="mlsgw")
     runtime = Runtime(config, store, token, keys, envelope, service, metrics, executor)
     runtime.wrapped_custody = wrapped_custody
     runtime.kek_rotation = rotation
     runtime.control_executor = ThreadPoolExecutor(config.auth_threads, thread_name_prefix="mlsgw-auth")
     runtime.scheduler = TenantScheduler(
-        config.worker_threads, config.tenant_max_concurrency, config.tenant_max_waiting
+        config.worker_pool_threads, config.tenant_concurrency, config.tenant_max_waiting
     )
     return runtime
 

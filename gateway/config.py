@@ -13,7 +13,7 @@ TOML layout (every key optional; an unknown section or key is refused, naming it
     database = "/var/lib/mls-gateway/gateway.sqlite3"   # MLSGW_DATABASE: a file path (SQLite) or a
                                     # postgresql://user@host:port/db URL (PostgreSQL, gateway.postgres_store)
     max_body_bytes = 1048576        # MLSGW_MAX_BODY_BYTES
-    worker_threads = 8              # MLSGW_WORKER_THREADS
+    worker_threads = 0              # MLSGW_WORKER_THREADS: 0 = by store (SQLite 3, PostgreSQL 8)
     workers = 1                     # MLSGW_WORKERS: processes serving the listening socket
     state_cache_bytes = 268435456   # MLSGW_STATE_CACHE_BYTES: decoded group states kept (0 disables)
     full_state_every = 64           # MLSGW_FULL_STATE_EVERY: messages between full-state rewrites (>= 1)
@@ -23,8 +23,9 @@ TOML layout (every key optional; an unknown section or key is refused, naming it
     reconcile_interval_s = 600      # MLSGW_RECONCILE_INTERVAL_S: orphan-key reconciliation period (> 0)
     reconcile_grace_s = 600         # MLSGW_RECONCILE_GRACE_S: an orphan is destroyed when seen this long
     # abuse resistance (gateway.request_limits, gateway.quotas); each also MLSGW_<NAME in capitals>
-    auth_threads = 2                # token checks: a pool of their own
-    tenant_max_concurrency = 4      # worker threads one tenant's requests may hold at once
+    auth_threads = 1                # token checks: a pool of their own
+    tenant_max_concurrency = 2      # worker threads one tenant's requests may hold at once (unset: about
+                                    # half the worker threads, at least one fewer: SQLite 2, PostgreSQL 4)
     tenant_max_waiting = 256        # requests of one tenant waiting for a worker; more answer 429
     quota_identities = 10000        # identities per tenant
     quota_groups_per_identity = 1000        # memberships per identity
@@ -79,6 +80,15 @@ from hsm.config import TokenConfig
 
 #: api-v1.md (Conventions): a response stored for an Idempotency-Key is kept at least 24 h.
 MIN_IDEMPOTENCY_RETENTION_S = 24 * 3600.0
+#: Worker threads per process on SQLite when ``worker_threads`` is 0: its waits are local (microseconds),
+#: and more threads cost CPU in GIL hand-offs (measured: 8 → 2 threads, 11.6 → 9.0 ms of gateway CPU per
+#: message at 8 clients, docs/scaling.md). Three: one tenant's requests hold two of them
+#: (:attr:`GatewayConfig.tenant_concurrency`), so a second tenant always finds one free, and two writes of
+#: one tenant share an fsync.
+SQLITE_WORKER_THREADS = 3
+#: Worker threads per process on PostgreSQL when ``worker_threads`` is 0: each statement waits a round
+#: trip, which other threads fill (measured: 2 / 4 / 8 threads, 68 / 72 / 77 messages/s).
+POSTGRES_WORKER_THREADS = 8
 
 
 class ConfigError(Exception):
@@ -161,7 +171,9 @@ class GatewayConfig:
     #: Not in the repr: a URL may hold a password (:attr:`database_location` is the printable form).
     database: str | None = field(default=None, repr=False)
     max_body_bytes: int = 1 << 20
-    worker_threads: int = 8
+    #: Threads of the worker pool (requests' store, HSM and MLS work); 0: chosen by the store
+    #: (:attr:`worker_pool_threads`).
+    worker_threads: int = 0
     #: Gateway processes serving the listening socket (gateway.supervisor; 1: this process serves alone).
     workers: int = 1
     #: Bound of the decoded group-state cache, in sealed-state bytes (gateway.state_cache); 0 disables it.
@@ -179,8 +191,9 @@ class GatewayConfig:
     #: Seconds an unreferenced key must stay unreferenced (two passes apart) before it is destroyed.
     reconcile_grace_s: float = 600.0
     # ---- abuse resistance (issue 17): limits and quotas, see LIMIT_SETTINGS ----
-    auth_threads: int = 2
-    tenant_max_concurrency: int = 4
+    auth_threads: int = 1
+    #: Worker threads one tenant's requests may hold at once; 0: by the pool (:attr:`tenant_concurrency`).
+    tenant_max_concurrency: int = 0
     tenant_max_waiting: int = 256
     quota_identities: int = 10_000
     quota_groups_per_identity: int = 1000
@@ -208,6 +221,27 @@ class GatewayConfig:
         """The ``postgresql://`` URL of the database when it is PostgreSQL, else ``None`` (SQLite)."""
         db = self.database
         return db if db is not None and db.startswith(("postgresql://", "postgres://")) else None
+
+    @property
+    def worker_pool_threads(self) -> int:
+        """The worker pool's size: ``worker_threads``, or when that is 0, :data:`SQLITE_WORKER_THREADS` on
+        SQLite and :data:`POSTGRES_WORKER_THREADS` on PostgreSQL. Python runs one thread at a time (the
+        GIL), so threads beyond those that cover blocking waits only add hand-offs between threads: a
+        SQLite statement or fsync waits microseconds, a PostgreSQL round trip a network's latency
+        (docs/scaling.md, "Worker threads")."""
+        if self.worker_threads:
+            return self.worker_threads
+        return SQLITE_WORKER_THREADS if self.postgres_url is None else POSTGRES_WORKER_THREADS
+
+    @property
+    def tenant_concurrency(self) -> int:
+        """Worker threads one tenant may hold at once: ``tenant_max_concurrency``, or when that is 0 half the
+        pool's threads rounded up and at least one fewer than them (3 → 2, 8 → 4), so that another
+        tenant's request always finds a thread (docs/api.md, "Concurrency")."""
+        if self.tenant_max_concurrency:
+            return self.tenant_max_concurrency
+        threads = self.worker_pool_threads
+        return max(1, min(threads - 1, (threads + 1) // 2))
 
     @property
     def database_path(self) -> Path:
@@ -393,7 +427,7 @@ def load_config(
             data_dir=Path(g.pop("data_dir", "data")),
             database=str(g["database"]) if "database" in g else None,
             max_body_bytes=int(g.get("max_body_bytes", 1 << 20)),
-            worker_threads=int(g.get("worker_threads", 8)),
+            worker_threads=int(g.get("worker_threads", 0)),
             workers=int(g.get("workers", 1)),
             state_cache_bytes=int(g.get("state_cache_bytes", 256 << 20)),
             full_state_every=int(g.get("full_state_every", 64)),
@@ -420,8 +454,10 @@ def load_config(
     for key, value in overrides.items():
         if value is not None:
             cfg = _override(cfg, key, value)
-    if cfg.max_body_bytes < 1024 or cfg.worker_threads < 1 or cfg.state_cache_bytes < 0:
-        raise ConfigError("max_body_bytes must be >= 1024, worker_threads >= 1 and state_cache_bytes >= 0")
+    if cfg.max_body_bytes < 1024 or cfg.worker_threads < 0 or cfg.state_cache_bytes < 0:
+        raise ConfigError(
+            "max_body_bytes must be >= 1024, worker_threads >= 0 (0: by store) and state_cache_bytes >= 0"
+        )
     if cfg.full_state_every < 1:
         raise ConfigError("full_state_every must be >= 1")
     if not 1 <= cfg.workers <= 256:

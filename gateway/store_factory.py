@@ -26,7 +26,9 @@ def open_store(config: GatewayConfig) -> SqliteStore | PostgresStore:
     # Each worker may hold a write transaction and a read nested in it; token checks and the background
     # tasks (readiness, hosted delivery, webhooks, retention, rotation) read on threads of their own.
     return PostgresStore(
-        url, pool_size=2 * config.worker_threads + config.auth_threads + 6, migrate=config.migrate_on_start
+        url,
+        pool_size=2 * config.worker_pool_threads + config.auth_threads + 6,
+        migrate=config.migrate_on_start,
     )
 
 

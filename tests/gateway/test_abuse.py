@@ -516,6 +516,26 @@ def test_limit_settings_from_toml(tmp_path: Path) -> None:
     assert (cfg.tenant_max_concurrency, cfg.quota_groups_per_identity, cfg.header_timeout_s) == (3, 7, 2.5)
 
 
+def test_worker_pool_size_follows_the_store_unless_set() -> None:
+    """``worker_threads`` 0 (the default): 3 threads on SQLite, 8 on PostgreSQL; a number is kept as is;
+    a tenant holds about half of them and always fewer than all; one token-check thread by default."""
+    sqlite, pg = load_config(env={}), load_config(env={"MLSGW_DATABASE": "postgresql://gw@db:5432/gw"})
+    assert (sqlite.worker_threads, sqlite.worker_pool_threads, pg.worker_pool_threads) == (0, 3, 8)
+    assert (sqlite.tenant_concurrency, pg.tenant_concurrency, sqlite.auth_threads) == (2, 4, 1)
+    assert load_config(env={"MLSGW_WORKER_THREADS": "1"}).tenant_concurrency == 1
+    assert load_config(env={"MLSGW_WORKER_THREADS": "2"}).tenant_concurrency == 1
+    assert load_config(env={"MLSGW_TENANT_MAX_CONCURRENCY": "6"}).tenant_concurrency == 6
+    assert load_config(env={"MLSGW_WORKER_THREADS": "5"}).worker_pool_threads == 5
+    assert (
+        load_config(
+            env={"MLSGW_WORKER_THREADS": "3", "MLSGW_DATABASE": pg.database or ""}
+        ).worker_pool_threads
+        == 3
+    )
+    with pytest.raises(ConfigError, match="worker_threads"):
+        load_config(env={"MLSGW_WORKER_THREADS": "-1"})
+
+
 # ---- the fair scheduler, directly -------------------------------------------------------------------------
 
 
