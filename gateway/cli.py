@@ -53,7 +53,7 @@ from .context import Runtime
 from .logs import AccessLogger, access_log, configure_logging
 from .migrate_cli import add_migrate_parser
 from .operator_cli import Exit, OperatorError, add_parsers, classify, fail, require_initialised
-from .supervisor import Supervisor, inherited_socket, is_worker
+from .supervisor import Supervisor, inherited_channel, is_worker
 from .systemd_notify import notify
 
 log = logging.getLogger("mls_gateway")
@@ -177,7 +177,7 @@ def serve(cfg: GatewayConfig, argv: list[str] | None = None) -> int:
         shutdown_timeout=10,
         access_log=access_log,
         access_log_class=AccessLogger,
-        sock=inherited_socket() if worker else None,
+        channel=inherited_channel() if worker else None,
     )
     return 0
 

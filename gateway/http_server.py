@@ -31,6 +31,7 @@ from aiohttp.web_exceptions import HTTPException
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_runner import GracefulExit
 
+from .connection_handoff import HandedSite
 from .errors import PROBLEM_CONTENT_TYPE, Problem
 
 log = logging.getLogger("mls_gateway")
@@ -102,13 +103,17 @@ async def _serve(
     host: str,
     port: int,
     on_listening: Callable[[], None] | None,
-    sock: socket.socket | None,
+    channel: socket.socket | None,
     **settings: Any,
 ) -> None:
     runner = ProblemAppRunner(app, handle_signals=True, **settings)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port) if sock is None else web.SockSite(runner, sock)
+        site: web.BaseSite
+        if channel is None:
+            site = web.TCPSite(runner, host, port)
+        else:
+            site = HandedSite(runner, channel, f"http://{host}:{port}")
         await site.start()
         if on_listening is not None:
             on_listening()
@@ -143,15 +148,15 @@ def serve(
     port: int,
     *,
     on_listening: Callable[[], None] | None = None,
-    sock: socket.socket | None = None,
+    channel: socket.socket | None = None,
     **settings: Any,
 ) -> None:
     """Serve ``app`` on ``host:port`` until SIGINT or SIGTERM, then shut it down gracefully (as
     ``web.run_app``: its shut-down and clean-up hooks run; remaining tasks are cancelled).
-    ``on_listening`` is called once the socket listens (readiness, systemd's READY=1). ``sock``: a
-    listening socket to accept on instead (a worker's, inherited from its supervisor)."""
+    ``on_listening`` is called once the socket listens (readiness, systemd's READY=1). ``channel``: a
+    worker's channel its supervisor hands connections over instead (:mod:`gateway.connection_handoff`)."""
     loop = asyncio.new_event_loop()
-    main = loop.create_task(_serve(app, host, port, on_listening, sock, **settings))
+    main = loop.create_task(_serve(app, host, port, on_listening, channel, **settings))
     try:
         asyncio.set_event_loop(loop)
         loop.run_until_complete(main)

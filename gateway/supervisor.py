@@ -1,9 +1,10 @@
 """``mls-gateway serve --workers N``: one supervisor process, N gateway processes on one listening socket.
 
-* **The socket** — the supervisor binds and listens once, then *spawns* each worker (a new interpreter:
-  ``python -m gateway.cli`` with the same arguments, never a fork) with the socket as an inherited file
-  descriptor (``$MLSGW_WORKER_FD``). The kernel spreads the connections over the workers accepting on it.
-  The supervisor opens neither the HSM nor the store (docs/hsm-facts.md: PKCS#11 is initialised in each
+* **The socket** — the supervisor binds and listens, accepts, and hands each connection to the next ready
+  worker in turn (:mod:`gateway.connection_handoff`: over a Unix socket pair per worker, inherited as
+  ``$MLSGW_WORKER_FD``; a shared listening socket spread keep-alive connections 22 / 6 over two workers).
+  It *spawns* each worker (a new interpreter: ``python -m gateway.cli`` with the same arguments, never a
+  fork). The supervisor opens neither the HSM nor the store (docs/hsm-facts.md: PKCS#11 is initialised in each
   process); every worker opens its own token session pool, store connections and caches, exactly as a
   single ``serve`` does.
 * **Readiness** — a worker's :func:`gateway.systemd_notify.notify` goes to the supervisor (the worker's
@@ -29,6 +30,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import selectors
 import shutil
 import signal
 import socket
@@ -43,11 +45,12 @@ from types import FrameType
 
 from prometheus_client import multiprocess
 
+from .connection_handoff import RoundRobin, accept_ready, channel_pair
 from .systemd_notify import notify
 
 log = logging.getLogger("mls_gateway")
 
-#: The listening socket's file descriptor in a worker (set by the supervisor only).
+#: A worker's end of its connection channel, a file descriptor (set by the supervisor only).
 WORKER_FD_ENV = "MLSGW_WORKER_FD"
 #: The supervisor's pid in a worker (a worker whose parent is another process stops at once).
 SUPERVISOR_ENV = "MLSGW_SUPERVISOR_PID"
@@ -67,15 +70,16 @@ def is_worker(env: Mapping[str, str] | None = None) -> bool:
     return WORKER_FD_ENV in (os.environ if env is None else env)
 
 
-def inherited_socket() -> socket.socket:
-    """A worker's listening socket, inherited from the supervisor; the worker stops with its supervisor."""
+def inherited_channel() -> socket.socket:
+    """A worker's end of the channel its supervisor hands connections over (inherited); the worker stops
+    with its supervisor."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
     if str(os.getppid()) != os.environ.get(SUPERVISOR_ENV):  # the supervisor died before prctl
         raise SystemExit("mls-gateway worker: its supervisor is gone")
-    sock = socket.socket(fileno=int(os.environ[WORKER_FD_ENV]))
-    sock.setblocking(False)
-    return sock
+    channel = socket.socket(fileno=int(os.environ[WORKER_FD_ENV]))
+    channel.setblocking(False)
+    return channel
 
 
 def _sweep_metrics_dirs() -> None:
@@ -103,6 +107,8 @@ class _Slot:
     restart_at: float | None = None
     ready: bool = False
     exits: list[int] = field(default_factory=list)
+    #: The supervisor's end of the worker's connection channel (while the worker runs).
+    channel: socket.socket | None = None
 
 
 class Supervisor:
@@ -121,13 +127,18 @@ class Supervisor:
         exit code)."""
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         listener = socket.create_server((self.host, self.port), family=family, backlog=1024)
+        listener.setblocking(False)
         _sweep_metrics_dirs()
         self.metrics_dir = tempfile.mkdtemp(prefix=f"{METRICS_PREFIX}{os.getpid()}-")
         self.notify_sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         self.notify_name = f"@mlsgw-supervisor-{os.getpid()}-{os.urandom(4).hex()}"
         self.notify_sock.bind("\0" + self.notify_name[1:])
-        self.notify_sock.settimeout(0.2)
+        self.notify_sock.setblocking(False)
         self.listener = listener
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(self.notify_sock, selectors.EVENT_READ, "notify")
+        self.accepting = False
+        self.round_robin = RoundRobin(self._ready_channels)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
         log.info(
@@ -140,6 +151,7 @@ class Supervisor:
         try:
             return self._loop()
         finally:
+            self.selector.close()
             self._stop_all()
             listener.close()
             self.notify_sock.close()
@@ -151,7 +163,7 @@ class Supervisor:
     def _loop(self) -> int:
         self._spawn(self.slots[0])
         while not self.stopping:
-            self._receive()
+            self._wait_for_events(0.2)
             now = time.monotonic()
             for slot in self.slots:
                 failed = self._check(slot, now)
@@ -173,9 +185,31 @@ class Supervisor:
             elif slot.proc is not None and not slot.ready and not self.announced:
                 return
 
+    # ---- connections ------------------------------------------------------------------------------
+    def _wait_for_events(self, timeout_s: float) -> None:
+        """Wait up to ``timeout_s`` for a worker's readiness message or a connection, and handle them;
+        connections are accepted only while a worker is ready to take them."""
+        self._accept_while(bool(self._ready_channels()))
+        for key, _ in self.selector.select(timeout_s):
+            if key.data == "notify":
+                self._receive()
+            else:
+                accept_ready(self.listener, self.round_robin)
+
+    def _accept_while(self, some_ready: bool) -> None:
+        if some_ready and not self.accepting:
+            self.selector.register(self.listener, selectors.EVENT_READ, "listener")
+        elif not some_ready and self.accepting:
+            self.selector.unregister(self.listener)
+        self.accepting = some_ready
+
+    def _ready_channels(self) -> list[socket.socket]:
+        return [s.channel for s in self.slots if s.ready and s.proc is not None and s.channel is not None]
+
     # ---- workers ----------------------------------------------------------------------------------
     def _spawn(self, slot: _Slot) -> None:
-        fd = self.listener.fileno()
+        ours, theirs = channel_pair()
+        fd = theirs.fileno()
         package_root = str(Path(__file__).resolve().parent.parent)
         env = {
             **os.environ,
@@ -185,9 +219,16 @@ class Supervisor:
             "NOTIFY_SOCKET": self.notify_name,
             "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])),
         }
-        slot.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", *self.argv], env=env, pass_fds=(fd,)
-        )
+        try:
+            slot.proc = subprocess.Popen(
+                [sys.executable, "-m", "gateway.cli", *self.argv], env=env, pass_fds=(fd,)
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        slot.channel = ours
         slot.started, slot.ready, slot.restart_at = time.monotonic(), False, None
         log.info(
             "worker %d started (pid %d)",
@@ -201,7 +242,10 @@ class Supervisor:
         the supervisor (a failure before the gateway was ever ready)."""
         if slot.proc is None or (code := slot.proc.poll()) is None:
             return None
-        pid, slot.proc = slot.proc.pid, None
+        pid, slot.proc, slot.ready = slot.proc.pid, None, False
+        if slot.channel is not None:
+            slot.channel.close()  # connections handed over but not taken are closed with it
+            slot.channel = None
         multiprocess.mark_process_dead(pid, self.metrics_dir)  # type: ignore[no-untyped-call]
         if self.stopping:
             return None
@@ -230,10 +274,10 @@ class Supervisor:
         return None
 
     def _receive(self) -> None:
-        """One readiness message from a worker (``READY=1`` with its ``MAINPID``), if any within 0.2 s."""
+        """One readiness message from a worker (``READY=1`` with its ``MAINPID``), if one is there."""
         try:
             data = self.notify_sock.recv(4096)
-        except (TimeoutError, InterruptedError):
+        except (BlockingIOError, InterruptedError):
             return
         lines = data.decode("utf-8", "replace").splitlines()
         fields = dict(line.split("=", 1) for line in lines if "=" in line)
@@ -269,4 +313,4 @@ class Supervisor:
             slot.proc = None
 
 
-__all__ = ["Supervisor", "inherited_socket", "is_worker"]
+__all__ = ["Supervisor", "inherited_channel", "is_worker"]

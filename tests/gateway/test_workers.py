@@ -3,7 +3,8 @@
 
 Real ``mls-gateway serve`` processes, SoftHSM and SQLite, driven over HTTP:
 
-* ``--workers 2`` answers from both workers (the access log's ``pid`` field names two processes), and
+* ``--workers 2`` answers from both workers (the access log's ``pid`` field names two processes), gives
+  connections to them in turn (eight opened at once: four each), and
   ``/metrics``, whichever worker answers it, counts the requests of both: the total equals the requests
   made, at every scrape.
 * Concurrent sends of one member spread over two processes: every send answered 200, the receiver
@@ -25,6 +26,7 @@ Real ``mls-gateway serve`` processes, SoftHSM and SQLite, driven over HTTP:
 from __future__ import annotations
 
 import copy
+import http.client
 import os
 import re
 import signal
@@ -33,6 +35,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -222,6 +225,26 @@ def test_a_second_serve_on_the_same_sqlite_folder_keeps_the_guarantees(gateway: 
         check=False,
     )
     assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_connections_go_round_robin_over_the_workers(workers: GatewayServer) -> None:
+    """Eight keep-alive connections opened at once: the supervisor hands them out in turn, four to each
+    worker (a shared listening socket let one worker accept most of such a burst)."""
+    connections = [http.client.HTTPConnection("127.0.0.1", workers.port, timeout=GUARD) for _ in range(8)]
+    try:
+        for conn in connections:
+            conn.connect()
+        served_by = []
+        for conn in connections:
+            before = len(_answering_pids(workers, "/healthz"))
+            conn.request("GET", "/healthz")
+            assert conn.getresponse().read() is not None
+            _wait_for(lambda n=before: len(_answering_pids(workers, "/healthz")) > n, "the access line")
+            served_by.append(_answering_pids(workers, "/healthz")[-1])
+    finally:
+        for conn in connections:
+            conn.close()
+    assert sorted(Counter(served_by).values()) == [4, 4], served_by
 
 
 def test_a_killed_worker_is_replaced_and_sigterm_stops_all(tmp_path: Path) -> None:
