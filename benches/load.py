@@ -38,7 +38,7 @@ Runs the real server, on loopback only, and stops by itself:
    ``library_messages_per_s``; ``fraction_of_library`` = ``messages_per_s`` / ``library_messages_per_s``.
 
 **Processes** (``--workers N``, default: the number of CPUs): steps 3-6 run on ``mls-gateway serve
---workers N`` — a supervisor and N worker processes on one listening socket, as the README deploys the
+--workers N`` — a supervisor handing connections in turn to N worker processes, as the README deploys the
 gateway on one machine — and, when N > 1, the load of step 4 runs again (same groups, clients and duration,
 no sweep) on a fresh one-process ``serve`` of the same data folder: ``messages_per_s_1_process`` and
 ``fraction_of_library_1_process`` beside the main figures (issue 13).

@@ -12,8 +12,8 @@ Runs everything on loopback and stops by itself:
    folder (the SoftHSM2 token, its PIN) whose database is that cluster (``MLSGW_DATABASE``).
    **SQLite**: ``mls-gateway init`` makes an embedded data folder (token and ``gateway.sqlite3``).
 2. For each store, the real ``mls-gateway serve`` (:class:`benches.load.Server`) with **1 process**, then
-   with **2 processes** as ``serve --workers 2`` (a supervisor and two worker processes accepting on one
-   listening socket, each with its own HSM sessions, database connections and state cache — what the
+   with **2 processes** as ``serve --workers 2`` (a supervisor handing connections in turn to two worker
+   processes, each with its own HSM sessions, database connections and state cache — what the
    README deploys on one machine; separate ``serve`` processes on separate machines share the database
    and token the same way). Each configuration gets a tenant and G groups of two hosted members over HTTP,
    a warm-up, then the load of :mod:`benches.load` (:func:`benches.load.run_clients`: one client per
@@ -396,9 +396,9 @@ def build_report(cfg: Settings, runs: list[dict[str, Any]]) -> dict[str, Any]:
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "what": (
             "one message = POST /messages on member A + POST /process of it on member B; one commit = a "
-            "path-updating commit by A + POST /process of it on B; 2 processes = `serve --workers 2` (one "
-            "listening socket); generator_cpu_share = the load generator's CPU / (generator + gateways + "
-            "PostgreSQL), the largest of the runs"
+            "path-updating commit by A + POST /process of it on B; 2 processes = `serve --workers 2` "
+            "(connections handed out in turn); generator_cpu_share = the load generator's CPU / (generator + "
+            "gateways + PostgreSQL), the largest of the runs"
         ),
         "config": {
             "stores": list(cfg.stores),

@@ -24,8 +24,7 @@ TOML layout (every key optional; an unknown section or key is refused, naming it
     reconcile_grace_s = 600         # MLSGW_RECONCILE_GRACE_S: an orphan is destroyed when seen this long
     # abuse resistance (gateway.request_limits, gateway.quotas); each also MLSGW_<NAME in capitals>
     auth_threads = 1                # token checks: a pool of their own
-    tenant_max_concurrency = 2      # worker threads one tenant's requests may hold at once (unset: about
-                                    # half the worker threads, at least one fewer: SQLite 2, PostgreSQL 4)
+    tenant_max_concurrency = 2      # worker threads one tenant may hold at once (unset: SQLite 2, PG 4)
     tenant_max_waiting = 256        # requests of one tenant waiting for a worker; more answer 429
     quota_identities = 10000        # identities per tenant
     quota_groups_per_identity = 1000        # memberships per identity
@@ -80,15 +79,9 @@ from hsm.config import TokenConfig
 
 #: api-v1.md (Conventions): a response stored for an Idempotency-Key is kept at least 24 h.
 MIN_IDEMPOTENCY_RETENTION_S = 24 * 3600.0
-#: Worker threads per process on SQLite when ``worker_threads`` is 0: its waits are local (microseconds),
-#: and more threads cost CPU in GIL hand-offs (measured: 8 → 2 threads, 11.6 → 9.0 ms of gateway CPU per
-#: message at 8 clients, docs/scaling.md). Three: one tenant's requests hold two of them
-#: (:attr:`GatewayConfig.tenant_concurrency`), so a second tenant always finds one free, and two writes of
-#: one tenant share an fsync.
-SQLITE_WORKER_THREADS = 3
-#: Worker threads per process on PostgreSQL when ``worker_threads`` is 0: each statement waits a round
-#: trip, which other threads fill (measured: 2 / 4 / 8 threads, 68 / 72 / 77 messages/s).
-POSTGRES_WORKER_THREADS = 8
+#: Worker threads per process when ``worker_threads`` is 0 (docs/scaling.md, "Worker threads"): SQLite's
+#: waits are local and short, PostgreSQL's are round trips that other threads fill.
+SQLITE_WORKER_THREADS, POSTGRES_WORKER_THREADS = 3, 8
 
 
 class ConfigError(Exception):
@@ -171,8 +164,7 @@ class GatewayConfig:
     #: Not in the repr: a URL may hold a password (:attr:`database_location` is the printable form).
     database: str | None = field(default=None, repr=False)
     max_body_bytes: int = 1 << 20
-    #: Threads of the worker pool (requests' store, HSM and MLS work); 0: chosen by the store
-    #: (:attr:`worker_pool_threads`).
+    #: Threads of the worker pool (store, HSM and MLS work); 0: by the store (:attr:`worker_pool_threads`).
     worker_threads: int = 0
     #: Gateway processes serving the listening socket (gateway.supervisor; 1: this process serves alone).
     workers: int = 1
@@ -224,24 +216,18 @@ class GatewayConfig:
 
     @property
     def worker_pool_threads(self) -> int:
-        """The worker pool's size: ``worker_threads``, or when that is 0, :data:`SQLITE_WORKER_THREADS` on
-        SQLite and :data:`POSTGRES_WORKER_THREADS` on PostgreSQL. Python runs one thread at a time (the
-        GIL), so threads beyond those that cover blocking waits only add hand-offs between threads: a
-        SQLite statement or fsync waits microseconds, a PostgreSQL round trip a network's latency
-        (docs/scaling.md, "Worker threads")."""
+        """``worker_threads``, or when 0 the store's: the GIL runs one thread at a time, so threads beyond
+        those covering blocking waits only add hand-offs (8 → 2 on SQLite: 11.6 → 9.0 ms CPU a message)."""
         if self.worker_threads:
             return self.worker_threads
         return SQLITE_WORKER_THREADS if self.postgres_url is None else POSTGRES_WORKER_THREADS
 
     @property
     def tenant_concurrency(self) -> int:
-        """Worker threads one tenant may hold at once: ``tenant_max_concurrency``, or when that is 0 half the
-        pool's threads rounded up and at least one fewer than them (3 → 2, 8 → 4), so that another
-        tenant's request always finds a thread (docs/api.md, "Concurrency")."""
-        if self.tenant_max_concurrency:
-            return self.tenant_max_concurrency
+        """``tenant_max_concurrency``, or when 0 half the pool rounded up and at least one thread fewer
+        (3 → 2, 8 → 4): another tenant's request always finds a thread (docs/api.md, "Concurrency")."""
         threads = self.worker_pool_threads
-        return max(1, min(threads - 1, (threads + 1) // 2))
+        return self.tenant_max_concurrency or max(1, min(threads - 1, (threads + 1) // 2))
 
     @property
     def database_path(self) -> Path:
