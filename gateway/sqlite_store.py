@@ -418,10 +418,17 @@ class SqliteStore:
         (:mod:`gateway.sqlite_append_locks`)."""
         return self.append_locks.hold(tenant_id, group)
 
-    def lookup(self) -> AbstractContextManager[SqliteTransaction]:
-        """One ``SELECT`` (:meth:`gateway.store.Store.lookup`): a read transaction here, in-process and
-        cheap."""
-        return self.read_transaction()
+    @contextmanager
+    def lookup(self) -> Iterator[SqliteTransaction]:
+        """One ``SELECT`` (:meth:`gateway.store.Store.lookup`) on the thread's reading connection in
+        autocommit: the statement is its own snapshot, without the ``BEGIN`` and ``COMMIT`` statements of a
+        read transaction (two of the token check's three); inside a read transaction it reads within that.
+        The connection is ``query_only``: a write is refused."""
+        conn = self._connect(reader=True)
+        try:
+            yield SqliteTransaction(conn)
+        except sqlite3.Error as e:
+            raise _statement_error("database error", e) from None
 
     @contextmanager
     def read_transaction(self) -> Iterator[SqliteTransaction]:

@@ -366,6 +366,20 @@ def test_a_lookup_reads_one_row_and_refuses_writes(store: AnyStore) -> None:
         assert record is not None and record.revoked
 
 
+def test_a_sqlite_lookup_is_one_statement(tmp_path: Path) -> None:
+    """On SQLite a lookup is its ``SELECT`` alone (autocommit: no ``BEGIN`` / ``COMMIT`` around it)."""
+    store = SqliteStore(tmp_path / "gw.sqlite3")
+    try:
+        seed(store)
+        statements: list[str] = []
+        store._connect(reader=True).set_trace_callback(statements.append)
+        with store.lookup() as tx:
+            assert tx.token_by_hash(b"nothing") is None
+        assert len(statements) == 1 and statements[0].startswith("SELECT * FROM tokens"), statements
+    finally:
+        store.close()
+
+
 def test_a_refused_statement_is_a_fault_that_changes_nothing(store: AnyStore) -> None:
     """A statement the database refuses for good (here a primary key taken twice) is a StoreFault — the
     API's 500, not 503 "retry later" — whose text names the error class and not the values; the
