@@ -185,7 +185,7 @@ class Server:
         self, data_dir: Path, log_path: Path, env: dict[str, str] | None = None, workers: int = 1
     ) -> None:
         """``env``: settings for this server over :func:`server_env` (e.g. a larger body limit);
-        ``workers`` > 1: ``serve --workers N`` (a supervisor and N processes on one socket)."""
+        ``workers`` > 1: ``serve --workers N`` (a supervisor handing connections to N processes)."""
         self.workers = workers
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
@@ -757,8 +757,8 @@ def build_report(
         "library": lib,
         "server_ready_s": round(phase["ready_s"], 2),
         "deployment": (
-            f"`mls-gateway serve --workers {cfg.workers}` (a supervisor, {cfg.workers} worker processes on "
-            "one socket), as the README deploys it on this machine"
+            f"`mls-gateway serve --workers {cfg.workers}` (a supervisor handing connections in turn to "
+            f"{cfg.workers} worker processes), as the README deploys it on this machine"
             if cfg.workers > 1
             else "one `mls-gateway serve` process"
         ),

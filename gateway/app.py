@@ -298,6 +298,13 @@ def open_runtime(config: GatewayConfig, module_path: str) -> Runtime:
     runtime.wrapped_custody = wrapped_custody
     runtime.kek_rotation = rotation
     runtime.control_executor = ThreadPoolExecutor(config.auth_threads, thread_name_prefix="mlsgw-auth")
+    if 1 < config.worker_pool_threads <= config.tenant_concurrency:
+        log.warning(
+            "tenant_max_concurrency %d is not below the %d worker threads: one tenant's flood can hold "
+            "them all, and another tenant's request waits for one to free",
+            config.tenant_concurrency,
+            config.worker_pool_threads,
+        )
     runtime.scheduler = TenantScheduler(
         config.worker_pool_threads, config.tenant_concurrency, config.tenant_max_waiting
     )

@@ -6,8 +6,8 @@
 * ``mls-gateway serve [--data-dir DIR] [--listen HOST:PORT] [--config FILE] [--workers N]`` — serve until
   SIGTERM or SIGINT, then shut down gracefully. A data folder that was never initialised is initialised
   first. Under systemd (``$NOTIFY_SOCKET``) it sends ``READY=1`` once it listens and ``STOPPING=1`` at
-  shutdown (:mod:`gateway.systemd_notify`). ``--workers N`` (N > 1): a supervisor and N worker processes
-  on one listening socket (:mod:`gateway.supervisor`).
+  shutdown (:mod:`gateway.systemd_notify`). ``--workers N`` (N > 1): a supervisor handing connections in
+  turn to N worker processes (:mod:`gateway.supervisor`).
 * ``mls-gateway conformance PATH... [--json] [--backend auto|python|native]`` — ``python -m mls.conformance``
   on the crypto backend chosen as the gateway chooses it (default: ``$MLS_CRYPTO_BACKEND``, else native
   when built).

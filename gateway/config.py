@@ -24,7 +24,7 @@ TOML layout (every key optional; an unknown section or key is refused, naming it
     reconcile_grace_s = 600         # MLSGW_RECONCILE_GRACE_S: an orphan is destroyed when seen this long
     # abuse resistance (gateway.request_limits, gateway.quotas); each also MLSGW_<NAME in capitals>
     auth_threads = 1                # token checks: a pool of their own
-    tenant_max_concurrency = 2      # worker threads one tenant may hold at once (unset: SQLite 2, PG 4)
+    # tenant_max_concurrency = 2    # worker threads one tenant may hold at once (unset: SQLite 2, PG 4)
     tenant_max_waiting = 256        # requests of one tenant waiting for a worker; more answer 429
     quota_identities = 10000        # identities per tenant
     quota_groups_per_identity = 1000        # memberships per identity
@@ -184,7 +184,7 @@ class GatewayConfig:
     reconcile_grace_s: float = 600.0
     # ---- abuse resistance (issue 17): limits and quotas, see LIMIT_SETTINGS ----
     auth_threads: int = 1
-    #: Worker threads one tenant's requests may hold at once; 0: by the pool (:attr:`tenant_concurrency`).
+    #: Worker threads one tenant may hold at once; unset (0): by the pool (:attr:`tenant_concurrency`).
     tenant_max_concurrency: int = 0
     tenant_max_waiting: int = 256
     quota_identities: int = 10_000

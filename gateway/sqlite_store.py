@@ -420,10 +420,8 @@ class SqliteStore:
 
     @contextmanager
     def lookup(self) -> Iterator[SqliteTransaction]:
-        """One ``SELECT`` (:meth:`gateway.store.Store.lookup`) on the thread's reading connection in
-        autocommit: the statement is its own snapshot, without the ``BEGIN`` and ``COMMIT`` statements of a
-        read transaction (two of the token check's three); inside a read transaction it reads within that.
-        The connection is ``query_only``: a write is refused."""
+        """One ``SELECT`` (:meth:`gateway.store.Store.lookup`) in autocommit on the ``query_only`` reading
+        connection: its own snapshot, no ``BEGIN``/``COMMIT``; inside a read transaction, within that."""
         conn = self._connect(reader=True)
         try:
             yield SqliteTransaction(conn)
@@ -437,10 +435,8 @@ class SqliteStore:
         looked up while a page of blobs is read) it reads within that snapshot."""
         conn = self._connect(reader=True)
         if conn.in_transaction:
-            try:
-                yield SqliteTransaction(conn)
-            except sqlite3.Error as e:
-                raise _statement_error("database error", e) from None
+            with self.lookup() as inner:
+                yield inner
             return
         with self._transaction(conn, "BEGIN DEFERRED", _commit) as tx:
             yield tx

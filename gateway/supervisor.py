@@ -1,8 +1,9 @@
-"""``mls-gateway serve --workers N``: one supervisor process, N gateway processes on one listening socket.
+"""``mls-gateway serve --workers N``: one supervisor process handing connections to N gateway processes.
 
 * **The socket** — the supervisor binds and listens, accepts, and hands each connection to the next ready
   worker in turn (:mod:`gateway.connection_handoff`: over a Unix socket pair per worker, inherited as
-  ``$MLSGW_WORKER_FD``; a shared listening socket spread keep-alive connections 22 / 6 over two workers).
+  ``$MLSGW_WORKER_FD``; a shared listening socket spread 28 keep-alive connections 22 / 6 over two
+  workers).
   It *spawns* each worker (a new interpreter: ``python -m gateway.cli`` with the same arguments, never a
   fork). The supervisor opens neither the HSM nor the store (docs/hsm-facts.md: PKCS#11 is initialised in each
   process); every worker opens its own token session pool, store connections and caches, exactly as a
@@ -62,6 +63,8 @@ STOP_TIMEOUT_S = 15.0
 #: The per-run metrics folder's name: this prefix, the supervisor's pid, a random part (in the temp dir).
 METRICS_PREFIX = "mlsgw-metrics-"
 FIRST_BACKOFF_S, MAX_BACKOFF_S, HEALTHY_AFTER_S = 0.5, 30.0, 30.0
+#: Seconds the supervisor stops accepting after the listening socket failed (as asyncio does on EMFILE).
+ACCEPT_PAUSE_S = 1.0
 _PR_SET_PDEATHSIG = 1
 
 
@@ -105,14 +108,17 @@ class _Slot:
     started: float = 0.0
     backoff_s: float = FIRST_BACKOFF_S
     restart_at: float | None = None
+    #: Whether the worker takes connections now (READY=1 came; cleared when its channel is gone).
     ready: bool = False
+    #: Whether the current process ever said READY=1 (a failure before that stops the supervisor).
+    was_ready: bool = False
     exits: list[int] = field(default_factory=list)
     #: The supervisor's end of the worker's connection channel (while the worker runs).
     channel: socket.socket | None = None
 
 
 class Supervisor:
-    """Runs ``workers`` gateway processes on one socket bound to ``host:port`` (see the module doc)."""
+    """Runs ``workers`` gateway processes serving ``host:port`` (see the module doc)."""
 
     def __init__(self, argv: Sequence[str], host: str, port: int, workers: int) -> None:
         self.argv, self.host, self.port = list(argv), host, port
@@ -138,7 +144,8 @@ class Supervisor:
         self.selector = selectors.DefaultSelector()
         self.selector.register(self.notify_sock, selectors.EVENT_READ, "notify")
         self.accepting = False
-        self.round_robin = RoundRobin(self._ready_channels)
+        self.round_robin = RoundRobin(self._ready_channels, self._channel_gone)
+        self.accept_paused_until = 0.0
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
         log.info(
@@ -152,8 +159,8 @@ class Supervisor:
             return self._loop()
         finally:
             self.selector.close()
+            listener.close()  # new clients are refused at once, not reset after their handshake
             self._stop_all()
-            listener.close()
             self.notify_sock.close()
             shutil.rmtree(self.metrics_dir, ignore_errors=True)
 
@@ -188,23 +195,35 @@ class Supervisor:
     # ---- connections ------------------------------------------------------------------------------
     def _wait_for_events(self, timeout_s: float) -> None:
         """Wait up to ``timeout_s`` for a worker's readiness message or a connection, and handle them;
-        connections are accepted only while a worker is ready to take them."""
-        self._accept_while(bool(self._ready_channels()))
+        connections are accepted only while a worker is ready to take them and the supervisor is not
+        stopping, and not for a second after the listener failed (e.g. out of file descriptors)."""
+        self._accept_while(
+            not self.stopping
+            and time.monotonic() >= self.accept_paused_until
+            and bool(self._ready_channels())
+        )
         for key, _ in self.selector.select(timeout_s):
             if key.data == "notify":
                 self._receive()
-            else:
-                accept_ready(self.listener, self.round_robin)
+            elif not self.stopping and not accept_ready(self.listener, self.round_robin):
+                self.accept_paused_until = time.monotonic() + ACCEPT_PAUSE_S
 
-    def _accept_while(self, some_ready: bool) -> None:
-        if some_ready and not self.accepting:
+    def _accept_while(self, wanted: bool) -> None:
+        if wanted and not self.accepting:
             self.selector.register(self.listener, selectors.EVENT_READ, "listener")
-        elif not some_ready and self.accepting:
+        elif not wanted and self.accepting:
             self.selector.unregister(self.listener)
-        self.accepting = some_ready
+        self.accepting = wanted
 
     def _ready_channels(self) -> list[socket.socket]:
         return [s.channel for s in self.slots if s.ready and s.proc is not None and s.channel is not None]
+
+    def _channel_gone(self, channel: socket.socket) -> None:
+        """A worker's channel refused a connection for good (the worker closed it: stopping, or gone):
+        it gets no more until it is started again."""
+        for slot in self.slots:
+            if slot.channel is channel:
+                slot.ready = False
 
     # ---- workers ----------------------------------------------------------------------------------
     def _spawn(self, slot: _Slot) -> None:
@@ -229,7 +248,7 @@ class Supervisor:
         finally:
             theirs.close()
         slot.channel = ours
-        slot.started, slot.ready, slot.restart_at = time.monotonic(), False, None
+        slot.started, slot.ready, slot.was_ready, slot.restart_at = time.monotonic(), False, False, None
         log.info(
             "worker %d started (pid %d)",
             slot.index,
@@ -242,7 +261,7 @@ class Supervisor:
         the supervisor (a failure before the gateway was ever ready)."""
         if slot.proc is None or (code := slot.proc.poll()) is None:
             return None
-        pid, slot.proc, slot.ready = slot.proc.pid, None, False
+        pid, slot.proc, slot.ready, was_ready = slot.proc.pid, None, False, slot.was_ready
         if slot.channel is not None:
             slot.channel.close()  # connections handed over but not taken are closed with it
             slot.channel = None
@@ -250,7 +269,7 @@ class Supervisor:
         if self.stopping:
             return None
         how = f"signal {-code}" if code < 0 else f"exit code {code}"
-        if code > 0 and not slot.ready and not self.announced:  # it failed to start: it would again
+        if code > 0 and not was_ready and not self.announced:  # it failed to start: it would again
             log.error(
                 "worker %d (pid %d) failed to start (%s): stopping",
                 slot.index,
@@ -285,8 +304,8 @@ class Supervisor:
             return
         for slot in self.slots:
             if slot.proc is not None and str(slot.proc.pid) == fields.get("MAINPID"):
-                slot.ready = True
-        if not self.announced and all(s.ready for s in self.slots):
+                slot.ready = slot.was_ready = True
+        if not self.announced and all(s.was_ready for s in self.slots):
             self.announced = True
             address = f"http://{self.host}:{self.port}"
             print(f"mls-gateway listening on {address} ({len(self.slots)} workers)", flush=True)

@@ -46,6 +46,7 @@ import pytest
 from gateway.config import ConfigError, load_config
 from gateway.parsing import group_id_from_path
 from gateway.sqlite_append_locks import AppendLocks
+from gateway.supervisor import Supervisor
 
 from .gwclient import GATEWAY_EXE, Client, GatewayServer, Hosted, b64, free_port, unb64
 from .test_credential_policy import make_pki
@@ -124,8 +125,8 @@ def test_both_workers_answer_and_metrics_count_both(workers: GatewayServer) -> N
     assert len(pids) == 2
     client = workers.client()
     made = 0
-    # The kernel gives each connection to one of the workers accepting on the socket: ask until both
-    # answered (each request a new connection), within a generous bound.
+    # The supervisor hands the connections out in turn (other tests' connections move the turn): ask
+    # until both answered (each request a new connection), within a generous bound.
     while len(set(_answering_pids(workers, "/healthz"))) < 2:
         assert made < 5000, f"only {set(_answering_pids(workers, '/healthz'))} of {pids} answered"
         for _ in range(20):
@@ -457,3 +458,19 @@ def test_a_token_key_made_by_the_other_process_is_found(gateway: GatewayServer) 
         assert Hosted(there, made_there.identity_id, "made-there").group(gid)["epoch"] == 0
     finally:
         assert other.stop() == 0
+
+
+@pytest.mark.parametrize("was_ready", [False, True])
+def test_only_a_worker_that_never_got_ready_stops_the_supervisor(tmp_path: Path, was_ready: bool) -> None:
+    """A worker exiting with an error before the gateway was announced stops the supervisor only if it
+    never said READY itself (it would fail again); one that had been ready is started again."""
+    supervisor = Supervisor(["serve"], "127.0.0.1", 0, workers=2)
+    supervisor.metrics_dir = str(tmp_path)
+    slot = supervisor.slots[0]
+    slot.proc = subprocess.Popen(["sh", "-c", "exit 3"])
+    slot.proc.wait()
+    slot.ready = slot.was_ready = was_ready
+    outcome = supervisor._check(slot, time.monotonic())
+    assert outcome == (None if was_ready else 3)
+    assert slot.proc is None and not slot.ready
+    assert (slot.restart_at is not None) == was_ready
