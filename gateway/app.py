@@ -314,6 +314,7 @@ def open_runtime(config: GatewayConfig, module_path: str) -> Runtime:
 def close_runtime(rt: Runtime) -> None:
     rt.control_executor.shutdown(wait=True, cancel_futures=True)
     rt.probe_executor.shutdown(wait=True, cancel_futures=True)
+    rt.background_executor.shutdown(wait=True, cancel_futures=True)
     rt.executor.shutdown(wait=True, cancel_futures=True)
     rt.envelope.close()  # drop the data keys held in memory
     rt.token.close()

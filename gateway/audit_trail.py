@@ -88,7 +88,7 @@ async def _checkpoint_forever(app: web.Application, checkpointer: Checkpointer) 
     while True:
         await asyncio.sleep(min(POLL_S, checkpointer.settings.checkpoint_interval_s))
         try:
-            if await loop.run_in_executor(rt.executor, checkpointer.checkpoint) is not None:
+            if await loop.run_in_executor(rt.background_executor, checkpointer.checkpoint) is not None:
                 rt.metrics.audit_checkpoints.inc()
         except (HsmError, StoreUnavailable) as e:
             log.warning("audit checkpoint failed (retried): %s", e)
@@ -110,7 +110,7 @@ async def audit_checkpoints(app: web.Application) -> AsyncIterator[None]:
         return  # the holder's next checkpoint covers this process's last records
     try:
         cp = await asyncio.get_running_loop().run_in_executor(
-            rt.executor, lambda: checkpointer.checkpoint(force=True)
+            rt.background_executor, lambda: checkpointer.checkpoint(force=True)
         )
         if cp is not None:
             rt.metrics.audit_checkpoints.inc()

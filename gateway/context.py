@@ -71,6 +71,11 @@ class Runtime:
     probe_executor: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="mlsgw-probe")
     )
+    #: The lease-held maintenance tasks (audit checkpoints, KEK rotation, key reconciliation, retention):
+    #: one thread of their own, so that a long pass does not take one of the few worker threads.
+    background_executor: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="mlsgw-background")
+    )
     #: Fair admission of requests to :attr:`executor`, per tenant (gateway.request_limits).
     scheduler: TenantScheduler = field(default_factory=lambda: TenantScheduler(8, 4, 256))
 

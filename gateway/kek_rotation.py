@@ -441,7 +441,9 @@ async def kek_rotation_task(app: web.Application) -> AsyncIterator[None]:
         yield
         return
     task = asyncio.create_task(
-        _rotate_forever(rotation, rt.executor, rt.config.hsm.kek_poll_s, lambda: keeper.held(KEK_REWRAP)),
+        _rotate_forever(
+            rotation, rt.background_executor, rt.config.hsm.kek_poll_s, lambda: keeper.held(KEK_REWRAP)
+        ),
         name="kek-rotation",
     )
     yield

@@ -292,7 +292,7 @@ async def _reconcile_forever(rt: Runtime, reconciler: Reconciler) -> None:
     loop = asyncio.get_running_loop()
     while True:
         try:
-            report = await loop.run_in_executor(rt.executor, reconciler.run)
+            report = await loop.run_in_executor(rt.background_executor, reconciler.run)
             log.info("%s", report.summary())
         except (ReferencesUnreadable, HsmUnavailable, StoreUnavailable, MLSError) as e:
             log.warning("key reconciliation skipped (retried later): %s: %s", type(e).__name__, e)

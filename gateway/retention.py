@@ -265,7 +265,7 @@ async def _retention_forever(app: web.Application) -> None:
     loop = asyncio.get_running_loop()
     while True:
         try:
-            await loop.run_in_executor(rt.executor, retention.run)
+            await loop.run_in_executor(rt.background_executor, retention.run)
         except StoreUnavailable as e:
             log.warning("retention run failed (retried later): %s", e)
         await asyncio.sleep(rt.config.retention.interval_s)

@@ -150,14 +150,16 @@ def test_kill_during_key_package_batch_then_reconcile(server: GatewayServer) -> 
 
 def outage_during_batches(server: GatewayServer, parked: Path, owners: list[list[Hosted]]) -> list[Any]:
     """One thread per list of owners, posting 100-KeyPackage batches for them in turn until one is not
-    answered 201. Once the token holds ≥ 40 new objects (ten KeyPackages into the first thread's first
-    batch: its keys are token objects) and every other thread has had a batch answered (each is then in
-    the middle of another), the token's folder is moved away — SoftHSM then has no token: the HSM is gone
-    — until every thread stopped; then it is put back. Returns each thread's last answer."""
+    answered 201. Once every thread has had a batch answered (each is then in the middle of another) and
+    the token holds ≥ 10 more objects than when the first thread's last batch was answered (its keys are
+    token objects: its batch in flight has made some), the token's folder is moved away — SoftHSM then has
+    no token: the HSM is gone — until every thread stopped; then it is put back. Returns each thread's
+    last answer."""
     (token_dir,) = [p for p in (server.data_dir / "softhsm" / "tokens").iterdir() if p.is_dir()]
     before = object_files(server)
     done = [0] * len(owners)
     last: list[Any] = [None] * len(owners)
+    answered_at = [before]  # the token's object count when the first thread's last batch was answered
 
     def batches(n: int) -> None:
         try:
@@ -167,20 +169,18 @@ def outage_during_batches(server: GatewayServer, parked: Path, owners: list[list
                 last[n] = (reply.status, reply.code, reply.body if reply.status != 201 else None)
                 if reply.status != 201:
                     return
+                if n == 0:
+                    answered_at[0] = object_files(server)
                 done[n] += 1
         except (OSError, http.client.HTTPException) as e:
             last[n] = e
-
-    def due() -> bool:
-        ended = any(x is not None and x[0] != 201 for x in last if isinstance(x, tuple))
-        return ended or (object_files(server) >= before + 40 and all(done[1:]))
 
     threads = [threading.Thread(target=batches, args=(n,)) for n in range(len(owners))]
     for t in threads:
         t.start()
     wait_for(
         lambda: (
-            (object_files(server) >= before + 20 and all(done))
+            (all(done) and object_files(server) >= answered_at[0] + 10)
             or any(x is not None and x[0] != 201 for x in last if isinstance(x, tuple))
         ),
         120,
