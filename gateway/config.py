@@ -79,8 +79,8 @@ from hsm.config import TokenConfig
 
 #: api-v1.md (Conventions): a response stored for an Idempotency-Key is kept at least 24 h.
 MIN_IDEMPOTENCY_RETENTION_S = 24 * 3600.0
-#: Worker threads per process when ``worker_threads`` is 0 (docs/scaling.md, "Worker threads"): SQLite's
-#: waits are local and short, PostgreSQL's are round trips that other threads fill.
+#: Worker threads per process when ``worker_threads`` is 0 (docs/scaling.md, "Worker threads and connection
+#: spreading"): SQLite's waits are local and short, PostgreSQL's are round trips other threads fill.
 SQLITE_WORKER_THREADS, POSTGRES_WORKER_THREADS = 3, 8
 
 
