@@ -382,9 +382,8 @@ class SqliteStore:
 
     @contextmanager
     def transaction(self, group: bytes | None = None) -> Iterator[SqliteTransaction]:
-        """A transaction that may write: ``BEGIN IMMEDIATE`` takes the write lock up front (``group`` makes
-        no difference: SQLite has one writer at a time); the block returns only once what it committed is
-        on disk (a shared fsync, :class:`WalSync`)."""
+        """A transaction that may write: ``BEGIN IMMEDIATE`` takes the write lock (SQLite has one writer:
+        ``group`` makes no difference); returns once its commit is on disk (a shared fsync, WalSync)."""
         conn = self._connect()
         changes = conn.total_changes
         tickets: list[int] = []
@@ -418,11 +417,13 @@ class SqliteStore:
         (:mod:`gateway.sqlite_append_locks`)."""
         return self.append_locks.hold(tenant_id, group)
 
-    @contextmanager
-    def lookup(self) -> Iterator[SqliteTransaction]:
+    def lookup(self) -> AbstractContextManager[SqliteTransaction]:
         """One ``SELECT`` (:meth:`gateway.store.Store.lookup`) in autocommit on the ``query_only`` reading
         connection: its own snapshot, no ``BEGIN``/``COMMIT``; inside a read transaction, within that."""
-        conn = self._connect(reader=True)
+        return self._reading(self._connect(reader=True))
+
+    @contextmanager
+    def _reading(self, conn: sqlite3.Connection) -> Iterator[SqliteTransaction]:
         try:
             yield SqliteTransaction(conn)
         except sqlite3.Error as e:
@@ -435,7 +436,7 @@ class SqliteStore:
         looked up while a page of blobs is read) it reads within that snapshot."""
         conn = self._connect(reader=True)
         if conn.in_transaction:
-            with self.lookup() as inner:
+            with self._reading(conn) as inner:
                 yield inner
             return
         with self._transaction(conn, "BEGIN DEFERRED", _commit) as tx:
