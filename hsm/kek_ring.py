@@ -23,6 +23,7 @@ from typing import TypeVar
 from pkcs11 import Attribute, KeyType, MechanismFlag, ObjectClass
 from pkcs11.types import Session
 
+from .cryptoki import STALE_ERRORS
 from .errors import HsmError, HsmUnavailable
 from .mechanisms import handle_of, search
 from .token import StaleHandle, Token, reread
@@ -85,6 +86,8 @@ def create_aes_token_key(token: Token, label: str, *, wraps: bool, op: str) -> b
     return token.run(create, op=op, retry=False)
 
 
+#: A handle another process destroyed: the token's StaleHandle, or the raw error of C_DestroyObject.
+_STALE: tuple[type[Exception], ...] = (StaleHandle, *STALE_ERRORS)
 #: Searches for a KEK to destroy when another process destroyed what a search found first.
 DESTROY_SEARCHES = 3
 
@@ -105,7 +108,7 @@ def destroy_aes_token_key(token: Token, label: str, *, op: str) -> int:
                     token.destroy_handle(session, handle)  # holds the object-store guard's "change" turn
                     destroyed += 1
                 return destroyed
-            except StaleHandle:
+            except _STALE:  # StaleHandle, or C_DestroyObject's own ObjectHandleInvalid
                 if attempt == DESTROY_SEARCHES:
                     raise
         return destroyed

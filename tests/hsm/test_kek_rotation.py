@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pkcs11 import Attribute, ObjectClass
 from pkcs11.types import Session
 
+from hsm import kek_ring
 from hsm.audit import AuditEvent
 from hsm.envelope import (
     VERSION,
@@ -74,6 +75,25 @@ def labels(token: Token) -> Iterator[tuple[str, str]]:
     yield old, new
     for label in (old, new):
         destroy_aes_token_key(token, label, op="test cleanup")
+
+
+def test_a_kek_destroyed_by_another_between_search_and_destroy_is_gone_not_an_error(
+    token: Token, labels: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server's retire pass beside ``keys rotate-kek``: the first search finds a handle another
+    process destroys before this one can (here: a handle that names nothing, C_DestroyObject answers
+    ObjectHandleInvalid); the destroy searches again and destroys what is there."""
+    old, _ = labels
+    real = kek_ring.find_secret_keys
+    calls: list[int] = []
+
+    def first_stale(session: Session, label: str) -> list[int]:
+        calls.append(1)
+        return [0x7FFFFFF0] if len(calls) == 1 else real(session, label)
+
+    monkeypatch.setattr(kek_ring, "find_secret_keys", first_stale)
+    assert destroy_aes_token_key(token, old, op="test destroy") == 1
+    assert len(calls) == 2 and _count(token, old) == 0
 
 
 def test_rewrap_changes_the_key_record_alone(token: Token, labels: tuple[str, str]) -> None:
