@@ -103,10 +103,14 @@ async def _authenticate(request: web.Request, route: Route) -> None:
     if token is None:
         raise Problem("unauthorized", "missing bearer token")
     rt = request.app[APP]
-    # Token checks have their own small pool: a flood of work in the worker pool does not delay them.
-    principal = await asyncio.get_running_loop().run_in_executor(
-        rt.control_executor, rt.service.authenticate, token
-    )
+    # A token check never waits for a worker: on SQLite the loop runs its one local SELECT itself (a hop
+    # to a thread and back cost more than the statement); else its own small pool runs it.
+    if rt.store.lookup_is_local:
+        principal = rt.service.authenticate(token)
+    else:
+        principal = await asyncio.get_running_loop().run_in_executor(
+            rt.control_executor, rt.service.authenticate, token
+        )
     if principal is None:
         raise Problem("unauthorized", "unknown or revoked token")
     if route.auth == "tenant_or_admin":  # a tenant's own settings: its token or the admin's

@@ -23,7 +23,7 @@ TOML layout (every key optional; an unknown section or key is refused, naming it
     reconcile_interval_s = 600      # MLSGW_RECONCILE_INTERVAL_S: orphan-key reconciliation period (> 0)
     reconcile_grace_s = 600         # MLSGW_RECONCILE_GRACE_S: an orphan is destroyed when seen this long
     # abuse resistance (gateway.request_limits, gateway.quotas); each also MLSGW_<NAME in capitals>
-    auth_threads = 1                # token checks: a pool of their own
+    auth_threads = 1                # token checks on PostgreSQL: a pool of their own
     # tenant_max_concurrency = 2    # worker threads one tenant may hold at once (unset: SQLite 2, PG 4)
     tenant_max_waiting = 256        # requests of one tenant waiting for a worker; more answer 429
     quota_identities = 10000        # identities per tenant

@@ -62,7 +62,8 @@ class Runtime:
     wrapped_custody: object = None
     #: The KEK versions and their rotation (:mod:`gateway.kek_rotation`).
     kek_rotation: KekRotation | None = None
-    #: Token checks: a small pool of their own (``auth_threads``), never queued behind the workers.
+    #: Token checks on a store whose lookup is not local: a pool of their own (``auth_threads``), never
+    #: queued behind the workers.
     control_executor: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(2, thread_name_prefix="mlsgw-auth")
     )

@@ -92,6 +92,8 @@ def _statement_error(what: str, e: psycopg.Error, *, write: bool) -> StoreUnavai
 class PostgresStore:
     """A store in one PostgreSQL database, given by its ``postgresql://`` URL."""
 
+    lookup_is_local = False  # a round trip: never on the event loop
+
     def __init__(
         self,
         url: str,

@@ -328,6 +328,8 @@ def _commit(conn: sqlite3.Connection) -> None:
 class SqliteStore:
     """A store in one SQLite database file."""
 
+    lookup_is_local = True  # Store.lookup_is_local
+
     def __init__(self, path: str | Path, *, busy_timeout_s: float = 10.0, migrate: bool = True) -> None:
         """Open (or create) the database and check its schema (:func:`gateway.schema_migrations.prepare`):
         pending migrations are applied, or, without ``migrate`` (``migrate_on_start = false``), refused
@@ -340,8 +342,7 @@ class SqliteStore:
         self._lock = threading.Lock()
         #: The shared fsync of committed write transactions (group commit).
         self.durability = WalSync(self.path)
-        #: The background checkpoint that removes replaced sealed states from the files (forward secrecy
-        #: at rest): asked for after a transaction that replaced or deleted one, never waited for.
+        #: The background checkpoint erasing replaced sealed states (:mod:`.sqlite_erasure`), not awaited.
         self.erasure = WalErasure(self.path)
         #: Hosted members' appends to one group, serialised across processes (:meth:`serialise_appends`).
         self.append_locks = AppendLocks(self.path, busy_timeout_s)
@@ -413,8 +414,7 @@ class SqliteStore:
             raise StoreUnavailable(f"cannot sync the database: {e}") from None
 
     def serialise_appends(self, tenant_id: str, group: bytes) -> AbstractContextManager[None]:
-        """An exclusive ``flock`` shared by every process on this database
-        (:mod:`gateway.sqlite_append_locks`)."""
+        """An exclusive ``flock`` shared by every process on this database (:mod:`.sqlite_append_locks`)."""
         return self.append_locks.hold(tenant_id, group)
 
     def lookup(self) -> AbstractContextManager[SqliteTransaction]:

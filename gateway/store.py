@@ -271,6 +271,10 @@ class Store(Protocol):
         on the new head). :class:`StoreUnavailable` when it cannot be had within the busy timeout."""
         ...
 
+    #: Whether :meth:`lookup` reads a local file and never waits for another party (SQLite: a reader in WAL
+    #: mode waits for no writer) — the event loop may then run it itself instead of handing it to a thread.
+    lookup_is_local: bool
+
     def lookup(self) -> AbstractContextManager[Transaction]:
         """One ``SELECT`` on its own, the cheapest read a store has (PostgreSQL: no transaction around
         it and no wait for the durability of what it sees — one round trip instead of three; inside a read

@@ -23,11 +23,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import sys
+import threading
 from collections import Counter
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
+from gateway.postgres_store import PostgresStore
 from gateway.sqlite_store import SqliteStore
 
 from ..gateway_fuzz.harness import Gateway, two_member_group
@@ -157,3 +159,23 @@ def test_a_message_the_worker_applied_takes_one_read(in_process: Gateway) -> Non
     assert send[0] <= SEND[0] and send[1] == SEND[1], f"send took {send} (reads, writes)"
     assert delivery == DELIVERY, f"the worker's delivery took {delivery} (reads, writes)"
     assert process == PROCESS_APPLIED, f"process took {process} (reads, writes)"
+
+
+def test_the_token_check_runs_on_the_event_loop_on_sqlite(in_process: Gateway) -> None:
+    """On SQLite the event loop runs the token check's one local ``SELECT`` itself — no hand-off to a
+    thread and back (docs/scaling.md); PostgreSQL's lookup is a round trip, kept off the loop."""
+    service, threads = in_process.runtime.service, []
+    authenticate = service.authenticate
+
+    def recording(token: str) -> Any:
+        threads.append(threading.get_ident())
+        return authenticate(token)
+
+    pair = two_member_group(in_process)
+    service.authenticate = recording  # type: ignore[method-assign]
+    try:
+        in_process.ok("POST", pair.first_path + "/messages", {"data": base64.b64encode(b"x").decode()})
+    finally:
+        del service.authenticate
+    assert threads == [threading.get_ident()], "the token check ran on another thread than the loop's"
+    assert SqliteStore.lookup_is_local and not PostgresStore.lookup_is_local
