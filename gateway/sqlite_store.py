@@ -37,6 +37,7 @@ from .sqlite_rewrap import SqliteRewrapMixin
 from .sqlite_schema import SCHEMA_VERSION as SCHEMA_VERSION  # the baseline's user_version (tests read it)
 from .sqlite_tenants import SqliteTenantAdminMixin
 from .sqlite_webhooks import SqliteWebhookMixin
+from .sqlite_write_queue import WriteQueue, probe_write_lock
 from .store import (
     AuditRecord,
     IdempotentResponse,
@@ -346,6 +347,7 @@ class SqliteStore:
         self.erasure = WalErasure(self.path)
         #: Hosted members' appends to one group, serialised across processes (:meth:`serialise_appends`).
         self.append_locks = AppendLocks(self.path, busy_timeout_s)
+        self.write_queue = WriteQueue(self.path, busy_timeout_s)  # writers wait in turn, not by sleeping
         with self.transaction() as tx:
             del tx  # the writing connection opens (and the WAL file with it)
 
@@ -383,8 +385,9 @@ class SqliteStore:
 
     @contextmanager
     def transaction(self, group: bytes | None = None) -> Iterator[SqliteTransaction]:
-        """A transaction that may write: ``BEGIN IMMEDIATE`` takes the write lock (SQLite has one writer:
-        ``group`` makes no difference); returns once its commit is on disk (a shared fsync, WalSync)."""
+        """A transaction that may write: in the write queue (:mod:`.sqlite_write_queue`), ``BEGIN IMMEDIATE``
+        takes the write lock (one writer: ``group`` makes no difference); returns once its commit is on
+        disk (a shared fsync, WalSync)."""
         conn = self._connect()
         changes = conn.total_changes
         tickets: list[int] = []
@@ -396,7 +399,7 @@ class SqliteStore:
             else:
                 tickets.append(self.durability.commit(c))
 
-        with self._transaction(conn, "BEGIN IMMEDIATE", commit) as tx:
+        with self.write_queue.hold(), self._transaction(conn, "BEGIN IMMEDIATE", commit) as tx:
             yield tx
         if tickets:
             self._wait_durable(tickets[0])
@@ -467,23 +470,7 @@ class SqliteStore:
     def write_probe(self, timeout_s: float) -> str | None:
         """``None`` if the write lock can be taken within ``timeout_s`` (``BEGIN IMMEDIATE``, then
         ``ROLLBACK`` on a connection of its own: nothing is written), else why not."""
-        try:
-            conn = sqlite3.connect(self.path, timeout=timeout_s, isolation_level=None)
-        except sqlite3.Error as e:
-            return f"cannot open the database ({type(e).__name__})"
-        try:
-            conn.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
-            conn.execute("BEGIN IMMEDIATE")
-            conn.execute("ROLLBACK")
-        except sqlite3.OperationalError as e:
-            if "locked" in str(e) or "busy" in str(e):
-                return "the write lock is held (writes would wait and answer 503)"
-            return f"not writable ({e})"
-        except sqlite3.Error as e:
-            return f"not writable ({type(e).__name__})"
-        finally:
-            conn.close()
-        return None
+        return probe_write_lock(self.path, timeout_s)
 
     def ping(self) -> None:
         try:
@@ -493,6 +480,7 @@ class SqliteStore:
 
     def close(self) -> None:
         self.erasure.close()
+        self.write_queue.close()
         with self._lock:
             for conn in self._all_conns:
                 conn.close()

@@ -1,0 +1,142 @@
+"""The SQLite write queue (:mod:`gateway.sqlite_write_queue`): the writers of every thread and process on
+one database take turns through an ``flock``, a waiter gives up after the busy timeout (503), a wait given
+up leaks nothing, and a holder killed with ``kill -9`` frees it.
+
+Another process is a real one (a small Python program holding the lock file's ``flock``); nothing is
+timed but the waiter's own timeout.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from gateway.sqlite_store import SqliteStore
+from gateway.sqlite_write_queue import WriteQueue
+from gateway.store import StoreUnavailable
+
+#: Holds the write queue's flock of the database named by argv[1] until its standard input closes.
+_HOLDER = """
+import fcntl, os, sys
+from gateway.sqlite_append_locks import lock_folder
+from pathlib import Path
+path = lock_folder(Path(sys.argv[1])) / "write"
+path.parent.mkdir(mode=0o700, exist_ok=True)
+fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("held", flush=True)
+sys.stdin.read()
+"""
+
+
+@contextmanager
+def other_process_holding(database: Path) -> Iterator[subprocess.Popen[str]]:
+    """Another process holding ``database``'s write queue (released when the block ends)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(database)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+        yield proc
+    finally:
+        if proc.poll() is None:
+            assert proc.stdin is not None
+            proc.stdin.close()
+        proc.wait(timeout=30)
+
+
+def test_threads_of_one_process_take_turns(tmp_path: Path) -> None:
+    writes = WriteQueue(tmp_path / "db.sqlite3", timeout_s=30)
+    inside, overlaps, done = [0], [], []
+
+    def writer() -> None:
+        for _ in range(200):
+            with writes.hold():
+                inside[0] += 1
+                if inside[0] != 1:
+                    overlaps.append(inside[0])
+                inside[0] -= 1
+        done.append(1)
+
+    threads = [threading.Thread(target=writer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    writes.close()
+    assert len(done) == 4 and overlaps == []
+
+
+def test_a_writer_waits_for_another_process_and_goes_on_when_it_lets_go(tmp_path: Path) -> None:
+    database = tmp_path / "db.sqlite3"
+    writes, took = WriteQueue(database, timeout_s=60), threading.Event()
+
+    def writer() -> None:
+        with writes.hold():
+            took.set()
+
+    with other_process_holding(database):
+        waiting = threading.Thread(target=writer)
+        waiting.start()
+        assert not took.wait(0.3), "took the write queue while another process held it"
+    waiting.join(timeout=60)  # woken by the release (its timeout is a minute)
+    assert took.is_set()
+    writes.close()
+
+
+def test_a_wait_given_up_answers_unavailable_and_leaks_nothing(tmp_path: Path) -> None:
+    """Past the timeout the writer gets :class:`StoreUnavailable`; the helper still waiting for the lock
+    lets it go when it gets it, and hands this process's turn on: the next writers take it."""
+    database = tmp_path / "db.sqlite3"
+    writes = WriteQueue(database, timeout_s=0.2)
+    with other_process_holding(database):
+        with pytest.raises(StoreUnavailable, match="busy timeout"), writes.hold():
+            pass
+        with pytest.raises(StoreUnavailable, match="busy timeout"), writes.hold():
+            pass  # the turn is still the abandoned wait's
+    writes.timeout_s = 60
+    for _ in range(3):
+        with writes.hold():
+            pass
+    with other_process_holding(database):  # and the lock was let go: another process takes it
+        pass
+    writes.close()
+
+
+def test_a_holder_killed_lets_it_go(tmp_path: Path) -> None:
+    database = tmp_path / "db.sqlite3"
+    writes = WriteQueue(database, timeout_s=60)
+    with other_process_holding(database) as holder:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
+        with writes.hold():
+            pass
+    writes.close()
+
+
+def test_a_store_write_waits_in_the_queue_and_reads_do_not(tmp_path: Path) -> None:
+    database = tmp_path / "gateway.sqlite3"
+    store = SqliteStore(database, busy_timeout_s=0.3)
+    try:
+        with other_process_holding(database):
+            with pytest.raises(StoreUnavailable), store.transaction() as tx:
+                tx.add_token("tok_x", None, b"h" * 32)
+            with store.read_transaction() as tx:
+                assert tx.count_admin_tokens() == 0
+        store.write_queue.timeout_s = 60
+        with store.transaction() as tx:
+            tx.add_token("tok_x", None, b"h" * 32)
+        with store.lookup() as tx:
+            assert tx.token_by_hash(b"h" * 32) is not None
+    finally:
+        store.close()
