@@ -19,9 +19,10 @@ finds the lock free, unless a writer outside the queue holds it (a backup, a rea
 program): SQLite's busy handler still covers those.
 
 A waiter gives up after the store's busy timeout (:class:`gateway.store.StoreUnavailable`, as SQLite's
-busy timeout did). ``flock`` has no timeout of its own, so a process's one waiting thread hands the
-blocking ``flock`` to a helper thread and waits for it with a timeout; a wait given up leaves the helper
-to release the lock when it gets it (and only then lets the process's next writer in).
+busy timeout did; one deadline for its turn in the process and the lock). ``flock`` has no timeout of its
+own, so a process's one waiting thread hands the blocking ``flock`` to a helper thread and waits for it
+with a timeout; a wait given up (or cut short by an exception) hands the process's turn to the helper,
+which releases the lock when it gets it and only then lets the process's next writer in.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import os
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -55,9 +57,10 @@ class WriteQueue:
 
     def __init__(self, database: Path, timeout_s: float) -> None:
         self.path = lock_folder(database) / "write"
-        #: How long a writer waits before :class:`StoreUnavailable`.
+        #: How long a writer waits (for its turn in the process and for the lock, together) before
+        #: :class:`StoreUnavailable`.
         self.timeout_s = timeout_s
-        self._threads = threading.Lock()  # this process's writers, one at a time
+        self._threads = threading.Lock()  # this process's turn: one writer (or a given-up wait) at a time
         self._decide = threading.Lock()  # a wait given up or done: decided once
         self._fd: int | None = None  # one open file description: the process's flock
         self._waits: queue.SimpleQueue[_Wait | None] = queue.SimpleQueue()
@@ -66,22 +69,25 @@ class WriteQueue:
     @contextlib.contextmanager
     def hold(self) -> Iterator[None]:
         """Hold the database's write queue for the block (at most :attr:`timeout_s` of waiting)."""
+        deadline = time.monotonic() + self.timeout_s
         if not self._threads.acquire(timeout=self.timeout_s):
-            raise StoreUnavailable("the database's write lock is held (busy timeout)")
+            raise StoreUnavailable(_BUSY)
+        handed: list[bool] = []  # the turn went to the helper with a wait given up: not ours to release
         try:
             fd = self._file()
             if not _try_lock(fd):
-                self._wait(fd)
-        except _HandedOver:
-            raise StoreUnavailable("the database's write lock is held (busy timeout)") from None
+                self._wait(fd, deadline, handed)
         except BaseException:
-            self._threads.release()
+            if not handed:
+                self._threads.release()
             raise
         try:
             yield
         finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            self._threads.release()
+            try:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            finally:
+                self._threads.release()
 
     def _file(self) -> int:
         if self._fd is None:
@@ -93,24 +99,33 @@ class WriteQueue:
                 raise StoreUnavailable(f"cannot open the write lock file: {type(e).__name__}") from None
         return self._fd
 
-    def _wait(self, fd: int) -> None:
-        """Wait for the ``flock`` through the helper; :class:`_HandedOver` (the helper now owns this
-        process's turn) when it did not come within the timeout."""
+    def _wait(self, fd: int, deadline: float, handed: list[bool]) -> None:
+        """Wait for the ``flock`` through the helper until ``deadline``. Not had by then, or the wait cut
+        short by an exception: the wait is given up and the process's turn handed to the helper
+        (``handed`` is appended to), which releases both once it has the lock."""
         wait = _Wait(fd)
         self._start_helper()
         self._waits.put(wait)
-        got = wait.done.wait(self.timeout_s)
-        with self._decide:
-            if not got and not wait.done.is_set():
-                wait.abandoned = True
-                raise _HandedOver()
+        try:
+            wait.done.wait(max(0.0, deadline - time.monotonic()))
+        finally:
+            with self._decide:
+                if not wait.done.is_set():
+                    wait.abandoned = True
+                    handed.append(True)
+        if handed:
+            raise StoreUnavailable(_BUSY)
         if wait.error is not None:
             raise StoreUnavailable(f"cannot lock the database's writes: {type(wait.error).__name__}")
 
     def _start_helper(self) -> None:
         if self._helper is None or not self._helper.is_alive():
-            self._helper = threading.Thread(target=self._help, name="mlsgw-write-queue", daemon=True)
-            self._helper.start()
+            helper = threading.Thread(target=self._help, name="mlsgw-write-queue", daemon=True)
+            try:
+                helper.start()
+            except RuntimeError as e:  # no thread can be started now
+                raise StoreUnavailable(f"cannot wait for the write lock: {e}") from None
+            self._helper = helper
 
     def _help(self) -> None:
         while (wait := self._waits.get()) is not None:
@@ -122,22 +137,32 @@ class WriteQueue:
                 if not wait.abandoned:
                     wait.done.set()
                     continue
-            if wait.error is None:  # the writer gave up: the lock and the process's turn go
-                fcntl.flock(wait.fd, fcntl.LOCK_UN)
-            self._threads.release()
+            try:  # the writer gave up: the lock and the process's turn go
+                if wait.error is None:
+                    fcntl.flock(wait.fd, fcntl.LOCK_UN)
+            except OSError:
+                pass  # the lock goes with the descriptor when it is closed
+            finally:
+                self._threads.release()
 
     def close(self) -> None:
-        """Stop the helper (after a wait it still runs) and close the lock file."""
-        if self._helper is not None and self._helper.is_alive():
-            self._waits.put(None)
-            self._helper.join(timeout=self.timeout_s)
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        """Stop the helper and close the lock file — unless a writer or a given-up wait holds the
+        process's turn now: the descriptor is then left open for it (closed with the process)."""
+        if not self._threads.acquire(blocking=False):
+            return
+        try:
+            if self._helper is not None and self._helper.is_alive():
+                self._waits.put(None)
+                self._helper.join()
+            self._helper = None
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+        finally:
+            self._threads.release()
 
 
-class _HandedOver(Exception):
-    """A wait given up: the helper holds the process's turn and releases it once it has the lock."""
+_BUSY = "the database's write lock is held (busy timeout)"
 
 
 def _try_lock(fd: int) -> bool:

@@ -12,28 +12,50 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
+from gateway import sqlite_write_queue
 from gateway.sqlite_store import SqliteStore
 from gateway.sqlite_write_queue import WriteQueue
 from gateway.store import StoreUnavailable
 
-#: Holds the write queue's flock of the database named by argv[1] until its standard input closes.
+#: Holds the write queue's flock of the database named by argv[1] until its standard input closes; says
+#: "busy" if it cannot have it within 30 s (a lock leaked by the process under test fails, not hangs).
 _HOLDER = """
-import fcntl, os, sys
+import fcntl, os, sys, time
 from gateway.sqlite_append_locks import lock_folder
 from pathlib import Path
 path = lock_folder(Path(sys.argv[1])) / "write"
 path.parent.mkdir(mode=0o700, exist_ok=True)
 fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-fcntl.flock(fd, fcntl.LOCK_EX)
+deadline = time.monotonic() + 30
+while True:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        break
+    except BlockingIOError:
+        if time.monotonic() > deadline:
+            print("busy", flush=True)
+            sys.exit(1)
+        time.sleep(0.01)
 print("held", flush=True)
 sys.stdin.read()
 """
+
+
+def turn_free(writes: WriteQueue) -> bool:
+    """Whether the process's turn comes free within 30 s (a given-up wait's helper releases it)."""
+    deadline = time.monotonic() + 30
+    while writes._threads.locked():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 @contextmanager
@@ -95,32 +117,89 @@ def test_a_writer_waits_for_another_process_and_goes_on_when_it_lets_go(tmp_path
 
 
 def test_a_wait_given_up_answers_unavailable_and_leaks_nothing(tmp_path: Path) -> None:
-    """Past the timeout the writer gets :class:`StoreUnavailable`; the helper still waiting for the lock
-    lets it go when it gets it, and hands this process's turn on: the next writers take it."""
+    """Past the timeout the writer gets :class:`StoreUnavailable` and the process's turn stays with the
+    helper still waiting for the lock; once the other process lets go, the helper takes the lock, lets it
+    go and hands the turn on: another process, then this one, take it."""
     database = tmp_path / "db.sqlite3"
     writes = WriteQueue(database, timeout_s=0.2)
     with other_process_holding(database):
         with pytest.raises(StoreUnavailable, match="busy timeout"), writes.hold():
             pass
+        assert writes._threads.locked(), "the waiter that gave up released the turn itself"
         with pytest.raises(StoreUnavailable, match="busy timeout"), writes.hold():
-            pass  # the turn is still the abandoned wait's
+            pass
+    assert turn_free(writes), "the helper kept the process's turn"
+    with other_process_holding(database):  # the helper let the lock go (it is not ours now)
+        pass
     writes.timeout_s = 60
     for _ in range(3):
         with writes.hold():
             pass
-    with other_process_holding(database):  # and the lock was let go: another process takes it
+    writes.close()
+
+
+def test_a_wait_cut_short_by_an_exception_leaks_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An exception in the middle of a wait (e.g. KeyboardInterrupt) gives the wait up like a timeout."""
+    database = tmp_path / "db.sqlite3"
+    writes = WriteQueue(database, timeout_s=60)
+
+    class Interrupted(Exception):
+        pass
+
+    class InterruptedEvent(threading.Event):
+        def wait(self, timeout: float | None = None) -> bool:
+            raise Interrupted()
+
+    class InterruptedWait(sqlite_write_queue._Wait):
+        def __init__(self, fd: int) -> None:
+            super().__init__(fd)
+            self.done = InterruptedEvent()
+
+    with other_process_holding(database):
+        monkeypatch.setattr(sqlite_write_queue, "_Wait", InterruptedWait)
+        with pytest.raises(Interrupted), writes.hold():
+            pass
+        monkeypatch.undo()
+        assert writes._threads.locked()
+    assert turn_free(writes)
+    with other_process_holding(database):
         pass
     writes.close()
 
 
-def test_a_holder_killed_lets_it_go(tmp_path: Path) -> None:
+def test_closing_with_a_wait_given_up_leaves_its_descriptor_to_it(tmp_path: Path) -> None:
     database = tmp_path / "db.sqlite3"
-    writes = WriteQueue(database, timeout_s=60)
+    writes = WriteQueue(database, timeout_s=0.2)
+    with other_process_holding(database):
+        with pytest.raises(StoreUnavailable), writes.hold():
+            pass
+        writes.close()  # does not wait, and does not close what the helper still uses
+        assert writes._fd is not None
+    assert turn_free(writes)
+    with other_process_holding(database):
+        pass
+    writes.close()
+    assert writes._fd is None
+
+
+def test_a_holder_killed_lets_a_waiting_writer_in(tmp_path: Path) -> None:
+    database = tmp_path / "db.sqlite3"
+    writes, took = WriteQueue(database, timeout_s=60), threading.Event()
+
+    def writer() -> None:
+        with writes.hold():
+            took.set()
+
     with other_process_holding(database) as holder:
+        waiting = threading.Thread(target=writer)
+        waiting.start()
+        assert not took.wait(0.3)
         holder.send_signal(signal.SIGKILL)
         holder.wait(timeout=30)
-        with writes.hold():
-            pass
+        waiting.join(timeout=60)
+    assert took.is_set()
     writes.close()
 
 
