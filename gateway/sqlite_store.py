@@ -468,8 +468,8 @@ class SqliteStore:
             raise _statement_error("commit failed", e) from None
 
     def write_probe(self, timeout_s: float) -> str | None:
-        """``None`` if the write lock can be taken within ``timeout_s`` (``BEGIN IMMEDIATE``, then
-        ``ROLLBACK`` on a connection of its own: nothing is written), else why not."""
+        """``None`` if the write queue and the write lock can be taken within ``timeout_s`` (nothing is
+        written: :func:`gateway.sqlite_write_queue.probe_write_lock`), else why not."""
         return probe_write_lock(self.path, timeout_s)
 
     def ping(self) -> None:

@@ -165,6 +165,29 @@ class WriteQueue:
 _BUSY = "the database's write lock is held (busy timeout)"
 
 
+def _queue_free_within(database: Path, timeout_s: float) -> bool:
+    """Whether the write queue's ``flock`` can be had within ``timeout_s`` (tried every 5 ms: a probe)."""
+    path = lock_folder(database) / "write"
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return True  # no writer has queued yet
+    except OSError:
+        return False
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not _try_lock(fd):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.005)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return True
+    except StoreUnavailable:
+        return False
+    finally:
+        os.close(fd)
+
+
 def _try_lock(fd: int) -> bool:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -176,8 +199,11 @@ def _try_lock(fd: int) -> bool:
 
 
 def probe_write_lock(database: Path, timeout_s: float) -> str | None:
-    """``None`` if SQLite's write lock can be taken within ``timeout_s`` (``BEGIN IMMEDIATE``, then
-    ``ROLLBACK`` on a connection of its own, outside the queue: nothing is written), else why not."""
+    """``None`` if the write queue and then SQLite's write lock can each be taken within ``timeout_s``
+    (the queue's ``flock`` on a descriptor of its own, let go at once; ``BEGIN IMMEDIATE``, then
+    ``ROLLBACK`` on a connection of its own: nothing is written), else why not."""
+    if not _queue_free_within(database, timeout_s):
+        return "the write queue is held (writes would wait and answer 503)"
     try:
         conn = sqlite3.connect(database, timeout=timeout_s, isolation_level=None)
     except sqlite3.Error as e:

@@ -207,9 +207,11 @@ def test_a_store_write_waits_in_the_queue_and_reads_do_not(tmp_path: Path) -> No
     database = tmp_path / "gateway.sqlite3"
     store = SqliteStore(database, busy_timeout_s=0.3)
     try:
+        assert store.write_probe(0.2) is None
         with other_process_holding(database):
             with pytest.raises(StoreUnavailable), store.transaction() as tx:
                 tx.add_token("tok_x", None, b"h" * 32)
+            assert store.write_probe(0.2) == "the write queue is held (writes would wait and answer 503)"
             with store.read_transaction() as tx:
                 assert tx.count_admin_tokens() == 0
         store.write_queue.timeout_s = 60
