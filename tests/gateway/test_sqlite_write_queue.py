@@ -48,6 +48,19 @@ sys.stdin.read()
 """
 
 
+def start_writer(writes: WriteQueue) -> tuple[threading.Thread, threading.Event]:
+    """A thread taking the write queue once (the event set while it holds it)."""
+    took = threading.Event()
+
+    def writer() -> None:
+        with writes.hold():
+            took.set()
+
+    waiting = threading.Thread(target=writer)
+    waiting.start()
+    return waiting, took
+
+
 def turn_free(writes: WriteQueue) -> bool:
     """Whether the process's turn comes free within 30 s (a given-up wait's helper releases it)."""
     deadline = time.monotonic() + 30
@@ -101,15 +114,9 @@ def test_threads_of_one_process_take_turns(tmp_path: Path) -> None:
 
 def test_a_writer_waits_for_another_process_and_goes_on_when_it_lets_go(tmp_path: Path) -> None:
     database = tmp_path / "db.sqlite3"
-    writes, took = WriteQueue(database, timeout_s=60), threading.Event()
-
-    def writer() -> None:
-        with writes.hold():
-            took.set()
-
+    writes = WriteQueue(database, timeout_s=60)
     with other_process_holding(database):
-        waiting = threading.Thread(target=writer)
-        waiting.start()
+        waiting, took = start_writer(writes)
         assert not took.wait(0.3), "took the write queue while another process held it"
     waiting.join(timeout=60)  # woken by the release (its timeout is a minute)
     assert took.is_set()
@@ -186,15 +193,9 @@ def test_closing_with_a_wait_given_up_leaves_its_descriptor_to_it(tmp_path: Path
 
 def test_a_holder_killed_lets_a_waiting_writer_in(tmp_path: Path) -> None:
     database = tmp_path / "db.sqlite3"
-    writes, took = WriteQueue(database, timeout_s=60), threading.Event()
-
-    def writer() -> None:
-        with writes.hold():
-            took.set()
-
+    writes = WriteQueue(database, timeout_s=60)
     with other_process_holding(database) as holder:
-        waiting = threading.Thread(target=writer)
-        waiting.start()
+        waiting, took = start_writer(writes)
         assert not took.wait(0.3)
         holder.send_signal(signal.SIGKILL)
         holder.wait(timeout=30)
