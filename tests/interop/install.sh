@@ -5,6 +5,9 @@
 # node or npm is missing or too old.
 set -euo pipefail
 cd "$(dirname "$0")"
+# One install at a time (test processes running in parallel may each call this): a lock on this folder.
+exec 9<.
+flock 9
 
 need_major=20
 need_minor=19  # @noble/* 2.x declare engines "node >= 20.19.0"
