@@ -9,6 +9,6 @@ echo "== ruff"
 echo "== mypy"
 .venv/bin/mypy
 echo "== pytest"
-# One test process per CPU, each test file in one of them (its module fixtures made once); ./test.sh -n 0
+# One test process per CPU, each test file whole in one of them (tests/conftest.py: work_unit); ./test.sh -n 0
 # runs everything in this process.
-exec .venv/bin/python -m pytest -n auto --dist loadfile "$@"
+exec .venv/bin/python -m pytest -n auto "$@"
