@@ -95,10 +95,10 @@ def _answering_pids(server: GatewayServer, route: str) -> list[int]:
     return [int(m.group(1)) for m in pattern.finditer(server.log_tail(10**8))]
 
 
-def _start_workers(folder: Path) -> GatewayServer:
+def _start_workers(folder: Path, env: dict[str, str] | None = None) -> GatewayServer:
     """``serve --workers 2`` on ``folder``, once both workers listen (the supervisor's line says so; the
-    first worker answers ``/healthz`` before the second is started)."""
-    server = GatewayServer(folder, env=WORKERS_ENV, args=["--workers", "2"])
+    first worker answers ``/healthz`` before the second is started); ``env``: more settings."""
+    server = GatewayServer(folder, env={**WORKERS_ENV, **(env or {})}, args=["--workers", "2"])
     server.start()
     try:
         _wait_for(lambda: "(2 workers)" in server.log_tail(10**8), "both workers listening")
@@ -389,7 +389,11 @@ def test_sigterm_lets_in_flight_requests_finish(tmp_path: Path) -> None:
 
 
 def test_workers_do_not_outlive_a_killed_supervisor(tmp_path: Path) -> None:
-    server = _start_workers(tmp_path / "gw")
+    # A temporary folder of its own: any other supervisor that starts on this machine (another test process's)
+    # sweeps the metrics folders of dead supervisors in the shared one.
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    server = _start_workers(tmp_path / "gw", env={"TMPDIR": str(scratch)})
     try:
         assert server.proc is not None
         supervisor = server.proc.pid
@@ -400,7 +404,7 @@ def test_workers_do_not_outlive_a_killed_supervisor(tmp_path: Path) -> None:
     _wait_for(lambda: not any(_alive(pid) for pid in workers), "the workers gone")
     with pytest.raises(OSError):
         Client(server.port, timeout=5).get("/healthz")  # nobody listens any more
-    left = list(Path(tempfile.gettempdir()).glob(f"mlsgw-metrics-{supervisor}-*"))
+    left = list(scratch.glob(f"mlsgw-metrics-{supervisor}-*"))
     assert len(left) == 1  # the killed supervisor could not remove its metrics folder ...
     server.start()
     try:
