@@ -16,7 +16,8 @@ A :class:`Library` also owns what is per *process* in PKCS#11:
   token (``Session.close()`` logs everyone out: gotcha 2), closed when the last user releases it;
 * the **generation** — incremented by every re-initialisation: handles from an older generation are dead;
 * the **object-store guard** — token-object searches and token-object changes (create, generate, destroy)
-  never run at the same time in this process (see :class:`ObjectStoreGuard`).
+  never run at the same time in this process (see :class:`ObjectStoreGuard`);
+* the **object uses** — a key object is never destroyed while a call uses it (:mod:`hsm.object_uses`).
 
 After ``fork()`` the child's copies refuse every call with HsmError (hsm-facts gotcha 4): a child process
 opens its own :class:`hsm.token.Token` (the ``spawn`` start method does this naturally).
@@ -40,6 +41,7 @@ from pkcs11.types import Session
 from pkcs11.types import Token as P11Token
 
 from .errors import HsmError, HsmUnavailable
+from .object_uses import ObjectUses
 
 CKR_OK = 0x0
 CKR_CANT_LOCK = 0x0A
@@ -248,6 +250,7 @@ class Library:
         self._raw = _RawModule(path)
         self.gate = _Gate()
         self.objects = ObjectStoreGuard()
+        self.uses = ObjectUses()
         self.generation = 0
         self.os_locking = True
         self._lock = threading.Lock()

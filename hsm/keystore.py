@@ -309,7 +309,7 @@ class Pkcs11KeyStore:
             entry = self._load(key_ref, _parse(key_ref)[0])
         for _ in range(3):
             try:
-                return self._token.run(_with_entry(fn, entry), op=op, generation=entry.generation)
+                return self._token.run(_using(self._token, fn, entry), op=op, generation=entry.generation)
             except StaleHandle:  # reconnected since the handles were found (or they went stale): find again
                 self._cache.pop(key_ref, None)
             entry = self._load(key_ref, entry.kind)
@@ -358,8 +358,14 @@ class Pkcs11KeyStore:
         return sorted(refs | set(self._software))
 
 
-def _with_entry(fn: Callable[[Session, KeyEntry], T], entry: KeyEntry) -> Callable[[Session], T]:
-    return lambda session: fn(session, entry)
+def _using(token: Token, fn: Callable[[Session, KeyEntry], T], entry: KeyEntry) -> Callable[[Session], T]:
+    """``fn`` with the key's entry, as a use of its private object (never destroyed under the call)."""
+
+    def call(session: Session) -> T:
+        with token.using(entry.pair.private):
+            return fn(session, entry)
+
+    return call
 
 
 def _suite(cipher_suite_id: int) -> CipherSuite:

@@ -30,7 +30,6 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from typing import Any, Literal, TypeVar
 
 from pkcs11 import PKCS11Error
@@ -41,8 +40,9 @@ from . import cryptoki
 from .capabilities import Capabilities, detect
 from .config import TokenConfig
 from .connection import Connection, Lost, close_quietly
-from .cryptoki import AMBIGUOUS_ERRORS, LOST_ERRORS, STALE_ERRORS, Library, ObjectStoreUse
+from .cryptoki import AMBIGUOUS_ERRORS, LOST_ERRORS, STALE_ERRORS, Library
 from .errors import HsmError, HsmUnavailable
+from .object_uses import KeyObjects
 
 T = TypeVar("T")
 _log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ class _Transient(HsmError):
     """An ambiguous error on a healthy token: worth one more try, then reported as a refusal."""
 
 
-class Token:
+class Token(KeyObjects):
     """A connection to one token, safe to share between threads. See the module docstring."""
 
     def __init__(self, config: TokenConfig) -> None:
@@ -354,18 +354,6 @@ class Token:
                 raise cryptoki.rv_error(0x30)  # CKR_DEVICE_ERROR → lost
 
         self.run(probe, op="health check")
-
-    def destroy_handle(self, session: Session, handle: int) -> None:
-        """C_DestroyObject by handle (inside :meth:`run`)."""
-        assert self._library is not None
-        with self._library.objects.hold("change"):
-            self._library.destroy_object(session, handle)
-
-    def objects(self, use: ObjectStoreUse) -> AbstractContextManager[None]:
-        """Inside :meth:`run`: hold around token-object searches (``"search"``) and creations or
-        destructions (``"change"``), which must never overlap (:class:`hsm.cryptoki.ObjectStoreGuard`)."""
-        assert self._library is not None
-        return self._library.objects.hold(use)
 
 
 def reread(token: Token) -> None:

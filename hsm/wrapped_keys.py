@@ -267,7 +267,7 @@ class WrappedKeys:
                 continue
             try:
                 return self._token.run(
-                    functools.partial(_call, fn, entry), op=op, generation=entry.generation
+                    functools.partial(_call, self._token, fn, entry), op=op, generation=entry.generation
                 )
             except StaleHandle:
                 with self._lock:
@@ -448,8 +448,10 @@ def _round_trip(
                 token.destroy_handle(session, handle)
 
 
-def _call(fn: Callable[[Session, KeyEntry], T], entry: KeyEntry, session: Session) -> T:
-    return fn(session, entry)
+def _call(token: Token, fn: Callable[[Session, KeyEntry], T], entry: KeyEntry, session: Session) -> T:
+    """``fn`` with the key's entry, as a use of its session object (never destroyed under the call)."""
+    with token.using(entry.pair.private):
+        return fn(session, entry)
 
 
 def _call_keks(fn: Callable[[Session, int, int], T], old: int, new: int, session: Session) -> T:

@@ -1,0 +1,106 @@
+"""Key objects in use by a call of this process, so that ``C_DestroyObject`` never runs under one.
+
+SoftHSM 2.6.1 with OS locking on, reproduced here: when one thread destroys a key object (a session object
+of wrapped custody, or a token object) while another thread's ``C_DeriveKey`` or ``C_Sign`` is using it,
+the object is freed under that call and the process dies with SIGSEGV. The gateway destroys keys while
+others may use them: forward-secret deletion (a KeyPackage's init key once a join consumed it, while a
+concurrent join from the same Welcome is still decapsulating with it; an identity deleted during one of
+its requests) and the bounded cache of unwrapped keys evicting its least recently used entry.
+
+Every use of a key's private object holds :meth:`ObjectUses.use` around the call; a destruction takes
+:meth:`ObjectUses.destroying`, which keeps new uses of that handle out and waits (a bounded time) for the
+running ones to return. A use that was kept out then meets a destroyed handle — an error the callers
+already handle (found again, or the key is gone) — never a freed object. Handles are per process, like
+the objects SoftHSM frees, so the registry is per :class:`hsm.cryptoki.Library`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from typing import TYPE_CHECKING
+
+from .errors import HsmError
+
+if TYPE_CHECKING:
+    from pkcs11.types import Session
+
+    from .config import TokenConfig
+    from .cryptoki import Library, ObjectStoreUse
+
+
+class ObjectUses:
+    """Uses and destructions of object handles (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._active: Counter[int] = Counter()
+        self._doomed: set[int] = set()
+
+    @contextmanager
+    def use(self, handle: int) -> Iterator[None]:
+        """Run the block as a use of ``handle`` (after a destruction of it that has begun: it is gone)."""
+        with self._cond:
+            self._cond.wait_for(lambda: handle not in self._doomed)
+            self._active[handle] += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._active[handle] -= 1
+                if self._active[handle] <= 0:
+                    del self._active[handle]
+                    self._cond.notify_all()
+
+    @contextmanager
+    def destroying(self, handle: int, timeout_s: float) -> Iterator[None]:
+        """Run the block (the destruction of ``handle``) once no use of it runs; HsmError if the uses do
+        not end within ``timeout_s`` (nothing is destroyed then)."""
+        with self._cond:
+            self._cond.wait_for(lambda: handle not in self._doomed)
+            self._doomed.add(handle)
+            if not self._cond.wait_for(lambda: self._active[handle] == 0, timeout_s):
+                self._doomed.discard(handle)
+                self._cond.notify_all()
+                raise HsmError(f"a key object is still in use after {timeout_s:g} s; not destroyed")
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._doomed.discard(handle)
+                self._cond.notify_all()
+
+    def in_use(self, handle: int) -> int:
+        """How many uses of ``handle`` run now."""
+        with self._cond:
+            return self._active[handle]
+
+
+class KeyObjects:
+    """What :class:`hsm.token.Token` offers the code that runs inside :meth:`hsm.token.Token.run` about the
+    token's objects: the object-store guard, uses of key objects, and their destruction."""
+
+    config: TokenConfig
+    _library: Library | None
+
+    def objects(self, use: ObjectStoreUse) -> AbstractContextManager[None]:
+        """Hold around token-object searches (``"search"``) and creations or destructions (``"change"``),
+        which must never overlap (:class:`hsm.cryptoki.ObjectStoreGuard`)."""
+        assert self._library is not None
+        return self._library.objects.hold(use)
+
+    def using(self, handle: int) -> AbstractContextManager[None]:
+        """Hold around a call that uses the key object ``handle`` (sign, derive), so that it is not
+        destroyed under the call (see the module docstring)."""
+        assert self._library is not None
+        return self._library.uses.use(handle)
+
+    def destroy_handle(self, session: Session, handle: int) -> None:
+        """C_DestroyObject by handle, once no call of this process uses the object (HsmError if one still
+        does after the token's ``session_wait_s``)."""
+        assert self._library is not None
+        uses, objects = self._library.uses, self._library.objects
+        with uses.destroying(handle, self.config.session_wait_s), objects.hold("change"):
+            self._library.destroy_object(session, handle)
