@@ -81,9 +81,8 @@ def remove_debris(token: Token, session: Session, form: Pkcs11Form) -> int:
     try:
         with token.objects("search"):
             handles = M.empty_keys(session, form.key_type)
-        with token.objects("change"):
-            for handle in handles:
-                token.destroy_handle(session, handle)
+        for handle in handles:  # each takes the "change" turn itself: a nested turn waits for itself
+            token.destroy_handle(session, handle)  # while a search waits (ObjectStoreGuard's fairness)
     except LOST_ERRORS:
         raise
     except PKCS11Error as exc:
