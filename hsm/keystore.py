@@ -35,6 +35,7 @@ from .key_generation import destroy_token_key, find_token_key_read_again, genera
 from .key_handles import Pkcs11HpkeKey, Pkcs11Signer, SoftwareCustodyHpkeKey, WrappedHpkeKey, WrappedSigner
 from .kinds import Custody, KeyKind, kem_kind, kem_of, new_ref, parse_ref, signature_kind
 from .mechanisms import KeyEntry, KeyPair, Pkcs11Form
+from .object_uses import key_call
 from .token import StaleHandle, Token
 from .wrapped_keys import WrappedKeys
 
@@ -309,7 +310,7 @@ class Pkcs11KeyStore:
             entry = self._load(key_ref, _parse(key_ref)[0])
         for _ in range(3):
             try:
-                return self._token.run(_using(self._token, fn, entry), op=op, generation=entry.generation)
+                return self._token.run(key_call(self._token, fn, entry), op=op, generation=entry.generation)
             except StaleHandle:  # reconnected since the handles were found (or they went stale): find again
                 self._cache.pop(key_ref, None)
             entry = self._load(key_ref, entry.kind)
@@ -356,16 +357,6 @@ class Pkcs11KeyStore:
 
         refs = {r for r in self._token.run(ids, op="list keys") if parse_ref(r) is not None}
         return sorted(refs | set(self._software))
-
-
-def _using(token: Token, fn: Callable[[Session, KeyEntry], T], entry: KeyEntry) -> Callable[[Session], T]:
-    """``fn`` with the key's entry, as a use of its private object (never destroyed under the call)."""
-
-    def call(session: Session) -> T:
-        with token.using(entry.pair.private):
-            return fn(session, entry)
-
-    return call
 
 
 def _suite(cipher_suite_id: int) -> CipherSuite:

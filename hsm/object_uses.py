@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from .errors import HsmError
 
@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 
     from .config import TokenConfig
     from .cryptoki import Library, ObjectStoreUse
+    from .mechanisms import KeyEntry
+
+T = TypeVar("T")
 
 
 class ObjectUses:
@@ -104,3 +107,16 @@ class KeyObjects:
         uses, objects = self._library.uses, self._library.objects
         with uses.destroying(handle, self.config.session_wait_s), objects.hold("change"):
             self._library.destroy_object(session, handle)
+
+
+def key_call(
+    objects: KeyObjects, fn: Callable[[Session, KeyEntry], T], entry: KeyEntry
+) -> Callable[[Session], T]:
+    """``fn`` with the key's entry, for :meth:`hsm.token.Token.run`: a use of its private object (never
+    destroyed under the call)."""
+
+    def call(session: Session) -> T:
+        with objects.using(entry.pair.private):
+            return fn(session, entry)
+
+    return call

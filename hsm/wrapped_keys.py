@@ -57,6 +57,7 @@ from .errors import HsmError, HsmUnavailable
 from .kek_ring import KEK_ID_BYTES, KekRing
 from .kinds import KeyKind, new_ref, parse_ref
 from .mechanisms import KeyEntry, KeyPair, Pkcs11Form, ecdh, sign
+from .object_uses import key_call
 from .token import StaleHandle, Token
 
 T = TypeVar("T")
@@ -266,9 +267,7 @@ class WrappedKeys:
             except StaleHandle:
                 continue
             try:
-                return self._token.run(
-                    functools.partial(_call, self._token, fn, entry), op=op, generation=entry.generation
-                )
+                return self._token.run(key_call(self._token, fn, entry), op=op, generation=entry.generation)
             except StaleHandle:
                 with self._lock:
                     if self._cache.get(key_ref) is entry:
@@ -446,12 +445,6 @@ def _round_trip(
         for handle in handles:
             with contextlib.suppress(PKCS11Error):
                 token.destroy_handle(session, handle)
-
-
-def _call(token: Token, fn: Callable[[Session, KeyEntry], T], entry: KeyEntry, session: Session) -> T:
-    """``fn`` with the key's entry, as a use of its session object (never destroyed under the call)."""
-    with token.using(entry.pair.private):
-        return fn(session, entry)
 
 
 def _call_keks(fn: Callable[[Session, int, int], T], old: int, new: int, session: Session) -> T:
