@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pkcs11 import PKCS11Error
 from pkcs11.types import Session
@@ -26,49 +27,77 @@ class Lost(Exception):
     conn: Connection | None = None
 
 
+class _Waiter:
+    """One thread waiting for a session: served in arrival order (:class:`SessionPool`)."""
+
+    __slots__ = ("ready", "session")
+
+    def __init__(self) -> None:
+        self.ready = threading.Event()
+        self.session: Session | None = None
+
+
 class SessionPool:
-    """Worker sessions lent to one operation at a time."""
+    """Worker sessions lent to one operation at a time, in the order they were asked for: a session given
+    back goes straight to the longest waiter, so a thread that gives one back and asks again at once
+    cannot overtake it (with a plain condition variable, a few threads in a tight loop kept the pool
+    and another thread waited out ``session_wait_s``)."""
 
     def __init__(self, sessions: list[Session]) -> None:
         self.size = len(sessions)
         self._free = list(sessions)
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
+        self._waiters: deque[_Waiter] = deque()
         self._closed = False
-        self._waiting = 0
 
     def take(self, timeout: float) -> Session:
-        with self._cond:
-            if self._free and not self._closed:
-                return self._free.pop()
-            self._waiting += 1
-            try:
-                if not self._cond.wait_for(lambda: self._free or self._closed, timeout):
-                    raise HsmUnavailable(f"no free token session within {timeout:g} s")
-            finally:
-                self._waiting -= 1
+        with self._lock:
             if self._closed:
                 raise Lost
-            return self._free.pop()
+            if self._free and not self._waiters:
+                return self._free.pop()
+            waiter = _Waiter()
+            self._waiters.append(waiter)
+        if not waiter.ready.wait(timeout):
+            with self._lock:
+                if not waiter.ready.is_set():
+                    self._waiters.remove(waiter)
+                    raise HsmUnavailable(f"no free token session within {timeout:g} s")
+        if waiter.session is None:
+            raise Lost  # closed while waiting
+        return waiter.session
 
     @property
     def in_use(self) -> int:
         """Sessions lent out right now."""
-        with self._cond:
+        with self._lock:
             return 0 if self._closed else self.size - len(self._free)
 
+    @property
+    def waiting(self) -> int:
+        """Threads waiting for a session right now."""
+        with self._lock:
+            return len(self._waiters)
+
     def give(self, session: Session) -> None:
-        with self._cond:
-            if not self._closed:
+        with self._lock:
+            if self._closed:
+                return
+            if self._waiters:
+                waiter = self._waiters.popleft()
+                waiter.session = session
+                waiter.ready.set()
+            else:
                 self._free.append(session)
-                if self._waiting:
-                    self._cond.notify()
 
     def close(self) -> list[Session]:
         """Refuse further loans; returns the idle sessions (busy ones are dropped when given back)."""
-        with self._cond:
+        with self._lock:
             self._closed = True
             idle, self._free = self._free, []
-            self._cond.notify_all()
+            for waiter in self._waiters:
+                waiter.ready.set()
+            self._waiters.clear()
             return idle
 
 
@@ -82,6 +111,9 @@ class Connection:
     token: P11Token
     login: Session
     pool: SessionPool
+    #: Worker sessions taken out of the pool after an error, not closed yet (:meth:`retire`).
+    retired: list[Session] = field(default_factory=list)
+    _retired_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
     def open(
@@ -114,21 +146,46 @@ class Connection:
             library.gate.leave()
         return cls(number, library, generation, p11, login, SessionPool(sessions))
 
+    def retire(self, session: Session, wait_s: float) -> None:
+        """Take ``session`` (one that saw an error) out of use for good and close it once no key object
+        is in use: closing a session destroys the session objects made in it (keys unwrapped there),
+        which other sessions' calls may be using (:mod:`hsm.object_uses`). Closed at once when no use
+        runs; else kept, and closed by a later :meth:`retire` or :meth:`close` — one that finds more
+        retired sessions than the pool's size waits up to ``wait_s`` for the uses to end. The caller is
+        inside the library's gate."""
+        with self._retired_lock:
+            self.retired.append(session)
+            crowded = len(self.retired) > self.pool.size
+        self._close_retired(wait_s if crowded else 0.0)
+
+    def _close_retired(self, wait_s: float) -> None:
+        with self._retired_lock:
+            if not self.retired:
+                return
+        with self.library.uses.quiet(wait_s) as quiet:
+            if quiet:
+                with self._retired_lock:
+                    sessions, self.retired = self.retired, []
+                close_quietly(sessions)
+
     def close(self, session_wait_s: float) -> None:
-        """Close the pool and release the login; idle sessions are closed only if the library was not
-        re-initialised since (their numbers may name a newer connection's sessions by then)."""
+        """Close the pool and release the login; idle and retired sessions are closed only if the
+        library was not re-initialised since (their numbers may name a newer connection's sessions by
+        then), and only once no key object is in use (:meth:`retire`)."""
         idle = self.pool.close()
         gate = self.library.gate
         try:
             gate.enter(session_wait_s)
         except HsmError:
-            idle = []  # cannot tell whether they are still this generation's: leave them
+            pass  # cannot tell whether they are still this generation's: leave them
         else:
             # Checked and closed inside the gate: a session number of an older generation may name a new
             # connection's session (its login, even) by now, which must not be closed from here.
             try:
                 if self.library.generation == self.library_generation:
-                    close_quietly(idle)
+                    with self._retired_lock:
+                        self.retired.extend(idle)
+                    self._close_retired(session_wait_s)
             finally:
                 gate.leave()
         self.library.release_login(self.login, self.library_generation)

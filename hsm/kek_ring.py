@@ -206,11 +206,18 @@ class KekRing:
             generation, handle = self.handle(label)
             try:
                 return self._token.run(
-                    functools.partial(fn, handle), op=op, generation=generation
+                    functools.partial(_kek_call, self._token, fn, handle), op=op, generation=generation
                 ), generation
             except StaleHandle:
                 self.forget_handles()
         raise HsmUnavailable(f"{op}: the token connection keeps changing")
+
+
+def _kek_call(token: Token, fn: Callable[[int, Session], T], handle: int, session: Session) -> T:
+    """``fn(handle, session)`` as a use of the KEK's object (:mod:`hsm.object_uses`): a retired KEK is
+    not destroyed under it."""
+    with token.using(handle):
+        return fn(handle, session)
 
 
 __all__ = [

@@ -12,6 +12,11 @@ Every use of a key's private object holds :meth:`ObjectUses.use` around the call
 running ones to return. A use that was kept out then meets a destroyed handle — an error the callers
 already handle (found again, or the key is gone) — never a freed object. Handles are per process, like
 the objects SoftHSM frees, so the registry is per :class:`hsm.cryptoki.Library`.
+
+``C_CloseSession`` destroys every session object made in that session, whichever session uses it (a key
+unwrapped in one worker session is used in all of them). A session is closed only inside
+:meth:`ObjectUses.quiet`: no use of any key runs, and none begins, until the block ends
+(:meth:`hsm.connection.Connection.retire`, :meth:`hsm.connection.Connection.close`).
 """
 
 from __future__ import annotations
@@ -41,21 +46,27 @@ class ObjectUses:
         self._cond = threading.Condition(threading.Lock())
         self._active: Counter[int] = Counter()
         self._doomed: set[int] = set()
+        self._total = 0
+        self._paused = 0
 
     @contextmanager
-    def use(self, handle: int) -> Iterator[None]:
-        """Run the block as a use of ``handle`` (after a destruction of it that has begun: it is gone)."""
+    def use(self, *handles: int) -> Iterator[None]:
+        """Run the block as a use of ``handles`` (after a destruction of one that has begun: it is gone).
+        Several handles are taken at once (a re-wrap uses two KEKs), never one after the other."""
         with self._cond:
-            self._cond.wait_for(lambda: handle not in self._doomed)
-            self._active[handle] += 1
+            self._cond.wait_for(lambda: self._doomed.isdisjoint(handles) and not self._paused)
+            self._active.update(handles)
+            self._total += len(handles)
         try:
             yield
         finally:
             with self._cond:
-                self._active[handle] -= 1
-                if self._active[handle] <= 0:
-                    del self._active[handle]
-                    self._cond.notify_all()
+                self._active.subtract(handles)
+                self._total -= len(handles)
+                for handle in handles:
+                    if self._active[handle] <= 0:
+                        del self._active[handle]
+                        self._cond.notify_all()
 
     @contextmanager
     def destroying(self, handle: int, timeout_s: float) -> Iterator[None]:
@@ -73,6 +84,27 @@ class ObjectUses:
         finally:
             with self._cond:
                 self._doomed.discard(handle)
+                self._cond.notify_all()
+
+    @contextmanager
+    def quiet(self, timeout_s: float) -> Iterator[bool]:
+        """Yield True once no use of any handle runs (new ones wait until the block ends): the moment to
+        close a session, which destroys the objects made in it. Yield False, holding nothing back, if uses
+        still run after ``timeout_s`` (0: only if none runs now)."""
+        with self._cond:
+            self._paused += 1
+            quiet = self._cond.wait_for(lambda: self._total == 0, timeout_s)
+            if not quiet:
+                self._paused -= 1
+                self._cond.notify_all()
+        if not quiet:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            with self._cond:
+                self._paused -= 1
                 self._cond.notify_all()
 
     def in_use(self, handle: int) -> int:
@@ -94,11 +126,11 @@ class KeyObjects:
         assert self._library is not None
         return self._library.objects.hold(use)
 
-    def using(self, handle: int) -> AbstractContextManager[None]:
-        """Hold around a call that uses the key object ``handle`` (sign, derive), so that it is not
-        destroyed under the call (see the module docstring)."""
+    def using(self, *handles: int) -> AbstractContextManager[None]:
+        """Hold around a call that uses the key objects ``handles`` (sign, derive; a KEK's wrap or
+        unwrap), so that none is destroyed under the call (see the module docstring)."""
         assert self._library is not None
-        return self._library.uses.use(handle)
+        return self._library.uses.use(*handles)
 
     def destroy_handle(self, session: Session, handle: int) -> None:
         """C_DestroyObject by handle, once no call of this process uses the object (HsmError if one still

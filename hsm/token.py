@@ -10,7 +10,8 @@
   settled by a health probe (and tried once more on a healthy token); a stale object handle becomes
   :class:`StaleHandle` (the key store re-finds the key); everything else is a refusal,
   :class:`hsm.errors.HsmError`. Messages carry the operation and the PKCS#11 error class only. A session
-  that saw an error is replaced by a fresh one.
+  that saw an error is replaced by a fresh one; the old one is closed once no key made in it can be in
+  use (:meth:`hsm.connection.Connection.retire`).
 * **Handles** — object handles belong to one connection (a re-initialised library renumbers them, and an
   old number may then name *another* key). Callers that cache handles pass the connection number they
   got with them (:meth:`Token.run_pinned`, ``run(generation=...)``); an operation that would run on
@@ -39,7 +40,7 @@ from pkcs11.types import Token as P11Token
 from . import cryptoki
 from .capabilities import Capabilities, detect
 from .config import TokenConfig
-from .connection import Connection, Lost, close_quietly
+from .connection import Connection, Lost
 from .cryptoki import AMBIGUOUS_ERRORS, LOST_ERRORS, STALE_ERRORS, Library
 from .errors import HsmError, HsmUnavailable
 from .object_uses import KeyObjects
@@ -307,7 +308,7 @@ class Token(KeyObjects):
             except PKCS11Error as exc:
                 error = self._classify(session, exc, op)
                 if not isinstance(error, Lost):
-                    session = _replace_session(conn.token, session)
+                    session = _replace_session(conn, session, self.config.session_wait_s)
                 raise error from None
             finally:
                 conn.pool.give(session)
@@ -392,17 +393,18 @@ def _healthy(session: Session, label: str) -> bool:
     return True
 
 
-def _replace_session(p11: P11Token, session: Session) -> Session:
-    """A fresh worker session for one that saw an error.
+def _replace_session(conn: Connection, session: Session, wait_s: float) -> Session:
+    """A fresh worker session for one that saw an error; the old one is retired
+    (:meth:`hsm.connection.Connection.retire`: closed once no key made in it can be in use).
 
     python-pkcs11 leaves a session's operation lock held when ``C_FindObjectsInit`` fails, which would
     block every other thread that later borrows that session: sessions that saw an error are not reused.
     """
     try:
-        fresh = p11.open(rw=True)
+        fresh = conn.token.open(rw=True)
     except PKCS11Error:
         return session  # keep the old one rather than shrink the pool; a reconnect renews it
-    close_quietly([session])
+    conn.retire(session, wait_s)
     return fresh
 
 

@@ -318,7 +318,7 @@ class WrappedKeys:
             generation, kek = self.keks.handle(kek_label)
 
             def load(session: Session) -> int:
-                with self._token.objects("change"):
+                with self._token.using(kek), self._token.objects("change"):
                     return W.unwrap(session, kek, kind, form, wrapped, key_ref, label, mechanism)
 
             private = self._token.run(load, op="unwrap key", generation=generation)
@@ -372,7 +372,7 @@ class WrappedKeys:
             if new_generation != generation:
                 continue
             try:
-                call = functools.partial(_call_keks, fn, old_handle, new_handle)
+                call = functools.partial(_call_keks, self._token, fn, old_handle, new_handle)
                 return self._token.run(call, op=op, generation=generation)
             except StaleHandle:
                 self.keks.forget_handles()
@@ -447,8 +447,10 @@ def _round_trip(
                 token.destroy_handle(session, handle)
 
 
-def _call_keks(fn: Callable[[Session, int, int], T], old: int, new: int, session: Session) -> T:
-    return fn(session, old, new)
+def _call_keks(token: Token, fn: Callable[[Session, int, int], T], old: int, new: int, session: Session) -> T:
+    """``fn(session, old, new)`` as a use of both KEKs' objects (:mod:`hsm.object_uses`)."""
+    with token.using(old, new):
+        return fn(session, old, new)
 
 
 def _kind(key_ref: bytes) -> KeyKind:

@@ -24,6 +24,7 @@ from pkcs11 import Session
 
 from hsm import Pkcs11KeyStore, Token
 from hsm.errors import HsmError
+from hsm.kek_ring import KekRing, create_aes_token_key, destroy_aes_token_key
 from hsm.object_uses import ObjectUses
 from hsm.wrapped_keys import WrappedKeys
 from hsm.wrapping import create_kek
@@ -220,3 +221,30 @@ def test_keys_destroyed_while_threads_derive_with_them_do_not_crash_the_process(
         env={k: v for k, v in os.environ.items() if k != "SOFTHSM2_CONF"},
     )
     assert done.returncode == 0 and done.stdout.strip() == "survived", (done.returncode, done.stderr[-2000:])
+
+
+def test_destroying_a_kek_waits_for_the_wrap_or_unwrap_that_uses_it(token: Token) -> None:
+    """A KEK's uses (the envelope's data keys, wraps and unwraps: :meth:`hsm.kek_ring.KekRing.run`) hold
+    its object too: a retirement's destroy from another thread waits for the call in flight."""
+    label = "object-uses-test-kek"
+    assert create_aes_token_key(token, label, wraps=True, op="create test kek")
+    ring = KekRing(token, label, HsmError)
+    inside, release = threading.Event(), threading.Event()
+
+    def hold(handle: int, session: Session) -> int:
+        inside.set()
+        assert release.wait(WAIT)
+        return handle
+
+    user, user_errors = _thread(lambda: ring.run(label, hold, "hold kek"))
+    assert inside.wait(WAIT)
+    destroyed: list[int] = []
+    destroyer, destroy_errors = _thread(
+        lambda: destroyed.append(destroy_aes_token_key(token, label, op="destroy test kek"))
+    )
+    time.sleep(0.3)
+    assert destroyer.is_alive() and destroyed == []  # waits for the use ...
+    release.set()
+    user.join(WAIT)
+    destroyer.join(WAIT)
+    assert user_errors == destroy_errors == [] and destroyed == [1]  # ... then destroys the KEK
