@@ -13,7 +13,7 @@ Runs the real server, on loopback only, and stops by itself:
    session key (CKM_EC_EDWARDS_KEY_PAIR_GEN) and signs a 248-byte message with CKM_EDDSA on one thread:
    the mechanism of suite 1's signatures. Measured before the server starts and again after it stopped,
    so that the two processes never share the token at once; ``raw_sign_ops_per_s`` is the median round.
-3. ``mls-gateway serve`` on a random loopback port. Over HTTP: a tenant, then N groups of two hosted
+3. ``mls-gateway serve`` on a free loopback port. Over HTTP: a tenant, then N groups of two hosted
    members each (2N identities, cipher suite 1): member A creates the group and commits an Add of B's
    KeyPackage; B joins from the Welcome.
 4. **Load** — C concurrent clients (asyncio + aiohttp; client i works on group i mod N) repeat: ``POST
@@ -70,7 +70,6 @@ import random
 import secrets
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -82,6 +81,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.client import GatewayClient, GatewayError, unb64
+from tests.ports import free_port
 
 from .lean_http import LeanGateway
 
@@ -153,12 +153,6 @@ def server_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLSGW_") and k != "SOFTHSM2_CONF"}
     env["MLSGW_LOG_LEVEL"] = "WARNING"  # key use is logged at INFO: one line per signature otherwise
     return env
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def init_gateway(data_dir: Path, env: dict[str, str] | None = None) -> str:

@@ -15,11 +15,12 @@ import contextlib
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from .ports import free_port
 
 #: Where Debian's ``postgresql-15`` package puts the server binaries.
 PG_BIN = Path(os.environ.get("MLSGW_PG_BIN", "/usr/lib/postgresql/15/bin"))
@@ -30,12 +31,6 @@ DB_NAME = "mlsgw"
 
 class PostgresUnavailable(RuntimeError):
     """The PostgreSQL server binaries are missing or the cluster would not start."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _run_as() -> list[str]:

@@ -22,7 +22,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -34,6 +33,8 @@ from typing import Any, TypeVar
 import aiohttp
 
 from gateway.client import ApiResponse, GatewayClient, LoopThread, b64, gid_segment, unb64
+
+from ..ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 GATEWAY_EXE = REPO / ".venv" / "bin" / "mls-gateway"
@@ -56,12 +57,6 @@ __all__ = [
 def gid_path(group_id_b64: str) -> str:
     """A group id (standard base64, as the API returns it) as a URL path segment: base64url, no padding."""
     return gid_segment(unb64(group_id_b64))
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass(frozen=True)
