@@ -48,6 +48,7 @@ from .postgres_durability import (
     lock_for_write,
     write_begin,
 )
+from .postgres_pool import StorePool
 from .postgres_sql import PgConnection, liveness_options
 from .schema_migrations import prepare
 from .sqlite_store import SqliteTransaction
@@ -114,7 +115,7 @@ class PostgresStore:
             applied = prepare(url, apply=migrate)
         except psycopg.Error as e:
             raise _unavailable("cannot open the database", e) from None
-        self._pool = ConnectionPool(
+        self._pool = StorePool(
             url,
             min_size=1,
             max_size=pool_size,
@@ -141,7 +142,7 @@ class PostgresStore:
     @contextlib.contextmanager
     def _connection(self) -> Iterator[psycopg.Connection[Any]]:
         try:
-            with self._pool.connection() as conn:
+            with self._pool.connection(self._pool.wait_s()) as conn:
                 yield conn
         except (PoolTimeout, psycopg.OperationalError) as e:
             raise _unavailable("the database is unreachable", e) from None

@@ -8,11 +8,13 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
+from psycopg_pool.base import AttemptWithBackoff
 
 from gateway.audit_chain import verify
 from gateway.audit_trail import export_lines
 from gateway.delivery_store import LogConflict, LogEntry, LogHead
 from gateway.postgres_durability import ORDER_LOCK, WRITE_LOCK, group_lock_key
+from gateway.postgres_pool import OUTAGE_WAIT_S, RECONNECT_MAX_DELAY_S, _CappedBackoff
 from gateway.postgres_sql import GROUP_TABLES, is_ordered
 from gateway.postgres_store import PostgresStore
 from gateway.sqlite_store import SqliteTransaction
@@ -226,6 +228,59 @@ def test_connection_loss_is_store_unavailable_and_recovers(
             assert isinstance(tx, SqliteTransaction)
     finally:
         store.close()
+
+
+def test_with_the_server_down_a_request_fails_fast_once_a_connection_attempt_failed(
+    postgres_cluster: PostgresCluster, postgres_dsn: str
+) -> None:
+    """The pool's own wait (here 10 s) is for a busy pool; once an attempt to connect failed, a request
+    waits at most ``OUTAGE_WAIT_S`` for its 503, and the full wait again once the server is back. (The
+    requests already waiting when the server went away still wait the full time.)"""
+    store = PostgresStore(postgres_dsn, connect_timeout_s=10.0)
+    try:
+        seed(store)
+        assert not store._pool.failing and store._pool.wait_s() is None
+        postgres_cluster.kill()
+        try:
+            deadline = time.monotonic() + 60
+            while not store._pool.failing:  # the pool finds the lost connections and tries new ones
+                with pytest.raises(StoreUnavailable):
+                    store.ping()
+                assert time.monotonic() < deadline
+            assert store._pool.wait_s() == OUTAGE_WAIT_S
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable), store.read_transaction() as tx:
+                tx.get_tenant("ten_1")
+            assert time.monotonic() - started < 5.0  # not the pool's 10 s
+        finally:
+            postgres_cluster.start()
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                store.ping()
+                break
+            except StoreUnavailable:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        assert not store._pool.failing and store._pool.wait_s() is None
+    finally:
+        store.close()
+
+
+def test_reconnect_attempts_are_capped_apart() -> None:
+    """psycopg_pool doubles the pause between attempts to reconnect (1, 2, 4, 8 … s, up to its
+    ``reconnect_timeout``): recovery lagged an outage by as long again. The store's pool caps it."""
+    attempt = _CappedBackoff(timeout=300.0)
+    delays = []
+    for second in range(10):
+        attempt.update_delay(float(second))
+        delays.append(attempt.delay)
+    assert 0.5 < delays[0] <= RECONNECT_MAX_DELAY_S and max(delays) == RECONNECT_MAX_DELAY_S
+    assert all(d <= RECONNECT_MAX_DELAY_S for d in delays)
+    plain = AttemptWithBackoff(timeout=300.0)
+    for second in range(10):
+        plain.update_delay(float(second))
+    assert plain.delay > RECONNECT_MAX_DELAY_S  # what the cap is for
 
 
 class Held:
