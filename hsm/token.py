@@ -307,7 +307,7 @@ class Token(KeyObjects):
                 result = fn(session)
             except PKCS11Error as exc:
                 error = self._classify(session, exc, op)
-                if not isinstance(error, Lost):
+                if not isinstance(error, Lost | StaleHandle):
                     session = _replace_session(conn, session, self.config.session_wait_s)
                 raise error from None
             finally:
@@ -399,6 +399,10 @@ def _replace_session(conn: Connection, session: Session, wait_s: float) -> Sessi
 
     python-pkcs11 leaves a session's operation lock held when ``C_FindObjectsInit`` fails, which would
     block every other thread that later borrows that session: sessions that saw an error are not reused.
+    Except after a stale handle (:data:`hsm.cryptoki.STALE_ERRORS`, from a sign, derive, wrap, unwrap or
+    destroy — never a search, which names no handle): those leave the session usable (tested), and a
+    stale handle is routine (a key evicted or deleted under a use) — retiring a session for it destroyed
+    the other keys unwrapped there, whose next uses met stale handles in turn.
     """
     try:
         fresh = conn.token.open(rw=True)

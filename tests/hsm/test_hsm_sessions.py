@@ -16,11 +16,14 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from pkcs11 import Session
+from pkcs11.exceptions import MechanismInvalid
 
 from hsm import Pkcs11KeyStore, Token
 from hsm.connection import SessionPool
 from hsm.errors import HsmError, HsmUnavailable
-from hsm.mechanisms import KeyEntry
+from hsm.mechanisms import KeyEntry, sign
+from hsm.token import StaleHandle
 from hsm.wrapped_keys import WrappedKeys
 from hsm.wrapping import create_kek
 
@@ -118,7 +121,7 @@ def test_threads_in_a_tight_loop_do_not_starve_another(make_config: Any) -> None
 def one_session(make_config: Any) -> Iterator[tuple[Token, Pkcs11KeyStore, WrappedKeys]]:
     """A token connection with a single worker session (every key is made in it) and a store whose P-256
     keys are wrapped session objects."""
-    token = Token.open(make_config(pool_size=1, session_wait_s=0.5))
+    token = Token.open(make_config(pool_size=1, session_wait_s=2.0))
     blobs: dict[bytes, bytes] = {}
 
     class Blobs:
@@ -144,12 +147,14 @@ def _peer() -> bytes:
     return public.public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
 
 
+def _refused(session: Session) -> None:
+    raise MechanismInvalid()  # a token's refusal of an operation
+
+
 def _fail_in_a_session(token: Token) -> None:
-    """An operation that fails (a destroy of a handle that names nothing): its session is replaced."""
-    library = token._library
-    assert library is not None
+    """An operation the token refuses: its session is replaced (retired)."""
     with pytest.raises(HsmError):
-        token.run(lambda s: library.destroy_object(s, NO_SUCH_HANDLE), op="fail", retry=False)
+        token.run(_refused, op="fail", retry=False)
 
 
 def _held_use(token: Token, entry: KeyEntry) -> tuple[threading.Event, threading.Thread]:
@@ -172,7 +177,7 @@ def test_a_session_that_saw_an_error_is_closed_only_once_no_key_is_in_use(
     token, store, keys = one_session
     peer = _peer()
     key = store.new_hpke_key(2)  # made in the connection's only session
-    assert key.custody == "wrapped"
+    assert key.custody == "wrapped"  # type: ignore[attr-defined]
     first = store.dh_with(key.key_ref, peer)
     connection = token._conn
     assert connection is not None
@@ -206,9 +211,39 @@ def test_retired_sessions_are_bounded_by_a_bounded_wait_for_the_uses(
     for _ in range(3):
         _fail_in_a_session(token)
     assert len(connection.retired) == 3  # the use outlasted the wait
-    ended = threading.Timer(0.2, release.set)
-    ended.start()
+    uses = token._library.uses  # type: ignore[union-attr]
+
+    def end_the_use_once_paused() -> None:
+        _wait_until(lambda: uses._paused > 0)  # the retirement below waits for the uses ...
+        release.set()  # ... and this one ends
+
+    ender, ender_errors = _thread(end_the_use_once_paused)
     _fail_in_a_session(token)  # waits, and closes all four once the use has ended
     holder.join(WAIT)
-    assert connection.retired == []
+    ender.join(WAIT)
+    assert ender_errors == [] and connection.retired == []
     assert store.dh_with(key.key_ref, _peer())
+
+
+def test_a_stale_handle_keeps_the_session_and_the_keys_made_in_it(
+    one_session: tuple[Token, Pkcs11KeyStore, WrappedKeys],
+) -> None:
+    """A stale handle is routine (a key evicted or deleted under a use): the session it was met in stays in
+    the pool — usable from another thread (python-pkcs11's per-session operation lock is not left held by a
+    failed sign) — and the keys made in it stay."""
+    token, store, keys = one_session
+    peer = _peer()
+    key = store.new_hpke_key(2)
+    first = store.dh_with(key.key_ref, peer)
+    connection = token._conn
+    assert connection is not None
+    kind, form = keys._cache[key.key_ref].kind, keys._cache[key.key_ref].form
+    with pytest.raises(StaleHandle):
+        token.run(lambda s: sign(s, NO_SUCH_HANDLE, kind, form, b"m"), op="stale", retry=False)
+    assert connection.retired == []
+    misses = keys.misses
+    answers: list[bytes] = []
+    thread, errors = _thread(lambda: answers.append(store.dh_with(key.key_ref, peer)))
+    thread.join(WAIT)
+    assert not thread.is_alive() and errors == [] and answers == [first]
+    assert keys.misses == misses  # the key's object is still there
