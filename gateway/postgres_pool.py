@@ -9,14 +9,16 @@ test_store_concurrency.py``):
   "unreachable" for another 20 s once the server was back. :class:`StorePool` caps the delay at
   :data:`RECONNECT_MAX_DELAY_S`.
 * **Every request waited out the pool's timeout.** With the server down, each request (and each
-  ``/readyz``) waited the pool's whole wait (5 s) before its 503. :attr:`StorePool.failing` says that the
-  last connection attempt failed; the store then waits at most :data:`OUTAGE_WAIT_S` for a connection (a
-  connection that comes back in that time is still used), and the full wait again once one succeeded —
-  a pool that is merely busy (all connections lent, the server fine) keeps the full wait.
+  ``/readyz``) waited the pool's whole wait (5 s) before its 503. While the last attempt to connect failed
+  (:attr:`StorePool.failing`) *and* no connection is lent out, the store waits at most
+  :data:`OUTAGE_WAIT_S` for one (a connection that comes in that time is still used), and the full wait
+  again once an attempt succeeded. A pool that is merely busy keeps the full wait even when it cannot
+  grow (the server at ``max_connections`` refuses the new connection, but the lent ones come back).
 """
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from psycopg_pool import ConnectionPool
@@ -44,6 +46,27 @@ class StorePool(ConnectionPool):
     #: Whether the last attempt to open a connection failed (the server refuses or does not answer).
     failing = False
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._lent = 0
+        self._lent_lock = threading.Lock()
+        super().__init__(*args, **kwargs)
+
+    @property
+    def lent(self) -> int:
+        """Connections lent out right now."""
+        return self._lent
+
+    def getconn(self, timeout: float | None = None) -> Any:
+        conn = super().getconn(timeout)
+        with self._lent_lock:
+            self._lent += 1
+        return conn
+
+    def putconn(self, conn: Any) -> None:
+        with self._lent_lock:
+            self._lent -= 1
+        super().putconn(conn)
+
     def _connect(self, timeout: float | None = None) -> Any:
         try:
             conn = super()._connect(timeout)
@@ -57,9 +80,9 @@ class StorePool(ConnectionPool):
         super()._add_connection(attempt or _CappedBackoff(timeout=self.reconnect_timeout), growing)
 
     def wait_s(self) -> float | None:
-        """How long a request should wait for a connection now: :data:`OUTAGE_WAIT_S` while failing, else
-        ``None`` (the pool's own timeout)."""
-        return OUTAGE_WAIT_S if self.failing else None
+        """How long a request should wait for a connection now: :data:`OUTAGE_WAIT_S` while the last
+        attempt to connect failed and none is lent out, else ``None`` (the pool's own timeout)."""
+        return OUTAGE_WAIT_S if self.failing and not self._lent else None
 
 
 __all__ = ["OUTAGE_WAIT_S", "RECONNECT_MAX_DELAY_S", "StorePool"]

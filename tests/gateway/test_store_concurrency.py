@@ -267,6 +267,19 @@ def test_with_the_server_down_a_request_fails_fast_once_a_connection_attempt_fai
         store.close()
 
 
+def test_a_busy_pool_that_cannot_grow_keeps_the_full_wait(postgres_dsn: str) -> None:
+    """A failed attempt to connect while connections are lent out (the server at ``max_connections``
+    refuses a new one; the lent ones come back) is not an outage: requests keep the pool's wait."""
+    store = PostgresStore(postgres_dsn)
+    try:
+        with store._connection():
+            store._pool.failing = True  # as after a refused connection
+            assert store._pool.lent == 1 and store._pool.wait_s() is None
+        assert store._pool.lent == 0 and store._pool.wait_s() == OUTAGE_WAIT_S
+    finally:
+        store.close()
+
+
 def test_reconnect_attempts_are_capped_apart() -> None:
     """psycopg_pool doubles the pause between attempts to reconnect (1, 2, 4, 8 … s, up to its
     ``reconnect_timeout``): recovery lagged an outage by as long again. The store's pool caps it."""
