@@ -12,10 +12,12 @@ fails with EADDRINUSE. So the ports handed out here are:
 * from a **block per pytest-xdist worker** (``$PYTEST_XDIST_WORKER`` ``gwN`` of
   ``$PYTEST_XDIST_WORKER_COUNT``; none: a serial run, block 0), so the workers of one run never hand out
   the same number; a counter walks the block, wrapping around, under a lock (threads);
-* **locked across runs**: a port is handed out only with an ``fcntl.flock`` on
-  ``<temp dir>/mlsgw-test-ports/<port>.lock`` that this process keeps until it exits (the kernel drops the
-  locks of a process that died), and only when it can be bound right now (a server still listening on
-  it, of whatever origin, is skipped). A process never hands out the same port twice.
+* **locked across runs** of the same user: a port is handed out only with an ``fcntl.flock`` on
+  ``<temp dir>/mlsgw-test-ports-<uid>/<port>.lock`` (a folder only that user may use: a lock file in a
+  folder anyone can write could be planted as a link to another file), which this process keeps until it
+  exits (the kernel drops the locks of a process that died), and only when it can be bound right now (a
+  server still listening on it, of whatever origin, is skipped). A process never hands out the same port
+  twice.
 """
 
 from __future__ import annotations
@@ -25,12 +27,13 @@ import fcntl
 import os
 import re
 import socket
+import stat
 import tempfile
 import threading
 from pathlib import Path
 
-#: Where the per-port lock files live, shared by every run on the machine (any user: mode 0o777/0o666).
-LOCK_DIR = Path(tempfile.gettempdir()) / "mlsgw-test-ports"
+#: Where the per-port lock files live, shared by every run of this user on the machine (mode 0o700).
+LOCK_DIR = Path(tempfile.gettempdir()) / f"mlsgw-test-ports-{os.getuid()}"
 #: The lowest port handed out when the space below the ephemeral range allows it.
 PREFERRED_FIRST = 10_000
 
@@ -69,22 +72,20 @@ def this_block() -> range:
 
 
 def lock_path(port: int) -> Path:
-    """``port``'s lock file (its folder made if missing)."""
-    if not LOCK_DIR.is_dir():
-        with contextlib.suppress(FileExistsError):
-            LOCK_DIR.mkdir(parents=True)
-            os.chmod(LOCK_DIR, 0o777)  # whoever makes it: root and other users share it
+    """``port``'s lock file (its folder made if missing; RuntimeError if the folder is not a directory of
+    this user's that only this user may write)."""
+    with contextlib.suppress(FileExistsError):
+        LOCK_DIR.mkdir(mode=0o700)
+    info = os.lstat(LOCK_DIR)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o022:
+        raise RuntimeError(f"{LOCK_DIR} is not a private directory of this user: remove it")
     return LOCK_DIR / f"{port}.lock"
 
 
 def _lock(port: int) -> int | None:
     """An open, ``flock``-ed descriptor of ``port``'s lock file; None when another process holds it."""
-    try:
-        fd = os.open(lock_path(port), os.O_RDONLY | os.O_CREAT, 0o666)  # not inherited by subprocesses
-    except PermissionError:
-        return None
-    with contextlib.suppress(OSError):  # another user's file: readable is all a flock needs
-        os.fchmod(fd, 0o666)
+    # O_CLOEXEC (Python's default): not inherited by subprocesses; O_NOFOLLOW: never through a link.
+    fd = os.open(lock_path(port), os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -27,7 +27,7 @@ ALLOCATE = (
 #: Takes the lock of the port whose lock file is ``argv[1]`` (``busy``: another process has it already,
 #: which holds it as well) and keeps it until its stdin closes.
 HOLD_LOCK = (
-    "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDONLY | os.O_CREAT, 0o666)\n"
+    "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDONLY | os.O_CREAT, 0o600)\n"
     "try:\n    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB); print('locked', flush=True)\n"
     "except BlockingIOError:\n    print('busy', flush=True)\n"
     "sys.stdin.read()"
@@ -145,3 +145,23 @@ def test_the_counter_wraps_around_its_block() -> None:
         block = range(port, port + 2)
         assert ports.port_from(block) == port + 1
     assert ports.port_from(block) == port  # from the end of the block back to its start
+
+
+def test_a_lock_folder_others_could_write_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lock file in a folder another user can write (or one planted as a link) could be a link to any
+    file the test run then opens: only a private directory of this user is used."""
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    monkeypatch.setattr(ports, "LOCK_DIR", shared)
+    with pytest.raises(RuntimeError, match="not a private directory"):
+        ports.lock_path(10_000)
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    link = tmp_path / "link"
+    link.symlink_to(private)
+    monkeypatch.setattr(ports, "LOCK_DIR", link)
+    with pytest.raises(RuntimeError, match="not a private directory"):
+        ports.lock_path(10_000)
+    monkeypatch.setattr(ports, "LOCK_DIR", private)
+    assert ports.lock_path(10_000) == private / "10000.lock"
