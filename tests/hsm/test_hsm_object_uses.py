@@ -15,7 +15,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,22 +29,9 @@ from hsm.object_uses import ObjectUses
 from hsm.wrapped_keys import WrappedKeys
 from hsm.wrapping import create_kek
 from mls.errors import KeyStoreError
+from tests.hsm.threads_and_blobs import MemoryBlobs, in_thread
 
 WAIT = 10.0  # seconds any step of these tests may take on a busy machine before it counts as hung
-
-
-def _thread(target: Callable[[], Any]) -> tuple[threading.Thread, list[BaseException]]:
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            target()
-        except BaseException as e:  # reported by the test
-            errors.append(e)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread, errors
 
 
 def test_a_destruction_waits_for_the_uses_and_keeps_new_ones_out() -> None:
@@ -57,7 +44,7 @@ def test_a_destruction_waits_for_the_uses_and_keeps_new_ones_out() -> None:
             in_use.set()
             assert release.wait(WAIT)
 
-    first, first_errors = _thread(user)
+    first, first_errors = in_thread(user)
     assert in_use.wait(WAIT)
 
     def destroyer() -> None:
@@ -66,7 +53,7 @@ def test_a_destruction_waits_for_the_uses_and_keeps_new_ones_out() -> None:
             destroyed.set()
             assert finish.wait(WAIT)  # the destruction runs until the test says
 
-    second, second_errors = _thread(destroyer)
+    second, second_errors = in_thread(destroyer)
     assert destroying.wait(WAIT)
     time.sleep(0.2)
     assert not destroyed.is_set() and uses.in_use(7) == 1  # waits for the running use
@@ -78,7 +65,7 @@ def test_a_destruction_waits_for_the_uses_and_keeps_new_ones_out() -> None:
 
     release.set()
     assert destroyed.wait(WAIT)
-    third, third_errors = _thread(late_user)
+    third, third_errors = in_thread(late_user)
     time.sleep(0.2)
     assert not late_entered.is_set()  # kept out while the destruction runs ...
     finish.set()
@@ -104,21 +91,9 @@ def test_a_use_that_does_not_end_makes_the_destruction_fail_and_leaves_the_handl
 @pytest.fixture(params=["wrapped", "token"])
 def store(request: pytest.FixtureRequest, token: Token) -> Iterator[Pkcs11KeyStore]:
     """A key store whose P-256 keys are wrapped session objects (under a KEK) or token objects."""
-    blobs: dict[bytes, bytes] = {}
-
-    class Blobs:
-        def save(self, key_ref: bytes, blob: bytes, kek_id: bytes) -> None:
-            blobs[key_ref] = blob
-
-        def load(self, key_ref: bytes) -> bytes | None:
-            return blobs.get(key_ref)
-
-        def delete(self, key_ref: bytes) -> None:
-            blobs.pop(key_ref, None)
-
     if request.param == "wrapped":
         create_kek(token)
-    keys = WrappedKeys(token, Blobs())
+    keys = WrappedKeys(token, MemoryBlobs())
     if request.param == "wrapped":
         keys.probe()
     yield Pkcs11KeyStore(token, wrapped=keys, mode=request.param)
@@ -140,9 +115,9 @@ def test_destroying_a_key_waits_for_the_call_that_uses_it(store: Pkcs11KeyStore,
         inside.set()
         assert release.wait(WAIT)
 
-    user, user_errors = _thread(lambda: store._use(ref, "dh", hold))
+    user, user_errors = in_thread(lambda: store._use(ref, "dh", hold))
     assert inside.wait(WAIT)
-    destroyer, destroy_errors = _thread(lambda: store.destroy(ref))
+    destroyer, destroy_errors = in_thread(lambda: store.destroy(ref))
     time.sleep(0.3)
     assert destroyer.is_alive()  # waits for the use ...
     release.set()
@@ -236,10 +211,10 @@ def test_destroying_a_kek_waits_for_the_wrap_or_unwrap_that_uses_it(token: Token
         assert release.wait(WAIT)
         return handle
 
-    user, user_errors = _thread(lambda: ring.run(label, hold, "hold kek"))
+    user, user_errors = in_thread(lambda: ring.run(label, hold, "hold kek"))
     assert inside.wait(WAIT)
     destroyed: list[int] = []
-    destroyer, destroy_errors = _thread(
+    destroyer, destroy_errors = in_thread(
         lambda: destroyed.append(destroy_aes_token_key(token, label, op="destroy test kek"))
     )
     time.sleep(0.3)

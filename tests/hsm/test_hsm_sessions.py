@@ -26,23 +26,10 @@ from hsm.mechanisms import KeyEntry, sign
 from hsm.token import StaleHandle
 from hsm.wrapped_keys import WrappedKeys
 from hsm.wrapping import create_kek
+from tests.hsm.threads_and_blobs import MemoryBlobs, in_thread
 
 WAIT = 10.0  # seconds any step may take on a busy machine before it counts as hung
 NO_SUCH_HANDLE = 0x7FFFFFF0
-
-
-def _thread(target: Callable[[], Any]) -> tuple[threading.Thread, list[BaseException]]:
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            target()
-        except BaseException as e:  # reported by the test
-            errors.append(e)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread, errors
 
 
 def _wait_until(condition: Callable[[], bool]) -> None:
@@ -68,7 +55,7 @@ def test_a_session_given_back_goes_to_the_waiting_thread_not_to_the_giver_asking
         assert release.wait(WAIT)
         pool.give(got)
 
-    thread, errors = _thread(waiter)
+    thread, errors = in_thread(waiter)
     _wait_until(lambda: pool.waiting == 1)
     pool.give(session)
     with pytest.raises(HsmUnavailable):  # asking again at once: the waiter was first
@@ -84,7 +71,7 @@ def test_a_session_given_back_goes_to_the_waiting_thread_not_to_the_giver_asking
 def test_a_closed_pool_wakes_its_waiters_and_lends_nothing() -> None:
     pool = SessionPool(["only"])  # type: ignore[list-item]
     pool.take(1.0)
-    thread, errors = _thread(lambda: pool.take(WAIT))
+    thread, errors = in_thread(lambda: pool.take(WAIT))
     _wait_until(lambda: pool.waiting == 1)
     assert pool.close() == []
     thread.join(WAIT)
@@ -101,7 +88,7 @@ def test_threads_in_a_tight_loop_do_not_starve_another(make_config: Any) -> None
         while not stop.is_set():
             token.run(lambda s: s.generate_random(32), op="busy")
 
-    loops = [_thread(busy) for _ in range(2)]
+    loops = [in_thread(busy) for _ in range(2)]
     try:
         time.sleep(0.05)
         for _ in range(20):
@@ -122,20 +109,8 @@ def one_session(make_config: Any) -> Iterator[tuple[Token, Pkcs11KeyStore, Wrapp
     """A token connection with a single worker session (every key is made in it) and a store whose P-256
     keys are wrapped session objects."""
     token = Token.open(make_config(pool_size=1, session_wait_s=2.0))
-    blobs: dict[bytes, bytes] = {}
-
-    class Blobs:
-        def save(self, key_ref: bytes, blob: bytes, kek_id: bytes) -> None:
-            blobs[key_ref] = blob
-
-        def load(self, key_ref: bytes) -> bytes | None:
-            return blobs.get(key_ref)
-
-        def delete(self, key_ref: bytes) -> None:
-            blobs.pop(key_ref, None)
-
     create_kek(token)
-    keys = WrappedKeys(token, Blobs())
+    keys = WrappedKeys(token, MemoryBlobs())
     keys.probe()
     yield token, Pkcs11KeyStore(token, wrapped=keys, mode="wrapped"), keys
     keys.close()
@@ -166,7 +141,7 @@ def _held_use(token: Token, entry: KeyEntry) -> tuple[threading.Event, threading
             inside.set()
             assert release.wait(WAIT)
 
-    thread, _ = _thread(hold)
+    thread, _ = in_thread(hold)
     assert inside.wait(WAIT)
     return release, thread
 
@@ -217,7 +192,7 @@ def test_retired_sessions_are_bounded_by_a_bounded_wait_for_the_uses(
         _wait_until(lambda: uses._paused > 0)  # the retirement below waits for the uses ...
         release.set()  # ... and this one ends
 
-    ender, ender_errors = _thread(end_the_use_once_paused)
+    ender, ender_errors = in_thread(end_the_use_once_paused)
     _fail_in_a_session(token)  # waits, and closes all four once the use has ended
     holder.join(WAIT)
     ender.join(WAIT)
@@ -243,7 +218,7 @@ def test_a_stale_handle_keeps_the_session_and_the_keys_made_in_it(
     assert connection.retired == []
     misses = keys.misses
     answers: list[bytes] = []
-    thread, errors = _thread(lambda: answers.append(store.dh_with(key.key_ref, peer)))
+    thread, errors = in_thread(lambda: answers.append(store.dh_with(key.key_ref, peer)))
     thread.join(WAIT)
     assert not thread.is_alive() and errors == [] and answers == [first]
     assert keys.misses == misses  # the key's object is still there
