@@ -112,21 +112,35 @@ def durable_session(conn: psycopg.Connection[Any]) -> None:
 
 def write_begin(timeout_s: float, *, flush_under_lock: bool, group: bytes | None = None) -> tuple[str, ...]:
     """The statements that ``BEGIN`` a write transaction and take :data:`WRITE_LOCK` (waiting at most
-    ``timeout_s`` for each lock), in order; with ``group``, ``WRITE_LOCK`` shared and the group's lock (a
+    ``timeout_s`` for each lock); with ``group``, ``WRITE_LOCK`` shared and the group's lock (a
     group-scoped write, see the module). Unless ``flush_under_lock``, its ``COMMIT`` will not wait for the
     WAL flush. The store sends them in the round trip of the transaction's first statement
-    (:class:`gateway.postgres_sql.PgConnection`)."""
-    settings = f"SELECT set_config('lock_timeout', '{int(timeout_s * 1000)}', true)"
+    (:class:`gateway.postgres_sql.PgConnection`).
+
+    The settings and the locks are one ``SELECT`` (:func:`in_order`): two statements instead of four per
+    write transaction, each costing the gateway and PostgreSQL CPU (about a tenth of a millisecond)."""
+    settings = [f"set_config('lock_timeout', '{int(timeout_s * 1000)}', true)"]
     if not flush_under_lock:
-        settings += ", set_config('synchronous_commit', 'off', true)"
+        settings.append("set_config('synchronous_commit', 'off', true)")
     if group is None:
-        locks: tuple[str, ...] = (f"SELECT pg_advisory_xact_lock({WRITE_LOCK})",)
+        locks = [f"pg_advisory_xact_lock({WRITE_LOCK})"]
     else:
-        locks = (
-            f"SELECT pg_advisory_xact_lock_shared({WRITE_LOCK})",
-            f"SELECT pg_advisory_xact_lock({group_lock_key(group)})",
-        )
-    return ("BEGIN ISOLATION LEVEL READ COMMITTED", settings, *locks)
+        locks = [
+            f"pg_advisory_xact_lock_shared({WRITE_LOCK})",
+            f"pg_advisory_xact_lock({group_lock_key(group)})",
+        ]
+    return ("BEGIN ISOLATION LEVEL READ COMMITTED", in_order([", ".join(settings), *locks]))
+
+
+def in_order(calls: list[str]) -> str:
+    """One ``SELECT`` that evaluates each of ``calls`` (a select list) after the ones before it: each is the
+    select list of a subquery of the next, kept apart by ``OFFSET 0`` (PostgreSQL does not flatten such a
+    subquery, so the outer list is computed from the inner row) — the settings before the first lock, the
+    global lock before the group's, as separate statements would."""
+    sql = f"SELECT {calls[0]}"
+    for depth, call in enumerate(calls[1:]):
+        sql = f"SELECT {call} FROM ({sql} OFFSET 0) AS step{depth}"
+    return sql
 
 
 def lock_for_write(
@@ -190,6 +204,7 @@ __all__ = [
     "end_read",
     "flush",
     "group_lock_key",
+    "in_order",
     "lock_for_write",
     "write_begin",
 ]

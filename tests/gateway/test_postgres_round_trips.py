@@ -6,6 +6,7 @@ costs nothing, lending a connection costs nothing — and a session the server e
 from __future__ import annotations
 
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,6 +15,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from gateway.postgres_durability import WRITE_LOCK, write_begin
 from gateway.postgres_store import PostgresStore
 from gateway.store import StoreUnavailable, Tenant
 
@@ -138,3 +140,50 @@ def test_no_group_gets_a_prepared_statement_of_its_own(store: PostgresStore) -> 
         prepared = [str(r[0]) for r in conn.execute("SELECT statement FROM pg_prepared_statements")]
     assert any("group_logs" in s for s in prepared)  # the transaction's own statement is prepared
     assert not [s for s in prepared if "advisory" in s or "set_config" in s], prepared
+
+
+def test_a_writes_one_begin_statement_sets_its_timeout_then_takes_the_global_lock_then_the_groups(
+    postgres_dsn: str,
+) -> None:
+    """A group-scoped write's settings and locks are one ``SELECT`` (``in_order``): the lock timeout and
+    asynchronous commit hold inside the transaction, and while the global write lock is held elsewhere the
+    writer waits for it holding no group lock (the order that keeps writers free of deadlocks), then gives
+    up at its lock timeout."""
+    timeout_s = 3.0
+    begin = write_begin(timeout_s, flush_under_lock=False, group=b"group-1")
+    assert len(begin) == 2
+    with (
+        psycopg.connect(postgres_dsn, autocommit=True) as writer,
+        psycopg.connect(postgres_dsn, autocommit=True) as other,
+    ):
+        for statement in begin:
+            writer.execute(statement)
+        assert writer.execute("SHOW synchronous_commit").fetchone() == ("off",)
+        assert writer.execute("SHOW lock_timeout").fetchone() == ("3s",)
+        writer.execute("ROLLBACK")
+        other.execute("BEGIN")
+        other.execute(f"SELECT pg_advisory_xact_lock({WRITE_LOCK})")
+        locks: list[tuple[object, ...]] = []
+        pid = writer.info.backend_pid
+
+        def look() -> None:  # until the writer is seen waiting (or has given up)
+            with psycopg.connect(postgres_dsn, autocommit=True) as watcher:
+                deadline = time.monotonic() + timeout_s
+                while not locks and time.monotonic() < deadline:
+                    locks.extend(
+                        watcher.execute(
+                            "SELECT mode, granted FROM pg_locks WHERE locktype = 'advisory' AND pid = %s",
+                            (pid,),
+                        ).fetchall()
+                    )
+                    time.sleep(0.02)
+
+        watching = threading.Thread(target=look)
+        watching.start()
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            for statement in begin:
+                writer.execute(statement)
+        watching.join(30)
+        writer.execute("ROLLBACK")
+        other.execute("ROLLBACK")
+    assert locks == [("ShareLock", False)]  # waiting for the global lock, no group lock held
