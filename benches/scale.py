@@ -173,9 +173,9 @@ class PgCounters:
                 continue
             out["statements"] += calls
             out["wal_bytes"] += float(wal)
-            # once per write transaction (gateway.postgres_durability.write_begin; BEGIN itself is not
-            # counted when a pipeline sends it)
-            if text.startswith("select set_config("):  # its constants normalised to $1, $2, …
+            # once per write transaction (gateway.postgres_durability.write_begin: its settings and locks
+            # in one statement; BEGIN itself is not counted when a pipeline sends it)
+            if "set_config(" in text:  # its constants normalised to $1, $2, …
                 out["write_transactions"] += calls
             if "pg_advisory_xact_lock" in text:  # the write lock, a group's lock, the order lock
                 out["write_lock_wait_ms"] += exec_ms
