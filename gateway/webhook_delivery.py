@@ -236,10 +236,12 @@ class WebhookDispatcher:
             if not ok:
                 await self._record_failure(hook, attempts + 1, failing_since or started)
                 return
-            if not await self._mark_delivered(hook, pending.record.cursor):
-                return  # replaced or removed meanwhile: start again from the store
+            # Counted once the receiver took it (2xx), before the cursor moves: whoever sees the cursor
+            # moved sees the delivery counted (a dispatcher stopped right after the move counted it too).
             if self._metrics is not None:
                 self._metrics.delivered("webhook", True, time.time() - pending.created_at)
+            if not await self._mark_delivered(hook, pending.record.cursor):
+                return  # replaced or removed meanwhile: start again from the store
             attempts, failing_since = 0, None
 
     async def _mark_delivered(self, hook: WebhookRecord, cursor: int) -> bool:
