@@ -154,10 +154,10 @@ class Persistence:
             return response  # nothing to write (a message answered from the log): no write transaction
         try:
             sealed = None if idem is None else self._seal(idem, response)  # before taking the write lock
-            with self.store.transaction(group) as tx:
+            with audit.taken(scope.records) as records, self.store.transaction(group) as tx:
                 for write in pending.writes:
                     write(tx)
-                tx.add_audit(audit.take(scope.records))
+                tx.add_audit(records)
                 if idem is not None and sealed is not None:
                     self._remember_response(tx, idem, response.status, sealed)
         except LogConflict:

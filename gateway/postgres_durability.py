@@ -161,10 +161,12 @@ READ_BEGIN = (
 )
 
 
-def commit_write(conn: psycopg.Connection[Any], *, flush_under_lock: bool) -> None:
-    """``COMMIT`` (which releases the lock), then return once the commit is durable: :data:`FLUSH` runs in
-    the same round trip, after ``COMMIT``, as its own synchronous transaction."""
-    conn.execute("COMMIT" if flush_under_lock else f"COMMIT; {FLUSH}")
+def commit_statements(*, flush_under_lock: bool) -> tuple[str, ...]:
+    """``COMMIT`` (which releases the lock), then — unless ``flush_under_lock`` — :data:`FLUSH`, its own
+    synchronous transaction: the write transaction's block returns once its commit is durable. The store
+    sends them with the transaction's queued writes in one round trip
+    (:meth:`gateway.postgres_sql.PgConnection.finish`, a pipeline whose ``Sync`` commits :data:`FLUSH`)."""
+    return ("COMMIT",) if flush_under_lock else ("COMMIT", FLUSH)
 
 
 def flush(conn: psycopg.Connection[Any]) -> None:
@@ -199,7 +201,7 @@ __all__ = [
     "ORDER_LOCK",
     "READ_BEGIN",
     "WRITE_LOCK",
-    "commit_write",
+    "commit_statements",
     "durable_session",
     "end_read",
     "flush",

@@ -18,6 +18,18 @@ every parameter's type from its context: a nullable parameter alone (``? IS NULL
 SQL itself is portable (``ON CONFLICT``, ``RETURNING``, ``CASE``): nothing is rewritten but the
 placeholders.
 
+Inside a write transaction a plain write (``INSERT``, ``UPDATE`` or ``DELETE`` without ``RETURNING``) does
+not cost a round trip of its own: it is queued (:class:`QueuedWrite`) and sent, in order, in the pipeline
+of the transaction's next statement that answers rows, or with its ``COMMIT``. A message's write
+transaction went from 10 round trips to 5 this way, and the time a writer holds the global order lock from
+3 round trips to 2. The mixins decide by row count, never by an exception (:mod:`gateway.sqlite_queries`):
+a compare-and-swap states the count it needs (``_expect``), checked when the write has run and always
+before ``COMMIT`` (:meth:`PgConnection.settle`); the one whose row count is read sends the queue at once.
+A statement that fails after a queued compare-and-swap that lost raises the lost race (what would have
+happened first). The transaction is all-or-nothing either way: what changes is only *where* in the block
+an error surfaces — by the end of the block at the latest — so callers treat a transaction's conflicts as
+the transaction's, not a statement's (:func:`gateway.audit.taken`).
+
 Inside a read transaction (one ``REPEATABLE READ`` snapshot) a ``SELECT`` that the same transaction already
 ran with the same values is answered from memory (:class:`SnapshotMemo`): the snapshot cannot answer it
 differently. The request paths read some rows more than once in one snapshot (a group's log head, three
@@ -131,6 +143,71 @@ class PgCursor:
         return iter(self._cursor)
 
 
+#: A statement that writes and answers nothing but its row count: ``INSERT``, ``UPDATE`` or ``DELETE``
+#: (a CTE first is not one: it may read), without ``RETURNING``.
+_PLAIN_WRITE = re.compile(r"\s*(INSERT|UPDATE|DELETE)\b(?![^;]*\bRETURNING\b)", re.IGNORECASE)
+
+
+@functools.lru_cache(maxsize=1024)
+def is_plain_write(sql: str) -> bool:
+    """Whether ``sql`` only writes and answers nothing but its row count (:class:`QueuedWrite`)."""
+    return bool(_PLAIN_WRITE.match(sql))
+
+
+class QueuedWrite:
+    """A write of a write transaction held back to go with the transaction's next statement that answers
+    rows, or with its ``COMMIT`` — in that statement's round trip (a psycopg pipeline), in order. Its row
+    count is there when asked for (asking sends it at once); :meth:`expect` states the count it must
+    reach, checked when it has run — a mismatch raises the given error from the statement that sent it,
+    before ``COMMIT`` (:meth:`PgConnection.settle`)."""
+
+    def __init__(self, owner: PgConnection, sql: str, rows: list[Sequence[Any] | dict[str, Any]]) -> None:
+        self._owner = owner
+        self.sql = sql
+        self.rows = rows
+        self.cursors: list[psycopg.Cursor[PgRow]] = []
+        self.expected: list[tuple[int, Exception]] = []
+        self.done = False
+
+    def send(self, conn: psycopg.Connection[Any]) -> None:
+        """Queue it on ``conn``'s pipeline (one statement per row of values)."""
+        for values in self.rows:
+            cur: psycopg.Cursor[PgRow] = conn.cursor(row_factory=_row_factory)
+            cur.execute(self.sql, values)
+            self.cursors.append(cur)
+
+    @property
+    def rowcount(self) -> int:
+        if not self.done:
+            self._owner.send_pending()
+        return sum(max(c.rowcount, 0) for c in self.cursors)
+
+    def expect(self, rows: int, error: Exception) -> None:
+        """Raise ``error`` unless the write changed ``rows`` rows (now if it ran, else once it has)."""
+        self.expected.append((rows, error))
+        if self.done:
+            self.check()
+
+    def check(self) -> None:
+        count = self.rowcount
+        for rows, error in self.expected:
+            if count != rows:
+                raise error
+
+    def ran(self) -> bool:
+        """Whether each of its statements has its result (in a pipeline that failed, those before)."""
+        return all(c.pgresult is not None for c in self.cursors)
+
+    def fetchone(self) -> None:
+        return None
+
+    def fetchall(self) -> list[PgRow]:
+        return []
+
+    def __iter__(self) -> Iterator[PgRow]:
+        return iter(())
+
+
 #: Functions whose answer changes within one snapshot: a statement naming one is never answered from memory.
 _VOLATILE = re.compile(r"clock_timestamp|statement_timestamp|timeofday|random|nextval|currval|pg_|txid", re.I)
 
@@ -205,6 +282,16 @@ class SnapshotMemo:
         return MemoCursor(rows)
 
 
+def _check_until_failed(writes: list[QueuedWrite]) -> None:
+    """In a round trip that failed: the first row-count check failed by a queued write that ran, raised —
+    it happened first (its caller would not have gone on to the failed statement had it run alone)."""
+    for write in writes:
+        if not write.ran():
+            return
+        write.done = True
+        write.check()
+
+
 class PgConnection:
     """The part of :class:`sqlite3.Connection` the mixins use, over one psycopg connection."""
 
@@ -216,6 +303,7 @@ class PgConnection:
         before_ordered: str | None = None,
         select_only: bool = False,
         snapshot: bool = False,
+        queue_writes: bool = False,
     ) -> None:
         """``begin``: the statements that open the transaction (``BEGIN``, its settings and locks), sent
         with the first statement in one round trip (a psycopg pipeline) — a transaction that runs none
@@ -223,12 +311,14 @@ class PgConnection:
         just before the first statement that :func:`is_ordered`, in its round trip. ``select_only``:
         anything but a ``SELECT`` is refused (:class:`psycopg.ProgrammingError`) — a lookup outside any
         transaction. ``snapshot``: the connection is in a read-only snapshot; a repeated ``SELECT`` is
-        answered from memory (:class:`SnapshotMemo`)."""
+        answered from memory (:class:`SnapshotMemo`). ``queue_writes``: a write transaction's plain
+        writes wait for its next statement that answers rows, or its ``COMMIT`` (:class:`QueuedWrite`)."""
         self._conn = conn
-        self._pending: list[str] = list(begin)
+        self._pending: list[str | QueuedWrite] = list(begin)
         self._begin_count = len(begin)
         self._before_ordered = before_ordered
         self._select_only = select_only
+        self._queue_writes = queue_writes
         self._memo = SnapshotMemo() if snapshot else None
         #: Whether ``begin`` was sent (the transaction must then end with ``COMMIT`` or ``ROLLBACK``).
         self.begun = not begin
@@ -237,6 +327,11 @@ class PgConnection:
         #: A prepared statement's plan went stale (the schema changed under it): the connection's prepared
         #: statements must be deallocated once the transaction ended (:mod:`gateway.postgres_store`).
         self.stale_plan = False
+
+    @property
+    def wrote(self) -> bool:
+        """Whether the transaction has anything to end: it began, or a write waits in its queue."""
+        return self.begun or any(isinstance(item, QueuedWrite) for item in self._pending)
 
     def _check_order(self, sql: str) -> None:
         if self._select_only and not _SELECT.match(sql):
@@ -254,22 +349,59 @@ class PgConnection:
             raise
 
     def _run(self, run: Callable[[], object]) -> None:
-        """``run`` (a statement), after the pending ones in the same round trip if there are any."""
+        """``run`` (a statement), after the pending ones in the same round trip if there are any; then
+        each queued write that went checks its row count."""
         if not self._pending:
             run()
             return
         pending, self._pending = self._pending, []
         opening, self.begun = not self.begun, True  # from here, the transaction must be ended
-        with self._conn.pipeline():
-            # never prepared: a group's lock names its key in the text (a prepared statement per group)
-            cursors = [self._conn.execute(statement, prepare=False) for statement in pending]
-            run()
-        if opening:
+        writes = [item for item in pending if isinstance(item, QueuedWrite)]
+        cursors = []
+        try:
+            with self._conn.pipeline():
+                for item in pending:
+                    if isinstance(item, str):  # never prepared: a group's lock names its key in the text
+                        cursors.append(self._conn.execute(item, prepare=False))
+                    else:
+                        item.send(self._conn)
+                run()
+        except psycopg.Error:
+            _check_until_failed(writes)  # a compare-and-swap lost before the failure is what happened
+            raise
+        if opening and self._begin_count:
             row = cursors[self._begin_count - 1].fetchone()
             self.began_with = None if row is None else row[0]
+        for write in writes:
+            write.done = True
+        for write in writes:
+            write.check()
 
-    def execute(self, sql: str, parameters: Sequence[Any] | dict[str, Any] = ()) -> PgCursor | MemoCursor:
+    def send_pending(self) -> None:
+        """Send what waits now, in one round trip."""
+        with self._watching_plans():
+            self._run(lambda: None)
+
+    def settle(self) -> None:
+        """Before ``COMMIT``: send what waits if a queued write has a row count to check, so that a
+        mismatch raises while the transaction can still roll back."""
+        if any(isinstance(item, QueuedWrite) and item.expected for item in self._pending):
+            self.send_pending()
+
+    def finish(self, statements: Sequence[str]) -> None:
+        """End the transaction: what waits, then ``statements`` (its ``COMMIT`` …), in one round trip.
+        (:meth:`settle` first: a queued write sent here has no row count to check.)"""
+        self._pending.extend(statements)
+        self.send_pending()
+
+    def execute(
+        self, sql: str, parameters: Sequence[Any] | dict[str, Any] = ()
+    ) -> PgCursor | MemoCursor | QueuedWrite:
         self._check_order(sql)
+        if self._queue_writes and is_plain_write(sql):
+            write = QueuedWrite(self, translate(sql), [parameters])
+            self._pending.append(write)
+            return write
         memo, key = self._memo, None
         if memo is not None and (key := memo.key(sql, parameters)) is not None:
             known = memo.get(key)
@@ -280,11 +412,15 @@ class PgConnection:
             self._run(lambda: cur.execute(translate(sql), parameters))
         return PgCursor(cur) if memo is None or key is None else memo.keep(key, cur)
 
-    def executemany(self, sql: str, seq: Iterable[Sequence[Any] | dict[str, Any]]) -> PgCursor:
+    def executemany(self, sql: str, seq: Iterable[Sequence[Any] | dict[str, Any]]) -> PgCursor | QueuedWrite:
         cur: psycopg.Cursor[PgRow] = self._conn.cursor(row_factory=_row_factory)
         rows = list(seq)
         if rows:  # nothing to run: nothing to order either
             self._check_order(sql)
+            if self._queue_writes and is_plain_write(sql):
+                write = QueuedWrite(self, translate(sql), rows)
+                self._pending.append(write)
+                return write
             with self._watching_plans():
                 self._run(lambda: None)  # what is pending first: executemany runs a pipeline of its own
                 cur.executemany(translate(sql), rows)
@@ -326,8 +462,10 @@ __all__ = [
     "PgConnection",
     "PgCursor",
     "PgRow",
+    "QueuedWrite",
     "SnapshotMemo",
     "is_ordered",
+    "is_plain_write",
     "liveness_options",
     "memoable",
     "translate",

@@ -41,7 +41,7 @@ from .postgres_durability import (
     LOCK_ORDER,
     READ_BEGIN,
     WRITE_LOCK,
-    commit_write,
+    commit_statements,
     durable_session,
     end_read,
     flush,
@@ -156,12 +156,18 @@ class PostgresStore:
         with self._connection() as conn:
             begin = self._begin(conn, write=write, group=group)
             adapter = PgConnection(
-                conn, begin=begin, before_ordered=None if group is None else LOCK_ORDER, snapshot=not write
+                conn,
+                begin=begin,
+                before_ordered=None if group is None else LOCK_ORDER,
+                snapshot=not write,
+                queue_writes=write,
             )
             if not write:
                 self._local.reader = adapter
             try:
                 yield SqliteTransaction(cast("Any", adapter))
+                if write:
+                    adapter.settle()  # a row count to check fails here, while the block can roll back
             except psycopg.Error as e:
                 if adapter.begun:
                     _rollback(conn, forget_plans=adapter.stale_plan)
@@ -175,7 +181,7 @@ class PostgresStore:
             finally:
                 if not write:
                     self._local.reader = None
-            if adapter.begun:
+            if adapter.wrote:
                 self._end(conn, adapter, write=write)
 
     def _begin(self, conn: psycopg.Connection[Any], *, write: bool, group: bytes | None) -> tuple[str, ...]:
@@ -197,12 +203,12 @@ class PostgresStore:
             _rollback(conn)
             raise StoreUnavailable("a read transaction that did not begin")
         try:
-            if write:
-                commit_write(conn, flush_under_lock=self.flush_under_lock)
+            if write:  # with the writes still queued, in one round trip
+                adapter.finish(commit_statements(flush_under_lock=self.flush_under_lock))
             else:
                 end_read(conn, str(adapter.began_with))
         except psycopg.Error as e:
-            _rollback(conn)
+            _rollback(conn, forget_plans=adapter.stale_plan)
             raise _statement_error("commit failed", e, write=write) from None
 
     @staticmethod

@@ -69,8 +69,7 @@ class SqliteDeliveryMixin(SqliteQueries):
             "UPDATE group_logs SET seq = ?, updated_at = ? WHERE tenant_id = ? AND group_id = ? AND seq = ?",
             (seq, time.time(), position.tenant_id, position.group_id, position.seq),
         )
-        if cur.rowcount != 1:
-            raise LogConflict("the group's log moved on concurrently")
+        self._expect(cur, 1, LogConflict("the group's log moved on concurrently"))
 
     def put_log_head(self, head: LogHead, expected_seq: int | None) -> None:
         now = time.time()
@@ -90,8 +89,7 @@ class SqliteDeliveryMixin(SqliteQueries):
             "updated_at = ? WHERE tenant_id = ? AND group_id = ? AND seq = ?",
             (*values, head.tenant_id, head.group_id, expected_seq),
         )
-        if cur.rowcount != 1:
-            raise LogConflict("the group's log moved on concurrently")
+        self._expect(cur, 1, LogConflict("the group's log moved on concurrently"))
 
     def append_log_entries(self, tenant_id: str, group_id: bytes, entries: list[LogEntry]) -> None:
         now = time.time()

@@ -43,11 +43,10 @@ def _group(row: sqlite3.Row) -> GroupRecord:
     )
 
 
-def _check_swapped(cur: sqlite3.Cursor) -> None:
-    """A compare-and-swap on ``groups.version`` found another version (api-v1.md: 409)."""
-    if cur.rowcount != 1:
-        # The 409's wording is the API's (api-v1.md): a concurrent write of the group's state.
-        raise EpochConflict("the group's epoch changed concurrently")
+def _swap_lost() -> EpochConflict:
+    """A compare-and-swap on a membership's version found another version (api-v1.md: 409)."""
+    # The 409's wording is the API's (api-v1.md): a concurrent write of the group's state.
+    return EpochConflict("the group's epoch changed concurrently")
 
 
 class SqliteGroupsMixin(SqliteQueries):
@@ -103,7 +102,7 @@ class SqliteGroupsMixin(SqliteQueries):
                 "expected": expected_version,
             },
         )
-        _check_swapped(cur)
+        self._expect(cur, 1, _swap_lost())
         self._c.execute(
             "DELETE FROM group_ratchets WHERE identity_id = ? AND group_id = ?", (g.identity_id, g.group_id)
         )
@@ -113,28 +112,27 @@ class SqliteGroupsMixin(SqliteQueries):
         self, identity_id: str, group_id: bytes, applied_seq: int, sealed: bytes, expected_version: int
     ) -> int:
         new_version = expected_version + 1
-        cur = self._c.execute(  # the membership's ratchet state so far is of the expected version...
-            "UPDATE group_ratchets SET version = ?, applied_seq = ?, sealed = ? "
-            "WHERE identity_id = ? AND group_id = ? AND version = ?",
-            (new_version, applied_seq, sealed, identity_id, group_id, expected_version),
+        # One statement, a compare-and-swap on the membership's version: its ratchet state's if it has one
+        # (then replaced), else its full state's (then its first ratchet state).
+        cur = self._c.execute(
+            "INSERT INTO group_ratchets (identity_id, group_id, version, applied_seq, sealed) "
+            "SELECT g.identity_id, g.group_id, :new, :seq, :sealed FROM groups g "
+            "LEFT JOIN group_ratchets r ON r.identity_id = g.identity_id AND r.group_id = g.group_id "
+            "WHERE g.identity_id = :identity_id AND g.group_id = :group_id "
+            "AND COALESCE(r.version, g.version) = :expected "
+            "ON CONFLICT (identity_id, group_id) DO UPDATE SET version = excluded.version, "
+            "applied_seq = excluded.applied_seq, sealed = excluded.sealed "
+            "WHERE group_ratchets.version = :expected",
+            {
+                "new": new_version,
+                "seq": applied_seq,
+                "sealed": sealed,
+                "identity_id": identity_id,
+                "group_id": group_id,
+                "expected": expected_version,
+            },
         )
-        if cur.rowcount == 0:  # ... or it has none and its full state is of the expected version
-            cur = self._c.execute(
-                "INSERT INTO group_ratchets (identity_id, group_id, version, applied_seq, sealed) "
-                "SELECT identity_id, group_id, :new, :seq, :sealed FROM groups "
-                "WHERE identity_id = :identity_id AND group_id = :group_id AND version = :expected "
-                "AND NOT EXISTS (SELECT 1 FROM group_ratchets r "
-                "WHERE r.identity_id = :identity_id AND r.group_id = :group_id)",
-                {
-                    "new": new_version,
-                    "seq": applied_seq,
-                    "sealed": sealed,
-                    "identity_id": identity_id,
-                    "group_id": group_id,
-                    "expected": expected_version,
-                },
-            )
-        _check_swapped(cur)
+        self._expect(cur, 1, _swap_lost())
         return new_version
 
     def delete_group(self, identity_id: str, group_id: bytes) -> bool:

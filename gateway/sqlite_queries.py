@@ -26,5 +26,16 @@ class SqliteQueries:
     def _all(self, sql: str, *args: Any) -> list[sqlite3.Row]:
         return list(self._c.execute(sql, args).fetchall())
 
+    @staticmethod
+    def _expect(cur: Any, rows: int, error: Exception) -> None:
+        """Raise ``error`` unless the write behind ``cur`` changed ``rows`` rows — a compare-and-swap that
+        lost. At once on SQLite; on PostgreSQL a write may wait for its transaction's next statement
+        (:class:`gateway.postgres_sql.QueuedWrite`), and the check runs once it has, before ``COMMIT``."""
+        expect = getattr(cur, "expect", None)
+        if expect is not None:
+            expect(rows, error)
+        elif cur.rowcount != rows:
+            raise error
+
 
 __all__ = ["SqliteQueries"]

@@ -15,11 +15,13 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from gateway.delivery_store import HostedWork, LogConflict, LogEntry, LogHead, LogPosition
 from gateway.postgres_durability import WRITE_LOCK, write_begin
 from gateway.postgres_store import PostgresStore
-from gateway.store import StoreUnavailable, Tenant
+from gateway.store import AuditRecord, GroupRecord, StoreFault, StoreUnavailable, Tenant
 
 from .test_store_concurrency import IN_GROUP, ORDERED, Held
+from .test_store_contract import identity
 
 pytestmark = pytest.mark.usefixtures("postgres_cluster")
 
@@ -187,3 +189,92 @@ def test_a_writes_one_begin_statement_sets_its_timeout_then_takes_the_global_loc
         writer.execute("ROLLBACK")
         other.execute("ROLLBACK")
     assert locks == [("ShareLock", False)]  # waiting for the global lock, no group lock held
+
+
+#: Writes that change nothing but are queued like any (gateway.postgres_sql.QueuedWrite): one of the
+#: group's tables, one ordered.
+IN_GROUP_WRITE = "UPDATE group_logs SET seq = seq WHERE false"
+ORDERED_WRITE = "UPDATE audit SET ok = ok WHERE false"
+
+
+def test_a_write_goes_with_the_next_read_or_with_the_commit(store: PostgresStore) -> None:
+    """A message's write transaction shape: writes, a read, writes — the writes cost no round trip of their
+    own (7 round trips here before they were queued)."""
+    with round_trips(store) as n, store.transaction(b"group-1") as tx:
+        tx._c.execute(IN_GROUP_WRITE)
+        tx._c.execute(IN_GROUP)  # BEGIN + settings + locks + the write + this
+        tx._c.execute(IN_GROUP_WRITE)
+        tx._c.executemany(IN_GROUP_WRITE.replace("false", "? = 0"), [(1,), (2,)])
+        tx._c.execute(ORDERED)  # the writes + the order lock + this
+        tx._c.execute(ORDERED_WRITE)
+    assert n[0] == 3  # ... and the last write + COMMIT + flush
+
+
+def test_a_write_whose_row_count_is_read_goes_at_once(store: PostgresStore) -> None:
+    """(Unread, it would go with the commit: one round trip in all, the test below.)"""
+    with round_trips(store) as n, store.transaction(b"group-1") as tx:
+        assert tx._c.execute(IN_GROUP_WRITE).rowcount == 0
+    assert n[0] == 2
+
+
+def test_a_transaction_of_queued_writes_alone_is_one_round_trip(store: PostgresStore) -> None:
+    with round_trips(store) as n, store.transaction(b"group-1") as tx:
+        tx._c.execute(IN_GROUP_WRITE)
+        tx._c.execute(ORDERED_WRITE)
+    assert n[0] == 1  # BEGIN + settings + locks + the writes + the order lock before the second + COMMIT
+
+
+def test_a_queued_write_that_fails_at_the_commit_writes_nothing(store: PostgresStore) -> None:
+    """Its error comes with the commit's round trip: a ``StoreFault`` (a duplicate key here), nothing of
+    the transaction is kept, and the connection serves the next one."""
+    with pytest.raises(StoreFault), store.transaction() as tx:
+        tx.add_tenant(Tenant("ten_2", "two"))
+        tx.add_tenant(Tenant("ten_1", "again"))  # a duplicate: the INSERT fails, queued with the COMMIT
+    with store.read_transaction() as tx:
+        assert tx.get_tenant("ten_2") is None
+    with store.transaction() as tx:
+        tx.add_tenant(Tenant("ten_2", "two"))
+    with store.read_transaction() as tx:
+        assert tx.get_tenant("ten_2") is not None
+
+
+def test_a_lost_compare_and_swap_before_a_failed_write_is_what_raises(store: PostgresStore) -> None:
+    """Two queued writes, the first a compare-and-swap that lost, the second failing: alone, the first
+    would have raised before the second ran — so its conflict is what the round trip raises."""
+    with store.transaction() as tx:
+        tx.put_log_head(LogHead("ten_1", b"group-1", 1, 1, 0, b"gi", b"tree"), None)
+        tx.append_log_entries("ten_1", b"group-1", [LogEntry(1, 1, "commit", None, b"one")])
+    with pytest.raises(LogConflict), store.transaction(b"group-1") as tx:
+        tx.put_log_head(LogHead("ten_1", b"group-1", 1, 2, 1, b"gi", b"tree"), 5)  # not the head's seq
+        tx.append_log_entries("ten_1", b"group-1", [LogEntry(1, 1, "commit", None, b"two")])  # seq 1 again
+        tx._c.execute(IN_GROUP)
+
+
+def test_a_messages_write_transaction_is_five_round_trips(store: PostgresStore) -> None:
+    """The send path's write transaction, statement for statement (``GroupSession`` writes the sender's
+    ratchet state, ``GroupLog.append_messages`` checks the head, the message's digest and the members,
+    appends and marks the hosted receiver, ``Persistence`` adds the audit record): 11 round trips when
+    each statement had its own (10 once the membership had a ratchet state), 5 now — and the order lock
+    is held for the last 2."""
+    g = b"group-1"
+    with store.transaction() as tx:
+        tx.add_identity(identity(1))
+        tx.add_identity(identity(2))
+        tx.put_group(GroupRecord("idn_1", g, 0, b"state", None), None)
+        tx.put_log_head(LogHead("ten_1", g, 1, 0, 0, b"gi", b"tree"), None)
+    with round_trips(store) as n, store.transaction(g) as tx:
+        tx.put_group_ratchet("idn_1", g, 0, b"ratchet", 1)
+        head = tx.get_log_position("ten_1", g)
+        assert head is not None
+        assert tx.log_seq_of("ten_1", g, b"d" * 32) is None
+        tx.get_delivered_members("ten_1", g)
+        tx.advance_log_seq(head, head.seq + 1)
+        tx.append_log_entries("ten_1", g, [LogEntry(head.seq + 1, 0, "application", "idn_1", b"m")])
+        tx.mark_hosted_pending([HostedWork("idn_2", "ten_1", g, head.seq + 1)])
+        tx.add_audit([AuditRecord("req", "ten_1", "idn_1", g, 0, b"ref", "sign", "hsm", True)])
+    assert n[0] == 5
+    with store.read_transaction() as tx:
+        assert tx.get_log_position("ten_1", g) == LogPosition("ten_1", g, 1, 0, 1)
+        assert tx.hosted_pending(10) == [HostedWork("idn_2", "ten_1", g, 1)]
+        head_record = tx.audit_head()
+        assert head_record is not None and head_record[0] == 1

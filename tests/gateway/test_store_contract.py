@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import psycopg
 import pytest
@@ -16,6 +17,7 @@ from gateway.audit_chain import verify
 from gateway.audit_trail import export_lines
 from gateway.config import load_config
 from gateway.delivery_store import HostedWork, LogConflict, LogEntry, LogHead, LogPosition, Member
+from gateway.persistence import PendingWrites, Persistence, RequestScope, Response, StaleState
 from gateway.postgres_sql import liveness_options
 from gateway.postgres_store import PostgresStore
 from gateway.sqlite_audit import RetentionRow
@@ -32,6 +34,7 @@ from gateway.store import (
     StoreFault,
     StoreUnavailable,
     Tenant,
+    Transaction,
 )
 from gateway.store_factory import open_store
 
@@ -130,12 +133,17 @@ def test_group_compare_and_swap_and_ratchet_rows(store: AnyStore) -> None:
     with store.transaction() as tx:
         assert tx.put_group_ratchet("idn_1", G, 3, b"r2", 1) == 2
         assert tx.put_group_ratchet("idn_1", G, 4, b"r3", 2) == 3
-        with pytest.raises(EpochConflict):
-            tx.put_group_ratchet("idn_1", G, 4, b"rX", 2)  # stale
+    # A lost compare-and-swap raises by the end of its transaction at the latest (on PostgreSQL the write
+    # may wait for the commit's round trip), and the transaction writes nothing.
+    with pytest.raises(EpochConflict), store.transaction() as tx:
+        tx.add_inbox_event("idn_1", G, 9, b"not kept")
+        tx.put_group_ratchet("idn_1", G, 5, b"rX", 2)  # stale
+        tx.clear_hosted_pending("idn_1", G, 9)
     with store.read_transaction() as tx:
         g = tx.get_group("idn_1", G)
         assert g is not None and (g.version, g.applied_seq, g.ratchet, g.state) == (3, 4, b"r3", b"s1")
         assert tx.get_group_version("idn_1", G) == 3 and tx.hosted_progress("ten_1", "idn_1", G)[1] == 4
+        assert tx.inbox_after("idn_1", 0, 10) == []
     with pytest.raises(EpochConflict), store.transaction() as tx:
         tx.put_group(group(b"s2", 1), 2)  # stale version
     with store.transaction() as tx:
@@ -471,3 +479,32 @@ def test_liveness_settings_leave_a_named_service_alone() -> None:
     assert liveness_options("service=prod dbname=x") == {}
     assert liveness_options("host=h dbname=x keepalives_idle=5")["tcp_user_timeout"] == "30000"
     assert "keepalives_idle" not in liveness_options("postgresql://h/db?keepalives_idle=5")
+
+
+def test_the_audit_records_of_a_write_that_lost_its_race_stay_to_be_written(store: AnyStore) -> None:
+    """``Persistence.commit``: a request's audit records leave its buffer only with a transaction that
+    committed. A lost compare-and-swap — on PostgreSQL raised at the commit's round trip, after the records
+    were handed to the transaction — leaves them for the retry, or for the failed request's own write:
+    no key use goes unaudited."""
+    seed(store)
+    with store.transaction() as tx:
+        tx.put_group(group(), None)
+    persistence = Persistence(store, cast("Any", None), cast("Any", None))  # no keys made, none sealed
+    scope = RequestScope([audit_record(1)])
+
+    def ratchet(expected: int) -> PendingWrites:
+        def write(tx: Transaction) -> None:
+            tx.put_group_ratchet("idn_1", G, 2, b"r", expected)
+
+        return PendingWrites([write])
+
+    with pytest.raises(StaleState):
+        persistence.commit(ratchet(7), Response(200, None), scope, group=G)
+    assert scope.records == [audit_record(1)]
+    with store.read_transaction() as tx:
+        assert tx.audit_head() is None
+    persistence.commit(ratchet(1), Response(200, None), scope, group=G)
+    assert scope.records == []
+    with store.read_transaction() as tx:
+        head = tx.audit_head()
+        assert head is not None and head[0] == 1
