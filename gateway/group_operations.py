@@ -94,7 +94,14 @@ class GroupOperations:
         (:meth:`HostedSubmission.prepare`): the reads of identity, membership, log head and entries share
         one read transaction (one snapshot, no write lock; nothing is written before the commit); PSKs are
         read if an operation names one."""
-        with self.submission.store.read_transaction():
+        with self.submission.store.read_transaction() as tx:
+            tenant_id = principal.tenant_id
+            if tenant_id is not None:  # the reads below, in one round trip on PostgreSQL
+                tx.prefetch(
+                    lambda: tx.get_identity(tenant_id, identity_id),
+                    lambda: tx.get_group_version(identity_id, group_id),
+                    lambda: tx.get_log_position(tenant_id, group_id),
+                )
             session = self._open(principal, identity_id, group_id)
             return session, self.submission.prepare(session, epoch)
 

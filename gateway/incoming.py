@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 from mls import MLSError, StagedCommit, inspect_message
 
@@ -23,7 +24,7 @@ from .errors import Problem, conflict, problem_from_exception, stale_epoch
 from .group_session import GroupSession, GroupSessions
 from .hosted_submission import HostedSubmission
 from .persistence import Json, RequestScope, Response
-from .store import Identity
+from .store import Identity, Transaction
 from .views import result_json
 
 
@@ -64,8 +65,9 @@ class IncomingMessages:
         recorded events are read in one read transaction (one snapshot, no write lock) — unless the member
         must first take entries from the log (:meth:`HostedDelivery.advance`, its own write), then in a
         second one after it; everything else is written by the commit below."""
-        with self.store.read_transaction():
+        with self.store.read_transaction() as tx:
             identity = load_identity()
+            self._prefetch(tx, identity, group_id, messages)
             positions = self._log_positions(identity, group_id, messages)
             behind = any(p is not None for p in positions) and not self.hosted.settled(identity, group_id)
             outcome = None if behind else self._outcome(identity, group_id, messages, positions, batch)
@@ -94,6 +96,17 @@ class IncomingMessages:
                 one = self._recorded if seq is not None else self._process_one
                 results.append(_answer(one, (session, message, seq, head), batch))
         return session, results
+
+    @staticmethod
+    def _prefetch(tx: Transaction, identity: Identity, group_id: bytes, messages: list[bytes]) -> None:
+        """The reads that follow, asked for together (one round trip on PostgreSQL)."""
+        tenant_id, identity_id = identity.tenant_id, identity.identity_id
+        tx.prefetch(
+            lambda: tx.get_log_position(tenant_id, group_id),
+            *[partial(tx.log_seq_of, tenant_id, group_id, message_digest(m)) for m in messages],
+            lambda: tx.hosted_progress(tenant_id, identity_id, group_id),
+            lambda: tx.get_group_version(identity_id, group_id),
+        )
 
     def _log_positions(self, identity: Identity, group_id: bytes, messages: list[bytes]) -> list[int | None]:
         """Each message's ``seq`` in the group's log (``None`` if it is not there)."""

@@ -30,6 +30,10 @@ happened first). The transaction is all-or-nothing either way: what changes is o
 an error surfaces — by the end of the block at the latest — so callers treat a transaction's conflicts as
 the transaction's, not a statement's (:func:`gateway.audit.taken`).
 
+A read transaction may ask for the reads it is about to make (:meth:`PgConnection.prefetching`, used by
+``Transaction.prefetch``): their ``SELECT`` s go with its next statement, one round trip for all, and are
+answered from memory when made.
+
 Inside a read transaction (one ``REPEATABLE READ`` snapshot) a ``SELECT`` that the same transaction already
 ran with the same values is answered from memory (:class:`SnapshotMemo`): the snapshot cannot answer it
 differently. The request paths read some rows more than once in one snapshot (a group's log head, three
@@ -76,7 +80,11 @@ def translate(sql: str) -> str:
 #: writes") may touch under its group's lock alone: a message sent or received writes the member's ratchet
 #: state and appends to the group's log, rows of that one group only. Every other table is *ordered*: a
 #: group-scoped transaction takes the order lock before its first statement on one (:func:`is_ordered`).
-GROUP_TABLES = frozenset({"group_ratchets", "group_logs", "group_members", "log_entries", "hosted_pending"})
+#: ``groups`` (memberships' full states) is only read there (a ratchet write's compare-and-swap on the full
+#: state's version): whatever writes it holds the write lock exclusive.
+GROUP_TABLES = frozenset(
+    {"group_ratchets", "group_logs", "group_members", "log_entries", "hosted_pending", "groups"}
+)
 
 #: A name after FROM, INTO, UPDATE or JOIN: a table (or a CTE or a set-returning function — counted as
 #: ordered, which only costs waiting); not the SET of an upsert's ``DO UPDATE SET``.
@@ -282,6 +290,21 @@ class SnapshotMemo:
         return MemoCursor(rows)
 
 
+class QueuedRead:
+    """A ``SELECT`` of a read snapshot asked for ahead (:meth:`PgConnection.prefetching`): sent with the
+    snapshot's next statement, its answer kept in the snapshot's memo for when it is run."""
+
+    def __init__(self, key: tuple[str, Any], sql: str, parameters: Sequence[Any] | dict[str, Any]) -> None:
+        self.key = key
+        self.sql = sql
+        self.parameters = parameters
+        self.cursor: psycopg.Cursor[PgRow] | None = None
+
+    def send(self, conn: psycopg.Connection[Any]) -> None:
+        self.cursor = conn.cursor(row_factory=_row_factory)
+        self.cursor.execute(self.sql, self.parameters)
+
+
 def _check_until_failed(writes: list[QueuedWrite]) -> None:
     """In a round trip that failed: the first row-count check failed by a queued write that ran, raised —
     it happened first (its caller would not have gone on to the failed statement had it run alone)."""
@@ -314,7 +337,10 @@ class PgConnection:
         answered from memory (:class:`SnapshotMemo`). ``queue_writes``: a write transaction's plain
         writes wait for its next statement that answers rows, or its ``COMMIT`` (:class:`QueuedWrite`)."""
         self._conn = conn
-        self._pending: list[str | QueuedWrite] = list(begin)
+        self._pending: list[str | QueuedWrite | QueuedRead] = list(begin)
+        #: The memo keys of the reads queued ahead and not sent yet (:meth:`prefetching`).
+        self._ahead: set[tuple[str, Any]] = set()
+        self._prefetch = False
         self._begin_count = len(begin)
         self._before_ordered = before_ordered
         self._select_only = select_only
@@ -369,6 +395,9 @@ class PgConnection:
         except psycopg.Error:
             _check_until_failed(writes)  # a compare-and-swap lost before the failure is what happened
             raise
+        finally:
+            self._ahead.clear()
+        self._keep_reads(pending)
         if opening and self._begin_count:
             row = cursors[self._begin_count - 1].fetchone()
             self.began_with = None if row is None else row[0]
@@ -376,6 +405,27 @@ class PgConnection:
             write.done = True
         for write in writes:
             write.check()
+
+    def _keep_reads(self, sent: list[str | QueuedWrite | QueuedRead]) -> None:
+        """The answers of the reads asked for ahead, into the snapshot's memo."""
+        if self._memo is None:
+            return
+        for item in sent:
+            if isinstance(item, QueuedRead) and item.cursor is not None:
+                self._memo.keep(item.key, item.cursor)
+
+    @contextlib.contextmanager
+    def prefetching(self) -> Iterator[bool]:
+        """Inside the block, in a read snapshot: a ``SELECT`` the memo may keep is not run but queued, and
+        answers no row; it goes with the snapshot's next statement (in its round trip), and its answer
+        is kept for when the same ``SELECT`` runs (:meth:`gateway.sqlite_store.SqliteTransaction.prefetch`:
+        the reads a request is known to make, asked for together). Yields whether it does (not outside a
+        read snapshot: there the block should not run)."""
+        self._prefetch = self._memo is not None
+        try:
+            yield self._prefetch
+        finally:
+            self._prefetch = False
 
     def send_pending(self) -> None:
         """Send what waits now, in one round trip."""
@@ -404,6 +454,13 @@ class PgConnection:
             return write
         memo, key = self._memo, None
         if memo is not None and (key := memo.key(sql, parameters)) is not None:
+            if self._prefetch:
+                if key not in self._ahead and memo.get(key) is None:
+                    self._ahead.add(key)
+                    self._pending.append(QueuedRead(key, translate(sql), parameters))
+                return MemoCursor([])
+            if key in self._ahead:
+                self.send_pending()
             known = memo.get(key)
             if known is not None:
                 return known
@@ -462,6 +519,7 @@ __all__ = [
     "PgConnection",
     "PgCursor",
     "PgRow",
+    "QueuedRead",
     "QueuedWrite",
     "SnapshotMemo",
     "is_ordered",

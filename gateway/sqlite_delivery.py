@@ -283,6 +283,8 @@ class SqliteDeliveryMixin(SqliteQueries):
             "LEFT JOIN group_logs l ON l.tenant_id = :tenant AND l.group_id = :grp",
             {"tenant": tenant_id, "identity": identity_id, "grp": group_id},
         ).fetchone()
+        if r is None:  # never from the database (one row, whatever is missing): a read asked for ahead
+            return None, None, None
         position = None if r[0] is None else LogPosition(r[0], r[1], r[2], r[3], r[4])
         return position, _int_or_none(r["applied"]), _int_or_none(r["mark"])
 

@@ -23,6 +23,7 @@ and read methods to :class:`Transaction`, so an append joins the transaction of 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
@@ -161,6 +162,11 @@ class Transaction(
     Protocol,
 ):
     """One atomic unit of reads and writes: all of it commits, or none of it."""
+
+    def prefetch(self, *reads: Callable[[], object]) -> None:
+        """A hint: these reads (getters of this transaction) follow — a store with round trips asks for
+        them together (:meth:`gateway.sqlite_store.SqliteTransaction.prefetch`)."""
+        ...
 
     # tenants and tokens
     def add_tenant(self, tenant: Tenant) -> None: ...

@@ -20,7 +20,7 @@ from gateway.postgres_durability import WRITE_LOCK, write_begin
 from gateway.postgres_store import PostgresStore
 from gateway.store import AuditRecord, GroupRecord, StoreFault, StoreUnavailable, Tenant
 
-from .test_store_concurrency import IN_GROUP, ORDERED, Held
+from .test_store_concurrency import IN_GROUP, ORDERED, Held, order_lock_held
 from .test_store_contract import identity
 
 pytestmark = pytest.mark.usefixtures("postgres_cluster")
@@ -266,15 +266,43 @@ def test_a_messages_write_transaction_is_five_round_trips(store: PostgresStore) 
         tx.put_group_ratchet("idn_1", g, 0, b"ratchet", 1)
         head = tx.get_log_position("ten_1", g)
         assert head is not None
+        assert not order_lock_held(tx)  # the ratchet write reads ``groups``: the order lock waits
         assert tx.log_seq_of("ten_1", g, b"d" * 32) is None
         tx.get_delivered_members("ten_1", g)
         tx.advance_log_seq(head, head.seq + 1)
         tx.append_log_entries("ten_1", g, [LogEntry(head.seq + 1, 0, "application", "idn_1", b"m")])
         tx.mark_hosted_pending([HostedWork("idn_2", "ten_1", g, head.seq + 1)])
         tx.add_audit([AuditRecord("req", "ten_1", "idn_1", g, 0, b"ref", "sign", "hsm", True)])
-    assert n[0] == 5
+        assert order_lock_held(tx)
+    assert n[0] == 7  # 5, and the two looks at the order lock
     with store.read_transaction() as tx:
         assert tx.get_log_position("ten_1", g) == LogPosition("ten_1", g, 1, 0, 1)
         assert tx.hosted_pending(10) == [HostedWork("idn_2", "ten_1", g, 1)]
         head_record = tx.audit_head()
         assert head_record is not None and head_record[0] == 1
+
+
+def test_reads_asked_for_ahead_go_in_one_round_trip(store: PostgresStore) -> None:
+    """``prefetch``: a read transaction's known reads go with its first statement, and the getters are
+    answered from the snapshot's memory (3 round trips for these reads and the commit without it)."""
+    with store.transaction() as tx:
+        tx.add_tenant(Tenant("ten_2", "two"))
+    with round_trips(store) as n, store.read_transaction() as tx:
+        tx.prefetch(
+            lambda: tx.get_tenant("ten_1"), lambda: tx.get_tenant("ten_2"), lambda: tx.get_tenant("ten_3")
+        )
+        one, two, three = tx.get_tenant("ten_1"), tx.get_tenant("ten_2"), tx.get_tenant("ten_3")
+    assert n[0] == 2  # BEGIN + snapshot position + the three; COMMIT + flush check
+    assert one is not None and one.name == "one" and two is not None and two.name == "two" and three is None
+
+
+def test_a_read_asked_for_ahead_is_only_a_hint(store: PostgresStore) -> None:
+    """Not made: it cost a statement, nothing else. Made but not asked for: it runs. In a write
+    transaction (no snapshot to keep answers in) the reads are not run ahead at all."""
+    with round_trips(store) as n, store.read_transaction() as tx:
+        tx.prefetch(lambda: tx.get_tenant("ten_9"))
+        assert tx.list_tenants()[0].tenant_id == "ten_1"
+    assert n[0] == 2
+    with round_trips(store) as n, store.transaction(b"group-1") as tx:
+        tx.prefetch(lambda: tx.get_tenant("ten_1"))
+    assert n[0] == 0  # nothing ran: the transaction did not even begin
