@@ -85,14 +85,3 @@ def take(records: list[AuditRecord]) -> list[AuditRecord]:
     out = list(records)
     records.clear()
     return out
-
-
-@contextmanager
-def taken(records: list[AuditRecord]) -> Iterator[list[AuditRecord]]:
-    """The records collected so far, for the transaction the block runs; they leave the buffer only when
-    the block completes — a transaction that rolled back (a lost compare-and-swap, which may only surface
-    at its ``COMMIT``: :class:`gateway.postgres_sql.QueuedWrite`) leaves them to be written by the retry
-    or with the failed request's records (never a key use unaudited)."""
-    out = list(records)
-    yield out
-    del records[: len(out)]

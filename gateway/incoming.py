@@ -41,6 +41,10 @@ class RecordedProblem:
         return cls(str(document["code"]), str(document["detail"]), document.get("rule"))
 
 
+#: Messages of a batch whose places in the log are asked for ahead (the snapshot's memory keeps 64 answers).
+PREFETCHED = 16
+
+
 class IncomingMessages:
     """Processes messages for a hosted member (see the module docstring)."""
 
@@ -103,7 +107,7 @@ class IncomingMessages:
         tenant_id, identity_id = identity.tenant_id, identity.identity_id
         tx.prefetch(
             lambda: tx.get_log_position(tenant_id, group_id),
-            *[partial(tx.log_seq_of, tenant_id, group_id, message_digest(m)) for m in messages],
+            *[partial(tx.log_seq_of, tenant_id, group_id, message_digest(m)) for m in messages[:PREFETCHED]],
             lambda: tx.hosted_progress(tenant_id, identity_id, group_id),
             lambda: tx.get_group_version(identity_id, group_id),
         )

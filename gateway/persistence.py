@@ -152,30 +152,40 @@ class Persistence:
         idem = scope.idempotency
         if not (pending.writes or pending.new_keys or pending.dead_keys or scope.records or idem):
             return response  # nothing to write (a message answered from the log): no write transaction
+        records: list[AuditRecord] = []
         try:
             sealed = None if idem is None else self._seal(idem, response)  # before taking the write lock
-            with audit.taken(scope.records) as records, self.store.transaction(group) as tx:
+            records = audit.take(scope.records)
+            with self.store.transaction(group) as tx:
                 for write in pending.writes:
                     write(tx)
                 tx.add_audit(records)
                 if idem is not None and sealed is not None:
                     self._remember_response(tx, idem, response.status, sealed)
         except LogConflict:
-            self.destroy_keys(pending.new_keys)
+            self._not_committed(pending, scope, records)
             raise
         except _Replayed:
-            self.destroy_keys(pending.new_keys)
+            self._not_committed(pending, scope, records)
             replayed = self.replay(idem)
             assert replayed is not None
             return replayed
         except EpochConflict as e:
-            self.destroy_keys(pending.new_keys)
+            self._not_committed(pending, scope, records)
             raise StaleState(str(e)) from None
         except BaseException:
             self.destroy_keys(pending.new_keys)
             raise
         self.destroy_keys(pending.dead_keys)
         return response
+
+    def _not_committed(self, pending: PendingWrites, scope: RequestScope, records: list[AuditRecord]) -> None:
+        """A lost race (or a replay): the transaction wrote nothing — on PostgreSQL a lost compare-and-swap
+        may surface only at its ``COMMIT`` (:class:`gateway.postgres_sql.QueuedWrite`), after the audit
+        records went to it. They go back to the buffer, for the retry's transaction or the failed request's
+        own write (never a key use unaudited); its new keys are destroyed."""
+        scope.records[:0] = records
+        self.destroy_keys(pending.new_keys)
 
     def _seal(self, idem: Idempotency, response: Response) -> bytes:
         return self.envelope.seal(_json_bytes(response.body), _response_aad(idem))

@@ -28,7 +28,7 @@ before ``COMMIT`` (:meth:`PgConnection.settle`); the one whose row count is read
 A statement that fails after a queued compare-and-swap that lost raises the lost race (what would have
 happened first). The transaction is all-or-nothing either way: what changes is only *where* in the block
 an error surfaces — by the end of the block at the latest — so callers treat a transaction's conflicts as
-the transaction's, not a statement's (:func:`gateway.audit.taken`).
+the transaction's, not a statement's (``Persistence._not_committed`` in :mod:`gateway.persistence`).
 
 A read transaction may ask for the reads it is about to make (:meth:`PgConnection.prefetching`, used by
 ``Transaction.prefetch``): their ``SELECT`` s go with its next statement, one round trip for all, and are
@@ -50,6 +50,8 @@ from typing import Any
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
+
+from .postgres_rows import SELECT_ONLY, MemoCursor, PgCursor, PgRow, SnapshotMemo, row_factory
 
 #: Text copied as it is but for ``%`` doubled — a string literal, a quoted identifier, a comment — or a
 #: placeholder, or a ``%`` outside them.
@@ -97,60 +99,6 @@ def is_ordered(sql: str) -> bool:
     return any(name.lower() not in GROUP_TABLES for name in _TABLE.findall(sql))
 
 
-#: One statement that only reads (a defect detector for lookups, not a parser: no second statement, no
-#: row locks, no ``SELECT … INTO``, no sequence or advisory-lock functions).
-_SELECT = re.compile(
-    r"\s*SELECT\b(?![^;]*(;|\bFOR\s+(UPDATE|SHARE|NO\s+KEY|KEY)\b|\bINTO\b|nextval|pg_advisory))",
-    re.IGNORECASE,
-)
-
-
-class PgRow(tuple[Any, ...]):
-    """A row readable by index and by column name (like :class:`sqlite3.Row`)."""
-
-    _index: dict[str, int] = {}
-
-    def __getitem__(self, key: Any) -> Any:
-        if isinstance(key, str):
-            return tuple.__getitem__(self, self._index[key])
-        return tuple.__getitem__(self, key)
-
-    def keys(self) -> list[str]:
-        return list(self._index)
-
-
-@functools.lru_cache(maxsize=512)
-def _row_class(names: tuple[bytes | None, ...]) -> type[PgRow]:
-    index = {(n or b"").decode(): i for i, n in enumerate(names)}
-    return type("PgRow", (PgRow,), {"_index": index})
-
-
-def _row_factory(cursor: psycopg.Cursor[Any]) -> Callable[[Sequence[Any]], PgRow]:
-    """The row class of the cursor's current result, by its column names as libpq gives them (not
-    ``cursor.description``, which builds a ``Column`` object per column and result: measured, a tenth of
-    the gateway's CPU per message on PostgreSQL)."""
-    result = cursor.pgresult
-    names = () if result is None else tuple(result.fname(i) for i in range(result.nfields))
-    return _row_class(names)
-
-
-class PgCursor:
-    """What the mixins read of a cursor: ``fetchone``, ``fetchall``, iteration and ``rowcount``."""
-
-    def __init__(self, cursor: psycopg.Cursor[PgRow]) -> None:
-        self._cursor = cursor
-        self.rowcount = cursor.rowcount
-
-    def fetchone(self) -> PgRow | None:
-        return self._cursor.fetchone()
-
-    def fetchall(self) -> list[PgRow]:
-        return self._cursor.fetchall()
-
-    def __iter__(self) -> Iterator[PgRow]:
-        return iter(self._cursor)
-
-
 #: A statement that writes and answers nothing but its row count: ``INSERT``, ``UPDATE`` or ``DELETE``
 #: (a CTE first is not one: it may read), without ``RETURNING``.
 _PLAIN_WRITE = re.compile(r"\s*(INSERT|UPDATE|DELETE)\b(?![^;]*\bRETURNING\b)", re.IGNORECASE)
@@ -180,7 +128,7 @@ class QueuedWrite:
     def send(self, conn: psycopg.Connection[Any]) -> None:
         """Queue it on ``conn``'s pipeline (one statement per row of values)."""
         for values in self.rows:
-            cur: psycopg.Cursor[PgRow] = conn.cursor(row_factory=_row_factory)
+            cur: psycopg.Cursor[PgRow] = conn.cursor(row_factory=row_factory)
             cur.execute(self.sql, values)
             self.cursors.append(cur)
 
@@ -216,80 +164,6 @@ class QueuedWrite:
         return iter(())
 
 
-#: Functions whose answer changes within one snapshot: a statement naming one is never answered from memory.
-_VOLATILE = re.compile(r"clock_timestamp|statement_timestamp|timeofday|random|nextval|currval|pg_|txid", re.I)
-
-
-@functools.lru_cache(maxsize=1024)
-def memoable(sql: str) -> bool:
-    """Whether a snapshot may answer ``sql`` again from memory: one plain ``SELECT``, nothing volatile."""
-    return bool(_SELECT.match(sql)) and not _VOLATILE.search(sql)
-
-
-class MemoCursor:
-    """A cursor over rows held in memory (a repeated ``SELECT`` of one snapshot)."""
-
-    def __init__(self, rows: list[PgRow]) -> None:
-        self._rows = iter(rows)
-        self.rowcount = len(rows)
-
-    def fetchone(self) -> PgRow | None:
-        return next(self._rows, None)
-
-    def fetchall(self) -> list[PgRow]:
-        return list(self._rows)
-
-    def __iter__(self) -> Iterator[PgRow]:
-        return self._rows
-
-
-def _size(rows: list[PgRow]) -> int:
-    """Roughly the bytes ``rows`` hold (their byte and text values)."""
-    return sum(len(v) for row in rows for v in row if isinstance(v, bytes | str))
-
-
-class SnapshotMemo:
-    """The answers of the small ``SELECT`` s one read transaction ran (see the module docstring): at most
-    :attr:`ROWS` rows each, :attr:`ENTRIES` statements and :attr:`BYTES` of values in all; a statement with
-    a volatile function is not kept. Values are told apart by type too (``True == 1`` in Python)."""
-
-    ROWS = 16
-    ENTRIES = 64
-    BYTES = 256 * 1024
-
-    def __init__(self) -> None:
-        self._answers: dict[tuple[str, Any], list[PgRow]] = {}
-        self._bytes = 0
-
-    @staticmethod
-    def key(sql: str, parameters: Sequence[Any] | dict[str, Any]) -> tuple[str, Any] | None:
-        """What identifies a statement and its values, or None if it must not be kept."""
-        if not memoable(sql):
-            return None
-        items = sorted(parameters.items()) if isinstance(parameters, dict) else enumerate(parameters)
-        values = tuple((name, type(v), v) for name, v in items)
-        try:
-            hash(values)
-        except TypeError:  # a list value (``= ANY(?)``): not kept
-            return None
-        return sql, values
-
-    def get(self, key: tuple[str, Any]) -> MemoCursor | None:
-        rows = self._answers.get(key)
-        return None if rows is None else MemoCursor(rows)
-
-    def keep(self, key: tuple[str, Any], cursor: psycopg.Cursor[PgRow]) -> PgCursor | MemoCursor:
-        """``cursor``'s answer, kept when it is small enough and there is room."""
-        if cursor.rowcount > self.ROWS or len(self._answers) >= self.ENTRIES:
-            return PgCursor(cursor)
-        rows = cursor.fetchall()
-        size = _size(rows)
-        if self._bytes + size <= self.BYTES:
-            self._answers[key] = rows
-            self._bytes += size
-        return MemoCursor(rows)
-
-
 class QueuedRead:
     """A ``SELECT`` of a read snapshot asked for ahead (:meth:`PgConnection.prefetching`): sent with the
     snapshot's next statement, its answer kept in the snapshot's memo for when it is run."""
@@ -301,7 +175,7 @@ class QueuedRead:
         self.cursor: psycopg.Cursor[PgRow] | None = None
 
     def send(self, conn: psycopg.Connection[Any]) -> None:
-        self.cursor = conn.cursor(row_factory=_row_factory)
+        self.cursor = conn.cursor(row_factory=row_factory)
         self.cursor.execute(self.sql, self.parameters)
 
 
@@ -360,7 +234,7 @@ class PgConnection:
         return self.begun or any(isinstance(item, QueuedWrite) for item in self._pending)
 
     def _check_order(self, sql: str) -> None:
-        if self._select_only and not _SELECT.match(sql):
+        if self._select_only and not SELECT_ONLY.match(sql):
             raise psycopg.ProgrammingError("only a SELECT may run here")
         if self._before_ordered is not None and is_ordered(sql):
             self._pending.append(self._before_ordered)
@@ -392,7 +266,9 @@ class PgConnection:
                     else:
                         item.send(self._conn)
                 run()
-        except psycopg.Error:
+        except psycopg.Error as e:
+            if isinstance(e, psycopg.errors.FeatureNotSupported):  # a stale plan, whatever raises below
+                self.stale_plan = True
             _check_until_failed(writes)  # a compare-and-swap lost before the failure is what happened
             raise
         finally:
@@ -464,13 +340,13 @@ class PgConnection:
             known = memo.get(key)
             if known is not None:
                 return known
-        cur: psycopg.Cursor[PgRow] = self._conn.cursor(row_factory=_row_factory)
+        cur: psycopg.Cursor[PgRow] = self._conn.cursor(row_factory=row_factory)
         with self._watching_plans():
             self._run(lambda: cur.execute(translate(sql), parameters))
         return PgCursor(cur) if memo is None or key is None else memo.keep(key, cur)
 
     def executemany(self, sql: str, seq: Iterable[Sequence[Any] | dict[str, Any]]) -> PgCursor | QueuedWrite:
-        cur: psycopg.Cursor[PgRow] = self._conn.cursor(row_factory=_row_factory)
+        cur: psycopg.Cursor[PgRow] = self._conn.cursor(row_factory=row_factory)
         rows = list(seq)
         if rows:  # nothing to run: nothing to order either
             self._check_order(sql)
@@ -515,16 +391,11 @@ def liveness_options(url: str) -> dict[str, Any]:
 __all__ = [
     "GROUP_TABLES",
     "LIVENESS",
-    "MemoCursor",
     "PgConnection",
-    "PgCursor",
-    "PgRow",
     "QueuedRead",
     "QueuedWrite",
-    "SnapshotMemo",
     "is_ordered",
     "is_plain_write",
     "liveness_options",
-    "memoable",
     "translate",
 ]

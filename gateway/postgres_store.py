@@ -210,6 +210,9 @@ class PostgresStore:
         except psycopg.Error as e:
             _rollback(conn, forget_plans=adapter.stale_plan)
             raise _statement_error("commit failed", e, write=write) from None
+        except BaseException:
+            _rollback(conn, forget_plans=adapter.stale_plan)
+            raise
 
     @staticmethod
     def _flush(conn: psycopg.Connection[Any]) -> None:

@@ -9,7 +9,9 @@ exception as an answer (a failed statement aborts a PostgreSQL transaction: deci
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
+from collections.abc import Callable
 from typing import Any
 
 
@@ -25,6 +27,24 @@ class SqliteQueries:
 
     def _all(self, sql: str, *args: Any) -> list[sqlite3.Row]:
         return list(self._c.execute(sql, args).fetchall())
+
+    def prefetch(self, *reads: Callable[[], object]) -> None:
+        """Ask for these reads (getters that run one ``SELECT`` each) together, ahead of their use: on
+        PostgreSQL, in a read transaction, their statements go in one round trip with the snapshot's next
+        one and the getters, called again, are answered from memory
+        (:meth:`gateway.postgres_sql.PgConnection.prefetching`); elsewhere (SQLite has no round trips, a
+        write transaction keeps no answers) nothing runs.
+        Only a hint: a read asked for and not made costs a statement, one made and not asked for costs
+        its round trip. Plain getters belong here (one ``SELECT``, ``None`` for no row): asked ahead,
+        each sees no row."""
+        prefetching = getattr(self._c, "prefetching", None)
+        if prefetching is None:
+            return
+        with prefetching() as queued:
+            for read in reads if queued else ():
+                # Asked ahead, a getter sees no row; one that cannot take that only loses its hint.
+                with contextlib.suppress(Exception):
+                    read()
 
     @staticmethod
     def _expect(cur: Any, rows: int, error: Exception) -> None:

@@ -187,21 +187,6 @@ class SqliteTransaction(
             (i.tenant_id, i.signature_public_key, i.identity_id),
         )
 
-    def prefetch(self, *reads: Callable[[], object]) -> None:
-        """Ask for these reads (getters that run one ``SELECT`` each) together, ahead of their use: on
-        PostgreSQL, in a read transaction, their statements go in one round trip with the snapshot's next
-        one and the getters, called again, are answered from memory
-        (:meth:`gateway.postgres_sql.PgConnection.prefetching`); elsewhere (SQLite has no round trips, a
-        write transaction keeps no answers) nothing runs.
-        Only a hint: a read asked for and not made costs a statement, one made and not asked for costs
-        its round trip."""
-        prefetching = getattr(self._c, "prefetching", None)
-        if prefetching is None:
-            return
-        with prefetching() as queued:
-            for read in reads if queued else ():
-                read()
-
     def get_identity(self, tenant_id: str, identity_id: str) -> Identity | None:
         r = self._one(
             "SELECT * FROM identities WHERE identity_id = ? AND tenant_id = ?", identity_id, tenant_id

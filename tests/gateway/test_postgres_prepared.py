@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from gateway.postgres_sql import MemoCursor
+from gateway.postgres_rows import MemoCursor
 from gateway.postgres_store import PostgresStore
 from gateway.store import StoreUnavailable, Tenant
 

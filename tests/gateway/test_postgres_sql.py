@@ -12,7 +12,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from gateway.postgres_sql import MemoCursor, PgConnection, SnapshotMemo, translate
+from gateway.postgres_rows import MemoCursor, SnapshotMemo
+from gateway.postgres_sql import PgConnection, translate
 
 #: (SQL with SQLite's placeholders, parameters): each answers one row.
 STATEMENTS: list[tuple[str, Any]] = [
