@@ -14,6 +14,9 @@ test_store_concurrency.py``):
   :data:`OUTAGE_WAIT_S` for one (a connection that comes in that time is still used), and the full wait
   again once an attempt succeeded. A pool that is merely busy keeps the full wait even when it cannot
   grow (the server at ``max_connections`` refuses the new connection, but the lent ones come back).
+  The requests already waiting when an attempt fails, with none lent, are answered then
+  (:meth:`StorePool._fail_waiting`): measured before, the first requests after the server went away
+  still waited the whole 5 s.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 from psycopg_pool.base import AttemptWithBackoff
 
 #: The longest pause between two attempts to reconnect while the server is unreachable (seconds).
@@ -72,9 +75,21 @@ class StorePool(ConnectionPool):
             conn = super()._connect(timeout)
         except BaseException:
             self.failing = True
+            self._fail_waiting()
             raise
         self.failing = False
         return conn
+
+    def _fail_waiting(self) -> None:
+        """An attempt to connect failed and no connection is lent out (none can come back): the requests
+        already waiting for one get their answer now (a 503) instead of at the end of the pool's wait."""
+        if self._lent:
+            return
+        with self._lock:
+            waiting = list(self._waiting)
+            self._waiting.clear()
+        for client in waiting:
+            client.fail(PoolTimeout("no connection: the database is unreachable"))
 
     def _add_connection(self, attempt: AttemptWithBackoff | None, growing: bool = False) -> None:
         super()._add_connection(attempt or _CappedBackoff(timeout=self.reconnect_timeout), growing)

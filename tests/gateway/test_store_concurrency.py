@@ -234,8 +234,7 @@ def test_with_the_server_down_a_request_fails_fast_once_a_connection_attempt_fai
     postgres_cluster: PostgresCluster, postgres_dsn: str
 ) -> None:
     """The pool's own wait (here 10 s) is for a busy pool; once an attempt to connect failed, a request
-    waits at most ``OUTAGE_WAIT_S`` for its 503, and the full wait again once the server is back. (The
-    requests already waiting when the server went away still wait the full time.)"""
+    waits at most ``OUTAGE_WAIT_S`` for its 503, and the full wait again once the server is back."""
     store = PostgresStore(postgres_dsn, connect_timeout_s=10.0)
     try:
         seed(store)
@@ -263,6 +262,29 @@ def test_with_the_server_down_a_request_fails_fast_once_a_connection_attempt_fai
                 assert time.monotonic() < deadline
                 time.sleep(0.1)
         assert not store._pool.failing and store._pool.wait_s() is None
+    finally:
+        store.close()
+
+
+def test_the_first_request_after_the_server_went_away_fails_fast(
+    postgres_cluster: PostgresCluster, postgres_dsn: str
+) -> None:
+    """A request that starts waiting for a connection before any attempt failed (the pooled connection it
+    was lent is dead, a new one is being opened) is answered when that attempt fails, not at the end of
+    the pool's wait (here 10 s)."""
+    store = PostgresStore(postgres_dsn, connect_timeout_s=10.0)
+    try:
+        seed(store)
+        assert not store._pool.failing
+        postgres_cluster.kill()
+        try:
+            for _ in range(3):
+                started = time.monotonic()
+                with pytest.raises(StoreUnavailable):
+                    store.ping()
+                assert time.monotonic() - started < 5.0  # not the pool's 10 s
+        finally:
+            postgres_cluster.start()
     finally:
         store.close()
 
