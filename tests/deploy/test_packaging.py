@@ -248,6 +248,8 @@ def test_systemd_unit_is_sandboxed_and_takes_the_pin_as_a_credential() -> None:
     }
     for key, value in expected.items():
         assert o.get(key) == [value], f"{key}={o.get(key)}, expected {value!r}"
+    # Stopping: SIGTERM to the supervisor alone (it stops its workers in order), SIGKILL to all at timeout.
+    assert o.get("KillMode") == ["mixed"] and o.get("KillSignal") == ["SIGTERM"]
     assert "@system-service" in o["SystemCallFilter"]
     # The PIN: a credential, read through gateway.config's pin_file; never in the environment.
     assert o["LoadCredential"] == ["hsm-pin:/etc/mls-gateway/hsm-pin"]
