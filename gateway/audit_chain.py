@@ -71,12 +71,43 @@ def _plain(value: Any) -> Any:
     return value.hex() if isinstance(value, (bytes, bytearray, memoryview)) else value
 
 
-def record_hash(fields: Mapping[str, Any]) -> bytes:
-    """SHA-256 of the record's canonical encoding (``fields`` as stored: bytes as bytes or hex)."""
+def _hashed(fields: Mapping[str, Any]) -> dict[str, Any]:
     doc = {name: _plain(fields.get(name)) for name in HASHED_FIELDS}
     doc["ok"] = bool(doc["ok"])
-    canonical = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    return hashlib.sha256(_RECORD_DOMAIN + canonical.encode()).digest()
+    return doc
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def record_hash(fields: Mapping[str, Any]) -> bytes:
+    """SHA-256 of the record's canonical encoding (``fields`` as stored: bytes as bytes or hex)."""
+    return hashlib.sha256(_RECORD_DOMAIN + _json(_hashed(fields)).encode()).digest()
+
+
+def hash_template(fields: Mapping[str, Any]) -> tuple[bytes, bytes, bytes]:
+    """The bytes :func:`record_hash` hashes, cut around the two values only the chain's head decides:
+    ``(a, b, c)`` such that ``record_hash`` of ``fields`` with ``prev_hash`` and ``seq`` set is SHA-256 of
+    ``a + prev_hash.hex() + b + str(seq) + c`` — for a database that links a record to the head it
+    reads itself, in the statement that inserts it (:mod:`gateway.postgres_audit`). The canonical
+    encoding is one JSON object with sorted keys, so the cut is the same text :func:`record_hash`
+    builds (tested against it)."""
+    doc = _hashed(fields)
+    parts: list[str] = []
+    text = _RECORD_DOMAIN.decode() + "{"
+    for i, name in enumerate(sorted(doc)):
+        text += ("," if i else "") + _json(name) + ":"
+        if name == "prev_hash":
+            parts.append(text + '"')
+            text = '"'
+        elif name == "seq":
+            parts.append(text)
+            text = ""
+        else:
+            text += _json(doc[name])
+    a, b = parts
+    return a.encode(), b.encode(), (text + "}").encode()
 
 
 def checkpoint_message(seq: int, head: bytes, at_ms: int) -> bytes:
@@ -320,6 +351,7 @@ __all__ = [
     "Checkpoint",
     "Verified",
     "checkpoint_message",
+    "hash_template",
     "load_public_key",
     "purge_digest",
     "record_hash",

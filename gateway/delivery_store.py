@@ -228,6 +228,11 @@ class LogTransaction(EndpointRegistry, Protocol):
         """Append an event; returns its cursor."""
         ...
 
+    def put_inbox_event(self, identity_id: str, group_id: bytes, seq: int, sealed_event: bytes) -> None:
+        """:meth:`add_inbox_event` without asking for the cursor: on PostgreSQL a write that waits for the
+        transaction's ``COMMIT`` (no round trip of its own while the order lock is held)."""
+        ...
+
     def inbox_event_at(self, identity_id: str, group_id: bytes, seq: int) -> InboxRecord | None:
         """The (unacknowledged) event the log entry ``seq`` produced for this identity, if still there."""
         ...

@@ -137,7 +137,7 @@ class HostedDelivery:
         sealed = seal_event(self.sessions.sealer.envelope, identity_id, group_id, seq, event)
 
         def write(tx: Transaction) -> None:
-            tx.add_inbox_event(identity_id, group_id, seq, sealed)
+            tx.put_inbox_event(identity_id, group_id, seq, sealed)
 
         session.pending.writes.append(write)
 
@@ -301,7 +301,7 @@ class HostedDelivery:
             # once per Welcome: entries appended after it mark the identity again until it joins
             added = tx.inbox_event_at(identity_id, group_id, seq) is None
             if added:
-                tx.add_inbox_event(identity_id, group_id, seq, sealed)
+                tx.put_inbox_event(identity_id, group_id, seq, sealed)
             tx.clear_hosted_pending(identity_id, group_id, head.seq)
         if added:
             self.notify([identity_id])

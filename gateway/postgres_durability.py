@@ -12,7 +12,11 @@ transaction (``transaction(group=…)``) takes :data:`WRITE_LOCK` *shared* and i
 (the ratchet state, the log's head and entries, ``hosted_pending``) are then its group's alone; before its
 first statement on any other table (the audit chain, inboxes, mailboxes, stored responses — what is
 ordered across groups: the audit chain's head, cursors handed out in commit order) it takes
-:data:`ORDER_LOCK` and holds it to ``COMMIT``. So:
+:data:`ORDER_LOCK` and holds it to ``COMMIT``. What it writes there answers nothing (the audit records
+are linked to the chain by the database, :mod:`gateway.postgres_audit`), so unless it also reads an
+ordered table (an idempotency check) the lock, those writes and ``COMMIT`` go in one round trip
+(:meth:`gateway.postgres_sql.PgConnection.settle`): the lock is held for the server's time, not while a
+process answers. So:
 
 * every other write transaction still excludes all writers (``WRITE_LOCK`` exclusive conflicts with the
   shared holders), and sees the serialised world the shared SQL was written for;

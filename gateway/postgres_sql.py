@@ -46,12 +46,16 @@ import contextlib
 import functools
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
+from .postgres_audit import LINKED_INSERT, linked_rows
 from .postgres_rows import SELECT_ONLY, MemoCursor, PgCursor, PgRow, SnapshotMemo, row_factory
+
+if TYPE_CHECKING:
+    from .store import AuditRecord
 
 #: Text copied as it is but for ``%`` doubled — a string literal, a quoted identifier, a comment — or a
 #: placeholder, or a ``%`` outside them.
@@ -217,6 +221,7 @@ class PgConnection:
         self._prefetch = False
         self._begin_count = len(begin)
         self._before_ordered = before_ordered
+        self._order_lock = before_ordered
         self._select_only = select_only
         self._queue_writes = queue_writes
         self._memo = SnapshotMemo() if snapshot else None
@@ -310,15 +315,32 @@ class PgConnection:
 
     def settle(self) -> None:
         """Before ``COMMIT``: send what waits if a queued write has a row count to check, so that a
-        mismatch raises while the transaction can still roll back."""
-        if any(isinstance(item, QueuedWrite) and item.expected for item in self._pending):
+        mismatch raises while the transaction can still roll back. When every such write comes before the
+        order lock, only what precedes the lock goes now: the lock and what follows it wait for
+        ``COMMIT``'s round trip, so the one lock every group's writers share is never held while this
+        process answers a round trip (:mod:`gateway.postgres_durability`)."""
+        pending = self._pending
+        checked = [i for i, item in enumerate(pending) if isinstance(item, QueuedWrite) and item.expected]
+        if not checked:
+            return
+        lock = next((i for i, item in enumerate(pending) if item is self._order_lock), None)
+        if lock is None or checked[-1] > lock:
             self.send_pending()
+            return
+        self._pending = pending[:lock]
+        self.send_pending()
+        self._pending = pending[lock:]
 
     def finish(self, statements: Sequence[str]) -> None:
         """End the transaction: what waits, then ``statements`` (its ``COMMIT`` …), in one round trip.
         (:meth:`settle` first: a queued write sent here has no row count to check.)"""
         self._pending.extend(statements)
         self.send_pending()
+
+    def link_audit(self, records: list[AuditRecord]) -> None:
+        """Append audit records linked to the chain's head by the database (:mod:`gateway.postgres_audit`):
+        plain writes, so in a write transaction they go with its ``COMMIT``."""
+        self.executemany(LINKED_INSERT, linked_rows(records))
 
     def execute(
         self, sql: str, parameters: Sequence[Any] | dict[str, Any] = ()

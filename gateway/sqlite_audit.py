@@ -34,6 +34,24 @@ class RetentionRow:
     legal_hold: bool = False
 
 
+def record_fields(a: AuditRecord, at: float) -> dict[str, Any]:
+    """A record's columns but its place in the chain (``seq``, ``prev_hash``, ``hash``)."""
+    return {
+        "at": at,
+        "request_id": a.request_id,
+        "tenant_id": a.tenant_id,
+        "identity_id": a.identity_id,
+        "token_id": a.token_id,
+        "group_id": a.group_id,
+        "epoch": a.epoch,
+        "key_ref": a.key_ref,
+        "operation": a.operation,
+        "custody": a.custody,
+        "ok": int(a.ok),
+        "detail": a.detail,
+    }
+
+
 def append_chained(conn: sqlite3.Connection, records: list[AuditRecord]) -> list[int]:
     """Insert ``records`` at the chain's end (in the caller's write transaction); returns their seqs."""
     if not records:
@@ -45,27 +63,23 @@ def append_chained(conn: sqlite3.Connection, records: list[AuditRecord]) -> list
     seqs = []
     for a in records:
         seq += 1
-        row: dict[str, Any] = {
-            "seq": seq,
-            "at": now,
-            "request_id": a.request_id,
-            "tenant_id": a.tenant_id,
-            "identity_id": a.identity_id,
-            "token_id": a.token_id,
-            "group_id": a.group_id,
-            "epoch": a.epoch,
-            "key_ref": a.key_ref,
-            "operation": a.operation,
-            "custody": a.custody,
-            "ok": int(a.ok),
-            "detail": a.detail,
-            "prev_hash": prev,
-        }
+        row: dict[str, Any] = {"seq": seq, **record_fields(a, now), "prev_hash": prev}
         row["hash"] = prev = record_hash(row)
         columns, marks = ", ".join(row), ", ".join("?" * len(row))
         conn.execute(f"INSERT INTO audit ({columns}) VALUES ({marks})", tuple(row.values()))
         seqs.append(seq)
     return seqs
+
+
+def add_chained(conn: sqlite3.Connection, records: list[AuditRecord]) -> None:
+    """Append ``records`` to the chain, their seqs not needed: where the database links them to the head
+    itself — PostgreSQL, ``link_audit`` of :class:`gateway.postgres_sql.PgConnection`, whose writes then
+    wait for ``COMMIT`` — in no round trip of their own; else :func:`append_chained`."""
+    link = getattr(conn, "link_audit", None)
+    if link is None:
+        append_chained(conn, records)
+    elif records:
+        link(records)
 
 
 class AuditTransaction(Protocol):
@@ -242,4 +256,11 @@ def _checkpoint(r: sqlite3.Row) -> Checkpoint:
     return Checkpoint(int(r["seq"]), bytes(r["head"]), int(r["at_ms"]), bytes(r["signature"]))
 
 
-__all__ = ["AuditTransaction", "RetentionRow", "SqliteAuditMixin", "append_chained"]
+__all__ = [
+    "AuditTransaction",
+    "RetentionRow",
+    "SqliteAuditMixin",
+    "add_chained",
+    "append_chained",
+    "record_fields",
+]

@@ -47,6 +47,9 @@ def _entry(r: sqlite3.Row) -> LogEntry:
     )
 
 
+_INBOX_INSERT = "INSERT INTO inbox (identity_id, group_id, seq, event, created_at) VALUES (?, ?, ?, ?, ?)"
+
+
 class SqliteDeliveryMixin(SqliteQueries):
     """The log and mailbox/inbox methods of :class:`gateway.sqlite_store.SqliteTransaction`."""
 
@@ -214,16 +217,13 @@ class SqliteDeliveryMixin(SqliteQueries):
 
     def add_inbox_event(self, identity_id: str, group_id: bytes, seq: int, sealed_event: bytes) -> int:
         r = self._one(
-            "INSERT INTO inbox (identity_id, group_id, seq, event, created_at) VALUES (?, ?, ?, ?, ?) "
-            "RETURNING cursor",
-            identity_id,
-            group_id,
-            seq,
-            sealed_event,
-            time.time(),
+            f"{_INBOX_INSERT} RETURNING cursor", identity_id, group_id, seq, sealed_event, time.time()
         )
         assert r is not None
         return int(r[0])
+
+    def put_inbox_event(self, identity_id: str, group_id: bytes, seq: int, sealed_event: bytes) -> None:
+        self._c.execute(_INBOX_INSERT, (identity_id, group_id, seq, sealed_event, time.time()))
 
     def inbox_after(self, identity_id: str, after_cursor: int, limit: int) -> list[InboxRecord]:
         """An identity's events after a cursor, in order (sealed)."""

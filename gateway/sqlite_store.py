@@ -24,7 +24,7 @@ from pathlib import Path
 from .quotas import SqliteQuotaMixin
 from .schema_migrations import prepare
 from .sqlite_append_locks import AppendLocks
-from .sqlite_audit import SqliteAuditMixin, append_chained
+from .sqlite_audit import SqliteAuditMixin, add_chained
 from .sqlite_credentials import SqliteCredentialMixin
 from .sqlite_delivery import SqliteDeliveryMixin
 from .sqlite_directory import SqliteDirectoryMixin
@@ -293,7 +293,7 @@ class SqliteTransaction(
         ]
 
     def add_audit(self, records: list[AuditRecord]) -> None:
-        append_chained(self._c, records)  # the hash chain (gateway.audit_chain), in this transaction
+        add_chained(self._c, records)  # the hash chain (gateway.audit_chain), in this transaction
 
     def counts(self) -> dict[str, int]:
         row = self._one("SELECT (SELECT COUNT(*) FROM identities) AS i, (SELECT COUNT(*) FROM groups) AS g")

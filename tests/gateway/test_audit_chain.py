@@ -6,6 +6,7 @@ standalone program that uses only ``cryptography`` and the exported public key."
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -22,9 +23,12 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import given
+from hypothesis import strategies as st
 
-from gateway.audit_chain import ChainBroken, record_hash, verify
+from gateway.audit_chain import ChainBroken, hash_template, record_hash, verify
 from gateway.audit_trail import export_lines
+from gateway.postgres_store import PostgresStore
 from gateway.sqlite_store import SqliteStore
 from gateway.store import AuditRecord
 
@@ -319,60 +323,120 @@ def test_checkpoint_signatures_verify_with_only_cryptography(workload: Workload,
     assert done.returncode != 0 and "InvalidSignature" in done.stderr
 
 
-# ---- the chain in the store, in process (real SQLite) -----------------------------------------------------
+# ---- the chain in the store, in process (real SQLite and PostgreSQL) ---------------------------------------
+
+AnyStore = SqliteStore | PostgresStore
 
 
-def test_concurrent_writers_make_one_chain(tmp_path: Path) -> None:
-    """Writers on several connections (threads, and a second store on the same file as another process
-    would be) append concurrently: the chain is one line, every record in it, in commit order."""
-    stores = [SqliteStore(tmp_path / "gateway.sqlite3"), SqliteStore(tmp_path / "gateway.sqlite3")]
+@pytest.fixture(params=["sqlite", "postgresql"])
+def two_stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[list[AnyStore]]:
+    """Two stores on one database, as two processes would have (PostgreSQL: the session's cluster)."""
+    stores: list[AnyStore]
+    if request.param == "sqlite":
+        stores = [SqliteStore(tmp_path / "gateway.sqlite3"), SqliteStore(tmp_path / "gateway.sqlite3")]
+    else:
+        dsn = request.getfixturevalue("postgres_dsn")
+        stores = [PostgresStore(dsn), PostgresStore(dsn)]
+    yield stores
+    for store in stores:
+        store.close()
+
+
+def _record(n: int) -> AuditRecord:
+    """Records whose hashed encoding varies: absent and present fields, non-ASCII text, bytes, numbers."""
+    return AuditRecord(
+        f"req-{n}",
+        "tnt_a",
+        None if n % 2 else f"idn_\u00e9{n}",
+        None if n % 3 else b"\x00group%d" % n,
+        None if n % 5 else n * 7,
+        b"k%d" % n,
+        "sign",
+        "pkcs11",
+        bool(n % 4),
+        "tok_1",
+        None if n % 3 else json.dumps({"n": n, "why": '\u2603 "quoted" \\ back'}, ensure_ascii=False),
+    )
+
+
+def test_concurrent_writers_make_one_chain(two_stores: list[AnyStore]) -> None:
+    """Writers on several connections (threads, and a second store on the same database as another process
+    would be) append concurrently — on PostgreSQL in transactions scoped to different groups, which link
+    their records to the chain's head in the database (gateway/postgres_audit.py): the chain is one line,
+    every record in it, in commit order, each record's hash the one its fields give."""
 
     def write(n: int) -> None:
-        record = AuditRecord(f"req-{n}", "tnt_a", None, None, None, b"k", "sign", "pkcs11", True, "tok_1")
-        with stores[n % 2].transaction() as tx:
-            tx.add_audit([record] * (1 + n % 3))
+        with two_stores[n % 2].transaction(b"group-%d" % (n % 4)) as tx:
+            tx.add_audit([_record(n)] * (1 + n % 3))
 
-    try:
-        with ThreadPoolExecutor(max_workers=6) as pool:
-            list(pool.map(write, range(120)))
-        lines = list(export_lines(stores[0]))
-        result = verify(lines, Ed25519PrivateKey.generate().public_key())
-        assert result.records == result.last_seq == sum(1 + n % 3 for n in range(120))
-        # Each transaction's records are adjacent: nothing of another writer came between them.
-        requests = [line["request_id"] for line in lines[1:]]
-        runs = [r for i, r in enumerate(requests) if i == 0 or requests[i - 1] != r]
-        assert sorted(runs) == sorted(f"req-{n}" for n in range(120))
-    finally:
-        for store in stores:
-            store.close()
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        list(pool.map(write, range(120)))
+    lines = list(export_lines(two_stores[0]))
+    result = verify(lines, Ed25519PrivateKey.generate().public_key())
+    assert result.records == result.last_seq == sum(1 + n % 3 for n in range(120))
+    # Each transaction's records are adjacent: nothing of another writer came between them.
+    requests = [line["request_id"] for line in lines[1:]]
+    runs = [r for i, r in enumerate(requests) if i == 0 or requests[i - 1] != r]
+    assert sorted(runs) == sorted(f"req-{n}" for n in range(120))
 
 
-def test_records_from_before_the_chain_are_reported_not_refused(tmp_path: Path) -> None:
+def test_records_from_before_the_chain_are_reported_not_refused(two_stores: list[AnyStore]) -> None:
     """A database upgraded from a schema without the chain keeps its old records (no hash); the chain
     starts after them and verifies; an unchained record after the chain's start is refused."""
-    store = SqliteStore(tmp_path / "gateway.sqlite3")
+    store = two_stores[0]
     legacy = (
-        "INSERT INTO audit (at, request_id, key_ref, operation, custody, ok) "
-        "VALUES (1.0, 'old', X'01', 'sign', 'pkcs11', 1)"
+        "INSERT INTO audit (seq, at, request_id, key_ref, operation, custody, ok) "
+        "VALUES (?, 1.0, 'old', ?, 'sign', 'pkcs11', 1)"
     )
     key = Ed25519PrivateKey.generate().public_key()
+    with store.transaction() as tx:
+        tx._c.execute(legacy, (1, b"\x01"))
+        tx._c.execute(legacy, (2, b"\x01"))
+    with store.transaction(b"group-1") as tx:
+        tx.add_audit([AuditRecord("new", None, None, None, None, b"k", "sign", "pkcs11", True)] * 2)
+    result = verify(list(export_lines(store)), key)
+    assert (result.legacy, result.records, result.last_seq) == (2, 2, 4)
+    with store.transaction() as tx:
+        tx._c.execute(legacy, (5, b"\x01"))
     try:
-        with store.transaction() as tx:
-            tx._c.execute(legacy)
-            tx._c.execute(legacy)
-            tx.add_audit([AuditRecord("new", None, None, None, None, b"k", "sign", "pkcs11", True)] * 2)
-        result = verify(list(export_lines(store)), key)
-        assert (result.legacy, result.records, result.last_seq) == (2, 2, 4)
-        with store.transaction() as tx:
-            tx._c.execute(legacy)
-        try:
-            verify(list(export_lines(store)), key)
-        except ChainBroken as e:
-            assert e.seq == 5 and "unchained" in str(e)
-        else:
-            raise AssertionError("an unchained record after the chain's start verified")
-    finally:
-        store.close()
+        verify(list(export_lines(store)), key)
+    except ChainBroken as e:
+        assert e.seq == 5 and "unchained" in str(e)
+    else:
+        raise AssertionError("an unchained record after the chain's start verified")
+
+
+_TEXT = st.none() | st.text(max_size=40)
+
+
+@given(
+    fields=st.fixed_dictionaries(
+        {
+            "at": st.floats(allow_nan=False, allow_infinity=False),
+            "request_id": st.text(max_size=40),
+            "tenant_id": _TEXT,
+            "identity_id": _TEXT,
+            "token_id": _TEXT,
+            "group_id": st.none() | st.binary(max_size=40),
+            "epoch": st.none() | st.integers(0, 2**63 - 1),
+            "key_ref": st.binary(max_size=40),
+            "operation": st.text(max_size=20),
+            "custody": st.text(max_size=20),
+            "ok": st.integers(0, 1),
+            "detail": _TEXT,
+        }
+    ),
+    seq=st.integers(1, 2**63 - 1),
+    prev=st.binary(min_size=32, max_size=32),
+)
+def test_the_hash_template_is_the_record_hash_cut_around_its_link(
+    fields: dict[str, Any], seq: int, prev: bytes
+) -> None:
+    """What PostgreSQL hashes when it links a record (gateway/postgres_audit.py) is what the verifier
+    hashes: the template with the head's ``prev_hash`` (hex) and ``seq`` put in."""
+    a, b, c = hash_template(fields)
+    linked = hashlib.sha256(a + prev.hex().encode() + b + str(seq).encode() + c).digest()
+    assert linked == record_hash({**fields, "seq": seq, "prev_hash": prev})
 
 
 @pytest.mark.sqlite_only(

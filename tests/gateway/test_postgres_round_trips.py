@@ -16,9 +16,9 @@ import psycopg
 import pytest
 
 from gateway.delivery_store import HostedWork, LogConflict, LogEntry, LogHead, LogPosition
-from gateway.postgres_durability import WRITE_LOCK, write_begin
+from gateway.postgres_durability import LOCK_ORDER, WRITE_LOCK, write_begin
 from gateway.postgres_store import PostgresStore
-from gateway.store import AuditRecord, GroupRecord, StoreFault, StoreUnavailable, Tenant
+from gateway.store import AuditRecord, EpochConflict, GroupRecord, StoreFault, StoreUnavailable, Tenant
 
 from .test_store_concurrency import IN_GROUP, ORDERED, Held, order_lock_held
 from .test_store_contract import identity
@@ -37,21 +37,31 @@ def store(postgres_dsn: str) -> Iterator[PostgresStore]:
 
 
 @contextmanager
-def round_trips(store: PostgresStore) -> Iterator[list[int]]:
-    """Counts the round trips on the store's one connection while the block runs (one ``ReadyForQuery``
-    from the server ends each: a simple query, or a pipeline's ``Sync``); the count is in ``[0]`` after."""
-    counted = [0]
+def traced(store: PostgresStore) -> Iterator[list[str]]:
+    """The round trips on the store's one connection while the block runs, in the list after it: the
+    protocol trace of each (one ``ReadyForQuery`` from the server ends each: a simple query, or a
+    pipeline's ``Sync``)."""
+    trips: list[str] = []
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "trace"
         with path.open("w") as out:
             with store._pool.connection() as conn:
                 conn.pgconn.trace(out.fileno())
             try:
-                yield counted
+                yield trips
             finally:
                 with store._pool.connection() as conn:  # the same one: the pool has only it
                     conn.pgconn.untrace()
-        counted[0] = path.read_text().count("\tReadyForQuery\t")
+        trips.extend(path.read_text().split("\tReadyForQuery\t")[:-1])
+
+
+@contextmanager
+def round_trips(store: PostgresStore) -> Iterator[list[int]]:
+    """Counts the round trips (:func:`traced`); the count is in ``[0]`` after the block."""
+    counted = [0]
+    with traced(store) as trips:
+        yield counted
+    counted[0] = len(trips)
 
 
 def test_a_read_is_its_statements_and_one_more(store: PostgresStore) -> None:
@@ -255,14 +265,16 @@ def test_a_messages_write_transaction_is_five_round_trips(store: PostgresStore) 
     ratchet state, ``GroupLog.append_messages`` checks the head, the message's digest and the members,
     appends and marks the hosted receiver, ``Persistence`` adds the audit record): 11 round trips when
     each statement had its own (10 once the membership had a ratchet state), 5 now — and the order lock
-    is held for the last 2."""
+    (every group's writers share it) goes with the ``COMMIT``, in the last round trip: the audit record
+    is linked to the chain's head by the database (gateway/postgres_audit.py), and the compare-and-swaps
+    before it are checked in the round trip before."""
     g = b"group-1"
     with store.transaction() as tx:
         tx.add_identity(identity(1))
         tx.add_identity(identity(2))
         tx.put_group(GroupRecord("idn_1", g, 0, b"state", None), None)
         tx.put_log_head(LogHead("ten_1", g, 1, 0, 0, b"gi", b"tree"), None)
-    with round_trips(store) as n, store.transaction(g) as tx:
+    with traced(store) as trips, store.transaction(g) as tx:
         tx.put_group_ratchet("idn_1", g, 0, b"ratchet", 1)
         head = tx.get_log_position("ten_1", g)
         assert head is not None
@@ -273,8 +285,10 @@ def test_a_messages_write_transaction_is_five_round_trips(store: PostgresStore) 
         tx.append_log_entries("ten_1", g, [LogEntry(head.seq + 1, 0, "application", "idn_1", b"m")])
         tx.mark_hosted_pending([HostedWork("idn_2", "ten_1", g, head.seq + 1)])
         tx.add_audit([AuditRecord("req", "ten_1", "idn_1", g, 0, b"ref", "sign", "hsm", True)])
-        assert order_lock_held(tx)
-    assert n[0] == 7  # 5, and the two looks at the order lock
+        assert not order_lock_held(tx)  # the record waits for the COMMIT, and the lock with it
+    assert len(trips) == 7  # 5, and the two looks at the order lock
+    [ordered] = [trip for trip in trips if LOCK_ORDER in trip]
+    assert ordered is trips[-1] and "COMMIT" in ordered
     with store.read_transaction() as tx:
         assert tx.get_log_position("ten_1", g) == LogPosition("ten_1", g, 1, 0, 1)
         assert tx.hosted_pending(10) == [HostedWork("idn_2", "ten_1", g, 1)]
@@ -306,3 +320,26 @@ def test_a_read_asked_for_ahead_is_only_a_hint(store: PostgresStore) -> None:
     with round_trips(store) as n, store.transaction(b"group-1") as tx:
         tx.prefetch(lambda: tx.get_tenant("ten_1"))
     assert n[0] == 0  # nothing ran: the transaction did not even begin
+
+
+def test_a_receivers_write_transaction_takes_the_order_lock_with_its_commit(store: PostgresStore) -> None:
+    """The hosted receiver's transaction (``HostedDelivery``: its ratchet state, the inbox event, its
+    pending mark cleared): the compare-and-swap on the state is checked in the first round trip; the
+    order lock, the event and ``COMMIT`` go in the second — the lock every group's writers share is not
+    held while this process answers. A lost compare-and-swap still writes nothing of it."""
+    g = b"group-1"
+    with store.transaction() as tx:
+        tx.add_identity(identity(1))
+        tx.put_group(GroupRecord("idn_1", g, 0, b"state", None), None)
+    with traced(store) as trips, store.transaction(g) as tx:
+        tx.put_group_ratchet("idn_1", g, 1, b"ratchet", 1)
+        tx.put_inbox_event("idn_1", g, 1, b"event")
+        tx.clear_hosted_pending("idn_1", g, 1)
+    assert len(trips) == 2
+    assert LOCK_ORDER not in trips[0] and LOCK_ORDER in trips[1] and "COMMIT" in trips[1]
+    with pytest.raises(EpochConflict), store.transaction(g) as tx:
+        tx.put_group_ratchet("idn_1", g, 2, b"stale", 1)  # version 1 is no longer the membership's
+        tx.put_inbox_event("idn_1", g, 2, b"lost")
+    with store.read_transaction() as tx:
+        assert tx.inbox_event_at("idn_1", g, 1) is not None
+        assert tx.inbox_event_at("idn_1", g, 2) is None
