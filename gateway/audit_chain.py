@@ -5,8 +5,11 @@ previous record's ``hash``; 32 zero bytes for the first) and ``hash`` = SHA-256 
 ``b"mlsgw-audit-record/v1\\n"`` followed by the record's canonical encoding: the JSON object of its fields
 (:data:`HASHED_FIELDS`, bytes as lowercase hex, ``at`` as Python's shortest round-trip float) with sorted
 keys and no whitespace. Both are computed inside the write transaction that inserts the record
-(:mod:`gateway.sqlite_audit`), so concurrent writers serialise on the store's write lock and the chain has
-no forks.
+(:mod:`gateway.sqlite_audit`; on PostgreSQL by the inserting statement itself from
+:func:`hash_template`'s cut, :mod:`gateway.postgres_audit`), so concurrent writers serialise on the store's
+write lock (PostgreSQL: its order lock) and the chain has no forks. ``at`` is when the record was made:
+on PostgreSQL that is before the lock that orders the chain, so two records committed a few
+milliseconds apart may have ``at`` in the other order than ``seq``.
 
 **Checkpoints.** Every ``[audit] checkpoint_records`` records or ``checkpoint_interval_s`` seconds, and at
 shutdown, the head is signed in the HSM with the audit key (:mod:`hsm.audit_key`) over

@@ -43,9 +43,9 @@ LINKED_INSERT = (
 )
 
 
-def linked_rows(records: list[AuditRecord], at: float | None = None) -> list[tuple[Any, ...]]:
-    """:data:`LINKED_INSERT`'s values for each record (written at ``at``, default now)."""
-    now = time.time() if at is None else at
+def linked_rows(records: list[AuditRecord]) -> list[tuple[Any, ...]]:
+    """:data:`LINKED_INSERT`'s values for each record, made now (``at``: see :mod:`gateway.audit_chain`)."""
+    now = time.time()
     rows = []
     for a in records:
         fields = record_fields(a, now)

@@ -13,9 +13,10 @@ transaction (``transaction(group=…)``) takes :data:`WRITE_LOCK` *shared* and i
 first statement on any other table (the audit chain, inboxes, mailboxes, stored responses — what is
 ordered across groups: the audit chain's head, cursors handed out in commit order) it takes
 :data:`ORDER_LOCK` and holds it to ``COMMIT``. What it writes there answers nothing (the audit records
-are linked to the chain by the database, :mod:`gateway.postgres_audit`), so unless it also reads an
-ordered table (an idempotency check) the lock, those writes and ``COMMIT`` go in one round trip
-(:meth:`gateway.postgres_sql.PgConnection.settle`): the lock is held for the server's time, not while a
+are linked to the chain by the database, :mod:`gateway.postgres_audit`), so the lock, those writes and
+``COMMIT`` go in one round trip (:meth:`gateway.postgres_sql.PgConnection.settle`) — unless something
+after the lock answers rows (an idempotency check, a read after a mailbox append) or has a row count to
+check: then the lock goes with that. On the message paths it is held for the server's time, not while a
 process answers. So:
 
 * every other write transaction still excludes all writers (``WRITE_LOCK`` exclusive conflicts with the

@@ -21,8 +21,9 @@ placeholders.
 Inside a write transaction a plain write (``INSERT``, ``UPDATE`` or ``DELETE`` without ``RETURNING``) does
 not cost a round trip of its own: it is queued (:class:`QueuedWrite`) and sent, in order, in the pipeline
 of the transaction's next statement that answers rows, or with its ``COMMIT``. A message's write
-transaction went from 10 round trips to 5 this way, and the time a writer holds the global order lock from
-3 round trips to 2. The mixins decide by row count, never by an exception (:mod:`gateway.sqlite_queries`):
+transaction went from 10 round trips to 5 this way; and the global order lock, queued before the first
+ordered write, goes with the ``COMMIT`` when nothing after it answers rows (:meth:`PgConnection.settle`).
+The mixins decide by row count, never by an exception (:mod:`gateway.sqlite_queries`):
 a compare-and-swap states the count it needs (``_expect``), checked when the write has run and always
 before ``COMMIT`` (:meth:`PgConnection.settle`); the one whose row count is read sends the queue at once.
 A statement that fails after a queued compare-and-swap that lost raises the lost race (what would have

@@ -3,7 +3,9 @@
 
 :func:`append_chained` is the audit insert path: inside the caller's write transaction (``BEGIN
 IMMEDIATE``, so writers are serialised) it reads the chain's last ``(seq, hash)`` and inserts each record
-with the next ``seq``, ``prev_hash`` and its ``hash``. Rows are never deleted; retention *erases* a row's
+with the next ``seq``, ``prev_hash`` and its ``hash``. On PostgreSQL a record whose seq nobody asks for
+is linked to the head by the database instead, in the statement that inserts it (:func:`add_chained`,
+:mod:`gateway.postgres_audit`). Rows are never deleted; retention *erases* a row's
 contents in place (the only update the ``audit_erase_only`` trigger allows, :mod:`gateway.sqlite_schema`).
 """
 
