@@ -144,6 +144,20 @@ def own_cpu_s() -> float:
     return t.user + t.system
 
 
+def machine_cpu_s() -> dict[str, float]:
+    """The whole machine's CPU seconds so far (``/proc/stat``, every CPU): ``busy`` (user, nice, system,
+    irq, softirq), ``idle`` (idle, iowait) and ``stolen`` — time a virtual machine's CPUs were ready to
+    run but the hypervisor ran someone else (``steal``). On a shared host the stolen share grows when
+    both CPUs are wanted, which is when two processes run: it is what a 2-core machine did not have."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    user, nice, system, idle, iowait, irq, softirq, steal = fields
+    return {
+        "busy": (user + nice + system + irq + softirq) / CLOCK_TICKS,
+        "idle": (idle + iowait) / CLOCK_TICKS,
+        "stolen": steal / CLOCK_TICKS,
+    }
+
+
 # ---- PostgreSQL counters -----------------------------------------------------------------------------------
 
 
@@ -208,6 +222,7 @@ class Probe:
             "wall": time.perf_counter(),
             "gateway_cpu_s": tree_cpu_s(self.server.proc.pid),
             "generator_cpu_s": own_cpu_s(),
+            "machine_cpu_s": machine_cpu_s(),
             "hsm": await hsm_operations(self.api),
             "db": self.pg.snapshot() if self.pg else None,
         }
@@ -250,6 +265,9 @@ def costs(before: dict[str, Any], after: dict[str, Any], count: int) -> dict[str
         out["write_lock_wait_ms_per_write_transaction"] = round(db["write_lock_wait_ms"] / writes, 3)
     spent = gw + gen + out.get("postgres_cpu_s", 0.0)
     out["generator_cpu_share"] = round(gen / spent, 4) if spent > 0 else None
+    if wall > 0:  # the machine's cores over the phase: busy + idle + stolen = its CPU count
+        for kind, seconds in after["machine_cpu_s"].items():
+            out[f"machine_cores_{kind}"] = round((seconds - before["machine_cpu_s"][kind]) / wall, 3)
     return out
 
 
@@ -398,7 +416,9 @@ def build_report(cfg: Settings, runs: list[dict[str, Any]]) -> dict[str, Any]:
             "one message = POST /messages on member A + POST /process of it on member B; one commit = a "
             "path-updating commit by A + POST /process of it on B; 2 processes = `serve --workers 2` "
             "(connections handed out in turn); generator_cpu_share = the load generator's CPU / (generator + "
-            "gateways + PostgreSQL), the largest of the runs"
+            "gateways + PostgreSQL), the largest of the runs; machine_cores_busy / _idle / _stolen = the "
+            "whole machine's CPUs over a phase, in cores (/proc/stat; stolen = the hypervisor ran another "
+            "guest on them)"
         ),
         "config": {
             "stores": list(cfg.stores),
@@ -427,7 +447,7 @@ def print_summary(report: dict[str, Any]) -> None:
         f"{'store':<11}{'procs':>6}{'msg/s':>9}{'p50 ms':>8}{'p99 ms':>8}{'gw CPU ms/msg':>14}"
         f"{'pg CPU ms/msg':>14}{'gen share':>10}{'stmts/msg':>10}{'wtx/msg':>8}{'rows/msg':>9}"
         f"{'HSM/msg':>8}{'stmts/commit':>13}{'rows/commit':>12}{'HSM/commit':>11}{'lock held ms≤':>14}"
-        f"{'lock wait ms/wtx':>17}{'load avg':>9}"
+        f"{'lock wait ms/wtx':>17}{'cores stolen':>13}{'load avg':>9}"
     )
     print(f"\nscale benchmark{' (quick)' if report['quick'] else ''}")
     print("-" * len(head))
@@ -443,7 +463,8 @@ def print_summary(report: dict[str, Any]) -> None:
             f"{_num(db.get('rows_written')):>9}{m['hsm_operations_per_op']:>8.2f}"
             f"{_num(dbc.get('statements')):>13}{_num(dbc.get('rows_written')):>12}"
             f"{_num(c.get('hsm_operations_per_op')):>11}{_num(m.get('write_lock_held_ms_at_most')):>14}"
-            f"{_num(m.get('write_lock_wait_ms_per_write_transaction')):>17}{r['load_average'][0]:>9.2f}"
+            f"{_num(m.get('write_lock_wait_ms_per_write_transaction')):>17}"
+            f"{_num(m.get('machine_cores_stolen')):>13}{r['load_average'][0]:>9.2f}"
         )
     print("-" * len(head))
     for prefix, name in (("", "PostgreSQL"), ("sqlite_", "SQLite")):
@@ -471,8 +492,10 @@ def chart(report: dict[str, Any], path: Path) -> None:
     rates = [r["messages_per_s"] for r in runs]
     bars = ax_r.bar(xs, rates, color=colours)
     for bar, r in zip(bars, runs, strict=True):
+        stolen = r["per_message"].get("machine_cores_stolen")
         ax_r.annotate(
-            f"{r['messages_per_s']:.0f}/s\np99 {r['p99_ms']:.0f} ms",
+            f"{r['messages_per_s']:.0f}/s\np99 {r['p99_ms']:.0f} ms"
+            + ("" if stolen is None else f"\n{stolen:.2f} cores stolen"),
             (bar.get_x() + bar.get_width() / 2, bar.get_height()),
             ha="center",
             va="bottom",

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import struct
+import time
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,11 @@ def check_run(run: dict[str, Any]) -> None:
         for key in ("statements", "write_transactions", "transactions", "rows_written", "wal_bytes"):
             assert positive(db[key]), (key, db)
         assert db["statements"] >= db["transactions"] >= db["write_transactions"]
+        # The machine's CPUs over the phase, in cores: all of them were busy, idle or stolen (clock ticks
+        # and the phase's wall clock are read a moment apart: a tolerance of one CPU).
+        cores = [block[f"machine_cores_{kind}"] for kind in ("busy", "idle", "stolen")]
+        assert all(math.isfinite(c) and c >= 0 for c in cores), block
+        assert abs(sum(cores) - (os.cpu_count() or 1)) <= 1.0, block
     # One signature per protected application message (the gateway's own count); else only unwraps of keys
     # a process uses for the first time (the data key; a member's keys held wrapped), in whichever phase
     # that falls — a worker the warm-up did not reach may deliver first during the load — a few per
@@ -98,3 +104,13 @@ def test_arguments_are_checked() -> None:
 def test_process_tree_cpu_counts_this_process() -> None:
     assert os.getpid() in scale.process_tree(os.getpid())
     assert scale.tree_cpu_s(os.getpid()) > 0
+
+
+def test_the_machines_cpu_account_moves_with_the_wall_clock() -> None:
+    """``/proc/stat``: busy + idle + stolen seconds grow by the CPU count per second of wall clock."""
+    before, t0 = scale.machine_cpu_s(), time.perf_counter()
+    time.sleep(0.5)
+    after, wall = scale.machine_cpu_s(), time.perf_counter() - t0
+    grown = sum(after[k] - before[k] for k in before)
+    assert set(before) == {"busy", "idle", "stolen"}
+    assert grown == pytest.approx((os.cpu_count() or 1) * wall, abs=0.2)
