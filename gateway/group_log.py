@@ -16,6 +16,7 @@ crash leaves an entry accepted *and* deliverable, or neither.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 
 from mls import (
     GroupView,
@@ -28,7 +29,7 @@ from mls import (
 
 from .delivery_store import HostedWork, LogEntry, LogHead, LogPosition, Member, message_digest
 from .errors import Problem, not_found, stale_epoch
-from .store import Transaction
+from .store import PREFETCHED, Transaction
 
 
 @dataclass(frozen=True)
@@ -225,8 +226,14 @@ class GroupLog:
     ) -> Appended:
         """Accept proposals (for the log's epoch) and application messages (for it or an epoch the
         receivers still keep), in order, each with the next ``seq``."""
+        digests = [message_digest(m.message) for m in messages]
+        tx.prefetch(  # on PostgreSQL one round trip for the three kinds of read (they read this group's rows)
+            lambda: tx.get_log_position(tenant_id, group_id),
+            *[partial(tx.log_seq_of, tenant_id, group_id, d) for d in digests[:PREFETCHED]],
+            lambda: tx.get_delivered_members(tenant_id, group_id),
+        )
         head = self.position(tx, tenant_id, group_id)
-        repeated = [tx.log_seq_of(tenant_id, group_id, message_digest(m.message)) for m in messages]
+        repeated = [tx.log_seq_of(tenant_id, group_id, d) for d in digests]
         if all(seq is not None for seq in repeated):  # a repeated submission: nothing appended again
             return Appended(max(s for s in repeated if s is not None), head.epoch, kinds=[])
         if any(seq is not None for seq in repeated):

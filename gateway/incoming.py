@@ -24,7 +24,7 @@ from .errors import Problem, conflict, problem_from_exception, stale_epoch
 from .group_session import GroupSession, GroupSessions
 from .hosted_submission import HostedSubmission
 from .persistence import Json, RequestScope, Response
-from .store import Identity, Transaction
+from .store import PREFETCHED, Identity, Transaction
 from .views import result_json
 
 
@@ -39,10 +39,6 @@ class RecordedProblem:
     @classmethod
     def of(cls, document: Json) -> RecordedProblem:
         return cls(str(document["code"]), str(document["detail"]), document.get("rule"))
-
-
-#: Messages of a batch whose places in the log are asked for ahead (the snapshot's memory keeps 64 answers).
-PREFETCHED = 16
 
 
 class IncomingMessages:

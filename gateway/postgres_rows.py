@@ -123,6 +123,10 @@ class SnapshotMemo:
             return None
         return sql, values
 
+    def clear(self) -> None:
+        self._answers.clear()
+        self._bytes = 0
+
     def get(self, key: tuple[str, Any]) -> MemoCursor | None:
         rows = self._answers.get(key)
         return None if rows is None else MemoCursor(rows)

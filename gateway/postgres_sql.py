@@ -21,7 +21,8 @@ placeholders.
 Inside a write transaction a plain write (``INSERT``, ``UPDATE`` or ``DELETE`` without ``RETURNING``) does
 not cost a round trip of its own: it is queued (:class:`QueuedWrite`) and sent, in order, in the pipeline
 of the transaction's next statement that answers rows, or with its ``COMMIT``. A message's write
-transaction went from 10 round trips to 5 this way; and the global order lock, queued before the first
+transaction went from 10 round trips to 5 this way (3 with its reads asked for together,
+:meth:`PgConnection.prefetching`); and the global order lock, queued before the first
 ordered write, goes with the ``COMMIT`` when nothing after it answers rows (:meth:`PgConnection.settle`).
 The mixins decide by row count, never by an exception (:mod:`gateway.sqlite_queries`):
 a compare-and-swap states the count it needs (``_expect``), checked when the write has run and always
@@ -173,10 +174,14 @@ class QueuedRead:
     """A ``SELECT`` of a read snapshot asked for ahead (:meth:`PgConnection.prefetching`): sent with the
     snapshot's next statement, its answer kept in the snapshot's memo for when it is run."""
 
-    def __init__(self, key: tuple[str, Any], sql: str, parameters: Sequence[Any] | dict[str, Any]) -> None:
+    def __init__(
+        self, key: tuple[str, Any], sql: str, parameters: Sequence[Any] | dict[str, Any], writes: int = 0
+    ) -> None:
         self.key = key
         self.sql = sql
         self.parameters = parameters
+        #: The transaction's write count when it was asked for (:meth:`PgConnection._keep_reads`).
+        self.writes = writes
         self.cursor: psycopg.Cursor[PgRow] | None = None
 
     def send(self, conn: psycopg.Connection[Any]) -> None:
@@ -225,7 +230,11 @@ class PgConnection:
         self._order_lock = before_ordered
         self._select_only = select_only
         self._queue_writes = queue_writes
-        self._memo = SnapshotMemo() if snapshot else None
+        self._memo = SnapshotMemo() if snapshot or queue_writes else None
+        #: A write transaction's memo holds only the reads asked for ahead, until its next write.
+        self._forget_on_write = queue_writes and not snapshot
+        #: Counts the writes of a write transaction: a read asked for before one is not kept after it.
+        self._writes = 0
         #: Whether ``begin`` was sent (the transaction must then end with ``COMMIT`` or ``ROLLBACK``).
         self.begun = not begin
         #: The first value the last ``begin`` statement answered (a read snapshot's WAL position).
@@ -289,20 +298,31 @@ class PgConnection:
             write.check()
 
     def _keep_reads(self, sent: list[str | QueuedWrite | QueuedRead]) -> None:
-        """The answers of the reads asked for ahead, into the snapshot's memo."""
+        """The answers of the reads asked for ahead, into the memo (not one asked before a later write)."""
         if self._memo is None:
             return
         for item in sent:
-            if isinstance(item, QueuedRead) and item.cursor is not None:
+            if isinstance(item, QueuedRead) and item.cursor is not None and item.writes == self._writes:
                 self._memo.keep(item.key, item.cursor)
+
+    def _wrote(self) -> None:
+        """A write transaction wrote (or queued a write): what its memo holds may be out of date."""
+        if self._forget_on_write and self._memo is not None:
+            self._writes += 1
+            self._memo.clear()
+            self._ahead.clear()
 
     @contextlib.contextmanager
     def prefetching(self) -> Iterator[bool]:
-        """Inside the block, in a read snapshot: a ``SELECT`` the memo may keep is not run but queued, and
-        answers no row; it goes with the snapshot's next statement (in its round trip), and its answer
-        is kept for when the same ``SELECT`` runs (:meth:`gateway.sqlite_store.SqliteTransaction.prefetch`:
-        the reads a request is known to make, asked for together). Yields whether it does (not outside a
-        read snapshot: there the block should not run)."""
+        """Inside the block, in a read snapshot or a write transaction: a ``SELECT`` the memo may keep is
+        not run but queued, and answers no row; it goes with the transaction's next statement (in its
+        round trip), and its answer is kept for when the same ``SELECT`` runs
+        (:meth:`gateway.sqlite_store.SqliteTransaction.prefetch`: the reads a request is known to make,
+        asked for together). In a write transaction only reads of :data:`GROUP_TABLES` are asked for (a
+        group-scoped writer's rows: no other writer changes them while it holds the group's lock; reading
+        an ordered table ahead would take the order lock early), and an answer serves only until the
+        transaction's next write. Yields whether it does (not outside a transaction: there the block
+        should not run)."""
         self._prefetch = self._memo is not None
         try:
             yield self._prefetch
@@ -346,8 +366,11 @@ class PgConnection:
     def execute(
         self, sql: str, parameters: Sequence[Any] | dict[str, Any] = ()
     ) -> PgCursor | MemoCursor | QueuedWrite:
+        if self._prefetch and self._forget_on_write and is_ordered(sql):
+            return MemoCursor([])  # not asked ahead in a write transaction (see prefetching)
         self._check_order(sql)
         if self._queue_writes and is_plain_write(sql):
+            self._wrote()
             write = QueuedWrite(self, translate(sql), [parameters])
             self._pending.append(write)
             return write
@@ -356,23 +379,28 @@ class PgConnection:
             if self._prefetch:
                 if key not in self._ahead and memo.get(key) is None:
                     self._ahead.add(key)
-                    self._pending.append(QueuedRead(key, translate(sql), parameters))
+                    self._pending.append(QueuedRead(key, translate(sql), parameters, self._writes))
                 return MemoCursor([])
             if key in self._ahead:
                 self.send_pending()
             known = memo.get(key)
             if known is not None:
                 return known
+        elif not SELECT_ONLY.match(sql):
+            self._wrote()  # a write that answers rows (``RETURNING``), or anything else
         cur: psycopg.Cursor[PgRow] = self._conn.cursor(row_factory=row_factory)
         with self._watching_plans():
             self._run(lambda: cur.execute(translate(sql), parameters))
-        return PgCursor(cur) if memo is None or key is None else memo.keep(key, cur)
+        if memo is None or key is None or self._forget_on_write:
+            return PgCursor(cur)
+        return memo.keep(key, cur)
 
     def executemany(self, sql: str, seq: Iterable[Sequence[Any] | dict[str, Any]]) -> PgCursor | QueuedWrite:
         cur: psycopg.Cursor[PgRow] = self._conn.cursor(row_factory=row_factory)
         rows = list(seq)
         if rows:  # nothing to run: nothing to order either
             self._check_order(sql)
+            self._wrote()
             if self._queue_writes and is_plain_write(sql):
                 write = QueuedWrite(self, translate(sql), rows)
                 self._pending.append(write)

@@ -30,13 +30,13 @@ class SqliteQueries:
 
     def prefetch(self, *reads: Callable[[], object]) -> None:
         """Ask for these reads (getters that run one ``SELECT`` each) together, ahead of their use: on
-        PostgreSQL, in a read transaction, their statements go in one round trip with the snapshot's next
-        one and the getters, called again, are answered from memory
-        (:meth:`gateway.postgres_sql.PgConnection.prefetching`); elsewhere (SQLite has no round trips, a
-        write transaction keeps no answers) nothing runs.
-        Only a hint: a read asked for and not made costs a statement, one made and not asked for costs
-        its round trip. Plain getters belong here (one ``SELECT``, ``None`` for no row): asked ahead,
-        each sees no row."""
+        PostgreSQL their statements go in one round trip with the transaction's next one and the getters,
+        called again, are answered from memory (:meth:`gateway.postgres_sql.PgConnection.prefetching`; in
+        a write transaction only reads of a group's own tables, answered until its next write); on SQLite
+        (no round trips) nothing runs. At most :data:`gateway.store.PREFETCHED` reads of one kind are
+        worth asking. Only a hint: a read asked for and not made costs a statement, one made and not asked
+        for costs its round trip. Plain getters belong here (one ``SELECT``, ``None`` for no row): asked
+        ahead, each sees no row."""
         prefetching = getattr(self._c, "prefetching", None)
         if prefetching is None:
             return

@@ -149,6 +149,11 @@ class IdempotentResponse:
     body: bytes
 
 
+#: How many reads of one kind (a batch's messages' places in the log) are worth asking ahead with
+#: :meth:`Transaction.prefetch` (:class:`gateway.postgres_rows.SnapshotMemo` keeps 64 answers).
+PREFETCHED = 16
+
+
 class Transaction(
     LogTransaction,
     DirectoryTransaction,

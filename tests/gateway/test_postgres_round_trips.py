@@ -260,11 +260,12 @@ def test_a_lost_compare_and_swap_before_a_failed_write_is_what_raises(store: Pos
         tx._c.execute(IN_GROUP)
 
 
-def test_a_messages_write_transaction_is_five_round_trips(store: PostgresStore) -> None:
+def test_a_messages_write_transaction_is_three_round_trips(store: PostgresStore) -> None:
     """The send path's write transaction, statement for statement (``GroupSession`` writes the sender's
-    ratchet state, ``GroupLog.append_messages`` checks the head, the message's digest and the members,
-    appends and marks the hosted receiver, ``Persistence`` adds the audit record): 11 round trips when
-    each statement had its own (10 once the membership had a ratchet state), 5 now — and the order lock
+    ratchet state, ``GroupLog.append_messages`` asks for the head, the message's digest and the members
+    together, appends and marks the hosted receiver, ``Persistence`` adds the audit record): 11 round
+    trips when each statement had its own (10 once the membership had a ratchet state), 5 with the writes
+    queued, 3 with the reads asked for together — and the order lock
     (every group's writers share it) goes with the ``COMMIT``, in the last round trip: the audit record
     is linked to the chain's head by the database (gateway/postgres_audit.py), and the compare-and-swaps
     before it are checked in the round trip before."""
@@ -276,6 +277,11 @@ def test_a_messages_write_transaction_is_five_round_trips(store: PostgresStore) 
         tx.put_log_head(LogHead("ten_1", g, 1, 0, 0, b"gi", b"tree"), None)
     with traced(store) as trips, store.transaction(g) as tx:
         tx.put_group_ratchet("idn_1", g, 0, b"ratchet", 1)
+        tx.prefetch(
+            lambda: tx.get_log_position("ten_1", g),
+            lambda: tx.log_seq_of("ten_1", g, b"d" * 32),
+            lambda: tx.get_delivered_members("ten_1", g),
+        )
         head = tx.get_log_position("ten_1", g)
         assert head is not None
         assert not order_lock_held(tx)  # the ratchet write reads ``groups``: the order lock waits
@@ -286,7 +292,7 @@ def test_a_messages_write_transaction_is_five_round_trips(store: PostgresStore) 
         tx.mark_hosted_pending([HostedWork("idn_2", "ten_1", g, head.seq + 1)])
         tx.add_audit([AuditRecord("req", "ten_1", "idn_1", g, 0, b"ref", "sign", "hsm", True)])
         assert not order_lock_held(tx)  # the record waits for the COMMIT, and the lock with it
-    assert len(trips) == 7  # 5, and the two looks at the order lock
+    assert len(trips) == 5  # 3, and the two looks at the order lock
     [ordered] = [trip for trip in trips if LOCK_ORDER in trip]
     assert ordered is trips[-1] and "COMMIT" in ordered
     with store.read_transaction() as tx:
@@ -343,3 +349,32 @@ def test_a_receivers_write_transaction_takes_the_order_lock_with_its_commit(stor
     with store.read_transaction() as tx:
         assert tx.inbox_event_at("idn_1", g, 1) is not None
         assert tx.inbox_event_at("idn_1", g, 2) is None
+
+
+def test_a_write_transactions_reads_asked_ahead_serve_until_its_next_write(store: PostgresStore) -> None:
+    """In a write transaction the reads asked for together go in one round trip and answer their getters
+    until the transaction writes; after a write the same read runs again and sees it."""
+    g = b"group-1"
+    with store.transaction() as tx:
+        tx.put_log_head(LogHead("ten_1", g, 1, 0, 0, b"gi", b"tree"), None)
+    with traced(store) as trips, store.transaction(g) as tx:
+        tx.prefetch(lambda: tx.get_log_position("ten_1", g), lambda: tx.log_seq_of("ten_1", g, b"d" * 32))
+        head = tx.get_log_position("ten_1", g)
+        assert head is not None and head.seq == 0
+        assert tx.log_seq_of("ten_1", g, b"d" * 32) is None
+        assert tx.get_log_position("ten_1", g) == head  # still from memory: nothing written yet
+        tx.advance_log_seq(head, 1)
+        moved = tx.get_log_position("ten_1", g)
+        assert moved is not None and moved.seq == 1
+    assert len(trips) == 3  # BEGIN + locks + both reads; the write + the read again; COMMIT + flush
+
+
+def test_a_group_scoped_write_asks_for_no_ordered_read_ahead(store: PostgresStore) -> None:
+    """Asking ahead for a read of an ordered table (the audit chain's head) would take the order lock with
+    the group's first round trip: such a hint is dropped, and the read runs when made, with the lock."""
+    with traced(store) as trips, store.transaction(b"group-1") as tx:
+        tx.prefetch(tx.audit_head, lambda: tx.get_log_position("ten_1", b"group-1"))
+        assert tx.get_log_position("ten_1", b"group-1") is None
+        assert tx.audit_head() is None
+    assert len(trips) == 3
+    assert LOCK_ORDER not in trips[0] and LOCK_ORDER in trips[1]
