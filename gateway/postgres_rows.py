@@ -1,6 +1,7 @@
 """What the PostgreSQL adapter (:mod:`gateway.postgres_sql`) answers with: rows readable by column name and
 by index as :class:`sqlite3.Row` allows, a cursor over them, and a read snapshot's memory of the small
-``SELECT`` s it already ran (a repeated one is answered without a round trip)."""
+``SELECT`` s it already ran (a repeated one is answered without a round trip) — in a write transaction, of
+the reads it asked for ahead, until its next write."""
 
 from __future__ import annotations
 
@@ -98,7 +99,7 @@ def _size(rows: list[PgRow]) -> int:
 
 
 class SnapshotMemo:
-    """The answers of the small ``SELECT`` s one read transaction ran (see the module docstring): at most
+    """The answers of the small ``SELECT`` s one transaction ran or asked for (the module docstring): at most
     :attr:`ROWS` rows each, :attr:`ENTRIES` statements and :attr:`BYTES` of values in all; a statement with
     a volatile function is not kept. Values are told apart by type too (``True == 1`` in Python)."""
 

@@ -32,9 +32,10 @@ happened first). The transaction is all-or-nothing either way: what changes is o
 an error surfaces — by the end of the block at the latest — so callers treat a transaction's conflicts as
 the transaction's, not a statement's (``Persistence._not_committed`` in :mod:`gateway.persistence`).
 
-A read transaction may ask for the reads it is about to make (:meth:`PgConnection.prefetching`, used by
+A transaction may ask for the reads it is about to make (:meth:`PgConnection.prefetching`, used by
 ``Transaction.prefetch``): their ``SELECT`` s go with its next statement, one round trip for all, and are
-answered from memory when made.
+answered from memory when made — in a write transaction only reads of the group tables, until its next
+write.
 
 Inside a read transaction (one ``REPEATABLE READ`` snapshot) a ``SELECT`` that the same transaction already
 ran with the same values is answered from memory (:class:`SnapshotMemo`): the snapshot cannot answer it
@@ -171,8 +172,9 @@ class QueuedWrite:
 
 
 class QueuedRead:
-    """A ``SELECT`` of a read snapshot asked for ahead (:meth:`PgConnection.prefetching`): sent with the
-    snapshot's next statement, its answer kept in the snapshot's memo for when it is run."""
+    """A ``SELECT`` asked for ahead (:meth:`PgConnection.prefetching`): sent with the transaction's next
+    statement, its answer kept in the transaction's memo for when it is run (in a write transaction, only
+    if no write came after it was asked)."""
 
     def __init__(
         self, key: tuple[str, Any], sql: str, parameters: Sequence[Any] | dict[str, Any], writes: int = 0
@@ -219,7 +221,8 @@ class PgConnection:
         anything but a ``SELECT`` is refused (:class:`psycopg.ProgrammingError`) — a lookup outside any
         transaction. ``snapshot``: the connection is in a read-only snapshot; a repeated ``SELECT`` is
         answered from memory (:class:`SnapshotMemo`). ``queue_writes``: a write transaction's plain
-        writes wait for its next statement that answers rows, or its ``COMMIT`` (:class:`QueuedWrite`)."""
+        writes wait for its next statement that answers rows, or its ``COMMIT`` (:class:`QueuedWrite`);
+        its memo holds only the reads it asked for ahead, until its next write."""
         self._conn = conn
         self._pending: list[str | QueuedWrite | QueuedRead] = list(begin)
         #: The memo keys of the reads queued ahead and not sent yet (:meth:`prefetching`).
@@ -305,7 +308,15 @@ class PgConnection:
             if isinstance(item, QueuedRead) and item.cursor is not None and item.writes == self._writes:
                 self._memo.keep(item.key, item.cursor)
 
-    def _wrote(self) -> None:
+    def _may_ask_ahead(self, sql: str, parameters: Sequence[Any] | dict[str, Any]) -> bool:
+        """In a write transaction, whether a statement met while asking ahead is a read to queue: one the
+        memo may keep, of the group tables. Anything else is dropped, not run — run, it would send the
+        queued writes, and their lost compare-and-swap would be raised inside the hint, which swallows
+        it."""
+        assert self._memo is not None
+        return self._memo.key(sql, parameters) is not None and not is_ordered(sql)
+
+    def _forget_answers(self) -> None:
         """A write transaction wrote (or queued a write): what its memo holds may be out of date."""
         if self._forget_on_write and self._memo is not None:
             self._writes += 1
@@ -318,9 +329,10 @@ class PgConnection:
         not run but queued, and answers no row; it goes with the transaction's next statement (in its
         round trip), and its answer is kept for when the same ``SELECT`` runs
         (:meth:`gateway.sqlite_store.SqliteTransaction.prefetch`: the reads a request is known to make,
-        asked for together). In a write transaction only reads of :data:`GROUP_TABLES` are asked for (a
-        group-scoped writer's rows: no other writer changes them while it holds the group's lock; reading
-        an ordered table ahead would take the order lock early), and an answer serves only until the
+        asked for together). In a write transaction only plain reads of :data:`GROUP_TABLES` are asked
+        for (nobody else writes the rows it reads: a group-scoped writer holds its group's lock, a global
+        one the write lock exclusive; reading an ordered table ahead would take the order lock early;
+        anything else is dropped, :meth:`_may_ask_ahead`), and an answer serves only until the
         transaction's next write. Yields whether it does (not outside a transaction: there the block
         should not run)."""
         self._prefetch = self._memo is not None
@@ -366,11 +378,11 @@ class PgConnection:
     def execute(
         self, sql: str, parameters: Sequence[Any] | dict[str, Any] = ()
     ) -> PgCursor | MemoCursor | QueuedWrite:
-        if self._prefetch and self._forget_on_write and is_ordered(sql):
-            return MemoCursor([])  # not asked ahead in a write transaction (see prefetching)
+        if self._prefetch and self._forget_on_write and not self._may_ask_ahead(sql, parameters):
+            return MemoCursor([])  # a hint dropped (see prefetching): nothing runs
         self._check_order(sql)
         if self._queue_writes and is_plain_write(sql):
-            self._wrote()
+            self._forget_answers()
             write = QueuedWrite(self, translate(sql), [parameters])
             self._pending.append(write)
             return write
@@ -387,7 +399,7 @@ class PgConnection:
             if known is not None:
                 return known
         elif not SELECT_ONLY.match(sql):
-            self._wrote()  # a write that answers rows (``RETURNING``), or anything else
+            self._forget_answers()  # a write that answers rows (``RETURNING``), or anything else
         cur: psycopg.Cursor[PgRow] = self._conn.cursor(row_factory=row_factory)
         with self._watching_plans():
             self._run(lambda: cur.execute(translate(sql), parameters))
@@ -397,10 +409,10 @@ class PgConnection:
 
     def executemany(self, sql: str, seq: Iterable[Sequence[Any] | dict[str, Any]]) -> PgCursor | QueuedWrite:
         cur: psycopg.Cursor[PgRow] = self._conn.cursor(row_factory=row_factory)
-        rows = list(seq)
+        rows = [] if self._prefetch and self._forget_on_write else list(seq)  # dropped hint: see execute
         if rows:  # nothing to run: nothing to order either
             self._check_order(sql)
-            self._wrote()
+            self._forget_answers()
             if self._queue_writes and is_plain_write(sql):
                 write = QueuedWrite(self, translate(sql), rows)
                 self._pending.append(write)

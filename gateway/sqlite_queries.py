@@ -32,7 +32,7 @@ class SqliteQueries:
         """Ask for these reads (getters that run one ``SELECT`` each) together, ahead of their use: on
         PostgreSQL their statements go in one round trip with the transaction's next one and the getters,
         called again, are answered from memory (:meth:`gateway.postgres_sql.PgConnection.prefetching`; in
-        a write transaction only reads of a group's own tables, answered until its next write); on SQLite
+        a write transaction only reads of the group tables, answered until its next write); on SQLite
         (no round trips) nothing runs. At most :data:`gateway.store.PREFETCHED` reads of one kind are
         worth asking. Only a hint: a read asked for and not made costs a statement, one made and not asked
         for costs its round trip. Plain getters belong here (one ``SELECT``, ``None`` for no row): asked

@@ -16,9 +16,12 @@ import psycopg
 import pytest
 
 from gateway.delivery_store import HostedWork, LogConflict, LogEntry, LogHead, LogPosition
+from gateway.group_log import GroupLog, PreparedMessage
 from gateway.postgres_durability import LOCK_ORDER, WRITE_LOCK, write_begin
 from gateway.postgres_store import PostgresStore
 from gateway.store import AuditRecord, EpochConflict, GroupRecord, StoreFault, StoreUnavailable, Tenant
+from mls.group.observer import MessageInfo
+from mls.wire.framing import WireFormat
 
 from .test_store_concurrency import IN_GROUP, ORDERED, Held, order_lock_held
 from .test_store_contract import identity
@@ -378,3 +381,54 @@ def test_a_group_scoped_write_asks_for_no_ordered_read_ahead(store: PostgresStor
         assert tx.audit_head() is None
     assert len(trips) == 3
     assert LOCK_ORDER not in trips[0] and LOCK_ORDER in trips[1]
+
+
+def test_a_read_asked_ahead_before_a_write_is_not_answered_after_it(store: PostgresStore) -> None:
+    """The read asked ahead and a later queued write go in one pipeline, the read first: its answer is
+    from before the write and is not kept — the same read made after the write runs and sees it."""
+    g = b"group-1"
+    with store.transaction() as tx:
+        tx.put_log_head(LogHead("ten_1", g, 1, 0, 0, b"gi", b"tree"), None)
+    with store.transaction(g) as tx:
+        tx.prefetch(lambda: tx.get_log_position("ten_1", g))
+        tx._c.execute("UPDATE group_logs SET seq = 7 WHERE tenant_id = ? AND group_id = ?", ("ten_1", g))
+        moved = tx.get_log_position("ten_1", g)
+        assert moved is not None and moved.seq == 7
+
+
+def test_a_lost_compare_and_swap_is_not_swallowed_by_a_hint(store: PostgresStore) -> None:
+    """A getter asked ahead in a write transaction that would run (a read the memo cannot keep: a list
+    value) is dropped, not run: run, it would have sent the queued compare-and-swap, whose lost race
+    the hint swallows — and the transaction would have committed on a stale state."""
+    g = b"group-1"
+    with store.transaction() as tx:
+        tx.add_identity(identity(1))
+        tx.put_group(GroupRecord("idn_1", g, 0, b"state", None), None)
+    unkept = "SELECT seq FROM group_logs WHERE tenant_id = ? AND group_id = ANY(?)"
+    with pytest.raises(EpochConflict), store.transaction(g) as tx:
+        tx.put_group_ratchet("idn_1", g, 1, b"stale", 7)  # not the membership's version
+        tx.prefetch(lambda: tx._c.execute(unkept, ("ten_1", [g])).fetchall())
+        tx.put_inbox_event("idn_1", g, 1, b"lost")
+    with store.read_transaction() as tx:
+        assert tx.inbox_event_at("idn_1", g, 1) is None
+
+
+def test_the_sends_append_asks_for_its_reads_together(store: PostgresStore) -> None:
+    """``GroupLog.append_messages`` itself (the send's append, after the sender's ratchet write): the log
+    head, the message's place and the members in the first round trip, the writes in the second, the
+    order lock with the ``COMMIT`` in the third."""
+    g = b"group-1"
+    with store.transaction() as tx:
+        tx.add_identity(identity(1))
+        tx.add_identity(identity(2))
+        tx.put_group(GroupRecord("idn_1", g, 0, b"state", None), None)
+        tx.put_log_head(LogHead("ten_1", g, 1, 0, 0, b"gi", b"tree"), None)
+    info = MessageInfo(WireFormat.mls_private_message, g, 0, "application", None, None)
+    with traced(store) as trips, store.transaction(g) as tx:
+        tx.put_group_ratchet("idn_1", g, 0, b"ratchet", 1)
+        appended = GroupLog().append_messages(
+            tx, "ten_1", g, [PreparedMessage(b"message", info)], "idn_1", caller=None
+        )
+        tx.add_audit([AuditRecord("req", "ten_1", "idn_1", g, 0, b"ref", "sign", "hsm", True)])
+    assert appended.seq == 1 and len(trips) == 3
+    assert LOCK_ORDER in trips[2] and all(LOCK_ORDER not in trip for trip in trips[:2])
