@@ -263,6 +263,17 @@ def test_a_lost_compare_and_swap_before_a_failed_write_is_what_raises(store: Pos
         tx._c.execute(IN_GROUP)
 
 
+def a_sender_and_a_receiver(store: PostgresStore) -> bytes:
+    """Two identities, the first a member of a group whose log is at epoch 0, seq 0; the group's id."""
+    g = b"group-1"
+    with store.transaction() as tx:
+        tx.add_identity(identity(1))
+        tx.add_identity(identity(2))
+        tx.put_group(GroupRecord("idn_1", g, 0, b"state", None), None)
+        tx.put_log_head(LogHead("ten_1", g, 1, 0, 0, b"gi", b"tree"), None)
+    return g
+
+
 def test_a_messages_write_transaction_is_three_round_trips(store: PostgresStore) -> None:
     """The send path's write transaction, statement for statement (``GroupSession`` writes the sender's
     ratchet state, ``GroupLog.append_messages`` asks for the head, the message's digest and the members
@@ -272,12 +283,7 @@ def test_a_messages_write_transaction_is_three_round_trips(store: PostgresStore)
     (every group's writers share it) goes with the ``COMMIT``, in the last round trip: the audit record
     is linked to the chain's head by the database (gateway/postgres_audit.py), and the compare-and-swaps
     before it are checked in the round trip before."""
-    g = b"group-1"
-    with store.transaction() as tx:
-        tx.add_identity(identity(1))
-        tx.add_identity(identity(2))
-        tx.put_group(GroupRecord("idn_1", g, 0, b"state", None), None)
-        tx.put_log_head(LogHead("ten_1", g, 1, 0, 0, b"gi", b"tree"), None)
+    g = a_sender_and_a_receiver(store)
     with traced(store) as trips, store.transaction(g) as tx:
         tx.put_group_ratchet("idn_1", g, 0, b"ratchet", 1)
         tx.prefetch(
@@ -417,12 +423,7 @@ def test_the_sends_append_asks_for_its_reads_together(store: PostgresStore) -> N
     """``GroupLog.append_messages`` itself (the send's append, after the sender's ratchet write): the log
     head, the message's place and the members in the first round trip, the writes in the second, the
     order lock with the ``COMMIT`` in the third."""
-    g = b"group-1"
-    with store.transaction() as tx:
-        tx.add_identity(identity(1))
-        tx.add_identity(identity(2))
-        tx.put_group(GroupRecord("idn_1", g, 0, b"state", None), None)
-        tx.put_log_head(LogHead("ten_1", g, 1, 0, 0, b"gi", b"tree"), None)
+    g = a_sender_and_a_receiver(store)
     info = MessageInfo(WireFormat.mls_private_message, g, 0, "application", None, None)
     with traced(store) as trips, store.transaction(g) as tx:
         tx.put_group_ratchet("idn_1", g, 0, b"ratchet", 1)
