@@ -13,7 +13,7 @@ TOML layout (every key optional; an unknown section or key is refused, naming it
     database = "/var/lib/mls-gateway/gateway.sqlite3"   # MLSGW_DATABASE: a file path (SQLite) or a
                                     # postgresql://user@host:port/db URL (PostgreSQL, gateway.postgres_store)
     max_body_bytes = 1048576        # MLSGW_MAX_BODY_BYTES
-    worker_threads = 0              # MLSGW_WORKER_THREADS: 0 = by store (SQLite 3, PostgreSQL 8)
+    worker_threads = 0              # MLSGW_WORKER_THREADS: 0 = by store (SQLite 3; PostgreSQL 8/workers, >=3)
     workers = 1                     # MLSGW_WORKERS: processes serving the listening socket
     state_cache_bytes = 268435456   # MLSGW_STATE_CACHE_BYTES: decoded group states kept (0 disables)
     full_state_every = 64           # MLSGW_FULL_STATE_EVERY: messages between full-state rewrites (>= 1)
@@ -79,8 +79,7 @@ from hsm.config import TokenConfig
 
 #: api-v1.md (Conventions): a response stored for an Idempotency-Key is kept at least 24 h.
 MIN_IDEMPOTENCY_RETENTION_S = 24 * 3600.0
-#: Worker threads per process when ``worker_threads`` is 0 (docs/scaling.md, "Worker threads and connection
-#: spreading"): SQLite's waits are local and short, PostgreSQL's are round trips other threads fill.
+#: Worker threads when ``worker_threads`` is 0 (:attr:`GatewayConfig.worker_pool_threads`).
 SQLITE_WORKER_THREADS, POSTGRES_WORKER_THREADS = 3, 8
 
 
@@ -216,11 +215,12 @@ class GatewayConfig:
 
     @property
     def worker_pool_threads(self) -> int:
-        """``worker_threads``, or when 0 the store's: the GIL runs one thread at a time, so threads beyond
-        those covering blocking waits only add hand-offs (8 → 2 on SQLite: 11.6 → 9.0 ms CPU a message)."""
+        """``worker_threads``, or 0: SQLite 3 (more only add GIL hand-offs); PostgreSQL 8 for the ``workers``
+        processes together, each at least 3 (docs/scaling.md "Stop 32": 2 × 4 beat 2 × 8 by a quarter)."""
         if self.worker_threads:
             return self.worker_threads
-        return SQLITE_WORKER_THREADS if self.postgres_url is None else POSTGRES_WORKER_THREADS
+        shared = -(-POSTGRES_WORKER_THREADS // self.workers)
+        return SQLITE_WORKER_THREADS if self.postgres_url is None else max(SQLITE_WORKER_THREADS, shared)
 
     @property
     def tenant_concurrency(self) -> int:

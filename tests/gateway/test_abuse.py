@@ -517,10 +517,16 @@ def test_limit_settings_from_toml(tmp_path: Path) -> None:
 
 
 def test_worker_pool_size_follows_the_store_unless_set() -> None:
-    """``worker_threads`` 0 (the default): 3 threads on SQLite, 8 on PostgreSQL; a number is kept as is;
-    a tenant holds about half of them and always fewer than all; one token-check thread by default."""
+    """``worker_threads`` 0 (the default): 3 threads on SQLite, 8 on PostgreSQL shared by the machine's
+    worker processes (each at least 3); a number is kept as is; a tenant holds about half of them and
+    always fewer than all; one token-check thread by default."""
     sqlite, pg = load_config(env={}), load_config(env={"MLSGW_DATABASE": "postgresql://gw@db:5432/gw"})
     assert (sqlite.worker_threads, sqlite.worker_pool_threads, pg.worker_pool_threads) == (0, 3, 8)
+    shared = {
+        n: load_config(env={"MLSGW_DATABASE": pg.database or "", "MLSGW_WORKERS": str(n)}) for n in (2, 3, 4)
+    }
+    assert [shared[n].worker_pool_threads for n in (2, 3, 4)] == [4, 3, 3]
+    assert load_config(env={"MLSGW_WORKERS": "4"}).worker_pool_threads == 3  # SQLite: per process
     assert (sqlite.tenant_concurrency, pg.tenant_concurrency, sqlite.auth_threads) == (2, 4, 1)
     assert load_config(env={"MLSGW_WORKER_THREADS": "1"}).tenant_concurrency == 1
     assert load_config(env={"MLSGW_WORKER_THREADS": "2"}).tenant_concurrency == 1
