@@ -2,7 +2,7 @@
 message and of a commit in CPU, database statements, rows and HSM operations (issue 15).
 
     python -m benches.scale [--quick] [--stores postgresql,sqlite] [--groups N] [--duration S]
-                            [--commits K] [--out DIR]
+                            [--commits K] [--rounds R] [--out DIR]
 
 Runs everything on loopback and stops by itself:
 
@@ -15,7 +15,10 @@ Runs everything on loopback and stops by itself:
    with **2 processes** as ``serve --workers 2`` (a supervisor handing connections in turn to two worker
    processes, each with its own HSM sessions, database connections and state cache — what the
    README deploys on one machine; separate ``serve`` processes on separate machines share the database
-   and token the same way). Each configuration gets a tenant and G groups of two hosted members over HTTP,
+   and token the same way). This is done in **rounds** (``--rounds``, 3 by default, 1 with ``--quick``),
+   the order alternating (1 then 2, 2 then 1, …): a shared machine's speed drifts by more than the
+   effect measured, and each round's ratio compares two runs a minute apart. Each configuration gets a
+   tenant and G groups of two hosted members over HTTP,
    a warm-up, then the load of :mod:`benches.load` (:func:`benches.load.run_clients`: one client per
    group, ``POST /messages`` on A then ``POST /process`` on B, plaintext checked), then a commit phase:
    per group K path-updating commits by A (``update``), each processed by B.
@@ -33,9 +36,10 @@ Runs everything on loopback and stops by itself:
    would do for the rows too, but PostgreSQL 15 flushes a busy backend's counters to it only every few
    seconds.
 
-Writes ``scale.json`` (top level: ``messages_per_s_1_process``, ``messages_per_s_2_processes``,
-``scaling_2_over_1`` — PostgreSQL —, the same three prefixed ``sqlite_``, ``generator_cpu_share``; then
-``runs``, one entry per store and process count with its per-message and per-commit costs) and
+Writes ``scale.json`` (top level: ``messages_per_s_1_process``, ``messages_per_s_2_processes`` — the
+medians over the rounds —, ``scaling_2_over_1`` — the median of the rounds' ratios — for PostgreSQL, the
+same three prefixed ``sqlite_``, ``generator_cpu_share``; then ``rounds``, each store's ratio per round;
+then ``runs``, one entry per store, round and process count with its per-message and per-commit costs) and
 ``scale.png`` to ``benches/results`` (or ``--out``), prints a table, and shows a progress bar while the
 load runs. ``--quick`` finishes in well under a minute on a quiet machine. docs/scaling.md models 10 and 100
 processes from these figures.
@@ -51,6 +55,7 @@ import os
 import platform
 import shutil
 import signal
+import statistics
 import sys
 import tempfile
 import time
@@ -88,6 +93,7 @@ class Settings:
     duration_s: float
     warmup_s: float
     commits: int
+    rounds: int
     out: Path
 
 
@@ -101,6 +107,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         duration_s=args.duration or (4.0 if quick else 20.0),
         warmup_s=1.0 if quick else 3.0,
         commits=args.commits if args.commits is not None else (2 if quick else 5),
+        rounds=args.rounds or (1 if quick else 3),
         out=args.out,
     )
 
@@ -333,8 +340,9 @@ def run_configuration(
     admin: str,
     env: dict[str, str],
     pg: PgCounters | None,
+    round_no: int = 0,
 ) -> dict[str, Any]:
-    label = f"{store} ×{processes}"
+    label = f"{store} ×{processes}" + (f" round {round_no + 1}" if cfg.rounds > 1 else "")
     server = Server(data_dir, data_dir.parent / f"{store}-{processes}.log", env, workers=processes)
     try:
         result = asyncio.run(measure(cfg, server, admin, pg, label))
@@ -351,7 +359,13 @@ def run_configuration(
         file=sys.stderr,
         flush=True,
     )
-    return {"store": store, "processes": processes, "how": how, **result}
+    return {"store": store, "round": round_no + 1, "processes": processes, "how": how, **result}
+
+
+def round_order(round_no: int) -> tuple[int, ...]:
+    """The process counts of round ``round_no`` (from 0) in the order they run: 1 then 2, then 2 then 1, …
+    so that a machine speeding up or slowing down over the benchmark favours neither."""
+    return PROCESSES if round_no % 2 == 0 else PROCESSES[::-1]
 
 
 @contextlib.contextmanager
@@ -383,8 +397,11 @@ def run(cfg: Settings) -> dict[str, Any]:
             t0 = time.perf_counter()
             with store_setup(store, tmp) as (data_dir, admin, env, pg):
                 print(f"{store}: data folder ready in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
-                for processes in PROCESSES:
-                    runs.append(run_configuration(cfg, store, processes, data_dir, admin, env, pg))
+                for round_no in range(cfg.rounds):
+                    for processes in round_order(round_no):
+                        runs.append(
+                            run_configuration(cfg, store, processes, data_dir, admin, env, pg, round_no)
+                        )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     report = build_report(cfg, runs)
@@ -396,26 +413,36 @@ def run(cfg: Settings) -> dict[str, Any]:
 
 def build_report(cfg: Settings, runs: list[dict[str, Any]]) -> dict[str, Any]:
     top: dict[str, Any] = {}
+    rounds: dict[str, list[float | None]] = {}
     for store in cfg.stores:
-        by = {r["processes"]: r for r in runs if r["store"] == store}
+        mine = [r for r in runs if r["store"] == store]
         prefix = "" if store == "postgresql" else f"{store}_"
-        one, two = by[1]["messages_per_s"], by[2]["messages_per_s"]
-        top[f"{prefix}messages_per_s_1_process"] = one
-        top[f"{prefix}messages_per_s_2_processes"] = two
-        top[f"{prefix}scaling_2_over_1"] = round(two / one, 3) if one > 0 else None
+        ones = [r["messages_per_s"] for r in mine if r["processes"] == 1]
+        twos = [r["messages_per_s"] for r in mine if r["processes"] == 2]
+        top[f"{prefix}messages_per_s_1_process"] = round(statistics.median(ones), 2)
+        top[f"{prefix}messages_per_s_2_processes"] = round(statistics.median(twos), 2)
+        rounds[store] = [
+            round(two / one, 3) if one > 0 else None for one, two in zip(ones, twos, strict=True)
+        ]
+        known = [r for r in rounds[store] if r is not None]
+        top[f"{prefix}scaling_2_over_1"] = round(statistics.median(known), 3) if known else None
     shares = [
         r["per_message"]["generator_cpu_share"] for r in runs if r["per_message"]["generator_cpu_share"]
     ]
     return {
         **top,
         "generator_cpu_share": max(shares) if shares else None,
+        "rounds": rounds,
         "benchmark": "scale",
         "quick": cfg.quick,
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "what": (
             "one message = POST /messages on member A + POST /process of it on member B; one commit = a "
             "path-updating commit by A + POST /process of it on B; 2 processes = `serve --workers 2` "
-            "(connections handed out in turn); generator_cpu_share = the load generator's CPU / (generator + "
+            "(connections handed out in turn); messages_per_s_*: the median over the rounds, "
+            "scaling_2_over_1: the median of the rounds' ratios (rounds: each round's 2-process rate over "
+            "its 1-process rate, the two run one after the other, the order alternating); "
+            "generator_cpu_share = the load generator's CPU / (generator + "
             "gateways + PostgreSQL), the largest of the runs; machine_cores_busy / _idle / _stolen = the "
             "whole machine's CPUs over a phase, in cores (/proc/stat; stolen = the hypervisor ran another "
             "guest on them)"
@@ -428,6 +455,7 @@ def build_report(cfg: Settings, runs: list[dict[str, Any]]) -> dict[str, Any]:
             "duration_s": cfg.duration_s,
             "warmup_s": cfg.warmup_s,
             "commits_per_group": cfg.commits,
+            "rounds": cfg.rounds,
             "cipher_suite": 1,
         },
         "runs": runs,
@@ -444,7 +472,7 @@ def build_report(cfg: Settings, runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def print_summary(report: dict[str, Any]) -> None:
     head = (
-        f"{'store':<11}{'procs':>6}{'msg/s':>9}{'p50 ms':>8}{'p99 ms':>8}{'gw CPU ms/msg':>14}"
+        f"{'store':<11}{'round':>6}{'procs':>6}{'msg/s':>9}{'p50 ms':>8}{'p99 ms':>8}{'gw CPU ms/msg':>14}"
         f"{'pg CPU ms/msg':>14}{'gen share':>10}{'stmts/msg':>10}{'wtx/msg':>8}{'rows/msg':>9}"
         f"{'HSM/msg':>8}{'stmts/commit':>13}{'rows/commit':>12}{'HSM/commit':>11}{'lock held ms≤':>14}"
         f"{'lock wait ms/wtx':>17}{'cores stolen':>13}{'load avg':>9}"
@@ -456,8 +484,8 @@ def print_summary(report: dict[str, Any]) -> None:
         m, c = r["per_message"], r["per_commit"] or {}
         db, dbc = m.get("database_per_op", {}), c.get("database_per_op", {})
         print(
-            f"{r['store']:<11}{r['processes']:>6}{r['messages_per_s']:>9.1f}{r['p50_ms']:>8.1f}"
-            f"{r['p99_ms']:>8.1f}{m['gateway_cpu_ms_per_op']:>14.2f}"
+            f"{r['store']:<11}{r.get('round', 1):>6}{r['processes']:>6}{r['messages_per_s']:>9.1f}"
+            f"{r['p50_ms']:>8.1f}{r['p99_ms']:>8.1f}{m['gateway_cpu_ms_per_op']:>14.2f}"
             f"{_num(m.get('postgres_cpu_ms_per_op')):>14}{_num(m['generator_cpu_share']):>10}"
             f"{_num(db.get('statements')):>10}{_num(db.get('write_transactions')):>8}"
             f"{_num(db.get('rows_written')):>9}{m['hsm_operations_per_op']:>8.2f}"
@@ -467,9 +495,11 @@ def print_summary(report: dict[str, Any]) -> None:
             f"{_num(m.get('machine_cores_stolen')):>13}{r['load_average'][0]:>9.2f}"
         )
     print("-" * len(head))
-    for prefix, name in (("", "PostgreSQL"), ("sqlite_", "SQLite")):
+    for store, prefix, name in (("postgresql", "", "PostgreSQL"), ("sqlite", "sqlite_", "SQLite")):
         if f"{prefix}scaling_2_over_1" in report:
-            print(f"{name}: 2 processes / 1 process = {report[f'{prefix}scaling_2_over_1']}")
+            each = report["rounds"][store]
+            rounds = f" (median of rounds: {', '.join(_num(r) for r in each)})" if len(each) > 1 else ""
+            print(f"{name}: 2 processes / 1 process = {report[f'{prefix}scaling_2_over_1']}{rounds}")
     print(f"load generator's CPU share (largest): {report['generator_cpu_share']}")
 
 
@@ -484,10 +514,15 @@ def chart(report: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     runs = report["runs"]
-    names = [f"{r['store']}\n{r['processes']} process{'es' if r['processes'] > 1 else ''}" for r in runs]
+    several = report["config"]["rounds"] > 1
+    names = [
+        f"{r['store']}\n{r['processes']} process{'es' if r['processes'] > 1 else ''}"
+        + (f"\nround {r['round']}" if several else "")
+        for r in runs
+    ]
     xs = list(range(len(runs)))
     colours = ["#1f77b4" if r["store"] == "postgresql" else "#ff7f0e" for r in runs]
-    fig, ((ax_r, ax_c), (ax_d, ax_h)) = plt.subplots(2, 2, figsize=(14, 9))
+    fig, ((ax_r, ax_c), (ax_d, ax_h)) = plt.subplots(2, 2, figsize=(max(14.0, 1.7 * len(runs)), 9))
 
     rates = [r["messages_per_s"] for r in runs]
     bars = ax_r.bar(xs, rates, color=colours)
@@ -504,7 +539,11 @@ def chart(report: dict[str, Any], path: Path) -> None:
     ax_r.set_xticks(xs, names, fontsize=8)
     ax_r.set_ylim(0, max([*rates, 1.0]) * 1.3)
     ax_r.set_ylabel("messages sent + processed / s")
-    ax_r.set_title("Throughput, 1 vs 2 gateway processes")
+    ratios = "; ".join(
+        f"{store} 2/1 by round: {', '.join(_num(x) for x in each)}"
+        for store, each in report["rounds"].items()
+    )
+    ax_r.set_title("Throughput, 1 vs 2 gateway processes" + (f"\n{ratios}" if several else ""), fontsize=9)
 
     parts = (
         ("gateway_cpu_ms_per_op", "gateway processes", "#1f77b4"),
@@ -525,12 +564,17 @@ def chart(report: dict[str, Any], path: Path) -> None:
     keys = ("statements", "write_transactions", "transactions", "rows_written")
     width = 0.8 / max(len(pg), 1)
     for i, r in enumerate(pg):
+        tag = f" r{r['round']}" if several else ""
         for j, (per, hatch) in enumerate((("per_message", ""), ("per_commit", "//"))):
             block = r[per] or {}
             values = [block.get("database_per_op", {}).get(k, 0.0) for k in keys]
             offs = [k + j * (len(keys) + 1) + (i - (len(pg) - 1) / 2) * width for k in range(len(keys))]
             ax_d.bar(
-                offs, values, width, hatch=hatch, label=f"{r['processes']} proc, {per.replace('_', ' ')}"
+                offs,
+                values,
+                width,
+                hatch=hatch,
+                label=f"{r['processes']} proc{tag}, {per.replace('_', ' ')}",
             )
     ticks = [k + j * (len(keys) + 1) for j in range(2) for k in range(len(keys))]
     short = {
@@ -589,6 +633,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--groups", type=int, help="groups of 2 hosted members = clients (default 4 / 8)")
     parser.add_argument("--duration", type=float, help="seconds of load per run (default 4 / 20)")
     parser.add_argument("--commits", type=int, help="commits per group after the load (default 2 / 5)")
+    parser.add_argument("--rounds", type=int, help="rounds of 1 and 2 processes per store (default 1 / 3)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="directory for scale.json and scale.png")
     args = parser.parse_args(argv)
     stores = [s.strip() for s in args.stores.split(",") if s.strip()]
@@ -596,6 +641,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         parser.error(f"--stores: a comma-separated list of {', '.join(STORES)}")
     if args.groups is not None and args.groups < 1:
         parser.error("--groups must be at least 1")
+    if args.rounds is not None and not 1 <= args.rounds <= 20:
+        parser.error("--rounds must be in [1, 20]")
     if args.commits is not None and args.commits < 0:
         parser.error("--commits must be at least 0")
     if args.duration is not None and not 0 < args.duration <= 3600:

@@ -96,9 +96,38 @@ def test_arguments_are_checked() -> None:
         ["--groups", "0"],
         ["--duration", "0"],
         ["--commits", "-1"],
+        ["--rounds", "0"],
+        ["--rounds", "21"],
     ):
         with pytest.raises(SystemExit):
             scale.main(bad)
+
+
+def test_rounds_alternate_their_order() -> None:
+    """A machine that drifts faster or slower over the benchmark favours neither process count."""
+    assert [scale.round_order(i) for i in range(4)] == [(1, 2), (2, 1), (1, 2), (2, 1)]
+
+
+def test_the_ratio_is_the_median_of_the_rounds_ratios(tmp_path: Path) -> None:
+    """Each round's ratio is its own 2-process rate over its own 1-process rate (the two run a minute
+    apart); the reported ratio is their median, the rates the medians of each process count."""
+    cfg = scale.settings_from(
+        scale.argparse.Namespace(
+            quick=False, stores="postgresql", groups=None, duration=None, commits=None, rounds=3, out=tmp_path
+        )
+    )
+    rates = [(1, 50.0), (2, 100.0), (2, 90.0), (1, 60.0), (1, 100.0), (2, 120.0)]  # rounds 1, 2, 3
+    gen = {"generator_cpu_share": 0.05}
+    runs = [
+        {"store": "postgresql", "round": i // 2 + 1, "processes": p, "messages_per_s": v, "per_message": gen}
+        for i, (p, v) in enumerate(rates)
+    ]
+    report = scale.build_report(cfg, runs)
+    assert report["rounds"] == {"postgresql": [2.0, 1.5, 1.2]}
+    assert report["scaling_2_over_1"] == 1.5  # not 100 / 60 = the medians' ratio
+    assert report["messages_per_s_1_process"] == 60.0
+    assert report["messages_per_s_2_processes"] == 100.0
+    assert report["config"]["rounds"] == 3
 
 
 def test_process_tree_cpu_counts_this_process() -> None:
