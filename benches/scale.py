@@ -23,7 +23,9 @@ Runs everything on loopback and stops by itself:
    group, ``POST /messages`` on A then ``POST /process`` on B, plaintext checked), then a commit phase:
    per group K path-updating commits by A (``update``), each processed by B.
 3. Around the load and around the commit phase: CPU seconds (``/proc/<pid>/stat`` utime + stime) of the
-   gateway processes (the supervisor and its workers), of PostgreSQL's processes (the postmaster and its
+   gateway processes (the supervisor and its workers; also split into user and kernel time, with their
+   threads' context switches — a thread blocking on a socket or a lock, or the interpreter lock, is a
+   voluntary one: the hand-offs of a message), of PostgreSQL's processes (the postmaster and its
    backends) and of this process — the load generator, kept light (asyncio, one lean keep-alive
    connection per client, :mod:`benches.lean_http`); the
    gateway's HSM operations (``mlsgw_hsm_operations_total`` from ``/metrics``, summed over the workers);
@@ -146,6 +148,34 @@ def tree_cpu_s(root: int) -> float:
     return total / CLOCK_TICKS
 
 
+def tree_cpu_split_s(root: int) -> dict[str, float]:
+    """:func:`tree_cpu_s` split into user and system (kernel) seconds."""
+    user = system = 0
+    for pid in process_tree(root):
+        with contextlib.suppress(OSError, IndexError):
+            f = _stat_fields(pid)
+            user, system = user + int(f[11]) + int(f[13]), system + int(f[12]) + int(f[14])
+    return {"user": user / CLOCK_TICKS, "system": system / CLOCK_TICKS}
+
+
+def tree_context_switches(root: int) -> dict[str, int]:
+    """Context switches of every live thread of ``root``'s process tree (``/proc/<pid>/task/*/status``):
+    *voluntary* (a thread blocked: on a socket, a lock, the interpreter lock) and *involuntary* (the
+    scheduler took its core away)."""
+    out = {"voluntary": 0, "involuntary": 0}
+    for pid in process_tree(root):
+        with contextlib.suppress(OSError):
+            for task in os.scandir(f"/proc/{pid}/task"):
+                with contextlib.suppress(OSError):
+                    for line in Path(task.path, "status").read_text().splitlines():
+                        key, _, value = line.partition(":")
+                        if key == "voluntary_ctxt_switches":
+                            out["voluntary"] += int(value)
+                        elif key == "nonvoluntary_ctxt_switches":
+                            out["involuntary"] += int(value)
+    return out
+
+
 def own_cpu_s() -> float:
     t = os.times()
     return t.user + t.system
@@ -228,6 +258,8 @@ class Probe:
         return {
             "wall": time.perf_counter(),
             "gateway_cpu_s": tree_cpu_s(self.server.proc.pid),
+            "gateway_cpu_split_s": tree_cpu_split_s(self.server.proc.pid),
+            "gateway_switches": tree_context_switches(self.server.proc.pid),
             "generator_cpu_s": own_cpu_s(),
             "machine_cpu_s": machine_cpu_s(),
             "hsm": await hsm_operations(self.api),
@@ -254,6 +286,16 @@ def costs(before: dict[str, Any], after: dict[str, Any], count: int) -> dict[str
         "gateway_cpu_ms_per_op": round(1000 * gw / per, 3),
         "generator_cpu_ms_per_op": round(1000 * gen / per, 3),
         "gateway_cores_busy": round(gw / wall, 3) if wall > 0 else None,
+        **{
+            f"gateway_{kind}_cpu_ms_per_op": round(
+                1000 * (after["gateway_cpu_split_s"][kind] - before["gateway_cpu_split_s"][kind]) / per, 3
+            )
+            for kind in ("user", "system")
+        },
+        "gateway_context_switches_per_op": {
+            kind: round((after["gateway_switches"][kind] - before["gateway_switches"][kind]) / per, 1)
+            for kind in ("voluntary", "involuntary")
+        },
         "hsm_operations": hsm,
         "hsm_operations_per_op": round(sum(hsm.values()) / per, 3),
         "hsm_operations_per_op_by_kind": {k: round(v / per, 3) for k, v in hsm.items()},
@@ -473,6 +515,7 @@ def build_report(cfg: Settings, runs: list[dict[str, Any]]) -> dict[str, Any]:
 def print_summary(report: dict[str, Any]) -> None:
     head = (
         f"{'store':<11}{'round':>6}{'procs':>6}{'msg/s':>9}{'p50 ms':>8}{'p99 ms':>8}{'gw CPU ms/msg':>14}"
+        f"{'gw sys ms/msg':>14}{'gw ctx sw/msg':>14}"
         f"{'pg CPU ms/msg':>14}{'gen share':>10}{'stmts/msg':>10}{'wtx/msg':>8}{'rows/msg':>9}"
         f"{'HSM/msg':>8}{'stmts/commit':>13}{'rows/commit':>12}{'HSM/commit':>11}{'lock held ms≤':>14}"
         f"{'lock wait ms/wtx':>17}{'cores stolen':>13}{'load avg':>9}"
@@ -483,9 +526,11 @@ def print_summary(report: dict[str, Any]) -> None:
     for r in report["runs"]:
         m, c = r["per_message"], r["per_commit"] or {}
         db, dbc = m.get("database_per_op", {}), c.get("database_per_op", {})
+        switches = sum(m["gateway_context_switches_per_op"].values())
         print(
             f"{r['store']:<11}{r.get('round', 1):>6}{r['processes']:>6}{r['messages_per_s']:>9.1f}"
             f"{r['p50_ms']:>8.1f}{r['p99_ms']:>8.1f}{m['gateway_cpu_ms_per_op']:>14.2f}"
+            f"{m['gateway_system_cpu_ms_per_op']:>14.2f}{switches:>14.1f}"
             f"{_num(m.get('postgres_cpu_ms_per_op')):>14}{_num(m['generator_cpu_share']):>10}"
             f"{_num(db.get('statements')):>10}{_num(db.get('write_transactions')):>8}"
             f"{_num(db.get('rows_written')):>9}{m['hsm_operations_per_op']:>8.2f}"
@@ -546,7 +591,8 @@ def chart(report: dict[str, Any], path: Path) -> None:
     ax_r.set_title("Throughput, 1 vs 2 gateway processes" + (f"\n{ratios}" if several else ""), fontsize=9)
 
     parts = (
-        ("gateway_cpu_ms_per_op", "gateway processes", "#1f77b4"),
+        ("gateway_user_cpu_ms_per_op", "gateway processes (user)", "#1f77b4"),
+        ("gateway_system_cpu_ms_per_op", "gateway processes (kernel)", "#aec7e8"),
         ("postgres_cpu_ms_per_op", "PostgreSQL", "#2ca02c"),
         ("generator_cpu_ms_per_op", "load generator", "#9e9e9e"),
     )

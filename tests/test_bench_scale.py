@@ -4,6 +4,7 @@ figures, and a PNG. No figure is gated on speed or on the scaling ratio (the mac
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -68,6 +69,10 @@ def check_run(run: dict[str, Any]) -> None:
         # loaded machine, may see no tick of a process. Never negative, never not a number.
         for key in ("gateway_cpu_s", "gateway_cpu_ms_per_op", "postgres_cpu_ms_per_op"):
             assert math.isfinite(block[key]) and block[key] >= 0, (key, block)
+        split = block["gateway_user_cpu_ms_per_op"] + block["gateway_system_cpu_ms_per_op"]
+        assert split == pytest.approx(block["gateway_cpu_ms_per_op"], abs=0.01), block
+        switches = block["gateway_context_switches_per_op"]
+        assert set(switches) == {"voluntary", "involuntary"} and all(v >= 0 for v in switches.values())
         db = block["database_per_op"]
         for key in ("statements", "write_transactions", "transactions", "rows_written", "wal_bytes"):
             assert positive(db[key]), (key, db)
@@ -112,7 +117,7 @@ def test_the_ratio_is_the_median_of_the_rounds_ratios(tmp_path: Path) -> None:
     """Each round's ratio is its own 2-process rate over its own 1-process rate (the two run a minute
     apart); the reported ratio is their median, the rates the medians of each process count."""
     cfg = scale.settings_from(
-        scale.argparse.Namespace(
+        argparse.Namespace(
             quick=False, stores="postgresql", groups=None, duration=None, commits=None, rounds=3, out=tmp_path
         )
     )
@@ -133,6 +138,34 @@ def test_the_ratio_is_the_median_of_the_rounds_ratios(tmp_path: Path) -> None:
 def test_process_tree_cpu_counts_this_process() -> None:
     assert os.getpid() in scale.process_tree(os.getpid())
     assert scale.tree_cpu_s(os.getpid()) > 0
+
+
+def test_context_switches_count_every_thread_of_the_tree() -> None:
+    """A thread that blocks (here: sleeping, eight times) switches voluntarily each time, and the count
+    is of the tree's threads together: the eight show in this process's count."""
+    import threading
+
+    slept, done = threading.Event(), threading.Event()
+
+    def blocker() -> None:
+        for _ in range(8):
+            time.sleep(0.005)
+        slept.set()
+        done.wait(10)
+
+    before = scale.tree_context_switches(os.getpid())
+    thread = threading.Thread(target=blocker)
+    thread.start()
+    try:
+        assert slept.wait(10)
+        during = scale.tree_context_switches(os.getpid())  # the thread still alive: its switches counted
+    finally:
+        done.set()
+        thread.join()
+    assert set(before) == {"voluntary", "involuntary"}
+    assert during["voluntary"] - before["voluntary"] >= 8
+    split = scale.tree_cpu_split_s(os.getpid())
+    assert split["user"] + split["system"] == pytest.approx(scale.tree_cpu_s(os.getpid()), abs=0.02)
 
 
 def test_the_machines_cpu_account_moves_with_the_wall_clock() -> None:
