@@ -17,7 +17,8 @@ Runs everything on loopback and stops by itself:
    README deploys on one machine; separate ``serve`` processes on separate machines share the database
    and token the same way). This is done in **rounds** (``--rounds``, 3 by default, 1 with ``--quick``),
    the order alternating (1 then 2, 2 then 1, …): a shared machine's speed drifts by more than the
-   effect measured, and each round's ratio compares two runs a minute apart. Each configuration gets a
+   effect measured, and each round's ratio compares two runs a minute apart (the rounds share one data
+   folder: a later run finds the earlier runs' tenants and groups in the store). Each configuration gets a
    tenant and G groups of two hosted members over HTTP,
    a warm-up, then the load of :mod:`benches.load` (:func:`benches.load.run_clients`: one client per
    group, ``POST /messages`` on A then ``POST /process`` on B, plaintext checked), then a commit phase:
@@ -158,22 +159,33 @@ def tree_cpu_split_s(root: int) -> dict[str, float]:
     return {"user": user / CLOCK_TICKS, "system": system / CLOCK_TICKS}
 
 
-def tree_context_switches(root: int) -> dict[str, int]:
+def tree_context_switches(root: int) -> dict[str, Any]:
     """Context switches of every live thread of ``root``'s process tree (``/proc/<pid>/task/*/status``):
     *voluntary* (a thread blocked: on a socket, a lock, the interpreter lock) and *involuntary* (the
-    scheduler took its core away)."""
-    out = {"voluntary": 0, "involuntary": 0}
+    scheduler took its core away), and the threads counted (``tasks``). A thread's counts go with it when
+    it exits (there is no sum for reaped threads as there is for CPU time): :func:`switches_per_op`
+    gives no figure for a phase in which a counted thread went away."""
+    out: dict[str, Any] = {"voluntary": 0, "involuntary": 0, "tasks": set()}
     for pid in process_tree(root):
         with contextlib.suppress(OSError):
             for task in os.scandir(f"/proc/{pid}/task"):
-                with contextlib.suppress(OSError):
+                with contextlib.suppress(OSError, ValueError):
                     for line in Path(task.path, "status").read_text().splitlines():
                         key, _, value = line.partition(":")
                         if key == "voluntary_ctxt_switches":
                             out["voluntary"] += int(value)
                         elif key == "nonvoluntary_ctxt_switches":
                             out["involuntary"] += int(value)
+                    out["tasks"].add(int(task.name))
     return out
+
+
+def switches_per_op(before: dict[str, Any], after: dict[str, Any], per: int) -> dict[str, float] | None:
+    """The context switches of a phase per operation, or ``None`` when a thread counted at its start had
+    gone by its end (its switches would be subtracted, not counted: a worker restarted, a pool shrank)."""
+    if not before["tasks"] <= after["tasks"]:
+        return None
+    return {kind: round((after[kind] - before[kind]) / per, 1) for kind in ("voluntary", "involuntary")}
 
 
 def own_cpu_s() -> float:
@@ -257,7 +269,6 @@ class Probe:
     async def snapshot(self) -> dict[str, Any]:
         return {
             "wall": time.perf_counter(),
-            "gateway_cpu_s": tree_cpu_s(self.server.proc.pid),
             "gateway_cpu_split_s": tree_cpu_split_s(self.server.proc.pid),
             "gateway_switches": tree_context_switches(self.server.proc.pid),
             "generator_cpu_s": own_cpu_s(),
@@ -270,7 +281,10 @@ class Probe:
 def costs(before: dict[str, Any], after: dict[str, Any], count: int) -> dict[str, Any]:
     """The phase's totals and their share per ``count`` (messages or commits)."""
     wall = after["wall"] - before["wall"]
-    gw = after["gateway_cpu_s"] - before["gateway_cpu_s"]
+    split = {
+        k: after["gateway_cpu_split_s"][k] - before["gateway_cpu_split_s"][k] for k in ("user", "system")
+    }
+    gw = split["user"] + split["system"]
     gen = after["generator_cpu_s"] - before["generator_cpu_s"]
     hsm = {
         k: int(after["hsm"].get(k, 0) - before["hsm"].get(k, 0))
@@ -286,16 +300,10 @@ def costs(before: dict[str, Any], after: dict[str, Any], count: int) -> dict[str
         "gateway_cpu_ms_per_op": round(1000 * gw / per, 3),
         "generator_cpu_ms_per_op": round(1000 * gen / per, 3),
         "gateway_cores_busy": round(gw / wall, 3) if wall > 0 else None,
-        **{
-            f"gateway_{kind}_cpu_ms_per_op": round(
-                1000 * (after["gateway_cpu_split_s"][kind] - before["gateway_cpu_split_s"][kind]) / per, 3
-            )
-            for kind in ("user", "system")
-        },
-        "gateway_context_switches_per_op": {
-            kind: round((after["gateway_switches"][kind] - before["gateway_switches"][kind]) / per, 1)
-            for kind in ("voluntary", "involuntary")
-        },
+        **{f"gateway_{kind}_cpu_ms_per_op": round(1000 * split[kind] / per, 3) for kind in split},
+        "gateway_context_switches_per_op": switches_per_op(
+            before["gateway_switches"], after["gateway_switches"], per
+        ),
         "hsm_operations": hsm,
         "hsm_operations_per_op": round(sum(hsm.values()) / per, 3),
         "hsm_operations_per_op_by_kind": {k: round(v / per, 3) for k, v in hsm.items()},
@@ -457,10 +465,10 @@ def build_report(cfg: Settings, runs: list[dict[str, Any]]) -> dict[str, Any]:
     top: dict[str, Any] = {}
     rounds: dict[str, list[float | None]] = {}
     for store in cfg.stores:
-        mine = [r for r in runs if r["store"] == store]
         prefix = "" if store == "postgresql" else f"{store}_"
-        ones = [r["messages_per_s"] for r in mine if r["processes"] == 1]
-        twos = [r["messages_per_s"] for r in mine if r["processes"] == 2]
+        rate = {(r["round"], r["processes"]): r["messages_per_s"] for r in runs if r["store"] == store}
+        numbers = sorted({n for n, _ in rate})
+        ones, twos = [rate[n, 1] for n in numbers], [rate[n, 2] for n in numbers]
         top[f"{prefix}messages_per_s_1_process"] = round(statistics.median(ones), 2)
         top[f"{prefix}messages_per_s_2_processes"] = round(statistics.median(twos), 2)
         rounds[store] = [
@@ -487,7 +495,8 @@ def build_report(cfg: Settings, runs: list[dict[str, Any]]) -> dict[str, Any]:
             "generator_cpu_share = the load generator's CPU / (generator + "
             "gateways + PostgreSQL), the largest of the runs; machine_cores_busy / _idle / _stolen = the "
             "whole machine's CPUs over a phase, in cores (/proc/stat; stolen = the hypervisor ran another "
-            "guest on them)"
+            "guest on them); gateway_context_switches_per_op: of the gateway's threads alive over the whole "
+            "phase (null when one went away during it: its counts leave with it)"
         ),
         "config": {
             "stores": list(cfg.stores),
@@ -526,11 +535,12 @@ def print_summary(report: dict[str, Any]) -> None:
     for r in report["runs"]:
         m, c = r["per_message"], r["per_commit"] or {}
         db, dbc = m.get("database_per_op", {}), c.get("database_per_op", {})
-        switches = sum(m["gateway_context_switches_per_op"].values())
+        each = m["gateway_context_switches_per_op"]
+        switches = None if each is None else float(sum(each.values()))
         print(
             f"{r['store']:<11}{r.get('round', 1):>6}{r['processes']:>6}{r['messages_per_s']:>9.1f}"
             f"{r['p50_ms']:>8.1f}{r['p99_ms']:>8.1f}{m['gateway_cpu_ms_per_op']:>14.2f}"
-            f"{m['gateway_system_cpu_ms_per_op']:>14.2f}{switches:>14.1f}"
+            f"{m['gateway_system_cpu_ms_per_op']:>14.2f}{_num(switches):>14}"
             f"{_num(m.get('postgres_cpu_ms_per_op')):>14}{_num(m['generator_cpu_share']):>10}"
             f"{_num(db.get('statements')):>10}{_num(db.get('write_transactions')):>8}"
             f"{_num(db.get('rows_written')):>9}{m['hsm_operations_per_op']:>8.2f}"
@@ -632,7 +642,10 @@ def chart(report: dict[str, Any], path: Path) -> None:
     ax_d.set_xticks(ticks, [f"{short[k]}\n{p}" for p in ("per msg", "per commit") for k in keys], fontsize=8)
     ax_d.set_ylabel("count per operation")
     ax_d.set_title("PostgreSQL work per message and per commit (pg_stat_statements)")
-    ax_d.legend(fontsize=7)
+    if pg:
+        ax_d.legend(fontsize=7)
+    else:
+        ax_d.text(0.5, 0.5, "no PostgreSQL run", ha="center", va="center", transform=ax_d.transAxes)
 
     kinds = sorted(
         {
