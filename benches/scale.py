@@ -141,12 +141,7 @@ def process_tree(root: int) -> list[int]:
 
 def tree_cpu_s(root: int) -> float:
     """CPU seconds (user + system, and those of its reaped children) of ``root``'s process tree."""
-    total = 0
-    for pid in process_tree(root):
-        with contextlib.suppress(OSError, IndexError):
-            f = _stat_fields(pid)
-            total += sum(int(x) for x in f[11:15])  # utime stime cutime cstime
-    return total / CLOCK_TICKS
+    return sum(tree_cpu_split_s(root).values())
 
 
 def tree_cpu_split_s(root: int) -> dict[str, float]:
